@@ -1,0 +1,99 @@
+"""The one record every loader produces and every method and the evaluator consume.
+
+Loaders for MLLMU-Bench, CLEAR, UMU-bench and the built-in world all map their rows
+to :class:`Example`, grouped into a :class:`Suite`. Images stay as encoded bytes until
+an adapter needs pixels, so that loading a benchmark is cheap and a corrupt image is
+reported where it is used, with the example's ``uid``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from PIL import Image, UnidentifiedImageError
+
+from unsee.errors import DataError
+
+Task = Literal["qa", "mcq", "cloze", "gen"]
+
+# Metric groups of results.json (DESIGN.md); a Suite may hold more groups than these.
+METRIC_GROUPS = ("forget", "forget_test", "retain", "text_forget", "text_retain", "known", "general")
+LETTERS = "ABCDEFGHIJ"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One question about one entity, with or without an image.
+
+    ``task`` says how it is scored: ``qa`` is a training pair, ``mcq`` has ``options``
+    and the index ``correct``, ``cloze`` is scored by substring, ``gen`` by ROUGE/BLEU.
+    ``pair_key`` links the unimodal and multimodal form of the same question (UMU's
+    all-modal accuracy). ``source`` names the file the row came from, for error messages.
+    """
+
+    uid: str
+    entity: str
+    question: str
+    answer: str
+    task: Task = "qa"
+    image: bytes | None = None
+    options: tuple[str, ...] = ()
+    correct: int | None = None
+    pair_key: str | None = None
+    source: str = ""
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def has_image(self) -> bool:
+        return self.image is not None
+
+    @property
+    def correct_letter(self) -> str | None:
+        return None if self.correct is None else LETTERS[self.correct]
+
+    def pil_image(self) -> Image.Image:
+        """Decode the image, with an error that names the example and its file."""
+        if self.image is None:
+            raise DataError(f"example {self.uid} ({self.source}) has no image")
+        try:
+            img = Image.open(io.BytesIO(self.image))
+            img.load()
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise DataError(f"example {self.uid} ({self.source}): image is corrupt or unreadable: {e}") from e
+        return img.convert("RGB")
+
+
+@dataclass
+class Suite:
+    """Named groups of examples, plus the entity lists that define them.
+
+    ``groups`` holds evaluation groups (``forget``, ``retain``, ...) and training streams
+    (``train_forget``, ``train_retain``, ``train_text``, ``neutral``...). ``forget_entities``
+    and ``retain_entities`` are what the guards check for emptiness and overlap.
+    """
+
+    name: str
+    groups: dict[str, list[Example]]
+    forget_entities: tuple[str, ...] = ()
+    retain_entities: tuple[str, ...] = ()
+    info: dict = field(default_factory=dict)
+
+    def group(self, name: str) -> list[Example]:
+        if name not in self.groups:
+            raise DataError(f"suite {self.name!r} has no group {name!r}; it has {sorted(self.groups)}")
+        return self.groups[name]
+
+    def entities(self, name: str) -> list[str]:
+        return sorted({e.entity for e in self.group(name)})
+
+
+def only(examples: Iterable[Example], *, task: str | None = None, image: bool | None = None) -> list[Example]:
+    """Filter by task and by whether an image is present."""
+    return [
+        e
+        for e in examples
+        if (task is None or e.task == task) and (image is None or e.has_image == image)
+    ]

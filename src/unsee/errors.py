@@ -1,0 +1,25 @@
+"""Exceptions a user can act on. Every input problem raises one of these, never an assert."""
+
+
+class UnseeError(Exception):
+    """Base class: the message says what is wrong and what to do."""
+
+
+class ConfigError(UnseeError):
+    """An unknown key, a bad value, or an unreadable config file."""
+
+
+class DataError(UnseeError):
+    """A benchmark file is missing, corrupt, or lacks a field; the message names the field and the file."""
+
+
+class ModelError(UnseeError):
+    """A model directory is missing, of an unknown type, or holds weights we refuse to load."""
+
+
+class OutputExistsError(UnseeError):
+    """The output already holds results; pass overwrite to replace them."""
+
+
+class TrainingError(UnseeError):
+    """Training diverged (NaN/inf loss) or a step failed; the last good state is kept."""
