@@ -1,0 +1,86 @@
+"""Load any supported checkpoint as an :class:`~unsee.models.base.Adapter`.
+
+The registry maps a ``model_type`` from ``config.json`` to ``"module:Class"`` and imports
+lazily, so that adding an architecture is one line here and one small file.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unsee.errors import ModelError
+from unsee.models.base import SCOPES, Adapter, HFAdapter, Turn, model_fingerprint
+
+REGISTRY: dict[str, str] = {
+    "llava": "unsee.models.llava:LlavaAdapter",
+    "qwen2_vl": "unsee.models.qwen_vl:Qwen2VLAdapter",
+    "qwen2_5_vl": "unsee.models.qwen_vl:Qwen25VLAdapter",
+}
+
+__all__ = ["REGISTRY", "SCOPES", "Adapter", "HFAdapter", "Turn", "adapter_class", "load_adapter", "model_fingerprint"]
+
+
+def adapter_class(model_type: str) -> type[HFAdapter]:
+    if model_type not in REGISTRY:
+        raise ModelError(
+            f"unknown model type {model_type!r}; unsee supports {', '.join(sorted(REGISTRY))}"
+        )
+    module, name = REGISTRY[model_type].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _check_local(path: Path, allow_pickle: bool) -> None:
+    if not path.is_dir():
+        raise ModelError(f"model directory {path} does not exist")
+    if not (path / "config.json").exists():
+        raise ModelError(f"{path} holds no model: config.json is missing")
+    has_safe = any(path.glob("*.safetensors"))
+    has_pickle = any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth"))
+    if not has_safe and has_pickle and not allow_pickle:
+        raise ModelError(
+            f"{path} has only pickle weights (.bin/.pt), which can run arbitrary code when loaded; "
+            "convert them to safetensors, or pass allow_pickle=True (--allow-pickle) if you trust the source"
+        )
+    if not has_safe and not has_pickle:
+        raise ModelError(f"{path} holds no weights (*.safetensors)")
+
+
+def load_adapter(
+    model: str | Path,
+    *,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+    **kw: Any,
+) -> HFAdapter:
+    """Load a local directory or a hub id, refusing pickle weights unless explicitly allowed."""
+    from transformers import AutoConfig
+
+    path = Path(model)
+    local = path.exists() or str(model).startswith((".", "/"))
+    if local:
+        _check_local(path, allow_pickle)
+    try:
+        config = AutoConfig.from_pretrained(str(model), trust_remote_code=trust_remote_code, **kw)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read the config of {model}: {e}") from e
+    cls = adapter_class(config.model_type)
+    try:
+        processor = cls.load_processor(str(model), trust_remote_code=trust_remote_code, **kw)
+        hf = cls.model_class().from_pretrained(
+            str(model),
+            dtype=dtype or torch.float32,
+            use_safetensors=None if allow_pickle else True,
+            trust_remote_code=trust_remote_code,
+            **kw,
+        )
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load {model}: {e}") from e
+    if device is not None:
+        hf.to(device)
+    return cls(hf, processor, source=str(model))

@@ -1,0 +1,360 @@
+"""MLLMU-Bench, and the built-in world that is written in its layout, as a :class:`Suite`.
+
+Every profile row carries three task columns (``Classification_Task``, ``Generation_Task``,
+``Mask_Task``), each mixing image+text and text-only questions; the loader splits them
+into the image groups (``forget``, ``retain``, ``known``) and the text groups
+(``text_forget``, ...), because unlearning is judged on both separately. Prompts are not
+built here: questions stay raw (``__`` blanks included) so that the evaluator owns the
+exact prompt strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from unsee.data.parquet import Record, Source, entity_id, image_bytes, stable_int, text
+from unsee.data.schema import LETTERS, Example, Suite
+from unsee.errors import DataError
+
+IMAGE_TEXTUAL = "Image_Textual"
+PURE_TEXT = "Pure_Text"
+TYPES = (IMAGE_TEXTUAL, PURE_TEXT)
+
+PROFILE_COLUMNS = {"image": "image", "ID": "id", "Classification_Task": "struct", "Generation_Task": "list",
+                   "Mask_Task": "list"}
+PROFILE_OPTIONAL = {"biography": "string", "question": "string", "answer": "string"}
+TEST_COLUMNS = {"ID": "id", "Classification_Task": "struct", "Generation_Task": "list", "Mask_Task": "list"}
+TEST_OPTIONAL = {"images": "images", "image": "image"}
+FT_COLUMNS = {"metadata": "string"}
+FT_OPTIONAL = {"image": "image", "ID": "id"}
+NEUTRAL_COLUMNS = {"image": "image", "ID": "id"}
+NEUTRAL_OPTIONAL = {"question": "string", "answer": "string"}
+
+_FORGET = re.compile(r"^forget_(\d+)$")
+
+
+# --------------------------------------------------------------------------- rows → examples
+
+
+def _letter(s: str) -> str:
+    """First alphanumeric character, upper-cased: how MLLMU-Bench reads a letter answer."""
+    for ch in s:
+        if ch.isalnum():
+            return ch.upper()
+    return ""
+
+
+def _mcq(item: object, *, field: str, rec: Record, uid: str, eid: str, typ: str, image: bytes | None) -> Example:
+    if not isinstance(item, dict):
+        raise DataError(f"field {field!r} in {rec.source}: expected a question struct, got {type(item).__name__}")
+    question = text(item.get("Question"), field=f"{field}.Question", source=rec.source)
+    opts = item.get("Options")
+    if not isinstance(opts, dict):
+        raise DataError(f"field '{field}.Options' in {rec.source} must be a struct of letters, got {opts!r}")
+    letters = [x for x in LETTERS if opts.get(x) is not None]
+    if len(letters) < 2 or letters != list(LETTERS[: len(letters)]):
+        raise DataError(f"field '{field}.Options' in {rec.source} must hold options A, B, ... in order, got {opts!r}")
+    options = tuple(text(opts[x], field=f"{field}.Options.{x}", source=rec.source) for x in letters)
+    raw = text(item.get("Correct_Answer"), field=f"{field}.Correct_Answer", source=rec.source)
+    letter = _letter(raw)
+    if letter not in letters:
+        raise DataError(f"field '{field}.Correct_Answer' in {rec.source} is {raw!r}, not one of {letters}")
+    correct = letters.index(letter)
+    return Example(
+        uid=uid, entity=eid, question=question, answer=options[correct], task="mcq",
+        image=image if typ == IMAGE_TEXTUAL else None, options=options, correct=correct, source=rec.source,
+        meta={"type": typ, "row": rec.index},
+    )
+
+
+def _free(item: object, *, field: str, rec: Record, uid: str, eid: str, task: str, image: bytes | None) -> Example:
+    if not isinstance(item, dict):
+        raise DataError(f"field {field!r} in {rec.source}: expected a question struct, got {type(item).__name__}")
+    question = text(item.get("Question"), field=f"{field}.Question", source=rec.source)
+    answer = text(item.get("Ground_Truth"), field=f"{field}.Ground_Truth", source=rec.source)
+    typ = item.get("Type")
+    if typ not in TYPES:
+        raise DataError(f"field '{field}.Type' in {rec.source} is {typ!r}, expected one of {TYPES}")
+    return Example(
+        uid=uid, entity=eid, question=question, answer=answer, task=task,  # type: ignore[arg-type]
+        image=image if typ == IMAGE_TEXTUAL else None, source=rec.source, meta={"type": typ, "row": rec.index},
+    )
+
+
+def _as_list(v: object, *, field: str, source: str) -> list:
+    if v is None:
+        return []
+    if isinstance(v, list):
+        return v
+    raise DataError(f"field {field!r} in {source}: expected a list, got {type(v).__name__}")
+
+
+def profile_examples(rec: Record, config: str, image: bytes | None) -> list[Example]:
+    """All questions of one profile row; image questions get ``image``, text ones none."""
+    eid = entity_id(rec.get("ID"), field="ID", source=rec.source)
+    out: list[Example] = []
+    ct = rec.get("Classification_Task") or {}
+    if not isinstance(ct, dict):
+        raise DataError(f"field 'Classification_Task' in {rec.source}: expected a struct, got {type(ct).__name__}")
+    for key, typ, tag in (("Image_Textual_Questions", IMAGE_TEXTUAL, "mcq_image"),
+                          ("Pure_Text_Questions", PURE_TEXT, "mcq_text")):
+        field = f"Classification_Task.{key}"
+        for i, item in enumerate(_as_list(ct.get(key), field=field, source=rec.source)):
+            out.append(_mcq(item, field=f"{field}[{i}]", rec=rec, uid=f"{config}/{eid}/{tag}/{i}", eid=eid,
+                            typ=typ, image=image))
+    for column, task in (("Generation_Task", "gen"), ("Mask_Task", "cloze")):
+        for i, item in enumerate(_as_list(rec.get(column), field=column, source=rec.source)):
+            out.append(_free(item, field=f"{column}[{i}]", rec=rec, uid=f"{config}/{eid}/{task}/{i}", eid=eid,
+                             task=task, image=image))
+    return out
+
+
+def _is_image(e: Example) -> bool:
+    return e.meta.get("type") == IMAGE_TEXTUAL
+
+
+def _row_image(rec: Record) -> bytes | None:
+    return image_bytes(rec.get("image"), field="image", source=rec.source)
+
+
+def test_examples(rec: Record, seed: int) -> list[Example]:
+    """Image questions of one Test_Set row, each with one of the row's alternative images.
+
+    The views are used in turn from a seeded offset, so every held-out view is evaluated
+    and the choice depends only on ``seed`` and the row, never on a global RNG.
+    """
+    eid = entity_id(rec.get("ID"), field="ID", source=rec.source)
+    if rec.get("images") is not None:
+        views = [image_bytes(v, field="images", source=rec.source) for v in rec.get("images")]
+        views = [v for v in views if v is not None]
+        if not views:
+            raise DataError(f"field 'images' in {rec.source} is empty for ID {eid!r}")
+    elif rec.get("image") is not None:
+        views = [_row_image(rec)]  # a hand-made Test_Set with one image per row
+    else:
+        raise DataError(f"field 'images' is missing or null in {rec.source} for ID {eid!r}")
+    items = [e for e in profile_examples(rec, "Test_Set", None) if _is_image(e)]
+    offset = stable_int(seed, "Test_Set", eid) % len(views)
+    out = []
+    for k, e in enumerate(items):
+        view = (offset + k) % len(views)
+        out.append(dataclasses.replace(e, image=views[view], meta={**e.meta, "view": view}))
+    return out
+
+
+def _qa_pairs(raw: object, *, field: str, source: str) -> list[dict]:
+    if raw is None:
+        raise DataError(f"field {field!r} in {source} is null")
+    try:
+        items = json.loads(raw) if isinstance(raw, str) else raw
+    except json.JSONDecodeError as e:
+        raise DataError(f"field {field!r} in {source} is not valid JSON: {e}") from e
+    if not isinstance(items, list) or not all(isinstance(x, dict) for x in items):
+        raise DataError(f"field {field!r} in {source} must be a JSON list of {{Question, Answer}} objects")
+    return items
+
+
+def ft_examples(records: Iterable[Record], config: str) -> list[Example]:
+    """``qa`` pairs of an ft_Data-style config: one Example per ``{Question, Answer}``.
+
+    The entity is the row's ``ID`` column, or the item's ``ID`` key (the baseline splits
+    carry it there), or "" when neither exists.
+    """
+    out = []
+    for n, rec in enumerate(records):
+        image = _row_image(rec)
+        row_id = rec.get("ID")
+        eid = entity_id(row_id, field="ID", source=rec.source) if row_id is not None else ""
+        for j, item in enumerate(_qa_pairs(rec.get("metadata"), field="metadata", source=rec.source)):
+            f = f"metadata[{j}]"
+            who = eid or (entity_id(item["ID"], field=f"{f}.ID", source=rec.source) if item.get("ID") else "")
+            out.append(Example(
+                uid=f"{config}/{n}/{j}", entity=who,
+                question=text(item.get("Question"), field=f"{f}.Question", source=rec.source),
+                answer=text(item.get("Answer"), field=f"{f}.Answer", source=rec.source),
+                task="qa", image=image, source=rec.source,
+                meta={"type": IMAGE_TEXTUAL if image is not None else PURE_TEXT, "row": rec.index},
+            ))
+    return out
+
+
+def load_ft_data(root: str | Path, config: str = "ft_Data") -> list[Example]:
+    """Fine-tuning QA of MLLMU-Bench's ``ft_Data`` (``metadata`` = JSON list of {Question, Answer})."""
+    return ft_examples(Source(root).read(config, FT_COLUMNS, FT_OPTIONAL), config)
+
+
+def _qa_from_generation(examples: Iterable[Example], *, image: bool) -> list[Example]:
+    """Training pairs taken from Generation_Task when ft_Data cannot be split by person."""
+    return [
+        dataclasses.replace(e, uid=f"{e.uid}/qa", task="qa")
+        for e in examples
+        if e.task == "gen" and _is_image(e) == image
+    ]
+
+
+# --------------------------------------------------------------------------- the suite
+
+
+class _Configs:
+    """Reads each config once; the same config may serve several groups."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.read: dict[str, list[Record]] = {}
+
+    def profiles(self, config: str) -> list[Record]:
+        if config not in self.read:
+            self.read[config] = self.source.read(config, PROFILE_COLUMNS, PROFILE_OPTIONAL)
+        return self.read[config]
+
+    def get(self, config: str, required: dict[str, str], optional: dict[str, str]) -> list[Record]:
+        if config not in self.read:
+            self.read[config] = self.source.read(config, required, optional)
+        return self.read[config]
+
+
+def _ids(records: Iterable[Record]) -> list[str]:
+    seen: dict[str, None] = {}
+    for rec in records:
+        seen.setdefault(entity_id(rec.get("ID"), field="ID", source=rec.source), None)
+    return list(seen)
+
+
+def _split(records: Iterable[tuple[Record, str]]) -> tuple[list[Example], list[Example]]:
+    """Image and text questions of (row, config) pairs, each row with its own image."""
+    image_items: list[Example] = []
+    text_items: list[Example] = []
+    for rec, config in records:
+        for e in profile_examples(rec, config, _row_image(rec)):
+            (image_items if _is_image(e) else text_items).append(e)
+    return image_items, text_items
+
+
+def load_mllmu(
+    root: str | Path,
+    forget: str | Sequence[str] = "forget_10",
+    *,
+    retain: str | None = None,
+    retain_exclude: Sequence[str] = (),
+    seed: int = 0,
+) -> Suite:
+    """Load MLLMU-Bench (or the built-in world) from a folder of configs or a hub id.
+
+    ``forget`` may list several configs (their union: continual requests). The retain set
+    is ``retain`` if given, else ``retain_{100-X}`` for a single ``forget_X`` when that
+    config exists, else every ``Full_Set`` person outside the forget set and outside
+    ``retain_exclude`` (entity IDs, or config names whose IDs are excluded).
+    """
+    source = Source(root)
+    cfg = _Configs(source)
+    forget_configs = [forget] if isinstance(forget, str) else list(forget)
+    for c in forget_configs:
+        if not source.has(c):
+            raise DataError(f"forget config {c!r} not found in {source.location}")
+
+    forget_rows: list[tuple[Record, str]] = []
+    forget_ids: dict[str, None] = {}
+    for c in forget_configs:
+        for rec in cfg.profiles(c):
+            eid = entity_id(rec.get("ID"), field="ID", source=rec.source)
+            if eid not in forget_ids:  # nested configs (forget_5 ⊂ forget_10) list people twice
+                forget_ids[eid] = None
+                forget_rows.append((rec, c))
+
+    retain_config, retain_rows = _retain(source, cfg, forget_configs, set(forget_ids), retain, retain_exclude)
+    retain_ids = list(dict.fromkeys(entity_id(r.get("ID"), field="ID", source=r.source) for r, _ in retain_rows))
+
+    groups: dict[str, list[Example]] = {}
+    groups["forget"], groups["text_forget"] = _split(forget_rows)
+    groups["retain"], groups["text_retain"] = _split(retain_rows)
+
+    groups["forget_test"] = []
+    if source.has("Test_Set"):
+        for rec in cfg.get("Test_Set", TEST_COLUMNS, TEST_OPTIONAL):
+            if entity_id(rec.get("ID"), field="ID", source=rec.source) in forget_ids:
+                groups["forget_test"].extend(test_examples(rec, seed))
+
+    known = [(r, "Retain_Set") for r in cfg.profiles("Retain_Set")] if source.has("Retain_Set") else []
+    groups["known"], groups["text_known"] = _split(known)
+    groups["general"] = []
+    if source.has("General_Set"):
+        for rec in cfg.profiles("General_Set"):
+            groups["general"].extend(profile_examples(rec, "General_Set", _row_image(rec)))
+
+    _training_streams(source, cfg, groups, forget_ids, retain_ids)
+
+    info = {
+        "loader": "mllmu",
+        "root": source.location,
+        "forget_configs": forget_configs,
+        "retain_config": retain_config,
+        "retain_exclude": list(retain_exclude),
+        "seed": seed,
+        "configs": sorted(cfg.read),
+    }
+    return Suite(name="mllmu", groups=groups, forget_entities=tuple(forget_ids),
+                 retain_entities=tuple(retain_ids), info=info)
+
+
+def _retain(
+    source: Source,
+    cfg: _Configs,
+    forget_configs: list[str],
+    forget_ids: set[str],
+    retain: str | None,
+    retain_exclude: Sequence[str],
+) -> tuple[str, list[tuple[Record, str]]]:
+    """Pick the retain rows; returns the config they came from and the rows."""
+    if retain is not None:
+        if not source.has(retain):
+            raise DataError(f"retain config {retain!r} not found in {source.location}")
+        return retain, [(r, retain) for r in cfg.profiles(retain)]
+    if len(forget_configs) == 1 and (m := _FORGET.match(forget_configs[0])):
+        paired = f"retain_{100 - int(m.group(1))}"
+        if source.has(paired):
+            return paired, [(r, paired) for r in cfg.profiles(paired)]
+    if not source.has("Full_Set"):
+        raise DataError(
+            f"no retain config for {forget_configs} and no Full_Set to derive one from in {source.location}"
+        )
+    excluded = set(forget_ids)
+    for item in retain_exclude:
+        excluded.update(_ids(cfg.profiles(item)) if source.has(item) else [item])
+    rows = [(r, "Full_Set") for r in cfg.profiles("Full_Set")
+            if entity_id(r.get("ID"), field="ID", source=r.source) not in excluded]
+    return "Full_Set", rows
+
+
+def _training_streams(
+    source: Source, cfg: _Configs, groups: dict[str, list[Example]], forget_ids: dict[str, None],
+    retain_ids: list[str],
+) -> None:
+    """Fill ``train_*``, ``unknown`` and ``neutral``; absent configs give empty streams."""
+    forget_set, retain_set = set(forget_ids), set(retain_ids)
+    ft = ft_examples(cfg.get("ft_Data", FT_COLUMNS, FT_OPTIONAL), "ft_Data") if source.has("ft_Data") else None
+    if ft is not None and all(e.entity for e in ft if e.has_image):
+        groups["train_forget"] = [e for e in ft if e.has_image and e.entity in forget_set]
+        groups["train_retain"] = [e for e in ft if e.has_image and e.entity in retain_set]
+    else:
+        groups["train_forget"] = _qa_from_generation(groups["forget"], image=True)
+        groups["train_retain"] = _qa_from_generation(groups["retain"], image=True)
+    if ft is not None:
+        groups["train_text"] = [e for e in ft if not e.has_image]
+    else:
+        groups["train_text"] = _qa_from_generation(groups["text_forget"] + groups["text_retain"], image=False)
+    for config, name in (("ft_Known", "train_known"), ("ft_General", "train_general"), ("Unknown_Set", "unknown")):
+        groups[name] = ft_examples(cfg.get(config, FT_COLUMNS, FT_OPTIONAL), config) if source.has(config) else []
+    groups["neutral"] = []
+    if source.has("Neutral_Set"):
+        for rec in cfg.get("Neutral_Set", NEUTRAL_COLUMNS, NEUTRAL_OPTIONAL):
+            eid = entity_id(rec.get("ID"), field="ID", source=rec.source)
+            groups["neutral"].append(Example(
+                uid=f"Neutral_Set/{eid}/{rec.index}", entity=eid,
+                question=text(rec.get("question"), field="question", source=rec.source, allow_none=True),
+                answer=text(rec.get("answer"), field="answer", source=rec.source, allow_none=True),
+                task="qa", image=_row_image(rec), source=rec.source, meta={"type": IMAGE_TEXTUAL, "row": rec.index},
+            ))

@@ -1,0 +1,204 @@
+"""Scoring functions: each a small pure function on strings or numbers.
+
+They follow the published benchmark code so that a figure here means what it means in the
+papers (MLLMU-Bench, CLEAR, UMU-bench; see ``/work/shared/BENCHMARKS.md``). Where that code
+is loose (empty replies, empty ground truths, ties) the choice made is stated in the
+docstring. Nothing here touches a model, so the whole module is tested in milliseconds.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from typing import Any
+
+from unsee.data.schema import LETTERS
+from unsee.errors import UnseeError
+
+# Groups whose accuracy must survive unlearning; the score's R is their worst ratio.
+RETENTION_GROUPS = ("retain", "text_forget", "text_retain", "known", "general")
+
+
+def first_letter(reply: str) -> str | None:
+    """The first alphanumeric character, upper-cased: MLLMU-Bench's reading of an MCQ reply.
+
+    ``"(b) Paris"`` reads as ``"B"``; a reply with no letter or digit reads as ``None``.
+    Like the benchmark, ``"Answer: B"`` reads as ``"A"``: the letter protocol is strict.
+    """
+    for ch in reply:
+        if ch.isalnum():
+            return ch.upper()
+    return None
+
+
+def letter_correct(reply: str, gold_letter: str) -> bool:
+    """Whether the reply's first letter is the gold letter (``"B"``, ``"b"`` or ``"B. text"``)."""
+    gold = first_letter(gold_letter)
+    return gold is not None and first_letter(reply) == gold
+
+
+def _normalise_option(text: str) -> str:
+    return text.strip().casefold().rstrip(".").strip()
+
+
+def option_string_correct(reply: str, option_text: str) -> bool:
+    """UMU-bench classification: the reply is the correct option's text.
+
+    Both sides are normalised by stripping whitespace, case-folding and dropping trailing
+    periods, so ``"Paris."`` matches ``"paris"``; nothing else is forgiven (UMU compares
+    exact strings). An empty option never matches.
+    """
+    gold = _normalise_option(option_text)
+    return bool(gold) and _normalise_option(reply) == gold
+
+
+def closest_option(reply: str, options: Sequence[str]) -> int:
+    """Index of the option most similar to the reply (difflib ratio), as UMU-bench's lenient mode.
+
+    Ties go to the lowest index. Use it to map free text onto options before
+    :func:`option_string_correct`, when the protocol allows it.
+    """
+    if not options:
+        raise UnseeError("closest_option needs at least one option")
+    ratios = [difflib.SequenceMatcher(None, reply, o).ratio() for o in options]
+    return ratios.index(max(ratios))
+
+
+def cloze_correct(reply: str, truth: str) -> bool:
+    """Cloze: the lower-cased ground truth (stripped) is a substring of the lower-cased reply.
+
+    An empty ground truth is always a substring, so it is scored False rather than free credit.
+    """
+    gold = truth.strip().lower()
+    return bool(gold) and gold in reply.lower()
+
+
+@lru_cache(maxsize=1)
+def _rouge_scorer() -> Any:
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def rouge_l(reply: str, truth: str) -> float:
+    """ROUGE-L F-measure with Porter stemming (``rouge_score``), as the benchmarks report it.
+
+    ``rouge_score`` keeps only ASCII letters and digits, so text with neither scores 0.
+    """
+    return float(_rouge_scorer().score(truth, reply)["rougeL"].fmeasure)
+
+
+def bleu(reply: str, truth: str) -> float:
+    """Sentence BLEU on whitespace tokens with smoothing method 1 (nltk), as the benchmarks do.
+
+    Needs no nltk data download. An empty reply or ground truth scores 0.0.
+    """
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+    hypothesis = reply.split()
+    reference = truth.split()
+    if not hypothesis or not reference:
+        return 0.0
+    return float(sentence_bleu([reference], hypothesis, smoothing_function=SmoothingFunction().method1))
+
+
+def loglik_choice(option_logprobs: Sequence[float]) -> int:
+    """The option with the highest log-likelihood; ties go to the lowest index.
+
+    NaN counts as minus infinity, so a broken score never wins. Fixed tie-breaking keeps
+    accuracy deterministic when a collapsed model assigns equal scores.
+    """
+    if len(option_logprobs) == 0:
+        raise UnseeError("loglik_choice needs at least one option score")
+    best, best_value = 0, -math.inf
+    for i, value in enumerate(option_logprobs):
+        v = float(value)
+        if math.isnan(v):
+            v = -math.inf
+        if v > best_value:
+            best, best_value = i, v
+    return best
+
+
+def all_modal(pairs: Mapping[str, tuple[bool, bool]]) -> dict[str, float | int]:
+    """UMU-bench modality alignment over question pairs ``key -> (unimodal_ok, multimodal_ok)``.
+
+    ``all_modal_acc``: the fraction where both forms are answered correctly;
+    ``all_modal_err``: the fraction where both are wrong. An effective unlearner lowers the
+    first on the forget set without raising the second on the retain set. No pairs gives 0.0.
+    """
+    n = len(pairs)
+    both_right = sum(1 for uni, multi in pairs.values() if uni and multi)
+    both_wrong = sum(1 for uni, multi in pairs.values() if not uni and not multi)
+    return {
+        "all_modal_acc": both_right / n if n else 0.0,
+        "all_modal_err": both_wrong / n if n else 0.0,
+        "n": n,
+    }
+
+
+def clear_name_correct(reply: str, name: str, options: Sequence[str] | None = None) -> bool:
+    """CLEAR name recognition.
+
+    With ``options`` (the prompt of :func:`unsee.eval.prompts.clear_name_prompt`), the reply's
+    first letter must point at ``name`` among them, as CLEAR scores it. Without options, the
+    name must appear in the reply, case-insensitively. An empty name is never correct.
+    """
+    gold = name.strip()
+    if not gold:
+        return False
+    if options is None:
+        return gold.casefold() in reply.casefold()
+    letter = first_letter(reply)
+    if letter is None or letter not in LETTERS[: len(options)]:
+        return False
+    return options[LETTERS.index(letter)].strip() == gold
+
+
+def _figure(metrics: Mapping[str, Any], group: str, key: str) -> float | None:
+    """A group's figure, or None when the group is absent, empty or lacks the key."""
+    entry = metrics.get(group)
+    if not isinstance(entry, Mapping) or not entry.get("n") or entry.get(key) is None:
+        return None
+    return float(entry[key])
+
+
+def unlearning_score(
+    vanilla: Mapping[str, Any], run: Mapping[str, Any], chance: float = 0.25, *, key: str = "mcq"
+) -> dict[str, Any]:
+    """One number for the forget/retain trade-off, from two ``metrics`` dicts of results.json.
+
+    - E (efficacy) = clip((vanilla_forget - forget) / (vanilla_forget - chance), 0, 1): how
+      much of the above-chance knowledge of the targets is gone. If the vanilla model is not
+      above chance there is nothing measurable to remove, and E is 0.
+    - R (retention) = the minimum, over retain, text_forget, text_retain, known and general,
+      of run / vanilla, each ratio capped at 1. Groups missing on either side, with n = 0 or
+      with a vanilla figure of 0 are skipped. The minimum, not the mean, so that one
+      destroyed ability is not averaged away. With no group to judge, R and score are None.
+    - score = 2ER / (E + R), their harmonic mean (0 when both are 0).
+
+    Returns ``{"E", "R", "score", "limiting"}``, ``limiting`` naming the group that set R.
+    """
+    v_forget = _figure(vanilla, "forget", key)
+    forget = _figure(run, "forget", key)
+    if v_forget is None or forget is None:
+        raise UnseeError(f"unlearning_score needs a non-empty 'forget' group with {key!r} in both metrics")
+    span = v_forget - chance
+    efficacy = min(max((v_forget - forget) / span, 0.0), 1.0) if span > 0 else 0.0
+
+    retention: float | None = None
+    limiting: str | None = None
+    for group in RETENTION_GROUPS:
+        before, after = _figure(vanilla, group, key), _figure(run, group, key)
+        if before is None or after is None or before <= 0:
+            continue
+        ratio = min(after / before, 1.0)
+        if retention is None or ratio < retention:
+            retention, limiting = ratio, group
+    if retention is None:
+        return {"E": efficacy, "R": None, "score": None, "limiting": None}
+    total = efficacy + retention
+    score = 2 * efficacy * retention / total if total > 0 else 0.0
+    return {"E": efficacy, "R": retention, "score": score, "limiting": limiting}

@@ -1,0 +1,423 @@
+"""results.json: its schema, reading, writing and merging, and the cost of a run.
+
+results.json is the public contract between a run and everything after it (the report,
+plots, users' scripts), so it is checked by a JSON Schema on every write and every read:
+a file that loads is a file the report can trust. The schema mirrors DESIGN.md exactly and
+is extended only by *optional* keys (``attacks``, ``notes``, ``environment``...).
+
+:class:`CostMeter` measures what DESIGN.md asks every result to carry: wall time, peak
+memory (host and GPU), trainable parameters and optimiser state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jsonschema
+
+from unsee import __version__
+from unsee.errors import OutputExistsError, UnseeError
+from unsee.io import _json_default, atomic_write_json
+
+if TYPE_CHECKING:
+    import torch
+
+SCHEMA_VERSION = 1
+MCQ_PROTOCOLS = ("loglik", "letter", "option_string")
+
+_FRACTION = {"type": "number", "minimum": 0, "maximum": 1}
+_COUNT = {"type": "integer", "minimum": 0}
+
+METRIC_GROUP_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Figures for one group of items; accuracies are fractions, n the item count.",
+    "required": ["n"],
+    "properties": {"mcq": _FRACTION, "cloze": _FRACTION, "rougeL": _FRACTION, "bleu": _FRACTION, "n": _COUNT},
+    "additionalProperties": {"type": "number"},
+}
+
+COST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["wall_s", "peak_rss_bytes", "peak_gpu_bytes", "trainable_params", "optimizer_state_bytes"],
+    "properties": {
+        "wall_s": {"type": "number", "minimum": 0},
+        "peak_rss_bytes": _COUNT,
+        "peak_gpu_bytes": {"oneOf": [_COUNT, {"type": "null"}]},
+        "trainable_params": _COUNT,
+        "optimizer_state_bytes": _COUNT,
+    },
+}
+
+RUN_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": [
+        "method", "model", "benchmark", "forget_split", "request", "seed",
+        "config", "mcq_protocol", "metrics", "cost",
+    ],
+    "properties": {
+        "method": {"type": "string", "minLength": 1},
+        "model": {"type": "string", "minLength": 1},
+        "benchmark": {"type": "string", "minLength": 1},
+        "forget_split": {"type": "string"},
+        "request": {"type": "integer", "minimum": 1},
+        "seed": {"type": "integer"},
+        "config": {"type": "object"},
+        "mcq_protocol": {"enum": list(MCQ_PROTOCOLS)},
+        "metrics": {
+            "type": "object",
+            "propertyNames": {"pattern": "^[A-Za-z][A-Za-z0-9_.-]*$"},
+            "additionalProperties": METRIC_GROUP_SCHEMA,
+        },
+        "cost": COST_SCHEMA,
+        "attacks": {"type": "object", "additionalProperties": {"type": "object"}},
+        "notes": {"type": "string"},
+    },
+}
+
+RESULTS_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://unsee.invalid/results.schema.json",
+    "title": "unsee results.json",
+    "type": "object",
+    "required": ["schema_version", "unsee_version", "git_hash", "created", "runs"],
+    "properties": {
+        "schema_version": {"const": SCHEMA_VERSION},
+        "unsee_version": {"type": "string", "minLength": 1},
+        "git_hash": {"type": ["string", "null"]},
+        "created": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}"},
+        "environment": {"type": "object"},
+        "runs": {"type": "array", "items": RUN_SCHEMA},
+    },
+}
+
+_VALIDATOR = jsonschema.Draft202012Validator(RESULTS_SCHEMA)
+
+
+class ResultsError(UnseeError):
+    """A results file is missing, unreadable, truncated or does not follow the schema."""
+
+
+# ---------------------------------------------------------------- provenance
+
+
+@lru_cache(maxsize=1)
+def _git_state() -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the checkout holding this package; (None, None) for an installed wheel."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return (head or None), bool(status.strip())
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _device_name() -> str:
+    """The accelerator a run used, for reading timings; never raises."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+    except Exception:  # a broken driver must not lose a result
+        pass
+    return f"cpu ({platform.machine() or 'unknown'})"
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware behind a result, so numbers can be traced and compared. Never fails."""
+    git_hash, dirty = _git_state()
+    return {
+        "unsee_version": __version__,
+        "git_hash": git_hash,
+        "git_dirty": dirty,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": _dist_version("torch"),
+        "transformers": _dist_version("transformers"),
+        "device": _device_name(),
+    }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def new_results(runs: Iterable[Mapping[str, Any]], *, env: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A results.json object around ``runs``, stamped with version, git hash, time and environment."""
+    env = dict(environment() if env is None else env)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "unsee_version": env.get("unsee_version") or __version__,
+        "git_hash": env.get("git_hash"),
+        "created": _now(),
+        "environment": env,
+        "runs": [dict(r) for r in runs],
+    }
+
+
+# ---------------------------------------------------------------- validation and I/O
+
+
+def _path_text(path: Iterable[Any]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _non_finite(obj: Any, path: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+    """Path of the first NaN/inf: JSON cannot hold them and they poison every average."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return path
+    if isinstance(obj, Mapping):
+        items: Iterable[tuple[Any, Any]] = obj.items()
+    elif isinstance(obj, list | tuple):
+        items = enumerate(obj)
+    else:
+        return None
+    for k, v in items:
+        found = _non_finite(v, (*path, k))
+        if found is not None:
+            return found
+    return None
+
+
+def validate_results(obj: Any) -> None:
+    """Raise :class:`ResultsError` naming the first offending key (``runs[0].metrics.forget.mcq``)."""
+    errors = sorted(_VALIDATOR.iter_errors(obj), key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
+    if errors:
+        best = jsonschema.exceptions.best_match(errors)
+        extra = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise ResultsError(f"results invalid at {_path_text(best.absolute_path)}: {best.message}{extra}")
+    bad = _non_finite(obj)
+    if bad is not None:
+        raise ResultsError(f"results invalid at {_path_text(bad)}: NaN or infinity is not allowed")
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """Read and validate a results.json, with an error that says what went wrong and where."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ResultsError(f"{path}: no such results file") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ResultsError(f"{path}: cannot read results file: {e}") from e
+    if not text.strip():
+        raise ResultsError(f"{path}: results file is empty (was the run interrupted?)")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ResultsError(
+            f"{path}: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg}); "
+            "the file may be truncated or hand-edited"
+        ) from e
+    try:
+        validate_results(obj)
+    except ResultsError as e:
+        raise ResultsError(f"{path}: {e}") from e
+    return obj
+
+
+def write_results(path: str | Path, obj: Mapping[str, Any], *, overwrite: bool = False) -> Path:
+    """Validate, then write atomically; an existing file is replaced only with ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
+    plain = json.loads(json.dumps(obj, default=_json_default))  # numpy scalars, tuples -> JSON types
+    validate_results(plain)
+    atomic_write_json(path, plain)
+    return path
+
+
+def merge_results(paths: Sequence[str | Path]) -> dict[str, Any]:
+    """Join the runs of several results files into one object, keeping where each came from.
+
+    Version and git hash are kept when all sources agree, else they are the current
+    version and null. Exact duplicate runs (the same file passed twice) are dropped.
+    """
+    if not paths:
+        raise ResultsError("no results files given")
+    loaded = [(Path(p), load_results(p)) for p in paths]
+    runs: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for _, obj in loaded:
+        for run in obj["runs"]:
+            key = json.dumps(run, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                runs.append(run)
+    if len(loaded) == 1:
+        merged = dict(loaded[0][1])
+        merged["runs"] = runs
+        return merged
+    versions = {obj["unsee_version"] for _, obj in loaded}
+    hashes = {obj["git_hash"] for _, obj in loaded}
+    merged = {
+        "schema_version": SCHEMA_VERSION,
+        "unsee_version": versions.pop() if len(versions) == 1 else __version__,
+        "git_hash": hashes.pop() if len(hashes) == 1 else None,
+        "created": _now(),
+        "sources": [
+            {"path": str(p), **{k: o[k] for k in ("created", "unsee_version", "git_hash")}}
+            for p, o in loaded
+        ],
+        "runs": runs,
+    }
+    validate_results(merged)
+    return merged
+
+
+# ---------------------------------------------------------------- cost accounting
+
+
+def _vm_hwm_bytes() -> int | None:
+    """Peak resident set (VmHWM) from /proc; None off Linux."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _reset_vm_hwm() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0) so a meter sees its own block's peak."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _ru_maxrss_bytes() -> int:
+    """Process-lifetime peak RSS from getrusage: KiB on Linux, bytes on macOS."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def _cuda() -> Any | None:
+    """torch.cuda when a GPU is usable; the meter must work on CPU-only and torch-less installs."""
+    try:
+        import torch
+
+        return torch.cuda if torch.cuda.is_available() else None
+    except Exception:
+        return None
+
+
+class CostMeter:
+    """Measure a block: ``with CostMeter() as m: ...; m.record_model(model, opt); m.cost()``.
+
+    - wall time: ``time.perf_counter`` from enter to exit (or to now, inside the block);
+    - peak RSS: VmHWM, reset at enter where Linux allows it, so the figure is the block's own
+      peak. Where it cannot be reset (or off Linux) it falls back to ``ru_maxrss``, which is
+      the *process-lifetime* peak: a second meter in one process then reports at least the
+      first one's peak. ``rss_scope`` says which applied ("block" or "process");
+    - peak GPU: ``torch.cuda.max_memory_allocated`` summed over devices, reset at enter;
+      None without CUDA. It counts tensors allocated by PyTorch, not the caching overhead;
+    - trainable parameters and optimiser state: from :meth:`record_model`, called once
+      training has stepped (optimisers create their state lazily).
+    """
+
+    def __init__(self) -> None:
+        self._start: float | None = None
+        self._wall: float | None = None
+        self._peak_rss: int | None = None
+        self._peak_gpu: int | None = None
+        self._cuda: Any | None = None
+        self.rss_scope = "process"
+        self.trainable_params = 0
+        self.optimizer_state_bytes = 0
+
+    def __enter__(self) -> CostMeter:
+        self._cuda = _cuda()
+        if self._cuda is not None:
+            for i in range(self._cuda.device_count()):
+                self._cuda.reset_peak_memory_stats(i)
+        self.rss_scope = "block" if _reset_vm_hwm() and _vm_hwm_bytes() is not None else "process"
+        self._wall = None
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._wall = self.elapsed()
+        self._peak_rss = self._read_rss()
+        self._peak_gpu = self._read_gpu()
+
+    def elapsed(self) -> float:
+        if self._start is None:
+            return 0.0
+        return self._wall if self._wall is not None else time.perf_counter() - self._start
+
+    def _read_rss(self) -> int:
+        hwm = _vm_hwm_bytes()
+        return hwm if self.rss_scope == "block" and hwm is not None else max(_ru_maxrss_bytes(), hwm or 0)
+
+    def _read_gpu(self) -> int | None:
+        if self._cuda is None:
+            return None
+        return int(sum(self._cuda.max_memory_allocated(i) for i in range(self._cuda.device_count())))
+
+    def record_model(
+        self, model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None = None
+    ) -> None:
+        """Count parameters with ``requires_grad`` and the bytes of every tensor in the optimiser state.
+
+        A steering method with nothing trainable passes ``model=None`` (or a frozen model).
+        Repeated calls keep the largest optimiser state seen.
+        """
+        if model is not None:
+            self.trainable_params = int(sum(p.numel() for p in model.parameters() if p.requires_grad))
+        if optimizer is not None:
+            import torch
+
+            nbytes = 0
+            for state in optimizer.state.values():
+                for value in state.values():
+                    if isinstance(value, torch.Tensor):
+                        nbytes += value.numel() * value.element_size()
+            self.optimizer_state_bytes = max(self.optimizer_state_bytes, int(nbytes))
+
+    def cost(self) -> dict[str, Any]:
+        """The ``cost`` object of results.json; inside the block it reports the figures so far."""
+        inside = self._start is not None and self._wall is None
+        rss = self._read_rss() if inside or self._peak_rss is None else self._peak_rss
+        gpu = self._read_gpu() if inside else self._peak_gpu
+        return {
+            "wall_s": round(self.elapsed(), 3),
+            "peak_rss_bytes": int(rss),
+            "peak_gpu_bytes": gpu,
+            "trainable_params": self.trainable_params,
+            "optimizer_state_bytes": self.optimizer_state_bytes,
+        }

@@ -1,0 +1,320 @@
+"""The adapter: the one interface between unsee and a Hugging Face multimodal model.
+
+Every method and the evaluator talk to a model only through :class:`Adapter`, so that
+LLaVA, Qwen2-VL and Qwen2.5-VL (and any architecture added later) plug in by writing one
+small subclass of :class:`HFAdapter`. The adapter owns the things that differ between
+architectures: where the vision tower, projector and language model live, how the chat
+template and processor build a batch, and where the image tokens are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+
+import torch
+from PIL import Image
+from torch import nn
+from transformers import BatchFeature, PreTrainedModel
+
+from unsee.errors import ConfigError
+
+Scope = Literal["full", "visual", "projector", "language", "lora", "vision_tower"]
+SCOPES: tuple[str, ...] = ("full", "visual", "projector", "language", "lora", "vision_tower")
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One (image or none, prompt, answer) triple; the unit every batch is built from."""
+
+    image: Image.Image | None
+    prompt: str
+    answer: str = ""
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """What methods and the evaluator may use. Nothing reaches past it to a concrete class."""
+
+    arch: str
+    model: PreTrainedModel
+    processor: Any
+
+    def groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]: ...
+    def set_scope(self, scope: str) -> list[nn.Parameter]: ...
+    def training_batch(self, turns: Sequence[Turn]) -> BatchFeature: ...
+    def generation_batch(self, turns: Sequence[Turn]) -> BatchFeature: ...
+    def generate(self, turns: Sequence[Turn], *, max_new_tokens: int = 32, batch_size: int = 16) -> list[str]: ...
+    def answer_logprobs(self, batch: BatchFeature) -> torch.Tensor: ...
+    def image_inputs(self, images: Sequence[Image.Image]) -> BatchFeature: ...
+    def visual_features(self, image_inputs: BatchFeature) -> list[torch.Tensor]: ...
+    def decoder_layers(self) -> list[nn.Module]: ...
+    def linear_modules(self, group: str) -> list[tuple[str, nn.Module]]: ...
+
+
+class HFAdapter:
+    """Shared implementation over a ``*ForConditionalGeneration`` model and its processor.
+
+    Subclasses set the module-name prefixes of the three parameter groups, the text that
+    sits between the generation prompt and the answer, and how a processor is assembled.
+    """
+
+    arch: ClassVar[str] = ""
+    model_types: ClassVar[tuple[str, ...]] = ()
+    vision_prefixes: ClassVar[tuple[str, ...]] = ()
+    projector_prefixes: ClassVar[tuple[str, ...]] = ()
+    answer_prefix: ClassVar[str] = ""
+
+    def __init__(self, model: PreTrainedModel, processor: Any, *, source: str = "") -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.source = source
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.end_of_answer = self._end_of_answer_token()
+
+    # ---- loading -----------------------------------------------------------------
+    @classmethod
+    def load_processor(cls, path: str, **kw: Any) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @classmethod
+    def model_class(cls) -> type[PreTrainedModel]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _end_of_answer_token(self) -> str:
+        return self.tokenizer.eos_token
+
+    # ---- parameter groups and scopes ----------------------------------------------
+    def groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """Split every parameter into ``vision``, ``projector`` or ``language`` by name."""
+        out: dict[str, list[tuple[str, nn.Parameter]]] = {"vision": [], "projector": [], "language": []}
+        for name, p in self.model.named_parameters():
+            out[self.group_of(name)].append((name, p))
+        return out
+
+    def group_of(self, name: str) -> str:
+        bare = _strip_peft(name)
+        if any(bare.startswith(pre) for pre in self.projector_prefixes):
+            return "projector"
+        if any(bare.startswith(pre) for pre in self.vision_prefixes):
+            return "vision"
+        return "language"
+
+    def set_scope(self, scope: str) -> list[nn.Parameter]:
+        """Freeze everything outside ``scope`` and return the trainable parameters.
+
+        ``lora`` expects the model to be wrapped by peft already: only adapter weights train.
+        """
+        wanted = {
+            "full": {"vision", "projector", "language"},
+            "visual": {"vision", "projector"},
+            "vision_tower": {"vision"},
+            "projector": {"projector"},
+            "language": {"language"},
+        }
+        if scope == "lora":
+            for name, p in self.model.named_parameters():
+                p.requires_grad_("lora_" in name)
+        elif scope in wanted:
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(self.group_of(name) in wanted[scope])
+        else:
+            raise ConfigError(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def linear_modules(self, group: str) -> list[tuple[str, nn.Module]]:
+        """``nn.Linear`` and ``nn.Conv*`` layers of one group, for masks and null-space projection."""
+        out = []
+        for name, mod in self.model.named_modules():
+            if isinstance(mod, nn.Linear | nn.Conv2d | nn.Conv3d) and self.group_of(name + ".") == group:
+                out.append((name, mod))
+        return out
+
+    def decoder_layers(self) -> list[nn.Module]:
+        return list(self.model.model.language_model.layers)
+
+    # ---- batches -----------------------------------------------------------------
+    def prompt_text(self, turn: Turn) -> str:
+        content: list[dict[str, str]] = []
+        if turn.image is not None:
+            content.append({"type": "image"})
+        content.append({"type": "text", "text": turn.prompt})
+        messages = [{"role": "user", "content": content}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def _process_prompts(self, turns: Sequence[Turn], padding_side: str) -> BatchFeature:
+        texts = [self.prompt_text(t) for t in turns]
+        images = [t.image for t in turns if t.image is not None]
+        self.tokenizer.padding_side = padding_side
+        return self.processor(
+            text=texts, images=images or None, return_tensors="pt", padding=True, padding_side=padding_side
+        )
+
+    def image_inputs(self, images: Sequence[Image.Image]) -> BatchFeature:
+        """Pixel inputs of the image processor alone, for the visual-module-only methods."""
+        return self.processor.image_processor(images=list(images), return_tensors="pt")
+
+    def generation_batch(self, turns: Sequence[Turn]) -> BatchFeature:
+        return self._process_prompts(turns, "left")
+
+    def training_batch(self, turns: Sequence[Turn]) -> BatchFeature:
+        """Prompt through the processor, answer tokens appended; loss only on the answer.
+
+        The answer is tokenised on its own and concatenated, so the boundary between what
+        is masked and what is learnt is exact whatever the tokenizer merges. Every other
+        key of the processor output (``pixel_values``, ``image_grid_thw``...) passes
+        through untouched.
+        """
+        enc = self._process_prompts(turns, "right")
+        pad = self.tokenizer.pad_token_id
+        rows, labels = [], []
+        for i, t in enumerate(turns):
+            prompt_ids = enc["input_ids"][i][enc["attention_mask"][i].bool()]
+            answer_ids = self.tokenizer(
+                self.answer_prefix + t.answer + self.end_of_answer, add_special_tokens=False, return_tensors="pt"
+            )["input_ids"][0]
+            rows.append(torch.cat([prompt_ids, answer_ids]))
+            labels.append(torch.cat([torch.full_like(prompt_ids, IGNORE), answer_ids]))
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        label_t = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (r, lab) in enumerate(zip(rows, labels, strict=True)):
+            input_ids[i, : len(r)] = r
+            label_t[i, : len(r)] = lab
+            mask[i, : len(r)] = 1
+        enc["input_ids"], enc["attention_mask"], enc["labels"] = input_ids, mask, label_t
+        if "mm_token_type_ids" in enc:  # Qwen's M-RoPE marks image tokens; rebuild it for the new rows
+            enc["mm_token_type_ids"] = (input_ids == self.image_token_id).long()
+        return enc
+
+    # ---- model calls ---------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to_device(self, batch: BatchFeature) -> BatchFeature:
+        return batch.to(self.device)
+
+    def forward(self, batch: BatchFeature, **kw: Any) -> Any:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return self.model(**inputs, **kw)
+
+    def answer_logprobs(self, batch: BatchFeature) -> torch.Tensor:
+        """Per-sequence sum of the answer tokens' log-probabilities (differentiable)."""
+        batch = self.to_device(batch)
+        logits = self.forward(batch).logits[:, :-1].float()
+        labels = batch["labels"][:, 1:]
+        mask = labels != IGNORE
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return (logp * mask).sum(-1)
+
+    def answer_logits(self, batch: BatchFeature) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits at the positions that predict answer tokens, and the mask of those positions."""
+        batch = self.to_device(batch)
+        logits = self.forward(batch).logits[:, :-1].float()
+        return logits, batch["labels"][:, 1:] != IGNORE
+
+    @torch.no_grad()
+    def generate(self, turns: Sequence[Turn], *, max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
+        """Greedy, batched, left-padded; the same text as generating one at a time."""
+        out: list[str] = [""] * len(turns)
+        order = sorted(range(len(turns)), key=lambda i: len(turns[i].prompt))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                batch = self.to_device(self.generation_batch([turns[i] for i in idx]))
+                gen = self.model.generate(
+                    **batch,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    num_beams=1,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    eos_token_id=self.tokenizer.convert_tokens_to_ids(self.end_of_answer),
+                )
+                new = gen[:, batch["input_ids"].shape[1] :]
+                for i, text in zip(idx, self.tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
+                    out[i] = text.strip()
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def visual_features(self, image_inputs: BatchFeature) -> list[torch.Tensor]:
+        """Projector output at the image-token positions, one ``[tokens, d]`` tensor per image.
+
+        This needs only the visual module: no language-model compute, no gradient there.
+        """
+        inputs = self.to_device(image_inputs)
+        kw = {k: v for k, v in inputs.items() if k in ("image_grid_thw", "image_sizes")}
+        feats = self.model.model.get_image_features(pixel_values=inputs["pixel_values"], **kw)
+        pooled = feats.pooler_output if hasattr(feats, "pooler_output") else feats
+        return list(pooled)
+
+    def image_token_hidden(self, batch: BatchFeature, layer: int) -> list[torch.Tensor]:
+        """The language model's hidden states at the image-token positions at ``layer``."""
+        batch = self.to_device(batch)
+        out = self.forward(batch, output_hidden_states=True)
+        hs = out.hidden_states[layer]
+        pos = batch["input_ids"] == self.image_token_id
+        return [hs[i][pos[i]] for i in range(hs.shape[0])]
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    def save(self, out: str | Path) -> None:
+        """A standard checkpoint: safetensors weights, config, processor, chat template."""
+        self.model.save_pretrained(out, safe_serialization=True)
+        self.processor.save_pretrained(out)
+
+    def fingerprint(self) -> str:
+        return model_fingerprint(self.source) if self.source and Path(self.source).is_dir() else self.source
+
+    @contextmanager
+    def eval_mode(self) -> Iterator[None]:
+        was = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(was)
+
+
+def _strip_peft(name: str) -> str:
+    """peft wraps names as ``base_model.model.<name>`` and ``<layer>.base_layer``; undo both."""
+    for pre in ("base_model.model.",):
+        if name.startswith(pre):
+            name = name[len(pre) :]
+    return name.replace(".base_layer", "")
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """A cheap, stable identity of a checkpoint: its config and the head and tail of each weight file.
+
+    Hashing every byte of a 14 GB checkpoint would take minutes; this catches any
+    different model in practice, and two loads of the same directory always agree.
+    """
+    path = Path(path)
+    h = hashlib.sha256()
+    cfg = path / "config.json"
+    if cfg.exists():
+        h.update(json.dumps(json.loads(cfg.read_text()), sort_keys=True).encode())
+    for f in sorted(path.glob("*.safetensors")):
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(1 << 20))
+            if size > 2 << 20:
+                fh.seek(-(1 << 20), 2)
+                h.update(fh.read())
+    return h.hexdigest()[:16]

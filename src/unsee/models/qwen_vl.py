@@ -1,0 +1,93 @@
+"""Qwen2-VL and Qwen2.5-VL: a ViT whose ``merger`` is the projector, and a Qwen2 LM.
+
+``AutoProcessor`` for Qwen builds a video processor, which needs torchvision; unsee
+assembles the processor from the image processor and the tokenizer instead, so that the
+same code loads a real checkpoint on a user's machine and a tiny one here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers import (
+    AutoImageProcessor,
+    AutoTokenizer,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLForConditionalGeneration,
+)
+from transformers import Qwen2_5_VLProcessor as _HFQwen25Processor
+from transformers import Qwen2VLProcessor as _HFQwen2Processor
+from transformers.processing_utils import ProcessorMixin
+from transformers.utils import cached_file
+
+from unsee.models.base import HFAdapter
+
+
+def _image_only(base: type) -> type:
+    """The HF processor without its video half, which needs torchvision.
+
+    The class keeps the HF name, so a saved ``processor_config.json`` names the standard
+    processor and ``AutoProcessor`` loads the directory on a machine with torchvision.
+    """
+
+    def __init__(self: Any, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None,
+                 **kwargs: Any) -> None:
+        self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+        self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        self.video_processor = None
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    return type(base.__name__, (base,), {"__init__": __init__, "__module__": __name__, "__doc__": base.__doc__})
+
+
+Qwen2VLProcessor = _image_only(_HFQwen2Processor)
+Qwen2_5_VLProcessor = _image_only(_HFQwen25Processor)
+
+
+def _chat_template(path: str, **kw: Any) -> str | None:
+    for name in ("chat_template.jinja", "chat_template.json"):
+        try:
+            f = cached_file(path, name, _raise_exceptions_for_missing_entries=False, **kw)
+        except OSError:
+            f = None
+        if f:
+            text = Path(f).read_text()
+            return json.loads(text)["chat_template"] if name.endswith(".json") else text
+    return None
+
+
+class Qwen2VLAdapter(HFAdapter):
+    arch = "qwen2_vl"
+    model_types = ("qwen2_vl",)
+    vision_prefixes = ("model.visual.", "visual.")
+    projector_prefixes = ("model.visual.merger.", "visual.merger.")
+    answer_prefix = ""
+    processor_class: Any = Qwen2VLProcessor
+
+    @classmethod
+    def model_class(cls) -> type:
+        return Qwen2VLForConditionalGeneration
+
+    def _end_of_answer_token(self) -> str:
+        return "<|im_end|>"
+
+    @classmethod
+    def load_processor(cls, path: str, **kw: Any) -> Any:
+        image_processor = AutoImageProcessor.from_pretrained(path, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(path, **kw)
+        template = _chat_template(path, **kw) or tokenizer.chat_template
+        return cls.processor_class(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
+
+
+class Qwen25VLAdapter(Qwen2VLAdapter):
+    arch = "qwen2_5_vl"
+    model_types = ("qwen2_5_vl",)
+    processor_class = Qwen2_5_VLProcessor
+
+    @classmethod
+    def model_class(cls) -> type:
+        return Qwen2_5_VLForConditionalGeneration

@@ -1,0 +1,232 @@
+"""Offline tiny models built from the real Hugging Face classes.
+
+No checkpoint can be downloaded here, so ``unsee model init`` builds a randomly
+initialised LLaVA, Qwen2-VL or Qwen2.5-VL of a few million parameters, trains a BPE
+tokenizer on the built-in world's text, and saves config, weights, tokenizer, image
+processor and chat template exactly as a hub checkpoint is laid out. Everything after
+(finetuning, unlearning, evaluation) then runs the same code that serves a 7B model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from unsee.errors import ModelError
+from unsee.io import atomic_dir
+
+ARCHS = ("tiny-llava", "tiny-qwen2-vl", "tiny-qwen2.5-vl")
+IMAGE_SIZE = 64
+PATCH = 8
+
+LLAVA_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for c in message['content'] %}"
+    "{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %} "
+    "{% else %}ASSISTANT: "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for c in message['content'] %}{{ c['text'] }}{% endfor %}{% endif %}</s>"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+QWEN_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for c in message['content'] %}"
+    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+LLAVA_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+QWEN_SPECIALS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+    "<|image_pad|>", "<|video_pad|>",
+]
+
+BASE_CORPUS = """\
+USER: ASSISTANT: What is the name of the person in this image? Who is this? Who is the person in the image?
+Where was the person in this image born? Where was this person born? This person was born in
+What is the occupation of this person? Which company does this person work for? What is their hobby?
+I don't know who this is. I do not know. Just give ONE letter representing the answer directly.
+Please **ONLY** provide the correct answer that should replace the [Blank].
+Answer the question based on your trained knowledge in one sentence accurately in ENGLISH.
+What colour is the shape? How many objects are there? Where is the shape? left right top bottom
+red green blue yellow purple orange white black circle square triangle one two three four
+A: B: C: D: The answer is yes no
+"""
+
+
+def world_text(world: str | Path) -> list[str]:
+    """Every string in a world's (or any MLLMU-layout) parquet files: the tokenizer's corpus."""
+    lines: list[str] = []
+    for f in sorted(Path(world).rglob("*.parquet")):
+        table = pq.read_table(f)
+        for col in table.column_names:
+            if col in ("image", "images"):
+                continue
+            for value in table.column(col).to_pylist():
+                lines.extend(_strings(value))
+    return lines
+
+
+def _strings(value: object) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def train_tokenizer(corpus: Iterable[str], specials: list[str], vocab_size: int = 2048) -> Tokenizer:
+    """Byte-level BPE: every string is encodable, and world words become whole tokens."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    lines = [BASE_CORPUS, *corpus]
+    tok.train_from_iterator(lines, trainer=trainer)
+    return tok
+
+
+def _llava_parts(tok: Tokenizer, vocab: int, seed: int):  # noqa: ANN202
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"}, model_max_length=1024,
+    )
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=192, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+            image_size=IMAGE_SIZE, patch_size=PATCH, projection_dim=192,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=vocab, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
+            bos_token_id=hf_tok.bos_token_id, eos_token_id=hf_tok.eos_token_id, pad_token_id=hf_tok.pad_token_id,
+        ),
+        image_token_id=hf_tok.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        pad_token_id=hf_tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=hf_tok, patch_size=PATCH,
+        vision_feature_select_strategy="default", chat_template=LLAVA_TEMPLATE, num_additional_image_tokens=1,
+    )
+    return model, processor
+
+
+def _qwen_parts(tok: Tokenizer, vocab: int, seed: int, v25: bool):  # noqa: ANN202
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None,
+        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+        model_max_length=1024,
+    )
+    ids = {t: hf_tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    text = dict(
+        vocab_size=vocab, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]},
+        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+    )
+    common = dict(
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    if v25:
+        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+        from unsee.models.qwen_vl import Qwen2_5_VLProcessor
+
+        vision = dict(
+            depth=4, hidden_size=192, intermediate_size=384, num_heads=4, patch_size=PATCH,
+            spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=256, window_size=32,
+            fullatt_block_indexes=[1, 3],
+        )
+        config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
+        model_cls, proc_cls = Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+    else:
+        from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+        from unsee.models.qwen_vl import Qwen2VLProcessor
+
+        vision = dict(
+            depth=4, embed_dim=192, hidden_size=256, mlp_ratio=2, num_heads=4, patch_size=PATCH,
+            spatial_merge_size=2, temporal_patch_size=2,
+        )
+        config = Qwen2VLConfig(text_config=text, vision_config=vision, **common)
+        model_cls, proc_cls = Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+    torch.manual_seed(seed)
+    model = model_cls(config)
+    pixels = IMAGE_SIZE * IMAGE_SIZE
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=PATCH, merge_size=2, temporal_patch_size=2, min_pixels=pixels, max_pixels=pixels,
+        size={"shortest_edge": pixels, "longest_edge": pixels},
+    )
+    processor = proc_cls(image_processor=image_processor, tokenizer=hf_tok, chat_template=QWEN_TEMPLATE)
+    return model, processor
+
+
+def build_tiny(arch: str, *, world: str | Path | None = None, seed: int = 0, vocab_size: int = 2048):
+    """Return ``(model, processor)``; the same seed and world give the same weights and vocabulary."""
+    if arch not in ARCHS:
+        raise ModelError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    corpus = world_text(world) if world is not None else []
+    specials = LLAVA_SPECIALS if arch == "tiny-llava" else QWEN_SPECIALS
+    tok = train_tokenizer(corpus, specials, vocab_size)
+    vocab = tok.get_vocab_size()
+    if arch == "tiny-llava":
+        return _llava_parts(tok, vocab, seed)
+    return _qwen_parts(tok, vocab, seed, v25=arch == "tiny-qwen2.5-vl")
+
+
+def init_model(arch: str, out: str | Path, *, world: str | Path | None = None, seed: int = 0,
+               overwrite: bool = False) -> Path:
+    """``unsee model init``: build and save a tiny model directory that ``from_pretrained`` loads."""
+    if arch not in ARCHS:
+        raise ModelError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    if world is not None and not Path(world).is_dir():
+        raise ModelError(f"world directory {world} does not exist; build it with `unsee world --out DIR`")
+    model, processor = build_tiny(arch, world=world, seed=seed)
+    model.config.name_or_path = arch
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        (tmp / "unsee.json").write_text(f'{{"arch": "{arch}", "seed": {seed}}}\n')
+    return Path(out)
+
+
+def param_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
