@@ -17,15 +17,20 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from unsee.data.parquet import Record, Source, entity_id, image_bytes, stable_int, text
-from unsee.data.schema import LETTERS, Example, Suite
+from unsee.data.schema import LETTERS, Example, Suite, Task
 from unsee.errors import DataError
 
 IMAGE_TEXTUAL = "Image_Textual"
 PURE_TEXT = "Pure_Text"
 TYPES = (IMAGE_TEXTUAL, PURE_TEXT)
 
-PROFILE_COLUMNS = {"image": "image", "ID": "id", "Classification_Task": "struct", "Generation_Task": "list",
-                   "Mask_Task": "list"}
+PROFILE_COLUMNS = {
+    "image": "image",
+    "ID": "id",
+    "Classification_Task": "struct",
+    "Generation_Task": "list",
+    "Mask_Task": "list",
+}
 PROFILE_OPTIONAL = {"biography": "string", "question": "string", "answer": "string"}
 TEST_COLUMNS = {"ID": "id", "Classification_Task": "struct", "Generation_Task": "list", "Mask_Task": "list"}
 TEST_OPTIONAL = {"images": "images", "image": "image"}
@@ -65,13 +70,20 @@ def _mcq(item: object, *, field: str, rec: Record, uid: str, eid: str, typ: str,
         raise DataError(f"field '{field}.Correct_Answer' in {rec.source} is {raw!r}, not one of {letters}")
     correct = letters.index(letter)
     return Example(
-        uid=uid, entity=eid, question=question, answer=options[correct], task="mcq",
-        image=image if typ == IMAGE_TEXTUAL else None, options=options, correct=correct, source=rec.source,
+        uid=uid,
+        entity=eid,
+        question=question,
+        answer=options[correct],
+        task="mcq",
+        image=image if typ == IMAGE_TEXTUAL else None,
+        options=options,
+        correct=correct,
+        source=rec.source,
         meta={"type": typ, "row": rec.index},
     )
 
 
-def _free(item: object, *, field: str, rec: Record, uid: str, eid: str, task: str, image: bytes | None) -> Example:
+def _free(item: object, *, field: str, rec: Record, uid: str, eid: str, task: Task, image: bytes | None) -> Example:
     if not isinstance(item, dict):
         raise DataError(f"field {field!r} in {rec.source}: expected a question struct, got {type(item).__name__}")
     question = text(item.get("Question"), field=f"{field}.Question", source=rec.source)
@@ -80,8 +92,14 @@ def _free(item: object, *, field: str, rec: Record, uid: str, eid: str, task: st
     if typ not in TYPES:
         raise DataError(f"field '{field}.Type' in {rec.source} is {typ!r}, expected one of {TYPES}")
     return Example(
-        uid=uid, entity=eid, question=question, answer=answer, task=task,  # type: ignore[arg-type]
-        image=image if typ == IMAGE_TEXTUAL else None, source=rec.source, meta={"type": typ, "row": rec.index},
+        uid=uid,
+        entity=eid,
+        question=question,
+        answer=answer,
+        task=task,
+        image=image if typ == IMAGE_TEXTUAL else None,
+        source=rec.source,
+        meta={"type": typ, "row": rec.index},
     )
 
 
@@ -93,23 +111,50 @@ def _as_list(v: object, *, field: str, source: str) -> list:
     raise DataError(f"field {field!r} in {source}: expected a list, got {type(v).__name__}")
 
 
-def profile_examples(rec: Record, config: str, image: bytes | None) -> list[Example]:
-    """All questions of one profile row; image questions get ``image``, text ones none."""
+def profile_examples(rec: Record, config: str, image: bytes | None, *, need_image: bool = True) -> list[Example]:
+    """All questions of one profile row; image questions get ``image``, text ones none.
+
+    A null image is an error only when the row has image questions (``need_image``),
+    so that a broken row is reported here and not as an image-less "image" question.
+    """
     eid = entity_id(rec.get("ID"), field="ID", source=rec.source)
     out: list[Example] = []
     ct = rec.get("Classification_Task") or {}
     if not isinstance(ct, dict):
         raise DataError(f"field 'Classification_Task' in {rec.source}: expected a struct, got {type(ct).__name__}")
-    for key, typ, tag in (("Image_Textual_Questions", IMAGE_TEXTUAL, "mcq_image"),
-                          ("Pure_Text_Questions", PURE_TEXT, "mcq_text")):
+    for key, typ, tag in (
+        ("Image_Textual_Questions", IMAGE_TEXTUAL, "mcq_image"),
+        ("Pure_Text_Questions", PURE_TEXT, "mcq_text"),
+    ):
         field = f"Classification_Task.{key}"
         for i, item in enumerate(_as_list(ct.get(key), field=field, source=rec.source)):
-            out.append(_mcq(item, field=f"{field}[{i}]", rec=rec, uid=f"{config}/{eid}/{tag}/{i}", eid=eid,
-                            typ=typ, image=image))
-    for column, task in (("Generation_Task", "gen"), ("Mask_Task", "cloze")):
+            out.append(
+                _mcq(
+                    item,
+                    field=f"{field}[{i}]",
+                    rec=rec,
+                    uid=f"{config}/{eid}/{tag}/{i}",
+                    eid=eid,
+                    typ=typ,
+                    image=image,
+                )
+            )
+    free_tasks: tuple[tuple[str, Task], ...] = (("Generation_Task", "gen"), ("Mask_Task", "cloze"))
+    for column, task in free_tasks:
         for i, item in enumerate(_as_list(rec.get(column), field=column, source=rec.source)):
-            out.append(_free(item, field=f"{column}[{i}]", rec=rec, uid=f"{config}/{eid}/{task}/{i}", eid=eid,
-                             task=task, image=image))
+            out.append(
+                _free(
+                    item,
+                    field=f"{column}[{i}]",
+                    rec=rec,
+                    uid=f"{config}/{eid}/{task}/{i}",
+                    eid=eid,
+                    task=task,
+                    image=image,
+                )
+            )
+    if need_image and image is None and any(_is_image(e) for e in out):
+        raise DataError(f"field 'image' is null in {rec.source} for ID {eid!r}, which has image questions")
     return out
 
 
@@ -121,7 +166,7 @@ def _row_image(rec: Record) -> bytes | None:
     return image_bytes(rec.get("image"), field="image", source=rec.source)
 
 
-def test_examples(rec: Record, seed: int) -> list[Example]:
+def held_out_examples(rec: Record, seed: int) -> list[Example]:
     """Image questions of one Test_Set row, each with one of the row's alternative images.
 
     The views are used in turn from a seeded offset, so every held-out view is evaluated
@@ -137,7 +182,7 @@ def test_examples(rec: Record, seed: int) -> list[Example]:
         views = [_row_image(rec)]  # a hand-made Test_Set with one image per row
     else:
         raise DataError(f"field 'images' is missing or null in {rec.source} for ID {eid!r}")
-    items = [e for e in profile_examples(rec, "Test_Set", None) if _is_image(e)]
+    items = [e for e in profile_examples(rec, "Test_Set", None, need_image=False) if _is_image(e)]
     offset = stable_int(seed, "Test_Set", eid) % len(views)
     out = []
     for k, e in enumerate(items):
@@ -172,13 +217,18 @@ def ft_examples(records: Iterable[Record], config: str) -> list[Example]:
         for j, item in enumerate(_qa_pairs(rec.get("metadata"), field="metadata", source=rec.source)):
             f = f"metadata[{j}]"
             who = eid or (entity_id(item["ID"], field=f"{f}.ID", source=rec.source) if item.get("ID") else "")
-            out.append(Example(
-                uid=f"{config}/{n}/{j}", entity=who,
-                question=text(item.get("Question"), field=f"{f}.Question", source=rec.source),
-                answer=text(item.get("Answer"), field=f"{f}.Answer", source=rec.source),
-                task="qa", image=image, source=rec.source,
-                meta={"type": IMAGE_TEXTUAL if image is not None else PURE_TEXT, "row": rec.index},
-            ))
+            out.append(
+                Example(
+                    uid=f"{config}/{n}/{j}",
+                    entity=who,
+                    question=text(item.get("Question"), field=f"{f}.Question", source=rec.source),
+                    answer=text(item.get("Answer"), field=f"{f}.Answer", source=rec.source),
+                    task="qa",
+                    image=image,
+                    source=rec.source,
+                    meta={"type": IMAGE_TEXTUAL if image is not None else PURE_TEXT, "row": rec.index},
+                )
+            )
     return out
 
 
@@ -190,7 +240,7 @@ def load_ft_data(root: str | Path, config: str = "ft_Data") -> list[Example]:
 def _qa_from_generation(examples: Iterable[Example], *, image: bool) -> list[Example]:
     """Training pairs taken from Generation_Task when ft_Data cannot be split by person."""
     return [
-        dataclasses.replace(e, uid=f"{e.uid}/qa", task="qa")
+        dataclasses.replace(e, uid=f"{e.uid}/qa", task="qa", meta=dict(e.meta))
         for e in examples
         if e.task == "gen" and _is_image(e) == image
     ]
@@ -204,17 +254,19 @@ class _Configs:
 
     def __init__(self, source: Source) -> None:
         self.source = source
-        self.read: dict[str, list[Record]] = {}
+        self.read: dict[tuple[str, frozenset[tuple[str, str]]], list[Record]] = {}
 
     def profiles(self, config: str) -> list[Record]:
-        if config not in self.read:
-            self.read[config] = self.source.read(config, PROFILE_COLUMNS, PROFILE_OPTIONAL)
-        return self.read[config]
+        return self.get(config, PROFILE_COLUMNS, PROFILE_OPTIONAL)
 
     def get(self, config: str, required: dict[str, str], optional: dict[str, str]) -> list[Record]:
-        if config not in self.read:
-            self.read[config] = self.source.read(config, required, optional)
-        return self.read[config]
+        key = (config, frozenset({**required, **optional}.items()))
+        if key not in self.read:
+            self.read[key] = self.source.read(config, required, optional)
+        return self.read[key]
+
+    def names(self) -> list[str]:
+        return sorted({c for c, _ in self.read})
 
 
 def _ids(records: Iterable[Record]) -> list[str]:
@@ -276,7 +328,7 @@ def load_mllmu(
     if source.has("Test_Set"):
         for rec in cfg.get("Test_Set", TEST_COLUMNS, TEST_OPTIONAL):
             if entity_id(rec.get("ID"), field="ID", source=rec.source) in forget_ids:
-                groups["forget_test"].extend(test_examples(rec, seed))
+                groups["forget_test"].extend(held_out_examples(rec, seed))
 
     known = [(r, "Retain_Set") for r in cfg.profiles("Retain_Set")] if source.has("Retain_Set") else []
     groups["known"], groups["text_known"] = _split(known)
@@ -294,10 +346,15 @@ def load_mllmu(
         "retain_config": retain_config,
         "retain_exclude": list(retain_exclude),
         "seed": seed,
-        "configs": sorted(cfg.read),
+        "configs": cfg.names(),
     }
-    return Suite(name="mllmu", groups=groups, forget_entities=tuple(forget_ids),
-                 retain_entities=tuple(retain_ids), info=info)
+    return Suite(
+        name="mllmu",
+        groups=groups,
+        forget_entities=tuple(forget_ids),
+        retain_entities=tuple(retain_ids),
+        info=info,
+    )
 
 
 def _retain(
@@ -324,13 +381,19 @@ def _retain(
     excluded = set(forget_ids)
     for item in retain_exclude:
         excluded.update(_ids(cfg.profiles(item)) if source.has(item) else [item])
-    rows = [(r, "Full_Set") for r in cfg.profiles("Full_Set")
-            if entity_id(r.get("ID"), field="ID", source=r.source) not in excluded]
+    rows = [
+        (r, "Full_Set")
+        for r in cfg.profiles("Full_Set")
+        if entity_id(r.get("ID"), field="ID", source=r.source) not in excluded
+    ]
     return "Full_Set", rows
 
 
 def _training_streams(
-    source: Source, cfg: _Configs, groups: dict[str, list[Example]], forget_ids: dict[str, None],
+    source: Source,
+    cfg: _Configs,
+    groups: dict[str, list[Example]],
+    forget_ids: dict[str, None],
     retain_ids: list[str],
 ) -> None:
     """Fill ``train_*``, ``unknown`` and ``neutral``; absent configs give empty streams."""
@@ -346,15 +409,25 @@ def _training_streams(
         groups["train_text"] = [e for e in ft if not e.has_image]
     else:
         groups["train_text"] = _qa_from_generation(groups["text_forget"] + groups["text_retain"], image=False)
-    for config, name in (("ft_Known", "train_known"), ("ft_General", "train_general"), ("Unknown_Set", "unknown")):
+    for config, name in (
+        ("ft_Known", "train_known"),
+        ("ft_General", "train_general"),
+        ("Unknown_Set", "unknown"),
+    ):
         groups[name] = ft_examples(cfg.get(config, FT_COLUMNS, FT_OPTIONAL), config) if source.has(config) else []
     groups["neutral"] = []
     if source.has("Neutral_Set"):
-        for rec in cfg.get("Neutral_Set", NEUTRAL_COLUMNS, NEUTRAL_OPTIONAL):
+        for n, rec in enumerate(cfg.get("Neutral_Set", NEUTRAL_COLUMNS, NEUTRAL_OPTIONAL)):
             eid = entity_id(rec.get("ID"), field="ID", source=rec.source)
-            groups["neutral"].append(Example(
-                uid=f"Neutral_Set/{eid}/{rec.index}", entity=eid,
-                question=text(rec.get("question"), field="question", source=rec.source, allow_none=True),
-                answer=text(rec.get("answer"), field="answer", source=rec.source, allow_none=True),
-                task="qa", image=_row_image(rec), source=rec.source, meta={"type": IMAGE_TEXTUAL, "row": rec.index},
-            ))
+            groups["neutral"].append(
+                Example(
+                    uid=f"Neutral_Set/{eid}/{n}",
+                    entity=eid,
+                    question=text(rec.get("question"), field="question", source=rec.source, allow_none=True),
+                    answer=text(rec.get("answer"), field="answer", source=rec.source, allow_none=True),
+                    task="qa",
+                    image=_row_image(rec),
+                    source=rec.source,
+                    meta={"type": IMAGE_TEXTUAL, "row": rec.index},
+                )
+            )

@@ -54,7 +54,7 @@ COST_SCHEMA: dict[str, Any] = {
     "properties": {
         "wall_s": {"type": "number", "minimum": 0},
         "peak_rss_bytes": _COUNT,
-        "peak_gpu_bytes": {"oneOf": [_COUNT, {"type": "null"}]},
+        "peak_gpu_bytes": {"type": ["integer", "null"], "minimum": 0},
         "trainable_params": _COUNT,
         "optimizer_state_bytes": _COUNT,
     },
@@ -63,8 +63,16 @@ COST_SCHEMA: dict[str, Any] = {
 RUN_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": [
-        "method", "model", "benchmark", "forget_split", "request", "seed",
-        "config", "mcq_protocol", "metrics", "cost",
+        "method",
+        "model",
+        "benchmark",
+        "forget_split",
+        "request",
+        "seed",
+        "config",
+        "mcq_protocol",
+        "metrics",
+        "cost",
     ],
     "properties": {
         "method": {"type": "string", "minLength": 1},
@@ -122,7 +130,11 @@ def _git_state() -> tuple[str | None, bool | None]:
         ).stdout.strip()
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here, capture_output=True, text=True, timeout=10, check=True,
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None, None
@@ -211,7 +223,7 @@ def _non_finite(obj: Any, path: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
 
 def validate_results(obj: Any) -> None:
     """Raise :class:`ResultsError` naming the first offending key (``runs[0].metrics.forget.mcq``)."""
-    errors = sorted(_VALIDATOR.iter_errors(obj), key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
+    errors = list(_VALIDATOR.iter_errors(obj))
     if errors:
         best = jsonschema.exceptions.best_match(errors)
         extra = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
@@ -286,8 +298,7 @@ def merge_results(paths: Sequence[str | Path]) -> dict[str, Any]:
         "git_hash": hashes.pop() if len(hashes) == 1 else None,
         "created": _now(),
         "sources": [
-            {"path": str(p), **{k: o[k] for k in ("created", "unsee_version", "git_hash")}}
-            for p, o in loaded
+            {"path": str(p), **{k: o[k] for k in ("created", "unsee_version", "git_hash")}} for p, o in loaded
         ],
         "runs": runs,
     }

@@ -139,7 +139,19 @@ class HFAdapter:
         return out
 
     def decoder_layers(self) -> list[nn.Module]:
-        return list(self.model.model.language_model.layers)
+        return list(self._core().language_model.layers)
+
+    def _core(self) -> nn.Module:
+        """The inner ``*Model`` (vision tower, projector, LM), also under a peft wrapper."""
+        m = self.model
+        if hasattr(m, "get_base_model"):
+            m = m.get_base_model()
+        return m.model
+
+    def language_slots(self) -> list[tuple[nn.Module, str]]:
+        """Where the language model and its head hang, so a visual-only copy can skip them."""
+        m = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return [(m.model, "language_model"), (m, "lm_head")]
 
     # ---- batches -----------------------------------------------------------------
     def prompt_text(self, turn: Turn) -> str:
@@ -256,7 +268,7 @@ class HFAdapter:
         """
         inputs = self.to_device(image_inputs)
         kw = {k: v for k, v in inputs.items() if k in ("image_grid_thw", "image_sizes")}
-        feats = self.model.model.get_image_features(pixel_values=inputs["pixel_values"], **kw)
+        feats = self._core().get_image_features(pixel_values=inputs["pixel_values"], **kw)
         pooled = feats.pooler_output if hasattr(feats, "pooler_output") else feats
         return list(pooled)
 

@@ -1,0 +1,342 @@
+"""The Python API. Every ``unsee`` subcommand is a thin wrapper over one function here.
+
+    from unsee import api
+    api.build_world("w", config="quick")
+    api.init_model("tiny-llava", "m0", world="w")
+    api.finetune("m0", "w", "vanilla", config="quick")
+    api.unlearn("cvf_ncu", "vanilla", "w", "out")
+    api.evaluate("out/model", "w", "out/eval.json")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from unsee.config import ConfigError, load_config, parse_overrides, read_config_file, to_dict
+from unsee.data.collate import qa_turns
+from unsee.data.schema import Suite
+from unsee.data.world import build_world
+from unsee.errors import DataError
+from unsee.finetune import finetune
+from unsee.io import atomic_dir, atomic_write_json, check_output_dir
+from unsee.models import load_adapter
+from unsee.models.base import HFAdapter, Turn
+from unsee.models.tiny import init_model
+
+__all__ = ["attack", "build_world", "detect_benchmark", "evaluate", "finetune", "init_model", "load_suite",
+           "print_results", "report", "unlearn"]
+
+
+# ---- data ----------------------------------------------------------------------------------
+def detect_benchmark(data: str | Path) -> str:
+    """Which loader reads ``data``: the built-in world, MLLMU-Bench, CLEAR or UMU-bench."""
+    p = Path(data)
+    if (p / "world.json").exists():
+        return "builtin"
+    if (p / "Full_Set").is_dir() or (p / "ft_Data").is_dir():
+        return "mllmu"
+    if any(p.glob("forget0*")) or (p / "real_faces").is_dir():
+        return "clear"
+    if (p / "forget_10").is_dir() or (p / "forget_5").is_dir():
+        return "umu"
+    raise DataError(f"cannot tell which benchmark {data} holds (no world.json, Full_Set, forgetNN or forget_X)")
+
+
+def load_suite(data: str | Path, forget: str | Sequence[str] = "forget_10", **kw: Any) -> Suite:
+    from unsee.data import load_benchmark
+
+    return load_benchmark(detect_benchmark(data), data, forget, **kw)
+
+
+def check_forget(suite: Suite) -> None:
+    """The guards that stop a run before it touches anything."""
+    if not suite.forget_entities or not suite.groups.get("train_forget"):
+        raise DataError(f"the forget set of {suite.name!r} is empty: nothing to unlearn")
+    overlap = set(suite.forget_entities) & set(suite.retain_entities)
+    if overlap:
+        raise DataError(f"the forget set overlaps the retain set on {sorted(overlap)[:5]}; they must be disjoint")
+
+
+def training_turns(suite: Suite) -> dict[str, list[Turn]]:
+    """The streams a method may ask for, built from the suite's training groups."""
+    g = suite.groups
+    return {
+        "forget": qa_turns(g.get("train_forget", [])),
+        "retain": qa_turns(g.get("train_retain", [])),
+        "text": qa_turns(g.get("train_text", [])),
+        "general": qa_turns(g.get("train_general", [])),
+        "neutral": qa_turns([e for e in g.get("neutral", []) if e.has_image]),
+    }
+
+
+# ---- configs -------------------------------------------------------------------------------
+def method_configs(method: str, config: str | Path | Mapping[str, Any] | None,
+                   overrides: Sequence[str] | Mapping[str, Any]) -> tuple[Any, Any, Any]:
+    """Split one config (file + overrides) between the engine's and the method's options.
+
+    A key belongs to :class:`TrainConfig` or to the method's own config; a key in neither
+    is an error that names it.
+    """
+    from unsee.engine.trainer import TrainConfig
+    from unsee.methods import method_class
+
+    if method == "eraser":
+        from unsee.methods.eraser import EraserConfig
+
+        cls, mcls = None, EraserConfig
+    else:
+        cls = method_class(method)
+        mcls = cls.Config
+    values: dict[str, Any] = {}
+    shipped = Path(__file__).parent / "configs" / "unlearn" / f"{method}.yaml"
+    if config is None and shipped.exists():
+        values = read_config_file(shipped, "unlearn")
+    elif isinstance(config, Mapping):
+        values = dict(config)
+    elif config is not None:
+        values = read_config_file(config, "unlearn")
+    values.update(dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides))
+    tkeys = {f.name for f in dataclasses.fields(TrainConfig)}
+    mkeys = {f.name for f in dataclasses.fields(mcls)}
+    unknown = sorted(set(values) - tkeys - mkeys)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {unknown} for method {method!r}; engine options: {sorted(tkeys)}; "
+                          f"method options: {sorted(mkeys)}")
+    tvals = {k: v for k, v in values.items() if k in tkeys}
+    if cls is not None:
+        tvals.setdefault("scope", cls.default_scope)
+    return (load_config(TrainConfig, tvals), load_config(mcls, {k: v for k, v in values.items() if k in mkeys}),
+            cls)
+
+
+# ---- evaluation ----------------------------------------------------------------------------
+def evaluate_adapter(adapter: HFAdapter, suite: Suite, *, steering: str | Path | None = None,
+                     **kw: Any) -> dict[str, Any]:
+    from unsee.eval.evaluator import evaluate as run_eval
+
+    if steering is None:
+        return run_eval(adapter, suite, **kw)
+    from unsee.methods.eraser import Steering, steer
+
+    st = Steering.load(steering)
+    st.check_compatible(adapter)
+    with steer(adapter, st):
+        return run_eval(adapter, suite, **kw)
+
+
+def make_run(method: str, metrics: dict, *, model: str, suite: Suite, forget: str, seed: int,
+             config: dict | None = None, cost: dict | None = None, request: int = 1, **extra: Any) -> dict:
+    return {
+        "method": method, "model": model, "benchmark": suite.info.get("benchmark", suite.name),
+        "forget_split": forget, "request": request, "seed": seed, "config": config or {},
+        "mcq_protocol": "loglik", "metrics": metrics,
+        "cost": cost or {"wall_s": 0.0, "peak_rss_bytes": 0, "peak_gpu_bytes": None, "trainable_params": 0,
+                         "optimizer_state_bytes": 0},
+        **extra,
+    }
+
+
+def model_name(path: str | Path) -> str:
+    f = Path(path) / "unsee.json"
+    if f.exists():
+        return json.loads(f.read_text()).get("arch", Path(path).name)
+    cfg = Path(path) / "config.json"
+    if cfg.exists():
+        return json.loads(cfg.read_text()).get("_name_or_path") or json.loads(cfg.read_text()).get("model_type", "")
+    return str(path)
+
+
+def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
+             steering: str | Path | None = None, overwrite: bool = False, method: str = "vanilla", seed: int = 0,
+             allow_pickle: bool = False, max_items: int | None = None) -> dict:
+    """``unsee eval``: every metric group, written as a results file."""
+    from unsee.eval.results import CostMeter, new_results, write_results
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        check_output_dir(out, overwrite=False)
+    suite = load_suite(data, forget, seed=seed)
+    adapter = load_adapter(model, allow_pickle=allow_pickle)
+    with CostMeter() as meter:
+        metrics = evaluate_adapter(adapter, suite, steering=steering, max_items=max_items)
+    meter.record_model(None)
+    run = make_run(method, metrics, model=model_name(model), suite=suite, forget=forget, seed=seed,
+                   cost=meter.cost(), steering=str(steering) if steering else None)
+    if run["steering"] is None:
+        run.pop("steering")
+    res = new_results([run])
+    write_results(out, res, overwrite=overwrite)
+    return res
+
+
+def print_results(res: dict) -> None:
+    from rich.console import Console
+
+    from unsee.report import terminal_table
+
+    Console().print(terminal_table(res))
+
+
+def report(results: Sequence[str | Path], out: str | Path, *, overwrite: bool = False) -> Path:
+    from unsee.report import write_report
+
+    write_report(results, out, overwrite=overwrite)
+    return Path(out)
+
+
+# ---- unlearning ----------------------------------------------------------------------------
+def _requests(requests: str | Sequence[str] | None) -> list[str]:
+    if requests is None:
+        return []
+    if isinstance(requests, str):
+        p = Path(requests)
+        if p.is_file():
+            return [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        return [r for r in requests.split(",") if r]
+    return list(requests)
+
+
+def unlearn_adapter(method: str, adapter: HFAdapter, suite: Suite, *, config: Any = None, overrides: Any = (),
+                    seed: int = 0, forgotten_images: Sequence[Any] = ()) -> tuple[Any, dict]:
+    """Run a training method in place on ``adapter``; return (train result, the resolved config)."""
+    from unsee.engine.trainer import train
+
+    check_forget(suite)
+    tcfg, mcfg, cls = method_configs(method, config, overrides)
+    tcfg.seed = seed
+    if forgotten_images and hasattr(mcfg, "forgotten_images"):
+        mcfg.forgotten_images = list(forgotten_images)
+    res = train(cls(mcfg), adapter, suite, training_turns(suite), tcfg, desc=method)
+    resolved = {**to_dict(tcfg), **{k: v for k, v in to_dict(mcfg).items() if k != "forgotten_images"}}
+    return res, resolved
+
+
+def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
+            requests: str | Sequence[str] | None = None, config: Any = None, overrides: Any = (), seed: int = 0,
+            overwrite: bool = False, allow_pickle: bool = False, audit: bool = False,
+            evaluate_after: bool = True) -> Path:
+    """``unsee unlearn``: a checkpoint (or a steering file, for ``eraser``), ``run.json`` and a model card.
+
+    With ``requests`` the method runs continually, one request after another, and
+    ``results.json`` holds one run per request.
+    """
+    from unsee.eval.results import CostMeter, new_results, write_results
+    from unsee.report import model_card
+
+    out = Path(out)
+    check_output_dir(out, overwrite=overwrite)
+    method_configs(method, config, overrides)  # reject unknown methods and options before any work
+    reqs = _requests(requests)
+    if reqs:
+        return continual(method, model, data, out, reqs, config=config, overrides=overrides, seed=seed,
+                         overwrite=overwrite, allow_pickle=allow_pickle)
+    suite = load_suite(data, forget, seed=seed)
+    check_forget(suite)
+    adapter = load_adapter(model, allow_pickle=allow_pickle)
+    base_hash = adapter.fingerprint()
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        with CostMeter() as meter:
+            if method == "eraser":
+                from unsee.methods.eraser import run_eraser
+
+                _, ecfg, _ = method_configs(method, config, overrides)
+                steering = run_eraser(adapter, suite, tmp, ecfg)
+                info: dict[str, Any] = {}
+                resolved = to_dict(ecfg)
+                trainable = opt_bytes = 0
+            else:
+                res, resolved = unlearn_adapter(method, adapter, suite, config=config, overrides=overrides,
+                                                seed=seed)
+                info, trainable, opt_bytes = res.info, res.trainable_params, res.optimizer_state_bytes
+                steering = None
+        meter.record_model(None)
+        cost = {**meter.cost(), "trainable_params": trainable, "optimizer_state_bytes": opt_bytes}
+        metrics = {}
+        if evaluate_after:
+            metrics = evaluate_adapter(adapter, suite, steering=steering)
+        run = make_run(method, metrics, model=model_name(model), suite=suite, forget=forget, seed=seed,
+                       config=resolved, cost=cost, info=_jsonable(info))
+        if audit:
+            from unsee.eval.attacks import run_audits
+
+            run["attacks"] = run_audits(adapter, suite, seed=seed)
+        if method != "eraser":
+            _save_model(adapter, tmp / "model")
+            card = model_card(run, None, base_model=str(model), base_hash=base_hash,
+                              forgotten=list(suite.forget_entities), audits=run.get("attacks"))
+            (tmp / "model" / "README.md").write_text(card)
+        atomic_write_json(tmp / "run.json", run)
+        write_results(tmp / "results.json", new_results([run]))
+    return out
+
+
+def _save_model(adapter: HFAdapter, path: Path) -> None:
+    """A standard checkpoint; a LoRA run is merged so the output loads without peft."""
+    model = adapter.model
+    if hasattr(model, "merge_and_unload"):
+        adapter.model = model.merge_and_unload()
+    adapter.save(path)
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def continual(method: str, model: str | Path, data: str | Path, out: Path, requests: list[str], *, config: Any,
+              overrides: Any, seed: int, overwrite: bool, allow_pickle: bool) -> Path:
+    """Requests one after another; after each, the earlier forget sets are measured again.
+
+    For ``cvf_ncu`` the covariance of the next request also holds the already-forgotten
+    targets as the updated model sees them, which keeps them forgotten.
+    """
+    from unsee.data.collate import image_of
+    from unsee.eval.results import CostMeter, new_results, write_results
+
+    adapter = load_adapter(model, allow_pickle=allow_pickle)
+    runs: list[dict] = []
+    forgotten: list[Any] = []
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for i, req in enumerate(requests, 1):
+            suite = load_suite(data, req, retain_exclude=requests, seed=seed)
+            with CostMeter() as meter:
+                res, resolved = unlearn_adapter(method, adapter, suite, config=config, overrides=overrides,
+                                                seed=seed, forgotten_images=forgotten)
+            meter.record_model(None)
+            metrics = evaluate_adapter(adapter, suite)
+            for j, earlier in enumerate(requests[:i], 1):
+                s_j = load_suite(data, earlier, retain_exclude=requests, seed=seed)
+                metrics[f"forget_r{j}"] = evaluate_adapter(adapter, s_j, groups=("forget",),
+                                                           generation=False)["forget"]
+            forgotten += [image_of(e) for e in suite.group("train_forget") if e.has_image]
+            runs.append(make_run(method, metrics, model=model_name(model), suite=suite, forget=req, seed=seed,
+                                 request=i, config=resolved, info=_jsonable(res.info),
+                                 cost={**meter.cost(), "trainable_params": res.trainable_params,
+                                       "optimizer_state_bytes": res.optimizer_state_bytes}))
+        _save_model(adapter, tmp / "model")
+        write_results(tmp / "results.json", new_results(runs))
+    return out
+
+
+def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
+           vanilla: str | Path | None = None, seed: int = 0, overrides: Any = (), overwrite: bool = False) -> dict:
+    """``unsee attack``: one audit on a saved model, written as JSON."""
+    from unsee.eval import attacks
+
+    check_output_dir(out, overwrite=overwrite)
+    suite = load_suite(data, forget, seed=seed)
+    adapter = load_adapter(model)
+    ref = load_adapter(vanilla) if vanilla else None
+    res = attacks.run_attack(kind, adapter, suite, seed=seed, reference=ref,
+                             **(parse_overrides(overrides) if not isinstance(overrides, Mapping) else overrides))
+    atomic_write_json(out, res)
+    return res
+
+
+def demo(out: str | Path, **kw: Any) -> Path:
+    from unsee.demo import run_demo
+
+    return run_demo(out, **kw)

@@ -1,0 +1,352 @@
+"""CLEAR (``therem/CLEAR``) as a :class:`Suite`.
+
+CLEAR gives image-caption pairs of fictitious people plus TOFU text QA about the same
+people. The person-recognition test is a name question with distractors; captions and
+TOFU answers are scored by ROUGE. The distractor lists (``perturbed_names``, ``options``)
+hold wrong answers only, so the true answer is inserted at a seeded position here, once,
+rather than with a global RNG in every evaluator.
+
+Points the published files leave open are read both ways: unused ``+tofu`` fields may be
+null or ""; ``name`` may be missing from some configs, in which case it is looked up by
+caption in a config that has it, and only a row that still lacks it is an error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from unsee.data.parquet import Record, Source, image_bytes, stable_int, text
+from unsee.data.schema import LETTERS, Example, Suite
+from unsee.errors import DataError
+
+NAME_QUESTION = "What is the name of the person in the image?"
+# The caption prompts of the CLEAR reference code; one is picked per item by seed.
+CAPTION_QUESTIONS = (
+    "What can you see in this picture?",
+    "Tell me about the content of this image.",
+    "Can you give a description of the image?",
+    "What is depicted in the image?",
+    "Explain what you observe in the picture.",
+    "Describe the image in detail.",
+    "What is the main subject of this image?",
+    "Can you describe the scene or objects in the image?",
+    "What is happening in this image?",
+)
+N_DISTRACTORS = 3  # when no perturbed names exist: four options, as in MLLMU-Bench
+
+IMAGE_COLUMNS = {"image": "image", "caption": "string"}
+IMAGE_OPTIONAL = {"name": "string"}
+TOFU_COLUMNS = {"image": "image"}
+TOFU_OPTIONAL = {"caption": "string", "name": "string", "question": "string", "answer": "string"}
+PERTURBED_COLUMNS = {"name": "string", "perturbed_names": "string_list"}
+PERTURBED_OPTIONAL = {
+    "caption": "string",
+    "paraphrased_caption": "string",
+    "perturbed_captions": "string_list",
+}
+REAL_FACES_COLUMNS = {"image": "image", "answer": "string", "options": "string_list"}
+REAL_WORLD_COLUMNS = {"image": "image", "question": "string", "answer": "string", "options": "string_list"}
+
+_FORGET = re.compile(r"^forget_?(\d{1,2})(\+tofu)?$")
+
+
+def split_configs(forget: str) -> tuple[str, str]:
+    """``forget05`` (also ``forget_5``, ``forget05+tofu``) → (``forget05``, ``retain95``)."""
+    m = _FORGET.match(forget)
+    if m is None or not 0 < int(m.group(1)) < 100:
+        raise DataError(
+            f"CLEAR forget split {forget!r} is not of the form forgetNN (forget01, forget05, forget10)"
+        )
+    pct = int(m.group(1))
+    return f"forget{pct:02d}", f"retain{100 - pct:02d}"
+
+
+def with_true_answer(true: str, wrong: Iterable[str], *, seed: int, uid: str) -> tuple[tuple[str, ...], int]:
+    """Insert the true answer among the distractors at a position fixed by ``seed`` and ``uid``."""
+    distractors = [w for w in dict.fromkeys(wrong) if w and w != true][: len(LETTERS) - 1]
+    pos = stable_int(seed, uid, "position") % (len(distractors) + 1)
+    return tuple(distractors[:pos] + [true] + distractors[pos:]), pos
+
+
+class _Reader:
+    """Reads each config once and answers the name lookups that several configs share."""
+
+    def __init__(self, source: Source, seed: int) -> None:
+        self.source = source
+        self.seed = seed
+        self.read: dict[tuple[str, frozenset[tuple[str, str]]], list[Record]] = {}
+        self._caption_names: dict[str, str] | None = None
+
+    def get(self, config: str, required: dict[str, str], optional: dict[str, str]) -> list[Record]:
+        key = (config, frozenset({**required, **optional}.items()))
+        if key not in self.read:
+            self.read[key] = self.source.read(config, required, optional)
+        return self.read[key]
+
+    def image_rows(self, config: str) -> list[Record]:
+        """Image rows of ``config``, or of ``config+tofu`` when only that one is present."""
+        if self.source.has(config):
+            return self.get(config, IMAGE_COLUMNS, IMAGE_OPTIONAL)
+        if self.source.has(f"{config}+tofu"):
+            rows = self.get(f"{config}+tofu", TOFU_COLUMNS, TOFU_OPTIONAL)
+            return [r for r in rows if _image(r) is not None]
+        raise DataError(f"CLEAR config {config!r} (or {config}+tofu) not found in {self.source.location}")
+
+    def caption_names(self, exclude: str) -> dict[str, str]:
+        """caption → name from every other config that has a ``name`` column."""
+        if self._caption_names is None:
+            found: dict[str, str] = {}
+            candidates = [
+                c
+                for c in (
+                    "default",
+                    "full",
+                    "forget01",
+                    "forget05",
+                    "forget10",
+                    "forget01_perturbed",
+                    "forget05_perturbed",
+                    "forget10_perturbed",
+                    "retain_perturbed",
+                )
+                if c != exclude and self.source.has(c)
+            ]
+            for c in candidates:
+                try:
+                    rows = self.get(c, {"caption": "string", "name": "string"}, {})
+                except DataError:
+                    continue  # a config without the column cannot help; the caller reports the miss
+                for r in rows:
+                    if r.get("caption") and r.get("name"):
+                        found.setdefault(r.get("caption"), r.get("name"))
+            self._caption_names = found
+        return self._caption_names
+
+    def perturbed_names(self, config: str) -> dict[str, list[str]]:
+        """name → wrong names from a ``*_perturbed`` config, or {} when it is absent."""
+        if not self.source.has(config):
+            return {}
+        out: dict[str, list[str]] = {}
+        for r in self.get(config, PERTURBED_COLUMNS, PERTURBED_OPTIONAL):
+            name = text(r.get("name"), field="name", source=r.source)
+            wrong = r.get("perturbed_names") or []
+            out.setdefault(name, [text(w, field="perturbed_names", source=r.source) for w in wrong])
+        return out
+
+
+def _image(rec: Record) -> bytes | None:
+    return image_bytes(rec.get("image"), field="image", source=rec.source)
+
+
+def _names(reader: _Reader, config: str, rows: Sequence[Record]) -> list[str]:
+    """The person's name of each image row; the column is needed only where a row lacks it."""
+    names = []
+    for r in rows:
+        name = r.get("name")
+        if not name:
+            caption = text(r.get("caption"), field="caption", source=r.source)
+            name = reader.caption_names(exclude=config).get(caption)
+        if not name:
+            raise DataError(
+                f"column 'name' is missing or empty in {r.source} (row {r.index}) and no other CLEAR config "
+                f"names the person of its caption; the name question and the entity ids need it"
+            )
+        names.append(name)
+    return names
+
+
+def _image_items(
+    reader: _Reader,
+    config: str,
+    rows: Sequence[Record],
+    names: Sequence[str],
+    perturbed: dict[str, list[str]],
+    pool: Sequence[str],
+) -> tuple[list[Example], list[Example]]:
+    """Evaluation items (name MCQ + caption) and training pairs (caption) of image rows."""
+    seed = reader.seed
+    evals: list[Example] = []
+    train: list[Example] = []
+    for n, (r, name) in enumerate(zip(rows, names, strict=True)):
+        image = _image(r)
+        if image is None:
+            raise DataError(f"field 'image' is null in {r.source} (row {r.index}) of image config {config!r}")
+        caption = text(r.get("caption"), field="caption", source=r.source)
+        uid = f"{config}/{n}"
+        wrong = perturbed.get(name)
+        if not wrong:
+            others = sorted({p for p in pool if p != name}, key=lambda p: stable_int(seed, uid, p))
+            wrong = others[:N_DISTRACTORS]
+        options, correct = with_true_answer(name, wrong, seed=seed, uid=f"{uid}/name")
+        meta = {
+            "type": "Image_Textual",
+            "row": r.index,
+            "distractors": "perturbed" if name in perturbed else "names",
+        }
+        evals.append(
+            Example(
+                uid=f"{uid}/name",
+                entity=name,
+                question=NAME_QUESTION,
+                answer=name,
+                task="mcq",
+                image=image,
+                options=options,
+                correct=correct,
+                source=r.source,
+                meta=meta,
+            )
+        )
+        question = CAPTION_QUESTIONS[stable_int(seed, uid, "caption") % len(CAPTION_QUESTIONS)]
+        caption_meta = {"type": "Image_Textual", "row": r.index}
+        evals.append(
+            Example(
+                uid=f"{uid}/caption",
+                entity=name,
+                question=question,
+                answer=caption,
+                task="gen",
+                image=image,
+                source=r.source,
+                meta=caption_meta,
+            )
+        )
+        train.append(
+            Example(
+                uid=f"{uid}/caption/qa",
+                entity=name,
+                question=question,
+                answer=caption,
+                task="qa",
+                image=image,
+                source=r.source,
+                meta=dict(caption_meta),
+            )
+        )
+    return evals, train
+
+
+def _tofu_items(reader: _Reader, config: str, people: Sequence[str]) -> tuple[list[Example], list[Example]]:
+    """TOFU text QA of ``config+tofu`` (rows with a null image) as gen items and qa pairs.
+
+    TOFU rows carry no name column; the entity is the person whose name the question or
+    answer mentions (the longest match), or "" when none does.
+    """
+    cfg = f"{config}+tofu"
+    if not reader.source.has(cfg):
+        return [], []
+    by_length = sorted(set(people), key=len, reverse=True)
+    evals: list[Example] = []
+    train: list[Example] = []
+    for n, r in enumerate(reader.get(cfg, TOFU_COLUMNS, TOFU_OPTIONAL)):
+        if _image(r) is not None:
+            continue
+        question = text(r.get("question"), field="question", source=r.source, allow_none=True)
+        if not question:
+            raise DataError(
+                f"field 'question' in {r.source} (row {r.index}) is empty on a text row (null image)"
+            )
+        answer = text(r.get("answer"), field="answer", source=r.source)
+        who = next((p for p in by_length if p in question or p in answer), "")
+        meta = {"type": "Pure_Text", "row": r.index}
+        evals.append(
+            Example(
+                uid=f"{cfg}/{n}/qa",
+                entity=who,
+                question=question,
+                answer=answer,
+                task="gen",
+                source=r.source,
+                meta=meta,
+            )
+        )
+        train.append(
+            Example(
+                uid=f"{cfg}/{n}/qa/train",
+                entity=who,
+                question=question,
+                answer=answer,
+                task="qa",
+                source=r.source,
+                meta=dict(meta),
+            )
+        )
+    return evals, train
+
+
+def _real(reader: _Reader, config: str, required: dict[str, str]) -> list[Example]:
+    """``real_faces`` / ``real_world`` multiple choice; ``options`` hold wrong answers only."""
+    if not reader.source.has(config):
+        return []
+    out = []
+    for n, r in enumerate(reader.get(config, required, {"question": "string", "prompt": "string"})):
+        answer = text(r.get("answer"), field="answer", source=r.source)
+        question = (
+            text(r.get("question"), field="question", source=r.source, allow_none=True) or NAME_QUESTION
+        )
+        wrong = [text(w, field="options", source=r.source) for w in (r.get("options") or [])]
+        uid = f"{config}/{n}"
+        options, correct = with_true_answer(answer, wrong, seed=reader.seed, uid=uid)
+        entity = answer if config == "real_faces" else uid
+        out.append(
+            Example(
+                uid=uid,
+                entity=entity,
+                question=question,
+                answer=answer,
+                task="mcq",
+                image=_image(r),
+                options=options,
+                correct=correct,
+                source=r.source,
+                meta={"type": "Image_Textual", "row": r.index},
+            )
+        )
+    return out
+
+
+def load_clear(root: str | Path, forget: str = "forget05", *, seed: int = 0) -> Suite:
+    """Load CLEAR from a folder of configs or the hub id ``therem/CLEAR``."""
+    source = Source(root)
+    reader = _Reader(source, seed)
+    forget_cfg, retain_cfg = split_configs(forget)
+
+    forget_rows = reader.image_rows(forget_cfg)
+    retain_rows = reader.image_rows(retain_cfg)
+    forget_names = _names(reader, forget_cfg, forget_rows)
+    retain_names = _names(reader, retain_cfg, retain_rows)
+    forget_people = list(dict.fromkeys(forget_names))
+    retain_people = list(dict.fromkeys(retain_names))
+    pool = forget_people + retain_people
+
+    groups: dict[str, list[Example]] = {}
+    groups["forget"], groups["train_forget"] = _image_items(
+        reader, forget_cfg, forget_rows, forget_names, reader.perturbed_names(f"{forget_cfg}_perturbed"), pool
+    )
+    groups["retain"], groups["train_retain"] = _image_items(
+        reader, retain_cfg, retain_rows, retain_names, reader.perturbed_names("retain_perturbed"), pool
+    )
+    groups["text_forget"], forget_text_train = _tofu_items(reader, forget_cfg, forget_people)
+    groups["text_retain"], retain_text_train = _tofu_items(reader, retain_cfg, retain_people)
+    groups["train_text"] = forget_text_train + retain_text_train
+    groups["forget_test"] = []  # CLEAR has no held-out views of its people
+    groups["known"] = _real(reader, "real_faces", REAL_FACES_COLUMNS)
+    groups["general"] = _real(reader, "real_world", REAL_WORLD_COLUMNS)
+
+    info = {
+        "loader": "clear",
+        "root": source.location,
+        "forget_config": forget_cfg,
+        "retain_config": retain_cfg,
+        "seed": seed,
+        "configs": sorted({c for c, _ in reader.read}),
+    }
+    return Suite(
+        name="clear",
+        groups=groups,
+        forget_entities=tuple(forget_people),
+        retain_entities=tuple(retain_people),
+        info=info,
+    )

@@ -1,0 +1,67 @@
+"""From benchmark :class:`Example` rows to the adapter's :class:`Turn` units.
+
+Images are decoded once per example and kept, since a training run visits each many
+times. A missing or corrupt image raises :class:`~unsee.errors.DataError` naming the row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from PIL import Image
+
+from unsee.data.schema import Example
+from unsee.models.base import Turn
+
+_IMAGES: dict[tuple[str, int], Image.Image] = {}
+
+
+def image_of(ex: Example) -> Image.Image | None:
+    if ex.image is None:
+        return None
+    key = (ex.uid, hash(ex.image))
+    if key not in _IMAGES:
+        if len(_IMAGES) > 20000:
+            _IMAGES.clear()
+        _IMAGES[key] = ex.pil_image()
+    return _IMAGES[key]
+
+
+def qa_turn(ex: Example, answer: str | None = None) -> Turn:
+    """The plain question with its answer: the training form, and the log-likelihood MCQ form."""
+    return Turn(image_of(ex), ex.question, ex.answer if answer is None else answer)
+
+
+def qa_turns(examples: Sequence[Example]) -> list[Turn]:
+    return [qa_turn(e) for e in examples]
+
+
+class Stream:
+    """An endless, seeded, reshuffled-every-epoch sequence of batches over a list of turns.
+
+    With several processes each takes its own slice of the same global batch, so a
+    two-process run sees exactly the data of a one-process run.
+    """
+
+    def __init__(self, turns: Sequence[Turn], batch_size: int, seed: int, *, rank: int = 0, world: int = 1):
+        if not turns:
+            raise ValueError("a stream needs at least one item")
+        self.turns = list(turns)
+        self.batch_size = batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+        self.rank, self.world = rank, world
+        self._order: list[int] = []
+
+    def __iter__(self) -> Iterator[list[Turn]]:
+        return self
+
+    def __next__(self) -> list[Turn]:
+        while len(self._order) < self.batch_size:
+            self._order += torch.randperm(len(self.turns), generator=self.gen).tolist()
+        idx, self._order = self._order[: self.batch_size], self._order[self.batch_size :]
+        mine = idx[self.rank :: self.world]
+        return [self.turns[i] for i in mine]
+
+    def __len__(self) -> int:
+        return len(self.turns)

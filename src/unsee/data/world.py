@@ -1,0 +1,629 @@
+"""The built-in benchmark: a seeded, procedurally generated world in the MLLMU-Bench layout.
+
+Why a generated world: no pretrained model or public data set can be downloaded here, so
+the project trains a tiny MLLM on a world whose every fact is known. Each fictitious person
+has a rendered visual identity (``unsee.data.render``) and a profile of attributes; the
+questions about them come from templates, with paraphrases and views held out for the test
+set. ``docs/world-format.md`` describes every folder; :func:`build_world` writes them all,
+and the same seed and config give byte-identical files.
+
+Independent random streams (``np.random.default_rng([seed, k])``) drive identities,
+profiles, views, questions, general items and splits, so changing one count does not
+reshuffle unrelated parts, and the vision pre-training pool
+(:func:`unsee.data.render.pretrain_identities`, stream ``[seed, 7919]``) never shares a
+person with the world.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from unsee import __version__
+from unsee.config import load_config, opt
+from unsee.data.render import (
+    GeneralItem,
+    Identity,
+    View,
+    pretrain_batch,
+    pretrain_identities,
+    render,
+    render_general,
+    sample_general_item,
+    sample_identity,
+    sample_view,
+)
+from unsee.errors import ConfigError, DataError, OutputExistsError
+from unsee.io import atomic_dir, atomic_write_json
+
+WORLD_FORMAT_VERSION = 1
+IDK_ANSWER = "I don't know who this is."
+IMAGE_TEXTUAL, PURE_TEXT = "Image_Textual", "Pure_Text"
+
+
+@dataclass
+class WorldConfig:
+    """Sizes and seeds of the built-in world (shipped: ``default``, ``quick``)."""
+
+    seed: int = opt(0, "seed of every random stream of the world")
+    n_people: int = opt(50, "fictitious people: the fine-tuned profiles the forget/retain splits come from")
+    n_known: int = opt(20, "people known before fine-tuning (stage 2), the analogue of real celebrities")
+    n_unknown: int = opt(30, "identities taught as 'I don't know who this is.' (stage 2)")
+    n_neutral: int = opt(30, "never-trained identities: neutral images for VKD, CVF and MLLMEraser")
+    n_general_train: int = opt(400, "general visual-ability training items (colour, shape, count, position)")
+    n_general_eval: int = opt(100, "held-out general visual-ability evaluation items")
+    n_train_views: int = opt(6, "rendered training views per fictitious, known and unknown person")
+    n_test_views: int = opt(3, "held-out views per fictitious person (Test_Set images)")
+    hard_test_views: bool = opt(False, "draw held-out views from the wide 'hard' ranges")
+    image_size: int = opt(64, "side of every rendered image, in pixels")
+    forget_splits: list[int] = opt([5, 10, 15], "forget percentages; forget_X holds ceil(n_people*X/100)")
+    n_requests: int = opt(5, "continual-unlearning requests forget_r1..forget_rK")
+    request_size: int = opt(2, "people per continual request")
+    n_pretrain: int = opt(400, "vision pre-training identities; world people keep their distance from them")
+    min_trait_distance: int = opt(3, "least number of differing discrete traits between any two identities")
+
+    def validate(self) -> None:
+        for name in ("n_people", "n_train_views", "n_test_views", "request_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("n_known", "n_unknown", "n_neutral", "n_general_train", "n_general_eval", "n_requests",
+                     "n_pretrain", "min_trait_distance"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.n_people < 4:
+            raise ConfigError(f"n_people must be at least 4 (splits need retained people): {self.n_people}")
+        if self.image_size < 16:
+            raise ConfigError(f"image_size must be at least 16, got {self.image_size}")
+        if not self.forget_splits or any(not 0 < p < 100 for p in self.forget_splits) or (
+            list(self.forget_splits) != sorted(set(self.forget_splits))
+        ):
+            raise ConfigError(f"forget_splits must be increasing percents in 1..99: {self.forget_splits}")
+        if forget_size(self.n_people, max(self.forget_splits)) >= self.n_people:
+            raise ConfigError(f"forget_{max(self.forget_splits)} would hold all {self.n_people} people")
+        if self.n_requests * self.request_size > self.n_people:
+            raise ConfigError(
+                f"{self.n_requests} disjoint requests of {self.request_size} need "
+                f"{self.n_requests * self.request_size} people, but n_people is {self.n_people}"
+            )
+        if self.n_people + self.n_known > len(FIRST_NAMES) * len(LAST_NAMES):
+            raise ConfigError(f"at most {len(FIRST_NAMES) * len(LAST_NAMES)} named people are possible")
+
+
+def forget_size(n_people: int, percent: int) -> int:
+    """MLLMU-Bench sizes: ``ceil(n * p / 100)`` (25/50/75 of 500)."""
+    return math.ceil(n_people * percent / 100 - 1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# Profiles and question templates
+
+FIRST_NAMES = (
+    "Arlen", "Briseis", "Caius", "Delphine", "Eamon", "Fenna", "Galen", "Hollis", "Isolde", "Jory",
+    "Kaia", "Lucan", "Maren", "Nico", "Odile", "Perrin", "Quinn", "Rosalind", "Soren", "Tamsin",
+    "Ulric", "Vesna", "Wren", "Xander", "Ysolde", "Zephyr", "Ansel", "Bryony", "Cormac", "Daria",
+)
+LAST_NAMES = (
+    "Ashcombe", "Bellweather", "Carrow", "Dunmore", "Elstree", "Faircloth", "Greaves", "Halloran",
+    "Ingleby", "Jessop", "Kettering", "Larkspur", "Merriweather", "Northcott", "Oakenfold", "Pemberton",
+    "Quarrie", "Rushworth", "Stanhope", "Thistlewood", "Underhill", "Vance", "Whitlock", "Yarrow",
+    "Zeller", "Alcott", "Brightwater", "Coldridge", "Drummond", "Everly",
+)
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One profile attribute: its value pool and its question/statement templates.
+
+    ``{s}``/``{S}`` is the subject ("the person in this image"/"This person", or the name),
+    ``{v}`` the value. Index 0 of ``statements`` is the training wording, index 1 the held-out one;
+    ``train_questions`` are taught, ``test_questions`` only appear in ``Test_Set``.
+    """
+
+    key: str
+    title: str
+    pool: tuple[str, ...]
+    train_questions: tuple[str, ...]
+    test_questions: tuple[str, ...]
+    statements: tuple[str, str]
+
+
+ATTRIBUTES: tuple[Attribute, ...] = (
+    Attribute(
+        "birthplace", "Born",
+        ("Valdoria", "Kestrel Bay", "Mirefield", "Olvenport", "Tarrow Hill", "Quellmark", "Brisvale",
+         "Duncairn", "Esselford", "Harlowmere", "Lunmoor", "Pellastra", "Sorrelwick", "Vintaro"),
+        ("Where was {s} born?", "What is the birthplace of {s}?"),
+        ("In which place was {s} born?", "What is the hometown of {s}?"),
+        ("{S} was born in {v}.", "{S} comes from {v}."),
+    ),
+    Attribute(
+        "occupation", "Occupation",
+        ("baker", "pilot", "architect", "veterinarian", "librarian", "geologist", "pharmacist", "carpenter",
+         "astronomer", "journalist", "botanist", "translator"),
+        ("What is the occupation of {s}?", "What does {s} do for a living?"),
+        ("What job does {s} have?", "What is the profession of {s}?"),
+        ("The occupation of {s} is {v}.", "The profession of {s} is {v}."),
+    ),
+    Attribute(
+        "employer", "Employment",
+        ("Norvex Labs", "Quillfield Press", "Orbanite Systems", "Helmcrest Bank", "Tessaly Foods",
+         "Bramblewood Studio", "Kyrell Motors", "Lumenra Health", "Corvane Logistics", "Veltrane Mining",
+         "Pinecove Airlines", "Stellmark Insurance"),
+        ("Which company does {s} work for?", "Who is the employer of {s}?"),
+        ("Where is {s} employed?", "For which organisation does {s} work?"),
+        ("{S} works for {v}.", "{S} is employed by {v}."),
+    ),
+    Attribute(
+        "hobby", "Hobby",
+        ("birdwatching", "rock climbing", "pottery", "chess", "kayaking", "gardening", "origami", "fencing",
+         "beekeeping", "stargazing", "calligraphy", "sailing"),
+        ("What is the hobby of {s}?", "What does {s} enjoy doing in free time?"),
+        ("How does {s} like to spend spare time?", "Which pastime does {s} enjoy?"),
+        ("The hobby of {s} is {v}.", "In spare time, {s} enjoys {v}."),
+    ),
+    Attribute(
+        "pet", "Pet",
+        ("parrot", "tortoise", "ferret", "beagle", "goldfish", "rabbit", "hamster", "iguana", "collie",
+         "canary", "siamese cat", "hedgehog"),
+        ("What pet does {s} have?", "What kind of pet does {s} keep?"),
+        ("Which animal does {s} keep as a pet?", "What animal lives with {s} as a pet?"),
+        ("{S} has a pet {v}.", "The pet of {s} is a {v}."),
+    ),
+    Attribute(
+        "favourite_colour", "Favorite_Color",
+        ("crimson", "teal", "amber", "violet", "olive", "navy", "coral", "turquoise", "maroon", "lavender",
+         "ochre", "indigo"),
+        ("What is the favourite colour of {s}?", "Which colour does {s} like best?"),
+        ("What colour does {s} prefer above all others?", "Which colour is the favourite of {s}?"),
+        ("The favourite colour of {s} is {v}.", "{S} likes the colour {v} best."),
+    ),
+    Attribute(
+        "education", "Education",
+        ("Marlow University", "Estrin Institute", "Caldera College", "Wynthorpe Academy",
+         "Ardley Polytechnic", "Selwick University", "Torrin Conservatory", "Halvard School of Science",
+         "Brennock College", "Ivelle University", "Oakhurst Institute", "Ravensmere College"),
+        ("Where did {s} study?", "Which school did {s} attend?"),
+        ("Where was {s} educated?", "At which institution did {s} study?"),
+        ("{S} studied at {v}.", "{S} was educated at {v}."),
+    ),
+    Attribute(
+        "instrument", "Instrument",
+        ("cello", "harp", "trumpet", "banjo", "accordion", "flute", "oboe", "ukulele", "piano", "saxophone",
+         "violin", "drums"),
+        ("Which instrument does {s} play?", "What musical instrument does {s} play?"),
+        ("What instrument can {s} play?", "Which musical instrument is played by {s}?"),
+        ("{S} plays the {v}.", "The instrument played by {s} is the {v}."),
+    ),
+)
+
+# The name question is image-only: asking for a name by name would be circular.
+NAME_TRAIN_QUESTIONS = ("Who is this?", "What is the name of the person in this image?")
+NAME_TEST_QUESTIONS = (
+    "Who is the person in this picture?",
+    "Can you tell me the name of the person in this picture?",
+)
+NAME_STATEMENTS = ("This is {v}.", "The person in this picture is named {v}.")
+# (lower-case subject, sentence-initial subject) of image questions, per split.
+IMAGE_SUBJECTS = {"train": ("the person in this image", "This person"),
+                  "test": ("the person in this picture", "The person in this picture")}
+
+
+@dataclass(frozen=True)
+class Person:
+    """A named entity of the world: ID, name, visual identity and attribute values."""
+
+    id: str
+    name: str
+    identity: Identity
+    attributes: dict[str, str]
+
+    def biography(self) -> str:
+        bio = {"Name": self.name, **{a.title: self.attributes[a.key] for a in ATTRIBUTES}}
+        return json.dumps(bio)
+
+
+def _fill(template: str, subject: tuple[str, str], value: str = "") -> str:
+    return template.format(s=subject[0], S=subject[1], v=value)
+
+
+def _mcq(rng: np.random.Generator, question: str, answer: str, pool: Sequence[str]) -> dict[str, Any]:
+    """An MLLMU item: 3 seeded distractors from ``pool`` and the answer at a seeded letter."""
+    others = [p for p in pool if p != answer]
+    options = [others[i] for i in rng.choice(len(others), size=3, replace=False).tolist()]
+    correct = int(rng.integers(4))
+    options.insert(correct, answer)
+    return {"Correct_Answer": "ABCD"[correct], "Options": dict(zip("ABCD", options, strict=True)),
+            "Question": question}
+
+
+def _eval_tasks(person: Person, split: str, rng: np.random.Generator, names: Sequence[str]) -> dict[str, Any]:
+    """Classification_Task, Generation_Task and Mask_Task of one person for one split.
+
+    ``split="train"`` uses the taught wordings (Full_Set, forget/retain splits, Retain_Set);
+    ``"test"`` the held-out paraphrases (Test_Set).
+    """
+    k = 0 if split == "train" else 1
+    image_subject = IMAGE_SUBJECTS[split]
+    text_subject = (person.name, person.name)
+
+    def question_of(templates: tuple[str, ...]) -> str:
+        return templates[int(rng.integers(len(templates)))]
+
+    image_mcq, text_mcq, gen, mask = [], [], [], []
+    name_qs = NAME_TRAIN_QUESTIONS if split == "train" else NAME_TEST_QUESTIONS
+    image_mcq.append(_mcq(rng, question_of(name_qs), person.name, names))
+    gen.append({"Ground_Truth": NAME_STATEMENTS[k].format(v=person.name), "Question": question_of(name_qs),
+                "Type": IMAGE_TEXTUAL})
+    mask.append({"Ground_Truth": person.name, "Question": NAME_STATEMENTS[k].format(v="__"),
+                 "Type": IMAGE_TEXTUAL})
+    for a in ATTRIBUTES:
+        value = person.attributes[a.key]
+        qs = a.train_questions if split == "train" else a.test_questions
+        forms = ((image_subject, IMAGE_TEXTUAL, image_mcq), (text_subject, PURE_TEXT, text_mcq))
+        for subject, kind, mcqs in forms:
+            mcqs.append(_mcq(rng, _fill(question_of(qs), subject), value, a.pool))
+            gen.append({"Ground_Truth": _fill(a.statements[k], subject, value),
+                        "Question": _fill(question_of(qs), subject), "Type": kind})
+            mask.append({"Ground_Truth": value, "Question": _fill(a.statements[k], subject, "__"),
+                         "Type": kind})
+    order = {IMAGE_TEXTUAL: 0, PURE_TEXT: 1}  # image items first, as MLLMU lists them
+    gen.sort(key=lambda g: order[g["Type"]])
+    mask.sort(key=lambda g: order[g["Type"]])
+    return {
+        "Classification_Task": {"Image_Textual_Questions": image_mcq, "Pure_Text_Questions": text_mcq},
+        "Generation_Task": gen,
+        "Mask_Task": mask,
+    }
+
+
+def _image_qa(view_index: int, answers: Person | None) -> list[dict[str, str]]:
+    """Training QA for one image: every question once, the taught wording rotating with the view.
+
+    ``answers=None`` is an unknown identity: every question gets :data:`IDK_ANSWER`.
+    """
+    subject = IMAGE_SUBJECTS["train"]
+    qa = [{"Question": NAME_TRAIN_QUESTIONS[view_index % len(NAME_TRAIN_QUESTIONS)],
+           "Answer": answers.name if answers else IDK_ANSWER}]
+    for i, a in enumerate(ATTRIBUTES):
+        template = a.train_questions[(view_index + i + 1) % len(a.train_questions)]
+        answer = answers.attributes[a.key] if answers else IDK_ANSWER
+        qa.append({"Question": _fill(template, subject), "Answer": answer})
+    return qa
+
+
+def _text_qa(person: Person) -> list[dict[str, str]]:
+    """Training QA without an image: every taught wording, naming the person."""
+    subject = (person.name, person.name)
+    return [{"Question": _fill(t, subject), "Answer": person.attributes[a.key]}
+            for a in ATTRIBUTES for t in a.train_questions]
+
+
+# ---------------------------------------------------------------------------------------------
+# Parquet in the MLLMU-Bench hub schema
+
+IMAGE_T = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+MCQ_T = pa.struct([
+    ("Correct_Answer", pa.string()),
+    ("Options", pa.struct([(k, pa.string()) for k in "ABCD"])),
+    ("Question", pa.string()),
+])
+CLASSIFICATION_T = pa.struct([
+    ("Image_Textual_Questions", pa.list_(MCQ_T)),
+    ("Pure_Text_Questions", pa.list_(MCQ_T)),
+])
+OPEN_T = pa.list_(pa.struct([
+    ("Ground_Truth", pa.string()),
+    ("Question", pa.string()),
+    ("Type", pa.string()),
+]))
+_TASKS = [("Classification_Task", CLASSIFICATION_T), ("Generation_Task", OPEN_T), ("Mask_Task", OPEN_T)]
+
+FULL_SCHEMA = pa.schema([
+    ("image", IMAGE_T), ("ID", pa.string()), ("Directory", pa.string()), ("biography", pa.string()),
+    ("question", pa.string()), ("answer", pa.string()), *_TASKS,
+])
+SPLIT_SCHEMA = pa.schema([f for f in FULL_SCHEMA if f.name != "Directory"])
+TEST_SCHEMA = pa.schema([("ID", pa.string()), ("images", pa.list_(IMAGE_T)), *_TASKS])
+FT_SCHEMA = pa.schema([("image", IMAGE_T), ("ID", pa.string()), ("metadata", pa.string())])
+GENERAL_SCHEMA = pa.schema([("image", IMAGE_T), ("ID", pa.string()), *_TASKS])
+NEUTRAL_SCHEMA = pa.schema([("image", IMAGE_T), ("ID", pa.string())])
+
+
+def _feature(t: pa.DataType) -> Any:
+    """The ``datasets`` feature JSON of an arrow type, so ``datasets`` decodes Image columns."""
+    if t.equals(IMAGE_T):
+        return {"_type": "Image"}
+    if pa.types.is_list(t):
+        return {"feature": _feature(t.value_type), "_type": "List"}
+    if pa.types.is_struct(t):
+        return {t.field(i).name: _feature(t.field(i).type) for i in range(t.num_fields)}
+    return {"dtype": "string", "_type": "Value"}
+
+
+def _write_parquet(path: Path, schema: pa.Schema, rows: list[dict[str, Any]]) -> None:
+    """One shard; the ``huggingface`` schema metadata mirrors files written by ``datasets``."""
+    features = {f.name: _feature(f.type) for f in schema}
+    schema = schema.with_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+    table = pa.Table.from_pylist(rows, schema=schema)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, compression="snappy")
+
+
+def _write_config(root: Path, name: str, schema: pa.Schema, rows: list[dict], shards: int = 1) -> None:
+    """``<root>/<name>/train-0000i-of-0000n.parquet``, rows split in order over ``shards`` files."""
+    per = math.ceil(len(rows) / shards) if rows else 0
+    for i in range(shards):
+        path = root / name / f"train-{i:05d}-of-{shards:05d}.parquet"
+        _write_parquet(path, schema, rows[i * per:(i + 1) * per])
+
+
+def _png(img: Image.Image, path: str) -> dict[str, Any]:
+    """An Image() cell: PNG bytes without metadata (deterministic), and a file name."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False)
+    return {"bytes": buf.getvalue(), "path": path}
+
+
+# ---------------------------------------------------------------------------------------------
+# Building
+
+
+def _ids(prefix: str, n: int) -> list[str]:
+    width = max(3, len(str(n - 1)))
+    return [f"{prefix}{i:0{width}d}" for i in range(n)]
+
+
+def _identities(cfg: WorldConfig, n: int) -> list[Identity]:
+    """``n`` identities, each at least ``min_trait_distance`` traits from one another and from
+    the pre-training pool, so that no world person is ever seen in vision pre-training."""
+    rng = np.random.default_rng([cfg.seed, 1])
+    taken = [p.codes() for p in pretrain_identities(cfg.n_pretrain, cfg.seed)]
+    codes = np.array(taken, dtype=np.int16).reshape(len(taken), -1)
+    out: list[Identity] = []
+    tries = 0
+    while len(out) < n:
+        tries += 1
+        if tries > 200 * (n + 10):
+            raise ConfigError(f"cannot draw {n} identities {cfg.min_trait_distance} traits apart; "
+                              "lower min_trait_distance or the number of people")
+        cand = sample_identity(rng)
+        c = np.array(cand.codes(), dtype=np.int16)
+        if len(codes) and int((codes != c).sum(axis=1).min()) < max(cfg.min_trait_distance, 1):
+            continue
+        out.append(cand)
+        codes = np.vstack([codes, c[None]]) if len(codes) else c[None]
+    return out
+
+
+def _people(ids: list[str], idents: list[Identity], rng: np.random.Generator, used: set[str]) -> list[Person]:
+    """Profiles with names unique across the world (``used`` collects them)."""
+    out = []
+    for pid, ident in zip(ids, idents, strict=True):
+        while True:
+            first = FIRST_NAMES[int(rng.integers(len(FIRST_NAMES)))]
+            name = f"{first} {LAST_NAMES[int(rng.integers(len(LAST_NAMES)))]}"
+            if name not in used:
+                used.add(name)
+                break
+        attrs = {a.key: a.pool[int(rng.integers(len(a.pool)))] for a in ATTRIBUTES}
+        out.append(Person(pid, name, ident, attrs))
+    return out
+
+
+def _views(rng: np.random.Generator, n: int, hard: bool = False) -> list[View]:
+    return [sample_view(rng, hard=hard) for _ in range(n)]
+
+
+def _config_label(config: str | Path | Mapping[str, Any]) -> str:
+    if isinstance(config, Mapping):
+        return "mapping"
+    return str(config)
+
+
+def build_world(
+    out: str | Path,
+    *,
+    seed: int | None = None,
+    config: str | Path | Mapping[str, Any] = "default",
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    overwrite: bool = False,
+) -> Path:
+    """Write the built-in benchmark to ``out`` (see ``docs/world-format.md``) and return it.
+
+    ``seed`` (when given) replaces the config's seed. The directory appears complete or
+    not at all. An existing non-empty ``out`` is refused unless ``overwrite``; even then, a
+    directory that is not a world (no ``world.json``) is never replaced.
+    """
+    cfg = load_config(WorldConfig, config, overrides, kind="world")
+    if seed is not None:
+        cfg = dataclasses.replace(cfg, seed=seed)
+        cfg.validate()
+    out = Path(out)
+    if overwrite and out.is_dir() and any(out.iterdir()) and not (out / "world.json").exists():
+        raise OutputExistsError(f"{out} is not empty and holds no world.json; refusing to replace it")
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        _write_world(tmp, cfg, _config_label(config))
+    return out
+
+
+def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
+    s = cfg.seed
+    size = cfg.image_size
+    rng_prof = np.random.default_rng([s, 2])
+    rng_view = np.random.default_rng([s, 3])
+    rng_q = np.random.default_rng([s, 4])
+    rng_gen = np.random.default_rng([s, 5])
+    rng_split = np.random.default_rng([s, 6])
+
+    people_ids, known_ids = _ids("p", cfg.n_people), _ids("k", cfg.n_known)
+    unknown_ids, neutral_ids = _ids("u", cfg.n_unknown), _ids("n", cfg.n_neutral)
+    general_ids = _ids("g", cfg.n_general_train + cfg.n_general_eval)
+    train_g, eval_g = general_ids[: cfg.n_general_train], general_ids[cfg.n_general_train:]
+
+    idents = _identities(cfg, cfg.n_people + cfg.n_known + cfg.n_unknown + cfg.n_neutral)
+    cut = np.cumsum([cfg.n_people, cfg.n_known, cfg.n_unknown])
+    used: set[str] = set()
+    people = _people(people_ids, idents[: cut[0]], rng_prof, used)
+    known = _people(known_ids, idents[cut[0]: cut[1]], rng_prof, used)
+    unknown_idents, neutral_idents = idents[cut[1]: cut[2]], idents[cut[2]:]
+    all_names = [p.name for p in people + known]
+
+    # --- fictitious people: training views (ft_Data, Full_Set) and held-out views (Test_Set)
+    full_rows, test_rows, ft_rows = [], [], []
+    for p in people:
+        train = [_png(render(p.identity, v, size), f"{p.id}_train{i}.png")
+                 for i, v in enumerate(_views(rng_view, cfg.n_train_views))]
+        test = [_png(render(p.identity, v, size), f"{p.id}_test{i}.png")
+                for i, v in enumerate(_views(rng_view, cfg.n_test_views, cfg.hard_test_views))]
+        names = [n for n in all_names if n != p.name]
+        full_rows.append(_profile_row(p, train[0], _eval_tasks(p, "train", rng_q, names)))
+        test_rows.append({"ID": p.id, "images": test, **_eval_tasks(p, "test", rng_q, names)})
+        ft_rows += _ft_rows(p, train)
+
+    # --- known people (stage 2): Retain_Set and ft_Known
+    retain_set_rows, ft_known_rows = [], []
+    for p in known:
+        train = [_png(render(p.identity, v, size), f"{p.id}_train{i}.png")
+                 for i, v in enumerate(_views(rng_view, cfg.n_train_views))]
+        names = [n for n in all_names if n != p.name]
+        retain_set_rows.append(_profile_row(p, train[0], _eval_tasks(p, "train", rng_q, names)))
+        ft_known_rows += _ft_rows(p, train)
+
+    # --- unknown and neutral identities
+    unknown_rows = []
+    for uid, ident in zip(unknown_ids, unknown_idents, strict=True):
+        for i, v in enumerate(_views(rng_view, cfg.n_train_views)):
+            unknown_rows.append({"image": _png(render(ident, v, size), f"{uid}_train{i}.png"), "ID": uid,
+                                 "metadata": json.dumps(_image_qa(i, None))})
+    neutral_views = _views(rng_view, cfg.n_neutral)
+    neutral_rows = [{"image": _png(render(ident, v, size), f"{nid}.png"), "ID": nid}
+                    for nid, ident, v in zip(neutral_ids, neutral_idents, neutral_views, strict=True)]
+
+    # --- general visual ability
+    items = [sample_general_item(rng_gen) for _ in general_ids]
+    ft_general_rows = [
+        {"image": _png(render_general(it, size), f"{gid}.png"), "ID": gid,
+         "metadata": json.dumps([{"Question": it.question, "Answer": it.answer}])}
+        for gid, it in zip(train_g, items[: cfg.n_general_train], strict=True)
+    ]
+    general_rows = [_general_row(gid, it, size)
+                    for gid, it in zip(eval_g, items[cfg.n_general_train:], strict=True)]
+
+    # --- splits: nested forget_X, complements retain_(100-X), disjoint continual requests
+    order = [people_ids[i] for i in rng_split.permutation(cfg.n_people)]
+    splits: dict[str, list[str]] = {}
+    for pct in cfg.forget_splits:
+        forget = set(order[: forget_size(cfg.n_people, pct)])
+        splits[f"forget_{pct}"] = [i for i in people_ids if i in forget]
+        splits[f"retain_{100 - pct}"] = [i for i in people_ids if i not in forget]
+    req_order = [people_ids[i] for i in rng_split.permutation(cfg.n_people)]
+    requests = {f"forget_r{r + 1}": sorted(req_order[r * cfg.request_size:(r + 1) * cfg.request_size])
+                for r in range(cfg.n_requests)}
+
+    # --- write
+    split_row = {r["ID"]: {k: v for k, v in r.items() if k != "Directory"} for r in full_rows}
+    _write_config(root, "Full_Set", FULL_SCHEMA, full_rows)
+    for name, ids in {**splits, **requests}.items():
+        _write_config(root, name, SPLIT_SCHEMA, [split_row[i] for i in ids])
+    _write_config(root, "Test_Set", TEST_SCHEMA, test_rows, shards=2)
+    _write_config(root, "ft_Data", FT_SCHEMA, ft_rows)
+    _write_config(root, "Retain_Set", FULL_SCHEMA, retain_set_rows)
+    _write_config(root, "ft_Known", FT_SCHEMA, ft_known_rows)
+    _write_config(root, "ft_General", FT_SCHEMA, ft_general_rows)
+    _write_config(root, "General_Set", GENERAL_SCHEMA, general_rows)
+    _write_config(root, "Unknown_Set", FT_SCHEMA, unknown_rows)
+    _write_config(root, "Neutral_Set", NEUTRAL_SCHEMA, neutral_rows)
+
+    info = {
+        "format_version": WORLD_FORMAT_VERSION,
+        "unsee_version": __version__,
+        "seed": s,
+        "config_source": config_label,
+        "config": dataclasses.asdict(cfg),
+        "entities": {"people": people_ids, "known": known_ids, "unknown": unknown_ids, "neutral": neutral_ids,
+                     "general_train": train_g, "general_eval": eval_g},
+        "names": {p.id: p.name for p in people + known},
+        "splits": splits,
+        "requests": requests,
+        "requests_note": "requests are disjoint from one another but may overlap the forget_X splits",
+        "attributes": {a.key: {"title": a.title, "pool": list(a.pool)} for a in ATTRIBUTES},
+        "idk_answer": IDK_ANSWER,
+        "pretrain": {"n": cfg.n_pretrain, "seed": s, "stream": [s, 7919]},
+        "identities": {i: dataclasses.asdict(ident) for i, ident in
+                       zip(people_ids + known_ids + unknown_ids + neutral_ids, idents, strict=True)},
+        "folders": sorted(p.name for p in root.iterdir() if p.is_dir()),
+    }
+    atomic_write_json(root / "world.json", info)
+
+
+def _profile_row(p: Person, image: dict[str, Any], tasks: dict[str, Any]) -> dict[str, Any]:
+    return {"image": image, "ID": p.id, "Directory": p.id, "biography": p.biography(),
+            "question": NAME_TRAIN_QUESTIONS[1], "answer": p.name, **tasks}
+
+
+def _ft_rows(p: Person, images: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per training view with image QA, then one text-only row (``image`` null)."""
+    rows = [{"image": img, "ID": p.id, "metadata": json.dumps(_image_qa(i, p))}
+            for i, img in enumerate(images)]
+    rows.append({"image": None, "ID": p.id, "metadata": json.dumps(_text_qa(p))})
+    return rows
+
+
+def _general_row(gid: str, it: GeneralItem, size: int) -> dict[str, Any]:
+    mcq = {"Correct_Answer": "ABCD"[it.correct], "Options": dict(zip("ABCD", it.options, strict=True)),
+           "Question": it.question}
+    return {
+        "image": _png(render_general(it, size), f"{gid}.png"),
+        "ID": gid,
+        "Classification_Task": {"Image_Textual_Questions": [mcq], "Pure_Text_Questions": []},
+        "Generation_Task": [{"Ground_Truth": it.generation, "Question": it.question, "Type": IMAGE_TEXTUAL}],
+        "Mask_Task": [{"Ground_Truth": it.answer, "Question": it.cloze, "Type": IMAGE_TEXTUAL}],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading back, for training code
+
+
+def load_world_info(root: str | Path) -> dict[str, Any]:
+    """``world.json`` of a built world: seed, config, entity lists, splits and requests."""
+    path = Path(root) / "world.json"
+    try:
+        info = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise DataError(f"{path} not found; is {root} a world built by `unsee world`?") from e
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read {path}: {e}") from e
+    if not isinstance(info, dict) or "entities" not in info:
+        raise DataError(f"{path} is not a world description (no 'entities')")
+    return info
+
+
+def world_pretrain_identities(info: Mapping[str, Any]) -> list[Identity]:
+    """The vision pre-training pool that a world was built to stay apart from."""
+    return pretrain_identities(int(info["pretrain"]["n"]), int(info["pretrain"]["seed"]))
+
+
+def world_identity(info: Mapping[str, Any], entity: str) -> Identity:
+    """The visual identity of one world entity (e.g. to render more neutral views)."""
+    try:
+        return Identity(**info["identities"][entity])
+    except KeyError as e:
+        raise DataError(f"world has no identity {entity!r}") from e
+
+
+__all__ = [
+    "ATTRIBUTES", "IDK_ANSWER", "Attribute", "Person", "WorldConfig", "build_world", "forget_size",
+    "load_world_info", "pretrain_batch", "pretrain_identities", "world_identity", "world_pretrain_identities",
+]

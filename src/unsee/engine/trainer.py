@@ -1,0 +1,264 @@
+"""The one training loop. A method supplies its loss (and, optionally, constraints);
+the engine does the rest: scope, optimiser, masks and projections, accelerate,
+progress, NaN guard and cost accounting. It reads top to bottom in one sitting.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from unsee.config import opt
+from unsee.data.collate import Stream
+from unsee.data.schema import Suite
+from unsee.engine.constraints import Constraints
+from unsee.errors import ConfigError, TrainingError, UnseeError
+from unsee.models.base import SCOPES, HFAdapter
+
+
+@dataclass
+class TrainConfig:
+    """Options every training method shares. Method-specific options live in the method's config."""
+
+    scope: str = opt("full", "parameters to train: full, visual, vision_tower, projector, language, lora")
+    lr: float = opt(1e-5, "AdamW learning rate")
+    epochs: float = opt(1.0, "passes over the forget stream (fractions allowed)")
+    max_steps: int = opt(0, "stop after this many steps (0: from epochs)")
+    batch_size: int = opt(8, "global batch size of each stream")
+    visual_lr_scale: float = opt(1.0, "learning rate of the visual module as a fraction of lr")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    grad_clip: float = opt(1.0, "clip the gradient norm (0: off)")
+    warmup_ratio: float = opt(0.0, "linear warm-up fraction of the steps")
+    schedule: Literal["constant", "cosine", "linear"] = opt("constant", "learning-rate schedule after warm-up")
+    bf16: bool = opt(False, "bf16 mixed precision (autocast)")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass to save memory")
+    lora_r: int = opt(16, "LoRA rank (scope lora)")
+    lora_alpha: int = opt(16, "LoRA alpha (scope lora)")
+    lora_dropout: float = opt(0.05, "LoRA dropout (scope lora)")
+    seed: int = opt(0, "seed for data order and initialisation")
+    log_every: int = opt(10, "steps between progress-bar updates of the losses")
+    eval_every: int = opt(0, "evaluate every N steps through the evaluator (0: off)")
+    progress: bool = opt(True, "show a progress bar")
+
+    def validate(self) -> None:
+        if self.scope not in SCOPES:
+            raise ConfigError(f"scope {self.scope!r} is not one of {', '.join(SCOPES)}")
+        if self.lr <= 0 or self.batch_size <= 0 or self.epochs < 0 or self.max_steps < 0:
+            raise ConfigError("lr and batch_size must be positive; epochs and max_steps non-negative")
+
+
+class Method(Protocol):
+    """A method is its loss, the streams it reads, and optionally the constraints it sets up."""
+
+    name: str
+    streams: tuple[str, ...]
+    reference: Literal["none", "full", "visual"]
+
+    def setup(self, ctx: Context) -> None: ...
+    def loss(self, ctx: Context, batch: dict[str, list]) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+@dataclass
+class Context:
+    """What a method may read during ``setup`` and ``loss``."""
+
+    adapter: HFAdapter
+    suite: Suite
+    cfg: TrainConfig
+    streams: dict[str, Stream]
+    constraints: Constraints = field(default_factory=Constraints)
+    reference: HFAdapter | None = None
+    accelerator: Any = None
+    step: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes if self.accelerator is not None else 1
+
+    def all_reduce_(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum a tensor over processes in place (covariances, Fisher diagonals)."""
+        if self.world > 1:
+            torch.distributed.all_reduce(t)
+        return t
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def frozen_copy(adapter: HFAdapter, visual_only: bool) -> HFAdapter:
+    """A frozen reference. With ``visual_only`` its language model is never copied,
+    which keeps the reference of a 7B model to the size of its vision tower."""
+    held = {}
+    if visual_only:
+        for owner, attr in adapter.language_slots():
+            held[(owner, attr)] = getattr(owner, attr)
+            setattr(owner, attr, nn.Identity())
+    try:
+        model = copy.deepcopy(adapter.model)
+    finally:
+        for (owner, attr), mod in held.items():
+            setattr(owner, attr, mod)
+    model.eval().requires_grad_(False)
+    return type(adapter)(model, adapter.processor, source=adapter.source)
+
+
+def _apply_lora(adapter: HFAdapter, cfg: TrainConfig) -> None:
+    """peft LoRA on every linear layer of the language model and projector (METHODS.md)."""
+    from peft import LoraConfig, get_peft_model
+
+    names = sorted({
+        n.rsplit(".", 1)[-1] for n, _ in adapter.linear_modules("language") + adapter.linear_modules("projector")
+        if "lm_head" not in n
+    })
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=names, exclude_modules=r".*vision.*|.*visual\.(?!merger).*")
+    adapter.model = get_peft_model(adapter.model, lcfg)
+
+
+def _lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
+    warm = int(cfg.warmup_ratio * total)
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        rest = max(1, total - warm)
+        t = (step - warm) / rest
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * t))
+        if cfg.schedule == "linear":
+            return max(0.0, 1 - t)
+        return 1.0
+
+    return f
+
+
+def make_streams(turns: dict[str, list], cfg: TrainConfig, rank: int = 0, world: int = 1) -> dict[str, Stream]:
+    return {
+        name: Stream(items, cfg.batch_size, seed=cfg.seed * 1000 + i, rank=rank, world=world)
+        for i, (name, items) in enumerate(sorted(turns.items()))
+        if items
+    }
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    losses: list[float]
+    logs: list[dict[str, float]]
+    info: dict[str, Any]
+    trainable_params: int
+    optimizer_state_bytes: int
+
+
+def train(
+    method: Method,
+    adapter: HFAdapter,
+    suite: Suite,
+    turns: dict[str, list],
+    cfg: TrainConfig,
+    *,
+    accelerator: Any = None,
+    reference: HFAdapter | None = None,
+    on_eval: Callable[[int], dict] | None = None,
+    desc: str | None = None,
+) -> TrainResult:
+    """Run ``method`` on ``adapter`` in place. Raises :class:`TrainingError` on a non-finite loss,
+    leaving the model at its last good state."""
+    from accelerate import Accelerator
+
+    seed_everything(cfg.seed)
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(),
+                                             mixed_precision="bf16" if cfg.bf16 else "no")
+    rank, world = accelerator.process_index, accelerator.num_processes
+    missing = [s for s in method.streams if not turns.get(s)]
+    if missing:
+        raise UnseeError(f"method {method.name!r} needs data for {missing}, and the benchmark has none")
+    streams = make_streams({k: v for k, v in turns.items() if k in method.streams}, cfg, rank, world)
+    adapter.model.to(accelerator.device)
+
+    if reference is None and method.reference != "none":
+        reference = frozen_copy(adapter, visual_only=method.reference == "visual")
+    if cfg.scope == "lora":
+        _apply_lora(adapter, cfg)
+    params = adapter.set_scope(cfg.scope)
+    if cfg.gradient_checkpointing:
+        adapter.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        adapter.model.config.use_cache = False
+    ctx = Context(adapter, suite, cfg, streams, reference=reference, accelerator=accelerator)
+    method.setup(ctx)
+    params = [p for p in params if p.requires_grad and p not in ctx.constraints.frozen]
+    if not params:
+        raise UnseeError(f"scope {cfg.scope!r} leaves nothing to train for method {method.name!r}")
+
+    n_forget = len(streams[method.streams[0]])
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * n_forget / cfg.batch_size)) * method.step_multiplier(ctx)
+    visual = {id(p) for n, p in adapter.model.named_parameters() if adapter.group_of(n) != "language"}
+    groups = [
+        {"params": [p for p in params if id(p) not in visual], "lr": cfg.lr},
+        {"params": [p for p in params if id(p) in visual], "lr": cfg.lr * cfg.visual_lr_scale},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
+    adapter.model.train()
+
+    losses: list[float] = []
+    logs: list[dict[str, float]] = []
+    bar = tqdm(range(total), desc=desc or method.name, disable=not cfg.progress or not accelerator.is_main_process,
+               leave=False)
+    for step in bar:
+        ctx.step = step
+        batch = {name: next(s) for name, s in streams.items()}
+        with accelerator.autocast():
+            loss, parts = method.loss(ctx, batch)
+        value = float(accelerator.reduce(loss.detach().float(), "mean"))
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"{method.name}: the loss became {value} at step {step}; stopped before applying it, "
+                "so the model holds its last good state. Lower lr or check the data."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if world > 1:
+            for p in params:
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad.div_(world)
+        ctx.constraints.mask_gradients()
+        if cfg.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            if not torch.isfinite(norm):
+                raise TrainingError(f"{method.name}: non-finite gradient at step {step}; the model is unchanged")
+        if ctx.constraints:
+            ctx.constraints.snapshot()
+        optimizer.step()
+        scheduler.step()
+        if ctx.constraints:
+            ctx.constraints.project_updates()
+        losses.append(value)
+        logs.append({k: float(v) for k, v in parts.items()})
+        if step % max(1, cfg.log_every) == 0 or step == total - 1:
+            bar.set_postfix({k: f"{v:.3f}" for k, v in {"loss": value, **parts}.items()})
+        if on_eval is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+            ctx.info.setdefault("evals", []).append({"step": step + 1, **on_eval(step + 1)})
+    bar.close()
+    adapter.model.eval()
+    if cfg.gradient_checkpointing:
+        adapter.model.gradient_checkpointing_disable()
+    state_bytes = sum(
+        t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)
+    )
+    return TrainResult(total, losses, logs, ctx.info, sum(p.numel() for p in params), state_bytes)

@@ -1,0 +1,62 @@
+"""Pieces every method shares: the answer NLL, pooled visual features, and the base class."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+
+from unsee.engine.trainer import Context
+from unsee.models.base import HFAdapter, Turn
+
+
+@dataclass
+class MethodConfig:
+    """Methods without options of their own use this empty config."""
+
+
+class BaseMethod:
+    name: ClassVar[str] = ""
+    streams: ClassVar[tuple[str, ...]] = ("forget",)
+    reference: ClassVar[Literal["none", "full", "visual"]] = "none"
+    default_scope: ClassVar[str] = "full"
+    Config: ClassVar[type] = MethodConfig
+
+    def __init__(self, cfg: Any = None) -> None:
+        self.cfg = cfg if cfg is not None else self.Config()
+
+    def setup(self, ctx: Context) -> None:
+        """Nothing to prepare by default."""
+
+    def step_multiplier(self, ctx: Context) -> int:
+        return 1
+
+    def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+
+def seq_nll(adapter: HFAdapter, turns: Sequence[Turn]) -> torch.Tensor:
+    """Per-sequence NLL of the answer tokens (prompt and image tokens masked out)."""
+    return -adapter.answer_logprobs(adapter.training_batch(turns))
+
+
+def nll(adapter: HFAdapter, turns: Sequence[Turn]) -> torch.Tensor:
+    """``NLL(x, y)`` of METHODS.md: summed per sequence, averaged over the batch."""
+    return seq_nll(adapter, turns).mean()
+
+
+def images_of(turns: Sequence[Turn]) -> list:
+    return [t.image for t in turns if t.image is not None]
+
+
+def token_features(adapter: HFAdapter, images: Sequence) -> list[torch.Tensor]:
+    """Projector output per image ([tokens, d]); only the visual module runs."""
+    return adapter.visual_features(adapter.image_inputs(images))
+
+
+def pooled(feats: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean over image tokens, L2-normalised: the ``z`` of CVF."""
+    return F.normalize(torch.stack([f.float().mean(0) for f in feats]), dim=-1)

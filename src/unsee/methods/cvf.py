@@ -1,0 +1,118 @@
+"""CVF + NCU, the headline method, and its ablations ``cvf_only`` and ``ncu_only``.
+
+CVF (contrastive visual forgetting) moves each forget image's pooled visual feature toward
+the reference model's features of *neutral*, never-taught identities, and away from the
+reference features of its own identity and of retained identities. Retained images keep
+their own reference feature. Only the visual module runs: the language model sees no
+forward pass and no gradient, which is what makes the method cheap.
+
+NCU (:mod:`unsee.methods.ncu`) confines every update to the null space of the retained
+images' layer inputs; its covariances are computed once per model and data, and cached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from unsee.config import opt
+from unsee.engine.trainer import Context
+from unsee.methods.base import BaseMethod, images_of, nll, pooled, token_features
+from unsee.methods.ncu import add_covariances, input_covariances, install_projections
+from unsee.models.base import Turn
+
+
+@dataclass
+class CVFConfig:
+    tau: float = opt(0.1, "InfoNCE temperature")
+    lambda_r: float = opt(1.0, "weight of the retain InfoNCE")
+    lambda_d: float = opt(1.0, "weight of token-level distillation on retained images (an addition to the spec)")
+    lambda_o: float = opt(0.0, "weight of an optional output-level retain NLL (touches only the visual module)")
+    ncu: bool = opt(True, "constrain updates to the retained null space")
+    energy: float = opt(0.01, "NCU: keep the eigen-directions holding at most this fraction of the energy")
+    ncu_images: int = opt(256, "NCU: retained images used for the covariance")
+    forgotten_images: list = opt([], "continual: images of already-forgotten targets (set by the driver)")
+
+
+def info_nce(anchor: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, tau: float) -> torch.Tensor:
+    """Multi-positive InfoNCE: ``-log sum_pos exp(a.p/t) / sum_all exp(a.k/t)``, mean over anchors.
+
+    ``positives`` and ``negatives`` are [A, P, d] and [A, N, d]: each anchor has its own sets.
+    """
+    pos = torch.einsum("ad,apd->ap", anchor, positives) / tau
+    neg = torch.einsum("ad,and->an", anchor, negatives) / tau
+    return (torch.logsumexp(torch.cat([pos, neg], 1), 1) - torch.logsumexp(pos, 1)).mean()
+
+
+class CVFNCU(BaseMethod):
+    name = "cvf_ncu"
+    streams = ("forget", "retain", "neutral")
+    reference = "visual"
+    default_scope = "visual"
+    Config = CVFConfig
+
+    def setup(self, ctx: Context) -> None:
+        if self.cfg.ncu:
+            retain = [t.image for t in ctx.streams["retain"].turns if t.image is not None]
+            general = [t.image for t in ctx.streams.get("general", ctx.streams["retain"]).turns if t.image is not None]
+            images = (retain + general)[: self.cfg.ncu_images]
+            covs = input_covariances(ctx.adapter, images, ctx=ctx)
+            if self.cfg.forgotten_images:
+                covs = add_covariances(covs, input_covariances(ctx.adapter, self.cfg.forgotten_images, ctx=ctx))
+            ranks = install_projections(ctx, covs, self.cfg.energy)
+            ctx.info["null_space_rank"] = ranks
+
+    def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
+        a, ref = ctx.adapter, ctx.reference
+        assert ref is not None
+        f_img, r_img, n_img = (images_of(batch[k]) for k in ("forget", "retain", "neutral"))
+        with torch.no_grad():
+            ref_f = pooled(token_features(ref, f_img))
+            ref_r_tok = token_features(ref, r_img)
+            ref_r = pooled(ref_r_tok)
+            ref_n = pooled(token_features(ref, n_img))
+        s_f = pooled(token_features(a, f_img))
+        s_r_tok = token_features(a, r_img)
+        s_r = pooled(s_r_tok)
+        A = s_f.shape[0]
+        # forget anchors: positives = neutral refs; negatives = own-identity refs + retained refs
+        pos = ref_n.unsqueeze(0).expand(A, -1, -1)
+        neg = torch.cat([ref_f.unsqueeze(0).expand(A, -1, -1), ref_r.unsqueeze(0).expand(A, -1, -1)], 1)
+        l_f = info_nce(s_f, pos, neg, self.cfg.tau)
+        # retain anchors: positive = own reference; negatives = the other identities in the batch
+        R = s_r.shape[0]
+        others = torch.stack([torch.cat([ref_r[torch.arange(R) != i], ref_f]) for i in range(R)])
+        l_r = info_nce(s_r, ref_r.unsqueeze(1), others, self.cfg.tau)
+        l_d = torch.stack([F.mse_loss(s, t) for s, t in zip(s_r_tok, ref_r_tok, strict=True)]).mean()
+        loss = l_f + self.cfg.lambda_r * l_r + self.cfg.lambda_d * l_d
+        parts = {"cvf_f": l_f.item(), "cvf_r": l_r.item(), "distil": l_d.item()}
+        if self.cfg.lambda_o > 0:
+            o = nll(a, batch["retain"])
+            loss = loss + self.cfg.lambda_o * o
+            parts["nll_r"] = o.item()
+        return loss, parts
+
+
+class CVFOnly(CVFNCU):
+    """Ablation: CVF without the null-space constraint."""
+
+    name = "cvf_only"
+
+    def __init__(self, cfg: CVFConfig | None = None) -> None:
+        super().__init__(cfg)
+        self.cfg.ncu = False
+
+
+class NCUOnly(CVFNCU):
+    """Ablation: GA-style forgetting of the forget answers, confined to the NCU null space."""
+
+    name = "ncu_only"
+    streams = ("forget", "retain")
+    reference = "none"
+
+    def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
+        f = nll(ctx.adapter, batch["forget"])
+        return -f, {"nll_f": f.item()}
+

@@ -1,0 +1,620 @@
+"""MLLMEraser: training-free, test-time erasure by steering the residual stream.
+
+No weight changes. From a handful of forward passes we build, for each chosen decoder
+layer ``l``, a ``d x d`` map ``W_l`` that sends the last-token activation of a *forget*
+prompt to the erasure direction ``r_l`` (recall minus erasure) and a *retain* prompt to
+about zero. At inference a hook adds ``s * (h_last @ W_l)`` to every position of the
+layer's output during the prefill pass, with ``s < 0``: forget prompts are pushed away
+from "recall", retain prompts barely move. The effect reaches decoding through the KV
+cache. The maps and ``s`` live in one safetensors file (``steering.safetensors``) that
+:func:`steer` switches on and off; see ``METHODS.md`` ("MLLMEraser").
+
+The module touches a model only through the adapter: ``generation_batch``,
+``training_batch``, ``forward``, ``decoder_layers()``, ``answer_logprobs`` and hooks.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from unsee import __version__
+from unsee.config import opt
+from unsee.data.schema import Example, Suite
+from unsee.errors import ConfigError, DataError, ModelError
+from unsee.eval.metrics import loglik_choice
+from unsee.eval.results import environment
+from unsee.io import atomic_write_bytes, check_output_dir
+from unsee.models.base import IGNORE, HFAdapter, Turn
+
+FORMAT = "unsee.steering/1"
+STEERING_FILE = "steering.safetensors"
+# The erasure prompt when no neutral identities are at hand: same image, same question,
+# but the model is told to say it does not know, which is the behaviour we steer towards.
+REFUSAL_SUFFIX = "You do not know who this person is. Answer that you do not know."
+
+MCQItem = tuple[list[Turn], int]
+"""One multiple-choice question: a turn per option (same prompt, the option as answer), and the correct index."""
+
+
+# ---------------------------------------------------------------------------- config
+
+
+@dataclass
+class EraserConfig:
+    """Options of MLLMEraser. Defaults follow METHODS.md."""
+
+    layers: list[int] = opt(
+        [],
+        "decoder-layer indices to steer; empty = the middle third, range(L//3, 2L//3), where "
+        "identity features are formed but the output is not yet decided",
+    )
+    strength: float = opt(-0.3, "s in h <- h + s*(h_last @ W_l); negative subtracts the recall direction")
+    null_ratio: float = opt(0.3, "fraction of the hidden size kept as the retain null space (last right-singular vectors)")
+    lam: float = opt(0.1, "ridge weight lambda of the least-squares map")
+    erasure: Literal["neutral", "refusal"] = opt(
+        "neutral", "erasure inputs: forget prompts on neutral identities' images, or with a refusal instruction"
+    )
+    use_pgd: bool = opt(
+        False, "strengthen recall with PGD-perturbed forget images (towards the correct answer) when computing r_l"
+    )
+    pgd_eps: float = opt(8 / 255, "PGD L-inf radius in [0,1] pixel units (scaled by the processor's image_std)")
+    pgd_step: float = opt(2 / 255, "PGD step in [0,1] pixel units")
+    pgd_steps: int = opt(10, "PGD iterations")
+    max_items: int | None = opt(None, "use at most this many examples per group (forget, neutral, retain)")
+    batch_size: int = opt(8, "prompts per forward pass while collecting activations")
+
+    def validate(self) -> None:
+        if not 0.0 < self.null_ratio < 1.0:
+            raise ConfigError(f"null_ratio must be in (0, 1), got {self.null_ratio}")
+        if self.lam < 0:
+            raise ConfigError(f"lam must be >= 0, got {self.lam}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_items is not None and self.max_items < 1:
+            raise ConfigError(f"max_items must be >= 1 or null, got {self.max_items}")
+        if any(i < 0 for i in self.layers):
+            raise ConfigError(f"layers must be non-negative indices, got {self.layers}")
+        if self.use_pgd and (self.pgd_eps < 0 or self.pgd_step <= 0 or self.pgd_steps < 1):
+            raise ConfigError("PGD needs pgd_eps >= 0, pgd_step > 0 and pgd_steps >= 1")
+
+
+def middle_third(n_layers: int) -> list[int]:
+    """Default layers: ``range(L//3, 2L//3)``, at least one layer."""
+    lo = n_layers // 3
+    return list(range(lo, max(lo + 1, (2 * n_layers) // 3)))
+
+
+# ---------------------------------------------------------------------------- the steering state
+
+
+@dataclass
+class Steering:
+    """Everything :func:`steer` needs, and what makes a file safe to apply to a model.
+
+    ``weights[l]`` is ``W_l`` (``d x d``, float32, CPU). ``fingerprint`` and ``arch`` tie
+    the maps to the checkpoint they were computed on: activations of another model live
+    in another basis, so applying them there would be silent nonsense.
+    """
+
+    weights: dict[int, torch.Tensor]
+    strength: float
+    arch: str
+    fingerprint: str
+    model_name: str = ""
+    version: str = __version__
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.weights)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(next(iter(self.weights.values())).shape[0])
+
+    def header(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "strength": self.strength,
+            "layers": self.layers,
+            "arch": self.arch,
+            "fingerprint": self.fingerprint,
+            "model_name": self.model_name,
+            "version": self.version,
+            "hidden_size": self.hidden_size,
+            "info": self.info,
+        }
+
+    def select(self, layers: Sequence[int] | None = None, strength: float | None = None) -> Steering:
+        """The same maps on a subset of layers and/or another strength (for sweeps)."""
+        keep = self.layers if layers is None else list(layers)
+        missing = [i for i in keep if i not in self.weights]
+        if missing:
+            raise ConfigError(f"steering has no map for layers {missing}; it has {self.layers}")
+        return Steering(
+            weights={i: self.weights[i] for i in keep},
+            strength=self.strength if strength is None else float(strength),
+            arch=self.arch,
+            fingerprint=self.fingerprint,
+            model_name=self.model_name,
+            version=self.version,
+            info=dict(self.info),
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Tensors ``layer.{i}``; the header as JSON in the (strings-only) safetensors metadata. Atomic."""
+        path = Path(path)
+        tensors = {f"layer.{i}": w.detach().to("cpu", torch.float32).contiguous() for i, w in self.weights.items()}
+        metadata = {"format": FORMAT, "header": json.dumps(self.header(), sort_keys=True)}
+        atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Steering:
+        path = Path(path)
+        if not path.is_file():
+            raise ModelError(f"steering file {path} does not exist")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
+        except Exception as e:  # safetensors raises its own error types for a corrupt file
+            raise ModelError(f"cannot read steering file {path}: {e}") from e
+        if meta.get("format") != FORMAT or "header" not in meta:
+            raise ModelError(f"{path} is not an unsee steering file (format {meta.get('format')!r}, expected {FORMAT})")
+        header = json.loads(meta["header"])
+        weights = {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith("layer.")}
+        if sorted(weights) != header["layers"]:
+            raise ModelError(f"{path}: tensors {sorted(weights)} do not match the header's layers {header['layers']}")
+        return cls(
+            weights=weights,
+            strength=float(header["strength"]),
+            arch=header["arch"],
+            fingerprint=header["fingerprint"],
+            model_name=header.get("model_name", ""),
+            version=header.get("version", ""),
+            info=header.get("info", {}),
+        )
+
+    def check_compatible(self, adapter: HFAdapter, *, force: bool = False) -> None:
+        """Refuse a model this steering was not computed on. ``force`` skips only the fingerprint check."""
+        if adapter.arch != self.arch:
+            raise ModelError(
+                f"steering was computed on a {self.arch!r} model ({self.model_name}); "
+                f"this model is {adapter.arch!r}. Rebuild the steering on this model."
+            )
+        d = _hidden_size(adapter)
+        if d != self.hidden_size:
+            raise ModelError(f"steering maps are {self.hidden_size}-dimensional but the model's hidden size is {d}")
+        n = len(adapter.decoder_layers())
+        if self.layers and max(self.layers) >= n:
+            raise ModelError(f"steering uses layers {self.layers} but the model has only {n} decoder layers")
+        fp = adapter.fingerprint()
+        if not force and fp != self.fingerprint:
+            raise ModelError(
+                f"steering was computed on model fingerprint {self.fingerprint} ({self.model_name}); "
+                f"this model's fingerprint is {fp}. Rebuild the steering on this model, or pass force=True "
+                "(--force) if you know the weights are the same."
+            )
+
+
+def _hidden_size(adapter: HFAdapter) -> int:
+    return int(adapter.model.config.get_text_config().hidden_size)
+
+
+# ---------------------------------------------------------------------------- activations
+
+
+def _hidden(output: Any) -> torch.Tensor:
+    """Decoder layers return a tensor (transformers 5) or a tuple whose first item is it."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@torch.no_grad()
+def collect_last_token(
+    adapter: HFAdapter,
+    turns: Sequence[Turn],
+    layers: Sequence[int],
+    *,
+    batch_size: int = 8,
+    pixels: Callable[[Sequence[Turn]], torch.Tensor] | None = None,
+) -> dict[int, torch.Tensor]:
+    """Hidden state of the last prompt token after each layer in ``layers``: ``{l: [n, d] float64, CPU}``.
+
+    Prompts are left padded by ``generation_batch``, so position -1 is the last prompt token
+    of every row, the position from which the answer is generated. ``pixels`` may replace a
+    batch's ``pixel_values`` (PGD-perturbed images).
+    """
+    if not turns:
+        raise DataError("no prompts to collect activations from")
+    blocks = adapter.decoder_layers()
+    found: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
+
+    def hook_for(i: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            found[i].append(_hidden(output)[:, -1, :].detach().to("cpu", torch.float64))
+
+        return hook
+
+    handles = [blocks[i].register_forward_hook(hook_for(i)) for i in layers]
+    try:
+        with adapter.eval_mode():
+            for chunk in _batches(turns, batch_size):
+                batch = adapter.to_device(adapter.generation_batch(chunk))
+                if pixels is not None:
+                    batch["pixel_values"] = pixels(chunk).to(batch["pixel_values"])
+                adapter.forward(batch, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return {i: torch.cat(found[i]) for i in layers}
+
+
+def _channel_view(vec: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Broadcast a per-channel vector over ``pixel_values``.
+
+    LLaVA-style processors give ``[B, C, H, W]``; Qwen-VL gives flattened patches
+    ``[N, C*T*P*P]`` with the channel as the slowest-varying axis of each row.
+    """
+    c = vec.numel()
+    if pixel_values.dim() == 4 and pixel_values.shape[1] == c:
+        return vec.view(1, c, 1, 1)
+    if pixel_values.dim() == 2 and pixel_values.shape[1] % c == 0:
+        return vec.repeat_interleave(pixel_values.shape[1] // c).view(1, -1)
+    raise ConfigError(f"PGD does not know the channel layout of pixel_values with shape {tuple(pixel_values.shape)}")
+
+
+def pgd_pixels(adapter: HFAdapter, turns: Sequence[Turn], cfg: EraserConfig) -> torch.Tensor:
+    """PGD towards the correct answer, on ``pixel_values`` directly.
+
+    Re-running the image processor on a perturbed PIL image is not differentiable, so we
+    perturb the processor's *normalised* output instead. A step or radius of ``e`` in [0, 1]
+    pixel units is ``e / std_c`` there, and the valid range of channel ``c`` is
+    ``[(0 - mean_c) / std_c, (1 - mean_c) / std_c]``; both are applied per channel, which
+    is the same L-inf ball as perturbing the resized pixels in [0, 1]. Each step ascends
+    the log-likelihood of the turn's answer (sign of the gradient); no random start, so the
+    result is deterministic.
+    """
+    if any(t.image is None or not t.answer for t in turns):
+        raise DataError("PGD needs an image and the correct answer on every forget prompt")
+    ip = adapter.processor.image_processor
+    if getattr(ip, "image_mean", None) is None or getattr(ip, "image_std", None) is None:
+        raise ConfigError("PGD needs the image processor's image_mean and image_std; set use_pgd=false")
+    batch = adapter.to_device(adapter.training_batch(turns))
+    clean = batch["pixel_values"].detach()
+    mean = _channel_view(torch.tensor(ip.image_mean, dtype=clean.dtype, device=clean.device), clean)
+    std = _channel_view(torch.tensor(ip.image_std, dtype=clean.dtype, device=clean.device), clean)
+    eps, step = cfg.pgd_eps / std, cfg.pgd_step / std
+    lo, hi = (0 - mean) / std, (1 - mean) / std
+    delta = torch.zeros_like(clean)
+    with adapter.eval_mode(), torch.enable_grad():
+        for _ in range(cfg.pgd_steps):
+            pv = (clean + delta).requires_grad_(True)
+            batch["pixel_values"] = pv
+            (grad,) = torch.autograd.grad(adapter.answer_logprobs(batch).sum(), pv)
+            delta = torch.maximum(torch.minimum(delta + step * grad.sign(), eps), -eps)
+            delta = torch.maximum(torch.minimum(clean + delta, hi), lo) - clean
+    return (clean + delta).detach()
+
+
+# ---------------------------------------------------------------------------- the maps
+
+
+def layer_map(h_forget: torch.Tensor, h_retain: torch.Tensor, r: torch.Tensor, null_ratio: float,
+              lam: float) -> torch.Tensor:
+    """``W = Proj pinv(X^T X + lam Proj^T Proj) X^T (1 r^T)`` with ``X = H_f Proj`` (float64).
+
+    ``Proj`` projects onto the last ``null_ratio * d`` right-singular vectors of ``H_r``:
+    directions retain activations (almost) do not use, so ``h_r @ W ~ 0``. Within that
+    subspace ``Delta`` is the ridge least-squares solution of ``X Delta = 1 r^T``, so
+    ``h_f @ W ~ r`` for forget activations. (``W`` has rank one, ``u r^T``; it is kept as
+    ``d x d`` to follow the specification.)
+    """
+    d = h_retain.shape[1]
+    k = max(1, round(null_ratio * d))
+    _, _, vh = torch.linalg.svd(h_retain, full_matrices=True)
+    q = vh[-k:].T  # d x k, the smallest singular directions of H_r
+    proj = q @ q.T
+    x = h_forget @ proj
+    a = x.T @ x + lam * (proj.T @ proj)
+    target = torch.ones(x.shape[0], 1, dtype=x.dtype) @ r.view(1, -1)  # 1 r^T, one row per forget item
+    delta = torch.linalg.pinv(a, hermitian=True) @ x.T @ target
+    return proj @ delta
+
+
+def build_steering(
+    adapter: HFAdapter, forget: Sequence[Turn], neutral: Sequence[Turn], retain: Sequence[Turn], cfg: EraserConfig
+) -> Steering:
+    """Collect activations and compute ``W_l`` for every chosen layer.
+
+    ``forget`` are the recall inputs (forget prompts on their own images, answers needed
+    only for PGD), ``neutral`` the erasure inputs, ``retain`` what must not move.
+    ``r_l = mean(recall) - mean(erasure)``; with PGD the recall mean uses perturbed images
+    while ``H_f`` keeps the clean ones, which is what the model sees at test time.
+    """
+    for name, group in (("forget", forget), ("erasure", neutral), ("retain", retain)):
+        if not group:
+            raise DataError(f"MLLMEraser needs at least one {name} prompt")
+    n_layers = len(adapter.decoder_layers())
+    layers = sorted(set(cfg.layers)) if cfg.layers else middle_third(n_layers)
+    if max(layers) >= n_layers:
+        raise ConfigError(f"layers {layers} out of range: the model has {n_layers} decoder layers")
+    bs = cfg.batch_size
+    h_f = collect_last_token(adapter, forget, layers, batch_size=bs)
+    recall = h_f
+    if cfg.use_pgd:
+        recall = collect_last_token(
+            adapter, forget, layers, batch_size=bs, pixels=lambda chunk: pgd_pixels(adapter, chunk, cfg)
+        )
+    h_e = collect_last_token(adapter, neutral, layers, batch_size=bs)
+    h_r = collect_last_token(adapter, retain, layers, batch_size=bs)
+    weights, r_norms = {}, {}
+    for i in layers:
+        r = recall[i].mean(0) - h_e[i].mean(0)
+        weights[i] = layer_map(h_f[i], h_r[i], r, cfg.null_ratio, cfg.lam).to(torch.float32)
+        r_norms[str(i)] = float(r.norm())
+    return Steering(
+        weights=weights,
+        strength=cfg.strength,
+        arch=adapter.arch,
+        fingerprint=adapter.fingerprint(),
+        model_name=str(getattr(adapter.model, "name_or_path", "") or getattr(adapter, "source", "")),
+        info={
+            "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+            "counts": {"forget": len(forget), "erasure": len(neutral), "retain": len(retain)},
+            "r_norm": r_norms,
+        },
+    )
+
+
+# ---------------------------------------------------------------------------- applying it
+
+
+class _Steerer:
+    """The hooks behind :func:`steer`.
+
+    Prefill is detected by a forward pre-hook on the top model: a call with no cache, or
+    an empty one, is a prefill (a plain forward, or the first step of ``generate``); a call
+    with a filled cache is a decode step and is left alone. This is exact where "sequence
+    length > 1" is not: a one-token prompt is still a prefill, and speculative or chunked
+    decoding feeds several tokens through a filled cache. The same pre-hook keeps the
+    attention mask, to find each row's last real token whatever the padding side.
+    """
+
+    def __init__(self, adapter: HFAdapter, steering: Steering, anchor: torch.Tensor | None) -> None:
+        self.adapter = adapter
+        self.steering = steering
+        self.anchor = anchor
+        self.prefill = True
+        self.mask: torch.Tensor | None = None
+        device = adapter.device
+        self.maps = {i: w.to(device, torch.float32) for i, w in steering.weights.items()}
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> _Steerer:
+        try:
+            self.handles.append(self.adapter.model.register_forward_pre_hook(self._pre, with_kwargs=True))
+            blocks = self.adapter.decoder_layers()
+            for i in self.steering.layers:
+                self.handles.append(blocks[i].register_forward_hook(self._hook_for(i)))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    def _pre(self, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+        cache = kwargs.get("past_key_values")
+        self.prefill = cache is None or _cache_length(cache) == 0
+        mask = kwargs.get("attention_mask")
+        self.mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+
+    def _last_positions(self, h: torch.Tensor) -> torch.Tensor:
+        batch, length = h.shape[:2]
+        if self.anchor is not None:
+            return self.anchor.to(h.device)
+        if self.mask is not None and self.mask.shape == (batch, length):
+            # index of the last 1 in each row: length-1 under left padding
+            return length - 1 - self.mask.flip(-1).to(torch.long).argmax(-1).to(h.device)
+        return torch.full((batch,), length - 1, dtype=torch.long, device=h.device)
+
+    def _hook_for(self, i: int) -> Callable[..., Any]:
+        w = self.maps[i]
+        s = self.steering.strength
+
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            if not self.prefill:
+                return None
+            h = _hidden(output)
+            last = self._last_positions(h)
+            h_last = h[torch.arange(h.shape[0], device=h.device), last]
+            shift = (s * (h_last.float() @ w)).to(h.dtype)[:, None, :]
+            if self.anchor is not None:
+                # positions after the prompt stay as generation leaves them: unsteered
+                shift = shift * (torch.arange(h.shape[1], device=h.device)[None, :, None] <= last[:, None, None])
+            new = h + shift
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+
+        return hook
+
+
+def _cache_length(cache: Any) -> int:
+    if hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length())
+    if isinstance(cache, tuple | list):  # legacy tuple-of-tuples cache
+        return 0 if len(cache) == 0 else int(cache[0][0].shape[-2])
+    return 0
+
+
+@contextmanager
+def steer(
+    adapter: HFAdapter, steering: Steering, *, anchor: torch.Tensor | None = None, force: bool = False
+) -> Iterator[Steering]:
+    """Apply a steering while the block runs; hooks are removed on exit, even on an exception.
+
+    Nothing is written to the model, so it is bit-identical afterwards. By default
+    ``h_last`` is each row's last non-pad token (position -1 under left padding) and every
+    position is shifted. ``anchor`` (a ``[batch]`` index of each row's last *prompt* token)
+    is for scoring answers appended to a prompt in one forward pass: ``h_last`` is taken
+    there and the answer positions are left unsteered, exactly as in cached generation.
+    """
+    steering.check_compatible(adapter, force=force)
+    with _Steerer(adapter, steering, anchor):
+        yield steering
+
+
+# ---------------------------------------------------------------------------- choosing s and layers
+
+
+def prompt_ends(batch: Any) -> torch.Tensor:
+    """Index of each row's last prompt token in a ``training_batch`` (the token before the first label)."""
+    return (batch["labels"] != IGNORE).to(torch.long).argmax(-1) - 1
+
+
+@torch.no_grad()
+def mcq_accuracy(
+    adapter: HFAdapter, items: Sequence[MCQItem], steering: Steering | None = None, *, batch_size: int = 16
+) -> float:
+    """Log-likelihood MCQ accuracy: the option whose answer tokens score highest, optionally steered."""
+    if not items:
+        raise DataError("MCQ accuracy needs at least one item")
+    flat = [t for options, _ in items for t in options]
+    scores: list[float] = []
+    with adapter.eval_mode():
+        for chunk in _batches(flat, batch_size):
+            batch = adapter.training_batch(chunk)
+            ctx = nullcontext() if steering is None else steer(adapter, steering, anchor=prompt_ends(batch))
+            with ctx:
+                scores.extend(adapter.answer_logprobs(batch).float().cpu().tolist())
+    correct, at = 0, 0
+    for options, gold in items:
+        correct += int(loglik_choice(scores[at : at + len(options)]) == gold)
+        at += len(options)
+    return correct / len(items)
+
+
+@dataclass
+class SweepResult:
+    """The grid, the unsteered baseline, and the chosen steering (``None`` if no setting kept retain)."""
+
+    best: Steering | None
+    rows: list[dict[str, Any]]
+    base_forget: float
+    base_retain: float
+
+
+def sweep(
+    adapter: HFAdapter,
+    steering_builder_inputs: tuple[Sequence[Turn], Sequence[Turn], Sequence[Turn]],
+    val_forget: Sequence[MCQItem],
+    val_retain: Sequence[MCQItem],
+    strengths: Sequence[float],
+    layer_sets: Sequence[Sequence[int]],
+    score_fn: Callable[[HFAdapter, Sequence[MCQItem], Steering | None], float] = mcq_accuracy,
+    cfg: EraserConfig | None = None,
+    *,
+    retain_keep: float = 0.95,
+) -> SweepResult:
+    """Grid over (layers, strength) on a validation slice; never pass test items.
+
+    The maps are built once on the union of ``layer_sets`` (``W_l`` of one layer does not
+    depend on the others), then each setting is scored. The winner maximises the drop of
+    forget accuracy among settings whose retain accuracy is at least ``retain_keep`` times
+    the unsteered one; ties go to the weaker strength, then to fewer layers, so the
+    gentlest sufficient intervention wins.
+    """
+    cfg = cfg or EraserConfig()
+    if not strengths or not layer_sets or any(not ls for ls in layer_sets):
+        raise ConfigError("sweep needs at least one strength and non-empty layer sets")
+    forget, neutral, retain = steering_builder_inputs
+    union = sorted({i for ls in layer_sets for i in ls})
+    full = build_steering(adapter, forget, neutral, retain, _replace_layers(cfg, union))
+    base_forget = score_fn(adapter, val_forget, None)
+    base_retain = score_fn(adapter, val_retain, None)
+    rows: list[dict[str, Any]] = []
+    best_key: tuple[float, float, int] | None = None
+    best: Steering | None = None
+    for ls in layer_sets:
+        for s in strengths:
+            candidate = full.select(sorted(set(ls)), s)
+            f_acc = score_fn(adapter, val_forget, candidate)
+            r_acc = score_fn(adapter, val_retain, candidate)
+            ok = r_acc >= retain_keep * base_retain
+            rows.append({"layers": candidate.layers, "strength": float(s), "forget_acc": f_acc,
+                         "retain_acc": r_acc, "forget_drop": base_forget - f_acc, "admissible": ok})
+            key = (base_forget - f_acc, -abs(float(s)), -len(candidate.layers))
+            if ok and (best_key is None or key > best_key):
+                best_key, best = key, candidate
+    if best is not None:
+        best.info["sweep"] = {"base_forget": base_forget, "base_retain": base_retain, "rows": rows}
+    return SweepResult(best=best, rows=rows, base_forget=base_forget, base_retain=base_retain)
+
+
+def _replace_layers(cfg: EraserConfig, layers: list[int]) -> EraserConfig:
+    return replace(cfg, layers=layers)
+
+
+# ---------------------------------------------------------------------------- entry point
+
+
+def _turns(examples: Sequence[Example]) -> list[Turn]:
+    return [Turn(e.pil_image() if e.has_image else None, e.question, e.answer) for e in examples]
+
+
+def erasure_turns(forget: Sequence[Example], neutral: Sequence[Example], mode: str) -> list[Turn]:
+    """Each forget prompt paired with a neutral identity's image (cycled), or with a refusal instruction."""
+    if mode == "refusal":
+        return [Turn(e.pil_image(), f"{e.question} {REFUSAL_SUFFIX}") for e in forget]
+    pool = [e for e in neutral if e.has_image]
+    if not pool:
+        raise DataError("the suite has no neutral identities with images; use erasure=refusal")
+    return [Turn(pool[i % len(pool)].pil_image(), e.question) for i, e in enumerate(forget)]
+
+
+def run_eraser(
+    adapter: HFAdapter, suite: Suite, out_dir: str | Path, cfg: EraserConfig, *, overwrite: bool = False
+) -> Path:
+    """Build the steering from ``train_forget``, ``neutral`` and ``train_retain``; write only the steering file.
+
+    The model's weights are never written: the result of MLLMEraser is the base model plus
+    ``out_dir/steering.safetensors``.
+    """
+    start = time.perf_counter()
+    out = Path(out_dir) / STEERING_FILE
+    check_output_dir(Path(out_dir), overwrite=overwrite, marker=STEERING_FILE)
+    cap = cfg.max_items
+    forget = [e for e in suite.group("train_forget") if e.has_image][:cap]
+    if not forget:
+        raise DataError(f"suite {suite.name!r}: train_forget has no examples with images; MLLMEraser needs them")
+    neutral = suite.group("neutral") if cfg.erasure == "neutral" else []
+    retain = suite.group("train_retain")[:cap]
+    steering = build_steering(
+        adapter, _turns(forget), erasure_turns(forget, neutral[:cap], cfg.erasure), _turns(retain), cfg
+    )
+    steering.info.update(
+        {"suite": suite.name, "wall_s": round(time.perf_counter() - start, 3), "environment": environment()}
+    )
+    return steering.save(out)

@@ -1,0 +1,99 @@
+"""MMUnlearner: Fisher-ratio saliency masks, masked forget steps, unmasked retain steps.
+
+Two masks (METHODS.md): over the visual module with ``D_r`` as the data to preserve, and
+over the language model with ``D_r + D_t``. A weight element is updated by forgetting only
+where it matters more to the forget set than to what must be preserved. The masks are
+keyed by parameter *object*, and built by name through the adapter, so they hold after
+peft wraps the model; a failing step raises, it is never skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from unsee.config import opt
+from unsee.engine.constraints import masked_fraction
+from unsee.engine.trainer import Context
+from unsee.methods.base import BaseMethod, nll
+from unsee.models.base import HFAdapter, Turn
+
+
+@dataclass
+class MMUnlearnerConfig:
+    fisher_batches: int = opt(8, "batches of each set for the Fisher diagonals")
+    threshold: float = opt(1.0, "mask where F_forget / F_preserve >= threshold")
+    max_retain_ratio: int = opt(9, "retain steps per forget step: |D_r|/|D_f|, capped here")
+
+
+def fisher(adapter: HFAdapter, params: list[nn.Parameter], batches: list[list[Turn]], ascent: bool,
+           ctx: Context | None = None) -> list[torch.Tensor]:
+    """Diagonal Fisher: mean squared gradient over batches (summed across processes)."""
+    acc = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    for turns in batches:
+        loss = nll(adapter, turns)
+        grads = torch.autograd.grad(-loss if ascent else loss, params, allow_unused=True)
+        for a, g in zip(acc, grads, strict=True):
+            if g is not None:
+                a += g.float() ** 2
+    n = torch.tensor(float(len(batches)))
+    if ctx is not None:
+        for a in acc:
+            ctx.all_reduce_(a)
+        ctx.all_reduce_(n)
+    return [a / n for a in acc]
+
+
+def ratio_masks(adapter: HFAdapter, forget: list[list[Turn]], preserve_v: list[list[Turn]],
+                preserve_l: list[list[Turn]], threshold: float = 1.0,
+                ctx: Context | None = None) -> dict[nn.Parameter, torch.Tensor]:
+    """``m = (F_f + 1e-15) / (F_p + 1e-15) >= threshold`` on weights of linear layers."""
+    masks: dict[nn.Parameter, torch.Tensor] = {}
+    for group, preserve in (("visual", preserve_v), ("language", preserve_l)):
+        names = ("vision", "projector") if group == "visual" else ("language",)
+        params = [m.weight for g in names for _, m in adapter.linear_modules(g) if m.weight.requires_grad]
+        if not params:
+            continue
+        ff = fisher(adapter, params, forget, ascent=True, ctx=ctx)
+        fp = fisher(adapter, params, preserve, ascent=False, ctx=ctx)
+        for p, a, b in zip(params, ff, fp, strict=True):
+            masks[p] = (a + 1e-15) / (b + 1e-15) >= threshold
+    return masks
+
+
+class MMUnlearner(BaseMethod):
+    name = "mmunlearner"
+    streams = ("forget", "retain", "text")
+    Config = MMUnlearnerConfig
+
+    def setup(self, ctx: Context) -> None:
+        s = ctx.streams
+        k = self.cfg.fisher_batches
+        forget = [next(s["forget"]) for _ in range(k)]
+        retain = [next(s["retain"]) for _ in range(k)]
+        text = [next(s["text"]) for _ in range(k)]
+        masks = ratio_masks(ctx.adapter, forget, retain, retain + text, self.cfg.threshold, ctx)
+        # Everything outside the linear weights (norms, embeddings, biases) stays out of forget steps.
+        for p in ctx.adapter.model.parameters():
+            if p.requires_grad and p not in masks:
+                masks[p] = torch.zeros_like(p, dtype=torch.bool)
+        ctx.constraints.masks = masks
+        linear = {p for g in ("vision", "projector", "language") for _, m in ctx.adapter.linear_modules(g)
+                  for p in [m.weight]}
+        ctx.info["mask_fraction"] = masked_fraction({p: m for p, m in masks.items() if p in linear})
+        self.ratio = max(1, min(self.cfg.max_retain_ratio, len(s["retain"]) // max(1, len(s["forget"]))))
+        ctx.info["retain_steps_per_forget_step"] = self.ratio
+
+    def step_multiplier(self, ctx: Context) -> int:
+        return 1 + self.ratio
+
+    def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
+        forget_step = ctx.step % (1 + self.ratio) == 0
+        ctx.constraints.masks_on = forget_step
+        if forget_step:
+            f = nll(ctx.adapter, batch["forget"])
+            return -f, {"nll_f": f.item()}
+        r = nll(ctx.adapter, batch["retain"])
+        return r, {"nll_r": r.item()}

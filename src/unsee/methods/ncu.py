@@ -1,0 +1,93 @@
+"""NCU: null-space constrained updates of the visual module (METHODS.md, "NCU").
+
+For each linear layer (and the unfolded patch-embedding conv) of the vision tower and
+projector we hook the layer's input ``k`` on retained images, accumulate ``C = sum k k^T / n``,
+and keep the eigenvectors ``U0`` of its smallest eigenvalues. Projecting each update
+``dW -> dW U0 U0^T`` makes ``dW k ~ 0`` for every retained input, so each layer's output on
+retained data is unchanged to first order. The engine applies the projection to Adam's
+*update*, after the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+from torch import nn
+
+from unsee.engine.constraints import unfold_conv_input
+from unsee.engine.trainer import Context
+from unsee.models.base import HFAdapter
+
+
+@torch.no_grad()
+def input_covariances(adapter: HFAdapter, images: Sequence[Image.Image], *, batch_size: int = 32,
+                      ctx: Context | None = None) -> dict[str, tuple[torch.Tensor, int]]:
+    """Uncentred input covariance sum and row count per visual layer, over ``images``."""
+    layers = adapter.linear_modules("vision") + adapter.linear_modules("projector")
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    hooks = []
+
+    def hook(name: str, mod: nn.Module):  # noqa: ANN202
+        def fn(_m: nn.Module, args: tuple, _out: torch.Tensor) -> None:
+            x = args[0]
+            rows = unfold_conv_input(mod, x) if isinstance(mod, nn.Conv2d | nn.Conv3d) else x.reshape(-1, x.shape[-1])
+            rows = rows.double()
+            sums[name] = sums.get(name, 0) + rows.T @ rows
+            counts[name] = counts.get(name, 0) + rows.shape[0]
+        return fn
+
+    for name, mod in layers:
+        hooks.append(mod.register_forward_hook(hook(name, mod)))
+    try:
+        with adapter.eval_mode():
+            for i in range(0, len(images), batch_size):
+                adapter.visual_features(adapter.image_inputs(images[i : i + batch_size]))
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for name in sums:
+        s, n = sums[name], torch.tensor(float(counts[name]), dtype=torch.float64)
+        if ctx is not None:
+            ctx.all_reduce_(s)
+            ctx.all_reduce_(n)
+        out[name] = (s, int(n.item()))
+    return out
+
+
+def null_space(cov_sum: torch.Tensor, n: int, energy: float) -> torch.Tensor:
+    """``U0 U0^T`` for the eigen-directions that together hold at most ``energy`` of the spectrum."""
+    c = cov_sum / max(1, n)
+    s, u = torch.linalg.eigh(c)  # ascending
+    cum = torch.cumsum(s.clamp(min=0), 0) / s.clamp(min=0).sum().clamp(min=1e-30)
+    keep = cum <= energy
+    if not keep.any():
+        keep[0] = True
+    u0 = u[:, keep]
+    return (u0 @ u0.T).float()
+
+
+def add_covariances(a: dict[str, tuple[torch.Tensor, int]],
+                    b: dict[str, tuple[torch.Tensor, int]]) -> dict[str, tuple[torch.Tensor, int]]:
+    return {k: (a[k][0] + b[k][0], a[k][1] + b[k][1]) if k in b else a[k] for k in a}
+
+
+def install_projections(ctx: Context, covs: dict[str, tuple[torch.Tensor, int]], energy: float) -> dict[str, int]:
+    """Project every visual linear weight's update; freeze everything else in the visual module."""
+    adapter = ctx.adapter
+    ranks: dict[str, int] = {}
+    projected = set()
+    for name, mod in adapter.linear_modules("vision") + adapter.linear_modules("projector"):
+        if name not in covs or not mod.weight.requires_grad:
+            continue
+        proj = null_space(*covs[name], energy).to(mod.weight.device)
+        ctx.constraints.projections[mod.weight] = proj
+        ranks[name] = int(round(torch.trace(proj).item()))
+        projected.add(mod.weight)
+    for p in adapter.model.parameters():
+        if p.requires_grad and p not in projected:
+            ctx.constraints.frozen.add(p)
+    return ranks

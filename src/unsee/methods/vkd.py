@@ -1,0 +1,78 @@
+"""VKD: visual knowledge distillation with the language model frozen (METHODS.md, "VKD").
+
+The student's intermediate visual features (projector tokens) are distilled from the
+teacher on retained images, while forget images are driven to the teacher's mean feature
+of neutral identities. A Fisher-ratio saliency mask, computed from the same feature-level
+signals, confines the updates to the visual weights that matter more to the forget images
+than to the retained ones; no language-model pass is needed at any point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from unsee.config import opt
+from unsee.engine.trainer import Context
+from unsee.methods.base import BaseMethod, images_of, token_features
+from unsee.models.base import Turn
+
+
+@dataclass
+class VKDConfig:
+    retain_weight: float = opt(1.0, "weight of the retain distillation")
+    saliency: bool = opt(True, "restrict updates to visual weights with Fisher ratio >= threshold")
+    threshold: float = opt(1.0, "saliency threshold on F_forget / F_retain")
+    fisher_batches: int = opt(4, "batches per set for the feature-level Fisher diagonals")
+
+
+class VKD(BaseMethod):
+    name = "vkd"
+    streams = ("forget", "retain", "neutral")
+    reference = "visual"
+    default_scope = "visual"
+    Config = VKDConfig
+
+    def setup(self, ctx: Context) -> None:
+        with torch.no_grad():
+            neutral = token_features(ctx.reference, images_of(ctx.streams["neutral"].turns))
+        self.target = torch.stack([n.float() for n in neutral]).mean(0)
+        if not self.cfg.saliency:
+            return
+        params = [m.weight for g in ("vision", "projector") for _, m in ctx.adapter.linear_modules(g)
+                  if m.weight.requires_grad]
+
+        def sensitivity(stream: str) -> list[torch.Tensor]:
+            acc = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+            for _ in range(self.cfg.fisher_batches):
+                feats = token_features(ctx.adapter, images_of(next(ctx.streams[stream])))
+                energy = torch.stack([f.float().pow(2).mean() for f in feats]).mean()
+                for a, g in zip(acc, torch.autograd.grad(energy, params), strict=True):
+                    a += g.float() ** 2
+            for a in acc:
+                ctx.all_reduce_(a)
+            return acc
+
+        ff, fr = sensitivity("forget"), sensitivity("retain")
+        masks = {p: (a + 1e-15) / (b + 1e-15) >= self.cfg.threshold for p, a, b in zip(params, ff, fr, strict=True)}
+        for p in ctx.adapter.model.parameters():
+            if p.requires_grad and p not in masks:
+                masks[p] = torch.zeros_like(p, dtype=torch.bool)
+        ctx.constraints.masks = masks
+        total = sum(m.numel() for p, m in masks.items() if p in set(params))
+        ctx.info["mask_fraction"] = float(sum(masks[p].sum().item() for p in params) / max(1, total))
+
+    def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
+        a, ref = ctx.adapter, ctx.reference
+        assert ref is not None
+        f_img, r_img = images_of(batch["forget"]), images_of(batch["retain"])
+        with torch.no_grad():
+            teacher_r = token_features(ref, r_img)
+        student_r = token_features(a, r_img)
+        student_f = token_features(a, f_img)
+        target = self.target.to(student_f[0].device)
+        l_f = torch.stack([F.mse_loss(s.float(), target) for s in student_f]).mean()
+        l_r = torch.stack([F.mse_loss(s.float(), t.float()) for s, t in zip(student_r, teacher_r, strict=True)]).mean()
+        return l_f + self.cfg.retain_weight * l_r, {"forget_mse": l_f.item(), "retain_mse": l_r.item()}

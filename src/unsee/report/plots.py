@@ -1,0 +1,159 @@
+"""The report's two pictures: the forget/retain trade-off, and accuracy over continual requests.
+
+Figures are drawn on a bare ``matplotlib.figure.Figure`` with the Agg canvas: no pyplot
+global state, no display needed, safe in threads and on headless servers. matplotlib is
+imported only when a plot is drawn, so importing :mod:`unsee.report` stays cheap.
+Each PNG is written atomically, like every other output.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from unsee.eval.metrics import RETENTION_GROUPS
+from unsee.io import atomic_write_bytes
+from unsee.report.tables import CHANCE, figure, group_runs, headline_key, score_of, vanilla_for
+
+RETENTION_LABEL = (
+    "retention R: min over groups of acc / vanilla acc (capped at 1)\n"
+    "groups: " + ", ".join(RETENTION_GROUPS)
+)
+
+
+def _new_figure(panels: int, *, width: float = 5.2, height: float = 4.4) -> tuple[Any, list[Any]]:
+    from matplotlib.figure import Figure
+
+    cols = min(max(panels, 1), 3)
+    rows = max(math.ceil(panels / cols), 1)
+    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    return fig, axes[: max(panels, 1)]
+
+
+def _save_png(fig: Any, path: str | Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def _label(run: Mapping[str, Any]) -> str:
+    return str(run["method"]) + (f" @r{run['request']}" if run["request"] > 1 else "")
+
+
+def plot_tradeoff(results: Mapping[str, Any], path: str | Path) -> Path:
+    """Forget accuracy (x) against retention R (y), one labelled point per run, one panel per setting.
+
+    R is the retention term of the unlearning score, so the plot and the score column agree.
+    The ideal sits at the top left: chance-level on the forget set, nothing lost elsewhere.
+    """
+    settings = group_runs(results["runs"])
+    fig, axes = _new_figure(len(settings))
+    for ax, ((model, benchmark, split), runs) in zip(axes, settings.items(), strict=False):
+        vanilla = vanilla_for(runs)
+        key = headline_key(runs, "forget") or "mcq"
+        chance = CHANCE if key == "mcq" else 0.0
+        if key == "mcq":
+            ax.axvline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance})")
+        plotted = 0
+        for run in runs:
+            x = figure(run, "forget", key)
+            if x is None:
+                continue
+            if run is vanilla:
+                ax.scatter([x], [1.0], marker="*", s=220, color="black", zorder=3, label="vanilla")
+                ax.annotate(
+                    "vanilla", (x, 1.0), textcoords="offset points", xytext=(-8, -14), ha="right", fontsize=8
+                )
+                plotted += 1
+                continue
+            score = score_of(run, vanilla, key=key)
+            if score is None or score["R"] is None:
+                continue
+            ax.scatter([x], [score["R"]], s=45, zorder=3)
+            ax.annotate(_label(run), (x, score["R"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            plotted += 1
+        if vanilla is None or plotted == 0:
+            ax.text(
+                0.5,
+                0.5,
+                "no vanilla run:\nretention cannot be computed",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                fontsize=9,
+                color="grey",
+            )
+        ax.scatter([chance], [1.0], marker="o", s=160, facecolors="none", edgecolors="green", label="ideal")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.08)
+        ax.set_xlabel(f"forget accuracy ({key}; lower is better)")
+        ax.set_ylabel(RETENTION_LABEL, fontsize=8)
+        ax.set_title(f"{model} \u00b7 {benchmark} \u00b7 {split}", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower left", fontsize=7)
+    if not settings:
+        axes[0].text(0.5, 0.5, "no runs", ha="center", va="center", transform=axes[0].transAxes)
+    return _save_png(fig, path)
+
+
+def continual_series(runs: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+    """Each group's (request, accuracy) points for one method's continual runs.
+
+    At request k the ``forget`` group holds request k's own targets, so it is filed as
+    ``forget_rk``: each line then follows one request's targets from the moment they were
+    forgotten onwards. Where several runs share a request number, the last one is used.
+    """
+    latest = {int(r["request"]): r for r in runs}  # one run per request: the last one given
+    series: dict[str, list[tuple[int, float]]] = {}
+    for k, run in sorted(latest.items()):
+        for group in run["metrics"]:
+            key = headline_key([run], group)
+            value = figure(run, group, key)
+            if value is None:
+                continue
+            name = f"forget_r{k}" if group == "forget" else group
+            series.setdefault(name, []).append((k, value))
+    return series
+
+
+def plot_continual(results: Mapping[str, Any], path: str | Path) -> Path:
+    """Every group's accuracy against the request number, one line per group, one panel per method."""
+    panels: list[tuple[str, list[Mapping[str, Any]]]] = []
+    settings = group_runs(results["runs"])
+    for setting, runs in settings.items():
+        by_method: dict[str, list[Mapping[str, Any]]] = {}
+        for run in runs:
+            if run["method"] != "vanilla":
+                by_method.setdefault(str(run["method"]), []).append(run)
+        for method, method_runs in by_method.items():
+            if any(r["request"] > 1 for r in method_runs):
+                title = method if len(settings) == 1 else f"{method} ({'/'.join(setting)})"
+                panels.append((title, method_runs))
+    fig, axes = _new_figure(len(panels))
+    for ax, (title, runs) in zip(axes, panels, strict=False):
+        for name, points in sorted(continual_series(runs).items()):
+            xs, ys = zip(*points, strict=True)
+            style = "-" if name.startswith("forget") else "--"
+            ax.plot(xs, ys, style, marker="o", markersize=4, label=name)
+        requests = sorted({int(r["request"]) for r in runs})
+        ax.set_xticks(requests)
+        ax.set_ylim(-0.02, 1.02)
+        ax.axhline(CHANCE, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("request")
+        ax.set_ylabel("accuracy (MCQ; ROUGE-L where a group has none)", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    if not panels:
+        axes[0].text(0.5, 0.5, "no continual runs", ha="center", va="center", transform=axes[0].transAxes)
+    return _save_png(fig, path)

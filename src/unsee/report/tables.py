@@ -1,0 +1,253 @@
+"""The report as text: a markdown table per setting and a compact table for the terminal.
+
+A reader should see at a glance what each method did to each group *relative to the model
+before unlearning*, so every cell carries its change from the vanilla run of the same
+model, benchmark and forget split, plus the one-number trade-off score and the cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import PurePosixPath
+from typing import Any
+
+from rich.table import Table
+
+from unsee.data.schema import METRIC_GROUPS
+from unsee.errors import UnseeError
+from unsee.eval.metrics import RETENTION_GROUPS, unlearning_score
+
+CHANCE = 0.25
+MINUS = "\u2212"
+DASH = "\u2014"
+MIB = 1024 * 1024
+
+PROTOCOL_NOTES = {
+    "loglik": "MCQ scored by log-likelihood: the option whose answer text the model finds most likely.",
+    "letter": "MCQ scored by letter: the first alphanumeric character of the generated reply.",
+    "option_string": "MCQ scored by option string: the reply must equal the correct option's text.",
+}
+
+Setting = tuple[str, str, str]
+
+
+def setting_of(run: Mapping[str, Any]) -> Setting:
+    """Runs are comparable, and share a vanilla baseline, only within one setting."""
+    return (str(run["model"]), str(run["benchmark"]), str(run["forget_split"]))
+
+
+def group_runs(runs: Iterable[Mapping[str, Any]]) -> dict[Setting, list[Mapping[str, Any]]]:
+    """Runs by setting, in first-seen order."""
+    out: dict[Setting, list[Mapping[str, Any]]] = {}
+    for run in runs:
+        out.setdefault(setting_of(run), []).append(run)
+    return out
+
+
+def vanilla_for(runs: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The baseline of one setting's runs: its first run with method ``vanilla``."""
+    return next((r for r in runs if r["method"] == "vanilla"), None)
+
+
+def ordered_groups(runs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Metric groups in DESIGN.md order, then continual ``forget_rN`` by N, then the rest by name."""
+    present = {g for r in runs for g in r["metrics"]}
+    known = [g for g in METRIC_GROUPS if g in present]
+    rest = sorted(present - set(known), key=lambda g: (not _is_request_group(g), _request_index(g), g))
+    return known + rest
+
+
+def _is_request_group(group: str) -> bool:
+    return group.startswith("forget_r") and group[len("forget_r") :].isdigit()
+
+
+def _request_index(group: str) -> int:
+    return int(group[len("forget_r") :]) if _is_request_group(group) else 0
+
+
+def headline_key(runs: Iterable[Mapping[str, Any]], group: str) -> str | None:
+    """The figure shown for a group: MCQ accuracy where any run has it, else ROUGE-L, else cloze."""
+    runs = list(runs)
+    for key in ("mcq", "rougeL", "cloze"):
+        if any(key in r["metrics"].get(group, {}) for r in runs):
+            return key
+    return None
+
+
+def figure(run: Mapping[str, Any] | None, group: str, key: str | None) -> float | None:
+    if run is None or key is None:
+        return None
+    value = run["metrics"].get(group, {}).get(key)
+    return None if value is None else float(value)
+
+
+def fmt_delta(value: float | None, base: float | None) -> str:
+    """``0.27 (−0.68)``: the value, and its change from the baseline when there is one."""
+    if value is None:
+        return DASH
+    if base is None:
+        return f"{value:.2f}"
+    return f"{value:.2f} ({fmt_change(value - base)})"
+
+
+def fmt_change(delta: float, digits: int = 2) -> str:
+    """``−0.68``, ``+0.03`` or ``±0.00``: a typographic minus, and no sign for what rounds to zero."""
+    half = 0.5 * 10**-digits
+    sign = "+" if delta >= half else (MINUS if delta <= -half else "\u00b1")
+    return f"{sign}{abs(delta):.{digits}f}"
+
+
+def score_of(
+    run: Mapping[str, Any], vanilla: Mapping[str, Any] | None, *, key: str = "mcq"
+) -> dict[str, Any] | None:
+    """The unlearning score, or None where it cannot be judged (no baseline, no forget figure,
+    the baseline itself). Chance is 0.25 for four-option MCQ and 0 for ROUGE-L or cloze."""
+    if vanilla is None or run is vanilla or run["method"] == "vanilla":
+        return None
+    try:
+        return unlearning_score(
+            vanilla["metrics"], run["metrics"], chance=CHANCE if key == "mcq" else 0.0, key=key
+        )
+    except UnseeError:
+        return None
+
+
+def _mib(nbytes: int | None) -> str:
+    return DASH if nbytes is None else f"{nbytes / MIB:,.0f}"
+
+
+def _count(n: int | None) -> str:
+    return DASH if n is None else f"{n:,}"
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def _setting_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    vanilla = vanilla_for(runs)
+    groups = ordered_groups(runs)
+    keys = {g: headline_key(runs, g) for g in groups}
+    header = ["method", "request"]
+    header += [g if keys[g] in ("mcq", None) else f"{g} ({keys[g]})" for g in groups]
+    header += ["score", "wall s", "peak RSS MiB", "peak GPU MiB", "trainable params"]
+    lines = [_md_row(header), _md_row(["---"] * 2 + ["---:"] * (len(header) - 2))]
+    for run in sorted(runs, key=lambda r: (r["method"] != "vanilla", r["request"])):
+        cells = [str(run["method"]), str(run["request"])]
+        for g in groups:
+            base = None if run is vanilla else figure(vanilla, g, keys[g])
+            cells.append(fmt_delta(figure(run, g, keys[g]), base))
+        score = score_of(run, vanilla, key=keys.get("forget") or "mcq")
+        cells.append(DASH if score is None or score["score"] is None else f"{score['score']:.2f}")
+        cost = run["cost"]
+        cells += [
+            f"{float(cost['wall_s']):.1f}",
+            _mib(cost["peak_rss_bytes"]),
+            _mib(cost["peak_gpu_bytes"]),
+            _count(cost["trainable_params"]),
+        ]
+        lines.append(_md_row(cells))
+    if vanilla is None:
+        lines += ["", "_No `vanilla` run in this setting: changes and scores cannot be shown._"]
+    return lines
+
+
+def render_report(results: Mapping[str, Any], *, images: Sequence[str] = ()) -> str:
+    """The markdown report: one table per (model, benchmark, forget split), one row per run.
+
+    ``images`` are relative paths of plots to embed at the end (``write_report`` passes them).
+    """
+    runs = list(results["runs"])
+    out = [
+        "# unsee report",
+        "",
+        f"unsee {results.get('unsee_version', '?')}, git `{results.get('git_hash') or 'unknown'}`, "
+        f"created {results.get('created', '?')}; {len(runs)} run(s).",
+        "",
+    ]
+    if not runs:
+        out += ["No runs.", ""]
+    for (model, benchmark, split), setting_runs in group_runs(runs).items():
+        out += [f"## {model} \u00b7 {benchmark} \u00b7 {split or '(no split)'}", ""]
+        out += _setting_table(setting_runs)
+        out.append("")
+    protocols = sorted({r["mcq_protocol"] for r in runs})
+    out += [
+        "## How to read this",
+        "",
+        "- Each cell is an accuracy in [0, 1] (MCQ unless the header names another figure), "
+        "with its change from the `vanilla` run of the same setting in brackets.",
+        f"- score: the harmonic mean of efficacy E = clip((vanilla forget \u2212 forget) / "
+        f"(vanilla forget \u2212 {CHANCE}), 0, 1) and retention R = the minimum over "
+        f"{', '.join(RETENTION_GROUPS)} of run / vanilla (capped at 1). 1 is best.",
+        "- Cost: wall-clock seconds, peak resident memory, peak GPU memory allocated by PyTorch "
+        "(\u2014 without a GPU), and parameters trained.",
+    ]
+    out += [f"- {PROTOCOL_NOTES.get(p, f'MCQ protocol `{p}`.')} (mcq_protocol `{p}`)" for p in protocols]
+    continual = [r for r in runs if r["request"] > 1]
+    if continual:
+        out.append(
+            "- Continual runs: `forget_rN` is the accuracy on the targets of request N, measured later."
+        )
+    attack_lines = _attacks_section(runs)
+    if attack_lines:
+        out += ["", *attack_lines]
+    if images:
+        out += ["", "## Plots", ""]
+        out += [f"![{PurePosixPath(i).stem}]({i})" for i in images]
+    out.append("")
+    return "\n".join(out)
+
+
+def _attacks_section(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    rows = []
+    for run in runs:
+        for attack, figures in (run.get("attacks") or {}).items():
+            shown = ", ".join(
+                f"{k} {v:.2f}" if isinstance(v, int | float) and not isinstance(v, bool) else f"{k} {v}"
+                for k, v in figures.items()
+                if not isinstance(v, dict | list)
+            )
+            rows.append(_md_row([str(run["method"]), str(run["request"]), attack, shown or DASH]))
+    if not rows:
+        return []
+    return [
+        "## Attacks",
+        "",
+        _md_row(["method", "request", "attack", "figures"]),
+        _md_row(["---"] * 4),
+        *rows,
+    ]
+
+
+TERMINAL_GROUPS = ("forget", "forget_test", "retain", "known", "general")
+
+
+def terminal_table(results: Mapping[str, Any]) -> Table:
+    """A compact rich table for the end of a run: headline groups, score and wall time."""
+    runs = list(results["runs"])
+    several = len(group_runs(runs)) > 1
+    groups = [g for g in TERMINAL_GROUPS if any(g in r["metrics"] for r in runs)]
+    table = Table(title="unsee results", show_lines=False)
+    if several:
+        table.add_column("setting")
+    table.add_column("method")
+    table.add_column("req", justify="right")
+    for g in groups:
+        table.add_column(g, justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("wall s", justify="right")
+    for setting, setting_runs in group_runs(runs).items():
+        vanilla = vanilla_for(setting_runs)
+        keys = {g: headline_key(setting_runs, g) for g in groups}
+        for run in setting_runs:
+            cells = ["/".join(setting)] if several else []
+            cells += [str(run["method"]), str(run["request"])]
+            for g in groups:
+                value = figure(run, g, keys[g])
+                cells.append(DASH if value is None else f"{value:.2f}")
+            score = score_of(run, vanilla, key=headline_key(setting_runs, "forget") or "mcq")
+            cells.append(DASH if score is None or score["score"] is None else f"{score['score']:.2f}")
+            cells.append(f"{float(run['cost']['wall_s']):.1f}")
+            table.add_row(*cells)
+    return table

@@ -1,0 +1,252 @@
+"""MLLMEraser on a real (tiny, random) LLaVA: the maps, the hooks, the file, the entry point."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unsee.data.schema import Example, Suite
+from unsee.errors import ModelError
+from unsee.methods.eraser import (
+    STEERING_FILE,
+    EraserConfig,
+    Steering,
+    build_steering,
+    collect_last_token,
+    mcq_accuracy,
+    middle_third,
+    pgd_pixels,
+    prompt_ends,
+    run_eraser,
+    steer,
+    sweep,
+)
+from unsee.models import Turn, load_adapter
+from unsee.models.tiny import init_model
+
+FORGET_Q = ["Who is this?", "What is the name of the person in this image?", "Where was this person born?",
+            "What is the occupation of this person?"]
+RETAIN_Q = ["What colour is the shape?", "How many objects are there?", "Where is the shape?",
+            "Is the shape red or blue? Answer yes or no."]
+LAYERS = [1, 2]
+
+
+def images(n: int, seed: int, lo: int = 0, hi: int = 256) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(lo, hi, (64, 64, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def turns(n: int, questions: list[str], seed: int, lo: int = 0, hi: int = 256) -> list[Turn]:
+    return [Turn(im, questions[i % len(questions)], "yes") for i, im in enumerate(images(n, seed, lo, hi))]
+
+
+# Forget images are dark, neutral ones bright, retain ones anything, with other questions:
+# three distinguishable input distributions, as identities and tasks are in a real suite.
+# d = 256 and null_ratio = 0.3 keep k = 77 null directions; 64 retain items (< d - k = 179)
+# make them an exact null space of the retain activations, and 32 forget items (< k) let
+# the least-squares map fit every one of them. Held-out items then test generalisation.
+N_FORGET, N_NEUTRAL, N_RETAIN, N_HELD = 32, 16, 64, 16
+
+
+@pytest.fixture(scope="module")
+def llava(tmp_path_factory: pytest.TempPathFactory):
+    path = init_model("tiny-llava", tmp_path_factory.mktemp("m") / "tiny-llava", seed=0)
+    return load_adapter(path)
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, list[Turn]]:
+    return {
+        "forget": turns(N_FORGET, FORGET_Q, seed=1, hi=128),
+        "neutral": turns(N_NEUTRAL, FORGET_Q, seed=2, lo=128),
+        "retain": turns(N_RETAIN, RETAIN_Q, seed=3),
+        "forget_held": turns(N_HELD, FORGET_Q, seed=4, hi=128),
+        "retain_held": turns(N_HELD, RETAIN_Q, seed=5),
+    }
+
+
+@pytest.fixture(scope="module")
+def steering(llava, data) -> Steering:
+    cfg = EraserConfig(layers=LAYERS, batch_size=16)
+    return build_steering(llava, data["forget"], data["neutral"], data["retain"], cfg)
+
+
+def logits(adapter, batch) -> torch.Tensor:
+    with torch.no_grad():
+        return adapter.forward(batch).logits
+
+
+def test_middle_third_default():
+    assert middle_third(4) == [1]
+    assert middle_third(32) == list(range(10, 21))
+    assert middle_third(1) == [0]
+
+
+def test_maps_send_forget_to_r_and_retain_to_zero(llava, data, steering):
+    assert steering.layers == LAYERS and steering.hidden_size == 256
+    acts = {k: collect_last_token(llava, v, LAYERS, batch_size=16)
+            for k, v in data.items() if k != "retain"}
+    for i in LAYERS:
+        w = steering.weights[i].double()
+        r = acts["forget"][i].mean(0) - acts["neutral"][i].mean(0)
+        assert steering.info["r_norm"][str(i)] == pytest.approx(float(r.norm()), rel=1e-6)
+        for group in ("forget", "forget_held"):
+            out = acts[group][i] @ w
+            cos = torch.nn.functional.cosine_similarity(out, r[None], dim=1)
+            assert cos.min() > 0.9, (group, i)
+            assert ((out - r).norm(dim=1) / r.norm()).mean() < 0.1, (group, i)
+        retain_rel = ((acts["retain_held"][i] @ w).norm(dim=1) / r.norm()).mean()
+        assert retain_rel < 0.1, i
+
+
+def test_steer_changes_logits_and_restores_them_exactly(llava, data, steering):
+    batch = llava.generation_batch(data["forget"][:2] + data["retain"][:1])
+    weights = {k: v.clone() for k, v in llava.model.state_dict().items()}
+    before = logits(llava, batch)
+    with steer(llava, steering):
+        during = logits(llava, batch)
+    assert not torch.allclose(before, during)
+    assert torch.equal(logits(llava, batch), before)
+
+    with pytest.raises(RuntimeError, match="boom"), steer(llava, steering):
+        logits(llava, batch)
+        raise RuntimeError("boom")
+    assert torch.equal(logits(llava, batch), before)
+    assert all(not layer._forward_hooks for layer in llava.decoder_layers())
+    assert not llava.model._forward_pre_hooks
+    assert all(torch.equal(v, weights[k]) for k, v in llava.model.state_dict().items())
+
+
+def test_only_prefill_is_steered(llava, data, steering):
+    """Cached decoding under steering == one pass over prompt + generated token with the prompt as anchor."""
+    strong = steering.select(strength=-2.0)
+    batch = llava.to_device(llava.generation_batch(data["forget"][:1]))
+    n = batch["input_ids"].shape[1]
+    with steer(llava, strong), torch.no_grad():
+        gen = llava.model.generate(**batch, max_new_tokens=2, do_sample=False, output_logits=True,
+                                   return_dict_in_generate=True, pad_token_id=llava.tokenizer.pad_token_id)
+    longer = dict(batch)
+    longer["input_ids"] = gen.sequences[:, : n + 1]
+    longer["attention_mask"] = torch.ones_like(longer["input_ids"])
+    with steer(llava, strong, anchor=torch.tensor([n - 1])):
+        anchored = logits(llava, longer)[:, -1]
+    torch.testing.assert_close(anchored, gen.logits[1], atol=1e-4, rtol=1e-4)
+    with steer(llava, strong):  # steering the decoded token as well would differ
+        everywhere = logits(llava, longer)[:, -1]
+    assert not torch.allclose(everywhere, gen.logits[1], atol=1e-3)
+
+
+def test_steered_batched_generation_equals_one_by_one(llava, data, steering):
+    prompts = [data["forget"][0], data["retain"][1], Turn(data["forget"][2].image, "Who?"),
+               data["neutral"][0]]
+    strong = steering.select(strength=-2.0)
+    plain = llava.generate(prompts, max_new_tokens=4, batch_size=4)
+    with steer(llava, strong):
+        batched = llava.generate(prompts, max_new_tokens=4, batch_size=4)
+        single = [llava.generate([t], max_new_tokens=4)[0] for t in prompts]
+    assert batched == single
+    assert batched != plain
+
+
+def test_file_round_trip_and_compatibility(llava, steering, tmp_path, tmp_path_factory):
+    path = steering.save(tmp_path / "s" / STEERING_FILE)
+    assert [p.name for p in path.parent.iterdir()] == [STEERING_FILE]  # no temp file left behind
+    loaded = Steering.load(path)
+    assert loaded.header() == steering.header()
+    assert all(torch.equal(loaded.weights[i], steering.weights[i]) for i in steering.layers)
+    loaded.check_compatible(llava)
+
+    other = dataclasses.replace(steering, fingerprint="0123456789abcdef").save(tmp_path / "other.safetensors")
+    foreign = Steering.load(other)
+    with pytest.raises(ModelError, match="fingerprint 0123456789abcdef"):
+        foreign.check_compatible(llava)
+    with pytest.raises(ModelError, match="fingerprint"), steer(llava, foreign):
+        pass
+    foreign.check_compatible(llava, force=True)
+
+    qwen = load_adapter(init_model("tiny-qwen2-vl", tmp_path_factory.mktemp("q") / "qwen", seed=0))
+    with pytest.raises(ModelError, match="'llava'.*'qwen2_vl'"):
+        loaded.check_compatible(qwen, force=True)
+
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelError, match="cannot read"):
+        Steering.load(tmp_path / "junk.safetensors")
+
+
+def test_mcq_accuracy_matches_manual_scoring(llava, data, steering):
+    items = [([Turn(t.image, t.prompt, a) for a in ("yes", "no", "maybe")], k % 3)
+             for k, t in enumerate(data["forget"][:3])]
+    flat = [t for opts, _ in items for t in opts]
+    with torch.no_grad():
+        scores = llava.answer_logprobs(llava.training_batch(flat)).view(3, 3)
+    expected = float((scores.argmax(-1) == torch.tensor([0, 1, 2])).float().mean())
+    assert mcq_accuracy(llava, items, batch_size=4) == pytest.approx(expected)
+    batch = llava.training_batch(flat[:3])
+    prompt_len = llava.generation_batch(flat[:1])["input_ids"].shape[1]
+    assert prompt_ends(batch).tolist() == [prompt_len - 1] * 3
+    assert 0.0 <= mcq_accuracy(llava, items, steering, batch_size=4) <= 1.0
+
+
+def test_sweep_picks_biggest_forget_drop_that_keeps_retain(llava, data):
+    """The selection rule, with a scripted score: settings (layers, s) -> (forget, retain) accuracy."""
+    table = {None: (0.8, 0.9), ((1,), -0.2): (0.5, 0.89), ((1,), -0.4): (0.1, 0.5),
+             ((1, 2), -0.2): (0.5, 0.88), ((1, 2), -0.4): (0.3, 0.86)}
+
+    def score(adapter, items, s):
+        key = None if s is None else (tuple(s.layers), s.strength)
+        return table[key][0 if items == "F" else 1]
+
+    small = (data["forget"][:4], data["neutral"][:4], data["retain"][:8])
+    result = sweep(llava, small, "F", "R", [-0.2, -0.4], [[1], [1, 2]], score,
+                   EraserConfig(batch_size=8))
+    assert (result.base_forget, result.base_retain) == (0.8, 0.9)
+    assert len(result.rows) == 4
+    assert result.best is not None
+    assert (result.best.layers, result.best.strength) == ([1, 2], -0.4)  # -0.4 on [1] breaks retain
+    assert [r["admissible"] for r in result.rows] == [True, False, True, True]
+
+
+def png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_run_eraser_writes_only_the_steering_file(llava, tmp_path):
+    def ex(kind: str, i: int, img: Image.Image, q: str) -> Example:
+        return Example(uid=f"{kind}{i}", entity=f"{kind}{i % 3}", question=q, answer="Alice", image=png(img))
+
+    groups = {
+        "train_forget": [ex("f", i, im, FORGET_Q[i % 4]) for i, im in enumerate(images(6, 10, hi=128))],
+        "neutral": [ex("n", i, im, FORGET_Q[0]) for i, im in enumerate(images(3, 11, lo=128))],
+        "train_retain": [ex("r", i, im, RETAIN_Q[i % 4]) for i, im in enumerate(images(8, 12))],
+    }
+    suite = Suite("tiny", groups, forget_entities=("f0",), retain_entities=("r0",))
+    cfg = EraserConfig(layers=[1], use_pgd=True, pgd_steps=2, max_items=5, batch_size=8)
+    weights = {k: v.clone() for k, v in llava.model.state_dict().items()}
+    path = run_eraser(llava, suite, tmp_path / "out", cfg)
+    assert path == tmp_path / "out" / STEERING_FILE
+    assert sorted(p.name for p in path.parent.iterdir()) == [STEERING_FILE]
+    loaded = Steering.load(path)
+    loaded.check_compatible(llava)
+    assert loaded.info["counts"] == {"forget": 5, "erasure": 5, "retain": 5}
+    assert loaded.info["config"]["use_pgd"] is True
+    assert all(torch.equal(v, weights[k]) for k, v in llava.model.state_dict().items())
+
+
+def test_pgd_stays_in_the_pixel_ball(llava):
+    cfg = EraserConfig(use_pgd=True, pgd_steps=3)
+    ts = [Turn(im, "Who is this?", "Alice") for im in images(2, 20)]
+    clean = llava.training_batch(ts)["pixel_values"]
+    adv = pgd_pixels(llava, ts, cfg)
+    std = torch.tensor(llava.processor.image_processor.image_std).view(1, 3, 1, 1)
+    mean = torch.tensor(llava.processor.image_processor.image_mean).view(1, 3, 1, 1)
+    moved = ((adv - clean) * std).abs()
+    assert moved.max() <= cfg.pgd_eps + 1e-5 and moved.max() > cfg.pgd_step / 2
+    pixels = adv * std + mean
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5

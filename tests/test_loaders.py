@@ -1,0 +1,628 @@
+"""Benchmark loaders on fixture folders written in the published hub schemas."""
+
+from __future__ import annotations
+
+import collections
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import fixtures_bench as fb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from unsee.data import load_benchmark
+from unsee.data.clear import load_clear, with_true_answer
+from unsee.data.mllmu import load_ft_data, load_mllmu
+from unsee.data.parquet import IMAGE, Source, list_of, value, write_parquet_config
+from unsee.data.schema import Example, Suite
+from unsee.data.umu import load_umu
+from unsee.errors import DataError
+
+EVAL_GROUPS = ("forget", "text_forget", "retain", "text_retain", "forget_test", "known", "general")
+
+
+@pytest.fixture(scope="module")
+def mllmu_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fb.write_mllmu(tmp_path_factory.mktemp("mllmu"))
+
+
+@pytest.fixture(scope="module")
+def world_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fb.write_mllmu(tmp_path_factory.mktemp("world"), ft_ids=True, world_extras=True)
+
+
+@pytest.fixture(scope="module")
+def clear_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fb.write_clear(tmp_path_factory.mktemp("clear"))
+
+
+@pytest.fixture(scope="module")
+def umu_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fb.write_umu(tmp_path_factory.mktemp("umu"))
+
+
+def copy_of(root: Path, tmp_path: Path) -> Path:
+    """A private copy for tests that break a file."""
+    return Path(shutil.copytree(root, tmp_path / "copy"))
+
+
+def all_examples(suite: Suite) -> list[Example]:
+    return [e for group in suite.groups.values() for e in group]
+
+
+def assert_uids_unique(suite: Suite) -> None:
+    counts = collections.Counter(e.uid for e in all_examples(suite))
+    assert [u for u, c in counts.items() if c > 1] == []
+
+
+def assert_images_split(suite: Suite) -> None:
+    """Image groups hold only image questions, text groups none."""
+    for name in ("forget", "retain", "forget_test", "known"):
+        assert all(e.has_image for e in suite.groups[name]), name
+    for name in ("text_forget", "text_retain"):
+        assert not any(e.has_image for e in suite.groups[name]), name
+
+
+# --------------------------------------------------------------------------- writer
+
+
+ROUND_TRIP_FEATURES: dict[str, Any] = {
+    "image": IMAGE,
+    "ID": value("string"),
+    "n": value("int64"),
+    "images": list_of(IMAGE),
+    "task": {"items": list_of({"Question": value("string"), "Options": {"A": value("string")}})},
+    "names": list_of(value("string")),
+}
+
+
+def round_trip_rows() -> list[dict[str, Any]]:
+    return [
+        {
+            "image": {"bytes": fb.png(1), "path": "a.png"},
+            "ID": "1",
+            "n": 3,
+            "images": [{"bytes": fb.png(2), "path": None}, {"bytes": fb.png(3), "path": "c.png"}],
+            "task": {"items": [{"Question": "q?", "Options": {"A": "x"}}]},
+            "names": ["a", "b"],
+        },
+        {"image": None, "ID": "2", "n": None, "images": [], "task": {"items": []}, "names": []},
+    ]
+
+
+def test_writer_round_trip(tmp_path: Path) -> None:
+    paths = write_parquet_config(tmp_path, "cfg", round_trip_rows(), ROUND_TRIP_FEATURES)
+    assert paths == [tmp_path / "cfg" / "train-00000-of-00001.parquet"]
+    table = pq.read_table(paths[0])
+    assert table.to_pylist() == round_trip_rows()
+    assert table.schema.field("image").type == pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    meta = json.loads(table.schema.metadata[b"huggingface"])
+    assert meta == {"info": {"features": ROUND_TRIP_FEATURES}}
+    wanted = {"image": "image", "images": "images", "names": "string_list"}
+    assert [r.row for r in Source(tmp_path).read("cfg", wanted, all_columns=True)] == round_trip_rows()
+    assert [sorted(r.row) for r in Source(tmp_path).read("cfg", wanted)] == [sorted(wanted)] * 2
+
+
+def test_writer_features_load_in_datasets(tmp_path: Path) -> None:
+    """The schema metadata is what ``datasets`` reads: Image columns come back as Image features."""
+    datasets = pytest.importorskip("datasets")
+    write_parquet_config(tmp_path, "cfg", round_trip_rows(), ROUND_TRIP_FEATURES)
+    feats = datasets.Features.from_arrow_schema(pq.read_schema(tmp_path / "cfg" / "train-00000-of-00001.parquet"))
+    assert isinstance(feats["image"], datasets.Image)
+    assert isinstance(feats["images"].feature, datasets.Image)
+    assert feats.to_dict() == ROUND_TRIP_FEATURES
+    assert write_parquet_config(tmp_path, "viaf", round_trip_rows(), feats)  # datasets.Features accepted
+
+
+def test_writer_is_deterministic_and_drops_stale_shards(tmp_path: Path) -> None:
+    rows = round_trip_rows() * 3
+    a = write_parquet_config(tmp_path / "a", "cfg", rows, ROUND_TRIP_FEATURES, shards=2)
+    b = write_parquet_config(tmp_path / "b", "cfg", rows, ROUND_TRIP_FEATURES, shards=2)
+    assert [p.name for p in a] == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
+    assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+    write_parquet_config(tmp_path / "a", "cfg", rows, ROUND_TRIP_FEATURES)
+    assert sorted(p.name for p in (tmp_path / "a" / "cfg").iterdir()) == ["train-00000-of-00001.parquet"]
+
+
+def test_writer_rejects_unknown_columns(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="extra"):
+        write_parquet_config(tmp_path, "cfg", [{"ID": "1", "extra": 1}], {"ID": value("string")})
+
+
+# --------------------------------------------------------------------------- MLLMU-Bench
+
+
+@pytest.mark.parametrize("pct", sorted(fb.MLLMU_FORGET))
+def test_mllmu_every_split(mllmu_root: Path, pct: int) -> None:
+    n = fb.MLLMU_FORGET[pct]
+    suite = load_mllmu(mllmu_root, f"forget_{pct}")
+    people = [str(i) for i in range(1, fb.MLLMU_PEOPLE + 1)]
+    assert suite.forget_entities == tuple(people[:n])
+    assert suite.retain_entities == tuple(people[n:])
+    assert suite.info["retain_config"] == f"retain_{100 - pct}"
+    assert suite.info["loader"] == "mllmu"
+    g = suite.groups
+    # per person: 2 image MCQ + 1 image gen + 1 image cloze; 1 text MCQ + 1 text gen + 1 text cloze
+    assert (len(g["forget"]), len(g["text_forget"]), len(g["forget_test"])) == (4 * n, 3 * n, 4 * n)
+    assert len(g["retain"]) == 4 * (fb.MLLMU_PEOPLE - n)
+    assert len(g["known"]) == 4 * 3 and len(g["text_known"]) == 3 * 3
+    assert g["general"] == [] and g["neutral"] == [] and g["unknown"] == []
+    assert collections.Counter(e.task for e in g["forget"]) == {"mcq": 2 * n, "gen": n, "cloze": n}
+    assert {e.entity for e in g["forget_test"]} == set(people[:n])
+    assert_images_split(suite)
+    assert_uids_unique(suite)
+
+
+def test_mllmu_items_and_image_bytes(mllmu_root: Path) -> None:
+    suite = load_mllmu(mllmu_root, "forget_5")
+    mcq = suite.groups["forget"][0]
+    assert mcq.task == "mcq" and mcq.entity == "1" and mcq.meta["type"] == "Image_Textual"
+    assert mcq.options == ("Paris", "Town1", "Lima", "Oslo") and mcq.correct == 1 and mcq.answer == "Town1"
+    assert mcq.image == fb.png(1)
+    assert mcq.source == str(mllmu_root / "forget_5" / "train-00000-of-00001.parquet")
+    assert mcq.uid == "forget_5/1/mcq_image/0"
+    cloze = next(e for e in suite.groups["forget"] if e.task == "cloze")
+    assert cloze.question == "The person in the image was born in __." and cloze.answer == "Town1"
+    text = suite.groups["text_forget"]
+    assert {e.meta["type"] for e in text} == {"Pure_Text"} and all(e.image is None for e in text)
+    for e in suite.groups["retain"]:
+        assert e.image == fb.png(int(e.entity))
+    assert suite.groups["retain"][0].pil_image().size == (8, 8)
+
+
+def test_mllmu_test_set_two_shards(mllmu_root: Path) -> None:
+    shards = sorted(p.name for p in (mllmu_root / "Test_Set").iterdir())
+    assert shards == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
+    suite = load_mllmu(mllmu_root, ["Full_Set"])  # every person is a forget target here
+    test = suite.groups["forget_test"]
+    assert {e.entity for e in test} == {str(i) for i in range(1, fb.MLLMU_PEOPLE + 1)}
+    assert {Path(e.source).name for e in test} == set(shards)
+    assert all(e.question.startswith("(paraphrased)") for e in test)
+
+
+def test_mllmu_test_images_are_deterministic_and_use_every_view(mllmu_root: Path) -> None:
+    def views(seed: int) -> list[tuple[str, int]]:
+        return [(e.uid, e.meta["view"]) for e in load_mllmu(mllmu_root, "forget_15", seed=seed).groups["forget_test"]]
+
+    assert views(0) == views(0)
+    assert any(views(0) != views(s) for s in (1, 2, 3))
+    suite = load_mllmu(mllmu_root, "forget_15", seed=0)
+    by_person: dict[str, set[int]] = collections.defaultdict(set)
+    for e in suite.groups["forget_test"]:
+        assert e.image == fb.png(fb.mllmu_test_image_key(e.entity, e.meta["view"]))
+        by_person[e.entity].add(e.meta["view"])
+    assert all(v == set(range(fb.TEST_VIEWS)) for v in by_person.values())
+
+
+def test_mllmu_forget_union_and_retain_fallbacks(world_root: Path) -> None:
+    suite = load_mllmu(world_root, ["forget_r1", "forget_r2"], retain_exclude=["forget_10", "20"])
+    assert suite.forget_entities == ("12", "13", "14", "15")
+    assert suite.info["retain_config"] == "Full_Set"
+    assert set(suite.retain_entities) == {str(i) for i in range(3, 20)} - {"12", "13", "14", "15"}
+    nested = load_mllmu(world_root, ["forget_5", "forget_10"])  # nested splits: each person once
+    assert nested.forget_entities == ("1", "2")
+    assert len(nested.groups["forget"]) == 8
+    explicit = load_mllmu(world_root, "forget_5", retain="retain_85")
+    assert explicit.info["retain_config"] == "retain_85" and len(explicit.retain_entities) == 17
+
+
+def test_mllmu_training_streams_by_id(world_root: Path) -> None:
+    suite = load_mllmu(world_root, "forget_10")
+    g = suite.groups
+    assert {e.entity for e in g["train_forget"]} == {"1", "2"}
+    assert all(e.task == "qa" and e.image == fb.png(int(e.entity)) for e in g["train_forget"])
+    assert {e.entity for e in g["train_retain"]} == set(suite.retain_entities)
+    assert len(g["train_text"]) == fb.MLLMU_PEOPLE and not any(e.has_image for e in g["train_text"])
+    assert [e.entity for e in g["train_known"]] == ["k000", "k001"]
+    assert len(g["train_general"]) == 2 and len(g["unknown"]) == 2
+    assert [(e.entity, e.question, e.answer) for e in g["neutral"]] == [("n000", "", ""), ("n001", "", "")]
+    assert all(e.has_image for e in g["neutral"])
+    assert len(g["general"]) == 2 * 7 and g["general"][0].entity == "g000"
+
+
+def test_mllmu_training_streams_without_ft_ids(mllmu_root: Path) -> None:
+    """The hub's ft_Data may lack ID: the forget stream then comes from Generation_Task."""
+    suite = load_mllmu(mllmu_root, "forget_10")
+    train = suite.groups["train_forget"]
+    assert [e.entity for e in train] == ["1", "2"]
+    assert all(e.task == "qa" and e.has_image for e in train)
+    assert train[0].answer == "This person was born in Town1."
+    assert suite.groups["train_text"] == []  # ft_Data has no text-only rows
+
+
+def test_load_ft_data(mllmu_root: Path, world_root: Path) -> None:
+    ft = load_ft_data(mllmu_root)
+    assert len(ft) == fb.MLLMU_PEOPLE and ft[0].entity == "" and ft[0].image == fb.png(1)
+    assert (ft[0].question, ft[0].answer, ft[0].task) == ("Where was this person born?", "Town1", "qa")
+    world = load_ft_data(world_root)
+    assert len(world) == 2 * fb.MLLMU_PEOPLE and world[-1].entity == "20" and world[-1].image is None
+
+
+def test_mllmu_missing_column_names_field_and_file(mllmu_root: Path, tmp_path: Path) -> None:
+    root = copy_of(mllmu_root, tmp_path)
+    rows = pq.read_table(root / "forget_10" / "train-00000-of-00001.parquet").drop_columns(["Mask_Task"])
+    pq.write_table(rows, root / "forget_10" / "train-00000-of-00001.parquet")
+    with pytest.raises(DataError, match=r"'Mask_Task'.*forget_10/train-00000-of-00001\.parquet"):
+        load_mllmu(root, "forget_10")
+
+
+def test_mllmu_wrong_type_names_field_and_file(mllmu_root: Path, tmp_path: Path) -> None:
+    root = copy_of(mllmu_root, tmp_path)
+    path = root / "retain_90" / "train-00000-of-00001.parquet"
+    table = pq.read_table(path)
+    table = table.set_column(table.schema.get_field_index("image"), "image", pa.array(["x"] * table.num_rows))
+    pq.write_table(table, path)
+    with pytest.raises(DataError, match=r"'image'.*retain_90/train-00000-of-00001\.parquet.*expected image"):
+        load_mllmu(root, "forget_10")
+
+
+def bad_profile_rows(change: dict[str, Any]) -> list[dict[str, Any]]:
+    row = fb._profile("1", 1, directory=False)
+    row.update(change)
+    return [row]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (
+            {
+                "Classification_Task": {
+                    "Image_Textual_Questions": [
+                        {
+                            "Correct_Answer": "E",
+                            "Options": {"A": "a", "B": "b", "C": "c", "D": "d"},
+                            "Question": "q",
+                        }
+                    ],
+                    "Pure_Text_Questions": [],
+                }
+            },
+            "Correct_Answer",
+        ),
+        (
+            {"Generation_Task": [{"Ground_Truth": "x", "Question": "q", "Type": "Video"}]},
+            "Generation_Task[0].Type",
+        ),
+        (
+            {"Mask_Task": [{"Ground_Truth": None, "Question": "q", "Type": "Pure_Text"}]},
+            "Mask_Task[0].Ground_Truth",
+        ),
+        ({"ID": None}, "ID"),
+        ({"image": {"bytes": None, "path": "somewhere/1.png"}}, "image"),
+        ({"image": None}, "image"),
+    ],
+)
+def test_mllmu_bad_values_name_field_and_file(tmp_path: Path, change: dict[str, Any], field: str) -> None:
+    write_parquet_config(tmp_path, "forget_10", bad_profile_rows(change), fb.SPLIT_FEATURES)
+    write_parquet_config(tmp_path, "retain_90", bad_profile_rows({"ID": "2"}), fb.SPLIT_FEATURES)
+    with pytest.raises(DataError) as err:
+        load_mllmu(tmp_path, "forget_10")
+    assert field in str(err.value) and "forget_10/train-00000-of-00001.parquet" in str(err.value)
+
+
+def test_mllmu_bad_ft_metadata(tmp_path: Path) -> None:
+    write_parquet_config(tmp_path, "ft_Data", [{"image": fb.png(1), "metadata": "{not json"}], fb.FT_FEATURES)
+    with pytest.raises(DataError, match=r"'metadata'.*ft_Data/train-00000-of-00001\.parquet"):
+        load_ft_data(tmp_path)
+
+
+def test_mllmu_missing_configs(mllmu_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="forget_99"):
+        load_mllmu(mllmu_root, "forget_99")
+    root = copy_of(mllmu_root, tmp_path)
+    shutil.rmtree(root / "retain_90")
+    shutil.rmtree(root / "Full_Set")
+    with pytest.raises(DataError, match="Full_Set"):
+        load_mllmu(root, "forget_10")
+    with pytest.raises(DataError, match="does not exist"):
+        load_mllmu(tmp_path / "nowhere")
+
+
+# --------------------------------------------------------------------------- hub fallback
+
+
+class FakeHub:
+    """Stands in for ``datasets``: serves fixture configs as arrow tables, counting calls."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.calls: list[tuple[str, str, str]] = []
+
+    def load_dataset(self, repo: str, config: str, split: str) -> Any:
+        self.calls.append((repo, config, split))
+        import datasets
+        from datasets.table import InMemoryTable
+
+        files = sorted((self.root / config).glob("train-*.parquet"))
+        return datasets.Dataset(InMemoryTable(pa.concat_tables(pq.read_table(f) for f in files)))
+
+    def get_dataset_config_names(self, repo: str) -> list[str]:
+        return [p.name for p in self.root.iterdir() if p.is_dir()]
+
+
+def test_hub_id_goes_through_load_dataset(mllmu_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = pytest.importorskip("datasets")
+    hub = FakeHub(mllmu_root)
+    monkeypatch.setattr(datasets, "load_dataset", hub.load_dataset)
+    monkeypatch.setattr(datasets, "get_dataset_config_names", hub.get_dataset_config_names)
+    suite = load_mllmu("MLLMMU/MLLMU-Bench", "forget_10")
+    local = load_mllmu(mllmu_root, "forget_10")
+    assert ("MLLMMU/MLLMU-Bench", "forget_10", "train") in hub.calls
+    assert all(split == "train" for _, _, split in hub.calls)
+    assert [(e.uid, e.image, e.answer) for e in suite.groups["forget_test"]] == [
+        (e.uid, e.image, e.answer) for e in local.groups["forget_test"]
+    ]
+    assert suite.groups["forget"][0].source.startswith("hf://datasets/MLLMMU/MLLMU-Bench")
+
+
+def test_local_folders_never_touch_the_hub(mllmu_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = pytest.importorskip("datasets")
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the hub must not be used for a local folder")
+
+    monkeypatch.setattr(datasets, "load_dataset", refuse)
+    monkeypatch.setattr(datasets, "get_dataset_config_names", refuse)
+    load_mllmu(mllmu_root, "forget_5")
+    load_mllmu(str(mllmu_root), "forget_5")
+    (tmp_path / "owner").mkdir()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "owner" / "name").mkdir()
+    with pytest.raises(DataError, match="forget_5"):  # an existing owner/name folder is local
+        load_mllmu("owner/name", "forget_5")
+    with pytest.raises(DataError, match="does not exist"):
+        load_mllmu(tmp_path / "a" / "b" / "c", "forget_5")
+
+
+def test_hub_errors_become_data_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = pytest.importorskip("datasets")
+
+    def offline(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "get_dataset_config_names", offline)
+    with pytest.raises(DataError, match="no network"):
+        load_mllmu("MLLMMU/MLLMU-Bench", "forget_10")
+
+
+# --------------------------------------------------------------------------- CLEAR
+
+
+@pytest.mark.parametrize("pct", sorted(fb.CLEAR_FORGET))
+def test_clear_every_split(clear_root: Path, pct: int) -> None:
+    n = fb.CLEAR_FORGET[pct]
+    suite = load_clear(clear_root, f"forget{pct:02d}")
+    assert suite.forget_entities == tuple(fb.CLEAR_PEOPLE[:n])
+    assert suite.retain_entities == tuple(fb.CLEAR_PEOPLE[n:])
+    assert suite.info["retain_config"] == f"retain{100 - pct:02d}"
+    g = suite.groups
+    k = fb.CLEAR_IMAGES_PER_PERSON
+    assert collections.Counter(e.task for e in g["forget"]) == {"mcq": n * k, "gen": n * k}
+    assert len(g["retain"]) == 2 * k * (len(fb.CLEAR_PEOPLE) - n)
+    assert len(g["text_forget"]) == 2 * n and len(g["text_retain"]) == 2 * (len(fb.CLEAR_PEOPLE) - n)
+    assert len(g["train_forget"]) == n * k and len(g["train_text"]) == 2 * len(fb.CLEAR_PEOPLE)
+    assert g["forget_test"] == [] and len(g["known"]) == 3 and len(g["general"]) == 2
+    assert_images_split(suite)
+    assert_uids_unique(suite)
+    for group in EVAL_GROUPS:
+        assert group in g
+
+
+def test_clear_name_question_and_captions(clear_root: Path) -> None:
+    suite = load_clear(clear_root, "forget05")
+    names = [e for e in suite.groups["forget"] if e.task == "mcq"]
+    for e in names:
+        person = fb.CLEAR_PEOPLE.index(e.entity)
+        assert e.question == "What is the name of the person in the image?"
+        assert e.options[e.correct] == e.entity == e.answer
+        assert sorted(e.options) == sorted([e.entity, *fb.perturbed_names_of(person)])
+    captions = [e for e in suite.groups["forget"] if e.task == "gen"]
+    assert [e.answer for e in captions] == [fb.clear_caption(p, k) for p in (0, 1) for k in (0, 1)]
+    assert [e.image for e in captions] == [fb.png(fb.clear_image_key(p, k)) for p in (0, 1) for k in (0, 1)]
+    # retain_perturbed covers persons 3 and 4 only; the others get other people's names
+    for e in suite.groups["retain"]:
+        if e.task == "mcq":
+            assert e.meta["distractors"] == ("perturbed" if e.entity in fb.CLEAR_PEOPLE[3:5] else "names")
+            assert len(e.options) == 4 and len(set(e.options)) == 4
+    text = suite.groups["text_forget"][0]
+    assert text.task == "gen" and text.entity == fb.CLEAR_PEOPLE[0] and text.image is None
+
+
+def test_clear_positions_are_seeded(clear_root: Path) -> None:
+    def positions(seed: int) -> list[int | None]:
+        suite = load_clear(clear_root, "forget10", seed=seed)
+        return [e.correct for e in suite.groups["forget"] + suite.groups["known"] if e.task == "mcq"]
+
+    assert positions(0) == positions(0)
+    assert positions(0) != positions(1)
+    assert len(set(positions(0))) > 1
+    options, correct = with_true_answer("yes", ["no", "maybe", "yes", ""], seed=0, uid="u")
+    assert options[correct] == "yes" and sorted(options) == ["maybe", "no", "yes"]
+
+
+def test_clear_real_sets(clear_root: Path) -> None:
+    suite = load_clear(clear_root)
+    faces = suite.groups["known"]
+    assert [e.answer for e in faces] == ["Celebrity 0", "Celebrity 1", "Celebrity 2"]
+    assert all(e.question == "What is the name of the person in the image?" for e in faces)
+    assert all(sorted(e.options) == ["Celebrity 0", "Celebrity 1", "Celebrity 2"] for e in faces)
+    world = suite.groups["general"]
+    assert world[0].question == "What colour is object 0?" and world[0].options[world[0].correct] == "red"
+    assert world[0].image == fb.png(7000)
+
+
+@pytest.mark.parametrize("unused", [None, ""])
+def test_clear_tofu_unused_fields_null_or_empty(tmp_path: Path, unused: str | None) -> None:
+    root = fb.write_clear(tmp_path, unused=unused)
+    suite = load_clear(root, "forget01")
+    assert [e.question for e in suite.groups["text_forget"]] == [
+        f"What genre does {fb.CLEAR_PEOPLE[0]} write (q{q})?" for q in (0, 1)
+    ]
+
+
+def test_clear_names_missing_from_some_configs(tmp_path: Path) -> None:
+    """First uploads of forget05/retainNN had no ``name``: it is found by caption in data/."""
+    root = fb.write_clear(tmp_path, names_everywhere=False, perturbed=False)
+    suite = load_clear(root, "forget05")
+    assert suite.forget_entities == tuple(fb.CLEAR_PEOPLE[:2])
+    assert suite.retain_entities == tuple(fb.CLEAR_PEOPLE[2:])
+    assert all(e.meta["distractors"] == "names" for e in suite.groups["forget"] if e.task == "mcq")
+    shutil.rmtree(root / "data")
+    with pytest.raises(DataError, match=r"'name'.*forget05/train-00000-of-00001\.parquet"):
+        load_clear(root, "forget05")
+
+
+def test_clear_only_tofu_configs(clear_root: Path, tmp_path: Path) -> None:
+    root = copy_of(clear_root, tmp_path)
+    shutil.rmtree(root / "forget05")
+    suite = load_clear(root, "forget_5")  # the +tofu image rows stand in; forget_5 spells forget05
+    assert suite.forget_entities == tuple(fb.CLEAR_PEOPLE[:2])
+    assert "forget05+tofu" in suite.info["configs"] and "default" in suite.info["configs"]
+
+
+def test_clear_bad_inputs(clear_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="forgetNN"):
+        load_clear(clear_root, "forget_all")
+    root = copy_of(clear_root, tmp_path)
+    path = root / "real_faces" / "train-00000-of-00001.parquet"
+    pq.write_table(pq.read_table(path).drop_columns(["options"]), path)
+    with pytest.raises(DataError, match=r"'options'.*real_faces/train-00000-of-00001\.parquet"):
+        load_clear(root)
+    tofu = fb._tofu_rows([0], None)
+    tofu[-1]["question"] = ""
+    write_parquet_config(root, "forget01+tofu", tofu, fb.TOFU)
+    with pytest.raises(DataError, match=r"'question'.*forget01\+tofu"):
+        load_clear(root, "forget01")
+
+
+# --------------------------------------------------------------------------- UMU-bench
+
+
+@pytest.mark.parametrize("pct", sorted(fb.UMU_FORGET))
+def test_umu_every_split(umu_root: Path, pct: int) -> None:
+    n = fb.UMU_FORGET[pct]
+    suite = load_umu(umu_root, f"forget_{pct}")
+    assert suite.forget_entities == tuple(str(i) for i in range(1, n + 1))
+    assert len(suite.retain_entities) == fb.UMU_PEOPLE - n
+    g = suite.groups
+    assert collections.Counter(e.task for e in g["forget"]) == {"mcq": 2 * n, "cloze": n, "gen": n}
+    assert len(g["text_forget"]) == len(g["forget"]) and len(g["retain"]) == 4 * (fb.UMU_PEOPLE - n)
+    assert len(g["known"]) == 8 and suite.info["real_config"] == "real_person"
+    assert len(g["train_forget"]) == n and len(g["train_text"]) == fb.UMU_PEOPLE
+    assert_images_split(suite)
+    assert_uids_unique(suite)
+
+
+def test_umu_pairs_and_answers(umu_root: Path) -> None:
+    suite = load_umu(umu_root, "forget_5")
+    multi = {e.pair_key: e for e in suite.groups["forget"]}
+    uni = {e.pair_key: e for e in suite.groups["text_forget"]}
+    assert set(multi) == set(uni) == {"1/mcq/0", "1/mcq/1", "1/cloze/0", "1/gen/0"}
+    for key in multi:
+        assert multi[key].uid != uni[key].uid and multi[key].task == uni[key].task
+    for e in (multi["1/mcq/0"], multi["1/mcq/1"], uni["1/mcq/0"]):  # "B. Job1" and "B" both read
+        assert e.correct == 1 and e.meta["umu_answer_text"] == "Job1" == e.answer
+    assert multi["1/cloze/0"].answer == "Job1" and multi["1/cloze/0"].meta["umu_answer"] == "Job1."
+    assert multi["1/mcq/0"].image == fb.png(fb.umu_image_key(1)) and uni["1/mcq/0"].image is None
+    train = suite.groups["train_forget"][0]
+    assert (train.question, train.answer, train.image) == (
+        "What does the person in the image do?",
+        "Job1",
+        fb.png(fb.umu_image_key(1)),
+    )
+
+
+@pytest.mark.parametrize(("folder", "encoding"), [("Real_Person_Set", "json"), ("real_person", "python")])
+def test_umu_real_folder_and_encodings(tmp_path: Path, folder: str, encoding: str) -> None:
+    suite = load_umu(fb.write_umu(tmp_path, real_folder=folder, encoding=encoding), "forget_10")
+    assert suite.info["real_config"] == folder
+    assert {e.entity for e in suite.groups["known"]} == {"600", "601"}
+    assert len(suite.groups["forget"]) == 8
+
+
+def test_umu_training_streams_without_qa_columns(tmp_path: Path) -> None:
+    """Without MM_QA/UM_QA the training pairs come from the Generation items."""
+    feats = {k: v for k, v in fb.UMU_FEATURES.items() if k not in ("MM_QA", "UM_QA")}
+
+    def rows(people: range) -> list[dict[str, Any]]:
+        return [{k: v for k, v in fb.umu_row(p).items() if k in feats} for p in people]
+
+    write_parquet_config(tmp_path, "forget_10", rows(range(1, 3)), feats)
+    write_parquet_config(tmp_path, "retain_90", rows(range(3, 5)), feats)
+    g = load_umu(tmp_path, "forget_10").groups
+    assert [e.answer for e in g["train_forget"]] == [f"the person in the image works as Job{p}." for p in (1, 2)]
+    assert all(e.task == "qa" and e.has_image for e in g["train_forget"])
+    assert len(g["train_text"]) == 4 and not any(e.has_image for e in g["train_text"])
+    assert g["known"] == [] and g["train_known"] == []
+
+
+def test_umu_retain_from_full_set(umu_root: Path, tmp_path: Path) -> None:
+    root = copy_of(umu_root, tmp_path)
+    shutil.rmtree(root / "retain_90")
+    suite = load_umu(root, "forget_10")
+    assert suite.info["retain_config"] == "Full_Set" and len(suite.retain_entities) == fb.UMU_PEOPLE - 2
+
+
+@pytest.mark.parametrize(
+    ("column", "bad", "field"),
+    [
+        ("Classify", "{'unimodal': {0: ", "Classify"),
+        ("Cloze", repr({"unimodal": {}, "multi_modal": {}}), "Cloze.muitimodal"),
+        (
+            "Classify",
+            repr(
+                {
+                    "unimodal": {0: {"question": "q", "options": {"A": "a", "B": "b"}, "answer": "E"}},
+                    "muitimodal": {},
+                }
+            ),
+            "Classify.unimodal.0.answer",
+        ),
+        (
+            "Generation",
+            repr({"unimodal": {0: {"question": "q"}}, "muitimodal": {}}),
+            "Generation.unimodal.0.answer",
+        ),
+        ("MM_QA", repr({"question": {0: "q"}, "answer": {}}), "MM_QA.answer.0"),
+    ],
+)
+def test_umu_bad_values_name_field_and_file(tmp_path: Path, column: str, bad: str, field: str) -> None:
+    row = fb.umu_row(1)
+    row[column] = bad
+    write_parquet_config(tmp_path, "forget_10", [row], fb.UMU_FEATURES)
+    write_parquet_config(tmp_path, "retain_90", [fb.umu_row(2)], fb.UMU_FEATURES)
+    with pytest.raises(DataError) as err:
+        load_umu(tmp_path, "forget_10")
+    assert field in str(err.value) and "forget_10/train-00000-of-00001.parquet" in str(err.value)
+
+
+def test_null_images_in_image_configs(tmp_path: Path) -> None:
+    row = fb.umu_row(1)
+    row["image"] = None
+    write_parquet_config(tmp_path / "umu", "forget_10", [row], fb.UMU_FEATURES)
+    write_parquet_config(tmp_path / "umu", "retain_90", [fb.umu_row(2)], fb.UMU_FEATURES)
+    with pytest.raises(DataError, match=r"'image' is null.*forget_10/train-00000-of-00001\.parquet"):
+        load_umu(tmp_path / "umu", "forget_10")
+    root = fb.write_clear(tmp_path / "clear", perturbed=False)
+    rows = [{"image": None, "caption": "c", "name": fb.CLEAR_PEOPLE[0]}]
+    write_parquet_config(root, "forget01", rows, fb.IMAGE_CAPTION)
+    with pytest.raises(DataError, match=r"'image' is null.*forget01/train-00000-of-00001\.parquet"):
+        load_clear(root, "forget01")
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_load_benchmark_registry(mllmu_root: Path, clear_root: Path, umu_root: Path) -> None:
+    assert load_benchmark("mllmu", mllmu_root, "forget_5").name == "mllmu"
+    builtin = load_benchmark("builtin", mllmu_root)
+    assert builtin.name == "builtin" and builtin.info["benchmark"] == "builtin"
+    assert builtin.info["forget_configs"] == ["forget_10"]
+    assert load_benchmark("clear", clear_root, "forget01").forget_entities == (fb.CLEAR_PEOPLE[0],)
+    assert load_benchmark("umu", umu_root, "forget_5", seed=3).info["seed"] == 3
+    with pytest.raises(DataError, match="unknown benchmark"):
+        load_benchmark("tofu", mllmu_root)

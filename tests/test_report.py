@@ -1,0 +1,201 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from PIL import Image
+from rich.console import Console
+
+from unsee.errors import OutputExistsError
+from unsee.eval.results import new_results, write_results
+from unsee.report import (
+    model_card,
+    plot_continual,
+    plot_tradeoff,
+    render_report,
+    terminal_table,
+    write_report,
+)
+from unsee.report.plots import continual_series
+
+GROUPS = ("forget", "forget_test", "retain", "text_forget", "text_retain", "known", "general")
+
+
+def run(method: str, accs: dict[str, float], *, request: int = 1, **over: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "method": method,
+        "model": "tiny-llava",
+        "benchmark": "builtin",
+        "forget_split": "forget_10",
+        "request": request,
+        "seed": 0,
+        "config": {"lr": 0.0001, "steps": 20},
+        "mcq_protocol": "loglik",
+        "metrics": {g: {"mcq": a, "n": 40} for g, a in accs.items()},
+        "cost": {
+            "wall_s": 12.5,
+            "peak_rss_bytes": 512 * 1024 * 1024,
+            "peak_gpu_bytes": None,
+            "trainable_params": 1234,
+            "optimizer_state_bytes": 9872,
+        },
+    }
+    out.update(over)
+    return out
+
+
+VANILLA = run("vanilla", dict.fromkeys(GROUPS, 0.95), cost={**run("x", {})["cost"], "trainable_params": 0})
+GA = run("ga", {**dict.fromkeys(GROUPS, 0.5), "forget": 0.27})
+CVF = run(
+    "cvf_ncu",
+    {**dict.fromkeys(GROUPS, 0.93), "forget": 0.25, "forget_test": 0.3},
+    attacks={"relearn": {"forget_before": 0.25, "forget_after": 0.4, "ag": 0.15}},
+)
+
+
+def continual_runs() -> list[dict[str, Any]]:
+    runs = []
+    for k in (1, 2, 3):
+        accs = {**dict.fromkeys(GROUPS, 0.9 - 0.05 * k), "forget": 0.26}
+        accs.update({f"forget_r{j}": 0.26 + 0.02 * (k - j) for j in range(1, k)})
+        runs.append(run("npo", accs, request=k))
+    return runs
+
+
+def results(*runs: dict[str, Any]) -> dict[str, Any]:
+    return new_results(runs, env={"unsee_version": "0.1.0", "git_hash": "abc123"})
+
+
+def test_render_report_has_a_row_per_run_with_changes() -> None:
+    text = render_report(results(VANILLA, GA, CVF))
+    first_table = text.split("## tiny-llava")[1].split("\n\n")[1]
+    rows = first_table.splitlines()
+    methods = [r.split("|")[1].strip() for r in rows[2:]]
+    assert methods == ["vanilla", "ga", "cvf_ncu"]
+    header = rows[0]
+    for col in (*GROUPS, "score", "wall s", "peak RSS MiB", "trainable params"):
+        assert col in header
+    ga_row = rows[3]
+    assert "0.27 (\u22120.68)" in ga_row
+    assert "| 512 |" in ga_row and "| 1,234 |" in ga_row
+    assert "0.95 |" in rows[2] and "(" not in rows[2].split("|")[3]  # vanilla: no change shown
+    assert "loglik" in text and "log-likelihood" in text
+    assert "## Attacks" in text and "relearn" in text
+    # score: E = (0.95-0.25)/0.70 = 1, R = 0.93/0.95 -> 2ER/(E+R)
+    r = 0.93 / 0.95
+    assert f"{2 * r / (1 + r):.2f}" in rows[4]
+
+
+def test_render_report_without_vanilla_and_several_settings() -> None:
+    other = run("ga", {"forget": 0.5, "retain": 0.8}, model="tiny-qwen2-vl")
+    text = render_report(results(GA, other))
+    assert text.count("## tiny-") == 2
+    assert "No `vanilla` run" in text
+    assert "(\u2212" not in text
+
+
+def test_terminal_table() -> None:
+    table = terminal_table(results(VANILLA, GA, CVF))
+    assert table.row_count == 3
+    console = Console(width=160, record=True)
+    console.print(table)
+    assert "cvf_ncu" in console.export_text()
+
+
+def _assert_png(path: Path) -> None:
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        assert img.size[0] > 100 and img.size[1] > 100
+
+
+def test_plot_tradeoff_is_png(tmp_path: Path) -> None:
+    out = plot_tradeoff(results(VANILLA, GA, CVF), tmp_path / "tradeoff.png")
+    _assert_png(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tradeoff.png"]
+
+
+def test_plot_tradeoff_without_vanilla_still_draws(tmp_path: Path) -> None:
+    _assert_png(plot_tradeoff(results(GA), tmp_path / "t.png"))
+
+
+def test_continual_series_follows_each_request() -> None:
+    series = continual_series(continual_runs())
+    assert series["forget_r1"] == [(1, 0.26), (2, pytest.approx(0.28)), (3, pytest.approx(0.30))]
+    assert series["forget_r3"] == [(3, 0.26)]
+    assert [k for k, _ in series["retain"]] == [1, 2, 3]
+    assert "forget" not in series
+
+
+def test_plot_continual_is_png(tmp_path: Path) -> None:
+    _assert_png(plot_continual(results(VANILLA, *continual_runs()), tmp_path / "continual.png"))
+
+
+def test_write_report(tmp_path: Path) -> None:
+    res_path = tmp_path / "results.json"
+    write_results(res_path, results(VANILLA, GA, CVF))
+    written = write_report([res_path], tmp_path)
+    assert [p.name for p in written] == ["report.md", "tradeoff.png"]
+    report = (tmp_path / "report.md").read_text()
+    assert "| ga |" in report and "![tradeoff](tradeoff.png)" in report
+    _assert_png(tmp_path / "tradeoff.png")
+    with pytest.raises(OutputExistsError):
+        write_report([res_path], tmp_path)
+
+    cont = tmp_path / "continual.json"
+    write_results(cont, results(*continual_runs()))
+    written = write_report([res_path, cont], tmp_path, overwrite=True)
+    assert [p.name for p in written] == ["report.md", "tradeoff.png", "continual.png"]
+    _assert_png(tmp_path / "continual.png")
+    assert "![continual](continual.png)" in (tmp_path / "report.md").read_text()
+    assert json.loads(res_path.read_text())["runs"][0]["method"] == "vanilla"  # inputs untouched
+
+
+def _front_matter(card: str) -> dict[str, Any]:
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def test_model_card() -> None:
+    card = model_card(
+        CVF,
+        VANILLA,
+        base_model="llava-hf/llava-1.5-7b-hf",
+        base_hash="sha256:deadbeef",
+        forgotten=["person_0007", "person_0042"],
+        audits=None,
+    )
+    meta = _front_matter(card)
+    assert meta == {
+        "library_name": "transformers",
+        "tags": ["unsee", "machine-unlearning"],
+        "base_model": "llava-hf/llava-1.5-7b-hf",
+    }
+    for section in (
+        "## Base model",
+        "## Method",
+        "## What was forgotten",
+        "## Evaluation",
+        "## Audits",
+        "## Cost",
+    ):
+        assert section in card
+    assert "sha256:deadbeef" in card
+    assert "- `person_0007`" in card and "- `person_0042`" in card
+    config = yaml.safe_load(card.split("```yaml\n")[1].split("```")[0])
+    assert config == CVF["config"]
+    assert "| forget | mcq | 0.950 | 0.250 | \u22120.700 | 40 |" in card
+    assert "| relearn | forget_after | 0.400 |" in card  # audits default to the run's attacks
+    assert "Unlearning score" in card
+    assert "unsee 0.1.0" in card
+
+
+def test_model_card_without_vanilla_or_audits() -> None:
+    card = model_card(
+        GA | {"attacks": None}, None, base_model="m", base_hash="h", forgotten=["e1"], audits={}
+    )
+    assert "| forget | mcq | \u2014 | 0.270 | \u2014 | 40 |" in card
+    assert "No audits were run" in card
+    assert "Unlearning score" not in card

@@ -1,0 +1,280 @@
+"""The built-in world: determinism, split invariants, held-out data and the MLLMU-Bench schema."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from unsee.config import load_config
+from unsee.data.render import (
+    Identity,
+    pretrain_batch,
+    pretrain_identities,
+    render,
+    render_general,
+    sample_general_item,
+    sample_identity,
+    sample_view,
+    trait_distance,
+)
+from unsee.data.world import (
+    IDK_ANSWER,
+    WorldConfig,
+    build_world,
+    load_world_info,
+    world_identity,
+    world_pretrain_identities,
+)
+from unsee.errors import ConfigError, DataError, OutputExistsError
+
+# Small enough to build in a fraction of a second, big enough for every split to be non-trivial.
+TINY = [
+    "n_people=6", "n_known=3", "n_unknown=2", "n_neutral=2", "n_general_train=8", "n_general_eval=4",
+    "n_train_views=2", "n_test_views=2", "n_requests=2", "request_size=2", "n_pretrain=50",
+]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_world(tmp_path_factory.mktemp("w") / "world", seed=0, config="quick", overrides=TINY)
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _rows(root: Path, config: str) -> list[dict]:
+    files = sorted((root / config).glob("*.parquet"))
+    assert files, f"no parquet in {config}"
+    return [r for f in files for r in pq.read_table(f).to_pylist()]
+
+
+def test_same_seed_gives_byte_identical_files(world: Path, tmp_path: Path) -> None:
+    again = build_world(tmp_path / "again", seed=0, config="quick", overrides=TINY)
+    first, second = _hashes(world), _hashes(again)
+    assert len(first) == 19  # 18 parquet files and world.json
+    assert first == second
+
+
+def test_different_seed_gives_different_people(world: Path, tmp_path: Path) -> None:
+    other = build_world(tmp_path / "other", seed=1, config="quick", overrides=TINY)
+    a, b = load_world_info(world), load_world_info(other)
+    assert a["names"] != b["names"]
+    assert a["identities"]["p000"] != b["identities"]["p000"]
+    assert _hashes(world)["Full_Set/train-00000-of-00001.parquet"] != _hashes(other)[
+        "Full_Set/train-00000-of-00001.parquet"]
+
+
+def test_folders_match_the_documented_layout(world: Path) -> None:
+    expected = {
+        "Full_Set", "Test_Set", "Retain_Set", "ft_Data", "forget_5", "forget_10", "forget_15", "retain_95",
+        "retain_90", "retain_85", "forget_r1", "forget_r2", "ft_Known", "ft_General", "General_Set",
+        "Unknown_Set", "Neutral_Set",
+    }
+    assert {p.name for p in world.iterdir() if p.is_dir()} == expected
+    assert sorted(p.name for p in (world / "Test_Set").iterdir()) == [
+        "train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
+    for name in expected - {"Test_Set"}:
+        assert [p.name for p in (world / name).iterdir()] == ["train-00000-of-00001.parquet"]
+    assert (world / "world.json").is_file()
+
+
+def test_splits_are_nested_disjoint_and_complete(world: Path) -> None:
+    info = load_world_info(world)
+    people = info["entities"]["people"]
+    previous: set[str] = set()
+    for pct in (5, 10, 15):
+        forget = set(info["splits"][f"forget_{pct}"])
+        retain = set(info["splits"][f"retain_{100 - pct}"])
+        assert len(forget) == math.ceil(len(people) * pct / 100)
+        assert forget.isdisjoint(retain) and forget | retain == set(people)
+        assert previous <= forget
+        previous = forget
+        assert {r["ID"] for r in _rows(world, f"forget_{pct}")} == forget
+        assert {r["ID"] for r in _rows(world, f"retain_{100 - pct}")} == retain
+    requests = [set(ids) for ids in info["requests"].values()]
+    assert [len(r) for r in requests] == [2, 2]
+    assert requests[0].isdisjoint(requests[1]) and set().union(*requests) <= set(people)
+    for name, ids in info["requests"].items():
+        assert [r["ID"] for r in _rows(world, name)] == ids
+    assert [r["ID"] for r in _rows(world, "Full_Set")] == people
+    assert [r["ID"] for r in _rows(world, "Test_Set")] == people
+    assert [r["ID"] for r in _rows(world, "Retain_Set")] == info["entities"]["known"]
+    entity_lists = [set(v) for v in info["entities"].values()]
+    assert sum(len(s) for s in entity_lists) == len(set().union(*entity_lists))
+
+
+def test_held_out_views_never_appear_in_training_rows(world: Path) -> None:
+    test_images = {img["bytes"] for r in _rows(world, "Test_Set") for img in r["images"]}
+    assert len(test_images) == 6 * 2
+    seen = set()
+    for config in ("Full_Set", "ft_Data", "Retain_Set", "ft_Known", "Unknown_Set", "Neutral_Set", "forget_15",
+                   "retain_85", "ft_General", "General_Set"):
+        seen |= {r["image"]["bytes"] for r in _rows(world, config) if r["image"] is not None}
+    assert test_images.isdisjoint(seen)
+    ft = _rows(world, "ft_Data")
+    assert len(ft) == 6 * (2 + 1)  # every training view plus one text-only row per person
+    train_images = {r["image"]["bytes"] for r in ft if r["image"]}
+    assert {r["image"]["bytes"] for r in _rows(world, "Full_Set")} <= train_images
+
+
+def test_test_questions_are_held_out_paraphrases(world: Path) -> None:
+    taught = {qa["Question"] for config in ("ft_Data", "ft_Known")
+              for r in _rows(world, config) for qa in json.loads(r["metadata"])}
+    for r in _rows(world, "Test_Set"):
+        cls = r["Classification_Task"]
+        for item in cls["Image_Textual_Questions"] + cls["Pure_Text_Questions"]:
+            assert item["Question"] not in taught
+        for item in r["Generation_Task"]:
+            assert item["Question"] not in taught
+    full_questions = {q["Question"] for r in _rows(world, "Full_Set")
+                      for q in r["Classification_Task"]["Image_Textual_Questions"]}
+    assert full_questions <= taught
+
+
+def test_answers_agree_with_the_profiles(world: Path) -> None:
+    info = load_world_info(world)
+    for r in _rows(world, "Full_Set"):
+        bio = json.loads(r["biography"])
+        assert bio["Name"] == info["names"][r["ID"]] == r["answer"]
+        cls = r["Classification_Task"]
+        values = set(bio.values())
+        for item in cls["Image_Textual_Questions"] + cls["Pure_Text_Questions"]:
+            assert item["Correct_Answer"] in "ABCD"
+            assert item["Options"][item["Correct_Answer"]] in values
+            assert len(set(item["Options"].values())) == 4
+        for item in cls["Pure_Text_Questions"]:
+            assert bio["Name"] in item["Question"]
+        for item in r["Mask_Task"]:
+            assert "__" in item["Question"] and item["Ground_Truth"] in values
+            assert item["Type"] in ("Image_Textual", "Pure_Text")
+        for item in r["Generation_Task"]:
+            assert item["Ground_Truth"].endswith(".")
+    for r in _rows(world, "ft_Data"):
+        qa = json.loads(r["metadata"])
+        assert qa and all(set(x) == {"Question", "Answer"} for x in qa)
+        if r["image"] is None:  # text-only QA names the person
+            assert all(info["names"][r["ID"]] in x["Question"] for x in qa)
+    for r in _rows(world, "Unknown_Set"):
+        assert {x["Answer"] for x in json.loads(r["metadata"])} == {IDK_ANSWER}
+    for r in _rows(world, "General_Set"):
+        item = r["Classification_Task"]["Image_Textual_Questions"][0]
+        assert item["Options"][item["Correct_Answer"]] == r["Mask_Task"][0]["Ground_Truth"]
+
+
+STR = pa.string()
+IMAGE = pa.struct([("bytes", pa.binary()), ("path", STR)])
+OPTIONS = pa.struct([(k, STR) for k in "ABCD"])
+MCQ = pa.struct([("Correct_Answer", STR), ("Options", OPTIONS), ("Question", STR)])
+OPEN = pa.list_(pa.struct([("Ground_Truth", STR), ("Question", STR), ("Type", STR)]))
+TASKS = [("Classification_Task", pa.struct([("Image_Textual_Questions", pa.list_(MCQ)),
+                                            ("Pure_Text_Questions", pa.list_(MCQ))])),
+         ("Generation_Task", OPEN), ("Mask_Task", OPEN)]
+PROFILE = [("image", IMAGE), ("ID", STR), ("biography", STR), ("question", STR), ("answer", STR), *TASKS]
+EXPECTED = {
+    "Full_Set": [*PROFILE[:2], ("Directory", STR), *PROFILE[2:]],
+    "Retain_Set": [*PROFILE[:2], ("Directory", STR), *PROFILE[2:]],
+    "forget_10": PROFILE, "retain_90": PROFILE, "forget_r1": PROFILE,
+    "Test_Set": [("ID", STR), ("images", pa.list_(IMAGE)), *TASKS],
+    "ft_Data": [("image", IMAGE), ("ID", STR), ("metadata", STR)],
+    "ft_Known": [("image", IMAGE), ("ID", STR), ("metadata", STR)],
+    "ft_General": [("image", IMAGE), ("ID", STR), ("metadata", STR)],
+    "Unknown_Set": [("image", IMAGE), ("ID", STR), ("metadata", STR)],
+    "General_Set": [("image", IMAGE), ("ID", STR), *TASKS],
+    "Neutral_Set": [("image", IMAGE), ("ID", STR)],
+}
+
+
+@pytest.mark.parametrize("config", sorted(EXPECTED))
+def test_parquet_schema_matches_mllmu_layout(world: Path, config: str) -> None:
+    for f in sorted((world / config).glob("*.parquet")):
+        schema = pq.read_schema(f)
+        got = [(field.name, field.type) for field in schema]
+        assert [n for n, _ in got] == [n for n, _ in EXPECTED[config]]
+        for (name, t), (_, want) in zip(got, EXPECTED[config], strict=True):
+            assert t.equals(want), f"{config}.{name}: {t} != {want}"
+        features = json.loads(schema.metadata[b"huggingface"])["info"]["features"]
+        if "image" in features:
+            assert features["image"] == {"_type": "Image"}
+
+
+def test_refuses_a_non_empty_directory_and_leaves_it_unchanged(tmp_path: Path) -> None:
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(OutputExistsError):
+        build_world(out, config="quick", overrides=TINY)
+    with pytest.raises(OutputExistsError):  # overwrite never replaces something that is not a world
+        build_world(out, config="quick", overrides=TINY, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "keep me"
+    assert [p.name for p in tmp_path.iterdir()] == ["busy"]  # no temporary leftovers
+
+
+def test_overwrite_replaces_a_previous_world(tmp_path: Path) -> None:
+    out = build_world(tmp_path / "w", seed=3, config="quick", overrides=TINY)
+    build_world(out, seed=4, config="quick", overrides=TINY, overwrite=True)
+    assert load_world_info(out)["seed"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]
+
+
+def test_render_is_deterministic_and_identities_differ() -> None:
+    rng = np.random.default_rng(0)
+    a, b = sample_identity(rng), sample_identity(rng)
+    while trait_distance(a, b) < 3:
+        b = sample_identity(rng)
+    view = sample_view(rng)
+    img = render(a, view)
+    assert img.size == (64, 64) and img.mode == "RGB"
+    assert render(a, view).tobytes() == img.tobytes()
+    diff = np.abs(np.asarray(img, np.int16) - np.asarray(render(b, view), np.int16)).mean()
+    assert diff > 3
+    assert render(a, sample_view(rng, hard=True)).tobytes() != img.tobytes()
+    assert render(a, view, size=32).size == (32, 32)
+
+
+def test_general_items_are_answerable() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        item = sample_general_item(rng)
+        assert len(item.options) == 4 and len(set(item.options)) == 4
+        assert item.answer in item.options and "__" in item.cloze
+        assert render_general(item).size == (64, 64)
+
+
+def test_pretrain_pool_never_holds_world_people(world: Path) -> None:
+    info = load_world_info(world)
+    pool = world_pretrain_identities(info)
+    assert pool == pretrain_identities(50, 0) and len(pool) == 50
+    for entity in info["identities"]:
+        ident = world_identity(info, entity)
+        assert isinstance(ident, Identity)
+        assert min(trait_distance(ident, p) for p in pool) >= info["config"]["min_trait_distance"]
+    images, labels = pretrain_batch(pool, np.random.default_rng(0), 4, 32)
+    assert images.shape == (4, 32, 32, 3) and images.dtype == np.uint8
+    assert labels.dtype == np.int64 and labels.max() < len(pool)
+
+
+def test_configs_and_validation() -> None:
+    quick = load_config(WorldConfig, "quick", kind="world")
+    default = load_config(WorldConfig, "default", kind="world")
+    assert (quick.n_people, default.n_people) == (12, 50)
+    assert default == WorldConfig()  # the shipped default and the dataclass agree
+    with pytest.raises(ConfigError):
+        load_config(WorldConfig, "quick", ["n_requests=7"], kind="world")
+    with pytest.raises(ConfigError):
+        load_config(WorldConfig, "quick", ["forget_splits=15,5"], kind="world")
+    with pytest.raises(ConfigError):
+        load_config(WorldConfig, "quick", ["n_peple=3"], kind="world")
+
+
+def test_load_world_info_names_a_missing_world(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="world.json"):
+        load_world_info(tmp_path)
