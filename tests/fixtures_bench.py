@@ -146,8 +146,7 @@ def write_mllmu(root: Path, *, ft_ids: bool = False, world_extras: bool = False)
         {
             "ID": p,
             "images": [
-                {"bytes": png(mllmu_test_image_key(p, v)), "path": f"{p}_pose{v}_gen1.png"}
-                for v in range(TEST_VIEWS)
+                {"bytes": png(mllmu_test_image_key(p, v)), "path": f"{p}_pose{v}_gen1.png"} for v in range(TEST_VIEWS)
             ],
             **_tasks(p, test=True),
         }
@@ -394,9 +393,7 @@ def umu_row(pid: int, *, encoding: str = "python") -> dict[str, Any]:
     }
     for col in ("Classify", "Cloze", "Generation"):
         row[col] = dump({"unimodal": uni[col], "muitimodal": multi[col]})
-    row["MM_QA"] = dump(
-        {"question": {0: "What does the person in the image do?"}, "answer": {0: f"Job{pid}"}}
-    )
+    row["MM_QA"] = dump({"question": {0: "What does the person in the image do?"}, "answer": {0: f"Job{pid}"}})
     row["UM_QA"] = dump({"question": {0: f"What does Person {pid} do?"}, "answer": {0: f"Job{pid}"}})
     return row
 
@@ -407,9 +404,7 @@ def write_umu(root: Path, *, real_folder: str = "real_person", encoding: str = "
     people = list(range(1, UMU_PEOPLE + 1))
     write_parquet_config(root, "Full_Set", [umu_row(p, encoding=encoding) for p in people], UMU_FEATURES)
     for pct, n in UMU_FORGET.items():
-        write_parquet_config(
-            root, f"forget_{pct}", [umu_row(p, encoding=encoding) for p in people[:n]], UMU_FEATURES
-        )
+        write_parquet_config(root, f"forget_{pct}", [umu_row(p, encoding=encoding) for p in people[:n]], UMU_FEATURES)
         write_parquet_config(
             root, f"retain_{100 - pct}", [umu_row(p, encoding=encoding) for p in people[n:]], UMU_FEATURES
         )

@@ -10,14 +10,19 @@ import pytest
 import torch
 from PIL import Image
 
+from unsee.config import load_config
 from unsee.data.schema import Example, Suite
-from unsee.errors import ModelError
+from unsee.errors import ConfigError, DataError, ModelError
 from unsee.methods.eraser import (
+    REFUSAL_SUFFIX,
     STEERING_FILE,
     EraserConfig,
     Steering,
     build_steering,
     collect_last_token,
+    erasure_turns,
+    find_prompt_ends,
+    generation_marker,
     mcq_accuracy,
     middle_third,
     pgd_pixels,
@@ -60,6 +65,11 @@ def llava(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
+def qwen(tmp_path_factory: pytest.TempPathFactory):
+    return load_adapter(init_model("tiny-qwen2-vl", tmp_path_factory.mktemp("q") / "tiny-qwen2-vl", seed=0))
+
+
+@pytest.fixture(scope="module")
 def data() -> dict[str, list[Turn]]:
     return {
         "forget": turns(N_FORGET, FORGET_Q, seed=1, hi=128),
@@ -85,6 +95,15 @@ def test_middle_third_default():
     assert middle_third(4) == [1]
     assert middle_third(32) == list(range(10, 21))
     assert middle_third(1) == [0]
+
+
+def test_config_loads_and_rejects_bad_values():
+    cfg = load_config(EraserConfig, {"layers": [1, 2], "strength": -0.25, "use_pgd": True})
+    assert (cfg.layers, cfg.strength, cfg.use_pgd, cfg.null_ratio, cfg.lam) == ([1, 2], -0.25, True, 0.3, 0.1)
+    with pytest.raises(ConfigError, match="null_ratio"):
+        load_config(EraserConfig, {"null_ratio": 1.5})
+    with pytest.raises(ConfigError, match="unknown config key 'strenght'"):
+        load_config(EraserConfig, {"strenght": -0.2})
 
 
 def test_maps_send_forget_to_r_and_retain_to_zero(llava, data, steering):
@@ -136,9 +155,27 @@ def test_only_prefill_is_steered(llava, data, steering):
     with steer(llava, strong, anchor=torch.tensor([n - 1])):
         anchored = logits(llava, longer)[:, -1]
     torch.testing.assert_close(anchored, gen.logits[1], atol=1e-4, rtol=1e-4)
-    with steer(llava, strong):  # steering the decoded token as well would differ
-        everywhere = logits(llava, longer)[:, -1]
-    assert not torch.allclose(everywhere, gen.logits[1], atol=1e-3)
+    with steer(llava, strong):  # the prompt end is found from the template without an anchor
+        found = logits(llava, longer)[:, -1]
+    torch.testing.assert_close(found, gen.logits[1], atol=1e-4, rtol=1e-4)
+    with steer(llava, strong, anchor=torch.tensor([n])):  # steering the decoded token too would differ
+        decoded_too = logits(llava, longer)[:, -1]
+    assert not torch.allclose(decoded_too, gen.logits[1], atol=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen"])
+def test_prompt_ends_are_found_in_generation_and_training_batches(arch, llava, qwen, data):
+    adapter = llava if arch == "llava" else qwen
+    prompts = [data["forget"][0], Turn(None, "Where was this person born?", "Paris, France"),
+               Turn(data["retain"][0].image, "Who?", "A: yes")]
+    marker = generation_marker(adapter)
+    assert marker is not None and marker.numel() >= 2
+    gen = adapter.generation_batch(prompts)
+    width = gen["input_ids"].shape[1]
+    assert find_prompt_ends(gen["input_ids"], gen["attention_mask"], marker).tolist() == [width - 1] * 3
+    train = adapter.training_batch(prompts)
+    assert find_prompt_ends(train["input_ids"], train["attention_mask"], marker).tolist() == \
+        prompt_ends(train).tolist()
 
 
 def test_steered_batched_generation_equals_one_by_one(llava, data, steering):
@@ -153,7 +190,21 @@ def test_steered_batched_generation_equals_one_by_one(llava, data, steering):
     assert batched != plain
 
 
-def test_file_round_trip_and_compatibility(llava, steering, tmp_path, tmp_path_factory):
+def test_steered_generation_on_qwen2_vl(qwen, data):
+    """M-RoPE and Qwen's cache handling: the prefill-only hooks work there too."""
+    st = build_steering(qwen, data["forget"][:8], data["neutral"][:8], data["retain"][:16],
+                        EraserConfig(batch_size=8)).select(strength=-3.0)
+    assert st.layers == [1] and st.arch == "qwen2_vl"
+    prompts = [data["forget"][0], data["retain"][1], Turn(None, "Who is Alice?")]
+    plain = qwen.generate(prompts, max_new_tokens=4)
+    with steer(qwen, st):
+        batched = qwen.generate(prompts, max_new_tokens=4)
+        single = [qwen.generate([t], max_new_tokens=4)[0] for t in prompts]
+    assert batched == single and batched != plain
+    assert qwen.generate(prompts, max_new_tokens=4) == plain
+
+
+def test_file_round_trip_and_compatibility(llava, qwen, steering, tmp_path):
     path = steering.save(tmp_path / "s" / STEERING_FILE)
     assert [p.name for p in path.parent.iterdir()] == [STEERING_FILE]  # no temp file left behind
     loaded = Steering.load(path)
@@ -169,7 +220,6 @@ def test_file_round_trip_and_compatibility(llava, steering, tmp_path, tmp_path_f
         pass
     foreign.check_compatible(llava, force=True)
 
-    qwen = load_adapter(init_model("tiny-qwen2-vl", tmp_path_factory.mktemp("q") / "qwen", seed=0))
     with pytest.raises(ModelError, match="'llava'.*'qwen2_vl'"):
         loaded.check_compatible(qwen, force=True)
 
@@ -250,3 +300,19 @@ def test_pgd_stays_in_the_pixel_ball(llava):
     assert moved.max() <= cfg.pgd_eps + 1e-5 and moved.max() > cfg.pgd_step / 2
     pixels = adv * std + mean
     assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+
+
+def test_erasure_turns_pair_neutral_images_or_ask_for_a_refusal():
+    def ex(uid: str, img: Image.Image | None, q: str = "Who is this?") -> Example:
+        return Example(uid=uid, entity=uid, question=q, answer="Alice", image=None if img is None else png(img))
+
+    forget = [ex(f"f{i}", im, f"q{i}") for i, im in enumerate(images(3, 30))]
+    neutral = [ex("n0", images(1, 31)[0]), ex("n1", None), ex("n2", images(1, 32)[0])]
+    paired = erasure_turns(forget, neutral, "neutral")
+    assert [t.prompt for t in paired] == ["q0", "q1", "q2"]
+    assert [np.asarray(t.image).tobytes() for t in paired] == [
+        np.asarray(neutral[k].pil_image()).tobytes() for k in (0, 2, 0)]
+    refusal = erasure_turns(forget, [], "refusal")
+    assert refusal[1].prompt == f"q1 {REFUSAL_SUFFIX}" and refusal[1].image is not None
+    with pytest.raises(DataError, match="erasure=refusal"):
+        erasure_turns(forget, [neutral[1]], "neutral")

@@ -20,7 +20,7 @@ from unsee.config import ConfigError, load_config, parse_overrides, read_config_
 from unsee.data.collate import qa_turns
 from unsee.data.schema import Suite
 from unsee.data.world import build_world
-from unsee.errors import DataError
+from unsee.errors import DataError, UnseeError
 from unsee.finetune import finetune
 from unsee.io import atomic_dir, atomic_write_json, check_output_dir
 from unsee.models import load_adapter
@@ -229,6 +229,8 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
 
     out = Path(out)
     check_output_dir(out, overwrite=overwrite)
+    if audit:
+        raise UnseeError("the robustness audits (--audit, unsee attack) are not part of this release yet")
     method_configs(method, config, overrides)  # reject unknown methods and options before any work
     reqs = _requests(requests)
     if reqs:
@@ -260,10 +262,6 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
             metrics = evaluate_adapter(adapter, suite, steering=steering)
         run = make_run(method, metrics, model=model_name(model), suite=suite, forget=forget, seed=seed,
                        config=resolved, cost=cost, info=_jsonable(info))
-        if audit:
-            from unsee.eval.attacks import run_audits
-
-            run["attacks"] = run_audits(adapter, suite, seed=seed)
         if method != "eraser":
             _save_model(adapter, tmp / "model")
             card = model_card(run, None, base_model=str(model), base_hash=base_hash,
@@ -321,19 +319,9 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
     return out
 
 
-def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
-           vanilla: str | Path | None = None, seed: int = 0, overrides: Any = (), overwrite: bool = False) -> dict:
-    """``unsee attack``: one audit on a saved model, written as JSON."""
-    from unsee.eval import attacks
-
-    check_output_dir(out, overwrite=overwrite)
-    suite = load_suite(data, forget, seed=seed)
-    adapter = load_adapter(model)
-    ref = load_adapter(vanilla) if vanilla else None
-    res = attacks.run_attack(kind, adapter, suite, seed=seed, reference=ref,
-                             **(parse_overrides(overrides) if not isinstance(overrides, Mapping) else overrides))
-    atomic_write_json(out, res)
-    return res
+def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, **kw: Any) -> dict:
+    """``unsee attack``: the robustness audits are not part of this release yet."""
+    raise UnseeError("the robustness audits (unsee attack relearn|pgd|probe|shift) are not part of this release yet")
 
 
 def demo(out: str | Path, **kw: Any) -> Path:

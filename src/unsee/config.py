@@ -90,7 +90,7 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
         return value
     if origin in (list, tuple, Sequence):
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
+            value = [yaml.safe_load(v) for v in value.split(",") if v]
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{name}: expected a list, got {value!r}")
         inner = args[0] if args else Any

@@ -56,9 +56,7 @@ def split_configs(forget: str) -> tuple[str, str]:
     """``forget05`` (also ``forget_5``, ``forget05+tofu``) → (``forget05``, ``retain95``)."""
     m = _FORGET.match(forget)
     if m is None or not 0 < int(m.group(1)) < 100:
-        raise DataError(
-            f"CLEAR forget split {forget!r} is not of the form forgetNN (forget01, forget05, forget10)"
-        )
+        raise DataError(f"CLEAR forget split {forget!r} is not of the form forgetNN (forget01, forget05, forget10)")
     pct = int(m.group(1))
     return f"forget{pct:02d}", f"retain{100 - pct:02d}"
 
@@ -245,9 +243,7 @@ def _tofu_items(reader: _Reader, config: str, people: Sequence[str]) -> tuple[li
             continue
         question = text(r.get("question"), field="question", source=r.source, allow_none=True)
         if not question:
-            raise DataError(
-                f"field 'question' in {r.source} (row {r.index}) is empty on a text row (null image)"
-            )
+            raise DataError(f"field 'question' in {r.source} (row {r.index}) is empty on a text row (null image)")
         answer = text(r.get("answer"), field="answer", source=r.source)
         who = next((p for p in by_length if p in question or p in answer), "")
         meta = {"type": "Pure_Text", "row": r.index}
@@ -283,9 +279,7 @@ def _real(reader: _Reader, config: str, required: dict[str, str]) -> list[Exampl
     out = []
     for n, r in enumerate(reader.get(config, required, {"question": "string", "prompt": "string"})):
         answer = text(r.get("answer"), field="answer", source=r.source)
-        question = (
-            text(r.get("question"), field="question", source=r.source, allow_none=True) or NAME_QUESTION
-        )
+        question = text(r.get("question"), field="question", source=r.source, allow_none=True) or NAME_QUESTION
         wrong = [text(w, field="options", source=r.source) for w in (r.get("options") or [])]
         uid = f"{config}/{n}"
         options, correct = with_true_answer(answer, wrong, seed=reader.seed, uid=uid)
@@ -308,7 +302,15 @@ def _real(reader: _Reader, config: str, required: dict[str, str]) -> list[Exampl
 
 
 def load_clear(root: str | Path, forget: str = "forget05", *, seed: int = 0) -> Suite:
-    """Load CLEAR from a folder of configs or the hub id ``therem/CLEAR``."""
+    """Load CLEAR from a folder of configs or the hub id ``therem/CLEAR``.
+
+    ``forget`` is ``forgetNN`` (``forget_5`` is read as ``forget05``); retain is
+    ``retain{100-NN}``. Groups: ``forget``/``retain`` hold a name MCQ and a caption ``gen``
+    item per image; ``text_forget``/``text_retain`` the TOFU QA of the ``+tofu`` configs;
+    ``known`` = ``real_faces``, ``general`` = ``real_world`` (MCQ); ``forget_test`` is
+    empty (CLEAR has no held-out views). Training: ``train_forget``/``train_retain`` are the
+    caption pairs, ``train_text`` the TOFU pairs of both sides. Entities are the names.
+    """
     source = Source(root)
     reader = _Reader(source, seed)
     forget_cfg, retain_cfg = split_configs(forget)

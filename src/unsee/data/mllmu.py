@@ -300,6 +300,15 @@ def load_mllmu(
     is ``retain`` if given, else ``retain_{100-X}`` for a single ``forget_X`` when that
     config exists, else every ``Full_Set`` person outside the forget set and outside
     ``retain_exclude`` (entity IDs, or config names whose IDs are excluded).
+
+    Groups: ``forget``/``retain``/``known`` (``Retain_Set``) hold the Image_Textual MCQ,
+    cloze and gen items with the row image; ``text_*`` their Pure_Text items; ``forget_test``
+    the Test_Set image items of the forget IDs, each with one alternative view;
+    ``general`` = ``General_Set``. Training streams (task ``qa``): ``train_forget``,
+    ``train_retain`` (ft_Data image rows by ID, else the Image_Textual Generation items),
+    ``train_text`` (ft_Data rows with a null image), ``train_known`` (ft_Known),
+    ``train_general`` (ft_General), ``unknown`` (Unknown_Set), ``neutral`` (Neutral_Set).
+    Absent configs give empty groups.
     """
     source = Source(root)
     cfg = _Configs(source)

@@ -58,9 +58,7 @@ def features_dict(features: Mapping[str, Feature] | Any) -> dict[str, Any]:
     if hasattr(features, "to_dict"):  # datasets.Features
         return dict(features.to_dict())
     if not isinstance(features, Mapping):
-        raise DataError(
-            f"features must be a mapping of column name to feature, got {type(features).__name__}"
-        )
+        raise DataError(f"features must be a mapping of column name to feature, got {type(features).__name__}")
     return dict(features)
 
 
@@ -152,9 +150,7 @@ def write_parquet_config(
         extra = set(row) - set(feats)
         if extra:
             raise DataError(f"{config} row {i}: columns {sorted(extra)} are not in the features")
-        encoded.append(
-            {k: _encode(f, row.get(k), f"{config} row {i} column {k!r}") for k, f in feats.items()}
-        )
+        encoded.append({k: _encode(f, row.get(k), f"{config} row {i} column {k!r}") for k, f in feats.items()})
     paths = []
     size, rest = divmod(len(encoded), shards)
     start = 0
@@ -268,9 +264,7 @@ class Source:
             self.path = None
             self.repo = str(root)
         elif path.exists():
-            raise DataError(
-                f"benchmark root {path} is a file; give the folder that holds one folder per config"
-            )
+            raise DataError(f"benchmark root {path} is a file; give the folder that holds one folder per config")
         else:
             raise DataError(f"benchmark root {path} does not exist and is not a hub id (owner/name)")
         self._hub_configs: set[str] | None = None
@@ -329,9 +323,7 @@ class Source:
             except (OSError, pa.ArrowException) as e:
                 raise DataError(f"{file} is not a readable parquet file: {e}") from e
             check_columns(schema, str(file), required, optional)
-            wanted = (
-                None if all_columns else [c for c in {**required, **(optional or {})} if c in schema.names]
-            )
+            wanted = None if all_columns else [c for c in {**required, **(optional or {})} if c in schema.names]
             try:
                 rows = pfile.read(columns=wanted).to_pylist()
             except (OSError, pa.ArrowException) as e:
@@ -339,9 +331,7 @@ class Source:
             records.extend(Record(row, str(file), i) for i, row in enumerate(rows))
         return records
 
-    def _read_hub(
-        self, config: str, required: Mapping[str, Kind], optional: Mapping[str, Kind]
-    ) -> list[Record]:
+    def _read_hub(self, config: str, required: Mapping[str, Kind], optional: Mapping[str, Kind]) -> list[Record]:
         import datasets
 
         where = self.describe(config)
@@ -374,9 +364,7 @@ def image_bytes(v: Any, *, field: str, source: str) -> bytes | None:
                     f"{v.get('path')!r}; unsee never opens image paths, re-export with embedded images"
                 )
             return None
-    raise DataError(
-        f"field {field!r} in {source}: expected an image struct {{bytes, path}}, got {type(v).__name__}"
-    )
+    raise DataError(f"field {field!r} in {source}: expected an image struct {{bytes, path}}, got {type(v).__name__}")
 
 
 def text(v: Any, *, field: str, source: str, allow_none: bool = False) -> str:

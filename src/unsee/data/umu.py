@@ -233,6 +233,11 @@ def _ids(rows: Sequence[tuple[Record, str]]) -> list[str]:
 def load_umu(root: str | Path, forget: str = "forget_10", *, seed: int = 0) -> Suite:
     """Load UMU-bench from a folder of configs or its hub id.
 
+    Groups: ``forget``/``retain``/``known`` hold the multimodal items (with the row image),
+    ``text_forget``/``text_retain``/``text_known`` their unimodal twins (same ``pair_key``);
+    ``known`` comes from ``real_person/`` or ``Real_Person_Set/``. Retain is
+    ``retain_{100-X}``, else ``Full_Set`` minus the forget IDs. Training: ``train_forget``,
+    ``train_retain``, ``train_known`` from ``MM_QA``; ``train_text`` from ``UM_QA``.
     ``seed`` is accepted for a uniform loader signature; UMU needs no random choice.
     """
     source = Source(root)

@@ -9,8 +9,12 @@ from "recall", retain prompts barely move. The effect reaches decoding through t
 cache. The maps and ``s`` live in one safetensors file (``steering.safetensors``) that
 :func:`steer` switches on and off; see ``METHODS.md`` ("MLLMEraser").
 
-The module touches a model only through the adapter: ``generation_batch``,
-``training_batch``, ``forward``, ``decoder_layers()``, ``answer_logprobs`` and hooks.
+Sign convention: ``W_l`` maps a forget activation to ``+r_l`` (towards "recall"), so the
+injected ``s * r_l`` with ``s < 0`` moves it towards the erasure inputs.
+
+The module touches a model only through the adapter (``generation_batch``,
+``training_batch``, ``forward``, ``answer_logprobs``, ``decoder_layers()``, ``fingerprint()``,
+the processor's ``image_mean``/``image_std`` for PGD) and forward hooks.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ class EraserConfig:
         "identity features are formed but the output is not yet decided",
     )
     strength: float = opt(-0.3, "s in h <- h + s*(h_last @ W_l); negative subtracts the recall direction")
-    null_ratio: float = opt(0.3, "fraction of the hidden size kept as the retain null space (last right-singular vectors)")
+    null_ratio: float = opt(0.3, "fraction of the hidden size taken as the retain null space (last singular vectors)")
     lam: float = opt(0.1, "ridge weight lambda of the least-squares map")
     erasure: Literal["neutral", "refusal"] = opt(
         "neutral", "erasure inputs: forget prompts on neutral identities' images, or with a refusal instruction"
@@ -139,6 +143,8 @@ class Steering:
     def select(self, layers: Sequence[int] | None = None, strength: float | None = None) -> Steering:
         """The same maps on a subset of layers and/or another strength (for sweeps)."""
         keep = self.layers if layers is None else list(layers)
+        if not keep:
+            raise ConfigError("a steering needs at least one layer")
         missing = [i for i in keep if i not in self.weights]
         if missing:
             raise ConfigError(f"steering has no map for layers {missing}; it has {self.layers}")
@@ -173,10 +179,15 @@ class Steering:
             raise ModelError(f"cannot read steering file {path}: {e}") from e
         if meta.get("format") != FORMAT or "header" not in meta:
             raise ModelError(f"{path} is not an unsee steering file (format {meta.get('format')!r}, expected {FORMAT})")
-        header = json.loads(meta["header"])
-        weights = {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith("layer.")}
-        if sorted(weights) != header["layers"]:
-            raise ModelError(f"{path}: tensors {sorted(weights)} do not match the header's layers {header['layers']}")
+        try:
+            header = json.loads(meta["header"])
+            weights = {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith("layer.")}
+        except ValueError as e:
+            raise ModelError(f"{path}: corrupt steering header or tensor names: {e}") from e
+        if not weights or sorted(weights) != header.get("layers"):
+            raise ModelError(
+                f"{path}: tensors for layers {sorted(weights)} do not match the header's {header.get('layers')}"
+            )
         return cls(
             weights=weights,
             strength=float(header["strength"]),
@@ -226,6 +237,24 @@ def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
+def _last_real(mask: torch.Tensor | None, batch: int, length: int, device: torch.device) -> torch.Tensor:
+    """Index of each row's last non-pad token: ``length - 1`` under left padding, or without a mask."""
+    if mask is None or mask.dim() != 2 or tuple(mask.shape) != (batch, length):
+        return torch.full((batch,), length - 1, dtype=torch.long, device=device)
+    return (length - 1 - mask.flip(-1).to(torch.long).argmax(-1)).to(device)
+
+
+@contextmanager
+def _eval(model: nn.Module) -> Iterator[None]:
+    """Dropout off while we read activations; the caller's train/eval state comes back after."""
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
 @torch.no_grad()
 def collect_last_token(
     adapter: HFAdapter,
@@ -237,28 +266,32 @@ def collect_last_token(
 ) -> dict[int, torch.Tensor]:
     """Hidden state of the last prompt token after each layer in ``layers``: ``{l: [n, d] float64, CPU}``.
 
-    Prompts are left padded by ``generation_batch``, so position -1 is the last prompt token
-    of every row, the position from which the answer is generated. ``pixels`` may replace a
-    batch's ``pixel_values`` (PGD-perturbed images).
+    The last prompt token is where the answer is generated from. ``generation_batch`` pads
+    on the left, so it is position -1; it is read from the attention mask all the same.
+    ``pixels`` may replace a batch's ``pixel_values`` (PGD-perturbed images).
     """
     if not turns:
         raise DataError("no prompts to collect activations from")
     blocks = adapter.decoder_layers()
     found: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
+    mask: list[torch.Tensor | None] = [None]
 
     def hook_for(i: int) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            found[i].append(_hidden(output)[:, -1, :].detach().to("cpu", torch.float64))
+            h = _hidden(output)
+            last = _last_real(mask[0], h.shape[0], h.shape[1], h.device)
+            found[i].append(h[torch.arange(h.shape[0], device=h.device), last].detach().to("cpu", torch.float64))
 
         return hook
 
     handles = [blocks[i].register_forward_hook(hook_for(i)) for i in layers]
     try:
-        with adapter.eval_mode():
+        with _eval(adapter.model):
             for chunk in _batches(turns, batch_size):
                 batch = adapter.to_device(adapter.generation_batch(chunk))
                 if pixels is not None:
                     batch["pixel_values"] = pixels(chunk).to(batch["pixel_values"])
+                mask[0] = batch.get("attention_mask")
                 adapter.forward(batch, use_cache=False)
     finally:
         for h in handles:
@@ -289,7 +322,8 @@ def pgd_pixels(adapter: HFAdapter, turns: Sequence[Turn], cfg: EraserConfig) -> 
     ``[(0 - mean_c) / std_c, (1 - mean_c) / std_c]``; both are applied per channel, which
     is the same L-inf ball as perturbing the resized pixels in [0, 1]. Each step ascends
     the log-likelihood of the turn's answer (sign of the gradient); no random start, so the
-    result is deterministic.
+    result is deterministic. (Qwen-VL repeats each frame ``temporal_patch_size`` times inside
+    a patch; the copies are perturbed independently, a slightly larger set than one image.)
     """
     if any(t.image is None or not t.answer for t in turns):
         raise DataError("PGD needs an image and the correct answer on every forget prompt")
@@ -303,7 +337,7 @@ def pgd_pixels(adapter: HFAdapter, turns: Sequence[Turn], cfg: EraserConfig) -> 
     eps, step = cfg.pgd_eps / std, cfg.pgd_step / std
     lo, hi = (0 - mean) / std, (1 - mean) / std
     delta = torch.zeros_like(clean)
-    with adapter.eval_mode(), torch.enable_grad():
+    with _eval(adapter.model), torch.enable_grad():
         for _ in range(cfg.pgd_steps):
             pv = (clean + delta).requires_grad_(True)
             batch["pixel_values"] = pv
@@ -374,7 +408,7 @@ def build_steering(
         strength=cfg.strength,
         arch=adapter.arch,
         fingerprint=adapter.fingerprint(),
-        model_name=str(getattr(adapter.model, "name_or_path", "") or getattr(adapter, "source", "")),
+        model_name=str(getattr(adapter.model, "name_or_path", "")),
         info={
             "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
             "counts": {"forget": len(forget), "erasure": len(neutral), "retain": len(retain)},
@@ -386,25 +420,59 @@ def build_steering(
 # ---------------------------------------------------------------------------- applying it
 
 
+def generation_marker(adapter: HFAdapter) -> torch.Tensor | None:
+    """Token ids every prompt ends with (the template's assistant header), e.g. ``ASSISTANT:``.
+
+    Found as the common tail of two one-word prompts, so it comes from the adapter's own
+    template and tokenizer with no per-architecture table. ``None`` if there is none.
+    """
+    a = adapter.generation_batch([Turn(None, "a.")])["input_ids"][0].tolist()
+    b = adapter.generation_batch([Turn(None, "b?")])["input_ids"][0].tolist()
+    n = 0
+    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return torch.tensor(a[len(a) - n :], dtype=torch.long) if n else None
+
+
+def find_prompt_ends(ids: torch.Tensor, mask: torch.Tensor | None, marker: torch.Tensor | None) -> torch.Tensor:
+    """Each row's last prompt token: the end of the last ``marker`` occurrence, else the last non-pad token.
+
+    A generation batch ends with the marker, so this is its last token; a training batch
+    (prompt + answer) ends its prompt with the marker, so the answer tokens lie after it.
+    """
+    batch, length = ids.shape
+    last = _last_real(mask, batch, length, ids.device)
+    m = 0 if marker is None else marker.numel()
+    if m == 0 or m > length:
+        return last
+    hits = (ids.unfold(1, m, 1) == marker.to(ids.device)).all(-1)  # [batch, length - m + 1]
+    starts = torch.arange(hits.shape[1], device=ids.device)
+    hits &= starts[None, :] + m - 1 <= last[:, None]  # ignore right padding
+    found = hits.any(-1)
+    end = (hits * (starts + 1)).argmax(-1) + m - 1  # the last hit's start, plus m - 1
+    return torch.where(found, end, last)
+
+
 class _Steerer:
     """The hooks behind :func:`steer`.
 
-    Prefill is detected by a forward pre-hook on the top model: a call with no cache, or
-    an empty one, is a prefill (a plain forward, or the first step of ``generate``); a call
-    with a filled cache is a decode step and is left alone. This is exact where "sequence
-    length > 1" is not: a one-token prompt is still a prefill, and speculative or chunked
-    decoding feeds several tokens through a filled cache. The same pre-hook keeps the
-    attention mask, to find each row's last real token whatever the padding side.
+    Prefill is detected by a forward pre-hook on the top model: a call with no cache, or an
+    empty one, is a prefill (a plain forward, or the first step of ``generate``); a call with
+    a filled cache is a decode step and is left alone. This is exact where "sequence length
+    > 1" is not: a one-token prompt is still a prefill, and assisted decoding feeds several
+    tokens through a filled cache. The same pre-hook reads ``input_ids`` and the attention
+    mask to find each row's last prompt token (see :func:`find_prompt_ends`).
     """
 
     def __init__(self, adapter: HFAdapter, steering: Steering, anchor: torch.Tensor | None) -> None:
         self.adapter = adapter
         self.steering = steering
-        self.anchor = anchor
+        self.anchor = None if anchor is None else anchor.to(torch.long)
+        self.marker = generation_marker(adapter) if anchor is None else None
         self.prefill = True
-        self.mask: torch.Tensor | None = None
-        device = adapter.device
-        self.maps = {i: w.to(device, torch.float32) for i, w in steering.weights.items()}
+        self.ends: torch.Tensor | None = None
+        # moved to each layer's device on first use: with a device_map, layers live apart
+        self.maps = {i: w.to(torch.float32) for i, w in steering.weights.items()}
         self.handles: list[Any] = []
 
     def __enter__(self) -> _Steerer:
@@ -429,33 +497,42 @@ class _Steerer:
     def _pre(self, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
         cache = kwargs.get("past_key_values")
         self.prefill = cache is None or _cache_length(cache) == 0
-        mask = kwargs.get("attention_mask")
-        self.mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
-
-    def _last_positions(self, h: torch.Tensor) -> torch.Tensor:
-        batch, length = h.shape[:2]
+        if not self.prefill:
+            return
         if self.anchor is not None:
-            return self.anchor.to(h.device)
-        if self.mask is not None and self.mask.shape == (batch, length):
-            # index of the last 1 in each row: length-1 under left padding
-            return length - 1 - self.mask.flip(-1).to(torch.long).argmax(-1).to(h.device)
-        return torch.full((batch,), length - 1, dtype=torch.long, device=h.device)
+            self.ends = self.anchor
+            return
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        self.ends = None
+        if isinstance(ids, torch.Tensor) and ids.dim() == 2:
+            self.ends = find_prompt_ends(ids, mask if isinstance(mask, torch.Tensor) else None, self.marker)
+
+    def _prompt_ends(self, h: torch.Tensor) -> torch.Tensor:
+        batch, length = h.shape[:2]
+        if self.ends is None or self.ends.shape != (batch,):
+            if self.anchor is not None:
+                raise ConfigError(f"anchor has shape {tuple(self.anchor.shape)}; the batch has {batch} rows")
+            return torch.full((batch,), length - 1, dtype=torch.long, device=h.device)
+        return self.ends.to(h.device).clamp(max=length - 1)
 
     def _hook_for(self, i: int) -> Callable[..., Any]:
-        w = self.maps[i]
         s = self.steering.strength
 
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
             if not self.prefill:
                 return None
             h = _hidden(output)
-            last = self._last_positions(h)
-            h_last = h[torch.arange(h.shape[0], device=h.device), last]
+            w = self.maps[i]
+            if w.device != h.device:
+                w = self.maps[i] = w.to(h.device)
+            end = self._prompt_ends(h)
+            h_last = h[torch.arange(h.shape[0], device=h.device), end]
             shift = (s * (h_last.float() @ w)).to(h.dtype)[:, None, :]
-            if self.anchor is not None:
-                # positions after the prompt stay as generation leaves them: unsteered
-                shift = shift * (torch.arange(h.shape[1], device=h.device)[None, :, None] <= last[:, None, None])
-            new = h + shift
+            # positions after the prompt (answer tokens scored in the same pass) stay unsteered,
+            # as they are when generation decodes them through the cache
+            prompt = torch.arange(h.shape[1], device=h.device)[None, :] <= end[:, None]
+            new = h + shift * prompt[..., None].to(h.dtype)
             return (new, *output[1:]) if isinstance(output, tuple) else new
 
         return hook
@@ -475,11 +552,12 @@ def steer(
 ) -> Iterator[Steering]:
     """Apply a steering while the block runs; hooks are removed on exit, even on an exception.
 
-    Nothing is written to the model, so it is bit-identical afterwards. By default
-    ``h_last`` is each row's last non-pad token (position -1 under left padding) and every
-    position is shifted. ``anchor`` (a ``[batch]`` index of each row's last *prompt* token)
-    is for scoring answers appended to a prompt in one forward pass: ``h_last`` is taken
-    there and the answer positions are left unsteered, exactly as in cached generation.
+    Nothing is written to the model, so it is bit-identical afterwards. ``h_last`` is each
+    row's last prompt token: position -1 of a left-padded generation batch; in a training
+    batch (prompt + answer, right padded) the token before the answer, found from the
+    template's assistant header. Every prompt position gets ``s * (h_last @ W_l)``; answer
+    positions are left alone, so scoring an answer in one pass matches cached generation.
+    ``anchor`` (a ``[batch]`` tensor of last-prompt-token indices) overrides the search.
     """
     steering.check_compatible(adapter, force=force)
     with _Steerer(adapter, steering, anchor):
@@ -503,7 +581,7 @@ def mcq_accuracy(
         raise DataError("MCQ accuracy needs at least one item")
     flat = [t for options, _ in items for t in options]
     scores: list[float] = []
-    with adapter.eval_mode():
+    with _eval(adapter.model):
         for chunk in _batches(flat, batch_size):
             batch = adapter.training_batch(chunk)
             ctx = nullcontext() if steering is None else steer(adapter, steering, anchor=prompt_ends(batch))
@@ -551,7 +629,7 @@ def sweep(
         raise ConfigError("sweep needs at least one strength and non-empty layer sets")
     forget, neutral, retain = steering_builder_inputs
     union = sorted({i for ls in layer_sets for i in ls})
-    full = build_steering(adapter, forget, neutral, retain, _replace_layers(cfg, union))
+    full = build_steering(adapter, forget, neutral, retain, replace(cfg, layers=union))
     base_forget = score_fn(adapter, val_forget, None)
     base_retain = score_fn(adapter, val_retain, None)
     rows: list[dict[str, Any]] = []
@@ -571,10 +649,6 @@ def sweep(
     if best is not None:
         best.info["sweep"] = {"base_forget": base_forget, "base_retain": base_retain, "rows": rows}
     return SweepResult(best=best, rows=rows, base_forget=base_forget, base_retain=base_retain)
-
-
-def _replace_layers(cfg: EraserConfig, layers: list[int]) -> EraserConfig:
-    return replace(cfg, layers=layers)
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -614,7 +688,20 @@ def run_eraser(
     steering = build_steering(
         adapter, _turns(forget), erasure_turns(forget, neutral[:cap], cfg.erasure), _turns(retain), cfg
     )
-    steering.info.update(
-        {"suite": suite.name, "wall_s": round(time.perf_counter() - start, 3), "environment": environment()}
-    )
+    steering.info.update({
+        "suite": suite.name,
+        "wall_s": round(time.perf_counter() - start, 3),
+        "peak_memory_mb": _peak_memory_mb(),
+        "trainable_parameters": 0,
+        "environment": environment(),
+    })
     return steering.save(out)
+
+
+def _peak_memory_mb() -> float:
+    """Peak accelerator memory if there is one, else the process's peak resident memory."""
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux

@@ -1,0 +1,187 @@
+"""``unsee demo``: the whole story on a laptop CPU, offline.
+
+A world is built, a tiny model learns it (cached), a removal request is honoured by each
+chosen method, and every model is measured the same way. The outputs are what a person
+reads: a table, a trade-off plot, example answers before and after, and a model card on
+every checkpoint. The demo prints what the methods truly achieve; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from unsee.config import load_config, opt, read_config_file, to_dict
+from unsee.io import atomic_dir, atomic_write_text, check_output_dir
+
+console = Console()
+
+
+@dataclass
+class DemoConfig:
+    world: str = opt("default", "world config: a file or a shipped name (quick, default)")
+    world_overrides: list = opt([], "key=value overrides of the world config")
+    recipe: str = opt("default", "finetune recipe: a file or a shipped name (quick, default)")
+    recipe_overrides: list = opt([], "key=value overrides of the recipe")
+    forget: str = opt("forget_10", "the removal request")
+    method_overrides: dict = opt({}, "method -> list of key=value overrides")
+    max_gen_items: int = opt(24, "cloze/generation items per group in the evaluation")
+    max_items: int = opt(0, "MCQ items per group (0: all)")
+
+
+def _cache(cache_dir: str | Path | None) -> Path:
+    from unsee.finetune import default_cache
+
+    return Path(cache_dir) if cache_dir else default_cache()
+
+
+def prepare_vanilla(cfg: DemoConfig, arch: str, seed: int, cache: Path) -> tuple[Path, Path]:
+    """World, tiny model and vanilla model, each built once and reused from the cache."""
+    from unsee.data.world import build_world
+    from unsee.finetune import _hash, finetune, world_fingerprint
+    from unsee.models.tiny import init_model
+
+    world = cache / f"world-{_hash(cfg.world, cfg.world_overrides, seed)}"
+    if not (world / "world.json").exists():
+        console.print(f"[bold]1/4[/] building the world → {world}")
+        build_world(world, seed=seed, config=cfg.world, overrides=cfg.world_overrides, overwrite=True)
+    wfp = world_fingerprint(world)
+    init = cache / f"init-{arch}-{seed}-{wfp}"
+    if not (init / "config.json").exists():
+        init_model(arch, init, world=world, seed=seed, overwrite=True)
+    vanilla = cache / f"vanilla-{arch}-{_hash(wfp, cfg.recipe, cfg.recipe_overrides, seed)}"
+    if not (vanilla / "unsee_vanilla.json").exists():
+        console.print("[bold]2/4[/] teaching the tiny model the world (cached after the first run)")
+        finetune(init, world, vanilla, config=cfg.recipe, overrides=cfg.recipe_overrides, seed=seed,
+                 overwrite=True, cache_dir=cache)
+    else:
+        console.print(f"[bold]2/4[/] vanilla model from the cache: {vanilla}")
+    return world, vanilla
+
+
+def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", quick: bool = False,
+             arch: str = "tiny-llava", seed: int = 0, overwrite: bool = False, cache_dir: str | Path | None = None,
+             config: str | Path | dict | None = None, audit: bool = False) -> Path:
+    from unsee import api
+    from unsee.eval.results import CostMeter, new_results, write_results
+    from unsee.methods import ALL
+    from unsee.models import load_adapter
+    from unsee.report import model_card, terminal_table, write_report
+
+    out = Path(out)
+    check_output_dir(out, overwrite=overwrite)
+    base = {"world": "quick", "recipe": "quick"} if quick else {}
+    if isinstance(config, dict):
+        base.update(config)
+        cfg = load_config(DemoConfig, base)
+    elif config is not None:
+        cfg = load_config(DemoConfig, {**base, **read_config_file(config, "demo")})
+    else:
+        cfg = load_config(DemoConfig, base)
+    names = list(ALL) if methods == "all" else (methods.split(",") if isinstance(methods, str) else list(methods))
+    for m in names:
+        api.method_configs(m, None, cfg.method_overrides.get(m, []))
+    cache = _cache(cache_dir)
+    world, vanilla = prepare_vanilla(cfg, arch, seed, cache)
+    suite = api.load_suite(world, cfg.forget, seed=seed)
+    api.check_forget(suite)
+    eval_kw = {"max_gen_items": cfg.max_gen_items, "max_items": cfg.max_items or None}
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        console.print("[bold]3/4[/] measuring the vanilla model")
+        base_adapter = load_adapter(vanilla)
+        v_metrics = api.evaluate_adapter(base_adapter, suite, **eval_kw)
+        runs = [api.make_run("vanilla", v_metrics, model=arch, suite=suite, forget=cfg.forget, seed=seed)]
+        shown = _example_items(suite)
+        before = _answers(base_adapter, shown)
+        after: dict[str, list[str]] = {}
+        for m in names:
+            console.print(f"[bold]4/4[/] unlearning with [cyan]{m}[/]")
+            adapter = load_adapter(vanilla)
+            overrides = cfg.method_overrides.get(m, [])
+            with CostMeter() as meter:
+                if m == "eraser":
+                    from unsee.methods.eraser import run_eraser
+
+                    _, ecfg, _ = api.method_configs(m, None, overrides)
+                    steering = run_eraser(adapter, suite, tmp / m, ecfg)
+                    info, resolved, trainable, state = {}, to_dict(ecfg), 0, 0
+                else:
+                    res, resolved = api.unlearn_adapter(m, adapter, suite, overrides=overrides, seed=seed)
+                    info, trainable, state, steering = res.info, res.trainable_params, res.optimizer_state_bytes, None
+            meter.record_model(None)
+            cost = {**meter.cost(), "trainable_params": trainable, "optimizer_state_bytes": state}
+            metrics = api.evaluate_adapter(adapter, suite, steering=steering, **eval_kw)
+            run = api.make_run(m, metrics, model=arch, suite=suite, forget=cfg.forget, seed=seed, config=resolved,
+                               cost=cost, info=api._jsonable(info))
+            runs.append(run)
+            after[m] = _answers(adapter, shown, steering)
+            if m != "eraser":
+                api._save_model(adapter, tmp / m)
+                card = model_card(run, runs[0], base_model=str(vanilla), base_hash=base_adapter.fingerprint(),
+                                  forgotten=list(suite.forget_entities), audits=None)
+                atomic_write_text(tmp / m / "README.md", card)
+        results = new_results(runs)
+        write_results(tmp / "results.json", results)
+        write_report([tmp / "results.json"], tmp, overwrite=True)
+        _write_examples(tmp, shown, before, after)
+        (tmp / "demo.json").write_text(json.dumps({"config": to_dict(cfg), "arch": arch, "seed": seed,
+                                                   "world": str(world), "vanilla": str(vanilla)}, indent=2))
+    console.print(terminal_table(results))
+    console.print(f"report: {out / 'report.md'}  plot: {out / 'tradeoff.png'}  examples: {out / 'examples.md'}")
+    return out
+
+
+def _example_items(suite: Any) -> list[Any]:
+    """Three 'who is this?' images of a forgotten person and three of a retained one."""
+    picked = []
+    for group, entities in (("forget", suite.forget_entities), ("retain", suite.retain_entities)):
+        ent = sorted(entities)[0] if entities else None
+        items = [e for e in suite.groups.get(group, []) if e.entity == ent and e.has_image and e.task == "mcq"]
+        test = [e for e in suite.groups.get(f"{group}_test", []) if e.entity == ent and e.has_image]
+        picked += (items[:1] + test[:2] + items[1:])[:3]
+    return picked
+
+
+def _answers(adapter: Any, items: list, steering: Any = None) -> list[str]:
+    from unsee.eval.evaluator import answers
+
+    if steering is None:
+        return answers(adapter, items)
+    from unsee.methods.eraser import Steering, steer
+
+    with steer(adapter, Steering.load(steering)):
+        return answers(adapter, items)
+
+
+def _write_examples(out: Path, items: list, before: list[str], after: dict[str, list[str]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = ["# What the model says, before and after", "",
+             "| image | person | question | truth | vanilla | " + " | ".join(after) + " |",
+             "|---|---|---|---|---|" + "---|" * len(after)]
+    for i, e in enumerate(items):
+        lines.append(f"| {i + 1} | {e.entity} | {e.question} | {e.answer} | {before[i]} | "
+                     + " | ".join(after[m][i] for m in after) + " |")
+    atomic_write_text(out / "examples.md", "\n".join(lines) + "\n")
+    fig, axes = plt.subplots(1, max(1, len(items)), figsize=(3 * max(1, len(items)), 3.6))
+    axes = axes if hasattr(axes, "__len__") else [axes]
+    for ax, e, b, i in zip(axes, items, before, range(len(items)), strict=False):
+        ax.imshow(e.pil_image())
+        ax.axis("off")
+        txt = f"{e.entity} ({'forget' if i < 3 else 'retain'})\ntruth: {e.answer}\nbefore: {b}"
+        for m in after:
+            txt += f"\n{m}: {after[m][i]}"
+        ax.set_title(txt, fontsize=7, loc="left")
+    fig.tight_layout()
+    tmp = out / ".examples.png.tmp"
+    fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    tmp.replace(out / "examples.png")

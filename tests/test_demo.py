@@ -1,0 +1,61 @@
+"""The main job end to end on a minimal config: every output exists and is well formed."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from unsee.errors import OutputExistsError
+from unsee.eval.results import load_results
+
+CONFIG = Path(__file__).parent / "data" / "demo_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from unsee.demo import run_demo
+
+    root = tmp_path_factory.mktemp("demo")
+    out = root / "out"
+    run_demo(out, quick=True, cache_dir=root / "cache", config=CONFIG, methods="cvf_ncu,graddiff")
+    return out, root / "cache"
+
+
+def test_demo_writes_every_output(demo_run: tuple[Path, Path]) -> None:
+    out, _ = demo_run
+    for name in ("results.json", "report.md", "tradeoff.png", "examples.md", "examples.png"):
+        assert (out / name).is_file(), name
+    res = load_results(out / "results.json")
+    assert [r["method"] for r in res["runs"]] == ["vanilla", "cvf_ncu", "graddiff"]
+    report = (out / "report.md").read_text()
+    for m in ("vanilla", "cvf_ncu", "graddiff"):
+        assert f"| {m}" in report
+    for png in ("tradeoff.png", "examples.png"):
+        with Image.open(out / png) as im:
+            assert im.format == "PNG" and im.size[0] > 100
+    for m in ("cvf_ncu", "graddiff"):
+        card = (out / m / "README.md").read_text()
+        assert m in card and "forget" in card and "retain" in card
+        assert (out / m / "model.safetensors").is_file()
+
+
+def test_demo_reuses_the_cache_and_refuses_existing_output(demo_run: tuple[Path, Path], monkeypatch) -> None:
+    from unsee import finetune as ft
+    from unsee.demo import run_demo
+
+    out, cache = demo_run
+    before = hashlib.sha256((out / "results.json").read_bytes()).hexdigest()
+    with pytest.raises(OutputExistsError):
+        run_demo(out, quick=True, cache_dir=cache, config=CONFIG)
+    assert hashlib.sha256((out / "results.json").read_bytes()).hexdigest() == before
+
+    def boom(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("the vanilla model was trained again")
+
+    monkeypatch.setattr(ft, "finetune", boom)
+    again = out.parent / "again"
+    run_demo(again, quick=True, cache_dir=cache, config=CONFIG, methods="graddiff")
+    assert (again / "results.json").is_file()

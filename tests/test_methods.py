@@ -1,0 +1,185 @@
+"""The training methods on a tiny LLaVA: baselines forget, MMUnlearner's masks, CVF's loss and NCU's projection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unsee import api
+from unsee.data.mllmu import load_mllmu
+from unsee.data.schema import Suite
+from unsee.data.world import build_world
+from unsee.engine.trainer import TrainConfig, train
+from unsee.methods import method_class
+from unsee.methods.base import nll
+from unsee.methods.baselines import SFT
+from unsee.methods.cvf import CVFConfig, CVFNCU, CVFOnly, info_nce
+from unsee.methods.mmunlearner import MMUnlearner, MMUnlearnerConfig, ratio_masks
+from unsee.models import HFAdapter, Turn, load_adapter
+from unsee.models.tiny import init_model
+
+WORLD_OVERRIDES = ["n_people=6", "n_known=2", "n_unknown=2", "n_neutral=4", "n_train_views=2", "n_test_views=1",
+                   "n_requests=2", "n_general_train=8", "n_general_eval=4", "n_pretrain=4"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models train many times faster on one thread than with threads fighting over shared cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_world(tmp_path_factory.mktemp("methods") / "w", config="quick", overrides=WORLD_OVERRIDES)
+
+
+@pytest.fixture(scope="module")
+def suite(world: Path) -> Suite:
+    return load_mllmu(world, "forget_10")
+
+
+@pytest.fixture(scope="module")
+def turns(suite: Suite) -> dict[str, list[Turn]]:
+    return api.training_turns(suite)
+
+
+@pytest.fixture(scope="module")
+def model_dir(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return init_model("tiny-llava", tmp_path_factory.mktemp("methods_model") / "m", world=world, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained_dir(model_dir: Path, suite: Suite, turns: dict[str, list[Turn]],
+                tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model after a few SFT steps on forget + retain answers, so that it knows something to forget."""
+    adapter = load_adapter(model_dir)
+    train(SFT(), adapter, suite, {"train": turns["forget"] + turns["retain"]},
+          TrainConfig(lr=1e-3, max_steps=20, batch_size=4, progress=False))
+    out = tmp_path_factory.mktemp("methods_trained") / "m"
+    adapter.save(out)
+    return out
+
+
+def cfg(**kw: Any) -> TrainConfig:
+    base: dict[str, Any] = {"lr": 1e-3, "max_steps": 3, "batch_size": 2, "progress": False}
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@torch.no_grad()
+def eval_nll(adapter: HFAdapter, turns: list[Turn]) -> float:
+    with adapter.eval_mode():
+        return float(nll(adapter, turns))
+
+
+# ---- baselines ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["ga", "graddiff", "kl", "npo"])
+def test_baseline_raises_forget_nll(name: str, trained_dir: Path, suite: Suite,
+                                    turns: dict[str, list[Turn]]) -> None:
+    adapter = load_adapter(trained_dir)
+    forget, retain = turns["forget"], turns["retain"][:16]
+    f0, r0 = eval_nll(adapter, forget), eval_nll(adapter, retain)
+    cls = method_class(name)
+    train(cls(), adapter, suite, turns, cfg())
+    f1, r1 = eval_nll(adapter, forget), eval_nll(adapter, retain)
+    assert f1 > f0, f"{name}: forget NLL {f0:.3f} -> {f1:.3f}"
+    if name == "graddiff":
+        # Three steps of ascent move the shared weights; the retain descent only anchors them. Allow the retain
+        # NLL to drift by half its start (the forget NLL is meant to move by much more), never to blow up.
+        assert abs(r1 - r0) <= 0.5 * r0, f"retain NLL {r0:.3f} -> {r1:.3f}"
+        assert f1 - f0 > r1 - r0
+
+
+# ---- MMUnlearner ----------------------------------------------------------------------------------------
+def test_ratio_masks_match_hand_computation(trained_dir: Path, turns: dict[str, list[Turn]]) -> None:
+    adapter = load_adapter(trained_dir)
+    forget, retain = [turns["forget"][:2]], [turns["retain"][:2]]
+    masks = ratio_masks(adapter, forget, retain, retain)
+    w = next(m for _, m in adapter.linear_modules("projector") if isinstance(m, nn.Linear)).weight
+    (gf,) = torch.autograd.grad(-nll(adapter, forget[0]), [w])
+    (gp,) = torch.autograd.grad(nll(adapter, retain[0]), [w])
+    expected = (gf.float() ** 2 + 1e-15) / (gp.float() ** 2 + 1e-15) >= 1.0
+    assert masks[w].dtype == torch.bool and masks[w].shape == w.shape
+    assert torch.equal(masks[w], expected)
+    assert 0 < expected.float().mean() < 1
+
+
+def test_mmunlearner_reports_mask_fraction(trained_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:
+    adapter = load_adapter(trained_dir)
+    res = train(MMUnlearner(MMUnlearnerConfig(fisher_batches=1)), adapter, suite, turns, cfg(max_steps=1))
+    assert 0 < res.info["mask_fraction"] < 1
+    assert res.info["retain_steps_per_forget_step"] >= 1
+
+
+# ---- CVF ------------------------------------------------------------------------------------------------
+def test_info_nce_falls_under_sgd() -> None:
+    g = torch.Generator().manual_seed(0)
+    raw = torch.randn(4, 8, generator=g, requires_grad=True)
+    pos = F.normalize(torch.randn(4, 2, 8, generator=g), dim=-1)
+    neg = F.normalize(torch.randn(4, 5, 8, generator=g), dim=-1)
+    opt = torch.optim.SGD([raw], lr=0.5)
+    losses = []
+    for _ in range(5):
+        loss = info_nce(F.normalize(raw, dim=-1), pos, neg, tau=0.1)
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
+
+
+def test_info_nce_prefers_identical_positives() -> None:
+    eye = torch.eye(6)
+    anchor = eye[:2]  # two unit anchors
+    same = anchor.unsqueeze(1)  # positive identical to its anchor
+    ortho = eye[2:4].unsqueeze(1)  # positive orthogonal to its anchor
+    neg = eye[4:6].unsqueeze(0).expand(2, -1, -1)
+    assert info_nce(anchor, same, neg, 0.1) < info_nce(anchor, ortho, neg, 0.1)
+
+
+def test_cvf_ncu_touches_only_the_visual_module(trained_dir: Path, suite: Suite,
+                                                turns: dict[str, list[Turn]]) -> None:
+    adapter = load_adapter(trained_dir)
+    before = {n: p.detach().clone() for n, p in adapter.groups()["language"]}
+    res = train(CVFNCU(CVFConfig(ncu_images=8)), adapter, suite, turns, cfg(scope="visual", max_steps=2))
+    for n, p in adapter.groups()["language"]:
+        assert torch.equal(p, before[n]), n
+        assert p.grad is None, n
+    layers = {n for n, _ in adapter.linear_modules("vision") + adapter.linear_modules("projector")}
+    assert set(res.info["null_space_rank"]) == layers
+    assert all(isinstance(r, int) and r >= 1 for r in res.info["null_space_rank"].values())
+
+
+def test_ncu_projection_preserves_retained_outputs(trained_dir: Path, suite: Suite,
+                                                   turns: dict[str, list[Turn]]) -> None:
+    """One projected step moves a layer's output on the covariance's images less than an unprojected one."""
+    n_images = 8
+    images = [t.image for t in turns["retain"] if t.image is not None][:n_images]
+
+    def relative_change(method: CVFNCU) -> float:
+        adapter = load_adapter(trained_dir)
+        name, layer = next((n, m) for n, m in adapter.linear_modules("vision") if isinstance(m, nn.Linear))
+        inputs: list[torch.Tensor] = []
+        hook = layer.register_forward_hook(lambda _m, args, _o: inputs.append(args[0].detach().clone()))
+        with torch.no_grad(), adapter.eval_mode():
+            adapter.visual_features(adapter.image_inputs(images))
+        hook.remove()
+        x = inputs[0].reshape(-1, inputs[0].shape[-1])
+        w0 = layer.weight.detach().clone()
+        train(method, adapter, suite, turns, cfg(scope="visual", max_steps=1))
+        dw = layer.weight.detach() - w0
+        assert dw.norm() > 0, name
+        return float((x @ dw.T).norm() / (x @ w0.T).norm())
+
+    projected = relative_change(CVFNCU(CVFConfig(energy=0.05, ncu_images=n_images)))
+    free = relative_change(CVFOnly(CVFConfig(ncu_images=n_images)))
+    assert projected < free, (projected, free)

@@ -1,0 +1,395 @@
+"""The model foundation on the three tiny architectures: real HF classes, real losses, on CPU.
+
+Covers what every method and the evaluator rely on: the saved directory is a standard
+checkpoint, a training batch learns only the answer and reaches every part of the model,
+scopes freeze exactly the groups they name, batched generation equals one-at-a-time
+generation, visual features need no language model, and bad input fails with an error
+a user can act on.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import (
+    LlavaForConditionalGeneration,
+    PreTrainedModel,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLForConditionalGeneration,
+)
+
+from unsee.data.schema import Example
+from unsee.errors import ConfigError, DataError, ModelError, OutputExistsError
+from unsee.models import Adapter, Turn, load_adapter, model_fingerprint
+from unsee.models.base import IGNORE
+from unsee.models.tiny import ARCHS, build_tiny, init_model
+
+if TYPE_CHECKING:
+    from conftest import TinyModels
+
+HF_CLASSES: dict[str, type[PreTrainedModel]] = {
+    "tiny-llava": LlavaForConditionalGeneration,
+    "tiny-qwen2-vl": Qwen2VLForConditionalGeneration,
+    "tiny-qwen2.5-vl": Qwen2_5_VLForConditionalGeneration,
+}
+ADAPTER_ARCH = {"tiny-llava": "llava", "tiny-qwen2-vl": "qwen2_vl", "tiny-qwen2.5-vl": "qwen2_5_vl"}
+
+MakeImage = Callable[..., Image.Image]
+archs = pytest.mark.parametrize("arch", ARCHS)
+
+
+def three_turns(make_image: MakeImage) -> list[Turn]:
+    """Two turns with images, one text-only: the mix every training batch must handle."""
+    return [
+        Turn(make_image(1), "Who is the person in this image?", "Alice Smith"),
+        Turn(None, "Where was this person born?", "Paris"),
+        Turn(make_image(2), "What is the occupation of this person?", "a red circle"),
+    ]
+
+
+def state_dict(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path / "model.safetensors")
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for name, tensor in sa.items():
+        assert torch.equal(tensor, sb[name]), name
+
+
+# ---- the saved directory ----------------------------------------------------------
+
+
+@archs
+def test_init_writes_a_standard_checkpoint(tiny_models: TinyModels, arch: str) -> None:
+    path = tiny_models.dir(arch)
+    assert (path / "model.safetensors").is_file()
+    assert (path / "config.json").is_file()
+    assert not list(path.glob("*.bin")), "tiny models must be saved as safetensors only"
+    assert json.loads((path / "unsee.json").read_text()) == {"arch": arch, "seed": 0}
+    model = HF_CLASSES[arch].from_pretrained(path)
+    assert type(model) is HF_CLASSES[arch]
+    built, _ = build_tiny(arch, seed=0)
+    assert_same_weights(model, built)
+
+
+@archs
+def test_load_adapter_reloads_the_directory(tiny_models: TinyModels, arch: str) -> None:
+    adapter = load_adapter(tiny_models.dir(arch))
+    assert isinstance(adapter, Adapter)
+    assert adapter.arch == ADAPTER_ARCH[arch]
+    assert type(adapter.model) is HF_CLASSES[arch]
+    assert adapter.model.dtype == torch.float32
+    assert_same_weights(adapter.model, HF_CLASSES[arch].from_pretrained(tiny_models.dir(arch)))
+    assert adapter.fingerprint() == model_fingerprint(tiny_models.dir(arch))
+
+
+@archs
+def test_same_seed_same_weights_other_seed_differs(tiny_models: TinyModels, arch: str, tmp_path: Path) -> None:
+    again = init_model(arch, tmp_path / "again", seed=0)
+    other = init_model(arch, tmp_path / "other", seed=1)
+    base = state_dict(tiny_models.dir(arch))
+    same = state_dict(again)
+    assert base.keys() == same.keys()
+    assert all(torch.equal(base[k], same[k]) for k in base)
+    assert (again / "tokenizer.json").read_text() == (tiny_models.dir(arch) / "tokenizer.json").read_text()
+    assert model_fingerprint(again) == model_fingerprint(tiny_models.dir(arch))
+
+    different = state_dict(other)
+    assert base.keys() == different.keys()
+    assert not all(torch.equal(base[k], different[k]) for k in base)
+    assert model_fingerprint(other) != model_fingerprint(tiny_models.dir(arch))
+
+
+@archs
+def test_save_round_trips(tiny_models: TinyModels, arch: str, tmp_path: Path, make_image: MakeImage) -> None:
+    adapter = tiny_models.adapter(arch)
+    adapter.save(tmp_path / "saved")
+    assert (tmp_path / "saved" / "model.safetensors").is_file()
+    again = load_adapter(tmp_path / "saved")
+    assert_same_weights(again.model, adapter.model)
+    turns = three_turns(make_image)
+    assert torch.equal(adapter.training_batch(turns)["input_ids"], again.training_batch(turns)["input_ids"])
+
+
+# ---- training batches --------------------------------------------------------------
+
+
+@archs
+def test_training_batch_gradient_reaches_every_group(
+    tiny_models: TinyModels, arch: str, make_image: MakeImage
+) -> None:
+    adapter = tiny_models.adapter(arch)
+    batch = adapter.training_batch(three_turns(make_image))
+    assert batch["input_ids"].shape[0] == 3
+    out = adapter.model(**batch)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    groups = adapter.groups()
+    assert set(groups) == {"vision", "projector", "language"}
+    for group, params in groups.items():
+        assert params, f"{group} group is empty"
+        total = sum(float(p.grad.abs().sum()) for _, p in params if p.grad is not None)
+        assert total > 0, f"no gradient reached the {group} group"
+
+
+@archs
+def test_training_batch_passes_processor_outputs_through(
+    tiny_models: TinyModels, arch: str, make_image: MakeImage
+) -> None:
+    adapter = tiny_models.adapter(arch)
+    batch = adapter.training_batch(three_turns(make_image))
+    pixels = adapter.image_inputs([make_image(1), make_image(2)])
+    for key, value in pixels.items():
+        assert torch.equal(batch[key], value), key
+    if "mm_token_type_ids" in batch:
+        assert torch.equal(batch["mm_token_type_ids"], (batch["input_ids"] == adapter.image_token_id).long())
+
+
+@archs
+def test_labels_cover_exactly_the_answer(tiny_models: TinyModels, arch: str, make_image: MakeImage) -> None:
+    adapter = tiny_models.adapter(arch)
+    turns = three_turns(make_image)
+    batch = adapter.training_batch(turns)
+    labels, ids = batch["labels"], batch["input_ids"]
+    eoa = adapter.tokenizer.convert_tokens_to_ids(adapter.end_of_answer)
+    for i, turn in enumerate(turns):
+        where = labels[i] != IGNORE
+        assert torch.equal(labels[i][where], ids[i][where])
+        learnt = labels[i][where]
+        assert adapter.tokenizer.decode(learnt) == adapter.answer_prefix + turn.answer + adapter.end_of_answer
+        assert adapter.tokenizer.decode(learnt, skip_special_tokens=True).strip() == turn.answer
+        assert int(learnt[-1]) == eoa
+        # the labelled span is contiguous and ends the row; padding after it is neither learnt nor attended
+        span = where.nonzero().flatten()
+        assert torch.equal(span, torch.arange(int(span[0]), int(span[-1]) + 1))
+        assert int(batch["attention_mask"][i].sum()) == int(span[-1]) + 1
+
+
+@archs
+def test_prompt_words_do_not_move_the_loss(tiny_models: TinyModels, arch: str, make_image: MakeImage) -> None:
+    adapter = tiny_models.adapter(arch)
+    first, second = "What colour is the circle?", "What colour is the square?"
+    tokenize = adapter.tokenizer.tokenize
+    assert len(tokenize(first)) == len(tokenize(second)), "the two prompts must be of the same token length"
+    tail = Turn(None, "Where was this person born?", "Paris")
+
+    def batch_for(prompt: str):  # noqa: ANN202
+        return adapter.training_batch([Turn(make_image(3), prompt, "red"), tail])
+
+    a, b = batch_for(first), batch_for(second)
+    assert a["input_ids"].shape == b["input_ids"].shape
+    assert not torch.equal(a["input_ids"], b["input_ids"])
+    assert torch.equal(a["labels"] != IGNORE, b["labels"] != IGNORE)
+    assert torch.equal(a["labels"], b["labels"])
+    changed = (a["input_ids"] != b["input_ids"]).nonzero()
+    assert changed.shape[0] == 1 and int(changed[0, 0]) == 0
+    assert int(a["labels"][0, changed[0, 1]]) == IGNORE
+
+
+@archs
+def test_answer_logprobs_score_the_same_tokens_as_the_hf_loss(
+    tiny_models: TinyModels, arch: str, make_image: MakeImage
+) -> None:
+    adapter = tiny_models.adapter(arch)
+    batch = adapter.training_batch(three_turns(make_image))
+    with torch.no_grad():
+        loss = adapter.model(**batch).loss
+        logprobs = adapter.answer_logprobs(batch)
+    n_answer_tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
+    assert logprobs.shape == (3,)
+    assert torch.allclose(-logprobs.sum() / n_answer_tokens, loss, rtol=1e-4, atol=1e-5)
+
+
+# ---- generation ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["tiny-llava", "tiny-qwen2-vl"])
+def test_batched_generation_equals_one_at_a_time(
+    tiny_models: TinyModels, arch: str, make_image: MakeImage
+) -> None:
+    adapter = tiny_models.adapter(arch)
+    turns = [
+        Turn(make_image(4), "Who is the person in this image? Please **ONLY** provide the correct answer."),
+        Turn(None, "Where was this person born?"),
+        Turn(make_image(5), "Who is this?"),
+        Turn(make_image(6), "What is the occupation of this person? What is their hobby?"),
+    ]
+    assert len({len(adapter.tokenizer.tokenize(t.prompt)) for t in turns}) == len(turns)
+    batched = adapter.generate(turns, max_new_tokens=6)
+    in_twos = adapter.generate(turns, max_new_tokens=6, batch_size=2)
+    alone = [adapter.generate([t], max_new_tokens=6)[0] for t in turns]
+    assert batched == alone
+    assert in_twos == alone
+    assert not adapter.model.training
+
+    # the same at the token level: random weights decode to many U+FFFD, which could hide a difference
+    def new_tokens(group: list[Turn]) -> list[list[int]]:
+        batch = adapter.generation_batch(group)
+        assert all(int(batch["attention_mask"][i, -1]) == 1 for i in range(len(group))), "not left-padded"
+        with torch.no_grad():
+            gen = adapter.model.generate(**batch, max_new_tokens=6, do_sample=False,
+                                         pad_token_id=adapter.tokenizer.pad_token_id,
+                                         eos_token_id=adapter.tokenizer.convert_tokens_to_ids(adapter.end_of_answer))
+        stop = {adapter.tokenizer.pad_token_id, adapter.tokenizer.convert_tokens_to_ids(adapter.end_of_answer)}
+        rows = gen[:, batch["input_ids"].shape[1]:].tolist()
+        return [row[: next((j for j, t in enumerate(row) if t in stop), len(row))] for row in rows]
+
+    assert new_tokens(turns) == [new_tokens([t])[0] for t in turns]
+
+
+# ---- scopes -----------------------------------------------------------------------
+
+SCOPE_GROUPS = {
+    "full": {"vision", "projector", "language"},
+    "visual": {"vision", "projector"},
+    "vision_tower": {"vision"},
+    "projector": {"projector"},
+    "language": {"language"},
+}
+
+
+@archs
+@pytest.mark.parametrize("scope", sorted(SCOPE_GROUPS))
+def test_scope_trains_exactly_its_groups(tiny_models: TinyModels, arch: str, scope: str) -> None:
+    adapter = tiny_models.adapter(arch)
+    trainable = adapter.set_scope(scope)
+    groups = adapter.groups()
+    for group, params in groups.items():
+        want = group in SCOPE_GROUPS[scope]
+        wrong = [name for name, p in params if p.requires_grad != want]
+        assert not wrong, f"scope {scope}: {group} parameters with requires_grad != {want}: {wrong[:3]}"
+    expected = {id(p) for g in SCOPE_GROUPS[scope] for _, p in groups[g]}
+    assert {id(p) for p in trainable} == expected
+
+
+@archs
+def test_groups_follow_the_module_layout(tiny_models: TinyModels, arch: str) -> None:
+    groups = tiny_models.adapter(arch).groups()
+    projector_word = "multi_modal_projector" if arch == "tiny-llava" else "merger"
+    vision_word = "vision_tower" if arch == "tiny-llava" else "visual"
+    assert all(projector_word in name for name, _ in groups["projector"])
+    assert all(vision_word in name and projector_word not in name for name, _ in groups["vision"])
+    assert all(vision_word not in name for name, _ in groups["language"])
+    assert any("language_model" in name for name, _ in groups["language"])
+    assert any(name.startswith("lm_head") for name, _ in groups["language"])
+
+
+def test_unknown_scope_raises(tiny_models: TinyModels) -> None:
+    adapter = tiny_models.adapter("tiny-llava")
+    with pytest.raises(ConfigError, match="unknown scope 'everything'"):
+        adapter.set_scope("everything")
+
+
+# ---- visual features ------------------------------------------------------------------
+
+
+@archs
+def test_visual_features_need_no_language_model(tiny_models: TinyModels, arch: str, make_image: MakeImage) -> None:
+    adapter = tiny_models.adapter(arch)
+    images = [make_image(7), make_image(8)]
+    feats = adapter.visual_features(adapter.image_inputs(images))
+    hidden = adapter.model.config.text_config.hidden_size
+    assert len(feats) == len(images)
+    # one row per image token the language model would see for that image
+    prompt = adapter.generation_batch([Turn(images[0], "Who is this?")])
+    n_tokens = int((prompt["input_ids"] == adapter.image_token_id).sum())
+    for f in feats:
+        assert f.shape == (n_tokens, hidden)
+        assert torch.isfinite(f).all()
+    assert not torch.equal(feats[0], feats[1])
+
+    sum(f.pow(2).sum() for f in feats).backward()
+    groups = adapter.groups()
+    assert all(p.grad is None for _, p in groups["language"]), "the language model got a gradient"
+    for group in ("vision", "projector"):
+        assert sum(float(p.grad.abs().sum()) for _, p in groups[group] if p.grad is not None) > 0, group
+
+
+# ---- bad input --------------------------------------------------------------------------
+
+
+def test_init_unknown_arch_writes_nothing(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="unknown architecture 'tiny-gpt'"):
+        init_model("tiny-gpt", tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_init_missing_world_raises(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="world directory"):
+        init_model("tiny-llava", tmp_path / "out", world=tmp_path / "no-world")
+    assert not (tmp_path / "out").exists()
+
+
+def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("results")
+    with pytest.raises(OutputExistsError):
+        init_model("tiny-llava", out)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_load_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="does not exist"):
+        load_adapter(tmp_path / "missing")
+
+
+def test_load_directory_without_config(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelError, match=r"config\.json is missing"):
+        load_adapter(tmp_path)
+
+
+def test_load_directory_without_weights(tiny_models: TinyModels, tmp_path: Path) -> None:
+    shutil.copy(tiny_models.dir("tiny-llava") / "config.json", tmp_path / "config.json")
+    with pytest.raises(ModelError, match="no weights"):
+        load_adapter(tmp_path)
+
+
+def test_pickle_weights_refused_unless_allowed(tiny_models: TinyModels, tmp_path: Path) -> None:
+    source = tiny_models.dir("tiny-llava")
+    copy = Path(shutil.copytree(source, tmp_path / "pickled"))
+    torch.save(load_file(copy / "model.safetensors"), copy / "pytorch_model.bin")
+    (copy / "model.safetensors").unlink()
+    with pytest.raises(ModelError, match="pickle"):
+        load_adapter(copy)
+    adapter = load_adapter(copy, allow_pickle=True)
+    assert_same_weights(adapter.model, tiny_models.adapter("tiny-llava").model)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "message"),
+    [("no_such_type", "cannot read the config"), ("llama", "unknown model type 'llama'")],
+)
+def test_unknown_model_type(tiny_models: TinyModels, tmp_path: Path, model_type: str, message: str) -> None:
+    copy = Path(shutil.copytree(tiny_models.dir("tiny-llava"), tmp_path / "edited"))
+    config = json.loads((copy / "config.json").read_text())
+    config["model_type"] = model_type
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match=message):
+        load_adapter(copy)
+
+
+def test_corrupt_image_names_the_example() -> None:
+    example = Example(uid="person-07-q3", entity="person-07", question="Who is this?", answer="Ann",
+                      image=b"\x00not an image\xff", source="forget.parquet")
+    with pytest.raises(DataError, match="person-07-q3") as info:
+        example.pil_image()
+    assert "forget.parquet" in str(info.value)
+
+
+def test_missing_image_names_the_example() -> None:
+    example = Example(uid="text-only-1", entity="e", question="q", answer="a")
+    with pytest.raises(DataError, match="text-only-1"):
+        example.pil_image()
