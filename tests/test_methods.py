@@ -19,7 +19,7 @@ from unsee.engine.trainer import TrainConfig, train
 from unsee.methods import method_class
 from unsee.methods.base import nll
 from unsee.methods.baselines import SFT
-from unsee.methods.cvf import CVFConfig, CVFNCU, CVFOnly, info_nce
+from unsee.methods.cvf import CVFNCU, CVFConfig, CVFOnly, info_nce
 from unsee.methods.mmunlearner import MMUnlearner, MMUnlearnerConfig, ratio_masks
 from unsee.models import HFAdapter, Turn, load_adapter
 from unsee.models.tiny import init_model
@@ -93,9 +93,10 @@ def test_baseline_raises_forget_nll(name: str, trained_dir: Path, suite: Suite,
     f1, r1 = eval_nll(adapter, forget), eval_nll(adapter, retain)
     assert f1 > f0, f"{name}: forget NLL {f0:.3f} -> {f1:.3f}"
     if name == "graddiff":
-        # Three steps of ascent move the shared weights; the retain descent only anchors them. Allow the retain
-        # NLL to drift by half its start (the forget NLL is meant to move by much more), never to blow up.
-        assert abs(r1 - r0) <= 0.5 * r0, f"retain NLL {r0:.3f} -> {r1:.3f}"
+        # Three steps of ascent move the shared weights; the retain descent only anchors them. On this model GA
+        # alone takes the retain NLL from ~9.8 to ~18 (+80%) while GradDiff moves it by ~2%: a 25% band is loose
+        # enough for numeric noise and still catches a retain term that does nothing.
+        assert abs(r1 - r0) <= 0.25 * r0, f"retain NLL {r0:.3f} -> {r1:.3f}"
         assert f1 - f0 > r1 - r0
 
 
@@ -183,3 +184,4 @@ def test_ncu_projection_preserves_retained_outputs(trained_dir: Path, suite: Sui
     projected = relative_change(CVFNCU(CVFConfig(energy=0.05, ncu_images=n_images)))
     free = relative_change(CVFOnly(CVFConfig(ncu_images=n_images)))
     assert projected < free, (projected, free)
+    assert projected < 0.25 * free, (projected, free)  # ~0.004 vs ~0.2 here

@@ -27,8 +27,11 @@ SHIPPED = Path(__file__).parent / "configs"
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
     """A dataclass field with help text; mutable defaults are copied per instance."""
-    if isinstance(default, list | dict | tuple) and not isinstance(default, tuple):
+    if isinstance(default, list | dict):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    if dataclasses.is_dataclass(default) and not isinstance(default, type):
+        return dataclasses.field(default_factory=lambda d=default: dataclasses.replace(d), metadata={"help": help},
+                                 **kw)
     return dataclasses.field(default=default, metadata={"help": help}, **kw)
 
 
@@ -61,10 +64,23 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, value = item.split("=", 1)
         try:
-            out[key.strip()] = yaml.safe_load(value) if value != "" else ""
+            out[key.strip()] = _scalar(value)
         except yaml.YAMLError as e:
             raise ConfigError(f"cannot parse the value of override {item!r}: {e}") from e
     return out
+
+
+def _scalar(value: str) -> Any:
+    """A YAML scalar, plus the float forms YAML 1.1 leaves as strings (``1e-5``)."""
+    if value == "":
+        return ""
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, str):
+        try:
+            return float(parsed)
+        except ValueError:
+            return parsed
+    return parsed
 
 
 def _coerce(name: str, value: Any, tp: Any) -> Any:
@@ -90,7 +106,7 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
         return value
     if origin in (list, tuple, Sequence):
         if isinstance(value, str):
-            value = [yaml.safe_load(v) for v in value.split(",") if v]
+            value = [_scalar(v) for v in value.split(",") if v]
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{name}: expected a list, got {value!r}")
         inner = args[0] if args else Any

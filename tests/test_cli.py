@@ -1,0 +1,74 @@
+"""The command line: a thin layer whose user mistakes end in one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from unsee import __version__
+from unsee.cli import main
+from unsee.models import load_adapter
+
+if TYPE_CHECKING:
+    from conftest import TinyModels
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"unsee {__version__}"
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "usage: unsee" in out
+    for command in ("world", "model", "finetune", "unlearn", "eval", "report", "demo", "attack"):
+        assert command in out
+
+
+def test_missing_required_option_is_a_usage_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["model", "init", "--out", str(tmp_path / "m")])
+    assert info.value.code == 2
+    assert "--arch" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_model_init_unknown_arch(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    assert main(["model", "init", "--arch", "nope", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("unsee: error: ")
+    assert "'nope'" in lines[0] and "tiny-llava" in lines[0]
+    assert "Traceback" not in captured.err
+    assert captured.out == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_init_writes_a_loadable_model(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_models: TinyModels
+) -> None:
+    out = tmp_path / "m"
+    assert main(["model", "init", "--arch", "tiny-llava", "--out", str(out), "--seed", "0"]) == 0
+    assert f"tiny-llava written to {out}" in capsys.readouterr().out
+    assert (out / "model.safetensors").is_file()
+    # the CLI writes exactly what the Python API writes for the same seed
+    expected = tiny_models.dir("tiny-llava")
+    assert (out / "model.safetensors").read_bytes() == (expected / "model.safetensors").read_bytes()
+    assert load_adapter(out).arch == "llava"
+
+
+def test_model_init_refuses_existing_results(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    assert main(["model", "init", "--arch", "tiny-llava", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert [p.name for p in out.iterdir()] == ["results.json"]
