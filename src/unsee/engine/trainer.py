@@ -187,7 +187,8 @@ def train(
     missing = [s for s in method.streams if not turns.get(s)]
     if missing:
         raise UnseeError(f"method {method.name!r} needs data for {missing}, and the benchmark has none")
-    streams = make_streams({k: v for k, v in turns.items() if k in method.streams}, cfg, rank, world)
+    wanted = (*method.streams, *getattr(method, "optional_streams", ()))
+    streams = make_streams({k: v for k, v in turns.items() if k in wanted}, cfg, rank, world)
     adapter.model.to(accelerator.device)
 
     if reference is None and method.reference != "none":

@@ -49,6 +49,7 @@ def info_nce(anchor: torch.Tensor, positives: torch.Tensor, negatives: torch.Ten
 class CVFNCU(BaseMethod):
     name = "cvf_ncu"
     streams = ("forget", "retain", "neutral")
+    optional_streams = ("general",)
     reference = "visual"
     default_scope = "visual"
     Config = CVFConfig
@@ -56,7 +57,8 @@ class CVFNCU(BaseMethod):
     def setup(self, ctx: Context) -> None:
         if self.cfg.ncu:
             retain = [t.image for t in ctx.streams["retain"].turns if t.image is not None]
-            general = [t.image for t in ctx.streams.get("general", ctx.streams["retain"]).turns if t.image is not None]
+            general = [t.image for t in ctx.streams["general"].turns if t.image is not None] \
+                if "general" in ctx.streams else []
             images = (retain + general)[: self.cfg.ncu_images]
             covs = input_covariances(ctx.adapter, images, ctx=ctx)
             if self.cfg.forgotten_images:
