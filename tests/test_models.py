@@ -225,12 +225,14 @@ def test_batched_generation_equals_one_at_a_time(
         Turn(make_image(6), "What is the occupation of this person? What is their hobby?"),
     ]
     assert len({len(adapter.tokenizer.tokenize(t.prompt)) for t in turns}) == len(turns)
+    adapter.model.train()
     batched = adapter.generate(turns, max_new_tokens=6)
+    assert adapter.model.training, "generate must restore the training mode it found"
+    adapter.model.eval()
     in_twos = adapter.generate(turns, max_new_tokens=6, batch_size=2)
     alone = [adapter.generate([t], max_new_tokens=6)[0] for t in turns]
     assert batched == alone
     assert in_twos == alone
-    assert not adapter.model.training
 
     # the same at the token level: random weights decode to many U+FFFD, which could hide a difference
     def new_tokens(group: list[Turn]) -> list[list[int]]:
