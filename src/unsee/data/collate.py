@@ -14,13 +14,14 @@ from PIL import Image
 from unsee.data.schema import Example
 from unsee.models.base import Turn
 
-_IMAGES: dict[tuple[str, int], Image.Image] = {}
+_IMAGES: dict[tuple[int, int], Image.Image] = {}
 
 
 def image_of(ex: Example) -> Image.Image | None:
+    """The decoded image, one object per distinct file: the nine questions on one photo share it."""
     if ex.image is None:
         return None
-    key = (ex.uid, hash(ex.image))
+    key = (hash(ex.image), len(ex.image))
     if key not in _IMAGES:
         if len(_IMAGES) > 20000:
             _IMAGES.clear()

@@ -39,7 +39,12 @@ class TrainConfig:
     grad_clip: float = opt(1.0, "clip the gradient norm (0: off)")
     warmup_ratio: float = opt(0.0, "linear warm-up fraction of the steps")
     schedule: Literal["constant", "cosine", "linear"] = opt("constant", "learning-rate schedule after warm-up")
-    bf16: bool = opt(False, "bf16 mixed precision (autocast)")
+    bf16: bool = opt(False, "bf16 mixed precision (autocast); on by itself for a model loaded in bf16/fp16")
+    master_weights: Literal["fp32", "model"] = opt(
+        "fp32", "dtype of the trained weights during the run: fp32 masters (a bf16 model's trained part is "
+        "upcast, then cast back when saved) or the model's own dtype (less memory, coarser updates)")
+    reference_device: Literal["same", "cpu"] = opt(
+        "same", "where the frozen reference lives: beside the model, or offloaded to the CPU to save GPU memory")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass to save memory")
     lora_r: int = opt(16, "LoRA rank (scope lora)")
     lora_alpha: int = opt(16, "LoRA alpha (scope lora)")
@@ -64,6 +69,7 @@ class Method(Protocol):
     reference: Literal["none", "full", "visual"]
 
     def setup(self, ctx: Context) -> None: ...
+    def step_multiplier(self, ctx: Context) -> int: ...
     def loss(self, ctx: Context, batch: dict[str, list]) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
@@ -80,10 +86,19 @@ class Context:
     accelerator: Any = None
     step: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    autocast: bool = False  # bf16 autocast around the loss: asked for, or the model is low-precision
 
     @property
     def world(self) -> int:
         return self.accelerator.num_processes if self.accelerator is not None else 1
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index if self.accelerator is not None else 0
+
+    def shard(self, items: list) -> list:
+        """This process's share of a list that every process holds whole (covariance images)."""
+        return items[self.rank :: self.world]
 
     def all_reduce_(self, t: torch.Tensor) -> torch.Tensor:
         """Sum a tensor over processes in place (covariances, Fisher diagonals)."""
@@ -99,9 +114,10 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def frozen_copy(adapter: HFAdapter, visual_only: bool) -> HFAdapter:
+def frozen_copy(adapter: HFAdapter, visual_only: bool, device: torch.device | str | None = None) -> HFAdapter:
     """A frozen reference. With ``visual_only`` its language model is never copied,
-    which keeps the reference of a 7B model to the size of its vision tower."""
+    which keeps the reference of a 7B model to the size of its vision tower. On another
+    ``device`` it hands its outputs back on the model's device."""
     held = {}
     if visual_only:
         for owner, attr in adapter.language_slots():
@@ -113,19 +129,41 @@ def frozen_copy(adapter: HFAdapter, visual_only: bool) -> HFAdapter:
         for (owner, attr), mod in held.items():
             setattr(owner, attr, mod)
     model.eval().requires_grad_(False)
-    return type(adapter)(model, adapter.processor, source=adapter.source)
+    ref = type(adapter)(model, adapter.processor, source=adapter.source)
+    if device is not None and torch.device(device) != adapter.device:
+        model.to(device)
+        ref.output_device = adapter.device
+    return ref
+
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def _upcast(params: list[nn.Parameter]) -> dict[nn.Parameter, torch.dtype]:
+    """fp32 master copies of low-precision trained weights, in place; returns what to cast back.
+
+    Adam's moments and small updates are lost in bf16; the frozen bulk of a 7B model stays
+    in bf16, so only the trained part pays for fp32.
+    """
+    held = {}
+    for p in params:
+        if p.dtype in LOW_PRECISION:
+            held[p] = p.dtype
+            p.data = p.data.float()
+    return held
 
 
 def _apply_lora(adapter: HFAdapter, cfg: TrainConfig) -> None:
-    """peft LoRA on every linear layer of the language model and projector (METHODS.md)."""
+    """peft LoRA on every linear layer of the language model and projector (METHODS.md).
+
+    Targets are full module names: a suffix such as ``0`` (a Sequential merger's first
+    linear) would also match the decoder layer ``layers.0``.
+    """
     from peft import LoraConfig, get_peft_model
 
-    names = sorted({
-        n.rsplit(".", 1)[-1] for n, _ in adapter.linear_modules("language") + adapter.linear_modules("projector")
-        if "lm_head" not in n
-    })
-    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=names, exclude_modules=r".*vision.*|.*visual\.(?!merger).*")
+    names = [n for n, m in adapter.linear_modules("language") + adapter.linear_modules("projector")
+             if isinstance(m, nn.Linear) and "lm_head" not in n]
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=names)
     adapter.model = get_peft_model(adapter.model, lcfg)
 
 
@@ -146,6 +184,18 @@ def _lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
     return f
 
 
+def unique_images(turns: list) -> list:
+    """One turn per distinct image: methods that read only images (CVF, VKD) would otherwise
+    revisit a photo once for every question asked about it."""
+    seen: set[int] = set()
+    out = []
+    for t in turns:
+        if t.image is not None and id(t.image) not in seen:
+            seen.add(id(t.image))
+            out.append(t)
+    return out
+
+
 def make_streams(turns: dict[str, list], cfg: TrainConfig, rank: int = 0, world: int = 1) -> dict[str, Stream]:
     return {
         name: Stream(items, cfg.batch_size, seed=cfg.seed * 1000 + i, rank=rank, world=world)
@@ -162,6 +212,39 @@ class TrainResult:
     info: dict[str, Any]
     trainable_params: int
     optimizer_state_bytes: int
+
+
+def _step(method: Method, ctx: Context, optimizer: torch.optim.Optimizer,
+          params: list[nn.Parameter]) -> tuple[float, dict[str, float]]:
+    """One update: loss, NaN guard, backward, cross-process mean, masks, clip, step, projection."""
+    accelerator, cfg, step = ctx.accelerator, ctx.cfg, ctx.step
+    batch = {name: next(s) for name, s in ctx.streams.items()}
+    with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=ctx.autocast):
+        loss, parts = method.loss(ctx, batch)
+    value = float(accelerator.reduce(loss.detach().float(), "mean"))
+    if not math.isfinite(value):
+        raise TrainingError(
+            f"{method.name}: the loss became {value} at step {step}; stopped before applying it, "
+            "so the model holds its last good state. Lower lr or check the data."
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if ctx.world > 1:
+        for p in params:
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad.div_(ctx.world)
+    ctx.constraints.mask_gradients()
+    if cfg.grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        if not torch.isfinite(norm):
+            raise TrainingError(f"{method.name}: non-finite gradient at step {step}; the model is unchanged")
+    if ctx.constraints:
+        ctx.constraints.snapshot()
+    optimizer.step()
+    if ctx.constraints:
+        ctx.constraints.project_updates()
+    return value, {k: float(v) for k, v in parts.items()}
 
 
 def train(
@@ -181,25 +264,31 @@ def train(
     from accelerate import Accelerator
 
     seed_everything(cfg.seed)
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(),
-                                             mixed_precision="bf16" if cfg.bf16 else "no")
+    # Autocast is ours, not the Accelerator's: accelerate keeps one process-wide state, and a
+    # bf16 run would otherwise leave every later run in the process under bf16.
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     rank, world = accelerator.process_index, accelerator.num_processes
     missing = [s for s in method.streams if not turns.get(s)]
     if missing:
         raise UnseeError(f"method {method.name!r} needs data for {missing}, and the benchmark has none")
     wanted = (*method.streams, *getattr(method, "optional_streams", ()))
+    if getattr(method, "images_only", False):
+        turns = {k: unique_images(v) for k, v in turns.items()}
     streams = make_streams({k: v for k, v in turns.items() if k in wanted}, cfg, rank, world)
     adapter.model.to(accelerator.device)
 
     if reference is None and method.reference != "none":
-        reference = frozen_copy(adapter, visual_only=method.reference == "visual")
+        reference = frozen_copy(adapter, visual_only=method.reference == "visual",
+                                device="cpu" if cfg.reference_device == "cpu" else None)
     if cfg.scope == "lora":
         _apply_lora(adapter, cfg)
     params = adapter.set_scope(cfg.scope)
     if cfg.gradient_checkpointing:
         adapter.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         adapter.model.config.use_cache = False
-    ctx = Context(adapter, suite, cfg, streams, reference=reference, accelerator=accelerator)
+    low = next(adapter.model.parameters()).dtype in LOW_PRECISION
+    ctx = Context(adapter, suite, cfg, streams, reference=reference, accelerator=accelerator,
+                  autocast=cfg.bf16 or low)
     method.setup(ctx)
     params = [p for p in params if p.requires_grad and p not in ctx.constraints.frozen]
     if not params:
@@ -212,6 +301,7 @@ def train(
         {"params": [p for p in params if id(p) not in visual], "lr": cfg.lr},
         {"params": [p for p in params if id(p) in visual], "lr": cfg.lr * cfg.visual_lr_scale},
     ]
+    masters = _upcast(params) if cfg.master_weights == "fp32" else {}
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
     adapter.model.train()
@@ -220,45 +310,24 @@ def train(
     logs: list[dict[str, float]] = []
     bar = tqdm(range(total), desc=desc or method.name, disable=not cfg.progress or not accelerator.is_main_process,
                leave=False)
-    for step in bar:
-        ctx.step = step
-        batch = {name: next(s) for name, s in streams.items()}
-        with accelerator.autocast():
-            loss, parts = method.loss(ctx, batch)
-        value = float(accelerator.reduce(loss.detach().float(), "mean"))
-        if not math.isfinite(value):
-            raise TrainingError(
-                f"{method.name}: the loss became {value} at step {step}; stopped before applying it, "
-                "so the model holds its last good state. Lower lr or check the data."
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if world > 1:
-            for p in params:
-                if p.grad is not None:
-                    torch.distributed.all_reduce(p.grad)
-                    p.grad.div_(world)
-        ctx.constraints.mask_gradients()
-        if cfg.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            if not torch.isfinite(norm):
-                raise TrainingError(f"{method.name}: non-finite gradient at step {step}; the model is unchanged")
-        if ctx.constraints:
-            ctx.constraints.snapshot()
-        optimizer.step()
-        scheduler.step()
-        if ctx.constraints:
-            ctx.constraints.project_updates()
-        losses.append(value)
-        logs.append({k: float(v) for k, v in parts.items()})
-        if step % max(1, cfg.log_every) == 0 or step == total - 1:
-            bar.set_postfix({k: f"{v:.3f}" for k, v in {"loss": value, **parts}.items()})
-        if on_eval is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
-            ctx.info.setdefault("evals", []).append({"step": step + 1, **on_eval(step + 1)})
-    bar.close()
-    adapter.model.eval()
-    if cfg.gradient_checkpointing:
-        adapter.model.gradient_checkpointing_disable()
+    try:
+        for step in bar:
+            ctx.step = step
+            value, parts = _step(method, ctx, optimizer, params)
+            scheduler.step()
+            losses.append(value)
+            logs.append(parts)
+            if step % max(1, cfg.log_every) == 0 or step == total - 1:
+                bar.set_postfix({k: f"{v:.3f}" for k, v in {"loss": value, **parts}.items()})
+            if on_eval is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+                ctx.info.setdefault("evals", []).append({"step": step + 1, **on_eval(step + 1)})
+    finally:  # also after a stopped run: the model goes back in its own dtype and mode
+        bar.close()
+        for p, dtype in masters.items():
+            p.data = p.data.to(dtype)
+        adapter.model.eval()
+        if cfg.gradient_checkpointing:
+            adapter.model.gradient_checkpointing_disable()
     state_bytes = sum(
         t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -23,6 +23,7 @@ class BaseMethod:
     streams: ClassVar[tuple[str, ...]] = ("forget",)
     reference: ClassVar[Literal["none", "full", "visual"]] = "none"
     default_scope: ClassVar[str] = "full"
+    images_only: ClassVar[bool] = False
     Config: ClassVar[type] = MethodConfig
 
     def __init__(self, cfg: Any = None) -> None:
@@ -46,6 +47,35 @@ def seq_nll(adapter: HFAdapter, turns: Sequence[Turn]) -> torch.Tensor:
 def nll(adapter: HFAdapter, turns: Sequence[Turn]) -> torch.Tensor:
     """``NLL(x, y)`` of METHODS.md: summed per sequence, averaged over the batch."""
     return seq_nll(adapter, turns).mean()
+
+
+def squared_gradients(
+    loss_of: Callable[[Any], tuple[torch.Tensor, int]],
+    params: Sequence[torch.nn.Parameter],
+    batches: Sequence[Any],
+    ctx: Context | None = None,
+) -> list[torch.Tensor]:
+    """Diagonal Fisher: the mean over batches of the squared gradient of each batch's mean loss.
+
+    ``loss_of(batch)`` gives the batch's mean loss and its item count. With several
+    processes each holds a slice of every batch; the slices' gradients are summed,
+    weighted by size, before squaring, so every process gets exactly the single-process
+    Fisher of the whole batches (and the same saliency masks).
+    """
+    acc = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    distributed = ctx is not None and ctx.world > 1
+    for batch in batches:
+        loss, n = loss_of(batch)
+        grads = torch.autograd.grad(loss * n, list(params), allow_unused=True)
+        count = torch.tensor(float(n), device=params[0].device)
+        if distributed:
+            ctx.all_reduce_(count)  # type: ignore[union-attr]
+        for a, p, g in zip(acc, params, grads, strict=True):
+            g = torch.zeros_like(p, dtype=torch.float32) if g is None else g.float()
+            if distributed:
+                ctx.all_reduce_(g)  # type: ignore[union-attr]
+            a += (g / count) ** 2
+    return [a / max(1, len(batches)) for a in acc]
 
 
 def images_of(turns: Sequence[Turn]) -> list:

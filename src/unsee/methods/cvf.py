@@ -50,6 +50,7 @@ class CVFNCU(BaseMethod):
     name = "cvf_ncu"
     streams = ("forget", "retain", "neutral")
     optional_streams = ("general",)
+    images_only = True  # streams hold each distinct image once
     reference = "visual"
     default_scope = "visual"
     Config = CVFConfig
@@ -60,9 +61,10 @@ class CVFNCU(BaseMethod):
             general = [t.image for t in ctx.streams["general"].turns if t.image is not None] \
                 if "general" in ctx.streams else []
             images = (retain + general)[: self.cfg.ncu_images]
-            covs = input_covariances(ctx.adapter, images, ctx=ctx)
+            covs = input_covariances(ctx.adapter, ctx.shard(images), ctx=ctx)
             if self.cfg.forgotten_images:
-                covs = add_covariances(covs, input_covariances(ctx.adapter, self.cfg.forgotten_images, ctx=ctx))
+                done = ctx.shard(self.cfg.forgotten_images)
+                covs = add_covariances(covs, input_covariances(ctx.adapter, done, ctx=ctx))
             ranks = install_projections(ctx, covs, self.cfg.energy)
             ctx.info["null_space_rank"] = ranks
 
@@ -113,6 +115,7 @@ class NCUOnly(CVFNCU):
     name = "ncu_only"
     streams = ("forget", "retain")
     reference = "none"
+    images_only = False
 
     def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
         f = nll(ctx.adapter, batch["forget"])

@@ -17,7 +17,7 @@ from torch import nn
 from unsee.config import opt
 from unsee.engine.constraints import masked_fraction
 from unsee.engine.trainer import Context
-from unsee.methods.base import BaseMethod, nll
+from unsee.methods.base import BaseMethod, nll, squared_gradients
 from unsee.models.base import HFAdapter, Turn
 
 
@@ -30,20 +30,9 @@ class MMUnlearnerConfig:
 
 def fisher(adapter: HFAdapter, params: list[nn.Parameter], batches: list[list[Turn]], ascent: bool,
            ctx: Context | None = None) -> list[torch.Tensor]:
-    """Diagonal Fisher: mean squared gradient over batches (summed across processes)."""
-    acc = [torch.zeros_like(p, dtype=torch.float32) for p in params]
-    for turns in batches:
-        loss = nll(adapter, turns)
-        grads = torch.autograd.grad(-loss if ascent else loss, params, allow_unused=True)
-        for a, g in zip(acc, grads, strict=True):
-            if g is not None:
-                a += g.float() ** 2
-    n = torch.tensor(float(len(batches)))
-    if ctx is not None:
-        for a in acc:
-            ctx.all_reduce_(a)
-        ctx.all_reduce_(n)
-    return [a / n for a in acc]
+    """Diagonal Fisher of the (ascent or descent) answer NLL over ``batches``."""
+    sign = -1.0 if ascent else 1.0
+    return squared_gradients(lambda turns: (sign * nll(adapter, turns), len(turns)), params, batches, ctx)
 
 
 def ratio_masks(adapter: HFAdapter, forget: list[list[Turn]], preserve_v: list[list[Turn]],
@@ -56,10 +45,11 @@ def ratio_masks(adapter: HFAdapter, forget: list[list[Turn]], preserve_v: list[l
         params = [m.weight for g in names for _, m in adapter.linear_modules(g) if m.weight.requires_grad]
         if not params:
             continue
-        ff = fisher(adapter, params, forget, ascent=True, ctx=ctx)
+        # bf16 is ample for a ratio test, and halves what a 7B model holds while F_p accumulates
+        ff = [f.to(torch.bfloat16) for f in fisher(adapter, params, forget, ascent=True, ctx=ctx)]
         fp = fisher(adapter, params, preserve, ascent=False, ctx=ctx)
         for p, a, b in zip(params, ff, fp, strict=True):
-            masks[p] = (a + 1e-15) / (b + 1e-15) >= threshold
+            masks[p] = (a.float() + 1e-15) / (b + 1e-15) >= threshold
     return masks
 
 

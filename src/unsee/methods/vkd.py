@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from unsee.config import opt
 from unsee.engine.trainer import Context
-from unsee.methods.base import BaseMethod, images_of, token_features
+from unsee.methods.base import BaseMethod, images_of, squared_gradients, token_features
 from unsee.models.base import Turn
 
 
@@ -31,6 +31,7 @@ class VKDConfig:
 class VKD(BaseMethod):
     name = "vkd"
     streams = ("forget", "retain", "neutral")
+    images_only = True  # streams hold each distinct image once
     reference = "visual"
     default_scope = "visual"
     Config = VKDConfig
@@ -44,16 +45,13 @@ class VKD(BaseMethod):
         params = [m.weight for g in ("vision", "projector") for _, m in ctx.adapter.linear_modules(g)
                   if m.weight.requires_grad]
 
+        def energy(turns: list[Turn]) -> tuple[torch.Tensor, int]:
+            feats = token_features(ctx.adapter, images_of(turns))
+            return torch.stack([f.float().pow(2).mean() for f in feats]).mean(), len(feats)
+
         def sensitivity(stream: str) -> list[torch.Tensor]:
-            acc = [torch.zeros_like(p, dtype=torch.float32) for p in params]
-            for _ in range(self.cfg.fisher_batches):
-                feats = token_features(ctx.adapter, images_of(next(ctx.streams[stream])))
-                energy = torch.stack([f.float().pow(2).mean() for f in feats]).mean()
-                for a, g in zip(acc, torch.autograd.grad(energy, params), strict=True):
-                    a += g.float() ** 2
-            for a in acc:
-                ctx.all_reduce_(a)
-            return acc
+            batches = [next(ctx.streams[stream]) for _ in range(self.cfg.fisher_batches)]
+            return squared_gradients(energy, params, batches, ctx)
 
         ff, fr = sensitivity("forget"), sensitivity("retain")
         masks = {p: (a + 1e-15) / (b + 1e-15) >= self.cfg.threshold for p, a, b in zip(params, ff, fr, strict=True)}

@@ -76,6 +76,8 @@ class HFAdapter:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.source = source
+        # Where results go when the model lives elsewhere (a reference offloaded to the CPU).
+        self.output_device: torch.device | None = None
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.end_of_answer = self._end_of_answer_token()
@@ -216,6 +218,9 @@ class HFAdapter:
     def to_device(self, batch: BatchFeature) -> BatchFeature:
         return batch.to(self.device)
 
+    def _out(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.output_device is None else t.to(self.output_device)
+
     def forward(self, batch: BatchFeature, **kw: Any) -> Any:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         return self.model(**inputs, **kw)
@@ -227,13 +232,13 @@ class HFAdapter:
         labels = batch["labels"][:, 1:]
         mask = labels != IGNORE
         logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        return (logp * mask).sum(-1)
+        return self._out((logp * mask).sum(-1))
 
     def answer_logits(self, batch: BatchFeature) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits at the positions that predict answer tokens, and the mask of those positions."""
         batch = self.to_device(batch)
         logits = self.forward(batch).logits[:, :-1].float()
-        return logits, batch["labels"][:, 1:] != IGNORE
+        return self._out(logits), self._out(batch["labels"][:, 1:] != IGNORE)
 
     @torch.no_grad()
     def generate(self, turns: Sequence[Turn], *, max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
@@ -270,7 +275,7 @@ class HFAdapter:
         kw = {k: v for k, v in inputs.items() if k in ("image_grid_thw", "image_sizes")}
         feats = self._core().get_image_features(pixel_values=inputs["pixel_values"], **kw)
         pooled = feats.pooler_output if hasattr(feats, "pooler_output") else feats
-        return list(pooled)
+        return [self._out(f) for f in pooled]
 
     def image_token_hidden(self, batch: BatchFeature, layer: int) -> list[torch.Tensor]:
         """The language model's hidden states at the image-token positions at ``layer``."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import torch
@@ -107,14 +108,64 @@ def train_tokenizer(corpus: Iterable[str], specials: list[str], vocab_size: int 
     return tok
 
 
-def _llava_parts(tok: Tokenizer, vocab: int, seed: int):  # noqa: ANN202
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-    hf_tok = PreTrainedTokenizerFast(
+def llava_tokenizer(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
         extra_special_tokens={"image_token": "<image>"}, model_max_length=1024,
     )
+
+
+def llava_processor(hf_tok: PreTrainedTokenizerFast, image_size: int, patch: int) -> Any:
+    """A LLaVA-1.5 processor: CLIP resize and centre crop to ``image_size``, one token per patch."""
+    from transformers import LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+    )
+    return LlavaProcessor(
+        image_processor=image_processor, tokenizer=hf_tok, patch_size=patch,
+        vision_feature_select_strategy="default", chat_template=LLAVA_TEMPLATE, num_additional_image_tokens=1,
+    )
+
+
+def qwen_tokenizer(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None,
+        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+        model_max_length=1024,
+    )
+
+
+def qwen_processor(hf_tok: PreTrainedTokenizerFast, image_size: int, patch: int, v25: bool) -> Any:
+    """A Qwen2(.5)-VL image processor pinned to ``image_size`` squared pixels, and its processor."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from unsee.models.qwen_vl import Qwen2_5_VLProcessor, Qwen2VLProcessor
+
+    pixels = image_size * image_size
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=patch, merge_size=2, temporal_patch_size=2, min_pixels=pixels, max_pixels=pixels,
+        size={"shortest_edge": pixels, "longest_edge": pixels},
+    )
+    cls = Qwen2_5_VLProcessor if v25 else Qwen2VLProcessor
+    return cls(image_processor=image_processor, tokenizer=hf_tok, chat_template=QWEN_TEMPLATE)
+
+
+def qwen_token_ids(hf_tok: PreTrainedTokenizerFast) -> dict[str, int]:
+    """The special-token ids a Qwen-VL config names, as this tokenizer numbers them."""
+    ids = {t: hf_tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    return dict(
+        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+
+
+def _llava_parts(tok: Tokenizer, vocab: int, seed: int):  # noqa: ANN202
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    hf_tok = llava_tokenizer(tok)
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(
             hidden_size=192, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
@@ -132,39 +183,22 @@ def _llava_parts(tok: Tokenizer, vocab: int, seed: int):  # noqa: ANN202
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=hf_tok, patch_size=PATCH,
-        vision_feature_select_strategy="default", chat_template=LLAVA_TEMPLATE, num_additional_image_tokens=1,
-    )
-    return model, processor
+    return model, llava_processor(hf_tok, IMAGE_SIZE, PATCH)
 
 
 def _qwen_parts(tok: Tokenizer, vocab: int, seed: int, v25: bool):  # noqa: ANN202
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    hf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None,
-        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
-        model_max_length=1024,
-    )
-    ids = {t: hf_tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    hf_tok = qwen_tokenizer(tok)
+    ids = qwen_token_ids(hf_tok)
+    special = ("bos_token_id", "eos_token_id", "pad_token_id")
     text = dict(
         vocab_size=vocab, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]},
-        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+        **{k: ids[k] for k in special},
     )
-    common = dict(
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-    )
+    common = {k: v for k, v in ids.items() if k not in special}
     if v25:
         from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-        from unsee.models.qwen_vl import Qwen2_5_VLProcessor
 
         vision = dict(
             depth=4, hidden_size=192, intermediate_size=384, num_heads=4, patch_size=PATCH,
@@ -172,27 +206,19 @@ def _qwen_parts(tok: Tokenizer, vocab: int, seed: int, v25: bool):  # noqa: ANN2
             fullatt_block_indexes=[1, 3],
         )
         config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
-        model_cls, proc_cls = Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+        model_cls = Qwen2_5_VLForConditionalGeneration
     else:
         from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-
-        from unsee.models.qwen_vl import Qwen2VLProcessor
 
         vision = dict(
             depth=4, embed_dim=192, hidden_size=256, mlp_ratio=2, num_heads=4, patch_size=PATCH,
             spatial_merge_size=2, temporal_patch_size=2,
         )
         config = Qwen2VLConfig(text_config=text, vision_config=vision, **common)
-        model_cls, proc_cls = Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+        model_cls = Qwen2VLForConditionalGeneration
     torch.manual_seed(seed)
     model = model_cls(config)
-    pixels = IMAGE_SIZE * IMAGE_SIZE
-    image_processor = Qwen2VLImageProcessorPil(
-        patch_size=PATCH, merge_size=2, temporal_patch_size=2, min_pixels=pixels, max_pixels=pixels,
-        size={"shortest_edge": pixels, "longest_edge": pixels},
-    )
-    processor = proc_cls(image_processor=image_processor, tokenizer=hf_tok, chat_template=QWEN_TEMPLATE)
-    return model, processor
+    return model, qwen_processor(hf_tok, IMAGE_SIZE, PATCH, v25)
 
 
 def build_tiny(arch: str, *, world: str | Path | None = None, seed: int = 0, vocab_size: int = 2048):

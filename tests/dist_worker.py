@@ -1,0 +1,65 @@
+"""What a multi-process run must reproduce: NCU covariances, Fisher diagonals and training losses.
+
+``compute`` runs in the test process (one process) and under
+``accelerate launch --config_file src/unsee/configs/accelerate/cpu.yaml tests/dist_worker.py MODEL WORLD OUT``
+(two gloo processes, each holding half of every batch); the test compares the two.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import save_file
+
+from unsee import api
+from unsee.engine.trainer import Context, TrainConfig, make_streams, train
+from unsee.methods.baselines import GradDiff
+from unsee.methods.mmunlearner import fisher
+from unsee.methods.ncu import input_covariances
+from unsee.models import load_adapter
+
+
+def compute(model_dir: Path, world_dir: Path, accelerator: Accelerator) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    adapter = load_adapter(model_dir)
+    suite = api.load_suite(world_dir, "forget_10")
+    turns = api.training_turns(suite)
+    cfg = TrainConfig(batch_size=4, seed=0, progress=False, lr=1e-3, max_steps=3)
+    streams = make_streams(turns, cfg, accelerator.process_index, accelerator.num_processes)
+    ctx = Context(adapter, suite, cfg, streams, accelerator=accelerator)
+    out: dict[str, torch.Tensor] = {}
+
+    images = [t.image for t in turns["retain"] if t.image is not None][:6]
+    covs = input_covariances(adapter, ctx.shard(images), ctx=ctx)
+    for name in sorted(covs)[:3]:
+        s, n = covs[name]
+        out[f"cov.{name}"] = s.float()
+        out[f"n.{name}"] = torch.tensor([n])
+
+    params = [m.weight for _, m in adapter.linear_modules("projector")]
+    batches = [next(streams["forget"]) for _ in range(2)]
+    for i, f in enumerate(fisher(adapter, params, batches, ascent=True, ctx=ctx)):
+        out[f"fisher.{i}"] = f
+
+    res = train(GradDiff(), adapter, suite, turns, cfg, accelerator=accelerator)
+    out["losses"] = torch.tensor(res.losses)
+    out["weights"] = torch.cat([p.detach().flatten()[:512] for p in params])
+    return out
+
+
+def main() -> None:
+    model_dir, world_dir, out = sys.argv[1:4]
+    torch.set_num_threads(1)
+    accelerator = Accelerator(cpu=True)
+    result = compute(Path(model_dir), Path(world_dir), accelerator)
+    result["world_size"] = torch.tensor([accelerator.num_processes])
+    if accelerator.is_main_process:
+        save_file({k: v.contiguous() for k, v in result.items()}, out)
+    accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""Scale: hub-shaped configs, bf16 with fp32 masters, LoRA targets, and a two-process gloo run.
+
+The hub shapes are built with tiny widths but the real structure; a full-size config is
+only parsed, never instantiated, so these tests stay on a laptop's budget.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from unsee import api
+from unsee.data.collate import qa_turns
+from unsee.data.schema import Suite
+from unsee.data.world import build_world
+from unsee.engine.trainer import TrainConfig, _apply_lora, frozen_copy, train, unique_images
+from unsee.methods import method_class
+from unsee.models import adapter_class, load_adapter
+from unsee.models.base import Turn
+from unsee.models.shapes import SHAPES, build_shaped, hub_config, init_shaped, shaped_config, shrink
+from unsee.models.tiny import init_model
+
+ROOT = Path(__file__).resolve().parents[1]
+WORLD_OVERRIDES = ["n_people=6", "n_known=2", "n_unknown=2", "n_neutral=4", "n_train_views=2", "n_test_views=1",
+                   "n_requests=2", "n_general_train=8", "n_general_eval=4", "n_pretrain=4"]
+
+# (text hidden, text layers, vision layers, vision width) of each hub checkpoint
+FULL = {
+    "llava-1.5-7b": (4096, 32, 24, 1024),
+    "llava-1.5-13b": (5120, 40, 24, 1024),
+    "qwen2-vl-7b": (3584, 28, 32, 1280),
+    "qwen2.5-vl-7b": (3584, 28, 32, 1280),
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_world(tmp_path_factory.mktemp("scale") / "w", config="quick", overrides=WORLD_OVERRIDES)
+
+
+@pytest.fixture(scope="module")
+def model_dir(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return init_model("tiny-llava", tmp_path_factory.mktemp("scale_model") / "m", world=world, seed=0)
+
+
+@pytest.fixture(scope="module")
+def suite(world: Path) -> Suite:
+    return api.load_suite(world, "forget_10")
+
+
+def keys(d: dict[str, Any], prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in d.items():
+        out.add(prefix + k)
+        if isinstance(v, dict):
+            out |= keys(v, f"{prefix}{k}.")
+    return out
+
+
+# ---- hub shapes ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_hub_config_parses_to_the_published_size(shape: str) -> None:
+    hidden, layers, v_layers, v_width = FULL[shape]
+    cfg = shaped_config(shape)
+    assert (cfg.text_config.hidden_size, cfg.text_config.num_hidden_layers) == (hidden, layers)
+    v = cfg.vision_config
+    assert getattr(v, "num_hidden_layers", getattr(v, "depth", None)) == v_layers
+    assert getattr(v, "embed_dim", v.hidden_size) == v_width
+    if cfg.model_type == "llava":
+        assert cfg.vision_feature_layer == -2 and cfg.text_config.vocab_size == 32064
+    else:
+        assert cfg.text_config.vocab_size == 152064
+        assert cfg.text_config.rope_parameters["mrope_section"] == [16, 24, 24]
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_shrink_keeps_every_key(shape: str) -> None:
+    full = hub_config(shape)
+    assert keys(shrink(full)) == keys(full)
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_adapter_finds_parts_and_image_tokens(shape: str, make_image: Any) -> None:
+    model, processor = build_shaped(shape, tiny=True)
+    adapter = adapter_class(model.config.model_type)(model, processor, source=shape)
+    groups = adapter.groups()
+    assert all(groups[g] for g in ("vision", "projector", "language"))
+    assert adapter.linear_modules("vision") and adapter.linear_modules("projector")
+    assert len(adapter.decoder_layers()) == model.config.text_config.num_hidden_layers
+    image = make_image(1, size=60)
+    batch = adapter.training_batch([Turn(image, "Who is this?", "Mara Vell"), Turn(None, "Where?", "Osk")])
+    n_tokens = int((batch["input_ids"][0] == adapter.image_token_id).sum())
+    feats = adapter.visual_features(adapter.image_inputs([image]))
+    assert n_tokens == feats[0].shape[0] > 0
+    assert int((batch["input_ids"][1] == adapter.image_token_id).sum()) == 0
+    hidden = adapter.image_token_hidden(batch, layer=-1)
+    assert hidden[0].shape[0] == n_tokens and hidden[1].shape[0] == 0
+    assert torch.isfinite(adapter.answer_logprobs(batch)).all()
+
+
+@pytest.mark.parametrize("shape", ["llava-1.5-7b", "qwen2.5-vl-7b"])
+def test_shaped_checkpoint_round_trip(shape: str, tmp_path: Path) -> None:
+    out = init_shaped(shape, tmp_path / "m", tiny=True)
+    assert list(out.glob("*.safetensors")) and not list(out.glob("*.bin"))
+    adapter = load_adapter(out)
+    assert adapter.model.config.model_type == hub_config(shape)["model_type"]
+    built, _ = build_shaped(shape, tiny=True)
+    assert torch.equal(next(adapter.model.parameters()), next(built.parameters()))
+
+
+# ---- memory: bf16, masters, offloaded reference, LoRA --------------------------------------------
+def test_bf16_model_trains_with_fp32_masters(model_dir: Path, suite: Suite) -> None:
+    adapter = load_adapter(model_dir, dtype=torch.bfloat16)
+    before = {n: p.detach().clone() for n, p in adapter.model.named_parameters()}
+    cfg = TrainConfig(lr=1e-3, max_steps=2, batch_size=2, progress=False)
+    res = train(method_class("graddiff")(), adapter, suite, api.training_turns(suite), cfg)
+    assert all(torch.isfinite(torch.tensor(v)) for v in res.losses)
+    after = dict(adapter.model.named_parameters())
+    assert all(p.dtype == torch.bfloat16 for p in after.values())
+    assert any(not torch.equal(before[n], p) for n, p in after.items())
+    # AdamW's two moments are fp32 (8 bytes per trained parameter; bf16 would give 4)
+    assert 7.5 * res.trainable_params < res.optimizer_state_bytes <= 8 * res.trainable_params + 4096
+
+
+def test_bf16_cvf_ncu_step_with_reference_on_cpu(model_dir: Path, suite: Suite) -> None:
+    adapter = load_adapter(model_dir, dtype=torch.bfloat16)
+    tcfg, mcfg, cls = api.method_configs("cvf_ncu", None, ["max_steps=2", "batch_size=2", "progress=false",
+                                                           "reference_device=cpu", "ncu_images=8"])
+    res = train(cls(mcfg), adapter, suite, api.training_turns(suite), tcfg)
+    assert len(res.losses) == 2 and all(torch.isfinite(torch.tensor(v)) for v in res.losses)
+    assert res.info["null_space_rank"]
+
+
+def test_reference_copy_skips_the_language_model(model_dir: Path) -> None:
+    adapter = load_adapter(model_dir)
+    ref = frozen_copy(adapter, visual_only=True, device="cpu")
+    n_ref = sum(p.numel() for p in ref.model.parameters())
+    n_visual = sum(p.numel() for g in ("vision", "projector") for _, p in adapter.groups()[g])
+    assert n_ref == n_visual
+    assert sum(p.numel() for _, p in adapter.groups()["language"]) > 0  # the original keeps its LM
+    assert not any(p.requires_grad for p in ref.model.parameters())
+
+
+def test_lora_targets_only_linear_layers_by_full_name() -> None:
+    """A Sequential merger names its linears ``0`` and ``2``; a suffix match would also hit ``layers.0``."""
+    model, processor = build_shaped("qwen2.5-vl-7b", tiny=True)
+    adapter = adapter_class("qwen2_5_vl")(model, processor)
+    _apply_lora(adapter, TrainConfig(scope="lora"))
+    params = adapter.set_scope("lora")
+    assert params
+    names = [n for n, p in adapter.model.named_parameters() if p.requires_grad]
+    assert all("lora_" in n for n in names)
+    assert any("merger" in n for n in names) and any("language_model" in n for n in names)
+    assert not any(".visual.blocks." in n for n in names)
+
+
+def test_image_only_streams_hold_each_image_once(suite: Suite) -> None:
+    turns = qa_turns(suite.groups["train_forget"])
+    images = {id(t.image) for t in turns if t.image is not None}
+    assert len(images) < len(turns)  # several questions are asked about each photo
+    unique = unique_images(turns)
+    assert len(unique) == len(images) == len({t.image.tobytes() for t in unique})
+
+
+# ---- several processes -----------------------------------------------------------------------------
+def test_two_process_gloo_run_matches_one_process(model_dir: Path, world: Path, tmp_path: Path) -> None:
+    """Covariances, Fisher diagonals, losses and weights of a 2-process run equal the 1-process ones."""
+    from accelerate import Accelerator
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from dist_worker import compute
+
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    assert launcher, "accelerate's launcher is not installed"
+    out = tmp_path / "dist.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"),
+                                                                                os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [launcher, "launch", "--config_file", str(ROOT / "src/unsee/configs/accelerate/cpu.yaml"),
+         str(Path(__file__).parent / "dist_worker.py"), str(model_dir), str(world), str(out)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = load_file(out)
+    assert int(two.pop("world_size")) == 2
+    one = compute(model_dir, world, Accelerator(cpu=True))
+    assert set(one) == set(two)
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=2e-4, atol=1e-6, msg=k)
+
+
+def test_gpu_benchmark_runs_on_cpu_sized_shapes(tmp_path: Path) -> None:
+    """The GPU benchmark's code path, CPU-sized: every field it reports is there and sane."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu
+
+    out = tmp_path / "gpu.json"
+    gpu.main(["--tiny", "--device", "cpu", "--shapes", "llava-1.5-7b", "--methods", "cvf_ncu", "eraser",
+              "--people", "20", "--steps", "2", "--warmup", "0", "--eraser-items", "8", "--gen-prompts", "2",
+              "--new-tokens", "2", "--out", str(out)])
+    result = json.loads(out.read_text())
+    shape = result["shapes"][0]
+    cvf, eraser = shape["rows"]
+    assert cvf["variant"] == "cvf_ncu" and cvf["step_s_median"] > 0 and cvf["step_tflop"] >= 0
+    assert 0 < cvf["trainable_params"] < shape["params"]
+    assert eraser["build_s"] > 0 and eraser["generation"]["plain_s"] > 0
+    assert shape["image_tokens"] == 16  # 56 px, patch 14
