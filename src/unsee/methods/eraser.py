@@ -36,6 +36,7 @@ from unsee import __version__
 from unsee.config import opt
 from unsee.data.schema import Example, Suite
 from unsee.errors import ConfigError, DataError, ModelError
+from unsee.eval.attacks import pgd_pixels as attack_pgd_pixels
 from unsee.eval.metrics import loglik_choice
 from unsee.eval.results import environment
 from unsee.io import atomic_write_bytes, check_output_dir
@@ -299,52 +300,9 @@ def collect_last_token(
     return {i: torch.cat(found[i]) for i in layers}
 
 
-def _channel_view(vec: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Broadcast a per-channel vector over ``pixel_values``.
-
-    LLaVA-style processors give ``[B, C, H, W]``; Qwen-VL gives flattened patches
-    ``[N, C*T*P*P]`` with the channel as the slowest-varying axis of each row.
-    """
-    c = vec.numel()
-    if pixel_values.dim() == 4 and pixel_values.shape[1] == c:
-        return vec.view(1, c, 1, 1)
-    if pixel_values.dim() == 2 and pixel_values.shape[1] % c == 0:
-        return vec.repeat_interleave(pixel_values.shape[1] // c).view(1, -1)
-    raise ConfigError(f"PGD does not know the channel layout of pixel_values with shape {tuple(pixel_values.shape)}")
-
-
 def pgd_pixels(adapter: HFAdapter, turns: Sequence[Turn], cfg: EraserConfig) -> torch.Tensor:
-    """PGD towards the correct answer, on ``pixel_values`` directly.
-
-    Re-running the image processor on a perturbed PIL image is not differentiable, so we
-    perturb the processor's *normalised* output instead. A step or radius of ``e`` in [0, 1]
-    pixel units is ``e / std_c`` there, and the valid range of channel ``c`` is
-    ``[(0 - mean_c) / std_c, (1 - mean_c) / std_c]``; both are applied per channel, which
-    is the same L-inf ball as perturbing the resized pixels in [0, 1]. Each step ascends
-    the log-likelihood of the turn's answer (sign of the gradient); no random start, so the
-    result is deterministic. (Qwen-VL repeats each frame ``temporal_patch_size`` times inside
-    a patch; the copies are perturbed independently, a slightly larger set than one image.)
-    """
-    if any(t.image is None or not t.answer for t in turns):
-        raise DataError("PGD needs an image and the correct answer on every forget prompt")
-    ip = adapter.processor.image_processor
-    if getattr(ip, "image_mean", None) is None or getattr(ip, "image_std", None) is None:
-        raise ConfigError("PGD needs the image processor's image_mean and image_std; set use_pgd=false")
-    batch = adapter.to_device(adapter.training_batch(turns))
-    clean = batch["pixel_values"].detach()
-    mean = _channel_view(torch.tensor(ip.image_mean, dtype=clean.dtype, device=clean.device), clean)
-    std = _channel_view(torch.tensor(ip.image_std, dtype=clean.dtype, device=clean.device), clean)
-    eps, step = cfg.pgd_eps / std, cfg.pgd_step / std
-    lo, hi = (0 - mean) / std, (1 - mean) / std
-    delta = torch.zeros_like(clean)
-    with _eval(adapter.model), torch.enable_grad():
-        for _ in range(cfg.pgd_steps):
-            pv = (clean + delta).requires_grad_(True)
-            batch["pixel_values"] = pv
-            (grad,) = torch.autograd.grad(adapter.answer_logprobs(batch).sum(), pv)
-            delta = torch.maximum(torch.minimum(delta + step * grad.sign(), eps), -eps)
-            delta = torch.maximum(torch.minimum(clean + delta, hi), lo) - clean
-    return (clean + delta).detach()
+    """PGD towards the correct answer, with the eraser's budget (:func:`unsee.eval.attacks.pgd_pixels`)."""
+    return attack_pgd_pixels(adapter, turns, cfg.pgd_eps, cfg.pgd_step, cfg.pgd_steps)
 
 
 # ---------------------------------------------------------------------------- the maps

@@ -1,0 +1,357 @@
+"""Robustness audits: does the forgotten stay forgotten?
+
+A method that only hides an answer has not unlearned. Each attack here works on a copy of
+the model or on its inputs, never on the audited weights, and returns a flat dict that goes
+into the run's ``attacks`` object in results.json:
+
+- ``relearn``: fine-tune on the forget QA of half the forget people, measure the other half;
+- ``pgd``: adversarial forget images that push towards the correct answer;
+- ``shift``: crops, colour jitter and occlusion of the forget images;
+- ``probe``: a linear probe on pooled visual features; can it still tell the people apart?
+
+Every MCQ figure here is log-likelihood accuracy over image questions, as in the evaluator.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageEnhance
+
+from unsee.config import opt
+from unsee.data.collate import image_of, qa_turns
+from unsee.data.schema import Example, Suite
+from unsee.errors import ConfigError, DataError
+from unsee.eval import metrics, prompts
+from unsee.eval.evaluator import mcq_loglik
+from unsee.models.base import HFAdapter, Turn
+
+ATTACKS = ("relearn", "pgd", "shift", "probe")
+
+
+@dataclass
+class AttackConfig:
+    """One protocol for every method: the same budgets, the same items, the same seed."""
+
+    relearn_steps: int = opt(30, "relearning: fine-tuning steps on the seen half")
+    relearn_lr: float = opt(1e-4, "relearning: learning rate (full scope, AdamW)")
+    relearn_batch: int = opt(8, "relearning: batch size")
+    pgd_eps: float = opt(8 / 255, "PGD: L-inf radius in [0, 1] pixel units")
+    pgd_step: float = opt(2 / 255, "PGD: step size in [0, 1] pixel units")
+    pgd_steps: int = opt(10, "PGD: iterations")
+    max_items: int = opt(48, "PGD and shifts: MCQ items per group (the first ones, so the set is fixed)")
+    shifts: list = opt(["crop", "jitter", "occlude"], "image shifts to apply to forget and retain images")
+    probe_retain_people: int = opt(30, "probe: retained people beside the forget people")
+    probe_steps: int = opt(300, "probe: full-batch optimisation steps of the logistic regression")
+    seed: int = opt(0, "seed of the half split, the shifts and the probe")
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.shifts) - set(SHIFTS))
+        if unknown:
+            raise ConfigError(f"unknown shift(s) {unknown}; choose from {sorted(SHIFTS)}")
+        if self.pgd_eps < 0 or self.pgd_step <= 0 or self.pgd_steps < 1:
+            raise ConfigError("PGD needs pgd_eps >= 0, pgd_step > 0 and pgd_steps >= 1")
+
+
+def image_mcq(suite: Suite, group: str, entities: set[str] | None = None) -> list[Example]:
+    return [e for e in suite.groups.get(group, []) if e.task == "mcq" and e.options and e.has_image
+            and (entities is None or e.entity in entities)]
+
+
+def _accuracy(adapter: HFAdapter, items: Sequence[Example]) -> float | None:
+    if not items:
+        return None
+    ok = mcq_loglik(adapter, items)
+    return sum(ok) / len(ok)
+
+
+def trainable_copy(adapter: HFAdapter) -> HFAdapter:
+    """A separate model to attack; the audited one is never touched."""
+    return type(adapter)(copy.deepcopy(adapter.model), adapter.processor, source=adapter.source)
+
+
+# ---------------------------------------------------------------------------- relearning
+def relearn(adapter: HFAdapter, suite: Suite, cfg: AttackConfig) -> dict[str, Any]:
+    """Fine-tune a copy on the seen half's forget QA; ``ag`` is the unseen half's gain, in points."""
+    from unsee.engine.trainer import TrainConfig, train
+    from unsee.methods.baselines import SFT
+
+    people = sorted(suite.forget_entities)
+    if len(people) < 2:
+        raise DataError("relearning needs at least two forget people: one half to relearn, one to measure")
+    random.Random(cfg.seed).shuffle(people)
+    seen, unseen = set(people[: len(people) // 2]), set(people[len(people) // 2 :])
+    train_items = [e for e in suite.group("train_forget") if e.entity in seen]
+    if not train_items:
+        raise DataError("the seen half of the forget people has no training QA to relearn from")
+    items = {"seen": image_mcq(suite, "forget", seen), "unseen": image_mcq(suite, "forget", unseen)}
+    out: dict[str, Any] = {f"{k}_before": _accuracy(adapter, v) for k, v in items.items()}
+    attacked = trainable_copy(adapter)
+    tcfg = TrainConfig(scope="full", lr=cfg.relearn_lr, max_steps=cfg.relearn_steps, batch_size=cfg.relearn_batch,
+                       seed=cfg.seed, progress=False)
+    train(SFT(), attacked, suite, {"train": qa_turns(train_items)}, tcfg, desc="relearn")
+    out.update({f"{k}_after": _accuracy(attacked, v) for k, v in items.items()})
+    del attacked
+    gain = None
+    if out["unseen_after"] is not None and out["unseen_before"] is not None:
+        gain = round(100 * (out["unseen_after"] - out["unseen_before"]), 2)
+    return {**out, "ag": gain, "n_seen": len(items["seen"]), "n_unseen": len(items["unseen"]),
+            "people_seen": len(seen), "people_unseen": len(unseen), "steps": cfg.relearn_steps, "lr": cfg.relearn_lr}
+
+
+# ---------------------------------------------------------------------------- PGD
+def _channel_view(vec: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Broadcast a per-channel vector over ``pixel_values``.
+
+    LLaVA-style processors give ``[B, C, H, W]``; Qwen-VL gives flattened patches
+    ``[N, C*T*P*P]`` with the channel as the slowest-varying axis of each row.
+    """
+    c = vec.numel()
+    if pixel_values.dim() == 4 and pixel_values.shape[1] == c:
+        return vec.view(1, c, 1, 1)
+    if pixel_values.dim() == 2 and pixel_values.shape[1] % c == 0:
+        return vec.repeat_interleave(pixel_values.shape[1] // c).view(1, -1)
+    raise ConfigError(f"PGD does not know the channel layout of pixel_values with shape {tuple(pixel_values.shape)}")
+
+
+def pixel_bounds(adapter: HFAdapter, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per-channel ``(mean, std)`` of the processor, broadcast over ``pixel_values``."""
+    ip = adapter.processor.image_processor
+    if getattr(ip, "image_mean", None) is None or getattr(ip, "image_std", None) is None:
+        raise ConfigError("PGD needs the image processor's image_mean and image_std")
+    kw = {"dtype": pixel_values.dtype, "device": pixel_values.device}
+    return (_channel_view(torch.tensor(ip.image_mean, **kw), pixel_values),
+            _channel_view(torch.tensor(ip.image_std, **kw), pixel_values))
+
+
+def pgd_pixels(adapter: HFAdapter, turns: Sequence[Turn], eps: float, step: float, steps: int) -> torch.Tensor:
+    """PGD towards each turn's answer, on the processor's ``pixel_values`` directly.
+
+    Re-running the image processor on a perturbed PIL image is not differentiable, so the
+    *normalised* output is perturbed instead: a radius ``e`` in [0, 1] pixel units is
+    ``e / std_c`` there, and channel ``c`` stays in ``[(0 - mean_c) / std_c, (1 - mean_c) / std_c]``,
+    the same L-inf ball as perturbing the resized pixels. Sign-gradient ascent on the
+    answer's log-likelihood, no random start: the result is deterministic. (Qwen-VL repeats
+    each frame ``temporal_patch_size`` times inside a patch; the copies move independently.)
+    """
+    if any(t.image is None or not t.answer for t in turns):
+        raise DataError("PGD needs an image and the correct answer on every prompt")
+    batch = adapter.to_device(adapter.training_batch(turns))
+    clean = batch["pixel_values"].detach()
+    mean, std = pixel_bounds(adapter, clean)
+    radius, stride = eps / std, step / std
+    lo, hi = (0 - mean) / std, (1 - mean) / std
+    delta = torch.zeros_like(clean)
+    with adapter.eval_mode(), torch.enable_grad():
+        for _ in range(steps):
+            pv = (clean + delta).requires_grad_(True)
+            batch["pixel_values"] = pv
+            (grad,) = torch.autograd.grad(adapter.answer_logprobs(batch).sum(), pv)
+            delta = torch.maximum(torch.minimum(delta + stride * grad.sign(), radius), -radius)
+            delta = torch.maximum(torch.minimum(clean + delta, hi), lo) - clean
+    return (clean + delta).detach()
+
+
+def split_pixels(batch: Any) -> list[torch.Tensor]:
+    """One ``pixel_values`` block per image: a row of ``[B, C, H, W]``, or Qwen's patches per grid."""
+    pv = batch["pixel_values"]
+    if "image_grid_thw" in batch:
+        sizes = batch["image_grid_thw"].prod(-1).tolist()
+        return list(torch.split(pv, sizes))
+    return [pv[i : i + 1] for i in range(pv.shape[0])]
+
+
+@torch.no_grad()
+def _scores_with_pixels(adapter: HFAdapter, ex: Example, pixels: torch.Tensor) -> list[float]:
+    img = image_of(ex)
+    batch = adapter.to_device(adapter.training_batch([Turn(img, prompts.qa_prompt(ex.question), o)
+                                                      for o in ex.options]))
+    batch["pixel_values"] = torch.cat([pixels] * len(ex.options)).to(batch["pixel_values"])
+    with adapter.eval_mode():
+        return adapter.answer_logprobs(batch).float().tolist()
+
+
+def pgd_accuracy(adapter: HFAdapter, items: Sequence[Example], cfg: AttackConfig, batch_size: int = 8) -> float:
+    """MCQ accuracy when each item's image is PGD-perturbed towards its correct option."""
+    correct = 0
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        turns = [Turn(image_of(e), prompts.qa_prompt(e.question), e.options[e.correct]) for e in chunk]
+        pixels = pgd_pixels(adapter, turns, cfg.pgd_eps, cfg.pgd_step, cfg.pgd_steps)
+        blocks = split_pixels({**adapter.training_batch(turns), "pixel_values": pixels})
+        for ex, block in zip(chunk, blocks, strict=True):
+            correct += int(metrics.loglik_choice(_scores_with_pixels(adapter, ex, block)) == ex.correct)
+    return correct / len(items)
+
+
+def pgd(adapter: HFAdapter, suite: Suite, cfg: AttackConfig) -> dict[str, Any]:
+    """Forget accuracy under PGD, with retain under the same budget as the control."""
+    out: dict[str, Any] = {"eps": cfg.pgd_eps, "step": cfg.pgd_step, "steps": cfg.pgd_steps}
+    for group in ("forget", "retain"):
+        items = image_mcq(suite, group)[: cfg.max_items]
+        if not items:
+            continue
+        out[f"{group}_clean"] = _accuracy(adapter, items)
+        out[f"{group}_attacked"] = pgd_accuracy(adapter, items, cfg)
+        out[f"n_{group}"] = len(items)
+    if "forget_attacked" not in out:
+        raise DataError(f"suite {suite.name!r} has no image MCQ on the forget people to attack")
+    return out
+
+
+# ---------------------------------------------------------------------------- shifts
+def _crop(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    w, h = img.size
+    cw, ch = int(w * 0.75), int(h * 0.75)
+    x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    return img.crop((x0, y0, x0 + cw, y0 + ch)).resize((w, h), Image.BILINEAR)
+
+
+def _jitter(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    out = ImageEnhance.Brightness(img).enhance(1 + rng.choice([-1, 1]) * 0.3)
+    out = ImageEnhance.Contrast(out).enhance(1 + rng.choice([-1, 1]) * 0.3)
+    return ImageEnhance.Color(out).enhance(1 + rng.choice([-1, 1]) * 0.4)
+
+
+def _occlude(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    w, h = img.size
+    bw, bh = w // 3, h // 3
+    x0, y0 = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
+    out = img.copy()
+    ImageDraw.Draw(out).rectangle((x0, y0, x0 + bw, y0 + bh), fill=(128, 128, 128))
+    return out
+
+
+SHIFTS: dict[str, Callable[[Image.Image, np.random.Generator], Image.Image]] = {
+    "crop": _crop, "jitter": _jitter, "occlude": _occlude,
+}
+
+
+def shifted(items: Sequence[Example], shift: str, seed: int) -> list[Example]:
+    """The same questions on shifted images; one seeded draw per image, so every method sees the same."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for ex in items:
+        buf = io.BytesIO()
+        SHIFTS[shift](ex.pil_image().convert("RGB"), rng).save(buf, format="PNG")
+        out.append(dataclasses.replace(ex, uid=f"{ex.uid}#{shift}", image=buf.getvalue()))
+    return out
+
+
+def shift(adapter: HFAdapter, suite: Suite, cfg: AttackConfig) -> dict[str, Any]:
+    """Forget and retain MCQ accuracy on each shifted copy of their images."""
+    out: dict[str, Any] = {}
+    for group in ("forget", "retain"):
+        items = image_mcq(suite, group)[: cfg.max_items]
+        if not items:
+            continue
+        out[f"{group}_clean"] = _accuracy(adapter, items)
+        for name in cfg.shifts:
+            out[f"{group}_{name}"] = _accuracy(adapter, shifted(items, name, cfg.seed))
+        out[f"n_{group}"] = len(items)
+    if not out:
+        raise DataError(f"suite {suite.name!r} has no image MCQ to shift")
+    return out
+
+
+# ---------------------------------------------------------------------------- feature probe
+@torch.no_grad()
+def pooled_features(adapter: HFAdapter, images: Sequence[Image.Image], batch_size: int = 32) -> torch.Tensor:
+    """Mean projector output per image, L2-normalised: the feature CVF moves."""
+    from unsee.methods.base import pooled, token_features
+
+    with adapter.eval_mode():
+        return torch.cat([pooled(token_features(adapter, images[i : i + batch_size])).cpu()
+                          for i in range(0, len(images), batch_size)])
+
+
+def probe_images(suite: Suite, cfg: AttackConfig) -> tuple[list[Image.Image], list[str], list[bool]]:
+    """Every distinct training image of the forget people and of some retained people, with
+    a held-out flag: each person's last view is the probe's test image."""
+    rng = random.Random(cfg.seed)
+    retain = sorted(suite.retain_entities)
+    rng.shuffle(retain)
+    people = set(suite.forget_entities) | set(retain[: cfg.probe_retain_people])
+    views: dict[str, dict[bytes, Image.Image]] = {}
+    for group in ("train_forget", "train_retain"):
+        for ex in suite.groups.get(group, []):
+            if ex.has_image and ex.entity in people:
+                views.setdefault(ex.entity, {}).setdefault(ex.image, image_of(ex))  # type: ignore[arg-type]
+    images, labels, test = [], [], []
+    for person in sorted(views):
+        imgs = list(views[person].values())
+        if len(imgs) < 2:
+            continue
+        for i, img in enumerate(imgs):
+            images.append(img)
+            labels.append(person)
+            test.append(i == len(imgs) - 1)
+    return images, labels, test
+
+
+def fit_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, steps: int, seed: int) -> torch.nn.Linear:
+    """Multinomial logistic regression, full batch, standardised inputs, light weight decay."""
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(x.shape[1], n_classes)
+    opt_ = torch.optim.Adam(head.parameters(), lr=0.05, weight_decay=1e-4)
+    for _ in range(steps):
+        opt_.zero_grad()
+        torch.nn.functional.cross_entropy(head(x), y).backward()
+        opt_.step()
+    return head
+
+
+def probe(adapter: HFAdapter, suite: Suite, cfg: AttackConfig) -> dict[str, Any]:
+    """Held-out-view accuracy of a linear identity probe, split by forget and retained people."""
+    images, labels, test = probe_images(suite, cfg)
+    forget = set(suite.forget_entities)
+    names = sorted(set(labels))
+    if not any(label in forget for label, t in zip(labels, test, strict=True) if t):
+        raise DataError("the probe needs at least two training views of a forget person")
+    feats = pooled_features(adapter, images).float()
+    y = torch.tensor([names.index(label) for label in labels])
+    is_test = torch.tensor(test)
+    mu, sd = feats[~is_test].mean(0), feats[~is_test].std(0).clamp(min=1e-6)
+    x = (feats - mu) / sd
+    head = fit_probe(x[~is_test], y[~is_test], len(names), cfg.probe_steps, cfg.seed)
+    with torch.no_grad():
+        pred = head(x[is_test]).argmax(-1)
+    truth = y[is_test]
+    is_forget = torch.tensor([names[i] in forget for i in truth.tolist()])
+    out: dict[str, Any] = {"classes": len(names), "chance": round(1 / len(names), 4)}
+    for key, sel in (("forget", is_forget), ("retain", ~is_forget)):
+        if sel.any():
+            out[f"{key}_acc"] = float((pred[sel] == truth[sel]).float().mean())
+            out[f"n_{key}"] = int(sel.sum())
+    return out
+
+
+# ---------------------------------------------------------------------------- all of them
+RUNNERS: dict[str, Callable[[HFAdapter, Suite, AttackConfig], dict[str, Any]]] = {
+    "relearn": relearn, "pgd": pgd, "shift": shift, "probe": probe,
+}
+
+
+def run_attacks(adapter: HFAdapter, suite: Suite, kinds: Sequence[str] = ATTACKS, cfg: AttackConfig | None = None,
+                *, vanilla: HFAdapter | None = None) -> dict[str, dict[str, Any]]:
+    """Run each attack in ``kinds``; with ``vanilla``, the probe also reports the model before unlearning."""
+    cfg = cfg or AttackConfig()
+    cfg.validate()
+    unknown = sorted(set(kinds) - set(RUNNERS))
+    if unknown:
+        raise ConfigError(f"unknown attack(s) {unknown}; choose from {', '.join(ATTACKS)}")
+    out = {}
+    for kind in kinds:
+        out[kind] = RUNNERS[kind](adapter, suite, cfg)
+        if kind == "probe" and vanilla is not None:
+            before = probe(vanilla, suite, cfg)
+            out[kind].update({f"vanilla_{k}": v for k, v in before.items() if k.endswith("_acc")})
+    return out

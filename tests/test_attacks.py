@@ -1,0 +1,151 @@
+"""Robustness audits: each attack's numbers, its budget, and that it never touches the audited model."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+
+from unsee import api
+from unsee.data.schema import Suite
+from unsee.data.world import build_world
+from unsee.errors import ConfigError, DataError
+from unsee.eval import attacks
+from unsee.eval.attacks import AttackConfig, fit_probe, pgd_pixels, pixel_bounds, run_attacks, shifted
+from unsee.models import HFAdapter, Turn, load_adapter
+from unsee.models.tiny import init_model
+
+WORLD = ["n_people=8", "n_known=2", "n_unknown=2", "n_neutral=4", "n_train_views=3", "n_test_views=1",
+         "n_requests=2", "n_general_train=8", "n_general_eval=4", "n_pretrain=4"]
+FAST = AttackConfig(relearn_steps=2, relearn_batch=4, pgd_steps=2, max_items=4, probe_steps=30)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_world(tmp_path_factory.mktemp("attacks") / "w", config="quick", overrides=WORLD)
+
+
+@pytest.fixture(scope="module")
+def suite(world: Path) -> Suite:
+    return api.load_suite(world, "forget_15")  # two forget people: one to relearn, one to measure
+
+
+@pytest.fixture(scope="module")
+def adapter(world: Path, tmp_path_factory: pytest.TempPathFactory) -> HFAdapter:
+    return load_adapter(init_model("tiny-llava", tmp_path_factory.mktemp("attack_model") / "m", world=world))
+
+
+def weights_hash(adapter: HFAdapter) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(adapter.model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().float().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("kind", attacks.ATTACKS)
+def test_attack_reports_its_numbers_and_leaves_the_model_alone(kind: str, adapter: HFAdapter, suite: Suite) -> None:
+    before = weights_hash(adapter)
+    out = run_attacks(adapter, suite, [kind], FAST)[kind]
+    assert weights_hash(adapter) == before
+    expected = {
+        "relearn": {"seen_before", "seen_after", "unseen_before", "unseen_after", "ag", "steps", "lr"},
+        "pgd": {"forget_clean", "forget_attacked", "retain_clean", "retain_attacked", "eps"},
+        "shift": {"forget_clean", "forget_crop", "forget_jitter", "forget_occlude", "retain_occlude"},
+        "probe": {"forget_acc", "retain_acc", "chance", "classes"},
+    }[kind]
+    assert expected <= set(out)
+    for k, v in out.items():
+        if k.endswith(("_before", "_after", "_clean", "_attacked", "_acc", "_crop", "_jitter", "_occlude")):
+            assert 0.0 <= v <= 1.0, (k, v)
+    if kind == "relearn":
+        assert out["ag"] == pytest.approx(100 * (out["unseen_after"] - out["unseen_before"]), abs=0.01)
+        assert out["people_seen"] == out["people_unseen"] == 1
+
+
+def test_relearning_changes_the_copy(adapter: HFAdapter, suite: Suite, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fine-tune really runs on the copy: its seen-half likelihoods move, the original's do not."""
+    copies: list[HFAdapter] = []
+    real = attacks.trainable_copy
+    monkeypatch.setattr(attacks, "trainable_copy", lambda a: copies.append(real(a)) or copies[-1])
+    attacks.relearn(adapter, suite, FAST)
+    assert weights_hash(copies[0]) != weights_hash(adapter)
+
+
+def test_relearning_needs_two_forget_people(adapter: HFAdapter, world: Path) -> None:
+    one = api.load_suite(world, "forget_5")
+    assert len(one.forget_entities) == 1
+    with pytest.raises(DataError, match="two forget people"):
+        attacks.relearn(adapter, one, FAST)
+
+
+@pytest.mark.parametrize("arch", ["tiny-llava", "tiny-qwen2.5-vl"])
+def test_pgd_stays_inside_its_eps_ball_and_valid_pixels(arch: str, tiny_models: Any, make_image: Any) -> None:
+    a = tiny_models.adapter(arch)
+    turns = [Turn(make_image(i), "Who is this?", "Mara Vell") for i in range(3)]
+    clean = a.training_batch(turns)["pixel_values"]
+    eps = 8 / 255
+    adv = pgd_pixels(a, turns, eps, 2 / 255, 5)
+    mean, std = pixel_bounds(a, clean)
+    moved = ((adv - clean) * std).abs()
+    assert moved.max() <= eps + 1e-5
+    assert moved.max() > eps / 2  # it did move
+    pixels = adv * std + mean
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+
+
+def test_pgd_raises_the_answer_likelihood(tiny_models: Any, make_image: Any) -> None:
+    a = tiny_models.adapter("tiny-llava")
+    turns = [Turn(make_image(7), "Who is this?", "Mara Vell")]
+    batch = a.training_batch(turns)
+    with torch.no_grad():
+        clean = a.answer_logprobs(batch)
+        batch["pixel_values"] = pgd_pixels(a, turns, 8 / 255, 2 / 255, 5)
+        attacked = a.answer_logprobs(batch)
+    assert attacked.item() > clean.item()
+
+
+def test_shifts_are_seeded_and_change_the_image(suite: Suite) -> None:
+    items = attacks.image_mcq(suite, "forget")[:3]
+    for name in attacks.SHIFTS:
+        a, b = shifted(items, name, seed=0), shifted(items, name, seed=0)
+        assert [e.image for e in a] == [e.image for e in b]
+        assert all(x.image != y.image for x, y in zip(a, items, strict=True))
+        assert all(x.question == y.question for x, y in zip(a, items, strict=True))
+
+
+def test_probe_detects_identity_when_it_is_there() -> None:
+    """Sanity: well-separated clusters are read perfectly; shuffled labels fall to chance."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(10, 32, generator=g) * 3
+    y = torch.arange(10).repeat_interleave(6)
+    x = centres[y] + 0.3 * torch.randn(60, 32, generator=g)
+    test = torch.arange(60) % 6 == 5
+    head = fit_probe(x[~test], y[~test], 10, 200, seed=0)
+    assert (head(x[test]).argmax(-1) == y[test]).float().mean() == 1.0
+    shuffled = y[torch.randperm(60, generator=g)]
+    head = fit_probe(x[~test], shuffled[~test], 10, 200, seed=0)
+    assert (head(x[test]).argmax(-1) == shuffled[test]).float().mean() <= 0.5
+
+
+def test_probe_on_near_duplicate_views_is_near_perfect(adapter: HFAdapter, suite: Suite,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the model: when each person's views are the same photo, the probe must find them."""
+    images, labels, test = attacks.probe_images(suite, FAST)
+    first: dict[str, Image.Image] = {}
+    for img, label in zip(images, labels, strict=True):
+        first.setdefault(label, img)
+    monkeypatch.setattr(attacks, "probe_images", lambda s, c: ([first[lab] for lab in labels], labels, test))
+    out = attacks.probe(adapter, suite, AttackConfig(probe_steps=100))
+    assert out["forget_acc"] == 1.0 and out["retain_acc"] == 1.0
+
+
+def test_unknown_attack_and_shift_are_refused(adapter: HFAdapter, suite: Suite) -> None:
+    with pytest.raises(ConfigError, match="unknown attack"):
+        run_attacks(adapter, suite, ["nope"], FAST)
+    with pytest.raises(ConfigError, match="unknown shift"):
+        run_attacks(adapter, suite, ["shift"], AttackConfig(shifts=["blur"]))
