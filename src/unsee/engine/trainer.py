@@ -68,6 +68,8 @@ class Method(Protocol):
     streams: tuple[str, ...]
     reference: Literal["none", "full", "visual"]
 
+    uses_language: bool  # False: the loss never runs the language model, which may then leave the GPU
+
     def setup(self, ctx: Context) -> None: ...
     def step_multiplier(self, ctx: Context) -> int: ...
     def loss(self, ctx: Context, batch: dict[str, list]) -> tuple[torch.Tensor, dict[str, float]]: ...
@@ -134,6 +136,23 @@ def frozen_copy(adapter: HFAdapter, visual_only: bool, device: torch.device | st
         model.to(device)
         ref.output_device = adapter.device
     return ref
+
+
+def _park_language(adapter: HFAdapter) -> list[nn.Module]:
+    """Move the language model and head to the CPU for a method that never runs them.
+
+    CVF and VKD read only the visual module; a 7B LM's 13 GB of weights would sit idle on
+    the GPU for the whole run.
+    """
+    parked = [getattr(owner, attr) for owner, attr in adapter.language_slots()]
+    for module in parked:
+        module.to("cpu")
+    return parked
+
+
+def _unpark(parked: list[nn.Module], device: torch.device) -> None:
+    for module in parked:
+        module.to(device)
 
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -276,6 +295,7 @@ def train(
         turns = {k: unique_images(v) for k, v in turns.items()}
     streams = make_streams({k: v for k, v in turns.items() if k in wanted}, cfg, rank, world)
     adapter.model.to(accelerator.device)
+    parked = _park_language(adapter) if accelerator.device.type != "cpu" and not method.uses_language else None
 
     if reference is None and method.reference != "none":
         reference = frozen_copy(adapter, visual_only=method.reference == "visual",
@@ -321,8 +341,10 @@ def train(
                 bar.set_postfix({k: f"{v:.3f}" for k, v in {"loss": value, **parts}.items()})
             if on_eval is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
                 ctx.info.setdefault("evals", []).append({"step": step + 1, **on_eval(step + 1)})
-    finally:  # also after a stopped run: the model goes back in its own dtype and mode
+    finally:  # also after a stopped run: the model goes back in its own dtype, mode and device
         bar.close()
+        if parked is not None:
+            _unpark(parked, accelerator.device)
         for p, dtype in masters.items():
             p.data = p.data.to(dtype)
         adapter.model.eval()

@@ -24,6 +24,7 @@ class BaseMethod:
     reference: ClassVar[Literal["none", "full", "visual"]] = "none"
     default_scope: ClassVar[str] = "full"
     images_only: ClassVar[bool] = False
+    uses_language: bool = True
     Config: ClassVar[type] = MethodConfig
 
     def __init__(self, cfg: Any = None) -> None:

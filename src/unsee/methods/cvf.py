@@ -55,6 +55,10 @@ class CVFNCU(BaseMethod):
     default_scope = "visual"
     Config = CVFConfig
 
+    @property
+    def uses_language(self) -> bool:  # type: ignore[override]
+        return self.cfg.lambda_o > 0
+
     def setup(self, ctx: Context) -> None:
         if self.cfg.ncu:
             retain = [t.image for t in ctx.streams["retain"].turns if t.image is not None]
@@ -116,6 +120,10 @@ class NCUOnly(CVFNCU):
     streams = ("forget", "retain")
     reference = "none"
     images_only = False
+
+    @property
+    def uses_language(self) -> bool:  # type: ignore[override]
+        return True
 
     def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
         f = nll(ctx.adapter, batch["forget"])

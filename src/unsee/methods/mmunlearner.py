@@ -16,7 +16,7 @@ from torch import nn
 
 from unsee.config import opt
 from unsee.engine.constraints import masked_fraction
-from unsee.engine.trainer import Context
+from unsee.engine.trainer import LOW_PRECISION, Context
 from unsee.methods.base import BaseMethod, nll, squared_gradients
 from unsee.models.base import HFAdapter, Turn
 
@@ -45,8 +45,10 @@ def ratio_masks(adapter: HFAdapter, forget: list[list[Turn]], preserve_v: list[l
         params = [m.weight for g in names for _, m in adapter.linear_modules(g) if m.weight.requires_grad]
         if not params:
             continue
-        # bf16 is ample for a ratio test, and halves what a 7B model holds while F_p accumulates
-        ff = [f.to(torch.bfloat16) for f in fisher(adapter, params, forget, ascent=True, ctx=ctx)]
+        # Held in the model's own precision while F_p accumulates: for a bf16 7B model that
+        # halves 26 GB, and bf16 is ample for a ratio test.
+        ff = [f.to(p.dtype) if p.dtype in LOW_PRECISION else f
+              for p, f in zip(params, fisher(adapter, params, forget, ascent=True, ctx=ctx), strict=True)]
         fp = fisher(adapter, params, preserve, ascent=False, ctx=ctx)
         for p, a, b in zip(params, ff, fp, strict=True):
             masks[p] = (a.float() + 1e-15) / (b + 1e-15) >= threshold

@@ -32,6 +32,7 @@ class VKD(BaseMethod):
     name = "vkd"
     streams = ("forget", "retain", "neutral")
     images_only = True  # streams hold each distinct image once
+    uses_language = False
     reference = "visual"
     default_scope = "visual"
     Config = VKDConfig
