@@ -316,3 +316,39 @@ def test_erasure_turns_pair_neutral_images_or_ask_for_a_refusal():
     assert refusal[1].prompt == f"q1 {REFUSAL_SUFFIX}" and refusal[1].image is not None
     with pytest.raises(DataError, match="erasure=refusal"):
         erasure_turns(forget, [neutral[1]], "neutral")
+
+
+# ---- the sweep command: unlearn --method eraser sweep=true ----------------------------------------
+def test_validation_items_come_from_training_qa_only(tmp_path) -> None:
+    from unsee import api
+    from unsee.data.world import build_world
+    from unsee.methods.eraser import validation_items
+
+    world = build_world(tmp_path / "w", config="quick", overrides=["n_people=8", "n_train_views=2"])
+    suite = api.load_suite(world, "forget_15")
+    pool = suite.group("train_forget") + suite.group("train_retain")
+    items = validation_items(suite.group("train_forget"), pool, n=6)
+    assert items
+    train_qa = {(e.question, e.answer) for e in suite.group("train_forget")}
+    test_qa = {(e.question, e.options[e.correct]) for g in ("forget", "forget_test") for e in suite.group(g)
+               if e.task == "mcq"}
+    for options, gold in items:
+        assert len(options) == 4 and len({t.answer for t in options}) == 4
+        assert (options[gold].prompt, options[gold].answer) in train_qa
+        assert not any((t.prompt, t.answer) in test_qa - train_qa for t in options)
+
+
+def test_run_eraser_with_sweep_records_the_grid(tmp_path, llava) -> None:
+    from unsee import api
+    from unsee.data.world import build_world
+
+    world = build_world(tmp_path / "w", config="quick", overrides=["n_people=8", "n_train_views=2"])
+    suite = api.load_suite(world, "forget_15")
+    cfg = EraserConfig(sweep=True, sweep_items=4, sweep_strengths=[-0.1, -0.5], max_items=8, null_ratio=0.3)
+    path = run_eraser(llava, suite, tmp_path / "out", cfg)
+    st = Steering.load(path)
+    rows = st.info["sweep"]["rows"]
+    assert len(rows) == 2 * len({tuple(r["layers"]) for r in rows}) >= 4
+    assert st.strength in (-0.1, -0.5)
+    chosen = next(r for r in rows if r["layers"] == st.layers and r["strength"] == st.strength)
+    assert chosen["admissible"]

@@ -78,6 +78,11 @@ class EraserConfig:
     pgd_steps: int = opt(10, "PGD iterations")
     max_items: int | None = opt(None, "use at most this many examples per group (forget, neutral, retain)")
     batch_size: int = opt(8, "prompts per forward pass while collecting activations")
+    sweep: bool = opt(
+        False, "pick layers and strength by a grid on a validation slice built from the training QA "
+        "(never the test items); the winner drops forget accuracy most while keeping retain")
+    sweep_strengths: list[float] = opt([-0.1, -0.3, -0.5, -1.0], "strengths the sweep tries")
+    sweep_items: int = opt(48, "validation MCQ items per side (forget, retain) for the sweep")
 
     def validate(self) -> None:
         if not 0.0 < self.null_ratio < 1.0:
@@ -88,6 +93,8 @@ class EraserConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.max_items is not None and self.max_items < 1:
             raise ConfigError(f"max_items must be >= 1 or null, got {self.max_items}")
+        if self.sweep and (not self.sweep_strengths or self.sweep_items < 1):
+            raise ConfigError("the sweep needs at least one strength and sweep_items >= 1")
         if any(i < 0 for i in self.layers):
             raise ConfigError(f"layers must be non-negative indices, got {self.layers}")
         if self.use_pgd and (self.pgd_eps < 0 or self.pgd_step <= 0 or self.pgd_steps < 1):
@@ -643,9 +650,8 @@ def run_eraser(
         raise DataError(f"suite {suite.name!r}: train_forget has no examples with images; MLLMEraser needs them")
     neutral = suite.group("neutral") if cfg.erasure == "neutral" else []
     retain = suite.group("train_retain")[:cap]
-    steering = build_steering(
-        adapter, _turns(forget), erasure_turns(forget, neutral[:cap], cfg.erasure), _turns(retain), cfg
-    )
+    inputs = (_turns(forget), erasure_turns(forget, neutral[:cap], cfg.erasure), _turns(retain))
+    steering = _swept(adapter, suite, inputs, cfg) if cfg.sweep else build_steering(adapter, *inputs, cfg)
     steering.info.update({
         "suite": suite.name,
         "wall_s": round(time.perf_counter() - start, 3),
@@ -654,6 +660,61 @@ def run_eraser(
         "environment": environment(),
     })
     return steering.save(out)
+
+
+def layer_candidates(n_layers: int) -> list[list[int]]:
+    """Layer sets the sweep tries: the middle third, a wider middle half, and single middle layers."""
+    sets = [middle_third(n_layers), list(range(n_layers // 4, max(n_layers // 4 + 1, (3 * n_layers) // 4))),
+            [n_layers // 3], [n_layers // 2]]
+    unique: list[list[int]] = []
+    for ls in sets:
+        if ls not in unique:
+            unique.append(ls)
+    return unique
+
+
+def validation_items(examples: Sequence[Example], pool: Sequence[Example], n: int, seed: int = 0) -> list[MCQItem]:
+    """Four-option MCQ from training QA: the true answer and three other people's answers (from
+    ``pool``) to the same question. Built from what a method may train on, so the sweep never
+    sees a test item."""
+    import random
+
+    by_question: dict[str, set[str]] = {}
+    for e in pool:
+        by_question.setdefault(e.question, set()).add(e.answer)
+    rng = random.Random(seed)
+    items: list[MCQItem] = []
+    for e in examples:
+        others = sorted(by_question[e.question] - {e.answer})
+        if not e.has_image or len(others) < 3:
+            continue
+        options = rng.sample(others, 3)
+        gold = rng.randrange(4)
+        options.insert(gold, e.answer)
+        image = e.pil_image()
+        items.append(([Turn(image, e.question, o) for o in options], gold))
+        if len(items) == n:
+            break
+    return items
+
+
+def _swept(adapter: HFAdapter, suite: Suite, inputs: tuple[list[Turn], list[Turn], list[Turn]],
+           cfg: EraserConfig) -> Steering:
+    """The sweep's winner, with the grid in its header; a clear error when no setting keeps retain."""
+    pool = suite.group("train_forget") + suite.group("train_retain")  # distractors from everyone's answers
+    val_forget = validation_items(suite.group("train_forget"), pool, cfg.sweep_items)
+    val_retain = validation_items(suite.group("train_retain"), pool, cfg.sweep_items)
+    if not val_forget or not val_retain:
+        raise DataError("the sweep found no training questions shared by four people to build validation MCQ from; "
+                        "set layers and strength by hand (sweep=false)")
+    layer_sets = [cfg.layers] if cfg.layers else layer_candidates(len(adapter.decoder_layers()))
+    result = sweep(adapter, inputs, val_forget, val_retain, cfg.sweep_strengths, layer_sets, cfg=cfg)
+    if result.best is None:
+        raise DataError(
+            f"no swept setting kept validation retain accuracy within 95% of {result.base_retain:.3f}; "
+            "try weaker sweep_strengths"
+        )
+    return result.best
 
 
 def _peak_memory_mb() -> float:
