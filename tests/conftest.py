@@ -1,9 +1,13 @@
-"""Shared fixtures: the three tiny architectures, built once per session, and random images.
+"""Shared fixtures: the three tiny architectures, built once per session, a tiny world with a
+tiny LLaVA that knows its names, and random images.
 
 Building a tiny model (tokenizer training included) takes about half a second and loading
 it a fraction of that, so each architecture is built and loaded once and handed to every
 test that asks. Tests that train or freeze parameters get the shared adapter back in a
 known state (every parameter trainable, no gradients, eval mode) each time they ask.
+
+The world, its suite, its training turns and the model directory are read-only and built
+once per session; a test that trains loads its own adapter from ``model_dir``.
 """
 
 from __future__ import annotations
@@ -16,10 +20,18 @@ import pytest
 import torch
 from PIL import Image
 
-from unsee.models import HFAdapter, load_adapter
+from unsee import api
+from unsee.data.mllmu import load_mllmu
+from unsee.data.schema import Suite
+from unsee.data.world import build_world
+from unsee.models import HFAdapter, Turn, load_adapter
 from unsee.models.tiny import ARCHS, IMAGE_SIZE, init_model
 
 TINY_ARCHS: tuple[str, ...] = ARCHS
+
+# A world small enough to build in a second and still have every split the engine and the methods read.
+WORLD_OVERRIDES = ["n_people=6", "n_known=2", "n_unknown=2", "n_neutral=4", "n_train_views=2", "n_test_views=1",
+                   "n_requests=2", "n_general_train=8", "n_general_eval=4", "n_pretrain=4"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -68,3 +80,26 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
 def make_image() -> Callable[..., Image.Image]:
     """``make_image(seed, size=64)``: a deterministic random PIL image."""
     return random_image
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny built-in world (``WORLD_OVERRIDES`` over the quick config)."""
+    return build_world(tmp_path_factory.mktemp("world") / "w", config="quick", overrides=WORLD_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def model_dir(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny LLaVA whose tokenizer knows the world's names (seed 0); treat it as read-only."""
+    return init_model("tiny-llava", tmp_path_factory.mktemp("world_model") / "m", world=world, seed=0)
+
+
+@pytest.fixture(scope="session")
+def suite(world: Path) -> Suite:
+    return load_mllmu(world, "forget_10")
+
+
+@pytest.fixture(scope="session")
+def turns(suite: Suite) -> dict[str, list[Turn]]:
+    """The training streams of the suite; streams copy these lists, so sharing them is safe."""
+    return api.training_turns(suite)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unsee import api
-from unsee.data.mllmu import load_mllmu
 from unsee.data.schema import Suite
-from unsee.data.world import build_world
 from unsee.engine.trainer import TrainConfig, train
 from unsee.methods import method_class
 from unsee.methods.base import nll
@@ -22,39 +18,6 @@ from unsee.methods.baselines import SFT
 from unsee.methods.cvf import CVFNCU, CVFConfig, CVFOnly, info_nce
 from unsee.methods.mmunlearner import MMUnlearner, MMUnlearnerConfig, ratio_masks
 from unsee.models import HFAdapter, Turn, load_adapter
-from unsee.models.tiny import init_model
-
-WORLD_OVERRIDES = ["n_people=6", "n_known=2", "n_unknown=2", "n_neutral=4", "n_train_views=2", "n_test_views=1",
-                   "n_requests=2", "n_general_train=8", "n_general_eval=4", "n_pretrain=4"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models train many times faster on one thread than with threads fighting over shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_world(tmp_path_factory.mktemp("methods") / "w", config="quick", overrides=WORLD_OVERRIDES)
-
-
-@pytest.fixture(scope="module")
-def suite(world: Path) -> Suite:
-    return load_mllmu(world, "forget_10")
-
-
-@pytest.fixture(scope="module")
-def turns(suite: Suite) -> dict[str, list[Turn]]:
-    return api.training_turns(suite)
-
-
-@pytest.fixture(scope="module")
-def model_dir(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return init_model("tiny-llava", tmp_path_factory.mktemp("methods_model") / "m", world=world, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -292,6 +292,26 @@ def test_unknown_scope_raises(tiny_models: TinyModels) -> None:
         adapter.set_scope("everything")
 
 
+
+def test_lora_scope_without_peft_raises_and_freezes_nothing(tiny_models: TinyModels) -> None:
+    adapter = tiny_models.adapter("tiny-llava")
+    with pytest.raises(ConfigError, match="no LoRA parameters") as e:
+        adapter.set_scope("lora")
+    assert "peft" in str(e.value) and "full" in str(e.value)
+    assert all(p.requires_grad for p in adapter.model.parameters())
+
+
+def test_lora_scope_trains_only_the_adapter_weights(tiny_models: TinyModels) -> None:
+    from unsee.engine.trainer import TrainConfig, _apply_lora
+
+    adapter = load_adapter(tiny_models.dir("tiny-llava"))  # its own copy: peft wraps the model in place
+    _apply_lora(adapter, TrainConfig(scope="lora", lora_r=2))
+    trainable = adapter.set_scope("lora")
+    names = {id(p): n for n, p in adapter.model.named_parameters()}
+    assert trainable and all("lora_" in names[id(p)] for p in trainable)
+    assert {id(p) for p in trainable} == {id(p) for n, p in adapter.model.named_parameters() if "lora_" in n}
+
+
 # ---- visual features ------------------------------------------------------------------
 
 

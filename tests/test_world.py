@@ -43,6 +43,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's own world (every split non-trivial), in place of the smaller shared one in conftest."""
     return build_world(tmp_path_factory.mktemp("w") / "world", seed=0, config="quick", overrides=TINY)
 
 

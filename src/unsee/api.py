@@ -22,7 +22,7 @@ from unsee.data.schema import Suite
 from unsee.data.world import build_world
 from unsee.errors import DataError, UnseeError
 from unsee.finetune import finetune
-from unsee.io import atomic_dir, atomic_write_json, check_output_dir
+from unsee.io import atomic_dir, atomic_write_json, atomic_write_text, check_output_dir
 from unsee.models import load_adapter
 from unsee.models.base import HFAdapter, Turn
 from unsee.models.tiny import init_model
@@ -224,8 +224,7 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
     With ``requests`` the method runs continually, one request after another, and
     ``results.json`` holds one run per request.
     """
-    from unsee.eval.results import CostMeter, new_results, write_results
-    from unsee.report import model_card
+    from unsee.eval.results import new_results, write_results
 
     out = Path(out)
     check_output_dir(out, overwrite=overwrite)
@@ -239,37 +238,57 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
     suite = load_suite(data, forget, seed=seed)
     check_forget(suite)
     adapter = load_adapter(model, allow_pickle=allow_pickle)
-    base_hash = adapter.fingerprint()
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        with CostMeter() as meter:
-            if method == "eraser":
-                from unsee.methods.eraser import run_eraser
-
-                _, ecfg, _ = method_configs(method, config, overrides)
-                steering = run_eraser(adapter, suite, tmp, ecfg)
-                info: dict[str, Any] = {}
-                resolved = to_dict(ecfg)
-                trainable = opt_bytes = 0
-            else:
-                res, resolved = unlearn_adapter(method, adapter, suite, config=config, overrides=overrides,
-                                                seed=seed)
-                info, trainable, opt_bytes = res.info, res.trainable_params, res.optimizer_state_bytes
-                steering = None
-        meter.record_model(None)
-        cost = {**meter.cost(), "trainable_params": trainable, "optimizer_state_bytes": opt_bytes}
-        metrics = {}
-        if evaluate_after:
-            metrics = evaluate_adapter(adapter, suite, steering=steering)
-        run = make_run(method, metrics, model=model_name(model), suite=suite, forget=forget, seed=seed,
-                       config=resolved, cost=cost, info=_jsonable(info))
-        if method != "eraser":
-            _save_model(adapter, tmp / "model")
-            card = model_card(run, None, base_model=str(model), base_hash=base_hash,
-                              forgotten=list(suite.forget_entities), audits=run.get("attacks"))
-            (tmp / "model" / "README.md").write_text(card)
+        run, _ = unlearn_and_save(method, adapter, suite, steering_dir=tmp, model_dir=tmp / "model",
+                                  model=model_name(model), base_model=str(model), base_hash=adapter.fingerprint(),
+                                  forget=forget, seed=seed, config=config, overrides=overrides,
+                                  evaluate_after=evaluate_after)
         atomic_write_json(tmp / "run.json", run)
         write_results(tmp / "results.json", new_results([run]))
     return out
+
+
+def unlearn_and_save(method: str, adapter: HFAdapter, suite: Suite, *, steering_dir: Path, model_dir: Path,
+                     model: str, base_model: str, base_hash: str, forget: str, seed: int, config: Any = None,
+                     overrides: Any = (), vanilla: Mapping[str, Any] | None = None, evaluate_after: bool = True,
+                     eval_kw: Mapping[str, Any] | None = None) -> tuple[dict, Path | None]:
+    """Honour one removal request on a loaded model and record it: the run and the artefact a user ships.
+
+    ``unsee unlearn`` and the demo both go through here, so that a run's cost, metrics,
+    checkpoint and model card mean the same thing wherever they were produced. Training
+    methods change ``adapter`` in place and save it (LoRA merged) with its card to
+    ``model_dir``; ``eraser`` leaves the weights alone and writes its steering file to
+    ``steering_dir``. The cost covers the unlearning only, not the evaluation.
+
+    Returns the run (as in results.json) and the steering file (None for training methods).
+    """
+    from unsee.eval.results import CostMeter
+    from unsee.report import model_card
+
+    steering: Path | None = None
+    info: dict[str, Any] = {}
+    trainable = opt_bytes = 0
+    with CostMeter() as meter:
+        if method == "eraser":
+            from unsee.methods.eraser import run_eraser
+
+            _, ecfg, _ = method_configs(method, config, overrides)
+            steering = run_eraser(adapter, suite, steering_dir, ecfg)
+            resolved = to_dict(ecfg)
+        else:
+            res, resolved = unlearn_adapter(method, adapter, suite, config=config, overrides=overrides, seed=seed)
+            info, trainable, opt_bytes = res.info, res.trainable_params, res.optimizer_state_bytes
+    meter.record_model(None)
+    cost = {**meter.cost(), "trainable_params": trainable, "optimizer_state_bytes": opt_bytes}
+    metrics = evaluate_adapter(adapter, suite, steering=steering, **(eval_kw or {})) if evaluate_after else {}
+    run = make_run(method, metrics, model=model, suite=suite, forget=forget, seed=seed, config=resolved, cost=cost,
+                   info=_jsonable(info))
+    if steering is None:
+        _save_model(adapter, model_dir)
+        card = model_card(run, vanilla, base_model=base_model, base_hash=base_hash,
+                          forgotten=list(suite.forget_entities), audits=None)
+        atomic_write_text(model_dir / "README.md", card)
+    return run, steering
 
 
 def _save_model(adapter: HFAdapter, path: Path) -> None:

@@ -15,8 +15,28 @@ from unsee import __version__
 from unsee.errors import UnseeError
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config options to change, e.g. lr=1e-4")
+
+
+def _command(sub: argparse._SubParsersAction, name: str, help: str, func: Callable[[argparse.Namespace], None], *,
+             required: Sequence[str] = (), seed: bool = True, overrides: bool = False) -> argparse.ArgumentParser:
+    """A subcommand with the options most of them share, so that they are spelt the same everywhere.
+
+    ``required`` names ``--X PATH`` options that must be given; ``seed`` adds ``--seed N``;
+    ``overrides`` the trailing ``key=value`` config overrides. Every command takes
+    ``--overwrite`` and runs ``func``.
+    """
+    p = sub.add_parser(name, help=help)
+    for option in required:
+        p.add_argument(f"--{option}", required=True)
+    if seed:
+        p.add_argument("--seed", type=int, default=0)
+    if overrides:
+        _add_overrides(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing results in the output")
+    p.set_defaults(func=func)
+    return p
 
 
 def _world(a: argparse.Namespace) -> None:
@@ -88,92 +108,55 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"unsee {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    w = sub.add_parser("world", help="write the built-in benchmark (MLLMU-Bench layout)")
-    w.add_argument("--out", required=True)
-    w.add_argument("--seed", type=int, default=0)
+    w = _command(sub, "world", "write the built-in benchmark (MLLMU-Bench layout)", _world, required=["out"],
+                 overrides=True)
     w.add_argument("--config", default="default", help="a YAML/JSON file or a shipped name: quick, default")
-    w.add_argument("overrides", nargs="*", metavar="key=value")
-    _add_common(w)
-    w.set_defaults(func=_world)
 
     m = sub.add_parser("model", help="model utilities")
     msub = m.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
-    mi = msub.add_parser("init", help="build an offline tiny model from the real HF classes")
+    mi = _command(msub, "init", "build an offline tiny model from the real HF classes", _model_init)
     mi.add_argument("--arch", required=True, help="tiny-llava, tiny-qwen2-vl or tiny-qwen2.5-vl")
     mi.add_argument("--out", required=True)
     mi.add_argument("--world", default=None, help="train the tokenizer on this world's text")
-    mi.add_argument("--seed", type=int, default=0)
-    _add_common(mi)
-    mi.set_defaults(func=_model_init)
 
-    f = sub.add_parser("finetune", help="teach a tiny model the built-in world (the vanilla model)")
-    f.add_argument("--model", required=True)
-    f.add_argument("--data", required=True)
-    f.add_argument("--out", required=True)
+    f = _command(sub, "finetune", "teach a tiny model the built-in world (the vanilla model)", _finetune,
+                 required=["model", "data", "out"], overrides=True)
     f.add_argument("--config", default="default", help="recipe file or shipped name: quick, default")
-    f.add_argument("--seed", type=int, default=0)
     f.add_argument("--cache-dir", default=None, help="stage cache (default: ~/.cache/unsee)")
-    f.add_argument("overrides", nargs="*", metavar="key=value")
-    _add_common(f)
-    f.set_defaults(func=_finetune)
 
-    u = sub.add_parser("unlearn", help="run an unlearning method")
-    u.add_argument("--method", required=True)
-    u.add_argument("--model", required=True)
-    u.add_argument("--data", required=True)
-    u.add_argument("--out", required=True)
+    u = _command(sub, "unlearn", "run an unlearning method", _unlearn, required=["method", "model", "data", "out"],
+                 overrides=True)
     u.add_argument("--forget", default="forget_10")
     u.add_argument("--requests", default=None, help="continual: forget_r1,forget_r2,... or a file listing them")
     u.add_argument("--config", default=None)
-    u.add_argument("--seed", type=int, default=0)
     u.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) weights")
     u.add_argument("--audit", action="store_true", help="run the robustness audits on the result")
-    u.add_argument("overrides", nargs="*", metavar="key=value")
-    _add_common(u)
-    u.set_defaults(func=_unlearn)
 
-    e = sub.add_parser("eval", help="evaluate a model on a benchmark")
-    e.add_argument("--model", required=True)
-    e.add_argument("--data", required=True)
-    e.add_argument("--out", required=True)
+    e = _command(sub, "eval", "evaluate a model on a benchmark", _eval, required=["model", "data", "out"])
     e.add_argument("--forget", default="forget_10")
     e.add_argument("--steering", default=None, help="apply an MLLMEraser steering file")
     e.add_argument("--method", default="vanilla", help="the name this run is reported under")
-    e.add_argument("--seed", type=int, default=0)
     e.add_argument("--max-items", type=int, default=None, help="cap each group (for quick checks)")
     e.add_argument("--allow-pickle", action="store_true")
-    _add_common(e)
-    e.set_defaults(func=_eval)
 
-    r = sub.add_parser("report", help="report.md and tradeoff.png from results files")
+    r = _command(sub, "report", "report.md and tradeoff.png from results files", _report, required=["out"],
+                 seed=False)
     r.add_argument("results", nargs="+")
-    r.add_argument("--out", required=True)
-    _add_common(r)
-    r.set_defaults(func=_report)
 
-    d = sub.add_parser("demo", help="the whole story, end to end, offline")
-    d.add_argument("--out", required=True)
+    d = _command(sub, "demo", "the whole story, end to end, offline", _demo, required=["out"])
     d.add_argument("--methods", default="cvf_ncu,graddiff", help="comma list, or all")
     d.add_argument("--quick", action="store_true", help="the quick world and recipe")
     d.add_argument("--arch", default="tiny-llava")
-    d.add_argument("--seed", type=int, default=0)
     d.add_argument("--config", default=None, help="demo config file (overrides quick/default)")
     d.add_argument("--cache-dir", default=None)
     d.add_argument("--no-audit", action="store_true")
-    _add_common(d)
-    d.set_defaults(func=_demo)
 
-    at = sub.add_parser("attack", help="robustness audits on an unlearned model")
+    at = _command(sub, "attack", "robustness audits on an unlearned model", _attack,
+                  required=["model", "data", "out"])
     at.add_argument("kind", choices=["relearn", "pgd", "probe", "shift"])
-    at.add_argument("--model", required=True)
-    at.add_argument("--data", required=True)
-    at.add_argument("--out", required=True)
+    _add_overrides(at)  # after the kind: positionals are matched in the order they are added
     at.add_argument("--forget", default="forget_10")
     at.add_argument("--vanilla", default=None, help="the model before unlearning (for the probe's baseline)")
-    at.add_argument("--seed", type=int, default=0)
-    at.add_argument("overrides", nargs="*", metavar="key=value")
-    _add_common(at)
-    at.set_defaults(func=_attack)
     return p
 
 

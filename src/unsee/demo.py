@@ -67,10 +67,10 @@ def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", 
              arch: str = "tiny-llava", seed: int = 0, overwrite: bool = False, cache_dir: str | Path | None = None,
              config: str | Path | dict | None = None, audit: bool = False) -> Path:
     from unsee import api
-    from unsee.eval.results import CostMeter, new_results, write_results
+    from unsee.eval.results import new_results, write_results
     from unsee.methods import ALL
     from unsee.models import load_adapter
-    from unsee.report import model_card, terminal_table, write_report
+    from unsee.report import terminal_table, write_report
 
     out = Path(out)
     check_output_dir(out, overwrite=overwrite)
@@ -102,29 +102,12 @@ def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", 
         for m in names:
             console.print(f"[bold]4/4[/] unlearning with [cyan]{m}[/]")
             adapter = load_adapter(vanilla)
-            overrides = cfg.method_overrides.get(m, [])
-            with CostMeter() as meter:
-                if m == "eraser":
-                    from unsee.methods.eraser import run_eraser
-
-                    _, ecfg, _ = api.method_configs(m, None, overrides)
-                    steering = run_eraser(adapter, suite, tmp / m, ecfg)
-                    info, resolved, trainable, state = {}, to_dict(ecfg), 0, 0
-                else:
-                    res, resolved = api.unlearn_adapter(m, adapter, suite, overrides=overrides, seed=seed)
-                    info, trainable, state, steering = res.info, res.trainable_params, res.optimizer_state_bytes, None
-            meter.record_model(None)
-            cost = {**meter.cost(), "trainable_params": trainable, "optimizer_state_bytes": state}
-            metrics = api.evaluate_adapter(adapter, suite, steering=steering, **eval_kw)
-            run = api.make_run(m, metrics, model=arch, suite=suite, forget=cfg.forget, seed=seed, config=resolved,
-                               cost=cost, info=api._jsonable(info))
+            run, steering = api.unlearn_and_save(
+                m, adapter, suite, steering_dir=tmp / m, model_dir=tmp / m, model=arch, base_model=str(vanilla),
+                base_hash=base_adapter.fingerprint(), forget=cfg.forget, seed=seed,
+                overrides=cfg.method_overrides.get(m, []), vanilla=runs[0], eval_kw=eval_kw)
             runs.append(run)
             after[m] = _answers(adapter, shown, steering)
-            if m != "eraser":
-                api._save_model(adapter, tmp / m)
-                card = model_card(run, runs[0], base_model=str(vanilla), base_hash=base_adapter.fingerprint(),
-                                  forgotten=list(suite.forget_entities), audits=None)
-                atomic_write_text(tmp / m / "README.md", card)
         results = new_results(runs)
         write_results(tmp / "results.json", results)
         write_report([tmp / "results.json"], tmp, overwrite=True)

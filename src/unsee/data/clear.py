@@ -13,6 +13,7 @@ caption in a config that has it, and only a row that still lacks it is an error.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -198,32 +199,24 @@ def _image_items(
             )
         )
         question = CAPTION_QUESTIONS[stable_int(seed, uid, "caption") % len(CAPTION_QUESTIONS)]
-        caption_meta = {"type": "Image_Textual", "row": r.index}
-        evals.append(
-            Example(
-                uid=f"{uid}/caption",
-                entity=name,
-                question=question,
-                answer=caption,
-                task="gen",
-                image=image,
-                source=r.source,
-                meta=caption_meta,
-            )
+        described = Example(
+            uid=f"{uid}/caption",
+            entity=name,
+            question=question,
+            answer=caption,
+            task="gen",
+            image=image,
+            source=r.source,
+            meta={"type": "Image_Textual", "row": r.index},
         )
-        train.append(
-            Example(
-                uid=f"{uid}/caption/qa",
-                entity=name,
-                question=question,
-                answer=caption,
-                task="qa",
-                image=image,
-                source=r.source,
-                meta=dict(caption_meta),
-            )
-        )
+        evals.append(described)
+        train.append(_training_pair(described, f"{uid}/caption/qa"))
     return evals, train
+
+
+def _training_pair(item: Example, uid: str) -> Example:
+    """The ``qa`` twin of a ``gen`` item: CLEAR trains on the very captions and answers it scores by ROUGE."""
+    return dataclasses.replace(item, uid=uid, task="qa", meta=dict(item.meta))
 
 
 def _tofu_items(reader: _Reader, config: str, people: Sequence[str]) -> tuple[list[Example], list[Example]]:
@@ -246,29 +239,17 @@ def _tofu_items(reader: _Reader, config: str, people: Sequence[str]) -> tuple[li
             raise DataError(f"field 'question' in {r.source} (row {r.index}) is empty on a text row (null image)")
         answer = text(r.get("answer"), field="answer", source=r.source)
         who = next((p for p in by_length if p in question or p in answer), "")
-        meta = {"type": "Pure_Text", "row": r.index}
-        evals.append(
-            Example(
-                uid=f"{cfg}/{n}/qa",
-                entity=who,
-                question=question,
-                answer=answer,
-                task="gen",
-                source=r.source,
-                meta=meta,
-            )
+        item = Example(
+            uid=f"{cfg}/{n}/qa",
+            entity=who,
+            question=question,
+            answer=answer,
+            task="gen",
+            source=r.source,
+            meta={"type": "Pure_Text", "row": r.index},
         )
-        train.append(
-            Example(
-                uid=f"{cfg}/{n}/qa/train",
-                entity=who,
-                question=question,
-                answer=answer,
-                task="qa",
-                source=r.source,
-                meta=dict(meta),
-            )
-        )
+        evals.append(item)
+        train.append(_training_pair(item, f"{cfg}/{n}/qa/train"))
     return evals, train
 
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 
-from unsee.data.parquet import Record, Source, entity_id, image_bytes, stable_int, text
-from unsee.data.schema import LETTERS, Example, Suite, Task
+from unsee.data.parquet import Record, Source, entity_id, image_bytes, letter_options, stable_int, text
+from unsee.data.schema import Example, Suite, Task
 from unsee.errors import DataError
 
 IMAGE_TEXTUAL = "Image_Textual"
@@ -57,13 +58,7 @@ def _mcq(item: object, *, field: str, rec: Record, uid: str, eid: str, typ: str,
     if not isinstance(item, dict):
         raise DataError(f"field {field!r} in {rec.source}: expected a question struct, got {type(item).__name__}")
     question = text(item.get("Question"), field=f"{field}.Question", source=rec.source)
-    opts = item.get("Options")
-    if not isinstance(opts, dict):
-        raise DataError(f"field '{field}.Options' in {rec.source} must be a struct of letters, got {opts!r}")
-    letters = [x for x in LETTERS if opts.get(x) is not None]
-    if len(letters) < 2 or letters != list(LETTERS[: len(letters)]):
-        raise DataError(f"field '{field}.Options' in {rec.source} must hold options A, B, ... in order, got {opts!r}")
-    options = tuple(text(opts[x], field=f"{field}.Options.{x}", source=rec.source) for x in letters)
+    options, letters = letter_options(item.get("Options"), field=f"{field}.Options", source=rec.source)
     raw = text(item.get("Correct_Answer"), field=f"{field}.Correct_Answer", source=rec.source)
     letter = _letter(raw)
     if letter not in letters:
@@ -122,37 +117,19 @@ def profile_examples(rec: Record, config: str, image: bytes | None, *, need_imag
     ct = rec.get("Classification_Task") or {}
     if not isinstance(ct, dict):
         raise DataError(f"field 'Classification_Task' in {rec.source}: expected a struct, got {type(ct).__name__}")
-    for key, typ, tag in (
-        ("Image_Textual_Questions", IMAGE_TEXTUAL, "mcq_image"),
-        ("Pure_Text_Questions", PURE_TEXT, "mcq_text"),
-    ):
-        field = f"Classification_Task.{key}"
-        for i, item in enumerate(_as_list(ct.get(key), field=field, source=rec.source)):
-            out.append(
-                _mcq(
-                    item,
-                    field=f"{field}[{i}]",
-                    rec=rec,
-                    uid=f"{config}/{eid}/{tag}/{i}",
-                    eid=eid,
-                    typ=typ,
-                    image=image,
-                )
-            )
-    free_tasks: tuple[tuple[str, Task], ...] = (("Generation_Task", "gen"), ("Mask_Task", "cloze"))
-    for column, task in free_tasks:
-        for i, item in enumerate(_as_list(rec.get(column), field=column, source=rec.source)):
-            out.append(
-                _free(
-                    item,
-                    field=f"{column}[{i}]",
-                    rec=rec,
-                    uid=f"{config}/{eid}/{task}/{i}",
-                    eid=eid,
-                    task=task,
-                    image=image,
-                )
-            )
+    # (where the list is, what its items are called in uids, how one item becomes an Example)
+    columns: tuple[tuple[str, object, str, Callable[..., Example]], ...] = (
+        ("Classification_Task.Image_Textual_Questions", ct.get("Image_Textual_Questions"), "mcq_image",
+         partial(_mcq, typ=IMAGE_TEXTUAL)),
+        ("Classification_Task.Pure_Text_Questions", ct.get("Pure_Text_Questions"), "mcq_text",
+         partial(_mcq, typ=PURE_TEXT)),
+        ("Generation_Task", rec.get("Generation_Task"), "gen", partial(_free, task="gen")),
+        ("Mask_Task", rec.get("Mask_Task"), "cloze", partial(_free, task="cloze")),
+    )
+    for field, items, tag, build in columns:
+        for i, item in enumerate(_as_list(items, field=field, source=rec.source)):
+            out.append(build(item, field=f"{field}[{i}]", rec=rec, uid=f"{config}/{eid}/{tag}/{i}", eid=eid,
+                             image=image))
     if need_image and image is None and any(_is_image(e) for e in out):
         raise DataError(f"field 'image' is null in {rec.source} for ID {eid!r}, which has image questions")
     return out

@@ -26,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from unsee.data.schema import LETTERS
 from unsee.errors import DataError
 from unsee.io import atomic_write_bytes
 
@@ -376,6 +377,20 @@ def text(v: Any, *, field: str, source: str, allow_none: bool = False) -> str:
     if isinstance(v, str):
         return v
     raise DataError(f"field {field!r} in {source}: expected a string, got {type(v).__name__}")
+
+
+def letter_options(v: Any, *, field: str, source: str) -> tuple[tuple[str, ...], list[str]]:
+    """Lettered options ``{A: .., B: .., ...}``: their texts in letter order, and the letters.
+
+    MLLMU-Bench and UMU-bench store options this way. Letters a row does not use may be
+    null (Arrow structs carry every letter of the file); a gap before a used letter may not.
+    """
+    if not isinstance(v, dict):
+        raise DataError(f"field {field!r} in {source} must map letters to options, got {v!r}")
+    letters = [x for x in LETTERS if v.get(x) is not None]
+    if len(letters) < 2 or letters != list(LETTERS[: len(letters)]):
+        raise DataError(f"field {field!r} in {source} must hold options A, B, ... in order, got {v!r}")
+    return tuple(text(v[x], field=f"{field}.{x}", source=source) for x in letters), letters
 
 
 def entity_id(v: Any, *, field: str, source: str) -> str:

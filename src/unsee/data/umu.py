@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from unsee.data.parquet import Record, Source, entity_id, image_bytes, text
-from unsee.data.schema import LETTERS, Example, Suite, Task
+from unsee.data.parquet import Record, Source, entity_id, image_bytes, letter_options, text
+from unsee.data.schema import Example, Suite, Task
 from unsee.errors import DataError
 
 ROW_COLUMNS = {
@@ -80,16 +80,6 @@ def _item(v: Any, *, field: str, source: str) -> dict:
     return v
 
 
-def _options(item: dict, *, field: str, source: str) -> tuple[tuple[str, ...], list[str]]:
-    opts = item.get("options")
-    if not isinstance(opts, dict):
-        raise DataError(f"field '{field}.options' in {source} must be a dict of letters, got {opts!r}")
-    letters = [x for x in LETTERS if opts.get(x) is not None]
-    if len(letters) < 2 or letters != list(LETTERS[: len(letters)]):
-        raise DataError(f"field '{field}.options' in {source} must hold options A, B, ... in order, got {opts!r}")
-    return tuple(text(opts[x], field=f"{field}.options.{x}", source=source) for x in letters), letters
-
-
 def _task_examples(
     rec: Record, config: str, eid: str, column: str, task: Task, image: bytes | None
 ) -> tuple[list[Example], list[Example]]:
@@ -122,7 +112,7 @@ def _task_examples(
             if task == "mcq":
                 # eval.py reads the multimodal options with the unimodal letter: both share a layout
                 opt_item = item if item.get("options") is not None else twin_item
-                options, letters = _options(opt_item, field=field, source=rec.source)
+                options, letters = letter_options(opt_item.get("options"), field=f"{field}.options", source=rec.source)
                 letter = _letter(answer)
                 if letter not in letters:
                     raise DataError(

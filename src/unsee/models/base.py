@@ -114,6 +114,8 @@ class HFAdapter:
         """Freeze everything outside ``scope`` and return the trainable parameters.
 
         ``lora`` expects the model to be wrapped by peft already: only adapter weights train.
+        On a model without them it raises rather than freeze everything, since a run with
+        nothing to train would otherwise fail later, far from its cause, or silently do nothing.
         """
         wanted = {
             "full": {"vision", "projector", "language"},
@@ -123,6 +125,13 @@ class HFAdapter:
             "language": {"language"},
         }
         if scope == "lora":
+            if not any("lora_" in name for name, _ in self.model.named_parameters()):
+                others = ", ".join(s for s in SCOPES if s != "lora")
+                raise ConfigError(
+                    f"scope 'lora' found no LoRA parameters (none has 'lora_' in its name) in "
+                    f"{self.source or 'the model'}: wrap the model with peft first (unsee's training engine does "
+                    f"this for scope=lora), or choose another scope: {others}"
+                )
             for name, p in self.model.named_parameters():
                 p.requires_grad_("lora_" in name)
         elif scope in wanted:
