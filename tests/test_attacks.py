@@ -149,3 +149,43 @@ def test_unknown_attack_and_shift_are_refused(adapter: HFAdapter, suite: Suite) 
         run_attacks(adapter, suite, ["nope"], FAST)
     with pytest.raises(ConfigError, match="unknown shift"):
         run_attacks(adapter, suite, ["shift"], AttackConfig(shifts=["blur"]))
+
+
+# ---- the command line: unsee attack, unsee unlearn --audit ------------------------------------------
+def test_attack_command_adds_to_an_unlearn_results_file(adapter: HFAdapter, world: Path, tmp_path: Path) -> None:
+    import json
+
+    from unsee.cli import main
+    from unsee.eval.results import load_results
+
+    out = tmp_path / "ga"
+    model = Path(adapter.source)
+    api.unlearn("ga", model, world, out, forget="forget_15", overrides=["max_steps=1", "progress=false"],
+                evaluate_after=False)
+    args = ["attack", "probe", "--model", str(out / "model"), "--data", str(world), "--out", str(out),
+            "--forget", "forget_15", "--vanilla", str(model), "probe_steps=20"]
+    assert main(args) == 0
+    run = load_results(out / "results.json")["runs"][0]
+    assert run["method"] == "ga" and {"forget_acc", "vanilla_forget_acc"} <= set(run["attacks"]["probe"])
+    assert json.loads((out / "run.json").read_text())["attacks"] == run["attacks"]
+    before = (out / "results.json").read_bytes()
+    assert main(args) == 2  # already recorded: refused, file untouched
+    assert (out / "results.json").read_bytes() == before
+
+    fresh = tmp_path / "fresh.json"
+    assert main(["attack", "shift", "--model", str(model), "--data", str(world), "--out", str(fresh),
+                 "--forget", "forget_15", "max_items=2"]) == 0
+    run = load_results(fresh)["runs"][0]
+    assert run["method"] == "attacked" and "forget_crop" in run["attacks"]["shift"]
+
+
+def test_unlearn_with_audit_records_attacks_in_run_and_card(adapter: HFAdapter, world: Path, tmp_path: Path) -> None:
+    from unsee.eval.results import load_results
+
+    out = api.unlearn("ga", Path(adapter.source), world, tmp_path / "ga", forget="forget_15",
+                      overrides=["max_steps=1", "progress=false"], evaluate_after=False, audit=True,
+                      audit_overrides=["relearn_steps=2", "pgd_steps=2", "max_items=4", "probe_steps=30"])
+    found = load_results(out / "results.json")["runs"][0]["attacks"]
+    assert set(found) == set(attacks.ATTACKS)
+    assert found["relearn"]["ag"] is not None
+    assert "| relearn | ag |" in (out / "model" / "README.md").read_text()

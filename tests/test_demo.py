@@ -20,7 +20,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
     root = tmp_path_factory.mktemp("demo")
     out = root / "out"
-    run_demo(out, quick=True, cache_dir=root / "cache", config=CONFIG, methods="cvf_ncu,graddiff")
+    run_demo(out, quick=True, cache_dir=root / "cache", config=CONFIG, methods="cvf_ncu,graddiff", audit=True)
     return out, root / "cache"
 
 
@@ -40,6 +40,18 @@ def test_demo_writes_every_output(demo_run: tuple[Path, Path]) -> None:
         card = (out / m / "README.md").read_text()
         assert m in card and "forget" in card and "retain" in card
         assert (out / m / "model.safetensors").is_file()
+
+
+def test_demo_audits_every_result(demo_run: tuple[Path, Path]) -> None:
+    out, _ = demo_run
+    runs = {r["method"]: r for r in load_results(out / "results.json")["runs"]}
+    assert "attacks" not in runs["vanilla"]
+    for m in ("cvf_ncu", "graddiff"):
+        attacks = runs[m]["attacks"]
+        assert set(attacks) == {"relearn", "pgd", "shift", "probe"}
+        assert "skipped" in attacks["relearn"]  # the tiny world's request has one person: nothing to split
+        assert 0 <= attacks["pgd"]["forget_attacked"] <= 1 and "vanilla_forget_acc" in attacks["probe"]
+        assert "| pgd | forget_attacked |" in (out / m / "README.md").read_text()
 
 
 def test_demo_reuses_the_cache_and_refuses_existing_output(demo_run: tuple[Path, Path], monkeypatch) -> None:

@@ -20,7 +20,7 @@ from unsee.config import ConfigError, load_config, parse_overrides, read_config_
 from unsee.data.collate import qa_turns
 from unsee.data.schema import Suite
 from unsee.data.world import build_world
-from unsee.errors import DataError, UnseeError
+from unsee.errors import DataError, OutputExistsError
 from unsee.finetune import finetune
 from unsee.io import atomic_dir, atomic_write_json, atomic_write_text, check_output_dir
 from unsee.models import load_adapter
@@ -218,7 +218,7 @@ def unlearn_adapter(method: str, adapter: HFAdapter, suite: Suite, *, config: An
 def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
             requests: str | Sequence[str] | None = None, config: Any = None, overrides: Any = (), seed: int = 0,
             overwrite: bool = False, allow_pickle: bool = False, audit: bool = False,
-            evaluate_after: bool = True) -> Path:
+            audit_overrides: Any = (), evaluate_after: bool = True) -> Path:
     """``unsee unlearn``: a checkpoint (or a steering file, for ``eraser``), ``run.json`` and a model card.
 
     With ``requests`` the method runs continually, one request after another, and
@@ -228,8 +228,6 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
 
     out = Path(out)
     check_output_dir(out, overwrite=overwrite)
-    if audit:
-        raise UnseeError("the robustness audits (--audit, unsee attack) are not part of this release yet")
     method_configs(method, config, overrides)  # reject unknown methods and options before any work
     reqs = _requests(requests)
     if reqs:
@@ -242,7 +240,7 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
         run, _ = unlearn_and_save(method, adapter, suite, steering_dir=tmp, model_dir=tmp / "model",
                                   model=model_name(model), base_model=str(model), base_hash=adapter.fingerprint(),
                                   forget=forget, seed=seed, config=config, overrides=overrides,
-                                  evaluate_after=evaluate_after)
+                                  evaluate_after=evaluate_after, audit=audit, audit_overrides=audit_overrides)
         atomic_write_json(tmp / "run.json", run)
         write_results(tmp / "results.json", new_results([run]))
     return out
@@ -251,7 +249,8 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
 def unlearn_and_save(method: str, adapter: HFAdapter, suite: Suite, *, steering_dir: Path, model_dir: Path,
                      model: str, base_model: str, base_hash: str, forget: str, seed: int, config: Any = None,
                      overrides: Any = (), vanilla: Mapping[str, Any] | None = None, evaluate_after: bool = True,
-                     eval_kw: Mapping[str, Any] | None = None) -> tuple[dict, Path | None]:
+                     eval_kw: Mapping[str, Any] | None = None, audit: bool = False,
+                     audit_overrides: Any = (), audit_kinds: Sequence[str] | None = None) -> tuple[dict, Path | None]:
     """Honour one removal request on a loaded model and record it: the run and the artefact a user ships.
 
     ``unsee unlearn`` and the demo both go through here, so that a run's cost, metrics,
@@ -260,10 +259,17 @@ def unlearn_and_save(method: str, adapter: HFAdapter, suite: Suite, *, steering_
     ``model_dir``; ``eraser`` leaves the weights alone and writes its steering file to
     ``steering_dir``. The cost covers the unlearning only, not the evaluation.
 
+    With ``audit`` the result is attacked (:mod:`unsee.eval.attacks`) before it is saved, and
+    the run and the model card carry the ``attacks``; the probe's baseline is a visual-only
+    copy taken before unlearning.
+
     Returns the run (as in results.json) and the steering file (None for training methods).
     """
+    from unsee.engine.trainer import frozen_copy
     from unsee.eval.results import CostMeter
     from unsee.report import model_card
+
+    before = frozen_copy(adapter, visual_only=True) if audit else None
 
     steering: Path | None = None
     info: dict[str, Any] = {}
@@ -283,6 +289,9 @@ def unlearn_and_save(method: str, adapter: HFAdapter, suite: Suite, *, steering_
     metrics = evaluate_adapter(adapter, suite, steering=steering, **(eval_kw or {})) if evaluate_after else {}
     run = make_run(method, metrics, model=model, suite=suite, forget=forget, seed=seed, config=resolved, cost=cost,
                    info=_jsonable(info))
+    if audit:
+        run["attacks"] = audit_adapter(adapter, suite, kinds=audit_kinds, steering=steering, vanilla=before,
+                                       seed=seed, overrides=audit_overrides, strict=False)
     if steering is None:
         _save_model(adapter, model_dir)
         card = model_card(run, vanilla, base_model=base_model, base_hash=base_hash,
@@ -338,9 +347,64 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
     return out
 
 
-def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, **kw: Any) -> dict:
-    """``unsee attack``: the robustness audits are not part of this release yet."""
-    raise UnseeError("the robustness audits (unsee attack relearn|pgd|probe|shift) are not part of this release yet")
+def audit_adapter(adapter: HFAdapter, suite: Suite, *, kinds: Sequence[str] | None = None,
+                  steering: str | Path | None = None, vanilla: HFAdapter | None = None, seed: int = 0,
+                  overrides: Any = (), strict: bool = True) -> dict[str, dict[str, Any]]:
+    """The robustness audits on a loaded model (as deployed: with its steering file, if any)."""
+    from unsee.eval.attacks import ATTACKS, AttackConfig, run_attacks
+
+    values = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
+    cfg = load_config(AttackConfig, {"seed": seed, **values})
+    st = None
+    if steering is not None:
+        from unsee.methods.eraser import Steering
+
+        st = Steering.load(steering)
+    return run_attacks(adapter, suite, list(kinds or ATTACKS), cfg, vanilla=vanilla, steering=st, strict=strict)
+
+
+def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
+           vanilla: str | Path | None = None, steering: str | Path | None = None, method: str = "attacked",
+           seed: int = 0, overrides: Any = (), overwrite: bool = False, allow_pickle: bool = False) -> dict:
+    """``unsee attack KIND``: attack a model and record the figures in a results.json.
+
+    ``KIND`` is ``relearn``, ``pgd``, ``shift``, ``probe`` or ``all``. If ``out`` is an existing
+    results.json (the one ``unsee unlearn`` wrote), the attacks are added to its last run and
+    everything else is kept; an attack already recorded there is replaced only with
+    ``overwrite``. Otherwise a new results.json holds one run named ``method``.
+    """
+    from unsee.eval.attacks import ATTACKS
+    from unsee.eval.results import load_results, new_results, write_results
+
+    kinds = list(ATTACKS) if kind == "all" else [kind]
+    if any(k not in ATTACKS for k in kinds):
+        raise ConfigError(f"unknown attack {kind!r}; choose from {', '.join(ATTACKS)} or all")
+    out = Path(out)
+    if out.is_dir():  # an unlearn output directory
+        out = out / "results.json"
+    existing = load_results(out) if out.is_file() else None
+    if existing is not None and not existing["runs"]:
+        raise DataError(f"{out} holds no runs to add the attacks to")
+    if existing is not None and not overwrite:
+        done = sorted(set(kinds) & set(existing["runs"][-1].get("attacks", {})))
+        if done:
+            raise OutputExistsError(f"{out} already records {done}; pass overwrite=True (--overwrite) to redo them")
+    suite = load_suite(data, forget, seed=seed)
+    check_forget(suite)
+    adapter = load_adapter(model, allow_pickle=allow_pickle)
+    before = load_adapter(vanilla, allow_pickle=allow_pickle) if vanilla is not None else None
+    found = audit_adapter(adapter, suite, kinds=kinds, steering=steering, vanilla=before, seed=seed,
+                          overrides=overrides)
+    if existing is not None:
+        run = existing["runs"][-1]
+        run["attacks"] = {**run.get("attacks", {}), **found}
+        write_results(out, existing, overwrite=True)
+        if (out.parent / "run.json").is_file() and len(existing["runs"]) == 1:
+            atomic_write_json(out.parent / "run.json", run)
+    else:
+        run = make_run(method, {}, model=model_name(model), suite=suite, forget=forget, seed=seed, attacks=found)
+        write_results(out, new_results([run]))
+    return found
 
 
 def demo(out: str | Path, **kw: Any) -> Path:

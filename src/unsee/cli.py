@@ -67,7 +67,7 @@ def _unlearn(a: argparse.Namespace) -> None:
     out = api.unlearn(
         a.method, a.model, a.data, a.out, forget=a.forget, requests=a.requests, config=a.config,
         overrides=a.overrides, seed=a.seed, overwrite=a.overwrite, allow_pickle=a.allow_pickle,
-        audit=a.audit,
+        audit=a.audit, audit_overrides=a.audit_set,
     )
     print(f"unlearned output written to {out}")
 
@@ -95,11 +95,14 @@ def _demo(a: argparse.Namespace) -> None:
 
 
 def _attack(a: argparse.Namespace) -> None:
+    import json
+
     from unsee import api
 
-    res = api.attack(a.kind, a.model, a.data, a.out, forget=a.forget, vanilla=a.vanilla, seed=a.seed,
-                     overrides=a.overrides, overwrite=a.overwrite)
-    print(res)
+    res = api.attack(a.kind, a.model, a.data, a.out, forget=a.forget, vanilla=a.vanilla, steering=a.steering,
+                     method=a.method, seed=a.seed, overrides=a.overrides, overwrite=a.overwrite,
+                     allow_pickle=a.allow_pickle)
+    print(json.dumps(res, indent=2))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -131,6 +134,8 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--config", default=None)
     u.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) weights")
     u.add_argument("--audit", action="store_true", help="run the robustness audits on the result")
+    u.add_argument("--audit-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the audits (repeatable), e.g. --audit-set relearn_steps=50")
 
     e = _command(sub, "eval", "evaluate a model on a benchmark", _eval, required=["model", "data", "out"])
     e.add_argument("--forget", default="forget_10")
@@ -151,18 +156,27 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--cache-dir", default=None)
     d.add_argument("--no-audit", action="store_true")
 
-    at = _command(sub, "attack", "robustness audits on an unlearned model", _attack,
-                  required=["model", "data", "out"])
-    at.add_argument("kind", choices=["relearn", "pgd", "probe", "shift"])
+    at = _command(sub, "attack", "robustness audits on an unlearned model; figures go into a results.json",
+                  _attack, required=["model", "data", "out"])
+    at.add_argument("kind", choices=["relearn", "pgd", "probe", "shift", "all"])
     _add_overrides(at)  # after the kind: positionals are matched in the order they are added
     at.add_argument("--forget", default="forget_10")
     at.add_argument("--vanilla", default=None, help="the model before unlearning (for the probe's baseline)")
+    at.add_argument("--steering", default=None, help="attack the model with this MLLMEraser steering file on")
+    at.add_argument("--method", default="attacked", help="the run's name when --out is a new file")
+    at.add_argument("--allow-pickle", action="store_true")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
-    args = p.parse_args(argv)
+    # key=value overrides may also come after options (``unsee attack pgd --model M pgd_steps=5``),
+    # where argparse no longer matches positionals
+    args, extra = p.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
     func: Callable[[argparse.Namespace], None] | None = getattr(args, "func", None)
     if func is None:
         p.print_help()

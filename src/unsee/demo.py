@@ -31,6 +31,8 @@ class DemoConfig:
     method_overrides: dict = opt({}, "method -> list of key=value overrides")
     max_gen_items: int = opt(24, "cloze/generation items per group in the evaluation")
     max_items: int = opt(0, "MCQ items per group (0: all)")
+    attacks: list = opt(["relearn", "pgd", "shift", "probe"], "robustness audits run on each result (with audit)")
+    attack_overrides: list = opt([], "key=value overrides of the audits' AttackConfig")
 
 
 def _cache(cache_dir: str | Path | None) -> Path:
@@ -105,7 +107,8 @@ def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", 
             run, steering = api.unlearn_and_save(
                 m, adapter, suite, steering_dir=tmp / m, model_dir=tmp / m, model=arch, base_model=str(vanilla),
                 base_hash=base_adapter.fingerprint(), forget=cfg.forget, seed=seed,
-                overrides=cfg.method_overrides.get(m, []), vanilla=runs[0], eval_kw=eval_kw)
+                overrides=cfg.method_overrides.get(m, []), vanilla=runs[0], eval_kw=eval_kw,
+                audit=audit and bool(cfg.attacks), audit_overrides=cfg.attack_overrides, audit_kinds=cfg.attacks)
             runs.append(run)
             after[m] = _answers(adapter, shown, steering)
         results = new_results(runs)

@@ -19,8 +19,9 @@ import dataclasses
 import io
 import random
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ from unsee.errors import ConfigError, DataError
 from unsee.eval import metrics, prompts
 from unsee.eval.evaluator import mcq_loglik
 from unsee.models.base import HFAdapter, Turn
+
+if TYPE_CHECKING:
+    from unsee.methods.eraser import Steering
 
 ATTACKS = ("relearn", "pgd", "shift", "probe")
 
@@ -66,10 +70,20 @@ def image_mcq(suite: Suite, group: str, entities: set[str] | None = None) -> lis
             and (entities is None or e.entity in entities)]
 
 
-def _accuracy(adapter: HFAdapter, items: Sequence[Example]) -> float | None:
+def steered(adapter: HFAdapter, steering: Steering | None) -> AbstractContextManager[Any]:
+    """MLLMEraser's hooks while a block runs, or nothing: an eraser result is attacked as deployed."""
+    if steering is None:
+        return nullcontext()
+    from unsee.methods.eraser import steer
+
+    return steer(adapter, steering)
+
+
+def _accuracy(adapter: HFAdapter, items: Sequence[Example], steering: Steering | None = None) -> float | None:
     if not items:
         return None
-    ok = mcq_loglik(adapter, items)
+    with steered(adapter, steering):
+        ok = mcq_loglik(adapter, items)
     return sum(ok) / len(ok)
 
 
@@ -79,7 +93,7 @@ def trainable_copy(adapter: HFAdapter) -> HFAdapter:
 
 
 # ---------------------------------------------------------------------------- relearning
-def relearn(adapter: HFAdapter, suite: Suite, cfg: AttackConfig) -> dict[str, Any]:
+def relearn(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steering | None = None) -> dict[str, Any]:
     """Fine-tune a copy on the seen half's forget QA; ``ag`` is the unseen half's gain, in points."""
     from unsee.engine.trainer import TrainConfig, train
     from unsee.methods.baselines import SFT
@@ -93,12 +107,12 @@ def relearn(adapter: HFAdapter, suite: Suite, cfg: AttackConfig) -> dict[str, An
     if not train_items:
         raise DataError("the seen half of the forget people has no training QA to relearn from")
     items = {"seen": image_mcq(suite, "forget", seen), "unseen": image_mcq(suite, "forget", unseen)}
-    out: dict[str, Any] = {f"{k}_before": _accuracy(adapter, v) for k, v in items.items()}
+    out: dict[str, Any] = {f"{k}_before": _accuracy(adapter, v, steering) for k, v in items.items()}
     attacked = trainable_copy(adapter)
     tcfg = TrainConfig(scope="full", lr=cfg.relearn_lr, max_steps=cfg.relearn_steps, batch_size=cfg.relearn_batch,
                        seed=cfg.seed, progress=False)
     train(SFT(), attacked, suite, {"train": qa_turns(train_items)}, tcfg, desc="relearn")
-    out.update({f"{k}_after": _accuracy(attacked, v) for k, v in items.items()})
+    out.update({f"{k}_after": _accuracy(attacked, v, steering) for k, v in items.items()})
     del attacked
     gain = None
     if out["unseen_after"] is not None and out["unseen_before"] is not None:
@@ -179,28 +193,30 @@ def _scores_with_pixels(adapter: HFAdapter, ex: Example, pixels: torch.Tensor) -
         return adapter.answer_logprobs(batch).float().tolist()
 
 
-def pgd_accuracy(adapter: HFAdapter, items: Sequence[Example], cfg: AttackConfig, batch_size: int = 8) -> float:
+def pgd_accuracy(adapter: HFAdapter, items: Sequence[Example], cfg: AttackConfig, batch_size: int = 8,
+                 steering: Steering | None = None) -> float:
     """MCQ accuracy when each item's image is PGD-perturbed towards its correct option."""
     correct = 0
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         turns = [Turn(image_of(e), prompts.qa_prompt(e.question), e.options[e.correct]) for e in chunk]
-        pixels = pgd_pixels(adapter, turns, cfg.pgd_eps, cfg.pgd_step, cfg.pgd_steps)
-        blocks = split_pixels({**adapter.training_batch(turns), "pixel_values": pixels})
-        for ex, block in zip(chunk, blocks, strict=True):
-            correct += int(metrics.loglik_choice(_scores_with_pixels(adapter, ex, block)) == ex.correct)
+        with steered(adapter, steering):
+            pixels = pgd_pixels(adapter, turns, cfg.pgd_eps, cfg.pgd_step, cfg.pgd_steps)
+            blocks = split_pixels({**adapter.training_batch(turns), "pixel_values": pixels})
+            for ex, block in zip(chunk, blocks, strict=True):
+                correct += int(metrics.loglik_choice(_scores_with_pixels(adapter, ex, block)) == ex.correct)
     return correct / len(items)
 
 
-def pgd(adapter: HFAdapter, suite: Suite, cfg: AttackConfig) -> dict[str, Any]:
+def pgd(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steering | None = None) -> dict[str, Any]:
     """Forget accuracy under PGD, with retain under the same budget as the control."""
     out: dict[str, Any] = {"eps": cfg.pgd_eps, "step": cfg.pgd_step, "steps": cfg.pgd_steps}
     for group in ("forget", "retain"):
         items = image_mcq(suite, group)[: cfg.max_items]
         if not items:
             continue
-        out[f"{group}_clean"] = _accuracy(adapter, items)
-        out[f"{group}_attacked"] = pgd_accuracy(adapter, items, cfg)
+        out[f"{group}_clean"] = _accuracy(adapter, items, steering)
+        out[f"{group}_attacked"] = pgd_accuracy(adapter, items, cfg, steering=steering)
         out[f"n_{group}"] = len(items)
     if "forget_attacked" not in out:
         raise DataError(f"suite {suite.name!r} has no image MCQ on the forget people to attack")
@@ -246,16 +262,16 @@ def shifted(items: Sequence[Example], shift: str, seed: int) -> list[Example]:
     return out
 
 
-def shift(adapter: HFAdapter, suite: Suite, cfg: AttackConfig) -> dict[str, Any]:
+def shift(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steering | None = None) -> dict[str, Any]:
     """Forget and retain MCQ accuracy on each shifted copy of their images."""
     out: dict[str, Any] = {}
     for group in ("forget", "retain"):
         items = image_mcq(suite, group)[: cfg.max_items]
         if not items:
             continue
-        out[f"{group}_clean"] = _accuracy(adapter, items)
+        out[f"{group}_clean"] = _accuracy(adapter, items, steering)
         for name in cfg.shifts:
-            out[f"{group}_{name}"] = _accuracy(adapter, shifted(items, name, cfg.seed))
+            out[f"{group}_{name}"] = _accuracy(adapter, shifted(items, name, cfg.seed), steering)
         out[f"n_{group}"] = len(items)
     if not out:
         raise DataError(f"suite {suite.name!r} has no image MCQ to shift")
@@ -309,8 +325,11 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, steps: int, seed
     return head
 
 
-def probe(adapter: HFAdapter, suite: Suite, cfg: AttackConfig) -> dict[str, Any]:
-    """Held-out-view accuracy of a linear identity probe, split by forget and retained people."""
+def probe(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steering | None = None) -> dict[str, Any]:
+    """Held-out-view accuracy of a linear identity probe, split by forget and retained people.
+
+    It reads the visual module only, which steering does not touch: an eraser result keeps
+    the vanilla probe accuracy, and that is what the audit should show."""
     images, labels, test = probe_images(suite, cfg)
     forget = set(suite.forget_entities)
     names = sorted(set(labels))
@@ -335,14 +354,19 @@ def probe(adapter: HFAdapter, suite: Suite, cfg: AttackConfig) -> dict[str, Any]
 
 
 # ---------------------------------------------------------------------------- all of them
-RUNNERS: dict[str, Callable[[HFAdapter, Suite, AttackConfig], dict[str, Any]]] = {
+RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     "relearn": relearn, "pgd": pgd, "shift": shift, "probe": probe,
 }
 
 
 def run_attacks(adapter: HFAdapter, suite: Suite, kinds: Sequence[str] = ATTACKS, cfg: AttackConfig | None = None,
-                *, vanilla: HFAdapter | None = None) -> dict[str, dict[str, Any]]:
-    """Run each attack in ``kinds``; with ``vanilla``, the probe also reports the model before unlearning."""
+                *, vanilla: HFAdapter | None = None, steering: Steering | None = None,
+                strict: bool = True) -> dict[str, dict[str, Any]]:
+    """Run each attack in ``kinds``; with ``vanilla`` (its visual module is enough), the probe also
+    reports the model before unlearning; with ``steering``, the model is attacked as deployed.
+
+    With ``strict=False`` (an audit after unlearning) an attack the data cannot support, such
+    as relearning with a single forget person, is recorded as ``{"skipped": reason}``."""
     cfg = cfg or AttackConfig()
     cfg.validate()
     unknown = sorted(set(kinds) - set(RUNNERS))
@@ -350,7 +374,13 @@ def run_attacks(adapter: HFAdapter, suite: Suite, kinds: Sequence[str] = ATTACKS
         raise ConfigError(f"unknown attack(s) {unknown}; choose from {', '.join(ATTACKS)}")
     out = {}
     for kind in kinds:
-        out[kind] = RUNNERS[kind](adapter, suite, cfg)
+        try:
+            out[kind] = RUNNERS[kind](adapter, suite, cfg, steering)
+        except DataError as e:
+            if strict:
+                raise
+            out[kind] = {"skipped": str(e)}
+            continue
         if kind == "probe" and vanilla is not None:
             before = probe(vanilla, suite, cfg)
             out[kind].update({f"vanilla_{k}": v for k, v in before.items() if k.endswith("_acc")})
