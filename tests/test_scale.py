@@ -171,6 +171,18 @@ def test_image_only_streams_hold_each_image_once(suite: Suite) -> None:
 
 
 # ---- several processes -----------------------------------------------------------------------------
+def launch(*args: str) -> subprocess.CompletedProcess:
+    """``accelerate launch`` with the shipped two-process CPU config."""
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    assert launcher, "accelerate's launcher is not installed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"),
+                                                                                os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(
+        [launcher, "launch", "--config_file", str(ROOT / "src/unsee/configs/accelerate/cpu.yaml"), *args],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+
+
 def test_two_process_gloo_run_matches_one_process(model_dir: Path, world: Path, tmp_path: Path) -> None:
     """Covariances, Fisher diagonals, losses and weights of a 2-process run equal the 1-process ones."""
     from accelerate import Accelerator
@@ -178,16 +190,8 @@ def test_two_process_gloo_run_matches_one_process(model_dir: Path, world: Path, 
     sys.path.insert(0, str(Path(__file__).parent))
     from dist_worker import compute
 
-    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    assert launcher, "accelerate's launcher is not installed"
     out = tmp_path / "dist.safetensors"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"),
-                                                                                os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [launcher, "launch", "--config_file", str(ROOT / "src/unsee/configs/accelerate/cpu.yaml"),
-         str(Path(__file__).parent / "dist_worker.py"), str(model_dir), str(world), str(out)],
-        capture_output=True, text=True, timeout=300, env=env,
-    )
+    proc = launch(str(Path(__file__).parent / "dist_worker.py"), str(model_dir), str(world), str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = load_file(out)
     assert int(two.pop("world_size")) == 2
@@ -195,6 +199,24 @@ def test_two_process_gloo_run_matches_one_process(model_dir: Path, world: Path, 
     assert set(one) == set(two)
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=2e-4, atol=1e-6, msg=k)
+
+
+def test_unlearn_command_under_two_processes_writes_once(model_dir: Path, world: Path, tmp_path: Path) -> None:
+    """`accelerate launch -m unsee.cli unlearn`: the first process writes one checkpoint, equal to a 1-process run."""
+    opts = ["max_steps=2", "batch_size=4", "lr=1e-3", "progress=false"]
+    proc = launch("-m", "unsee.cli", "unlearn", "--method", "graddiff", "--model", str(model_dir), "--data",
+                  str(world), "--out", str(tmp_path / "two"), *opts)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    api.unlearn("graddiff", model_dir, world, tmp_path / "one", overrides=opts, evaluate_after=False)
+    two, one = (load_file(tmp_path / d / "model" / "model.safetensors") for d in ("two", "one"))
+    start = load_file(model_dir / "model.safetensors")
+    assert set(two) == set(one) == set(start)
+    # Adam's first steps divide by sqrt(v): elements whose gradient is ~0 amplify summation-order
+    # noise, so compare the updates as a whole rather than element by element.
+    moved = sum(float((one[k] - start[k]).pow(2).sum()) for k in one)
+    apart = sum(float((two[k] - one[k]).pow(2).sum()) for k in one)
+    assert moved > 0 and apart < 1e-4 * moved
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["model", "results.json", "run.json"]
 
 
 def test_gpu_benchmark_runs_on_cpu_sized_shapes(tmp_path: Path) -> None:

@@ -215,6 +215,14 @@ def unlearn_adapter(method: str, adapter: HFAdapter, suite: Suite, *, config: An
     return res, resolved
 
 
+def is_main_process() -> bool:
+    """True outside a multi-process launch, and in its first process."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available()).is_main_process
+
+
 def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
             requests: str | Sequence[str] | None = None, config: Any = None, overrides: Any = (), seed: int = 0,
             overwrite: bool = False, allow_pickle: bool = False, audit: bool = False,
@@ -236,6 +244,11 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
     suite = load_suite(data, forget, seed=seed)
     check_forget(suite)
     adapter = load_adapter(model, allow_pickle=allow_pickle)
+    if not is_main_process():
+        # Under `accelerate launch` every process trains its share; the first alone evaluates and writes.
+        if method != "eraser":
+            unlearn_adapter(method, adapter, suite, config=config, overrides=overrides, seed=seed)
+        return out
     with atomic_dir(out, overwrite=overwrite) as tmp:
         run, _ = unlearn_and_save(method, adapter, suite, steering_dir=tmp, model_dir=tmp / "model",
                                   model=model_name(model), base_model=str(model), base_hash=adapter.fingerprint(),
