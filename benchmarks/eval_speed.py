@@ -1,0 +1,127 @@
+"""Evaluator throughput on the quick world: MCQ option log-likelihood and greedy generation, items per second.
+
+    python benchmarks/eval_speed.py --out benchmarks/results/eval_speed.json
+
+The two timed calls are the evaluator's own building blocks (``option_logprobs`` and
+``adapter.generate``), on a fixed, deterministic sample of every metric group of the quick
+world (image and text-only questions alike), at batch sizes 1, 8 and 16. The model is a
+freshly initialised tiny one: speed does not depend on what it has learnt, except that an
+untrained model rarely stops before ``max_new_tokens``, so generation here is the worst case.
+Each figure is the median of ``--repeats`` timed passes, after a short untimed warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from unsee.data.collate import image_of
+from unsee.data.mllmu import load_mllmu
+from unsee.data.schema import METRIC_GROUPS, Example, Suite
+from unsee.data.world import build_world
+from unsee.eval import prompts
+from unsee.eval.evaluator import option_logprobs
+from unsee.eval.results import environment
+from unsee.io import atomic_write_json
+from unsee.models import HFAdapter, Turn, load_adapter
+from unsee.models.tiny import init_model
+
+BATCH_SIZES = (1, 8, 16)
+
+
+def sample(suite: Suite, tasks: tuple[str, ...], per_group: int) -> list[Example]:
+    """The first ``per_group`` items of each task in every metric group: the evaluator's own capping rule."""
+    out: list[Example] = []
+    for group in METRIC_GROUPS:
+        for task in tasks:
+            out += [e for e in suite.groups.get(group, []) if e.task == task and (task != "mcq" or e.options)][
+                :per_group]
+    return out
+
+
+def generation_turns(items: list[Example]) -> list[Turn]:
+    """Cloze and generation prompts exactly as :func:`unsee.eval.evaluator.evaluate` builds them."""
+    return [Turn(image_of(e), prompts.cloze_prompt(e.question) if e.task == "cloze"
+                 else prompts.gen_prompt(e.question, e.has_image)) for e in items]
+
+
+def timed(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def measure(adapter: HFAdapter, mcq: list[Example], gen: list[Example], *, max_new_tokens: int,
+            repeats: int) -> list[dict]:
+    """Median seconds per pass for each (kind, batch size).
+
+    The repeats go round all batch sizes in turn rather than one size at a time, so that a
+    change in the machine's load during the run falls on every size alike.
+    """
+    n_options = sum(len(e.options) for e in mcq)
+    turns = generation_turns(gen)
+    runs: dict[tuple[str, int], Callable[[], object]] = {}
+    for bs in BATCH_SIZES:
+        runs["mcq_loglik", bs] = lambda bs=bs: option_logprobs(adapter, mcq, batch_size=bs)
+        runs["generation", bs] = lambda bs=bs: adapter.generate(turns, max_new_tokens=max_new_tokens, batch_size=bs)
+    # warm-up: first-call allocations and lazy initialisation are not the evaluator's steady state
+    option_logprobs(adapter, mcq[:2], batch_size=max(BATCH_SIZES))
+    adapter.generate(turns[:2], max_new_tokens=max_new_tokens, batch_size=2)
+    times: dict[tuple[str, int], list[float]] = {key: [] for key in runs}
+    for _ in range(repeats):
+        for key, run in runs.items():
+            times[key].append(timed(run))
+    rows = []
+    for (kind, bs), ts in sorted(times.items()):
+        s = statistics.median(ts)
+        n = len(mcq) if kind == "mcq_loglik" else len(turns)
+        row = {"kind": kind, "batch_size": bs, "items": n, "seconds": round(s, 3), "items_per_s": round(n / s, 2)}
+        if kind == "mcq_loglik":
+            row.update(options=n_options, options_per_s=round(n_options / s, 2))
+        else:
+            row.update(max_new_tokens=max_new_tokens)
+        rows.append({**row, "runs_s": [round(t, 3) for t in ts]})
+        print(rows[-1])
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="benchmarks/results/eval_speed.json")
+    p.add_argument("--arch", default="tiny-llava")
+    p.add_argument("--mcq-per-group", type=int, default=6, help="MCQ items per metric group")
+    p.add_argument("--gen-per-group", type=int, default=2, help="cloze and generation items each, per group")
+    p.add_argument("--max-new-tokens", type=int, default=24, help="the evaluator's default")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as d:
+        world = build_world(Path(d) / "world", seed=0, config="quick")
+        adapter = load_adapter(init_model(a.arch, Path(d) / "model", world=world, seed=0))
+        suite = load_mllmu(world, "forget_10", seed=0)
+    mcq = sample(suite, ("mcq",), a.mcq_per_group)
+    gen = sample(suite, ("cloze", "gen"), a.gen_per_group)
+    load_before, start = os.getloadavg()[0], time.perf_counter()
+    rows = measure(adapter, mcq, gen, max_new_tokens=a.max_new_tokens, repeats=a.repeats)
+    atomic_write_json(a.out, {
+        "benchmark": "eval_speed", "arch": a.arch, "world": "quick", "forget": "forget_10",
+        "mcq_items_with_image": sum(e.has_image for e in mcq), "gen_items_with_image": sum(e.has_image for e in gen),
+        "repeats": a.repeats, "threads": torch.get_num_threads(), "wall_s": round(time.perf_counter() - start, 1),
+        # other work on the machine slows every figure; the 1-minute load average puts them in context
+        "load_avg_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2),
+                        "cpus": os.cpu_count()},
+        "environment": environment(), "rows": rows,
+    })
+
+
+if __name__ == "__main__":
+    main()
