@@ -20,18 +20,13 @@ from safetensors.torch import load_file
 from unsee import api
 from unsee.data.collate import qa_turns
 from unsee.data.schema import Suite
-from unsee.data.world import build_world
 from unsee.engine.trainer import TrainConfig, _apply_lora, frozen_copy, train, unique_images
 from unsee.methods import method_class
 from unsee.models import adapter_class, load_adapter
 from unsee.models.base import Turn
 from unsee.models.shapes import SHAPES, build_shaped, hub_config, init_shaped, shaped_config, shrink
-from unsee.models.tiny import init_model
 
 ROOT = Path(__file__).resolve().parents[1]
-WORLD_OVERRIDES = ["n_people=6", "n_known=2", "n_unknown=2", "n_neutral=4", "n_train_views=2", "n_test_views=1",
-                   "n_requests=2", "n_general_train=8", "n_general_eval=4", "n_pretrain=4"]
-
 # (text hidden, text layers, vision layers, vision width) of each hub checkpoint
 FULL = {
     "llava-1.5-7b": (4096, 32, 24, 1024),
@@ -39,21 +34,6 @@ FULL = {
     "qwen2-vl-7b": (3584, 28, 32, 1280),
     "qwen2.5-vl-7b": (3584, 28, 32, 1280),
 }
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_world(tmp_path_factory.mktemp("scale") / "w", config="quick", overrides=WORLD_OVERRIDES)
-
-
-@pytest.fixture(scope="module")
-def model_dir(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return init_model("tiny-llava", tmp_path_factory.mktemp("scale_model") / "m", world=world, seed=0)
-
-
-@pytest.fixture(scope="module")
-def suite(world: Path) -> Suite:
-    return api.load_suite(world, "forget_10")
 
 
 def keys(d: dict[str, Any], prefix: str = "") -> set[str]:
