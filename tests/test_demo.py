@@ -71,3 +71,27 @@ def test_demo_reuses_the_cache_and_refuses_existing_output(demo_run: tuple[Path,
     again = out.parent / "again"
     run_demo(again, quick=True, cache_dir=cache, config=CONFIG, methods="graddiff")
     assert (again / "results.json").is_file()
+
+
+def test_unlearn_benchmark_runs_on_the_demo_world(demo_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """benchmarks/unlearn.py on the cached demo world: rows, scores, targets and a results.json for the report."""
+    import sys
+
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import unlearn
+
+    cfg = yaml.safe_load(CONFIG.read_text())
+    args = ["--world", "quick", "--cache-dir", str(demo_run[1]), "--methods", "graddiff,cvf_ncu,eraser",
+            "--lr-scales", "1.0", "--max-items", "4", "--threads", "1", "--out", str(tmp_path / "u.json"),
+            "--train-set", "max_steps=2", "--train-set", "progress=false"]
+    args += [f"--world-set={x}" for x in cfg["world_overrides"]]
+    args += [f"--recipe-set={x}" for x in cfg["recipe_overrides"]]
+    result = unlearn.main(args)
+    assert [r["method"] for r in result["rows"]] == ["graddiff", "cvf_ncu", "eraser"]
+    assert all(r["cost"]["wall_s"] > 0 and "forget" in r["metrics"] for r in result["rows"])
+    assert {"forget", "retain", "score_highest", "wall_s"} <= set(result["targets"]["cvf_ncu"])
+    assert result["rows"][2]["generation"]["plain_s"] > 0
+    assert [r["method"] for r in load_results(tmp_path / "u.results.json")["runs"]] == [
+        "vanilla", "graddiff", "cvf_ncu", "eraser"]

@@ -1,0 +1,76 @@
+"""What the method benchmarks share: the cached vanilla model, one evaluation protocol, targets.
+
+Every benchmark evaluates with the same settings (log-likelihood MCQ, generation off unless
+asked, the same item caps), so their numbers can be put side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from unsee import api
+from unsee.data.schema import Suite
+from unsee.demo import DemoConfig, _cache, prepare_vanilla
+from unsee.eval.metrics import unlearning_score
+from unsee.models import HFAdapter, load_adapter
+
+TRAINING = ("ga", "graddiff", "kl", "npo", "mmunlearner", "vkd", "cvf_ncu", "cvf_only", "ncu_only")
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--world", default="default", help="world config: quick or default")
+    p.add_argument("--world-set", action="append", default=[], metavar="KEY=VALUE", help="world config override")
+    p.add_argument("--recipe", default=None, help="finetune recipe (default: the world's name)")
+    p.add_argument("--recipe-set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
+    p.add_argument("--arch", default="tiny-llava")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-items", type=int, default=120, help="MCQ items per metric group (0: all)")
+    p.add_argument("--generation", action="store_true", help="also score cloze and generation (slow on CPU)")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--threads", type=int, default=2)
+
+
+def vanilla_model(args: argparse.Namespace) -> tuple[Path, Path]:
+    """World and vanilla model from the shared stage cache (trained on first use)."""
+    cfg = DemoConfig(world=args.world, recipe=args.recipe or args.world, world_overrides=args.world_set,
+                     recipe_overrides=args.recipe_set)
+    return prepare_vanilla(cfg, args.arch, args.seed, _cache(args.cache_dir))
+
+
+def eval_kw(args: argparse.Namespace) -> dict[str, Any]:
+    return {"max_items": args.max_items or None, "generation": args.generation, "progress": False}
+
+
+def measure(method: str, vanilla: Path, suite: Suite, forget: str, overrides: Sequence[str], seed: int,
+            kw: Mapping[str, Any]) -> tuple[dict, HFAdapter, Path | None]:
+    """One method at one setting on a fresh copy of the vanilla model, through the same
+    ``api.unlearn_and_save`` as ``unsee unlearn``: metrics, cost, resolved config.
+
+    Returns the run, the unlearned adapter and, for ``eraser``, its steering file.
+    """
+    adapter = load_adapter(vanilla)
+    scratch = Path(tempfile.mkdtemp(prefix=f"unsee-bench-{method}-"))
+    run, steering = api.unlearn_and_save(
+        method, adapter, suite, steering_dir=scratch / "steering", model_dir=scratch / "model",
+        model=api.model_name(vanilla), base_model=str(vanilla), base_hash=adapter.fingerprint(), forget=forget,
+        seed=seed, overrides=overrides, eval_kw=kw)
+    return run, adapter, steering
+
+
+def score(vanilla_metrics: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
+    return unlearning_score(vanilla_metrics, run["metrics"])
+
+
+def mcq(metrics: Mapping[str, Any], group: str) -> float | None:
+    fig = metrics.get(group) or {}
+    return fig.get("mcq")
+
+
+def check(value: float | None, op: str, bound: float) -> dict[str, Any]:
+    """A target row: the value, the bound and whether it holds (None when unmeasured)."""
+    ok = None if value is None else (value <= bound if op == "<=" else value >= bound)
+    return {"value": value, "target": f"{op} {round(bound, 4)}", "pass": ok}

@@ -1,0 +1,155 @@
+"""Every method on one removal request: metrics, unlearning score and cost, with a fair sweep.
+
+    python benchmarks/unlearn.py --out benchmarks/results/unlearn_default.json
+    python benchmarks/unlearn.py --world quick --methods cvf_ncu,graddiff,eraser --out /tmp/unlearn_quick.json
+
+Each training method runs at its shipped setting and, with ``--lr-scales``/``--epoch-scales``,
+at multiples of the shipped learning rate and epochs; the best setting by unlearning score
+is the method's row (the whole sweep is kept in the JSON). ``eraser`` runs at its shipped
+setting and with ``sweep=true`` (layers and strength picked on training QA). The selection
+uses the reported groups themselves, as public unlearning benchmarks do; `forget_test`
+(held-out views and paraphrases) is never trained on. A results.json of the vanilla model
+and each method's best run is written beside, for ``unsee report``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import TRAINING, add_common_args, check, eval_kw, mcq, measure, score, vanilla_model
+
+from unsee import api
+from unsee.eval.results import environment, new_results, write_results
+from unsee.io import atomic_write_json
+from unsee.models import Turn, load_adapter
+
+
+def settings(method: str, args: argparse.Namespace) -> list[list[str]]:
+    """The override lists a method is run with: the shipped setting first."""
+    if method == "eraser":
+        return [[], ["sweep=true"]] if args.lr_scales != [1.0] else [[]]
+    tcfg, _, _ = api.method_configs(method, None, [])
+    out = []
+    for ls in args.lr_scales:
+        for es in args.epoch_scales:
+            ov = [] if ls == 1.0 else [f"lr={tcfg.lr * ls:.3g}"]
+            ov += [] if es == 1.0 else [f"epochs={tcfg.epochs * es:g}"]
+            out.append(ov)
+    return [[*args.train_set, *ov] for ov in sorted(out, key=len)]
+
+
+def generation_overhead(vanilla: Path, suite: Any, steering: Path, n: int = 16, tokens: int = 16) -> dict:
+    """Greedy generation time with the steering file on, relative to off (same prompts, fixed length)."""
+    from unsee.methods.eraser import Steering, steer
+
+    adapter = load_adapter(vanilla)
+    prompts = [Turn(e.pil_image(), e.question) for e in suite.group("forget") if e.has_image][:n]
+    batch = adapter.generation_batch(prompts)
+
+    def timed() -> float:
+        start = time.perf_counter()
+        with torch.no_grad():
+            adapter.model.generate(**batch, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                                   pad_token_id=adapter.tokenizer.pad_token_id)
+        return time.perf_counter() - start
+
+    timed()
+    plain = min(timed() for _ in range(3))
+    with steer(adapter, Steering.load(steering)):
+        steered = min(timed() for _ in range(3))
+    return {"prompts": len(prompts), "new_tokens": tokens, "plain_s": round(plain, 3), "steered_s": round(steered, 3),
+            "overhead": round(steered / plain - 1, 4)}
+
+
+def targets(best: dict[str, dict], vanilla: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The headline and MLLMEraser targets, checked on the best rows."""
+    out: dict[str, dict[str, Any]] = {}
+    v = {g: mcq(vanilla, g) for g in ("retain", "text_forget", "known", "general")}
+    graddiff = best.get("graddiff")
+    if "cvf_ncu" in best:
+        m, row = best["cvf_ncu"]["metrics"], best["cvf_ncu"]
+        t = {
+            "forget": check(mcq(m, "forget"), "<=", 0.30),
+            "forget_test": check(mcq(m, "forget_test"), "<=", 0.35),
+            "text_forget": check(mcq(m, "text_forget"), ">=", (v["text_forget"] or 0) - 0.02),
+            "retain": check(mcq(m, "retain"), ">=", 0.97 * (v["retain"] or 0)),
+            "known": check(mcq(m, "known"), ">=", 0.97 * (v["known"] or 0)),
+            "general": check(mcq(m, "general"), ">=", 0.98 * (v["general"] or 0)),
+            "score_highest": {"value": row["score"]["score"],
+                              "pass": row["score"]["score"] is not None and all(
+                                  (r["score"]["score"] or 0) <= row["score"]["score"] for r in best.values())},
+        }
+        if graddiff:
+            t["wall_s"] = check(row["cost"]["wall_s"], "<=", 0.5 * graddiff["cost"]["wall_s"])
+            t["peak_rss_bytes"] = check(row["cost"]["peak_rss_bytes"], "<=", graddiff["cost"]["peak_rss_bytes"])
+        out["cvf_ncu"] = t
+    if "eraser" in best:
+        m, row = best["eraser"]["metrics"], best["eraser"]
+        t = {
+            "forget": check(mcq(m, "forget"), "<=", 0.30),
+            "forget_test": check(mcq(m, "forget_test"), "<=", 0.40),
+            "retain": check(mcq(m, "retain"), ">=", 0.95 * (v["retain"] or 0)),
+            "text_forget": check(mcq(m, "text_forget"), ">=", 0.95 * (v["text_forget"] or 0)),
+            "general": check(mcq(m, "general"), ">=", 0.97 * (v["general"] or 0)),
+        }
+        if graddiff:
+            t["build_s"] = check(row["cost"]["wall_s"], "<=", 0.1 * graddiff["cost"]["wall_s"])
+        if "generation" in row:
+            t["generation_overhead"] = check(row["generation"]["overhead"], "<=", 0.15)
+        out["eraser"] = t
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_args(p)
+    p.add_argument("--forget", default="forget_10")
+    p.add_argument("--methods", default=",".join([*TRAINING, "eraser"]))
+    p.add_argument("--lr-scales", type=float, nargs="+", default=[0.3, 1.0, 3.0])
+    p.add_argument("--epoch-scales", type=float, nargs="+", default=[1.0])
+    p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an engine option for every training method, e.g. max_steps=2 for a smoke run")
+    p.add_argument("--out", default="benchmarks/results/unlearn.json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    world, vanilla = vanilla_model(args)
+    suite = api.load_suite(world, args.forget, seed=args.seed)
+    kw = eval_kw(args)
+    start = time.perf_counter()
+    v_metrics = api.evaluate_adapter(load_adapter(vanilla), suite, **kw)
+    v_run = api.make_run("vanilla", v_metrics, model=args.arch, suite=suite, forget=args.forget, seed=args.seed)
+    v_run["eval_s"] = round(time.perf_counter() - start, 1)
+    rows: list[dict[str, Any]] = []
+    best: dict[str, dict[str, Any]] = {}
+    best_runs: dict[str, dict] = {}
+    for method in args.methods.split(","):
+        for overrides in settings(method, args):
+            run, _, steering = measure(method, vanilla, suite, args.forget, overrides, args.seed, kw)
+            row = {"method": method, "overrides": overrides, "score": score(v_metrics, run),
+                   "metrics": run["metrics"], "cost": run["cost"]}
+            if steering is not None:
+                row["generation"] = generation_overhead(vanilla, suite, steering)
+            rows.append(row)
+            print(f"{method:12s} {' '.join(overrides) or '(shipped)':28s} score={row['score']['score']} "
+                  f"forget={mcq(run['metrics'], 'forget')} retain={mcq(run['metrics'], 'retain')} "
+                  f"wall={run['cost']['wall_s']:.1f}s", flush=True)
+            if method not in best or (row["score"]["score"] or 0) > (best[method]["score"]["score"] or 0):
+                best[method], best_runs[method] = row, run
+    out = Path(args.out)
+    result = {
+        "benchmark": "unlearn", "world": args.world, "arch": args.arch, "forget": args.forget, "seed": args.seed,
+        "eval": kw, "vanilla": v_metrics, "rows": rows, "best": best, "targets": targets(best, v_metrics),
+        "environment": environment(),
+    }
+    atomic_write_json(out, result)
+    write_results(out.with_suffix(".results.json"), new_results([v_run, *best_runs.values()]), overwrite=True)
+    print(f"wrote {out} and {out.with_suffix('.results.json')}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
