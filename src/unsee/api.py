@@ -326,7 +326,8 @@ def _jsonable(obj: Any) -> Any:
 
 
 def continual(method: str, model: str | Path, data: str | Path, out: Path, requests: list[str], *, config: Any,
-              overrides: Any, seed: int, overwrite: bool, allow_pickle: bool) -> Path:
+              overrides: Any, seed: int, overwrite: bool, allow_pickle: bool,
+              eval_kw: Mapping[str, Any] | None = None) -> Path:
     """Requests one after another; after each, the earlier forget sets are measured again.
 
     For ``cvf_ncu`` the covariance of the next request also holds the already-forgotten
@@ -335,6 +336,9 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
     from unsee.data.collate import image_of
     from unsee.eval.results import CostMeter, new_results, write_results
 
+    if method == "eraser":
+        raise ConfigError("continual unlearning needs a training method; eraser builds one steering file per request")
+    eval_kw = dict(eval_kw or {})
     adapter = load_adapter(model, allow_pickle=allow_pickle)
     runs: list[dict] = []
     forgotten: list[Any] = []
@@ -345,12 +349,14 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
                 res, resolved = unlearn_adapter(method, adapter, suite, config=config, overrides=overrides,
                                                 seed=seed, forgotten_images=forgotten)
             meter.record_model(None)
-            metrics = evaluate_adapter(adapter, suite)
+            metrics = evaluate_adapter(adapter, suite, **eval_kw)
             for j, earlier in enumerate(requests[:i], 1):
                 s_j = load_suite(data, earlier, retain_exclude=requests, seed=seed)
-                metrics[f"forget_r{j}"] = evaluate_adapter(adapter, s_j, groups=("forget",),
-                                                           generation=False)["forget"]
-            forgotten += [image_of(e) for e in suite.group("train_forget") if e.has_image]
+                metrics[f"forget_r{j}"] = evaluate_adapter(adapter, s_j, **{**eval_kw, "groups": ("forget",),
+                                                                            "generation": False})["forget"]
+            for img in (image_of(e) for e in suite.group("train_forget") if e.has_image):
+                if all(img is not f for f in forgotten):  # each photo once, however many questions it has
+                    forgotten.append(img)
             runs.append(make_run(method, metrics, model=model_name(model), suite=suite, forget=req, seed=seed,
                                  request=i, config=resolved, info=_jsonable(res.info),
                                  cost={**meter.cost(), "trainable_params": res.trainable_params,
