@@ -77,17 +77,11 @@ def test_unlearn_benchmark_runs_on_the_demo_world(demo_run: tuple[Path, Path], t
     """benchmarks/unlearn.py on the cached demo world: rows, scores, targets and a results.json for the report."""
     import sys
 
-    import yaml
-
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     import unlearn
 
-    cfg = yaml.safe_load(CONFIG.read_text())
-    args = ["--world", "quick", "--cache-dir", str(demo_run[1]), "--methods", "graddiff,cvf_ncu,eraser",
-            "--lr-scales", "1.0", "--max-items", "4", "--threads", "1", "--out", str(tmp_path / "u.json"),
-            "--train-set", "max_steps=2", "--train-set", "progress=false"]
-    args += [f"--world-set={x}" for x in cfg["world_overrides"]]
-    args += [f"--recipe-set={x}" for x in cfg["recipe_overrides"]]
+    args = [*_bench_args(demo_run[1], tmp_path / "u.json"), "--methods", "graddiff,cvf_ncu,eraser",
+            "--lr-scales", "1.0"]
     result = unlearn.main(args)
     assert [r["method"] for r in result["rows"]] == ["graddiff", "cvf_ncu", "eraser"]
     assert all(r["cost"]["wall_s"] > 0 and "forget" in r["metrics"] for r in result["rows"])
@@ -95,3 +89,32 @@ def test_unlearn_benchmark_runs_on_the_demo_world(demo_run: tuple[Path, Path], t
     assert result["rows"][2]["generation"]["plain_s"] > 0
     assert [r["method"] for r in load_results(tmp_path / "u.results.json")["runs"]] == [
         "vanilla", "graddiff", "cvf_ncu", "eraser"]
+
+
+def _bench_args(cache: Path, out: Path) -> list[str]:
+    import yaml
+
+    cfg = yaml.safe_load(CONFIG.read_text())
+    return (["--world", "quick", "--cache-dir", str(cache), "--max-items", "4", "--threads", "1", "--out", str(out),
+             "--train-set", "max_steps=2", "--train-set", "progress=false"]
+            + [f"--world-set={x}" for x in cfg["world_overrides"]]
+            + [f"--recipe-set={x}" for x in cfg["recipe_overrides"]])
+
+
+def test_continual_and_audit_benchmarks_run_on_the_demo_world(demo_run: tuple[Path, Path], tmp_path: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import audits
+    import continual
+
+    c = continual.main([*_bench_args(demo_run[1], tmp_path / "c.json"), "--methods", "cvf_ncu,graddiff"])
+    assert c["requests"] == ["forget_r1", "forget_r2"]
+    assert set(c["methods"]["cvf_ncu"]["targets"]) == {"forget_r1", "forget_r2", "retain"}
+    assert (tmp_path / "c.png").is_file() and (tmp_path / "c.results.json").is_file()
+    a = audits.main([*_bench_args(demo_run[1], tmp_path / "a.json"), "--methods", "cvf_ncu",
+                     "--attack-set", "relearn_steps=1", "--attack-set", "pgd_steps=1", "--attack-set", "max_items=2",
+                     "--attack-set", "probe_steps=10"])
+    assert set(a["attacks"]) == {"vanilla", "cvf_ncu"}
+    assert {"pgd", "shift", "probe", "relearn"} <= set(a["attacks"]["cvf_ncu"])
+    assert "pgd_forget" in a["targets"]["cvf_ncu"]

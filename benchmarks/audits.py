@@ -1,0 +1,72 @@
+"""Robustness audits of every method under one protocol: relearning, PGD, image shifts, feature probe.
+
+    python benchmarks/audits.py --out benchmarks/results/audits.json
+
+Each method runs at its shipped setting on ``forget_10`` (a fresh copy of the vanilla model
+each time), then the four attacks of :mod:`unsee.eval.attacks` run on the result, the
+probe's baseline being the vanilla model's visual module. The vanilla model itself is
+attacked too, as the reference row. Targets (``cvf_ncu``): relearning AG <= 10 points,
+forget accuracy under PGD <= 0.40, probe accuracy on forget identities falling toward chance.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from common import TRAINING, add_common_args, check, eval_kw, measure, vanilla_model
+
+from unsee import api
+from unsee.engine.trainer import frozen_copy
+from unsee.eval.results import environment
+from unsee.io import atomic_write_json
+from unsee.models import load_adapter
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_args(p)
+    p.add_argument("--forget", default="forget_10")
+    p.add_argument("--methods", default=",".join([*TRAINING, "eraser"]))
+    p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--attack-set", action="append", default=[], metavar="KEY=VALUE", help="AttackConfig option")
+    p.add_argument("--out", default="benchmarks/results/audits.json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    world, vanilla = vanilla_model(args)
+    suite = api.load_suite(world, args.forget, seed=args.seed)
+    base = load_adapter(vanilla)
+    before = frozen_copy(base, visual_only=True)
+    rows = {"vanilla": api.audit_adapter(base, suite, vanilla=before, seed=args.seed, overrides=args.attack_set,
+                                         strict=False)}
+    print("vanilla", rows["vanilla"], flush=True)
+    for method in args.methods.split(","):
+        overrides = [] if method == "eraser" else args.train_set
+        _, adapter, steering = measure(method, vanilla, suite, args.forget, overrides, args.seed,
+                                       {**eval_kw(args), "groups": ("forget",)})
+        rows[method] = api.audit_adapter(adapter, suite, steering=steering, vanilla=before, seed=args.seed,
+                                         overrides=args.attack_set, strict=False)
+        print(method, rows[method], flush=True)
+    targets = {}
+    if "cvf_ncu" in rows:
+        a = rows["cvf_ncu"]
+        probe = a.get("probe", {})
+        targets["cvf_ncu"] = {
+            "relearn_ag": check(a.get("relearn", {}).get("ag"), "<=", 10.0),
+            "pgd_forget": check(a.get("pgd", {}).get("forget_attacked"), "<=", 0.40),
+            "probe_forget_drop": {
+                "value": probe.get("forget_acc"), "vanilla": probe.get("vanilla_forget_acc"),
+                "chance": probe.get("chance"),
+                "pass": None if probe.get("forget_acc") is None else probe["forget_acc"] < probe["vanilla_forget_acc"],
+            },
+        }
+    result = {"benchmark": "audits", "world": args.world, "arch": args.arch, "forget": args.forget,
+              "attacks": rows, "targets": targets, "environment": environment()}
+    atomic_write_json(Path(args.out), result)
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
