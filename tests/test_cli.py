@@ -38,6 +38,16 @@ def test_missing_required_option_is_a_usage_error(capsys: pytest.CaptureFixture[
     assert not (tmp_path / "m").exists()
 
 
+def test_model_init_shape_writes_the_hub_structure(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    assert main(["model", "init", "--shape", "qwen2.5-vl-7b", "--out", str(out)]) == 0
+    assert "qwen2.5-vl-7b (tiny, random weights)" in capsys.readouterr().out
+    adapter = load_adapter(out)
+    assert adapter.arch == "qwen2_5_vl" and adapter.model.config.vision_config.fullatt_block_indexes == [1, 3]
+    with pytest.raises(SystemExit):
+        main(["model", "init", "--shape", "qwen2.5-vl-7b", "--arch", "tiny-llava", "--out", str(tmp_path / "x")])
+
+
 def test_model_init_unknown_arch(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     out = tmp_path / "m"
     assert main(["model", "init", "--arch", "nope", "--out", str(out)]) == 2

@@ -25,10 +25,11 @@ from unsee.finetune import finetune
 from unsee.io import atomic_dir, atomic_write_json, atomic_write_text, check_output_dir
 from unsee.models import load_adapter
 from unsee.models.base import HFAdapter, Turn
+from unsee.models.shapes import init_shaped
 from unsee.models.tiny import init_model
 
-__all__ = ["attack", "build_world", "detect_benchmark", "evaluate", "finetune", "init_model", "load_suite",
-           "print_results", "report", "unlearn"]
+__all__ = ["attack", "audit_adapter", "build_world", "detect_benchmark", "evaluate", "finetune", "init_model",
+           "init_shaped", "load_suite", "print_results", "report", "unlearn"]
 
 
 # ---- data ----------------------------------------------------------------------------------

@@ -49,8 +49,12 @@ def _world(a: argparse.Namespace) -> None:
 def _model_init(a: argparse.Namespace) -> None:
     from unsee import api
 
-    out = api.init_model(a.arch, a.out, world=a.world, seed=a.seed, overwrite=a.overwrite)
-    print(f"{a.arch} written to {out}")
+    if a.arch is None:
+        out = api.init_shaped(a.shape, a.out, tiny=not a.full_size, seed=a.seed, overwrite=a.overwrite)
+        print(f"{a.shape} ({'full size' if a.full_size else 'tiny'}, random weights) written to {out}")
+    else:
+        out = api.init_model(a.arch, a.out, world=a.world, seed=a.seed, overwrite=a.overwrite)
+        print(f"{a.arch} written to {out}")
 
 
 def _finetune(a: argparse.Namespace) -> None:
@@ -118,7 +122,11 @@ def parser() -> argparse.ArgumentParser:
     m = sub.add_parser("model", help="model utilities")
     msub = m.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
     mi = _command(msub, "init", "build an offline tiny model from the real HF classes", _model_init)
-    mi.add_argument("--arch", required=True, help="tiny-llava, tiny-qwen2-vl or tiny-qwen2.5-vl")
+    which = mi.add_mutually_exclusive_group(required=True)
+    which.add_argument("--arch", help="tiny-llava, tiny-qwen2-vl or tiny-qwen2.5-vl")
+    which.add_argument("--shape", help="a hub checkpoint's exact structure with random weights: llava-1.5-7b, "
+                       "llava-1.5-13b, qwen2-vl-7b, qwen2.5-vl-7b (tiny widths unless --full-size)")
+    mi.add_argument("--full-size", action="store_true", help="with --shape: the real sizes (7B: ~14 GB in bf16)")
     mi.add_argument("--out", required=True)
     mi.add_argument("--world", default=None, help="train the tokenizer on this world's text")
 
