@@ -84,6 +84,36 @@ def test_mmunlearner_reports_mask_fraction(trained_dir: Path, suite: Suite, turn
     assert res.info["retain_steps_per_forget_step"] >= 1
 
 
+def test_masks_survive_lora_wrapping(trained_dir: Path, turns: dict[str, list[Turn]]) -> None:
+    """Masks are keyed by weight objects: after peft wraps the model they still name its base weights."""
+    from unsee.engine.trainer import _apply_lora
+
+    adapter = load_adapter(trained_dir)
+    masks = ratio_masks(adapter, [turns["forget"][:2]], [turns["retain"][:2]], [turns["retain"][:2]])
+    _apply_lora(adapter, cfg(scope="lora"))
+    weights = {id(p) for p in adapter.model.parameters()}
+    assert masks and all(id(p) in weights for p in masks)
+    base = {id(m.weight) for n, m in adapter.linear_modules("language") if "lora_" not in n}
+    assert base & {id(p) for p in masks}
+
+
+def test_mmunlearner_under_lora_masks_the_adapter_weights(trained_dir: Path, suite: Suite,
+                                                          turns: dict[str, list[Turn]]) -> None:
+    """With scope lora the Fisher ratio is taken on the LoRA weights, the only ones that train; base weights stay."""
+    adapter = load_adapter(trained_dir)
+    before = {n: p.detach().clone() for n, p in adapter.model.named_parameters()}
+    method = MMUnlearner(MMUnlearnerConfig(fisher_batches=1))
+    res = train(method, adapter, suite, turns, cfg(max_steps=2, scope="lora"))
+    assert 0 < res.info["mask_fraction"] <= 1
+    masked = [n for n, p in adapter.model.named_parameters() if p.requires_grad]
+    assert masked and all("lora_" in n for n in masked)
+    merged = dict(adapter.model.named_parameters())
+    for name, p in merged.items():
+        if "lora_" not in name:
+            bare = name.removeprefix("base_model.model.").replace(".base_layer", "")
+            assert torch.equal(p, before[bare]), name
+
+
 # ---- CVF ------------------------------------------------------------------------------------------------
 def test_info_nce_falls_under_sgd() -> None:
     g = torch.Generator().manual_seed(0)
