@@ -31,7 +31,8 @@ class DemoConfig:
     method_overrides: dict = opt({}, "method -> list of key=value overrides")
     max_gen_items: int = opt(24, "cloze/generation items per group in the evaluation")
     max_items: int = opt(0, "MCQ items per group (0: all)")
-    attacks: list = opt(["relearn", "pgd", "shift", "probe"], "robustness audits run on each result (with audit)")
+    attacks: list = opt(["relearn"], "robustness audits run after unlearning (relearn, pgd, shift, probe)")
+    audit_methods: list = opt(["cvf_ncu"], "the methods whose results are audited (all: every method)")
     attack_overrides: list = opt([], "key=value overrides of the audits' AttackConfig")
 
 
@@ -108,7 +109,8 @@ def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", 
                 m, adapter, suite, steering_dir=tmp / m, model_dir=tmp / m, model=arch, base_model=str(vanilla),
                 base_hash=base_adapter.fingerprint(), forget=cfg.forget, seed=seed,
                 overrides=cfg.method_overrides.get(m, []), vanilla=runs[0], eval_kw=eval_kw,
-                audit=audit and bool(cfg.attacks), audit_overrides=cfg.attack_overrides, audit_kinds=cfg.attacks)
+                audit=audit and bool(cfg.attacks) and (m in cfg.audit_methods or "all" in cfg.audit_methods),
+                audit_overrides=cfg.attack_overrides, audit_kinds=cfg.attacks)
             runs.append(run)
             after[m] = _answers(adapter, shown, steering)
         results = new_results(runs)
