@@ -11,11 +11,9 @@ forget accuracy under PGD <= 0.40, probe accuracy on forget identities falling t
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-import torch
-from common import TRAINING, add_common_args, check, eval_kw, measure, vanilla_model
+from common import TRAINING, check, eval_kw, measure, parser, vanilla_model
 
 from unsee import api
 from unsee.engine.trainer import frozen_copy
@@ -25,15 +23,10 @@ from unsee.models import load_adapter
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(p)
+    p = parser(__doc__, methods=",".join([*TRAINING, "eraser"]), out="benchmarks/results/audits.json")
     p.add_argument("--forget", default="forget_10")
-    p.add_argument("--methods", default=",".join([*TRAINING, "eraser"]))
-    p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--attack-set", action="append", default=[], metavar="KEY=VALUE", help="AttackConfig option")
-    p.add_argument("--out", default="benchmarks/results/audits.json")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
     world, vanilla = vanilla_model(args)
     suite = api.load_suite(world, args.forget, seed=args.seed)
     base = load_adapter(vanilla)

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from unsee import api
 from unsee.data.schema import Suite
 from unsee.demo import DemoConfig, _cache, prepare_vanilla
@@ -21,7 +23,13 @@ from unsee.models import HFAdapter, load_adapter
 TRAINING = ("ga", "graddiff", "kl", "npo", "mmunlearner", "vkd", "cvf_ncu", "cvf_only", "ncu_only")
 
 
-def add_common_args(p: argparse.ArgumentParser) -> None:
+def parser(doc: str, *, methods: str, out: str) -> argparse.ArgumentParser:
+    """The options every method benchmark takes: world, recipe, model, evaluation, methods, output."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--methods", default=methods, help="comma list")
+    p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an engine option for every training method, e.g. max_steps=2 for a smoke run")
+    p.add_argument("--out", default=out)
     p.add_argument("--world", default="default", help="world config: quick or default")
     p.add_argument("--world-set", action="append", default=[], metavar="KEY=VALUE", help="world config override")
     p.add_argument("--recipe", default=None, help="finetune recipe (default: the world's name)")
@@ -31,11 +39,13 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-items", type=int, default=120, help="MCQ items per metric group (0: all)")
     p.add_argument("--generation", action="store_true", help="also score cloze and generation (slow on CPU)")
     p.add_argument("--cache-dir", default=None)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (1 on a machine busy with other work)")
+    return p
 
 
 def vanilla_model(args: argparse.Namespace) -> tuple[Path, Path]:
     """World and vanilla model from the shared stage cache (trained on first use)."""
+    torch.set_num_threads(args.threads)
     cfg = DemoConfig(world=args.world, recipe=args.recipe or args.world, world_overrides=args.world_set,
                      recipe_overrides=args.recipe_set)
     return prepare_vanilla(cfg, args.arch, args.seed, _cache(args.cache_dir))

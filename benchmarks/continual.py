@@ -11,13 +11,11 @@ most 0.35 and ``retain`` is at least 0.95 x vanilla. Writes the JSON, a results.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
 
-import torch
-from common import add_common_args, check, eval_kw, mcq, vanilla_model
+from common import check, eval_kw, mcq, parser, vanilla_model
 
 from unsee import api
 from unsee.eval.results import environment, load_results, new_results, write_results
@@ -33,13 +31,8 @@ def requests_of(world: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(p)
-    p.add_argument("--methods", default="cvf_ncu,cvf_only,graddiff")
-    p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", default="benchmarks/results/continual.json")
+    p = parser(__doc__, methods="cvf_ncu,cvf_only,graddiff", out="benchmarks/results/continual.json")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
     world, vanilla = vanilla_model(args)
     requests = requests_of(world)
     kw = eval_kw(args)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import TRAINING, add_common_args, check, eval_kw, mcq, measure, score, vanilla_model
+from common import TRAINING, check, eval_kw, mcq, measure, parser, score, vanilla_model
 
 from unsee import api
 from unsee.eval.results import environment, new_results, write_results
@@ -105,17 +105,11 @@ def targets(best: dict[str, dict], vanilla: dict[str, Any]) -> dict[str, dict[st
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(p)
+    p = parser(__doc__, methods=",".join([*TRAINING, "eraser"]), out="benchmarks/results/unlearn.json")
     p.add_argument("--forget", default="forget_10")
-    p.add_argument("--methods", default=",".join([*TRAINING, "eraser"]))
     p.add_argument("--lr-scales", type=float, nargs="+", default=[0.3, 1.0, 3.0])
     p.add_argument("--epoch-scales", type=float, nargs="+", default=[1.0])
-    p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="an engine option for every training method, e.g. max_steps=2 for a smoke run")
-    p.add_argument("--out", default="benchmarks/results/unlearn.json")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
     world, vanilla = vanilla_model(args)
     suite = api.load_suite(world, args.forget, seed=args.seed)
     kw = eval_kw(args)
