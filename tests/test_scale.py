@@ -217,3 +217,11 @@ def test_gpu_benchmark_runs_on_cpu_sized_shapes(tmp_path: Path) -> None:
     assert 0 < cvf["trainable_params"] < shape["params"]
     assert eraser["build_s"] > 0 and eraser["generation"]["plain_s"] > 0
     assert shape["image_tokens"] == 16  # 56 px, patch 14
+
+
+def test_dtype_option_loads_bf16_and_rejects_unknown(model_dir: Path) -> None:
+    from unsee.errors import ModelError
+
+    assert next(load_adapter(model_dir, dtype="bf16").model.parameters()).dtype == torch.bfloat16
+    with pytest.raises(ModelError, match="unknown dtype 'int3'"):
+        load_adapter(model_dir, dtype="int3")

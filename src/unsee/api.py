@@ -153,7 +153,7 @@ def model_name(path: str | Path) -> str:
 
 def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
              steering: str | Path | None = None, overwrite: bool = False, method: str = "vanilla", seed: int = 0,
-             allow_pickle: bool = False, max_items: int | None = None) -> dict:
+             allow_pickle: bool = False, max_items: int | None = None, dtype: str | None = None) -> dict:
     """``unsee eval``: every metric group, written as a results file."""
     from unsee.eval.results import CostMeter, new_results, write_results
 
@@ -161,7 +161,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
     if out.exists() and not overwrite:
         check_output_dir(out, overwrite=False)
     suite = load_suite(data, forget, seed=seed)
-    adapter = load_adapter(model, allow_pickle=allow_pickle)
+    adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
     with CostMeter() as meter:
         metrics = evaluate_adapter(adapter, suite, steering=steering, max_items=max_items)
     meter.record_model(None)
@@ -227,7 +227,7 @@ def is_main_process() -> bool:
 def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
             requests: str | Sequence[str] | None = None, config: Any = None, overrides: Any = (), seed: int = 0,
             overwrite: bool = False, allow_pickle: bool = False, audit: bool = False,
-            audit_overrides: Any = (), evaluate_after: bool = True) -> Path:
+            audit_overrides: Any = (), evaluate_after: bool = True, dtype: str | None = None) -> Path:
     """``unsee unlearn``: a checkpoint (or a steering file, for ``eraser``), ``run.json`` and a model card.
 
     With ``requests`` the method runs continually, one request after another, and
@@ -241,10 +241,10 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
     reqs = _requests(requests)
     if reqs:
         return continual(method, model, data, out, reqs, config=config, overrides=overrides, seed=seed,
-                         overwrite=overwrite, allow_pickle=allow_pickle)
+                         overwrite=overwrite, allow_pickle=allow_pickle, dtype=dtype)
     suite = load_suite(data, forget, seed=seed)
     check_forget(suite)
-    adapter = load_adapter(model, allow_pickle=allow_pickle)
+    adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
     if not is_main_process():
         # Under `accelerate launch` every process trains its share; the first alone evaluates and writes.
         if method != "eraser":
@@ -328,7 +328,7 @@ def _jsonable(obj: Any) -> Any:
 
 def continual(method: str, model: str | Path, data: str | Path, out: Path, requests: list[str], *, config: Any,
               overrides: Any, seed: int, overwrite: bool, allow_pickle: bool,
-              eval_kw: Mapping[str, Any] | None = None) -> Path:
+              eval_kw: Mapping[str, Any] | None = None, dtype: str | None = None) -> Path:
     """Requests one after another; after each, the earlier forget sets are measured again.
 
     For ``cvf_ncu`` the covariance of the next request also holds the already-forgotten
@@ -340,7 +340,7 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
     if method == "eraser":
         raise ConfigError("continual unlearning needs a training method; eraser builds one steering file per request")
     eval_kw = dict(eval_kw or {})
-    adapter = load_adapter(model, allow_pickle=allow_pickle)
+    adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
     runs: list[dict] = []
     forgotten: list[Any] = []
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -385,7 +385,8 @@ def audit_adapter(adapter: HFAdapter, suite: Suite, *, kinds: Sequence[str] | No
 
 def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
            vanilla: str | Path | None = None, steering: str | Path | None = None, method: str = "attacked",
-           seed: int = 0, overrides: Any = (), overwrite: bool = False, allow_pickle: bool = False) -> dict:
+           seed: int = 0, overrides: Any = (), overwrite: bool = False, allow_pickle: bool = False,
+           dtype: str | None = None) -> dict:
     """``unsee attack KIND``: attack a model and record the figures in a results.json.
 
     ``KIND`` is ``relearn``, ``pgd``, ``shift``, ``probe`` or ``all``. If ``out`` is an existing
@@ -411,7 +412,7 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
             raise OutputExistsError(f"{out} already records {done}; pass overwrite=True (--overwrite) to redo them")
     suite = load_suite(data, forget, seed=seed)
     check_forget(suite)
-    adapter = load_adapter(model, allow_pickle=allow_pickle)
+    adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
     before = load_adapter(vanilla, allow_pickle=allow_pickle) if vanilla is not None else None
     found = audit_adapter(adapter, suite, kinds=kinds, steering=steering, vanilla=before, seed=seed,
                           overrides=overrides)

@@ -39,6 +39,12 @@ def _command(sub: argparse._SubParsersAction, name: str, help: str, func: Callab
     return p
 
 
+def _load_options(p: argparse.ArgumentParser) -> None:
+    """How a model is loaded: the same two options wherever a command reads a checkpoint."""
+    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) weights")
+    p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="load the weights in this dtype")
+
+
 def _world(a: argparse.Namespace) -> None:
     from unsee import api
 
@@ -71,7 +77,7 @@ def _unlearn(a: argparse.Namespace) -> None:
     out = api.unlearn(
         a.method, a.model, a.data, a.out, forget=a.forget, requests=a.requests, config=a.config,
         overrides=a.overrides, seed=a.seed, overwrite=a.overwrite, allow_pickle=a.allow_pickle,
-        audit=a.audit, audit_overrides=a.audit_set,
+        audit=a.audit, audit_overrides=a.audit_set, dtype=a.dtype,
     )
     print(f"unlearned output written to {out}")
 
@@ -80,7 +86,8 @@ def _eval(a: argparse.Namespace) -> None:
     from unsee import api
 
     res = api.evaluate(a.model, a.data, a.out, forget=a.forget, steering=a.steering, overwrite=a.overwrite,
-                       method=a.method, seed=a.seed, allow_pickle=a.allow_pickle, max_items=a.max_items)
+                       method=a.method, seed=a.seed, allow_pickle=a.allow_pickle, max_items=a.max_items,
+                       dtype=a.dtype)
     api.print_results(res)
 
 
@@ -105,7 +112,7 @@ def _attack(a: argparse.Namespace) -> None:
 
     res = api.attack(a.kind, a.model, a.data, a.out, forget=a.forget, vanilla=a.vanilla, steering=a.steering,
                      method=a.method, seed=a.seed, overrides=a.overrides, overwrite=a.overwrite,
-                     allow_pickle=a.allow_pickle)
+                     allow_pickle=a.allow_pickle, dtype=a.dtype)
     print(json.dumps(res, indent=2))
 
 
@@ -140,7 +147,7 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--forget", default="forget_10")
     u.add_argument("--requests", default=None, help="continual: forget_r1,forget_r2,... or a file listing them")
     u.add_argument("--config", default=None)
-    u.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) weights")
+    _load_options(u)
     u.add_argument("--audit", action="store_true", help="run the robustness audits on the result")
     u.add_argument("--audit-set", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the audits (repeatable), e.g. --audit-set relearn_steps=50")
@@ -150,7 +157,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--steering", default=None, help="apply an MLLMEraser steering file")
     e.add_argument("--method", default="vanilla", help="the name this run is reported under")
     e.add_argument("--max-items", type=int, default=None, help="cap each group (for quick checks)")
-    e.add_argument("--allow-pickle", action="store_true")
+    _load_options(e)
 
     r = _command(sub, "report", "report.md and tradeoff.png from results files", _report, required=["out"],
                  seed=False)
@@ -172,7 +179,7 @@ def parser() -> argparse.ArgumentParser:
     at.add_argument("--vanilla", default=None, help="the model before unlearning (for the probe's baseline)")
     at.add_argument("--steering", default=None, help="attack the model with this MLLMEraser steering file on")
     at.add_argument("--method", default="attacked", help="the run's name when --out is a new file")
-    at.add_argument("--allow-pickle", action="store_true")
+    _load_options(at)
     return p
 
 

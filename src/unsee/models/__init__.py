@@ -49,6 +49,23 @@ def _check_local(path: Path, allow_pickle: bool) -> None:
         raise ModelError(f"{path} holds no weights (*.safetensors)")
 
 
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16,
+}
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    """``bf16``, ``fp16``, ``fp32`` (or a torch dtype); None is fp32, what the tiny models train in."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}; choose one of bf16, fp16, fp32")
+    return DTYPES[dtype]
+
+
 def load_adapter(
     model: str | Path,
     *,
@@ -74,7 +91,7 @@ def load_adapter(
         processor = cls.load_processor(str(model), trust_remote_code=trust_remote_code, **kw)
         hf = cls.model_class().from_pretrained(
             str(model),
-            dtype=dtype or torch.float32,
+            dtype=resolve_dtype(dtype),
             use_safetensors=None if allow_pickle else True,
             trust_remote_code=trust_remote_code,
             **kw,
