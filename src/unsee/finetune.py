@@ -9,14 +9,17 @@
    views and text QA, with replay of stage 2 so that it is not forgotten.
 
 Each stage is cached by a content hash of what determines it, so the demo and the
-benchmarks train it once; an interrupted run resumes at the first stage not cached.
+benchmarks train it once. Inside a stage, a checkpoint every ``checkpoint_every`` steps
+lets an interrupted run resume where it stopped instead of starting the stage again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,25 +28,34 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from unsee.config import load_config, opt, to_dict
 from unsee.data.augment import augment
 from unsee.data.collate import qa_turn
+from unsee.data.render import Identity
 from unsee.data.schema import Example
+from unsee.engine.checkpoint import has_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
 from unsee.engine.trainer import TrainConfig, seed_everything, train
+from unsee.errors import ConfigError, ModelError
 from unsee.io import atomic_dir, check_output_dir
 from unsee.methods.base import BaseMethod, nll
 from unsee.models import load_adapter, model_fingerprint
 from unsee.models.base import HFAdapter, Turn
 
+STAGE_FILE, VISUAL_FILE = "unsee_stage.json", "visual.safetensors"
+
 
 @dataclass
 class FinetuneConfig:
-    """The recipe. Shipped as ``configs/finetune/{default,quick}.yaml``."""
+    """The recipe. Shipped as ``configs/finetune/{default,quick}.yaml``.
 
-    pretrain_identities: int = opt(400, "stage 1: size of the pool of other identities")
-    pretrain_seed: int = opt(1234, "stage 1: seed of that pool (shared by every world seed)")
+    The pool of stage-1 identities is not a recipe option: it is the world's own
+    pre-training pool (``world.json``), the one its people were drawn to stay apart from.
+    """
+
+    vision_seed: int = opt(0, "stage 1: seed of the data order and the CosFace head")
     vision_steps: int = opt(500, "stage 1 steps")
     vision_batch: int = opt(64, "stage 1 batch size")
     vision_lr: float = opt(1e-3, "stage 1 learning rate")
@@ -53,14 +65,25 @@ class FinetuneConfig:
     base_lr: float = opt(1e-3, "stage 2 learning rate")
     ft_steps: int = opt(1500, "stage 3 steps")
     ft_lr: float = opt(1e-3, "stage 3 learning rate")
-    vision_lr_factor: float = opt(0.2, "stages 2-3: the visual module's learning rate as a fraction of the LM's")
+    vision_lr_factor: float = opt(0.2, "stage 2: the visual module's learning rate as a fraction of the LM's")
+    ft_vision_lr_factor: float = opt(0.2, "stage 3: the visual module's learning rate as a fraction of the LM's")
     batch_size: int = opt(16, "stages 2-3 batch size")
     image_oversample: int = opt(2, "stage 3: repeat image questions this many times per text question")
     replay: float = opt(0.3, "stage 3: fraction of stage-2 items mixed in")
-    augment: float = opt(1.0, "stages 2-3: augmentation strength of training images (0: off)")
+    augment: float = opt(1.0, "stage 2: augmentation strength of training images (0: off)")
+    ft_augment: float = opt(1.0, "stage 3: augmentation strength of the fixed training views (0: off)")
     warmup_ratio: float = opt(0.05, "stages 2-3 warm-up")
     seed: int = opt(0, "seed of stages 2 and 3")
+    checkpoint_every: int = opt(100, "steps between mid-stage checkpoints; an interrupted stage resumes there")
     progress: bool = opt(True, "progress bars")
+
+
+# Which options determine which stage: each stage's cache key hashes its own keys and the
+# key of the stage before. ``tests/test_finetune.py`` checks that every field is listed once.
+VISION_KEYS = ("vision_seed", "vision_steps", "vision_batch", "vision_lr", "cosface_margin", "cosface_scale")
+BASE_KEYS = ("base_steps", "base_lr", "vision_lr_factor", "batch_size", "augment", "warmup_ratio", "seed")
+FT_KEYS = ("ft_steps", "ft_lr", "ft_vision_lr_factor", "image_oversample", "replay", "ft_augment")
+UNHASHED_KEYS = ("checkpoint_every", "progress")
 
 
 def _hash(*parts: Any) -> str:
@@ -77,31 +100,65 @@ def world_fingerprint(data: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-# ---- stage 1 -----------------------------------------------------------------------------
-def pretrain_vision(adapter: HFAdapter, cfg: FinetuneConfig) -> dict[str, float]:
-    """CosFace over fresh renders of other identities; trains the visual module only."""
-    from unsee.data.render import pretrain_batch, pretrain_identities
+def visual_state(adapter: HFAdapter) -> dict[str, torch.nn.Parameter]:
+    """The visual module (vision tower and projector) by parameter name: what stage 1 trains."""
+    return {n: p for n, p in adapter.model.named_parameters() if adapter.group_of(n) != "language"}
 
-    seed_everything(cfg.pretrain_seed)
-    idents = pretrain_identities(cfg.pretrain_identities, cfg.pretrain_seed)
-    rng = np.random.default_rng(cfg.pretrain_seed)
+
+def visual_fingerprint(adapter: HFAdapter) -> str:
+    """Content hash of the visual module's weights, so that stage 1 is keyed on what it starts
+    from and not on the language model, whose vocabulary differs from world to world."""
+    h = hashlib.sha256(adapter.model.config.model_type.encode())
+    for name, p in sorted(visual_state(adapter).items()):
+        t = p.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def pool_fingerprint(identities: list[Identity]) -> str:
+    """Content hash of a pre-training pool: the same identities give the same stage 1."""
+    return _hash([dataclasses.asdict(i) for i in identities])
+
+
+# ---- stage 1 -----------------------------------------------------------------------------
+def pretrain_vision(adapter: HFAdapter, cfg: FinetuneConfig, identities: list[Identity],
+                    checkpoint: str | Path | None = None) -> dict[str, float]:
+    """CosFace over fresh renders of ``identities``; trains the visual module only.
+
+    With ``checkpoint``, the state is saved every ``cfg.checkpoint_every`` steps and a run
+    that finds a checkpoint there resumes from it, with the same result as an uninterrupted run.
+    """
+    from unsee.data.render import pretrain_batch
+
+    if not identities:
+        raise ConfigError("stage 1 needs a pre-training pool; the world was built with n_pretrain=0")
+    seed_everything(cfg.vision_seed)
+    rng = np.random.default_rng(cfg.vision_seed)
+    named = visual_state(adapter)
     params = adapter.set_scope("visual")
     dim = adapter.model.config.get_text_config().hidden_size
-    head = torch.nn.Parameter(torch.randn(len(idents), dim) * 0.01)
+    head = torch.nn.Parameter(torch.randn(len(identities), dim) * 0.01)
     opt_ = torch.optim.AdamW([*params, head], lr=cfg.vision_lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt_, max_lr=cfg.vision_lr, total_steps=cfg.vision_steps,
                                                 pct_start=0.1)
+    saved = {**named, "cosface.head": head}
+    start, acc_ema, loss_ema = 0, 0.0, 0.0
+    if checkpoint is not None and has_checkpoint(checkpoint):
+        start, _, meta = load_checkpoint(checkpoint, params=saved, optimizer=opt_, scheduler=sched)
+        rng.bit_generator.state = meta["rng"]
+        acc_ema, loss_ema = meta["acc_ema"], meta["loss_ema"]
     adapter.model.train()
-    acc_ema, loss_ema = 0.0, 0.0
-    bar = tqdm(range(cfg.vision_steps), desc="stage 1: vision pre-training", disable=not cfg.progress)
+    bar = tqdm(range(start, cfg.vision_steps), desc="stage 1: vision pre-training", initial=start,
+               total=cfg.vision_steps, disable=not cfg.progress)
     for step in bar:
-        arrays, labels = pretrain_batch(idents, rng, cfg.vision_batch)
+        arrays, labels = pretrain_batch(identities, rng, cfg.vision_batch)
         images = [Image.fromarray(a) for a in arrays]
         feats = adapter.visual_features(adapter.image_inputs(images))
         z = F.normalize(torch.stack([f.mean(0) for f in feats]), dim=-1)
         cos = z @ F.normalize(head, dim=-1).T
         y = torch.as_tensor(labels)
-        logits = cfg.cosface_scale * (cos - cfg.cosface_margin * F.one_hot(y, len(idents)))
+        logits = cfg.cosface_scale * (cos - cfg.cosface_margin * F.one_hot(y, len(identities)))
         loss = F.cross_entropy(logits, y)
         opt_.zero_grad()
         loss.backward()
@@ -112,6 +169,11 @@ def pretrain_vision(adapter: HFAdapter, cfg: FinetuneConfig) -> dict[str, float]
         acc_ema = acc if step == 0 else 0.95 * acc_ema + 0.05 * acc
         loss_ema = loss.item() if step == 0 else 0.95 * loss_ema + 0.05 * loss.item()
         bar.set_postfix(loss=f"{loss_ema:.3f}", acc=f"{acc_ema:.2f}")
+        done = step + 1
+        if checkpoint is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 \
+                and done < cfg.vision_steps:
+            save_checkpoint(checkpoint, step=done, params=saved, optimizer=opt_, scheduler=sched,
+                            meta={"rng": rng.bit_generator.state, "acc_ema": acc_ema, "loss_ema": loss_ema})
     adapter.model.eval()
     return {"loss": loss_ema, "train_acc": acc_ema}
 
@@ -136,18 +198,37 @@ class _Augmented(BaseMethod):
         loss = nll(ctx.adapter, turns)
         return loss, {"nll": loss.item()}
 
+    def state_dict(self) -> dict[str, Any]:
+        """The augmentation stream, so that a resumed stage draws the same crops."""
+        return {"rng": self.rng.bit_generator.state}
 
-def _sft(adapter: HFAdapter, examples: list[Example], steps: int, lr: float, cfg: FinetuneConfig,
-         desc: str) -> dict[str, float]:
-    """One SFT stage; the visual module trains at ``vision_lr_factor`` of the LM's rate."""
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
+
+@dataclass
+class _Stage:
+    """One SFT stage: its data and the options that differ between stages 2 and 3."""
+
+    desc: str
+    examples: list[Example]
+    steps: int
+    lr: float
+    vision_lr_factor: float
+    augment: float
+
+
+def _sft(adapter: HFAdapter, stage: _Stage, cfg: FinetuneConfig, checkpoint: Path | None = None) -> dict[str, float]:
+    """One SFT stage; the visual module trains at ``stage.vision_lr_factor`` of the LM's rate."""
     from unsee.data.schema import Suite
 
-    turns = [qa_turn(e) for e in examples]
-    tcfg = TrainConfig(scope="full", lr=lr, max_steps=steps, batch_size=cfg.batch_size, seed=cfg.seed,
+    turns = [qa_turn(e) for e in stage.examples]
+    tcfg = TrainConfig(scope="full", lr=stage.lr, max_steps=stage.steps, batch_size=cfg.batch_size, seed=cfg.seed,
                        warmup_ratio=cfg.warmup_ratio, schedule="cosine", progress=cfg.progress, grad_clip=1.0,
-                       visual_lr_scale=cfg.vision_lr_factor)
-    res = train(_Augmented(cfg.augment, cfg.seed), adapter, Suite("finetune", {}), {"train": turns}, tcfg,
-                desc=desc)
+                       visual_lr_scale=stage.vision_lr_factor,
+                       checkpoint_dir=str(checkpoint) if checkpoint else "", checkpoint_every=cfg.checkpoint_every)
+    res = train(_Augmented(stage.augment, cfg.seed), adapter, Suite("finetune", {}), {"train": turns}, tcfg,
+                desc=stage.desc)
     tail = res.losses[-max(1, len(res.losses) // 10):]
     return {"final_nll": float(np.mean(tail)), "steps": res.steps}
 
@@ -173,6 +254,45 @@ def default_cache() -> Path:
     return Path(os.environ.get("UNSEE_CACHE", Path.home() / ".cache" / "unsee"))
 
 
+def _done(path: Path) -> bool:
+    return (path / STAGE_FILE).exists()
+
+
+def _partial(path: Path) -> Path:
+    """Where a stage keeps its mid-run checkpoint until the stage is saved."""
+    return path.with_name(path.name + ".partial")
+
+
+def _finish_stage(path: Path, adapter: HFAdapter, stats: dict[str, float], seconds: float, rc: dict,
+                  visual_only: bool = False) -> None:
+    with atomic_dir(path, overwrite=True) as tmp:
+        if visual_only:
+            save_file({k: v.detach().contiguous().clone() for k, v in visual_state(adapter).items()},
+                      str(tmp / VISUAL_FILE))
+        else:
+            adapter.save(tmp)
+        (tmp / STAGE_FILE).write_text(json.dumps({"stage": path.name, "stats": stats, "seconds": seconds,
+                                                  "config": rc}, indent=2))
+    remove_checkpoint(_partial(path))
+
+
+def _run_sft(path: Path, adapter: HFAdapter, stage: _Stage, cfg: FinetuneConfig, rc: dict) -> None:
+    t0 = time.perf_counter()
+    stats = _sft(adapter, stage, cfg, checkpoint=_partial(path))
+    _finish_stage(path, adapter, stats, time.perf_counter() - t0, rc)
+
+
+def load_stage_visual(adapter: HFAdapter, stage1: str | Path) -> None:
+    """Put the visual module trained in stage 1 into ``adapter`` (in place)."""
+    weights = load_file(str(Path(stage1) / VISUAL_FILE))
+    named = visual_state(adapter)
+    if set(weights) != set(named):
+        raise ModelError(f"{stage1} holds the visual module of another architecture")
+    with torch.no_grad():
+        for name, p in named.items():
+            p.copy_(weights[name])
+
+
 def finetune(
     model: str | Path,
     data: str | Path,
@@ -184,8 +304,15 @@ def finetune(
     overwrite: bool = False,
     cache_dir: str | Path | None = None,
 ) -> Path:
-    """``unsee finetune``: model directory + world -> the vanilla model at ``out``."""
+    """``unsee finetune``: model directory + world -> the vanilla model at ``out``.
+
+    Stage 1 is keyed on the visual module's starting weights, the world's pre-training pool
+    and the vision options only, so every world built with the same pool shares it; stages
+    2 and 3 add the world, the model and their own options. ``unsee_vanilla.json`` records
+    each stage's wall time and whether it came from the cache.
+    """
     from unsee.data.mllmu import load_mllmu
+    from unsee.data.world import load_world_info, world_pretrain_identities
 
     cfg = load_config(FinetuneConfig, config, overrides, kind="finetune")
     if seed is not None:
@@ -193,38 +320,38 @@ def finetune(
     check_output_dir(out, overwrite=overwrite)
     cache = Path(cache_dir) if cache_dir else default_cache()
     suite = load_mllmu(data, "forget_10")
+    pool = world_pretrain_identities(load_world_info(data))
     base_fp = model_fingerprint(model)
     rc = to_dict(cfg)
-    vision_keys = ("pretrain_identities", "pretrain_seed", "vision_steps", "vision_batch", "vision_lr",
-                   "cosface_margin", "cosface_scale")
-    h1 = _hash("vision", base_fp, {k: rc[k] for k in vision_keys})
-    h2 = _hash("base", h1, world_fingerprint(data), rc)
-    h3 = _hash("ft", h2, rc)
-    stages = [
-        (cache / f"stage1-{h1}", lambda a: pretrain_vision(a, cfg)),
-        (cache / f"stage2-{h2}", lambda a: _sft(a, _stage2_examples(suite), cfg.base_steps, cfg.base_lr, cfg,
-                                                 "stage 2: base MLLM")),
-        (cache / f"stage3-{h3}", lambda a: _sft(a, _stage3_examples(suite, cfg), cfg.ft_steps, cfg.ft_lr, cfg,
-                                                 "stage 3: fictitious fine-tune")),
-    ]
-    src = Path(model)
-    for path, run in stages:
-        if (path / "unsee_stage.json").exists():
-            src = path
-            continue
-        adapter = load_adapter(src)
-        stats = run(adapter)
-        with atomic_dir(path, overwrite=True) as tmp:
-            adapter.save(tmp)
-            (tmp / "unsee_stage.json").write_text(json.dumps({"stage": path.name, "stats": stats,
-                                                              "config": rc}, indent=2))
-        src = path
+    h1 = _hash("vision", visual_fingerprint(load_adapter(model)), pool_fingerprint(pool),
+               {k: rc[k] for k in VISION_KEYS})
+    h2 = _hash("base", h1, base_fp, world_fingerprint(data), {k: rc[k] for k in BASE_KEYS})
+    h3 = _hash("ft", h2, {k: rc[k] for k in FT_KEYS})
+    stage1, stage2, stage3 = cache / f"stage1-{h1}", cache / f"stage2-{h2}", cache / f"stage3-{h3}"
+    cached = {p.name: _done(p) for p in (stage1, stage2, stage3)}
+    if not _done(stage3):
+        if not _done(stage2):
+            if not _done(stage1):
+                adapter = load_adapter(model)
+                t0 = time.perf_counter()
+                stats = pretrain_vision(adapter, cfg, pool, checkpoint=_partial(stage1))
+                _finish_stage(stage1, adapter, stats, time.perf_counter() - t0, rc, visual_only=True)
+            adapter = load_adapter(model)
+            load_stage_visual(adapter, stage1)
+            _run_sft(stage2, adapter, _Stage("stage 2: base MLLM", _stage2_examples(suite), cfg.base_steps,
+                                             cfg.base_lr, cfg.vision_lr_factor, cfg.augment), cfg, rc)
+        _run_sft(stage3, load_adapter(stage2), _Stage("stage 3: fictitious fine-tune", _stage3_examples(suite, cfg),
+                                                      cfg.ft_steps, cfg.ft_lr, cfg.ft_vision_lr_factor,
+                                                      cfg.ft_augment), cfg, rc)
+    stages = {}
+    for p in (stage1, stage2, stage3):
+        meta = json.loads((p / STAGE_FILE).read_text()) if _done(p) else {}
+        stages[p.name] = {"cached": cached[p.name], "seconds": meta.get("seconds"), "stats": meta.get("stats")}
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        for f in src.iterdir():
+        for f in stage3.iterdir():
             shutil.copy2(f, tmp / f.name)
         (tmp / "unsee_vanilla.json").write_text(json.dumps({
             "base_model": str(model), "base_fingerprint": base_fp, "world": str(data),
-            "world_fingerprint": world_fingerprint(data), "recipe": rc, "stages": [p.name for p, _ in stages],
+            "world_fingerprint": world_fingerprint(data), "recipe": rc, "stages": stages,
         }, indent=2))
     return Path(out)
-

@@ -66,3 +66,11 @@ class Stream:
 
     def __len__(self) -> int:
         return len(self.turns)
+
+    def state_dict(self) -> tuple[torch.Tensor, list[int]]:
+        """The generator state and the queue of the current epoch: what a resumed run needs."""
+        return self.gen.get_state(), list(self._order)
+
+    def load_state_dict(self, gen_state: torch.Tensor, order: list[int]) -> None:
+        self.gen.set_state(gen_state)
+        self._order = [int(i) for i in order]

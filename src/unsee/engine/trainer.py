@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from unsee.config import opt
 from unsee.data.collate import Stream
 from unsee.data.schema import Suite
+from unsee.engine.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from unsee.engine.constraints import Constraints
 from unsee.errors import ConfigError, TrainingError, UnseeError
 from unsee.models.base import SCOPES, HFAdapter
@@ -53,6 +54,8 @@ class TrainConfig:
     log_every: int = opt(10, "steps between progress-bar updates of the losses")
     eval_every: int = opt(0, "evaluate every N steps through the evaluator (0: off)")
     progress: bool = opt(True, "show a progress bar")
+    checkpoint_dir: str = opt("", "directory of the periodic checkpoint; a run that finds one there resumes from it")
+    checkpoint_every: int = opt(0, "steps between checkpoints (0: none); the caller removes the last one")
 
     def validate(self) -> None:
         if self.scope not in SCOPES:
@@ -223,6 +226,12 @@ def make_streams(turns: dict[str, list], cfg: TrainConfig, rank: int = 0, world:
     }
 
 
+def _named_trainable(adapter: HFAdapter, params: list[nn.Parameter]) -> dict[str, nn.Parameter]:
+    """The trained parameters by name: what a checkpoint stores (frozen weights never change)."""
+    wanted = {id(p) for p in params}
+    return {n: p for n, p in adapter.model.named_parameters() if id(p) in wanted}
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -264,6 +273,19 @@ def _step(method: Method, ctx: Context, optimizer: torch.optim.Optimizer,
     if ctx.constraints:
         ctx.constraints.project_updates()
     return value, {k: float(v) for k, v in parts.items()}
+
+
+def _save_progress(cfg: TrainConfig, step: int, method: Method, named: dict[str, nn.Parameter],
+                   optimizer: torch.optim.Optimizer, scheduler: Any, streams: dict[str, Stream],
+                   losses: list[float], logs: list[dict[str, float]]) -> None:
+    """A mid-run checkpoint: weights, optimiser, schedule, data order and the method's own state."""
+    states = {name: s.state_dict() for name, s in streams.items()}
+    save_checkpoint(
+        cfg.checkpoint_dir, step=step, params=named, optimizer=optimizer, scheduler=scheduler,
+        tensors={f"stream.{name}": st[0] for name, st in states.items()},
+        meta={"streams": {name: st[1] for name, st in states.items()}, "losses": losses, "logs": logs,
+              "method": method.state_dict() if hasattr(method, "state_dict") else None},
+    )
 
 
 def train(
@@ -328,8 +350,18 @@ def train(
 
     losses: list[float] = []
     logs: list[dict[str, float]] = []
-    bar = tqdm(range(total), desc=desc or method.name, disable=not cfg.progress or not accelerator.is_main_process,
-               leave=False)
+    named = _named_trainable(adapter, params)
+    start = 0
+    if cfg.checkpoint_dir and has_checkpoint(cfg.checkpoint_dir):
+        start, extra, meta = load_checkpoint(cfg.checkpoint_dir, params=named, optimizer=optimizer,
+                                             scheduler=scheduler)
+        for name, s in streams.items():
+            s.load_state_dict(extra[f"stream.{name}"], meta["streams"][name])
+        if hasattr(method, "load_state_dict"):
+            method.load_state_dict(meta["method"])
+        losses, logs = list(meta["losses"]), list(meta["logs"])
+    bar = tqdm(range(start, total), desc=desc or method.name, initial=start, total=total,
+               disable=not cfg.progress or not accelerator.is_main_process, leave=False)
     try:
         for step in bar:
             ctx.step = step
@@ -341,6 +373,9 @@ def train(
                 bar.set_postfix({k: f"{v:.3f}" for k, v in {"loss": value, **parts}.items()})
             if on_eval is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
                 ctx.info.setdefault("evals", []).append({"step": step + 1, **on_eval(step + 1)})
+            if cfg.checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
+                    and step + 1 < total and accelerator.is_main_process:
+                _save_progress(cfg, step + 1, method, named, optimizer, scheduler, streams, losses, logs)
     finally:  # also after a stopped run: the model goes back in its own dtype, mode and device
         bar.close()
         if parked is not None:

@@ -183,6 +183,16 @@ def _llava_parts(tok: Tokenizer, vocab: int, seed: int):  # noqa: ANN202
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
+    # The projector is built after the embeddings, whose size follows the world's vocabulary;
+    # drawing it again from its own seed makes the whole visual module the same for every world,
+    # so that the vision stage of `unsee finetune` is shared between worlds.
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in model.model.multi_modal_projector.modules():
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.normal_(0.0, config.text_config.initializer_range, generator=gen)
+                if layer.bias is not None:
+                    layer.bias.zero_()
     return model, llava_processor(hf_tok, IMAGE_SIZE, PATCH)
 
 
