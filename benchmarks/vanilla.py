@@ -161,6 +161,7 @@ def main() -> None:
     cache = Path(a.cache) if a.cache else default_cache()
     out = Path(a.out or f"benchmarks/results/vanilla_{a.world}_{a.arch}.json")
     t_start = time.perf_counter()
+    commit = git_commit()  # read before the run: the code that trained is the code at launch
 
     world = cache / f"world-{_hash(a.world, [], a.seed)}"
     if not (world / "world.json").exists():
@@ -208,7 +209,7 @@ def main() -> None:
                      "cloze": f"greedy, 12 new tokens, substring match; {a.cloze_cap} per group, spread evenly"},
         "world": a.world, "arch": a.arch, "recipe": recipe, "recipe_config": to_dict(cfg), "seed": a.seed,
         "overrides": a.overrides, "world_fingerprint": world_fingerprint(world),
-        "commit": git_commit(), "unsee_version": __version__, "torch": torch.__version__,
+        "commit": commit, "unsee_version": __version__, "torch": torch.__version__,
         "threads": torch.get_num_threads(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
         "timings_s": {
             "stages": {n: {"seconds": s["seconds"], "cached": s["cached"]} for n, s in stages.items()},
