@@ -178,3 +178,40 @@ def test_ncu_projection_preserves_retained_outputs(trained_dir: Path, suite: Sui
     free = relative_change(CVFOnly(CVFConfig(ncu_images=n_images)))
     assert projected < free, (projected, free)
     assert projected < 0.25 * free, (projected, free)  # ~0.004 vs ~0.2 here
+
+
+def test_cvf_augment_draws_fresh_views_each_step(model_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:
+    """With augment the forget photos differ from step to step (the loss moves); without, it repeats."""
+    from unsee.engine.trainer import Context, frozen_copy
+
+    adapter = load_adapter(model_dir)
+    batch = {k: turns[k][:2] for k in ("forget", "retain", "neutral")}
+    losses = {}
+    for strength in (0.0, 1.0):
+        method = CVFNCU(CVFConfig(augment=strength, ncu=False))
+        ctx = Context(adapter, suite, cfg(), {}, reference=frozen_copy(adapter, visual_only=True))
+        method.setup(ctx)
+        values = []
+        for step in (0, 1):
+            ctx.step = step
+            with torch.no_grad():
+                values.append(method.loss(ctx, batch)[0].item())
+        losses[strength] = values
+    assert losses[0.0][0] == losses[0.0][1]
+    assert losses[1.0][0] != losses[1.0][1]
+
+
+def test_cvf_token_term_adds_its_loss(model_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:
+    from unsee.engine.trainer import Context, frozen_copy
+
+    adapter = load_adapter(model_dir)
+    batch = {k: turns[k][:2] for k in ("forget", "retain", "neutral")}
+    ctx = Context(adapter, suite, cfg(), {}, reference=frozen_copy(adapter, visual_only=True))
+    out = {}
+    for weight in (0.0, 2.0):
+        method = CVFNCU(CVFConfig(lambda_t=weight, ncu=False))
+        method.setup(ctx)
+        with torch.no_grad():
+            out[weight] = method.loss(ctx, batch)
+    assert "token_f" not in out[0.0][1] and out[2.0][1]["token_f"] > 0
+    assert out[2.0][0].item() == pytest.approx(out[0.0][0].item() + 2.0 * out[2.0][1]["token_f"], rel=1e-5)

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from unsee.config import opt
+from unsee.data.augment import augment
 from unsee.engine.trainer import Context
 from unsee.methods.base import BaseMethod, images_of, nll, pooled, token_features
 from unsee.methods.ncu import add_covariances, input_covariances, install_projections
@@ -30,6 +32,11 @@ class CVFConfig:
     lambda_r: float = opt(1.0, "weight of the retain InfoNCE")
     lambda_d: float = opt(1.0, "weight of token-level distillation on retained images (an addition to the spec)")
     lambda_o: float = opt(0.0, "weight of an optional output-level retain NLL (touches only the visual module)")
+    lambda_t: float = opt(
+        0.0, "weight of a token-level forget term: every token of a forget image towards the reference's mean "
+        "neutral token (an addition to the spec; the pooled InfoNCE leaves identity in the tokens)")
+    augment: float = opt(0.0, "strength of fresh crops and colour jitter on the forget photos at every step, so "
+                         "that forgetting reaches other views of the person (0: off)")
     ncu: bool = opt(True, "constrain updates to the retained null space")
     energy: float = opt(0.01, "NCU: keep the eigen-directions holding at most this fraction of the energy")
     ncu_images: int = opt(256, "NCU: retained images used for the covariance")
@@ -60,6 +67,7 @@ class CVFNCU(BaseMethod):
         return self.cfg.lambda_o > 0
 
     def setup(self, ctx: Context) -> None:
+        self.seed = ctx.cfg.seed
         if self.cfg.ncu:
             retain = [t.image for t in ctx.streams["retain"].turns if t.image is not None]
             general = [t.image for t in ctx.streams["general"].turns if t.image is not None] \
@@ -76,12 +84,16 @@ class CVFNCU(BaseMethod):
         a, ref = ctx.adapter, ctx.reference
         assert ref is not None
         f_img, r_img, n_img = (images_of(batch[k]) for k in ("forget", "retain", "neutral"))
+        if self.cfg.augment > 0:
+            rng = np.random.default_rng(self.seed + ctx.step)
+            f_img = [augment(im, rng, self.cfg.augment) for im in f_img]
         with torch.no_grad():
             ref_f = pooled(token_features(ref, f_img))
             ref_r_tok = token_features(ref, r_img)
             ref_r = pooled(ref_r_tok)
             ref_n = pooled(token_features(ref, n_img))
-        s_f = pooled(token_features(a, f_img))
+        s_f_tok = token_features(a, f_img)
+        s_f = pooled(s_f_tok)
         s_r_tok = token_features(a, r_img)
         s_r = pooled(s_r_tok)
         A = s_f.shape[0]
@@ -96,6 +108,12 @@ class CVFNCU(BaseMethod):
         l_d = torch.stack([F.mse_loss(s, t) for s, t in zip(s_r_tok, ref_r_tok, strict=True)]).mean()
         loss = l_f + self.cfg.lambda_r * l_r + self.cfg.lambda_d * l_d
         parts = {"cvf_f": l_f.item(), "cvf_r": l_r.item(), "distil": l_d.item()}
+        if self.cfg.lambda_t > 0:
+            with torch.no_grad():
+                target = torch.cat([t.float() for t in token_features(ref, n_img)]).mean(0)
+            l_t = torch.stack([F.mse_loss(t.float(), target.expand_as(t)) for t in s_f_tok]).mean()
+            loss = loss + self.cfg.lambda_t * l_t
+            parts["token_f"] = l_t.item()
         if self.cfg.lambda_o > 0:
             o = nll(a, batch["retain"])
             loss = loss + self.cfg.lambda_o * o
