@@ -18,7 +18,7 @@ from unsee.eval.attacks import pooled_features
 from unsee.eval.results import load_results
 from unsee.models import load_adapter
 
-STEPS = ["max_steps=4", "batch_size=4", "lr=3e-3", "progress=false", "ncu_images=64"]
+STEPS = ["max_steps=4", "batch_size=4", "lr=3e-3", "progress=false", "ncu_images=64", "augment=0"]
 
 
 def request_images(world: Path, split: str) -> list:
