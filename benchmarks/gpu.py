@@ -152,7 +152,7 @@ def request_time(adapter: HFAdapter, suite: Any, turns: dict) -> dict:
 
 def eraser_cost(adapter: HFAdapter, suite: Any, max_items: int, gen_prompts: int, new_tokens: int) -> dict:
     """Steering-file build time for the request, and generation time with and without steering."""
-    from unsee.methods.eraser import EraserConfig, Steering, run_eraser, steer
+    from unsee.methods.eraser import EraserConfig, Steering, generation_overhead, run_eraser
 
     device = adapter.device
     with tempfile.TemporaryDirectory() as d:
@@ -162,26 +162,8 @@ def eraser_cost(adapter: HFAdapter, suite: Any, max_items: int, gen_prompts: int
         sync(device)
         build_s = time.perf_counter() - start
         steering = Steering.load(path)
-    prompts = [Turn(e.pil_image(), e.question) for e in suite.group("forget")[:gen_prompts]]
-    batch = adapter.to_device(adapter.generation_batch(prompts))
-
-    def generate() -> float:
-        sync(device)
-        t = time.perf_counter()
-        with torch.no_grad():
-            adapter.model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                   pad_token_id=adapter.tokenizer.pad_token_id)
-        sync(device)
-        return time.perf_counter() - t
-
-    generate()  # warm-up
-    plain = min(generate() for _ in range(3))
-    with steer(adapter, steering):
-        generate()
-        steered = min(generate() for _ in range(3))
     return {"variant": "eraser", "method": "eraser", "max_items": max_items, "build_s": round(build_s, 2),
-            "generation": {"prompts": len(prompts), "new_tokens": new_tokens, "plain_s": round(plain, 3),
-                           "steered_s": round(steered, 3), "overhead": round(steered / plain - 1, 4)},
+            "generation": generation_overhead(adapter, suite, steering, prompts=gen_prompts, new_tokens=new_tokens),
             "peak_memory_gb": peak_memory_gb(device), "trainable_params": 0}
 
 

@@ -19,13 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from common import TRAINING, check, eval_kw, mcq, measure, parser, score, vanilla_model
 
 from unsee import api
 from unsee.eval.results import environment, new_results, write_results
 from unsee.io import atomic_write_json
-from unsee.models import Turn, load_adapter
+from unsee.models import load_adapter
 
 
 def settings(method: str, args: argparse.Namespace) -> list[list[str]]:
@@ -40,29 +39,6 @@ def settings(method: str, args: argparse.Namespace) -> list[list[str]]:
             ov += [] if es == 1.0 else [f"epochs={tcfg.epochs * es:g}"]
             out.append(ov)
     return [[*args.train_set, *ov] for ov in sorted(out, key=len)]
-
-
-def generation_overhead(vanilla: Path, suite: Any, steering: Path, n: int = 16, tokens: int = 16) -> dict:
-    """Greedy generation time with the steering file on, relative to off (same prompts, fixed length)."""
-    from unsee.methods.eraser import Steering, steer
-
-    adapter = load_adapter(vanilla)
-    prompts = [Turn(e.pil_image(), e.question) for e in suite.group("forget") if e.has_image][:n]
-    batch = adapter.generation_batch(prompts)
-
-    def timed() -> float:
-        start = time.perf_counter()
-        with torch.no_grad():
-            adapter.model.generate(**batch, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
-                                   pad_token_id=adapter.tokenizer.pad_token_id)
-        return time.perf_counter() - start
-
-    timed()
-    plain = min(timed() for _ in range(3))
-    with steer(adapter, Steering.load(steering)):
-        steered = min(timed() for _ in range(3))
-    return {"prompts": len(prompts), "new_tokens": tokens, "plain_s": round(plain, 3), "steered_s": round(steered, 3),
-            "overhead": round(steered / plain - 1, 4)}
 
 
 def targets(best: dict[str, dict], vanilla: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -126,7 +102,9 @@ def main(argv: list[str] | None = None) -> dict:
             row = {"method": method, "overrides": overrides, "score": score(v_metrics, run),
                    "metrics": run["metrics"], "cost": run["cost"]}
             if steering is not None:
-                row["generation"] = generation_overhead(vanilla, suite, steering)
+                from unsee.methods.eraser import Steering, generation_overhead
+
+                row["generation"] = generation_overhead(load_adapter(vanilla), suite, Steering.load(steering))
             rows.append(row)
             print(f"{method:12s} {' '.join(overrides) or '(shipped)':28s} score={row['score']['score']} "
                   f"forget={mcq(run['metrics'], 'forget')} retain={mcq(run['metrics'], 'retain')} "

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from unsee import api
-from unsee.data.collate import image_of
+from unsee.data.collate import qa_turns
+from unsee.engine.trainer import unique_images
 from unsee.eval.attacks import pooled_features
 from unsee.eval.results import load_results
 from unsee.models import load_adapter
@@ -23,12 +24,7 @@ STEPS = ["max_steps=4", "batch_size=4", "lr=3e-3", "progress=false", "ncu_images
 
 def request_images(world: Path, split: str) -> list:
     suite = api.load_suite(world, split, retain_exclude=["forget_r1", "forget_r2"])
-    images = []
-    for e in suite.group("train_forget"):
-        img = image_of(e)
-        if img is not None and all(img is not i for i in images):
-            images.append(img)
-    return images
+    return [t.image for t in unique_images(qa_turns(suite.group("train_forget")))]
 
 
 def drift_of_request_1(model_dir: Path, world: Path, pass_forgotten: bool) -> float:

@@ -334,7 +334,7 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
     For ``cvf_ncu`` the covariance of the next request also holds the already-forgotten
     targets as the updated model sees them, which keeps them forgotten.
     """
-    from unsee.data.collate import image_of
+    from unsee.engine.trainer import unique_images
     from unsee.eval.results import CostMeter, new_results, write_results
 
     if method == "eraser":
@@ -355,9 +355,8 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
                 s_j = load_suite(data, earlier, retain_exclude=requests, seed=seed)
                 metrics[f"forget_r{j}"] = evaluate_adapter(adapter, s_j, **{**eval_kw, "groups": ("forget",),
                                                                             "generation": False})["forget"]
-            for img in (image_of(e) for e in suite.group("train_forget") if e.has_image):
-                if all(img is not f for f in forgotten):  # each photo once, however many questions it has
-                    forgotten.append(img)
+            # each photo once, however many questions it has (requests are disjoint people)
+            forgotten += [t.image for t in unique_images(qa_turns(suite.group("train_forget")))]
             runs.append(make_run(method, metrics, model=model_name(model), suite=suite, forget=req, seed=seed,
                                  request=i, config=resolved, info=_jsonable(res.info),
                                  cost={**meter.cost(), "trainable_params": res.trainable_params,

@@ -717,6 +717,34 @@ def _swept(adapter: HFAdapter, suite: Suite, inputs: tuple[list[Turn], list[Turn
     return result.best
 
 
+def generation_overhead(adapter: HFAdapter, suite: Suite, steering: Steering, *, prompts: int = 16,
+                        new_tokens: int = 16) -> dict[str, Any]:
+    """Greedy generation time with the steering on, relative to off: the same forget prompts and a
+    fixed answer length, best of three after a warm-up, so that only the hooks differ."""
+    turns = [Turn(e.pil_image(), e.question) for e in suite.group("forget") if e.has_image][:prompts]
+    batch = adapter.to_device(adapter.generation_batch(turns))
+    cuda = adapter.device.type == "cuda"
+
+    def timed() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.no_grad():
+            adapter.model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                   pad_token_id=adapter.tokenizer.pad_token_id)
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    timed()
+    plain = min(timed() for _ in range(3))
+    with steer(adapter, steering):
+        timed()
+        steered = min(timed() for _ in range(3))
+    return {"prompts": len(turns), "new_tokens": new_tokens, "plain_s": round(plain, 3),
+            "steered_s": round(steered, 3), "overhead": round(steered / plain - 1, 4)}
+
+
 def _peak_memory_mb() -> float:
     """Peak accelerator memory if there is one, else the process's peak resident memory."""
     if torch.cuda.is_available():
