@@ -2,9 +2,13 @@
 
     python benchmarks/eval_speed.py --out benchmarks/results/eval_speed.json
 
-The two timed calls are the evaluator's own building blocks (``option_logprobs`` and
+The timed calls are the evaluator's own building blocks (``option_logprobs`` and
 ``adapter.generate``), on a fixed, deterministic sample of every metric group of the quick
-world (image and text-only questions alike), at batch sizes 1, 8 and 16. The model is a
+world (image and text-only questions alike), at batch sizes 1, 8 and 16 (items), beside
+the plain loop that an evaluator without batching or a shared prompt runs: every
+(question, option) sequence through the model on its own (``mcq_per_sequence_loop``).
+The target (issue: batched evaluation >= 5x a one-by-one loop, the same answers) is checked
+against that loop and, more strictly, against the evaluator itself at batch size 1. The model is a
 freshly initialised tiny one: speed does not depend on what it has learnt, except that an
 untrained model rarely stops before ``max_new_tokens``, so generation here is the worst case.
 Each figure is the median of ``--repeats`` timed passes, after a short untimed warm-up.
@@ -52,6 +56,13 @@ def generation_turns(items: list[Example]) -> list[Turn]:
                  else prompts.gen_prompt(e.question, e.has_image)) for e in items]
 
 
+def per_sequence_loop(adapter: HFAdapter, items: list[Example]) -> list[list[float]]:
+    """The reference: each (question, option) sequence scored in full, one forward pass each."""
+    with adapter.eval_mode(), torch.no_grad():
+        return [[float(adapter.answer_logprobs(adapter.training_batch(
+            [Turn(image_of(e), prompts.qa_prompt(e.question), o)]))[0]) for o in e.options] for e in items]
+
+
 def timed(run: Callable[[], object]) -> float:
     start = time.perf_counter()
     run()
@@ -68,6 +79,7 @@ def measure(adapter: HFAdapter, mcq: list[Example], gen: list[Example], *, max_n
     n_options = sum(len(e.options) for e in mcq)
     turns = generation_turns(gen)
     runs: dict[tuple[str, int], Callable[[], object]] = {}
+    runs["mcq_per_sequence_loop", 1] = lambda: per_sequence_loop(adapter, mcq)
     for bs in BATCH_SIZES:
         runs["mcq_loglik", bs] = lambda bs=bs: option_logprobs(adapter, mcq, batch_size=bs)
         runs["generation", bs] = lambda bs=bs: adapter.generate(turns, max_new_tokens=max_new_tokens, batch_size=bs)
@@ -81,9 +93,9 @@ def measure(adapter: HFAdapter, mcq: list[Example], gen: list[Example], *, max_n
     rows = []
     for (kind, bs), ts in sorted(times.items()):
         s = statistics.median(ts)
-        n = len(mcq) if kind == "mcq_loglik" else len(turns)
+        n = len(turns) if kind == "generation" else len(mcq)
         row = {"kind": kind, "batch_size": bs, "items": n, "seconds": round(s, 3), "items_per_s": round(n / s, 2)}
-        if kind == "mcq_loglik":
+        if kind != "generation":
             row.update(options=n_options, options_per_s=round(n_options / s, 2))
         else:
             row.update(max_new_tokens=max_new_tokens)
@@ -112,6 +124,23 @@ def main() -> None:
     gen = sample(suite, ("cloze", "gen"), a.gen_per_group)
     load_before, start = os.getloadavg()[0], time.perf_counter()
     rows = measure(adapter, mcq, gen, max_new_tokens=a.max_new_tokens, repeats=a.repeats)
+    seconds = {(r["kind"], r["batch_size"]): r["seconds"] for r in rows}
+    best = min(BATCH_SIZES, key=lambda bs: seconds["mcq_loglik", bs])
+    reference = per_sequence_loop(adapter, mcq)
+    batched = option_logprobs(adapter, mcq, batch_size=best)
+    same = [max(range(len(r)), key=r.__getitem__) for r in reference] == \
+        [max(range(len(b)), key=b.__getitem__) for b in batched]
+    gap = max(abs(x - y) for r, b in zip(reference, batched, strict=True) for x, y in zip(r, b, strict=True))
+    speedup = {
+        "mcq_vs_per_sequence_loop": round(seconds["mcq_per_sequence_loop", 1] / seconds["mcq_loglik", best], 2),
+        "mcq_vs_batch_1": round(seconds["mcq_loglik", 1] / seconds["mcq_loglik", best], 2),
+        "generation_vs_batch_1": round(seconds["generation", 1] / min(seconds["generation", bs] for bs in BATCH_SIZES),
+                                       2),
+    }
+    target = {"speedup": 5.0, "value": speedup["mcq_vs_per_sequence_loop"], "batch_size": best,
+              "same_answers": same, "max_score_difference": gap,
+              "pass": speedup["mcq_vs_per_sequence_loop"] >= 5.0 and same}
+    print(speedup, target)
     atomic_write_json(a.out, {
         "benchmark": "eval_speed", "arch": a.arch, "world": "quick", "forget": "forget_10",
         "mcq_items_with_image": sum(e.has_image for e in mcq), "gen_items_with_image": sum(e.has_image for e in gen),
@@ -119,7 +148,7 @@ def main() -> None:
         # other work on the machine slows every figure; the 1-minute load average puts them in context
         "load_avg_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2),
                         "cpus": os.cpu_count()},
-        "environment": environment(), "rows": rows,
+        "environment": environment(), "speedup": speedup, "target": target, "rows": rows,
     })
 
 

@@ -1,9 +1,10 @@
 """The evaluator's MCQ scoring: batching and padding are bookkeeping and must not change a single score.
 
-Option log-likelihoods are summed in batches of right-padded rows sorted by prompt length,
-so an item's score could in principle depend on its neighbours (padding length), on the
-tokenizer's padding side, or on the batch size. Every check compares against scoring one
-item at a time, on the three tiny architectures over the shared tiny world's questions.
+Option log-likelihoods are summed in batches sorted by prompt length, each prompt encoded
+once and its cache shared by the options, so an item's score could in principle depend on
+its neighbours (padding length), on the tokenizer's padding side, on the batch size, or on
+the cache. Every check compares against scoring one item at a time, or each (prompt, option)
+sequence in full, on the three tiny architectures over the shared tiny world's questions.
 """
 
 from __future__ import annotations
@@ -57,6 +58,22 @@ def test_batched_scores_equal_one_at_a_time(tiny_models: TinyModels, arch: str, 
         torch.testing.assert_close(flat(batched), flat(one), rtol=0, atol=ATOL)
         assert [metrics.loglik_choice(s) for s in batched] == chosen, batch_size
     assert mcq_loglik(adapter, mcq_items, batch_size=16) == mcq_loglik(adapter, mcq_items, batch_size=1)
+
+
+@archs
+def test_shared_prompt_scores_equal_full_sequences(tiny_models: TinyModels, arch: str,
+                                                   mcq_items: list[Example]) -> None:
+    """The cached-prompt scores are the figures of scoring every (prompt, option) row on its own,
+    also for a text-only batch right after an image batch (Qwen keeps per-batch M-RoPE offsets)."""
+    adapter = tiny_models.adapter(arch)
+    images = [e for e in mcq_items if e.has_image]
+    texts = [e for e in mcq_items if not e.has_image]
+    for chunk in (images, texts, mcq_items):
+        shared = adapter.option_logprobs([Turn(image_of(e), e.question) for e in chunk], [e.options for e in chunk])
+        with torch.no_grad(), adapter.eval_mode():
+            full = [adapter.answer_logprobs(adapter.training_batch([Turn(image_of(e), e.question, o)
+                                                                   for o in e.options])).tolist() for e in chunk]
+        torch.testing.assert_close(flat(shared), flat(full), rtol=0, atol=ATOL)
 
 
 @archs

@@ -176,6 +176,34 @@ def test_labels_cover_exactly_the_answer(tiny_models: TinyModels, arch: str, mak
 
 
 @archs
+def test_follow_up_exchanges_continue_the_conversation(tiny_models: TinyModels, arch: str,
+                                                      make_image: MakeImage) -> None:
+    """A turn with follow-ups learns every answer and nothing else, and starts exactly as the
+    single-exchange turn does, so its first answer is scored in the same context."""
+    adapter = tiny_models.adapter(arch)
+    single = Turn(make_image(5), "Who is this?", "Ada Vance")
+    packed = Turn(single.image, single.prompt, single.answer,
+                  follow=(("Where was she born?", "Tarrow Hill"), ("What is her pet?", "an iguana")))
+    one, many = adapter.training_batch([single]), adapter.training_batch([packed])
+    n = one["input_ids"].shape[1]
+    assert torch.equal(many["input_ids"][0, :n], one["input_ids"][0])
+    assert torch.equal(many["labels"][0, :n], one["labels"][0])
+    labels, ids = many["labels"][0], many["input_ids"][0]
+    learnt = labels[labels != IGNORE]
+    assert torch.equal(learnt, ids[labels != IGNORE])
+    eoa = adapter.tokenizer.convert_tokens_to_ids(adapter.end_of_answer)
+    answers = [a for a in adapter.tokenizer.decode(learnt).split(adapter.end_of_answer) if a]
+    assert [a.strip() for a in answers] == ["Ada Vance", "Tarrow Hill", "an iguana"]
+    assert int((learnt == eoa).sum()) == 3
+    # the follow-up questions are in the sequence, as the chat template writes a user turn
+    text = adapter.tokenizer.decode(ids)
+    assert "Where was she born?" in text and "What is her pet?" in text
+    assert int((ids == adapter.image_token_id).sum()) == int((one["input_ids"] == adapter.image_token_id).sum())
+    loss = adapter.forward(many, labels=many["labels"]).loss
+    assert torch.isfinite(loss)
+
+
+@archs
 def test_prompt_words_do_not_move_the_loss(tiny_models: TinyModels, arch: str, make_image: MakeImage) -> None:
     adapter = tiny_models.adapter(arch)
     first, second = "What colour is the circle?", "What colour is the square?"

@@ -250,6 +250,24 @@ def test_general_items_are_answerable() -> None:
         assert render_general(item).size == (64, 64)
 
 
+def test_general_training_scenes_teach_every_question_they_answer(world: Path) -> None:
+    rows = _rows(world, "ft_General")
+    assert rows
+    for r in rows:
+        qa = json.loads(r["metadata"])
+        asked = [q["Question"] for q in qa]
+        assert len(asked) == len(set(asked)) >= 3  # colour, shape and count at least
+        answers = dict(zip(asked, (q["Answer"] for q in qa), strict=True))
+        assert answers["How many objects are in this image?"] in {"1", "2", "3", "4"}
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        it = sample_general_item(rng)
+        qa = it.training_qa()
+        assert (qa[0]["Question"], qa[0]["Answer"]) == (it.question, it.answer)  # its own question first
+        assert any(q["Answer"] == it.colour for q in qa) and any(q["Answer"] == it.shape for q in qa)
+        assert (len(qa) == 4) == (it.kind == "position")
+
+
 def test_pretrain_pool_never_holds_world_people(world: Path) -> None:
     info = load_world_info(world)
     pool = world_pretrain_identities(info)

@@ -20,6 +20,7 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from tqdm.auto import tqdm
 
 from unsee.config import load_config, opt, to_dict
 from unsee.data.augment import augment
-from unsee.data.collate import qa_turn
+from unsee.data.collate import pack_turns
 from unsee.data.render import Identity
 from unsee.data.schema import Example
 from unsee.engine.checkpoint import has_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
@@ -72,6 +73,8 @@ class FinetuneConfig:
     replay: float = opt(0.3, "stage 3: fraction of stage-2 items mixed in")
     augment: float = opt(1.0, "stage 2: augmentation strength of training images (0: off)")
     ft_augment: float = opt(1.0, "stage 3: augmentation strength of the fixed training views (0: off)")
+    pack: int = opt(1, "stages 2-3: questions per training sequence about one image (or one person's text), "
+                       "as a multi-turn conversation; 1: one question per sequence")
     warmup_ratio: float = opt(0.05, "stages 2-3 warm-up")
     seed: int = opt(0, "seed of stages 2 and 3")
     checkpoint_every: int = opt(100, "steps between mid-stage checkpoints; an interrupted stage resumes there")
@@ -81,7 +84,7 @@ class FinetuneConfig:
 # Which options determine which stage: each stage's cache key hashes its own keys and the
 # key of the stage before. ``tests/test_finetune.py`` checks that every field is listed once.
 VISION_KEYS = ("vision_seed", "vision_steps", "vision_batch", "vision_lr", "cosface_margin", "cosface_scale")
-BASE_KEYS = ("base_steps", "base_lr", "vision_lr_factor", "batch_size", "augment", "warmup_ratio", "seed")
+BASE_KEYS = ("base_steps", "base_lr", "vision_lr_factor", "batch_size", "augment", "warmup_ratio", "seed", "pack")
 FT_KEYS = ("ft_steps", "ft_lr", "ft_vision_lr_factor", "image_oversample", "replay", "ft_augment")
 UNHASHED_KEYS = ("checkpoint_every", "progress")
 
@@ -193,7 +196,7 @@ class _Augmented(BaseMethod):
     def loss(self, ctx: Any, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
         turns = batch["train"]
         if self.strength > 0:
-            turns = [Turn(augment(t.image, self.rng, self.strength), t.prompt, t.answer)
+            turns = [dataclasses.replace(t, image=augment(t.image, self.rng, self.strength))
                      if t.image is not None else t for t in turns]
         loss = nll(ctx.adapter, turns)
         return loss, {"nll": loss.item()}
@@ -211,7 +214,7 @@ class _Stage:
     """One SFT stage: its data and the options that differ between stages 2 and 3."""
 
     desc: str
-    examples: list[Example]
+    turns: list[Turn]
     steps: int
     lr: float
     vision_lr_factor: float
@@ -222,7 +225,7 @@ def _sft(adapter: HFAdapter, stage: _Stage, cfg: FinetuneConfig, checkpoint: Pat
     """One SFT stage; the visual module trains at ``stage.vision_lr_factor`` of the LM's rate."""
     from unsee.data.schema import Suite
 
-    turns = [qa_turn(e) for e in stage.examples]
+    turns = stage.turns
     tcfg = TrainConfig(scope="full", lr=stage.lr, max_steps=stage.steps, batch_size=cfg.batch_size, seed=cfg.seed,
                        warmup_ratio=cfg.warmup_ratio, schedule="cosine", progress=cfg.progress, grad_clip=1.0,
                        visual_lr_scale=stage.vision_lr_factor,
@@ -238,14 +241,19 @@ def _stage2_examples(suite: Any) -> list[Example]:
             *suite.groups.get("unknown", [])]
 
 
-def _stage3_examples(suite: Any, cfg: FinetuneConfig) -> list[Example]:
-    images = [*suite.group("train_forget"), *suite.group("train_retain")]
-    text = suite.groups.get("train_text", [])
-    base = _stage2_examples(suite)
+def _stage2_turns(suite: Any, cfg: FinetuneConfig, names: Collection[str]) -> list[Turn]:
+    return pack_turns(_stage2_examples(suite), cfg.pack, np.random.default_rng(cfg.seed), last=names)
+
+
+def _stage3_turns(suite: Any, cfg: FinetuneConfig, names: Collection[str]) -> list[Turn]:
+    """The fine-tune's own turns (image questions oversampled) and a replay sample of stage 2."""
     rng = np.random.default_rng(cfg.seed)
+    images = pack_turns([*suite.group("train_forget"), *suite.group("train_retain")], cfg.pack, rng, last=names)
+    text = pack_turns(suite.groups.get("train_text", []), cfg.pack, rng, last=names)
+    base = _stage2_turns(suite, cfg, names)
     n_replay = int(cfg.replay * (len(images) * cfg.image_oversample + len(text)))
     replay = [base[i] for i in rng.integers(len(base), size=n_replay)] if base and n_replay else []
-    return images * cfg.image_oversample + list(text) + replay
+    return images * cfg.image_oversample + text + replay
 
 
 def default_cache() -> Path:
@@ -320,7 +328,9 @@ def finetune(
     check_output_dir(out, overwrite=overwrite)
     cache = Path(cache_dir) if cache_dir else default_cache()
     suite = load_mllmu(data, "forget_10")
-    pool = world_pretrain_identities(load_world_info(data))
+    info = load_world_info(data)
+    pool = world_pretrain_identities(info)
+    names = set(info["names"].values())
     base_fp = model_fingerprint(model)
     rc = to_dict(cfg)
     h1 = _hash("vision", visual_fingerprint(load_adapter(model)), pool_fingerprint(pool),
@@ -338,9 +348,9 @@ def finetune(
                 _finish_stage(stage1, adapter, stats, time.perf_counter() - t0, rc, visual_only=True)
             adapter = load_adapter(model)
             load_stage_visual(adapter, stage1)
-            _run_sft(stage2, adapter, _Stage("stage 2: base MLLM", _stage2_examples(suite), cfg.base_steps,
+            _run_sft(stage2, adapter, _Stage("stage 2: base MLLM", _stage2_turns(suite, cfg, names), cfg.base_steps,
                                              cfg.base_lr, cfg.vision_lr_factor, cfg.augment), cfg, rc)
-        _run_sft(stage3, load_adapter(stage2), _Stage("stage 3: fictitious fine-tune", _stage3_examples(suite, cfg),
+        _run_sft(stage3, load_adapter(stage2), _Stage("stage 3: fictitious fine-tune", _stage3_turns(suite, cfg, names),
                                                       cfg.ft_steps, cfg.ft_lr, cfg.ft_vision_lr_factor,
                                                       cfg.ft_augment), cfg, rc)
     stages = {}

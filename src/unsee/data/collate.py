@@ -6,8 +6,10 @@ times. A missing or corrupt image raises :class:`~unsee.errors.DataError` naming
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import dataclasses
+from collections.abc import Collection, Iterator, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -36,6 +38,34 @@ def qa_turn(ex: Example, answer: str | None = None) -> Turn:
 
 def qa_turns(examples: Sequence[Example]) -> list[Turn]:
     return [qa_turn(e) for e in examples]
+
+
+def pack_turns(examples: Sequence[Example], size: int, rng: np.random.Generator,
+               last: Collection[str] = ()) -> list[Turn]:
+    """Questions about one image (or, without an image, one entity) as conversations of up to ``size`` exchanges.
+
+    The order inside each group is shuffled by ``rng``; an exchange whose answer is in
+    ``last`` (a person's name) closes its conversation, so that no other answer in it can be
+    read off the name instead of the image. ``size=1`` gives one turn per example, in order,
+    and draws nothing from ``rng``.
+    """
+    if size < 1:
+        raise ValueError(f"pack size must be >= 1, got {size}")
+    if size == 1:
+        return qa_turns(examples)
+    groups: dict[tuple[str, int, int], list[Example]] = {}
+    for e in examples:
+        key = (e.entity, hash(e.image), len(e.image)) if e.image is not None else (e.entity, 0, -1)
+        groups.setdefault(key, []).append(e)
+    turns: list[Turn] = []
+    for group in groups.values():
+        order = [group[i] for i in rng.permutation(len(group))]
+        order.sort(key=lambda e: e.answer in last)  # stable: the shuffle survives
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
+            head = qa_turn(chunk[0])
+            turns.append(dataclasses.replace(head, follow=tuple((e.question, e.answer) for e in chunk[1:])))
+    return turns
 
 
 class Stream:

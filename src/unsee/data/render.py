@@ -552,6 +552,13 @@ class GeneralItem:
     def answer(self) -> str:
         return self.options[self.correct]
 
+    def training_qa(self) -> list[dict[str, str]]:
+        """Every question the scene answers: its own first, then colour, shape and count (and
+        position, where the object was placed at an edge). One photo teaches every skill."""
+        values = {"colour": self.colour, "shape": self.shape, "count": str(self.count), "position": self.position}
+        kinds = [self.kind, *(k for k in GENERAL_KINDS if k != self.kind and values[k])]
+        return [{"Question": GENERAL_TEMPLATES[k][0], "Answer": values[k]} for k in kinds]
+
     @property
     def generation(self) -> str:
         """The reference sentence for the generation task."""

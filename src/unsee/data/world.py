@@ -514,7 +514,7 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
     items = [sample_general_item(rng_gen) for _ in general_ids]
     ft_general_rows = [
         {"image": _png(render_general(it, size), f"{gid}.png"), "ID": gid,
-         "metadata": json.dumps([{"Question": it.question, "Answer": it.answer}])}
+         "metadata": json.dumps(it.training_qa())}
         for gid, it in zip(train_g, items[: cfg.n_general_train], strict=True)
     ]
     general_rows = [_general_row(gid, it, size)

@@ -25,25 +25,24 @@ def _cap(items: list[Example], max_items: int | None) -> list[Example]:
 
 
 @torch.no_grad()
-def option_logprobs(adapter: HFAdapter, items: Sequence[Example], *, batch_size: int = 32,
+def option_logprobs(adapter: HFAdapter, items: Sequence[Example], *, batch_size: int = 16,
                     progress: bool = False, desc: str = "mcq") -> list[list[float]]:
-    """Log-likelihood of each option's text as the answer to the plain question."""
-    turns: list[Turn] = []
-    owner: list[tuple[int, int]] = []
-    for i, ex in enumerate(items):
-        img = image_of(ex)
-        for j, opt_text in enumerate(ex.options):
-            turns.append(Turn(img, prompts.qa_prompt(ex.question), opt_text))
-            owner.append((i, j))
-    order = sorted(range(len(turns)), key=lambda k: (turns[k].image is None, len(turns[k].prompt)))
-    scores = [[0.0] * len(ex.options) for ex in items]
+    """Log-likelihood of each option's text as the answer to the plain question.
+
+    ``batch_size`` items share a pass; each item's prompt is encoded once for all its
+    options (:meth:`HFAdapter.option_logprobs`). Items are sorted by length so that a batch
+    wastes little on padding; the scores come back in the items' order.
+    """
+    order = sorted(range(len(items)), key=lambda i: (not items[i].has_image, len(items[i].question)))
+    scores: list[list[float]] = [[] for _ in items]
     with adapter.eval_mode():
         for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
-            idx = order[start : start + batch_size]
-            lp = adapter.answer_logprobs(adapter.training_batch([turns[k] for k in idx])).tolist()
-            for k, v in zip(idx, lp, strict=True):
-                i, j = owner[k]
-                scores[i][j] = v
+            idx = [i for i in order[start : start + batch_size] if items[i].options]
+            if not idx:
+                continue
+            turns = [Turn(image_of(items[i]), prompts.qa_prompt(items[i].question)) for i in idx]
+            for i, lp in zip(idx, adapter.option_logprobs(turns, [items[i].options for i in idx]), strict=True):
+                scores[i] = lp
     return scores
 
 

@@ -31,11 +31,17 @@ IGNORE = -100
 
 @dataclass(frozen=True)
 class Turn:
-    """One (image or none, prompt, answer) triple; the unit every batch is built from."""
+    """One (image or none, prompt, answer) triple; the unit every batch is built from.
+
+    ``follow`` continues the conversation about the same image with more (prompt, answer)
+    exchanges, as LLaVA's instruction data does: one pass over the image tokens then
+    supervises several answers. Only :meth:`HFAdapter.training_batch` reads it.
+    """
 
     image: Image.Image | None
     prompt: str
     answer: str = ""
+    follow: tuple[tuple[str, str], ...] = ()
 
 
 @runtime_checkable
@@ -52,6 +58,7 @@ class Adapter(Protocol):
     def generation_batch(self, turns: Sequence[Turn]) -> BatchFeature: ...
     def generate(self, turns: Sequence[Turn], *, max_new_tokens: int = 32, batch_size: int = 16) -> list[str]: ...
     def answer_logprobs(self, batch: BatchFeature) -> torch.Tensor: ...
+    def option_logprobs(self, turns: Sequence[Turn], options: Sequence[Sequence[str]]) -> list[list[float]]: ...
     def image_inputs(self, images: Sequence[Image.Image]) -> BatchFeature: ...
     def visual_features(self, image_inputs: BatchFeature) -> list[torch.Tensor]: ...
     def decoder_layers(self) -> list[nn.Module]: ...
@@ -200,12 +207,12 @@ class HFAdapter:
         pad = self.tokenizer.pad_token_id
         rows, labels = [], []
         for i, t in enumerate(turns):
-            prompt_ids = enc["input_ids"][i][enc["attention_mask"][i].bool()]
-            answer_ids = self.tokenizer(
-                self.answer_prefix + t.answer + self.end_of_answer, add_special_tokens=False, return_tensors="pt"
-            )["input_ids"][0]
-            rows.append(torch.cat([prompt_ids, answer_ids]))
-            labels.append(torch.cat([torch.full_like(prompt_ids, IGNORE), answer_ids]))
+            pieces = [enc["input_ids"][i][enc["attention_mask"][i].bool()], self._text_ids(self._answer_text(t.answer))]
+            for prompt, answer in t.follow:
+                pieces += [self._text_ids(self._follow_prompt(prompt)), self._text_ids(self._answer_text(answer))]
+            rows.append(torch.cat(pieces))
+            # every second piece is an answer: the loss falls on those alone
+            labels.append(torch.cat([p if k % 2 else torch.full_like(p, IGNORE) for k, p in enumerate(pieces)]))
         width = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
         label_t = torch.full((len(rows), width), IGNORE, dtype=torch.long)
@@ -218,6 +225,29 @@ class HFAdapter:
         if "mm_token_type_ids" in enc:  # Qwen's M-RoPE marks image tokens; rebuild it for the new rows
             enc["mm_token_type_ids"] = (input_ids == self.image_token_id).long()
         return enc
+
+    def _text_ids(self, text: str) -> torch.Tensor:
+        return self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+
+    def _answer_text(self, answer: str) -> str:
+        return self.answer_prefix + answer + self.end_of_answer
+
+    def _follow_prompt(self, prompt: str) -> str:
+        """The chat template's text between one answer's end token and the next answer.
+
+        Rendered from the template itself (a two-exchange conversation, cut after the first
+        answer's end token), so it is right for any model's template.
+        """
+        mark = "\x00answer\x00"
+        messages = [{"role": "user", "content": [{"type": "text", "text": "q"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": mark}]},
+                    {"role": "user", "content": [{"type": "text", "text": prompt}]}]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        cut = text.index(mark) + len(mark)
+        if not text.startswith(self.end_of_answer, cut):
+            raise ConfigError(f"the chat template does not end an answer with {self.end_of_answer!r}; "
+                              "multi-exchange turns cannot be built for this model")
+        return text[cut + len(self.end_of_answer):]
 
     # ---- model calls ---------------------------------------------------------------
     @property
@@ -274,6 +304,39 @@ class HFAdapter:
         finally:
             self.model.train(was_training)
         return out
+
+    @torch.no_grad()
+    def option_logprobs(self, turns: Sequence[Turn], options: Sequence[Sequence[str]]) -> list[list[float]]:
+        """Summed log-probability of each option as the answer to its turn's prompt.
+
+        The prompt (image included) is encoded once and its key/value cache is shared by the
+        options, which are a few tokens each: the same figures as scoring every
+        (prompt, option) sequence on its own, for about one prompt's compute instead of four.
+        """
+        prefix = self.to_device(self.generation_batch(turns))
+        out = self.forward(prefix, use_cache=True)
+        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        owner = torch.tensor([i for i, opts in enumerate(options) for _ in opts], device=self.device)
+        rows = [self._text_ids(self._answer_text(o)) for opts in options for o in opts]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        keep = torch.zeros((len(rows), width), dtype=torch.long)
+        for k, r in enumerate(rows):
+            ids[k, : len(r)], keep[k, : len(r)] = r, 1
+        ids, keep = ids.to(self.device), keep.to(self.device)
+        cache = out.past_key_values
+        cache.batch_select_indices(owner)
+        mask = torch.cat([prefix["attention_mask"][owner], keep], dim=1)
+        logits = self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
+                            **self._continuation_kwargs(mask, owner, width)).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        total = first[owner].gather(-1, ids[:, :1]).squeeze(-1) + (logp * keep[:, 1:]).sum(-1)
+        flat = iter(total.tolist())
+        return [[next(flat) for _ in opts] for opts in options]
+
+    def _continuation_kwargs(self, mask: torch.Tensor, owner: torch.Tensor, width: int) -> dict[str, Any]:
+        """Extra inputs for tokens that continue a cached prompt; rotary positions simply go on."""
+        return {}
 
     def visual_features(self, image_inputs: BatchFeature) -> list[torch.Tensor]:
         """Projector output at the image-token positions, one ``[tokens, d]`` tensor per image.

@@ -8,9 +8,11 @@ same code loads a real checkpoint on a user's machine and a tiny one here.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import (
     AutoImageProcessor,
     AutoTokenizer,
@@ -22,7 +24,7 @@ from transformers import Qwen2VLProcessor as _HFQwen2Processor
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import cached_file
 
-from unsee.models.base import HFAdapter
+from unsee.models.base import HFAdapter, Turn
 
 
 def _image_only(base: type) -> type:
@@ -74,6 +76,22 @@ class Qwen2VLAdapter(HFAdapter):
 
     def _end_of_answer_token(self) -> str:
         return "<|im_end|>"
+
+    def option_logprobs(self, turns: Sequence[Turn], options: Sequence[Sequence[str]]) -> list[list[float]]:
+        # The model keeps the last prompt's M-RoPE offsets; a text-only prompt batch sets none,
+        # so clear them first rather than read a previous batch's.
+        self._core().rope_deltas = None
+        return super().option_logprobs(turns, options)
+
+    def _continuation_kwargs(self, mask: torch.Tensor, owner: torch.Tensor, width: int) -> dict[str, Any]:
+        """M-RoPE positions of text after a cached prompt: the text position plus the prompt's
+        offset, which the model kept from encoding it (as its own ``generate`` does)."""
+        deltas = self._core().rope_deltas
+        if deltas is None:  # a text-only prompt batch: plain positions, which simply go on
+            return {}
+        text = (mask.long().cumsum(-1) - 1)[:, -width:]
+        mrope = (text + deltas[owner]).unsqueeze(0).expand(3, -1, -1)
+        return {"position_ids": torch.cat([text.unsqueeze(0), mrope])}
 
     @classmethod
     def load_processor(cls, path: str, **kw: Any) -> Any:
