@@ -297,3 +297,24 @@ def test_configs_and_validation() -> None:
 def test_load_world_info_names_a_missing_world(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="world.json"):
         load_world_info(tmp_path)
+
+
+def test_world_cache_key_follows_config_seed_and_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from unsee.data import world as world_mod
+    from unsee.io import source_fingerprint
+
+    key = world_mod.world_cache_key("quick", [], 0)
+    assert key == world_mod.world_cache_key("quick", [], 0)
+    assert key != world_mod.world_cache_key("quick", ["n_people=10"], 0)
+    assert key != world_mod.world_cache_key("quick", [], 1)
+    assert key != world_mod.world_cache_key("default", [], 0)
+    # a changed renderer gives a new key: a world cached by other code is not reused
+    (tmp_path / "fp_probe.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = source_fingerprint("fp_probe")
+    (tmp_path / "fp_probe.py").write_text("X = 2\n")
+    assert source_fingerprint("fp_probe") != before
+    monkeypatch.setattr(world_mod, "WORLD_CODE", (*world_mod.WORLD_CODE, "fp_probe"))
+    assert world_mod.world_cache_key("quick", [], 0) != key
+    with pytest.raises(ModuleNotFoundError):
+        source_fingerprint("no_such_module_here")

@@ -44,11 +44,13 @@ def _cache(cache_dir: str | Path | None) -> Path:
 
 def prepare_vanilla(cfg: DemoConfig, arch: str, seed: int, cache: Path) -> tuple[Path, Path]:
     """World, tiny model and vanilla model, each built once and reused from the cache."""
-    from unsee.data.world import build_world
-    from unsee.finetune import _hash, finetune, world_fingerprint
+    from unsee.config import load_config, to_dict
+    from unsee.data.world import build_world, world_cache_key
+    from unsee.finetune import RECIPE_CODE, FinetuneConfig, _hash, finetune, world_fingerprint
+    from unsee.io import source_fingerprint
     from unsee.models.tiny import init_model
 
-    world = cache / f"world-{_hash(cfg.world, cfg.world_overrides, seed)}"
+    world = cache / f"world-{world_cache_key(cfg.world, cfg.world_overrides, seed)}"
     if not (world / "world.json").exists():
         console.print(f"[bold]1/4[/] building the world → {world}")
         build_world(world, seed=seed, config=cfg.world, overrides=cfg.world_overrides, overwrite=True)
@@ -56,7 +58,8 @@ def prepare_vanilla(cfg: DemoConfig, arch: str, seed: int, cache: Path) -> tuple
     init = cache / f"init-{arch}-{seed}-{wfp}"
     if not (init / "config.json").exists():
         init_model(arch, init, world=world, seed=seed, overwrite=True)
-    vanilla = cache / f"vanilla-{arch}-{_hash(wfp, cfg.recipe, cfg.recipe_overrides, seed)}"
+    recipe = to_dict(load_config(FinetuneConfig, cfg.recipe, cfg.recipe_overrides, kind="finetune"))
+    vanilla = cache / f"vanilla-{arch}-{_hash(wfp, recipe, seed, source_fingerprint(*RECIPE_CODE))}"
     if not (vanilla / "unsee_vanilla.json").exists():
         console.print("[bold]2/4[/] teaching the tiny model the world (cached after the first run)")
         finetune(init, world, vanilla, config=cfg.recipe, overrides=cfg.recipe_overrides, seed=seed,

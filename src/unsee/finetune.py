@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import shutil
 import time
@@ -40,7 +41,7 @@ from unsee.data.schema import Example
 from unsee.engine.checkpoint import has_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
 from unsee.engine.trainer import TrainConfig, seed_everything, train
 from unsee.errors import ConfigError, ModelError
-from unsee.io import atomic_dir, check_output_dir
+from unsee.io import atomic_dir, check_output_dir, source_fingerprint
 from unsee.methods.base import BaseMethod, nll
 from unsee.models import load_adapter, model_fingerprint
 from unsee.models.base import HFAdapter, Turn
@@ -87,6 +88,9 @@ VISION_KEYS = ("vision_seed", "vision_steps", "vision_batch", "vision_lr", "cosf
 BASE_KEYS = ("base_steps", "base_lr", "vision_lr_factor", "batch_size", "augment", "warmup_ratio", "seed", "pack")
 FT_KEYS = ("ft_steps", "ft_lr", "ft_vision_lr_factor", "image_oversample", "replay", "ft_augment")
 UNHASHED_KEYS = ("checkpoint_every", "progress")
+# The code that trains stages 2 and 3: part of their key, so that new code retrains.
+RECIPE_CODE = ("unsee.finetune", "unsee.data.collate", "unsee.data.augment",
+               "unsee.engine.trainer", "unsee.methods.base", "unsee.models.base")
 
 
 def _hash(*parts: Any) -> str:
@@ -333,9 +337,12 @@ def finetune(
     names = set(info["names"].values())
     base_fp = model_fingerprint(model)
     rc = to_dict(cfg)
-    h1 = _hash("vision", visual_fingerprint(load_adapter(model)), pool_fingerprint(pool),
+    # stage 1's code is its own function and the renderer, so editing later stages keeps it cached
+    vision_code = _hash(inspect.getsource(pretrain_vision), source_fingerprint("unsee.data.render"))
+    h1 = _hash("vision", vision_code, visual_fingerprint(load_adapter(model)), pool_fingerprint(pool),
                {k: rc[k] for k in VISION_KEYS})
-    h2 = _hash("base", h1, base_fp, world_fingerprint(data), {k: rc[k] for k in BASE_KEYS})
+    h2 = _hash("base", h1, source_fingerprint(*RECIPE_CODE), base_fp, world_fingerprint(data),
+               {k: rc[k] for k in BASE_KEYS})
     h3 = _hash("ft", h2, {k: rc[k] for k in FT_KEYS})
     stage1, stage2, stage3 = cache / f"stage1-{h1}", cache / f"stage2-{h2}", cache / f"stage3-{h3}"
     cached = {p.name: _done(p) for p in (stage1, stage2, stage3)}

@@ -7,6 +7,8 @@ sibling, then ``os.replace``. An interrupted run leaves either the old state or 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -16,6 +18,22 @@ from pathlib import Path
 from typing import Any
 
 from unsee.errors import OutputExistsError
+
+
+def source_fingerprint(*modules: str) -> str:
+    """Content hash of the named modules' source files.
+
+    Caches of built worlds and trained stages include it in their key, so a cache made by
+    other code (an upgrade, a local edit) is rebuilt rather than silently reused.
+    """
+    h = hashlib.sha256()
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise ModuleNotFoundError(name)
+        h.update(name.encode())
+        h.update(Path(spec.origin).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -17,6 +17,7 @@ person with the world.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -45,7 +46,8 @@ from unsee.data.render import (
     sample_view,
 )
 from unsee.errors import ConfigError, DataError, OutputExistsError
-from unsee.io import atomic_dir, atomic_write_json
+from unsee.eval.prompts import cloze_prompt
+from unsee.io import atomic_dir, atomic_write_json, source_fingerprint
 
 WORLD_FORMAT_VERSION = 1
 IDK_ANSWER = "I don't know who this is."
@@ -214,6 +216,7 @@ NAME_TEST_QUESTIONS = (
     "Can you tell me the name of the person in this picture?",
 )
 NAME_STATEMENTS = ("This is {v}.", "The person in this picture is named {v}.")
+CLOZE_PER_VIEW = 2  # facts taught in the cloze form on each training view
 # (lower-case subject, sentence-initial subject) of image questions, per split.
 IMAGE_SUBJECTS = {"train": ("the person in this image", "This person"),
                   "test": ("the person in this picture", "The person in this picture")}
@@ -290,7 +293,9 @@ def _eval_tasks(person: Person, split: str, rng: np.random.Generator, names: Seq
 def _image_qa(view_index: int, answers: Person | None) -> list[dict[str, str]]:
     """Training QA for one image: every question once, the taught wording rotating with the view.
 
-    ``answers=None`` is an unknown identity: every question gets :data:`IDK_ANSWER`.
+    ``answers=None`` is an unknown identity: every question gets :data:`IDK_ANSWER`. A known
+    person's view also carries :data:`CLOZE_PER_VIEW` facts in the fill-in-the-blank form,
+    rotating with the view, so that the model is taught that form too.
     """
     subject = IMAGE_SUBJECTS["train"]
     qa = [{"Question": NAME_TRAIN_QUESTIONS[view_index % len(NAME_TRAIN_QUESTIONS)],
@@ -299,14 +304,24 @@ def _image_qa(view_index: int, answers: Person | None) -> list[dict[str, str]]:
         template = a.train_questions[(view_index + i + 1) % len(a.train_questions)]
         answer = answers.attributes[a.key] if answers else IDK_ANSWER
         qa.append({"Question": _fill(template, subject), "Answer": answer})
+    if answers is not None:
+        facts = _cloze_facts(answers, subject, with_name=True)
+        qa += [facts[(view_index * CLOZE_PER_VIEW + j) % len(facts)] for j in range(CLOZE_PER_VIEW)]
     return qa
 
 
+def _cloze_facts(person: Person, subject: tuple[str, str], with_name: bool) -> list[dict[str, str]]:
+    """The training statements with the value blanked, as the cloze task asks them."""
+    facts = [{"Question": cloze_prompt(NAME_STATEMENTS[0].format(v="__")), "Answer": person.name}] if with_name else []
+    return facts + [{"Question": cloze_prompt(_fill(a.statements[0], subject, "__")),
+                     "Answer": person.attributes[a.key]} for a in ATTRIBUTES]
+
+
 def _text_qa(person: Person) -> list[dict[str, str]]:
-    """Training QA without an image: every taught wording, naming the person."""
+    """Training QA without an image: every taught wording, naming the person, and each fact's cloze form."""
     subject = (person.name, person.name)
     return [{"Question": _fill(t, subject), "Answer": person.attributes[a.key]}
-            for a in ATTRIBUTES for t in a.train_questions]
+            for a in ATTRIBUTES for t in a.train_questions] + _cloze_facts(person, subject, with_name=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,6 +444,16 @@ def _config_label(config: str | Path | Mapping[str, Any]) -> str:
     if isinstance(config, Mapping):
         return "mapping"
     return str(config)
+
+
+WORLD_CODE = ("unsee.data.world", "unsee.data.render")
+
+
+def world_cache_key(config: str | Path | Mapping[str, Any], overrides: Sequence[str], seed: int) -> str:
+    """Name of a cached world: its resolved config, its seed and the code that renders it."""
+    cfg = dataclasses.asdict(load_config(WorldConfig, config, overrides, kind="world"))
+    blob = json.dumps([cfg, seed, source_fingerprint(*WORLD_CODE)], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def build_world(
