@@ -30,7 +30,7 @@ from unsee.data.collate import image_of
 from unsee.data.mllmu import load_mllmu
 from unsee.data.schema import METRIC_GROUPS, Example, Suite
 from unsee.data.world import build_world
-from unsee.eval import prompts
+from unsee.eval import metrics, prompts
 from unsee.eval.evaluator import option_logprobs
 from unsee.eval.results import environment
 from unsee.io import atomic_write_json
@@ -128,8 +128,7 @@ def main() -> None:
     best = min(BATCH_SIZES, key=lambda bs: seconds["mcq_loglik", bs])
     reference = per_sequence_loop(adapter, mcq)
     batched = option_logprobs(adapter, mcq, batch_size=best)
-    same = [max(range(len(r)), key=r.__getitem__) for r in reference] == \
-        [max(range(len(b)), key=b.__getitem__) for b in batched]
+    same = [metrics.loglik_choice(r) for r in reference] == [metrics.loglik_choice(b) for b in batched]
     gap = max(abs(x - y) for r, b in zip(reference, batched, strict=True) for x, y in zip(r, b, strict=True))
     speedup = {
         "mcq_vs_per_sequence_loop": round(seconds["mcq_per_sequence_loop", 1] / seconds["mcq_loglik", best], 2),

@@ -37,8 +37,8 @@ from unsee.data.schema import Example, Suite
 from unsee.data.world import build_world, load_world_info, world_cache_key, world_identity
 from unsee.eval import metrics, prompts
 from unsee.eval.evaluator import mcq_letter, mcq_loglik
-from unsee.finetune import FinetuneConfig, _hash, default_cache, finetune, load_stage_visual, world_fingerprint
-from unsee.io import atomic_write_json
+from unsee.finetune import FinetuneConfig, default_cache, finetune, load_stage_visual, world_fingerprint
+from unsee.io import atomic_write_json, content_hash
 from unsee.methods.base import pooled, token_features
 from unsee.models import load_adapter
 from unsee.models.base import HFAdapter, Turn
@@ -171,7 +171,7 @@ def main() -> None:
         init_model(a.arch, init, world=world, seed=a.seed, overwrite=True)
     cfg = load_config(FinetuneConfig, recipe, a.overrides, kind="finetune")
     cfg.seed = a.seed
-    vanilla = cache / f"bench-vanilla-{a.arch}-{_hash(world_fingerprint(world), to_dict(cfg))}"
+    vanilla = cache / f"bench-vanilla-{a.arch}-{content_hash(world_fingerprint(world), to_dict(cfg))}"
     t0 = time.perf_counter()
     finetune(init, world, vanilla, config=to_dict(cfg), overwrite=True, cache_dir=cache)
     finetune_wall = time.perf_counter() - t0

@@ -46,8 +46,8 @@ def prepare_vanilla(cfg: DemoConfig, arch: str, seed: int, cache: Path) -> tuple
     """World, tiny model and vanilla model, each built once and reused from the cache."""
     from unsee.config import load_config, to_dict
     from unsee.data.world import build_world, world_cache_key
-    from unsee.finetune import RECIPE_CODE, FinetuneConfig, _hash, finetune, world_fingerprint
-    from unsee.io import source_fingerprint
+    from unsee.finetune import RECIPE_CODE, FinetuneConfig, finetune, world_fingerprint
+    from unsee.io import content_hash, source_fingerprint
     from unsee.models.tiny import init_model
 
     world = cache / f"world-{world_cache_key(cfg.world, cfg.world_overrides, seed)}"
@@ -59,7 +59,7 @@ def prepare_vanilla(cfg: DemoConfig, arch: str, seed: int, cache: Path) -> tuple
     if not (init / "config.json").exists():
         init_model(arch, init, world=world, seed=seed, overwrite=True)
     recipe = to_dict(load_config(FinetuneConfig, cfg.recipe, cfg.recipe_overrides, kind="finetune"))
-    vanilla = cache / f"vanilla-{arch}-{_hash(wfp, recipe, seed, source_fingerprint(*RECIPE_CODE))}"
+    vanilla = cache / f"vanilla-{arch}-{content_hash(wfp, recipe, seed, source_fingerprint(*RECIPE_CODE))}"
     if not (vanilla / "unsee_vanilla.json").exists():
         console.print("[bold]2/4[/] teaching the tiny model the world (cached after the first run)")
         finetune(init, world, vanilla, config=cfg.recipe, overrides=cfg.recipe_overrides, seed=seed,

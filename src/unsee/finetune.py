@@ -41,7 +41,7 @@ from unsee.data.schema import Example
 from unsee.engine.checkpoint import has_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
 from unsee.engine.trainer import TrainConfig, seed_everything, train
 from unsee.errors import ConfigError, ModelError
-from unsee.io import atomic_dir, check_output_dir, source_fingerprint
+from unsee.io import atomic_dir, check_output_dir, content_hash, source_fingerprint
 from unsee.methods.base import BaseMethod, nll
 from unsee.models import load_adapter, model_fingerprint
 from unsee.models.base import HFAdapter, Turn
@@ -93,10 +93,6 @@ RECIPE_CODE = ("unsee.finetune", "unsee.data.collate", "unsee.data.augment",
                "unsee.engine.trainer", "unsee.methods.base", "unsee.models.base")
 
 
-def _hash(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def world_fingerprint(data: str | Path) -> str:
     """Content hash of a world directory (world.json and every parquet file)."""
     h = hashlib.sha256()
@@ -125,7 +121,7 @@ def visual_fingerprint(adapter: HFAdapter) -> str:
 
 def pool_fingerprint(identities: list[Identity]) -> str:
     """Content hash of a pre-training pool: the same identities give the same stage 1."""
-    return _hash([dataclasses.asdict(i) for i in identities])
+    return content_hash([dataclasses.asdict(i) for i in identities])
 
 
 # ---- stage 1 -----------------------------------------------------------------------------
@@ -338,12 +334,12 @@ def finetune(
     base_fp = model_fingerprint(model)
     rc = to_dict(cfg)
     # stage 1's code is its own function and the renderer, so editing later stages keeps it cached
-    vision_code = _hash(inspect.getsource(pretrain_vision), source_fingerprint("unsee.data.render"))
-    h1 = _hash("vision", vision_code, visual_fingerprint(load_adapter(model)), pool_fingerprint(pool),
+    vision_code = content_hash(inspect.getsource(pretrain_vision), source_fingerprint("unsee.data.render"))
+    h1 = content_hash("vision", vision_code, visual_fingerprint(load_adapter(model)), pool_fingerprint(pool),
                {k: rc[k] for k in VISION_KEYS})
-    h2 = _hash("base", h1, source_fingerprint(*RECIPE_CODE), base_fp, world_fingerprint(data),
+    h2 = content_hash("base", h1, source_fingerprint(*RECIPE_CODE), base_fp, world_fingerprint(data),
                {k: rc[k] for k in BASE_KEYS})
-    h3 = _hash("ft", h2, {k: rc[k] for k in FT_KEYS})
+    h3 = content_hash("ft", h2, {k: rc[k] for k in FT_KEYS})
     stage1, stage2, stage3 = cache / f"stage1-{h1}", cache / f"stage2-{h2}", cache / f"stage3-{h3}"
     cached = {p.name: _done(p) for p in (stage1, stage2, stage3)}
     if not _done(stage3):

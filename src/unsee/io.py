@@ -20,6 +20,11 @@ from typing import Any
 from unsee.errors import OutputExistsError
 
 
+def content_hash(*parts: Any) -> str:
+    """Short hash of JSON-able parts: the key of every cache entry."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def source_fingerprint(*modules: str) -> str:
     """Content hash of the named modules' source files.
 

@@ -53,10 +53,9 @@ def pack_turns(examples: Sequence[Example], size: int, rng: np.random.Generator,
         raise ValueError(f"pack size must be >= 1, got {size}")
     if size == 1:
         return qa_turns(examples)
-    groups: dict[tuple[str, int, int], list[Example]] = {}
+    groups: dict[tuple[str, bytes | None], list[Example]] = {}
     for e in examples:
-        key = (e.entity, hash(e.image), len(e.image)) if e.image is not None else (e.entity, 0, -1)
-        groups.setdefault(key, []).append(e)
+        groups.setdefault((e.entity, e.image), []).append(e)
     turns: list[Turn] = []
     for group in groups.values():
         order = [group[i] for i in rng.permutation(len(group))]

@@ -17,7 +17,6 @@ person with the world.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import math
@@ -47,7 +46,7 @@ from unsee.data.render import (
 )
 from unsee.errors import ConfigError, DataError, OutputExistsError
 from unsee.eval.prompts import cloze_prompt
-from unsee.io import atomic_dir, atomic_write_json, source_fingerprint
+from unsee.io import atomic_dir, atomic_write_json, content_hash, source_fingerprint
 
 WORLD_FORMAT_VERSION = 1
 IDK_ANSWER = "I don't know who this is."
@@ -452,8 +451,7 @@ WORLD_CODE = ("unsee.data.world", "unsee.data.render")
 def world_cache_key(config: str | Path | Mapping[str, Any], overrides: Sequence[str], seed: int) -> str:
     """Name of a cached world: its resolved config, its seed and the code that renders it."""
     cfg = dataclasses.asdict(load_config(WorldConfig, config, overrides, kind="world"))
-    blob = json.dumps([cfg, seed, source_fingerprint(*WORLD_CODE)], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return content_hash(cfg, seed, source_fingerprint(*WORLD_CODE))
 
 
 def build_world(

@@ -213,14 +213,8 @@ class HFAdapter:
             rows.append(torch.cat(pieces))
             # every second piece is an answer: the loss falls on those alone
             labels.append(torch.cat([p if k % 2 else torch.full_like(p, IGNORE) for k, p in enumerate(pieces)]))
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        label_t = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (r, lab) in enumerate(zip(rows, labels, strict=True)):
-            input_ids[i, : len(r)] = r
-            label_t[i, : len(r)] = lab
-            mask[i, : len(r)] = 1
+        input_ids, mask = _right_pad(rows, pad)
+        label_t, _ = _right_pad(labels, IGNORE)
         enc["input_ids"], enc["attention_mask"], enc["labels"] = input_ids, mask, label_t
         if "mm_token_type_ids" in enc:  # Qwen's M-RoPE marks image tokens; rebuild it for the new rows
             enc["mm_token_type_ids"] = (input_ids == self.image_token_id).long()
@@ -318,17 +312,12 @@ class HFAdapter:
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
         owner = torch.tensor([i for i, opts in enumerate(options) for _ in opts], device=self.device)
         rows = [self._text_ids(self._answer_text(o)) for opts in options for o in opts]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        keep = torch.zeros((len(rows), width), dtype=torch.long)
-        for k, r in enumerate(rows):
-            ids[k, : len(r)], keep[k, : len(r)] = r, 1
-        ids, keep = ids.to(self.device), keep.to(self.device)
+        ids, keep = (t.to(self.device) for t in _right_pad(rows, self.tokenizer.pad_token_id))
         cache = out.past_key_values
         cache.batch_select_indices(owner)
         mask = torch.cat([prefix["attention_mask"][owner], keep], dim=1)
         logits = self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
-                            **self._continuation_kwargs(mask, owner, width)).logits.float()
+                            **self._continuation_kwargs(mask, owner, ids.shape[1])).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         total = first[owner].gather(-1, ids[:, :1]).squeeze(-1) + (logp * keep[:, 1:]).sum(-1)
         flat = iter(total.tolist())
@@ -377,6 +366,13 @@ class HFAdapter:
             yield
         finally:
             self.model.train(was)
+
+
+def _right_pad(rows: Sequence[torch.Tensor], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of token ids as one right-padded ``[batch, width]`` tensor, and its attention mask."""
+    padded = nn.utils.rnn.pad_sequence(list(rows), batch_first=True, padding_value=value)
+    mask = nn.utils.rnn.pad_sequence([torch.ones_like(r) for r in rows], batch_first=True, padding_value=0)
+    return padded, mask
 
 
 def _strip_peft(name: str) -> str:
