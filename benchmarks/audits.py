@@ -1,16 +1,21 @@
 """Robustness audits of every method under one protocol: relearning, PGD, image shifts, feature probe.
 
     python benchmarks/audits.py --out benchmarks/results/audits.json
+    python benchmarks/unlearn.py --keep /tmp/best && python benchmarks/audits.py --models /tmp/best
 
 Each method runs at its shipped setting on ``forget_10`` (a fresh copy of the vanilla model
-each time), then the four attacks of :mod:`unsee.eval.attacks` run on the result, the
-probe's baseline being the vanilla model's visual module. The vanilla model itself is
-attacked too, as the reference row. Targets (``cvf_ncu``): relearning AG <= 10 points,
-forget accuracy under PGD <= 0.40, probe accuracy on forget identities falling toward chance.
+each time) or, with ``--models DIR``, the best models that ``unlearn.py --keep DIR`` saved
+are audited as they are (same world, forget split and seed): the audit then covers the tuned
+settings the unlearning table reports, without training them again. The four attacks of
+:mod:`unsee.eval.attacks` run on each model, the probe's baseline being the vanilla model's
+visual module; the vanilla model itself is attacked too, as the reference row. Targets
+(``cvf_ncu``): relearning AG <= 10 points, forget accuracy under PGD <= 0.40, probe accuracy
+on forget identities falling toward chance.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from common import TRAINING, check, eval_kw, measure, parser, vanilla_model
@@ -19,12 +24,14 @@ from unsee import api
 from unsee.engine.trainer import frozen_copy
 from unsee.eval.results import environment
 from unsee.io import atomic_write_json
+from unsee.methods.eraser import STEERING_FILE
 from unsee.models import load_adapter
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__, methods=",".join([*TRAINING, "eraser"]), out="benchmarks/results/audits.json")
     p.add_argument("--forget", default="forget_10")
+    p.add_argument("--models", default=None, metavar="DIR", help="audit the models unlearn.py --keep saved here")
     p.add_argument("--attack-set", action="append", default=[], metavar="KEY=VALUE", help="AttackConfig option")
     args = p.parse_args(argv)
     world, vanilla = vanilla_model(args)
@@ -34,10 +41,20 @@ def main(argv: list[str] | None = None) -> dict:
     rows = {"vanilla": api.audit_adapter(base, suite, vanilla=before, seed=args.seed, overrides=args.attack_set,
                                          strict=False)}
     print("vanilla", rows["vanilla"], flush=True)
+    settings = {}
     for method in args.methods.split(","):
-        overrides = [] if method == "eraser" else args.train_set
-        _, adapter, steering = measure(method, vanilla, suite, args.forget, overrides, args.seed,
-                                       {**eval_kw(args), "groups": ("forget",)})
+        if args.models:
+            kept = Path(args.models) / method
+            if not (kept / "row.json").is_file():
+                raise SystemExit(f"{kept}: no model saved by unlearn.py --keep for {method}")
+            adapter = load_adapter(kept / "model")
+            steering = kept / STEERING_FILE if (kept / STEERING_FILE).is_file() else None
+            settings[method] = json.loads((kept / "row.json").read_text())["overrides"]
+        else:
+            overrides = [] if method == "eraser" else args.train_set
+            _, adapter, steering = measure(method, vanilla, suite, args.forget, overrides, args.seed,
+                                           {**eval_kw(args), "groups": ("forget",)})
+            settings[method] = overrides
         rows[method] = api.audit_adapter(adapter, suite, steering=steering, vanilla=before, seed=args.seed,
                                          overrides=args.attack_set, strict=False)
         print(method, rows[method], flush=True)
@@ -55,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
             },
         }
     result = {"benchmark": "audits", "world": args.world, "arch": args.arch, "forget": args.forget,
-              "attacks": rows, "targets": targets, "environment": environment()}
+              "settings": settings, "attacks": rows, "targets": targets, "environment": environment()}
     atomic_write_json(Path(args.out), result)
     print(f"wrote {args.out}")
     return result

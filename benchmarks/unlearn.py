@@ -4,7 +4,8 @@
     python benchmarks/unlearn.py --world quick --methods cvf_ncu,graddiff,eraser --out /tmp/unlearn_quick.json
 
 Each training method runs at its shipped setting and, with ``--lr-scales``/``--epoch-scales``,
-at multiples of the shipped learning rate and epochs; the best setting by unlearning score
+at multiples of the shipped learning rate and epochs (``--sweep`` picks which methods get the
+sweep, to bound the time on the default world); the best setting by unlearning score
 is the method's row (the whole sweep is kept in the JSON). ``eraser`` runs at its shipped
 setting and with ``sweep=true`` (layers and strength picked on training QA). The selection
 uses the reported groups themselves, as public unlearning benchmarks do; `forget_test`
@@ -15,6 +16,7 @@ and each method's best run is written beside, for ``unsee report``.
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,13 +26,17 @@ from common import TRAINING, check, eval_kw, mcq, measure, parser, score, vanill
 from unsee import api
 from unsee.eval.results import environment, new_results, write_results
 from unsee.io import atomic_write_json
-from unsee.models import load_adapter
+from unsee.methods.eraser import STEERING_FILE
+from unsee.models import HFAdapter, load_adapter
 
 
 def settings(method: str, args: argparse.Namespace) -> list[list[str]]:
     """The override lists a method is run with: the shipped setting first."""
+    swept = args.sweep == "all" or method in args.sweep.split(",")
     if method == "eraser":
-        return [[], ["sweep=true"]] if args.lr_scales != [1.0] else [[]]
+        return [[], ["sweep=true"]] if swept and args.lr_scales != [1.0] else [[]]
+    if not swept:
+        return [list(args.train_set)]
     tcfg, _, _ = api.method_configs(method, None, [])
     out = []
     for ls in args.lr_scales:
@@ -80,11 +86,25 @@ def targets(best: dict[str, dict], vanilla: dict[str, Any]) -> dict[str, dict[st
     return out
 
 
+def keep(out: Path, adapter: HFAdapter, steering: Path | None, row: dict[str, Any]) -> None:
+    """A method's best model as audits.py reads it: ``model/``, ``steering.safetensors`` and the row."""
+    if out.exists():
+        shutil.rmtree(out)
+    adapter.save(out / "model")
+    if steering is not None:
+        shutil.copy(steering, out / STEERING_FILE)
+    atomic_write_json(out / "row.json", {k: row[k] for k in ("method", "overrides", "score")})
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__, methods=",".join([*TRAINING, "eraser"]), out="benchmarks/results/unlearn.json")
     p.add_argument("--forget", default="forget_10")
     p.add_argument("--lr-scales", type=float, nargs="+", default=[0.3, 1.0, 3.0])
     p.add_argument("--epoch-scales", type=float, nargs="+", default=[1.0])
+    p.add_argument("--keep", default=None, metavar="DIR",
+                   help="save each method's best model (and steering file) to DIR/METHOD, for audits.py --models")
+    p.add_argument("--sweep", default="all",
+                   help="comma list of the methods that get the sweep; the others run at their shipped setting")
     args = p.parse_args(argv)
     world, vanilla = vanilla_model(args)
     suite = api.load_suite(world, args.forget, seed=args.seed)
@@ -96,9 +116,22 @@ def main(argv: list[str] | None = None) -> dict:
     rows: list[dict[str, Any]] = []
     best: dict[str, dict[str, Any]] = {}
     best_runs: dict[str, dict] = {}
+    out = Path(args.out)
+
+    def write(complete: bool) -> dict[str, Any]:
+        """The JSON so far: a long sweep that stops early keeps the rows it finished."""
+        result = {
+            "benchmark": "unlearn", "world": args.world, "arch": args.arch, "forget": args.forget,
+            "seed": args.seed, "complete": complete, "eval": kw, "vanilla": v_metrics, "rows": rows, "best": best,
+            "targets": targets(best, v_metrics), "environment": environment(),
+        }
+        atomic_write_json(out, result)
+        write_results(out.with_suffix(".results.json"), new_results([v_run, *best_runs.values()]), overwrite=True)
+        return result
+
     for method in args.methods.split(","):
         for overrides in settings(method, args):
-            run, _, steering = measure(method, vanilla, suite, args.forget, overrides, args.seed, kw)
+            run, adapter, steering = measure(method, vanilla, suite, args.forget, overrides, args.seed, kw)
             row = {"method": method, "overrides": overrides, "score": score(v_metrics, run),
                    "metrics": run["metrics"], "cost": run["cost"]}
             if steering is not None:
@@ -111,14 +144,10 @@ def main(argv: list[str] | None = None) -> dict:
                   f"wall={run['cost']['wall_s']:.1f}s", flush=True)
             if method not in best or (row["score"]["score"] or 0) > (best[method]["score"]["score"] or 0):
                 best[method], best_runs[method] = row, run
-    out = Path(args.out)
-    result = {
-        "benchmark": "unlearn", "world": args.world, "arch": args.arch, "forget": args.forget, "seed": args.seed,
-        "eval": kw, "vanilla": v_metrics, "rows": rows, "best": best, "targets": targets(best, v_metrics),
-        "environment": environment(),
-    }
-    atomic_write_json(out, result)
-    write_results(out.with_suffix(".results.json"), new_results([v_run, *best_runs.values()]), overwrite=True)
+                if args.keep:
+                    keep(Path(args.keep) / method, adapter, steering, row)
+            write(complete=False)
+    result = write(complete=True)
     print(f"wrote {out} and {out.with_suffix('.results.json')}")
     return result
 

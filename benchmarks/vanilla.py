@@ -37,12 +37,12 @@ from unsee.data.schema import Example, Suite
 from unsee.data.world import build_world, load_world_info, world_cache_key, world_identity
 from unsee.eval import metrics, prompts
 from unsee.eval.evaluator import mcq_letter, mcq_loglik
-from unsee.finetune import FinetuneConfig, default_cache, finetune, load_stage_visual, world_fingerprint
-from unsee.io import atomic_write_json, content_hash
+from unsee.finetune import RECIPE_CODE, FinetuneConfig, default_cache, finetune, load_stage_visual, world_fingerprint
+from unsee.io import atomic_write_json, content_hash, source_fingerprint
 from unsee.methods.base import pooled, token_features
 from unsee.models import load_adapter
 from unsee.models.base import HFAdapter, Turn
-from unsee.models.tiny import init_model
+from unsee.models.tiny import cached_init
 
 # The targets (MCQ by option log-likelihood; chance is 0.25). Never lowered here.
 TARGETS: dict[str, float] = {
@@ -166,12 +166,11 @@ def main() -> None:
     world = cache / f"world-{world_cache_key(a.world, [], a.seed)}"
     if not (world / "world.json").exists():
         build_world(world, seed=a.seed, config=a.world, overwrite=True)
-    init = cache / f"init-{a.arch}-{a.seed}-{world_fingerprint(world)}"
-    if not (init / "config.json").exists():
-        init_model(a.arch, init, world=world, seed=a.seed, overwrite=True)
+    init = cached_init(cache, a.arch, world, a.seed, world_fingerprint(world))
     cfg = load_config(FinetuneConfig, recipe, a.overrides, kind="finetune")
     cfg.seed = a.seed
-    vanilla = cache / f"bench-vanilla-{a.arch}-{content_hash(world_fingerprint(world), to_dict(cfg))}"
+    code = source_fingerprint(*RECIPE_CODE)
+    vanilla = cache / f"bench-vanilla-{a.arch}-{content_hash(init.name, to_dict(cfg), code)}"
     t0 = time.perf_counter()
     finetune(init, world, vanilla, config=to_dict(cfg), overwrite=True, cache_dir=cache)
     finetune_wall = time.perf_counter() - t0

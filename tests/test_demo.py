@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -80,15 +81,31 @@ def test_unlearn_benchmark_runs_on_the_demo_world(demo_run: tuple[Path, Path], t
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     import unlearn
 
+    kept = tmp_path / "kept"
     args = [*_bench_args(demo_run[1], tmp_path / "u.json"), "--methods", "graddiff,cvf_ncu,eraser",
-            "--lr-scales", "1.0"]
+            "--lr-scales", "1.0", "3.0", "--sweep", "graddiff", "--keep", str(kept)]
     result = unlearn.main(args)
-    assert [r["method"] for r in result["rows"]] == ["graddiff", "cvf_ncu", "eraser"]
+    # only graddiff is swept: its shipped setting, then 3x the learning rate
+    assert [r["method"] for r in result["rows"]] == ["graddiff", "graddiff", "cvf_ncu", "eraser"]
+    assert result["complete"] and json.loads((tmp_path / "u.json").read_text())["rows"] == result["rows"]
+    assert result["rows"][1]["overrides"][-1].startswith("lr=")
+    assert result["rows"][2]["overrides"] == result["rows"][0]["overrides"]  # cvf_ncu: shipped, not swept
     assert all(r["cost"]["wall_s"] > 0 and "forget" in r["metrics"] for r in result["rows"])
     assert {"forget", "retain", "score_highest", "wall_s"} <= set(result["targets"]["cvf_ncu"])
-    assert result["rows"][2]["generation"]["plain_s"] > 0
+    assert result["rows"][3]["generation"]["plain_s"] > 0
     assert [r["method"] for r in load_results(tmp_path / "u.results.json")["runs"]] == [
         "vanilla", "graddiff", "cvf_ncu", "eraser"]
+    # the kept best models are what audits.py --models attacks, without training them again
+    assert (kept / "eraser" / "steering.safetensors").is_file() and (kept / "graddiff" / "model").is_dir()
+    import audits
+
+    a = audits.main([*_bench_args(demo_run[1], tmp_path / "a.json"), "--methods", "graddiff,eraser",
+                     "--models", str(kept), "--attack-set", "relearn_steps=1", "--attack-set", "pgd_steps=1",
+                     "--attack-set", "max_items=2", "--attack-set", "probe_steps=10"])
+    assert a["settings"]["graddiff"] == result["best"]["graddiff"]["overrides"]
+    assert set(a["attacks"]) == {"vanilla", "graddiff", "eraser"}
+    with pytest.raises(SystemExit, match="no model saved"):
+        audits.main([*_bench_args(demo_run[1], tmp_path / "b.json"), "--methods", "npo", "--models", str(kept)])
 
 
 def _bench_args(cache: Path, out: Path) -> list[str]:

@@ -238,6 +238,25 @@ def test_answer_logprobs_score_the_same_tokens_as_the_hf_loss(
     assert torch.allclose(-logprobs.sum() / n_answer_tokens, loss, rtol=1e-4, atol=1e-5)
 
 
+@archs
+def test_answer_scores_from_kept_positions_equal_the_full_logits(
+    tiny_models: TinyModels, arch: str, make_image: MakeImage
+) -> None:
+    """Only the answer-predicting positions reach the vocabulary projection; every row's score is unchanged."""
+    adapter = tiny_models.adapter(arch)
+    batch = adapter.training_batch(three_turns(make_image))
+    with torch.no_grad():
+        full = torch.log_softmax(adapter.forward(batch).logits[:, :-1].float(), -1)
+        logprobs = adapter.answer_logprobs(batch)
+        kept, mask = adapter.answer_logits(batch)
+    labels = batch["labels"][:, 1:]
+    own = labels != IGNORE
+    expected = (full.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * own).sum(-1)
+    assert torch.allclose(logprobs, expected, rtol=1e-5, atol=1e-4)
+    assert kept.shape[1] == int(own.any(0).sum()) < labels.shape[1]  # fewer positions than the sequence
+    assert int(mask.sum()) == int(own.sum())
+
+
 # ---- generation ---------------------------------------------------------------------
 
 

@@ -48,16 +48,14 @@ def prepare_vanilla(cfg: DemoConfig, arch: str, seed: int, cache: Path) -> tuple
     from unsee.data.world import build_world, world_cache_key
     from unsee.finetune import RECIPE_CODE, FinetuneConfig, finetune, world_fingerprint
     from unsee.io import content_hash, source_fingerprint
-    from unsee.models.tiny import init_model
+    from unsee.models.tiny import cached_init
 
     world = cache / f"world-{world_cache_key(cfg.world, cfg.world_overrides, seed)}"
     if not (world / "world.json").exists():
         console.print(f"[bold]1/4[/] building the world → {world}")
         build_world(world, seed=seed, config=cfg.world, overrides=cfg.world_overrides, overwrite=True)
     wfp = world_fingerprint(world)
-    init = cache / f"init-{arch}-{seed}-{wfp}"
-    if not (init / "config.json").exists():
-        init_model(arch, init, world=world, seed=seed, overwrite=True)
+    init = cached_init(cache, arch, world, seed, wfp)
     recipe = to_dict(load_config(FinetuneConfig, cfg.recipe, cfg.recipe_overrides, kind="finetune"))
     vanilla = cache / f"vanilla-{arch}-{content_hash(wfp, recipe, seed, source_fingerprint(*RECIPE_CODE))}"
     if not (vanilla / "unsee_vanilla.json").exists():
