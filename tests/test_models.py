@@ -225,32 +225,22 @@ def test_prompt_words_do_not_move_the_loss(tiny_models: TinyModels, arch: str, m
 
 
 @archs
-def test_answer_logprobs_score_the_same_tokens_as_the_hf_loss(
+def test_answer_scores_match_the_hf_loss_and_the_full_logits(
     tiny_models: TinyModels, arch: str, make_image: MakeImage
 ) -> None:
+    """The scores cover the tokens the HF loss covers, and only the answer-predicting positions
+    reach the vocabulary projection: every row's score equals the full-logits computation."""
     adapter = tiny_models.adapter(arch)
     batch = adapter.training_batch(three_turns(make_image))
     with torch.no_grad():
-        loss = adapter.model(**batch).loss
-        logprobs = adapter.answer_logprobs(batch)
-    n_answer_tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
-    assert logprobs.shape == (3,)
-    assert torch.allclose(-logprobs.sum() / n_answer_tokens, loss, rtol=1e-4, atol=1e-5)
-
-
-@archs
-def test_answer_scores_from_kept_positions_equal_the_full_logits(
-    tiny_models: TinyModels, arch: str, make_image: MakeImage
-) -> None:
-    """Only the answer-predicting positions reach the vocabulary projection; every row's score is unchanged."""
-    adapter = tiny_models.adapter(arch)
-    batch = adapter.training_batch(three_turns(make_image))
-    with torch.no_grad():
-        full = torch.log_softmax(adapter.forward(batch).logits[:, :-1].float(), -1)
+        out = adapter.model(**batch)
         logprobs = adapter.answer_logprobs(batch)
         kept, mask = adapter.answer_logits(batch)
     labels = batch["labels"][:, 1:]
     own = labels != IGNORE
+    assert logprobs.shape == (3,)
+    assert torch.allclose(-logprobs.sum() / own.sum(), out.loss, rtol=1e-4, atol=1e-5)
+    full = torch.log_softmax(out.logits[:, :-1].float(), -1)
     expected = (full.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * own).sum(-1)
     assert torch.allclose(logprobs, expected, rtol=1e-5, atol=1e-4)
     assert kept.shape[1] == int(own.any(0).sum()) < labels.shape[1]  # fewer positions than the sequence
