@@ -34,7 +34,7 @@ from unsee.data.collate import image_of
 from unsee.data.mllmu import load_mllmu
 from unsee.data.render import render, sample_view
 from unsee.data.schema import Example, Suite
-from unsee.data.world import build_world, load_world_info, world_cache_key, world_identity
+from unsee.data.world import cached_world, load_world_info, world_identity
 from unsee.eval import metrics, prompts
 from unsee.eval.evaluator import mcq_letter, mcq_loglik
 from unsee.finetune import RECIPE_CODE, FinetuneConfig, default_cache, finetune, load_stage_visual, world_fingerprint
@@ -163,9 +163,7 @@ def main() -> None:
     t_start = time.perf_counter()
     commit = git_commit()  # read before the run: the code that trained is the code at launch
 
-    world = cache / f"world-{world_cache_key(a.world, [], a.seed)}"
-    if not (world / "world.json").exists():
-        build_world(world, seed=a.seed, config=a.world, overwrite=True)
+    world = cached_world(cache, a.world, [], a.seed)
     init = cached_init(cache, a.arch, world, a.seed, world_fingerprint(world))
     cfg = load_config(FinetuneConfig, recipe, a.overrides, kind="finetune")
     cfg.seed = a.seed

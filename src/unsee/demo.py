@@ -45,15 +45,13 @@ def _cache(cache_dir: str | Path | None) -> Path:
 def prepare_vanilla(cfg: DemoConfig, arch: str, seed: int, cache: Path) -> tuple[Path, Path]:
     """World, tiny model and vanilla model, each built once and reused from the cache."""
     from unsee.config import load_config, to_dict
-    from unsee.data.world import build_world, world_cache_key
+    from unsee.data.world import cached_world
     from unsee.finetune import RECIPE_CODE, FinetuneConfig, finetune, world_fingerprint
     from unsee.io import content_hash, source_fingerprint
     from unsee.models.tiny import cached_init
 
-    world = cache / f"world-{world_cache_key(cfg.world, cfg.world_overrides, seed)}"
-    if not (world / "world.json").exists():
-        console.print(f"[bold]1/4[/] building the world → {world}")
-        build_world(world, seed=seed, config=cfg.world, overrides=cfg.world_overrides, overwrite=True)
+    world = cached_world(cache, cfg.world, cfg.world_overrides, seed,
+                         on_build=lambda p: console.print(f"[bold]1/4[/] building the world → {p}"))
     wfp = world_fingerprint(world)
     init = cached_init(cache, arch, world, seed, wfp)
     recipe = to_dict(load_config(FinetuneConfig, cfg.recipe, cfg.recipe_overrides, kind="finetune"))

@@ -20,7 +20,7 @@ import dataclasses
 import io
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -452,6 +452,17 @@ def world_cache_key(config: str | Path | Mapping[str, Any], overrides: Sequence[
     """Name of a cached world: its resolved config, its seed and the code that renders it."""
     cfg = dataclasses.asdict(load_config(WorldConfig, config, overrides, kind="world"))
     return content_hash(cfg, seed, source_fingerprint(*WORLD_CODE))
+
+
+def cached_world(cache: Path, config: str | Path | Mapping[str, Any], overrides: Sequence[str], seed: int, *,
+                 on_build: Callable[[Path], None] | None = None) -> Path:
+    """The world in ``cache`` under :func:`world_cache_key`, built on first use (``on_build`` is told)."""
+    path = cache / f"world-{world_cache_key(config, overrides, seed)}"
+    if not (path / "world.json").exists():
+        if on_build is not None:
+            on_build(path)
+        build_world(path, seed=seed, config=config, overrides=overrides, overwrite=True)
+    return path
 
 
 def build_world(

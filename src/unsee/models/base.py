@@ -9,6 +9,7 @@ template and processor build a batch, and where the image tokens are.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
@@ -227,21 +228,28 @@ class HFAdapter:
         return self.answer_prefix + answer + self.end_of_answer
 
     def _follow_prompt(self, prompt: str) -> str:
-        """The chat template's text between one answer's end token and the next answer.
+        """The chat template's text between one answer's end token and the next answer."""
+        head, tail = self._follow_template
+        return head + prompt + tail
+
+    @functools.cached_property
+    def _follow_template(self) -> tuple[str, str]:
+        """What the template puts before and after a follow-up prompt, rendered once per adapter.
 
         Rendered from the template itself (a two-exchange conversation, cut after the first
         answer's end token), so it is right for any model's template.
         """
-        mark = "\x00answer\x00"
+        mark, slot = "\x00answer\x00", "\x00prompt\x00"
         messages = [{"role": "user", "content": [{"type": "text", "text": "q"}]},
                     {"role": "assistant", "content": [{"type": "text", "text": mark}]},
-                    {"role": "user", "content": [{"type": "text", "text": prompt}]}]
+                    {"role": "user", "content": [{"type": "text", "text": slot}]}]
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         cut = text.index(mark) + len(mark)
         if not text.startswith(self.end_of_answer, cut):
             raise ConfigError(f"the chat template does not end an answer with {self.end_of_answer!r}; "
                               "multi-exchange turns cannot be built for this model")
-        return text[cut + len(self.end_of_answer):]
+        head, _, tail = text[cut + len(self.end_of_answer):].partition(slot)
+        return head, tail
 
     # ---- model calls ---------------------------------------------------------------
     @property
