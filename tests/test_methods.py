@@ -13,7 +13,7 @@ from torch import nn
 from unsee.data.schema import Suite
 from unsee.engine.trainer import TrainConfig, train
 from unsee.methods import method_class
-from unsee.methods.base import nll
+from unsee.methods.base import images_of, nll
 from unsee.methods.baselines import SFT
 from unsee.methods.cvf import CVFNCU, CVFConfig, CVFOnly, info_nce
 from unsee.methods.mmunlearner import MMUnlearner, MMUnlearnerConfig, ratio_masks
@@ -199,6 +199,39 @@ def test_cvf_augment_draws_fresh_views_each_step(model_dir: Path, suite: Suite, 
         losses[strength] = values
     assert losses[0.0][0] == losses[0.0][1]
     assert losses[1.0][0] != losses[1.0][1]
+
+
+def test_cvf_reference_cache_changes_nothing(model_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:
+    """The reference features of retained and neutral photos are computed once and reused: a loss drawn from
+    the cache equals one computed afresh, and the second call runs the reference on the forget photos alone."""
+    from unsee.engine.trainer import Context, frozen_copy
+
+    adapter = load_adapter(model_dir)
+    batch = {k: turns[k][:2] for k in ("forget", "retain", "neutral")}
+    ref = frozen_copy(adapter, visual_only=True)
+    seen: list[int] = []
+    ref.image_inputs = lambda images, f=ref.image_inputs: seen.append(len(images)) or f(images)  # type: ignore[method-assign]
+    ctx = Context(adapter, suite, cfg(), {}, reference=ref)
+    cached = CVFNCU(CVFConfig(ncu=False))
+    cached.setup(ctx)
+    with torch.no_grad():
+        first = cached.loss(ctx, batch)[0].item()
+        seen.clear()
+        again = cached.loss(ctx, batch)[0].item()
+        assert seen == [len(images_of(batch["forget"]))]
+        fresh = CVFNCU(CVFConfig(ncu=False))
+        fresh.setup(ctx)
+        assert fresh.loss(ctx, batch)[0].item() == first == again
+
+
+PINNED_CVF_NCU_LOSSES = (2.4678516387939453, 5.0035905838012695, 3.120828151702881)
+
+
+def test_cvf_ncu_loss_trajectory_is_pinned(trained_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:
+    """The first steps of the headline method, pinned, so that a refactor which changes its numbers fails."""
+    res = train(CVFNCU(CVFConfig(ncu_images=8, augment=1.0)), load_adapter(trained_dir), suite, turns,
+                cfg(scope="visual", max_steps=3, seed=0))
+    assert res.losses == pytest.approx(list(PINNED_CVF_NCU_LOSSES), rel=1e-4)
 
 
 def test_cvf_token_term_adds_its_loss(model_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:

@@ -13,6 +13,7 @@ images' layer inputs; its covariances are computed once per model and data, and 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from unsee.data.augment import augment
 from unsee.engine.trainer import Context
 from unsee.methods.base import BaseMethod, images_of, nll, pooled, token_features
 from unsee.methods.ncu import add_covariances, input_covariances, install_projections
-from unsee.models.base import Turn
+from unsee.models.base import HFAdapter, Turn
 
 
 @dataclass
@@ -68,6 +69,7 @@ class CVFNCU(BaseMethod):
 
     def setup(self, ctx: Context) -> None:
         self.seed = ctx.cfg.seed
+        self._ref: dict[int, tuple[Any, torch.Tensor]] = {}
         if self.cfg.ncu:
             retain = [t.image for t in ctx.streams["retain"].turns if t.image is not None]
             general = [t.image for t in ctx.streams["general"].turns if t.image is not None] \
@@ -89,9 +91,8 @@ class CVFNCU(BaseMethod):
             f_img = [augment(im, rng, self.cfg.augment) for im in f_img]
         with torch.no_grad():
             ref_f = pooled(token_features(ref, f_img))
-            ref_r_tok = token_features(ref, r_img)
-            ref_r = pooled(ref_r_tok)
-            ref_n = pooled(token_features(ref, n_img))
+        ref_r_tok = self._reference(ref, r_img)
+        ref_r, ref_n = pooled(ref_r_tok), pooled(self._reference(ref, n_img))
         s_f_tok = token_features(a, f_img)
         s_f = pooled(s_f_tok)
         s_r_tok = token_features(a, r_img)
@@ -109,8 +110,7 @@ class CVFNCU(BaseMethod):
         loss = l_f + self.cfg.lambda_r * l_r + self.cfg.lambda_d * l_d
         parts = {"cvf_f": l_f.item(), "cvf_r": l_r.item(), "distil": l_d.item()}
         if self.cfg.lambda_t > 0:
-            with torch.no_grad():
-                target = torch.cat([t.float() for t in token_features(ref, n_img)]).mean(0)
+            target = torch.cat([t.float() for t in self._reference(ref, n_img)]).mean(0)
             l_t = torch.stack([F.mse_loss(t.float(), target.expand_as(t)) for t in s_f_tok]).mean()
             loss = loss + self.cfg.lambda_t * l_t
             parts["token_f"] = l_t.item()
@@ -119,6 +119,20 @@ class CVFNCU(BaseMethod):
             loss = loss + self.cfg.lambda_o * o
             parts["nll_r"] = o.item()
         return loss, parts
+
+    @torch.no_grad()
+    def _reference(self, ref: HFAdapter, images: list) -> list[torch.Tensor]:
+        """The frozen reference's tokens of un-augmented images, each computed once.
+
+        Retained and neutral photos come back every epoch and the reference never changes,
+        so recomputing them would be most of a step's visual compute. The image is kept
+        beside its features so that its ``id`` cannot be reused by another object.
+        """
+        missing = list({id(im): im for im in images if id(im) not in self._ref}.values())
+        if missing:
+            for im, tok in zip(missing, token_features(ref, missing), strict=True):
+                self._ref[id(im)] = (im, tok)
+        return [self._ref[id(im)][1] for im in images]
 
 
 class CVFOnly(CVFNCU):
