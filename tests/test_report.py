@@ -19,7 +19,7 @@ from unsee.report import (
     terminal_table,
     write_report,
 )
-from unsee.report.plots import continual_series
+from unsee.report.plots import continual_panels, continual_series
 
 GROUPS = ("forget", "forget_test", "retain", "text_forget", "text_retain", "known", "general")
 
@@ -61,7 +61,7 @@ def continual_runs() -> list[dict[str, Any]]:
     for k in (1, 2, 3):
         accs = {**dict.fromkeys(GROUPS, 0.9 - 0.05 * k), "forget": 0.26}
         accs.update({f"forget_r{j}": 0.26 + 0.02 * (k - j) for j in range(1, k)})
-        runs.append(run("npo", accs, request=k))
+        runs.append(run("npo", accs, request=k, forget_split=f"forget_r{k}"))
     return runs
 
 
@@ -131,6 +131,12 @@ def test_continual_series_follows_each_request() -> None:
 
 def test_plot_continual_is_png(tmp_path: Path) -> None:
     _assert_png(plot_continual(results(VANILLA, *continual_runs()), tmp_path / "continual.png"))
+
+
+def test_continual_panel_follows_a_method_across_its_requests() -> None:
+    """Each request has its own forget split; the method's panel still holds all of them."""
+    panels = continual_panels(results(VANILLA, *continual_runs(), GA))
+    assert [(title, [r["request"] for r in runs]) for title, runs in panels] == [("npo", [1, 2, 3])]
 
 
 def test_write_report(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from unsee.eval.metrics import RETENTION_GROUPS
 from unsee.io import atomic_write_bytes
-from unsee.report.tables import CHANCE, figure, group_runs, headline_key, score_of, vanilla_for
+from unsee.report.tables import CHANCE, figure, group_runs, headline_key, score_of, setting_of, vanilla_for
 
 RETENTION_LABEL = (
     "retention R: min over groups of acc / vanilla acc (capped at 1)\n"
@@ -126,21 +126,31 @@ def continual_series(runs: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[
     return series
 
 
+def continual_panels(results: Mapping[str, Any]) -> list[tuple[str, list[Mapping[str, Any]]]]:
+    """One panel per model, benchmark and method that ran more than one request.
+
+    Each request of a continual run has its own forget split, so the runs are gathered
+    across splits: the panel follows the method from its first request to its last.
+    """
+    panels: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    for run in results["runs"]:
+        if run["method"] != "vanilla":
+            model, benchmark, _ = setting_of(run)
+            panels.setdefault((model, benchmark, str(run["method"])), []).append(run)
+    continual = {k: v for k, v in panels.items() if any(int(r["request"]) > 1 for r in v)}
+    several = len({k[:2] for k in continual}) > 1
+    return [(method if not several else f"{method} ({model}/{benchmark})", runs)
+            for (model, benchmark, method), runs in continual.items()]
+
+
 def plot_continual(results: Mapping[str, Any], path: str | Path) -> Path:
     """Every group's accuracy against the request number, one line per group, one panel per method."""
-    panels: list[tuple[str, list[Mapping[str, Any]]]] = []
-    settings = group_runs(results["runs"])
-    for setting, runs in settings.items():
-        by_method: dict[str, list[Mapping[str, Any]]] = {}
-        for run in runs:
-            if run["method"] != "vanilla":
-                by_method.setdefault(str(run["method"]), []).append(run)
-        for method, method_runs in by_method.items():
-            if any(r["request"] > 1 for r in method_runs):
-                title = method if len(settings) == 1 else f"{method} ({'/'.join(setting)})"
-                panels.append((title, method_runs))
+    from matplotlib import colormaps
+
+    panels = continual_panels(results)
     fig, axes = _new_figure(len(panels))
     for ax, (title, runs) in zip(axes, panels, strict=False):
+        ax.set_prop_cycle(color=colormaps["tab20"].colors)  # a continual panel has more lines than 10 colours
         for name, points in sorted(continual_series(runs).items()):
             xs, ys = zip(*points, strict=True)
             style = "-" if name.startswith("forget") else "--"
