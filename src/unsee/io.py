@@ -41,7 +41,27 @@ def source_fingerprint(*modules: str) -> str:
     return h.hexdigest()[:16]
 
 
+def _umask() -> int:
+    """The process umask; the OS offers no way to read it but to set it and put it back."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _plain_modes(root: Path) -> None:
+    mask = _umask()
+    for d, _, files in os.walk(root):
+        os.chmod(d, 0o777 & ~mask)
+        for f in files:
+            os.chmod(os.path.join(d, f), 0o666 & ~mask)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write through a temporary file and a rename, so that a reader never sees half a file.
+
+    The temporary file is private (0600); the result gets the mode a plain ``open`` would
+    give it, so that a checkpoint or a report can be read by whoever else should read it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -50,6 +70,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -93,13 +114,20 @@ def check_output_dir(path: str | Path, *, overwrite: bool, marker: str | None = 
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``path`` only if the block succeeds."""
+    """Yield a temporary directory that replaces ``path`` only if the block succeeds.
+
+    It stays private while it fills. When it lands, it and everything in it get the modes
+    a plain ``mkdir`` and ``open`` would give: some writers (``save_pretrained`` among them)
+    leave private temporary-file modes behind, and a checkpoint must be readable by whoever
+    serves it.
+    """
     path = Path(path)
     check_output_dir(path, overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        _plain_modes(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
