@@ -74,6 +74,34 @@ def test_demo_reuses_the_cache_and_refuses_existing_output(demo_run: tuple[Path,
     assert (again / "results.json").is_file()
 
 
+def test_interrupted_demo_leaves_nothing_and_resumes_from_the_cache(demo_run: tuple[Path, Path],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C during unlearning: no output directory, no temporary leftovers; the next run trains nothing again."""
+    from unsee import api
+    from unsee import finetune as ft
+    from unsee.demo import run_demo
+
+    out, cache = demo_run
+    target = out.parent / "interrupted"
+    real = api.unlearn_and_save
+
+    def ctrl_c(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise KeyboardInterrupt
+
+    def boom(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("the vanilla model was trained again")
+
+    monkeypatch.setattr(ft, "finetune", boom)
+    monkeypatch.setattr(api, "unlearn_and_save", ctrl_c)
+    before = sorted(p.name for p in out.parent.iterdir())
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(target, quick=True, cache_dir=cache, config=CONFIG, methods="graddiff")
+    assert sorted(p.name for p in out.parent.iterdir()) == before
+    monkeypatch.setattr(api, "unlearn_and_save", real)
+    run_demo(target, quick=True, cache_dir=cache, config=CONFIG, methods="graddiff")
+    assert (target / "results.json").is_file() and (target / "graddiff" / "model.safetensors").is_file()
+
+
 def test_unlearn_benchmark_runs_on_the_demo_world(demo_run: tuple[Path, Path], tmp_path: Path) -> None:
     """benchmarks/unlearn.py on the cached demo world: rows, scores, targets and a results.json for the report."""
     import sys
