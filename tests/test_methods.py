@@ -224,6 +224,30 @@ def test_cvf_reference_cache_changes_nothing(model_dir: Path, suite: Suite, turn
         assert fresh.loss(ctx, batch)[0].item() == first == again
 
 
+def test_cvf_holds_already_forgotten_images_in_continual_runs(model_dir: Path, suite: Suite,
+                                                             turns: dict[str, list[Turn]]) -> None:
+    """With earlier targets' images, each step adds their token distillation onto the reference: zero while the
+    student still equals the reference, ``lambda_k`` times its value once the student has moved."""
+    from unsee.engine.trainer import Context, frozen_copy
+
+    adapter = load_adapter(model_dir)
+    batch = {k: turns[k][:2] for k in ("forget", "retain", "neutral")}
+    done = images_of(turns["retain"][-3:])
+    ctx = Context(adapter, suite, cfg(), {}, reference=frozen_copy(adapter, visual_only=True))
+    out = {}
+    for weight in (0.0, 3.0):
+        method = CVFNCU(CVFConfig(ncu=False, lambda_k=weight, forgotten_images=done))
+        method.setup(ctx)
+        with torch.no_grad():
+            assert weight == 0 or method.loss(ctx, batch)[1]["distil_k"] < 1e-10
+            first_linear = next(m for _, m in adapter.linear_modules("projector") if isinstance(m, nn.Linear))
+            first_linear.weight.add_(0.05)
+            out[weight] = method.loss(ctx, batch)
+            first_linear.weight.sub_(0.05)
+    assert "distil_k" not in out[0.0][1] and out[3.0][1]["distil_k"] > 0
+    assert out[3.0][0].item() == pytest.approx(out[0.0][0].item() + 3.0 * out[3.0][1]["distil_k"], rel=1e-5)
+
+
 PINNED_CVF_NCU_LOSSES = (2.4678516387939453, 5.0035905838012695, 3.120828151702881)
 
 

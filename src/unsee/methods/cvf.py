@@ -41,6 +41,9 @@ class CVFConfig:
     ncu: bool = opt(True, "constrain updates to the retained null space")
     energy: float = opt(0.01, "NCU: keep the eigen-directions holding at most this fraction of the energy")
     ncu_images: int = opt(256, "NCU: retained images used for the covariance")
+    lambda_k: float = opt(
+        1.0, "continual: weight of token-level distillation of the already-forgotten targets' images onto the "
+        "reference, the model after the previous request, which holds them forgotten (an addition to the spec)")
     forgotten_images: list = opt([], "continual: images of already-forgotten targets (set by the driver)")
 
 
@@ -114,11 +117,30 @@ class CVFNCU(BaseMethod):
             l_t = torch.stack([F.mse_loss(t.float(), target.expand_as(t)) for t in s_f_tok]).mean()
             loss = loss + self.cfg.lambda_t * l_t
             parts["token_f"] = l_t.item()
+        kept = self._forgotten_batch(ctx, len(f_img))
+        if kept and self.cfg.lambda_k > 0:
+            ref_k = self._reference(ref, kept)
+            l_k = torch.stack([F.mse_loss(s, t) for s, t in zip(token_features(a, kept), ref_k, strict=True)]).mean()
+            loss = loss + self.cfg.lambda_k * l_k
+            parts["distil_k"] = l_k.item()
         if self.cfg.lambda_o > 0:
             o = nll(a, batch["retain"])
             loss = loss + self.cfg.lambda_o * o
             parts["nll_r"] = o.item()
         return loss, parts
+
+    def _forgotten_batch(self, ctx: Context, size: int) -> list:
+        """This step's share of the already-forgotten images: a seeded draw, the same in every process.
+
+        The covariance keeps their layer inputs to first order; over a request's steps the
+        second-order drift brought earlier targets back, so they are held explicitly too.
+        """
+        pool = self.cfg.forgotten_images
+        if not pool or size == 0:
+            return []
+        rng = np.random.default_rng(self.seed + 7919 * (ctx.step + 1))
+        chosen = [pool[i] for i in rng.choice(len(pool), size=min(size * ctx.world, len(pool)), replace=False)]
+        return ctx.shard(chosen)
 
     @torch.no_grad()
     def _reference(self, ref: HFAdapter, images: list) -> list[torch.Tensor]:
