@@ -88,6 +88,11 @@ def token_features(adapter: HFAdapter, images: Sequence) -> list[torch.Tensor]:
     return adapter.visual_features(adapter.image_inputs(images))
 
 
+def token_mse(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Token-level distillation: the per-image MSE between two models' visual tokens, averaged over images."""
+    return torch.stack([F.mse_loss(s.float(), t.float()) for s, t in zip(student, teacher, strict=True)]).mean()
+
+
 def pooled(feats: Sequence[torch.Tensor]) -> torch.Tensor:
     """Mean over image tokens, L2-normalised: the ``z`` of CVF."""
     return F.normalize(torch.stack([f.float().mean(0) for f in feats]), dim=-1)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from unsee.config import opt
 from unsee.data.augment import augment
 from unsee.engine.trainer import Context
-from unsee.methods.base import BaseMethod, images_of, nll, pooled, token_features
+from unsee.methods.base import BaseMethod, images_of, nll, pooled, token_features, token_mse
 from unsee.methods.ncu import add_covariances, input_covariances, install_projections
 from unsee.models.base import HFAdapter, Turn
 
@@ -109,7 +109,7 @@ class CVFNCU(BaseMethod):
         R = s_r.shape[0]
         others = torch.stack([torch.cat([ref_r[torch.arange(R) != i], ref_f]) for i in range(R)])
         l_r = info_nce(s_r, ref_r.unsqueeze(1), others, self.cfg.tau)
-        l_d = torch.stack([F.mse_loss(s, t) for s, t in zip(s_r_tok, ref_r_tok, strict=True)]).mean()
+        l_d = token_mse(s_r_tok, ref_r_tok)
         loss = l_f + self.cfg.lambda_r * l_r + self.cfg.lambda_d * l_d
         parts = {"cvf_f": l_f.item(), "cvf_r": l_r.item(), "distil": l_d.item()}
         if self.cfg.lambda_t > 0:
@@ -119,8 +119,7 @@ class CVFNCU(BaseMethod):
             parts["token_f"] = l_t.item()
         kept = self._forgotten_batch(ctx, len(f_img))
         if kept and self.cfg.lambda_k > 0:
-            ref_k = self._reference(ref, kept)
-            l_k = torch.stack([F.mse_loss(s, t) for s, t in zip(token_features(a, kept), ref_k, strict=True)]).mean()
+            l_k = token_mse(token_features(a, kept), self._reference(ref, kept))
             loss = loss + self.cfg.lambda_k * l_k
             parts["distil_k"] = l_k.item()
         if self.cfg.lambda_o > 0:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from unsee.config import opt
 from unsee.engine.trainer import Context
-from unsee.methods.base import BaseMethod, images_of, squared_gradients, token_features
+from unsee.methods.base import BaseMethod, images_of, squared_gradients, token_features, token_mse
 from unsee.models.base import Turn
 
 
@@ -73,5 +73,5 @@ class VKD(BaseMethod):
         student_f = token_features(a, f_img)
         target = self.target.to(student_f[0].device)
         l_f = torch.stack([F.mse_loss(s.float(), target) for s in student_f]).mean()
-        l_r = torch.stack([F.mse_loss(s.float(), t.float()) for s, t in zip(student_r, teacher_r, strict=True)]).mean()
+        l_r = token_mse(student_r, teacher_r)
         return l_f + self.cfg.retain_weight * l_r, {"forget_mse": l_f.item(), "retain_mse": l_r.item()}
