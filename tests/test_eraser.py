@@ -23,8 +23,9 @@ from unsee.methods.eraser import (
     erasure_turns,
     find_prompt_ends,
     generation_marker,
+    joint_map,
+    layer_span,
     mcq_accuracy,
-    middle_third,
     pgd_pixels,
     prompt_ends,
     run_eraser,
@@ -91,10 +92,12 @@ def logits(adapter, batch) -> torch.Tensor:
         return adapter.forward(batch).logits
 
 
-def test_middle_third_default():
-    assert middle_third(4) == [1]
-    assert middle_third(32) == list(range(10, 21))
-    assert middle_third(1) == [0]
+def test_default_layers_are_the_middle_third_and_the_shipped_span_the_middle_half():
+    assert layer_span(4) == [1]
+    assert layer_span(32) == list(range(10, 21))
+    assert layer_span(1) == [0]
+    assert layer_span(4, 0.25, 0.75) == [1, 2] and layer_span(32, 0.25, 0.75) == list(range(8, 24))
+    assert layer_span(3, 0.9, 1.0) == [2]
 
 
 def test_config_loads_and_rejects_bad_values():
@@ -104,9 +107,16 @@ def test_config_loads_and_rejects_bad_values():
         load_config(EraserConfig, {"null_ratio": 1.5})
     with pytest.raises(ConfigError, match="unknown config key 'strenght'"):
         load_config(EraserConfig, {"strenght": -0.2})
+    for bad, match in (({"depth": [0.8, 0.2]}, "depth"), ({"gate": 1.0}, "gate"), ({"keep": ["train_text"]}, "keep"),
+                       ({"sweep_gates": [-0.1]}, "sweep_gates"), ({"erasure_items": 0}, "erasure_items")):
+        with pytest.raises(ConfigError, match=match):
+            load_config(EraserConfig, bad)
 
 
-def test_maps_send_forget_to_r_and_retain_to_zero(llava, data, steering):
+@pytest.mark.parametrize("fit", ["joint", "nullspace"])
+def test_maps_send_forget_to_r_and_retain_to_zero(llava, data, fit):
+    steering = build_steering(llava, data["forget"], data["neutral"], data["retain"],
+                              EraserConfig(layers=LAYERS, batch_size=16, fit=fit))
     assert steering.layers == LAYERS and steering.hidden_size == 256
     acts = {k: collect_last_token(llava, v, LAYERS, batch_size=16)
             for k, v in data.items() if k != "retain"}
@@ -114,6 +124,7 @@ def test_maps_send_forget_to_r_and_retain_to_zero(llava, data, steering):
         w = steering.weights[i].double()
         r = acts["forget"][i].mean(0) - acts["neutral"][i].mean(0)
         assert steering.info["r_norm"][str(i)] == pytest.approx(float(r.norm()), rel=1e-6)
+        assert torch.allclose(steering.directions[i].double(), r, atol=1e-4)
         for group in ("forget", "forget_held"):
             out = acts[group][i] @ w
             cos = torch.nn.functional.cosine_similarity(out, r[None], dim=1)
@@ -204,13 +215,58 @@ def test_steered_generation_on_qwen2_vl(qwen, data):
     assert qwen.generate(prompts, max_new_tokens=4) == plain
 
 
+def test_collection_stops_after_the_deepest_layer_and_reads_the_same(llava, data):
+    calls = []
+    handle = llava.decoder_layers()[3].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        shallow = collect_last_token(llava, data["forget"][:4], [1], batch_size=4)
+        assert not calls  # layer 3 never ran
+        deep = collect_last_token(llava, data["forget"][:4], [1, 3], batch_size=4)
+        assert calls
+    finally:
+        handle.remove()
+    assert torch.equal(shallow[1], deep[1])
+
+
+def test_joint_map_separates_forget_from_kept_rows():
+    """Rows the joint least squares was fitted on: forget -> r, kept -> 0 (fewer rows than dimensions, so exactly)."""
+    g = torch.Generator().manual_seed(0)
+    h_f, h_k, r = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in ((20, 64), (30, 64), (64,)))
+    w = joint_map(h_f, h_k, r, lam=1e-6)
+    assert torch.linalg.matrix_rank(w) == 1
+    assert torch.allclose(h_f @ w, r.expand(20, -1), atol=1e-4)
+    assert (h_k @ w).abs().max() < 1e-4
+
+
+def test_gate_leaves_prompts_below_the_threshold_exactly_alone(llava, data, steering):
+    """With a gate, a prompt whose map reads c <= tau gets no injection at all; a forget prompt still moves."""
+    gated = steering.select(strength=-4.0, gate=0.5)
+    acts = collect_last_token(llava, data["retain_held"] + data["forget_held"], LAYERS, batch_size=16)
+    c = {i: acts[i] @ steering.weights[i].double() @ steering.directions[i].double()
+         / steering.directions[i].double().norm() ** 2 for i in LAYERS}
+    quiet = [k for k in range(N_HELD) if all(c[i][k] <= 0.5 for i in LAYERS)]
+    loud = [N_HELD + k for k in range(N_HELD) if all(c[i][N_HELD + k] > 0.6 for i in LAYERS)]
+    assert quiet and loud
+    turns = data["retain_held"] + data["forget_held"]
+    batch = llava.generation_batch([turns[quiet[0]], turns[loud[0]]])
+    before = logits(llava, batch)
+    with steer(llava, gated):
+        during = logits(llava, batch)
+    assert torch.equal(during[0], before[0])
+    assert not torch.allclose(during[1], before[1])
+
+
 def test_file_round_trip_and_compatibility(llava, qwen, steering, tmp_path):
+    steering = steering.select(gate=0.5)
     path = steering.save(tmp_path / "s" / STEERING_FILE)
     assert [p.name for p in path.parent.iterdir()] == [STEERING_FILE]  # no temp file left behind
     loaded = Steering.load(path)
-    assert loaded.header() == steering.header()
+    assert loaded.header() == steering.header() and loaded.gate == 0.5
     assert all(torch.equal(loaded.weights[i], steering.weights[i]) for i in steering.layers)
+    assert all(torch.equal(loaded.directions[i], steering.directions[i]) for i in steering.layers)
     loaded.check_compatible(llava)
+    with pytest.raises(ModelError, match="gated steering needs r_l"):
+        dataclasses.replace(steering, directions={})
 
     other = dataclasses.replace(steering, fingerprint="0123456789abcdef").save(tmp_path / "other.safetensors")
     foreign = Steering.load(other)
@@ -344,11 +400,15 @@ def test_run_eraser_with_sweep_records_the_grid(tmp_path, llava) -> None:
 
     world = build_world(tmp_path / "w", config="quick", overrides=["n_people=8", "n_train_views=2"])
     suite = api.load_suite(world, "forget_15")
-    cfg = EraserConfig(sweep=True, sweep_items=4, sweep_strengths=[-0.1, -0.5], max_items=8, null_ratio=0.3)
+    cfg = EraserConfig(sweep=True, sweep_items=4, sweep_strengths=[-0.1, -0.5], sweep_gates=[0.0, 0.5],
+                       null_ratio=0.3)
     path = run_eraser(llava, suite, tmp_path / "out", cfg)
     st = Steering.load(path)
     rows = st.info["sweep"]["rows"]
-    assert len(rows) == 2 * len({tuple(r["layers"]) for r in rows}) >= 4
-    assert st.strength in (-0.1, -0.5)
-    chosen = next(r for r in rows if r["layers"] == st.layers and r["strength"] == st.strength)
+    assert len(rows) == 4 * len({tuple(r["layers"]) for r in rows}) >= 16
+    assert st.strength in (-0.1, -0.5) and st.gate in (0.0, 0.5)
+    chosen = next(r for r in rows if (r["layers"], r["strength"], r["gate"]) == (st.layers, st.strength, st.gate))
     assert chosen["admissible"]
+    # the validation slice (2 x sweep_items per side) is held out of the fit
+    n_forget = sum(e.has_image for e in suite.group("train_forget"))
+    assert st.info["counts"]["forget"] == n_forget - 8

@@ -293,7 +293,7 @@ def unlearn_and_save(method: str, adapter: HFAdapter, suite: Suite, *, steering_
             from unsee.methods.eraser import run_eraser
 
             _, ecfg, _ = method_configs(method, config, overrides)
-            steering = run_eraser(adapter, suite, steering_dir, ecfg)
+            steering = run_eraser(adapter, suite, steering_dir, ecfg, seed=seed)
             resolved = to_dict(ecfg)
         else:
             res, resolved = unlearn_adapter(method, adapter, suite, config=config, overrides=overrides, seed=seed)

@@ -22,8 +22,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field, replace
+from itertools import product
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,14 +58,25 @@ MCQItem = tuple[list[Turn], int]
 
 @dataclass
 class EraserConfig:
-    """Options of MLLMEraser. Defaults follow METHODS.md."""
+    """Options of MLLMEraser. The defaults are METHODS.md's construction; the shipped
+    ``configs/unlearn/eraser.yaml`` is the setting the sweep chose (docs/methods.md says why)."""
 
-    layers: list[int] = opt(
-        [],
-        "decoder-layer indices to steer; empty = the middle third, range(L//3, 2L//3), where "
-        "identity features are formed but the output is not yet decided",
-    )
+    layers: list[int] = opt([], "decoder-layer indices to steer; empty = the span given by depth")
+    depth: list[float] = opt(
+        [1 / 3, 2 / 3], "with no layers, steer those in [lo*L, hi*L): by default the middle third, where "
+        "identity features are formed but the output is not yet decided")
     strength: float = opt(-0.3, "s in h <- h + s*(h_last @ W_l); negative subtracts the recall direction")
+    fit: Literal["joint", "nullspace"] = opt(
+        "nullspace", "how W_l is fitted: 'nullspace' as METHODS.md (least squares inside the null space of the kept "
+        "activations); 'joint' one ridge least squares that sends forget activations to r_l and kept ones to 0")
+    keep: list[str] = opt(
+        ["train_retain"],
+        "training groups whose prompts must not move (H_r); groups the suite lacks are skipped, "
+        "train_retain is required")
+    gate: float = opt(
+        0.0, "threshold tau on c = <h_last W_l, r_l>/|r_l|^2 (c ~ 1 on forget, ~ 0 on kept prompts): the "
+        "injection is s * max(c - tau, 0)/(1 - tau) * r_l, so kept prompts a linear map leaks onto are not "
+        "steered; 0 = the linear injection of METHODS.md")
     null_ratio: float = opt(0.3, "fraction of the hidden size taken as the retain null space (last singular vectors)")
     lam: float = opt(0.1, "ridge weight lambda of the least-squares map")
     erasure: Literal["neutral", "refusal"] = opt(
@@ -76,35 +88,50 @@ class EraserConfig:
     pgd_eps: float = opt(8 / 255, "PGD L-inf radius in [0,1] pixel units (scaled by the processor's image_std)")
     pgd_step: float = opt(2 / 255, "PGD step in [0,1] pixel units")
     pgd_steps: int = opt(10, "PGD iterations")
-    max_items: int | None = opt(None, "use at most this many examples per group (forget, neutral, retain)")
-    batch_size: int = opt(8, "prompts per forward pass while collecting activations")
+    max_items: int | None = opt(
+        None, "use at most this many examples per group (forget, neutral, each keep group): a seeded draw")
+    erasure_items: int = opt(64, "forget prompts that get an erasure counterpart (only their mean enters r_l)")
+    batch_size: int = opt(32, "prompts per forward pass while collecting activations")
     sweep: bool = opt(
         False, "pick layers and strength by a grid on a validation slice built from the training QA "
         "(never the test items); the winner drops forget accuracy most while keeping retain")
-    sweep_strengths: list[float] = opt([-0.1, -0.3, -0.5, -1.0], "strengths the sweep tries")
-    sweep_items: int = opt(48, "validation MCQ items per side (forget, retain) for the sweep")
+    sweep_strengths: list[float] = opt([-2.0, -4.0, -6.0, -8.0], "strengths the sweep tries")
+    sweep_gates: list[float] = opt([0.4, 0.5, 0.6], "gates the sweep tries")
+    sweep_items: int = opt(
+        96, "validation MCQ items per side (forget, retain) for the sweep, held out of the fit; fewer make "
+        "its 95% retain bar a matter of one or two items")
 
     def validate(self) -> None:
         if not 0.0 < self.null_ratio < 1.0:
             raise ConfigError(f"null_ratio must be in (0, 1), got {self.null_ratio}")
         if self.lam < 0:
             raise ConfigError(f"lam must be >= 0, got {self.lam}")
+        if not 0.0 <= self.gate < 1.0:
+            raise ConfigError(f"gate must be in [0, 1), got {self.gate}")
+        if "train_retain" not in self.keep:
+            raise ConfigError(f"keep must include train_retain, got {self.keep}")
+        if self.erasure_items < 1:
+            raise ConfigError(f"erasure_items must be >= 1, got {self.erasure_items}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.max_items is not None and self.max_items < 1:
             raise ConfigError(f"max_items must be >= 1 or null, got {self.max_items}")
-        if self.sweep and (not self.sweep_strengths or self.sweep_items < 1):
-            raise ConfigError("the sweep needs at least one strength and sweep_items >= 1")
+        if self.sweep and (not self.sweep_strengths or not self.sweep_gates or self.sweep_items < 1):
+            raise ConfigError("the sweep needs at least one strength, one gate and sweep_items >= 1")
+        if any(not 0.0 <= g < 1.0 for g in self.sweep_gates):
+            raise ConfigError(f"sweep_gates must lie in [0, 1), got {self.sweep_gates}")
+        if len(self.depth) != 2 or not 0.0 <= self.depth[0] < self.depth[1] <= 1.0:
+            raise ConfigError(f"depth must be [lo, hi] with 0 <= lo < hi <= 1, got {self.depth}")
         if any(i < 0 for i in self.layers):
             raise ConfigError(f"layers must be non-negative indices, got {self.layers}")
         if self.use_pgd and (self.pgd_eps < 0 or self.pgd_step <= 0 or self.pgd_steps < 1):
             raise ConfigError("PGD needs pgd_eps >= 0, pgd_step > 0 and pgd_steps >= 1")
 
 
-def middle_third(n_layers: int) -> list[int]:
-    """Default layers: ``range(L//3, 2L//3)``, at least one layer."""
-    lo = n_layers // 3
-    return list(range(lo, max(lo + 1, (2 * n_layers) // 3)))
+def layer_span(n_layers: int, lo: float = 1 / 3, hi: float = 2 / 3) -> list[int]:
+    """Layers ``[int(lo*L), int(hi*L))``, at least one: by default the middle third."""
+    first = min(n_layers - 1, int(lo * n_layers + 1e-9))
+    return list(range(first, max(first + 1, int(hi * n_layers + 1e-9))))
 
 
 # ---------------------------------------------------------------------------- the steering state
@@ -116,7 +143,8 @@ class Steering:
 
     ``weights[l]`` is ``W_l`` (``d x d``, float32, CPU). ``fingerprint`` and ``arch`` tie
     the maps to the checkpoint they were computed on: activations of another model live
-    in another basis, so applying them there would be silent nonsense.
+    in another basis, so applying them there would be silent nonsense. A ``gate`` above 0
+    needs ``directions[l]`` (``r_l``) to read how much of ``r_l`` a prompt's map gives.
     """
 
     weights: dict[int, torch.Tensor]
@@ -126,6 +154,12 @@ class Steering:
     model_name: str = ""
     version: str = __version__
     info: dict[str, Any] = field(default_factory=dict)
+    gate: float = 0.0
+    directions: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.gate and sorted(self.directions) != self.layers:
+            raise ModelError(f"a gated steering needs r_l for layers {self.layers}; it has {sorted(self.directions)}")
 
     @property
     def layers(self) -> list[int]:
@@ -145,31 +179,29 @@ class Steering:
             "model_name": self.model_name,
             "version": self.version,
             "hidden_size": self.hidden_size,
+            "gate": self.gate,
             "info": self.info,
         }
 
-    def select(self, layers: Sequence[int] | None = None, strength: float | None = None) -> Steering:
-        """The same maps on a subset of layers and/or another strength (for sweeps)."""
+    def select(self, layers: Sequence[int] | None = None, strength: float | None = None,
+               gate: float | None = None) -> Steering:
+        """The same maps on a subset of layers and/or with another strength or gate (for sweeps)."""
         keep = self.layers if layers is None else list(layers)
         if not keep:
             raise ConfigError("a steering needs at least one layer")
         missing = [i for i in keep if i not in self.weights]
         if missing:
             raise ConfigError(f"steering has no map for layers {missing}; it has {self.layers}")
-        return Steering(
-            weights={i: self.weights[i] for i in keep},
-            strength=self.strength if strength is None else float(strength),
-            arch=self.arch,
-            fingerprint=self.fingerprint,
-            model_name=self.model_name,
-            version=self.version,
-            info=dict(self.info),
-        )
+        return replace(self, weights={i: self.weights[i] for i in keep},
+                       strength=self.strength if strength is None else float(strength), info=dict(self.info),
+                       gate=self.gate if gate is None else float(gate),
+                       directions={i: self.directions[i] for i in keep if i in self.directions})
 
     def save(self, path: str | Path) -> Path:
         """Tensors ``layer.{i}``; the header as JSON in the (strings-only) safetensors metadata. Atomic."""
         path = Path(path)
-        tensors = {f"layer.{i}": w.detach().to("cpu", torch.float32).contiguous() for i, w in self.weights.items()}
+        tensors = {f"{kind}.{i}": w.detach().to("cpu", torch.float32).contiguous()
+                   for kind, maps in (("layer", self.weights), ("direction", self.directions)) for i, w in maps.items()}
         metadata = {"format": FORMAT, "header": json.dumps(self.header(), sort_keys=True)}
         atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
         return path
@@ -190,6 +222,7 @@ class Steering:
         try:
             header = json.loads(meta["header"])
             weights = {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith("layer.")}
+            directions = {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith("direction.")}
         except ValueError as e:
             raise ModelError(f"{path}: corrupt steering header or tensor names: {e}") from e
         if not weights or sorted(weights) != header.get("layers"):
@@ -204,6 +237,8 @@ class Steering:
             model_name=header.get("model_name", ""),
             version=header.get("version", ""),
             info=header.get("info", {}),
+            gate=float(header.get("gate", 0.0)),
+            directions=directions,
         )
 
     def check_compatible(self, adapter: HFAdapter, *, force: bool = False) -> None:
@@ -263,6 +298,10 @@ def _eval(model: nn.Module) -> Iterator[None]:
         model.train(was)
 
 
+class _Collected(Exception):
+    """Raised by the deepest hook of :func:`collect_last_token` to end the forward pass there."""
+
+
 @torch.no_grad()
 def collect_last_token(
     adapter: HFAdapter,
@@ -276,7 +315,9 @@ def collect_last_token(
 
     The last prompt token is where the answer is generated from. ``generation_batch`` pads
     on the left, so it is position -1; it is read from the attention mask all the same.
-    ``pixels`` may replace a batch's ``pixel_values`` (PGD-perturbed images).
+    ``pixels`` may replace a batch's ``pixel_values`` (PGD-perturbed images). The forward
+    pass stops after the deepest layer asked for: the rest of the stack and the head would
+    be computed for nothing.
     """
     if not turns:
         raise DataError("no prompts to collect activations from")
@@ -284,11 +325,18 @@ def collect_last_token(
     found: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
     mask: list[torch.Tensor | None] = [None]
 
+    deepest = max(layers)
+    reading = [False]  # PGD runs the model too, between our forward passes
+
     def hook_for(i: int) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if not reading[0]:
+                return
             h = _hidden(output)
             last = _last_real(mask[0], h.shape[0], h.shape[1], h.device)
             found[i].append(h[torch.arange(h.shape[0], device=h.device), last].detach().to("cpu", torch.float64))
+            if i == deepest:
+                raise _Collected
 
         return hook
 
@@ -299,8 +347,10 @@ def collect_last_token(
                 batch = adapter.to_device(adapter.generation_batch(chunk))
                 if pixels is not None:
                     batch["pixel_values"] = pixels(chunk).to(batch["pixel_values"])
-                mask[0] = batch.get("attention_mask")
-                adapter.forward(batch, use_cache=False)
+                mask[0], reading[0] = batch.get("attention_mask"), True
+                with suppress(_Collected):
+                    adapter.forward(batch, use_cache=False)
+                reading[0] = False
     finally:
         for h in handles:
             h.remove()
@@ -337,13 +387,29 @@ def layer_map(h_forget: torch.Tensor, h_retain: torch.Tensor, r: torch.Tensor, n
     return proj @ delta
 
 
+def joint_map(h_forget: torch.Tensor, h_keep: torch.Tensor, r: torch.Tensor, lam: float) -> torch.Tensor:
+    """``W = u r^T`` with ``u`` the ridge least squares of ``H_f u = 1`` and ``H_keep u = 0`` together (float64).
+
+    The null-space map fits the forget rows only inside directions the kept activations
+    barely use, and on a small model identities differ mostly outside them: kept prompts
+    then get a third of ``r`` and forget prompts only half of it. Fitting both sides at
+    once makes ``h @ u`` a linear read-out of "is this a forget prompt", and ``W`` a map
+    that injects ``r`` in proportion to it.
+    """
+    d = h_forget.shape[1]
+    a = h_forget.T @ h_forget + h_keep.T @ h_keep + lam * torch.eye(d, dtype=h_forget.dtype)
+    u = torch.linalg.solve(a, h_forget.sum(0, keepdim=True).T)  # H_f^T 1
+    return u @ r.view(1, -1)
+
+
 def build_steering(
     adapter: HFAdapter, forget: Sequence[Turn], neutral: Sequence[Turn], retain: Sequence[Turn], cfg: EraserConfig
 ) -> Steering:
     """Collect activations and compute ``W_l`` for every chosen layer.
 
     ``forget`` are the recall inputs (forget prompts on their own images, answers needed
-    only for PGD), ``neutral`` the erasure inputs, ``retain`` what must not move.
+    only for PGD), ``neutral`` the erasure inputs, ``retain`` every prompt that must not
+    move (``H_r``: retained people, and with ``cfg.keep`` general and text-only prompts).
     ``r_l = mean(recall) - mean(erasure)``; with PGD the recall mean uses perturbed images
     while ``H_f`` keeps the clean ones, which is what the model sees at test time.
     """
@@ -351,7 +417,7 @@ def build_steering(
         if not group:
             raise DataError(f"MLLMEraser needs at least one {name} prompt")
     n_layers = len(adapter.decoder_layers())
-    layers = sorted(set(cfg.layers)) if cfg.layers else middle_third(n_layers)
+    layers = sorted(set(cfg.layers)) if cfg.layers else layer_span(n_layers, *cfg.depth)
     if max(layers) >= n_layers:
         raise ConfigError(f"layers {layers} out of range: the model has {n_layers} decoder layers")
     bs = cfg.batch_size
@@ -363,10 +429,12 @@ def build_steering(
         )
     h_e = collect_last_token(adapter, neutral, layers, batch_size=bs)
     h_r = collect_last_token(adapter, retain, layers, batch_size=bs)
-    weights, r_norms = {}, {}
+    weights, directions, r_norms = {}, {}, {}
     for i in layers:
         r = recall[i].mean(0) - h_e[i].mean(0)
-        weights[i] = layer_map(h_f[i], h_r[i], r, cfg.null_ratio, cfg.lam).to(torch.float32)
+        w = joint_map(h_f[i], h_r[i], r, cfg.lam) if cfg.fit == "joint" else layer_map(
+            h_f[i], h_r[i], r, cfg.null_ratio, cfg.lam)
+        weights[i], directions[i] = w.to(torch.float32), r.to(torch.float32)
         r_norms[str(i)] = float(r.norm())
     return Steering(
         weights=weights,
@@ -374,6 +442,8 @@ def build_steering(
         arch=adapter.arch,
         fingerprint=adapter.fingerprint(),
         model_name=str(getattr(adapter.model, "name_or_path", "")),
+        gate=cfg.gate,
+        directions=directions,
         info={
             "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
             "counts": {"forget": len(forget), "erasure": len(neutral), "retain": len(retain)},
@@ -438,6 +508,7 @@ class _Steerer:
         self.ends: torch.Tensor | None = None
         # moved to each layer's device on first use: with a device_map, layers live apart
         self.maps = {i: w.to(torch.float32) for i, w in steering.weights.items()}
+        self.directions = {i: r.to(torch.float32) for i, r in steering.directions.items()}
         self.handles: list[Any] = []
 
     def __enter__(self) -> _Steerer:
@@ -481,6 +552,21 @@ class _Steerer:
             return torch.full((batch,), length - 1, dtype=torch.long, device=h.device)
         return self.ends.to(h.device).clamp(max=length - 1)
 
+    def _injection(self, i: int, h_last: torch.Tensor) -> torch.Tensor:
+        """``h_last @ W_l``, or with a gate, ``max(c - tau, 0)/(1 - tau) * r_l`` where ``h_last @ W_l = c r_l``."""
+        w = self.maps[i]
+        if w.device != h_last.device:
+            w = self.maps[i] = w.to(h_last.device)
+        v = h_last.float() @ w
+        tau = self.steering.gate
+        if not tau:
+            return v
+        r = self.directions[i]
+        if r.device != h_last.device:
+            r = self.directions[i] = r.to(h_last.device)
+        c = (v @ r) / (r @ r)
+        return ((c - tau).clamp(min=0) / (1 - tau))[:, None] * r[None, :]
+
     def _hook_for(self, i: int) -> Callable[..., Any]:
         s = self.steering.strength
 
@@ -488,12 +574,9 @@ class _Steerer:
             if not self.prefill:
                 return None
             h = _hidden(output)
-            w = self.maps[i]
-            if w.device != h.device:
-                w = self.maps[i] = w.to(h.device)
             end = self._prompt_ends(h)
             h_last = h[torch.arange(h.shape[0], device=h.device), end]
-            shift = (s * (h_last.float() @ w)).to(h.dtype)[:, None, :]
+            shift = (s * self._injection(i, h_last)).to(h.dtype)[:, None, :]
             # positions after the prompt (answer tokens scored in the same pass) stay unsteered,
             # as they are when generation decodes them through the cache
             prompt = torch.arange(h.shape[1], device=h.device)[None, :] <= end[:, None]
@@ -579,15 +662,16 @@ def sweep(
     score_fn: Callable[[HFAdapter, Sequence[MCQItem], Steering | None], float] = mcq_accuracy,
     cfg: EraserConfig | None = None,
     *,
+    gates: Sequence[float] | None = None,
     retain_keep: float = 0.95,
 ) -> SweepResult:
-    """Grid over (layers, strength) on a validation slice; never pass test items.
+    """Grid over (layers, gate, strength) on a validation slice; never pass test items.
 
     The maps are built once on the union of ``layer_sets`` (``W_l`` of one layer does not
     depend on the others), then each setting is scored. The winner maximises the drop of
     forget accuracy among settings whose retain accuracy is at least ``retain_keep`` times
-    the unsteered one; ties go to the weaker strength, then to fewer layers, so the
-    gentlest sufficient intervention wins.
+    the unsteered one; ties go to the higher retain accuracy, then the weaker strength, then
+    fewer layers, so the gentlest sufficient intervention wins. ``gates`` defaults to ``cfg.gate``.
     """
     cfg = cfg or EraserConfig()
     if not strengths or not layer_sets or any(not ls for ls in layer_sets):
@@ -598,19 +682,18 @@ def sweep(
     base_forget = score_fn(adapter, val_forget, None)
     base_retain = score_fn(adapter, val_retain, None)
     rows: list[dict[str, Any]] = []
-    best_key: tuple[float, float, int] | None = None
+    best_key: tuple[float, float, float, int] | None = None
     best: Steering | None = None
-    for ls in layer_sets:
-        for s in strengths:
-            candidate = full.select(sorted(set(ls)), s)
-            f_acc = score_fn(adapter, val_forget, candidate)
-            r_acc = score_fn(adapter, val_retain, candidate)
-            ok = r_acc >= retain_keep * base_retain
-            rows.append({"layers": candidate.layers, "strength": float(s), "forget_acc": f_acc,
-                         "retain_acc": r_acc, "forget_drop": base_forget - f_acc, "admissible": ok})
-            key = (base_forget - f_acc, -abs(float(s)), -len(candidate.layers))
-            if ok and (best_key is None or key > best_key):
-                best_key, best = key, candidate
+    for ls, gate, s in product(layer_sets, [cfg.gate] if gates is None else gates, strengths):
+        candidate = full.select(sorted(set(ls)), s, gate)
+        f_acc = score_fn(adapter, val_forget, candidate)
+        r_acc = score_fn(adapter, val_retain, candidate)
+        ok = r_acc >= retain_keep * base_retain
+        rows.append({"layers": candidate.layers, "gate": candidate.gate, "strength": float(s), "forget_acc": f_acc,
+                     "retain_acc": r_acc, "forget_drop": base_forget - f_acc, "admissible": ok})
+        key = (base_forget - f_acc, r_acc, -abs(float(s)), -len(candidate.layers))
+        if ok and (best_key is None or key > best_key):
+            best_key, best = key, candidate
     if best is not None:
         best.info["sweep"] = {"base_forget": base_forget, "base_retain": base_retain, "rows": rows}
     return SweepResult(best=best, rows=rows, base_forget=base_forget, base_retain=base_retain)
@@ -634,24 +717,38 @@ def erasure_turns(forget: Sequence[Example], neutral: Sequence[Example], mode: s
 
 
 def run_eraser(
-    adapter: HFAdapter, suite: Suite, out_dir: str | Path, cfg: EraserConfig, *, overwrite: bool = False
+    adapter: HFAdapter, suite: Suite, out_dir: str | Path, cfg: EraserConfig, *, overwrite: bool = False,
+    seed: int = 0,
 ) -> Path:
-    """Build the steering from ``train_forget``, ``neutral`` and ``train_retain``; write only the steering file.
+    """Build the steering from ``train_forget``, ``neutral`` and the ``cfg.keep`` groups; write only the steering file.
 
     The model's weights are never written: the result of MLLMEraser is the base model plus
-    ``out_dir/steering.safetensors``.
+    ``out_dir/steering.safetensors``. ``max_items`` caps each group by a seeded draw, so that
+    a capped group still holds every person rather than the first few.
     """
     start = time.perf_counter()
     out = Path(out_dir) / STEERING_FILE
     check_output_dir(Path(out_dir), overwrite=overwrite, marker=STEERING_FILE)
-    cap = cfg.max_items
-    forget = [e for e in suite.group("train_forget") if e.has_image][:cap]
+    forget = [e for e in suite.group("train_forget") if e.has_image]
     if not forget:
         raise DataError(f"suite {suite.name!r}: train_forget has no examples with images; MLLMEraser needs them")
+    retain = suite.group("train_retain")
+    if not retain:
+        raise DataError(f"suite {suite.name!r}: train_retain is empty; MLLMEraser needs prompts that must not move")
+    validation = None
+    if cfg.sweep:
+        (forget, val_f), (retain, val_r) = (_hold_out(g, cfg.sweep_items, seed) for g in (forget, retain))
+        validation = _validation(suite, val_f, val_r, cfg.sweep_items, seed)
     neutral = suite.group("neutral") if cfg.erasure == "neutral" else []
-    retain = suite.group("train_retain")[:cap]
-    inputs = (_turns(forget), erasure_turns(forget, neutral[:cap], cfg.erasure), _turns(retain))
-    steering = _swept(adapter, suite, inputs, cfg) if cfg.sweep else build_steering(adapter, *inputs, cfg)
+    forget = draw(forget, cfg.max_items, seed)
+    kept = [*draw(retain, cfg.max_items, seed)]
+    for group in cfg.keep:
+        if group != "train_retain":
+            kept += draw(suite.groups.get(group, []), cfg.max_items, seed)  # a suite may lack it
+    # the erasure inputs only give r_l's mean: a seeded share of the forget prompts is enough
+    recall = draw(forget, cfg.erasure_items, seed)
+    inputs = (_turns(forget), erasure_turns(recall, draw(neutral, cfg.max_items, seed), cfg.erasure), _turns(kept))
+    steering = _swept(adapter, inputs, validation, cfg) if validation else build_steering(adapter, *inputs, cfg)
     steering.info.update({
         "suite": suite.name,
         "wall_s": round(time.perf_counter() - start, 3),
@@ -662,10 +759,28 @@ def run_eraser(
     return steering.save(out)
 
 
+def draw(examples: Sequence[Example], n: int | None, seed: int) -> list[Example]:
+    """At most ``n`` examples, a seeded draw kept in their original order (all of them when ``n`` is None)."""
+    import random
+
+    if n is None or len(examples) <= n:
+        return list(examples)
+    keep = sorted(random.Random(seed).sample(range(len(examples)), n))
+    return [examples[i] for i in keep]
+
+
+def _hold_out(examples: Sequence[Example], n: int, seed: int) -> tuple[list[Example], list[Example]]:
+    """Split off a seeded validation slice (twice ``n``, since not every example makes an MCQ item),
+    at most half of the group, so that the maps are never fitted on what the sweep scores."""
+    held = {id(e) for e in draw(examples, min(2 * n, len(examples) // 2), seed + 1)}
+    return [e for e in examples if id(e) not in held], [e for e in examples if id(e) in held]
+
+
 def layer_candidates(n_layers: int) -> list[list[int]]:
-    """Layer sets the sweep tries: the middle third, a wider middle half, and single middle layers."""
-    sets = [middle_third(n_layers), list(range(n_layers // 4, max(n_layers // 4 + 1, (3 * n_layers) // 4))),
-            [n_layers // 3], [n_layers // 2]]
+    """Layer sets the sweep tries: the middle third, a wider middle half, and single layers at
+    1/3, 1/2, 2/3 and 3/4 of the depth (on a small model the late layers separate identities best)."""
+    sets = [layer_span(n_layers), layer_span(n_layers, 1 / 4, 3 / 4),
+            *([min(n_layers - 1, (k * n_layers) // m)] for k, m in ((1, 3), (1, 2), (2, 3), (3, 4)))]
     unique: list[list[int]] = []
     for ls in sets:
         if ls not in unique:
@@ -698,17 +813,21 @@ def validation_items(examples: Sequence[Example], pool: Sequence[Example], n: in
     return items
 
 
-def _swept(adapter: HFAdapter, suite: Suite, inputs: tuple[list[Turn], list[Turn], list[Turn]],
-           cfg: EraserConfig) -> Steering:
-    """The sweep's winner, with the grid in its header; a clear error when no setting keeps retain."""
+def _validation(suite: Suite, forget: Sequence[Example], retain: Sequence[Example], n: int,
+                seed: int) -> tuple[list[MCQItem], list[MCQItem]]:
     pool = suite.group("train_forget") + suite.group("train_retain")  # distractors from everyone's answers
-    val_forget = validation_items(suite.group("train_forget"), pool, cfg.sweep_items)
-    val_retain = validation_items(suite.group("train_retain"), pool, cfg.sweep_items)
+    val_forget, val_retain = (validation_items(g, pool, n, seed) for g in (forget, retain))
     if not val_forget or not val_retain:
         raise DataError("the sweep found no training questions shared by four people to build validation MCQ from; "
                         "set layers and strength by hand (sweep=false)")
+    return val_forget, val_retain
+
+
+def _swept(adapter: HFAdapter, inputs: tuple[list[Turn], list[Turn], list[Turn]],
+           validation: tuple[list[MCQItem], list[MCQItem]], cfg: EraserConfig) -> Steering:
+    """The sweep's winner, with the grid in its header; a clear error when no setting keeps retain."""
     layer_sets = [cfg.layers] if cfg.layers else layer_candidates(len(adapter.decoder_layers()))
-    result = sweep(adapter, inputs, val_forget, val_retain, cfg.sweep_strengths, layer_sets, cfg=cfg)
+    result = sweep(adapter, inputs, *validation, cfg.sweep_strengths, layer_sets, cfg=cfg, gates=cfg.sweep_gates)
     if result.best is None:
         raise DataError(
             f"no swept setting kept validation retain accuracy within 95% of {result.base_retain:.3f}; "
