@@ -22,6 +22,7 @@ from common import TRAINING, check, eval_kw, measure, parser, vanilla_model
 
 from unsee import api
 from unsee.engine.trainer import frozen_copy
+from unsee.eval.attacks import ATTACKS
 from unsee.eval.results import environment
 from unsee.io import atomic_write_json
 from unsee.methods.eraser import STEERING_FILE
@@ -33,13 +34,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--forget", default="forget_10")
     p.add_argument("--models", default=None, metavar="DIR", help="audit the models unlearn.py --keep saved here")
     p.add_argument("--attack-set", action="append", default=[], metavar="KEY=VALUE", help="AttackConfig option")
+    p.add_argument("--attacks", default=",".join(ATTACKS), help="comma list of the attacks to run")
     args = p.parse_args(argv)
     world, vanilla = vanilla_model(args)
     suite = api.load_suite(world, args.forget, seed=args.seed)
     base = load_adapter(vanilla)
     before = frozen_copy(base, visual_only=True)
-    rows = {"vanilla": api.audit_adapter(base, suite, vanilla=before, seed=args.seed, overrides=args.attack_set,
-                                         strict=False)}
+    kinds = args.attacks.split(",")
+    rows = {"vanilla": api.audit_adapter(base, suite, kinds=kinds, vanilla=before, seed=args.seed,
+                                         overrides=args.attack_set, strict=False)}
     print("vanilla", rows["vanilla"], flush=True)
     settings = {}
     for method in args.methods.split(","):
@@ -55,8 +58,8 @@ def main(argv: list[str] | None = None) -> dict:
             _, adapter, steering = measure(method, vanilla, suite, args.forget, overrides, args.seed,
                                            {**eval_kw(args), "groups": ("forget",)})
             settings[method] = overrides
-        rows[method] = api.audit_adapter(adapter, suite, steering=steering, vanilla=before, seed=args.seed,
-                                         overrides=args.attack_set, strict=False)
+        rows[method] = api.audit_adapter(adapter, suite, kinds=kinds, steering=steering, vanilla=before,
+                                         seed=args.seed, overrides=args.attack_set, strict=False)
         print(method, rows[method], flush=True)
     targets = {}
     if "cvf_ncu" in rows:

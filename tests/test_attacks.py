@@ -135,13 +135,17 @@ def test_probe_detects_identity_when_it_is_there() -> None:
 def test_probe_on_near_duplicate_views_is_near_perfect(adapter: HFAdapter, suite: Suite,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Through the model: when each person's views are the same photo, the probe must find them."""
-    images, labels, test = attacks.probe_images(suite, FAST)
+    images, labels, views = attacks.probe_images(suite, FAST)
     first: dict[str, Image.Image] = {}
     for img, label in zip(images, labels, strict=True):
         first.setdefault(label, img)
-    monkeypatch.setattr(attacks, "probe_images", lambda s, c: ([first[lab] for lab in labels], labels, test))
+    monkeypatch.setattr(attacks, "probe_images", lambda s, c: ([first[lab] for lab in labels], labels, views))
     out = attacks.probe(adapter, suite, AttackConfig(probe_steps=100))
     assert out["forget_acc"] == 1.0 and out["retain_acc"] == 1.0
+    # leave one view out: every photo is predicted once
+    assert out["folds"] == max(views) + 1
+    n_forget = sum(label in set(suite.forget_entities) for label in labels)
+    assert (out["n_forget"], out["n_retain"]) == (n_forget, len(labels) - n_forget)
 
 
 def test_unknown_attack_and_shift_are_refused(adapter: HFAdapter, suite: Suite) -> None:
