@@ -209,6 +209,16 @@ def test_same_seed_gives_same_losses(model_dir: Path, suite: Suite, turns: dict[
     assert runs[0] == pytest.approx(list(PINNED_GA_LOSSES), rel=1e-4)
 
 
+def test_min_steps_lifts_a_small_request_and_max_steps_still_wins(adapter: HFAdapter, suite: Suite,
+                                                                   turns: dict[str, list[Turn]]) -> None:
+    from_epochs = train(GA(), adapter, suite, turns, cfg(max_steps=0, epochs=0.01)).steps
+    assert from_epochs == 1
+    assert train(GA(), adapter, suite, turns, cfg(max_steps=0, epochs=0.01, min_steps=3)).steps == 3
+    assert train(GA(), adapter, suite, turns, cfg(max_steps=2, epochs=0.01, min_steps=3)).steps == 2
+    with pytest.raises(ConfigError, match="min_steps"):
+        cfg(min_steps=-1).validate()
+
+
 def test_unlearn_with_eraser_writes_steering_and_no_checkpoint(world: Path, model_dir: Path, tmp_path: Path) -> None:
     """MLLMEraser's result is the base model plus a steering file: no weights, no card, zero trainable cost."""
     out = api.unlearn("eraser", model_dir, world, tmp_path / "out", overrides=["max_items=4"], evaluate_after=False)

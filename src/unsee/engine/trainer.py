@@ -34,6 +34,9 @@ class TrainConfig:
     lr: float = opt(1e-5, "AdamW learning rate")
     epochs: float = opt(1.0, "passes over the forget stream (fractions allowed)")
     max_steps: int = opt(0, "stop after this many steps (0: from epochs)")
+    min_steps: int = opt(
+        0, "at least this many steps, however few forget images a request has: a schedule tuned on a "
+        "large request otherwise gives a small one too few updates (0: off; max_steps wins)")
     batch_size: int = opt(8, "global batch size of each stream")
     visual_lr_scale: float = opt(1.0, "learning rate of the visual module as a fraction of lr")
     weight_decay: float = opt(0.0, "AdamW weight decay")
@@ -60,8 +63,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.scope not in SCOPES:
             raise ConfigError(f"scope {self.scope!r} is not one of {', '.join(SCOPES)}")
-        if self.lr <= 0 or self.batch_size <= 0 or self.epochs < 0 or self.max_steps < 0:
-            raise ConfigError("lr and batch_size must be positive; epochs and max_steps non-negative")
+        if self.lr <= 0 or self.batch_size <= 0 or self.epochs < 0 or self.max_steps < 0 or self.min_steps < 0:
+            raise ConfigError("lr and batch_size must be positive; epochs, max_steps and min_steps non-negative")
 
 
 class Method(Protocol):
@@ -337,7 +340,8 @@ def train(
         raise UnseeError(f"scope {cfg.scope!r} leaves nothing to train for method {method.name!r}")
 
     n_forget = len(streams[method.streams[0]])
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * n_forget / cfg.batch_size)) * method.step_multiplier(ctx)
+    total = cfg.max_steps or max(1, cfg.min_steps, math.ceil(cfg.epochs * n_forget / cfg.batch_size)) \
+        * method.step_multiplier(ctx)
     visual = {id(p) for n, p in adapter.model.named_parameters() if adapter.group_of(n) != "language"}
     groups = [
         {"params": [p for p in params if id(p) not in visual], "lr": cfg.lr},
