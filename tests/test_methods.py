@@ -202,23 +202,29 @@ def test_cvf_augment_draws_fresh_views_each_step(model_dir: Path, suite: Suite, 
 
 
 def test_cvf_reference_cache_changes_nothing(model_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:
-    """The reference features of retained and neutral photos are computed once and reused: a loss drawn from
-    the cache equals one computed afresh, and the second call runs the reference on the forget photos alone."""
+    """The reference features of retained and neutral photos, and the retained photos' pixels, are computed
+    once and reused: a loss drawn from the caches equals one computed afresh, and the second call runs the
+    reference, and the image processor, on the forget photos alone."""
     from unsee.engine.trainer import Context, frozen_copy
 
     adapter = load_adapter(model_dir)
     batch = {k: turns[k][:2] for k in ("forget", "retain", "neutral")}
     ref = frozen_copy(adapter, visual_only=True)
     seen: list[int] = []
-    ref.image_inputs = lambda images, f=ref.image_inputs: seen.append(len(images)) or f(images)  # type: ignore[method-assign]
+    processed: list[int] = []
+    ref.visual_features = (  # type: ignore[method-assign]
+        lambda inputs, f=ref.visual_features: seen.append(inputs["pixel_values"].shape[0]) or f(inputs))
+    adapter.image_inputs = (  # type: ignore[method-assign]
+        lambda images, f=adapter.image_inputs: processed.append(len(images)) or f(images))
     ctx = Context(adapter, suite, cfg(), {}, reference=ref)
     cached = CVFNCU(CVFConfig(ncu=False))
     cached.setup(ctx)
     with torch.no_grad():
         first = cached.loss(ctx, batch)[0].item()
         seen.clear()
+        processed.clear()
         again = cached.loss(ctx, batch)[0].item()
-        assert seen == [len(images_of(batch["forget"]))]
+        assert seen == processed == [len(images_of(batch["forget"]))]
         fresh = CVFNCU(CVFConfig(ncu=False))
         fresh.setup(ctx)
         assert fresh.loss(ctx, batch)[0].item() == first == again

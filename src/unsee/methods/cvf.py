@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import BatchFeature
 
 from unsee.config import opt
 from unsee.data.augment import augment
@@ -73,6 +74,7 @@ class CVFNCU(BaseMethod):
     def setup(self, ctx: Context) -> None:
         self.seed = ctx.cfg.seed
         self._ref: dict[int, tuple[Any, torch.Tensor]] = {}
+        self._pixels: dict[int, tuple[Any, BatchFeature]] = {}
         if self.cfg.ncu:
             retain = [t.image for t in ctx.streams["retain"].turns if t.image is not None]
             general = [t.image for t in ctx.streams["general"].turns if t.image is not None] \
@@ -92,13 +94,14 @@ class CVFNCU(BaseMethod):
         if self.cfg.augment > 0:
             rng = np.random.default_rng(self.seed + ctx.step)
             f_img = [augment(im, rng, self.cfg.augment) for im in f_img]
+        f_in = a.image_inputs(f_img)  # the reference and the student see the same augmented pixels
         with torch.no_grad():
-            ref_f = pooled(token_features(ref, f_img))
+            ref_f = pooled(ref.visual_features(f_in))
         ref_r_tok = self._reference(ref, r_img)
         ref_r, ref_n = pooled(ref_r_tok), pooled(self._reference(ref, n_img))
-        s_f_tok = token_features(a, f_img)
+        s_f_tok = a.visual_features(f_in)
         s_f = pooled(s_f_tok)
-        s_r_tok = token_features(a, r_img)
+        s_r_tok = a.visual_features(self._inputs(a, r_img))
         s_r = pooled(s_r_tok)
         A = s_f.shape[0]
         # forget anchors: positives = neutral refs; negatives = own-identity refs + retained refs
@@ -140,6 +143,19 @@ class CVFNCU(BaseMethod):
         rng = np.random.default_rng(self.seed + 7919 * (ctx.step + 1))
         chosen = [pool[i] for i in rng.choice(len(pool), size=min(size * ctx.world, len(pool)), replace=False)]
         return ctx.shard(chosen)
+
+    def _inputs(self, adapter: HFAdapter, images: list) -> BatchFeature:
+        """The image processor's output for un-augmented images, each image processed once.
+
+        Retained photos come back every pass; preprocessing them again was a seventh of a
+        step. Each image's tensors are kept alone and concatenated along the batch axis,
+        which is how the processor batches them (pixel rows, or patch rows with their grids).
+        """
+        for im in images:
+            if id(im) not in self._pixels:
+                self._pixels[id(im)] = (im, adapter.image_inputs([im]))
+        parts = [self._pixels[id(im)][1] for im in images]
+        return BatchFeature({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
 
     @torch.no_grad()
     def _reference(self, ref: HFAdapter, images: list) -> list[torch.Tensor]:
