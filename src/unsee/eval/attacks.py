@@ -349,13 +349,12 @@ def probe(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steerin
         head = fit_probe(x[~held], y[~held], len(names), cfg.probe_steps, cfg.seed)
         with torch.no_grad():
             pred[held] = head(x[held]).argmax(-1)
-    truth = y
-    is_forget = torch.tensor([names[i] in forget for i in truth.tolist()])
+    is_forget = torch.tensor([names[i] in forget for i in y.tolist()])
     out: dict[str, Any] = {"classes": len(names), "chance": round(1 / len(names), 4),
                            "folds": len(views.unique())}
     for key, sel in (("forget", is_forget), ("retain", ~is_forget)):
         if sel.any():
-            out[f"{key}_acc"] = float((pred[sel] == truth[sel]).float().mean())
+            out[f"{key}_acc"] = float((pred[sel] == y[sel]).float().mean())
             out[f"n_{key}"] = int(sel.sum())
     return out
 

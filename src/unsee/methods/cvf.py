@@ -12,6 +12,7 @@ images' layer inputs; its covariances are computed once per model and data, and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from transformers import BatchFeature
 from unsee.config import opt
 from unsee.data.augment import augment
 from unsee.engine.trainer import Context
-from unsee.methods.base import BaseMethod, images_of, nll, pooled, token_features, token_mse
+from unsee.methods.base import BaseMethod, images_of, nll, pooled, token_mse
 from unsee.methods.ncu import add_covariances, input_covariances, install_projections
 from unsee.models.base import HFAdapter, Turn
 
@@ -122,7 +123,7 @@ class CVFNCU(BaseMethod):
             parts["token_f"] = l_t.item()
         kept = self._forgotten_batch(ctx, len(f_img))
         if kept and self.cfg.lambda_k > 0:
-            l_k = token_mse(token_features(a, kept), self._reference(ref, kept))
+            l_k = token_mse(a.visual_features(self._inputs(a, kept)), self._reference(ref, kept))
             loss = loss + self.cfg.lambda_k * l_k
             parts["distil_k"] = l_k.item()
         if self.cfg.lambda_o > 0:
@@ -150,11 +151,9 @@ class CVFNCU(BaseMethod):
         Retained photos come back every pass; preprocessing them again was a seventh of a
         step. Each image's tensors are kept alone and concatenated along the batch axis,
         which is how the processor batches them (pixel rows, or patch rows with their grids).
+        The reference is a copy of the student, with the same processor, so both share it.
         """
-        for im in images:
-            if id(im) not in self._pixels:
-                self._pixels[id(im)] = (im, adapter.image_inputs([im]))
-        parts = [self._pixels[id(im)][1] for im in images]
+        parts = _per_image(self._pixels, images, lambda missing: [adapter.image_inputs([im]) for im in missing])
         return BatchFeature({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
 
     @torch.no_grad()
@@ -162,14 +161,21 @@ class CVFNCU(BaseMethod):
         """The frozen reference's tokens of un-augmented images, each computed once.
 
         Retained and neutral photos come back every epoch and the reference never changes,
-        so recomputing them would be most of a step's visual compute. The image is kept
-        beside its features so that its ``id`` cannot be reused by another object.
+        so recomputing them would be most of a step's visual compute.
         """
-        missing = list({id(im): im for im in images if id(im) not in self._ref}.values())
-        if missing:
-            for im, tok in zip(missing, token_features(ref, missing), strict=True):
-                self._ref[id(im)] = (im, tok)
-        return [self._ref[id(im)][1] for im in images]
+        return _per_image(self._ref, images, lambda missing: ref.visual_features(self._inputs(ref, missing)))
+
+
+def _per_image(cache: dict[int, tuple[Any, Any]], images: list, compute: Callable[[list], list]) -> list:
+    """``compute`` of each image, looked up by ``id`` and computed once for the images not seen yet.
+
+    The image is kept beside its value so that its ``id`` cannot be reused by another object.
+    """
+    missing = list({id(im): im for im in images if id(im) not in cache}.values())
+    if missing:
+        for im, value in zip(missing, compute(missing), strict=True):
+            cache[id(im)] = (im, value)
+    return [cache[id(im)][1] for im in images]
 
 
 class CVFOnly(CVFNCU):

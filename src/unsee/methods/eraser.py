@@ -20,6 +20,7 @@ the processor's ``image_mean``/``image_std`` for PGD) and forward hooks.
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext, suppress
@@ -506,7 +507,7 @@ class _Steerer:
         self.marker = generation_marker(adapter) if anchor is None else None
         self.prefill = True
         self.ends: torch.Tensor | None = None
-        # moved to each layer's device on first use: with a device_map, layers live apart
+        # moved to each layer's device on first use (_on)
         self.maps = {i: w.to(torch.float32) for i, w in steering.weights.items()}
         self.directions = {i: r.to(torch.float32) for i, r in steering.directions.items()}
         self.handles: list[Any] = []
@@ -554,16 +555,11 @@ class _Steerer:
 
     def _injection(self, i: int, h_last: torch.Tensor) -> torch.Tensor:
         """``h_last @ W_l``, or with a gate, ``max(c - tau, 0)/(1 - tau) * r_l`` where ``h_last @ W_l = c r_l``."""
-        w = self.maps[i]
-        if w.device != h_last.device:
-            w = self.maps[i] = w.to(h_last.device)
-        v = h_last.float() @ w
+        v = h_last.float() @ _on(self.maps, i, h_last.device)
         tau = self.steering.gate
         if not tau:
             return v
-        r = self.directions[i]
-        if r.device != h_last.device:
-            r = self.directions[i] = r.to(h_last.device)
+        r = _on(self.directions, i, h_last.device)
         c = (v @ r) / (r @ r)
         return ((c - tau).clamp(min=0) / (1 - tau))[:, None] * r[None, :]
 
@@ -584,6 +580,13 @@ class _Steerer:
             return (new, *output[1:]) if isinstance(output, tuple) else new
 
         return hook
+
+
+def _on(tensors: dict[int, torch.Tensor], i: int, device: torch.device) -> torch.Tensor:
+    """``tensors[i]`` on ``device``, moved there once: with a device_map, layers live apart."""
+    if tensors[i].device != device:
+        tensors[i] = tensors[i].to(device)
+    return tensors[i]
 
 
 def _cache_length(cache: Any) -> int:
@@ -741,10 +744,8 @@ def run_eraser(
         validation = _validation(suite, val_f, val_r, cfg.sweep_items, seed)
     neutral = suite.group("neutral") if cfg.erasure == "neutral" else []
     forget = draw(forget, cfg.max_items, seed)
-    kept = [*draw(retain, cfg.max_items, seed)]
-    for group in cfg.keep:
-        if group != "train_retain":
-            kept += draw(suite.groups.get(group, []), cfg.max_items, seed)  # a suite may lack it
+    groups = {g: suite.groups.get(g, []) for g in cfg.keep} | {"train_retain": retain}  # a suite may lack some
+    kept = [e for g in cfg.keep for e in draw(groups[g], cfg.max_items, seed)]
     # the erasure inputs only give r_l's mean: a seeded share of the forget prompts is enough
     recall = draw(forget, cfg.erasure_items, seed)
     inputs = (_turns(forget), erasure_turns(recall, draw(neutral, cfg.max_items, seed), cfg.erasure), _turns(kept))
@@ -761,8 +762,6 @@ def run_eraser(
 
 def draw(examples: Sequence[Example], n: int | None, seed: int) -> list[Example]:
     """At most ``n`` examples, a seeded draw kept in their original order (all of them when ``n`` is None)."""
-    import random
-
     if n is None or len(examples) <= n:
         return list(examples)
     keep = sorted(random.Random(seed).sample(range(len(examples)), n))
@@ -792,8 +791,6 @@ def validation_items(examples: Sequence[Example], pool: Sequence[Example], n: in
     """Four-option MCQ from training QA: the true answer and three other people's answers (from
     ``pool``) to the same question. Built from what a method may train on, so the sweep never
     sees a test item."""
-    import random
-
     by_question: dict[str, set[str]] = {}
     for e in pool:
         by_question.setdefault(e.question, set()).add(e.answer)
