@@ -278,3 +278,23 @@ def test_cvf_token_term_adds_its_loss(model_dir: Path, suite: Suite, turns: dict
             out[weight] = method.loss(ctx, batch)
     assert "token_f" not in out[0.0][1] and out[2.0][1]["token_f"] > 0
     assert out[2.0][0].item() == pytest.approx(out[0.0][0].item() + 2.0 * out[2.0][1]["token_f"], rel=1e-5)
+
+
+def test_cvf_adversarial_photos_stay_in_the_ball_and_raise_the_forget_loss(
+        model_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:
+    """The inner attack climbs the forget InfoNCE; a ball of radius 0 leaves the step exactly as without it."""
+    from unsee.engine.trainer import Context, frozen_copy
+
+    adapter = load_adapter(model_dir)
+    batch = {k: turns[k][:2] for k in ("forget", "retain", "neutral")}
+    ctx = Context(adapter, suite, cfg(), {}, reference=frozen_copy(adapter, visual_only=True))
+    out = {}
+    for key, kw in {"clean": {}, "point": {"adv_steps": 2, "adv_eps": 0.0}, "ball": {"adv_steps": 2}}.items():
+        method = CVFNCU(CVFConfig(ncu=False, **kw))
+        method.setup(ctx)
+        with torch.no_grad():
+            out[key] = method.loss(ctx, batch)
+    assert out["point"][0].item() == pytest.approx(out["clean"][0].item(), rel=1e-6)
+    assert out["ball"][1]["cvf_f"] > out["clean"][1]["cvf_f"]
+    assert out["ball"][1]["cvf_r"] == pytest.approx(out["clean"][1]["cvf_r"], rel=1e-6)
+    assert all(p.grad is None for p in adapter.model.parameters())

@@ -146,32 +146,43 @@ def pixel_bounds(adapter: HFAdapter, pixel_values: torch.Tensor) -> tuple[torch.
             _channel_view(torch.tensor(ip.image_std, **kw), pixel_values))
 
 
-def pgd_pixels(adapter: HFAdapter, turns: Sequence[Turn], eps: float, step: float, steps: int) -> torch.Tensor:
-    """PGD towards each turn's answer, on the processor's ``pixel_values`` directly.
+def linf_ascent(adapter: HFAdapter, clean: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor],
+                eps: float, step: float, steps: int) -> torch.Tensor:
+    """Sign-gradient ascent of ``objective(pixel_values)`` inside an L-inf ball, on the processor's output.
 
     Re-running the image processor on a perturbed PIL image is not differentiable, so the
     *normalised* output is perturbed instead: a radius ``e`` in [0, 1] pixel units is
     ``e / std_c`` there, and channel ``c`` stays in ``[(0 - mean_c) / std_c, (1 - mean_c) / std_c]``,
-    the same L-inf ball as perturbing the resized pixels. Sign-gradient ascent on the
-    answer's log-likelihood, no random start: the result is deterministic. (Qwen-VL repeats
-    each frame ``temporal_patch_size`` times inside a patch; the copies move independently.)
+    the same L-inf ball as perturbing the resized pixels. No random start: the result is
+    deterministic. (Qwen-VL repeats each frame ``temporal_patch_size`` times inside a patch;
+    the copies move independently.) Only the pixels get a gradient; no parameter's ``.grad`` moves.
     """
-    if any(t.image is None or not t.answer for t in turns):
-        raise DataError("PGD needs an image and the correct answer on every prompt")
-    batch = adapter.to_device(adapter.training_batch(turns))
-    clean = batch["pixel_values"].detach()
+    clean = clean.detach()
     mean, std = pixel_bounds(adapter, clean)
     radius, stride = eps / std, step / std
     lo, hi = (0 - mean) / std, (1 - mean) / std
     delta = torch.zeros_like(clean)
-    with adapter.eval_mode(), torch.enable_grad():
+    with torch.enable_grad():
         for _ in range(steps):
             pv = (clean + delta).requires_grad_(True)
-            batch["pixel_values"] = pv
-            (grad,) = torch.autograd.grad(adapter.answer_logprobs(batch).sum(), pv)
+            (grad,) = torch.autograd.grad(objective(pv), pv)
             delta = torch.maximum(torch.minimum(delta + stride * grad.sign(), radius), -radius)
             delta = torch.maximum(torch.minimum(clean + delta, hi), lo) - clean
     return (clean + delta).detach()
+
+
+def pgd_pixels(adapter: HFAdapter, turns: Sequence[Turn], eps: float, step: float, steps: int) -> torch.Tensor:
+    """PGD towards each turn's answer: :func:`linf_ascent` of the answers' log-likelihood."""
+    if any(t.image is None or not t.answer for t in turns):
+        raise DataError("PGD needs an image and the correct answer on every prompt")
+    batch = adapter.to_device(adapter.training_batch(turns))
+
+    def answers(pv: torch.Tensor) -> torch.Tensor:
+        batch["pixel_values"] = pv
+        return adapter.answer_logprobs(batch).sum()
+
+    with adapter.eval_mode():
+        return linf_ascent(adapter, batch["pixel_values"], answers, eps, step, steps)
 
 
 def split_pixels(batch: Any) -> list[torch.Tensor]:

@@ -24,6 +24,7 @@ from transformers import BatchFeature
 from unsee.config import opt
 from unsee.data.augment import augment
 from unsee.engine.trainer import Context
+from unsee.eval.attacks import linf_ascent
 from unsee.methods.base import BaseMethod, images_of, nll, pooled, token_mse
 from unsee.methods.ncu import add_covariances, input_covariances, install_projections
 from unsee.models.base import HFAdapter, Turn
@@ -40,6 +41,11 @@ class CVFConfig:
         "neutral token (an addition to the spec; the pooled InfoNCE leaves identity in the tokens)")
     augment: float = opt(0.0, "strength of fresh crops and colour jitter on the forget photos at every step, so "
                          "that forgetting reaches other views of the person (0: off)")
+    adv_steps: int = opt(
+        0, "adversarial forgetting: sign-gradient steps that move each forget photo, within adv_eps, back towards "
+        "its own identity (up the forget InfoNCE) before the step trains on it, so that no nearby image is "
+        "recognised either (0: off)")
+    adv_eps: float = opt(8 / 255, "adversarial forgetting: L-inf radius in [0, 1] pixel units")
     ncu: bool = opt(True, "constrain updates to the retained null space")
     energy: float = opt(0.01, "NCU: keep the eigen-directions holding at most this fraction of the energy")
     ncu_images: int = opt(256, "NCU: retained images used for the covariance")
@@ -100,15 +106,25 @@ class CVFNCU(BaseMethod):
             ref_f = pooled(ref.visual_features(f_in))
         ref_r_tok = self._reference(ref, r_img)
         ref_r, ref_n = pooled(ref_r_tok), pooled(self._reference(ref, n_img))
-        s_f_tok = a.visual_features(f_in)
-        s_f = pooled(s_f_tok)
         s_r_tok = a.visual_features(self._inputs(a, r_img))
         s_r = pooled(s_r_tok)
-        A = s_f.shape[0]
+        A = len(f_img)
         # forget anchors: positives = neutral refs; negatives = own-identity refs + retained refs
         pos = ref_n.unsqueeze(0).expand(A, -1, -1)
         neg = torch.cat([ref_f.unsqueeze(0).expand(A, -1, -1), ref_r.unsqueeze(0).expand(A, -1, -1)], 1)
+
+        def forget_nce(pixels: torch.Tensor) -> torch.Tensor:
+            return info_nce(pooled(a.visual_features(BatchFeature({**f_in, "pixel_values": pixels}))), pos, neg,
+                            self.cfg.tau)
+
+        s_f_tok = a.visual_features(f_in)
+        s_f = pooled(s_f_tok)
         l_f = info_nce(s_f, pos, neg, self.cfg.tau)
+        if self.cfg.adv_steps > 0:
+            # the clean photos stay anchors too: trained on the attacked ones alone, the clean forgetting weakened
+            attacked = linf_ascent(a, f_in["pixel_values"], forget_nce, self.cfg.adv_eps,
+                                   2.5 * self.cfg.adv_eps / self.cfg.adv_steps, self.cfg.adv_steps)
+            l_f = (l_f + forget_nce(attacked)) / 2
         # retain anchors: positive = own reference; negatives = the other identities in the batch
         R = s_r.shape[0]
         others = torch.stack([torch.cat([ref_r[torch.arange(R) != i], ref_f]) for i in range(R)])
