@@ -90,15 +90,18 @@ def test_stage1_trains_on_the_worlds_pool_and_is_shared_by_worlds_with_that_pool
     assert not list(cache.glob("*.partial"))  # finished stages leave no checkpoint behind
 
 
+@pytest.mark.parametrize("general", [0, 3])
 def test_stage1_resumes_from_its_checkpoint_with_the_same_weights(world: Path, model: Path, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    general: int) -> None:
     from unsee.data import render
 
     pool = world_pretrain_identities(load_world_info(world))
     cfg = load_config(ft.FinetuneConfig, "quick", ["vision_steps=5", "vision_batch=4", "checkpoint_every=2",
-                                                   "progress=false"], kind="finetune")
+                                                   "progress=false", f"vision_general={general}"], kind="finetune")
     whole = load_adapter(model)
-    ft.pretrain_vision(whole, cfg, pool)
+    stats = ft.pretrain_vision(whole, cfg, pool)
+    assert ("general_acc" in stats) == (general > 0)
 
     real, calls = render.pretrain_batch, []
 
@@ -118,6 +121,21 @@ def test_stage1_resumes_from_its_checkpoint_with_the_same_weights(world: Path, m
     a, b = ft.visual_state(whole), ft.visual_state(resumed)
     assert all(torch.equal(a[n], b[n]) for n in a)
     assert not torch.equal(a[next(iter(a))], ft.visual_state(load_adapter(model))[next(iter(a))])
+
+
+def test_stage1_general_scenes_teach_the_encoder(world: Path, model: Path) -> None:
+    """The scenes' heads learn (their accuracy on fresh scenes beats chance) and the encoder moves with them."""
+    pool = world_pretrain_identities(load_world_info(world))
+    base = ["vision_steps=40", "vision_batch=4", "vision_lr=3e-3", "progress=false"]
+    only = load_adapter(model)
+    ft.pretrain_vision(only, load_config(ft.FinetuneConfig, "quick", base, kind="finetune"), pool)
+    both = load_adapter(model)
+    stats = ft.pretrain_vision(both, load_config(ft.FinetuneConfig, "quick", [*base, "vision_general=8"],
+                                                 kind="finetune"), pool)
+    # chance over the four attributes is about 1/5 (8 colours, 6 shapes, 4 counts, 4 positions)
+    assert stats["general_acc"] > 0.4
+    a, b = ft.visual_state(only), ft.visual_state(both)
+    assert any(not torch.equal(a[n], b[n]) for n in a)
 
 
 # The stage-3 loss (mean NLL over the last tenth of its steps) of RECIPE on WORLD, recorded on CPU
