@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unsee.data.schema import Suite
-from unsee.engine.trainer import TrainConfig, train
+from unsee.engine.trainer import Context, TrainConfig, frozen_copy, train
 from unsee.methods import method_class
 from unsee.methods.base import images_of, nll
 from unsee.methods.baselines import SFT
@@ -115,6 +115,22 @@ def test_mmunlearner_under_lora_masks_the_adapter_weights(trained_dir: Path, sui
 
 
 # ---- CVF ------------------------------------------------------------------------------------------------
+def cvf_context(model_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> tuple[HFAdapter, dict, Context]:
+    """A fresh model, a batch of two photos a stream, and a step context with a frozen visual reference."""
+    adapter = load_adapter(model_dir)
+    batch = {k: turns[k][:2] for k in ("forget", "retain", "neutral")}
+    return adapter, batch, Context(adapter, suite, cfg(), {}, reference=frozen_copy(adapter, visual_only=True))
+
+
+def cvf_losses(ctx: Context, batch: dict, configs: dict[Any, CVFConfig]) -> dict[Any, tuple[torch.Tensor, dict]]:
+    """One CVF loss (and its parts) per config, on the same batch and reference, without a gradient."""
+    out = {}
+    for key, config in configs.items():
+        method = CVFNCU(config)
+        method.setup(ctx)
+        with torch.no_grad():
+            out[key] = method.loss(ctx, batch)
+    return out
 def test_info_nce_falls_under_sgd() -> None:
     g = torch.Generator().manual_seed(0)
     raw = torch.randn(4, 8, generator=g, requires_grad=True)
@@ -182,14 +198,10 @@ def test_ncu_projection_preserves_retained_outputs(trained_dir: Path, suite: Sui
 
 def test_cvf_augment_draws_fresh_views_each_step(model_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:
     """With augment the forget photos differ from step to step (the loss moves); without, it repeats."""
-    from unsee.engine.trainer import Context, frozen_copy
-
-    adapter = load_adapter(model_dir)
-    batch = {k: turns[k][:2] for k in ("forget", "retain", "neutral")}
+    _, batch, ctx = cvf_context(model_dir, suite, turns)
     losses = {}
     for strength in (0.0, 1.0):
         method = CVFNCU(CVFConfig(augment=strength, ncu=False))
-        ctx = Context(adapter, suite, cfg(), {}, reference=frozen_copy(adapter, visual_only=True))
         method.setup(ctx)
         values = []
         for step in (0, 1):
@@ -205,8 +217,6 @@ def test_cvf_reference_cache_changes_nothing(model_dir: Path, suite: Suite, turn
     """The reference features of retained and neutral photos, and the retained photos' pixels, are computed
     once and reused: a loss drawn from the caches equals one computed afresh, and the second call runs the
     reference, and the image processor, on the forget photos alone."""
-    from unsee.engine.trainer import Context, frozen_copy
-
     adapter = load_adapter(model_dir)
     batch = {k: turns[k][:2] for k in ("forget", "retain", "neutral")}
     ref = frozen_copy(adapter, visual_only=True)
@@ -234,12 +244,8 @@ def test_cvf_holds_already_forgotten_images_in_continual_runs(model_dir: Path, s
                                                              turns: dict[str, list[Turn]]) -> None:
     """With earlier targets' images, each step adds their token distillation onto the reference: zero while the
     student still equals the reference, ``lambda_k`` times its value once the student has moved."""
-    from unsee.engine.trainer import Context, frozen_copy
-
-    adapter = load_adapter(model_dir)
-    batch = {k: turns[k][:2] for k in ("forget", "retain", "neutral")}
+    adapter, batch, ctx = cvf_context(model_dir, suite, turns)
     done = images_of(turns["retain"][-3:])
-    ctx = Context(adapter, suite, cfg(), {}, reference=frozen_copy(adapter, visual_only=True))
     out = {}
     for weight in (0.0, 3.0):
         method = CVFNCU(CVFConfig(ncu=False, lambda_k=weight, forgotten_images=done))
@@ -265,35 +271,19 @@ def test_cvf_ncu_loss_trajectory_is_pinned(trained_dir: Path, suite: Suite, turn
 
 
 def test_cvf_token_term_adds_its_loss(model_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:
-    from unsee.engine.trainer import Context, frozen_copy
-
-    adapter = load_adapter(model_dir)
-    batch = {k: turns[k][:2] for k in ("forget", "retain", "neutral")}
-    ctx = Context(adapter, suite, cfg(), {}, reference=frozen_copy(adapter, visual_only=True))
-    out = {}
-    for weight in (0.0, 2.0):
-        method = CVFNCU(CVFConfig(lambda_t=weight, ncu=False))
-        method.setup(ctx)
-        with torch.no_grad():
-            out[weight] = method.loss(ctx, batch)
+    _, batch, ctx = cvf_context(model_dir, suite, turns)
+    out = cvf_losses(ctx, batch, {w: CVFConfig(lambda_t=w, ncu=False) for w in (0.0, 2.0)})
     assert "token_f" not in out[0.0][1] and out[2.0][1]["token_f"] > 0
     assert out[2.0][0].item() == pytest.approx(out[0.0][0].item() + 2.0 * out[2.0][1]["token_f"], rel=1e-5)
 
 
-def test_cvf_adversarial_photos_stay_in_the_ball_and_raise_the_forget_loss(
+def test_cvf_adversarial_photos_raise_the_forget_loss_and_a_ball_of_radius_0_changes_nothing(
         model_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:
-    """The inner attack climbs the forget InfoNCE; a ball of radius 0 leaves the step exactly as without it."""
-    from unsee.engine.trainer import Context, frozen_copy
-
-    adapter = load_adapter(model_dir)
-    batch = {k: turns[k][:2] for k in ("forget", "retain", "neutral")}
-    ctx = Context(adapter, suite, cfg(), {}, reference=frozen_copy(adapter, visual_only=True))
-    out = {}
-    for key, kw in {"clean": {}, "point": {"adv_steps": 2, "adv_eps": 0.0}, "ball": {"adv_steps": 2}}.items():
-        method = CVFNCU(CVFConfig(ncu=False, **kw))
-        method.setup(ctx)
-        with torch.no_grad():
-            out[key] = method.loss(ctx, batch)
+    """The inner attack climbs the forget InfoNCE; a ball of radius 0 leaves the step exactly as without it.
+    (The ball's bound is the PGD audit's, tested in tests/test_attacks.py: both use ``linf_ascent``.)"""
+    adapter, batch, ctx = cvf_context(model_dir, suite, turns)
+    settings: dict[str, dict] = {"clean": {}, "point": {"adv_steps": 2, "adv_eps": 0.0}, "ball": {"adv_steps": 2}}
+    out = cvf_losses(ctx, batch, {key: CVFConfig(ncu=False, **kw) for key, kw in settings.items()})
     assert out["point"][0].item() == pytest.approx(out["clean"][0].item(), rel=1e-6)
     assert out["ball"][1]["cvf_f"] > out["clean"][1]["cvf_f"]
     assert out["ball"][1]["cvf_r"] == pytest.approx(out["clean"][1]["cvf_r"], rel=1e-6)

@@ -152,15 +152,21 @@ class _GeneralHeads(torch.nn.Module):
         x = torch.stack([f.flatten() for f in feats])
         losses, hits, n = [], 0, 0
         for kind, classes in self.classes.items():
-            keep = [i for i, it in enumerate(items) if str(getattr(it, kind))]
+            values = [str(getattr(it, kind)) for it in items]
+            keep = [i for i, v in enumerate(values) if v]
             if not keep:
                 continue
-            y = torch.tensor([classes.index(str(getattr(items[i], kind))) for i in keep])
+            y = torch.tensor([classes.index(values[i]) for i in keep])
             logits = self.heads[kind](x[keep])
             losses.append(F.cross_entropy(logits, y))
             hits += int((logits.argmax(-1) == y).sum())
             n += len(keep)
         return torch.stack(losses).mean(), hits / max(n, 1)
+
+
+def _ema(running: float, value: float, step: int) -> float:
+    """The progress bar's running figure: the first value, then an exponential average over ~20 steps."""
+    return value if step == 0 else 0.95 * running + 0.05 * value
 
 
 def general_batch(rng: np.random.Generator, batch: int, size: int = 64) -> tuple[list[Image.Image], list[Any]]:
@@ -223,15 +229,14 @@ def pretrain_vision(adapter: HFAdapter, cfg: FinetuneConfig, identities: list[Id
             scenes, items = general_batch(rng, cfg.vision_general)
             g_loss, g_acc = general.loss(adapter.visual_features(adapter.image_inputs(scenes)), items)
             loss = loss + cfg.vision_general_weight * g_loss
-            g_ema = g_acc if step == 0 else 0.95 * g_ema + 0.05 * g_acc
+            g_ema = _ema(g_ema, g_acc, step)
         opt_.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt_.step()
         sched.step()
         acc = (cos.argmax(-1) == y).float().mean().item()
-        acc_ema = acc if step == 0 else 0.95 * acc_ema + 0.05 * acc
-        loss_ema = loss.item() if step == 0 else 0.95 * loss_ema + 0.05 * loss.item()
+        acc_ema, loss_ema = _ema(acc_ema, acc, step), _ema(loss_ema, loss.item(), step)
         bar.set_postfix(loss=f"{loss_ema:.3f}", acc=f"{acc_ema:.2f}",
                         **({"general": f"{g_ema:.2f}"} if general is not None else {}))
         done = step + 1

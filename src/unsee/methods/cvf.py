@@ -113,18 +113,19 @@ class CVFNCU(BaseMethod):
         pos = ref_n.unsqueeze(0).expand(A, -1, -1)
         neg = torch.cat([ref_f.unsqueeze(0).expand(A, -1, -1), ref_r.unsqueeze(0).expand(A, -1, -1)], 1)
 
-        def forget_nce(pixels: torch.Tensor) -> torch.Tensor:
-            return info_nce(pooled(a.visual_features(BatchFeature({**f_in, "pixel_values": pixels}))), pos, neg,
-                            self.cfg.tau)
+        def forget_nce(tokens: list[torch.Tensor]) -> torch.Tensor:
+            return info_nce(pooled(tokens), pos, neg, self.cfg.tau)
+
+        def at(pixels: torch.Tensor) -> list[torch.Tensor]:
+            return a.visual_features(BatchFeature({**f_in, "pixel_values": pixels}))
 
         s_f_tok = a.visual_features(f_in)
-        s_f = pooled(s_f_tok)
-        l_f = info_nce(s_f, pos, neg, self.cfg.tau)
+        l_f = forget_nce(s_f_tok)
         if self.cfg.adv_steps > 0:
             # the clean photos stay anchors too: trained on the attacked ones alone, the clean forgetting weakened
-            attacked = linf_ascent(a, f_in["pixel_values"], forget_nce, self.cfg.adv_eps,
+            attacked = linf_ascent(a, f_in["pixel_values"], lambda pv: forget_nce(at(pv)), self.cfg.adv_eps,
                                    2.5 * self.cfg.adv_eps / self.cfg.adv_steps, self.cfg.adv_steps)
-            l_f = (l_f + forget_nce(attacked)) / 2
+            l_f = (l_f + forget_nce(at(attacked))) / 2
         # retain anchors: positive = own reference; negatives = the other identities in the batch
         R = s_r.shape[0]
         others = torch.stack([torch.cat([ref_r[torch.arange(R) != i], ref_f]) for i in range(R)])
