@@ -336,6 +336,15 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, steps: int, seed
     return head
 
 
+def probe_predict(x_fit: torch.Tensor, y_fit: torch.Tensor, x_test: torch.Tensor, n_classes: int, steps: int,
+                  seed: int) -> torch.Tensor:
+    """Predictions for ``x_test`` by :func:`fit_probe` on ``x_fit``, both standardised by ``x_fit``'s moments."""
+    mu, sd = x_fit.mean(0), x_fit.std(0).clamp(min=1e-6)
+    head = fit_probe((x_fit - mu) / sd, y_fit, n_classes, steps, seed)
+    with torch.no_grad():
+        return head((x_test - mu) / sd).argmax(-1)
+
+
 def probe(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steering | None = None) -> dict[str, Any]:
     """Held-out-view accuracy of a linear identity probe, split by forget and retained people.
 
@@ -355,11 +364,7 @@ def probe(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steerin
     pred = torch.empty_like(y)
     for fold in views.unique().tolist():
         held = views == fold
-        mu, sd = feats[~held].mean(0), feats[~held].std(0).clamp(min=1e-6)
-        x = (feats - mu) / sd
-        head = fit_probe(x[~held], y[~held], len(names), cfg.probe_steps, cfg.seed)
-        with torch.no_grad():
-            pred[held] = head(x[held]).argmax(-1)
+        pred[held] = probe_predict(feats[~held], y[~held], feats[held], len(names), cfg.probe_steps, cfg.seed)
     is_forget = torch.tensor([names[i] in forget for i in y.tolist()])
     out: dict[str, Any] = {"classes": len(names), "chance": round(1 / len(names), 4),
                            "folds": len(views.unique())}
