@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from unsee import api
+from unsee.data.collate import Stream
 from unsee.data.schema import Suite
 from unsee.engine.trainer import Context, TrainConfig, train
 from unsee.errors import ConfigError, DataError, OutputExistsError, TrainingError, UnseeError
@@ -207,6 +208,70 @@ def test_same_seed_gives_same_losses(model_dir: Path, suite: Suite, turns: dict[
     runs = [train(GA(), load_adapter(model_dir), suite, turns, cfg(max_steps=3, seed=0)).losses for _ in range(2)]
     assert runs[0] == runs[1]
     assert runs[0] == pytest.approx(list(PINNED_GA_LOSSES), rel=1e-4)
+
+
+def _lengthy_turns(n: int) -> tuple[list[Turn], list[int]]:
+    lengths = [(i * 7919) % 23 + 1 for i in range(n)]
+    return [Turn(None, f"q{i}", "a" * k) for i, k in enumerate(lengths)], lengths
+
+
+def test_grouped_stream_visits_every_turn_once_an_epoch_in_short_padding_batches() -> None:
+    items, lengths = _lengthy_turns(103)  # not a multiple of the batch: an incomplete batch carries over
+    plain = Stream(items, 4, seed=1)
+    grouped = Stream(items, 4, seed=1, lengths=lengths, window=5)
+
+    seen: list[int] = []
+    pad = {"plain": 0, "grouped": 0}
+    for name, stream in (("plain", plain), ("grouped", grouped)):
+        for _ in range(25 * 3):  # three epochs of 103 turns, less a remainder
+            batch = next(stream)
+            assert len(batch) == 4
+            rows = [len(t.answer) for t in batch]
+            pad[name] += max(rows) * len(rows) - sum(rows)
+            if name == "grouped":
+                seen += [int(t.prompt[1:]) for t in batch]
+    # what was served and what still waits make whole epochs: every turn, none dropped or doubled
+    counts = torch.bincount(torch.tensor(seen + grouped._order), minlength=103)
+    assert counts.min() == counts.max() == 3
+    assert pad["grouped"] < 0.5 * pad["plain"]
+
+
+def test_grouped_stream_is_seeded_shuffled_and_resumable() -> None:
+    items, lengths = _lengthy_turns(64)
+
+    def prompts(stream: Stream, n: int) -> list[list[str]]:
+        return [[t.prompt for t in next(stream)] for _ in range(n)]
+
+    a, b = (Stream(items, 4, seed=3, lengths=lengths) for _ in range(2))
+    first = prompts(a, 7)
+    assert first == prompts(b, 7)
+    # batches are not served shortest first: the grouped batches are shuffled
+    heads = [min(lengths[int(p[1:])] for p in batch) for batch in first]
+    assert heads != sorted(heads)
+    state = a.state_dict()
+    c = Stream(items, 4, seed=99, lengths=lengths)
+    c.load_state_dict(*state)
+    assert prompts(c, 20) == prompts(a, 20)
+    with pytest.raises(ValueError, match="lengths"):
+        Stream(items, 4, seed=0, lengths=lengths[:-1])
+
+
+def test_training_lengths_are_the_rows_of_the_training_batch(adapter: HFAdapter,
+                                                              turns: dict[str, list[Turn]]) -> None:
+    sample = [*turns["forget"][:3], Turn(None, "Where was Ada born?", "in a very long answer indeed"),
+              dataclasses.replace(turns["forget"][0], follow=(("And the pet?", "a cat"),))]
+    lengths = adapter.training_lengths(sample)
+    assert lengths == [int(adapter.training_batch([t])["attention_mask"].sum()) for t in sample]
+    assert lengths[-1] > lengths[0]
+
+
+def test_group_by_length_trains_on_the_same_data_in_another_order(model_dir: Path, suite: Suite,
+                                                                  turns: dict[str, list[Turn]]) -> None:
+    plain = train(GA(), load_adapter(model_dir), suite, turns, cfg(max_steps=3)).losses
+    grouped = [train(GA(), load_adapter(model_dir), suite, turns, cfg(max_steps=3, group_by_length=True)).losses
+               for _ in range(2)]
+    assert grouped[0] == grouped[1]
+    assert grouped[0] != plain
 
 
 def test_min_steps_lifts_a_small_request_and_max_steps_still_wins(adapter: HFAdapter, suite: Suite,

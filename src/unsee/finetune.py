@@ -81,6 +81,7 @@ class FinetuneConfig:
     ft_augment: float = opt(1.0, "stage 3: augmentation strength of the fixed training views (0: off)")
     pack: int = opt(1, "stages 2-3: questions per training sequence about one image (or one person's text), "
                        "as a multi-turn conversation; 1: one question per sequence")
+    group_by_length: bool = opt(False, "stages 2-3: batch turns of similar token length together (less padding)")
     warmup_ratio: float = opt(0.05, "stages 2-3 warm-up")
     seed: int = opt(0, "seed of stages 2 and 3")
     checkpoint_every: int = opt(100, "steps between mid-stage checkpoints; an interrupted stage resumes there")
@@ -91,7 +92,8 @@ class FinetuneConfig:
 # key of the stage before. ``tests/test_finetune.py`` checks that every field is listed once.
 VISION_KEYS = ("vision_seed", "vision_steps", "vision_batch", "vision_lr", "cosface_margin", "cosface_scale",
                "vision_general", "vision_general_weight")
-BASE_KEYS = ("base_steps", "base_lr", "vision_lr_factor", "batch_size", "augment", "warmup_ratio", "seed", "pack")
+BASE_KEYS = ("base_steps", "base_lr", "vision_lr_factor", "batch_size", "augment", "warmup_ratio", "seed", "pack",
+             "group_by_length")
 FT_KEYS = ("ft_steps", "ft_lr", "ft_vision_lr_factor", "image_oversample", "replay", "ft_augment")
 UNHASHED_KEYS = ("checkpoint_every", "progress")
 # The code that trains stages 2 and 3: part of their key, so that new code retrains.
@@ -296,7 +298,7 @@ def _sft(adapter: HFAdapter, stage: _Stage, cfg: FinetuneConfig, checkpoint: Pat
     turns = stage.turns
     tcfg = TrainConfig(scope="full", lr=stage.lr, max_steps=stage.steps, batch_size=cfg.batch_size, seed=cfg.seed,
                        warmup_ratio=cfg.warmup_ratio, schedule="cosine", progress=cfg.progress, grad_clip=1.0,
-                       visual_lr_scale=stage.vision_lr_factor,
+                       visual_lr_scale=stage.vision_lr_factor, group_by_length=cfg.group_by_length,
                        checkpoint_dir=str(checkpoint) if checkpoint else "", checkpoint_every=cfg.checkpoint_every)
     res = train(_Augmented(stage.augment, cfg.seed), adapter, Suite("finetune", {}), {"train": turns}, tcfg,
                 desc=stage.desc)

@@ -72,15 +72,28 @@ class Stream:
 
     With several processes each takes its own slice of the same global batch, so a
     two-process run sees exactly the data of a one-process run.
+
+    Given ``lengths`` (the token count of each turn), each epoch's order is cut into windows
+    of ``window`` batches and each window sorted by length before it is batched, then the
+    batches are shuffled: a batch pads to its longest row, and mixing a one-line answer with a
+    five-exchange conversation wastes most of the short row. The windows keep the order random
+    at the scale of an epoch; the shuffle keeps long and short batches from coming in runs.
     """
 
-    def __init__(self, turns: Sequence[Turn], batch_size: int, seed: int, *, rank: int = 0, world: int = 1):
+    def __init__(self, turns: Sequence[Turn], batch_size: int, seed: int, *, rank: int = 0, world: int = 1,
+                 lengths: Sequence[int] | None = None, window: int = 50):
         if not turns:
             raise ValueError("a stream needs at least one item")
+        if lengths is not None and len(lengths) != len(turns):
+            raise ValueError(f"{len(lengths)} lengths for {len(turns)} turns")
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
         self.turns = list(turns)
         self.batch_size = batch_size
         self.gen = torch.Generator().manual_seed(seed)
         self.rank, self.world = rank, world
+        self.lengths = None if lengths is None else [int(n) for n in lengths]
+        self.window = window
         self._order: list[int] = []
 
     def __iter__(self) -> Iterator[list[Turn]]:
@@ -88,10 +101,31 @@ class Stream:
 
     def __next__(self) -> list[Turn]:
         while len(self._order) < self.batch_size:
-            self._order += torch.randperm(len(self.turns), generator=self.gen).tolist()
+            self._refill()
         idx, self._order = self._order[: self.batch_size], self._order[self.batch_size :]
         mine = idx[self.rank :: self.world]
         return [self.turns[i] for i in mine]
+
+    def _refill(self) -> None:
+        """Append one epoch. With lengths, the queue is regrouped whole: an incomplete batch
+        goes last and joins the next epoch's grouping, so no turn is ever dropped."""
+        order = self._order + torch.randperm(len(self.turns), generator=self.gen).tolist()
+        if self.lengths is None:
+            self._order = order
+            return
+        size, span = self.batch_size, self.window * self.batch_size
+        full: list[list[int]] = []
+        rest: list[int] = []
+        for start in range(0, len(order), span):
+            window = sorted(order[start : start + span], key=self.lengths.__getitem__)
+            for i in range(0, len(window), size):
+                batch = window[i : i + size]
+                if len(batch) == size:
+                    full.append(batch)
+                else:
+                    rest.extend(batch)
+        perm = torch.randperm(len(full), generator=self.gen).tolist()
+        self._order = [i for p in perm for i in full[p]] + rest
 
     def __len__(self) -> int:
         return len(self.turns)

@@ -38,6 +38,9 @@ class TrainConfig:
         0, "at least this many steps, however few forget images a request has: a schedule tuned on a "
         "large request otherwise gives a small one too few updates (0: off; max_steps wins)")
     batch_size: int = opt(8, "global batch size of each stream")
+    group_by_length: bool = opt(
+        False, "batch turns of similar token length together (shuffled within windows of 50 batches): "
+        "less padding, faster steps, a different data order")
     visual_lr_scale: float = opt(1.0, "learning rate of the visual module as a fraction of lr")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     grad_clip: float = opt(1.0, "clip the gradient norm (0: off)")
@@ -221,9 +224,13 @@ def unique_images(turns: list) -> list:
     return out
 
 
-def make_streams(turns: dict[str, list], cfg: TrainConfig, rank: int = 0, world: int = 1) -> dict[str, Stream]:
+def make_streams(turns: dict[str, list], cfg: TrainConfig, rank: int = 0, world: int = 1,
+                 lengths_of: Callable[[list], list[int]] | None = None) -> dict[str, Stream]:
+    """One seeded stream per data source; ``lengths_of`` measures turns when batches group by length."""
+    measure = lengths_of if cfg.group_by_length else None
     return {
-        name: Stream(items, cfg.batch_size, seed=cfg.seed * 1000 + i, rank=rank, world=world)
+        name: Stream(items, cfg.batch_size, seed=cfg.seed * 1000 + i, rank=rank, world=world,
+                     lengths=measure(items) if measure else None)
         for i, (name, items) in enumerate(sorted(turns.items()))
         if items
     }
@@ -318,7 +325,8 @@ def train(
     wanted = (*method.streams, *getattr(method, "optional_streams", ()))
     if getattr(method, "images_only", False):
         turns = {k: unique_images(v) for k, v in turns.items()}
-    streams = make_streams({k: v for k, v in turns.items() if k in wanted}, cfg, rank, world)
+    streams = make_streams({k: v for k, v in turns.items() if k in wanted}, cfg, rank, world,
+                           lengths_of=adapter.training_lengths)
     adapter.model.to(accelerator.device)
     parked = _park_language(adapter) if accelerator.device.type != "cpu" and not method.uses_language else None
 

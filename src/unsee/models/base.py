@@ -221,6 +221,21 @@ class HFAdapter:
             enc["mm_token_type_ids"] = (input_ids == self.image_token_id).long()
         return enc
 
+    def training_lengths(self, turns: Sequence[Turn]) -> list[int]:
+        """The token count of each turn's :meth:`training_batch` row, for grouping batches by length.
+
+        Exact, since it is that method's own output; turns alike in image size and text are
+        measured once, which makes ten thousand turns a second's work.
+        """
+        measured: dict[tuple, int] = {}
+        out = []
+        for t in turns:
+            key = (None if t.image is None else t.image.size, t.prompt, t.answer, t.follow)
+            if key not in measured:
+                measured[key] = int(self.training_batch([t])["attention_mask"].sum())
+            out.append(measured[key])
+        return out
+
     def _text_ids(self, text: str) -> torch.Tensor:
         return self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
 
