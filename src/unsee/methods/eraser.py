@@ -532,7 +532,7 @@ class _Steerer:
         self.handles.clear()
 
     def _pre(self, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # renamed in transformers 5.24
         self.prefill = cache is None or _cache_length(cache) == 0
         if not self.prefill:
             return
