@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import inspect
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -346,7 +345,9 @@ class HFAdapter:
         owner = torch.tensor([i for i, opts in enumerate(options) for _ in opts], device=self.device)
         rows = [self._text_ids(self._answer_text(o)) for opts in options for o in opts]
         ids, keep = (t.to(self.device) for t in _right_pad(rows, self.tokenizer.pad_token_id))
-        name = self.cache_name
+        # transformers 5.24 renamed past_key_values to cache (the old name warns, then goes in 5.40);
+        # the output says which name this version takes, also through a PEFT wrapper
+        name = "cache" if "cache" in getattr(type(out), "__dataclass_fields__", {}) else "past_key_values"
         cache = getattr(out, name)
         cache.batch_select_indices(owner)
         mask = torch.cat([prefix["attention_mask"][owner], keep], dim=1)
@@ -356,12 +357,6 @@ class HFAdapter:
         total = first[owner].gather(-1, ids[:, :1]).squeeze(-1) + (logp * keep[:, 1:]).sum(-1)
         flat = iter(total.tolist())
         return [[next(flat) for _ in opts] for opts in options]
-
-    @property
-    def cache_name(self) -> str:
-        """The key/value cache's name in the model's forward and output: transformers 5.24 renamed
-        ``past_key_values`` to ``cache``, and the old name warns, then goes in 5.40."""
-        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     def _continuation_kwargs(self, mask: torch.Tensor, owner: torch.Tensor, width: int) -> dict[str, Any]:
         """Extra inputs for tokens that continue a cached prompt; rotary positions simply go on."""
