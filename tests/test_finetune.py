@@ -144,8 +144,9 @@ def test_stage1_general_scenes_teach_the_encoder(world: Path, model: Path) -> No
 
 # The stage-3 loss (mean NLL over the last tenth of its steps) of RECIPE on WORLD, recorded on CPU
 # with torch 2.13. A change of the loop, the data order, the augmentation, the schedule or the loss
-# moves it; the tolerance only absorbs floating-point noise.
-PINNED_FT_NLL = 6.55772203207016
+# moves it, and so does a change of the world's training data (count spread over the general scenes:
+# 6.558 -> 6.595); the tolerance only absorbs floating-point noise.
+PINNED_FT_NLL = 6.594520330429077
 PINNED_TOLERANCE = 1e-3
 
 

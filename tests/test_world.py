@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from unsee.data.render import (
     sample_general_item,
     sample_identity,
     sample_view,
+    spread_count,
     trait_distance,
 )
 from unsee.data.world import (
@@ -266,6 +268,22 @@ def test_general_training_scenes_teach_every_question_they_answer(world: Path) -
         assert (qa[0]["Question"], qa[0]["Answer"]) == (it.question, it.answer)  # its own question first
         assert any(q["Answer"] == it.colour for q in qa) and any(q["Answer"] == it.shape for q in qa)
         assert (len(qa) == 4) == (it.kind == "position")
+
+
+def test_training_scenes_spread_count_and_keep_their_question() -> None:
+    rng, spread_rng = np.random.default_rng(5), np.random.default_rng(6)
+    items = [sample_general_item(rng) for _ in range(400)]
+    spread = [spread_count(it, spread_rng) for it in items]
+    counts = Counter(s.count for s in spread)
+    assert set(counts) == {1, 2, 3, 4} and counts[1] < 0.5 * len(spread)  # 0.81 of the scenes, unspread
+    for it, s in zip(items, spread, strict=True):
+        assert (s.kind, s.question, s.options, s.correct, s.colour, s.shape) == \
+            (it.kind, it.question, it.options, it.correct, it.colour, it.shape)
+        assert len(s.centres) == s.count
+        if it.kind in ("count", "position"):
+            assert s == it  # their count or their single edge object is what they ask about
+    assert sum(s.count > 1 for s in spread if s.kind == "shape") > 50
+    assert Counter(it.count for it in items)[1] > 0.75 * len(items)
 
 
 def test_pretrain_pool_never_holds_world_people(world: Path) -> None:
