@@ -579,7 +579,9 @@ def _options(rng: np.random.Generator, answer: str, pool: tuple[str, ...]) -> tu
 
 def _grid_centres(rng: np.random.Generator, count: int) -> tuple[tuple[float, float], ...]:
     """``count`` objects in distinct cells of a 3x3 grid, jittered; a lone one near the middle,
-    so that position is not a cue."""
+    so that position is not a cue. The grid is drawn even for a lone object, and then
+    discarded, so that :func:`sample_general_item` draws the stream it always drew and the
+    test scenes keep their bytes."""
     cells = rng.choice(9, size=count, replace=False)
     centres = tuple(
         (round((c % 3 + 0.5) / 3 + float(rng.uniform(-0.04, 0.04)), 4),

@@ -548,10 +548,11 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
     # --- general visual ability
     items = [sample_general_item(rng_gen) for _ in general_ids]
     rng_count = np.random.default_rng([s, 7])  # its own stream, so the test scenes stay as they were
+    train_items = [spread_count(it, rng_count) for it in items[: cfg.n_general_train]]
     ft_general_rows = [
         {"image": _png(render_general(it, size), f"{gid}.png"), "ID": gid,
          "metadata": json.dumps(it.training_qa())}
-        for gid, it in zip(train_g, (spread_count(it, rng_count) for it in items[: cfg.n_general_train]), strict=True)
+        for gid, it in zip(train_g, train_items, strict=True)
     ]
     general_rows = [_general_row(gid, it, size)
                     for gid, it in zip(eval_g, items[cfg.n_general_train:], strict=True)]
