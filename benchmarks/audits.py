@@ -10,7 +10,7 @@ settings the unlearning table reports, without training them again. The four att
 :mod:`unsee.eval.attacks` run on each model, the probe's baseline being the vanilla model's
 visual module; the vanilla model itself is attacked too, as the reference row. Targets
 (``cvf_ncu``): relearning AG <= 10 points, forget accuracy under PGD <= 0.40, probe accuracy
-on forget identities falling toward chance.
+on forget identities falling toward chance: at least halfway from the vanilla model's to chance.
 """
 
 from __future__ import annotations
@@ -27,6 +27,18 @@ from unsee.eval.results import environment
 from unsee.io import atomic_write_json
 from unsee.methods.eraser import STEERING_FILE
 from unsee.models import load_adapter
+
+
+def probe_check(probe: dict) -> dict:
+    """The probe target: forget-people accuracy at least halfway from the vanilla model's down to chance.
+
+    Any drop at all would pass a model whose features still name the people: 1.00 -> 0.97 is one
+    photo in 30."""
+    value, vanilla, chance = probe.get("forget_acc"), probe.get("vanilla_forget_acc"), probe.get("chance")
+    if value is None or vanilla is None or chance is None:
+        return {"value": value, "vanilla": vanilla, "chance": chance, "target": None, "pass": None}
+    bound = round((vanilla + chance) / 2, 4)
+    return {"value": value, "vanilla": vanilla, "chance": chance, "target": f"<= {bound}", "pass": value <= bound}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -68,11 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
         targets["cvf_ncu"] = {
             "relearn_ag": check(a.get("relearn", {}).get("ag"), "<=", 10.0),
             "pgd_forget": check(a.get("pgd", {}).get("forget_attacked"), "<=", 0.40),
-            "probe_forget_drop": {
-                "value": probe.get("forget_acc"), "vanilla": probe.get("vanilla_forget_acc"),
-                "chance": probe.get("chance"),
-                "pass": None if probe.get("forget_acc") is None else probe["forget_acc"] < probe["vanilla_forget_acc"],
-            },
+            "probe_forget_toward_chance": probe_check(probe),
         }
     result = {"benchmark": "audits", "world": args.world, "arch": args.arch, "forget": args.forget,
               "settings": settings, "attacks": rows, "targets": targets, "environment": environment()}

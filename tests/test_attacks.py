@@ -65,6 +65,22 @@ def test_attack_reports_its_numbers_and_leaves_the_model_alone(kind: str, adapte
     if kind == "relearn":
         assert out["ag"] == pytest.approx(100 * (out["unseen_after"] - out["unseen_before"]), abs=0.01)
         assert out["people_seen"] == out["people_unseen"] == 1
+        # two people give two halves, each relearned once; the figures are their means
+        assert [len(r["seen"]) for r in out["splits"]] == [1, 1]
+        assert {r["seen"][0] for r in out["splits"]} == set(suite.forget_entities)
+        assert out["ag"] == pytest.approx(sum(r["ag"] for r in out["splits"]) / 2, abs=0.01)
+
+
+def test_relearn_splits_are_distinct_halves_that_see_everyone() -> None:
+    people = [f"p{i}" for i in range(5)]
+    splits = attacks.relearn_splits(people, 3, seed=0)
+    assert len(splits) == 3
+    assert len({frozenset(seen) for seen, _ in splits}) == 3
+    for seen, unseen in splits:
+        assert len(seen) == 2 and seen.isdisjoint(unseen) and seen | unseen == set(people)
+    assert set().union(*(seen for seen, _ in splits)) == set(people)
+    assert attacks.relearn_splits(people, 1, seed=0) == splits[:1]  # one split: what a single split gave
+    assert len(attacks.relearn_splits(people[:2], 3, seed=0)) == 2  # no half is relearned twice
 
 
 def test_relearning_changes_the_copy(adapter: HFAdapter, suite: Suite, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -113,19 +113,34 @@ class CVFNCU(BaseMethod):
         pos = ref_n.unsqueeze(0).expand(A, -1, -1)
         neg = torch.cat([ref_f.unsqueeze(0).expand(A, -1, -1), ref_r.unsqueeze(0).expand(A, -1, -1)], 1)
 
-        def forget_nce(tokens: list[torch.Tensor]) -> torch.Tensor:
-            return info_nce(pooled(tokens), pos, neg, self.cfg.tau)
+        target = None
+        if self.cfg.lambda_t > 0:
+            target = torch.cat([t.float() for t in self._reference(ref, n_img)]).mean(0)
+
+        def forget_terms(tokens: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+            nce = info_nce(pooled(tokens), pos, neg, self.cfg.tau)
+            if target is None:
+                return nce, None
+            return nce, torch.stack([F.mse_loss(t.float(), target.expand_as(t)) for t in tokens]).mean()
+
+        def forget_loss(tokens: list[torch.Tensor]) -> torch.Tensor:
+            nce, tok = forget_terms(tokens)
+            return nce if tok is None else nce + self.cfg.lambda_t * tok
 
         def at(pixels: torch.Tensor) -> list[torch.Tensor]:
             return a.visual_features(BatchFeature({**f_in, "pixel_values": pixels}))
 
         s_f_tok = a.visual_features(f_in)
-        l_f = forget_nce(s_f_tok)
+        l_f, l_t = forget_terms(s_f_tok)
         if self.cfg.adv_steps > 0:
-            # the clean photos stay anchors too: trained on the attacked ones alone, the clean forgetting weakened
-            attacked = linf_ascent(a, f_in["pixel_values"], lambda pv: forget_nce(at(pv)), self.cfg.adv_eps,
+            # the clean photos stay anchors too: trained on the attacked ones alone, the clean forgetting weakened;
+            # the ascent climbs the whole forget loss, so that it also undoes the token-level merging
+            attacked = linf_ascent(a, f_in["pixel_values"], lambda pv: forget_loss(at(pv)), self.cfg.adv_eps,
                                    2.5 * self.cfg.adv_eps / self.cfg.adv_steps, self.cfg.adv_steps)
-            l_f = (l_f + forget_nce(at(attacked))) / 2
+            adv_nce, adv_t = forget_terms(at(attacked))
+            l_f = (l_f + adv_nce) / 2
+            if l_t is not None and adv_t is not None:
+                l_t = (l_t + adv_t) / 2
         # retain anchors: positive = own reference; negatives = the other identities in the batch
         R = s_r.shape[0]
         others = torch.stack([torch.cat([ref_r[torch.arange(R) != i], ref_f]) for i in range(R)])
@@ -133,9 +148,7 @@ class CVFNCU(BaseMethod):
         l_d = token_mse(s_r_tok, ref_r_tok)
         loss = l_f + self.cfg.lambda_r * l_r + self.cfg.lambda_d * l_d
         parts = {"cvf_f": l_f.item(), "cvf_r": l_r.item(), "distil": l_d.item()}
-        if self.cfg.lambda_t > 0:
-            target = torch.cat([t.float() for t in self._reference(ref, n_img)]).mean(0)
-            l_t = torch.stack([F.mse_loss(t.float(), target.expand_as(t)) for t in s_f_tok]).mean()
+        if l_t is not None:
             loss = loss + self.cfg.lambda_t * l_t
             parts["token_f"] = l_t.item()
         kept = self._forgotten_batch(ctx, len(f_img))

@@ -67,6 +67,8 @@ def _audit_rows(audits: Mapping[str, Any]) -> list[str]:
             rows.append(_row([audit, DASH, str(figures)]))
             continue
         for name, value in figures.items():
+            if isinstance(value, list) and value and isinstance(value[0], Mapping):
+                continue  # per-split detail (relearning) stays in results.json
             shown = (
                 f"{value:.3f}"
                 if isinstance(value, float)
