@@ -288,3 +288,19 @@ def test_cvf_adversarial_photos_raise_the_forget_loss_and_a_ball_of_radius_0_cha
     assert out["ball"][1]["cvf_f"] > out["clean"][1]["cvf_f"]
     assert out["ball"][1]["cvf_r"] == pytest.approx(out["clean"][1]["cvf_r"], rel=1e-6)
     assert all(p.grad is None for p in adapter.model.parameters())
+
+
+def test_cvf_adversarial_ascent_climbs_the_token_term_too(model_dir: Path, suite: Suite,
+                                                          turns: dict[str, list[Turn]]) -> None:
+    """With token-level merging on, the inner attack climbs the whole forget loss: the attacked
+    photos' half of the forget terms is higher than the clean photos' alone."""
+    _, batch, ctx = cvf_context(model_dir, suite, turns)
+    settings: dict[str, dict] = {"clean": {}, "point": {"adv_steps": 2, "adv_eps": 0.0}, "ball": {"adv_steps": 2}}
+    out = cvf_losses(ctx, batch, {key: CVFConfig(ncu=False, lambda_t=5.0, **kw) for key, kw in settings.items()})
+
+    def forget(key: str) -> float:
+        return out[key][1]["cvf_f"] + 5.0 * out[key][1]["token_f"]
+
+    assert forget("point") == pytest.approx(forget("clean"), rel=1e-6)
+    assert forget("ball") > forget("clean")
+    assert out["ball"][1]["token_f"] > out["clean"][1]["token_f"]  # the attacked tokens count in the token term

@@ -105,7 +105,8 @@ class CVFNCU(BaseMethod):
         with torch.no_grad():
             ref_f = pooled(ref.visual_features(f_in))
         ref_r_tok = self._reference(ref, r_img)
-        ref_r, ref_n = pooled(ref_r_tok), pooled(self._reference(ref, n_img))
+        ref_n_tok = self._reference(ref, n_img)
+        ref_r, ref_n = pooled(ref_r_tok), pooled(ref_n_tok)
         s_r_tok = a.visual_features(self._inputs(a, r_img))
         s_r = pooled(s_r_tok)
         A = len(f_img)
@@ -113,9 +114,7 @@ class CVFNCU(BaseMethod):
         pos = ref_n.unsqueeze(0).expand(A, -1, -1)
         neg = torch.cat([ref_f.unsqueeze(0).expand(A, -1, -1), ref_r.unsqueeze(0).expand(A, -1, -1)], 1)
 
-        target = None
-        if self.cfg.lambda_t > 0:
-            target = torch.cat([t.float() for t in self._reference(ref, n_img)]).mean(0)
+        target = torch.cat([t.float() for t in ref_n_tok]).mean(0) if self.cfg.lambda_t > 0 else None
 
         def forget_terms(tokens: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
             nce = info_nce(pooled(tokens), pos, neg, self.cfg.tau)
