@@ -117,7 +117,7 @@ def relearn(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steer
     """Fine-tune a copy on the seen half's forget QA; ``ag`` is the unseen half's gain, in points.
 
     The figures are means over ``relearn_splits`` halves: with five forget people, one split
-    is two people, and the same model gave +7, +7 and +48 points on three of them."""
+    is two people, and the same model gave +67, +11 and +4 points on three of them."""
     from unsee.engine.trainer import TrainConfig, train
     from unsee.methods.baselines import SFT
 
@@ -143,10 +143,10 @@ def relearn(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steer
     for key in ("seen_before", "seen_after", "unseen_before", "unseen_after", "ag"):
         values = [r[key] for r in runs if r[key] is not None]
         out[key] = round(sum(values) / len(values), 4 if key != "ag" else 2) if values else None
-    seen, unseen = relearn_splits(suite.forget_entities, 1, cfg.seed)[0]
+    half = len(runs[0]["seen"])
     return {**out, "splits": runs, "n_seen": sum(r["n_seen"] for r in runs),
-            "n_unseen": sum(r["n_unseen"] for r in runs), "people_seen": len(seen), "people_unseen": len(unseen),
-            "steps": cfg.relearn_steps, "lr": cfg.relearn_lr}
+            "n_unseen": sum(r["n_unseen"] for r in runs), "people_seen": half,
+            "people_unseen": len(suite.forget_entities) - half, "steps": cfg.relearn_steps, "lr": cfg.relearn_lr}
 
 
 # ---------------------------------------------------------------------------- PGD
