@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from unsee.io import atomic_dir, atomic_write_text
+from unsee.io import _umask, atomic_dir, atomic_write_text
 
 
 @pytest.fixture
@@ -50,3 +50,14 @@ def test_atomic_dir_leaves_nothing_when_the_block_fails(tmp_path: Path) -> None:
         (tmp / "half.json").write_text("{")
         raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_umask_is_read_without_being_changed(umask_027: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where /proc gives it, reading the umask never sets it, so no other thread can see a wrong one."""
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("no /proc here")
+    calls: list[int] = []
+    real = os.umask
+    monkeypatch.setattr(os, "umask", lambda m: calls.append(m) or real(m))
+    assert _umask() == umask_027
+    assert calls == []

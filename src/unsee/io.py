@@ -42,7 +42,15 @@ def source_fingerprint(*modules: str) -> str:
 
 
 def _umask() -> int:
-    """The process umask; the OS offers no way to read it but to set it and put it back."""
+    """The process umask, read from ``/proc`` (Linux 4.7 and later) where it can be.
+
+    Elsewhere the only way is to set it and put it back, and a file another thread creates
+    in between gets the wrong mode; reading it leaves nothing to race with.
+    """
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
