@@ -277,13 +277,16 @@ def test_cvf_token_term_adds_its_loss(model_dir: Path, suite: Suite, turns: dict
     assert out[2.0][0].item() == pytest.approx(out[0.0][0].item() + 2.0 * out[2.0][1]["token_f"], rel=1e-5)
 
 
+# no attack; an attack inside a ball of radius 0; an attack inside the default ball
+ADV_SETTINGS: dict[str, dict] = {"clean": {}, "point": {"adv_steps": 2, "adv_eps": 0.0}, "ball": {"adv_steps": 2}}
+
+
 def test_cvf_adversarial_photos_raise_the_forget_loss_and_a_ball_of_radius_0_changes_nothing(
         model_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:
     """The inner attack climbs the forget InfoNCE; a ball of radius 0 leaves the step exactly as without it.
     (The ball's bound is the PGD audit's, tested in tests/test_attacks.py: both use ``linf_ascent``.)"""
     adapter, batch, ctx = cvf_context(model_dir, suite, turns)
-    settings: dict[str, dict] = {"clean": {}, "point": {"adv_steps": 2, "adv_eps": 0.0}, "ball": {"adv_steps": 2}}
-    out = cvf_losses(ctx, batch, {key: CVFConfig(ncu=False, **kw) for key, kw in settings.items()})
+    out = cvf_losses(ctx, batch, {key: CVFConfig(ncu=False, **kw) for key, kw in ADV_SETTINGS.items()})
     assert out["point"][0].item() == pytest.approx(out["clean"][0].item(), rel=1e-6)
     assert out["ball"][1]["cvf_f"] > out["clean"][1]["cvf_f"]
     assert out["ball"][1]["cvf_r"] == pytest.approx(out["clean"][1]["cvf_r"], rel=1e-6)
@@ -295,8 +298,7 @@ def test_cvf_adversarial_ascent_climbs_the_token_term_too(model_dir: Path, suite
     """With token-level merging on, the inner attack climbs the whole forget loss: the attacked
     photos' half of the forget terms is higher than the clean photos' alone."""
     _, batch, ctx = cvf_context(model_dir, suite, turns)
-    settings: dict[str, dict] = {"clean": {}, "point": {"adv_steps": 2, "adv_eps": 0.0}, "ball": {"adv_steps": 2}}
-    out = cvf_losses(ctx, batch, {key: CVFConfig(ncu=False, lambda_t=5.0, **kw) for key, kw in settings.items()})
+    out = cvf_losses(ctx, batch, {key: CVFConfig(ncu=False, lambda_t=5.0, **kw) for key, kw in ADV_SETTINGS.items()})
 
     def forget(key: str) -> float:
         return out[key][1]["cvf_f"] + 5.0 * out[key][1]["token_f"]

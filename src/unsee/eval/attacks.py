@@ -125,20 +125,36 @@ def relearn(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steer
         raise DataError("relearning needs at least two forget people: one half to relearn, one to measure")
     tcfg = TrainConfig(scope="full", lr=cfg.relearn_lr, max_steps=cfg.relearn_steps, batch_size=cfg.relearn_batch,
                        seed=cfg.seed, progress=False)
+    pool = image_mcq(suite, "forget")
+
+    def correct(model: HFAdapter) -> list[bool]:
+        """Each forget item's correctness: one pass, shared by both halves of a split."""
+        if not pool:
+            return []
+        with steered(model, steering):
+            return mcq_loglik(model, pool)
+
+    def accuracy(ok: list[bool], people: set[str]) -> float | None:
+        hits = [o for o, e in zip(ok, pool, strict=True) if e.entity in people]
+        return sum(hits) / len(hits) if hits else None
+
+    before = correct(adapter)  # the audited model does not change between splits
     runs = []
     for seen, unseen in relearn_splits(suite.forget_entities, cfg.relearn_splits, cfg.seed):
         train_items = [e for e in suite.group("train_forget") if e.entity in seen]
         if not train_items:
             raise DataError("the seen half of the forget people has no training QA to relearn from")
-        items = {"seen": image_mcq(suite, "forget", seen), "unseen": image_mcq(suite, "forget", unseen)}
-        run: dict[str, Any] = {f"{k}_before": _accuracy(adapter, v, steering) for k, v in items.items()}
         attacked = trainable_copy(adapter)
         train(SFT(), attacked, suite, {"train": qa_turns(train_items)}, tcfg, desc="relearn")
-        run.update({f"{k}_after": _accuracy(attacked, v, steering) for k, v in items.items()})
+        after = correct(attacked)
         del attacked
+        halves = {"seen": seen, "unseen": unseen}
+        run: dict[str, Any] = {f"{k}_{when}": accuracy(ok, people)
+                               for when, ok in (("before", before), ("after", after)) for k, people in halves.items()}
         run["ag"] = None if None in (run["unseen_after"], run["unseen_before"]) else \
             round(100 * (run["unseen_after"] - run["unseen_before"]), 2)
-        runs.append({**run, "seen": sorted(seen), "n_seen": len(items["seen"]), "n_unseen": len(items["unseen"])})
+        runs.append({**run, "seen": sorted(seen), **{f"n_{k}": sum(e.entity in people for e in pool)
+                                                     for k, people in halves.items()}})
     out: dict[str, Any] = {}
     for key in ("seen_before", "seen_after", "unseen_before", "unseen_after", "ag"):
         values = [r[key] for r in runs if r[key] is not None]
