@@ -163,3 +163,25 @@ def test_continual_and_audit_benchmarks_run_on_the_demo_world(demo_run: tuple[Pa
     assert set(a["attacks"]) == {"vanilla", "cvf_ncu"}
     assert {"pgd", "shift", "probe", "relearn"} <= set(a["attacks"]["cvf_ncu"])
     assert "pgd_forget" in a["targets"]["cvf_ncu"]
+
+
+def test_seeds_benchmark_repeats_a_seed_exactly(demo_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """benchmarks/seeds.py: every setting at every seed, with its spread; the same seed twice gives the same
+    figures, which is what lets the spread between seeds be read as the seed's doing."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import seeds
+
+    s = seeds.main([*_bench_args(demo_run[1], tmp_path / "s.json"), "--methods", "cvf_ncu", "--seeds", "0,0",
+                    "--variant", "shipped:", "--variant", "held:relearn_sim_steps=1", "--attacks", "probe",
+                    "--attack-set", "probe_steps=10"])
+    assert set(s["results"]) == {"cvf_ncu/shipped", "cvf_ncu/held"}
+    held = s["results"]["cvf_ncu/held"]
+    assert held["overrides"] == ["relearn_sim_steps=1"] and [r["seed"] for r in held["runs"]] == [0, 0]
+    first, again = ({k: v for k, v in r["figures"].items() if k != "wall_s"} for r in held["runs"])
+    assert first == again and first["probe_forget"] is not None and first["relearn_ag"] is None
+    assert held["spread"]["forget"]["min"] == held["spread"]["forget"]["mean"] == first["forget"]
+    assert json.loads((tmp_path / "s.json").read_text())["results"]["cvf_ncu/held"]["runs"] == held["runs"]
+    with pytest.raises(SystemExit, match="give it a name"):
+        seeds.main([*_bench_args(demo_run[1], tmp_path / "t.json"), "--variant", ":lr=1"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unsee import api
 from unsee.data.schema import Suite
-from unsee.engine.trainer import Context, TrainConfig, frozen_copy, train
+from unsee.engine.trainer import Context, TrainConfig, frozen_copy, train, unique_images
 from unsee.methods import method_class
 from unsee.methods.base import images_of, nll
 from unsee.methods.baselines import SFT
-from unsee.methods.cvf import CVFNCU, CVFConfig, CVFOnly, info_nce
+from unsee.methods.cvf import CVFNCU, CVFConfig, CVFOnly, after_relearning, info_nce
 from unsee.methods.mmunlearner import MMUnlearner, MMUnlearnerConfig, ratio_masks
 from unsee.models import HFAdapter, Turn, load_adapter
 
@@ -306,3 +308,43 @@ def test_cvf_adversarial_ascent_climbs_the_token_term_too(model_dir: Path, suite
     assert forget("point") == pytest.approx(forget("clean"), rel=1e-6)
     assert forget("ball") > forget("clean")
     assert out["ball"][1]["token_f"] > out["clean"][1]["token_f"]  # the attacked tokens count in the token term
+
+
+def test_after_relearning_takes_the_gradient_at_the_moved_weights_and_puts_them_back() -> None:
+    """Two sign steps down ``restore`` move each weight by eps/2 twice; the value and the gradient
+    are ``forget``'s there, and the weights come back bit for bit."""
+    w = nn.Parameter(torch.tensor([0.3, -0.2, 0.0001]))
+    before = w.detach().clone()
+    target = torch.tensor([1.0, -1.0, 1.0])
+    out = after_relearning([w], restore=lambda: ((w - target) ** 2).sum(), forget=lambda: (w**3).sum(),
+                           steps=2, eps=0.1)
+    assert torch.equal(w.detach(), before)
+    moved = before + torch.tensor([0.1, -0.1, 0.1])  # every weight walked 0.1 toward the target
+    assert out.item() == pytest.approx(float((moved**3).sum()), rel=1e-6)
+    out.backward()
+    assert w.grad is not None and torch.allclose(w.grad, 3 * moved**2)
+
+
+def test_cvf_relearning_aware_term_splits_the_batch_by_person(model_dir: Path, suite: Suite) -> None:
+    """The simulated relearning restores some people and scores the others: no person is on both
+    sides, the loss grows by exactly its term, and the student's weights are unchanged after it.
+    (The tiny world forgets one person; here two retained people are forgotten beside them.)"""
+    groups = dict(suite.groups)
+    groups["train_forget"] = [*groups["train_forget"], *[e for e in groups["train_retain"]
+                                                         if e.entity in suite.retain_entities[:2]]]
+    wider = dataclasses.replace(suite, groups=groups)
+    forget = unique_images(api.training_turns(wider)["forget"])
+    batch = {"forget": forget, "retain": forget[:1], "neutral": forget[:1]}
+    adapter = load_adapter(model_dir)
+    ctx = Context(adapter, wider, cfg(), {}, reference=frozen_copy(adapter, visual_only=True))
+    method = CVFNCU(CVFConfig(ncu=False, relearn_sim_steps=2))
+    method.setup(ctx)
+    seen, unseen = method._halves(forget, step=0)
+    person = [method._person[id(t.image)] for t in forget]
+    assert len(set(person)) == 3 and sorted(seen + unseen) == list(range(len(forget)))
+    assert seen and unseen and not {person[i] for i in seen} & {person[i] for i in unseen}
+    before = [p.detach().clone() for p in adapter.model.parameters()]
+    out = cvf_losses(ctx, batch, {"off": CVFConfig(ncu=False), "on": CVFConfig(ncu=False, relearn_sim_steps=2)})
+    assert all(torch.equal(p, b) for p, b in zip(adapter.model.parameters(), before, strict=True))
+    assert "relearned_f" not in out["off"][1] and out["on"][1]["relearned_f"] > 0
+    assert out["on"][0].item() == pytest.approx(out["off"][0].item() + out["on"][1]["relearned_f"], rel=1e-5)

@@ -23,6 +23,7 @@ from transformers import BatchFeature
 
 from unsee.config import opt
 from unsee.data.augment import augment
+from unsee.data.collate import image_of
 from unsee.engine.trainer import Context
 from unsee.eval.attacks import linf_ascent
 from unsee.methods.base import BaseMethod, images_of, nll, pooled, token_mse
@@ -46,6 +47,12 @@ class CVFConfig:
         "its own identity (up the forget InfoNCE) before the step trains on it, so that no nearby image is "
         "recognised either (0: off)")
     adv_eps: float = opt(8 / 255, "adversarial forgetting: L-inf radius in [0, 1] pixel units")
+    relearn_sim_steps: int = opt(
+        0, "relearning-aware forgetting: sign-gradient steps of a simulated relearning, in which the visual module "
+        "restores half of the batch's forget people to their reference features; the loss is then taken on the "
+        "other half, which must stay forgotten (0: off)")
+    relearn_sim_eps: float = opt(3e-3, "relearning-aware forgetting: how far each weight may move in the simulation, "
+                             "in all (a relearning attack's 30 Adam steps at 1e-4 move a weight by up to 3e-3)")
     ncu: bool = opt(True, "constrain updates to the retained null space")
     energy: float = opt(0.01, "NCU: keep the eigen-directions holding at most this fraction of the energy")
     ncu_images: int = opt(256, "NCU: retained images used for the covariance")
@@ -82,6 +89,8 @@ class CVFNCU(BaseMethod):
         self.seed = ctx.cfg.seed
         self._ref: dict[int, tuple[Any, torch.Tensor]] = {}
         self._pixels: dict[int, tuple[Any, BatchFeature]] = {}
+        # whose photo each forget image is; image_of hands out one object per file
+        self._person = {id(image_of(e)): e.entity for e in ctx.suite.groups.get("train_forget", []) if e.has_image}
         if self.cfg.ncu:
             retain = [t.image for t in ctx.streams["retain"].turns if t.image is not None]
             general = [t.image for t in ctx.streams["general"].turns if t.image is not None] \
@@ -103,12 +112,11 @@ class CVFNCU(BaseMethod):
             f_img = [augment(im, rng, self.cfg.augment) for im in f_img]
         f_in = a.image_inputs(f_img)  # the reference and the student see the same augmented pixels
         with torch.no_grad():
-            ref_f = pooled(ref.visual_features(f_in))
+            ref_f_tok = ref.visual_features(f_in)
+        ref_f = pooled(ref_f_tok)
         ref_r_tok = self._reference(ref, r_img)
         ref_n_tok = self._reference(ref, n_img)
         ref_r, ref_n = pooled(ref_r_tok), pooled(ref_n_tok)
-        s_r_tok = a.visual_features(self._inputs(a, r_img))
-        s_r = pooled(s_r_tok)
         A = len(f_img)
         # forget anchors: positives = neutral refs; negatives = own-identity refs + retained refs
         pos = ref_n.unsqueeze(0).expand(A, -1, -1)
@@ -117,7 +125,7 @@ class CVFNCU(BaseMethod):
         target = torch.cat([t.float() for t in ref_n_tok]).mean(0) if self.cfg.lambda_t > 0 else None
 
         def forget_terms(tokens: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-            nce = info_nce(pooled(tokens), pos, neg, self.cfg.tau)
+            nce = info_nce(pooled(tokens), pos[: len(tokens)], neg[: len(tokens)], self.cfg.tau)
             if target is None:
                 return nce, None
             return nce, torch.stack([F.mse_loss(t.float(), target.expand_as(t)) for t in tokens]).mean()
@@ -129,27 +137,50 @@ class CVFNCU(BaseMethod):
         def at(pixels: torch.Tensor) -> list[torch.Tensor]:
             return a.visual_features(BatchFeature({**f_in, "pixel_values": pixels}))
 
-        s_f_tok = a.visual_features(f_in)
-        l_f, l_t = forget_terms(s_f_tok)
-        if self.cfg.adv_steps > 0:
-            # the clean photos stay anchors too: trained on the attacked ones alone, the clean forgetting weakened;
-            # the ascent climbs the whole forget loss, so that it also undoes the token-level merging
-            attacked = linf_ascent(a, f_in["pixel_values"], lambda pv: forget_loss(at(pv)), self.cfg.adv_eps,
-                                   2.5 * self.cfg.adv_eps / self.cfg.adv_steps, self.cfg.adv_steps)
-            adv_nce, adv_t = forget_terms(at(attacked))
-            l_f = (l_f + adv_nce) / 2
-            if l_t is not None and adv_t is not None:
-                l_t = (l_t + adv_t) / 2
+        def forget_objective() -> tuple[torch.Tensor, torch.Tensor | None]:
+            l_f, l_t = forget_terms(at(f_in["pixel_values"]))
+            if self.cfg.adv_steps > 0:
+                # the clean photos stay anchors too: trained on the attacked ones alone, the clean forgetting
+                # weakened; the ascent climbs the whole forget loss, so that it also undoes the token merging
+                attacked = linf_ascent(a, f_in["pixel_values"], lambda pv: forget_loss(at(pv)), self.cfg.adv_eps,
+                                       2.5 * self.cfg.adv_eps / self.cfg.adv_steps, self.cfg.adv_steps)
+                adv_nce, adv_t = forget_terms(at(attacked))
+                l_f = (l_f + adv_nce) / 2
+                if l_t is not None and adv_t is not None:
+                    l_t = (l_t + adv_t) / 2
+            return l_f, l_t
+
+        def weighted(l_f: torch.Tensor, l_t: torch.Tensor | None) -> torch.Tensor:
+            return l_f if l_t is None else l_f + self.cfg.lambda_t * l_t
+
+        held = None
+        if self.cfg.relearn_sim_steps > 0:
+            # a simulated relearning restores half of the batch's people; the other half must stay forgotten.
+            # It moves the weights in place, so it runs before any other forward pass of the student.
+            seen, unseen = self._halves(batch["forget"], ctx.step)
+            if seen and unseen:
+                seen_in, unseen_in = (a.image_inputs([f_img[i] for i in rows]) for rows in (seen, unseen))
+                held = after_relearning(
+                    [p for p in a.model.parameters() if p.requires_grad],
+                    restore=lambda: token_mse(a.visual_features(seen_in), [ref_f_tok[i] for i in seen]),
+                    forget=lambda: weighted(*forget_terms(a.visual_features(unseen_in))),
+                    steps=self.cfg.relearn_sim_steps, eps=self.cfg.relearn_sim_eps)
+        l_f, l_t = forget_objective()
+        l_forget = weighted(l_f, l_t) if held is None else weighted(l_f, l_t) + held
+        # the student's retained tokens come after the simulated relearning, which moves the weights in place
+        s_r_tok = a.visual_features(self._inputs(a, r_img))
+        s_r = pooled(s_r_tok)
         # retain anchors: positive = own reference; negatives = the other identities in the batch
         R = s_r.shape[0]
         others = torch.stack([torch.cat([ref_r[torch.arange(R) != i], ref_f]) for i in range(R)])
         l_r = info_nce(s_r, ref_r.unsqueeze(1), others, self.cfg.tau)
         l_d = token_mse(s_r_tok, ref_r_tok)
-        loss = l_f + self.cfg.lambda_r * l_r + self.cfg.lambda_d * l_d
+        loss = l_forget + self.cfg.lambda_r * l_r + self.cfg.lambda_d * l_d
         parts = {"cvf_f": l_f.item(), "cvf_r": l_r.item(), "distil": l_d.item()}
         if l_t is not None:
-            loss = loss + self.cfg.lambda_t * l_t
             parts["token_f"] = l_t.item()
+        if held is not None:
+            parts["relearned_f"] = held.item()
         kept = self._forgotten_batch(ctx, len(f_img))
         if kept and self.cfg.lambda_k > 0:
             l_k = token_mse(a.visual_features(self._inputs(a, kept)), self._reference(ref, kept))
@@ -160,6 +191,14 @@ class CVFNCU(BaseMethod):
             loss = loss + self.cfg.lambda_o * o
             parts["nll_r"] = o.item()
         return loss, parts
+
+    def _halves(self, turns: list[Turn], step: int) -> tuple[list[int], list[int]]:
+        """Rows of the batch split by person into two seeded halves (the simulated relearning's)."""
+        people = sorted({self._person.get(id(t.image), str(i)) for i, t in enumerate(turns)})
+        rng = np.random.default_rng(self.seed + 104729 * (step + 1))
+        seen = {people[i] for i in rng.permutation(len(people))[: len(people) // 2]}
+        rows = [self._person.get(id(t.image), str(i)) in seen for i, t in enumerate(turns)]
+        return [i for i, r in enumerate(rows) if r], [i for i, r in enumerate(rows) if not r]
 
     def _forgotten_batch(self, ctx: Context, size: int) -> list:
         """This step's share of the already-forgotten images: a seeded draw, the same in every process.
@@ -193,6 +232,39 @@ class CVFNCU(BaseMethod):
         so recomputing them would be most of a step's visual compute.
         """
         return _per_image(self._ref, images, lambda missing: ref.visual_features(self._inputs(ref, missing)))
+
+
+def after_relearning(params: list[torch.nn.Parameter], restore: Callable[[], torch.Tensor],
+                     forget: Callable[[], torch.Tensor], steps: int, eps: float) -> torch.Tensor:
+    """``forget()`` after a simulated relearning, with its gradient carried back to the weights.
+
+    A relearning attack fine-tunes the visual module a little way on some forget people, and
+    the rest come back with them: on the shipped model, relearning the visual module alone
+    gained more than relearning all of it (docs/results.md). So the weights first take
+    ``steps`` sign-gradient steps down ``restore()`` (those people back to their reference
+    features), each weight moving by ``eps / steps`` as an Adam step would, and ``forget()``
+    is taken there. Its gradient at the moved weights is applied to the current ones (first
+    order, as in first-order MAML) through a surrogate whose value is ``forget()``'s. The
+    weights are put back before returning, whatever happens.
+    """
+    saved = [p.detach().clone() for p in params]
+    try:
+        with torch.enable_grad():
+            for _ in range(steps):
+                grads = torch.autograd.grad(restore(), params, allow_unused=True)
+                with torch.no_grad():
+                    for p, g in zip(params, grads, strict=True):
+                        if g is not None:
+                            p.sub_(g.sign() * (eps / steps))
+            value = forget()
+            grads = torch.autograd.grad(value, params, allow_unused=True)
+    finally:
+        with torch.no_grad():
+            for p, old in zip(params, saved, strict=True):
+                p.copy_(old)
+    surrogate = sum(((p * g.to(p.dtype)).sum() for p, g in zip(params, grads, strict=True) if g is not None),
+                    torch.zeros(()))
+    return value.detach() + surrogate - surrogate.detach()
 
 
 def _per_image(cache: dict[int, tuple[Any, Any]], images: list, compute: Callable[[list], list]) -> list:

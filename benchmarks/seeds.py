@@ -1,0 +1,96 @@
+"""One method at one or more settings, over several unlearning seeds: metrics, audits and their spread.
+
+    python benchmarks/seeds.py --methods cvf_ncu --seeds 0,1,2 \
+        --variant shipped: --variant relearn3:relearn_sim_steps=3 --out benchmarks/results/seeds_cvf_ncu.json
+
+The other benchmarks train each setting once. On the tiny models a different unlearning seed
+(the order of the batches, the crops) moves ``forget`` by a few items and the relearning gain
+by tens of points, so a comparison of two settings needs several seeds before it says
+anything. Each seed trains a fresh copy of the same vanilla model (``--seed`` still picks the
+world, the vanilla model and the audits' own seed, which stay fixed), is scored as
+``unlearn.py`` scores it, and audited as ``audits.py`` audits it. The JSON holds every run and,
+per setting, the mean, the smallest and the largest value of each figure.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from common import eval_kw, measure, parser, vanilla_model
+
+from unsee import api
+from unsee.engine.trainer import frozen_copy
+from unsee.eval.attacks import ATTACKS
+from unsee.eval.results import environment
+from unsee.io import atomic_write_json
+from unsee.models import load_adapter
+
+GROUPS = ("forget", "forget_test", "retain", "text_forget", "known", "general")
+
+
+def variant(text: str) -> tuple[str, list[str]]:
+    """``NAME:KEY=VALUE,KEY=VALUE`` (``NAME:`` alone: the shipped config) as a name and its overrides."""
+    name, _, rest = text.partition(":")
+    if not name:
+        raise SystemExit(f"--variant {text!r}: give it a name, as in relearn3:relearn_sim_steps=3")
+    return name, [kv for kv in rest.split(",") if kv]
+
+
+def figures(run: dict, attacks: dict) -> dict[str, float | None]:
+    """The numbers a setting is judged by: each group's MCQ accuracy, wall time, and the three audit figures."""
+    out: dict[str, float | None] = {g: (run["metrics"].get(g) or {}).get("mcq") for g in GROUPS}
+    out["wall_s"] = run["cost"]["wall_s"]
+    out["relearn_ag"] = attacks.get("relearn", {}).get("ag")
+    out["pgd_forget"] = attacks.get("pgd", {}).get("forget_attacked")
+    out["probe_forget"] = attacks.get("probe", {}).get("forget_acc")
+    return out
+
+
+def spread(rows: list[dict[str, float | None]]) -> dict[str, dict[str, float]]:
+    keys = rows[0].keys()
+    out = {}
+    for k in keys:
+        values = [r[k] for r in rows if r[k] is not None]
+        if values:
+            out[k] = {"mean": round(statistics.fmean(values), 4), "min": min(values), "max": max(values)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = parser(__doc__, methods="cvf_ncu", out="benchmarks/results/seeds.json")
+    p.add_argument("--forget", default="forget_10")
+    p.add_argument("--seeds", default="0,1,2", help="comma list of unlearning seeds")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                   help="a setting to run (repeatable); default: the shipped config alone")
+    p.add_argument("--attacks", default=",".join(ATTACKS), help="comma list of the attacks to run")
+    p.add_argument("--attack-set", action="append", default=[], metavar="KEY=VALUE", help="AttackConfig option")
+    args = p.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    variants = [variant(v) for v in args.variant] or [("shipped", [])]
+    world, vanilla = vanilla_model(args)
+    suite = api.load_suite(world, args.forget, seed=args.seed)
+    before = frozen_copy(load_adapter(vanilla), visual_only=True)
+    results: dict[str, Any] = {}
+    for method in args.methods.split(","):
+        for name, overrides in variants:
+            runs = []
+            for seed in seeds:
+                run, adapter, steering = measure(method, vanilla, suite, args.forget, [*args.train_set, *overrides],
+                                                 seed, eval_kw(args))
+                attacks = api.audit_adapter(adapter, suite, kinds=args.attacks.split(","), steering=steering,
+                                            vanilla=before, seed=args.seed, overrides=args.attack_set, strict=False)
+                runs.append({"seed": seed, "figures": figures(run, attacks), "attacks": attacks})
+                print(method, name, seed, runs[-1]["figures"], flush=True)
+            results[f"{method}/{name}"] = {"method": method, "overrides": overrides, "runs": runs,
+                                           "spread": spread([r["figures"] for r in runs])}
+    out = {"benchmark": "seeds", "world": args.world, "arch": args.arch, "forget": args.forget, "seeds": seeds,
+           "results": results, "environment": environment()}
+    atomic_write_json(Path(args.out), out)
+    print(f"wrote {args.out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
