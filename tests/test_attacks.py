@@ -92,6 +92,26 @@ def test_relearning_changes_the_copy(adapter: HFAdapter, suite: Suite, monkeypat
     assert weights_hash(copies[0]) != weights_hash(adapter)
 
 
+def test_relearning_scope_confines_the_attacker(adapter: HFAdapter, suite: Suite,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``relearn_scope`` picks what the attacker fine-tunes: with ``language`` the copy's visual module stays put
+    and its language model moves; an unknown scope is refused before anything runs."""
+    copies: list[HFAdapter] = []
+    real = attacks.trainable_copy
+    monkeypatch.setattr(attacks, "trainable_copy", lambda a: copies.append(real(a)) or copies[-1])
+    cfg = AttackConfig(**{**vars(FAST), "relearn_scope": "language", "relearn_splits": 1})
+    out = attacks.relearn(adapter, suite, cfg)
+    assert out["scope"] == "language"
+
+    def part(a: HFAdapter, group: str) -> list[torch.Tensor]:
+        return [p.detach() for n, p in a.model.named_parameters() if (a.group_of(n) == "language") == (group == "lm")]
+
+    assert all(torch.equal(x, y) for x, y in zip(part(copies[0], "visual"), part(adapter, "visual"), strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(part(copies[0], "lm"), part(adapter, "lm"), strict=True))
+    with pytest.raises(ConfigError, match="relearn_scope"):
+        AttackConfig(relearn_scope="everything").validate()
+
+
 def test_relearning_needs_two_forget_people(adapter: HFAdapter, world: Path) -> None:
     one = api.load_suite(world, "forget_5")
     assert len(one.forget_entities) == 1

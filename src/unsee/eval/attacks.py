@@ -33,7 +33,7 @@ from unsee.data.schema import Example, Suite
 from unsee.errors import ConfigError, DataError
 from unsee.eval import metrics, prompts
 from unsee.eval.evaluator import mcq_loglik
-from unsee.models.base import HFAdapter, Turn
+from unsee.models.base import SCOPES, HFAdapter, Turn
 
 if TYPE_CHECKING:
     from unsee.methods.eraser import Steering
@@ -46,7 +46,9 @@ class AttackConfig:
     """One protocol for every method: the same budgets, the same items, the same seed."""
 
     relearn_steps: int = opt(30, "relearning: fine-tuning steps on the seen half")
-    relearn_lr: float = opt(1e-4, "relearning: learning rate (full scope, AdamW)")
+    relearn_lr: float = opt(1e-4, "relearning: learning rate (AdamW)")
+    relearn_scope: str = opt("full", "relearning: the parameters the attacker fine-tunes (an engine scope: full, "
+                             "visual, language, ...); full is the audit, the others say which part brings them back")
     relearn_batch: int = opt(8, "relearning: batch size")
     relearn_splits: int = opt(3, "relearning: distinct halves of the forget people, each relearned on a fresh copy; "
                               "the figures are their means")
@@ -63,6 +65,8 @@ class AttackConfig:
         unknown = sorted(set(self.shifts) - set(SHIFTS))
         if unknown:
             raise ConfigError(f"unknown shift(s) {unknown}; choose from {sorted(SHIFTS)}")
+        if self.relearn_scope not in SCOPES:
+            raise ConfigError(f"relearn_scope {self.relearn_scope!r} is not one of {', '.join(SCOPES)}")
         if self.relearn_splits < 1:
             raise ConfigError("relearn_splits must be at least 1")
         if self.pgd_eps < 0 or self.pgd_step <= 0 or self.pgd_steps < 1:
@@ -123,8 +127,8 @@ def relearn(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steer
 
     if len(suite.forget_entities) < 2:
         raise DataError("relearning needs at least two forget people: one half to relearn, one to measure")
-    tcfg = TrainConfig(scope="full", lr=cfg.relearn_lr, max_steps=cfg.relearn_steps, batch_size=cfg.relearn_batch,
-                       seed=cfg.seed, progress=False)
+    tcfg = TrainConfig(scope=cfg.relearn_scope, lr=cfg.relearn_lr, max_steps=cfg.relearn_steps,
+                       batch_size=cfg.relearn_batch, seed=cfg.seed, progress=False)
     pool = image_mcq(suite, "forget")
 
     def correct(model: HFAdapter) -> list[bool]:
@@ -162,7 +166,8 @@ def relearn(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steer
     half = len(runs[0]["seen"])
     return {**out, "splits": runs, "n_seen": sum(r["n_seen"] for r in runs),
             "n_unseen": sum(r["n_unseen"] for r in runs), "people_seen": half,
-            "people_unseen": len(suite.forget_entities) - half, "steps": cfg.relearn_steps, "lr": cfg.relearn_lr}
+            "people_unseen": len(suite.forget_entities) - half, "steps": cfg.relearn_steps, "lr": cfg.relearn_lr,
+            "scope": cfg.relearn_scope}
 
 
 # ---------------------------------------------------------------------------- PGD

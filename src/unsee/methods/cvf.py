@@ -130,28 +130,11 @@ class CVFNCU(BaseMethod):
                 return nce, None
             return nce, torch.stack([F.mse_loss(t.float(), target.expand_as(t)) for t in tokens]).mean()
 
-        def forget_loss(tokens: list[torch.Tensor]) -> torch.Tensor:
-            nce, tok = forget_terms(tokens)
-            return nce if tok is None else nce + self.cfg.lambda_t * tok
+        def weighted(l_f: torch.Tensor, l_t: torch.Tensor | None) -> torch.Tensor:
+            return l_f if l_t is None else l_f + self.cfg.lambda_t * l_t
 
         def at(pixels: torch.Tensor) -> list[torch.Tensor]:
             return a.visual_features(BatchFeature({**f_in, "pixel_values": pixels}))
-
-        def forget_objective() -> tuple[torch.Tensor, torch.Tensor | None]:
-            l_f, l_t = forget_terms(at(f_in["pixel_values"]))
-            if self.cfg.adv_steps > 0:
-                # the clean photos stay anchors too: trained on the attacked ones alone, the clean forgetting
-                # weakened; the ascent climbs the whole forget loss, so that it also undoes the token merging
-                attacked = linf_ascent(a, f_in["pixel_values"], lambda pv: forget_loss(at(pv)), self.cfg.adv_eps,
-                                       2.5 * self.cfg.adv_eps / self.cfg.adv_steps, self.cfg.adv_steps)
-                adv_nce, adv_t = forget_terms(at(attacked))
-                l_f = (l_f + adv_nce) / 2
-                if l_t is not None and adv_t is not None:
-                    l_t = (l_t + adv_t) / 2
-            return l_f, l_t
-
-        def weighted(l_f: torch.Tensor, l_t: torch.Tensor | None) -> torch.Tensor:
-            return l_f if l_t is None else l_f + self.cfg.lambda_t * l_t
 
         held = None
         if self.cfg.relearn_sim_steps > 0:
@@ -165,8 +148,20 @@ class CVFNCU(BaseMethod):
                     restore=lambda: token_mse(a.visual_features(seen_in), [ref_f_tok[i] for i in seen]),
                     forget=lambda: weighted(*forget_terms(a.visual_features(unseen_in))),
                     steps=self.cfg.relearn_sim_steps, eps=self.cfg.relearn_sim_eps)
-        l_f, l_t = forget_objective()
-        l_forget = weighted(l_f, l_t) if held is None else weighted(l_f, l_t) + held
+        l_f, l_t = forget_terms(at(f_in["pixel_values"]))
+        if self.cfg.adv_steps > 0:
+            # the clean photos stay anchors too: trained on the attacked ones alone, the clean forgetting
+            # weakened; the ascent climbs the whole forget loss, so that it also undoes the token merging
+            attacked = linf_ascent(a, f_in["pixel_values"], lambda pv: weighted(*forget_terms(at(pv))),
+                                   self.cfg.adv_eps, 2.5 * self.cfg.adv_eps / self.cfg.adv_steps,
+                                   self.cfg.adv_steps)
+            adv_nce, adv_t = forget_terms(at(attacked))
+            l_f = (l_f + adv_nce) / 2
+            if l_t is not None and adv_t is not None:
+                l_t = (l_t + adv_t) / 2
+        l_forget = weighted(l_f, l_t)
+        if held is not None:
+            l_forget = l_forget + held
         # the student's retained tokens come after the simulated relearning, which moves the weights in place
         s_r_tok = a.visual_features(self._inputs(a, r_img))
         s_r = pooled(s_r_tok)
