@@ -18,11 +18,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from common import TRAINING, check, eval_kw, measure, parser, vanilla_model
+from common import TRAINING, attack_options, check, eval_kw, measure, parser, vanilla_model
 
 from unsee import api
 from unsee.engine.trainer import frozen_copy
-from unsee.eval.attacks import ATTACKS
 from unsee.eval.results import environment
 from unsee.io import atomic_write_json
 from unsee.methods.eraser import STEERING_FILE
@@ -45,8 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__, methods=",".join([*TRAINING, "eraser"]), out="benchmarks/results/audits.json")
     p.add_argument("--forget", default="forget_10")
     p.add_argument("--models", default=None, metavar="DIR", help="audit the models unlearn.py --keep saved here")
-    p.add_argument("--attack-set", action="append", default=[], metavar="KEY=VALUE", help="AttackConfig option")
-    p.add_argument("--attacks", default=",".join(ATTACKS), help="comma list of the attacks to run")
+    attack_options(p)
     args = p.parse_args(argv)
     world, vanilla = vanilla_model(args)
     suite = api.load_suite(world, args.forget, seed=args.seed)

@@ -43,6 +43,14 @@ def parser(doc: str, *, methods: str, out: str) -> argparse.ArgumentParser:
     return p
 
 
+def attack_options(p: argparse.ArgumentParser) -> None:
+    """The audit options of the benchmarks that attack their models: which attacks, and their settings."""
+    from unsee.eval.attacks import ATTACKS
+
+    p.add_argument("--attacks", default=",".join(ATTACKS), help="comma list of the attacks to run")
+    p.add_argument("--attack-set", action="append", default=[], metavar="KEY=VALUE", help="AttackConfig option")
+
+
 def vanilla_model(args: argparse.Namespace) -> tuple[Path, Path]:
     """World and vanilla model from the shared stage cache (trained on first use)."""
     torch.set_num_threads(args.threads)

@@ -18,11 +18,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from common import eval_kw, measure, parser, vanilla_model
+from common import attack_options, eval_kw, mcq, measure, parser, vanilla_model
 
 from unsee import api
 from unsee.engine.trainer import frozen_copy
-from unsee.eval.attacks import ATTACKS
 from unsee.eval.results import environment
 from unsee.io import atomic_write_json
 from unsee.models import load_adapter
@@ -40,7 +39,7 @@ def variant(text: str) -> tuple[str, list[str]]:
 
 def figures(run: dict, attacks: dict) -> dict[str, float | None]:
     """The numbers a setting is judged by: each group's MCQ accuracy, wall time, and the three audit figures."""
-    out: dict[str, float | None] = {g: (run["metrics"].get(g) or {}).get("mcq") for g in GROUPS}
+    out: dict[str, float | None] = {g: mcq(run["metrics"], g) for g in GROUPS}
     out["wall_s"] = run["cost"]["wall_s"]
     out["relearn_ag"] = attacks.get("relearn", {}).get("ag")
     out["pgd_forget"] = attacks.get("pgd", {}).get("forget_attacked")
@@ -64,8 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", default="0,1,2", help="comma list of unlearning seeds")
     p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                    help="a setting to run (repeatable); default: the shipped config alone")
-    p.add_argument("--attacks", default=",".join(ATTACKS), help="comma list of the attacks to run")
-    p.add_argument("--attack-set", action="append", default=[], metavar="KEY=VALUE", help="AttackConfig option")
+    attack_options(p)
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = [variant(v) for v in args.variant] or [("shipped", [])]

@@ -189,11 +189,11 @@ class CVFNCU(BaseMethod):
 
     def _halves(self, turns: list[Turn], step: int) -> tuple[list[int], list[int]]:
         """Rows of the batch split by person into two seeded halves (the simulated relearning's)."""
-        people = sorted({self._person.get(id(t.image), str(i)) for i, t in enumerate(turns)})
+        who = [self._person.get(id(t.image), str(i)) for i, t in enumerate(turns)]
+        people = sorted(set(who))
         rng = np.random.default_rng(self.seed + 104729 * (step + 1))
         seen = {people[i] for i in rng.permutation(len(people))[: len(people) // 2]}
-        rows = [self._person.get(id(t.image), str(i)) in seen for i, t in enumerate(turns)]
-        return [i for i, r in enumerate(rows) if r], [i for i, r in enumerate(rows) if not r]
+        return [i for i, w in enumerate(who) if w in seen], [i for i, w in enumerate(who) if w not in seen]
 
     def _forgotten_batch(self, ctx: Context, size: int) -> list:
         """This step's share of the already-forgotten images: a seeded draw, the same in every process.
