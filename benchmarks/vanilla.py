@@ -32,7 +32,7 @@ from unsee import __version__
 from unsee.config import load_config, to_dict
 from unsee.data.collate import image_of
 from unsee.data.mllmu import load_mllmu
-from unsee.data.render import render, sample_view
+from unsee.data.render import GENERAL_TEMPLATES, render, sample_view
 from unsee.data.schema import Example, Suite
 from unsee.data.world import cached_world, load_world_info, world_identity
 from unsee.eval import metrics, prompts
@@ -116,7 +116,18 @@ def score(adapter: HFAdapter, suite: Suite, *, cloze_cap: int, letter_cap: int) 
         source = cloze_ok if name == "cloze" else mcq_ok
         hits = [h for g in pool for h in source.get(g, [])]
         pooled_acc[name] = {"acc": float(np.mean(hits)) if hits else float("nan"), "n": len(hits)}
-    return {"groups": groups, "pooled": pooled_acc}
+    general = [e for e in suite.groups.get("general", []) if e.task == "mcq" and e.options]
+    return {"groups": groups, "pooled": pooled_acc, "general_by_kind": by_kind(general, mcq_ok.get("general", []))}
+
+
+def by_kind(items: list[Example], hits: list[bool]) -> dict[str, dict[str, float | int]]:
+    """Accuracy of each kind of general question (colour, shape, count, position): the pooled
+    figure hides which skill the model lacks."""
+    kind_of = {question: kind for kind, (question, _, _) in GENERAL_TEMPLATES.items()}
+    split: dict[str, list[bool]] = {}
+    for e, hit in zip(items, hits, strict=True):
+        split.setdefault(kind_of.get(e.question, "other"), []).append(hit)
+    return {k: {"acc": float(np.mean(v)), "n": len(v)} for k, v in sorted(split.items())}
 
 
 @torch.no_grad()
@@ -217,6 +228,7 @@ def main() -> None:
         "view_nn_accuracy": nn,
         "pooled": scores["pooled"],
         "groups": scores["groups"],
+        "general_by_kind": scores["general_by_kind"],
         "targets": checks,
         "all_pass": all(c["pass"] for c in checks.values()),
     }

@@ -185,3 +185,23 @@ def test_seeds_benchmark_repeats_a_seed_exactly(demo_run: tuple[Path, Path], tmp
     assert json.loads((tmp_path / "s.json").read_text())["results"]["cvf_ncu/held"]["runs"] == held["runs"]
     with pytest.raises(SystemExit, match="give it a name"):
         seeds.main([*_bench_args(demo_run[1], tmp_path / "t.json"), "--variant", ":lr=1"])
+
+
+def test_vanilla_benchmark_splits_general_by_kind() -> None:
+    """The pooled `general` figure hides which skill is missing; vanilla.py reports each kind."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from vanilla import by_kind
+
+    from unsee.data.render import GENERAL_TEMPLATES
+    from unsee.data.schema import Example
+
+    def item(kind: str) -> Example:
+        return Example(uid=kind, entity="g", question=GENERAL_TEMPLATES[kind][0], answer="x", task="mcq")
+
+    items = [item("shape"), item("shape"), item("count"), item("colour")]
+    split = by_kind(items, [True, False, False, True])
+    assert split == {"colour": {"acc": 1.0, "n": 1}, "count": {"acc": 0.0, "n": 1}, "shape": {"acc": 0.5, "n": 2}}
+    with pytest.raises(ValueError):
+        by_kind(items, [True])
