@@ -205,3 +205,24 @@ def test_vanilla_benchmark_splits_general_by_kind() -> None:
     assert split == {"colour": {"acc": 1.0, "n": 1}, "count": {"acc": 0.0, "n": 1}, "shape": {"acc": 0.5, "n": 2}}
     with pytest.raises(ValueError):
         by_kind(items, [True])
+
+
+def test_reproduce_benchmark_trains_the_vanilla_model_again_bit_for_bit(demo_run: tuple[Path, Path],
+                                                                        tmp_path: Path) -> None:
+    """benchmarks/reproduce.py: two trainings from empty caches give the same tensors; a model
+    that differs is named, tensor by tensor."""
+    import sys
+
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import reproduce
+
+    cfg = yaml.safe_load(CONFIG.read_text())
+    r = reproduce.main(["--world", "quick", "--cache-dir", str(tmp_path / "cache"), "--threads", "1",
+                        "--out", str(tmp_path / "r.json"), *(f"--world-set={x}" for x in cfg["world_overrides"]),
+                        *(f"--recipe-set={x}" for x in cfg["recipe_overrides"])])
+    assert r["identical"] and r["differing"] == [] and r["max_abs_diff"] == 0.0 and r["n_tensors"] > 50
+    assert json.loads((tmp_path / "r.json").read_text())["identical"] is True
+    other = reproduce.compare(Path(r["against"]), demo_run[0] / "graddiff")
+    assert not other["identical"] and other["differing"] and other["max_abs_diff"] > 0

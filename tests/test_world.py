@@ -332,7 +332,25 @@ def test_world_cache_key_follows_config_seed_and_code(tmp_path: Path, monkeypatc
     before = source_fingerprint("fp_probe")
     (tmp_path / "fp_probe.py").write_text("X = 2\n")
     assert source_fingerprint("fp_probe") != before
+    # documentation is not code: a docstring, a comment or the layout keeps the key
+    (tmp_path / "fp_probe.py").write_text('"""Why X."""\n\nX = (  # the answer\n    2\n)\n')
+    assert source_fingerprint("fp_probe") != before
+    again = source_fingerprint("fp_probe")
+    (tmp_path / "fp_probe.py").write_text("X = 2\n")
+    assert source_fingerprint("fp_probe") == again
     monkeypatch.setattr(world_mod, "WORLD_CODE", (*world_mod.WORLD_CODE, "fp_probe"))
     assert world_mod.world_cache_key("quick", [], 0) != key
     with pytest.raises(ModuleNotFoundError):
         source_fingerprint("no_such_module_here")
+
+
+def test_code_fingerprint_ignores_docstrings_but_not_strings_that_run() -> None:
+    import textwrap
+
+    from unsee.io import code_fingerprint
+
+    plain = "def f(x):\n    return x + 1\n"
+    documented = 'def f(x):\n    """Adds one."""\n    # why\n    return x + 1\n'
+    assert code_fingerprint(plain) == code_fingerprint(documented) == code_fingerprint(textwrap.indent(plain, "    "))
+    assert code_fingerprint(plain) != code_fingerprint(plain.replace("1", "2"))
+    assert code_fingerprint('MODE = "cosine"\n') != code_fingerprint('MODE = "linear"\n')

@@ -41,7 +41,7 @@ from unsee.data.schema import Example
 from unsee.engine.checkpoint import has_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
 from unsee.engine.trainer import TrainConfig, adamw, seed_everything, train
 from unsee.errors import ConfigError, ModelError
-from unsee.io import atomic_dir, check_output_dir, content_hash, source_fingerprint
+from unsee.io import atomic_dir, check_output_dir, code_fingerprint, content_hash, source_fingerprint
 from unsee.methods.base import BaseMethod, nll
 from unsee.models import load_adapter, model_fingerprint
 from unsee.models.base import HFAdapter, Turn
@@ -424,7 +424,8 @@ def finetune(
     base_fp = model_fingerprint(model)
     rc = to_dict(cfg)
     # stage 1's code is its own function and the renderer, so editing later stages keeps it cached
-    vision_code = content_hash(inspect.getsource(pretrain_vision), source_fingerprint("unsee.data.render"))
+    vision_code = content_hash(code_fingerprint(inspect.getsource(pretrain_vision)),
+                               source_fingerprint("unsee.data.render"))
     h1 = content_hash("vision", vision_code, visual_fingerprint(load_adapter(model)), pool_fingerprint(pool),
                {k: rc[k] for k in VISION_KEYS})
     h2 = content_hash("base", h1, source_fingerprint(*RECIPE_CODE), base_fp, world_fingerprint(data),
