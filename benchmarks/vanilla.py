@@ -92,11 +92,12 @@ def cloze_hits(adapter: HFAdapter, items: list[Example], batch_size: int = 32) -
 def score(adapter: HFAdapter, suite: Suite, *, cloze_cap: int, letter_cap: int) -> dict[str, Any]:
     """Per-group MCQ (log-likelihood; letter on a sample), cloze per group, and the pooled targets."""
     groups: dict[str, dict[str, Any]] = {}
+    mcq_items: dict[str, list[Example]] = {}
     mcq_ok: dict[str, list[bool]] = {}
     cloze_ok: dict[str, list[bool]] = {}
     for g in sorted({g for pool in POOLS.values() for g in pool}):
         items = suite.groups.get(g, [])
-        mcq = [e for e in items if e.task == "mcq" and e.options]
+        mcq = mcq_items[g] = [e for e in items if e.task == "mcq" and e.options]
         cloze = _even_sample([e for e in items if e.task == "cloze"], cloze_cap)
         fig: dict[str, Any] = {"n_mcq": len(mcq)}
         if mcq:
@@ -116,8 +117,8 @@ def score(adapter: HFAdapter, suite: Suite, *, cloze_cap: int, letter_cap: int) 
         source = cloze_ok if name == "cloze" else mcq_ok
         hits = [h for g in pool for h in source.get(g, [])]
         pooled_acc[name] = {"acc": float(np.mean(hits)) if hits else float("nan"), "n": len(hits)}
-    general = [e for e in suite.groups.get("general", []) if e.task == "mcq" and e.options]
-    return {"groups": groups, "pooled": pooled_acc, "general_by_kind": by_kind(general, mcq_ok.get("general", []))}
+    return {"groups": groups, "pooled": pooled_acc,
+            "general_by_kind": by_kind(mcq_items.get("general", []), mcq_ok.get("general", []))}
 
 
 def by_kind(items: list[Example], hits: list[bool]) -> dict[str, dict[str, float | int]]:
