@@ -8,7 +8,9 @@ each time) or, with ``--models DIR``, the best models that ``unlearn.py --keep D
 are audited as they are (same world, forget split and seed): the audit then covers the tuned
 settings the unlearning table reports, without training them again. The four attacks of
 :mod:`unsee.eval.attacks` run on each model, the probe's baseline being the vanilla model's
-visual module; the vanilla model itself is attacked too, as the reference row. Targets
+visual module; the vanilla model itself is attacked too, as the reference row, and with
+``--retrained`` the model fine-tuned without the forget people's photos, which is what a
+perfect visual unlearning would give. Targets
 (``cvf_ncu``): relearning AG <= 10 points, forget accuracy under PGD <= 0.40, probe accuracy
 on forget identities falling toward chance: at least halfway from the vanilla model's to chance.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from common import TRAINING, attack_options, check, eval_kw, measure, parser, vanilla_model
+from common import TRAINING, attack_options, check, eval_kw, measure, parser, retrained_model, vanilla_model
 
 from unsee import api
 from unsee.engine.trainer import frozen_copy
@@ -54,6 +56,11 @@ def main(argv: list[str] | None = None) -> dict:
     rows = {"vanilla": api.audit_adapter(base, suite, kinds=kinds, vanilla=before, seed=args.seed,
                                          overrides=args.attack_set, strict=False)}
     print("vanilla", rows["vanilla"], flush=True)
+    if args.retrained:
+        rows["retrained"] = api.audit_adapter(load_adapter(retrained_model(args, world, vanilla, args.forget)), suite,
+                                              kinds=kinds, vanilla=before, seed=args.seed, overrides=args.attack_set,
+                                              strict=False)
+        print("retrained", rows["retrained"], flush=True)
     settings = {}
     for method in args.methods.split(","):
         if args.models:

@@ -40,6 +40,9 @@ def parser(doc: str, *, methods: str, out: str) -> argparse.ArgumentParser:
     p.add_argument("--generation", action="store_true", help="also score cloze and generation (slow on CPU)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 on a machine busy with other work)")
+    p.add_argument("--retrained", action="store_true",
+                   help="also measure the retrained reference: the vanilla model fine-tuned again without the "
+                        "forget people's photos (unsee retrain; trained once, then cached)")
     return p
 
 
@@ -57,6 +60,12 @@ def vanilla_model(args: argparse.Namespace) -> tuple[Path, Path]:
     cfg = DemoConfig(world=args.world, recipe=args.recipe or args.world, world_overrides=args.world_set,
                      recipe_overrides=args.recipe_set)
     return prepare_vanilla(cfg, args.arch, args.seed, _cache(args.cache_dir))
+
+
+def retrained_model(args: argparse.Namespace, world: Path, vanilla: Path, forget: str) -> Path:
+    """The retrained reference of ``vanilla`` for ``forget``, from the stage cache (trained on first use)."""
+    out = Path(tempfile.mkdtemp(prefix="unsee-bench-retrained-")) / "model"
+    return api.retrain(vanilla, world, out, forget=forget, cache_dir=_cache(args.cache_dir))
 
 
 def eval_kw(args: argparse.Namespace) -> dict[str, Any]:

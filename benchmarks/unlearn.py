@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import TRAINING, check, eval_kw, mcq, measure, parser, score, vanilla_model
+from common import TRAINING, check, eval_kw, mcq, measure, parser, retrained_model, score, vanilla_model
 
 from unsee import api
 from unsee.eval.results import environment, new_results, write_results
@@ -114,6 +114,12 @@ def main(argv: list[str] | None = None) -> dict:
     v_metrics = api.evaluate_adapter(load_adapter(vanilla), suite, **kw)
     v_run = api.make_run("vanilla", v_metrics, model=args.arch, suite=suite, forget=args.forget, seed=args.seed)
     v_run["eval_s"] = round(time.perf_counter() - start, 1)
+    reference: dict[str, Any] = {}
+    if args.retrained:
+        r_metrics = api.evaluate_adapter(load_adapter(retrained_model(args, world, vanilla, args.forget)), suite, **kw)
+        reference = {"retrained": {"metrics": r_metrics, "score": score(v_metrics, {"metrics": r_metrics})}}
+        print(f"{'retrained':12s} {'(reference)':28s} score={reference['retrained']['score']['score']} "
+              f"forget={mcq(r_metrics, 'forget')} retain={mcq(r_metrics, 'retain')}", flush=True)
     rows: list[dict[str, Any]] = []
     best: dict[str, dict[str, Any]] = {}
     best_runs: dict[str, dict] = {}
@@ -123,7 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
         """The JSON so far: a long sweep that stops early keeps the rows it finished."""
         result = {
             "benchmark": "unlearn", "world": args.world, "arch": args.arch, "forget": args.forget,
-            "seed": args.seed, "complete": complete, "eval": kw, "vanilla": v_metrics, "rows": rows, "best": best,
+            "seed": args.seed, "complete": complete, "eval": kw, "vanilla": v_metrics, **reference, "rows": rows,
+            "best": best,
             "targets": targets(best, v_metrics, rows), "environment": environment(),
         }
         atomic_write_json(out, result)

@@ -26,7 +26,7 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 0
     out = capsys.readouterr().out
     assert "usage: unsee" in out
-    for command in ("world", "model", "finetune", "unlearn", "eval", "report", "demo", "attack"):
+    for command in ("world", "model", "finetune", "retrain", "unlearn", "eval", "report", "demo", "attack"):
         assert command in out
 
 
@@ -82,3 +82,13 @@ def test_model_init_refuses_existing_results(capsys: pytest.CaptureFixture[str],
     err = capsys.readouterr().err
     assert "--overwrite" in err and len(err.strip().splitlines()) == 1
     assert [p.name for p in out.iterdir()] == ["results.json"]
+
+
+def test_retrain_needs_a_vanilla_model_made_by_finetune(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                        tiny_models: TinyModels, world: Path) -> None:
+    out = tmp_path / "r"
+    assert main(["retrain", "--model", str(tiny_models.dir("tiny-llava")), "--data", str(world),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not made by unsee finetune" in err[0]
+    assert not out.exists()

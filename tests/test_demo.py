@@ -111,8 +111,10 @@ def test_unlearn_benchmark_runs_on_the_demo_world(demo_run: tuple[Path, Path], t
 
     kept = tmp_path / "kept"
     args = [*_bench_args(demo_run[1], tmp_path / "u.json"), "--methods", "graddiff,cvf_ncu,eraser",
-            "--lr-scales", "1.0", "3.0", "--sweep", "graddiff", "--keep", str(kept)]
+            "--lr-scales", "1.0", "3.0", "--sweep", "graddiff", "--keep", str(kept), "--retrained"]
     result = unlearn.main(args)
+    # the reference a perfect visual unlearning would reach: evaluated like every row, scored against vanilla
+    assert {"forget", "retain"} <= set(result["retrained"]["metrics"]) and "score" in result["retrained"]["score"]
     # only graddiff is swept: its shipped setting, then 3x the learning rate
     assert [r["method"] for r in result["rows"]] == ["graddiff", "graddiff", "cvf_ncu", "eraser"]
     assert result["complete"] and json.loads((tmp_path / "u.json").read_text())["rows"] == result["rows"]
@@ -159,8 +161,9 @@ def test_continual_and_audit_benchmarks_run_on_the_demo_world(demo_run: tuple[Pa
     assert (tmp_path / "c.png").is_file() and (tmp_path / "c.results.json").is_file()
     a = audits.main([*_bench_args(demo_run[1], tmp_path / "a.json"), "--methods", "cvf_ncu",
                      "--attack-set", "relearn_steps=1", "--attack-set", "pgd_steps=1", "--attack-set", "max_items=2",
-                     "--attack-set", "probe_steps=10"])
-    assert set(a["attacks"]) == {"vanilla", "cvf_ncu"}
+                     "--attack-set", "probe_steps=10", "--retrained"])
+    assert set(a["attacks"]) == {"vanilla", "retrained", "cvf_ncu"}
+    assert {"pgd", "shift", "probe", "relearn"} <= set(a["attacks"]["retrained"])
     assert {"pgd", "shift", "probe", "relearn"} <= set(a["attacks"]["cvf_ncu"])
     assert "pgd_forget" in a["targets"]["cvf_ncu"]
 

@@ -205,3 +205,42 @@ def test_replay_is_whole_copies_of_stage2_near_the_asked_fraction(world: Path) -
     tail = stage3[k * len(own):]
     assert [(t.prompt, t.answer, t.follow) for t in tail[:n]] == [(t.prompt, t.answer, t.follow) for t in base]
     assert len({id(t) for t in tail[:n]}) == n and all(tail[i] is tail[i % n] for i in range(len(tail)))
+
+
+def test_retrain_leaves_out_the_forget_photos_keeps_their_text_and_is_cached(world: Path, model: Path,
+                                                                               tmp_path: Path) -> None:
+    from unsee.data.collate import image_of
+    from unsee.errors import DataError, ModelError
+    from unsee.retrain import RETRAINED_FILE, retrain, retrain_turns
+
+    cache = tmp_path / "c"
+    vanilla = ft.finetune(model, world, tmp_path / "v", config="quick", overrides=RECIPE, cache_dir=cache)
+    suite = load_mllmu(world, "forget_10")
+    names = set(load_world_info(world)["names"].values())
+    cfg = load_config(ft.FinetuneConfig, json.loads((vanilla / "unsee_vanilla.json").read_text())["recipe"],
+                      kind="finetune")
+    full, kept = ft._stage3_turns(suite, cfg, names), retrain_turns(suite, cfg, names)
+    forget_photos = {id(image_of(e)) for e in suite.group("train_forget")}
+    assert forget_photos and any(id(t.image) in forget_photos for t in full)
+    assert not any(id(t.image) in forget_photos for t in kept)
+    text = sorted((t.prompt, t.answer) for t in full if t.image is None)
+    assert text == sorted((t.prompt, t.answer) for t in kept if t.image is None)  # every text question stays
+    named = load_world_info(world)["names"]
+    assert any(named[who] in q for who in suite.forget_entities for q, _ in text)  # theirs too
+
+    out = retrain(vanilla, world, tmp_path / "r", cache_dir=cache)
+    record = json.loads((out / RETRAINED_FILE).read_text())
+    assert not record["cached"] and sorted(record["without"]) == sorted(suite.forget_entities)
+    before, after = load_adapter(vanilla).model.state_dict(), load_adapter(out).model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    again = retrain(vanilla, world, tmp_path / "r2", cache_dir=cache)
+    assert json.loads((again / RETRAINED_FILE).read_text())["cached"]
+    assert (again / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+
+    with pytest.raises(ModelError, match="not made by unsee finetune"):
+        retrain(model, world, tmp_path / "r3", cache_dir=cache)
+    with pytest.raises(ModelError, match="stage-2 checkpoint"):
+        retrain(vanilla, world, tmp_path / "r4", cache_dir=tmp_path / "empty")
+    other = build_world(tmp_path / "w2", seed=1, config="quick", overrides=WORLD)
+    with pytest.raises(DataError, match="another world"):
+        retrain(vanilla, other, tmp_path / "r5", cache_dir=cache)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
@@ -17,9 +18,13 @@ from unsee.engine.trainer import Context, TrainConfig, frozen_copy, train, uniqu
 from unsee.methods import method_class
 from unsee.methods.base import images_of, nll
 from unsee.methods.baselines import SFT
-from unsee.methods.cvf import CVFNCU, CVFConfig, CVFOnly, after_relearning, info_nce
+from unsee.methods.cvf import CVFNCU, CVFConfig, CVFOnly, after_relearning, features_and_hidden, info_nce, vision_blocks
 from unsee.methods.mmunlearner import MMUnlearner, MMUnlearnerConfig, ratio_masks
 from unsee.models import HFAdapter, Turn, load_adapter
+
+if TYPE_CHECKING:
+    from conftest import TinyModels
+    from PIL import Image
 
 
 @pytest.fixture(scope="module")
@@ -348,3 +353,31 @@ def test_cvf_relearning_aware_term_splits_the_batch_by_person(model_dir: Path, s
     assert all(torch.equal(p, b) for p, b in zip(adapter.model.parameters(), before, strict=True))
     assert "relearned_f" not in out["off"][1] and out["on"][1]["relearned_f"] > 0
     assert out["on"][0].item() == pytest.approx(out["off"][0].item() + out["on"][1]["relearned_f"], rel=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["tiny-llava", "tiny-qwen2.5-vl"])
+def test_vision_block_tokens_come_per_image_from_the_same_pass(arch: str, tiny_models: TinyModels,
+                                                               make_image: Callable[..., Image.Image]) -> None:
+    adapter = tiny_models.adapter(arch)
+    images = [make_image(i) for i in range(3)]
+    inputs = adapter.image_inputs(images)
+    with torch.no_grad():
+        feats, hidden = features_and_hidden(adapter, inputs, -1)
+        alone = features_and_hidden(adapter, adapter.image_inputs(images[1:2]), -1)[1][0]
+    assert len(hidden) == len(feats) == 3
+    assert all(torch.equal(f, g) for f, g in zip(feats, adapter.visual_features(inputs), strict=True))
+    assert torch.allclose(hidden[1], alone, atol=1e-5)  # image 1's own tokens, not a slice of another's
+    assert not torch.allclose(hidden[0], hidden[1])
+    assert len(vision_blocks(adapter)) >= 2
+
+
+def test_cvf_tower_terms_add_their_losses(model_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:
+    """The tower-level merge and the retained photos' tower distillation enter the loss with their weights;
+    the distillation is zero on an untouched model, whose tower is the reference's."""
+    _, batch, ctx = cvf_context(model_dir, suite, turns)
+    out = cvf_losses(ctx, batch, {"off": CVFConfig(ncu=False), "on": CVFConfig(ncu=False, lambda_v=2.0, lambda_dv=3.0),
+                                  "early": CVFConfig(ncu=False, lambda_v=2.0, merge_block=0)})
+    on, off = out["on"], out["off"]
+    assert "tower_f" not in off[1] and on[1]["tower_f"] > 0 and on[1]["distil_v"] == pytest.approx(0.0, abs=1e-10)
+    assert on[0].item() == pytest.approx(off[0].item() + 2.0 * on[1]["tower_f"], rel=1e-5)
+    assert out["early"][1]["tower_f"] != pytest.approx(on[1]["tower_f"])

@@ -4,6 +4,7 @@
     api.build_world("w", config="quick")
     api.init_model("tiny-llava", "m0", world="w")
     api.finetune("m0", "w", "vanilla", config="quick")
+    api.retrain("vanilla", "w", "retrained", forget="forget_10")
     api.unlearn("cvf_ncu", "vanilla", "w", "out")
     api.evaluate("out/model", "w", "out/eval.json")
 """
@@ -27,9 +28,10 @@ from unsee.models import load_adapter
 from unsee.models.base import HFAdapter, Turn
 from unsee.models.shapes import init_shaped
 from unsee.models.tiny import init_model
+from unsee.retrain import retrain
 
 __all__ = ["attack", "audit_adapter", "build_world", "detect_benchmark", "evaluate", "finetune", "init_model",
-           "init_shaped", "load_suite", "print_results", "report", "unlearn"]
+           "init_shaped", "load_suite", "print_results", "report", "retrain", "unlearn"]
 
 
 # ---- data ----------------------------------------------------------------------------------

@@ -71,6 +71,13 @@ def _finetune(a: argparse.Namespace) -> None:
     print(f"vanilla model written to {out}")
 
 
+def _retrain(a: argparse.Namespace) -> None:
+    from unsee import api
+
+    out = api.retrain(a.model, a.data, a.out, forget=a.forget, overwrite=a.overwrite, cache_dir=a.cache_dir)
+    print(f"retrained reference (without {a.forget}'s photos) written to {out}")
+
+
 def _unlearn(a: argparse.Namespace) -> None:
     from unsee import api
 
@@ -141,6 +148,12 @@ def parser() -> argparse.ArgumentParser:
                  required=["model", "data", "out"], overrides=True)
     f.add_argument("--config", default="default", help="recipe file or shipped name: quick, default")
     f.add_argument("--cache-dir", default=None, help="stage cache (default: ~/.cache/unsee)")
+
+    rt = _command(sub, "retrain", "the vanilla model's fine-tune again without the forget people's photos: "
+                  "the reference an unlearned model is judged against", _retrain,
+                  required=["model", "data", "out"], seed=False)
+    rt.add_argument("--forget", default="forget_10")
+    rt.add_argument("--cache-dir", default=None, help="the stage cache unsee finetune used (default: ~/.cache/unsee)")
 
     u = _command(sub, "unlearn", "run an unlearning method", _unlearn, required=["method", "model", "data", "out"],
                  overrides=True)

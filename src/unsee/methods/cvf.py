@@ -25,6 +25,7 @@ from unsee.config import opt
 from unsee.data.augment import augment
 from unsee.data.collate import image_of
 from unsee.engine.trainer import Context
+from unsee.errors import ConfigError
 from unsee.eval.attacks import linf_ascent
 from unsee.methods.base import BaseMethod, images_of, nll, pooled, token_mse
 from unsee.methods.ncu import add_covariances, input_covariances, install_projections
@@ -40,6 +41,13 @@ class CVFConfig:
     lambda_t: float = opt(
         0.0, "weight of a token-level forget term: every token of a forget image towards the reference's mean "
         "neutral token (an addition to the spec; the pooled InfoNCE leaves identity in the tokens)")
+    lambda_v: float = opt(
+        0.0, "weight of a tower-level forget term: every token of a forget image after vision block merge_block "
+        "towards the reference's mean neutral token there (an addition to the spec; the projector-level terms "
+        "leave identity in the tower, where a relearning attack finds it)")
+    lambda_dv: float = opt(0.0, "weight of the retained images' distillation after vision block merge_block, "
+                           "where lambda_v moves the tower")
+    merge_block: int = opt(-1, "the vision block whose output lambda_v merges (-1: the last)")
     augment: float = opt(0.0, "strength of fresh crops and colour jitter on the forget photos at every step, so "
                          "that forgetting reaches other views of the person (0: off)")
     adv_steps: int = opt(
@@ -89,6 +97,7 @@ class CVFNCU(BaseMethod):
         self.seed = ctx.cfg.seed
         self._ref: dict[int, tuple[Any, torch.Tensor]] = {}
         self._pixels: dict[int, tuple[Any, BatchFeature]] = {}
+        self._ref_hidden: dict[int, tuple[Any, torch.Tensor]] = {}
         # whose photo each forget image is; image_of hands out one object per file
         self._person = {id(image_of(e)): e.entity for e in ctx.suite.groups.get("train_forget", []) if e.has_image}
         if self.cfg.ncu:
@@ -148,7 +157,12 @@ class CVFNCU(BaseMethod):
                     restore=lambda: token_mse(a.visual_features(seen_in), [ref_f_tok[i] for i in seen]),
                     forget=lambda: weighted(*forget_terms(a.visual_features(unseen_in))),
                     steps=self.cfg.relearn_sim_steps, eps=self.cfg.relearn_sim_eps)
-        l_f, l_t = forget_terms(at(f_in["pixel_values"]))
+        f_hidden = None
+        if self.cfg.lambda_v > 0:
+            f_tok, f_hidden = features_and_hidden(a, f_in, self.cfg.merge_block)
+        else:
+            f_tok = at(f_in["pixel_values"])
+        l_f, l_t = forget_terms(f_tok)
         if self.cfg.adv_steps > 0:
             # the clean photos stay anchors too: trained on the attacked ones alone, the clean forgetting
             # weakened; the ascent climbs the whole forget loss, so that it also undoes the token merging
@@ -162,8 +176,17 @@ class CVFNCU(BaseMethod):
         l_forget = weighted(l_f, l_t)
         if held is not None:
             l_forget = l_forget + held
+        l_v = None
+        if f_hidden is not None:
+            tower_target = torch.cat([t.float() for t in self._reference_hidden(ref, n_img)]).mean(0)
+            l_v = torch.stack([F.mse_loss(h.float(), tower_target.expand_as(h)) for h in f_hidden]).mean()
+            l_forget = l_forget + self.cfg.lambda_v * l_v
         # the student's retained tokens come after the simulated relearning, which moves the weights in place
-        s_r_tok = a.visual_features(self._inputs(a, r_img))
+        s_r_hidden = None
+        if self.cfg.lambda_dv > 0:
+            s_r_tok, s_r_hidden = features_and_hidden(a, self._inputs(a, r_img), self.cfg.merge_block)
+        else:
+            s_r_tok = a.visual_features(self._inputs(a, r_img))
         s_r = pooled(s_r_tok)
         # retain anchors: positive = own reference; negatives = the other identities in the batch
         R = s_r.shape[0]
@@ -172,10 +195,16 @@ class CVFNCU(BaseMethod):
         l_d = token_mse(s_r_tok, ref_r_tok)
         loss = l_forget + self.cfg.lambda_r * l_r + self.cfg.lambda_d * l_d
         parts = {"cvf_f": l_f.item(), "cvf_r": l_r.item(), "distil": l_d.item()}
+        if s_r_hidden is not None:
+            l_dv = token_mse(s_r_hidden, self._reference_hidden(ref, r_img))
+            loss = loss + self.cfg.lambda_dv * l_dv
+            parts["distil_v"] = l_dv.item()
         if l_t is not None:
             parts["token_f"] = l_t.item()
         if held is not None:
             parts["relearned_f"] = held.item()
+        if l_v is not None:
+            parts["tower_f"] = l_v.item()
         kept = self._forgotten_batch(ctx, len(f_img))
         if kept and self.cfg.lambda_k > 0:
             l_k = token_mse(a.visual_features(self._inputs(a, kept)), self._reference(ref, kept))
@@ -194,6 +223,12 @@ class CVFNCU(BaseMethod):
         rng = np.random.default_rng(self.seed + 104729 * (step + 1))
         seen = {people[i] for i in rng.permutation(len(people))[: len(people) // 2]}
         return [i for i, w in enumerate(who) if w in seen], [i for i, w in enumerate(who) if w not in seen]
+
+    @torch.no_grad()
+    def _reference_hidden(self, ref: HFAdapter, images: list) -> list[torch.Tensor]:
+        """The frozen reference's tokens after vision block ``merge_block``, each image's computed once."""
+        return _per_image(self._ref_hidden, images,
+                          lambda missing: features_and_hidden(ref, self._inputs(ref, missing), self.cfg.merge_block)[1])
 
     def _forgotten_batch(self, ctx: Context, size: int) -> list:
         """This step's share of the already-forgotten images: a seeded draw, the same in every process.
@@ -260,6 +295,32 @@ def after_relearning(params: list[torch.nn.Parameter], restore: Callable[[], tor
     surrogate = sum(((p * g.to(p.dtype)).sum() for p, g in zip(params, grads, strict=True) if g is not None),
                     torch.zeros(()))
     return value.detach() + surrogate - surrogate.detach()
+
+
+def vision_blocks(adapter: HFAdapter) -> list[torch.nn.Module]:
+    """The vision encoder's transformer blocks in order: the block list of the ``vision`` group."""
+    for name, mod in adapter.model.named_modules():
+        if isinstance(mod, torch.nn.ModuleList) and adapter.group_of(name + ".") == "vision":
+            return list(mod)
+    raise ConfigError(f"found no list of vision blocks in {adapter.source or type(adapter.model).__name__}")
+
+
+def features_and_hidden(adapter: HFAdapter, image_inputs: BatchFeature,
+                        block: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``visual_features`` and, from the same forward pass, each image's tokens after vision
+    block ``block``: a loss on the projector output alone leaves the tower's identity intact."""
+    captured: list[torch.Tensor] = []
+    handle = vision_blocks(adapter)[block].register_forward_hook(
+        lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        feats = adapter.visual_features(image_inputs)
+    finally:
+        handle.remove()
+    hidden = captured[-1]
+    if hidden.dim() == 3:  # [images, tokens, d]
+        return feats, list(hidden)
+    sizes = adapter.to_device(image_inputs)["image_grid_thw"].prod(-1).tolist()  # patches of every image, in a row
+    return feats, list(hidden.split(sizes))
 
 
 def _per_image(cache: dict[int, tuple[Any, Any]], images: list, compute: Callable[[list], list]) -> list:

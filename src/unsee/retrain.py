@@ -1,0 +1,98 @@
+"""The retrained reference: a vanilla model's fictitious fine-tune again, without the forget people's photos.
+
+Unlearning is judged against the model that never learned what was removed. For visual
+unlearning that model still knows the forget people from text, so only their image questions
+leave stage 3; their text questions stay. Stages 1 and 2 never see the fictitious people, so
+the vanilla model's own stage-2 checkpoint is the starting point, taken from the stage cache.
+The audits attack this model too: a relearning gain or a probe accuracy means little until
+it is set beside what the model that never saw the photos gives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+from unsee.config import load_config, to_dict
+from unsee.data.schema import Suite
+from unsee.errors import DataError, ModelError
+from unsee.finetune import (
+    FT_KEYS,
+    RECIPE_CODE,
+    STAGE_FILE,
+    FinetuneConfig,
+    _done,
+    _run_sft,
+    _Stage,
+    _stage3_turns,
+    default_cache,
+    world_fingerprint,
+)
+from unsee.io import atomic_dir, check_output_dir, content_hash, source_fingerprint
+from unsee.models import load_adapter
+from unsee.models.base import Turn
+
+RETRAINED_FILE = "unsee_retrained.json"
+
+
+def _vanilla_record(vanilla: Path, data: Path) -> dict:
+    """What ``unsee finetune`` recorded of the vanilla model, checked against the world."""
+    record = vanilla / "unsee_vanilla.json"
+    if not record.is_file():
+        raise ModelError(f"{vanilla} was not made by unsee finetune (it has no unsee_vanilla.json): the retrained "
+                         "reference repeats that command's last stage")
+    meta = json.loads(record.read_text())
+    if meta.get("world_fingerprint") != world_fingerprint(data):
+        raise DataError(f"{vanilla} was fine-tuned on another world than {data}")
+    return meta
+
+
+def retrain_turns(suite: Suite, cfg: FinetuneConfig, names: set[str]) -> list[Turn]:
+    """Stage 3's turns with the forget people's photos taken out; their text questions stay."""
+    if not suite.groups.get("train_forget"):
+        raise DataError(f"split {suite.name!r} has no training photos of forget people: nothing to retrain without")
+    return _stage3_turns(dataclasses.replace(suite, groups={**suite.groups, "train_forget": []}), cfg, names)
+
+
+def retrain(vanilla: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
+            overwrite: bool = False, cache_dir: str | Path | None = None) -> Path:
+    """``unsee retrain``: the vanilla model at ``vanilla`` fine-tuned again without ``forget``'s photos, at ``out``.
+
+    The result is cached beside the stages (keyed on the stage-2 checkpoint, the stage-3
+    options, the split and the code), so every benchmark that wants it trains it once.
+    """
+    from unsee.data.mllmu import load_mllmu
+    from unsee.data.world import load_world_info
+
+    vanilla, data = Path(vanilla), Path(data)
+    check_output_dir(out, overwrite=overwrite)
+    meta = _vanilla_record(vanilla, data)
+    cache = Path(cache_dir) if cache_dir else default_cache()
+    stage2 = next((cache / name for name in meta.get("stages", {}) if name.startswith("stage2-")), None)
+    if stage2 is None or not _done(stage2):
+        raise ModelError(f"the retrained reference starts from {vanilla}'s stage-2 checkpoint, which is not in "
+                         f"{cache}: run unsee finetune with the same --cache-dir first")
+    cfg = load_config(FinetuneConfig, meta["recipe"], kind="finetune")
+    rc = to_dict(cfg)
+    suite = load_mllmu(data, forget)
+    names = set(load_world_info(data)["names"].values())
+    turns = retrain_turns(suite, cfg, names)
+    path = cache / "retrained-{}".format(content_hash(
+        "retrained", stage2.name, {k: rc[k] for k in FT_KEYS}, forget, source_fingerprint(*RECIPE_CODE, __name__)))
+    cached = _done(path)
+    if not cached:
+        stage = _Stage(f"stage 3 without {forget}'s photos", turns, cfg.ft_steps, cfg.ft_lr, cfg.ft_vision_lr_factor,
+                       cfg.ft_augment)
+        _run_sft(path, load_adapter(stage2), stage, cfg, rc)
+    seconds = json.loads((path / STAGE_FILE).read_text()).get("seconds")
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for f in path.iterdir():
+            shutil.copy2(f, tmp / f.name)
+        (tmp / RETRAINED_FILE).write_text(json.dumps({
+            "vanilla": str(vanilla), "world": str(data), "world_fingerprint": meta["world_fingerprint"],
+            "forget": forget, "without": list(suite.forget_entities), "stage": path.name, "cached": cached,
+            "seconds": seconds, "recipe": rc,
+        }, indent=2))
+    return Path(out)
