@@ -178,6 +178,10 @@ def test_probe_on_near_duplicate_views_is_near_perfect(adapter: HFAdapter, suite
     monkeypatch.setattr(attacks, "probe_images", lambda s, c: ([first[lab] for lab in labels], labels, views))
     out = attacks.probe(adapter, suite, AttackConfig(probe_steps=100))
     assert out["forget_acc"] == 1.0 and out["retain_acc"] == 1.0
+    # every vision block's output is read too, from the same pass
+    from unsee.models.blocks import vision_blocks
+
+    assert out["forget_acc_by_block"] == out["retain_acc_by_block"] == [1.0] * len(vision_blocks(adapter))
     # leave one view out: every photo is predicted once
     assert out["folds"] == max(views) + 1
     n_forget = sum(label in set(suite.forget_entities) for label in labels)

@@ -18,9 +18,10 @@ from unsee.engine.trainer import Context, TrainConfig, frozen_copy, train, uniqu
 from unsee.methods import method_class
 from unsee.methods.base import images_of, nll
 from unsee.methods.baselines import SFT
-from unsee.methods.cvf import CVFNCU, CVFConfig, CVFOnly, after_relearning, features_and_hidden, info_nce, vision_blocks
+from unsee.methods.cvf import CVFNCU, CVFConfig, CVFOnly, after_relearning, info_nce
 from unsee.methods.mmunlearner import MMUnlearner, MMUnlearnerConfig, ratio_masks
 from unsee.models import HFAdapter, Turn, load_adapter
+from unsee.models.blocks import features_and_hidden, vision_blocks
 
 if TYPE_CHECKING:
     from conftest import TinyModels
@@ -362,12 +363,12 @@ def test_vision_block_tokens_come_per_image_from_the_same_pass(arch: str, tiny_m
     images = [make_image(i) for i in range(3)]
     inputs = adapter.image_inputs(images)
     with torch.no_grad():
-        feats, hidden = features_and_hidden(adapter, inputs, -1)
-        alone = features_and_hidden(adapter, adapter.image_inputs(images[1:2]), -1)[1][0]
-    assert len(hidden) == len(feats) == 3
+        feats, (hidden, first) = features_and_hidden(adapter, inputs, [-1, 0])
+        alone = features_and_hidden(adapter, adapter.image_inputs(images[1:2]), [-1])[1][0][0]
+    assert len(hidden) == len(first) == len(feats) == 3
     assert all(torch.equal(f, g) for f, g in zip(feats, adapter.visual_features(inputs), strict=True))
     assert torch.allclose(hidden[1], alone, atol=1e-5)  # image 1's own tokens, not a slice of another's
-    assert not torch.allclose(hidden[0], hidden[1])
+    assert not torch.allclose(hidden[0], hidden[1]) and not torch.allclose(hidden[0], first[0])
     assert len(vision_blocks(adapter)) >= 2
 
 

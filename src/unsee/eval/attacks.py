@@ -59,6 +59,8 @@ class AttackConfig:
     shifts: list = opt(["crop", "jitter", "occlude"], "image shifts to apply to forget and retain images")
     probe_retain_people: int = opt(30, "probe: retained people beside the forget people")
     probe_steps: int = opt(300, "probe: full-batch optimisation steps of the logistic regression")
+    probe_blocks: bool = opt(True, "probe: also read the pooled output of every vision block, to show where in "
+                             "the tower the identity is kept or lost")
     seed: int = opt(0, "seed of the half split, the shifts and the probe")
 
     def validate(self) -> None:
@@ -342,11 +344,23 @@ def shift(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steerin
 @torch.no_grad()
 def pooled_features(adapter: HFAdapter, images: Sequence[Image.Image], batch_size: int = 32) -> torch.Tensor:
     """Mean projector output per image, L2-normalised: the feature CVF moves."""
-    from unsee.methods.base import pooled, token_features
+    return pooled_block_features(adapter, images, [], batch_size)[0]
 
+
+@torch.no_grad()
+def pooled_block_features(adapter: HFAdapter, images: Sequence[Image.Image], blocks: Sequence[int],
+                          batch_size: int = 32) -> list[torch.Tensor]:
+    """:func:`pooled_features`, then the same pooling of each of ``blocks``' outputs, from one pass."""
+    from unsee.methods.base import pooled
+    from unsee.models.blocks import features_and_hidden
+
+    parts: list[list[torch.Tensor]] = [[] for _ in range(len(blocks) + 1)]
     with adapter.eval_mode():
-        return torch.cat([pooled(token_features(adapter, images[i : i + batch_size])).cpu()
-                          for i in range(0, len(images), batch_size)])
+        for i in range(0, len(images), batch_size):
+            feats, hidden = features_and_hidden(adapter, adapter.image_inputs(images[i : i + batch_size]), blocks)
+            for part, tokens in zip(parts, [feats, *hidden], strict=True):
+                part.append(pooled(tokens).cpu())
+    return [torch.cat(p) for p in parts]
 
 
 def probe_images(suite: Suite, cfg: AttackConfig) -> tuple[list[Image.Image], list[str], list[int]]:
@@ -407,20 +421,33 @@ def probe(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steerin
     names = sorted(set(labels))
     if not any(label in forget for label in labels):
         raise DataError("the probe needs at least two training views of a forget person")
-    feats = pooled_features(adapter, images).float()
+    from unsee.models.blocks import vision_blocks
+
+    blocks = list(range(len(vision_blocks(adapter)))) if cfg.probe_blocks else []
+    feats, *by_block = pooled_block_features(adapter, images, blocks)
     y = torch.tensor([names.index(label) for label in labels])
     views = torch.tensor(view)
-    pred = torch.empty_like(y)
-    for fold in views.unique().tolist():
-        held = views == fold
-        pred[held] = probe_predict(feats[~held], y[~held], feats[held], len(names), cfg.probe_steps, cfg.seed)
     is_forget = torch.tensor([names[i] in forget for i in y.tolist()])
+
+    def accuracy(x: torch.Tensor) -> dict[str, float]:
+        """Leave-one-view-out accuracy of the probe on features ``x``, for forget and retained people."""
+        x = x.float()
+        pred = torch.empty_like(y)
+        for fold in views.unique().tolist():
+            held = views == fold
+            pred[held] = probe_predict(x[~held], y[~held], x[held], len(names), cfg.probe_steps, cfg.seed)
+        return {key: float((pred[sel] == y[sel]).float().mean())
+                for key, sel in (("forget", is_forget), ("retain", ~is_forget)) if sel.any()}
+
     out: dict[str, Any] = {"classes": len(names), "chance": round(1 / len(names), 4),
                            "folds": len(views.unique())}
-    for key, sel in (("forget", is_forget), ("retain", ~is_forget)):
-        if sel.any():
-            out[f"{key}_acc"] = float((pred[sel] == y[sel]).float().mean())
-            out[f"n_{key}"] = int(sel.sum())
+    for key, acc in accuracy(feats).items():
+        out[f"{key}_acc"] = acc
+        out[f"n_{key}"] = int((is_forget if key == "forget" else ~is_forget).sum())
+    if by_block:
+        per_block = [accuracy(x) for x in by_block]
+        for key in per_block[0]:
+            out[f"{key}_acc_by_block"] = [round(b[key], 4) for b in per_block]
     return out
 
 

@@ -25,11 +25,11 @@ from unsee.config import opt
 from unsee.data.augment import augment
 from unsee.data.collate import image_of
 from unsee.engine.trainer import Context
-from unsee.errors import ConfigError
 from unsee.eval.attacks import linf_ascent
 from unsee.methods.base import BaseMethod, images_of, nll, pooled, token_mse
 from unsee.methods.ncu import add_covariances, input_covariances, install_projections
 from unsee.models.base import HFAdapter, Turn
+from unsee.models.blocks import features_and_hidden
 
 
 @dataclass
@@ -159,7 +159,7 @@ class CVFNCU(BaseMethod):
                     steps=self.cfg.relearn_sim_steps, eps=self.cfg.relearn_sim_eps)
         f_hidden = None
         if self.cfg.lambda_v > 0:
-            f_tok, f_hidden = features_and_hidden(a, f_in, self.cfg.merge_block)
+            f_tok, (f_hidden,) = features_and_hidden(a, f_in, [self.cfg.merge_block])
         else:
             f_tok = at(f_in["pixel_values"])
         l_f, l_t = forget_terms(f_tok)
@@ -184,7 +184,7 @@ class CVFNCU(BaseMethod):
         # the student's retained tokens come after the simulated relearning, which moves the weights in place
         s_r_hidden = None
         if self.cfg.lambda_dv > 0:
-            s_r_tok, s_r_hidden = features_and_hidden(a, self._inputs(a, r_img), self.cfg.merge_block)
+            s_r_tok, (s_r_hidden,) = features_and_hidden(a, self._inputs(a, r_img), [self.cfg.merge_block])
         else:
             s_r_tok = a.visual_features(self._inputs(a, r_img))
         s_r = pooled(s_r_tok)
@@ -227,8 +227,9 @@ class CVFNCU(BaseMethod):
     @torch.no_grad()
     def _reference_hidden(self, ref: HFAdapter, images: list) -> list[torch.Tensor]:
         """The frozen reference's tokens after vision block ``merge_block``, each image's computed once."""
+        block = [self.cfg.merge_block]
         return _per_image(self._ref_hidden, images,
-                          lambda missing: features_and_hidden(ref, self._inputs(ref, missing), self.cfg.merge_block)[1])
+                          lambda missing: features_and_hidden(ref, self._inputs(ref, missing), block)[1][0])
 
     def _forgotten_batch(self, ctx: Context, size: int) -> list:
         """This step's share of the already-forgotten images: a seeded draw, the same in every process.
@@ -295,32 +296,6 @@ def after_relearning(params: list[torch.nn.Parameter], restore: Callable[[], tor
     surrogate = sum(((p * g.to(p.dtype)).sum() for p, g in zip(params, grads, strict=True) if g is not None),
                     torch.zeros(()))
     return value.detach() + surrogate - surrogate.detach()
-
-
-def vision_blocks(adapter: HFAdapter) -> list[torch.nn.Module]:
-    """The vision encoder's transformer blocks in order: the block list of the ``vision`` group."""
-    for name, mod in adapter.model.named_modules():
-        if isinstance(mod, torch.nn.ModuleList) and adapter.group_of(name + ".") == "vision":
-            return list(mod)
-    raise ConfigError(f"found no list of vision blocks in {adapter.source or type(adapter.model).__name__}")
-
-
-def features_and_hidden(adapter: HFAdapter, image_inputs: BatchFeature,
-                        block: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """``visual_features`` and, from the same forward pass, each image's tokens after vision
-    block ``block``: a loss on the projector output alone leaves the tower's identity intact."""
-    captured: list[torch.Tensor] = []
-    handle = vision_blocks(adapter)[block].register_forward_hook(
-        lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out))
-    try:
-        feats = adapter.visual_features(image_inputs)
-    finally:
-        handle.remove()
-    hidden = captured[-1]
-    if hidden.dim() == 3:  # [images, tokens, d]
-        return feats, list(hidden)
-    sizes = adapter.to_device(image_inputs)["image_grid_thw"].prod(-1).tolist()  # patches of every image, in a row
-    return feats, list(hidden.split(sizes))
 
 
 def _per_image(cache: dict[int, tuple[Any, Any]], images: list, compute: Callable[[list], list]) -> list:
