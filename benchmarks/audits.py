@@ -80,13 +80,18 @@ def main(argv: list[str] | None = None) -> dict:
         print(method, rows[method], flush=True)
     targets = {}
     if "cvf_ncu" in rows:
+        figures = {"relearn_ag": lambda a: a.get("relearn", {}).get("ag"),
+                   "pgd_forget": lambda a: a.get("pgd", {}).get("forget_attacked"),
+                   "probe_forget_toward_chance": lambda a: a.get("probe", {}).get("forget_acc")}
         a = rows["cvf_ncu"]
-        probe = a.get("probe", {})
         targets["cvf_ncu"] = {
-            "relearn_ag": check(a.get("relearn", {}).get("ag"), "<=", 10.0),
-            "pgd_forget": check(a.get("pgd", {}).get("forget_attacked"), "<=", 0.40),
-            "probe_forget_toward_chance": probe_check(probe),
+            "relearn_ag": check(figures["relearn_ag"](a), "<=", 10.0),
+            "pgd_forget": check(figures["pgd_forget"](a), "<=", 0.40),
+            "probe_forget_toward_chance": probe_check(a.get("probe", {})),
         }
+        if "retrained" in rows:  # what the model that never saw the photos gives, beside each target
+            for key, figure in figures.items():
+                targets["cvf_ncu"][key]["retrained"] = figure(rows["retrained"])
     result = {"benchmark": "audits", "world": args.world, "arch": args.arch, "forget": args.forget,
               "settings": settings, "attacks": rows, "targets": targets, "environment": environment()}
     atomic_write_json(Path(args.out), result)

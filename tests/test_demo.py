@@ -164,6 +164,7 @@ def test_continual_and_audit_benchmarks_run_on_the_demo_world(demo_run: tuple[Pa
                      "--attack-set", "probe_steps=10", "--retrained"])
     assert set(a["attacks"]) == {"vanilla", "retrained", "cvf_ncu"}
     assert {"pgd", "shift", "probe", "relearn"} <= set(a["attacks"]["retrained"])
+    assert a["targets"]["cvf_ncu"]["pgd_forget"]["retrained"] == a["attacks"]["retrained"]["pgd"]["forget_attacked"]
     assert {"pgd", "shift", "probe", "relearn"} <= set(a["attacks"]["cvf_ncu"])
     assert "pgd_forget" in a["targets"]["cvf_ncu"]
 
