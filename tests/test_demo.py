@@ -230,3 +230,27 @@ def test_reproduce_benchmark_trains_the_vanilla_model_again_bit_for_bit(demo_run
     assert json.loads((tmp_path / "r.json").read_text())["identical"] is True
     other = reproduce.compare(Path(r["against"]), demo_run[0] / "graddiff")
     assert not other["identical"] and other["differing"] and other["max_abs_diff"] > 0
+
+
+def test_general_probe_benchmark_probes_and_fine_tunes_a_copy(demo_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """benchmarks/general_probe.py: a probe per general question, then the held-out general MCQ by kind before
+    and after a fine-tune on the general training scenes alone."""
+    import math
+    import sys
+
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import general_probe
+
+    cfg = yaml.safe_load(CONFIG.read_text())
+    r = general_probe.main(["--world", "quick", "--cache-dir", str(demo_run[1]), "--threads", "1", "--steps", "10",
+                            "--out", str(tmp_path / "g.json"), "--finetune-steps", "2",
+                            *[f"--world-set={x}" for x in cfg["world_overrides"]],
+                            *[f"--recipe-set={x}" for x in cfg["recipe_overrides"]]])
+    assert r["questions"] and all(0 <= q["test_acc"] <= 1 for q in r["questions"].values())
+    tuned = r["finetune"]
+    assert tuned["steps"] == 2 and math.isfinite(tuned["final_nll"]) and tuned["final_nll"] > 0
+    assert set(tuned["before"]["by_kind"]) == set(tuned["after"]["by_kind"]) <= {"colour", "shape", "count",
+                                                                                  "position"}
+    assert json.loads((tmp_path / "g.json").read_text())["finetune"]["after"] == tuned["after"]
