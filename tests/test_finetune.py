@@ -244,3 +244,22 @@ def test_retrain_leaves_out_the_forget_photos_keeps_their_text_and_is_cached(wor
     other = build_world(tmp_path / "w2", seed=1, config="quick", overrides=WORLD)
     with pytest.raises(DataError, match="another world"):
         retrain(vanilla, other, tmp_path / "r5", cache_dir=cache)
+
+
+def test_stage1_key_covers_every_function_of_this_module_that_stage1_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import inspect
+
+    named = {n for n in ft.pretrain_vision.__code__.co_names
+             if (inspect.isfunction(obj := getattr(ft, n, None)) or inspect.isclass(obj))
+             and obj.__module__ == ft.__name__}
+    assert named and named <= {o.__name__ for o in ft.STAGE1_CODE}, named - {o.__name__ for o in ft.STAGE1_CODE}
+    # an edit of the general heads moves the key
+    before = ft.stage1_code()
+
+    class _GeneralHeads(ft._GeneralHeads):
+        """Edited."""
+
+        extra = 1
+
+    monkeypatch.setattr(ft, "STAGE1_CODE", tuple(_GeneralHeads if o is ft._GeneralHeads else o for o in ft.STAGE1_CODE))
+    assert ft.stage1_code() != before

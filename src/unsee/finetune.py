@@ -251,6 +251,19 @@ def pretrain_vision(adapter: HFAdapter, cfg: FinetuneConfig, identities: list[Id
     return {"loss": loss_ema, "train_acc": acc_ema, **({"general_acc": g_ema} if general is not None else {})}
 
 
+def stage1_code() -> str:
+    """Content hash of the code that trains stage 1: its functions here and the renderer, so
+    that editing later stages keeps it cached and editing it does not."""
+    return content_hash(*(code_fingerprint(inspect.getsource(obj)) for obj in STAGE1_CODE),
+                        source_fingerprint("unsee.data.render"))
+
+
+# What stage 1 runs of this module. ``tests/test_finetune.py`` checks that every function or
+# class of this module that ``pretrain_vision`` names is here: the general heads were once left
+# out, and an edit of them silently reused the stage trained before it.
+STAGE1_CODE = (pretrain_vision, _GeneralHeads, general_batch, visual_state, _ema)
+
+
 # ---- stages 2 and 3 ----------------------------------------------------------------------
 class _Augmented(BaseMethod):
     """Supervised fine-tuning with fresh augmentation of each training image."""
@@ -423,9 +436,7 @@ def finetune(
     names = set(info["names"].values())
     base_fp = model_fingerprint(model)
     rc = to_dict(cfg)
-    # stage 1's code is its own function and the renderer, so editing later stages keeps it cached
-    vision_code = content_hash(code_fingerprint(inspect.getsource(pretrain_vision)),
-                               source_fingerprint("unsee.data.render"))
+    vision_code = stage1_code()
     h1 = content_hash("vision", vision_code, visual_fingerprint(load_adapter(model)), pool_fingerprint(pool),
                {k: rc[k] for k in VISION_KEYS})
     h2 = content_hash("base", h1, source_fingerprint(*RECIPE_CODE), base_fp, world_fingerprint(data),
