@@ -20,7 +20,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from common import TRAINING, attack_options, check, eval_kw, measure, parser, retrained_model, vanilla_model
+from common import (
+    TRAINING,
+    attack_options,
+    audit_figures,
+    check,
+    eval_kw,
+    measure,
+    parser,
+    retrained_model,
+    vanilla_model,
+)
 
 from unsee import api
 from unsee.engine.trainer import frozen_copy
@@ -80,18 +90,16 @@ def main(argv: list[str] | None = None) -> dict:
         print(method, rows[method], flush=True)
     targets = {}
     if "cvf_ncu" in rows:
-        figures = {"relearn_ag": lambda a: a.get("relearn", {}).get("ag"),
-                   "pgd_forget": lambda a: a.get("pgd", {}).get("forget_attacked"),
-                   "probe_forget_toward_chance": lambda a: a.get("probe", {}).get("forget_acc")}
-        a = rows["cvf_ncu"]
+        mine = audit_figures(rows["cvf_ncu"])
         targets["cvf_ncu"] = {
-            "relearn_ag": check(figures["relearn_ag"](a), "<=", 10.0),
-            "pgd_forget": check(figures["pgd_forget"](a), "<=", 0.40),
-            "probe_forget_toward_chance": probe_check(a.get("probe", {})),
+            "relearn_ag": check(mine["relearn_ag"], "<=", 10.0),
+            "pgd_forget": check(mine["pgd_forget"], "<=", 0.40),
+            "probe_forget_toward_chance": probe_check(rows["cvf_ncu"].get("probe", {})),
         }
         if "retrained" in rows:  # what the model that never saw the photos gives, beside each target
-            for key, figure in figures.items():
-                targets["cvf_ncu"][key]["retrained"] = figure(rows["retrained"])
+            ref = audit_figures(rows["retrained"])
+            for key, figure in zip(targets["cvf_ncu"], ("relearn_ag", "pgd_forget", "probe_forget"), strict=True):
+                targets["cvf_ncu"][key]["retrained"] = ref[figure]
     result = {"benchmark": "audits", "world": args.world, "arch": args.arch, "forget": args.forget,
               "settings": settings, "attacks": rows, "targets": targets, "environment": environment()}
     atomic_write_json(Path(args.out), result)

@@ -30,20 +30,32 @@ def parser(doc: str, *, methods: str, out: str) -> argparse.ArgumentParser:
     p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                    help="an engine option for every training method, e.g. max_steps=2 for a smoke run")
     p.add_argument("--out", default=out)
+    model_options(p)
+    p.add_argument("--max-items", type=int, default=120, help="MCQ items per metric group (0: all)")
+    p.add_argument("--generation", action="store_true", help="also score cloze and generation (slow on CPU)")
+    p.add_argument("--retrained", action="store_true",
+                   help="also measure the retrained reference: the vanilla model fine-tuned again without the "
+                        "forget people's photos (unsee retrain; trained once, then cached)")
+    return p
+
+
+def model_options(p: argparse.ArgumentParser) -> None:
+    """The options that pick the world and its vanilla model in the shared cache (:func:`vanilla_model`)."""
     p.add_argument("--world", default="default", help="world config: quick or default")
     p.add_argument("--world-set", action="append", default=[], metavar="KEY=VALUE", help="world config override")
     p.add_argument("--recipe", default=None, help="finetune recipe (default: the world's name)")
     p.add_argument("--recipe-set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
     p.add_argument("--arch", default="tiny-llava")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-items", type=int, default=120, help="MCQ items per metric group (0: all)")
-    p.add_argument("--generation", action="store_true", help="also score cloze and generation (slow on CPU)")
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--cache-dir", default=None, help="the shared stage cache (default: ~/.cache/unsee)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 on a machine busy with other work)")
-    p.add_argument("--retrained", action="store_true",
-                   help="also measure the retrained reference: the vanilla model fine-tuned again without the "
-                        "forget people's photos (unsee retrain; trained once, then cached)")
-    return p
+
+
+def audit_figures(attacks: Mapping[str, Any]) -> dict[str, float | None]:
+    """The three numbers the audit targets judge: relearning gain, forget accuracy under PGD, probe accuracy."""
+    return {"relearn_ag": attacks.get("relearn", {}).get("ag"),
+            "pgd_forget": attacks.get("pgd", {}).get("forget_attacked"),
+            "probe_forget": attacks.get("probe", {}).get("forget_acc")}
 
 
 def attack_options(p: argparse.ArgumentParser) -> None:

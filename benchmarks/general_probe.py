@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import vanilla_model
+from common import model_options, vanilla_model
 
 from unsee import api
 from unsee.data.collate import image_of, qa_turns
@@ -62,23 +62,15 @@ def finetune_on_general(adapter: HFAdapter, suite: Suite, steps: int, scope: str
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--world", default="default", help="world config: quick or default")
+    model_options(p)
     p.add_argument("--model", default=None, help="a model directory to probe (default: the world's vanilla model)")
     p.add_argument("--steps", type=int, default=300, help="full-batch steps of the logistic regression")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--cache-dir", default=None)
     p.add_argument("--out", default=None)
     p.add_argument("--finetune-steps", type=int, default=0,
                    help="also fine-tune a copy on the general training scenes for this many steps (0: off)")
     p.add_argument("--finetune-scope", default="language", choices=SCOPES, help="what that fine-tune trains")
-    p.add_argument("--world-set", action="append", default=[], metavar="KEY=VALUE", help="world config override")
-    p.add_argument("--recipe-set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
     args = p.parse_args(argv)
-    ns = argparse.Namespace(threads=args.threads, world=args.world, recipe=None, world_set=args.world_set,
-                            recipe_set=args.recipe_set,
-                            cache_dir=args.cache_dir, arch="tiny-llava", seed=args.seed)
-    world, vanilla = vanilla_model(ns)
+    world, vanilla = vanilla_model(args)
     model = Path(args.model or vanilla)
     suite = api.load_suite(world, "forget_10", seed=args.seed)
     adapter = load_adapter(model)

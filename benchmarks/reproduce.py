@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import vanilla_model
+from common import model_options, vanilla_model
 from safetensors.torch import load_file
 
 from unsee.eval.results import environment
@@ -40,22 +40,14 @@ def compare(a: Path, b: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--world", default="default", help="world config: quick or default")
-    p.add_argument("--world-set", action="append", default=[], metavar="KEY=VALUE", help="world config override")
-    p.add_argument("--recipe-set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
-    p.add_argument("--arch", default="tiny-llava")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--cache-dir", default=None, help="the shared cache that holds the model to compare with")
+    model_options(p)
     p.add_argument("--against", default=None, help="a model directory to compare with (default: the cached one)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    ns = argparse.Namespace(threads=args.threads, world=args.world, recipe=None, world_set=args.world_set,
-                            recipe_set=args.recipe_set, cache_dir=args.cache_dir, arch=args.arch, seed=args.seed)
-    against = Path(args.against) if args.against else vanilla_model(ns)[1]
+    against = Path(args.against) if args.against else vanilla_model(args)[1]
     with tempfile.TemporaryDirectory(prefix="unsee-reproduce-") as fresh:
         t0 = time.perf_counter()
-        _, again = vanilla_model(argparse.Namespace(**{**vars(ns), "cache_dir": fresh}))
+        _, again = vanilla_model(argparse.Namespace(**{**vars(args), "cache_dir": fresh}))
         seconds = time.perf_counter() - t0
         result = {"benchmark": "reproduce", "world": args.world, "arch": args.arch, "seed": args.seed,
                   "threads": torch.get_num_threads(), "against": str(against), "seconds_from_empty_cache": seconds,

@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from common import attack_options, eval_kw, mcq, measure, parser, vanilla_model
+from common import attack_options, audit_figures, eval_kw, mcq, measure, parser, vanilla_model
 
 from unsee import api
 from unsee.engine.trainer import frozen_copy
@@ -41,10 +41,7 @@ def figures(run: dict, attacks: dict) -> dict[str, float | None]:
     """The numbers a setting is judged by: each group's MCQ accuracy, wall time, and the three audit figures."""
     out: dict[str, float | None] = {g: mcq(run["metrics"], g) for g in GROUPS}
     out["wall_s"] = run["cost"]["wall_s"]
-    out["relearn_ag"] = attacks.get("relearn", {}).get("ag")
-    out["pgd_forget"] = attacks.get("pgd", {}).get("forget_attacked")
-    out["probe_forget"] = attacks.get("probe", {}).get("forget_acc")
-    return out
+    return {**out, **audit_figures(attacks)}
 
 
 def spread(rows: list[dict[str, float | None]]) -> dict[str, dict[str, float]]:

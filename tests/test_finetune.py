@@ -49,6 +49,13 @@ def model(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return init_model("tiny-llava", tmp_path_factory.mktemp("ft_model") / "m", world=world, seed=0)
 
 
+@pytest.fixture(scope="module")
+def trained(world: Path, model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The short recipe's vanilla model and the stage cache it was trained in, shared by the tests that read them."""
+    root = tmp_path_factory.mktemp("ft_trained")
+    return ft.finetune(model, world, root / "v", config="quick", overrides=RECIPE, cache_dir=root / "c"), root / "c"
+
+
 def test_every_recipe_option_determines_exactly_one_stage_or_none() -> None:
     fields = [f.name for f in dataclasses.fields(ft.FinetuneConfig)]
     listed = [*ft.VISION_KEYS, *ft.BASE_KEYS, *ft.FT_KEYS, *ft.UNHASHED_KEYS]
@@ -150,8 +157,8 @@ PINNED_FT_NLL = 6.594520330429077
 PINNED_TOLERANCE = 1e-3
 
 
-def test_short_finetune_learns_the_people_and_its_loss_is_pinned(world: Path, model: Path, tmp_path: Path) -> None:
-    out = ft.finetune(model, world, tmp_path / "v", config="quick", overrides=RECIPE, cache_dir=tmp_path / "c")
+def test_short_finetune_learns_the_people_and_its_loss_is_pinned(world: Path, trained: tuple[Path, Path]) -> None:
+    out = trained[0]
     meta = json.loads((out / "unsee_vanilla.json").read_text())
     stage3 = list(meta["stages"].values())[-1]["stats"]
     suite = load_mllmu(world, "forget_10")
@@ -208,13 +215,13 @@ def test_replay_is_whole_copies_of_stage2_near_the_asked_fraction(world: Path) -
 
 
 def test_retrain_leaves_out_the_forget_photos_keeps_their_text_and_is_cached(world: Path, model: Path,
+                                                                               trained: tuple[Path, Path],
                                                                                tmp_path: Path) -> None:
     from unsee.data.collate import image_of
     from unsee.errors import DataError, ModelError
     from unsee.retrain import RETRAINED_FILE, retrain, retrain_turns
 
-    cache = tmp_path / "c"
-    vanilla = ft.finetune(model, world, tmp_path / "v", config="quick", overrides=RECIPE, cache_dir=cache)
+    vanilla, cache = trained
     suite = load_mllmu(world, "forget_10")
     names = set(load_world_info(world)["names"].values())
     cfg = load_config(ft.FinetuneConfig, json.loads((vanilla / "unsee_vanilla.json").read_text())["recipe"],

@@ -428,6 +428,7 @@ def probe(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steerin
     y = torch.tensor([names.index(label) for label in labels])
     views = torch.tensor(view)
     is_forget = torch.tensor([names[i] in forget for i in y.tolist()])
+    sides = {key: sel for key, sel in (("forget", is_forget), ("retain", ~is_forget)) if sel.any()}
 
     def accuracy(x: torch.Tensor) -> dict[str, float]:
         """Leave-one-view-out accuracy of the probe on features ``x``, for forget and retained people."""
@@ -436,14 +437,13 @@ def probe(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steerin
         for fold in views.unique().tolist():
             held = views == fold
             pred[held] = probe_predict(x[~held], y[~held], x[held], len(names), cfg.probe_steps, cfg.seed)
-        return {key: float((pred[sel] == y[sel]).float().mean())
-                for key, sel in (("forget", is_forget), ("retain", ~is_forget)) if sel.any()}
+        return {key: float((pred[sel] == y[sel]).float().mean()) for key, sel in sides.items()}
 
     out: dict[str, Any] = {"classes": len(names), "chance": round(1 / len(names), 4),
                            "folds": len(views.unique())}
     for key, acc in accuracy(feats).items():
         out[f"{key}_acc"] = acc
-        out[f"n_{key}"] = int((is_forget if key == "forget" else ~is_forget).sum())
+        out[f"n_{key}"] = int(sides[key].sum())
     if by_block:
         per_block = [accuracy(x) for x in by_block]
         for key in per_block[0]:

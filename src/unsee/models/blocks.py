@@ -28,6 +28,8 @@ def features_and_hidden(adapter: HFAdapter, image_inputs: BatchFeature,
                         blocks: Sequence[int]) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
     """``visual_features`` and, from the same forward pass, each image's tokens after each of
     ``blocks``: one list of per-image ``[tokens, d]`` tensors per block, in the order asked."""
+    if not blocks:  # no hooks, and no walk over the modules to find them
+        return adapter.visual_features(image_inputs), []
     chosen = vision_blocks(adapter)
     captured: dict[int, torch.Tensor] = {}
 
