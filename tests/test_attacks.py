@@ -233,3 +233,21 @@ def test_unlearn_with_audit_records_attacks_in_run_and_card(adapter: HFAdapter, 
     assert set(found) == set(attacks.ATTACKS)
     assert found["relearn"]["ag"] is not None
     assert "| relearn | ag |" in (out / "model" / "README.md").read_text()
+
+
+def test_relearning_repeats_each_half_with_its_own_seed(adapter: HFAdapter, suite: Suite,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``relearn_repeats`` attacks each half again with another batch order: the first run is the single
+    run's, the copies differ, and the reported gain is the mean of the runs, inside their spread."""
+    copies: list[HFAdapter] = []
+    real = attacks.trainable_copy
+    monkeypatch.setattr(attacks, "trainable_copy", lambda a: copies.append(real(a)) or copies[-1])
+    one = attacks.relearn(adapter, suite, AttackConfig(**{**vars(FAST), "relearn_splits": 1}))
+    two = attacks.relearn(adapter, suite, AttackConfig(**{**vars(FAST), "relearn_splits": 1, "relearn_repeats": 2}))
+    assert [r["repeat"] for r in two["splits"]] == [0, 1] and two["repeats"] == 2
+    assert two["splits"][0] == one["splits"][0]
+    assert weights_hash(copies[1]) != weights_hash(copies[2])
+    gains = [r["ag"] for r in two["splits"]]
+    assert two["ag"] == round(sum(gains) / 2, 2) and two["ag_min"] == min(gains) and two["ag_max"] == max(gains)
+    with pytest.raises(ConfigError, match="relearn_repeats"):
+        AttackConfig(relearn_repeats=0).validate()

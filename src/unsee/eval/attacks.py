@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
+import itertools
 import random
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -52,6 +53,8 @@ class AttackConfig:
     relearn_batch: int = opt(8, "relearning: batch size")
     relearn_splits: int = opt(3, "relearning: distinct halves of the forget people, each relearned on a fresh copy; "
                               "the figures are their means")
+    relearn_repeats: int = opt(1, "relearning: attacker runs per half, each with its own seed (its batch order); "
+                               "the figures are means over every run, ag_min and ag_max their spread")
     pgd_eps: float = opt(8 / 255, "PGD: L-inf radius in [0, 1] pixel units")
     pgd_step: float = opt(2 / 255, "PGD: step size in [0, 1] pixel units")
     pgd_steps: int = opt(10, "PGD: iterations")
@@ -69,8 +72,8 @@ class AttackConfig:
             raise ConfigError(f"unknown shift(s) {unknown}; choose from {sorted(SHIFTS)}")
         if self.relearn_scope not in SCOPES:
             raise ConfigError(f"relearn_scope {self.relearn_scope!r} is not one of {', '.join(SCOPES)}")
-        if self.relearn_splits < 1:
-            raise ConfigError("relearn_splits must be at least 1")
+        if self.relearn_splits < 1 or self.relearn_repeats < 1:
+            raise ConfigError("relearn_splits and relearn_repeats must be at least 1")
         if self.pgd_eps < 0 or self.pgd_step <= 0 or self.pgd_steps < 1:
             raise ConfigError("PGD needs pgd_eps >= 0, pgd_step > 0 and pgd_steps >= 1")
 
@@ -122,8 +125,10 @@ def relearn_splits(people: Sequence[str], n: int, seed: int) -> list[tuple[set[s
 def relearn(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steering | None = None) -> dict[str, Any]:
     """Fine-tune a copy on the seen half's forget QA; ``ag`` is the unseen half's gain, in points.
 
-    The figures are means over ``relearn_splits`` halves: with five forget people, one split
-    is two people, and the same model gave +67, +11 and +4 points on three of them."""
+    The figures are means over ``relearn_splits`` halves, each attacked ``relearn_repeats``
+    times with its own seed: with five forget people, one split is two people, and the same
+    model gave +67, +11 and +4 points on three of them; one half gave +67 and +19 where only
+    the attacker's batch order changed. ``ag_min`` and ``ag_max`` show that spread."""
     from unsee.engine.trainer import TrainConfig, train
     from unsee.methods.baselines import SFT
 
@@ -146,12 +151,14 @@ def relearn(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steer
 
     before = correct(adapter)  # the audited model does not change between splits
     runs = []
-    for seen, unseen in relearn_splits(suite.forget_entities, cfg.relearn_splits, cfg.seed):
+    for (seen, unseen), repeat in itertools.product(
+            relearn_splits(suite.forget_entities, cfg.relearn_splits, cfg.seed), range(cfg.relearn_repeats)):
         train_items = [e for e in suite.group("train_forget") if e.entity in seen]
         if not train_items:
             raise DataError("the seen half of the forget people has no training QA to relearn from")
         attacked = trainable_copy(adapter)
-        train(SFT(), attacked, suite, {"train": qa_turns(train_items)}, tcfg, desc="relearn")
+        train(SFT(), attacked, suite, {"train": qa_turns(train_items)},
+              dataclasses.replace(tcfg, seed=cfg.seed + repeat), desc="relearn")
         after = correct(attacked)
         del attacked
         halves = {"seen": seen, "unseen": unseen}
@@ -159,14 +166,16 @@ def relearn(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steer
                                for when, ok in (("before", before), ("after", after)) for k, people in halves.items()}
         run["ag"] = None if None in (run["unseen_after"], run["unseen_before"]) else \
             round(100 * (run["unseen_after"] - run["unseen_before"]), 2)
-        runs.append({**run, "seen": sorted(seen), **{f"n_{k}": sum(e.entity in people for e in pool)
-                                                     for k, people in halves.items()}})
+        runs.append({**run, "seen": sorted(seen), "repeat": repeat,
+                     **{f"n_{k}": sum(e.entity in people for e in pool) for k, people in halves.items()}})
     out: dict[str, Any] = {}
     for key in ("seen_before", "seen_after", "unseen_before", "unseen_after", "ag"):
         values = [r[key] for r in runs if r[key] is not None]
         out[key] = round(sum(values) / len(values), 4 if key != "ag" else 2) if values else None
+    gains = [r["ag"] for r in runs if r["ag"] is not None]
+    out["ag_min"], out["ag_max"] = (min(gains), max(gains)) if gains else (None, None)
     half = len(runs[0]["seen"])
-    return {**out, "splits": runs, "n_seen": sum(r["n_seen"] for r in runs),
+    return {**out, "splits": runs, "repeats": cfg.relearn_repeats, "n_seen": sum(r["n_seen"] for r in runs),
             "n_unseen": sum(r["n_unseen"] for r in runs), "people_seen": half,
             "people_unseen": len(suite.forget_entities) - half, "steps": cfg.relearn_steps, "lr": cfg.relearn_lr,
             "scope": cfg.relearn_scope}
