@@ -254,3 +254,40 @@ def test_general_probe_benchmark_probes_and_fine_tunes_a_copy(demo_run: tuple[Pa
     assert set(tuned["before"]["by_kind"]) == set(tuned["after"]["by_kind"]) <= {"colour", "shape", "count",
                                                                                   "position"}
     assert json.loads((tmp_path / "g.json").read_text())["finetune"]["after"] == tuned["after"]
+
+
+def test_shape_tower_benchmark_trains_the_visual_module_alone(demo_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """benchmarks/shape_tower.py: heads on the initial model's visual tokens, scored on held-out scenes of the
+    world's size while the training objects are drawn larger; the tower rebuilt with 8-pixel patches whose
+    embedding starts as an orthonormal DCT basis."""
+    import math
+    import sys
+
+    import numpy as np
+    import torch
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import shape_tower
+
+    items = shape_tower.scenes(np.random.default_rng(0), 12, "shape", scale=(2.0, 2.5))
+    plain = shape_tower.scenes(np.random.default_rng(0), 40, "general")
+    assert {it.kind for it in items} == {"shape"} and all(0.18 <= it.radius <= 0.13 * 2.5 for it in items)
+    assert {it.kind for it in plain} > {"shape"} and all(0.09 <= it.radius <= 0.13 for it in plain)
+    cfg = yaml.safe_load(CONFIG.read_text())
+    r = shape_tower.main(["--world", "quick", "--cache-dir", str(demo_run[1]), "--threads", "1", "--steps", "4",
+                          "--eval-every", "2", "--eval-scenes", "24", "--task", "general", "--head", "attn",
+                          "--train-scale", "1,2", "--patch-size", "8", "--patch-init", "dct",
+                          "--out", str(tmp_path / "s.json"),
+                          *[f"--world-set={x}" for x in cfg["world_overrides"]]])
+    assert [c["step"] for c in r["curve"]] == [2, 4] and all(math.isfinite(c["loss"]) for c in r["curve"])
+    assert set(r["final"]) == {"colour", "shape", "count", "position"} and all(0 <= v <= 1 for v in r["final"].values())
+    assert Path(r["model"]).name.startswith("init-tiny-llava") and r["train_scale"] == [1.0, 2.0]
+    assert r["patch_size"] == 8 and r["patch_init"] == "dct"
+    from unsee.models import load_adapter
+
+    adapter = load_adapter(r["model"])
+    shape_tower.dct_patch_init(adapter)
+    w = adapter.model.model.vision_tower.embeddings.patch_embedding.weight.flatten(1)
+    assert torch.allclose(w @ w.T, torch.eye(w.shape[0]), atol=1e-5)  # 192 orthonormal filters of 768 inputs
+    assert json.loads((tmp_path / "s.json").read_text())["final"] == r["final"]
