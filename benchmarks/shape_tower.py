@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from common import model_options
 from tqdm import tqdm
+from transformers import AutoConfig
 
 from unsee.data import render
 from unsee.demo import DemoConfig, _cache
@@ -145,7 +146,7 @@ def with_patch_size(model: Path, patch: int) -> Path:
     import shutil
     import tempfile
 
-    from transformers import AutoConfig, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
     out = Path(tempfile.mkdtemp(prefix="unsee-shape-tower-")) / "model"
     shutil.copytree(model, out)
@@ -194,6 +195,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     scale = tuple(float(v) for v in args.train_scale.split(",")) if args.train_scale else None
+    if (args.patch_size or args.patch_init != "model") and AutoConfig.from_pretrained(model).model_type != "llava":
+        p.error("--patch-size and --patch-init rebuild a CLIP tower: they need a tiny LLaVA model")
     adapter = load_adapter(with_patch_size(model, args.patch_size) if args.patch_size else model)
     if args.patch_init == "dct":
         dct_patch_init(adapter)

@@ -291,3 +291,8 @@ def test_shape_tower_benchmark_trains_the_visual_module_alone(demo_run: tuple[Pa
     w = adapter.model.model.vision_tower.embeddings.patch_embedding.weight.flatten(1)
     assert torch.allclose(w @ w.T, torch.eye(w.shape[0]), atol=1e-5)  # 192 orthonormal filters of 768 inputs
     assert json.loads((tmp_path / "s.json").read_text())["final"] == r["final"]
+    with pytest.raises(SystemExit):  # a Qwen tower is not CLIP's: the patch options are refused, nothing trains
+        shape_tower.main(["--world", "quick", "--cache-dir", str(demo_run[1]), "--arch", "tiny-qwen2.5-vl",
+                          "--patch-init", "dct", "--out", str(tmp_path / "q.json"),
+                          *[f"--world-set={x}" for x in cfg["world_overrides"]]])
+    assert not (tmp_path / "q.json").exists()
