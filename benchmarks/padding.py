@@ -25,11 +25,11 @@ from unsee import finetune as ft
 from unsee.config import load_config
 from unsee.data.collate import Stream
 from unsee.data.mllmu import load_mllmu
-from unsee.data.world import cached_world, load_world_info
+from unsee.data.world import load_world_info
+from unsee.demo import DemoConfig, prepare_init
 from unsee.eval.results import environment
 from unsee.io import atomic_write_json
 from unsee.models import HFAdapter, load_adapter
-from unsee.models.tiny import cached_init
 
 
 def padded_fraction(stream: Stream, lengths: list[int], batches: int) -> float:
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     cache = Path(a.cache_dir) if a.cache_dir else ft.default_cache()
-    world = cached_world(cache, a.world, [], a.seed)
-    adapter = load_adapter(cached_init(cache, a.arch, world, a.seed, ft.world_fingerprint(world)))
+    world, init, _ = prepare_init(DemoConfig(world=a.world), a.arch, a.seed, cache)
+    adapter = load_adapter(init)
     cfg = load_config(ft.FinetuneConfig, a.world, [], kind="finetune")
     suite = load_mllmu(world, "forget_10")
     names = set(load_world_info(world)["names"].values())

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from transformers import AutoConfig
 
 from unsee.data import render
-from unsee.demo import DemoConfig, _cache
+from unsee.demo import DemoConfig, _cache, prepare_init
 from unsee.engine.trainer import adamw, seed_everything
 from unsee.eval.results import environment
 from unsee.io import atomic_write_json
@@ -100,18 +100,23 @@ def labelled(items: list[Any], kind: str) -> tuple[list[int], torch.Tensor]:
     return keep, torch.tensor([CLASSES[kind].index(str(getattr(items[i], kind))) for i in keep], dtype=torch.long)
 
 
-def tokens_of(adapter: HFAdapter, items: list[Any]) -> torch.Tensor:
-    return torch.stack(adapter.visual_features(adapter.image_inputs([render.render_general(it) for it in items])))
+def rendered(items: list[Any]) -> list[Any]:
+    return [render.render_general(it) for it in items]
 
 
-def held_out_accuracy(adapter: HFAdapter, heads: torch.nn.ModuleDict, items: list[Any]) -> dict[str, float]:
-    """Each head's accuracy on held-out scenes, each scored on its own question's scenes only,
-    as the world's MCQ asks them."""
+def tokens_of(adapter: HFAdapter, images: list[Any]) -> torch.Tensor:
+    return torch.stack(adapter.visual_features(adapter.image_inputs(images)))
+
+
+def held_out_accuracy(adapter: HFAdapter, heads: torch.nn.ModuleDict, items: list[Any],
+                      images: list[Any]) -> dict[str, float]:
+    """Each head's accuracy on the held-out scenes (``images``, rendered once), each scored on its
+    own question's scenes only, as the world's MCQ asks them."""
     adapter.model.eval()
     heads.eval()
     out = {}
     with torch.no_grad():
-        x = torch.cat([tokens_of(adapter, items[i:i + 64]) for i in range(0, len(items), 64)])
+        x = torch.cat([tokens_of(adapter, images[i:i + 64]) for i in range(0, len(images), 64)])
         for kind, head in heads.items():
             keep = [i for i, it in enumerate(items) if it.kind == kind]
             _, y = labelled([items[i] for i in keep], kind)
@@ -159,19 +164,6 @@ def with_patch_size(model: Path, patch: int) -> Path:
     return out
 
 
-def initial_model(args: argparse.Namespace) -> Path:
-    """The untrained tiny model of the world (what stage 1 starts from), built once in the cache."""
-    from unsee.data.world import cached_world
-    from unsee.finetune import world_fingerprint
-    from unsee.models.tiny import cached_init
-
-    torch.set_num_threads(args.threads)
-    cache = _cache(args.cache_dir)
-    cfg = DemoConfig(world=args.world, world_overrides=args.world_set)
-    world = cached_world(cache, cfg.world, cfg.world_overrides, args.seed)
-    return cached_init(cache, args.arch, world, args.seed, world_fingerprint(world))
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     model_options(p)
@@ -191,7 +183,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--eval-scenes", type=int, default=400, help="held-out scenes of the task's kinds")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    model = Path(args.model) if args.model else initial_model(args)
+    cfg = DemoConfig(world=args.world, world_overrides=args.world_set)
+    model = Path(args.model) if args.model else prepare_init(cfg, args.arch, args.seed, _cache(args.cache_dir))[1]
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     scale = tuple(float(v) for v in args.train_scale.split(",")) if args.train_scale else None
@@ -204,8 +197,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     kinds = ("shape",) if args.task == "shape" else tuple(CLASSES)
     rng, held_rng = np.random.default_rng(args.seed + 1), np.random.default_rng(args.seed + 99)
     held_out = scenes(held_rng, args.eval_scenes, args.task)
+    held_images = rendered(held_out)
     with torch.no_grad():
-        tokens, dim = tokens_of(adapter, held_out[:1]).shape[1:]
+        tokens, dim = tokens_of(adapter, held_images[:1]).shape[1:]
     heads = torch.nn.ModuleDict({k: make_head(args.head, tokens, dim, len(CLASSES[k])) for k in kinds})
     opt = adamw([{"params": [*params, *heads.parameters()]}], lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
@@ -215,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bar = tqdm(range(1, args.steps + 1), desc=f"visual module, {args.task} heads ({args.head})")
     for step in bar:
         items = scenes(rng, args.batch, args.task, scale)
-        x = tokens_of(adapter, items)
+        x = tokens_of(adapter, rendered(items))
         losses = []
         for kind, head in heads.items():
             keep, y = labelled(items, kind)
@@ -228,7 +222,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         opt.step()
         sched.step()
         if step % args.eval_every == 0 or step == args.steps:
-            curve.append({"step": step, "loss": float(loss), "held_out": held_out_accuracy(adapter, heads, held_out),
+            curve.append({"step": step, "loss": float(loss), "held_out": held_out_accuracy(adapter, heads, held_out,
+                                                                                     held_images),
                           "seconds": time.perf_counter() - start})
             bar.write(f"step {step}: held-out {', '.join(f'{k} {v:.3f}' for k, v in curve[-1]['held_out'].items())}")
     res = {"benchmark": "shape_tower", "world": args.world, "arch": args.arch, "model": str(model),

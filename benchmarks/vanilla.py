@@ -34,15 +34,15 @@ from unsee.data.collate import image_of
 from unsee.data.mllmu import load_mllmu
 from unsee.data.render import GENERAL_TEMPLATES, render, sample_view
 from unsee.data.schema import Example, Suite
-from unsee.data.world import cached_world, load_world_info, world_identity
+from unsee.data.world import load_world_info, world_identity
+from unsee.demo import DemoConfig, prepare_init
 from unsee.eval import metrics, prompts
 from unsee.eval.evaluator import mcq_letter, mcq_loglik
-from unsee.finetune import RECIPE_CODE, FinetuneConfig, default_cache, finetune, load_stage_visual, world_fingerprint
+from unsee.finetune import RECIPE_CODE, FinetuneConfig, default_cache, finetune, load_stage_visual
 from unsee.io import atomic_write_json, content_hash, source_fingerprint
 from unsee.methods.base import pooled, token_features
 from unsee.models import load_adapter
 from unsee.models.base import HFAdapter, Turn
-from unsee.models.tiny import cached_init
 
 # The targets (MCQ by option log-likelihood; chance is 0.25). Never lowered here.
 TARGETS: dict[str, float] = {
@@ -175,8 +175,7 @@ def main() -> None:
     t_start = time.perf_counter()
     commit = git_commit()  # read before the run: the code that trained is the code at launch
 
-    world = cached_world(cache, a.world, [], a.seed)
-    init = cached_init(cache, a.arch, world, a.seed, world_fingerprint(world))
+    world, init, wfp = prepare_init(DemoConfig(world=a.world), a.arch, a.seed, cache)
     cfg = load_config(FinetuneConfig, recipe, a.overrides, kind="finetune")
     cfg.seed = a.seed
     code = source_fingerprint(*RECIPE_CODE)
@@ -217,7 +216,7 @@ def main() -> None:
                      "mcq_letter": f"first letter of a greedy reply, MLLMU prompt; {a.letter_cap} per group",
                      "cloze": f"greedy, 12 new tokens, substring match; {a.cloze_cap} per group, spread evenly"},
         "world": a.world, "arch": a.arch, "recipe": recipe, "recipe_config": to_dict(cfg), "seed": a.seed,
-        "overrides": a.overrides, "world_fingerprint": world_fingerprint(world),
+        "overrides": a.overrides, "world_fingerprint": wfp,
         "commit": commit, "unsee_version": __version__, "torch": torch.__version__,
         "threads": torch.get_num_threads(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
         "timings_s": {

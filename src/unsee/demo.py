@@ -42,18 +42,26 @@ def _cache(cache_dir: str | Path | None) -> Path:
     return Path(cache_dir) if cache_dir else default_cache()
 
 
-def prepare_vanilla(cfg: DemoConfig, arch: str, seed: int, cache: Path) -> tuple[Path, Path]:
-    """World, tiny model and vanilla model, each built once and reused from the cache."""
-    from unsee.config import load_config, to_dict
+def prepare_init(cfg: DemoConfig, arch: str, seed: int, cache: Path) -> tuple[Path, Path, str]:
+    """World, untrained tiny model (what stage 1 starts from) and the world's content hash; the
+    two directories are built once and reused from the cache."""
     from unsee.data.world import cached_world
-    from unsee.finetune import RECIPE_CODE, FinetuneConfig, finetune, world_fingerprint
-    from unsee.io import content_hash, source_fingerprint
+    from unsee.finetune import world_fingerprint
     from unsee.models.tiny import cached_init
 
     world = cached_world(cache, cfg.world, cfg.world_overrides, seed,
                          on_build=lambda p: console.print(f"[bold]1/4[/] building the world → {p}"))
     wfp = world_fingerprint(world)
-    init = cached_init(cache, arch, world, seed, wfp)
+    return world, cached_init(cache, arch, world, seed, wfp), wfp
+
+
+def prepare_vanilla(cfg: DemoConfig, arch: str, seed: int, cache: Path) -> tuple[Path, Path]:
+    """World, tiny model and vanilla model, each built once and reused from the cache."""
+    from unsee.config import load_config, to_dict
+    from unsee.finetune import RECIPE_CODE, FinetuneConfig, finetune
+    from unsee.io import content_hash, source_fingerprint
+
+    world, init, wfp = prepare_init(cfg, arch, seed, cache)
     recipe = to_dict(load_config(FinetuneConfig, cfg.recipe, cfg.recipe_overrides, kind="finetune"))
     vanilla = cache / f"vanilla-{arch}-{content_hash(wfp, recipe, seed, source_fingerprint(*RECIPE_CODE))}"
     if not (vanilla / "unsee_vanilla.json").exists():
