@@ -1,4 +1,4 @@
-"""Small benchmark folders written in exactly the published hub schemas (see shared/SCHEMAS.md).
+"""Small benchmark folders written in exactly the published hub schemas (docs/benchmarks.md).
 
 The real data sets cannot be downloaded here, so each writer reproduces one benchmark's
 file layout, column names, nesting and types with a handful of rows and tiny PNGs. The
@@ -213,7 +213,7 @@ CLEAR_IMAGES_PER_PERSON = 2
 CLEAR_FORGET = {1: 1, 5: 2, 10: 3}  # forgetNN → number of people (nested, as in CLEAR)
 IMAGE_CAPTION = {"image": IMAGE, "caption": S, "name": S}
 TOFU = {"image": IMAGE, "caption": S, "question": S, "answer": S}
-# forget05_perturbed's column order (SCHEMAS.md); retain_perturbed shares the fields.
+# forget05_perturbed's column order (docs/benchmarks.md); retain_perturbed shares the fields.
 PERTURBED = {
     "image": IMAGE,
     "caption": S,

@@ -195,7 +195,7 @@ def adamw(groups: list[dict[str, Any]], **kwargs: Any) -> torch.optim.AdamW:
 
 
 def _apply_lora(adapter: HFAdapter, cfg: TrainConfig) -> None:
-    """peft LoRA on every linear layer of the language model and projector (METHODS.md).
+    """peft LoRA on every linear layer of the language model and projector (docs/methods.md).
 
     Targets are full module names: a suffix such as ``0`` (a Sequential merger's first
     linear) would also match the decoder layer ``layers.0``.

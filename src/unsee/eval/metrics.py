@@ -1,7 +1,7 @@
 """Scoring functions: each a small pure function on strings or numbers.
 
 They follow the published benchmark code so that a figure here means what it means in the
-papers (MLLMU-Bench, CLEAR, UMU-bench; see ``/work/shared/BENCHMARKS.md``). Where that code
+papers (MLLMU-Bench, CLEAR, UMU-bench; see ``docs/benchmarks.md``). Where that code
 is loose (empty replies, empty ground truths, ties) the choice made is stated in the
 docstring. Nothing here touches a model, so the whole module is tested in milliseconds.
 """

@@ -2,10 +2,10 @@
 
 results.json is the public contract between a run and everything after it (the report,
 plots, users' scripts), so it is checked by a JSON Schema on every write and every read:
-a file that loads is a file the report can trust. The schema mirrors DESIGN.md exactly and
+a file that loads is a file the report can trust. The schema is docs/results-format.md's, exactly, and
 is extended only by *optional* keys (``attacks``, ``notes``, ``environment``...).
 
-:class:`CostMeter` measures what DESIGN.md asks every result to carry: wall time, peak
+:class:`CostMeter` measures what docs/results-format.md asks every result to carry: wall time, peak
 memory (host and GPU), trainable parameters and optimiser state.
 """
 

@@ -46,7 +46,7 @@ def seq_nll(adapter: HFAdapter, turns: Sequence[Turn]) -> torch.Tensor:
 
 
 def nll(adapter: HFAdapter, turns: Sequence[Turn]) -> torch.Tensor:
-    """``NLL(x, y)`` of METHODS.md: summed per sequence, averaged over the batch."""
+    """``NLL(x, y)`` of docs/methods.md: summed per sequence, averaged over the batch."""
     return seq_nll(adapter, turns).mean()
 
 

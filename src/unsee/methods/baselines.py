@@ -1,4 +1,4 @@
-"""Output-level baselines: GA, GradDiff, KL-Min and NPO (METHODS.md, "Baselines").
+"""Output-level baselines: GA, GradDiff, KL-Min and NPO (docs/methods.md, "Baselines").
 
 Each is its loss and nothing else; the engine handles scope, optimiser and guards.
 """

@@ -7,7 +7,7 @@ about zero. At inference a hook adds ``s * (h_last @ W_l)`` to every position of
 layer's output during the prefill pass, with ``s < 0``: forget prompts are pushed away
 from "recall", retain prompts barely move. The effect reaches decoding through the KV
 cache. The maps and ``s`` live in one safetensors file (``steering.safetensors``) that
-:func:`steer` switches on and off; see ``METHODS.md`` ("MLLMEraser").
+:func:`steer` switches on and off; see ``docs/methods.md`` ("MLLMEraser").
 
 Sign convention: ``W_l`` maps a forget activation to ``+r_l`` (towards "recall"), so the
 injected ``s * r_l`` with ``s < 0`` moves it towards the erasure inputs.
@@ -59,7 +59,7 @@ MCQItem = tuple[list[Turn], int]
 
 @dataclass
 class EraserConfig:
-    """Options of MLLMEraser. The defaults are METHODS.md's construction; the shipped
+    """Options of MLLMEraser. The defaults are the published construction (docs/methods.md); the shipped
     ``configs/unlearn/eraser.yaml`` is the setting the sweep chose (docs/methods.md says why)."""
 
     layers: list[int] = opt([], "decoder-layer indices to steer; empty = the span given by depth")
@@ -68,7 +68,7 @@ class EraserConfig:
         "identity features are formed but the output is not yet decided")
     strength: float = opt(-0.3, "s in h <- h + s*(h_last @ W_l); negative subtracts the recall direction")
     fit: Literal["joint", "nullspace"] = opt(
-        "nullspace", "how W_l is fitted: 'nullspace' as METHODS.md (least squares inside the null space of the kept "
+        "nullspace", "how W_l is fitted: 'nullspace' as published (least squares inside the null space of the kept "
         "activations); 'joint' one ridge least squares that sends forget activations to r_l and kept ones to 0")
     keep: list[str] = opt(
         ["train_retain"],
@@ -77,7 +77,7 @@ class EraserConfig:
     gate: float = opt(
         0.0, "threshold tau on c = <h_last W_l, r_l>/|r_l|^2 (c ~ 1 on forget, ~ 0 on kept prompts): the "
         "injection is s * max(c - tau, 0)/(1 - tau) * r_l, so kept prompts a linear map leaks onto are not "
-        "steered; 0 = the linear injection of METHODS.md")
+        "steered; 0 = the published linear injection")
     null_ratio: float = opt(0.3, "fraction of the hidden size taken as the retain null space (last singular vectors)")
     lam: float = opt(0.1, "ridge weight lambda of the least-squares map")
     erasure: Literal["neutral", "refusal"] = opt(

@@ -1,6 +1,6 @@
 """MMUnlearner: Fisher-ratio saliency masks, masked forget steps, unmasked retain steps.
 
-Two masks (METHODS.md): over the visual module with ``D_r`` as the data to preserve, and
+Two masks (docs/methods.md): over the visual module with ``D_r`` as the data to preserve, and
 over the language model with ``D_r + D_t``. A weight element is updated by forgetting only
 where it matters more to the forget set than to what must be preserved. The masks are
 keyed by parameter *object*, and built by name through the adapter, so they hold after

@@ -1,4 +1,4 @@
-"""NCU: null-space constrained updates of the visual module (METHODS.md, "NCU").
+"""NCU: null-space constrained updates of the visual module (docs/methods.md, "NCU").
 
 For each linear layer (and the unfolded patch-embedding conv) of the vision tower and
 projector we hook the layer's input ``k`` on retained images, accumulate ``C = sum k k^T / n``,

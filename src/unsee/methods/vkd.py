@@ -1,4 +1,4 @@
-"""VKD: visual knowledge distillation with the language model frozen (METHODS.md, "VKD").
+"""VKD: visual knowledge distillation with the language model frozen (docs/methods.md, "VKD").
 
 The student's intermediate visual features (projector tokens) are distilled from the
 teacher on retained images, while forget images are driven to the teacher's mean feature

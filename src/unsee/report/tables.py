@@ -50,7 +50,7 @@ def vanilla_for(runs: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
 
 
 def ordered_groups(runs: Iterable[Mapping[str, Any]]) -> list[str]:
-    """Metric groups in DESIGN.md order, then continual ``forget_rN`` by N, then the rest by name."""
+    """Metric groups in docs/results-format.md order, then continual ``forget_rN`` by N, then the rest by name."""
     present = {g for r in runs for g in r["metrics"]}
     known = [g for g in METRIC_GROUPS if g in present]
     rest = sorted(present - set(known), key=lambda g: (not _is_request_group(g), _request_index(g), g))
