@@ -9,8 +9,12 @@ falls back to a default.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import math
+import re
+import reprlib
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -35,21 +39,96 @@ def opt(default: Any, help: str, **kw: Any) -> Any:
     return dataclasses.field(default=default, metadata={"help": help}, **kw)
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class Plain(str):
+    """Text as the user wrote it: an unquoted YAML scalar or the value of a ``key=value`` override.
+
+    It is typed only by the field it fills: a ``str`` field keeps the text (``tag=no`` stays
+    ``"no"``, ``checkpoint_dir=1e3`` stays ``"1e3"``), any other field reads it as YAML would.
+    Reading it earlier, without the field's type, is what turned such strings into booleans and
+    numbers.
+    """
+
+
+class _NoAliases(yaml.SafeLoader):
+    """YAML without anchors and aliases: a few hundred bytes of nested aliases expand to gigabytes."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise ConfigError(f"YAML anchors and aliases (&, *) are not accepted (line {event.start_mark.line + 1}); "
+                              "write the value out")
+        return super().compose_node(parent, index)
+
+
+class _TextLoader(_NoAliases):
+    """Every unquoted scalar stays text (:class:`Plain`); the field it fills decides its type."""
+
+    yaml_implicit_resolvers: dict = {}
+
+
+_TextLoader.add_constructor(
+    "tag:yaml.org,2002:str",
+    lambda loader, node: Plain(node.value) if node.style is None else str(node.value))
+
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel, _SHOW.maxlist, _SHOW.maxdict, _SHOW.maxtuple = 2, 4, 4, 4
+_SHOW.maxstring = _SHOW.maxother = _SHOW.maxlong = 40
+
+
+def show(value: Any) -> str:
+    """A bad value as an error message quotes it: at most a short prefix, however large the value."""
+    return _SHOW.repr(str(value) if isinstance(value, str) else value)
+
+
+def _yaml_error(e: BaseException) -> str:
+    """One line: YAML's own messages span several, with the offending text quoted in full."""
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"{e.problem or e.context or 'invalid YAML'}{where}"
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    return (str(e).splitlines() or [type(e).__name__])[0][:200]
+
+
+def _load_yaml(text: str, loader: type, what: str) -> Any:
+    try:
+        return yaml.load(text, Loader=loader)  # noqa: S506 (both loaders derive from SafeLoader)
+    except ConfigError:
+        raise
+    except (yaml.YAMLError, ValueError, RecursionError) as e:
+        raise ConfigError(f"{what}: {_yaml_error(e)}") from None
+
+
 def read_config_file(source: str | Path, kind: str) -> dict[str, Any]:
-    """Read a YAML/JSON file, or a shipped config by name (``configs/<kind>/<name>.yaml``)."""
+    """Read a YAML/JSON file, or a shipped config by name (``configs/<kind>/<name>.yaml``).
+
+    Unquoted YAML scalars come back as :class:`Plain` text, typed later by their field.
+    """
     path = Path(source)
     if not path.exists():
         shipped = SHIPPED / kind / f"{source}.yaml"
         if not shipped.exists():
             names = sorted(p.stem for p in (SHIPPED / kind).glob("*.yaml")) if (SHIPPED / kind).is_dir() else []
-            raise ConfigError(f"config {source!r} is neither a file nor a shipped {kind} config {names}")
+            raise ConfigError(f"config {show(source)} is neither a file nor a shipped {kind} config {names}")
         path = shipped
     try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config {path} is over {MAX_CONFIG_BYTES >> 20} MiB; a config holds a few options")
         text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read config {path}: {e}") from e
-    if data is None:
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read config {path}: {_yaml_error(e)}") from None
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as e:
+            raise ConfigError(f"cannot read config {path}: {_yaml_error(e)}") from None
+    else:
+        data = _load_yaml(text, _TextLoader, f"cannot read config {path}")
+    if data is None or data == "":
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a mapping of keys to values, got {type(data).__name__}")
@@ -57,93 +136,130 @@ def read_config_file(source: str | Path, kind: str) -> dict[str, Any]:
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["lr=1e-5", "scope=visual"]`` -> ``{"lr": 1e-5, "scope": "visual"}``; values are YAML scalars."""
+    """``["lr=1e-5", "scope=visual"]`` -> ``{"lr": Plain("1e-5"), "scope": Plain("visual")}``.
+
+    Values stay the text after ``=``; :func:`build` reads each by its field's type.
+    """
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
+            raise ConfigError(f"override {show(item)} is not of the form key=value")
         key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = _scalar(value)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"cannot parse the value of override {item!r}: {e}") from e
+        out[key.strip()] = Plain(value)
     return out
 
 
-def _scalar(value: str) -> Any:
-    """A YAML scalar, plus the float forms YAML 1.1 leaves as strings (``1e-5``)."""
-    if value == "":
-        return ""
-    parsed = yaml.safe_load(value)
-    if isinstance(parsed, str):
-        try:
-            return float(parsed)
-        except ValueError:
-            return parsed
-    return parsed
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _typed(text: Plain, name: str = "value") -> Any:
+    """The text as YAML types it, plus the exponent floats YAML 1.1 leaves as strings (``1e-5``)."""
+    if text.strip() == "":
+        return None
+    value = _load_yaml(text, _NoAliases, f"{name}: cannot read {show(text)}")
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+def _structure(text: Plain, name: str = "value") -> Any:
+    """Lists and mappings written in the text (``[1, 2]``, ``{a: 1}``), their items still text."""
+    value = _load_yaml(text, _TextLoader, f"{name}: cannot read {show(text)}")
+    return Plain("") if value is None else value
+
+
+def _is_null(text: Plain) -> bool:
+    try:
+        return _typed(text) is None
+    except ConfigError:
+        return False
+
+
+def resolve(value: Any) -> Any:
+    """Type every :class:`Plain` inside ``value`` as YAML would, for fields that declare no type."""
+    if isinstance(value, Plain):
+        value = _typed(value)
+        if isinstance(value, list | dict):
+            return resolve(value)
+        return value
+    if isinstance(value, dict):
+        return {resolve(k): resolve(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [resolve(v) for v in value]
+    return value
 
 
 def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """``value`` as type ``tp``, or a :class:`ConfigError` that names the field and quotes a prefix."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
-        return value
+        return resolve(value)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
+        if type(None) in args and (value is None or (isinstance(value, Plain) and _is_null(value))):
             return None
-        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _coerce(name, value, a)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{name}: {value!r} fits none of {tp}")
+            except ConfigError:
+                pass
+        raise ConfigError(f"{name}: {show(value)} fits none of {tp}")
     if origin is typing.Literal:
-        if value not in args:
-            raise ConfigError(f"{name}: {value!r} is not one of {list(args)}")
-        return value
+        for candidate in (value, _typed(value, name) if isinstance(value, Plain) else value):
+            if isinstance(candidate, str | int | float | bool | None) and candidate in args:
+                return args[args.index(candidate)]
+        raise ConfigError(f"{name}: {show(value)} is not one of {list(args)}")
     if origin in (list, tuple, Sequence):
+        if isinstance(value, Plain):
+            value = _structure(value, name)
         if isinstance(value, str):
-            value = [_scalar(v) for v in value.split(",") if v]
+            value = [Plain(v.strip()) for v in value.split(",") if v.strip()]
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{name}: expected a list, got {value!r}")
+            raise ConfigError(f"{name}: expected a list, got {show(value)}")
         inner = args[0] if args else Any
         items = [_coerce(name, v, inner) for v in value]
         return tuple(items) if origin is tuple else items
     if origin is dict or tp is dict:
+        if isinstance(value, Plain):
+            value = _structure(value, name)
         if not isinstance(value, dict):
-            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
-        return dict(value)
+            raise ConfigError(f"{name}: expected a mapping, got {show(value)}")
+        return resolve(dict(value))
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
+        if isinstance(value, Plain):
+            value = _structure(value, name)
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{name}: expected a mapping for {tp.__name__}, got {value!r}")
+            raise ConfigError(f"{name}: expected a mapping for {tp.__name__}, got {show(value)}")
         return build(tp, value, prefix=f"{name}.")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{name}: expected true or false, got {value!r}")
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{name}: expected a number, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{name}: expected an integer, got {value!r}")
     if tp is str:
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{name}: expected a string, got {value!r}")
-    return value
+        raise ConfigError(f"{name}: expected a string, got {show(value)}")
+    if isinstance(value, Plain):
+        text = value.strip()
+        value = int(text) if tp is int and text.isdigit() else _typed(value, name)  # 0755 is 755, not octal
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected true or false, got {show(value)}")
+    if tp is float:
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{name}: expected a finite number, got {show(value)}")
+            return float(value)
+        raise ConfigError(f"{name}: expected a number, got {show(value)}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected an integer, got {show(value)}")
+    return resolve(value)
 
 
 def build(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
@@ -153,14 +269,16 @@ def build(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
     nested: dict[str, dict[str, Any]] = {}
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"config keys are names, got {show(key)} in {cls.__name__}")
         head, _, rest = key.partition(".")
         if head not in fields:
             raise ConfigError(
-                f"unknown config key {prefix + head!r} for {cls.__name__}; valid keys: {', '.join(sorted(fields))}"
+                f"unknown config key {show(prefix + head)} for {cls.__name__}; valid keys: {', '.join(sorted(fields))}"
             )
         if rest:
             if not dataclasses.is_dataclass(hints[head]):
-                raise ConfigError(f"config key {prefix + head!r} has no sub-keys")
+                raise ConfigError(f"config key {show(prefix + head)} has no sub-keys")
             nested.setdefault(head, {})[rest] = value
         else:
             kwargs[head] = _coerce(prefix + head, value, hints[head])
