@@ -17,18 +17,26 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from unsee import finetune as _finetune
+from unsee import retrain as _retrain
 from unsee.config import ConfigError, load_config, parse_overrides, read_config_file, to_dict
-from unsee.data.collate import qa_turns
+from unsee.data import world as _world
+from unsee.data.collate import image_of, qa_turns
 from unsee.data.schema import Suite
-from unsee.data.world import build_world
 from unsee.errors import DataError, OutputExistsError
-from unsee.finetune import finetune
-from unsee.io import atomic_dir, atomic_write_json, atomic_write_text, check_output_dir
+from unsee.io import (
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    check_not_input,
+    check_output_dir,
+    check_output_file,
+    check_writable,
+)
 from unsee.models import load_adapter
+from unsee.models import shapes as _shapes
+from unsee.models import tiny as _tiny
 from unsee.models.base import HFAdapter, Turn
-from unsee.models.shapes import init_shaped
-from unsee.models.tiny import init_model
-from unsee.retrain import retrain
 
 __all__ = ["attack", "audit_adapter", "build_world", "detect_benchmark", "evaluate", "finetune", "init_model",
            "init_shaped", "load_suite", "print_results", "report", "retrain", "unlearn"]
@@ -56,12 +64,65 @@ def load_suite(data: str | Path, forget: str | Sequence[str] = "forget_10", **kw
 
 
 def check_forget(suite: Suite) -> None:
-    """The guards that stop a run before it touches anything."""
+    """The guards that stop a run before it touches anything: ``unlearn``, ``eval`` and ``attack`` share them."""
     if not suite.forget_entities or not suite.groups.get("train_forget"):
-        raise DataError(f"the forget set of {suite.name!r} is empty: nothing to unlearn")
+        raise DataError(f"the forget set of {suite.name!r} is empty: nothing to unlearn or to measure")
     overlap = set(suite.forget_entities) & set(suite.retain_entities)
     if overlap:
         raise DataError(f"the forget set overlaps the retain set on {sorted(overlap)[:5]}; they must be disjoint")
+
+
+def check_images(suite: Suite) -> int:
+    """Decode every image of every group now, so that a corrupt file stops the run before
+    training rather than after it. Decoded images are cached (:func:`image_of`), so the run
+    reads them again for free. Returns how many examples hold an image."""
+    n = 0
+    for items in suite.groups.values():
+        for e in items:
+            if e.has_image:
+                image_of(e)
+                n += 1
+    return n
+
+
+def _local(*paths: Any) -> list[Any]:
+    """The inputs among ``paths`` that an output must not overlap (files and folders; None skipped)."""
+    return [p for p in paths if isinstance(p, str | Path)]
+
+
+# ---- commands that build inputs --------------------------------------------------------------
+# Each checks its output before any work: not an input, not inside or around one, writable.
+def build_world(out: str | Path, *, config: Any = "default", overwrite: bool = False, **kw: Any) -> Path:
+    """``unsee world``: the built-in benchmark (:func:`unsee.data.world.build_world`)."""
+    check_output_dir(out, overwrite=overwrite, inputs=_local(config))
+    return _world.build_world(out, config=config, overwrite=overwrite, **kw)
+
+
+def init_model(arch: str, out: str | Path, *, world: str | Path | None = None, overwrite: bool = False,
+               **kw: Any) -> Path:
+    """``unsee model init --arch``: a tiny model from the real HF classes (:func:`unsee.models.tiny.init_model`)."""
+    check_output_dir(out, overwrite=overwrite, inputs=_local(world))
+    return _tiny.init_model(arch, out, world=world, overwrite=overwrite, **kw)
+
+
+def init_shaped(shape: str, out: str | Path, *, overwrite: bool = False, **kw: Any) -> Path:
+    """``unsee model init --shape``: a hub checkpoint's structure with random weights."""
+    check_output_dir(out, overwrite=overwrite)
+    return _shapes.init_shaped(shape, out, overwrite=overwrite, **kw)
+
+
+def finetune(model: str | Path, data: str | Path, out: str | Path, *, config: Any = "default",
+             overwrite: bool = False, cache_dir: str | Path | None = None, **kw: Any) -> Path:
+    """``unsee finetune``: the vanilla model (:func:`unsee.finetune.finetune`)."""
+    check_output_dir(out, overwrite=overwrite, inputs=_local(model, data, config))
+    return _finetune.finetune(model, data, out, config=config, overwrite=overwrite, cache_dir=cache_dir, **kw)
+
+
+def retrain(vanilla: str | Path, data: str | Path, out: str | Path, *, overwrite: bool = False,
+            cache_dir: str | Path | None = None, **kw: Any) -> Path:
+    """``unsee retrain``: the reference without the forget people's photos (:func:`unsee.retrain.retrain`)."""
+    check_output_dir(out, overwrite=overwrite, inputs=_local(vanilla, data))
+    return _retrain.retrain(vanilla, data, out, overwrite=overwrite, cache_dir=cache_dir, **kw)
 
 
 def training_turns(suite: Suite) -> dict[str, list[Turn]]:
@@ -160,9 +221,10 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
     from unsee.eval.results import CostMeter, new_results, write_results
 
     out = Path(out)
-    if out.exists() and not overwrite:
-        check_output_dir(out, overwrite=False)
+    check_output_file(out, overwrite=overwrite, inputs=_local(model, data, steering))
     suite = load_suite(data, forget, seed=seed)
+    check_forget(suite)
+    check_images(suite)
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
     with CostMeter() as meter:
         metrics = evaluate_adapter(adapter, suite, steering=steering, max_items=max_items)
@@ -185,8 +247,11 @@ def print_results(res: dict) -> None:
 
 
 def report(results: Sequence[str | Path], out: str | Path, *, overwrite: bool = False) -> Path:
-    from unsee.report import write_report
+    from unsee.report import REPORT_FILES, write_report
 
+    for name in REPORT_FILES:  # the report may sit beside its results files, never replace one
+        check_not_input(Path(out) / name, _local(*results))
+    check_writable(Path(out) / "report.md")
     write_report(results, out, overwrite=overwrite)
     return Path(out)
 
@@ -238,7 +303,9 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
     from unsee.eval.results import new_results, write_results
 
     out = Path(out)
-    check_output_dir(out, overwrite=overwrite)
+    request_file = requests if isinstance(requests, str | Path) and Path(requests).is_file() else None
+    check_output_dir(out, overwrite=overwrite,
+                     inputs=_local(model, data, None if isinstance(config, Mapping) else config, request_file))
     method_configs(method, config, overrides)  # reject unknown methods and options before any work
     reqs = _requests(requests)
     if reqs:
@@ -246,6 +313,7 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
                          overwrite=overwrite, allow_pickle=allow_pickle, dtype=dtype)
     suite = load_suite(data, forget, seed=seed)
     check_forget(suite)
+    check_images(suite)
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
     if not is_main_process():
         # Under `accelerate launch` every process trains its share; the first alone evaluates and writes.
@@ -309,19 +377,24 @@ def unlearn_and_save(method: str, adapter: HFAdapter, suite: Suite, *, steering_
         run["attacks"] = audit_adapter(adapter, suite, kinds=audit_kinds, steering=steering, vanilla=before,
                                        seed=seed, overrides=audit_overrides, strict=False)
     if steering is None:
-        _save_model(adapter, model_dir)
+        _save_model(adapter, model_dir, model)
         card = model_card(run, vanilla, base_model=base_model, base_hash=base_hash,
                           forgotten=list(suite.forget_entities), audits=None)
         atomic_write_text(model_dir / "README.md", card)
     return run, steering
 
 
-def _save_model(adapter: HFAdapter, path: Path) -> None:
-    """A standard checkpoint; a LoRA run is merged so the output loads without peft."""
+def _save_model(adapter: HFAdapter, path: Path, arch: str) -> None:
+    """A standard checkpoint; a LoRA run is merged so the output loads without peft.
+
+    ``unsee.json`` keeps the name of the architecture it was built from, so that results of
+    the unlearned model are reported under the same model as its vanilla run.
+    """
     model = adapter.model
     if hasattr(model, "merge_and_unload"):
         adapter.model = model.merge_and_unload()
     adapter.save(path)
+    atomic_write_json(path / "unsee.json", {"arch": arch})
 
 
 def _jsonable(obj: Any) -> Any:
@@ -342,6 +415,10 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
     if method == "eraser":
         raise ConfigError("continual unlearning needs a training method; eraser builds one steering file per request")
     eval_kw = dict(eval_kw or {})
+    for req in requests:  # every request's data is checked before the first one trains
+        suite = load_suite(data, req, retain_exclude=requests, seed=seed)
+        check_forget(suite)
+        check_images(suite)
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
     runs: list[dict] = []
     forgotten: list[Any] = []
@@ -363,7 +440,7 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
                                  request=i, config=resolved, info=_jsonable(res.info),
                                  cost={**meter.cost(), "trainable_params": res.trainable_params,
                                        "optimizer_state_bytes": res.optimizer_state_bytes}))
-        _save_model(adapter, tmp / "model")
+        _save_model(adapter, tmp / "model", model_name(model))
         write_results(tmp / "results.json", new_results(runs))
     return out
 
@@ -404,6 +481,10 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     out = Path(out)
     if out.is_dir():  # an unlearn output directory
         out = out / "results.json"
+    check_not_input(out, _local(model, data, vanilla, steering))
+    if out.is_dir():
+        check_output_file(out, overwrite=overwrite)
+    check_writable(out)
     existing = load_results(out) if out.is_file() else None
     if existing is not None and not existing["runs"]:
         raise DataError(f"{out} holds no runs to add the attacks to")
@@ -413,6 +494,7 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
             raise OutputExistsError(f"{out} already records {done}; pass overwrite=True (--overwrite) to redo them")
     suite = load_suite(data, forget, seed=seed)
     check_forget(suite)
+    check_images(suite)
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
     before = load_adapter(vanilla, allow_pickle=allow_pickle) if vanilla is not None else None
     found = audit_adapter(adapter, suite, kinds=kinds, steering=steering, vanilla=before, seed=seed,
@@ -429,7 +511,9 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     return found
 
 
-def demo(out: str | Path, **kw: Any) -> Path:
+def demo(out: str | Path, *, overwrite: bool = False, config: Any = None, cache_dir: str | Path | None = None,
+         **kw: Any) -> Path:
     from unsee.demo import run_demo
 
-    return run_demo(out, **kw)
+    check_output_dir(out, overwrite=overwrite, inputs=_local(config))
+    return run_demo(out, overwrite=overwrite, config=config, cache_dir=cache_dir, **kw)

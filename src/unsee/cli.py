@@ -212,12 +212,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         func(args)
     except UnseeError as e:
-        print(f"unsee: error: {e}", file=sys.stderr)
+        print(f"unsee: error: {one_line(str(e))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("unsee: interrupted; finished stages are cached, run the same command to resume", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        kept = [*getattr(e, "__notes__", []), INTERRUPTED.get(args.command, NOTHING_WRITTEN)]
+        print(f"unsee: interrupted; {'; '.join(kept)}", file=sys.stderr)
         return 130
     return 0
+
+
+# What an interrupted command leaves behind. Outputs land only when a command completes
+# (unsee.io.atomic_dir); the training stages of the vanilla model and the reference are cached
+# as they finish, and the stage in progress keeps its last checkpoint in the cache.
+NOTHING_WRITTEN = "nothing was written (outputs appear only when a command completes)"
+STAGES_KEPT = ("nothing was written to --out; the training stages that finished are kept in the stage cache, "
+               "and the same command continues from them")
+INTERRUPTED = {"finetune": STAGES_KEPT, "retrain": STAGES_KEPT, "demo": STAGES_KEPT}
+
+
+def one_line(message: str, limit: int = 2000) -> str:
+    """An error as one line of bounded length, whatever text it quotes."""
+    text = " ".join(message.split())
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 if __name__ == "__main__":

@@ -17,7 +17,11 @@ class ModelError(UnseeError):
     """A model directory is missing, of an unknown type, or holds weights we refuse to load."""
 
 
-class OutputExistsError(UnseeError):
+class OutputError(UnseeError):
+    """An output path that cannot be written, or must not be: it is, holds or lies inside an input."""
+
+
+class OutputExistsError(OutputError):
     """The output already holds results; pass overwrite to replace them."""
 
 

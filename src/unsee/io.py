@@ -15,11 +15,11 @@ import os
 import shutil
 import tempfile
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from unsee.errors import OutputExistsError
+from unsee.errors import OutputError, OutputExistsError
 
 
 def content_hash(*parts: Any) -> str:
@@ -90,8 +90,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     give it, so that a checkpoint or a report can be read by whoever else should read it.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -123,20 +128,81 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def check_output_dir(path: str | Path, *, overwrite: bool, marker: str | None = None) -> None:
-    """Refuse an output directory that already holds results, unless told to overwrite.
+def _real(path: str | Path) -> Path:
+    """The absolute path with symlinks followed, so that a link to the model is the model."""
+    return Path(os.path.realpath(Path(path).expanduser()))
 
-    A directory that exists but is empty is fine. ``marker`` narrows the check to one file.
+
+def check_not_input(out: str | Path, inputs: Iterable[str | Path | None]) -> None:
+    """Refuse an output that is an input, lies inside one, or contains one.
+
+    Outputs replace their whole path when they land (:func:`atomic_dir`), so any overlap
+    would delete or rewrite what the run reads; ``--overwrite`` does not change that. Inputs
+    that are not local paths (hub ids) cannot overlap and are skipped.
+    """
+    o = _real(out)
+    for given in inputs:
+        if given is None or str(given) == "" or not Path(given).expanduser().exists():
+            continue
+        i = _real(given)
+        if o == i:
+            how = "is"
+        elif i in o.parents:
+            how = "lies inside"
+        elif o in i.parents:
+            how = "contains"
+        else:
+            continue
+        raise OutputError(f"the output {out} {how} the input {given}, which is never written to; "
+                          "choose another output path")
+
+
+def check_writable(path: str | Path) -> None:
+    """Fail now, not after the work, when ``path`` cannot be created or replaced.
+
+    The nearest folder that exists above it must take a new entry; it is tried for real
+    (a temporary folder made and removed), since permission bits say nothing for root or
+    for a read-only file system.
+    """
+    parent = _real(path).parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {path}: {parent} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".unsee-probe.", dir=parent))
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: the folder {parent} is not writable ({e.strerror})") from None
+
+
+def check_output_dir(path: str | Path, *, overwrite: bool, marker: str | None = None,
+                     inputs: Iterable[str | Path | None] = ()) -> None:
+    """Refuse an output directory that already holds results (unless told to overwrite), one
+    that overlaps an input, or one that cannot be written.
+
+    A directory that exists but is empty is fine. ``marker`` narrows the existing-results check
+    to one file.
     """
     path = Path(path)
-    if overwrite or not path.exists():
-        return
-    if marker is not None:
-        if (path / marker).exists():
-            raise OutputExistsError(f"{path / marker} already exists; pass --overwrite to replace it")
-        return
-    if path.is_file() or any(path.iterdir()):
-        raise OutputExistsError(f"{path} already holds results; pass --overwrite to replace it")
+    check_not_input(path, inputs)
+    if not overwrite and path.exists():
+        if marker is not None:
+            if (path / marker).exists():
+                raise OutputExistsError(f"{path / marker} already exists; pass --overwrite to replace it")
+        elif path.is_file() or any(path.iterdir()):
+            raise OutputExistsError(f"{path} already holds results; pass --overwrite to replace it")
+    check_writable(path)
+
+
+def check_output_file(path: str | Path, *, overwrite: bool, inputs: Iterable[str | Path | None] = ()) -> None:
+    """The same checks for an output that is one file (a results.json)."""
+    path = Path(path)
+    check_not_input(path, inputs)
+    if path.is_dir():
+        raise OutputError(f"the output {path} is a directory; give a file path, such as {path / 'results.json'}")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
+    check_writable(path)
 
 
 @contextlib.contextmanager
@@ -150,8 +216,11 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     check_output_dir(path, overwrite=overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror}") from None
     try:
         yield tmp
         _plain_modes(tmp)

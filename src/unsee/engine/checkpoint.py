@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from unsee.errors import TrainingError
@@ -57,9 +58,10 @@ def save_checkpoint(
     scheduler: Any = None,
     tensors: Mapping[str, torch.Tensor] | None = None,
     meta: Mapping[str, Any] | None = None,
+    run_key: str = "",
 ) -> None:
     """Write the state after ``step`` completed steps. ``tensors``/``meta``: the caller's extras
-    (torch generator states, numpy generator states, losses)."""
+    (torch generator states, numpy generator states, losses); ``run_key``: what run it belongs to."""
     rng_t, rng_m = global_rng_state()
     opt_state = optimizer.state_dict()
     flat: dict[str, torch.Tensor] = {f"param.{k}": v.detach().cpu().contiguous().clone() for k, v in params.items()}
@@ -70,6 +72,7 @@ def save_checkpoint(
     flat.update({f"extra.{k}": v.detach().cpu().contiguous().clone() for k, v in (tensors or {}).items()})
     info = {
         "step": step,
+        "run_key": run_key,
         "param_groups": opt_state["param_groups"],
         "scheduler": _jsonable(scheduler.state_dict()) if scheduler is not None else None,
         "rng": rng_m,
@@ -90,19 +93,25 @@ def load_checkpoint(
     params: Mapping[str, torch.Tensor],
     optimizer: torch.optim.Optimizer,
     scheduler: Any = None,
+    run_key: str | None = None,
 ) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
     """Restore weights, optimiser, scheduler and global random states in place.
 
-    Returns ``(step, extra tensors, extra meta)``. A checkpoint that does not fit the
-    parameters (another model or scope) raises :class:`TrainingError` rather than
-    silently training from a mixed state.
+    Returns ``(step, extra tensors, extra meta)``. A checkpoint written by another run
+    (``run_key`` differs) or that does not fit the parameters (another model or scope)
+    raises :class:`TrainingError`, before anything is restored, rather than silently
+    training from a mixed state.
     """
     path = Path(path)
     try:
-        flat = load_file(str(path / STATE_TENSORS))
         info = json.loads((path / STATE_JSON).read_text())
-    except (OSError, ValueError) as e:
-        raise TrainingError(f"cannot read the checkpoint in {path}: {e}; delete it to start over") from e
+        if run_key is not None and info.get("run_key") != run_key:
+            raise TrainingError(
+                f"the checkpoint in {path} belongs to another run (another config, data or model); "
+                "delete it, or give this run another checkpoint_dir")
+        flat = load_file(str(path / STATE_TENSORS))
+    except (OSError, ValueError, SafetensorError) as e:
+        raise TrainingError(f"cannot read the checkpoint in {path}: {str(e)[:200]}; delete it to start over") from e
     saved = {k[len("param."):] for k in flat if k.startswith("param.")}
     if saved != set(params):
         raise TrainingError(f"the checkpoint in {path} holds other parameters than this run trains; "

@@ -6,21 +6,24 @@ progress, NaN guard and cost accounting. It reads top to bottom in one sitting.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
 from unsee.config import opt
 from unsee.data.collate import Stream
 from unsee.data.schema import Suite
-from unsee.engine.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from unsee.engine.checkpoint import has_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
 from unsee.engine.constraints import Constraints
 from unsee.errors import ConfigError, TrainingError, UnseeError
 from unsee.models.base import SCOPES, HFAdapter
@@ -61,7 +64,10 @@ class TrainConfig:
     eval_every: int = opt(0, "evaluate every N steps through the evaluator (0: off)")
     progress: bool = opt(True, "show a progress bar")
     checkpoint_dir: str = opt("", "directory of the periodic checkpoint; a run that finds one there resumes from it")
-    checkpoint_every: int = opt(0, "steps between checkpoints (0: none); the caller removes the last one")
+    checkpoint_every: int = opt(0, "steps between checkpoints (0: none)")
+    keep_checkpoint: bool = opt(
+        False, "keep the last checkpoint after the run finishes (by default it is removed, and a checkpoint "
+        "resumes only the run it was written by: same config, data and model)")
 
     def validate(self) -> None:
         if self.scope not in SCOPES:
@@ -255,6 +261,80 @@ def _named_trainable(adapter: HFAdapter, params: list[nn.Parameter]) -> dict[str
     return {n: p for n, p in adapter.model.named_parameters() if id(p) in wanted}
 
 
+def check_checkpoint_dir(path: str) -> None:
+    """A checkpoint replaces its whole folder when it is saved and when it is removed: refuse a
+    folder that holds anything else (a model, a benchmark, someone's home)."""
+    p = Path(path)
+    if p.exists() and (not p.is_dir() or (any(p.iterdir()) and not has_checkpoint(p))):
+        raise ConfigError(f"checkpoint_dir {path} holds other files; a checkpoint replaces its whole folder, "
+                          "so give it an empty or new one")
+
+
+def _digest(obj: Any, h: Any) -> None:
+    """Feed the content of a config value, an image or a tensor to ``h``; reprs with addresses never."""
+    if isinstance(obj, Image.Image):
+        h.update(f"image:{obj.mode}:{obj.size}".encode())
+        h.update(obj.tobytes())
+    elif isinstance(obj, torch.Tensor):
+        h.update(obj.detach().cpu().contiguous().numpy().tobytes())
+    elif isinstance(obj, dict):
+        for k in sorted(obj, key=str):
+            h.update(f"{k!s}:".encode())
+            _digest(obj[k], h)
+    elif isinstance(obj, list | tuple):
+        h.update(b"[")
+        for v in obj:
+            _digest(v, h)
+        h.update(b"]")
+    elif is_dataclass(obj) and not isinstance(obj, type):
+        _digest({f.name: getattr(obj, f.name) for f in fields(obj)}, h)
+    else:
+        h.update(f"{type(obj).__name__}:{obj!s};".encode())
+
+
+UNKEYED = ("progress", "log_every", "eval_every", "checkpoint_dir", "checkpoint_every", "keep_checkpoint")
+
+
+def _run_key(method: Method, adapter: HFAdapter, streams: dict[str, Stream], cfg: TrainConfig,
+             named: dict[str, nn.Parameter]) -> str:
+    """What a checkpoint belongs to: the options that change the numbers, the method and its
+    config, the training data (texts and pixels) and the starting weights.
+
+    A checkpoint of another run (another method, learning rate, forget set or model) left in
+    the same folder would otherwise be resumed without a word. The weights enter through the
+    model's fingerprint and the sum of each trained tensor (one pass over them, however big).
+    """
+    h = hashlib.sha256()
+    _digest({k: v for k, v in vars(cfg).items() if k not in UNKEYED}, h)
+    _digest({"method": method.name, "config": getattr(method, "cfg", None)}, h)
+    for name, stream in sorted(streams.items()):
+        h.update(name.encode())
+        for t in stream.turns:
+            _digest([t.image, t.prompt, t.answer, list(getattr(t, "follow", ()))], h)
+    h.update(str(adapter.fingerprint()).encode())
+    with torch.no_grad():
+        _digest({n: f"{tuple(p.shape)}:{float(p.double().sum())}" for n, p in named.items()}, h)
+    return h.hexdigest()[:16]
+
+
+def check_finite(adapter: HFAdapter, params: list[nn.Parameter], turns: list, name: str, steps: int) -> None:
+    """No model with non-finite weights or outputs leaves a run.
+
+    The loss guard stops before an update that would apply a non-finite loss, but a huge
+    learning rate makes finite losses give weights of 1e12 whose logits overflow: the trained
+    tensors are checked, and the model's answers on a few training turns.
+    """
+    bad = next((i for i, p in enumerate(params) if not bool(torch.isfinite(p).all())), None)
+    outputs_ok = True
+    if bad is None and turns:
+        with torch.no_grad(), adapter.eval_mode():
+            outputs_ok = bool(torch.isfinite(adapter.answer_logprobs(adapter.training_batch(turns[:2]))).all())
+    if bad is not None or not outputs_ok:
+        what = "trained weights" if bad is not None else "answers (log-probabilities)"
+        raise TrainingError(f"{name}: after the last of {steps} steps the model's {what} are not finite; "
+                            "it is not kept. Lower lr.")
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -300,11 +380,11 @@ def _step(method: Method, ctx: Context, optimizer: torch.optim.Optimizer,
 
 def _save_progress(cfg: TrainConfig, step: int, method: Method, named: dict[str, nn.Parameter],
                    optimizer: torch.optim.Optimizer, scheduler: Any, streams: dict[str, Stream],
-                   losses: list[float], logs: list[dict[str, float]]) -> None:
+                   losses: list[float], logs: list[dict[str, float]], run_key: str) -> None:
     """A mid-run checkpoint: weights, optimiser, schedule, data order and the method's own state."""
     states = {name: s.state_dict() for name, s in streams.items()}
     save_checkpoint(
-        cfg.checkpoint_dir, step=step, params=named, optimizer=optimizer, scheduler=scheduler,
+        cfg.checkpoint_dir, step=step, params=named, optimizer=optimizer, scheduler=scheduler, run_key=run_key,
         tensors={f"stream.{name}": st[0] for name, st in states.items()},
         meta={"streams": {name: st[1] for name, st in states.items()}, "losses": losses, "logs": logs,
               "method": method.state_dict() if hasattr(method, "state_dict") else None},
@@ -332,6 +412,8 @@ def train(
     # bf16 run would otherwise leave every later run in the process under bf16.
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     rank, world = accelerator.process_index, accelerator.num_processes
+    if cfg.checkpoint_dir:
+        check_checkpoint_dir(cfg.checkpoint_dir)
     missing = [s for s in method.streams if not turns.get(s)]
     if missing:
         raise UnseeError(f"method {method.name!r} needs data for {missing}, and the benchmark has none")
@@ -377,9 +459,10 @@ def train(
     logs: list[dict[str, float]] = []
     named = _named_trainable(adapter, params)
     start = 0
+    run_key = _run_key(method, adapter, streams, cfg, named) if cfg.checkpoint_dir else ""
     if cfg.checkpoint_dir and has_checkpoint(cfg.checkpoint_dir):
         start, extra, meta = load_checkpoint(cfg.checkpoint_dir, params=named, optimizer=optimizer,
-                                             scheduler=scheduler)
+                                             scheduler=scheduler, run_key=run_key)
         for name, s in streams.items():
             s.load_state_dict(extra[f"stream.{name}"], meta["streams"][name])
         if hasattr(method, "load_state_dict"):
@@ -400,7 +483,11 @@ def train(
                 ctx.info.setdefault("evals", []).append({"step": step + 1, **on_eval(step + 1)})
             if cfg.checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
                     and step + 1 < total and accelerator.is_main_process:
-                _save_progress(cfg, step + 1, method, named, optimizer, scheduler, streams, losses, logs)
+                _save_progress(cfg, step + 1, method, named, optimizer, scheduler, streams, losses, logs, run_key)
+    except KeyboardInterrupt as e:
+        if cfg.checkpoint_dir and has_checkpoint(cfg.checkpoint_dir):
+            e.add_note(f"the checkpoint in {cfg.checkpoint_dir} is kept: the same command resumes from it")
+        raise
     finally:  # also after a stopped run: the model goes back in its own dtype, mode and device
         bar.close()
         if parked is not None:
@@ -410,6 +497,9 @@ def train(
         adapter.model.eval()
         if cfg.gradient_checkpointing:
             adapter.model.gradient_checkpointing_disable()
+    check_finite(adapter, params, turns.get(method.streams[0], []), method.name, total)
+    if cfg.checkpoint_dir and not cfg.keep_checkpoint and accelerator.is_main_process:
+        remove_checkpoint(cfg.checkpoint_dir)
     state_bytes = sum(
         t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)
     )

@@ -8,6 +8,7 @@ call it between epochs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 
 from unsee.data.collate import image_of
 from unsee.data.schema import METRIC_GROUPS, Example, Suite
+from unsee.errors import ModelError
 from unsee.eval import metrics, prompts
 from unsee.models.base import HFAdapter, Turn
 
@@ -43,6 +45,10 @@ def option_logprobs(adapter: HFAdapter, items: Sequence[Example], *, batch_size:
             turns = [Turn(image_of(items[i]), prompts.qa_prompt(items[i].question)) for i in idx]
             for i, lp in zip(idx, adapter.option_logprobs(turns, [items[i].options for i in idx]), strict=True):
                 scores[i] = lp
+    broken = sum(1 for s in scores if not all(math.isfinite(x) for x in s))
+    if broken:
+        raise ModelError(f"{desc}: the model scores {broken} of {len(items)} items as NaN or infinite; its weights "
+                         "are broken (a diverged run?) and figures ranked from such scores would mean nothing")
     return scores
 
 

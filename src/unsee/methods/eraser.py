@@ -259,8 +259,8 @@ class Steering:
         if not force and fp != self.fingerprint:
             raise ModelError(
                 f"steering was computed on model fingerprint {self.fingerprint} ({self.model_name}); "
-                f"this model's fingerprint is {fp}. Rebuild the steering on this model, or pass force=True "
-                "(--force) if you know the weights are the same."
+                f"this model's fingerprint is {fp}. Rebuild the steering on this model (unsee unlearn --method "
+                "eraser); from Python, force=True skips this check when you know the weights are the same."
             )
 
 

@@ -7,10 +7,12 @@ lazily, so that adding an architecture is one line here and one small file.
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from unsee.errors import ModelError
 from unsee.models.base import SCOPES, Adapter, HFAdapter, Turn, model_fingerprint
@@ -47,6 +49,31 @@ def _check_local(path: Path, allow_pickle: bool) -> None:
         )
     if not has_safe and not has_pickle:
         raise ModelError(f"{path} holds no weights (*.safetensors)")
+    for f in sorted(path.glob("*.safetensors")):
+        check_safetensors(f)
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a weight file whose header is unreadable or whose tensors run past its end.
+
+    A copy cut short (a full disk, an interrupted download) otherwise fails deep inside
+    ``from_pretrained`` with a traceback; the header says how long the file must be, so
+    reading 8 bytes and the header is enough to tell.
+    """
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if size < 8 or not 2 <= n <= min(size - 8, 100_000_000):
+                raise ValueError("bad header length")
+            header = json.loads(fh.read(n))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        raise ModelError(f"{path} is not a readable safetensors file (corrupt header); copy the model again") \
+            from None
+    if 8 + n + end > size:
+        raise ModelError(f"{path} is truncated: its header describes {8 + n + end} bytes, the file has {size}; "
+                         "copy the model again")
 
 
 DTYPES: dict[str, torch.dtype] = {
@@ -96,8 +123,8 @@ def load_adapter(
             trust_remote_code=trust_remote_code,
             **kw,
         )
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load {model}: {e}") from e
+    except (OSError, ValueError, SafetensorError) as e:
+        raise ModelError(f"cannot load {model}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     if device is not None:
         hf.to(device)
     return cls(hf, processor, source=str(model))
