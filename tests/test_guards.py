@@ -1,0 +1,303 @@
+"""What a hostile but realistic user breaks: every bad input ends in one line and changes nothing,
+and no broken model or misreported result leaves a run."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from unsee import api, errors
+from unsee.cli import main, parser
+from unsee.data.schema import Suite
+from unsee.engine import trainer
+from unsee.engine.checkpoint import has_checkpoint
+from unsee.engine.trainer import Context, TrainConfig, train
+from unsee.errors import ConfigError, DataError, ModelError, TrainingError
+from unsee.eval.evaluator import mcq_loglik
+from unsee.methods.baselines import GA
+from unsee.models import Turn, load_adapter
+
+FAST = ["max_steps=1", "batch_size=2", "progress=false"]
+
+
+def checksums(path: Path) -> dict[str, str]:
+    """Every file under ``path`` by its content: equal before and after means untouched."""
+    return {str(f.relative_to(path)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("unsee: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def unwritable_dir(tmp_path: Path) -> Path:
+    """A folder nobody may create entries in: permission bits for a normal user; for root, whom
+    they do not stop, a read-only file system."""
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        return ro
+    for candidate in (Path("/sys/fs"), Path("/proc/sys")):
+        try:
+            os.rmdir(tempfile.mkdtemp(dir=candidate))
+        except OSError:
+            return candidate
+    pytest.skip("no unwritable folder on this machine")
+
+
+@pytest.fixture
+def own_model(model_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny model inside a folder of its own, to put outputs around."""
+    return Path(shutil.copytree(model_dir, tmp_path / "models" / "m"))
+
+
+def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*a: object, **k: object) -> None:
+        raise AssertionError("the command started working before checking its output")
+
+    monkeypatch.setattr(api, "load_suite", boom)
+
+
+# ---- outputs -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["is", "inside", "contains"])
+def test_unlearn_output_overlapping_the_model_is_refused_even_with_overwrite(
+        where: str, own_model: Path, world: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = {"is": own_model, "inside": own_model / "unlearned", "contains": own_model.parent}[where]
+    before = checksums(own_model.parent)
+    no_work(monkeypatch)
+    with pytest.raises(errors.OutputError, match=f"{where if where != 'inside' else 'lies inside'} the input"):
+        api.unlearn("ga", own_model, world, out, overrides=FAST, overwrite=True)
+    assert checksums(own_model.parent) == before
+
+
+def test_outputs_inside_the_data_or_around_a_results_file_are_refused(
+        own_model: Path, world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    no_work(monkeypatch)
+    with pytest.raises(errors.OutputError, match="lies inside the input"):
+        api.evaluate(own_model, world, own_model / "eval.json", overwrite=True)
+    with pytest.raises(errors.OutputError, match="lies inside the input"):
+        api.evaluate(own_model, world, world / "eval.json", overwrite=True)
+    results = tmp_path / "r" / "report.md"
+    results.parent.mkdir()
+    results.write_text("{}")
+    with pytest.raises(errors.OutputError, match="is the input"):
+        api.report([results], results.parent, overwrite=True)
+    assert results.read_text() == "{}" and not (own_model / "eval.json").exists()
+
+
+def test_an_unwritable_output_fails_before_any_work(model_dir: Path, world: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    ro = unwritable_dir(tmp_path)
+    no_work(monkeypatch)
+    assert main(["unlearn", "--method", "ga", "--model", str(model_dir), "--data", str(world),
+                 "--out", str(ro / "out" / "u"), *FAST]) == 2
+    assert "not writable" in one_error_line(capsys)
+    assert main(["eval", "--model", str(model_dir), "--data", str(world), "--out", str(ro / "e.json")]) == 2
+    assert "not writable" in one_error_line(capsys)
+
+
+def test_eval_out_a_directory_is_one_line(model_dir: Path, world: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", "--model", str(model_dir), "--data", str(world), "--out", str(tmp_path),
+                 "--overwrite"]) == 2
+    assert "is a directory" in one_error_line(capsys)
+
+
+def test_a_truncated_weight_file_is_one_line(own_model: Path, world: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    weights = own_model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert main(["eval", "--model", str(own_model), "--data", str(world), "--out", str(tmp_path / "e.json")]) == 2
+    assert "truncated" in one_error_line(capsys)
+    assert main(["unlearn", "--method", "ga", "--model", str(own_model), "--data", str(world),
+                 "--out", str(tmp_path / "u"), *FAST]) == 2
+    assert "truncated" in one_error_line(capsys)
+    weights.write_bytes(b"\xff" * 16)
+    with pytest.raises(ModelError, match="corrupt header"):
+        load_adapter(own_model)
+
+
+# ---- no non-finite model -------------------------------------------------------------------------
+def test_a_learning_rate_that_breaks_the_model_fails_the_run(model_dir: Path, world: Path, tmp_path: Path) -> None:
+    """lr=1e12: the one loss is finite, the update leaves weights of 1e12 whose answers overflow."""
+    out = tmp_path / "out"
+    with pytest.raises(TrainingError, match="not finite"):
+        api.unlearn("graddiff", model_dir, world, out, overrides=["lr=1e12", *FAST], evaluate_after=False)
+    assert not out.exists()
+
+
+def test_non_finite_weights_after_the_last_step_fail_the_run(model_dir: Path, suite: Suite,
+                                                              turns: dict[str, list[Turn]]) -> None:
+    class Poison(GA):
+        def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
+            loss, parts = super().loss(ctx, batch)
+            if ctx.step == 1:  # the loss is finite; the weights are poisoned afterwards, as an overflow would
+                next(ctx.adapter.model.parameters()).data.fill_(float("inf"))
+            return loss, parts
+
+    with pytest.raises(TrainingError, match="trained weights are not finite"):
+        train(Poison(), load_adapter(model_dir), suite, turns, TrainConfig(max_steps=2, batch_size=2, progress=False))
+
+
+def test_the_evaluator_refuses_non_finite_scores(model_dir: Path, suite: Suite) -> None:
+    adapter = load_adapter(model_dir)
+    with torch.no_grad():
+        adapter.model.get_output_embeddings().weight.fill_(float("nan"))
+    items = [e for e in suite.groups["forget"] if e.task == "mcq"]
+    with pytest.raises(ModelError, match="NaN or infinite"):
+        mcq_loglik(adapter, items)
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------
+def _ckpt(tmp_path: Path, **kw: object) -> TrainConfig:
+    base: dict = {"lr": 1e-3, "max_steps": 3, "batch_size": 2, "progress": False,
+                  "checkpoint_dir": str(tmp_path / "ckpt"), "checkpoint_every": 1}
+    return TrainConfig(**{**base, **kw})
+
+
+def test_a_checkpoint_resumes_only_its_own_run(model_dir: Path, suite: Suite, turns: dict[str, list[Turn]],
+                                               tmp_path: Path) -> None:
+    train(GA(), load_adapter(model_dir), suite, turns, _ckpt(tmp_path, keep_checkpoint=True, max_steps=2))
+    assert has_checkpoint(tmp_path / "ckpt")  # kept: asked for
+    other = load_adapter(model_dir)
+    before = {n: p.clone() for n, p in other.model.named_parameters()}
+    with pytest.raises(TrainingError, match="belongs to another run"):
+        train(GA(), other, suite, turns, _ckpt(tmp_path, lr=1e-4))
+    assert all(torch.equal(before[n], p) for n, p in other.model.named_parameters())
+    other_data = {**turns, "forget": turns["forget"][1:]}
+    with pytest.raises(TrainingError, match="belongs to another run"):
+        train(GA(), load_adapter(model_dir), suite, other_data, _ckpt(tmp_path))
+
+
+def test_a_finished_run_removes_its_checkpoint(model_dir: Path, suite: Suite, turns: dict[str, list[Turn]],
+                                               tmp_path: Path) -> None:
+    train(GA(), load_adapter(model_dir), suite, turns, _ckpt(tmp_path))
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_a_checkpoint_dir_holding_other_files_is_refused(model_dir: Path, suite: Suite,
+                                                         turns: dict[str, list[Turn]], tmp_path: Path) -> None:
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="holds other files"):
+        train(GA(), load_adapter(model_dir), suite, turns, _ckpt(tmp_path))
+    assert (tmp_path / "ckpt" / "notes.txt").read_text() == "mine"
+
+
+# ---- the suite guards of eval, and images decoded before training -----------------------------------
+@pytest.mark.parametrize("kind", ["empty", "overlap"])
+def test_eval_runs_the_suite_guards_of_unlearn(kind: str, suite: Suite, world: Path, model_dir: Path,
+                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if kind == "empty":
+        bad = dataclasses.replace(suite, groups={**suite.groups, "forget": [], "train_forget": []},
+                                  forget_entities=())
+    else:
+        bad = dataclasses.replace(suite, retain_entities=(*suite.retain_entities, *suite.forget_entities))
+    monkeypatch.setattr(api, "load_suite", lambda *a, **k: bad)
+    with pytest.raises(DataError, match="empty" if kind == "empty" else "overlaps"):
+        api.evaluate(model_dir, world, tmp_path / "e.json")
+    assert not (tmp_path / "e.json").exists()
+
+
+def test_a_corrupt_evaluation_image_stops_unlearn_before_training(suite: Suite, world: Path, model_dir: Path,
+                                                                  tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    general = list(suite.groups["general"])
+    victim = next(i for i, e in enumerate(general) if e.has_image)
+    general[victim] = dataclasses.replace(general[victim], uid="broken-photo", image=b"not an image")
+    bad = dataclasses.replace(suite, groups={**suite.groups, "general": general})
+    monkeypatch.setattr(api, "load_suite", lambda *a, **k: bad)
+    trained: list[int] = []
+    real = trainer.train
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: trained.append(1) or real(*a, **k))
+    with pytest.raises(DataError, match="broken-photo"):
+        api.unlearn("ga", model_dir, world, tmp_path / "out", overrides=FAST)
+    assert trained == [] and not (tmp_path / "out").exists()
+
+
+# ---- messages ------------------------------------------------------------------------------------
+def _cli_options() -> set[str]:
+    seen: set[str] = set()
+    todo = [parser()]
+    while todo:
+        p = todo.pop()
+        for action in p._actions:
+            seen.update(s for s in action.option_strings if s.startswith("--"))
+            if isinstance(action.choices, dict):
+                todo.extend(action.choices.values())
+    return seen
+
+
+def test_every_flag_a_message_suggests_exists() -> None:
+    import re
+
+    import unsee
+
+    options = _cli_options() | {"--porcelain", "--untracked-files"}  # git's own, in the run's provenance
+    suggested: dict[str, str] = {}
+    for f in Path(unsee.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]*[a-z]", node.value):
+                    suggested.setdefault(flag, f.name)
+    unknown = {flag: where for flag, where in suggested.items() if flag not in options}
+    assert not unknown, f"messages suggest flags no command accepts: {unknown}"
+
+
+def test_interrupting_unlearn_says_what_is_kept(model_dir: Path, world: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    def ctrl_c(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "unlearn_adapter", ctrl_c)
+    out = tmp_path / "out"
+    assert main(["unlearn", "--method", "ga", "--model", str(model_dir), "--data", str(world), "--out", str(out),
+                 *FAST]) == 130
+    err = capsys.readouterr().err
+    assert "nothing was written" in err and "resume" not in err and not out.exists()
+
+
+def test_an_interrupted_run_with_a_checkpoint_says_so_and_the_rerun_resumes(
+        model_dir: Path, suite: Suite, turns: dict[str, list[Turn]], tmp_path: Path) -> None:
+    class CtrlC(GA):
+        def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
+            if ctx.step == 2:
+                raise KeyboardInterrupt
+            return super().loss(ctx, batch)
+
+    whole = train(GA(), load_adapter(model_dir), suite, turns, _ckpt(tmp_path / "a"))
+    with pytest.raises(KeyboardInterrupt) as info:
+        train(CtrlC(), load_adapter(model_dir), suite, turns, _ckpt(tmp_path))
+    assert any("is kept: the same command resumes" in n for n in info.value.__notes__)
+    calls: list[int] = []
+
+    class Counting(GA):
+        def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
+            calls.append(ctx.step)
+            return super().loss(ctx, batch)
+
+    resumed = train(Counting(), load_adapter(model_dir), suite, turns, _ckpt(tmp_path))
+    assert calls == [2] and resumed.losses == whole.losses
+
+
+# ---- the architecture name survives unlearning -----------------------------------------------------
+def test_an_unlearned_checkpoint_keeps_its_architecture_name(model_dir: Path, world: Path, tmp_path: Path) -> None:
+    assert api.model_name(model_dir) == "tiny-llava"
+    out = api.unlearn("ga", model_dir, world, tmp_path / "out", overrides=FAST, evaluate_after=False)
+    assert json.loads((out / "model" / "unsee.json").read_text())["arch"] == "tiny-llava"
+    assert api.model_name(out / "model") == "tiny-llava"
