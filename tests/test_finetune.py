@@ -1,5 +1,5 @@
 """The vanilla recipe: stage keys, the world's own pre-training pool, resuming stage 1, and a
-short real training run whose loss is pinned, so that a refactor which changes numbers fails."""
+short real training run whose first losses are pinned, so that a refactor which changes numbers fails."""
 
 from __future__ import annotations
 
@@ -49,11 +49,26 @@ def model(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return init_model("tiny-llava", tmp_path_factory.mktemp("ft_model") / "m", world=world, seed=0)
 
 
+STAGE_LOSSES: dict[str, list[float]] = {}
+
+
 @pytest.fixture(scope="module")
 def trained(world: Path, model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The short recipe's vanilla model and the stage cache it was trained in, shared by the tests that read them."""
+    """The short recipe's vanilla model and the stage cache it was trained in, shared by the tests that read them.
+
+    Each SFT stage's per-step losses are recorded in ``STAGE_LOSSES`` (by the stage's name)."""
     root = tmp_path_factory.mktemp("ft_trained")
-    return ft.finetune(model, world, root / "v", config="quick", overrides=RECIPE, cache_dir=root / "c"), root / "c"
+
+    def recorded(*a, desc: str, **k):  # noqa: ANN002, ANN003, ANN202
+        res = real(*a, desc=desc, **k)
+        STAGE_LOSSES[desc] = list(res.losses)
+        return res
+
+    real = ft.train
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ft, "train", recorded)
+        out = ft.finetune(model, world, root / "v", config="quick", overrides=RECIPE, cache_dir=root / "c")
+    return out, root / "c"
 
 
 def test_every_recipe_option_determines_exactly_one_stage_or_none() -> None:
@@ -149,15 +164,19 @@ def test_stage1_general_scenes_teach_the_encoder(world: Path, model: Path) -> No
     assert any(not torch.equal(a[n], b[n]) for n in a)
 
 
-# The stage-3 loss (mean NLL over the last tenth of its steps) of RECIPE on WORLD, recorded on CPU
-# with torch 2.13. A change of the loop, the data order, the augmentation, the schedule or the loss
-# moves it, and so does a change of the world's training data (count spread over the general scenes:
-# 6.558 -> 6.595); the tolerance only absorbs floating-point noise.
-PINNED_FT_NLL = 6.594520330429077
-PINNED_TOLERANCE = 1e-3
+# The first stage-3 losses of RECIPE on WORLD, recorded on CPU with torch 2.13 (1 and 2 threads agree).
+# A change of the loop, the data order, the augmentation, the schedule or the loss moves them by far more
+# than the tolerance. Only the first steps are pinned: after hundreds of steps the floating-point kernels
+# of another CPU move the loss by about 1e-3 (the final NLL was 6.5945 here and 6.5931 on an AMD EPYC),
+# while three steps in they agree to about 1e-6; the tolerance leaves a wide margin over that.
+PINNED_FT_FIRST_LOSSES = (11.373558044433594, 13.208066940307617, 16.971324920654297)
+PINNED_RELATIVE_TOLERANCE = 1e-3
+# Learning, on any machine: the stage-3 loss ends far below where it starts (11 to 17 nats; 6.59 here).
+LEARNED_FT_NLL = 7.5
 
 
-def test_short_finetune_learns_the_people_and_its_loss_is_pinned(world: Path, trained: tuple[Path, Path]) -> None:
+def test_short_finetune_learns_the_people_and_its_first_losses_are_pinned(world: Path,
+                                                                          trained: tuple[Path, Path]) -> None:
     out = trained[0]
     meta = json.loads((out / "unsee_vanilla.json").read_text())
     stage3 = list(meta["stages"].values())[-1]["stats"]
@@ -165,7 +184,9 @@ def test_short_finetune_learns_the_people_and_its_loss_is_pinned(world: Path, tr
     items = [e for g in ("forget", "retain") for e in suite.groups[g] if e.task == "mcq"]
     acc = float(np.mean(mcq_loglik(load_adapter(out), items)))
     assert acc >= 0.6, f"image-question accuracy {acc:.2f}; chance is 0.25"
-    assert stage3["final_nll"] == pytest.approx(PINNED_FT_NLL, abs=PINNED_TOLERANCE)
+    first = STAGE_LOSSES[next(k for k in STAGE_LOSSES if k.startswith("stage 3"))][:3]
+    assert first == pytest.approx(list(PINNED_FT_FIRST_LOSSES), rel=PINNED_RELATIVE_TOLERANCE)
+    assert stage3["final_nll"] < LEARNED_FT_NLL < min(first)
 
 
 def test_packing_groups_one_image_and_closes_with_the_name(world: Path) -> None:
