@@ -15,6 +15,8 @@ The directory is replaced atomically, so a kill during a save leaves the previou
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import random
 import shutil
@@ -24,10 +26,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from unsee.errors import TrainingError
+from unsee.errors import ConfigError, TrainingError
 from unsee.io import atomic_dir
 
 STATE_JSON, STATE_TENSORS = "state.json", "state.safetensors"
@@ -130,6 +133,58 @@ def load_checkpoint(
     set_global_rng_state({"torch": flat["rng.torch"]}, info["rng"])
     extra = {k[len("extra."):]: v for k, v in flat.items() if k.startswith("extra.")}
     return int(info["step"]), extra, info["meta"]
+
+
+def check_checkpoint_dir(path: str | Path) -> None:
+    """A checkpoint replaces its whole folder when it is saved and when it is removed: refuse a
+    folder that holds anything else (a model, a benchmark, someone's home)."""
+    p = Path(path)
+    if p.exists() and (not p.is_dir() or (any(p.iterdir()) and not has_checkpoint(p))):
+        raise ConfigError(f"checkpoint_dir {path} holds other files; a checkpoint replaces its whole folder, "
+                          "so give it an empty or new one")
+
+
+def _digest(obj: Any, h: Any) -> None:
+    """Feed the content of a config value, an image or a tensor to ``h``; reprs with addresses never."""
+    if isinstance(obj, Image.Image):
+        h.update(f"image:{obj.mode}:{obj.size}".encode())
+        h.update(obj.tobytes())
+    elif isinstance(obj, torch.Tensor):
+        h.update(obj.detach().cpu().contiguous().numpy().tobytes())
+    elif isinstance(obj, dict):
+        for k in sorted(obj, key=str):
+            h.update(f"{k!s}:".encode())
+            _digest(obj[k], h)
+    elif isinstance(obj, list | tuple):
+        h.update(b"[")
+        for v in obj:
+            _digest(v, h)
+        h.update(b"]")
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        _digest({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, h)
+    else:
+        h.update(f"{type(obj).__name__}:{obj!s};".encode())
+
+
+def checkpoint_key(options: Mapping[str, Any], method: str, method_config: Any, turns: Mapping[str, list],
+                   model: str, params: Mapping[str, torch.Tensor]) -> str:
+    """What a checkpoint belongs to: the options that change the numbers, the method and its
+    config, the training data (texts and pixels) and the starting weights.
+
+    A checkpoint of another run (another method, learning rate, forget set or model) left in
+    the same folder would otherwise be resumed without a word. The weights enter through the
+    model's fingerprint and the sum of each trained tensor (one pass over them, however big).
+    """
+    h = hashlib.sha256()
+    _digest({"options": dict(options), "method": method, "config": method_config}, h)
+    for name, items in sorted(turns.items()):
+        h.update(name.encode())
+        for t in items:
+            _digest([t.image, t.prompt, t.answer, list(getattr(t, "follow", ()))], h)
+    h.update(model.encode())
+    with torch.no_grad():
+        _digest({n: f"{tuple(p.shape)}:{float(p.double().sum())}" for n, p in params.items()}, h)
+    return h.hexdigest()[:16]
 
 
 def remove_checkpoint(path: str | Path) -> None:

@@ -6,24 +6,28 @@ progress, NaN guard and cost accounting. It reads top to bottom in one sitting.
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, is_dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
 from unsee.config import opt
 from unsee.data.collate import Stream
 from unsee.data.schema import Suite
-from unsee.engine.checkpoint import has_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
+from unsee.engine.checkpoint import (
+    check_checkpoint_dir,
+    checkpoint_key,
+    has_checkpoint,
+    load_checkpoint,
+    remove_checkpoint,
+    save_checkpoint,
+)
 from unsee.engine.constraints import Constraints
 from unsee.errors import ConfigError, TrainingError, UnseeError
 from unsee.models.base import SCOPES, HFAdapter
@@ -261,62 +265,6 @@ def _named_trainable(adapter: HFAdapter, params: list[nn.Parameter]) -> dict[str
     return {n: p for n, p in adapter.model.named_parameters() if id(p) in wanted}
 
 
-def check_checkpoint_dir(path: str) -> None:
-    """A checkpoint replaces its whole folder when it is saved and when it is removed: refuse a
-    folder that holds anything else (a model, a benchmark, someone's home)."""
-    p = Path(path)
-    if p.exists() and (not p.is_dir() or (any(p.iterdir()) and not has_checkpoint(p))):
-        raise ConfigError(f"checkpoint_dir {path} holds other files; a checkpoint replaces its whole folder, "
-                          "so give it an empty or new one")
-
-
-def _digest(obj: Any, h: Any) -> None:
-    """Feed the content of a config value, an image or a tensor to ``h``; reprs with addresses never."""
-    if isinstance(obj, Image.Image):
-        h.update(f"image:{obj.mode}:{obj.size}".encode())
-        h.update(obj.tobytes())
-    elif isinstance(obj, torch.Tensor):
-        h.update(obj.detach().cpu().contiguous().numpy().tobytes())
-    elif isinstance(obj, dict):
-        for k in sorted(obj, key=str):
-            h.update(f"{k!s}:".encode())
-            _digest(obj[k], h)
-    elif isinstance(obj, list | tuple):
-        h.update(b"[")
-        for v in obj:
-            _digest(v, h)
-        h.update(b"]")
-    elif is_dataclass(obj) and not isinstance(obj, type):
-        _digest({f.name: getattr(obj, f.name) for f in fields(obj)}, h)
-    else:
-        h.update(f"{type(obj).__name__}:{obj!s};".encode())
-
-
-UNKEYED = ("progress", "log_every", "eval_every", "checkpoint_dir", "checkpoint_every", "keep_checkpoint")
-
-
-def _run_key(method: Method, adapter: HFAdapter, streams: dict[str, Stream], cfg: TrainConfig,
-             named: dict[str, nn.Parameter]) -> str:
-    """What a checkpoint belongs to: the options that change the numbers, the method and its
-    config, the training data (texts and pixels) and the starting weights.
-
-    A checkpoint of another run (another method, learning rate, forget set or model) left in
-    the same folder would otherwise be resumed without a word. The weights enter through the
-    model's fingerprint and the sum of each trained tensor (one pass over them, however big).
-    """
-    h = hashlib.sha256()
-    _digest({k: v for k, v in vars(cfg).items() if k not in UNKEYED}, h)
-    _digest({"method": method.name, "config": getattr(method, "cfg", None)}, h)
-    for name, stream in sorted(streams.items()):
-        h.update(name.encode())
-        for t in stream.turns:
-            _digest([t.image, t.prompt, t.answer, list(getattr(t, "follow", ()))], h)
-    h.update(str(adapter.fingerprint()).encode())
-    with torch.no_grad():
-        _digest({n: f"{tuple(p.shape)}:{float(p.double().sum())}" for n, p in named.items()}, h)
-    return h.hexdigest()[:16]
-
-
 def check_finite(adapter: HFAdapter, params: list[nn.Parameter], turns: list, name: str, steps: int) -> None:
     """No model with non-finite weights or outputs leaves a run.
 
@@ -331,8 +279,12 @@ def check_finite(adapter: HFAdapter, params: list[nn.Parameter], turns: list, na
             outputs_ok = bool(torch.isfinite(adapter.answer_logprobs(adapter.training_batch(turns[:2]))).all())
     if bad is not None or not outputs_ok:
         what = "trained weights" if bad is not None else "answers (log-probabilities)"
-        raise TrainingError(f"{name}: after the last of {steps} steps the model's {what} are not finite; "
+        raise TrainingError(f"{name}: after its last step (step {steps}) the model's {what} are not finite; "
                             "it is not kept. Lower lr.")
+
+
+# Options that change nothing a checkpoint holds: a run differing only in these may resume it.
+UNKEYED = ("progress", "log_every", "eval_every", "checkpoint_dir", "checkpoint_every", "keep_checkpoint")
 
 
 @dataclass
@@ -459,7 +411,11 @@ def train(
     logs: list[dict[str, float]] = []
     named = _named_trainable(adapter, params)
     start = 0
-    run_key = _run_key(method, adapter, streams, cfg, named) if cfg.checkpoint_dir else ""
+    run_key = ""
+    if cfg.checkpoint_dir:  # what the checkpoint belongs to: the options that change the numbers, data, weights
+        run_key = checkpoint_key({k: v for k, v in vars(cfg).items() if k not in UNKEYED}, method.name,
+                                 getattr(method, "cfg", None), {n: s.turns for n, s in streams.items()},
+                                 str(adapter.fingerprint()), named)
     if cfg.checkpoint_dir and has_checkpoint(cfg.checkpoint_dir):
         start, extra, meta = load_checkpoint(cfg.checkpoint_dir, params=named, optimizer=optimizer,
                                              scheduler=scheduler, run_key=run_key)
