@@ -269,8 +269,10 @@ def _requests(requests: str | Sequence[str] | None) -> list[str]:
 
 
 def unlearn_adapter(method: str, adapter: HFAdapter, suite: Suite, *, config: Any = None, overrides: Any = (),
-                    seed: int = 0, forgotten_images: Sequence[Any] = ()) -> tuple[Any, dict]:
-    """Run a training method in place on ``adapter``; return (train result, the resolved config)."""
+                    seed: int = 0, forgotten_images: Sequence[Any] = (),
+                    logging_dir: str | Path | None = None) -> tuple[Any, dict]:
+    """Run a training method in place on ``adapter``; return (train result, the resolved config).
+    ``logging_dir``: where trackers write when the config names some and no directory."""
     from unsee.engine.trainer import train
 
     check_forget(suite)
@@ -278,9 +280,26 @@ def unlearn_adapter(method: str, adapter: HFAdapter, suite: Suite, *, config: An
     tcfg.seed = seed
     if forgotten_images and hasattr(mcfg, "forgotten_images"):
         mcfg.forgotten_images = list(forgotten_images)
-    res = train(cls(mcfg), adapter, suite, training_turns(suite), tcfg, desc=method)
     resolved = {**to_dict(tcfg), **{k: v for k, v in to_dict(mcfg).items() if k != "forgotten_images"}}
+    if logging_dir is not None and not tcfg.logging_dir:
+        tcfg.logging_dir = str(logging_dir)
+    res = train(cls(mcfg), adapter, suite, training_turns(suite), tcfg, desc=method)
     return res, resolved
+
+
+def with_override(overrides: Any, key: str, value: Any) -> Any:
+    """``overrides`` (``key=value`` strings or a mapping) with one more."""
+    if isinstance(overrides, Mapping):
+        return {**overrides, key: value}
+    return [*overrides, f"{key}={value}"]
+
+
+def check_launch(method: str, config: Any = None, overrides: Any = ()) -> None:
+    """Refuse a launch (FSDP, DeepSpeed, mixed precision) the engine would not honour, before any work."""
+    from unsee.engine.distributed import check_launch as check
+
+    tcfg, mcfg, cls = method_configs(method, config, overrides)
+    check(cls(mcfg) if cls is not None else None, tcfg)
 
 
 def is_main_process() -> bool:
@@ -294,11 +313,13 @@ def is_main_process() -> bool:
 def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
             requests: str | Sequence[str] | None = None, config: Any = None, overrides: Any = (), seed: int = 0,
             overwrite: bool = False, allow_pickle: bool = False, audit: bool = False,
-            audit_overrides: Any = (), evaluate_after: bool = True, dtype: str | None = None) -> Path:
+            audit_overrides: Any = (), evaluate_after: bool = True, dtype: str | None = None,
+            report_to: str = "") -> Path:
     """``unsee unlearn``: a checkpoint (or a steering file, for ``eraser``), ``run.json`` and a model card.
 
     With ``requests`` the method runs continually, one request after another, and
-    ``results.json`` holds one run per request.
+    ``results.json`` holds one run per request. ``report_to`` streams the training losses to
+    Accelerate trackers (``tensorboard``, ``wandb``), which write under ``out/logs``.
     """
     from unsee.eval.results import new_results, write_results
 
@@ -306,7 +327,9 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
     request_file = requests if isinstance(requests, str | Path) and Path(requests).is_file() else None
     check_output_dir(out, overwrite=overwrite,
                      inputs=_local(model, data, None if isinstance(config, Mapping) else config, request_file))
-    method_configs(method, config, overrides)  # reject unknown methods and options before any work
+    if report_to:
+        overrides = with_override(overrides, "report_to", report_to)
+    check_launch(method, config, overrides)  # reject unknown methods, options and launches before any work
     reqs = _requests(requests)
     if reqs:
         return continual(method, model, data, out, reqs, config=config, overrides=overrides, seed=seed,
@@ -357,6 +380,7 @@ def unlearn_and_save(method: str, adapter: HFAdapter, suite: Suite, *, steering_
 
     steering: Path | None = None
     info: dict[str, Any] = {}
+    history: list[dict[str, float]] = []
     trainable = opt_bytes = 0
     with CostMeter() as meter:
         if method == "eraser":
@@ -366,13 +390,17 @@ def unlearn_and_save(method: str, adapter: HFAdapter, suite: Suite, *, steering_
             steering = run_eraser(adapter, suite, steering_dir, ecfg, seed=seed)
             resolved = to_dict(ecfg)
         else:
-            res, resolved = unlearn_adapter(method, adapter, suite, config=config, overrides=overrides, seed=seed)
+            res, resolved = unlearn_adapter(method, adapter, suite, config=config, overrides=overrides, seed=seed,
+                                            logging_dir=steering_dir / "logs")
             info, trainable, opt_bytes = res.info, res.trainable_params, res.optimizer_state_bytes
+            history = res.history
     meter.record_model(None)
     cost = {**meter.cost(), "trainable_params": trainable, "optimizer_state_bytes": opt_bytes}
     metrics = evaluate_adapter(adapter, suite, steering=steering, **(eval_kw or {})) if evaluate_after else {}
     run = make_run(method, metrics, model=model, suite=suite, forget=forget, seed=seed, config=resolved, cost=cost,
                    info=_jsonable(info))
+    if history:
+        run["history"] = history
     if audit:
         run["attacks"] = audit_adapter(adapter, suite, kinds=audit_kinds, steering=steering, vanilla=before,
                                        seed=seed, overrides=audit_overrides, strict=False)
@@ -440,6 +468,7 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
                                  request=i, config=resolved, info=_jsonable(res.info),
                                  cost={**meter.cost(), "trainable_params": res.trainable_params,
                                        "optimizer_state_bytes": res.optimizer_state_bytes}))
+            runs[-1]["history"] = res.history
         _save_model(adapter, tmp / "model", model_name(model))
         write_results(tmp / "results.json", new_results(runs))
     return out

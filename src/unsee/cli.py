@@ -84,7 +84,7 @@ def _unlearn(a: argparse.Namespace) -> None:
     out = api.unlearn(
         a.method, a.model, a.data, a.out, forget=a.forget, requests=a.requests, config=a.config,
         overrides=a.overrides, seed=a.seed, overwrite=a.overwrite, allow_pickle=a.allow_pickle,
-        audit=a.audit, audit_overrides=a.audit_set, dtype=a.dtype,
+        audit=a.audit, audit_overrides=a.audit_set, dtype=a.dtype, report_to=a.report_to or "",
     )
     print(f"unlearned output written to {out}")
 
@@ -164,6 +164,8 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--audit", action="store_true", help="run the robustness audits on the result")
     u.add_argument("--audit-set", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the audits (repeatable), e.g. --audit-set relearn_steps=50")
+    u.add_argument("--report-to", default=None, metavar="TRACKER",
+                   help="also send the training losses to tensorboard or wandb (comma-separated; logs in OUT/logs)")
 
     e = _command(sub, "eval", "evaluate a model on a benchmark", _eval, required=["model", "data", "out"])
     e.add_argument("--forget", default="forget_10")

@@ -376,6 +376,13 @@ def _partial(path: Path) -> Path:
 
 def _finish_stage(path: Path, adapter: HFAdapter, stats: dict[str, float], seconds: float, rc: dict,
                   visual_only: bool = False) -> None:
+    """Save a finished stage; under ``accelerate launch`` the first process writes it and the others wait."""
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if not state.is_main_process:
+        state.wait_for_everyone()
+        return
     with atomic_dir(path, overwrite=True) as tmp:
         if visual_only:
             save_file({k: v.detach().contiguous().clone() for k, v in visual_state(adapter).items()},
@@ -385,6 +392,7 @@ def _finish_stage(path: Path, adapter: HFAdapter, stats: dict[str, float], secon
         (tmp / STAGE_FILE).write_text(json.dumps({"stage": path.name, "stats": stats, "seconds": seconds,
                                                   "config": rc}, indent=2))
     remove_checkpoint(_partial(path))
+    state.wait_for_everyone()
 
 
 def _run_sft(path: Path, adapter: HFAdapter, stage: _Stage, cfg: FinetuneConfig, rc: dict) -> None:
@@ -422,13 +430,17 @@ def finetune(
     2 and 3 add the world, the model and their own options. ``unsee_vanilla.json`` records
     each stage's wall time and whether it came from the cache.
     """
+    from accelerate import PartialState
+
     from unsee.data.mllmu import load_mllmu
     from unsee.data.world import load_world_info, world_pretrain_identities
+    from unsee.engine.distributed import check_launch
 
     cfg = load_config(FinetuneConfig, config, overrides, kind="finetune")
     if seed is not None:
         cfg.seed = seed
     check_output_dir(out, overwrite=overwrite)
+    check_launch()
     cache = Path(cache_dir) if cache_dir else default_cache()
     suite = load_mllmu(data, "forget_10")
     info = load_world_info(data)
@@ -449,7 +461,10 @@ def finetune(
             if not _done(stage1):
                 adapter = load_adapter(model)
                 t0 = time.perf_counter()
-                stats = pretrain_vision(adapter, cfg, pool, checkpoint=_partial(stage1))
+                # Under `accelerate launch` every process trains stage 1 whole (the visual module is small)
+                # and the first one alone checkpoints and saves it; stage 2 then loads it from the cache.
+                main = PartialState(cpu=not torch.cuda.is_available()).is_main_process
+                stats = pretrain_vision(adapter, cfg, pool, checkpoint=_partial(stage1) if main else None)
                 _finish_stage(stage1, adapter, stats, time.perf_counter() - t0, rc, visual_only=True)
             adapter = load_adapter(model)
             load_stage_visual(adapter, stage1)
@@ -462,6 +477,8 @@ def finetune(
     for p in (stage1, stage2, stage3):
         meta = json.loads((p / STAGE_FILE).read_text()) if _done(p) else {}
         stages[p.name] = {"cached": cached[p.name], "seconds": meta.get("seconds"), "stats": meta.get("stats")}
+    if not PartialState(cpu=not torch.cuda.is_available()).is_main_process:
+        return Path(out)  # under `accelerate launch` the first process writes the result
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for f in stage3.iterdir():
             shutil.copy2(f, tmp / f.name)

@@ -10,10 +10,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from unsee.engine.distributed import local, shard_like
 
 
 @dataclass
@@ -27,29 +30,40 @@ class Constraints:
     def __bool__(self) -> bool:
         return bool(self.masks or self.projections or self.frozen)
 
+    def shard(self, new_of: Callable[[nn.Parameter], nn.Parameter | None]) -> None:
+        """Key the constraints by the sharded parameters ``new_of(p)`` gives, masks cut to the local rows.
+
+        Frozen parameters are dropped: under FSDP they take no gradient and no optimiser step.
+        """
+        self.masks = {q: shard_like(m, q) for p, m in self.masks.items() if (q := new_of(p)) is not None}
+        self.projections = {q: proj for p, proj in self.projections.items() if (q := new_of(p)) is not None}
+        self.frozen = set()
+
+    @torch.no_grad()
     def mask_gradients(self) -> None:
         for p, m in self.masks.items() if self.masks_on else ():
             if p.grad is not None:
-                p.grad.mul_(m.to(p.grad.dtype))
+                g = local(p.grad)
+                g.mul_(m.to(g.dtype))
         for p in self.frozen:
             p.grad = None
 
     def snapshot(self) -> None:
         """Remember the parameters whose update will be projected or must not move."""
-        self._before = {p: p.detach().clone() for p in (*self.projections, *self.masks, *self.frozen)}
+        self._before = {p: local(p).detach().clone() for p in (*self.projections, *self.masks, *self.frozen)}
 
     @torch.no_grad()
     def project_updates(self) -> None:
         for p, proj in self.projections.items():
-            old = self._before[p]
-            delta = (p - old).reshape(p.shape[0], -1)
-            p.copy_(old + (delta @ proj.to(delta.dtype)).reshape(p.shape))
+            old, w = self._before[p], local(p)
+            delta = (w - old).reshape(-1, proj.shape[0])
+            w.copy_(old + (delta @ proj.to(delta.dtype)).reshape(w.shape))
         # Adam's momentum can move an element whose gradient is masked now; pin it.
         for p, m in self.masks.items() if self.masks_on else ():
-            old = self._before[p]
-            p.copy_(torch.where(m.bool(), p, old))
+            w = local(p)
+            w.copy_(torch.where(m.bool(), w, self._before[p]))
         for p in self.frozen:
-            p.copy_(self._before[p])
+            local(p).copy_(self._before[p])
         self._before = {}
 
 

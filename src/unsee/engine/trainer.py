@@ -6,8 +6,10 @@ progress, NaN guard and cost accounting. It reads top to bottom in one sitting.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -29,6 +31,8 @@ from unsee.engine.checkpoint import (
     save_checkpoint,
 )
 from unsee.engine.constraints import Constraints
+from unsee.engine.distributed import Sharded, check_launch, fsdp_version, launch_mixed_precision
+from unsee.engine.tracking import Trackers, check_trackers, history
 from unsee.errors import ConfigError, TrainingError, UnseeError
 from unsee.models.base import SCOPES, HFAdapter
 
@@ -64,7 +68,10 @@ class TrainConfig:
     lora_alpha: int = opt(16, "LoRA alpha (scope lora)")
     lora_dropout: float = opt(0.05, "LoRA dropout (scope lora)")
     seed: int = opt(0, "seed for data order and initialisation")
-    log_every: int = opt(10, "steps between progress-bar updates of the losses")
+    log_every: int = opt(10, "steps between records of the loss and its terms (progress bar, run.json history, "
+                         "trackers)")
+    report_to: str = opt("", "also send the losses to these Accelerate trackers: tensorboard, wandb (comma-separated)")
+    logging_dir: str = opt("", "where a tracker writes its logs (tensorboard: DIR/tensorboard/RUN)")
     eval_every: int = opt(0, "evaluate every N steps through the evaluator (0: off)")
     progress: bool = opt(True, "show a progress bar")
     checkpoint_dir: str = opt("", "directory of the periodic checkpoint; a run that finds one there resumes from it")
@@ -78,6 +85,7 @@ class TrainConfig:
             raise ConfigError(f"scope {self.scope!r} is not one of {', '.join(SCOPES)}")
         if self.lr <= 0 or self.batch_size <= 0 or self.epochs < 0 or self.max_steps < 0 or self.min_steps < 0:
             raise ConfigError("lr and batch_size must be positive; epochs, max_steps and min_steps non-negative")
+        check_trackers(self.report_to)
 
 
 class Method(Protocol):
@@ -126,6 +134,26 @@ class Context:
         if self.world > 1:
             torch.distributed.all_reduce(t)
         return t
+
+    @torch.no_grad()
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """The rows of a tensor that every process computed for its slice of a batch, in the global
+        batch's order (process r holds rows r, r + world, ...): what one process would hold.
+        For terms that compare a batch's items with each other (contrastive negatives)."""
+        if self.world == 1:
+            return t
+        n = torch.tensor([t.shape[0]], device=t.device)
+        sizes = [torch.zeros_like(n) for _ in range(self.world)]
+        torch.distributed.all_gather(sizes, n)
+        most = int(max(sizes))
+        padded = torch.cat([t, t.new_zeros(most - t.shape[0], *t.shape[1:])]) if t.shape[0] < most else t
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        torch.distributed.all_gather(parts, padded.contiguous())
+        return torch.stack([parts[r][i] for i in range(most) for r in range(self.world) if i < int(sizes[r])])
+
+    def gathered_index(self, i: int) -> int:
+        """Where this process's row ``i`` sits in :meth:`gather`'s result (equal slices)."""
+        return i * self.world + self.rank
 
 
 def seed_everything(seed: int) -> None:
@@ -284,7 +312,8 @@ def check_finite(adapter: HFAdapter, params: list[nn.Parameter], turns: list, na
 
 
 # Options that change nothing a checkpoint holds: a run differing only in these may resume it.
-UNKEYED = ("progress", "log_every", "eval_every", "checkpoint_dir", "checkpoint_every", "keep_checkpoint")
+UNKEYED = ("progress", "log_every", "eval_every", "checkpoint_dir", "checkpoint_every", "keep_checkpoint",
+           "report_to", "logging_dir")
 
 
 @dataclass
@@ -295,16 +324,22 @@ class TrainResult:
     info: dict[str, Any]
     trainable_params: int
     optimizer_state_bytes: int
+    history: list[dict[str, float]] = field(default_factory=list)  # every log_every steps, for run.json
 
 
 def _step(method: Method, ctx: Context, optimizer: torch.optim.Optimizer,
-          params: list[nn.Parameter]) -> tuple[float, dict[str, float]]:
-    """One update: loss, NaN guard, backward, cross-process mean, masks, clip, step, projection."""
+          params: list[nn.Parameter], sharded: Sharded | None = None) -> tuple[float, dict[str, float]]:
+    """One update: loss, NaN guard, backward, cross-process mean, masks, clip, step, projection.
+    Under FSDP (``sharded``) the loss runs with the weights gathered and backward reduce-scatters."""
     accelerator, cfg, step = ctx.accelerator, ctx.cfg, ctx.step
     batch = {name: next(s) for name, s in ctx.streams.items()}
     with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=ctx.autocast):
-        loss, parts = method.loss(ctx, batch)
+        loss, parts = sharded.run(lambda: method.loss(ctx, batch)) if sharded else method.loss(ctx, batch)
     value = float(accelerator.reduce(loss.detach().float(), "mean"))
+    if ctx.world > 1 and parts:  # the terms of the whole batch, as one process would log them
+        keys = sorted(parts)
+        means = accelerator.reduce(torch.tensor([float(parts[k]) for k in keys], device=loss.device), "mean")
+        parts = dict(zip(keys, means.tolist(), strict=True))
     if not math.isfinite(value):
         raise TrainingError(
             f"{method.name}: the loss became {value} at step {step}; stopped before applying it, "
@@ -312,7 +347,7 @@ def _step(method: Method, ctx: Context, optimizer: torch.optim.Optimizer,
         )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if ctx.world > 1:
+    if ctx.world > 1 and sharded is None:
         for p in params:
             if p.grad is not None:
                 torch.distributed.all_reduce(p.grad)
@@ -320,6 +355,7 @@ def _step(method: Method, ctx: Context, optimizer: torch.optim.Optimizer,
     ctx.constraints.mask_gradients()
     if cfg.grad_clip > 0:
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
         if not torch.isfinite(norm):
             raise TrainingError(f"{method.name}: non-finite gradient at step {step}; the model is unchanged")
     if ctx.constraints:
@@ -360,6 +396,7 @@ def train(
     from accelerate import Accelerator
 
     seed_everything(cfg.seed)
+    check_launch(method)
     # Autocast is ours, not the Accelerator's: accelerate keeps one process-wide state, and a
     # bf16 run would otherwise leave every later run in the process under bf16.
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
@@ -388,7 +425,7 @@ def train(
         adapter.model.config.use_cache = False
     low = next(adapter.model.parameters()).dtype in LOW_PRECISION
     ctx = Context(adapter, suite, cfg, streams, reference=reference, accelerator=accelerator,
-                  autocast=cfg.bf16 or low)
+                  autocast=cfg.bf16 or low or launch_mixed_precision(accelerator) == "bf16")
     method.setup(ctx)
     params = [p for p in params if p.requires_grad and p not in ctx.constraints.frozen]
     if not params:
@@ -397,12 +434,27 @@ def train(
     n_forget = len(streams[method.streams[0]])
     total = cfg.max_steps or max(1, cfg.min_steps, math.ceil(cfg.epochs * n_forget / cfg.batch_size)) \
         * method.step_multiplier(ctx)
+    masters = _upcast(params) if cfg.master_weights == "fp32" else {}
+    sharded = None
+    if fsdp_version() and world > 1:
+        if cfg.checkpoint_dir and has_checkpoint(cfg.checkpoint_dir):
+            raise ConfigError(f"{cfg.checkpoint_dir} holds a checkpoint of a run without FSDP; resume it without "
+                              "FSDP or remove it")
+        if cfg.checkpoint_every and cfg.checkpoint_dir and accelerator.is_main_process:
+            print(f"{method.name}: no mid-run checkpoints under FSDP (checkpoint_every is set); the finished "
+                  "run is saved as usual", file=sys.stderr)
+        sharded = Sharded(adapter.model, params, accelerator.device, ctx.constraints.frozen)
+        new_of = dict(zip(map(id, params), sharded.params, strict=True))
+        ctx.constraints.shard(lambda p: new_of.get(id(p)))
+        names_of = dict(zip(map(id, params), sharded.names, strict=True))
+        masters = {names_of[id(p)]: dtype for p, dtype in masters.items()}  # cast back by name when gathered
+        params = sharded.params
+        del new_of, names_of  # the unsharded weights are freed once nothing holds them
     visual = {id(p) for n, p in adapter.model.named_parameters() if adapter.group_of(n) != "language"}
     groups = [
         {"params": [p for p in params if id(p) not in visual], "lr": cfg.lr},
         {"params": [p for p in params if id(p) in visual], "lr": cfg.lr * cfg.visual_lr_scale},
     ]
-    masters = _upcast(params) if cfg.master_weights == "fp32" else {}
     optimizer = adamw([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
     adapter.model.train()
@@ -412,7 +464,7 @@ def train(
     named = _named_trainable(adapter, params)
     start = 0
     run_key = ""
-    if cfg.checkpoint_dir:  # what the checkpoint belongs to: the options that change the numbers, data, weights
+    if cfg.checkpoint_dir and sharded is None:  # what the checkpoint belongs to: options, data, weights
         run_key = checkpoint_key({k: v for k, v in vars(cfg).items() if k not in UNKEYED}, method.name,
                                  getattr(method, "cfg", None), {n: s.turns for n, s in streams.items()},
                                  str(adapter.fingerprint()), named)
@@ -426,19 +478,22 @@ def train(
         losses, logs = list(meta["losses"]), list(meta["logs"])
     bar = tqdm(range(start, total), desc=desc or method.name, initial=start, total=total,
                disable=not cfg.progress or not accelerator.is_main_process, leave=False)
+    trackers = Trackers(cfg.report_to, cfg.logging_dir, desc or method.name, dataclasses.asdict(cfg),
+                        main=accelerator.is_main_process)
     try:
         for step in bar:
             ctx.step = step
-            value, parts = _step(method, ctx, optimizer, params)
+            value, parts = _step(method, ctx, optimizer, params, sharded)
             scheduler.step()
             losses.append(value)
             logs.append(parts)
             if step % max(1, cfg.log_every) == 0 or step == total - 1:
                 bar.set_postfix({k: f"{v:.3f}" for k, v in {"loss": value, **parts}.items()})
+                trackers.log({"step": step + 1, "loss": value, **parts})
             if on_eval is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
                 ctx.info.setdefault("evals", []).append({"step": step + 1, **on_eval(step + 1)})
             if cfg.checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
-                    and step + 1 < total and accelerator.is_main_process:
+                    and step + 1 < total and accelerator.is_main_process and sharded is None:
                 _save_progress(cfg, step + 1, method, named, optimizer, scheduler, streams, losses, logs, run_key)
     except KeyboardInterrupt as e:
         if cfg.checkpoint_dir and has_checkpoint(cfg.checkpoint_dir):
@@ -446,10 +501,14 @@ def train(
         raise
     finally:  # also after a stopped run: the model goes back in its own dtype, mode and device
         bar.close()
+        trackers.close()
         if parked is not None:
             _unpark(parked, accelerator.device)
-        for p, dtype in masters.items():
-            p.data = p.data.to(dtype)
+        if sharded is not None:
+            params = sharded.unshard(masters)
+        else:
+            for p, dtype in masters.items():
+                p.data = p.data.to(dtype)
         adapter.model.eval()
         if cfg.gradient_checkpointing:
             adapter.model.gradient_checkpointing_disable()
@@ -459,4 +518,5 @@ def train(
     state_bytes = sum(
         t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)
     )
-    return TrainResult(total, losses, logs, ctx.info, sum(p.numel() for p in params), state_bytes)
+    return TrainResult(total, losses, logs, ctx.info, sum(p.numel() for p in params), state_bytes,
+                       history(losses, logs, cfg.log_every))

@@ -126,12 +126,15 @@ class CVFNCU(BaseMethod):
         ref_r_tok = self._reference(ref, r_img)
         ref_n_tok = self._reference(ref, n_img)
         ref_r, ref_n = pooled(ref_r_tok), pooled(ref_n_tok)
+        # With several processes each holds a slice of the batch; the contrastive terms compare an
+        # image with the whole batch's references, gathered, as in one process.
+        all_f, all_r, all_n = ctx.gather(ref_f), ctx.gather(ref_r), ctx.gather(ref_n)
         A = len(f_img)
         # forget anchors: positives = neutral refs; negatives = own-identity refs + retained refs
-        pos = ref_n.unsqueeze(0).expand(A, -1, -1)
-        neg = torch.cat([ref_f.unsqueeze(0).expand(A, -1, -1), ref_r.unsqueeze(0).expand(A, -1, -1)], 1)
+        pos = all_n.unsqueeze(0).expand(A, -1, -1)
+        neg = torch.cat([all_f.unsqueeze(0).expand(A, -1, -1), all_r.unsqueeze(0).expand(A, -1, -1)], 1)
 
-        target = torch.cat([t.float() for t in ref_n_tok]).mean(0) if self.cfg.lambda_t > 0 else None
+        target = _mean_token(ctx, ref_n_tok) if self.cfg.lambda_t > 0 else None
 
         def forget_terms(tokens: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
             nce = info_nce(pooled(tokens), pos[: len(tokens)], neg[: len(tokens)], self.cfg.tau)
@@ -178,7 +181,7 @@ class CVFNCU(BaseMethod):
             l_forget = l_forget + held
         l_v = None
         if f_hidden is not None:
-            tower_target = torch.cat([t.float() for t in self._reference_hidden(ref, n_img)]).mean(0)
+            tower_target = _mean_token(ctx, self._reference_hidden(ref, n_img))
             l_v = torch.stack([F.mse_loss(h.float(), tower_target.expand_as(h)) for h in f_hidden]).mean()
             l_forget = l_forget + self.cfg.lambda_v * l_v
         # the student's retained tokens come after the simulated relearning, which moves the weights in place
@@ -189,8 +192,8 @@ class CVFNCU(BaseMethod):
             s_r_tok = a.visual_features(self._inputs(a, r_img))
         s_r = pooled(s_r_tok)
         # retain anchors: positive = own reference; negatives = the other identities in the batch
-        R = s_r.shape[0]
-        others = torch.stack([torch.cat([ref_r[torch.arange(R) != i], ref_f]) for i in range(R)])
+        R, G = s_r.shape[0], all_r.shape[0]
+        others = torch.stack([torch.cat([all_r[torch.arange(G) != ctx.gathered_index(i)], all_f]) for i in range(R)])
         l_r = info_nce(s_r, ref_r.unsqueeze(1), others, self.cfg.tau)
         l_d = token_mse(s_r_tok, ref_r_tok)
         loss = l_forget + self.cfg.lambda_r * l_r + self.cfg.lambda_d * l_d
@@ -296,6 +299,15 @@ def after_relearning(params: list[torch.nn.Parameter], restore: Callable[[], tor
     surrogate = sum(((p * g.to(p.dtype)).sum() for p, g in zip(params, grads, strict=True) if g is not None),
                     torch.zeros(()))
     return value.detach() + surrogate - surrogate.detach()
+
+
+def _mean_token(ctx: Context, tokens: list[torch.Tensor]) -> torch.Tensor:
+    """The mean token over every image of the batch, in every process."""
+    rows = torch.cat([t.float() for t in tokens])
+    if ctx.world == 1:
+        return rows.mean(0)
+    total = ctx.all_reduce_(rows.sum(0))
+    return total / ctx.all_reduce_(torch.tensor(float(rows.shape[0]), device=rows.device))
 
 
 def _per_image(cache: dict[int, tuple[Any, Any]], images: list, compute: Callable[[list], list]) -> list:

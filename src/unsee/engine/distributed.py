@@ -1,0 +1,186 @@
+"""What a launch asks for beyond data parallelism: FSDP2, DeepSpeed, mixed precision.
+
+``accelerate launch --config_file F`` hands its settings to the processes as environment
+variables (``ACCELERATE_USE_FSDP``, ``FSDP_VERSION``, ``ACCELERATE_USE_DEEPSPEED``,
+``ACCELERATE_MIXED_PRECISION``); the engine reads them here, refuses what it cannot do with a
+one-line error before any model is loaded, and shards the trained weights under FSDP2.
+
+Sharding. The methods call parts of the model directly (the visual module, the projector,
+single decoder layers) and read weights in their losses, which FSDP's per-module hooks do
+not see. So the engine makes one FSDP2 unit, a root around the whole model whose forward is
+one step's loss: every part a method calls sees gathered weights, backward reduce-scatters
+the gradients, and between steps the trained weights, their gradients and the optimiser
+state exist only as this process's shard. Frozen weights are left out of FSDP (replicated,
+as under DDP). After the run the full weights are gathered back into the model, which is
+then a plain ``transformers`` model again (``save_pretrained`` writes standard safetensors).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from unsee.errors import ConfigError
+
+LAUNCHERS = "src/unsee/configs/accelerate/ddp.yaml (or one process)"
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "false").strip().lower() in ("1", "true", "yes")
+
+
+def fsdp_version() -> int:
+    """The FSDP version the launch config asks for; 0 when it asks for none."""
+    return int(os.environ.get("FSDP_VERSION", "1")) if _env_true("ACCELERATE_USE_FSDP") else 0
+
+
+def deepspeed_stage() -> int:
+    """The ZeRO stage the launch config asks for; 0 when it asks for no DeepSpeed."""
+    return int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2") or 2) if _env_true("ACCELERATE_USE_DEEPSPEED") \
+        else 0
+
+
+def launch_mixed_precision(accelerator: Any = None) -> str:
+    """``mixed_precision`` of the launch config (or of an Accelerator built with one): no, bf16, fp16, fp8."""
+    value = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if accelerator is not None and str(getattr(accelerator, "mixed_precision", "no")) != "no":
+        value = str(accelerator.mixed_precision)
+    return value.strip().lower() or "no"
+
+
+def check_launch(method: Any = None, cfg: Any = None) -> None:
+    """Refuse, in one line and before any model is loaded, a launch the engine would not honour.
+
+    ``method`` is a method object or name (None: only the launch itself is checked).
+    """
+    precision = launch_mixed_precision()
+    if precision not in ("no", "bf16"):
+        raise ConfigError(
+            f"mixed_precision {precision!r} in the launch config is not supported: the engine trains in bf16 "
+            "autocast (mixed_precision: bf16) or fp32 (mixed_precision: 'no'); fp16 would need loss scaling")
+    stage = deepspeed_stage()
+    if stage:
+        if not torch.cuda.is_available():
+            raise ConfigError(f"DeepSpeed ZeRO-{stage} runs on GPUs only and this machine has none; on a CPU "
+                              "launch with src/unsee/configs/accelerate/cpu.yaml")
+        raise ConfigError(
+            f"DeepSpeed ZeRO-{stage}: the engine's masks, projections and NaN guard need the gradients, which "
+            "DeepSpeed keeps in its own buffers; launch with src/unsee/configs/accelerate/fsdp.yaml instead")
+    version = fsdp_version()
+    if version == 1:
+        raise ConfigError("FSDP1 is not supported: set fsdp_version: 2 in the launch config "
+                          "(src/unsee/configs/accelerate/fsdp.yaml)")
+    if version and _env_true("FSDP_OFFLOAD_PARAMS"):
+        raise ConfigError("fsdp_offload_params is not supported: the engine keeps the shards on the device; "
+                          "use reference_device=cpu or a smaller scope to save memory")
+    if version and method is not None:
+        reason = unshardable(method, cfg)
+        if reason:
+            name = method if isinstance(method, str) else getattr(method, "name", "?")
+            raise ConfigError(f"method {name!r} cannot run under FSDP ({reason}); launch it with {LAUNCHERS}")
+
+
+def unshardable(method: Any, cfg: Any = None) -> str:
+    """Why ``method`` (with its config) cannot be sharded, or an empty string.
+
+    The simulated relearning of the CVF family moves the gathered weights inside the loss,
+    by a step computed from this process's slice of the batch alone: under FSDP each process
+    would move its copy differently from the one-process run.
+    """
+    if isinstance(method, str):
+        return ""
+    mcfg = getattr(method, "cfg", None)
+    if getattr(mcfg, "relearn_sim_steps", 0):
+        return "relearn_sim_steps moves the weights inside the loss"
+    if cfg is not None and getattr(cfg, "eval_every", 0):
+        return "eval_every evaluates a sharded model"
+    return ""
+
+
+class _Step(nn.Module):
+    """The FSDP root: calling it runs one step's loss, so FSDP gathers the weights around all of it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn: Callable[[], Any]) -> Any:
+        return fn()
+
+
+class Sharded:
+    """The trained weights of ``model`` sharded over the processes with FSDP2, one unit for the whole model.
+
+    ``params`` are the sharded parameters (DTensors) the optimiser steps; ``run(fn)`` calls
+    ``fn`` with the full weights gathered; ``unshard()`` puts full, plain parameters back.
+    """
+
+    def __init__(self, model: nn.Module, trained: list[nn.Parameter], device: torch.device,
+                 frozen: set[nn.Parameter]) -> None:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        self.model = model
+        wanted = {id(p) for p in trained}
+        names = [n for n, p in model.named_parameters() if id(p) in wanted]
+        # Weights a constraint pins take no gradient at all: they stay out of FSDP and out of backward.
+        self._grad_off = [p for p in frozen if p.requires_grad]
+        for p in self._grad_off:
+            p.requires_grad_(False)
+        ignored = {p for p in model.parameters() if id(p) not in wanted}
+        mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+        self.root = _Step(model)
+        fully_shard(self.root, mesh=mesh, ignored_params=ignored)
+        by_name = dict(model.named_parameters())
+        self.names = names
+        self.params = [by_name[n] for n in names]
+
+    def run(self, fn: Callable[[], Any]) -> Any:
+        return self.root(fn)
+
+    @torch.no_grad()
+    def unshard(self, dtypes: dict[str, torch.dtype]) -> list[nn.Parameter]:
+        """Gather every sharded weight (every process takes part) and register it as a plain parameter,
+        cast back to ``dtypes[name]`` where given; the model is then free of FSDP. Returns the
+        trained parameters, plain, in the order of ``params``."""
+        from torch.distributed.tensor import DTensor
+
+        full: dict[int, nn.Parameter] = {}
+        owners = [(m, k, p) for m in self.model.modules() for k, p in m._parameters.items() if p is not None]
+        for _, _, p in owners:  # one all-gather per distinct weight, in the same order in every process
+            if isinstance(p, DTensor) and id(p) not in full:
+                full[id(p)] = nn.Parameter(p.full_tensor(), requires_grad=p.requires_grad)
+        for name, p in self.model.named_parameters():
+            if id(p) in full and name in dtypes:
+                full[id(p)].data = full[id(p)].data.to(dtypes[name])
+        for module, key, p in owners:
+            if id(p) in full:
+                module._parameters[key] = full[id(p)]
+        for module in self.model.modules():
+            for attr in ("_is_fsdp_managed_module", "_fsdp_use_orig_params"):
+                module.__dict__.pop(attr, None)
+        for p in self._grad_off:
+            p.requires_grad_(True)
+        by_name = dict(self.model.named_parameters())
+        self.params = []
+        return [by_name[n] for n in self.names]
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a sharded tensor (a view), or the tensor itself."""
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def shard_like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """The rows of ``full`` that this process holds of ``param`` (FSDP2 shards along the first dim)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(param, DTensor):
+        return full
+    return distribute_tensor(full.to(param.device), param.device_mesh, param.placements, src_data_rank=None).to_local()

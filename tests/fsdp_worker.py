@@ -1,0 +1,77 @@
+"""What an FSDP run must reproduce: each method's losses and weights after three steps.
+
+``compute`` runs in the test process (one process) and under
+``accelerate launch --config_file src/unsee/configs/accelerate/fsdp.yaml --num_processes 2
+tests/fsdp_worker.py MODEL WORLD OUT`` (two gloo processes, the trained weights sharded
+between them); the test compares the two. Each method starts from the saved model; graddiff
+goes through ``unsee unlearn``'s API, so its losses come from ``run.json`` and its weights
+from the saved checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+
+from unsee import api
+from unsee.engine.trainer import train
+from unsee.models import load_adapter
+
+METHODS = ("graddiff", "npo", "cvf_ncu")
+COMMON = ["max_steps=3", "batch_size=4", "progress=false", "log_every=1"]
+# Adam's first steps divide by sqrt(v): where a gradient is ~0 its summation-order noise moves the
+# weight by up to lr, so the full-model methods take a rate at which that stays below 1e-5.
+OPTIONS = {
+    "graddiff": ["lr=1e-4"],
+    "npo": ["lr=1e-4"],
+    # augment draws fresh crops per process slice; the contrastive terms gather the whole batch
+    "cvf_ncu": ["lr=1e-3", "augment=0", "ncu_images=8", "lambda_k=0"],
+}
+
+
+def compute(model_dir: Path, world_dir: Path, accelerator: Accelerator) -> dict[str, torch.Tensor]:
+    suite = api.load_suite(world_dir, "forget_10")
+    turns = api.training_turns(suite)
+    out: dict[str, torch.Tensor] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "graddiff"
+        api.unlearn("graddiff", model_dir, world_dir, run_dir, overrides=COMMON + OPTIONS["graddiff"],
+                    evaluate_after=False)
+        if accelerator.is_main_process:
+            history = json.loads((run_dir / "run.json").read_text())["history"]
+            out["graddiff.losses"] = torch.tensor([row["loss"] for row in history], dtype=torch.float64)
+            out["graddiff.terms"] = torch.tensor([[row[k] for k in sorted(row) if k not in ("step", "loss")]
+                                                  for row in history], dtype=torch.float64)
+            for name, w in load_file(run_dir / "model" / "model.safetensors").items():
+                out[f"graddiff.w.{name}"] = w
+    for method in METHODS[1:]:
+        adapter = load_adapter(model_dir)
+        tcfg, mcfg, cls = api.method_configs(method, None, COMMON + OPTIONS[method])
+        res = train(cls(mcfg), adapter, suite, turns, tcfg, accelerator=accelerator)
+        out[f"{method}.losses"] = torch.tensor(res.losses, dtype=torch.float64)
+        out[f"{method}.terms"] = torch.tensor([[row[k] for k in sorted(row)] for row in res.logs], dtype=torch.float64)
+        for name, p in adapter.model.named_parameters():
+            assert type(p) is torch.nn.Parameter, f"{name} is still a {type(p).__name__}"
+            out[f"{method}.w.{name}"] = p.detach().clone()
+    return out
+
+
+def main() -> None:
+    model_dir, world_dir, out = sys.argv[1:4]
+    torch.set_num_threads(1)
+    accelerator = Accelerator(cpu=True)
+    result = compute(Path(model_dir), Path(world_dir), accelerator)
+    result["world_size"] = torch.tensor([accelerator.num_processes])
+    if accelerator.is_main_process:
+        save_file({k: v.contiguous() for k, v in result.items()}, out)
+    accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main()
