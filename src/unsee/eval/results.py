@@ -91,6 +91,13 @@ RUN_SCHEMA: dict[str, Any] = {
         "cost": COST_SCHEMA,
         "attacks": {"type": "object", "additionalProperties": {"type": "object"}},
         "notes": {"type": "string"},
+        "history": {
+            "type": "array",
+            "description": "training curve: the loss and each loss term every log_every steps (and the last)",
+            "items": {"type": "object", "required": ["step", "loss"],
+                      "properties": {"step": {"type": "integer", "minimum": 1}},
+                      "additionalProperties": {"type": "number"}},
+        },
     },
 }
 

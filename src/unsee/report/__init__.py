@@ -12,19 +12,21 @@ from unsee.errors import OutputExistsError
 from unsee.eval.results import merge_results
 from unsee.io import atomic_write_text
 from unsee.report.card import model_card
-from unsee.report.plots import plot_continual, plot_tradeoff
+from unsee.report.plots import loss_panels, plot_continual, plot_losses, plot_tradeoff
 from unsee.report.tables import render_report, terminal_table
 
-__all__ = ["model_card", "plot_continual", "plot_tradeoff", "render_report", "terminal_table", "write_report"]
+__all__ = ["model_card", "plot_continual", "plot_losses", "plot_tradeoff", "render_report", "terminal_table",
+           "write_report"]
 
-REPORT_FILES = ("report.md", "tradeoff.png", "continual.png")
+REPORT_FILES = ("report.md", "tradeoff.png", "continual.png", "losses.png")
 
 
 def write_report(
     result_paths: Sequence[str | Path], out_dir: str | Path, *, overwrite: bool = False
 ) -> list[Path]:
-    """Merge the results files and write report.md and tradeoff.png (and continual.png for
-    continual runs) into ``out_dir``; returns the paths written.
+    """Merge the results files and write report.md and tradeoff.png (continual.png for
+    continual runs, losses.png for runs with a training history) into ``out_dir``; returns
+    the paths written.
 
     Only the report's own files are checked for overwriting, so the report can sit beside
     the results.json it was made from (as ``unsee demo`` does).
@@ -41,6 +43,10 @@ def write_report(
         written.append(plot_continual(results, out / "continual.png"))
     else:
         (out / "continual.png").unlink(missing_ok=True)  # a stale plot from an overwritten report
+    if loss_panels(results):
+        written.append(plot_losses(results, out / "losses.png"))
+    else:
+        (out / "losses.png").unlink(missing_ok=True)
     images = [p.name for p in written]
     report = out / "report.md"
     atomic_write_text(report, render_report(results, images=images))

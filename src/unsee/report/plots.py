@@ -167,3 +167,43 @@ def plot_continual(results: Mapping[str, Any], path: str | Path) -> Path:
     if not panels:
         axes[0].text(0.5, 0.5, "no continual runs", ha="center", va="center", transform=axes[0].transAxes)
     return _save_png(fig, path)
+
+
+def loss_panels(results: Mapping[str, Any]) -> list[tuple[str, list[Mapping[str, Any]]]]:
+    """One panel per method with a training ``history``: the runs whose loss curves it shows."""
+    panels: dict[str, list[Mapping[str, Any]]] = {}
+    for run in results["runs"]:
+        if run.get("history"):
+            panels.setdefault(str(run["method"]), []).append(run)
+    return list(panels.items())
+
+
+def plot_losses(results: Mapping[str, Any], path: str | Path) -> Path:
+    """Each method's training loss and loss terms against the step, one panel per method.
+
+    The total is a solid line, each term dashed; a panel with several runs (seeds, requests,
+    settings) labels each line with its run.
+    """
+    from matplotlib import colormaps
+
+    panels = loss_panels(results)
+    fig, axes = _new_figure(len(panels))
+    for ax, (method, runs) in zip(axes, panels, strict=False):
+        ax.set_prop_cycle(color=colormaps["tab20"].colors)
+        for i, run in enumerate(runs):
+            rows = run["history"]
+            tag = "" if len(runs) == 1 else f" [{_label(run)} {setting_of(run)[2]} s{run.get('seed', 0)} #{i + 1}]"
+            steps = [row["step"] for row in rows]
+            for key in ["loss", *sorted({k for row in rows for k in row} - {"step", "loss"})]:
+                points = [(s, row[key]) for s, row in zip(steps, rows, strict=True) if key in row]
+                if points:
+                    xs, ys = zip(*points, strict=True)
+                    ax.plot(xs, ys, "-" if key == "loss" else "--", linewidth=1.2, label=key + tag)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss and its terms")
+        ax.set_title(method, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    if not panels:
+        axes[0].text(0.5, 0.5, "no training history", ha="center", va="center", transform=axes[0].transAxes)
+    return _save_png(fig, path)
