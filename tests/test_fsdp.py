@@ -1,0 +1,153 @@
+"""Past data parallelism: FSDP2 on two gloo processes, launch checks, mixed precision, training logs.
+
+The FSDP run is one ``accelerate launch`` of ``tests/fsdp_worker.py`` with the shipped
+``fsdp.yaml``; the one-process reference is computed meanwhile in the test process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from unsee import api
+from unsee.cli import main
+from unsee.data.schema import Suite
+from unsee.engine.trainer import TrainConfig, train
+from unsee.errors import ConfigError
+from unsee.methods import method_class
+from unsee.models import load_adapter
+
+ROOT = Path(__file__).resolve().parents[1]
+TOL = 1e-5
+
+
+def _launch(*args: str) -> subprocess.Popen:
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    assert launcher, "accelerate's launcher is not installed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"),
+                                                                                os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(
+        [launcher, "launch", "--config_file", str(ROOT / "src/unsee/configs/accelerate/fsdp.yaml"),
+         "--num_processes", "2", "--mixed_precision", "no", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_fsdp_two_processes_match_one_process(model_dir: Path, world: Path, tmp_path: Path) -> None:
+    """graddiff, npo and cvf_ncu under FSDP2 on two processes: the losses of three steps, their terms and the
+    weights afterwards equal the one-process run's within 1e-5; graddiff's checkpoint is a plain one."""
+    from accelerate import Accelerator
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fsdp_worker import METHODS, compute
+
+    out = tmp_path / "fsdp.safetensors"
+    proc = _launch(str(Path(__file__).parent / "fsdp_worker.py"), str(model_dir), str(world), str(out))
+    try:
+        one = compute(model_dir, world, Accelerator(cpu=True))
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    two = load_file(out)
+    assert int(two.pop("world_size")) == 2
+    assert set(one) == set(two)
+    start = {n: p.detach() for n, p in load_adapter(model_dir).model.named_parameters()}
+    saved = load_file(model_dir / "model.safetensors")
+    assert {k.removeprefix("graddiff.w.") for k in two if k.startswith("graddiff.w.")} == set(saved)
+    for method in METHODS:
+        assert one[f"{method}.losses"].numel() == 3
+        torch.testing.assert_close(two[f"{method}.losses"], one[f"{method}.losses"], rtol=0, atol=TOL)
+        torch.testing.assert_close(two[f"{method}.terms"], one[f"{method}.terms"], rtol=0, atol=TOL)
+        weights = [k for k in one if k.startswith(f"{method}.w.")]
+        apart = max(float((two[k] - one[k]).abs().max()) for k in weights)
+        assert apart <= TOL, f"{method}: weights {apart:.2e} apart"
+        if method != "graddiff":  # graddiff's names are the checkpoint's, the others' the module's
+            moved = max(float((one[k] - start[k.removeprefix(f'{method}.w.')]).abs().max()) for k in weights)
+            assert moved > 10 * TOL, f"{method} barely trained ({moved:.2e})"
+    moved = max(float((one[f"graddiff.w.{k}"] - saved[k]).abs().max()) for k in saved)
+    assert moved > 10 * TOL
+
+
+def test_launch_mixed_precision_bf16_is_honoured(model_dir: Path, suite: Suite,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mixed_precision: bf16`` in the launch config runs the loss under bf16 autocast, like ``bf16=true``."""
+    turns = api.training_turns(suite)
+    cfg = {"max_steps": 1, "batch_size": 2, "progress": False}
+
+    def first_loss(**kw: object) -> float:
+        res = train(method_class("graddiff")(), load_adapter(model_dir), suite, turns, TrainConfig(**{**cfg, **kw}))
+        return res.losses[0]
+
+    plain, asked = first_loss(), first_loss(bf16=True)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    launched = first_loss()
+    assert asked != plain and launched == asked
+
+
+@pytest.mark.parametrize(("env", "overrides", "message"), [
+    ({"ACCELERATE_MIXED_PRECISION": "fp16"}, [], "mixed_precision 'fp16' in the launch config is not supported"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, [],
+     "DeepSpeed ZeRO-3 runs on GPUs only"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, [], "FSDP1 is not supported"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}, ["relearn_sim_steps=3"],
+     "method 'cvf_ncu' cannot run under FSDP (relearn_sim_steps"),
+    ({}, ["report_to=wandb"], "tracker 'wandb' needs the 'wandb' package: pip install 'unsee[wandb]'"),
+    ({}, ["report_to=mlflow"], "unknown tracker 'mlflow'"),
+])
+def test_launches_the_engine_cannot_honour_are_refused_in_one_line(
+        env: dict[str, str], overrides: list[str], message: str, model_dir: Path, world: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    if overrides == ["report_to=wandb"] and importlib.util.find_spec("wandb"):
+        pytest.skip("wandb is installed here")
+    if "ACCELERATE_USE_DEEPSPEED" in env and torch.cuda.is_available():
+        pytest.skip("a GPU machine: DeepSpeed is refused with another message")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    out = tmp_path / "out"
+    assert main(["unlearn", "--method", "cvf_ncu", "--model", str(model_dir), "--data", str(world),
+                 "--out", str(out), *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_zero_configs_ask_for_deepspeed_and_the_fsdp_config_for_version_2() -> None:
+    import yaml
+
+    configs = ROOT / "src/unsee/configs/accelerate"
+    for stage in (2, 3):
+        cfg = yaml.safe_load((configs / f"zero{stage}.yaml").read_text())
+        assert cfg["distributed_type"] == "DEEPSPEED" and cfg["deepspeed_config"]["zero_stage"] == stage
+    fsdp = yaml.safe_load((configs / "fsdp.yaml").read_text())
+    assert fsdp["distributed_type"] == "FSDP" and fsdp["fsdp_config"]["fsdp_version"] == 2
+
+
+def test_history_reaches_run_json_and_tensorboard(model_dir: Path, world: Path, tmp_path: Path) -> None:
+    """Every log_every-th step's loss and terms go to run.json and, with --report-to, to TensorBoard."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    assert main(["unlearn", "--method", "graddiff", "--model", str(model_dir), "--data", str(world), "--out",
+                 str(out), "--report-to", "tensorboard", "max_steps=5", "log_every=2", "batch_size=2",
+                 "progress=false"]) == 0
+    history = json.loads((out / "run.json").read_text())["history"]
+    assert [row["step"] for row in history] == [1, 3, 5]
+    assert all({"loss", "nll_f", "nll_r"} <= set(row) for row in history)
+    assert json.loads((out / "results.json").read_text())["runs"][0]["history"] == history
+    (logs,) = (out / "logs" / "tensorboard").iterdir()
+    events = EventAccumulator(str(logs))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert logged == [(row["step"], pytest.approx(row["loss"], rel=1e-6)) for row in history]
+    report = api.report([out / "results.json"], tmp_path / "report")
+    assert (report / "losses.png").stat().st_size > 0
