@@ -115,7 +115,8 @@ class _Step(nn.Module):
 class Sharded:
     """The trained weights of ``model`` sharded over the processes with FSDP2, one unit for the whole model.
 
-    ``params`` are the sharded parameters (DTensors) the optimiser steps; ``run(fn)`` calls
+    ``params`` are the sharded parameters (DTensors) the optimiser steps, in the order of
+    ``trained``, and ``names`` their names; ``run(fn)`` calls
     ``fn`` with the full weights gathered; ``unshard()`` puts full, plain parameters back.
     """
 
@@ -126,7 +127,8 @@ class Sharded:
 
         self.model = model
         wanted = {id(p) for p in trained}
-        names = [n for n, p in model.named_parameters() if id(p) in wanted]
+        name_of = {id(p): n for n, p in model.named_parameters()}
+        names = [name_of[id(p)] for p in trained]  # in the order of ``trained``
         # Weights a constraint pins take no gradient at all: they stay out of FSDP and out of backward.
         self._grad_off = [p for p in frozen if p.requires_grad]
         for p in self._grad_off:
