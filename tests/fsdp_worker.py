@@ -23,7 +23,7 @@ from unsee import api
 from unsee.engine.trainer import train
 from unsee.models import load_adapter
 
-METHODS = ("graddiff", "npo", "cvf_ncu")
+METHODS = ("graddiff", "npo", "cvf_ncu", "vkd")  # vkd: saliency masks on the sharded rows
 COMMON = ["max_steps=3", "batch_size=4", "progress=false", "log_every=1"]
 # Adam's first steps divide by sqrt(v): where a gradient is ~0 its summation-order noise moves the
 # weight by up to lr, so the full-model methods take a rate at which that stays below 1e-5.
@@ -32,6 +32,7 @@ OPTIONS = {
     "npo": ["lr=1e-4"],
     # augment draws fresh crops per process slice; the contrastive terms gather the whole batch
     "cvf_ncu": ["lr=1e-3", "augment=0", "ncu_images=8", "lambda_k=0"],
+    "vkd": ["lr=1e-3", "fisher_batches=2"],
 }
 
 

@@ -22,7 +22,6 @@ from unsee import api
 from unsee.cli import main
 from unsee.data.schema import Suite
 from unsee.engine.trainer import TrainConfig, train
-from unsee.errors import ConfigError
 from unsee.methods import method_class
 from unsee.models import load_adapter
 
@@ -42,8 +41,9 @@ def _launch(*args: str) -> subprocess.Popen:
 
 
 def test_fsdp_two_processes_match_one_process(model_dir: Path, world: Path, tmp_path: Path) -> None:
-    """graddiff, npo and cvf_ncu under FSDP2 on two processes: the losses of three steps, their terms and the
-    weights afterwards equal the one-process run's within 1e-5; graddiff's checkpoint is a plain one."""
+    """graddiff, npo, cvf_ncu (projections) and vkd (masks) under FSDP2 on two processes: the losses of three
+    steps, their terms and the weights afterwards equal the one-process run's within 1e-5; graddiff's
+    checkpoint is a plain one."""
     from accelerate import Accelerator
 
     sys.path.insert(0, str(Path(__file__).parent))
