@@ -60,6 +60,11 @@ def compute(model_dir: Path, world_dir: Path, accelerator: Accelerator) -> dict[
         for name, p in adapter.model.named_parameters():
             assert type(p) is torch.nn.Parameter, f"{name} is still a {type(p).__name__}"
             out[f"{method}.w.{name}"] = p.detach().clone()
+        out[f"units.{method}"] = torch.tensor([res.info.get("fsdp_units", 0)])
+        if method == "npo":  # the gathered model trains again (a continual run's next request)
+            tcfg, mcfg, cls = api.method_configs("graddiff", None, [*COMMON, "max_steps=1", "lr=1e-4"])
+            out["again.losses"] = torch.tensor(train(cls(mcfg), adapter, suite, turns, tcfg,
+                                                     accelerator=accelerator).losses, dtype=torch.float64)
     return out
 
 

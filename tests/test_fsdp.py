@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from unsee import api
 from unsee.cli import main
 from unsee.data.schema import Suite
+from unsee.engine.distributed import blocks
 from unsee.engine.trainer import TrainConfig, train
 from unsee.methods import method_class
 from unsee.models import load_adapter
@@ -59,6 +60,15 @@ def test_fsdp_two_processes_match_one_process(model_dir: Path, world: Path, tmp_
     assert proc.returncode == 0, stderr[-3000:]
     two = load_file(out)
     assert int(two.pop("world_size")) == 2
+    # every transformer block that trains is an FSDP unit of its own, beside the root; the visual
+    # methods train no decoder layer
+    units = [type(m).__name__ for m in blocks(load_adapter(model_dir).model)]
+    vision = sum(name.startswith("CLIP") for name in units)
+    assert 0 < vision < len(units)
+    assert {k: int(two.pop(f"units.{k}")) for k in METHODS[1:]} == {"npo": 1 + len(units),
+                                                                   "cvf_ncu": 1 + vision, "vkd": 1 + vision}
+    assert all(int(one.pop(f"units.{k}")) == 0 for k in METHODS[1:])
+    torch.testing.assert_close(two.pop("again.losses"), one.pop("again.losses"), rtol=0, atol=TOL)
     assert set(one) == set(two)
     start = {n: p.detach() for n, p in load_adapter(model_dir).model.named_parameters()}
     saved = load_file(model_dir / "model.safetensors")

@@ -5,14 +5,15 @@ variables (``ACCELERATE_USE_FSDP``, ``FSDP_VERSION``, ``ACCELERATE_USE_DEEPSPEED
 ``ACCELERATE_MIXED_PRECISION``); the engine reads them here, refuses what it cannot do with a
 one-line error before any model is loaded, and shards the trained weights under FSDP2.
 
-Sharding. The methods call parts of the model directly (the visual module, the projector,
-single decoder layers) and read weights in their losses, which FSDP's per-module hooks do
-not see. So the engine makes one FSDP2 unit, a root around the whole model whose forward is
-one step's loss: every part a method calls sees gathered weights, backward reduce-scatters
-the gradients, and between steps the trained weights, their gradients and the optimiser
-state exist only as this process's shard. Frozen weights are left out of FSDP (replicated,
-as under DDP). After the run the full weights are gathered back into the model, which is
-then a plain ``transformers`` model again (``save_pretrained`` writes standard safetensors).
+Sharding. Each transformer block that trains is an FSDP2 unit, gathered while it runs. The
+methods also call parts of the model directly (the visual module, the projector) and read
+weights in their losses, which FSDP's module hooks do not see; so the root unit is a wrapper
+whose forward is one step's loss, and the weights outside the blocks are whole for all of
+it. Backward reduce-scatters the gradients; between steps the trained weights, their
+gradients and the optimiser state exist only as this process's shard. Frozen weights are
+left out of FSDP (replicated, as under DDP). After the run the full weights are gathered
+back into the model, which is then a plain ``transformers`` model again (``save_pretrained``
+writes standard safetensors; another run can shard it again).
 """
 
 from __future__ import annotations
@@ -101,6 +102,43 @@ def unshardable(method: Any, cfg: Any = None) -> str:
     return ""
 
 
+def blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's transformer blocks: the classes ``transformers`` never splits across devices."""
+    names: set[str] = set()
+    for m in model.modules():
+        names.update(getattr(m, "_no_split_modules", None) or ())
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
+def _unwrap(module: nn.Module) -> None:
+    """Undo ``fully_shard`` on a module whose weights are plain again: its hooks, its state and its class.
+
+    torch has no public inverse of ``fully_shard``; the finished model must be a plain
+    ``transformers`` model again (to save, to evaluate in one process, to train once more).
+    """
+    from torch.distributed import _composable_state
+    from torch.distributed._composable.contract import REGISTRY_KEY, STATE_KEY
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    state = module._get_fsdp_state()  # type: ignore[operator]
+    for handle in {id(h): h for h in (state._pre_forward_hook_handle, state._post_forward_hook_handle)}.values():
+        handle.remove()
+    for group in state._fsdp_param_groups:
+        for handles in (group._module_to_pre_save_state_dict_hook_handle,
+                        group._module_to_pre_load_state_dict_hook_handle):
+            for handle in handles.values():
+                handle.remove()
+            handles.clear()
+    cls = type(module)
+    assert cls.__mro__[1] is FSDPModule
+    module.__class__ = cls.__mro__[2]
+    _composable_state._module_state_mapping.pop(module, None)
+    states = module.__dict__.get(STATE_KEY, {})
+    for func in [f for f in states if getattr(f, "__name__", "") == fully_shard.__name__]:
+        del states[func]
+    module.__dict__.get(REGISTRY_KEY, {}).pop(fully_shard.__name__, None)
+
+
 class _Step(nn.Module):
     """The FSDP root: calling it runs one step's loss, so FSDP gathers the weights around all of it."""
 
@@ -113,7 +151,8 @@ class _Step(nn.Module):
 
 
 class Sharded:
-    """The trained weights of ``model`` sharded over the processes with FSDP2, one unit for the whole model.
+    """The trained weights of ``model`` sharded over the processes with FSDP2: a unit per training block
+    and a root around each step's loss.
 
     ``params`` are the sharded parameters (DTensors) the optimiser steps, in the order of
     ``trained``, and ``names`` their names; ``run(fn)`` calls
@@ -135,6 +174,12 @@ class Sharded:
             p.requires_grad_(False)
         ignored = {p for p in model.parameters() if id(p) not in wanted}
         mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+        # Each transformer block that trains is a unit of its own: its weights are gathered only
+        # while it runs (again in backward), so a step never holds all of them at once.
+        self.blocks = [m for m in blocks(model) if any(id(p) in wanted for p in m.parameters())]
+        after = _env_true("FSDP_RESHARD_AFTER_FORWARD") if "FSDP_RESHARD_AFTER_FORWARD" in os.environ else True
+        for block in self.blocks:
+            fully_shard(block, mesh=mesh, ignored_params=ignored, reshard_after_forward=after)
         self.root = _Step(model)
         fully_shard(self.root, mesh=mesh, ignored_params=ignored)
         by_name = dict(model.named_parameters())
@@ -162,6 +207,9 @@ class Sharded:
         for module, key, p in owners:
             if id(p) in full:
                 module._parameters[key] = full[id(p)]
+        for block in self.blocks:
+            _unwrap(block)
+        self.blocks = []
         for module in self.model.modules():
             for attr in ("_is_fsdp_managed_module", "_fsdp_use_orig_params"):
                 module.__dict__.pop(attr, None)

@@ -444,6 +444,7 @@ def train(
             print(f"{method.name}: no mid-run checkpoints under FSDP (checkpoint_every is set); the finished "
                   "run is saved as usual", file=sys.stderr)
         sharded = Sharded(adapter.model, params, accelerator.device, ctx.constraints.frozen)
+        ctx.info["fsdp_units"] = len(sharded.blocks) + 1
         new_of = dict(zip(map(id, params), sharded.params, strict=True))
         ctx.constraints.shard(lambda p: new_of.get(id(p)))
         names_of = dict(zip(map(id, params), sharded.names, strict=True))
