@@ -9,11 +9,19 @@ the generation overhead of steering.
 
     python benchmarks/gpu.py --out benchmarks/results/gpu_llava.json --shapes llava-1.5-7b
     python benchmarks/gpu.py --tiny --device cpu    # the same code path, CPU-sized, for a quick check
+
+Under ``accelerate launch`` (``ddp.yaml`` or ``fsdp.yaml``) every process takes its share of
+each step and the training variants are measured across the GPUs: full GradDiff on a 7B
+shape under FSDP with its peak memory (the most any process used), for instance
+
+    accelerate launch --config_file src/unsee/configs/accelerate/fsdp.yaml benchmarks/gpu.py \
+        --methods graddiff_full --out benchmarks/results/gpu_fsdp_llava.json --shapes llava-1.5-7b
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from unsee import api
 from unsee.data.world import build_world
+from unsee.engine.distributed import fsdp_version
 from unsee.engine.trainer import train
 from unsee.errors import UnseeError
 from unsee.eval.results import environment
@@ -58,7 +67,17 @@ def sync(device: torch.device) -> None:
 
 
 def peak_memory_gb(device: torch.device) -> float | None:
-    return round(torch.cuda.max_memory_allocated(device) / 1e9, 2) if device.type == "cuda" else None
+    """Peak memory allocated on the GPU; under a launch, the most that any process allocated."""
+    if device.type != "cuda":
+        return None
+    peak = torch.tensor(float(torch.cuda.max_memory_allocated(device)), device=device)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
+    return round(float(peak) / 1e9, 2)
+
+
+def processes() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 class StepClock:
@@ -219,6 +238,10 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(args.methods) - {*VARIANTS, "eraser"}
     if unknown:
         raise UnseeError(f"unknown method variant(s) {sorted(unknown)}; choose from {[*VARIANTS, 'eraser']}")
+    if processes() > 1 and ("eraser" in args.methods or args.request):
+        raise UnseeError("under accelerate launch only the training variants are measured (no eraser, no --request)")
+    if processes() > 1 and args.device == "cuda":
+        args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as d:
         start = time.perf_counter()
@@ -230,9 +253,11 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "gpu", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "peak_bf16_flops": peak_flops(device), "dtype": "bfloat16", "world_people": args.people,
         "forget": args.forget, "world_build_s": round(world_s, 1), "shapes": shapes, "environment": environment(),
+        "processes": processes(), "launch": "fsdp" if fsdp_version() else "ddp" if processes() > 1 else "none",
     }
-    atomic_write_json(args.out, result)
-    print(f"wrote {args.out}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        atomic_write_json(args.out, result)
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

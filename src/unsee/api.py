@@ -298,8 +298,8 @@ def check_launch(method: str, config: Any = None, overrides: Any = ()) -> None:
     """Refuse a launch (FSDP, DeepSpeed, mixed precision) the engine would not honour, before any work."""
     from unsee.engine.distributed import check_launch as check
 
-    tcfg, mcfg, cls = method_configs(method, config, overrides)
-    check(cls(mcfg) if cls is not None else None, tcfg)
+    _, mcfg, cls = method_configs(method, config, overrides)
+    check(cls(mcfg) if cls is not None else None)
 
 
 def is_main_process() -> bool:

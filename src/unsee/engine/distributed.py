@@ -53,7 +53,7 @@ def launch_mixed_precision(accelerator: Any = None) -> str:
     return value.strip().lower() or "no"
 
 
-def check_launch(method: Any = None, cfg: Any = None) -> None:
+def check_launch(method: Any = None) -> None:
     """Refuse, in one line and before any model is loaded, a launch the engine would not honour.
 
     ``method`` is a method object or name (None: only the launch itself is checked).
@@ -79,13 +79,13 @@ def check_launch(method: Any = None, cfg: Any = None) -> None:
         raise ConfigError("fsdp_offload_params is not supported: the engine keeps the shards on the device; "
                           "use reference_device=cpu or a smaller scope to save memory")
     if version and method is not None:
-        reason = unshardable(method, cfg)
+        reason = unshardable(method)
         if reason:
             name = method if isinstance(method, str) else getattr(method, "name", "?")
             raise ConfigError(f"method {name!r} cannot run under FSDP ({reason}); launch it with {LAUNCHERS}")
 
 
-def unshardable(method: Any, cfg: Any = None) -> str:
+def unshardable(method: Any) -> str:
     """Why ``method`` (with its config) cannot be sharded, or an empty string.
 
     The simulated relearning of the CVF family moves the gathered weights inside the loss,
@@ -97,8 +97,6 @@ def unshardable(method: Any, cfg: Any = None) -> str:
     mcfg = getattr(method, "cfg", None)
     if getattr(mcfg, "relearn_sim_steps", 0):
         return "relearn_sim_steps moves the weights inside the loss"
-    if cfg is not None and getattr(cfg, "eval_every", 0):
-        return "eval_every evaluates a sharded model"
     return ""
 
 

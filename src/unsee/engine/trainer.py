@@ -392,7 +392,8 @@ def train(
     desc: str | None = None,
 ) -> TrainResult:
     """Run ``method`` on ``adapter`` in place. Raises :class:`TrainingError` on a non-finite loss,
-    leaving the model at its last good state."""
+    leaving the model at its last good state. ``on_eval`` is called every ``eval_every`` steps
+    in every process; under FSDP it sees the sharded model."""
     from accelerate import Accelerator
 
     seed_everything(cfg.seed)
