@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from unsee import api
 from unsee.engine.trainer import train
+from unsee.errors import TrainingError
 from unsee.models import load_adapter
 
 METHODS = ("graddiff", "npo", "cvf_ncu", "vkd")  # vkd: saliency masks on the sharded rows
@@ -65,6 +66,17 @@ def compute(model_dir: Path, world_dir: Path, accelerator: Accelerator) -> dict[
             tcfg, mcfg, cls = api.method_configs("graddiff", None, [*COMMON, "max_steps=1", "lr=1e-4"])
             out["again.losses"] = torch.tensor(train(cls(mcfg), adapter, suite, turns, tcfg,
                                                      accelerator=accelerator).losses, dtype=torch.float64)
+    # The NaN guard: a rate that sends the weights to ~1e30 makes the second step's loss non-finite;
+    # every process stops at the same step and hands back a plain model.
+    adapter = load_adapter(model_dir)
+    tcfg, mcfg, cls = api.method_configs("graddiff", None, [*COMMON, "lr=1e30", "grad_clip=0"])
+    try:
+        train(cls(mcfg), adapter, suite, turns, tcfg, accelerator=accelerator)
+        stopped = -1
+    except TrainingError as e:
+        stopped = int(str(e).split(" at step ")[1].split(";")[0])
+    assert all(type(p) is torch.nn.Parameter for p in adapter.model.parameters())
+    out["nan.stopped_at"] = torch.tensor([stopped])
     return out
 
 

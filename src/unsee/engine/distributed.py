@@ -199,12 +199,14 @@ class Sharded:
         for _, _, p in owners:  # one all-gather per distinct weight, in the same order in every process
             if isinstance(p, DTensor) and id(p) not in full:
                 full[id(p)] = nn.Parameter(p.full_tensor(), requires_grad=p.requires_grad)
-        for name, p in self.model.named_parameters():
-            if id(p) in full and name in dtypes:
-                full[id(p)].data = full[id(p)].data.to(dtypes[name])
         for module, key, p in owners:
             if id(p) in full:
                 module._parameters[key] = full[id(p)]
+        # A run stopped by the NaN guard between forward and backward left the root's weights gathered
+        # (plain already); those are cast back too.
+        for name, p in self.model.named_parameters():
+            if name in dtypes and p.dtype != dtypes[name]:
+                p.data = p.data.to(dtypes[name])
         for block in self.blocks:
             _unwrap(block)
         self.blocks = []
