@@ -11,6 +11,7 @@ from the saved checkpoint.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -74,7 +75,7 @@ def compute(model_dir: Path, world_dir: Path, accelerator: Accelerator) -> dict[
         train(cls(mcfg), adapter, suite, turns, tcfg, accelerator=accelerator)
         stopped = -1
     except TrainingError as e:
-        stopped = int(str(e).split(" at step ")[1].split(";")[0])
+        stopped = int(re.search(r"step (\d+)", str(e)).group(1))  # type: ignore[union-attr]
     assert all(type(p) is torch.nn.Parameter for p in adapter.model.parameters())
     out["nan.stopped_at"] = torch.tensor([stopped])
     return out
