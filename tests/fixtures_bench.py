@@ -266,18 +266,22 @@ def _tofu_rows(people: list[int], unused: str | None) -> list[dict[str, Any]]:
 
 
 def write_clear(
-    root: Path, *, unused: str | None = None, names_everywhere: bool = True, perturbed: bool = True
+    root: Path, *, unused: str | None = None, names_everywhere: bool = True, perturbed: bool = True,
+    full: bool = True,
 ) -> Path:
     """CLEAR: forgetNN / retainNN (retain in 2 shards), ``+tofu``, ``_perturbed``, real_faces,
     real_world, and the ``default`` config in ``data/``.
 
     ``unused`` is what the unused fields of ``+tofu`` rows hold (None or ""), and
     ``names_everywhere=False`` drops ``name`` from forget05/forget10/retainNN as in their
-    first uploads (only ``data/`` and forget01 keep it).
+    first uploads (only ``data/`` and forget01 keep it). ``full=False`` leaves out the
+    fine-tune split ``full+tofu`` (a partial download).
     """
     root = Path(root)
     everyone = list(range(len(CLEAR_PEOPLE)))
     write_parquet_config(root, "data", _clear_rows(everyone, names=True), IMAGE_CAPTION)
+    if full:  # the fine-tune split: every person's image-caption rows and TOFU rows
+        write_parquet_config(root, "full+tofu", _tofu_rows(everyone, unused), TOFU, shards=3)
     for pct, n in CLEAR_FORGET.items():
         forget, retain = everyone[:n], everyone[n:]
         has_names = names_everywhere or pct == 1

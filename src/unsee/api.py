@@ -43,24 +43,30 @@ __all__ = ["attack", "audit_adapter", "build_world", "detect_benchmark", "evalua
 
 
 # ---- data ----------------------------------------------------------------------------------
-def detect_benchmark(data: str | Path) -> str:
-    """Which loader reads ``data``: the built-in world, MLLMU-Bench, CLEAR or UMU-bench."""
-    p = Path(data)
-    if (p / "world.json").exists():
-        return "builtin"
-    if (p / "Full_Set").is_dir() or (p / "ft_Data").is_dir():
-        return "mllmu"
-    if any(p.glob("forget0*")) or (p / "real_faces").is_dir():
-        return "clear"
-    if (p / "forget_10").is_dir() or (p / "forget_5").is_dir():
-        return "umu"
-    raise DataError(f"cannot tell which benchmark {data} holds (no world.json, Full_Set, forgetNN or forget_X)")
+def detect_benchmark(data: Any, benchmark: str | None = None, revision: str | None = None) -> str:
+    """Which loader reads ``data``: ``builtin``, ``mllmu``, ``clear`` or ``umu``.
+
+    ``data`` is a folder or a hub dataset id (downloaded at ``revision``). ``benchmark`` forces
+    the answer after checking that the folder has that benchmark's configs and columns.
+    """
+    from unsee.data.detect import benchmark_of, resolve
+
+    return benchmark_of(resolve(data, revision).path, benchmark)
 
 
-def load_suite(data: str | Path, forget: str | Sequence[str] = "forget_10", **kw: Any) -> Suite:
+def load_suite(data: Any, forget: str | Sequence[str] = "forget_10", *, benchmark: str | None = None,
+               revision: str | None = None, **kw: Any) -> Suite:
+    """A benchmark from a folder, a hub id or a resolved :class:`~unsee.data.detect.DataRef`, as a Suite.
+
+    ``suite.info["data"]`` says where it came from (results.json's ``data``).
+    """
     from unsee.data import load_benchmark
+    from unsee.data.detect import benchmark_of, resolve
 
-    return load_benchmark(detect_benchmark(data), data, forget, **kw)
+    ref = resolve(data, revision)
+    suite = load_benchmark(benchmark_of(ref.path, benchmark), ref.path, forget, **kw)
+    suite.info["data"] = ref.record()
+    return suite
 
 
 def check_forget(suite: Suite) -> None:
@@ -198,6 +204,7 @@ def make_run(method: str, metrics: dict, *, model: str, suite: Suite, forget: st
         "method": method, "model": model, "benchmark": suite.info.get("benchmark", suite.name),
         "forget_split": forget, "request": request, "seed": seed, "config": config or {},
         "mcq_protocol": "loglik", "metrics": metrics,
+        **({"data": suite.info["data"]} if "data" in suite.info else {}),
         "cost": cost or {"wall_s": 0.0, "peak_rss_bytes": 0, "peak_gpu_bytes": None, "trainable_params": 0,
                          "optimizer_state_bytes": 0},
         **extra,
@@ -216,13 +223,14 @@ def model_name(path: str | Path) -> str:
 
 def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
              steering: str | Path | None = None, overwrite: bool = False, method: str = "vanilla", seed: int = 0,
-             allow_pickle: bool = False, max_items: int | None = None, dtype: str | None = None) -> dict:
+             allow_pickle: bool = False, max_items: int | None = None, dtype: str | None = None,
+             benchmark: str | None = None, revision: str | None = None) -> dict:
     """``unsee eval``: every metric group, written as a results file."""
     from unsee.eval.results import CostMeter, new_results, write_results
 
     out = Path(out)
     check_output_file(out, overwrite=overwrite, inputs=_local(model, data, steering))
-    suite = load_suite(data, forget, seed=seed)
+    suite = load_suite(data, forget, seed=seed, benchmark=benchmark, revision=revision)
     check_forget(suite)
     check_images(suite)
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
@@ -314,7 +322,7 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
             requests: str | Sequence[str] | None = None, config: Any = None, overrides: Any = (), seed: int = 0,
             overwrite: bool = False, allow_pickle: bool = False, audit: bool = False,
             audit_overrides: Any = (), evaluate_after: bool = True, dtype: str | None = None,
-            report_to: str = "") -> Path:
+            report_to: str = "", benchmark: str | None = None, revision: str | None = None) -> Path:
     """``unsee unlearn``: a checkpoint (or a steering file, for ``eraser``), ``run.json`` and a model card.
 
     With ``requests`` the method runs continually, one request after another, and
@@ -333,8 +341,9 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
     reqs = _requests(requests)
     if reqs:
         return continual(method, model, data, out, reqs, config=config, overrides=overrides, seed=seed,
-                         overwrite=overwrite, allow_pickle=allow_pickle, dtype=dtype)
-    suite = load_suite(data, forget, seed=seed)
+                         overwrite=overwrite, allow_pickle=allow_pickle, dtype=dtype, benchmark=benchmark,
+                         revision=revision)
+    suite = load_suite(data, forget, seed=seed, benchmark=benchmark, revision=revision)
     check_forget(suite)
     check_images(suite)
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
@@ -431,7 +440,8 @@ def _jsonable(obj: Any) -> Any:
 
 def continual(method: str, model: str | Path, data: str | Path, out: Path, requests: list[str], *, config: Any,
               overrides: Any, seed: int, overwrite: bool, allow_pickle: bool,
-              eval_kw: Mapping[str, Any] | None = None, dtype: str | None = None) -> Path:
+              eval_kw: Mapping[str, Any] | None = None, dtype: str | None = None, benchmark: str | None = None,
+              revision: str | None = None) -> Path:
     """Requests one after another; after each, the earlier forget sets are measured again.
 
     For ``cvf_ncu`` the covariance of the next request also holds the already-forgotten
@@ -442,9 +452,12 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
 
     if method == "eraser":
         raise ConfigError("continual unlearning needs a training method; eraser builds one steering file per request")
+    from unsee.data.detect import resolve
+
     eval_kw = dict(eval_kw or {})
+    data = resolve(data, revision)  # once: every request's split comes from the same files
     for req in requests:  # every request's data is checked before the first one trains
-        suite = load_suite(data, req, retain_exclude=requests, seed=seed)
+        suite = load_suite(data, req, retain_exclude=requests, seed=seed, benchmark=benchmark)
         check_forget(suite)
         check_images(suite)
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
@@ -452,14 +465,14 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
     forgotten: list[Any] = []
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for i, req in enumerate(requests, 1):
-            suite = load_suite(data, req, retain_exclude=requests, seed=seed)
+            suite = load_suite(data, req, retain_exclude=requests, seed=seed, benchmark=benchmark)
             with CostMeter() as meter:
                 res, resolved = unlearn_adapter(method, adapter, suite, config=config, overrides=overrides,
                                                 seed=seed, forgotten_images=forgotten)
             meter.record_model(None)
             metrics = evaluate_adapter(adapter, suite, **eval_kw)
             for j, earlier in enumerate(requests[:i], 1):
-                s_j = load_suite(data, earlier, retain_exclude=requests, seed=seed)
+                s_j = load_suite(data, earlier, retain_exclude=requests, seed=seed, benchmark=benchmark)
                 metrics[f"forget_r{j}"] = evaluate_adapter(adapter, s_j, **{**eval_kw, "groups": ("forget",),
                                                                             "generation": False})["forget"]
             # each photo once, however many questions it has (requests are disjoint people)
@@ -493,7 +506,7 @@ def audit_adapter(adapter: HFAdapter, suite: Suite, *, kinds: Sequence[str] | No
 def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
            vanilla: str | Path | None = None, steering: str | Path | None = None, method: str = "attacked",
            seed: int = 0, overrides: Any = (), overwrite: bool = False, allow_pickle: bool = False,
-           dtype: str | None = None) -> dict:
+           dtype: str | None = None, benchmark: str | None = None, revision: str | None = None) -> dict:
     """``unsee attack KIND``: attack a model and record the figures in a results.json.
 
     ``KIND`` is ``relearn``, ``pgd``, ``shift``, ``probe`` or ``all``. If ``out`` is an existing
@@ -521,7 +534,7 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
         done = sorted(set(kinds) & set(existing["runs"][-1].get("attacks", {})))
         if done:
             raise OutputExistsError(f"{out} already records {done}; pass overwrite=True (--overwrite) to redo them")
-    suite = load_suite(data, forget, seed=seed)
+    suite = load_suite(data, forget, seed=seed, benchmark=benchmark, revision=revision)
     check_forget(suite)
     check_images(suite)
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
