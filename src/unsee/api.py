@@ -117,18 +117,45 @@ def init_shaped(shape: str, out: str | Path, *, overwrite: bool = False, **kw: A
     return _shapes.init_shaped(shape, out, overwrite=overwrite, **kw)
 
 
-def finetune(model: str | Path, data: str | Path, out: str | Path, *, config: Any = "default",
-             overwrite: bool = False, cache_dir: str | Path | None = None, **kw: Any) -> Path:
-    """``unsee finetune``: the vanilla model (:func:`unsee.finetune.finetune`)."""
+def finetune(model: str | Path, data: Any, out: str | Path, *, config: str | Path | dict | None = None,
+             overrides: Any = (), seed: int | None = None, overwrite: bool = False,
+             cache_dir: str | Path | None = None, benchmark: str | None = None,
+             revision: str | None = None) -> Path:
+    """``unsee finetune``: the vanilla model. On the built-in world, its staged recipe
+    (:mod:`unsee.finetune`, config ``default`` or ``quick``); on MLLMU-Bench, CLEAR or UMU-bench,
+    the benchmark's own recipe (:mod:`unsee.finetune_bench`, config ``mllmu``, ``clear`` or ``umu``;
+    by default the detected benchmark's)."""
+    from unsee.data.detect import benchmark_of, resolve
+
     check_output_dir(out, overwrite=overwrite, inputs=_local(model, data, config))
-    return _finetune.finetune(model, data, out, config=config, overwrite=overwrite, cache_dir=cache_dir, **kw)
+    ref = resolve(data, revision)
+    kind = benchmark_of(ref.path, benchmark)
+    if kind == "builtin":
+        from unsee.finetune_bench import RECIPES
+
+        if config in RECIPES:
+            raise ConfigError(f"recipe {config!r} is a public benchmark's; the built-in world uses default or quick")
+        return _finetune.finetune(model, ref.path, out, config="default" if config is None else config,
+                                  overrides=overrides, seed=seed, overwrite=overwrite, cache_dir=cache_dir)
+    from unsee.finetune_bench import finetune_benchmark
+
+    return finetune_benchmark(model, ref, kind, out, config=config, overrides=overrides, seed=seed,
+                              overwrite=overwrite, cache_dir=cache_dir)
 
 
-def retrain(vanilla: str | Path, data: str | Path, out: str | Path, *, overwrite: bool = False,
-            cache_dir: str | Path | None = None, **kw: Any) -> Path:
-    """``unsee retrain``: the reference without the forget people's photos (:func:`unsee.retrain.retrain`)."""
+def retrain(vanilla: str | Path, data: Any, out: str | Path, *, forget: str = "forget_10", overwrite: bool = False,
+            cache_dir: str | Path | None = None, benchmark: str | None = None, revision: str | None = None) -> Path:
+    """``unsee retrain``: the vanilla model's fine-tune again without ``forget``'s photos, on any benchmark."""
+    from unsee.data.detect import benchmark_of, resolve
+
     check_output_dir(out, overwrite=overwrite, inputs=_local(vanilla, data))
-    return _retrain.retrain(vanilla, data, out, overwrite=overwrite, cache_dir=cache_dir, **kw)
+    ref = resolve(data, revision)
+    kind = benchmark_of(ref.path, benchmark)
+    if kind == "builtin":
+        return _retrain.retrain(vanilla, ref.path, out, forget=forget, overwrite=overwrite, cache_dir=cache_dir)
+    from unsee.finetune_bench import retrain_benchmark
+
+    return retrain_benchmark(vanilla, ref, kind, out, forget=forget, overwrite=overwrite, cache_dir=cache_dir)
 
 
 def training_turns(suite: Suite) -> dict[str, list[Turn]]:

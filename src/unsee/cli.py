@@ -45,6 +45,13 @@ def _load_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="load the weights in this dtype")
 
 
+def _data_options(p: argparse.ArgumentParser) -> None:
+    """Where a benchmark comes from: the same two options wherever a command reads ``--data``."""
+    p.add_argument("--revision", default=None, help="with a hub dataset id: the branch, tag or commit to read")
+    p.add_argument("--benchmark", default=None, choices=["builtin", "mllmu", "clear", "umu"],
+                   help="which benchmark --data holds (default: detected from its configs and columns)")
+
+
 def _world(a: argparse.Namespace) -> None:
     from unsee import api
 
@@ -67,14 +74,15 @@ def _finetune(a: argparse.Namespace) -> None:
     from unsee import api
 
     out = api.finetune(a.model, a.data, a.out, config=a.config, overrides=a.overrides, seed=a.seed,
-                       overwrite=a.overwrite, cache_dir=a.cache_dir)
+                       overwrite=a.overwrite, cache_dir=a.cache_dir, benchmark=a.benchmark, revision=a.revision)
     print(f"vanilla model written to {out}")
 
 
 def _retrain(a: argparse.Namespace) -> None:
     from unsee import api
 
-    out = api.retrain(a.model, a.data, a.out, forget=a.forget, overwrite=a.overwrite, cache_dir=a.cache_dir)
+    out = api.retrain(a.model, a.data, a.out, forget=a.forget, overwrite=a.overwrite, cache_dir=a.cache_dir,
+                      benchmark=a.benchmark, revision=a.revision)
     print(f"retrained reference (without {a.forget}'s photos) written to {out}")
 
 
@@ -85,6 +93,7 @@ def _unlearn(a: argparse.Namespace) -> None:
         a.method, a.model, a.data, a.out, forget=a.forget, requests=a.requests, config=a.config,
         overrides=a.overrides, seed=a.seed, overwrite=a.overwrite, allow_pickle=a.allow_pickle,
         audit=a.audit, audit_overrides=a.audit_set, dtype=a.dtype, report_to=a.report_to or "",
+        benchmark=a.benchmark, revision=a.revision,
     )
     print(f"unlearned output written to {out}")
 
@@ -94,7 +103,7 @@ def _eval(a: argparse.Namespace) -> None:
 
     res = api.evaluate(a.model, a.data, a.out, forget=a.forget, steering=a.steering, overwrite=a.overwrite,
                        method=a.method, seed=a.seed, allow_pickle=a.allow_pickle, max_items=a.max_items,
-                       dtype=a.dtype)
+                       dtype=a.dtype, benchmark=a.benchmark, revision=a.revision)
     api.print_results(res)
 
 
@@ -119,7 +128,7 @@ def _attack(a: argparse.Namespace) -> None:
 
     res = api.attack(a.kind, a.model, a.data, a.out, forget=a.forget, vanilla=a.vanilla, steering=a.steering,
                      method=a.method, seed=a.seed, overrides=a.overrides, overwrite=a.overwrite,
-                     allow_pickle=a.allow_pickle, dtype=a.dtype)
+                     allow_pickle=a.allow_pickle, dtype=a.dtype, benchmark=a.benchmark, revision=a.revision)
     print(json.dumps(res, indent=2))
 
 
@@ -144,15 +153,18 @@ def parser() -> argparse.ArgumentParser:
     mi.add_argument("--out", required=True)
     mi.add_argument("--world", default=None, help="train the tokenizer on this world's text")
 
-    f = _command(sub, "finetune", "teach a tiny model the built-in world (the vanilla model)", _finetune,
+    f = _command(sub, "finetune", "the vanilla model: a model taught the benchmark's fictitious people", _finetune,
                  required=["model", "data", "out"], overrides=True)
-    f.add_argument("--config", default="default", help="recipe file or shipped name: quick, default")
+    f.add_argument("--config", default=None, help="recipe file or shipped name: default, quick (built-in world); "
+                   "mllmu, clear, umu (public benchmarks; default: the detected benchmark's own)")
+    _data_options(f)
     f.add_argument("--cache-dir", default=None, help="stage cache (default: ~/.cache/unsee)")
 
     rt = _command(sub, "retrain", "the vanilla model's fine-tune again without the forget people's photos: "
                   "the reference an unlearned model is judged against", _retrain,
                   required=["model", "data", "out"], seed=False)
     rt.add_argument("--forget", default="forget_10")
+    _data_options(rt)
     rt.add_argument("--cache-dir", default=None, help="the stage cache unsee finetune used (default: ~/.cache/unsee)")
 
     u = _command(sub, "unlearn", "run an unlearning method", _unlearn, required=["method", "model", "data", "out"],
@@ -161,6 +173,7 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--requests", default=None, help="continual: forget_r1,forget_r2,... or a file listing them")
     u.add_argument("--config", default=None)
     _load_options(u)
+    _data_options(u)
     u.add_argument("--audit", action="store_true", help="run the robustness audits on the result")
     u.add_argument("--audit-set", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the audits (repeatable), e.g. --audit-set relearn_steps=50")
@@ -173,6 +186,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--method", default="vanilla", help="the name this run is reported under")
     e.add_argument("--max-items", type=int, default=None, help="cap each group (for quick checks)")
     _load_options(e)
+    _data_options(e)
 
     r = _command(sub, "report", "report.md and tradeoff.png from results files", _report, required=["out"],
                  seed=False)
@@ -195,6 +209,7 @@ def parser() -> argparse.ArgumentParser:
     at.add_argument("--steering", default=None, help="attack the model with this MLLMEraser steering file on")
     at.add_argument("--method", default="attacked", help="the run's name when --out is a new file")
     _load_options(at)
+    _data_options(at)
     return p
 
 

@@ -36,8 +36,9 @@ def _digest(image: bytes | None) -> str | None:
     return None if image is None else hashlib.sha256(image).hexdigest()
 
 
-def finetune_examples(kind: str, root: str | Path, *, seed: int = 0, text_qa: bool = True) -> list[Example]:
-    """The ``qa`` examples of ``kind``'s fine-tune split in ``root`` (task ``qa``).
+def finetune_examples(kind: str, root: str | Path, *, seed: int = 0,
+                      text_qa: bool = True) -> tuple[str, list[Example]]:
+    """The fine-tune split of ``kind`` in ``root``, and its ``qa`` examples.
 
     ``text_qa`` keeps the text-only QA (UMU's ``UM_QA``, CLEAR's TOFU rows); a split without
     it trains on image questions only. Raises one line when the download lacks the split.
@@ -61,7 +62,7 @@ def finetune_examples(kind: str, root: str | Path, *, seed: int = 0, text_qa: bo
         out = [e for e in out if e.has_image]
     if not out:
         raise DataError(f"{NAMES[kind]}'s fine-tune split {config!r} in {root} holds no question-answer pairs")
-    return out
+    return config, out
 
 
 def _clear(source: Source, config: str, seed: int) -> list[Example]:

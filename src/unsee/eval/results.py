@@ -60,6 +60,20 @@ COST_SCHEMA: dict[str, Any] = {
     },
 }
 
+DATA_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Where the benchmark came from: the folder or hub id given, the folder read, the hub "
+                   "revision asked for and the commit it resolved to, and a hash of the data files.",
+    "required": ["source", "path", "fingerprint"],
+    "properties": {
+        "source": {"type": "string", "minLength": 1},
+        "path": {"type": "string", "minLength": 1},
+        "revision": {"type": "string"},
+        "commit": {"type": "string"},
+        "fingerprint": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+    },
+}
+
 RUN_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": [
@@ -98,6 +112,7 @@ RUN_SCHEMA: dict[str, Any] = {
                       "properties": {"step": {"type": "integer", "minimum": 1}},
                       "additionalProperties": {"type": "number"}},
         },
+        "data": DATA_SCHEMA,
     },
 }
 

@@ -1,0 +1,232 @@
+"""A public benchmark's own vanilla model, and its retrained reference.
+
+MLLMU-Bench, CLEAR and UMU-bench all unlearn from a model first fine-tuned on their fictitious
+people: without that step the forget accuracy is at chance before any unlearning and every
+method's efficacy is zero by construction. This is that fine-tune, with each benchmark's
+recipe (data, epochs, learning rate, LoRA) taken from its authors' code and shipped as
+``configs/finetune/{mllmu,clear,umu}.yaml``; docs/reproduce.md cites the sources.
+
+It runs through the one training engine, so every supported architecture, bf16, gradient
+checkpointing, LoRA (merged on save), several processes under ``accelerate launch`` and
+mid-run checkpoints come with it. The result is cached by a content hash of the base model,
+the fine-tune split's files, the recipe and the code: an interrupted run resumes from its
+last checkpoint, a finished one is copied. The built-in world has its own staged recipe in
+:mod:`unsee.finetune`, which this module leaves alone (its cache key hashes that module).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from unsee.config import load_config, opt, to_dict
+from unsee.data.collate import qa_turns
+from unsee.data.detect import NAMES, DataRef, data_fingerprint
+from unsee.data.ftsets import finetune_examples, without_forget
+from unsee.data.parquet import is_hub_id
+from unsee.data.schema import Suite
+from unsee.engine.checkpoint import remove_checkpoint
+from unsee.errors import ConfigError, DataError, ModelError
+from unsee.finetune import STAGE_FILE, _done, _partial, default_cache
+from unsee.io import atomic_dir, check_output_dir, content_hash, source_fingerprint
+from unsee.methods.base import BaseMethod, nll
+from unsee.models import load_adapter, model_fingerprint
+from unsee.models.base import HFAdapter, Turn
+
+VANILLA_FILE, RETRAINED_FILE = "unsee_vanilla.json", "unsee_retrained.json"
+RECIPES = ("mllmu", "clear", "umu")
+WORLD_RECIPES = ("default", "quick")
+UNHASHED = ("checkpoint_every", "progress")
+CODE = ("unsee.finetune_bench", "unsee.data.ftsets", "unsee.data.collate", "unsee.engine.trainer",
+        "unsee.methods.base", "unsee.models.base")
+
+
+@dataclass
+class BenchFinetuneConfig:
+    """A benchmark's fine-tune recipe. Shipped as ``configs/finetune/{mllmu,clear,umu}.yaml``."""
+
+    epochs: float = opt(5.0, "passes over the fine-tune split")
+    max_steps: int = opt(0, "stop after this many steps (0: from epochs); for quick checks")
+    lr: float = opt(2e-5, "AdamW learning rate")
+    batch_size: int = opt(4, "global batch size (split across processes)")
+    scope: str = opt("lora", "what trains: lora (merged into the weights on save), full, language, visual, ...")
+    lora_r: int = opt(16, "LoRA rank")
+    lora_alpha: int = opt(16, "LoRA alpha")
+    lora_dropout: float = opt(0.05, "LoRA dropout")
+    schedule: Literal["constant", "cosine", "linear"] = opt("linear", "learning-rate schedule after warm-up")
+    warmup_ratio: float = opt(0.0, "linear warm-up as a fraction of the steps")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    grad_clip: float = opt(0.0, "clip the gradient norm (0: off)")
+    text_qa: bool = opt(True, "also train on the split's text-only pairs (UMU's UM_QA, CLEAR's TOFU rows)")
+    dtype: Literal["bf16", "fp16", "fp32"] = opt("bf16", "dtype the model is loaded and saved in; trained "
+                                                 "weights keep fp32 masters during the run")
+    gradient_checkpointing: bool = opt(True, "recompute activations in the backward pass (7B models on one GPU)")
+    group_by_length: bool = opt(False, "batch pairs of similar token length together")
+    seed: int = opt(0, "seed of the data order, the LoRA initialisation and CLEAR's caption questions")
+    checkpoint_every: int = opt(200, "steps between checkpoints; an interrupted run resumes from the last one")
+    progress: bool = opt(True, "progress bar")
+
+    def validate(self) -> None:
+        if self.lr <= 0 or self.batch_size <= 0 or self.epochs < 0 or self.max_steps < 0:
+            raise ConfigError("lr and batch_size must be positive; epochs and max_steps non-negative")
+        if self.epochs == 0 and self.max_steps == 0:
+            raise ConfigError("epochs and max_steps are both 0: nothing would train")
+
+
+class _SFT(BaseMethod):
+    """Plain supervised fine-tuning: the answer's negative log-likelihood."""
+
+    name = "finetune"
+    streams = ("train",)
+
+    def loss(self, ctx: Any, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = nll(ctx.adapter, batch["train"])
+        return loss, {"nll": loss.item()}
+
+
+def load_recipe(kind: str, config: str | Path | dict | None, overrides: Any = ()) -> BenchFinetuneConfig:
+    """The recipe for ``kind``: its shipped preset unless a file, a name or a mapping is given."""
+    if config in WORLD_RECIPES:
+        raise ConfigError(f"recipe {config!r} trains the built-in world in stages; {NAMES[kind]} uses --config "
+                          f"{kind} (or mllmu, clear, umu, or a file)")
+    return load_config(BenchFinetuneConfig, kind if config is None else config, overrides, kind="finetune")
+
+
+def _key(model: str | Path, ref: DataRef, split: str, cfg: BenchFinetuneConfig, forget: str | None) -> str:
+    rc = {k: v for k, v in to_dict(cfg).items() if k not in UNHASHED}
+    return content_hash("benchmark-finetune", model_fingerprint(model), data_fingerprint(ref.path, [split]),
+                        split, forget, rc, source_fingerprint(*CODE))
+
+
+def _train(model: str | Path, turns: list[Turn], cfg: BenchFinetuneConfig, path: Path, desc: str) -> bool:
+    """Fine-tune ``model`` on ``turns`` into the cache entry ``path``; False in a non-main process.
+
+    The checkpoint beside the entry makes an interrupted run resume where it stopped.
+    """
+    from unsee.api import _save_model, is_main_process
+    from unsee.engine.trainer import TrainConfig, train
+
+    adapter: HFAdapter = load_adapter(model, dtype=cfg.dtype)
+    tcfg = TrainConfig(scope=cfg.scope, lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps,
+                       batch_size=cfg.batch_size, schedule=cfg.schedule, warmup_ratio=cfg.warmup_ratio,
+                       weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, bf16=cfg.dtype != "fp32",
+                       gradient_checkpointing=cfg.gradient_checkpointing, lora_r=cfg.lora_r,
+                       lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, seed=cfg.seed,
+                       group_by_length=cfg.group_by_length, progress=cfg.progress,
+                       checkpoint_dir=str(_partial(path)), checkpoint_every=cfg.checkpoint_every)
+    tcfg.validate()
+    t0 = time.perf_counter()
+    res = train(_SFT(), adapter, Suite("finetune", {}), {"train": turns}, tcfg, desc=desc)
+    if not is_main_process():
+        return False
+    tail = res.losses[-max(1, len(res.losses) // 10):]
+    stats = {"first_nll": float(res.losses[0]), "final_nll": float(np.mean(tail)), "steps": res.steps,
+             "trainable_params": res.trainable_params}
+    with atomic_dir(path, overwrite=True) as tmp:
+        _save_model(adapter, tmp)  # LoRA merged: the entry loads without peft
+        (tmp / STAGE_FILE).write_text(json.dumps({"stage": path.name, "stats": stats, "config": to_dict(cfg),
+                                                  "seconds": time.perf_counter() - t0}, indent=2))
+    remove_checkpoint(_partial(path))
+    return True
+
+
+def _publish(entry: Path, out: str | Path, record: dict[str, Any], name: str, overwrite: bool) -> Path:
+    """Copy a cache entry to ``out`` with its record, atomically."""
+    meta = json.loads((entry / STAGE_FILE).read_text())
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for f in entry.iterdir():
+            if f.name != STAGE_FILE:
+                shutil.copy2(f, tmp / f.name)
+        (tmp / name).write_text(json.dumps({**record, "entry": entry.name, "seconds": meta.get("seconds"),
+                                            "stats": meta.get("stats")}, indent=2))
+    return Path(out)
+
+
+def local_model(model: str | Path) -> Path:
+    """A local model directory, or a hub model id fetched into the hub cache (weights, config, processor).
+
+    A local copy gives the run a fingerprint of its weights and the retrained reference a
+    base model to start from again.
+    """
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or not is_hub_id(str(model)):
+        raise ModelError(f"base model {model} is neither a model folder nor a hub model id (owner/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(model), allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
+                                                                  "*.jinja", "*.tiktoken"]))
+    except Exception as e:  # offline, unknown id, network: all need the user's action
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelError(f"cannot fetch hub model {model} ({first}); download it (huggingface-cli download "
+                         f"{model} --local-dir DIR) and pass --model DIR") from e
+
+
+def finetune_benchmark(model: str | Path, ref: DataRef, kind: str, out: str | Path, *,
+                       config: str | Path | dict | None = None, overrides: Any = (), seed: int | None = None,
+                       overwrite: bool = False, cache_dir: str | Path | None = None,
+                       forget: str | None = None) -> Path:
+    """``unsee finetune`` on MLLMU-Bench, CLEAR or UMU-bench: ``model`` taught the benchmark's people.
+
+    With ``forget`` it is the retrained reference instead: the same recipe without that split's
+    people's image rows. Every input is checked (output, recipe, data split, images) before
+    the model loads.
+    """
+    check_output_dir(out, overwrite=overwrite)
+    cfg = load_recipe(kind, config, overrides)
+    if seed is not None:
+        cfg.seed = seed
+    split, examples = finetune_examples(kind, ref.path, seed=cfg.seed, text_qa=cfg.text_qa)
+    dropped = 0
+    if forget is not None:
+        examples, dropped = without_forget(kind, ref.path, examples, forget)
+    turns = qa_turns(examples)  # decodes every image now: a corrupt one stops the run before training
+    model = local_model(model)
+    entry = (Path(cache_dir) if cache_dir else default_cache()) / "{}-{}-{}".format(
+        "retrained" if forget else "vanilla", kind, _key(model, ref, split, cfg, forget))
+    cached = _done(entry)
+    if not cached:
+        desc = f"{NAMES[kind]} fine-tune" + (f" without {forget}'s photos" if forget else "")
+        if not _train(model, turns, cfg, entry, desc):
+            return Path(out)
+    record: dict[str, Any] = {
+        "benchmark": kind, "base_model": str(model), "base_fingerprint": model_fingerprint(model),
+        "data": ref.record(), "split": split, "split_fingerprint": data_fingerprint(ref.path, [split]),
+        "pairs": len(turns), "recipe": to_dict(cfg), "cached": cached,
+    }
+    if forget is None:
+        return _publish(entry, out, record, VANILLA_FILE, overwrite)
+    return _publish(entry, out, {**record, "forget": forget, "dropped_pairs": dropped}, RETRAINED_FILE, overwrite)
+
+
+def retrain_benchmark(vanilla: str | Path, ref: DataRef, kind: str, out: str | Path, *, forget: str,
+                      overwrite: bool = False, cache_dir: str | Path | None = None) -> Path:
+    """``unsee retrain`` on a benchmark: the vanilla model's recipe again, from its base model, without
+    ``forget``'s image rows. The vanilla directory's record says which base model and recipe."""
+    record = Path(vanilla) / VANILLA_FILE
+    if not record.is_file():
+        raise ModelError(f"{vanilla} was not made by unsee finetune (it has no {VANILLA_FILE}): the retrained "
+                         "reference repeats that command without the forget people's photos")
+    meta = json.loads(record.read_text())
+    if meta.get("benchmark") != kind:
+        raise DataError(f"{vanilla} was fine-tuned on {NAMES.get(meta.get('benchmark'), meta.get('benchmark'))}, "
+                        f"not on {NAMES[kind]}")
+    split = meta.get("split", "")
+    if data_fingerprint(ref.path, [split]) != meta.get("split_fingerprint"):
+        raise DataError(f"{vanilla} was fine-tuned on other {split} files than those in {ref.source}")
+    base = meta.get("base_model", "")
+    if not Path(base).exists():
+        raise ModelError(f"the base model {base} that {vanilla} was fine-tuned from is gone; the retrained "
+                         "reference starts from it")
+    recipe = {k: v for k, v in meta["recipe"].items() if k in BenchFinetuneConfig.__dataclass_fields__}
+    return finetune_benchmark(base, ref, kind, out, config=recipe, overwrite=overwrite, cache_dir=cache_dir,
+                              forget=forget)

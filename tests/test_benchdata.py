@@ -1,0 +1,272 @@
+"""Benchmark data from a folder or the hub, detection of the four layouts, and each public
+benchmark's own vanilla model and retrained reference, through the command line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+import fixtures_bench as fb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from safetensors.torch import load_file
+
+from unsee import api
+from unsee.cli import main
+from unsee.data.detect import data_fingerprint
+from unsee.eval.results import new_results, validate_results
+
+if TYPE_CHECKING:
+    from conftest import TinyModels
+
+KINDS = ("mllmu", "clear", "umu")
+# Fine-tune pairs of the fixtures, and those of forget_10's people (image rows only).
+FT_PAIRS = {"mllmu": (20, 2), "clear": (32, 6), "umu": (40, 2)}
+FAST = ["max_steps=2", "batch_size=2", "dtype=fp32", "gradient_checkpointing=false", "progress=false",
+        "lr=1e-3"]
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("bench")
+    world = fb.write_mllmu(base / "world", ft_ids=True, world_extras=True)
+    (world / "world.json").write_text("{}")
+    return {"mllmu": fb.write_mllmu(base / "mllmu"), "clear": fb.write_clear(base / "clear"),
+            "umu": fb.write_umu(base / "umu"), "builtin": world}
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    rc = main(args)
+    captured = capsys.readouterr()
+    return rc, captured.err.strip().splitlines()[-1] if rc else captured.out
+
+
+def one_line_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    capsys.readouterr()  # what earlier set-up printed
+    rc = main(args)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("unsee: error: "), err
+    return err
+
+
+# --------------------------------------------------------------------------- detection
+
+
+@pytest.mark.parametrize("kind", ["builtin", *KINDS])
+def test_each_layout_is_detected(roots: dict[str, Path], kind: str) -> None:
+    assert api.detect_benchmark(roots[kind]) == kind
+
+
+def test_umu_is_not_read_as_mllmu(roots: dict[str, Path]) -> None:
+    """Both have Full_Set/ and forget_10/: the columns decide, and the UMU loader reads it."""
+    suite = api.load_suite(roots["umu"], "forget_10")
+    assert suite.info["benchmark"] == "umu"
+    assert {e.pair_key for e in suite.groups["forget"]} == {e.pair_key for e in suite.groups["text_forget"]}
+
+
+def test_detection_says_what_it_found(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    eval_args = ["eval", "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "r.json"), "--data"]
+    assert "does not exist" in one_line_error([*eval_args, str(tmp_path / "nowhere")], capsys)
+    (tmp_path / "file.parquet").write_text("x")
+    assert "is a file, not a folder" in one_line_error([*eval_args, str(tmp_path / "file.parquet")], capsys)
+    (tmp_path / "empty").mkdir()
+    assert "empty folder" in one_line_error([*eval_args, str(tmp_path / "empty")], capsys)
+    other = tmp_path / "other" / "scores"
+    other.mkdir(parents=True)
+    pq.write_table(pa.table({"user": ["a"], "score": [1]}), other / "train-00000-of-00001.parquet")
+    err = one_line_error([*eval_args, str(tmp_path / "other")], capsys)
+    assert "cannot tell which benchmark" in err and "scores ['user', 'score']" in err
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize(("forced", "held", "missing"), [
+    ("umu", "mllmu", "['Classify', 'Cloze', 'Generation']"),
+    ("mllmu", "umu", "['Classification_Task', 'Generation_Task', 'Mask_Task']"),
+    ("clear", "umu", "none of the configs ['forget05'"),
+    ("builtin", "mllmu", "no world.json"),
+])
+def test_forced_benchmark_names_what_is_missing(roots: dict[str, Path], tmp_path: Path, forced: str, held: str,
+                                                missing: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Refused before the model loads: the model path does not even exist."""
+    err = one_line_error(["eval", "--model", str(tmp_path / "no-model"), "--data", str(roots[held]),
+                          "--out", str(tmp_path / "r.json"), "--benchmark", forced], capsys)
+    assert f"--benchmark {forced}" in err and missing in err
+
+
+def test_forced_benchmark_that_fits_is_used(roots: dict[str, Path]) -> None:
+    assert api.detect_benchmark(roots["clear"], benchmark="clear") == "clear"
+    assert api.load_suite(roots["mllmu"], "forget_5", benchmark="mllmu").info["benchmark"] == "mllmu"
+
+
+# --------------------------------------------------------------------------- hub ids
+
+
+def test_hub_id_offline_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.chdir(tmp_path)
+    err = one_line_error(["eval", "--model", "m", "--data", "MLLMMU/MLLMU-Bench", "--out", "r.json"], capsys)
+    assert "MLLMMU/MLLMU-Bench" in err and "HF_HUB_OFFLINE=1" in err
+    assert "huggingface-cli download MLLMMU/MLLMU-Bench --repo-type dataset --local-dir DIR" in err
+    assert "--data DIR" in err
+
+
+class FakeSnapshot:
+    """Stands in for ``huggingface_hub.snapshot_download``: a fixture folder is the "download"."""
+
+    def __init__(self, root: Path, tmp: Path) -> None:
+        self.commit = "0123456789abcdef0123456789abcdef01234567"
+        self.path = Path(shutil.copytree(root, tmp / "snapshots" / self.commit))
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, repo: str, **kw: Any) -> str:
+        from huggingface_hub.errors import RevisionNotFoundError
+
+        self.calls.append({"repo": repo, **kw})
+        if kw.get("revision") == "no-such-branch":
+            response = SimpleNamespace(headers={}, request=None)  # what the error reads of an HTTP response
+            raise RevisionNotFoundError("404 Client Error: Revision Not Found", response=response)  # type: ignore[arg-type]
+        return str(self.path)
+
+
+def test_hub_id_is_read_from_its_snapshot_and_recorded(roots: dict[str, Path], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    fake = FakeSnapshot(roots["umu"], tmp_path)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    monkeypatch.chdir(tmp_path)
+    suite = api.load_suite("linbojunzi/UMU-bench", "forget_5", revision="v1")
+    assert suite.info["benchmark"] == "umu"
+    assert fake.calls[0]["repo"] == "linbojunzi/UMU-bench" and fake.calls[0]["revision"] == "v1"
+    assert fake.calls[0]["repo_type"] == "dataset"
+    data = suite.info["data"]
+    assert data == {"source": "linbojunzi/UMU-bench", "path": str(fake.path), "revision": "v1",
+                    "commit": fake.commit, "fingerprint": data_fingerprint(roots["umu"])}
+    run = api.make_run("vanilla", {"forget": {"n": 0}}, model="m", suite=suite, forget="forget_5", seed=0)
+    validate_results(new_results([run]))
+    assert run["data"]["commit"] == fake.commit
+    bad = dict(run, data={**data, "fingerprint": "not hex"})
+    with pytest.raises(Exception, match="fingerprint"):
+        validate_results(new_results([bad]))
+
+
+def test_missing_revision_is_one_line(roots: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", FakeSnapshot(roots["umu"], tmp_path))
+    monkeypatch.chdir(tmp_path)
+    err = one_line_error(["eval", "--model", "m", "--data", "linbojunzi/UMU-bench", "--revision", "no-such-branch",
+                          "--out", "r.json"], capsys)
+    assert "linbojunzi/UMU-bench has no revision 'no-such-branch'" in err
+
+
+def test_revision_of_a_local_folder_is_refused(roots: dict[str, Path], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    err = one_line_error(["eval", "--model", "m", "--data", str(roots["umu"]), "--revision", "main",
+                          "--out", str(tmp_path / "r.json")], capsys)
+    assert "--revision 'main' applies to a hub dataset id" in err
+
+
+def test_local_folder_is_recorded_with_its_fingerprint(roots: dict[str, Path]) -> None:
+    data = api.load_suite(roots["clear"], "forget05").info["data"]
+    assert data == {"source": str(roots["clear"]), "path": str(roots["clear"]),
+                    "fingerprint": data_fingerprint(roots["clear"])}
+
+
+# --------------------------------------------------------------------------- finetune and retrain
+
+
+def weights(model: Path) -> dict[str, Any]:
+    return load_file(str(model / "model.safetensors"))
+
+
+def changed(a: Path, b: Path) -> list[str]:
+    wa, wb = weights(a), weights(b)
+    return [k for k in wa if not wa[k].float().equal(wb[k].float())]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+def test_finetune_and_retrain_each_benchmark(roots: dict[str, Path], tiny_models: TinyModels, tmp_path: Path,
+                                             kind: str, capsys: pytest.CaptureFixture[str]) -> None:
+    base = tiny_models.dir("tiny-llava")
+    cache = tmp_path / "cache"
+    common = ["--data", str(roots[kind]), "--cache-dir", str(cache)]
+    rc, out = run_cli(["finetune", "--model", str(base), "--out", str(tmp_path / "vanilla"), *common, *FAST], capsys)
+    assert rc == 0, out
+    record = json.loads((tmp_path / "vanilla" / "unsee_vanilla.json").read_text())
+    assert record["benchmark"] == kind and record["split"] == {"mllmu": "ft_Data", "clear": "full+tofu",
+                                                               "umu": "Full_Set"}[kind]
+    assert record["pairs"] == FT_PAIRS[kind][0] and record["stats"]["steps"] == 2
+    assert record["recipe"]["scope"] == "lora" and record["recipe"]["lr"] == 1e-3  # the preset, overridden
+    assert not any("lora_" in k for k in weights(tmp_path / "vanilla"))  # merged on save
+    assert changed(base, tmp_path / "vanilla")  # the language model learnt something
+    assert not list(cache.glob("*.partial"))  # the checkpoint goes once the entry is saved
+
+    rc, out = run_cli(["retrain", "--model", str(tmp_path / "vanilla"), "--out", str(tmp_path / "retrained"),
+                       *common], capsys)
+    assert rc == 0, out
+    ref = json.loads((tmp_path / "retrained" / "unsee_retrained.json").read_text())
+    total, theirs = FT_PAIRS[kind]
+    assert ref["forget"] == "forget_10" and ref["dropped_pairs"] == theirs and ref["pairs"] == total - theirs
+    assert ref["recipe"] == record["recipe"] and ref["base_model"] == str(base)
+    assert changed(tmp_path / "vanilla", tmp_path / "retrained")  # other data, another model
+
+    # the same fine-tune again comes from the cache, untrained
+    rc, out = run_cli(["finetune", "--model", str(base), "--out", str(tmp_path / "again"), *common, *FAST], capsys)
+    assert rc == 0, out
+    assert json.loads((tmp_path / "again" / "unsee_vanilla.json").read_text())["cached"] is True
+    assert not changed(tmp_path / "vanilla", tmp_path / "again")
+
+
+def test_download_without_the_finetune_split_is_one_line(tmp_path: Path, tiny_models: TinyModels,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    partial = fb.write_clear(tmp_path / "clear", full=False)
+    err = one_line_error(["finetune", "--model", str(tmp_path / "no-model"), "--data", str(partial),
+                          "--out", str(tmp_path / "v")], capsys)
+    assert "CLEAR's fine-tune split 'full+tofu' is not in" in err
+    assert "--include 'full+tofu/*'" in err
+    mllmu = fb.write_mllmu(tmp_path / "mllmu")
+    shutil.rmtree(mllmu / "ft_Data")
+    err = one_line_error(["finetune", "--model", str(tmp_path / "no-model"), "--data", str(mllmu),
+                          "--out", str(tmp_path / "v")], capsys)
+    assert "MLLMU-Bench's fine-tune split 'ft_Data'" in err
+    assert not (tmp_path / "v").exists()
+
+
+def test_recipes_belong_to_their_data(roots: dict[str, Path], tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    err = one_line_error(["finetune", "--model", str(tmp_path / "m"), "--data", str(roots["umu"]),
+                          "--out", str(tmp_path / "v"), "--config", "quick"], capsys)
+    assert "recipe 'quick' trains the built-in world" in err
+    err = one_line_error(["finetune", "--model", str(tmp_path / "m"), "--data", str(roots["builtin"]),
+                          "--out", str(tmp_path / "v"), "--config", "mllmu"], capsys)
+    assert "recipe 'mllmu' is a public benchmark's" in err
+    err = one_line_error(["finetune", "--model", str(tmp_path / "m"), "--data", str(roots["mllmu"]),
+                          "--out", str(tmp_path / "v"), "epochs=0"], capsys)
+    assert "nothing would train" in err
+
+
+def test_retrain_needs_a_benchmark_vanilla(roots: dict[str, Path], tiny_models: TinyModels, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    err = one_line_error(["retrain", "--model", str(tiny_models.dir("tiny-llava")), "--data", str(roots["umu"]),
+                          "--out", str(tmp_path / "r")], capsys)
+    assert "was not made by unsee finetune" in err
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_presets_load(kind: str) -> None:
+    from unsee.finetune_bench import load_recipe
+
+    cfg = load_recipe(kind, None)
+    assert cfg.scope == "lora" and cfg.dtype == "bf16" and cfg.gradient_checkpointing
+    assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.lora_r, cfg.lora_alpha) == {
+        "mllmu": (5, 2e-5, 4, 16, 16), "clear": (3, 1e-5, 8, 8, 32), "umu": (5, 2e-5, 4, 8, 16)}[kind]
