@@ -270,3 +270,68 @@ def test_presets_load(kind: str) -> None:
     assert cfg.scope == "lora" and cfg.dtype == "bf16" and cfg.gradient_checkpointing
     assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.lora_r, cfg.lora_alpha) == {
         "mllmu": (5, 2e-5, 4, 16, 16), "clear": (3, 1e-5, 8, 8, 32), "umu": (5, 2e-5, 4, 8, 16)}[kind]
+
+
+class _Stop(Exception):
+    """Stands for the user's Ctrl-C at a chosen step."""
+
+
+@pytest.mark.slow
+def test_an_interrupted_finetune_resumes_to_the_same_model(roots: dict[str, Path], tiny_models: TinyModels,
+                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from unsee import finetune_bench
+
+    base = tiny_models.dir("tiny-llava")
+    opts = [o for o in FAST if not o.startswith("max_steps")] + ["max_steps=5", "checkpoint_every=2",
+                                                                 "lora_dropout=0"]
+    args = ["finetune", "--model", str(base), "--data", str(roots["mllmu"]), *opts]
+    rc, out = run_cli([*args, "--out", str(tmp_path / "whole"), "--cache-dir", str(tmp_path / "c1")], capsys)
+    assert rc == 0, out
+
+    real = finetune_bench._SFT.loss
+
+    def stop_at_3(self: Any, ctx: Any, batch: Any) -> Any:
+        if ctx.step == 3:
+            raise KeyboardInterrupt
+        return real(self, ctx, batch)
+
+    monkeypatch.setattr(finetune_bench._SFT, "loss", stop_at_3)
+    assert main([*args, "--out", str(tmp_path / "resumed"), "--cache-dir", str(tmp_path / "c2")]) == 130
+    assert list((tmp_path / "c2").glob("*.partial")) and not (tmp_path / "resumed").exists()
+    monkeypatch.setattr(finetune_bench._SFT, "loss", real)
+    rc, out = run_cli([*args, "--out", str(tmp_path / "resumed"), "--cache-dir", str(tmp_path / "c2")], capsys)
+    assert rc == 0, out
+    assert not changed(tmp_path / "whole", tmp_path / "resumed")
+    assert changed(base, tmp_path / "resumed")
+
+
+@pytest.mark.slow
+def test_finetune_on_qwen2_vl(roots: dict[str, Path], tiny_models: TinyModels, tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    base = tiny_models.dir("tiny-qwen2-vl")
+    rc, out = run_cli(["finetune", "--model", str(base), "--data", str(roots["clear"]), "--out", str(tmp_path / "v"),
+                       "--cache-dir", str(tmp_path / "c"), *FAST], capsys)
+    assert rc == 0, out
+    assert changed(base, tmp_path / "v")
+    assert json.loads((tmp_path / "v" / "config.json").read_text())["model_type"] == "qwen2_vl"
+
+
+@pytest.mark.slow
+def test_finetune_under_two_processes_matches_one(roots: dict[str, Path], tiny_models: TinyModels,
+                                                  tmp_path: Path) -> None:
+    """`accelerate launch -m unsee.cli finetune`: each process trains its share of every batch;
+    the first writes the model, the same as one process does."""
+    from test_scale import launch
+
+    base = tiny_models.dir("tiny-llava")
+    opts = [o for o in FAST if not o.startswith("batch_size")] + ["batch_size=4", "lora_dropout=0"]
+    common = ["--model", str(base), "--data", str(roots["umu"]), *opts]
+    proc = launch("-m", "unsee.cli", "finetune", *common, "--out", str(tmp_path / "two"),
+                  "--cache-dir", str(tmp_path / "c2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert main(["finetune", *common, "--out", str(tmp_path / "one"), "--cache-dir", str(tmp_path / "c1")]) == 0
+    start, one, two = (weights(p) for p in (base, tmp_path / "one", tmp_path / "two"))
+    moved = sum(float((one[k].float() - start[k].float()).pow(2).sum()) for k in one)
+    apart = sum(float((two[k].float() - one[k].float()).pow(2).sum()) for k in one)
+    assert moved > 0 and apart < 1e-4 * moved
