@@ -49,9 +49,9 @@ def detect_benchmark(data: Any, benchmark: str | None = None, revision: str | No
     ``data`` is a folder or a hub dataset id (downloaded at ``revision``). ``benchmark`` forces
     the answer after checking that the folder has that benchmark's configs and columns.
     """
-    from unsee.data.detect import benchmark_of, resolve
+    from unsee.data.detect import benchmark_of, local_path
 
-    return benchmark_of(resolve(data, revision).path, benchmark)
+    return benchmark_of(local_path(data, revision)[0], benchmark)
 
 
 def load_suite(data: Any, forget: str | Sequence[str] = "forget_10", *, benchmark: str | None = None,

@@ -201,7 +201,7 @@ def finetune_benchmark(model: str | Path, ref: DataRef, kind: str, out: str | Pa
     if forget is not None:
         examples, dropped = without_forget(kind, ref.path, examples, forget)
     turns = qa_turns(examples)  # decodes every image now: a corrupt one stops the run before training
-    model = local_model(model)
+    given, model = str(model), local_model(model)
     entry = (Path(cache_dir) if cache_dir else default_cache()) / "{}-{}-{}".format(
         "retrained" if forget else "vanilla", kind, _key(model, ref, split, cfg, forget))
     cached = _done(entry)
@@ -210,7 +210,8 @@ def finetune_benchmark(model: str | Path, ref: DataRef, kind: str, out: str | Pa
         if not _train(model, turns, cfg, entry, desc):
             return Path(out)
     record: dict[str, Any] = {
-        "benchmark": kind, "base_model": str(model), "base_fingerprint": model_fingerprint(model),
+        "benchmark": kind, "base_model": str(model), "base_model_given": given,
+        "base_fingerprint": model_fingerprint(model),
         "data": ref.record(), "split": split, "split_fingerprint": data_fingerprint(ref.path, [split]),
         "pairs": len(turns), "recipe": to_dict(cfg), "cached": cached,
     }

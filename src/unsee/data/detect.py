@@ -152,22 +152,29 @@ def data_fingerprint(root: str | Path, configs: Iterable[str] | None = None) -> 
     return _FINGERPRINTS[stats]
 
 
+def local_path(data: str | Path | DataRef, revision: str | None = None) -> tuple[Path, str | None]:
+    """The folder to read for ``data`` and the hub commit it came from (None for a local folder)."""
+    if isinstance(data, DataRef):
+        return Path(data.path), data.commit
+    path = Path(data).expanduser()
+    if path.exists() or not is_hub_id(str(data)):
+        if revision is not None:
+            raise DataError(f"--revision {revision!r} applies to a hub dataset id; {data} is a local path")
+        describe_missing(path)
+        return path, None
+    return download(str(data), revision)
+
+
 def resolve(data: str | Path | DataRef, revision: str | None = None) -> DataRef:
-    """A folder as it is, or a hub id downloaded (or found in the cache); refused: anything else.
+    """A folder as it is, or a hub id downloaded (or found in the cache), with the files' fingerprint.
 
     A :class:`DataRef` passes through, so that a command resolving once (and hashing the
     files once) can load several splits.
     """
     if isinstance(data, DataRef):
         return data
-    path = Path(data).expanduser()
-    if path.exists() or not is_hub_id(str(data)):
-        if revision is not None:
-            raise DataError(f"--revision {revision!r} applies to a hub dataset id; {data} is a local path")
-        describe_missing(path)
-        return DataRef(str(data), str(path), None, None, data_fingerprint(path))
-    local, commit = download(str(data), revision)
-    return DataRef(str(data), str(local), revision, commit, data_fingerprint(local))
+    path, commit = local_path(data, revision)
+    return DataRef(str(data), str(path), revision, commit, data_fingerprint(path))
 
 
 # --------------------------------------------------------------------------- detection
