@@ -108,13 +108,34 @@ def test_forced_benchmark_that_fits_is_used(roots: dict[str, Path]) -> None:
 
 def test_hub_id_offline_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.chdir(tmp_path)
     err = one_line_error(["eval", "--model", "m", "--data", "MLLMMU/MLLMU-Bench", "--out", "r.json"], capsys)
     assert "MLLMMU/MLLMU-Bench" in err and "HF_HUB_OFFLINE=1" in err
     assert "huggingface-cli download MLLMMU/MLLMU-Bench --repo-type dataset --local-dir DIR" in err
     assert "--data DIR" in err
+
+
+def test_hub_id_offline_reads_the_cached_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub id already in the cache works offline, through huggingface_hub's own cache lookup."""
+    import huggingface_hub.constants
+
+    commit = "a" * 40
+    repo = tmp_path / "datasets--linbojunzi--UMU-bench"
+    fb.write_umu(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    suite = api.load_suite("linbojunzi/UMU-bench", "forget_5")
+    assert suite.info["benchmark"] == "umu"
+    assert suite.info["data"]["commit"] == commit and suite.info["data"]["source"] == "linbojunzi/UMU-bench"
+    with pytest.raises(Exception, match="at revision 'v2' is not in the local cache"):
+        api.load_suite("linbojunzi/UMU-bench", "forget_5", revision="v2")
 
 
 class FakeSnapshot:
