@@ -274,6 +274,9 @@ def test_recipes_belong_to_their_data(roots: dict[str, Path], tmp_path: Path,
     err = one_line_error(["finetune", "--model", str(tmp_path / "m"), "--data", str(roots["mllmu"]),
                           "--out", str(tmp_path / "v"), "epochs=0"], capsys)
     assert "nothing would train" in err
+    err = one_line_error(["finetune", "--model", str(tmp_path / "m"), "--data", str(roots["mllmu"]),
+                          "--out", str(tmp_path / "v"), "scope=everything"], capsys)
+    assert "scope 'everything' is not one of" in err
 
 
 def test_retrain_needs_a_benchmark_vanilla(roots: dict[str, Path], tiny_models: TinyModels, tmp_path: Path,

@@ -38,7 +38,7 @@ from unsee.finetune import STAGE_FILE, _done, _partial, default_cache
 from unsee.io import atomic_dir, check_output_dir, content_hash, source_fingerprint
 from unsee.methods.base import BaseMethod, nll
 from unsee.models import load_adapter, model_fingerprint
-from unsee.models.base import HFAdapter, Turn
+from unsee.models.base import SCOPES, HFAdapter, Turn
 
 VANILLA_FILE, RETRAINED_FILE = "unsee_vanilla.json", "unsee_retrained.json"
 RECIPES = ("mllmu", "clear", "umu")
@@ -78,6 +78,8 @@ class BenchFinetuneConfig:
             raise ConfigError("lr and batch_size must be positive; epochs and max_steps non-negative")
         if self.epochs == 0 and self.max_steps == 0:
             raise ConfigError("epochs and max_steps are both 0: nothing would train")
+        if self.scope not in SCOPES:
+            raise ConfigError(f"scope {self.scope!r} is not one of {', '.join(SCOPES)}")
 
 
 class _SFT(BaseMethod):
