@@ -228,6 +228,7 @@ def test_finetune_and_retrain_each_benchmark(roots: dict[str, Path], tiny_models
                                                                "umu": "Full_Set"}[kind]
     assert record["pairs"] == FT_PAIRS[kind][0] and record["stats"]["steps"] == 2
     assert record["recipe"]["scope"] == "lora" and record["recipe"]["lr"] == 1e-3  # the preset, overridden
+    assert record["recipe"]["seed"] == (42 if kind == "clear" else 0)  # the preset's own, without --seed
     assert not any("lora_" in k for k in weights(tmp_path / "vanilla"))  # merged on save
     assert changed(base, tmp_path / "vanilla")  # the language model learnt something
     assert not list(cache.glob("*.partial"))  # the checkpoint goes once the entry is saved

@@ -5,6 +5,9 @@
     api.init_model("tiny-llava", "m0", world="w")
     api.finetune("m0", "w", "vanilla", config="quick")
     api.retrain("vanilla", "w", "retrained", forget="forget_10")
+    # a public benchmark, from the hub: its own vanilla model and retrained reference
+    api.finetune("llava-hf/llava-1.5-7b-hf", "MLLMMU/MLLMU-Bench", "mllmu-vanilla", config="mllmu")
+    api.retrain("mllmu-vanilla", "MLLMMU/MLLMU-Bench", "mllmu-retrained", forget="forget_5")
     api.unlearn("cvf_ncu", "vanilla", "w", "out")
     api.evaluate("out/model", "w", "out/eval.json")
 """

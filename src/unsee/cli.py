@@ -158,6 +158,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--config", default=None, help="recipe file or shipped name: default, quick (built-in world); "
                    "mllmu, clear, umu (public benchmarks; default: the detected benchmark's own)")
     _data_options(f)
+    f.set_defaults(seed=None)  # without --seed, the recipe's own seed (CLEAR's is 42)
     f.add_argument("--cache-dir", default=None, help="stage cache (default: ~/.cache/unsee)")
 
     rt = _command(sub, "retrain", "the vanilla model's fine-tune again without the forget people's photos: "
