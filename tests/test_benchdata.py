@@ -360,3 +360,16 @@ def test_finetune_under_two_processes_matches_one(roots: dict[str, Path], tiny_m
     moved = sum(float((one[k].float() - start[k].float()).pow(2).sum()) for k in one)
     apart = sum(float((two[k].float() - one[k].float()).pow(2).sum()) for k in one)
     assert moved > 0 and apart < 1e-4 * moved
+
+
+def test_the_world_keeps_its_staged_recipe(roots: dict[str, Path], tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the built-in world, `unsee finetune` is the staged recipe, with its own default config and seed."""
+    import unsee.finetune as world_ft
+
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(world_ft, "finetune", lambda *a, **k: calls.append((a, k)) or Path(a[2]))
+    assert main(["finetune", "--model", "m", "--data", str(roots["builtin"]), "--out", str(tmp_path / "v")]) == 0
+    (model, data, out), kw = calls[0]
+    assert (model, Path(data), Path(out)) == ("m", roots["builtin"], tmp_path / "v")
+    assert kw["config"] == "default" and kw["seed"] is None
