@@ -123,7 +123,7 @@ def _train(model: str | Path, turns: list[Turn], cfg: BenchFinetuneConfig, path:
 
     The checkpoint beside the entry makes an interrupted run resume where it stopped.
     """
-    from unsee.api import _save_model, is_main_process
+    from unsee.api import _save_model, is_main_process, model_name
     from unsee.engine.trainer import TrainConfig, train
 
     adapter: HFAdapter = load_adapter(model, dtype=cfg.dtype)
@@ -143,7 +143,7 @@ def _train(model: str | Path, turns: list[Turn], cfg: BenchFinetuneConfig, path:
     stats = {"first_nll": float(res.losses[0]), "final_nll": float(np.mean(tail)), "steps": res.steps,
              "trainable_params": res.trainable_params}
     with atomic_dir(path, overwrite=True) as tmp:
-        _save_model(adapter, tmp)  # LoRA merged: the entry loads without peft
+        _save_model(adapter, tmp, model_name(model))  # LoRA merged: the entry loads without peft
         (tmp / STAGE_FILE).write_text(json.dumps({"stage": path.name, "stats": stats, "config": to_dict(cfg),
                                                   "seconds": time.perf_counter() - t0}, indent=2))
     remove_checkpoint(_partial(path))
