@@ -25,6 +25,7 @@ from unsee import retrain as _retrain
 from unsee.config import ConfigError, load_config, parse_overrides, read_config_file, to_dict
 from unsee.data import world as _world
 from unsee.data.collate import image_of, qa_turns
+from unsee.data.request import is_request_file, load_request_suite
 from unsee.data.schema import Suite
 from unsee.errors import DataError, OutputExistsError
 from unsee.io import (
@@ -41,31 +42,38 @@ from unsee.models import shapes as _shapes
 from unsee.models import tiny as _tiny
 from unsee.models.base import HFAdapter, Turn
 
-__all__ = ["attack", "audit_adapter", "build_world", "detect_benchmark", "evaluate", "finetune", "init_model",
+__all__ = ["attack", "audit_adapter", "build_world", "detect_benchmark", "evaluate", "finetune", "forget", "init_model",
            "init_shaped", "load_suite", "print_results", "report", "retrain", "unlearn"]
 
 
 # ---- data ----------------------------------------------------------------------------------
 def detect_benchmark(data: Any, benchmark: str | None = None, revision: str | None = None) -> str:
-    """Which loader reads ``data``: ``builtin``, ``mllmu``, ``clear`` or ``umu``.
+    """Which loader reads ``data``: ``builtin``, ``mllmu``, ``clear`` or ``umu`` (``request`` for a
+    removal request file).
 
     ``data`` is a folder or a hub dataset id (downloaded at ``revision``). ``benchmark`` forces
     the answer after checking that the folder has that benchmark's configs and columns.
     """
     from unsee.data.detect import benchmark_of, local_path
 
+    if isinstance(data, str | Path) and is_request_file(data):
+        return "request"
     return benchmark_of(local_path(data, revision)[0], benchmark)
 
 
 def load_suite(data: Any, forget: str | Sequence[str] = "forget_10", *, benchmark: str | None = None,
                revision: str | None = None, **kw: Any) -> Suite:
-    """A benchmark from a folder, a hub id or a resolved :class:`~unsee.data.detect.DataRef`, as a Suite.
+    """A benchmark from a folder, a hub id or a resolved :class:`~unsee.data.detect.DataRef`, as a Suite;
+    or a removal request file (docs/requests.md), whose ``forget`` is then ignored.
 
     ``suite.info["data"]`` says where it came from (results.json's ``data``).
     """
     from unsee.data import load_benchmark
     from unsee.data.detect import benchmark_of, resolve
 
+    if isinstance(data, str | Path) and is_request_file(data):
+        return load_request_suite(data, seed=kw.get("seed", 0), method=kw.get("method"))
+    kw.pop("method", None)
     ref = resolve(data, revision)
     suite = load_benchmark(benchmark_of(ref.path, benchmark), ref.path, forget, **kw)
     suite.info["data"] = ref.record()
@@ -101,10 +109,18 @@ def _local(*paths: Any) -> list[Any]:
 
 # ---- commands that build inputs --------------------------------------------------------------
 # Each checks its output before any work: not an input, not inside or around one, writable.
-def build_world(out: str | Path, *, config: Any = "default", overwrite: bool = False, **kw: Any) -> Path:
-    """``unsee world``: the built-in benchmark (:func:`unsee.data.world.build_world`)."""
+def build_world(out: str | Path, *, config: Any = "default", overwrite: bool = False, example: bool = True,
+                **kw: Any) -> Path:
+    """``unsee world``: the built-in benchmark (:func:`unsee.data.world.build_world`) and, with ``example``,
+    a removal request made of its ``forget_10`` people in ``out/request/``
+    (:func:`unsee.data.request_example.write_world_request`)."""
+    from unsee.data.request_example import write_world_request
+
     check_output_dir(out, overwrite=overwrite, inputs=_local(config))
-    return _world.build_world(out, config=config, overwrite=overwrite, **kw)
+    path = _world.build_world(out, config=config, overwrite=overwrite, **kw)
+    if example:
+        write_world_request(path, path / "request", overwrite=True)
+    return path
 
 
 def init_model(arch: str, out: str | Path, *, world: str | Path | None = None, overwrite: bool = False,
@@ -369,11 +385,15 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
         overrides = with_override(overrides, "report_to", report_to)
     check_launch(method, config, overrides)  # reject unknown methods, options and launches before any work
     reqs = _requests(requests)
+    if reqs and is_request_file(data):
+        raise ConfigError("several request files run one after another with `unsee forget --requests A,B,...`")
     if reqs:
         return continual(method, model, data, out, reqs, config=config, overrides=overrides, seed=seed,
                          overwrite=overwrite, allow_pickle=allow_pickle, dtype=dtype, benchmark=benchmark,
                          revision=revision)
-    suite = load_suite(data, forget, seed=seed, benchmark=benchmark, revision=revision)
+    suite = load_suite(data, forget, seed=seed, benchmark=benchmark, revision=revision, method=method)
+    if suite.info.get("benchmark") == "request":
+        forget = Path(data).stem
     check_forget(suite)
     check_images(suite)
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
@@ -396,7 +416,8 @@ def unlearn_and_save(method: str, adapter: HFAdapter, suite: Suite, *, steering_
                      model: str, base_model: str, base_hash: str, forget: str, seed: int, config: Any = None,
                      overrides: Any = (), vanilla: Mapping[str, Any] | None = None, evaluate_after: bool = True,
                      eval_kw: Mapping[str, Any] | None = None, audit: bool = False,
-                     audit_overrides: Any = (), audit_kinds: Sequence[str] | None = None) -> tuple[dict, Path | None]:
+                     audit_overrides: Any = (), audit_kinds: Sequence[str] | None = None,
+                     forgotten_images: Sequence[Any] = (), save: bool = True) -> tuple[dict, Path | None]:
     """Honour one removal request on a loaded model and record it: the run and the artefact a user ships.
 
     ``unsee unlearn`` and the demo both go through here, so that a run's cost, metrics,
@@ -407,7 +428,8 @@ def unlearn_and_save(method: str, adapter: HFAdapter, suite: Suite, *, steering_
 
     With ``audit`` the result is attacked (:mod:`unsee.eval.attacks`) before it is saved, and
     the run and the model card carry the ``attacks``; the probe's baseline is a visual-only
-    copy taken before unlearning.
+    copy taken before unlearning. ``save=False`` leaves the saving to the caller (a continual
+    run saves once, after its last request); ``forgotten_images`` are the earlier requests'.
 
     Returns the run (as in results.json) and the steering file (None for training methods).
     """
@@ -430,7 +452,7 @@ def unlearn_and_save(method: str, adapter: HFAdapter, suite: Suite, *, steering_
             resolved = to_dict(ecfg)
         else:
             res, resolved = unlearn_adapter(method, adapter, suite, config=config, overrides=overrides, seed=seed,
-                                            logging_dir=steering_dir / "logs")
+                                            logging_dir=steering_dir / "logs", forgotten_images=forgotten_images)
             info, trainable, opt_bytes = res.info, res.trainable_params, res.optimizer_state_bytes
             history = res.history
     meter.record_model(None)
@@ -443,7 +465,7 @@ def unlearn_and_save(method: str, adapter: HFAdapter, suite: Suite, *, steering_
     if audit:
         run["attacks"] = audit_adapter(adapter, suite, kinds=audit_kinds, steering=steering, vanilla=before,
                                        seed=seed, overrides=audit_overrides, strict=False)
-    if steering is None:
+    if steering is None and save:
         _save_model(adapter, model_dir, model)
         card = model_card(run, vanilla, base_model=base_model, base_hash=base_hash,
                           forgotten=list(suite.forget_entities), audits=None)
@@ -581,6 +603,14 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
         run = make_run(method, {}, model=model_name(model), suite=suite, forget=forget, seed=seed, attacks=found)
         write_results(out, new_results([run]))
     return found
+
+
+def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None, out: str | Path,
+           **kw: Any) -> Path:
+    """``unsee forget``: a removal request from the user's own photos (:func:`unsee.forget.forget`)."""
+    from unsee.forget import forget as run_forget
+
+    return run_forget(model, request, out, **kw)
 
 
 def demo(out: str | Path, *, overwrite: bool = False, config: Any = None, cache_dir: str | Path | None = None,

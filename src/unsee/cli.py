@@ -55,8 +55,10 @@ def _data_options(p: argparse.ArgumentParser) -> None:
 def _world(a: argparse.Namespace) -> None:
     from unsee import api
 
-    out = api.build_world(a.out, seed=a.seed, config=a.config, overrides=a.overrides, overwrite=a.overwrite)
-    print(f"world written to {out}")
+    out = api.build_world(a.out, seed=a.seed, config=a.config, overrides=a.overrides, overwrite=a.overwrite,
+                          example=not a.no_example)
+    example = "" if a.no_example else f"; an example removal request: {out}/request/request.yaml"
+    print(f"world written to {out}{example}")
 
 
 def _model_init(a: argparse.Namespace) -> None:
@@ -96,6 +98,16 @@ def _unlearn(a: argparse.Namespace) -> None:
         benchmark=a.benchmark, revision=a.revision,
     )
     print(f"unlearned output written to {out}")
+
+
+def _forget(a: argparse.Namespace) -> None:
+    from unsee import api
+
+    out = api.forget(a.model, a.request, a.out, requests=a.requests, method=a.method, config=a.config,
+                     overrides=a.overrides, seed=a.seed, overwrite=a.overwrite, audit=not a.no_audit,
+                     audit_overrides=a.audit_set, hide_names=a.hide_names, allow_pickle=a.allow_pickle,
+                     dtype=a.dtype)
+    print(f"unlearned model and evidence written to {out} (report.md, evidence.html)")
 
 
 def _eval(a: argparse.Namespace) -> None:
@@ -141,6 +153,7 @@ def parser() -> argparse.ArgumentParser:
     w = _command(sub, "world", "write the built-in benchmark (MLLMU-Bench layout)", _world, required=["out"],
                  overrides=True)
     w.add_argument("--config", default="default", help="a YAML/JSON file or a shipped name: quick, default")
+    w.add_argument("--no-example", action="store_true", help="do not write the example removal request (DIR/request/)")
 
     m = sub.add_parser("model", help="model utilities")
     msub = m.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
@@ -170,7 +183,7 @@ def parser() -> argparse.ArgumentParser:
 
     u = _command(sub, "unlearn", "run an unlearning method", _unlearn, required=["method", "model", "data", "out"],
                  overrides=True)
-    u.add_argument("--forget", default="forget_10")
+    u.add_argument("--forget", default="forget_10", help="the forget split (ignored when --data is a request file)")
     u.add_argument("--requests", default=None, help="continual: forget_r1,forget_r2,... or a file listing them")
     u.add_argument("--config", default=None)
     _load_options(u)
@@ -180,6 +193,20 @@ def parser() -> argparse.ArgumentParser:
                    help="an option of the audits (repeatable), e.g. --audit-set relearn_steps=50")
     u.add_argument("--report-to", default=None, metavar="TRACKER",
                    help="also send the training losses to tensorboard or wandb (comma-separated; logs in OUT/logs)")
+
+    fg = _command(sub, "forget", "honour a removal request made of your own photos, with the evidence", _forget,
+                  required=["model", "out"], overrides=True)
+    which_req = fg.add_mutually_exclusive_group(required=True)
+    which_req.add_argument("--request", help="the request file (YAML or JSON; docs/requests.md)")
+    which_req.add_argument("--requests", help="several request files, run in this order (continual): A,B,...")
+    fg.add_argument("--method", default="cvf_ncu")
+    fg.add_argument("--config", default=None)
+    fg.add_argument("--hide-names", action="store_true",
+                    help="the model card lists salted hashes of the names; the salt goes to OUT/names-salt.txt")
+    fg.add_argument("--no-audit", action="store_true", help="skip the robustness audits")
+    fg.add_argument("--audit-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an option of the audits (repeatable), e.g. --audit-set relearn_steps=50")
+    _load_options(fg)
 
     e = _command(sub, "eval", "evaluate a model on a benchmark", _eval, required=["model", "data", "out"])
     e.add_argument("--forget", default="forget_10")

@@ -3,26 +3,113 @@
 An unlearned model is only trustworthy with its evidence attached: which base it came
 from (and the exact weights, by hash), what was removed, how, what it cost, and how it
 measured before and after, including the attacks that try to bring the knowledge back.
-The card names forgotten people by entity ID only, so that it does not itself re-publish
-what was removed.
+It opens with a one-line verdict, so that a reader who stops there still learns what the
+audits found. The card names forgotten people by entity ID, or (for a removal request) by
+name or salted hash, and never shows their images.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from unsee import __version__
-from unsee.report.tables import DASH, MIB, fmt_change, headline_key, ordered_groups, score_of
+from unsee.report.tables import CHANCE, DASH, MIB, fmt_change, headline_key, ordered_groups, score_of
 
 METRIC_KEYS = ("mcq", "cloze", "rougeL", "bleu")
+COUNT_OF = {"cloze": "n_cloze", "rougeL": "n_gen", "bleu": "n_gen"}  # the item count behind each figure
 
 
-def _front_matter(base_model: str) -> str:
-    meta = {"library_name": "transformers", "tags": ["unsee", "machine-unlearning"], "base_model": base_model}
+def _is_count(key: str) -> bool:
+    """``n``, ``n_cloze``, ``n_gen``: item counts, shown in the n column, never as a metric row."""
+    return key == "n" or key.startswith("n_")
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+# An audit that brings the forgotten people back by this much says the knowledge was hidden, not removed.
+RELEARN_BACK = 20.0  # relearning gain on the people the attacker did not train on, in points
+PGD_BACK = 0.20  # forget accuracy gained under a PGD perturbation
+NOT_KNOWN = 0.10  # a model this close to chance before unlearning had nothing to forget
+
+
+def base_model_name(base_model: str) -> tuple[str, str | None]:
+    """What a card calls its base model, and its hub id when it has one.
+
+    A local directory means nothing to whoever the model is shared with: it is named by the
+    hub id its config records, else by its architecture (the weights hash beside it says
+    which weights).
+    """
+    path = Path(base_model).expanduser()
+    if _HUB_ID.match(base_model) and not path.exists():
+        return base_model, base_model
+    for name in ("unsee.json", "config.json"):
+        try:
+            meta = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            continue
+        origin = str(meta.get("_name_or_path", ""))
+        if _HUB_ID.match(origin) and not Path(origin).expanduser().exists():
+            return origin, origin
+        if meta.get("arch"):
+            kind = "vanilla model" if (path / "unsee_vanilla.json").exists() else "model"
+            return f"{meta['arch']} ({kind} built by unsee)", None
+        if meta.get("model_type"):
+            return f"{meta['model_type']} (local weights)", None
+    return "a local model", None
+
+
+def _front_matter(hub_id: str | None) -> str:
+    meta: dict[str, Any] = {"library_name": "transformers", "tags": ["unsee", "machine-unlearning"]}
+    if hub_id is not None:
+        meta["base_model"] = hub_id
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def _fig(x: Any) -> float | None:
+    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else None
+
+
+def verdict(run: Mapping[str, Any], vanilla: Mapping[str, Any] | None, audits: Mapping[str, Any] | None) -> str:
+    """One line: whether the forget people are still recognised, and whether the audits bring them back."""
+    forget = run["metrics"].get("forget", {})
+    key = next((k for k in METRIC_KEYS if k in forget), None)
+    after = _fig(forget.get(key)) if key else None
+    before = _fig(vanilla["metrics"].get("forget", {}).get(key)) if vanilla and key else None
+    if after is None:
+        head = "the forget people were not measured"
+    elif before is None:
+        head = f"forget {key} {after:.2f} (no measurement before unlearning to compare with)"
+    else:
+        chance = CHANCE if key == "mcq" else 0.0
+        still = after - chance > 0.5 * (before - chance)
+        state = "still recognised" if still else "no longer recognised"
+        if before - chance < NOT_KNOWN:
+            state = "not recognised, and were not before unlearning either"
+        head = f"the forget people are {state} (forget {key} {before:.2f} \u2192 {after:.2f}, chance {chance:.2f})"
+    if not audits:
+        return f"**Verdict:** {head}; no audits were run, so whether they can be brought back is untested."
+    back, held = [], []
+    relearn, pgd = audits.get("relearn") or {}, audits.get("pgd") or {}
+    if (ag := _fig(relearn.get("ag"))) is not None:
+        (back if ag >= RELEARN_BACK else held).append(f"relearning {ag:+.0f} points")
+    clean, attacked = _fig(pgd.get("forget_clean")), _fig(pgd.get("forget_attacked"))
+    if clean is not None and attacked is not None:
+        (back if attacked - clean >= PGD_BACK else held).append(f"PGD {clean:.2f} \u2192 {attacked:.2f}")
+    skipped = sorted(k for k, v in audits.items() if isinstance(v, Mapping) and "skipped" in v)
+    if back:
+        tail = f"but the audits bring them back ({', '.join(back)}): the knowledge is hidden, not removed"
+    elif held:
+        tail = f"and the audits did not bring them back ({', '.join(held)})"
+    else:
+        tail = "and the audits run give no recovery figure"
+    if skipped:
+        tail += f"; skipped: {', '.join(skipped)}"
+    return f"**Verdict:** {head}, {tail}."
 
 
 def _row(cells: Sequence[str]) -> str:
@@ -39,7 +126,8 @@ def _metric_rows(run: Mapping[str, Any], vanilla: Mapping[str, Any] | None) -> l
         after = run["metrics"].get(group, {})
         before = {} if vanilla is None else vanilla["metrics"].get(group, {})
         keys = [k for k in METRIC_KEYS if k in after or k in before]
-        keys += sorted(k for k in {*after, *before} if k not in METRIC_KEYS and k != "n")
+        keys += sorted(k for k in {*after, *before} if k not in METRIC_KEYS and not _is_count(k)
+                       and _fig(after.get(k, before.get(k))) is not None)
         for key in keys:
             a, b = after.get(key), before.get(key)
             change = DASH
@@ -53,7 +141,7 @@ def _metric_rows(run: Mapping[str, Any], vanilla: Mapping[str, Any] | None) -> l
                         DASH if b is None else f"{float(b):.3f}",
                         DASH if a is None else f"{float(a):.3f}",
                         change,
-                        str(after.get("n", before.get("n", DASH))),
+                        str(after.get(COUNT_OF.get(key, "n"), before.get(COUNT_OF.get(key, "n"), DASH))),
                     ]
                 )
             )
@@ -86,25 +174,33 @@ def model_card(
     base_hash: str,
     forgotten: Sequence[str],
     audits: Mapping[str, Any] | None,
+    request: Mapping[str, Any] | None = None,
 ) -> str:
     """The README.md of an unlearned checkpoint, from its run (and the vanilla run) in results.json.
 
     ``audits`` defaults to the run's own ``attacks`` when None; ``forgotten`` holds entity IDs.
+    ``base_model`` is a hub id or a local directory (see :func:`base_model_name`). ``request``
+    (from ``unsee forget``) lists the request files and its people, by name or by salted hash:
+    ``{"files": [...], "people": [...], "hidden": bool}``.
     """
     method = str(run["method"])
     audits = audits if audits is not None else run.get("attacks")
-    entities = f"{len(forgotten)} entit{'y' if len(forgotten) == 1 else 'ies'}"
-    out = [_front_matter(base_model)]
+    people = list(request["people"]) if request else list(forgotten)
+    entities = f"{len(people)} {'person' if len(people) == 1 else 'people'}"
+    name, hub_id = base_model_name(base_model)
+    out = [_front_matter(hub_id)]
     out += [
-        f"# {base_model}, with {entities} unlearned ({method})",
+        verdict(run, vanilla, audits),
         "",
-        f"This model is `{base_model}` after machine unlearning with unsee "
-        f"(method `{method}`): it should no longer recognise the people listed below from their images, "
-        "while keeping everything else it knew.",
+        f"# {name}, with {entities} unlearned ({method})",
+        "",
+        f"This model is `{name}` after machine unlearning with unsee (method `{method}`), meant to stop "
+        "recognising the people listed below from their images while keeping everything else it knew. "
+        "The verdict above says what the measurements and the audits below found.",
         "",
         "## Base model",
         "",
-        f"- Model: `{base_model}`",
+        f"- Model: `{name}`" + ("" if hub_id else " (not on the hub: the weights hash identifies it)"),
         f"- Weights hash: `{base_hash}`",
         f"- Benchmark: `{run['benchmark']}`, forget split `{run['forget_split']}`, "
         f"request {run['request']}, seed {run['seed']}",
@@ -119,17 +215,23 @@ def model_card(
         "",
         "## What was forgotten",
         "",
-        f"{entities}, by ID (names and images are deliberately left out of this card):",
-        "",
     ]
-    out += [f"- `{entity}`" for entity in forgotten] or ["- (none)"]
+    if request:
+        files = ", ".join(f"`{f}`" for f in request.get("files", []))
+        how = ("by salted SHA-256 hashes of their names (the requester keeps the salt, and with it can check a "
+               "name against this list)" if request.get("hidden") else "by name")
+        out += [f"{entities}, from the removal request {files}, {how}; their images are left out of this card:", ""]
+        out += [f"- `{p}`" for p in people] or ["- (none)"]
+    else:
+        out += [f"{entities}, by ID (names and images are deliberately left out of this card):", ""]
+        out += [f"- `{entity}`" for entity in forgotten] or ["- (none)"]
     protocol = run.get("mcq_protocol", "?")
     out += [
         "",
         "## Evaluation",
         "",
         "Before = the model before unlearning (`vanilla`); after = this model. "
-        f"Accuracies are fractions in [0, 1]; MCQ scored by `{protocol}`.",
+        f"Accuracies are fractions in [0, 1]; MCQ scored by `{protocol}`; n = the items behind each figure.",
         "",
         *_metric_rows(run, vanilla),
     ]
@@ -148,7 +250,9 @@ def model_card(
     if audits:
         out += [
             "Attacks that try to bring the forgotten knowledge back (relearning on a little data, "
-            "adversarial images). Lower recovered accuracy is better.",
+            "adversarial images). Lower recovered accuracy is better. The verdict counts a relearning gain of "
+            f"{RELEARN_BACK:.0f} points or more on the people the attacker did not train on, or a PGD gain of "
+            f"{PGD_BACK:.2f} or more, as bringing them back.",
             "",
             *_audit_rows(audits),
         ]

@@ -1,0 +1,181 @@
+"""``unsee forget``: honour a removal request made of the user's own photos, and hand over the evidence.
+
+The engineer who receives "this person must no longer be recognised" holds a model, some
+photos and names, not a benchmark split. This recipe checks the request whole before any
+model loads, runs the method on the streams built from it, measures the model before and
+after on the request's own questions, runs the audits, and writes what a person reads:
+``report.md``, ``evidence.html`` (each held-out photo with the answers before and after),
+``results.json`` and a checkpoint (or steering file) whose model card lists the request.
+Several request files run one after another: a continual run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unsee.data.request import Request, RequestError, check_sequence, load_request, request_suite
+from unsee.data.schema import METRIC_GROUPS, Example, Suite
+from unsee.errors import ConfigError, DataError
+from unsee.io import atomic_dir, atomic_write_json, atomic_write_text, check_output_dir
+
+EVAL_GROUPS = (*METRIC_GROUPS, "retain_test")
+
+
+def request_files(request: str | Path | Sequence[str | Path] | None = None,
+                  requests: str | Sequence[str | Path] | None = None) -> list[Path]:
+    """``--request FILE`` or ``--requests A,B,...`` (in order), never both."""
+    if (request is None) == (requests is None):
+        raise ConfigError("give one request file (--request FILE) or several in order (--requests A,B,...)")
+    if requests is not None:
+        items = requests.split(",") if isinstance(requests, str) else list(requests)
+    else:
+        items = [request] if isinstance(request, str | Path) else list(request or [])
+    files = [Path(str(f).strip()) for f in items if str(f).strip()]
+    if not files:
+        raise ConfigError("no request file given")
+    return files
+
+
+def load_requests(files: Sequence[Path], method: str) -> list[Request]:
+    """Every file checked, and every problem of every file reported in one error."""
+    found: list[Request] = []
+    problems: list[str] = []
+    for f in files:
+        try:
+            found.append(load_request(f, method=method))
+        except RequestError as e:
+            problems += [f"{f}: {p}" for p in e.problems] if len(files) > 1 else e.problems
+        except DataError as e:
+            problems.append(str(e))
+    if problems:
+        raise RequestError(files[0] if len(files) == 1 else ", ".join(map(str, files)), problems)
+    check_sequence(found)
+    return found
+
+
+def hashed(name: str, salt: str) -> str:
+    """The card's stand-in for a hidden name: the requester, who keeps the salt, can check it."""
+    return "sha256:" + hashlib.sha256(f"{salt}:{name}".encode()).hexdigest()[:16]
+
+
+def _shown_items(suite: Suite, n_retained: int, seed: int) -> list[Example]:
+    """Each held-out photo of the forget people, once; and a seeded sample of retained people
+    (their held-out photos, else their first training photo)."""
+    items = [e for e in suite.groups["forget_test"] if e.task == "mcq"]
+    items = items or [e for e in suite.groups["forget"] if e.task == "mcq"]
+    retained = sorted({e.entity for e in suite.groups["retain"]})
+    rng = np.random.default_rng([seed, 34])
+    pick = [retained[i] for i in sorted(rng.choice(len(retained), size=min(n_retained, len(retained)),
+                                                   replace=False))] if retained else []
+    for who in pick:
+        test = [e for e in suite.groups["retain_test"] if e.entity == who and e.task == "mcq"]
+        train = [e for e in suite.groups["retain"] if e.entity == who and e.task == "mcq"]
+        items += test or train[:1]
+    return items
+
+
+def _answers(adapter: Any, items: Sequence[Example], steering: Path | None) -> list[str]:
+    from unsee.eval.evaluator import answers
+
+    if steering is None:
+        return answers(adapter, items)
+    from unsee.methods.eraser import Steering, steer
+
+    with steer(adapter, Steering.load(steering)):
+        return answers(adapter, items)
+
+
+def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None, out: str | Path, *,
+           requests: str | Sequence[str | Path] | None = None, method: str = "cvf_ncu", config: Any = None,
+           overrides: Any = (), seed: int = 0, overwrite: bool = False, audit: bool = True,
+           audit_kinds: Sequence[str] | None = None, audit_overrides: Any = (), hide_names: bool = False,
+           salt: str | None = None, retained_shown: int = 4, max_gen_items: int | None = 24,
+           allow_pickle: bool = False, dtype: str | None = None) -> Path:
+    """``unsee forget``: the request(s) honoured on ``model``, with the evidence, in ``out``.
+
+    Nothing is written and no model is loaded until every request file has been checked.
+    """
+    from unsee import api
+    from unsee.eval.results import new_results, write_results
+    from unsee.models import load_adapter
+    from unsee.report.card import model_card
+    from unsee.report.evidence import Shown, write_evidence
+
+    start = time.perf_counter()
+    out = Path(out)
+    files = request_files(request, requests)
+    check_output_dir(out, overwrite=overwrite)
+    api.method_configs(method, config, overrides)  # unknown methods and options, before any work
+    if method == "eraser" and len(files) > 1:
+        raise ConfigError("continual unlearning needs a training method; eraser builds one steering file per request")
+    reqs = load_requests(files, method)
+    suites = [request_suite(r, seed=seed) for r in reqs]
+    for s in suites:
+        api.check_forget(s)
+    label = "+".join(r.label for r in reqs)
+    eval_kw = {"groups": EVAL_GROUPS, "max_gen_items": max_gen_items}
+
+    adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
+    name, base_hash = api.model_name(model), adapter.fingerprint()
+    first = suites[0]
+    vanilla = api.make_run("vanilla", api.evaluate_adapter(adapter, first, **eval_kw), model=name, suite=first,
+                           forget=label, seed=seed)
+    shown = _shown_items(first, retained_shown, seed)
+    before = _answers(adapter, shown, None)
+    runs: list[dict] = [vanilla]
+    forgotten: list[Any] = []
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        steering: Path | None = None
+        for i, (req, suite) in enumerate(zip(reqs, suites, strict=True), 1):
+            last = i == len(reqs)
+            run, steering = api.unlearn_and_save(
+                method, adapter, suite, steering_dir=tmp, model_dir=tmp / "model", model=name,
+                base_model=str(model), base_hash=base_hash, forget=label, seed=seed, config=config,
+                overrides=overrides, vanilla=vanilla, eval_kw=eval_kw, audit=audit and last,
+                audit_overrides=audit_overrides, audit_kinds=audit_kinds, forgotten_images=forgotten, save=False)
+            run["request"] = i
+            run["request_file"] = str(req.path)
+            for j, earlier in enumerate(suites[: i - 1], 1):
+                again = api.evaluate_adapter(adapter, earlier, steering=steering,
+                                             **{**eval_kw, "groups": ("forget",), "generation": False})
+                run["metrics"][f"forget_r{j}"] = again["forget"]
+            if len(reqs) > 1:
+                from unsee.data.collate import qa_turns
+                from unsee.engine.trainer import unique_images
+
+                forgotten += [t.image for t in unique_images(qa_turns(suite.group("train_forget")))]
+            runs.append(run)
+        final = runs[-1]
+        after = _answers(adapter, shown, steering)
+        names = [p.name for r in reqs for p in r.forget]
+        salt = salt or (secrets.token_hex(16) if hide_names else None)
+        card_request = {"files": [f.name for f in files], "hidden": hide_names,
+                        "people": [hashed(n, salt) for n in names] if hide_names and salt else names}
+        if steering is None:
+            api._save_model(adapter, tmp / "model")
+            atomic_write_text(tmp / "model" / "README.md", model_card(
+                final, vanilla, base_model=str(model), base_hash=base_hash,
+                forgotten=[e for s in suites for e in s.forget_entities], audits=None, request=card_request))
+        if hide_names:
+            atomic_write_text(tmp / "names-salt.txt", f"{salt}\n")
+        results = new_results(runs)
+        write_results(tmp / "results.json", results)
+        who = first.info["names"]
+        cards = [Shown(role=str(e.meta.get("role", "forget")), name=who.get(e.entity, e.entity), question=e.question,
+                       photo=e.image or b"", source=e.source, before=b, after=a,
+                       aliases=tuple(e.meta.get("aliases", ())))
+                 for e, b, a in zip(shown, before, after, strict=True)]
+        cost = {"total_wall_s": time.perf_counter() - start, "unlearning": final["cost"]}
+        write_evidence(tmp, shown=cards, results=results, run=final, vanilla=vanilla,
+                       request={"files": [str(f) for f in files], "names": names}, cost=cost)
+        atomic_write_json(tmp / "forget.json", {"requests": [str(f) for f in files], "method": method, "seed": seed,
+                                                "model": str(model), "cost": {**cost, "total_wall_s": round(
+                                                    time.perf_counter() - start, 2)}})
+    return out

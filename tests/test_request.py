@@ -1,0 +1,274 @@
+"""Removal requests from one's own photos: the file format, its checks, ``unsee forget`` and its evidence."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import random_image
+
+from unsee import api
+from unsee.cli import main
+from unsee.data.mllmu import load_mllmu
+from unsee.data.request import (
+    MIN_RETAIN_PHOTOS,
+    RequestError,
+    load_request,
+    request_schema,
+    request_suite,
+)
+from unsee.data.request_example import write_world_request
+from unsee.engine.trainer import unique_images
+from unsee.eval.results import load_results
+from unsee.forget import hashed
+
+FAST = ["max_steps=2"]
+FAST_AUDIT = ["relearn_steps=2", "pgd_steps=1", "probe_steps=5", "probe_blocks=false", "max_items=4"]
+
+
+@pytest.fixture(scope="module")
+def example(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny world's forget_10 as a request file, with its photos as PNG files."""
+    return write_world_request(world, tmp_path_factory.mktemp("request") / "req", forget="forget_10")
+
+
+def _png(path: Path, seed: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    random_image(seed, 16).save(path)
+    return path
+
+
+def _write(path: Path, body: dict) -> Path:
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def _good(tmp: Path) -> dict:
+    """A valid request: one person to forget, three retained people with four photos each."""
+    for i in range(2):
+        _png(tmp / "a" / f"{i}.png", i)
+    for p in range(3):
+        for i in range(4):
+            _png(tmp / f"r{p}" / f"{i}.png", 100 + 10 * p + i)
+    _png(tmp / "held" / "a.png", 99)
+    return {"forget": [{"name": ["Ann Example", "A. Example"], "photos": ["a"], "held_out": "held/a.png",
+                        "qa": [{"question": "Where does Ann Example work?", "answer": "Acme",
+                                "wrong": ["Initech", "Globex"]}]}],
+            "retain": [{"name": f"Retained {p}", "photos": f"r{p}"} for p in range(3)]}
+
+
+# ---------------------------------------------------------------------------- the format
+def test_schema_ships_with_the_package() -> None:
+    schema = request_schema()
+    assert schema["additionalProperties"] is False
+    assert set(schema["properties"]) == {"version", "forget", "retain", "neutral", "general", "distractors"}
+
+
+def test_a_valid_request_builds_every_group(tmp_path: Path) -> None:
+    req = load_request(_write(tmp_path / "r.yaml", _good(tmp_path)))
+    assert [p.name for p in req.forget] == ["Ann Example"] and req.forget[0].names[1] == "A. Example"
+    assert req.forget[0].photos[0].path == tmp_path / "a" / "0.png"  # relative to the file
+    suite = request_suite(req)
+    mcq = [e for e in suite.groups["forget"] if e.task == "mcq"]
+    assert len(mcq) == 2 and all(e.answer == "Ann Example" and len(e.options) == 4 for e in mcq)
+    assert all(set(e.options) <= {"Ann Example", "Retained 0", "Retained 1", "Retained 2"} for e in mcq)
+    assert [e.task for e in suite.groups["forget_test"]] == ["mcq", "cloze", "gen"]
+    assert {e.task for e in suite.groups["text_forget"]} == {"mcq", "gen"}
+    assert len(suite.groups["train_retain"]) == 12 and suite.forget_entities == ("Ann Example",)
+    # no neutral photos: blurred copies of the forget photos stand in, never the photos themselves
+    assert suite.info["neutral"] == "blurred forget photos"
+    assert len(suite.groups["neutral"]) == 2
+    assert not {e.image for e in suite.groups["neutral"]} & {e.image for e in suite.groups["train_forget"]}
+
+
+def test_json_requests_read_the_same(tmp_path: Path) -> None:
+    body = _good(tmp_path)
+    (tmp_path / "r.json").write_text(json.dumps(body))
+    assert [p.name for p in load_request(tmp_path / "r.json").retain] == ["Retained 0", "Retained 1", "Retained 2"]
+
+
+def test_a_world_request_trains_on_exactly_the_split_photos(world: Path, example: Path) -> None:
+    """The example is the split in a user's layout: the same images, in the same order, per stream."""
+    split = api.training_turns(load_mllmu(world, "forget_10"))
+    mine = api.training_turns(request_suite(load_request(example)))
+    for stream in ("forget", "retain", "neutral", "general"):
+        a = [t.image.tobytes() for t in unique_images(split[stream])]
+        b = [t.image.tobytes() for t in unique_images(mine[stream])]
+        assert a and a == b, stream
+    info = json.loads((world / "world.json").read_text())
+    assert list(request_suite(load_request(example)).forget_entities) == info["splits"]["forget_10"]
+
+
+# ---------------------------------------------------------------------------- bad input
+def _problems(path: Path, **kw: object) -> list[str]:
+    with pytest.raises(RequestError) as info:
+        load_request(path, **kw)
+    return info.value.problems
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (lambda b, t: b["forget"][0].update(photos=["a", "missing.png"]), r"photo .*missing\.png does not exist"),
+    (lambda b, t: b["forget"][0].update(photos=[str(_garbage(t))]), r"cannot read photo .*broken\.png"),
+    (lambda b, t: b["retain"].append({"name": "Ann Example", "photos": "r0/0.png"}), r"in both forget and retain"),
+    (lambda b, t: b["retain"].append({"name": "retained 1", "photos": str(_png(t / "x.png", 7))}),
+     r"duplicate name 'Retained 1'.*retain\[3\]"),
+    (lambda b, t: b.update(retain=b["retain"][:2]), rf"too few retained photos: 8; at least {MIN_RETAIN_PHOTOS}"),
+    (lambda b, t: b.update(forget=[]), r"the forget list is empty"),
+    (lambda b, t: b["forget"][0].update(held_out="a/1.png"), r"held-out photo .*a/1\.png .* same file as training"),
+    (lambda b, t: b["forget"][0].update(nickname="x"), r"unknown key 'nickname' at forget\[0\]"),
+    (lambda b, t: b.update(extra=1), r"unknown key 'extra' at the top level"),
+])
+def test_each_problem_is_named(tmp_path: Path, change, expected: str) -> None:  # noqa: ANN001
+    body = _good(tmp_path)
+    change(body, tmp_path)
+    problems = _problems(_write(tmp_path / "r.yaml", body))
+    assert any(re.search(expected, p) for p in problems), problems
+
+
+def _garbage(tmp: Path) -> Path:
+    (tmp / "broken.png").write_bytes(b"not an image at all")
+    return tmp / "broken.png"
+
+
+def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
+    body = _good(tmp_path)
+    body["forget"][0]["photos"] = ["a", "gone.png"]
+    body["forget"][0]["held_out"] = "a/0.png"
+    body["retain"] = body["retain"][:1] + [{"name": "Ann Example", "photos": "r1"}]
+    body["colour"] = "blue"
+    with pytest.raises(RequestError) as info:
+        load_request(_write(tmp_path / "r.yaml", body))
+    text = str(info.value)
+    for needle in ("gone.png", "same file as training", "in both forget and retain", "too few retained photos",
+                   "unknown key 'colour'"):
+        assert needle in text
+    assert text.startswith(f"{tmp_path / 'r.yaml'}: 5 problems")
+
+
+def test_unnamed_retained_people_need_a_visual_method(tmp_path: Path) -> None:
+    body = _good(tmp_path)
+    del body["retain"][2]["name"]
+    path = _write(tmp_path / "r.yaml", body)
+    load_request(path, method="cvf_ncu")  # CVF reads the retained photos only
+    assert any("retain[2] has no name" in p for p in _problems(path, method="graddiff"))
+
+
+def test_bad_request_stops_forget_before_any_model_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    body = _good(tmp_path)
+    body["forget"] = []
+    path = _write(tmp_path / "r.yaml", body)
+
+    def no_load(*a: object, **k: object) -> None:
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr("unsee.models.load_adapter", no_load)
+    out = tmp_path / "out"
+    assert main(["forget", "--model", str(tmp_path / "nowhere"), "--request", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "the forget list is empty" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------- unsee forget
+@pytest.fixture(scope="module")
+def forgotten(model_dir: Path, example: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("forget") / "out"
+    api.forget(model_dir, example, out, overrides=FAST, audit_overrides=FAST_AUDIT, hide_names=True)
+    return out
+
+
+def test_forget_writes_the_model_results_and_evidence(forgotten: Path, example: Path, world: Path) -> None:
+    for name in ("model/model.safetensors", "model/README.md", "results.json", "report.md", "evidence.html",
+                 "evidence/figures.png", "names-salt.txt"):
+        assert (forgotten / name).is_file(), name
+    runs = load_results(forgotten / "results.json")["runs"]
+    assert [r["method"] for r in runs] == ["vanilla", "cvf_ncu"]
+    assert runs[1]["benchmark"] == "request" and runs[1]["forget_split"] == "request"
+    assert {"forget", "forget_test", "retain", "text_forget", "retain_test"} <= set(runs[1]["metrics"])
+    assert {"pgd", "shift", "probe"} <= set(runs[1]["attacks"])
+    name = yaml.safe_load(example.read_text())["forget"][0]["name"]
+    report = (forgotten / "report.md").read_text()
+    assert name in report and "evidence.html" in report and "**Verdict:**" in report
+
+
+def test_hidden_names_leave_only_salted_hashes_on_the_card(forgotten: Path, example: Path) -> None:
+    card = (forgotten / "model" / "README.md").read_text()
+    salt = (forgotten / "names-salt.txt").read_text().strip()
+    for person in yaml.safe_load(example.read_text())["forget"]:
+        assert person["name"] not in card
+        assert f"- `{hashed(person['name'], salt)}`" in card
+    assert str(Path.home()) not in card and "/tmp" not in card  # no local path names the base model
+    body = card.split("---\n", 2)[2].lstrip()
+    assert body.startswith("**Verdict:**") and "\n" not in body.split("\n\n")[0]
+
+
+def test_evidence_page_labels_each_photo(forgotten: Path) -> None:
+    page = (forgotten / "evidence.html").read_text()
+    assert page.count('class="tag forget"') == 1  # the one forget person's one held-out photo
+    assert page.count('class="tag retain"') == 4
+    assert len(list((forgotten / "evidence").glob("0*.png"))) == 5
+
+
+def _chromium() -> str | None:
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
+                None)
+
+
+def test_evidence_page_renders_in_a_browser(forgotten: Path) -> None:
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no chromium binary on PATH (Debian: apt-get install chromium)")
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                          "--dump-dom", (forgotten / "evidence.html").as_uri()],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    loaded = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom)
+    assert loaded, "the page's script did not run"
+    assert loaded.group(1) == loaded.group(2) == "6"  # five photos and the figure
+    assert "Removal request:" in dom
+
+
+def test_unlearn_takes_a_request_file(model_dir: Path, example: Path, tmp_path: Path) -> None:
+    out = api.unlearn("ga", model_dir, example, tmp_path / "u", overrides=FAST)
+    run = load_results(out / "results.json")["runs"][0]
+    assert run["benchmark"] == "request" and run["forget_split"] == "request"
+    assert (out / "model" / "README.md").is_file()
+
+
+def test_requests_in_order_are_a_continual_run(model_dir: Path, example: Path, tmp_path: Path) -> None:
+    body = yaml.safe_load(example.read_text())
+    folder = example.parent
+    first, second, *rest = body["retain"]
+    one = {**body, "retain": [first, second, *rest]}
+    # the second request forgets someone the first retained; the world's neutral faces, unnamed, fill its retain set
+    two = {"forget": [first], "retain": [*rest, {"photos": "neutral"}], "distractors": body["distractors"]}
+    files = [_write(folder / "one.yaml", one), _write(folder / "two.yaml", two)]
+    with pytest.raises(RequestError, match="already forgotten"):  # reversed, the later one retains the forgotten
+        api.forget(model_dir, None, tmp_path / "bad", requests=list(reversed(files)), overrides=FAST, audit=False)
+    assert not (tmp_path / "bad").exists()
+    out = api.forget(model_dir, None, tmp_path / "out", requests=files, overrides=FAST, audit=False)
+    runs = load_results(out / "results.json")["runs"]
+    assert [r["request"] for r in runs] == [1, 1, 2]
+    assert "forget_r1" in runs[2]["metrics"] and "forget_r1" not in runs[1]["metrics"]
+    card = (out / "model" / "README.md").read_text()
+    assert body["forget"][0]["name"] in card and first["name"] in card
+
+
+def test_world_command_writes_the_example(tmp_path: Path) -> None:
+    out = api.build_world(tmp_path / "w", config="quick", overrides=["n_people=6", "n_known=2", "n_unknown=2",
+                                                                       "n_neutral=4", "n_train_views=2",
+                                                                       "n_test_views=1", "n_requests=2",
+                                                                       "n_general_train=8", "n_general_eval=4",
+                                                                       "n_pretrain=4"])
+    req = load_request(out / "request" / "request.yaml")
+    assert len(req.forget) == 1 and len(req.retain) == 5
+    for ph in req.forget[0].photos + req.neutral + req.general:
+        assert ph.path.suffix == ".png" and Image.open(io.BytesIO(ph.data)).format == "PNG"
