@@ -205,3 +205,57 @@ def test_model_card_without_vanilla_or_audits() -> None:
     assert "| forget | mcq | \u2014 | 0.270 | \u2014 | 40 |" in card
     assert "No audits were run" in card
     assert "Unlearning score" not in card
+
+
+def test_model_card_names_a_local_base_by_architecture_and_hash(tmp_path: Path) -> None:
+    base = tmp_path / "cache" / "vanilla-tiny-llava-0123"
+    base.mkdir(parents=True)
+    (base / "unsee.json").write_text(json.dumps({"arch": "tiny-llava", "seed": 0}))
+    (base / "unsee_vanilla.json").write_text("{}")
+    card = model_card(CVF, VANILLA, base_model=str(base), base_hash="abc123", forgotten=["p1"], audits=None)
+    assert str(tmp_path) not in card and "vanilla-tiny-llava-0123" not in card
+    assert "base_model" not in _front_matter(card)  # the hub's field takes hub ids only
+    assert "`tiny-llava (vanilla model built by unsee)`" in card and "`abc123`" in card
+    # a local copy of a hub model is named by the hub id its config records
+    (base / "unsee.json").unlink()
+    (base / "config.json").write_text(json.dumps({"_name_or_path": "llava-hf/llava-1.5-7b-hf"}))
+    card = model_card(CVF, VANILLA, base_model=str(base), base_hash="abc123", forgotten=["p1"], audits=None)
+    assert _front_matter(card)["base_model"] == "llava-hf/llava-1.5-7b-hf"
+
+
+def _body(card: str) -> list[str]:
+    return [line for line in card.split("---\n", 2)[2].splitlines() if line.strip()]
+
+
+def test_model_card_opens_with_what_the_audits_found() -> None:
+    hidden = CVF | {"attacks": {"relearn": {"ag": 78.0}, "pgd": {"forget_clean": 0.25, "forget_attacked": 0.3}}}
+    first = _body(model_card(hidden, VANILLA, base_model="m/x", base_hash="h", forgotten=["p"], audits=None))[0]
+    assert first.startswith("**Verdict:** the forget people are no longer recognised")
+    assert "bring them back (relearning +78 points)" in first and "hidden, not removed" in first
+    held = CVF | {"attacks": {"relearn": {"ag": 4.0}}}
+    first = _body(model_card(held, VANILLA, base_model="m/x", base_hash="h", forgotten=["p"], audits=None))[0]
+    assert "did not bring them back (relearning +4 points)" in first
+    first = _body(model_card(GA | {"attacks": None}, VANILLA, base_model="m/x", base_hash="h", forgotten=["p"],
+                             audits={}))[0]
+    assert "no audits were run" in first
+    kept = run("ga", dict.fromkeys(GROUPS, 0.9))
+    first = _body(model_card(kept, VANILLA, base_model="m/x", base_hash="h", forgotten=["p"], audits={}))[0]
+    assert "still recognised" in first
+
+
+def test_model_card_keeps_item_counts_out_of_the_metric_rows() -> None:
+    gen = CVF | {"metrics": {"forget": {"mcq": 0.25, "n": 40, "cloze": 0.1, "n_cloze": 12, "rougeL": 0.3,
+                                       "bleu": 0.1, "n_gen": 9}}}
+    card = model_card(gen, None, base_model="m/x", base_hash="h", forgotten=["p"], audits={})
+    rows = [line for line in card.splitlines() if line.startswith("| forget |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["mcq", "cloze", "rougeL", "bleu"]
+    assert [r.split("|")[-2].strip() for r in rows] == ["40", "12", "9", "9"]
+
+
+def test_model_card_lists_a_request_by_name_or_hash() -> None:
+    request = {"files": ["request.yaml"], "people": ["Ann Example"], "hidden": False}
+    card = model_card(CVF, VANILLA, base_model="m/x", base_hash="h", forgotten=["p1"], audits=None, request=request)
+    assert "`request.yaml`" in card and "- `Ann Example`" in card and "- `p1`" not in card
+    card = model_card(CVF, VANILLA, base_model="m/x", base_hash="h", forgotten=["p1"], audits=None,
+                      request={**request, "people": ["sha256:00ff"], "hidden": True})
+    assert "salted SHA-256" in card and "Ann Example" not in card

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from PIL import Image
-
 from conftest import random_image
+from PIL import Image
 
 from unsee import api
 from unsee.cli import main
@@ -182,7 +181,7 @@ def test_bad_request_stops_forget_before_any_model_loads(tmp_path: Path, monkeyp
 @pytest.fixture(scope="module")
 def forgotten(model_dir: Path, example: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("forget") / "out"
-    api.forget(model_dir, example, out, overrides=FAST, audit_overrides=FAST_AUDIT, hide_names=True)
+    api.forget(model_dir, example, out, overrides=FAST, audit_overrides=FAST_AUDIT, hide_names=True, max_gen_items=2)
     return out
 
 
@@ -254,7 +253,7 @@ def test_requests_in_order_are_a_continual_run(model_dir: Path, example: Path, t
     with pytest.raises(RequestError, match="already forgotten"):  # reversed, the later one retains the forgotten
         api.forget(model_dir, None, tmp_path / "bad", requests=list(reversed(files)), overrides=FAST, audit=False)
     assert not (tmp_path / "bad").exists()
-    out = api.forget(model_dir, None, tmp_path / "out", requests=files, overrides=FAST, audit=False)
+    out = api.forget(model_dir, None, tmp_path / "out", requests=files, overrides=FAST, audit=False, max_gen_items=1)
     runs = load_results(out / "results.json")["runs"]
     assert [r["request"] for r in runs] == [1, 1, 2]
     assert "forget_r1" in runs[2]["metrics"] and "forget_r1" not in runs[1]["metrics"]
