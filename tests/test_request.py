@@ -9,9 +9,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
-from conftest import random_image
 from PIL import Image
 
 from unsee import api
@@ -41,7 +41,7 @@ def example(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _png(path: Path, seed: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    random_image(seed, 16).save(path)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(path)
     return path
 
 
