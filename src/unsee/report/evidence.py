@@ -30,7 +30,8 @@ window.addEventListener("load", function () {
 </script>"""
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:middle}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:middle;
+overflow-wrap:anywhere;max-width:320px}
 th{background:#f3f3f3}img.photo{width:96px;height:96px;image-rendering:pixelated}
 .forget{background:#fde8e8;color:#9b1c1c}.retain{background:#e6f4ea;color:#1e6b34}
 .tag{font-weight:bold;padding:2px 6px;border-radius:4px;font-size:.85em}.verdict{font-size:1.1em}
