@@ -279,6 +279,8 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
     suite = load_suite(data, forget, seed=seed, benchmark=benchmark, revision=revision)
     check_forget(suite)
     check_images(suite)
+    if suite.info.get("benchmark") == "request":
+        forget = Path(data).stem
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
     with CostMeter() as meter:
         metrics = evaluate_adapter(adapter, suite, steering=steering, max_items=max_items)
