@@ -226,7 +226,7 @@ def request_problems(req: Request, *, method: str | None = None, forget_given: b
     problems = []
     if forget_given and not req.forget:
         problems.append("the forget list is empty: name at least one person to forget")
-    for p in req.forget:
+    for p in req.people():
         if not p.photos:
             problems.append(f"{p.where} has no photos to train on")
     by_name: dict[str, list[RequestPerson]] = {}
