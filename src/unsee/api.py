@@ -5,6 +5,7 @@
     api.init_model("tiny-llava", "m0", world="w")
     api.finetune("m0", "w", "vanilla", config="quick")
     api.retrain("vanilla", "w", "retrained", forget="forget_10")
+    api.forget("vanilla", "w/request/request.yaml", "forgotten")
     # a public benchmark, from the hub: its own vanilla model and retrained reference
     api.finetune("llava-hf/llava-1.5-7b-hf", "MLLMMU/MLLMU-Bench", "mllmu-vanilla", config="mllmu")
     api.retrain("mllmu-vanilla", "MLLMMU/MLLMU-Bench", "mllmu-retrained", forget="forget_5")
@@ -607,12 +608,17 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     return found
 
 
-def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None, out: str | Path,
-           **kw: Any) -> Path:
-    """``unsee forget``: a removal request from the user's own photos (:func:`unsee.forget.forget`)."""
+def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None, out: str | Path, *,
+           requests: str | Sequence[str | Path] | None = None, overwrite: bool = False, **kw: Any) -> Path:
+    """``unsee forget``: a removal request from the user's own photos (:func:`unsee.forget.forget`, whose
+    options ``kw`` are: method, config, overrides, seed, audit, audit_kinds, audit_overrides, hide_names,
+    salt, retained_shown, max_gen_items, allow_pickle, dtype)."""
     from unsee.forget import forget as run_forget
+    from unsee.forget import request_files
 
-    return run_forget(model, request, out, **kw)
+    files = request_files(request, requests)
+    check_output_dir(out, overwrite=overwrite, inputs=_local(model, *files))
+    return run_forget(model, None, out, requests=[str(f) for f in files], overwrite=overwrite, **kw)
 
 
 def demo(out: str | Path, *, overwrite: bool = False, config: Any = None, cache_dir: str | Path | None = None,
