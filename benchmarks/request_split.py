@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +32,12 @@ from unsee.models import load_adapter
 
 GROUPS = ("forget", "forget_test", "retain", "text_forget", "text_retain", "known", "general", "retain_test")
 TARGET_ITEMS, TARGET_SECONDS = 2, 180.0
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process, every thread: on a shared machine, wall time over-counts."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def _weights_hash(model_dir: Path) -> str:
@@ -71,9 +78,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="unsee-bench-request-"))
 
     request = write_world_request(world, tmp / "request", forget="forget_10")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_s()
     api.forget(vanilla, request, tmp / "forgotten", seed=args.seed)  # cvf_ncu, audits on: the example as shipped
-    forget_s = time.perf_counter() - start
+    forget_s, forget_cpu = time.perf_counter() - start, _cpu_s() - cpu
 
     start = time.perf_counter()
     api.unlearn("cvf_ncu", vanilla, world, tmp / "split", forget="forget_10", seed=args.seed)
@@ -92,15 +99,20 @@ def main() -> None:
         "same_weights": _weights_hash(tmp / "forgotten" / "model") == _weights_hash(tmp / "split" / "model"),
         "gap_items": gaps, "worst_gap_items": worst,
         "figures": figs,
-        "forget_wall_s": round(forget_s, 1), "unlearn_split_wall_s": round(split_s, 1),
+        "forget_wall_s": round(forget_s, 1), "forget_cpu_s": round(forget_cpu, 1),
+        "forget_cpu_s_per_thread": round(forget_cpu / max(1, args.threads), 1),
+        "unlearn_split_wall_s": round(split_s, 1),
         "forget_cost": json.loads((tmp / "forgotten" / "forget.json").read_text())["cost"],
         "targets": {"same_figures": {"bound_items": TARGET_ITEMS, "worst": worst, "met": worst <= TARGET_ITEMS},
-                    "forget_time": {"bound_s": TARGET_SECONDS, "value": round(forget_s, 1),
-                                    "met": forget_s <= TARGET_SECONDS}},
+                    "forget_time": {"bound_s": TARGET_SECONDS, "wall_s": round(forget_s, 1),
+                                    "cpu_s_per_thread": round(forget_cpu / max(1, args.threads), 1),
+                                    "met": forget_s <= TARGET_SECONDS,
+                                    "met_by_cpu_time": forget_cpu / max(1, args.threads) <= TARGET_SECONDS}},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("same_weights", "worst_gap_items", "forget_wall_s", "targets")},
+    print(json.dumps({k: result[k] for k in ("same_weights", "worst_gap_items", "forget_wall_s", "forget_cpu_s",
+                                             "targets")},
                      indent=2))
 
 
