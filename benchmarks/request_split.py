@@ -49,7 +49,7 @@ def _weights_hash(model_dir: Path) -> str:
 
 def _figures(model: Path, suites: dict[str, Any]) -> dict[str, dict[str, Any]]:
     adapter = load_adapter(model)
-    return {name: api.evaluate_adapter(adapter, suite, groups=GROUPS, max_gen_items=24, progress=False)
+    return {name: api.evaluate_adapter(adapter, suite, groups=GROUPS, max_gen_items=8, progress=False)
             for name, suite in suites.items()}
 
 
