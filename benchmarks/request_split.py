@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,9 +48,10 @@ def _weights_hash(model_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _figures(model: Path, suites: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _figures(model: Path, suites: dict[str, Any], generation: bool) -> dict[str, dict[str, Any]]:
     adapter = load_adapter(model)
-    return {name: api.evaluate_adapter(adapter, suite, groups=GROUPS, max_gen_items=8, progress=False)
+    return {name: api.evaluate_adapter(adapter, suite, groups=GROUPS, max_gen_items=8, generation=generation,
+                                       progress=False)
             for name, suite in suites.items()}
 
 
@@ -71,6 +73,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     model_options(p)
     p.add_argument("--out", default=None, help="default: benchmarks/results/request_split_<world>.json")
+    p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of cvf_ncu for both runs, e.g. max_steps=10 for a short comparison")
+    p.add_argument("--no-audit", action="store_true", help="unsee forget without its audits")
+    p.add_argument("--no-generation", action="store_true", help="compare MCQ only (generation is slow on CPU)")
     args = p.parse_args()
     out = Path(args.out or Path(__file__).parent / "results" / f"request_split_{args.world}.json")
     load_start = os.getloadavg()
@@ -79,22 +85,25 @@ def main() -> None:
 
     request = write_world_request(world, tmp / "request", forget="forget_10")
     start, cpu = time.perf_counter(), _cpu_s()
-    api.forget(vanilla, request, tmp / "forgotten", seed=args.seed)  # cvf_ncu, audits on: the example as shipped
+    api.forget(vanilla, request, tmp / "forgotten", seed=args.seed, overrides=args.train_set,
+               audit=not args.no_audit, max_gen_items=0 if args.no_generation else 24)  # as shipped by default
     forget_s, forget_cpu = time.perf_counter() - start, _cpu_s() - cpu
 
     start = time.perf_counter()
-    api.unlearn("cvf_ncu", vanilla, world, tmp / "split", forget="forget_10", seed=args.seed)
+    api.unlearn("cvf_ncu", vanilla, world, tmp / "split", forget="forget_10", seed=args.seed,
+                overrides=args.train_set, evaluate_after=False)
     split_s = time.perf_counter() - start
 
     suites = {"split": api.load_suite(world, "forget_10", seed=args.seed),
               "request": load_request_suite(request, seed=args.seed)}
-    figs = {"request_run": _figures(tmp / "forgotten" / "model", suites),
-            "split_run": _figures(tmp / "split" / "model", suites)}
+    figs = {"request_run": _figures(tmp / "forgotten" / "model", suites, not args.no_generation),
+            "split_run": _figures(tmp / "split" / "model", suites, not args.no_generation)}
     gaps = {s: _gaps(figs["request_run"][s], figs["split_run"][s]) for s in suites}
     worst = max((v for s in gaps.values() for row in s.values() for v in row.values()), default=0.0)
     result = {
         "world": args.world, "arch": args.arch, "seed": args.seed, "threads": args.threads,
-        "command": f"python benchmarks/request_split.py --world {args.world}",
+        "train_set": args.train_set, "audit": not args.no_audit, "generation": not args.no_generation,
+        "command": "python benchmarks/request_split.py " + " ".join(sys.argv[1:]),
         "load_average_start": load_start, "load_average_end": os.getloadavg(),
         "same_weights": _weights_hash(tmp / "forgotten" / "model") == _weights_hash(tmp / "split" / "model"),
         "gap_items": gaps, "worst_gap_items": worst,
