@@ -185,6 +185,7 @@ def forgotten(model_dir: Path, example: Path, tmp_path_factory: pytest.TempPathF
     return out
 
 
+@pytest.mark.slow
 def test_forget_writes_the_model_results_and_evidence(forgotten: Path, example: Path, world: Path) -> None:
     for name in ("model/model.safetensors", "model/README.md", "results.json", "report.md", "evidence.html",
                  "evidence/figures.png", "names-salt.txt"):
@@ -235,6 +236,7 @@ def test_evidence_page_renders_in_a_browser(forgotten: Path) -> None:
     assert "Removal request:" in dom
 
 
+@pytest.mark.slow
 def test_unlearn_takes_a_request_file(model_dir: Path, example: Path, tmp_path: Path) -> None:
     out = api.unlearn("ga", model_dir, example, tmp_path / "u", overrides=FAST)
     run = load_results(out / "results.json")["runs"][0]
@@ -242,6 +244,7 @@ def test_unlearn_takes_a_request_file(model_dir: Path, example: Path, tmp_path: 
     assert (out / "model" / "README.md").is_file()
 
 
+@pytest.mark.slow
 def test_requests_in_order_are_a_continual_run(model_dir: Path, example: Path, tmp_path: Path) -> None:
     body = yaml.safe_load(example.read_text())
     folder = example.parent
