@@ -119,6 +119,7 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
     suites = [request_suite(r, seed=seed) for r in reqs]
     for s in suites:
         api.check_forget(s)
+        api.check_images(s)  # every photo decodes: checked by the request already, cheap to confirm
     label = "+".join(r.label for r in reqs)
     eval_kw = {"groups": EVAL_GROUPS, "max_gen_items": max_gen_items}
 
@@ -159,7 +160,7 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
         card_request = {"files": [f.name for f in files], "hidden": hide_names,
                         "people": [hashed(n, salt) for n in names] if hide_names and salt else names}
         if steering is None:
-            api._save_model(adapter, tmp / "model")
+            api._save_model(adapter, tmp / "model", name)
             atomic_write_text(tmp / "model" / "README.md", model_card(
                 final, vanilla, base_model=str(model), base_hash=base_hash,
                 forgotten=[e for s in suites for e in s.forget_entities], audits=None, request=card_request))
