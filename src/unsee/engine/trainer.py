@@ -348,10 +348,7 @@ def _step(method: Method, ctx: Context, optimizer: torch.optim.Optimizer,
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if ctx.world > 1 and sharded is None:
-        for p in params:
-            if p.grad is not None:
-                torch.distributed.all_reduce(p.grad)
-                p.grad.div_(ctx.world)
+        average_gradients(params, ctx.world)
     ctx.constraints.mask_gradients()
     if cfg.grad_clip > 0:
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -364,6 +361,25 @@ def _step(method: Method, ctx: Context, optimizer: torch.optim.Optimizer,
     if ctx.constraints:
         ctx.constraints.project_updates()
     return value, {k: float(v) for k, v in parts.items()}
+
+
+def average_gradients(params: list[nn.Parameter], world: int) -> None:
+    """Average gradients over the processes, as one process would see the whole batch.
+
+    A process whose slice of the batch never reaches a parameter (text-only rows and the
+    visual module, say) has no gradient for it; the others do. Every process first agrees on
+    which parameters any of them reached, so all take part in the same reductions, and a
+    parameter that no process reached keeps no gradient, as in a single process.
+    """
+    reached = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
+    torch.distributed.all_reduce(reached)
+    for p, hit in zip(params, reached.tolist(), strict=True):
+        if not hit:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        torch.distributed.all_reduce(p.grad)
+        p.grad.div_(world)
 
 
 def _save_progress(cfg: TrainConfig, step: int, method: Method, named: dict[str, nn.Parameter],
