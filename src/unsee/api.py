@@ -19,7 +19,7 @@ import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unsee import finetune as _finetune
 from unsee import retrain as _retrain
@@ -42,6 +42,9 @@ from unsee.models import load_adapter
 from unsee.models import shapes as _shapes
 from unsee.models import tiny as _tiny
 from unsee.models.base import HFAdapter, Turn
+
+if TYPE_CHECKING:
+    from unsee.eval.evaluator import Evaluation
 
 __all__ = ["attack", "audit_adapter", "build_world", "detect_benchmark", "evaluate", "finetune", "forget", "init_model",
            "init_shaped", "load_suite", "print_results", "report", "retrain", "unlearn"]
@@ -231,22 +234,39 @@ def method_configs(method: str, config: str | Path | Mapping[str, Any] | None,
 
 
 # ---- evaluation ----------------------------------------------------------------------------
-def evaluate_adapter(adapter: HFAdapter, suite: Suite, *, steering: str | Path | None = None,
-                     **kw: Any) -> dict[str, Any]:
-    from unsee.eval.evaluator import evaluate as run_eval
+def evaluation(adapter: HFAdapter, suite: Suite, *, steering: str | Path | None = None, **kw: Any) -> Evaluation:
+    """Score a loaded model (as deployed: with its steering file, if any); figures and item records."""
+    from unsee.eval.evaluator import run_evaluation
 
     if steering is None:
-        return run_eval(adapter, suite, **kw)
+        return run_evaluation(adapter, suite, **kw)
     from unsee.methods.eraser import Steering, steer
 
     st = Steering.load(steering)
     st.check_compatible(adapter)
     with steer(adapter, st):
-        return run_eval(adapter, suite, **kw)
+        return run_evaluation(adapter, suite, **kw)
 
 
-def make_run(method: str, metrics: dict, *, model: str, suite: Suite, forget: str, seed: int,
+def evaluate_adapter(adapter: HFAdapter, suite: Suite, *, steering: str | Path | None = None,
+                     **kw: Any) -> dict[str, Any]:
+    """The figures of :func:`evaluation` alone."""
+    return evaluation(adapter, suite, steering=steering, **kw).metrics
+
+
+def make_run(method: str, metrics: dict | Evaluation, *, model: str, suite: Suite, forget: str, seed: int,
              config: dict | None = None, cost: dict | None = None, request: int = 1, **extra: Any) -> dict:
+    """A results.json run. Given an :class:`Evaluation`, the run also names its protocol and
+    scoring rules and carries the item records that go to samples.jsonl when it is written."""
+    from unsee.eval.evaluator import Evaluation
+    from unsee.eval.results import SAMPLES_KEY
+
+    scored: dict[str, Any] = {}
+    if isinstance(metrics, Evaluation):
+        ev = metrics
+        metrics = ev.metrics
+        scored = {"mcq_protocol": ev.mcq_protocol, "protocol": ev.protocol, "evaluation": ev.record(),
+                  SAMPLES_KEY: ev.samples}
     return {
         "method": method, "model": model, "benchmark": suite.info.get("benchmark", suite.name),
         "forget_split": forget, "request": request, "seed": seed, "config": config or {},
@@ -254,6 +274,7 @@ def make_run(method: str, metrics: dict, *, model: str, suite: Suite, forget: st
         **({"data": suite.info["data"]} if "data" in suite.info else {}),
         "cost": cost or {"wall_s": 0.0, "peak_rss_bytes": 0, "peak_gpu_bytes": None, "trainable_params": 0,
                          "optimizer_state_bytes": 0},
+        **scored,
         **extra,
     }
 
@@ -271,12 +292,19 @@ def model_name(path: str | Path) -> str:
 def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
              steering: str | Path | None = None, overwrite: bool = False, method: str = "vanilla", seed: int = 0,
              allow_pickle: bool = False, max_items: int | None = None, dtype: str | None = None,
-             benchmark: str | None = None, revision: str | None = None) -> dict:
-    """``unsee eval``: every metric group, written as a results file."""
+             benchmark: str | None = None, revision: str | None = None, protocol: str = "loglik",
+             max_new_tokens: int | None = None) -> dict:
+    """``unsee eval``: every metric group, written as a results file with samples.jsonl beside it.
+
+    ``protocol`` is ``loglik`` or ``official`` (the benchmark's own scoring); every item is
+    scored unless ``max_items`` caps each task of each group; replies get the benchmark's
+    own ``max_new_tokens`` unless it is given.
+    """
     from unsee.eval.results import CostMeter, new_results, write_results
 
     out = Path(out)
     check_output_file(out, overwrite=overwrite, inputs=_local(model, data, steering))
+    eval_kw = eval_options(protocol=protocol, max_items=max_items, max_new_tokens=max_new_tokens)
     suite = load_suite(data, forget, seed=seed, benchmark=benchmark, revision=revision)
     check_forget(suite)
     check_images(suite)
@@ -284,15 +312,35 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
         forget = Path(data).stem
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
     with CostMeter() as meter:
-        metrics = evaluate_adapter(adapter, suite, steering=steering, max_items=max_items)
+        found = evaluation(adapter, suite, steering=steering, **eval_kw)
     meter.record_model(None)
-    run = make_run(method, metrics, model=model_name(model), suite=suite, forget=forget, seed=seed,
+    run = make_run(method, found, model=model_name(model), suite=suite, forget=forget, seed=seed,
                    cost=meter.cost(), steering=str(steering) if steering else None)
     if run["steering"] is None:
         run.pop("steering")
     res = new_results([run])
     write_results(out, res, overwrite=overwrite)
-    return res
+    return strip_samples_all(res)
+
+
+def strip_samples_all(res: dict) -> dict:
+    """A results object as written to disk: without the item records its runs carried."""
+    from unsee.eval.results import strip_samples
+
+    return {**res, "runs": [strip_samples(r) for r in res["runs"]]}
+
+
+def eval_options(*, protocol: str = "loglik", max_items: int | None = None,
+                 max_new_tokens: int | None = None) -> dict[str, Any]:
+    """The evaluation options a command takes, checked before any data or model is loaded."""
+    from unsee.eval.protocols import check_protocol
+
+    check_protocol(protocol)
+    if max_items is not None and max_items < 1:
+        raise ConfigError(f"max_items must be at least 1, got {max_items}")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    return {"protocol": protocol, "max_items": max_items, "max_new_tokens": max_new_tokens}
 
 
 def print_results(res: dict) -> None:
@@ -371,14 +419,17 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
             requests: str | Sequence[str] | None = None, config: Any = None, overrides: Any = (), seed: int = 0,
             overwrite: bool = False, allow_pickle: bool = False, audit: bool = False,
             audit_overrides: Any = (), evaluate_after: bool = True, dtype: str | None = None,
-            report_to: str = "", benchmark: str | None = None, revision: str | None = None) -> Path:
+            report_to: str = "", benchmark: str | None = None, revision: str | None = None,
+            protocol: str = "loglik", max_items: int | None = None, max_new_tokens: int | None = None) -> Path:
     """``unsee unlearn``: a checkpoint (or a steering file, for ``eraser``), ``run.json`` and a model card.
 
     With ``requests`` the method runs continually, one request after another, and
     ``results.json`` holds one run per request. ``report_to`` streams the training losses to
-    Accelerate trackers (``tensorboard``, ``wandb``), which write under ``out/logs``.
+    Accelerate trackers (``tensorboard``, ``wandb``), which write under ``out/logs``. The
+    result is scored under ``protocol`` (see :func:`evaluate`); the item records go to
+    ``samples.jsonl``.
     """
-    from unsee.eval.results import new_results, write_results
+    from unsee.eval.results import new_results, strip_samples, write_results
 
     out = Path(out)
     request_file = requests if isinstance(requests, str | Path) and Path(requests).is_file() else None
@@ -387,13 +438,14 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
     if report_to:
         overrides = with_override(overrides, "report_to", report_to)
     check_launch(method, config, overrides)  # reject unknown methods, options and launches before any work
+    eval_kw = eval_options(protocol=protocol, max_items=max_items, max_new_tokens=max_new_tokens)
     reqs = _requests(requests)
     if reqs and is_request_file(data):
         raise ConfigError("several request files run one after another with `unsee forget --requests A,B,...`")
     if reqs:
         return continual(method, model, data, out, reqs, config=config, overrides=overrides, seed=seed,
                          overwrite=overwrite, allow_pickle=allow_pickle, dtype=dtype, benchmark=benchmark,
-                         revision=revision)
+                         revision=revision, eval_kw=eval_kw)
     suite = load_suite(data, forget, seed=seed, benchmark=benchmark, revision=revision, method=method)
     if suite.info.get("benchmark") == "request":
         forget = Path(data).stem
@@ -409,8 +461,9 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
         run, _ = unlearn_and_save(method, adapter, suite, steering_dir=tmp, model_dir=tmp / "model",
                                   model=model_name(model), base_model=str(model), base_hash=adapter.fingerprint(),
                                   forget=forget, seed=seed, config=config, overrides=overrides,
-                                  evaluate_after=evaluate_after, audit=audit, audit_overrides=audit_overrides)
-        atomic_write_json(tmp / "run.json", run)
+                                  evaluate_after=evaluate_after, eval_kw=eval_kw, audit=audit,
+                                  audit_overrides=audit_overrides)
+        atomic_write_json(tmp / "run.json", strip_samples(run))
         write_results(tmp / "results.json", new_results([run]))
     return out
 
@@ -437,7 +490,7 @@ def unlearn_and_save(method: str, adapter: HFAdapter, suite: Suite, *, steering_
     Returns the run (as in results.json) and the steering file (None for training methods).
     """
     from unsee.engine.trainer import frozen_copy
-    from unsee.eval.results import CostMeter
+    from unsee.eval.results import CostMeter, strip_samples
     from unsee.report import model_card
 
     before = frozen_copy(adapter, visual_only=True) if audit else None
@@ -460,7 +513,7 @@ def unlearn_and_save(method: str, adapter: HFAdapter, suite: Suite, *, steering_
             history = res.history
     meter.record_model(None)
     cost = {**meter.cost(), "trainable_params": trainable, "optimizer_state_bytes": opt_bytes}
-    metrics = evaluate_adapter(adapter, suite, steering=steering, **(eval_kw or {})) if evaluate_after else {}
+    metrics: Any = evaluation(adapter, suite, steering=steering, **(eval_kw or {})) if evaluate_after else {}
     run = make_run(method, metrics, model=model, suite=suite, forget=forget, seed=seed, config=resolved, cost=cost,
                    info=_jsonable(info))
     if history:
@@ -470,7 +523,7 @@ def unlearn_and_save(method: str, adapter: HFAdapter, suite: Suite, *, steering_
                                        seed=seed, overrides=audit_overrides, strict=False)
     if steering is None and save:
         _save_model(adapter, model_dir, model)
-        card = model_card(run, vanilla, base_model=base_model, base_hash=base_hash,
+        card = model_card(strip_samples(run), vanilla, base_model=base_model, base_hash=base_hash,
                           forgotten=list(suite.forget_entities), audits=None)
         atomic_write_text(model_dir / "README.md", card)
     return run, steering
@@ -525,14 +578,16 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
                 res, resolved = unlearn_adapter(method, adapter, suite, config=config, overrides=overrides,
                                                 seed=seed, forgotten_images=forgotten)
             meter.record_model(None)
-            metrics = evaluate_adapter(adapter, suite, **eval_kw)
+            found = evaluation(adapter, suite, **eval_kw)
             for j, earlier in enumerate(requests[:i], 1):
                 s_j = load_suite(data, earlier, retain_exclude=requests, seed=seed, benchmark=benchmark)
-                metrics[f"forget_r{j}"] = evaluate_adapter(adapter, s_j, **{**eval_kw, "groups": ("forget",),
-                                                                            "generation": False})["forget"]
+                again = evaluation(adapter, s_j, **{**eval_kw, "groups": ("forget",), "generation": False})
+                found.metrics[f"forget_r{j}"] = again.metrics["forget"]
+                found.scoring[f"forget_r{j}"] = again.scoring["forget"]
+                found.samples += [{**r, "group": f"forget_r{j}"} for r in again.samples]
             # each photo once, however many questions it has (requests are disjoint people)
             forgotten += [t.image for t in unique_images(qa_turns(suite.group("train_forget")))]
-            runs.append(make_run(method, metrics, model=model_name(model), suite=suite, forget=req, seed=seed,
+            runs.append(make_run(method, found, model=model_name(model), suite=suite, forget=req, seed=seed,
                                  request=i, config=resolved, info=_jsonable(res.info),
                                  cost={**meter.cost(), "trainable_params": res.trainable_params,
                                        "optimizer_state_bytes": res.optimizer_state_bytes}))

@@ -52,6 +52,18 @@ def _data_options(p: argparse.ArgumentParser) -> None:
                    help="which benchmark --data holds (default: detected from its configs and columns)")
 
 
+def _eval_options(p: argparse.ArgumentParser, *, caps: bool = True) -> None:
+    """How a model is scored: the same options on every command that evaluates."""
+    p.add_argument("--protocol", default="loglik", choices=["loglik", "official"],
+                   help="loglik: MCQ by the likeliest option text (unsee's reading); official: the benchmark's "
+                        "own prompts, decoding, answer extraction and metrics")
+    if caps:
+        p.add_argument("--max-items", type=int, default=None,
+                       help="score at most N items of each task in each group (default: all)")
+        p.add_argument("--max-new-tokens", type=int, default=None,
+                       help="reply budget of every task (default: the benchmark's own)")
+
+
 def _world(a: argparse.Namespace) -> None:
     from unsee import api
 
@@ -96,6 +108,7 @@ def _unlearn(a: argparse.Namespace) -> None:
         overrides=a.overrides, seed=a.seed, overwrite=a.overwrite, allow_pickle=a.allow_pickle,
         audit=a.audit, audit_overrides=a.audit_set, dtype=a.dtype, report_to=a.report_to or "",
         benchmark=a.benchmark, revision=a.revision,
+        protocol=a.protocol, max_items=a.max_items, max_new_tokens=a.max_new_tokens,
     )
     print(f"unlearned output written to {out}")
 
@@ -115,7 +128,8 @@ def _eval(a: argparse.Namespace) -> None:
 
     res = api.evaluate(a.model, a.data, a.out, forget=a.forget, steering=a.steering, overwrite=a.overwrite,
                        method=a.method, seed=a.seed, allow_pickle=a.allow_pickle, max_items=a.max_items,
-                       dtype=a.dtype, benchmark=a.benchmark, revision=a.revision)
+                       dtype=a.dtype, benchmark=a.benchmark, revision=a.revision, protocol=a.protocol,
+                       max_new_tokens=a.max_new_tokens)
     api.print_results(res)
 
 
@@ -130,7 +144,7 @@ def _demo(a: argparse.Namespace) -> None:
     from unsee import api
 
     api.demo(a.out, methods=a.methods, quick=a.quick, arch=a.arch, seed=a.seed, overwrite=a.overwrite,
-             cache_dir=a.cache_dir, config=a.config, audit=not a.no_audit)
+             cache_dir=a.cache_dir, config=a.config, audit=not a.no_audit, protocol=a.protocol)
 
 
 def _attack(a: argparse.Namespace) -> None:
@@ -188,6 +202,7 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--config", default=None)
     _load_options(u)
     _data_options(u)
+    _eval_options(u)
     u.add_argument("--audit", action="store_true", help="run the robustness audits on the result")
     u.add_argument("--audit-set", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the audits (repeatable), e.g. --audit-set relearn_steps=50")
@@ -212,7 +227,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--forget", default="forget_10")
     e.add_argument("--steering", default=None, help="apply an MLLMEraser steering file")
     e.add_argument("--method", default="vanilla", help="the name this run is reported under")
-    e.add_argument("--max-items", type=int, default=None, help="cap each group (for quick checks)")
+    _eval_options(e)
     _load_options(e)
     _data_options(e)
 
@@ -227,6 +242,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--config", default=None, help="demo config file (overrides quick/default)")
     d.add_argument("--cache-dir", default=None)
     d.add_argument("--no-audit", action="store_true")
+    _eval_options(d, caps=False)
 
     at = _command(sub, "attack", "robustness audits on an unlearned model; figures go into a results.json",
                   _attack, required=["model", "data", "out"])

@@ -29,7 +29,7 @@ class DemoConfig:
     recipe_overrides: list = opt([], "key=value overrides of the recipe")
     forget: str = opt("forget_10", "the removal request")
     method_overrides: dict = opt({}, "method -> list of key=value overrides")
-    max_gen_items: int = opt(24, "cloze/generation items per group in the evaluation")
+    max_gen_items: int = opt(24, "cloze/generation items per group in the evaluation (0: all)")
     max_items: int = opt(0, "MCQ items per group (0: all)")
     attacks: list = opt(["relearn"], "robustness audits run after unlearning (relearn, pgd, shift, probe)")
     audit_methods: list = opt(["cvf_ncu"], "the methods whose results are audited (all: every method)")
@@ -75,7 +75,8 @@ def prepare_vanilla(cfg: DemoConfig, arch: str, seed: int, cache: Path) -> tuple
 
 def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", quick: bool = False,
              arch: str = "tiny-llava", seed: int = 0, overwrite: bool = False, cache_dir: str | Path | None = None,
-             config: str | Path | dict | None = None, audit: bool = False) -> Path:
+             config: str | Path | dict | None = None, audit: bool = False, protocol: str = "loglik") -> Path:
+    """Run the demo into ``out``; every model is scored under ``protocol`` (``loglik`` or ``official``)."""
     from unsee import api
     from unsee.eval.results import new_results, write_results
     from unsee.methods import ALL
@@ -84,6 +85,7 @@ def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", 
 
     out = Path(out)
     check_output_dir(out, overwrite=overwrite)
+    eval_kw: dict[str, Any] = api.eval_options(protocol=protocol)
     base = {"world": "quick", "recipe": "quick"} if quick else {}
     if isinstance(config, dict):
         base.update(config)
@@ -99,12 +101,12 @@ def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", 
     world, vanilla = prepare_vanilla(cfg, arch, seed, cache)
     suite = api.load_suite(world, cfg.forget, seed=seed)
     api.check_forget(suite)
-    eval_kw = {"max_gen_items": cfg.max_gen_items, "max_items": cfg.max_items or None}
+    eval_kw.update(max_gen_items=cfg.max_gen_items or None, max_items=cfg.max_items or None)
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         console.print("[bold]3/4[/] measuring the vanilla model")
         base_adapter = load_adapter(vanilla)
-        v_metrics = api.evaluate_adapter(base_adapter, suite, **eval_kw)
+        v_metrics = api.evaluation(base_adapter, suite, **eval_kw)
         runs = [api.make_run("vanilla", v_metrics, model=arch, suite=suite, forget=cfg.forget, seed=seed)]
         shown = _example_items(suite)
         before = _answers(base_adapter, shown)

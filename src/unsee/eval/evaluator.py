@@ -1,24 +1,27 @@
 """The evaluator: every metric group of results.json, batched, from any benchmark Suite.
 
-MCQ is scored by option log-likelihood (one teacher-forced pass per option, batched),
-and optionally by the first letter of a generated reply; cloze and generation items are
-answered by batched greedy generation. It is a plain function so a training loop can
-call it between epochs.
+Under the ``loglik`` protocol MCQ is scored by option log-likelihood (one teacher-forced
+pass per option, batched); under ``official`` each benchmark's own prompts and reply
+reading apply (:mod:`unsee.eval.protocols`). Cloze and generation items are answered by
+batched greedy generation. Every scored item leaves a record (samples.jsonl), and the
+figures are computed from those records, so a figure can always be traced to its items.
+It is a plain function so a training loop can call it between epochs.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from unsee.data.collate import image_of
-from unsee.data.schema import METRIC_GROUPS, Example, Suite
+from unsee.data.schema import LETTERS, METRIC_GROUPS, Example, Suite
 from unsee.errors import ModelError
-from unsee.eval import metrics, prompts
+from unsee.eval import metrics, prompts, protocols
 from unsee.models.base import HFAdapter, Turn
 
 
@@ -63,53 +66,212 @@ def mcq_letter(adapter: HFAdapter, items: Sequence[Example], *, batch_size: int 
     return [metrics.letter_correct(r, e.correct_letter or "") for r, e in zip(replies, items, strict=True)]
 
 
-def evaluate(
+@dataclass
+class Evaluation:
+    """What one evaluation found: the figures of results.json and the item records behind them.
+
+    ``samples`` holds one record per scored item (the lines of samples.jsonl, without the
+    run fields), and ``metrics`` is computed from them by :func:`aggregate`, so the two can
+    never disagree. ``scoring`` names the rule behind every figure of every group;
+    ``max_new_tokens`` the reply budget of each task.
+    """
+
+    metrics: dict[str, dict[str, float | int]]
+    samples: list[dict[str, Any]]
+    protocol: str
+    mcq_protocol: str
+    scoring: dict[str, dict[str, str]]
+    max_new_tokens: dict[str, int]
+    max_items: int | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The ``evaluation`` object of a results.json run."""
+        return {"protocol": self.protocol, "max_items": self.max_items, "max_new_tokens": self.max_new_tokens,
+                "scoring": self.scoring}
+
+
+def _record(group: str, item: Example, prompt: str, rule: str) -> dict[str, Any]:
+    return {
+        "group": group, "uid": item.uid, "person": item.entity, "task": item.task, "image": item.has_image,
+        "question": item.question, "options": list(item.options), "answer": item.answer,
+        "gold": item.correct_letter if item.task == "mcq" else item.answer, "prompt": prompt, "rule": rule,
+        "pair": item.pair_key,
+    }
+
+
+def _mcq_records(adapter: HFAdapter, group: str, items: list[Example], *, benchmark: str, protocol: str,
+                 batch_size: int, max_new: int, progress: bool) -> list[dict[str, Any]]:
+    rule = protocols.mcq_rule(benchmark, protocol, group)
+    texts = [protocols.prompt(benchmark, protocol, e) for e in items]
+    out = [_record(group, e, t, rule) for e, t in zip(items, texts, strict=True)]
+    if rule == "loglik":
+        for rec, e, s in zip(out, items, option_logprobs(adapter, items, batch_size=batch_size, progress=progress,
+                                                        desc=f"eval {group}"), strict=True):
+            choice = metrics.loglik_choice(s)
+            rec.update(scores=[float(x) for x in s], reply=None, extracted=LETTERS[choice],
+                       correct=choice == e.correct)
+        return out
+    replies = adapter.generate([Turn(image_of(e), t) for e, t in zip(items, texts, strict=True)],
+                               max_new_tokens=max_new, batch_size=batch_size)
+    for rec, e, reply in zip(out, items, replies, strict=True):
+        extracted, ok = protocols.read_mcq(rule, reply, e)
+        rec.update(reply=reply, extracted=extracted, correct=ok)
+    return out
+
+
+def _free_records(adapter: HFAdapter, group: str, items: list[Example], *, benchmark: str, protocol: str,
+                  batch_size: int, max_new: int) -> list[dict[str, Any]]:
+    texts = [protocols.prompt(benchmark, protocol, e) for e in items]
+    rule = protocols.CLOZE_RULE if items and items[0].task == "cloze" else "rougeL"
+    out = [_record(group, e, t, rule) for e, t in zip(items, texts, strict=True)]
+    replies = adapter.generate([Turn(image_of(e), t) for e, t in zip(items, texts, strict=True)],
+                               max_new_tokens=max_new, batch_size=batch_size)
+    for rec, e, reply in zip(out, items, replies, strict=True):
+        if e.task == "cloze":
+            rec.update(reply=reply, extracted=reply, correct=metrics.cloze_correct(reply, e.answer))
+        else:
+            rec.update(reply=reply, extracted=reply, correct=None, rougeL=metrics.rouge_l(reply, e.answer),
+                       bleu=metrics.bleu(reply, e.answer))
+    return out
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def aggregate(samples: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float | int]]:
+    """Each group's figures from its item records: the one place where results.json's numbers come from.
+
+    ``mcq`` and ``cloze`` are the fractions correct, ``rougeL`` and ``bleu`` the means over
+    generation items; ``n``, ``n_cloze`` and ``n_gen`` count them. Where an image group and
+    its ``text_`` twin hold the two forms of the same questions (UMU-bench's ``pair``), the
+    image group also gets UMU's modality-alignment figures (:func:`all_modal`).
+    """
+    by_group: dict[str, list[Mapping[str, Any]]] = {}
+    for rec in samples:
+        by_group.setdefault(rec["group"], []).append(rec)
+    out: dict[str, dict[str, float | int]] = {}
+    for group, recs in by_group.items():
+        mcq = [r for r in recs if r["task"] == "mcq"]
+        cloze = [r for r in recs if r["task"] == "cloze"]
+        gen = [r for r in recs if r["task"] == "gen"]
+        fig: dict[str, float | int] = {"n": len(mcq)}
+        if mcq:
+            fig["mcq"] = _mean([bool(r["correct"]) for r in mcq])
+        if cloze:
+            fig["cloze"] = _mean([bool(r["correct"]) for r in cloze])
+            fig["n_cloze"] = len(cloze)
+        if gen:
+            fig["rougeL"] = _mean([float(r["rougeL"]) for r in gen])
+            fig["bleu"] = _mean([float(r["bleu"]) for r in gen])
+            fig["n_gen"] = len(gen)
+        out[group] = fig
+    for group, fig in out.items():
+        twin = by_group.get(f"text_{group}")
+        if twin is not None and not group.startswith("text_"):
+            fig.update(all_modal(by_group[group], twin, forget=group.startswith("forget")))
+    return out
+
+
+def all_modal(image: Sequence[Mapping[str, Any]], text: Sequence[Mapping[str, Any]], *,
+              forget: bool) -> dict[str, float]:
+    """UMU-bench's modality alignment over the questions asked both with and without the image.
+
+    ``all_modal_acc``/``all_modal_err`` (MCQ) and ``cloze_all_modal_acc``/``_err``: the fraction
+    of pairs answered right in both forms / wrong in both. ``rougeL_all_modal``: the mean over
+    pairs of (a^2 + b^2) / (a + b) on a forget group and 2ab / (a + b) elsewhere, a and b the
+    two ROUGE-L scores, as UMU-bench's eval.py combines them.
+    """
+    twins = {(r["task"], r["pair"]): r for r in text if r.get("pair")}
+    out: dict[str, float] = {}
+    for task, prefix in (("mcq", ""), ("cloze", "cloze_")):
+        pairs = {r["pair"]: (bool(twins[(task, r["pair"])]["correct"]), bool(r["correct"]))
+                 for r in image if r["task"] == task and (task, r.get("pair")) in twins}
+        if pairs:
+            figures = metrics.all_modal(pairs)
+            out[f"{prefix}all_modal_acc"] = figures["all_modal_acc"]
+            out[f"{prefix}all_modal_err"] = figures["all_modal_err"]
+    combined = []
+    for r in image:
+        t = twins.get(("gen", r.get("pair")))
+        if r["task"] != "gen" or t is None:
+            continue
+        a, b = float(r["rougeL"]), float(t["rougeL"])
+        combined.append(0.0 if a + b == 0 else ((a * a + b * b) if forget else 2 * a * b) / (a + b))
+    if combined:
+        out["rougeL_all_modal"] = _mean(combined)
+    return out
+
+
+def item_correctness(samples: Sequence[Mapping[str, Any]], group: str, task: str = "mcq") -> list[bool]:
+    """Per-item right/wrong of one group and task, in evaluation order: what an interval over items resamples."""
+    return [bool(r["correct"]) for r in samples if r["group"] == group and r["task"] == task]
+
+
+def run_evaluation(
     adapter: HFAdapter,
     suite: Suite,
     *,
     groups: Sequence[str] = METRIC_GROUPS,
+    protocol: str = "loglik",
+    benchmark: str | None = None,
     letter: bool = False,
     generation: bool = True,
     max_items: int | None = None,
-    max_gen_items: int | None = 40,
+    max_gen_items: int | None = None,
     batch_size: int = 32,
-    max_new_tokens: int = 24,
+    max_new_tokens: int | None = None,
     progress: bool = True,
-) -> dict[str, dict[str, float | int]]:
-    """Fill each group's figures: ``mcq`` (log-likelihood), ``cloze``, ``rougeL``, ``bleu``, ``n``.
+) -> Evaluation:
+    """Score every item of ``groups`` under ``protocol`` (:mod:`unsee.eval.protocols`).
 
-    Generation is the slow part on CPU; ``max_gen_items`` caps the cloze and generation
-    items per group (``None``: all). The cap takes the first items, so it is deterministic.
+    ``max_items`` caps each task of each group (the first items, so the choice is
+    deterministic); ``max_gen_items`` further caps cloze and generation, which are the slow
+    part on a CPU. ``max_new_tokens`` overrides the benchmark's own reply budget for every
+    task. ``letter`` adds ``mcq_letter``, the letter reading of the same MCQs, as an extra figure.
     """
-    out: dict[str, dict[str, float | int]] = {}
+    protocols.check_protocol(protocol)
+    bench = protocols.benchmark_of(benchmark or suite.info.get("benchmark", suite.name))
+    budget = {t: protocols.max_new_tokens(bench, t, max_new_tokens) for t in ("mcq", "cloze", "gen")}
+    samples: list[dict[str, Any]] = []
+    scoring: dict[str, dict[str, str]] = {}
+    extra: dict[str, dict[str, float]] = {}
     for g in groups:
         items = suite.groups.get(g, [])
         if not items:
             continue
         mcq = _cap([e for e in items if e.task == "mcq" and e.options], max_items)
-        cloze = _cap([e for e in items if e.task == "cloze"], max_gen_items)
-        gen = _cap([e for e in items if e.task == "gen"], max_gen_items)
-        fig: dict[str, float | int] = {"n": len(mcq)}
+        cloze = _cap(_cap([e for e in items if e.task == "cloze"], max_items), max_gen_items) if generation else []
+        gen = _cap(_cap([e for e in items if e.task == "gen"], max_items), max_gen_items) if generation else []
+        rules: dict[str, str] = {}
+        extra[g] = {}
         if mcq:
-            ok = mcq_loglik(adapter, mcq, batch_size=batch_size, progress=progress, desc=f"eval {g}")
-            fig["mcq"] = sum(ok) / len(ok)
+            samples += _mcq_records(adapter, g, mcq, benchmark=bench, protocol=protocol, batch_size=batch_size,
+                                    max_new=budget["mcq"], progress=progress)
+            rules["mcq"] = protocols.mcq_rule(bench, protocol, g)
             if letter:
-                fig["mcq_letter"] = sum(mcq_letter(adapter, mcq)) / len(mcq)
-        if generation and cloze:
-            turns = [Turn(image_of(e), prompts.cloze_prompt(e.question)) for e in cloze]
-            replies = adapter.generate(turns, max_new_tokens=max_new_tokens, batch_size=batch_size)
-            fig["cloze"] = sum(metrics.cloze_correct(r, e.answer) for r, e in zip(replies, cloze, strict=True)) / len(
-                cloze)
-            fig["n_cloze"] = len(cloze)
-        if generation and gen:
-            turns = [Turn(image_of(e), prompts.gen_prompt(e.question, e.has_image)) for e in gen]
-            replies = adapter.generate(turns, max_new_tokens=max_new_tokens, batch_size=batch_size)
-            pairs = list(zip(replies, gen, strict=True))
-            fig["rougeL"] = sum(metrics.rouge_l(r, e.answer) for r, e in pairs) / len(gen)
-            fig["bleu"] = sum(metrics.bleu(r, e.answer) for r, e in pairs) / len(gen)
-            fig["n_gen"] = len(gen)
-        out[g] = fig
-    return out
+                extra[g]["mcq_letter"] = _mean(mcq_letter(adapter, mcq))
+                rules["mcq_letter"] = "letter"
+        if cloze:
+            samples += _free_records(adapter, g, cloze, benchmark=bench, protocol=protocol, batch_size=batch_size,
+                                     max_new=budget["cloze"])
+            rules["cloze"] = protocols.CLOZE_RULE
+        if gen:
+            samples += _free_records(adapter, g, gen, benchmark=bench, protocol=protocol, batch_size=batch_size,
+                                     max_new=budget["gen"])
+            rules.update(protocols.GEN_RULES)
+        scoring[g] = rules
+    figures = aggregate(samples)
+    # a group with items but nothing scored (generation off, no MCQ) still reports n = 0
+    ordered = {g: {**figures.get(g, {"n": 0}), **extra[g]} for g in groups if g in extra}
+    mcq_protocol = protocols.mcq_rule(bench, protocol, "forget")
+    return Evaluation(metrics=ordered, samples=samples, protocol=protocol, mcq_protocol=mcq_protocol,
+                      scoring=scoring, max_new_tokens=budget, max_items=max_items)
+
+
+def evaluate(adapter: HFAdapter, suite: Suite, **kw: Any) -> dict[str, dict[str, float | int]]:
+    """The figures of :func:`run_evaluation` alone: ``mcq``, ``cloze``, ``rougeL``, ``bleu`` and counts per group."""
+    return run_evaluation(adapter, suite, **kw).metrics
 
 
 def answers(adapter: HFAdapter, items: Sequence[Example], *, max_new_tokens: int = 16) -> list[str]:

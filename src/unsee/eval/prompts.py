@@ -73,15 +73,20 @@ def qa_prompt(question: str) -> str:
     return question.strip()
 
 
+def clear_mcq_prompt(question: str, options: Sequence[str] | Mapping[str, str]) -> str:
+    """CLEAR multiple choice (names, ``real_faces``, ``real_world``): the question, ``A. text`` lines,
+    and a final newline; the reply's first letter is scored."""
+    lines = [f"{letter}. {text}" for letter, text in zip(LETTERS, _option_texts(options), strict=False)]
+    return f"{question}\n" + "\n".join(lines) + "\n"
+
+
 def clear_name_prompt(names: Sequence[str]) -> str:
-    """CLEAR name classification: the name question, then ``A. name`` lines and a final newline.
+    """CLEAR name classification: :func:`clear_mcq_prompt` with the name question.
 
     CLEAR's ``perturbed_names`` hold wrong names only; the caller inserts the true one and
     keeps its letter for :func:`unsee.eval.metrics.clear_name_correct`.
     """
-    texts = _option_texts(list(names))
-    lines = [f"{letter}. {text}" for letter, text in zip(LETTERS, texts, strict=False)]
-    return f"{CLEAR_NAME_QUESTION}\n" + "\n".join(lines) + "\n"
+    return clear_mcq_prompt(CLEAR_NAME_QUESTION, list(names))
 
 
 def umu_classify_prompt(question: str, options: Sequence[str] | Mapping[str, str]) -> str:

@@ -11,6 +11,7 @@ memory (host and GPU), trainable parameters and optimiser state.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import platform
@@ -29,13 +30,16 @@ import jsonschema
 
 from unsee import __version__
 from unsee.errors import OutputExistsError, UnseeError
-from unsee.io import _json_default, atomic_write_json
+from unsee.io import _json_default, atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     import torch
 
 SCHEMA_VERSION = 1
 MCQ_PROTOCOLS = ("loglik", "letter", "option_string")
+PROTOCOLS = ("loglik", "official")
+# A run may carry its item records under this key until it is written; they go to samples.jsonl.
+SAMPLES_KEY = "_samples"
 
 _FRACTION = {"type": "number", "minimum": 0, "maximum": 1}
 _COUNT = {"type": "integer", "minimum": 0}
@@ -72,6 +76,28 @@ DATA_SCHEMA: dict[str, Any] = {
         "commit": {"type": "string"},
         "fingerprint": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
     },
+}
+
+EVALUATION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "How the metrics were obtained: the protocol, the item cap, the reply budget per task, "
+                   "and the rule behind each figure of each group.",
+    "required": ["protocol", "scoring"],
+    "properties": {
+        "protocol": {"enum": list(PROTOCOLS)},
+        "max_items": {"type": ["integer", "null"], "minimum": 1},
+        "max_new_tokens": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1}},
+        "scoring": {"type": "object", "additionalProperties": {"type": "object",
+                                                                "additionalProperties": {"type": "string"}}},
+    },
+}
+
+SAMPLES_FILE = "samples.jsonl"
+SAMPLES_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "The samples.jsonl written beside this file, so that a reader can check the two belong together.",
+    "required": ["file", "lines", "sha256"],
+    "properties": {"file": {"type": "string"}, "lines": _COUNT, "sha256": {"type": "string"}},
 }
 
 RUN_SCHEMA: dict[str, Any] = {
@@ -113,6 +139,8 @@ RUN_SCHEMA: dict[str, Any] = {
                       "additionalProperties": {"type": "number"}},
         },
         "data": DATA_SCHEMA,
+        "protocol": {"enum": list(PROTOCOLS)},
+        "evaluation": EVALUATION_SCHEMA,
     },
 }
 
@@ -128,6 +156,7 @@ RESULTS_SCHEMA: dict[str, Any] = {
         "git_hash": {"type": ["string", "null"]},
         "created": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}"},
         "environment": {"type": "object"},
+        "samples": SAMPLES_SCHEMA,
         "runs": {"type": "array", "items": RUN_SCHEMA},
     },
 }
@@ -280,15 +309,70 @@ def load_results(path: str | Path) -> dict[str, Any]:
     return obj
 
 
+def samples_path(results_path: str | Path) -> Path:
+    """Where the item records of a results file live: ``samples.jsonl`` beside a ``results.json``,
+    ``NAME.samples.jsonl`` beside any other ``NAME.json``, so that two results files in one
+    folder never share one."""
+    p = Path(results_path)
+    return p.with_name(SAMPLES_FILE if p.name == "results.json" else f"{p.stem}.{SAMPLES_FILE}")
+
+
+def sample_lines(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The lines of samples.jsonl: each run's item records, led by the run they belong to."""
+    lines = []
+    for i, run in enumerate(runs):
+        head = {"run": i, "method": run.get("method"), "request": run.get("request"), "seed": run.get("seed"),
+                "protocol": run.get("protocol", "loglik")}
+        lines += [{**head, **rec} for rec in run.get(SAMPLES_KEY) or []]
+    return lines
+
+
+def strip_samples(run: Mapping[str, Any]) -> dict[str, Any]:
+    """A run without its item records: what results.json and run.json hold."""
+    return {k: v for k, v in run.items() if k != SAMPLES_KEY}
+
+
 def write_results(path: str | Path, obj: Mapping[str, Any], *, overwrite: bool = False) -> Path:
-    """Validate, then write atomically; an existing file is replaced only with ``overwrite``."""
+    """Validate, then write atomically; an existing file is replaced only with ``overwrite``.
+
+    Runs that carry item records (:data:`SAMPLES_KEY`) have them written to samples.jsonl
+    beside the file, first, and results.json records that file's line count and hash. With
+    no records at all, an existing samples.jsonl is left as it is (attacks added to a run
+    change no item), and a missing one is written empty, so every results.json has one.
+    """
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
+    runs = list(obj.get("runs", []))
+    carry = any(SAMPLES_KEY in r for r in runs)
+    obj = {**obj, "runs": [strip_samples(r) for r in runs]}
     plain = json.loads(json.dumps(obj, default=_json_default))  # numpy scalars, tuples -> JSON types
-    validate_results(plain)
+    spath = samples_path(path)
+    if carry or not spath.exists():
+        text = "".join(json.dumps(line, default=_json_default, ensure_ascii=False) + "\n"
+                       for line in sample_lines(runs))
+        plain["samples"] = {"file": spath.name, "lines": text.count("\n"),
+                            "sha256": hashlib.sha256(text.encode()).hexdigest()}
+        validate_results(plain)
+        atomic_write_text(spath, text)
+    else:
+        validate_results(plain)
     atomic_write_json(path, plain)
     return path
+
+
+def load_samples(results_path: str | Path) -> list[dict[str, Any]]:
+    """The item records beside a results file, in order ([] when there are none)."""
+    results_path = Path(results_path)
+    spath = samples_path(results_path)
+    if not spath.exists():
+        return []
+    text = spath.read_text(encoding="utf-8")
+    try:
+        lines = [json.loads(ln) for ln in text.splitlines() if ln.strip()]
+    except json.JSONDecodeError as e:
+        raise ResultsError(f"{spath}: not valid JSON lines ({e})") from e
+    return lines
 
 
 def merge_results(paths: Sequence[str | Path]) -> dict[str, Any]:

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from unsee.errors import OutputExistsError
-from unsee.eval.results import merge_results
+from unsee.eval.results import load_results, load_samples, merge_results
 from unsee.io import atomic_write_text
 from unsee.report.card import model_card
+from unsee.report.changes import changes_section, runs_with_samples
 from unsee.report.plots import loss_panels, plot_continual, plot_losses, plot_tradeoff
 from unsee.report.tables import render_report, terminal_table
 
@@ -26,7 +27,8 @@ def write_report(
 ) -> list[Path]:
     """Merge the results files and write report.md and tradeoff.png (continual.png for
     continual runs, losses.png for runs with a training history) into ``out_dir``; returns
-    the paths written.
+    the paths written. Where a results file has samples.jsonl beside it, report.md lists
+    the answers each method changed most.
 
     Only the report's own files are checked for overwriting, so the report can sit beside
     the results.json it was made from (as ``unsee demo`` does).
@@ -37,6 +39,9 @@ def write_report(
         if existing:
             raise OutputExistsError(f"{existing[0]} already exists; pass --overwrite to replace it")
     results = merge_results(result_paths)
+    sources = []
+    for path in result_paths:
+        sources += runs_with_samples(load_results(path), load_samples(path))
     out.mkdir(parents=True, exist_ok=True)
     written = [plot_tradeoff(results, out / "tradeoff.png")]
     if any(run["request"] > 1 for run in results["runs"]):
@@ -49,5 +54,5 @@ def write_report(
         (out / "losses.png").unlink(missing_ok=True)
     images = [p.name for p in written]
     report = out / "report.md"
-    atomic_write_text(report, render_report(results, images=images))
+    atomic_write_text(report, render_report(results, images=images, changes=changes_section(sources)))
     return [report, *written]

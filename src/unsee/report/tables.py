@@ -32,8 +32,14 @@ Setting = tuple[str, str, str]
 
 
 def setting_of(run: Mapping[str, Any]) -> Setting:
-    """Runs are comparable, and share a vanilla baseline, only within one setting."""
-    return (str(run["model"]), str(run["benchmark"]), str(run["forget_split"]))
+    """Runs are comparable, and share a vanilla baseline, only within one setting.
+
+    A run scored under the ``official`` protocol is a setting of its own (its split reads
+    ``forget_10 [official]``): its figures are not on the same scale as log-likelihood ones.
+    """
+    split = str(run["forget_split"])
+    protocol = run.get("protocol", "loglik")
+    return (str(run["model"]), str(run["benchmark"]), split if protocol == "loglik" else f"{split} [{protocol}]")
 
 
 def group_runs(runs: Iterable[Mapping[str, Any]]) -> dict[Setting, list[Mapping[str, Any]]]:
@@ -152,10 +158,11 @@ def _setting_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def render_report(results: Mapping[str, Any], *, images: Sequence[str] = ()) -> str:
+def render_report(results: Mapping[str, Any], *, images: Sequence[str] = (), changes: Sequence[str] = ()) -> str:
     """The markdown report: one table per (model, benchmark, forget split), one row per run.
 
-    ``images`` are relative paths of plots to embed at the end (``write_report`` passes them).
+    ``images`` are relative paths of plots to embed at the end (``write_report`` passes them);
+    ``changes`` the lines of the changed-answers section (:mod:`unsee.report.changes`).
     """
     runs = list(results["runs"])
     out = [
@@ -184,6 +191,10 @@ def render_report(results: Mapping[str, Any], *, images: Sequence[str] = ()) -> 
         "(\u2014 without a GPU), and parameters trained.",
     ]
     out += [f"- {PROTOCOL_NOTES.get(p, f'MCQ protocol `{p}`.')} (mcq_protocol `{p}`)" for p in protocols]
+    if any(r.get("protocol") == "official" for r in runs):
+        out.append("- Runs with protocol `official` are scored the benchmark's own way (its prompts, reply "
+                   "budget, answer reading and metrics); `evaluation.scoring` in results.json names the rule "
+                   "behind each figure.")
     continual = [r for r in runs if r["request"] > 1]
     if continual:
         out.append(
@@ -192,6 +203,8 @@ def render_report(results: Mapping[str, Any], *, images: Sequence[str] = ()) -> 
     attack_lines = _attacks_section(runs)
     if attack_lines:
         out += ["", *attack_lines]
+    if changes:
+        out += ["", *changes]
     if images:
         out += ["", "## Plots", ""]
         out += [f"![{PurePosixPath(i).stem}]({i})" for i in images]
