@@ -1,0 +1,159 @@
+"""samples.jsonl: one line per scored item, written beside every results file, agreeing with it.
+
+Each group's figures are recomputed here from the lines alone (fractions correct, means of
+ROUGE-L and BLEU, counts), so a figure that does not come from its items fails. Both
+protocols run on the built-in world through the command line, and ``official`` also on a
+folder of each public benchmark in its hub layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import fixtures_bench as fb
+import pytest
+
+from unsee import api
+from unsee.cli import main
+from unsee.data import load_benchmark
+from unsee.data.schema import Suite
+from unsee.errors import ConfigError
+from unsee.eval import prompts, protocols
+from unsee.eval.evaluator import run_evaluation
+from unsee.eval.results import load_results, load_samples, new_results, samples_path, write_results
+from unsee.report import write_report
+
+FIXTURES = {"mllmu": (fb.write_mllmu, "forget_10"), "clear": (fb.write_clear, "forget05"),
+            "umu": (fb.write_umu, "forget_10")}
+
+
+def recomputed(lines: list[dict[str, Any]], run: int = 0) -> dict[str, dict[str, float]]:
+    """Each group's figures from the lines of one run, computed independently of the evaluator."""
+    out: dict[str, dict[str, float]] = {}
+    groups = {ln["group"] for ln in lines if ln["run"] == run}
+    for g in groups:
+        mine = [ln for ln in lines if ln["run"] == run and ln["group"] == g]
+        fig: dict[str, float] = {"n": sum(ln["task"] == "mcq" for ln in mine)}
+        for task, key in (("mcq", "mcq"), ("cloze", "cloze")):
+            scored = [ln["correct"] for ln in mine if ln["task"] == task]
+            if scored:
+                fig[key] = sum(scored) / len(scored)
+        gen = [ln for ln in mine if ln["task"] == "gen"]
+        if gen:
+            fig["rougeL"] = sum(ln["rougeL"] for ln in gen) / len(gen)
+            fig["bleu"] = sum(ln["bleu"] for ln in gen) / len(gen)
+        out[g] = fig
+    return out
+
+
+def assert_agrees(results_file: Path) -> list[dict[str, Any]]:
+    res = load_results(results_file)
+    lines = load_samples(results_file)
+    text = samples_path(results_file).read_text()
+    assert res["samples"] == {"file": samples_path(results_file).name, "lines": len(lines),
+                              "sha256": hashlib.sha256(text.encode()).hexdigest()}
+    for i, run in enumerate(res["runs"]):
+        again = recomputed(lines, i)
+        assert set(again) == set(run["metrics"])
+        for g, fig in again.items():
+            for key, value in fig.items():
+                assert run["metrics"][g][key] == pytest.approx(value), (g, key)
+        assert {ln["method"] for ln in lines if ln["run"] == i} == {run["method"]}
+    for ln in lines:
+        assert {"uid", "group", "person", "question", "options", "prompt", "answer", "extracted",
+                "correct"} <= set(ln)
+        assert (ln["scores"] if ln.get("reply") is None else ln["reply"]) is not None
+    return lines
+
+
+@pytest.mark.parametrize("protocol", ["loglik", "official"])
+def test_eval_on_the_builtin_world_writes_samples_that_agree(world: Path, model_dir: Path, tmp_path: Path,
+                                                             protocol: str) -> None:
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(model_dir), "--data", str(world), "--out", str(out), "--protocol", protocol,
+                 "--max-items", "2", "--max-new-tokens", "2"]) == 0
+    lines = assert_agrees(out)
+    run = load_results(out)["runs"][0]
+    assert run["protocol"] == protocol and run["evaluation"]["protocol"] == protocol
+    assert run["mcq_protocol"] == ("loglik" if protocol == "loglik" else "letter")
+    assert run["evaluation"]["max_new_tokens"] == {"mcq": 2, "cloze": 2, "gen": 2}
+    assert run["evaluation"]["scoring"]["forget"]["mcq"] == run["mcq_protocol"]
+    mcq = [ln for ln in lines if ln["task"] == "mcq"]
+    assert mcq and all(ln["group"] in run["metrics"] for ln in lines)
+    if protocol == "official":
+        assert all(ln["prompt"].endswith(prompts.MCQ_SUFFIX) and ln["reply"] is not None for ln in mcq)
+    else:
+        assert all(len(ln["scores"]) == len(ln["options"]) and ln["reply"] is None for ln in mcq)
+    assert max(sum(ln["group"] == g and ln["task"] == t for ln in lines)
+               for g in run["metrics"] for t in ("mcq", "cloze", "gen")) == 2
+
+
+@pytest.mark.parametrize("kind", sorted(FIXTURES))
+def test_official_protocol_on_each_hub_layout(kind: str, tiny_models: Any, tmp_path: Path) -> None:
+    write, forget = FIXTURES[kind]
+    suite = load_benchmark(kind, write(tmp_path / kind), forget)
+    ev = run_evaluation(tiny_models.adapter("tiny-llava"), suite, protocol="official", max_items=2,
+                        max_new_tokens=2, progress=False)
+    run = api.make_run("vanilla", ev, model="tiny-llava", suite=suite, forget=forget, seed=0)
+    out = tmp_path / "out" / "results.json"
+    out.parent.mkdir()
+    write_results(out, new_results([run]))
+    lines = assert_agrees(out)
+    assert load_results(out)["runs"][0]["mcq_protocol"] == ("option_string" if kind == "umu" else "letter")
+    items = {e.uid: e for g in suite.groups.values() for e in g}
+    for ln in lines:  # every prompt is the benchmark's own text for that item
+        assert ln["prompt"] == protocols.prompt(kind, "official", items[ln["uid"]])
+    tasks = {ln["task"] for ln in lines}
+    assert tasks == ({"mcq", "gen"} if kind == "clear" else {"mcq", "cloze", "gen"})
+    if kind == "umu":
+        assert "all_modal_acc" in run["metrics"]["forget"] and "rougeL_all_modal" in run["metrics"]["forget"]
+
+
+def _line(run: int, method: str, uid: str, correct: bool, reply: str) -> dict[str, Any]:
+    return {"run": run, "method": method, "request": 1, "seed": 0, "protocol": "official", "group": "forget",
+            "uid": uid, "person": "p1", "task": "mcq", "image": True, "question": f"Question {uid}?",
+            "options": ["A1", "B1"], "answer": "A1", "gold": "A", "prompt": "", "rule": "letter", "pair": None,
+            "reply": reply, "extracted": reply[:1], "correct": correct}
+
+
+def test_report_lists_the_answers_each_method_changed_most(tmp_path: Path) -> None:
+    def run(method: str, mcq: float) -> dict[str, Any]:
+        return api.make_run(method, {"forget": {"mcq": mcq, "n": 3}}, model="m",
+                            suite=Suite(name="builtin", groups={}, info={"benchmark": "builtin"}),
+                            forget="forget_10", seed=0, protocol="official")
+
+    out = tmp_path / "r"
+    out.mkdir()
+    res = new_results([run("vanilla", 1.0), run("ga", 1 / 3)])
+    res["runs"][0]["_samples"] = [{k: v for k, v in _line(0, "vanilla", u, True, "A").items()
+                                   if k not in ("run", "method", "request", "seed", "protocol")}
+                                  for u in ("q1", "q2", "q3")]
+    res["runs"][1]["_samples"] = [{k: v for k, v in ln.items()
+                                   if k not in ("run", "method", "request", "seed", "protocol")}
+                                  for ln in (_line(1, "ga", "q1", True, "A"), _line(1, "ga", "q2", False, "B"),
+                                             _line(1, "ga", "q3", False, "B"))]
+    write_results(out / "results.json", res)
+    write_report([out / "results.json"], out)
+    report = (out / "report.md").read_text()
+    section = report[report.index("## Answers that changed most"):]
+    assert "### ga" in section and "Question q2?" in section and "Question q3?" in section
+    assert "Question q1?" not in section  # unchanged: not listed
+    assert "A: " not in section and "| B (wrong) |" in section and "| A (right) |" in section
+
+
+def test_bad_evaluation_options_fail_before_any_work(model_dir: Path, world: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "e.json"
+    with pytest.raises(SystemExit):
+        main(["eval", "--model", str(model_dir), "--data", str(world), "--out", str(out), "--protocol", "vibes"])
+    assert main(["eval", "--model", str(model_dir), "--data", str(world), "--out", str(out),
+                 "--max-items", "0"]) == 2
+    assert "max_items" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="unknown protocol"):
+        api.evaluate(tmp_path / "no-model", tmp_path / "no-data", out, protocol="vibes")
+    assert not out.exists() and not samples_path(out).exists()
+    assert json.dumps(api.eval_options(protocol="official")) == (
+        '{"protocol": "official", "max_items": null, "max_new_tokens": null}')
