@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -131,8 +132,11 @@ def test_write_and_load_roundtrip(tmp_path: Path) -> None:
     path = tmp_path / "out" / "results.json"
     doc = sample_results()
     res.write_results(path, doc)
-    assert res.load_results(path) == doc
-    assert [p.name for p in path.parent.iterdir()] == ["results.json"]  # no temp file left
+    loaded = res.load_results(path)
+    # runs without item records get an empty samples.jsonl, which the results file names
+    assert loaded.pop("samples") == {"file": "samples.jsonl", "lines": 0, "sha256": hashlib.sha256(b"").hexdigest()}
+    assert loaded == doc
+    assert sorted(p.name for p in path.parent.iterdir()) == ["results.json", "samples.jsonl"]  # no temp file left
 
 
 def test_write_refuses_overwrite(tmp_path: Path) -> None:
