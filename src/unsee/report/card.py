@@ -226,12 +226,14 @@ def model_card(
         out += [f"{entities}, by ID (names and images are deliberately left out of this card):", ""]
         out += [f"- `{entity}`" for entity in forgotten] or ["- (none)"]
     protocol = run.get("mcq_protocol", "?")
+    official = ", under the benchmark's official protocol" if run.get("protocol") == "official" else ""
     out += [
         "",
         "## Evaluation",
         "",
         "Before = the model before unlearning (`vanilla`); after = this model. "
-        f"Accuracies are fractions in [0, 1]; MCQ scored by `{protocol}`; n = the items behind each figure.",
+        f"Accuracies are fractions in [0, 1]; MCQ scored by `{protocol}`{official}; n = the items behind each "
+        "figure.",
         "",
         *_metric_rows(run, vanilla),
     ]
