@@ -83,11 +83,12 @@ class Evaluation:
     scoring: dict[str, dict[str, str]]
     max_new_tokens: dict[str, int]
     max_items: int | None = None
+    max_gen_items: int | None = None
 
     def record(self) -> dict[str, Any]:
         """The ``evaluation`` object of a results.json run."""
-        return {"protocol": self.protocol, "max_items": self.max_items, "max_new_tokens": self.max_new_tokens,
-                "scoring": self.scoring}
+        return {"protocol": self.protocol, "max_items": self.max_items, "max_gen_items": self.max_gen_items,
+                "max_new_tokens": self.max_new_tokens, "scoring": self.scoring}
 
 
 def _record(group: str, item: Example, prompt: str, rule: str) -> dict[str, Any]:
@@ -266,7 +267,7 @@ def run_evaluation(
     ordered = {g: {**figures.get(g, {"n": 0}), **extra[g]} for g in groups if g in extra}
     mcq_protocol = protocols.mcq_rule(bench, protocol, "forget")
     return Evaluation(metrics=ordered, samples=samples, protocol=protocol, mcq_protocol=mcq_protocol,
-                      scoring=scoring, max_new_tokens=budget, max_items=max_items)
+                      scoring=scoring, max_new_tokens=budget, max_items=max_items, max_gen_items=max_gen_items)
 
 
 def evaluate(adapter: HFAdapter, suite: Suite, **kw: Any) -> dict[str, dict[str, float | int]]:

@@ -80,12 +80,13 @@ DATA_SCHEMA: dict[str, Any] = {
 
 EVALUATION_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "description": "How the metrics were obtained: the protocol, the item cap, the reply budget per task, "
+    "description": "How the metrics were obtained: the protocol, the item caps, the reply budget per task, "
                    "and the rule behind each figure of each group.",
     "required": ["protocol", "scoring"],
     "properties": {
         "protocol": {"enum": list(PROTOCOLS)},
         "max_items": {"type": ["integer", "null"], "minimum": 1},
+        "max_gen_items": {"type": ["integer", "null"], "minimum": 1},
         "max_new_tokens": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1}},
         "scoring": {"type": "object", "additionalProperties": {"type": "object",
                                                                 "additionalProperties": {"type": "string"}}},
