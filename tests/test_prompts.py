@@ -91,3 +91,9 @@ def test_umu_prompt_snapshots() -> None:
     assert prompts.umu_cloze_prompt("She works as a [Blank].") == (
         "She works as a [Blank].\nPlease **ONLY** provide the correct answer without any explanation"
     )
+
+
+def test_clear_mcq_prompt_snapshot() -> None:
+    assert prompts.clear_mcq_prompt("Which city is this?", ["Lisbon", "Porto"]) == (
+        "Which city is this?\nA. Lisbon\nB. Porto\n"
+    )
