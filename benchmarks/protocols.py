@@ -15,6 +15,7 @@ protocols' runs (and their samples.jsonl) is written beside, for ``unsee report`
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,7 +26,8 @@ from common import measure, parser, vanilla_model
 from unsee import api
 from unsee.data.schema import LETTERS
 from unsee.eval.metrics import unlearning_score
-from unsee.eval.results import SAMPLES_KEY, environment, new_results, write_results
+from unsee.eval.protocols import PROTOCOLS
+from unsee.eval.results import SAMPLES_KEY, environment, load_samples, new_results, write_results
 from unsee.io import atomic_write_json
 from unsee.models import load_adapter
 
@@ -50,11 +52,32 @@ def agreement(loglik: Sequence[Mapping[str, Any]], official: Sequence[Mapping[st
             "only_official_right": sum(b["correct"] and not a["correct"] for a, b in pairs),
             "both_wrong": sum(not a["correct"] and not b["correct"] for a, b in pairs),
             "official_no_valid_letter": sum(not valid(o) for o in misses),
+            # the reply begins with an option's text instead of its letter: the answer, in the wrong format
+            "official_reply_is_option_text": sum(_names_option(o) is not None for _, o in pairs),
+            "official_reply_is_correct_text": sum(_names_option(o) == o["answer"] for _, o in pairs),
             "official_same_choice": sum(a["extracted"] == b["extracted"] for a, b in pairs),
             "official_letter_counts": {k: sum(b["extracted"] == k for _, b in pairs)
                                        for k in sorted({str(b["extracted"]) for _, b in pairs})},
         }
     return out
+
+
+def _names_option(rec: Mapping[str, Any]) -> str | None:
+    """The option whose text the reply starts with (the longest such), or None."""
+    reply = (rec.get("reply") or "").strip().casefold()
+    hits = [o for o in rec["options"] if o and reply.startswith(o.strip().casefold())]
+    return max(hits, key=len) if hits else None
+
+
+def reanalyse(out: Path) -> dict:
+    """Recompute the item-level agreement of a finished run from its samples.jsonl (no model needed)."""
+    result = json.loads(out.read_text())
+    lines = load_samples(out.with_suffix(".results.json"))
+    for method, row in result["rows"].items():
+        mine = {p: [ln for ln in lines if ln["method"] == method and ln["protocol"] == p] for p in PROTOCOLS}
+        row["agreement"] = agreement(mine["loglik"], mine["official"])
+    atomic_write_json(out, result)
+    return result
 
 
 def summary(metrics: Mapping[str, Any]) -> dict[str, float | None]:
@@ -65,8 +88,12 @@ def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__, methods="cvf_ncu,graddiff", out="benchmarks/results/protocols_quick.json")
     p.add_argument("--forget", default="forget_10")
     p.add_argument("--max-gen-items", type=int, default=0, help="cloze/generation items per group (0: all)")
+    p.add_argument("--reanalyse", action="store_true",
+                   help="only recompute the agreement figures of --out from its samples.jsonl")
     p.set_defaults(world="quick", max_items=0)
     args = p.parse_args(argv)
+    if args.reanalyse:
+        return reanalyse(Path(args.out))
     world, vanilla = vanilla_model(args)
     suite = api.load_suite(world, args.forget, seed=args.seed)
     kw = {"max_items": args.max_items or None, "max_gen_items": args.max_gen_items or None,
