@@ -196,7 +196,8 @@ def test_unlearn_command_under_two_processes_writes_once(model_dir: Path, world:
     moved = sum(float((one[k] - start[k]).pow(2).sum()) for k in one)
     apart = sum(float((two[k] - one[k]).pow(2).sum()) for k in one)
     assert moved > 0 and apart < 1e-4 * moved
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["model", "results.json", "run.json", "samples.jsonl"]
+    written = sorted(p.name for p in (tmp_path / "two").iterdir())
+    assert written == ["model", "results.json", "run.json", "samples.jsonl"]
 
 
 def test_gpu_benchmark_runs_on_cpu_sized_shapes(tmp_path: Path) -> None:
