@@ -5,11 +5,11 @@ character, so every string lives here as a constant and ``tests/test_prompts.py`
 it: a change to a prompt is a deliberate act that fails a test. The functions only join a
 question to these constants; chat templates and image tokens are the adapters' business.
 
-Sources (see ``docs/benchmarks.md``):
+Sources (see ``docs/protocols.md``):
 
 - MLLMU-Bench ``eval.py``: the MCQ, cloze and generation suffixes;
 - UMU-bench ``eval.py``: ``Select answer in [...]`` and its cloze suffix;
-- CLEAR evaluation (as run by MMUnlearner): the name question with ``A. name`` options.
+- CLEAR evaluation (as run by MMUnlearner): ``A. text`` options after the question.
 """
 
 from __future__ import annotations
