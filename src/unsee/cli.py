@@ -45,6 +45,19 @@ def _load_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="load the weights in this dtype")
 
 
+def _seeds_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="run N unlearning seeds (--seed .. --seed+N-1) and report their mean, sd, min and max")
+
+
+def _reference_options(p: argparse.ArgumentParser) -> None:
+    """Where the retrained reference the audits are read against comes from."""
+    p.add_argument("--reference", default=None, metavar="DIR",
+                   help="the retrained reference (unsee retrain's output) to attack beside the model; default: "
+                   "the one unsee retrain cached for the base model, if any")
+    p.add_argument("--cache-dir", default=None, help="the stage cache (default: ~/.cache/unsee)")
+
+
 def _world(a: argparse.Namespace) -> None:
     from unsee import api
 
@@ -84,7 +97,8 @@ def _unlearn(a: argparse.Namespace) -> None:
     out = api.unlearn(
         a.method, a.model, a.data, a.out, forget=a.forget, requests=a.requests, config=a.config,
         overrides=a.overrides, seed=a.seed, overwrite=a.overwrite, allow_pickle=a.allow_pickle,
-        audit=a.audit, audit_overrides=a.audit_set, dtype=a.dtype,
+        audit=a.audit, audit_overrides=a.audit_set, dtype=a.dtype, seeds=a.seeds, reference=a.reference,
+        cache_dir=a.cache_dir,
     )
     print(f"unlearned output written to {out}")
 
@@ -109,7 +123,7 @@ def _demo(a: argparse.Namespace) -> None:
     from unsee import api
 
     api.demo(a.out, methods=a.methods, quick=a.quick, arch=a.arch, seed=a.seed, overwrite=a.overwrite,
-             cache_dir=a.cache_dir, config=a.config, audit=not a.no_audit)
+             cache_dir=a.cache_dir, config=a.config, audit=not a.no_audit, seeds=a.seeds)
 
 
 def _attack(a: argparse.Namespace) -> None:
@@ -119,7 +133,7 @@ def _attack(a: argparse.Namespace) -> None:
 
     res = api.attack(a.kind, a.model, a.data, a.out, forget=a.forget, vanilla=a.vanilla, steering=a.steering,
                      method=a.method, seed=a.seed, overrides=a.overrides, overwrite=a.overwrite,
-                     allow_pickle=a.allow_pickle, dtype=a.dtype)
+                     allow_pickle=a.allow_pickle, dtype=a.dtype, reference=a.reference, cache_dir=a.cache_dir)
     print(json.dumps(res, indent=2))
 
 
@@ -164,6 +178,8 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--audit", action="store_true", help="run the robustness audits on the result")
     u.add_argument("--audit-set", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the audits (repeatable), e.g. --audit-set relearn_steps=50")
+    _seeds_option(u)
+    _reference_options(u)
 
     e = _command(sub, "eval", "evaluate a model on a benchmark", _eval, required=["model", "data", "out"])
     e.add_argument("--forget", default="forget_10")
@@ -183,15 +199,17 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--config", default=None, help="demo config file (overrides quick/default)")
     d.add_argument("--cache-dir", default=None)
     d.add_argument("--no-audit", action="store_true")
+    _seeds_option(d)
 
     at = _command(sub, "attack", "robustness audits on an unlearned model; figures go into a results.json",
                   _attack, required=["model", "data", "out"])
-    at.add_argument("kind", choices=["relearn", "pgd", "probe", "shift", "all"])
+    at.add_argument("kind", choices=["relearn", "pgd", "probe", "shift", "quant", "mia", "all"])
     _add_overrides(at)  # after the kind: positionals are matched in the order they are added
     at.add_argument("--forget", default="forget_10")
     at.add_argument("--vanilla", default=None, help="the model before unlearning (for the probe's baseline)")
     at.add_argument("--steering", default=None, help="attack the model with this MLLMEraser steering file on")
     at.add_argument("--method", default="attacked", help="the run's name when --out is a new file")
+    _reference_options(at)
     _load_options(at)
     return p
 

@@ -69,13 +69,14 @@ def evaluate(
     batch_size: int = 32,
     max_new_tokens: int = 24,
     progress: bool = True,
-) -> dict[str, dict[str, float | int]]:
-    """Fill each group's figures: ``mcq`` (log-likelihood), ``cloze``, ``rougeL``, ``bleu``, ``n``.
+) -> dict[str, dict[str, Any]]:
+    """Fill each group's figures: ``mcq`` (log-likelihood) with ``ci95``, its 95% bootstrap interval over
+    the items, ``cloze``, ``rougeL``, ``bleu``, ``n``.
 
     Generation is the slow part on CPU; ``max_gen_items`` caps the cloze and generation
     items per group (``None``: all). The cap takes the first items, so it is deterministic.
     """
-    out: dict[str, dict[str, float | int]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for g in groups:
         items = suite.groups.get(g, [])
         if not items:
@@ -83,10 +84,11 @@ def evaluate(
         mcq = _cap([e for e in items if e.task == "mcq" and e.options], max_items)
         cloze = _cap([e for e in items if e.task == "cloze"], max_gen_items)
         gen = _cap([e for e in items if e.task == "gen"], max_gen_items)
-        fig: dict[str, float | int] = {"n": len(mcq)}
+        fig: dict[str, Any] = {"n": len(mcq)}
         if mcq:
             ok = mcq_loglik(adapter, mcq, batch_size=batch_size, progress=progress, desc=f"eval {g}")
             fig["mcq"] = sum(ok) / len(ok)
+            fig["ci95"] = metrics.bootstrap_ci([float(o) for o in ok])
             if letter:
                 fig["mcq_letter"] = sum(mcq_letter(adapter, mcq)) / len(mcq)
         if generation and cloze:
