@@ -239,7 +239,8 @@ def test_unlearn_with_audit_records_attacks_in_run_and_card(adapter: HFAdapter, 
     assert found["relearn"]["ag"] is not None
     # the quantization attack knows which weights the method moved; ga trains everything
     assert 0 < found["quant"]["linears_changed"] <= found["quant"]["linears"]
-    assert "never saw" in found["mia"]["skipped"]  # this world has no held-out people
+    # membership inference against the world's held-out people; no reference here, so no PrivLeak
+    assert 0 <= found["mia"]["auc_loss"] <= 1 and "privleak_loss" not in found["mia"]
     assert "| relearn | ag |" in (out / "model" / "README.md").read_text()
 
 
