@@ -352,3 +352,14 @@ def test_unlearn_over_seeds_saves_each_and_summarises(model: Path, world: Path, 
     with pytest.raises(ConfigError, match="seeds"):
         api.unlearn("ga", model, world, tmp_path / "bad", seeds=0)
     assert not (tmp_path / "bad").exists()
+
+
+def test_seeds_and_reference_options_on_the_command_line(model: Path, world: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["unlearn", "--method", "ga", "--model", str(model), "--data", str(world), "--out",
+                 str(tmp_path / "u"), "--seeds", "0"]) == 2
+    assert "--seeds must be at least 1" in capsys.readouterr().err and not (tmp_path / "u").exists()
+    assert main(["unlearn", "--method", "ga", "--model", str(model), "--data", str(world), "--out",
+                 str(tmp_path / "u"), "--audit", "--reference", str(tmp_path / "nowhere")]) == 2
+    assert "not a model directory" in capsys.readouterr().err and not (tmp_path / "u").exists()
+
