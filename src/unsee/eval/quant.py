@@ -107,14 +107,15 @@ def bnb_available() -> bool:
 @contextmanager
 def quantized(adapter: HFAdapter, names: Collection[str], bits: int | str, group_size: int) -> Iterator[HFAdapter]:
     """The model with ``names``' weights rounded, restored bit for bit on exit (only those weights are
-    held aside, so a large model is not copied whole). ``bits`` is 4, 8 or ``"nf4"`` (bitsandbytes)."""
+    held aside, on the host, so a large model is not copied whole). ``bits`` is 4, 8 or ``"nf4"``
+    (bitsandbytes)."""
     mods = linear_weights(adapter.model)
     held: dict[str, torch.Tensor] = {}
     try:
         with torch.no_grad():
             for name in names:
                 w = mods[name].weight
-                held[name] = w.detach().clone()
+                held[name] = w.detach().to("cpu", copy=True)  # host memory: a 7B model's GPU is spared a copy
                 w.copy_(bnb_nf4(w, group_size) if bits == "nf4" else rtn(w, int(bits), group_size))
         yield adapter
     finally:
