@@ -315,6 +315,10 @@ def test_held_out_people_are_never_trained_on(world: Path, tmp_path: Path) -> No
     assert not held & (set(suite.forget_entities) | set(suite.retain_entities))
     assert not held & {i for ids in [*info["splits"].values(), *info["requests"].values()] for i in ids}
     assert not {info["names"].get(i) for i in held} - {None}  # their names are not among the taught names
+    from unsee.models.tiny import world_text
+
+    theirs = {t for t in world_text(world / "Holdout_Set") if '"Name"' in t}  # their biographies
+    assert len(theirs) == 4 and not theirs & set(world_text(world))  # the tokenizer's corpus leaves them out
     none = build_world(tmp_path / "none", seed=0, config="quick", overrides=[*TINY, "n_holdout=0"])
     assert not (none / "Holdout_Set").exists() and "n_holdout" not in load_world_info(none)["config"]
     same = {k: v for k, v in _hashes(world).items() if not k.startswith(("Holdout_Set", "world.json"))}
