@@ -1,78 +1,143 @@
-"""Robustness audits of every method under one protocol: relearning, PGD, image shifts, feature probe.
+"""Robustness audits of every method under one protocol, over unlearning seeds, judged against the retrained reference.
 
-    python benchmarks/audits.py --out benchmarks/results/audits.json
-    python benchmarks/unlearn.py --keep /tmp/best && python benchmarks/audits.py --models /tmp/best
+    python benchmarks/audits.py --retrained --seeds 3 --out benchmarks/results/audits.json \
+        --table benchmarks/results/audits.md
+    python benchmarks/unlearn.py --keep /tmp/best && python benchmarks/audits.py --models /tmp/best --retrained
 
 Each method runs at its shipped setting on ``forget_10`` (a fresh copy of the vanilla model
-each time) or, with ``--models DIR``, the best models that ``unlearn.py --keep DIR`` saved
-are audited as they are (same world, forget split and seed): the audit then covers the tuned
-settings the unlearning table reports, without training them again. The four attacks of
-:mod:`unsee.eval.attacks` run on each model, the probe's baseline being the vanilla model's
-visual module; the vanilla model itself is attacked too, as the reference row, and with
-``--retrained`` the model fine-tuned without the forget people's photos, which is what a
-perfect visual unlearning would give. Targets
-(``cvf_ncu``): relearning AG <= 10 points, forget accuracy under PGD <= 0.40, probe accuracy
-on forget identities falling toward chance: at least halfway from the vanilla model's to chance.
+each time, unlearning seeds ``--seed`` .. ``--seed + N - 1``) or, with ``--models DIR``, the
+best models that ``unlearn.py --keep DIR`` saved are audited as they are (one seed: the one
+they were trained with). Every attack of :mod:`unsee.eval.attacks` runs on each model: the
+probe's baseline is the vanilla model's visual module, the quantization attack rounds the
+weights the method changed and all of them. The vanilla model is attacked too, and with
+``--retrained`` the model fine-tuned without the forget people's photos, the reference every
+figure is set beside (attacked once, its figures cached).
+
+Targets (means over the seeds, every method; :func:`unsee.eval.verdicts.reference_checks`):
+relearning AG <= the reference's + 5 points; forget accuracy under PGD <= the reference's + 0.05;
+probe accuracy on the forget people <= the reference's + 0.05; forget accuracy after 4-bit
+rounding <= before rounding + 0.05; each MIA AUC within 0.05 of the reference's; forget quality
+(the KS p-value against the reference) >= 0.05. Without ``--retrained`` only the quantization
+target can be judged.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
+from typing import Any
 
-from common import (
-    TRAINING,
-    attack_options,
-    audit_figures,
-    check,
-    eval_kw,
-    measure,
-    parser,
-    retrained_model,
-    vanilla_model,
-)
+from common import TRAINING, attack_options, eval_kw, measure, parser, retrained_model, vanilla_model
 
 from unsee import api
+from unsee.config import load_config, parse_overrides
 from unsee.engine.trainer import frozen_copy
+from unsee.errors import DataError
+from unsee.eval.attacks import AttackConfig
+from unsee.eval.metrics import spread
 from unsee.eval.results import environment
-from unsee.io import atomic_write_json
+from unsee.eval.verdicts import reference_checks
+from unsee.io import atomic_write_json, atomic_write_text
 from unsee.methods.eraser import STEERING_FILE
 from unsee.models import load_adapter
 
 
-def probe_check(probe: dict) -> dict:
-    """The probe target: forget-people accuracy at least halfway from the vanilla model's down to chance.
+def mean_attacks(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One attacks dict whose numbers are the means over ``runs`` (the reference's figures are shared)."""
+    out: dict[str, Any] = {}
+    for kind in {k for r in runs for k in r}:
+        figures = [r[kind] for r in runs if kind in r and "skipped" not in r[kind]]
+        if not figures:
+            out[kind] = runs[0][kind]
+            continue
+        keys = {k for f in figures for k, v in f.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        merged = {k: statistics.fmean([f[k] for f in figures if f.get(k) is not None])
+                  for k in keys if any(f.get(k) is not None for f in figures)}
+        if "reference" in figures[0]:
+            merged["reference"] = figures[0]["reference"]
+        out[kind] = merged
+    return out
 
-    Any drop at all would pass a model whose features still name the people: 1.00 -> 0.97 is one
-    photo in 30."""
-    value, vanilla, chance = probe.get("forget_acc"), probe.get("vanilla_forget_acc"), probe.get("chance")
-    if value is None or vanilla is None or chance is None:
-        return {"value": value, "vanilla": vanilla, "chance": chance, "target": None, "pass": None}
-    bound = round((vanilla + chance) / 2, 4)
-    return {"value": value, "vanilla": vanilla, "chance": chance, "target": f"<= {bound}", "pass": value <= bound}
+
+def targets(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The reference checks on the seed means, each with the spread of its value over the seeds."""
+    checks = reference_checks(mean_attacks(runs))
+    for name, check in checks.items():
+        per_seed = [reference_checks(r).get(name, {}).get("value") for r in runs]
+        values = [v for v in per_seed if v is not None]
+        if values:
+            check["seeds"] = spread(values)
+    return checks
+
+
+def table(result: dict[str, Any]) -> str:
+    """The target table of docs/results.md: one row per method, each figure beside the reference's."""
+    def fmt(check: dict | None, digits: int = 3) -> str:
+        if not check or check.get("value") is None:
+            return "\u2014"
+        s = check.get("seeds", {})
+        text = f"{check['value']:.{digits}f}"
+        if s and s["min"] != s["max"]:
+            text += f" [{s['min']:.{digits}f}, {s['max']:.{digits}f}]"
+        if check.get("reference") is not None:
+            text += f" (ref {check['reference']:.{digits}f})"
+        return text + {True: " \u2713", False: " \u2717", None: ""}[check.get("pass")]
+
+    cols = [("relearn_ag", "relearn AG", 1), ("pgd_forget", "PGD forget", 3), ("probe_forget", "probe forget", 3),
+            ("quant_int4_forget", "int4 forget", 3), ("mia_auc_loss", "MIA AUC loss", 3),
+            ("mia_auc_mink_pp", "MIA AUC Min-K%++", 3), ("forget_quality", "forget quality p", 4)]
+    lines = ["| method | seeds | " + " | ".join(c[1] for c in cols) + " | passed |",
+             "|---|---|" + "---:|" * len(cols) + "---|"]
+    for method, checks in result["targets"].items():
+        judged = [c for c in checks.values() if c.get("pass") is not None]
+        passed = f"{sum(bool(c['pass']) for c in judged)}/{len(judged)}"
+        seeds = ",".join(str(s) for s in result["seeds_run"].get(method, []))
+        lines.append(f"| {method} | {seeds} | " + " | ".join(fmt(checks.get(k), d) for k, _, d in cols)
+                     + f" | {passed} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__, methods=",".join([*TRAINING, "eraser"]), out="benchmarks/results/audits.json")
     p.add_argument("--forget", default="forget_10")
     p.add_argument("--models", default=None, metavar="DIR", help="audit the models unlearn.py --keep saved here")
+    p.add_argument("--seeds", type=int, default=1, metavar="N", help="unlearning seeds per method (--seed .. +N-1)")
+    p.add_argument("--table", default=None, metavar="FILE", help="also write the target table as markdown")
     attack_options(p)
     args = p.parse_args(argv)
     world, vanilla = vanilla_model(args)
     suite = api.load_suite(world, args.forget, seed=args.seed)
+    kinds = args.attacks.split(",")
+    cfg = load_config(AttackConfig, {"seed": args.seed, **parse_overrides(args.attack_set)})
+    if "mia" in kinds:
+        try:
+            suite = api.attach_holdout(suite, world, cfg.mia_holdout, args.seed)
+        except DataError as e:  # a world without held-out people: the other audits still run
+            print(f"mia left out: {e}", flush=True)
+            kinds.remove("mia")
     base = load_adapter(vanilla)
     before = frozen_copy(base, visual_only=True)
-    kinds = args.attacks.split(",")
-    rows = {"vanilla": api.audit_adapter(base, suite, kinds=kinds, vanilla=before, seed=args.seed,
-                                         overrides=args.attack_set, strict=False)}
+
+    def audit(adapter: Any, steering: Any = None, changed: Any = None, reference: Any = None) -> dict:
+        return api.audit_adapter(adapter, suite, kinds=kinds, steering=steering, vanilla=before, seed=args.seed,
+                                 overrides=args.attack_set, strict=False, changed=changed, reference=reference,
+                                 cache_dir=args.cache_dir)
+
+    reference = None
+    rows: dict[str, Any] = {"vanilla": audit(base)}
     print("vanilla", rows["vanilla"], flush=True)
     if args.retrained:
-        rows["retrained"] = api.audit_adapter(load_adapter(retrained_model(args, world, vanilla, args.forget)), suite,
-                                              kinds=kinds, vanilla=before, seed=args.seed, overrides=args.attack_set,
-                                              strict=False)
+        reference = api.ReferenceAudits(retrained_model(args, world, vanilla, args.forget), suite, cfg,
+                                        args.cache_dir)
+        rows["retrained"] = {k: {n: v for n, v in reference(k).items() if n != "per_item"} for k in kinds}
         print("retrained", rows["retrained"], flush=True)
-    settings = {}
+    settings, per_seed, seeds_run = {}, {}, {}
+    from unsee.eval.quant import changed_linears, weight_digests
+
+    digests = weight_digests(base)
     for method in args.methods.split(","):
+        runs = []
         if args.models:
             kept = Path(args.models) / method
             if not (kept / "row.json").is_file():
@@ -80,29 +145,26 @@ def main(argv: list[str] | None = None) -> dict:
             adapter = load_adapter(kept / "model")
             steering = kept / STEERING_FILE if (kept / STEERING_FILE).is_file() else None
             settings[method] = json.loads((kept / "row.json").read_text())["overrides"]
+            runs.append(audit(adapter, steering, changed_linears(digests, adapter), reference))
+            seeds_run[method] = [args.seed]
         else:
             overrides = [] if method == "eraser" else args.train_set
-            _, adapter, steering = measure(method, vanilla, suite, args.forget, overrides, args.seed,
-                                           {**eval_kw(args), "groups": ("forget",)})
             settings[method] = overrides
-        rows[method] = api.audit_adapter(adapter, suite, kinds=kinds, steering=steering, vanilla=before,
-                                         seed=args.seed, overrides=args.attack_set, strict=False)
-        print(method, rows[method], flush=True)
-    targets = {}
-    if "cvf_ncu" in rows:
-        mine = audit_figures(rows["cvf_ncu"])
-        targets["cvf_ncu"] = {
-            "relearn_ag": check(mine["relearn_ag"], "<=", 10.0),
-            "pgd_forget": check(mine["pgd_forget"], "<=", 0.40),
-            "probe_forget_toward_chance": probe_check(rows["cvf_ncu"].get("probe", {})),
-        }
-        if "retrained" in rows:  # what the model that never saw the photos gives, beside each target
-            ref = audit_figures(rows["retrained"])
-            for key, figure in zip(targets["cvf_ncu"], ("relearn_ag", "pgd_forget", "probe_forget"), strict=True):
-                targets["cvf_ncu"][key]["retrained"] = ref[figure]
+            seeds_run[method] = list(range(args.seed, args.seed + args.seeds))
+            for seed in seeds_run[method]:
+                _, adapter, steering = measure(method, vanilla, suite, args.forget, overrides, seed,
+                                               {**eval_kw(args), "groups": ("forget",)})
+                runs.append(audit(adapter, steering, changed_linears(digests, adapter), reference))
+                print(method, seed, runs[-1], flush=True)
+        per_seed[method] = runs
+        rows[method] = runs[0] if len(runs) == 1 else mean_attacks(runs)
     result = {"benchmark": "audits", "world": args.world, "arch": args.arch, "forget": args.forget,
-              "settings": settings, "attacks": rows, "targets": targets, "environment": environment()}
+              "settings": settings, "seeds_run": seeds_run, "attacks": rows, "per_seed": per_seed,
+              "targets": {m: targets(per_seed[m]) for m in per_seed}, "environment": environment()}
     atomic_write_json(Path(args.out), result)
+    if args.table:
+        atomic_write_text(Path(args.table), table(result))
+    print(table(result))
     print(f"wrote {args.out}")
     return result
 

@@ -8,20 +8,24 @@ The other benchmarks train each setting once. On the tiny models a different unl
 by tens of points, so a comparison of two settings needs several seeds before it says
 anything. Each seed trains a fresh copy of the same vanilla model (``--seed`` still picks the
 world, the vanilla model and the audits' own seed, which stay fixed), is scored as
-``unlearn.py`` scores it, and audited as ``audits.py`` audits it. The JSON holds every run and,
-per setting, the mean, the smallest and the largest value of each figure.
+``unlearn.py`` scores it, and audited as ``audits.py`` audits it (with ``--retrained``, beside
+the retrained reference, attacked once). The JSON holds every run and, per setting, the mean,
+standard deviation, smallest and largest value of each figure.
 """
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Any
 
-from common import attack_options, audit_figures, eval_kw, mcq, measure, parser, vanilla_model
+from common import attack_options, audit_figures, eval_kw, mcq, measure, parser, retrained_model, vanilla_model
 
 from unsee import api
+from unsee.config import load_config, parse_overrides
 from unsee.engine.trainer import frozen_copy
+from unsee.eval import metrics
+from unsee.eval.attacks import AttackConfig
+from unsee.eval.quant import changed_linears, weight_digests
 from unsee.eval.results import environment
 from unsee.io import atomic_write_json
 from unsee.models import load_adapter
@@ -45,28 +49,42 @@ def figures(run: dict, attacks: dict) -> dict[str, float | None]:
 
 
 def spread(rows: list[dict[str, float | None]]) -> dict[str, dict[str, float]]:
-    keys = rows[0].keys()
+    """Mean, sd, min and max of each figure over the seeds that have it."""
     out = {}
-    for k in keys:
+    for k in rows[0]:
         values = [r[k] for r in rows if r[k] is not None]
         if values:
-            out[k] = {"mean": round(statistics.fmean(values), 4), "min": min(values), "max": max(values)}
+            out[k] = metrics.spread(values)
     return out
+
+
+def seed_list(text: str, base: int) -> list[int]:
+    """``--seeds``: a comma list of seeds, or one number N for the N seeds ``base`` .. ``base + N - 1``."""
+    if "," in text:
+        return [int(s) for s in text.split(",")]
+    return list(range(base, base + int(text)))
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__, methods="cvf_ncu", out="benchmarks/results/seeds.json")
     p.add_argument("--forget", default="forget_10")
-    p.add_argument("--seeds", default="0,1,2", help="comma list of unlearning seeds")
+    p.add_argument("--seeds", default="0,1,2", help="comma list of unlearning seeds, or N for --seed .. --seed+N-1")
     p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                    help="a setting to run (repeatable); default: the shipped config alone")
     attack_options(p)
     args = p.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = seed_list(args.seeds, args.seed)
     variants = [variant(v) for v in args.variant] or [("shipped", [])]
     world, vanilla = vanilla_model(args)
     suite = api.load_suite(world, args.forget, seed=args.seed)
-    before = frozen_copy(load_adapter(vanilla), visual_only=True)
+    kinds = args.attacks.split(",")
+    if "mia" in kinds:
+        cfg = load_config(AttackConfig, {"seed": args.seed, **parse_overrides(args.attack_set)})
+        suite = api.attach_holdout(suite, world, cfg.mia_holdout, args.seed)
+    base = load_adapter(vanilla)
+    before = frozen_copy(base, visual_only=True)
+    digests = weight_digests(base)
+    reference = (retrained_model(args, world, vanilla, args.forget) if args.retrained else None)
     results: dict[str, Any] = {}
     for method in args.methods.split(","):
         for name, overrides in variants:
@@ -74,8 +92,10 @@ def main(argv: list[str] | None = None) -> dict:
             for seed in seeds:
                 run, adapter, steering = measure(method, vanilla, suite, args.forget, [*args.train_set, *overrides],
                                                  seed, eval_kw(args))
-                attacks = api.audit_adapter(adapter, suite, kinds=args.attacks.split(","), steering=steering,
-                                            vanilla=before, seed=args.seed, overrides=args.attack_set, strict=False)
+                attacks = api.audit_adapter(adapter, suite, kinds=kinds, steering=steering, vanilla=before,
+                                            seed=args.seed, overrides=args.attack_set, strict=False,
+                                            changed=changed_linears(digests, adapter), reference=reference,
+                                            cache_dir=args.cache_dir)
                 runs.append({"seed": seed, "figures": figures(run, attacks), "attacks": attacks})
                 print(method, name, seed, runs[-1]["figures"], flush=True)
             results[f"{method}/{name}"] = {"method": method, "overrides": overrides, "runs": runs,

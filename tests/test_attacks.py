@@ -21,7 +21,8 @@ from unsee.models.tiny import init_model
 
 WORLD = ["n_people=8", "n_known=2", "n_unknown=2", "n_neutral=4", "n_train_views=3", "n_test_views=1",
          "n_requests=2", "n_general_train=8", "n_general_eval=4", "n_pretrain=4"]
-FAST = AttackConfig(relearn_steps=2, relearn_batch=4, pgd_steps=2, max_items=4, probe_steps=30)
+FAST = AttackConfig(relearn_steps=2, relearn_batch=4, pgd_steps=2, max_items=4, probe_steps=30, quant_bits=[4],
+                    quant_max_items=4, quant_group=16, mia_holdout="retain", mia_max_items=4)
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +58,13 @@ def test_attack_reports_its_numbers_and_leaves_the_model_alone(kind: str, adapte
         "pgd": {"forget_clean", "forget_attacked", "retain_clean", "retain_attacked", "eps"},
         "shift": {"forget_clean", "forget_crop", "forget_jitter", "forget_occlude", "retain_occlude"},
         "probe": {"forget_acc", "retain_acc", "chance", "classes"},
+        "quant": {"forget_clean", "forget_int4_all", "forget_test_int4_all", "retain_int4_all", "linears"},
+        "mia": {"auc_loss", "auc_zlib", "auc_mink_pp", "n_forget", "n_holdout"},
     }[kind]
     assert expected <= set(out)
     for k, v in out.items():
-        if k.endswith(("_before", "_after", "_clean", "_attacked", "_acc", "_crop", "_jitter", "_occlude")):
+        if k.endswith(("_before", "_after", "_clean", "_attacked", "_acc", "_crop", "_jitter", "_occlude", "_all")) \
+                or k.startswith("auc_"):
             assert 0.0 <= v <= 1.0, (k, v)
     if kind == "relearn":
         assert out["ag"] == pytest.approx(100 * (out["unseen_after"] - out["unseen_before"]), abs=0.01)
@@ -228,10 +232,15 @@ def test_unlearn_with_audit_records_attacks_in_run_and_card(adapter: HFAdapter, 
 
     out = api.unlearn("ga", Path(adapter.source), world, tmp_path / "ga", forget="forget_15",
                       overrides=["max_steps=1", "progress=false"], evaluate_after=False, audit=True,
-                      audit_overrides=["relearn_steps=2", "pgd_steps=2", "max_items=4", "probe_steps=30"])
+                      audit_overrides=["relearn_steps=2", "pgd_steps=2", "max_items=4", "probe_steps=30",
+                                       "quant_bits=[4]", "quant_max_items=4", "mia_max_items=4"])
     found = load_results(out / "results.json")["runs"][0]["attacks"]
     assert set(found) == set(attacks.ATTACKS)
     assert found["relearn"]["ag"] is not None
+    # the quantization attack knows which weights the method moved; ga trains everything
+    assert 0 < found["quant"]["linears_changed"] <= found["quant"]["linears"]
+    # membership inference against the world's held-out people; no reference here, so no PrivLeak
+    assert 0 <= found["mia"]["auc_loss"] <= 1 and "privleak_loss" not in found["mia"]
     assert "| relearn | ag |" in (out / "model" / "README.md").read_text()
 
 

@@ -159,14 +159,25 @@ def test_continual_and_audit_benchmarks_run_on_the_demo_world(demo_run: tuple[Pa
     assert c["requests"] == ["forget_r1", "forget_r2"]
     assert set(c["methods"]["cvf_ncu"]["targets"]) == {"forget_r1", "forget_r2", "retain"}
     assert (tmp_path / "c.png").is_file() and (tmp_path / "c.results.json").is_file()
-    a = audits.main([*_bench_args(demo_run[1], tmp_path / "a.json"), "--methods", "cvf_ncu",
+    a = audits.main([*_bench_args(demo_run[1], tmp_path / "a.json"), "--methods", "cvf_ncu,graddiff",
                      "--attack-set", "relearn_steps=1", "--attack-set", "pgd_steps=1", "--attack-set", "max_items=2",
-                     "--attack-set", "probe_steps=10", "--retrained"])
-    assert set(a["attacks"]) == {"vanilla", "retrained", "cvf_ncu"}
-    assert {"pgd", "shift", "probe", "relearn"} <= set(a["attacks"]["retrained"])
-    assert a["targets"]["cvf_ncu"]["pgd_forget"]["retrained"] == a["attacks"]["retrained"]["pgd"]["forget_attacked"]
-    assert {"pgd", "shift", "probe", "relearn"} <= set(a["attacks"]["cvf_ncu"])
-    assert "pgd_forget" in a["targets"]["cvf_ncu"]
+                     "--attack-set", "probe_steps=10", "--attack-set", "quant_max_items=4", "--attack-set",
+                     "quant_bits=[4]", "--attack-set", "mia_max_items=4", "--retrained", "--seeds", "2",
+                     "--table", str(tmp_path / "a.md")])
+    assert set(a["attacks"]) == {"vanilla", "retrained", "cvf_ncu", "graddiff"}
+    kinds = {"pgd", "shift", "probe", "relearn", "quant", "mia"}
+    assert kinds <= set(a["attacks"]["retrained"]) and kinds <= set(a["attacks"]["cvf_ncu"])
+    assert a["seeds_run"]["cvf_ncu"] == [0, 1] and len(a["per_seed"]["graddiff"]) == 2
+    pgd = a["targets"]["cvf_ncu"]["pgd_forget"]
+    assert pgd["reference"] == a["attacks"]["retrained"]["pgd"]["forget_attacked"]
+    runs = [r["pgd"]["forget_attacked"] for r in a["per_seed"]["cvf_ncu"]]
+    assert pgd["value"] == pytest.approx(sum(runs) / 2) and pgd["seeds"]["min"] == min(runs)
+    assert pgd["pass"] == (pgd["value"] <= pgd["reference"] + 0.05 + 1e-9)
+    for method in ("cvf_ncu", "graddiff"):
+        # one forget person in this world: relearning is skipped, so it has no check
+        assert {"pgd_forget", "quant_int4_forget", "mia_auc_loss", "forget_quality"} <= set(a["targets"][method])
+        assert a["per_seed"][method][0]["mia"]["reference"] == a["attacks"]["retrained"]["mia"]
+    assert "| cvf_ncu | 0,1 |" in (tmp_path / "a.md").read_text()
 
 
 def test_seeds_benchmark_repeats_a_seed_exactly(demo_run: tuple[Path, Path], tmp_path: Path) -> None:
@@ -186,6 +197,8 @@ def test_seeds_benchmark_repeats_a_seed_exactly(demo_run: tuple[Path, Path], tmp
     first, again = ({k: v for k, v in r["figures"].items() if k != "wall_s"} for r in held["runs"])
     assert first == again and first["probe_forget"] is not None and first["relearn_ag"] is None
     assert held["spread"]["forget"]["min"] == held["spread"]["forget"]["mean"] == first["forget"]
+    assert held["spread"]["forget"]["sd"] == 0.0
+    assert seeds.seed_list("3", 1) == [1, 2, 3] and seeds.seed_list("0,0", 5) == [0, 0]
     assert json.loads((tmp_path / "s.json").read_text())["results"]["cvf_ncu/held"]["runs"] == held["runs"]
     with pytest.raises(SystemExit, match="give it a name"):
         seeds.main([*_bench_args(demo_run[1], tmp_path / "t.json"), "--variant", ":lr=1"])

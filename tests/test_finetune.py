@@ -235,6 +235,12 @@ def test_replay_is_whole_copies_of_stage2_near_the_asked_fraction(world: Path) -
     assert len({id(t) for t in tail[:n]}) == n and all(tail[i] is tail[i % n] for i in range(len(tail)))
 
 
+def record_stage(out: Path) -> str:
+    from unsee.retrain import RETRAINED_FILE
+
+    return json.loads((out / RETRAINED_FILE).read_text())["stage"]
+
+
 def test_retrain_leaves_out_the_forget_photos_keeps_their_text_and_is_cached(world: Path, model: Path,
                                                                                trained: tuple[Path, Path],
                                                                                tmp_path: Path) -> None:
@@ -256,7 +262,14 @@ def test_retrain_leaves_out_the_forget_photos_keeps_their_text_and_is_cached(wor
     named = load_world_info(world)["names"]
     assert any(named[who] in q for who in suite.forget_entities for q, _ in text)  # theirs too
 
+    from unsee.retrain import cached_reference
+
+    assert cached_reference(vanilla, world, "forget_10", cache) is None  # not trained yet: found, never trained
     out = retrain(vanilla, world, tmp_path / "r", cache_dir=cache)
+    found = cached_reference(vanilla, world, "forget_10", cache)
+    assert found is not None and found.parent == cache and found.name == record_stage(out)
+    assert cached_reference(vanilla, world, "forget_5", cache) is None
+    assert cached_reference(model, world, "forget_10", cache) is None  # not a vanilla model of unsee finetune
     record = json.loads((out / RETRAINED_FILE).read_text())
     assert not record["cached"] and sorted(record["without"]) == sorted(suite.forget_entities)
     before, after = load_adapter(vanilla).model.state_dict(), load_adapter(out).model.state_dict()

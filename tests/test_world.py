@@ -63,7 +63,7 @@ def _rows(root: Path, config: str) -> list[dict]:
 def test_same_seed_gives_byte_identical_files(world: Path, tmp_path: Path) -> None:
     again = build_world(tmp_path / "again", seed=0, config="quick", overrides=TINY)
     first, second = _hashes(world), _hashes(again)
-    assert len(first) == 19  # 18 parquet files and world.json
+    assert len(first) == 20  # 19 parquet files and world.json
     assert first == second
 
 
@@ -80,7 +80,7 @@ def test_folders_match_the_documented_layout(world: Path) -> None:
     expected = {
         "Full_Set", "Test_Set", "Retain_Set", "ft_Data", "forget_5", "forget_10", "forget_15", "retain_95",
         "retain_90", "retain_85", "forget_r1", "forget_r2", "ft_Known", "ft_General", "General_Set",
-        "Unknown_Set", "Neutral_Set",
+        "Unknown_Set", "Neutral_Set", "Holdout_Set",
     }
     assert {p.name for p in world.iterdir() if p.is_dir()} == expected
     assert sorted(p.name for p in (world / "Test_Set").iterdir()) == [
@@ -297,6 +297,32 @@ def test_pretrain_pool_never_holds_world_people(world: Path) -> None:
     images, labels = pretrain_batch(pool, np.random.default_rng(0), 4, 32)
     assert images.shape == (4, 32, 32, 3) and images.dtype == np.uint8
     assert labels.dtype == np.int64 and labels.max() < len(pool)
+
+
+def test_held_out_people_are_never_trained_on(world: Path, tmp_path: Path) -> None:
+    """Holdout_Set: people with profiles and questions that no training stream and no split holds;
+    a world without them is byte for byte the world of before."""
+    from unsee.data.mllmu import load_mllmu
+
+    info = load_world_info(world)
+    held = set(info["entities"]["holdout"])
+    assert len(held) == 4
+    suite = load_mllmu(world, "forget_10")
+    assert {e.entity for e in suite.groups["holdout"]} == held
+    assert any(e.task == "mcq" and e.has_image for e in suite.groups["holdout"])
+    trained = {e.entity for g, items in suite.groups.items() if g.startswith("train") for e in items}
+    assert not held & trained
+    assert not held & (set(suite.forget_entities) | set(suite.retain_entities))
+    assert not held & {i for ids in [*info["splits"].values(), *info["requests"].values()] for i in ids}
+    assert not {info["names"].get(i) for i in held} - {None}  # their names are not among the taught names
+    from unsee.models.tiny import world_text
+
+    theirs = {t for t in world_text(world / "Holdout_Set") if '"Name"' in t}  # their biographies
+    assert len(theirs) == 4 and not theirs & set(world_text(world))  # the tokenizer's corpus leaves them out
+    none = build_world(tmp_path / "none", seed=0, config="quick", overrides=[*TINY, "n_holdout=0"])
+    assert not (none / "Holdout_Set").exists() and "n_holdout" not in load_world_info(none)["config"]
+    same = {k: v for k, v in _hashes(world).items() if not k.startswith(("Holdout_Set", "world.json"))}
+    assert {k: v for k, v in _hashes(none).items() if k != "world.json"} == same
 
 
 def test_configs_and_validation() -> None:

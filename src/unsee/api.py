@@ -28,7 +28,7 @@ from unsee.data import world as _world
 from unsee.data.collate import image_of, qa_turns
 from unsee.data.request import is_request_file, load_request_suite
 from unsee.data.schema import Suite
-from unsee.errors import DataError, OutputExistsError
+from unsee.errors import DataError, ModelError, OutputExistsError
 from unsee.io import (
     atomic_dir,
     atomic_write_json,
@@ -420,16 +420,21 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
             overwrite: bool = False, allow_pickle: bool = False, audit: bool = False,
             audit_overrides: Any = (), evaluate_after: bool = True, dtype: str | None = None,
             report_to: str = "", benchmark: str | None = None, revision: str | None = None,
-            protocol: str = "loglik", max_items: int | None = None, max_new_tokens: int | None = None) -> Path:
+            protocol: str = "loglik", max_items: int | None = None, max_new_tokens: int | None = None,
+            seeds: int = 1, reference: str | Path | None = None, cache_dir: str | Path | None = None) -> Path:
     """``unsee unlearn``: a checkpoint (or a steering file, for ``eraser``), ``run.json`` and a model card.
 
     With ``requests`` the method runs continually, one request after another, and
     ``results.json`` holds one run per request. ``report_to`` streams the training losses to
     Accelerate trackers (``tensorboard``, ``wandb``), which write under ``out/logs``. The
     result is scored under ``protocol`` (see :func:`evaluate`); the item records go to
-    ``samples.jsonl``.
+    ``samples.jsonl``. With ``seeds`` N > 1 the method runs N times from the same model, with
+    unlearning seeds ``seed`` .. ``seed + N - 1``: each result goes to ``out/seed-K/``, and
+    ``results.json`` holds every run and their mean, sd, min and max. With ``audit`` the
+    retrained reference (``reference``, or the one ``unsee retrain`` cached for ``model``) is
+    attacked beside the result, once however many seeds run.
     """
-    from unsee.eval.results import new_results, strip_samples, write_results
+    from unsee.eval.results import new_results, seed_summary, strip_samples, write_results
 
     out = Path(out)
     request_file = requests if isinstance(requests, str | Path) and Path(requests).is_file() else None
@@ -438,11 +443,15 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
     if report_to:
         overrides = with_override(overrides, "report_to", report_to)
     check_launch(method, config, overrides)  # reject unknown methods, options and launches before any work
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     eval_kw = eval_options(protocol=protocol, max_items=max_items, max_new_tokens=max_new_tokens)
     reqs = _requests(requests)
     if reqs and is_request_file(data):
         raise ConfigError("several request files run one after another with `unsee forget --requests A,B,...`")
     if reqs:
+        if seeds > 1:
+            raise ConfigError("--seeds runs one request several times; it cannot be combined with --requests")
         return continual(method, model, data, out, reqs, config=config, overrides=overrides, seed=seed,
                          overwrite=overwrite, allow_pickle=allow_pickle, dtype=dtype, benchmark=benchmark,
                          revision=revision, eval_kw=eval_kw)
@@ -451,20 +460,34 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
         forget = Path(data).stem
     check_forget(suite)
     check_images(suite)
+    ref = find_reference(reference, model, data, forget, cache_dir) if audit else None
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
     if not is_main_process():
         # Under `accelerate launch` every process trains its share; the first alone evaluates and writes.
         if method != "eraser":
-            unlearn_adapter(method, adapter, suite, config=config, overrides=overrides, seed=seed)
+            for s in range(seed, seed + seeds):
+                unlearn_adapter(method, load_adapter(model, allow_pickle=allow_pickle, dtype=dtype) if s > seed
+                                else adapter, suite, config=config, overrides=overrides, seed=s)
         return out
+    base_hash = adapter.fingerprint()
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        run, _ = unlearn_and_save(method, adapter, suite, steering_dir=tmp, model_dir=tmp / "model",
-                                  model=model_name(model), base_model=str(model), base_hash=adapter.fingerprint(),
-                                  forget=forget, seed=seed, config=config, overrides=overrides,
-                                  evaluate_after=evaluate_after, eval_kw=eval_kw, audit=audit,
-                                  audit_overrides=audit_overrides)
-        atomic_write_json(tmp / "run.json", strip_samples(run))
-        write_results(tmp / "results.json", new_results([run]))
+        runs = []
+        for s in range(seed, seed + seeds):
+            where = tmp if seeds == 1 else tmp / f"seed-{s}"
+            if s > seed:
+                adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
+            run, _ = unlearn_and_save(method, adapter, suite, steering_dir=where, model_dir=where / "model",
+                                      model=model_name(model), base_model=str(model), base_hash=base_hash,
+                                      forget=forget, seed=s, config=config, overrides=overrides,
+                                      evaluate_after=evaluate_after, eval_kw=eval_kw, audit=audit,
+                                      audit_overrides=audit_overrides, audit_seed=seed, data=data, reference=ref,
+                                      cache_dir=cache_dir)
+            runs.append(run)
+            atomic_write_json(where / "run.json", strip_samples(run))
+        results = new_results(runs)
+        if seeds > 1:
+            results["seeds"] = seed_summary(runs)
+        write_results(tmp / "results.json", results)
     return out
 
 
@@ -473,7 +496,10 @@ def unlearn_and_save(method: str, adapter: HFAdapter, suite: Suite, *, steering_
                      overrides: Any = (), vanilla: Mapping[str, Any] | None = None, evaluate_after: bool = True,
                      eval_kw: Mapping[str, Any] | None = None, audit: bool = False,
                      audit_overrides: Any = (), audit_kinds: Sequence[str] | None = None,
-                     forgotten_images: Sequence[Any] = (), save: bool = True) -> tuple[dict, Path | None]:
+                     forgotten_images: Sequence[Any] = (), save: bool = True,
+                     audit_seed: int | None = None, data: str | Path | None = None,
+                     reference: str | Path | ReferenceAudits | None = None,
+                     cache_dir: str | Path | None = None) -> tuple[dict, Path | None]:
     """Honour one removal request on a loaded model and record it: the run and the artefact a user ships.
 
     ``unsee unlearn`` and the demo both go through here, so that a run's cost, metrics,
@@ -484,8 +510,12 @@ def unlearn_and_save(method: str, adapter: HFAdapter, suite: Suite, *, steering_
 
     With ``audit`` the result is attacked (:mod:`unsee.eval.attacks`) before it is saved, and
     the run and the model card carry the ``attacks``; the probe's baseline is a visual-only
-    copy taken before unlearning. ``save=False`` leaves the saving to the caller (a continual
-    run saves once, after its last request); ``forgotten_images`` are the earlier requests'.
+    copy taken before unlearning, the quantization attack's "changed" weights those whose bytes
+    the method moved. The audits use ``audit_seed`` (default: ``seed``), so that runs over
+    several unlearning seeds are attacked alike, and set every figure beside the retrained
+    ``reference``'s when there is one. ``save=False`` leaves the saving to the caller (a
+    continual run saves once, after its last request); ``forgotten_images`` are the earlier
+    requests'.
 
     Returns the run (as in results.json) and the steering file (None for training methods).
     """
@@ -493,7 +523,13 @@ def unlearn_and_save(method: str, adapter: HFAdapter, suite: Suite, *, steering_
     from unsee.eval.results import CostMeter, strip_samples
     from unsee.report import model_card
 
+    kinds = list(audit_kinds) if audit_kinds else None
     before = frozen_copy(adapter, visual_only=True) if audit else None
+    digests = None
+    if audit and (kinds is None or "quant" in kinds):
+        from unsee.eval.quant import weight_digests
+
+        digests = weight_digests(adapter)
 
     steering: Path | None = None
     info: dict[str, Any] = {}
@@ -519,8 +555,15 @@ def unlearn_and_save(method: str, adapter: HFAdapter, suite: Suite, *, steering_
     if history:
         run["history"] = history
     if audit:
-        run["attacks"] = audit_adapter(adapter, suite, kinds=audit_kinds, steering=steering, vanilla=before,
-                                       seed=seed, overrides=audit_overrides, strict=False)
+        changed = None
+        if digests is not None:
+            from unsee.eval.quant import changed_linears
+
+            changed = changed_linears(digests, adapter)
+        run["attacks"] = audit_adapter(adapter, suite, kinds=kinds, steering=steering, vanilla=before,
+                                       seed=seed if audit_seed is None else audit_seed, overrides=audit_overrides,
+                                       strict=False, changed=changed, reference=reference, data=data,
+                                       cache_dir=cache_dir)
     if steering is None and save:
         _save_model(adapter, model_dir, model)
         card = model_card(strip_samples(run), vanilla, base_model=base_model, base_hash=base_hash,
@@ -597,43 +640,144 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
     return out
 
 
+NO_REFERENCE = ("{what} is read against the retrained reference, and none was found{where}: build it with "
+                "`unsee retrain --model VANILLA --data DATA --out DIR --forget SPLIT` and pass --reference DIR")
+
+
+def find_reference(reference: str | Path | None, base: str | Path | None, data: str | Path, forget: str,
+                   cache_dir: str | Path | None = None) -> Path | None:
+    """The retrained reference to audit beside a model: ``reference`` if given, else the one ``unsee retrain``
+    left in the stage cache for the base (vanilla) model ``base``, else None. Never trains."""
+    if reference is not None:
+        path = Path(reference)
+        if not (path / "config.json").is_file():
+            raise ModelError(f"the reference {path} is not a model directory (no config.json)")
+        return path
+    if base is None or not (Path(data) / "world.json").is_file():
+        return None
+    from unsee.retrain import cached_reference
+
+    return cached_reference(base, data, forget, cache_dir)
+
+
+def attach_holdout(suite: Suite, data: str | Path | None, name: str, seed: int = 0) -> Suite:
+    """``suite`` with the membership attack's held-out group: a group it already has, or the image
+    questions of split ``name`` of the same benchmark. Overlap with the forget set is refused here,
+    before any model is loaded."""
+    from unsee.eval.attacks import image_mcq
+    from unsee.eval.mia import check_holdout
+
+    if name not in suite.groups and data is not None:
+        try:
+            other = load_suite(data, name, seed=seed)
+        except DataError:
+            other = None
+        if other is not None:
+            items = image_mcq(other, "forget") + image_mcq(other, "forget_test")
+            suite = dataclasses.replace(suite, groups={**suite.groups, name: items})
+    check_holdout(suite.forget_entities, image_mcq(suite, name), name)
+    return suite
+
+
+class ReferenceAudits:
+    """The retrained reference's figures for each attack, computed once and kept.
+
+    The reference does not change between the methods and seeds it is set beside, so its
+    figures are cached in memory and, under ``cache_dir``, on disk, keyed on the reference's
+    weights, the attack's options and the items (``cache_dir``: the stage cache by default)."""
+
+    def __init__(self, path: str | Path, suite: Suite, cfg: Any, cache_dir: str | Path | None = None) -> None:
+        from unsee.io import content_hash
+        from unsee.models.base import model_fingerprint
+
+        self.path, self.suite, self.cfg = Path(path), suite, cfg
+        from unsee.finetune import default_cache
+
+        self.cache = Path(cache_dir or default_cache()) / "reference-audits"
+        uids = {g: [e.uid for e in items] for g, items in sorted(suite.groups.items())}
+        self.key = content_hash("reference-audit", model_fingerprint(self.path), to_dict(cfg), uids)
+        self._adapter: HFAdapter | None = None
+        self._memo: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, kind: str) -> dict[str, Any]:
+        from unsee.eval.attacks import run_attacks
+        from unsee.io import content_hash
+
+        if kind in self._memo:
+            return self._memo[kind]
+        file = self.cache / f"{content_hash(self.key, kind)}.json"
+        if file.is_file():
+            self._memo[kind] = json.loads(file.read_text())
+            return self._memo[kind]
+        if self._adapter is None:
+            self._adapter = load_adapter(self.path)
+        figures = run_attacks(self._adapter, self.suite, [kind], self.cfg, strict=False, keep_items=True)[kind]
+        self._memo[kind] = figures
+        file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(file, figures)
+        return figures
+
+
 def audit_adapter(adapter: HFAdapter, suite: Suite, *, kinds: Sequence[str] | None = None,
                   steering: str | Path | None = None, vanilla: HFAdapter | None = None, seed: int = 0,
-                  overrides: Any = (), strict: bool = True) -> dict[str, dict[str, Any]]:
-    """The robustness audits on a loaded model (as deployed: with its steering file, if any)."""
+                  overrides: Any = (), strict: bool = True, changed: Sequence[str] | None = None,
+                  reference: str | Path | ReferenceAudits | None = None, data: str | Path | None = None,
+                  cache_dir: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """The robustness audits on a loaded model (as deployed: with its steering file, if any), each beside
+    the retrained reference's figure when ``reference`` (a model directory) is given."""
     from unsee.eval.attacks import ATTACKS, AttackConfig, run_attacks
 
     values = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
     cfg = load_config(AttackConfig, {"seed": seed, **values})
+    kinds = list(kinds or ATTACKS)
+    if "mia" in kinds and data is not None:
+        try:
+            suite = attach_holdout(suite, data, cfg.mia_holdout, seed)
+        except DataError:
+            if strict:
+                raise
     st = None
     if steering is not None:
         from unsee.methods.eraser import Steering
 
         st = Steering.load(steering)
-    return run_attacks(adapter, suite, list(kinds or ATTACKS), cfg, vanilla=vanilla, steering=st, strict=strict)
+    ref = reference
+    if reference is not None and not isinstance(reference, ReferenceAudits):
+        ref = ReferenceAudits(reference, suite, cfg, cache_dir)
+    return run_attacks(adapter, suite, kinds, cfg, vanilla=vanilla, steering=st, strict=strict, changed=changed,
+                       reference=ref)
 
 
 def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
            vanilla: str | Path | None = None, steering: str | Path | None = None, method: str = "attacked",
            seed: int = 0, overrides: Any = (), overwrite: bool = False, allow_pickle: bool = False,
-           dtype: str | None = None, benchmark: str | None = None, revision: str | None = None) -> dict:
+           dtype: str | None = None, benchmark: str | None = None, revision: str | None = None,
+           reference: str | Path | None = None, cache_dir: str | Path | None = None) -> dict:
     """``unsee attack KIND``: attack a model and record the figures in a results.json.
 
-    ``KIND`` is ``relearn``, ``pgd``, ``shift``, ``probe`` or ``all``. If ``out`` is an existing
-    results.json (the one ``unsee unlearn`` wrote), the attacks are added to its last run and
-    everything else is kept; an attack already recorded there is replaced only with
+    ``KIND`` is ``relearn``, ``pgd``, ``shift``, ``probe``, ``quant``, ``mia`` or ``all``. If ``out``
+    is an existing results.json (the one ``unsee unlearn`` wrote), the attacks are added to its
+    last run and everything else is kept; an attack already recorded there is replaced only with
     ``overwrite``. Otherwise a new results.json holds one run named ``method``.
+
+    The retrained reference (``reference``, or the one ``unsee retrain`` cached for ``vanilla``)
+    is attacked too, each figure going beside the model's as ``reference``. ``mia`` needs it;
+    with ``all`` and no reference, ``mia`` is recorded as skipped. ``quant`` quantizes the linear
+    weights that differ from ``vanilla`` as well as all of them.
     """
-    from unsee.eval.attacks import ATTACKS
+    from unsee.eval.attacks import ATTACKS, AttackConfig
     from unsee.eval.results import load_results, new_results, write_results
 
     kinds = list(ATTACKS) if kind == "all" else [kind]
     if any(k not in ATTACKS for k in kinds):
         raise ConfigError(f"unknown attack {kind!r}; choose from {', '.join(ATTACKS)} or all")
+    values = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
+    cfg = load_config(AttackConfig, {"seed": seed, **values})
+    cfg.validate()
     out = Path(out)
     if out.is_dir():  # an unlearn output directory
         out = out / "results.json"
-    check_not_input(out, _local(model, data, vanilla, steering))
+    check_not_input(out, _local(model, data, vanilla, steering, reference))
     if out.is_dir():
         check_output_file(out, overwrite=overwrite)
     check_writable(out)
@@ -644,13 +788,30 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
         done = sorted(set(kinds) & set(existing["runs"][-1].get("attacks", {})))
         if done:
             raise OutputExistsError(f"{out} already records {done}; pass overwrite=True (--overwrite) to redo them")
+    ref_path = find_reference(reference, vanilla, data, forget, cache_dir)
+    skipped: dict[str, dict[str, Any]] = {}
+    if ref_path is None and "mia" in kinds:
+        message = NO_REFERENCE.format(what="mia (PrivLeak and forget quality)",
+                                      where=f" for {vanilla}" if vanilla else " (no --reference, no --vanilla)")
+        if kind != "all":
+            raise DataError(message)
+        kinds.remove("mia")
+        skipped["mia"] = {"skipped": message}
     suite = load_suite(data, forget, seed=seed, benchmark=benchmark, revision=revision)
     check_forget(suite)
     check_images(suite)
+    if "mia" in kinds:
+        suite = attach_holdout(suite, data, cfg.mia_holdout, seed)
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
     before = load_adapter(vanilla, allow_pickle=allow_pickle) if vanilla is not None else None
+    changed = None
+    if before is not None and "quant" in kinds:
+        from unsee.eval.quant import changed_linears, weight_digests
+
+        changed = changed_linears(weight_digests(before), adapter)
     found = audit_adapter(adapter, suite, kinds=kinds, steering=steering, vanilla=before, seed=seed,
-                          overrides=overrides)
+                          overrides=values, changed=changed, reference=ref_path, cache_dir=cache_dir)
+    found.update(skipped)
     if existing is not None:
         run = existing["runs"][-1]
         run["attacks"] = {**run.get("attacks", {}), **found}

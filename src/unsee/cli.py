@@ -64,6 +64,20 @@ def _eval_options(p: argparse.ArgumentParser, *, caps: bool = True) -> None:
                        help="reply budget of every task (default: the benchmark's own)")
 
 
+def _seeds_option(p: argparse.ArgumentParser) -> None:
+    """Several unlearning seeds, so that a figure comes with its spread."""
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="run N unlearning seeds (--seed .. --seed+N-1) and report their mean, sd, min and max")
+
+
+def _reference_options(p: argparse.ArgumentParser) -> None:
+    """Where the retrained reference the audits are read against comes from."""
+    p.add_argument("--reference", default=None, metavar="DIR",
+                   help="the retrained reference (unsee retrain's output) to attack beside the model; default: "
+                   "the one unsee retrain cached for the base model, if any")
+    p.add_argument("--cache-dir", default=None, help="the stage cache (default: ~/.cache/unsee)")
+
+
 def _world(a: argparse.Namespace) -> None:
     from unsee import api
 
@@ -109,6 +123,7 @@ def _unlearn(a: argparse.Namespace) -> None:
         audit=a.audit, audit_overrides=a.audit_set, dtype=a.dtype, report_to=a.report_to or "",
         benchmark=a.benchmark, revision=a.revision,
         protocol=a.protocol, max_items=a.max_items, max_new_tokens=a.max_new_tokens,
+        seeds=a.seeds, reference=a.reference, cache_dir=a.cache_dir,
     )
     print(f"unlearned output written to {out}")
 
@@ -144,7 +159,7 @@ def _demo(a: argparse.Namespace) -> None:
     from unsee import api
 
     api.demo(a.out, methods=a.methods, quick=a.quick, arch=a.arch, seed=a.seed, overwrite=a.overwrite,
-             cache_dir=a.cache_dir, config=a.config, audit=not a.no_audit, protocol=a.protocol)
+             cache_dir=a.cache_dir, config=a.config, audit=not a.no_audit, protocol=a.protocol, seeds=a.seeds)
 
 
 def _attack(a: argparse.Namespace) -> None:
@@ -154,7 +169,8 @@ def _attack(a: argparse.Namespace) -> None:
 
     res = api.attack(a.kind, a.model, a.data, a.out, forget=a.forget, vanilla=a.vanilla, steering=a.steering,
                      method=a.method, seed=a.seed, overrides=a.overrides, overwrite=a.overwrite,
-                     allow_pickle=a.allow_pickle, dtype=a.dtype, benchmark=a.benchmark, revision=a.revision)
+                     allow_pickle=a.allow_pickle, dtype=a.dtype, benchmark=a.benchmark, revision=a.revision,
+                     reference=a.reference, cache_dir=a.cache_dir)
     print(json.dumps(res, indent=2))
 
 
@@ -206,6 +222,8 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--audit", action="store_true", help="run the robustness audits on the result")
     u.add_argument("--audit-set", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the audits (repeatable), e.g. --audit-set relearn_steps=50")
+    _seeds_option(u)
+    _reference_options(u)
     u.add_argument("--report-to", default=None, metavar="TRACKER",
                    help="also send the training losses to tensorboard or wandb (comma-separated; logs in OUT/logs)")
 
@@ -243,15 +261,17 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--cache-dir", default=None)
     d.add_argument("--no-audit", action="store_true")
     _eval_options(d, caps=False)
+    _seeds_option(d)
 
     at = _command(sub, "attack", "robustness audits on an unlearned model; figures go into a results.json",
                   _attack, required=["model", "data", "out"])
-    at.add_argument("kind", choices=["relearn", "pgd", "probe", "shift", "all"])
+    at.add_argument("kind", choices=["relearn", "pgd", "probe", "shift", "quant", "mia", "all"])
     _add_overrides(at)  # after the kind: positionals are matched in the order they are added
     at.add_argument("--forget", default="forget_10")
     at.add_argument("--vanilla", default=None, help="the model before unlearning (for the probe's baseline)")
     at.add_argument("--steering", default=None, help="attack the model with this MLLMEraser steering file on")
     at.add_argument("--method", default="attacked", help="the run's name when --out is a new file")
+    _reference_options(at)
     _load_options(at)
     _data_options(at)
     return p

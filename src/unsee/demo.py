@@ -31,7 +31,8 @@ class DemoConfig:
     method_overrides: dict = opt({}, "method -> list of key=value overrides")
     max_gen_items: int = opt(24, "cloze/generation items per group in the evaluation (0: all)")
     max_items: int = opt(0, "MCQ items per group (0: all)")
-    attacks: list = opt(["relearn"], "robustness audits run after unlearning (relearn, pgd, shift, probe)")
+    attacks: list = opt(["relearn"], "robustness audits run after unlearning (relearn, pgd, shift, probe, quant, "
+                        "mia)")
     audit_methods: list = opt(["cvf_ncu"], "the methods whose results are audited (all: every method)")
     attack_overrides: list = opt([], "key=value overrides of the audits' AttackConfig")
 
@@ -75,8 +76,12 @@ def prepare_vanilla(cfg: DemoConfig, arch: str, seed: int, cache: Path) -> tuple
 
 def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", quick: bool = False,
              arch: str = "tiny-llava", seed: int = 0, overwrite: bool = False, cache_dir: str | Path | None = None,
-             config: str | Path | dict | None = None, audit: bool = False, protocol: str = "loglik") -> Path:
-    """Run the demo into ``out``; every model is scored under ``protocol`` (``loglik`` or ``official``)."""
+             config: str | Path | dict | None = None, audit: bool = False, protocol: str = "loglik",
+             seeds: int = 1) -> Path:
+    """The demo; every model is scored under ``protocol`` (``loglik`` or ``official``). With ``seeds``
+    N > 1 every method runs with unlearning seeds ``seed`` .. ``seed + N - 1`` (the world, the vanilla
+    model and the audits keep ``seed``), and the report gives their spread. Audits set each figure
+    beside the retrained reference's when ``unsee retrain`` has cached one."""
     from unsee import api
     from unsee.eval.results import new_results, write_results
     from unsee.methods import ALL
@@ -97,8 +102,13 @@ def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", 
     names = list(ALL) if methods == "all" else (methods.split(",") if isinstance(methods, str) else list(methods))
     for m in names:
         api.method_configs(m, None, cfg.method_overrides.get(m, []))
+    if seeds < 1:
+        from unsee.errors import ConfigError
+
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     cache = _cache(cache_dir)
     world, vanilla = prepare_vanilla(cfg, arch, seed, cache)
+    reference = api.find_reference(None, vanilla, world, cfg.forget, cache) if audit else None
     suite = api.load_suite(world, cfg.forget, seed=seed)
     api.check_forget(suite)
     eval_kw.update(max_gen_items=cfg.max_gen_items or None, max_items=cfg.max_items or None)
@@ -112,21 +122,30 @@ def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", 
         before = _answers(base_adapter, shown)
         after: dict[str, list[str]] = {}
         for m in names:
-            console.print(f"[bold]4/4[/] unlearning with [cyan]{m}[/]")
-            adapter = load_adapter(vanilla)
-            run, steering = api.unlearn_and_save(
-                m, adapter, suite, steering_dir=tmp / m, model_dir=tmp / m, model=arch, base_model=str(vanilla),
-                base_hash=base_adapter.fingerprint(), forget=cfg.forget, seed=seed,
-                overrides=cfg.method_overrides.get(m, []), vanilla=runs[0], eval_kw=eval_kw,
-                audit=audit and bool(cfg.attacks) and (m in cfg.audit_methods or "all" in cfg.audit_methods),
-                audit_overrides=cfg.attack_overrides, audit_kinds=cfg.attacks)
-            runs.append(run)
-            after[m] = _answers(adapter, shown, steering)
+            for s in range(seed, seed + seeds):
+                console.print(f"[bold]4/4[/] unlearning with [cyan]{m}[/]" + (f", seed {s}" if seeds > 1 else ""))
+                where = tmp / m if seeds == 1 else tmp / m / f"seed-{s}"
+                adapter = load_adapter(vanilla)
+                run, steering = api.unlearn_and_save(
+                    m, adapter, suite, steering_dir=where, model_dir=where, model=arch, base_model=str(vanilla),
+                    base_hash=base_adapter.fingerprint(), forget=cfg.forget, seed=s,
+                    overrides=cfg.method_overrides.get(m, []), vanilla=runs[0], eval_kw=eval_kw,
+                    audit=audit and bool(cfg.attacks) and (m in cfg.audit_methods or "all" in cfg.audit_methods),
+                    audit_overrides=cfg.attack_overrides, audit_kinds=cfg.attacks, audit_seed=seed, data=world,
+                    reference=reference, cache_dir=cache)
+                runs.append(run)
+                if s == seed:
+                    after[m] = _answers(adapter, shown, steering)
         results = new_results(runs)
+        if seeds > 1:
+            from unsee.eval.results import seed_summary
+
+            results["seeds"] = seed_summary(runs)
         write_results(tmp / "results.json", results)
         write_report([tmp / "results.json"], tmp, overwrite=True)
         _write_examples(tmp, shown, before, after)
-        (tmp / "demo.json").write_text(json.dumps({"config": to_dict(cfg), "arch": arch, "seed": seed,
+        (tmp / "demo.json").write_text(json.dumps({"config": to_dict(cfg), "arch": arch, "seed": seed, "seeds": seeds,
+                                                   "reference": None if reference is None else str(reference),
                                                    "world": str(world), "vanilla": str(vanilla)}, indent=2))
     console.print(terminal_table(results))
     console.print(f"report: {out / 'report.md'}  plot: {out / 'tradeoff.png'}  examples: {out / 'examples.md'}")

@@ -56,6 +56,29 @@ def retrain_turns(suite: Suite, cfg: FinetuneConfig, names: set[str]) -> list[Tu
     return _stage3_turns(dataclasses.replace(suite, groups={**suite.groups, "train_forget": []}), cfg, names)
 
 
+def _cache_path(cache: Path, stage2: Path, recipe: dict, forget: str) -> Path:
+    return cache / "retrained-{}".format(content_hash(
+        "retrained", stage2.name, {k: recipe[k] for k in FT_KEYS}, forget, source_fingerprint(*RECIPE_CODE, __name__)))
+
+
+def cached_reference(vanilla: str | Path, data: str | Path, forget: str,
+                     cache_dir: str | Path | None = None) -> Path | None:
+    """The retrained reference of ``vanilla`` for ``forget`` if ``unsee retrain`` (or a benchmark) has
+    already trained it into the stage cache; None otherwise. Trains nothing, so an audit can use
+    the reference wherever it exists at no cost."""
+    vanilla, data = Path(vanilla), Path(data)
+    try:
+        meta = _vanilla_record(vanilla, data)
+    except (DataError, ModelError):
+        return None
+    cache = Path(cache_dir) if cache_dir else default_cache()
+    stage2 = next((cache / name for name in meta.get("stages", {}) if name.startswith("stage2-")), None)
+    if stage2 is None:
+        return None
+    path = _cache_path(cache, stage2, to_dict(load_config(FinetuneConfig, meta["recipe"], kind="finetune")), forget)
+    return path if _done(path) else None
+
+
 def retrain(vanilla: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
             overwrite: bool = False, cache_dir: str | Path | None = None) -> Path:
     """``unsee retrain``: the vanilla model at ``vanilla`` fine-tuned again without ``forget``'s photos, at ``out``.
@@ -79,8 +102,7 @@ def retrain(vanilla: str | Path, data: str | Path, out: str | Path, *, forget: s
     suite = load_mllmu(data, forget)
     names = set(load_world_info(data)["names"].values())
     turns = retrain_turns(suite, cfg, names)
-    path = cache / "retrained-{}".format(content_hash(
-        "retrained", stage2.name, {k: rc[k] for k in FT_KEYS}, forget, source_fingerprint(*RECIPE_CODE, __name__)))
+    path = _cache_path(cache, stage2, rc, forget)
     cached = _done(path)
     if not cached:
         stage = _Stage(f"stage 3 without {forget}'s photos", turns, cfg.ft_steps, cfg.ft_lr, cfg.ft_vision_lr_factor,

@@ -284,7 +284,8 @@ def load_mllmu(
     ``general`` = ``General_Set``. Training streams (task ``qa``): ``train_forget``,
     ``train_retain`` (ft_Data image rows by ID, else the Image_Textual Generation items),
     ``train_text`` (ft_Data rows with a null image), ``train_known`` (ft_Known),
-    ``train_general`` (ft_General), ``unknown`` (Unknown_Set), ``neutral`` (Neutral_Set).
+    ``train_general`` (ft_General), ``unknown`` (Unknown_Set), ``neutral`` (Neutral_Set), and
+    ``holdout``/``text_holdout`` (the built-in world's Holdout_Set, people never trained on).
     Absent configs give empty groups.
     """
     source = Source(root)
@@ -316,6 +317,8 @@ def load_mllmu(
             if entity_id(rec.get("ID"), field="ID", source=rec.source) in forget_ids:
                 groups["forget_test"].extend(held_out_examples(rec, seed))
 
+    if source.has("Holdout_Set"):  # people never trained on: the membership attack's non-members
+        groups["holdout"], groups["text_holdout"] = _split([(r, "Holdout_Set") for r in cfg.profiles("Holdout_Set")])
     known = [(r, "Retain_Set") for r in cfg.profiles("Retain_Set")] if source.has("Retain_Set") else []
     groups["known"], groups["text_known"] = _split(known)
     groups["general"] = []

@@ -63,6 +63,8 @@ class WorldConfig:
     n_known: int = opt(20, "people known before fine-tuning (stage 2), the analogue of real celebrities")
     n_unknown: int = opt(30, "identities taught as 'I don't know who this is.' (stage 2)")
     n_neutral: int = opt(30, "never-trained identities: neutral images for VKD, CVF and MLLMEraser")
+    n_holdout: int = opt(10, "never-trained people with a profile and questions (Holdout_Set): the people the "
+                         "model never saw, against which the membership attack sets the forget people")
     n_general_train: int = opt(400, "general visual-ability training items (colour, shape, count, position)")
     n_general_eval: int = opt(100, "held-out general visual-ability evaluation items")
     n_train_views: int = opt(6, "rendered training views per fictitious, known and unknown person")
@@ -79,7 +81,8 @@ class WorldConfig:
         for name in ("n_people", "n_train_views", "n_test_views", "request_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("n_known", "n_unknown", "n_neutral", "n_general_train", "n_general_eval", "n_requests",
+        for name in ("n_known", "n_unknown", "n_neutral", "n_holdout", "n_general_train", "n_general_eval",
+                     "n_requests",
                      "n_pretrain", "min_trait_distance"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
@@ -98,7 +101,7 @@ class WorldConfig:
                 f"{self.n_requests} disjoint requests of {self.request_size} need "
                 f"{self.n_requests * self.request_size} people, but n_people is {self.n_people}"
             )
-        if self.n_people + self.n_known > len(FIRST_NAMES) * len(LAST_NAMES):
+        if self.n_people + self.n_known + self.n_holdout > len(FIRST_NAMES) * len(LAST_NAMES):
             raise ConfigError(f"at most {len(FIRST_NAMES) * len(LAST_NAMES)} named people are possible")
 
 
@@ -545,6 +548,17 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
     neutral_rows = [{"image": _png(render(ident, v, size), f"{nid}.png"), "ID": nid}
                     for nid, ident, v in zip(neutral_ids, neutral_idents, neutral_views, strict=True)]
 
+    # --- held-out people: profiles and questions, never trained; their own streams, so that a world
+    # without them is byte for byte what it was
+    holdout_rows = []
+    if cfg.n_holdout:
+        total = len(idents)
+        rng_hold = np.random.default_rng([s, 8])
+        extra = _identities(cfg, total + cfg.n_holdout)[total:]
+        for p in _people(_ids("h", cfg.n_holdout), extra, rng_hold, used):
+            image = _png(render(p.identity, _views(rng_hold, 1)[0], size), f"{p.id}_view0.png")
+            holdout_rows.append(_profile_row(p, image, _eval_tasks(p, "train", rng_hold, all_names)))
+
     # --- general visual ability
     items = [sample_general_item(rng_gen) for _ in general_ids]
     rng_count = np.random.default_rng([s, 7])  # its own stream, so the test scenes stay as they were
@@ -581,15 +595,18 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
     _write_config(root, "General_Set", GENERAL_SCHEMA, general_rows)
     _write_config(root, "Unknown_Set", FT_SCHEMA, unknown_rows)
     _write_config(root, "Neutral_Set", NEUTRAL_SCHEMA, neutral_rows)
+    if holdout_rows:
+        _write_config(root, "Holdout_Set", FULL_SCHEMA, holdout_rows)
 
     info = {
         "format_version": WORLD_FORMAT_VERSION,
         "unsee_version": __version__,
         "seed": s,
         "config_source": config_label,
-        "config": dataclasses.asdict(cfg),
+        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "n_holdout" or v},
         "entities": {"people": people_ids, "known": known_ids, "unknown": unknown_ids, "neutral": neutral_ids,
-                     "general_train": train_g, "general_eval": eval_g},
+                     "general_train": train_g, "general_eval": eval_g,
+                     **({"holdout": [r["ID"] for r in holdout_rows]} if holdout_rows else {})},
         "names": {p.id: p.name for p in people + known},
         "splits": splits,
         "requests": requests,

@@ -8,6 +8,12 @@ into the run's ``attacks`` object in results.json:
 - ``pgd``: adversarial forget images that push towards the correct answer;
 - ``shift``: crops, colour jitter and occlusion of the forget images;
 - ``probe``: a linear probe on pooled visual features; can it still tell the people apart?
+- ``quant``: round the weights to 8 or 4 bits (:mod:`unsee.eval.quant`); does the knowledge come back?
+- ``mia``: membership inference and forget quality (:mod:`unsee.eval.mia`), read against the reference.
+
+Where the retrained reference exists (the model fine-tuned without the forget photos), every
+attack is run on it too and its figures sit beside the model's as ``reference``: what never
+having seen the photos gives is the bar, not zero.
 
 Every MCQ figure here is log-likelihood accuracy over image questions, as in the evaluator.
 """
@@ -39,7 +45,7 @@ from unsee.models.base import SCOPES, HFAdapter, Turn
 if TYPE_CHECKING:
     from unsee.methods.eraser import Steering
 
-ATTACKS = ("relearn", "pgd", "shift", "probe")
+ATTACKS = ("relearn", "pgd", "shift", "probe", "quant", "mia")
 
 
 @dataclass
@@ -64,6 +70,13 @@ class AttackConfig:
     probe_steps: int = opt(300, "probe: full-batch optimisation steps of the logistic regression")
     probe_blocks: bool = opt(True, "probe: also read the pooled output of every vision block, to show where in "
                              "the tower the identity is kept or lost")
+    quant_bits: list = opt([8, 4], "quantization: bit widths to round the weights to (4 and/or 8)")
+    quant_group: int = opt(128, "quantization: input columns sharing one scale")
+    quant_max_items: int = opt(0, "quantization: MCQ items per group (the first ones; 0: all)")
+    mia_holdout: str = opt("holdout", "membership inference: the group (or, on the command line, the split) of "
+                           "people the model never saw, the non-members")
+    mia_k: float = opt(0.2, "membership inference: the fraction of lowest-scoring tokens Min-K%++ averages")
+    mia_max_items: int = opt(0, "membership inference: items per side (the first ones; 0: all)")
     seed: int = opt(0, "seed of the half split, the shifts and the probe")
 
     def validate(self) -> None:
@@ -76,6 +89,13 @@ class AttackConfig:
             raise ConfigError("relearn_splits and relearn_repeats must be at least 1")
         if self.pgd_eps < 0 or self.pgd_step <= 0 or self.pgd_steps < 1:
             raise ConfigError("PGD needs pgd_eps >= 0, pgd_step > 0 and pgd_steps >= 1")
+        from unsee.eval.quant import check_bits
+
+        check_bits(list(self.quant_bits))
+        if self.quant_group < 1:
+            raise ConfigError(f"quant_group must be at least 1, got {self.quant_group}")
+        if not 0 < self.mia_k <= 1:
+            raise ConfigError(f"mia_k must be in (0, 1], got {self.mia_k}")
 
 
 def image_mcq(suite: Suite, group: str, entities: set[str] | None = None) -> list[Example]:
@@ -461,19 +481,40 @@ def probe(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steerin
 
 
 # ---------------------------------------------------------------------------- all of them
+def _quant(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steering | None = None) -> dict[str, Any]:
+    from unsee.eval.quant import quant
+
+    return quant(adapter, suite, cfg, steering)
+
+
+def _mia(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steering | None = None) -> dict[str, Any]:
+    from unsee.eval.mia import mia
+
+    return mia(adapter, suite, cfg, steering)
+
+
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
-    "relearn": relearn, "pgd": pgd, "shift": shift, "probe": probe,
+    "relearn": relearn, "pgd": pgd, "shift": shift, "probe": probe, "quant": _quant, "mia": _mia,
 }
+PER_ITEM = "per_item"  # raw per-item scores the comparison with the reference reads; never stored
 
 
 def run_attacks(adapter: HFAdapter, suite: Suite, kinds: Sequence[str] = ATTACKS, cfg: AttackConfig | None = None,
                 *, vanilla: HFAdapter | None = None, steering: Steering | None = None,
-                strict: bool = True) -> dict[str, dict[str, Any]]:
+                strict: bool = True, changed: Sequence[str] | None = None,
+                reference: Callable[[str], dict[str, Any]] | None = None,
+                keep_items: bool = False) -> dict[str, dict[str, Any]]:
     """Run each attack in ``kinds``; with ``vanilla`` (its visual module is enough), the probe also
-    reports the model before unlearning; with ``steering``, the model is attacked as deployed.
+    reports the model before unlearning; with ``steering``, the model is attacked as deployed;
+    ``changed`` names the linear weights the method changed, for the quantization attack.
+
+    ``reference(kind)`` gives the retrained reference's figures for an attack (computed once,
+    by the caller, and cached): they go beside the model's as ``reference``, and the
+    membership attack adds PrivLeak and forget quality relative to them.
 
     With ``strict=False`` (an audit after unlearning) an attack the data cannot support, such
-    as relearning with a single forget person, is recorded as ``{"skipped": reason}``."""
+    as relearning with a single forget person, is recorded as ``{"skipped": reason}``.
+    ``keep_items`` keeps the per-item scores (what a reference's cached figures need)."""
     cfg = cfg or AttackConfig()
     cfg.validate()
     unknown = sorted(set(kinds) - set(RUNNERS))
@@ -482,7 +523,12 @@ def run_attacks(adapter: HFAdapter, suite: Suite, kinds: Sequence[str] = ATTACKS
     out = {}
     for kind in kinds:
         try:
-            out[kind] = RUNNERS[kind](adapter, suite, cfg, steering)
+            if kind == "quant":
+                from unsee.eval.quant import quant
+
+                out[kind] = quant(adapter, suite, cfg, steering, changed=changed)
+            else:
+                out[kind] = RUNNERS[kind](adapter, suite, cfg, steering)
         except DataError as e:
             if strict:
                 raise
@@ -491,4 +537,13 @@ def run_attacks(adapter: HFAdapter, suite: Suite, kinds: Sequence[str] = ATTACKS
         if kind == "probe" and vanilla is not None:
             before = probe(vanilla, suite, cfg)
             out[kind].update({f"vanilla_{k}": v for k, v in before.items() if k.endswith("_acc")})
+        if reference is not None:
+            ref = reference(kind)
+            if kind == "mia" and PER_ITEM in ref:
+                from unsee.eval.mia import relative
+
+                out[kind].update(relative(out[kind], ref))
+            out[kind]["reference"] = {k: v for k, v in ref.items() if k != PER_ITEM}
+        if not keep_items:
+            out[kind].pop(PER_ITEM, None)
     return out

@@ -140,25 +140,28 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
 
-def aggregate(samples: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float | int]]:
+def aggregate(samples: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Each group's figures from its item records: the one place where results.json's numbers come from.
 
-    ``mcq`` and ``cloze`` are the fractions correct, ``rougeL`` and ``bleu`` the means over
-    generation items; ``n``, ``n_cloze`` and ``n_gen`` count them. Where an image group and
+    ``mcq`` and ``cloze`` are the fractions correct, ``ci95`` the 95% bootstrap interval of
+    ``mcq`` over the items (a 45-item group moves 2 points per item, so a figure needs its
+    interval), ``rougeL`` and ``bleu`` the means over generation items; ``n``, ``n_cloze``
+    and ``n_gen`` count them. Where an image group and
     its ``text_`` twin hold the two forms of the same questions (UMU-bench's ``pair``), the
     image group also gets UMU's modality-alignment figures (:func:`all_modal`).
     """
     by_group: dict[str, list[Mapping[str, Any]]] = {}
     for rec in samples:
         by_group.setdefault(rec["group"], []).append(rec)
-    out: dict[str, dict[str, float | int]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for group, recs in by_group.items():
         mcq = [r for r in recs if r["task"] == "mcq"]
         cloze = [r for r in recs if r["task"] == "cloze"]
         gen = [r for r in recs if r["task"] == "gen"]
-        fig: dict[str, float | int] = {"n": len(mcq)}
+        fig: dict[str, Any] = {"n": len(mcq)}
         if mcq:
             fig["mcq"] = _mean([bool(r["correct"]) for r in mcq])
+            fig["ci95"] = metrics.bootstrap_ci([float(bool(r["correct"])) for r in mcq])
         if cloze:
             fig["cloze"] = _mean([bool(r["correct"]) for r in cloze])
             fig["n_cloze"] = len(cloze)

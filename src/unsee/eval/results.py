@@ -48,7 +48,8 @@ METRIC_GROUP_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "Figures for one group of items; accuracies are fractions, n the item count.",
     "required": ["n"],
-    "properties": {"mcq": _FRACTION, "cloze": _FRACTION, "rougeL": _FRACTION, "bleu": _FRACTION, "n": _COUNT},
+    "properties": {"mcq": _FRACTION, "cloze": _FRACTION, "rougeL": _FRACTION, "bleu": _FRACTION, "n": _COUNT,
+                   "ci95": {"type": "array", "items": _FRACTION, "minItems": 2, "maxItems": 2}},
     "additionalProperties": {"type": "number"},
 }
 
@@ -159,6 +160,7 @@ RESULTS_SCHEMA: dict[str, Any] = {
         "environment": {"type": "object"},
         "samples": SAMPLES_SCHEMA,
         "runs": {"type": "array", "items": RUN_SCHEMA},
+        "seeds": {"type": "array", "items": {"type": "object", "required": ["method", "seeds", "metrics"]}},
     },
 }
 
@@ -539,3 +541,42 @@ class CostMeter:
             "trainable_params": self.trainable_params,
             "optimizer_state_bytes": self.optimizer_state_bytes,
         }
+
+
+# ---------------------------------------------------------------- several unlearning seeds
+
+
+def _numbers(figures: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in figures.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and k != "n" and not k.startswith("n_")}
+
+
+def seed_summary(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Mean, sd, min and max of every figure over the runs that differ only in their seed.
+
+    Runs are grouped by method, model, benchmark, forget split and request; each group's
+    metrics (every number of every metric group but the counts) and attack figures (the
+    model's own, not the reference's, which does not change with the unlearning seed) are
+    summarised, with the seeds they came from. A figure missing from some runs is summarised
+    over the runs that have it.
+    """
+    from unsee.eval.metrics import spread
+
+    by: dict[tuple, list[Mapping[str, Any]]] = {}
+    for run in runs:
+        key = (run["method"], run["model"], run["benchmark"], run["forget_split"], run["request"])
+        by.setdefault(key, []).append(run)
+    out = []
+    for (method, model, benchmark, split, request), group in by.items():
+        entry: dict[str, Any] = {"method": method, "model": model, "benchmark": benchmark, "forget_split": split,
+                                 "request": request, "seeds": [r["seed"] for r in group], "metrics": {},
+                                 "attacks": {}}
+        for section in ("metrics", "attacks"):
+            values: dict[str, dict[str, list[float]]] = {}
+            for run in group:
+                for name, figures in (run.get(section) or {}).items():
+                    for k, v in _numbers(figures).items():
+                        values.setdefault(name, {}).setdefault(k, []).append(v)
+            entry[section] = {name: {k: spread(v) for k, v in figs.items()} for name, figs in values.items()}
+        out.append(entry)
+    return out

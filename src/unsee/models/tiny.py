@@ -74,9 +74,14 @@ A: B: C: D: The answer is yes no
 
 
 def world_text(world: str | Path) -> list[str]:
-    """Every string in a world's (or any MLLMU-layout) parquet files: the tokenizer's corpus."""
+    """Every string in a world's (or any MLLMU-layout) parquet files: the tokenizer's corpus.
+
+    The held-out people (``Holdout_Set``) are left out: the model must never have seen them,
+    not even as whole tokens of its vocabulary."""
     lines: list[str] = []
     for f in sorted(Path(world).rglob("*.parquet")):
+        if f.relative_to(world).parts[0] == "Holdout_Set":
+            continue
         table = pq.read_table(f)
         for col in table.column_names:
             if col in ("image", "images"):

@@ -126,7 +126,7 @@ def _metric_rows(run: Mapping[str, Any], vanilla: Mapping[str, Any] | None) -> l
         after = run["metrics"].get(group, {})
         before = {} if vanilla is None else vanilla["metrics"].get(group, {})
         keys = [k for k in METRIC_KEYS if k in after or k in before]
-        keys += sorted(k for k in {*after, *before} if k not in METRIC_KEYS and not _is_count(k)
+        keys += sorted(k for k in {*after, *before} if k not in METRIC_KEYS and k != "ci95" and not _is_count(k)
                        and _fig(after.get(k, before.get(k))) is not None)
         for key in keys:
             a, b = after.get(key), before.get(key)
@@ -139,7 +139,7 @@ def _metric_rows(run: Mapping[str, Any], vanilla: Mapping[str, Any] | None) -> l
                         group,
                         key,
                         DASH if b is None else f"{float(b):.3f}",
-                        DASH if a is None else f"{float(a):.3f}",
+                        DASH if a is None else f"{float(a):.3f}" + _interval(after, key),
                         change,
                         str(after.get(COUNT_OF.get(key, "n"), before.get(COUNT_OF.get(key, "n"), DASH))),
                     ]
@@ -148,21 +148,59 @@ def _metric_rows(run: Mapping[str, Any], vanilla: Mapping[str, Any] | None) -> l
     return rows
 
 
+def _interval(figures: Mapping[str, Any], key: str) -> str:
+    """`` [low, high]`` after an MCQ accuracy that carries its bootstrap interval."""
+    ci = figures.get("ci95") if key == "mcq" else None
+    return f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+
+
+def _reference_rows(audits: Mapping[str, Any]) -> list[str]:
+    """Which audits passed against the retrained reference, one row per check (empty without a reference)."""
+    from unsee.eval.verdicts import reference_checks
+
+    checks = {k: v for k, v in reference_checks(audits).items() if v["pass"] is not None}
+    if not checks:
+        return []
+
+    def num(v: Any) -> str:
+        return DASH if v is None else f"{float(v):.3f}"
+
+    rows = [
+        "### Audits beside the retrained reference",
+        "",
+        "The retrained reference is the base model fine-tuned again without the forgotten people's "
+        "photos: what a perfect unlearning would give. Each audit is judged against it.",
+        "",
+        _row(["check", "this model", "reference", "target", "passed"]),
+        _row(["---", "---:", "---:", "---", "---"]),
+    ]
+    rows += [_row([name, num(c["value"]), num(c["reference"]), c["target"], "yes" if c["pass"] else "no"])
+             for name, c in checks.items()]
+    passed = [n for n, c in checks.items() if c["pass"]]
+    rows += ["", f"Passed against the reference: {len(passed)} of {len(checks)}"
+             + (f" ({', '.join(passed)})." if passed else ".")]
+    return rows
+
+
 def _audit_rows(audits: Mapping[str, Any]) -> list[str]:
-    rows = [_row(["audit", "figure", "value"]), _row(["---", "---", "---:"])]
+    """One row per audit figure, with the retrained reference's figure beside it where there is one."""
+    rows = [_row(["audit", "figure", "value", "reference"]), _row(["---", "---", "---:", "---:"])]
+
+    def shown(value: Any) -> str:
+        if value is None:
+            return DASH
+        text = f"{value:.3f}" if isinstance(value, float) else yaml.safe_dump(value, default_flow_style=True).strip()
+        return text.removesuffix("\n...")
+
     for audit, figures in audits.items():
         if not isinstance(figures, Mapping):
-            rows.append(_row([audit, DASH, str(figures)]))
+            rows.append(_row([audit, DASH, str(figures), DASH]))
             continue
+        ref = figures.get("reference") if isinstance(figures.get("reference"), Mapping) else {}
         for name, value in figures.items():
-            if isinstance(value, list) and value and isinstance(value[0], Mapping):
+            if name == "reference" or (isinstance(value, list) and value and isinstance(value[0], Mapping)):
                 continue  # per-split detail (relearning) stays in results.json
-            shown = (
-                f"{value:.3f}"
-                if isinstance(value, float)
-                else yaml.safe_dump(value, default_flow_style=True).strip()
-            )
-            rows.append(_row([audit, name, shown.removesuffix("\n...")]))
+            rows.append(_row([audit, name, shown(value), shown(ref.get(name)) if ref else DASH]))
     return rows
 
 
@@ -258,6 +296,9 @@ def model_card(
             "",
             *_audit_rows(audits),
         ]
+        reference = _reference_rows(audits)
+        if reference:
+            out += ["", *reference]
     else:
         out.append("No audits were run on this checkpoint.")
     cost = run["cost"]

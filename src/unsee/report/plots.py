@@ -55,6 +55,7 @@ def plot_tradeoff(results: Mapping[str, Any], path: str | Path) -> Path:
 
     R is the retention term of the unlearning score, so the plot and the score column agree.
     The ideal sits at the top left: chance-level on the forget set, nothing lost elsewhere.
+    Error bars: the spread over seeds, or one run's bootstrap interval (:func:`tradeoff_points`).
     """
     settings = group_runs(results["runs"])
     fig, axes = _new_figure(len(settings))
@@ -65,22 +66,16 @@ def plot_tradeoff(results: Mapping[str, Any], path: str | Path) -> Path:
         if key == "mcq":
             ax.axvline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance})")
         plotted = 0
-        for run in runs:
-            x = figure(run, "forget", key)
-            if x is None:
-                continue
-            if run is vanilla:
-                ax.scatter([x], [1.0], marker="*", s=220, color="black", zorder=3, label="vanilla")
-                ax.annotate(
-                    "vanilla", (x, 1.0), textcoords="offset points", xytext=(-8, -14), ha="right", fontsize=8
-                )
-                plotted += 1
-                continue
-            score = score_of(run, vanilla, key=key)
-            if score is None or score["R"] is None:
-                continue
-            ax.scatter([x], [score["R"]], s=45, zorder=3)
-            ax.annotate(_label(run), (x, score["R"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        x = figure(vanilla, "forget", key)
+        if x is not None:
+            ax.scatter([x], [1.0], marker="*", s=220, color="black", zorder=3, label="vanilla")
+            ax.annotate("vanilla", (x, 1.0), textcoords="offset points", xytext=(-8, -14), ha="right", fontsize=8)
+            plotted += 1
+        for label, x, y, xerr, yerr in tradeoff_points(runs, vanilla, key):
+            ax.errorbar([x], [y], xerr=None if xerr is None else [[xerr[0]], [xerr[1]]],
+                        yerr=None if yerr is None else [[yerr], [yerr]], fmt="o", markersize=6, capsize=3,
+                        elinewidth=1, zorder=3)
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
             plotted += 1
         if vanilla is None or plotted == 0:
             ax.text(
@@ -104,6 +99,35 @@ def plot_tradeoff(results: Mapping[str, Any], path: str | Path) -> Path:
     if not settings:
         axes[0].text(0.5, 0.5, "no runs", ha="center", va="center", transform=axes[0].transAxes)
     return _save_png(fig, path)
+
+
+def tradeoff_points(runs: Sequence[Mapping[str, Any]], vanilla: Mapping[str, Any] | None,
+                    key: str) -> list[tuple[str, float, float, tuple[float, float] | None, float | None]]:
+    """(label, forget, R, forget error below/above, R error) for each method and request.
+
+    Runs of one method that differ only in their seed become one point at their mean, with
+    one standard deviation as the error bars; a single run's forget error bar is its 95%
+    bootstrap interval over the items, where the run carries one."""
+    from unsee.eval.metrics import spread
+
+    by: dict[tuple[str, int], list[tuple[Mapping[str, Any], float, float]]] = {}
+    for run in runs:
+        x = figure(run, "forget", key)
+        score = score_of(run, vanilla, key=key)
+        if run is vanilla or x is None or score is None or score["R"] is None:
+            continue
+        by.setdefault((str(run["method"]), int(run["request"])), []).append((run, x, float(score["R"])))
+    points = []
+    for group in by.values():
+        label = _label(group[0][0])
+        if len(group) > 1:
+            xs, ys = spread([g[1] for g in group]), spread([g[2] for g in group])
+            points.append((f"{label} ({len(group)} seeds)", xs["mean"], ys["mean"], (xs["sd"], xs["sd"]), ys["sd"]))
+            continue
+        run, x, y = group[0]
+        ci = run["metrics"].get("forget", {}).get("ci95") if key == "mcq" else None
+        points.append((label, x, y, (max(x - ci[0], 0.0), max(ci[1] - x, 0.0)) if ci else None, None))
+    return points
 
 
 def continual_series(runs: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[int, float]]]:

@@ -142,7 +142,8 @@ def _setting_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
         cells = [str(run["method"]), str(run["request"])]
         for g in groups:
             base = None if run is vanilla else figure(vanilla, g, keys[g])
-            cells.append(fmt_delta(figure(run, g, keys[g]), base))
+            ci = run["metrics"].get(g, {}).get("ci95") if keys[g] == "mcq" else None
+            cells.append(fmt_delta(figure(run, g, keys[g]), base) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""))
         score = score_of(run, vanilla, key=keys.get("forget") or "mcq")
         cells.append(DASH if score is None or score["score"] is None else f"{score['score']:.2f}")
         cost = run["cost"]
@@ -200,6 +201,11 @@ def render_report(results: Mapping[str, Any], *, images: Sequence[str] = (), cha
         out.append(
             "- Continual runs: `forget_rN` is the accuracy on the targets of request N, measured later."
         )
+    if any(g.get("ci95") for r in runs for g in r["metrics"].values()):
+        out.append("- [low, high] after an MCQ accuracy: its 95% bootstrap interval over the items.")
+    seed_lines = _seeds_section(runs)
+    if seed_lines:
+        out += ["", *seed_lines]
     attack_lines = _attacks_section(runs)
     if attack_lines:
         out += ["", *attack_lines]
@@ -212,25 +218,88 @@ def render_report(results: Mapping[str, Any], *, images: Sequence[str] = (), cha
     return "\n".join(out)
 
 
+def _figures_text(figures: Mapping[str, Any]) -> str:
+    return ", ".join(
+        f"{k} {v:.2f}" if isinstance(v, int | float) and not isinstance(v, bool) else f"{k} {v}"
+        for k, v in figures.items()
+        if not isinstance(v, dict | list)
+    )
+
+
 def _attacks_section(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each run's attack figures, and the retrained reference's beside them where it was attacked too."""
     rows = []
     for run in runs:
         for attack, figures in (run.get("attacks") or {}).items():
-            shown = ", ".join(
-                f"{k} {v:.2f}" if isinstance(v, int | float) and not isinstance(v, bool) else f"{k} {v}"
-                for k, v in figures.items()
-                if not isinstance(v, dict | list)
-            )
-            rows.append(_md_row([str(run["method"]), str(run["request"]), attack, shown or DASH]))
+            ref = figures.get("reference")
+            rows.append(_md_row([str(run["method"]), str(run["request"]), attack, _figures_text(figures) or DASH,
+                                 _figures_text(ref) or DASH if isinstance(ref, Mapping) else DASH]))
     if not rows:
         return []
-    return [
+    lines = [
         "## Attacks",
         "",
-        _md_row(["method", "request", "attack", "figures"]),
-        _md_row(["---"] * 4),
+        _md_row(["method", "request", "attack", "figures", "retrained reference"]),
+        _md_row(["---"] * 5),
         *rows,
     ]
+    checks = _reference_check_rows(runs)
+    if checks:
+        lines += ["", "### Against the retrained reference", "",
+                  _md_row(["method", "request", "check", "value", "reference", "target", "passed"]),
+                  _md_row(["---"] * 3 + ["---:"] * 2 + ["---"] * 2), *checks]
+    return lines
+
+
+def _reference_check_rows(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    from unsee.eval.verdicts import reference_checks
+
+    def num(v: Any) -> str:
+        return DASH if v is None else f"{float(v):.3f}"
+
+    rows = []
+    for run in runs:
+        for name, c in reference_checks(run.get("attacks") or {}).items():
+            if c["pass"] is not None:
+                rows.append(_md_row([str(run["method"]), str(run["request"]), name, num(c["value"]),
+                                     num(c["reference"]), c["target"], "yes" if c["pass"] else "no"]))
+    return rows
+
+
+def _seeds_section(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Mean ± sd [min, max] over unlearning seeds, for each method run with more than one seed."""
+    from unsee.eval.results import seed_summary
+
+    several = [e for e in seed_summary(runs) if len(set(e["seeds"])) > 1]
+    if not several:
+        return []
+    groups = [g for g in ("forget", "forget_test", "retain", "known", "general")
+              if any("mcq" in e["metrics"].get(g, {}) for e in several)]
+    lines = ["## Over unlearning seeds", "",
+             "MCQ accuracy as mean \u00b1 sd [min, max] over the seeds; audit figures the same way.", "",
+             _md_row(["method", "seeds", *groups]), _md_row(["---", "---", *["---:"] * len(groups)])]
+
+    def cell(s: Mapping[str, float] | None) -> str:
+        return DASH if not s else f"{s['mean']:.3f} \u00b1 {s['sd']:.3f} [{s['min']:.3f}, {s['max']:.3f}]"
+
+    for e in several:
+        lines.append(_md_row([f"{e['method']} ({e['model']}, {e['forget_split']})", ",".join(map(str, e["seeds"])),
+                              *[cell(e["metrics"].get(g, {}).get("mcq")) for g in groups]]))
+    audit_rows = []
+    for e in several:
+        for kind, figs in e.get("attacks", {}).items():
+            for key in AUDIT_HEADLINES.get(kind, ()):
+                if key in figs:
+                    audit_rows.append(_md_row([str(e["method"]), f"{kind}.{key}", cell(figs[key])]))
+    if audit_rows:
+        lines += ["", _md_row(["method", "audit figure", "mean \u00b1 sd [min, max]"]), _md_row(["---", "---", "---:"]),
+                  *audit_rows]
+    return lines
+
+
+AUDIT_HEADLINES = {"relearn": ("ag",), "pgd": ("forget_attacked",), "probe": ("forget_acc",),
+                   "shift": ("forget_occlude",), "quant": ("forget_int4_all", "forget_int4_changed"),
+                   "mia": ("auc_loss", "auc_mink_pp", "privleak_loss", "forget_quality")}
 
 
 TERMINAL_GROUPS = ("forget", "forget_test", "retain", "known", "general")

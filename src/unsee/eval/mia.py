@@ -1,0 +1,143 @@
+"""Membership inference and forget quality: can the answers still tell the forget items from unseen ones?
+
+Each answer (the correct option of an image MCQ item) is scored three ways, higher meaning
+"more likely trained on":
+
+- ``loss``: minus the mean negative log-likelihood of the answer tokens;
+- ``zlib``: minus the answer's total negative log-likelihood over its zlib-compressed length
+  in bytes (Carlini et al.), which discounts answers that are easy for any model;
+- ``mink_pp``: Min-K%++ (Zhang et al.): each answer token's log-probability standardised by
+  the mean and spread of the log-probabilities the model gives the whole vocabulary at that
+  position, averaged over the lowest ``k`` fraction of the tokens.
+
+The AUC of each score, forget items against items of people the model never saw (the
+held-out set), is what a membership attacker achieves. On its own it says little: the
+retrained reference never saw the forget photos and still knows the people from text. It is
+read against the reference's AUC: PrivLeak = (AUC - AUC_ref) / AUC_ref, near 0 when the
+unlearned model leaks no more than the reference (MUSE). Forget quality is the p-value of a
+two-sample KS test between the unlearned model's and the reference's per-item truth ratios on
+the forget items (open-unlearning); a p-value under 0.05 says the two distributions differ.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from unsee.data.collate import image_of
+from unsee.data.schema import Example, Suite
+from unsee.errors import DataError
+from unsee.eval import metrics, prompts
+from unsee.eval.evaluator import option_logprobs
+from unsee.models.base import HFAdapter, Turn
+
+if TYPE_CHECKING:
+    from unsee.eval.attacks import AttackConfig
+    from unsee.methods.eraser import Steering
+
+SCORES = ("loss", "zlib", "mink_pp")
+
+
+def answer_of(ex: Example) -> str:
+    return ex.options[ex.correct] if ex.options else ex.answer
+
+
+def check_holdout(forget: Sequence[str], holdout: Sequence[Example], name: str) -> None:
+    """The held-out set must hold people the forget set does not: otherwise members count as non-members."""
+    overlap = sorted(set(forget) & {e.entity for e in holdout})
+    if overlap:
+        raise DataError(f"the MIA held-out set {name!r} overlaps the forget set on {overlap[:5]}; it must hold "
+                        "people the model never saw")
+    if not holdout:
+        raise DataError(f"the MIA held-out set {name!r} has no image MCQ items: membership inference needs items "
+                        "of people the model never saw (a group of the benchmark, or another split via "
+                        "mia_holdout=NAME)")
+
+
+@torch.no_grad()
+def answer_scores(adapter: HFAdapter, items: Sequence[Example], k: float,
+                  batch_size: int = 8) -> dict[str, list[float]]:
+    """Per-item ``loss`` (mean NLL, lower is more member-like), ``zlib`` (total NLL per zlib byte) and
+    ``mink_pp`` (higher is more member-like): the raw scores, signs as they are defined."""
+    out: dict[str, list[float]] = {s: [] for s in SCORES}
+    with adapter.eval_mode():
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            turns = [Turn(image_of(e), prompts.qa_prompt(e.question), answer_of(e)) for e in chunk]
+            logits, mask, labels = adapter._answer_positions(adapter.training_batch(turns))
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            tok = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            prob = logp.exp()
+            mu = (prob * logp).sum(-1)
+            sigma = ((prob * logp.square()).sum(-1) - mu.square()).clamp(min=1e-12).sqrt()
+            z = (tok - mu) / sigma
+            for row, ex in enumerate(chunk):
+                keep = mask[row]
+                t = tok[row][keep].cpu()
+                nll = float(-t.sum())
+                out["loss"].append(nll / max(len(t), 1))
+                out["zlib"].append(nll / len(zlib.compress(answer_of(ex).encode())))
+                lowest = torch.sort(z[row][keep].cpu()).values[: max(1, math.ceil(k * len(t)))]
+                out["mink_pp"].append(float(lowest.mean()) if len(lowest) else 0.0)
+    return out
+
+
+def truth_ratios(adapter: HFAdapter, items: Sequence[Example]) -> list[float]:
+    """Per item, log of (mean over wrong options of p(option)^(1/tokens)) / p(correct)^(1/tokens).
+
+    TOFU's truth ratio on the MCQ options: below 0 the model prefers the truth, above 0 a wrong answer."""
+    scores = option_logprobs(adapter, items)
+    out = []
+    for ex, lps in zip(items, scores, strict=True):
+        per_token = [lp / max(len(adapter._text_ids(adapter._answer_text(o))), 1) for lp, o in zip(lps, ex.options,
+                                                                                                  strict=True)]
+        wrong = [v for i, v in enumerate(per_token) if i != ex.correct]
+        top = max(wrong)
+        out.append(top + math.log(sum(math.exp(v - top) for v in wrong) / len(wrong)) - per_token[ex.correct])
+    return out
+
+
+def member_score(kind: str, values: Sequence[float]) -> list[float]:
+    """The raw score turned so that higher means member."""
+    return list(values) if kind == "mink_pp" else [-v for v in values]
+
+
+def mia(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steering | None = None) -> dict[str, Any]:
+    """AUC of each score, forget items (members) against the held-out group ``cfg.mia_holdout``.
+
+    ``per_item`` keeps the raw scores (and the forget items' truth ratios) for the comparison
+    with the reference; :func:`relative` reads them and the stored figures leave them out."""
+    from unsee.eval.attacks import image_mcq, steered
+
+    cap = cfg.mia_max_items or None
+    forget = image_mcq(suite, "forget")[:cap]
+    if not forget:
+        raise DataError(f"suite {suite.name!r} has no image MCQ on the forget people for membership inference")
+    holdout = image_mcq(suite, cfg.mia_holdout)[:cap]
+    check_holdout(suite.forget_entities, holdout, cfg.mia_holdout)
+    with steered(adapter, steering):
+        members, others = answer_scores(adapter, forget, cfg.mia_k), answer_scores(adapter, holdout, cfg.mia_k)
+        ratios = truth_ratios(adapter, forget)
+    out: dict[str, Any] = {f"auc_{s}": round(metrics.auc(member_score(s, members[s]), member_score(s, others[s])), 4)
+                           for s in SCORES}
+    out.update({"k": cfg.mia_k, "holdout": cfg.mia_holdout, "n_forget": len(forget), "n_holdout": len(holdout),
+                "per_item": {"forget": {**members, "truth_ratio": ratios}, "holdout": others}})
+    return out
+
+
+def relative(mine: Mapping[str, Any], reference: Mapping[str, Any]) -> dict[str, Any]:
+    """PrivLeak of each score and forget quality, from this model's and the reference's :func:`mia` figures."""
+    out: dict[str, Any] = {}
+    for s in SCORES:
+        a, ref = mine.get(f"auc_{s}"), reference.get(f"auc_{s}")
+        out[f"privleak_{s}"] = None if a is None or not ref else round((a - ref) / ref, 4)
+    a_items, r_items = mine["per_item"]["forget"], reference["per_item"]["forget"]
+    d, p = metrics.ks_2samp(a_items["truth_ratio"], r_items["truth_ratio"])
+    out["forget_quality"], out["ks_truth_ratio"] = round(p, 6), round(d, 4)
+    d, p = metrics.ks_2samp(a_items["loss"], r_items["loss"])
+    out["forget_quality_loss"], out["ks_loss"] = round(p, 6), round(d, 4)
+    return out

@@ -1,0 +1,76 @@
+"""Which audits pass against the retrained reference.
+
+The model that never saw the forget photos is the bar: on the default world it already
+regains 19 points under relearning and keeps a probe accuracy of 0.97, so an absolute target
+would ask for more than never having learned gives. Each check compares an audit figure with
+the reference's figure for the same attack (or, for quantization, with the model's own figure
+before quantizing), within a stated margin. One place, so that the model card, the report and
+the benchmarks judge alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from unsee.eval.mia import SCORES
+
+MARGIN_POINTS = 5.0  # relearning gain, in points
+MARGIN = 0.05  # accuracies, AUCs
+MIN_FORGET_QUALITY = 0.05
+
+
+def _get(figures: Mapping[str, Any] | None, key: str) -> float | None:
+    if not isinstance(figures, Mapping):
+        return None
+    value = figures.get(key)
+    return None if value is None or isinstance(value, bool) else float(value)
+
+
+def _row(value: float | None, bound: float | None, target: str, reference: float | None) -> dict[str, Any]:
+    ok = None if value is None or bound is None else value <= bound + 1e-9
+    return {"value": value, "reference": reference, "target": target, "pass": ok}
+
+
+def reference_checks(attacks: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The checks the recorded ``attacks`` allow, each ``{value, reference, target, pass}``.
+
+    - ``relearn_ag``: relearning gain <= the reference's + 5 points;
+    - ``pgd_forget``: forget accuracy under PGD <= the reference's + 0.05;
+    - ``probe_forget``: probe accuracy on the forget people <= the reference's + 0.05;
+    - ``quant_int4_forget``: forget accuracy after 4-bit rounding (of all linear weights, and of
+      the changed ones where known) <= the model's own before rounding + 0.05: the forgetting
+      must not come back (the reference's figure is shown, not used);
+    - ``mia_auc_<score>``: |AUC - the reference's AUC| <= 0.05;
+    - ``forget_quality``: the KS p-value against the reference >= 0.05.
+
+    A check whose figures are missing (attack not run, or no reference) has ``pass`` None.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    pairs = (("relearn_ag", "relearn", "ag", MARGIN_POINTS), ("pgd_forget", "pgd", "forget_attacked", MARGIN),
+             ("probe_forget", "probe", "forget_acc", MARGIN))
+    for name, kind, key, margin in pairs:
+        figures = attacks.get(kind)
+        if not isinstance(figures, Mapping) or "skipped" in figures:
+            continue
+        value, ref = _get(figures, key), _get(figures.get("reference"), key)
+        out[name] = _row(value, None if ref is None else ref + margin, f"<= reference + {margin:g}", ref)
+    quant = attacks.get("quant")
+    if isinstance(quant, Mapping) and "skipped" not in quant:
+        clean = _get(quant, "forget_clean")
+        after = [v for v in (_get(quant, "forget_int4_all"), _get(quant, "forget_int4_changed")) if v is not None]
+        out["quant_int4_forget"] = _row(max(after) if after else None, None if clean is None else clean + MARGIN,
+                                        f"<= before quantizing ({clean if clean is None else round(clean, 4)}) "
+                                        f"+ {MARGIN:g}", _get(quant.get("reference"), "forget_int4_all"))
+    mia = attacks.get("mia")
+    if isinstance(mia, Mapping) and "skipped" not in mia:
+        ref_figs = mia.get("reference")
+        for score in SCORES:
+            value, ref = _get(mia, f"auc_{score}"), _get(ref_figs, f"auc_{score}")
+            gap = None if value is None or ref is None else abs(value - ref)
+            row = _row(gap, MARGIN if ref is not None else None, f"|AUC - reference| <= {MARGIN:g}", ref)
+            out[f"mia_auc_{score}"] = {**row, "value": value}
+        fq = _get(mia, "forget_quality")
+        out["forget_quality"] = {"value": fq, "reference": None, "target": f">= {MIN_FORGET_QUALITY:g}",
+                                 "pass": None if fq is None else fq >= MIN_FORGET_QUALITY}
+    return out

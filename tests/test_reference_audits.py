@@ -1,0 +1,365 @@
+"""Audits read against the retrained reference: quantization, membership inference, forget quality,
+the reference beside every figure, and the statistics behind them (AUC, exact KS, bootstrap)."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from unsee import api
+from unsee.cli import main
+from unsee.data.schema import Suite
+from unsee.data.world import build_world
+from unsee.errors import ConfigError, DataError
+from unsee.eval import metrics, mia, quant
+from unsee.eval.attacks import AttackConfig, run_attacks
+from unsee.eval.results import ResultsError, load_results, validate_results
+from unsee.eval.verdicts import reference_checks
+from unsee.models import HFAdapter, load_adapter
+from unsee.models.tiny import init_model
+
+WORLD = ["n_people=8", "n_known=2", "n_unknown=2", "n_neutral=4", "n_train_views=2", "n_test_views=1",
+         "n_requests=2", "n_general_train=8", "n_general_eval=4", "n_pretrain=4"]
+# "retain" stands in for the held-out people: an untrained model has seen nobody
+FAST = AttackConfig(quant_bits=[8, 4], quant_group=16, quant_max_items=6, mia_holdout="retain", mia_max_items=6,
+                    probe_steps=20)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_world(tmp_path_factory.mktemp("refaudit") / "w", config="quick", overrides=WORLD)
+
+
+@pytest.fixture(scope="module")
+def suite(world: Path) -> Suite:
+    return api.load_suite(world, "forget_15")
+
+
+@pytest.fixture(scope="module")
+def model(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return init_model("tiny-llava", tmp_path_factory.mktemp("refaudit_m") / "m", world=world, seed=0)
+
+
+@pytest.fixture(scope="module")
+def reference(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another tiny model standing in for the retrained reference: different weights, same tokenizer world."""
+    return init_model("tiny-llava", tmp_path_factory.mktemp("refaudit_r") / "r", world=world, seed=1)
+
+
+@pytest.fixture(scope="module")
+def adapter(model: Path) -> HFAdapter:
+    return load_adapter(model)
+
+
+def weights_hash(adapter: HFAdapter) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(adapter.model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().float().numpy().tobytes())
+    return h.hexdigest()
+
+
+# ---- statistics ------------------------------------------------------------------------------------------
+def test_auc_counts_pairs_and_ties() -> None:
+    assert metrics.auc([3, 4], [1, 2]) == 1.0
+    assert metrics.auc([1, 2], [3, 4]) == 0.0
+    assert metrics.auc([1, 1], [1, 1]) == 0.5
+    assert metrics.auc([2, 0], [1]) == 0.5  # one pair won, one lost
+    with pytest.raises(Exception, match="member"):
+        metrics.auc([], [1.0])
+
+
+def _ks_by_enumeration(a: list[float], b: list[float]) -> float:
+    """P(D >= observed) over every way of labelling the pooled values: the exact test, by brute force."""
+    pooled = a + b
+    observed = metrics.ks_2samp(a, b)[0]
+    hits = total = 0
+    for idx in itertools.combinations(range(len(pooled)), len(a)):
+        x = [pooled[i] for i in idx]
+        y = [pooled[i] for i in range(len(pooled)) if i not in idx]
+        hits += metrics.ks_2samp(x, y)[0] >= observed - 1e-12
+        total += 1
+    return hits / total
+
+
+def test_ks_two_sample_exact_p_value() -> None:
+    d, p = metrics.ks_2samp([1, 2, 3, 4, 5], [6, 7, 8, 9, 10])
+    assert d == 1.0 and p == pytest.approx(2 / math.comb(10, 5))
+    assert metrics.ks_2samp([1, 2, 3], [1, 2, 3]) == (0.0, 1.0)
+    rng = random.Random(0)
+    for n, m in ((4, 5), (5, 3), (6, 6)):
+        a = [rng.random() for _ in range(n)]
+        b = [rng.random() + 0.3 for _ in range(m)]
+        assert metrics.ks_2samp(a, b)[1] == pytest.approx(_ks_by_enumeration(a, b), abs=1e-9)
+
+
+def test_bootstrap_interval_is_seeded_and_brackets_the_mean() -> None:
+    values = [1.0] * 13 + [0.0] * 32
+    ci = metrics.bootstrap_ci(values)
+    assert ci == metrics.bootstrap_ci(values)
+    assert ci[0] < sum(values) / len(values) < ci[1]
+    wide, narrow = metrics.bootstrap_ci(values[:9] + values[-9:]), metrics.bootstrap_ci(values * 10)
+    assert narrow[1] - narrow[0] < ci[1] - ci[0] < wide[1] - wide[0]
+    assert metrics.bootstrap_ci([1.0] * 5) == [1.0, 1.0]
+    assert metrics.spread([1, 2, 3]) == {"mean": 2.0, "sd": 1.0, "min": 1.0, "max": 3.0}
+
+
+# ---- quantization ----------------------------------------------------------------------------------------
+def test_round_to_nearest_lands_on_a_symmetric_grid_per_group() -> None:
+    torch.manual_seed(0)
+    w = torch.randn(4, 40)
+    q4, q8 = quant.rtn(w, 4, 16), quant.rtn(w, 8, 16)
+    assert q4.shape == w.shape and q4.dtype == w.dtype
+    for start in range(0, 40, 16):  # each group: at most 15 levels, the largest weight kept exactly
+        g, qg = w[:, start : start + 16], q4[:, start : start + 16]
+        scale = g.abs().amax(-1, keepdim=True) / 7
+        assert torch.allclose(qg / scale, torch.round(qg / scale), atol=1e-4)
+        assert torch.allclose(qg.abs().amax(-1), g.abs().amax(-1))
+        assert ((qg - g).abs() <= scale / 2 + 1e-6).all()
+    assert (q8 - w).abs().max() < (q4 - w).abs().max()
+    assert torch.equal(quant.rtn(torch.zeros(2, 8), 4, 128), torch.zeros(2, 8))
+    with pytest.raises(ConfigError, match="4 or 8"):
+        quant.rtn(w, 3, 16)
+    with pytest.raises(ConfigError, match="4 or 8"):
+        AttackConfig(quant_bits=[16]).validate()
+
+
+def test_quantized_weights_are_restored_bit_for_bit(adapter: HFAdapter) -> None:
+    before = weights_hash(adapter)
+    names = sorted(quant.linear_weights(adapter.model))[:3]
+    with quant.quantized(adapter, names, 4, 16):
+        assert weights_hash(adapter) != before
+    assert weights_hash(adapter) == before
+    assert not any(n.endswith("lm_head") for n in quant.linear_weights(adapter.model))
+
+
+def test_changed_linears_are_found_by_their_bytes(model: Path) -> None:
+    a = load_adapter(model)
+    digests = quant.weight_digests(a)
+    name = sorted(quant.linear_weights(a.model))[5]
+    with torch.no_grad():
+        quant.linear_weights(a.model)[name].weight.mul_(1.01)
+    assert quant.changed_linears(digests, a) == [name]
+
+
+def test_quant_attack_reports_each_width_and_scope(adapter: HFAdapter, suite: Suite) -> None:
+    before = weights_hash(adapter)
+    changed = sorted(quant.linear_weights(adapter.model))[:2]
+    out = run_attacks(adapter, suite, ["quant"], FAST, changed=changed)["quant"]
+    assert weights_hash(adapter) == before
+    assert out["linears_changed"] == 2 and out["linears"] > 2 and out["group_size"] == 16
+    for g in ("forget", "forget_test", "retain"):
+        for key in (f"{g}_clean", f"{g}_int8_all", f"{g}_int4_all", f"{g}_int4_changed", f"{g}_int8_changed"):
+            assert 0.0 <= out[key] <= 1.0, key
+        assert out[f"n_{g}"] <= 6
+    no_base = run_attacks(adapter, suite, ["quant"], FAST)["quant"]
+    assert "forget_int4_changed" not in no_base and no_base["linears_changed"] is None
+    assert no_base["forget_int4_all"] == out["forget_int4_all"]  # deterministic
+
+
+# ---- membership inference and forget quality -------------------------------------------------------------
+def test_answer_loss_is_the_models_own_likelihood(adapter: HFAdapter, suite: Suite) -> None:
+    """The per-item loss is the answer's mean negative log-likelihood, as the training loss sees it."""
+    from unsee.data.collate import image_of
+    from unsee.eval import prompts
+    from unsee.eval.attacks import image_mcq
+    from unsee.models import Turn
+
+    items = image_mcq(suite, "forget")[:3]
+    scores = mia.answer_scores(adapter, items, 0.2)
+    for ex, loss in zip(items, scores["loss"], strict=True):
+        turn = Turn(image_of(ex), prompts.qa_prompt(ex.question), mia.answer_of(ex))
+        batch = adapter.training_batch([turn])
+        with torch.no_grad():
+            total = float(adapter.answer_logprobs(batch)[0])
+        n = int((batch["labels"] != -100).sum())
+        assert loss == pytest.approx(-total / n, rel=1e-4)
+    assert all(math.isfinite(v) for v in scores["mink_pp"] + scores["zlib"])
+
+
+def test_mia_against_itself_leaks_nothing(adapter: HFAdapter, suite: Suite) -> None:
+    own = mia.mia(adapter, suite, FAST)
+    for s in mia.SCORES:
+        assert 0.0 <= own[f"auc_{s}"] <= 1.0
+    assert own["n_forget"] == 6 and own["n_holdout"] == 6
+    rel = mia.relative(own, own)
+    assert rel["privleak_loss"] == 0.0 and rel["forget_quality"] == 1.0 and rel["ks_truth_ratio"] == 0.0
+
+
+def test_mia_holdout_must_not_overlap_the_forget_set(adapter: HFAdapter, suite: Suite) -> None:
+    with pytest.raises(DataError, match="overlaps the forget set"):
+        mia.mia(adapter, suite, AttackConfig(mia_holdout="forget_test"))
+    with pytest.raises(DataError, match="never saw"):
+        mia.mia(adapter, suite, AttackConfig(mia_holdout="no_such_group"))
+
+
+# ---- the reference beside every figure -------------------------------------------------------------------
+def test_attack_sets_the_reference_beside_each_figure_and_caches_it(model: Path, reference: Path, world: Path,
+                                                                    tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "a.json"
+    cache = tmp_path / "cache"
+    opts = ["quant_bits=[4]", "quant_group=16", "quant_max_items=4", "mia_max_items=4"]  # the world's Holdout_Set
+    found = {}
+    for kind in ("quant", "mia", "probe"):
+        found.update(api.attack(kind, model, world, out, forget="forget_5", reference=reference, cache_dir=cache,
+                                overrides=[*opts, "probe_steps=10"]))
+    for kind in ("quant", "mia", "probe"):
+        assert "reference" in found[kind] and "per_item" not in found[kind]
+    assert found["probe"]["reference"]["forget_acc"] is not None
+    assert found["quant"]["reference"]["forget_int4_all"] is not None
+    m = found["mia"]
+    assert m["privleak_loss"] == pytest.approx(round((m["auc_loss"] - m["reference"]["auc_loss"])
+                                                     / m["reference"]["auc_loss"], 4), abs=1e-4)
+    assert 0.0 <= m["forget_quality"] <= 1.0 and m["holdout"] == "holdout" and m["n_holdout"] == 4
+    assert load_results(out)["runs"][0]["attacks"]["mia"]["reference"] == m["reference"]
+    # the reference is attacked once: a second audit reads its figures from the cache
+    real = api.load_adapter
+    monkeypatch.setattr(api, "load_adapter",
+                        lambda p, **k: pytest.fail("reference loaded again") if Path(p) == reference else real(p, **k))
+    again = api.attack("mia", model, world, tmp_path / "b.json", forget="forget_5", reference=reference,
+                       cache_dir=cache, overrides=[*opts, "probe_steps=10"])
+    assert again["mia"]["reference"] == m["reference"]
+
+
+def test_attacks_that_need_a_reference_refuse_without_one(model: Path, world: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(api, "load_adapter", lambda *a, **k: pytest.fail("a model was loaded"))
+    base = ["--model", str(model), "--data", str(world), "--forget", "forget_5"]
+    assert main(["attack", "mia", *base, "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert "unsee retrain" in err and len(err.strip().splitlines()) == 1
+    assert main(["attack", "quant", *base, "--out", str(tmp_path / "x.json"), "quant_bits=[3]"]) == 2
+    assert "4 or 8" in capsys.readouterr().err
+    assert main(["attack", "mia", *base, "--reference", str(model), "--out", str(tmp_path / "x.json"),
+                 "mia_holdout=forget_10"]) == 2
+    assert "overlaps the forget set" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_reference_checks_and_card_say_which_audits_passed() -> None:
+    from unsee.report.card import model_card
+
+    attacks = {
+        "relearn": {"ag": 20.0, "reference": {"ag": 18.9}},
+        "pgd": {"forget_attacked": 0.9, "reference": {"forget_attacked": 0.76}},
+        "quant": {"forget_clean": 0.30, "forget_int4_all": 0.33, "forget_int4_changed": 0.40,
+                  "reference": {"forget_int4_all": 0.5}},
+        "mia": {"auc_loss": 0.62, "auc_zlib": 0.6, "auc_mink_pp": 0.55, "forget_quality": 0.2,
+                "reference": {"auc_loss": 0.6, "auc_zlib": 0.5, "auc_mink_pp": 0.56}},
+    }
+    checks = reference_checks(attacks)
+    assert checks["relearn_ag"]["pass"] is True and checks["pgd_forget"]["pass"] is False
+    assert checks["quant_int4_forget"]["value"] == 0.40 and checks["quant_int4_forget"]["pass"] is False
+    assert checks["mia_auc_loss"]["pass"] is True and checks["mia_auc_zlib"]["pass"] is False
+    assert checks["forget_quality"]["pass"] is True
+    assert reference_checks({"relearn": {"ag": 3.0}})["relearn_ag"]["pass"] is None  # no reference: unjudged
+    run = {"method": "cvf_ncu", "model": "m", "benchmark": "builtin", "forget_split": "forget_10", "request": 1,
+           "seed": 0, "config": {}, "mcq_protocol": "loglik",
+           "metrics": {"forget": {"mcq": 0.3, "n": 45, "ci95": [0.2, 0.4]}}, "attacks": attacks,
+           "cost": {"wall_s": 1.0, "peak_rss_bytes": 0, "peak_gpu_bytes": None, "trainable_params": 0,
+                    "optimizer_state_bytes": 0}}
+    card = model_card(run, None, base_model="b", base_hash="h", forgotten=["p1"], audits=None)
+    assert "Audits beside the retrained reference" in card
+    assert "| relearn_ag | 20.000 | 18.900 | <= reference + 5 | yes |" in card
+    assert "| pgd_forget | 0.900 | 0.760 | <= reference + 0.05 | no |" in card
+    assert "| relearn | ag | 20.000 | 18.900 |" in card
+    assert "0.300 [0.20, 0.40]" in card
+
+
+# ---- intervals and seeds ----------------------------------------------------------------------------------
+def test_every_mcq_group_carries_its_bootstrap_interval(adapter: HFAdapter, suite: Suite) -> None:
+    from unsee.eval.evaluator import evaluate
+
+    figs = evaluate(adapter, suite, groups=("forget", "retain"), generation=False, max_items=8, progress=False)
+    for g in ("forget", "retain"):
+        low, high = figs[g]["ci95"]
+        assert low <= figs[g]["mcq"] <= high
+    assert evaluate(adapter, suite, groups=("forget",), generation=False, max_items=8,
+                    progress=False)["forget"]["ci95"] == figs["forget"]["ci95"]
+    from unsee.eval.results import new_results
+
+    run = api.make_run("vanilla", figs, model="m", suite=suite, forget="forget_15", seed=0)
+    validate_results(new_results([run]))
+    run["metrics"]["forget"]["ci95"] = [0.1]
+    with pytest.raises(ResultsError, match="ci95"):
+        validate_results(new_results([run]))
+
+
+def _run(method: str, seed: int, forget: float, retain: float, ag: float | None = None) -> dict:
+    run = {"method": method, "model": "m", "benchmark": "builtin", "forget_split": "forget_10", "request": 1,
+           "seed": seed, "config": {}, "mcq_protocol": "loglik",
+           "metrics": {"forget": {"mcq": forget, "n": 45, "ci95": [max(forget - 0.1, 0), min(forget + 0.1, 1)]},
+                       "retain": {"mcq": retain, "n": 90, "ci95": [retain - 0.05, retain]}},
+           "cost": {"wall_s": 1.0, "peak_rss_bytes": 0, "peak_gpu_bytes": None, "trainable_params": 0,
+                    "optimizer_state_bytes": 0}}
+    if ag is not None:
+        run["attacks"] = {"relearn": {"ag": ag, "n_seen": 4, "reference": {"ag": 10.0}}}
+    return run
+
+
+def test_seed_summary_plot_and_report_show_the_spread(tmp_path: Path) -> None:
+    from unsee.eval.results import new_results, seed_summary, write_results
+    from unsee.report import write_report
+    from unsee.report.plots import tradeoff_points
+
+    vanilla = _run("vanilla", 0, 0.9, 0.9)
+    runs = [_run("ga", 0, 0.3, 0.8, 20.0), _run("ga", 1, 0.4, 0.7, 30.0), _run("npo", 0, 0.5, 0.9)]
+    (ga, npo) = seed_summary(runs)
+    assert ga["seeds"] == [0, 1] and npo["seeds"] == [0]
+    assert ga["metrics"]["forget"]["mcq"] == {"mean": 0.35, "sd": round(0.1 / math.sqrt(2), 4), "min": 0.3,
+                                             "max": 0.4}
+    assert "n" not in ga["metrics"]["forget"] and "ci95" not in ga["metrics"]["forget"]
+    assert ga["attacks"]["relearn"] == {"ag": {"mean": 25.0, "sd": round(10 / math.sqrt(2), 4), "min": 20.0,
+                                               "max": 30.0}}  # counts and the reference are not summarised
+    pts = {p[0]: p for p in tradeoff_points([vanilla, *runs], vanilla, "mcq")}
+    sd = ga["metrics"]["forget"]["mcq"]["sd"]
+    assert pts["ga (2 seeds)"][1] == 0.35 and pts["ga (2 seeds)"][3] == (sd, sd)
+    assert pts["npo"][3] == pytest.approx((0.1, 0.1))  # one run: its bootstrap interval
+    res = new_results([vanilla, *runs])
+    res["seeds"] = seed_summary(runs)
+    write_results(tmp_path / "r.json", res)
+    write_report([tmp_path / "r.json"], tmp_path / "report", overwrite=True)
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## Over unlearning seeds" in text and "0.350 \u00b1 0.071 [0.300, 0.400]" in text
+    assert "0.30 (\u22120.60) [0.20, 0.40]" in text
+    assert "| ga | 1 | relearn | ag 20.00, n_seen 4.00 | ag 10.00 |" in text
+    assert "| ga | 1 | relearn_ag | 20.000 | 10.000 | <= reference + 5 | no |" in text
+    assert (tmp_path / "report" / "tradeoff.png").is_file()
+
+
+def test_unlearn_over_seeds_saves_each_and_summarises(model: Path, world: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+    real = api.unlearn_adapter
+    monkeypatch.setattr(api, "unlearn_adapter", lambda *a, **k: seen.append(k["seed"]) or real(*a, **k))
+    out = api.unlearn("ga", model, world, tmp_path / "ga", forget="forget_15", seeds=2, seed=3,
+                      overrides=["max_steps=1", "progress=false"], evaluate_after=False)
+    res = load_results(out / "results.json")
+    assert seen == [3, 4] and [r["seed"] for r in res["runs"]] == [3, 4]
+    assert res["seeds"][0]["seeds"] == [3, 4]
+    for s in (3, 4):
+        assert (out / f"seed-{s}" / "model" / "config.json").is_file()
+        assert json.loads((out / f"seed-{s}" / "run.json").read_text())["seed"] == s
+    with pytest.raises(ConfigError, match="seeds"):
+        api.unlearn("ga", model, world, tmp_path / "bad", seeds=0)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_seeds_and_reference_options_on_the_command_line(model: Path, world: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["unlearn", "--method", "ga", "--model", str(model), "--data", str(world), "--out",
+                 str(tmp_path / "u"), "--seeds", "0"]) == 2
+    assert "--seeds must be at least 1" in capsys.readouterr().err and not (tmp_path / "u").exists()
+    assert main(["unlearn", "--method", "ga", "--model", str(model), "--data", str(world), "--out",
+                 str(tmp_path / "u"), "--audit", "--reference", str(tmp_path / "nowhere")]) == 2
+    assert "not a model directory" in capsys.readouterr().err and not (tmp_path / "u").exists()
+
