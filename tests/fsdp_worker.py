@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
+from helpers import worker_main
+from safetensors.torch import load_file
 
 from unsee import api
 from unsee.engine.trainer import train
@@ -81,16 +81,5 @@ def compute(model_dir: Path, world_dir: Path, accelerator: Accelerator) -> dict[
     return out
 
 
-def main() -> None:
-    model_dir, world_dir, out = sys.argv[1:4]
-    torch.set_num_threads(1)
-    accelerator = Accelerator(cpu=True)
-    result = compute(Path(model_dir), Path(world_dir), accelerator)
-    result["world_size"] = torch.tensor([accelerator.num_processes])
-    if accelerator.is_main_process:
-        save_file({k: v.contiguous() for k, v in result.items()}, out)
-    accelerator.wait_for_everyone()
-
-
 if __name__ == "__main__":
-    main()
+    worker_main(compute)

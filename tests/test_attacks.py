@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from helpers import weights_hash
 from PIL import Image
 
 from unsee import api
@@ -38,14 +38,6 @@ def suite(world: Path) -> Suite:
 @pytest.fixture(scope="module")
 def adapter(world: Path, tmp_path_factory: pytest.TempPathFactory) -> HFAdapter:
     return load_adapter(init_model("tiny-llava", tmp_path_factory.mktemp("attack_model") / "m", world=world))
-
-
-def weights_hash(adapter: HFAdapter) -> str:
-    h = hashlib.sha256()
-    for name, p in sorted(adapter.model.state_dict().items()):
-        h.update(name.encode())
-        h.update(p.detach().float().numpy().tobytes())
-    return h.hexdigest()
 
 
 @pytest.mark.parametrize("kind", attacks.ATTACKS)

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import launch_command
 from safetensors.torch import load_file
 
 from unsee import api
@@ -31,14 +30,8 @@ TOL = 1e-5
 
 
 def _launch(*args: str) -> subprocess.Popen:
-    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    assert launcher, "accelerate's launcher is not installed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"),
-                                                                                os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen(
-        [launcher, "launch", "--config_file", str(ROOT / "src/unsee/configs/accelerate/fsdp.yaml"),
-         "--num_processes", "2", "--mixed_precision", "no", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    cmd, env = launch_command("fsdp.yaml", "--num_processes", "2", "--mixed_precision", "no", *args)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def test_fsdp_two_processes_match_one_process(model_dir: Path, world: Path, tmp_path: Path) -> None:

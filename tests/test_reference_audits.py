@@ -3,7 +3,6 @@ the reference beside every figure, and the statistics behind them (AUC, exact KS
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import weights_hash
 
 from unsee import api
 from unsee.cli import main
@@ -56,14 +56,6 @@ def reference(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def adapter(model: Path) -> HFAdapter:
     return load_adapter(model)
-
-
-def weights_hash(adapter: HFAdapter) -> str:
-    h = hashlib.sha256()
-    for name, p in sorted(adapter.model.state_dict().items()):
-        h.update(name.encode())
-        h.update(p.detach().float().numpy().tobytes())
-    return h.hexdigest()
 
 
 # ---- statistics ------------------------------------------------------------------------------------------

@@ -6,8 +6,6 @@ only parsed, never instantiated, so these tests stay on a laptop's budget.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import launch_command
 from safetensors.torch import load_file
 
 from unsee import api
@@ -153,14 +152,8 @@ def test_image_only_streams_hold_each_image_once(suite: Suite) -> None:
 # ---- several processes -----------------------------------------------------------------------------
 def launch(*args: str) -> subprocess.CompletedProcess:
     """``accelerate launch`` with the shipped two-process CPU config."""
-    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    assert launcher, "accelerate's launcher is not installed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"),
-                                                                                os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run(
-        [launcher, "launch", "--config_file", str(ROOT / "src/unsee/configs/accelerate/cpu.yaml"), *args],
-        capture_output=True, text=True, timeout=300, env=env,
-    )
+    cmd, env = launch_command("cpu.yaml", *args)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_two_process_gloo_run_matches_one_process(model_dir: Path, world: Path, tmp_path: Path) -> None:

@@ -91,14 +91,9 @@ def plot_tradeoff(results: Mapping[str, Any], path: str | Path) -> Path:
         ax.scatter([chance], [1.0], marker="o", s=160, facecolors="none", edgecolors="green", label="ideal")
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.08)
-        ax.set_xlabel(f"forget accuracy ({key}; lower is better)")
-        ax.set_ylabel(RETENTION_LABEL, fontsize=8)
-        ax.set_title(f"{model} \u00b7 {benchmark} \u00b7 {split}", fontsize=10)
-        ax.grid(True, alpha=0.3)
-        ax.legend(loc="lower left", fontsize=7)
-    if not settings:
-        axes[0].text(0.5, 0.5, "no runs", ha="center", va="center", transform=axes[0].transAxes)
-    return _save_png(fig, path)
+        _label_panel(ax, f"forget accuracy ({key}; lower is better)", RETENTION_LABEL,
+                     f"{model} \u00b7 {benchmark} \u00b7 {split}", legend="lower left")
+    return _finish(fig, axes, path, empty=None if settings else "no runs")
 
 
 def tradeoff_points(runs: Sequence[Mapping[str, Any]], vanilla: Mapping[str, Any] | None,
@@ -183,14 +178,8 @@ def plot_continual(results: Mapping[str, Any], path: str | Path) -> Path:
         ax.set_xticks(requests)
         ax.set_ylim(-0.02, 1.02)
         ax.axhline(CHANCE, color="grey", linestyle=":", linewidth=1)
-        ax.set_xlabel("request")
-        ax.set_ylabel("accuracy (MCQ; ROUGE-L where a group has none)", fontsize=8)
-        ax.set_title(title, fontsize=10)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-    if not panels:
-        axes[0].text(0.5, 0.5, "no continual runs", ha="center", va="center", transform=axes[0].transAxes)
-    return _save_png(fig, path)
+        _label_panel(ax, "request", "accuracy (MCQ; ROUGE-L where a group has none)", title)
+    return _finish(fig, axes, path, empty=None if panels else "no continual runs")
 
 
 def loss_panels(results: Mapping[str, Any]) -> list[tuple[str, list[Mapping[str, Any]]]]:
@@ -223,11 +212,21 @@ def plot_losses(results: Mapping[str, Any], path: str | Path) -> Path:
                 if points:
                     xs, ys = zip(*points, strict=True)
                     ax.plot(xs, ys, "-" if key == "loss" else "--", linewidth=1.2, label=key + tag)
-        ax.set_xlabel("step")
-        ax.set_ylabel("training loss and its terms")
-        ax.set_title(method, fontsize=10)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-    if not panels:
-        axes[0].text(0.5, 0.5, "no training history", ha="center", va="center", transform=axes[0].transAxes)
+        _label_panel(ax, "step", "training loss and its terms", method)
+    return _finish(fig, axes, path, empty=None if panels else "no training history")
+
+
+def _label_panel(ax: Any, xlabel: str, ylabel: str, title: str, *, legend: str = "best") -> None:
+    """Every panel of every figure is labelled, gridded and keyed the same way."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc=legend)
+
+
+def _finish(fig: Any, axes: Any, path: str | Path, *, empty: str | None) -> Path:
+    """Save the figure; one with nothing to draw says so instead of showing empty axes."""
+    if empty:
+        axes[0].text(0.5, 0.5, empty, ha="center", va="center", transform=axes[0].transAxes)
     return _save_png(fig, path)
