@@ -23,6 +23,7 @@ from unsee.errors import ConfigError, DataError, OutputExistsError, TrainingErro
 from unsee.methods.base import BaseMethod
 from unsee.methods.baselines import GA
 from unsee.models import HFAdapter, Turn, load_adapter
+from unsee.report.card import base_model_name
 
 # First three GA losses (lr 1e-3, batch 2, seed 0, scope full) on init_model("tiny-llava", seed=0) over the
 # tiny world; a refactor that changes the numbers of the loop, the data order or the loss fails here.
@@ -300,7 +301,9 @@ def test_unlearn_writes_a_card_and_training_cost(world: Path, model_dir: Path, t
                       overrides=["max_steps=1", "batch_size=2", "progress=false"], evaluate_after=False)
     run = json.loads((out / "run.json").read_text())
     card = (out / "model" / "README.md").read_text()
-    assert str(model_dir) in card and "(ga)" in card
+    # The card names the base model as whoever receives it can read it: never a local path.
+    assert "(ga)" in card and str(model_dir) not in card
+    assert f"- Model: `{base_model_name(str(model_dir))[0]}`" in card
     assert run["cost"]["trainable_params"] == sum(p.numel() for p in load_adapter(model_dir).model.parameters())
     assert run["cost"]["optimizer_state_bytes"] > 0
     assert run["config"]["scope"] == "full" and run["config"]["max_steps"] == 1
