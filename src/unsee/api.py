@@ -300,7 +300,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
     scored unless ``max_items`` caps each task of each group; replies get the benchmark's
     own ``max_new_tokens`` unless it is given.
     """
-    from unsee.eval.results import CostMeter, new_results, write_results
+    from unsee.eval.results import CostMeter, new_results, strip_samples_all, write_results
 
     out = Path(out)
     check_output_file(out, overwrite=overwrite, inputs=_local(model, data, steering))
@@ -321,13 +321,6 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
     res = new_results([run])
     write_results(out, res, overwrite=overwrite)
     return strip_samples_all(res)
-
-
-def strip_samples_all(res: dict) -> dict:
-    """A results object as written to disk: without the item records its runs carried."""
-    from unsee.eval.results import strip_samples
-
-    return {**res, "runs": [strip_samples(r) for r in res["runs"]]}
 
 
 def eval_options(*, protocol: str = "loglik", max_items: int | None = None,

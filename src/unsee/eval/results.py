@@ -335,6 +335,11 @@ def strip_samples(run: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in run.items() if k != SAMPLES_KEY}
 
 
+def strip_samples_all(res: Mapping[str, Any]) -> dict[str, Any]:
+    """A results object as written to disk: without the item records its runs carried."""
+    return {**res, "runs": [strip_samples(r) for r in res["runs"]]}
+
+
 def write_results(path: str | Path, obj: Mapping[str, Any], *, overwrite: bool = False) -> Path:
     """Validate, then write atomically; an existing file is replaced only with ``overwrite``.
 
