@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from unsee.data import prompts
 from unsee.errors import DataError
-from unsee.eval import prompts
 
 QUESTION = "What is the occupation of the person in the image?"
 OPTIONS = ["Architect", "Chef", "Pilot", "Teacher"]

@@ -159,8 +159,8 @@ def test_quant_attack_reports_each_width_and_scope(adapter: HFAdapter, suite: Su
 # ---- membership inference and forget quality -------------------------------------------------------------
 def test_answer_loss_is_the_models_own_likelihood(adapter: HFAdapter, suite: Suite) -> None:
     """The per-item loss is the answer's mean negative log-likelihood, as the training loss sees it."""
+    from unsee.data import prompts
     from unsee.data.collate import image_of
-    from unsee.eval import prompts
     from unsee.eval.attacks import image_mcq
     from unsee.models import Turn
 

@@ -27,7 +27,7 @@ from unsee.data.request import (
 from unsee.data.request_example import write_world_request
 from unsee.engine.trainer import unique_images
 from unsee.eval.results import load_results
-from unsee.forget import hashed
+from unsee.forget import hashed, names_needed_by
 
 FAST = ["max_steps=2"]
 FAST_AUDIT = ["relearn_steps=2", "pgd_steps=1", "probe_steps=5", "probe_blocks=false", "max_items=4"]
@@ -156,8 +156,9 @@ def test_unnamed_retained_people_need_a_visual_method(tmp_path: Path) -> None:
     body = _good(tmp_path)
     del body["retain"][2]["name"]
     path = _write(tmp_path / "r.yaml", body)
-    load_request(path, method="cvf_ncu")  # CVF reads the retained photos only
-    assert any("retain[2] has no name" in p for p in _problems(path, method="graddiff"))
+    load_request(path, names_needed_by=names_needed_by("cvf_ncu"))  # CVF reads the retained photos only
+    problems = _problems(path, names_needed_by=names_needed_by("graddiff"))
+    assert any("retain[2] has no name" in p and "'graddiff'" in p for p in problems)
 
 
 def test_bad_request_stops_forget_before_any_model_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -18,10 +18,10 @@ import pytest
 
 from unsee import api
 from unsee.cli import main
-from unsee.data import load_benchmark
+from unsee.data import load_benchmark, prompts
 from unsee.data.schema import Suite
 from unsee.errors import ConfigError
-from unsee.eval import prompts, protocols
+from unsee.eval import protocols
 from unsee.eval.evaluator import run_evaluation
 from unsee.eval.results import load_results, load_samples, new_results, samples_path, write_results
 from unsee.report import write_report

@@ -74,9 +74,10 @@ def load_suite(data: Any, forget: str | Sequence[str] = "forget_10", *, benchmar
     """
     from unsee.data import load_benchmark
     from unsee.data.detect import benchmark_of, resolve
+    from unsee.forget import names_needed_by
 
     if isinstance(data, str | Path) and is_request_file(data):
-        return load_request_suite(data, seed=kw.get("seed", 0), method=kw.get("method"))
+        return load_request_suite(data, seed=kw.get("seed", 0), names_needed_by=names_needed_by(kw.get("method")))
     kw.pop("method", None)
     ref = resolve(data, revision)
     suite = load_benchmark(benchmark_of(ref.path, benchmark), ref.path, forget, **kw)

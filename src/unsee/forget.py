@@ -24,6 +24,7 @@ from unsee.data.request import Request, RequestError, check_sequence, load_reque
 from unsee.data.schema import METRIC_GROUPS, Example, Suite
 from unsee.errors import ConfigError, DataError
 from unsee.io import atomic_dir, atomic_write_json, atomic_write_text, check_output_dir
+from unsee.methods import method_class
 
 EVAL_GROUPS = (*METRIC_GROUPS, "retain_test")
 
@@ -43,13 +44,21 @@ def request_files(request: str | Path | Sequence[str | Path] | None = None,
     return files
 
 
+def names_needed_by(method: str | None) -> str | None:
+    """``method`` when it trains the language model on who-is-this answers, so that every retained person
+    of a request needs a name; None for methods that read images only."""
+    if method is None or method_class(method).images_only:
+        return None
+    return method
+
+
 def load_requests(files: Sequence[Path], method: str) -> list[Request]:
     """Every file checked, and every problem of every file reported in one error."""
     found: list[Request] = []
     problems: list[str] = []
     for f in files:
         try:
-            found.append(load_request(f, method=method))
+            found.append(load_request(f, names_needed_by=names_needed_by(method)))
         except RequestError as e:
             problems += [f"{f}: {p}" for p in e.problems] if len(files) > 1 else e.problems
         except DataError as e:

@@ -189,7 +189,7 @@ def _person(raw: Any, role: str, i: int, reader: _Reader) -> RequestPerson:
     return person
 
 
-def load_request(path: str | Path, *, method: str | None = None) -> Request:
+def load_request(path: str | Path, *, names_needed_by: str | None = None) -> Request:
     """Read and check a request file; every problem is reported at once in one :class:`RequestError`.
 
     ``method`` adds the checks that depend on it (names of retained people are needed when
@@ -215,13 +215,13 @@ def load_request(path: str | Path, *, method: str | None = None) -> Request:
         general=reader.photos(raw.get("general", []), "general"),
         distractors=list(_names(raw.get("distractors", []))),
     )
-    problems += request_problems(req, method=method, forget_given="forget" in raw)
+    problems += request_problems(req, names_needed_by=names_needed_by, forget_given="forget" in raw)
     if problems:
         raise RequestError(path, list(dict.fromkeys(problems)))
     return req
 
 
-def request_problems(req: Request, *, method: str | None = None, forget_given: bool = True) -> list[str]:
+def request_problems(req: Request, *, names_needed_by: str | None = None, forget_given: bool = True) -> list[str]:
     """The checks beyond the schema: people, names and photos that cannot make a sound run."""
     problems = []
     if forget_given and not req.forget:
@@ -267,21 +267,12 @@ def request_problems(req: Request, *, method: str | None = None, forget_given: b
     if req.forget and len(names) < 2:
         problems.append("the who-is-this questions need at least two names: add named retained people or "
                         "'distractors'")
-    if method is not None and not method_reads_images_only(method):
+    if names_needed_by is not None:
         for p in req.retain:
             if not p.name:
-                problems.append(f"{p.where} has no name, and method {method!r} trains the language model on "
+                problems.append(f"{p.where} has no name, and method {names_needed_by!r} trains the language model on "
                                 "'who is this?' answers; name every retained person or use cvf_ncu or vkd")
     return problems
-
-
-def method_reads_images_only(method: str) -> bool:
-    """Methods that train only the visual module from images (their retained people need no names)."""
-    if method == "eraser":
-        return False
-    from unsee.methods import method_class
-
-    return bool(getattr(method_class(method), "images_only", False))
 
 
 def check_sequence(requests: Sequence[Request]) -> None:
@@ -398,5 +389,5 @@ def request_suite(req: Request, *, seed: int = 0) -> Suite:
                  retain_entities=tuple(p.id for p in req.retain), info=info)
 
 
-def load_request_suite(path: str | Path, *, seed: int = 0, method: str | None = None) -> Suite:
-    return request_suite(load_request(path, method=method), seed=seed)
+def load_request_suite(path: str | Path, *, seed: int = 0, names_needed_by: str | None = None) -> Suite:
+    return request_suite(load_request(path, names_needed_by=names_needed_by), seed=seed)

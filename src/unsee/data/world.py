@@ -32,6 +32,7 @@ from PIL import Image
 
 from unsee import __version__
 from unsee.config import load_config, opt
+from unsee.data.prompts import cloze_prompt
 from unsee.data.render import (
     GeneralItem,
     Identity,
@@ -46,7 +47,6 @@ from unsee.data.render import (
     spread_count,
 )
 from unsee.errors import ConfigError, DataError, OutputExistsError
-from unsee.eval.prompts import cloze_prompt
 from unsee.io import atomic_dir, atomic_write_json, content_hash, source_fingerprint
 
 WORLD_FORMAT_VERSION = 1

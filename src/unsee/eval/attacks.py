@@ -35,10 +35,11 @@ import torch
 from PIL import Image, ImageDraw, ImageEnhance
 
 from unsee.config import opt
+from unsee.data import prompts
 from unsee.data.collate import image_of, qa_turns
 from unsee.data.schema import Example, Suite
 from unsee.errors import ConfigError, DataError
-from unsee.eval import metrics, prompts
+from unsee.eval import metrics
 from unsee.eval.evaluator import mcq_loglik
 from unsee.models.base import SCOPES, HFAdapter, Turn
 

@@ -18,10 +18,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from unsee.data import prompts
 from unsee.data.collate import image_of
 from unsee.data.schema import LETTERS, METRIC_GROUPS, Example, Suite
 from unsee.errors import ModelError
-from unsee.eval import metrics, prompts, protocols
+from unsee.eval import metrics, protocols
 from unsee.models.base import HFAdapter, Turn
 
 

@@ -142,7 +142,7 @@ def all_modal(pairs: Mapping[str, tuple[bool, bool]]) -> dict[str, float | int]:
 def clear_name_correct(reply: str, name: str, options: Sequence[str] | None = None) -> bool:
     """CLEAR name recognition.
 
-    With ``options`` (the prompt of :func:`unsee.eval.prompts.clear_name_prompt`), the reply's
+    With ``options`` (the prompt of :func:`unsee.data.prompts.clear_name_prompt`), the reply's
     first letter must point at ``name`` among them, as CLEAR scores it. Without options, the
     name must appear in the reply, case-insensitively. An empty name is never correct.
     """

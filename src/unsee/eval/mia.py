@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from unsee.data import prompts
 from unsee.data.collate import image_of
 from unsee.data.schema import Example, Suite
 from unsee.errors import DataError
-from unsee.eval import metrics, prompts
+from unsee.eval import metrics
 from unsee.eval.evaluator import option_logprobs
 from unsee.models.base import HFAdapter, Turn
 

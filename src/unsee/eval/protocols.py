@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from unsee.data import prompts
 from unsee.data.schema import LETTERS, Example
 from unsee.errors import ConfigError
-from unsee.eval import metrics, prompts
+from unsee.eval import metrics
 
 PROTOCOLS = ("loglik", "official")
 BENCHMARKS = ("builtin", "mllmu", "clear", "umu")
