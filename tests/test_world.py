@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import platform
 from collections import Counter
 from pathlib import Path
 
@@ -343,31 +344,62 @@ def test_load_world_info_names_a_missing_world(tmp_path: Path) -> None:
         load_world_info(tmp_path)
 
 
-def test_world_cache_key_follows_config_seed_and_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_world_cache_key_follows_config_seed_and_version(monkeypatch: pytest.MonkeyPatch) -> None:
     from unsee.data import world as world_mod
-    from unsee.io import source_fingerprint
 
     key = world_mod.world_cache_key("quick", [], 0)
     assert key == world_mod.world_cache_key("quick", [], 0)
     assert key != world_mod.world_cache_key("quick", ["n_people=10"], 0)
     assert key != world_mod.world_cache_key("quick", [], 1)
     assert key != world_mod.world_cache_key("default", [], 0)
-    # a changed renderer gives a new key: a world cached by other code is not reused
-    (tmp_path / "fp_probe.py").write_text("X = 1\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    before = source_fingerprint("fp_probe")
-    (tmp_path / "fp_probe.py").write_text("X = 2\n")
-    assert source_fingerprint("fp_probe") != before
-    # documentation is not code: a docstring, a comment or the layout keeps the key
-    (tmp_path / "fp_probe.py").write_text('"""Why X."""\n\nX = (  # the answer\n    2\n)\n')
-    assert source_fingerprint("fp_probe") != before
-    again = source_fingerprint("fp_probe")
-    (tmp_path / "fp_probe.py").write_text("X = 2\n")
-    assert source_fingerprint("fp_probe") == again
-    monkeypatch.setattr(world_mod, "WORLD_CODE", (*world_mod.WORLD_CODE, "fp_probe"))
+    monkeypatch.setattr(world_mod, "WORLD_VERSION", world_mod.WORLD_VERSION + 1)
     assert world_mod.world_cache_key("quick", [], 0) != key
-    with pytest.raises(ModuleNotFoundError):
-        source_fingerprint("no_such_module_here")
+
+
+# What this module's tiny world holds, pinned beside the WORLD_VERSION it was pinned at. Its text (every
+# question, answer, id and world.json but the package version) is pinned everywhere; its images only on
+# x86-64, where it was pinned, since another CPU's float kernels may move an anti-aliased pixel.
+WORLD_PIN = {
+    "version": 1,
+    "text": "9de5561fee64fcbb",
+    "images": "b82be3a6ccbeafe3",
+}
+
+
+def _world_digests(root: Path) -> tuple[str, str]:
+    text, images = hashlib.sha256(), hashlib.sha256()
+    info = {k: v for k, v in json.loads((root / "world.json").read_text()).items() if k != "unsee_version"}
+    text.update(json.dumps(info, sort_keys=True).encode())
+
+    def walk(value: object) -> None:
+        if isinstance(value, bytes):
+            images.update(value)
+        elif isinstance(value, dict):
+            for k in sorted(value):
+                text.update(str(k).encode())
+                walk(value[k])
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+        else:
+            text.update(repr(value).encode())
+
+    for f in sorted(root.rglob("*.parquet")):
+        text.update(f.relative_to(root).as_posix().encode())
+        walk(pq.read_table(f).to_pylist())
+    return text.hexdigest()[:16], images.hexdigest()[:16]
+
+
+def test_world_content_is_pinned_with_its_version(world: Path) -> None:
+    from unsee.data.world import WORLD_VERSION
+
+    text, images = _world_digests(world)
+    changed = text != WORLD_PIN["text"] or (platform.machine() == "x86_64" and images != WORLD_PIN["images"])
+    if WORLD_PIN["version"] == WORLD_VERSION:
+        assert not changed, (f"the world's content changed (text {text}, images {images}): bump WORLD_VERSION in "
+                             "unsee/data/world.py so that cached worlds are rebuilt, and re-pin WORLD_PIN")
+    else:
+        assert changed, "WORLD_VERSION was bumped but the world is unchanged; re-pin WORLD_PIN with the new version"
 
 
 def test_code_fingerprint_ignores_docstrings_but_not_strings_that_run() -> None:
