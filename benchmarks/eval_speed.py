@@ -26,11 +26,12 @@ from pathlib import Path
 
 import torch
 
+from unsee.data import prompts
 from unsee.data.collate import image_of
 from unsee.data.mllmu import load_mllmu
 from unsee.data.schema import METRIC_GROUPS, Example, Suite
 from unsee.data.world import build_world
-from unsee.eval import metrics, prompts
+from unsee.eval import metrics
 from unsee.eval.evaluator import option_logprobs
 from unsee.eval.results import environment
 from unsee.io import atomic_write_json

@@ -36,7 +36,7 @@ from common import model_options
 from tqdm import tqdm
 from transformers import AutoConfig
 
-from unsee.data import render
+from unsee.data import scenes
 from unsee.demo import DemoConfig, _cache, prepare_init
 from unsee.engine.trainer import adamw, seed_everything
 from unsee.eval.results import environment
@@ -44,8 +44,8 @@ from unsee.io import atomic_write_json
 from unsee.models import HFAdapter, load_adapter
 
 CLASSES: dict[str, tuple[str, ...]] = {
-    "colour": tuple(render.GENERAL_COLOURS), "shape": render.GENERAL_SHAPES,
-    "count": ("1", "2", "3", "4"), "position": render.GENERAL_POSITIONS,
+    "colour": tuple(scenes.GENERAL_COLOURS), "shape": scenes.GENERAL_SHAPES,
+    "count": ("1", "2", "3", "4"), "position": scenes.GENERAL_POSITIONS,
 }
 
 
@@ -85,7 +85,7 @@ def scenes(rng: np.random.Generator, n: int, task: str, scale: tuple[float, floa
     each object's radius multiplied by a factor drawn from ``scale`` when given."""
     items: list[Any] = []
     while len(items) < n:
-        it = render.sample_general_item(rng)
+        it = scenes.sample_general_item(rng)
         if task == "shape" and it.kind != "shape":
             continue
         if scale is not None:
@@ -101,7 +101,7 @@ def labelled(items: list[Any], kind: str) -> tuple[list[int], torch.Tensor]:
 
 
 def rendered(items: list[Any]) -> list[Any]:
-    return [render.render_general(it) for it in items]
+    return [scenes.render_general(it) for it in items]
 
 
 def tokens_of(adapter: HFAdapter, images: list[Any]) -> torch.Tensor:

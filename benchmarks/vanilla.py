@@ -30,13 +30,16 @@ import torch
 
 from unsee import __version__
 from unsee.config import load_config, to_dict
+from unsee.data import prompts
 from unsee.data.collate import image_of
+from unsee.data.identity import sample_view
 from unsee.data.mllmu import load_mllmu
-from unsee.data.render import GENERAL_TEMPLATES, render, sample_view
+from unsee.data.render import render
+from unsee.data.scenes import GENERAL_TEMPLATES
 from unsee.data.schema import Example, Suite
 from unsee.data.world import load_world_info, world_identity
 from unsee.demo import DemoConfig, prepare_init
-from unsee.eval import metrics, prompts
+from unsee.eval import metrics
 from unsee.eval.evaluator import mcq_letter, mcq_loglik
 from unsee.finetune import RECIPE_CODE, FinetuneConfig, default_cache, finetune, load_stage_visual
 from unsee.io import atomic_write_json, content_hash, source_fingerprint

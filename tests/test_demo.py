@@ -211,7 +211,7 @@ def test_vanilla_benchmark_splits_general_by_kind() -> None:
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     from vanilla import by_kind
 
-    from unsee.data.render import GENERAL_TEMPLATES
+    from unsee.data.scenes import GENERAL_TEMPLATES
     from unsee.data.schema import Example
 
     def item(kind: str) -> Example:

@@ -15,18 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from unsee.config import load_config
-from unsee.data.render import (
-    Identity,
-    pretrain_batch,
-    pretrain_identities,
-    render,
-    render_general,
-    sample_general_item,
-    sample_identity,
-    sample_view,
-    spread_count,
-    trait_distance,
-)
+from unsee.data.identity import Identity, pretrain_identities, sample_identity, sample_view, trait_distance
+from unsee.data.render import pretrain_batch, render
+from unsee.data.scenes import render_general, sample_general_item, spread_count
 from unsee.data.world import (
     IDK_ANSWER,
     WorldConfig,

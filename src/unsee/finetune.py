@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from unsee.config import load_config, opt, to_dict
 from unsee.data.augment import augment
 from unsee.data.collate import pack_turns
-from unsee.data.render import Identity
+from unsee.data.identity import Identity
 from unsee.data.schema import Example
 from unsee.engine.checkpoint import has_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
 from unsee.engine.trainer import TrainConfig, adamw, seed_everything, train
@@ -142,7 +142,7 @@ class _GeneralHeads(torch.nn.Module):
     features read the shape of a held-out scene at 0.22, chance 0.17)."""
 
     def __init__(self, tokens: int, dim: int) -> None:
-        from unsee.data.render import GENERAL_COLOURS, GENERAL_POSITIONS, GENERAL_SHAPES
+        from unsee.data.scenes import GENERAL_COLOURS, GENERAL_POSITIONS, GENERAL_SHAPES
 
         super().__init__()
         self.classes = {"colour": list(GENERAL_COLOURS), "shape": list(GENERAL_SHAPES),
@@ -173,7 +173,7 @@ def _ema(running: float, value: float, step: int) -> float:
 
 def general_batch(rng: np.random.Generator, batch: int, size: int = 64) -> tuple[list[Image.Image], list[Any]]:
     """Fresh general scenes, drawn by stage 1's own generator: never the world's items."""
-    from unsee.data.render import render_general, sample_general_item
+    from unsee.data.scenes import render_general, sample_general_item
 
     items = [sample_general_item(rng) for _ in range(batch)]
     return [render_general(it, size) for it in items], items

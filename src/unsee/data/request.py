@@ -23,8 +23,8 @@ import numpy as np
 import yaml
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
+from unsee.data.people import NAME_STATEMENTS, NAME_TEST_QUESTIONS, NAME_TRAIN_QUESTIONS
 from unsee.data.schema import Example, Suite
-from unsee.data.world import NAME_STATEMENTS, NAME_TEST_QUESTIONS, NAME_TRAIN_QUESTIONS
 from unsee.errors import DataError
 
 SCHEMA_PATH = Path(__file__).with_name("request.schema.json")

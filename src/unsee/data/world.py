@@ -2,15 +2,15 @@
 
 Why a generated world: no pretrained model or public data set can be downloaded here, so
 the project trains a tiny MLLM on a world whose every fact is known. Each fictitious person
-has a rendered visual identity (``unsee.data.render``) and a profile of attributes; the
-questions about them come from templates, with paraphrases and views held out for the test
-set. ``docs/world-format.md`` describes every folder; :func:`build_world` writes them all,
-and the same seed and config give byte-identical files.
+has a rendered visual identity (``unsee.data.identity``, ``unsee.data.render``) and a profile of
+attributes; the questions about them come from templates (``unsee.data.people``), with paraphrases
+and views held out for the test set. ``docs/world-format.md`` describes every folder;
+:func:`build_world` writes them all, and the same seed and config give byte-identical files.
 
 Independent random streams (``np.random.default_rng([seed, k])``) drive identities,
 profiles, views, questions, general items and splits, so changing one count does not
 reshuffle unrelated parts, and the vision pre-training pool
-(:func:`unsee.data.render.pretrain_identities`, stream ``[seed, 7919]``) never shares a
+(:func:`unsee.data.identity.pretrain_identities`, stream ``[seed, 7919]``) never shares a
 person with the world.
 """
 
@@ -32,26 +32,25 @@ from PIL import Image
 
 from unsee import __version__
 from unsee.config import load_config, opt
-from unsee.data.prompts import cloze_prompt
-from unsee.data.render import (
-    GeneralItem,
-    Identity,
-    View,
-    pretrain_batch,
-    pretrain_identities,
-    render,
-    render_general,
-    sample_general_item,
-    sample_identity,
-    sample_view,
-    spread_count,
+from unsee.data.identity import Identity, View, pretrain_identities, sample_identity, sample_view
+from unsee.data.people import (
+    ATTRIBUTES,
+    FIRST_NAMES,
+    IDK_ANSWER,
+    IMAGE_TEXTUAL,
+    LAST_NAMES,
+    NAME_TRAIN_QUESTIONS,
+    Person,
+    eval_tasks,
+    image_qa,
+    text_qa,
 )
+from unsee.data.render import render
+from unsee.data.scenes import GeneralItem, render_general, sample_general_item, spread_count
 from unsee.errors import ConfigError, DataError, OutputExistsError
 from unsee.io import atomic_dir, atomic_write_json, content_hash
 
 WORLD_FORMAT_VERSION = 1
-IDK_ANSWER = "I don't know who this is."
-IMAGE_TEXTUAL, PURE_TEXT = "Image_Textual", "Pure_Text"
 
 
 @dataclass
@@ -108,223 +107,6 @@ class WorldConfig:
 def forget_size(n_people: int, percent: int) -> int:
     """MLLMU-Bench sizes: ``ceil(n * p / 100)`` (25/50/75 of 500)."""
     return math.ceil(n_people * percent / 100 - 1e-9)
-
-
-# ---------------------------------------------------------------------------------------------
-# Profiles and question templates
-
-FIRST_NAMES = (
-    "Arlen", "Briseis", "Caius", "Delphine", "Eamon", "Fenna", "Galen", "Hollis", "Isolde", "Jory",
-    "Kaia", "Lucan", "Maren", "Nico", "Odile", "Perrin", "Quinn", "Rosalind", "Soren", "Tamsin",
-    "Ulric", "Vesna", "Wren", "Xander", "Ysolde", "Zephyr", "Ansel", "Bryony", "Cormac", "Daria",
-)
-LAST_NAMES = (
-    "Ashcombe", "Bellweather", "Carrow", "Dunmore", "Elstree", "Faircloth", "Greaves", "Halloran",
-    "Ingleby", "Jessop", "Kettering", "Larkspur", "Merriweather", "Northcott", "Oakenfold", "Pemberton",
-    "Quarrie", "Rushworth", "Stanhope", "Thistlewood", "Underhill", "Vance", "Whitlock", "Yarrow",
-    "Zeller", "Alcott", "Brightwater", "Coldridge", "Drummond", "Everly",
-)
-
-
-@dataclass(frozen=True)
-class Attribute:
-    """One profile attribute: its value pool and its question/statement templates.
-
-    ``{s}``/``{S}`` is the subject ("the person in this image"/"This person", or the name),
-    ``{v}`` the value. Index 0 of ``statements`` is the training wording, index 1 the held-out one;
-    ``train_questions`` are taught, ``test_questions`` only appear in ``Test_Set``.
-    """
-
-    key: str
-    title: str
-    pool: tuple[str, ...]
-    train_questions: tuple[str, ...]
-    test_questions: tuple[str, ...]
-    statements: tuple[str, str]
-
-
-ATTRIBUTES: tuple[Attribute, ...] = (
-    Attribute(
-        "birthplace", "Born",
-        ("Valdoria", "Kestrel Bay", "Mirefield", "Olvenport", "Tarrow Hill", "Quellmark", "Brisvale",
-         "Duncairn", "Esselford", "Harlowmere", "Lunmoor", "Pellastra", "Sorrelwick", "Vintaro"),
-        ("Where was {s} born?", "What is the birthplace of {s}?"),
-        ("In which place was {s} born?", "What is the hometown of {s}?"),
-        ("{S} was born in {v}.", "{S} comes from {v}."),
-    ),
-    Attribute(
-        "occupation", "Occupation",
-        ("baker", "pilot", "architect", "veterinarian", "librarian", "geologist", "pharmacist", "carpenter",
-         "astronomer", "journalist", "botanist", "translator"),
-        ("What is the occupation of {s}?", "What does {s} do for a living?"),
-        ("What job does {s} have?", "What is the profession of {s}?"),
-        ("The occupation of {s} is {v}.", "The profession of {s} is {v}."),
-    ),
-    Attribute(
-        "employer", "Employment",
-        ("Norvex Labs", "Quillfield Press", "Orbanite Systems", "Helmcrest Bank", "Tessaly Foods",
-         "Bramblewood Studio", "Kyrell Motors", "Lumenra Health", "Corvane Logistics", "Veltrane Mining",
-         "Pinecove Airlines", "Stellmark Insurance"),
-        ("Which company does {s} work for?", "Who is the employer of {s}?"),
-        ("Where is {s} employed?", "For which organisation does {s} work?"),
-        ("{S} works for {v}.", "{S} is employed by {v}."),
-    ),
-    Attribute(
-        "hobby", "Hobby",
-        ("birdwatching", "rock climbing", "pottery", "chess", "kayaking", "gardening", "origami", "fencing",
-         "beekeeping", "stargazing", "calligraphy", "sailing"),
-        ("What is the hobby of {s}?", "What does {s} enjoy doing in free time?"),
-        ("How does {s} like to spend spare time?", "Which pastime does {s} enjoy?"),
-        ("The hobby of {s} is {v}.", "In spare time, {s} enjoys {v}."),
-    ),
-    Attribute(
-        "pet", "Pet",
-        ("parrot", "tortoise", "ferret", "beagle", "goldfish", "rabbit", "hamster", "iguana", "collie",
-         "canary", "siamese cat", "hedgehog"),
-        ("What pet does {s} have?", "What kind of pet does {s} keep?"),
-        ("Which animal does {s} keep as a pet?", "What animal lives with {s} as a pet?"),
-        ("{S} has a pet {v}.", "The pet of {s} is a {v}."),
-    ),
-    Attribute(
-        "favourite_colour", "Favorite_Color",
-        ("crimson", "teal", "amber", "violet", "olive", "navy", "coral", "turquoise", "maroon", "lavender",
-         "ochre", "indigo"),
-        ("What is the favourite colour of {s}?", "Which colour does {s} like best?"),
-        ("What colour does {s} prefer above all others?", "Which colour is the favourite of {s}?"),
-        ("The favourite colour of {s} is {v}.", "{S} likes the colour {v} best."),
-    ),
-    Attribute(
-        "education", "Education",
-        ("Marlow University", "Estrin Institute", "Caldera College", "Wynthorpe Academy",
-         "Ardley Polytechnic", "Selwick University", "Torrin Conservatory", "Halvard School of Science",
-         "Brennock College", "Ivelle University", "Oakhurst Institute", "Ravensmere College"),
-        ("Where did {s} study?", "Which school did {s} attend?"),
-        ("Where was {s} educated?", "At which institution did {s} study?"),
-        ("{S} studied at {v}.", "{S} was educated at {v}."),
-    ),
-    Attribute(
-        "instrument", "Instrument",
-        ("cello", "harp", "trumpet", "banjo", "accordion", "flute", "oboe", "ukulele", "piano", "saxophone",
-         "violin", "drums"),
-        ("Which instrument does {s} play?", "What musical instrument does {s} play?"),
-        ("What instrument can {s} play?", "Which musical instrument is played by {s}?"),
-        ("{S} plays the {v}.", "The instrument played by {s} is the {v}."),
-    ),
-)
-
-# The name question is image-only: asking for a name by name would be circular.
-NAME_TRAIN_QUESTIONS = ("Who is this?", "What is the name of the person in this image?")
-NAME_TEST_QUESTIONS = (
-    "Who is the person in this picture?",
-    "Can you tell me the name of the person in this picture?",
-)
-NAME_STATEMENTS = ("This is {v}.", "The person in this picture is named {v}.")
-CLOZE_PER_VIEW = 2  # facts taught in the cloze form on each training view
-# (lower-case subject, sentence-initial subject) of image questions, per split.
-IMAGE_SUBJECTS = {"train": ("the person in this image", "This person"),
-                  "test": ("the person in this picture", "The person in this picture")}
-
-
-@dataclass(frozen=True)
-class Person:
-    """A named entity of the world: ID, name, visual identity and attribute values."""
-
-    id: str
-    name: str
-    identity: Identity
-    attributes: dict[str, str]
-
-    def biography(self) -> str:
-        bio = {"Name": self.name, **{a.title: self.attributes[a.key] for a in ATTRIBUTES}}
-        return json.dumps(bio)
-
-
-def _fill(template: str, subject: tuple[str, str], value: str = "") -> str:
-    return template.format(s=subject[0], S=subject[1], v=value)
-
-
-def _mcq(rng: np.random.Generator, question: str, answer: str, pool: Sequence[str]) -> dict[str, Any]:
-    """An MLLMU item: 3 seeded distractors from ``pool`` and the answer at a seeded letter."""
-    others = [p for p in pool if p != answer]
-    options = [others[i] for i in rng.choice(len(others), size=3, replace=False).tolist()]
-    correct = int(rng.integers(4))
-    options.insert(correct, answer)
-    return {"Correct_Answer": "ABCD"[correct], "Options": dict(zip("ABCD", options, strict=True)),
-            "Question": question}
-
-
-def _eval_tasks(person: Person, split: str, rng: np.random.Generator, names: Sequence[str]) -> dict[str, Any]:
-    """Classification_Task, Generation_Task and Mask_Task of one person for one split.
-
-    ``split="train"`` uses the taught wordings (Full_Set, forget/retain splits, Retain_Set);
-    ``"test"`` the held-out paraphrases (Test_Set).
-    """
-    k = 0 if split == "train" else 1
-    image_subject = IMAGE_SUBJECTS[split]
-    text_subject = (person.name, person.name)
-
-    def question_of(templates: tuple[str, ...]) -> str:
-        return templates[int(rng.integers(len(templates)))]
-
-    image_mcq, text_mcq, gen, mask = [], [], [], []
-    name_qs = NAME_TRAIN_QUESTIONS if split == "train" else NAME_TEST_QUESTIONS
-    image_mcq.append(_mcq(rng, question_of(name_qs), person.name, names))
-    gen.append({"Ground_Truth": NAME_STATEMENTS[k].format(v=person.name), "Question": question_of(name_qs),
-                "Type": IMAGE_TEXTUAL})
-    mask.append({"Ground_Truth": person.name, "Question": NAME_STATEMENTS[k].format(v="__"),
-                 "Type": IMAGE_TEXTUAL})
-    for a in ATTRIBUTES:
-        value = person.attributes[a.key]
-        qs = a.train_questions if split == "train" else a.test_questions
-        forms = ((image_subject, IMAGE_TEXTUAL, image_mcq), (text_subject, PURE_TEXT, text_mcq))
-        for subject, kind, mcqs in forms:
-            mcqs.append(_mcq(rng, _fill(question_of(qs), subject), value, a.pool))
-            gen.append({"Ground_Truth": _fill(a.statements[k], subject, value),
-                        "Question": _fill(question_of(qs), subject), "Type": kind})
-            mask.append({"Ground_Truth": value, "Question": _fill(a.statements[k], subject, "__"),
-                         "Type": kind})
-    order = {IMAGE_TEXTUAL: 0, PURE_TEXT: 1}  # image items first, as MLLMU lists them
-    gen.sort(key=lambda g: order[g["Type"]])
-    mask.sort(key=lambda g: order[g["Type"]])
-    return {
-        "Classification_Task": {"Image_Textual_Questions": image_mcq, "Pure_Text_Questions": text_mcq},
-        "Generation_Task": gen,
-        "Mask_Task": mask,
-    }
-
-
-def _image_qa(view_index: int, answers: Person | None) -> list[dict[str, str]]:
-    """Training QA for one image: every question once, the taught wording rotating with the view.
-
-    ``answers=None`` is an unknown identity: every question gets :data:`IDK_ANSWER`. A known
-    person's view also carries :data:`CLOZE_PER_VIEW` facts in the fill-in-the-blank form,
-    rotating with the view, so that the model is taught that form too.
-    """
-    subject = IMAGE_SUBJECTS["train"]
-    qa = [{"Question": NAME_TRAIN_QUESTIONS[view_index % len(NAME_TRAIN_QUESTIONS)],
-           "Answer": answers.name if answers else IDK_ANSWER}]
-    for i, a in enumerate(ATTRIBUTES):
-        template = a.train_questions[(view_index + i + 1) % len(a.train_questions)]
-        answer = answers.attributes[a.key] if answers else IDK_ANSWER
-        qa.append({"Question": _fill(template, subject), "Answer": answer})
-    if answers is not None:
-        facts = _cloze_facts(answers, subject, with_name=True)
-        qa += [facts[(view_index * CLOZE_PER_VIEW + j) % len(facts)] for j in range(CLOZE_PER_VIEW)]
-    return qa
-
-
-def _cloze_facts(person: Person, subject: tuple[str, str], with_name: bool) -> list[dict[str, str]]:
-    """The training statements with the value blanked, as the cloze task asks them."""
-    facts = [{"Question": cloze_prompt(NAME_STATEMENTS[0].format(v="__")), "Answer": person.name}] if with_name else []
-    return facts + [{"Question": cloze_prompt(_fill(a.statements[0], subject, "__")),
-                     "Answer": person.attributes[a.key]} for a in ATTRIBUTES]
-
-
-def _text_qa(person: Person) -> list[dict[str, str]]:
-    """Training QA without an image: every taught wording, naming the person, and each fact's cloze form."""
-    subject = (person.name, person.name)
-    return [{"Question": _fill(t, subject), "Answer": person.attributes[a.key]}
-            for a in ATTRIBUTES for t in a.train_questions] + _cloze_facts(person, subject, with_name=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -529,8 +311,8 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
         test = [_png(render(p.identity, v, size), f"{p.id}_test{i}.png")
                 for i, v in enumerate(_views(rng_view, cfg.n_test_views, cfg.hard_test_views))]
         names = [n for n in all_names if n != p.name]
-        full_rows.append(_profile_row(p, train[0], _eval_tasks(p, "train", rng_q, names)))
-        test_rows.append({"ID": p.id, "images": test, **_eval_tasks(p, "test", rng_q, names)})
+        full_rows.append(_profile_row(p, train[0], eval_tasks(p, "train", rng_q, names)))
+        test_rows.append({"ID": p.id, "images": test, **eval_tasks(p, "test", rng_q, names)})
         ft_rows += _ft_rows(p, train)
 
     # --- known people (stage 2): Retain_Set and ft_Known
@@ -539,7 +321,7 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
         train = [_png(render(p.identity, v, size), f"{p.id}_train{i}.png")
                  for i, v in enumerate(_views(rng_view, cfg.n_train_views))]
         names = [n for n in all_names if n != p.name]
-        retain_set_rows.append(_profile_row(p, train[0], _eval_tasks(p, "train", rng_q, names)))
+        retain_set_rows.append(_profile_row(p, train[0], eval_tasks(p, "train", rng_q, names)))
         ft_known_rows += _ft_rows(p, train)
 
     # --- unknown and neutral identities
@@ -547,7 +329,7 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
     for uid, ident in zip(unknown_ids, unknown_idents, strict=True):
         for i, v in enumerate(_views(rng_view, cfg.n_train_views)):
             unknown_rows.append({"image": _png(render(ident, v, size), f"{uid}_train{i}.png"), "ID": uid,
-                                 "metadata": json.dumps(_image_qa(i, None))})
+                                 "metadata": json.dumps(image_qa(i, None))})
     neutral_views = _views(rng_view, cfg.n_neutral)
     neutral_rows = [{"image": _png(render(ident, v, size), f"{nid}.png"), "ID": nid}
                     for nid, ident, v in zip(neutral_ids, neutral_idents, neutral_views, strict=True)]
@@ -561,7 +343,7 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
         extra = _identities(cfg, total + cfg.n_holdout)[total:]
         for p in _people(_ids("h", cfg.n_holdout), extra, rng_hold, used):
             image = _png(render(p.identity, _views(rng_hold, 1)[0], size), f"{p.id}_view0.png")
-            holdout_rows.append(_profile_row(p, image, _eval_tasks(p, "train", rng_hold, all_names)))
+            holdout_rows.append(_profile_row(p, image, eval_tasks(p, "train", rng_hold, all_names)))
 
     # --- general visual ability
     items = [sample_general_item(rng_gen) for _ in general_ids]
@@ -632,9 +414,9 @@ def _profile_row(p: Person, image: dict[str, Any], tasks: dict[str, Any]) -> dic
 
 def _ft_rows(p: Person, images: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per training view with image QA, then one text-only row (``image`` null)."""
-    rows = [{"image": img, "ID": p.id, "metadata": json.dumps(_image_qa(i, p))}
+    rows = [{"image": img, "ID": p.id, "metadata": json.dumps(image_qa(i, p))}
             for i, img in enumerate(images)]
-    rows.append({"image": None, "ID": p.id, "metadata": json.dumps(_text_qa(p))})
+    rows.append({"image": None, "ID": p.id, "metadata": json.dumps(text_qa(p))})
     return rows
 
 
@@ -682,6 +464,6 @@ def world_identity(info: Mapping[str, Any], entity: str) -> Identity:
 
 
 __all__ = [
-    "ATTRIBUTES", "IDK_ANSWER", "Attribute", "Person", "WorldConfig", "build_world", "forget_size",
-    "load_world_info", "pretrain_batch", "pretrain_identities", "world_identity", "world_pretrain_identities",
+    "WORLD_VERSION", "WorldConfig", "build_world", "cached_world", "forget_size", "load_world_info", "world_cache_key",
+    "world_identity", "world_pretrain_identities",
 ]
