@@ -36,11 +36,11 @@ from unsee.engine.trainer import frozen_copy
 from unsee.errors import DataError
 from unsee.eval.attacks import AttackConfig
 from unsee.eval.metrics import spread
-from unsee.eval.results import environment
 from unsee.eval.verdicts import reference_checks
 from unsee.io import atomic_write_json, atomic_write_text
 from unsee.methods.eraser import STEERING_FILE
 from unsee.models import load_adapter
+from unsee.provenance import environment
 
 
 def mean_attacks(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -18,9 +18,10 @@ from pathlib import Path
 from common import check, eval_kw, mcq, parser, vanilla_model
 
 from unsee import api
-from unsee.eval.results import environment, load_results, new_results, write_results
+from unsee.eval.results import load_results, new_results, write_results
 from unsee.io import atomic_write_json
 from unsee.models import load_adapter
+from unsee.provenance import environment
 from unsee.report.plots import plot_continual
 
 

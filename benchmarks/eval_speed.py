@@ -33,10 +33,10 @@ from unsee.data.schema import METRIC_GROUPS, Example, Suite
 from unsee.data.world import build_world
 from unsee.eval import metrics
 from unsee.eval.evaluator import option_logprobs
-from unsee.eval.results import environment
 from unsee.io import atomic_write_json
 from unsee.models import HFAdapter, Turn, load_adapter
 from unsee.models.tiny import init_model
+from unsee.provenance import environment
 
 BATCH_SIZES = (1, 8, 16)
 

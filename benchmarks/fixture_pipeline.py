@@ -28,9 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import fixtures_bench as fb  # noqa: E402
 
 from unsee.cli import main as cli  # noqa: E402
-from unsee.eval.results import environment, load_results  # noqa: E402
+from unsee.eval.results import load_results  # noqa: E402
 from unsee.io import atomic_write_json  # noqa: E402
 from unsee.models.tiny import init_model  # noqa: E402
+from unsee.provenance import environment
 
 WRITERS = {"mllmu": fb.write_mllmu, "clear": fb.write_clear, "umu": fb.write_umu}
 TARGET_S = 180.0

@@ -34,11 +34,11 @@ from unsee.data.schema import Suite
 from unsee.engine.trainer import TrainConfig, train
 from unsee.eval.attacks import pooled_features, probe_predict
 from unsee.eval.evaluator import mcq_loglik
-from unsee.eval.results import environment
 from unsee.io import atomic_write_json
 from unsee.methods.baselines import SFT
 from unsee.models import HFAdapter, load_adapter
 from unsee.models.base import SCOPES
+from unsee.provenance import environment
 
 
 def general_by_kind(adapter: HFAdapter, suite: Suite) -> dict[str, Any]:

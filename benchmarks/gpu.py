@@ -35,11 +35,11 @@ from unsee.data.world import build_world
 from unsee.engine.distributed import fsdp_version
 from unsee.engine.trainer import train
 from unsee.errors import UnseeError
-from unsee.eval.results import environment
 from unsee.io import atomic_write_json
 from unsee.models import adapter_class
 from unsee.models.base import HFAdapter, Turn
 from unsee.models.shapes import build_shaped
+from unsee.provenance import environment
 
 # Dense bf16 tensor-core peaks (no sparsity), by a substring of the device name.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}

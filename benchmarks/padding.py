@@ -27,9 +27,9 @@ from unsee.data.collate import Stream
 from unsee.data.mllmu import load_mllmu
 from unsee.data.world import load_world_info
 from unsee.demo import DemoConfig, prepare_init
-from unsee.eval.results import environment
 from unsee.io import atomic_write_json
 from unsee.models import HFAdapter, load_adapter
+from unsee.provenance import environment
 
 
 def padded_fraction(stream: Stream, lengths: list[int], batches: int) -> float:

@@ -27,9 +27,10 @@ from unsee import api
 from unsee.data.schema import LETTERS
 from unsee.eval.metrics import unlearning_score
 from unsee.eval.protocols import PROTOCOLS
-from unsee.eval.results import SAMPLES_KEY, environment, load_samples, new_results, write_results
+from unsee.eval.results import SAMPLES_KEY, load_samples, new_results, write_results
 from unsee.io import atomic_write_json
 from unsee.models import load_adapter
+from unsee.provenance import environment
 
 MCQ_GROUPS = ("forget", "forget_test", "retain", "text_forget", "text_retain", "known", "general")
 

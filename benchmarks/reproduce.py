@@ -22,8 +22,8 @@ import torch
 from common import model_options, vanilla_model
 from safetensors.torch import load_file
 
-from unsee.eval.results import environment
 from unsee.io import atomic_write_json
+from unsee.provenance import environment
 
 WEIGHTS = "model.safetensors"
 

@@ -26,9 +26,9 @@ from unsee.engine.trainer import frozen_copy
 from unsee.eval import metrics
 from unsee.eval.attacks import AttackConfig
 from unsee.eval.quant import changed_linears, weight_digests
-from unsee.eval.results import environment
 from unsee.io import atomic_write_json
 from unsee.models import load_adapter
+from unsee.provenance import environment
 
 GROUPS = ("forget", "forget_test", "retain", "text_forget", "known", "general")
 

@@ -39,9 +39,9 @@ from transformers import AutoConfig
 from unsee.data import scenes
 from unsee.demo import DemoConfig, _cache, prepare_init
 from unsee.engine.trainer import adamw, seed_everything
-from unsee.eval.results import environment
 from unsee.io import atomic_write_json
 from unsee.models import HFAdapter, load_adapter
+from unsee.provenance import environment
 
 CLASSES: dict[str, tuple[str, ...]] = {
     "colour": tuple(scenes.GENERAL_COLOURS), "shape": scenes.GENERAL_SHAPES,

@@ -24,10 +24,11 @@ from typing import Any
 from common import TRAINING, check, eval_kw, mcq, measure, parser, retrained_model, score, vanilla_model
 
 from unsee import api
-from unsee.eval.results import environment, new_results, write_results
+from unsee.eval.results import new_results, write_results
 from unsee.io import atomic_write_json
 from unsee.methods.eraser import STEERING_FILE
 from unsee.models import HFAdapter, load_adapter
+from unsee.provenance import environment
 
 
 def settings(method: str, args: argparse.Namespace) -> list[list[str]]:

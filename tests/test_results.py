@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from unsee import provenance
 from unsee.errors import OutputExistsError, UnseeError
 from unsee.eval import results as res
-from unsee.eval.results import CostMeter, ResultsError
+from unsee.eval.results import ResultsError
+from unsee.provenance import CostMeter
 
 
 def sample_run(method: str = "cvf_ncu", **over: Any) -> dict[str, Any]:
@@ -118,12 +120,12 @@ def test_environment_never_fails_without_git(monkeypatch: pytest.MonkeyPatch) ->
     def broken(*a: Any, **k: Any) -> None:
         raise FileNotFoundError("git")
 
-    res._git_state.cache_clear()
-    monkeypatch.setattr(res.subprocess, "run", broken)
+    provenance._git_state.cache_clear()
+    monkeypatch.setattr(provenance.subprocess, "run", broken)
     try:
-        env = res.environment()
+        env = provenance.environment()
     finally:
-        res._git_state.cache_clear()
+        provenance._git_state.cache_clear()
     assert env["git_hash"] is None
     assert env["python"]
 

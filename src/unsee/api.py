@@ -301,7 +301,8 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
     scored unless ``max_items`` caps each task of each group; replies get the benchmark's
     own ``max_new_tokens`` unless it is given.
     """
-    from unsee.eval.results import CostMeter, new_results, strip_samples_all, write_results
+    from unsee.eval.results import new_results, strip_samples_all, write_results
+    from unsee.provenance import CostMeter
 
     out = Path(out)
     check_output_file(out, overwrite=overwrite, inputs=_local(model, data, steering))
@@ -514,7 +515,8 @@ def unlearn_and_save(method: str, adapter: HFAdapter, suite: Suite, *, steering_
     Returns the run (as in results.json) and the steering file (None for training methods).
     """
     from unsee.engine.trainer import frozen_copy
-    from unsee.eval.results import CostMeter, strip_samples
+    from unsee.eval.results import strip_samples
+    from unsee.provenance import CostMeter
     from unsee.report import model_card
 
     kinds = list(audit_kinds) if audit_kinds else None
@@ -593,7 +595,8 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
     targets as the updated model sees them, which keeps them forgotten.
     """
     from unsee.engine.trainer import unique_images
-    from unsee.eval.results import CostMeter, new_results, write_results
+    from unsee.eval.results import new_results, write_results
+    from unsee.provenance import CostMeter
 
     if method == "eraser":
         raise ConfigError("continual unlearning needs a training method; eraser builds one steering file per request")

@@ -40,9 +40,9 @@ from unsee.data.schema import Example, Suite
 from unsee.errors import ConfigError, DataError, ModelError
 from unsee.eval.attacks import pgd_pixels as attack_pgd_pixels
 from unsee.eval.metrics import loglik_choice
-from unsee.eval.results import environment
 from unsee.io import atomic_write_bytes, check_output_dir
 from unsee.models.base import IGNORE, HFAdapter, Turn
+from unsee.provenance import environment
 
 FORMAT = "unsee.steering/1"
 STEERING_FILE = "steering.safetensors"

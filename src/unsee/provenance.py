@@ -1,0 +1,212 @@
+"""Where and at what cost a run ran: the environment stamped on every result, and :class:`CostMeter`.
+
+Both sit below everything else, so that any layer (a method's steering file, a benchmark, the
+results writer) can stamp what produced its numbers. :class:`CostMeter` measures what every result
+carries (docs/results-format.md): wall time, peak memory (host and GPU), trainable parameters and
+optimiser state.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import subprocess
+import sys
+import time
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from unsee import __version__
+
+if TYPE_CHECKING:
+    import torch
+
+
+# ---------------------------------------------------------------- provenance
+
+
+@lru_cache(maxsize=1)
+def _git_state() -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the checkout holding this package; (None, None) for an installed wheel."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return (head or None), bool(status.strip())
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _device_name() -> str:
+    """The accelerator a run used, for reading timings; never raises."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+    except Exception:  # a broken driver must not lose a result
+        pass
+    return f"cpu ({platform.machine() or 'unknown'})"
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware behind a result, so numbers can be traced and compared. Never fails."""
+    git_hash, dirty = _git_state()
+    return {
+        "unsee_version": __version__,
+        "git_hash": git_hash,
+        "git_dirty": dirty,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": _dist_version("torch"),
+        "transformers": _dist_version("transformers"),
+        "device": _device_name(),
+    }
+
+
+# ---------------------------------------------------------------- cost accounting
+
+
+def _vm_hwm_bytes() -> int | None:
+    """Peak resident set (VmHWM) from /proc; None off Linux."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _reset_vm_hwm() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0) so a meter sees its own block's peak."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _ru_maxrss_bytes() -> int:
+    """Process-lifetime peak RSS from getrusage: KiB on Linux, bytes on macOS."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def _cuda() -> Any | None:
+    """torch.cuda when a GPU is usable; the meter must work on CPU-only and torch-less installs."""
+    try:
+        import torch
+
+        return torch.cuda if torch.cuda.is_available() else None
+    except Exception:
+        return None
+
+
+class CostMeter:
+    """Measure a block: ``with CostMeter() as m: ...; m.record_model(model, opt); m.cost()``.
+
+    - wall time: ``time.perf_counter`` from enter to exit (or to now, inside the block);
+    - peak RSS: VmHWM, reset at enter where Linux allows it, so the figure is the block's own
+      peak. Where it cannot be reset (or off Linux) it falls back to ``ru_maxrss``, which is
+      the *process-lifetime* peak: a second meter in one process then reports at least the
+      first one's peak. ``rss_scope`` says which applied ("block" or "process");
+    - peak GPU: ``torch.cuda.max_memory_allocated`` summed over devices, reset at enter;
+      None without CUDA. It counts tensors allocated by PyTorch, not the caching overhead;
+    - trainable parameters and optimiser state: from :meth:`record_model`, called once
+      training has stepped (optimisers create their state lazily).
+    """
+
+    def __init__(self) -> None:
+        self._start: float | None = None
+        self._wall: float | None = None
+        self._peak_rss: int | None = None
+        self._peak_gpu: int | None = None
+        self._cuda: Any | None = None
+        self.rss_scope = "process"
+        self.trainable_params = 0
+        self.optimizer_state_bytes = 0
+
+    def __enter__(self) -> CostMeter:
+        self._cuda = _cuda()
+        if self._cuda is not None:
+            for i in range(self._cuda.device_count()):
+                self._cuda.reset_peak_memory_stats(i)
+        self.rss_scope = "block" if _reset_vm_hwm() and _vm_hwm_bytes() is not None else "process"
+        self._wall = None
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._wall = self.elapsed()
+        self._peak_rss = self._read_rss()
+        self._peak_gpu = self._read_gpu()
+
+    def elapsed(self) -> float:
+        if self._start is None:
+            return 0.0
+        return self._wall if self._wall is not None else time.perf_counter() - self._start
+
+    def _read_rss(self) -> int:
+        hwm = _vm_hwm_bytes()
+        return hwm if self.rss_scope == "block" and hwm is not None else max(_ru_maxrss_bytes(), hwm or 0)
+
+    def _read_gpu(self) -> int | None:
+        if self._cuda is None:
+            return None
+        return int(sum(self._cuda.max_memory_allocated(i) for i in range(self._cuda.device_count())))
+
+    def record_model(
+        self, model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None = None
+    ) -> None:
+        """Count parameters with ``requires_grad`` and the bytes of every tensor in the optimiser state.
+
+        A steering method with nothing trainable passes ``model=None`` (or a frozen model).
+        Repeated calls keep the largest optimiser state seen.
+        """
+        if model is not None:
+            self.trainable_params = int(sum(p.numel() for p in model.parameters() if p.requires_grad))
+        if optimizer is not None:
+            import torch
+
+            nbytes = 0
+            for state in optimizer.state.values():
+                for value in state.values():
+                    if isinstance(value, torch.Tensor):
+                        nbytes += value.numel() * value.element_size()
+            self.optimizer_state_bytes = max(self.optimizer_state_bytes, int(nbytes))
+
+    def cost(self) -> dict[str, Any]:
+        """The ``cost`` object of results.json; inside the block it reports the figures so far."""
+        inside = self._start is not None and self._wall is None
+        rss = self._read_rss() if inside or self._peak_rss is None else self._peak_rss
+        gpu = self._read_gpu() if inside else self._peak_gpu
+        return {
+            "wall_s": round(self.elapsed(), 3),
+            "peak_rss_bytes": int(rss),
+            "peak_gpu_bytes": gpu,
+            "trainable_params": self.trainable_params,
+            "optimizer_state_bytes": self.optimizer_state_bytes,
+        }
