@@ -103,18 +103,70 @@ def _load_yaml(text: str, loader: type, what: str) -> Any:
         raise ConfigError(f"{what}: {_yaml_error(e)}") from None
 
 
+EXTENDS = "extends"
+MAX_EXTENDS = 16
+
+
 def read_config_file(source: str | Path, kind: str) -> dict[str, Any]:
     """Read a YAML/JSON file, or a shipped config by name (``configs/<kind>/<name>.yaml``).
 
-    Unquoted YAML scalars come back as :class:`Plain` text, typed later by their field.
+    Unquoted YAML scalars come back as :class:`Plain` text, typed later by their field. A file
+    may name a parent with ``extends:`` (a shipped name, or a path relative to the file): the
+    parent's keys come first and the file's own replace them, so that a variant states only
+    what differs from the config it varies. Every file of the chain is read under the same
+    guards.
     """
+    return _read_chain(_locate(source, kind), kind, ())
+
+
+def _shipped_names(kind: str) -> list[str]:
+    """The shipped configs of a kind a user picks from; ``_name`` files are parents, not configs."""
+    folder = SHIPPED / kind
+    return sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_")) if folder.is_dir() else []
+
+
+def _locate(source: str | Path, kind: str, beside: Path | None = None) -> Path:
+    """The file ``source`` names: a path (relative to ``beside``, the extending file, if given), else a shipped name."""
     path = Path(source)
-    if not path.exists():
-        shipped = SHIPPED / kind / f"{source}.yaml"
-        if not shipped.exists():
-            names = sorted(p.stem for p in (SHIPPED / kind).glob("*.yaml")) if (SHIPPED / kind).is_dir() else []
-            raise ConfigError(f"config {show(source)} is neither a file nor a shipped {kind} config {names}")
-        path = shipped
+    if beside is not None and not path.is_absolute():
+        path = beside.parent / path
+    if path.exists():
+        return path
+    shipped = SHIPPED / kind / f"{source}.yaml"
+    if shipped.exists():
+        return shipped
+    if beside is not None:
+        raise ConfigError(f"config {beside} extends {show(source)}, which is neither a file beside it nor a shipped "
+                          f"{kind} config {_shipped_names(kind)}")
+    raise ConfigError(f"config {show(source)} is neither a file nor a shipped {kind} config {_shipped_names(kind)}")
+
+
+def _read_chain(path: Path, kind: str, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """The file's keys over those of the parents it extends, nearest last."""
+    here = path.resolve()
+    if here in chain:
+        names = " -> ".join(p.name for p in (*chain, here)[chain.index(here):])
+        raise ConfigError(f"config {path} extends itself through {names}")
+    if len(chain) >= MAX_EXTENDS:
+        raise ConfigError(f"config {path}: more than {MAX_EXTENDS} configs extend one another; a chain holds a few")
+    data = _read_file(path)
+    if EXTENDS not in data:
+        return data
+    parent = data.pop(EXTENDS)
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(f"config {path}: extends names one config (a shipped name or a file), got {show(parent)}")
+    return _inherit(_read_chain(_locate(parent.strip(), kind, beside=path), kind, (*chain, here)), data)
+
+
+def _inherit(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """``child`` over ``parent``: a key the child sets whole also drops the parent's dotted keys under it."""
+    whole = {k for k in child if isinstance(k, str) and "." not in k}
+    kept = {k: v for k, v in parent.items() if not (isinstance(k, str) and k.partition(".")[0] in whole and "." in k)}
+    return _merge(kept, child)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    """One config file's own keys, under the size cap, without anchors."""
     try:
         if path.stat().st_size > MAX_CONFIG_BYTES:
             raise ConfigError(f"config {path} is over {MAX_CONFIG_BYTES >> 20} MiB; a config holds a few options")
@@ -313,7 +365,7 @@ def load_config(
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in extra.items():
-        head, _, rest = k.partition(".")
+        head, _, rest = k.partition(".") if isinstance(k, str) else (k, "", "")
         if rest and isinstance(out.get(head), dict):
             out[head] = _merge(out[head], {rest: v})
         else:
