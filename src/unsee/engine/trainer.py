@@ -89,17 +89,25 @@ class TrainConfig:
 
 
 class Method(Protocol):
-    """A method is its loss, the streams it reads, and optionally the constraints it sets up."""
+    """A method is its loss, the streams it reads, and optionally the constraints it sets up.
+
+    This is everything the engine reads of a method; ``unsee.methods.base.BaseMethod`` gives
+    each a default.
+    """
 
     name: str
-    streams: tuple[str, ...]
-    reference: Literal["none", "full", "visual"]
-
+    streams: tuple[str, ...]  # the batches of every step; the first one's length sets the epochs
+    optional_streams: tuple[str, ...]  # also read when the benchmark has them
+    images_only: bool  # True: each stream holds each distinct image once (the loss reads only images)
+    reference: Literal["none", "full", "visual"]  # the frozen copy the loss compares with, if any
     uses_language: bool  # False: the loss never runs the language model, which may then leave the GPU
+    cfg: Any  # the method's own options; part of what a checkpoint belongs to
 
     def setup(self, ctx: Context) -> None: ...
     def step_multiplier(self, ctx: Context) -> int: ...
     def loss(self, ctx: Context, batch: dict[str, list]) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def state_dict(self) -> Any: ...  # what a mid-run checkpoint keeps of the method (None: nothing)
+    def load_state_dict(self, state: Any) -> None: ...
 
 
 @dataclass
@@ -391,7 +399,7 @@ def _save_progress(cfg: TrainConfig, step: int, method: Method, named: dict[str,
         cfg.checkpoint_dir, step=step, params=named, optimizer=optimizer, scheduler=scheduler, run_key=run_key,
         tensors={f"stream.{name}": st[0] for name, st in states.items()},
         meta={"streams": {name: st[1] for name, st in states.items()}, "losses": losses, "logs": logs,
-              "method": method.state_dict() if hasattr(method, "state_dict") else None},
+              "method": method.state_dict()},
     )
 
 
@@ -423,8 +431,8 @@ def train(
     missing = [s for s in method.streams if not turns.get(s)]
     if missing:
         raise UnseeError(f"method {method.name!r} needs data for {missing}, and the benchmark has none")
-    wanted = (*method.streams, *getattr(method, "optional_streams", ()))
-    if getattr(method, "images_only", False):
+    wanted = (*method.streams, *method.optional_streams)
+    if method.images_only:
         turns = {k: unique_images(v) for k, v in turns.items()}
     streams = make_streams({k: v for k, v in turns.items() if k in wanted}, cfg, rank, world,
                            lengths_of=adapter.training_lengths)
@@ -484,15 +492,14 @@ def train(
     run_key = ""
     if cfg.checkpoint_dir and sharded is None:  # what the checkpoint belongs to: options, data, weights
         run_key = checkpoint_key({k: v for k, v in vars(cfg).items() if k not in UNKEYED}, method.name,
-                                 getattr(method, "cfg", None), {n: s.turns for n, s in streams.items()},
+                                 method.cfg, {n: s.turns for n, s in streams.items()},
                                  str(adapter.fingerprint()), named)
     if cfg.checkpoint_dir and has_checkpoint(cfg.checkpoint_dir):
         start, extra, meta = load_checkpoint(cfg.checkpoint_dir, params=named, optimizer=optimizer,
                                              scheduler=scheduler, run_key=run_key)
         for name, s in streams.items():
             s.load_state_dict(extra[f"stream.{name}"], meta["streams"][name])
-        if hasattr(method, "load_state_dict"):
-            method.load_state_dict(meta["method"])
+        method.load_state_dict(meta["method"])
         losses, logs = list(meta["losses"]), list(meta["logs"])
     bar = tqdm(range(start, total), desc=desc or method.name, initial=start, total=total,
                disable=not cfg.progress or not accelerator.is_main_process, leave=False)

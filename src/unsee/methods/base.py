@@ -19,8 +19,11 @@ class MethodConfig:
 
 
 class BaseMethod:
+    """The defaults of everything the engine reads of a method (:class:`unsee.engine.trainer.Method`)."""
+
     name: ClassVar[str] = ""
     streams: ClassVar[tuple[str, ...]] = ("forget",)
+    optional_streams: ClassVar[tuple[str, ...]] = ()
     reference: ClassVar[Literal["none", "full", "visual"]] = "none"
     default_scope: ClassVar[str] = "full"
     images_only: ClassVar[bool] = False
@@ -35,6 +38,13 @@ class BaseMethod:
 
     def step_multiplier(self, ctx: Context) -> int:
         return 1
+
+    def state_dict(self) -> Any:
+        """Nothing of the method's own to resume by default: its config and the data order are kept anyway."""
+        return None
+
+    def load_state_dict(self, state: Any) -> None:
+        """Nothing to restore by default."""
 
     def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError

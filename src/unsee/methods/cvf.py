@@ -27,13 +27,15 @@ from unsee.data.collate import image_of
 from unsee.engine.trainer import Context
 from unsee.eval.attacks import linf_ascent
 from unsee.methods.base import BaseMethod, images_of, nll, pooled, token_mse
-from unsee.methods.ncu import add_covariances, input_covariances, install_projections
+from unsee.methods.ncu import NCUConfig, constrain_to_retained
 from unsee.models.base import HFAdapter, Turn
 from unsee.models.blocks import features_and_hidden
 
 
 @dataclass
-class CVFConfig:
+class CVFOnlyConfig:
+    """CVF's options: all of ``cvf_only``'s."""
+
     tau: float = opt(0.1, "InfoNCE temperature")
     lambda_r: float = opt(1.0, "weight of the retain InfoNCE")
     lambda_d: float = opt(1.0, "weight of token-level distillation on retained images (an addition to the spec)")
@@ -61,13 +63,17 @@ class CVFConfig:
         "other half, which must stay forgotten (0: off)")
     relearn_sim_eps: float = opt(3e-3, "relearning-aware forgetting: how far each weight may move in the simulation, "
                              "in all (a relearning attack's 30 Adam steps at 1e-4 move a weight by up to 3e-3)")
-    ncu: bool = opt(True, "constrain updates to the retained null space")
-    energy: float = opt(0.01, "NCU: keep the eigen-directions holding at most this fraction of the energy")
-    ncu_images: int = opt(256, "NCU: retained images used for the covariance")
     lambda_k: float = opt(
         1.0, "continual: weight of token-level distillation of the already-forgotten targets' images onto the "
         "reference, the model after the previous request, which holds them forgotten (an addition to the spec)")
     forgotten_images: list = opt([], "continual: images of already-forgotten targets (set by the driver)")
+
+
+@dataclass
+class CVFConfig(NCUConfig, CVFOnlyConfig):
+    """``cvf_ncu``'s options: CVF's and the null space's."""
+
+    ncu: bool = opt(True, "constrain updates to the retained null space (false: as cvf_only)")
 
 
 def info_nce(anchor: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, tau: float) -> torch.Tensor:
@@ -80,14 +86,40 @@ def info_nce(anchor: torch.Tensor, positives: torch.Tensor, negatives: torch.Ten
     return (torch.logsumexp(torch.cat([pos, neg], 1), 1) - torch.logsumexp(pos, 1)).mean()
 
 
-class CVFNCU(BaseMethod):
-    name = "cvf_ncu"
+@dataclass
+class _Step:
+    """One step's photos and the reference's side of every term: what the terms share."""
+
+    ref: HFAdapter
+    f_img: list
+    r_img: list
+    n_img: list
+    f_in: BatchFeature  # the forget photos' pixels; the reference and the student see the same augmented ones
+    ref_f_tok: list[torch.Tensor]
+    ref_r_tok: list[torch.Tensor]
+    ref_r: torch.Tensor
+    all_f: torch.Tensor  # the whole batch's pooled references, gathered over processes
+    all_r: torch.Tensor
+    pos: torch.Tensor  # forget anchors' positives: the neutral references
+    neg: torch.Tensor  # forget anchors' negatives: their own identities' and the retained references
+    target: torch.Tensor | None  # the reference's mean neutral token (lambda_t)
+
+
+# The order run.json's history and the progress bar list the terms in.
+LOGGED = ("cvf_f", "cvf_r", "distil", "distil_v", "token_f", "relearned_f", "tower_f", "distil_k", "nll_r")
+
+
+class CVFOnly(BaseMethod):
+    """CVF alone: its loss, with no constraint on the updates (the ablation of ``cvf_ncu`` without NCU)."""
+
+    name = "cvf_only"
     streams = ("forget", "retain", "neutral")
     optional_streams = ("general",)
     images_only = True  # streams hold each distinct image once
     reference = "visual"
     default_scope = "visual"
-    Config = CVFConfig
+    Config = CVFOnlyConfig
+    cfg: CVFOnlyConfig
 
     @property
     def uses_language(self) -> bool:  # type: ignore[override]
@@ -100,26 +132,50 @@ class CVFNCU(BaseMethod):
         self._ref_hidden: dict[int, tuple[Any, torch.Tensor]] = {}
         # whose photo each forget image is; image_of hands out one object per file
         self._person = {id(image_of(e)): e.entity for e in ctx.suite.groups.get("train_forget", []) if e.has_image}
-        if self.cfg.ncu:
-            retain = [t.image for t in ctx.streams["retain"].turns if t.image is not None]
-            general = [t.image for t in ctx.streams["general"].turns if t.image is not None] \
-                if "general" in ctx.streams else []
-            images = (retain + general)[: self.cfg.ncu_images]
-            covs = input_covariances(ctx.adapter, ctx.shard(images), ctx=ctx)
-            if self.cfg.forgotten_images:
-                done = ctx.shard(self.cfg.forgotten_images)
-                covs = add_covariances(covs, input_covariances(ctx.adapter, done, ctx=ctx))
-            ranks = install_projections(ctx, covs, self.cfg.energy)
-            ctx.info["null_space_rank"] = ranks
 
     def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The sum of CVF's terms, each with its weight; a term whose option is off is left out.
+
+        The terms are computed in the order below and summed in the order of ``terms``:
+        the simulated relearning moves the weights in place, so it runs before any other
+        pass of the student.
+        """
+        c = self.cfg
+        s = self._prepare(ctx, batch)
+        relearned = self._relearned(ctx, s, batch["forget"]) if c.relearn_sim_steps > 0 else None
+        forget, token, f_hidden = self._forget(ctx, s)
+        tower = self._tower(ctx, s, f_hidden) if f_hidden is not None else None
+        retain, distil, r_hidden = self._retain(ctx, s)
+        distil_v = token_mse(r_hidden, self._reference_hidden(s.ref, s.r_img)) if r_hidden is not None else None
+        distil_k = self._kept(ctx, s) if c.lambda_k > 0 else None
+        nll_r = nll(ctx.adapter, batch["retain"]) if c.lambda_o > 0 else None
+        terms = [  # (logged name, weight, value or None)
+            ("cvf_f", 1.0, forget),
+            ("token_f", c.lambda_t, token),
+            ("relearned_f", 1.0, relearned),
+            ("tower_f", c.lambda_v, tower),
+            ("cvf_r", c.lambda_r, retain),
+            ("distil", c.lambda_d, distil),
+            ("distil_v", c.lambda_dv, distil_v),
+            ("distil_k", c.lambda_k, distil_k),
+            ("nll_r", c.lambda_o, nll_r),
+        ]
+        on = [(name, weight, value) for name, weight, value in terms if value is not None]
+        loss = on[0][1] * on[0][2]
+        for _, weight, value in on[1:]:
+            loss = loss + weight * value
+        values = {name: value.item() for name, _, value in on}
+        return loss, {name: values[name] for name in LOGGED if name in values}
+
+    def _prepare(self, ctx: Context, batch: dict[str, list[Turn]]) -> _Step:
+        """The step's photos (the forget ones augmented) and everything the frozen reference gives the terms."""
         a, ref = ctx.adapter, ctx.reference
         assert ref is not None
         f_img, r_img, n_img = (images_of(batch[k]) for k in ("forget", "retain", "neutral"))
         if self.cfg.augment > 0:
             rng = np.random.default_rng(self.seed + ctx.step)
             f_img = [augment(im, rng, self.cfg.augment) for im in f_img]
-        f_in = a.image_inputs(f_img)  # the reference and the student see the same augmented pixels
+        f_in = a.image_inputs(f_img)
         with torch.no_grad():
             ref_f_tok = ref.visual_features(f_in)
         ref_f = pooled(ref_f_tok)
@@ -133,91 +189,97 @@ class CVFNCU(BaseMethod):
         # forget anchors: positives = neutral refs; negatives = own-identity refs + retained refs
         pos = all_n.unsqueeze(0).expand(A, -1, -1)
         neg = torch.cat([all_f.unsqueeze(0).expand(A, -1, -1), all_r.unsqueeze(0).expand(A, -1, -1)], 1)
-
         target = _mean_token(ctx, ref_n_tok) if self.cfg.lambda_t > 0 else None
+        return _Step(ref, f_img, r_img, n_img, f_in, ref_f_tok, ref_r_tok, ref_r, all_f, all_r, pos, neg, target)
 
-        def forget_terms(tokens: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-            nce = info_nce(pooled(tokens), pos[: len(tokens)], neg[: len(tokens)], self.cfg.tau)
-            if target is None:
-                return nce, None
-            return nce, torch.stack([F.mse_loss(t.float(), target.expand_as(t)) for t in tokens]).mean()
+    def _forget_terms(self, s: _Step, tokens: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The forget InfoNCE of forget photos' tokens and, with lambda_t, their distance to the mean neutral token."""
+        nce = info_nce(pooled(tokens), s.pos[: len(tokens)], s.neg[: len(tokens)], self.cfg.tau)
+        if s.target is None:
+            return nce, None
+        return nce, torch.stack([F.mse_loss(t.float(), s.target.expand_as(t)) for t in tokens]).mean()
 
-        def weighted(l_f: torch.Tensor, l_t: torch.Tensor | None) -> torch.Tensor:
-            return l_f if l_t is None else l_f + self.cfg.lambda_t * l_t
+    def _forget_loss(self, s: _Step, tokens: list[torch.Tensor]) -> torch.Tensor:
+        """The InfoNCE plus lambda_t times the token term: what the inner attack and the simulated relearning climb."""
+        l_f, l_t = self._forget_terms(s, tokens)
+        return l_f if l_t is None else l_f + self.cfg.lambda_t * l_t
+
+    def _relearned(self, ctx: Context, s: _Step, turns: list[Turn]) -> torch.Tensor | None:
+        """The forget loss of half of the batch's people after a simulated relearning of the other half.
+
+        None when the batch holds a single person, which cannot be split.
+        """
+        a = ctx.adapter
+        seen, unseen = self._halves(turns, ctx.step)
+        if not (seen and unseen):
+            return None
+        seen_in, unseen_in = (a.image_inputs([s.f_img[i] for i in rows]) for rows in (seen, unseen))
+        return after_relearning(
+            [p for p in a.model.parameters() if p.requires_grad],
+            restore=lambda: token_mse(a.visual_features(seen_in), [s.ref_f_tok[i] for i in seen]),
+            forget=lambda: self._forget_loss(s, a.visual_features(unseen_in)),
+            steps=self.cfg.relearn_sim_steps, eps=self.cfg.relearn_sim_eps)
+
+    def _forget(self, ctx: Context, s: _Step) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor] | None]:
+        """The forget InfoNCE and token term, and the forget photos' tower tokens when lambda_v reads them.
+
+        With adv_steps each term is the mean of its value on the clean and on the attacked photos.
+        """
+        a = ctx.adapter
 
         def at(pixels: torch.Tensor) -> list[torch.Tensor]:
-            return a.visual_features(BatchFeature({**f_in, "pixel_values": pixels}))
+            return a.visual_features(BatchFeature({**s.f_in, "pixel_values": pixels}))
 
-        held = None
-        if self.cfg.relearn_sim_steps > 0:
-            # a simulated relearning restores half of the batch's people; the other half must stay forgotten.
-            # It moves the weights in place, so it runs before any other forward pass of the student.
-            seen, unseen = self._halves(batch["forget"], ctx.step)
-            if seen and unseen:
-                seen_in, unseen_in = (a.image_inputs([f_img[i] for i in rows]) for rows in (seen, unseen))
-                held = after_relearning(
-                    [p for p in a.model.parameters() if p.requires_grad],
-                    restore=lambda: token_mse(a.visual_features(seen_in), [ref_f_tok[i] for i in seen]),
-                    forget=lambda: weighted(*forget_terms(a.visual_features(unseen_in))),
-                    steps=self.cfg.relearn_sim_steps, eps=self.cfg.relearn_sim_eps)
         f_hidden = None
         if self.cfg.lambda_v > 0:
-            f_tok, (f_hidden,) = features_and_hidden(a, f_in, [self.cfg.merge_block])
+            f_tok, (f_hidden,) = features_and_hidden(a, s.f_in, [self.cfg.merge_block])
         else:
-            f_tok = at(f_in["pixel_values"])
-        l_f, l_t = forget_terms(f_tok)
+            f_tok = at(s.f_in["pixel_values"])
+        l_f, l_t = self._forget_terms(s, f_tok)
         if self.cfg.adv_steps > 0:
             # the clean photos stay anchors too: trained on the attacked ones alone, the clean forgetting
             # weakened; the ascent climbs the whole forget loss, so that it also undoes the token merging
-            attacked = linf_ascent(a, f_in["pixel_values"], lambda pv: weighted(*forget_terms(at(pv))),
+            attacked = linf_ascent(a, s.f_in["pixel_values"], lambda pv: self._forget_loss(s, at(pv)),
                                    self.cfg.adv_eps, 2.5 * self.cfg.adv_eps / self.cfg.adv_steps,
                                    self.cfg.adv_steps)
-            adv_nce, adv_t = forget_terms(at(attacked))
+            adv_nce, adv_t = self._forget_terms(s, at(attacked))
             l_f = (l_f + adv_nce) / 2
             if l_t is not None and adv_t is not None:
                 l_t = (l_t + adv_t) / 2
-        l_forget = weighted(l_f, l_t)
-        if held is not None:
-            l_forget = l_forget + held
-        l_v = None
-        if f_hidden is not None:
-            tower_target = _mean_token(ctx, self._reference_hidden(ref, n_img))
-            l_v = torch.stack([F.mse_loss(h.float(), tower_target.expand_as(h)) for h in f_hidden]).mean()
-            l_forget = l_forget + self.cfg.lambda_v * l_v
-        # the student's retained tokens come after the simulated relearning, which moves the weights in place
+        return l_f, l_t, f_hidden
+
+    def _tower(self, ctx: Context, s: _Step, f_hidden: list[torch.Tensor]) -> torch.Tensor:
+        """lambda_v's term: every forget token after vision block merge_block towards the reference's mean neutral
+        token there."""
+        target = _mean_token(ctx, self._reference_hidden(s.ref, s.n_img))
+        return torch.stack([F.mse_loss(h.float(), target.expand_as(h)) for h in f_hidden]).mean()
+
+    def _retain(self, ctx: Context, s: _Step) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None]:
+        """The retain InfoNCE and the retained photos' token distillation, from one pass of the student, and
+        their tower tokens when lambda_dv reads them.
+
+        The student's retained tokens come after the simulated relearning, which moves the weights in place.
+        """
+        a = ctx.adapter
         s_r_hidden = None
         if self.cfg.lambda_dv > 0:
-            s_r_tok, (s_r_hidden,) = features_and_hidden(a, self._inputs(a, r_img), [self.cfg.merge_block])
+            s_r_tok, (s_r_hidden,) = features_and_hidden(a, self._inputs(a, s.r_img), [self.cfg.merge_block])
         else:
-            s_r_tok = a.visual_features(self._inputs(a, r_img))
+            s_r_tok = a.visual_features(self._inputs(a, s.r_img))
         s_r = pooled(s_r_tok)
         # retain anchors: positive = own reference; negatives = the other identities in the batch
-        R, G = s_r.shape[0], all_r.shape[0]
-        others = torch.stack([torch.cat([all_r[torch.arange(G) != ctx.gathered_index(i)], all_f]) for i in range(R)])
-        l_r = info_nce(s_r, ref_r.unsqueeze(1), others, self.cfg.tau)
-        l_d = token_mse(s_r_tok, ref_r_tok)
-        loss = l_forget + self.cfg.lambda_r * l_r + self.cfg.lambda_d * l_d
-        parts = {"cvf_f": l_f.item(), "cvf_r": l_r.item(), "distil": l_d.item()}
-        if s_r_hidden is not None:
-            l_dv = token_mse(s_r_hidden, self._reference_hidden(ref, r_img))
-            loss = loss + self.cfg.lambda_dv * l_dv
-            parts["distil_v"] = l_dv.item()
-        if l_t is not None:
-            parts["token_f"] = l_t.item()
-        if held is not None:
-            parts["relearned_f"] = held.item()
-        if l_v is not None:
-            parts["tower_f"] = l_v.item()
-        kept = self._forgotten_batch(ctx, len(f_img))
-        if kept and self.cfg.lambda_k > 0:
-            l_k = token_mse(a.visual_features(self._inputs(a, kept)), self._reference(ref, kept))
-            loss = loss + self.cfg.lambda_k * l_k
-            parts["distil_k"] = l_k.item()
-        if self.cfg.lambda_o > 0:
-            o = nll(a, batch["retain"])
-            loss = loss + self.cfg.lambda_o * o
-            parts["nll_r"] = o.item()
-        return loss, parts
+        R, G = s_r.shape[0], s.all_r.shape[0]
+        others = torch.stack([torch.cat([s.all_r[torch.arange(G) != ctx.gathered_index(i)], s.all_f])
+                              for i in range(R)])
+        l_r = info_nce(s_r, s.ref_r.unsqueeze(1), others, self.cfg.tau)
+        return l_r, token_mse(s_r_tok, s.ref_r_tok), s_r_hidden
+
+    def _kept(self, ctx: Context, s: _Step) -> torch.Tensor | None:
+        """lambda_k's term: the already-forgotten targets' tokens onto the reference's (None: none in this run)."""
+        kept = self._forgotten_batch(ctx, len(s.f_img))
+        if not kept:
+            return None
+        return token_mse(ctx.adapter.visual_features(self._inputs(ctx.adapter, kept)), self._reference(s.ref, kept))
 
     def _halves(self, turns: list[Turn], step: int) -> tuple[list[int], list[int]]:
         """Rows of the batch split by person into two seeded halves (the simulated relearning's)."""
@@ -322,29 +384,32 @@ def _per_image(cache: dict[int, tuple[Any, Any]], images: list, compute: Callabl
     return [cache[id(im)][1] for im in images]
 
 
-class CVFOnly(CVFNCU):
-    """Ablation: CVF without the null-space constraint."""
+class CVFNCU(CVFOnly):
+    """CVF + NCU, the headline method: CVF's loss, every update confined to the retained null space."""
 
-    name = "cvf_only"
+    name = "cvf_ncu"
+    Config = CVFConfig
+    cfg: CVFConfig
 
-    def __init__(self, cfg: CVFConfig | None = None) -> None:
-        super().__init__(cfg)
-        self.cfg.ncu = False
+    def setup(self, ctx: Context) -> None:
+        super().setup(ctx)
+        if self.cfg.ncu:
+            constrain_to_retained(ctx, self.cfg)
 
 
-class NCUOnly(CVFNCU):
+class NCUOnly(BaseMethod):
     """Ablation: GA-style forgetting of the forget answers, confined to the NCU null space."""
 
     name = "ncu_only"
     streams = ("forget", "retain")
-    reference = "none"
-    images_only = False
+    optional_streams = ("general",)  # the general photos widen the covariance, as in cvf_ncu
+    default_scope = "visual"
+    Config = NCUConfig
+    cfg: NCUConfig
 
-    @property
-    def uses_language(self) -> bool:  # type: ignore[override]
-        return True
+    def setup(self, ctx: Context) -> None:
+        constrain_to_retained(ctx, self.cfg)
 
     def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
         f = nll(ctx.adapter, batch["forget"])
         return -f, {"nll_f": f.item()}
-

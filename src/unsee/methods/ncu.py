@@ -11,14 +11,44 @@ retained data is unchanged to first order. The engine applies the projection to 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
 from torch import nn
 
+from unsee.config import opt
 from unsee.engine.constraints import unfold_conv_input
 from unsee.engine.trainer import Context
 from unsee.models.base import HFAdapter
+
+
+@dataclass
+class NCUConfig:
+    """The null space's options: all of ``ncu_only``'s, and ``cvf_ncu``'s besides CVF's."""
+
+    energy: float = opt(0.01, "NCU: keep the eigen-directions holding at most this fraction of the energy")
+    ncu_images: int = opt(256, "NCU: retained images used for the covariance")
+    forgotten_images: list = opt([], "continual: images of already-forgotten targets (set by the driver)")
+
+
+def constrain_to_retained(ctx: Context, cfg: NCUConfig) -> None:
+    """Confine every visual update to the null space of the retained photos' layer inputs.
+
+    The covariance takes the retained photos, then the general ones where the method reads
+    them, up to ``ncu_images``; in continual runs the already-forgotten targets' photos are
+    added, so that a later request does not move them either.
+    """
+    retain = [t.image for t in ctx.streams["retain"].turns if t.image is not None]
+    general = [t.image for t in ctx.streams["general"].turns if t.image is not None] \
+        if "general" in ctx.streams else []
+    images = (retain + general)[: cfg.ncu_images]
+    covs = input_covariances(ctx.adapter, ctx.shard(images), ctx=ctx)
+    if cfg.forgotten_images:
+        done = ctx.shard(cfg.forgotten_images)
+        covs = add_covariances(covs, input_covariances(ctx.adapter, done, ctx=ctx))
+    ranks = install_projections(ctx, covs, cfg.energy)
+    ctx.info["null_space_rank"] = ranks
 
 
 @torch.no_grad()
