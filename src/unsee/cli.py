@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 
 from unsee import __version__
@@ -174,7 +175,43 @@ def _attack(a: argparse.Namespace) -> None:
     print(json.dumps(res, indent=2))
 
 
-def parser() -> argparse.ArgumentParser:
+def method_options(method: str) -> str:
+    """The options of ``method`` and those every training method shares, with the values a run starts from.
+
+    What ``unsee unlearn --method X --help`` adds to the help: a method's keys differ from one
+    method to the next, so argparse alone cannot list them.
+    """
+    import dataclasses
+
+    from unsee.api import method_configs
+    from unsee.config import describe
+
+    tcfg, mcfg, _ = method_configs(method, None, ())
+    own = describe(type(mcfg), dataclasses.asdict(mcfg)) or "  (none)"
+    text = (f"options of {method} (key=value; 'shipped': the value of its shipped config, which a run without "
+            f"--config starts from):\n{own}\n\ntraining options every method shares:\n"
+            f"{describe(type(tcfg), dataclasses.asdict(tcfg))}")
+    return "\n".join(textwrap.fill(line, 100, subsequent_indent="      ") if line else line
+                     for line in text.splitlines())
+
+
+def _asked_method(argv: Sequence[str]) -> str | None:
+    """The ``--method`` of an ``unlearn`` or ``forget`` command line that asks for help."""
+    if not argv or argv[0] not in ("unlearn", "forget") or not {"-h", "--help"} & set(argv):
+        return None
+    for i, arg in enumerate(argv):
+        if arg == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--method="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+METHOD_HELP = "unsee unlearn --method NAME --help lists the options of the method NAME."
+
+
+def parser(method_help: str | None = None) -> argparse.ArgumentParser:
+    """The command line; ``method_help`` (a method's options) ends the help of unlearn and forget."""
     p = argparse.ArgumentParser(prog="unsee", description="Make a multimodal LLM forget what it recognises "
                                 "of a person from images, and prove it.")
     p.add_argument("--version", action="version", version=f"unsee {__version__}")
@@ -226,6 +263,8 @@ def parser() -> argparse.ArgumentParser:
     _reference_options(u)
     u.add_argument("--report-to", default=None, metavar="TRACKER",
                    help="also send the training losses to tensorboard or wandb (comma-separated; logs in OUT/logs)")
+    u.epilog = method_help or METHOD_HELP
+    u.formatter_class = argparse.RawDescriptionHelpFormatter
 
     fg = _command(sub, "forget", "honour a removal request made of your own photos, with the evidence", _forget,
                   required=["model", "out"], overrides=True)
@@ -240,6 +279,8 @@ def parser() -> argparse.ArgumentParser:
     fg.add_argument("--audit-set", action="append", default=[], metavar="KEY=VALUE",
                     help="an option of the audits (repeatable), e.g. --audit-set relearn_steps=50")
     _load_options(fg)
+    fg.epilog = method_help or METHOD_HELP.replace("unlearn", "forget")
+    fg.formatter_class = argparse.RawDescriptionHelpFormatter
 
     e = _command(sub, "eval", "evaluate a model on a benchmark", _eval, required=["model", "data", "out"])
     e.add_argument("--forget", default="forget_10")
@@ -278,7 +319,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        method = _asked_method(argv)
+        p = parser(method_options(method) if method else None)
+    except UnseeError as e:
+        print(f"unsee: error: {one_line(str(e))}", file=sys.stderr)
+        return 2
     # key=value overrides may also come after options (``unsee attack pgd --model M pgd_steps=5``),
     # where argparse no longer matches positionals
     args, extra = p.parse_known_args(argv)

@@ -377,8 +377,11 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def describe(cls: type) -> str:
-    """Help text for every option of a config class, for ``--help`` and the docs."""
+def describe(cls: type, values: Mapping[str, Any] | None = None) -> str:
+    """Help text for every option of a config class, for ``--help`` and the docs.
+
+    ``values``: what a run starts from (a shipped config's), shown beside each default it changes.
+    """
     lines = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -386,5 +389,8 @@ def describe(cls: type) -> str:
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
         )
         tp = getattr(hints[f.name], "__name__", str(hints[f.name]))
-        lines.append(f"  {f.name} ({tp}, default {default!r}): {f.metadata.get('help', '')}")
+        shown = f"default {default!r}"
+        if values is not None and f.name in values and values[f.name] != default:
+            shown += f", shipped {values[f.name]!r}"
+        lines.append(f"  {f.name} ({tp}, {shown}): {f.metadata.get('help', '')}")
     return "\n".join(lines)
