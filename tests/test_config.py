@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -10,6 +11,7 @@ from typing import Literal
 import pytest
 
 import unsee.config as config_module
+from unsee import api
 from unsee.config import Plain, build, describe, load_config, opt, parse_overrides, read_config_file, to_dict
 from unsee.errors import ConfigError
 
@@ -201,6 +203,9 @@ def test_describe_lists_every_option_with_its_help() -> None:
     assert "lr (float, default 0.0001): learning rate" in text
     assert "layers" in text and "decoder layers to edit" in text
     assert len(text.splitlines()) == len(Recipe.__dataclass_fields__)
+    shipped = describe(Recipe, {"lr": 0.5, "steps": 10})
+    assert "lr (float, default 0.0001, shipped 0.5): learning rate" in shipped
+    assert "steps (int, default 10): optimiser steps" in shipped  # a value equal to the default is not repeated
 
 
 # ---- hostile input: aliases, rewritten text, huge values ------------------------------------
@@ -244,3 +249,146 @@ def test_errors_quote_only_a_prefix_of_a_huge_value(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(Recipe, path)
     assert len(str(info.value)) < 300 and "\n" not in str(info.value)
+
+
+# ---- inheritance: extends -------------------------------------------------------------------
+
+
+def test_extends_a_file_beside_it_then_its_own_keys(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("lr: 0.5\nsteps: 3\noptim: {lr: 0.1, betas: [0.1, 0.2]}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "mid.json").write_text(json.dumps({"extends": "../base.yaml", "steps": 4, "tag": "mid"}))
+    child = tmp_path / "sub" / "child.yaml"
+    child.write_text("extends: mid.json\ntag: child\noptim.lr: 0.2\n")
+    cfg = load_config(Recipe, child, ["steps=5"])
+    assert (cfg.lr, cfg.steps, cfg.tag) == (0.5, 5, "child")
+    assert cfg.optim == Optim(lr=0.2, betas=[0.1, 0.2])  # a dotted key changes one value of the parent's mapping
+    assert "extends" not in read_config_file(child, "recipe")
+
+
+def test_a_key_set_whole_replaces_the_parents_dotted_keys(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("optim.lr: 0.3\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\noptim: {betas: [0.5, 0.5]}\n")
+    assert load_config(Recipe, tmp_path / "child.yaml").optim == Optim(betas=[0.5, 0.5])
+
+
+def test_extends_a_shipped_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "recipe").mkdir()
+    (tmp_path / "recipe" / "_common.yaml").write_text("steps: 2\nlr: 0.25\n")
+    (tmp_path / "recipe" / "quick.yaml").write_text("extends: _common\nsteps: 1\n")
+    monkeypatch.setattr(config_module, "SHIPPED", tmp_path)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("extends: quick\ntag: mine\n")
+    assert (load_config(Recipe, "quick").steps, load_config(Recipe, "quick").lr) == (1, 0.25)
+    assert to_dict(load_config(Recipe, mine)) == to_dict(load_config(Recipe, "quick", ["tag=mine"]))
+    # a parent file is a shipped name too, but the list of configs to pick from leaves it out
+    with pytest.raises(ConfigError, match=r"shipped recipe config \['quick'\]$"):
+        load_config(Recipe, "slow")
+
+
+@pytest.mark.parametrize(("files", "message"), [
+    ({"a.yaml": "extends: a.yaml\n"}, r"a.yaml extends itself through a.yaml -> a.yaml$"),
+    ({"a.yaml": "extends: b.yaml\n", "b.yaml": "extends: a.yaml\n"},
+     r"extends itself through a.yaml -> b.yaml -> a.yaml"),
+    ({"a.yaml": "extends: nowhere\n"}, r"extends 'nowhere', which is neither a file beside it nor a shipped recipe"),
+    ({"a.yaml": "extends: [b.yaml]\n"}, r"extends names one config"),
+    ({"a.yaml": "extends:\n"}, r"extends names one config"),
+    ({"a.yaml": "extends: b.yaml\n", "b.yaml": "x: &x 1\ny: *x\n"}, r"anchors and aliases"),
+    ({"a.yaml": "extends: b.yaml\n", "b.yaml": "- 1\n"}, r"b.yaml must be a mapping"),
+    ({"a.yaml": "extends: b.yaml\n", "b.yaml": "steps: " + "1" * (1 << 20) + "\n"}, r"b.yaml is over 1 MiB"),
+    ({"a.yaml": "extends: b.yaml\n", "b.yaml": "stpes: 1\n"}, r"unknown config key 'stpes'"),
+    ({"a.yaml": "extends: b.yaml\n", "b.yaml": "steps: many\n"}, r"steps: expected an integer"),
+])
+def test_bad_inheritance_is_one_line(tmp_path: Path, files: dict[str, str], message: str) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(Recipe, tmp_path / "a.yaml")
+    assert "\n" not in str(info.value) and len(str(info.value)) < 500
+
+
+def test_a_long_chain_stops(tmp_path: Path) -> None:
+    for i in range(40):
+        (tmp_path / f"c{i}.yaml").write_text(f"extends: c{i + 1}.yaml\n")
+    (tmp_path / "c40.yaml").write_text("steps: 1\n")
+    with pytest.raises(ConfigError, match="more than 16 configs extend one another"):
+        load_config(Recipe, tmp_path / "c0.yaml")
+
+
+# What every shipped unlearning config resolved to (run.json and results.json record it) before
+# the shipped files shared parents through ``extends``: the engine's options, then each method's.
+TRAIN_BEFORE = {
+    "scope": "full", "lr": 2e-05, "epochs": 5.0, "max_steps": 0, "min_steps": 0, "batch_size": 8,
+    "group_by_length": False, "visual_lr_scale": 1.0, "weight_decay": 0.0, "grad_clip": 1.0, "warmup_ratio": 0.0,
+    "schedule": "constant", "bf16": False, "master_weights": "fp32", "reference_device": "same",
+    "gradient_checkpointing": False, "lora_r": 16, "lora_alpha": 16, "lora_dropout": 0.05, "seed": 0,
+    "log_every": 10, "report_to": "", "logging_dir": "", "eval_every": 0, "progress": True, "checkpoint_dir": "",
+    "checkpoint_every": 0, "keep_checkpoint": False,
+}
+CVF_BEFORE = {
+    "scope": "visual", "lr": 0.0036, "epochs": 75.0, "min_steps": 282, "tau": 0.1, "lambda_r": 1.0,
+    "lambda_d": 80.0, "lambda_o": 0.0, "lambda_t": 10.0, "lambda_v": 0.0, "lambda_dv": 0.0, "merge_block": -1,
+    "augment": 1.0, "adv_steps": 0, "adv_eps": 8 / 255, "relearn_sim_steps": 0, "relearn_sim_eps": 0.003,
+    "ncu": True, "energy": 0.01, "ncu_images": 1024, "lambda_k": 20.0,
+}
+RESOLVED_BEFORE: dict[str, dict] = {
+    "ga": {},
+    "graddiff": {"retain_weight": 1.0},
+    "kl": {"kl_weight": 1.0},
+    "npo": {"beta": 0.1, "retain_weight": 1.0},
+    "mmunlearner": {"lr": 1e-05, "epochs": 1.0, "batch_size": 4, "fisher_batches": 8, "threshold": 1.0,
+                    "max_retain_ratio": 9},
+    "vkd": {"scope": "visual", "lr": 0.0001, "epochs": 10.0, "retain_weight": 1.0, "saliency": True,
+            "threshold": 1.0, "fisher_batches": 4},
+    "cvf_ncu": CVF_BEFORE,
+    "cvf_only": {**CVF_BEFORE, "ncu_images": 256},
+    "ncu_only": {"scope": "visual", "lr": 0.0001, "tau": 0.1, "lambda_r": 1.0, "lambda_d": 1.0, "lambda_o": 0.0,
+                 "lambda_t": 0.0, "lambda_v": 0.0, "lambda_dv": 0.0, "merge_block": -1, "augment": 0.0,
+                 "adv_steps": 0, "adv_eps": 8 / 255, "relearn_sim_steps": 0, "relearn_sim_eps": 0.003, "ncu": True,
+                 "energy": 0.01, "ncu_images": 256, "lambda_k": 1.0},
+}
+# Keys that were recorded but never read: cvf_only never ran NCU (it recorded ncu: true all the
+# same), and ncu_only's loss is GA's, with none of CVF's terms.
+NOT_READ = {
+    "cvf_only": {"ncu", "energy", "ncu_images"},
+    "ncu_only": {"tau", "lambda_r", "lambda_d", "lambda_o", "lambda_t", "lambda_v", "lambda_dv", "merge_block",
+                 "augment", "adv_steps", "adv_eps", "relearn_sim_steps", "relearn_sim_eps", "ncu", "lambda_k"},
+}
+
+
+def resolved(method: str, overrides: Sequence[str] = ()) -> dict:
+    """What ``unsee unlearn`` records of a method's config (``api.unlearn_adapter``)."""
+    tcfg, mcfg, _ = api.method_configs(method, None, overrides)
+    return {**to_dict(tcfg), **{k: v for k, v in to_dict(mcfg).items() if k != "forgotten_images"}}
+
+
+@pytest.mark.parametrize("method", sorted(RESOLVED_BEFORE))
+def test_shipped_configs_resolve_as_before_they_shared_parents(method: str) -> None:
+    before = {**TRAIN_BEFORE, **RESOLVED_BEFORE[method]}
+    assert resolved(method) == {k: v for k, v in before.items() if k not in NOT_READ.get(method, ())}
+
+
+def test_the_eraser_config_is_read_as_written() -> None:
+    tcfg, ecfg, _ = api.method_configs("eraser", None, ())
+    assert (ecfg.fit, ecfg.keep, ecfg.strength, ecfg.gate, ecfg.depth, ecfg.max_items) == (
+        "joint", ["train_retain", "train_general", "train_text", "train_known"], -8.0, 0.4, [0.5, 0.75], 200)
+
+
+@pytest.mark.parametrize(("method", "key"), [
+    ("ncu_only", "lambda_t=10"), ("ncu_only", "tau=0.2"), ("ncu_only", "ncu=false"), ("cvf_only", "ncu=true"),
+    ("cvf_only", "energy=0.1"), ("cvf_only", "ncu_images=8"), ("ga", "retain_weight=2"), ("graddiff", "kl_weight=2"),
+    ("kl", "beta=0.2"), ("npo", "kl_weight=1"), ("vkd", "lambda_d=1"), ("mmunlearner", "saliency=false"),
+    ("cvf_ncu", "beta=0.1"),
+])
+def test_a_key_the_method_does_not_read_is_refused(method: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"unknown option\(s\) \['{key.split('=')[0]}'\] for method '{method}'"):
+        api.method_configs(method, None, [key])
+
+
+@pytest.mark.parametrize(("method", "key", "value"), [
+    ("ncu_only", "energy", 0.05), ("ncu_only", "ncu_images", 8), ("cvf_only", "lambda_t", 2.0),
+    ("cvf_only", "lambda_k", 3.0), ("cvf_ncu", "ncu", False), ("cvf_ncu", "energy", 0.05),
+    ("graddiff", "retain_weight", 2.0), ("npo", "beta", 0.2),
+])
+def test_a_key_the_method_reads_is_taken(method: str, key: str, value: object) -> None:
+    assert resolved(method, [f"{key}={value}"])[key] == value
