@@ -92,3 +92,34 @@ def test_retrain_needs_a_vanilla_model_made_by_finetune(capsys: pytest.CaptureFi
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not made by unsee finetune" in err[0]
     assert not out.exists()
+
+
+def test_unlearn_method_help_lists_the_methods_options(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--method X --help`` lists X's keys with their defaults and help, then the shared training keys."""
+    with pytest.raises(SystemExit) as info:
+        main(["unlearn", "--method", "ncu_only", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    own, shared = out.split("options of ncu_only", 1)[1].split("training options every method shares:")
+    assert "ncu_images (int, default 256): NCU: retained images used for the covariance" in own
+    assert "energy (float, default 0.01)" in own and "lambda_t" not in own and "tau" not in own
+    assert "lr (float, default 1e-05, shipped 0.0001): AdamW learning rate" in shared
+    assert "max_steps (int, default 0)" in shared
+    with pytest.raises(SystemExit):
+        main(["unlearn", "--help", "--method=cvf_ncu"])
+    out = capsys.readouterr().out
+    assert "lambda_t (float, default 0.0, shipped 10.0): weight of a token-level forget term" in out
+    assert "ncu_images (int, default 256, shipped 1024)" in out
+
+
+def test_unlearn_help_without_a_method_says_how_to_list_one(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["unlearn", "--help"])
+    out = capsys.readouterr().out
+    assert "--method NAME --help lists the options" in out and "training options every method shares" not in out
+
+
+def test_unlearn_help_for_an_unknown_method_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["unlearn", "--method", "nope", "--help"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown method 'nope'" in err[0]
