@@ -32,7 +32,7 @@ from common import TRAINING, attack_options, eval_kw, measure, parser, retrained
 
 from unsee import api
 from unsee.config import load_config, parse_overrides
-from unsee.engine.trainer import frozen_copy
+from unsee.engine.prepare import frozen_copy
 from unsee.errors import DataError
 from unsee.eval.attacks import AttackConfig
 from unsee.eval.metrics import spread

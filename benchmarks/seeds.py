@@ -22,7 +22,7 @@ from common import attack_options, audit_figures, eval_kw, mcq, measure, parser,
 
 from unsee import api
 from unsee.config import load_config, parse_overrides
-from unsee.engine.trainer import frozen_copy
+from unsee.engine.prepare import frozen_copy
 from unsee.eval import metrics
 from unsee.eval.attacks import AttackConfig
 from unsee.eval.quant import changed_linears, weight_digests

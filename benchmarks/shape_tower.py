@@ -38,7 +38,8 @@ from transformers import AutoConfig
 
 from unsee.data import scenes
 from unsee.demo import DemoConfig, _cache, prepare_init
-from unsee.engine.trainer import adamw, seed_everything
+from unsee.engine.prepare import adamw
+from unsee.engine.trainer import seed_everything
 from unsee.io import atomic_write_json
 from unsee.models import HFAdapter, load_adapter
 from unsee.provenance import environment

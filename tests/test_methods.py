@@ -14,7 +14,8 @@ from torch import nn
 
 from unsee import api
 from unsee.data.schema import Suite
-from unsee.engine.trainer import Context, TrainConfig, frozen_copy, train, unique_images
+from unsee.engine.prepare import frozen_copy
+from unsee.engine.trainer import Context, TrainConfig, train, unique_images
 from unsee.methods import method_class
 from unsee.methods.base import images_of, nll
 from unsee.methods.baselines import SFT
@@ -94,11 +95,11 @@ def test_mmunlearner_reports_mask_fraction(trained_dir: Path, suite: Suite, turn
 
 def test_masks_survive_lora_wrapping(trained_dir: Path, turns: dict[str, list[Turn]]) -> None:
     """Masks are keyed by weight objects: after peft wraps the model they still name its base weights."""
-    from unsee.engine.trainer import _apply_lora
+    from unsee.engine.prepare import apply_lora
 
     adapter = load_adapter(trained_dir)
     masks = ratio_masks(adapter, [turns["forget"][:2]], [turns["retain"][:2]], [turns["retain"][:2]])
-    _apply_lora(adapter, cfg(scope="lora"))
+    apply_lora(adapter, cfg(scope="lora"))
     weights = {id(p) for p in adapter.model.parameters()}
     assert masks and all(id(p) in weights for p in masks)
     base = {id(m.weight) for n, m in adapter.linear_modules("language") if "lora_" not in n}

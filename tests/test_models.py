@@ -339,10 +339,11 @@ def test_lora_scope_without_peft_raises_and_freezes_nothing(tiny_models: TinyMod
 
 
 def test_lora_scope_trains_only_the_adapter_weights(tiny_models: TinyModels) -> None:
-    from unsee.engine.trainer import TrainConfig, _apply_lora
+    from unsee.engine.prepare import apply_lora
+    from unsee.engine.trainer import TrainConfig
 
     adapter = load_adapter(tiny_models.dir("tiny-llava"))  # its own copy: peft wraps the model in place
-    _apply_lora(adapter, TrainConfig(scope="lora", lora_r=2))
+    apply_lora(adapter, TrainConfig(scope="lora", lora_r=2))
     trainable = adapter.set_scope("lora")
     names = {id(p): n for n, p in adapter.model.named_parameters()}
     assert trainable and all("lora_" in names[id(p)] for p in trainable)

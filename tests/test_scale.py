@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 from unsee import api
 from unsee.data.collate import qa_turns
 from unsee.data.schema import Suite
-from unsee.engine.trainer import TrainConfig, _apply_lora, frozen_copy, train, unique_images
+from unsee.engine.prepare import apply_lora, frozen_copy
+from unsee.engine.trainer import TrainConfig, train, unique_images
 from unsee.methods import method_class
 from unsee.models import adapter_class, load_adapter
 from unsee.models.base import Turn
@@ -132,7 +133,7 @@ def test_lora_targets_only_linear_layers_by_full_name() -> None:
     """A Sequential merger names its linears ``0`` and ``2``; a suffix match would also hit ``layers.0``."""
     model, processor = build_shaped("qwen2.5-vl-7b", tiny=True)
     adapter = adapter_class("qwen2_5_vl")(model, processor)
-    _apply_lora(adapter, TrainConfig(scope="lora"))
+    apply_lora(adapter, TrainConfig(scope="lora"))
     params = adapter.set_scope("lora")
     assert params
     names = [n for n, p in adapter.model.named_parameters() if p.requires_grad]

@@ -5,7 +5,6 @@ progress, NaN guard and cost accounting. It reads top to bottom in one sitting.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import random
@@ -32,6 +31,16 @@ from unsee.engine.checkpoint import (
 )
 from unsee.engine.constraints import Constraints
 from unsee.engine.distributed import Sharded, check_launch, fsdp_version, launch_mixed_precision
+from unsee.engine.prepare import (
+    LOW_PRECISION,
+    adamw,
+    apply_lora,
+    frozen_copy,
+    lr_lambda,
+    park_language,
+    unpark,
+    upcast,
+)
 from unsee.engine.tracking import Trackers, check_trackers, history
 from unsee.errors import ConfigError, TrainingError, UnseeError
 from unsee.models.base import SCOPES, HFAdapter
@@ -169,106 +178,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def frozen_copy(adapter: HFAdapter, visual_only: bool, device: torch.device | str | None = None) -> HFAdapter:
-    """A frozen reference. With ``visual_only`` its language model is never copied,
-    which keeps the reference of a 7B model to the size of its vision tower. On another
-    ``device`` it hands its outputs back on the model's device."""
-    held = {}
-    if visual_only:
-        for owner, attr in adapter.language_slots():
-            held[(owner, attr)] = getattr(owner, attr)
-            setattr(owner, attr, nn.Identity())
-    try:
-        model = copy.deepcopy(adapter.model)
-    finally:
-        for (owner, attr), mod in held.items():
-            setattr(owner, attr, mod)
-    model.eval().requires_grad_(False)
-    ref = type(adapter)(model, adapter.processor, source=adapter.source)
-    if device is not None and torch.device(device) != adapter.device:
-        model.to(device)
-        ref.output_device = adapter.device
-    return ref
-
-
-def _park_language(adapter: HFAdapter) -> list[nn.Module]:
-    """Move the language model and head to the CPU for a method that never runs them.
-
-    CVF and VKD read only the visual module; a 7B LM's 13 GB of weights would sit idle on
-    the GPU for the whole run.
-    """
-    parked = [getattr(owner, attr) for owner, attr in adapter.language_slots()]
-    for module in parked:
-        module.to("cpu")
-    return parked
-
-
-def _unpark(parked: list[nn.Module], device: torch.device) -> None:
-    for module in parked:
-        module.to(device)
-
-
-LOW_PRECISION = (torch.bfloat16, torch.float16)
-
-
-def _upcast(params: list[nn.Parameter]) -> dict[nn.Parameter, torch.dtype]:
-    """fp32 master copies of low-precision trained weights, in place; returns what to cast back.
-
-    Adam's moments and small updates are lost in bf16; the frozen bulk of a 7B model stays
-    in bf16, so only the trained part pays for fp32.
-    """
-    held = {}
-    for p in params:
-        if p.dtype in LOW_PRECISION:
-            held[p] = p.dtype
-            p.data = p.data.float()
-    return held
-
-
-def adamw(groups: list[dict[str, Any]], **kwargs: Any) -> torch.optim.AdamW:
-    """AdamW, fused where torch has a fused kernel for every parameter.
-
-    The default per-tensor loop launches a dozen small ops for each of a model's hundred-odd
-    tensors; on the tiny models that was an eighth of a training step (35 ms against 7 ms fused,
-    on 2 CPU cores).
-    """
-    params = [p for g in groups for p in g["params"]]
-    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params) \
-        and len({p.device for p in params}) == 1
-    return torch.optim.AdamW(groups, fused=fused, **kwargs)
-
-
-def _apply_lora(adapter: HFAdapter, cfg: TrainConfig) -> None:
-    """peft LoRA on every linear layer of the language model and projector (docs/methods.md).
-
-    Targets are full module names: a suffix such as ``0`` (a Sequential merger's first
-    linear) would also match the decoder layer ``layers.0``.
-    """
-    from peft import LoraConfig, get_peft_model
-
-    names = [n for n, m in adapter.linear_modules("language") + adapter.linear_modules("projector")
-             if isinstance(m, nn.Linear) and "lm_head" not in n]
-    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=names)
-    adapter.model = get_peft_model(adapter.model, lcfg)
-
-
-def _lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
-    warm = int(cfg.warmup_ratio * total)
-
-    def f(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        rest = max(1, total - warm)
-        t = (step - warm) / rest
-        if cfg.schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * t))
-        if cfg.schedule == "linear":
-            return max(0.0, 1 - t)
-        return 1.0
-
-    return f
 
 
 def unique_images(turns: list) -> list:
@@ -437,13 +346,13 @@ def train(
     streams = make_streams({k: v for k, v in turns.items() if k in wanted}, cfg, rank, world,
                            lengths_of=adapter.training_lengths)
     adapter.model.to(accelerator.device)
-    parked = _park_language(adapter) if accelerator.device.type != "cpu" and not method.uses_language else None
+    parked = park_language(adapter) if accelerator.device.type != "cpu" and not method.uses_language else None
 
     if reference is None and method.reference != "none":
         reference = frozen_copy(adapter, visual_only=method.reference == "visual",
                                 device="cpu" if cfg.reference_device == "cpu" else None)
     if cfg.scope == "lora":
-        _apply_lora(adapter, cfg)
+        apply_lora(adapter, cfg)
     params = adapter.set_scope(cfg.scope)
     if cfg.gradient_checkpointing:
         adapter.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -459,7 +368,7 @@ def train(
     n_forget = len(streams[method.streams[0]])
     total = cfg.max_steps or max(1, cfg.min_steps, math.ceil(cfg.epochs * n_forget / cfg.batch_size)) \
         * method.step_multiplier(ctx)
-    masters = _upcast(params) if cfg.master_weights == "fp32" else {}
+    masters = upcast(params) if cfg.master_weights == "fp32" else {}
     sharded = None
     if fsdp_version() and world > 1:
         if cfg.checkpoint_dir and has_checkpoint(cfg.checkpoint_dir):
@@ -482,7 +391,7 @@ def train(
         {"params": [p for p in params if id(p) in visual], "lr": cfg.lr * cfg.visual_lr_scale},
     ]
     optimizer = adamw([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
     adapter.model.train()
 
     losses: list[float] = []
@@ -528,7 +437,7 @@ def train(
         bar.close()
         trackers.close()
         if parked is not None:
-            _unpark(parked, accelerator.device)
+            unpark(parked, accelerator.device)
         if sharded is not None:
             params = sharded.unshard(masters)
         else:

@@ -16,7 +16,8 @@ from torch import nn
 
 from unsee.config import opt
 from unsee.engine.constraints import masked_fraction
-from unsee.engine.trainer import LOW_PRECISION, Context
+from unsee.engine.prepare import LOW_PRECISION
+from unsee.engine.trainer import Context
 from unsee.methods.base import BaseMethod, nll, squared_gradients
 from unsee.models.base import HFAdapter, Turn
 

@@ -1,0 +1,131 @@
+"""What the training loop prepares before its first step: frozen references, parked language
+models, fp32 master weights, LoRA, the optimiser and the learning-rate schedule.
+
+Each is a small function of the adapter and a few options, so that the loop in
+:mod:`unsee.engine.trainer` reads as the steps of a run, and stage code (the vanilla recipe)
+can share the optimiser without the loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from unsee.models.base import HFAdapter
+
+
+class LoraOptions(Protocol):
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+
+
+class ScheduleOptions(Protocol):
+    warmup_ratio: float
+    schedule: str
+
+
+def frozen_copy(adapter: HFAdapter, visual_only: bool, device: torch.device | str | None = None) -> HFAdapter:
+    """A frozen reference. With ``visual_only`` its language model is never copied,
+    which keeps the reference of a 7B model to the size of its vision tower. On another
+    ``device`` it hands its outputs back on the model's device."""
+    held = {}
+    if visual_only:
+        for owner, attr in adapter.language_slots():
+            held[(owner, attr)] = getattr(owner, attr)
+            setattr(owner, attr, nn.Identity())
+    try:
+        model = copy.deepcopy(adapter.model)
+    finally:
+        for (owner, attr), mod in held.items():
+            setattr(owner, attr, mod)
+    model.eval().requires_grad_(False)
+    ref = type(adapter)(model, adapter.processor, source=adapter.source)
+    if device is not None and torch.device(device) != adapter.device:
+        model.to(device)
+        ref.output_device = adapter.device
+    return ref
+
+
+def park_language(adapter: HFAdapter) -> list[nn.Module]:
+    """Move the language model and head to the CPU for a method that never runs them.
+
+    CVF and VKD read only the visual module; a 7B LM's 13 GB of weights would sit idle on
+    the GPU for the whole run.
+    """
+    parked = [getattr(owner, attr) for owner, attr in adapter.language_slots()]
+    for module in parked:
+        module.to("cpu")
+    return parked
+
+
+def unpark(parked: list[nn.Module], device: torch.device) -> None:
+    for module in parked:
+        module.to(device)
+
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def upcast(params: list[nn.Parameter]) -> dict[nn.Parameter, torch.dtype]:
+    """fp32 master copies of low-precision trained weights, in place; returns what to cast back.
+
+    Adam's moments and small updates are lost in bf16; the frozen bulk of a 7B model stays
+    in bf16, so only the trained part pays for fp32.
+    """
+    held = {}
+    for p in params:
+        if p.dtype in LOW_PRECISION:
+            held[p] = p.dtype
+            p.data = p.data.float()
+    return held
+
+
+def adamw(groups: list[dict[str, Any]], **kwargs: Any) -> torch.optim.AdamW:
+    """AdamW, fused where torch has a fused kernel for every parameter.
+
+    The default per-tensor loop launches a dozen small ops for each of a model's hundred-odd
+    tensors; on the tiny models that was an eighth of a training step (35 ms against 7 ms fused,
+    on 2 CPU cores).
+    """
+    params = [p for g in groups for p in g["params"]]
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params) \
+        and len({p.device for p in params}) == 1
+    return torch.optim.AdamW(groups, fused=fused, **kwargs)
+
+
+def apply_lora(adapter: HFAdapter, cfg: LoraOptions) -> None:
+    """peft LoRA on every linear layer of the language model and projector (docs/methods.md).
+
+    Targets are full module names: a suffix such as ``0`` (a Sequential merger's first
+    linear) would also match the decoder layer ``layers.0``.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    names = [n for n, m in adapter.linear_modules("language") + adapter.linear_modules("projector")
+             if isinstance(m, nn.Linear) and "lm_head" not in n]
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=names)
+    adapter.model = get_peft_model(adapter.model, lcfg)
+
+
+def lr_lambda(cfg: ScheduleOptions, total: int) -> Callable[[int], float]:
+    """Linear warm-up, then the schedule's decay, as a multiplier of the base learning rate."""
+    warm = int(cfg.warmup_ratio * total)
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        rest = max(1, total - warm)
+        t = (step - warm) / rest
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * t))
+        if cfg.schedule == "linear":
+            return max(0.0, 1 - t)
+        return 1.0
+
+    return f
