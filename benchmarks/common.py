@@ -16,8 +16,9 @@ import torch
 
 from unsee import api
 from unsee.data.schema import Suite
-from unsee.demo import DemoConfig, _cache, prepare_vanilla
+from unsee.demo import DemoConfig, prepare_vanilla
 from unsee.eval.metrics import unlearning_score
+from unsee.finetune import cache_root
 from unsee.models import HFAdapter, load_adapter
 
 TRAINING = ("ga", "graddiff", "kl", "npo", "mmunlearner", "vkd", "cvf_ncu", "cvf_only", "ncu_only")
@@ -75,13 +76,13 @@ def vanilla_model(args: argparse.Namespace) -> tuple[Path, Path]:
     torch.set_num_threads(args.threads)
     cfg = DemoConfig(world=args.world, recipe=args.recipe or args.world, world_overrides=args.world_set,
                      recipe_overrides=args.recipe_set)
-    return prepare_vanilla(cfg, args.arch, args.seed, _cache(args.cache_dir))
+    return prepare_vanilla(cfg, args.arch, args.seed, cache_root(args.cache_dir))
 
 
 def retrained_model(args: argparse.Namespace, world: Path, vanilla: Path, forget: str) -> Path:
     """The retrained reference of ``vanilla`` for ``forget``, from the stage cache (trained on first use)."""
     out = Path(tempfile.mkdtemp(prefix="unsee-bench-retrained-")) / "model"
-    return api.retrain(vanilla, world, out, forget=forget, cache_dir=_cache(args.cache_dir))
+    return api.retrain(vanilla, world, out, forget=forget, cache_dir=cache_root(args.cache_dir))
 
 
 def eval_kw(args: argparse.Namespace) -> dict[str, Any]:

@@ -69,13 +69,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    cache = Path(a.cache_dir) if a.cache_dir else ft.default_cache()
+    cache = ft.cache_root(a.cache_dir)
     world, init, _ = prepare_init(DemoConfig(world=a.world), a.arch, a.seed, cache)
     adapter = load_adapter(init)
     cfg = load_config(ft.FinetuneConfig, a.world, [], kind="finetune")
     suite = load_mllmu(world, "forget_10")
     names = set(load_world_info(world)["names"].values())
-    stages = {"stage2": ft._stage2_turns(suite, cfg, names), "stage3": ft._stage3_turns(suite, cfg, names)}
+    stages = {"stage2": ft.stage2_turns(suite, cfg, names), "stage3": ft.stage3_turns(suite, cfg, names)}
     out: dict[str, Any] = {"benchmark": "padding", "world": a.world, "arch": a.arch, "batch_size": cfg.batch_size,
                            "threads": a.threads, "stages": {}, "environment": environment()}
     for name, turns in stages.items():

@@ -37,9 +37,10 @@ from tqdm import tqdm
 from transformers import AutoConfig
 
 from unsee.data import scenes
-from unsee.demo import DemoConfig, _cache, prepare_init
+from unsee.demo import DemoConfig, prepare_init
 from unsee.engine.prepare import adamw
 from unsee.engine.trainer import seed_everything
+from unsee.finetune import cache_root
 from unsee.io import atomic_write_json
 from unsee.models import HFAdapter, load_adapter
 from unsee.provenance import environment
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     cfg = DemoConfig(world=args.world, world_overrides=args.world_set)
-    model = Path(args.model) if args.model else prepare_init(cfg, args.arch, args.seed, _cache(args.cache_dir))[1]
+    model = Path(args.model) if args.model else prepare_init(cfg, args.arch, args.seed, cache_root(args.cache_dir))[1]
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     scale = tuple(float(v) for v in args.train_scale.split(",")) if args.train_scale else None

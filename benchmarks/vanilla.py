@@ -41,8 +41,8 @@ from unsee.data.world import load_world_info, world_identity
 from unsee.demo import DemoConfig, prepare_init
 from unsee.eval import metrics
 from unsee.eval.evaluator import mcq_letter, mcq_loglik
-from unsee.finetune import RECIPE_CODE, FinetuneConfig, default_cache, finetune, load_stage_visual
-from unsee.io import atomic_write_json, content_hash, source_fingerprint
+from unsee.finetune import FinetuneConfig, cache_root, finetune, load_stage_visual
+from unsee.io import atomic_write_json, content_hash
 from unsee.methods.base import pooled, token_features
 from unsee.models import load_adapter
 from unsee.models.base import HFAdapter, Turn
@@ -173,7 +173,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     recipe = a.recipe or a.world
-    cache = Path(a.cache) if a.cache else default_cache()
+    cache = cache_root(a.cache)
     out = Path(a.out or f"benchmarks/results/vanilla_{a.world}_{a.arch}.json")
     t_start = time.perf_counter()
     commit = git_commit()  # read before the run: the code that trained is the code at launch
@@ -181,8 +181,8 @@ def main() -> None:
     world, init, wfp = prepare_init(DemoConfig(world=a.world), a.arch, a.seed, cache)
     cfg = load_config(FinetuneConfig, recipe, a.overrides, kind="finetune")
     cfg.seed = a.seed
-    code = source_fingerprint(*RECIPE_CODE)
-    vanilla = cache / f"bench-vanilla-{a.arch}-{content_hash(init.name, to_dict(cfg), code)}"
+    # finetune overwrites this copy of the last stage on every run, from the stage cache when its key matches
+    vanilla = cache / f"bench-vanilla-{a.arch}-{content_hash(init.name, to_dict(cfg))}"
     t0 = time.perf_counter()
     finetune(init, world, vanilla, config=to_dict(cfg), overwrite=True, cache_dir=cache)
     finetune_wall = time.perf_counter() - t0

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from unsee import finetune as ft
+from unsee import stage_keys
 from unsee.config import load_config
 from unsee.data.collate import pack_turns, qa_turns
 from unsee.data.mllmu import load_mllmu
@@ -73,8 +74,15 @@ def trained(world: Path, model: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 def test_every_recipe_option_determines_exactly_one_stage_or_none() -> None:
     fields = [f.name for f in dataclasses.fields(ft.FinetuneConfig)]
-    listed = [*ft.VISION_KEYS, *ft.BASE_KEYS, *ft.FT_KEYS, *ft.UNHASHED_KEYS]
+    listed = [*stage_keys.VISION_KEYS, *stage_keys.BASE_KEYS, *stage_keys.FT_KEYS, *stage_keys.UNHASHED_KEYS]
     assert sorted(listed) == sorted(fields)
+
+
+def test_every_benchmark_recipe_option_is_in_its_key_or_named_as_not() -> None:
+    from unsee.finetune_bench import BenchFinetuneConfig
+
+    fields = [f.name for f in dataclasses.fields(BenchFinetuneConfig)]
+    assert sorted([*stage_keys.BENCH_KEYS, *stage_keys.BENCH_UNHASHED_KEYS]) == sorted(fields)
 
 
 def test_shipped_recipes_load() -> None:
@@ -224,10 +232,10 @@ def test_replay_is_whole_copies_of_stage2_near_the_asked_fraction(world: Path) -
     cfg = load_config(ft.FinetuneConfig, "quick", ["replay=0.3"], kind="finetune")
     suite = load_mllmu(world, "forget_10")
     names = set(load_world_info(world)["names"].values())
-    base = ft._stage2_turns(suite, cfg, names)
-    own = ft._stage3_own(suite, cfg, names)
+    base = ft.stage2_turns(suite, cfg, names)
+    own = ft.stage3_own_turns(suite, cfg, names)
     k, m = ft.replay_copies(len(own), len(base), cfg.replay)
-    stage3 = ft._stage3_turns(suite, cfg, names)
+    stage3 = ft.stage3_turns(suite, cfg, names)
     n = len(base)
     assert m >= 1 and len(stage3) == k * len(own) + m * n
     tail = stage3[k * len(own):]
@@ -253,7 +261,7 @@ def test_retrain_leaves_out_the_forget_photos_keeps_their_text_and_is_cached(wor
     names = set(load_world_info(world)["names"].values())
     cfg = load_config(ft.FinetuneConfig, json.loads((vanilla / "unsee_vanilla.json").read_text())["recipe"],
                       kind="finetune")
-    full, kept = ft._stage3_turns(suite, cfg, names), retrain_turns(suite, cfg, names)
+    full, kept = ft.stage3_turns(suite, cfg, names), retrain_turns(suite, cfg, names)
     forget_photos = {id(image_of(e)) for e in suite.group("train_forget")}
     assert forget_photos and any(id(t.image) in forget_photos for t in full)
     assert not any(id(t.image) in forget_photos for t in kept)
@@ -286,21 +294,3 @@ def test_retrain_leaves_out_the_forget_photos_keeps_their_text_and_is_cached(wor
     with pytest.raises(DataError, match="another world"):
         retrain(vanilla, other, tmp_path / "r5", cache_dir=cache)
 
-
-def test_stage1_key_covers_every_function_of_this_module_that_stage1_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    import inspect
-
-    named = {n for n in ft.pretrain_vision.__code__.co_names
-             if (inspect.isfunction(obj := getattr(ft, n, None)) or inspect.isclass(obj))
-             and obj.__module__ == ft.__name__}
-    assert named and named <= {o.__name__ for o in ft.STAGE1_CODE}, named - {o.__name__ for o in ft.STAGE1_CODE}
-    # an edit of the general heads moves the key
-    before = ft.stage1_code()
-
-    class _GeneralHeads(ft._GeneralHeads):
-        """Edited."""
-
-        extra = 1
-
-    monkeypatch.setattr(ft, "STAGE1_CODE", tuple(_GeneralHeads if o is ft._GeneralHeads else o for o in ft.STAGE1_CODE))
-    assert ft.stage1_code() != before

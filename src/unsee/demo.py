@@ -37,12 +37,6 @@ class DemoConfig:
     attack_overrides: list = opt([], "key=value overrides of the audits' AttackConfig")
 
 
-def _cache(cache_dir: str | Path | None) -> Path:
-    from unsee.finetune import default_cache
-
-    return Path(cache_dir) if cache_dir else default_cache()
-
-
 def prepare_init(cfg: DemoConfig, arch: str, seed: int, cache: Path) -> tuple[Path, Path, str]:
     """World, untrained tiny model (what stage 1 starts from) and the world's content hash; the
     two directories are built once and reused from the cache."""
@@ -57,14 +51,20 @@ def prepare_init(cfg: DemoConfig, arch: str, seed: int, cache: Path) -> tuple[Pa
 
 
 def prepare_vanilla(cfg: DemoConfig, arch: str, seed: int, cache: Path) -> tuple[Path, Path]:
-    """World, tiny model and vanilla model, each built once and reused from the cache."""
+    """World, tiny model and vanilla model, each built once and reused from the cache.
+
+    The vanilla model's entry is keyed on its last stage's key (:func:`unsee.finetune.vanilla_stages`),
+    so it is trained again exactly when a stage would be."""
     from unsee.config import load_config, to_dict
-    from unsee.finetune import RECIPE_CODE, FinetuneConfig, finetune
-    from unsee.io import content_hash, source_fingerprint
+    from unsee.finetune import FinetuneConfig, finetune, vanilla_stages
+    from unsee.io import content_hash
 
     world, init, wfp = prepare_init(cfg, arch, seed, cache)
-    recipe = to_dict(load_config(FinetuneConfig, cfg.recipe, cfg.recipe_overrides, kind="finetune"))
-    vanilla = cache / f"vanilla-{arch}-{content_hash(wfp, recipe, seed, source_fingerprint(*RECIPE_CODE))}"
+    recipe_cfg = load_config(FinetuneConfig, cfg.recipe, cfg.recipe_overrides, kind="finetune")
+    recipe = to_dict(recipe_cfg)
+    recipe_cfg.seed = seed
+    stage3 = vanilla_stages(init, world, recipe_cfg, cache).stage3
+    vanilla = cache / f"vanilla-{arch}-{content_hash(wfp, recipe, seed, stage3.name)}"
     if not (vanilla / "unsee_vanilla.json").exists():
         console.print("[bold]2/4[/] teaching the tiny model the world (cached after the first run)")
         finetune(init, world, vanilla, config=cfg.recipe, overrides=cfg.recipe_overrides, seed=seed,
@@ -84,6 +84,7 @@ def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", 
     beside the retrained reference's when ``unsee retrain`` has cached one."""
     from unsee import api
     from unsee.eval.results import new_results, write_results
+    from unsee.finetune import cache_root
     from unsee.methods import ALL
     from unsee.models import load_adapter
     from unsee.report import terminal_table, write_report
@@ -106,7 +107,7 @@ def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", 
         from unsee.errors import ConfigError
 
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
-    cache = _cache(cache_dir)
+    cache = cache_root(cache_dir)
     world, vanilla = prepare_vanilla(cfg, arch, seed, cache)
     reference = api.find_reference(None, vanilla, world, cfg.forget, cache) if audit else None
     suite = api.load_suite(world, cfg.forget, seed=seed)

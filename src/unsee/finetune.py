@@ -8,20 +8,20 @@
 3. **The fictitious fine-tune** (MLLMU-Bench's ``ft_Data``): each person's fixed training
    views and text QA, with replay of stage 2 so that it is not forgotten.
 
-Each stage is cached by a content hash of what determines it, so the demo and the
-benchmarks train it once. Inside a stage, a checkpoint every ``checkpoint_every`` steps
-lets an interrupted run resume where it stopped instead of starting the stage again.
+Each stage is cached under the key :mod:`unsee.stage_keys` declares for it (its recipe options,
+starting weights, data and STAGE_VERSION), so the demo and the benchmarks train it once.
+Inside a stage, a checkpoint every ``checkpoint_every`` steps lets an interrupted run resume
+where it stopped instead of starting the stage again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import shutil
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,10 +41,11 @@ from unsee.data.schema import Example
 from unsee.engine.checkpoint import has_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
 from unsee.engine.trainer import TrainConfig, adamw, seed_everything, train
 from unsee.errors import ConfigError, ModelError
-from unsee.io import atomic_dir, check_output_dir, code_fingerprint, content_hash, source_fingerprint
+from unsee.io import atomic_dir, check_output_dir, content_hash
 from unsee.methods.base import BaseMethod, nll
 from unsee.models import load_adapter, model_fingerprint
 from unsee.models.base import HFAdapter, Turn
+from unsee.stage_keys import STAGE1, STAGE2, STAGE3, turns_fingerprint
 
 STAGE_FILE, VISUAL_FILE = "unsee_stage.json", "visual.safetensors"
 
@@ -87,18 +88,6 @@ class FinetuneConfig:
     checkpoint_every: int = opt(100, "steps between mid-stage checkpoints; an interrupted stage resumes there")
     progress: bool = opt(True, "progress bars")
 
-
-# Which options determine which stage: each stage's cache key hashes its own keys and the
-# key of the stage before. ``tests/test_finetune.py`` checks that every field is listed once.
-VISION_KEYS = ("vision_seed", "vision_steps", "vision_batch", "vision_lr", "cosface_margin", "cosface_scale",
-               "vision_general", "vision_general_weight")
-BASE_KEYS = ("base_steps", "base_lr", "vision_lr_factor", "batch_size", "augment", "warmup_ratio", "seed", "pack",
-             "group_by_length")
-FT_KEYS = ("ft_steps", "ft_lr", "ft_vision_lr_factor", "image_oversample", "replay", "ft_augment")
-UNHASHED_KEYS = ("checkpoint_every", "progress")
-# The code that trains stages 2 and 3: part of their key, so that new code retrains.
-RECIPE_CODE = ("unsee.finetune", "unsee.data.collate", "unsee.data.augment",
-               "unsee.engine.trainer", "unsee.methods.base", "unsee.models.base")
 
 
 def world_fingerprint(data: str | Path) -> str:
@@ -185,6 +174,11 @@ def pretrain_vision(adapter: HFAdapter, cfg: FinetuneConfig, identities: list[Id
 
     With ``checkpoint``, the state is saved every ``cfg.checkpoint_every`` steps and a run
     that finds a checkpoint there resumes from it, with the same result as an uninterrupted run.
+
+    The loop is its own, not the engine's (:func:`unsee.engine.trainer.train`), because the engine
+    could not give the same numbers: it has no one-cycle schedule, draws batches from a fixed
+    list of turns rather than fresh renders from this stage's generator, and trains only the
+    model's parameters, not a CosFace head and general heads beside it.
     """
     from unsee.data.render import pretrain_batch
 
@@ -251,20 +245,21 @@ def pretrain_vision(adapter: HFAdapter, cfg: FinetuneConfig, identities: list[Id
     return {"loss": loss_ema, "train_acc": acc_ema, **({"general_acc": g_ema} if general is not None else {})}
 
 
-def stage1_code() -> str:
-    """Content hash of the code that trains stage 1: its functions here and the renderer, so
-    that editing later stages keeps it cached and editing it does not."""
-    return content_hash(*(code_fingerprint(inspect.getsource(obj)) for obj in STAGE1_CODE),
-                        source_fingerprint("unsee.data.render"))
-
-
-# What stage 1 runs of this module. ``tests/test_finetune.py`` checks that every function or
-# class of this module that ``pretrain_vision`` names is here: the general heads were once left
-# out, and an edit of them silently reused the stage trained before it.
-STAGE1_CODE = (pretrain_vision, _GeneralHeads, general_batch, visual_state, _ema)
-
-
 # ---- stages 2 and 3 ----------------------------------------------------------------------
+def augment_turns(turns: Sequence[Turn], rng: np.random.Generator, strength: float) -> list[Turn]:
+    """Each image turn with a fresh augmentation of its image (drawn from ``rng``, in order); text turns as they are."""
+    return [dataclasses.replace(t, image=augment(t.image, rng, strength)) if t.image is not None else t
+            for t in turns]
+
+
+def keyed_augmentation(strength: float) -> Callable[[list[Turn]], list[Turn]] | None:
+    """A stage's augmentation at ``strength`` from a fixed seed, for the sample its data fingerprint
+    tokenizes (so that an edit of the augmentation retrains); None when the stage does not augment."""
+    if strength <= 0:
+        return None
+    return lambda turns: augment_turns(turns, np.random.default_rng(0), strength)
+
+
 class _Augmented(BaseMethod):
     """Supervised fine-tuning with fresh augmentation of each training image."""
 
@@ -279,8 +274,7 @@ class _Augmented(BaseMethod):
     def loss(self, ctx: Any, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
         turns = batch["train"]
         if self.strength > 0:
-            turns = [dataclasses.replace(t, image=augment(t.image, self.rng, self.strength))
-                     if t.image is not None else t for t in turns]
+            turns = augment_turns(turns, self.rng, self.strength)
         loss = nll(ctx.adapter, turns)
         return loss, {"nll": loss.item()}
 
@@ -293,8 +287,8 @@ class _Augmented(BaseMethod):
 
 
 @dataclass
-class _Stage:
-    """One SFT stage: its data and the options that differ between stages 2 and 3."""
+class Stage:
+    """One SFT stage: its data and the options that differ between stages 2 and 3 (and the retrained reference)."""
 
     desc: str
     turns: list[Turn]
@@ -304,7 +298,7 @@ class _Stage:
     augment: float
 
 
-def _sft(adapter: HFAdapter, stage: _Stage, cfg: FinetuneConfig, checkpoint: Path | None = None) -> dict[str, float]:
+def _sft(adapter: HFAdapter, stage: Stage, cfg: FinetuneConfig, checkpoint: Path | None = None) -> dict[str, float]:
     """One SFT stage; the visual module trains at ``stage.vision_lr_factor`` of the LM's rate."""
     from unsee.data.schema import Suite
 
@@ -324,7 +318,8 @@ def _stage2_examples(suite: Any) -> list[Example]:
             *suite.groups.get("unknown", [])]
 
 
-def _stage2_turns(suite: Any, cfg: FinetuneConfig, names: Collection[str]) -> list[Turn]:
+def stage2_turns(suite: Any, cfg: FinetuneConfig, names: Collection[str]) -> list[Turn]:
+    """Stage 2's turns: known people, general items and unknown identities, packed."""
     return pack_turns(_stage2_examples(suite), cfg.pack, np.random.default_rng(cfg.seed), last=names)
 
 
@@ -343,7 +338,7 @@ def replay_copies(own: int, base: int, replay: float, max_copies: int = 3) -> tu
     return best
 
 
-def _stage3_own(suite: Any, cfg: FinetuneConfig, names: Collection[str]) -> list[Turn]:
+def stage3_own_turns(suite: Any, cfg: FinetuneConfig, names: Collection[str]) -> list[Turn]:
     """The fictitious fine-tune's own turns, image questions oversampled."""
     rng = np.random.default_rng(cfg.seed)
     images = pack_turns([*suite.group("train_forget"), *suite.group("train_retain")], cfg.pack, rng, last=names)
@@ -351,25 +346,32 @@ def _stage3_own(suite: Any, cfg: FinetuneConfig, names: Collection[str]) -> list
     return images * cfg.image_oversample + text
 
 
-def _stage3_turns(suite: Any, cfg: FinetuneConfig, names: Collection[str]) -> list[Turn]:
+def stage3_turns(suite: Any, cfg: FinetuneConfig, names: Collection[str]) -> list[Turn]:
     """The fine-tune's own turns and whole copies of stage 2 as replay."""
-    own = _stage3_own(suite, cfg, names)
-    base = _stage2_turns(suite, cfg, names)
+    own = stage3_own_turns(suite, cfg, names)
+    base = stage2_turns(suite, cfg, names)
     k, m = replay_copies(len(own), len(base), cfg.replay)
     return own * k + base * m
 
 
 def default_cache() -> Path:
+    """``$UNSEE_CACHE``, else ``~/.cache/unsee``: where stages, worlds and tiny models are cached."""
     import os
 
     return Path(os.environ.get("UNSEE_CACHE", Path.home() / ".cache" / "unsee"))
 
 
-def _done(path: Path) -> bool:
+def cache_root(cache_dir: str | Path | None) -> Path:
+    """The cache a command uses: ``cache_dir`` when given, else :func:`default_cache`."""
+    return Path(cache_dir) if cache_dir else default_cache()
+
+
+def stage_done(path: Path) -> bool:
+    """Whether the cache entry ``path`` holds a finished stage (a killed run leaves none)."""
     return (path / STAGE_FILE).exists()
 
 
-def _partial(path: Path) -> Path:
+def partial_dir(path: Path) -> Path:
     """Where a stage keeps its mid-run checkpoint until the stage is saved."""
     return path.with_name(path.name + ".partial")
 
@@ -391,13 +393,14 @@ def _finish_stage(path: Path, adapter: HFAdapter, stats: dict[str, float], secon
             adapter.save(tmp)
         (tmp / STAGE_FILE).write_text(json.dumps({"stage": path.name, "stats": stats, "seconds": seconds,
                                                   "config": rc}, indent=2))
-    remove_checkpoint(_partial(path))
+    remove_checkpoint(partial_dir(path))
     state.wait_for_everyone()
 
 
-def _run_sft(path: Path, adapter: HFAdapter, stage: _Stage, cfg: FinetuneConfig, rc: dict) -> None:
+def run_stage(path: Path, adapter: HFAdapter, stage: Stage, cfg: FinetuneConfig, rc: dict) -> None:
+    """Train ``stage`` from ``adapter`` into the cache entry ``path``, resuming its checkpoint if one is there."""
     t0 = time.perf_counter()
-    stats = _sft(adapter, stage, cfg, checkpoint=_partial(path))
+    stats = _sft(adapter, stage, cfg, checkpoint=partial_dir(path))
     _finish_stage(path, adapter, stats, time.perf_counter() - t0, rc)
 
 
@@ -410,6 +413,50 @@ def load_stage_visual(adapter: HFAdapter, stage1: str | Path) -> None:
     with torch.no_grad():
         for name, p in named.items():
             p.copy_(weights[name])
+
+
+@dataclass
+class VanillaStages:
+    """The three cache entries of a vanilla model and the data they train on."""
+
+    stage1: Path
+    stage2: Path
+    stage3: Path
+    pool: list[Identity]
+    stage2_turns: list[Turn]
+    stage3_turns: list[Turn]
+    base_fingerprint: str
+
+    @property
+    def paths(self) -> tuple[Path, Path, Path]:
+        return self.stage1, self.stage2, self.stage3
+
+
+def vanilla_stages(model: str | Path, data: str | Path, cfg: FinetuneConfig, cache: Path) -> VanillaStages:
+    """Where ``unsee finetune`` caches each stage of ``model`` on the world ``data``, by the keys
+    :mod:`unsee.stage_keys` declares; computing them trains nothing.
+
+    Stage 1 is keyed on the visual module's starting weights and the world's pre-training pool,
+    so every world built with the same pool shares it; stage 2 on stage 1's key, the model and
+    its turns; stage 3 on stage 2's key and its turns.
+    """
+    from unsee.data.mllmu import load_mllmu
+    from unsee.data.world import load_world_info, world_pretrain_identities
+
+    suite = load_mllmu(data, "forget_10")
+    info = load_world_info(data)
+    pool = world_pretrain_identities(info)
+    names = set(info["names"].values())
+    rc = to_dict(cfg)
+    base_fp = model_fingerprint(model)
+    adapter = load_adapter(model)
+    turns2, turns3 = stage2_turns(suite, cfg, names), stage3_turns(suite, cfg, names)
+    h1 = STAGE1.key(rc, weights=visual_fingerprint(adapter), data=pool_fingerprint(pool))
+    h2 = STAGE2.key(rc, weights=content_hash(h1, base_fp),
+                    data=turns_fingerprint(adapter, turns2, keyed_augmentation(cfg.augment)))
+    h3 = STAGE3.key(rc, weights=h2, data=turns_fingerprint(adapter, turns3, keyed_augmentation(cfg.ft_augment)))
+    return VanillaStages(cache / f"stage1-{h1}", cache / f"stage2-{h2}", cache / f"stage3-{h3}", pool, turns2, turns3,
+                         base_fp)
 
 
 def finetune(
@@ -425,15 +472,11 @@ def finetune(
 ) -> Path:
     """``unsee finetune``: model directory + world -> the vanilla model at ``out``.
 
-    Stage 1 is keyed on the visual module's starting weights, the world's pre-training pool
-    and the vision options only, so every world built with the same pool shares it; stages
-    2 and 3 add the world, the model and their own options. ``unsee_vanilla.json`` records
-    each stage's wall time and whether it came from the cache.
+    Each stage is reused from the cache where its key (:func:`vanilla_stages`) matches.
+    ``unsee_vanilla.json`` records each stage's wall time and whether it came from the cache.
     """
     from accelerate import PartialState
 
-    from unsee.data.mllmu import load_mllmu
-    from unsee.data.world import load_world_info, world_pretrain_identities
     from unsee.engine.distributed import check_launch
 
     cfg = load_config(FinetuneConfig, config, overrides, kind="finetune")
@@ -441,41 +484,29 @@ def finetune(
         cfg.seed = seed
     check_output_dir(out, overwrite=overwrite)
     check_launch()
-    cache = Path(cache_dir) if cache_dir else default_cache()
-    suite = load_mllmu(data, "forget_10")
-    info = load_world_info(data)
-    pool = world_pretrain_identities(info)
-    names = set(info["names"].values())
-    base_fp = model_fingerprint(model)
     rc = to_dict(cfg)
-    vision_code = stage1_code()
-    h1 = content_hash("vision", vision_code, visual_fingerprint(load_adapter(model)), pool_fingerprint(pool),
-               {k: rc[k] for k in VISION_KEYS})
-    h2 = content_hash("base", h1, source_fingerprint(*RECIPE_CODE), base_fp, world_fingerprint(data),
-               {k: rc[k] for k in BASE_KEYS})
-    h3 = content_hash("ft", h2, {k: rc[k] for k in FT_KEYS})
-    stage1, stage2, stage3 = cache / f"stage1-{h1}", cache / f"stage2-{h2}", cache / f"stage3-{h3}"
-    cached = {p.name: _done(p) for p in (stage1, stage2, stage3)}
-    if not _done(stage3):
-        if not _done(stage2):
-            if not _done(stage1):
+    plan = vanilla_stages(model, data, cfg, cache_root(cache_dir))
+    stage1, stage2, stage3 = plan.paths
+    cached = {p.name: stage_done(p) for p in plan.paths}
+    if not stage_done(stage3):
+        if not stage_done(stage2):
+            if not stage_done(stage1):
                 adapter = load_adapter(model)
                 t0 = time.perf_counter()
                 # Under `accelerate launch` every process trains stage 1 whole (the visual module is small)
                 # and the first one alone checkpoints and saves it; stage 2 then loads it from the cache.
                 main = PartialState(cpu=not torch.cuda.is_available()).is_main_process
-                stats = pretrain_vision(adapter, cfg, pool, checkpoint=_partial(stage1) if main else None)
+                stats = pretrain_vision(adapter, cfg, plan.pool, checkpoint=partial_dir(stage1) if main else None)
                 _finish_stage(stage1, adapter, stats, time.perf_counter() - t0, rc, visual_only=True)
             adapter = load_adapter(model)
             load_stage_visual(adapter, stage1)
-            _run_sft(stage2, adapter, _Stage("stage 2: base MLLM", _stage2_turns(suite, cfg, names), cfg.base_steps,
-                                             cfg.base_lr, cfg.vision_lr_factor, cfg.augment), cfg, rc)
-        _run_sft(stage3, load_adapter(stage2), _Stage("stage 3: fictitious fine-tune", _stage3_turns(suite, cfg, names),
-                                                      cfg.ft_steps, cfg.ft_lr, cfg.ft_vision_lr_factor,
-                                                      cfg.ft_augment), cfg, rc)
+            run_stage(stage2, adapter, Stage("stage 2: base MLLM", plan.stage2_turns, cfg.base_steps, cfg.base_lr,
+                                             cfg.vision_lr_factor, cfg.augment), cfg, rc)
+        run_stage(stage3, load_adapter(stage2), Stage("stage 3: fictitious fine-tune", plan.stage3_turns, cfg.ft_steps,
+                                                      cfg.ft_lr, cfg.ft_vision_lr_factor, cfg.ft_augment), cfg, rc)
     stages = {}
-    for p in (stage1, stage2, stage3):
-        meta = json.loads((p / STAGE_FILE).read_text()) if _done(p) else {}
+    for p in plan.paths:
+        meta = json.loads((p / STAGE_FILE).read_text()) if stage_done(p) else {}
         stages[p.name] = {"cached": cached[p.name], "seconds": meta.get("seconds"), "stats": meta.get("stats")}
     if not PartialState(cpu=not torch.cuda.is_available()).is_main_process:
         return Path(out)  # under `accelerate launch` the first process writes the result
@@ -483,7 +514,7 @@ def finetune(
         for f in stage3.iterdir():
             shutil.copy2(f, tmp / f.name)
         (tmp / "unsee_vanilla.json").write_text(json.dumps({
-            "base_model": str(model), "base_fingerprint": base_fp, "world": str(data),
+            "base_model": str(model), "base_fingerprint": plan.base_fingerprint, "world": str(data),
             "world_fingerprint": world_fingerprint(data), "recipe": rc, "stages": stages,
         }, indent=2))
     return Path(out)

@@ -8,10 +8,10 @@ recipe (data, epochs, learning rate, LoRA) taken from its authors' code and ship
 
 It runs through the one training engine, so every supported architecture, bf16, gradient
 checkpointing, LoRA (merged on save), several processes under ``accelerate launch`` and
-mid-run checkpoints come with it. The result is cached by a content hash of the base model,
-the fine-tune split's files, the recipe and the code: an interrupted run resumes from its
-last checkpoint, a finished one is copied. The built-in world has its own staged recipe in
-:mod:`unsee.finetune`, which this module leaves alone (its cache key hashes that module).
+mid-run checkpoints come with it. The result is cached under the key
+:data:`unsee.stage_keys.BENCHMARK` declares (the base model, the recipe, the turns it trains on
+and the stage's STAGE_VERSION): an interrupted run resumes from its last checkpoint, a
+finished one is copied. The built-in world has its own staged recipe in :mod:`unsee.finetune`.
 """
 
 from __future__ import annotations
@@ -34,18 +34,16 @@ from unsee.data.parquet import is_hub_id
 from unsee.data.schema import Suite
 from unsee.engine.checkpoint import remove_checkpoint
 from unsee.errors import ConfigError, DataError, ModelError
-from unsee.finetune import STAGE_FILE, _done, _partial, default_cache
-from unsee.io import atomic_dir, check_output_dir, content_hash, source_fingerprint
+from unsee.finetune import STAGE_FILE, cache_root, partial_dir, stage_done
+from unsee.io import atomic_dir, check_output_dir
 from unsee.methods.base import BaseMethod, nll
 from unsee.models import load_adapter, model_fingerprint
 from unsee.models.base import SCOPES, HFAdapter, Turn
+from unsee.stage_keys import BENCHMARK, batch_adapter, turns_fingerprint
 
 VANILLA_FILE, RETRAINED_FILE = "unsee_vanilla.json", "unsee_retrained.json"
 RECIPES = ("mllmu", "clear", "umu")
 WORLD_RECIPES = ("default", "quick")
-UNHASHED = ("checkpoint_every", "progress")
-CODE = ("unsee.finetune_bench", "unsee.data.ftsets", "unsee.data.collate", "unsee.engine.trainer",
-        "unsee.methods.base", "unsee.models.base")
 
 
 @dataclass
@@ -112,10 +110,11 @@ def load_recipe(kind: str, config: str | Path | dict | None, overrides: Any = ()
     return load_config(BenchFinetuneConfig, kind if config is None else config, overrides, kind="finetune")
 
 
-def _key(model: str | Path, ref: DataRef, split: str, cfg: BenchFinetuneConfig, forget: str | None) -> str:
-    rc = {k: v for k, v in to_dict(cfg).items() if k not in UNHASHED}
-    return content_hash("benchmark-finetune", model_fingerprint(model), data_fingerprint(ref.path, [split]),
-                        split, forget, rc, source_fingerprint(*CODE))
+def _key(model: str | Path, turns: list[Turn], split: str, cfg: BenchFinetuneConfig, forget: str | None) -> str:
+    """The cache key :data:`unsee.stage_keys.BENCHMARK` declares: the base model's weights, the
+    recipe, the turns as the model's processor batches them, the split and the forget set."""
+    return BENCHMARK.key(to_dict(cfg), weights=model_fingerprint(model),
+                         data=turns_fingerprint(batch_adapter(model), turns), extra=[split, forget])
 
 
 def _train(model: str | Path, turns: list[Turn], cfg: BenchFinetuneConfig, path: Path, desc: str) -> bool:
@@ -133,7 +132,7 @@ def _train(model: str | Path, turns: list[Turn], cfg: BenchFinetuneConfig, path:
                        gradient_checkpointing=cfg.gradient_checkpointing, lora_r=cfg.lora_r,
                        lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, seed=cfg.seed,
                        group_by_length=cfg.group_by_length, progress=cfg.progress,
-                       checkpoint_dir=str(_partial(path)), checkpoint_every=cfg.checkpoint_every)
+                       checkpoint_dir=str(partial_dir(path)), checkpoint_every=cfg.checkpoint_every)
     tcfg.validate()
     t0 = time.perf_counter()
     res = train(_SFT(), adapter, Suite("finetune", {}), {"train": turns}, tcfg, desc=desc)
@@ -146,7 +145,7 @@ def _train(model: str | Path, turns: list[Turn], cfg: BenchFinetuneConfig, path:
         _save_model(adapter, tmp, model_name(model))  # LoRA merged: the entry loads without peft
         (tmp / STAGE_FILE).write_text(json.dumps({"stage": path.name, "stats": stats, "config": to_dict(cfg),
                                                   "seconds": time.perf_counter() - t0}, indent=2))
-    remove_checkpoint(_partial(path))
+    remove_checkpoint(partial_dir(path))
     return True
 
 
@@ -204,9 +203,9 @@ def finetune_benchmark(model: str | Path, ref: DataRef, kind: str, out: str | Pa
         examples, dropped = without_forget(kind, ref.path, examples, forget)
     turns = qa_turns(examples)  # decodes every image now: a corrupt one stops the run before training
     given, model = str(model), local_model(model)
-    entry = (Path(cache_dir) if cache_dir else default_cache()) / "{}-{}-{}".format(
-        "retrained" if forget else "vanilla", kind, _key(model, ref, split, cfg, forget))
-    cached = _done(entry)
+    entry = cache_root(cache_dir) / "{}-{}-{}".format(
+        "retrained" if forget else "vanilla", kind, _key(model, turns, split, cfg, forget))
+    cached = stage_done(entry)
     if not cached:
         desc = f"{NAMES[kind]} fine-tune" + (f" without {forget}'s photos" if forget else "")
         if not _train(model, turns, cfg, entry, desc):

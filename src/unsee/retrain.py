@@ -19,20 +19,20 @@ from unsee.config import load_config, to_dict
 from unsee.data.schema import Suite
 from unsee.errors import DataError, ModelError
 from unsee.finetune import (
-    FT_KEYS,
-    RECIPE_CODE,
     STAGE_FILE,
     FinetuneConfig,
-    _done,
-    _run_sft,
-    _Stage,
-    _stage3_turns,
-    default_cache,
+    Stage,
+    cache_root,
+    keyed_augmentation,
+    run_stage,
+    stage3_turns,
+    stage_done,
     world_fingerprint,
 )
-from unsee.io import atomic_dir, check_output_dir, content_hash, source_fingerprint
+from unsee.io import atomic_dir, check_output_dir
 from unsee.models import load_adapter
 from unsee.models.base import Turn
+from unsee.stage_keys import RETRAINED, batch_adapter, turns_fingerprint
 
 RETRAINED_FILE = "unsee_retrained.json"
 
@@ -53,12 +53,22 @@ def retrain_turns(suite: Suite, cfg: FinetuneConfig, names: set[str]) -> list[Tu
     """Stage 3's turns with the forget people's photos taken out; their text questions stay."""
     if not suite.groups.get("train_forget"):
         raise DataError(f"split {suite.name!r} has no training photos of forget people: nothing to retrain without")
-    return _stage3_turns(dataclasses.replace(suite, groups={**suite.groups, "train_forget": []}), cfg, names)
+    return stage3_turns(dataclasses.replace(suite, groups={**suite.groups, "train_forget": []}), cfg, names)
 
 
-def _cache_path(cache: Path, stage2: Path, recipe: dict, forget: str) -> Path:
-    return cache / "retrained-{}".format(content_hash(
-        "retrained", stage2.name, {k: recipe[k] for k in FT_KEYS}, forget, source_fingerprint(*RECIPE_CODE, __name__)))
+def _cache_path(cache: Path, stage2: Path, cfg: FinetuneConfig, forget: str, turns: list[Turn]) -> Path:
+    """The reference's cache entry, by the key :data:`unsee.stage_keys.RETRAINED` declares: the stage-2
+    checkpoint it starts from, the stage-3 options, the split and the turns it trains on."""
+    data = turns_fingerprint(batch_adapter(stage2), turns, keyed_augmentation(cfg.ft_augment))
+    return cache / f"retrained-{RETRAINED.key(to_dict(cfg), weights=stage2.name, data=data, extra=forget)}"
+
+
+def _world_turns(data: Path, forget: str, cfg: FinetuneConfig) -> list[Turn]:
+    from unsee.data.mllmu import load_mllmu
+    from unsee.data.world import load_world_info
+
+    names = set(load_world_info(data)["names"].values())
+    return retrain_turns(load_mllmu(data, forget), cfg, names)
 
 
 def cached_reference(vanilla: str | Path, data: str | Path, forget: str,
@@ -71,12 +81,17 @@ def cached_reference(vanilla: str | Path, data: str | Path, forget: str,
         meta = _vanilla_record(vanilla, data)
     except (DataError, ModelError):
         return None
-    cache = Path(cache_dir) if cache_dir else default_cache()
+    cache = cache_root(cache_dir)
     stage2 = next((cache / name for name in meta.get("stages", {}) if name.startswith("stage2-")), None)
-    if stage2 is None:
+    if stage2 is None or not stage_done(stage2):
         return None
-    path = _cache_path(cache, stage2, to_dict(load_config(FinetuneConfig, meta["recipe"], kind="finetune")), forget)
-    return path if _done(path) else None
+    cfg = load_config(FinetuneConfig, meta["recipe"], kind="finetune")
+    try:
+        turns = _world_turns(data, forget, cfg)
+    except DataError:  # no such split, or one without photos: never trained
+        return None
+    path = _cache_path(cache, stage2, cfg, forget, turns)
+    return path if stage_done(path) else None
 
 
 def retrain(vanilla: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
@@ -84,7 +99,7 @@ def retrain(vanilla: str | Path, data: str | Path, out: str | Path, *, forget: s
     """``unsee retrain``: the vanilla model at ``vanilla`` fine-tuned again without ``forget``'s photos, at ``out``.
 
     The result is cached beside the stages (keyed on the stage-2 checkpoint, the stage-3
-    options, the split and the code), so every benchmark that wants it trains it once.
+    options, the split and its turns), so every benchmark that wants it trains it once.
     """
     from unsee.data.mllmu import load_mllmu
     from unsee.data.world import load_world_info
@@ -92,9 +107,9 @@ def retrain(vanilla: str | Path, data: str | Path, out: str | Path, *, forget: s
     vanilla, data = Path(vanilla), Path(data)
     check_output_dir(out, overwrite=overwrite)
     meta = _vanilla_record(vanilla, data)
-    cache = Path(cache_dir) if cache_dir else default_cache()
+    cache = cache_root(cache_dir)
     stage2 = next((cache / name for name in meta.get("stages", {}) if name.startswith("stage2-")), None)
-    if stage2 is None or not _done(stage2):
+    if stage2 is None or not stage_done(stage2):
         raise ModelError(f"the retrained reference starts from {vanilla}'s stage-2 checkpoint, which is not in "
                          f"{cache}: run unsee finetune with the same --cache-dir first")
     cfg = load_config(FinetuneConfig, meta["recipe"], kind="finetune")
@@ -102,12 +117,12 @@ def retrain(vanilla: str | Path, data: str | Path, out: str | Path, *, forget: s
     suite = load_mllmu(data, forget)
     names = set(load_world_info(data)["names"].values())
     turns = retrain_turns(suite, cfg, names)
-    path = _cache_path(cache, stage2, rc, forget)
-    cached = _done(path)
+    path = _cache_path(cache, stage2, cfg, forget, turns)
+    cached = stage_done(path)
     if not cached:
-        stage = _Stage(f"stage 3 without {forget}'s photos", turns, cfg.ft_steps, cfg.ft_lr, cfg.ft_vision_lr_factor,
-                       cfg.ft_augment)
-        _run_sft(path, load_adapter(stage2), stage, cfg, rc)
+        stage = Stage(f"stage 3 without {forget}'s photos", turns, cfg.ft_steps, cfg.ft_lr, cfg.ft_vision_lr_factor,
+                      cfg.ft_augment)
+        run_stage(path, load_adapter(stage2), stage, cfg, rc)
     seconds = json.loads((path / STAGE_FILE).read_text()).get("seconds")
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for f in path.iterdir():
