@@ -169,11 +169,14 @@ def general_batch(rng: np.random.Generator, batch: int, size: int = 64) -> tuple
 
 
 def pretrain_vision(adapter: HFAdapter, cfg: FinetuneConfig, identities: list[Identity],
-                    checkpoint: str | Path | None = None) -> dict[str, float]:
+                    checkpoint: str | Path | None = None, *,
+                    on_step: Callable[[int, float], None] | None = None) -> dict[str, float]:
     """CosFace over fresh renders of ``identities``; trains the visual module only.
 
     With ``checkpoint``, the state is saved every ``cfg.checkpoint_every`` steps and a run
     that finds a checkpoint there resumes from it, with the same result as an uninterrupted run.
+    ``on_step(step, loss)`` sees each step's loss, as the engine's per-step losses show those of
+    stages 2 and 3 (``tests/test_stage_keys.py`` pins the first ones).
 
     The loop is its own, not the engine's (:func:`unsee.engine.trainer.train`), because the engine
     could not give the same numbers: it has no one-cycle schedule, draws batches from a fixed
@@ -233,6 +236,8 @@ def pretrain_vision(adapter: HFAdapter, cfg: FinetuneConfig, identities: list[Id
         sched.step()
         acc = (cos.argmax(-1) == y).float().mean().item()
         acc_ema, loss_ema = _ema(acc_ema, acc, step), _ema(loss_ema, loss.item(), step)
+        if on_step is not None:
+            on_step(step, loss.item())
         bar.set_postfix(loss=f"{loss_ema:.3f}", acc=f"{acc_ema:.2f}",
                         **({"general": f"{g_ema:.2f}"} if general is not None else {}))
         done = step + 1

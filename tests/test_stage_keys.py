@@ -1,0 +1,214 @@
+"""Each cached stage's key (``unsee.stage_keys``): what moves it, what does not, and the first
+losses of each stage pinned beside the STAGE_VERSION they were recorded at.
+
+A change of a stage's losses on the same inputs means a cached stage trained by the old code
+would be reused for the new one: the change must come with a bump of that stage's version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import fixtures_bench as fb
+import pytest
+import torch
+
+from unsee import finetune as ft
+from unsee import stage_keys
+from unsee.config import load_config
+from unsee.data.detect import resolve
+from unsee.models.base import IGNORE, HFAdapter
+from unsee.models.qwen_vl import Qwen2VLAdapter
+from unsee.models.tiny import init_model
+from unsee.stage_keys import StageKey
+
+if TYPE_CHECKING:
+    from conftest import TinyModels
+
+# Three steps of each stage on the tiny world of conftest.py (stage 1 with two general scenes per step).
+RECIPE = ["vision_steps=3", "vision_batch=4", "vision_general=2", "base_steps=3", "ft_steps=3", "batch_size=4",
+          "progress=false", "checkpoint_every=0"]
+BENCH_RECIPE = ["max_steps=3", "batch_size=2", "dtype=fp32", "gradient_checkpointing=false", "progress=false",
+                "lr=1e-3"]
+
+# Stage -> (its STAGE_VERSION when pinned, its first three losses), recorded on CPU with one thread.
+PINNED: dict[str, tuple[int, tuple[float, float, float]]] = {
+    "stage1": (1, (13.835908889770508, 25.422365188598633, 20.376556396484375)),
+    "stage2": (1, (14.686680793762207, 63.432823181152344, 57.387691497802734)),
+    "stage3": (1, (13.491658210754395, 11.783918380737305, 14.851783752441406)),
+    "retrained": (1, (13.668325424194336, 10.633645057678223, 12.063414573669434)),
+    "benchmark-finetune": (1, (38.487937927246094, 43.114524841308594, 40.362239837646484)),
+}
+RELATIVE_TOLERANCE = 1e-3
+
+
+def check_pinned(stage: StageKey, losses: list[float]) -> None:
+    """The first losses match the pin, and the pin was made at the stage's current version."""
+    version, pinned = PINNED[stage.name]
+    first = [float(x) for x in losses[:3]]
+    same = first == pytest.approx(list(pinned), rel=RELATIVE_TOLERANCE)
+    if not same and stage.version == version:
+        pytest.fail(f"{stage.name}'s losses changed: bump STAGE_VERSION and re-pin "
+                    f"(first losses {first}, pinned {list(pinned)} at version {version})")
+    if not same:
+        pytest.fail(f"{stage.name}'s STAGE_VERSION is {stage.version}: re-pin its losses at {first}")
+    assert stage.version == version, f"{stage.name}'s STAGE_VERSION is {stage.version}: re-pin it at that version"
+
+
+@pytest.fixture(scope="module")
+def trained(world: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The short recipe's vanilla model and its retrained reference, with every stage's per-step losses."""
+    from unsee.retrain import retrain
+
+    root = tmp_path_factory.mktemp("stage_keys")
+    losses: dict[str, list[float]] = {"stage1": []}
+    real_train, real_vision = ft.train, ft.pretrain_vision
+
+    def recorded(*a: Any, desc: str, **k: Any) -> Any:
+        res = real_train(*a, desc=desc, **k)
+        name = "retrained" if "without" in desc else desc.split(":")[0].replace(" ", "")
+        losses[name] = list(res.losses)
+        return res
+
+    def vision(*a: Any, **k: Any) -> Any:
+        return real_vision(*a, **k, on_step=lambda step, loss: losses["stage1"].append(loss))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ft, "train", recorded)
+        mp.setattr(ft, "pretrain_vision", vision)
+        vanilla = ft.finetune(model_dir, world, root / "v", config="quick", overrides=RECIPE, cache_dir=root / "c")
+        retrained = retrain(vanilla, world, root / "r", cache_dir=root / "c")
+    return {"losses": losses, "cache": root / "c", "vanilla": vanilla, "retrained": retrained}
+
+
+@pytest.mark.parametrize("stage", [stage_keys.STAGE1, stage_keys.STAGE2, stage_keys.STAGE3, stage_keys.RETRAINED],
+                         ids=lambda s: s.name)
+def test_each_stages_first_losses_are_pinned_at_its_version(trained: dict[str, Any], stage: StageKey) -> None:
+    check_pinned(stage, trained["losses"][stage.name])
+
+
+def test_the_benchmark_finetunes_first_losses_are_pinned_at_its_version(tiny_models: TinyModels, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from unsee.engine import trainer
+    from unsee.finetune_bench import finetune_benchmark
+
+    losses: list[float] = []
+    real = trainer.train
+
+    def recorded(*a: Any, **k: Any) -> Any:
+        res = real(*a, **k)
+        losses.extend(res.losses)
+        return res
+
+    monkeypatch.setattr(trainer, "train", recorded)
+    ref = resolve(fb.write_mllmu(tmp_path / "mllmu"))
+    finetune_benchmark(tiny_models.dir("tiny-llava"), ref, "mllmu", tmp_path / "v", overrides=BENCH_RECIPE,
+                       cache_dir=tmp_path / "c")
+    check_pinned(stage_keys.BENCHMARK, losses)
+
+
+def test_finetune_trains_into_the_stages_its_keys_name_and_they_are_stable(trained: dict[str, Any], world: Path,
+                                                                           model_dir: Path) -> None:
+    cfg = load_config(ft.FinetuneConfig, "quick", RECIPE, kind="finetune")
+    first = ft.vanilla_stages(model_dir, world, cfg, trained["cache"]).paths
+    assert first == ft.vanilla_stages(model_dir, world, cfg, trained["cache"]).paths
+    assert all(ft.stage_done(p) for p in first)
+    assert sorted(p.name for p in trained["cache"].iterdir() if not p.name.startswith("retrained-")) == \
+        sorted(p.name for p in first)
+
+
+@pytest.fixture(scope="module")
+def qwen(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return init_model("tiny-qwen2-vl", tmp_path_factory.mktemp("qwen_keys") / "m", world=world, seed=0)
+
+
+def keys(model: Path, world: Path, tmp_path: Path) -> list[str]:
+    cfg = load_config(ft.FinetuneConfig, "quick", RECIPE, kind="finetune")
+    return [p.name for p in ft.vanilla_stages(model, world, cfg, tmp_path).paths]
+
+
+def masking_one_more_token(real: Callable[..., Any]) -> Callable[..., Any]:
+    """``training_batch`` with the first answer token of every row left out of the loss."""
+
+    def batch(self: HFAdapter, turns: Any) -> Any:
+        enc = real(self, turns)
+        labels = enc["labels"].clone()
+        for row in labels:
+            row[int((row != IGNORE).nonzero()[0])] = IGNORE
+        enc["labels"] = labels
+        return enc
+
+    return batch
+
+
+def test_label_masking_moves_the_keys_of_stages_2_and_3(qwen: Path, world: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    before = keys(qwen, world, tmp_path)
+    assert before == keys(qwen, world, tmp_path)
+    monkeypatch.setattr(Qwen2VLAdapter, "training_batch", masking_one_more_token(Qwen2VLAdapter.training_batch))
+    after = keys(qwen, world, tmp_path)
+    assert after[0] == before[0]  # stage 1 trains on no turns
+    assert after[1] != before[1] and after[2] != before[2]
+
+
+def test_generation_and_docstrings_leave_the_keys_alone(qwen: Path, world: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    before = keys(qwen, world, tmp_path)
+
+    def generate(self: HFAdapter, turns: Any, **kw: Any) -> list[str]:
+        """Edited."""
+        return ["edited"] * len(turns)
+
+    monkeypatch.setattr(HFAdapter, "generate", generate)
+    monkeypatch.setattr(Qwen2VLAdapter, "__doc__", "Edited.")
+    assert keys(qwen, world, tmp_path) == before
+
+
+def test_the_data_loader_and_the_augmentation_move_the_keys(model_dir: Path, world: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from unsee.data import augment as aug
+    from unsee.data import mllmu
+
+    before = keys(model_dir, world, tmp_path)
+    real_load = mllmu.load_mllmu
+
+    def one_known_less(*a: Any, **k: Any) -> Any:
+        suite = real_load(*a, **k)
+        return dataclasses.replace(suite, groups={**suite.groups, "train_known": suite.groups["train_known"][1:]})
+
+    monkeypatch.setattr(mllmu, "load_mllmu", one_known_less)
+    dropped = keys(model_dir, world, tmp_path)
+    assert dropped[0] == before[0] and dropped[1] != before[1] and dropped[2] != before[2]
+    monkeypatch.setattr(mllmu, "load_mllmu", real_load)
+
+    real_augment = aug.augment
+
+    def darker(img: Any, rng: Any, strength: float = 1.0) -> Any:
+        return real_augment(img, rng, strength).point(lambda v: v // 2)
+
+    monkeypatch.setattr(ft, "augment", darker)
+    edited = keys(model_dir, world, tmp_path)
+    assert edited[0] == before[0] and edited[1] != before[1] and edited[2] != before[2]
+
+
+def test_turns_fingerprint_sees_every_turn_and_the_tensors_of_a_fixed_sample(model_dir: Path, world: Path) -> None:
+    from unsee.data.mllmu import load_mllmu
+    from unsee.models import load_adapter
+
+    suite = load_mllmu(world, "forget_10")
+    cfg = load_config(ft.FinetuneConfig, "quick", RECIPE, kind="finetune")
+    turns = ft.stage2_turns(suite, cfg, set())
+    adapter = stage_keys.batch_adapter(model_dir)
+    fp = stage_keys.turns_fingerprint(adapter, turns)
+    assert fp == stage_keys.turns_fingerprint(load_adapter(model_dir), turns)  # weights play no part
+    assert stage_keys.sample_turns(turns) == stage_keys.sample_turns(list(turns))
+    assert fp != stage_keys.turns_fingerprint(adapter, turns[:-1])
+    assert fp != stage_keys.turns_fingerprint(adapter, [turns[1], turns[0], *turns[2:]])
+    edited = dataclasses.replace(turns[-1], answer=turns[-1].answer + "!")
+    assert fp != stage_keys.turns_fingerprint(adapter, [*turns[:-1], edited])
+    # the weightless adapter builds the batches the loaded one does
+    full = load_adapter(model_dir).training_batch(turns[:2])
+    assert all(torch.equal(v, full[k]) for k, v in adapter.training_batch(turns[:2]).items())
