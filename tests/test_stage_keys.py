@@ -194,6 +194,21 @@ def test_the_data_loader_and_the_augmentation_move_the_keys(model_dir: Path, wor
     assert edited[0] == before[0] and edited[1] != before[1] and edited[2] != before[2]
 
 
+def test_the_renderer_moves_stage_1s_key(model_dir: Path, world: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from unsee.data import render
+
+    before = keys(model_dir, world, tmp_path)
+    real = render.pretrain_batch
+
+    def brighter(*a: Any, **k: Any) -> Any:
+        arrays, labels = real(*a, **k)
+        return [a // 2 + 64 for a in arrays], labels
+
+    monkeypatch.setattr(render, "pretrain_batch", brighter)
+    assert keys(model_dir, world, tmp_path)[0] != before[0]
+
+
 def test_turns_fingerprint_sees_every_turn_and_the_tensors_of_a_fixed_sample(model_dir: Path, world: Path) -> None:
     from unsee.data.mllmu import load_mllmu
     from unsee.models import load_adapter

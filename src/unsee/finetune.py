@@ -45,7 +45,7 @@ from unsee.io import atomic_dir, check_output_dir, content_hash
 from unsee.methods.base import BaseMethod, nll
 from unsee.models import load_adapter, model_fingerprint
 from unsee.models.base import HFAdapter, Turn
-from unsee.stage_keys import STAGE1, STAGE2, STAGE3, turns_fingerprint
+from unsee.stage_keys import STAGE1, STAGE2, STAGE3, image_fingerprint, turns_fingerprint
 
 STAGE_FILE, VISUAL_FILE = "unsee_stage.json", "visual.safetensors"
 
@@ -166,6 +166,24 @@ def general_batch(rng: np.random.Generator, batch: int, size: int = 64) -> tuple
 
     items = [sample_general_item(rng) for _ in range(batch)]
     return [render_general(it, size) for it in items], items
+
+
+def render_fingerprint(identities: list[Identity], cfg: FinetuneConfig, n: int = 8) -> str:
+    """Content hash of a fixed sample of what stage 1 renders (``n`` identity views and, with
+    ``vision_general``, a few general scenes, with their labels), so that an edit of the renderer
+    moves stage 1's key as an edit of the data loaders moves the later stages'."""
+    from unsee.data.render import pretrain_batch
+
+    if not identities:
+        return ""
+    rng = np.random.default_rng(cfg.vision_seed)
+    arrays, labels = pretrain_batch(identities, rng, n)
+    parts = [np.asarray(labels).tolist(), *(hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+                                            for a in arrays)]
+    if cfg.vision_general > 0:
+        scenes, items = general_batch(rng, min(cfg.vision_general, 4))
+        parts += [repr(items), *(image_fingerprint(img) for img in scenes)]
+    return content_hash(*parts)
 
 
 def pretrain_vision(adapter: HFAdapter, cfg: FinetuneConfig, identities: list[Identity],
@@ -441,8 +459,8 @@ def vanilla_stages(model: str | Path, data: str | Path, cfg: FinetuneConfig, cac
     """Where ``unsee finetune`` caches each stage of ``model`` on the world ``data``, by the keys
     :mod:`unsee.stage_keys` declares; computing them trains nothing.
 
-    Stage 1 is keyed on the visual module's starting weights and the world's pre-training pool,
-    so every world built with the same pool shares it; stage 2 on stage 1's key, the model and
+    Stage 1 is keyed on the visual module's starting weights, the world's pre-training pool and
+    a sample of its renders, so every world built with the same pool shares it; stage 2 on stage 1's key, the model and
     its turns; stage 3 on stage 2's key and its turns.
     """
     from unsee.data.mllmu import load_mllmu
@@ -456,7 +474,8 @@ def vanilla_stages(model: str | Path, data: str | Path, cfg: FinetuneConfig, cac
     base_fp = model_fingerprint(model)
     adapter = load_adapter(model)
     turns2, turns3 = stage2_turns(suite, cfg, names), stage3_turns(suite, cfg, names)
-    h1 = STAGE1.key(rc, weights=visual_fingerprint(adapter), data=pool_fingerprint(pool))
+    h1 = STAGE1.key(rc, weights=visual_fingerprint(adapter),
+                    data=content_hash(pool_fingerprint(pool), render_fingerprint(pool, cfg)))
     h2 = STAGE2.key(rc, weights=content_hash(h1, base_fp),
                     data=turns_fingerprint(adapter, turns2, keyed_augmentation(cfg.augment)))
     h3 = STAGE3.key(rc, weights=h2, data=turns_fingerprint(adapter, turns3, keyed_augmentation(cfg.ft_augment)))
