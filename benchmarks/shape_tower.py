@@ -36,7 +36,7 @@ from common import model_options
 from tqdm import tqdm
 from transformers import AutoConfig
 
-from unsee.data import scenes
+from unsee.data import scenes as general
 from unsee.demo import DemoConfig, prepare_init
 from unsee.engine.prepare import adamw
 from unsee.engine.trainer import seed_everything
@@ -46,8 +46,8 @@ from unsee.models import HFAdapter, load_adapter
 from unsee.provenance import environment
 
 CLASSES: dict[str, tuple[str, ...]] = {
-    "colour": tuple(scenes.GENERAL_COLOURS), "shape": scenes.GENERAL_SHAPES,
-    "count": ("1", "2", "3", "4"), "position": scenes.GENERAL_POSITIONS,
+    "colour": tuple(general.GENERAL_COLOURS), "shape": general.GENERAL_SHAPES,
+    "count": ("1", "2", "3", "4"), "position": general.GENERAL_POSITIONS,
 }
 
 
@@ -87,7 +87,7 @@ def scenes(rng: np.random.Generator, n: int, task: str, scale: tuple[float, floa
     each object's radius multiplied by a factor drawn from ``scale`` when given."""
     items: list[Any] = []
     while len(items) < n:
-        it = scenes.sample_general_item(rng)
+        it = general.sample_general_item(rng)
         if task == "shape" and it.kind != "shape":
             continue
         if scale is not None:
@@ -103,7 +103,7 @@ def labelled(items: list[Any], kind: str) -> tuple[list[int], torch.Tensor]:
 
 
 def rendered(items: list[Any]) -> list[Any]:
-    return [scenes.render_general(it) for it in items]
+    return [general.render_general(it) for it in items]
 
 
 def tokens_of(adapter: HFAdapter, images: list[Any]) -> torch.Tensor:
