@@ -28,7 +28,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from common import TRAINING, attack_options, eval_kw, measure, parser, retrained_model, vanilla_model
+from common import ALL, attack_options, eval_kw, measure, parser, retrained_model, vanilla_model
 
 from unsee import api
 from unsee.config import load_config, parse_overrides
@@ -38,7 +38,8 @@ from unsee.eval.attacks import AttackConfig
 from unsee.eval.metrics import spread
 from unsee.eval.verdicts import reference_checks
 from unsee.io import atomic_write_json, atomic_write_text
-from unsee.methods.eraser import STEERING_FILE
+from unsee.methods import method_class
+from unsee.methods.artifact import load_result
 from unsee.models import load_adapter
 from unsee.provenance import environment
 
@@ -99,7 +100,7 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = parser(__doc__, methods=",".join([*TRAINING, "eraser"]), out="benchmarks/results/audits.json")
+    p = parser(__doc__, methods=",".join(ALL), out="benchmarks/results/audits.json")
     p.add_argument("--forget", default="forget_10")
     p.add_argument("--models", default=None, metavar="DIR", help="audit the models unlearn.py --keep saved here")
     p.add_argument("--seeds", type=int, default=1, metavar="N", help="unlearning seeds per method (--seed .. +N-1)")
@@ -119,8 +120,8 @@ def main(argv: list[str] | None = None) -> dict:
     base = load_adapter(vanilla)
     before = frozen_copy(base, visual_only=True)
 
-    def audit(adapter: Any, steering: Any = None, changed: Any = None, reference: Any = None) -> dict:
-        return api.audit_adapter(adapter, suite, kinds=kinds, steering=steering, vanilla=before, seed=args.seed,
+    def audit(adapter: Any, artifact: Any = None, changed: Any = None, reference: Any = None) -> dict:
+        return api.audit_adapter(adapter, suite, kinds=kinds, artifact=artifact, vanilla=before, seed=args.seed,
                                  overrides=args.attack_set, strict=False, changed=changed, reference=reference,
                                  cache_dir=args.cache_dir)
 
@@ -142,19 +143,18 @@ def main(argv: list[str] | None = None) -> dict:
             kept = Path(args.models) / method
             if not (kept / "row.json").is_file():
                 raise SystemExit(f"{kept}: no model saved by unlearn.py --keep for {method}")
-            adapter = load_adapter(kept / "model")
-            steering = kept / STEERING_FILE if (kept / STEERING_FILE).is_file() else None
+            adapter, artifact = load_result(kept)
             settings[method] = json.loads((kept / "row.json").read_text())["overrides"]
-            runs.append(audit(adapter, steering, changed_linears(digests, adapter), reference))
+            runs.append(audit(adapter, artifact, changed_linears(digests, adapter), reference))
             seeds_run[method] = [args.seed]
         else:
-            overrides = [] if method == "eraser" else args.train_set
+            overrides = args.train_set if method_class(method).trains_weights else []
             settings[method] = overrides
             seeds_run[method] = list(range(args.seed, args.seed + args.seeds))
             for seed in seeds_run[method]:
-                _, adapter, steering = measure(method, vanilla, suite, args.forget, overrides, seed,
+                _, adapter, artifact = measure(method, vanilla, suite, args.forget, overrides, seed,
                                                {**eval_kw(args), "groups": ("forget",)})
-                runs.append(audit(adapter, steering, changed_linears(digests, adapter), reference))
+                runs.append(audit(adapter, artifact, changed_linears(digests, adapter), reference))
                 print(method, seed, runs[-1], flush=True)
         per_seed[method] = runs
         rows[method] = runs[0] if len(runs) == 1 else mean_attacks(runs)

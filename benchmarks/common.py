@@ -19,9 +19,10 @@ from unsee.data.schema import Suite
 from unsee.demo import DemoConfig, prepare_vanilla
 from unsee.eval.metrics import unlearning_score
 from unsee.finetune import cache_root
+from unsee.methods import ALL as ALL  # the registry's names: the benchmarks' --methods defaults
+from unsee.methods import TRAINING as TRAINING
+from unsee.methods.artifact import Artifact
 from unsee.models import HFAdapter, load_adapter
-
-TRAINING = ("ga", "graddiff", "kl", "npo", "mmunlearner", "vkd", "cvf_ncu", "cvf_only", "ncu_only")
 
 
 def parser(doc: str, *, methods: str, out: str) -> argparse.ArgumentParser:
@@ -90,19 +91,19 @@ def eval_kw(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def measure(method: str, vanilla: Path, suite: Suite, forget: str, overrides: Sequence[str], seed: int,
-            kw: Mapping[str, Any]) -> tuple[dict, HFAdapter, Path | None]:
+            kw: Mapping[str, Any]) -> tuple[dict, HFAdapter, Artifact]:
     """One method at one setting on a fresh copy of the vanilla model, through the same
     ``api.unlearn_and_save`` as ``unsee unlearn``: metrics, cost, resolved config.
 
-    Returns the run, the unlearned adapter and, for ``eraser``, its steering file.
+    Returns the run, the unlearned adapter and the artifact it runs with (``artifact.applied``).
     """
     adapter = load_adapter(vanilla)
     scratch = Path(tempfile.mkdtemp(prefix=f"unsee-bench-{method}-"))
-    run, steering = api.unlearn_and_save(
+    run, artifact = api.unlearn_and_save(
         method, adapter, suite, steering_dir=scratch / "steering", model_dir=scratch / "model",
         model=api.model_name(vanilla), base_model=str(vanilla), base_hash=adapter.fingerprint(), forget=forget,
         seed=seed, overrides=overrides, eval_kw=kw)
-    return run, adapter, steering
+    return run, adapter, artifact
 
 
 def score(vanilla_metrics: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from unsee.engine.distributed import fsdp_version
 from unsee.engine.trainer import train
 from unsee.errors import UnseeError
 from unsee.io import atomic_write_json
+from unsee.methods import ALL, method_class
 from unsee.models import adapter_class
 from unsee.models.base import HFAdapter, Turn
 from unsee.models.shapes import build_shaped
@@ -52,6 +53,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "graddiff_lora": ("graddiff", {"scope": "lora", "gradient_checkpointing": True}, ("forget", "retain")),
     "mmunlearner": ("mmunlearner", {"master_weights": "model", "gradient_checkpointing": True}, ("forget",)),
 }
+
+
+# the methods that train no weights (MLLMEraser): their cost is a steering build and the hooks' overhead
+TEST_TIME = tuple(m for m in ALL if not method_class(m).trains_weights)
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -169,8 +174,9 @@ def request_time(adapter: HFAdapter, suite: Any, turns: dict) -> dict:
             "peak_memory_gb": peak_memory_gb(device)}
 
 
-def eraser_cost(adapter: HFAdapter, suite: Any, max_items: int, gen_prompts: int, new_tokens: int) -> dict:
+def eraser_cost(name: str, adapter: HFAdapter, suite: Any, max_items: int, gen_prompts: int, new_tokens: int) -> dict:
     """Steering-file build time for the request, and generation time with and without steering."""
+    from unsee.methods.artifact import SteeringArtifact
     from unsee.methods.eraser import EraserConfig, Steering, generation_overhead, run_eraser
 
     device = adapter.device
@@ -180,9 +186,9 @@ def eraser_cost(adapter: HFAdapter, suite: Any, max_items: int, gen_prompts: int
         path = run_eraser(adapter, suite, d, EraserConfig(max_items=max_items))
         sync(device)
         build_s = time.perf_counter() - start
-        steering = Steering.load(path)
-    return {"variant": "eraser", "method": "eraser", "max_items": max_items, "build_s": round(build_s, 2),
-            "generation": generation_overhead(adapter, suite, steering, prompts=gen_prompts, new_tokens=new_tokens),
+        artifact = SteeringArtifact(Steering.load(path))
+    return {"variant": name, "method": name, "max_items": max_items, "build_s": round(build_s, 2),
+            "generation": generation_overhead(adapter, suite, artifact, prompts=gen_prompts, new_tokens=new_tokens),
             "peak_memory_gb": peak_memory_gb(device), "trainable_params": 0}
 
 
@@ -199,10 +205,10 @@ def bench_shape(shape: str, world: Path, args: argparse.Namespace) -> dict:
     rows: list[dict] = []
     for name in args.methods:
         print(f"[{shape}] {name}", flush=True)
-        if name == "eraser":
-            rows.append(eraser_cost(adapter, suite, args.eraser_items, args.gen_prompts, args.new_tokens))
-        else:
+        if name in VARIANTS:
             rows.append(run_variant(name, adapter, suite, turns, args.steps, args.warmup))
+        else:
+            rows.append(eraser_cost(name, adapter, suite, args.eraser_items, args.gen_prompts, args.new_tokens))
         print(rows[-1], flush=True)
     out = {"shape": shape, "tiny": args.tiny, "params": sum(p.numel() for p in adapter.model.parameters()),
            "build_s": round(built_s, 1), "image_tokens": _image_tokens(adapter, suite), "rows": rows}
@@ -222,7 +228,7 @@ def _image_tokens(adapter: HFAdapter, suite: Any) -> int:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", nargs="+", default=["llava-1.5-7b", "qwen2.5-vl-7b"])
-    p.add_argument("--methods", nargs="+", default=[*VARIANTS, "eraser"])
+    p.add_argument("--methods", nargs="+", default=[*VARIANTS, *TEST_TIME])
     p.add_argument("--tiny", action="store_true", help="CPU-sized models of the same structure")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--people", type=int, default=500, help="world size; forget_10 of 500 is a 50-person request")
@@ -235,10 +241,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--out", default="benchmarks/results/gpu.json")
     args = p.parse_args(argv)
-    unknown = set(args.methods) - {*VARIANTS, "eraser"}
+    unknown = set(args.methods) - {*VARIANTS, *TEST_TIME}
     if unknown:
-        raise UnseeError(f"unknown method variant(s) {sorted(unknown)}; choose from {[*VARIANTS, 'eraser']}")
-    if processes() > 1 and ("eraser" in args.methods or args.request):
+        raise UnseeError(f"unknown method variant(s) {sorted(unknown)}; choose from {[*VARIANTS, *TEST_TIME]}")
+    if processes() > 1 and (set(TEST_TIME) & set(args.methods) or args.request):
         raise UnseeError("under accelerate launch only the training variants are measured (no eraser, no --request)")
     if processes() > 1 and args.device == "cuda":
         args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"

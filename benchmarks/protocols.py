@@ -107,16 +107,16 @@ def main(argv: list[str] | None = None) -> dict:
     for method in ["vanilla", *args.methods.split(",")]:
         start = time.perf_counter()
         if method == "vanilla":
-            adapter, steering, config = load_adapter(vanilla), None, {}
+            adapter, artifact, config = load_adapter(vanilla), None, {}
         else:
-            run, adapter, steering = measure(method, vanilla, suite, args.forget, list(args.train_set), args.seed,
+            run, adapter, artifact = measure(method, vanilla, suite, args.forget, list(args.train_set), args.seed,
                                              {**kw, "groups": ()})  # scored below, under both protocols
             config = run["config"]
         train_s = round(time.perf_counter() - start, 1)
         found: dict[str, Any] = {}
         for protocol in ("loglik", "official"):
             t0 = time.perf_counter()
-            ev = api.evaluation(adapter, suite, steering=steering, protocol=protocol, **kw)
+            ev = api.evaluation(adapter, suite, artifact=artifact, protocol=protocol, **kw)
             found[protocol] = ev
             runs.append(api.make_run(method, ev, model=args.arch, suite=suite, forget=args.forget, seed=args.seed,
                                      config=config, eval_s=round(time.perf_counter() - t0, 1)))

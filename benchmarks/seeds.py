@@ -90,9 +90,9 @@ def main(argv: list[str] | None = None) -> dict:
         for name, overrides in variants:
             runs = []
             for seed in seeds:
-                run, adapter, steering = measure(method, vanilla, suite, args.forget, [*args.train_set, *overrides],
+                run, adapter, artifact = measure(method, vanilla, suite, args.forget, [*args.train_set, *overrides],
                                                  seed, eval_kw(args))
-                attacks = api.audit_adapter(adapter, suite, kinds=kinds, steering=steering, vanilla=before,
+                attacks = api.audit_adapter(adapter, suite, kinds=kinds, artifact=artifact, vanilla=before,
                                             seed=args.seed, overrides=args.attack_set, strict=False,
                                             changed=changed_linears(digests, adapter), reference=reference,
                                             cache_dir=args.cache_dir)

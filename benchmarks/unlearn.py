@@ -16,17 +16,19 @@ and each method's best run is written beside, for ``unsee report``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from common import TRAINING, check, eval_kw, mcq, measure, parser, retrained_model, score, vanilla_model
+from common import ALL, check, eval_kw, mcq, measure, parser, retrained_model, score, vanilla_model
 
 from unsee import api
 from unsee.eval.results import new_results, write_results
 from unsee.io import atomic_write_json
-from unsee.methods.eraser import STEERING_FILE
+from unsee.methods import method_class
+from unsee.methods.artifact import Artifact
 from unsee.models import HFAdapter, load_adapter
 from unsee.provenance import environment
 
@@ -34,8 +36,10 @@ from unsee.provenance import environment
 def settings(method: str, args: argparse.Namespace) -> list[list[str]]:
     """The override lists a method is run with: the shipped setting first."""
     swept = args.sweep == "all" or method in args.sweep.split(",")
-    if method == "eraser":
-        return [[], ["sweep=true"]] if swept and args.lr_scales != [1.0] else [[]]
+    cls = method_class(method)
+    if not cls.trains_weights:  # a test-time method: its shipped setting and its own sweep, if it has one
+        own_sweep = "sweep" in {f.name for f in dataclasses.fields(cls.Config)}
+        return [[], ["sweep=true"]] if swept and own_sweep and args.lr_scales != [1.0] else [[]]
     if not swept:
         return [list(args.train_set)]
     tcfg, _, _ = api.method_configs(method, None, [])
@@ -70,8 +74,8 @@ def targets(best: dict[str, dict], vanilla: dict[str, Any], rows: list[dict]) ->
             t["wall_s"] = check(row["cost"]["wall_s"], "<=", 0.5 * graddiff["cost"]["wall_s"])
             t["peak_rss_bytes"] = check(row["cost"]["peak_rss_bytes"], "<=", graddiff["cost"]["peak_rss_bytes"])
         out["cvf_ncu"] = t
-    if "eraser" in best:
-        m, row = best["eraser"]["metrics"], best["eraser"]
+    for method in (name for name in best if not method_class(name).trains_weights):  # MLLMEraser's targets
+        m, row = best[method]["metrics"], best[method]
         t = {
             "forget": check(mcq(m, "forget"), "<=", 0.30),
             "forget_test": check(mcq(m, "forget_test"), "<=", 0.40),
@@ -79,27 +83,28 @@ def targets(best: dict[str, dict], vanilla: dict[str, Any], rows: list[dict]) ->
             "text_forget": check(mcq(m, "text_forget"), ">=", 0.95 * (v["text_forget"] or 0)),
             "general": check(mcq(m, "general"), ">=", 0.97 * (v["general"] or 0)),
         }
-        shipped = next((r for r in rows if r["method"] == "eraser" and not r["overrides"]), None)
+        shipped = next((r for r in rows if r["method"] == method and not r["overrides"]), None)
         if graddiff and shipped:  # the documented default's build; the sweep is a one-off choice
             t["build_s"] = check(shipped["cost"]["wall_s"], "<=", 0.1 * graddiff["cost"]["wall_s"])
         if "generation" in row:
             t["generation_overhead"] = check(row["generation"]["overhead"], "<=", 0.15)
-        out["eraser"] = t
+        out[method] = t
     return out
 
 
-def keep(out: Path, adapter: HFAdapter, steering: Path | None, row: dict[str, Any]) -> None:
-    """A method's best model as audits.py reads it: ``model/``, ``steering.safetensors`` and the row."""
+def keep(out: Path, adapter: HFAdapter, artifact: Artifact, row: dict[str, Any]) -> None:
+    """A method's best model as audits.py reads it (:func:`unsee.methods.artifact.load_result`): ``model/``,
+    beside it the artifact of a method that trains no weights (``steering.safetensors``), and the row."""
     if out.exists():
         shutil.rmtree(out)
     adapter.save(out / "model")
-    if steering is not None:
-        shutil.copy(steering, out / STEERING_FILE)
+    if not method_class(row["method"]).trains_weights:
+        artifact.save(out)
     atomic_write_json(out / "row.json", {k: row[k] for k in ("method", "overrides", "score")})
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = parser(__doc__, methods=",".join([*TRAINING, "eraser"]), out="benchmarks/results/unlearn.json")
+    p = parser(__doc__, methods=",".join(ALL), out="benchmarks/results/unlearn.json")
     p.add_argument("--forget", default="forget_10")
     p.add_argument("--lr-scales", type=float, nargs="+", default=[0.3, 1.0, 3.0])
     p.add_argument("--epoch-scales", type=float, nargs="+", default=[1.0])
@@ -140,13 +145,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     for method in args.methods.split(","):
         for overrides in settings(method, args):
-            run, adapter, steering = measure(method, vanilla, suite, args.forget, overrides, args.seed, kw)
+            run, adapter, artifact = measure(method, vanilla, suite, args.forget, overrides, args.seed, kw)
             row = {"method": method, "overrides": overrides, "score": score(v_metrics, run),
                    "metrics": run["metrics"], "cost": run["cost"]}
-            if steering is not None:
-                from unsee.methods.eraser import Steering, generation_overhead
+            if not method_class(method).trains_weights:  # its hooks cost time at every generation
+                from unsee.methods.eraser import generation_overhead
 
-                row["generation"] = generation_overhead(load_adapter(vanilla), suite, Steering.load(steering))
+                row["generation"] = generation_overhead(load_adapter(vanilla), suite, artifact)
             rows.append(row)
             print(f"{method:12s} {' '.join(overrides) or '(shipped)':28s} score={row['score']['score']} "
                   f"forget={mcq(run['metrics'], 'forget')} retain={mcq(run['metrics'], 'retain')} "
@@ -154,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
             if method not in best or (row["score"]["score"] or 0) > (best[method]["score"]["score"] or 0):
                 best[method], best_runs[method] = row, run
                 if args.keep:
-                    keep(Path(args.keep) / method, adapter, steering, row)
+                    keep(Path(args.keep) / method, adapter, artifact, row)
             write(complete=False)
     result = write(complete=True)
     print(f"wrote {out} and {out.with_suffix('.results.json')}")

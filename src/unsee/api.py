@@ -45,6 +45,7 @@ from unsee.models.base import HFAdapter, Turn
 
 if TYPE_CHECKING:
     from unsee.eval.evaluator import Evaluation
+    from unsee.methods.artifact import Artifact
 
 __all__ = ["attack", "audit_adapter", "build_world", "detect_benchmark", "evaluate", "finetune", "forget", "init_model",
            "init_shaped", "load_suite", "print_results", "report", "retrain", "unlearn"]
@@ -205,13 +206,8 @@ def method_configs(method: str, config: str | Path | Mapping[str, Any] | None,
     from unsee.engine.trainer import TrainConfig
     from unsee.methods import method_class
 
-    if method == "eraser":
-        from unsee.methods.eraser import EraserConfig
-
-        cls, mcls = None, EraserConfig
-    else:
-        cls = method_class(method)
-        mcls = cls.Config
+    cls = method_class(method)
+    mcls = cls.Config
     values: dict[str, Any] = {}
     shipped = Path(__file__).parent / "configs" / "unlearn" / f"{method}.yaml"
     if config is None and shipped.exists():
@@ -228,31 +224,39 @@ def method_configs(method: str, config: str | Path | Mapping[str, Any] | None,
         raise ConfigError(f"unknown option(s) {unknown} for method {method!r}; engine options: {sorted(tkeys)}; "
                           f"method options: {sorted(mkeys)}")
     tvals = {k: v for k, v in values.items() if k in tkeys}
-    if cls is not None:
+    if cls.trains_weights:
         tvals.setdefault("scope", cls.default_scope)
     return (load_config(TrainConfig, tvals), load_config(mcls, {k: v for k, v in values.items() if k in mkeys}),
             cls)
 
 
 # ---- evaluation ----------------------------------------------------------------------------
-def evaluation(adapter: HFAdapter, suite: Suite, *, steering: str | Path | None = None, **kw: Any) -> Evaluation:
-    """Score a loaded model (as deployed: with its steering file, if any); figures and item records."""
+def deployed_artifact(artifact: Artifact | None, steering: str | Path | None) -> Artifact | None:
+    """The artifact a model runs with: the one given, else the steering file at ``steering``, else none."""
+    if artifact is not None or steering is None:
+        return artifact
+    from unsee.methods.artifact import SteeringArtifact
+
+    return SteeringArtifact.load(steering)
+
+
+def evaluation(adapter: HFAdapter, suite: Suite, *, steering: str | Path | None = None,
+               artifact: Artifact | None = None, **kw: Any) -> Evaluation:
+    """Score a loaded model as deployed (with its ``artifact``, or the steering file at ``steering``);
+    figures and item records."""
+    from contextlib import nullcontext
+
     from unsee.eval.evaluator import run_evaluation
 
-    if steering is None:
-        return run_evaluation(adapter, suite, **kw)
-    from unsee.methods.eraser import Steering, steer
-
-    st = Steering.load(steering)
-    st.check_compatible(adapter)
-    with steer(adapter, st):
+    artifact = deployed_artifact(artifact, steering)
+    with nullcontext() if artifact is None else artifact.applied(adapter):
         return run_evaluation(adapter, suite, **kw)
 
 
 def evaluate_adapter(adapter: HFAdapter, suite: Suite, *, steering: str | Path | None = None,
-                     **kw: Any) -> dict[str, Any]:
+                     artifact: Artifact | None = None, **kw: Any) -> dict[str, Any]:
     """The figures of :func:`evaluation` alone."""
-    return evaluation(adapter, suite, steering=steering, **kw).metrics
+    return evaluation(adapter, suite, steering=steering, artifact=artifact, **kw).metrics
 
 
 def make_run(method: str, metrics: dict | Evaluation, *, model: str, suite: Suite, forget: str, seed: int,
@@ -373,7 +377,7 @@ def unlearn_adapter(method: str, adapter: HFAdapter, suite: Suite, *, config: An
                     logging_dir: str | Path | None = None) -> tuple[Any, dict]:
     """Run a training method in place on ``adapter``; return (train result, the resolved config).
     ``logging_dir``: where trackers write when the config names some and no directory."""
-    from unsee.engine.trainer import train
+    from unsee.methods.artifact import Trained
 
     check_forget(suite)
     tcfg, mcfg, cls = method_configs(method, config, overrides)
@@ -383,8 +387,8 @@ def unlearn_adapter(method: str, adapter: HFAdapter, suite: Suite, *, config: An
     resolved = {**to_dict(tcfg), **{k: v for k, v in to_dict(mcfg).items() if k != "forgotten_images"}}
     if logging_dir is not None and not tcfg.logging_dir:
         tcfg.logging_dir = str(logging_dir)
-    res = train(cls(mcfg), adapter, suite, training_turns(suite), tcfg, desc=method)
-    return res, resolved
+    weights = Trained(cls(mcfg), training_turns(suite), desc=method).unlearn(adapter, suite, tcfg)
+    return weights.result, resolved
 
 
 def with_override(overrides: Any, key: str, value: Any) -> Any:
@@ -399,7 +403,7 @@ def check_launch(method: str, config: Any = None, overrides: Any = ()) -> None:
     from unsee.engine.distributed import check_launch as check
 
     _, mcfg, cls = method_configs(method, config, overrides)
-    check(cls(mcfg) if cls is not None else None)
+    check(cls(mcfg) if cls.trains_weights else None)
 
 
 def is_main_process() -> bool:
@@ -417,7 +421,8 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
             report_to: str = "", benchmark: str | None = None, revision: str | None = None,
             protocol: str = "loglik", max_items: int | None = None, max_new_tokens: int | None = None,
             seeds: int = 1, reference: str | Path | None = None, cache_dir: str | Path | None = None) -> Path:
-    """``unsee unlearn``: a checkpoint (or a steering file, for ``eraser``), ``run.json`` and a model card.
+    """``unsee unlearn``: a checkpoint (or, for a method that trains no weights such as ``eraser``, its
+    steering file), ``run.json`` and a model card.
 
     With ``requests`` the method runs continually, one request after another, and
     ``results.json`` holds one run per request. ``report_to`` streams the training losses to
@@ -430,6 +435,7 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
     attacked beside the result, once however many seeds run.
     """
     from unsee.eval.results import new_results, seed_summary, strip_samples, write_results
+    from unsee.methods import method_class
 
     out = Path(out)
     request_file = requests if isinstance(requests, str | Path) and Path(requests).is_file() else None
@@ -459,7 +465,7 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
     if not is_main_process():
         # Under `accelerate launch` every process trains its share; the first alone evaluates and writes.
-        if method != "eraser":
+        if method_class(method).trains_weights:  # a test-time method has nothing to train
             for s in range(seed, seed + seeds):
                 unlearn_adapter(method, load_adapter(model, allow_pickle=allow_pickle, dtype=dtype) if s > seed
                                 else adapter, suite, config=config, overrides=overrides, seed=s)
@@ -494,31 +500,36 @@ def unlearn_and_save(method: str, adapter: HFAdapter, suite: Suite, *, steering_
                      forgotten_images: Sequence[Any] = (), save: bool = True,
                      audit_seed: int | None = None, data: str | Path | None = None,
                      reference: str | Path | ReferenceAudits | None = None,
-                     cache_dir: str | Path | None = None) -> tuple[dict, Path | None]:
+                     cache_dir: str | Path | None = None) -> tuple[dict, Artifact]:
     """Honour one removal request on a loaded model and record it: the run and the artefact a user ships.
 
     ``unsee unlearn`` and the demo both go through here, so that a run's cost, metrics,
     checkpoint and model card mean the same thing wherever they were produced. Training
     methods change ``adapter`` in place and save it (LoRA merged) with its card to
-    ``model_dir``; ``eraser`` leaves the weights alone and writes its steering file to
-    ``steering_dir``. The cost covers the unlearning only, not the evaluation.
+    ``model_dir``; a method that trains no weights (``eraser``) leaves them alone and writes
+    its artifact (the steering file) to ``steering_dir`` at once. The cost covers the
+    unlearning only, not the evaluation.
 
     With ``audit`` the result is attacked (:mod:`unsee.eval.attacks`) before it is saved, and
     the run and the model card carry the ``attacks``; the probe's baseline is a visual-only
     copy taken before unlearning, the quantization attack's "changed" weights those whose bytes
     the method moved. The audits use ``audit_seed`` (default: ``seed``), so that runs over
     several unlearning seeds are attacked alike, and set every figure beside the retrained
-    ``reference``'s when there is one. ``save=False`` leaves the saving to the caller (a
-    continual run saves once, after its last request); ``forgotten_images`` are the earlier
-    requests'.
+    ``reference``'s when there is one. ``save=False`` leaves the saving of the weights to the
+    caller (:func:`save_checkpoint`; a continual run saves once, after its last request);
+    ``forgotten_images`` are the earlier requests'.
 
-    Returns the run (as in results.json) and the steering file (None for training methods).
+    Returns the run (as in results.json) and the artifact, which the evaluation and the audits
+    ran with (``with artifact.applied(adapter)``).
     """
     from unsee.engine.trainer import frozen_copy
     from unsee.eval.results import strip_samples
+    from unsee.methods import method_class
+    from unsee.methods.artifact import WeightsArtifact
     from unsee.provenance import CostMeter
     from unsee.report import model_card
 
+    cls = method_class(method)
     kinds = list(audit_kinds) if audit_kinds else None
     before = frozen_copy(adapter, visual_only=True) if audit else None
     digests = None
@@ -527,45 +538,46 @@ def unlearn_and_save(method: str, adapter: HFAdapter, suite: Suite, *, steering_
 
         digests = weight_digests(adapter)
 
-    steering: Path | None = None
-    info: dict[str, Any] = {}
-    history: list[dict[str, float]] = []
-    trainable = opt_bytes = 0
+    artifact: Artifact
     with CostMeter() as meter:
-        if method == "eraser":
-            from unsee.methods.eraser import run_eraser
-
-            _, ecfg, _ = method_configs(method, config, overrides)
-            steering = run_eraser(adapter, suite, steering_dir, ecfg, seed=seed)
-            resolved = to_dict(ecfg)
-        else:
+        if cls.trains_weights:
             res, resolved = unlearn_adapter(method, adapter, suite, config=config, overrides=overrides, seed=seed,
                                             logging_dir=steering_dir / "logs", forgotten_images=forgotten_images)
-            info, trainable, opt_bytes = res.info, res.trainable_params, res.optimizer_state_bytes
-            history = res.history
+            artifact = WeightsArtifact(adapter, arch=model, result=res)
+        else:
+            _, mcfg, _ = method_configs(method, config, overrides)
+            artifact = cls(mcfg).unlearn(adapter, suite, mcfg, seed=seed)
+            resolved = to_dict(mcfg)
+            artifact.save(steering_dir)  # the whole result: the base model is untouched
     meter.record_model(None)
-    cost = {**meter.cost(), "trainable_params": trainable, "optimizer_state_bytes": opt_bytes}
-    metrics: Any = evaluation(adapter, suite, steering=steering, **(eval_kw or {})) if evaluate_after else {}
+    cost = {**meter.cost(), "trainable_params": artifact.trainable_params,
+            "optimizer_state_bytes": artifact.optimizer_state_bytes}
+    metrics: Any = evaluation(adapter, suite, artifact=artifact, **(eval_kw or {})) if evaluate_after else {}
     run = make_run(method, metrics, model=model, suite=suite, forget=forget, seed=seed, config=resolved, cost=cost,
-                   info=_jsonable(info))
-    if history:
-        run["history"] = history
+                   info=_jsonable(artifact.info))
+    if artifact.history:
+        run["history"] = artifact.history
     if audit:
         changed = None
         if digests is not None:
             from unsee.eval.quant import changed_linears
 
             changed = changed_linears(digests, adapter)
-        run["attacks"] = audit_adapter(adapter, suite, kinds=kinds, steering=steering, vanilla=before,
+        run["attacks"] = audit_adapter(adapter, suite, kinds=kinds, artifact=artifact, vanilla=before,
                                        seed=seed if audit_seed is None else audit_seed, overrides=audit_overrides,
                                        strict=False, changed=changed, reference=reference, data=data,
                                        cache_dir=cache_dir)
-    if steering is None and save:
-        _save_model(adapter, model_dir, model)
-        card = model_card(strip_samples(run), vanilla, base_model=base_model, base_hash=base_hash,
-                          forgotten=list(suite.forget_entities), audits=None)
-        atomic_write_text(model_dir / "README.md", card)
-    return run, steering
+    if cls.trains_weights and save:
+        save_checkpoint(artifact, model_dir, model_card(strip_samples(run), vanilla, base_model=base_model,
+                                                        base_hash=base_hash, forgotten=list(suite.forget_entities),
+                                                        audits=None))
+    return run, artifact
+
+
+def save_checkpoint(artifact: Artifact, model_dir: Path, card: str) -> None:
+    """A weights artifact as a user ships it: the checkpoint and its model card beside it."""
+    artifact.save(model_dir)
+    atomic_write_text(model_dir / "README.md", card)
 
 
 def _save_model(adapter: HFAdapter, path: Path, arch: str) -> None:
@@ -574,11 +586,9 @@ def _save_model(adapter: HFAdapter, path: Path, arch: str) -> None:
     ``unsee.json`` keeps the name of the architecture it was built from, so that results of
     the unlearned model are reported under the same model as its vanilla run.
     """
-    model = adapter.model
-    if hasattr(model, "merge_and_unload"):
-        adapter.model = model.merge_and_unload()
-    adapter.save(path)
-    atomic_write_json(path / "unsee.json", {"arch": arch})
+    from unsee.methods.artifact import WeightsArtifact
+
+    WeightsArtifact(adapter, arch=arch).save(path)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -594,13 +604,15 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
     For ``cvf_ncu`` the covariance of the next request also holds the already-forgotten
     targets as the updated model sees them, which keeps them forgotten.
     """
+    from unsee.data.detect import resolve
     from unsee.engine.trainer import unique_images
     from unsee.eval.results import new_results, write_results
+    from unsee.methods import method_class
     from unsee.provenance import CostMeter
 
-    if method == "eraser":
-        raise ConfigError("continual unlearning needs a training method; eraser builds one steering file per request")
-    from unsee.data.detect import resolve
+    if not method_class(method).trains_weights:
+        raise ConfigError(f"continual unlearning needs a training method; {method} builds one steering file per "
+                          "request")
 
     eval_kw = dict(eval_kw or {})
     data = resolve(data, revision)  # once: every request's split comes from the same files
@@ -716,12 +728,13 @@ class ReferenceAudits:
 
 
 def audit_adapter(adapter: HFAdapter, suite: Suite, *, kinds: Sequence[str] | None = None,
-                  steering: str | Path | None = None, vanilla: HFAdapter | None = None, seed: int = 0,
+                  steering: str | Path | None = None, artifact: Artifact | None = None,
+                  vanilla: HFAdapter | None = None, seed: int = 0,
                   overrides: Any = (), strict: bool = True, changed: Sequence[str] | None = None,
                   reference: str | Path | ReferenceAudits | None = None, data: str | Path | None = None,
                   cache_dir: str | Path | None = None) -> dict[str, dict[str, Any]]:
-    """The robustness audits on a loaded model (as deployed: with its steering file, if any), each beside
-    the retrained reference's figure when ``reference`` (a model directory) is given."""
+    """The robustness audits on a loaded model as deployed (with its ``artifact``, or the steering file at
+    ``steering``), each beside the retrained reference's figure when ``reference`` (a model directory) is given."""
     from unsee.eval.attacks import ATTACKS, AttackConfig, run_attacks
 
     values = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
@@ -733,15 +746,11 @@ def audit_adapter(adapter: HFAdapter, suite: Suite, *, kinds: Sequence[str] | No
         except DataError:
             if strict:
                 raise
-    st = None
-    if steering is not None:
-        from unsee.methods.eraser import Steering
-
-        st = Steering.load(steering)
+    artifact = deployed_artifact(artifact, steering)
     ref = reference
     if reference is not None and not isinstance(reference, ReferenceAudits):
         ref = ReferenceAudits(reference, suite, cfg, cache_dir)
-    return run_attacks(adapter, suite, kinds, cfg, vanilla=vanilla, steering=st, strict=strict, changed=changed,
+    return run_attacks(adapter, suite, kinds, cfg, vanilla=vanilla, artifact=artifact, strict=strict, changed=changed,
                        reference=ref)
 
 

@@ -127,7 +127,7 @@ def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", 
                 console.print(f"[bold]4/4[/] unlearning with [cyan]{m}[/]" + (f", seed {s}" if seeds > 1 else ""))
                 where = tmp / m if seeds == 1 else tmp / m / f"seed-{s}"
                 adapter = load_adapter(vanilla)
-                run, steering = api.unlearn_and_save(
+                run, artifact = api.unlearn_and_save(
                     m, adapter, suite, steering_dir=where, model_dir=where, model=arch, base_model=str(vanilla),
                     base_hash=base_adapter.fingerprint(), forget=cfg.forget, seed=s,
                     overrides=cfg.method_overrides.get(m, []), vanilla=runs[0], eval_kw=eval_kw,
@@ -136,7 +136,7 @@ def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", 
                     reference=reference, cache_dir=cache)
                 runs.append(run)
                 if s == seed:
-                    after[m] = _answers(adapter, shown, steering)
+                    after[m] = _answers(adapter, shown, artifact)
         results = new_results(runs)
         if seeds > 1:
             from unsee.eval.results import seed_summary
@@ -164,14 +164,13 @@ def _example_items(suite: Any) -> list[Any]:
     return picked
 
 
-def _answers(adapter: Any, items: list, steering: Any = None) -> list[str]:
+def _answers(adapter: Any, items: list, artifact: Any = None) -> list[str]:
+    """What the model says, as deployed: with the unlearning's artifact applied."""
+    from contextlib import nullcontext
+
     from unsee.eval.evaluator import answers
 
-    if steering is None:
-        return answers(adapter, items)
-    from unsee.methods.eraser import Steering, steer
-
-    with steer(adapter, Steering.load(steering)):
+    with nullcontext() if artifact is None else artifact.applied(adapter):
         return answers(adapter, items)
 
 

@@ -90,14 +90,13 @@ def _shown_items(suite: Suite, n_retained: int, seed: int) -> list[Example]:
     return items
 
 
-def _answers(adapter: Any, items: Sequence[Example], steering: Path | None) -> list[str]:
+def _answers(adapter: Any, items: Sequence[Example], artifact: Any = None) -> list[str]:
+    """What the model says, as deployed: with the unlearning's artifact applied."""
+    from contextlib import nullcontext
+
     from unsee.eval.evaluator import answers
 
-    if steering is None:
-        return answers(adapter, items)
-    from unsee.methods.eraser import Steering, steer
-
-    with steer(adapter, Steering.load(steering)):
+    with nullcontext() if artifact is None else artifact.applied(adapter):
         return answers(adapter, items)
 
 
@@ -121,9 +120,10 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
     out = Path(out)
     files = request_files(request, requests)
     check_output_dir(out, overwrite=overwrite)
-    api.method_configs(method, config, overrides)  # unknown methods and options, before any work
-    if method == "eraser" and len(files) > 1:
-        raise ConfigError("continual unlearning needs a training method; eraser builds one steering file per request")
+    _, _, cls = api.method_configs(method, config, overrides)  # unknown methods and options, before any work
+    if not cls.trains_weights and len(files) > 1:
+        raise ConfigError(f"continual unlearning needs a training method; {method} builds one steering file per "
+                          "request")
     reqs = load_requests(files, method)
     suites = [request_suite(r, seed=seed) for r in reqs]
     for s in suites:
@@ -142,10 +142,10 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
     runs: list[dict] = [vanilla]
     forgotten: list[Any] = []
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        steering: Path | None = None
+        artifact: Any = None
         for i, (req, suite) in enumerate(zip(reqs, suites, strict=True), 1):
             last = i == len(reqs)
-            run, steering = api.unlearn_and_save(
+            run, artifact = api.unlearn_and_save(
                 method, adapter, suite, steering_dir=tmp, model_dir=tmp / "model", model=name,
                 base_model=str(model), base_hash=base_hash, forget=label, seed=seed, config=config,
                 overrides=overrides, vanilla=vanilla, eval_kw=eval_kw, audit=audit and last,
@@ -153,7 +153,7 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
             run["request"] = i
             run["request_file"] = str(req.path)
             for j, earlier in enumerate(suites[: i - 1], 1):
-                again = api.evaluate_adapter(adapter, earlier, steering=steering,
+                again = api.evaluate_adapter(adapter, earlier, artifact=artifact,
                                              **{**eval_kw, "groups": ("forget",), "generation": False})
                 run["metrics"][f"forget_r{j}"] = again["forget"]
             if len(reqs) > 1:
@@ -163,14 +163,13 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
                 forgotten += [t.image for t in unique_images(qa_turns(suite.group("train_forget")))]
             runs.append(run)
         final = runs[-1]
-        after = _answers(adapter, shown, steering)
+        after = _answers(adapter, shown, artifact)
         names = [p.name for r in reqs for p in r.forget]
         salt = salt or (secrets.token_hex(16) if hide_names else None)
         card_request = {"files": [f.name for f in files], "hidden": hide_names,
                         "people": [hashed(n, salt) for n in names] if hide_names and salt else names}
-        if steering is None:
-            api._save_model(adapter, tmp / "model", name)
-            atomic_write_text(tmp / "model" / "README.md", model_card(
+        if cls.trains_weights:  # a test-time method's file is already in place
+            api.save_checkpoint(artifact, tmp / "model", model_card(
                 final, vanilla, base_model=str(model), base_hash=base_hash,
                 forgotten=[e for s in suites for e in s.forget_entities], audits=None, request=card_request))
         if hide_names:

@@ -38,13 +38,17 @@ from unsee.config import opt
 from unsee.data import prompts
 from unsee.data.collate import image_of, qa_turns
 from unsee.data.schema import Example, Suite
+from unsee.engine.adversarial import linf_ascent, pgd_pixels, pixel_bounds
 from unsee.errors import ConfigError, DataError
 from unsee.eval import metrics
 from unsee.eval.evaluator import mcq_loglik
 from unsee.models.base import SCOPES, HFAdapter, Turn
 
 if TYPE_CHECKING:
-    from unsee.methods.eraser import Steering
+    from unsee.methods.artifact import Artifact
+
+__all__ = ["ATTACKS", "AttackConfig", "as_deployed", "image_mcq", "linf_ascent", "pgd_pixels", "pixel_bounds",
+           "run_attacks"]
 
 ATTACKS = ("relearn", "pgd", "shift", "probe", "quant", "mia")
 
@@ -104,19 +108,16 @@ def image_mcq(suite: Suite, group: str, entities: set[str] | None = None) -> lis
             and (entities is None or e.entity in entities)]
 
 
-def steered(adapter: HFAdapter, steering: Steering | None) -> AbstractContextManager[Any]:
-    """MLLMEraser's hooks while a block runs, or nothing: an eraser result is attacked as deployed."""
-    if steering is None:
-        return nullcontext()
-    from unsee.methods.eraser import steer
-
-    return steer(adapter, steering)
+def as_deployed(adapter: HFAdapter, artifact: Artifact | None) -> AbstractContextManager[Any]:
+    """The result's artifact applied while a block runs (hooks for a steering, nothing for changed
+    weights or no artifact): every result is attacked as it is deployed."""
+    return nullcontext() if artifact is None else artifact.applied(adapter)
 
 
-def _accuracy(adapter: HFAdapter, items: Sequence[Example], steering: Steering | None = None) -> float | None:
+def _accuracy(adapter: HFAdapter, items: Sequence[Example], artifact: Artifact | None = None) -> float | None:
     if not items:
         return None
-    with steered(adapter, steering):
+    with as_deployed(adapter, artifact):
         ok = mcq_loglik(adapter, items)
     return sum(ok) / len(ok)
 
@@ -143,7 +144,7 @@ def relearn_splits(people: Sequence[str], n: int, seed: int) -> list[tuple[set[s
     return splits
 
 
-def relearn(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steering | None = None) -> dict[str, Any]:
+def relearn(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, artifact: Artifact | None = None) -> dict[str, Any]:
     """Fine-tune a copy on the seen half's forget QA; ``ag`` is the unseen half's gain, in points.
 
     The figures are means over ``relearn_splits`` halves, each attacked ``relearn_repeats``
@@ -163,7 +164,7 @@ def relearn(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steer
         """Each forget item's correctness: one pass, shared by both halves of a split."""
         if not pool:
             return []
-        with steered(model, steering):
+        with as_deployed(model, artifact):
             return mcq_loglik(model, pool)
 
     def accuracy(ok: list[bool], people: set[str]) -> float | None:
@@ -203,69 +204,6 @@ def relearn(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steer
 
 
 # ---------------------------------------------------------------------------- PGD
-def _channel_view(vec: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Broadcast a per-channel vector over ``pixel_values``.
-
-    LLaVA-style processors give ``[B, C, H, W]``; Qwen-VL gives flattened patches
-    ``[N, C*T*P*P]`` with the channel as the slowest-varying axis of each row.
-    """
-    c = vec.numel()
-    if pixel_values.dim() == 4 and pixel_values.shape[1] == c:
-        return vec.view(1, c, 1, 1)
-    if pixel_values.dim() == 2 and pixel_values.shape[1] % c == 0:
-        return vec.repeat_interleave(pixel_values.shape[1] // c).view(1, -1)
-    raise ConfigError(f"PGD does not know the channel layout of pixel_values with shape {tuple(pixel_values.shape)}")
-
-
-def pixel_bounds(adapter: HFAdapter, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Per-channel ``(mean, std)`` of the processor, broadcast over ``pixel_values``."""
-    ip = adapter.processor.image_processor
-    if getattr(ip, "image_mean", None) is None or getattr(ip, "image_std", None) is None:
-        raise ConfigError("PGD needs the image processor's image_mean and image_std")
-    kw = {"dtype": pixel_values.dtype, "device": pixel_values.device}
-    return (_channel_view(torch.tensor(ip.image_mean, **kw), pixel_values),
-            _channel_view(torch.tensor(ip.image_std, **kw), pixel_values))
-
-
-def linf_ascent(adapter: HFAdapter, clean: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor],
-                eps: float, step: float, steps: int) -> torch.Tensor:
-    """Sign-gradient ascent of ``objective(pixel_values)`` inside an L-inf ball, on the processor's output.
-
-    Re-running the image processor on a perturbed PIL image is not differentiable, so the
-    *normalised* output is perturbed instead: a radius ``e`` in [0, 1] pixel units is
-    ``e / std_c`` there, and channel ``c`` stays in ``[(0 - mean_c) / std_c, (1 - mean_c) / std_c]``,
-    the same L-inf ball as perturbing the resized pixels. No random start: the result is
-    deterministic. (Qwen-VL repeats each frame ``temporal_patch_size`` times inside a patch;
-    the copies move independently.) Only the pixels get a gradient; no parameter's ``.grad`` moves.
-    """
-    clean = clean.detach()
-    mean, std = pixel_bounds(adapter, clean)
-    radius, stride = eps / std, step / std
-    lo, hi = (0 - mean) / std, (1 - mean) / std
-    delta = torch.zeros_like(clean)
-    with torch.enable_grad():
-        for _ in range(steps):
-            pv = (clean + delta).requires_grad_(True)
-            (grad,) = torch.autograd.grad(objective(pv), pv)
-            delta = torch.maximum(torch.minimum(delta + stride * grad.sign(), radius), -radius)
-            delta = torch.maximum(torch.minimum(clean + delta, hi), lo) - clean
-    return (clean + delta).detach()
-
-
-def pgd_pixels(adapter: HFAdapter, turns: Sequence[Turn], eps: float, step: float, steps: int) -> torch.Tensor:
-    """PGD towards each turn's answer: :func:`linf_ascent` of the answers' log-likelihood."""
-    if any(t.image is None or not t.answer for t in turns):
-        raise DataError("PGD needs an image and the correct answer on every prompt")
-    batch = adapter.to_device(adapter.training_batch(turns))
-
-    def answers(pv: torch.Tensor) -> torch.Tensor:
-        batch["pixel_values"] = pv
-        return adapter.answer_logprobs(batch).sum()
-
-    with adapter.eval_mode():
-        return linf_ascent(adapter, batch["pixel_values"], answers, eps, step, steps)
-
-
 def split_pixels(batch: Any) -> list[torch.Tensor]:
     """One ``pixel_values`` block per image: a row of ``[B, C, H, W]``, or Qwen's patches per grid."""
     pv = batch["pixel_values"]
@@ -286,13 +224,13 @@ def _scores_with_pixels(adapter: HFAdapter, ex: Example, pixels: torch.Tensor) -
 
 
 def pgd_accuracy(adapter: HFAdapter, items: Sequence[Example], cfg: AttackConfig, batch_size: int = 8,
-                 steering: Steering | None = None) -> float:
+                 artifact: Artifact | None = None) -> float:
     """MCQ accuracy when each item's image is PGD-perturbed towards its correct option."""
     correct = 0
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         turns = [Turn(image_of(e), prompts.qa_prompt(e.question), e.options[e.correct]) for e in chunk]
-        with steered(adapter, steering):
+        with as_deployed(adapter, artifact):
             pixels = pgd_pixels(adapter, turns, cfg.pgd_eps, cfg.pgd_step, cfg.pgd_steps)
             blocks = split_pixels({**adapter.training_batch(turns), "pixel_values": pixels})
             for ex, block in zip(chunk, blocks, strict=True):
@@ -300,15 +238,15 @@ def pgd_accuracy(adapter: HFAdapter, items: Sequence[Example], cfg: AttackConfig
     return correct / len(items)
 
 
-def pgd(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steering | None = None) -> dict[str, Any]:
+def pgd(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, artifact: Artifact | None = None) -> dict[str, Any]:
     """Forget accuracy under PGD, with retain under the same budget as the control."""
     out: dict[str, Any] = {"eps": cfg.pgd_eps, "step": cfg.pgd_step, "steps": cfg.pgd_steps}
     for group in ("forget", "retain"):
         items = image_mcq(suite, group)[: cfg.max_items]
         if not items:
             continue
-        out[f"{group}_clean"] = _accuracy(adapter, items, steering)
-        out[f"{group}_attacked"] = pgd_accuracy(adapter, items, cfg, steering=steering)
+        out[f"{group}_clean"] = _accuracy(adapter, items, artifact)
+        out[f"{group}_attacked"] = pgd_accuracy(adapter, items, cfg, artifact=artifact)
         out[f"n_{group}"] = len(items)
     if "forget_attacked" not in out:
         raise DataError(f"suite {suite.name!r} has no image MCQ on the forget people to attack")
@@ -354,16 +292,16 @@ def shifted(items: Sequence[Example], shift: str, seed: int) -> list[Example]:
     return out
 
 
-def shift(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steering | None = None) -> dict[str, Any]:
+def shift(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, artifact: Artifact | None = None) -> dict[str, Any]:
     """Forget and retain MCQ accuracy on each shifted copy of their images."""
     out: dict[str, Any] = {}
     for group in ("forget", "retain"):
         items = image_mcq(suite, group)[: cfg.max_items]
         if not items:
             continue
-        out[f"{group}_clean"] = _accuracy(adapter, items, steering)
+        out[f"{group}_clean"] = _accuracy(adapter, items, artifact)
         for name in cfg.shifts:
-            out[f"{group}_{name}"] = _accuracy(adapter, shifted(items, name, cfg.seed), steering)
+            out[f"{group}_{name}"] = _accuracy(adapter, shifted(items, name, cfg.seed), artifact)
         out[f"n_{group}"] = len(items)
     if not out:
         raise DataError(f"suite {suite.name!r} has no image MCQ to shift")
@@ -438,7 +376,7 @@ def probe_predict(x_fit: torch.Tensor, y_fit: torch.Tensor, x_test: torch.Tensor
         return head((x_test - mu) / sd).argmax(-1)
 
 
-def probe(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steering | None = None) -> dict[str, Any]:
+def probe(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, artifact: Artifact | None = None) -> dict[str, Any]:
     """Held-out-view accuracy of a linear identity probe, split by forget and retained people.
 
     Leave one view out: the probe is fitted once per view number on every other view and
@@ -482,16 +420,16 @@ def probe(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steerin
 
 
 # ---------------------------------------------------------------------------- all of them
-def _quant(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steering | None = None) -> dict[str, Any]:
+def _quant(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, artifact: Artifact | None = None) -> dict[str, Any]:
     from unsee.eval.quant import quant
 
-    return quant(adapter, suite, cfg, steering)
+    return quant(adapter, suite, cfg, artifact)
 
 
-def _mia(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steering | None = None) -> dict[str, Any]:
+def _mia(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, artifact: Artifact | None = None) -> dict[str, Any]:
     from unsee.eval.mia import mia
 
-    return mia(adapter, suite, cfg, steering)
+    return mia(adapter, suite, cfg, artifact)
 
 
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -501,12 +439,12 @@ PER_ITEM = "per_item"  # raw per-item scores the comparison with the reference r
 
 
 def run_attacks(adapter: HFAdapter, suite: Suite, kinds: Sequence[str] = ATTACKS, cfg: AttackConfig | None = None,
-                *, vanilla: HFAdapter | None = None, steering: Steering | None = None,
+                *, vanilla: HFAdapter | None = None, artifact: Artifact | None = None,
                 strict: bool = True, changed: Sequence[str] | None = None,
                 reference: Callable[[str], dict[str, Any]] | None = None,
                 keep_items: bool = False) -> dict[str, dict[str, Any]]:
     """Run each attack in ``kinds``; with ``vanilla`` (its visual module is enough), the probe also
-    reports the model before unlearning; with ``steering``, the model is attacked as deployed;
+    reports the model before unlearning; with ``artifact``, the model is attacked as deployed;
     ``changed`` names the linear weights the method changed, for the quantization attack.
 
     ``reference(kind)`` gives the retrained reference's figures for an attack (computed once,
@@ -527,9 +465,9 @@ def run_attacks(adapter: HFAdapter, suite: Suite, kinds: Sequence[str] = ATTACKS
             if kind == "quant":
                 from unsee.eval.quant import quant
 
-                out[kind] = quant(adapter, suite, cfg, steering, changed=changed)
+                out[kind] = quant(adapter, suite, cfg, artifact, changed=changed)
             else:
-                out[kind] = RUNNERS[kind](adapter, suite, cfg, steering)
+                out[kind] = RUNNERS[kind](adapter, suite, cfg, artifact)
         except DataError as e:
             if strict:
                 raise

@@ -38,7 +38,7 @@ from unsee.models.base import HFAdapter, Turn
 
 if TYPE_CHECKING:
     from unsee.eval.attacks import AttackConfig
-    from unsee.methods.eraser import Steering
+    from unsee.methods.artifact import Artifact
 
 SCORES = ("loss", "zlib", "mink_pp")
 
@@ -107,12 +107,12 @@ def member_score(kind: str, values: Sequence[float]) -> list[float]:
     return list(values) if kind == "mink_pp" else [-v for v in values]
 
 
-def mia(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steering | None = None) -> dict[str, Any]:
+def mia(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, artifact: Artifact | None = None) -> dict[str, Any]:
     """AUC of each score, forget items (members) against the held-out group ``cfg.mia_holdout``.
 
     ``per_item`` keeps the raw scores (and the forget items' truth ratios) for the comparison
     with the reference; :func:`relative` reads them and the stored figures leave them out."""
-    from unsee.eval.attacks import image_mcq, steered
+    from unsee.eval.attacks import as_deployed, image_mcq
 
     cap = cfg.mia_max_items or None
     forget = image_mcq(suite, "forget")[:cap]
@@ -120,7 +120,7 @@ def mia(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steering 
         raise DataError(f"suite {suite.name!r} has no image MCQ on the forget people for membership inference")
     holdout = image_mcq(suite, cfg.mia_holdout)[:cap]
     check_holdout(suite.forget_entities, holdout, cfg.mia_holdout)
-    with steered(adapter, steering):
+    with as_deployed(adapter, artifact):
         members, others = answer_scores(adapter, forget, cfg.mia_k), answer_scores(adapter, holdout, cfg.mia_k)
         ratios = truth_ratios(adapter, forget)
     out: dict[str, Any] = {f"auc_{s}": round(metrics.auc(member_score(s, members[s]), member_score(s, others[s])), 4)

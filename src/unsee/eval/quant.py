@@ -26,7 +26,7 @@ from unsee.models.base import HFAdapter
 
 if TYPE_CHECKING:
     from unsee.eval.attacks import AttackConfig
-    from unsee.methods.eraser import Steering
+    from unsee.methods.artifact import Artifact
 
 QUANT_BITS = (4, 8)
 GROUPS = ("forget", "forget_test", "retain")
@@ -124,7 +124,7 @@ def quantized(adapter: HFAdapter, names: Collection[str], bits: int | str, group
                 mods[name].weight.copy_(w)
 
 
-def quant(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steering | None = None,
+def quant(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, artifact: Artifact | None = None,
           changed: Collection[str] | None = None) -> dict[str, Any]:
     """Forget, forget_test and retain MCQ accuracy after quantizing the changed linear weights, and all of them.
 
@@ -148,7 +148,7 @@ def quant(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steerin
     out: dict[str, Any] = {"group_size": cfg.quant_group, "bits": list(cfg.quant_bits), "linears": len(every),
                            "linears_changed": None if changed is None else len(scopes["changed"])}
     for g, its in items.items():
-        out[f"{g}_clean"] = _accuracy(model, its, steering)
+        out[f"{g}_clean"] = _accuracy(model, its, artifact)
         out[f"n_{g}"] = len(its)
     runs: list[tuple[str, int | str, list[str]]] = [(s, b, n) for s, n in scopes.items() for b in cfg.quant_bits]
     if bnb_available():  # pragma: no cover - needs a GPU
@@ -157,5 +157,5 @@ def quant(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, steering: Steerin
         tag = f"int{bits}" if bits != "nf4" else "nf4"
         with quantized(model, names, bits, cfg.quant_group) as q:
             for g, its in items.items():
-                out[f"{g}_{tag}_{scope}"] = _accuracy(q, its, steering)
+                out[f"{g}_{tag}_{scope}"] = _accuracy(q, its, artifact)
     return out

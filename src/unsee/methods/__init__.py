@@ -1,4 +1,9 @@
-"""Method registry: a name maps to ``"module:Class"``, imported only when used."""
+"""Method registry: a name maps to ``"module:Class"``, imported only when used.
+
+Every method is here, whatever its result: a training method changes the weights, MLLMEraser
+hands over a steering file (:mod:`unsee.methods.artifact`). Which kind a method is, and what
+it can do, is asked of its class (``trains_weights``), never of its name.
+"""
 
 from __future__ import annotations
 
@@ -17,9 +22,9 @@ REGISTRY: dict[str, str] = {
     "cvf_ncu": "unsee.methods.cvf:CVFNCU",
     "cvf_only": "unsee.methods.cvf:CVFOnly",
     "ncu_only": "unsee.methods.cvf:NCUOnly",
+    "eraser": "unsee.methods.eraser:Eraser",
 }
-ALL = (*REGISTRY, "eraser")
-TRAINING = ("ga", "graddiff", "kl", "npo", "mmunlearner", "vkd", "cvf_ncu", "cvf_only", "ncu_only")
+ALL = tuple(REGISTRY)
 
 
 def method_class(name: str) -> Any:
@@ -27,3 +32,11 @@ def method_class(name: str) -> Any:
         raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(ALL)}")
     module, cls = REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def __getattr__(name: str) -> Any:
+    """``TRAINING``: the registered methods that train weights, derived from their classes on first use
+    (importing every method module up front would be slow)."""
+    if name == "TRAINING":
+        return tuple(m for m in REGISTRY if method_class(m).trains_weights)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,6 +27,7 @@ class BaseMethod:
     reference: ClassVar[Literal["none", "full", "visual"]] = "none"
     default_scope: ClassVar[str] = "full"
     images_only: ClassVar[bool] = False
+    trains_weights: ClassVar[bool] = True  # its result is the changed weights (unsee.methods.artifact)
     uses_language: bool = True
     Config: ClassVar[type] = MethodConfig
 

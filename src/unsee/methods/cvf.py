@@ -24,8 +24,8 @@ from transformers import BatchFeature
 from unsee.config import opt
 from unsee.data.augment import augment
 from unsee.data.collate import image_of
+from unsee.engine.adversarial import linf_ascent
 from unsee.engine.trainer import Context
-from unsee.eval.attacks import linf_ascent
 from unsee.methods.base import BaseMethod, images_of, nll, pooled, token_mse
 from unsee.methods.ncu import NCUConfig, constrain_to_retained
 from unsee.models.base import HFAdapter, Turn
