@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 
@@ -11,8 +12,10 @@ import torch
 from PIL import Image
 
 from unsee.config import load_config
+from unsee.data.collate import image_of
 from unsee.data.schema import Example, Suite
 from unsee.errors import ConfigError, DataError, ModelError
+from unsee.eval.evaluator import option_logprobs
 from unsee.methods.eraser import (
     REFUSAL_SUFFIX,
     STEERING_FILE,
@@ -284,18 +287,25 @@ def test_file_round_trip_and_compatibility(llava, qwen, steering, tmp_path):
         Steering.load(tmp_path / "junk.safetensors")
 
 
-def test_mcq_accuracy_matches_manual_scoring(llava, data, steering):
-    items = [([Turn(t.image, t.prompt, a) for a in ("yes", "no", "maybe")], k % 3)
-             for k, t in enumerate(data["forget"][:3])]
-    flat = [t for opts, _ in items for t in opts]
-    with torch.no_grad():
-        scores = llava.answer_logprobs(llava.training_batch(flat)).view(3, 3)
-    expected = float((scores.argmax(-1) == torch.tensor([0, 1, 2])).float().mean())
-    assert mcq_accuracy(llava, items, batch_size=4) == pytest.approx(expected)
-    batch = llava.training_batch(flat[:3])
+def test_mcq_accuracy_is_the_evaluators_scoring(llava, data, steering):
+    """The sweep scores as the evaluator does; steered, that matches one teacher-forced pass per option
+    with the hooks anchored at the last prompt token."""
+    options = ("yes", "no", "maybe")
+    items = [Example(uid=f"q{k}", entity="e", question=t.prompt, answer=options[k % 3], task="mcq",
+                     image=png(t.image), options=options, correct=k % 3) for k, t in enumerate(data["forget"][:3])]
+    flat = [Turn(image_of(e), e.question, a) for e in items for a in options]
+    batch = llava.training_batch(flat)
     prompt_len = llava.generation_batch(flat[:1])["input_ids"].shape[1]
-    assert prompt_ends(batch).tolist() == [prompt_len - 1] * 3
-    assert 0.0 <= mcq_accuracy(llava, items, steering, batch_size=4) <= 1.0
+    assert prompt_ends(llava.training_batch(flat[:3])).tolist() == [prompt_len - 1] * 3
+    strong = steering.select(strength=-2.0)
+    for st in (None, strong):
+        with torch.no_grad(), steer(llava, st, anchor=prompt_ends(batch)) if st else contextlib.nullcontext():
+            scores = llava.answer_logprobs(batch).view(3, 3)
+        expected = float((scores.argmax(-1) == torch.tensor([0, 1, 2])).float().mean())
+        assert mcq_accuracy(llava, items, st, batch_size=4) == pytest.approx(expected)
+        with steer(llava, st) if st else contextlib.nullcontext():
+            evaluated = torch.tensor(option_logprobs(llava, items))
+        assert torch.allclose(evaluated, scores, atol=1e-3)
 
 
 def test_sweep_picks_biggest_forget_drop_that_keeps_retain(llava, data):
@@ -388,10 +398,11 @@ def test_validation_items_come_from_training_qa_only(tmp_path) -> None:
     train_qa = {(e.question, e.answer) for e in suite.group("train_forget")}
     test_qa = {(e.question, e.options[e.correct]) for g in ("forget", "forget_test") for e in suite.group(g)
                if e.task == "mcq"}
-    for options, gold in items:
-        assert len(options) == 4 and len({t.answer for t in options}) == 4
-        assert (options[gold].prompt, options[gold].answer) in train_qa
-        assert not any((t.prompt, t.answer) in test_qa - train_qa for t in options)
+    for item in items:
+        assert item.task == "mcq" and item.has_image
+        assert len(item.options) == 4 and len(set(item.options)) == 4
+        assert (item.question, item.options[item.correct]) in train_qa
+        assert not any((item.question, o) in test_qa - train_qa for o in item.options)
 
 
 def test_run_eraser_with_sweep_records_the_grid(tmp_path, llava) -> None:
