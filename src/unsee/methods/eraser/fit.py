@@ -27,13 +27,13 @@ from torch import nn
 from unsee.data.schema import Example, Suite
 from unsee.engine.adversarial import pgd_pixels as attack_pgd_pixels
 from unsee.errors import ConfigError, DataError
-from unsee.provenance import environment
 from unsee.io import check_output_dir
 from unsee.methods.artifact import SteeringArtifact
 from unsee.methods.eraser.config import EraserConfig, layer_span
 from unsee.methods.eraser.hooks import _hidden, _last_real
 from unsee.methods.eraser.steering import STEERING_FILE, Steering
 from unsee.models.base import HFAdapter, Turn
+from unsee.provenance import environment
 
 # The erasure prompt when no neutral identities are at hand: same image, same question,
 # but the model is told to say it does not know, which is the behaviour we steer towards.
