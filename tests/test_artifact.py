@@ -117,3 +117,21 @@ def test_no_module_compares_a_method_name_to_a_literal() -> None:
             if names & set(literals):
                 found.append(f"{path.relative_to(SRC)}:{node.lineno}")
     assert not found, f"method names compared to literals at {found}"
+
+
+def test_methods_do_not_import_the_audits_and_the_adversarial_steps_sit_below_both() -> None:
+    """The audits judge the methods: a method importing them would close a cycle."""
+    def imports(path: Path) -> set[str]:
+        out = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                out.add(node.module)
+            elif isinstance(node, ast.Import):
+                out.update(a.name for a in node.names)
+        return out
+
+    audits = {"unsee.eval.attacks", "unsee.eval.quant", "unsee.eval.mia"}
+    for path in sorted((SRC / "methods").rglob("*.py")):
+        assert not imports(path) & audits, path
+    low = imports(SRC / "engine" / "adversarial.py")
+    assert not any(m.startswith(("unsee.methods", "unsee.eval")) for m in low), low
