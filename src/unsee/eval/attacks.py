@@ -38,7 +38,9 @@ from unsee.config import opt
 from unsee.data import prompts
 from unsee.data.collate import image_of, qa_turns
 from unsee.data.schema import Example, Suite
-from unsee.engine.adversarial import linf_ascent, pgd_pixels, pixel_bounds
+from unsee.engine.adversarial import linf_ascent as linf_ascent  # the PGD steps live there; re-exported
+from unsee.engine.adversarial import pgd_pixels
+from unsee.engine.adversarial import pixel_bounds as pixel_bounds
 from unsee.errors import ConfigError, DataError
 from unsee.eval import metrics
 from unsee.eval.evaluator import mcq_loglik
@@ -46,9 +48,6 @@ from unsee.models.base import SCOPES, HFAdapter, Turn
 
 if TYPE_CHECKING:
     from unsee.methods.artifact import Artifact
-
-__all__ = ["ATTACKS", "AttackConfig", "as_deployed", "image_mcq", "linf_ascent", "pgd_pixels", "pixel_bounds",
-           "run_attacks"]
 
 ATTACKS = ("relearn", "pgd", "shift", "probe", "quant", "mia")
 
