@@ -7,13 +7,13 @@
 Each method runs at its shipped setting on ``forget_10`` (a fresh copy of the vanilla model
 each time, unlearning seeds ``--seed`` .. ``--seed + N - 1``) or, with ``--models DIR``, the
 best models that ``unlearn.py --keep DIR`` saved are audited as they are (one seed: the one
-they were trained with). Every attack of :mod:`unsee.eval.attacks` runs on each model: the
+they were trained with). Every attack of :mod:`unsee.audit.attacks` runs on each model: the
 probe's baseline is the vanilla model's visual module, the quantization attack rounds the
 weights the method changed and all of them. The vanilla model is attacked too, and with
 ``--retrained`` the model fine-tuned without the forget people's photos, the reference every
 figure is set beside (attacked once, its figures cached).
 
-Targets (means over the seeds, every method; :func:`unsee.eval.verdicts.reference_checks`):
+Targets (means over the seeds, every method; :func:`unsee.audit.verdicts.reference_checks`):
 relearning AG <= the reference's + 5 points; forget accuracy under PGD <= the reference's + 0.05;
 probe accuracy on the forget people <= the reference's + 0.05; forget accuracy after 4-bit
 rounding <= before rounding + 0.05; each MIA AUC within 0.05 of the reference's; forget quality
@@ -31,12 +31,12 @@ from typing import Any
 from common import ALL, attack_options, eval_kw, measure, parser, retrained_model, vanilla_model
 
 from unsee import api
+from unsee.audit.attacks import AttackConfig
+from unsee.audit.verdicts import reference_checks
 from unsee.config import load_config, parse_overrides
 from unsee.engine.prepare import frozen_copy
 from unsee.errors import DataError
-from unsee.eval.attacks import AttackConfig
 from unsee.eval.metrics import spread
-from unsee.eval.verdicts import reference_checks
 from unsee.io import atomic_write_json, atomic_write_text
 from unsee.methods import method_class
 from unsee.methods.artifact import load_result
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows["retrained"] = {k: {n: v for n, v in reference(k).items() if n != "per_item"} for k in kinds}
         print("retrained", rows["retrained"], flush=True)
     settings, per_seed, seeds_run = {}, {}, {}
-    from unsee.eval.quant import changed_linears, weight_digests
+    from unsee.audit.quant import changed_linears, weight_digests
 
     digests = weight_digests(base)
     for method in args.methods.split(","):

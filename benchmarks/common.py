@@ -66,7 +66,7 @@ def audit_figures(attacks: Mapping[str, Any]) -> dict[str, float | None]:
 
 def attack_options(p: argparse.ArgumentParser) -> None:
     """The audit options of the benchmarks that attack their models: which attacks, and their settings."""
-    from unsee.eval.attacks import ATTACKS
+    from unsee.audit.attacks import ATTACKS
 
     p.add_argument("--attacks", default=",".join(ATTACKS), help="comma list of the attacks to run")
     p.add_argument("--attack-set", action="append", default=[], metavar="KEY=VALUE", help="AttackConfig option")

@@ -29,10 +29,10 @@ import torch
 from common import model_options, vanilla_model
 
 from unsee import api
+from unsee.audit.attacks import pooled_features, probe_predict
 from unsee.data.collate import image_of, qa_turns
 from unsee.data.schema import Suite
 from unsee.engine.trainer import TrainConfig, train
-from unsee.eval.attacks import pooled_features, probe_predict
 from unsee.eval.evaluator import mcq_loglik
 from unsee.io import atomic_write_json
 from unsee.methods.baselines import SFT

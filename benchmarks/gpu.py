@@ -176,8 +176,7 @@ def request_time(adapter: HFAdapter, suite: Any, turns: dict) -> dict:
 
 def eraser_cost(name: str, adapter: HFAdapter, suite: Any, max_items: int, gen_prompts: int, new_tokens: int) -> dict:
     """Steering-file build time for the request, and generation time with and without steering."""
-    from unsee.methods.artifact import SteeringArtifact
-    from unsee.methods.eraser import EraserConfig, Steering, generation_overhead, run_eraser
+    from unsee.methods.eraser import EraserConfig, Steering, SteeringArtifact, generation_overhead, run_eraser
 
     device = adapter.device
     with tempfile.TemporaryDirectory() as d:

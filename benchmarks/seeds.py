@@ -21,11 +21,11 @@ from typing import Any
 from common import attack_options, audit_figures, eval_kw, mcq, measure, parser, retrained_model, vanilla_model
 
 from unsee import api
+from unsee.audit.attacks import AttackConfig
+from unsee.audit.quant import changed_linears, weight_digests
 from unsee.config import load_config, parse_overrides
 from unsee.engine.prepare import frozen_copy
 from unsee.eval import metrics
-from unsee.eval.attacks import AttackConfig
-from unsee.eval.quant import changed_linears, weight_digests
 from unsee.io import atomic_write_json
 from unsee.models import load_adapter
 from unsee.provenance import environment

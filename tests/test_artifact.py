@@ -15,8 +15,8 @@ from unsee.data.schema import Example
 from unsee.errors import ModelError
 from unsee.eval.evaluator import option_logprobs
 from unsee.methods import ALL, REGISTRY, TRAINING, method_class
-from unsee.methods.artifact import SteeringArtifact, WeightsArtifact, load_result
-from unsee.methods.eraser import STEERING_FILE, EraserConfig, build_steering
+from unsee.methods.artifact import WeightsArtifact, load_result
+from unsee.methods.eraser import STEERING_FILE, EraserConfig, SteeringArtifact, build_steering
 from unsee.models import Turn, load_adapter
 from unsee.models.tiny import init_model
 
@@ -130,7 +130,7 @@ def test_methods_do_not_import_the_audits_and_the_adversarial_steps_sit_below_bo
                 out.update(a.name for a in node.names)
         return out
 
-    audits = {"unsee.eval.attacks", "unsee.eval.quant", "unsee.eval.mia"}
+    audits = {"unsee.audit.attacks", "unsee.audit.quant", "unsee.audit.mia"}
     for path in sorted((SRC / "methods").rglob("*.py")):
         assert not imports(path) & audits, path
     low = imports(SRC / "engine" / "adversarial.py")

@@ -11,11 +11,11 @@ from helpers import weights_hash
 from PIL import Image
 
 from unsee import api
+from unsee.audit import attacks
+from unsee.audit.attacks import AttackConfig, fit_probe, pgd_pixels, pixel_bounds, run_attacks, shifted
 from unsee.data.schema import Suite
 from unsee.data.world import build_world
 from unsee.errors import ConfigError, DataError
-from unsee.eval import attacks
-from unsee.eval.attacks import AttackConfig, fit_probe, pgd_pixels, pixel_bounds, run_attacks, shifted
 from unsee.models import HFAdapter, Turn, load_adapter
 from unsee.models.tiny import init_model
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from unsee import api
+from unsee.audit.attacks import pooled_features
 from unsee.data.collate import qa_turns
 from unsee.engine.trainer import unique_images
-from unsee.eval.attacks import pooled_features
 from unsee.eval.results import load_results
 from unsee.models import load_adapter
 

@@ -56,7 +56,7 @@ def test_demo_audits_every_result(demo_run: tuple[Path, Path]) -> None:
 
 
 def test_demo_reuses_the_cache_and_refuses_existing_output(demo_run: tuple[Path, Path], monkeypatch) -> None:
-    from unsee import finetune as ft
+    from unsee import demo
     from unsee.demo import run_demo
 
     out, cache = demo_run
@@ -68,7 +68,7 @@ def test_demo_reuses_the_cache_and_refuses_existing_output(demo_run: tuple[Path,
     def boom(*a, **k):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("the vanilla model was trained again")
 
-    monkeypatch.setattr(ft, "finetune", boom)
+    monkeypatch.setattr(demo, "finetune", boom)
     again = out.parent / "again"
     run_demo(again, quick=True, cache_dir=cache, config=CONFIG, methods="graddiff")
     assert (again / "results.json").is_file()
@@ -77,13 +77,12 @@ def test_demo_reuses_the_cache_and_refuses_existing_output(demo_run: tuple[Path,
 def test_interrupted_demo_leaves_nothing_and_resumes_from_the_cache(demo_run: tuple[Path, Path],
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C during unlearning: no output directory, no temporary leftovers; the next run trains nothing again."""
-    from unsee import api
-    from unsee import finetune as ft
+    from unsee import demo
     from unsee.demo import run_demo
 
     out, cache = demo_run
     target = out.parent / "interrupted"
-    real = api.unlearn_and_save
+    real = demo.unlearn_and_save
 
     def ctrl_c(*a, **k):  # noqa: ANN002, ANN003, ANN202
         raise KeyboardInterrupt
@@ -91,13 +90,13 @@ def test_interrupted_demo_leaves_nothing_and_resumes_from_the_cache(demo_run: tu
     def boom(*a, **k):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("the vanilla model was trained again")
 
-    monkeypatch.setattr(ft, "finetune", boom)
-    monkeypatch.setattr(api, "unlearn_and_save", ctrl_c)
+    monkeypatch.setattr(demo, "finetune", boom)
+    monkeypatch.setattr(demo, "unlearn_and_save", ctrl_c)
     before = sorted(p.name for p in out.parent.iterdir())
     with pytest.raises(KeyboardInterrupt):
         run_demo(target, quick=True, cache_dir=cache, config=CONFIG, methods="graddiff")
     assert sorted(p.name for p in out.parent.iterdir()) == before
-    monkeypatch.setattr(api, "unlearn_and_save", real)
+    monkeypatch.setattr(demo, "unlearn_and_save", real)
     run_demo(target, quick=True, cache_dir=cache, config=CONFIG, methods="graddiff")
     assert (target / "results.json").is_file() and (target / "graddiff" / "model.safetensors").is_file()
 

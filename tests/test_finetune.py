@@ -125,7 +125,7 @@ def test_stage1_trains_on_the_worlds_pool_and_is_shared_by_worlds_with_that_pool
 def test_stage1_resumes_from_its_checkpoint_with_the_same_weights(world: Path, model: Path, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch,
                                                                     general: int) -> None:
-    from unsee.data import render
+    from unsee import vision_stage
 
     pool = world_pretrain_identities(load_world_info(world))
     cfg = load_config(ft.FinetuneConfig, "quick", ["vision_steps=5", "vision_batch=4", "checkpoint_every=2",
@@ -134,7 +134,7 @@ def test_stage1_resumes_from_its_checkpoint_with_the_same_weights(world: Path, m
     stats = ft.pretrain_vision(whole, cfg, pool)
     assert ("general_acc" in stats) == (general > 0)
 
-    real, calls = render.pretrain_batch, []
+    real, calls = vision_stage.pretrain_batch, []
 
     def dies_on_the_fifth(*a, **k):  # noqa: ANN002, ANN003, ANN202
         calls.append(1)
@@ -143,10 +143,10 @@ def test_stage1_resumes_from_its_checkpoint_with_the_same_weights(world: Path, m
         return real(*a, **k)
 
     ckpt = tmp_path / "stage1.partial"
-    monkeypatch.setattr(render, "pretrain_batch", dies_on_the_fifth)
+    monkeypatch.setattr(vision_stage, "pretrain_batch", dies_on_the_fifth)
     with pytest.raises(KeyboardInterrupt):
         ft.pretrain_vision(load_adapter(model), cfg, pool, checkpoint=ckpt)
-    monkeypatch.setattr(render, "pretrain_batch", real)
+    monkeypatch.setattr(vision_stage, "pretrain_batch", real)
     resumed = load_adapter(model)
     ft.pretrain_vision(resumed, cfg, pool, checkpoint=ckpt)
     a, b = ft.visual_state(whole), ft.visual_state(resumed)

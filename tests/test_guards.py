@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from unsee import api, errors
+from unsee import api, errors, unlearning
 from unsee.cli import main, parser
 from unsee.data.schema import Suite
-from unsee.engine import trainer
 from unsee.engine.checkpoint import has_checkpoint
 from unsee.engine.trainer import Context, TrainConfig, train
 from unsee.errors import ConfigError, DataError, ModelError, TrainingError
 from unsee.eval.evaluator import mcq_loglik
+from unsee.methods import artifact
 from unsee.methods.baselines import GA
 from unsee.models import Turn, load_adapter
 
@@ -222,8 +222,8 @@ def test_a_corrupt_evaluation_image_stops_unlearn_before_training(suite: Suite, 
     bad = dataclasses.replace(suite, groups={**suite.groups, "general": general})
     monkeypatch.setattr(api, "load_suite", lambda *a, **k: bad)
     trained: list[int] = []
-    real = trainer.train
-    monkeypatch.setattr(trainer, "train", lambda *a, **k: trained.append(1) or real(*a, **k))
+    real = artifact.train
+    monkeypatch.setattr(artifact, "train", lambda *a, **k: trained.append(1) or real(*a, **k))
     with pytest.raises(DataError, match="broken-photo"):
         api.unlearn("ga", model_dir, world, tmp_path / "out", overrides=FAST)
     assert trained == [] and not (tmp_path / "out").exists()
@@ -265,7 +265,7 @@ def test_interrupting_unlearn_says_what_is_kept(model_dir: Path, world: Path, tm
     def ctrl_c(*a: object, **k: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(api, "unlearn_adapter", ctrl_c)
+    monkeypatch.setattr(unlearning, "unlearn_adapter", ctrl_c)
     out = tmp_path / "out"
     assert main(["unlearn", "--method", "ga", "--model", str(model_dir), "--data", str(world), "--out", str(out),
                  *FAST]) == 130

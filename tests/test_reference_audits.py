@@ -13,15 +13,16 @@ import pytest
 import torch
 from helpers import weights_hash
 
-from unsee import api
+from unsee import api, unlearning
+from unsee.audit import mia, quant
+from unsee.audit.attacks import AttackConfig, run_attacks
+from unsee.audit.verdicts import reference_checks
 from unsee.cli import main
 from unsee.data.schema import Suite
 from unsee.data.world import build_world
 from unsee.errors import ConfigError, DataError
-from unsee.eval import metrics, mia, quant
-from unsee.eval.attacks import AttackConfig, run_attacks
+from unsee.eval import metrics
 from unsee.eval.results import ResultsError, load_results, validate_results
-from unsee.eval.verdicts import reference_checks
 from unsee.models import HFAdapter, load_adapter
 from unsee.models.tiny import init_model
 
@@ -159,9 +160,9 @@ def test_quant_attack_reports_each_width_and_scope(adapter: HFAdapter, suite: Su
 # ---- membership inference and forget quality -------------------------------------------------------------
 def test_answer_loss_is_the_models_own_likelihood(adapter: HFAdapter, suite: Suite) -> None:
     """The per-item loss is the answer's mean negative log-likelihood, as the training loss sees it."""
+    from unsee.audit.attacks import image_mcq
     from unsee.data import prompts
     from unsee.data.collate import image_of
-    from unsee.eval.attacks import image_mcq
     from unsee.models import Turn
 
     items = image_mcq(suite, "forget")[:3]
@@ -213,8 +214,8 @@ def test_attack_sets_the_reference_beside_each_figure_and_caches_it(model: Path,
     assert 0.0 <= m["forget_quality"] <= 1.0 and m["holdout"] == "holdout" and m["n_holdout"] == 4
     assert load_results(out)["runs"][0]["attacks"]["mia"]["reference"] == m["reference"]
     # the reference is attacked once: a second audit reads its figures from the cache
-    real = api.load_adapter
-    monkeypatch.setattr(api, "load_adapter",
+    real = unlearning.load_adapter
+    monkeypatch.setattr(unlearning, "load_adapter",
                         lambda p, **k: pytest.fail("reference loaded again") if Path(p) == reference else real(p, **k))
     again = api.attack("mia", model, world, tmp_path / "b.json", forget="forget_5", reference=reference,
                        cache_dir=cache, overrides=[*opts, "probe_steps=10"])
@@ -224,7 +225,8 @@ def test_attack_sets_the_reference_beside_each_figure_and_caches_it(model: Path,
 def test_attacks_that_need_a_reference_refuse_without_one(model: Path, world: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(api, "load_adapter", lambda *a, **k: pytest.fail("a model was loaded"))
+    for module in (api, unlearning):
+        monkeypatch.setattr(module, "load_adapter", lambda *a, **k: pytest.fail("a model was loaded"))
     base = ["--model", str(model), "--data", str(world), "--forget", "forget_5"]
     assert main(["attack", "mia", *base, "--out", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err
@@ -331,8 +333,8 @@ def test_seed_summary_plot_and_report_show_the_spread(tmp_path: Path) -> None:
 def test_unlearn_over_seeds_saves_each_and_summarises(model: Path, world: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[int] = []
-    real = api.unlearn_adapter
-    monkeypatch.setattr(api, "unlearn_adapter", lambda *a, **k: seen.append(k["seed"]) or real(*a, **k))
+    real = unlearning.unlearn_adapter
+    monkeypatch.setattr(unlearning, "unlearn_adapter", lambda *a, **k: seen.append(k["seed"]) or real(*a, **k))
     out = api.unlearn("ga", model, world, tmp_path / "ga", forget="forget_15", seeds=2, seed=3,
                       overrides=["max_steps=1", "progress=false"], evaluate_after=False)
     res = load_results(out / "results.json")

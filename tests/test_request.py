@@ -170,7 +170,7 @@ def test_bad_request_stops_forget_before_any_model_loads(tmp_path: Path, monkeyp
     def no_load(*a: object, **k: object) -> None:
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr("unsee.models.load_adapter", no_load)
+    monkeypatch.setattr("unsee.forget.load_adapter", no_load)
     out = tmp_path / "out"
     assert main(["forget", "--model", str(tmp_path / "nowhere"), "--request", str(path), "--out", str(out)]) == 2
     err = capsys.readouterr().err

@@ -92,18 +92,18 @@ def test_each_stages_first_losses_are_pinned_at_its_version(trained: dict[str, A
 
 def test_the_benchmark_finetunes_first_losses_are_pinned_at_its_version(tiny_models: TinyModels, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from unsee.engine import trainer
+    from unsee import finetune_bench
     from unsee.finetune_bench import finetune_benchmark
 
     losses: list[float] = []
-    real = trainer.train
+    real = finetune_bench.train
 
     def recorded(*a: Any, **k: Any) -> Any:
         res = real(*a, **k)
         losses.extend(res.losses)
         return res
 
-    monkeypatch.setattr(trainer, "train", recorded)
+    monkeypatch.setattr(finetune_bench, "train", recorded)
     ref = resolve(fb.write_mllmu(tmp_path / "mllmu"))
     finetune_benchmark(tiny_models.dir("tiny-llava"), ref, "mllmu", tmp_path / "v", overrides=BENCH_RECIPE,
                        cache_dir=tmp_path / "c")
@@ -170,19 +170,18 @@ def test_generation_and_docstrings_leave_the_keys_alone(qwen: Path, world: Path,
 def test_the_data_loader_and_the_augmentation_move_the_keys(model_dir: Path, world: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from unsee.data import augment as aug
-    from unsee.data import mllmu
 
     before = keys(model_dir, world, tmp_path)
-    real_load = mllmu.load_mllmu
+    real_load = ft.load_mllmu
 
     def one_known_less(*a: Any, **k: Any) -> Any:
         suite = real_load(*a, **k)
         return dataclasses.replace(suite, groups={**suite.groups, "train_known": suite.groups["train_known"][1:]})
 
-    monkeypatch.setattr(mllmu, "load_mllmu", one_known_less)
+    monkeypatch.setattr(ft, "load_mllmu", one_known_less)
     dropped = keys(model_dir, world, tmp_path)
     assert dropped[0] == before[0] and dropped[1] != before[1] and dropped[2] != before[2]
-    monkeypatch.setattr(mllmu, "load_mllmu", real_load)
+    monkeypatch.setattr(ft, "load_mllmu", real_load)
 
     real_augment = aug.augment
 
@@ -196,16 +195,16 @@ def test_the_data_loader_and_the_augmentation_move_the_keys(model_dir: Path, wor
 
 def test_the_renderer_moves_stage_1s_key(model_dir: Path, world: Path, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from unsee.data import render
+    from unsee import vision_stage
 
     before = keys(model_dir, world, tmp_path)
-    real = render.pretrain_batch
+    real = vision_stage.pretrain_batch
 
     def brighter(*a: Any, **k: Any) -> Any:
         arrays, labels = real(*a, **k)
         return [a // 2 + 64 for a in arrays], labels
 
-    monkeypatch.setattr(render, "pretrain_batch", brighter)
+    monkeypatch.setattr(vision_stage, "pretrain_batch", brighter)
     assert keys(model_dir, world, tmp_path)[0] != before[0]
 
 

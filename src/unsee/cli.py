@@ -12,7 +12,9 @@ import sys
 import textwrap
 from collections.abc import Callable, Sequence
 
-from unsee import __version__
+from unsee import __version__, api
+from unsee.api import method_configs
+from unsee.config import describe
 from unsee.errors import UnseeError
 
 
@@ -80,7 +82,6 @@ def _reference_options(p: argparse.ArgumentParser) -> None:
 
 
 def _world(a: argparse.Namespace) -> None:
-    from unsee import api
 
     out = api.build_world(a.out, seed=a.seed, config=a.config, overrides=a.overrides, overwrite=a.overwrite,
                           example=not a.no_example)
@@ -89,7 +90,6 @@ def _world(a: argparse.Namespace) -> None:
 
 
 def _model_init(a: argparse.Namespace) -> None:
-    from unsee import api
 
     if a.arch is None:
         out = api.init_shaped(a.shape, a.out, tiny=not a.full_size, seed=a.seed, overwrite=a.overwrite)
@@ -100,7 +100,6 @@ def _model_init(a: argparse.Namespace) -> None:
 
 
 def _finetune(a: argparse.Namespace) -> None:
-    from unsee import api
 
     out = api.finetune(a.model, a.data, a.out, config=a.config, overrides=a.overrides, seed=a.seed,
                        overwrite=a.overwrite, cache_dir=a.cache_dir, benchmark=a.benchmark, revision=a.revision)
@@ -108,7 +107,6 @@ def _finetune(a: argparse.Namespace) -> None:
 
 
 def _retrain(a: argparse.Namespace) -> None:
-    from unsee import api
 
     out = api.retrain(a.model, a.data, a.out, forget=a.forget, overwrite=a.overwrite, cache_dir=a.cache_dir,
                       benchmark=a.benchmark, revision=a.revision)
@@ -116,7 +114,6 @@ def _retrain(a: argparse.Namespace) -> None:
 
 
 def _unlearn(a: argparse.Namespace) -> None:
-    from unsee import api
 
     out = api.unlearn(
         a.method, a.model, a.data, a.out, forget=a.forget, requests=a.requests, config=a.config,
@@ -130,7 +127,6 @@ def _unlearn(a: argparse.Namespace) -> None:
 
 
 def _forget(a: argparse.Namespace) -> None:
-    from unsee import api
 
     out = api.forget(a.model, a.request, a.out, requests=a.requests, method=a.method, config=a.config,
                      overrides=a.overrides, seed=a.seed, overwrite=a.overwrite, audit=not a.no_audit,
@@ -140,7 +136,6 @@ def _forget(a: argparse.Namespace) -> None:
 
 
 def _eval(a: argparse.Namespace) -> None:
-    from unsee import api
 
     res = api.evaluate(a.model, a.data, a.out, forget=a.forget, steering=a.steering, overwrite=a.overwrite,
                        method=a.method, seed=a.seed, allow_pickle=a.allow_pickle, max_items=a.max_items,
@@ -150,14 +145,12 @@ def _eval(a: argparse.Namespace) -> None:
 
 
 def _report(a: argparse.Namespace) -> None:
-    from unsee import api
 
     out = api.report(a.results, a.out, overwrite=a.overwrite)
     print(f"report written to {out}")
 
 
 def _demo(a: argparse.Namespace) -> None:
-    from unsee import api
 
     api.demo(a.out, methods=a.methods, quick=a.quick, arch=a.arch, seed=a.seed, overwrite=a.overwrite,
              cache_dir=a.cache_dir, config=a.config, audit=not a.no_audit, protocol=a.protocol, seeds=a.seeds)
@@ -166,7 +159,6 @@ def _demo(a: argparse.Namespace) -> None:
 def _attack(a: argparse.Namespace) -> None:
     import json
 
-    from unsee import api
 
     res = api.attack(a.kind, a.model, a.data, a.out, forget=a.forget, vanilla=a.vanilla, steering=a.steering,
                      method=a.method, seed=a.seed, overrides=a.overrides, overwrite=a.overwrite,
@@ -183,8 +175,6 @@ def method_options(method: str) -> str:
     """
     import dataclasses
 
-    from unsee.api import method_configs
-    from unsee.config import describe
 
     tcfg, mcfg, _ = method_configs(method, None, ())
     own = describe(type(mcfg), dataclasses.asdict(mcfg)) or "  (none)"

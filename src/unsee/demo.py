@@ -16,7 +16,18 @@ from typing import Any
 from rich.console import Console
 
 from unsee.config import load_config, opt, read_config_file, to_dict
-from unsee.io import atomic_dir, atomic_write_text, check_output_dir
+from unsee.data.world import cached_world
+from unsee.errors import ConfigError
+from unsee.eval.evaluator import answers
+from unsee.eval.results import new_results, seed_summary, write_results
+from unsee.finetune import FinetuneConfig, cache_root, finetune, vanilla_stages, world_fingerprint
+from unsee.io import atomic_dir, atomic_write_text, check_output_dir, content_hash
+from unsee.methods import ALL
+from unsee.models import load_adapter
+from unsee.models.tiny import cached_init
+from unsee.report import terminal_table, write_report
+from unsee.runs import check_forget, eval_options, evaluation, load_suite, make_run, method_configs
+from unsee.unlearning import find_reference, unlearn_and_save
 
 console = Console()
 
@@ -40,9 +51,6 @@ class DemoConfig:
 def prepare_init(cfg: DemoConfig, arch: str, seed: int, cache: Path) -> tuple[Path, Path, str]:
     """World, untrained tiny model (what stage 1 starts from) and the world's content hash; the
     two directories are built once and reused from the cache."""
-    from unsee.data.world import cached_world
-    from unsee.finetune import world_fingerprint
-    from unsee.models.tiny import cached_init
 
     world = cached_world(cache, cfg.world, cfg.world_overrides, seed,
                          on_build=lambda p: console.print(f"[bold]1/4[/] building the world → {p}"))
@@ -55,9 +63,6 @@ def prepare_vanilla(cfg: DemoConfig, arch: str, seed: int, cache: Path) -> tuple
 
     The vanilla model's entry is keyed on its last stage's key (:func:`unsee.finetune.vanilla_stages`),
     so it is trained again exactly when a stage would be."""
-    from unsee.config import load_config, to_dict
-    from unsee.finetune import FinetuneConfig, finetune, vanilla_stages
-    from unsee.io import content_hash
 
     world, init, wfp = prepare_init(cfg, arch, seed, cache)
     recipe_cfg = load_config(FinetuneConfig, cfg.recipe, cfg.recipe_overrides, kind="finetune")
@@ -82,16 +87,10 @@ def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", 
     N > 1 every method runs with unlearning seeds ``seed`` .. ``seed + N - 1`` (the world, the vanilla
     model and the audits keep ``seed``), and the report gives their spread. Audits set each figure
     beside the retrained reference's when ``unsee retrain`` has cached one."""
-    from unsee import api
-    from unsee.eval.results import new_results, write_results
-    from unsee.finetune import cache_root
-    from unsee.methods import ALL
-    from unsee.models import load_adapter
-    from unsee.report import terminal_table, write_report
 
     out = Path(out)
     check_output_dir(out, overwrite=overwrite)
-    eval_kw: dict[str, Any] = api.eval_options(protocol=protocol)
+    eval_kw: dict[str, Any] = eval_options(protocol=protocol)
     base = {"world": "quick", "recipe": "quick"} if quick else {}
     if isinstance(config, dict):
         base.update(config)
@@ -102,23 +101,22 @@ def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", 
         cfg = load_config(DemoConfig, base)
     names = list(ALL) if methods == "all" else (methods.split(",") if isinstance(methods, str) else list(methods))
     for m in names:
-        api.method_configs(m, None, cfg.method_overrides.get(m, []))
+        method_configs(m, None, cfg.method_overrides.get(m, []))
     if seeds < 1:
-        from unsee.errors import ConfigError
 
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     cache = cache_root(cache_dir)
     world, vanilla = prepare_vanilla(cfg, arch, seed, cache)
-    reference = api.find_reference(None, vanilla, world, cfg.forget, cache) if audit else None
-    suite = api.load_suite(world, cfg.forget, seed=seed)
-    api.check_forget(suite)
+    reference = find_reference(None, vanilla, world, cfg.forget, cache) if audit else None
+    suite = load_suite(world, cfg.forget, seed=seed)
+    check_forget(suite)
     eval_kw.update(max_gen_items=cfg.max_gen_items or None, max_items=cfg.max_items or None)
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         console.print("[bold]3/4[/] measuring the vanilla model")
         base_adapter = load_adapter(vanilla)
-        v_metrics = api.evaluation(base_adapter, suite, **eval_kw)
-        runs = [api.make_run("vanilla", v_metrics, model=arch, suite=suite, forget=cfg.forget, seed=seed)]
+        v_metrics = evaluation(base_adapter, suite, **eval_kw)
+        runs = [make_run("vanilla", v_metrics, model=arch, suite=suite, forget=cfg.forget, seed=seed)]
         shown = _example_items(suite)
         before = _answers(base_adapter, shown)
         after: dict[str, list[str]] = {}
@@ -127,7 +125,7 @@ def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", 
                 console.print(f"[bold]4/4[/] unlearning with [cyan]{m}[/]" + (f", seed {s}" if seeds > 1 else ""))
                 where = tmp / m if seeds == 1 else tmp / m / f"seed-{s}"
                 adapter = load_adapter(vanilla)
-                run, artifact = api.unlearn_and_save(
+                run, artifact = unlearn_and_save(
                     m, adapter, suite, steering_dir=where, model_dir=where, model=arch, base_model=str(vanilla),
                     base_hash=base_adapter.fingerprint(), forget=cfg.forget, seed=s,
                     overrides=cfg.method_overrides.get(m, []), vanilla=runs[0], eval_kw=eval_kw,
@@ -139,7 +137,6 @@ def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", 
                     after[m] = _answers(adapter, shown, artifact)
         results = new_results(runs)
         if seeds > 1:
-            from unsee.eval.results import seed_summary
 
             results["seeds"] = seed_summary(runs)
         write_results(tmp / "results.json", results)
@@ -168,7 +165,6 @@ def _answers(adapter: Any, items: list, artifact: Any = None) -> list[str]:
     """What the model says, as deployed: with the unlearning's artifact applied."""
     from contextlib import nullcontext
 
-    from unsee.eval.evaluator import answers
 
     with nullcontext() if artifact is None else artifact.applied(adapter):
         return answers(adapter, items)

@@ -28,24 +28,25 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from unsee.config import load_config, opt, to_dict
 from unsee.data.augment import augment
 from unsee.data.collate import pack_turns
 from unsee.data.identity import Identity
-from unsee.data.schema import Example
-from unsee.engine.checkpoint import has_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
-from unsee.engine.trainer import TrainConfig, adamw, seed_everything, train
-from unsee.errors import ConfigError, ModelError
+from unsee.data.mllmu import load_mllmu
+from unsee.data.schema import Example, Suite
+from unsee.data.world import load_world_info, world_pretrain_identities
+from unsee.engine.checkpoint import remove_checkpoint
+from unsee.engine.distributed import check_launch
+from unsee.engine.trainer import TrainConfig, train
+from unsee.errors import ModelError
 from unsee.io import atomic_dir, check_output_dir, content_hash
 from unsee.methods.base import BaseMethod, nll
 from unsee.models import load_adapter, model_fingerprint
-from unsee.models.base import HFAdapter, Turn
-from unsee.stage_keys import STAGE1, STAGE2, STAGE3, image_fingerprint, turns_fingerprint
+from unsee.models.base import Adapter, Turn
+from unsee.stage_keys import STAGE1, STAGE2, STAGE3, turns_fingerprint
+from unsee.vision_stage import pool_fingerprint, pretrain_vision, render_fingerprint, visual_fingerprint, visual_state
 
 STAGE_FILE, VISUAL_FILE = "unsee_stage.json", "visual.safetensors"
 
@@ -89,7 +90,6 @@ class FinetuneConfig:
     progress: bool = opt(True, "progress bars")
 
 
-
 def world_fingerprint(data: str | Path) -> str:
     """Content hash of a world directory (world.json and every parquet file)."""
     h = hashlib.sha256()
@@ -98,174 +98,6 @@ def world_fingerprint(data: str | Path) -> str:
             h.update(f.relative_to(data).as_posix().encode())
             h.update(f.read_bytes())
     return h.hexdigest()[:16]
-
-
-def visual_state(adapter: HFAdapter) -> dict[str, torch.nn.Parameter]:
-    """The visual module (vision tower and projector) by parameter name: what stage 1 trains."""
-    return {n: p for n, p in adapter.model.named_parameters() if adapter.group_of(n) != "language"}
-
-
-def visual_fingerprint(adapter: HFAdapter) -> str:
-    """Content hash of the visual module's weights, so that stage 1 is keyed on what it starts
-    from and not on the language model, whose vocabulary differs from world to world."""
-    h = hashlib.sha256(adapter.model.config.model_type.encode())
-    for name, p in sorted(visual_state(adapter).items()):
-        t = p.detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.float().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def pool_fingerprint(identities: list[Identity]) -> str:
-    """Content hash of a pre-training pool: the same identities give the same stage 1."""
-    return content_hash([dataclasses.asdict(i) for i in identities])
-
-
-# ---- stage 1 -----------------------------------------------------------------------------
-class _GeneralHeads(torch.nn.Module):
-    """Stage 1's second task: linear heads that read colour, shape, count and position of a
-    general scene from its visual tokens, concatenated, so that position stays readable.
-
-    A CLIP-like encoder knows colours and shapes before any MLLM training; one trained on
-    identities alone, under colour jitter, learns to discard them (a linear probe on its pooled
-    features read the shape of a held-out scene at 0.22, chance 0.17)."""
-
-    def __init__(self, tokens: int, dim: int) -> None:
-        from unsee.data.scenes import GENERAL_COLOURS, GENERAL_POSITIONS, GENERAL_SHAPES
-
-        super().__init__()
-        self.classes = {"colour": list(GENERAL_COLOURS), "shape": list(GENERAL_SHAPES),
-                        "count": ["1", "2", "3", "4"], "position": list(GENERAL_POSITIONS)}
-        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(tokens * dim, len(v)) for k, v in self.classes.items()})
-
-    def loss(self, feats: list[torch.Tensor], items: list[Any]) -> tuple[torch.Tensor, float]:
-        """Mean cross-entropy over the four attributes (position only where the scene has one) and accuracy."""
-        x = torch.stack([f.flatten() for f in feats])
-        losses, hits, n = [], 0, 0
-        for kind, classes in self.classes.items():
-            values = [str(getattr(it, kind)) for it in items]
-            keep = [i for i, v in enumerate(values) if v]
-            if not keep:
-                continue
-            y = torch.tensor([classes.index(values[i]) for i in keep])
-            logits = self.heads[kind](x[keep])
-            losses.append(F.cross_entropy(logits, y))
-            hits += int((logits.argmax(-1) == y).sum())
-            n += len(keep)
-        return torch.stack(losses).mean(), hits / max(n, 1)
-
-
-def _ema(running: float, value: float, step: int) -> float:
-    """The progress bar's running figure: the first value, then an exponential average over ~20 steps."""
-    return value if step == 0 else 0.95 * running + 0.05 * value
-
-
-def general_batch(rng: np.random.Generator, batch: int, size: int = 64) -> tuple[list[Image.Image], list[Any]]:
-    """Fresh general scenes, drawn by stage 1's own generator: never the world's items."""
-    from unsee.data.scenes import render_general, sample_general_item
-
-    items = [sample_general_item(rng) for _ in range(batch)]
-    return [render_general(it, size) for it in items], items
-
-
-def render_fingerprint(identities: list[Identity], cfg: FinetuneConfig, n: int = 8) -> str:
-    """Content hash of a fixed sample of what stage 1 renders (``n`` identity views and, with
-    ``vision_general``, a few general scenes, with their labels), so that an edit of the renderer
-    moves stage 1's key as an edit of the data loaders moves the later stages'."""
-    from unsee.data.render import pretrain_batch
-
-    if not identities:
-        return ""
-    rng = np.random.default_rng(cfg.vision_seed)
-    arrays, labels = pretrain_batch(identities, rng, n)
-    parts = [np.asarray(labels).tolist(), *(hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
-                                            for a in arrays)]
-    if cfg.vision_general > 0:
-        scenes, items = general_batch(rng, min(cfg.vision_general, 4))
-        parts += [repr(items), *(image_fingerprint(img) for img in scenes)]
-    return content_hash(*parts)
-
-
-def pretrain_vision(adapter: HFAdapter, cfg: FinetuneConfig, identities: list[Identity],
-                    checkpoint: str | Path | None = None, *,
-                    on_step: Callable[[int, float], None] | None = None) -> dict[str, float]:
-    """CosFace over fresh renders of ``identities``; trains the visual module only.
-
-    With ``checkpoint``, the state is saved every ``cfg.checkpoint_every`` steps and a run
-    that finds a checkpoint there resumes from it, with the same result as an uninterrupted run.
-    ``on_step(step, loss)`` sees each step's loss, as the engine's per-step losses show those of
-    stages 2 and 3 (``tests/test_stage_keys.py`` pins the first ones).
-
-    The loop is its own, not the engine's (:func:`unsee.engine.trainer.train`), because the engine
-    could not give the same numbers: it has no one-cycle schedule, draws batches from a fixed
-    list of turns rather than fresh renders from this stage's generator, and trains only the
-    model's parameters, not a CosFace head and general heads beside it.
-    """
-    from unsee.data.render import pretrain_batch
-
-    if not identities:
-        raise ConfigError("stage 1 needs a pre-training pool; the world was built with n_pretrain=0")
-    seed_everything(cfg.vision_seed)
-    rng = np.random.default_rng(cfg.vision_seed)
-    named = visual_state(adapter)
-    params = adapter.set_scope("visual")
-    dim = adapter.model.config.get_text_config().hidden_size
-    head = torch.nn.Parameter(torch.randn(len(identities), dim) * 0.01)
-    extra: list[torch.nn.Parameter] = []
-    general = None
-    if cfg.vision_general > 0:
-        probe, _ = general_batch(np.random.default_rng(cfg.vision_seed), 1)
-        with torch.no_grad():
-            tokens = adapter.visual_features(adapter.image_inputs(probe))[0].shape[0]
-        general = _GeneralHeads(tokens, dim)
-        extra = list(general.parameters())
-    opt_ = adamw([{"params": [*params, head, *extra]}], lr=cfg.vision_lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt_, max_lr=cfg.vision_lr, total_steps=cfg.vision_steps,
-                                                pct_start=0.1)
-    saved = {**named, "cosface.head": head}
-    if general is not None:
-        saved.update({f"general.{k}": v for k, v in general.named_parameters()})
-    start, acc_ema, loss_ema, g_ema = 0, 0.0, 0.0, 0.0
-    if checkpoint is not None and has_checkpoint(checkpoint):
-        start, _, meta = load_checkpoint(checkpoint, params=saved, optimizer=opt_, scheduler=sched)
-        rng.bit_generator.state = meta["rng"]
-        acc_ema, loss_ema, g_ema = meta["acc_ema"], meta["loss_ema"], meta.get("general_ema", 0.0)
-    adapter.model.train()
-    bar = tqdm(range(start, cfg.vision_steps), desc="stage 1: vision pre-training", initial=start,
-               total=cfg.vision_steps, disable=not cfg.progress)
-    for step in bar:
-        arrays, labels = pretrain_batch(identities, rng, cfg.vision_batch)
-        images = [Image.fromarray(a) for a in arrays]
-        feats = adapter.visual_features(adapter.image_inputs(images))
-        z = F.normalize(torch.stack([f.mean(0) for f in feats]), dim=-1)
-        cos = z @ F.normalize(head, dim=-1).T
-        y = torch.as_tensor(labels)
-        logits = cfg.cosface_scale * (cos - cfg.cosface_margin * F.one_hot(y, len(identities)))
-        loss = F.cross_entropy(logits, y)
-        if general is not None:
-            scenes, items = general_batch(rng, cfg.vision_general)
-            g_loss, g_acc = general.loss(adapter.visual_features(adapter.image_inputs(scenes)), items)
-            loss = loss + cfg.vision_general_weight * g_loss
-            g_ema = _ema(g_ema, g_acc, step)
-        opt_.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt_.step()
-        sched.step()
-        acc = (cos.argmax(-1) == y).float().mean().item()
-        acc_ema, loss_ema = _ema(acc_ema, acc, step), _ema(loss_ema, loss.item(), step)
-        if on_step is not None:
-            on_step(step, loss.item())
-        bar.set_postfix(loss=f"{loss_ema:.3f}", acc=f"{acc_ema:.2f}",
-                        **({"general": f"{g_ema:.2f}"} if general is not None else {}))
-        done = step + 1
-        if checkpoint is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 \
-                and done < cfg.vision_steps:
-            save_checkpoint(checkpoint, step=done, params=saved, optimizer=opt_, scheduler=sched,
-                            meta={"rng": rng.bit_generator.state, "acc_ema": acc_ema, "loss_ema": loss_ema,
-                                  "general_ema": g_ema})
-    adapter.model.eval()
-    return {"loss": loss_ema, "train_acc": acc_ema, **({"general_acc": g_ema} if general is not None else {})}
 
 
 # ---- stages 2 and 3 ----------------------------------------------------------------------
@@ -321,9 +153,8 @@ class Stage:
     augment: float
 
 
-def _sft(adapter: HFAdapter, stage: Stage, cfg: FinetuneConfig, checkpoint: Path | None = None) -> dict[str, float]:
+def _sft(adapter: Adapter, stage: Stage, cfg: FinetuneConfig, checkpoint: Path | None = None) -> dict[str, float]:
     """One SFT stage; the visual module trains at ``stage.vision_lr_factor`` of the LM's rate."""
-    from unsee.data.schema import Suite
 
     turns = stage.turns
     tcfg = TrainConfig(scope="full", lr=stage.lr, max_steps=stage.steps, batch_size=cfg.batch_size, seed=cfg.seed,
@@ -399,7 +230,7 @@ def partial_dir(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
-def _finish_stage(path: Path, adapter: HFAdapter, stats: dict[str, float], seconds: float, rc: dict,
+def _finish_stage(path: Path, adapter: Adapter, stats: dict[str, float], seconds: float, rc: dict,
                   visual_only: bool = False) -> None:
     """Save a finished stage; under ``accelerate launch`` the first process writes it and the others wait."""
     from accelerate import PartialState
@@ -420,14 +251,14 @@ def _finish_stage(path: Path, adapter: HFAdapter, stats: dict[str, float], secon
     state.wait_for_everyone()
 
 
-def run_stage(path: Path, adapter: HFAdapter, stage: Stage, cfg: FinetuneConfig, rc: dict) -> None:
+def run_stage(path: Path, adapter: Adapter, stage: Stage, cfg: FinetuneConfig, rc: dict) -> None:
     """Train ``stage`` from ``adapter`` into the cache entry ``path``, resuming its checkpoint if one is there."""
     t0 = time.perf_counter()
     stats = _sft(adapter, stage, cfg, checkpoint=partial_dir(path))
     _finish_stage(path, adapter, stats, time.perf_counter() - t0, rc)
 
 
-def load_stage_visual(adapter: HFAdapter, stage1: str | Path) -> None:
+def load_stage_visual(adapter: Adapter, stage1: str | Path) -> None:
     """Put the visual module trained in stage 1 into ``adapter`` (in place)."""
     weights = load_file(str(Path(stage1) / VISUAL_FILE))
     named = visual_state(adapter)
@@ -463,8 +294,6 @@ def vanilla_stages(model: str | Path, data: str | Path, cfg: FinetuneConfig, cac
     a sample of its renders, so every world built with the same pool shares it; stage 2 on stage 1's key, the model and
     its turns; stage 3 on stage 2's key and its turns.
     """
-    from unsee.data.mllmu import load_mllmu
-    from unsee.data.world import load_world_info, world_pretrain_identities
 
     suite = load_mllmu(data, "forget_10")
     info = load_world_info(data)
@@ -501,7 +330,6 @@ def finetune(
     """
     from accelerate import PartialState
 
-    from unsee.engine.distributed import check_launch
 
     cfg = load_config(FinetuneConfig, config, overrides, kind="finetune")
     if seed is not None:

@@ -33,12 +33,14 @@ from unsee.data.ftsets import finetune_examples, without_forget
 from unsee.data.parquet import is_hub_id
 from unsee.data.schema import Suite
 from unsee.engine.checkpoint import remove_checkpoint
+from unsee.engine.trainer import TrainConfig, train
 from unsee.errors import ConfigError, DataError, ModelError
 from unsee.finetune import STAGE_FILE, cache_root, partial_dir, stage_done
 from unsee.io import atomic_dir, check_output_dir
 from unsee.methods.base import BaseMethod, nll
 from unsee.models import load_adapter, model_fingerprint
-from unsee.models.base import SCOPES, HFAdapter, Turn
+from unsee.models.base import SCOPES, Adapter, Turn
+from unsee.runs import is_main_process, model_name, save_model
 from unsee.stage_keys import BENCHMARK, batch_adapter, turns_fingerprint
 
 VANILLA_FILE, RETRAINED_FILE = "unsee_vanilla.json", "unsee_retrained.json"
@@ -122,10 +124,8 @@ def _train(model: str | Path, turns: list[Turn], cfg: BenchFinetuneConfig, path:
 
     The checkpoint beside the entry makes an interrupted run resume where it stopped.
     """
-    from unsee.api import _save_model, is_main_process, model_name
-    from unsee.engine.trainer import TrainConfig, train
 
-    adapter: HFAdapter = load_adapter(model, dtype=cfg.dtype)
+    adapter: Adapter = load_adapter(model, dtype=cfg.dtype)
     tcfg = TrainConfig(scope=cfg.scope, lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps,
                        batch_size=cfg.batch_size, schedule=cfg.schedule, warmup_ratio=cfg.warmup_ratio,
                        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, bf16=cfg.dtype != "fp32",
@@ -142,7 +142,7 @@ def _train(model: str | Path, turns: list[Turn], cfg: BenchFinetuneConfig, path:
     stats = {"first_nll": float(res.losses[0]), "final_nll": float(np.mean(tail)), "steps": res.steps,
              "trainable_params": res.trainable_params}
     with atomic_dir(path, overwrite=True) as tmp:
-        _save_model(adapter, tmp, model_name(model))  # LoRA merged: the entry loads without peft
+        save_model(adapter, tmp, model_name(model))  # LoRA merged: the entry loads without peft
         (tmp / STAGE_FILE).write_text(json.dumps({"stage": path.name, "stats": stats, "config": to_dict(cfg),
                                                   "seconds": time.perf_counter() - t0}, indent=2))
     remove_checkpoint(partial_dir(path))

@@ -20,11 +20,28 @@ from typing import Any
 
 import numpy as np
 
+from unsee.data.collate import qa_turns
 from unsee.data.request import Request, RequestError, check_sequence, load_request, request_suite
 from unsee.data.schema import METRIC_GROUPS, Example, Suite
+from unsee.engine.trainer import unique_images
 from unsee.errors import ConfigError, DataError
+from unsee.eval.evaluator import answers
+from unsee.eval.results import new_results, write_results
 from unsee.io import atomic_dir, atomic_write_json, atomic_write_text, check_output_dir
-from unsee.methods import method_class
+from unsee.models import load_adapter
+from unsee.report.card import model_card
+from unsee.report.evidence import Shown, write_evidence
+from unsee.runs import (
+    check_forget,
+    check_images,
+    evaluate_adapter,
+    make_run,
+    method_configs,
+    model_name,
+    names_needed_by,
+    save_checkpoint,
+)
+from unsee.unlearning import unlearn_and_save
 
 EVAL_GROUPS = (*METRIC_GROUPS, "retain_test")
 
@@ -42,14 +59,6 @@ def request_files(request: str | Path | Sequence[str | Path] | None = None,
     if not files:
         raise ConfigError("no request file given")
     return files
-
-
-def names_needed_by(method: str | None) -> str | None:
-    """``method`` when it trains the language model on who-is-this answers, so that every retained person
-    of a request needs a name; None for methods that read images only."""
-    if method is None or method_class(method).images_only:
-        return None
-    return method
 
 
 def load_requests(files: Sequence[Path], method: str) -> list[Request]:
@@ -94,7 +103,6 @@ def _answers(adapter: Any, items: Sequence[Example], artifact: Any = None) -> li
     """What the model says, as deployed: with the unlearning's artifact applied."""
     from contextlib import nullcontext
 
-    from unsee.eval.evaluator import answers
 
     with nullcontext() if artifact is None else artifact.applied(adapter):
         return answers(adapter, items)
@@ -110,32 +118,27 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
 
     Nothing is written and no model is loaded until every request file has been checked.
     """
-    from unsee import api
-    from unsee.eval.results import new_results, write_results
-    from unsee.models import load_adapter
-    from unsee.report.card import model_card
-    from unsee.report.evidence import Shown, write_evidence
 
     start = time.perf_counter()
     out = Path(out)
     files = request_files(request, requests)
     check_output_dir(out, overwrite=overwrite)
-    _, _, cls = api.method_configs(method, config, overrides)  # unknown methods and options, before any work
+    _, _, cls = method_configs(method, config, overrides)  # unknown methods and options, before any work
     if not cls.trains_weights and len(files) > 1:
         raise ConfigError(f"continual unlearning needs a training method; {method} builds one steering file per "
                           "request")
     reqs = load_requests(files, method)
     suites = [request_suite(r, seed=seed) for r in reqs]
     for s in suites:
-        api.check_forget(s)
-        api.check_images(s)  # every photo decodes: checked by the request already, cheap to confirm
+        check_forget(s)
+        check_images(s)  # every photo decodes: checked by the request already, cheap to confirm
     label = "+".join(r.label for r in reqs)
     eval_kw = {"groups": EVAL_GROUPS, "max_gen_items": max_gen_items}
 
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
-    name, base_hash = api.model_name(model), adapter.fingerprint()
+    name, base_hash = model_name(model), adapter.fingerprint()
     first = suites[0]
-    vanilla = api.make_run("vanilla", api.evaluate_adapter(adapter, first, **eval_kw), model=name, suite=first,
+    vanilla = make_run("vanilla", evaluate_adapter(adapter, first, **eval_kw), model=name, suite=first,
                            forget=label, seed=seed)
     shown = _shown_items(first, retained_shown, seed)
     before = _answers(adapter, shown, None)
@@ -145,7 +148,7 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
         artifact: Any = None
         for i, (req, suite) in enumerate(zip(reqs, suites, strict=True), 1):
             last = i == len(reqs)
-            run, artifact = api.unlearn_and_save(
+            run, artifact = unlearn_and_save(
                 method, adapter, suite, steering_dir=tmp, model_dir=tmp / "model", model=name,
                 base_model=str(model), base_hash=base_hash, forget=label, seed=seed, config=config,
                 overrides=overrides, vanilla=vanilla, eval_kw=eval_kw, audit=audit and last,
@@ -153,12 +156,10 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
             run["request"] = i
             run["request_file"] = str(req.path)
             for j, earlier in enumerate(suites[: i - 1], 1):
-                again = api.evaluate_adapter(adapter, earlier, artifact=artifact,
+                again = evaluate_adapter(adapter, earlier, artifact=artifact,
                                              **{**eval_kw, "groups": ("forget",), "generation": False})
                 run["metrics"][f"forget_r{j}"] = again["forget"]
             if len(reqs) > 1:
-                from unsee.data.collate import qa_turns
-                from unsee.engine.trainer import unique_images
 
                 forgotten += [t.image for t in unique_images(qa_turns(suite.group("train_forget")))]
             runs.append(run)
@@ -169,7 +170,7 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
         card_request = {"files": [f.name for f in files], "hidden": hide_names,
                         "people": [hashed(n, salt) for n in names] if hide_names and salt else names}
         if cls.trains_weights:  # a test-time method's file is already in place
-            api.save_checkpoint(artifact, tmp / "model", model_card(
+            save_checkpoint(artifact, tmp / "model", model_card(
                 final, vanilla, base_model=str(model), base_hash=base_hash,
                 forgotten=[e for s in suites for e in s.forget_entities], audits=None, request=card_request))
         if hide_names:

@@ -16,7 +16,9 @@ import shutil
 from pathlib import Path
 
 from unsee.config import load_config, to_dict
+from unsee.data.mllmu import load_mllmu
 from unsee.data.schema import Suite
+from unsee.data.world import load_world_info
 from unsee.errors import DataError, ModelError
 from unsee.finetune import (
     STAGE_FILE,
@@ -64,8 +66,6 @@ def _cache_path(cache: Path, stage2: Path, cfg: FinetuneConfig, forget: str, tur
 
 
 def _world_turns(data: Path, forget: str, cfg: FinetuneConfig) -> list[Turn]:
-    from unsee.data.mllmu import load_mllmu
-    from unsee.data.world import load_world_info
 
     names = set(load_world_info(data)["names"].values())
     return retrain_turns(load_mllmu(data, forget), cfg, names)
@@ -101,8 +101,6 @@ def retrain(vanilla: str | Path, data: str | Path, out: str | Path, *, forget: s
     The result is cached beside the stages (keyed on the stage-2 checkpoint, the stage-3
     options, the split and its turns), so every benchmark that wants it trains it once.
     """
-    from unsee.data.mllmu import load_mllmu
-    from unsee.data.world import load_world_info
 
     vanilla, data = Path(vanilla), Path(data)
     check_output_dir(out, overwrite=overwrite)

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from unsee.io import content_hash
-from unsee.models.base import HFAdapter, Turn
+from unsee.models import adapter_class
+from unsee.models.base import Adapter, Turn
 
 # Which recipe options determine which stage of the vanilla model. Each stage also hashes the
 # key of the stage it starts from, so stage 3 depends on BASE_KEYS through stage 2.
@@ -67,7 +68,7 @@ class StageKey:
 
 
 # STAGE_VERSION of each stage: bump it when the stage trains differently on the same inputs.
-STAGE1 = StageKey("stage1", 1, VISION_KEYS)  # vision pre-training (unsee.finetune.pretrain_vision)
+STAGE1 = StageKey("stage1", 1, VISION_KEYS)  # vision pre-training (unsee.vision_stage.pretrain_vision)
 STAGE2 = StageKey("stage2", 1, BASE_KEYS)  # base MLLM training
 STAGE3 = StageKey("stage3", 1, FT_KEYS)  # the fictitious fine-tune
 RETRAINED = StageKey("retrained", 1, FT_KEYS)  # stage 3 again without the forget photos (unsee.retrain)
@@ -75,7 +76,7 @@ BENCHMARK = StageKey("benchmark-finetune", 1, BENCH_KEYS)  # a public benchmark'
 STAGES = (STAGE1, STAGE2, STAGE3, RETRAINED, BENCHMARK)
 
 
-def batch_adapter(model: str | Path) -> HFAdapter:
+def batch_adapter(model: str | Path) -> Adapter:
     """The adapter of ``model`` with its processor and config but no weights, for building batches.
 
     A training batch depends on the processor, the chat template and the config's image token
@@ -83,7 +84,6 @@ def batch_adapter(model: str | Path) -> HFAdapter:
     """
     from transformers import AutoConfig
 
-    from unsee.models import adapter_class
 
     config = AutoConfig.from_pretrained(str(model))
     cls = adapter_class(config.model_type)
@@ -125,7 +125,7 @@ def sample_turns(turns: Sequence[Turn], n: int = SAMPLE_TURNS, seed: int = 0) ->
     return [turns[i] for i in sorted(picks)]
 
 
-def turns_fingerprint(adapter: HFAdapter, turns: Sequence[Turn],
+def turns_fingerprint(adapter: Adapter, turns: Sequence[Turn],
                       prepare: Callable[[list[Turn]], list[Turn]] | None = None) -> str:
     """What training sees of ``turns``: every turn's text and image in order, and the tensors
     ``adapter.training_batch`` builds for :func:`sample_turns` (input ids, labels, attention mask,

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from unsee.errors import ConfigError, DataError
-from unsee.models.base import HFAdapter, Turn
+from unsee.models.base import Adapter, Turn
 
 
 def _channel_view(vec: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -29,7 +29,7 @@ def _channel_view(vec: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor
     raise ConfigError(f"PGD does not know the channel layout of pixel_values with shape {tuple(pixel_values.shape)}")
 
 
-def pixel_bounds(adapter: HFAdapter, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def pixel_bounds(adapter: Adapter, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Per-channel ``(mean, std)`` of the processor, broadcast over ``pixel_values``."""
     ip = adapter.processor.image_processor
     if getattr(ip, "image_mean", None) is None or getattr(ip, "image_std", None) is None:
@@ -39,7 +39,7 @@ def pixel_bounds(adapter: HFAdapter, pixel_values: torch.Tensor) -> tuple[torch.
             _channel_view(torch.tensor(ip.image_std, **kw), pixel_values))
 
 
-def linf_ascent(adapter: HFAdapter, clean: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor],
+def linf_ascent(adapter: Adapter, clean: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor],
                 eps: float, step: float, steps: int) -> torch.Tensor:
     """Sign-gradient ascent of ``objective(pixel_values)`` inside an L-inf ball, on the processor's output.
 
@@ -64,7 +64,7 @@ def linf_ascent(adapter: HFAdapter, clean: torch.Tensor, objective: Callable[[to
     return (clean + delta).detach()
 
 
-def pgd_pixels(adapter: HFAdapter, turns: Sequence[Turn], eps: float, step: float, steps: int) -> torch.Tensor:
+def pgd_pixels(adapter: Adapter, turns: Sequence[Turn], eps: float, step: float, steps: int) -> torch.Tensor:
     """PGD towards each turn's answer: :func:`linf_ascent` of the answers' log-likelihood."""
     if any(t.image is None or not t.answer for t in turns):
         raise DataError("PGD needs an image and the correct answer on every prompt")

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from unsee.models.base import HFAdapter
+from unsee.models.base import Adapter
 
 
 class LoraOptions(Protocol):
@@ -30,7 +30,7 @@ class ScheduleOptions(Protocol):
     schedule: str
 
 
-def frozen_copy(adapter: HFAdapter, visual_only: bool, device: torch.device | str | None = None) -> HFAdapter:
+def frozen_copy(adapter: Adapter, visual_only: bool, device: torch.device | str | None = None) -> Adapter:
     """A frozen reference. With ``visual_only`` its language model is never copied,
     which keeps the reference of a 7B model to the size of its vision tower. On another
     ``device`` it hands its outputs back on the model's device."""
@@ -52,7 +52,7 @@ def frozen_copy(adapter: HFAdapter, visual_only: bool, device: torch.device | st
     return ref
 
 
-def park_language(adapter: HFAdapter) -> list[nn.Module]:
+def park_language(adapter: Adapter) -> list[nn.Module]:
     """Move the language model and head to the CPU for a method that never runs them.
 
     CVF and VKD read only the visual module; a 7B LM's 13 GB of weights would sit idle on
@@ -99,7 +99,7 @@ def adamw(groups: list[dict[str, Any]], **kwargs: Any) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, fused=fused, **kwargs)
 
 
-def apply_lora(adapter: HFAdapter, cfg: LoraOptions) -> None:
+def apply_lora(adapter: Adapter, cfg: LoraOptions) -> None:
     """peft LoRA on every linear layer of the language model and projector (docs/methods.md).
 
     Targets are full module names: a suffix such as ``0`` (a Sequential merger's first

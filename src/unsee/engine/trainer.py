@@ -43,7 +43,7 @@ from unsee.engine.prepare import (
 )
 from unsee.engine.tracking import Trackers, check_trackers, history
 from unsee.errors import ConfigError, TrainingError, UnseeError
-from unsee.models.base import SCOPES, HFAdapter
+from unsee.models.base import SCOPES, Adapter
 
 
 @dataclass
@@ -123,12 +123,12 @@ class Method(Protocol):
 class Context:
     """What a method may read during ``setup`` and ``loss``."""
 
-    adapter: HFAdapter
+    adapter: Adapter
     suite: Suite
     cfg: TrainConfig
     streams: dict[str, Stream]
     constraints: Constraints = field(default_factory=Constraints)
-    reference: HFAdapter | None = None
+    reference: Adapter | None = None
     accelerator: Any = None
     step: int = 0
     info: dict[str, Any] = field(default_factory=dict)
@@ -204,13 +204,13 @@ def make_streams(turns: dict[str, list], cfg: TrainConfig, rank: int = 0, world:
     }
 
 
-def _named_trainable(adapter: HFAdapter, params: list[nn.Parameter]) -> dict[str, nn.Parameter]:
+def _named_trainable(adapter: Adapter, params: list[nn.Parameter]) -> dict[str, nn.Parameter]:
     """The trained parameters by name: what a checkpoint stores (frozen weights never change)."""
     wanted = {id(p) for p in params}
     return {n: p for n, p in adapter.model.named_parameters() if id(p) in wanted}
 
 
-def check_finite(adapter: HFAdapter, params: list[nn.Parameter], turns: list, name: str, steps: int) -> None:
+def check_finite(adapter: Adapter, params: list[nn.Parameter], turns: list, name: str, steps: int) -> None:
     """No model with non-finite weights or outputs leaves a run.
 
     The loss guard stops before an update that would apply a non-finite loss, but a huge
@@ -314,13 +314,13 @@ def _save_progress(cfg: TrainConfig, step: int, method: Method, named: dict[str,
 
 def train(
     method: Method,
-    adapter: HFAdapter,
+    adapter: Adapter,
     suite: Suite,
     turns: dict[str, list],
     cfg: TrainConfig,
     *,
     accelerator: Any = None,
-    reference: HFAdapter | None = None,
+    reference: Adapter | None = None,
     on_eval: Callable[[int], dict] | None = None,
     desc: str | None = None,
 ) -> TrainResult:

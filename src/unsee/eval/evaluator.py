@@ -23,7 +23,7 @@ from unsee.data.collate import image_of
 from unsee.data.schema import LETTERS, METRIC_GROUPS, Example, Suite
 from unsee.errors import ModelError
 from unsee.eval import metrics, protocols
-from unsee.models.base import HFAdapter, Turn
+from unsee.models.base import Adapter, Turn
 
 
 def _cap(items: list[Example], max_items: int | None) -> list[Example]:
@@ -31,12 +31,12 @@ def _cap(items: list[Example], max_items: int | None) -> list[Example]:
 
 
 @torch.no_grad()
-def option_logprobs(adapter: HFAdapter, items: Sequence[Example], *, batch_size: int = 16,
+def option_logprobs(adapter: Adapter, items: Sequence[Example], *, batch_size: int = 16,
                     progress: bool = False, desc: str = "mcq") -> list[list[float]]:
     """Log-likelihood of each option's text as the answer to the plain question.
 
     ``batch_size`` items share a pass; each item's prompt is encoded once for all its
-    options (:meth:`HFAdapter.option_logprobs`). Items are sorted by length so that a batch
+    options (:meth:`Adapter.option_logprobs`). Items are sorted by length so that a batch
     wastes little on padding; the scores come back in the items' order.
     """
     order = sorted(range(len(items)), key=lambda i: (not items[i].has_image, len(items[i].question)))
@@ -56,12 +56,12 @@ def option_logprobs(adapter: HFAdapter, items: Sequence[Example], *, batch_size:
     return scores
 
 
-def mcq_loglik(adapter: HFAdapter, items: Sequence[Example], **kw: Any) -> list[bool]:
+def mcq_loglik(adapter: Adapter, items: Sequence[Example], **kw: Any) -> list[bool]:
     return [metrics.loglik_choice(s) == ex.correct
             for s, ex in zip(option_logprobs(adapter, items, **kw), items, strict=True)]
 
 
-def mcq_letter(adapter: HFAdapter, items: Sequence[Example], *, batch_size: int = 16) -> list[bool]:
+def mcq_letter(adapter: Adapter, items: Sequence[Example], *, batch_size: int = 16) -> list[bool]:
     turns = [Turn(image_of(e), prompts.mcq_prompt(e.question, e.options)) for e in items]
     replies = adapter.generate(turns, max_new_tokens=8, batch_size=batch_size)
     return [metrics.letter_correct(r, e.correct_letter or "") for r, e in zip(replies, items, strict=True)]
@@ -101,7 +101,7 @@ def _record(group: str, item: Example, prompt: str, rule: str) -> dict[str, Any]
     }
 
 
-def _mcq_records(adapter: HFAdapter, group: str, items: list[Example], *, benchmark: str, protocol: str,
+def _mcq_records(adapter: Adapter, group: str, items: list[Example], *, benchmark: str, protocol: str,
                  batch_size: int, max_new: int, progress: bool) -> list[dict[str, Any]]:
     rule = protocols.mcq_rule(benchmark, protocol, group)
     texts = [protocols.prompt(benchmark, protocol, e) for e in items]
@@ -121,7 +121,7 @@ def _mcq_records(adapter: HFAdapter, group: str, items: list[Example], *, benchm
     return out
 
 
-def _free_records(adapter: HFAdapter, group: str, items: list[Example], *, benchmark: str, protocol: str,
+def _free_records(adapter: Adapter, group: str, items: list[Example], *, benchmark: str, protocol: str,
                   batch_size: int, max_new: int) -> list[dict[str, Any]]:
     texts = [protocols.prompt(benchmark, protocol, e) for e in items]
     rule = protocols.CLOZE_RULE if items and items[0].task == "cloze" else "rougeL"
@@ -214,7 +214,7 @@ def item_correctness(samples: Sequence[Mapping[str, Any]], group: str, task: str
 
 
 def run_evaluation(
-    adapter: HFAdapter,
+    adapter: Adapter,
     suite: Suite,
     *,
     groups: Sequence[str] = METRIC_GROUPS,
@@ -274,12 +274,12 @@ def run_evaluation(
                       scoring=scoring, max_new_tokens=budget, max_items=max_items, max_gen_items=max_gen_items)
 
 
-def evaluate(adapter: HFAdapter, suite: Suite, **kw: Any) -> dict[str, dict[str, float | int]]:
+def evaluate(adapter: Adapter, suite: Suite, **kw: Any) -> dict[str, dict[str, float | int]]:
     """The figures of :func:`run_evaluation` alone: ``mcq``, ``cloze``, ``rougeL``, ``bleu`` and counts per group."""
     return run_evaluation(adapter, suite, **kw).metrics
 
 
-def answers(adapter: HFAdapter, items: Sequence[Example], *, max_new_tokens: int = 16) -> list[str]:
+def answers(adapter: Adapter, items: Sequence[Example], *, max_new_tokens: int = 16) -> list[str]:
     """Free answers to the plain questions: what a person reads in the examples page."""
     return adapter.generate([Turn(image_of(e), prompts.qa_prompt(e.question)) for e in items],
                             max_new_tokens=max_new_tokens)

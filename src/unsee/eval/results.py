@@ -21,6 +21,7 @@ import jsonschema
 
 from unsee import __version__
 from unsee.errors import OutputExistsError, UnseeError
+from unsee.eval.metrics import spread
 from unsee.io import atomic_write_json, atomic_write_text, json_default
 from unsee.provenance import environment
 
@@ -369,7 +370,6 @@ def seed_summary(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     summarised, with the seeds they came from. A figure missing from some runs is summarised
     over the runs that have it.
     """
-    from unsee.eval.metrics import spread
 
     by: dict[tuple, list[Mapping[str, Any]]] = {}
     for run in runs:

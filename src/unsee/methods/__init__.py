@@ -22,7 +22,7 @@ REGISTRY: dict[str, str] = {
     "cvf_ncu": "unsee.methods.cvf:CVFNCU",
     "cvf_only": "unsee.methods.cvf:CVFOnly",
     "ncu_only": "unsee.methods.cvf:NCUOnly",
-    "eraser": "unsee.methods.eraser:Eraser",
+    "eraser": "unsee.methods.eraser.method:Eraser",
 }
 ALL = tuple(REGISTRY)
 

@@ -9,19 +9,23 @@ train weights is a class attribute (``trains_weights``), never a list of names.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from unsee.engine.trainer import train
 from unsee.errors import ModelError
+from unsee.io import atomic_write_json
+from unsee.methods.eraser.method import SteeringArtifact
+from unsee.methods.eraser.steering import STEERING_FILE
+from unsee.models import load_adapter
 
 if TYPE_CHECKING:
     from unsee.data.schema import Suite
     from unsee.engine.trainer import TrainConfig, TrainResult
-    from unsee.methods.eraser.steering import Steering
-    from unsee.models.base import HFAdapter, Turn
+    from unsee.models.base import Adapter, Turn
 
 
 class Artifact(Protocol):
@@ -36,7 +40,7 @@ class Artifact(Protocol):
     optimizer_state_bytes: int
     history: list[dict[str, float]]
 
-    def applied(self, adapter: HFAdapter) -> AbstractContextManager[None]: ...
+    def applied(self, adapter: Adapter) -> AbstractContextManager[None]: ...
 
     def save(self, out: Path) -> None: ...
 
@@ -47,7 +51,7 @@ class Unlearner(Protocol):
     Config: ClassVar[type]  # exactly the keys it reads
     trains_weights: ClassVar[bool]
 
-    def unlearn(self, adapter: HFAdapter, suite: Suite, cfg: Any) -> Artifact: ...
+    def unlearn(self, adapter: Adapter, suite: Suite, cfg: Any) -> Artifact: ...
 
 
 @dataclass
@@ -58,7 +62,7 @@ class WeightsArtifact:
     architecture its vanilla run was; ``result`` is the engine's record of the training.
     """
 
-    adapter: HFAdapter | None = None
+    adapter: Adapter | None = None
     arch: str = ""
     result: TrainResult | None = None
 
@@ -78,12 +82,11 @@ class WeightsArtifact:
     def history(self) -> list[dict[str, float]]:
         return [] if self.result is None else self.result.history
 
-    def applied(self, adapter: HFAdapter) -> AbstractContextManager[None]:
+    def applied(self, adapter: Adapter) -> AbstractContextManager[None]:
         return nullcontext()
 
     def save(self, out: Path) -> None:
         """A standard checkpoint at ``out``; a LoRA run is merged so the output loads without peft."""
-        from unsee.io import atomic_write_json
 
         if self.adapter is None:
             raise ModelError("this weights artifact holds no model to save")
@@ -92,41 +95,6 @@ class WeightsArtifact:
             adapter.model = adapter.model.merge_and_unload()
         adapter.save(out)
         atomic_write_json(Path(out) / "unsee.json", {"arch": self.arch})
-
-
-@dataclass
-class SteeringArtifact:
-    """MLLMEraser's result: the weights are untouched, the steering's hooks are on while the model runs."""
-
-    steering: Steering
-    info: dict[str, Any] = field(default_factory=dict)
-    trainable_params: int = 0
-    optimizer_state_bytes: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-
-    @contextmanager
-    def applied(self, adapter: HFAdapter) -> Iterator[None]:
-        """The hooks while the block runs; a model the steering was not computed on is refused."""
-        from unsee.methods.eraser.hooks import steer
-
-        with steer(adapter, self.steering):
-            yield
-
-    def save(self, out: Path) -> None:
-        """The steering file, ``out/steering.safetensors`` (the model's weights are never written); an
-        existing one is not replaced."""
-        from unsee.io import check_output_dir
-        from unsee.methods.eraser.steering import STEERING_FILE
-
-        check_output_dir(Path(out), overwrite=False, marker=STEERING_FILE)
-        self.steering.save(Path(out) / STEERING_FILE)
-
-    @classmethod
-    def load(cls, path: str | Path) -> SteeringArtifact:
-        """A steering file (``steering.safetensors``)."""
-        from unsee.methods.eraser.steering import Steering
-
-        return cls(Steering.load(path))
 
 
 @dataclass
@@ -144,23 +112,20 @@ class Trained:
     def Config(self) -> type:  # noqa: N802 - the Unlearner's name for the method's own options
         return type(self.method).Config
 
-    def unlearn(self, adapter: HFAdapter, suite: Suite, cfg: TrainConfig) -> WeightsArtifact:
-        from unsee.engine.trainer import train
+    def unlearn(self, adapter: Adapter, suite: Suite, cfg: TrainConfig) -> WeightsArtifact:
 
         res = train(self.method, adapter, suite, dict(self.turns), cfg, desc=self.desc)
         return WeightsArtifact(adapter, arch=self.arch, result=res)
 
 
 def load_result(path: str | Path, *, base: str | Path | None = None,
-                **load_kw: Any) -> tuple[HFAdapter, Artifact]:
+                **load_kw: Any) -> tuple[Adapter, Artifact]:
     """A saved result directory back as (adapter, artifact).
 
     A directory with a steering file is a steering result: the hooks apply to ``base``, or to
     the model saved beside the file in ``path/model``. Otherwise it is a checkpoint: ``path/model``
     (the layout ``unsee unlearn`` writes) or ``path`` itself. ``load_kw`` go to ``load_adapter``.
     """
-    from unsee.methods.eraser.steering import STEERING_FILE
-    from unsee.models import load_adapter
 
     path = Path(path)
     model = path / "model" if (path / "model").is_dir() else path

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from unsee.engine.trainer import Context
-from unsee.models.base import HFAdapter, Turn
+from unsee.models.base import Adapter, Turn
 
 
 @dataclass
@@ -51,12 +51,12 @@ class BaseMethod:
         raise NotImplementedError
 
 
-def seq_nll(adapter: HFAdapter, turns: Sequence[Turn]) -> torch.Tensor:
+def seq_nll(adapter: Adapter, turns: Sequence[Turn]) -> torch.Tensor:
     """Per-sequence NLL of the answer tokens (prompt and image tokens masked out)."""
     return -adapter.answer_logprobs(adapter.training_batch(turns))
 
 
-def nll(adapter: HFAdapter, turns: Sequence[Turn]) -> torch.Tensor:
+def nll(adapter: Adapter, turns: Sequence[Turn]) -> torch.Tensor:
     """``NLL(x, y)`` of docs/methods.md: summed per sequence, averaged over the batch."""
     return seq_nll(adapter, turns).mean()
 
@@ -94,7 +94,7 @@ def images_of(turns: Sequence[Turn]) -> list:
     return [t.image for t in turns if t.image is not None]
 
 
-def token_features(adapter: HFAdapter, images: Sequence) -> list[torch.Tensor]:
+def token_features(adapter: Adapter, images: Sequence) -> list[torch.Tensor]:
     """Projector output per image ([tokens, d]); only the visual module runs."""
     return adapter.visual_features(adapter.image_inputs(images))
 

@@ -28,7 +28,7 @@ from unsee.engine.adversarial import linf_ascent
 from unsee.engine.trainer import Context
 from unsee.methods.base import BaseMethod, images_of, nll, pooled, token_mse
 from unsee.methods.ncu import NCUConfig, constrain_to_retained
-from unsee.models.base import HFAdapter, Turn
+from unsee.models.base import Adapter, Turn
 from unsee.models.blocks import features_and_hidden
 
 
@@ -90,7 +90,7 @@ def info_nce(anchor: torch.Tensor, positives: torch.Tensor, negatives: torch.Ten
 class _Step:
     """One step's photos and the reference's side of every term: what the terms share."""
 
-    ref: HFAdapter
+    ref: Adapter
     f_img: list
     r_img: list
     n_img: list
@@ -290,7 +290,7 @@ class CVFOnly(BaseMethod):
         return [i for i, w in enumerate(who) if w in seen], [i for i, w in enumerate(who) if w not in seen]
 
     @torch.no_grad()
-    def _reference_hidden(self, ref: HFAdapter, images: list) -> list[torch.Tensor]:
+    def _reference_hidden(self, ref: Adapter, images: list) -> list[torch.Tensor]:
         """The frozen reference's tokens after vision block ``merge_block``, each image's computed once."""
         block = [self.cfg.merge_block]
         return _per_image(self._ref_hidden, images,
@@ -309,7 +309,7 @@ class CVFOnly(BaseMethod):
         chosen = [pool[i] for i in rng.choice(len(pool), size=min(size * ctx.world, len(pool)), replace=False)]
         return ctx.shard(chosen)
 
-    def _inputs(self, adapter: HFAdapter, images: list) -> BatchFeature:
+    def _inputs(self, adapter: Adapter, images: list) -> BatchFeature:
         """The image processor's output for un-augmented images, each image processed once.
 
         Retained photos come back every pass; preprocessing them again was a seventh of a
@@ -321,7 +321,7 @@ class CVFOnly(BaseMethod):
         return BatchFeature({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
 
     @torch.no_grad()
-    def _reference(self, ref: HFAdapter, images: list) -> list[torch.Tensor]:
+    def _reference(self, ref: Adapter, images: list) -> list[torch.Tensor]:
         """The frozen reference's tokens of un-augmented images, each computed once.
 
         Retained and neutral photos come back every epoch and the reference never changes,

@@ -19,7 +19,7 @@ from unsee.engine.constraints import masked_fraction
 from unsee.engine.prepare import LOW_PRECISION
 from unsee.engine.trainer import Context
 from unsee.methods.base import BaseMethod, nll, squared_gradients
-from unsee.models.base import HFAdapter, Turn
+from unsee.models.base import Adapter, Turn
 
 
 @dataclass
@@ -29,14 +29,14 @@ class MMUnlearnerConfig:
     max_retain_ratio: int = opt(9, "retain steps per forget step: |D_r|/|D_f|, capped here")
 
 
-def fisher(adapter: HFAdapter, params: list[nn.Parameter], batches: list[list[Turn]], ascent: bool,
+def fisher(adapter: Adapter, params: list[nn.Parameter], batches: list[list[Turn]], ascent: bool,
            ctx: Context | None = None) -> list[torch.Tensor]:
     """Diagonal Fisher of the (ascent or descent) answer NLL over ``batches``."""
     sign = -1.0 if ascent else 1.0
     return squared_gradients(lambda turns: (sign * nll(adapter, turns), len(turns)), params, batches, ctx)
 
 
-def ratio_masks(adapter: HFAdapter, forget: list[list[Turn]], preserve_v: list[list[Turn]],
+def ratio_masks(adapter: Adapter, forget: list[list[Turn]], preserve_v: list[list[Turn]],
                 preserve_l: list[list[Turn]], threshold: float = 1.0,
                 ctx: Context | None = None) -> dict[nn.Parameter, torch.Tensor]:
     """``m = (F_f + 1e-15) / (F_p + 1e-15) >= threshold`` on weights of linear layers."""

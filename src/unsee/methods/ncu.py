@@ -20,7 +20,7 @@ from torch import nn
 from unsee.config import opt
 from unsee.engine.constraints import unfold_conv_input
 from unsee.engine.trainer import Context
-from unsee.models.base import HFAdapter
+from unsee.models.base import Adapter
 
 
 @dataclass
@@ -52,7 +52,7 @@ def constrain_to_retained(ctx: Context, cfg: NCUConfig) -> None:
 
 
 @torch.no_grad()
-def input_covariances(adapter: HFAdapter, images: Sequence[Image.Image], *, batch_size: int = 32,
+def input_covariances(adapter: Adapter, images: Sequence[Image.Image], *, batch_size: int = 32,
                       ctx: Context | None = None) -> dict[str, tuple[torch.Tensor, int]]:
     """Uncentred input covariance sum and row count per visual layer, over ``images``."""
     layers = adapter.linear_modules("vision") + adapter.linear_modules("projector")

@@ -13,7 +13,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
@@ -47,16 +47,31 @@ class Turn:
 
 @runtime_checkable
 class Adapter(Protocol):
-    """What methods and the evaluator may use. Nothing reaches past it to a concrete class."""
+    """What everything outside ``unsee.models`` may use of a model: methods, the engine, the evaluator,
+    the audits and the recipes type their models with this, and nothing reaches past it to a concrete
+    class (``tests/test_architecture.py`` checks that every attribute used is listed here)."""
 
     arch: str
     model: PreTrainedModel
     processor: Any
+    tokenizer: Any
+    source: str
+    output_device: torch.device | None
 
+    @property
+    def device(self) -> torch.device: ...
     def groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]: ...
+    def group_of(self, name: str) -> str: ...
     def set_scope(self, scope: str) -> list[nn.Parameter]: ...
+    def language_slots(self) -> list[tuple[nn.Module, str]]: ...
     def training_batch(self, turns: Sequence[Turn]) -> BatchFeature: ...
+    def training_lengths(self, turns: Sequence[Turn]) -> list[int]: ...
     def generation_batch(self, turns: Sequence[Turn]) -> BatchFeature: ...
+    def text_ids(self, text: str) -> torch.Tensor: ...
+    def answer_text(self, answer: str) -> str: ...
+    def to_device(self, batch: BatchFeature) -> BatchFeature: ...
+    def forward(self, batch: BatchFeature, **kw: Any) -> Any: ...
+    def answer_positions(self, batch: BatchFeature) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
     def generate(self, turns: Sequence[Turn], *, max_new_tokens: int = 32, batch_size: int = 16) -> list[str]: ...
     def answer_logprobs(self, batch: BatchFeature) -> torch.Tensor: ...
     def option_logprobs(self, turns: Sequence[Turn], options: Sequence[Sequence[str]]) -> list[list[float]]: ...
@@ -64,6 +79,9 @@ class Adapter(Protocol):
     def visual_features(self, image_inputs: BatchFeature) -> list[torch.Tensor]: ...
     def decoder_layers(self) -> list[nn.Module]: ...
     def linear_modules(self, group: str) -> list[tuple[str, nn.Module]]: ...
+    def save(self, out: str | Path) -> None: ...
+    def fingerprint(self) -> str: ...
+    def eval_mode(self) -> AbstractContextManager[None]: ...
 
 
 class HFAdapter:
@@ -208,9 +226,9 @@ class HFAdapter:
         pad = self.tokenizer.pad_token_id
         rows, labels = [], []
         for i, t in enumerate(turns):
-            pieces = [enc["input_ids"][i][enc["attention_mask"][i].bool()], self._text_ids(self._answer_text(t.answer))]
+            pieces = [enc["input_ids"][i][enc["attention_mask"][i].bool()], self.text_ids(self.answer_text(t.answer))]
             for prompt, answer in t.follow:
-                pieces += [self._text_ids(self._follow_prompt(prompt)), self._text_ids(self._answer_text(answer))]
+                pieces += [self.text_ids(self._follow_prompt(prompt)), self.text_ids(self.answer_text(answer))]
             rows.append(torch.cat(pieces))
             # every second piece is an answer: the loss falls on those alone
             labels.append(torch.cat([p if k % 2 else torch.full_like(p, IGNORE) for k, p in enumerate(pieces)]))
@@ -236,10 +254,10 @@ class HFAdapter:
             out.append(measured[key])
         return out
 
-    def _text_ids(self, text: str) -> torch.Tensor:
+    def text_ids(self, text: str) -> torch.Tensor:
         return self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
 
-    def _answer_text(self, answer: str) -> str:
+    def answer_text(self, answer: str) -> str:
         return self.answer_prefix + answer + self.end_of_answer
 
     def _follow_prompt(self, prompt: str) -> str:
@@ -283,16 +301,16 @@ class HFAdapter:
 
     def answer_logprobs(self, batch: BatchFeature) -> torch.Tensor:
         """Per-sequence sum of the answer tokens' log-probabilities (differentiable)."""
-        logits, mask, labels = self._answer_positions(batch)
+        logits, mask, labels = self.answer_positions(batch)
         logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return self._out((logp * mask).sum(-1))
 
     def answer_logits(self, batch: BatchFeature) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits at the positions that predict answer tokens (any row's), and the mask of each row's own."""
-        logits, mask, _ = self._answer_positions(batch)
+        logits, mask, _ = self.answer_positions(batch)
         return self._out(logits), self._out(mask)
 
-    def _answer_positions(self, batch: BatchFeature) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def answer_positions(self, batch: BatchFeature) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits, mask and targets at just the positions that predict some row's answer token.
 
         The vocabulary projection and the softmax run only there (``logits_to_keep``), not over
@@ -343,7 +361,7 @@ class HFAdapter:
         out = self.forward(prefix, use_cache=True)
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
         owner = torch.tensor([i for i, opts in enumerate(options) for _ in opts], device=self.device)
-        rows = [self._text_ids(self._answer_text(o)) for opts in options for o in opts]
+        rows = [self.text_ids(self.answer_text(o)) for opts in options for o in opts]
         ids, keep = (t.to(self.device) for t in _right_pad(rows, self.tokenizer.pad_token_id))
         # transformers 5.24 renamed past_key_values to cache (the old name warns, then goes in 5.40);
         # the output says which name this version takes, also through a PEFT wrapper

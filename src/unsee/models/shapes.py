@@ -24,6 +24,7 @@ from transformers import CONFIG_MAPPING, PretrainedConfig, PreTrainedModel
 
 from unsee.errors import ModelError
 from unsee.io import atomic_dir
+from unsee.models import adapter_class
 from unsee.models.tiny import (
     LLAVA_SPECIALS,
     QWEN_SPECIALS,
@@ -170,7 +171,6 @@ def shaped_config(shape: str, *, tiny: bool = False, hf_tok: Any = None) -> Pret
 def build_shaped(shape: str, *, tiny: bool = False, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu", seed: int = 0) -> tuple[PreTrainedModel, Any]:
     """``(model, processor)`` of a hub shape with random weights, created directly on ``device``."""
-    from unsee.models import adapter_class
 
     model_type = hub_config(shape)["model_type"]
     llava = model_type == "llava"

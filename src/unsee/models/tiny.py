@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerFast
 
 from unsee.errors import ModelError
 from unsee.io import atomic_dir, content_hash, source_fingerprint
+from unsee.models.qwen_vl import Qwen2_5_VLProcessor, Qwen2VLProcessor
 
 ARCHS = ("tiny-llava", "tiny-qwen2-vl", "tiny-qwen2.5-vl")
 IMAGE_SIZE = 64
@@ -151,7 +152,6 @@ def qwen_processor(hf_tok: PreTrainedTokenizerFast, image_size: int, patch: int,
     """A Qwen2(.5)-VL image processor pinned to ``image_size`` squared pixels, and its processor."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from unsee.models.qwen_vl import Qwen2_5_VLProcessor, Qwen2VLProcessor
 
     pixels = image_size * image_size
     image_processor = Qwen2VLImageProcessorPil(

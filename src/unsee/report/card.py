@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from unsee import __version__
+from unsee.audit.verdicts import reference_checks
 from unsee.report.tables import CHANCE, DASH, MIB, fmt_change, headline_key, ordered_groups, score_of
 
 METRIC_KEYS = ("mcq", "cloze", "rougeL", "bleu")
@@ -156,7 +157,6 @@ def _interval(figures: Mapping[str, Any], key: str) -> str:
 
 def _reference_rows(audits: Mapping[str, Any]) -> list[str]:
     """Which audits passed against the retrained reference, one row per check (empty without a reference)."""
-    from unsee.eval.verdicts import reference_checks
 
     checks = {k: v for k, v in reference_checks(audits).items() if v["pass"] is not None}
     if not checks:

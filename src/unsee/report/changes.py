@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from unsee.data.schema import LETTERS
+from unsee.report.tables import setting_of
 
 TOP = 10
 _WIDTH = 60
@@ -79,7 +80,6 @@ def changes_section(sources: Sequence[tuple[Mapping[str, Any], Sequence[Mapping[
     vanilla run of the same model, benchmark, forget split and protocol. Empty when no
     run has records.
     """
-    from unsee.report.tables import setting_of
 
     keyed: dict[tuple[Any, ...], list[tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]]] = {}
     for run, recs in sources:

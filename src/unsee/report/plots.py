@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from unsee.eval.metrics import RETENTION_GROUPS
+from unsee.eval.metrics import RETENTION_GROUPS, spread
 from unsee.io import atomic_write_bytes
 from unsee.report.tables import CHANCE, figure, group_runs, headline_key, score_of, setting_of, vanilla_for
 
@@ -103,7 +103,6 @@ def tradeoff_points(runs: Sequence[Mapping[str, Any]], vanilla: Mapping[str, Any
     Runs of one method that differ only in their seed become one point at their mean, with
     one standard deviation as the error bars; a single run's forget error bar is its 95%
     bootstrap interval over the items, where the run carries one."""
-    from unsee.eval.metrics import spread
 
     by: dict[tuple[str, int], list[tuple[Mapping[str, Any], float, float]]] = {}
     for run in runs:

@@ -13,9 +13,11 @@ from typing import Any
 
 from rich.table import Table
 
+from unsee.audit.verdicts import reference_checks
 from unsee.data.schema import METRIC_GROUPS
 from unsee.errors import UnseeError
 from unsee.eval.metrics import RETENTION_GROUPS, unlearning_score
+from unsee.eval.results import seed_summary
 
 CHANCE = 0.25
 MINUS = "\u2212"
@@ -252,7 +254,6 @@ def _attacks_section(runs: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def _reference_check_rows(runs: Sequence[Mapping[str, Any]]) -> list[str]:
-    from unsee.eval.verdicts import reference_checks
 
     def num(v: Any) -> str:
         return DASH if v is None else f"{float(v):.3f}"
@@ -268,7 +269,6 @@ def _reference_check_rows(runs: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def _seeds_section(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     """Mean ± sd [min, max] over unlearning seeds, for each method run with more than one seed."""
-    from unsee.eval.results import seed_summary
 
     several = [e for e in seed_summary(runs) if len(set(e["seeds"])) > 1]
     if not several:

@@ -15,25 +15,20 @@ the processor's ``image_mean``/``image_std`` for PGD) and forward hooks.
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
-from unsee.data.schema import Example, Suite
+from unsee.data.schema import Example
 from unsee.engine.adversarial import pgd_pixels as attack_pgd_pixels
 from unsee.errors import ConfigError, DataError
-from unsee.io import check_output_dir
-from unsee.methods.artifact import SteeringArtifact
 from unsee.methods.eraser.config import EraserConfig, layer_span
-from unsee.methods.eraser.hooks import _hidden, _last_real
-from unsee.methods.eraser.steering import STEERING_FILE, Steering
-from unsee.models.base import HFAdapter, Turn
-from unsee.provenance import environment
+from unsee.methods.eraser.hooks import hidden_of, last_real
+from unsee.methods.eraser.steering import Steering
+from unsee.models.base import Adapter, Turn
 
 # The erasure prompt when no neutral identities are at hand: same image, same question,
 # but the model is told to say it does not know, which is the behaviour we steer towards.
@@ -54,7 +49,7 @@ class _Collected(Exception):
 
 @torch.no_grad()
 def collect_last_token(
-    adapter: HFAdapter,
+    adapter: Adapter,
     turns: Sequence[Turn],
     layers: Sequence[int],
     *,
@@ -82,8 +77,8 @@ def collect_last_token(
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             if not reading[0]:
                 return
-            h = _hidden(output)
-            last = _last_real(mask[0], h.shape[0], h.shape[1], h.device)
+            h = hidden_of(output)
+            last = last_real(mask[0], h.shape[0], h.shape[1], h.device)
             found[i].append(h[torch.arange(h.shape[0], device=h.device), last].detach().to("cpu", torch.float64))
             if i == deepest:
                 raise _Collected
@@ -107,10 +102,9 @@ def collect_last_token(
     return {i: torch.cat(found[i]) for i in layers}
 
 
-def pgd_pixels(adapter: HFAdapter, turns: Sequence[Turn], cfg: EraserConfig) -> torch.Tensor:
+def pgd_pixels(adapter: Adapter, turns: Sequence[Turn], cfg: EraserConfig) -> torch.Tensor:
     """PGD towards the correct answer, with the eraser's budget (:func:`unsee.engine.adversarial.pgd_pixels`)."""
     return attack_pgd_pixels(adapter, turns, cfg.pgd_eps, cfg.pgd_step, cfg.pgd_steps)
-
 
 
 # ---------------------------------------------------------------------------- the maps
@@ -154,7 +148,7 @@ def joint_map(h_forget: torch.Tensor, h_keep: torch.Tensor, r: torch.Tensor, lam
 
 
 def build_steering(
-    adapter: HFAdapter, forget: Sequence[Turn], neutral: Sequence[Turn], retain: Sequence[Turn], cfg: EraserConfig
+    adapter: Adapter, forget: Sequence[Turn], neutral: Sequence[Turn], retain: Sequence[Turn], cfg: EraserConfig
 ) -> Steering:
     """Collect activations and compute ``W_l`` for every chosen layer.
 
@@ -203,11 +197,10 @@ def build_steering(
     )
 
 
-
 # ---------------------------------------------------------------------------- entry points
 
 
-def _turns(examples: Sequence[Example]) -> list[Turn]:
+def prompt_turns(examples: Sequence[Example]) -> list[Turn]:
     return [Turn(e.pil_image() if e.has_image else None, e.question, e.answer) for e in examples]
 
 
@@ -221,72 +214,6 @@ def erasure_turns(forget: Sequence[Example], neutral: Sequence[Example], mode: s
     return [Turn(pool[i % len(pool)].pil_image(), e.question) for i, e in enumerate(forget)]
 
 
-def fit_steering(adapter: HFAdapter, suite: Suite, cfg: EraserConfig, *, seed: int = 0) -> Steering:
-    """Build the steering from ``train_forget``, ``neutral`` and the ``cfg.keep`` groups; nothing is written.
-
-    ``max_items`` caps each group by a seeded draw, so that a capped group still holds every
-    person rather than the first few. With ``cfg.sweep`` a validation slice of the training
-    QA is held out of the fit and the grid's winner is returned.
-    """
-    from unsee.methods.eraser.sweep import hold_out, swept, validation
-
-    start = time.perf_counter()
-    forget = [e for e in suite.group("train_forget") if e.has_image]
-    if not forget:
-        raise DataError(f"suite {suite.name!r}: train_forget has no examples with images; MLLMEraser needs them")
-    retain = suite.group("train_retain")
-    if not retain:
-        raise DataError(f"suite {suite.name!r}: train_retain is empty; MLLMEraser needs prompts that must not move")
-    checks = None
-    if cfg.sweep:
-        (forget, val_f), (retain, val_r) = (hold_out(g, cfg.sweep_items, seed) for g in (forget, retain))
-        checks = validation(suite, val_f, val_r, cfg.sweep_items, seed)
-    neutral = suite.group("neutral") if cfg.erasure == "neutral" else []
-    forget = draw(forget, cfg.max_items, seed)
-    groups = {g: suite.groups.get(g, []) for g in cfg.keep} | {"train_retain": retain}  # a suite may lack some
-    kept = [e for g in cfg.keep for e in draw(groups[g], cfg.max_items, seed)]
-    # the erasure inputs only give r_l's mean: a seeded share of the forget prompts is enough
-    recall = draw(forget, cfg.erasure_items, seed)
-    inputs = (_turns(forget), erasure_turns(recall, draw(neutral, cfg.max_items, seed), cfg.erasure), _turns(kept))
-    steering = swept(adapter, inputs, checks, cfg) if checks else build_steering(adapter, *inputs, cfg)
-    steering.info.update({
-        "suite": suite.name,
-        "wall_s": round(time.perf_counter() - start, 3),
-        "peak_memory_mb": _peak_memory_mb(),
-        "trainable_parameters": 0,
-        "environment": environment(),
-    })
-    return steering
-
-
-def run_eraser(
-    adapter: HFAdapter, suite: Suite, out_dir: str | Path, cfg: EraserConfig, *, overwrite: bool = False,
-    seed: int = 0,
-) -> Path:
-    """:func:`fit_steering`, then write only the steering file to ``out_dir``.
-
-    The model's weights are never written: the result of MLLMEraser is the base model plus
-    ``out_dir/steering.safetensors``.
-    """
-    check_output_dir(Path(out_dir), overwrite=overwrite, marker=STEERING_FILE)
-    return fit_steering(adapter, suite, cfg, seed=seed).save(Path(out_dir) / STEERING_FILE)
-
-
-class Eraser:
-    """MLLMEraser as an unlearner: no weights change, the artifact is the steering (test-time hooks)."""
-
-    Config: ClassVar[type] = EraserConfig
-    trains_weights: ClassVar[bool] = False
-    images_only: ClassVar[bool] = False
-
-    def __init__(self, cfg: EraserConfig | None = None) -> None:
-        self.cfg = cfg if cfg is not None else EraserConfig()
-
-    def unlearn(self, adapter: HFAdapter, suite: Suite, cfg: EraserConfig | None = None, *,
-                seed: int = 0) -> SteeringArtifact:
-        return SteeringArtifact(fit_steering(adapter, suite, cfg or self.cfg, seed=seed))
-
-
 def draw(examples: Sequence[Example], n: int | None, seed: int) -> list[Example]:
     """At most ``n`` examples, a seeded draw kept in their original order (all of them when ``n`` is None)."""
     if n is None or len(examples) <= n:
@@ -295,7 +222,7 @@ def draw(examples: Sequence[Example], n: int | None, seed: int) -> list[Example]
     return [examples[i] for i in keep]
 
 
-def _peak_memory_mb() -> float:
+def peak_memory_mb() -> float:
     """Peak accelerator memory if there is one, else the process's peak resident memory."""
     if torch.cuda.is_available():
         return round(torch.cuda.max_memory_allocated() / 2**20, 1)

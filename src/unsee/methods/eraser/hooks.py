@@ -18,18 +18,18 @@ from torch import nn
 from unsee.data.schema import Suite
 from unsee.errors import ConfigError
 from unsee.methods.eraser.steering import Steering
-from unsee.models.base import IGNORE, HFAdapter, Turn
+from unsee.models.base import IGNORE, Adapter, Turn
 
 if TYPE_CHECKING:
     from unsee.methods.artifact import Artifact
 
 
-def _hidden(output: Any) -> torch.Tensor:
+def hidden_of(output: Any) -> torch.Tensor:
     """Decoder layers return a tensor (transformers 5) or a tuple whose first item is it."""
     return output[0] if isinstance(output, tuple) else output
 
 
-def _last_real(mask: torch.Tensor | None, batch: int, length: int, device: torch.device) -> torch.Tensor:
+def last_real(mask: torch.Tensor | None, batch: int, length: int, device: torch.device) -> torch.Tensor:
     """Index of each row's last non-pad token: ``length - 1`` under left padding, or without a mask."""
     if mask is None or mask.dim() != 2 or tuple(mask.shape) != (batch, length):
         return torch.full((batch,), length - 1, dtype=torch.long, device=device)
@@ -37,7 +37,7 @@ def _last_real(mask: torch.Tensor | None, batch: int, length: int, device: torch
 
 
 
-def generation_marker(adapter: HFAdapter) -> torch.Tensor | None:
+def generation_marker(adapter: Adapter) -> torch.Tensor | None:
     """Token ids every prompt ends with (the template's assistant header), e.g. ``ASSISTANT:``.
 
     Found as the common tail of two one-word prompts, so it comes from the adapter's own
@@ -58,7 +58,7 @@ def find_prompt_ends(ids: torch.Tensor, mask: torch.Tensor | None, marker: torch
     (prompt + answer) ends its prompt with the marker, so the answer tokens lie after it.
     """
     batch, length = ids.shape
-    last = _last_real(mask, batch, length, ids.device)
+    last = last_real(mask, batch, length, ids.device)
     m = 0 if marker is None else marker.numel()
     if m == 0 or m > length:
         return last
@@ -81,7 +81,7 @@ class _Steerer:
     mask to find each row's last prompt token (see :func:`find_prompt_ends`).
     """
 
-    def __init__(self, adapter: HFAdapter, steering: Steering, anchor: torch.Tensor | None) -> None:
+    def __init__(self, adapter: Adapter, steering: Steering, anchor: torch.Tensor | None) -> None:
         self.adapter = adapter
         self.steering = steering
         self.anchor = None if anchor is None else anchor.to(torch.long)
@@ -150,7 +150,7 @@ class _Steerer:
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
             if not self.prefill:
                 return None
-            h = _hidden(output)
+            h = hidden_of(output)
             end = self._prompt_ends(h)
             h_last = h[torch.arange(h.shape[0], device=h.device), end]
             shift = (s * self._injection(i, h_last)).to(h.dtype)[:, None, :]
@@ -180,7 +180,7 @@ def _cache_length(cache: Any) -> int:
 
 @contextmanager
 def steer(
-    adapter: HFAdapter, steering: Steering, *, anchor: torch.Tensor | None = None, force: bool = False
+    adapter: Adapter, steering: Steering, *, anchor: torch.Tensor | None = None, force: bool = False
 ) -> Iterator[Steering]:
     """Apply a steering while the block runs; hooks are removed on exit, even on an exception.
 
@@ -203,7 +203,7 @@ def prompt_ends(batch: Any) -> torch.Tensor:
 
 
 
-def generation_overhead(adapter: HFAdapter, suite: Suite, artifact: Artifact, *, prompts: int = 16,
+def generation_overhead(adapter: Adapter, suite: Suite, artifact: Artifact, *, prompts: int = 16,
                         new_tokens: int = 16) -> dict[str, Any]:
     """Greedy generation time with the artifact applied (the steering's hooks), relative to without: the
     same forget prompts and a fixed answer length, best of three after a warm-up, so that only the hooks differ."""

@@ -19,7 +19,7 @@ from safetensors.torch import save as safetensors_bytes
 from unsee import __version__
 from unsee.errors import ConfigError, ModelError
 from unsee.io import atomic_write_bytes
-from unsee.models.base import HFAdapter
+from unsee.models.base import Adapter
 
 FORMAT = "unsee.steering/1"
 STEERING_FILE = "steering.safetensors"
@@ -129,7 +129,7 @@ class Steering:
             directions=directions,
         )
 
-    def check_compatible(self, adapter: HFAdapter, *, force: bool = False) -> None:
+    def check_compatible(self, adapter: Adapter, *, force: bool = False) -> None:
         """Refuse a model this steering was not computed on. ``force`` skips only the fingerprint check."""
         if adapter.arch != self.arch:
             raise ModelError(
@@ -151,6 +151,6 @@ class Steering:
             )
 
 
-def _hidden_size(adapter: HFAdapter) -> int:
+def _hidden_size(adapter: Adapter) -> int:
     return int(adapter.model.config.get_text_config().hidden_size)
 

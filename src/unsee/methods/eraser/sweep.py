@@ -21,10 +21,10 @@ from unsee.methods.eraser.config import EraserConfig, layer_span
 from unsee.methods.eraser.fit import build_steering, draw
 from unsee.methods.eraser.hooks import steer
 from unsee.methods.eraser.steering import Steering
-from unsee.models.base import HFAdapter, Turn
+from unsee.models.base import Adapter, Turn
 
 
-def mcq_accuracy(adapter: HFAdapter, items: Sequence[Example], steering: Steering | None = None, *,
+def mcq_accuracy(adapter: Adapter, items: Sequence[Example], steering: Steering | None = None, *,
                  batch_size: int = 16) -> float:
     """The evaluator's log-likelihood MCQ accuracy of ``items``, optionally steered."""
     if not items:
@@ -45,13 +45,13 @@ class SweepResult:
 
 
 def sweep(
-    adapter: HFAdapter,
+    adapter: Adapter,
     steering_builder_inputs: tuple[Sequence[Turn], Sequence[Turn], Sequence[Turn]],
     val_forget: Sequence[Example],
     val_retain: Sequence[Example],
     strengths: Sequence[float],
     layer_sets: Sequence[Sequence[int]],
-    score_fn: Callable[[HFAdapter, Sequence[Example], Steering | None], float] = mcq_accuracy,
+    score_fn: Callable[[Adapter, Sequence[Example], Steering | None], float] = mcq_accuracy,
     cfg: EraserConfig | None = None,
     *,
     gates: Sequence[float] | None = None,
@@ -143,7 +143,7 @@ def validation(suite: Suite, forget: Sequence[Example], retain: Sequence[Example
     return val_forget, val_retain
 
 
-def swept(adapter: HFAdapter, inputs: tuple[list[Turn], list[Turn], list[Turn]],
+def swept(adapter: Adapter, inputs: tuple[list[Turn], list[Turn], list[Turn]],
            checks: tuple[list[Example], list[Example]], cfg: EraserConfig) -> Steering:
     """The sweep's winner, with the grid in its header; a clear error when no setting keeps retain."""
     layer_sets = [cfg.layers] if cfg.layers else layer_candidates(len(adapter.decoder_layers()))

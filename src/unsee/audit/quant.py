@@ -13,29 +13,23 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from unsee.audit.common import accuracy, check_bits, image_mcq
 from unsee.data.schema import Suite
-from unsee.errors import ConfigError, DataError
-from unsee.models.base import HFAdapter
+from unsee.errors import DataError
+from unsee.models.base import Adapter
 
 if TYPE_CHECKING:
-    from unsee.eval.attacks import AttackConfig
+    from unsee.audit.common import AttackConfig
     from unsee.methods.artifact import Artifact
 
-QUANT_BITS = (4, 8)
 GROUPS = ("forget", "forget_test", "retain")
-
-
-def check_bits(bits: Sequence[int]) -> None:
-    bad = [b for b in bits if b not in QUANT_BITS]
-    if bad or not bits:
-        raise ConfigError(f"quantization bit width {bad or bits} is not supported: choose 4 or 8")
 
 
 def linear_weights(model: nn.Module) -> dict[str, nn.Linear]:
@@ -44,7 +38,7 @@ def linear_weights(model: nn.Module) -> dict[str, nn.Linear]:
             if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] != "lm_head"}
 
 
-def weight_digests(adapter: HFAdapter) -> dict[str, str]:
+def weight_digests(adapter: Adapter) -> dict[str, str]:
     """A hash of each linear weight: taken before unlearning, it says afterwards which ones the method changed."""
     out = {}
     for name, mod in linear_weights(deployed(adapter).model).items():
@@ -53,13 +47,13 @@ def weight_digests(adapter: HFAdapter) -> dict[str, str]:
     return out
 
 
-def changed_linears(before: dict[str, str], adapter: HFAdapter) -> list[str]:
+def changed_linears(before: dict[str, str], adapter: Adapter) -> list[str]:
     """The linear weights whose bytes differ from ``before`` (:func:`weight_digests` of the base model)."""
     after = weight_digests(adapter)
     return sorted(n for n, h in after.items() if before.get(n) != h)
 
 
-def deployed(adapter: HFAdapter) -> HFAdapter:
+def deployed(adapter: Adapter) -> Adapter:
     """The model as it would be saved: a LoRA-wrapped one merged on a copy, anything else as it is."""
     if not hasattr(adapter.model, "merge_and_unload"):
         return adapter
@@ -105,7 +99,7 @@ def bnb_available() -> bool:
 
 
 @contextmanager
-def quantized(adapter: HFAdapter, names: Collection[str], bits: int | str, group_size: int) -> Iterator[HFAdapter]:
+def quantized(adapter: Adapter, names: Collection[str], bits: int | str, group_size: int) -> Iterator[Adapter]:
     """The model with ``names``' weights rounded, restored bit for bit on exit (only those weights are
     held aside, on the host, so a large model is not copied whole). ``bits`` is 4, 8 or ``"nf4"``
     (bitsandbytes)."""
@@ -124,7 +118,7 @@ def quantized(adapter: HFAdapter, names: Collection[str], bits: int | str, group
                 mods[name].weight.copy_(w)
 
 
-def quant(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, artifact: Artifact | None = None,
+def quant(adapter: Adapter, suite: Suite, cfg: AttackConfig, artifact: Artifact | None = None,
           changed: Collection[str] | None = None) -> dict[str, Any]:
     """Forget, forget_test and retain MCQ accuracy after quantizing the changed linear weights, and all of them.
 
@@ -132,7 +126,6 @@ def quant(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, artifact: Artifac
     model is given; that scope is then left out). Keys: ``<group>_clean`` and
     ``<group>_int<bits>_<scope>``, with ``<group>_nf4_all`` where bitsandbytes runs.
     """
-    from unsee.eval.attacks import _accuracy, image_mcq
 
     check_bits(cfg.quant_bits)
     cap = cfg.quant_max_items or None
@@ -148,7 +141,7 @@ def quant(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, artifact: Artifac
     out: dict[str, Any] = {"group_size": cfg.quant_group, "bits": list(cfg.quant_bits), "linears": len(every),
                            "linears_changed": None if changed is None else len(scopes["changed"])}
     for g, its in items.items():
-        out[f"{g}_clean"] = _accuracy(model, its, artifact)
+        out[f"{g}_clean"] = accuracy(model, its, artifact)
         out[f"n_{g}"] = len(its)
     runs: list[tuple[str, int | str, list[str]]] = [(s, b, n) for s, n in scopes.items() for b in cfg.quant_bits]
     if bnb_available():  # pragma: no cover - needs a GPU
@@ -157,5 +150,5 @@ def quant(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, artifact: Artifac
         tag = f"int{bits}" if bits != "nf4" else "nf4"
         with quantized(model, names, bits, cfg.quant_group) as q:
             for g, its in items.items():
-                out[f"{g}_{tag}_{scope}"] = _accuracy(q, its, artifact)
+                out[f"{g}_{tag}_{scope}"] = accuracy(q, its, artifact)
     return out

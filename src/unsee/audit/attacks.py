@@ -8,8 +8,8 @@ into the run's ``attacks`` object in results.json:
 - ``pgd``: adversarial forget images that push towards the correct answer;
 - ``shift``: crops, colour jitter and occlusion of the forget images;
 - ``probe``: a linear probe on pooled visual features; can it still tell the people apart?
-- ``quant``: round the weights to 8 or 4 bits (:mod:`unsee.eval.quant`); does the knowledge come back?
-- ``mia``: membership inference and forget quality (:mod:`unsee.eval.mia`), read against the reference.
+- ``quant``: round the weights to 8 or 4 bits (:mod:`unsee.audit.quant`); does the knowledge come back?
+- ``mia``: membership inference and forget quality (:mod:`unsee.audit.mia`), read against the reference.
 
 Where the retrained reference exists (the model fine-tuned without the forget photos), every
 attack is run on it too and its figures sit beside the model's as ``reference``: what never
@@ -26,102 +26,35 @@ import io
 import itertools
 import random
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageEnhance
 
-from unsee.config import opt
+from unsee.audit.common import ATTACKS, SHIFT_NAMES, AttackConfig, accuracy, as_deployed, image_mcq
+from unsee.audit.mia import mia, relative
+from unsee.audit.quant import quant
 from unsee.data import prompts
 from unsee.data.collate import image_of, qa_turns
 from unsee.data.schema import Example, Suite
 from unsee.engine.adversarial import linf_ascent as linf_ascent  # the PGD steps live there; re-exported
 from unsee.engine.adversarial import pgd_pixels
 from unsee.engine.adversarial import pixel_bounds as pixel_bounds
+from unsee.engine.trainer import TrainConfig, train
 from unsee.errors import ConfigError, DataError
 from unsee.eval import metrics
 from unsee.eval.evaluator import mcq_loglik
-from unsee.models.base import SCOPES, HFAdapter, Turn
+from unsee.methods.base import pooled
+from unsee.methods.baselines import SFT
+from unsee.models.base import Adapter, Turn
+from unsee.models.blocks import features_and_hidden, vision_blocks
 
 if TYPE_CHECKING:
     from unsee.methods.artifact import Artifact
 
-ATTACKS = ("relearn", "pgd", "shift", "probe", "quant", "mia")
 
-
-@dataclass
-class AttackConfig:
-    """One protocol for every method: the same budgets, the same items, the same seed."""
-
-    relearn_steps: int = opt(30, "relearning: fine-tuning steps on the seen half")
-    relearn_lr: float = opt(1e-4, "relearning: learning rate (AdamW)")
-    relearn_scope: str = opt("full", "relearning: the parameters the attacker fine-tunes (an engine scope: full, "
-                             "visual, language, ...); full is the audit, the others say which part brings them back")
-    relearn_batch: int = opt(8, "relearning: batch size")
-    relearn_splits: int = opt(3, "relearning: distinct halves of the forget people, each relearned on a fresh copy; "
-                              "the figures are their means")
-    relearn_repeats: int = opt(1, "relearning: attacker runs per half, each with its own seed (its batch order); "
-                               "the figures are means over every run, ag_min and ag_max their spread")
-    pgd_eps: float = opt(8 / 255, "PGD: L-inf radius in [0, 1] pixel units")
-    pgd_step: float = opt(2 / 255, "PGD: step size in [0, 1] pixel units")
-    pgd_steps: int = opt(10, "PGD: iterations")
-    max_items: int = opt(48, "PGD and shifts: MCQ items per group (the first ones, so the set is fixed)")
-    shifts: list = opt(["crop", "jitter", "occlude"], "image shifts to apply to forget and retain images")
-    probe_retain_people: int = opt(30, "probe: retained people beside the forget people")
-    probe_steps: int = opt(300, "probe: full-batch optimisation steps of the logistic regression")
-    probe_blocks: bool = opt(True, "probe: also read the pooled output of every vision block, to show where in "
-                             "the tower the identity is kept or lost")
-    quant_bits: list = opt([8, 4], "quantization: bit widths to round the weights to (4 and/or 8)")
-    quant_group: int = opt(128, "quantization: input columns sharing one scale")
-    quant_max_items: int = opt(0, "quantization: MCQ items per group (the first ones; 0: all)")
-    mia_holdout: str = opt("holdout", "membership inference: the group (or, on the command line, the split) of "
-                           "people the model never saw, the non-members")
-    mia_k: float = opt(0.2, "membership inference: the fraction of lowest-scoring tokens Min-K%++ averages")
-    mia_max_items: int = opt(0, "membership inference: items per side (the first ones; 0: all)")
-    seed: int = opt(0, "seed of the half split, the shifts and the probe")
-
-    def validate(self) -> None:
-        unknown = sorted(set(self.shifts) - set(SHIFTS))
-        if unknown:
-            raise ConfigError(f"unknown shift(s) {unknown}; choose from {sorted(SHIFTS)}")
-        if self.relearn_scope not in SCOPES:
-            raise ConfigError(f"relearn_scope {self.relearn_scope!r} is not one of {', '.join(SCOPES)}")
-        if self.relearn_splits < 1 or self.relearn_repeats < 1:
-            raise ConfigError("relearn_splits and relearn_repeats must be at least 1")
-        if self.pgd_eps < 0 or self.pgd_step <= 0 or self.pgd_steps < 1:
-            raise ConfigError("PGD needs pgd_eps >= 0, pgd_step > 0 and pgd_steps >= 1")
-        from unsee.eval.quant import check_bits
-
-        check_bits(list(self.quant_bits))
-        if self.quant_group < 1:
-            raise ConfigError(f"quant_group must be at least 1, got {self.quant_group}")
-        if not 0 < self.mia_k <= 1:
-            raise ConfigError(f"mia_k must be in (0, 1], got {self.mia_k}")
-
-
-def image_mcq(suite: Suite, group: str, entities: set[str] | None = None) -> list[Example]:
-    return [e for e in suite.groups.get(group, []) if e.task == "mcq" and e.options and e.has_image
-            and (entities is None or e.entity in entities)]
-
-
-def as_deployed(adapter: HFAdapter, artifact: Artifact | None) -> AbstractContextManager[Any]:
-    """The result's artifact applied while a block runs (hooks for a steering, nothing for changed
-    weights or no artifact): every result is attacked as it is deployed."""
-    return nullcontext() if artifact is None else artifact.applied(adapter)
-
-
-def _accuracy(adapter: HFAdapter, items: Sequence[Example], artifact: Artifact | None = None) -> float | None:
-    if not items:
-        return None
-    with as_deployed(adapter, artifact):
-        ok = mcq_loglik(adapter, items)
-    return sum(ok) / len(ok)
-
-
-def trainable_copy(adapter: HFAdapter) -> HFAdapter:
+def trainable_copy(adapter: Adapter) -> Adapter:
     """A separate model to attack; the audited one is never touched."""
     return type(adapter)(copy.deepcopy(adapter.model), adapter.processor, source=adapter.source)
 
@@ -143,15 +76,13 @@ def relearn_splits(people: Sequence[str], n: int, seed: int) -> list[tuple[set[s
     return splits
 
 
-def relearn(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, artifact: Artifact | None = None) -> dict[str, Any]:
+def relearn(adapter: Adapter, suite: Suite, cfg: AttackConfig, artifact: Artifact | None = None) -> dict[str, Any]:
     """Fine-tune a copy on the seen half's forget QA; ``ag`` is the unseen half's gain, in points.
 
     The figures are means over ``relearn_splits`` halves, each attacked ``relearn_repeats``
     times with its own seed: with five forget people, one split is two people, and the same
     model gave +67, +11 and +4 points on three of them; one half gave +67 and +19 where only
     the attacker's batch order changed. ``ag_min`` and ``ag_max`` show that spread."""
-    from unsee.engine.trainer import TrainConfig, train
-    from unsee.methods.baselines import SFT
 
     if len(suite.forget_entities) < 2:
         raise DataError("relearning needs at least two forget people: one half to relearn, one to measure")
@@ -159,7 +90,7 @@ def relearn(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, artifact: Artif
                        batch_size=cfg.relearn_batch, seed=cfg.seed, progress=False)
     pool = image_mcq(suite, "forget")
 
-    def correct(model: HFAdapter) -> list[bool]:
+    def correct(model: Adapter) -> list[bool]:
         """Each forget item's correctness: one pass, shared by both halves of a split."""
         if not pool:
             return []
@@ -213,7 +144,7 @@ def split_pixels(batch: Any) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def _scores_with_pixels(adapter: HFAdapter, ex: Example, pixels: torch.Tensor) -> list[float]:
+def _scores_with_pixels(adapter: Adapter, ex: Example, pixels: torch.Tensor) -> list[float]:
     img = image_of(ex)
     batch = adapter.to_device(adapter.training_batch([Turn(img, prompts.qa_prompt(ex.question), o)
                                                       for o in ex.options]))
@@ -222,7 +153,7 @@ def _scores_with_pixels(adapter: HFAdapter, ex: Example, pixels: torch.Tensor) -
         return adapter.answer_logprobs(batch).float().tolist()
 
 
-def pgd_accuracy(adapter: HFAdapter, items: Sequence[Example], cfg: AttackConfig, batch_size: int = 8,
+def pgd_accuracy(adapter: Adapter, items: Sequence[Example], cfg: AttackConfig, batch_size: int = 8,
                  artifact: Artifact | None = None) -> float:
     """MCQ accuracy when each item's image is PGD-perturbed towards its correct option."""
     correct = 0
@@ -237,14 +168,14 @@ def pgd_accuracy(adapter: HFAdapter, items: Sequence[Example], cfg: AttackConfig
     return correct / len(items)
 
 
-def pgd(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, artifact: Artifact | None = None) -> dict[str, Any]:
+def pgd(adapter: Adapter, suite: Suite, cfg: AttackConfig, artifact: Artifact | None = None) -> dict[str, Any]:
     """Forget accuracy under PGD, with retain under the same budget as the control."""
     out: dict[str, Any] = {"eps": cfg.pgd_eps, "step": cfg.pgd_step, "steps": cfg.pgd_steps}
     for group in ("forget", "retain"):
         items = image_mcq(suite, group)[: cfg.max_items]
         if not items:
             continue
-        out[f"{group}_clean"] = _accuracy(adapter, items, artifact)
+        out[f"{group}_clean"] = accuracy(adapter, items, artifact)
         out[f"{group}_attacked"] = pgd_accuracy(adapter, items, cfg, artifact=artifact)
         out[f"n_{group}"] = len(items)
     if "forget_attacked" not in out:
@@ -278,6 +209,7 @@ def _occlude(img: Image.Image, rng: np.random.Generator) -> Image.Image:
 SHIFTS: dict[str, Callable[[Image.Image, np.random.Generator], Image.Image]] = {
     "crop": _crop, "jitter": _jitter, "occlude": _occlude,
 }
+assert tuple(SHIFTS) == SHIFT_NAMES, "AttackConfig checks shifts against SHIFT_NAMES"
 
 
 def shifted(items: Sequence[Example], shift: str, seed: int) -> list[Example]:
@@ -291,16 +223,16 @@ def shifted(items: Sequence[Example], shift: str, seed: int) -> list[Example]:
     return out
 
 
-def shift(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, artifact: Artifact | None = None) -> dict[str, Any]:
+def shift(adapter: Adapter, suite: Suite, cfg: AttackConfig, artifact: Artifact | None = None) -> dict[str, Any]:
     """Forget and retain MCQ accuracy on each shifted copy of their images."""
     out: dict[str, Any] = {}
     for group in ("forget", "retain"):
         items = image_mcq(suite, group)[: cfg.max_items]
         if not items:
             continue
-        out[f"{group}_clean"] = _accuracy(adapter, items, artifact)
+        out[f"{group}_clean"] = accuracy(adapter, items, artifact)
         for name in cfg.shifts:
-            out[f"{group}_{name}"] = _accuracy(adapter, shifted(items, name, cfg.seed), artifact)
+            out[f"{group}_{name}"] = accuracy(adapter, shifted(items, name, cfg.seed), artifact)
         out[f"n_{group}"] = len(items)
     if not out:
         raise DataError(f"suite {suite.name!r} has no image MCQ to shift")
@@ -309,17 +241,15 @@ def shift(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, artifact: Artifac
 
 # ---------------------------------------------------------------------------- feature probe
 @torch.no_grad()
-def pooled_features(adapter: HFAdapter, images: Sequence[Image.Image], batch_size: int = 32) -> torch.Tensor:
+def pooled_features(adapter: Adapter, images: Sequence[Image.Image], batch_size: int = 32) -> torch.Tensor:
     """Mean projector output per image, L2-normalised: the feature CVF moves."""
     return pooled_block_features(adapter, images, [], batch_size)[0]
 
 
 @torch.no_grad()
-def pooled_block_features(adapter: HFAdapter, images: Sequence[Image.Image], blocks: Sequence[int],
+def pooled_block_features(adapter: Adapter, images: Sequence[Image.Image], blocks: Sequence[int],
                           batch_size: int = 32) -> list[torch.Tensor]:
     """:func:`pooled_features`, then the same pooling of each of ``blocks``' outputs, from one pass."""
-    from unsee.methods.base import pooled
-    from unsee.models.blocks import features_and_hidden
 
     parts: list[list[torch.Tensor]] = [[] for _ in range(len(blocks) + 1)]
     with adapter.eval_mode():
@@ -375,7 +305,7 @@ def probe_predict(x_fit: torch.Tensor, y_fit: torch.Tensor, x_test: torch.Tensor
         return head((x_test - mu) / sd).argmax(-1)
 
 
-def probe(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, artifact: Artifact | None = None) -> dict[str, Any]:
+def probe(adapter: Adapter, suite: Suite, cfg: AttackConfig, artifact: Artifact | None = None) -> dict[str, Any]:
     """Held-out-view accuracy of a linear identity probe, split by forget and retained people.
 
     Leave one view out: the probe is fitted once per view number on every other view and
@@ -388,7 +318,6 @@ def probe(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, artifact: Artifac
     names = sorted(set(labels))
     if not any(label in forget for label in labels):
         raise DataError("the probe needs at least two training views of a forget person")
-    from unsee.models.blocks import vision_blocks
 
     blocks = list(range(len(vision_blocks(adapter)))) if cfg.probe_blocks else []
     feats, *by_block = pooled_block_features(adapter, images, blocks)
@@ -419,14 +348,12 @@ def probe(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, artifact: Artifac
 
 
 # ---------------------------------------------------------------------------- all of them
-def _quant(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, artifact: Artifact | None = None) -> dict[str, Any]:
-    from unsee.eval.quant import quant
+def _quant(adapter: Adapter, suite: Suite, cfg: AttackConfig, artifact: Artifact | None = None) -> dict[str, Any]:
 
     return quant(adapter, suite, cfg, artifact)
 
 
-def _mia(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, artifact: Artifact | None = None) -> dict[str, Any]:
-    from unsee.eval.mia import mia
+def _mia(adapter: Adapter, suite: Suite, cfg: AttackConfig, artifact: Artifact | None = None) -> dict[str, Any]:
 
     return mia(adapter, suite, cfg, artifact)
 
@@ -437,8 +364,8 @@ RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
 PER_ITEM = "per_item"  # raw per-item scores the comparison with the reference reads; never stored
 
 
-def run_attacks(adapter: HFAdapter, suite: Suite, kinds: Sequence[str] = ATTACKS, cfg: AttackConfig | None = None,
-                *, vanilla: HFAdapter | None = None, artifact: Artifact | None = None,
+def run_attacks(adapter: Adapter, suite: Suite, kinds: Sequence[str] = ATTACKS, cfg: AttackConfig | None = None,
+                *, vanilla: Adapter | None = None, artifact: Artifact | None = None,
                 strict: bool = True, changed: Sequence[str] | None = None,
                 reference: Callable[[str], dict[str, Any]] | None = None,
                 keep_items: bool = False) -> dict[str, dict[str, Any]]:
@@ -462,7 +389,6 @@ def run_attacks(adapter: HFAdapter, suite: Suite, kinds: Sequence[str] = ATTACKS
     for kind in kinds:
         try:
             if kind == "quant":
-                from unsee.eval.quant import quant
 
                 out[kind] = quant(adapter, suite, cfg, artifact, changed=changed)
             else:
@@ -478,7 +404,6 @@ def run_attacks(adapter: HFAdapter, suite: Suite, kinds: Sequence[str] = ATTACKS
         if reference is not None:
             ref = reference(kind)
             if kind == "mia" and PER_ITEM in ref:
-                from unsee.eval.mia import relative
 
                 out[kind].update(relative(out[kind], ref))
             out[kind]["reference"] = {k: v for k, v in ref.items() if k != PER_ITEM}

@@ -28,16 +28,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from unsee.audit.common import as_deployed, image_mcq
 from unsee.data import prompts
 from unsee.data.collate import image_of
 from unsee.data.schema import Example, Suite
 from unsee.errors import DataError
 from unsee.eval import metrics
 from unsee.eval.evaluator import option_logprobs
-from unsee.models.base import HFAdapter, Turn
+from unsee.models.base import Adapter, Turn
 
 if TYPE_CHECKING:
-    from unsee.eval.attacks import AttackConfig
+    from unsee.audit.common import AttackConfig
     from unsee.methods.artifact import Artifact
 
 SCORES = ("loss", "zlib", "mink_pp")
@@ -60,7 +61,7 @@ def check_holdout(forget: Sequence[str], holdout: Sequence[Example], name: str) 
 
 
 @torch.no_grad()
-def answer_scores(adapter: HFAdapter, items: Sequence[Example], k: float,
+def answer_scores(adapter: Adapter, items: Sequence[Example], k: float,
                   batch_size: int = 8) -> dict[str, list[float]]:
     """Per-item ``loss`` (mean NLL, lower is more member-like), ``zlib`` (total NLL per zlib byte) and
     ``mink_pp`` (higher is more member-like): the raw scores, signs as they are defined."""
@@ -69,7 +70,7 @@ def answer_scores(adapter: HFAdapter, items: Sequence[Example], k: float,
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             turns = [Turn(image_of(e), prompts.qa_prompt(e.question), answer_of(e)) for e in chunk]
-            logits, mask, labels = adapter._answer_positions(adapter.training_batch(turns))
+            logits, mask, labels = adapter.answer_positions(adapter.training_batch(turns))
             logp = torch.log_softmax(logits.float(), dim=-1)
             tok = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
             prob = logp.exp()
@@ -87,14 +88,14 @@ def answer_scores(adapter: HFAdapter, items: Sequence[Example], k: float,
     return out
 
 
-def truth_ratios(adapter: HFAdapter, items: Sequence[Example]) -> list[float]:
+def truth_ratios(adapter: Adapter, items: Sequence[Example]) -> list[float]:
     """Per item, log of (mean over wrong options of p(option)^(1/tokens)) / p(correct)^(1/tokens).
 
     TOFU's truth ratio on the MCQ options: below 0 the model prefers the truth, above 0 a wrong answer."""
     scores = option_logprobs(adapter, items)
     out = []
     for ex, lps in zip(items, scores, strict=True):
-        per_token = [lp / max(len(adapter._text_ids(adapter._answer_text(o))), 1) for lp, o in zip(lps, ex.options,
+        per_token = [lp / max(len(adapter.text_ids(adapter.answer_text(o))), 1) for lp, o in zip(lps, ex.options,
                                                                                                   strict=True)]
         wrong = [v for i, v in enumerate(per_token) if i != ex.correct]
         top = max(wrong)
@@ -107,12 +108,11 @@ def member_score(kind: str, values: Sequence[float]) -> list[float]:
     return list(values) if kind == "mink_pp" else [-v for v in values]
 
 
-def mia(adapter: HFAdapter, suite: Suite, cfg: AttackConfig, artifact: Artifact | None = None) -> dict[str, Any]:
+def mia(adapter: Adapter, suite: Suite, cfg: AttackConfig, artifact: Artifact | None = None) -> dict[str, Any]:
     """AUC of each score, forget items (members) against the held-out group ``cfg.mia_holdout``.
 
     ``per_item`` keeps the raw scores (and the forget items' truth ratios) for the comparison
     with the reference; :func:`relative` reads them and the stored figures leave them out."""
-    from unsee.eval.attacks import as_deployed, image_mcq
 
     cap = cfg.mia_max_items or None
     forget = image_mcq(suite, "forget")[:cap]

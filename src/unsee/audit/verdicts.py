@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from unsee.eval.mia import SCORES
+from unsee.audit.mia import SCORES
 
 MARGIN_POINTS = 5.0  # relearning gain, in points
 MARGIN = 0.05  # accuracies, AUCs

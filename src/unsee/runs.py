@@ -1,0 +1,276 @@
+"""The steps every command is made of: load and check a benchmark, configure a method, unlearn,
+evaluate, record the run and save what a user ships.
+
+``unsee unlearn``, ``forget``, the demo and the benchmarks all go through these, so that a run's
+cost, metrics, checkpoint and model card mean the same thing wherever they were produced.
+:mod:`unsee.api` is the public face that strings them into commands.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from unsee.config import ConfigError, load_config, parse_overrides, read_config_file, to_dict
+from unsee.data import load_benchmark
+from unsee.data.collate import image_of, qa_turns
+from unsee.data.detect import benchmark_of, local_path, resolve
+from unsee.data.request import is_request_file, load_request_suite
+from unsee.data.schema import Suite
+from unsee.engine import distributed
+from unsee.engine.trainer import TrainConfig
+from unsee.errors import DataError
+from unsee.eval.evaluator import Evaluation, run_evaluation
+from unsee.eval.protocols import check_protocol
+from unsee.eval.results import SAMPLES_KEY
+from unsee.io import (
+    atomic_write_text,
+)
+from unsee.methods import method_class
+from unsee.methods.artifact import Trained, WeightsArtifact
+from unsee.methods.eraser import SteeringArtifact
+from unsee.models.base import Adapter, Turn
+
+if TYPE_CHECKING:
+    from unsee.methods.artifact import Artifact
+
+
+def names_needed_by(method: str | None) -> str | None:
+    """``method`` when it trains the language model on who-is-this answers, so that every retained person
+    of a request needs a name; None for methods that read images only."""
+    if method is None or method_class(method).images_only:
+        return None
+    return method
+
+
+# ---- data ----------------------------------------------------------------------------------
+def detect_benchmark(data: Any, benchmark: str | None = None, revision: str | None = None) -> str:
+    """Which loader reads ``data``: ``builtin``, ``mllmu``, ``clear`` or ``umu`` (``request`` for a
+    removal request file).
+
+    ``data`` is a folder or a hub dataset id (downloaded at ``revision``). ``benchmark`` forces
+    the answer after checking that the folder has that benchmark's configs and columns.
+    """
+
+    if isinstance(data, str | Path) and is_request_file(data):
+        return "request"
+    return benchmark_of(local_path(data, revision)[0], benchmark)
+
+
+def load_suite(data: Any, forget: str | Sequence[str] = "forget_10", *, benchmark: str | None = None,
+               revision: str | None = None, **kw: Any) -> Suite:
+    """A benchmark from a folder, a hub id or a resolved :class:`~unsee.data.detect.DataRef`, as a Suite;
+    or a removal request file (docs/requests.md), whose ``forget`` is then ignored.
+
+    ``suite.info["data"]`` says where it came from (results.json's ``data``).
+    """
+
+    if isinstance(data, str | Path) and is_request_file(data):
+        return load_request_suite(data, seed=kw.get("seed", 0), names_needed_by=names_needed_by(kw.get("method")))
+    kw.pop("method", None)
+    ref = resolve(data, revision)
+    suite = load_benchmark(benchmark_of(ref.path, benchmark), ref.path, forget, **kw)
+    suite.info["data"] = ref.record()
+    return suite
+
+
+def check_forget(suite: Suite) -> None:
+    """The guards that stop a run before it touches anything: ``unlearn``, ``eval`` and ``attack`` share them."""
+    if not suite.forget_entities or not suite.groups.get("train_forget"):
+        raise DataError(f"the forget set of {suite.name!r} is empty: nothing to unlearn or to measure")
+    overlap = set(suite.forget_entities) & set(suite.retain_entities)
+    if overlap:
+        raise DataError(f"the forget set overlaps the retain set on {sorted(overlap)[:5]}; they must be disjoint")
+
+
+def check_images(suite: Suite) -> int:
+    """Decode every image of every group now, so that a corrupt file stops the run before
+    training rather than after it. Decoded images are cached (:func:`image_of`), so the run
+    reads them again for free. Returns how many examples hold an image."""
+    n = 0
+    for items in suite.groups.values():
+        for e in items:
+            if e.has_image:
+                image_of(e)
+                n += 1
+    return n
+
+
+def training_turns(suite: Suite) -> dict[str, list[Turn]]:
+    """The streams a method may ask for, built from the suite's training groups."""
+    g = suite.groups
+    return {
+        "forget": qa_turns(g.get("train_forget", [])),
+        "retain": qa_turns(g.get("train_retain", [])),
+        "text": qa_turns(g.get("train_text", [])),
+        "general": qa_turns(g.get("train_general", [])),
+        "neutral": qa_turns([e for e in g.get("neutral", []) if e.has_image]),
+    }
+
+
+# ---- configs -------------------------------------------------------------------------------
+def method_configs(method: str, config: str | Path | Mapping[str, Any] | None,
+                   overrides: Sequence[str] | Mapping[str, Any]) -> tuple[Any, Any, Any]:
+    """Split one config (file + overrides) between the engine's and the method's options.
+
+    A key belongs to :class:`TrainConfig` or to the method's own config; a key in neither
+    is an error that names it.
+    """
+
+    cls = method_class(method)
+    mcls = cls.Config
+    values: dict[str, Any] = {}
+    shipped = Path(__file__).parent / "configs" / "unlearn" / f"{method}.yaml"
+    if config is None and shipped.exists():
+        values = read_config_file(shipped, "unlearn")
+    elif isinstance(config, Mapping):
+        values = dict(config)
+    elif config is not None:
+        values = read_config_file(config, "unlearn")
+    values.update(dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides))
+    tkeys = {f.name for f in dataclasses.fields(TrainConfig)}
+    mkeys = {f.name for f in dataclasses.fields(mcls)}
+    unknown = sorted(set(values) - tkeys - mkeys)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {unknown} for method {method!r}; engine options: {sorted(tkeys)}; "
+                          f"method options: {sorted(mkeys)}")
+    tvals = {k: v for k, v in values.items() if k in tkeys}
+    if cls.trains_weights:
+        tvals.setdefault("scope", cls.default_scope)
+    return (load_config(TrainConfig, tvals), load_config(mcls, {k: v for k, v in values.items() if k in mkeys}),
+            cls)
+
+
+# ---- evaluation ----------------------------------------------------------------------------
+def deployed_artifact(artifact: Artifact | None, steering: str | Path | None) -> Artifact | None:
+    """The artifact a model runs with: the one given, else the steering file at ``steering``, else none."""
+    if artifact is not None or steering is None:
+        return artifact
+
+    return SteeringArtifact.load(steering)
+
+
+def evaluation(adapter: Adapter, suite: Suite, *, steering: str | Path | None = None,
+               artifact: Artifact | None = None, **kw: Any) -> Evaluation:
+    """Score a loaded model as deployed (with its ``artifact``, or the steering file at ``steering``);
+    figures and item records."""
+    from contextlib import nullcontext
+
+
+    artifact = deployed_artifact(artifact, steering)
+    with nullcontext() if artifact is None else artifact.applied(adapter):
+        return run_evaluation(adapter, suite, **kw)
+
+
+def evaluate_adapter(adapter: Adapter, suite: Suite, *, steering: str | Path | None = None,
+                     artifact: Artifact | None = None, **kw: Any) -> dict[str, Any]:
+    """The figures of :func:`evaluation` alone."""
+    return evaluation(adapter, suite, steering=steering, artifact=artifact, **kw).metrics
+
+
+def make_run(method: str, metrics: dict | Evaluation, *, model: str, suite: Suite, forget: str, seed: int,
+             config: dict | None = None, cost: dict | None = None, request: int = 1, **extra: Any) -> dict:
+    """A results.json run. Given an :class:`Evaluation`, the run also names its protocol and
+    scoring rules and carries the item records that go to samples.jsonl when it is written."""
+
+    scored: dict[str, Any] = {}
+    if isinstance(metrics, Evaluation):
+        ev = metrics
+        metrics = ev.metrics
+        scored = {"mcq_protocol": ev.mcq_protocol, "protocol": ev.protocol, "evaluation": ev.record(),
+                  SAMPLES_KEY: ev.samples}
+    return {
+        "method": method, "model": model, "benchmark": suite.info.get("benchmark", suite.name),
+        "forget_split": forget, "request": request, "seed": seed, "config": config or {},
+        "mcq_protocol": "loglik", "metrics": metrics,
+        **({"data": suite.info["data"]} if "data" in suite.info else {}),
+        "cost": cost or {"wall_s": 0.0, "peak_rss_bytes": 0, "peak_gpu_bytes": None, "trainable_params": 0,
+                         "optimizer_state_bytes": 0},
+        **scored,
+        **extra,
+    }
+
+
+def model_name(path: str | Path) -> str:
+    f = Path(path) / "unsee.json"
+    if f.exists():
+        return json.loads(f.read_text()).get("arch", Path(path).name)
+    cfg = Path(path) / "config.json"
+    if cfg.exists():
+        return json.loads(cfg.read_text()).get("_name_or_path") or json.loads(cfg.read_text()).get("model_type", "")
+    return str(path)
+
+
+def eval_options(*, protocol: str = "loglik", max_items: int | None = None,
+                 max_new_tokens: int | None = None) -> dict[str, Any]:
+    """The evaluation options a command takes, checked before any data or model is loaded."""
+
+    check_protocol(protocol)
+    if max_items is not None and max_items < 1:
+        raise ConfigError(f"max_items must be at least 1, got {max_items}")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    return {"protocol": protocol, "max_items": max_items, "max_new_tokens": max_new_tokens}
+
+
+def unlearn_adapter(method: str, adapter: Adapter, suite: Suite, *, config: Any = None, overrides: Any = (),
+                    seed: int = 0, forgotten_images: Sequence[Any] = (),
+                    logging_dir: str | Path | None = None) -> tuple[Any, dict]:
+    """Run a training method in place on ``adapter``; return (train result, the resolved config).
+    ``logging_dir``: where trackers write when the config names some and no directory."""
+
+    check_forget(suite)
+    tcfg, mcfg, cls = method_configs(method, config, overrides)
+    tcfg.seed = seed
+    if forgotten_images and hasattr(mcfg, "forgotten_images"):
+        mcfg.forgotten_images = list(forgotten_images)
+    resolved = {**to_dict(tcfg), **{k: v for k, v in to_dict(mcfg).items() if k != "forgotten_images"}}
+    if logging_dir is not None and not tcfg.logging_dir:
+        tcfg.logging_dir = str(logging_dir)
+    weights = Trained(cls(mcfg), training_turns(suite), desc=method).unlearn(adapter, suite, tcfg)
+    return weights.result, resolved
+
+
+def with_override(overrides: Any, key: str, value: Any) -> Any:
+    """``overrides`` (``key=value`` strings or a mapping) with one more."""
+    if isinstance(overrides, Mapping):
+        return {**overrides, key: value}
+    return [*overrides, f"{key}={value}"]
+
+
+def check_launch(method: str, config: Any = None, overrides: Any = ()) -> None:
+    """Refuse a launch (FSDP, DeepSpeed, mixed precision) the engine would not honour, before any work."""
+
+    _, mcfg, cls = method_configs(method, config, overrides)
+    distributed.check_launch(cls(mcfg) if cls.trains_weights else None)
+
+
+def is_main_process() -> bool:
+    """True outside a multi-process launch, and in its first process."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available()).is_main_process
+
+
+def save_checkpoint(artifact: Artifact, model_dir: Path, card: str) -> None:
+    """A weights artifact as a user ships it: the checkpoint and its model card beside it."""
+    artifact.save(model_dir)
+    atomic_write_text(model_dir / "README.md", card)
+
+
+def save_model(adapter: Adapter, path: Path, arch: str) -> None:
+    """A standard checkpoint; a LoRA run is merged so the output loads without peft.
+
+    ``unsee.json`` keeps the name of the architecture it was built from, so that results of
+    the unlearned model are reported under the same model as its vanilla run.
+    """
+
+    WeightsArtifact(adapter, arch=arch).save(path)
+
+
+def jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))

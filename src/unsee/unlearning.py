@@ -1,0 +1,227 @@
+"""Honour one removal request on a loaded model, audit it beside the model that never saw the photos,
+and record it.
+
+``unsee unlearn``, ``unsee forget`` and the demo all go through :func:`unlearn_and_save`; the audits
+find the retrained reference (:func:`find_reference`), attach the never-trained holdout people
+(:func:`attach_holdout`) and attack a result and its reference alike (:func:`audit_adapter`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from unsee.audit.quant import changed_linears, weight_digests
+from unsee.config import load_config, parse_overrides, to_dict
+from unsee.data.schema import Suite
+from unsee.engine.trainer import frozen_copy
+from unsee.errors import DataError
+from unsee.eval.results import strip_samples
+from unsee.methods import method_class
+from unsee.methods.artifact import WeightsArtifact
+from unsee.models.base import Adapter
+from unsee.provenance import CostMeter
+from unsee.report import model_card
+
+if TYPE_CHECKING:
+    from unsee.methods.artifact import Artifact
+
+from typing import TYPE_CHECKING
+
+from unsee.audit.attacks import ATTACKS, AttackConfig, image_mcq, run_attacks
+from unsee.audit.mia import check_holdout
+from unsee.errors import ModelError
+from unsee.finetune import default_cache
+from unsee.io import (
+    atomic_write_json,
+    content_hash,
+)
+from unsee.models import load_adapter
+from unsee.models.base import model_fingerprint
+from unsee.retrain import cached_reference
+
+if TYPE_CHECKING:
+    from unsee.methods.artifact import Artifact
+
+
+
+
+from unsee.runs import (
+    deployed_artifact,
+    evaluation,
+    jsonable,
+    load_suite,
+    make_run,
+    method_configs,
+    save_checkpoint,
+    unlearn_adapter,
+)
+
+
+def unlearn_and_save(method: str, adapter: Adapter, suite: Suite, *, steering_dir: Path, model_dir: Path,
+                     model: str, base_model: str, base_hash: str, forget: str, seed: int, config: Any = None,
+                     overrides: Any = (), vanilla: Mapping[str, Any] | None = None, evaluate_after: bool = True,
+                     eval_kw: Mapping[str, Any] | None = None, audit: bool = False,
+                     audit_overrides: Any = (), audit_kinds: Sequence[str] | None = None,
+                     forgotten_images: Sequence[Any] = (), save: bool = True,
+                     audit_seed: int | None = None, data: str | Path | None = None,
+                     reference: str | Path | ReferenceAudits | None = None,
+                     cache_dir: str | Path | None = None) -> tuple[dict, Artifact]:
+    """Honour one removal request on a loaded model and record it: the run and the artefact a user ships.
+
+    ``unsee unlearn`` and the demo both go through here, so that a run's cost, metrics,
+    checkpoint and model card mean the same thing wherever they were produced. Training
+    methods change ``adapter`` in place and save it (LoRA merged) with its card to
+    ``model_dir``; a method that trains no weights (``eraser``) leaves them alone and writes
+    its artifact (the steering file) to ``steering_dir`` at once. The cost covers the
+    unlearning only, not the evaluation.
+
+    With ``audit`` the result is attacked (:mod:`unsee.audit.attacks`) before it is saved, and
+    the run and the model card carry the ``attacks``; the probe's baseline is a visual-only
+    copy taken before unlearning, the quantization attack's "changed" weights those whose bytes
+    the method moved. The audits use ``audit_seed`` (default: ``seed``), so that runs over
+    several unlearning seeds are attacked alike, and set every figure beside the retrained
+    ``reference``'s when there is one. ``save=False`` leaves the saving of the weights to the
+    caller (:func:`save_checkpoint`; a continual run saves once, after its last request);
+    ``forgotten_images`` are the earlier requests'.
+
+    Returns the run (as in results.json) and the artifact, which the evaluation and the audits
+    ran with (``with artifact.applied(adapter)``).
+    """
+
+    cls = method_class(method)
+    kinds = list(audit_kinds) if audit_kinds else None
+    before = frozen_copy(adapter, visual_only=True) if audit else None
+    digests = None
+    if audit and (kinds is None or "quant" in kinds):
+
+        digests = weight_digests(adapter)
+
+    artifact: Artifact
+    with CostMeter() as meter:
+        if cls.trains_weights:
+            res, resolved = unlearn_adapter(method, adapter, suite, config=config, overrides=overrides, seed=seed,
+                                            logging_dir=steering_dir / "logs", forgotten_images=forgotten_images)
+            artifact = WeightsArtifact(adapter, arch=model, result=res)
+        else:
+            _, mcfg, _ = method_configs(method, config, overrides)
+            artifact = cls(mcfg).unlearn(adapter, suite, mcfg, seed=seed)
+            resolved = to_dict(mcfg)
+            artifact.save(steering_dir)  # the whole result: the base model is untouched
+    meter.record_model(None)
+    cost = {**meter.cost(), "trainable_params": artifact.trainable_params,
+            "optimizer_state_bytes": artifact.optimizer_state_bytes}
+    metrics: Any = evaluation(adapter, suite, artifact=artifact, **(eval_kw or {})) if evaluate_after else {}
+    run = make_run(method, metrics, model=model, suite=suite, forget=forget, seed=seed, config=resolved, cost=cost,
+                   info=jsonable(artifact.info))
+    if artifact.history:
+        run["history"] = artifact.history
+    if audit:
+        changed = None
+        if digests is not None:
+
+            changed = changed_linears(digests, adapter)
+        run["attacks"] = audit_adapter(adapter, suite, kinds=kinds, artifact=artifact, vanilla=before,
+                                       seed=seed if audit_seed is None else audit_seed, overrides=audit_overrides,
+                                       strict=False, changed=changed, reference=reference, data=data,
+                                       cache_dir=cache_dir)
+    if cls.trains_weights and save:
+        save_checkpoint(artifact, model_dir, model_card(strip_samples(run), vanilla, base_model=base_model,
+                                                        base_hash=base_hash, forgotten=list(suite.forget_entities),
+                                                        audits=None))
+    return run, artifact
+
+
+def find_reference(reference: str | Path | None, base: str | Path | None, data: str | Path, forget: str,
+                   cache_dir: str | Path | None = None) -> Path | None:
+    """The retrained reference to audit beside a model: ``reference`` if given, else the one ``unsee retrain``
+    left in the stage cache for the base (vanilla) model ``base``, else None. Never trains."""
+    if reference is not None:
+        path = Path(reference)
+        if not (path / "config.json").is_file():
+            raise ModelError(f"the reference {path} is not a model directory (no config.json)")
+        return path
+    if base is None or not (Path(data) / "world.json").is_file():
+        return None
+
+    return cached_reference(base, data, forget, cache_dir)
+
+
+def attach_holdout(suite: Suite, data: str | Path | None, name: str, seed: int = 0) -> Suite:
+    """``suite`` with the membership attack's held-out group: a group it already has, or the image
+    questions of split ``name`` of the same benchmark. Overlap with the forget set is refused here,
+    before any model is loaded."""
+
+    if name not in suite.groups and data is not None:
+        try:
+            other = load_suite(data, name, seed=seed)
+        except DataError:
+            other = None
+        if other is not None:
+            items = image_mcq(other, "forget") + image_mcq(other, "forget_test")
+            suite = dataclasses.replace(suite, groups={**suite.groups, name: items})
+    check_holdout(suite.forget_entities, image_mcq(suite, name), name)
+    return suite
+
+
+class ReferenceAudits:
+    """The retrained reference's figures for each attack, computed once and kept.
+
+    The reference does not change between the methods and seeds it is set beside, so its
+    figures are cached in memory and, under ``cache_dir``, on disk, keyed on the reference's
+    weights, the attack's options and the items (``cache_dir``: the stage cache by default)."""
+
+    def __init__(self, path: str | Path, suite: Suite, cfg: Any, cache_dir: str | Path | None = None) -> None:
+
+        self.path, self.suite, self.cfg = Path(path), suite, cfg
+
+        self.cache = Path(cache_dir or default_cache()) / "reference-audits"
+        uids = {g: [e.uid for e in items] for g, items in sorted(suite.groups.items())}
+        self.key = content_hash("reference-audit", model_fingerprint(self.path), to_dict(cfg), uids)
+        self._adapter: Adapter | None = None
+        self._memo: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, kind: str) -> dict[str, Any]:
+
+        if kind in self._memo:
+            return self._memo[kind]
+        file = self.cache / f"{content_hash(self.key, kind)}.json"
+        if file.is_file():
+            self._memo[kind] = json.loads(file.read_text())
+            return self._memo[kind]
+        if self._adapter is None:
+            self._adapter = load_adapter(self.path)
+        figures = run_attacks(self._adapter, self.suite, [kind], self.cfg, strict=False, keep_items=True)[kind]
+        self._memo[kind] = figures
+        file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(file, figures)
+        return figures
+
+
+def audit_adapter(adapter: Adapter, suite: Suite, *, kinds: Sequence[str] | None = None,
+                  steering: str | Path | None = None, artifact: Artifact | None = None,
+                  vanilla: Adapter | None = None, seed: int = 0,
+                  overrides: Any = (), strict: bool = True, changed: Sequence[str] | None = None,
+                  reference: str | Path | ReferenceAudits | None = None, data: str | Path | None = None,
+                  cache_dir: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """The robustness audits on a loaded model as deployed (with its ``artifact``, or the steering file at
+    ``steering``), each beside the retrained reference's figure when ``reference`` (a model directory) is given."""
+
+    values = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
+    cfg = load_config(AttackConfig, {"seed": seed, **values})
+    kinds = list(kinds or ATTACKS)
+    if "mia" in kinds and data is not None:
+        try:
+            suite = attach_holdout(suite, data, cfg.mia_holdout, seed)
+        except DataError:
+            if strict:
+                raise
+    artifact = deployed_artifact(artifact, steering)
+    ref = reference
+    if reference is not None and not isinstance(reference, ReferenceAudits):
+        ref = ReferenceAudits(reference, suite, cfg, cache_dir)
+    return run_attacks(adapter, suite, kinds, cfg, vanilla=vanilla, artifact=artifact, strict=strict, changed=changed,
+                       reference=ref)
