@@ -54,6 +54,7 @@ from unsee.runs import (
     check_forget,
     check_images,
     check_launch,
+    check_neutral,
     detect_benchmark,
     eval_options,
     evaluate_adapter,
@@ -80,9 +81,9 @@ if TYPE_CHECKING:
 __all__ = [
     "attack", "build_world", "continual", "demo", "evaluate", "finetune", "forget", "init_model", "init_shaped",
     "print_results", "report", "retrain", "unlearn",
-    "ReferenceAudits", "attach_holdout", "audit_adapter", "check_forget", "check_images", "detect_benchmark",
-    "eval_options", "evaluate_adapter", "evaluation", "find_reference", "load_suite", "make_run", "method_configs",
-    "model_name", "save_checkpoint", "training_turns", "unlearn_adapter", "unlearn_and_save",
+    "ReferenceAudits", "attach_holdout", "audit_adapter", "check_forget", "check_images", "check_neutral",
+    "detect_benchmark", "eval_options", "evaluate_adapter", "evaluation", "find_reference", "load_suite", "make_run",
+    "method_configs", "model_name", "save_checkpoint", "training_turns", "unlearn_adapter", "unlearn_and_save",
 ]
 
 
@@ -222,7 +223,8 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
             audit_overrides: Any = (), evaluate_after: bool = True, dtype: str | None = None,
             report_to: str = "", benchmark: str | None = None, revision: str | None = None,
             protocol: str = "loglik", max_items: int | None = None, max_new_tokens: int | None = None,
-            seeds: int = 1, reference: str | Path | None = None, cache_dir: str | Path | None = None) -> Path:
+            seeds: int = 1, reference: str | Path | None = None, cache_dir: str | Path | None = None,
+            neutral: str | Path | None = None) -> Path:
     """``unsee unlearn``: a checkpoint (or, for a method that trains no weights such as ``eraser``, its
     steering file), ``run.json`` and a model card.
 
@@ -234,13 +236,17 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
     unlearning seeds ``seed`` .. ``seed + N - 1``: each result goes to ``out/seed-K/``, and
     ``results.json`` holds every run and their mean, sd, min and max. With ``audit`` the
     retrained reference (``reference``, or the one ``unsee retrain`` cached for ``model``) is
-    attacked beside the result, once however many seeds run.
+    attacked beside the result, once however many seeds run. ``neutral`` is a folder of photos of
+    never-taught people for the methods that read them (``cvf_ncu``, ``cvf_only``, ``vkd``, the
+    eraser's ``erasure=neutral``) on a benchmark that ships none; on the built-in world it replaces
+    the world's own, and results.json's ``data`` records it.
     """
 
     out = Path(out)
     request_file = requests if isinstance(requests, str | Path) and Path(requests).is_file() else None
     check_output_dir(out, overwrite=overwrite,
-                     inputs=_local(model, data, None if isinstance(config, Mapping) else config, request_file))
+                     inputs=_local(model, data, None if isinstance(config, Mapping) else config, request_file,
+                                   neutral))
     if report_to:
         overrides = with_override(overrides, "report_to", report_to)
     check_launch(method, config, overrides)  # reject unknown methods, options and launches before any work
@@ -255,11 +261,13 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
             raise ConfigError("--seeds runs one request several times; it cannot be combined with --requests")
         return continual(method, model, data, out, reqs, config=config, overrides=overrides, seed=seed,
                          overwrite=overwrite, allow_pickle=allow_pickle, dtype=dtype, benchmark=benchmark,
-                         revision=revision, eval_kw=eval_kw)
-    suite = load_suite(data, forget, seed=seed, benchmark=benchmark, revision=revision, method=method)
+                         revision=revision, eval_kw=eval_kw, neutral=neutral)
+    suite = load_suite(data, forget, seed=seed, benchmark=benchmark, revision=revision, method=method,
+                       neutral=neutral)
     if suite.info.get("benchmark") == "request":
         forget = Path(data).stem
     check_forget(suite)
+    check_neutral(suite, method, config, overrides)
     check_images(suite)
     ref = find_reference(reference, model, data, forget, cache_dir) if audit else None
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
@@ -295,7 +303,7 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
 def continual(method: str, model: str | Path, data: str | Path, out: Path, requests: list[str], *, config: Any,
               overrides: Any, seed: int, overwrite: bool, allow_pickle: bool,
               eval_kw: Mapping[str, Any] | None = None, dtype: str | None = None, benchmark: str | None = None,
-              revision: str | None = None) -> Path:
+              revision: str | None = None, neutral: str | Path | None = None) -> Path:
     """Requests one after another; after each, the earlier forget sets are measured again.
 
     For ``cvf_ncu`` the covariance of the next request also holds the already-forgotten
@@ -309,15 +317,16 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
     eval_kw = dict(eval_kw or {})
     data = resolve(data, revision)  # once: every request's split comes from the same files
     for req in requests:  # every request's data is checked before the first one trains
-        suite = load_suite(data, req, retain_exclude=requests, seed=seed, benchmark=benchmark)
+        suite = load_suite(data, req, retain_exclude=requests, seed=seed, benchmark=benchmark, neutral=neutral)
         check_forget(suite)
+        check_neutral(suite, method, config, overrides)
         check_images(suite)
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
     runs: list[dict] = []
     forgotten: list[Any] = []
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for i, req in enumerate(requests, 1):
-            suite = load_suite(data, req, retain_exclude=requests, seed=seed, benchmark=benchmark)
+            suite = load_suite(data, req, retain_exclude=requests, seed=seed, benchmark=benchmark, neutral=neutral)
             with CostMeter() as meter:
                 res, resolved = unlearn_adapter(method, adapter, suite, config=config, overrides=overrides,
                                                 seed=seed, forgotten_images=forgotten)

@@ -121,7 +121,7 @@ def _unlearn(a: argparse.Namespace) -> None:
         audit=a.audit, audit_overrides=a.audit_set, dtype=a.dtype, report_to=a.report_to or "",
         benchmark=a.benchmark, revision=a.revision,
         protocol=a.protocol, max_items=a.max_items, max_new_tokens=a.max_new_tokens,
-        seeds=a.seeds, reference=a.reference, cache_dir=a.cache_dir,
+        seeds=a.seeds, reference=a.reference, cache_dir=a.cache_dir, neutral=a.neutral,
     )
     print(f"unlearned output written to {out}")
 
@@ -245,6 +245,9 @@ def parser(method_help: str | None = None) -> argparse.ArgumentParser:
     u.add_argument("--config", default=None)
     _load_options(u)
     _data_options(u)
+    u.add_argument("--neutral", default=None, metavar="DIR",
+                   help="photos of never-taught people (a folder, searched recursively) for cvf_ncu, cvf_only, vkd "
+                   "and the eraser on a benchmark that ships none; on the built-in world they replace its own")
     _eval_options(u)
     u.add_argument("--audit", action="store_true", help="run the robustness audits on the result")
     u.add_argument("--audit-set", action="append", default=[], metavar="KEY=VALUE",

@@ -18,6 +18,7 @@ from unsee.config import ConfigError, load_config, parse_overrides, read_config_
 from unsee.data import load_benchmark
 from unsee.data.collate import image_of, qa_turns
 from unsee.data.detect import benchmark_of, local_path, resolve
+from unsee.data.neutral import attach_neutral
 from unsee.data.request import is_request_file, load_request_suite
 from unsee.data.schema import Suite
 from unsee.engine import distributed
@@ -61,20 +62,43 @@ def detect_benchmark(data: Any, benchmark: str | None = None, revision: str | No
 
 
 def load_suite(data: Any, forget: str | Sequence[str] = "forget_10", *, benchmark: str | None = None,
-               revision: str | None = None, **kw: Any) -> Suite:
+               revision: str | None = None, neutral: str | Path | None = None, **kw: Any) -> Suite:
     """A benchmark from a folder, a hub id or a resolved :class:`~unsee.data.detect.DataRef`, as a Suite;
     or a removal request file (docs/requests.md), whose ``forget`` is then ignored.
 
-    ``suite.info["data"]`` says where it came from (results.json's ``data``).
+    ``suite.info["data"]`` says where it came from (results.json's ``data``). ``neutral``, a folder of
+    photos of never-taught people, becomes the ``neutral`` group (:func:`~unsee.data.neutral.attach_neutral`:
+    it replaces the built-in world's own, and the data record names it); a request lists its own.
     """
 
     if isinstance(data, str | Path) and is_request_file(data):
+        if neutral is not None:
+            raise ConfigError("a removal request lists its own never-taught photos (its neutral: list); "
+                              "--neutral applies to a benchmark")
         return load_request_suite(data, seed=kw.get("seed", 0), names_needed_by=names_needed_by(kw.get("method")))
     kw.pop("method", None)
     ref = resolve(data, revision)
     suite = load_benchmark(benchmark_of(ref.path, benchmark), ref.path, forget, **kw)
     suite.info["data"] = ref.record()
-    return suite
+    return suite if neutral is None else attach_neutral(suite, neutral)
+
+
+def needs_neutral(method: str, config: Any = None, overrides: Any = ()) -> bool:
+    """Whether ``method``, as configured, reads photos of never-taught people: a training method that asks
+    for the ``neutral`` stream, or the eraser with ``erasure=neutral``."""
+    _, mcfg, cls = method_configs(method, config, overrides)
+    if cls.trains_weights:
+        return "neutral" in cls.streams
+    return getattr(mcfg, "erasure", None) == "neutral"
+
+
+def check_neutral(suite: Suite, method: str, config: Any = None, overrides: Any = ()) -> None:
+    """Stop a method that needs never-taught people on a benchmark that has none, before any model loads."""
+    if any(e.has_image for e in suite.groups.get("neutral", [])) or not needs_neutral(method, config, overrides):
+        return
+    other = "" if method_class(method).trains_weights else ", or erasure=refusal"
+    raise DataError(f"{method} needs photos of never-taught people, and {suite.info.get('benchmark', suite.name)} "
+                    f"ships none: pass --neutral DIR (a folder of photos of people absent from the benchmark){other}")
 
 
 def check_forget(suite: Suite) -> None:
