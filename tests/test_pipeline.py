@@ -5,7 +5,9 @@ fixture → ``finetune`` (the benchmark's preset, a few steps) → ``unlearn`` w
 every results file must have its samples beside it, scored the benchmark's own way, and
 the report must set the method beside the vanilla model. ``cvf_ncu`` pulls the forget
 people's features towards never-taught (neutral) identities, which the public benchmarks
-do not ship: there it stops with one line before training, and writes nothing.
+do not ship: without ``--neutral DIR`` it stops with one line that names the flag, before
+training, and writes nothing; with a folder of such photos it runs, and results.json says
+which photos they were.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from typing import TYPE_CHECKING
 
 import fixtures_bench as fb
 import pytest
+from test_neutral import write_photos
 
 from unsee.cli import main
+from unsee.data.neutral import load_neutral
 from unsee.eval.results import load_results, load_samples
 
 if TYPE_CHECKING:
@@ -47,7 +51,7 @@ def test_finetune_unlearn_eval_report_on_each_benchmark(kind: str, tiny_models: 
     capsys.readouterr()
     assert main(["unlearn", "--method", "cvf_ncu", "--model", str(vanilla), *common, "--out",
                  str(tmp_path / "cvf_ncu"), *SCORE, *TRAIN]) == 2
-    assert "needs data for ['neutral']" in capsys.readouterr().err and not (tmp_path / "cvf_ncu").exists()
+    assert "pass --neutral DIR" in capsys.readouterr().err and not (tmp_path / "cvf_ncu").exists()
     files = [tmp_path / "vanilla.json", tmp_path / "graddiff" / "results.json"]
     run("report", *map(str, files), "--out", str(tmp_path / "report"))
 
@@ -64,3 +68,21 @@ def test_finetune_unlearn_eval_report_on_each_benchmark(kind: str, tiny_models: 
     assert f"\u00b7 {kind} \u00b7 forget_10 [official]" in report
     assert "| graddiff |" in report and "| vanilla |" in report
     assert "## Answers that changed most" in report
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["mllmu", "umu"])
+def test_cvf_ncu_with_never_taught_photos(kind: str, tiny_models: TinyModels, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    data = str(WRITERS[kind](tmp_path / kind))
+    neutral = write_photos(tmp_path / "neutral")
+    out = tmp_path / "cvf_ncu"
+    rc = main(["unlearn", "--method", "cvf_ncu", "--model", str(tiny_models.dir("tiny-llava")), "--data", data,
+               "--forget", "forget_10", "--neutral", str(neutral), "--out", str(out), *SCORE, *TRAIN,
+               "augment=0", "ncu_images=8"])
+    assert rc == 0, capsys.readouterr().err[-2000:]
+    (r,) = load_results(out / "results.json")["runs"]
+    assert r["method"] == "cvf_ncu" and r["benchmark"] == kind
+    assert r["data"]["neutral"] == load_neutral(neutral).record() == {
+        "path": str(neutral), "images": 4, "fingerprint": r["data"]["neutral"]["fingerprint"]}
+    assert (out / "model").is_dir()
