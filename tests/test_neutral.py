@@ -84,7 +84,7 @@ def test_bad_folders_are_one_line(case: str, mllmu: Path, tmp_path: Path) -> Non
         api.load_suite(mllmu, "forget_10", neutral=folder)
 
 
-@pytest.mark.parametrize("case", ["no_flag", "eraser", "corrupt", "forget_photo", "missing", "request"])
+@pytest.mark.parametrize("case", ["no_flag", "eraser", "empty", "corrupt", "forget_photo", "missing", "request"])
 def test_unlearn_refuses_before_any_model_loads(case: str, mllmu: Path, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     folder = write_photos(tmp_path / "n")
@@ -96,8 +96,11 @@ def test_unlearn_refuses_before_any_model_loads(case: str, mllmu: Path, tmp_path
     if case == "request":
         data = str(tmp_path / "request.yaml")
         (tmp_path / "request.yaml").write_text("forget: []\n")
-    flag = [] if case in ("no_flag", "eraser") else ["--neutral", str(tmp_path / "absent" if case == "missing"
-                                                                       else folder)]
+    if case in ("empty", "missing"):
+        folder = tmp_path / case
+    if case == "empty":
+        folder.mkdir()
+    flag = [] if case in ("no_flag", "eraser") else ["--neutral", str(folder)]
     out, model = tmp_path / "out", str(tmp_path / "no-model")  # a model that would fail to load, were it read
     rc = main(["unlearn", "--method", "eraser" if case == "eraser" else "cvf_ncu", "--model", model, "--data", data,
                "--out", str(out), *flag])
@@ -106,4 +109,5 @@ def test_unlearn_refuses_before_any_model_loads(case: str, mllmu: Path, tmp_path
     assert {"no_flag": "cvf_ncu needs photos of never-taught people, and mllmu ships none: pass --neutral DIR",
             "eraser": "pass --neutral DIR (a folder of photos of people absent from the benchmark), or erasure=refusal",
             "corrupt": "broken.png is not a readable image", "forget_photo": "is the same image as the benchmark's",
-            "missing": "no such folder", "request": "lists its own never-taught photos"}[case] in err
+            "empty": "holds 0 photo(s)", "missing": "no such folder",
+            "request": "lists its own never-taught photos"}[case] in err

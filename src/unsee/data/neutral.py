@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import UnidentifiedImageError
+
 from unsee.data.collate import image_of
 from unsee.data.mllmu import IMAGE_TEXTUAL
 from unsee.data.schema import Example, Suite
@@ -85,7 +87,8 @@ def load_neutral(folder: str | Path, *, minimum: int = MIN_PHOTOS) -> NeutralPho
         try:
             image_of(ex)
         except DataError as e:
-            raise DataError(f"--neutral: {f} is not a readable image ({e.__cause__ or e})") from e
+            why = "no image format PIL reads" if isinstance(e.__cause__, UnidentifiedImageError) else e.__cause__ or e
+            raise DataError(f"--neutral: {f} is not a readable image ({why})") from e
         digest = hashlib.sha256(data).hexdigest()
         h.update(rel.as_posix().encode() + b"\0" + digest.encode())
         examples.append(ex)
