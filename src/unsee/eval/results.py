@@ -69,6 +69,18 @@ DATA_SCHEMA: dict[str, Any] = {
         "revision": {"type": "string"},
         "commit": {"type": "string"},
         "fingerprint": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+        "neutral": {
+            "type": "object",
+            "description": "The never-taught people's photos given with --neutral: their folder, how many, a hash "
+                           "of their bytes, and what they replaced.",
+            "required": ["path", "images", "fingerprint"],
+            "properties": {
+                "path": {"type": "string", "minLength": 1},
+                "images": {"type": "integer", "minimum": 1},
+                "fingerprint": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+                "replaces": {"type": "string"},
+            },
+        },
     },
 }
 
