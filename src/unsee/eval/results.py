@@ -58,26 +58,29 @@ COST_SCHEMA: dict[str, Any] = {
     },
 }
 
+_TEXT = {"type": "string", "minLength": 1}
+_FINGERPRINT = {"type": "string", "pattern": "^[0-9a-f]{16}$"}
+
 DATA_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "Where the benchmark came from: the folder or hub id given, the folder read, the hub "
                    "revision asked for and the commit it resolved to, and a hash of the data files.",
     "required": ["source", "path", "fingerprint"],
     "properties": {
-        "source": {"type": "string", "minLength": 1},
-        "path": {"type": "string", "minLength": 1},
+        "source": _TEXT,
+        "path": _TEXT,
         "revision": {"type": "string"},
         "commit": {"type": "string"},
-        "fingerprint": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+        "fingerprint": _FINGERPRINT,
         "neutral": {
             "type": "object",
             "description": "The never-taught people's photos given with --neutral: their folder, how many, a hash "
                            "of their bytes, and what they replaced.",
             "required": ["path", "images", "fingerprint"],
             "properties": {
-                "path": {"type": "string", "minLength": 1},
+                "path": _TEXT,
                 "images": {"type": "integer", "minimum": 1},
-                "fingerprint": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+                "fingerprint": _FINGERPRINT,
                 "replaces": {"type": "string"},
             },
         },
