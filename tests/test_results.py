@@ -79,6 +79,15 @@ def test_optional_keys_validate() -> None:
     res.validate_results(sample_results(run))
 
 
+def test_an_evaluation_without_cloze_or_generation_validates() -> None:
+    """``max_gen_items=0`` scores MCQ only (the request benchmark's --no-generation); a negative cap is refused."""
+    run = sample_run(evaluation={"protocol": "loglik", "max_items": None, "max_gen_items": 0, "scoring": {}})
+    res.validate_results(sample_results(run))
+    run["evaluation"]["max_gen_items"] = -1
+    with pytest.raises(ResultsError, match="max_gen_items"):
+        res.validate_results(sample_results(run))
+
+
 def _invalid(mutate: Any) -> str:
     doc = sample_results()
     mutate(doc)

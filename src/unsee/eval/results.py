@@ -95,7 +95,7 @@ EVALUATION_SCHEMA: dict[str, Any] = {
     "properties": {
         "protocol": {"enum": list(PROTOCOLS)},
         "max_items": {"type": ["integer", "null"], "minimum": 1},
-        "max_gen_items": {"type": ["integer", "null"], "minimum": 1},
+        "max_gen_items": {"type": ["integer", "null"], "minimum": 0},  # 0: no cloze or generation scored
         "max_new_tokens": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1}},
         "scoring": {"type": "object", "additionalProperties": {"type": "object",
                                                                 "additionalProperties": {"type": "string"}}},
