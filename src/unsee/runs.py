@@ -84,19 +84,20 @@ def load_suite(data: Any, forget: str | Sequence[str] = "forget_10", *, benchmar
 
 
 def needs_neutral(method: str, config: Any = None, overrides: Any = ()) -> bool:
-    """Whether ``method``, as configured, reads photos of never-taught people: a training method that asks
-    for the ``neutral`` stream, or the eraser with ``erasure=neutral``."""
+    """Whether ``method``, as configured, reads photos of never-taught people (the method says so itself)."""
     _, mcfg, cls = method_configs(method, config, overrides)
-    if cls.trains_weights:
-        return "neutral" in cls.streams
-    return getattr(mcfg, "erasure", None) == "neutral"
+    return cls(mcfg).needs_neutral() != ""
 
 
 def check_neutral(suite: Suite, method: str, config: Any = None, overrides: Any = ()) -> None:
     """Stop a method that needs never-taught people on a benchmark that has none, before any model loads."""
-    if any(e.has_image for e in suite.groups.get("neutral", [])) or not needs_neutral(method, config, overrides):
+    if any(e.has_image for e in suite.groups.get("neutral", [])):
         return
-    other = "" if method_class(method).trains_weights else ", or erasure=refusal"
+    _, mcfg, cls = method_configs(method, config, overrides)
+    instead = cls(mcfg).needs_neutral()
+    if instead == "":
+        return
+    other = f", or {instead}" if instead else ""
     raise DataError(f"{method} needs photos of never-taught people, and {suite.info.get('benchmark', suite.name)} "
                     f"ships none: pass --neutral DIR (a folder of photos of people absent from the benchmark){other}")
 

@@ -51,6 +51,7 @@ class Unlearner(Protocol):
     Config: ClassVar[type]  # exactly the keys it reads
     trains_weights: ClassVar[bool]
 
+    def needs_neutral(self) -> str | None: ...  # "": no never-taught photos read; None: no way round; else the way
     def unlearn(self, adapter: Adapter, suite: Suite, cfg: Any) -> Artifact: ...
 
 

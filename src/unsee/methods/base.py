@@ -40,6 +40,11 @@ class BaseMethod:
     def step_multiplier(self, ctx: Context) -> int:
         return 1
 
+    def needs_neutral(self) -> str | None:
+        """How the method does without never-taught photos, or None when it cannot: a training method that
+        reads the ``neutral`` stream has no other way."""
+        return "" if "neutral" not in self.streams else None
+
     def state_dict(self) -> Any:
         """Nothing of the method's own to resume by default: its config and the data order are kept anyway."""
         return None

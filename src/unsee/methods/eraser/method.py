@@ -114,6 +114,10 @@ class Eraser:
     def __init__(self, cfg: EraserConfig | None = None) -> None:
         self.cfg = cfg if cfg is not None else EraserConfig()
 
+    def needs_neutral(self) -> str | None:
+        """Without never-taught photos the erasure inputs can be a refusal instruction instead."""
+        return "" if self.cfg.erasure != "neutral" else "erasure=refusal"
+
     def unlearn(self, adapter: Adapter, suite: Suite, cfg: EraserConfig | None = None, *,
                 seed: int = 0) -> SteeringArtifact:
         return SteeringArtifact(fit_steering(adapter, suite, cfg or self.cfg, seed=seed))
