@@ -5,12 +5,18 @@
 
 Each training method runs at its shipped setting and, with ``--lr-scales``/``--epoch-scales``,
 at multiples of the shipped learning rate and epochs (``--sweep`` picks which methods get the
-sweep, to bound the time on the default world); the best setting by unlearning score
-is the method's row (the whole sweep is kept in the JSON). ``eraser`` runs at its shipped
-setting and with ``sweep=true`` (layers and strength picked on training QA). The selection
-uses the reported groups themselves, as public unlearning benchmarks do; `forget_test`
-(held-out views and paraphrases) is never trained on. A results.json of the vanilla model
-and each method's best run is written beside, for ``unsee report``.
+sweep, to bound the time on the default world). ``eraser`` runs at its shipped setting and with
+``sweep=true`` (layers and strength picked on training QA).
+
+Where the setting is chosen: on a validation request of other people (``--select-on``; by
+default ``val_forget_X`` of the world when the reported split is ``forget_X``). Every setting
+runs there, the best by unlearning score is the method's pick, and only the pick runs on the
+reported split, with ``--seeds`` unlearning seeds whose mean (with a 95% interval over items) is
+the method's row. The JSON says where each pick was made (``selection``). ``--select-on
+reported`` picks on the reported groups themselves, as public unlearning benchmarks do; its
+figures are optimistic, and the JSON says so too. ``forget_test`` (held-out views and
+paraphrases) is never trained on. A results.json of the vanilla model and each method's row
+is written beside, for ``unsee report``.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shutil
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +32,9 @@ from typing import Any
 from common import ALL, check, eval_kw, mcq, measure, parser, retrained_model, score, vanilla_model
 
 from unsee import api
-from unsee.eval.results import new_results, write_results
+from unsee.eval.evaluator import aggregate_seeds
+from unsee.eval.metrics import spread
+from unsee.eval.results import SAMPLES_KEY, new_results, seed_summary, write_results
 from unsee.io import atomic_write_json
 from unsee.methods import method_class
 from unsee.methods.artifact import Artifact
@@ -52,6 +61,12 @@ def settings(method: str, args: argparse.Namespace) -> list[list[str]]:
     return [[*args.train_set, *ov] for ov in sorted(out, key=len)]
 
 
+def ci_high(metrics: dict[str, Any], group: str) -> float | None:
+    """The upper end of a group's 95% interval, None where it has none."""
+    ci = (metrics.get(group) or {}).get("ci95")
+    return ci[1] if ci else None
+
+
 def targets(best: dict[str, dict], vanilla: dict[str, Any], rows: list[dict]) -> dict[str, dict[str, Any]]:
     """The headline and MLLMEraser targets, checked on the best rows."""
     out: dict[str, dict[str, Any]] = {}
@@ -62,6 +77,9 @@ def targets(best: dict[str, dict], vanilla: dict[str, Any], rows: list[dict]) ->
         t = {
             "forget": check(mcq(m, "forget"), "<=", 0.30),
             "forget_test": check(mcq(m, "forget_test"), "<=", 0.35),
+            # the upper end of each interval: a mean that holds only by luck of the items does not pass
+            "forget_ci_high": check(ci_high(m, "forget"), "<=", 0.35),
+            "forget_test_ci_high": check(ci_high(m, "forget_test"), "<=", 0.35),
             "text_forget": check(mcq(m, "text_forget"), ">=", (v["text_forget"] or 0) - 0.02),
             "retain": check(mcq(m, "retain"), ">=", 0.97 * (v["retain"] or 0)),
             "known": check(mcq(m, "known"), ">=", 0.97 * (v["known"] or 0)),
@@ -103,16 +121,54 @@ def keep(out: Path, adapter: HFAdapter, artifact: Artifact, row: dict[str, Any])
     atomic_write_json(out / "row.json", {k: row[k] for k in ("method", "overrides", "score")})
 
 
+def selection_split(world: Path, args: argparse.Namespace) -> str | None:
+    """The split every sweep picks its setting on; None where the reported groups themselves are used."""
+    if args.select_on == "reported":
+        return None
+    name = f"val_{args.forget}" if args.select_on == "auto" else args.select_on
+    if name == args.forget:
+        raise SystemExit(f"--select-on {name} is the reported split; pass --select-on reported to pick on it")
+    if not (world / name).is_dir():
+        if args.select_on != "auto":
+            raise SystemExit(f"--select-on {name}: {world} has no such split")
+        print(f"{world} has no {name}: each setting is picked on the reported groups", flush=True)
+        return None
+    return name
+
+
+def seed_row(method: str, overrides: list[str], runs: list[dict[str, Any]], v_metrics: dict[str, Any],
+             selected_on: str) -> dict[str, Any]:
+    """A method's reported row: one run as it is, or the mean over its seeds (:func:`aggregate_seeds`)."""
+    if len(runs) == 1:
+        metrics, cost = runs[0]["metrics"], runs[0]["cost"]
+    else:
+        metrics = aggregate_seeds([r[SAMPLES_KEY] for r in runs])
+        cost = {k: statistics.fmean(r["cost"][k] for r in runs) for k, v in runs[0]["cost"].items()
+                if isinstance(v, int | float) and not isinstance(v, bool)}
+    row = {"method": method, "overrides": overrides, "seeds": [r["seed"] for r in runs], "selected_on": selected_on,
+           "score": score(v_metrics, {"metrics": metrics}), "metrics": metrics, "cost": cost}
+    if len(runs) > 1:
+        row["score_seeds"] = spread([score(v_metrics, r)["score"] or 0.0 for r in runs])
+    return row
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__, methods=",".join(ALL), out="benchmarks/results/unlearn.json")
     p.add_argument("--forget", default="forget_10")
     p.add_argument("--lr-scales", type=float, nargs="+", default=[0.3, 1.0, 3.0])
     p.add_argument("--epoch-scales", type=float, nargs="+", default=[1.0])
     p.add_argument("--keep", default=None, metavar="DIR",
-                   help="save each method's best model (and steering file) to DIR/METHOD, for audits.py --models")
+                   help="save each method's reported model (and steering file) to DIR/METHOD, for audits.py --models")
     p.add_argument("--sweep", default="all",
                    help="comma list of the methods that get the sweep; the others run at their shipped setting")
+    p.add_argument("--select-on", default="auto", metavar="SPLIT",
+                   help="the validation split each sweep picks on (auto: val_<forget> where the world has it; "
+                        "reported: the reported groups themselves)")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="unlearning seeds of each pick on the reported split (--seed .. --seed+N-1)")
     args = p.parse_args(argv)
+    if args.seeds < 1:
+        raise SystemExit(f"--seeds must be at least 1, got {args.seeds}")
     world, vanilla = vanilla_model(args)
     suite = api.load_suite(world, args.forget, seed=args.seed)
     kw = eval_kw(args)
@@ -120,6 +176,15 @@ def main(argv: list[str] | None = None) -> dict:
     v_metrics = api.evaluate_adapter(load_adapter(vanilla), suite, **kw)
     v_run = api.make_run("vanilla", v_metrics, model=args.arch, suite=suite, forget=args.forget, seed=args.seed)
     v_run["eval_s"] = round(time.perf_counter() - start, 1)
+    select_on = selection_split(world, args)
+    pick_suite, pick_vanilla, pick_split = suite, v_metrics, args.forget
+    if select_on:
+        pick_suite, pick_split = api.load_suite(world, select_on, seed=args.seed), select_on
+        if shared := set(pick_suite.forget_entities) & set(suite.forget_entities):
+            raise SystemExit(f"--select-on {select_on} shares {sorted(shared)} with {args.forget}")
+        pick_vanilla = api.evaluate_adapter(load_adapter(vanilla), pick_suite, **kw)
+    selection = {"on": pick_split, "held_out": select_on is not None, "seeds": args.seeds, "picks": {},
+                 **({"vanilla": pick_vanilla} if select_on else {})}
     reference: dict[str, Any] = {}
     if args.retrained:
         r_metrics = api.evaluate_adapter(load_adapter(retrained_model(args, world, vanilla, args.forget)), suite, **kw)
@@ -128,39 +193,60 @@ def main(argv: list[str] | None = None) -> dict:
               f"forget={mcq(r_metrics, 'forget')} retain={mcq(r_metrics, 'retain')}", flush=True)
     rows: list[dict[str, Any]] = []
     best: dict[str, dict[str, Any]] = {}
-    best_runs: dict[str, dict] = {}
+    reported_runs: list[dict] = []
     out = Path(args.out)
 
     def write(complete: bool) -> dict[str, Any]:
         """The JSON so far: a long sweep that stops early keeps the rows it finished."""
         result = {
             "benchmark": "unlearn", "world": args.world, "arch": args.arch, "forget": args.forget,
-            "seed": args.seed, "complete": complete, "eval": kw, "vanilla": v_metrics, **reference, "rows": rows,
-            "best": best,
+            "seed": args.seed, "complete": complete, "eval": kw, "selection": selection, "vanilla": v_metrics,
+            **reference, "rows": rows, "best": best,
             "targets": targets(best, v_metrics, rows), "environment": environment(),
         }
         atomic_write_json(out, result)
-        write_results(out.with_suffix(".results.json"), new_results([v_run, *best_runs.values()]), overwrite=True)
+        results = new_results([v_run, *reported_runs])
+        if args.seeds > 1 and reported_runs:
+            results["seeds"] = seed_summary(reported_runs)
+        write_results(out.with_suffix(".results.json"), results, overwrite=True)
         return result
 
     for method in args.methods.split(","):
+        picked: tuple[dict, dict, HFAdapter, Artifact] | None = None
         for overrides in settings(method, args):
-            run, adapter, artifact = measure(method, vanilla, suite, args.forget, overrides, args.seed, kw)
-            row = {"method": method, "overrides": overrides, "score": score(v_metrics, run),
+            run, adapter, artifact = measure(method, vanilla, pick_suite, pick_split, overrides, args.seed, kw)
+            row = {"method": method, "overrides": overrides, "split": pick_split, "score": score(pick_vanilla, run),
                    "metrics": run["metrics"], "cost": run["cost"]}
-            if not method_class(method).trains_weights:  # its hooks cost time at every generation
-                from unsee.methods.eraser import generation_overhead
-
-                row["generation"] = generation_overhead(load_adapter(vanilla), suite, artifact)
             rows.append(row)
-            print(f"{method:12s} {' '.join(overrides) or '(shipped)':28s} score={row['score']['score']} "
-                  f"forget={mcq(run['metrics'], 'forget')} retain={mcq(run['metrics'], 'retain')} "
-                  f"wall={run['cost']['wall_s']:.1f}s", flush=True)
-            if method not in best or (row["score"]["score"] or 0) > (best[method]["score"]["score"] or 0):
-                best[method], best_runs[method] = row, run
-                if args.keep:
-                    keep(Path(args.keep) / method, adapter, artifact, row)
+            print(f"{method:12s} {' '.join(overrides) or '(shipped)':28s} on {pick_split}: "
+                  f"score={row['score']['score']} forget={mcq(run['metrics'], 'forget')} "
+                  f"retain={mcq(run['metrics'], 'retain')} wall={run['cost']['wall_s']:.1f}s", flush=True)
+            if picked is None or (row["score"]["score"] or 0) > (picked[0]["score"]["score"] or 0):
+                picked = (row, run, adapter, artifact)
             write(complete=False)
+        assert picked is not None
+        pick, run, adapter, artifact = picked
+        selection["picks"][method] = pick["overrides"]
+        if select_on or args.seeds > 1:  # the pick runs again where it is reported, once per seed
+            again = [measure(method, vanilla, suite, args.forget, pick["overrides"], s, kw)
+                     for s in range(args.seed, args.seed + args.seeds)]
+            runs = [r for r, _, _ in again]
+            _, adapter, artifact = again[0]
+        else:  # picked on the reported groups at one seed: the swept run is the row
+            runs = [run]
+        best[method] = seed_row(method, pick["overrides"], runs, v_metrics, pick_split)
+        reported_runs += runs
+        if not method_class(method).trains_weights:  # its hooks cost time at every generation
+            from unsee.methods.eraser import generation_overhead
+
+            best[method]["generation"] = generation_overhead(load_adapter(vanilla), suite, artifact)
+        if args.keep:
+            keep(Path(args.keep) / method, adapter, artifact, best[method])
+        m = best[method]["metrics"]
+        print(f"{method:12s} {' '.join(pick['overrides']) or '(shipped)':28s} on {args.forget} "
+              f"({len(runs)} seed{'s' * (len(runs) > 1)}): score={best[method]['score']['score']} "
+              f"forget={mcq(m, 'forget')} forget_test={mcq(m, 'forget_test')} retain={mcq(m, 'retain')}", flush=True)
+        write(complete=False)
     result = write(complete=True)
     print(f"wrote {out} and {out.with_suffix('.results.json')}")
     return result

@@ -114,14 +114,21 @@ def test_unlearn_benchmark_runs_on_the_demo_world(demo_run: tuple[Path, Path], t
     result = unlearn.main(args)
     # the reference a perfect visual unlearning would reach: evaluated like every row, scored against vanilla
     assert {"forget", "retain"} <= set(result["retrained"]["metrics"]) and "score" in result["retrained"]["score"]
-    # only graddiff is swept: its shipped setting, then 3x the learning rate
+    # only graddiff is swept: its shipped setting, then 3x the learning rate, both on the validation people
     assert [r["method"] for r in result["rows"]] == ["graddiff", "graddiff", "cvf_ncu", "eraser"]
+    assert {r["split"] for r in result["rows"]} == {"val_forget_10"}
+    assert result["selection"]["on"] == "val_forget_10" and result["selection"]["held_out"]
     assert result["complete"] and json.loads((tmp_path / "u.json").read_text())["rows"] == result["rows"]
     assert result["rows"][1]["overrides"][-1].startswith("lr=")
     assert result["rows"][2]["overrides"] == result["rows"][0]["overrides"]  # cvf_ncu: shipped, not swept
     assert all(r["cost"]["wall_s"] > 0 and "forget" in r["metrics"] for r in result["rows"])
-    assert {"forget", "retain", "score_highest", "wall_s"} <= set(result["targets"]["cvf_ncu"])
-    assert result["rows"][3]["generation"]["plain_s"] > 0
+    # each pick then runs on the reported people, whom no sweep saw
+    graddiff = result["best"]["graddiff"]
+    assert graddiff["overrides"] == result["selection"]["picks"]["graddiff"]
+    assert graddiff["selected_on"] == "val_forget_10"
+    assert {r["forget_split"] for r in load_results(tmp_path / "u.results.json")["runs"]} == {"forget_10"}
+    assert {"forget", "retain", "score_highest", "wall_s", "forget_ci_high"} <= set(result["targets"]["cvf_ncu"])
+    assert result["best"]["eraser"]["generation"]["plain_s"] > 0
     assert [r["method"] for r in load_results(tmp_path / "u.results.json")["runs"]] == [
         "vanilla", "graddiff", "cvf_ncu", "eraser"]
     # the kept best models are what audits.py --models attacks, without training them again
@@ -135,6 +142,29 @@ def test_unlearn_benchmark_runs_on_the_demo_world(demo_run: tuple[Path, Path], t
     assert set(a["attacks"]) == {"vanilla", "graddiff", "eraser"}
     with pytest.raises(SystemExit, match="no model saved"):
         audits.main([*_bench_args(demo_run[1], tmp_path / "b.json"), "--methods", "npo", "--models", str(kept)])
+
+
+def test_unlearn_benchmark_averages_seeds(demo_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """--seeds N: the pick runs N times where it is reported, and its row is their mean with an interval."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import unlearn
+
+    result = unlearn.main([*_bench_args(demo_run[1], tmp_path / "s.json"), "--methods", "graddiff",
+                           "--lr-scales", "1.0", "--select-on", "reported", "--seeds", "2"])
+    assert result["selection"] == {"on": "forget_10", "held_out": False, "seeds": 2, "picks": {"graddiff": [
+        "max_steps=2", "progress=false"]}}
+    row = result["best"]["graddiff"]
+    assert row["seeds"] == [0, 1] and {"mean", "sd", "min", "max"} <= set(row["score_seeds"])
+    forget = row["metrics"]["forget"]
+    assert forget["seeds"]["min"] <= forget["mcq"] <= forget["seeds"]["max"]
+    assert forget["ci95"][0] <= forget["mcq"] <= forget["ci95"][1]
+    runs = load_results(tmp_path / "s.results.json")
+    assert [(r["method"], r["seed"]) for r in runs["runs"]] == [("vanilla", 0), ("graddiff", 0), ("graddiff", 1)]
+    assert runs["seeds"][-1]["seeds"] == [0, 1]
+    with pytest.raises(SystemExit, match="is the reported split"):
+        unlearn.main([*_bench_args(demo_run[1], tmp_path / "x.json"), "--select-on", "forget_10"])
 
 
 def _bench_args(cache: Path, out: Path) -> list[str]:

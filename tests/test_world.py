@@ -55,7 +55,7 @@ def _rows(root: Path, config: str) -> list[dict]:
 def test_same_seed_gives_byte_identical_files(world: Path, tmp_path: Path) -> None:
     again = build_world(tmp_path / "again", seed=0, config="quick", overrides=TINY)
     first, second = _hashes(world), _hashes(again)
-    assert len(first) == 20  # 19 parquet files and world.json
+    assert len(first) == 22  # 21 parquet files and world.json
     assert first == second
 
 
@@ -72,7 +72,7 @@ def test_folders_match_the_documented_layout(world: Path) -> None:
     expected = {
         "Full_Set", "Test_Set", "Retain_Set", "ft_Data", "forget_5", "forget_10", "forget_15", "retain_95",
         "retain_90", "retain_85", "forget_r1", "forget_r2", "ft_Known", "ft_General", "General_Set",
-        "Unknown_Set", "Neutral_Set", "Holdout_Set",
+        "Unknown_Set", "Neutral_Set", "Holdout_Set", "val_forget_10", "val_retain_90",
     }
     assert {p.name for p in world.iterdir() if p.is_dir()} == expected
     assert sorted(p.name for p in (world / "Test_Set").iterdir()) == [
@@ -105,6 +105,33 @@ def test_splits_are_nested_disjoint_and_complete(world: Path) -> None:
     assert [r["ID"] for r in _rows(world, "Retain_Set")] == info["entities"]["known"]
     entity_lists = [set(v) for v in info["entities"].values()]
     assert sum(len(s) for s in entity_lists) == len(set().union(*entity_lists))
+
+
+def test_validation_split_holds_no_reported_person_and_leaves_the_other_splits_as_they_were(
+        world: Path, tmp_path: Path) -> None:
+    """Settings chosen on val_forget_X never saw a person of a reported forget split or request."""
+    from unsee.data.mllmu import load_mllmu
+
+    info = load_world_info(world)
+    val, val_retain = set(info["validation"]["val_forget_10"]), set(info["validation"]["val_retain_90"])
+    reported = {i for name, ids in info["splits"].items() if name.startswith("forget_") for i in ids}
+    reported |= {i for ids in info["requests"].values() for i in ids}
+    assert len(val) == math.ceil(6 * 10 / 100) and val.isdisjoint(reported)
+    assert val.isdisjoint(val_retain) and val | val_retain == set(info["entities"]["people"])
+    suite = load_mllmu(world, "val_forget_10")
+    assert set(suite.forget_entities) == val and set(suite.retain_entities) == val_retain
+    assert suite.info["retain_config"] == "val_retain_90"
+    # without the option the world is the one it was: the same files, no validation folders
+    plain = build_world(tmp_path / "plain", seed=0, config="quick", overrides=[*TINY, "val_forget_splits=[]"])
+    ours = _hashes(world)
+    theirs = _hashes(plain)
+    assert {k for k in ours if not k.startswith("val_")} - {"world.json"} == set(theirs) - {"world.json"}
+    assert all(ours[k] == theirs[k] for k in theirs if k != "world.json")
+    assert "validation" not in load_world_info(plain) and "val_forget_splits" not in load_world_info(plain)["config"]
+    with pytest.raises(ConfigError, match="outside every forget split and request"):
+        build_world(tmp_path / "crowded", seed=0, config="quick", overrides=[*TINY, "n_requests=3"])
+    with pytest.raises(ConfigError, match="val_forget_splits must be increasing"):
+        load_config(WorldConfig, "quick", ["val_forget_splits=[10, 5]"], kind="world")
 
 
 def test_held_out_views_never_appear_in_training_rows(world: Path) -> None:
@@ -351,9 +378,9 @@ def test_world_cache_key_follows_config_seed_and_version(monkeypatch: pytest.Mon
 # question, answer, id and world.json but the package version) is pinned everywhere; its images only on
 # x86-64, where it was pinned, since another CPU's float kernels may move an anti-aliased pixel.
 WORLD_PIN = {
-    "version": 1,
-    "text": "9de5561fee64fcbb",
-    "images": "b82be3a6ccbeafe3",
+    "version": 2,
+    "text": "1b420e7c6b2689cf",
+    "images": "39bedb330d40eaf4",
 }
 
 

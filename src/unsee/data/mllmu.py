@@ -40,7 +40,8 @@ FT_OPTIONAL = {"image": "image", "ID": "id"}
 NEUTRAL_COLUMNS = {"image": "image", "ID": "id"}
 NEUTRAL_OPTIONAL = {"question": "string", "answer": "string"}
 
-_FORGET = re.compile(r"^forget_(\d+)$")
+# forget_X pairs with retain_(100-X); the built-in world's validation split val_forget_X with val_retain_(100-X).
+_FORGET = re.compile(r"^(val_)?forget_(\d+)$")
 
 
 # --------------------------------------------------------------------------- rows → examples
@@ -360,7 +361,7 @@ def _retain(
             raise DataError(f"retain config {retain!r} not found in {source.location}")
         return retain, [(r, retain) for r in cfg.profiles(retain)]
     if len(forget_configs) == 1 and (m := _FORGET.match(forget_configs[0])):
-        paired = f"retain_{100 - int(m.group(1))}"
+        paired = f"{m.group(1) or ''}retain_{100 - int(m.group(2))}"
         if source.has(paired):
             return paired, [(r, paired) for r in cfg.profiles(paired)]
     if not source.has("Full_Set"):

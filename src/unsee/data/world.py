@@ -71,6 +71,9 @@ class WorldConfig:
     hard_test_views: bool = opt(False, "draw held-out views from the wide 'hard' ranges")
     image_size: int = opt(64, "side of every rendered image, in pixels")
     forget_splits: list[int] = opt([5, 10, 15], "forget percentages; forget_X holds ceil(n_people*X/100)")
+    val_forget_splits: list[int] = opt([10], "validation forget percentages: val_forget_X holds as many people as "
+                                       "forget_X, none of them in a reported forget set or request, so that "
+                                       "settings are chosen on people the reported figures never see")
     n_requests: int = opt(5, "continual-unlearning requests forget_r1..forget_rK")
     request_size: int = opt(2, "people per continual request")
     n_pretrain: int = opt(400, "vision pre-training identities; world people keep their distance from them")
@@ -89,10 +92,12 @@ class WorldConfig:
             raise ConfigError(f"n_people must be at least 4 (splits need retained people): {self.n_people}")
         if self.image_size < 16:
             raise ConfigError(f"image_size must be at least 16, got {self.image_size}")
-        if not self.forget_splits or any(not 0 < p < 100 for p in self.forget_splits) or (
-            list(self.forget_splits) != sorted(set(self.forget_splits))
-        ):
-            raise ConfigError(f"forget_splits must be increasing percents in 1..99: {self.forget_splits}")
+        if not self.forget_splits:
+            raise ConfigError("forget_splits must name at least one percent")
+        for name in ("forget_splits", "val_forget_splits"):
+            pcts = getattr(self, name)
+            if any(not 0 < p < 100 for p in pcts) or list(pcts) != sorted(set(pcts)):
+                raise ConfigError(f"{name} must be increasing percents in 1..99: {pcts}")
         if forget_size(self.n_people, max(self.forget_splits)) >= self.n_people:
             raise ConfigError(f"forget_{max(self.forget_splits)} would hold all {self.n_people} people")
         if self.n_requests * self.request_size > self.n_people:
@@ -231,17 +236,26 @@ def _config_label(config: str | Path | Mapping[str, Any]) -> str:
     return str(config)
 
 
+# Options added after worlds were first cached: left out of world.json while empty, so that a world
+# without them is written byte for byte as before.
+_OMITTED_WHEN_EMPTY = ("n_holdout", "val_forget_splits")
+
+
+def _recorded(cfg: WorldConfig) -> dict[str, Any]:
+    """The config as world.json and the cache key hold it."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _OMITTED_WHEN_EMPTY or v}
+
+
 # Bumped by hand whenever the same config and seed would write other files (new questions, another
 # renderer): the cache key carries it, so a world built by older code is not reused. tests/test_world.py
 # pins a tiny world's content beside the version it was pinned at, so a change that forgets the bump fails.
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 
 
 def world_cache_key(config: str | Path | Mapping[str, Any], overrides: Sequence[str], seed: int) -> str:
     """Name of a cached world: its resolved config, its seed and :data:`WORLD_VERSION`, so that moving or
     documenting code keeps the key and only a change to what is written moves it."""
-    cfg = dataclasses.asdict(load_config(WorldConfig, config, overrides, kind="world"))
-    return content_hash(cfg, seed, WORLD_VERSION)
+    return content_hash(_recorded(load_config(WorldConfig, config, overrides, kind="world")), seed, WORLD_VERSION)
 
 
 def cached_world(cache: Path, config: str | Path | Mapping[str, Any], overrides: Sequence[str], seed: int, *,
@@ -367,11 +381,13 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
     req_order = [people_ids[i] for i in rng_split.permutation(cfg.n_people)]
     requests = {f"forget_r{r + 1}": sorted(req_order[r * cfg.request_size:(r + 1) * cfg.request_size])
                 for r in range(cfg.n_requests)}
+    reported = [ids for name, ids in splits.items() if name.startswith("forget_")] + list(requests.values())
+    validation = _validation_splits(cfg, people_ids, reported)
 
     # --- write
     split_row = {r["ID"]: {k: v for k, v in r.items() if k != "Directory"} for r in full_rows}
     _write_config(root, "Full_Set", FULL_SCHEMA, full_rows)
-    for name, ids in {**splits, **requests}.items():
+    for name, ids in {**splits, **requests, **validation}.items():
         _write_config(root, name, SPLIT_SCHEMA, [split_row[i] for i in ids])
     _write_config(root, "Test_Set", TEST_SCHEMA, test_rows, shards=2)
     _write_config(root, "ft_Data", FT_SCHEMA, ft_rows)
@@ -389,7 +405,7 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
         "unsee_version": __version__,
         "seed": s,
         "config_source": config_label,
-        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "n_holdout" or v},
+        "config": _recorded(cfg),
         "entities": {"people": people_ids, "known": known_ids, "unknown": unknown_ids, "neutral": neutral_ids,
                      "general_train": train_g, "general_eval": eval_g,
                      **({"holdout": [r["ID"] for r in holdout_rows]} if holdout_rows else {})},
@@ -397,6 +413,7 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
         "splits": splits,
         "requests": requests,
         "requests_note": "requests are disjoint from one another but may overlap the forget_X splits",
+        **({"validation": validation} if validation else {}),
         "attributes": {a.key: {"title": a.title, "pool": list(a.pool)} for a in ATTRIBUTES},
         "idk_answer": IDK_ANSWER,
         "pretrain": {"n": cfg.n_pretrain, "seed": s, "stream": [s, 7919]},
@@ -405,6 +422,29 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
         "folders": sorted(p.name for p in root.iterdir() if p.is_dir()),
     }
     atomic_write_json(root / "world.json", info)
+
+
+def _validation_splits(cfg: WorldConfig, people_ids: list[str], reported: list[list[str]]) -> dict[str, list[str]]:
+    """``val_forget_X`` and its complement ``val_retain_(100-X)``: nested, drawn from the people that no
+    reported forget split or request holds, from a stream of their own, so that the other splits stay as
+    they were and a setting chosen on validation has never seen a reported person."""
+    if not cfg.val_forget_splits:
+        return {}
+    taken = {i for ids in reported for i in ids}
+    free = [i for i in people_ids if i not in taken]
+    rng = np.random.default_rng([cfg.seed, 9])
+    order = [free[i] for i in rng.permutation(len(free))]
+    need = forget_size(cfg.n_people, max(cfg.val_forget_splits))
+    if need > len(free):
+        raise ConfigError(f"val_forget_{max(cfg.val_forget_splits)} needs {need} people outside every forget "
+                          f"split and request, but only {len(free)} of {cfg.n_people} are; add people "
+                          "(n_people) or set val_forget_splits=[]")
+    out: dict[str, list[str]] = {}
+    for pct in cfg.val_forget_splits:
+        forget = set(order[: forget_size(cfg.n_people, pct)])
+        out[f"val_forget_{pct}"] = [i for i in people_ids if i in forget]
+        out[f"val_retain_{100 - pct}"] = [i for i in people_ids if i not in forget]
+    return out
 
 
 def _profile_row(p: Person, image: dict[str, Any], tasks: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from unsee.data import prompts
 from unsee.data.collate import image_of
 from unsee.data.schema import LETTERS, METRIC_GROUPS, Example, Suite
-from unsee.errors import ModelError
+from unsee.errors import ModelError, UnseeError
 from unsee.eval import metrics, protocols
 from unsee.models.base import Adapter, Turn
 
@@ -175,6 +175,32 @@ def aggregate(samples: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]
         twin = by_group.get(f"text_{group}")
         if twin is not None and not group.startswith("text_"):
             fig.update(all_modal(by_group[group], twin, forget=group.startswith("forget")))
+    return out
+
+
+def aggregate_seeds(runs: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Each group's MCQ figures over several unlearning seeds of one setting, from their item records.
+
+    ``mcq`` is the mean over seeds; ``ci95`` resamples the items, each scored by the fraction of
+    seeds that got it right, so that the interval carries the item noise of the group and the
+    seeds' disagreement on each item; ``seeds`` is the spread of the per-seed figures. A target
+    read as a mean over seeds is judged on these. Items are matched by ``uid``; a group whose
+    items differ between seeds is refused, since its mean would mix two question sets.
+    """
+    if not runs:
+        raise UnseeError("aggregate_seeds needs at least one run")
+    per_run = [{(r["group"], r["uid"]): bool(r["correct"]) for r in samples if r["task"] == "mcq"}
+               for samples in runs]
+    out: dict[str, dict[str, Any]] = {}
+    for group in sorted({g for items in per_run for g, _ in items}):
+        keys = [{k for k in items if k[0] == group} for items in per_run]
+        if any(k != keys[0] for k in keys):
+            raise UnseeError(f"group {group!r} holds other items in some seeds; its seeds cannot be averaged")
+        order = sorted(keys[0])
+        item_means = [_mean([items[k] for items in per_run]) for k in order]
+        seed_figures = [_mean([items[k] for k in order]) for items in per_run]
+        out[group] = {"n": len(order), "mcq": _mean(item_means), "ci95": metrics.bootstrap_ci(item_means),
+                      "seeds": metrics.spread(seed_figures)}
     return out
 
 
