@@ -126,3 +126,24 @@ def test_scores_do_not_depend_on_padding_side(tiny_models: TinyModels, arch: str
         expected = adapter.answer_logprobs(right)
         got = adapter.answer_logprobs(left_padded(adapter, right))
     torch.testing.assert_close(got, expected, rtol=0, atol=ATOL)
+
+
+def test_seed_means_resample_items_scored_by_the_seeds_that_got_them() -> None:
+    """aggregate_seeds: the seeds' mean, an interval over items and the per-seed spread; mismatched items refused."""
+    from unsee.errors import UnseeError
+    from unsee.eval.evaluator import aggregate_seeds
+
+    def records(correct: list[bool], group: str = "forget") -> list[dict]:
+        return [{"group": group, "uid": f"q{i}", "task": "mcq", "correct": c} for i, c in enumerate(correct)]
+
+    a = records([True, True, False, False]) + [{"group": "forget", "uid": "g0", "task": "gen", "correct": True}]
+    b = records([True, False, False, False])
+    out = aggregate_seeds([a, b])["forget"]
+    assert out["n"] == 4 and out["mcq"] == pytest.approx(0.375)
+    assert out["seeds"] == {"mean": 0.375, "sd": pytest.approx(0.1768, abs=1e-4), "min": 0.25, "max": 0.5}
+    assert out["ci95"] == metrics.bootstrap_ci([1.0, 0.5, 0.0, 0.0])  # each item scored by its share of seeds
+    assert aggregate_seeds([a])["forget"]["ci95"] == metrics.bootstrap_ci([1.0, 1.0, 0.0, 0.0])
+    with pytest.raises(UnseeError, match="other items"):
+        aggregate_seeds([a, records([True, True, True])])
+    with pytest.raises(UnseeError, match="at least one"):
+        aggregate_seeds([])

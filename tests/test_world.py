@@ -128,6 +128,9 @@ def test_validation_split_holds_no_reported_person_and_leaves_the_other_splits_a
     assert {k for k in ours if not k.startswith("val_")} - {"world.json"} == set(theirs) - {"world.json"}
     assert all(ours[k] == theirs[k] for k in theirs if k != "world.json")
     assert "validation" not in load_world_info(plain) and "val_forget_splits" not in load_world_info(plain)["config"]
+    from unsee.models.tiny import world_text
+
+    assert world_text(world) == world_text(plain)  # the vocabulary, and every model trained on it, stays
     with pytest.raises(ConfigError, match="outside every forget split and request"):
         build_world(tmp_path / "crowded", seed=0, config="quick", overrides=[*TINY, "n_requests=3"])
     with pytest.raises(ConfigError, match="val_forget_splits must be increasing"):
