@@ -8,6 +8,7 @@ would be reused for the new one: the change must come with a bump of that stage'
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ PINNED: dict[str, tuple[int, tuple[float, float, float]]] = {
     "stage2": (1, (14.686680793762207, 63.432823181152344, 57.387691497802734)),
     "stage3": (1, (13.491658210754395, 11.783918380737305, 14.851783752441406)),
     "retrained": (1, (13.668325424194336, 10.633645057678223, 12.063414573669434)),
+    "retrained-known": (1, (15.47370433807373, 13.20938777923584, 13.565125465393066)),
     "benchmark-finetune": (1, (38.487937927246094, 43.114524841308594, 40.362239837646484)),
 }
 RELATIVE_TOLERANCE = 1e-3
@@ -88,6 +90,48 @@ def trained(world: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFacto
                          ids=lambda s: s.name)
 def test_each_stages_first_losses_are_pinned_at_its_version(trained: dict[str, Any], stage: StageKey) -> None:
     check_pinned(stage, trained["losses"][stage.name])
+
+
+def test_the_reference_of_known_people_trains_stage_2_again_without_their_photos(
+        trained: dict[str, Any], world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """known_forget_X: stages 2 and 3 again from stage 1, their photos out of both (stage 3 replays stage 2);
+    pinned like every stage, cached, and found by cached_reference."""
+    from unsee import retrain as retrain_mod
+    from unsee.data.collate import image_of
+    from unsee.data.mllmu import load_mllmu
+    from unsee.data.world import load_world_info
+
+    seen: dict[str, list] = {}
+    real = ft.train
+
+    def recorded(*a: Any, desc: str, **k: Any) -> Any:
+        seen[desc] = [t for t in a[3]["train"]]
+        res = real(*a, desc=desc, **k)
+        seen[desc + ":losses"] = list(res.losses)
+        return res
+
+    monkeypatch.setattr(ft, "train", recorded)
+    info = load_world_info(world)
+    gone = set(info["known_splits"]["known_forget_10"])
+    out = retrain_mod.retrain(trained["vanilla"], world, tmp_path / "r", forget="known_forget_10",
+                              cache_dir=trained["cache"])
+    assert list(seen) == ["stage 2 without known_forget_10's photos", "stage 2 without known_forget_10's photos:losses",
+                          "stage 3 without known_forget_10's photos", "stage 3 without known_forget_10's photos:losses"]
+    check_pinned(stage_keys.RETRAINED_KNOWN, seen["stage 2 without known_forget_10's photos:losses"])
+    suite = load_mllmu(world, "known_forget_10")
+    photos = {image_of(e).tobytes() for e in suite.groups["train_forget"]}
+    assert photos and all(e.entity in gone for e in suite.groups["train_forget"])
+    for desc in ("stage 2 without known_forget_10's photos", "stage 3 without known_forget_10's photos"):
+        trained_on = {t.image.tobytes() for t in seen[desc] if t.image is not None}
+        assert trained_on and not photos & trained_on, desc
+    record = json.loads((out / "unsee_retrained.json").read_text())
+    assert set(record["without"]) == gone and not record["cached"]
+    assert retrain_mod.cached_reference(trained["vanilla"], world, "known_forget_10", trained["cache"]) == \
+        trained["cache"] / record["stage"]
+    seen.clear()
+    again = retrain_mod.retrain(trained["vanilla"], world, tmp_path / "again", forget="known_forget_10",
+                                cache_dir=trained["cache"])
+    assert not seen and json.loads((again / "unsee_retrained.json").read_text())["cached"]
 
 
 def test_the_benchmark_finetunes_first_losses_are_pinned_at_its_version(tiny_models: TinyModels, tmp_path: Path,

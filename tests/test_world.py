@@ -55,7 +55,7 @@ def _rows(root: Path, config: str) -> list[dict]:
 def test_same_seed_gives_byte_identical_files(world: Path, tmp_path: Path) -> None:
     again = build_world(tmp_path / "again", seed=0, config="quick", overrides=TINY)
     first, second = _hashes(world), _hashes(again)
-    assert len(first) == 22  # 21 parquet files and world.json
+    assert len(first) == 25  # 24 parquet files and world.json
     assert first == second
 
 
@@ -72,7 +72,8 @@ def test_folders_match_the_documented_layout(world: Path) -> None:
     expected = {
         "Full_Set", "Test_Set", "Retain_Set", "ft_Data", "forget_5", "forget_10", "forget_15", "retain_95",
         "retain_90", "retain_85", "forget_r1", "forget_r2", "ft_Known", "ft_General", "General_Set",
-        "Unknown_Set", "Neutral_Set", "Holdout_Set", "val_forget_10", "val_retain_90",
+        "Unknown_Set", "Neutral_Set", "Holdout_Set", "val_forget_10", "val_retain_90", "known_forget_5",
+        "known_forget_10", "known_Test_Set",
     }
     assert {p.name for p in world.iterdir() if p.is_dir()} == expected
     assert sorted(p.name for p in (world / "Test_Set").iterdir()) == [
@@ -135,6 +136,35 @@ def test_validation_split_holds_no_reported_person_and_leaves_the_other_splits_a
         build_world(tmp_path / "crowded", seed=0, config="quick", overrides=[*TINY, "n_requests=3"])
     with pytest.raises(ConfigError, match="val_forget_splits must be increasing"):
         load_config(WorldConfig, "quick", ["val_forget_splits=[10, 5]"], kind="world")
+
+
+def test_known_forget_splits_forget_people_taught_in_stage_2(world: Path, tmp_path: Path) -> None:
+    """known_forget_X: known people, nested, sized like forget_X; their held-out views are new images; the
+    loader moves their photos and questions from the known groups to the forget groups."""
+    from unsee.data.mllmu import load_mllmu
+
+    info = load_world_info(world)
+    five, ten = (set(info["known_splits"][f"known_forget_{p}"]) for p in (5, 10))
+    assert five <= ten <= set(info["entities"]["known"]) and len(ten) == math.ceil(6 * 10 / 100)
+    assert [r["ID"] for r in _rows(world, "known_Test_Set")] == info["entities"]["known"]
+    held_out = {img["bytes"] for r in _rows(world, "known_Test_Set") for img in r["images"]}
+    taught = {r["image"]["bytes"] for r in _rows(world, "ft_Known") if r["image"] is not None}
+    assert len(held_out) == 3 * 2 and held_out.isdisjoint(taught)
+    suite = load_mllmu(world, "known_forget_10")
+    g = suite.groups
+    assert set(suite.forget_entities) == ten and set(suite.retain_entities) == set(info["entities"]["people"])
+    assert {e.entity for e in g["forget"]} == ten and {e.entity for e in g["text_forget"]} == ten
+    assert {e.entity for e in g["forget_test"]} == ten
+    assert {e.image for e in g["forget_test"]} <= held_out  # their held-out views, not a photo they were taught
+    assert not ten & {e.entity for e in g["known"] + g["text_known"]}
+    assert {e.entity for e in g["train_forget"]} == ten and all(e.has_image for e in g["train_forget"])
+    assert not any(e.has_image and e.entity in ten for e in g["train_known"])
+    assert any(not e.has_image and e.entity in ten for e in g["train_known"])  # their text is still taught
+    with pytest.raises(ConfigError, match="leaving none known"):
+        load_config(WorldConfig, "quick", [*TINY, "n_known=1"], kind="world")
+    assert not (build_world(tmp_path / "w", seed=0, config="quick", overrides=[*TINY, "n_known=1",
+                                                                               "known_forget_splits=[]"])
+                / "known_Test_Set").exists()
 
 
 def test_held_out_views_never_appear_in_training_rows(world: Path) -> None:
@@ -382,8 +412,8 @@ def test_world_cache_key_follows_config_seed_and_version(monkeypatch: pytest.Mon
 # x86-64, where it was pinned, since another CPU's float kernels may move an anti-aliased pixel.
 WORLD_PIN = {
     "version": 2,
-    "text": "1b420e7c6b2689cf",
-    "images": "39bedb330d40eaf4",
+    "text": "944a9013ddb96c00",
+    "images": "22c563f7c12e8a7b",
 }
 
 

@@ -4,6 +4,7 @@ Unlearning is judged against the model that never learned what was removed. For 
 unlearning that model still knows the forget people from text, so only their image questions
 leave stage 3; their text questions stay. Stages 1 and 2 never see the fictitious people, so
 the vanilla model's own stage-2 checkpoint is the starting point, taken from the stage cache.
+Known people (``known_forget_X``) are taught in stage 2, so their reference starts from stage 1.
 The audits attack this model too: a relearning gain or a probe accuracy means little until
 it is set beside what the model that never saw the photos gives.
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from unsee.config import load_config, to_dict
@@ -26,15 +29,17 @@ from unsee.finetune import (
     Stage,
     cache_root,
     keyed_augmentation,
+    load_stage_visual,
     run_stage,
+    stage2_turns,
     stage3_turns,
     stage_done,
     world_fingerprint,
 )
 from unsee.io import atomic_dir, check_output_dir
 from unsee.models import load_adapter
-from unsee.models.base import Turn
-from unsee.stage_keys import RETRAINED, batch_adapter, turns_fingerprint
+from unsee.models.base import Adapter, Turn
+from unsee.stage_keys import RETRAINED, RETRAINED_KNOWN, batch_adapter, turns_fingerprint
 
 RETRAINED_FILE = "unsee_retrained.json"
 
@@ -58,17 +63,76 @@ def retrain_turns(suite: Suite, cfg: FinetuneConfig, names: set[str]) -> list[Tu
     return stage3_turns(dataclasses.replace(suite, groups={**suite.groups, "train_forget": []}), cfg, names)
 
 
-def _cache_path(cache: Path, stage2: Path, cfg: FinetuneConfig, forget: str, turns: list[Turn]) -> Path:
-    """The reference's cache entry, by the key :data:`unsee.stage_keys.RETRAINED` declares: the stage-2
-    checkpoint it starts from, the stage-3 options, the split and the turns it trains on."""
-    data = turns_fingerprint(batch_adapter(stage2), turns, keyed_augmentation(cfg.ft_augment))
-    return cache / f"retrained-{RETRAINED.key(to_dict(cfg), weights=stage2.name, data=data, extra=forget)}"
+@dataclass
+class _Plan:
+    """Where the reference of one split is cached, and the stages that train it, in order, each into its
+    own cache entry: the first from ``start()``, each next one from the entry before it."""
+
+    path: Path
+    stages: list[tuple[Path, Stage]]
+    start: Callable[[], Adapter]
+    recipe: FinetuneConfig
+    without: list[str]
 
 
-def _world_turns(data: Path, forget: str, cfg: FinetuneConfig) -> list[Turn]:
+def _plan(meta: dict, cache: Path, data: Path, forget: str) -> _Plan:
+    """The reference's stages and their keys (:data:`unsee.stage_keys.RETRAINED`): the stage they start from,
+    the recipe options, the split and the turns they train on.
 
-    names = set(load_world_info(data)["names"].values())
-    return retrain_turns(load_mllmu(data, forget), cfg, names)
+    Fictitious people are taught in stage 3, so their reference runs stage 3 again from the vanilla
+    model's stage-2 checkpoint. Known people (``known_forget_X``) are taught in stage 2, the analogue of
+    pre-training, so theirs runs stage 2 again from stage 1 without their photos, then stage 3, whose
+    replay of stage 2 leaves their photos out too."""
+    stages = meta.get("stages", {})
+
+    def cached_stage(prefix: str) -> Path:
+        path = next((cache / name for name in stages if name.startswith(prefix)), None)
+        if path is None or not stage_done(path):
+            raise ModelError(f"the retrained reference starts from the vanilla model's {prefix.rstrip('-')} "
+                             f"checkpoint, which is not in {cache}: run unsee finetune with the same --cache-dir first")
+        return path
+
+    cfg = load_config(FinetuneConfig, meta["recipe"], kind="finetune")
+    rc = to_dict(cfg)
+    info = load_world_info(data)
+    suite = load_mllmu(data, forget)
+    names = set(info["names"].values())
+    turns3 = retrain_turns(suite, cfg, names)
+    stage3 = Stage(f"stage 3 without {forget}'s photos", turns3, cfg.ft_steps, cfg.ft_lr, cfg.ft_vision_lr_factor,
+                   cfg.ft_augment)
+    if not _forgets_known_people(suite, info, forget):
+        stage2 = cached_stage("stage2-")
+        data3 = turns_fingerprint(batch_adapter(stage2), turns3, keyed_augmentation(cfg.ft_augment))
+        path = cache / f"retrained-{RETRAINED.key(rc, weights=stage2.name, data=data3, extra=forget)}"
+        return _Plan(path, [(path, stage3)], lambda: load_adapter(stage2), cfg, list(suite.forget_entities))
+    stage1, base = cached_stage("stage1-"), Path(meta["base_model"])
+    turns2 = stage2_turns(suite, cfg, names)
+    shapes = batch_adapter(base)
+    data2 = turns_fingerprint(shapes, turns2, keyed_augmentation(cfg.augment))
+    data3 = turns_fingerprint(shapes, turns3, keyed_augmentation(cfg.ft_augment))
+    weights = stage1.name + meta["base_fingerprint"]
+    first = cache / f"retrained-stage2-{RETRAINED_KNOWN.key(rc, weights=weights, data=data2, extra=forget)}"
+    path = cache / f"retrained-{RETRAINED_KNOWN.key(rc, weights=first.name, data=data3, extra=forget)}"
+    stage2 = Stage(f"stage 2 without {forget}'s photos", turns2, cfg.base_steps, cfg.base_lr, cfg.vision_lr_factor,
+                   cfg.augment)
+
+    def start() -> Adapter:
+        adapter = load_adapter(base)
+        load_stage_visual(adapter, stage1)
+        return adapter
+
+    return _Plan(path, [(first, stage2), (path, stage3)], start, cfg, list(suite.forget_entities))
+
+
+def _forgets_known_people(suite: Suite, info: dict, forget: str) -> bool:
+    """Whether ``forget`` holds known people (stage 2) rather than fictitious ones (stage 3); a mix is refused,
+    since its reference would have to leave photos out of both stages at once."""
+    known = set(info["entities"].get("known", []))
+    ids = set(suite.forget_entities)
+    if ids & known and not ids <= known:
+        raise DataError(f"{forget} holds known people ({', '.join(sorted(ids & known))}) and fictitious ones "
+                        f"({', '.join(sorted(ids - known))}); retrain for one kind at a time")
+    return bool(ids) and ids <= known
 
 
 def cached_reference(vanilla: str | Path, data: str | Path, forget: str,
@@ -78,56 +142,40 @@ def cached_reference(vanilla: str | Path, data: str | Path, forget: str,
     the reference wherever it exists at no cost."""
     vanilla, data = Path(vanilla), Path(data)
     try:
-        meta = _vanilla_record(vanilla, data)
-    except (DataError, ModelError):
+        plan = _plan(_vanilla_record(vanilla, data), cache_root(cache_dir), data, forget)
+    except (DataError, ModelError):  # another world, no cached stages, no such split or none with photos
         return None
-    cache = cache_root(cache_dir)
-    stage2 = next((cache / name for name in meta.get("stages", {}) if name.startswith("stage2-")), None)
-    if stage2 is None or not stage_done(stage2):
-        return None
-    cfg = load_config(FinetuneConfig, meta["recipe"], kind="finetune")
-    try:
-        turns = _world_turns(data, forget, cfg)
-    except DataError:  # no such split, or one without photos: never trained
-        return None
-    path = _cache_path(cache, stage2, cfg, forget, turns)
-    return path if stage_done(path) else None
+    return plan.path if stage_done(plan.path) else None
 
 
 def retrain(vanilla: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
             overwrite: bool = False, cache_dir: str | Path | None = None) -> Path:
     """``unsee retrain``: the vanilla model at ``vanilla`` fine-tuned again without ``forget``'s photos, at ``out``.
 
-    The result is cached beside the stages (keyed on the stage-2 checkpoint, the stage-3
-    options, the split and its turns), so every benchmark that wants it trains it once.
+    The result is cached beside the stages (keyed on the checkpoint it starts from, the recipe
+    options, the split and its turns), so every benchmark that wants it trains it once. A split
+    of known people (``known_forget_X``) trains stage 2 again as well (:func:`_plan`).
     """
 
     vanilla, data = Path(vanilla), Path(data)
     check_output_dir(out, overwrite=overwrite)
     meta = _vanilla_record(vanilla, data)
-    cache = cache_root(cache_dir)
-    stage2 = next((cache / name for name in meta.get("stages", {}) if name.startswith("stage2-")), None)
-    if stage2 is None or not stage_done(stage2):
-        raise ModelError(f"the retrained reference starts from {vanilla}'s stage-2 checkpoint, which is not in "
-                         f"{cache}: run unsee finetune with the same --cache-dir first")
-    cfg = load_config(FinetuneConfig, meta["recipe"], kind="finetune")
-    rc = to_dict(cfg)
-    suite = load_mllmu(data, forget)
-    names = set(load_world_info(data)["names"].values())
-    turns = retrain_turns(suite, cfg, names)
-    path = _cache_path(cache, stage2, cfg, forget, turns)
-    cached = stage_done(path)
-    if not cached:
-        stage = Stage(f"stage 3 without {forget}'s photos", turns, cfg.ft_steps, cfg.ft_lr, cfg.ft_vision_lr_factor,
-                      cfg.ft_augment)
-        run_stage(path, load_adapter(stage2), stage, cfg, rc)
+    plan = _plan(meta, cache_root(cache_dir), data, forget)
+    cached = stage_done(plan.path)
+    rc = to_dict(plan.recipe)
+    previous: Path | None = None
+    for path, stage in plan.stages:
+        if not stage_done(path):
+            run_stage(path, plan.start() if previous is None else load_adapter(previous), stage, plan.recipe, rc)
+        previous = path
+    path = plan.path
     seconds = json.loads((path / STAGE_FILE).read_text()).get("seconds")
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for f in path.iterdir():
             shutil.copy2(f, tmp / f.name)
         (tmp / RETRAINED_FILE).write_text(json.dumps({
             "vanilla": str(vanilla), "world": str(data), "world_fingerprint": meta["world_fingerprint"],
-            "forget": forget, "without": list(suite.forget_entities), "stage": path.name, "cached": cached,
+            "forget": forget, "without": plan.without, "stage": path.name, "cached": cached,
             "seconds": seconds, "recipe": rc,
         }, indent=2))
     return Path(out)

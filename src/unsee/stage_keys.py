@@ -72,8 +72,10 @@ STAGE1 = StageKey("stage1", 1, VISION_KEYS)  # vision pre-training (unsee.vision
 STAGE2 = StageKey("stage2", 1, BASE_KEYS)  # base MLLM training
 STAGE3 = StageKey("stage3", 1, FT_KEYS)  # the fictitious fine-tune
 RETRAINED = StageKey("retrained", 1, FT_KEYS)  # stage 3 again without the forget photos (unsee.retrain)
+# stages 2 and 3 again without the photos of known people (unsee.retrain, known_forget_X)
+RETRAINED_KNOWN = StageKey("retrained-known", 1, BASE_KEYS + FT_KEYS)
 BENCHMARK = StageKey("benchmark-finetune", 1, BENCH_KEYS)  # a public benchmark's fine-tune (unsee.finetune_bench)
-STAGES = (STAGE1, STAGE2, STAGE3, RETRAINED, BENCHMARK)
+STAGES = (STAGE1, STAGE2, STAGE3, RETRAINED, RETRAINED_KNOWN, BENCHMARK)
 
 
 def batch_adapter(model: str | Path) -> Adapter:

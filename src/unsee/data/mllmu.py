@@ -40,6 +40,8 @@ FT_OPTIONAL = {"image": "image", "ID": "id"}
 NEUTRAL_COLUMNS = {"image": "image", "ID": "id"}
 NEUTRAL_OPTIONAL = {"question": "string", "answer": "string"}
 
+# The built-in world's held-out views of its known people, read for a split that forgets them (known_forget_X).
+KNOWN_TEST_SET = "known_Test_Set"
 # forget_X pairs with retain_(100-X); the built-in world's validation split val_forget_X with val_retain_(100-X).
 _FORGET = re.compile(r"^(val_)?forget_(\d+)$")
 
@@ -313,14 +315,17 @@ def load_mllmu(
     groups["retain"], groups["text_retain"] = _split(retain_rows)
 
     groups["forget_test"] = []
-    if source.has("Test_Set"):
-        for rec in cfg.get("Test_Set", TEST_COLUMNS, TEST_OPTIONAL):
-            if entity_id(rec.get("ID"), field="ID", source=rec.source) in forget_ids:
-                groups["forget_test"].extend(held_out_examples(rec, seed))
+    for test_config in ("Test_Set", KNOWN_TEST_SET):
+        if source.has(test_config):
+            for rec in cfg.get(test_config, TEST_COLUMNS, TEST_OPTIONAL):
+                if entity_id(rec.get("ID"), field="ID", source=rec.source) in forget_ids:
+                    groups["forget_test"].extend(held_out_examples(rec, seed))
 
     if source.has("Holdout_Set"):  # people never trained on: the membership attack's non-members
         groups["holdout"], groups["text_holdout"] = _split([(r, "Holdout_Set") for r in cfg.profiles("Holdout_Set")])
-    known = [(r, "Retain_Set") for r in cfg.profiles("Retain_Set")] if source.has("Retain_Set") else []
+    known_rows = cfg.profiles("Retain_Set") if source.has("Retain_Set") else []
+    known = [(r, "Retain_Set") for r in known_rows if entity_id(r.get("ID"), field="ID", source=r.source)
+             not in forget_ids]  # a known person to forget (known_forget_X) is in the forget group instead
     groups["known"], groups["text_known"] = _split(known)
     groups["general"] = []
     if source.has("General_Set"):
@@ -405,6 +410,12 @@ def _training_streams(
         ("Unknown_Set", "unknown"),
     ):
         groups[name] = ft_examples(cfg.get(config, FT_COLUMNS, FT_OPTIONAL), config) if source.has(config) else []
+    # a known person to forget (known_forget_X): their photos move from the known stream to the forget one;
+    # their text questions stay with the known people's
+    photos = [e for e in groups["train_known"] if e.has_image and e.entity in forget_set]
+    if photos:
+        groups["train_forget"] = [*groups["train_forget"], *photos]
+        groups["train_known"] = [e for e in groups["train_known"] if not (e.has_image and e.entity in forget_set)]
     groups["neutral"] = []
     if source.has("Neutral_Set"):
         for n, rec in enumerate(cfg.get("Neutral_Set", NEUTRAL_COLUMNS, NEUTRAL_OPTIONAL)):

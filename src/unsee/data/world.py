@@ -33,6 +33,7 @@ from PIL import Image
 from unsee import __version__
 from unsee.config import load_config, opt
 from unsee.data.identity import Identity, View, pretrain_identities, sample_identity, sample_view
+from unsee.data.mllmu import KNOWN_TEST_SET
 from unsee.data.people import (
     ATTRIBUTES,
     FIRST_NAMES,
@@ -74,6 +75,8 @@ class WorldConfig:
     val_forget_splits: list[int] = opt([10], "validation forget percentages: val_forget_X holds as many people as "
                                        "forget_X, none of them in a reported forget set or request, so that "
                                        "settings are chosen on people the reported figures never see")
+    known_forget_splits: list[int] = opt([5, 10], "pre-trained forget percentages: known_forget_X holds as many "
+                                         "known people (taught in stage 2) as forget_X holds fictitious ones")
     n_requests: int = opt(5, "continual-unlearning requests forget_r1..forget_rK")
     request_size: int = opt(2, "people per continual request")
     n_pretrain: int = opt(400, "vision pre-training identities; world people keep their distance from them")
@@ -94,12 +97,17 @@ class WorldConfig:
             raise ConfigError(f"image_size must be at least 16, got {self.image_size}")
         if not self.forget_splits:
             raise ConfigError("forget_splits must name at least one percent")
-        for name in ("forget_splits", "val_forget_splits"):
+        for name in ("forget_splits", "val_forget_splits", "known_forget_splits"):
             pcts = getattr(self, name)
             if any(not 0 < p < 100 for p in pcts) or list(pcts) != sorted(set(pcts)):
                 raise ConfigError(f"{name} must be increasing percents in 1..99: {pcts}")
         if forget_size(self.n_people, max(self.forget_splits)) >= self.n_people:
             raise ConfigError(f"forget_{max(self.forget_splits)} would hold all {self.n_people} people")
+        if self.known_forget_splits and forget_size(self.n_people, max(self.known_forget_splits)) >= self.n_known:
+            raise ConfigError(f"known_forget_{max(self.known_forget_splits)} would hold "
+                              f"{forget_size(self.n_people, max(self.known_forget_splits))} of the {self.n_known} "
+                              "known people, leaving none known; add known people (n_known) or set "
+                              "known_forget_splits=[]")
         if self.n_requests * self.request_size > self.n_people:
             raise ConfigError(
                 f"{self.n_requests} disjoint requests of {self.request_size} need "
@@ -238,7 +246,7 @@ def _config_label(config: str | Path | Mapping[str, Any]) -> str:
 
 # Options added after worlds were first cached: left out of world.json while empty, so that a world
 # without them is written byte for byte as before.
-_OMITTED_WHEN_EMPTY = ("n_holdout", "val_forget_splits")
+_OMITTED_WHEN_EMPTY = ("n_holdout", "val_forget_splits", "known_forget_splits")
 
 
 def _recorded(cfg: WorldConfig) -> dict[str, Any]:
@@ -338,6 +346,10 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
         retain_set_rows.append(_profile_row(p, train[0], eval_tasks(p, "train", rng_q, names)))
         ft_known_rows += _ft_rows(p, train)
 
+    # --- held-out views of the known people and the splits that forget them, from streams of their own, so
+    # that a world without them is byte for byte what it was
+    known_splits, known_test_rows = _known_splits(cfg, known, all_names)
+
     # --- unknown and neutral identities
     unknown_rows = []
     for uid, ident in zip(unknown_ids, unknown_idents, strict=True):
@@ -399,6 +411,11 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
     _write_config(root, "Neutral_Set", NEUTRAL_SCHEMA, neutral_rows)
     if holdout_rows:
         _write_config(root, "Holdout_Set", FULL_SCHEMA, holdout_rows)
+    known_row = {r["ID"]: {k: v for k, v in r.items() if k != "Directory"} for r in retain_set_rows}
+    for name, ids in known_splits.items():
+        _write_config(root, name, SPLIT_SCHEMA, [known_row[i] for i in ids])
+    if known_test_rows:
+        _write_config(root, KNOWN_TEST_SET, TEST_SCHEMA, known_test_rows)
 
     info = {
         "format_version": WORLD_FORMAT_VERSION,
@@ -414,6 +431,7 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
         "requests": requests,
         "requests_note": "requests are disjoint from one another but may overlap the forget_X splits",
         **({"validation": validation} if validation else {}),
+        **({"known_splits": known_splits} if known_splits else {}),
         "attributes": {a.key: {"title": a.title, "pool": list(a.pool)} for a in ATTRIBUTES},
         "idk_answer": IDK_ANSWER,
         "pretrain": {"n": cfg.n_pretrain, "seed": s, "stream": [s, 7919]},
@@ -422,6 +440,29 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
         "folders": sorted(p.name for p in root.iterdir() if p.is_dir()),
     }
     atomic_write_json(root / "world.json", info)
+
+
+def _known_splits(cfg: WorldConfig, known: list[Person], names: list[str]) -> tuple[dict[str, list[str]], list[dict]]:
+    """``known_forget_X`` (nested, as many known people as ``forget_X`` holds fictitious ones) and the
+    held-out views and paraphrases of every known person (``known_Test_Set``), which the forget_test
+    group of such a split reads. The known people are learned in stage 2, the analogue of pre-training,
+    so these splits ask whether a method removes what was not fine-tuned in."""
+    if not cfg.known_forget_splits:
+        return {}, []
+    rng_view, rng_q = np.random.default_rng([cfg.seed, 10]), np.random.default_rng([cfg.seed, 11])
+    test_rows = []
+    for p in known:
+        views = _views(rng_view, cfg.n_test_views, cfg.hard_test_views)
+        test = [_png(render(p.identity, v, cfg.image_size), f"{p.id}_test{i}.png") for i, v in enumerate(views)]
+        test_rows.append({"ID": p.id, "images": test, **eval_tasks(p, "test", rng_q, [n for n in names
+                                                                                     if n != p.name])})
+    ids = [p.id for p in known]
+    order = [ids[i] for i in np.random.default_rng([cfg.seed, 12]).permutation(len(ids))]
+    splits = {}
+    for pct in cfg.known_forget_splits:
+        chosen = set(order[: forget_size(cfg.n_people, pct)])
+        splits[f"known_forget_{pct}"] = [i for i in ids if i in chosen]
+    return splits, test_rows
 
 
 def _validation_splits(cfg: WorldConfig, people_ids: list[str], reported: list[list[str]]) -> dict[str, list[str]]:

@@ -78,13 +78,14 @@ def world_text(world: str | Path) -> list[str]:
     """Every string in a world's (or any MLLMU-layout) parquet files: the tokenizer's corpus.
 
     The held-out people (``Holdout_Set``) are left out: the model must never have seen them,
-    not even as whole tokens of its vocabulary. So are the validation splits (``val_*``): they
-    repeat rows of ``Full_Set``, and counting them twice more would change the vocabulary, and
-    with it every trained model, for a folder that teaches nothing."""
+    not even as whole tokens of its vocabulary. So are the folders added to the world after its
+    vocabulary was fixed, the validation splits (``val_*``) and the known people's splits and
+    held-out views (``known_*``): they are evaluation data of people the corpus already holds, and
+    counting their text again would change the vocabulary, and with it every trained model."""
     lines: list[str] = []
     for f in sorted(Path(world).rglob("*.parquet")):
         folder = f.relative_to(world).parts[0]
-        if folder == "Holdout_Set" or folder.startswith("val_"):
+        if folder == "Holdout_Set" or folder.startswith(("val_", "known_")):
             continue
         table = pq.read_table(f)
         for col in table.column_names:
