@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
         if shared := set(pick_suite.forget_entities) & set(suite.forget_entities):
             raise SystemExit(f"--select-on {select_on} shares {sorted(shared)} with {args.forget}")
         pick_vanilla = api.evaluate_adapter(load_adapter(vanilla), pick_suite, **kw)
-    selection = {"on": pick_split, "held_out": select_on is not None, "seeds": args.seeds, "picks": {},
+    selection = {"on": pick_split, "held_out": select_on is not None, "seeds": args.seeds, "picks": {}, "swept": [],
                  **({"vanilla": pick_vanilla} if select_on else {})}
     reference: dict[str, Any] = {}
     if args.retrained:
@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> dict:
         assert picked is not None
         pick, run, adapter, artifact = picked
         selection["picks"][method] = pick["overrides"]
+        if len(settings(method, args)) > 1:  # the others ran at their shipped setting: nothing was chosen
+            selection["swept"].append(method)
         if select_on or args.seeds > 1:  # the pick runs again where it is reported, once per seed
             again = [measure(method, vanilla, suite, args.forget, pick["overrides"], s, kw)
                      for s in range(args.seed, args.seed + args.seeds)]

@@ -118,6 +118,7 @@ def test_unlearn_benchmark_runs_on_the_demo_world(demo_run: tuple[Path, Path], t
     assert [r["method"] for r in result["rows"]] == ["graddiff", "graddiff", "cvf_ncu", "eraser"]
     assert {r["split"] for r in result["rows"]} == {"val_forget_10"}
     assert result["selection"]["on"] == "val_forget_10" and result["selection"]["held_out"]
+    assert result["selection"]["swept"] == ["graddiff"]
     assert result["complete"] and json.loads((tmp_path / "u.json").read_text())["rows"] == result["rows"]
     assert result["rows"][1]["overrides"][-1].startswith("lr=")
     assert result["rows"][2]["overrides"] == result["rows"][0]["overrides"]  # cvf_ncu: shipped, not swept
@@ -153,8 +154,8 @@ def test_unlearn_benchmark_averages_seeds(demo_run: tuple[Path, Path], tmp_path:
 
     result = unlearn.main([*_bench_args(demo_run[1], tmp_path / "s.json"), "--methods", "graddiff",
                            "--lr-scales", "1.0", "--select-on", "reported", "--seeds", "2"])
-    assert result["selection"] == {"on": "forget_10", "held_out": False, "seeds": 2, "picks": {"graddiff": [
-        "max_steps=2", "progress=false"]}}
+    assert result["selection"] == {"on": "forget_10", "held_out": False, "seeds": 2, "swept": [],
+                                   "picks": {"graddiff": ["max_steps=2", "progress=false"]}}
     row = result["best"]["graddiff"]
     assert row["seeds"] == [0, 1] and {"mean", "sd", "min", "max"} <= set(row["score_seeds"])
     forget = row["metrics"]["forget"]

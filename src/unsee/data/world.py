@@ -17,7 +17,6 @@ person with the world.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -26,12 +25,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-from PIL import Image
 
 from unsee import __version__
 from unsee.config import load_config, opt
+from unsee.data.hub_files import (
+    FT_SCHEMA,
+    FULL_SCHEMA,
+    GENERAL_SCHEMA,
+    NEUTRAL_SCHEMA,
+    SPLIT_SCHEMA,
+    TEST_SCHEMA,
+    png_cell,
+    write_config,
+)
 from unsee.data.identity import Identity, View, pretrain_identities, sample_identity, sample_view
 from unsee.data.mllmu import KNOWN_TEST_SET
 from unsee.data.people import (
@@ -120,72 +126,6 @@ class WorldConfig:
 def forget_size(n_people: int, percent: int) -> int:
     """MLLMU-Bench sizes: ``ceil(n * p / 100)`` (25/50/75 of 500)."""
     return math.ceil(n_people * percent / 100 - 1e-9)
-
-
-# ---------------------------------------------------------------------------------------------
-# Parquet in the MLLMU-Bench hub schema
-
-IMAGE_T = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-MCQ_T = pa.struct([
-    ("Correct_Answer", pa.string()),
-    ("Options", pa.struct([(k, pa.string()) for k in "ABCD"])),
-    ("Question", pa.string()),
-])
-CLASSIFICATION_T = pa.struct([
-    ("Image_Textual_Questions", pa.list_(MCQ_T)),
-    ("Pure_Text_Questions", pa.list_(MCQ_T)),
-])
-OPEN_T = pa.list_(pa.struct([
-    ("Ground_Truth", pa.string()),
-    ("Question", pa.string()),
-    ("Type", pa.string()),
-]))
-_TASKS = [("Classification_Task", CLASSIFICATION_T), ("Generation_Task", OPEN_T), ("Mask_Task", OPEN_T)]
-
-FULL_SCHEMA = pa.schema([
-    ("image", IMAGE_T), ("ID", pa.string()), ("Directory", pa.string()), ("biography", pa.string()),
-    ("question", pa.string()), ("answer", pa.string()), *_TASKS,
-])
-SPLIT_SCHEMA = pa.schema([f for f in FULL_SCHEMA if f.name != "Directory"])
-TEST_SCHEMA = pa.schema([("ID", pa.string()), ("images", pa.list_(IMAGE_T)), *_TASKS])
-FT_SCHEMA = pa.schema([("image", IMAGE_T), ("ID", pa.string()), ("metadata", pa.string())])
-GENERAL_SCHEMA = pa.schema([("image", IMAGE_T), ("ID", pa.string()), *_TASKS])
-NEUTRAL_SCHEMA = pa.schema([("image", IMAGE_T), ("ID", pa.string())])
-
-
-def _feature(t: pa.DataType) -> Any:
-    """The ``datasets`` feature JSON of an arrow type, so ``datasets`` decodes Image columns."""
-    if t.equals(IMAGE_T):
-        return {"_type": "Image"}
-    if pa.types.is_list(t):
-        return {"feature": _feature(t.value_type), "_type": "List"}
-    if pa.types.is_struct(t):
-        return {t.field(i).name: _feature(t.field(i).type) for i in range(t.num_fields)}
-    return {"dtype": "string", "_type": "Value"}
-
-
-def _write_parquet(path: Path, schema: pa.Schema, rows: list[dict[str, Any]]) -> None:
-    """One shard; the ``huggingface`` schema metadata mirrors files written by ``datasets``."""
-    features = {f.name: _feature(f.type) for f in schema}
-    schema = schema.with_metadata({"huggingface": json.dumps({"info": {"features": features}})})
-    table = pa.Table.from_pylist(rows, schema=schema)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, compression="snappy")
-
-
-def _write_config(root: Path, name: str, schema: pa.Schema, rows: list[dict], shards: int = 1) -> None:
-    """``<root>/<name>/train-0000i-of-0000n.parquet``, rows split in order over ``shards`` files."""
-    per = math.ceil(len(rows) / shards) if rows else 0
-    for i in range(shards):
-        path = root / name / f"train-{i:05d}-of-{shards:05d}.parquet"
-        _write_parquet(path, schema, rows[i * per:(i + 1) * per])
-
-
-def _png(img: Image.Image, path: str) -> dict[str, Any]:
-    """An Image() cell: PNG bytes without metadata (deterministic), and a file name."""
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=False)
-    return {"bytes": buf.getvalue(), "path": path}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,9 +268,9 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
     # --- fictitious people: training views (ft_Data, Full_Set) and held-out views (Test_Set)
     full_rows, test_rows, ft_rows = [], [], []
     for p in people:
-        train = [_png(render(p.identity, v, size), f"{p.id}_train{i}.png")
+        train = [png_cell(render(p.identity, v, size), f"{p.id}_train{i}.png")
                  for i, v in enumerate(_views(rng_view, cfg.n_train_views))]
-        test = [_png(render(p.identity, v, size), f"{p.id}_test{i}.png")
+        test = [png_cell(render(p.identity, v, size), f"{p.id}_test{i}.png")
                 for i, v in enumerate(_views(rng_view, cfg.n_test_views, cfg.hard_test_views))]
         names = [n for n in all_names if n != p.name]
         full_rows.append(_profile_row(p, train[0], eval_tasks(p, "train", rng_q, names)))
@@ -340,7 +280,7 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
     # --- known people (stage 2): Retain_Set and ft_Known
     retain_set_rows, ft_known_rows = [], []
     for p in known:
-        train = [_png(render(p.identity, v, size), f"{p.id}_train{i}.png")
+        train = [png_cell(render(p.identity, v, size), f"{p.id}_train{i}.png")
                  for i, v in enumerate(_views(rng_view, cfg.n_train_views))]
         names = [n for n in all_names if n != p.name]
         retain_set_rows.append(_profile_row(p, train[0], eval_tasks(p, "train", rng_q, names)))
@@ -354,10 +294,10 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
     unknown_rows = []
     for uid, ident in zip(unknown_ids, unknown_idents, strict=True):
         for i, v in enumerate(_views(rng_view, cfg.n_train_views)):
-            unknown_rows.append({"image": _png(render(ident, v, size), f"{uid}_train{i}.png"), "ID": uid,
+            unknown_rows.append({"image": png_cell(render(ident, v, size), f"{uid}_train{i}.png"), "ID": uid,
                                  "metadata": json.dumps(image_qa(i, None))})
     neutral_views = _views(rng_view, cfg.n_neutral)
-    neutral_rows = [{"image": _png(render(ident, v, size), f"{nid}.png"), "ID": nid}
+    neutral_rows = [{"image": png_cell(render(ident, v, size), f"{nid}.png"), "ID": nid}
                     for nid, ident, v in zip(neutral_ids, neutral_idents, neutral_views, strict=True)]
 
     # --- held-out people: profiles and questions, never trained; their own streams, so that a world
@@ -368,7 +308,7 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
         rng_hold = np.random.default_rng([s, 8])
         extra = _identities(cfg, total + cfg.n_holdout)[total:]
         for p in _people(_ids("h", cfg.n_holdout), extra, rng_hold, used):
-            image = _png(render(p.identity, _views(rng_hold, 1)[0], size), f"{p.id}_view0.png")
+            image = png_cell(render(p.identity, _views(rng_hold, 1)[0], size), f"{p.id}_view0.png")
             holdout_rows.append(_profile_row(p, image, eval_tasks(p, "train", rng_hold, all_names)))
 
     # --- general visual ability
@@ -376,7 +316,7 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
     rng_count = np.random.default_rng([s, 7])  # its own stream, so the test scenes stay as they were
     train_items = [spread_count(it, rng_count) for it in items[: cfg.n_general_train]]
     ft_general_rows = [
-        {"image": _png(render_general(it, size), f"{gid}.png"), "ID": gid,
+        {"image": png_cell(render_general(it, size), f"{gid}.png"), "ID": gid,
          "metadata": json.dumps(it.training_qa())}
         for gid, it in zip(train_g, train_items, strict=True)
     ]
@@ -398,24 +338,24 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
 
     # --- write
     split_row = {r["ID"]: {k: v for k, v in r.items() if k != "Directory"} for r in full_rows}
-    _write_config(root, "Full_Set", FULL_SCHEMA, full_rows)
+    write_config(root, "Full_Set", FULL_SCHEMA, full_rows)
     for name, ids in {**splits, **requests, **validation}.items():
-        _write_config(root, name, SPLIT_SCHEMA, [split_row[i] for i in ids])
-    _write_config(root, "Test_Set", TEST_SCHEMA, test_rows, shards=2)
-    _write_config(root, "ft_Data", FT_SCHEMA, ft_rows)
-    _write_config(root, "Retain_Set", FULL_SCHEMA, retain_set_rows)
-    _write_config(root, "ft_Known", FT_SCHEMA, ft_known_rows)
-    _write_config(root, "ft_General", FT_SCHEMA, ft_general_rows)
-    _write_config(root, "General_Set", GENERAL_SCHEMA, general_rows)
-    _write_config(root, "Unknown_Set", FT_SCHEMA, unknown_rows)
-    _write_config(root, "Neutral_Set", NEUTRAL_SCHEMA, neutral_rows)
+        write_config(root, name, SPLIT_SCHEMA, [split_row[i] for i in ids])
+    write_config(root, "Test_Set", TEST_SCHEMA, test_rows, shards=2)
+    write_config(root, "ft_Data", FT_SCHEMA, ft_rows)
+    write_config(root, "Retain_Set", FULL_SCHEMA, retain_set_rows)
+    write_config(root, "ft_Known", FT_SCHEMA, ft_known_rows)
+    write_config(root, "ft_General", FT_SCHEMA, ft_general_rows)
+    write_config(root, "General_Set", GENERAL_SCHEMA, general_rows)
+    write_config(root, "Unknown_Set", FT_SCHEMA, unknown_rows)
+    write_config(root, "Neutral_Set", NEUTRAL_SCHEMA, neutral_rows)
     if holdout_rows:
-        _write_config(root, "Holdout_Set", FULL_SCHEMA, holdout_rows)
+        write_config(root, "Holdout_Set", FULL_SCHEMA, holdout_rows)
     known_row = {r["ID"]: {k: v for k, v in r.items() if k != "Directory"} for r in retain_set_rows}
     for name, ids in known_splits.items():
-        _write_config(root, name, SPLIT_SCHEMA, [known_row[i] for i in ids])
+        write_config(root, name, SPLIT_SCHEMA, [known_row[i] for i in ids])
     if known_test_rows:
-        _write_config(root, KNOWN_TEST_SET, TEST_SCHEMA, known_test_rows)
+        write_config(root, KNOWN_TEST_SET, TEST_SCHEMA, known_test_rows)
 
     info = {
         "format_version": WORLD_FORMAT_VERSION,
@@ -453,7 +393,7 @@ def _known_splits(cfg: WorldConfig, known: list[Person], names: list[str]) -> tu
     test_rows = []
     for p in known:
         views = _views(rng_view, cfg.n_test_views, cfg.hard_test_views)
-        test = [_png(render(p.identity, v, cfg.image_size), f"{p.id}_test{i}.png") for i, v in enumerate(views)]
+        test = [png_cell(render(p.identity, v, cfg.image_size), f"{p.id}_test{i}.png") for i, v in enumerate(views)]
         test_rows.append({"ID": p.id, "images": test, **eval_tasks(p, "test", rng_q, [n for n in names
                                                                                      if n != p.name])})
     ids = [p.id for p in known]
@@ -505,7 +445,7 @@ def _general_row(gid: str, it: GeneralItem, size: int) -> dict[str, Any]:
     mcq = {"Correct_Answer": "ABCD"[it.correct], "Options": dict(zip("ABCD", it.options, strict=True)),
            "Question": it.question}
     return {
-        "image": _png(render_general(it, size), f"{gid}.png"),
+        "image": png_cell(render_general(it, size), f"{gid}.png"),
         "ID": gid,
         "Classification_Task": {"Image_Textual_Questions": [mcq], "Pure_Text_Questions": []},
         "Generation_Task": [{"Ground_Truth": it.generation, "Question": it.question, "Type": IMAGE_TEXTUAL}],
