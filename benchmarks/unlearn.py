@@ -35,7 +35,7 @@ from unsee import api
 from unsee.eval.evaluator import aggregate_seeds
 from unsee.eval.metrics import spread
 from unsee.eval.results import SAMPLES_KEY, new_results, seed_summary, write_results
-from unsee.io import atomic_write_json
+from unsee.io import atomic_write_json, atomic_write_text
 from unsee.methods import method_class
 from unsee.methods.artifact import Artifact
 from unsee.models import HFAdapter, load_adapter
@@ -110,6 +110,34 @@ def targets(best: dict[str, dict], vanilla: dict[str, Any], rows: list[dict]) ->
     return out
 
 
+def table(result: dict[str, Any]) -> str:
+    """The method table of docs/results.md: vanilla, the reference, then each method's reported row, each
+    MCQ figure with its 95% interval where a row has one, and the score with its sd over the seeds."""
+    groups = ("forget", "forget_test", "retain", "text_forget", "known", "general")
+
+    def fig(metrics: dict[str, Any], group: str) -> str:
+        f = metrics.get(group) or {}
+        if f.get("mcq") is None:
+            return "—"
+        ci = f.get("ci95")
+        return f"{f['mcq']:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and group.startswith("forget") else "")
+
+    lines = [f"| method | setting | seeds | {' | '.join(groups)} | score | wall s |",
+             "|---|---|---|" + "---:|" * (len(groups) + 2),
+             f"| vanilla | | | {' | '.join(fig(result['vanilla'], g) for g in groups)} | | |"]
+    if "retrained" in result:
+        r = result["retrained"]
+        lines.append(f"| retrained (reference) | | | {' | '.join(fig(r['metrics'], g) for g in groups)} "
+                     f"| {r['score']['score']:.3f} | |")
+    for method, row in result["best"].items():
+        sd = row.get("score_seeds", {}).get("sd")
+        score = "—" if row["score"]["score"] is None else f"{row['score']['score']:.3f}"
+        lines.append(f"| {method} | {' '.join(o for o in row['overrides']) or 'shipped'} | "
+                     f"{','.join(map(str, row['seeds']))} | {' | '.join(fig(row['metrics'], g) for g in groups)} | "
+                     f"{score}{f' ± {sd:.3f}' if sd else ''} | {row['cost']['wall_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def keep(out: Path, adapter: HFAdapter, artifact: Artifact, row: dict[str, Any]) -> None:
     """A method's best model as audits.py reads it (:func:`unsee.methods.artifact.load_result`): ``model/``,
     beside it the artifact of a method that trains no weights (``steering.safetensors``), and the row."""
@@ -166,6 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "reported: the reported groups themselves)")
     p.add_argument("--seeds", type=int, default=1, metavar="N",
                    help="unlearning seeds of each pick on the reported split (--seed .. --seed+N-1)")
+    p.add_argument("--table", default=None, metavar="FILE", help="also write the method table as markdown")
     args = p.parse_args(argv)
     if args.seeds < 1:
         raise SystemExit(f"--seeds must be at least 1, got {args.seeds}")
@@ -250,6 +279,9 @@ def main(argv: list[str] | None = None) -> dict:
               f"forget={mcq(m, 'forget')} forget_test={mcq(m, 'forget_test')} retain={mcq(m, 'retain')}", flush=True)
         write(complete=False)
     result = write(complete=True)
+    if args.table:
+        atomic_write_text(Path(args.table), table(result))
+    print(table(result))
     print(f"wrote {out} and {out.with_suffix('.results.json')}")
     return result
 

@@ -153,7 +153,8 @@ def test_unlearn_benchmark_averages_seeds(demo_run: tuple[Path, Path], tmp_path:
     import unlearn
 
     result = unlearn.main([*_bench_args(demo_run[1], tmp_path / "s.json"), "--methods", "graddiff",
-                           "--lr-scales", "1.0", "--select-on", "reported", "--seeds", "2"])
+                           "--lr-scales", "1.0", "--select-on", "reported", "--seeds", "2", "--table",
+                           str(tmp_path / "s.md")])
     assert result["selection"] == {"on": "forget_10", "held_out": False, "seeds": 2, "swept": [],
                                    "picks": {"graddiff": ["max_steps=2", "progress=false"]}}
     row = result["best"]["graddiff"]
@@ -164,6 +165,9 @@ def test_unlearn_benchmark_averages_seeds(demo_run: tuple[Path, Path], tmp_path:
     runs = load_results(tmp_path / "s.results.json")
     assert [(r["method"], r["seed"]) for r in runs["runs"]] == [("vanilla", 0), ("graddiff", 0), ("graddiff", 1)]
     assert runs["seeds"][-1]["seeds"] == [0, 1]
+    table = (tmp_path / "s.md").read_text().splitlines()
+    assert table[2].startswith("| vanilla |") and table[3].startswith("| graddiff | max_steps=2 progress=false | 0,1 |")
+    assert f"{row['score']['score']:.3f}" in table[3] and f"{forget['mcq']:.3f} [" in table[3]
     with pytest.raises(SystemExit, match="is the reported split"):
         unlearn.main([*_bench_args(demo_run[1], tmp_path / "x.json"), "--select-on", "forget_10"])
 
