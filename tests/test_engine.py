@@ -204,6 +204,44 @@ def test_projection_hook_keeps_update_in_range(adapter: HFAdapter, suite: Suite,
     assert torch.linalg.matrix_rank(delta, atol=1e-6 * delta.norm().item()) <= k
 
 
+class WatchedGA(MaskedGA):
+    """MaskedGA that records the watched weight each time its loss is taken."""
+
+    def __init__(self, weight: nn.Parameter, mask: torch.Tensor) -> None:
+        super().__init__(weight, mask)
+        self.seen: list[torch.Tensor] = []
+
+    def loss(self, ctx: Context, batch: dict[str, list]) -> Any:
+        self.seen.append(self.weight.detach().clone())
+        return super().loss(ctx, batch)
+
+
+def test_sharpness_aware_step_takes_the_gradient_rho_uphill_and_comes_back(
+        adapter: HFAdapter, model_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:
+    """sam_rho: a second loss at weights moved rho along the masked gradient, the weights restored exactly before
+    the step, masked-out elements untouched; an update other than the plain one."""
+    w = first_linear(adapter, "projector").weight
+    mask = torch.rand(w.shape, generator=torch.Generator().manual_seed(1)) < 0.5
+    start = snapshot(adapter)
+    method = WatchedGA(w, mask)
+    train(method, adapter, suite, turns, cfg(scope="projector", max_steps=1, sam_rho=0.05))
+    assert len(method.seen) == 2
+    first, moved = method.seen
+    assert torch.equal(first, start[next(n for n, q in adapter.model.named_parameters() if q is w)])
+    shift = moved - first
+    assert torch.count_nonzero(shift[~mask]) == 0 and torch.count_nonzero(shift[mask]) > 0
+    # every projector weight moves, together rho in L2; the watched one is a part of it
+    assert 0 < shift.norm() <= 0.05 + 1e-6
+    after = w.detach().clone()
+    assert torch.equal(after[~mask], first[~mask])
+    plain_adapter = load_adapter(model_dir)
+    pw = first_linear(plain_adapter, "projector").weight
+    train(MaskedGA(pw, mask), plain_adapter, suite, turns, cfg(scope="projector", max_steps=1))
+    assert not torch.equal(pw.detach(), after)
+    with pytest.raises(ConfigError, match="sam_rho"):
+        cfg(sam_rho=-1).validate()
+
+
 # ---- determinism -----------------------------------------------------------------------------------------
 def test_same_seed_gives_same_losses(model_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:
     runs = [train(GA(), load_adapter(model_dir), suite, turns, cfg(max_steps=3, seed=0)).losses for _ in range(2)]

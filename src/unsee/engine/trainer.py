@@ -64,6 +64,11 @@ class TrainConfig:
     visual_lr_scale: float = opt(1.0, "learning rate of the visual module as a fraction of lr")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     grad_clip: float = opt(1.0, "clip the gradient norm (0: off)")
+    sam_rho: float = opt(
+        0.0, "sharpness-aware steps: the gradient is taken again after moving the weights this far (L2, over every "
+        "trained weight) uphill, so that the update lowers the loss around the weights, not only at them; a "
+        "forgetting that sits in a flat region is harder for a few relearning steps to undo. Twice the cost "
+        "of a step (0: off)")
     warmup_ratio: float = opt(0.0, "linear warm-up fraction of the steps")
     schedule: Literal["constant", "cosine", "linear"] = opt("constant", "learning-rate schedule after warm-up")
     bf16: bool = opt(False, "bf16 mixed precision (autocast); on by itself for a model loaded in bf16/fp16")
@@ -94,6 +99,8 @@ class TrainConfig:
             raise ConfigError(f"scope {self.scope!r} is not one of {', '.join(SCOPES)}")
         if self.lr <= 0 or self.batch_size <= 0 or self.epochs < 0 or self.max_steps < 0 or self.min_steps < 0:
             raise ConfigError("lr and batch_size must be positive; epochs, max_steps and min_steps non-negative")
+        if self.sam_rho < 0:
+            raise ConfigError(f"sam_rho must not be negative, got {self.sam_rho}")
         check_trackers(self.report_to)
 
 
@@ -267,6 +274,8 @@ def _step(method: Method, ctx: Context, optimizer: torch.optim.Optimizer,
     if ctx.world > 1 and sharded is None:
         average_gradients(params, ctx.world)
     ctx.constraints.mask_gradients()
+    if cfg.sam_rho > 0:
+        _sharpness_aware(method, ctx, batch, optimizer, params)
     if cfg.grad_clip > 0:
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
@@ -278,6 +287,35 @@ def _step(method: Method, ctx: Context, optimizer: torch.optim.Optimizer,
     if ctx.constraints:
         ctx.constraints.project_updates()
     return value, {k: float(v) for k, v in parts.items()}
+
+
+def _sharpness_aware(method: Method, ctx: Context, batch: dict[str, list], optimizer: torch.optim.Optimizer,
+                     params: list[nn.Parameter]) -> None:
+    """Replace the gradients in ``params`` by those at ``w + rho * g / |g|`` (sharpness-aware minimisation).
+
+    The weights move uphill along the masked gradient, the loss is taken again on the same batch,
+    and the weights come back exactly: the update then follows the worst loss near the weights.
+    Unlearning that minimises it lands where a small step, such as a few relearning updates, does
+    not climb back out. The whole objective is smoothed, forget and retain terms alike.
+    """
+    with torch.no_grad():
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else None
+        if norm is None or not torch.isfinite(norm) or norm == 0:
+            return
+        moved = [(p, p.detach().clone()) for p in params if p.grad is not None]
+        for p, _ in moved:
+            p.add_(p.grad, alpha=float(ctx.cfg.sam_rho / norm))
+    with torch.autocast(ctx.accelerator.device.type, dtype=torch.bfloat16, enabled=ctx.autocast):
+        loss, _ = method.loss(ctx, batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    with torch.no_grad():
+        for p, saved in moved:
+            p.copy_(saved)
+    if ctx.world > 1:
+        average_gradients(params, ctx.world)
+    ctx.constraints.mask_gradients()
 
 
 def average_gradients(params: list[nn.Parameter], world: int) -> None:
@@ -377,6 +415,8 @@ def train(
         if cfg.checkpoint_every and cfg.checkpoint_dir and accelerator.is_main_process:
             print(f"{method.name}: no mid-run checkpoints under FSDP (checkpoint_every is set); the finished "
                   "run is saved as usual", file=sys.stderr)
+        if cfg.sam_rho > 0:
+            raise ConfigError("sam_rho is not supported under FSDP: its second pass would gather the weights again")
         sharded = Sharded(adapter.model, params, accelerator.device, ctx.constraints.frozen)
         ctx.info["fsdp_units"] = len(sharded.blocks) + 1
         new_of = dict(zip(map(id, params), sharded.params, strict=True))
