@@ -319,7 +319,8 @@ def test_a_long_chain_stops(tmp_path: Path) -> None:
 # the shipped files shared parents through ``extends``: the engine's options, then each method's.
 TRAIN_BEFORE = {
     "scope": "full", "lr": 2e-05, "epochs": 5.0, "max_steps": 0, "min_steps": 0, "batch_size": 8,
-    "group_by_length": False, "visual_lr_scale": 1.0, "weight_decay": 0.0, "grad_clip": 1.0, "warmup_ratio": 0.0,
+    "group_by_length": False, "visual_lr_scale": 1.0, "weight_decay": 0.0, "grad_clip": 1.0, "sam_rho": 0.0,
+    "warmup_ratio": 0.0,
     "schedule": "constant", "bf16": False, "master_weights": "fp32", "reference_device": "same",
     "gradient_checkpointing": False, "lora_r": 16, "lora_alpha": 16, "lora_dropout": 0.05, "seed": 0,
     "log_every": 10, "report_to": "", "logging_dir": "", "eval_every": 0, "progress": True, "checkpoint_dir": "",
