@@ -88,7 +88,7 @@ def _plan(meta: dict, cache: Path, data: Path, forget: str) -> _Plan:
     def cached_stage(prefix: str) -> Path:
         path = next((cache / name for name in stages if name.startswith(prefix)), None)
         if path is None or not stage_done(path):
-            raise ModelError(f"the retrained reference starts from the vanilla model's {prefix.rstrip('-')} "
+            raise ModelError(f"the retrained reference starts from the vanilla model's stage-{prefix[5]} "
                              f"checkpoint, which is not in {cache}: run unsee finetune with the same --cache-dir first")
         return path
 
