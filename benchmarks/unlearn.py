@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     for method in args.methods.split(","):
         picked: tuple[dict, dict, HFAdapter, Artifact] | None = None
-        for overrides in settings(method, args):
+        tried = settings(method, args)
+        for overrides in tried:
             run, adapter, artifact = measure(method, vanilla, pick_suite, pick_split, overrides, args.seed, kw)
             row = {"method": method, "overrides": overrides, "split": pick_split, "score": score(pick_vanilla, run),
                    "metrics": run["metrics"], "cost": run["cost"]}
@@ -256,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
         assert picked is not None
         pick, run, adapter, artifact = picked
         selection["picks"][method] = pick["overrides"]
-        if len(settings(method, args)) > 1:  # the others ran at their shipped setting: nothing was chosen
+        if len(tried) > 1:  # the others ran at their shipped setting: nothing was chosen
             selection["swept"].append(method)
         if select_on or args.seeds > 1:  # the pick runs again where it is reported, once per seed
             again = [measure(method, vanilla, suite, args.forget, pick["overrides"], s, kw)
