@@ -24,6 +24,15 @@ from unsee.methods import TRAINING as TRAINING
 from unsee.methods.artifact import Artifact
 from unsee.models import HFAdapter, load_adapter
 
+# Every scratch folder of a benchmark process lives under one directory that is removed when the
+# process exits, so that a sweep of hundreds of runs leaves nothing behind in the temp folder.
+_SCRATCH = tempfile.TemporaryDirectory(prefix="unsee-bench-")
+
+
+def scratch(prefix: str) -> Path:
+    """A fresh folder under this process's scratch root (removed at exit)."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=_SCRATCH.name))
+
 
 def parser(doc: str, *, methods: str, out: str) -> argparse.ArgumentParser:
     """The options every method benchmark takes: world, recipe, model, evaluation, methods, output."""
@@ -82,7 +91,7 @@ def vanilla_model(args: argparse.Namespace) -> tuple[Path, Path]:
 
 def retrained_model(args: argparse.Namespace, world: Path, vanilla: Path, forget: str) -> Path:
     """The retrained reference of ``vanilla`` for ``forget``, from the stage cache (trained on first use)."""
-    out = Path(tempfile.mkdtemp(prefix="unsee-bench-retrained-")) / "model"
+    out = scratch("retrained-") / "model"
     return api.retrain(vanilla, world, out, forget=forget, cache_dir=cache_root(args.cache_dir))
 
 
@@ -98,9 +107,9 @@ def measure(method: str, vanilla: Path, suite: Suite, forget: str, overrides: Se
     Returns the run, the unlearned adapter and the artifact it runs with (``artifact.applied``).
     """
     adapter = load_adapter(vanilla)
-    scratch = Path(tempfile.mkdtemp(prefix=f"unsee-bench-{method}-"))
+    work = scratch(f"{method}-")
     run, artifact = api.unlearn_and_save(
-        method, adapter, suite, steering_dir=scratch / "steering", model_dir=scratch / "model",
+        method, adapter, suite, steering_dir=work / "steering", model_dir=work / "model",
         model=api.model_name(vanilla), base_model=str(vanilla), base_hash=adapter.fingerprint(), forget=forget,
         seed=seed, overrides=overrides, eval_kw=kw)
     return run, adapter, artifact

@@ -19,12 +19,11 @@ import json
 import os
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from common import model_options, vanilla_model
+from common import model_options, scratch, vanilla_model
 
 from unsee import api
 from unsee.data.request import load_request_suite
@@ -82,7 +81,7 @@ def main() -> None:
     out = Path(args.out or Path(__file__).parent / "results" / f"request_split_{args.world}.json")
     load_start = os.getloadavg()
     world, vanilla = vanilla_model(args)
-    tmp = Path(tempfile.mkdtemp(prefix="unsee-bench-request-"))
+    tmp = scratch("request-")
 
     request = write_world_request(world, tmp / "request", forget="forget_10")
     start, cpu = time.perf_counter(), _cpu_s()

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import model_options
+from common import model_options, scratch
 from tqdm import tqdm
 from transformers import AutoConfig
 
@@ -151,11 +151,10 @@ def with_patch_size(model: Path, patch: int) -> Path:
     freshly initialised (the patch embedding and position table change shape)."""
     import json
     import shutil
-    import tempfile
 
     from transformers import LlavaForConditionalGeneration
 
-    out = Path(tempfile.mkdtemp(prefix="unsee-shape-tower-")) / "model"
+    out = scratch("shape-tower-") / "model"
     shutil.copytree(model, out)
     config = AutoConfig.from_pretrained(out)
     config.vision_config.patch_size = patch

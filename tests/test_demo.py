@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -343,3 +344,17 @@ def test_shape_tower_benchmark_trains_the_visual_module_alone(demo_run: tuple[Pa
                           "--patch-init", "dct", "--out", str(tmp_path / "q.json"),
                           *[f"--world-set={x}" for x in cfg["world_overrides"]]])
     assert not (tmp_path / "q.json").exists()
+
+
+def test_benchmark_scratch_is_removed_at_exit(tmp_path: Path) -> None:
+    """A benchmark process's scratch folders (models of every swept run) are gone once it exits."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, 'benchmarks'); import common; "
+            "d = common.scratch('x-'); (d / 'w').write_text('1'); print(d)")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], env=env, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    assert Path(out).is_relative_to(tmp_path) and not Path(out).exists()
+    assert list(tmp_path.iterdir()) == []
