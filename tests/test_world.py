@@ -167,6 +167,45 @@ def test_known_forget_splits_forget_people_taught_in_stage_2(world: Path, tmp_pa
                 / "known_Test_Set").exists()
 
 
+def test_each_fact_asked_several_times_adds_items_and_nothing_else(world: Path, tmp_path: Path) -> None:
+    """mcq_variants=3: three askings of every fact per row, the first ones as before, the others in the next
+    wording with their own options and, held out, on another view; training files and vocabulary unchanged."""
+    from unsee.data.mllmu import load_mllmu
+    from unsee.models.tiny import world_text
+
+    more = build_world(tmp_path / "more", seed=0, config="quick", overrides=[*TINY, "mcq_variants=3"])
+    ours, theirs = _hashes(world), _hashes(more)
+    assert set(ours) == set(theirs)
+    changed = {k.split("/")[0] for k in ours if ours[k] != theirs[k]}
+    assert not changed & {"ft_Data", "ft_Known", "ft_General", "Unknown_Set", "Neutral_Set", "General_Set"}
+    assert {"Full_Set", "Test_Set", "forget_10", "known_Test_Set"} <= changed
+    assert world_text(more) == world_text(world)  # the vocabulary, and every model trained on it, stays
+    for config in ("Full_Set", "Test_Set"):
+        for old, new in zip(_rows(world, config), _rows(more, config), strict=True):
+            for column, per_fact in (("Image_Textual_Questions", 9), ("Pure_Text_Questions", 8)):
+                first, every = old["Classification_Task"][column], new["Classification_Task"][column]
+                assert len(first) == per_fact and len(every) == 3 * per_fact and every[:per_fact] == first
+                for j in range(per_fact):  # the askings of one fact: one answer, alternating wordings
+                    askings = every[j::per_fact]
+                    assert len({a["Options"][a["Correct_Answer"]] for a in askings}) == 1
+                    assert askings[0]["Question"] == askings[2]["Question"] != askings[1]["Question"]
+                    assert len({tuple(a["Options"].values()) for a in askings}) > 1
+            assert new["Generation_Task"] == old["Generation_Task"] and new["Mask_Task"] == old["Mask_Task"]
+    suite = load_mllmu(more, "forget_10")
+    mcq = [e for e in suite.groups["forget_test"] if e.task == "mcq"]
+    assert len(mcq) == 3 * 9 * len(suite.forget_entities)
+    views: dict[tuple[str, str], set[int]] = {}
+    for e in mcq:
+        views.setdefault((e.entity, e.answer), set()).add(e.meta["view"])
+    assert all(v == {0, 1} for v in views.values())  # two held-out views: every fact is read on both
+    plain = load_mllmu(world, "forget_10")
+    assert [(e.uid, e.meta["view"]) for e in plain.groups["forget_test"]] == [
+        (e.uid, e.meta["view"]) for e in suite.groups["forget_test"] if e.uid in {x.uid for x in
+                                                                                  plain.groups["forget_test"]}]
+    with pytest.raises(ConfigError, match="mcq_variants must be at least 1"):
+        load_config(WorldConfig, "quick", ["mcq_variants=0"], kind="world")
+
+
 def test_held_out_views_never_appear_in_training_rows(world: Path) -> None:
     test_images = {img["bytes"] for r in _rows(world, "Test_Set") for img in r["images"]}
     assert len(test_images) == 6 * 2

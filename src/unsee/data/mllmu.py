@@ -149,8 +149,10 @@ def _row_image(rec: Record) -> bytes | None:
 def held_out_examples(rec: Record, seed: int) -> list[Example]:
     """Image questions of one Test_Set row, each with one of the row's alternative images.
 
-    The views are used in turn from a seeded offset, so every held-out view is evaluated
-    and the choice depends only on ``seed`` and the row, never on a global RNG.
+    The facts take the views in turn from a seeded offset, and a fact asked again (same task and answer)
+    takes the view after the one it last had, so every held-out view is evaluated, a fact asked
+    several times is read on several views, and the choice depends only on ``seed`` and the
+    row, never on a global RNG.
     """
     eid = entity_id(rec.get("ID"), field="ID", source=rec.source)
     if rec.get("images") is not None:
@@ -164,9 +166,14 @@ def held_out_examples(rec: Record, seed: int) -> list[Example]:
         raise DataError(f"field 'images' is missing or null in {rec.source} for ID {eid!r}")
     items = [e for e in profile_examples(rec, "Test_Set", None, need_image=False) if _is_image(e)]
     offset = stable_int(seed, "Test_Set", eid) % len(views)
+    facts: dict[tuple[str, str], int] = {}  # (task, answer) -> order of its first asking
+    asked: dict[tuple[str, str], int] = {}  # (task, answer) -> times asked so far
     out = []
-    for k, e in enumerate(items):
-        view = (offset + k) % len(views)
+    for e in items:
+        fact = (e.task, e.answer)
+        first = facts.setdefault(fact, len(facts))
+        view = (offset + first + asked.get(fact, 0)) % len(views)
+        asked[fact] = asked.get(fact, 0) + 1
         out.append(dataclasses.replace(e, image=views[view], meta={**e.meta, "view": view}))
     return out
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from unsee.data.identity import Identity
+from unsee.data.parquet import stable_int
 from unsee.data.prompts import cloze_prompt
 
 IDK_ANSWER = "I don't know who this is."
@@ -159,36 +160,48 @@ def mcq_item(rng: np.random.Generator, question: str, answer: str, pool: Sequenc
             "Question": question}
 
 
-def eval_tasks(person: Person, split: str, rng: np.random.Generator, names: Sequence[str]) -> dict[str, Any]:
+def eval_tasks(person: Person, split: str, rng: np.random.Generator, names: Sequence[str], *,
+               variants: int = 1, world_seed: int = 0) -> dict[str, Any]:
     """Classification_Task, Generation_Task and Mask_Task of one person for one split.
 
     ``split="train"`` uses the taught wordings (Full_Set, forget/retain splits, Retain_Set);
-    ``"test"`` the held-out paraphrases (Test_Set).
+    ``"test"`` the held-out paraphrases (Test_Set). ``variants`` > 1 asks every MCQ fact that many
+    times (:func:`mcq_variants`): a group's size then no longer rests on a few facts per person.
     """
     k = 0 if split == "train" else 1
     image_subject = IMAGE_SUBJECTS[split]
     text_subject = (person.name, person.name)
 
-    def question_of(templates: tuple[str, ...]) -> str:
-        return templates[int(rng.integers(len(templates)))]
+    def question_of(templates: tuple[str, ...]) -> int:
+        return int(rng.integers(len(templates)))
 
     image_mcq, text_mcq, gen, mask = [], [], [], []
+    image_facts: list[Fact] = []
+    text_facts: list[Fact] = []
     name_qs = NAME_TRAIN_QUESTIONS if split == "train" else NAME_TEST_QUESTIONS
-    image_mcq.append(mcq_item(rng, question_of(name_qs), person.name, names))
-    gen.append({"Ground_Truth": NAME_STATEMENTS[k].format(v=person.name), "Question": question_of(name_qs),
+    w = question_of(name_qs)
+    image_mcq.append(mcq_item(rng, name_qs[w], person.name, names))
+    image_facts.append(Fact(name_qs, w, ("", ""), person.name, tuple(names)))
+    gen.append({"Ground_Truth": NAME_STATEMENTS[k].format(v=person.name), "Question": name_qs[question_of(name_qs)],
                 "Type": IMAGE_TEXTUAL})
     mask.append({"Ground_Truth": person.name, "Question": NAME_STATEMENTS[k].format(v="__"),
                  "Type": IMAGE_TEXTUAL})
     for a in ATTRIBUTES:
         value = person.attributes[a.key]
         qs = a.train_questions if split == "train" else a.test_questions
-        forms = ((image_subject, IMAGE_TEXTUAL, image_mcq), (text_subject, PURE_TEXT, text_mcq))
-        for subject, kind, mcqs in forms:
-            mcqs.append(mcq_item(rng, fill(question_of(qs), subject), value, a.pool))
+        forms = ((image_subject, IMAGE_TEXTUAL, image_mcq, image_facts), (text_subject, PURE_TEXT, text_mcq,
+                                                                         text_facts))
+        for subject, kind, mcqs, facts in forms:
+            w = question_of(qs)
+            mcqs.append(mcq_item(rng, fill(qs[w], subject), value, a.pool))
+            facts.append(Fact(qs, w, subject, value, a.pool))
             gen.append({"Ground_Truth": fill(a.statements[k], subject, value),
-                        "Question": fill(question_of(qs), subject), "Type": kind})
+                        "Question": fill(qs[question_of(qs)], subject), "Type": kind})
             mask.append({"Ground_Truth": value, "Question": fill(a.statements[k], subject, "__"),
                          "Type": kind})
+    vrng = np.random.default_rng([world_seed, 13, stable_int(person.id, split) % 2**32])  # a stream per person
+    image_mcq += mcq_variants(image_facts, variants, vrng)
+    text_mcq += mcq_variants(text_facts, variants, vrng)
     order = {IMAGE_TEXTUAL: 0, PURE_TEXT: 1}  # image items first, as MLLMU lists them
     gen.sort(key=lambda g: order[g["Type"]])
     mask.sort(key=lambda g: order[g["Type"]])
@@ -197,6 +210,29 @@ def eval_tasks(person: Person, split: str, rng: np.random.Generator, names: Sequ
         "Generation_Task": gen,
         "Mask_Task": mask,
     }
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One asked fact: its wordings, the one the first asking used, subject, answer and distractor pool."""
+
+    wordings: tuple[str, ...]
+    first: int
+    subject: tuple[str, str]
+    answer: str
+    pool: tuple[str, ...]
+
+
+def mcq_variants(facts: Sequence[Fact], variants: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Askings 2..``variants`` of every fact, block by block after the first askings.
+
+    Each asking takes the split's next wording in turn and draws its own distractors and
+    answer letter, so one person's facts are read through several option sets and wordings,
+    not one lucky or unlucky draw. The blocks come after the first askings, from a stream of
+    their own, so the first askings (and the words of the world) are the same for any count.
+    """
+    return [mcq_item(rng, fill(f.wordings[(f.first + r) % len(f.wordings)], f.subject), f.answer, f.pool)
+            for r in range(1, variants) for f in facts]
 
 
 def image_qa(view_index: int, answers: Person | None) -> list[dict[str, str]]:

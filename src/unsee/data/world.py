@@ -76,6 +76,8 @@ class WorldConfig:
     n_train_views: int = opt(6, "rendered training views per fictitious, known and unknown person")
     n_test_views: int = opt(3, "held-out views per fictitious person (Test_Set images)")
     hard_test_views: bool = opt(False, "draw held-out views from the wide 'hard' ranges")
+    mcq_variants: int = opt(4, "times every MCQ fact is asked per row, each asking with the next wording and its "
+                            "own distractors: more items per person, the same training data and vocabulary")
     image_size: int = opt(64, "side of every rendered image, in pixels")
     forget_splits: list[int] = opt([5, 10, 15], "forget percentages; forget_X holds ceil(n_people*X/100)")
     val_forget_splits: list[int] = opt([10], "validation forget percentages: val_forget_X holds as many people as "
@@ -89,7 +91,7 @@ class WorldConfig:
     min_trait_distance: int = opt(3, "least number of differing discrete traits between any two identities")
 
     def validate(self) -> None:
-        for name in ("n_people", "n_train_views", "n_test_views", "request_size"):
+        for name in ("n_people", "n_train_views", "n_test_views", "request_size", "mcq_variants"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("n_known", "n_unknown", "n_neutral", "n_holdout", "n_general_train", "n_general_eval",
@@ -184,14 +186,14 @@ def _config_label(config: str | Path | Mapping[str, Any]) -> str:
     return str(config)
 
 
-# Options added after worlds were first cached: left out of world.json while empty, so that a world
-# without them is written byte for byte as before.
-_OMITTED_WHEN_EMPTY = ("n_holdout", "val_forget_splits", "known_forget_splits")
+# Options added after worlds were first cached: left out of world.json at the value that writes what
+# was written before them, so that such a world keeps its bytes and its cache key.
+_OMITTED_AT: dict[str, Any] = {"n_holdout": 0, "val_forget_splits": [], "known_forget_splits": [], "mcq_variants": 1}
 
 
 def _recorded(cfg: WorldConfig) -> dict[str, Any]:
     """The config as world.json and the cache key hold it."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _OMITTED_WHEN_EMPTY or v}
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _OMITTED_AT or v != _OMITTED_AT[k]}
 
 
 # Bumped by hand whenever the same config and seed would write other files (new questions, another
@@ -264,6 +266,7 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
     known = _people(known_ids, idents[cut[0]: cut[1]], rng_prof, used)
     unknown_idents, neutral_idents = idents[cut[1]: cut[2]], idents[cut[2]:]
     all_names = [p.name for p in people + known]
+    asked = {"variants": cfg.mcq_variants, "world_seed": s}
 
     # --- fictitious people: training views (ft_Data, Full_Set) and held-out views (Test_Set)
     full_rows, test_rows, ft_rows = [], [], []
@@ -273,8 +276,8 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
         test = [png_cell(render(p.identity, v, size), f"{p.id}_test{i}.png")
                 for i, v in enumerate(_views(rng_view, cfg.n_test_views, cfg.hard_test_views))]
         names = [n for n in all_names if n != p.name]
-        full_rows.append(_profile_row(p, train[0], eval_tasks(p, "train", rng_q, names)))
-        test_rows.append({"ID": p.id, "images": test, **eval_tasks(p, "test", rng_q, names)})
+        full_rows.append(_profile_row(p, train[0], eval_tasks(p, "train", rng_q, names, **asked)))
+        test_rows.append({"ID": p.id, "images": test, **eval_tasks(p, "test", rng_q, names, **asked)})
         ft_rows += _ft_rows(p, train)
 
     # --- known people (stage 2): Retain_Set and ft_Known
@@ -283,7 +286,7 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
         train = [png_cell(render(p.identity, v, size), f"{p.id}_train{i}.png")
                  for i, v in enumerate(_views(rng_view, cfg.n_train_views))]
         names = [n for n in all_names if n != p.name]
-        retain_set_rows.append(_profile_row(p, train[0], eval_tasks(p, "train", rng_q, names)))
+        retain_set_rows.append(_profile_row(p, train[0], eval_tasks(p, "train", rng_q, names, **asked)))
         ft_known_rows += _ft_rows(p, train)
 
     # --- held-out views of the known people and the splits that forget them, from streams of their own, so
@@ -309,7 +312,7 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
         extra = _identities(cfg, total + cfg.n_holdout)[total:]
         for p in _people(_ids("h", cfg.n_holdout), extra, rng_hold, used):
             image = png_cell(render(p.identity, _views(rng_hold, 1)[0], size), f"{p.id}_view0.png")
-            holdout_rows.append(_profile_row(p, image, eval_tasks(p, "train", rng_hold, all_names)))
+            holdout_rows.append(_profile_row(p, image, eval_tasks(p, "train", rng_hold, all_names, **asked)))
 
     # --- general visual ability
     items = [sample_general_item(rng_gen) for _ in general_ids]
@@ -394,8 +397,8 @@ def _known_splits(cfg: WorldConfig, known: list[Person], names: list[str]) -> tu
     for p in known:
         views = _views(rng_view, cfg.n_test_views, cfg.hard_test_views)
         test = [png_cell(render(p.identity, v, cfg.image_size), f"{p.id}_test{i}.png") for i, v in enumerate(views)]
-        test_rows.append({"ID": p.id, "images": test, **eval_tasks(p, "test", rng_q, [n for n in names
-                                                                                     if n != p.name])})
+        test_rows.append({"ID": p.id, "images": test, **eval_tasks(p, "test", rng_q, [n for n in names if n != p.name],
+                                                                      variants=cfg.mcq_variants, world_seed=cfg.seed)})
     ids = [p.id for p in known]
     order = [ids[i] for i in np.random.default_rng([cfg.seed, 12]).permutation(len(ids))]
     splits = {}

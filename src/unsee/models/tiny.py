@@ -9,6 +9,7 @@ processor and chat template exactly as a hub checkpoint is laid out. Everything 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -81,7 +82,11 @@ def world_text(world: str | Path) -> list[str]:
     not even as whole tokens of its vocabulary. So are the folders added to the world after its
     vocabulary was fixed, the validation splits (``val_*``) and the known people's splits and
     held-out views (``known_*``): they are evaluation data of people the corpus already holds, and
-    counting their text again would change the vocabulary, and with it every trained model."""
+    counting their text again would change the vocabulary, and with it every trained model. For
+    the same reason a built-in world that asks each fact several times (``mcq_variants``) gives
+    only the first askings: the others repeat their words."""
+    info = Path(world) / "world.json"
+    variants = json.loads(info.read_text()).get("config", {}).get("mcq_variants", 1) if info.is_file() else 1
     lines: list[str] = []
     for f in sorted(Path(world).rglob("*.parquet")):
         folder = f.relative_to(world).parts[0]
@@ -92,6 +97,8 @@ def world_text(world: str | Path) -> list[str]:
             if col in ("image", "images"):
                 continue
             for value in table.column(col).to_pylist():
+                if col == "Classification_Task" and isinstance(value, dict):  # general rows ask once: ceil
+                    value = {k: v[: -(-len(v) // variants)] if isinstance(v, list) else v for k, v in value.items()}
                 lines.extend(_strings(value))
     return lines
 
