@@ -42,7 +42,8 @@ def parser(doc: str, *, methods: str, out: str) -> argparse.ArgumentParser:
                    help="an engine option for every training method, e.g. max_steps=2 for a smoke run")
     p.add_argument("--out", default=out)
     model_options(p)
-    p.add_argument("--max-items", type=int, default=120, help="MCQ items per metric group (0: all)")
+    p.add_argument("--max-items", type=int, default=200,
+                   help="MCQ items per metric group, evenly spaced over its people (0: all)")
     p.add_argument("--generation", action="store_true", help="also score cloze and generation (slow on CPU)")
     p.add_argument("--retrained", action="store_true",
                    help="also measure the retrained reference: the vanilla model fine-tuned again without the "

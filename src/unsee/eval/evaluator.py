@@ -27,7 +27,11 @@ from unsee.models.base import Adapter, Turn
 
 
 def _cap(items: list[Example], max_items: int | None) -> list[Example]:
-    return items if max_items is None or len(items) <= max_items else items[:max_items]
+    """At most ``max_items``, evenly spaced over the group: a group lists its people one after another,
+    so its first items would be a few people's, where a spaced pick reads every person."""
+    if max_items is None or len(items) <= max_items:
+        return items
+    return [items[i * len(items) // max_items] for i in range(max_items)]
 
 
 @torch.no_grad()
@@ -256,8 +260,8 @@ def run_evaluation(
 ) -> Evaluation:
     """Score every item of ``groups`` under ``protocol`` (:mod:`unsee.eval.protocols`).
 
-    ``max_items`` caps each task of each group (the first items, so the choice is
-    deterministic); ``max_gen_items`` further caps cloze and generation, which are the slow
+    ``max_items`` caps each task of each group (evenly spaced items, so the choice is
+    deterministic and reads every person); ``max_gen_items`` further caps cloze and generation, which are the slow
     part on a CPU. ``max_new_tokens`` overrides the benchmark's own reply budget for every
     task. ``letter`` adds ``mcq_letter``, the letter reading of the same MCQs, as an extra figure.
     """
