@@ -134,7 +134,8 @@ def test_seed_means_resample_items_scored_by_the_seeds_that_got_them() -> None:
     from unsee.eval.evaluator import aggregate_seeds
 
     def records(correct: list[bool], group: str = "forget") -> list[dict]:
-        return [{"group": group, "uid": f"q{i}", "task": "mcq", "correct": c} for i, c in enumerate(correct)]
+        return [{"group": group, "uid": f"q{i}", "person": f"p{i // 2}", "task": "mcq", "correct": c}
+                for i, c in enumerate(correct)]
 
     a = records([True, True, False, False]) + [{"group": "forget", "uid": "g0", "task": "gen", "correct": True}]
     b = records([True, False, False, False])
@@ -143,7 +144,23 @@ def test_seed_means_resample_items_scored_by_the_seeds_that_got_them() -> None:
     assert out["seeds"] == {"mean": 0.375, "sd": pytest.approx(0.1768, abs=1e-4), "min": 0.25, "max": 0.5}
     assert out["ci95"] == metrics.bootstrap_ci([1.0, 0.5, 0.0, 0.0])  # each item scored by its share of seeds
     assert aggregate_seeds([a])["forget"]["ci95"] == metrics.bootstrap_ci([1.0, 1.0, 0.0, 0.0])
+    assert out["ci95_people"] == metrics.cluster_bootstrap_ci([1.0, 0.5, 0.0, 0.0], ["p0", "p0", "p1", "p1"])
     with pytest.raises(UnseeError, match="other items"):
         aggregate_seeds([a, records([True, True, True])])
     with pytest.raises(UnseeError, match="at least one"):
         aggregate_seeds([])
+
+
+def test_interval_over_people_is_wider_when_a_person_fails_as_a_whole() -> None:
+    """Items that succeed or fail by person: the interval over people is wider than the one over items,
+    and it equals the item interval when every person has one item."""
+    from unsee.eval import metrics
+
+    values = [1.0] * 20 + [0.0] * 20
+    people = [f"p{i // 10}" for i in range(40)]  # four people, each all right or all wrong
+    by_items, by_people = metrics.bootstrap_ci(values), metrics.cluster_bootstrap_ci(values, people)
+    assert by_people[1] - by_people[0] > 2 * (by_items[1] - by_items[0])
+    assert metrics.cluster_bootstrap_ci(values, [f"{i:02d}" for i in range(40)]) == by_items
+    assert metrics.cluster_bootstrap_ci(values, people) == by_people  # seeded
+    with pytest.raises(metrics.UnseeError, match="cluster labels"):
+        metrics.cluster_bootstrap_ci(values, people[:3])

@@ -150,8 +150,9 @@ def aggregate(samples: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]
 
     ``mcq`` and ``cloze`` are the fractions correct, ``ci95`` the 95% bootstrap interval of
     ``mcq`` over the items (a 45-item group moves 2 points per item, so a figure needs its
-    interval), ``rougeL`` and ``bleu`` the means over generation items; ``n``, ``n_cloze``
-    and ``n_gen`` count them. Where an image group and
+    interval) and ``ci95_people`` the one over people (their items resampled together, which
+    is what a new draw of people would move), ``rougeL`` and ``bleu`` the means over generation
+    items; ``n``, ``n_cloze`` and ``n_gen`` count them. Where an image group and
     its ``text_`` twin hold the two forms of the same questions (UMU-bench's ``pair``), the
     image group also gets UMU's modality-alignment figures (:func:`all_modal`).
     """
@@ -167,6 +168,8 @@ def aggregate(samples: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]
         if mcq:
             fig["mcq"] = _mean([bool(r["correct"]) for r in mcq])
             fig["ci95"] = metrics.bootstrap_ci([float(bool(r["correct"])) for r in mcq])
+            fig["ci95_people"] = metrics.cluster_bootstrap_ci([float(bool(r["correct"])) for r in mcq],
+                                                              [str(r.get("person", r["uid"])) for r in mcq])
         if cloze:
             fig["cloze"] = _mean([bool(r["correct"]) for r in cloze])
             fig["n_cloze"] = len(cloze)
@@ -187,7 +190,8 @@ def aggregate_seeds(runs: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, di
 
     ``mcq`` is the mean over seeds; ``ci95`` resamples the items, each scored by the fraction of
     seeds that got it right, so that the interval carries the item noise of the group and the
-    seeds' disagreement on each item; ``seeds`` is the spread of the per-seed figures. A target
+    seeds' disagreement on each item, and ``ci95_people`` resamples the people instead; ``seeds``
+    is the spread of the per-seed figures. A target
     read as a mean over seeds is judged on these. Items are matched by ``uid``; a group whose
     items differ between seeds is refused, since its mean would mix two question sets.
     """
@@ -195,6 +199,8 @@ def aggregate_seeds(runs: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, di
         raise UnseeError("aggregate_seeds needs at least one run")
     per_run = [{(r["group"], r["uid"]): bool(r["correct"]) for r in samples if r["task"] == "mcq"}
                for samples in runs]
+    person = {(r["group"], r["uid"]): str(r.get("person", r["uid"]))  # records of older runs name no person
+              for samples in runs for r in samples if r["task"] == "mcq"}
     out: dict[str, dict[str, Any]] = {}
     for group in sorted({g for items in per_run for g, _ in items}):
         keys = [{k for k in items if k[0] == group} for items in per_run]
@@ -204,6 +210,7 @@ def aggregate_seeds(runs: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, di
         item_means = [_mean([items[k] for items in per_run]) for k in order]
         seed_figures = [_mean([items[k] for k in order]) for items in per_run]
         out[group] = {"n": len(order), "mcq": _mean(item_means), "ci95": metrics.bootstrap_ci(item_means),
+                      "ci95_people": metrics.cluster_bootstrap_ci(item_means, [person[k] for k in order]),
                       "seeds": metrics.spread(seed_figures)}
     return out
 

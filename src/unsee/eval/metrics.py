@@ -224,6 +224,32 @@ def bootstrap_ci(values: Sequence[float], *, n_boot: int = 1000, seed: int = 0,
     return [round(float(np.quantile(means, tail)), 4), round(float(np.quantile(means, 1 - tail)), 4)]
 
 
+def cluster_bootstrap_ci(values: Sequence[float], clusters: Sequence[str], *, n_boot: int = 1000, seed: int = 0,
+                         level: float = 0.95) -> list[float]:
+    """Percentile bootstrap interval of the mean of ``values``, resampling whole ``clusters`` (people).
+
+    One person's items, and the several askings of one fact, succeed or fail together, so an
+    interval over items is narrower than the data warrant; resampling people gives the interval
+    a new draw of people would show. Seeded; no items gives ``[nan, nan]``.
+    """
+    import numpy as np
+
+    if len(values) != len(clusters):
+        raise UnseeError(f"{len(values)} values but {len(clusters)} cluster labels")
+    if not values:
+        return [math.nan, math.nan]
+    names = sorted(set(clusters))
+    at = {c: i for i, c in enumerate(names)}
+    sums, counts = np.zeros(len(names)), np.zeros(len(names))
+    for v, c in zip(values, clusters, strict=True):
+        sums[at[c]] += float(v)
+        counts[at[c]] += 1
+    idx = np.random.default_rng(seed).integers(0, len(names), size=(n_boot, len(names)))
+    means = np.sort(sums[idx].sum(axis=1) / counts[idx].sum(axis=1))
+    tail = (1 - level) / 2
+    return [round(float(np.quantile(means, tail)), 4), round(float(np.quantile(means, 1 - tail)), 4)]
+
+
 def auc(members: Sequence[float], non_members: Sequence[float]) -> float:
     """ROC AUC of a score that should be higher for members: P(member > non-member), ties counted half.
 

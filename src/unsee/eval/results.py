@@ -42,7 +42,8 @@ METRIC_GROUP_SCHEMA: dict[str, Any] = {
     "description": "Figures for one group of items; accuracies are fractions, n the item count.",
     "required": ["n"],
     "properties": {"mcq": _FRACTION, "cloze": _FRACTION, "rougeL": _FRACTION, "bleu": _FRACTION, "n": _COUNT,
-                   "ci95": {"type": "array", "items": _FRACTION, "minItems": 2, "maxItems": 2}},
+                   "ci95": {"type": "array", "items": _FRACTION, "minItems": 2, "maxItems": 2},
+                   "ci95_people": {"type": "array", "items": _FRACTION, "minItems": 2, "maxItems": 2}},
     "additionalProperties": {"type": "number"},
 }
 
