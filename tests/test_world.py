@@ -167,6 +167,30 @@ def test_known_forget_splits_forget_people_taught_in_stage_2(world: Path, tmp_pa
                 / "known_Test_Set").exists()
 
 
+def test_known_validation_request_holds_known_people_no_reported_split_forgets(tmp_path: Path) -> None:
+    """val_known_forget_10: the next known people of the same draw, so settings for forgetting known people can
+    be chosen on others than those reported; the rest of the world is as it was, vocabulary included."""
+    from unsee.data.mllmu import load_mllmu
+    from unsee.models.tiny import world_text
+
+    plain = build_world(tmp_path / "plain", seed=0, config="quick", overrides=TINY)
+    world = build_world(tmp_path / "val", seed=0, config="quick", overrides=[*TINY, "val_known_forget_splits=[10]"])
+    splits = load_world_info(world)["known_splits"]
+    val, reported = set(splits["val_known_forget_10"]), set(splits["known_forget_10"])
+    assert len(val) == len(reported) == 1 and val.isdisjoint(reported) and val <= set(
+        load_world_info(world)["entities"]["known"])
+    ours, theirs = _hashes(world), _hashes(plain)
+    assert {k for k in ours if not k.startswith("val_known")} - {"world.json"} == set(theirs) - {"world.json"}
+    assert all(ours[k] == theirs[k] for k in theirs if k != "world.json")
+    assert world_text(world) == world_text(plain)
+    suite = load_mllmu(world, "val_known_forget_10")
+    assert set(suite.forget_entities) == val and {e.entity for e in suite.groups["forget_test"]} == val
+    assert not val & {e.entity for e in suite.groups["known"]}
+    assert {e.entity for e in suite.groups["train_forget"]} == val
+    with pytest.raises(ConfigError, match="leaving none known"):
+        load_config(WorldConfig, "quick", [*TINY, "n_known=2", "val_known_forget_splits=[10]"], kind="world")
+
+
 def test_each_fact_asked_several_times_adds_items_and_nothing_else(world: Path, tmp_path: Path) -> None:
     """mcq_variants=3: three askings of every fact per row, the first ones as before, the others in the next
     wording with their own options and, held out, on another view; training files and vocabulary unchanged."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +53,7 @@ from unsee.data.people import (
 )
 from unsee.data.render import render
 from unsee.data.scenes import GeneralItem, render_general, sample_general_item, spread_count
+from unsee.data.splits import forget_size, validation_splits
 from unsee.errors import ConfigError, DataError, OutputExistsError
 from unsee.io import atomic_dir, atomic_write_json, content_hash
 
@@ -85,6 +85,8 @@ class WorldConfig:
                                        "settings are chosen on people the reported figures never see")
     known_forget_splits: list[int] = opt([5, 10], "pre-trained forget percentages: known_forget_X holds as many "
                                          "known people (taught in stage 2) as forget_X holds fictitious ones")
+    val_known_forget_splits: list[int] = opt([10], "validation requests of known people: val_known_forget_X holds "
+                                             "as many known people as forget_X, none in a known_forget split")
     n_requests: int = opt(5, "continual-unlearning requests forget_r1..forget_rK")
     request_size: int = opt(2, "people per continual request")
     n_pretrain: int = opt(400, "vision pre-training identities; world people keep their distance from them")
@@ -105,17 +107,19 @@ class WorldConfig:
             raise ConfigError(f"image_size must be at least 16, got {self.image_size}")
         if not self.forget_splits:
             raise ConfigError("forget_splits must name at least one percent")
-        for name in ("forget_splits", "val_forget_splits", "known_forget_splits"):
+        for name in ("forget_splits", "val_forget_splits", "known_forget_splits", "val_known_forget_splits"):
             pcts = getattr(self, name)
             if any(not 0 < p < 100 for p in pcts) or list(pcts) != sorted(set(pcts)):
                 raise ConfigError(f"{name} must be increasing percents in 1..99: {pcts}")
         if forget_size(self.n_people, max(self.forget_splits)) >= self.n_people:
             raise ConfigError(f"forget_{max(self.forget_splits)} would hold all {self.n_people} people")
-        if self.known_forget_splits and forget_size(self.n_people, max(self.known_forget_splits)) >= self.n_known:
-            raise ConfigError(f"known_forget_{max(self.known_forget_splits)} would hold "
-                              f"{forget_size(self.n_people, max(self.known_forget_splits))} of the {self.n_known} "
-                              "known people, leaving none known; add known people (n_known) or set "
-                              "known_forget_splits=[]")
+        known_out = sum(forget_size(self.n_people, max(pcts, default=0))
+                        for pcts in (self.known_forget_splits, self.val_known_forget_splits))
+        if known_out and known_out >= self.n_known:
+            raise ConfigError(f"known_forget_{max(self.known_forget_splits, default=0)} and val_known_forget_"
+                              f"{max(self.val_known_forget_splits, default=0)} would hold {known_out} of the "
+                              f"{self.n_known} known people, leaving none known; add known people (n_known) or set "
+                              "known_forget_splits=[] / val_known_forget_splits=[]")
         if self.n_requests * self.request_size > self.n_people:
             raise ConfigError(
                 f"{self.n_requests} disjoint requests of {self.request_size} need "
@@ -123,11 +127,6 @@ class WorldConfig:
             )
         if self.n_people + self.n_known + self.n_holdout > len(FIRST_NAMES) * len(LAST_NAMES):
             raise ConfigError(f"at most {len(FIRST_NAMES) * len(LAST_NAMES)} named people are possible")
-
-
-def forget_size(n_people: int, percent: int) -> int:
-    """MLLMU-Bench sizes: ``ceil(n * p / 100)`` (25/50/75 of 500)."""
-    return math.ceil(n_people * percent / 100 - 1e-9)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,7 +187,8 @@ def _config_label(config: str | Path | Mapping[str, Any]) -> str:
 
 # Options added after worlds were first cached: left out of world.json at the value that writes what
 # was written before them, so that such a world keeps its bytes and its cache key.
-_OMITTED_AT: dict[str, Any] = {"n_holdout": 0, "val_forget_splits": [], "known_forget_splits": [], "mcq_variants": 1}
+_OMITTED_AT: dict[str, Any] = {"n_holdout": 0, "val_forget_splits": [], "known_forget_splits": [],
+                               "val_known_forget_splits": [], "mcq_variants": 1}
 
 
 def _recorded(cfg: WorldConfig) -> dict[str, Any]:
@@ -337,7 +337,7 @@ def _write_world(root: Path, cfg: WorldConfig, config_label: str) -> None:
     requests = {f"forget_r{r + 1}": sorted(req_order[r * cfg.request_size:(r + 1) * cfg.request_size])
                 for r in range(cfg.n_requests)}
     reported = [ids for name, ids in splits.items() if name.startswith("forget_")] + list(requests.values())
-    validation = _validation_splits(cfg, people_ids, reported)
+    validation = validation_splits(cfg.seed, cfg.n_people, cfg.val_forget_splits, people_ids, reported)
 
     # --- write
     split_row = {r["ID"]: {k: v for k, v in r.items() if k != "Directory"} for r in full_rows}
@@ -390,7 +390,7 @@ def _known_splits(cfg: WorldConfig, known: list[Person], names: list[str]) -> tu
     held-out views and paraphrases of every known person (``known_Test_Set``), which the forget_test
     group of such a split reads. The known people are learned in stage 2, the analogue of pre-training,
     so these splits ask whether a method removes what was not fine-tuned in."""
-    if not cfg.known_forget_splits:
+    if not cfg.known_forget_splits and not cfg.val_known_forget_splits:
         return {}, []
     rng_view, rng_q = np.random.default_rng([cfg.seed, 10]), np.random.default_rng([cfg.seed, 11])
     test_rows = []
@@ -405,30 +405,11 @@ def _known_splits(cfg: WorldConfig, known: list[Person], names: list[str]) -> tu
     for pct in cfg.known_forget_splits:
         chosen = set(order[: forget_size(cfg.n_people, pct)])
         splits[f"known_forget_{pct}"] = [i for i in ids if i in chosen]
+    taken = forget_size(cfg.n_people, max(cfg.known_forget_splits, default=0))
+    for pct in cfg.val_known_forget_splits:  # the next people of the same order: disjoint from every known_forget_X
+        chosen = set(order[taken: taken + forget_size(cfg.n_people, pct)])
+        splits[f"val_known_forget_{pct}"] = [i for i in ids if i in chosen]
     return splits, test_rows
-
-
-def _validation_splits(cfg: WorldConfig, people_ids: list[str], reported: list[list[str]]) -> dict[str, list[str]]:
-    """``val_forget_X`` and its complement ``val_retain_(100-X)``: nested, drawn from the people that no
-    reported forget split or request holds, from a stream of their own, so that the other splits stay as
-    they were and a setting chosen on validation has never seen a reported person."""
-    if not cfg.val_forget_splits:
-        return {}
-    taken = {i for ids in reported for i in ids}
-    free = [i for i in people_ids if i not in taken]
-    rng = np.random.default_rng([cfg.seed, 9])
-    order = [free[i] for i in rng.permutation(len(free))]
-    need = forget_size(cfg.n_people, max(cfg.val_forget_splits))
-    if need > len(free):
-        raise ConfigError(f"val_forget_{max(cfg.val_forget_splits)} needs {need} people outside every forget "
-                          f"split and request, but only {len(free)} of {cfg.n_people} are; add people "
-                          "(n_people) or set val_forget_splits=[]")
-    out: dict[str, list[str]] = {}
-    for pct in cfg.val_forget_splits:
-        forget = set(order[: forget_size(cfg.n_people, pct)])
-        out[f"val_forget_{pct}"] = [i for i in people_ids if i in forget]
-        out[f"val_retain_{100 - pct}"] = [i for i in people_ids if i not in forget]
-    return out
 
 
 def _profile_row(p: Person, image: dict[str, Any], tasks: dict[str, Any]) -> dict[str, Any]:
