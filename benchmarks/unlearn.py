@@ -259,13 +259,13 @@ def main(argv: list[str] | None = None) -> dict:
         selection["picks"][method] = pick["overrides"]
         if len(tried) > 1:  # the others ran at their shipped setting: nothing was chosen
             selection["swept"].append(method)
-        if select_on or args.seeds > 1:  # the pick runs again where it is reported, once per seed
-            again = [measure(method, vanilla, suite, args.forget, pick["overrides"], s, kw)
-                     for s in range(args.seed, args.seed + args.seeds)]
-            runs = [r for r, _, _ in again]
+        # the pick runs where it is reported, once per seed; picked there already, its run is the first seed's
+        runs = [] if select_on else [run]
+        again = [measure(method, vanilla, suite, args.forget, pick["overrides"], s, kw)
+                 for s in range(args.seed + len(runs), args.seed + args.seeds)]
+        runs += [r for r, _, _ in again]
+        if select_on:
             _, adapter, artifact = again[0]
-        else:  # picked on the reported groups at one seed: the swept run is the row
-            runs = [run]
         best[method] = seed_row(method, pick["overrides"], runs, v_metrics, pick_split)
         reported_runs += runs
         if not method_class(method).trains_weights:  # its hooks cost time at every generation

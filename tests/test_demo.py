@@ -146,13 +146,18 @@ def test_unlearn_benchmark_runs_on_the_demo_world(demo_run: tuple[Path, Path], t
         audits.main([*_bench_args(demo_run[1], tmp_path / "b.json"), "--methods", "npo", "--models", str(kept)])
 
 
-def test_unlearn_benchmark_averages_seeds(demo_run: tuple[Path, Path], tmp_path: Path) -> None:
-    """--seeds N: the pick runs N times where it is reported, and its row is their mean with an interval."""
+def test_unlearn_benchmark_averages_seeds(demo_run: tuple[Path, Path], tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """--seeds N: the pick runs N times where it is reported, and its row is their mean with an interval;
+    picked on the reported split, its first seed is the run it was picked by, not a second training."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     import unlearn
 
+    trained: list[int] = []
+    measure = unlearn.measure
+    monkeypatch.setattr(unlearn, "measure", lambda *a, **k: trained.append(a[5]) or measure(*a, **k))
     result = unlearn.main([*_bench_args(demo_run[1], tmp_path / "s.json"), "--methods", "graddiff",
                            "--lr-scales", "1.0", "--select-on", "reported", "--seeds", "2", "--table",
                            str(tmp_path / "s.md")])
@@ -165,6 +170,7 @@ def test_unlearn_benchmark_averages_seeds(demo_run: tuple[Path, Path], tmp_path:
     assert forget["ci95"][0] <= forget["mcq"] <= forget["ci95"][1]
     runs = load_results(tmp_path / "s.results.json")
     assert [(r["method"], r["seed"]) for r in runs["runs"]] == [("vanilla", 0), ("graddiff", 0), ("graddiff", 1)]
+    assert trained == [0, 1]
     assert runs["seeds"][-1]["seeds"] == [0, 1]
     table = (tmp_path / "s.md").read_text().splitlines()
     assert table[2].startswith("| vanilla |") and table[3].startswith("| graddiff | max_steps=2 progress=false | 0,1 |")
