@@ -112,15 +112,19 @@ def targets(best: dict[str, dict], vanilla: dict[str, Any], rows: list[dict]) ->
 
 def table(result: dict[str, Any]) -> str:
     """The method table of docs/results.md: vanilla, the reference, then each method's reported row, each
-    MCQ figure with its 95% interval where a row has one, and the score with its sd over the seeds."""
+    forget figure with its 95% interval over items (and over people, where the row has it), and the score
+    with its sd over the seeds."""
     groups = ("forget", "forget_test", "retain", "text_forget", "known", "general")
 
     def fig(metrics: dict[str, Any], group: str) -> str:
         f = metrics.get(group) or {}
         if f.get("mcq") is None:
             return "—"
-        ci = f.get("ci95")
-        return f"{f['mcq']:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and group.startswith("forget") else "")
+        ci, people = f.get("ci95"), f.get("ci95_people")
+        if not (ci and group.startswith("forget")):
+            return f"{f['mcq']:.3f}"
+        over_people = f"; people {people[0]:.2f}, {people[1]:.2f}" if people else ""
+        return f"{f['mcq']:.3f} [{ci[0]:.2f}, {ci[1]:.2f}{over_people}]"
 
     lines = [f"| method | setting | seeds | {' | '.join(groups)} | score | wall s |",
              "|---|---|---|" + "---:|" * (len(groups) + 2),

@@ -175,6 +175,8 @@ def test_unlearn_benchmark_averages_seeds(demo_run: tuple[Path, Path], tmp_path:
     table = (tmp_path / "s.md").read_text().splitlines()
     assert table[2].startswith("| vanilla |") and table[3].startswith("| graddiff | max_steps=2 progress=false | 0,1 |")
     assert f"{row['score']['score']:.3f}" in table[3] and f"{forget['mcq']:.3f} [" in table[3]
+    people = forget["ci95_people"]
+    assert people[0] <= forget["mcq"] <= people[1] and f"people {people[0]:.2f}, {people[1]:.2f}]" in table[3]
     with pytest.raises(SystemExit, match="is the reported split"):
         unlearn.main([*_bench_args(demo_run[1], tmp_path / "x.json"), "--select-on", "forget_10"])
 
