@@ -339,7 +339,7 @@ RESOLVED_BEFORE: dict[str, dict] = {
     "graddiff": {"retain_weight": 1.0},
     "kl": {"kl_weight": 1.0},
     "npo": {"beta": 0.1, "retain_weight": 1.0},
-    "mmunlearner": {"lr": 3e-05, "epochs": 1.0, "batch_size": 4, "fisher_batches": 8, "threshold": 1.0,
+    "mmunlearner": {"lr": 9e-05, "epochs": 1.0, "batch_size": 4, "fisher_batches": 8, "threshold": 1.0,
                     "max_retain_ratio": 9},
     "vkd": {"scope": "visual", "lr": 0.0003, "epochs": 10.0, "retain_weight": 1.0, "saliency": True,
             "threshold": 1.0, "fisher_batches": 4},
