@@ -341,7 +341,7 @@ RESOLVED_BEFORE: dict[str, dict] = {
     "npo": {"beta": 0.1, "retain_weight": 1.0},
     "mmunlearner": {"lr": 9e-05, "epochs": 1.0, "batch_size": 4, "fisher_batches": 8, "threshold": 1.0,
                     "max_retain_ratio": 9},
-    "vkd": {"scope": "visual", "lr": 0.0003, "epochs": 10.0, "retain_weight": 1.0, "saliency": True,
+    "vkd": {"scope": "visual", "lr": 0.0009, "epochs": 10.0, "retain_weight": 1.0, "saliency": True,
             "threshold": 1.0, "fisher_batches": 4},
     "cvf_ncu": CVF_BEFORE,
     "cvf_only": {**CVF_BEFORE, "ncu_images": 256},
