@@ -184,7 +184,8 @@ def test_loglik_scores_options_and_records_them() -> None:
     suite = Suite(name="builtin", groups={"forget": [mcq("a", correct=0), mcq("b", correct=2)]},
                   info={"benchmark": "builtin"})
     ev = run_evaluation(Scripted({}), suite, groups=("forget",), progress=False)
-    assert ev.metrics["forget"] == {"n": 2, "mcq": 0.5, "ci95": [0.0, 1.0]}
+    # both items ask about one person: resampling people cannot move the figure
+    assert ev.metrics["forget"] == {"n": 2, "mcq": 0.5, "ci95": [0.0, 1.0], "ci95_people": [0.5, 0.5]}
     assert ev.mcq_protocol == "loglik" and ev.protocol == "loglik"
     first = ev.samples[0]
     assert first["scores"] == [0.0, -1.0, -2.0, -3.0] and first["extracted"] == "A" and first["correct"] is True
@@ -212,5 +213,6 @@ def test_figures_are_what_the_records_add_up_to() -> None:
     out = aggregate(records)
     low, high = out["forget"].pop("ci95")
     assert 0.0 <= low <= 2 / 3 <= high <= 1.0
+    assert out["forget"].pop("ci95_people") == [low, high]  # no person named: each item counts as its own
     assert out["forget"] == {"n": 3, "mcq": pytest.approx(2 / 3), "rougeL": 0.5, "bleu": 0.1, "n_gen": 1}
     assert out["retain"] == {"n": 0, "cloze": 1.0, "n_cloze": 1}

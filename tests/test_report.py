@@ -89,6 +89,16 @@ def test_render_report_has_a_row_per_run_with_changes() -> None:
     assert f"{2 * r / (1 + r):.2f}" in rows[4]
 
 
+def test_report_shows_a_forget_group_interval_over_people_beside_the_one_over_items() -> None:
+    metrics = {g: {"mcq": 0.5, "n": 40, "ci95": [0.4, 0.6], "ci95_people": [0.2, 0.8]} for g in GROUPS}
+    text = render_report(results(VANILLA, run("npo", {}, metrics=metrics)))
+    row = next(r for r in text.splitlines() if r.startswith("| npo"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[2].endswith("[0.40, 0.60; people 0.20, 0.80]")  # forget
+    assert cells[4].endswith("[0.40, 0.60]")  # retain: the interval over items only
+    assert "resampled as wholes" in text
+
+
 def test_render_report_without_vanilla_and_several_settings() -> None:
     other = run("ga", {"forget": 0.5, "retain": 0.8}, model="tiny-qwen2-vl")
     text = render_report(results(GA, other))

@@ -145,6 +145,11 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
 
+def _person(record: Mapping[str, Any], fallback: object) -> str:
+    """Whom an item asks about; a record of an older run names no one and counts as a person of its own."""
+    return str(record.get("person", record.get("uid", fallback)))
+
+
 def aggregate(samples: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Each group's figures from its item records: the one place where results.json's numbers come from.
 
@@ -169,7 +174,7 @@ def aggregate(samples: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]
             fig["mcq"] = _mean([bool(r["correct"]) for r in mcq])
             fig["ci95"] = metrics.bootstrap_ci([float(bool(r["correct"])) for r in mcq])
             fig["ci95_people"] = metrics.cluster_bootstrap_ci([float(bool(r["correct"])) for r in mcq],
-                                                              [str(r.get("person", r["uid"])) for r in mcq])
+                                                              [_person(r, i) for i, r in enumerate(mcq)])
         if cloze:
             fig["cloze"] = _mean([bool(r["correct"]) for r in cloze])
             fig["n_cloze"] = len(cloze)
@@ -199,8 +204,7 @@ def aggregate_seeds(runs: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, di
         raise UnseeError("aggregate_seeds needs at least one run")
     per_run = [{(r["group"], r["uid"]): bool(r["correct"]) for r in samples if r["task"] == "mcq"}
                for samples in runs]
-    person = {(r["group"], r["uid"]): str(r.get("person", r["uid"]))  # records of older runs name no person
-              for samples in runs for r in samples if r["task"] == "mcq"}
+    person = {(r["group"], r["uid"]): _person(r, r["uid"]) for samples in runs for r in samples if r["task"] == "mcq"}
     out: dict[str, dict[str, Any]] = {}
     for group in sorted({g for items in per_run for g, _ in items}):
         keys = [{k for k in items if k[0] == group} for items in per_run]

@@ -132,6 +132,16 @@ def _md_row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
+def _interval(fig: Mapping[str, Any], group: str, key: str | None) -> str:
+    """`` [low, high]`` after an MCQ figure; for a forget group also the interval over its people, which
+    a new draw of people would show (the few people of a request make it the wider one)."""
+    ci = fig.get("ci95") if key == "mcq" else None
+    if not ci:
+        return ""
+    people = fig.get("ci95_people") if group.startswith("forget") else None
+    return f" [{ci[0]:.2f}, {ci[1]:.2f}" + (f"; people {people[0]:.2f}, {people[1]:.2f}]" if people else "]")
+
+
 def _setting_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     vanilla = vanilla_for(runs)
     groups = ordered_groups(runs)
@@ -144,8 +154,7 @@ def _setting_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
         cells = [str(run["method"]), str(run["request"])]
         for g in groups:
             base = None if run is vanilla else figure(vanilla, g, keys[g])
-            ci = run["metrics"].get(g, {}).get("ci95") if keys[g] == "mcq" else None
-            cells.append(fmt_delta(figure(run, g, keys[g]), base) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""))
+            cells.append(fmt_delta(figure(run, g, keys[g]), base) + _interval(run["metrics"].get(g, {}), g, keys[g]))
         score = score_of(run, vanilla, key=keys.get("forget") or "mcq")
         cells.append(DASH if score is None or score["score"] is None else f"{score['score']:.2f}")
         cost = run["cost"]
@@ -204,7 +213,8 @@ def render_report(results: Mapping[str, Any], *, images: Sequence[str] = (), cha
             "- Continual runs: `forget_rN` is the accuracy on the targets of request N, measured later."
         )
     if any(g.get("ci95") for r in runs for g in r["metrics"].values()):
-        out.append("- [low, high] after an MCQ accuracy: its 95% bootstrap interval over the items.")
+        out.append("- [low, high] after an MCQ accuracy: its 95% bootstrap interval over the items; `people` "
+                   "after a forget group's, the interval with its people resampled as wholes.")
     seed_lines = _seeds_section(runs)
     if seed_lines:
         out += ["", *seed_lines]
