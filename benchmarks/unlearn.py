@@ -40,6 +40,7 @@ from unsee.methods import method_class
 from unsee.methods.artifact import Artifact
 from unsee.models import HFAdapter, load_adapter
 from unsee.provenance import environment
+from unsee.report.tables import interval_text
 
 
 def settings(method: str, args: argparse.Namespace) -> list[list[str]]:
@@ -120,11 +121,7 @@ def table(result: dict[str, Any]) -> str:
         f = metrics.get(group) or {}
         if f.get("mcq") is None:
             return "—"
-        ci, people = f.get("ci95"), f.get("ci95_people")
-        if not (ci and group.startswith("forget")):
-            return f"{f['mcq']:.3f}"
-        over_people = f"; people {people[0]:.2f}, {people[1]:.2f}" if people else ""
-        return f"{f['mcq']:.3f} [{ci[0]:.2f}, {ci[1]:.2f}{over_people}]"
+        return f"{f['mcq']:.3f}" + (interval_text(f) if group.startswith("forget") else "")
 
     lines = [f"| method | setting | seeds | {' | '.join(groups)} | score | wall s |",
              "|---|---|---|" + "---:|" * (len(groups) + 2),

@@ -180,8 +180,8 @@ def eval_tasks(person: Person, split: str, rng: np.random.Generator, names: Sequ
     text_facts: list[Fact] = []
     name_qs = NAME_TRAIN_QUESTIONS if split == "train" else NAME_TEST_QUESTIONS
     w = question_of(name_qs)
-    image_mcq.append(mcq_item(rng, name_qs[w], person.name, names))
     image_facts.append(Fact(name_qs, w, ("", ""), person.name, tuple(names)))
+    image_mcq.append(image_facts[-1].ask(rng, 0))
     gen.append({"Ground_Truth": NAME_STATEMENTS[k].format(v=person.name), "Question": name_qs[question_of(name_qs)],
                 "Type": IMAGE_TEXTUAL})
     mask.append({"Ground_Truth": person.name, "Question": NAME_STATEMENTS[k].format(v="__"),
@@ -193,8 +193,8 @@ def eval_tasks(person: Person, split: str, rng: np.random.Generator, names: Sequ
                                                                          text_facts))
         for subject, kind, mcqs, facts in forms:
             w = question_of(qs)
-            mcqs.append(mcq_item(rng, fill(qs[w], subject), value, a.pool))
             facts.append(Fact(qs, w, subject, value, a.pool))
+            mcqs.append(facts[-1].ask(rng, 0))
             gen.append({"Ground_Truth": fill(a.statements[k], subject, value),
                         "Question": fill(qs[question_of(qs)], subject), "Type": kind})
             mask.append({"Ground_Truth": value, "Question": fill(a.statements[k], subject, "__"),
@@ -222,6 +222,11 @@ class Fact:
     answer: str
     pool: tuple[str, ...]
 
+    def ask(self, rng: np.random.Generator, r: int) -> dict[str, Any]:
+        """Asking ``r`` (0: the first): the ``r``-th wording after the first one's, fresh options."""
+        return mcq_item(rng, fill(self.wordings[(self.first + r) % len(self.wordings)], self.subject), self.answer,
+                        self.pool)
+
 
 def mcq_variants(facts: Sequence[Fact], variants: int, rng: np.random.Generator) -> list[dict[str, Any]]:
     """Askings 2..``variants`` of every fact, block by block after the first askings.
@@ -231,8 +236,7 @@ def mcq_variants(facts: Sequence[Fact], variants: int, rng: np.random.Generator)
     not one lucky or unlucky draw. The blocks come after the first askings, from a stream of
     their own, so the first askings (and the words of the world) are the same for any count.
     """
-    return [mcq_item(rng, fill(f.wordings[(f.first + r) % len(f.wordings)], f.subject), f.answer, f.pool)
-            for r in range(1, variants) for f in facts]
+    return [f.ask(rng, r) for r in range(1, variants) for f in facts]
 
 
 def image_qa(view_index: int, answers: Person | None) -> list[dict[str, str]]:

@@ -171,10 +171,10 @@ def aggregate(samples: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]
         gen = [r for r in recs if r["task"] == "gen"]
         fig: dict[str, Any] = {"n": len(mcq)}
         if mcq:
-            fig["mcq"] = _mean([bool(r["correct"]) for r in mcq])
-            fig["ci95"] = metrics.bootstrap_ci([float(bool(r["correct"])) for r in mcq])
-            fig["ci95_people"] = metrics.cluster_bootstrap_ci([float(bool(r["correct"])) for r in mcq],
-                                                              [_person(r, i) for i, r in enumerate(mcq)])
+            right = [float(bool(r["correct"])) for r in mcq]
+            fig["mcq"] = _mean(right)
+            fig["ci95"] = metrics.bootstrap_ci(right)
+            fig["ci95_people"] = metrics.cluster_bootstrap_ci(right, [_person(r, i) for i, r in enumerate(mcq)])
         if cloze:
             fig["cloze"] = _mean([bool(r["correct"]) for r in cloze])
             fig["n_cloze"] = len(cloze)

@@ -219,9 +219,7 @@ def bootstrap_ci(values: Sequence[float], *, n_boot: int = 1000, seed: int = 0,
     if x.size == 0:
         return [math.nan, math.nan]
     idx = np.random.default_rng(seed).integers(0, x.size, size=(n_boot, x.size))
-    means = np.sort(x[idx].mean(axis=1))
-    tail = (1 - level) / 2
-    return [round(float(np.quantile(means, tail)), 4), round(float(np.quantile(means, 1 - tail)), 4)]
+    return _percentiles(x[idx].mean(axis=1), level)
 
 
 def cluster_bootstrap_ci(values: Sequence[float], clusters: Sequence[str], *, n_boot: int = 1000, seed: int = 0,
@@ -245,7 +243,13 @@ def cluster_bootstrap_ci(values: Sequence[float], clusters: Sequence[str], *, n_
         sums[at[c]] += float(v)
         counts[at[c]] += 1
     idx = np.random.default_rng(seed).integers(0, len(names), size=(n_boot, len(names)))
-    means = np.sort(sums[idx].sum(axis=1) / counts[idx].sum(axis=1))
+    return _percentiles(sums[idx].sum(axis=1) / counts[idx].sum(axis=1), level)
+
+
+def _percentiles(means: Any, level: float) -> list[float]:
+    """The central ``level`` interval of bootstrap means, rounded to 4 places."""
+    import numpy as np
+
     tail = (1 - level) / 2
     return [round(float(np.quantile(means, tail)), 4), round(float(np.quantile(means, 1 - tail)), 4)]
 

@@ -132,14 +132,18 @@ def _md_row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
-def _interval(fig: Mapping[str, Any], group: str, key: str | None) -> str:
-    """`` [low, high]`` after an MCQ figure; for a forget group also the interval over its people, which
+def interval_text(fig: Mapping[str, Any], *, people: bool = True) -> str:
+    """`` [low, high]`` after an MCQ figure, with ``; people low, high`` where asked and known: the interval
     a new draw of people would show (the few people of a request make it the wider one)."""
-    ci = fig.get("ci95") if key == "mcq" else None
+    ci, over_people = fig.get("ci95"), fig.get("ci95_people") if people else None
     if not ci:
         return ""
-    people = fig.get("ci95_people") if group.startswith("forget") else None
-    return f" [{ci[0]:.2f}, {ci[1]:.2f}" + (f"; people {people[0]:.2f}, {people[1]:.2f}]" if people else "]")
+    return f" [{ci[0]:.2f}, {ci[1]:.2f}" + (f"; people {over_people[0]:.2f}, {over_people[1]:.2f}]"
+                                             if over_people else "]")
+
+
+def _interval(fig: Mapping[str, Any], group: str, key: str | None) -> str:
+    return interval_text(fig, people=group.startswith("forget")) if key == "mcq" else ""
 
 
 def _setting_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
