@@ -29,9 +29,10 @@ from unsee.stage_keys import StageKey
 if TYPE_CHECKING:
     from conftest import TinyModels
 
-# Three steps of each stage on the tiny world of conftest.py (stage 1 with two general scenes per step).
+# Three steps of each stage on the tiny world of conftest.py (stage 1 with two general scenes per step). The
+# pins guard the stages' code, so every option they read is fixed here, not taken from the shipped recipe.
 RECIPE = ["vision_steps=3", "vision_batch=4", "vision_general=2", "base_steps=3", "ft_steps=3", "batch_size=4",
-          "progress=false", "checkpoint_every=0"]
+          "replay=0.3", "vision_lr_factor=0.4", "ft_vision_lr_factor=0.4", "progress=false", "checkpoint_every=0"]
 BENCH_RECIPE = ["max_steps=3", "batch_size=2", "dtype=fp32", "gradient_checkpointing=false", "progress=false",
                 "lr=1e-3"]
 
