@@ -366,3 +366,31 @@ def test_benchmark_scratch_is_removed_at_exit(tmp_path: Path) -> None:
                          capture_output=True, text=True).stdout.strip()
     assert Path(out).is_relative_to(tmp_path) and not Path(out).exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_arch_profile_names_where_each_methods_step_goes(demo_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """benchmarks/arch_profile.py: one profiled run per method from the untrained tiny model; the named parts
+    of a step add up to no more than the profiled training, and only cvf_ncu projects onto a null space."""
+    import sys
+
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import arch_profile
+
+    cfg = yaml.safe_load(CONFIG.read_text())
+    r = arch_profile.main(["--world", "quick", "--cache-dir", str(demo_run[1]), "--threads", "1", "--archs",
+                           "tiny-llava", "--train-set", "max_steps=3", "--train-set", "progress=false",
+                           "--out", str(tmp_path / "p.json"), *[f"--world-set={x}" for x in cfg["world_overrides"]]])
+    rows = r["rows"]["tiny-llava"]
+    assert set(rows) == {"cvf_ncu", "graddiff"}
+    for row in rows.values():
+        parts = row["parts_s"]
+        assert row["steps"] == 3 and row["s_per_step"] > 0
+        assert parts["backward"] > 0 and parts["other"] >= -0.05
+        assert sum(v for k, v in parts.items() if k != "other") <= row["profiled_train_s"] + 0.05
+    assert rows["cvf_ncu"]["parts_s"]["null_space_projection"] > 0 and rows["cvf_ncu"]["parts_s"]["visual_forward"] > 0
+    assert rows["graddiff"]["parts_s"]["null_space_projection"] == 0
+    ratio = rows["cvf_ncu"]["wall_s"] / rows["graddiff"]["wall_s"]
+    assert r["cvf_ncu_over_graddiff_wall"]["tiny-llava"] == round(ratio, 3)
+    assert json.loads((tmp_path / "p.json").read_text())["rows"] == r["rows"]
