@@ -7,7 +7,7 @@ The timed calls are the evaluator's own building blocks (``option_logprobs`` and
 world (image and text-only questions alike), at batch sizes 1, 8 and 16 (items), beside
 the plain loop that an evaluator without batching or a shared prompt runs: every
 (question, option) sequence through the model on its own (``mcq_per_sequence_loop``).
-The target (issue: batched evaluation >= 5x a one-by-one loop, the same answers) is checked
+The target (batched evaluation >= 5x a one-by-one loop, with the same answers) is checked
 against that loop and, more strictly, against the evaluator itself at batch size 1. The model is a
 freshly initialised tiny one: speed does not depend on what it has learnt, except that an
 untrained model rarely stops before ``max_new_tokens``, so generation here is the worst case.

@@ -47,7 +47,7 @@ from unsee.methods.base import pooled, token_features
 from unsee.models import load_adapter
 from unsee.models.base import HFAdapter, Turn
 
-# The issue's targets (MCQ by option log-likelihood; chance is 0.25). Never lowered here.
+# The vanilla model's targets (MCQ by option log-likelihood; chance is 0.25). Never lowered here.
 TARGETS: dict[str, float] = {
     "image_train": 0.95,  # image questions on training views, forget + retain
     "image_test": 0.85,  # held-out views and paraphrases (forget_test)
@@ -56,7 +56,10 @@ TARGETS: dict[str, float] = {
     "general": 0.90,  # general visual ability
     "cloze": 0.80,  # cloze over forget + retain, image and text
 }
-QUICK_IMAGE_TARGET = 0.90  # quick world: image MCQ on training views
+# The quick world's own bars, checked beside the default ones: its groups are small (18 to 108
+# items) and its recipe short, but its known people and general scenes must read well above
+# chance, or the quick demo cannot show a method losing them.
+QUICK_TARGETS: dict[str, float] = {"image_train": 0.95, "known": 0.85, "general": 0.70}
 VISION_STAGE_MAX_S = 15 * 60
 WORLD_STAGES_MAX_S = {"default": 20 * 60, "quick": 3 * 60}
 # What each target group pools from the suite's groups.
@@ -158,6 +161,20 @@ def view_nn_accuracy(adapter: HFAdapter, suite: Suite, world: Path, views: int =
     return float(np.mean([tr[j].entity == who for j, who in zip(nearest, owners, strict=True)]))
 
 
+def target_checks(pooled: dict[str, dict[str, Any]], world: str, vision_s: float, world_s: float
+                  ) -> dict[str, dict[str, Any]]:
+    """Each target with its value and whether it holds; the quick world is held to its own bars as well."""
+    checks = {name: {"value": pooled[name]["acc"], "target": t, "pass": bool(pooled[name]["acc"] >= t)}
+              for name, t in TARGETS.items()}
+    checks["vision_stage_s"] = {"value": vision_s, "target": VISION_STAGE_MAX_S, "pass": vision_s <= VISION_STAGE_MAX_S}
+    checks["world_stages_s"] = {"value": world_s, "target": WORLD_STAGES_MAX_S[world],
+                                "pass": world_s <= WORLD_STAGES_MAX_S[world]}
+    if world == "quick":
+        checks |= {f"quick_{name}": {"value": pooled[name]["acc"], "target": t, "pass": bool(pooled[name]["acc"] >= t)}
+                   for name, t in QUICK_TARGETS.items()}
+    return checks
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--world", default="quick", choices=("quick", "default"), help="world config (and recipe)")
@@ -202,16 +219,7 @@ def main() -> None:
     nn = {"after_stage1": view_nn_accuracy(vision, suite, world), "vanilla": view_nn_accuracy(adapter, suite, world)}
     eval_s = time.perf_counter() - t0
 
-    checks: dict[str, dict[str, Any]] = {}
-    for name, target in TARGETS.items():
-        acc = scores["pooled"][name]["acc"]
-        checks[name] = {"value": acc, "target": target, "pass": bool(acc >= target)}
-    checks["vision_stage_s"] = {"value": vision_s, "target": VISION_STAGE_MAX_S, "pass": vision_s <= VISION_STAGE_MAX_S}
-    checks["world_stages_s"] = {"value": world_s, "target": WORLD_STAGES_MAX_S[a.world],
-                                "pass": world_s <= WORLD_STAGES_MAX_S[a.world]}
-    if a.world == "quick":
-        acc = scores["pooled"]["image_train"]["acc"]
-        checks["quick_image_train"] = {"value": acc, "target": QUICK_IMAGE_TARGET, "pass": acc >= QUICK_IMAGE_TARGET}
+    checks = target_checks(scores["pooled"], a.world, vision_s, world_s)
 
     result = {
         "benchmark": "vanilla",

@@ -394,3 +394,19 @@ def test_arch_profile_names_where_each_methods_step_goes(demo_run: tuple[Path, P
     ratio = rows["cvf_ncu"]["wall_s"] / rows["graddiff"]["wall_s"]
     assert r["cvf_ncu_over_graddiff_wall"]["tiny-llava"] == round(ratio, 3)
     assert json.loads((tmp_path / "p.json").read_text())["rows"] == r["rows"]
+
+
+def test_vanilla_benchmark_holds_the_quick_world_to_its_own_bars_as_well() -> None:
+    """benchmarks/vanilla.py: the default targets for every world; on the quick world also its own bars (image
+    questions 0.95, known 0.85, general 0.70), so a quick model reading known people near chance fails."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import vanilla
+
+    pooled = {name: {"acc": 0.96} for name in vanilla.TARGETS} | {"known": {"acc": 0.5}, "general": {"acc": 0.75}}
+    quick = vanilla.target_checks(pooled, "quick", vision_s=100.0, world_s=200.0)
+    assert not quick["quick_known"]["pass"] and quick["quick_general"]["pass"] and quick["quick_image_train"]["pass"]
+    assert not quick["general"]["pass"] and not quick["world_stages_s"]["pass"] and quick["vision_stage_s"]["pass"]
+    default = vanilla.target_checks(pooled, "default", vision_s=100.0, world_s=200.0)
+    assert not any(k.startswith("quick_") for k in default) and default["world_stages_s"]["pass"]
