@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="default: benchmarks/results/arch_profile_<world>.json")
     args = p.parse_args(argv)
+    unknown = sorted(set(args.archs.split(",")) - set(ARCHS))
+    if unknown:
+        p.error(f"unknown architecture(s) {', '.join(unknown)}; choose from {', '.join(ARCHS)}")
     torch.set_num_threads(args.threads)
     cfg = DemoConfig(world=args.world, recipe=args.world, world_overrides=args.world_set)
     rows: dict[str, dict[str, Any]] = {}

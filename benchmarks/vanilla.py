@@ -164,14 +164,15 @@ def view_nn_accuracy(adapter: HFAdapter, suite: Suite, world: Path, views: int =
 def target_checks(pooled: dict[str, dict[str, Any]], world: str, vision_s: float, world_s: float
                   ) -> dict[str, dict[str, Any]]:
     """Each target with its value and whether it holds; the quick world is held to its own bars as well."""
-    checks = {name: {"value": pooled[name]["acc"], "target": t, "pass": bool(pooled[name]["acc"] >= t)}
-              for name, t in TARGETS.items()}
+    def at_least(name: str, t: float) -> dict[str, Any]:
+        return {"value": pooled[name]["acc"], "target": t, "pass": bool(pooled[name]["acc"] >= t)}
+
+    checks = {name: at_least(name, t) for name, t in TARGETS.items()}
     checks["vision_stage_s"] = {"value": vision_s, "target": VISION_STAGE_MAX_S, "pass": vision_s <= VISION_STAGE_MAX_S}
     checks["world_stages_s"] = {"value": world_s, "target": WORLD_STAGES_MAX_S[world],
                                 "pass": world_s <= WORLD_STAGES_MAX_S[world]}
     if world == "quick":
-        checks |= {f"quick_{name}": {"value": pooled[name]["acc"], "target": t, "pass": bool(pooled[name]["acc"] >= t)}
-                   for name, t in QUICK_TARGETS.items()}
+        checks |= {f"quick_{name}": at_least(name, t) for name, t in QUICK_TARGETS.items()}
     return checks
 
 
