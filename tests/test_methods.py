@@ -16,11 +16,13 @@ from unsee import api
 from unsee.data.schema import Suite
 from unsee.engine.prepare import frozen_copy
 from unsee.engine.trainer import Context, TrainConfig, train, unique_images
+from unsee.errors import ConfigError
 from unsee.methods import method_class
 from unsee.methods.base import images_of, nll
 from unsee.methods.baselines import SFT
 from unsee.methods.cvf import CVFNCU, CVFConfig, CVFOnly, after_relearning, info_nce
 from unsee.methods.mmunlearner import MMUnlearner, MMUnlearnerConfig, ratio_masks
+from unsee.methods.ncu import contrast_space, null_space
 from unsee.models import HFAdapter, Turn, load_adapter
 from unsee.models.blocks import features_and_hidden, vision_blocks
 
@@ -203,6 +205,37 @@ def test_ncu_projection_preserves_retained_outputs(trained_dir: Path, suite: Sui
     free = relative_change(CVFOnly())
     assert projected < free, (projected, free)
     assert projected < 0.25 * free, (projected, free)  # ~0.004 vs ~0.2 here
+
+
+def test_contrast_space_keeps_the_directions_only_the_forget_inputs_use() -> None:
+    """Retained inputs spread over six dimensions, weakest in the last two; forget inputs sit on
+    the fifth. The null space keeps both weak dimensions; the contrast space only the fifth."""
+    gen = torch.Generator().manual_seed(0)
+    scale = torch.tensor([3.0, 3.0, 2.0, 2.0, 0.1, 0.1], dtype=torch.float64)
+    retained = torch.randn(400, 6, generator=gen, dtype=torch.float64) * scale
+    forget = torch.randn(50, 6, generator=gen, dtype=torch.float64) * 0.05
+    forget[:, 4] += 1.0
+    cov = (retained.T @ retained, 400)
+    proj = contrast_space(cov, (forget.T @ forget, 50), rank=1 / 6)
+    assert torch.allclose(proj, proj.T, atol=1e-6) and torch.allclose(proj @ proj, proj, atol=1e-5)
+    assert round(torch.trace(proj).item()) == 1
+    assert proj[4, 4] > 0.99 and proj[5, 5] < 0.01
+    null = null_space(*cov, energy=0.01)
+    assert null[4, 4] > 0.9 and null[5, 5] > 0.9  # the null space cannot tell the two apart
+
+
+def test_cvf_ncu_contrast_subspace_installs_a_rank_of_the_asked_fraction(trained_dir: Path, suite: Suite,
+                                                                         turns: dict[str, list[Turn]]) -> None:
+    adapter = load_adapter(trained_dir)
+    res = train(CVFNCU(CVFConfig(ncu_images=8, subspace="contrast", contrast_rank=0.25)), adapter, suite, turns,
+                cfg(scope="visual", max_steps=1))
+    layers = dict(adapter.linear_modules("vision") + adapter.linear_modules("projector"))
+    for name, rank in res.info["null_space_rank"].items():
+        layer = layers[name]
+        width = layer.weight[0].numel()  # a conv's unfolded input, a linear's input
+        assert rank == max(1, round(0.25 * width)), (name, rank, width)
+    with pytest.raises(ConfigError, match="contrast_rank"):
+        CVFConfig(contrast_rank=1.5)
 
 
 def test_cvf_augment_draws_fresh_views_each_step(model_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:

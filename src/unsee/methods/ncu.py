@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from PIL import Image
@@ -20,6 +21,7 @@ from torch import nn
 from unsee.config import opt
 from unsee.engine.constraints import unfold_conv_input
 from unsee.engine.trainer import Context
+from unsee.errors import ConfigError
 from unsee.models.base import Adapter
 
 
@@ -30,6 +32,15 @@ class NCUConfig:
     energy: float = opt(0.01, "NCU: keep the eigen-directions holding at most this fraction of the energy")
     ncu_images: int = opt(256, "NCU: retained images used for the covariance")
     forgotten_images: list = opt([], "continual: images of already-forgotten targets (set by the driver)")
+    subspace: Literal["null", "contrast"] = opt(
+        "null", "NCU: 'null' confines updates to the retained photos' null space; 'contrast' to the directions "
+        "where the forget photos' layer inputs are largest against the retained ones', which the inputs of faces "
+        "the run never sees (people learned before the fine-tune) barely reach (docs/methods.md, \"NCU\")")
+    contrast_rank: float = opt(0.02, "NCU 'contrast': the fraction of each layer's input dimensions updates may use")
+
+    def __post_init__(self) -> None:
+        if not 0 < self.contrast_rank <= 1:
+            raise ConfigError(f"contrast_rank must be in (0, 1], got {self.contrast_rank}")
 
 
 def constrain_to_retained(ctx: Context, cfg: NCUConfig) -> None:
@@ -37,7 +48,9 @@ def constrain_to_retained(ctx: Context, cfg: NCUConfig) -> None:
 
     The covariance takes the retained photos, then the general ones where the method reads
     them, up to ``ncu_images``; in continual runs the already-forgotten targets' photos are
-    added, so that a later request does not move them either.
+    added, so that a later request does not move them either. With ``subspace: contrast`` the
+    updates are confined instead to the directions the forget photos use most against those
+    retained ones.
     """
     retain = [t.image for t in ctx.streams["retain"].turns if t.image is not None]
     general = [t.image for t in ctx.streams["general"].turns if t.image is not None] \
@@ -47,8 +60,13 @@ def constrain_to_retained(ctx: Context, cfg: NCUConfig) -> None:
     if cfg.forgotten_images:
         done = ctx.shard(cfg.forgotten_images)
         covs = add_covariances(covs, input_covariances(ctx.adapter, done, ctx=ctx))
-    ranks = install_projections(ctx, covs, cfg.energy)
-    ctx.info["null_space_rank"] = ranks
+    if cfg.subspace == "contrast":
+        forget = list({id(t.image): t.image for t in ctx.streams["forget"].turns if t.image is not None}.values())
+        fcovs = input_covariances(ctx.adapter, ctx.shard(forget), ctx=ctx)
+        projs = {k: contrast_space(covs[k], fcovs[k], cfg.contrast_rank) for k in covs if k in fcovs}
+    else:
+        projs = {k: null_space(*v, cfg.energy) for k, v in covs.items()}
+    ctx.info["null_space_rank"] = install_projections(ctx, projs)
 
 
 @torch.no_grad()
@@ -100,20 +118,39 @@ def null_space(cov_sum: torch.Tensor, n: int, energy: float) -> torch.Tensor:
     return (u0 @ u0.T).float()
 
 
+def contrast_space(retained: tuple[torch.Tensor, int], forget: tuple[torch.Tensor, int], rank: float) -> torch.Tensor:
+    """The projector onto the directions ``u`` with the largest ``u^T C_f u / u^T C_r u``.
+
+    The retained null space holds every direction the retained photos barely use, and any
+    other face uses those about as much as the forget photos do. Ranking directions by the
+    forget photos' energy over the retained photos' (the generalized eigenproblem, solved
+    through the Cholesky factor of ``C_r``, slightly ridged) keeps the ones particular to
+    the forget people; ``rank`` is the fraction of the layer's input dimensions kept.
+    """
+    c_r = retained[0] / max(1, retained[1])
+    c_f = forget[0] / max(1, forget[1])
+    d = c_r.shape[0]
+    ridge = 1e-6 * torch.trace(c_r).clamp(min=1e-30) / d
+    inv_l = torch.linalg.inv(torch.linalg.cholesky(c_r + ridge * torch.eye(d, dtype=c_r.dtype)))
+    _, vecs = torch.linalg.eigh(inv_l @ c_f @ inv_l.T)  # ascending
+    basis, _ = torch.linalg.qr(inv_l.T @ vecs[:, -max(1, round(rank * d)):])
+    return (basis @ basis.T).float()
+
+
 def add_covariances(a: dict[str, tuple[torch.Tensor, int]],
                     b: dict[str, tuple[torch.Tensor, int]]) -> dict[str, tuple[torch.Tensor, int]]:
     return {k: (a[k][0] + b[k][0], a[k][1] + b[k][1]) if k in b else a[k] for k in a}
 
 
-def install_projections(ctx: Context, covs: dict[str, tuple[torch.Tensor, int]], energy: float) -> dict[str, int]:
-    """Project every visual linear weight's update; freeze everything else in the visual module."""
+def install_projections(ctx: Context, projs: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Project every visual linear weight's update onto ``projs``; freeze everything else in the visual module."""
     adapter = ctx.adapter
     ranks: dict[str, int] = {}
     projected = set()
     for name, mod in adapter.linear_modules("vision") + adapter.linear_modules("projector"):
-        if name not in covs or not mod.weight.requires_grad:
+        if name not in projs or not mod.weight.requires_grad:
             continue
-        proj = null_space(*covs[name], energy).to(mod.weight.device)
+        proj = projs[name].to(mod.weight.device)
         ctx.constraints.projections[mod.weight] = proj
         ranks[name] = int(round(torch.trace(proj).item()))
         projected.add(mod.weight)
