@@ -73,7 +73,7 @@ def energy_fractions(adapter: HFAdapter, images: list[Image.Image], projs: dict[
     return {k: inside[k] / total[k] for k in inside}
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     model_options(p)
     p.add_argument("--forget", default="forget_10")
@@ -81,7 +81,7 @@ def main() -> None:
     p.add_argument("--contrast-rank", type=float, default=0.02)
     p.add_argument("--ncu-images", type=int, default=1024, help="retained photos in the covariance (shipped 1024)")
     p.add_argument("--out", default=None)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     world, vanilla = vanilla_model(args)
     adapter = load_adapter(vanilla)
     suite = load_suite(world, args.forget)
@@ -105,6 +105,7 @@ def main() -> None:
     path = Path(args.out or f"benchmarks/results/subspace_energy_{args.world}.json")
     atomic_write_json(path, out)
     print(f"wrote {path}")
+    return out
 
 
 if __name__ == "__main__":

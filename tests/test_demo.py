@@ -396,6 +396,30 @@ def test_arch_profile_names_where_each_methods_step_goes(demo_run: tuple[Path, P
     assert json.loads((tmp_path / "p.json").read_text())["rows"] == r["rows"]
 
 
+def test_subspace_energy_measures_each_groups_share_in_both_subspaces(demo_run: tuple[Path, Path],
+                                                                     tmp_path: Path) -> None:
+    """benchmarks/subspace_energy.py: shares are fractions; the contrast space, built to hold the forget
+    photos' inputs and not the retained ones', gives the forget photos the larger share."""
+    import sys
+
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import subspace_energy
+
+    cfg = yaml.safe_load(CONFIG.read_text())
+    r = subspace_energy.main(["--world", "quick", "--cache-dir", str(demo_run[1]), "--threads", "1",
+                              "--contrast-rank", "0.1", "--out", str(tmp_path / "e.json"),
+                              *[f"--world-set={x}" for x in cfg["world_overrides"]]])
+    spaces = r["subspaces"]
+    assert set(spaces) == {"null", "contrast"} and len(r["last_layers"]) == 2
+    for rows in spaces.values():
+        for row in rows.values():
+            assert 0 <= row["mean"] <= 1 and all(0 <= v <= 1 for v in row["last"])
+    assert spaces["contrast"]["forget"]["mean"] > 2 * spaces["contrast"]["retain"]["mean"]
+    assert json.loads((tmp_path / "e.json").read_text())["subspaces"] == spaces
+
+
 def test_vanilla_benchmark_holds_the_quick_world_to_its_own_bars_as_well() -> None:
     """benchmarks/vanilla.py: the default targets for every world; on the quick world also its own bars (image
     questions 0.95, known 0.85, general 0.70), so a quick model reading known people near chance fails."""
