@@ -19,6 +19,7 @@ from unsee.data.schema import Suite
 from unsee.demo import DemoConfig, prepare_vanilla
 from unsee.eval.metrics import unlearning_score
 from unsee.finetune import cache_root
+from unsee.io import atomic_write_json
 from unsee.methods import ALL as ALL  # the registry's names: the benchmarks' --methods defaults
 from unsee.methods import TRAINING as TRAINING
 from unsee.methods.artifact import Artifact
@@ -27,6 +28,12 @@ from unsee.models import HFAdapter, load_adapter
 # Every scratch folder of a benchmark process lives under one directory that is removed when the
 # process exits, so that a sweep of hundreds of runs leaves nothing behind in the temp folder.
 _SCRATCH = tempfile.TemporaryDirectory(prefix="unsee-bench-")
+
+
+def write_result(path: Path, result: Mapping[str, Any]) -> None:
+    """Write a benchmark's JSON atomically and say where: what every single-file benchmark ends with."""
+    atomic_write_json(path, result)
+    print(f"wrote {path}")
 
 
 def scratch(prefix: str) -> Path:

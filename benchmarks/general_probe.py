@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import model_options, vanilla_model
+from common import model_options, vanilla_model, write_result
 
 from unsee import api
 from unsee.audit.attacks import pooled_features, probe_predict
@@ -34,7 +34,6 @@ from unsee.data.collate import image_of, qa_turns
 from unsee.data.schema import Suite
 from unsee.engine.trainer import TrainConfig, train
 from unsee.eval.evaluator import mcq_loglik
-from unsee.io import atomic_write_json
 from unsee.methods.baselines import SFT
 from unsee.models import HFAdapter, load_adapter
 from unsee.models.base import SCOPES
@@ -102,8 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(when, f"{tuned[when]['all']:.3f}",
                   {k: round(v["acc"], 2) for k, v in tuned[when]["by_kind"].items()}, flush=True)
     out = Path(args.out or f"benchmarks/results/general_probe_{args.world}.json")
-    atomic_write_json(out, result)
-    print(f"wrote {out}")
+    write_result(out, result)
     return result
 
 

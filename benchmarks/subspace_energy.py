@@ -21,12 +21,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from common import model_options, vanilla_model
+from common import model_options, vanilla_model, write_result
 from PIL import Image
 from torch import nn
 
 from unsee.engine.constraints import unfold_conv_input
-from unsee.io import atomic_write_json
 from unsee.methods.ncu import contrast_space, input_covariances, null_space
 from unsee.models import HFAdapter, load_adapter
 from unsee.provenance import environment
@@ -102,9 +101,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             tail = [round(v, 4) for v in rows[group]["last"]]
             print(f"{space:9s} {group:12s} mean {rows[group]['mean']:.4f}  last {tail}")
         out["subspaces"][space] = rows
-    path = Path(args.out or f"benchmarks/results/subspace_energy_{args.world}.json")
-    atomic_write_json(path, out)
-    print(f"wrote {path}")
+    write_result(Path(args.out or f"benchmarks/results/subspace_energy_{args.world}.json"), out)
     return out
 
 
