@@ -328,11 +328,14 @@ TRAIN_BEFORE = {
     "log_every": 10, "report_to": "", "logging_dir": "", "eval_every": 0, "progress": True, "checkpoint_dir": "",
     "checkpoint_every": 0, "keep_checkpoint": False,
 }
+# NCU options added since, whose defaults keep the earlier behaviour (the retained null space).
+NCU_ADDED = {"subspace": "null", "contrast_rank": 0.02}
 CVF_BEFORE = {
     "scope": "visual", "lr": 0.0108, "epochs": 75.0, "min_steps": 282, "tau": 0.1, "lambda_r": 1.0,
     "lambda_d": 80.0, "lambda_o": 0.0, "lambda_t": 10.0, "lambda_v": 0.0, "lambda_dv": 0.0, "merge_block": -1,
     "augment": 1.0, "adv_steps": 0, "adv_eps": 8 / 255, "relearn_sim_steps": 0, "relearn_sim_eps": 0.003,
     "ncu": True, "energy": 0.01, "ncu_images": 1024, "lambda_k": 20.0,
+    **NCU_ADDED,
 }
 RESOLVED_BEFORE: dict[str, dict] = {
     "ga": {"lr": 6e-06},
@@ -348,12 +351,12 @@ RESOLVED_BEFORE: dict[str, dict] = {
     "ncu_only": {"scope": "visual", "lr": 0.0003, "tau": 0.1, "lambda_r": 1.0, "lambda_d": 1.0, "lambda_o": 0.0,
                  "lambda_t": 0.0, "lambda_v": 0.0, "lambda_dv": 0.0, "merge_block": -1, "augment": 0.0,
                  "adv_steps": 0, "adv_eps": 8 / 255, "relearn_sim_steps": 0, "relearn_sim_eps": 0.003, "ncu": True,
-                 "energy": 0.01, "ncu_images": 256, "lambda_k": 1.0},
+                 "energy": 0.01, "ncu_images": 256, "lambda_k": 1.0, **NCU_ADDED},
 }
 # Keys that were recorded but never read: cvf_only never ran NCU (it recorded ncu: true all the
 # same), and ncu_only's loss is GA's, with none of CVF's terms.
 NOT_READ = {
-    "cvf_only": {"ncu", "energy", "ncu_images"},
+    "cvf_only": {"ncu", "energy", "ncu_images", *NCU_ADDED},
     "ncu_only": {"tau", "lambda_r", "lambda_d", "lambda_o", "lambda_t", "lambda_v", "lambda_dv", "merge_block",
                  "augment", "adv_steps", "adv_eps", "relearn_sim_steps", "relearn_sim_eps", "ncu", "lambda_k"},
 }
