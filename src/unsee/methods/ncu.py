@@ -20,7 +20,7 @@ from torch import nn
 
 from unsee.config import opt
 from unsee.engine.constraints import unfold_conv_input
-from unsee.engine.trainer import Context
+from unsee.engine.trainer import Context, unique_images
 from unsee.errors import ConfigError
 from unsee.models.base import Adapter
 
@@ -61,7 +61,7 @@ def constrain_to_retained(ctx: Context, cfg: NCUConfig) -> None:
         done = ctx.shard(cfg.forgotten_images)
         covs = add_covariances(covs, input_covariances(ctx.adapter, done, ctx=ctx))
     if cfg.subspace == "contrast":
-        forget = list({id(t.image): t.image for t in ctx.streams["forget"].turns if t.image is not None}.values())
+        forget = [t.image for t in unique_images(ctx.streams["forget"].turns)]
         fcovs = input_covariances(ctx.adapter, ctx.shard(forget), ctx=ctx)
         projs = {k: contrast_space(covs[k], fcovs[k], cfg.contrast_rank) for k in covs if k in fcovs}
     else:
