@@ -410,7 +410,8 @@ def test_subspace_energy_measures_each_groups_share_in_both_subspaces(demo_run: 
     cfg = yaml.safe_load(CONFIG.read_text())
     r = subspace_energy.main(["--world", "quick", "--cache-dir", str(demo_run[1]), "--threads", "1",
                               "--contrast-rank", "0.1", "--out", str(tmp_path / "e.json"),
-                              *[f"--world-set={x}" for x in cfg["world_overrides"]]])
+                              *[f"--world-set={x}" for x in cfg["world_overrides"]],
+                              *[f"--recipe-set={x}" for x in cfg["recipe_overrides"]]])
     spaces = r["subspaces"]
     assert set(spaces) == {"null", "contrast"} and len(r["last_layers"]) == 2
     for rows in spaces.values():
