@@ -327,6 +327,7 @@ TRAIN_BEFORE = {
     "gradient_checkpointing": False, "lora_r": 16, "lora_alpha": 16, "lora_dropout": 0.05, "seed": 0,
     "log_every": 10, "report_to": "", "logging_dir": "", "eval_every": 0, "progress": True, "checkpoint_dir": "",
     "checkpoint_every": 0, "keep_checkpoint": False,
+    "sam_terms": "all",  # added since; off with sam_rho 0
 }
 # NCU options added since, whose defaults keep the earlier behaviour (the retained null space).
 NCU_ADDED = {"subspace": "null", "contrast_rank": 0.02}
@@ -336,6 +337,7 @@ CVF_BEFORE = {
     "augment": 1.0, "adv_steps": 0, "adv_eps": 8 / 255, "relearn_sim_steps": 0, "relearn_sim_eps": 0.003,
     "ncu": True, "energy": 0.01, "ncu_images": 1024, "lambda_k": 20.0,
     **NCU_ADDED,
+    "lambda_known": 0.0,  # added since; off
 }
 RESOLVED_BEFORE: dict[str, dict] = {
     "ga": {"lr": 6e-06},

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from unsee import api
@@ -20,7 +21,7 @@ from unsee.data.collate import Stream
 from unsee.data.schema import Suite
 from unsee.engine.trainer import Context, TrainConfig, train
 from unsee.errors import ConfigError, DataError, OutputExistsError, TrainingError, UnseeError
-from unsee.methods.base import BaseMethod
+from unsee.methods.base import BaseMethod, nll
 from unsee.methods.baselines import GA
 from unsee.models import HFAdapter, Turn, load_adapter
 from unsee.report.card import base_model_name
@@ -240,6 +241,61 @@ def test_sharpness_aware_step_takes_the_gradient_rho_uphill_and_comes_back(
     assert not torch.equal(pw.detach(), after)
     with pytest.raises(ConfigError, match="sam_rho"):
         cfg(sam_rho=-1).validate()
+
+
+class SplitGA(MaskedGA):
+    """GA on the forget answers plus descent on the retain answers, given in two parts; records the watched
+    weight at each call, and at the first the gradient of each part with respect to it."""
+
+    def __init__(self, weight: nn.Parameter, mask: torch.Tensor) -> None:
+        super().__init__(weight, mask)
+        self.seen: list[torch.Tensor] = []
+        self.grads: dict[str, torch.Tensor] = {}
+
+    def loss(self, ctx: Context, batch: dict[str, list]) -> Any:
+        return BaseMethod.loss(self, ctx, batch)
+
+    def split_loss(self, ctx: Context, batch: dict[str, list]) -> Any:
+        self.seen.append(self.weight.detach().clone())
+        f, r = -nll(ctx.adapter, batch["forget"]), nll(ctx.adapter, batch["forget"][:1])
+        if len(self.seen) == 1:
+            for name, part in (("forget", f), ("retain", r)):
+                self.grads[name] = torch.autograd.grad(part, self.weight, retain_graph=True)[0] * self.mask
+        return f, r, {}
+
+
+@pytest.mark.parametrize("terms", ["forget", "all"])
+def test_sharpness_aware_step_on_the_forgetting_alone_moves_along_its_gradient(
+        adapter: HFAdapter, suite: Suite, turns: dict[str, list[Turn]], terms: str) -> None:
+    """sam_terms=forget: the uphill move follows the forgetting part's masked gradient alone, not the whole
+    objective's; sam_terms=all follows the sum. The weights come back either way."""
+    w = first_linear(adapter, "projector").weight
+    mask = torch.rand(w.shape, generator=torch.Generator().manual_seed(1)) < 0.5
+    method = SplitGA(w, mask)
+    train(method, adapter, suite, turns, cfg(scope="projector", max_steps=1, sam_rho=0.05, sam_terms=terms))
+    assert len(method.seen) == 2
+    shift = (method.seen[1] - method.seen[0]).flatten()
+    assert 0 < shift.norm() <= 0.05 + 1e-6
+    g = method.grads
+    cos = {name: float(F.cosine_similarity(shift, d.flatten(), dim=0)) for name, d in
+           (("forget", g["forget"]), ("all", g["forget"] + g["retain"]))}
+    assert cos[terms] > 0.999
+    assert cos["all" if terms == "forget" else "forget"] < 0.99
+
+
+class WholeGA(GA):
+    """GA whose loss comes whole, not in parts."""
+
+    split_loss = None
+
+    def loss(self, ctx: Context, batch: dict[str, list]) -> Any:
+        return -nll(ctx.adapter, batch["forget"]), {}
+
+
+def test_sharpness_aware_forgetting_alone_is_refused_for_a_loss_given_whole(
+        adapter: HFAdapter, suite: Suite, turns: dict[str, list[Turn]]) -> None:
+    with pytest.raises(ConfigError, match="sam_terms=forget"):
+        train(WholeGA(), adapter, suite, turns, cfg(scope="projector", max_steps=1, sam_rho=0.05, sam_terms="forget"))
 
 
 # ---- determinism -----------------------------------------------------------------------------------------

@@ -15,9 +15,9 @@ from torch import nn
 from unsee import api
 from unsee.data.schema import Suite
 from unsee.engine.prepare import frozen_copy
-from unsee.engine.trainer import Context, TrainConfig, train, unique_images
+from unsee.engine.trainer import Context, TrainConfig, make_streams, train, unique_images
 from unsee.errors import ConfigError
-from unsee.methods import method_class
+from unsee.methods import method_class, ncu
 from unsee.methods.base import images_of, nll
 from unsee.methods.baselines import SFT
 from unsee.methods.cvf import CVFNCU, CVFConfig, CVFOnly, after_relearning, info_nce
@@ -317,6 +317,60 @@ def test_cvf_token_term_adds_its_loss(model_dir: Path, suite: Suite, turns: dict
     out = cvf_losses(ctx, batch, {w: CVFConfig(lambda_t=w, ncu=False) for w in (0.0, 2.0)})
     assert "token_f" not in out[0.0][1] and out[2.0][1]["token_f"] > 0
     assert out[2.0][0].item() == pytest.approx(out[0.0][0].item() + 2.0 * out[2.0][1]["token_f"], rel=1e-5)
+
+
+def test_cvf_split_loss_parts_are_its_forgetting_and_retaining_terms(model_dir: Path, suite: Suite,
+                                                                     turns: dict[str, list[Turn]]) -> None:
+    """split_loss: the ``*_f`` terms on one side, the rest on the other, the two summing to the loss."""
+    _, batch, ctx = cvf_context(model_dir, suite, turns)
+    method = CVFNCU(CVFConfig(lambda_t=2.0, ncu=False))
+    method.setup(ctx)
+    with torch.no_grad():
+        loss, parts = method.loss(ctx, batch)
+        forget, retain, split_parts = method.split_loss(ctx, batch)
+    assert split_parts == pytest.approx(parts, rel=1e-6)
+    assert forget.item() == pytest.approx(parts["cvf_f"] + 2.0 * parts["token_f"], rel=1e-5)
+    assert retain is not None
+    assert set(parts) - {"cvf_f", "token_f"} == {"cvf_r", "distil"}
+    assert retain.item() == pytest.approx(parts["cvf_r"] + parts["distil"], rel=1e-5)  # both weighted 1
+    assert loss.item() == pytest.approx(forget.item() + retain.item(), rel=1e-5)
+
+
+def test_cvf_known_distillation_reads_the_known_photos_and_only_when_asked(
+        model_dir: Path, suite: Suite, turns: dict[str, list[Turn]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """lambda_known: the known people's training photos become a stream, their tokens are distilled onto the
+    reference (zero while the student is the reference, positive once it moves), they join NCU's covariance;
+    off, nothing of them is read; asked for on a benchmark without them, refused."""
+    assert turns["known"] and all(t.image is not None for t in turns["known"])
+    assert "known" not in CVFNCU().optional_streams
+    adapter, batch, ctx = cvf_context(model_dir, suite, turns)
+    ctx.streams = make_streams({k: unique_images(turns[k]) for k in ("forget", "retain", "known")}, cfg())
+    batch["known"] = turns["known"][:2]
+    method = CVFNCU(CVFConfig(lambda_known=3.0, ncu_images=10_000))
+    assert method.optional_streams == ("general", "known")
+    counted: list[int] = []
+    covariances = ncu.input_covariances
+    monkeypatch.setattr(ncu, "input_covariances", lambda a, images, **kw: counted.append(len(images))
+                        or covariances(a, images, **kw))
+    method.setup(ctx)
+    photos = {k: len(ctx.streams[k].turns) for k in ("retain", "known")}
+    assert counted == [photos["retain"] + photos["known"]] and photos["known"] > 0
+    with torch.no_grad():
+        _, parts = method.loss(ctx, batch)
+        assert parts["distil_known"] == pytest.approx(0.0, abs=1e-10)
+        for p in adapter.linear_modules("projector")[0][1].parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+        loss, parts = method.loss(ctx, batch)
+    assert parts["distil_known"] > 0
+    method_off = CVFNCU(CVFConfig(ncu=False))
+    method_off.setup(ctx)
+    with torch.no_grad():
+        base, base_parts = method_off.loss(ctx, batch)
+    assert "distil_known" not in base_parts
+    assert loss.item() == pytest.approx(base.item() + 3.0 * parts["distil_known"], rel=1e-5)
+    ctx.streams.pop("known")
+    with pytest.raises(ConfigError, match="lambda_known"):
+        CVFNCU(CVFConfig(lambda_known=1.0)).setup(ctx)
 
 
 # no attack; an attack inside a ball of radius 0; an attack inside the default ball

@@ -132,6 +132,7 @@ def training_turns(suite: Suite) -> dict[str, list[Turn]]:
         "retain": qa_turns(g.get("train_retain", [])),
         "text": qa_turns(g.get("train_text", [])),
         "general": qa_turns(g.get("train_general", [])),
+        "known": qa_turns([e for e in g.get("train_known", []) if e.has_image]),
         "neutral": qa_turns([e for e in g.get("neutral", []) if e.has_image]),
     }
 

@@ -69,6 +69,10 @@ class TrainConfig:
         "trained weight) uphill, so that the update lowers the loss around the weights, not only at them; a "
         "forgetting that sits in a flat region is harder for a few relearning steps to undo. Twice the cost "
         "of a step (0: off)")
+    sam_terms: Literal["all", "forget"] = opt(
+        "all", "what the sharpness-aware step smooths: the whole objective, or the forgetting terms alone, the "
+        "retaining terms' gradient taken at the weights themselves, so that the uphill move follows the forgetting "
+        "and the kept knowledge is not pulled along with it (methods that give their loss in these two parts)")
     warmup_ratio: float = opt(0.0, "linear warm-up fraction of the steps")
     schedule: Literal["constant", "cosine", "linear"] = opt("constant", "learning-rate schedule after warm-up")
     bf16: bool = opt(False, "bf16 mixed precision (autocast); on by itself for a model loaded in bf16/fp16")
@@ -122,6 +126,9 @@ class Method(Protocol):
     def setup(self, ctx: Context) -> None: ...
     def step_multiplier(self, ctx: Context) -> int: ...
     def loss(self, ctx: Context, batch: dict[str, list]) -> tuple[torch.Tensor, dict[str, float]]: ...
+    # The loss as its forgetting part and its retaining part (None: none) with the logged terms; None where the
+    # method does not separate them. Read only by sharpness-aware steps on the forgetting alone.
+    split_loss: Callable[[Context, dict[str, list]], tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]] | None
     def state_dict(self) -> Any: ...  # what a mid-run checkpoint keeps of the method (None: nothing)
     def load_state_dict(self, state: Any) -> None: ...
 
@@ -257,8 +264,14 @@ def _step(method: Method, ctx: Context, optimizer: torch.optim.Optimizer,
     Under FSDP (``sharded``) the loss runs with the weights gathered and backward reduce-scatters."""
     accelerator, cfg, step = ctx.accelerator, ctx.cfg, ctx.step
     batch = {name: next(s) for name, s in ctx.streams.items()}
+    split = cfg.sam_rho > 0 and cfg.sam_terms == "forget"
     with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=ctx.autocast):
-        loss, parts = sharded.run(lambda: method.loss(ctx, batch)) if sharded else method.loss(ctx, batch)
+        if split:
+            assert method.split_loss is not None  # checked before training
+            forget, kept, parts = method.split_loss(ctx, batch)
+            loss = forget if kept is None else forget + kept
+        else:
+            loss, parts = sharded.run(lambda: method.loss(ctx, batch)) if sharded else method.loss(ctx, batch)
     value = float(accelerator.reduce(loss.detach().float(), "mean"))
     if ctx.world > 1 and parts:  # the terms of the whole batch, as one process would log them
         keys = sorted(parts)
@@ -270,12 +283,25 @@ def _step(method: Method, ctx: Context, optimizer: torch.optim.Optimizer,
             "so the model holds its last good state. Lower lr or check the data."
         )
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if ctx.world > 1 and sharded is None:
-        average_gradients(params, ctx.world)
-    ctx.constraints.mask_gradients()
-    if cfg.sam_rho > 0:
-        _sharpness_aware(method, ctx, batch, optimizer, params)
+    if split:
+        # the forgetting's gradient sets the direction; the retaining terms' is kept as taken at the weights
+        forget.backward(retain_graph=kept is not None)
+        _share_gradients(ctx, params, sharded)
+        direction = [p.grad for p in params]
+        optimizer.zero_grad(set_to_none=True)
+        if kept is not None:
+            kept.backward()
+            _share_gradients(ctx, params, sharded)
+        _uphill_backward(ctx, params, direction, lambda: method.split_loss(ctx, batch)[0])  # type: ignore[misc]
+        _share_gradients(ctx, params, sharded)
+    else:
+        loss.backward()
+        _share_gradients(ctx, params, sharded)
+        if cfg.sam_rho > 0:
+            direction = [p.grad for p in params]
+            optimizer.zero_grad(set_to_none=True)
+            _uphill_backward(ctx, params, direction, lambda: method.loss(ctx, batch)[0])
+            _share_gradients(ctx, params, sharded)
     if cfg.grad_clip > 0:
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
@@ -289,33 +315,37 @@ def _step(method: Method, ctx: Context, optimizer: torch.optim.Optimizer,
     return value, {k: float(v) for k, v in parts.items()}
 
 
-def _sharpness_aware(method: Method, ctx: Context, batch: dict[str, list], optimizer: torch.optim.Optimizer,
-                     params: list[nn.Parameter]) -> None:
-    """Replace the gradients in ``params`` by those at ``w + rho * g / |g|`` (sharpness-aware minimisation).
-
-    The weights move uphill along the masked gradient, the loss is taken again on the same batch,
-    and the weights come back exactly: the update then follows the worst loss near the weights.
-    Unlearning that minimises it lands where a small step, such as a few relearning updates, does
-    not climb back out. The whole objective is smoothed, forget and retain terms alike.
-    """
-    with torch.no_grad():
-        grads = [p.grad for p in params if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else None
-        if norm is None or not torch.isfinite(norm) or norm == 0:
-            return
-        moved = [(p, p.detach().clone()) for p in params if p.grad is not None]
-        for p, _ in moved:
-            p.add_(p.grad, alpha=float(ctx.cfg.sam_rho / norm))
-    with torch.autocast(ctx.accelerator.device.type, dtype=torch.bfloat16, enabled=ctx.autocast):
-        loss, _ = method.loss(ctx, batch)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    with torch.no_grad():
-        for p, saved in moved:
-            p.copy_(saved)
-    if ctx.world > 1:
+def _share_gradients(ctx: Context, params: list[nn.Parameter], sharded: Sharded | None) -> None:
+    """The gradients as one process would hold them over the whole batch, masked."""
+    if ctx.world > 1 and sharded is None:
         average_gradients(params, ctx.world)
     ctx.constraints.mask_gradients()
+
+
+def _uphill_backward(ctx: Context, params: list[nn.Parameter], direction: list[torch.Tensor | None],
+                     objective: Callable[[], torch.Tensor]) -> None:
+    """Add to the gradients the one of ``objective`` at ``w + rho * d / |d|`` (sharpness-aware minimisation).
+
+    The weights move uphill along ``d`` (a masked gradient), the objective is taken again on the
+    same batch, and the weights come back exactly: the update then follows the worst loss near
+    the weights. Unlearning that minimises it lands where a small step, such as a few relearning
+    updates, does not climb back out. A zero or non-finite ``d`` leaves the weights where they are.
+    """
+    with torch.no_grad():
+        moved = [(p, d) for p, d in zip(params, direction, strict=True) if d is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(d) for _, d in moved])) if moved \
+            else None
+        if norm is None or not torch.isfinite(norm) or norm == 0:
+            moved = []
+        saved = [p.detach().clone() for p, _ in moved]
+        for p, d in moved:
+            p.add_(d, alpha=float(ctx.cfg.sam_rho / norm))
+    with torch.autocast(ctx.accelerator.device.type, dtype=torch.bfloat16, enabled=ctx.autocast):
+        loss = objective()
+    loss.backward()
+    with torch.no_grad():
+        for (p, _), old in zip(moved, saved, strict=True):
+            p.copy_(old)
 
 
 def average_gradients(params: list[nn.Parameter], world: int) -> None:
@@ -369,6 +399,9 @@ def train(
 
     seed_everything(cfg.seed)
     check_launch(method)
+    if cfg.sam_rho > 0 and cfg.sam_terms == "forget" and getattr(method, "split_loss", None) is None:
+        raise ConfigError(f"{method.name}: sam_terms=forget needs the loss in its forgetting and retaining parts, "
+                          "which this method does not give; use sam_terms=all")
     # Autocast is ours, not the Accelerator's: accelerate keeps one process-wide state, and a
     # bf16 run would otherwise leave every later run in the process under bf16.
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())

@@ -52,8 +52,18 @@ class BaseMethod:
     def load_state_dict(self, state: Any) -> None:
         """Nothing to restore by default."""
 
+    # A method whose loss is a forgetting part plus a retaining part defines
+    # ``split_loss(ctx, batch) -> (forget, retain or None, logged terms)`` and inherits ``loss``;
+    # sharpness-aware steps can then smooth the forgetting alone (``sam_terms: forget``).
+    split_loss: Callable[[Context, dict[str, list[Turn]]], tuple[torch.Tensor, torch.Tensor | None,
+                                                                dict[str, float]]] | None = None
+
     def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
-        raise NotImplementedError
+        """The two parts of ``split_loss`` summed."""
+        if self.split_loss is None:
+            raise NotImplementedError(f"{type(self).__name__} defines neither loss nor split_loss")
+        forget, retain, parts = self.split_loss(ctx, batch)
+        return (forget if retain is None else forget + retain), parts
 
 
 def seq_nll(adapter: Adapter, turns: Sequence[Turn]) -> torch.Tensor:

@@ -22,9 +22,9 @@ class GA(BaseMethod):
     name = "ga"
     streams = ("forget",)
 
-    def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
+    def split_loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, None, dict[str, float]]:
         f = nll(ctx.adapter, batch["forget"])
-        return -f, {"nll_f": f.item()}
+        return -f, None, {"nll_f": f.item()}
 
 
 @dataclass
@@ -39,10 +39,11 @@ class GradDiff(BaseMethod):
     streams = ("forget", "retain")
     Config = GradDiffConfig
 
-    def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
+    def split_loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, torch.Tensor,
+                                                                              dict[str, float]]:
         f = nll(ctx.adapter, batch["forget"])
         r = nll(ctx.adapter, batch["retain"])
-        return -f + self.cfg.retain_weight * r, {"nll_f": f.item(), "nll_r": r.item()}
+        return -f, self.cfg.retain_weight * r, {"nll_f": f.item(), "nll_r": r.item()}
 
 
 @dataclass
@@ -58,7 +59,8 @@ class KLMin(BaseMethod):
     reference = "full"
     Config = KLConfig
 
-    def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
+    def split_loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, torch.Tensor,
+                                                                              dict[str, float]]:
         a, ref = ctx.adapter, ctx.reference
         assert ref is not None
         f = nll(a, batch["forget"])
@@ -70,7 +72,7 @@ class KLMin(BaseMethod):
             torch.log_softmax(logits, -1), torch.log_softmax(ref_logits, -1), log_target=True, reduction="none"
         ).sum(-1)
         kl = (kl * mask).sum() / mask.sum().clamp(min=1)
-        return -f + self.cfg.kl_weight * kl, {"nll_f": f.item(), "kl_r": kl.item()}
+        return -f, self.cfg.kl_weight * kl, {"nll_f": f.item(), "kl_r": kl.item()}
 
 
 @dataclass
@@ -91,7 +93,8 @@ class NPO(BaseMethod):
     reference = "full"
     Config = NPOConfig
 
-    def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
+    def split_loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                                              dict[str, float]]:
         a, ref = ctx.adapter, ctx.reference
         assert ref is not None
         cur = seq_nll(a, batch["forget"])
@@ -99,11 +102,11 @@ class NPO(BaseMethod):
             old = seq_nll(ref, batch["forget"])
         npo = -(2.0 / self.cfg.beta) * F.logsigmoid(self.cfg.beta * (cur - old)).mean()
         parts = {"npo": npo.item(), "nll_f": cur.mean().item()}
-        if self.cfg.retain_weight > 0:
-            r = nll(a, batch["retain"])
-            parts["nll_r"] = r.item()
-            npo = npo + self.cfg.retain_weight * r
-        return npo, parts
+        if self.cfg.retain_weight <= 0:
+            return npo, None, parts
+        r = nll(a, batch["retain"])
+        parts["nll_r"] = r.item()
+        return npo, self.cfg.retain_weight * r, parts
 
 
 class SFT(BaseMethod):

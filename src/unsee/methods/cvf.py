@@ -26,6 +26,7 @@ from unsee.data.augment import augment
 from unsee.data.collate import image_of
 from unsee.engine.adversarial import linf_ascent
 from unsee.engine.trainer import Context
+from unsee.errors import ConfigError
 from unsee.methods.base import BaseMethod, images_of, nll, pooled, token_mse
 from unsee.methods.ncu import NCUConfig, constrain_to_retained
 from unsee.models.base import Adapter, Turn
@@ -67,6 +68,10 @@ class CVFOnlyConfig:
         1.0, "continual: weight of token-level distillation of the already-forgotten targets' images onto the "
         "reference, the model after the previous request, which holds them forgotten (an addition to the spec)")
     forgotten_images: list = opt([], "continual: images of already-forgotten targets (set by the driver)")
+    lambda_known: float = opt(
+        0.0, "weight of token-level distillation of the known people's training photos (the benchmark's "
+        "train_known) onto the reference, and their place in NCU's covariance: the people the model learned "
+        "before the retained ones, kept the way the retained ones are (0: off; an addition to the spec)")
 
 
 @dataclass
@@ -106,7 +111,21 @@ class _Step:
 
 
 # The order run.json's history and the progress bar list the terms in.
-LOGGED = ("cvf_f", "cvf_r", "distil", "distil_v", "token_f", "relearned_f", "tower_f", "distil_k", "nll_r")
+LOGGED = ("cvf_f", "cvf_r", "distil", "distil_v", "token_f", "relearned_f", "tower_f", "distil_k", "distil_known",
+          "nll_r")
+
+
+def _weighted_sum(terms: list[tuple[str, float, torch.Tensor]]) -> torch.Tensor:
+    """Sum of weight * value, left to right (the order fixes the float result)."""
+    total = terms[0][1] * terms[0][2]
+    for _, weight, value in terms[1:]:
+        total = total + weight * value
+    return total
+
+
+def _logged(terms: list[tuple[str, float, torch.Tensor]]) -> dict[str, float]:
+    values = {name: value.item() for name, _, value in terms}
+    return {name: values[name] for name in LOGGED if name in values}
 
 
 class CVFOnly(BaseMethod):
@@ -114,7 +133,6 @@ class CVFOnly(BaseMethod):
 
     name = "cvf_only"
     streams = ("forget", "retain", "neutral")
-    optional_streams = ("general",)
     images_only = True  # streams hold each distinct image once
     reference = "visual"
     default_scope = "visual"
@@ -125,7 +143,15 @@ class CVFOnly(BaseMethod):
     def uses_language(self) -> bool:  # type: ignore[override]
         return self.cfg.lambda_o > 0
 
+    @property
+    def optional_streams(self) -> tuple[str, ...]:  # type: ignore[override]
+        """The general photos widen NCU's covariance; the known people's are read when lambda_known asks."""
+        return ("general", "known") if self.cfg.lambda_known > 0 else ("general",)
+
     def setup(self, ctx: Context) -> None:
+        if self.cfg.lambda_known > 0 and "known" not in ctx.streams:
+            raise ConfigError(f"{self.name}: lambda_known distils the known people's training photos, and this "
+                              "benchmark has none (train_known); set lambda_known=0")
         self.seed = ctx.cfg.seed
         self._ref: dict[int, tuple[Any, torch.Tensor]] = {}
         self._pixels: dict[int, tuple[Any, BatchFeature]] = {}
@@ -134,11 +160,22 @@ class CVFOnly(BaseMethod):
         self._person = {id(image_of(e)): e.entity for e in ctx.suite.groups.get("train_forget", []) if e.has_image}
 
     def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
-        """The sum of CVF's terms, each with its weight; a term whose option is off is left out.
+        """The sum of CVF's terms, each with its weight, in the order of :meth:`_terms`."""
+        on = self._terms(ctx, batch)
+        return _weighted_sum(on), _logged(on)
 
-        The terms are computed in the order below and summed in the order of ``terms``:
-        the simulated relearning moves the weights in place, so it runs before any other
-        pass of the student.
+    def split_loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                                              dict[str, float]]:
+        """CVF's forgetting terms (``*_f``) summed, and its retaining terms summed."""
+        on = self._terms(ctx, batch)
+        kept = [t for t in on if not t[0].endswith("_f")]
+        return _weighted_sum([t for t in on if t[0].endswith("_f")]), _weighted_sum(kept) if kept else None, _logged(on)
+
+    def _terms(self, ctx: Context, batch: dict[str, list[Turn]]) -> list[tuple[str, float, torch.Tensor]]:
+        """CVF's terms that are on, as (logged name, weight, value); the forgetting ones come first.
+
+        The terms are computed in the order below: the simulated relearning moves the weights
+        in place, so it runs before any other pass of the student.
         """
         c = self.cfg
         s = self._prepare(ctx, batch)
@@ -148,8 +185,11 @@ class CVFOnly(BaseMethod):
         retain, distil, r_hidden = self._retain(ctx, s)
         distil_v = token_mse(r_hidden, self._reference_hidden(s.ref, s.r_img)) if r_hidden is not None else None
         distil_k = self._kept(ctx, s) if c.lambda_k > 0 else None
+        known = images_of(batch.get("known", [])) if c.lambda_known > 0 else []
+        distil_known = token_mse(ctx.adapter.visual_features(self._inputs(ctx.adapter, known)),
+                                 self._reference(s.ref, known)) if known else None
         nll_r = nll(ctx.adapter, batch["retain"]) if c.lambda_o > 0 else None
-        terms = [  # (logged name, weight, value or None)
+        terms = [
             ("cvf_f", 1.0, forget),
             ("token_f", c.lambda_t, token),
             ("relearned_f", 1.0, relearned),
@@ -158,14 +198,10 @@ class CVFOnly(BaseMethod):
             ("distil", c.lambda_d, distil),
             ("distil_v", c.lambda_dv, distil_v),
             ("distil_k", c.lambda_k, distil_k),
+            ("distil_known", c.lambda_known, distil_known),
             ("nll_r", c.lambda_o, nll_r),
         ]
-        on = [(name, weight, value) for name, weight, value in terms if value is not None]
-        loss = on[0][1] * on[0][2]
-        for _, weight, value in on[1:]:
-            loss = loss + weight * value
-        values = {name: value.item() for name, _, value in on}
-        return loss, {name: values[name] for name in LOGGED if name in values}
+        return [(name, weight, value) for name, weight, value in terms if value is not None]
 
     def _prepare(self, ctx: Context, batch: dict[str, list[Turn]]) -> _Step:
         """The step's photos (the forget ones augmented) and everything the frozen reference gives the terms."""
@@ -410,6 +446,6 @@ class NCUOnly(BaseMethod):
     def setup(self, ctx: Context) -> None:
         constrain_to_retained(ctx, self.cfg)
 
-    def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
+    def split_loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, None, dict[str, float]]:
         f = nll(ctx.adapter, batch["forget"])
-        return -f, {"nll_f": f.item()}
+        return -f, None, {"nll_f": f.item()}

@@ -63,7 +63,8 @@ class VKD(BaseMethod):
         total = sum(m.numel() for p, m in masks.items() if p in set(params))
         ctx.info["mask_fraction"] = float(sum(masks[p].sum().item() for p in params) / max(1, total))
 
-    def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
+    def split_loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, torch.Tensor,
+                                                                              dict[str, float]]:
         a, ref = ctx.adapter, ctx.reference
         assert ref is not None
         f_img, r_img = images_of(batch["forget"]), images_of(batch["retain"])
@@ -74,4 +75,4 @@ class VKD(BaseMethod):
         target = self.target.to(student_f[0].device)
         l_f = torch.stack([F.mse_loss(s.float(), target) for s in student_f]).mean()
         l_r = token_mse(student_r, teacher_r)
-        return l_f + self.cfg.retain_weight * l_r, {"forget_mse": l_f.item(), "retain_mse": l_r.item()}
+        return l_f, self.cfg.retain_weight * l_r, {"forget_mse": l_f.item(), "retain_mse": l_r.item()}
