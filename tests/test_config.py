@@ -337,7 +337,7 @@ CVF_BEFORE = {
     "augment": 1.0, "adv_steps": 0, "adv_eps": 8 / 255, "relearn_sim_steps": 0, "relearn_sim_eps": 0.003,
     "ncu": True, "energy": 0.01, "ncu_images": 1024, "lambda_k": 20.0,
     **NCU_ADDED,
-    "lambda_known": 0.0,  # added since; off
+    "lambda_known": 0.0, "known_covariance": False,  # added since; off
 }
 RESOLVED_BEFORE: dict[str, dict] = {
     "ga": {"lr": 6e-06},

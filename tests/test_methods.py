@@ -339,8 +339,8 @@ def test_cvf_split_loss_parts_are_its_forgetting_and_retaining_terms(model_dir: 
 def test_cvf_known_distillation_reads_the_known_photos_and_only_when_asked(
         model_dir: Path, suite: Suite, turns: dict[str, list[Turn]], monkeypatch: pytest.MonkeyPatch) -> None:
     """lambda_known: the known people's training photos become a stream, their tokens are distilled onto the
-    reference (zero while the student is the reference, positive once it moves), they join NCU's covariance;
-    off, nothing of them is read; asked for on a benchmark without them, refused."""
+    reference (zero while the student is the reference, positive once it moves), they join NCU's covariance with
+    known_covariance only; off, nothing of them is read; asked for on a benchmark without them, refused."""
     assert turns["known"] and all(t.image is not None for t in turns["known"])
     assert "known" not in CVFNCU().optional_streams
     adapter, batch, ctx = cvf_context(model_dir, suite, turns)
@@ -353,8 +353,9 @@ def test_cvf_known_distillation_reads_the_known_photos_and_only_when_asked(
     monkeypatch.setattr(ncu, "input_covariances", lambda a, images, **kw: counted.append(len(images))
                         or covariances(a, images, **kw))
     method.setup(ctx)
+    CVFNCU(CVFConfig(lambda_known=3.0, ncu_images=10_000, known_covariance=True)).setup(ctx)
     photos = {k: len(ctx.streams[k].turns) for k in ("retain", "known")}
-    assert counted == [photos["retain"] + photos["known"]] and photos["known"] > 0
+    assert counted == [photos["retain"], photos["retain"] + photos["known"]] and photos["known"] > 0
     with torch.no_grad():
         _, parts = method.loss(ctx, batch)
         assert parts["distil_known"] == pytest.approx(0.0, abs=1e-10)

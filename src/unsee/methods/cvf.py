@@ -72,6 +72,10 @@ class CVFOnlyConfig:
         0.0, "weight of token-level distillation of the known people's training photos (the benchmark's "
         "train_known) onto the reference, and their place in NCU's covariance: the people the model learned "
         "before the retained ones, kept the way the retained ones are (0: off; an addition to the spec)")
+    known_covariance: bool = opt(
+        False, "with lambda_known, the known people's photos also join NCU's covariance, so that the updates "
+        "avoid their inputs (they share most of them with the forget faces, and forgetting suffers); off, they are "
+        "distilled only, and the null space stays the retained photos'")
 
 
 @dataclass
@@ -430,7 +434,7 @@ class CVFNCU(CVFOnly):
     def setup(self, ctx: Context) -> None:
         super().setup(ctx)
         if self.cfg.ncu:
-            constrain_to_retained(ctx, self.cfg)
+            constrain_to_retained(ctx, self.cfg, known=self.cfg.known_covariance)
 
 
 class NCUOnly(BaseMethod):

@@ -43,18 +43,19 @@ class NCUConfig:
             raise ConfigError(f"contrast_rank must be in (0, 1], got {self.contrast_rank}")
 
 
-def constrain_to_retained(ctx: Context, cfg: NCUConfig) -> None:
+def constrain_to_retained(ctx: Context, cfg: NCUConfig, known: bool = True) -> None:
     """Confine every visual update to the null space of the retained photos' layer inputs.
 
-    The covariance takes the retained photos, then the known people's and the general ones
-    where the method reads them, up to ``ncu_images``; in continual runs the already-forgotten targets' photos are
-    added, so that a later request does not move them either. With ``subspace: contrast`` the
+    The covariance takes the retained photos, then the known people's (unless ``known`` is off)
+    and the general ones where the method reads them, up to ``ncu_images``; in continual runs
+    the already-forgotten targets' photos are added, so that a later request does not move them
+    either. With ``subspace: contrast`` the
     updates are confined instead to the directions the forget photos use most against those
     retained ones.
     """
-    retain, known, general = ([t.image for t in ctx.streams[k].turns if t.image is not None] if k in ctx.streams
-                              else [] for k in ("retain", "known", "general"))
-    images = (retain + known + general)[: cfg.ncu_images]
+    retain, kept, general = ([t.image for t in ctx.streams[k].turns if t.image is not None] if k in ctx.streams
+                             else [] for k in ("retain", "known", "general"))
+    images = (retain + (kept if known else []) + general)[: cfg.ncu_images]
     covs = input_covariances(ctx.adapter, ctx.shard(images), ctx=ctx)
     if cfg.forgotten_images:
         done = ctx.shard(cfg.forgotten_images)
