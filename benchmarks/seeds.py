@@ -30,7 +30,7 @@ from unsee.io import atomic_write_json
 from unsee.models import load_adapter
 from unsee.provenance import environment
 
-GROUPS = ("forget", "forget_test", "retain", "text_forget", "known", "general")
+GROUPS = ("forget", "forget_test", "retain", "text_forget", "known", "known_test", "general")
 
 
 def variant(text: str) -> tuple[str, list[str]]:

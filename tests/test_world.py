@@ -157,6 +157,11 @@ def test_known_forget_splits_forget_people_taught_in_stage_2(world: Path, tmp_pa
     assert {e.entity for e in g["forget_test"]} == ten
     assert {e.image for e in g["forget_test"]} <= held_out  # their held-out views, not a photo they were taught
     assert not ten & {e.entity for e in g["known"] + g["text_known"]}
+    # the known people kept, on their held-out views: photos no stream carries
+    assert {e.entity for e in g["known_test"]} == set(info["entities"]["known"]) - ten
+    assert g["known_test"] and {e.image for e in g["known_test"]} <= held_out
+    plain = load_mllmu(world, "forget_10").groups["known_test"]
+    assert {e.entity for e in plain} == set(info["entities"]["known"]) and {e.image for e in plain} <= held_out
     assert {e.entity for e in g["train_forget"]} == ten and all(e.has_image for e in g["train_forget"])
     assert not any(e.has_image and e.entity in ten for e in g["train_known"])
     assert any(not e.has_image and e.entity in ten for e in g["train_known"])  # their text is still taught

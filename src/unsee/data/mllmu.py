@@ -321,12 +321,14 @@ def load_mllmu(
     groups["forget"], groups["text_forget"] = _split(forget_rows)
     groups["retain"], groups["text_retain"] = _split(retain_rows)
 
-    groups["forget_test"] = []
+    groups["forget_test"], groups["known_test"] = [], []
     for test_config in ("Test_Set", KNOWN_TEST_SET):
         if source.has(test_config):
             for rec in cfg.get(test_config, TEST_COLUMNS, TEST_OPTIONAL):
                 if entity_id(rec.get("ID"), field="ID", source=rec.source) in forget_ids:
                     groups["forget_test"].extend(held_out_examples(rec, seed))
+                elif test_config == KNOWN_TEST_SET:  # the known people kept, on photos no method trains on
+                    groups["known_test"].extend(held_out_examples(rec, seed))
 
     if source.has("Holdout_Set"):  # people never trained on: the membership attack's non-members
         groups["holdout"], groups["text_holdout"] = _split([(r, "Holdout_Set") for r in cfg.profiles("Holdout_Set")])
