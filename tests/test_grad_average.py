@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from unsee.engine.trainer import average_gradients
+from unsee.engine.gradients import average_gradients
 
 
 def _worker(rank: int, init: str, out: str) -> None:

@@ -31,6 +31,7 @@ from unsee.engine.checkpoint import (
 )
 from unsee.engine.constraints import Constraints
 from unsee.engine.distributed import Sharded, check_launch, fsdp_version, launch_mixed_precision
+from unsee.engine.gradients import share_gradients, uphill_backward
 from unsee.engine.prepare import (
     LOW_PRECISION,
     adamw,
@@ -286,22 +287,22 @@ def _step(method: Method, ctx: Context, optimizer: torch.optim.Optimizer,
     if split:
         # the forgetting's gradient sets the direction; the retaining terms' is kept as taken at the weights
         forget.backward(retain_graph=kept is not None)
-        _share_gradients(ctx, params, sharded)
+        share_gradients(ctx, params, sharded)
         direction = [p.grad for p in params]
         optimizer.zero_grad(set_to_none=True)
         if kept is not None:
             kept.backward()
-            _share_gradients(ctx, params, sharded)
-        _uphill_backward(ctx, params, direction, lambda: method.split_loss(ctx, batch)[0])  # type: ignore[misc]
-        _share_gradients(ctx, params, sharded)
+            share_gradients(ctx, params, sharded)
+        uphill_backward(ctx, params, direction, lambda: method.split_loss(ctx, batch)[0])  # type: ignore[misc]
+        share_gradients(ctx, params, sharded)
     else:
         loss.backward()
-        _share_gradients(ctx, params, sharded)
+        share_gradients(ctx, params, sharded)
         if cfg.sam_rho > 0:
             direction = [p.grad for p in params]
             optimizer.zero_grad(set_to_none=True)
-            _uphill_backward(ctx, params, direction, lambda: method.loss(ctx, batch)[0])
-            _share_gradients(ctx, params, sharded)
+            uphill_backward(ctx, params, direction, lambda: method.loss(ctx, batch)[0])
+            share_gradients(ctx, params, sharded)
     if cfg.grad_clip > 0:
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
@@ -313,58 +314,6 @@ def _step(method: Method, ctx: Context, optimizer: torch.optim.Optimizer,
     if ctx.constraints:
         ctx.constraints.project_updates()
     return value, {k: float(v) for k, v in parts.items()}
-
-
-def _share_gradients(ctx: Context, params: list[nn.Parameter], sharded: Sharded | None) -> None:
-    """The gradients as one process would hold them over the whole batch, masked."""
-    if ctx.world > 1 and sharded is None:
-        average_gradients(params, ctx.world)
-    ctx.constraints.mask_gradients()
-
-
-def _uphill_backward(ctx: Context, params: list[nn.Parameter], direction: list[torch.Tensor | None],
-                     objective: Callable[[], torch.Tensor]) -> None:
-    """Add to the gradients the one of ``objective`` at ``w + rho * d / |d|`` (sharpness-aware minimisation).
-
-    The weights move uphill along ``d`` (a masked gradient), the objective is taken again on the
-    same batch, and the weights come back exactly: the update then follows the worst loss near
-    the weights. Unlearning that minimises it lands where a small step, such as a few relearning
-    updates, does not climb back out. A zero or non-finite ``d`` leaves the weights where they are.
-    """
-    with torch.no_grad():
-        moved = [(p, d) for p, d in zip(params, direction, strict=True) if d is not None]
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(d) for _, d in moved])) if moved \
-            else None
-        if norm is None or not torch.isfinite(norm) or norm == 0:
-            moved = []
-        saved = [p.detach().clone() for p, _ in moved]
-        for p, d in moved:
-            p.add_(d, alpha=float(ctx.cfg.sam_rho / norm))
-    with torch.autocast(ctx.accelerator.device.type, dtype=torch.bfloat16, enabled=ctx.autocast):
-        loss = objective()
-    loss.backward()
-    with torch.no_grad():
-        for (p, _), old in zip(moved, saved, strict=True):
-            p.copy_(old)
-
-
-def average_gradients(params: list[nn.Parameter], world: int) -> None:
-    """Average gradients over the processes, as one process would see the whole batch.
-
-    A process whose slice of the batch never reaches a parameter (text-only rows and the
-    visual module, say) has no gradient for it; the others do. Every process first agrees on
-    which parameters any of them reached, so all take part in the same reductions, and a
-    parameter that no process reached keeps no gradient, as in a single process.
-    """
-    reached = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
-    torch.distributed.all_reduce(reached)
-    for p, hit in zip(params, reached.tolist(), strict=True):
-        if not hit:
-            continue
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        torch.distributed.all_reduce(p.grad)
-        p.grad.div_(world)
 
 
 def _save_progress(cfg: TrainConfig, step: int, method: Method, named: dict[str, nn.Parameter],
