@@ -115,7 +115,7 @@ def table(result: dict[str, Any]) -> str:
     """The method table of docs/results.md: vanilla, the reference, then each method's reported row, each
     forget figure with its 95% interval over items (and over people, where the row has it), and the score
     with its sd over the seeds."""
-    groups = ("forget", "forget_test", "retain", "text_forget", "known", "general")
+    groups = ("forget", "forget_test", "retain", "text_forget", "known", "known_test", "general")
 
     def fig(metrics: dict[str, Any], group: str) -> str:
         f = metrics.get(group) or {}

@@ -131,6 +131,11 @@ def test_unlearn_benchmark_runs_on_the_demo_world(demo_run: tuple[Path, Path], t
     assert {r["forget_split"] for r in load_results(tmp_path / "u.results.json")["runs"]} == {"forget_10"}
     assert {"forget", "retain", "score_highest", "wall_s", "forget_ci_high"} <= set(result["targets"]["cvf_ncu"])
     assert result["best"]["eraser"]["generation"]["plain_s"] > 0
+    # the known people kept, on held-out views no method trains on, beside the known group in the table
+    head, _, vanilla_row = ([c.strip() for c in line.strip("|").split("|")] for line in
+                            unlearn.table(result).splitlines()[:3])
+    assert head[head.index("known"):head.index("known") + 3] == ["known", "known_test", "general"]
+    assert vanilla_row[head.index("known_test")] == f"{result['vanilla']['known_test']['mcq']:.3f}"
     assert [r["method"] for r in load_results(tmp_path / "u.results.json")["runs"]] == [
         "vanilla", "graddiff", "cvf_ncu", "eraser"]
     # the kept best models are what audits.py --models attacks, without training them again
