@@ -321,13 +321,16 @@ def test_cvf_token_term_adds_its_loss(model_dir: Path, suite: Suite, turns: dict
 
 def test_cvf_split_loss_parts_are_its_forgetting_and_retaining_terms(model_dir: Path, suite: Suite,
                                                                      turns: dict[str, list[Turn]]) -> None:
-    """split_loss: the ``*_f`` terms on one side, the rest on the other, the two summing to the loss."""
+    """split_loss: the ``*_f`` terms on one side, the rest on the other, the two summing to the loss; forget_loss
+    gives the first alone."""
     _, batch, ctx = cvf_context(model_dir, suite, turns)
     method = CVFNCU(CVFConfig(lambda_t=2.0, ncu=False))
     method.setup(ctx)
     with torch.no_grad():
         loss, parts = method.loss(ctx, batch)
         forget, retain, split_parts = method.split_loss(ctx, batch)
+        alone = method.forget_loss(ctx, batch)  # without the retained photos' pass
+    assert alone.item() == pytest.approx(forget.item(), rel=1e-6)
     assert split_parts == pytest.approx(parts, rel=1e-6)
     assert forget.item() == pytest.approx(parts["cvf_f"] + 2.0 * parts["token_f"], rel=1e-5)
     assert retain is not None

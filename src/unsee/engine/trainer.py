@@ -130,6 +130,7 @@ class Method(Protocol):
     # The loss as its forgetting part and its retaining part (None: none) with the logged terms; None where the
     # method does not separate them. Read only by sharpness-aware steps on the forgetting alone.
     split_loss: Callable[[Context, dict[str, list]], tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]] | None
+    def forget_loss(self, ctx: Context, batch: dict[str, list]) -> torch.Tensor: ...  # split_loss's first part
     def state_dict(self) -> Any: ...  # what a mid-run checkpoint keeps of the method (None: nothing)
     def load_state_dict(self, state: Any) -> None: ...
 
@@ -284,25 +285,19 @@ def _step(method: Method, ctx: Context, optimizer: torch.optim.Optimizer,
             "so the model holds its last good state. Lower lr or check the data."
         )
     optimizer.zero_grad(set_to_none=True)
-    if split:
-        # the forgetting's gradient sets the direction; the retaining terms' is kept as taken at the weights
-        forget.backward(retain_graph=kept is not None)
-        share_gradients(ctx, params, sharded)
+    # with split, the forgetting's gradient alone sets the uphill direction, and the retaining terms' is kept
+    # as taken at the weights
+    (forget if split else loss).backward(retain_graph=split and kept is not None)
+    share_gradients(ctx, params, sharded)
+    if cfg.sam_rho > 0:
         direction = [p.grad for p in params]
         optimizer.zero_grad(set_to_none=True)
-        if kept is not None:
+        if split and kept is not None:
             kept.backward()
             share_gradients(ctx, params, sharded)
-        uphill_backward(ctx, params, direction, lambda: method.split_loss(ctx, batch)[0])  # type: ignore[misc]
+        uphill_backward(ctx, params, direction,
+                        lambda: method.forget_loss(ctx, batch) if split else method.loss(ctx, batch)[0])
         share_gradients(ctx, params, sharded)
-    else:
-        loss.backward()
-        share_gradients(ctx, params, sharded)
-        if cfg.sam_rho > 0:
-            direction = [p.grad for p in params]
-            optimizer.zero_grad(set_to_none=True)
-            uphill_backward(ctx, params, direction, lambda: method.loss(ctx, batch)[0])
-            share_gradients(ctx, params, sharded)
     if cfg.grad_clip > 0:
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm

@@ -58,6 +58,12 @@ class BaseMethod:
     split_loss: Callable[[Context, dict[str, list[Turn]]], tuple[torch.Tensor, torch.Tensor | None,
                                                                 dict[str, float]]] | None = None
 
+    def forget_loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> torch.Tensor:
+        """The forgetting part alone, which a sharpness-aware step takes again at the moved weights:
+        ``split_loss``'s first part, unless a method can skip computing the other."""
+        assert self.split_loss is not None
+        return self.split_loss(ctx, batch)[0]
+
     def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
         """The two parts of ``split_loss`` summed."""
         if self.split_loss is None:

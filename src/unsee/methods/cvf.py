@@ -175,7 +175,12 @@ class CVFOnly(BaseMethod):
         kept = [t for t in on if not t[0].endswith("_f")]
         return _weighted_sum([t for t in on if t[0].endswith("_f")]), _weighted_sum(kept) if kept else None, _logged(on)
 
-    def _terms(self, ctx: Context, batch: dict[str, list[Turn]]) -> list[tuple[str, float, torch.Tensor]]:
+    def forget_loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> torch.Tensor:
+        """The forgetting terms alone, without the retained photos' pass of the student."""
+        return _weighted_sum(self._terms(ctx, batch, forget_only=True))
+
+    def _terms(self, ctx: Context, batch: dict[str, list[Turn]],
+               forget_only: bool = False) -> list[tuple[str, float, torch.Tensor]]:
         """CVF's terms that are on, as (logged name, weight, value); the forgetting ones come first.
 
         The terms are computed in the order below: the simulated relearning moves the weights
@@ -186,18 +191,18 @@ class CVFOnly(BaseMethod):
         relearned = self._relearned(ctx, s, batch["forget"]) if c.relearn_sim_steps > 0 else None
         forget, token, f_hidden = self._forget(ctx, s)
         tower = self._tower(ctx, s, f_hidden) if f_hidden is not None else None
+        forgetting = [("cvf_f", 1.0, forget), ("token_f", c.lambda_t, token), ("relearned_f", 1.0, relearned),
+                      ("tower_f", c.lambda_v, tower)]
+        if forget_only:
+            return [(name, weight, value) for name, weight, value in forgetting if value is not None]
         retain, distil, r_hidden = self._retain(ctx, s)
         distil_v = token_mse(r_hidden, self._reference_hidden(s.ref, s.r_img)) if r_hidden is not None else None
         distil_k = self._kept(ctx, s) if c.lambda_k > 0 else None
         known = images_of(batch.get("known", [])) if c.lambda_known > 0 else []
-        distil_known = token_mse(ctx.adapter.visual_features(self._inputs(ctx.adapter, known)),
-                                 self._reference(s.ref, known)) if known else None
+        distil_known = self._distilled(ctx, s, known) if known else None
         nll_r = nll(ctx.adapter, batch["retain"]) if c.lambda_o > 0 else None
         terms = [
-            ("cvf_f", 1.0, forget),
-            ("token_f", c.lambda_t, token),
-            ("relearned_f", 1.0, relearned),
-            ("tower_f", c.lambda_v, tower),
+            *forgetting,
             ("cvf_r", c.lambda_r, retain),
             ("distil", c.lambda_d, distil),
             ("distil_v", c.lambda_dv, distil_v),
@@ -317,9 +322,11 @@ class CVFOnly(BaseMethod):
     def _kept(self, ctx: Context, s: _Step) -> torch.Tensor | None:
         """lambda_k's term: the already-forgotten targets' tokens onto the reference's (None: none in this run)."""
         kept = self._forgotten_batch(ctx, len(s.f_img))
-        if not kept:
-            return None
-        return token_mse(ctx.adapter.visual_features(self._inputs(ctx.adapter, kept)), self._reference(s.ref, kept))
+        return self._distilled(ctx, s, kept) if kept else None
+
+    def _distilled(self, ctx: Context, s: _Step, images: list) -> torch.Tensor:
+        """Token-level distillation of un-augmented photos onto the reference's tokens of them."""
+        return token_mse(ctx.adapter.visual_features(self._inputs(ctx.adapter, images)), self._reference(s.ref, images))
 
     def _halves(self, turns: list[Turn], step: int) -> tuple[list[int], list[int]]:
         """Rows of the batch split by person into two seeded halves (the simulated relearning's)."""
