@@ -62,6 +62,9 @@ def seed_list(text: str, base: int) -> list[int]:
     """``--seeds``: a comma list of seeds, or one number N for the N seeds ``base`` .. ``base + N - 1``."""
     if "," in text:
         return [int(s) for s in text.split(",")]
+    if int(text) < 1:
+        raise SystemExit(f"--seeds {text}: a single number is how many seeds to run, from --seed; give 1 or more, "
+                         "or a comma list of seeds (0,1,2)")
     return list(range(base, base + int(text)))
 
 

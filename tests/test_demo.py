@@ -426,6 +426,18 @@ def test_subspace_energy_measures_each_groups_share_in_both_subspaces(demo_run: 
     assert json.loads((tmp_path / "e.json").read_text())["subspaces"] == spaces
 
 
+def test_seeds_benchmark_refuses_a_count_of_no_seeds() -> None:
+    """--seeds N counts seeds from --seed; 0 would run nothing and fail later, so it is refused in one line."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import seeds
+
+    assert seeds.seed_list("2", 5) == [5, 6] and seeds.seed_list("0,3", 5) == [0, 3]
+    with pytest.raises(SystemExit, match="1 or more"):
+        seeds.seed_list("0", 0)
+
+
 def test_vanilla_benchmark_holds_the_quick_world_to_its_own_bars_as_well() -> None:
     """benchmarks/vanilla.py: the default targets for every world; on the quick world also its own bars (image
     questions 0.95, known 0.85, general 0.70), so a quick model reading known people near chance fails."""

@@ -375,6 +375,8 @@ def test_cvf_known_distillation_reads_the_known_photos_and_only_when_asked(
     ctx.streams.pop("known")
     with pytest.raises(ConfigError, match="lambda_known"):
         CVFNCU(CVFConfig(lambda_known=1.0)).setup(ctx)
+    with pytest.raises(ConfigError, match="negative"):
+        CVFNCU(CVFConfig(lambda_known=-1.0)).setup(ctx)
 
 
 # no attack; an attack inside a ball of radius 0; an attack inside the default ball

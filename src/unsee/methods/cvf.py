@@ -153,6 +153,8 @@ class CVFOnly(BaseMethod):
         return ("general", "known") if self.cfg.lambda_known > 0 else ("general",)
 
     def setup(self, ctx: Context) -> None:
+        if self.cfg.lambda_known < 0:
+            raise ConfigError(f"lambda_known must not be negative, got {self.cfg.lambda_known}")
         if self.cfg.lambda_known > 0 and "known" not in ctx.streams:
             raise ConfigError(f"{self.name}: lambda_known distils the known people's training photos, and this "
                               "benchmark has none (train_known); set lambda_known=0")
