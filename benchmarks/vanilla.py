@@ -60,6 +60,11 @@ TARGETS: dict[str, float] = {
 # items) and its recipe short, but its known people and general scenes must read well above
 # chance, or the quick demo cannot show a method losing them.
 QUICK_TARGETS: dict[str, float] = {"image_train": 0.95, "known": 0.85, "general": 0.70}
+# The default world, whose forget groups hold 180 items, is held higher on held-out views, and
+# each kind of general question (colour, shape, count, position) must be read on its own: a
+# model that reads colour alone can pass the pooled bar and still not show damage to shape.
+DEFAULT_TARGETS: dict[str, float] = {"image_test": 0.90}
+GENERAL_KIND_MIN = 0.75
 VISION_STAGE_MAX_S = 15 * 60
 WORLD_STAGES_MAX_S = {"default": 20 * 60, "quick": 3 * 60}
 # What each target group pools from the suite's groups.
@@ -161,18 +166,22 @@ def view_nn_accuracy(adapter: HFAdapter, suite: Suite, world: Path, views: int =
     return float(np.mean([tr[j].entity == who for j, who in zip(nearest, owners, strict=True)]))
 
 
-def target_checks(pooled: dict[str, dict[str, Any]], world: str, vision_s: float, world_s: float
-                  ) -> dict[str, dict[str, Any]]:
-    """Each target with its value and whether it holds; the quick world is held to its own bars as well."""
-    def at_least(name: str, t: float) -> dict[str, Any]:
-        return {"value": pooled[name]["acc"], "target": t, "pass": bool(pooled[name]["acc"] >= t)}
+def target_checks(pooled: dict[str, dict[str, Any]], world: str, vision_s: float, world_s: float,
+                  by_kind: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Each target with its value and whether it holds; the quick world is held to its own bars as
+    well, the default world to its higher held-out bar and to every kind of general question."""
+    def at_least(value: float, t: float) -> dict[str, Any]:
+        return {"value": value, "target": t, "pass": bool(value >= t)}
 
-    checks = {name: at_least(name, t) for name, t in TARGETS.items()}
+    bars = TARGETS | (DEFAULT_TARGETS if world == "default" else {})
+    checks = {name: at_least(pooled[name]["acc"], t) for name, t in bars.items()}
     checks["vision_stage_s"] = {"value": vision_s, "target": VISION_STAGE_MAX_S, "pass": vision_s <= VISION_STAGE_MAX_S}
     checks["world_stages_s"] = {"value": world_s, "target": WORLD_STAGES_MAX_S[world],
                                 "pass": world_s <= WORLD_STAGES_MAX_S[world]}
     if world == "quick":
-        checks |= {f"quick_{name}": at_least(name, t) for name, t in QUICK_TARGETS.items()}
+        checks |= {f"quick_{name}": at_least(pooled[name]["acc"], t) for name, t in QUICK_TARGETS.items()}
+    if world == "default":
+        checks |= {f"general_{kind}": at_least(v["acc"], GENERAL_KIND_MIN) for kind, v in (by_kind or {}).items()}
     return checks
 
 
@@ -220,7 +229,7 @@ def main() -> None:
     nn = {"after_stage1": view_nn_accuracy(vision, suite, world), "vanilla": view_nn_accuracy(adapter, suite, world)}
     eval_s = time.perf_counter() - t0
 
-    checks = target_checks(scores["pooled"], a.world, vision_s, world_s)
+    checks = target_checks(scores["pooled"], a.world, vision_s, world_s, scores["general_by_kind"])
 
     result = {
         "benchmark": "vanilla",
