@@ -24,6 +24,7 @@ from unsee.methods import ALL as ALL  # the registry's names: the benchmarks' --
 from unsee.methods import TRAINING as TRAINING
 from unsee.methods.artifact import Artifact
 from unsee.models import HFAdapter, load_adapter
+from unsee.models.tiny import ARCHS
 
 # Every scratch folder of a benchmark process lives under one directory that is removed when the
 # process exits, so that a sweep of hundreds of runs leaves nothing behind in the temp folder.
@@ -39,6 +40,15 @@ def write_result(path: Path, result: Mapping[str, Any]) -> None:
 def scratch(prefix: str) -> Path:
     """A fresh folder under this process's scratch root (removed at exit)."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir=_SCRATCH.name))
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for counts such as --threads: zero or less is refused in one line, not by torch's
+    traceback halfway through setup."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def parser(doc: str, *, methods: str, out: str) -> argparse.ArgumentParser:
@@ -64,10 +74,11 @@ def model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--world-set", action="append", default=[], metavar="KEY=VALUE", help="world config override")
     p.add_argument("--recipe", default=None, help="finetune recipe (default: the world's name)")
     p.add_argument("--recipe-set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
-    p.add_argument("--arch", default="tiny-llava")
+    p.add_argument("--arch", default="tiny-llava", choices=ARCHS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=None, help="the shared stage cache (default: ~/.cache/unsee)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (1 on a machine busy with other work)")
+    p.add_argument("--threads", type=positive_int, default=2,
+                   help="torch threads (1 on a machine busy with other work)")
 
 
 def audit_figures(attacks: Mapping[str, Any]) -> dict[str, float | None]:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from common import positive_int
 
 from unsee import __version__
 from unsee.config import load_config, to_dict
@@ -46,6 +47,7 @@ from unsee.io import atomic_write_json, content_hash
 from unsee.methods.base import pooled, token_features
 from unsee.models import load_adapter
 from unsee.models.base import HFAdapter, Turn
+from unsee.models.tiny import ARCHS
 
 # The vanilla model's targets (MCQ by option log-likelihood; chance is 0.25). Never lowered here.
 TARGETS: dict[str, float] = {
@@ -188,11 +190,11 @@ def target_checks(pooled: dict[str, dict[str, Any]], world: str, vision_s: float
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--world", default="quick", choices=("quick", "default"), help="world config (and recipe)")
-    p.add_argument("--arch", default="tiny-llava")
+    p.add_argument("--arch", default="tiny-llava", choices=ARCHS)
     p.add_argument("--recipe", default=None, help="finetune recipe: file or shipped name (default: as --world)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default=None, help="stage cache (default: $UNSEE_CACHE or ~/.cache/unsee)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--cloze-cap", type=int, default=60, help="cloze items per group")
     p.add_argument("--letter-cap", type=int, default=40, help="letter-protocol MCQ items per group")
     p.add_argument("--out", default=None)

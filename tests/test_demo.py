@@ -458,3 +458,18 @@ def test_vanilla_benchmark_holds_the_quick_world_to_its_own_bars_as_well() -> No
     # the default world: held-out views at 0.90, and each kind of general question on its own
     assert default["image_test"]["target"] == 0.90 and default["image_test"]["pass"]
     assert default["general_colour"]["pass"] and not default["general_shape"]["pass"]
+
+
+def test_benchmarks_refuse_a_thread_count_below_one_and_an_unknown_architecture_in_one_line(capsys) -> None:
+    """--threads 0 and --arch tiny-nope end at the parser with a one-line message, before any model is built."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import common
+
+    p = common.parser(__doc__ or "benchmark", methods="cvf_ncu", out="x.json")
+    assert p.parse_args(["--threads", "3"]).threads == 3
+    for bad, word in ((["--threads", "0"], "at least 1"), (["--arch", "tiny-nope"], "invalid choice")):
+        with pytest.raises(SystemExit):
+            p.parse_args(bad)
+        assert word in capsys.readouterr().err
