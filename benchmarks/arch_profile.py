@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import measure
+from common import measure, positive_int
 
 from unsee.demo import DemoConfig, prepare_init
 from unsee.finetune import cache_root
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="an engine option for every method, e.g. max_steps=2 for a smoke run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=None, help="the shared stage cache (default: ~/.cache/unsee)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--out", default=None, help="default: benchmarks/results/arch_profile_<world>.json")
     args = p.parse_args(argv)
     unknown = sorted(set(args.archs.split(",")) - set(ARCHS))

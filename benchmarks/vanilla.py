@@ -169,7 +169,7 @@ def view_nn_accuracy(adapter: HFAdapter, suite: Suite, world: Path, views: int =
 
 
 def target_checks(pooled: dict[str, dict[str, Any]], world: str, vision_s: float, world_s: float,
-                  by_kind: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+                  by_kind: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Each target with its value and whether it holds; the quick world is held to its own bars as
     well, the default world to its higher held-out bar and to every kind of general question."""
     def at_least(value: float, t: float) -> dict[str, Any]:
@@ -183,7 +183,7 @@ def target_checks(pooled: dict[str, dict[str, Any]], world: str, vision_s: float
     if world == "quick":
         checks |= {f"quick_{name}": at_least(pooled[name]["acc"], t) for name, t in QUICK_TARGETS.items()}
     if world == "default":
-        checks |= {f"general_{kind}": at_least(v["acc"], GENERAL_KIND_MIN) for kind, v in (by_kind or {}).items()}
+        checks |= {f"general_{kind}": at_least(v["acc"], GENERAL_KIND_MIN) for kind, v in by_kind.items()}
     return checks
 
 

@@ -448,7 +448,7 @@ def test_vanilla_benchmark_holds_the_quick_world_to_its_own_bars_as_well() -> No
     import vanilla
 
     pooled = {name: {"acc": 0.96} for name in vanilla.TARGETS} | {"known": {"acc": 0.5}, "general": {"acc": 0.75}}
-    quick = vanilla.target_checks(pooled, "quick", vision_s=100.0, world_s=200.0)
+    quick = vanilla.target_checks(pooled, "quick", vision_s=100.0, world_s=200.0, by_kind={})
     assert not quick["quick_known"]["pass"] and quick["quick_general"]["pass"] and quick["quick_image_train"]["pass"]
     assert not quick["general"]["pass"] and not quick["world_stages_s"]["pass"] and quick["vision_stage_s"]["pass"]
     assert quick["image_test"]["target"] == 0.85 and not any(k.startswith("general_") for k in quick)
