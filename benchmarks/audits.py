@@ -107,9 +107,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--table", default=None, metavar="FILE", help="also write the target table as markdown")
     attack_options(p)
     args = p.parse_args(argv)
+    if not args.attacks:
+        p.error("--attacks none leaves this benchmark nothing to do; name at least one attack")
     world, vanilla = vanilla_model(args)
     suite = api.load_suite(world, args.forget, seed=args.seed)
-    kinds = args.attacks.split(",")
+    kinds = list(args.attacks)
     cfg = load_config(AttackConfig, {"seed": args.seed, **parse_overrides(args.attack_set)})
     if "mia" in kinds:
         try:

@@ -92,11 +92,27 @@ def audit_figures(attacks: Mapping[str, Any]) -> dict[str, float | None]:
             "forget_quality": attacks.get("mia", {}).get("forget_quality")}
 
 
+def attack_list(text: str) -> list[str]:
+    """An argparse type for --attacks: a comma list of attacks, or ``none`` for a run that only measures. An
+    unknown name is refused at the parser, not after the first model has trained."""
+    from unsee.audit.attacks import ATTACKS
+
+    if text.strip().lower() == "none":
+        return []
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = sorted(set(kinds) - set(ATTACKS))
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"unknown attack(s) {unknown or [text]}; choose from {', '.join(ATTACKS)}, "
+                                         "or none")
+    return kinds
+
+
 def attack_options(p: argparse.ArgumentParser) -> None:
     """The audit options of the benchmarks that attack their models: which attacks, and their settings."""
     from unsee.audit.attacks import ATTACKS
 
-    p.add_argument("--attacks", default=",".join(ATTACKS), help="comma list of the attacks to run")
+    p.add_argument("--attacks", type=attack_list, default=list(ATTACKS),
+                   help="comma list of the attacks to run, or none")
     p.add_argument("--attack-set", action="append", default=[], metavar="KEY=VALUE", help="AttackConfig option")
 
 

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     variants = [variant(v) for v in args.variant] or [("shipped", [])]
     world, vanilla = vanilla_model(args)
     suite = api.load_suite(world, args.forget, seed=args.seed)
-    kinds = args.attacks.split(",")
+    kinds = list(args.attacks)
     if "mia" in kinds:
         cfg = load_config(AttackConfig, {"seed": args.seed, **parse_overrides(args.attack_set)})
         suite = api.attach_holdout(suite, world, cfg.mia_holdout, args.seed)
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
                 attacks = api.audit_adapter(adapter, suite, kinds=kinds, artifact=artifact, vanilla=before,
                                             seed=args.seed, overrides=args.attack_set, strict=False,
                                             changed=changed_linears(digests, adapter), reference=reference,
-                                            cache_dir=args.cache_dir)
+                                            cache_dir=args.cache_dir) if kinds else {}
                 runs.append({"seed": seed, "figures": figures(run, attacks), "attacks": attacks})
                 print(method, name, seed, runs[-1]["figures"], flush=True)
             results[f"{method}/{name}"] = {"method": method, "overrides": overrides, "runs": runs,

@@ -461,15 +461,20 @@ def test_vanilla_benchmark_holds_the_quick_world_to_its_own_bars_as_well() -> No
 
 
 def test_benchmarks_refuse_a_thread_count_below_one_and_an_unknown_architecture_in_one_line(capsys) -> None:
-    """--threads 0 and --arch tiny-nope end at the parser with a one-line message, before any model is built."""
+    """--threads 0, --arch tiny-nope and an unknown attack end at the parser with a one-line message, before any
+    model is built; --attacks none is a run without audits."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     import common
 
     p = common.parser(__doc__ or "benchmark", methods="cvf_ncu", out="x.json")
+    common.attack_options(p)
     assert p.parse_args(["--threads", "3"]).threads == 3
-    for bad, word in ((["--threads", "0"], "at least 1"), (["--arch", "tiny-nope"], "invalid choice")):
+    assert p.parse_args(["--attacks", "none"]).attacks == []  # a measuring run, no audits
+    assert p.parse_args(["--attacks", "relearn,pgd"]).attacks == ["relearn", "pgd"]
+    for bad, word in ((["--threads", "0"], "at least 1"), (["--arch", "tiny-nope"], "invalid choice"),
+                      (["--attacks", "relearn,nope"], "unknown attack(s) ['nope']"), (["--attacks", ""], "unknown")):
         with pytest.raises(SystemExit):
             p.parse_args(bad)
         assert word in capsys.readouterr().err
