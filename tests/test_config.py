@@ -338,6 +338,7 @@ CVF_BEFORE = {
     "ncu": True, "energy": 0.01, "ncu_images": 1024, "lambda_k": 20.0,
     **NCU_ADDED,
     "lambda_known": 0.0, "known_covariance": False,  # added since; off
+    "token_target": "mean",  # added since; the one target of before
 }
 RESOLVED_BEFORE: dict[str, dict] = {
     "ga": {"lr": 6e-06},

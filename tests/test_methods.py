@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unsee import api
+from unsee.data.collate import image_of
 from unsee.data.schema import Suite
 from unsee.engine.prepare import frozen_copy
 from unsee.engine.trainer import Context, TrainConfig, make_streams, train, unique_images
@@ -142,6 +143,8 @@ def cvf_losses(ctx: Context, batch: dict, configs: dict[Any, CVFConfig]) -> dict
         with torch.no_grad():
             out[key] = method.loss(ctx, batch)
     return out
+
+
 def test_info_nce_falls_under_sgd() -> None:
     g = torch.Generator().manual_seed(0)
     raw = torch.randn(4, 8, generator=g, requires_grad=True)
@@ -317,6 +320,36 @@ def test_cvf_token_term_adds_its_loss(model_dir: Path, suite: Suite, turns: dict
     out = cvf_losses(ctx, batch, {w: CVFConfig(lambda_t=w, ncu=False) for w in (0.0, 2.0)})
     assert "token_f" not in out[0.0][1] and out[2.0][1]["token_f"] > 0
     assert out[2.0][0].item() == pytest.approx(out[0.0][0].item() + 2.0 * out[2.0][1]["token_f"], rel=1e-5)
+
+
+def test_cvf_person_token_targets_pair_each_forget_person_with_a_neutral_person_of_their_own(
+        model_dir: Path, world: Path) -> None:
+    """token_target=person: a forget person's photos share one target, the mean reference token of their
+    seeded neutral partner's photos; two forget people get two partners, and the term is not the mean target's."""
+    suite = api.load_suite(world, "forget_r1")  # a request of two people
+    turns = api.training_turns(suite)
+    adapter, batch, ctx = cvf_context(model_dir, suite, turns)
+    method = CVFNCU(CVFConfig(lambda_t=2.0, ncu=False, token_target="person"))
+    method.setup(ctx)
+    by_person: dict[str, list[Turn]] = {}
+    for t in turns["forget"]:
+        by_person.setdefault(method._person[id(t.image)], []).append(t)
+    first, second = sorted(by_person)[:2]
+    batch["forget"] = by_person[first][:2] + by_person[second][:2]
+    targets = method._paired_targets(ctx.reference, batch["forget"])
+    assert torch.equal(targets[0], targets[1]) and torch.equal(targets[2], targets[3])
+    assert not torch.allclose(targets[0], targets[2])
+    neutral = [e for e in suite.groups["neutral"] if e.has_image]
+    means = {p: torch.cat(method._reference(ctx.reference, [image_of(e) for e in neutral if e.entity == p])).mean(0)
+             for p in {e.entity for e in neutral}}
+    assert any(torch.allclose(targets[0], m) for m in means.values())
+    with torch.no_grad():
+        paired = method.loss(ctx, batch)[1]["token_f"]
+    shared = cvf_losses(ctx, batch, {"mean": CVFConfig(lambda_t=2.0, ncu=False)})["mean"][1]["token_f"]
+    assert paired > 0 and paired != pytest.approx(shared, rel=1e-3)
+    again = CVFNCU(CVFConfig(lambda_t=2.0, ncu=False, token_target="person"))
+    again.setup(ctx)
+    assert torch.equal(again._paired_targets(ctx.reference, batch["forget"]), targets)  # seeded
 
 
 def test_cvf_split_loss_parts_are_its_forgetting_and_retaining_terms(model_dir: Path, suite: Suite,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -44,6 +44,10 @@ class CVFOnlyConfig:
     lambda_t: float = opt(
         0.0, "weight of a token-level forget term: every token of a forget image towards the reference's mean "
         "neutral token (an addition to the spec; the pooled InfoNCE leaves identity in the tokens)")
+    token_target: Literal["mean", "person"] = opt(
+        "mean", "lambda_t's target: 'mean', the batch's mean neutral token for every forget photo; 'person', each "
+        "forget person the mean token of a neutral person of their own (a seeded pairing), so that the forget "
+        "people stay apart and relearning some of them has no shared shift to undo for the rest")
     lambda_v: float = opt(
         0.0, "weight of a tower-level forget term: every token of a forget image after vision block merge_block "
         "towards the reference's mean neutral token there (an addition to the spec; the projector-level terms "
@@ -111,7 +115,7 @@ class _Step:
     all_r: torch.Tensor
     pos: torch.Tensor  # forget anchors' positives: the neutral references
     neg: torch.Tensor  # forget anchors' negatives: their own identities' and the retained references
-    target: torch.Tensor | None  # the reference's mean neutral token (lambda_t)
+    target: torch.Tensor | None  # lambda_t's target: one mean neutral token [d], or one per forget photo [A, d]
 
 
 # The order run.json's history and the progress bar list the terms in.
@@ -164,6 +168,8 @@ class CVFOnly(BaseMethod):
         self._ref_hidden: dict[int, tuple[Any, torch.Tensor]] = {}
         # whose photo each forget image is; image_of hands out one object per file
         self._person = {id(image_of(e)): e.entity for e in ctx.suite.groups.get("train_forget", []) if e.has_image}
+        self._suite = ctx.suite
+        self._pair: dict[str, torch.Tensor] = {}  # token_target 'person': each forget person's target
 
     def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
         """The sum of CVF's terms, each with its weight, in the order of :meth:`_terms`."""
@@ -236,7 +242,10 @@ class CVFOnly(BaseMethod):
         # forget anchors: positives = neutral refs; negatives = own-identity refs + retained refs
         pos = all_n.unsqueeze(0).expand(A, -1, -1)
         neg = torch.cat([all_f.unsqueeze(0).expand(A, -1, -1), all_r.unsqueeze(0).expand(A, -1, -1)], 1)
-        target = _mean_token(ctx, ref_n_tok) if self.cfg.lambda_t > 0 else None
+        target = None
+        if self.cfg.lambda_t > 0:
+            target = (self._paired_targets(ref, batch["forget"]) if self.cfg.token_target == "person"
+                      else _mean_token(ctx, ref_n_tok))
         return _Step(ref, f_img, r_img, n_img, f_in, ref_f_tok, ref_r_tok, ref_r, all_f, all_r, pos, neg, target)
 
     def _forget_terms(self, s: _Step, tokens: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -244,7 +253,9 @@ class CVFOnly(BaseMethod):
         nce = info_nce(pooled(tokens), s.pos[: len(tokens)], s.neg[: len(tokens)], self.cfg.tau)
         if s.target is None:
             return nce, None
-        return nce, torch.stack([F.mse_loss(t.float(), s.target.expand_as(t)) for t in tokens]).mean()
+        targets = s.target.expand(len(tokens), -1) if s.target.dim() == 1 else s.target
+        return nce, torch.stack([F.mse_loss(t.float(), y.expand_as(t)) for t, y in zip(tokens, targets,
+                                                                                       strict=True)]).mean()
 
     def _forget_loss(self, s: _Step, tokens: list[torch.Tensor]) -> torch.Tensor:
         """The InfoNCE plus lambda_t times the token term: what the inner attack and the simulated relearning climb."""
@@ -329,6 +340,27 @@ class CVFOnly(BaseMethod):
     def _distilled(self, ctx: Context, s: _Step, images: list) -> torch.Tensor:
         """Token-level distillation of un-augmented photos onto the reference's tokens of them."""
         return token_mse(ctx.adapter.visual_features(self._inputs(ctx.adapter, images)), self._reference(s.ref, images))
+
+    @torch.no_grad()
+    def _paired_targets(self, ref: Adapter, turns: list[Turn]) -> torch.Tensor:
+        """token_target 'person': each forget photo's target, its person's neutral partner's mean reference token.
+
+        The pairing is seeded and fixed for the run: the forget people, sorted, take neutral people in a seeded
+        order (round the list again when there are more forget people than neutral ones). A neutral photo
+        without a person (a benchmark's folder of photos) stands for a person of its own.
+        """
+        if not self._pair:
+            groups = self._suite.groups
+            neutral: dict[str, list] = {}
+            for i, e in enumerate(e for e in groups.get("neutral", []) if e.has_image):
+                neutral.setdefault(e.entity or f"photo-{i}", []).append(image_of(e))
+            order = sorted(neutral)
+            order = [order[i] for i in np.random.default_rng(self.seed).permutation(len(order))]
+            forget = sorted(set(self._person.values()))
+            for k, person in enumerate(forget):
+                photos = neutral[order[k % len(order)]]
+                self._pair[person] = torch.cat([t.float() for t in self._reference(ref, photos)]).mean(0)
+        return torch.stack([self._pair[self._person[id(t.image)]] for t in turns])
 
     def _halves(self, turns: list[Turn], step: int) -> tuple[list[int], list[int]]:
         """Rows of the batch split by person into two seeded halves (the simulated relearning's)."""
