@@ -212,6 +212,19 @@ def test_generation_and_docstrings_leave_the_keys_alone(qwen: Path, world: Path,
     assert keys(qwen, world, tmp_path) == before
 
 
+def test_the_thread_count_moves_every_key(model_dir: Path, world: Path, tmp_path: Path) -> None:
+    """A stage trained at one thread count is another model at another: it is never reused for it."""
+    before = keys(model_dir, world, tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        other = keys(model_dir, world, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(a != b for a, b in zip(before, other, strict=True))
+    assert keys(model_dir, world, tmp_path) == before
+
+
 def test_the_data_loader_and_the_augmentation_move_the_keys(model_dir: Path, world: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from unsee.data import augment as aug

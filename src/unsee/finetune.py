@@ -45,7 +45,7 @@ from unsee.io import atomic_dir, check_output_dir, content_hash
 from unsee.methods.base import BaseMethod, nll
 from unsee.models import load_adapter, model_fingerprint
 from unsee.models.base import Adapter, Turn
-from unsee.stage_keys import STAGE1, STAGE2, STAGE3, turns_fingerprint
+from unsee.stage_keys import STAGE1, STAGE2, STAGE3, numerics, turns_fingerprint
 from unsee.vision_stage import pool_fingerprint, pretrain_vision, render_fingerprint, visual_fingerprint, visual_state
 
 STAGE_FILE, VISUAL_FILE = "unsee_stage.json", "visual.safetensors"
@@ -246,7 +246,7 @@ def _finish_stage(path: Path, adapter: Adapter, stats: dict[str, float], seconds
         else:
             adapter.save(tmp)
         (tmp / STAGE_FILE).write_text(json.dumps({"stage": path.name, "stats": stats, "seconds": seconds,
-                                                  "config": rc}, indent=2))
+                                                  "config": rc, "numerics": numerics()}, indent=2))
     remove_checkpoint(partial_dir(path))
     state.wait_for_everyone()
 
@@ -359,7 +359,8 @@ def finetune(
     stages = {}
     for p in plan.paths:
         meta = json.loads((p / STAGE_FILE).read_text()) if stage_done(p) else {}
-        stages[p.name] = {"cached": cached[p.name], "seconds": meta.get("seconds"), "stats": meta.get("stats")}
+        stages[p.name] = {"cached": cached[p.name], "seconds": meta.get("seconds"), "stats": meta.get("stats"),
+                          "numerics": meta.get("numerics")}
     if not PartialState(cpu=not torch.cuda.is_available()).is_main_process:
         return Path(out)  # under `accelerate launch` the first process writes the result
     with atomic_dir(out, overwrite=overwrite) as tmp:

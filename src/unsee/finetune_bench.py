@@ -41,7 +41,7 @@ from unsee.methods.base import BaseMethod, nll
 from unsee.models import load_adapter, model_fingerprint
 from unsee.models.base import SCOPES, Adapter, Turn
 from unsee.runs import is_main_process, model_name, save_model
-from unsee.stage_keys import BENCHMARK, batch_adapter, turns_fingerprint
+from unsee.stage_keys import BENCHMARK, batch_adapter, numerics, turns_fingerprint
 
 VANILLA_FILE, RETRAINED_FILE = "unsee_vanilla.json", "unsee_retrained.json"
 RECIPES = ("mllmu", "clear", "umu")
@@ -144,7 +144,8 @@ def _train(model: str | Path, turns: list[Turn], cfg: BenchFinetuneConfig, path:
     with atomic_dir(path, overwrite=True) as tmp:
         save_model(adapter, tmp, model_name(model))  # LoRA merged: the entry loads without peft
         (tmp / STAGE_FILE).write_text(json.dumps({"stage": path.name, "stats": stats, "config": to_dict(cfg),
-                                                  "seconds": time.perf_counter() - t0}, indent=2))
+                                                  "seconds": time.perf_counter() - t0, "numerics": numerics()},
+                                                 indent=2))
     remove_checkpoint(partial_dir(path))
     return True
 
@@ -157,7 +158,7 @@ def _publish(entry: Path, out: str | Path, record: dict[str, Any], name: str, ov
             if f.name != STAGE_FILE:
                 shutil.copy2(f, tmp / f.name)
         (tmp / name).write_text(json.dumps({**record, "entry": entry.name, "seconds": meta.get("seconds"),
-                                            "stats": meta.get("stats")}, indent=2))
+                                            "stats": meta.get("stats"), "numerics": meta.get("numerics")}, indent=2))
     return Path(out)
 
 
