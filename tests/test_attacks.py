@@ -236,6 +236,25 @@ def test_unlearn_with_audit_records_attacks_in_run_and_card(adapter: HFAdapter, 
     assert "| relearn | ag |" in (out / "model" / "README.md").read_text()
 
 
+def test_an_empty_list_of_audits_runs_none_and_no_list_runs_every_one(adapter: HFAdapter, suite: Suite,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """"No audits" must never be read as "all of them": that trains a relearning attack nobody asked for."""
+    from unsee import unlearning
+
+    asked: list[list[str]] = []
+    monkeypatch.setattr(unlearning, "run_attacks", lambda a, s, kinds, *x, **k: asked.append(list(kinds)) or {})
+    assert api.audit_adapter(adapter, suite, kinds=[]) == {}
+    api.audit_adapter(adapter, suite, kinds=None)
+    api.audit_adapter(adapter, suite, kinds=["probe"])
+    assert asked == [[], list(attacks.ATTACKS), ["probe"]]
+    nowhere = Path("unused")
+    run, _ = unlearning.unlearn_and_save("ga", load_adapter(adapter.source), suite, steering_dir=nowhere,
+                                         model_dir=nowhere, model="tiny-llava", base_model="m", base_hash="h",
+                                         forget="forget_15", seed=0, overrides=["max_steps=1", "progress=false"],
+                                         evaluate_after=False, audit=True, audit_kinds=[], save=False)
+    assert "attacks" not in run and len(asked) == 3
+
+
 def test_relearning_repeats_each_half_with_its_own_seed(adapter: HFAdapter, suite: Suite,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """``relearn_repeats`` attacks each half again with another batch order: the first run is the single

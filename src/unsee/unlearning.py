@@ -93,7 +93,8 @@ def unlearn_and_save(method: str, adapter: Adapter, suite: Suite, *, steering_di
     """
 
     cls = method_class(method)
-    kinds = list(audit_kinds) if audit_kinds else None
+    kinds = None if audit_kinds is None else list(audit_kinds)
+    audit = audit and kinds != []  # None: every attack; an empty list: none
     before = frozen_copy(adapter, visual_only=True) if audit else None
     digests = None
     if audit and (kinds is None or "quant" in kinds):
@@ -208,11 +209,13 @@ def audit_adapter(adapter: Adapter, suite: Suite, *, kinds: Sequence[str] | None
                   reference: str | Path | ReferenceAudits | None = None, data: str | Path | None = None,
                   cache_dir: str | Path | None = None) -> dict[str, dict[str, Any]]:
     """The robustness audits on a loaded model as deployed (with its ``artifact``, or the steering file at
-    ``steering``), each beside the retrained reference's figure when ``reference`` (a model directory) is given."""
+    ``steering``), each beside the retrained reference's figure when ``reference`` (a model directory) is given.
+
+    ``kinds=None`` runs every attack and an empty list none, so that "no audits" is never read as "all"."""
 
     values = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
     cfg = load_config(AttackConfig, {"seed": seed, **values})
-    kinds = list(kinds or ATTACKS)
+    kinds = list(ATTACKS if kinds is None else kinds)
     if "mia" in kinds and data is not None:
         try:
             suite = attach_holdout(suite, data, cfg.mia_holdout, seed)
