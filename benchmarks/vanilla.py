@@ -48,6 +48,7 @@ from unsee.methods.base import pooled, token_features
 from unsee.models import load_adapter
 from unsee.models.base import HFAdapter, Turn
 from unsee.models.tiny import ARCHS
+from unsee.provenance import cpu_name
 
 # The vanilla model's targets (MCQ by option log-likelihood; chance is 0.25). Never lowered here.
 TARGETS: dict[str, float] = {
@@ -241,7 +242,8 @@ def main() -> None:
         "world": a.world, "arch": a.arch, "recipe": recipe, "recipe_config": to_dict(cfg), "seed": a.seed,
         "overrides": a.overrides, "world_fingerprint": wfp,
         "commit": commit, "unsee_version": __version__, "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(), "machine": platform.machine(), "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
         "timings_s": {
             "stages": {n: {"seconds": s["seconds"], "cached": s["cached"]} for n, s in stages.items()},
             "vision_stage": vision_s, "world_stages": world_s, "finetune_wall_this_run": finetune_wall,

@@ -212,17 +212,20 @@ def test_generation_and_docstrings_leave_the_keys_alone(qwen: Path, world: Path,
     assert keys(qwen, world, tmp_path) == before
 
 
-def test_the_thread_count_moves_every_key(model_dir: Path, world: Path, tmp_path: Path) -> None:
-    """A stage trained at one thread count is another model at another: it is never reused for it."""
+def test_the_thread_count_and_the_cpu_move_every_key(model_dir: Path, world: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage trained at another thread count or on another CPU is another model: it is never reused for it."""
     before = keys(model_dir, world, tmp_path)
     threads = torch.get_num_threads()
     torch.set_num_threads(threads + 1)
     try:
-        other = keys(model_dir, world, tmp_path)
+        more_threads = keys(model_dir, world, tmp_path)
     finally:
         torch.set_num_threads(threads)
-    assert all(a != b for a, b in zip(before, other, strict=True))
+    assert all(a != b for a, b in zip(before, more_threads, strict=True))
     assert keys(model_dir, world, tmp_path) == before
+    monkeypatch.setattr(stage_keys, "device_name", lambda: "cpu (Another CPU, AVX2)")
+    assert all(a != b for a, b in zip(before, keys(model_dir, world, tmp_path), strict=True))
 
 
 def test_the_data_loader_and_the_augmentation_move_the_keys(model_dir: Path, world: Path, tmp_path: Path,

@@ -55,8 +55,28 @@ def _dist_version(name: str) -> str | None:
         return None
 
 
-def _device_name() -> str:
-    """The accelerator a run used, for reading timings; never raises."""
+@lru_cache(maxsize=1)
+def cpu_name() -> str:
+    """The CPU's model name and the vector instructions torch's kernels use on it; never raises.
+
+    Two CPUs round the same long training run differently (another kernel, another order of
+    additions), so a cached stage and a result both say which one they ran on."""
+    name = platform.processor() or platform.machine() or "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    try:
+        import torch
+
+        return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
+    except Exception:  # an old torch without the query must not lose a result
+        return name
+
+
+def device_name() -> str:
+    """The accelerator a run used, for reading timings and keying cached stages; never raises."""
     try:
         import torch
 
@@ -66,7 +86,7 @@ def _device_name() -> str:
             return "mps"
     except Exception:  # a broken driver must not lose a result
         pass
-    return f"cpu ({platform.machine() or 'unknown'})"
+    return f"cpu ({cpu_name()})"
 
 
 def environment() -> dict[str, Any]:
@@ -80,7 +100,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "torch": _dist_version("torch"),
         "transformers": _dist_version("transformers"),
-        "device": _device_name(),
+        "device": device_name(),
     }
 
 

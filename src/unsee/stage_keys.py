@@ -13,10 +13,10 @@ matches. The key hashes, and nothing else:
   tensors the adapter builds for a fixed sample of the turns (:func:`turns_fingerprint`),
   so that an edit of the data loaders, of label masking or of the processor retrains,
   while an edit of code training never runs (generation, a docstring) keeps the stage;
-- the numeric environment (:func:`numerics`): torch's version, the device, and on a CPU the
-  thread count. The same recipe trained at one thread and at two gives other weights (a sum
-  split over two threads rounds differently), so a stage trained at one must not stand in
-  for the other.
+- the numeric environment (:func:`numerics`): torch's version, the device (a CPU's model and
+  vector instructions) and the thread count. The same recipe trained at one thread and at
+  two, or on two CPUs, gives other weights (a sum split or vectorised differently rounds
+  differently), so a stage trained in one must not stand in for the other.
 
 No source file is hashed: hashing whole modules retrained the default vanilla model (25
 minutes) for a docstring and missed the modules that shape the labels.
@@ -38,6 +38,7 @@ import torch
 from unsee.io import content_hash
 from unsee.models import adapter_class
 from unsee.models.base import Adapter, Turn
+from unsee.provenance import device_name
 
 # Which recipe options determine which stage of the vanilla model. Each stage also hashes the
 # key of the stage it starts from, so stage 3 depends on BASE_KEYS through stage 2.
@@ -74,14 +75,14 @@ class StageKey:
 
 
 def numerics() -> dict[str, Any]:
-    """What else a stage's weights depend on: torch's version, the device, and the CPU thread count.
+    """What else a stage's weights depend on: torch's version, the device (on a CPU its model and
+    vector instructions), and the thread count.
 
     Training is bit-for-bit reproducible for a fixed value of these and not across them: after
     30 steps of stage 1 the visual weights at one thread differ from those at two, and over a
     whole stage the gap grows to another model.
     """
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    return {"torch": torch.__version__, "device": device, "threads": torch.get_num_threads()}
+    return {"torch": torch.__version__, "device": device_name(), "threads": torch.get_num_threads()}
 
 
 # STAGE_VERSION of each stage: bump it when the stage trains differently on the same inputs.
