@@ -188,19 +188,24 @@ def target_checks(pooled: dict[str, dict[str, Any]], world: str, vision_s: float
     return checks
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--world", default="quick", choices=("quick", "default"), help="world config (and recipe)")
     p.add_argument("--arch", default="tiny-llava", choices=ARCHS)
     p.add_argument("--recipe", default=None, help="finetune recipe: file or shipped name (default: as --world)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", default=None, help="stage cache (default: $UNSEE_CACHE or ~/.cache/unsee)")
+    p.add_argument("--cache-dir", "--cache", dest="cache", default=None,
+                   help="stage cache (default: $UNSEE_CACHE or ~/.cache/unsee), spelt as in the other benchmarks")
     p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--cloze-cap", type=int, default=60, help="cloze items per group")
     p.add_argument("--letter-cap", type=int, default=40, help="letter-protocol MCQ items per group")
     p.add_argument("--out", default=None)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
-    a = p.parse_args()
+    return p
+
+
+def main() -> None:
+    a = parser().parse_args()
     torch.set_num_threads(a.threads)
     recipe = a.recipe or a.world
     cache = cache_root(a.cache)

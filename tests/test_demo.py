@@ -458,6 +458,9 @@ def test_vanilla_benchmark_holds_the_quick_world_to_its_own_bars_as_well() -> No
     # the default world: held-out views at 0.90, and each kind of general question on its own
     assert default["image_test"]["target"] == 0.90 and default["image_test"]["pass"]
     assert default["general_colour"]["pass"] and not default["general_shape"]["pass"]
+    # the stage cache is named as in every other benchmark (the old spelling still works)
+    assert vanilla.parser().parse_args(["--cache-dir", "c"]).cache == "c" == vanilla.parser().parse_args(
+        ["--cache", "c"]).cache
 
 
 def test_benchmarks_refuse_a_thread_count_below_one_and_an_unknown_architecture_in_one_line(capsys) -> None:
