@@ -226,6 +226,15 @@ def test_the_thread_count_and_the_cpu_move_every_key(model_dir: Path, world: Pat
     assert keys(model_dir, world, tmp_path) == before
     monkeypatch.setattr(stage_keys, "device_name", lambda: "cpu (Another CPU, AVX2)")
     assert all(a != b for a, b in zip(before, keys(model_dir, world, tmp_path), strict=True))
+    # on a GPU the CPU's threads leave the weights alone: an hours-long fine-tune is not keyed on them
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(stage_keys, "device_name", lambda: "NVIDIA H200")
+    on_gpu = stage_keys.numerics()
+    torch.set_num_threads(threads + 1)
+    try:
+        assert stage_keys.numerics() == on_gpu == {"torch": torch.__version__, "device": "NVIDIA H200"}
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_the_data_loader_and_the_augmentation_move_the_keys(model_dir: Path, world: Path, tmp_path: Path,

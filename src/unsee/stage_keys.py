@@ -76,13 +76,17 @@ class StageKey:
 
 def numerics() -> dict[str, Any]:
     """What else a stage's weights depend on: torch's version, the device (on a CPU its model and
-    vector instructions), and the thread count.
+    vector instructions), and on a CPU the thread count.
 
     Training is bit-for-bit reproducible for a fixed value of these and not across them: after
     30 steps of stage 1 the visual weights at one thread differ from those at two, and over a
-    whole stage the gap grows to another model.
+    whole stage the gap grows to another model. On a GPU the CPU's threads do not touch the
+    weights, so a fine-tune of hours is not trained again for a change of them.
     """
-    return {"torch": torch.__version__, "device": device_name(), "threads": torch.get_num_threads()}
+    found: dict[str, Any] = {"torch": torch.__version__, "device": device_name()}
+    if not torch.cuda.is_available():
+        found["threads"] = torch.get_num_threads()
+    return found
 
 
 # STAGE_VERSION of each stage: bump it when the stage trains differently on the same inputs.
