@@ -7,9 +7,10 @@ would be reused for the new one: the change must come with a bump of that stage'
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -212,16 +213,24 @@ def test_generation_and_docstrings_leave_the_keys_alone(qwen: Path, world: Path,
     assert keys(qwen, world, tmp_path) == before
 
 
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch at ``n`` intra-op threads inside the block, put back after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_the_thread_count_and_the_cpu_move_every_key(model_dir: Path, world: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A stage trained at another thread count or on another CPU is another model: it is never reused for it."""
     before = keys(model_dir, world, tmp_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(threads + 1)
-    try:
+    more = torch.get_num_threads() + 1
+    with torch_threads(more):
         more_threads = keys(model_dir, world, tmp_path)
-    finally:
-        torch.set_num_threads(threads)
     assert all(a != b for a, b in zip(before, more_threads, strict=True))
     assert keys(model_dir, world, tmp_path) == before
     monkeypatch.setattr(stage_keys, "device_name", lambda: "cpu (Another CPU, AVX2)")
@@ -230,11 +239,8 @@ def test_the_thread_count_and_the_cpu_move_every_key(model_dir: Path, world: Pat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(stage_keys, "device_name", lambda: "NVIDIA H200")
     on_gpu = stage_keys.numerics()
-    torch.set_num_threads(threads + 1)
-    try:
+    with torch_threads(more):
         assert stage_keys.numerics() == on_gpu == {"torch": torch.__version__, "device": "NVIDIA H200"}
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_the_data_loader_and_the_augmentation_move_the_keys(model_dir: Path, world: Path, tmp_path: Path,
