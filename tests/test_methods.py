@@ -21,7 +21,7 @@ from unsee.errors import ConfigError
 from unsee.methods import method_class, ncu
 from unsee.methods.base import images_of, nll
 from unsee.methods.baselines import SFT
-from unsee.methods.cvf import CVFNCU, CVFConfig, CVFOnly, after_relearning, info_nce
+from unsee.methods.cvf import CVFNCU, CVFConfig, CVFOnly, after_relearning, info_nce, joined
 from unsee.methods.mmunlearner import MMUnlearner, MMUnlearnerConfig, ratio_masks
 from unsee.methods.ncu import contrast_space, null_space
 from unsee.models import HFAdapter, Turn, load_adapter
@@ -497,6 +497,47 @@ def test_vision_block_tokens_come_per_image_from_the_same_pass(arch: str, tiny_m
     assert torch.allclose(hidden[1], alone, atol=1e-5)  # image 1's own tokens, not a slice of another's
     assert not torch.allclose(hidden[0], hidden[1]) and not torch.allclose(hidden[0], first[0])
     assert len(vision_blocks(adapter)) >= 2
+
+
+@pytest.mark.parametrize("arch", ["tiny-llava", "tiny-qwen2-vl", "tiny-qwen2.5-vl"])
+def test_one_visual_pass_over_two_image_batches_gives_each_batch_its_own_tokens(
+        arch: str, tiny_models: TinyModels, make_image: Callable[..., Image.Image]) -> None:
+    """CVF encodes the forget and the retained photos in one pass, their processor outputs concatenated:
+    on every architecture each image's tokens come out as in a pass of its own batch."""
+    adapter = tiny_models.adapter(arch)
+    first, second = adapter.image_inputs([make_image(0)]), adapter.image_inputs([make_image(1), make_image(2)])
+    with torch.no_grad():
+        joint = adapter.visual_features(joined([first, second]))
+        apart = adapter.visual_features(first) + adapter.visual_features(second)
+    assert len(joint) == len(apart) == 3
+    assert all(torch.allclose(j, a, atol=1e-5) for j, a in zip(joint, apart, strict=True))
+
+
+def test_cvf_runs_the_student_once_over_forget_and_retained_photos(model_dir: Path, suite: Suite,
+                                                                   turns: dict[str, list[Turn]]) -> None:
+    """A step's student tokens come from one visual pass, and its loss and gradient are those of two passes."""
+    adapter, batch, ctx = cvf_context(model_dir, suite, turns)
+    passes: list[int] = []
+    adapter.visual_features = (  # type: ignore[method-assign]
+        lambda inputs, f=adapter.visual_features: passes.append(inputs["pixel_values"].shape[0]) or f(inputs))
+    method = CVFNCU(CVFConfig(ncu=False, lambda_t=2.0))
+    method.setup(ctx)
+    params = [p for p in adapter.model.parameters() if p.requires_grad]
+
+    def loss_and_grads() -> tuple[float, list[torch.Tensor]]:
+        loss = method.loss(ctx, batch)[0]
+        return loss.item(), [g for g in torch.autograd.grad(loss, params, allow_unused=True) if g is not None]
+
+    joint, joint_grads = loss_and_grads()
+    assert len(passes) == 1 and passes[0] == sum(adapter.image_inputs([im])["pixel_values"].shape[0]
+                                                 for im in images_of(batch["forget"] + batch["retain"]))
+    method._student_tokens = lambda c, s: (  # type: ignore[method-assign]
+        c.adapter.visual_features(s.f_in), c.adapter.visual_features(method._inputs(c.adapter, s.r_img)))
+    apart, apart_grads = loss_and_grads()
+    assert len(passes) == 3
+    assert joint == pytest.approx(apart, rel=1e-5)
+    assert joint_grads and all(torch.allclose(g, h, rtol=1e-4, atol=1e-7)
+                               for g, h in zip(joint_grads, apart_grads, strict=True))
 
 
 def test_cvf_tower_terms_add_their_losses(model_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:
