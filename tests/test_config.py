@@ -154,7 +154,9 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     assert load_config(Recipe, path) == Recipe()
 
 
-@pytest.mark.parametrize(("text", "message"), [("- a\n- b\n", "must be a mapping"), ("lr: [1,\n", "cannot read")])
+@pytest.mark.parametrize(("text", "message"), [("- a\n- b\n", "must be a mapping.*got a list$"),
+                                               ("lr 1e-4\n", "must be a mapping.*got the value 'lr 1e-4'$"),
+                                               ("lr: [1,\n", "cannot read")])
 def test_bad_file_raises(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(text)

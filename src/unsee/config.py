@@ -183,7 +183,8 @@ def _read_file(path: Path) -> dict[str, Any]:
     if data is None or data == "":
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config {path} must be a mapping of keys to values, got {type(data).__name__}")
+        got = "a list" if isinstance(data, list) else f"the value {show(data)}"
+        raise ConfigError(f"config {path} must be a mapping of keys to values (key: value lines), got {got}")
     return data
 
 
