@@ -15,13 +15,14 @@ from torch import nn
 from unsee import api
 from unsee.data.collate import image_of
 from unsee.data.schema import Suite
+from unsee.engine.gradients import after_relearning
 from unsee.engine.prepare import frozen_copy
 from unsee.engine.trainer import Context, TrainConfig, make_streams, train, unique_images
 from unsee.errors import ConfigError
 from unsee.methods import method_class, ncu
 from unsee.methods.base import images_of, nll
 from unsee.methods.baselines import SFT
-from unsee.methods.cvf import CVFNCU, CVFConfig, CVFOnly, after_relearning, info_nce, joined
+from unsee.methods.cvf import CVFNCU, CVFConfig, CVFOnly, info_nce, joined
 from unsee.methods.mmunlearner import MMUnlearner, MMUnlearnerConfig, ratio_masks
 from unsee.methods.ncu import contrast_space, null_space
 from unsee.models import HFAdapter, Turn, load_adapter

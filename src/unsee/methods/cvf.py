@@ -25,6 +25,7 @@ from unsee.config import opt
 from unsee.data.augment import augment
 from unsee.data.collate import image_of
 from unsee.engine.adversarial import linf_ascent
+from unsee.engine.gradients import after_relearning
 from unsee.engine.trainer import Context
 from unsee.errors import ConfigError
 from unsee.methods.base import BaseMethod, images_of, nll, pooled, token_mse
@@ -425,39 +426,6 @@ class CVFOnly(BaseMethod):
         so recomputing them would be most of a step's visual compute.
         """
         return _per_image(self._ref, images, lambda missing: ref.visual_features(self._inputs(ref, missing)))
-
-
-def after_relearning(params: list[torch.nn.Parameter], restore: Callable[[], torch.Tensor],
-                     forget: Callable[[], torch.Tensor], steps: int, eps: float) -> torch.Tensor:
-    """``forget()`` after a simulated relearning, with its gradient carried back to the weights.
-
-    A relearning attack fine-tunes the visual module a little way on some forget people, and
-    the rest come back with them: on the shipped model, relearning the visual module alone
-    gained more than relearning all of it (docs/results.md). So the weights first take
-    ``steps`` sign-gradient steps down ``restore()`` (those people back to their reference
-    features), each weight moving by ``eps / steps`` as an Adam step would, and ``forget()``
-    is taken there. Its gradient at the moved weights is applied to the current ones (first
-    order, as in first-order MAML) through a surrogate whose value is ``forget()``'s. The
-    weights are put back before returning, whatever happens.
-    """
-    saved = [p.detach().clone() for p in params]
-    try:
-        with torch.enable_grad():
-            for _ in range(steps):
-                grads = torch.autograd.grad(restore(), params, allow_unused=True)
-                with torch.no_grad():
-                    for p, g in zip(params, grads, strict=True):
-                        if g is not None:
-                            p.sub_(g.sign() * (eps / steps))
-            value = forget()
-            grads = torch.autograd.grad(value, params, allow_unused=True)
-    finally:
-        with torch.no_grad():
-            for p, old in zip(params, saved, strict=True):
-                p.copy_(old)
-    surrogate = sum(((p * g.to(p.dtype)).sum() for p, g in zip(params, grads, strict=True) if g is not None),
-                    torch.zeros(()))
-    return value.detach() + surrogate - surrogate.detach()
 
 
 def joined(parts: list[BatchFeature]) -> BatchFeature:
