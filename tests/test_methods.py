@@ -22,10 +22,11 @@ from unsee.errors import ConfigError
 from unsee.methods import method_class, ncu
 from unsee.methods.base import images_of, nll
 from unsee.methods.baselines import SFT
-from unsee.methods.cvf import CVFNCU, CVFConfig, CVFOnly, info_nce, joined
+from unsee.methods.cvf import CVFNCU, CVFConfig, CVFOnly, info_nce
 from unsee.methods.mmunlearner import MMUnlearner, MMUnlearnerConfig, ratio_masks
 from unsee.methods.ncu import contrast_space, null_space
 from unsee.models import HFAdapter, Turn, load_adapter
+from unsee.models.base import joined
 from unsee.models.blocks import features_and_hidden, vision_blocks
 
 if TYPE_CHECKING:

@@ -30,7 +30,7 @@ from unsee.engine.trainer import Context
 from unsee.errors import ConfigError
 from unsee.methods.base import BaseMethod, images_of, nll, pooled, token_mse
 from unsee.methods.ncu import NCUConfig, constrain_to_retained
-from unsee.models.base import Adapter, Turn
+from unsee.models.base import Adapter, Turn, joined
 from unsee.models.blocks import features_and_hidden
 
 
@@ -293,7 +293,7 @@ class CVFOnly(BaseMethod):
         tokens = a.visual_features(joined([s.f_in, r_in]))
         return tokens[: len(s.f_img)], tokens[len(s.f_img):]
 
-    def _forget(self, ctx: Context, s: _Step, f_tok: list[torch.Tensor] | None = None
+    def _forget(self, ctx: Context, s: _Step, f_tok: list[torch.Tensor] | None
                 ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor] | None]:
         """The forget InfoNCE and token term, and the forget photos' tower tokens when lambda_v reads them.
 
@@ -329,7 +329,7 @@ class CVFOnly(BaseMethod):
         target = _mean_token(ctx, self._reference_hidden(s.ref, s.n_img))
         return torch.stack([F.mse_loss(h.float(), target.expand_as(h)) for h in f_hidden]).mean()
 
-    def _retain(self, ctx: Context, s: _Step, s_r_tok: list[torch.Tensor] | None = None
+    def _retain(self, ctx: Context, s: _Step, s_r_tok: list[torch.Tensor] | None
                 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None]:
         """The retain InfoNCE and the retained photos' token distillation, from one pass of the student, and
         their tower tokens when lambda_dv reads them.
@@ -426,12 +426,6 @@ class CVFOnly(BaseMethod):
         so recomputing them would be most of a step's visual compute.
         """
         return _per_image(self._ref, images, lambda missing: ref.visual_features(self._inputs(ref, missing)))
-
-
-def joined(parts: list[BatchFeature]) -> BatchFeature:
-    """Image processor outputs as one batch: each key concatenated along its first axis, which is how the
-    processor batches images (pixel rows, or patch rows with their grids)."""
-    return BatchFeature({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
 
 
 def _mean_token(ctx: Context, tokens: list[torch.Tensor]) -> torch.Tensor:

@@ -456,3 +456,9 @@ def model_fingerprint(path: str | Path) -> str:
                 fh.seek(-(1 << 20), 2)
                 h.update(fh.read())
     return h.hexdigest()[:16]
+
+
+def joined(parts: list[BatchFeature]) -> BatchFeature:
+    """Image processor outputs as one batch: each key concatenated along its first axis, which is how the
+    processor batches images (pixel rows, or patch rows with their grids)."""
+    return BatchFeature({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
