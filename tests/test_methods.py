@@ -374,6 +374,14 @@ def test_cvf_split_loss_parts_are_its_forgetting_and_retaining_terms(model_dir: 
     assert loss.item() == pytest.approx(forget.item() + retain.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("tau", [0.0, -0.1])
+def test_cvf_refuses_a_temperature_that_is_not_positive_before_training(tau: float, model_dir: Path, suite: Suite,
+                                                                         turns: dict[str, list[Turn]]) -> None:
+    _, _, ctx = cvf_context(model_dir, suite, turns)
+    with pytest.raises(ConfigError, match="tau must be positive"):
+        CVFNCU(CVFConfig(tau=tau, ncu=False)).setup(ctx)
+
+
 def test_cvf_known_distillation_reads_the_known_photos_and_only_when_asked(
         model_dir: Path, suite: Suite, turns: dict[str, list[Turn]], monkeypatch: pytest.MonkeyPatch) -> None:
     """lambda_known: the known people's training photos become a stream, their tokens are distilled onto the

@@ -158,6 +158,8 @@ class CVFOnly(BaseMethod):
         return ("general", "known") if self.cfg.lambda_known > 0 else ("general",)
 
     def setup(self, ctx: Context) -> None:
+        if self.cfg.tau <= 0:  # InfoNCE divides by it: 0 gave a NaN loss at the first step
+            raise ConfigError(f"tau must be positive, got {self.cfg.tau}")
         if self.cfg.lambda_known < 0:
             raise ConfigError(f"lambda_known must not be negative, got {self.cfg.lambda_known}")
         if self.cfg.lambda_known > 0 and "known" not in ctx.streams:
