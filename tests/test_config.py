@@ -341,6 +341,7 @@ CVF_BEFORE = {
     **NCU_ADDED,
     "lambda_known": 0.0, "known_covariance": False,  # added since; off
     "token_target": "mean",  # added since; the one target of before
+    "augment_retain": 1.0,  # added since; picked on the validation request
 }
 RESOLVED_BEFORE: dict[str, dict] = {
     "ga": {"lr": 6e-06},

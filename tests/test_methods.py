@@ -260,6 +260,34 @@ def test_cvf_augment_draws_fresh_views_each_step(model_dir: Path, suite: Suite, 
     assert losses[1.0][0] != losses[1.0][1]
 
 
+def test_cvf_retained_augmentation_draws_fresh_views_and_leaves_the_forget_draws_alone(
+        model_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:
+    """augment_retain crops the retained photos afresh each step, for the student and the reference alike, keeps
+    no augmented photo in the caches, and leaves the forget photos' crops as they were without it."""
+    _, batch, ctx = cvf_context(model_dir, suite, turns)
+    steps = {}
+    for strength in (0.0, 1.0):
+        method = CVFNCU(CVFConfig(augment=1.0, augment_retain=strength, ncu=False))
+        method.setup(ctx)
+        steps[strength] = []
+        for step in (0, 1):
+            ctx.step = step
+            with torch.no_grad():
+                steps[strength].append(method._prepare(ctx, batch))
+        if strength:
+            cached = {id(image) for image, _ in [*method._pixels.values(), *method._ref.values()]}
+            assert not cached & {id(image) for s in steps[strength] for image in s.r_img}
+    plain, crops = steps[0.0], steps[1.0]
+    for a, b in zip(plain, crops, strict=True):
+        assert torch.equal(a.f_in["pixel_values"], b.f_in["pixel_values"])
+        assert not torch.equal(a.r_in["pixel_values"], b.r_in["pixel_values"])
+        assert not torch.equal(a.ref_r, b.ref_r)  # the reference saw the same crops as the student
+    assert torch.equal(plain[0].r_in["pixel_values"], plain[1].r_in["pixel_values"])
+    assert not torch.equal(crops[0].r_in["pixel_values"], crops[1].r_in["pixel_values"])
+    with pytest.raises(ConfigError, match="augment_retain and lambda_dv"):
+        CVFNCU(CVFConfig(augment_retain=1.0, lambda_dv=1.0, ncu=False)).setup(ctx)
+
+
 def test_cvf_reference_cache_changes_nothing(model_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:
     """The reference features of retained and neutral photos, and the retained photos' pixels, are computed
     once and reused: a loss drawn from the caches equals one computed afresh, and the second call runs the

@@ -58,6 +58,8 @@ class CVFOnlyConfig:
     merge_block: int = opt(-1, "the vision block whose output lambda_v merges (-1: the last)")
     augment: float = opt(0.0, "strength of fresh crops and colour jitter on the forget photos at every step, so "
                          "that forgetting reaches other views of the person (0: off)")
+    augment_retain: float = opt(0.0, "the same on the retained photos, distilled onto the reference's tokens of the "
+                                "same crops, so that keeping reaches other views and nearby faces too (0: off)")
     adv_steps: int = opt(
         0, "adversarial forgetting: sign-gradient steps that move each forget photo, within adv_eps, back towards "
         "its own identity (up the forget InfoNCE) before the step trains on it, so that no nearby image is "
@@ -109,6 +111,7 @@ class _Step:
     r_img: list
     n_img: list
     f_in: BatchFeature  # the forget photos' pixels; the reference and the student see the same augmented ones
+    r_in: BatchFeature  # the retained photos' pixels, likewise
     ref_f_tok: list[torch.Tensor]
     ref_r_tok: list[torch.Tensor]
     ref_r: torch.Tensor
@@ -160,6 +163,9 @@ class CVFOnly(BaseMethod):
     def setup(self, ctx: Context) -> None:
         if self.cfg.tau <= 0:  # InfoNCE divides by it: 0 gave a NaN loss at the first step
             raise ConfigError(f"tau must be positive, got {self.cfg.tau}")
+        if self.cfg.augment_retain > 0 and self.cfg.lambda_dv > 0:  # its reference is cached per photo
+            raise ConfigError("augment_retain and lambda_dv cannot be combined: lambda_dv's reference tokens are "
+                              "computed once per photo, and augmented photos are new at every step")
         if self.cfg.lambda_known < 0:
             raise ConfigError(f"lambda_known must not be negative, got {self.cfg.lambda_known}")
         if self.cfg.lambda_known > 0 and "known" not in ctx.streams:
@@ -230,14 +236,20 @@ class CVFOnly(BaseMethod):
         a, ref = ctx.adapter, ctx.reference
         assert ref is not None
         f_img, r_img, n_img = (images_of(batch[k]) for k in ("forget", "retain", "neutral"))
+        rng = np.random.default_rng(self.seed + ctx.step)  # the forget photos draw first, as without augment_retain
         if self.cfg.augment > 0:
-            rng = np.random.default_rng(self.seed + ctx.step)
             f_img = [augment(im, rng, self.cfg.augment) for im in f_img]
         f_in = a.image_inputs(f_img)
         with torch.no_grad():
             ref_f_tok = ref.visual_features(f_in)
         ref_f = pooled(ref_f_tok)
-        ref_r_tok = self._reference(ref, r_img)
+        if self.cfg.augment_retain > 0:  # fresh crops: nothing to look up, and nothing kept past the step
+            r_img = [augment(im, rng, self.cfg.augment_retain) for im in r_img]
+            r_in = a.image_inputs(r_img)
+            with torch.no_grad():
+                ref_r_tok = ref.visual_features(r_in)
+        else:
+            r_in, ref_r_tok = self._inputs(a, r_img), self._reference(ref, r_img)
         ref_n_tok = self._reference(ref, n_img)
         ref_r, ref_n = pooled(ref_r_tok), pooled(ref_n_tok)
         # With several processes each holds a slice of the batch; the contrastive terms compare an
@@ -251,7 +263,7 @@ class CVFOnly(BaseMethod):
         if self.cfg.lambda_t > 0:
             target = (self._paired_targets(ref, batch["forget"]) if self.cfg.token_target == "person"
                       else _mean_token(ctx, ref_n_tok))
-        return _Step(ref, f_img, r_img, n_img, f_in, ref_f_tok, ref_r_tok, ref_r, all_f, all_r, pos, neg, target)
+        return _Step(ref, f_img, r_img, n_img, f_in, r_in, ref_f_tok, ref_r_tok, ref_r, all_f, all_r, pos, neg, target)
 
     def _forget_terms(self, s: _Step, tokens: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The forget InfoNCE of forget photos' tokens and, with lambda_t, their distance to the mean neutral token."""
@@ -290,9 +302,7 @@ class CVFOnly(BaseMethod):
         tiny LLaVA): each image is encoded on its own either way, so only the rounding moves.
         It runs after the simulated relearning, which moves the weights in place.
         """
-        a = ctx.adapter
-        r_in = self._inputs(a, s.r_img)
-        tokens = a.visual_features(joined([s.f_in, r_in]))
+        tokens = ctx.adapter.visual_features(joined([s.f_in, s.r_in]))
         return tokens[: len(s.f_img)], tokens[len(s.f_img):]
 
     def _forget(self, ctx: Context, s: _Step, f_tok: list[torch.Tensor] | None
@@ -342,9 +352,9 @@ class CVFOnly(BaseMethod):
         a = ctx.adapter
         s_r_hidden = None
         if self.cfg.lambda_dv > 0:
-            s_r_tok, (s_r_hidden,) = features_and_hidden(a, self._inputs(a, s.r_img), [self.cfg.merge_block])
+            s_r_tok, (s_r_hidden,) = features_and_hidden(a, s.r_in, [self.cfg.merge_block])
         elif s_r_tok is None:
-            s_r_tok = a.visual_features(self._inputs(a, s.r_img))
+            s_r_tok = a.visual_features(s.r_in)
         s_r = pooled(s_r_tok)
         # retain anchors: positive = own reference; negatives = the other identities in the batch
         R, G = s_r.shape[0], s.all_r.shape[0]
