@@ -33,7 +33,7 @@ OPTIONS = {
     "graddiff": ["lr=1e-4"],
     "npo": ["lr=1e-4"],
     # augment draws fresh crops per process slice; the contrastive terms gather the whole batch
-    "cvf_ncu": ["lr=1e-3", "augment=0", "ncu_images=8", "lambda_k=0"],
+    "cvf_ncu": ["lr=1e-3", "augment=0", "augment_retain=0", "ncu_images=8", "lambda_k=0"],
     "vkd": ["lr=1e-3", "fisher_batches=2"],
 }
 
