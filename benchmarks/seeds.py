@@ -9,8 +9,10 @@ by tens of points, so a comparison of two settings needs several seeds before it
 anything. Each seed trains a fresh copy of the same vanilla model (``--seed`` still picks the
 world, the vanilla model and the audits' own seed, which stay fixed), is scored as
 ``unlearn.py`` scores it, and audited as ``audits.py`` audits it (with ``--retrained``, beside
-the retrained reference, attacked once). The JSON holds every run and, per setting, the mean,
-standard deviation, smallest and largest value of each figure.
+the retrained reference, attacked once). The JSON holds the vanilla model's figures on the
+same split, every run with its unlearning score against them (the figure ``unlearn.py`` picks
+settings by, so that a pick made here can be checked from the JSON), and, per setting, the
+mean, standard deviation, smallest and largest value of each figure.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from common import attack_options, audit_figures, eval_kw, mcq, measure, parser, retrained_model, vanilla_model
+from common import attack_options, audit_figures, eval_kw, mcq, measure, parser, retrained_model, score, vanilla_model
 
 from unsee import api
 from unsee.audit.attacks import AttackConfig
@@ -41,9 +43,11 @@ def variant(text: str) -> tuple[str, list[str]]:
     return name, [kv for kv in rest.split(",") if kv]
 
 
-def figures(run: dict, attacks: dict) -> dict[str, float | None]:
-    """The numbers a setting is judged by: each group's MCQ accuracy, wall time, and the three audit figures."""
+def figures(run: dict, attacks: dict, vanilla: dict) -> dict[str, float | None]:
+    """The numbers a setting is judged by: each group's MCQ accuracy, the unlearning score against ``vanilla``'s
+    metrics, wall time, and the audit figures."""
     out: dict[str, float | None] = {g: mcq(run["metrics"], g) for g in GROUPS}
+    out["score"] = score(vanilla, run)["score"]
     out["wall_s"] = run["cost"]["wall_s"]
     return {**out, **audit_figures(attacks)}
 
@@ -85,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = load_config(AttackConfig, {"seed": args.seed, **parse_overrides(args.attack_set)})
         suite = api.attach_holdout(suite, world, cfg.mia_holdout, args.seed)
     base = load_adapter(vanilla)
+    v_metrics = api.evaluate_adapter(base, suite, **eval_kw(args))
     before = frozen_copy(base, visual_only=True)
     digests = weight_digests(base)
     reference = (retrained_model(args, world, vanilla, args.forget) if args.retrained else None)
@@ -99,12 +104,12 @@ def main(argv: list[str] | None = None) -> dict:
                                             seed=args.seed, overrides=args.attack_set, strict=False,
                                             changed=changed_linears(digests, adapter), reference=reference,
                                             cache_dir=args.cache_dir) if kinds else {}
-                runs.append({"seed": seed, "figures": figures(run, attacks), "attacks": attacks})
+                runs.append({"seed": seed, "figures": figures(run, attacks, v_metrics), "attacks": attacks})
                 print(method, name, seed, runs[-1]["figures"], flush=True)
             results[f"{method}/{name}"] = {"method": method, "overrides": overrides, "runs": runs,
                                            "spread": spread([r["figures"] for r in runs])}
     out = {"benchmark": "seeds", "world": args.world, "arch": args.arch, "forget": args.forget, "seeds": seeds,
-           "results": results, "environment": environment()}
+           "vanilla": {g: mcq(v_metrics, g) for g in GROUPS}, "results": results, "environment": environment()}
     atomic_write_json(Path(args.out), out)
     print(f"wrote {args.out}")
     return out

@@ -244,6 +244,7 @@ def test_seeds_benchmark_repeats_a_seed_exactly(demo_run: tuple[Path, Path], tmp
     assert held["overrides"] == ["relearn_sim_steps=1"] and [r["seed"] for r in held["runs"]] == [0, 0]
     first, again = ({k: v for k, v in r["figures"].items() if k != "wall_s"} for r in held["runs"])
     assert first == again and first["probe_forget"] is not None and first["relearn_ag"] is None
+    assert set(s["vanilla"]) == set(seeds.GROUPS) and 0 <= first["score"] <= 1  # what a pick is made by
     assert held["spread"]["forget"]["min"] == held["spread"]["forget"]["mean"] == first["forget"]
     assert held["spread"]["forget"]["sd"] == 0.0
     assert seeds.seed_list("3", 1) == [1, 2, 3] and seeds.seed_list("0,0", 5) == [0, 0]
