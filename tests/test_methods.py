@@ -286,6 +286,9 @@ def test_cvf_retained_augmentation_draws_fresh_views_and_leaves_the_forget_draws
     assert not torch.equal(crops[0].r_in["pixel_values"], crops[1].r_in["pixel_values"])
     with pytest.raises(ConfigError, match="augment_retain and lambda_dv"):
         CVFNCU(CVFConfig(augment_retain=1.0, lambda_dv=1.0, ncu=False)).setup(ctx)
+    for strengths in ({"augment": -1.0}, {"augment_retain": -0.5}):
+        with pytest.raises(ConfigError, match="must not be negative"):
+            CVFNCU(CVFConfig(**strengths, ncu=False)).setup(ctx)
 
 
 def test_cvf_reference_cache_changes_nothing(model_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:

@@ -163,6 +163,9 @@ class CVFOnly(BaseMethod):
     def setup(self, ctx: Context) -> None:
         if self.cfg.tau <= 0:  # InfoNCE divides by it: 0 gave a NaN loss at the first step
             raise ConfigError(f"tau must be positive, got {self.cfg.tau}")
+        if min(self.cfg.augment, self.cfg.augment_retain) < 0:  # a negative strength would silently mean off
+            raise ConfigError(f"augment and augment_retain must not be negative, got {self.cfg.augment} and "
+                              f"{self.cfg.augment_retain}")
         if self.cfg.augment_retain > 0 and self.cfg.lambda_dv > 0:  # its reference is cached per photo
             raise ConfigError("augment_retain and lambda_dv cannot be combined: lambda_dv's reference tokens are "
                               "computed once per photo, and augmented photos are new at every step")
