@@ -240,17 +240,10 @@ class CVFOnly(BaseMethod):
         assert ref is not None
         f_img, r_img, n_img = (images_of(batch[k]) for k in ("forget", "retain", "neutral"))
         rng = np.random.default_rng(self.seed + ctx.step)  # the forget photos draw first, as without augment_retain
-        if self.cfg.augment > 0:
-            f_img = [augment(im, rng, self.cfg.augment) for im in f_img]
-        f_in = a.image_inputs(f_img)
-        with torch.no_grad():
-            ref_f_tok = ref.visual_features(f_in)
+        f_img, f_in, ref_f_tok = _cropped(a, ref, f_img, rng, self.cfg.augment)
         ref_f = pooled(ref_f_tok)
         if self.cfg.augment_retain > 0:  # fresh crops: nothing to look up, and nothing kept past the step
-            r_img = [augment(im, rng, self.cfg.augment_retain) for im in r_img]
-            r_in = a.image_inputs(r_img)
-            with torch.no_grad():
-                ref_r_tok = ref.visual_features(r_in)
+            r_img, r_in, ref_r_tok = _cropped(a, ref, r_img, rng, self.cfg.augment_retain)
         else:
             r_in, ref_r_tok = self._inputs(a, r_img), self._reference(ref, r_img)
         ref_n_tok = self._reference(ref, n_img)
@@ -441,6 +434,17 @@ class CVFOnly(BaseMethod):
         so recomputing them would be most of a step's visual compute.
         """
         return _per_image(self._ref, images, lambda missing: ref.visual_features(self._inputs(ref, missing)))
+
+
+def _cropped(student: Adapter, ref: Adapter, images: list, rng: np.random.Generator,
+             strength: float) -> tuple[list, BatchFeature, list[torch.Tensor]]:
+    """Fresh crops of ``images`` (the images themselves at strength 0), their pixels, and the frozen reference's
+    tokens of them: the student and the reference must see the same crops."""
+    if strength > 0:
+        images = [augment(im, rng, strength) for im in images]
+    inputs = student.image_inputs(images)
+    with torch.no_grad():
+        return images, inputs, ref.visual_features(inputs)
 
 
 def _mean_token(ctx: Context, tokens: list[torch.Tensor]) -> torch.Tensor:
