@@ -318,6 +318,30 @@ def test_cvf_reference_cache_changes_nothing(model_dir: Path, suite: Suite, turn
         assert fresh.loss(ctx, batch)[0].item() == first == again
 
 
+def test_cvf_reference_encodes_the_forget_and_the_retained_crops_in_one_call(
+        model_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:
+    """With the retained photos cropped afresh, a step runs the frozen reference once over both sets of crops,
+    and each crop gets the tokens a call of its own gives."""
+    adapter = load_adapter(model_dir)
+    batch = {k: turns[k][:2] for k in ("forget", "retain", "neutral")}
+    ref = frozen_copy(adapter, visual_only=True)
+    seen: list[int] = []
+    ref.visual_features = (  # type: ignore[method-assign]
+        lambda inputs, f=ref.visual_features: seen.append(inputs["pixel_values"].shape[0]) or f(inputs))
+    ctx = Context(adapter, suite, cfg(), {}, reference=ref)
+    method = CVFNCU(CVFConfig(augment=1.0, augment_retain=1.0, ncu=False))
+    method.setup(ctx)
+    with torch.no_grad():
+        method._prepare(ctx, batch)  # the neutral photos' tokens are cached at the first step
+        seen.clear()
+        ctx.step = 1
+        s = method._prepare(ctx, batch)
+        assert seen == [len(s.f_img) + len(s.r_img)]
+        for inputs, tokens in ((s.f_in, s.ref_f_tok), (s.r_in, s.ref_r_tok)):
+            for joint, alone in zip(tokens, ref.visual_features(inputs), strict=True):
+                torch.testing.assert_close(joint, alone, rtol=1e-5, atol=1e-6)
+
+
 def test_cvf_holds_already_forgotten_images_in_continual_runs(model_dir: Path, suite: Suite,
                                                              turns: dict[str, list[Turn]]) -> None:
     """With earlier targets' images, each step adds their token distillation onto the reference: zero while the

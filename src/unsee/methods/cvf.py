@@ -240,14 +240,16 @@ class CVFOnly(BaseMethod):
         assert ref is not None
         f_img, r_img, n_img = (images_of(batch[k]) for k in ("forget", "retain", "neutral"))
         rng = np.random.default_rng(self.seed + ctx.step)  # the forget photos draw first, as without augment_retain
-        f_img, f_in, ref_f_tok = _cropped(a, ref, f_img, rng, self.cfg.augment)
-        ref_f = pooled(ref_f_tok)
-        if self.cfg.augment_retain > 0:  # fresh crops: nothing to look up, and nothing kept past the step
-            r_img, r_in, ref_r_tok = _cropped(a, ref, r_img, rng, self.cfg.augment_retain)
-        else:
-            r_in, ref_r_tok = self._inputs(a, r_img), self._reference(ref, r_img)
+        f_img, f_in = _cropped(a, f_img, rng, self.cfg.augment)
+        fresh = self.cfg.augment_retain > 0  # fresh crops: nothing to look up, and nothing kept past the step
+        r_img, r_in = _cropped(a, r_img, rng, self.cfg.augment_retain) if fresh else (r_img, self._inputs(a, r_img))
+        with torch.no_grad():  # one pass over every crop: each image is encoded on its own, and one call of
+            # twice the batch costs less than two (the tokens came out bit-identical on every architecture)
+            tokens = ref.visual_features(joined([f_in, r_in] if fresh else [f_in]))
+        ref_f_tok = tokens[: len(f_img)]
+        ref_r_tok = tokens[len(f_img):] if fresh else self._reference(ref, r_img)
         ref_n_tok = self._reference(ref, n_img)
-        ref_r, ref_n = pooled(ref_r_tok), pooled(ref_n_tok)
+        ref_f, ref_r, ref_n = pooled(ref_f_tok), pooled(ref_r_tok), pooled(ref_n_tok)
         # With several processes each holds a slice of the batch; the contrastive terms compare an
         # image with the whole batch's references, gathered, as in one process.
         all_f, all_r, all_n = ctx.gather(ref_f), ctx.gather(ref_r), ctx.gather(ref_n)
@@ -436,15 +438,12 @@ class CVFOnly(BaseMethod):
         return _per_image(self._ref, images, lambda missing: ref.visual_features(self._inputs(ref, missing)))
 
 
-def _cropped(student: Adapter, ref: Adapter, images: list, rng: np.random.Generator,
-             strength: float) -> tuple[list, BatchFeature, list[torch.Tensor]]:
-    """Fresh crops of ``images`` (the images themselves at strength 0), their pixels, and the frozen reference's
-    tokens of them: the student and the reference must see the same crops."""
+def _cropped(adapter: Adapter, images: list, rng: np.random.Generator,
+             strength: float) -> tuple[list, BatchFeature]:
+    """Fresh crops of ``images`` (the images themselves at strength 0) and their pixels."""
     if strength > 0:
         images = [augment(im, rng, strength) for im in images]
-    inputs = student.image_inputs(images)
-    with torch.no_grad():
-        return images, inputs, ref.visual_features(inputs)
+    return images, adapter.image_inputs(images)
 
 
 def _mean_token(ctx: Context, tokens: list[torch.Tensor]) -> torch.Tensor:
