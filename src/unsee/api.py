@@ -133,7 +133,6 @@ def finetune(model: str | Path, data: Any, out: str | Path, *, config: str | Pat
     ref = resolve(data, revision)
     kind = benchmark_of(ref.path, benchmark)
     if kind == "builtin":
-
         if config in RECIPES:
             raise ConfigError(f"recipe {config!r} is a public benchmark's; the built-in world uses default or quick")
         return _finetune.finetune(model, ref.path, out, config="default" if config is None else config,
@@ -191,7 +190,6 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
 
 def print_results(res: dict) -> None:
     from rich.console import Console
-
 
     Console().print(terminal_table(res))
 
@@ -410,7 +408,6 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     before = load_adapter(vanilla, allow_pickle=allow_pickle) if vanilla is not None else None
     changed = None
     if before is not None and "quant" in kinds:
-
         changed = changed_linears(weight_digests(before), adapter)
     found = audit_adapter(adapter, suite, kinds=kinds, steering=steering, vanilla=before, seed=seed,
                           overrides=values, changed=changed, reference=ref_path, cache_dir=cache_dir)

@@ -159,7 +159,6 @@ def _demo(a: argparse.Namespace) -> None:
 def _attack(a: argparse.Namespace) -> None:
     import json
 
-
     res = api.attack(a.kind, a.model, a.data, a.out, forget=a.forget, vanilla=a.vanilla, steering=a.steering,
                      method=a.method, seed=a.seed, overrides=a.overrides, overwrite=a.overwrite,
                      allow_pickle=a.allow_pickle, dtype=a.dtype, benchmark=a.benchmark, revision=a.revision,
@@ -174,7 +173,6 @@ def method_options(method: str) -> str:
     method to the next, so argparse alone cannot list them.
     """
     import dataclasses
-
 
     tcfg, mcfg, _ = method_configs(method, None, ())
     own = describe(type(mcfg), dataclasses.asdict(mcfg)) or "  (none)"

@@ -103,7 +103,6 @@ def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", 
     for m in names:
         method_configs(m, None, cfg.method_overrides.get(m, []))
     if seeds < 1:
-
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     cache = cache_root(cache_dir)
     world, vanilla = prepare_vanilla(cfg, arch, seed, cache)
@@ -137,7 +136,6 @@ def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", 
                     after[m] = _answers(adapter, shown, artifact)
         results = new_results(runs)
         if seeds > 1:
-
             results["seeds"] = seed_summary(runs)
         write_results(tmp / "results.json", results)
         write_report([tmp / "results.json"], tmp, overwrite=True)
@@ -164,7 +162,6 @@ def _example_items(suite: Any) -> list[Any]:
 def _answers(adapter: Any, items: list, artifact: Any = None) -> list[str]:
     """What the model says, as deployed: with the unlearning's artifact applied."""
     from contextlib import nullcontext
-
 
     with nullcontext() if artifact is None else artifact.applied(adapter):
         return answers(adapter, items)

@@ -330,7 +330,6 @@ def finetune(
     """
     from accelerate import PartialState
 
-
     cfg = load_config(FinetuneConfig, config, overrides, kind="finetune")
     if seed is not None:
         cfg.seed = seed

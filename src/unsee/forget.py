@@ -103,7 +103,6 @@ def _answers(adapter: Any, items: Sequence[Example], artifact: Any = None) -> li
     """What the model says, as deployed: with the unlearning's artifact applied."""
     from contextlib import nullcontext
 
-
     with nullcontext() if artifact is None else artifact.applied(adapter):
         return answers(adapter, items)
 
@@ -160,7 +159,6 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
                                              **{**eval_kw, "groups": ("forget",), "generation": False})
                 run["metrics"][f"forget_r{j}"] = again["forget"]
             if len(reqs) > 1:
-
                 forgotten += [t.image for t in unique_images(qa_turns(suite.group("train_forget")))]
             runs.append(run)
         final = runs[-1]

@@ -185,7 +185,6 @@ def evaluation(adapter: Adapter, suite: Suite, *, steering: str | Path | None = 
     figures and item records."""
     from contextlib import nullcontext
 
-
     artifact = deployed_artifact(artifact, steering)
     with nullcontext() if artifact is None else artifact.applied(adapter):
         return run_evaluation(adapter, suite, **kw)

@@ -108,7 +108,6 @@ def batch_adapter(model: str | Path) -> Adapter:
     """
     from transformers import AutoConfig
 
-
     config = AutoConfig.from_pretrained(str(model))
     cls = adapter_class(config.model_type)
     return cls(SimpleNamespace(config=config), cls.load_processor(str(model)), source=str(model))  # type: ignore[arg-type]

@@ -98,7 +98,6 @@ def unlearn_and_save(method: str, adapter: Adapter, suite: Suite, *, steering_di
     before = frozen_copy(adapter, visual_only=True) if audit else None
     digests = None
     if audit and (kinds is None or "quant" in kinds):
-
         digests = weight_digests(adapter)
 
     artifact: Artifact
@@ -123,7 +122,6 @@ def unlearn_and_save(method: str, adapter: Adapter, suite: Suite, *, steering_di
     if audit:
         changed = None
         if digests is not None:
-
             changed = changed_linears(digests, adapter)
         run["attacks"] = audit_adapter(adapter, suite, kinds=kinds, artifact=artifact, vanilla=before,
                                        seed=seed if audit_seed is None else audit_seed, overrides=audit_overrides,

@@ -389,7 +389,6 @@ def run_attacks(adapter: Adapter, suite: Suite, kinds: Sequence[str] = ATTACKS, 
     for kind in kinds:
         try:
             if kind == "quant":
-
                 out[kind] = quant(adapter, suite, cfg, artifact, changed=changed)
             else:
                 out[kind] = RUNNERS[kind](adapter, suite, cfg, artifact)
@@ -404,7 +403,6 @@ def run_attacks(adapter: Adapter, suite: Suite, kinds: Sequence[str] = ATTACKS, 
         if reference is not None:
             ref = reference(kind)
             if kind == "mia" and PER_ITEM in ref:
-
                 out[kind].update(relative(out[kind], ref))
             out[kind]["reference"] = {k: v for k, v in ref.items() if k != PER_ITEM}
         if not keep_items:

@@ -163,7 +163,6 @@ def qwen_processor(hf_tok: PreTrainedTokenizerFast, image_size: int, patch: int,
     """A Qwen2(.5)-VL image processor pinned to ``image_size`` squared pixels, and its processor."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-
     pixels = image_size * image_size
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=patch, merge_size=2, temporal_patch_size=2, min_pixels=pixels, max_pixels=pixels,
