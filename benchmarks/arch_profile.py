@@ -12,6 +12,10 @@ time of the unlearning, its steps and seconds a step, and the seconds inside the
 step that a profiler can name (the visual module's forward passes, student's and reference's;
 the backward pass; the null-space projection; the optimizer), with the rest as ``other``.
 Times under a profiler run 10-20% longer than without one; ``wall_s`` is the run's own clock.
+With ``--repeats N`` each architecture also runs every method N more times without the
+profiler, in turn (A B A B ...), and writes the ratio of each round's pair: a machine whose
+speed drifts between minutes moves both runs of a round alike, so the median of those ratios
+says more than one run of each.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +46,8 @@ PARTS: tuple[tuple[str, str, str, str], ...] = (
     ("optimizer", "~", "<built-in method torch._fused_adamw_>", "tot"),
 )
 TRAIN = ("unsee/engine/trainer.py", "train")
+# Accuracy is not the point: one item of one group, so that evaluating costs next to nothing.
+EVAL = {"max_items": 1, "generation": False, "progress": False, "groups": ("forget",)}
 
 
 def seconds(stats: pstats.Stats, suffix: str, name: str, which: str) -> float:
@@ -54,8 +61,7 @@ def profile(method: str, model: Path, suite: Any, forget: str, overrides: list[s
     """One unlearning run under cProfile: its own cost record and the seconds of each named part."""
     prof = cProfile.Profile()
     prof.enable()
-    run, _, _ = measure(method, model, suite, forget, overrides, seed,
-                        {"max_items": 1, "generation": False, "progress": False, "groups": ("forget",)})
+    run, _, _ = measure(method, model, suite, forget, overrides, seed, EVAL)
     prof.disable()
     stats = pstats.Stats(prof)
     train = seconds(stats, *TRAIN, "cum")
@@ -65,6 +71,24 @@ def profile(method: str, model: Path, suite: Any, forget: str, overrides: list[s
             "s_per_step": round(run["cost"]["wall_s"] / steps, 4) if steps else None,
             "trainable_params": run["cost"]["trainable_params"], "profiled_train_s": round(train, 2),
             "parts_s": {**parts, "other": round(train - sum(parts.values()), 2)}}
+
+
+def timed(methods: list[str], model: Path, suite: Any, forget: str, overrides: list[str], seed: int,
+          repeats: int) -> dict[str, Any]:
+    """``repeats`` unprofiled runs of every method, in turn, with their median; against GradDiff, the
+    ratio of each round's pair and the median, least and largest of those ratios."""
+    walls: dict[str, list[float]] = {m: [] for m in methods}
+    for _ in range(repeats):
+        for m in methods:
+            run, _, _ = measure(m, model, suite, forget, overrides, seed, EVAL)
+            walls[m].append(run["cost"]["wall_s"])
+    out: dict[str, Any] = {m: {"wall_s": w, "median_s": statistics.median(w)} for m, w in walls.items()}
+    if {"cvf_ncu", "graddiff"} <= walls.keys():
+        pairs = [a / b for a, b in zip(walls["cvf_ncu"], walls["graddiff"], strict=True)]
+        out["cvf_ncu_over_graddiff"] = {"pairs": [round(r, 3) for r in pairs],
+                                        "median": round(statistics.median(pairs), 3),
+                                        "min": round(min(pairs), 3), "max": round(max(pairs), 3)}
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -80,25 +104,34 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cache-dir", default=None, help="the shared stage cache (default: ~/.cache/unsee)")
     p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--out", default=None, help="default: benchmarks/results/arch_profile_<world>.json")
+    p.add_argument("--repeats", type=int, default=0,
+                   help="unprofiled runs of every method in turn after the profiled one, for the time ratio (0: none)")
     args = p.parse_args(argv)
     unknown = sorted(set(args.archs.split(",")) - set(ARCHS))
     if unknown:
         p.error(f"unknown architecture(s) {', '.join(unknown)}; choose from {', '.join(ARCHS)}")
+    if args.repeats < 0:
+        p.error(f"--repeats must not be negative, got {args.repeats}")
     torch.set_num_threads(args.threads)
     cfg = DemoConfig(world=args.world, recipe=args.world, world_overrides=args.world_set)
     rows: dict[str, dict[str, Any]] = {}
+    repeated: dict[str, dict[str, Any]] = {}
+    methods = args.methods.split(",")
     for arch in args.archs.split(","):
         world, init, _ = prepare_init(cfg, arch, args.seed, cache_root(args.cache_dir))
         suite = load_suite(world, args.forget)
-        rows[arch] = {m: profile(m, init, suite, args.forget, args.train_set, args.seed)
-                      for m in args.methods.split(",")}
+        rows[arch] = {m: profile(m, init, suite, args.forget, args.train_set, args.seed) for m in methods}
         for m, r in rows[arch].items():
             print(arch, m, r, flush=True)
+        if args.repeats:
+            repeated[arch] = timed(methods, init, suite, args.forget, args.train_set, args.seed, args.repeats)
+            print(arch, "unprofiled", repeated[arch], flush=True)
     ratios = {arch: round(r["cvf_ncu"]["wall_s"] / r["graddiff"]["wall_s"], 3)
               for arch, r in rows.items() if {"cvf_ncu", "graddiff"} <= r.keys()}
     result = {"benchmark": "arch_profile", "world": args.world, "forget": args.forget, "seed": args.seed,
               "train_set": args.train_set, "threads": args.threads, "rows": rows,
-              "cvf_ncu_over_graddiff_wall": ratios, "environment": environment()}
+              "cvf_ncu_over_graddiff_wall": ratios, "repeats": args.repeats, "unprofiled": repeated,
+              "environment": environment()}
     out = Path(args.out or f"benchmarks/results/arch_profile_{args.world}.json")
     atomic_write_json(out, result)
     return result

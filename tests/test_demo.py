@@ -376,7 +376,8 @@ def test_benchmark_scratch_is_removed_at_exit(tmp_path: Path) -> None:
 
 def test_arch_profile_names_where_each_methods_step_goes(demo_run: tuple[Path, Path], tmp_path: Path) -> None:
     """benchmarks/arch_profile.py: one profiled run per method from the untrained tiny model; the named parts
-    of a step add up to no more than the profiled training, and only cvf_ncu projects onto a null space."""
+    of a step add up to no more than the profiled training, and only cvf_ncu projects onto a null space; with
+    --repeats, unprofiled rounds of every method in turn and the time ratio of each round."""
     import sys
 
     import yaml
@@ -387,7 +388,8 @@ def test_arch_profile_names_where_each_methods_step_goes(demo_run: tuple[Path, P
     cfg = yaml.safe_load(CONFIG.read_text())
     r = arch_profile.main(["--world", "quick", "--cache-dir", str(demo_run[1]), "--threads", "1", "--archs",
                            "tiny-llava", "--train-set", "max_steps=3", "--train-set", "progress=false",
-                           "--out", str(tmp_path / "p.json"), *[f"--world-set={x}" for x in cfg["world_overrides"]]])
+                           "--out", str(tmp_path / "p.json"), "--repeats", "2",
+                           *[f"--world-set={x}" for x in cfg["world_overrides"]]])
     rows = r["rows"]["tiny-llava"]
     assert set(rows) == {"cvf_ncu", "graddiff"}
     for row in rows.values():
@@ -400,6 +402,16 @@ def test_arch_profile_names_where_each_methods_step_goes(demo_run: tuple[Path, P
     ratio = rows["cvf_ncu"]["wall_s"] / rows["graddiff"]["wall_s"]
     assert r["cvf_ncu_over_graddiff_wall"]["tiny-llava"] == round(ratio, 3)
     assert json.loads((tmp_path / "p.json").read_text())["rows"] == r["rows"]
+    # the unprofiled rounds: every method twice, and the ratio of each round's pair
+    timed = r["unprofiled"]["tiny-llava"]
+    walls = {m: timed[m]["wall_s"] for m in ("cvf_ncu", "graddiff")}
+    assert all(len(w) == 2 and min(w) > 0 for w in walls.values())
+    pairs = timed["cvf_ncu_over_graddiff"]["pairs"]
+    assert pairs == [round(a / b, 3) for a, b in zip(walls["cvf_ncu"], walls["graddiff"], strict=True)]
+    assert timed["cvf_ncu_over_graddiff"]["min"] <= timed["cvf_ncu_over_graddiff"]["median"] <= max(pairs)
+    with pytest.raises(SystemExit):
+        arch_profile.main(["--repeats", "-1", "--out", str(tmp_path / "no.json")])
+    assert not (tmp_path / "no.json").exists()
 
 
 def test_subspace_energy_measures_each_groups_share_in_both_subspaces(demo_run: tuple[Path, Path],
