@@ -244,7 +244,7 @@ class CVFOnly(BaseMethod):
         fresh = self.cfg.augment_retain > 0  # fresh crops: nothing to look up, and nothing kept past the step
         r_img, r_in = _cropped(a, r_img, rng, self.cfg.augment_retain) if fresh else (r_img, self._inputs(a, r_img))
         with torch.no_grad():  # one pass over every crop: each image is encoded on its own, and one call of
-            # twice the batch costs less than two (the tokens came out bit-identical on every architecture)
+            # twice the batch costs less than two (bit-identical tokens on the tiny model of each architecture)
             tokens = ref.visual_features(joined([f_in, r_in] if fresh else [f_in]))
         ref_f_tok = tokens[: len(f_img)]
         ref_r_tok = tokens[len(f_img):] if fresh else self._reference(ref, r_img)
