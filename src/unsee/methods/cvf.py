@@ -112,6 +112,7 @@ class _Step:
     n_img: list
     f_in: BatchFeature  # the forget photos' pixels; the reference and the student see the same augmented ones
     r_in: BatchFeature  # the retained photos' pixels, likewise
+    both_in: BatchFeature  # the two joined, forget photos first: what the joint passes take
     ref_f_tok: list[torch.Tensor]
     ref_r_tok: list[torch.Tensor]
     ref_r: torch.Tensor
@@ -243,11 +244,11 @@ class CVFOnly(BaseMethod):
         f_img, f_in = _cropped(a, f_img, rng, self.cfg.augment)
         fresh = self.cfg.augment_retain > 0  # fresh crops: nothing to look up, and nothing kept past the step
         r_img, r_in = _cropped(a, r_img, rng, self.cfg.augment_retain) if fresh else (r_img, self._inputs(a, r_img))
+        both = joined([f_in, r_in])
         with torch.no_grad():  # one pass over every crop: each image is encoded on its own, and one call of
             # twice the batch costs less than two (bit-identical tokens on the tiny model of each architecture)
-            tokens = ref.visual_features(joined([f_in, r_in] if fresh else [f_in]))
-        ref_f_tok = tokens[: len(f_img)]
-        ref_r_tok = tokens[len(f_img):] if fresh else self._reference(ref, r_img)
+            tokens = ref.visual_features(both if fresh else f_in)
+        ref_f_tok, ref_r_tok = tokens[: len(f_img)], (tokens[len(f_img):] if fresh else self._reference(ref, r_img))
         ref_n_tok = self._reference(ref, n_img)
         ref_f, ref_r, ref_n = pooled(ref_f_tok), pooled(ref_r_tok), pooled(ref_n_tok)
         # With several processes each holds a slice of the batch; the contrastive terms compare an
@@ -261,7 +262,8 @@ class CVFOnly(BaseMethod):
         if self.cfg.lambda_t > 0:
             target = (self._paired_targets(ref, batch["forget"]) if self.cfg.token_target == "person"
                       else _mean_token(ctx, ref_n_tok))
-        return _Step(ref, f_img, r_img, n_img, f_in, r_in, ref_f_tok, ref_r_tok, ref_r, all_f, all_r, pos, neg, target)
+        return _Step(ref, f_img, r_img, n_img, f_in, r_in, both, ref_f_tok, ref_r_tok, ref_r, all_f, all_r, pos, neg,
+                     target)
 
     def _forget_terms(self, s: _Step, tokens: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The forget InfoNCE of forget photos' tokens and, with lambda_t, their distance to the mean neutral token."""
@@ -300,7 +302,7 @@ class CVFOnly(BaseMethod):
         tiny LLaVA): each image is encoded on its own either way, so only the rounding moves.
         It runs after the simulated relearning, which moves the weights in place.
         """
-        tokens = ctx.adapter.visual_features(joined([s.f_in, s.r_in]))
+        tokens = ctx.adapter.visual_features(s.both_in)
         return tokens[: len(s.f_img)], tokens[len(s.f_img):]
 
     def _forget(self, ctx: Context, s: _Step, f_tok: list[torch.Tensor] | None
