@@ -414,6 +414,45 @@ def test_arch_profile_names_where_each_methods_step_goes(demo_run: tuple[Path, P
     assert not (tmp_path / "no.json").exists()
 
 
+def test_step_flops_counts_a_step_and_carries_a_layer_to_full_depth(demo_run: tuple[Path, Path],
+                                                                    tmp_path: Path) -> None:
+    """benchmarks/step_flops.py: a step's FLOPs from runs of 2 and 4 steps; cvf_ncu's step, the visual
+    module alone, counts fewer than GradDiff's whole model; and a tower counted at two and three layers,
+    carried to its depth, gives exactly what the whole tower counts."""
+    import sys
+
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import step_flops
+
+    from unsee.models import adapter_class
+    from unsee.models.shapes import TINY_SIDE, build_shaped
+
+    cfg = yaml.safe_load(CONFIG.read_text())
+    r = step_flops.main(["--world", "quick", "--cache-dir", str(demo_run[1]), "--threads", "1", "--archs",
+                         "tiny-llava", "--train-set", "max_steps=3", "--train-set", "progress=false", "--no-hub",
+                         "--out", str(tmp_path / "f.json"), *[f"--world-set={x}" for x in cfg["world_overrides"]]])
+    row = r["rows"]["tiny-llava"]
+    cvf, gd = row["cvf_ncu"], row["graddiff"]
+    assert cvf["steps"] == gd["steps"] == 3  # the full runs took the overridden step count
+    assert 0 < cvf["step_flops"] < gd["step_flops"] and cvf["once_flops"] > 0
+    assert row["item"]["V"] > 0 and row["item"]["L"] > 0 and row["item"]["text_tokens"] > 0
+    assert row["cvf_ncu_over_graddiff"]["run"] == pytest.approx(cvf["run_flops"] / gd["run_flops"])
+    assert cvf["run_flops"] == pytest.approx(3 * cvf["step_flops"] + cvf["once_flops"])
+    assert "hub" not in row and json.loads((tmp_path / "f.json").read_text())["rows"] == r["rows"]
+    # the depth carry: every layer of a tower counts alike, so five layers are two plus three times the third
+    image = step_flops.Image.new("RGB", (TINY_SIDE, TINY_SIDE), (128, 96, 64))
+    for shape, model_type in (("llava-1.5-7b", "llava"), ("qwen2-vl-7b", "qwen2_vl")):
+        at = {n: step_flops.item_flops(adapter_class(model_type)(*build_shaped(shape, tiny=True, layers=n)), image, 8)
+              for n in (2, 3, 5)}
+        for part in ("V", "L"):
+            assert at[5][part] == at[2][part] + 3 * (at[3][part] - at[2][part]) and at[3][part] > at[2][part]
+    carried = step_flops.hub_item_flops("llava-1.5-7b", 8, tiny=True)  # the shrunk shape: vision 3, language 2
+    whole = step_flops.item_flops(adapter_class("llava")(*build_shaped("llava-1.5-7b", tiny=True)), image, 8)
+    assert carried["depths"] == [3, 2] and (carried["V"], carried["L"]) == (whole["V"], whole["L"])
+
+
 def test_subspace_energy_measures_each_groups_share_in_both_subspaces(demo_run: tuple[Path, Path],
                                                                      tmp_path: Path) -> None:
     """benchmarks/subspace_energy.py: shares are fractions; the contrast space, built to hold the forget

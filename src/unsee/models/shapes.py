@@ -152,8 +152,27 @@ def _with_token_ids(cfg: dict[str, Any], hf_tok: Any) -> dict[str, Any]:
     return cfg
 
 
-def shaped_config(shape: str, *, tiny: bool = False, hf_tok: Any = None) -> PretrainedConfig:
-    """The HF config object, parsed from the hub layout exactly as ``from_pretrained`` would."""
+def depth_keys(model_type: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Where a hub config keeps the visual and the language depth."""
+    if model_type == "llava":
+        return ("vision_config", "num_hidden_layers"), ("text_config", "num_hidden_layers")
+    return ("vision_config", "depth"), ("num_hidden_layers",)
+
+
+def depths(cfg: dict[str, Any]) -> tuple[int, int]:
+    """The visual and the language depth of a hub config."""
+    return tuple(_at(cfg, key)[key[-1]] for key in depth_keys(cfg["model_type"]))  # type: ignore[return-value]
+
+
+def _at(cfg: dict[str, Any], key: tuple[str, ...]) -> dict[str, Any]:
+    return cfg[key[0]] if len(key) == 2 else cfg
+
+
+def shaped_config(shape: str, *, tiny: bool = False, hf_tok: Any = None, layers: int | None = None) -> PretrainedConfig:
+    """The HF config object, parsed from the hub layout exactly as ``from_pretrained`` would.
+
+    ``layers`` cuts both towers to that many layers, which have the shapes of the full ones:
+    a layer's cost is then counted without building the whole model."""
     cfg = hub_config(shape)
     if tiny:
         cfg = shrink(cfg)
@@ -162,6 +181,9 @@ def shaped_config(shape: str, *, tiny: bool = False, hf_tok: Any = None) -> Pret
             cfg["vocab_size"] = size
             if "text_config" in cfg:
                 cfg["text_config"]["vocab_size"] = size
+    if layers is not None:
+        for key in depth_keys(cfg["model_type"]):
+            _at(cfg, key)[key[-1]] = layers
     if hf_tok is not None:
         cfg = _with_token_ids(cfg, hf_tok)
     model_type = cfg.pop("model_type")
@@ -169,14 +191,16 @@ def shaped_config(shape: str, *, tiny: bool = False, hf_tok: Any = None) -> Pret
 
 
 def build_shaped(shape: str, *, tiny: bool = False, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu", seed: int = 0) -> tuple[PreTrainedModel, Any]:
-    """``(model, processor)`` of a hub shape with random weights, created directly on ``device``."""
+                 device: str | torch.device = "cpu", seed: int = 0,
+                 layers: int | None = None) -> tuple[PreTrainedModel, Any]:
+    """``(model, processor)`` of a hub shape with random weights, created directly on ``device``
+    (``layers``: as in :func:`shaped_config`)."""
 
     model_type = hub_config(shape)["model_type"]
     llava = model_type == "llava"
     hf_tok = (llava_tokenizer if llava else qwen_tokenizer)(train_tokenizer([], LLAVA_SPECIALS if llava
                                                                             else QWEN_SPECIALS, 1024))
-    config = shaped_config(shape, tiny=tiny, hf_tok=hf_tok)
+    config = shaped_config(shape, tiny=tiny, hf_tok=hf_tok, layers=layers)
     side = TINY_SIDE if tiny else IMAGE_SIDE[model_type]
     if llava:
         processor = llava_processor(hf_tok, side, config.vision_config.patch_size)
