@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import measure, positive_int
+from common import arch_list, measure, untrained_options
 
 from unsee.demo import DemoConfig, prepare_init
 from unsee.finetune import cache_root
@@ -93,23 +93,13 @@ def timed(methods: list[str], model: Path, suite: Any, forget: str, overrides: l
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--world", default="quick", help="world config: quick or default")
-    p.add_argument("--world-set", action="append", default=[], metavar="KEY=VALUE", help="world config override")
-    p.add_argument("--archs", default=",".join(ARCHS), help="comma list")
+    untrained_options(p, world="quick", archs=ARCHS)
     p.add_argument("--methods", default="cvf_ncu,graddiff", help="comma list (training methods)")
-    p.add_argument("--forget", default="forget_10")
-    p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="an engine option for every method, e.g. max_steps=2 for a smoke run")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", default=None, help="the shared stage cache (default: ~/.cache/unsee)")
-    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--out", default=None, help="default: benchmarks/results/arch_profile_<world>.json")
     p.add_argument("--repeats", type=int, default=0,
                    help="unprofiled runs of every method in turn after the profiled one, for the time ratio (0: none)")
     args = p.parse_args(argv)
-    unknown = sorted(set(args.archs.split(",")) - set(ARCHS))
-    if unknown:
-        p.error(f"unknown architecture(s) {', '.join(unknown)}; choose from {', '.join(ARCHS)}")
+    archs = arch_list(p, args.archs)
     if args.repeats < 0:
         p.error(f"--repeats must not be negative, got {args.repeats}")
     torch.set_num_threads(args.threads)
@@ -117,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows: dict[str, dict[str, Any]] = {}
     repeated: dict[str, dict[str, Any]] = {}
     methods = args.methods.split(",")
-    for arch in args.archs.split(","):
+    for arch in archs:
         world, init, _ = prepare_init(cfg, arch, args.seed, cache_root(args.cache_dir))
         suite = load_suite(world, args.forget)
         rows[arch] = {m: profile(m, init, suite, args.forget, args.train_set, args.seed) for m in methods}

@@ -68,6 +68,28 @@ def parser(doc: str, *, methods: str, out: str) -> argparse.ArgumentParser:
     return p
 
 
+def untrained_options(p: argparse.ArgumentParser, *, world: str, archs: Sequence[str]) -> None:
+    """The options of the benchmarks that start from each architecture's untrained tiny model."""
+    p.add_argument("--world", default=world, help="world config: quick or default")
+    p.add_argument("--world-set", action="append", default=[], metavar="KEY=VALUE", help="world config override")
+    p.add_argument("--archs", default=",".join(archs), help="comma list")
+    p.add_argument("--forget", default="forget_10")
+    p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an engine option for every method, e.g. max_steps=2 for a smoke run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", default=None, help="the shared stage cache (default: ~/.cache/unsee)")
+    p.add_argument("--threads", type=positive_int, default=2)
+
+
+def arch_list(p: argparse.ArgumentParser, text: str) -> list[str]:
+    """``--archs``, split; an unknown name is refused in one line."""
+    archs = text.split(",")
+    unknown = sorted(set(archs) - set(ARCHS))
+    if unknown:
+        p.error(f"unknown architecture(s) {', '.join(unknown)}; choose from {', '.join(ARCHS)}")
+    return archs
+
+
 def model_options(p: argparse.ArgumentParser) -> None:
     """The options that pick the world and its vanilla model in the shared cache (:func:`vanilla_model`)."""
     p.add_argument("--world", default="default", help="world config: quick or default")

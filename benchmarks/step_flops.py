@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import measure, positive_int
+from common import arch_list, measure, positive_int, untrained_options
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -48,7 +48,6 @@ from unsee.io import atomic_write_json
 from unsee.models import adapter_class, load_adapter
 from unsee.models.base import Adapter
 from unsee.models.shapes import IMAGE_SIDE, TINY_SIDE, build_shaped, depths, hub_config, shrink
-from unsee.models.tiny import ARCHS
 from unsee.provenance import environment
 from unsee.runs import load_suite
 
@@ -115,28 +114,18 @@ def hub_item_flops(shape: str, text_tokens: int, tiny: bool = False) -> dict[str
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--world", default="default", help="world config: quick or default")
-    p.add_argument("--world-set", action="append", default=[], metavar="KEY=VALUE", help="world config override")
-    p.add_argument("--archs", default=",".join(HUB), help="comma list")
-    p.add_argument("--forget", default="forget_10")
-    p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="an engine option for every method")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", default=None, help="the shared stage cache (default: ~/.cache/unsee)")
-    p.add_argument("--threads", type=positive_int, default=2)
+    untrained_options(p, world="default", archs=list(HUB))
     p.add_argument("--hub", action=argparse.BooleanOptionalAction, default=True,
                    help="also count the hub shapes (a few GB of random weights, a minute or two)")
     p.add_argument("--hub-text-tokens", type=positive_int, default=64,
                    help="text tokens of a hub item beside its image tokens (a question and its answer)")
     p.add_argument("--out", default=None, help="default: benchmarks/results/step_flops_<world>.json")
     args = p.parse_args(argv)
-    unknown = sorted(set(args.archs.split(",")) - set(ARCHS))
-    if unknown:
-        p.error(f"unknown architecture(s) {', '.join(unknown)}; choose from {', '.join(ARCHS)}")
+    archs = arch_list(p, args.archs)
     torch.set_num_threads(args.threads)
     cfg = DemoConfig(world=args.world, recipe=args.world, world_overrides=args.world_set)
     rows: dict[str, Any] = {}
-    for arch in args.archs.split(","):
+    for arch in archs:
         world, init, _ = prepare_init(cfg, arch, args.seed, cache_root(args.cache_dir))
         suite = load_suite(world, args.forget)
         adapter = load_adapter(init)
