@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import ONE_ITEM_EVAL as EVAL
 from common import arch_list, measure, untrained_options
 
 from unsee.demo import DemoConfig, prepare_init
@@ -46,8 +47,6 @@ PARTS: tuple[tuple[str, str, str, str], ...] = (
     ("optimizer", "~", "<built-in method torch._fused_adamw_>", "tot"),
 )
 TRAIN = ("unsee/engine/trainer.py", "train")
-# Accuracy is not the point: one item of one group, so that evaluating costs next to nothing.
-EVAL = {"max_items": 1, "generation": False, "progress": False, "groups": ("forget",)}
 
 
 def seconds(stats: pstats.Stats, suffix: str, name: str, which: str) -> float:

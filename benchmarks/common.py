@@ -68,6 +68,11 @@ def parser(doc: str, *, methods: str, out: str) -> argparse.ArgumentParser:
     return p
 
 
+# Accuracy is not the point of the untrained-model benchmarks: one item of one group, so that
+# evaluating costs next to nothing.
+ONE_ITEM_EVAL: dict[str, Any] = {"max_items": 1, "generation": False, "progress": False, "groups": ("forget",)}
+
+
 def untrained_options(p: argparse.ArgumentParser, *, world: str, archs: Sequence[str]) -> None:
     """The options of the benchmarks that start from each architecture's untrained tiny model."""
     p.add_argument("--world", default=world, help="world config: quick or default")

@@ -31,12 +31,12 @@ Writes ``benchmarks/results/step_flops_<world>.json``.
 from __future__ import annotations
 
 import argparse
-import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from common import ONE_ITEM_EVAL as EVAL
 from common import arch_list, measure, positive_int, untrained_options
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
@@ -51,25 +51,24 @@ from unsee.models.shapes import IMAGE_SIDE, TINY_SIDE, build_shaped, depths, hub
 from unsee.provenance import environment
 from unsee.runs import load_suite
 
-EVAL = {"max_items": 1, "generation": False, "progress": False, "groups": ("forget",)}
 # Each tiny architecture's hub counterpart, whose layers are the same kind.
 HUB = {"tiny-llava": "llava-1.5-7b", "tiny-qwen2-vl": "qwen2-vl-7b"}
 METHODS = ("cvf_ncu", "graddiff")
 
 
-def counted(fn: Callable[[], Any]) -> int:
-    """The FLOPs ``fn`` runs."""
+def counted(fn: Callable[[], Any]) -> tuple[int, Any]:
+    """The FLOPs ``fn`` runs, and what it returns."""
     counter = FlopCounterMode(display=False)
     with counter:
-        fn()
-    return int(counter.get_total_flops())
+        out = fn()
+    return int(counter.get_total_flops()), out
 
 
 def run_flops(method: str, init: Path, suite: Any, forget: str, overrides: list[str], seed: int) -> dict[str, Any]:
     """A step's FLOPs and a run's once-only FLOPs, from runs of 2 and 4 steps (after a warm-up)."""
     run = lambda n: measure(method, init, suite, forget, [*overrides, f"max_steps={n}"], seed, EVAL)  # noqa: E731
     run(1)  # whatever a first run in this process caches, the counted runs find cached
-    two, four = counted(lambda: run(2)), counted(lambda: run(4))
+    (two, _), (four, _) = counted(lambda: run(2)), counted(lambda: run(4))
     step = (four - two) / 2
     return {"step_flops": step, "once_flops": two - 2 * step}
 
@@ -85,12 +84,12 @@ def item_flops(adapter: Adapter, image: Image.Image, text_tokens: int) -> dict[s
     through the language model and its head."""
     with torch.no_grad():
         inputs = adapter.image_inputs([image])
-        vis = counted(lambda: adapter.visual_features(inputs))
-        n_image = adapter.visual_features(inputs)[0].shape[0]
+        vis, tokens = counted(lambda: adapter.visual_features(inputs))
+        n_image = tokens[0].shape[0]
         (owner, name), (head_owner, head_name) = adapter.language_slots()
         language, head = getattr(owner, name), getattr(head_owner, head_name)
         embeds = torch.zeros(1, n_image + text_tokens, adapter.model.get_input_embeddings().embedding_dim)
-        lm = counted(lambda: head(language(inputs_embeds=embeds).last_hidden_state))
+        lm, _ = counted(lambda: head(language(inputs_embeds=embeds).last_hidden_state))
     return {"V": vis, "L": lm, "image_tokens": int(n_image), "text_tokens": text_tokens}
 
 
@@ -130,11 +129,9 @@ def main(argv: list[str] | None = None) -> dict:
         suite = load_suite(world, args.forget)
         adapter = load_adapter(init)
         turns = qa_turns(suite.groups["train_forget"][:8])
-        widths = adapter.training_batch(turns)["attention_mask"].sum(1).tolist()
-        image = turns[0].image
-        tiny = item_flops(adapter, image, 0)
-        text = round(statistics.mean(widths)) - tiny["image_tokens"]
-        tiny = item_flops(adapter, image, text)
+        batch = adapter.training_batch(turns)
+        text = batch["attention_mask"].sum(1) - (batch["input_ids"] == adapter.image_token_id).sum(1)
+        tiny = item_flops(adapter, turns[0].image, round(text.float().mean().item()))
         row: dict[str, Any] = {"item": tiny}
         for m in METHODS:
             row[m] = {**run_flops(m, init, suite, args.forget, args.train_set, args.seed),

@@ -152,20 +152,17 @@ def _with_token_ids(cfg: dict[str, Any], hf_tok: Any) -> dict[str, Any]:
     return cfg
 
 
-def depth_keys(model_type: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Where a hub config keeps the visual and the language depth."""
-    if model_type == "llava":
-        return ("vision_config", "num_hidden_layers"), ("text_config", "num_hidden_layers")
-    return ("vision_config", "depth"), ("num_hidden_layers",)
+def _depth_slots(cfg: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """Where a hub config keeps its visual and its language depth: (the dict, the key), in that order."""
+    if cfg["model_type"] == "llava":
+        return [(cfg["vision_config"], "num_hidden_layers"), (cfg["text_config"], "num_hidden_layers")]
+    return [(cfg["vision_config"], "depth"), (cfg, "num_hidden_layers")]
 
 
 def depths(cfg: dict[str, Any]) -> tuple[int, int]:
     """The visual and the language depth of a hub config."""
-    return tuple(_at(cfg, key)[key[-1]] for key in depth_keys(cfg["model_type"]))  # type: ignore[return-value]
-
-
-def _at(cfg: dict[str, Any], key: tuple[str, ...]) -> dict[str, Any]:
-    return cfg[key[0]] if len(key) == 2 else cfg
+    (vision, v_key), (language, l_key) = _depth_slots(cfg)
+    return vision[v_key], language[l_key]
 
 
 def shaped_config(shape: str, *, tiny: bool = False, hf_tok: Any = None, layers: int | None = None) -> PretrainedConfig:
@@ -182,8 +179,8 @@ def shaped_config(shape: str, *, tiny: bool = False, hf_tok: Any = None, layers:
             if "text_config" in cfg:
                 cfg["text_config"]["vocab_size"] = size
     if layers is not None:
-        for key in depth_keys(cfg["model_type"]):
-            _at(cfg, key)[key[-1]] = layers
+        for section, key in _depth_slots(cfg):
+            section[key] = layers
     if hf_tok is not None:
         cfg = _with_token_ids(cfg, hf_tok)
     model_type = cfg.pop("model_type")
