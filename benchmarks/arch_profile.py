@@ -29,14 +29,13 @@ from typing import Any
 
 import torch
 from common import ONE_ITEM_EVAL as EVAL
-from common import arch_list, measure, untrained_options
+from common import arch_list, measure, suite_or_exit, untrained_options
 
 from unsee.demo import DemoConfig, prepare_init
 from unsee.finetune import cache_root
 from unsee.io import atomic_write_json
 from unsee.models.tiny import ARCHS
 from unsee.provenance import environment
-from unsee.runs import load_suite
 
 # The named parts of a step: (label, file suffix, function name, which time). ``cum`` counts the
 # function with everything it calls; ``tot`` the function alone (a C entry point).
@@ -108,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     methods = args.methods.split(",")
     for arch in archs:
         world, init, _ = prepare_init(cfg, arch, args.seed, cache_root(args.cache_dir))
-        suite = load_suite(world, args.forget)
+        suite = suite_or_exit(p, world, args.forget)
         rows[arch] = {m: profile(m, init, suite, args.forget, args.train_set, args.seed) for m in methods}
         for m, r in rows[arch].items():
             print(arch, m, r, flush=True)

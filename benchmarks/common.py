@@ -17,6 +17,7 @@ import torch
 from unsee import api
 from unsee.data.schema import Suite
 from unsee.demo import DemoConfig, prepare_vanilla
+from unsee.errors import DataError
 from unsee.eval.metrics import unlearning_score
 from unsee.finetune import cache_root
 from unsee.io import atomic_write_json
@@ -25,6 +26,7 @@ from unsee.methods import TRAINING as TRAINING
 from unsee.methods.artifact import Artifact
 from unsee.models import HFAdapter, load_adapter
 from unsee.models.tiny import ARCHS
+from unsee.runs import load_suite
 
 # Every scratch folder of a benchmark process lives under one directory that is removed when the
 # process exits, so that a sweep of hundreds of runs leaves nothing behind in the temp folder.
@@ -93,6 +95,14 @@ def arch_list(p: argparse.ArgumentParser, text: str) -> list[str]:
     if unknown:
         p.error(f"unknown architecture(s) {', '.join(unknown)}; choose from {', '.join(ARCHS)}")
     return archs
+
+
+def suite_or_exit(p: argparse.ArgumentParser, world: Path, forget: str) -> Suite:
+    """The world's benchmark for split ``forget``; a split the world lacks is refused in one line."""
+    try:
+        return load_suite(world, forget)
+    except DataError as e:
+        p.error(str(e))
 
 
 def model_options(p: argparse.ArgumentParser) -> None:

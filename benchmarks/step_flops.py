@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 from common import ONE_ITEM_EVAL as EVAL
-from common import arch_list, measure, positive_int, untrained_options
+from common import arch_list, measure, positive_int, suite_or_exit, untrained_options
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -49,7 +49,6 @@ from unsee.models import adapter_class, load_adapter
 from unsee.models.base import Adapter
 from unsee.models.shapes import IMAGE_SIDE, TINY_SIDE, build_shaped, depths, hub_config, shrink
 from unsee.provenance import environment
-from unsee.runs import load_suite
 
 # Each tiny architecture's hub counterpart, whose layers are the same kind.
 HUB = {"tiny-llava": "llava-1.5-7b", "tiny-qwen2-vl": "qwen2-vl-7b"}
@@ -126,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows: dict[str, Any] = {}
     for arch in archs:
         world, init, _ = prepare_init(cfg, arch, args.seed, cache_root(args.cache_dir))
-        suite = load_suite(world, args.forget)
+        suite = suite_or_exit(p, world, args.forget)
         adapter = load_adapter(init)
         turns = qa_turns(suite.groups["train_forget"][:8])
         batch = adapter.training_batch(turns)

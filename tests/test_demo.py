@@ -441,6 +441,11 @@ def test_step_flops_counts_a_step_and_carries_a_layer_to_full_depth(demo_run: tu
     assert row["cvf_ncu_over_graddiff"]["run"] == pytest.approx(cvf["run_flops"] / gd["run_flops"])
     assert cvf["run_flops"] == pytest.approx(3 * cvf["step_flops"] + cvf["once_flops"])
     assert "hub" not in row and json.loads((tmp_path / "f.json").read_text())["rows"] == r["rows"]
+    with pytest.raises(SystemExit):  # a split the world lacks: one line, and no JSON
+        step_flops.main(["--world", "quick", "--cache-dir", str(demo_run[1]), "--archs", "tiny-llava", "--no-hub",
+                         "--forget", "no_such_split", "--out", str(tmp_path / "no.json"),
+                         *[f"--world-set={x}" for x in cfg["world_overrides"]]])
+    assert not (tmp_path / "no.json").exists()
     # the depth carry: every layer of a tower counts alike, so five layers are two plus three times the third
     image = step_flops.Image.new("RGB", (TINY_SIDE, TINY_SIDE), (128, 96, 64))
     for shape, model_type in (("llava-1.5-7b", "llava"), ("qwen2-vl-7b", "qwen2_vl")):

@@ -21,6 +21,7 @@ from unsee.data.collate import qa_turns
 from unsee.data.schema import Suite
 from unsee.engine.prepare import apply_lora, frozen_copy
 from unsee.engine.trainer import TrainConfig, train, unique_images
+from unsee.errors import ModelError
 from unsee.methods import method_class
 from unsee.models import adapter_class, load_adapter
 from unsee.models.base import Turn
@@ -65,6 +66,18 @@ def test_hub_config_parses_to_the_published_size(shape: str) -> None:
 def test_shrink_keeps_every_key(shape: str) -> None:
     full = hub_config(shape)
     assert keys(shrink(full)) == keys(full)
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_layers_cut_both_towers_and_refuse_none(shape: str) -> None:
+    """``layers`` sets the visual and the language depth alike; a tower of no layers is refused, not built."""
+    cfg = shaped_config(shape, tiny=True, layers=4)
+    vision = cfg.vision_config
+    vision_depth = vision.depth if hasattr(vision, "depth") else vision.num_hidden_layers
+    assert vision_depth == 4 and cfg.get_text_config().num_hidden_layers == 4
+    for bad in (0, -1):
+        with pytest.raises(ModelError, match="at least 1"):
+            build_shaped(shape, tiny=True, layers=bad)
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
@@ -215,8 +228,6 @@ def test_gpu_benchmark_runs_on_cpu_sized_shapes(tmp_path: Path) -> None:
 
 
 def test_dtype_option_loads_bf16_and_rejects_unknown(model_dir: Path) -> None:
-    from unsee.errors import ModelError
-
     assert next(load_adapter(model_dir, dtype="bf16").model.parameters()).dtype == torch.bfloat16
     with pytest.raises(ModelError, match="unknown dtype 'int3'"):
         load_adapter(model_dir, dtype="int3")

@@ -170,6 +170,8 @@ def shaped_config(shape: str, *, tiny: bool = False, hf_tok: Any = None, layers:
 
     ``layers`` cuts both towers to that many layers, which have the shapes of the full ones:
     a layer's cost is then counted without building the whole model."""
+    if layers is not None and layers < 1:  # a tower of no layers builds, and counts nothing
+        raise ModelError(f"layers must be at least 1, got {layers}")
     cfg = hub_config(shape)
     if tiny:
         cfg = shrink(cfg)
