@@ -24,6 +24,8 @@ from unsee import api
 from unsee.data.mllmu import load_mllmu
 from unsee.data.schema import Suite
 from unsee.data.world import build_world
+from unsee.engine.trainer import TrainConfig, train
+from unsee.methods.baselines import SFT
 from unsee.models import HFAdapter, Turn, load_adapter
 from unsee.models.tiny import ARCHS, IMAGE_SIZE, init_model
 
@@ -103,3 +105,15 @@ def suite(world: Path) -> Suite:
 def turns(suite: Suite) -> dict[str, list[Turn]]:
     """The training streams of the suite; streams copy these lists, so sharing them is safe."""
     return api.training_turns(suite)
+
+
+@pytest.fixture(scope="session")
+def trained_dir(model_dir: Path, suite: Suite, turns: dict[str, list[Turn]],
+                tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model after a few SFT steps on forget + retain answers, so that it knows something to forget."""
+    adapter = load_adapter(model_dir)
+    train(SFT(), adapter, suite, {"train": turns["forget"] + turns["retain"]},
+          TrainConfig(lr=1e-3, max_steps=20, batch_size=4, progress=False))
+    out = tmp_path_factory.mktemp("methods_trained") / "m"
+    adapter.save(out)
+    return out

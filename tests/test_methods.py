@@ -21,7 +21,6 @@ from unsee.engine.trainer import Context, TrainConfig, make_streams, train, uniq
 from unsee.errors import ConfigError
 from unsee.methods import method_class, ncu
 from unsee.methods.base import images_of, nll
-from unsee.methods.baselines import SFT
 from unsee.methods.cvf import CVFNCU, CVFConfig, CVFOnly, info_nce
 from unsee.methods.mmunlearner import MMUnlearner, MMUnlearnerConfig, ratio_masks
 from unsee.methods.ncu import contrast_space, null_space
@@ -32,18 +31,6 @@ from unsee.models.blocks import features_and_hidden, vision_blocks
 if TYPE_CHECKING:
     from conftest import TinyModels
     from PIL import Image
-
-
-@pytest.fixture(scope="module")
-def trained_dir(model_dir: Path, suite: Suite, turns: dict[str, list[Turn]],
-                tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model after a few SFT steps on forget + retain answers, so that it knows something to forget."""
-    adapter = load_adapter(model_dir)
-    train(SFT(), adapter, suite, {"train": turns["forget"] + turns["retain"]},
-          TrainConfig(lr=1e-3, max_steps=20, batch_size=4, progress=False))
-    out = tmp_path_factory.mktemp("methods_trained") / "m"
-    adapter.save(out)
-    return out
 
 
 def cfg(**kw: Any) -> TrainConfig:
