@@ -342,6 +342,7 @@ CVF_BEFORE = {
     "lambda_known": 0.0, "known_covariance": False,  # added since; off
     "token_target": "mean",  # added since; the one target of before
     "augment_retain": 1.0,  # added since; picked on the validation request
+    "redistil_steps": 0, "redistil_alpha": 0.3, "redistil_lr": 0.001, "redistil_batch": 32,  # added since; off
 }
 RESOLVED_BEFORE: dict[str, dict] = {
     "ga": {"lr": 6e-06},

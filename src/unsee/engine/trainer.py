@@ -133,6 +133,7 @@ class Method(Protocol):
     def forget_loss(self, ctx: Context, batch: dict[str, list]) -> torch.Tensor: ...  # split_loss's first part
     def state_dict(self) -> Any: ...  # what a mid-run checkpoint keeps of the method (None: nothing)
     def load_state_dict(self, state: Any) -> None: ...
+    def finish(self, ctx: Context) -> None: ...  # after the last step, before the model is checked and kept
 
 
 @dataclass
@@ -446,6 +447,7 @@ def train(
             if cfg.checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
                     and step + 1 < total and accelerator.is_main_process and sharded is None:
                 _save_progress(cfg, step + 1, method, named, optimizer, scheduler, streams, losses, logs, run_key)
+        method.finish(ctx)
     except KeyboardInterrupt as e:
         if cfg.checkpoint_dir and has_checkpoint(cfg.checkpoint_dir):
             e.add_note(f"the checkpoint in {cfg.checkpoint_dir} is kept: the same command resumes from it")

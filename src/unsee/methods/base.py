@@ -52,6 +52,9 @@ class BaseMethod:
     def load_state_dict(self, state: Any) -> None:
         """Nothing to restore by default."""
 
+    def finish(self, ctx: Context) -> None:
+        """Nothing after the last step by default."""
+
     # A method whose loss is a forgetting part plus a retaining part defines
     # ``split_loss(ctx, batch) -> (forget, retain or None, logged terms)`` and inherits ``loss``;
     # sharpness-aware steps can then smooth the forgetting alone (``sam_terms: forget``).

@@ -25,17 +25,19 @@ from unsee.config import opt
 from unsee.data.augment import augment
 from unsee.data.collate import image_of
 from unsee.engine.adversarial import linf_ascent
+from unsee.engine.distributed import fsdp_version
 from unsee.engine.gradients import after_relearning
 from unsee.engine.trainer import Context
 from unsee.errors import ConfigError
 from unsee.methods.base import BaseMethod, images_of, nll, pooled, token_mse
 from unsee.methods.ncu import NCUConfig, constrain_to_retained
+from unsee.methods.redistil import RedistilConfig, redistil
 from unsee.models.base import Adapter, Turn, joined
 from unsee.models.blocks import features_and_hidden
 
 
 @dataclass
-class CVFOnlyConfig:
+class CVFOnlyConfig(RedistilConfig):
     """CVF's options: all of ``cvf_only``'s."""
 
     tau: float = opt(0.1, "InfoNCE temperature")
@@ -175,6 +177,10 @@ class CVFOnly(BaseMethod):
         if self.cfg.lambda_known > 0 and "known" not in ctx.streams:
             raise ConfigError(f"{self.name}: lambda_known distils the known people's training photos, and this "
                               "benchmark has none (train_known); set lambda_known=0")
+        self.cfg.check_redistil()
+        if self.cfg.redistil_steps and fsdp_version() and ctx.world > 1:
+            raise ConfigError("redistil_steps is not supported under FSDP: every process distils a whole copy of the "
+                              "visual module")
         self.seed = ctx.cfg.seed
         self._ref: dict[int, tuple[Any, torch.Tensor]] = {}
         self._pixels: dict[int, tuple[Any, BatchFeature]] = {}
@@ -183,6 +189,11 @@ class CVFOnly(BaseMethod):
         self._person = {id(image_of(e)): e.entity for e in ctx.suite.groups.get("train_forget", []) if e.has_image}
         self._suite = ctx.suite
         self._pair: dict[str, torch.Tensor] = {}  # token_target 'person': each forget person's target
+
+    def finish(self, ctx: Context) -> None:
+        """With ``redistil_steps``, the hardening against relearning (:mod:`unsee.methods.redistil`)."""
+        if self.cfg.redistil_steps:
+            ctx.info["redistil"] = redistil(ctx, self.cfg, self.seed)
 
     def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
         """The sum of CVF's terms, each with its weight, in the order of :meth:`_terms`."""

@@ -1,0 +1,132 @@
+"""Noise-and-distil hardening of a visual-only forgetting run (``redistil_steps``).
+
+A relearning attack that fine-tunes a few forget people back brings the others back too: the
+forgetting is a small move of the visual weights, and a few steps find the way back. Moving
+the weights part of the way to a fresh initialisation and distilling the forgotten model's
+tokens back into them (the unlearning literature's noise-then-distil recipe) keeps what the
+forgotten model does while leaving it far from the weights that recognised the people.
+Only the visual module moves, so the language model still never runs.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from unsee.config import opt
+from unsee.data.augment import augment
+from unsee.engine.prepare import adamw, frozen_copy
+from unsee.engine.trainer import Context
+from unsee.errors import ConfigError
+from unsee.methods.base import token_mse
+from unsee.models.base import Adapter
+
+# Each batch's shares of the photos distilled; a missing stream's share goes to the retained photos.
+SHARES = {"retain": 0.5, "general": 0.25, "neutral": 0.125, "forget": 0.125}
+
+
+@dataclass
+class RedistilConfig:
+    redistil_steps: int = opt(
+        0, "hardening against relearning: after the forgetting, the visual module moves redistil_alpha of the way to "
+        "a fresh initialisation and is distilled back onto the forgotten model's tokens for this many steps, so that "
+        "a short fine-tune finds no nearby way back to the forgotten people (0: off)")
+    redistil_alpha: float = opt(0.3, "hardening: how far the visual weights move towards a fresh initialisation")
+    redistil_lr: float = opt(1e-3, "hardening: the distillation's peak learning rate (one-cycle schedule)")
+    redistil_batch: int = opt(32, "hardening: photos a distillation step: half retained, a quarter general "
+                              "scenes, an eighth each neutral and forget photos, freshly cropped")
+
+    def check_redistil(self) -> None:
+        if self.redistil_steps < 0 or self.redistil_batch < 1 or self.redistil_lr <= 0:
+            raise ConfigError("redistil_steps must not be negative, redistil_batch and redistil_lr must be positive")
+        if not 0 < self.redistil_alpha <= 1:
+            raise ConfigError(f"redistil_alpha must lie in (0, 1], got {self.redistil_alpha}")
+
+
+def visual_roots(adapter: Adapter) -> list[str]:
+    """The outermost modules whose parameters all belong to the visual module (tower and projector)."""
+    roots: list[str] = []
+    for name, module in adapter.model.named_modules():
+        names = [n for n, _ in module.named_parameters(prefix=name)]
+        if name and names and all(adapter.group_of(n) != "language" for n in names) \
+                and not any(name.startswith(r + ".") for r in roots):
+            roots.append(name)
+    return roots
+
+
+@torch.no_grad()
+def fresh_visual(adapter: Adapter, seed: int) -> dict[str, torch.Tensor]:
+    """A fresh initialisation of every visual parameter by the model class's own ``_init_weights``, seeded.
+
+    Copies of the visual modules are re-initialised, never the model's own; a parameter the
+    class's initialiser leaves alone (some embeddings, on some classes) keeps its value.
+    """
+    fresh: dict[str, torch.Tensor] = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for root in visual_roots(adapter):
+            module = copy.deepcopy(adapter.model.get_submodule(root))
+            module.apply(adapter.model._init_weights)
+            fresh.update({n: p.detach() for n, p in module.named_parameters(prefix=root)})
+    return fresh
+
+
+def _pools(ctx: Context) -> dict[str, list]:
+    return {k: [t.image for t in ctx.streams[k].turns if t.image is not None] if k in ctx.streams else []
+            for k in SHARES}
+
+
+def _draw(pools: dict[str, list], batch: int, rng: np.random.Generator) -> list:
+    """One batch of freshly cropped photos, each source's share of it (the retained photos take a missing one's)."""
+    counts = {k: int(round(batch * s)) if pools[k] else 0 for k, s in SHARES.items() if k != "retain"}
+    counts["retain"] = batch - sum(counts.values())
+    return [augment(pools[k][int(i)], rng, 1.0) for k, n in counts.items() if n > 0
+            for i in rng.integers(len(pools[k]), size=n)]
+
+
+def redistil(ctx: Context, cfg: RedistilConfig, seed: int) -> dict[str, float]:
+    """Move the visual weights towards a fresh initialisation and distil the forgotten model back into them.
+
+    Every process does the same seeded work on its own copy, so their weights stay equal
+    without communication.
+    """
+    adapter = ctx.adapter
+    pools = _pools(ctx)
+    if not pools["retain"]:
+        raise ConfigError("redistil_steps distils onto retained photos, and this run has none")
+    teacher = frozen_copy(adapter, visual_only=True)
+    fresh = fresh_visual(adapter, seed)
+    params = [p for n, p in adapter.model.named_parameters() if n in fresh]
+    with torch.no_grad():
+        for n, p in adapter.model.named_parameters():
+            if n in fresh:
+                p.mul_(1 - cfg.redistil_alpha).add_(fresh[n].to(p.device, p.dtype), alpha=cfg.redistil_alpha)
+                p.requires_grad_(True)
+    opt_ = adamw([{"params": params}], lr=cfg.redistil_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt_, max_lr=cfg.redistil_lr, total_steps=cfg.redistil_steps,
+                                                pct_start=0.1)
+    rng = np.random.default_rng(seed + 104729)
+    adapter.model.train()
+    first = last = 0.0
+    bar = tqdm(range(cfg.redistil_steps), desc="hardening", disable=not ctx.cfg.progress or ctx.rank != 0,
+               leave=False)
+    for step in bar:
+        x = adapter.image_inputs(_draw(pools, cfg.redistil_batch, rng))
+        with torch.no_grad():
+            target = teacher.visual_features(x)
+        loss = token_mse(adapter.visual_features(x), target)
+        opt_.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt_.step()
+        sched.step()
+        last = loss.item()
+        first = last if step == 0 else first
+        bar.set_postfix(mse=f"{last:.4f}")
+    adapter.model.eval()
+    return {"steps": cfg.redistil_steps, "alpha": cfg.redistil_alpha, "first_mse": first, "last_mse": last,
+            "params": sum(p.numel() for p in params)}

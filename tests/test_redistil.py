@@ -1,0 +1,72 @@
+"""Hardening a CVF run against relearning: a fresh initialisation of the visual module, mixed in and distilled out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import torch
+
+from unsee.data.schema import Suite
+from unsee.engine.trainer import TrainConfig, train
+from unsee.errors import ConfigError
+from unsee.methods.cvf import CVFNCU, CVFConfig
+from unsee.methods.redistil import fresh_visual, visual_roots
+from unsee.models import Turn, load_adapter
+
+if TYPE_CHECKING:
+    from conftest import TinyModels
+
+
+@pytest.mark.parametrize("arch", ["tiny-llava", "tiny-qwen2-vl", "tiny-qwen2.5-vl"])
+def test_fresh_visual_draws_the_visual_module_anew_repeatably_and_leaves_the_model_alone(
+        tiny_models: TinyModels, arch: str) -> None:
+    adapter = tiny_models.adapter(arch)
+    own = {n: p.detach().clone() for n, p in adapter.model.named_parameters()}
+    fresh = fresh_visual(adapter, seed=0)
+    assert set(fresh) == {n for n in own if adapter.group_of(n) != "language"}
+    assert all(adapter.group_of(r + ".x") != "language" for r in visual_roots(adapter))
+    for n, p in adapter.model.named_parameters():
+        assert torch.equal(p, own[n]), n  # copies are drawn, never the model's own weights
+    drawn = [n for n in fresh if fresh[n].dim() == 2 and not torch.equal(fresh[n], own[n])]
+    assert len(drawn) >= 4, drawn  # the tower's and projector's matrices at least
+    again = fresh_visual(adapter, seed=0)
+    assert all(torch.equal(again[n], fresh[n]) for n in fresh)
+    other = fresh_visual(adapter, seed=1)
+    assert any(not torch.equal(other[n], fresh[n]) for n in drawn)
+
+
+def _run(trained_dir: Path, suite: Suite, turns: dict[str, list[Turn]], **kw: float) -> tuple[dict, dict]:
+    adapter = load_adapter(trained_dir)
+    res = train(CVFNCU(CVFConfig(ncu_images=8, **kw)), adapter, suite, turns,  # type: ignore[arg-type]
+                TrainConfig(lr=1e-3, max_steps=2, batch_size=2, progress=False, scope="visual"))
+    return {n: p.detach().clone() for n, p in adapter.model.named_parameters()}, res.info
+
+
+def test_redistil_moves_every_visual_weight_distils_back_and_repeats(
+        trained_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:
+    before = {n: p.detach().clone() for n, p in load_adapter(trained_dir).model.named_parameters()}
+    plain, _ = _run(trained_dir, suite, turns)
+    hardened, info = _run(trained_dir, suite, turns, redistil_steps=8, redistil_batch=8)
+    language = [n for n in before if load_adapter(trained_dir).group_of(n) == "language"]
+    assert language and all(torch.equal(hardened[n], before[n]) for n in language)
+    # NCU freezes the visual biases and norms; the mix moves them, as it moves every visual weight
+    frozen = [n for n in before if n not in language and n.endswith(".bias") and torch.equal(plain[n], before[n])]
+    fresh = fresh_visual(load_adapter(trained_dir), seed=0)  # the run's seed
+    still = [n for n in frozen if torch.equal(hardened[n], before[n])]
+    assert frozen and len(still) < len(frozen) / 4, still
+    assert all(torch.equal(fresh[n], before[n]) for n in still), still  # a mix of equals, left without a gradient
+    stats = info["redistil"]
+    assert stats["steps"] == 8 and stats["params"] == sum(before[n].numel() for n in before if n not in language)
+    assert stats["last_mse"] < stats["first_mse"], stats
+    again, _ = _run(trained_dir, suite, turns, redistil_steps=8, redistil_batch=8)
+    assert all(torch.equal(again[n], hardened[n]) for n in hardened)
+
+
+@pytest.mark.parametrize("bad", [{"redistil_alpha": 0.0}, {"redistil_alpha": 1.5}, {"redistil_steps": -1},
+                                 {"redistil_batch": 0}])
+def test_redistil_refuses_settings_that_mean_nothing(trained_dir: Path, suite: Suite,
+                                                     turns: dict[str, list[Turn]], bad: dict) -> None:
+    with pytest.raises(ConfigError, match="redistil"):
+        _run(trained_dir, suite, turns, **{"redistil_steps": 1, **bad})
