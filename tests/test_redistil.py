@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from unsee.data.schema import Suite
 from unsee.engine.trainer import TrainConfig, train
 from unsee.errors import ConfigError
 from unsee.methods.cvf import CVFNCU, CVFConfig
-from unsee.methods.redistil import fresh_visual, visual_roots
+from unsee.methods.redistil import distil_batch, distil_pools, fresh_visual, visual_roots
 from unsee.models import Turn, load_adapter
 
 if TYPE_CHECKING:
@@ -70,3 +74,17 @@ def test_redistil_refuses_settings_that_mean_nothing(trained_dir: Path, suite: S
                                                      turns: dict[str, list[Turn]], bad: dict) -> None:
     with pytest.raises(ConfigError, match="redistil"):
         _run(trained_dir, suite, turns, **{"redistil_steps": 1, **bad})
+
+
+def test_the_distilled_photos_hold_every_share_and_the_earlier_requests_forget_photos(
+        make_image: Callable[..., Image.Image]) -> None:
+    def stream(n: int, at: int) -> SimpleNamespace:
+        return SimpleNamespace(turns=[Turn(prompt="q", answer="a", image=make_image(at + i)) for i in range(n)])
+
+    ctx = SimpleNamespace(streams={"retain": stream(4, 0), "neutral": stream(2, 10), "forget": stream(2, 20)})
+    earlier = [make_image(30)]
+    pools = distil_pools(ctx, earlier)  # type: ignore[arg-type]
+    assert [len(pools[k]) for k in ("retain", "general", "neutral", "forget")] == [4, 0, 2, 3]
+    assert pools["forget"][-1] is earlier[0]
+    batch = distil_batch(pools, 16, np.random.default_rng(0))
+    assert len(batch) == 16  # the missing general share is drawn from the retained photos

@@ -193,7 +193,7 @@ class CVFOnly(BaseMethod):
     def finish(self, ctx: Context) -> None:
         """With ``redistil_steps``, the hardening against relearning (:mod:`unsee.methods.redistil`)."""
         if self.cfg.redistil_steps:
-            ctx.info["redistil"] = redistil(ctx, self.cfg, self.seed)
+            ctx.info["redistil"] = redistil(ctx, self.cfg, self.seed, self.cfg.forgotten_images)
 
     def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
         """The sum of CVF's terms, each with its weight, in the order of :meth:`_terms`."""

@@ -75,12 +75,16 @@ def fresh_visual(adapter: Adapter, seed: int) -> dict[str, torch.Tensor]:
     return fresh
 
 
-def _pools(ctx: Context) -> dict[str, list]:
-    return {k: [t.image for t in ctx.streams[k].turns if t.image is not None] if k in ctx.streams else []
-            for k in SHARES}
+def distil_pools(ctx: Context, forgotten: list) -> dict[str, list]:
+    """The photos of each share. In a continual run the earlier requests' photos join this one's forget
+    photos: the student learns to read faces again, and only what it is shown stays forgotten."""
+    pools = {k: [t.image for t in ctx.streams[k].turns if t.image is not None] if k in ctx.streams else []
+             for k in SHARES}
+    pools["forget"] += list(forgotten)
+    return pools
 
 
-def _draw(pools: dict[str, list], batch: int, rng: np.random.Generator) -> list:
+def distil_batch(pools: dict[str, list], batch: int, rng: np.random.Generator) -> list:
     """One batch of freshly cropped photos, each source's share of it (the retained photos take a missing one's)."""
     counts = {k: int(round(batch * s)) if pools[k] else 0 for k, s in SHARES.items() if k != "retain"}
     counts["retain"] = batch - sum(counts.values())
@@ -88,14 +92,14 @@ def _draw(pools: dict[str, list], batch: int, rng: np.random.Generator) -> list:
             for i in rng.integers(len(pools[k]), size=n)]
 
 
-def redistil(ctx: Context, cfg: RedistilConfig, seed: int) -> dict[str, float]:
+def redistil(ctx: Context, cfg: RedistilConfig, seed: int, forgotten: list) -> dict[str, float]:
     """Move the visual weights towards a fresh initialisation and distil the forgotten model back into them.
 
     Every process does the same seeded work on its own copy, so their weights stay equal
     without communication.
     """
     adapter = ctx.adapter
-    pools = _pools(ctx)
+    pools = distil_pools(ctx, forgotten)
     if not pools["retain"]:
         raise ConfigError("redistil_steps distils onto retained photos, and this run has none")
     teacher = frozen_copy(adapter, visual_only=True)
@@ -115,7 +119,7 @@ def redistil(ctx: Context, cfg: RedistilConfig, seed: int) -> dict[str, float]:
     bar = tqdm(range(cfg.redistil_steps), desc="hardening", disable=not ctx.cfg.progress or ctx.rank != 0,
                leave=False)
     for step in bar:
-        x = adapter.image_inputs(_draw(pools, cfg.redistil_batch, rng))
+        x = adapter.image_inputs(distil_batch(pools, cfg.redistil_batch, rng))
         with torch.no_grad():
             target = teacher.visual_features(x)
         loss = token_mse(adapter.visual_features(x), target)
