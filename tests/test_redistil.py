@@ -14,7 +14,7 @@ from PIL import Image
 
 from unsee.data.schema import Suite
 from unsee.engine.trainer import TrainConfig, train
-from unsee.errors import ConfigError
+from unsee.errors import ConfigError, TrainingError
 from unsee.methods.cvf import CVFNCU, CVFConfig
 from unsee.methods.redistil import distil_batch, distil_pools, fresh_visual, visual_roots
 from unsee.models import Turn, load_adapter
@@ -88,3 +88,9 @@ def test_the_distilled_photos_hold_every_share_and_the_earlier_requests_forget_p
     assert pools["forget"][-1] is earlier[0]
     batch = distil_batch(pools, 16, np.random.default_rng(0))
     assert len(batch) == 16  # the missing general share is drawn from the retained photos
+
+
+def test_redistil_stops_on_a_loss_that_is_not_finite(trained_dir: Path, suite: Suite,
+                                                     turns: dict[str, list[Turn]]) -> None:
+    with pytest.raises(TrainingError, match="hardening"):
+        _run(trained_dir, suite, turns, redistil_steps=3, redistil_lr=1e30, redistil_batch=4)

@@ -21,7 +21,7 @@ from unsee.config import opt
 from unsee.data.augment import augment
 from unsee.engine.prepare import adamw, frozen_copy
 from unsee.engine.trainer import Context
-from unsee.errors import ConfigError
+from unsee.errors import ConfigError, TrainingError
 from unsee.methods.base import token_mse
 from unsee.models.base import Adapter
 
@@ -123,6 +123,9 @@ def redistil(ctx: Context, cfg: RedistilConfig, seed: int, forgotten: list) -> d
         with torch.no_grad():
             target = teacher.visual_features(x)
         loss = token_mse(adapter.visual_features(x), target)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"hardening: the distillation loss is not finite at step {step}; the model is not "
+                                "kept. Lower redistil_lr.")
         opt_.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
