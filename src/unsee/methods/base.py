@@ -75,6 +75,18 @@ class BaseMethod:
         return (forget if retain is None else forget + retain), parts
 
 
+def per_image(cache: dict[int, tuple[Any, Any]], images: list, compute: Callable[[list], list]) -> list:
+    """``compute`` of each image, looked up by ``id`` and computed once for the images not seen yet.
+
+    The image is kept beside its value so that its ``id`` cannot be reused by another object.
+    """
+    missing = list({id(im): im for im in images if id(im) not in cache}.values())
+    if missing:
+        for im, value in zip(missing, compute(missing), strict=True):
+            cache[id(im)] = (im, value)
+    return [cache[id(im)][1] for im in images]
+
+
 def seq_nll(adapter: Adapter, turns: Sequence[Turn]) -> torch.Tensor:
     """Per-sequence NLL of the answer tokens (prompt and image tokens masked out)."""
     return -adapter.answer_logprobs(adapter.training_batch(turns))

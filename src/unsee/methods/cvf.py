@@ -12,7 +12,6 @@ images' layer inputs; its covariances are computed once per model and data, and 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,11 +24,10 @@ from unsee.config import opt
 from unsee.data.augment import augment
 from unsee.data.collate import image_of
 from unsee.engine.adversarial import linf_ascent
-from unsee.engine.distributed import fsdp_version
 from unsee.engine.gradients import after_relearning
 from unsee.engine.trainer import Context
 from unsee.errors import ConfigError
-from unsee.methods.base import BaseMethod, images_of, nll, pooled, token_mse
+from unsee.methods.base import BaseMethod, images_of, nll, per_image, pooled, token_mse
 from unsee.methods.ncu import NCUConfig, constrain_to_retained
 from unsee.methods.redistil import RedistilConfig, redistil
 from unsee.models.base import Adapter, Turn, joined
@@ -177,10 +175,7 @@ class CVFOnly(BaseMethod):
         if self.cfg.lambda_known > 0 and "known" not in ctx.streams:
             raise ConfigError(f"{self.name}: lambda_known distils the known people's training photos, and this "
                               "benchmark has none (train_known); set lambda_known=0")
-        self.cfg.check_redistil()
-        if self.cfg.redistil_steps and fsdp_version() and ctx.world > 1:
-            raise ConfigError("redistil_steps is not supported under FSDP: every process distils a whole copy of the "
-                              "visual module")
+        self.cfg.check_redistil(ctx.world)
         self.seed = ctx.cfg.seed
         self._ref: dict[int, tuple[Any, torch.Tensor]] = {}
         self._pixels: dict[int, tuple[Any, BatchFeature]] = {}
@@ -416,7 +411,7 @@ class CVFOnly(BaseMethod):
     def _reference_hidden(self, ref: Adapter, images: list) -> list[torch.Tensor]:
         """The frozen reference's tokens after vision block ``merge_block``, each image's computed once."""
         block = [self.cfg.merge_block]
-        return _per_image(self._ref_hidden, images,
+        return per_image(self._ref_hidden, images,
                           lambda missing: features_and_hidden(ref, self._inputs(ref, missing), block)[1][0])
 
     def _forgotten_batch(self, ctx: Context, size: int) -> list:
@@ -439,7 +434,7 @@ class CVFOnly(BaseMethod):
         step. Each image's tensors are kept alone and ``joined`` into a batch. The reference
         is a copy of the student, with the same processor, so both share it.
         """
-        return joined(_per_image(self._pixels, images, lambda missing: [adapter.image_inputs([im]) for im in missing]))
+        return joined(per_image(self._pixels, images, lambda missing: [adapter.image_inputs([im]) for im in missing]))
 
     @torch.no_grad()
     def _reference(self, ref: Adapter, images: list) -> list[torch.Tensor]:
@@ -448,7 +443,7 @@ class CVFOnly(BaseMethod):
         Retained and neutral photos come back every epoch and the reference never changes,
         so recomputing them would be most of a step's visual compute.
         """
-        return _per_image(self._ref, images, lambda missing: ref.visual_features(self._inputs(ref, missing)))
+        return per_image(self._ref, images, lambda missing: ref.visual_features(self._inputs(ref, missing)))
 
 
 def _cropped(adapter: Adapter, images: list, rng: np.random.Generator,
@@ -466,18 +461,6 @@ def _mean_token(ctx: Context, tokens: list[torch.Tensor]) -> torch.Tensor:
         return rows.mean(0)
     total = ctx.all_reduce_(rows.sum(0))
     return total / ctx.all_reduce_(torch.tensor(float(rows.shape[0]), device=rows.device))
-
-
-def _per_image(cache: dict[int, tuple[Any, Any]], images: list, compute: Callable[[list], list]) -> list:
-    """``compute`` of each image, looked up by ``id`` and computed once for the images not seen yet.
-
-    The image is kept beside its value so that its ``id`` cannot be reused by another object.
-    """
-    missing = list({id(im): im for im in images if id(im) not in cache}.values())
-    if missing:
-        for im, value in zip(missing, compute(missing), strict=True):
-            cache[id(im)] = (im, value)
-    return [cache[id(im)][1] for im in images]
 
 
 class CVFNCU(CVFOnly):

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from unsee.config import opt
 from unsee.data.augment import augment
+from unsee.engine.distributed import fsdp_version
 from unsee.engine.prepare import adamw, frozen_copy
 from unsee.engine.trainer import Context
 from unsee.errors import ConfigError, TrainingError
@@ -40,7 +41,10 @@ class RedistilConfig:
     redistil_batch: int = opt(32, "hardening: photos a distillation step: half retained, a quarter general "
                               "scenes, an eighth each neutral and forget photos, freshly cropped")
 
-    def check_redistil(self) -> None:
+    def check_redistil(self, world: int) -> None:
+        if self.redistil_steps and fsdp_version() and world > 1:
+            raise ConfigError("redistil_steps is not supported under FSDP: every process distils a whole copy of the "
+                              "visual module")
         if self.redistil_steps < 0 or self.redistil_batch < 1 or self.redistil_lr <= 0:
             raise ConfigError("redistil_steps must not be negative, redistil_batch and redistil_lr must be positive")
         if not 0 < self.redistil_alpha <= 1:
