@@ -175,7 +175,8 @@ class CVFOnly(BaseMethod):
         if self.cfg.lambda_known > 0 and "known" not in ctx.streams:
             raise ConfigError(f"{self.name}: lambda_known distils the known people's training photos, and this "
                               "benchmark has none (train_known); set lambda_known=0")
-        self.cfg.check_redistil(ctx.world)
+        self.cfg.validate()  # a config built in code has not been through load_config
+        self.cfg.check_launch(ctx.world)
         self.seed = ctx.cfg.seed
         self._ref: dict[int, tuple[Any, torch.Tensor]] = {}
         self._pixels: dict[int, tuple[Any, BatchFeature]] = {}

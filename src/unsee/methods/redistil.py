@@ -41,14 +41,17 @@ class RedistilConfig:
     redistil_batch: int = opt(32, "hardening: photos a distillation step: half retained, a quarter general "
                               "scenes, an eighth each neutral and forget photos, freshly cropped")
 
-    def check_redistil(self, world: int) -> None:
-        if self.redistil_steps and fsdp_version() and world > 1:
-            raise ConfigError("redistil_steps is not supported under FSDP: every process distils a whole copy of the "
-                              "visual module")
+    def validate(self) -> None:
+        """Read when the config is loaded, before any model is, and again when a run starts."""
         if self.redistil_steps < 0 or self.redistil_batch < 1 or self.redistil_lr <= 0:
             raise ConfigError("redistil_steps must not be negative, redistil_batch and redistil_lr must be positive")
         if not 0 < self.redistil_alpha <= 1:
             raise ConfigError(f"redistil_alpha must lie in (0, 1], got {self.redistil_alpha}")
+
+    def check_launch(self, world: int) -> None:
+        if self.redistil_steps and fsdp_version() and world > 1:
+            raise ConfigError("redistil_steps is not supported under FSDP: every process distils a whole copy of the "
+                              "visual module")
 
 
 def visual_roots(adapter: Adapter) -> list[str]:
@@ -108,12 +111,12 @@ def redistil(ctx: Context, cfg: RedistilConfig, seed: int, forgotten: list) -> d
         raise ConfigError("redistil_steps distils onto retained photos, and this run has none")
     teacher = frozen_copy(adapter, visual_only=True)
     fresh = fresh_visual(adapter, seed)
-    params = [p for n, p in adapter.model.named_parameters() if n in fresh]
+    visual = {n: p for group in ("vision", "projector") for n, p in adapter.groups()[group]}
+    params = list(visual.values())
     with torch.no_grad():
-        for n, p in adapter.model.named_parameters():
-            if n in fresh:
-                p.mul_(1 - cfg.redistil_alpha).add_(fresh[n].to(p.device, p.dtype), alpha=cfg.redistil_alpha)
-                p.requires_grad_(True)
+        for n, p in visual.items():
+            p.mul_(1 - cfg.redistil_alpha).add_(fresh[n].to(p.device, p.dtype), alpha=cfg.redistil_alpha)
+            p.requires_grad_(True)
     opt_ = adamw([{"params": params}], lr=cfg.redistil_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt_, max_lr=cfg.redistil_lr, total_steps=cfg.redistil_steps,
                                                 pct_start=0.1)
@@ -136,7 +139,8 @@ def redistil(ctx: Context, cfg: RedistilConfig, seed: int, forgotten: list) -> d
         opt_.step()
         sched.step()
         last = loss.item()
-        first = last if step == 0 else first
+        if step == 0:
+            first = last
         bar.set_postfix(mse=f"{last:.4f}")
     adapter.model.eval()
     return {"steps": cfg.redistil_steps, "alpha": cfg.redistil_alpha, "first_mse": first, "last_mse": last,
