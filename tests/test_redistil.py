@@ -15,6 +15,7 @@ from PIL import Image
 from unsee.data.schema import Suite
 from unsee.engine.trainer import TrainConfig, train
 from unsee.errors import ConfigError, TrainingError
+from unsee.methods import redistil as redistil_module
 from unsee.methods.cvf import CVFNCU, CVFConfig
 from unsee.methods.redistil import distil_batch, distil_pools, fresh_visual, visual_roots
 from unsee.models import Turn, load_adapter
@@ -77,7 +78,7 @@ def test_redistil_refuses_settings_that_mean_nothing(trained_dir: Path, suite: S
 
 
 def test_the_distilled_photos_hold_every_share_and_the_earlier_requests_forget_photos(
-        make_image: Callable[..., Image.Image]) -> None:
+        make_image: Callable[..., Image.Image], monkeypatch: pytest.MonkeyPatch) -> None:
     def stream(n: int, at: int) -> SimpleNamespace:
         return SimpleNamespace(turns=[Turn(prompt="q", answer="a", image=make_image(at + i)) for i in range(n)])
 
@@ -86,8 +87,12 @@ def test_the_distilled_photos_hold_every_share_and_the_earlier_requests_forget_p
     pools = distil_pools(ctx, earlier)  # type: ignore[arg-type]
     assert [len(pools[k]) for k in ("retain", "general", "neutral", "forget")] == [4, 0, 2, 3]
     assert pools["forget"][-1] is earlier[0]
+    monkeypatch.setattr(redistil_module, "augment", lambda im, rng, strength: im)  # to count photos by source
     batch = distil_batch(pools, 16, np.random.default_rng(0))
-    assert len(batch) == 16  # the missing general share is drawn from the retained photos
+    source = {id(im): k for k, pool in pools.items() for im in pool}
+    counts = {k: sum(source[id(im)] == k for im in batch) for k in pools}
+    # an eighth each of neutral and forget photos; the missing general quarter goes to the retained half
+    assert counts == {"retain": 12, "general": 0, "neutral": 2, "forget": 2}, counts
 
 
 def test_redistil_stops_on_a_loss_that_is_not_finite(trained_dir: Path, suite: Suite,
