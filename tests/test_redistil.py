@@ -42,7 +42,7 @@ def test_fresh_visual_draws_the_visual_module_anew_repeatably_and_leaves_the_mod
     assert any(not torch.equal(other[n], fresh[n]) for n in drawn)
 
 
-def _run(trained_dir: Path, suite: Suite, turns: dict[str, list[Turn]], **kw: float) -> tuple[dict, dict]:
+def _run(trained_dir: Path, suite: Suite, turns: dict[str, list[Turn]], **kw: float | str) -> tuple[dict, dict]:
     adapter = load_adapter(trained_dir)
     res = train(CVFNCU(CVFConfig(ncu_images=8, **kw)), adapter, suite, turns,  # type: ignore[arg-type]
                 TrainConfig(lr=1e-3, max_steps=2, batch_size=2, progress=False, scope="visual"))
@@ -69,8 +69,32 @@ def test_redistil_moves_every_visual_weight_distils_back_and_repeats(
     assert all(torch.equal(again[n], hardened[n]) for n in hardened)
 
 
+@pytest.mark.parametrize("teacher", ["start", "forgotten"])
+def test_the_photos_to_keep_go_onto_the_chosen_teacher_and_forget_photos_onto_the_forgotten_model(
+        trained_dir: Path, suite: Suite, turns: dict[str, list[Turn]], monkeypatch: pytest.MonkeyPatch,
+        teacher: str) -> None:
+    seen: list[tuple[list, list]] = []
+    real_batch, real_mse = redistil_module.distil_batch, redistil_module.token_mse
+    monkeypatch.setattr(redistil_module, "distil_batch", lambda *a: seen.append((real_batch(*a), [])) or seen[-1][0])
+    monkeypatch.setattr(redistil_module, "token_mse",
+                        lambda s, t: seen[-1][1].extend(x.detach().clone() for x in t) or real_mse(s, t))
+    _, info = _run(trained_dir, suite, turns, redistil_steps=1, redistil_batch=8, redistil_teacher=teacher)
+    assert info["redistil"]["teacher"] == teacher
+    (batch, targets), = seen
+    start = load_adapter(trained_dir)  # the model the run started from: its reference
+    with torch.no_grad():
+        before = start.visual_features(start.image_inputs([im for _, im in batch]))
+    same = [torch.allclose(t, b, atol=1e-5) for t, b in zip(targets, before, strict=True)]
+    kinds = {k for k, _ in batch}
+    assert "forget" in kinds and len(kinds) >= 2, kinds
+    # the forget photos are always read by the forgotten model, which the two CVF steps moved
+    assert not any(s for (k, _), s in zip(batch, same, strict=True) if k == "forget")
+    kept = [s for (k, _), s in zip(batch, same, strict=True) if k != "forget"]
+    assert all(kept) if teacher == "start" else not any(kept)
+
+
 @pytest.mark.parametrize("bad", [{"redistil_alpha": 0.0}, {"redistil_alpha": 1.5}, {"redistil_steps": -1},
-                                 {"redistil_batch": 0}])
+                                 {"redistil_batch": 0}, {"redistil_teacher": "vanilla"}])
 def test_redistil_refuses_settings_that_mean_nothing(trained_dir: Path, suite: Suite,
                                                      turns: dict[str, list[Turn]], bad: dict) -> None:
     with pytest.raises(ConfigError, match="redistil"):
@@ -90,7 +114,8 @@ def test_the_distilled_photos_hold_every_share_and_the_earlier_requests_forget_p
     monkeypatch.setattr(redistil_module, "augment", lambda im, rng, strength: im)  # to count photos by source
     batch = distil_batch(pools, 16, np.random.default_rng(0))
     source = {id(im): k for k, pool in pools.items() for im in pool}
-    counts = {k: sum(source[id(im)] == k for im in batch) for k in pools}
+    assert all(source[id(im)] == k for k, im in batch)  # each photo is labelled with the pool it came from
+    counts = {k: sum(source[id(im)] == k for _, im in batch) for k in pools}
     # an eighth each of neutral and forget photos; the missing general quarter goes to the retained half
     assert counts == {"retain": 12, "general": 0, "neutral": 2, "forget": 2}, counts
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from unsee.models.base import Adapter
 
 # Each batch's shares of the photos distilled; a missing stream's share goes to the retained photos.
 SHARES = {"retain": 0.5, "general": 0.25, "neutral": 0.125, "forget": 0.125}
+TEACHERS = ("forgotten", "start")
 
 
 @dataclass
@@ -40,6 +42,10 @@ class RedistilConfig:
     redistil_lr: float = opt(1e-3, "hardening: the distillation's peak learning rate (one-cycle schedule)")
     redistil_batch: int = opt(32, "hardening: photos a distillation step: half retained, a quarter general "
                               "scenes, an eighth each neutral and forget photos, freshly cropped")
+    redistil_teacher: str = opt(
+        "forgotten", "hardening: whose tokens the photos to keep (retained, general, neutral) are distilled onto: "
+        "'forgotten', the model after the forgetting, or 'start', the model at the start of this run, which "
+        "undoes what the forgetting moved on them; forget photos always go onto the forgotten model")
 
     def validate(self) -> None:
         """Read when the config is loaded, before any model is, and again when a run starts."""
@@ -47,6 +53,8 @@ class RedistilConfig:
             raise ConfigError("redistil_steps must not be negative, redistil_batch and redistil_lr must be positive")
         if not 0 < self.redistil_alpha <= 1:
             raise ConfigError(f"redistil_alpha must lie in (0, 1], got {self.redistil_alpha}")
+        if self.redistil_teacher not in TEACHERS:
+            raise ConfigError(f"redistil_teacher must be one of {', '.join(TEACHERS)}, got {self.redistil_teacher!r}")
 
     def check_launch(self, world: int) -> None:
         if self.redistil_steps and fsdp_version() and world > 1:
@@ -91,11 +99,12 @@ def distil_pools(ctx: Context, forgotten: list) -> dict[str, list]:
     return pools
 
 
-def distil_batch(pools: dict[str, list], batch: int, rng: np.random.Generator) -> list:
-    """One batch of freshly cropped photos, each source's share of it (the retained photos take a missing one's)."""
+def distil_batch(pools: dict[str, list], batch: int, rng: np.random.Generator) -> list[tuple[str, Any]]:
+    """One batch of freshly cropped photos with their sources, each source's share of it (the retained
+    photos take a missing one's)."""
     counts = {k: int(round(batch * s)) if pools[k] else 0 for k, s in SHARES.items() if k != "retain"}
     counts["retain"] = batch - sum(counts.values())
-    return [augment(pools[k][int(i)], rng, 1.0) for k, n in counts.items() if n > 0
+    return [(k, augment(pools[k][int(i)], rng, 1.0)) for k, n in counts.items() if n > 0
             for i in rng.integers(len(pools[k]), size=n)]
 
 
@@ -110,6 +119,9 @@ def redistil(ctx: Context, cfg: RedistilConfig, seed: int, forgotten: list) -> d
     if not pools["retain"]:
         raise ConfigError("redistil_steps distils onto retained photos, and this run has none")
     teacher = frozen_copy(adapter, visual_only=True)
+    keep = ctx.reference if cfg.redistil_teacher == "start" else teacher
+    if keep is None:
+        raise ConfigError("redistil_teacher=start distils onto the run's reference, and this run has none")
     fresh = fresh_visual(adapter, seed)
     visual = {n: p for group in ("vision", "projector") for n, p in adapter.groups()[group]}
     params = list(visual.values())
@@ -126,9 +138,13 @@ def redistil(ctx: Context, cfg: RedistilConfig, seed: int, forgotten: list) -> d
     bar = tqdm(range(cfg.redistil_steps), desc="hardening", disable=not ctx.cfg.progress or ctx.rank != 0,
                leave=False)
     for step in bar:
-        x = adapter.image_inputs(distil_batch(pools, cfg.redistil_batch, rng))
+        sources, images = zip(*distil_batch(pools, cfg.redistil_batch, rng), strict=True)
+        x = adapter.image_inputs(list(images))
         with torch.no_grad():
             target = teacher.visual_features(x)
+            if keep is not teacher:
+                kept = keep.visual_features(x)
+                target = [t if k == "forget" else r for k, t, r in zip(sources, target, kept, strict=True)]
         loss = token_mse(adapter.visual_features(x), target)
         if not torch.isfinite(loss):
             raise TrainingError(f"hardening: the distillation loss is not finite at step {step}; the model is not "
@@ -143,5 +159,5 @@ def redistil(ctx: Context, cfg: RedistilConfig, seed: int, forgotten: list) -> d
             first = last
         bar.set_postfix(mse=f"{last:.4f}")
     adapter.model.eval()
-    return {"steps": cfg.redistil_steps, "alpha": cfg.redistil_alpha, "first_mse": first, "last_mse": last,
-            "params": sum(p.numel() for p in params)}
+    return {"steps": cfg.redistil_steps, "alpha": cfg.redistil_alpha, "teacher": cfg.redistil_teacher,
+            "first_mse": first, "last_mse": last, "params": sum(p.numel() for p in params)}
