@@ -18,6 +18,7 @@ from unsee import api
 from unsee.data.schema import Suite
 from unsee.demo import DemoConfig, prepare_vanilla
 from unsee.errors import DataError
+from unsee.eval.metrics import spread as value_spread
 from unsee.eval.metrics import unlearning_score
 from unsee.finetune import cache_root
 from unsee.io import atomic_write_json
@@ -200,3 +201,23 @@ def check(value: float | None, op: str, bound: float) -> dict[str, Any]:
     """A target row: the value, the bound and whether it holds (None when unmeasured)."""
     ok = None if value is None else (value <= bound if op == "<=" else value >= bound)
     return {"value": value, "target": f"{op} {round(bound, 4)}", "pass": ok}
+
+
+def spread(rows: list[dict[str, float | None]]) -> dict[str, dict[str, float]]:
+    """Mean, sd, min and max of each figure over the seeds that have it."""
+    out = {}
+    for k in rows[0]:
+        values = [r[k] for r in rows if r[k] is not None]
+        if values:
+            out[k] = value_spread(values)
+    return out
+
+
+def seed_list(text: str, base: int) -> list[int]:
+    """``--seeds``: a comma list of seeds, or one number N for the N seeds ``base`` .. ``base + N - 1``."""
+    if "," in text:
+        return [int(s) for s in text.split(",")]
+    if int(text) < 1:
+        raise SystemExit(f"--seeds {text}: a single number is how many seeds to run, from --seed; give 1 or more, "
+                         "or a comma list of seeds (0,1,2)")
+    return list(range(base, base + int(text)))

@@ -20,14 +20,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from common import attack_options, audit_figures, eval_kw, mcq, measure, parser, retrained_model, score, vanilla_model
+from common import (
+    attack_options,
+    audit_figures,
+    eval_kw,
+    mcq,
+    measure,
+    parser,
+    retrained_model,
+    score,
+    seed_list,
+    spread,
+    vanilla_model,
+)
 
 from unsee import api
 from unsee.audit.attacks import AttackConfig
 from unsee.audit.quant import changed_linears, weight_digests
 from unsee.config import load_config, parse_overrides
 from unsee.engine.prepare import frozen_copy
-from unsee.eval import metrics
 from unsee.io import atomic_write_json
 from unsee.models import load_adapter
 from unsee.provenance import environment
@@ -50,26 +61,6 @@ def figures(run: dict, attacks: dict, vanilla: dict) -> dict[str, float | None]:
     out["score"] = score(vanilla, run)["score"]
     out["wall_s"] = run["cost"]["wall_s"]
     return {**out, **audit_figures(attacks)}
-
-
-def spread(rows: list[dict[str, float | None]]) -> dict[str, dict[str, float]]:
-    """Mean, sd, min and max of each figure over the seeds that have it."""
-    out = {}
-    for k in rows[0]:
-        values = [r[k] for r in rows if r[k] is not None]
-        if values:
-            out[k] = metrics.spread(values)
-    return out
-
-
-def seed_list(text: str, base: int) -> list[int]:
-    """``--seeds``: a comma list of seeds, or one number N for the N seeds ``base`` .. ``base + N - 1``."""
-    if "," in text:
-        return [int(s) for s in text.split(",")]
-    if int(text) < 1:
-        raise SystemExit(f"--seeds {text}: a single number is how many seeds to run, from --seed; give 1 or more, "
-                         "or a comma list of seeds (0,1,2)")
-    return list(range(base, base + int(text)))
 
 
 def main(argv: list[str] | None = None) -> dict:

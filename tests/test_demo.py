@@ -234,6 +234,7 @@ def test_seeds_benchmark_repeats_a_seed_exactly(demo_run: tuple[Path, Path], tmp
     import sys
 
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import common
     import seeds
 
     s = seeds.main([*_bench_args(demo_run[1], tmp_path / "s.json"), "--methods", "cvf_ncu", "--seeds", "0,0",
@@ -247,7 +248,7 @@ def test_seeds_benchmark_repeats_a_seed_exactly(demo_run: tuple[Path, Path], tmp
     assert set(s["vanilla"]) == set(seeds.GROUPS) and 0 <= first["score"] <= 1  # what a pick is made by
     assert held["spread"]["forget"]["min"] == held["spread"]["forget"]["mean"] == first["forget"]
     assert held["spread"]["forget"]["sd"] == 0.0
-    assert seeds.seed_list("3", 1) == [1, 2, 3] and seeds.seed_list("0,0", 5) == [0, 0]
+    assert common.seed_list("3", 1) == [1, 2, 3] and common.seed_list("0,0", 5) == [0, 0]
     assert json.loads((tmp_path / "s.json").read_text())["results"]["cvf_ncu/held"]["runs"] == held["runs"]
     with pytest.raises(SystemExit, match="give it a name"):
         seeds.main([*_bench_args(demo_run[1], tmp_path / "t.json"), "--variant", ":lr=1"])
@@ -488,11 +489,11 @@ def test_seeds_benchmark_refuses_a_count_of_no_seeds() -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-    import seeds
+    import common
 
-    assert seeds.seed_list("2", 5) == [5, 6] and seeds.seed_list("0,3", 5) == [0, 3]
+    assert common.seed_list("2", 5) == [5, 6] and common.seed_list("0,3", 5) == [0, 3]
     with pytest.raises(SystemExit, match="1 or more"):
-        seeds.seed_list("0", 0)
+        common.seed_list("0", 0)
 
 
 def test_vanilla_benchmark_holds_the_quick_world_to_its_own_bars_as_well() -> None:
