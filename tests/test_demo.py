@@ -203,9 +203,17 @@ def test_continual_and_audit_benchmarks_run_on_the_demo_world(demo_run: tuple[Pa
     import audits
     import continual
 
-    c = continual.main([*_bench_args(demo_run[1], tmp_path / "c.json"), "--methods", "cvf_ncu,graddiff"])
+    c = continual.main([*_bench_args(demo_run[1], tmp_path / "c.json"), "--methods", "cvf_ncu,graddiff",
+                        "--seeds", "0,0"])
     assert c["requests"] == ["forget_r1", "forget_r2"]
-    assert set(c["methods"]["cvf_ncu"]["targets"]) == {"forget_r1", "forget_r2", "retain"}
+    cvf = c["methods"]["cvf_ncu"]
+    assert set(cvf["targets"]) == {"forget_r1", "forget_r2", "retain"} and cvf["seeds"] == [0, 0]
+    first, again = ({k: v for k, v in r.items() if k != "wall_s"} for r in cvf["per_seed"])
+    assert first == again and first["known"] is not None  # the same seed twice: the same figures
+    assert cvf["spread"]["forget_r1"]["sd"] == 0.0 and cvf["after_last"]["forget_r1"] == first["forget_r1"]
+    assert cvf["targets"]["retain"]["value"] == cvf["after_last"]["retain"]
+    runs = json.loads((tmp_path / "c.results.json").read_text())["runs"]
+    assert sum(r["method"] == "graddiff" for r in runs) == 4  # two requests, two seeds
     assert (tmp_path / "c.png").is_file() and (tmp_path / "c.results.json").is_file()
     a = audits.main([*_bench_args(demo_run[1], tmp_path / "a.json"), "--methods", "cvf_ncu,graddiff",
                      "--attack-set", "relearn_steps=1", "--attack-set", "pgd_steps=1", "--attack-set", "max_items=2",

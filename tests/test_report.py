@@ -139,6 +139,14 @@ def test_continual_series_follows_each_request() -> None:
     assert "forget" not in series
 
 
+def test_continual_series_draws_the_mean_of_the_seeds() -> None:
+    other = [{**r, "seed": 1, "metrics": {g: {**m, "mcq": m["mcq"] - 0.1} for g, m in r["metrics"].items()}}
+             for r in continual_runs()]
+    series = continual_series([*continual_runs(), *other])
+    assert series["forget_r1"] == [(1, pytest.approx(0.21)), (2, pytest.approx(0.23)), (3, pytest.approx(0.25))]
+    assert [k for k, _ in series["retain"]] == [1, 2, 3]
+
+
 def test_plot_continual_is_png(tmp_path: Path) -> None:
     _assert_png(plot_continual(results(VANILLA, *continual_runs()), tmp_path / "continual.png"))
 

@@ -129,19 +129,17 @@ def continual_series(runs: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[
 
     At request k the ``forget`` group holds request k's own targets, so it is filed as
     ``forget_rk``: each line then follows one request's targets from the moment they were
-    forgotten onwards. Where several runs share a request number, the last one is used.
+    forgotten onwards. Where several runs share a request number (the seeds of one benchmark),
+    each point is their mean: one seed's line would show that seed's luck.
     """
-    latest = {int(r["request"]): r for r in runs}  # one run per request: the last one given
-    series: dict[str, list[tuple[int, float]]] = {}
-    for k, run in sorted(latest.items()):
+    values: dict[str, dict[int, list[float]]] = {}
+    for run in runs:
+        k = int(run["request"])
         for group in run["metrics"]:
-            key = headline_key([run], group)
-            value = figure(run, group, key)
-            if value is None:
-                continue
-            name = f"forget_r{k}" if group == "forget" else group
-            series.setdefault(name, []).append((k, value))
-    return series
+            value = figure(run, group, headline_key([run], group))
+            if value is not None:
+                values.setdefault(f"forget_r{k}" if group == "forget" else group, {}).setdefault(k, []).append(value)
+    return {name: [(k, sum(v) / len(v)) for k, v in sorted(by_request.items())] for name, by_request in values.items()}
 
 
 def continual_panels(results: Mapping[str, Any]) -> list[tuple[str, list[Mapping[str, Any]]]]:
