@@ -43,9 +43,10 @@ class RedistilConfig:
     redistil_batch: int = opt(32, "hardening: photos a distillation step: half retained, a quarter general "
                               "scenes, an eighth each neutral and forget photos, freshly cropped")
     redistil_teacher: str = opt(
-        "forgotten", "hardening: whose tokens the photos to keep (retained, general, neutral) are distilled onto: "
-        "'forgotten', the model after the forgetting, or 'start', the model at the start of this run, which "
-        "undoes what the forgetting moved on them; forget photos always go onto the forgotten model")
+        "start", "hardening: whose tokens the photos to keep (retained, general, neutral) are distilled onto: "
+        "'start', the model at the start of this run, which undoes what the forgetting moved on them (picked on "
+        "the validation request), or 'forgotten', the model after the forgetting; forget photos always go onto "
+        "the forgotten model")
 
     def validate(self) -> None:
         """Read when the config is loaded, before any model is, and again when a run starts."""
