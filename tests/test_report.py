@@ -19,7 +19,7 @@ from unsee.report import (
     terminal_table,
     write_report,
 )
-from unsee.report.plots import continual_panels, continual_series
+from unsee.report.plots import continual_panels, continual_series, continual_values
 
 GROUPS = ("forget", "forget_test", "retain", "text_forget", "text_retain", "known", "general")
 
@@ -63,6 +63,12 @@ def continual_runs() -> list[dict[str, Any]]:
         accs.update({f"forget_r{j}": 0.26 + 0.02 * (k - j) for j in range(1, k)})
         runs.append(run("npo", accs, request=k, forget_split=f"forget_r{k}"))
     return runs
+
+
+def second_seed() -> list[dict[str, Any]]:
+    """The continual runs again under seed 1, every accuracy 0.1 lower."""
+    return [{**r, "seed": 1, "metrics": {g: {**m, "mcq": m["mcq"] - 0.1} for g, m in r["metrics"].items()}}
+            for r in continual_runs()]
 
 
 def results(*runs: dict[str, Any]) -> dict[str, Any]:
@@ -140,15 +146,17 @@ def test_continual_series_follows_each_request() -> None:
 
 
 def test_continual_series_draws_the_mean_of_the_seeds() -> None:
-    other = [{**r, "seed": 1, "metrics": {g: {**m, "mcq": m["mcq"] - 0.1} for g, m in r["metrics"].items()}}
-             for r in continual_runs()]
+    other = second_seed()
     series = continual_series([*continual_runs(), *other])
     assert series["forget_r1"] == [(1, pytest.approx(0.21)), (2, pytest.approx(0.23)), (3, pytest.approx(0.25))]
     assert [k for k, _ in series["retain"]] == [1, 2, 3]
+    assert continual_values([*continual_runs(), *other])["forget_r1"][2] == [pytest.approx(0.28), pytest.approx(0.18)]
 
 
 def test_plot_continual_is_png(tmp_path: Path) -> None:
     _assert_png(plot_continual(results(VANILLA, *continual_runs()), tmp_path / "continual.png"))
+    other = second_seed()
+    _assert_png(plot_continual(results(VANILLA, *continual_runs(), *other), tmp_path / "seeds.png"))
 
 
 def test_continual_panel_follows_a_method_across_its_requests() -> None:

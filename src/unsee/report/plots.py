@@ -124,13 +124,12 @@ def tradeoff_points(runs: Sequence[Mapping[str, Any]], vanilla: Mapping[str, Any
     return points
 
 
-def continual_series(runs: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[int, float]]]:
-    """Each group's (request, accuracy) points for one method's continual runs.
+def continual_values(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[int, list[float]]]:
+    """Each group's accuracies at each request, one per run that reached it (the seeds of one benchmark).
 
     At request k the ``forget`` group holds request k's own targets, so it is filed as
     ``forget_rk``: each line then follows one request's targets from the moment they were
-    forgotten onwards. Where several runs share a request number (the seeds of one benchmark),
-    each point is their mean: one seed's line would show that seed's luck.
+    forgotten onwards.
     """
     values: dict[str, dict[int, list[float]]] = {}
     for run in runs:
@@ -139,7 +138,14 @@ def continual_series(runs: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[
             value = figure(run, group, headline_key([run], group))
             if value is not None:
                 values.setdefault(f"forget_r{k}" if group == "forget" else group, {}).setdefault(k, []).append(value)
-    return {name: [(k, sum(v) / len(v)) for k, v in sorted(by_request.items())] for name, by_request in values.items()}
+    return values
+
+
+def continual_series(runs: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+    """Each group's (request, accuracy) points for one method's continual runs. Where several runs
+    share a request number, each point is their mean: one seed's line would show that seed's luck."""
+    return {name: [(k, sum(v) / len(v)) for k, v in sorted(by_request.items())]
+            for name, by_request in continual_values(runs).items()}
 
 
 def continual_panels(results: Mapping[str, Any]) -> list[tuple[str, list[Mapping[str, Any]]]]:
@@ -160,17 +166,22 @@ def continual_panels(results: Mapping[str, Any]) -> list[tuple[str, list[Mapping
 
 
 def plot_continual(results: Mapping[str, Any], path: str | Path) -> Path:
-    """Every group's accuracy against the request number, one line per group, one panel per method."""
+    """Every group's accuracy against the request number, one line per group, one panel per method; with
+    several seeds, the line is their mean and the band their range."""
     from matplotlib import colormaps
 
     panels = continual_panels(results)
     fig, axes = _new_figure(len(panels))
     for ax, (title, runs) in zip(axes, panels, strict=False):
         ax.set_prop_cycle(color=colormaps["tab20"].colors)  # a continual panel has more lines than 10 colours
+        values = continual_values(runs)
         for name, points in sorted(continual_series(runs).items()):
             xs, ys = zip(*points, strict=True)
             style = "-" if name.startswith("forget") else "--"
-            ax.plot(xs, ys, style, marker="o", markersize=4, label=name)
+            line, = ax.plot(xs, ys, style, marker="o", markersize=4, label=name)
+            if any(len(v) > 1 for v in values[name].values()):  # the seeds' range, shaded
+                ax.fill_between(xs, [min(values[name][k]) for k in xs], [max(values[name][k]) for k in xs],
+                                color=line.get_color(), alpha=0.12, linewidth=0)
         requests = sorted({int(r["request"]) for r in runs})
         ax.set_xticks(requests)
         ax.set_ylim(-0.02, 1.02)
