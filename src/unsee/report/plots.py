@@ -144,8 +144,11 @@ def continual_values(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[int, l
 def continual_series(runs: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[int, float]]]:
     """Each group's (request, accuracy) points for one method's continual runs. Where several runs
     share a request number, each point is their mean: one seed's line would show that seed's luck."""
-    return {name: [(k, sum(v) / len(v)) for k, v in sorted(by_request.items())]
-            for name, by_request in continual_values(runs).items()}
+    return _means(continual_values(runs))
+
+
+def _means(values: Mapping[str, Mapping[int, list[float]]]) -> dict[str, list[tuple[int, float]]]:
+    return {name: [(k, sum(v) / len(v)) for k, v in sorted(by_request.items())] for name, by_request in values.items()}
 
 
 def continual_panels(results: Mapping[str, Any]) -> list[tuple[str, list[Mapping[str, Any]]]]:
@@ -175,7 +178,7 @@ def plot_continual(results: Mapping[str, Any], path: str | Path) -> Path:
     for ax, (title, runs) in zip(axes, panels, strict=False):
         ax.set_prop_cycle(color=colormaps["tab20"].colors)  # a continual panel has more lines than 10 colours
         values = continual_values(runs)
-        for name, points in sorted(continual_series(runs).items()):
+        for name, points in sorted(_means(values).items()):
             xs, ys = zip(*points, strict=True)
             style = "-" if name.startswith("forget") else "--"
             line, = ax.plot(xs, ys, style, marker="o", markersize=4, label=name)
