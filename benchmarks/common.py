@@ -215,8 +215,13 @@ def spread(rows: list[dict[str, float | None]]) -> dict[str, dict[str, float]]:
 
 def seed_list(text: str, base: int) -> list[int]:
     """``--seeds``: a comma list of seeds, or one number N for the N seeds ``base`` .. ``base + N - 1``."""
+    try:
+        numbers = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"--seeds {text}: give a comma list of whole numbers (0,1,2) or how many seeds to run "
+                         "(3)") from None
     if "," in text:
-        return [int(s) for s in text.split(",")]
+        return numbers
     if int(text) < 1:
         raise SystemExit(f"--seeds {text}: a single number is how many seeds to run, from --seed; give 1 or more, "
                          "or a comma list of seeds (0,1,2)")

@@ -502,6 +502,9 @@ def test_seeds_benchmark_refuses_a_count_of_no_seeds() -> None:
     assert common.seed_list("2", 5) == [5, 6] and common.seed_list("0,3", 5) == [0, 3]
     with pytest.raises(SystemExit, match="1 or more"):
         common.seed_list("0", 0)
+    for bad in ("0,x", "two", "0,,1"):  # a typo is refused in one line, not by int()'s traceback
+        with pytest.raises(SystemExit, match="whole numbers"):
+            common.seed_list(bad, 0)
 
 
 def test_vanilla_benchmark_holds_the_quick_world_to_its_own_bars_as_well() -> None:
