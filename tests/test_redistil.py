@@ -78,7 +78,10 @@ def test_the_photos_to_keep_go_onto_the_chosen_teacher_and_forget_photos_onto_th
     monkeypatch.setattr(redistil_module, "distil_batch", lambda *a: seen.append((real_batch(*a), [])) or seen[-1][0])
     monkeypatch.setattr(redistil_module, "token_mse",
                         lambda s, t: seen[-1][1].extend(x.detach().clone() for x in t) or real_mse(s, t))
-    _, info = _run(trained_dir, suite, turns, redistil_steps=1, redistil_batch=8, redistil_teacher=teacher)
+    # as in a continual run's later request: the earlier requests' forget photos come along
+    earlier = [t.image for t in turns["forget"] if t.image is not None][:2]
+    _, info = _run(trained_dir, suite, turns, redistil_steps=1, redistil_batch=32, redistil_teacher=teacher,
+                   forgotten_images=earlier)
     assert info["redistil"]["teacher"] == teacher
     (batch, targets), = seen
     start = load_adapter(trained_dir)  # the model the run started from: its reference
@@ -86,9 +89,10 @@ def test_the_photos_to_keep_go_onto_the_chosen_teacher_and_forget_photos_onto_th
         before = start.visual_features(start.image_inputs([im for _, im in batch]))
     same = [torch.allclose(t, b, atol=1e-5) for t, b in zip(targets, before, strict=True)]
     kinds = {k for k, _ in batch}
-    assert "forget" in kinds and len(kinds) >= 2, kinds
-    # the forget photos are always read by the forgotten model, which the two CVF steps moved
+    assert {"forget", "earlier"} <= kinds and len(kinds) >= 3, kinds
+    # this request's forget photos are always read by the forgotten model, which the two CVF steps moved
     assert not any(s for (k, _), s in zip(batch, same, strict=True) if k == "forget")
+    # under `start` every other photo, the earlier requests' forget photos among them, is read as it was
     kept = [s for (k, _), s in zip(batch, same, strict=True) if k != "forget"]
     assert all(kept) if teacher == "start" else not any(kept)
 
@@ -110,12 +114,14 @@ def test_the_distilled_photos_hold_every_share_and_the_earlier_requests_forget_p
     earlier = [make_image(30)]
     pools = distil_pools(ctx, earlier)  # type: ignore[arg-type]
     assert [len(pools[k]) for k in ("retain", "general", "neutral", "forget")] == [4, 0, 2, 3]
-    assert pools["forget"][-1] is earlier[0]
+    assert pools["forget"][-1] == ("earlier", earlier[0])  # in the forget share, labelled as earlier
+    assert all(k == source for source, pool in pools.items() for k, _ in pool[:2])
     monkeypatch.setattr(redistil_module, "augment", lambda im, rng, strength: im)  # to count photos by source
     batch = distil_batch(pools, 16, np.random.default_rng(0))
-    source = {id(im): k for k, pool in pools.items() for im in pool}
-    assert all(source[id(im)] == k for k, im in batch)  # each photo is labelled with the pool it came from
-    counts = {k: sum(source[id(im)] == k for _, im in batch) for k in pools}
+    share = {id(im): k for k, pool in pools.items() for _, im in pool}
+    label = {id(im): source for pool in pools.values() for source, im in pool}
+    assert all(label[id(im)] == k for k, im in batch)  # each photo is labelled with where it came from
+    counts = {k: sum(share[id(im)] == k for _, im in batch) for k in pools}
     # an eighth each of neutral and forget photos; the missing general quarter goes to the retained half
     assert counts == {"retain": 12, "general": 0, "neutral": 2, "forget": 2}, counts
 

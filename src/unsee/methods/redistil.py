@@ -45,7 +45,8 @@ class RedistilConfig:
     redistil_teacher: str = opt(
         "start", "hardening: whose tokens the photos to keep (retained, general, neutral) are distilled onto: "
         "'start', the model at the start of this run, which undoes what the forgetting moved on them (picked on "
-        "the validation request), or 'forgotten', the model after the forgetting; forget photos always go onto "
+        "the validation request; in a continual run the earlier requests' forget photos go onto it too, as they "
+        "were left), or 'forgotten', the model after the forgetting; this request's forget photos always go onto "
         "the forgotten model")
 
     def validate(self) -> None:
@@ -91,22 +92,29 @@ def fresh_visual(adapter: Adapter, seed: int) -> dict[str, torch.Tensor]:
     return fresh
 
 
-def distil_pools(ctx: Context, forgotten: list) -> dict[str, list]:
-    """The photos of each share. In a continual run the earlier requests' photos join this one's forget
-    photos: the student learns to read faces again, and only what it is shown stays forgotten."""
-    pools = {k: [t.image for t in ctx.streams[k].turns if t.image is not None] if k in ctx.streams else []
+def distil_pools(ctx: Context, forgotten: list) -> dict[str, list[tuple[str, Any]]]:
+    """The photos of each share, each with its source. In a continual run the earlier requests' photos
+    (source ``earlier``) join this one's forget photos: the student learns to read faces again, and
+    only what it is shown stays forgotten."""
+    pools = {k: [(k, t.image) for t in ctx.streams[k].turns if t.image is not None] if k in ctx.streams else []
              for k in SHARES}
-    pools["forget"] += list(forgotten)
+    pools["forget"] += [("earlier", im) for im in forgotten]
     return pools
 
 
-def distil_batch(pools: dict[str, list], batch: int, rng: np.random.Generator) -> list[tuple[str, Any]]:
-    """One batch of freshly cropped photos with their sources, each source's share of it (the retained
+def distil_batch(pools: dict[str, list[tuple[str, Any]]], batch: int,
+                 rng: np.random.Generator) -> list[tuple[str, Any]]:
+    """One batch of freshly cropped photos with their sources, each share's part of it (the retained
     photos take a missing one's)."""
     counts = {k: int(round(batch * s)) if pools[k] else 0 for k, s in SHARES.items() if k != "retain"}
     counts["retain"] = batch - sum(counts.values())
-    return [(k, augment(pools[k][int(i)], rng, 1.0)) for k, n in counts.items() if n > 0
+    return [_cropped(pools[k][int(i)], rng) for k, n in counts.items() if n > 0
             for i in rng.integers(len(pools[k]), size=n)]
+
+
+def _cropped(entry: tuple[str, Any], rng: np.random.Generator) -> tuple[str, Any]:
+    source, image = entry
+    return source, augment(image, rng, 1.0)
 
 
 def redistil(ctx: Context, cfg: RedistilConfig, seed: int, forgotten: list) -> dict[str, float]:
@@ -145,6 +153,7 @@ def redistil(ctx: Context, cfg: RedistilConfig, seed: int, forgotten: list) -> d
             target = teacher.visual_features(x)
             if keep is not teacher:
                 kept = keep.visual_features(x)
+                # this request's forget photos are read by the forgotten model, all others by the start
                 target = [t if k == "forget" else r for k, t, r in zip(sources, target, kept, strict=True)]
         loss = token_mse(adapter.visual_features(x), target)
         if not torch.isfinite(loss):
