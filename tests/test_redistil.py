@@ -113,17 +113,20 @@ def test_the_distilled_photos_hold_every_share_and_the_earlier_requests_forget_p
     ctx = SimpleNamespace(streams={"retain": stream(4, 0), "neutral": stream(2, 10), "forget": stream(2, 20)})
     earlier = [make_image(30)]
     pools = distil_pools(ctx, earlier)  # type: ignore[arg-type]
-    assert [len(pools[k]) for k in ("retain", "general", "neutral", "forget")] == [4, 0, 2, 3]
-    assert pools["forget"][-1] == ("earlier", earlier[0])  # in the forget share, labelled as earlier
-    assert all(k == source for source, pool in pools.items() for k, _ in pool[:2])
+    assert [len(pools[k]) for k in ("retain", "general", "neutral", "forget", "earlier")] == [4, 0, 2, 2, 1]
+    assert pools["earlier"] == [("earlier", earlier[0])]
+    assert all(k == source for source, pool in pools.items() for k, _ in pool)
     monkeypatch.setattr(redistil_module, "augment", lambda im, rng, strength: im)  # to count photos by source
     batch = distil_batch(pools, 16, np.random.default_rng(0))
     share = {id(im): k for k, pool in pools.items() for _, im in pool}
     label = {id(im): source for pool in pools.values() for source, im in pool}
     assert all(label[id(im)] == k for k, im in batch)  # each photo is labelled with where it came from
     counts = {k: sum(share[id(im)] == k for _, im in batch) for k in pools}
-    # an eighth each of neutral and forget photos; the missing general quarter goes to the retained half
-    assert counts == {"retain": 12, "general": 0, "neutral": 2, "forget": 2}, counts
+    # an eighth each of neutral, forget and earlier photos; the missing general quarter goes to the retained half
+    assert counts == {"retain": 10, "general": 0, "neutral": 2, "forget": 2, "earlier": 2}, counts
+    alone = distil_batch(distil_pools(ctx, []), 16, np.random.default_rng(0))  # type: ignore[arg-type]
+    assert [k for k, _ in alone].count("retain") == 12  # a single request: its share is the retained photos'
+    assert [im for k, im in alone if k != "retain"] == [im for k, im in batch if k not in ("retain", "earlier")]
 
 
 def test_redistil_stops_on_a_loss_that_is_not_finite(trained_dir: Path, suite: Suite,

@@ -28,7 +28,9 @@ from unsee.methods.base import token_mse
 from unsee.models.base import Adapter
 
 # Each batch's shares of the photos distilled; a missing stream's share goes to the retained photos.
-SHARES = {"retain": 0.5, "general": 0.25, "neutral": 0.125, "forget": 0.125}
+# ``earlier``, the earlier requests' forget photos in a continual run, has an eighth of its own, so that
+# the people already forgotten are not diluted into this request's forget photos' share.
+SHARES = {"retain": 0.5, "general": 0.25, "neutral": 0.125, "forget": 0.125, "earlier": 0.125}
 TEACHERS = ("forgotten", "start")
 
 
@@ -41,7 +43,8 @@ class RedistilConfig:
     redistil_alpha: float = opt(0.3, "hardening: how far the visual weights move towards a fresh initialisation")
     redistil_lr: float = opt(1e-3, "hardening: the distillation's peak learning rate (one-cycle schedule)")
     redistil_batch: int = opt(32, "hardening: photos a distillation step: half retained, a quarter general "
-                              "scenes, an eighth each neutral and forget photos, freshly cropped")
+                              "scenes, an eighth each neutral and forget photos (in a continual run another "
+                              "eighth of the earlier requests' photos, from the retained half), freshly cropped")
     redistil_teacher: str = opt(
         "start", "hardening: whose tokens the photos to keep (retained, general, neutral) are distilled onto: "
         "'start', the model at the start of this run, which undoes what the forgetting moved on them (picked on "
@@ -94,11 +97,10 @@ def fresh_visual(adapter: Adapter, seed: int) -> dict[str, torch.Tensor]:
 
 def distil_pools(ctx: Context, forgotten: list) -> dict[str, list[tuple[str, Any]]]:
     """The photos of each share, each with its source. In a continual run the earlier requests' photos
-    (source ``earlier``) join this one's forget photos: the student learns to read faces again, and
-    only what it is shown stays forgotten."""
+    are distilled too: the student learns to read faces again, and only what it is shown stays forgotten."""
     pools = {k: [(k, t.image) for t in ctx.streams[k].turns if t.image is not None] if k in ctx.streams else []
-             for k in SHARES}
-    pools["forget"] += [("earlier", im) for im in forgotten]
+             for k in SHARES if k != "earlier"}
+    pools["earlier"] = [("earlier", im) for im in forgotten]
     return pools
 
 
