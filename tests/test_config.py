@@ -382,6 +382,12 @@ def test_shipped_configs_resolve_as_before_they_shared_parents(method: str) -> N
     assert resolved(method) == {k: v for k, v in before.items() if k not in NOT_READ.get(method, ())}
 
 
+def test_the_hardened_preset_is_cvf_ncu_with_the_hardening_on() -> None:
+    tcfg, mcfg, _ = api.method_configs("cvf_ncu", "cvf_ncu_hardened", ())
+    hardened = {**to_dict(tcfg), **{k: v for k, v in to_dict(mcfg).items() if k != "forgotten_images"}}
+    assert hardened == {**resolved("cvf_ncu"), "redistil_steps": 300}
+
+
 def test_the_eraser_config_is_read_as_written() -> None:
     tcfg, ecfg, _ = api.method_configs("eraser", None, ())
     assert (ecfg.fit, ecfg.keep, ecfg.strength, ecfg.gate, ecfg.depth, ecfg.max_items) == (
