@@ -114,13 +114,11 @@ def test_the_distilled_photos_hold_every_share_and_the_earlier_requests_forget_p
     earlier = [make_image(30)]
     pools = distil_pools(ctx, earlier)  # type: ignore[arg-type]
     assert [len(pools[k]) for k in ("retain", "general", "neutral", "forget", "earlier")] == [4, 0, 2, 2, 1]
-    assert pools["earlier"] == [("earlier", earlier[0])]
-    assert all(k == source for source, pool in pools.items() for k, _ in pool)
+    assert pools["earlier"] == earlier
     monkeypatch.setattr(redistil_module, "augment", lambda im, rng, strength: im)  # to count photos by source
     batch = distil_batch(pools, 16, np.random.default_rng(0))
-    share = {id(im): k for k, pool in pools.items() for _, im in pool}
-    label = {id(im): source for pool in pools.values() for source, im in pool}
-    assert all(label[id(im)] == k for k, im in batch)  # each photo is labelled with where it came from
+    share = {id(im): k for k, pool in pools.items() for im in pool}
+    assert all(share[id(im)] == k for k, im in batch)  # each photo is labelled with the pool it came from
     counts = {k: sum(share[id(im)] == k for _, im in batch) for k in pools}
     # an eighth each of neutral, forget and earlier photos; the missing general quarter goes to the retained half
     assert counts == {"retain": 10, "general": 0, "neutral": 2, "forget": 2, "earlier": 2}, counts

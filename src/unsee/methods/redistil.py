@@ -95,28 +95,22 @@ def fresh_visual(adapter: Adapter, seed: int) -> dict[str, torch.Tensor]:
     return fresh
 
 
-def distil_pools(ctx: Context, forgotten: list) -> dict[str, list[tuple[str, Any]]]:
-    """The photos of each share, each with its source. In a continual run the earlier requests' photos
-    are distilled too: the student learns to read faces again, and only what it is shown stays forgotten."""
-    pools = {k: [(k, t.image) for t in ctx.streams[k].turns if t.image is not None] if k in ctx.streams else []
+def distil_pools(ctx: Context, forgotten: list) -> dict[str, list]:
+    """The photos of each share. In a continual run the earlier requests' photos are distilled too:
+    the student learns to read faces again, and only what it is shown stays forgotten."""
+    pools = {k: [t.image for t in ctx.streams[k].turns if t.image is not None] if k in ctx.streams else []
              for k in SHARES if k != "earlier"}
-    pools["earlier"] = [("earlier", im) for im in forgotten]
+    pools["earlier"] = list(forgotten)
     return pools
 
 
-def distil_batch(pools: dict[str, list[tuple[str, Any]]], batch: int,
-                 rng: np.random.Generator) -> list[tuple[str, Any]]:
-    """One batch of freshly cropped photos with their sources, each share's part of it (the retained
+def distil_batch(pools: dict[str, list], batch: int, rng: np.random.Generator) -> list[tuple[str, Any]]:
+    """One batch of freshly cropped photos with their shares, each share's part of it (the retained
     photos take a missing one's)."""
     counts = {k: int(round(batch * s)) if pools[k] else 0 for k, s in SHARES.items() if k != "retain"}
     counts["retain"] = batch - sum(counts.values())
-    return [_cropped(pools[k][int(i)], rng) for k, n in counts.items() if n > 0
+    return [(k, augment(pools[k][int(i)], rng, 1.0)) for k, n in counts.items() if n > 0
             for i in rng.integers(len(pools[k]), size=n)]
-
-
-def _cropped(entry: tuple[str, Any], rng: np.random.Generator) -> tuple[str, Any]:
-    source, image = entry
-    return source, augment(image, rng, 1.0)
 
 
 def redistil(ctx: Context, cfg: RedistilConfig, seed: int, forgotten: list) -> dict[str, float]:
