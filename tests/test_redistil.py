@@ -98,7 +98,8 @@ def test_the_photos_to_keep_go_onto_the_chosen_teacher_and_forget_photos_onto_th
 
 
 @pytest.mark.parametrize("bad", [{"redistil_alpha": 0.0}, {"redistil_alpha": 1.5}, {"redistil_steps": -1},
-                                 {"redistil_batch": 0}, {"redistil_teacher": "vanilla"}])
+                                 {"redistil_batch": 0}, {"redistil_teacher": "vanilla"},
+                                 {"redistil_earlier": -0.1}, {"redistil_earlier": 0.6}])
 def test_redistil_refuses_settings_that_mean_nothing(trained_dir: Path, suite: Suite,
                                                      turns: dict[str, list[Turn]], bad: dict) -> None:
     with pytest.raises(ConfigError, match="redistil"):
@@ -122,6 +123,8 @@ def test_the_distilled_photos_hold_every_share_and_the_earlier_requests_forget_p
     counts = {k: sum(share[id(im)] == k for _, im in batch) for k in pools}
     # an eighth each of neutral, forget and earlier photos; the missing general quarter goes to the retained half
     assert counts == {"retain": 10, "general": 0, "neutral": 2, "forget": 2, "earlier": 2}, counts
+    more = distil_batch(pools, 16, np.random.default_rng(0), earlier=0.25)
+    assert [k for k, _ in more].count("earlier") == 4 and [k for k, _ in more].count("retain") == 8
     alone = distil_batch(distil_pools(ctx, []), 16, np.random.default_rng(0))  # type: ignore[arg-type]
     assert [k for k, _ in alone].count("retain") == 12  # a single request: its share is the retained photos'
     assert [im for k, im in alone if k != "retain"] == [im for k, im in batch if k not in ("retain", "earlier")]

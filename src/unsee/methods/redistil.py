@@ -28,8 +28,8 @@ from unsee.methods.base import token_mse
 from unsee.models.base import Adapter
 
 # Each batch's shares of the photos distilled; a missing stream's share goes to the retained photos.
-# ``earlier``, the earlier requests' forget photos in a continual run, has an eighth of its own, so that
-# the people already forgotten are not diluted into this request's forget photos' share.
+# ``earlier``, the earlier requests' forget photos in a continual run, has a share of its own
+# (``redistil_earlier``), so that the people already forgotten are not diluted into this request's.
 SHARES = {"retain": 0.5, "general": 0.25, "neutral": 0.125, "forget": 0.125, "earlier": 0.125}
 TEACHERS = ("forgotten", "start")
 
@@ -45,6 +45,9 @@ class RedistilConfig:
     redistil_batch: int = opt(32, "hardening: photos a distillation step: half retained, a quarter general "
                               "scenes, an eighth each neutral and forget photos (in a continual run another "
                               "eighth of the earlier requests' photos, from the retained half), freshly cropped")
+    redistil_earlier: float = opt(
+        0.125, "hardening, continual runs: the share of each batch for the earlier requests' forget photos, "
+        "taken from the retained photos' half")
     redistil_teacher: str = opt(
         "start", "hardening: whose tokens the photos to keep (retained, general, neutral) are distilled onto: "
         "'start', the model at the start of this run, which undoes what the forgetting moved on them (picked on "
@@ -56,6 +59,9 @@ class RedistilConfig:
         """Read when the config is loaded, before any model is, and again when a run starts."""
         if self.redistil_steps < 0 or self.redistil_batch < 1 or self.redistil_lr <= 0:
             raise ConfigError("redistil_steps must not be negative, redistil_batch and redistil_lr must be positive")
+        if not 0 <= self.redistil_earlier <= SHARES["retain"]:
+            raise ConfigError(f"redistil_earlier must lie in [0, {SHARES['retain']}], the retained photos' share, "
+                              f"got {self.redistil_earlier}")
         if not 0 < self.redistil_alpha <= 1:
             raise ConfigError(f"redistil_alpha must lie in (0, 1], got {self.redistil_alpha}")
         if self.redistil_teacher not in TEACHERS:
@@ -104,10 +110,12 @@ def distil_pools(ctx: Context, forgotten: list) -> dict[str, list]:
     return pools
 
 
-def distil_batch(pools: dict[str, list], batch: int, rng: np.random.Generator) -> list[tuple[str, Any]]:
+def distil_batch(pools: dict[str, list], batch: int, rng: np.random.Generator,
+                 earlier: float = SHARES["earlier"]) -> list[tuple[str, Any]]:
     """One batch of freshly cropped photos with their shares, each share's part of it (the retained
-    photos take a missing one's)."""
-    counts = {k: int(round(batch * s)) if pools[k] else 0 for k, s in SHARES.items() if k != "retain"}
+    photos take a missing one's); ``earlier`` is the earlier requests' share."""
+    shares = {**SHARES, "earlier": earlier}
+    counts = {k: int(round(batch * s)) if pools[k] else 0 for k, s in shares.items() if k != "retain"}
     counts["retain"] = batch - sum(counts.values())
     return [(k, augment(pools[k][int(i)], rng, 1.0)) for k, n in counts.items() if n > 0
             for i in rng.integers(len(pools[k]), size=n)]
@@ -143,7 +151,7 @@ def redistil(ctx: Context, cfg: RedistilConfig, seed: int, forgotten: list) -> d
     bar = tqdm(range(cfg.redistil_steps), desc="hardening", disable=not ctx.cfg.progress or ctx.rank != 0,
                leave=False)
     for step in bar:
-        sources, images = zip(*distil_batch(pools, cfg.redistil_batch, rng), strict=True)
+        sources, images = zip(*distil_batch(pools, cfg.redistil_batch, rng, cfg.redistil_earlier), strict=True)
         x = adapter.image_inputs(list(images))
         with torch.no_grad():
             target = teacher.visual_features(x)
