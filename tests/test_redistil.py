@@ -117,7 +117,7 @@ def test_the_distilled_photos_hold_every_share_and_the_earlier_requests_forget_p
     assert [len(pools[k]) for k in ("retain", "general", "neutral", "forget", "earlier")] == [4, 0, 2, 2, 1]
     assert pools["earlier"] == earlier
     monkeypatch.setattr(redistil_module, "augment", lambda im, rng, strength: im)  # to count photos by source
-    batch = distil_batch(pools, 16, np.random.default_rng(0))
+    batch = distil_batch(pools, 16, np.random.default_rng(0), earlier=0.125)
     share = {id(im): k for k, pool in pools.items() for im in pool}
     assert all(share[id(im)] == k for k, im in batch)  # each photo is labelled with the pool it came from
     counts = {k: sum(share[id(im)] == k for _, im in batch) for k in pools}
@@ -125,7 +125,7 @@ def test_the_distilled_photos_hold_every_share_and_the_earlier_requests_forget_p
     assert counts == {"retain": 10, "general": 0, "neutral": 2, "forget": 2, "earlier": 2}, counts
     more = distil_batch(pools, 16, np.random.default_rng(0), earlier=0.25)
     assert [k for k, _ in more].count("earlier") == 4 and [k for k, _ in more].count("retain") == 8
-    alone = distil_batch(distil_pools(ctx, []), 16, np.random.default_rng(0))  # type: ignore[arg-type]
+    alone = distil_batch(distil_pools(ctx, []), 16, np.random.default_rng(0), earlier=0.125)  # type: ignore[arg-type]
     assert [k for k, _ in alone].count("retain") == 12  # a single request: its share is the retained photos'
     assert [im for k, im in alone if k != "retain"] == [im for k, im in batch if k not in ("retain", "earlier")]
 

@@ -28,9 +28,9 @@ from unsee.methods.base import token_mse
 from unsee.models.base import Adapter
 
 # Each batch's shares of the photos distilled; a missing stream's share goes to the retained photos.
-# ``earlier``, the earlier requests' forget photos in a continual run, has a share of its own
-# (``redistil_earlier``), so that the people already forgotten are not diluted into this request's.
-SHARES = {"retain": 0.5, "general": 0.25, "neutral": 0.125, "forget": 0.125, "earlier": 0.125}
+# In a continual run the earlier requests' forget photos have a share of their own (``redistil_earlier``),
+# so that the people already forgotten are not diluted into this request's.
+SHARES = {"retain": 0.5, "general": 0.25, "neutral": 0.125, "forget": 0.125}
 TEACHERS = ("forgotten", "start")
 
 
@@ -105,13 +105,13 @@ def distil_pools(ctx: Context, forgotten: list) -> dict[str, list]:
     """The photos of each share. In a continual run the earlier requests' photos are distilled too:
     the student learns to read faces again, and only what it is shown stays forgotten."""
     pools = {k: [t.image for t in ctx.streams[k].turns if t.image is not None] if k in ctx.streams else []
-             for k in SHARES if k != "earlier"}
+             for k in SHARES}
     pools["earlier"] = list(forgotten)
     return pools
 
 
 def distil_batch(pools: dict[str, list], batch: int, rng: np.random.Generator,
-                 earlier: float = SHARES["earlier"]) -> list[tuple[str, Any]]:
+                 earlier: float) -> list[tuple[str, Any]]:
     """One batch of freshly cropped photos with their shares, each share's part of it (the retained
     photos take a missing one's); ``earlier`` is the earlier requests' share."""
     shares = {**SHARES, "earlier": earlier}
