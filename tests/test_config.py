@@ -345,7 +345,6 @@ CVF_BEFORE = {
     "redistil_steps": 0, "redistil_alpha": 0.3, "redistil_lr": 0.001, "redistil_batch": 32,  # added since; off
     "redistil_teacher": "start",  # added since; read only with redistil_steps
     "redistil_earlier": 0.125,  # added since; read only with redistil_steps, in continual runs
-    "redistil_forget_weight": 1.0,  # added since; read only with redistil_steps; 1 weighs every photo alike
 }
 RESOLVED_BEFORE: dict[str, dict] = {
     "ga": {"lr": 6e-06},

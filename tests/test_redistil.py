@@ -16,7 +16,6 @@ from unsee.data.schema import Suite
 from unsee.engine.trainer import TrainConfig, train
 from unsee.errors import ConfigError, TrainingError
 from unsee.methods import redistil as redistil_module
-from unsee.methods.base import token_mse
 from unsee.methods.cvf import CVFNCU, CVFConfig
 from unsee.methods.redistil import distil_batch, distil_pools, fresh_visual, visual_roots
 from unsee.models import Turn, load_adapter
@@ -78,7 +77,7 @@ def test_the_photos_to_keep_go_onto_the_chosen_teacher_and_forget_photos_onto_th
     real_batch, real_mse = redistil_module.distil_batch, redistil_module.token_mse
     monkeypatch.setattr(redistil_module, "distil_batch", lambda *a: seen.append((real_batch(*a), [])) or seen[-1][0])
     monkeypatch.setattr(redistil_module, "token_mse",
-                        lambda s, t, w: seen[-1][1].extend(x.detach().clone() for x in t) or real_mse(s, t, w))
+                        lambda s, t: seen[-1][1].extend(x.detach().clone() for x in t) or real_mse(s, t))
     # as in a continual run's later request: the earlier requests' forget photos come along
     earlier = [t.image for t in turns["forget"] if t.image is not None][:2]
     _, info = _run(trained_dir, suite, turns, redistil_steps=1, redistil_batch=32, redistil_teacher=teacher,
@@ -98,34 +97,9 @@ def test_the_photos_to_keep_go_onto_the_chosen_teacher_and_forget_photos_onto_th
     assert all(kept) if teacher == "start" else not any(kept)
 
 
-def test_token_mse_weighs_each_image() -> None:
-    student = [torch.zeros(3, 2), torch.zeros(3, 2)]
-    teacher = [torch.ones(3, 2), torch.full((3, 2), 3.0)]  # per-image MSE 1 and 9
-    assert token_mse(student, teacher).item() == pytest.approx(5.0)
-    assert token_mse(student, teacher, [1.0, 1.0]).item() == pytest.approx(5.0)
-    assert token_mse(student, teacher, [1.0, 3.0]).item() == pytest.approx((1 + 27) / 4)
-
-
-def test_the_forgotten_peoples_photos_weigh_redistil_forget_weight_in_the_distillation(
-        trained_dir: Path, suite: Suite, turns: dict[str, list[Turn]], monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[tuple[list, list[float]]] = []
-    real_batch, real_mse = redistil_module.distil_batch, redistil_module.token_mse
-    monkeypatch.setattr(redistil_module, "distil_batch", lambda *a: seen.append((real_batch(*a), [])) or seen[-1][0])
-    monkeypatch.setattr(redistil_module, "token_mse", lambda s, t, w: seen[-1][1].extend(w) or real_mse(s, t, w))
-    earlier = [t.image for t in turns["forget"] if t.image is not None][:2]
-    _, info = _run(trained_dir, suite, turns, redistil_steps=1, redistil_batch=32, redistil_forget_weight=4.0,
-                   forgotten_images=earlier)
-    assert info["redistil"]["forget_weight"] == 4.0
-    (batch, weights), = seen
-    by_kind = {k: {w for (kind, _), w in zip(batch, weights, strict=True) if kind == k} for k, _ in batch}
-    assert by_kind["forget"] == by_kind["earlier"] == {4.0}
-    assert all(by_kind[k] == {1.0} for k in by_kind if k not in ("forget", "earlier")) and len(by_kind) >= 3
-
-
 @pytest.mark.parametrize("bad", [{"redistil_alpha": 0.0}, {"redistil_alpha": 1.5}, {"redistil_steps": -1},
                                  {"redistil_batch": 0}, {"redistil_teacher": "vanilla"},
-                                 {"redistil_earlier": -0.1}, {"redistil_earlier": 0.6},
-                                 {"redistil_forget_weight": 0.0}])
+                                 {"redistil_earlier": -0.1}, {"redistil_earlier": 0.6}])
 def test_redistil_refuses_settings_that_mean_nothing(trained_dir: Path, suite: Suite,
                                                      turns: dict[str, list[Turn]], bad: dict) -> None:
     with pytest.raises(ConfigError, match="redistil"):

@@ -135,15 +135,9 @@ def token_features(adapter: Adapter, images: Sequence) -> list[torch.Tensor]:
     return adapter.visual_features(adapter.image_inputs(images))
 
 
-def token_mse(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
-              weights: Sequence[float] | None = None) -> torch.Tensor:
-    """Token-level distillation: the per-image MSE between two models' visual tokens, averaged over images
-    (weighted by ``weights``, one per image, where some images must be matched more closely)."""
-    per = torch.stack([F.mse_loss(s.float(), t.float()) for s, t in zip(student, teacher, strict=True)])
-    if weights is None:
-        return per.mean()
-    w = torch.tensor(weights, dtype=per.dtype, device=per.device)
-    return (per * w).sum() / w.sum()
+def token_mse(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Token-level distillation: the per-image MSE between two models' visual tokens, averaged over images."""
+    return torch.stack([F.mse_loss(s.float(), t.float()) for s, t in zip(student, teacher, strict=True)]).mean()
 
 
 def pooled(feats: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -32,8 +32,6 @@ from unsee.models.base import Adapter
 # so that the people already forgotten are not diluted into this request's.
 SHARES = {"retain": 0.5, "general": 0.25, "neutral": 0.125, "forget": 0.125}
 TEACHERS = ("forgotten", "start")
-# The streams of forgotten people's photos, which redistil_forget_weight weighs.
-FORGOTTEN = ("forget", "earlier")
 
 
 @dataclass
@@ -50,10 +48,6 @@ class RedistilConfig:
     redistil_earlier: float = opt(
         0.125, "hardening, continual runs: the share of each batch for the earlier requests' forget photos, "
         "taken from the retained photos' half")
-    redistil_forget_weight: float = opt(
-        1.0, "hardening: the weight in the distillation loss of each forgotten person's photo (this request's "
-        "and, in a continual run, the earlier requests'), against 1 for a photo to keep: the forgetting is a small "
-        "move of their tokens, and a student that reads the kept faces well drifts back to reading these too")
     redistil_teacher: str = opt(
         "start", "hardening: whose tokens the photos to keep (retained, general, neutral) are distilled onto: "
         "'start', the model at the start of this run, which undoes what the forgetting moved on them (picked on "
@@ -68,8 +62,6 @@ class RedistilConfig:
         if not 0 <= self.redistil_earlier <= SHARES["retain"]:
             raise ConfigError(f"redistil_earlier must lie in [0, {SHARES['retain']}], the retained photos' share, "
                               f"got {self.redistil_earlier}")
-        if self.redistil_forget_weight <= 0:
-            raise ConfigError(f"redistil_forget_weight must be positive, got {self.redistil_forget_weight}")
         if not 0 < self.redistil_alpha <= 1:
             raise ConfigError(f"redistil_alpha must lie in (0, 1], got {self.redistil_alpha}")
         if self.redistil_teacher not in TEACHERS:
@@ -167,8 +159,7 @@ def redistil(ctx: Context, cfg: RedistilConfig, seed: int, forgotten: list) -> d
                 kept = keep.visual_features(x)
                 # this request's forget photos are read by the forgotten model, all others by the start
                 target = [t if k == "forget" else r for k, t, r in zip(sources, target, kept, strict=True)]
-        weights = [cfg.redistil_forget_weight if k in FORGOTTEN else 1.0 for k in sources]
-        loss = token_mse(adapter.visual_features(x), target, weights)
+        loss = token_mse(adapter.visual_features(x), target)
         if not torch.isfinite(loss):
             raise TrainingError(f"hardening: the distillation loss is not finite at step {step}; the model is not "
                                 "kept. Lower redistil_lr.")
@@ -183,5 +174,4 @@ def redistil(ctx: Context, cfg: RedistilConfig, seed: int, forgotten: list) -> d
         bar.set_postfix(mse=f"{last:.4f}")
     adapter.model.eval()
     return {"steps": cfg.redistil_steps, "alpha": cfg.redistil_alpha, "teacher": cfg.redistil_teacher,
-            "forget_weight": cfg.redistil_forget_weight,
             "first_mse": first, "last_mse": last, "params": sum(p.numel() for p in params)}
