@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from unsee import api
 from unsee.audit.attacks import pooled_features
 from unsee.data.collate import qa_turns
 from unsee.engine.trainer import unique_images
+from unsee.errors import TrainingError
 from unsee.eval.results import load_results
 from unsee.models import load_adapter
 
@@ -54,3 +56,12 @@ def test_continual_driver_measures_every_earlier_request(model_dir: Path, world:
     assert "forget_r1" in runs[0]["metrics"] and {"forget_r1", "forget_r2"} <= set(runs[1]["metrics"])
     assert (out / "model" / "model.safetensors").is_file()
     assert torch.isfinite(torch.tensor(runs[1]["metrics"]["forget_r1"]["mcq"]))
+
+
+def test_a_request_that_fails_to_train_is_named_and_nothing_is_written(model_dir: Path, world: Path,
+                                                                      tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match=r"request 1 of 2 \(forget_r1\): .*not finite"):
+        api.continual("cvf_ncu", model_dir, world, tmp_path / "c", ["forget_r1", "forget_r2"], config=None,
+                      overrides=[*STEPS, "redistil_steps=3", "redistil_lr=1e30"], seed=0, overwrite=False,
+                      allow_pickle=False, eval_kw={"generation": False, "max_items": 4, "progress": False})
+    assert not (tmp_path / "c").exists()

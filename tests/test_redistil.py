@@ -134,3 +134,26 @@ def test_redistil_stops_on_a_loss_that_is_not_finite(trained_dir: Path, suite: S
                                                      turns: dict[str, list[Turn]]) -> None:
     with pytest.raises(TrainingError, match="hardening"):
         _run(trained_dir, suite, turns, redistil_steps=3, redistil_lr=1e30, redistil_batch=4)
+
+
+def test_a_distillation_that_ends_further_from_its_teachers_than_it_began_is_refused() -> None:
+    falling = list(np.linspace(0.02, 0.005, 60))
+    redistil_module.check_converged(falling)
+    redistil_module.check_converged([0.1, 0.2] * 10)  # too short to judge: passes, rising or not
+    with pytest.raises(TrainingError, match="did not converge"):
+        redistil_module.check_converged([0.097] * 6 + [0.16] * 54)  # the collapse that ended at retain 0.30
+
+
+def test_redistil_stops_when_its_distillation_diverges(trained_dir: Path, suite: Suite, turns: dict[str, list[Turn]],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    before = {n: p.detach().clone() for n, p in load_adapter(trained_dir).model.named_parameters()}
+    calls: list[int] = []
+    real_mse = redistil_module.token_mse
+    # a loss that grows with every step, as the student walks away from its teachers
+    monkeypatch.setattr(redistil_module, "token_mse",
+                        lambda s, t: calls.append(1) or real_mse(s, t) * 1.1 ** len(calls))
+    with pytest.raises(TrainingError, match="did not converge"):
+        _run(trained_dir, suite, turns, redistil_steps=50, redistil_batch=4)
+    assert len(calls) == 50
+    after = {n: p.detach().clone() for n, p in load_adapter(trained_dir).model.named_parameters()}
+    assert all(torch.equal(before[n], after[n]) for n in before)  # the input model is untouched

@@ -31,7 +31,7 @@ from unsee.data.request import is_request_file
 from unsee.data.request_example import write_world_request
 from unsee.demo import run_demo
 from unsee.engine.trainer import unique_images
-from unsee.errors import DataError, OutputExistsError
+from unsee.errors import DataError, OutputExistsError, TrainingError
 from unsee.eval.results import load_results, new_results, seed_summary, strip_samples, strip_samples_all, write_results
 from unsee.finetune_bench import RECIPES, finetune_benchmark, retrain_benchmark
 from unsee.forget import forget as run_forget
@@ -325,9 +325,14 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for i, req in enumerate(requests, 1):
             suite = load_suite(data, req, retain_exclude=requests, seed=seed, benchmark=benchmark, neutral=neutral)
-            with CostMeter() as meter:
-                res, resolved = unlearn_adapter(method, adapter, suite, config=config, overrides=overrides,
-                                                seed=seed, forgotten_images=forgotten)
+            try:
+                with CostMeter() as meter:
+                    res, resolved = unlearn_adapter(method, adapter, suite, config=config, overrides=overrides,
+                                                    seed=seed, forgotten_images=forgotten)
+            except TrainingError as e:  # say which request, after hours of the earlier ones
+                lost = ", and the earlier requests' results are not kept either" if i > 1 else ""
+                raise TrainingError(f"request {i} of {len(requests)} ({req}): {e} Nothing is written to "
+                                    f"{out}{lost}.") from e
             meter.record_model(None)
             found = evaluation(adapter, suite, **eval_kw)
             for j, earlier in enumerate(requests[:i], 1):

@@ -32,6 +32,9 @@ from unsee.models.base import Adapter
 # so that the people already forgotten are not diluted into this request's.
 SHARES = {"retain": 0.5, "general": 0.25, "neutral": 0.125, "forget": 0.125}
 TEACHERS = ("forgotten", "start")
+# Runs at least this long are checked for convergence: the mean MSE of their last tenth of steps must
+# be below that of their first tenth (shorter runs are too noisy to judge).
+CONVERGENCE_STEPS = 50
 
 
 @dataclass
@@ -147,7 +150,7 @@ def redistil(ctx: Context, cfg: RedistilConfig, seed: int, forgotten: list) -> d
                                                 pct_start=0.1)
     rng = np.random.default_rng(seed + 104729)
     adapter.model.train()
-    first = last = 0.0
+    losses: list[float] = []
     bar = tqdm(range(cfg.redistil_steps), desc="hardening", disable=not ctx.cfg.progress or ctx.rank != 0,
                leave=False)
     for step in bar:
@@ -168,10 +171,25 @@ def redistil(ctx: Context, cfg: RedistilConfig, seed: int, forgotten: list) -> d
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt_.step()
         sched.step()
-        last = loss.item()
-        if step == 0:
-            first = last
-        bar.set_postfix(mse=f"{last:.4f}")
+        losses.append(loss.item())
+        bar.set_postfix(mse=f"{losses[-1]:.4f}")
     adapter.model.eval()
+    check_converged(losses)
     return {"steps": cfg.redistil_steps, "alpha": cfg.redistil_alpha, "teacher": cfg.redistil_teacher,
-            "first_mse": first, "last_mse": last, "params": sum(p.numel() for p in params)}
+            "first_mse": losses[0], "last_mse": losses[-1], "params": sum(p.numel() for p in params)}
+
+
+def check_converged(losses: list[float]) -> None:
+    """Refuse a distillation that ended further from its teachers than it began.
+
+    The student then reads no face as its teachers do, and the model it leaves can have lost
+    every group (a continual run's fifth request once ended at retain 0.30, from 1.00), with a
+    finite loss throughout, so nothing else would stop it.
+    """
+    if len(losses) < CONVERGENCE_STEPS:
+        return
+    n = len(losses) // 10
+    head, tail = float(np.mean(losses[:n])), float(np.mean(losses[-n:]))
+    if tail >= head:
+        raise TrainingError(f"hardening: the distillation did not converge (its MSE was {head:.4f} over the first "
+                            f"{n} steps and {tail:.4f} over the last {n}); the model is not kept. Lower redistil_lr.")
