@@ -26,4 +26,5 @@ class OutputExistsError(OutputError):
 
 
 class TrainingError(UnseeError):
-    """Training diverged (NaN/inf loss) or a step failed; the last good state is kept."""
+    """Training diverged (NaN/inf loss), did not converge, or a step failed; no output is written, and the
+    model in memory holds its last good state where the message says so."""
