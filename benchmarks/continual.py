@@ -1,6 +1,7 @@
 """Continual unlearning: five requests of two people, one after another, through the driver.
 
     python benchmarks/continual.py --seeds 0,1,2 --out benchmarks/results/continual.json
+    python benchmarks/continual.py --methods cvf_ncu --config cvf_ncu_hardened --seeds 0,1,2 --out ...
 
 For each method (``cvf_ncu``, ``cvf_only``, ``graddiff`` by default) the requests
 ``forget_r1`` ... ``forget_rN`` of the world run in order; after each, every earlier forget
@@ -47,6 +48,9 @@ def after_last(runs: list[dict], groups: list[str]) -> dict[str, float | None]:
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__, methods="cvf_ncu,cvf_only,graddiff", out="benchmarks/results/continual.json")
     p.add_argument("--seeds", default="1", help="comma list of unlearning seeds, or N for --seed .. --seed+N-1")
+    p.add_argument("--config", default=None,
+                   help="a config file or a shipped config's name (such as cvf_ncu_hardened) for every method, "
+                        "in place of each method's own; --train-set overrides it")
     args = p.parse_args(argv)
     seeds = seed_list(args.seeds, args.seed)
     world, vanilla = vanilla_model(args)
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows = []
         for seed in seeds:
             with tempfile.TemporaryDirectory() as d:
-                out = api.continual(method, vanilla, world, Path(d) / method, requests, config=None,
+                out = api.continual(method, vanilla, world, Path(d) / method, requests, config=args.config,
                                     overrides=args.train_set, seed=seed, overwrite=False, allow_pickle=False,
                                     eval_kw=kw)
                 mine = load_results(out / "results.json")["runs"]
@@ -84,7 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
     results = new_results(runs)
     write_results(out.with_suffix(".results.json"), results, overwrite=True)
     plot_continual(results, out.with_name(out.stem + ".png"))
-    result = {"benchmark": "continual", "world": args.world, "arch": args.arch, "requests": requests,
+    result = {"benchmark": "continual", "world": args.world, "arch": args.arch, "config": args.config,
+              "train_set": args.train_set, "requests": requests,
               "eval": kw, "vanilla": v_metrics, "methods": summary, "environment": environment()}
     atomic_write_json(out, result)
     print(f"wrote {out}, {out.with_suffix('.results.json')} and {out.with_name(out.stem + '.png')}")

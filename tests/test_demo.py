@@ -215,6 +215,14 @@ def test_continual_and_audit_benchmarks_run_on_the_demo_world(demo_run: tuple[Pa
     runs = json.loads((tmp_path / "c.results.json").read_text())["runs"]
     assert sum(r["method"] == "graddiff" for r in runs) == 4  # two requests, two seeds
     assert (tmp_path / "c.png").is_file() and (tmp_path / "c.results.json").is_file()
+    mine = tmp_path / "mine.yaml"  # a config of one's own, as a user passes a preset
+    mine.write_text("extends: cvf_ncu\nlambda_d: 40.0\n")
+    own = continual.main([*_bench_args(demo_run[1], tmp_path / "own.json"), "--methods", "cvf_ncu",
+                          "--config", str(mine)])
+    assert own["config"] == str(mine) and "max_steps=2" in own["train_set"]
+    runs = json.loads((tmp_path / "own.results.json").read_text())["runs"]
+    assert {r["config"]["lambda_d"] for r in runs if r["method"] == "cvf_ncu"} == {40.0}
+    assert {r["config"]["max_steps"] for r in runs if r["method"] == "cvf_ncu"} == {2}  # --train-set still counts
     a = audits.main([*_bench_args(demo_run[1], tmp_path / "a.json"), "--methods", "cvf_ncu,graddiff",
                      "--attack-set", "relearn_steps=1", "--attack-set", "pgd_steps=1", "--attack-set", "max_items=2",
                      "--attack-set", "probe_steps=10", "--attack-set", "quant_max_items=4", "--attack-set",
