@@ -46,8 +46,8 @@ class RedistilConfig:
     redistil_alpha: float = opt(0.3, "hardening: how far the visual weights move towards a fresh initialisation")
     redistil_lr: float = opt(1e-3, "hardening: the distillation's peak learning rate (one-cycle schedule)")
     redistil_batch: int = opt(32, "hardening: photos a distillation step: half retained, a quarter general "
-                              "scenes, an eighth each neutral and forget photos (in a continual run another "
-                              "eighth of the earlier requests' photos, from the retained half), freshly cropped")
+                              "scenes, an eighth each neutral and forget photos (in a continual run redistil_earlier "
+                              "of it for the earlier requests' photos, from the retained half), freshly cropped")
     redistil_earlier: float = opt(
         0.125, "hardening, continual runs: the share of each batch for the earlier requests' forget photos, "
         "taken from the retained photos' half")
