@@ -28,6 +28,7 @@ from unsee.io import atomic_write_json
 from unsee.models import load_adapter
 from unsee.provenance import environment
 from unsee.report.plots import plot_continual
+from unsee.runs import check_launch
 
 # Reported after the last request beside the targeted groups; no target covers them.
 OTHERS = ("text_forget", "known", "known_test", "general")
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "in place of each method's own; --train-set overrides it")
     args = p.parse_args(argv)
     seeds = seed_list(args.seeds, args.seed)
+    for method in args.methods.split(","):  # a wrong name or option fails now, not after the vanilla model's build
+        check_launch(method, args.config, args.train_set)
     world, vanilla = vanilla_model(args)
     requests = requests_of(world)
     kw = eval_kw(args)

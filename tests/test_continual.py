@@ -9,17 +9,20 @@ the earlier images in the covariance, and move them more without.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from unsee import api
 from unsee.audit.attacks import pooled_features
 from unsee.data.collate import qa_turns
 from unsee.engine.trainer import unique_images
-from unsee.errors import TrainingError
+from unsee.errors import ConfigError, OutputExistsError, TrainingError
 from unsee.eval.results import load_results
 from unsee.models import load_adapter
+from unsee.resume import partial_dir
 
 STEPS = ["max_steps=4", "batch_size=4", "lr=3e-3", "progress=false", "ncu_images=64", "augment=0"]
 
@@ -47,21 +50,71 @@ def test_request_2_leaves_request_1_features_in_place(model_dir: Path, world: Pa
     assert kept < 0.5 * free, (kept, free)
 
 
-def test_continual_driver_measures_every_earlier_request(model_dir: Path, world: Path, tmp_path: Path) -> None:
-    out = api.continual("cvf_ncu", model_dir, world, tmp_path / "c", ["forget_r1", "forget_r2"], config=None,
-                        overrides=STEPS, seed=0, overwrite=False, allow_pickle=False,
-                        eval_kw={"generation": False, "max_items": 4, "progress": False})
-    runs = load_results(out / "results.json")["runs"]
+EVAL = {"generation": False, "max_items": 4, "progress": False}
+
+
+def run_continual(model_dir: Path, world: Path, out: Path, overrides: list[str] = STEPS, seed: int = 0) -> Path:
+    return api.continual("cvf_ncu", model_dir, world, out, ["forget_r1", "forget_r2"], config=None,
+                         overrides=overrides, seed=seed, overwrite=False, allow_pickle=False, eval_kw=EVAL)
+
+
+@pytest.fixture(scope="module")
+def straight(model_dir: Path, world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two requests, run without a stop."""
+    return run_continual(model_dir, world, tmp_path_factory.mktemp("continual") / "c")
+
+
+def test_continual_driver_measures_every_earlier_request(straight: Path) -> None:
+    runs = load_results(straight / "results.json")["runs"]
     assert [r["request"] for r in runs] == [1, 2]
     assert "forget_r1" in runs[0]["metrics"] and {"forget_r1", "forget_r2"} <= set(runs[1]["metrics"])
-    assert (out / "model" / "model.safetensors").is_file()
+    assert (straight / "model" / "model.safetensors").is_file()
     assert torch.isfinite(torch.tensor(runs[1]["metrics"]["forget_r1"]["mcq"]))
+    assert not partial_dir(straight).exists()  # a run that lands leaves no progress behind
+
+
+def test_a_stopped_run_goes_on_from_its_last_finished_request_with_the_same_numbers(
+        straight: Path, model_dir: Path, world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real, calls = api.unlearn_adapter, []
+
+    def second_fails(*args: Any, **kw: Any) -> Any:
+        calls.append(args[2])
+        if len(calls) == 2:
+            raise TrainingError("the loss is not finite.")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(api, "unlearn_adapter", second_fails)
+    out = tmp_path / "c"
+    with pytest.raises(TrainingError, match=r"request 2 of 2 \(forget_r2\): .*request 1 is kept in .*c\.partial, "
+                       r"and the same command goes on from request 2"):
+        run_continual(model_dir, world, out)
+    assert not out.exists() and (partial_dir(out) / "model" / "model.safetensors").is_file()
+
+    with pytest.raises(ConfigError, match="another continual run"):  # other numbers: not resumed, nothing lost
+        run_continual(model_dir, world, out, seed=1)
+    assert len(calls) == 2 and partial_dir(out).is_dir()
+
+    calls.clear()
+    run_continual(model_dir, world, out)
+    assert len(calls) == 1  # request 1 was not trained again
+    assert not partial_dir(out).exists()
+    got, want = (load_results(p / "results.json")["runs"] for p in (out, straight))
+    assert [r["metrics"] for r in got] == [r["metrics"] for r in want]
+    a, b = (load_file(p / "model" / "model.safetensors") for p in (out, straight))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_folder_in_the_way_of_the_progress_is_refused(model_dir: Path, world: Path, tmp_path: Path) -> None:
+    mine = partial_dir(tmp_path / "c")
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="in the way"):
+        run_continual(model_dir, world, tmp_path / "c")
+    assert (mine / "notes.txt").read_text() == "mine"
 
 
 def test_a_request_that_fails_to_train_is_named_and_nothing_is_written(model_dir: Path, world: Path,
                                                                       tmp_path: Path) -> None:
-    with pytest.raises(TrainingError, match=r"request 1 of 2 \(forget_r1\): .*not finite"):
-        api.continual("cvf_ncu", model_dir, world, tmp_path / "c", ["forget_r1", "forget_r2"], config=None,
-                      overrides=[*STEPS, "redistil_steps=3", "redistil_lr=1e30"], seed=0, overwrite=False,
-                      allow_pickle=False, eval_kw={"generation": False, "max_items": 4, "progress": False})
-    assert not (tmp_path / "c").exists()
+    with pytest.raises(TrainingError, match=r"request 1 of 2 \(forget_r1\): .*not finite.* Nothing is written"):
+        run_continual(model_dir, world, tmp_path / "c", overrides=[*STEPS, "redistil_steps=3", "redistil_lr=1e30"])
+    assert not (tmp_path / "c").exists() and not partial_dir(tmp_path / "c").exists()

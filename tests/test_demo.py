@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from unsee.errors import OutputExistsError
+from unsee.errors import ConfigError, OutputExistsError
 from unsee.eval.results import load_results
 
 CONFIG = Path(__file__).parent / "data" / "demo_tiny.yaml"
@@ -196,7 +196,8 @@ def _bench_args(cache: Path, out: Path) -> list[str]:
             + [f"--recipe-set={x}" for x in cfg["recipe_overrides"]])
 
 
-def test_continual_and_audit_benchmarks_run_on_the_demo_world(demo_run: tuple[Path, Path], tmp_path: Path) -> None:
+def test_continual_and_audit_benchmarks_run_on_the_demo_world(demo_run: tuple[Path, Path], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
@@ -223,6 +224,11 @@ def test_continual_and_audit_benchmarks_run_on_the_demo_world(demo_run: tuple[Pa
     runs = json.loads((tmp_path / "own.results.json").read_text())["runs"]
     assert {r["config"]["lambda_d"] for r in runs if r["method"] == "cvf_ncu"} == {40.0}
     assert {r["config"]["max_steps"] for r in runs if r["method"] == "cvf_ncu"} == {2}  # --train-set still counts
+    with monkeypatch.context() as m:  # a mistyped option is refused before the vanilla model is even looked for
+        m.setattr(continual, "vanilla_model", lambda *a: pytest.fail("the vanilla model was reached"))
+        with pytest.raises(ConfigError, match="lamda_d"):
+            continual.main([*_bench_args(demo_run[1], tmp_path / "typo.json"), "--methods", "cvf_ncu",
+                            "--train-set", "lamda_d=40"])
     a = audits.main([*_bench_args(demo_run[1], tmp_path / "a.json"), "--methods", "cvf_ncu,graddiff",
                      "--attack-set", "relearn_steps=1", "--attack-set", "pgd_steps=1", "--attack-set", "max_items=2",
                      "--attack-set", "probe_steps=10", "--attack-set", "quant_max_items=4", "--attack-set",

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import yaml
 from PIL import Image
 
 from unsee import api
+from unsee import forget as forget_module
 from unsee.cli import main
 from unsee.data.mllmu import load_mllmu
 from unsee.data.request import (
@@ -28,6 +30,7 @@ from unsee.data.request_example import write_world_request
 from unsee.engine.trainer import unique_images
 from unsee.eval.results import load_results
 from unsee.forget import hashed, names_needed_by
+from unsee.resume import partial_dir
 
 FAST = ["max_steps=2"]
 FAST_AUDIT = ["relearn_steps=2", "pgd_steps=1", "probe_steps=5", "probe_blocks=false", "max_items=4"]
@@ -246,7 +249,8 @@ def test_unlearn_takes_a_request_file(model_dir: Path, example: Path, tmp_path: 
 
 
 @pytest.mark.slow
-def test_requests_in_order_are_a_continual_run(model_dir: Path, example: Path, tmp_path: Path) -> None:
+def test_requests_in_order_are_a_continual_run(model_dir: Path, example: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     body = yaml.safe_load(example.read_text())
     folder = example.parent
     first, second, *rest = body["retain"]
@@ -263,6 +267,26 @@ def test_requests_in_order_are_a_continual_run(model_dir: Path, example: Path, t
     assert "forget_r1" in runs[2]["metrics"] and "forget_r1" not in runs[1]["metrics"]
     card = (out / "model" / "README.md").read_text()
     assert body["forget"][0]["name"] in card and first["name"] in card
+
+    # stopped at the second request, the first is kept, and the same command goes on from there
+    real, calls = forget_module.unlearn_and_save, []
+
+    def second_stops(*args: Any, **kw: Any) -> Any:
+        calls.append(args[2])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(forget_module, "unlearn_and_save", second_stops)
+    again = tmp_path / "again"
+    with pytest.raises(KeyboardInterrupt) as stop:
+        api.forget(model_dir, None, again, requests=files, overrides=FAST, audit=False, max_gen_items=1)
+    assert any("request 1 is kept in" in n and "goes on from request 2" in n for n in stop.value.__notes__)
+    assert not again.exists() and (partial_dir(again) / "state.json").is_file()
+    calls.clear()
+    api.forget(model_dir, None, again, requests=files, overrides=FAST, audit=False, max_gen_items=1)
+    assert len(calls) == 1 and not partial_dir(again).exists()
+    assert [r["metrics"] for r in load_results(again / "results.json")["runs"]] == [r["metrics"] for r in runs]
 
 
 def test_world_command_writes_the_example(tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ from unsee.models import shapes as _shapes
 from unsee.models import tiny as _tiny
 from unsee.provenance import CostMeter
 from unsee.report import REPORT_FILES, terminal_table, write_report
+from unsee.resume import Progress, run_parts
 from unsee.runs import (
     check_forget,
     check_images,
@@ -305,7 +306,9 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
     """Requests one after another; after each, the earlier forget sets are measured again.
 
     For ``cvf_ncu`` the covariance of the next request also holds the already-forgotten
-    targets as the updated model sees them, which keeps them forgotten.
+    targets as the updated model sees them, which keeps them forgotten. ``out`` is written
+    when the last request is done; until then the finished ones wait in ``OUT.partial``
+    (:mod:`unsee.resume`), and the same call goes on from the first request not done.
     """
 
     if not method_class(method).trains_weights:
@@ -314,25 +317,33 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
 
     eval_kw = dict(eval_kw or {})
     data = resolve(data, revision)  # once: every request's split comes from the same files
+    forget = {}  # each request's training turns: the run's identity, and the photos forgotten
     for req in requests:  # every request's data is checked before the first one trains
         suite = load_suite(data, req, retain_exclude=requests, seed=seed, benchmark=benchmark, neutral=neutral)
         check_forget(suite)
         check_neutral(suite, method, config, overrides)
         check_images(suite)
-    adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
-    runs: list[dict] = []
-    forgotten: list[Any] = []
+        forget[req] = qa_turns(suite.group("train_forget"))
+    check_output_dir(out, overwrite=overwrite)
+    progress = Progress.open(out, run_parts(method, config, overrides, seed=seed, model=model, revision=revision,
+                                            dtype=dtype, forget=forget, data=str(data), eval=eval_kw,
+                                            benchmark=benchmark, neutral=str(neutral)))
+    adapter = load_adapter(progress.model if progress.done else model, allow_pickle=allow_pickle, dtype=dtype)
+    runs: list[dict] = list(progress.runs)
+    # each photo once, however many questions it has (requests are disjoint people)
+    forgotten: list[Any] = [t.image for req in requests[:progress.done] for t in unique_images(forget[req])]
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        for i, req in enumerate(requests, 1):
+        for i, req in enumerate(requests[progress.done:], progress.done + 1):
             suite = load_suite(data, req, retain_exclude=requests, seed=seed, benchmark=benchmark, neutral=neutral)
             try:
                 with CostMeter() as meter:
                     res, resolved = unlearn_adapter(method, adapter, suite, config=config, overrides=overrides,
                                                     seed=seed, forgotten_images=forgotten)
             except TrainingError as e:  # say which request, after hours of the earlier ones
-                lost = ", and the earlier requests' results are not kept either" if i > 1 else ""
-                raise TrainingError(f"request {i} of {len(requests)} ({req}): {e} Nothing is written to "
-                                    f"{out}{lost}.") from e
+                raise TrainingError(f"request {i} of {len(requests)} ({req}): {e} {progress.note(out)}") from e
+            except BaseException as e:  # a kill or another error: what is kept, and how to go on
+                e.add_note(progress.note(out))
+                raise
             meter.record_model(None)
             found = evaluation(adapter, suite, **eval_kw)
             for j, earlier in enumerate(requests[:i], 1):
@@ -341,15 +352,17 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
                 found.metrics[f"forget_r{j}"] = again.metrics["forget"]
                 found.scoring[f"forget_r{j}"] = again.scoring["forget"]
                 found.samples += [{**r, "group": f"forget_r{j}"} for r in again.samples]
-            # each photo once, however many questions it has (requests are disjoint people)
-            forgotten += [t.image for t in unique_images(qa_turns(suite.group("train_forget")))]
+            forgotten += [t.image for t in unique_images(forget[req])]
             runs.append(make_run(method, found, model=model_name(model), suite=suite, forget=req, seed=seed,
                                  request=i, config=resolved, info=jsonable(res.info),
                                  cost={**meter.cost(), "trainable_params": res.trainable_params,
                                        "optimizer_state_bytes": res.optimizer_state_bytes}))
             runs[-1]["history"] = res.history
+            if i < len(requests):
+                progress.save(i, adapter, model_name(model), jsonable(runs))
         save_model(adapter, tmp / "model", model_name(model))
         write_results(tmp / "results.json", new_results(runs))
+    progress.remove()
     return out
 
 

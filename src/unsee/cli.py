@@ -239,7 +239,9 @@ def parser(method_help: str | None = None) -> argparse.ArgumentParser:
     u = _command(sub, "unlearn", "run an unlearning method", _unlearn, required=["method", "model", "data", "out"],
                  overrides=True)
     u.add_argument("--forget", default="forget_10", help="the forget split (ignored when --data is a request file)")
-    u.add_argument("--requests", default=None, help="continual: forget_r1,forget_r2,... or a file listing them")
+    u.add_argument("--requests", default=None,
+                   help="continual: forget_r1,forget_r2,... or a file listing them; finished requests wait in "
+                   "OUT.partial, and the same command goes on after a failure")
     u.add_argument("--config", default=None)
     _load_options(u)
     _data_options(u)
@@ -261,7 +263,8 @@ def parser(method_help: str | None = None) -> argparse.ArgumentParser:
                   required=["model", "out"], overrides=True)
     which_req = fg.add_mutually_exclusive_group(required=True)
     which_req.add_argument("--request", help="the request file (YAML or JSON; docs/requests.md)")
-    which_req.add_argument("--requests", help="several request files, run in this order (continual): A,B,...")
+    which_req.add_argument("--requests", help="several request files, run in this order (continual): A,B,...; finished "
+                           "requests wait in OUT.partial, and the same command goes on after a failure")
     fg.add_argument("--method", default="cvf_ncu")
     fg.add_argument("--config", default=None)
     fg.add_argument("--hide-names", action="store_true",

@@ -31,10 +31,12 @@ from unsee.io import atomic_dir, atomic_write_json, atomic_write_text, check_out
 from unsee.models import load_adapter
 from unsee.report.card import model_card
 from unsee.report.evidence import Shown, write_evidence
+from unsee.resume import Progress, run_parts
 from unsee.runs import (
     check_forget,
     check_images,
     evaluate_adapter,
+    jsonable,
     make_run,
     method_configs,
     model_name,
@@ -134,6 +136,13 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
     label = "+".join(r.label for r in reqs)
     eval_kw = {"groups": EVAL_GROUPS, "max_gen_items": max_gen_items}
 
+    progress = None
+    if len(reqs) > 1:  # a continual run keeps its finished requests until it lands
+        turns = {str(r.path): qa_turns(s.group("train_forget")) for r, s in zip(reqs, suites, strict=True)}
+        progress = Progress.open(out, run_parts(
+            method, config, overrides, seed=seed, model=model, revision=None, dtype=dtype, forget=turns,
+            eval=eval_kw, audit=[audit, audit_kinds, audit_overrides]))
+
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
     name, base_hash = model_name(model), adapter.fingerprint()
     first = suites[0]
@@ -143,24 +152,39 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
     before = _answers(adapter, shown, None)
     runs: list[dict] = [vanilla]
     forgotten: list[Any] = []
+    if progress is not None and progress.done:
+        del adapter  # one model in memory at a time
+        adapter = load_adapter(progress.model, allow_pickle=allow_pickle, dtype=dtype)
+        runs = list(progress.runs)
+        forgotten = [t.image for key in list(turns)[:progress.done] for t in unique_images(turns[key])]
     with atomic_dir(out, overwrite=overwrite) as tmp:
         artifact: Any = None
         for i, (req, suite) in enumerate(zip(reqs, suites, strict=True), 1):
+            if progress is not None and i <= progress.done:
+                continue
             last = i == len(reqs)
-            run, artifact = unlearn_and_save(
-                method, adapter, suite, steering_dir=tmp, model_dir=tmp / "model", model=name,
-                base_model=str(model), base_hash=base_hash, forget=label, seed=seed, config=config,
-                overrides=overrides, vanilla=vanilla, eval_kw=eval_kw, audit=audit and last,
-                audit_overrides=audit_overrides, audit_kinds=audit_kinds, forgotten_images=forgotten, save=False)
+            try:
+                run, artifact = unlearn_and_save(
+                    method, adapter, suite, steering_dir=tmp, model_dir=tmp / "model", model=name,
+                    base_model=str(model), base_hash=base_hash, forget=label, seed=seed, config=config,
+                    overrides=overrides, vanilla=vanilla, eval_kw=eval_kw, audit=audit and last,
+                    audit_overrides=audit_overrides, audit_kinds=audit_kinds, forgotten_images=forgotten,
+                    save=False)
+            except BaseException as e:  # what is kept, and how to go on
+                if progress is not None:
+                    e.add_note(f"request {i} of {len(reqs)} ({req.path}): {progress.note(out)}")
+                raise
             run["request"] = i
             run["request_file"] = str(req.path)
             for j, earlier in enumerate(suites[: i - 1], 1):
                 again = evaluate_adapter(adapter, earlier, artifact=artifact,
                                              **{**eval_kw, "groups": ("forget",), "generation": False})
                 run["metrics"][f"forget_r{j}"] = again["forget"]
-            if len(reqs) > 1:
-                forgotten += [t.image for t in unique_images(qa_turns(suite.group("train_forget")))]
+            if progress is not None:
+                forgotten += [t.image for t in unique_images(turns[str(req.path)])]
             runs.append(run)
+            if progress is not None and not last:
+                progress.save(i, adapter, name, jsonable(runs))
         final = runs[-1]
         after = _answers(adapter, shown, artifact)
         names = [p.name for r in reqs for p in r.forget]
@@ -186,4 +210,6 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
         atomic_write_json(tmp / "forget.json", {"requests": [str(f) for f in files], "method": method, "seed": seed,
                                                 "model": str(model), "cost": {**cost, "total_wall_s": round(
                                                     time.perf_counter() - start, 2)}})
+    if progress is not None:
+        progress.remove()
     return out

@@ -166,6 +166,13 @@ def _digest(obj: Any, h: Any) -> None:
         h.update(f"{type(obj).__name__}:{obj!s};".encode())
 
 
+def content_key(obj: Any) -> str:
+    """A short hash of ``obj``'s content (configs, images, tensors), stable across processes and runs."""
+    h = hashlib.sha256()
+    _digest(obj, h)
+    return h.hexdigest()[:16]
+
+
 def checkpoint_key(options: Mapping[str, Any], method: str, method_config: Any, turns: Mapping[str, list],
                    model: str, params: Mapping[str, torch.Tensor]) -> str:
     """What a checkpoint belongs to: the options that change the numbers, the method and its

@@ -55,6 +55,12 @@ class Unlearner(Protocol):
     def unlearn(self, adapter: Adapter, suite: Suite, cfg: Any) -> Artifact: ...
 
 
+def merge_lora(adapter: Adapter) -> None:
+    """Fold a LoRA run's adapters into the weights, in place, so the model saves and loads without peft."""
+    if hasattr(adapter.model, "merge_and_unload"):
+        adapter.model = adapter.model.merge_and_unload()
+
+
 @dataclass
 class WeightsArtifact:
     """The adapter's model was changed in place: nothing to apply, and ``save`` writes the checkpoint.
@@ -91,10 +97,8 @@ class WeightsArtifact:
 
         if self.adapter is None:
             raise ModelError("this weights artifact holds no model to save")
-        adapter = self.adapter
-        if hasattr(adapter.model, "merge_and_unload"):
-            adapter.model = adapter.model.merge_and_unload()
-        adapter.save(out)
+        merge_lora(self.adapter)
+        self.adapter.save(out)
         atomic_write_json(Path(out) / "unsee.json", {"arch": self.arch})
 
 

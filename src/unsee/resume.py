@@ -1,0 +1,111 @@
+"""A continual run's finished requests, kept beside its output until the whole run lands.
+
+A continual run takes one training per request, hours on a real model, and its output is
+written atomically. Without this, a failure (or a kill) at request k would lose the k - 1
+requests before it. After every request but the last, the model and the results so far go to
+``OUT.partial``; the same command finds them there and goes on from request k, with the same
+numbers as a run that never stopped. The folder is keyed by everything that changes the
+numbers, so another run (other options, requests, data or model) never picks it up.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unsee.config import to_dict
+from unsee.engine.checkpoint import content_key
+from unsee.engine.trainer import UNKEYED
+from unsee.errors import ConfigError, DataError, OutputExistsError
+from unsee.io import atomic_dir, atomic_write_json
+from unsee.methods.artifact import merge_lora
+from unsee.models.base import model_fingerprint
+from unsee.runs import is_main_process, method_configs, save_model
+
+STATE = "state.json"
+
+
+def partial_dir(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(f"{out.name}.partial")
+
+
+def model_identity(model: str | Path, revision: str | None = None) -> str:
+    """What the starting weights are: a local folder's fingerprint, or a hub id and revision."""
+    path = Path(model)
+    return model_fingerprint(path) if path.is_dir() else f"{model}@{revision or 'main'}"
+
+
+def run_parts(method: str, config: Any, overrides: Any, *, seed: int, model: str | Path, revision: str | None,
+              dtype: str | None, forget: Mapping[str, list[Any]], **extra: Any) -> dict[str, Any]:
+    """Everything a continual run's numbers depend on: the method's resolved options (progress bars
+    and checkpoint folders aside), the seed, the starting weights and each request's training
+    photos and answers (``forget``: each request's training turns, in order); ``extra`` for the
+    driver's own (the data's path, evaluation options)."""
+    tcfg, mcfg, _ = method_configs(method, config, overrides)
+    options = {k: v for k, v in {**to_dict(tcfg), **to_dict(mcfg)}.items() if k not in UNKEYED}
+    requests = [(name, [(t.image, t.prompt, t.answer) for t in turns])
+                for name, turns in forget.items()]  # a list: the order of the requests counts
+    return {"method": method, "options": options, "seed": seed, "model": model_identity(model, revision),
+            "dtype": dtype, "requests": requests, **extra}
+
+
+@dataclass
+class Progress:
+    """The requests of a continual run done so far (``done``), and their runs."""
+
+    path: Path
+    key: str
+    done: int = 0
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, out: str | Path, parts: Mapping[str, Any]) -> Progress:
+        """The progress of the run that ``parts`` describe, or a fresh one; a folder that belongs
+        to another run, or to nothing of ours, is refused rather than replaced."""
+        path, key = partial_dir(out), content_key(dict(parts))
+        if not path.exists():
+            return cls(path, key)
+        state = path / STATE
+        if not path.is_dir() or not state.is_file():
+            raise OutputExistsError(f"{path} is in the way: a continual run keeps its finished requests there; "
+                                    "move or remove it")
+        try:
+            saved = json.loads(state.read_text())
+            done, runs, saved_key = int(saved["done"]), list(saved["runs"]), saved["key"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{state} cannot be read ({e}); remove {path} to start the run again") from None
+        if saved_key != key:
+            raise ConfigError(f"{path} holds the finished requests of another continual run (other options, "
+                              "requests, data or model); finish that run with its own command, or remove the "
+                              "folder to start this one")
+        return cls(path, key, done, runs)
+
+    @property
+    def model(self) -> Path:
+        return self.path / "model"
+
+    def save(self, done: int, adapter: Any, arch: str, runs: list[dict[str, Any]]) -> None:
+        """Keep the model after request ``done`` and the runs so far, replacing the previous ones whole
+        (the first process writes; under a launch every process merges, so all hold the same weights)."""
+        merge_lora(adapter)
+        if is_main_process():
+            with atomic_dir(self.path, overwrite=True) as tmp:
+                save_model(adapter, tmp / "model", arch)
+                atomic_write_json(tmp / STATE, {"key": self.key, "done": done, "runs": runs})
+        self.done, self.runs = done, list(runs)
+
+    def note(self, out: str | Path) -> str:
+        """What a failed run leaves, for its error message."""
+        if not self.done:
+            return f"Nothing is written to {out}."
+        kept = "request 1 is" if self.done == 1 else f"requests 1-{self.done} are"
+        return (f"Nothing is written to {out}; {kept} kept in {self.path}, and the same command goes on from "
+                f"request {self.done + 1}.")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
