@@ -118,3 +118,14 @@ def test_a_request_that_fails_to_train_is_named_and_nothing_is_written(model_dir
     with pytest.raises(TrainingError, match=r"request 1 of 2 \(forget_r1\): .*not finite.* Nothing is written"):
         run_continual(model_dir, world, tmp_path / "c", overrides=[*STEPS, "redistil_steps=3", "redistil_lr=1e30"])
     assert not (tmp_path / "c").exists() and not partial_dir(tmp_path / "c").exists()
+
+
+def test_a_failure_after_the_training_names_its_request_too(model_dir: Path, world: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kw: Any) -> Any:
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(api, "evaluation", broken)
+    with pytest.raises(OSError, match="No space left") as failed:
+        run_continual(model_dir, world, tmp_path / "c")
+    assert failed.value.__notes__ == [f"request 1 of 2 (forget_r1): Nothing is written to {tmp_path / 'c'}."]

@@ -31,7 +31,7 @@ from unsee.data.request import is_request_file
 from unsee.data.request_example import write_world_request
 from unsee.demo import run_demo
 from unsee.engine.trainer import unique_images
-from unsee.errors import DataError, OutputExistsError, TrainingError
+from unsee.errors import DataError, OutputExistsError
 from unsee.eval.results import load_results, new_results, seed_summary, strip_samples, strip_samples_all, write_results
 from unsee.finetune_bench import RECIPES, finetune_benchmark, retrain_benchmark
 from unsee.forget import forget as run_forget
@@ -334,32 +334,28 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
     forgotten: list[Any] = [t.image for req in requests[:progress.done] for t in unique_images(forget[req])]
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for i, req in enumerate(requests[progress.done:], progress.done + 1):
-            suite = load_suite(data, req, retain_exclude=requests, seed=seed, benchmark=benchmark, neutral=neutral)
-            try:
+            with progress.request(i, len(requests), req, out):
+                suite = load_suite(data, req, retain_exclude=requests, seed=seed, benchmark=benchmark,
+                                   neutral=neutral)
                 with CostMeter() as meter:
                     res, resolved = unlearn_adapter(method, adapter, suite, config=config, overrides=overrides,
                                                     seed=seed, forgotten_images=forgotten)
-            except TrainingError as e:  # say which request, after hours of the earlier ones
-                raise TrainingError(f"request {i} of {len(requests)} ({req}): {e} {progress.note(out)}") from e
-            except BaseException as e:  # a kill or another error: what is kept, and how to go on
-                e.add_note(progress.note(out))
-                raise
-            meter.record_model(None)
-            found = evaluation(adapter, suite, **eval_kw)
-            for j, earlier in enumerate(requests[:i], 1):
-                s_j = load_suite(data, earlier, retain_exclude=requests, seed=seed, benchmark=benchmark)
-                again = evaluation(adapter, s_j, **{**eval_kw, "groups": ("forget",), "generation": False})
-                found.metrics[f"forget_r{j}"] = again.metrics["forget"]
-                found.scoring[f"forget_r{j}"] = again.scoring["forget"]
-                found.samples += [{**r, "group": f"forget_r{j}"} for r in again.samples]
-            forgotten += [t.image for t in unique_images(forget[req])]
-            runs.append(make_run(method, found, model=model_name(model), suite=suite, forget=req, seed=seed,
-                                 request=i, config=resolved, info=jsonable(res.info),
-                                 cost={**meter.cost(), "trainable_params": res.trainable_params,
-                                       "optimizer_state_bytes": res.optimizer_state_bytes}))
-            runs[-1]["history"] = res.history
-            if i < len(requests):
-                progress.save(i, adapter, model_name(model), jsonable(runs))
+                meter.record_model(None)
+                found = evaluation(adapter, suite, **eval_kw)
+                for j, earlier in enumerate(requests[:i], 1):
+                    s_j = load_suite(data, earlier, retain_exclude=requests, seed=seed, benchmark=benchmark)
+                    again = evaluation(adapter, s_j, **{**eval_kw, "groups": ("forget",), "generation": False})
+                    found.metrics[f"forget_r{j}"] = again.metrics["forget"]
+                    found.scoring[f"forget_r{j}"] = again.scoring["forget"]
+                    found.samples += [{**r, "group": f"forget_r{j}"} for r in again.samples]
+                forgotten += [t.image for t in unique_images(forget[req])]
+                runs.append(make_run(method, found, model=model_name(model), suite=suite, forget=req, seed=seed,
+                                     request=i, config=resolved, info=jsonable(res.info),
+                                     cost={**meter.cost(), "trainable_params": res.trainable_params,
+                                           "optimizer_state_bytes": res.optimizer_state_bytes}))
+                runs[-1]["history"] = res.history
+                if i < len(requests):
+                    progress.save(i, adapter, model_name(model), jsonable(runs))
         save_model(adapter, tmp / "model", model_name(model))
         write_results(tmp / "results.json", new_results(runs))
     progress.remove()

@@ -15,6 +15,7 @@ import hashlib
 import secrets
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +104,6 @@ def _shown_items(suite: Suite, n_retained: int, seed: int) -> list[Example]:
 
 def _answers(adapter: Any, items: Sequence[Example], artifact: Any = None) -> list[str]:
     """What the model says, as deployed: with the unlearning's artifact applied."""
-    from contextlib import nullcontext
-
     with nullcontext() if artifact is None else artifact.applied(adapter):
         return answers(adapter, items)
 
@@ -163,28 +162,24 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
             if progress is not None and i <= progress.done:
                 continue
             last = i == len(reqs)
-            try:
+            with nullcontext() if progress is None else progress.request(i, len(reqs), str(req.path), out):
                 run, artifact = unlearn_and_save(
                     method, adapter, suite, steering_dir=tmp, model_dir=tmp / "model", model=name,
                     base_model=str(model), base_hash=base_hash, forget=label, seed=seed, config=config,
                     overrides=overrides, vanilla=vanilla, eval_kw=eval_kw, audit=audit and last,
                     audit_overrides=audit_overrides, audit_kinds=audit_kinds, forgotten_images=forgotten,
                     save=False)
-            except BaseException as e:  # what is kept, and how to go on
-                if progress is not None:
-                    e.add_note(f"request {i} of {len(reqs)} ({req.path}): {progress.note(out)}")
-                raise
-            run["request"] = i
-            run["request_file"] = str(req.path)
-            for j, earlier in enumerate(suites[: i - 1], 1):
-                again = evaluate_adapter(adapter, earlier, artifact=artifact,
+                run["request"] = i
+                run["request_file"] = str(req.path)
+                for j, earlier in enumerate(suites[: i - 1], 1):
+                    again = evaluate_adapter(adapter, earlier, artifact=artifact,
                                              **{**eval_kw, "groups": ("forget",), "generation": False})
-                run["metrics"][f"forget_r{j}"] = again["forget"]
-            if progress is not None:
-                forgotten += [t.image for t in unique_images(turns[str(req.path)])]
-            runs.append(run)
-            if progress is not None and not last:
-                progress.save(i, adapter, name, jsonable(runs))
+                    run["metrics"][f"forget_r{j}"] = again["forget"]
+                if progress is not None:
+                    forgotten += [t.image for t in unique_images(turns[str(req.path)])]
+                runs.append(run)
+                if progress is not None and not last:
+                    progress.save(i, adapter, name, jsonable(runs))
         final = runs[-1]
         after = _answers(adapter, shown, artifact)
         names = [p.name for r in reqs for p in r.forget]

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from unsee.config import to_dict
 from unsee.engine.checkpoint import content_key
 from unsee.engine.trainer import UNKEYED
-from unsee.errors import ConfigError, DataError, OutputExistsError
+from unsee.errors import ConfigError, DataError, OutputExistsError, TrainingError
 from unsee.io import atomic_dir, atomic_write_json
 from unsee.methods.artifact import merge_lora
 from unsee.models.base import model_fingerprint
@@ -106,6 +107,18 @@ class Progress:
         kept = "request 1 is" if self.done == 1 else f"requests 1-{self.done} are"
         return (f"Nothing is written to {out}; {kept} kept in {self.path}, and the same command goes on from "
                 f"request {self.done + 1}.")
+
+    @contextmanager
+    def request(self, i: int, n: int, name: str, out: str | Path) -> Iterator[None]:
+        """The work of request ``i`` of ``n``: whatever fails in it (a training error, a kill) names
+        the request and says what is kept and how to go on."""
+        try:
+            yield
+        except TrainingError as e:
+            raise TrainingError(f"request {i} of {n} ({name}): {e} {self.note(out)}") from e
+        except BaseException as e:
+            e.add_note(f"request {i} of {n} ({name}): {self.note(out)}")
+            raise
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
