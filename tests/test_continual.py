@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from unsee import api
 from unsee.audit.attacks import pooled_features
+from unsee.cli import main
 from unsee.data.collate import qa_turns
 from unsee.engine.trainer import unique_images
 from unsee.errors import ConfigError, OutputExistsError, TrainingError
@@ -129,3 +130,23 @@ def test_a_failure_after_the_training_names_its_request_too(model_dir: Path, wor
     with pytest.raises(OSError, match="No space left") as failed:
         run_continual(model_dir, world, tmp_path / "c")
     assert failed.value.__notes__ == [f"request 1 of 2 (forget_r1): Nothing is written to {tmp_path / 'c'}."]
+
+
+def test_a_continual_command_stopped_by_hand_says_what_it_keeps(model_dir: Path, world: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    real, calls = api.unlearn_adapter, []
+
+    def ctrl_c_at_the_second(*args: Any, **kw: Any) -> Any:
+        calls.append(args[2])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(api, "unlearn_adapter", ctrl_c_at_the_second)
+    out = tmp_path / "c"
+    assert main(["unlearn", "--method", "cvf_ncu", "--model", str(model_dir), "--data", str(world), "--out", str(out),
+                 "--requests", "forget_r1,forget_r2", "--max-items", "4", *STEPS]) == 130
+    err = capsys.readouterr().err
+    assert f"request 1 is kept in {partial_dir(out)}, and the same command goes on from request 2" in err
+    assert "nothing was written" not in err and not out.exists()

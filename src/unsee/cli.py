@@ -337,7 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"unsee: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        kept = [*getattr(e, "__notes__", []), INTERRUPTED.get(args.command, NOTHING_WRITTEN)]
+        # the notes of the work that was stopped say what it keeps; without any, the command's own line
+        kept = [n.rstrip(".") for n in getattr(e, "__notes__", [])] or [INTERRUPTED.get(args.command, NOTHING_WRITTEN)]
         print(f"unsee: interrupted; {'; '.join(kept)}", file=sys.stderr)
         return 130
     return 0
