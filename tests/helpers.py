@@ -1,4 +1,5 @@
-"""Helpers several test files share: ``accelerate launch`` and its workers, a hash of a model's weights.
+"""Helpers several test files share: ``accelerate launch`` and its workers, a hash of a model's weights,
+a run stopped part-way.
 
 Every multi-process test starts its processes the same way (one thread each, this
 checkout's ``src`` first), and every "did the weights change?" check hashes them alike.
@@ -12,6 +13,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -50,3 +52,16 @@ def weights_hash(adapter: object) -> str:
         h.update(name.encode())
         h.update(p.detach().float().numpy().tobytes())
     return h.hexdigest()
+
+
+def stopping_at(real: Callable[..., Any], call: int, error: BaseException, seen: list[Any]) -> Callable[..., Any]:
+    """``real``, with each call's request (its third argument) appended to ``seen``, that raises
+    ``error`` at call number ``call`` instead: a continual run stopped part-way, at a chosen request."""
+
+    def wrapped(*args: Any, **kw: Any) -> Any:
+        seen.append(args[2])
+        if len(seen) == call:
+            raise error
+        return real(*args, **kw)
+
+    return wrapped

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import stopping_at
 from safetensors.torch import load_file
 
 from unsee import api
@@ -76,15 +77,9 @@ def test_continual_driver_measures_every_earlier_request(straight: Path) -> None
 
 def test_a_stopped_run_goes_on_from_its_last_finished_request_with_the_same_numbers(
         straight: Path, model_dir: Path, world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real, calls = api.unlearn_adapter, []
-
-    def second_fails(*args: Any, **kw: Any) -> Any:
-        calls.append(args[2])
-        if len(calls) == 2:
-            raise TrainingError("the loss is not finite.")
-        return real(*args, **kw)
-
-    monkeypatch.setattr(api, "unlearn_adapter", second_fails)
+    calls: list[Any] = []
+    monkeypatch.setattr(api, "unlearn_adapter", stopping_at(api.unlearn_adapter, 2,
+                                                            TrainingError("the loss is not finite."), calls))
     out = tmp_path / "c"
     with pytest.raises(TrainingError, match=r"request 2 of 2 \(forget_r2\): .*request 1 is kept in .*c\.partial, "
                        r"and the same command goes on from request 2"):
@@ -135,15 +130,7 @@ def test_a_failure_after_the_training_names_its_request_too(model_dir: Path, wor
 def test_a_continual_command_stopped_by_hand_says_what_it_keeps(model_dir: Path, world: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    real, calls = api.unlearn_adapter, []
-
-    def ctrl_c_at_the_second(*args: Any, **kw: Any) -> Any:
-        calls.append(args[2])
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kw)
-
-    monkeypatch.setattr(api, "unlearn_adapter", ctrl_c_at_the_second)
+    monkeypatch.setattr(api, "unlearn_adapter", stopping_at(api.unlearn_adapter, 2, KeyboardInterrupt(), []))
     out = tmp_path / "c"
     assert main(["unlearn", "--method", "cvf_ncu", "--model", str(model_dir), "--data", str(world), "--out", str(out),
                  "--requests", "forget_r1,forget_r2", "--max-items", "4", *STEPS]) == 130

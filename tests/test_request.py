@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from helpers import stopping_at
 from PIL import Image
 
 from unsee import api
@@ -269,15 +270,9 @@ def test_requests_in_order_are_a_continual_run(model_dir: Path, example: Path, t
     assert body["forget"][0]["name"] in card and first["name"] in card
 
     # stopped at the second request, the first is kept, and the same command goes on from there
-    real, calls = forget_module.unlearn_and_save, []
-
-    def second_stops(*args: Any, **kw: Any) -> Any:
-        calls.append(args[2])
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kw)
-
-    monkeypatch.setattr(forget_module, "unlearn_and_save", second_stops)
+    calls: list[Any] = []
+    monkeypatch.setattr(forget_module, "unlearn_and_save",
+                        stopping_at(forget_module.unlearn_and_save, 2, KeyboardInterrupt(), calls))
     again = tmp_path / "again"
     with pytest.raises(KeyboardInterrupt) as stop:
         api.forget(model_dir, None, again, requests=files, overrides=FAST, audit=False, max_gen_items=1)
