@@ -8,6 +8,7 @@ the earlier images in the covariance, and move them more without.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,12 @@ from unsee import api
 from unsee.audit.attacks import pooled_features
 from unsee.cli import main
 from unsee.data.collate import qa_turns
+from unsee.engine.checkpoint import content_key
 from unsee.engine.trainer import unique_images
 from unsee.errors import ConfigError, OutputExistsError, TrainingError
 from unsee.eval.results import load_results
 from unsee.models import load_adapter
-from unsee.resume import partial_dir
+from unsee.resume import Progress, partial_dir
 
 STEPS = ["max_steps=4", "batch_size=4", "lr=3e-3", "progress=false", "ncu_images=64", "augment=0"]
 
@@ -137,3 +139,18 @@ def test_a_continual_command_stopped_by_hand_says_what_it_keeps(model_dir: Path,
     err = capsys.readouterr().err
     assert f"request 1 is kept in {partial_dir(out)}, and the same command goes on from request 2" in err
     assert "nothing was written" not in err and not out.exists()
+
+
+def test_a_run_resumed_with_another_thread_count_goes_on_and_says_so(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    parts = {"method": "cvf_ncu", "seed": 0}
+    mine = partial_dir(tmp_path / "c")
+    mine.mkdir()
+    state = {"key": content_key(parts), "done": 1, "threads": torch.get_num_threads() + 3, "runs": [{"request": 1}]}
+    (mine / "state.json").write_text(json.dumps(state))
+    progress = Progress.open(tmp_path / "c", parts)
+    assert progress.done == 1 and progress.runs == [{"request": 1}]
+    assert f"written with {torch.get_num_threads() + 3} threads" in capsys.readouterr().err
+    (mine / "state.json").write_text(json.dumps({**state, "threads": torch.get_num_threads()}))
+    Progress.open(tmp_path / "c", parts)
+    assert capsys.readouterr().err == ""

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from unsee.config import to_dict
 from unsee.engine.checkpoint import content_key
@@ -84,6 +87,10 @@ class Progress:
             raise ConfigError(f"{path} holds the finished requests of another continual run (other options, "
                               "requests, data or model); finish that run with its own command, or remove the "
                               "folder to start this one")
+        threads = saved.get("threads")
+        if threads != torch.get_num_threads():  # a CPU's sums depend on it: said, not refused
+            print(f"unsee: {path} was written with {threads} threads and this run has {torch.get_num_threads()}; "
+                  "it goes on, but its numbers will not match an uninterrupted run's to the digit", file=sys.stderr)
         return cls(path, key, done, runs)
 
     @property
@@ -97,7 +104,8 @@ class Progress:
         if is_main_process():
             with atomic_dir(self.path, overwrite=True) as tmp:
                 save_model(adapter, tmp / "model", arch)
-                atomic_write_json(tmp / STATE, {"key": self.key, "done": done, "runs": runs})
+                atomic_write_json(tmp / STATE, {"key": self.key, "done": done, "threads": torch.get_num_threads(),
+                                                "runs": runs})
         self.done, self.runs = done, list(runs)
 
     def note(self, out: str | Path) -> str:
