@@ -30,7 +30,6 @@ from unsee.data.detect import benchmark_of, resolve
 from unsee.data.request import is_request_file
 from unsee.data.request_example import write_world_request
 from unsee.demo import run_demo
-from unsee.engine.trainer import unique_images
 from unsee.errors import DataError, OutputExistsError
 from unsee.eval.results import load_results, new_results, seed_summary, strip_samples, strip_samples_all, write_results
 from unsee.finetune_bench import RECIPES, finetune_benchmark, retrain_benchmark
@@ -50,7 +49,7 @@ from unsee.models import shapes as _shapes
 from unsee.models import tiny as _tiny
 from unsee.provenance import CostMeter
 from unsee.report import REPORT_FILES, terminal_table, write_report
-from unsee.resume import Progress, run_parts
+from unsee.resume import Progress, photos_before, run_parts
 from unsee.runs import (
     check_forget,
     check_images,
@@ -330,8 +329,6 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
                                             benchmark=benchmark, neutral=str(neutral)))
     adapter = load_adapter(progress.model if progress.done else model, allow_pickle=allow_pickle, dtype=dtype)
     runs: list[dict] = list(progress.runs)
-    # each photo once, however many questions it has (requests are disjoint people)
-    forgotten: list[Any] = [t.image for req in requests[:progress.done] for t in unique_images(forget[req])]
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for i, req in enumerate(requests[progress.done:], progress.done + 1):
             with progress.request(i, len(requests), req, out):
@@ -339,7 +336,7 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
                                    neutral=neutral)
                 with CostMeter() as meter:
                     res, resolved = unlearn_adapter(method, adapter, suite, config=config, overrides=overrides,
-                                                    seed=seed, forgotten_images=forgotten)
+                                                    seed=seed, forgotten_images=photos_before(forget, i))
                 meter.record_model(None)
                 found = evaluation(adapter, suite, **eval_kw)
                 for j, earlier in enumerate(requests[:i], 1):
@@ -348,7 +345,6 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
                     found.metrics[f"forget_r{j}"] = again.metrics["forget"]
                     found.scoring[f"forget_r{j}"] = again.scoring["forget"]
                     found.samples += [{**r, "group": f"forget_r{j}"} for r in again.samples]
-                forgotten += [t.image for t in unique_images(forget[req])]
                 runs.append(make_run(method, found, model=model_name(model), suite=suite, forget=req, seed=seed,
                                      request=i, config=resolved, info=jsonable(res.info),
                                      cost={**meter.cost(), "trainable_params": res.trainable_params,

@@ -24,7 +24,6 @@ import numpy as np
 from unsee.data.collate import qa_turns
 from unsee.data.request import Request, RequestError, check_sequence, load_request, request_suite
 from unsee.data.schema import METRIC_GROUPS, Example, Suite
-from unsee.engine.trainer import unique_images
 from unsee.errors import ConfigError, DataError
 from unsee.eval.evaluator import answers
 from unsee.eval.results import new_results, write_results
@@ -32,7 +31,7 @@ from unsee.io import atomic_dir, atomic_write_json, atomic_write_text, check_out
 from unsee.models import load_adapter
 from unsee.report.card import model_card
 from unsee.report.evidence import Shown, write_evidence
-from unsee.resume import Progress, run_parts
+from unsee.resume import Progress, photos_before, run_parts
 from unsee.runs import (
     check_forget,
     check_images,
@@ -150,12 +149,10 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
     shown = _shown_items(first, retained_shown, seed)
     before = _answers(adapter, shown, None)
     runs: list[dict] = [vanilla]
-    forgotten: list[Any] = []
     if progress is not None and progress.done:
         del adapter  # one model in memory at a time
         adapter = load_adapter(progress.model, allow_pickle=allow_pickle, dtype=dtype)
         runs = list(progress.runs)
-        forgotten = [t.image for key in list(turns)[:progress.done] for t in unique_images(turns[key])]
     with atomic_dir(out, overwrite=overwrite) as tmp:
         artifact: Any = None
         for i, (req, suite) in enumerate(zip(reqs, suites, strict=True), 1):
@@ -167,7 +164,8 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
                     method, adapter, suite, steering_dir=tmp, model_dir=tmp / "model", model=name,
                     base_model=str(model), base_hash=base_hash, forget=label, seed=seed, config=config,
                     overrides=overrides, vanilla=vanilla, eval_kw=eval_kw, audit=audit and last,
-                    audit_overrides=audit_overrides, audit_kinds=audit_kinds, forgotten_images=forgotten,
+                    audit_overrides=audit_overrides, audit_kinds=audit_kinds,
+                    forgotten_images=photos_before(turns, i) if progress is not None else [],
                     save=False)
                 run["request"] = i
                 run["request_file"] = str(req.path)
@@ -175,8 +173,6 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
                     again = evaluate_adapter(adapter, earlier, artifact=artifact,
                                              **{**eval_kw, "groups": ("forget",), "generation": False})
                     run["metrics"][f"forget_r{j}"] = again["forget"]
-                if progress is not None:
-                    forgotten += [t.image for t in unique_images(turns[str(req.path)])]
                 runs.append(run)
                 if progress is not None and not last:
                     progress.save(i, adapter, name, jsonable(runs))

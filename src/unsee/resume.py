@@ -23,7 +23,7 @@ import torch
 
 from unsee.config import to_dict
 from unsee.engine.checkpoint import content_key
-from unsee.engine.trainer import UNKEYED
+from unsee.engine.trainer import UNKEYED, unique_images
 from unsee.errors import ConfigError, DataError, OutputExistsError, TrainingError
 from unsee.io import atomic_dir, atomic_write_json
 from unsee.methods.artifact import merge_lora
@@ -56,6 +56,12 @@ def run_parts(method: str, config: Any, overrides: Any, *, seed: int, model: str
                 for name, turns in forget.items()]  # a list: the order of the requests counts
     return {"method": method, "options": options, "seed": seed, "model": model_identity(model, revision),
             "dtype": dtype, "requests": requests, **extra}
+
+
+def photos_before(forget: Mapping[str, list[Any]], i: int) -> list[Any]:
+    """The forget photos of the requests before request ``i`` (1-based), each once however many
+    questions it has: what the next request must keep forgotten (requests are disjoint people)."""
+    return [t.image for turns in list(forget.values())[: i - 1] for t in unique_images(turns)]
 
 
 @dataclass
