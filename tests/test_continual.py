@@ -93,8 +93,14 @@ def test_a_stopped_run_goes_on_from_its_last_finished_request_with_the_same_numb
     assert len(calls) == 2 and partial_dir(out).is_dir()
 
     calls.clear()
+    kept: list[list] = []  # what the resumed request is told to keep forgotten: request 1's photos, each once
+    stopping = api.unlearn_adapter
+    monkeypatch.setattr(api, "unlearn_adapter",
+                        lambda *a, **kw: kept.append(kw["forgotten_images"]) or stopping(*a, **kw))
     run_continual(model_dir, world, out)
     assert len(calls) == 1  # request 1 was not trained again
+    want_photos = request_images(world, "forget_r1")
+    assert [im.tobytes() for im in kept[0]] == [im.tobytes() for im in want_photos] and want_photos
     assert not partial_dir(out).exists()
     got, want = (load_results(p / "results.json")["runs"] for p in (out, straight))
     assert [r["metrics"] for r in got] == [r["metrics"] for r in want]
