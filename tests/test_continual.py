@@ -160,3 +160,10 @@ def test_a_run_resumed_with_another_thread_count_goes_on_and_says_so(tmp_path: P
     (mine / "state.json").write_text(json.dumps({**state, "threads": torch.get_num_threads()}))
     Progress.open(tmp_path / "c", parts)
     assert capsys.readouterr().err == ""
+
+
+def test_a_request_named_twice_is_refused_before_any_work(model_dir: Path, world: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="forget_r1 appears more than once"):
+        api.continual("cvf_ncu", model_dir, world, tmp_path / "c", ["forget_r1", "forget_r2", "forget_r1"],
+                      config=None, overrides=STEPS, seed=0, overwrite=False, allow_pickle=False, eval_kw=EVAL)
+    assert not (tmp_path / "c").exists() and not partial_dir(tmp_path / "c").exists()

@@ -314,6 +314,9 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
         raise ConfigError(f"continual unlearning needs a training method; {method} builds one steering file per "
                           "request")
 
+    twice = sorted({r for r in requests if requests.count(r) > 1})
+    if twice:  # a repeat would train on people already forgotten and report them as a new request
+        raise ConfigError(f"continual requests must differ; {', '.join(twice)} appears more than once")
     eval_kw = dict(eval_kw or {})
     data = resolve(data, revision)  # once: every request's split comes from the same files
     forget = {}  # each request's training turns: the run's identity, and the photos forgotten
