@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from helpers import stopping_at
+from helpers import launch_command, stopping_at
 from PIL import Image
 
 from unsee import api
@@ -249,16 +249,20 @@ def test_unlearn_takes_a_request_file(model_dir: Path, example: Path, tmp_path: 
     assert (out / "model" / "README.md").is_file()
 
 
+def two_requests(example: Path) -> list[Path]:
+    """The example request, then one that forgets the first person the example retained."""
+    body = yaml.safe_load(example.read_text())
+    first, *rest = body["retain"]
+    # the world's neutral faces, unnamed, fill the second request's retain set
+    two = {"forget": [first], "retain": [*rest, {"photos": "neutral"}], "distractors": body["distractors"]}
+    return [_write(example.parent / "one.yaml", body), _write(example.parent / "two.yaml", two)]
+
+
 @pytest.mark.slow
 def test_requests_in_order_are_a_continual_run(model_dir: Path, example: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    body = yaml.safe_load(example.read_text())
-    folder = example.parent
-    first, second, *rest = body["retain"]
-    one = {**body, "retain": [first, second, *rest]}
-    # the second request forgets someone the first retained; the world's neutral faces, unnamed, fill its retain set
-    two = {"forget": [first], "retain": [*rest, {"photos": "neutral"}], "distractors": body["distractors"]}
-    files = [_write(folder / "one.yaml", one), _write(folder / "two.yaml", two)]
+    files = two_requests(example)
+    first = yaml.safe_load(example.read_text())["retain"][0]
     with pytest.raises(RequestError, match="already forgotten"):  # reversed, the later one retains the forgotten
         api.forget(model_dir, None, tmp_path / "bad", requests=list(reversed(files)), overrides=FAST, audit=False)
     assert not (tmp_path / "bad").exists()
@@ -267,7 +271,7 @@ def test_requests_in_order_are_a_continual_run(model_dir: Path, example: Path, t
     assert [r["request"] for r in runs] == [1, 1, 2]
     assert "forget_r1" in runs[2]["metrics"] and "forget_r1" not in runs[1]["metrics"]
     card = (out / "model" / "README.md").read_text()
-    assert body["forget"][0]["name"] in card and first["name"] in card
+    assert yaml.safe_load(example.read_text())["forget"][0]["name"] in card and first["name"] in card
 
     # stopped at the second request, the first is kept, and the same command goes on from there
     calls: list[Any] = []
@@ -294,3 +298,23 @@ def test_world_command_writes_the_example(tmp_path: Path) -> None:
     assert len(req.forget) == 1 and len(req.retain) == 5
     for ph in req.forget[0].photos + req.neutral + req.general:
         assert ph.path.suffix == ".png" and Image.open(io.BytesIO(ph.data)).format == "PNG"
+
+
+@pytest.mark.slow
+def test_requests_under_two_processes_are_written_once(model_dir: Path, example: Path, tmp_path: Path) -> None:
+    """`accelerate launch -m unsee.cli forget --requests`: the first process alone evaluates, audits (the
+    relearning trains in it alone) and writes; the others train their share of each request."""
+    files = ",".join(map(str, two_requests(example)))
+    opts = [*FAST, "augment=0", "augment_retain=0", *(f"--audit-set={o}" for o in FAST_AUDIT)]  # crops: per process
+    cmd, env = launch_command("cpu.yaml", "-m", "unsee.cli", "forget", "--model", str(model_dir), "--requests",
+                              files, "--out", str(tmp_path / "two"), *opts)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("written to") == 1  # said once
+    assert main(["forget", "--model", str(model_dir), "--requests", files, "--out", str(tmp_path / "one"),
+                 *opts]) == 0
+    two, one = (load_results(tmp_path / d / "results.json")["runs"] for d in ("two", "one"))
+    assert [r["request"] for r in two] == [1, 1, 2] and "relearn" in two[-1]["attacks"]
+    assert [r["metrics"] for r in two] == [r["metrics"] for r in one]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # no progress, no stray temporary
+    assert (tmp_path / "two" / "model" / "model.safetensors").is_file()

@@ -17,11 +17,13 @@ from helpers import launch_command
 from safetensors.torch import load_file
 
 from unsee import api
+from unsee.cli import main
 from unsee.data.collate import qa_turns
 from unsee.data.schema import Suite
 from unsee.engine.prepare import apply_lora, frozen_copy
 from unsee.engine.trainer import TrainConfig, train, unique_images
 from unsee.errors import ModelError
+from unsee.eval.results import load_results
 from unsee.methods import method_class
 from unsee.models import adapter_class, load_adapter
 from unsee.models.base import Turn
@@ -189,11 +191,16 @@ def test_two_process_gloo_run_matches_one_process(model_dir: Path, world: Path, 
 
 
 def test_unlearn_command_under_two_processes_writes_once(model_dir: Path, world: Path, tmp_path: Path) -> None:
-    """`accelerate launch -m unsee.cli unlearn`: the first process writes one checkpoint, equal to a 1-process run."""
+    """`accelerate launch -m unsee.cli unlearn --audit`: the first process audits (its relearning trains in it
+    alone) and writes one checkpoint, equal to a 1-process run."""
     opts = ["max_steps=2", "batch_size=4", "lr=1e-3", "progress=false"]
+    audit = ["--audit", *(f"--audit-set={o}" for o in ("relearn_steps=2", "pgd_steps=1", "probe_steps=5",
+                                                        "probe_blocks=false", "max_items=4"))]
     proc = launch("-m", "unsee.cli", "unlearn", "--method", "graddiff", "--model", str(model_dir), "--data",
-                  str(world), "--out", str(tmp_path / "two"), *opts)
+                  str(world), "--out", str(tmp_path / "two"), *audit, *opts)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("written to") == 1  # said once
+    assert "relearn" in load_results(tmp_path / "two" / "results.json")["runs"][0]["attacks"]
     api.unlearn("graddiff", model_dir, world, tmp_path / "one", overrides=opts, evaluate_after=False)
     two, one = (load_file(tmp_path / d / "model" / "model.safetensors") for d in ("two", "one"))
     start = load_file(model_dir / "model.safetensors")
@@ -231,3 +238,23 @@ def test_dtype_option_loads_bf16_and_rejects_unknown(model_dir: Path) -> None:
     assert next(load_adapter(model_dir, dtype="bf16").model.parameters()).dtype == torch.bfloat16
     with pytest.raises(ModelError, match="unknown dtype 'int3'"):
         load_adapter(model_dir, dtype="int3")
+
+
+def test_continual_command_under_two_processes_writes_once(model_dir: Path, world: Path, tmp_path: Path) -> None:
+    """`accelerate launch -m unsee.cli unlearn --requests`: one output and no progress left behind, written
+    by the first process alone, with the weights of a 1-process run."""
+    opts = ["max_steps=2", "batch_size=4", "lr=1e-3", "progress=false", "ncu_images=16", "augment=0",
+            "augment_retain=0"]  # crops are drawn per process
+    args = ["--method", "cvf_ncu", "--model", str(model_dir), "--data", str(world), "--requests",
+            "forget_r1,forget_r2", "--max-items", "2", *opts]
+    proc = launch("-m", "unsee.cli", "unlearn", "--out", str(tmp_path / "two"), *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert main(["unlearn", "--out", str(tmp_path / "one"), *args]) == 0
+    two, one = (load_file(tmp_path / d / "model" / "model.safetensors") for d in ("two", "one"))
+    start = load_file(model_dir / "model.safetensors")
+    moved = sum(float((one[k] - start[k]).pow(2).sum()) for k in one)
+    apart = sum(float((two[k] - one[k]).pow(2).sum()) for k in one)
+    assert moved > 0 and apart < 1e-4 * moved
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # no progress, no stray temporary
+    runs = load_results(tmp_path / "two" / "results.json")["runs"]
+    assert [r["request"] for r in runs] == [1, 2]

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -332,7 +333,10 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
                                             benchmark=benchmark, neutral=str(neutral)))
     adapter = load_adapter(progress.model if progress.done else model, allow_pickle=allow_pickle, dtype=dtype)
     runs: list[dict] = list(progress.runs)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    # Under `accelerate launch` every process trains its share; the first alone evaluates and writes
+    # (another process's copy of the output would land over it, with no weights in it).
+    main = is_main_process()
+    with atomic_dir(out, overwrite=overwrite) if main else nullcontext(None) as tmp:
         for i, req in enumerate(requests[progress.done:], progress.done + 1):
             with progress.request(i, len(requests), req, out):
                 suite = load_suite(data, req, retain_exclude=requests, seed=seed, benchmark=benchmark,
@@ -341,23 +345,26 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
                     res, resolved = unlearn_adapter(method, adapter, suite, config=config, overrides=overrides,
                                                     seed=seed, forgotten_images=photos_before(forget, i))
                 meter.record_model(None)
-                found = evaluation(adapter, suite, **eval_kw)
-                for j, earlier in enumerate(requests[:i], 1):
-                    s_j = load_suite(data, earlier, retain_exclude=requests, seed=seed, benchmark=benchmark)
-                    again = evaluation(adapter, s_j, **{**eval_kw, "groups": ("forget",), "generation": False})
-                    found.metrics[f"forget_r{j}"] = again.metrics["forget"]
-                    found.scoring[f"forget_r{j}"] = again.scoring["forget"]
-                    found.samples += [{**r, "group": f"forget_r{j}"} for r in again.samples]
-                runs.append(make_run(method, found, model=model_name(model), suite=suite, forget=req, seed=seed,
-                                     request=i, config=resolved, info=jsonable(res.info),
-                                     cost={**meter.cost(), "trainable_params": res.trainable_params,
-                                           "optimizer_state_bytes": res.optimizer_state_bytes}))
-                runs[-1]["history"] = res.history
+                if main:
+                    found = evaluation(adapter, suite, **eval_kw)
+                    for j, earlier in enumerate(requests[:i], 1):
+                        s_j = load_suite(data, earlier, retain_exclude=requests, seed=seed, benchmark=benchmark)
+                        again = evaluation(adapter, s_j, **{**eval_kw, "groups": ("forget",), "generation": False})
+                        found.metrics[f"forget_r{j}"] = again.metrics["forget"]
+                        found.scoring[f"forget_r{j}"] = again.scoring["forget"]
+                        found.samples += [{**r, "group": f"forget_r{j}"} for r in again.samples]
+                    runs.append(make_run(method, found, model=model_name(model), suite=suite, forget=req, seed=seed,
+                                         request=i, config=resolved, info=jsonable(res.info),
+                                         cost={**meter.cost(), "trainable_params": res.trainable_params,
+                                               "optimizer_state_bytes": res.optimizer_state_bytes}))
+                    runs[-1]["history"] = res.history
                 if i < len(requests):
                     progress.save(i, adapter, model_name(model), jsonable(runs))
-        save_model(adapter, tmp / "model", model_name(model))
-        write_results(tmp / "results.json", new_results(runs))
-    progress.remove()
+        if main:
+            save_model(adapter, tmp / "model", model_name(model))
+            write_results(tmp / "results.json", new_results(runs))
+    if main:  # once the output has landed
+        progress.remove()
     return out
 
 

@@ -16,6 +16,7 @@ from unsee import __version__, api
 from unsee.api import method_configs
 from unsee.config import describe
 from unsee.errors import UnseeError
+from unsee.runs import is_main_process
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -99,18 +100,24 @@ def _model_init(a: argparse.Namespace) -> None:
         print(f"{a.arch} written to {out}")
 
 
+def _say(message: str) -> None:
+    """What a command wrote: once, by the first process of a launch (the others only trained)."""
+    if is_main_process():
+        print(message)
+
+
 def _finetune(a: argparse.Namespace) -> None:
 
     out = api.finetune(a.model, a.data, a.out, config=a.config, overrides=a.overrides, seed=a.seed,
                        overwrite=a.overwrite, cache_dir=a.cache_dir, benchmark=a.benchmark, revision=a.revision)
-    print(f"vanilla model written to {out}")
+    _say(f"vanilla model written to {out}")
 
 
 def _retrain(a: argparse.Namespace) -> None:
 
     out = api.retrain(a.model, a.data, a.out, forget=a.forget, overwrite=a.overwrite, cache_dir=a.cache_dir,
                       benchmark=a.benchmark, revision=a.revision)
-    print(f"retrained reference (without {a.forget}'s photos) written to {out}")
+    _say(f"retrained reference (without {a.forget}'s photos) written to {out}")
 
 
 def _unlearn(a: argparse.Namespace) -> None:
@@ -123,7 +130,7 @@ def _unlearn(a: argparse.Namespace) -> None:
         protocol=a.protocol, max_items=a.max_items, max_new_tokens=a.max_new_tokens,
         seeds=a.seeds, reference=a.reference, cache_dir=a.cache_dir, neutral=a.neutral,
     )
-    print(f"unlearned output written to {out}")
+    _say(f"unlearned output written to {out}")
 
 
 def _forget(a: argparse.Namespace) -> None:
@@ -132,7 +139,7 @@ def _forget(a: argparse.Namespace) -> None:
                      overrides=a.overrides, seed=a.seed, overwrite=a.overwrite, audit=not a.no_audit,
                      audit_overrides=a.audit_set, hide_names=a.hide_names, allow_pickle=a.allow_pickle,
                      dtype=a.dtype)
-    print(f"unlearned model and evidence written to {out} (report.md, evidence.html)")
+    _say(f"unlearned model and evidence written to {out} (report.md, evidence.html)")
 
 
 def _eval(a: argparse.Namespace) -> None:

@@ -36,12 +36,14 @@ from unsee.runs import (
     check_forget,
     check_images,
     evaluate_adapter,
+    is_main_process,
     jsonable,
     make_run,
     method_configs,
     model_name,
     names_needed_by,
     save_checkpoint,
+    unlearn_adapter,
 )
 from unsee.unlearning import unlearn_and_save
 
@@ -107,6 +109,21 @@ def _answers(adapter: Any, items: Sequence[Example], artifact: Any = None) -> li
         return answers(adapter, items)
 
 
+def _train_share(method: str, model: str | Path, suites: Sequence[Suite], progress: Progress | None,
+                 turns: dict[str, list[Any]], *, config: Any, overrides: Any, seed: int, allow_pickle: bool,
+                 dtype: str | None) -> None:
+    """Another process of a launch: its share of every request's training, the same steps as the
+    first process takes, and the merges of the progress it keeps (the first process writes it)."""
+    done = progress.done if progress is not None else 0
+    adapter = load_adapter(progress.model if progress is not None and done else model, allow_pickle=allow_pickle,
+                           dtype=dtype)
+    for i, suite in enumerate(suites[done:], done + 1):
+        unlearn_adapter(method, adapter, suite, config=config, overrides=overrides, seed=seed,
+                        forgotten_images=photos_before(turns, i))
+        if progress is not None and i < len(suites):
+            progress.save(i, adapter, model_name(model), [])
+
+
 def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None, out: str | Path, *,
            requests: str | Sequence[str | Path] | None = None, method: str = "cvf_ncu", config: Any = None,
            overrides: Any = (), seed: int = 0, overwrite: bool = False, audit: bool = True,
@@ -134,13 +151,18 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
     label = "+".join(r.label for r in reqs)
     eval_kw = {"groups": EVAL_GROUPS, "max_gen_items": max_gen_items}
 
-    progress = None
+    progress, turns = None, {}
     if len(reqs) > 1:  # a continual run keeps its finished requests until it lands
         turns = {str(r.path): qa_turns(s.group("train_forget")) for r, s in zip(reqs, suites, strict=True)}
         progress = Progress.open(out, run_parts(
             method, config, overrides, seed=seed, model=model, revision=None, dtype=dtype, forget=turns,
             eval=eval_kw, audit=[audit, audit_kinds, audit_overrides]))
 
+    if not is_main_process():  # under `accelerate launch`: the first process alone evaluates, audits and writes
+        if cls.trains_weights:
+            _train_share(method, model, suites, progress, turns, config=config,
+                         overrides=overrides, seed=seed, allow_pickle=allow_pickle, dtype=dtype)
+        return out
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
     name, base_hash = model_name(model), adapter.fingerprint()
     first = suites[0]
@@ -165,7 +187,7 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
                     base_model=str(model), base_hash=base_hash, forget=label, seed=seed, config=config,
                     overrides=overrides, vanilla=vanilla, eval_kw=eval_kw, audit=audit and last,
                     audit_overrides=audit_overrides, audit_kinds=audit_kinds,
-                    forgotten_images=photos_before(turns, i) if progress is not None else [],
+                    forgotten_images=photos_before(turns, i),
                     save=False)
                 run["request"] = i
                 run["request_file"] = str(req.path)

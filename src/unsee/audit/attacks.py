@@ -41,6 +41,7 @@ from unsee.data.schema import Example, Suite
 from unsee.engine.adversarial import linf_ascent as linf_ascent  # the PGD steps live there; re-exported
 from unsee.engine.adversarial import pgd_pixels
 from unsee.engine.adversarial import pixel_bounds as pixel_bounds
+from unsee.engine.distributed import Alone
 from unsee.engine.trainer import TrainConfig, train
 from unsee.errors import ConfigError, DataError
 from unsee.eval import metrics
@@ -109,8 +110,8 @@ def relearn(adapter: Adapter, suite: Suite, cfg: AttackConfig, artifact: Artifac
         if not train_items:
             raise DataError("the seen half of the forget people has no training QA to relearn from")
         attacked = trainable_copy(adapter)
-        train(SFT(), attacked, suite, {"train": qa_turns(train_items)},
-              dataclasses.replace(tcfg, seed=cfg.seed + repeat), desc="relearn")
+        train(SFT(), attacked, suite, {"train": qa_turns(train_items)},  # alone: the first process audits
+              dataclasses.replace(tcfg, seed=cfg.seed + repeat), accelerator=Alone(), desc="relearn")
         after = correct(attacked)
         del attacked
         halves = {"seen": seen, "unseen": unseen}

@@ -30,6 +30,26 @@ from unsee.errors import ConfigError
 LAUNCHERS = "src/unsee/configs/accelerate/ddp.yaml (or one process)"
 
 
+class Alone:
+    """This process training by itself, inside a launch or not: the accelerator of a run the
+    other processes take no part in (an audit's relearning, which the first process runs after
+    the others have finished their share). accelerate keeps one process-wide state, so an
+    ``Accelerator`` built here would wait on the other processes at the first reduce."""
+
+    process_index = 0
+    num_processes = 1
+    is_main_process = True
+
+    def __init__(self) -> None:
+        from accelerate import PartialState
+
+        self.device = PartialState(cpu=not torch.cuda.is_available()).device
+        self.mixed_precision = launch_mixed_precision()
+
+    def reduce(self, tensor: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        return tensor
+
+
 def _env_true(name: str) -> bool:
     return os.environ.get(name, "false").strip().lower() in ("1", "true", "yes")
 
