@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from unsee.io import _umask, atomic_dir, atomic_write_text
+from unsee.cli import main
+from unsee.errors import OutputError, OutputExistsError
+from unsee.io import OWNED, _umask, atomic_dir, atomic_write_text
 
 
 @pytest.fixture
@@ -61,3 +63,41 @@ def test_umask_is_read_without_being_changed(umask_027: int, monkeypatch: pytest
     monkeypatch.setattr(os, "umask", lambda m: calls.append(m) or real(m))
     assert _umask() == umask_027
     assert calls == []
+
+
+def test_overwrite_replaces_only_a_folder_unsee_wrote(tmp_path: Path) -> None:
+    """A mistyped --out with --overwrite must not delete a folder of the user's own, nor a file."""
+    out = tmp_path / "out"
+    with atomic_dir(out) as tmp:
+        (tmp / "results.json").write_text("{}")
+    assert (out / OWNED).is_file()
+    with atomic_dir(out, overwrite=True) as tmp:  # an output of ours: replaced whole
+        (tmp / "results.json").write_text('{"runs": []}')
+    assert (out / "results.json").read_text() == '{"runs": []}'
+
+    mine = tmp_path / "photos"
+    mine.mkdir()
+    (mine / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(OutputExistsError, match=r"holds files unsee did not write \(holiday.jpg\)"), \
+            atomic_dir(mine, overwrite=True):
+        pass
+    assert [p.name for p in mine.iterdir()] == ["holiday.jpg"]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    for overwrite in (False, True):
+        with pytest.raises(OutputError, match="is a file"), atomic_dir(notes, overwrite=overwrite):
+            pass
+    assert notes.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "out", "photos"]  # no stray temporary
+
+
+def test_a_command_told_to_overwrite_a_users_folder_refuses_before_any_work(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mine = tmp_path / "home"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    # no model, no data: the output is checked first, so the refusal names it
+    assert main(["unlearn", "--method", "graddiff", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "w"),
+                 "--out", str(mine), "--overwrite"]) != 0
+    assert "holds files unsee did not write (thesis.tex)" in capsys.readouterr().err
+    assert (mine / "thesis.tex").read_text() == "years of work"

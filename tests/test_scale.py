@@ -211,7 +211,7 @@ def test_unlearn_command_under_two_processes_writes_once(model_dir: Path, world:
     apart = sum(float((two[k] - one[k]).pow(2).sum()) for k in one)
     assert moved > 0 and apart < 1e-4 * moved
     written = sorted(p.name for p in (tmp_path / "two").iterdir())
-    assert written == ["model", "results.json", "run.json", "samples.jsonl"]
+    assert written == [".unsee", "model", "results.json", "run.json", "samples.jsonl"]
 
 
 def test_gpu_benchmark_runs_on_cpu_sized_shapes(tmp_path: Path) -> None:

@@ -55,7 +55,7 @@ def _rows(root: Path, config: str) -> list[dict]:
 def test_same_seed_gives_byte_identical_files(world: Path, tmp_path: Path) -> None:
     again = build_world(tmp_path / "again", seed=0, config="quick", overrides=TINY)
     first, second = _hashes(world), _hashes(again)
-    assert len(first) == 25  # 24 parquet files and world.json
+    assert len(first) == 26  # 24 parquet files, world.json and the mark that unsee wrote it
     assert first == second
 
 

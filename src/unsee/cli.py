@@ -38,7 +38,8 @@ def _command(sub: argparse._SubParsersAction, name: str, help: str, func: Callab
         p.add_argument("--seed", type=int, default=0)
     if overrides:
         _add_overrides(p)
-    p.add_argument("--overwrite", action="store_true", help="replace existing results in the output")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an output that unsee wrote (never a folder of other files)")
     p.set_defaults(func=func)
     return p
 

@@ -239,7 +239,7 @@ def _finish_stage(path: Path, adapter: Adapter, stats: dict[str, float], seconds
     if not state.is_main_process:
         state.wait_for_everyone()
         return
-    with atomic_dir(path, overwrite=True) as tmp:
+    with atomic_dir(path, overwrite=True, mine=True) as tmp:
         if visual_only:
             save_file({k: v.detach().contiguous().clone() for k, v in visual_state(adapter).items()},
                       str(tmp / VISUAL_FILE))

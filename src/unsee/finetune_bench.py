@@ -141,7 +141,7 @@ def _train(model: str | Path, turns: list[Turn], cfg: BenchFinetuneConfig, path:
     tail = res.losses[-max(1, len(res.losses) // 10):]
     stats = {"first_nll": float(res.losses[0]), "final_nll": float(np.mean(tail)), "steps": res.steps,
              "trainable_params": res.trainable_params}
-    with atomic_dir(path, overwrite=True) as tmp:
+    with atomic_dir(path, overwrite=True, mine=True) as tmp:
         save_model(adapter, tmp, model_name(model))  # LoRA merged: the entry loads without peft
         (tmp / STAGE_FILE).write_text(json.dumps({"stage": path.name, "stats": stats, "config": to_dict(cfg),
                                                   "seconds": time.perf_counter() - t0, "numerics": numerics()},

@@ -175,22 +175,35 @@ def check_writable(path: str | Path) -> None:
         raise OutputError(f"cannot write {path}: the folder {parent} is not writable ({e.strerror})") from None
 
 
+OWNED = ".unsee"  # in every folder unsee lands: what --overwrite may replace whole
+OWNED_TEXT = "This folder was written by unsee; `--overwrite` may replace it whole.\n"
+
+
 def check_output_dir(path: str | Path, *, overwrite: bool, marker: str | None = None,
-                     inputs: Iterable[str | Path | None] = ()) -> None:
+                     inputs: Iterable[str | Path | None] = (), mine: bool = False) -> None:
     """Refuse an output directory that already holds results (unless told to overwrite), one
     that overlaps an input, or one that cannot be written.
 
     A directory that exists but is empty is fine. ``marker`` narrows the existing-results check
-    to one file.
+    to one file. ``overwrite`` replaces only a folder that unsee wrote (it holds :data:`OWNED`):
+    a mistyped ``--out`` that names a folder of the user's own must not be deleted with it.
+    ``mine`` is for unsee's own folders (cache entries, checkpoints), replaced whatever they hold.
     """
     path = Path(path)
     check_not_input(path, inputs)
-    if not overwrite and path.exists():
-        if marker is not None:
-            if (path / marker).exists():
-                raise OutputExistsError(f"{path / marker} already exists; pass --overwrite to replace it")
-        elif path.is_file() or any(path.iterdir()):
+    if path.is_file():
+        raise OutputError(f"{path} is a file, and the output is a folder; give another --out")
+    if marker is not None:
+        if not overwrite and (path / marker).exists():
+            raise OutputExistsError(f"{path / marker} already exists; pass --overwrite to replace it")
+    elif path.is_dir() and any(path.iterdir()):
+        if not overwrite:
             raise OutputExistsError(f"{path} already holds results; pass --overwrite to replace it")
+        if not mine and not (path / OWNED).is_file():
+            held = sorted(p.name for p in path.iterdir())
+            shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+            raise OutputExistsError(f"{path} holds files unsee did not write ({shown}); --overwrite replaces only "
+                                    "a folder unsee wrote: move them, or give another --out")
     check_writable(path)
 
 
@@ -206,16 +219,17 @@ def check_output_file(path: str | Path, *, overwrite: bool, inputs: Iterable[str
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | Path, *, overwrite: bool = False, mine: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``path`` only if the block succeeds.
 
     It stays private while it fills. When it lands, it and everything in it get the modes
     a plain ``mkdir`` and ``open`` would give: some writers (``save_pretrained`` among them)
     leave private temporary-file modes behind, and a checkpoint must be readable by whoever
-    serves it.
+    serves it. It lands with :data:`OWNED` in it, so that a later ``overwrite`` may replace it
+    (``mine``: see :func:`check_output_dir`).
     """
     path = Path(path)
-    check_output_dir(path, overwrite=overwrite)
+    check_output_dir(path, overwrite=overwrite, mine=mine)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -223,6 +237,7 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
         raise OutputError(f"cannot write {path}: {e.strerror}") from None
     try:
         yield tmp
+        (tmp / OWNED).write_text(OWNED_TEXT)
         _plain_modes(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")

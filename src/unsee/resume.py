@@ -108,7 +108,7 @@ class Progress:
         (the first process writes; under a launch every process merges, so all hold the same weights)."""
         merge_lora(adapter)
         if is_main_process():
-            with atomic_dir(self.path, overwrite=True) as tmp:
+            with atomic_dir(self.path, overwrite=True, mine=True) as tmp:
                 save_model(adapter, tmp / "model", arch)
                 atomic_write_json(tmp / STATE, {"key": self.key, "done": done, "threads": torch.get_num_threads(),
                                                 "runs": runs})

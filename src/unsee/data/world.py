@@ -54,7 +54,7 @@ from unsee.data.people import (
 from unsee.data.render import render
 from unsee.data.scenes import GeneralItem, render_general, sample_general_item, spread_count
 from unsee.data.splits import forget_size, validation_splits
-from unsee.errors import ConfigError, DataError, OutputExistsError
+from unsee.errors import ConfigError, DataError
 from unsee.io import atomic_dir, atomic_write_json, content_hash
 
 WORLD_FORMAT_VERSION = 1
@@ -231,15 +231,13 @@ def build_world(
 
     ``seed`` (when given) replaces the config's seed. The directory appears complete or
     not at all. An existing non-empty ``out`` is refused unless ``overwrite``; even then, a
-    directory that is not a world (no ``world.json``) is never replaced.
+    directory that unsee did not write is never replaced (:func:`unsee.io.check_output_dir`).
     """
     cfg = load_config(WorldConfig, config, overrides, kind="world")
     if seed is not None:
         cfg = dataclasses.replace(cfg, seed=seed)
         cfg.validate()
     out = Path(out)
-    if overwrite and out.is_dir() and any(out.iterdir()) and not (out / "world.json").exists():
-        raise OutputExistsError(f"{out} is not empty and holds no world.json; refusing to replace it")
     with atomic_dir(out, overwrite=overwrite) as tmp:
         _write_world(tmp, cfg, _config_label(config))
     return out

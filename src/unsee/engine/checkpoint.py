@@ -81,7 +81,7 @@ def save_checkpoint(
         "rng": rng_m,
         "meta": dict(meta or {}),
     }
-    with atomic_dir(path, overwrite=True) as tmp:
+    with atomic_dir(path, overwrite=True, mine=True) as tmp:
         save_file(flat, str(tmp / STATE_TENSORS))
         (tmp / STATE_JSON).write_text(json.dumps(info))
 
