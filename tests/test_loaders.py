@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import collections
+import io
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import fixtures_bench as fb
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from unsee.data import load_benchmark
 from unsee.data.clear import load_clear, with_true_answer
@@ -626,3 +629,34 @@ def test_load_benchmark_registry(mllmu_root: Path, clear_root: Path, umu_root: P
     assert load_benchmark("umu", umu_root, "forget_5", seed=3).info["seed"] == 3
     with pytest.raises(DataError, match="unknown benchmark"):
         load_benchmark("tofu", mllmu_root)
+
+
+def _encoded(img: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_photos_of_every_common_pixel_format_read_as_a_person_sees_them() -> None:
+    """16-bit greyscale is scaled, not clipped to white; transparency lies on white, as in the HF processors."""
+    grey = np.random.default_rng(0).integers(0, 256, (16, 16), dtype=np.uint8)
+    deep = Image.fromarray(grey.astype(np.uint16) * 257)
+    assert deep.mode == "I;16"
+
+    def read(data: bytes) -> np.ndarray:
+        img = Example("x", "p", "", "", "qa", data).pil_image()
+        assert img.mode == "RGB"
+        return np.asarray(img)
+
+    assert np.array_equal(read(_encoded(deep)), np.stack([grey] * 3, axis=-1))
+    rgba = np.zeros((16, 16, 4), dtype=np.uint8)
+    rgba[..., 0] = 200
+    rgba[:8, :, 3] = 255  # the top half opaque red, the bottom half transparent
+    seen = read(_encoded(Image.fromarray(rgba, "RGBA")))
+    assert (seen[:8] == [200, 0, 0]).all() and (seen[8:] == 255).all()
+    colour = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    cmyk = read(_encoded(Image.fromarray(colour).convert("CMYK"), "JPEG"))
+    assert np.abs(cmyk.astype(int) - colour).mean() < 40  # a lossy JPEG of the same colours
+    depth = _encoded(Image.fromarray(np.ones((4, 4), dtype=np.float32)), "TIFF")
+    with pytest.raises(DataError, match=r"example x \(\): .*floating-point pixels"):
+        read(depth)

@@ -120,6 +120,7 @@ def _problems(path: Path, **kw: object) -> list[str]:
 @pytest.mark.parametrize(("change", "expected"), [
     (lambda b, t: b["forget"][0].update(photos=["a", "missing.png"]), r"photo .*missing\.png does not exist"),
     (lambda b, t: b["forget"][0].update(photos=[str(_garbage(t))]), r"cannot read photo .*broken\.png"),
+    (lambda b, t: b["forget"][0].update(photos=[str(_float_tiff(t))]), r"cannot read photo .*depth\.tif: floating"),
     (lambda b, t: b["retain"].append({"name": "Ann Example", "photos": "r0/0.png"}), r"in both forget and retain"),
     (lambda b, t: b["retain"].append({"name": "retained 1", "photos": str(_png(t / "x.png", 7))}),
      r"duplicate name 'Retained 1'.*retain\[3\]"),
@@ -134,6 +135,12 @@ def test_each_problem_is_named(tmp_path: Path, change, expected: str) -> None:  
     change(body, tmp_path)
     problems = _problems(_write(tmp_path / "r.yaml", body))
     assert any(re.search(expected, p) for p in problems), problems
+
+
+def _float_tiff(tmp: Path) -> Path:
+    """A depth map, not a photo: floating-point pixels."""
+    Image.fromarray(np.random.default_rng(0).random((16, 16), dtype=np.float32)).save(tmp / "depth.tif")
+    return tmp / "depth.tif"
 
 
 def _garbage(tmp: Path) -> Path:

@@ -24,7 +24,7 @@ import yaml
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
 from unsee.data.people import NAME_STATEMENTS, NAME_TEST_QUESTIONS, NAME_TRAIN_QUESTIONS
-from unsee.data.schema import Example, Suite
+from unsee.data.schema import Example, Suite, rgb
 from unsee.errors import DataError
 
 SCHEMA_PATH = Path(__file__).with_name("request.schema.json")
@@ -162,8 +162,9 @@ class _Reader:
                 data = path.read_bytes()
                 with Image.open(io.BytesIO(data)) as img:
                     img.load()
+                    rgb(img)  # a pixel format no model can take is refused here, with the rest
                 self.cache[path] = Photo(path, data)
-            except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+            except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, DataError) as e:
                 self.problems.append(f"{where}: cannot read photo {path}: {e}")
                 self.cache[path] = None
         return self.cache[path]
@@ -347,7 +348,7 @@ def blurred(photos: Sequence[Photo]) -> list[Photo]:
     """Stand-ins for neutral photos: each forget photo under a blur wide enough to hide who it is."""
     out = []
     for ph in photos:
-        img = Image.open(io.BytesIO(ph.data)).convert("RGB")
+        img = rgb(Image.open(io.BytesIO(ph.data)))
         img = img.filter(ImageFilter.GaussianBlur(radius=max(img.size) / 8))
         buf = io.BytesIO()
         img.save(buf, format="PNG")

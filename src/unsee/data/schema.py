@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from unsee.errors import DataError
@@ -22,6 +23,27 @@ Task = Literal["qa", "mcq", "cloze", "gen"]
 # Metric groups of results.json (docs/results-format.md); a Suite may hold more groups than these.
 METRIC_GROUPS = ("forget", "forget_test", "retain", "text_forget", "text_retain", "known", "known_test", "general")
 LETTERS = "ABCDEFGHIJ"
+
+
+def rgb(img: Image.Image) -> Image.Image:
+    """A photo as the 8-bit RGB a person sees. Pillow's own ``convert("RGB")`` clips 16-bit
+    greyscale to white and lays transparent pixels on whatever colour they hide; here 16 bits
+    are scaled to 8 and transparency goes on white, as transformers' image processors put it."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I"):  # I;16, I;16B, ... or I: integer greyscale
+        pixels = np.asarray(img)
+        if pixels.min() < 0 or pixels.max() > 65535:
+            raise DataError(f"{img.mode} pixels beyond 16 bits are not a photo format unsee reads; save the photo as "
+                            "an 8- or 16-bit PNG or a JPEG")
+        return Image.fromarray((pixels.astype(np.float64) / 257).round().astype(np.uint8), "L").convert("RGB")
+    if img.mode == "F":
+        raise DataError("floating-point pixels (mode F) are not a photo format unsee reads; save the photo as an 8- "
+                        "or 16-bit PNG or a JPEG")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return img.convert("RGB")
 
 
 @dataclass(frozen=True)
@@ -61,9 +83,9 @@ class Example:
         try:
             img = Image.open(io.BytesIO(self.image))
             img.load()
-        except (UnidentifiedImageError, OSError, ValueError) as e:
+            return rgb(img)
+        except (UnidentifiedImageError, OSError, ValueError, DataError) as e:
             raise DataError(f"example {self.uid} ({self.source}): image is corrupt or unreadable: {e}") from e
-        return img.convert("RGB")
 
 
 @dataclass

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from unsee.data.schema import rgb
 from unsee.io import atomic_write_bytes, atomic_write_text
 from unsee.report.card import COUNT_OF, METRIC_KEYS, verdict
 from unsee.report.tables import DASH, MIB, ordered_groups, render_report
@@ -60,7 +61,7 @@ def _png(data: bytes) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.open(io.BytesIO(data)).convert("RGB").save(buf, format="PNG")
+    rgb(Image.open(io.BytesIO(data))).save(buf, format="PNG")
     return buf.getvalue()
 
 
