@@ -657,6 +657,14 @@ def test_photos_of_every_common_pixel_format_read_as_a_person_sees_them() -> Non
     colour = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     cmyk = read(_encoded(Image.fromarray(colour).convert("CMYK"), "JPEG"))
     assert np.abs(cmyk.astype(int) - colour).mean() < 40  # a lossy JPEG of the same colours
+    upright = np.zeros((8, 16, 3), dtype=np.uint8)
+    upright[:, :8] = 255  # white on the left: a landscape photo
+    sideways = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # anticlockwise, as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "turn me 90 degrees clockwise to view"
+    buf = io.BytesIO()
+    sideways.save(buf, format="PNG", exif=exif)
+    assert np.array_equal(read(buf.getvalue()), upright)
     depth = _encoded(Image.fromarray(np.ones((4, 4), dtype=np.float32)), "TIFF")
     with pytest.raises(DataError, match=r"example x \(\): .*floating-point pixels"):
         read(depth)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from unsee.errors import DataError
 
@@ -23,12 +23,16 @@ Task = Literal["qa", "mcq", "cloze", "gen"]
 # Metric groups of results.json (docs/results-format.md); a Suite may hold more groups than these.
 METRIC_GROUPS = ("forget", "forget_test", "retain", "text_forget", "text_retain", "known", "known_test", "general")
 LETTERS = "ABCDEFGHIJ"
+ORIENTATION = 0x0112  # the EXIF tag of a photo's rotation
 
 
 def rgb(img: Image.Image) -> Image.Image:
     """A photo as the 8-bit RGB a person sees. Pillow's own ``convert("RGB")`` clips 16-bit
-    greyscale to white and lays transparent pixels on whatever colour they hide; here 16 bits
-    are scaled to 8 and transparency goes on white, as transformers' image processors put it."""
+    greyscale to white and lays transparent pixels on whatever colour they hide, and Pillow
+    leaves a phone photo's EXIF rotation unapplied; here the photo is turned upright, 16 bits
+    are scaled to 8 and transparency goes on white, as transformers' own image loading does."""
+    if img.getexif().get(ORIENTATION, 1) != 1:
+        img = ImageOps.exif_transpose(img)
     if img.mode == "RGB":
         return img
     if img.mode.startswith("I"):  # I;16, I;16B, ... or I: integer greyscale
