@@ -22,7 +22,7 @@ from unsee.data.collate import qa_turns
 from unsee.data.schema import Suite
 from unsee.engine.prepare import apply_lora, frozen_copy
 from unsee.engine.trainer import TrainConfig, train, unique_images
-from unsee.errors import ModelError
+from unsee.errors import ConfigError, ModelError
 from unsee.eval.results import load_results
 from unsee.methods import method_class
 from unsee.models import adapter_class, load_adapter
@@ -238,6 +238,23 @@ def test_dtype_option_loads_bf16_and_rejects_unknown(model_dir: Path) -> None:
     assert next(load_adapter(model_dir, dtype="bf16").model.parameters()).dtype == torch.bfloat16
     with pytest.raises(ModelError, match="unknown dtype 'int3'"):
         load_adapter(model_dir, dtype="int3")
+
+
+def test_fp16_weights_are_evaluated_but_never_trained(model_dir: Path, world: Path, suite: Suite,
+                                                      turns: dict[str, list[Turn]], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training fp16 weights needs loss scaling, which the engine does not do: refused before any model is
+    loaded (a training method, or the relearning audit), and by the engine itself for weights that are fp16."""
+    monkeypatch.setattr(api, "load_adapter", lambda *a, **k: pytest.fail("the model was loaded"))
+    for method, audit, who in (("cvf_ncu", False, "cvf_ncu"), ("eraser", True, "the relearning audit")):
+        with pytest.raises(ConfigError, match=f"{who} cannot train fp16 weights"):
+            api.unlearn(method, model_dir, world, tmp_path / method, dtype="fp16", audit=audit)
+    assert not list(tmp_path.iterdir())
+    adapter = load_adapter(model_dir, dtype="fp16")
+    before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    with pytest.raises(ConfigError, match="the weights are fp16"):
+        train(method_class("graddiff")(), adapter, suite, turns, TrainConfig(max_steps=1, progress=False))
+    assert all(torch.equal(before[k], v) for k, v in adapter.model.state_dict().items())
 
 
 def test_continual_command_under_two_processes_writes_once(model_dir: Path, world: Path, tmp_path: Path) -> None:

@@ -248,7 +248,8 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
                                    neutral))
     if report_to:
         overrides = with_override(overrides, "report_to", report_to)
-    check_launch(method, config, overrides)  # reject unknown methods, options and launches before any work
+    # reject unknown methods, options, launches and dtypes before any work
+    check_launch(method, config, overrides, dtype=dtype, audit=audit)
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     eval_kw = eval_options(protocol=protocol, max_items=max_items, max_new_tokens=max_new_tokens)

@@ -35,6 +35,7 @@ from unsee.resume import Progress, photos_before, run_parts
 from unsee.runs import (
     check_forget,
     check_images,
+    check_launch,
     evaluate_adapter,
     is_main_process,
     jsonable,
@@ -140,6 +141,7 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
     files = request_files(request, requests)
     check_output_dir(out, overwrite=overwrite)
     _, _, cls = method_configs(method, config, overrides)  # unknown methods and options, before any work
+    check_launch(method, config, overrides, dtype=dtype, audit=audit)
     if not cls.trains_weights and len(files) > 1:
         raise ConfigError(f"continual unlearning needs a training method; {method} builds one steering file per "
                           "request")

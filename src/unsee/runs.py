@@ -266,11 +266,17 @@ def with_override(overrides: Any, key: str, value: Any) -> Any:
     return [*overrides, f"{key}={value}"]
 
 
-def check_launch(method: str, config: Any = None, overrides: Any = ()) -> None:
-    """Refuse a launch (FSDP, DeepSpeed, mixed precision) the engine would not honour, before any work."""
+def check_launch(method: str, config: Any = None, overrides: Any = (), *, dtype: str | None = None,
+                 audit: bool = False) -> None:
+    """Refuse a launch (FSDP, DeepSpeed, mixed precision) or a weight dtype the engine would not
+    honour, before any work. ``audit``: the relearning audit trains too."""
 
     _, mcfg, cls = method_configs(method, config, overrides)
     distributed.check_launch(cls(mcfg) if cls.trains_weights else None)
+    if dtype == "fp16" and (cls.trains_weights or audit):
+        what = method if cls.trains_weights else "the relearning audit"
+        raise ConfigError(f"{what} cannot train fp16 weights (that would need loss scaling); load them with "
+                          "--dtype bf16 or fp32 (fp16 is for evaluation and the test-time eraser)")
 
 
 def is_main_process() -> bool:

@@ -344,6 +344,9 @@ def train(
 
     seed_everything(cfg.seed)
     check_launch(method)
+    if next(adapter.model.parameters()).dtype == torch.float16:  # bf16 autocast cannot mix with it either
+        raise ConfigError(f"{method.name}: the weights are fp16, which would need loss scaling to train; load "
+                          "them in bf16 or fp32")
     if cfg.sam_rho > 0 and cfg.sam_terms == "forget" and getattr(method, "split_loss", None) is None:
         raise ConfigError(f"{method.name}: sam_terms=forget needs the loss in its forgetting and retaining parts, "
                           "which this method does not give; use sam_terms=all")
