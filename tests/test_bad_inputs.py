@@ -107,6 +107,10 @@ def pickle_only(model: Path) -> None:
     (model / "model.safetensors").rename(model / "pytorch_model.bin")
 
 
+def no_tokenizer(model: Path) -> None:
+    (model / "tokenizer.json").unlink()
+
+
 def alias_bomb(d: Path) -> Path:
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
@@ -152,7 +156,8 @@ def cases(env: Env) -> list[Case]:
     ok = env.root / "cases" / "ok"  # the successful run, whose output later cases read
     worlds = {n: env.copy_world(n, f) for n, f in [("empty", empty_forget), ("overlap", overlapping_retain),
                                                    ("corrupt", corrupt_general_image)]}
-    models = {n: env.copy_model(n, f) for n, f in [("truncated", truncated), ("pickle", pickle_only)]}
+    models = {n: env.copy_model(n, f) for n, f in [("truncated", truncated), ("pickle", pickle_only),
+                                                   ("no_tokenizer", no_tokenizer)]}
     model_in = lambda name: lambda e: [models[name], e.world]  # noqa: E731
     world_in = lambda name: lambda e: [e.model, worlds[name]]  # noqa: E731
     return [
@@ -185,6 +190,14 @@ def cases(env: Env) -> list[Case]:
              message="truncated"),
         Case("eval a pickle-only model", "error", lambda e, d: evaluate(e, d / "e.json", model=models["pickle"]),
              inputs=model_in("pickle"), message="--allow-pickle"),
+        Case("unlearn a model copied without its tokenizer", "error",
+             lambda e, d: unlearn(e, d / "o", *FAST, model=models["no_tokenizer"]), inputs=model_in("no_tokenizer"),
+             message="holds no tokenizer"),
+        Case("unlearn --out holding a folder of other files, --overwrite", "error",
+             lambda e, d: ((d / "thesis.tex").write_text("x"), unlearn(e, d, "--overwrite", *FAST))[-1],
+             message="unsee did not write (thesis.tex)"),
+        Case("unlearn --dtype fp16", "error", lambda e, d: unlearn(e, d / "o", "--dtype", "fp16", *FAST),
+             message="cannot train fp16 weights"),
         Case("unlearn a missing model", "error", lambda e, d: unlearn(e, d / "o", *FAST, model=d / "nope"),
              message="does not exist"),
         Case("graddiff lr=1e12 max_steps=1", "error",

@@ -35,6 +35,10 @@ def adapter_class(model_type: str) -> type[HFAdapter]:
     return getattr(importlib.import_module(module), name)
 
 
+# any one of these holds a tokenizer that transformers can build (fast, SentencePiece or byte-level BPE)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
 def _check_local(path: Path, allow_pickle: bool) -> None:
     if not path.is_dir():
         raise ModelError(f"model directory {path} does not exist")
@@ -49,6 +53,9 @@ def _check_local(path: Path, allow_pickle: bool) -> None:
         )
     if not has_safe and not has_pickle:
         raise ModelError(f"{path} holds no weights (*.safetensors)")
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelError(f"{path} holds no tokenizer ({', '.join(TOKENIZER_FILES)}); copy the model again, with "
+                         "the files save_pretrained writes beside its weights")
     for f in sorted(path.glob("*.safetensors")):
         check_safetensors(f)
 
