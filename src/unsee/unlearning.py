@@ -14,41 +14,23 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from unsee.audit.attacks import ATTACKS, AttackConfig, image_mcq, run_attacks
+from unsee.audit.mia import check_holdout
 from unsee.audit.quant import changed_linears, weight_digests
 from unsee.config import load_config, parse_overrides, to_dict
 from unsee.data.schema import Suite
 from unsee.engine.trainer import frozen_copy
-from unsee.errors import DataError
+from unsee.errors import DataError, ModelError
 from unsee.eval.results import strip_samples
+from unsee.finetune import default_cache
+from unsee.io import atomic_write_json, content_hash
 from unsee.methods import method_class
 from unsee.methods.artifact import WeightsArtifact
-from unsee.models.base import Adapter
+from unsee.models import load_adapter
+from unsee.models.base import Adapter, model_fingerprint
 from unsee.provenance import CostMeter
 from unsee.report import model_card
-
-if TYPE_CHECKING:
-    from unsee.methods.artifact import Artifact
-
-from typing import TYPE_CHECKING
-
-from unsee.audit.attacks import ATTACKS, AttackConfig, image_mcq, run_attacks
-from unsee.audit.mia import check_holdout
-from unsee.errors import ModelError
-from unsee.finetune import default_cache
-from unsee.io import (
-    atomic_write_json,
-    content_hash,
-)
-from unsee.models import load_adapter
-from unsee.models.base import model_fingerprint
 from unsee.retrain import cached_reference
-
-if TYPE_CHECKING:
-    from unsee.methods.artifact import Artifact
-
-
-
-
 from unsee.runs import (
     deployed_artifact,
     evaluation,
@@ -59,6 +41,9 @@ from unsee.runs import (
     save_checkpoint,
     unlearn_adapter,
 )
+
+if TYPE_CHECKING:
+    from unsee.methods.artifact import Artifact
 
 
 def unlearn_and_save(method: str, adapter: Adapter, suite: Suite, *, steering_dir: Path, model_dir: Path,
