@@ -239,6 +239,28 @@ def test_attacks_that_need_a_reference_refuse_without_one(model: Path, world: Pa
     assert not (tmp_path / "x.json").exists()
 
 
+def test_a_reference_given_by_hand_must_be_the_one_without_the_forget_split(
+        model: Path, world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """One that `unsee retrain` made for another split is refused before any model loads; one made elsewhere
+    is used, and the run says that nothing vouches for it."""
+    for module in (api, unlearning):
+        monkeypatch.setattr(module, "load_adapter", lambda *a, **k: pytest.fail("a model was loaded"))
+    other = tmp_path / "ref"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    (other / "unsee_retrained.json").write_text(json.dumps({"forget": "forget_10"}))
+    base = ["--model", str(model), "--data", str(world), "--forget", "forget_5", "--reference", str(other)]
+    assert main(["attack", "mia", *base, "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert "retrained without forget_10's photos, and this run forgets forget_5" in err
+    assert not (tmp_path / "x.json").exists()
+    assert unlearning.find_reference(other, model, world, "forget_10") == other  # its own split: taken
+    (other / "unsee_retrained.json").unlink()
+    assert unlearning.find_reference(other, model, world, "forget_5") == other
+    assert "nothing says it never saw forget_5's photos" in capsys.readouterr().err
+
+
 def test_reference_checks_and_card_say_which_audits_passed() -> None:
     from unsee.report.card import model_card
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,7 @@ from unsee.models import load_adapter
 from unsee.models.base import Adapter, model_fingerprint
 from unsee.provenance import CostMeter
 from unsee.report import model_card
-from unsee.retrain import cached_reference
+from unsee.retrain import RETRAINED_FILE, cached_reference
 from unsee.runs import (
     deployed_artifact,
     evaluation,
@@ -127,11 +128,31 @@ def find_reference(reference: str | Path | None, base: str | Path | None, data: 
         path = Path(reference)
         if not (path / "config.json").is_file():
             raise ModelError(f"the reference {path} is not a model directory (no config.json)")
+        check_reference(path, forget)
         return path
     if base is None or not (Path(data) / "world.json").is_file():
         return None
 
     return cached_reference(base, data, forget, cache_dir)
+
+
+def check_reference(path: Path, forget: str) -> None:
+    """A reference given by hand is the model that never saw ``forget``'s photos, or its figures
+    mislead: one that ``unsee retrain`` made for another split is refused; one made elsewhere
+    is used, and the run says that nothing checks it."""
+    record = path / RETRAINED_FILE
+    if not record.is_file():
+        print(f"unsee: {path} has no {RETRAINED_FILE}, so nothing says it never saw {forget}'s photos; its figures "
+              "are read as the retrained reference's", file=sys.stderr)
+        return
+    try:
+        made = json.loads(record.read_text()).get("forget")
+    except (OSError, ValueError, AttributeError) as e:
+        raise DataError(f"{record} cannot be read ({e})") from None
+    if made != forget:
+        raise DataError(f"the reference {path} was retrained without {made}'s photos, and this run forgets {forget}: "
+                        f"its figures would be another split's; build the reference with `unsee retrain ... --forget "
+                        f"{forget}`")
 
 
 def attach_holdout(suite: Suite, data: str | Path | None, name: str, seed: int = 0) -> Suite:
