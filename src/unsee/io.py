@@ -203,7 +203,8 @@ def check_output_dir(path: str | Path, *, overwrite: bool, marker: str | None = 
             held = sorted(p.name for p in path.iterdir())
             shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
             raise OutputExistsError(f"{path} holds files unsee did not write ({shown}); --overwrite replaces only "
-                                    "a folder unsee wrote: move them, or give another --out")
+                                    f"a folder with unsee's mark ({OWNED}; an earlier unsee's output may lack it "
+                                    "too): move them, or give another --out")
     check_writable(path)
 
 
