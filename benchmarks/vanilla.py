@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -216,10 +217,11 @@ def main() -> None:
     world, init, wfp = prepare_init(DemoConfig(world=a.world), a.arch, a.seed, cache)
     cfg = load_config(FinetuneConfig, recipe, a.overrides, kind="finetune")
     cfg.seed = a.seed
-    # finetune overwrites this copy of the last stage on every run, from the stage cache when its key matches
+    # this copy of the last stage is made again on every run, from the stage cache when its key matches
     vanilla = cache / f"bench-vanilla-{a.arch}-{content_hash(init.name, to_dict(cfg))}"
+    shutil.rmtree(vanilla, ignore_errors=True)  # ours, whichever unsee wrote it
     t0 = time.perf_counter()
-    finetune(init, world, vanilla, config=to_dict(cfg), overwrite=True, cache_dir=cache)
+    finetune(init, world, vanilla, config=to_dict(cfg), cache_dir=cache)
     finetune_wall = time.perf_counter() - t0
     record = json.loads((vanilla / "unsee_vanilla.json").read_text())
     stages = record["stages"]
