@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from unsee import io as io_module
 from unsee.cli import main
 from unsee.errors import OutputError, OutputExistsError
 from unsee.io import OWNED, _umask, atomic_dir, atomic_write_text
@@ -101,3 +102,33 @@ def test_a_command_told_to_overwrite_a_users_folder_refuses_before_any_work(
                  "--out", str(mine), "--overwrite"]) != 0
     assert "holds files unsee did not write (thesis.tex)" in capsys.readouterr().err
     assert (mine / "thesis.tex").read_text() == "years of work"
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    """Whatever kind the writer raises (OSError, or safetensors' own error with the OS's words)."""
+    import errno
+
+    for failure in (OSError(errno.ENOSPC, "No space left on device"),
+                    RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")):
+        with pytest.raises(OutputError, match="the disk is full"), atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "half.safetensors").write_bytes(b"x")
+            raise failure
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_without_room_for_its_model_stops_before_training(
+        model_dir: Path, world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from collections import namedtuple
+
+    from unsee import api, unlearning
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(io_module.shutil, "disk_usage", lambda p: usage(2**30, 2**30 - 2**20, 2**20))
+    for module in (api, unlearning):
+        monkeypatch.setattr(module, "unlearn_adapter", lambda *a, **k: pytest.fail("it trained"))
+    with pytest.raises(OutputError, match=r"needs about \d+ MB for the unlearned model, and the disk .* has 1 MB"):
+        api.unlearn("graddiff", model_dir, world, tmp_path / "out", overrides=["max_steps=1"])
+    with pytest.raises(OutputError, match="2 copies of the model"):
+        api.unlearn("graddiff", model_dir, world, tmp_path / "out", requests="forget_r1,forget_r2",
+                    overrides=["max_steps=1"])
+    assert not list(tmp_path.iterdir())

@@ -56,6 +56,7 @@ from unsee.runs import (
     check_images,
     check_launch,
     check_neutral,
+    check_room,
     detect_benchmark,
     eval_options,
     evaluate_adapter,
@@ -271,6 +272,7 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
     check_images(suite)
     ref = find_reference(reference, model, data, forget, cache_dir) if audit else None
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
+    check_room(out, adapter, method, copies=seeds)  # in every process: none trains for a save that cannot land
     if not is_main_process():
         # Under `accelerate launch` every process trains its share; the first alone evaluates and writes.
         if method_class(method).trains_weights:  # a test-time method has nothing to train
@@ -334,6 +336,7 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
                                             benchmark=benchmark, neutral=str(neutral)))
     adapter = load_adapter(progress.model if progress.done else model, allow_pickle=allow_pickle, dtype=dtype)
     runs: list[dict] = list(progress.runs)
+    check_room(out, adapter, method, copies=2)  # the output, and the progress kept until it lands
     # Under `accelerate launch` every process trains its share; the first alone evaluates and writes
     # (another process's copy of the output would land over it, with no weights in it).
     main = is_main_process()

@@ -36,6 +36,7 @@ from unsee.runs import (
     check_forget,
     check_images,
     check_launch,
+    check_room,
     evaluate_adapter,
     is_main_process,
     jsonable,
@@ -166,6 +167,7 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
                          overrides=overrides, seed=seed, allow_pickle=allow_pickle, dtype=dtype)
         return out
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
+    check_room(out, adapter, method, copies=1 if progress is None else 2)
     name, base_hash = model_name(model), adapter.fingerprint()
     first = suites[0]
     vanilla = make_run("vanilla", evaluate_adapter(adapter, first, **eval_kw), model=name, suite=first,

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import textwrap
 from collections.abc import Iterable, Iterator
+from errno import ENOSPC
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,22 @@ OWNED = ".unsee"  # in every folder unsee lands: what --overwrite may replace wh
 OWNED_TEXT = "This folder was written by unsee; `--overwrite` may replace it whole.\n"
 
 
+def check_space(path: str | Path, needed: int, what: str) -> None:
+    """Fail before the work, not at its save, when the disk that will hold ``path`` has less than
+    ``needed`` bytes free: a run that trains for hours and then cannot write its model has lost them."""
+    parent = _real(path)
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    free = shutil.disk_usage(parent).free
+    if free < needed:
+        raise OutputError(f"{path} needs about {_size(needed)} for {what}, and the disk holding {parent} has "
+                          f"{_size(free)} free; free some space or give another --out (nothing was done)")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
+
+
 def check_output_dir(path: str | Path, *, overwrite: bool, marker: str | None = None,
                      inputs: Iterable[str | Path | None] = (), mine: bool = False) -> None:
     """Refuse an output directory that already holds results (unless told to overwrite), one
@@ -248,6 +265,10 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False, mine: bool = False)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, Exception) and (getattr(e, "errno", None) == ENOSPC or "No space left on device" in str(e)):
+            # the writers (safetensors among them) raise their own kinds; the user needs one line
+            raise OutputError(f"cannot write {path}: the disk is full (nothing was written); free some space "
+                              "and run again") from e
         raise

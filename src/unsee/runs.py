@@ -27,9 +27,7 @@ from unsee.errors import DataError
 from unsee.eval.evaluator import Evaluation, run_evaluation
 from unsee.eval.protocols import check_protocol
 from unsee.eval.results import SAMPLES_KEY
-from unsee.io import (
-    atomic_write_text,
-)
+from unsee.io import atomic_write_text, check_space
 from unsee.methods import method_class
 from unsee.methods.artifact import Trained, WeightsArtifact
 from unsee.methods.eraser import SteeringArtifact
@@ -277,6 +275,14 @@ def check_launch(method: str, config: Any = None, overrides: Any = (), *, dtype:
         what = method if cls.trains_weights else "the relearning audit"
         raise ConfigError(f"{what} cannot train fp16 weights (that would need loss scaling); load them with "
                           "--dtype bf16 or fp32 (fp16 is for evaluation and the test-time eraser)")
+
+
+def check_room(out: str | Path, adapter: Adapter, method: str, copies: int = 1) -> None:
+    """Room on ``out``'s disk for ``copies`` of the trained model, checked once the model is loaded
+    and before it trains (a test-time method writes a small file and is not checked)."""
+    if method_class(method).trains_weights:
+        size = sum(p.numel() * p.element_size() for p in adapter.model.parameters())
+        check_space(out, copies * size, "the unlearned model" if copies == 1 else f"{copies} copies of the model")
 
 
 def is_main_process() -> bool:
