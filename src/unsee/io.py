@@ -269,6 +269,6 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False, mine: bool = False)
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, Exception) and (getattr(e, "errno", None) == ENOSPC or "No space left on device" in str(e)):
             # the writers (safetensors among them) raise their own kinds; the user needs one line
-            raise OutputError(f"cannot write {path}: the disk is full (nothing was written); free some space "
-                              "and run again") from e
+            said = " ".join(getattr(e, "__notes__", ())) or f"Nothing is written to {path}."  # what the work kept
+            raise OutputError(f"cannot write {path}: the disk is full; free some space and run again. {said}") from e
         raise
