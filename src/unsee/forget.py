@@ -111,7 +111,7 @@ def _answers(adapter: Any, items: Sequence[Example], artifact: Any = None) -> li
         return answers(adapter, items)
 
 
-def _train_share(method: str, model: str | Path, suites: Sequence[Suite], progress: Progress | None,
+def _train_share(method: str, model: str | Path, out: Path, suites: Sequence[Suite], progress: Progress | None,
                  turns: dict[str, list[Any]], *, config: Any, overrides: Any, seed: int, allow_pickle: bool,
                  dtype: str | None) -> None:
     """Another process of a launch: its share of every request's training, the same steps as the
@@ -119,6 +119,7 @@ def _train_share(method: str, model: str | Path, suites: Sequence[Suite], progre
     done = progress.done if progress is not None else 0
     adapter = load_adapter(progress.model if progress is not None and done else model, allow_pickle=allow_pickle,
                            dtype=dtype)
+    check_room(out, adapter, method, copies=1 if progress is None else 2)  # as the first process does
     for i, suite in enumerate(suites[done:], done + 1):
         unlearn_adapter(method, adapter, suite, config=config, overrides=overrides, seed=seed,
                         forgotten_images=photos_before(turns, i))
@@ -163,7 +164,7 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
 
     if not is_main_process():  # under `accelerate launch`: the first process alone evaluates, audits and writes
         if cls.trains_weights:
-            _train_share(method, model, suites, progress, turns, config=config,
+            _train_share(method, model, out, suites, progress, turns, config=config,
                          overrides=overrides, seed=seed, allow_pickle=allow_pickle, dtype=dtype)
         return out
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
