@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +49,7 @@ from unsee.models import shapes as _shapes
 from unsee.models import tiny as _tiny
 from unsee.provenance import CostMeter
 from unsee.report import REPORT_FILES, terminal_table, write_report
-from unsee.resume import Progress, photos_before, run_parts
+from unsee.resume import Progress, photos_before, run_parts, train_share
 from unsee.runs import (
     check_forget,
     check_images,
@@ -76,7 +75,7 @@ from unsee.runs import (
 from unsee.unlearning import ReferenceAudits, attach_holdout, audit_adapter, find_reference, unlearn_and_save
 
 if TYPE_CHECKING:
-    pass
+    from unsee.data.schema import Suite
 
 # The commands, then the steps they are made of (:mod:`unsee.runs`, :mod:`unsee.audit.reference`), so that
 # a script can run one step on its own: load a suite, unlearn a loaded model, evaluate it, audit it.
@@ -337,38 +336,42 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
     adapter = load_adapter(progress.model if progress.done else model, allow_pickle=allow_pickle, dtype=dtype)
     runs: list[dict] = list(progress.runs)
     check_room(out, adapter, method, copies=2)  # the output, and the progress kept until it lands
-    # Under `accelerate launch` every process trains its share; the first alone evaluates and writes
-    # (another process's copy of the output would land over it, with no weights in it).
-    main = is_main_process()
-    with atomic_dir(out, overwrite=overwrite) if main else nullcontext(None) as tmp:
-        for i, req in enumerate(requests[progress.done:], progress.done + 1):
+    pending = list(enumerate(requests[progress.done:], progress.done + 1))
+
+    def suite_of(req: str) -> Suite:  # loaded request by request: one request's data in memory at a time
+        return load_suite(data, req, retain_exclude=requests, seed=seed, benchmark=benchmark, neutral=neutral)
+
+    if not is_main_process():
+        # Under `accelerate launch` every process trains its share; the first alone evaluates and writes
+        # (another process's copy of the output would land over it, with no weights in it).
+        train_share(method, adapter, ((i, suite_of(req)) for i, req in pending), len(requests), progress, forget,
+                    arch=model_name(model), config=config, overrides=overrides, seed=seed)
+        return out
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for i, req in pending:
             with progress.request(i, len(requests), req, out):
-                suite = load_suite(data, req, retain_exclude=requests, seed=seed, benchmark=benchmark,
-                                   neutral=neutral)
+                suite = suite_of(req)
                 with CostMeter() as meter:
                     res, resolved = unlearn_adapter(method, adapter, suite, config=config, overrides=overrides,
                                                     seed=seed, forgotten_images=photos_before(forget, i))
                 meter.record_model(None)
-                if main:
-                    found = evaluation(adapter, suite, **eval_kw)
-                    for j, earlier in enumerate(requests[:i], 1):
-                        s_j = load_suite(data, earlier, retain_exclude=requests, seed=seed, benchmark=benchmark)
-                        again = evaluation(adapter, s_j, **{**eval_kw, "groups": ("forget",), "generation": False})
-                        found.metrics[f"forget_r{j}"] = again.metrics["forget"]
-                        found.scoring[f"forget_r{j}"] = again.scoring["forget"]
-                        found.samples += [{**r, "group": f"forget_r{j}"} for r in again.samples]
-                    runs.append(make_run(method, found, model=model_name(model), suite=suite, forget=req, seed=seed,
-                                         request=i, config=resolved, info=jsonable(res.info),
-                                         cost={**meter.cost(), "trainable_params": res.trainable_params,
-                                               "optimizer_state_bytes": res.optimizer_state_bytes}))
-                    runs[-1]["history"] = res.history
+                found = evaluation(adapter, suite, **eval_kw)
+                for j, earlier in enumerate(requests[:i], 1):
+                    s_j = load_suite(data, earlier, retain_exclude=requests, seed=seed, benchmark=benchmark)
+                    again = evaluation(adapter, s_j, **{**eval_kw, "groups": ("forget",), "generation": False})
+                    found.metrics[f"forget_r{j}"] = again.metrics["forget"]
+                    found.scoring[f"forget_r{j}"] = again.scoring["forget"]
+                    found.samples += [{**r, "group": f"forget_r{j}"} for r in again.samples]
+                runs.append(make_run(method, found, model=model_name(model), suite=suite, forget=req, seed=seed,
+                                     request=i, config=resolved, info=jsonable(res.info),
+                                     cost={**meter.cost(), "trainable_params": res.trainable_params,
+                                           "optimizer_state_bytes": res.optimizer_state_bytes}))
+                runs[-1]["history"] = res.history
                 if i < len(requests):
                     progress.save(i, adapter, model_name(model), jsonable(runs))
-        if main:
-            save_model(adapter, tmp / "model", model_name(model))
-            write_results(tmp / "results.json", new_results(runs))
-    if main:  # once the output has landed
-        progress.remove()
+        save_model(adapter, tmp / "model", model_name(model))
+        write_results(tmp / "results.json", new_results(runs))
+    progress.remove()  # once the output has landed
     return out
 
 

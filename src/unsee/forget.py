@@ -31,7 +31,7 @@ from unsee.io import atomic_dir, atomic_write_json, atomic_write_text, check_out
 from unsee.models import load_adapter
 from unsee.report.card import model_card
 from unsee.report.evidence import Shown, write_evidence
-from unsee.resume import Progress, photos_before, run_parts
+from unsee.resume import Progress, photos_before, run_parts, train_share
 from unsee.runs import (
     check_forget,
     check_images,
@@ -45,7 +45,6 @@ from unsee.runs import (
     model_name,
     names_needed_by,
     save_checkpoint,
-    unlearn_adapter,
 )
 from unsee.unlearning import unlearn_and_save
 
@@ -111,22 +110,6 @@ def _answers(adapter: Any, items: Sequence[Example], artifact: Any = None) -> li
         return answers(adapter, items)
 
 
-def _train_share(method: str, model: str | Path, out: Path, suites: Sequence[Suite], progress: Progress | None,
-                 turns: dict[str, list[Any]], *, config: Any, overrides: Any, seed: int, allow_pickle: bool,
-                 dtype: str | None) -> None:
-    """Another process of a launch: its share of every request's training, the same steps as the
-    first process takes, and the merges of the progress it keeps (the first process writes it)."""
-    done = progress.done if progress is not None else 0
-    adapter = load_adapter(progress.model if progress is not None and done else model, allow_pickle=allow_pickle,
-                           dtype=dtype)
-    check_room(out, adapter, method, copies=1 if progress is None else 2)  # as the first process does
-    for i, suite in enumerate(suites[done:], done + 1):
-        unlearn_adapter(method, adapter, suite, config=config, overrides=overrides, seed=seed,
-                        forgotten_images=photos_before(turns, i))
-        if progress is not None and i < len(suites):
-            progress.save(i, adapter, model_name(model), [])
-
-
 def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None, out: str | Path, *,
            requests: str | Sequence[str | Path] | None = None, method: str = "cvf_ncu", config: Any = None,
            overrides: Any = (), seed: int = 0, overwrite: bool = False, audit: bool = True,
@@ -164,8 +147,12 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
 
     if not is_main_process():  # under `accelerate launch`: the first process alone evaluates, audits and writes
         if cls.trains_weights:
-            _train_share(method, model, out, suites, progress, turns, config=config,
-                         overrides=overrides, seed=seed, allow_pickle=allow_pickle, dtype=dtype)
+            done = progress.done if progress is not None else 0
+            adapter = load_adapter(progress.model if progress is not None and done else model,
+                                   allow_pickle=allow_pickle, dtype=dtype)
+            check_room(out, adapter, method, copies=1 if progress is None else 2)  # as the first process does
+            train_share(method, adapter, enumerate(suites[done:], done + 1), len(suites), progress, turns,
+                        arch=model_name(model), config=config, overrides=overrides, seed=seed)
         return out
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
     check_room(out, adapter, method, copies=1 if progress is None else 2)

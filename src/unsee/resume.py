@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +28,7 @@ from unsee.errors import ConfigError, DataError, OutputExistsError, TrainingErro
 from unsee.io import atomic_dir, atomic_write_json
 from unsee.methods.artifact import merge_lora
 from unsee.models.base import model_fingerprint
-from unsee.runs import is_main_process, method_configs, save_model
+from unsee.runs import is_main_process, method_configs, save_model, unlearn_adapter
 
 STATE = "state.json"
 
@@ -62,6 +62,17 @@ def photos_before(forget: Mapping[str, list[Any]], i: int) -> list[Any]:
     """The forget photos of the requests before request ``i`` (1-based), each once however many
     questions it has: what the next request must keep forgotten (requests are disjoint people)."""
     return [t.image for turns in list(forget.values())[: i - 1] for t in unique_images(turns)]
+
+
+def train_share(method: str, adapter: Any, requests: Iterable[tuple[int, Any]], n: int,
+                progress: Progress | None, forget: Mapping[str, list[Any]], *, arch: str, **options: Any) -> None:
+    """What another process of a launch does in a run of ``n`` requests: its share of the training
+    of each request not done yet (``requests``: its number and suite), with the same calls as the
+    first process, and the merges between requests; the first process alone evaluates and writes."""
+    for i, suite in requests:
+        unlearn_adapter(method, adapter, suite, forgotten_images=photos_before(forget, i), **options)
+        if progress is not None and i < n:
+            progress.save(i, adapter, arch, [])
 
 
 @dataclass
