@@ -121,6 +121,7 @@ def _problems(path: Path, **kw: object) -> list[str]:
     (lambda b, t: b["forget"][0].update(photos=["a", "missing.png"]), r"photo .*missing\.png does not exist"),
     (lambda b, t: b["forget"][0].update(photos=[str(_garbage(t))]), r"cannot read photo .*broken\.png"),
     (lambda b, t: b["forget"][0].update(photos=[str(_float_tiff(t))]), r"cannot read photo .*depth\.tif: floating"),
+    (lambda b, t: (t / "a" / "gone.png").symlink_to(t / "nowhere.png"), r"cannot read photo .*a/gone\.png"),
     (lambda b, t: b["retain"].append({"name": "Ann Example", "photos": "r0/0.png"}), r"in both forget and retain"),
     (lambda b, t: b["retain"].append({"name": "retained 1", "photos": str(_png(t / "x.png", 7))}),
      r"duplicate name 'Retained 1'.*retain\[3\]"),

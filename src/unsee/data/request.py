@@ -146,7 +146,8 @@ class _Reader:
             p = Path(item).expanduser()
             p = p if p.is_absolute() else self.base / p
             if p.is_dir():
-                files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in self.exts)
+                # a broken link named like a photo is read, and reported, not passed over
+                files = sorted(f for f in p.iterdir() if f.suffix.lower() in self.exts and not f.is_dir())
                 if not files:
                     self.problems.append(f"{where}: folder {p} holds no image Pillow can read")
                 out += [ph for f in files if (ph := self.read(f, where)) is not None]
