@@ -192,8 +192,10 @@ def test_unknown_attack_and_shift_are_refused(adapter: HFAdapter, suite: Suite) 
 
 
 # ---- the command line: unsee attack, unsee unlearn --audit ------------------------------------------
-def test_attack_command_adds_to_an_unlearn_results_file(adapter: HFAdapter, world: Path, tmp_path: Path) -> None:
+def test_attack_command_adds_to_an_unlearn_results_file(adapter: HFAdapter, world: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
     import json
+    import shutil
 
     from unsee.cli import main
     from unsee.eval.results import load_results
@@ -211,6 +213,21 @@ def test_attack_command_adds_to_an_unlearn_results_file(adapter: HFAdapter, worl
     before = (out / "results.json").read_bytes()
     assert main(args) == 2  # already recorded: refused, file untouched
     assert (out / "results.json").read_bytes() == before
+    # figures of another split, model or dataset would read as the run's own: refused, file untouched
+    other_world = tmp_path / "other_world"
+    shutil.copytree(world, other_world)
+    (other_world / "notes.json").write_text("{}")  # other contents, the same splits
+    shift = ["attack", "shift", "--model", str(out / "model"), "--data", str(world), "--out", str(out), "max_items=2"]
+    for wrong, message in (
+        (["--forget", "forget_5"], "records a run on forget_15, and the attack would measure forget_5"),
+        (["--model", str(model)], f"records the run of the model in {out / 'model'}, not {model}"),
+        (["--data", str(other_world)], "not the data given"),
+    ):
+        assert main([*shift, *wrong]) == 2
+        assert message in capsys.readouterr().err
+        assert (out / "results.json").read_bytes() == before
+    assert main(shift) == 0  # --forget left out: the run's own split
+    assert "forget_crop" in load_results(out / "results.json")["runs"][0]["attacks"]["shift"]
 
     fresh = tmp_path / "fresh.json"
     assert main(["attack", "shift", "--model", str(model), "--data", str(world), "--out", str(fresh),

@@ -379,7 +379,30 @@ NO_REFERENCE = ("{what} is read against the retrained reference, and none was fo
                 "`unsee retrain --model VANILLA --data DATA --out DIR --forget SPLIT` and pass --reference DIR")
 
 
-def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
+def check_attacked_run(run: Mapping[str, Any], out: Path, model: str | Path, data: str | Path, forget: str,
+                       suite: Suite) -> None:
+    """Refuse to add figures to ``run`` that measure another model, split or dataset than it did.
+
+    Such figures land beside the run's own metrics and read as its; a run written before these
+    fields were recorded is not checked on them.
+    """
+
+    split = Path(data).stem if suite.info.get("benchmark") == "request" else forget
+    recorded = run.get("forget_split")
+    if recorded is not None and recorded != split:
+        raise DataError(f"{out} records a run on {recorded}, and the attack would measure {split}; leave out "
+                        f"--forget (it defaults to the run's split) or write the attack to another --out")
+    then, now = run.get("data", {}).get("fingerprint"), suite.info.get("data", {}).get("fingerprint")
+    if then is not None and now is not None and then != now:
+        raise DataError(f"{out} records a run on the data at {run['data'].get('path')}, not the data given ({data}: "
+                        f"other contents); pass that data or write the attack to another --out")
+    own = out.parent / "model"
+    if own.is_dir() and Path(model).exists() and Path(model).resolve() != own.resolve():
+        raise DataError(f"{out} records the run of the model in {own}, not {model}; attack that model "
+                        f"(--model {own}) or write the attack to another --out")
+
+
+def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, forget: str | None = None,
            vanilla: str | Path | None = None, steering: str | Path | None = None, method: str = "attacked",
            seed: int = 0, overrides: Any = (), overwrite: bool = False, allow_pickle: bool = False,
            dtype: str | None = None, benchmark: str | None = None, revision: str | None = None,
@@ -389,7 +412,10 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     ``KIND`` is ``relearn``, ``pgd``, ``shift``, ``probe``, ``quant``, ``mia`` or ``all``. If ``out``
     is an existing results.json (the one ``unsee unlearn`` wrote), the attacks are added to its
     last run and everything else is kept; an attack already recorded there is replaced only with
-    ``overwrite``. Otherwise a new results.json holds one run named ``method``.
+    ``overwrite``. The attacks then measure that run's forget split (``forget`` defaults to it)
+    on its data and, where the run's output holds its model, that model: figures of anything
+    else would read as the run's own. Otherwise a new results.json holds one run named
+    ``method``, on ``forget`` (``forget_10`` unless given).
 
     The retrained reference (``reference``, or the one ``unsee retrain`` cached for ``vanilla``)
     is attacked too, each figure going beside the model's as ``reference``. ``mia`` needs it;
@@ -413,6 +439,8 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     existing = load_results(out) if out.is_file() else None
     if existing is not None and not existing["runs"]:
         raise DataError(f"{out} holds no runs to add the attacks to")
+    if forget is None:
+        forget = existing["runs"][-1].get("forget_split", "forget_10") if existing is not None else "forget_10"
     if existing is not None and not overwrite:
         done = sorted(set(kinds) & set(existing["runs"][-1].get("attacks", {})))
         if done:
@@ -427,6 +455,8 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
         kinds.remove("mia")
         skipped["mia"] = {"skipped": message}
     suite = load_suite(data, forget, seed=seed, benchmark=benchmark, revision=revision)
+    if existing is not None:
+        check_attacked_run(existing["runs"][-1], out, model, data, forget, suite)
     check_forget(suite)
     check_images(suite)
     if "mia" in kinds:

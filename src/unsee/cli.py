@@ -310,7 +310,8 @@ def parser(method_help: str | None = None) -> argparse.ArgumentParser:
                   _attack, required=["model", "data", "out"])
     at.add_argument("kind", choices=["relearn", "pgd", "probe", "shift", "quant", "mia", "all"])
     _add_overrides(at)  # after the kind: positionals are matched in the order they are added
-    at.add_argument("--forget", default="forget_10")
+    at.add_argument("--forget", default=None,
+                    help="the forget split (default: the run's own when --out holds one, else forget_10)")
     at.add_argument("--vanilla", default=None, help="the model before unlearning (for the probe's baseline)")
     at.add_argument("--steering", default=None, help="attack the model with this MLLMEraser steering file on")
     at.add_argument("--method", default="attacked", help="the run's name when --out is a new file")
