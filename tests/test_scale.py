@@ -275,3 +275,20 @@ def test_continual_command_under_two_processes_writes_once(model_dir: Path, worl
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # no progress, no stray temporary
     runs = load_results(tmp_path / "two" / "results.json")["runs"]
     assert [r["request"] for r in runs] == [1, 2]
+
+
+def test_evaluation_and_attack_under_two_processes_run_once(model_dir: Path, world: Path, tmp_path: Path) -> None:
+    """`unsee eval` and `unsee attack` share nothing out: under a launch the first process does the work
+    and the other leaves it alone, instead of racing it to the same file (which failed the launch)."""
+    out = tmp_path / "eval.json"
+    proc = launch("-m", "unsee.cli", "eval", "--model", str(model_dir), "--data", str(world), "--out", str(out),
+                  "--max-items", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("unsee results") == 1  # one table
+    proc = launch("-m", "unsee.cli", "attack", "probe", "--model", str(model_dir), "--data", str(world),
+                  "--out", str(out), "probe_steps=5", "probe_blocks=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count('"probe"') == 1
+    run = load_results(out)["runs"][0]
+    assert run["method"] == "vanilla" and "forget_acc" in run["attacks"]["probe"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "eval.samples.jsonl"]

@@ -8,6 +8,7 @@ and exit code 2 (no traceback for a user's mistake).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -340,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         p.print_help()
         return 0
+    if args.command in ALONE and not _first_of_launch():
+        return 0
     try:
         func(args)
     except UnseeError as e:
@@ -351,6 +354,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"unsee: interrupted; {'; '.join(kept)}", file=sys.stderr)
         return 130
     return 0
+
+
+# Commands with nothing to share out under `accelerate launch`: the first process does the whole
+# work, and the others would only repeat it and race it to the same output.
+ALONE = frozenset({"world", "model", "eval", "report", "attack"})
+
+
+def _first_of_launch() -> bool:
+    """True outside a multi-process launch (told by its environment, so that plain runs set up
+    no process group) and in its first process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_main_process()
 
 
 # What an interrupted command leaves behind. Outputs land only when a command completes
