@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import launch_command
 from PIL import Image
 
 from unsee.errors import ConfigError, OutputExistsError
@@ -54,6 +57,36 @@ def test_demo_audits_every_result(demo_run: tuple[Path, Path]) -> None:
         assert "skipped" in attacks["relearn"]  # the tiny world's request has one person: nothing to split
         assert 0 <= attacks["pgd"]["forget_attacked"] <= 1 and "vanilla_forget_acc" in attacks["probe"]
         assert "| pgd | forget_attacked |" in (out / m / "README.md").read_text()
+
+
+def test_demo_under_two_processes_writes_once(demo_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """`accelerate launch -m unsee.cli demo`: the first process builds the world and the tiny model while the
+    other waits, both train each method, and the first alone evaluates, audits and writes."""
+    import torch
+    from safetensors.torch import load_file
+
+    out, cache = demo_run
+    mine = tmp_path / "cache"
+    shutil.copytree(cache, mine)
+    for built in [*mine.glob("world-*"), *mine.glob("init-*")]:
+        shutil.rmtree(built)  # built again under the launch; the vanilla model stays cached
+    cmd, env = launch_command("cpu.yaml", "-m", "unsee.cli", "demo", "--quick", "--config", str(CONFIG),
+                              "--out", str(tmp_path / "two"), "--cache-dir", str(mine))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("unsee results") == 1  # one table
+    runs = {r["method"]: r for r in load_results(tmp_path / "two" / "results.json")["runs"]}
+    assert list(runs) == ["vanilla", "cvf_ncu", "graddiff"]
+    assert all(set(runs[m]["attacks"]) == {"relearn", "pgd", "shift", "probe"} for m in ("cvf_ncu", "graddiff"))
+    assert sorted(p.name for p in mine.iterdir()) == sorted(p.name for p in cache.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "two"]
+    # GradDiff draws no crops, so its two-process training is the one-process one
+    vanilla = load_file(next(cache.glob("vanilla-*")) / "model.safetensors")
+    one, two = (load_file(d / "graddiff" / "model.safetensors") for d in (out, tmp_path / "two"))
+    moved = sum(float((one[k] - vanilla[k]).pow(2).sum()) for k in one)
+    apart = sum(float((two[k] - one[k]).pow(2).sum()) for k in one)
+    assert moved > 0 and apart < 1e-4 * moved, (moved, apart)
+    assert all(torch.isfinite(v).all() for v in two.values())
 
 
 def test_demo_reuses_the_cache_and_refuses_existing_output(demo_run: tuple[Path, Path], monkeypatch) -> None:

@@ -22,11 +22,21 @@ from unsee.eval.evaluator import answers
 from unsee.eval.results import new_results, seed_summary, write_results
 from unsee.finetune import FinetuneConfig, cache_root, finetune, vanilla_stages, world_fingerprint
 from unsee.io import atomic_dir, atomic_write_text, check_output_dir, content_hash
-from unsee.methods import ALL
+from unsee.methods import ALL, method_class
 from unsee.models import load_adapter
 from unsee.models.tiny import cached_init
 from unsee.report import terminal_table, write_report
-from unsee.runs import check_forget, eval_options, evaluation, load_suite, make_run, method_configs
+from unsee.runs import (
+    check_forget,
+    eval_options,
+    evaluation,
+    is_main_process,
+    load_suite,
+    make_run,
+    method_configs,
+    unlearn_adapter,
+    wait_for_everyone,
+)
 from unsee.unlearning import find_reference, unlearn_and_save
 
 console = Console()
@@ -52,10 +62,17 @@ def prepare_init(cfg: DemoConfig, arch: str, seed: int, cache: Path) -> tuple[Pa
     """World, untrained tiny model (what stage 1 starts from) and the world's content hash; the
     two directories are built once and reused from the cache."""
 
-    world = cached_world(cache, cfg.world, cfg.world_overrides, seed,
-                         on_build=lambda p: console.print(f"[bold]1/4[/] building the world → {p}"))
-    wfp = world_fingerprint(world)
-    return world, cached_init(cache, arch, world, seed, wfp), wfp
+    def build() -> tuple[Path, Path, str]:
+        world = cached_world(cache, cfg.world, cfg.world_overrides, seed,
+                             on_build=lambda p: console.print(f"[bold]1/4[/] building the world → {p}"))
+        wfp = world_fingerprint(world)
+        return world, cached_init(cache, arch, world, seed, wfp), wfp
+
+    # under `accelerate launch` the first process builds them and the others then find them cached
+    if is_main_process():
+        built = build()
+    wait_for_everyone()
+    return built if is_main_process() else build()
 
 
 def prepare_vanilla(cfg: DemoConfig, arch: str, seed: int, cache: Path) -> tuple[Path, Path]:
@@ -70,7 +87,7 @@ def prepare_vanilla(cfg: DemoConfig, arch: str, seed: int, cache: Path) -> tuple
     recipe_cfg.seed = seed
     stage3 = vanilla_stages(init, world, recipe_cfg, cache).stage3
     vanilla = cache / f"vanilla-{arch}-{content_hash(wfp, recipe, seed, stage3.name)}"
-    if not (vanilla / "unsee_vanilla.json").exists():
+    if not (vanilla / "unsee_vanilla.json").exists():  # every process of a launch trains it, the first writes it
         console.print("[bold]2/4[/] teaching the tiny model the world (cached after the first run)")
         finetune(init, world, vanilla, config=cfg.recipe, overrides=cfg.recipe_overrides, seed=seed,
                  overwrite=True, cache_dir=cache)
@@ -110,6 +127,14 @@ def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", 
     suite = load_suite(world, cfg.forget, seed=seed)
     check_forget(suite)
     eval_kw.update(max_gen_items=cfg.max_gen_items or None, max_items=cfg.max_items or None)
+    if not is_main_process():
+        # Under `accelerate launch` every process trains its share of each method; the first alone
+        # evaluates, audits and writes (as `unsee unlearn` does).
+        for m in names:
+            if method_class(m).trains_weights:
+                for s in range(seed, seed + seeds):
+                    unlearn_adapter(m, load_adapter(vanilla), suite, overrides=cfg.method_overrides.get(m, []), seed=s)
+        return out
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         console.print("[bold]3/4[/] measuring the vanilla model")

@@ -360,13 +360,14 @@ def finetune(
         meta = json.loads((p / STAGE_FILE).read_text()) if stage_done(p) else {}
         stages[p.name] = {"cached": cached[p.name], "seconds": meta.get("seconds"), "stats": meta.get("stats"),
                           "numerics": meta.get("numerics")}
-    if not PartialState(cpu=not torch.cuda.is_available()).is_main_process:
-        return Path(out)  # under `accelerate launch` the first process writes the result
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        for f in stage3.iterdir():
-            shutil.copy2(f, tmp / f.name)
-        (tmp / "unsee_vanilla.json").write_text(json.dumps({
-            "base_model": str(model), "base_fingerprint": plan.base_fingerprint, "world": str(data),
-            "world_fingerprint": world_fingerprint(data), "recipe": rc, "stages": stages,
-        }, indent=2))
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.is_main_process:  # under `accelerate launch` the first process writes the result
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            for f in stage3.iterdir():
+                shutil.copy2(f, tmp / f.name)
+            (tmp / "unsee_vanilla.json").write_text(json.dumps({
+                "base_model": str(model), "base_fingerprint": plan.base_fingerprint, "world": str(data),
+                "world_fingerprint": world_fingerprint(data), "recipe": rc, "stages": stages,
+            }, indent=2))
+    state.wait_for_everyone()  # and the others return once it is there, for what they do next to read
     return Path(out)

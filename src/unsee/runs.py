@@ -293,6 +293,14 @@ def is_main_process() -> bool:
     return PartialState(cpu=not torch.cuda.is_available()).is_main_process
 
 
+def wait_for_everyone() -> None:
+    """Hold each process of a launch here until all have come (nothing outside a launch)."""
+    import torch
+    from accelerate import PartialState
+
+    PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
+
+
 def save_checkpoint(artifact: Artifact, model_dir: Path, card: str) -> None:
     """A weights artifact as a user ships it: the checkpoint and its model card beside it."""
     artifact.save(model_dir)
