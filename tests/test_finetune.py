@@ -6,12 +6,14 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import launch_command
 
 from unsee import finetune as ft
 from unsee import stage_keys
@@ -285,6 +287,13 @@ def test_retrain_leaves_out_the_forget_photos_keeps_their_text_and_is_cached(wor
     again = retrain(vanilla, world, tmp_path / "r2", cache_dir=cache)
     assert json.loads((again / RETRAINED_FILE).read_text())["cached"]
     assert (again / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+    # under a launch the first process writes the reference, once, and the launch succeeds
+    cmd, env = launch_command("cpu.yaml", "-m", "unsee.cli", "retrain", "--model", str(vanilla), "--data", str(world),
+                              "--out", str(tmp_path / "r6"), "--cache-dir", str(cache))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("written to") == 1
+    assert (tmp_path / "r6" / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
 
     with pytest.raises(ModelError, match="not made by unsee finetune"):
         retrain(model, world, tmp_path / "r3", cache_dir=cache)

@@ -39,6 +39,7 @@ from unsee.finetune import (
 from unsee.io import atomic_dir, check_output_dir
 from unsee.models import load_adapter
 from unsee.models.base import Adapter, Turn
+from unsee.runs import is_main_process, wait_for_everyone
 from unsee.stage_keys import RETRAINED, RETRAINED_KNOWN, batch_adapter, turns_fingerprint
 
 RETRAINED_FILE = "unsee_retrained.json"
@@ -170,12 +171,14 @@ def retrain(vanilla: str | Path, data: str | Path, out: str | Path, *, forget: s
         previous = path
     path = plan.path
     seconds = json.loads((path / STAGE_FILE).read_text()).get("seconds")
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        for f in path.iterdir():
-            shutil.copy2(f, tmp / f.name)
-        (tmp / RETRAINED_FILE).write_text(json.dumps({
-            "vanilla": str(vanilla), "world": str(data), "world_fingerprint": meta["world_fingerprint"],
-            "forget": forget, "without": plan.without, "stage": path.name, "cached": cached,
-            "seconds": seconds, "recipe": rc,
-        }, indent=2))
+    if is_main_process():  # under `accelerate launch` the first process writes it, and the others wait
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            for f in path.iterdir():
+                shutil.copy2(f, tmp / f.name)
+            (tmp / RETRAINED_FILE).write_text(json.dumps({
+                "vanilla": str(vanilla), "world": str(data), "world_fingerprint": meta["world_fingerprint"],
+                "forget": forget, "without": plan.without, "stage": path.name, "cached": cached,
+                "seconds": seconds, "recipe": rc,
+            }, indent=2))
+    wait_for_everyone()
     return Path(out)
