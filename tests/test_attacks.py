@@ -236,6 +236,30 @@ def test_attack_command_adds_to_an_unlearn_results_file(adapter: HFAdapter, worl
     assert run["method"] == "attacked" and "forget_crop" in run["attacks"]["shift"]
 
 
+def test_attack_on_a_run_over_seeds_goes_to_the_seed_attacked(adapter: HFAdapter, world: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from unsee.cli import main
+    from unsee.eval.results import load_results
+
+    out = tmp_path / "ga"
+    api.unlearn("ga", Path(adapter.source), world, out, forget="forget_15", seeds=2,
+                overrides=["max_steps=1", "progress=false"], evaluate_after=False)
+    before = (out / "results.json").read_bytes()
+    probe = ["attack", "probe", "--data", str(world), "--out", str(out), "probe_steps=5", "probe_blocks=false"]
+    assert main([*probe, "--model", str(adapter.source)]) == 2  # which seed's figures would these be?
+    assert "holds the runs of 2 unlearning seeds" in capsys.readouterr().err
+    assert (out / "results.json").read_bytes() == before
+    assert main([*probe, "--model", str(out / "seed-1" / "model")]) == 0
+    res = load_results(out / "results.json")
+    assert [sorted(r.get("attacks", {})) for r in res["runs"]] == [[], ["probe"]]
+    summary = res["seeds"][0]["attacks"]["probe"]["forget_acc"]  # over the one seed that has it
+    assert summary["sd"] == 0 and summary["mean"] == round(res["runs"][1]["attacks"]["probe"]["forget_acc"], 4)
+    assert json.loads((out / "seed-1" / "run.json").read_text())["attacks"] == res["runs"][1]["attacks"]
+    assert "attacks" not in json.loads((out / "seed-0" / "run.json").read_text())
+
+
 def test_unlearn_with_audit_records_attacks_in_run_and_card(adapter: HFAdapter, world: Path, tmp_path: Path) -> None:
     from unsee.eval.results import load_results
 

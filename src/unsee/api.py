@@ -379,8 +379,29 @@ NO_REFERENCE = ("{what} is read against the retrained reference, and none was fo
                 "`unsee retrain --model VANILLA --data DATA --out DIR --forget SPLIT` and pass --reference DIR")
 
 
-def check_attacked_run(run: Mapping[str, Any], out: Path, model: str | Path, data: str | Path, forget: str,
-                       suite: Suite) -> None:
+def attacked_run(results: Mapping[str, Any], out: Path, model: str | Path,
+                 steering: str | Path | None) -> tuple[int, Path]:
+    """Which run of an existing results file an attack's figures belong to, and that run's folder.
+
+    A run over several unlearning seeds keeps each seed's model (or steering file) in
+    ``seed-K/``: the figures go to the seed whose files are attacked, and any other model is
+    refused. Otherwise they go to the last run (a continual run's last request, whose model the
+    output holds).
+    """
+
+    if "seeds" not in results:
+        return len(results["runs"]) - 1, out.parent
+    attacked = Path(steering if steering is not None else model).resolve()
+    for i, run in enumerate(results["runs"]):
+        home = out.parent / f"seed-{run['seed']}"
+        if home.resolve() in (attacked, *attacked.parents):
+            return i, home
+    raise DataError(f"{out} holds the runs of {len(results['runs'])} unlearning seeds; attack one seed's model "
+                    f"(--model {out.parent}/seed-K/model, or its steering file), whose run gets the figures")
+
+
+def check_attacked_run(run: Mapping[str, Any], out: Path, home: Path, model: str | Path, data: str | Path,
+                       forget: str, suite: Suite) -> None:
     """Refuse to add figures to ``run`` that measure another model, split or dataset than it did.
 
     Such figures land beside the run's own metrics and read as its; a run written before these
@@ -396,7 +417,7 @@ def check_attacked_run(run: Mapping[str, Any], out: Path, model: str | Path, dat
     if then is not None and now is not None and then != now:
         raise DataError(f"{out} records a run on the data at {run['data'].get('path')}, not the data given ({data}: "
                         f"other contents); pass that data or write the attack to another --out")
-    own = out.parent / "model"
+    own = home / "model"
     if own.is_dir() and Path(model).exists() and Path(model).resolve() != own.resolve():
         raise DataError(f"{out} records the run of the model in {own}, not {model}; attack that model "
                         f"(--model {own}) or write the attack to another --out")
@@ -414,7 +435,8 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     last run and everything else is kept; an attack already recorded there is replaced only with
     ``overwrite``. The attacks then measure that run's forget split (``forget`` defaults to it)
     on its data and, where the run's output holds its model, that model: figures of anything
-    else would read as the run's own. Otherwise a new results.json holds one run named
+    else would read as the run's own. Of a run over several seeds, the seed whose model (or
+    steering file) is attacked gets the figures (:func:`attacked_run`). Otherwise a new results.json holds one run named
     ``method``, on ``forget`` (``forget_10`` unless given).
 
     The retrained reference (``reference``, or the one ``unsee retrain`` cached for ``vanilla``)
@@ -439,10 +461,11 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     existing = load_results(out) if out.is_file() else None
     if existing is not None and not existing["runs"]:
         raise DataError(f"{out} holds no runs to add the attacks to")
+    index, home = attacked_run(existing, out, model, steering) if existing is not None else (-1, out.parent)
     if forget is None:
-        forget = existing["runs"][-1].get("forget_split", "forget_10") if existing is not None else "forget_10"
+        forget = existing["runs"][index].get("forget_split", "forget_10") if existing is not None else "forget_10"
     if existing is not None and not overwrite:
-        done = sorted(set(kinds) & set(existing["runs"][-1].get("attacks", {})))
+        done = sorted(set(kinds) & set(existing["runs"][index].get("attacks", {})))
         if done:
             raise OutputExistsError(f"{out} already records {done}; pass overwrite=True (--overwrite) to redo them")
     ref_path = find_reference(reference, vanilla, data, forget, cache_dir)
@@ -456,7 +479,7 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
         skipped["mia"] = {"skipped": message}
     suite = load_suite(data, forget, seed=seed, benchmark=benchmark, revision=revision)
     if existing is not None:
-        check_attacked_run(existing["runs"][-1], out, model, data, forget, suite)
+        check_attacked_run(existing["runs"][index], out, home, model, data, forget, suite)
     check_forget(suite)
     check_images(suite)
     if "mia" in kinds:
@@ -470,11 +493,13 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
                           overrides=values, changed=changed, reference=ref_path, cache_dir=cache_dir)
     found.update(skipped)
     if existing is not None:
-        run = existing["runs"][-1]
+        run = existing["runs"][index]
         run["attacks"] = {**run.get("attacks", {}), **found}
+        if "seeds" in existing:  # the spread over the seeds takes in the new figures
+            existing["seeds"] = seed_summary(existing["runs"])
         write_results(out, existing, overwrite=True)
-        if (out.parent / "run.json").is_file() and len(existing["runs"]) == 1:
-            atomic_write_json(out.parent / "run.json", run)
+        if (home / "run.json").is_file() and (len(existing["runs"]) == 1 or home != out.parent):
+            atomic_write_json(home / "run.json", run)
     else:
         run = make_run(method, {}, model=model_name(model), suite=suite, forget=forget, seed=seed, attacks=found)
         write_results(out, new_results([run]))
