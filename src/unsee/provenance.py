@@ -145,6 +145,15 @@ def _cuda() -> Any | None:
         return None
 
 
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """The bytes of every tensor an optimiser keeps (Adam's two moments, step counters, ...):
+    the memory a method adds beyond the model, created once training has stepped."""
+    import torch
+
+    return int(sum(t.numel() * t.element_size() for state in optimizer.state.values() for t in state.values()
+                   if isinstance(t, torch.Tensor)))
+
+
 class CostMeter:
     """Measure a block: ``with CostMeter() as m: ...; m.record_model(model, opt); m.cost()``.
 
@@ -209,14 +218,7 @@ class CostMeter:
         if model is not None:
             self.trainable_params = int(sum(p.numel() for p in model.parameters() if p.requires_grad))
         if optimizer is not None:
-            import torch
-
-            nbytes = 0
-            for state in optimizer.state.values():
-                for value in state.values():
-                    if isinstance(value, torch.Tensor):
-                        nbytes += value.numel() * value.element_size()
-            self.optimizer_state_bytes = max(self.optimizer_state_bytes, int(nbytes))
+            self.optimizer_state_bytes = max(self.optimizer_state_bytes, optimizer_state_bytes(optimizer))
 
     def cost(self) -> dict[str, Any]:
         """The ``cost`` object of results.json; inside the block it reports the figures so far."""

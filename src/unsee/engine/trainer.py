@@ -45,6 +45,7 @@ from unsee.engine.prepare import (
 from unsee.engine.tracking import Trackers, check_trackers, history
 from unsee.errors import ConfigError, TrainingError, UnseeError
 from unsee.models.base import SCOPES, Adapter
+from unsee.provenance import optimizer_state_bytes
 
 
 @dataclass
@@ -471,8 +472,5 @@ def train(
     check_finite(adapter, params, turns.get(method.streams[0], []), method.name, total)
     if cfg.checkpoint_dir and not cfg.keep_checkpoint and accelerator.is_main_process:
         remove_checkpoint(cfg.checkpoint_dir)
-    state_bytes = sum(
-        t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)
-    )
-    return TrainResult(total, losses, logs, ctx.info, sum(p.numel() for p in params), state_bytes,
+    return TrainResult(total, losses, logs, ctx.info, sum(p.numel() for p in params), optimizer_state_bytes(optimizer),
                        history(losses, logs, cfg.log_every))
