@@ -236,6 +236,30 @@ def test_attack_command_adds_to_an_unlearn_results_file(adapter: HFAdapter, worl
     assert run["method"] == "attacked" and "forget_crop" in run["attacks"]["shift"]
 
 
+def test_attacks_side_by_side_on_one_output_keep_each_others_figures(adapter: HFAdapter, world: Path,
+                                                                      tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second attack that lands while the first is still running is not written over by the first."""
+    from unsee.eval.results import load_results
+
+    out = tmp_path / "ga"
+    api.unlearn("ga", Path(adapter.source), world, out, forget="forget_15", overrides=["max_steps=1", "progress=false"],
+                evaluate_after=False)
+    real = api.audit_adapter
+    other = {"done": False}
+
+    def meanwhile(*args: Any, **kw: Any) -> dict:
+        if not other["done"]:  # the other attack, run to its end while this one works
+            other["done"] = True
+            api.attack("shift", out / "model", world, out, overrides=["max_items=2"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(api, "audit_adapter", meanwhile)
+    api.attack("probe", out / "model", world, out, overrides=["probe_steps=5", "probe_blocks=false"])
+    assert other["done"]
+    assert set(load_results(out / "results.json")["runs"][0]["attacks"]) == {"shift", "probe"}
+
+
 def test_attack_on_a_run_over_seeds_goes_to_the_seed_attacked(adapter: HFAdapter, world: Path, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     import json

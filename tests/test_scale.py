@@ -291,4 +291,4 @@ def test_evaluation_and_attack_under_two_processes_run_once(model_dir: Path, wor
     assert proc.stdout.count('"probe"') == 1
     run = load_results(out)["runs"][0]
     assert run["method"] == "vanilla" and "forget_acc" in run["attacks"]["probe"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "eval.samples.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".eval.json.lock", "eval.json", "eval.samples.jsonl"]

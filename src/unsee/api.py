@@ -379,6 +379,26 @@ NO_REFERENCE = ("{what} is read against the retrained reference, and none was fo
                 "`unsee retrain --model VANILLA --data DATA --out DIR --forget SPLIT` and pass --reference DIR")
 
 
+def add_attacks(out: Path, index: int, home: Path, found: Mapping[str, Any]) -> None:
+    """Add ``found`` to run ``index`` of the results file ``out`` (and to its run.json).
+
+    The file is read again under a lock, not taken from before the attack: attacks on one
+    output often run side by side (PGD in one terminal, the probe in another), and writing
+    back what was read at the start would drop the figures the other wrote meanwhile.
+    """
+    from filelock import FileLock
+
+    with FileLock(out.with_name(f".{out.name}.lock")):
+        results = load_results(out)
+        run = results["runs"][index]
+        run["attacks"] = {**run.get("attacks", {}), **found}
+        if "seeds" in results:  # the spread over the seeds takes in the new figures
+            results["seeds"] = seed_summary(results["runs"])
+        write_results(out, results, overwrite=True)
+        if (home / "run.json").is_file() and (len(results["runs"]) == 1 or home != out.parent):
+            atomic_write_json(home / "run.json", run)
+
+
 def attacked_run(results: Mapping[str, Any], out: Path, model: str | Path,
                  steering: str | Path | None) -> tuple[int, Path]:
     """Which run of an existing results file an attack's figures belong to, and that run's folder.
@@ -493,13 +513,7 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
                           overrides=values, changed=changed, reference=ref_path, cache_dir=cache_dir)
     found.update(skipped)
     if existing is not None:
-        run = existing["runs"][index]
-        run["attacks"] = {**run.get("attacks", {}), **found}
-        if "seeds" in existing:  # the spread over the seeds takes in the new figures
-            existing["seeds"] = seed_summary(existing["runs"])
-        write_results(out, existing, overwrite=True)
-        if (home / "run.json").is_file() and (len(existing["runs"]) == 1 or home != out.parent):
-            atomic_write_json(home / "run.json", run)
+        add_attacks(out, index, home, found)
     else:
         run = make_run(method, {}, model=model_name(model), suite=suite, forget=forget, seed=seed, attacks=found)
         write_results(out, new_results([run]))
