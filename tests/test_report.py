@@ -113,6 +113,25 @@ def test_render_report_without_vanilla_and_several_settings() -> None:
     assert "(\u2212" not in text
 
 
+def test_a_vanilla_run_on_other_data_or_fewer_items_is_no_baseline() -> None:
+    """The score of a run reads its vanilla model on the same data and items; another split's
+    name alone does not make a baseline."""
+    data = {"source": "w", "path": "w", "fingerprint": "aaaa"}
+    full = {"protocol": "loglik", "max_items": None}
+    method = run("ga", {**dict.fromkeys(GROUPS, 0.95), "forget": 0.25}, data=data, evaluation=full)
+    capped = run("vanilla", dict.fromkeys(GROUPS, 0.5), data=data, evaluation={**full, "max_items": 3})
+    elsewhere = run("vanilla", dict.fromkeys(GROUPS, 0.5), data={**data, "fingerprint": "bbbb"}, evaluation=full)
+    same = run("vanilla", dict.fromkeys(GROUPS, 1.0), data=data, evaluation=full)
+    text = render_report(results(capped, elsewhere, method, same))
+    assert text.count("## tiny-llava \u00b7 builtin \u00b7 forget_10 (") == 3
+    assert "(data aaaa, max_items 3)" in text and "(data bbbb)" in text
+    row = next(r for r in text.splitlines() if r.startswith("| ga"))
+    # read against the vanilla run on the same data and items: forget 1.00 -> 0.25, E = 1, R = 0.95
+    assert "0.25 (\u22120.75)" in row and "| 0.97 |" in row
+    alone = render_report(results(method, same))
+    assert "## tiny-llava \u00b7 builtin \u00b7 forget_10\n" in alone  # nothing to tell apart: the plain label
+
+
 def test_terminal_table() -> None:
     table = terminal_table(results(VANILLA, GA, CVF))
     assert table.row_count == 3

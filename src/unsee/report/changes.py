@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from unsee.data.schema import LETTERS
-from unsee.report.tables import setting_of
+from unsee.report.tables import Setting, setting_labels, setting_of
 
 TOP = 10
 _WIDTH = 60
@@ -81,12 +81,13 @@ def changes_section(sources: Sequence[tuple[Mapping[str, Any], Sequence[Mapping[
     run has records.
     """
 
-    keyed: dict[tuple[Any, ...], list[tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]]] = {}
+    keyed: dict[Setting, list[tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]]] = {}
     for run, recs in sources:
         if recs:
             keyed.setdefault(setting_of(run), []).append((run, recs))
     out: list[str] = []
-    for (model, benchmark, split), pairs in keyed.items():
+    labels = setting_labels(keyed)
+    for setting, pairs in keyed.items():
         vanilla = next((recs for run, recs in pairs if run["method"] == "vanilla"), None)
         if vanilla is None:
             continue
@@ -94,8 +95,7 @@ def changes_section(sources: Sequence[tuple[Mapping[str, Any], Sequence[Mapping[
             if run["method"] == "vanilla":
                 continue
             moved = most_changed(vanilla, recs, top)
-            out += [f"### {run['method']} (request {run['request']}) \u00b7 {model} \u00b7 {benchmark} \u00b7 "
-                    f"{split}", ""]
+            out += [f"### {run['method']} (request {run['request']}) \u00b7 {labels[setting]}", ""]
             if not moved:
                 out += ["_No item changed its answer._", ""]
                 continue

@@ -16,7 +16,16 @@ from typing import Any
 
 from unsee.eval.metrics import RETENTION_GROUPS, spread
 from unsee.io import atomic_write_bytes
-from unsee.report.tables import CHANCE, figure, group_runs, headline_key, score_of, setting_of, vanilla_for
+from unsee.report.tables import (
+    CHANCE,
+    figure,
+    group_runs,
+    headline_key,
+    score_of,
+    setting_labels,
+    setting_of,
+    vanilla_for,
+)
 
 RETENTION_LABEL = (
     "retention R: min over groups of acc / vanilla acc (capped at 1)\n"
@@ -58,8 +67,9 @@ def plot_tradeoff(results: Mapping[str, Any], path: str | Path) -> Path:
     Error bars: the spread over seeds, or one run's bootstrap interval (:func:`tradeoff_points`).
     """
     settings = group_runs(results["runs"])
+    labels = setting_labels(settings)
     fig, axes = _new_figure(len(settings))
-    for ax, ((model, benchmark, split), runs) in zip(axes, settings.items(), strict=False):
+    for ax, (setting, runs) in zip(axes, settings.items(), strict=False):
         vanilla = vanilla_for(runs)
         key = headline_key(runs, "forget") or "mcq"
         chance = CHANCE if key == "mcq" else 0.0
@@ -92,7 +102,7 @@ def plot_tradeoff(results: Mapping[str, Any], path: str | Path) -> Path:
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.08)
         _label_panel(ax, f"forget accuracy ({key}; lower is better)", RETENTION_LABEL,
-                     f"{model} \u00b7 {benchmark} \u00b7 {split}", legend="lower left")
+                     labels[setting], legend="lower left")
     return _finish(fig, axes, path, empty=None if settings else "no runs")
 
 
@@ -160,7 +170,7 @@ def continual_panels(results: Mapping[str, Any]) -> list[tuple[str, list[Mapping
     panels: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
     for run in results["runs"]:
         if run["method"] != "vanilla":
-            model, benchmark, _ = setting_of(run)
+            model, benchmark = setting_of(run)[:2]
             panels.setdefault((model, benchmark, str(run["method"])), []).append(run)
     continual = {k: v for k, v in panels.items() if any(int(r["request"]) > 1 for r in v)}
     several = len({k[:2] for k in continual}) > 1

@@ -7,9 +7,10 @@ model, benchmark and forget split, plus the one-number trade-off score and the c
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple
 
 from rich.table import Table
 
@@ -30,7 +31,13 @@ PROTOCOL_NOTES = {
     "option_string": "MCQ scored by option string: the reply must equal the correct option's text.",
 }
 
-Setting = tuple[str, str, str]
+class Setting(NamedTuple):
+    """What runs must share to be compared, and to share a vanilla baseline."""
+
+    model: str
+    benchmark: str
+    split: str
+    scored: str  # the data's fingerprint and any cap on the items scored ("" where a run records neither)
 
 
 def setting_of(run: Mapping[str, Any]) -> Setting:
@@ -38,10 +45,27 @@ def setting_of(run: Mapping[str, Any]) -> Setting:
 
     A run scored under the ``official`` protocol is a setting of its own (its split reads
     ``forget_10 [official]``): its figures are not on the same scale as log-likelihood ones.
+    So is a run on other data under the same split name (another world, another download of
+    a benchmark), or one whose evaluation scored fewer items: a vanilla model measured on 20
+    items a task is no baseline for a run measured on all of them.
     """
     split = str(run["forget_split"])
     protocol = run.get("protocol", "loglik")
-    return (str(run["model"]), str(run["benchmark"]), split if protocol == "loglik" else f"{split} [{protocol}]")
+    evaluation = run.get("evaluation") or {}
+    fingerprint = (run.get("data") or {}).get("fingerprint")
+    scored = [f"data {fingerprint}"] * bool(fingerprint)
+    scored += [f"{key} {evaluation[key]}" for key in ("max_items", "max_gen_items") if evaluation.get(key)]
+    return Setting(str(run["model"]), str(run["benchmark"]), split if protocol == "loglik" else f"{split} [{protocol}]",
+                   ", ".join(scored))
+
+
+def setting_labels(settings: Iterable[Setting]) -> dict[Setting, str]:
+    """Each setting as a person reads it, "model · benchmark · split", with what else tells it
+    apart only where two settings would otherwise read the same."""
+    settings = list(settings)
+    alike = Counter(s[:3] for s in settings)
+    return {s: " \u00b7 ".join(s[:3]) + (f" ({s.scored})" if alike[s[:3]] > 1 and s.scored else "")
+            for s in settings}
 
 
 def group_runs(runs: Iterable[Mapping[str, Any]]) -> dict[Setting, list[Mapping[str, Any]]]:
@@ -190,8 +214,10 @@ def render_report(results: Mapping[str, Any], *, images: Sequence[str] = (), cha
     ]
     if not runs:
         out += ["No runs.", ""]
-    for (model, benchmark, split), setting_runs in group_runs(runs).items():
-        out += [f"## {model} \u00b7 {benchmark} \u00b7 {split or '(no split)'}", ""]
+    grouped = group_runs(runs)
+    labels = setting_labels(grouped)
+    for setting, setting_runs in grouped.items():
+        out += [f"## {labels[setting] if setting.split else labels[setting] + '(no split)'}", ""]
         out += _setting_table(setting_runs)
         out.append("")
     protocols = sorted({r["mcq_protocol"] for r in runs})
@@ -333,11 +359,13 @@ def terminal_table(results: Mapping[str, Any]) -> Table:
         table.add_column(g, justify="right")
     table.add_column("score", justify="right")
     table.add_column("wall s", justify="right")
-    for setting, setting_runs in group_runs(runs).items():
+    grouped = group_runs(runs)
+    labels = setting_labels(grouped)
+    for setting, setting_runs in grouped.items():
         vanilla = vanilla_for(setting_runs)
         keys = {g: headline_key(setting_runs, g) for g in groups}
         for run in setting_runs:
-            cells = ["/".join(setting)] if several else []
+            cells = [labels[setting].replace(" \u00b7 ", "/")] if several else []
             cells += [str(run["method"]), str(run["request"])]
             for g in groups:
                 value = figure(run, g, keys[g])
