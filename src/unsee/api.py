@@ -30,6 +30,7 @@ from unsee.data.detect import benchmark_of, resolve
 from unsee.data.request import is_request_file
 from unsee.data.request_example import write_world_request
 from unsee.demo import run_demo
+from unsee.engine.distributed import is_main_process
 from unsee.errors import DataError, OutputExistsError
 from unsee.eval.results import load_results, new_results, seed_summary, strip_samples, strip_samples_all, write_results
 from unsee.finetune_bench import RECIPES, finetune_benchmark, retrain_benchmark
@@ -60,7 +61,6 @@ from unsee.runs import (
     eval_options,
     evaluate_adapter,
     evaluation,
-    is_main_process,
     jsonable,
     load_suite,
     make_run,

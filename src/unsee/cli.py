@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from unsee import __version__, api
 from unsee.api import method_configs
 from unsee.config import describe
+from unsee.engine.distributed import is_main_process
 from unsee.errors import UnseeError
-from unsee.runs import is_main_process
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from unsee.config import load_config, opt, read_config_file, to_dict
 from unsee.data.world import cached_world
+from unsee.engine.distributed import is_main_process, wait_for_everyone
 from unsee.errors import ConfigError
 from unsee.eval.evaluator import answers
 from unsee.eval.results import new_results, seed_summary, write_results
@@ -30,12 +31,10 @@ from unsee.runs import (
     check_forget,
     eval_options,
     evaluation,
-    is_main_process,
     load_suite,
     make_run,
     method_configs,
     unlearn_adapter,
-    wait_for_everyone,
 )
 from unsee.unlearning import find_reference, unlearn_and_save
 

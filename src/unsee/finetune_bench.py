@@ -33,6 +33,7 @@ from unsee.data.ftsets import finetune_examples, without_forget
 from unsee.data.parquet import is_hub_id
 from unsee.data.schema import Suite
 from unsee.engine.checkpoint import remove_checkpoint
+from unsee.engine.distributed import is_main_process
 from unsee.engine.trainer import TrainConfig, train
 from unsee.errors import ConfigError, DataError, ModelError
 from unsee.finetune import STAGE_FILE, cache_root, partial_dir, stage_done
@@ -40,7 +41,7 @@ from unsee.io import atomic_dir, check_output_dir
 from unsee.methods.base import BaseMethod, nll
 from unsee.models import load_adapter, model_fingerprint
 from unsee.models.base import SCOPES, Adapter, Turn
-from unsee.runs import is_main_process, model_name, save_model
+from unsee.runs import model_name, save_model
 from unsee.stage_keys import BENCHMARK, batch_adapter, numerics, turns_fingerprint
 
 VANILLA_FILE, RETRAINED_FILE = "unsee_vanilla.json", "unsee_retrained.json"

@@ -24,6 +24,7 @@ import numpy as np
 from unsee.data.collate import qa_turns
 from unsee.data.request import Request, RequestError, check_sequence, load_request, request_suite
 from unsee.data.schema import METRIC_GROUPS, Example, Suite
+from unsee.engine.distributed import is_main_process
 from unsee.errors import ConfigError, DataError
 from unsee.eval.evaluator import answers
 from unsee.eval.results import new_results, write_results
@@ -38,7 +39,6 @@ from unsee.runs import (
     check_launch,
     check_room,
     evaluate_adapter,
-    is_main_process,
     jsonable,
     make_run,
     method_configs,

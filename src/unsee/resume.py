@@ -23,12 +23,13 @@ import torch
 
 from unsee.config import to_dict
 from unsee.engine.checkpoint import content_key
+from unsee.engine.distributed import is_main_process
 from unsee.engine.trainer import UNKEYED, unique_images
 from unsee.errors import ConfigError, DataError, OutputExistsError, TrainingError
 from unsee.io import atomic_dir, atomic_write_json
 from unsee.methods.artifact import merge_lora
 from unsee.models.base import model_fingerprint
-from unsee.runs import is_main_process, method_configs, save_model, unlearn_adapter
+from unsee.runs import method_configs, save_model, unlearn_adapter
 
 STATE = "state.json"
 

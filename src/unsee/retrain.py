@@ -22,6 +22,7 @@ from unsee.config import load_config, to_dict
 from unsee.data.mllmu import load_mllmu
 from unsee.data.schema import Suite
 from unsee.data.world import load_world_info
+from unsee.engine.distributed import is_main_process, wait_for_everyone
 from unsee.errors import DataError, ModelError
 from unsee.finetune import (
     STAGE_FILE,
@@ -39,7 +40,6 @@ from unsee.finetune import (
 from unsee.io import atomic_dir, check_output_dir
 from unsee.models import load_adapter
 from unsee.models.base import Adapter, Turn
-from unsee.runs import is_main_process, wait_for_everyone
 from unsee.stage_keys import RETRAINED, RETRAINED_KNOWN, batch_adapter, turns_fingerprint
 
 RETRAINED_FILE = "unsee_retrained.json"

@@ -285,22 +285,6 @@ def check_room(out: str | Path, adapter: Adapter, method: str, copies: int = 1) 
         check_space(out, copies * size, "the unlearned model" if copies == 1 else f"{copies} copies of the model")
 
 
-def is_main_process() -> bool:
-    """True outside a multi-process launch, and in its first process."""
-    import torch
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available()).is_main_process
-
-
-def wait_for_everyone() -> None:
-    """Hold each process of a launch here until all have come (nothing outside a launch)."""
-    import torch
-    from accelerate import PartialState
-
-    PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
-
-
 def save_checkpoint(artifact: Artifact, model_dir: Path, card: str) -> None:
     """A weights artifact as a user ships it: the checkpoint and its model card beside it."""
     artifact.save(model_dir)

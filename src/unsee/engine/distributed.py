@@ -50,6 +50,20 @@ class Alone:
         return tensor
 
 
+def is_main_process() -> bool:
+    """True outside a multi-process launch, and in its first process."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available()).is_main_process
+
+
+def wait_for_everyone() -> None:
+    """Hold each process of a launch here until all have come (nothing outside a launch)."""
+    from accelerate import PartialState
+
+    PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
+
+
 def _env_true(name: str) -> bool:
     return os.environ.get(name, "false").strip().lower() in ("1", "true", "yes")
 
