@@ -26,8 +26,8 @@ from unsee.engine.trainer import TrainConfig
 from unsee.errors import DataError
 from unsee.eval.evaluator import Evaluation, run_evaluation
 from unsee.eval.protocols import check_protocol
-from unsee.eval.results import SAMPLES_KEY
-from unsee.io import atomic_write_text, check_space
+from unsee.eval.results import SAMPLES_KEY, load_results, seed_summary, write_results
+from unsee.io import atomic_write_json, atomic_write_text, check_space
 from unsee.methods import method_class
 from unsee.methods.artifact import Trained, WeightsArtifact
 from unsee.methods.eraser import SteeringArtifact
@@ -303,3 +303,67 @@ def save_model(adapter: Adapter, path: Path, arch: str) -> None:
 
 def jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def add_attacks(out: Path, index: int, home: Path, found: Mapping[str, Any]) -> None:
+    """Add ``found`` to run ``index`` of the results file ``out`` (and to its run.json).
+
+    The file is read again under a lock, not taken from before the attack: attacks on one
+    output often run side by side (PGD in one terminal, the probe in another), and writing
+    back what was read at the start would drop the figures the other wrote meanwhile.
+    """
+    from filelock import FileLock
+
+    with FileLock(out.with_name(f".{out.name}.lock")):
+        results = load_results(out)
+        run = results["runs"][index]
+        run["attacks"] = {**run.get("attacks", {}), **found}
+        if "seeds" in results:  # the spread over the seeds takes in the new figures
+            results["seeds"] = seed_summary(results["runs"])
+        write_results(out, results, overwrite=True)
+        if (home / "run.json").is_file() and (len(results["runs"]) == 1 or home != out.parent):
+            atomic_write_json(home / "run.json", run)
+
+
+def attacked_run(results: Mapping[str, Any], out: Path, model: str | Path,
+                 steering: str | Path | None) -> tuple[int, Path]:
+    """Which run of an existing results file an attack's figures belong to, and that run's folder.
+
+    A run over several unlearning seeds keeps each seed's model (or steering file) in
+    ``seed-K/``: the figures go to the seed whose files are attacked, and any other model is
+    refused. Otherwise they go to the last run (a continual run's last request, whose model the
+    output holds).
+    """
+
+    if "seeds" not in results:
+        return len(results["runs"]) - 1, out.parent
+    attacked = Path(steering if steering is not None else model).resolve()
+    for i, run in enumerate(results["runs"]):
+        home = out.parent / f"seed-{run['seed']}"
+        if home.resolve() in (attacked, *attacked.parents):
+            return i, home
+    raise DataError(f"{out} holds the runs of {len(results['runs'])} unlearning seeds; attack one seed's model "
+                    f"(--model {out.parent}/seed-K/model, or its steering file), whose run gets the figures")
+
+
+def check_attacked_run(run: Mapping[str, Any], out: Path, home: Path, model: str | Path, data: str | Path,
+                       forget: str, suite: Suite) -> None:
+    """Refuse to add figures to ``run`` that measure another model, split or dataset than it did.
+
+    Such figures land beside the run's own metrics and read as its; a run written before these
+    fields were recorded is not checked on them.
+    """
+
+    split = Path(data).stem if suite.info.get("benchmark") == "request" else forget
+    recorded = run.get("forget_split")
+    if recorded is not None and recorded != split:
+        raise DataError(f"{out} records a run on {recorded}, and the attack would measure {split}; leave out "
+                        f"--forget (it defaults to the run's split) or write the attack to another --out")
+    then, now = run.get("data", {}).get("fingerprint"), suite.info.get("data", {}).get("fingerprint")
+    if then is not None and now is not None and then != now:
+        raise DataError(f"{out} records a run on the data at {run['data'].get('path')}, not the data given ({data}: "
+                        f"other contents); pass that data or write the attack to another --out")
+    own = home / "model"
+    if own.is_dir() and Path(model).exists() and Path(model).resolve() != own.resolve():
+        raise DataError(f"{out} records the run of the model in {own}, not {model}; attack that model "
+                        f"(--model {own}) or write the attack to another --out")
