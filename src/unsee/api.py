@@ -395,8 +395,8 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     ``overwrite``. The attacks then measure that run's forget split (``forget`` defaults to it)
     on its data and, where the run's output holds its model, that model: figures of anything
     else would read as the run's own. Of a run over several seeds, the seed whose model (or
-    steering file) is attacked gets the figures (:func:`attacked_run`). Otherwise a new results.json holds one run named
-    ``method``, on ``forget`` (``forget_10`` unless given).
+    steering file) is attacked gets the figures (:func:`unsee.runs.attacked_run`). Otherwise a
+    new results.json holds one run named ``method``, on ``forget`` (``forget_10`` unless given).
 
     The retrained reference (``reference``, or the one ``unsee retrain`` cached for ``vanilla``)
     is attacked too, each figure going beside the model's as ``reference``. ``mia`` needs it;

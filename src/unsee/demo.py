@@ -68,10 +68,9 @@ def prepare_init(cfg: DemoConfig, arch: str, seed: int, cache: Path) -> tuple[Pa
         return world, cached_init(cache, arch, world, seed, wfp), wfp
 
     # under `accelerate launch` the first process builds them and the others then find them cached
-    if is_main_process():
-        built = build()
+    built = build() if is_main_process() else None
     wait_for_everyone()
-    return built if is_main_process() else build()
+    return built or build()
 
 
 def prepare_vanilla(cfg: DemoConfig, arch: str, seed: int, cache: Path) -> tuple[Path, Path]:

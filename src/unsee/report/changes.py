@@ -77,7 +77,7 @@ def changes_section(sources: Sequence[tuple[Mapping[str, Any], Sequence[Mapping[
     """Markdown: per setting and method, the items whose answers changed most from vanilla.
 
     ``sources`` pairs every run with its item records. Runs are compared only with the
-    vanilla run of the same model, benchmark, forget split and protocol. Empty when no
+    vanilla run of the same setting (:func:`unsee.report.tables.setting_of`). Empty when no
     run has records.
     """
 
