@@ -260,6 +260,24 @@ def test_attacks_side_by_side_on_one_output_keep_each_others_figures(adapter: HF
     assert set(load_results(out / "results.json")["runs"][0]["attacks"]) == {"shift", "probe"}
 
 
+def test_attack_on_a_steering_run_needs_its_steering_file(adapter: HFAdapter, world: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """An eraser run is the base model with its steering file on: the base model alone is another model."""
+    from unsee.cli import main
+    from unsee.eval.results import load_results
+
+    out = tmp_path / "eraser"
+    api.unlearn("eraser", Path(adapter.source), world, out, forget="forget_15",
+                overrides=["max_items=4", "sweep=false"], evaluate_after=False)
+    before = (out / "results.json").read_bytes()
+    shift = ["attack", "shift", "--model", str(adapter.source), "--data", str(world), "--out", str(out), "max_items=2"]
+    assert main(shift) == 2
+    assert "records the run of the steering file" in capsys.readouterr().err
+    assert (out / "results.json").read_bytes() == before
+    assert main([*shift, "--steering", str(out / "steering.safetensors")]) == 0
+    assert "forget_crop" in load_results(out / "results.json")["runs"][0]["attacks"]["shift"]
+
+
 def test_attack_on_a_run_over_seeds_goes_to_the_seed_attacked(adapter: HFAdapter, world: Path, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     import json

@@ -438,7 +438,7 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
         skipped["mia"] = {"skipped": message}
     suite = load_suite(data, forget, seed=seed, benchmark=benchmark, revision=revision)
     if existing is not None:
-        check_attacked_run(existing["runs"][index], out, home, model, data, forget, suite)
+        check_attacked_run(existing["runs"][index], out, home, model, data, forget, suite, steering)
     check_forget(suite)
     check_images(suite)
     if "mia" in kinds:

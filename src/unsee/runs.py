@@ -30,7 +30,7 @@ from unsee.eval.results import SAMPLES_KEY, load_results, seed_summary, write_re
 from unsee.io import atomic_write_json, atomic_write_text, check_space
 from unsee.methods import method_class
 from unsee.methods.artifact import Trained, WeightsArtifact
-from unsee.methods.eraser import SteeringArtifact
+from unsee.methods.eraser import STEERING_FILE, SteeringArtifact
 from unsee.models.base import Adapter, Turn
 
 if TYPE_CHECKING:
@@ -347,8 +347,9 @@ def attacked_run(results: Mapping[str, Any], out: Path, model: str | Path,
 
 
 def check_attacked_run(run: Mapping[str, Any], out: Path, home: Path, model: str | Path, data: str | Path,
-                       forget: str, suite: Suite) -> None:
-    """Refuse to add figures to ``run`` that measure another model, split or dataset than it did.
+                       forget: str, suite: Suite, steering: str | Path | None = None) -> None:
+    """Refuse to add figures to ``run`` that measure another model, split or dataset than it did,
+    or a steering method's base model without its steering file.
 
     Such figures land beside the run's own metrics and read as its; a run written before these
     fields were recorded is not checked on them.
@@ -367,3 +368,7 @@ def check_attacked_run(run: Mapping[str, Any], out: Path, home: Path, model: str
     if own.is_dir() and Path(model).exists() and Path(model).resolve() != own.resolve():
         raise DataError(f"{out} records the run of the model in {own}, not {model}; attack that model "
                         f"(--model {own}) or write the attack to another --out")
+    steered = home / STEERING_FILE
+    if steered.is_file() and (steering is None or Path(steering).resolve() != steered.resolve()):
+        raise DataError(f"{out} records the run of the steering file {steered}; attack the model with it on "
+                        f"(--steering {steered}), as it is deployed, or write the attack to another --out")
