@@ -209,6 +209,8 @@ def cases(env: Env) -> list[Case]:
         Case("lr=<100 kB of text>", "error", lambda e, d: unlearn(e, d / "o", "lr=" + "x" * 100_000, *FAST[1:]),
              message="expected a number"),
         Case("unknown option", "error", lambda e, d: unlearn(e, d / "o", "lrr=1", *FAST), message="'lrr'"),
+        Case("ga epochs=0", "error", lambda e, d: unlearn(e, d / "o", "epochs=0", *FAST[1:]),
+             message="nothing would train"),
         Case("unknown method", "error", lambda e, d: unlearn(e, d / "o", *FAST, method="nope"), message="'nope'"),
         Case("--config a missing file", "error", lambda e, d: unlearn(e, d / "o", "--config", str(d / "no.yaml")),
              message="neither a file"),

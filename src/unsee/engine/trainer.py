@@ -105,6 +105,9 @@ class TrainConfig:
             raise ConfigError(f"scope {self.scope!r} is not one of {', '.join(SCOPES)}")
         if self.lr <= 0 or self.batch_size <= 0 or self.epochs < 0 or self.max_steps < 0 or self.min_steps < 0:
             raise ConfigError("lr and batch_size must be positive; epochs, max_steps and min_steps non-negative")
+        if self.epochs == 0 and self.max_steps == 0 and self.min_steps == 0:  # once taken as one step, silently
+            raise ConfigError("epochs 0 with no max_steps or min_steps: nothing would train; give epochs > 0 "
+                              "or max_steps N")
         if self.sam_rho < 0:
             raise ConfigError(f"sam_rho must not be negative, got {self.sam_rho}")
         check_trackers(self.report_to)
