@@ -38,7 +38,7 @@ from unsee.data.mllmu import load_mllmu
 from unsee.data.schema import Example, Suite
 from unsee.data.world import load_world_info, world_pretrain_identities
 from unsee.engine.checkpoint import remove_checkpoint
-from unsee.engine.distributed import check_launch
+from unsee.engine.distributed import check_launch, is_main_process, wait_for_everyone
 from unsee.engine.trainer import TrainConfig, train
 from unsee.errors import ModelError
 from unsee.io import atomic_dir, check_output_dir, content_hash
@@ -233,22 +233,17 @@ def partial_dir(path: Path) -> Path:
 def _finish_stage(path: Path, adapter: Adapter, stats: dict[str, float], seconds: float, rc: dict,
                   visual_only: bool = False) -> None:
     """Save a finished stage; under ``accelerate launch`` the first process writes it and the others wait."""
-    from accelerate import PartialState
-
-    state = PartialState(cpu=not torch.cuda.is_available())
-    if not state.is_main_process:
-        state.wait_for_everyone()
-        return
-    with atomic_dir(path, overwrite=True, mine=True) as tmp:
-        if visual_only:
-            save_file({k: v.detach().contiguous().clone() for k, v in visual_state(adapter).items()},
-                      str(tmp / VISUAL_FILE))
-        else:
-            adapter.save(tmp)
-        (tmp / STAGE_FILE).write_text(json.dumps({"stage": path.name, "stats": stats, "seconds": seconds,
-                                                  "config": rc, "numerics": numerics()}, indent=2))
-    remove_checkpoint(partial_dir(path))
-    state.wait_for_everyone()
+    if is_main_process():
+        with atomic_dir(path, overwrite=True, mine=True) as tmp:
+            if visual_only:
+                save_file({k: v.detach().contiguous().clone() for k, v in visual_state(adapter).items()},
+                          str(tmp / VISUAL_FILE))
+            else:
+                adapter.save(tmp)
+            (tmp / STAGE_FILE).write_text(json.dumps({"stage": path.name, "stats": stats, "seconds": seconds,
+                                                      "config": rc, "numerics": numerics()}, indent=2))
+        remove_checkpoint(partial_dir(path))
+    wait_for_everyone()
 
 
 def run_stage(path: Path, adapter: Adapter, stage: Stage, cfg: FinetuneConfig, rc: dict) -> None:
@@ -328,8 +323,6 @@ def finetune(
     Each stage is reused from the cache where its key (:func:`vanilla_stages`) matches.
     ``unsee_vanilla.json`` records each stage's wall time and whether it came from the cache.
     """
-    from accelerate import PartialState
-
     cfg = load_config(FinetuneConfig, config, overrides, kind="finetune")
     if seed is not None:
         cfg.seed = seed
@@ -346,8 +339,8 @@ def finetune(
                 t0 = time.perf_counter()
                 # Under `accelerate launch` every process trains stage 1 whole (the visual module is small)
                 # and the first one alone checkpoints and saves it; stage 2 then loads it from the cache.
-                main = PartialState(cpu=not torch.cuda.is_available()).is_main_process
-                stats = pretrain_vision(adapter, cfg, plan.pool, checkpoint=partial_dir(stage1) if main else None)
+                stats = pretrain_vision(adapter, cfg, plan.pool,
+                                        checkpoint=partial_dir(stage1) if is_main_process() else None)
                 _finish_stage(stage1, adapter, stats, time.perf_counter() - t0, rc, visual_only=True)
             adapter = load_adapter(model)
             load_stage_visual(adapter, stage1)
@@ -360,8 +353,7 @@ def finetune(
         meta = json.loads((p / STAGE_FILE).read_text()) if stage_done(p) else {}
         stages[p.name] = {"cached": cached[p.name], "seconds": meta.get("seconds"), "stats": meta.get("stats"),
                           "numerics": meta.get("numerics")}
-    state = PartialState(cpu=not torch.cuda.is_available())
-    if state.is_main_process:  # under `accelerate launch` the first process writes the result
+    if is_main_process():  # under `accelerate launch` the first process writes the result
         with atomic_dir(out, overwrite=overwrite) as tmp:
             for f in stage3.iterdir():
                 shutil.copy2(f, tmp / f.name)
@@ -369,5 +361,5 @@ def finetune(
                 "base_model": str(model), "base_fingerprint": plan.base_fingerprint, "world": str(data),
                 "world_fingerprint": world_fingerprint(data), "recipe": rc, "stages": stages,
             }, indent=2))
-    state.wait_for_everyone()  # and the others return once it is there, for what they do next to read
+    wait_for_everyone()  # and the others return once it is there, for what they do next to read
     return Path(out)

@@ -281,7 +281,7 @@ def check_room(out: str | Path, adapter: Adapter, method: str, copies: int = 1) 
     """Room on ``out``'s disk for ``copies`` of the trained model, checked once the model is loaded
     and before it trains (a test-time method writes a small file and is not checked)."""
     if method_class(method).trains_weights:
-        size = sum(p.numel() * p.element_size() for p in adapter.model.parameters())
+        size = adapter.model.get_memory_footprint(return_buffers=False)
         check_space(out, copies * size, "the unlearned model" if copies == 1 else f"{copies} copies of the model")
 
 
