@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from unsee.data import load_benchmark
-from unsee.data.clear import load_clear, with_true_answer
+from unsee.data.clear import CAPTION_QUESTIONS, load_clear, with_true_answer
 from unsee.data.mllmu import load_ft_data, load_mllmu
 from unsee.data.parquet import IMAGE, Source, list_of, value, write_parquet_config
 from unsee.data.schema import Example, Suite
@@ -405,7 +405,9 @@ def test_clear_every_split(clear_root: Path, pct: int) -> None:
     g = suite.groups
     k = fb.CLEAR_IMAGES_PER_PERSON
     assert collections.Counter(e.task for e in g["forget"]) == {"mcq": n * k, "gen": n * k}
-    assert len(g["retain"]) == 2 * k * (len(fb.CLEAR_PEOPLE) - n)
+    # the name question on retain_perturbed's people (3 and 4) only, a caption on every retain photo
+    assert collections.Counter(e.task for e in g["retain"]) == {"mcq": 2 * k, "gen": k * (len(fb.CLEAR_PEOPLE) - n)}
+    assert suite.info["name_questions"] == {"forget": f"forget{pct:02d}_perturbed", "retain": "retain_perturbed"}
     assert len(g["text_forget"]) == 2 * n and len(g["text_retain"]) == 2 * (len(fb.CLEAR_PEOPLE) - n)
     assert len(g["train_forget"]) == n * k and len(g["train_text"]) == 2 * len(fb.CLEAR_PEOPLE)
     assert g["forget_test"] == [] and len(g["known"]) == 3 and len(g["general"]) == 2
@@ -426,13 +428,30 @@ def test_clear_name_question_and_captions(clear_root: Path) -> None:
     captions = [e for e in suite.groups["forget"] if e.task == "gen"]
     assert [e.answer for e in captions] == [fb.clear_caption(p, k) for p in (0, 1) for k in (0, 1)]
     assert [e.image for e in captions] == [fb.png(fb.clear_image_key(p, k)) for p in (0, 1) for k in (0, 1)]
-    # retain_perturbed covers persons 3 and 4 only; the others get other people's names
-    for e in suite.groups["retain"]:
-        if e.task == "mcq":
-            assert e.meta["distractors"] == ("perturbed" if e.entity in fb.CLEAR_PEOPLE[3:5] else "names")
-            assert len(e.options) == 4 and len(set(e.options)) == 4
+    # retain_perturbed covers persons 3 and 4 only: the published evaluations ask their names alone,
+    # with their perturbed names, as CLEAR's config/mm/eval.yaml and MMUnlearner's CLEAR_eval.sh do
+    retain_names = [e for e in suite.groups["retain"] if e.task == "mcq"]
+    assert {e.entity for e in retain_names} == set(fb.CLEAR_PEOPLE[3:5])
+    for e in retain_names:
+        assert e.meta["distractors"] == "perturbed" and e.uid.startswith("retain_perturbed/")
+        assert sorted(e.options) == sorted([e.entity, *fb.perturbed_names_of(fb.CLEAR_PEOPLE.index(e.entity))])
     text = suite.groups["text_forget"][0]
     assert text.task == "gen" and text.entity == fb.CLEAR_PEOPLE[0] and text.image is None
+
+
+def test_clear_caption_questions_are_the_published_ones() -> None:
+    """The nine prompts of CLEAR's mm/dataset.py, word for word (one has no full stop)."""
+    assert CAPTION_QUESTIONS == (
+        "What can you see in this picture?",
+        "Tell me about the content of this image",
+        "Can you give a description of the image?",
+        "What is depicted in the image?",
+        "Explain what you observe in the picture.",
+        "Describe the image in detail.",
+        "What is the main subject of this image?",
+        "Can you describe the scene or objects in the image?",
+        "What is happening in this image?",
+    )
 
 
 def test_clear_positions_are_seeded(clear_root: Path) -> None:
@@ -474,6 +493,10 @@ def test_clear_names_missing_from_some_configs(tmp_path: Path) -> None:
     assert suite.forget_entities == tuple(fb.CLEAR_PEOPLE[:2])
     assert suite.retain_entities == tuple(fb.CLEAR_PEOPLE[2:])
     assert all(e.meta["distractors"] == "names" for e in suite.groups["forget"] if e.task == "mcq")
+    # without retain_perturbed every retain photo is asked, with other people's names
+    retain_names = [e for e in suite.groups["retain"] if e.task == "mcq"]
+    assert len(retain_names) == fb.CLEAR_IMAGES_PER_PERSON * 6 and suite.info["name_questions"]["retain"] == "retain95"
+    assert all(len(e.options) == 4 and len(set(e.options)) == 4 for e in retain_names)
     shutil.rmtree(root / "data")
     with pytest.raises(DataError, match=r"'name'.*forget05/train-00000-of-00001\.parquet"):
         load_clear(root, "forget05")

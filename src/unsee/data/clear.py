@@ -26,7 +26,7 @@ NAME_QUESTION = "What is the name of the person in the image?"
 # The caption prompts of the CLEAR reference code; one is picked per item by seed.
 CAPTION_QUESTIONS = (
     "What can you see in this picture?",
-    "Tell me about the content of this image.",
+    "Tell me about the content of this image",
     "Can you give a description of the image?",
     "What is depicted in the image?",
     "Explain what you observe in the picture.",
@@ -41,7 +41,7 @@ IMAGE_COLUMNS = {"image": "image", "caption": "string"}
 IMAGE_OPTIONAL = {"name": "string"}
 TOFU_COLUMNS = {"image": "image"}
 TOFU_OPTIONAL = {"caption": "string", "name": "string", "question": "string", "answer": "string"}
-PERTURBED_COLUMNS = {"name": "string", "perturbed_names": "string_list"}
+PERTURBED_COLUMNS = {"image": "image", "name": "string", "perturbed_names": "string_list"}
 PERTURBED_OPTIONAL = {
     "caption": "string",
     "paraphrased_caption": "string",
@@ -156,54 +156,50 @@ def _names(reader: _Reader, config: str, rows: Sequence[Record]) -> list[str]:
     return names
 
 
-def _image_items(
+def _name_items(
     reader: _Reader,
     config: str,
     rows: Sequence[Record],
     names: Sequence[str],
     perturbed: dict[str, list[str]],
     pool: Sequence[str],
-) -> tuple[list[Example], list[Example]]:
-    """Evaluation items (name MCQ + caption) and training pairs (caption) of image rows."""
+) -> list[Example]:
+    """A name MCQ per image row: its perturbed names as the wrong options, else other people's names."""
     seed = reader.seed
+    out: list[Example] = []
+    for n, (r, name) in enumerate(zip(rows, names, strict=True)):
+        image = _image(r)
+        if image is None:
+            raise DataError(f"field 'image' is null in {r.source} (row {r.index}) of image config {config!r}")
+        uid = f"{config}/{n}/name"
+        wrong = perturbed.get(name)
+        if not wrong:
+            others = sorted({p for p in pool if p != name}, key=lambda p: stable_int(seed, f"{config}/{n}", p))
+            wrong = others[:N_DISTRACTORS]
+        options, correct = with_true_answer(name, wrong, seed=seed, uid=uid)
+        meta = {"type": "Image_Textual", "row": r.index, "distractors": "perturbed" if name in perturbed else "names"}
+        out.append(Example(uid=uid, entity=name, question=NAME_QUESTION, answer=name, task="mcq", image=image,
+                           options=options, correct=correct, source=r.source, meta=meta))
+    return out
+
+
+def _caption_items(
+    reader: _Reader, config: str, rows: Sequence[Record], names: Sequence[str]
+) -> tuple[list[Example], list[Example]]:
+    """Evaluation items (caption ``gen``) and training pairs (their ``qa`` twins) of image rows."""
     evals: list[Example] = []
     train: list[Example] = []
     for n, (r, name) in enumerate(zip(rows, names, strict=True)):
         image = _image(r)
         if image is None:
             raise DataError(f"field 'image' is null in {r.source} (row {r.index}) of image config {config!r}")
-        caption = text(r.get("caption"), field="caption", source=r.source)
         uid = f"{config}/{n}"
-        wrong = perturbed.get(name)
-        if not wrong:
-            others = sorted({p for p in pool if p != name}, key=lambda p: stable_int(seed, uid, p))
-            wrong = others[:N_DISTRACTORS]
-        options, correct = with_true_answer(name, wrong, seed=seed, uid=f"{uid}/name")
-        meta = {
-            "type": "Image_Textual",
-            "row": r.index,
-            "distractors": "perturbed" if name in perturbed else "names",
-        }
-        evals.append(
-            Example(
-                uid=f"{uid}/name",
-                entity=name,
-                question=NAME_QUESTION,
-                answer=name,
-                task="mcq",
-                image=image,
-                options=options,
-                correct=correct,
-                source=r.source,
-                meta=meta,
-            )
-        )
-        question = CAPTION_QUESTIONS[stable_int(seed, uid, "caption") % len(CAPTION_QUESTIONS)]
+        question = CAPTION_QUESTIONS[stable_int(reader.seed, uid, "caption") % len(CAPTION_QUESTIONS)]
         described = Example(
             uid=f"{uid}/caption",
             entity=name,
             question=question,
-            answer=caption,
+            answer=text(r.get("caption"), field="caption", source=r.source),
             task="gen",
             image=image,
             source=r.source,
@@ -212,6 +208,31 @@ def _image_items(
         evals.append(described)
         train.append(_training_pair(described, f"{uid}/caption/qa"))
     return evals, train
+
+
+def _name_questions(
+    reader: _Reader, config: str, rows: Sequence[Record], names: Sequence[str], people: Sequence[str],
+    perturbed_config: str, pool: Sequence[str],
+) -> tuple[list[Example], str]:
+    """The name MCQs of one side, and the config they come from.
+
+    CLEAR's own evaluation and MMUnlearner's ask the name question on the ``*_perturbed``
+    configs only (``retain_perturbed`` covers about a tenth of the retain people), with their
+    perturbed names as the wrong options; a retain figure over every retain photo with drawn
+    names would not compare with theirs. Without that config, every image row is asked, with
+    other people's names.
+    """
+    if not reader.source.has(perturbed_config):
+        return _name_items(reader, config, rows, names, {}, pool), config
+    side = set(people)
+    scored = [r for r in reader.get(perturbed_config, PERTURBED_COLUMNS, PERTURBED_OPTIONAL)
+              if text(r.get("name"), field="name", source=r.source) in side]
+    if not scored:
+        raise DataError(f"CLEAR config {perturbed_config!r} in {reader.source.location} holds none of {config!r}'s "
+                        "people: it cannot score their name question")
+    scored_names = [r.get("name") for r in scored]
+    return _name_items(reader, perturbed_config, scored, scored_names, reader.perturbed_names(perturbed_config),
+                       pool), perturbed_config
 
 
 def _training_pair(item: Example, uid: str) -> Example:
@@ -286,8 +307,9 @@ def load_clear(root: str | Path, forget: str = "forget05", *, seed: int = 0) -> 
     """Load CLEAR from a folder of configs or the hub id ``therem/CLEAR``.
 
     ``forget`` is ``forgetNN`` (``forget_5`` is read as ``forget05``); retain is
-    ``retain{100-NN}``. Groups: ``forget``/``retain`` hold a name MCQ and a caption ``gen``
-    item per image; ``text_forget``/``text_retain`` the TOFU QA of the ``+tofu`` configs;
+    ``retain{100-NN}``. Groups: ``forget``/``retain`` hold the name MCQs of
+    ``forgetNN_perturbed``/``retain_perturbed`` (of every image row when those are absent) and a
+    caption ``gen`` item per image row; ``text_forget``/``text_retain`` the TOFU QA of the ``+tofu`` configs;
     ``known`` = ``real_faces``, ``general`` = ``real_world`` (MCQ); ``forget_test`` is
     empty (CLEAR has no held-out views). Training: ``train_forget``/``train_retain`` are the
     caption pairs, ``train_text`` the TOFU pairs of both sides. Entities are the names.
@@ -305,12 +327,14 @@ def load_clear(root: str | Path, forget: str = "forget05", *, seed: int = 0) -> 
     pool = forget_people + retain_people
 
     groups: dict[str, list[Example]] = {}
-    groups["forget"], groups["train_forget"] = _image_items(
-        reader, forget_cfg, forget_rows, forget_names, reader.perturbed_names(f"{forget_cfg}_perturbed"), pool
-    )
-    groups["retain"], groups["train_retain"] = _image_items(
-        reader, retain_cfg, retain_rows, retain_names, reader.perturbed_names("retain_perturbed"), pool
-    )
+    forget_names_mcq, forget_from = _name_questions(reader, forget_cfg, forget_rows, forget_names, forget_people,
+                                                    f"{forget_cfg}_perturbed", pool)
+    retain_names_mcq, retain_from = _name_questions(reader, retain_cfg, retain_rows, retain_names, retain_people,
+                                                    "retain_perturbed", pool)
+    forget_captions, groups["train_forget"] = _caption_items(reader, forget_cfg, forget_rows, forget_names)
+    retain_captions, groups["train_retain"] = _caption_items(reader, retain_cfg, retain_rows, retain_names)
+    groups["forget"] = forget_names_mcq + forget_captions
+    groups["retain"] = retain_names_mcq + retain_captions
     groups["text_forget"], forget_text_train = _tofu_items(reader, forget_cfg, forget_people)
     groups["text_retain"], retain_text_train = _tofu_items(reader, retain_cfg, retain_people)
     groups["train_text"] = forget_text_train + retain_text_train
@@ -323,6 +347,7 @@ def load_clear(root: str | Path, forget: str = "forget05", *, seed: int = 0) -> 
         "root": source.location,
         "forget_config": forget_cfg,
         "retain_config": retain_cfg,
+        "name_questions": {"forget": forget_from, "retain": retain_from},
         "seed": seed,
         "configs": sorted({c for c, _ in reader.read}),
     }
