@@ -562,6 +562,22 @@ def test_umu_pairs_and_answers(umu_root: Path) -> None:
     )
 
 
+def test_umu_gold_letter_of_both_sides_is_the_text_items(tmp_path: Path) -> None:
+    """UMU's eval.py reads the correct option of an image question with its text twin's letter."""
+    row = fb.umu_row(1)
+    options = {"A": "Teacher", "B": "Engineer", "C": "Chef", "D": "Pilot"}
+    row["Classify"] = repr({
+        "unimodal": {0: {"question": "What does Person 1 do?", "options": options, "answer": "B. Engineer"}},
+        "muitimodal": {0: {"question": "What does this person do?", "options": options, "answer": "A. Teacher"}},
+    })
+    write_parquet_config(tmp_path, "forget_10", [row], fb.UMU_FEATURES)
+    write_parquet_config(tmp_path, "retain_90", [fb.umu_row(2)], fb.UMU_FEATURES)
+    suite = load_umu(tmp_path, "forget_10")
+    image_side, text_side = (next(e for e in suite.groups[g] if e.task == "mcq") for g in ("forget", "text_forget"))
+    assert image_side.answer == text_side.answer == "Engineer"
+    assert image_side.options[image_side.correct] == "Engineer"
+
+
 @pytest.mark.parametrize(("folder", "encoding"), [("Real_Person_Set", "json"), ("real_person", "python")])
 def test_umu_real_folder_and_encodings(tmp_path: Path, folder: str, encoding: str) -> None:
     suite = load_umu(fb.write_umu(tmp_path, real_folder=folder, encoding=encoding), "forget_10")

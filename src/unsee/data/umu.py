@@ -110,14 +110,17 @@ def _task_examples(
             options: tuple[str, ...] = ()
             correct = None
             if task == "mcq":
-                # eval.py reads the multimodal options with the unimodal letter: both share a layout
+                # eval.py takes the gold letter of both sides from the unimodal item (the line reading
+                # the multimodal item's own letter is commented out) and reads it in each side's options
                 opt_item = item if item.get("options") is not None else twin_item
                 options, letters = letter_options(opt_item.get("options"), field=f"{field}.options", source=rec.source)
-                letter = _letter(answer)
+                by, said = f"{field}.answer", answer
+                if mod == "multi" and twin_item.get("answer") is not None:
+                    by = f"{column}.{UNIMODAL}.{key}.answer"
+                    said = text(twin_item.get("answer"), field=by, source=rec.source)
+                letter = _letter(said)
                 if letter not in letters:
-                    raise DataError(
-                        f"field '{field}.answer' in {rec.source} is {answer!r}; its letter is not one of {letters}"
-                    )
+                    raise DataError(f"field '{by}' in {rec.source} is {said!r}; its letter is not one of {letters}")
                 correct = letters.index(letter)
                 gold = options[correct]
                 meta["umu_answer_text"] = gold
