@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from unsee import api
 from unsee.cli import main
 from unsee.data.detect import data_fingerprint
+from unsee.data.ftsets import finetune_examples, without_forget
 from unsee.eval.results import new_results, validate_results
 
 if TYPE_CHECKING:
@@ -239,6 +240,9 @@ def test_finetune_and_retrain_each_benchmark(roots: dict[str, Path], tiny_models
     ref = json.loads((tmp_path / "retrained" / "unsee_retrained.json").read_text())
     total, theirs = FT_PAIRS[kind]
     assert ref["forget"] == "forget_10" and ref["dropped_pairs"] == theirs and ref["pairs"] == total - theirs
+    # UMU's text pairs are asked with the portrait (its authors' data file); the reference keeps
+    # the forget people's as text
+    assert ref["pairs_without_photo"] == (2 if kind == "umu" else 0)
     assert ref["recipe"] == record["recipe"] and ref["base_model"] == str(base)
     assert changed(tmp_path / "vanilla", tmp_path / "retrained")  # other data, another model
 
@@ -247,6 +251,21 @@ def test_finetune_and_retrain_each_benchmark(roots: dict[str, Path], tiny_models
     assert rc == 0, out
     assert json.loads((tmp_path / "again" / "unsee_vanilla.json").read_text())["cached"] is True
     assert not changed(tmp_path / "vanilla", tmp_path / "again")
+
+
+def test_umu_text_pairs_are_taught_with_the_portrait_and_kept_as_text_for_the_reference(
+        roots: dict[str, Path]) -> None:
+    """UMU's authors' data file asks UM_QA with the portrait (finetune/info_pre.py); the reference
+    must not see the forget people's portraits, but keeps what their text pairs teach."""
+    _, pairs = finetune_examples("umu", roots["umu"])
+    text_pairs = [e for e in pairs if e.meta["column"] == "UM_QA"]
+    assert text_pairs and all(e.has_image for e in pairs)
+    kept, dropped, as_text = without_forget("umu", roots["umu"], pairs, "forget_10")
+    forget_ids = {"1", "2"}
+    assert dropped == 2 and as_text == 2
+    assert not any(e.has_image and e.entity in forget_ids for e in kept)
+    assert sorted(e.question for e in kept if e.entity in forget_ids) == sorted(
+        e.question for e in text_pairs if e.entity in forget_ids)
 
 
 def test_download_without_the_finetune_split_is_one_line(tmp_path: Path, tiny_models: TinyModels,

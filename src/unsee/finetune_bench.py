@@ -65,7 +65,8 @@ class BenchFinetuneConfig:
     warmup_ratio: float = opt(0.0, "linear warm-up as a fraction of the steps")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     grad_clip: float = opt(0.0, "clip the gradient norm (0: off)")
-    text_qa: bool = opt(True, "also train on the split's text-only pairs (UMU's UM_QA, CLEAR's TOFU rows)")
+    text_qa: bool = opt(True, "also train on the split's text pairs (CLEAR's TOFU rows; UMU's UM_QA, asked with "
+                                "the portrait as in its authors' data file)")
     dtype: Literal["bf16", "fp16", "fp32"] = opt("bf16", "dtype the model is loaded and saved in; trained "
                                                  "weights keep fp32 masters during the run")
     gradient_checkpointing: bool = opt(True, "recompute activations in the backward pass (7B models on one GPU)")
@@ -200,9 +201,9 @@ def finetune_benchmark(model: str | Path, ref: DataRef, kind: str, out: str | Pa
     if seed is not None:
         cfg.seed = seed
     split, examples = finetune_examples(kind, ref.path, seed=cfg.seed, text_qa=cfg.text_qa)
-    dropped = 0
+    dropped = as_text = 0
     if forget is not None:
-        examples, dropped = without_forget(kind, ref.path, examples, forget)
+        examples, dropped, as_text = without_forget(kind, ref.path, examples, forget)
     turns = qa_turns(examples)  # decodes every image now: a corrupt one stops the run before training
     given, model = str(model), local_model(model)
     entry = cache_root(cache_dir) / "{}-{}-{}".format(
@@ -220,7 +221,8 @@ def finetune_benchmark(model: str | Path, ref: DataRef, kind: str, out: str | Pa
     }
     if forget is None:
         return _publish(entry, out, record, VANILLA_FILE, overwrite)
-    return _publish(entry, out, {**record, "forget": forget, "dropped_pairs": dropped}, RETRAINED_FILE, overwrite)
+    record.update(forget=forget, dropped_pairs=dropped, pairs_without_photo=as_text)
+    return _publish(entry, out, record, RETRAINED_FILE, overwrite)
 
 
 def retrain_benchmark(vanilla: str | Path, ref: DataRef, kind: str, out: str | Path, *, forget: str,

@@ -7,14 +7,17 @@ file and line):
 - MLLMU-Bench: ``ft_Data``, one portrait per row with a JSON list of ``{Question, Answer}``;
 - CLEAR: ``full+tofu``, image-caption rows (asked with one of CLEAR's caption questions) and
   TOFU text QA rows (null image);
-- UMU-bench: ``Full_Set``, ``MM_QA`` asked with the portrait and ``UM_QA`` asked as text.
+- UMU-bench: ``Full_Set``, ``MM_QA`` and ``UM_QA`` both asked with the portrait, as in the
+  data file its authors prepared for their published fine-tune.
 
 :func:`without_forget` gives the retrained reference's data: the same split minus the forget
-people's image rows (their text QA stays, as in the built-in world's retrained reference).
+people's image rows; their text QA stays (UMU's ``UM_QA`` without the portrait), as in the
+built-in world's retrained reference.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -57,7 +60,7 @@ def finetune_examples(kind: str, root: str | Path, *, seed: int = 0,
         for rec in source.read(config, UMU_FT_COLUMNS, UMU_FT_OPTIONAL):
             out += qa_examples(rec, config, "MM_QA")
             if text_qa and rec.get("UM_QA") is not None:
-                out += qa_examples(rec, config, "UM_QA")
+                out += qa_examples(rec, config, "UM_QA", with_image=True)
     if not text_qa:
         out = [e for e in out if e.has_image]
     if not out:
@@ -105,13 +108,15 @@ def _forget_people(kind: str, root: str | Path, forget: str) -> tuple[set[str], 
     return ids, digests, set()
 
 
-def without_forget(kind: str, root: str | Path, examples: list[Example], forget: str) -> tuple[list[Example], int]:
-    """``examples`` minus the image questions about ``forget``'s people; and how many went.
+def without_forget(kind: str, root: str | Path, examples: list[Example],
+                   forget: str) -> tuple[list[Example], int, int]:
+    """``examples`` without the forget people's photos: (kept, pairs dropped, pairs kept as text).
 
     A row is the forget people's when its ID is theirs, its image is byte-identical to one
     of theirs (MLLMU-Bench's ``ft_Data`` has no ID column on the hub), or, for CLEAR, its
-    caption is one of theirs. Finding none is an error: the reference would silently equal
-    the vanilla model.
+    caption is one of theirs. Their image questions go; a text question the split asks with
+    the portrait (UMU's ``UM_QA``) stays, without it, since the reference keeps what text
+    teaches. Finding none is an error: the reference would silently equal the vanilla model.
     """
     ids, digests, captions = _forget_people(kind, root, forget)
 
@@ -119,9 +124,17 @@ def without_forget(kind: str, root: str | Path, examples: list[Example], forget:
         return e.has_image and (e.entity in ids or _digest(e.image) in digests
                                 or e.meta.get("caption") in captions)
 
-    kept = [e for e in examples if not theirs(e)]
-    dropped = len(examples) - len(kept)
+    kept: list[Example] = []
+    dropped = as_text = 0
+    for e in examples:
+        if not theirs(e):
+            kept.append(e)
+        elif e.meta.get("column") == "UM_QA":
+            kept.append(dataclasses.replace(e, image=None, meta={**e.meta, "type": "Pure_Text"}))
+            as_text += 1
+        else:
+            dropped += 1
     if not dropped:
         raise DataError(f"none of the fine-tune split's image questions in {root} belongs to {forget}'s people "
                         "(no shared ID, image or caption): cannot build the retrained reference")
-    return kept, dropped
+    return kept, dropped, as_text

@@ -164,13 +164,16 @@ def row_examples(rec: Record, config: str) -> tuple[list[Example], list[Example]
     return multi, uni
 
 
-def qa_examples(rec: Record, config: str, column: str) -> list[Example]:
-    """Training pairs of ``MM_QA`` (with the row image) or ``UM_QA`` (text only).
+def qa_examples(rec: Record, config: str, column: str, *, with_image: bool | None = None) -> list[Example]:
+    """Training pairs of ``MM_QA`` (with the row image) or ``UM_QA`` (text only, unless ``with_image``).
 
-    Falls back to the Generation items of the same modality when the column is absent.
+    The unlearning scripts ask ``UM_QA`` as text; the data file the authors prepared for
+    their published fine-tune asks it with the portrait too, hence ``with_image``. Falls back to
+    the Generation items of the same modality when the column is absent.
     """
     eid = entity_id(rec.get("ID"), field="ID", source=rec.source)
-    with_image = column == "MM_QA"
+    if with_image is None:
+        with_image = column == "MM_QA"
     if rec.get(column) is None:
         multi, uni = _task_examples(
             rec,
@@ -213,7 +216,8 @@ def qa_examples(rec: Record, config: str, column: str) -> list[Example]:
                 task="qa",
                 image=image,
                 source=rec.source,
-                meta={"type": "Image_Textual" if with_image else "Pure_Text", "row": rec.index, "key": key},
+                meta={"type": "Image_Textual" if with_image else "Pure_Text", "row": rec.index, "key": key,
+                      "column": column},
             )
         )
     return out
