@@ -186,6 +186,28 @@ def test_mllmu_test_set_two_shards(mllmu_root: Path) -> None:
     assert all(e.question.startswith("(paraphrased)") for e in test)
 
 
+def test_mllmu_celebrities_sharing_an_id_with_a_forget_person_stay_known(mllmu_root: Path, tmp_path: Path) -> None:
+    """Retain_Set's IDs are the celebrities' own: one equal to a fictitious forget person's is another person."""
+    root = copy_of(mllmu_root, tmp_path)
+    path = root / "Retain_Set" / "train-00000-of-00001.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table.set_column(table.schema.get_field_index("ID"), "ID", pa.array(["1", "k1", "k2"])), path)
+    suite = load_mllmu(root, "forget_5")  # forgets person "1"
+    assert {e.entity for e in suite.groups["known"]} == {"1", "k1", "k2"}
+    assert {e.entity for e in suite.groups["forget"]} == {"1"}
+
+
+def test_mllmu_test_set_of_other_ids_is_one_line(mllmu_root: Path, tmp_path: Path) -> None:
+    """A Test_Set whose IDs match no forget person would leave forget_test silently empty."""
+    root = copy_of(mllmu_root, tmp_path)
+    for path in sorted((root / "Test_Set").iterdir()):
+        table = pq.read_table(path)
+        ids = pa.array([f"p{i}" for i in table.column("ID").to_pylist()])
+        pq.write_table(table.set_column(table.schema.get_field_index("ID"), "ID", ids), path)
+    with pytest.raises(DataError, match=r"Test_Set .* holds none of the forget people .*\['1'\].*'p"):
+        load_mllmu(root, "forget_5")
+
+
 def test_mllmu_test_images_are_deterministic_and_use_every_view(mllmu_root: Path) -> None:
     def views(seed: int) -> list[tuple[str, int]]:
         return [(e.uid, e.meta["view"]) for e in load_mllmu(mllmu_root, "forget_15", seed=seed).groups["forget_test"]]

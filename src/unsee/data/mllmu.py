@@ -322,19 +322,29 @@ def load_mllmu(
     groups["retain"], groups["text_retain"] = _split(retain_rows)
 
     groups["forget_test"], groups["known_test"] = [], []
+    test_ids: list[str] = []
     for test_config in ("Test_Set", KNOWN_TEST_SET):
         if source.has(test_config):
             for rec in cfg.get(test_config, TEST_COLUMNS, TEST_OPTIONAL):
-                if entity_id(rec.get("ID"), field="ID", source=rec.source) in forget_ids:
+                eid = entity_id(rec.get("ID"), field="ID", source=rec.source)
+                test_ids.append(eid)
+                if eid in forget_ids:
                     groups["forget_test"].extend(held_out_examples(rec, seed))
                 elif test_config == KNOWN_TEST_SET:  # the known people kept, on photos no method trains on
                     groups["known_test"].extend(held_out_examples(rec, seed))
+    if test_ids and not set(test_ids) & set(forget_ids):
+        raise DataError(f"Test_Set in {source.location} holds none of the forget people (their IDs look like "
+                        f"{list(forget_ids)[:3]}, Test_Set's like {test_ids[:3]}): forget_test would be empty; "
+                        "are the two from the same download?")
 
     if source.has("Holdout_Set"):  # people never trained on: the membership attack's non-members
         groups["holdout"], groups["text_holdout"] = _split([(r, "Holdout_Set") for r in cfg.profiles("Holdout_Set")])
     known_rows = cfg.profiles("Retain_Set") if source.has("Retain_Set") else []
-    known = [(r, "Retain_Set") for r in known_rows if entity_id(r.get("ID"), field="ID", source=r.source)
-             not in forget_ids]  # a known person to forget (known_forget_X) is in the forget group instead
+    # a known person to forget (known_forget_X) is in the forget group instead: the same ID with the same
+    # portrait; a celebrity whose ID merely equals a fictitious person's stays known
+    forget_photos = {(entity_id(r.get("ID"), field="ID", source=r.source), _row_image(r)) for r, _ in forget_rows}
+    known = [(r, "Retain_Set") for r in known_rows
+             if (entity_id(r.get("ID"), field="ID", source=r.source), _row_image(r)) not in forget_photos]
     groups["known"], groups["text_known"] = _split(known)
     groups["general"] = []
     if source.has("General_Set"):
