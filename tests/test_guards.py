@@ -17,6 +17,7 @@ import torch
 
 from unsee import api, errors, unlearning
 from unsee.cli import main, parser
+from unsee.data.request_example import write_world_request
 from unsee.data.schema import Suite
 from unsee.engine.checkpoint import has_checkpoint
 from unsee.engine.trainer import Context, TrainConfig, train
@@ -96,6 +97,28 @@ def test_outputs_inside_the_data_or_around_a_results_file_are_refused(
     with pytest.raises(errors.OutputError, match="is the input"):
         api.report([results], results.parent, overwrite=True)
     assert results.read_text() == "{}" and not (own_model / "eval.json").exists()
+
+
+def test_an_output_over_the_photos_a_request_names_is_refused(
+        own_model: Path, world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The photos a request file names are inputs too: --overwrite must not delete them."""
+    photos = tmp_path / "photos"
+    request = write_world_request(world, photos)
+    moved = tmp_path / "requests" / "r.yaml"  # the file elsewhere, naming the photos by absolute path
+    moved.parent.mkdir()
+    text = request.read_text()
+    for folder in ("photos/", "held_out/", "neutral", "general"):
+        text = text.replace(f": {folder}", f": {photos}/{folder}")
+    moved.write_text(text)
+    request.unlink()
+    before = checksums(photos)
+    no_work(monkeypatch)
+    for out in (photos, photos / "photos", tmp_path):
+        with pytest.raises(errors.OutputError, match="the input"):
+            api.forget(own_model, moved, out, overwrite=True, audit=False, overrides=FAST)
+        with pytest.raises(errors.OutputError, match="the input"):
+            api.unlearn("ga", own_model, moved, out, overrides=FAST, overwrite=True)
+    assert checksums(photos) == before
 
 
 def test_an_unwritable_output_fails_before_any_work(model_dir: Path, world: Path, tmp_path: Path,

@@ -27,7 +27,7 @@ from unsee.config import ConfigError, load_config, parse_overrides
 from unsee.data import world as _world
 from unsee.data.collate import qa_turns
 from unsee.data.detect import benchmark_of, resolve
-from unsee.data.request import is_request_file
+from unsee.data.request import is_request_file, named_paths
 from unsee.data.request_example import write_world_request
 from unsee.demo import run_demo
 from unsee.engine.distributed import is_main_process
@@ -92,8 +92,10 @@ __all__ = [
 
 
 def _local(*paths: Any) -> list[Any]:
-    """The inputs among ``paths`` that an output must not overlap (files and folders; None skipped)."""
-    return [p for p in paths if isinstance(p, str | Path)]
+    """The inputs among ``paths`` that an output must not overlap (files and folders; None skipped),
+    with the photos and folders a request file among them names."""
+    local = [p for p in paths if isinstance(p, str | Path)]
+    return local + [named for p in local if is_request_file(p) for named in named_paths(p)]
 
 
 # ---- commands that build inputs --------------------------------------------------------------

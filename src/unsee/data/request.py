@@ -100,6 +100,34 @@ def is_request_file(path: str | Path) -> bool:
     return p.suffix.lower() in SUFFIXES and p.is_file()
 
 
+def named_paths(path: str | Path) -> list[Path]:
+    """Every photo and folder a request file names, resolved as :func:`load_request` resolves them.
+
+    They are inputs as much as the file: an output placed over them would delete the photos
+    the run reads. Read without opening a photo; a file that does not parse names nothing here
+    (:func:`load_request` reports it).
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    if not isinstance(raw, dict):
+        return []
+    specs: list[Any] = [raw.get("neutral"), raw.get("general")]
+    for role in ("forget", "retain"):
+        people = raw.get(role) if isinstance(raw.get(role), list) else []
+        specs += [p.get(k) for p in people if isinstance(p, dict) for k in ("photos", "held_out")]
+    base = path.resolve().parent
+    out = []
+    for spec in specs:
+        for item in [spec] if isinstance(spec, str) else (spec if isinstance(spec, list) else []):
+            if isinstance(item, str):
+                p = Path(item).expanduser()
+                out.append(p if p.is_absolute() else base / p)
+    return out
+
+
 def request_schema() -> dict[str, Any]:
     return json.loads(SCHEMA_PATH.read_text())
 
