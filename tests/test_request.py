@@ -29,7 +29,7 @@ from unsee.data.request import (
 )
 from unsee.data.request_example import write_world_request
 from unsee.engine.trainer import unique_images
-from unsee.eval.results import load_results
+from unsee.eval.results import load_results, load_samples
 from unsee.forget import hashed, names_needed_by
 from unsee.resume import partial_dir
 
@@ -277,9 +277,22 @@ def test_requests_in_order_are_a_continual_run(model_dir: Path, example: Path, t
     out = api.forget(model_dir, None, tmp_path / "out", requests=files, overrides=FAST, audit=False, max_gen_items=1)
     runs = load_results(out / "results.json")["runs"]
     assert [r["request"] for r in runs] == [1, 1, 2]
-    assert "forget_r1" in runs[2]["metrics"] and "forget_r1" not in runs[1]["metrics"]
+    vanilla, one, two = runs
+    # every request's forget group so far, the current one included; the vanilla run has them all, and
+    # its own forget group is the last request's: the final run is read against the same people
+    assert {k for k in one["metrics"] if k.startswith("forget_r")} == {"forget_r1"}
+    assert {k for k in two["metrics"] if k.startswith("forget_r")} == {"forget_r1", "forget_r2"}
+    assert {k for k in vanilla["metrics"] if k.startswith("forget_r")} == {"forget_r1", "forget_r2"}
+    for run in (vanilla, two):
+        assert run["metrics"]["forget"]["mcq"] == run["metrics"]["forget_r2"]["mcq"]
+    assert vanilla["evaluation"] is not None and vanilla["protocol"] == two["protocol"]
+    assert {r["method"] for r in load_samples(out / "results.json")} == {"vanilla", "cvf_ncu"}
+    assert "No `vanilla` run in this setting" not in (out / "report.md").read_text()  # read against it
     card = (out / "model" / "README.md").read_text()
-    assert yaml.safe_load(example.read_text())["forget"][0]["name"] in card and first["name"] in card
+    forgotten = [yaml.safe_load(example.read_text())["forget"][0]["name"], first["name"]]
+    assert all(n in card for n in forgotten)
+    evidence = (out / "evidence.html").read_text()
+    assert all(n in evidence for n in forgotten)  # the held-out photos of both requests' people
 
     # stopped at the second request, the first is kept, and the same command goes on from there
     calls: list[Any] = []

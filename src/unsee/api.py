@@ -53,6 +53,7 @@ from unsee.report import REPORT_FILES, terminal_table, write_report
 from unsee.resume import Progress, photos_before, run_parts, train_share
 from unsee.runs import (
     add_attacks,
+    add_requests,
     attacked_run,
     check_attacked_run,
     check_forget,
@@ -360,17 +361,13 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
                     res, resolved = unlearn_adapter(method, adapter, suite, config=config, overrides=overrides,
                                                     seed=seed, forgotten_images=photos_before(forget, i))
                 meter.record_model(None)
-                found = evaluation(adapter, suite, **eval_kw)
-                for j, earlier in enumerate(requests[:i], 1):
-                    s_j = load_suite(data, earlier, retain_exclude=requests, seed=seed, benchmark=benchmark)
-                    again = evaluation(adapter, s_j, **{**eval_kw, "groups": ("forget",), "generation": False})
-                    found.metrics[f"forget_r{j}"] = again.metrics["forget"]
-                    found.scoring[f"forget_r{j}"] = again.scoring["forget"]
-                    found.samples += [{**r, "group": f"forget_r{j}"} for r in again.samples]
-                runs.append(make_run(method, found, model=model_name(model), suite=suite, forget=req, seed=seed,
-                                     request=i, config=resolved, info=jsonable(res.info),
-                                     cost={**meter.cost(), "trainable_params": res.trainable_params,
-                                           "optimizer_state_bytes": res.optimizer_state_bytes}))
+                run = make_run(method, evaluation(adapter, suite, **eval_kw), model=model_name(model), suite=suite,
+                               forget=req, seed=seed, request=i, config=resolved, info=jsonable(res.info),
+                               cost={**meter.cost(), "trainable_params": res.trainable_params,
+                                     "optimizer_state_bytes": res.optimizer_state_bytes})
+                runs.append(add_requests(run, adapter, (load_suite(data, r, retain_exclude=requests, seed=seed,
+                                                                   benchmark=benchmark) for r in requests[:i]),
+                                         **eval_kw))
                 runs[-1]["history"] = res.history
                 if i < len(requests):
                     progress.save(i, adapter, model_name(model), jsonable(runs))

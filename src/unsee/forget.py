@@ -34,11 +34,12 @@ from unsee.report.card import model_card
 from unsee.report.evidence import Shown, write_evidence
 from unsee.resume import Progress, photos_before, run_parts, train_share
 from unsee.runs import (
+    add_requests,
     check_forget,
     check_images,
     check_launch,
     check_room,
-    evaluate_adapter,
+    evaluation,
     jsonable,
     make_run,
     method_configs,
@@ -88,11 +89,14 @@ def hashed(name: str, salt: str) -> str:
     return "sha256:" + hashlib.sha256(f"{salt}:{name}".encode()).hexdigest()[:16]
 
 
-def _shown_items(suite: Suite, n_retained: int, seed: int) -> list[Example]:
-    """Each held-out photo of the forget people, once; and a seeded sample of retained people
-    (their held-out photos, else their first training photo)."""
-    items = [e for e in suite.groups["forget_test"] if e.task == "mcq"]
-    items = items or [e for e in suite.groups["forget"] if e.task == "mcq"]
+def _shown_items(suites: Sequence[Suite], n_retained: int, seed: int) -> list[Example]:
+    """Each held-out photo of every request's forget people, once; and a seeded sample of the last
+    request's retained people (their held-out photos, else their first training photo)."""
+    items = []
+    for s in suites:
+        held = [e for e in s.groups["forget_test"] if e.task == "mcq"]
+        items += held or [e for e in s.groups["forget"] if e.task == "mcq"]
+    suite = suites[-1]
     retained = sorted({e.entity for e in suite.groups["retain"]})
     rng = np.random.default_rng([seed, 34])
     pick = [retained[i] for i in sorted(rng.choice(len(retained), size=min(n_retained, len(retained)),
@@ -157,10 +161,12 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
     check_room(out, adapter, method, copies=1 if progress is None else 2)
     name, base_hash = model_name(model), adapter.fingerprint()
-    first = suites[0]
-    vanilla = make_run("vanilla", evaluate_adapter(adapter, first, **eval_kw), model=name, suite=first,
-                           forget=label, seed=seed)
-    shown = _shown_items(first, retained_shown, seed)
+    last = suites[-1]  # the suite the final run is measured on; every request's forget group beside it
+    vanilla = make_run("vanilla", evaluation(adapter, last, **eval_kw), model=name, suite=last, forget=label,
+                       seed=seed)
+    if len(suites) > 1:
+        add_requests(vanilla, adapter, suites, **eval_kw)
+    shown = _shown_items(suites, retained_shown, seed)
     before = _answers(adapter, shown, None)
     runs: list[dict] = [vanilla]
     if progress is not None and progress.done:
@@ -183,10 +189,8 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
                     save=False)
                 run["request"] = i
                 run["request_file"] = str(req.path)
-                for j, earlier in enumerate(suites[: i - 1], 1):
-                    again = evaluate_adapter(adapter, earlier, artifact=artifact,
-                                             **{**eval_kw, "groups": ("forget",), "generation": False})
-                    run["metrics"][f"forget_r{j}"] = again["forget"]
+                if len(suites) > 1:
+                    add_requests(run, adapter, suites[:i], artifact=artifact, **eval_kw)
                 runs.append(run)
                 if progress is not None and not last:
                     progress.save(i, adapter, name, jsonable(runs))
@@ -204,7 +208,7 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
             atomic_write_text(tmp / "names-salt.txt", f"{salt}\n")
         results = new_results(runs)
         write_results(tmp / "results.json", results)
-        who = first.info["names"]
+        who = {k: v for s in suites for k, v in s.info["names"].items()}
         cards = [Shown(role=str(e.meta.get("role", "forget")), name=who.get(e.entity, e.entity), question=e.question,
                        photo=e.image or b"", source=e.source, before=b, after=a,
                        aliases=tuple(e.meta.get("aliases", ())))

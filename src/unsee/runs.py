@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -186,6 +186,22 @@ def evaluation(adapter: Adapter, suite: Suite, *, steering: str | Path | None = 
     artifact = deployed_artifact(artifact, steering)
     with nullcontext() if artifact is None else artifact.applied(adapter):
         return run_evaluation(adapter, suite, **kw)
+
+
+def add_requests(run: dict, adapter: Adapter, suites: Iterable[Suite], *, artifact: Artifact | None = None,
+                 **kw: Any) -> dict:
+    """``run`` (scored with its item records) with each request's forget group measured again, as
+    ``forget_r1``, ``forget_r2``, ...
+
+    A continual run's figures for every request so far, the current one included, so that a
+    forgotten request that comes back shows, and a vanilla run has the same groups to be read against.
+    """
+    for j, suite in enumerate(suites, 1):
+        again = evaluation(adapter, suite, artifact=artifact, **{**kw, "groups": ("forget",), "generation": False})
+        run["metrics"][f"forget_r{j}"] = again.metrics["forget"]
+        run["evaluation"]["scoring"][f"forget_r{j}"] = again.scoring["forget"]
+        run[SAMPLES_KEY] += [{**r, "group": f"forget_r{j}"} for r in again.samples]
+    return run
 
 
 def evaluate_adapter(adapter: Adapter, suite: Suite, *, steering: str | Path | None = None,
