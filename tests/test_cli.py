@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -123,3 +124,29 @@ def test_unlearn_help_for_an_unknown_method_is_one_line(capsys: pytest.CaptureFi
     assert main(["unlearn", "--method", "nope", "--help"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown method 'nope'" in err[0]
+
+
+def test_a_seed_set_in_the_config_is_used_and_seed_replaces_it(tmp_path: Path, model_dir: Path, world: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """``seed=N`` (or ``seed:`` in a config file) is the seed unless ``--seed`` is given: never silently 0."""
+    from conftest import WORLD_OVERRIDES
+
+    tiny = [*WORLD_OVERRIDES, "n_requests=0"]
+    assert main(["world", "--out", str(tmp_path / "w3"), "--config", "quick", "--no-example", *tiny, "seed=3"]) == 0
+    assert json.loads((tmp_path / "w3" / "world.json").read_text())["seed"] == 3
+    assert main(["world", "--out", str(tmp_path / "w4"), "--config", "quick", "--no-example", "--seed", "4", *tiny,
+                 "seed=3"]) == 0
+    assert json.loads((tmp_path / "w4" / "world.json").read_text())["seed"] == 4
+
+    fast = ["max_steps=1", "batch_size=2", "progress=false"]
+    common = ["unlearn", "--method", "ga", "--model", str(model_dir), "--data", str(world), "--max-items", "1"]
+    config = tmp_path / "ga.yaml"
+    config.write_text("seed: 5\n")
+    seeds = {}
+    for name, extra in {"override": [*fast, "seed=3"], "file": ["--config", str(config), *fast],
+                        "flag": ["--seed", "4", *fast, "seed=3"], "none": fast}.items():
+        assert main([*common, "--out", str(tmp_path / name), *extra]) == 0, capsys.readouterr().err
+        run = json.loads((tmp_path / name / "results.json").read_text())["runs"][-1]
+        assert run["seed"] == run["config"]["seed"]
+        seeds[name] = run["seed"]
+    assert seeds == {"override": 3, "file": 5, "flag": 4, "none": 0}

@@ -70,6 +70,7 @@ from unsee.runs import (
     make_run,
     method_configs,
     model_name,
+    run_seed,
     save_checkpoint,
     save_model,
     training_turns,
@@ -223,7 +224,8 @@ def _requests(requests: str | Sequence[str] | None) -> list[str]:
 
 
 def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
-            requests: str | Sequence[str] | None = None, config: Any = None, overrides: Any = (), seed: int = 0,
+            requests: str | Sequence[str] | None = None, config: Any = None, overrides: Any = (),
+            seed: int | None = None,
             overwrite: bool = False, allow_pickle: bool = False, audit: bool = False,
             audit_overrides: Any = (), evaluate_after: bool = True, dtype: str | None = None,
             report_to: str = "", benchmark: str | None = None, revision: str | None = None,
@@ -256,6 +258,7 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
         overrides = with_override(overrides, "report_to", report_to)
     # reject unknown methods, options, launches and dtypes before any work
     check_launch(method, config, overrides, dtype=dtype, audit=audit)
+    seed = run_seed(seed, method, config, overrides)
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     eval_kw = eval_options(protocol=protocol, max_items=max_items, max_new_tokens=max_new_tokens)

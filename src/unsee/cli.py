@@ -30,12 +30,15 @@ def _command(sub: argparse._SubParsersAction, name: str, help: str, func: Callab
 
     ``required`` names ``--X PATH`` options that must be given; ``seed`` adds ``--seed N``;
     ``overrides`` the trailing ``key=value`` config overrides. Every command takes
-    ``--overwrite`` and runs ``func``.
+    ``--overwrite`` and runs ``func``. Where a config sets a seed, ``--seed`` replaces it, and
+    without ``--seed`` the config's own is used (so a ``seed=N`` override is never ignored).
     """
     p = sub.add_parser(name, help=help)
     for option in required:
         p.add_argument(f"--{option}", required=True)
-    if seed:
+    if seed and overrides:
+        p.add_argument("--seed", type=int, default=None, help="the seed (default: the config's seed, 0 unless set)")
+    elif seed:
         p.add_argument("--seed", type=int, default=0)
     if overrides:
         _add_overrides(p)
@@ -235,7 +238,6 @@ def parser(method_help: str | None = None) -> argparse.ArgumentParser:
     f.add_argument("--config", default=None, help="recipe file or shipped name: default, quick (built-in world); "
                    "mllmu, clear, umu (public benchmarks; default: the detected benchmark's own)")
     _data_options(f)
-    f.set_defaults(seed=None)  # without --seed, the recipe's own seed (CLEAR's is 42)
     f.add_argument("--cache-dir", default=None, help="stage cache (default: ~/.cache/unsee)")
 
     rt = _command(sub, "retrain", "the vanilla model's fine-tune again without the forget people's photos: "

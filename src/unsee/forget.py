@@ -116,7 +116,7 @@ def _answers(adapter: Any, items: Sequence[Example], artifact: Any = None) -> li
 
 def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None, out: str | Path, *,
            requests: str | Sequence[str | Path] | None = None, method: str = "cvf_ncu", config: Any = None,
-           overrides: Any = (), seed: int = 0, overwrite: bool = False, audit: bool = True,
+           overrides: Any = (), seed: int | None = None, overwrite: bool = False, audit: bool = True,
            audit_kinds: Sequence[str] | None = None, audit_overrides: Any = (), hide_names: bool = False,
            salt: str | None = None, retained_shown: int = 4, max_gen_items: int | None = 24,
            allow_pickle: bool = False, dtype: str | None = None) -> Path:
@@ -129,7 +129,8 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
     out = Path(out)
     files = request_files(request, requests)
     check_output_dir(out, overwrite=overwrite)
-    _, _, cls = method_configs(method, config, overrides)  # unknown methods and options, before any work
+    tcfg, _, cls = method_configs(method, config, overrides)  # unknown methods and options, before any work
+    seed = tcfg.seed if seed is None else seed  # --seed, else the config's own
     check_launch(method, config, overrides, dtype=dtype, audit=audit)
     if not cls.trains_weights and len(files) > 1:
         raise ConfigError(f"continual unlearning needs a training method; {method} builds one steering file per "

@@ -255,6 +255,11 @@ def eval_options(*, protocol: str = "loglik", max_items: int | None = None,
     return {"protocol": protocol, "max_items": max_items, "max_new_tokens": max_new_tokens}
 
 
+def run_seed(seed: int | None, method: str, config: Any = None, overrides: Any = ()) -> int:
+    """The unlearning seed: ``--seed`` when given, else the ``seed`` the method's config (or an override) sets."""
+    return seed if seed is not None else method_configs(method, config, overrides)[0].seed
+
+
 def unlearn_adapter(method: str, adapter: Adapter, suite: Suite, *, config: Any = None, overrides: Any = (),
                     seed: int = 0, forgotten_images: Sequence[Any] = (),
                     logging_dir: str | Path | None = None) -> tuple[Any, dict]:
