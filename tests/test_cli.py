@@ -150,3 +150,17 @@ def test_a_seed_set_in_the_config_is_used_and_seed_replaces_it(tmp_path: Path, m
         assert run["seed"] == run["config"]["seed"]
         seeds[name] = run["seed"]
     assert seeds == {"override": 3, "file": 5, "flag": 4, "none": 0}
+
+
+def test_demo_command_and_api_share_their_defaults() -> None:
+    """``unsee demo`` and ``unsee.api.demo`` with nothing given do the same thing (audits included)."""
+    import inspect
+
+    from unsee.cli import parser
+    from unsee.demo import run_demo
+
+    given = parser().parse_args(["demo", "--out", "x"])
+    defaults = {k: p.default for k, p in inspect.signature(run_demo).parameters.items()}
+    assert defaults["audit"] is (not given.no_audit)
+    for key in ("methods", "quick", "arch", "seed", "protocol", "seeds", "config"):
+        assert defaults[key] == getattr(given, key), key

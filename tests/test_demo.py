@@ -96,7 +96,7 @@ def test_demo_reuses_the_cache_and_refuses_existing_output(demo_run: tuple[Path,
     out, cache = demo_run
     before = hashlib.sha256((out / "results.json").read_bytes()).hexdigest()
     with pytest.raises(OutputExistsError):
-        run_demo(out, quick=True, cache_dir=cache, config=CONFIG)
+        run_demo(out, quick=True, cache_dir=cache, config=CONFIG, audit=False)
     assert hashlib.sha256((out / "results.json").read_bytes()).hexdigest() == before
 
     def boom(*a, **k):  # noqa: ANN002, ANN003, ANN202
@@ -104,7 +104,7 @@ def test_demo_reuses_the_cache_and_refuses_existing_output(demo_run: tuple[Path,
 
     monkeypatch.setattr(demo, "finetune", boom)
     again = out.parent / "again"
-    run_demo(again, quick=True, cache_dir=cache, config=CONFIG, methods="graddiff")
+    run_demo(again, quick=True, cache_dir=cache, config=CONFIG, methods="graddiff", audit=False)
     assert (again / "results.json").is_file()
 
 
@@ -128,10 +128,10 @@ def test_interrupted_demo_leaves_nothing_and_resumes_from_the_cache(demo_run: tu
     monkeypatch.setattr(demo, "unlearn_and_save", ctrl_c)
     before = sorted(p.name for p in out.parent.iterdir())
     with pytest.raises(KeyboardInterrupt):
-        run_demo(target, quick=True, cache_dir=cache, config=CONFIG, methods="graddiff")
+        run_demo(target, quick=True, cache_dir=cache, config=CONFIG, methods="graddiff", audit=False)
     assert sorted(p.name for p in out.parent.iterdir()) == before
     monkeypatch.setattr(demo, "unlearn_and_save", real)
-    run_demo(target, quick=True, cache_dir=cache, config=CONFIG, methods="graddiff")
+    run_demo(target, quick=True, cache_dir=cache, config=CONFIG, methods="graddiff", audit=False)
     assert (target / "results.json").is_file() and (target / "graddiff" / "model.safetensors").is_file()
 
 

@@ -96,7 +96,7 @@ def prepare_vanilla(cfg: DemoConfig, arch: str, seed: int, cache: Path) -> tuple
 
 def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", quick: bool = False,
              arch: str = "tiny-llava", seed: int = 0, overwrite: bool = False, cache_dir: str | Path | None = None,
-             config: str | Path | dict | None = None, audit: bool = False, protocol: str = "loglik",
+             config: str | Path | dict | None = None, audit: bool = True, protocol: str = "loglik",
              seeds: int = 1) -> Path:
     """The demo; every model is scored under ``protocol`` (``loglik`` or ``official``). With ``seeds``
     N > 1 every method runs with unlearning seeds ``seed`` .. ``seed + N - 1`` (the world, the vanilla
