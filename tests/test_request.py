@@ -49,6 +49,13 @@ def _png(path: Path, seed: int) -> Path:
     return path
 
 
+def _strip(tmp: Path) -> Path:
+    """A 2x600 photo: Qwen2-VL's processor refuses it, so the request must, before a model loads."""
+    path = tmp / "strip.png"
+    Image.new("RGB", (2, 600), "grey").save(path)
+    return path
+
+
 def _write(path: Path, body: dict) -> Path:
     path.write_text(yaml.safe_dump(body, sort_keys=False))
     return path
@@ -122,6 +129,7 @@ def _problems(path: Path, **kw: object) -> list[str]:
     (lambda b, t: b["forget"][0].update(photos=[str(_garbage(t))]), r"cannot read photo .*broken\.png"),
     (lambda b, t: b["forget"][0].update(photos=[str(_float_tiff(t))]), r"cannot read photo .*depth\.tif: floating"),
     (lambda b, t: (t / "a" / "gone.png").symlink_to(t / "nowhere.png"), r"cannot read photo .*a/gone\.png"),
+    (lambda b, t: b["forget"][0].update(photos=[str(_strip(t))]), r"cannot read photo .*strip\.png: a 2x600 image"),
     (lambda b, t: b["retain"].append({"name": "Ann Example", "photos": "r0/0.png"}), r"in both forget and retain"),
     (lambda b, t: b["retain"].append({"name": "retained 1", "photos": str(_png(t / "x.png", 7))}),
      r"duplicate name 'Retained 1'.*retain\[3\]"),

@@ -26,11 +26,20 @@ LETTERS = "ABCDEFGHIJ"
 ORIENTATION = 0x0112  # the EXIF tag of a photo's rotation
 
 
+MAX_ASPECT = 200  # Qwen2-VL's image processor refuses a longer side over 200 times the shorter
+
+
 def rgb(img: Image.Image) -> Image.Image:
     """A photo as the 8-bit RGB a person sees. Pillow's own ``convert("RGB")`` clips 16-bit
     greyscale to white and lays transparent pixels on whatever colour they hide, and Pillow
     leaves a phone photo's EXIF rotation unapplied; here the photo is turned upright, 16 bits
-    are scaled to 8 and transparency goes on white, as transformers' own image loading does."""
+    are scaled to 8 and transparency goes on white, as transformers' own image loading does.
+    A strip over 200 times longer than wide is refused here, with the photo's other checks:
+    Qwen2-VL's processor stops on it, after the model has loaded."""
+    w, h = img.size
+    if max(w, h) > MAX_ASPECT * max(min(w, h), 1):
+        raise DataError(f"a {w}x{h} image is over {MAX_ASPECT} times longer than it is wide, more than an image "
+                        "processor takes (Qwen2-VL refuses it); crop it")
     if img.getexif().get(ORIENTATION, 1) != 1:
         img = ImageOps.exif_transpose(img)
     if img.mode == "RGB":
