@@ -103,6 +103,24 @@ def truncated(model: Path) -> None:
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
 
 
+def missing_tensor(model: Path) -> None:
+    """One tensor gone: transformers alone would start it from random values and carry on."""
+    from safetensors.torch import load_file, save_file
+
+    f = model / "model.safetensors"
+    weights = load_file(f)
+    weights.pop(next(k for k in sorted(weights) if k.endswith("mlp.down_proj.weight")))
+    save_file(weights, f, metadata={"format": "pt"})
+
+
+def wider_config(model: Path) -> None:
+    """A config that does not describe the weights beside it."""
+    f = model / "config.json"
+    cfg = json.loads(f.read_text())
+    cfg["text_config"]["hidden_size"] *= 2
+    f.write_text(json.dumps(cfg))
+
+
 def pickle_only(model: Path) -> None:
     (model / "model.safetensors").rename(model / "pytorch_model.bin")
 
@@ -157,7 +175,8 @@ def cases(env: Env) -> list[Case]:
     worlds = {n: env.copy_world(n, f) for n, f in [("empty", empty_forget), ("overlap", overlapping_retain),
                                                    ("corrupt", corrupt_general_image)]}
     models = {n: env.copy_model(n, f) for n, f in [("truncated", truncated), ("pickle", pickle_only),
-                                                   ("no_tokenizer", no_tokenizer)]}
+                                                   ("no_tokenizer", no_tokenizer), ("missing", missing_tensor),
+                                                   ("wider", wider_config)]}
     model_in = lambda name: lambda e: [models[name], e.world]  # noqa: E731
     world_in = lambda name: lambda e: [e.model, worlds[name]]  # noqa: E731
     return [
@@ -188,6 +207,15 @@ def cases(env: Env) -> list[Case]:
         Case("unlearn a truncated model.safetensors", "error",
              lambda e, d: unlearn(e, d / "o", *FAST, model=models["truncated"]), inputs=model_in("truncated"),
              message="truncated"),
+        Case("eval a model whose weights lack a tensor", "error",
+             lambda e, d: evaluate(e, d / "e.json", model=models["missing"]), inputs=model_in("missing"),
+             message="lack 1 tensor"),
+        Case("unlearn a model whose weights lack a tensor", "error",
+             lambda e, d: unlearn(e, d / "o", *FAST, model=models["missing"]), inputs=model_in("missing"),
+             message="lack 1 tensor"),
+        Case("eval a model whose config does not fit its weights", "error",
+             lambda e, d: evaluate(e, d / "e.json", model=models["wider"]), inputs=model_in("wider"),
+             message="do not have the shapes its config.json describes"),
         Case("eval a pickle-only model", "error", lambda e, d: evaluate(e, d / "e.json", model=models["pickle"]),
              inputs=model_in("pickle"), message="--allow-pickle"),
         Case("unlearn a model copied without its tokenizer", "error",

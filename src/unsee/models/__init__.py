@@ -123,15 +123,25 @@ def load_adapter(
     cls = adapter_class(config.model_type)
     try:
         processor = cls.load_processor(str(model), trust_remote_code=trust_remote_code, **kw)
-        hf = cls.model_class().from_pretrained(
+        hf, loading = cls.model_class().from_pretrained(
             str(model),
             dtype=resolve_dtype(dtype),
             use_safetensors=None if allow_pickle else True,
             trust_remote_code=trust_remote_code,
+            output_loading_info=True,
             **kw,
         )
+    except RuntimeError as e:  # transformers' refusal of a weight whose shape is not the config's
+        if "mismatched" not in str(e):
+            raise
+        raise ModelError(f"cannot load {model}: its weights do not have the shapes its config.json describes; is "
+                         "config.json the one saved with them?") from e
     except (OSError, ValueError, SafetensorError) as e:
         raise ModelError(f"cannot load {model}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    missing = sorted(loading.get("missing_keys") or [])
+    if missing:  # transformers would start them from random values, and the run would look like any other
+        raise ModelError(f"cannot load {model}: its weights lack {len(missing)} tensor(s) the config needs, e.g. "
+                         f"{missing[0]}; the checkpoint is incomplete")
     if device is not None:
         hf.to(device)
     return cls(hf, processor, source=str(model))
