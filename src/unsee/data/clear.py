@@ -139,6 +139,14 @@ def _image(rec: Record) -> bytes | None:
     return image_bytes(rec.get("image"), field="image", source=rec.source)
 
 
+def _image_row(rec: Record, config: str) -> bytes:
+    """The image of a row of an image config, where a null one is an error."""
+    image = _image(rec)
+    if image is None:
+        raise DataError(f"field 'image' is null in {rec.source} (row {rec.index}) of image config {config!r}")
+    return image
+
+
 def _names(reader: _Reader, config: str, rows: Sequence[Record]) -> list[str]:
     """The person's name of each image row; the column is needed only where a row lacks it."""
     names = []
@@ -168,9 +176,7 @@ def _name_items(
     seed = reader.seed
     out: list[Example] = []
     for n, (r, name) in enumerate(zip(rows, names, strict=True)):
-        image = _image(r)
-        if image is None:
-            raise DataError(f"field 'image' is null in {r.source} (row {r.index}) of image config {config!r}")
+        image = _image_row(r, config)
         uid = f"{config}/{n}/name"
         wrong = perturbed.get(name)
         if not wrong:
@@ -190,9 +196,7 @@ def _caption_items(
     evals: list[Example] = []
     train: list[Example] = []
     for n, (r, name) in enumerate(zip(rows, names, strict=True)):
-        image = _image(r)
-        if image is None:
-            raise DataError(f"field 'image' is null in {r.source} (row {r.index}) of image config {config!r}")
+        image = _image_row(r, config)
         uid = f"{config}/{n}"
         question = CAPTION_QUESTIONS[stable_int(reader.seed, uid, "caption") % len(CAPTION_QUESTIONS)]
         described = Example(
