@@ -19,6 +19,7 @@ from unsee.report import (
     terminal_table,
     write_report,
 )
+from unsee.report.card import verdict
 from unsee.report.plots import continual_panels, continual_series, continual_values
 
 GROUPS = ("forget", "forget_test", "retain", "text_forget", "text_retain", "known", "general")
@@ -286,6 +287,20 @@ def test_model_card_opens_with_what_the_audits_found() -> None:
     kept = run("ga", dict.fromkeys(GROUPS, 0.9))
     first = _body(model_card(kept, VANILLA, base_model="m/x", base_hash="h", forgotten=["p"], audits={}))[0]
     assert "still recognised" in first
+
+
+def test_a_continual_verdict_reads_every_request() -> None:
+    """The last request forgotten is not enough: an earlier request whose people came back shows."""
+    groups = (*GROUPS, "forget_r1", "forget_r2")
+    vanilla = run("vanilla", dict.fromkeys(groups, 0.95))
+    back = run("cvf_ncu", {**dict.fromkeys(GROUPS, 0.9), "forget": 0.25, "forget_r2": 0.25, "forget_r1": 0.9},
+               request=2)
+    line = verdict(back, vanilla, {})
+    assert "still recognised (1 of 2 requests)" in line
+    assert "forget_r1 mcq 0.95 \u2192 0.90" in line and "forget_r2 mcq 0.95 \u2192 0.25" in line
+    gone = run("cvf_ncu", {**dict.fromkeys(GROUPS, 0.9), "forget": 0.25, "forget_r2": 0.25, "forget_r1": 0.3},
+               request=2)
+    assert "are no longer recognised (forget_r1" in verdict(gone, vanilla, {})
 
 
 def test_model_card_keeps_item_counts_out_of_the_metric_rows() -> None:

@@ -75,23 +75,41 @@ def _fig(x: Any) -> float | None:
     return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else None
 
 
-def verdict(run: Mapping[str, Any], vanilla: Mapping[str, Any] | None, audits: Mapping[str, Any] | None) -> str:
-    """One line: whether the forget people are still recognised, and whether the audits bring them back."""
-    forget = run["metrics"].get("forget", {})
+def _recognition(group: str, run: Mapping[str, Any], vanilla: Mapping[str, Any] | None) -> tuple[str, str]:
+    """(state, figures) of one forget group: whether its people are still recognised, before and after."""
+    forget = run["metrics"].get(group, {})
     key = next((k for k in METRIC_KEYS if k in forget), None)
     after = _fig(forget.get(key)) if key else None
-    before = _fig(vanilla["metrics"].get("forget", {}).get(key)) if vanilla and key else None
+    before = _fig(vanilla["metrics"].get(group, {}).get(key)) if vanilla and key else None
     if after is None:
+        return "not measured", ""
+    if before is None:
+        return "unknown", f"{group} {key} {after:.2f} (no measurement before unlearning to compare with)"
+    chance = CHANCE if key == "mcq" else 0.0
+    state = "still recognised" if after - chance > 0.5 * (before - chance) else "no longer recognised"
+    if before - chance < NOT_KNOWN:
+        state = "not recognised, and were not before unlearning either"
+    return state, f"{group} {key} {before:.2f} \u2192 {after:.2f}, chance {chance:.2f}"
+
+
+def verdict(run: Mapping[str, Any], vanilla: Mapping[str, Any] | None, audits: Mapping[str, Any] | None) -> str:
+    """One line: whether the forget people are still recognised, and whether the audits bring them back.
+
+    A continual run is read request by request (``forget_r1``, ``forget_r2``, ...): one request
+    whose people come back is enough to say they are still recognised."""
+    groups = sorted((g for g in run["metrics"] if re.fullmatch(r"forget_r\d+", g)), key=lambda g: int(g[8:]))
+    found = [_recognition(g, run, vanilla) for g in groups or ["forget"]]
+    states = [s for s, _ in found]
+    figures = "; ".join(f for _, f in found if f)
+    if "not measured" in states and len(set(states)) == 1:
         head = "the forget people were not measured"
-    elif before is None:
-        head = f"forget {key} {after:.2f} (no measurement before unlearning to compare with)"
+    elif "unknown" in states:
+        head = figures
     else:
-        chance = CHANCE if key == "mcq" else 0.0
-        still = after - chance > 0.5 * (before - chance)
-        state = "still recognised" if still else "no longer recognised"
-        if before - chance < NOT_KNOWN:
-            state = "not recognised, and were not before unlearning either"
-        head = f"the forget people are {state} (forget {key} {before:.2f} \u2192 {after:.2f}, chance {chance:.2f})"
+        state = next((s for s in ("still recognised", "no longer recognised") if s in states), states[0])
+        if len(found) > 1 and state == "still recognised":
+            state += f" ({states.count(state)} of {len(found)} requests)"
+        head = f"the forget people are {state} ({figures})"
     if not audits:
         return f"**Verdict:** {head}; no audits were run, so whether they can be brought back is untested."
     back, held = [], []
