@@ -354,3 +354,38 @@ def test_relearning_repeats_each_half_with_its_own_seed(adapter: HFAdapter, suit
     assert two["ag"] == round(sum(gains) / 2, 2) and two["ag_min"] == min(gains) and two["ag_max"] == max(gains)
     with pytest.raises(ConfigError, match="relearn_repeats"):
         AttackConfig(relearn_repeats=0).validate()
+
+
+def test_audit_options_are_checked_before_training(adapter: HFAdapter, world: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mistyped --audit-set must not cost the training it would follow."""
+    def boom(*a: object, **k: object) -> None:
+        raise AssertionError("the command started working before checking its audit options")
+
+    monkeypatch.setattr(api, "load_suite", boom)
+    for bad, message in ((["nokey=1"], "nokey"), (["relearn_scope=bogus"], "relearn_scope"),
+                         (["quant_bits=3"], "4 or 8|4, 8")):
+        with pytest.raises(ConfigError, match=message):
+            api.unlearn("ga", Path(adapter.source), world, tmp_path / "o", overrides=["max_steps=1"], audit=True,
+                        audit_overrides=bad)
+    assert not (tmp_path / "o").exists()
+
+
+def test_list_options_take_one_value_as_a_list_of_one() -> None:
+    from unsee.config import load_config
+
+    cfg = load_config(attacks.AttackConfig, None, ["quant_bits=4", "shifts=crop"])
+    assert cfg.quant_bits == [4] and cfg.shifts == ["crop"]
+
+
+def test_attack_all_without_a_reference_records_the_membership_aucs(adapter: HFAdapter, world: Path,
+                                                                   tmp_path: Path) -> None:
+    """As --audit does: the AUCs stand without the reference; PrivLeak and forget quality need it."""
+    found = api.attack("all", Path(adapter.source), world, tmp_path / "a.json", forget="forget_15",
+                       overrides=["relearn_steps=2", "relearn_splits=1", "pgd_steps=1", "max_items=4",
+                                  "probe_steps=5", "probe_blocks=false", "quant_bits=4", "quant_max_items=4",
+                                  "mia_max_items=4", "shifts=crop"])
+    assert set(found) == set(attacks.ATTACKS) and "skipped" not in found["mia"]
+    assert 0 <= found["mia"]["auc_loss"] <= 1 and "privleak_loss" not in found["mia"]
+    with pytest.raises(DataError, match="unsee retrain"):  # mia alone is read against the reference
+        api.attack("mia", Path(adapter.source), world, tmp_path / "m.json", forget="forget_15")

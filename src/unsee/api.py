@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from unsee import finetune as _finetune
 from unsee import retrain as _retrain
-from unsee.audit.attacks import ATTACKS, AttackConfig
+from unsee.audit.attacks import ATTACKS
 from unsee.audit.quant import changed_linears, weight_digests
-from unsee.config import ConfigError, load_config, parse_overrides
+from unsee.config import ConfigError
 from unsee.data import world as _world
 from unsee.data.collate import qa_turns
 from unsee.data.detect import benchmark_of, resolve
@@ -77,7 +77,14 @@ from unsee.runs import (
     unlearn_adapter,
     with_override,
 )
-from unsee.unlearning import ReferenceAudits, attach_holdout, audit_adapter, find_reference, unlearn_and_save
+from unsee.unlearning import (
+    ReferenceAudits,
+    attach_holdout,
+    audit_adapter,
+    audit_config,
+    find_reference,
+    unlearn_and_save,
+)
 
 if TYPE_CHECKING:
     from unsee.data.schema import Suite
@@ -258,6 +265,8 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
         overrides = with_override(overrides, "report_to", report_to)
     # reject unknown methods, options, launches and dtypes before any work
     check_launch(method, config, overrides, dtype=dtype, audit=audit)
+    if audit:
+        audit_config(audit_overrides)
     seed = run_seed(seed, method, config, overrides)
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
@@ -401,17 +410,16 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     new results.json holds one run named ``method``, on ``forget`` (``forget_10`` unless given).
 
     The retrained reference (``reference``, or the one ``unsee retrain`` cached for ``vanilla``)
-    is attacked too, each figure going beside the model's as ``reference``. ``mia`` needs it;
-    with ``all`` and no reference, ``mia`` is recorded as skipped. ``quant`` quantizes the linear
+    is attacked too, each figure going beside the model's as ``reference``. ``mia`` alone needs it;
+    with ``all`` and no reference, ``mia`` records its AUCs without PrivLeak and forget quality,
+    as ``--audit`` does. ``quant`` quantizes the linear
     weights that differ from ``vanilla`` as well as all of them.
     """
 
     kinds = list(ATTACKS) if kind == "all" else [kind]
     if any(k not in ATTACKS for k in kinds):
         raise ConfigError(f"unknown attack {kind!r}; choose from {', '.join(ATTACKS)} or all")
-    values = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
-    cfg = load_config(AttackConfig, {"seed": seed, **values})
-    cfg.validate()
+    cfg = audit_config(overrides, seed)
     out = Path(out)
     if out.is_dir():  # an unlearn output directory
         out = out / "results.json"
@@ -430,14 +438,9 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
         if done:
             raise OutputExistsError(f"{out} already records {done}; pass overwrite=True (--overwrite) to redo them")
     ref_path = find_reference(reference, vanilla, data, forget, cache_dir)
-    skipped: dict[str, dict[str, Any]] = {}
-    if ref_path is None and "mia" in kinds:
-        message = NO_REFERENCE.format(what="mia (PrivLeak and forget quality)",
-                                      where=f" for {vanilla}" if vanilla else " (no --reference, no --vanilla)")
-        if kind != "all":
-            raise DataError(message)
-        kinds.remove("mia")
-        skipped["mia"] = {"skipped": message}
+    if ref_path is None and kind == "mia":  # its own figures are read against the reference; `all` keeps the AUCs
+        raise DataError(NO_REFERENCE.format(what="mia (PrivLeak and forget quality)",
+                                            where=f" for {vanilla}" if vanilla else " (no --reference, no --vanilla)"))
     suite = load_suite(data, forget, seed=seed, benchmark=benchmark, revision=revision)
     if existing is not None:
         check_attacked_run(existing["runs"][index], out, home, model, data, forget, suite, steering)
@@ -451,8 +454,7 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     if before is not None and "quant" in kinds:
         changed = changed_linears(weight_digests(before), adapter)
     found = audit_adapter(adapter, suite, kinds=kinds, steering=steering, vanilla=before, seed=seed,
-                          overrides=values, changed=changed, reference=ref_path, cache_dir=cache_dir)
-    found.update(skipped)
+                          overrides=overrides, changed=changed, reference=ref_path, cache_dir=cache_dir)
     if existing is not None:
         add_attacks(out, index, home, found)
     else:

@@ -244,7 +244,7 @@ def resolve(value: Any) -> Any:
 
 def _coerce(name: str, value: Any, tp: Any) -> Any:
     """``value`` as type ``tp``, or a :class:`ConfigError` that names the field and quotes a prefix."""
-    origin = typing.get_origin(tp)
+    origin = tp if tp in (list, tuple) else typing.get_origin(tp)  # a bare ``list`` is a list of anything
     args = typing.get_args(tp)
     if tp is Any:
         return resolve(value)
@@ -269,6 +269,8 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
             value = _structure(value, name)
         if isinstance(value, str):
             value = [Plain(v.strip()) for v in value.split(",") if v.strip()]
+        if isinstance(value, int | float | bool):  # quant_bits=4: a list of one
+            value = [value]
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{name}: expected a list, got {show(value)}")
         inner = args[0] if args else Any

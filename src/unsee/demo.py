@@ -44,17 +44,17 @@ console = Console()
 @dataclass
 class DemoConfig:
     world: str = opt("default", "world config: a file or a shipped name (quick, default)")
-    world_overrides: list = opt([], "key=value overrides of the world config")
+    world_overrides: list[str] = opt([], "key=value overrides of the world config")
     recipe: str = opt("default", "finetune recipe: a file or a shipped name (quick, default)")
-    recipe_overrides: list = opt([], "key=value overrides of the recipe")
+    recipe_overrides: list[str] = opt([], "key=value overrides of the recipe")
     forget: str = opt("forget_10", "the removal request")
     method_overrides: dict = opt({}, "method -> list of key=value overrides")
     max_gen_items: int = opt(24, "cloze/generation items per group in the evaluation (0: all)")
     max_items: int = opt(0, "MCQ items per group (0: all)")
-    attacks: list = opt(["relearn"], "robustness audits run after unlearning (relearn, pgd, shift, probe, quant, "
+    attacks: list[str] = opt(["relearn"], "robustness audits run after unlearning (relearn, pgd, shift, probe, quant, "
                         "mia)")
-    audit_methods: list = opt(["cvf_ncu"], "the methods whose results are audited (all: every method)")
-    attack_overrides: list = opt([], "key=value overrides of the audits' AttackConfig")
+    audit_methods: list[str] = opt(["cvf_ncu"], "the methods whose results are audited (all: every method)")
+    attack_overrides: list[str] = opt([], "key=value overrides of the audits' AttackConfig")
 
 
 def prepare_init(cfg: DemoConfig, arch: str, seed: int, cache: Path) -> tuple[Path, Path, str]:

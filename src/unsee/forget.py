@@ -47,7 +47,7 @@ from unsee.runs import (
     names_needed_by,
     save_checkpoint,
 )
-from unsee.unlearning import unlearn_and_save
+from unsee.unlearning import audit_config, unlearn_and_save
 
 EVAL_GROUPS = (*METRIC_GROUPS, "retain_test")
 
@@ -132,6 +132,8 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
     tcfg, _, cls = method_configs(method, config, overrides)  # unknown methods and options, before any work
     seed = tcfg.seed if seed is None else seed  # --seed, else the config's own
     check_launch(method, config, overrides, dtype=dtype, audit=audit)
+    if audit:
+        audit_config(audit_overrides)
     if not cls.trains_weights and len(files) > 1:
         raise ConfigError(f"continual unlearning needs a training method; {method} builds one steering file per "
                           "request")

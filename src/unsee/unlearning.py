@@ -206,6 +206,15 @@ class ReferenceAudits:
         return figures
 
 
+def audit_config(overrides: Any = (), seed: int = 0) -> AttackConfig:
+    """The audits' options, checked; a command that audits calls it before it trains, so that a
+    mistyped ``--audit-set`` costs nothing."""
+    values = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
+    cfg = load_config(AttackConfig, {"seed": seed, **values})
+    cfg.validate()
+    return cfg
+
+
 def audit_adapter(adapter: Adapter, suite: Suite, *, kinds: Sequence[str] | None = None,
                   steering: str | Path | None = None, artifact: Artifact | None = None,
                   vanilla: Adapter | None = None, seed: int = 0,
@@ -217,8 +226,7 @@ def audit_adapter(adapter: Adapter, suite: Suite, *, kinds: Sequence[str] | None
 
     ``kinds=None`` runs every attack and an empty list none, so that "no audits" is never read as "all"."""
 
-    values = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
-    cfg = load_config(AttackConfig, {"seed": seed, **values})
+    cfg = audit_config(overrides, seed)
     kinds = list(ATTACKS if kinds is None else kinds)
     if "mia" in kinds and data is not None:
         try:

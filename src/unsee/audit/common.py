@@ -49,12 +49,12 @@ class AttackConfig:
     pgd_step: float = opt(2 / 255, "PGD: step size in [0, 1] pixel units")
     pgd_steps: int = opt(10, "PGD: iterations")
     max_items: int = opt(48, "PGD and shifts: MCQ items per group (the first ones, so the set is fixed)")
-    shifts: list = opt(["crop", "jitter", "occlude"], "image shifts to apply to forget and retain images")
+    shifts: list[str] = opt(["crop", "jitter", "occlude"], "image shifts to apply to forget and retain images")
     probe_retain_people: int = opt(30, "probe: retained people beside the forget people")
     probe_steps: int = opt(300, "probe: full-batch optimisation steps of the logistic regression")
     probe_blocks: bool = opt(True, "probe: also read the pooled output of every vision block, to show where in "
                              "the tower the identity is kept or lost")
-    quant_bits: list = opt([8, 4], "quantization: bit widths to round the weights to (4 and/or 8)")
+    quant_bits: list[int] = opt([8, 4], "quantization: bit widths to round the weights to (4 and/or 8)")
     quant_group: int = opt(128, "quantization: input columns sharing one scale")
     quant_max_items: int = opt(0, "quantization: MCQ items per group (the first ones; 0: all)")
     mia_holdout: str = opt("holdout", "membership inference: the group (or, on the command line, the split) of "
