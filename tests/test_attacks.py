@@ -276,6 +276,13 @@ def test_attack_on_a_steering_run_needs_its_steering_file(adapter: HFAdapter, wo
     assert (out / "results.json").read_bytes() == before
     assert main([*shift, "--steering", str(out / "steering.safetensors")]) == 0
     assert "forget_crop" in load_results(out / "results.json")["runs"][0]["attacks"]["shift"]
+    # evaluated with its steering file, the model is no vanilla model, and is never named one
+    steered = api.evaluate(adapter.source, world, tmp_path / "steered.json", forget="forget_15", max_items=2,
+                           steering=out / "steering.safetensors")
+    assert steered["runs"][0]["method"] == "eraser"
+    with pytest.raises(ConfigError, match="not the vanilla model"):
+        api.evaluate(adapter.source, world, tmp_path / "v.json", forget="forget_15", method="vanilla",
+                     steering=out / "steering.safetensors")
 
 
 def test_attack_on_a_run_over_seeds_goes_to_the_seed_attacked(adapter: HFAdapter, world: Path, tmp_path: Path,

@@ -171,7 +171,7 @@ def retrain(vanilla: str | Path, data: Any, out: str | Path, *, forget: str = "f
 
 
 def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
-             steering: str | Path | None = None, overwrite: bool = False, method: str = "vanilla", seed: int = 0,
+             steering: str | Path | None = None, overwrite: bool = False, method: str | None = None, seed: int = 0,
              allow_pickle: bool = False, max_items: int | None = None, dtype: str | None = None,
              benchmark: str | None = None, revision: str | None = None, protocol: str = "loglik",
              max_new_tokens: int | None = None) -> dict:
@@ -179,10 +179,15 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
 
     ``protocol`` is ``loglik`` or ``official`` (the benchmark's own scoring); every item is
     scored unless ``max_items`` caps each task of each group; replies get the benchmark's
-    own ``max_new_tokens`` unless it is given.
+    own ``max_new_tokens`` unless it is given. The run is named ``method``; by default ``vanilla``,
+    or ``eraser`` with a steering file, whose run must never read as the baseline of a report.
     """
 
     out = Path(out)
+    method = method or ("vanilla" if steering is None else "eraser")
+    if method == "vanilla" and steering is not None:
+        raise ConfigError("a model with a steering file is not the vanilla model: name its run with --method "
+                          "(default: eraser)")
     check_output_file(out, overwrite=overwrite, inputs=_local(model, data, steering))
     eval_kw = eval_options(protocol=protocol, max_items=max_items, max_new_tokens=max_new_tokens)
     suite = load_suite(data, forget, seed=seed, benchmark=benchmark, revision=revision)

@@ -290,7 +290,8 @@ def parser(method_help: str | None = None) -> argparse.ArgumentParser:
     e = _command(sub, "eval", "evaluate a model on a benchmark", _eval, required=["model", "data", "out"])
     e.add_argument("--forget", default="forget_10")
     e.add_argument("--steering", default=None, help="apply an MLLMEraser steering file")
-    e.add_argument("--method", default="vanilla", help="the name this run is reported under")
+    e.add_argument("--method", default=None,
+                   help="the name this run is reported under (default: vanilla; eraser with --steering)")
     _eval_options(e)
     _load_options(e)
     _data_options(e)
