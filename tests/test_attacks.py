@@ -222,6 +222,7 @@ def test_attack_command_adds_to_an_unlearn_results_file(adapter: HFAdapter, worl
         (["--forget", "forget_5"], "records a run on forget_15, and the attack would measure forget_5"),
         (["--model", str(model)], f"records the run of the model in {out / 'model'}, not {model}"),
         (["--data", str(other_world)], "not the data given"),
+        (["--seed", "1"], "items were drawn with seed 0, and the attack's with seed 1"),
     ):
         assert main([*shift, *wrong]) == 2
         assert message in capsys.readouterr().err

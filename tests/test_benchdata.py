@@ -392,3 +392,17 @@ def test_the_world_keeps_its_staged_recipe(roots: dict[str, Path], tmp_path: Pat
     (model, data, out), kw = calls[0]
     assert (model, Path(data), Path(out)) == ("m", roots["builtin"], tmp_path / "v")
     assert kw["config"] == "default" and kw["seed"] is None
+
+
+def test_a_split_is_recorded_by_one_name_and_the_items_seed_with_the_data(roots: dict[str, Path],
+                                                                         tiny_models: TinyModels,
+                                                                         tmp_path: Path) -> None:
+    """forget_5 and forget05 are one CLEAR split; a report must not hold them apart. Another seed draws
+    other items (held-out views, option positions), so the data record says which."""
+    model = tiny_models.dir("tiny-llava")
+    spelt = [api.evaluate(model, roots["clear"], tmp_path / f"{f}.json", forget=f, max_items=1)["runs"][0]
+             for f in ("forget_5", "forget05")]
+    assert [r["forget_split"] for r in spelt] == ["forget05", "forget05"]
+    assert "seed" not in spelt[0]["data"]
+    again = api.evaluate(model, roots["mllmu"], tmp_path / "s1.json", forget="forget_5", max_items=1, seed=1)
+    assert again["runs"][0]["data"]["seed"] == 1

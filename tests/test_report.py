@@ -123,9 +123,14 @@ def test_a_vanilla_run_on_other_data_or_fewer_items_is_no_baseline() -> None:
     capped = run("vanilla", dict.fromkeys(GROUPS, 0.5), data=data, evaluation={**full, "max_items": 3})
     elsewhere = run("vanilla", dict.fromkeys(GROUPS, 0.5), data={**data, "fingerprint": "bbbb"}, evaluation=full)
     same = run("vanilla", dict.fromkeys(GROUPS, 1.0), data=data, evaluation=full)
-    text = render_report(results(capped, elsewhere, method, same))
-    assert text.count("## tiny-llava \u00b7 builtin \u00b7 forget_10 (") == 3
+    # other held-out views (the items' seed), or shorter replies: no baseline either
+    reseeded = run("vanilla", dict.fromkeys(GROUPS, 0.5), data={**data, "seed": 1}, evaluation=full)
+    shorter = run("vanilla", dict.fromkeys(GROUPS, 0.5), data=data,
+                  evaluation={**full, "max_new_tokens": {"cloze": 4, "gen": 4}})
+    text = render_report(results(capped, elsewhere, reseeded, shorter, method, same))
+    assert text.count("## tiny-llava \u00b7 builtin \u00b7 forget_10 (") == 5
     assert "(data aaaa, max_items 3)" in text and "(data bbbb)" in text
+    assert "(data aaaa, data seed 1)" in text and "(data aaaa, max_new_tokens cloze 4/gen 4)" in text
     row = next(r for r in text.splitlines() if r.startswith("| ga"))
     # read against the vanilla run on the same data and items: forget 1.00 -> 0.25, E = 1, R = 0.95
     assert "0.25 (\u22120.75)" in row and "| 0.97 |" in row

@@ -77,7 +77,7 @@ def load_suite(data: Any, forget: str | Sequence[str] = "forget_10", *, benchmar
     kw.pop("method", None)
     ref = resolve(data, revision)
     suite = load_benchmark(benchmark_of(ref.path, benchmark), ref.path, forget, **kw)
-    suite.info["data"] = ref.record()
+    suite.info["data"] = {**ref.record(), **({"seed": kw["seed"]} if kw.get("seed") else {})}
     return suite if neutral is None else attach_neutral(suite, neutral)
 
 
@@ -223,7 +223,7 @@ def make_run(method: str, metrics: dict | Evaluation, *, model: str, suite: Suit
                   SAMPLES_KEY: ev.samples}
     return {
         "method": method, "model": model, "benchmark": suite.info.get("benchmark", suite.name),
-        "forget_split": forget, "request": request, "seed": seed, "config": config or {},
+        "forget_split": suite.info.get("split_name", forget), "request": request, "seed": seed, "config": config or {},
         "mcq_protocol": "loglik", "metrics": metrics,
         **({"data": suite.info["data"]} if "data" in suite.info else {}),
         "cost": cost or {"wall_s": 0.0, "peak_rss_bytes": 0, "peak_gpu_bytes": None, "trainable_params": 0,
@@ -376,7 +376,7 @@ def check_attacked_run(run: Mapping[str, Any], out: Path, home: Path, model: str
     fields were recorded is not checked on them.
     """
 
-    split = Path(data).stem if suite.info.get("benchmark") == "request" else forget
+    split = Path(data).stem if suite.info.get("benchmark") == "request" else suite.info.get("split_name", forget)
     recorded = run.get("forget_split")
     if recorded is not None and recorded != split:
         raise DataError(f"{out} records a run on {recorded}, and the attack would measure {split}; leave out "
@@ -385,6 +385,10 @@ def check_attacked_run(run: Mapping[str, Any], out: Path, home: Path, model: str
     if then is not None and now is not None and then != now:
         raise DataError(f"{out} records a run on the data at {run['data'].get('path')}, not the data given ({data}: "
                         f"other contents); pass that data or write the attack to another --out")
+    then, now = (run.get("data") or {}).get("seed", 0), suite.info.get("data", {}).get("seed", 0)
+    if "data" in run and then != now:
+        raise DataError(f"{out} records a run whose items were drawn with seed {then}, and the attack's with seed "
+                        f"{now} (other held-out views); pass --seed {then} or write the attack to another --out")
     own = home / "model"
     if own.is_dir() and Path(model).exists() and Path(model).resolve() != own.resolve():
         raise DataError(f"{out} records the run of the model in {own}, not {model}; attack that model "

@@ -350,6 +350,7 @@ def load_clear(root: str | Path, forget: str = "forget05", *, seed: int = 0) -> 
         "loader": "clear",
         "root": source.location,
         "forget_config": forget_cfg,
+        "split_name": forget_cfg,  # forget_5 and forget05 are one split, recorded under the config's name
         "retain_config": retain_cfg,
         "name_questions": {"forget": forget_from, "retain": retain_from},
         "seed": seed,

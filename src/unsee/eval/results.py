@@ -73,6 +73,8 @@ DATA_SCHEMA: dict[str, Any] = {
         "revision": {"type": "string"},
         "commit": {"type": "string"},
         "fingerprint": _FINGERPRINT,
+        "seed": {"type": "integer", "description": "The seed the items were drawn with (held-out views, option "
+                 "positions) where it is not 0: another seed scores other items."},
         "neutral": {
             "type": "object",
             "description": "The never-taught people's photos given with --neutral: their folder, how many, a hash "

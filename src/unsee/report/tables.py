@@ -37,7 +37,7 @@ class Setting(NamedTuple):
     model: str
     benchmark: str
     split: str
-    scored: str  # the data's fingerprint and any cap on the items scored ("" where a run records neither)
+    scored: str  # the data, its seed, any cap on the items scored and the reply budget ("" where none is recorded)
 
 
 def setting_of(run: Mapping[str, Any]) -> Setting:
@@ -46,15 +46,19 @@ def setting_of(run: Mapping[str, Any]) -> Setting:
     A run scored under the ``official`` protocol is a setting of its own (its split reads
     ``forget_10 [official]``): its figures are not on the same scale as log-likelihood ones.
     So is a run on other data under the same split name (another world, another download of
-    a benchmark), or one whose evaluation scored fewer items: a vanilla model measured on 20
-    items a task is no baseline for a run measured on all of them.
+    a benchmark), one whose items were drawn with another seed (other held-out views), one
+    whose evaluation scored fewer items (a vanilla model measured on 20 items a task is no
+    baseline for a run measured on all of them), or one given another reply budget.
     """
     split = str(run["forget_split"])
     protocol = run.get("protocol", "loglik")
     evaluation = run.get("evaluation") or {}
-    fingerprint = (run.get("data") or {}).get("fingerprint")
-    scored = [f"data {fingerprint}"] * bool(fingerprint)
+    data = run.get("data") or {}
+    scored = [f"data {data['fingerprint']}"] if data.get("fingerprint") else []
+    scored += [f"data seed {data['seed']}"] if data.get("seed") else []
     scored += [f"{key} {evaluation[key]}" for key in ("max_items", "max_gen_items") if evaluation.get(key)]
+    if budget := evaluation.get("max_new_tokens"):
+        scored.append("max_new_tokens " + "/".join(f"{task} {n}" for task, n in sorted(budget.items())))
     return Setting(str(run["model"]), str(run["benchmark"]), split if protocol == "loglik" else f"{split} [{protocol}]",
                    ", ".join(scored))
 
