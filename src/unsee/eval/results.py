@@ -386,7 +386,8 @@ def seed_summary(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     metrics (every number of every metric group but the counts) and attack figures (the
     model's own, not the reference's, which does not change with the unlearning seed) are
     summarised, with the seeds they came from. A figure missing from some runs is summarised
-    over the runs that have it.
+    over the runs that have it, and its ``n`` says how many (an audit run on one seed's model
+    is no spread over the seeds).
     """
 
     by: dict[tuple, list[Mapping[str, Any]]] = {}
@@ -404,6 +405,7 @@ def seed_summary(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 for name, figures in (run.get(section) or {}).items():
                     for k, v in _numbers(figures).items():
                         values.setdefault(name, {}).setdefault(k, []).append(v)
-            entry[section] = {name: {k: spread(v) for k, v in figs.items()} for name, figs in values.items()}
+            entry[section] = {name: {k: {**spread(v), "n": len(v)} for k, v in figs.items()}
+                              for name, figs in values.items()}
         out.append(entry)
     return out

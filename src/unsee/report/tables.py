@@ -323,18 +323,23 @@ def _seeds_section(runs: Sequence[Mapping[str, Any]]) -> list[str]:
              "MCQ accuracy as mean \u00b1 sd [min, max] over the seeds; audit figures the same way.", "",
              _md_row(["method", "seeds", *groups]), _md_row(["---", "---", *["---:"] * len(groups)])]
 
-    def cell(s: Mapping[str, float] | None) -> str:
-        return DASH if not s else f"{s['mean']:.3f} \u00b1 {s['sd']:.3f} [{s['min']:.3f}, {s['max']:.3f}]"
+    def cell(s: Mapping[str, float] | None, seeds: int) -> str:
+        if not s:
+            return DASH
+        if s.get("n", seeds) < seeds:  # measured on some seeds only: say on how many
+            return f"{s['mean']:.3f} ({s['n']} of {seeds} seeds)" if s["n"] == 1 else (
+                f"{s['mean']:.3f} \u00b1 {s['sd']:.3f} [{s['min']:.3f}, {s['max']:.3f}] ({s['n']} of {seeds} seeds)")
+        return f"{s['mean']:.3f} \u00b1 {s['sd']:.3f} [{s['min']:.3f}, {s['max']:.3f}]"
 
     for e in several:
         lines.append(_md_row([f"{e['method']} ({e['model']}, {e['forget_split']})", ",".join(map(str, e["seeds"])),
-                              *[cell(e["metrics"].get(g, {}).get("mcq")) for g in groups]]))
+                              *[cell(e["metrics"].get(g, {}).get("mcq"), len(e["seeds"])) for g in groups]]))
     audit_rows = []
     for e in several:
         for kind, figs in e.get("attacks", {}).items():
             for key in AUDIT_HEADLINES.get(kind, ()):
                 if key in figs:
-                    audit_rows.append(_md_row([str(e["method"]), f"{kind}.{key}", cell(figs[key])]))
+                    audit_rows.append(_md_row([str(e["method"]), f"{kind}.{key}", cell(figs[key], len(e["seeds"]))]))
     if audit_rows:
         lines += ["", _md_row(["method", "audit figure", "mean \u00b1 sd [min, max]"]), _md_row(["---", "---", "---:"]),
                   *audit_rows]
