@@ -324,3 +324,10 @@ def test_model_card_lists_a_request_by_name_or_hash() -> None:
     card = model_card(CVF, VANILLA, base_model="m/x", base_hash="h", forgotten=["p1"], audits=None,
                       request={**request, "people": ["sha256:00ff"], "hidden": True})
     assert "salted SHA-256" in card and "Ann Example" not in card
+
+
+def test_attack_figures_keep_counts_and_small_settings_readable() -> None:
+    attacked = CVF | {"attacks": {"pgd": {"forget_attacked": 0.3125, "step": 2 / 255, "n_forget": 18},
+                                  "relearn": {"ag": 12.5, "lr": 1e-4}}}
+    text = render_report(results(VANILLA, attacked))
+    assert "forget_attacked 0.31, step 0.0078, n_forget 18" in text and "ag 12.50, lr 0.0001" in text

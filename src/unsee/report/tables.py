@@ -264,12 +264,17 @@ def render_report(results: Mapping[str, Any], *, images: Sequence[str] = (), cha
     return "\n".join(out)
 
 
+def _number(v: Any) -> str:
+    """A count as a count, a figure to two places, and a small setting (a rate, a step) as it is."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return str(v)
+    if isinstance(v, int):
+        return str(v)
+    return f"{v:.2f}" if v == 0 or abs(v) >= 0.05 else f"{v:.2g}"
+
+
 def _figures_text(figures: Mapping[str, Any]) -> str:
-    return ", ".join(
-        f"{k} {v:.2f}" if isinstance(v, int | float) and not isinstance(v, bool) else f"{k} {v}"
-        for k, v in figures.items()
-        if not isinstance(v, dict | list)
-    )
+    return ", ".join(f"{k} {_number(v)}" for k, v in figures.items() if not isinstance(v, dict | list))
 
 
 def _attacks_section(runs: Sequence[Mapping[str, Any]]) -> list[str]:
