@@ -332,10 +332,10 @@ def test_seed_summary_plot_and_report_show_the_spread(tmp_path: Path) -> None:
     (ga, npo) = seed_summary(runs)
     assert ga["seeds"] == [0, 1] and npo["seeds"] == [0]
     assert ga["metrics"]["forget"]["mcq"] == {"mean": 0.35, "sd": round(0.1 / math.sqrt(2), 4), "min": 0.3,
-                                             "max": 0.4}
+                                             "max": 0.4, "n": 2}
     assert "n" not in ga["metrics"]["forget"] and "ci95" not in ga["metrics"]["forget"]
     assert ga["attacks"]["relearn"] == {"ag": {"mean": 25.0, "sd": round(10 / math.sqrt(2), 4), "min": 20.0,
-                                               "max": 30.0}}  # counts and the reference are not summarised
+                                               "max": 30.0, "n": 2}}  # counts and the reference are not summarised
     pts = {p[0]: p for p in tradeoff_points([vanilla, *runs], vanilla, "mcq")}
     sd = ga["metrics"]["forget"]["mcq"]["sd"]
     assert pts["ga (2 seeds)"][1] == 0.35 and pts["ga (2 seeds)"][3] == (sd, sd)
@@ -347,7 +347,7 @@ def test_seed_summary_plot_and_report_show_the_spread(tmp_path: Path) -> None:
     text = (tmp_path / "report" / "report.md").read_text()
     assert "## Over unlearning seeds" in text and "0.350 \u00b1 0.071 [0.300, 0.400]" in text
     assert "0.30 (\u22120.60) [0.20, 0.40]" in text
-    assert "| ga | 1 | relearn | ag 20.00, n_seen 4.00 | ag 10.00 |" in text
+    assert "| ga | 1 | relearn | ag 20.00, n_seen 4 | ag 10.00 |" in text
     assert "| ga | 1 | relearn_ag | 20.000 | 10.000 | <= reference + 5 | no |" in text
     assert (tmp_path / "report" / "tradeoff.png").is_file()
 
