@@ -164,8 +164,8 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
     check_room(out, adapter, method, copies=1 if progress is None else 2)
     name, base_hash = model_name(model), adapter.fingerprint()
-    last = suites[-1]  # the suite the final run is measured on; every request's forget group beside it
-    vanilla = make_run("vanilla", evaluation(adapter, last, **eval_kw), model=name, suite=last, forget=label,
+    measured = suites[-1]  # the suite the final run is measured on; every request's forget group beside it
+    vanilla = make_run("vanilla", evaluation(adapter, measured, **eval_kw), model=name, suite=measured, forget=label,
                        seed=seed)
     if len(suites) > 1:
         add_requests(vanilla, adapter, suites, **eval_kw)
