@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -303,3 +304,18 @@ def test_retrain_leaves_out_the_forget_photos_keeps_their_text_and_is_cached(wor
     with pytest.raises(DataError, match="another world"):
         retrain(vanilla, other, tmp_path / "r5", cache_dir=cache)
 
+
+
+def test_a_damaged_cache_entry_is_refused_not_copied_out(world: Path, model: Path, trained: tuple[Path, Path],
+                                                         tmp_path: Path) -> None:
+    """A finished stage whose weights were cut short afterwards is no finished model."""
+    from unsee.errors import ModelError
+
+    vanilla, cache = trained
+    copy = Path(shutil.copytree(cache, tmp_path / "cache"))
+    stage3 = sorted(json.loads((vanilla / "unsee_vanilla.json").read_text())["stages"])[-1]
+    weights = next(p for p in copy.iterdir() if p.name == stage3) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1_000_000])
+    with pytest.raises(ModelError, match="damaged .*truncated.*delete that folder"):
+        ft.finetune(model, world, tmp_path / "v", config="quick", overrides=RECIPE, cache_dir=copy)
+    assert not (tmp_path / "v").exists()

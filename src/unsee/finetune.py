@@ -43,7 +43,7 @@ from unsee.engine.trainer import TrainConfig, train
 from unsee.errors import ModelError
 from unsee.io import atomic_dir, check_output_dir, content_hash
 from unsee.methods.base import BaseMethod, nll
-from unsee.models import load_adapter, model_fingerprint
+from unsee.models import check_safetensors, load_adapter, model_fingerprint
 from unsee.models.base import Adapter, Turn
 from unsee.stage_keys import STAGE1, STAGE2, STAGE3, numerics, turns_fingerprint
 from unsee.vision_stage import pool_fingerprint, pretrain_vision, render_fingerprint, visual_fingerprint, visual_state
@@ -221,8 +221,19 @@ def cache_root(cache_dir: str | Path | None) -> Path:
 
 
 def stage_done(path: Path) -> bool:
-    """Whether the cache entry ``path`` holds a finished stage (a killed run leaves none)."""
-    return (path / STAGE_FILE).exists()
+    """Whether the cache entry ``path`` holds a finished stage (a killed run leaves none).
+
+    A finished entry whose weights were cut short afterwards (a full disk, a partial copy of
+    the cache) is refused here, in one line, rather than copied out as a finished model."""
+    if not (path / STAGE_FILE).exists():
+        return False
+    for f in sorted(path.glob("*.safetensors")):
+        try:
+            check_safetensors(f)
+        except ModelError as e:
+            raise ModelError(f"the cached stage {path} is damaged ({e}); delete that folder to train the stage "
+                             "again") from None
+    return True
 
 
 def partial_dir(path: Path) -> Path:

@@ -23,7 +23,8 @@ REGISTRY: dict[str, str] = {
     "qwen2_5_vl": "unsee.models.qwen_vl:Qwen25VLAdapter",
 }
 
-__all__ = ["REGISTRY", "SCOPES", "Adapter", "HFAdapter", "Turn", "adapter_class", "load_adapter", "model_fingerprint"]
+__all__ = ["REGISTRY", "SCOPES", "Adapter", "HFAdapter", "Turn", "adapter_class", "check_safetensors", "load_adapter",
+           "model_fingerprint"]
 
 
 def adapter_class(model_type: str) -> type[HFAdapter]:
