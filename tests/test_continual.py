@@ -21,6 +21,7 @@ from unsee import api
 from unsee.audit.attacks import pooled_features
 from unsee.cli import main
 from unsee.data.collate import qa_turns
+from unsee.data.world import load_world_info
 from unsee.engine.checkpoint import content_key
 from unsee.engine.trainer import unique_images
 from unsee.errors import ConfigError, OutputExistsError, TrainingError
@@ -68,11 +69,14 @@ def straight(model_dir: Path, world: Path, tmp_path_factory: pytest.TempPathFact
     return run_continual(model_dir, world, tmp_path_factory.mktemp("continual") / "c")
 
 
-def test_continual_driver_measures_every_earlier_request(straight: Path) -> None:
+def test_continual_driver_measures_every_earlier_request(straight: Path, world: Path) -> None:
     runs = load_results(straight / "results.json")["runs"]
     assert [r["request"] for r in runs] == [1, 2]
     assert "forget_r1" in runs[0]["metrics"] and {"forget_r1", "forget_r2"} <= set(runs[1]["metrics"])
     assert (straight / "model" / "model.safetensors").is_file()
+    card = (straight / "model" / "README.md").read_text()  # shipped with its card, as any unlearned model
+    assert "cvf_ncu" in card and all(p in card for r in ("forget_r1", "forget_r2")
+                                     for p in load_world_info(world)["requests"][r])
     assert torch.isfinite(torch.tensor(runs[1]["metrics"]["forget_r1"]["mcq"]))
     assert not partial_dir(straight).exists()  # a run that lands leaves no progress behind
 
@@ -167,3 +171,13 @@ def test_a_request_named_twice_is_refused_before_any_work(model_dir: Path, world
         api.continual("cvf_ncu", model_dir, world, tmp_path / "c", ["forget_r1", "forget_r2", "forget_r1"],
                       config=None, overrides=STEPS, seed=0, overwrite=False, allow_pickle=False, eval_kw=EVAL)
     assert not (tmp_path / "c").exists() and not partial_dir(tmp_path / "c").exists()
+
+
+def test_continual_requests_with_audits_are_refused_not_skipped(model_dir: Path, world: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """--requests runs no audits; asking for them must not end in a run that quietly has none."""
+    monkeypatch.setattr(api, "continual", lambda *a, **k: pytest.fail("it started the requests"))
+    for kw in ({"audit": True}, {"reference": tmp_path}):
+        with pytest.raises(ConfigError, match="--requests runs no audits"):
+            api.unlearn("cvf_ncu", model_dir, world, tmp_path / "c", requests="forget_r1,forget_r2",
+                        overrides=STEPS, **kw)

@@ -39,17 +39,18 @@ from unsee.forget import request_files
 from unsee.io import (
     atomic_dir,
     atomic_write_json,
+    atomic_write_text,
     check_not_input,
     check_output_dir,
     check_output_file,
     check_writable,
 )
 from unsee.methods import method_class
-from unsee.models import load_adapter
+from unsee.models import load_adapter, model_fingerprint
 from unsee.models import shapes as _shapes
 from unsee.models import tiny as _tiny
 from unsee.provenance import CostMeter
-from unsee.report import REPORT_FILES, terminal_table, write_report
+from unsee.report import REPORT_FILES, model_card, terminal_table, write_report
 from unsee.resume import Progress, photos_before, run_parts, train_share
 from unsee.runs import (
     add_attacks,
@@ -282,6 +283,9 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
     if reqs:
         if seeds > 1:
             raise ConfigError("--seeds runs one request several times; it cannot be combined with --requests")
+        if audit or reference is not None:  # nothing would audit it: say so rather than write no attacks
+            raise ConfigError("--requests runs no audits; attack the continual model afterwards with `unsee attack "
+                              "all --model OUT/model --data DATA --forget LAST_REQUEST --out OUT`")
         return continual(method, model, data, out, reqs, config=config, overrides=overrides, seed=seed,
                          overwrite=overwrite, allow_pickle=allow_pickle, dtype=dtype, benchmark=benchmark,
                          revision=revision, eval_kw=eval_kw, neutral=neutral)
@@ -389,6 +393,10 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
                 if i < len(requests):
                     progress.save(i, adapter, model_name(model), jsonable(runs))
         save_model(adapter, tmp / "model", model_name(model))
+        forgotten = [e for r in requests for e in suite_of(r).forget_entities]
+        atomic_write_text(tmp / "model" / "README.md", model_card(
+            strip_samples(runs[-1]), None, base_model=str(model), forgotten=forgotten, audits=None,
+            base_hash=model_fingerprint(model) if Path(model).is_dir() else str(model)))
         write_results(tmp / "results.json", new_results(runs))
     progress.remove()  # once the output has landed
     return out
