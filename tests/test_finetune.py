@@ -319,3 +319,13 @@ def test_a_damaged_cache_entry_is_refused_not_copied_out(world: Path, model: Pat
     with pytest.raises(ModelError, match="damaged .*truncated.*delete that folder"):
         ft.finetune(model, world, tmp_path / "v", config="quick", overrides=RECIPE, cache_dir=copy)
     assert not (tmp_path / "v").exists()
+
+
+def test_the_vanilla_record_names_its_base_model_from_anywhere(
+        world: Path, model: Path, trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative --model is recorded resolved: the known people's reference reads it from any folder."""
+    _, cache = trained
+    monkeypatch.chdir(model.parent)
+    out = ft.finetune(Path(model.name), world, tmp_path / "v", config="quick", overrides=RECIPE, cache_dir=cache)
+    recorded = json.loads((out / "unsee_vanilla.json").read_text())["base_model"]
+    assert Path(recorded).is_absolute() and Path(recorded) == model.resolve()

@@ -369,7 +369,8 @@ def finetune(
             for f in stage3.iterdir():
                 shutil.copy2(f, tmp / f.name)
             (tmp / "unsee_vanilla.json").write_text(json.dumps({
-                "base_model": str(model), "base_fingerprint": plan.base_fingerprint, "world": str(data),
+                "base_model": str(Path(model).resolve()) if Path(model).exists() else str(model),
+                "base_fingerprint": plan.base_fingerprint, "world": str(data),
                 "world_fingerprint": world_fingerprint(data), "recipe": rc, "stages": stages,
             }, indent=2))
     wait_for_everyone()  # and the others return once it is there, for what they do next to read

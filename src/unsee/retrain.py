@@ -108,7 +108,11 @@ def _plan(meta: dict, cache: Path, data: Path, forget: str) -> _Plan:
         return _Plan(path, [(path, stage3)], lambda: load_adapter(stage2), cfg, list(suite.forget_entities))
     stage1, base = cached_stage("stage1-"), Path(meta["base_model"])
     turns2 = stage2_turns(suite, cfg, names)
-    shapes = batch_adapter(base)
+    try:
+        shapes = batch_adapter(base)
+    except OSError as e:  # a relative path an earlier unsee recorded, read from another folder, is tried as a hub id
+        raise ModelError(f"cannot load {meta['base_model']}, the base model the vanilla model was fine-tuned from; "
+                         "run from the folder unsee finetune ran in, or fine-tune it again") from e
     data2 = turns_fingerprint(shapes, turns2, keyed_augmentation(cfg.augment))
     data3 = turns_fingerprint(shapes, turns3, keyed_augmentation(cfg.ft_augment))
     weights = stage1.name + meta["base_fingerprint"]
