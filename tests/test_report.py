@@ -61,7 +61,7 @@ def continual_runs() -> list[dict[str, Any]]:
     runs = []
     for k in (1, 2, 3):
         accs = {**dict.fromkeys(GROUPS, 0.9 - 0.05 * k), "forget": 0.26}
-        accs.update({f"forget_r{j}": 0.26 + 0.02 * (k - j) for j in range(1, k)})
+        accs.update({f"forget_r{j}": 0.26 + 0.02 * (k - j) for j in range(1, k + 1)})  # the current one included
         runs.append(run("npo", accs, request=k, forget_split=f"forget_r{k}"))
     return runs
 
@@ -186,8 +186,11 @@ def test_plot_continual_is_png(tmp_path: Path) -> None:
 
 def test_continual_panel_follows_a_method_across_its_requests() -> None:
     """Each request has its own forget split; the method's panel still holds all of them."""
-    panels = continual_panels(results(VANILLA, *continual_runs(), GA))
+    alone = run("npo", {**dict.fromkeys(GROUPS, 0.9), "forget": 0.5})  # one request on forget_10: no sequence
+    panels = continual_panels(results(VANILLA, *continual_runs(), GA, alone))
     assert [(title, [r["request"] for r in runs]) for title, runs in panels] == [("npo", [1, 2, 3])]
+    # each request's targets once per run: forget and forget_rk of request k are the same items
+    assert continual_values(continual_runs())["forget_r1"] == {1: [0.26], 2: [0.28], 3: [0.30]}
 
 
 def test_write_report(tmp_path: Path) -> None:

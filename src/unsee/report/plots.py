@@ -145,6 +145,8 @@ def continual_values(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[int, l
     for run in runs:
         k = int(run["request"])
         for group in run["metrics"]:
+            if group == "forget" and f"forget_r{k}" in run["metrics"]:
+                continue  # the same items, measured once: counted once
             value = figure(run, group, headline_key([run], group))
             if value is not None:
                 values.setdefault(f"forget_r{k}" if group == "forget" else group, {}).setdefault(k, []).append(value)
@@ -162,14 +164,14 @@ def _means(values: Mapping[str, Mapping[int, list[float]]]) -> dict[str, list[tu
 
 
 def continual_panels(results: Mapping[str, Any]) -> list[tuple[str, list[Mapping[str, Any]]]]:
-    """One panel per model, benchmark and method that ran more than one request.
+    """One panel per model, benchmark and method that ran more than one request, of its continual runs.
 
     Each request of a continual run has its own forget split, so the runs are gathered
     across splits: the panel follows the method from its first request to its last.
     """
     panels: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
-    for run in results["runs"]:
-        if run["method"] != "vanilla":
+    for run in results["runs"]:  # a run on one forget split alone is no point of a sequence of requests
+        if run["method"] != "vanilla" and any(g.startswith("forget_r") and g[8:].isdigit() for g in run["metrics"]):
             model, benchmark = setting_of(run)[:2]
             panels.setdefault((model, benchmark, str(run["method"])), []).append(run)
     continual = {k: v for k, v in panels.items() if any(int(r["request"]) > 1 for r in v)}
