@@ -279,6 +279,13 @@ def test_retrain_leaves_out_the_forget_photos_keeps_their_text_and_is_cached(wor
     out = retrain(vanilla, world, tmp_path / "r", cache_dir=cache)
     found = cached_reference(vanilla, world, "forget_10", cache)
     assert found is not None and found.parent == cache and found.name == record_stage(out)
+    # trained at one thread, it is found from a process of two too (and the other way round under a launch)
+    one = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert cached_reference(vanilla, world, "forget_10", cache) == found and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(one)
     assert cached_reference(vanilla, world, "forget_5", cache) is None
     assert cached_reference(model, world, "forget_10", cache) is None  # not a vanilla model of unsee finetune
     record = json.loads((out / RETRAINED_FILE).read_text())

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from unsee.config import load_config, to_dict
 from unsee.data.mllmu import load_mllmu
@@ -144,13 +147,25 @@ def cached_reference(vanilla: str | Path, data: str | Path, forget: str,
                      cache_dir: str | Path | None = None) -> Path | None:
     """The retrained reference of ``vanilla`` for ``forget`` if ``unsee retrain`` (or a benchmark) has
     already trained it into the stage cache; None otherwise. Trains nothing, so an audit can use
-    the reference wherever it exists at no cost."""
+    the reference wherever it exists at no cost.
+
+    A stage's key holds the CPU thread count it trained at, and a process under ``accelerate
+    launch`` runs one thread: a reference trained at another count (a power of two up to the
+    machine's cores) is the same recipe's reference, and is found too."""
     vanilla, data = Path(vanilla), Path(data)
-    try:
-        plan = _plan(_vanilla_record(vanilla, data), cache_root(cache_dir), data, forget)
-    except (DataError, ModelError):  # another world, no cached stages, no such split or none with photos
-        return None
-    return plan.path if stage_done(plan.path) else None
+    now, cores = torch.get_num_threads(), os.cpu_count() or 1
+    others = [] if torch.cuda.is_available() else [2 ** i for i in range(cores.bit_length()) if 2 ** i <= cores]
+    for threads in dict.fromkeys([now, *others, cores] if others else [now]):
+        torch.set_num_threads(threads)
+        try:
+            plan = _plan(_vanilla_record(vanilla, data), cache_root(cache_dir), data, forget)
+        except (DataError, ModelError):  # another world, no cached stages, no such split or none with photos
+            return None
+        finally:
+            torch.set_num_threads(now)
+        if stage_done(plan.path):
+            return plan.path
+    return None
 
 
 def retrain(vanilla: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
