@@ -72,6 +72,7 @@ def straight(model_dir: Path, world: Path, tmp_path_factory: pytest.TempPathFact
 def test_continual_driver_measures_every_earlier_request(straight: Path, world: Path) -> None:
     runs = load_results(straight / "results.json")["runs"]
     assert [r["request"] for r in runs] == [1, 2]
+    assert all(r["retain_without"] == ["forget_r1", "forget_r2"] for r in runs)  # its own setting in a report
     assert "forget_r1" in runs[0]["metrics"] and {"forget_r1", "forget_r2"} <= set(runs[1]["metrics"])
     assert (straight / "model" / "model.safetensors").is_file()
     card = (straight / "model" / "README.md").read_text()  # shipped with its card, as any unlearned model

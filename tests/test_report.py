@@ -131,6 +131,9 @@ def test_a_vanilla_run_on_other_data_or_fewer_items_is_no_baseline() -> None:
     assert text.count("## tiny-llava \u00b7 builtin \u00b7 forget_10 (") == 5
     assert "(data aaaa, max_items 3)" in text and "(data bbbb)" in text
     assert "(data aaaa, data seed 1)" in text and "(data aaaa, max_new_tokens cloze 4/gen 4)" in text
+    # a continual run's retain group leaves out every request's people: a plain vanilla run is no baseline
+    continual = run("ga", dict.fromkeys(GROUPS, 0.5), data=data, evaluation=full, retain_without=["forget_10", "x"])
+    assert "(data aaaa, retain without forget_10,x)" in render_report(results(same, continual))
     row = next(r for r in text.splitlines() if r.startswith("| ga"))
     # read against the vanilla run on the same data and items: forget 1.00 -> 0.25, E = 1, R = 0.95
     assert "0.25 (\u22120.75)" in row and "| 0.97 |" in row

@@ -384,6 +384,7 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
                 meter.record_model(None)
                 run = make_run(method, evaluation(adapter, suite, **eval_kw), model=model_name(model), suite=suite,
                                forget=req, seed=seed, request=i, config=resolved, info=jsonable(res.info),
+                               retain_without=list(requests),
                                cost={**meter.cost(), "trainable_params": res.trainable_params,
                                      "optimizer_state_bytes": res.optimizer_state_bytes})
                 runs.append(add_requests(run, adapter, (load_suite(data, r, retain_exclude=requests, seed=seed,

@@ -152,6 +152,9 @@ RUN_SCHEMA: dict[str, Any] = {
                       "additionalProperties": {"type": "number"}},
         },
         "data": DATA_SCHEMA,
+        "retain_without": {"type": "array", "items": {"type": "string"},
+                           "description": "A continual run's requests: its retain group leaves out every one's "
+                                          "people, so it is read against runs whose retain group does the same."},
         "protocol": {"enum": list(PROTOCOLS)},
         "evaluation": EVALUATION_SCHEMA,
     },

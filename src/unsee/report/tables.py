@@ -59,6 +59,8 @@ def setting_of(run: Mapping[str, Any]) -> Setting:
     scored += [f"{key} {evaluation[key]}" for key in ("max_items", "max_gen_items") if evaluation.get(key)]
     if budget := evaluation.get("max_new_tokens"):
         scored.append("max_new_tokens " + "/".join(f"{task} {n}" for task, n in sorted(budget.items())))
+    if without := run.get("retain_without"):  # a continual run's retain group leaves every request's people out
+        scored.append("retain without " + ",".join(without))
     return Setting(str(run["model"]), str(run["benchmark"]), split if protocol == "loglik" else f"{split} [{protocol}]",
                    ", ".join(scored))
 
