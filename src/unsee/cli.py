@@ -17,7 +17,7 @@ from unsee import __version__, api
 from unsee.api import method_configs
 from unsee.config import describe
 from unsee.engine.distributed import is_main_process
-from unsee.errors import UnseeError
+from unsee.errors import ConfigError, UnseeError
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -98,6 +98,8 @@ def _world(a: argparse.Namespace) -> None:
 def _model_init(a: argparse.Namespace) -> None:
 
     if a.arch is None:
+        if a.world is not None:  # a hub shape keeps the hub's vocabulary: no world's text would reach it
+            raise ConfigError("--world trains a tiny model's tokenizer (--arch); a --shape model keeps its hub's")
         out = api.init_shaped(a.shape, a.out, tiny=not a.full_size, seed=a.seed, overwrite=a.overwrite)
         print(f"{a.shape} ({'full size' if a.full_size else 'tiny'}, random weights) written to {out}")
     else:
