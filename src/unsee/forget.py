@@ -45,6 +45,7 @@ from unsee.runs import (
     method_configs,
     model_name,
     names_needed_by,
+    run_seed,
     save_checkpoint,
 )
 from unsee.unlearning import audit_config, unlearn_and_save
@@ -129,8 +130,8 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
     out = Path(out)
     files = request_files(request, requests)
     check_output_dir(out, overwrite=overwrite)
-    tcfg, _, cls = method_configs(method, config, overrides)  # unknown methods and options, before any work
-    seed = tcfg.seed if seed is None else seed  # --seed, else the config's own
+    _, _, cls = method_configs(method, config, overrides)  # unknown methods and options, before any work
+    seed = run_seed(seed, method, config, overrides)
     check_launch(method, config, overrides, dtype=dtype, audit=audit)
     if audit:
         audit_config(audit_overrides)

@@ -79,7 +79,7 @@ class _Plan:
     without: list[str]
 
 
-def _plan(meta: dict, cache: Path, data: Path, forget: str) -> _Plan:
+def _plan(meta: dict, cache: Path, data: Path, forget: str, threads: int | None = None) -> _Plan:
     """The reference's stages and their keys (:data:`unsee.stage_keys.RETRAINED`): the stage they start from,
     the recipe options, the split and the turns they train on.
 
@@ -107,7 +107,7 @@ def _plan(meta: dict, cache: Path, data: Path, forget: str) -> _Plan:
     if not _forgets_known_people(suite, info, forget):
         stage2 = cached_stage("stage2-")
         data3 = turns_fingerprint(batch_adapter(stage2), turns3, keyed_augmentation(cfg.ft_augment))
-        path = cache / f"retrained-{RETRAINED.key(rc, weights=stage2.name, data=data3, extra=forget)}"
+        path = cache / f"retrained-{RETRAINED.key(rc, weights=stage2.name, data=data3, extra=forget, threads=threads)}"
         return _Plan(path, [(path, stage3)], lambda: load_adapter(stage2), cfg, list(suite.forget_entities))
     stage1, base = cached_stage("stage1-"), Path(meta["base_model"])
     turns2 = stage2_turns(suite, cfg, names)
@@ -119,8 +119,10 @@ def _plan(meta: dict, cache: Path, data: Path, forget: str) -> _Plan:
     data2 = turns_fingerprint(shapes, turns2, keyed_augmentation(cfg.augment))
     data3 = turns_fingerprint(shapes, turns3, keyed_augmentation(cfg.ft_augment))
     weights = stage1.name + meta["base_fingerprint"]
-    first = cache / f"retrained-stage2-{RETRAINED_KNOWN.key(rc, weights=weights, data=data2, extra=forget)}"
-    path = cache / f"retrained-{RETRAINED_KNOWN.key(rc, weights=first.name, data=data3, extra=forget)}"
+    key2 = RETRAINED_KNOWN.key(rc, weights=weights, data=data2, extra=forget, threads=threads)
+    first = cache / f"retrained-stage2-{key2}"
+    key3 = RETRAINED_KNOWN.key(rc, weights=first.name, data=data3, extra=forget, threads=threads)
+    path = cache / f"retrained-{key3}"
     stage2 = Stage(f"stage 2 without {forget}'s photos", turns2, cfg.base_steps, cfg.base_lr, cfg.vision_lr_factor,
                    cfg.augment)
 
@@ -156,13 +158,10 @@ def cached_reference(vanilla: str | Path, data: str | Path, forget: str,
     now, cores = torch.get_num_threads(), os.cpu_count() or 1
     others = [] if torch.cuda.is_available() else [2 ** i for i in range(cores.bit_length()) if 2 ** i <= cores]
     for threads in dict.fromkeys([now, *others, cores] if others else [now]):
-        torch.set_num_threads(threads)
         try:
-            plan = _plan(_vanilla_record(vanilla, data), cache_root(cache_dir), data, forget)
+            plan = _plan(_vanilla_record(vanilla, data), cache_root(cache_dir), data, forget, threads)
         except (DataError, ModelError):  # another world, no cached stages, no such split or none with photos
             return None
-        finally:
-            torch.set_num_threads(now)
         if stage_done(plan.path):
             return plan.path
     return None

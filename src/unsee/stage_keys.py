@@ -67,14 +67,15 @@ class StageKey:
     version: int
     options: tuple[str, ...]
 
-    def key(self, recipe: Mapping[str, Any], *, weights: str, data: str, extra: Any = None) -> str:
+    def key(self, recipe: Mapping[str, Any], *, weights: str, data: str, extra: Any = None,
+            threads: int | None = None) -> str:
         """The cache key: version, options, starting weights' and data's fingerprints, the numeric
-        environment (and ``extra``)."""
+        environment (and ``extra``); ``threads`` names another CPU thread count than this process's."""
         return content_hash(self.name, self.version, {k: recipe[k] for k in self.options}, weights, data,
-                            numerics(), extra)
+                            numerics(threads), extra)
 
 
-def numerics() -> dict[str, Any]:
+def numerics(threads: int | None = None) -> dict[str, Any]:
     """What else a stage's weights depend on: torch's version, the device (on a CPU its model and
     vector instructions), and on a CPU the thread count.
 
@@ -85,7 +86,7 @@ def numerics() -> dict[str, Any]:
     """
     found: dict[str, Any] = {"torch": torch.__version__, "device": device_name()}
     if not torch.cuda.is_available():
-        found["threads"] = torch.get_num_threads()
+        found["threads"] = torch.get_num_threads() if threads is None else threads
     return found
 
 

@@ -229,14 +229,14 @@ def _name_questions(
     if not reader.source.has(perturbed_config):
         return _name_items(reader, config, rows, names, {}, pool), config
     side = set(people)
-    scored = [r for r in reader.get(perturbed_config, PERTURBED_COLUMNS, PERTURBED_OPTIONAL)
-              if text(r.get("name"), field="name", source=r.source) in side]
+    named = [(r, text(r.get("name"), field="name", source=r.source))
+             for r in reader.get(perturbed_config, PERTURBED_COLUMNS, PERTURBED_OPTIONAL)]
+    scored = [(r, name) for r, name in named if name in side]
     if not scored:
         raise DataError(f"CLEAR config {perturbed_config!r} in {reader.source.location} holds none of {config!r}'s "
                         "people: it cannot score their name question")
-    scored_names = [r.get("name") for r in scored]
-    return _name_items(reader, perturbed_config, scored, scored_names, reader.perturbed_names(perturbed_config),
-                       pool), perturbed_config
+    return _name_items(reader, perturbed_config, [r for r, _ in scored], [name for _, name in scored],
+                       reader.perturbed_names(perturbed_config), pool), perturbed_config
 
 
 def _training_pair(item: Example, uid: str) -> Example:

@@ -119,13 +119,14 @@ def named_paths(path: str | Path) -> list[Path]:
         people = raw.get(role) if isinstance(raw.get(role), list) else []
         specs += [p.get(k) for p in people if isinstance(p, dict) for k in ("photos", "held_out")]
     base = path.resolve().parent
-    out = []
-    for spec in specs:
-        for item in [spec] if isinstance(spec, str) else (spec if isinstance(spec, list) else []):
-            if isinstance(item, str):
-                p = Path(item).expanduser()
-                out.append(p if p.is_absolute() else base / p)
-    return out
+    return [p for spec in specs for p in _spec_paths(spec, base)]
+
+
+def _spec_paths(spec: Any, base: Path) -> list[Path]:
+    """The files and folders a ``photos`` entry (one path or a list) names, relative ones from ``base``."""
+    items = [spec] if isinstance(spec, str) else (spec if isinstance(spec, list) else [])
+    paths = [Path(item).expanduser() for item in items if isinstance(item, str)]
+    return [p if p.is_absolute() else base / p for p in paths]
 
 
 def request_schema() -> dict[str, Any]:
@@ -166,13 +167,8 @@ class _Reader:
         self.exts = {e.lower() for e, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 
     def photos(self, spec: Any, where: str) -> list[Photo]:
-        items = [spec] if isinstance(spec, str) else (spec if isinstance(spec, list) else [])
         out: list[Photo] = []
-        for item in items:
-            if not isinstance(item, str):
-                continue
-            p = Path(item).expanduser()
-            p = p if p.is_absolute() else self.base / p
+        for p in _spec_paths(spec, self.base):
             if p.is_dir():
                 # a broken link named like a photo is read, and reported, not passed over
                 files = sorted(f for f in p.iterdir() if f.suffix.lower() in self.exts and not f.is_dir())
