@@ -19,6 +19,7 @@ from unsee import api
 from unsee.cli import main
 from unsee.data.detect import data_fingerprint
 from unsee.data.ftsets import finetune_examples, without_forget
+from unsee.eval.metrics import RETENTION_GROUPS
 from unsee.eval.results import new_results, validate_results
 
 if TYPE_CHECKING:
@@ -406,3 +407,19 @@ def test_a_split_is_recorded_by_one_name_and_the_items_seed_with_the_data(roots:
     assert "seed" not in spelt[0]["data"]
     again = api.evaluate(model, roots["mllmu"], tmp_path / "s1.json", forget="forget_5", max_items=1, seed=1)
     assert again["runs"][0]["data"]["seed"] == 1
+
+
+def test_the_known_peoples_text_questions_are_scored_beside_their_photos(roots: dict[str, Path],
+                                                                          tiny_models: TinyModels,
+                                                                          tmp_path: Path) -> None:
+    """Both benchmarks' scripts score their real people's text questions; results.json carries them as
+    ``text_known``, outside the unlearning score's retention (which reads ``known``, their photos)."""
+    model = tiny_models.dir("tiny-llava")
+    for bench, split in (("mllmu", "forget_5"), ("umu", "forget_10")):
+        run = api.evaluate(model, roots[bench], tmp_path / f"{bench}.json", forget=split, max_items=2)["runs"][0]
+        suite = api.load_suite(roots[bench], split)
+        text_known = run["metrics"]["text_known"]
+        assert text_known["n"] == min(2, sum(e.task == "mcq" for e in suite.groups["text_known"])) > 0
+        assert 0.0 <= text_known["mcq"] <= 1.0 and "ci95" in text_known
+        assert list(run["metrics"]).index("text_known") > list(run["metrics"]).index("known")
+    assert "text_known" not in RETENTION_GROUPS
