@@ -240,8 +240,10 @@ def test_attack_command_adds_to_an_unlearn_results_file(adapter: HFAdapter, worl
 def test_attacks_side_by_side_on_one_output_keep_each_others_figures(adapter: HFAdapter, world: Path,
                                                                       tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """A second attack that lands while the first is still running is not written over by the first."""
+    """A second attack that lands while the first is still running is not written over by the first, and the
+    model card of the attacked checkpoint is written again with both."""
     from unsee.eval.results import load_results
+    from unsee.report.card import card_source
 
     out = tmp_path / "ga"
     api.unlearn("ga", Path(adapter.source), world, out, forget="forget_15", overrides=["max_steps=1", "progress=false"],
@@ -255,10 +257,22 @@ def test_attacks_side_by_side_on_one_output_keep_each_others_figures(adapter: HF
             api.attack("shift", out / "model", world, out, overrides=["max_items=2"])
         return real(*args, **kw)
 
+    card = out / "model" / "README.md"
+    written = card.read_text()
+    assert "No audits were run on this checkpoint." in written
     monkeypatch.setattr(api, "audit_adapter", meanwhile)
     api.attack("probe", out / "model", world, out, overrides=["probe_steps=5", "probe_blocks=false"])
     assert other["done"]
     assert set(load_results(out / "results.json")["runs"][0]["attacks"]) == {"shift", "probe"}
+    # the checkpoint's card says what both attacks found, and still what it was made from
+    again = card.read_text()
+    assert "No audits were run" not in again and "| shift |" in again and "| probe |" in again
+    assert card_source(again) == card_source(written) is not None and "## Base model" in again
+    # a card that does not record what it was made from is left as it was
+    older = written.replace("unsee:", "other:", 1)
+    card.write_text(older)
+    api.attack("shift", out / "model", world, out, overrides=["max_items=2"], overwrite=True)
+    assert card.read_text() == older
 
 
 def test_attack_on_a_steering_run_needs_its_steering_file(adapter: HFAdapter, world: Path, tmp_path: Path,

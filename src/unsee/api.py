@@ -470,7 +470,8 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     found = audit_adapter(adapter, suite, kinds=kinds, steering=steering, vanilla=before, seed=seed,
                           overrides=overrides, changed=changed, reference=ref_path, cache_dir=cache_dir)
     if existing is not None:
-        add_attacks(out, index, home, found)
+        card = home / "model" / "README.md"  # the attacked checkpoint's card, where the output holds it
+        add_attacks(out, index, home, found, card if Path(model).resolve() == card.parent.resolve() else None)
     else:
         run = make_run(method, {}, model=model_name(model), suite=suite, forget=forget, seed=seed, attacks=found)
         write_results(out, new_results([run]))

@@ -326,14 +326,20 @@ def jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
-def add_attacks(out: Path, index: int, home: Path, found: Mapping[str, Any]) -> None:
-    """Add ``found`` to run ``index`` of the results file ``out`` (and to its run.json).
+def add_attacks(out: Path, index: int, home: Path, found: Mapping[str, Any], card: Path | None = None) -> bool:
+    """Add ``found`` to run ``index`` of the results file ``out`` (and to its run.json), and write the
+    model card ``card`` (the attacked checkpoint's README.md) again with them: a card that keeps the
+    audits of its training only would say the model was never attacked. True where the card was
+    written again.
 
     The file is read again under a lock, not taken from before the attack: attacks on one
     output often run side by side (PGD in one terminal, the probe in another), and writing
     back what was read at the start would drop the figures the other wrote meanwhile.
     """
     from filelock import FileLock
+
+    from unsee.report.card import refresh_card
+    from unsee.report.tables import setting_of, vanilla_for
 
     with FileLock(out.with_name(f".{out.name}.lock")):
         results = load_results(out)
@@ -344,6 +350,10 @@ def add_attacks(out: Path, index: int, home: Path, found: Mapping[str, Any]) -> 
         write_results(out, results, overwrite=True)
         if (home / "run.json").is_file() and (len(results["runs"]) == 1 or home != out.parent):
             atomic_write_json(home / "run.json", run)
+        if card is None or not card.is_file():
+            return False
+        vanilla = vanilla_for([r for r in results["runs"] if setting_of(r) == setting_of(run)])
+        return refresh_card(card, run, vanilla)
 
 
 def attacked_run(results: Mapping[str, Any], out: Path, model: str | Path,

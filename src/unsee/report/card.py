@@ -20,6 +20,7 @@ import yaml
 
 from unsee import __version__
 from unsee.audit.verdicts import reference_checks
+from unsee.io import atomic_write_text
 from unsee.report.tables import CHANCE, DASH, MIB, fmt_change, headline_key, ordered_groups, score_of
 
 METRIC_KEYS = ("mcq", "cloze", "rougeL", "bleu")
@@ -36,6 +37,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 RELEARN_BACK = 20.0  # relearning gain on the people the attacker did not train on, in points
 PGD_BACK = 0.20  # forget accuracy gained under a PGD perturbation
 NOT_KNOWN = 0.10  # a model this close to chance before unlearning had nothing to forget
+CARD_KEY = "unsee"  # the front-matter key of what a card was made from
 
 
 def base_model_name(base_model: str) -> tuple[str, str | None]:
@@ -64,11 +66,27 @@ def base_model_name(base_model: str) -> tuple[str, str | None]:
     return "a local model", None
 
 
-def _front_matter(hub_id: str | None) -> str:
+def _front_matter(source: Mapping[str, Any]) -> str:
+    """The card's metadata: the hub's own keys, and under ``unsee`` what the card was made from besides
+    results.json, so that a later ``unsee attack`` can write the card again with its figures."""
     meta: dict[str, Any] = {"library_name": "transformers", "tags": ["unsee", "machine-unlearning"]}
-    if hub_id is not None:
-        meta["base_model"] = hub_id
+    if source.get("hub_id") is not None:
+        meta["base_model"] = source["hub_id"]
+    meta[CARD_KEY] = dict(source)
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def card_source(text: str) -> dict[str, Any] | None:
+    """What :func:`_front_matter` recorded in a card's text; None for a card without it (an older unsee's)."""
+    if not text.startswith("---\n"):
+        return None
+    head, sep, _ = text[4:].partition("\n---\n")
+    try:
+        meta = yaml.safe_load(head) if sep else None
+    except yaml.YAMLError:
+        return None
+    source = meta.get(CARD_KEY) if isinstance(meta, dict) else None
+    return source if isinstance(source, dict) and {"base", "hash", "forgotten"} <= set(source) else None
 
 
 def _fig(x: Any) -> float | None:
@@ -239,12 +257,33 @@ def model_card(
     (from ``unsee forget``) lists the request files and its people, by name or by salted hash:
     ``{"files": [...], "people": [...], "hidden": bool}``.
     """
+    name, hub_id = base_model_name(base_model)
+    source = {"base": name, "hub_id": hub_id, "hash": base_hash, "forgotten": list(forgotten),
+              "request": dict(request) if request else None}
+    return _card(run, vanilla, source, audits)
+
+
+def refresh_card(path: Path, run: Mapping[str, Any], vanilla: Mapping[str, Any] | None) -> bool:
+    """Write the card at ``path`` again from ``run`` (its attacks included), keeping what it was made from.
+
+    False, and the card left as it is, where the card does not record that (an older unsee wrote it).
+    """
+    source = card_source(path.read_text(encoding="utf-8"))
+    if source is None:
+        return False
+    atomic_write_text(path, _card(run, vanilla, source, None))
+    return True
+
+
+def _card(run: Mapping[str, Any], vanilla: Mapping[str, Any] | None, source: Mapping[str, Any],
+          audits: Mapping[str, Any] | None) -> str:
     method = str(run["method"])
     audits = audits if audits is not None else run.get("attacks")
-    people = list(request["people"]) if request else list(forgotten)
+    request, forgotten = source.get("request"), list(source["forgotten"])
+    people = list(request["people"]) if request else forgotten
     entities = f"{len(people)} {'person' if len(people) == 1 else 'people'}"
-    name, hub_id = base_model_name(base_model)
-    out = [_front_matter(hub_id)]
+    name, hub_id, base_hash = source["base"], source.get("hub_id"), source["hash"]
+    out = [_front_matter(source)]
     out += [
         verdict(run, vanilla, audits),
         "",
