@@ -31,6 +31,7 @@ from unsee.data.request_example import write_world_request
 from unsee.engine.trainer import unique_images
 from unsee.eval.results import load_results, load_samples
 from unsee.forget import hashed, names_needed_by
+from unsee.report.card import card_source
 from unsee.resume import partial_dir
 
 FAST = ["max_steps=2"]
@@ -228,6 +229,10 @@ def test_hidden_names_leave_only_salted_hashes_on_the_card(forgotten: Path, exam
         assert person["name"] not in card
         assert f"- `{hashed(person['name'], salt)}`" in card
     assert str(Path.home()) not in card and "/tmp" not in card  # no local path names the base model
+    # the front matter keeps the people as the body shows them, not the request's entity IDs, which are the
+    # names themselves where a request gives no IDs
+    source = card_source(card)
+    assert source is not None and source["forgotten"] == [] and source["request"]["hidden"] is True
     body = card.split("---\n", 2)[2].lstrip()
     assert body.startswith("**Verdict:**") and "\n" not in body.split("\n\n")[0]
 

@@ -258,7 +258,9 @@ def model_card(
     ``{"files": [...], "people": [...], "hidden": bool}``.
     """
     name, hub_id = base_model_name(base_model)
-    source = {"base": name, "hub_id": hub_id, "hash": base_hash, "forgotten": list(forgotten),
+    # a request's people are shown as the request says (by salted hash with --hide-names), so its entity IDs,
+    # which are the names where the request gives no IDs, are not kept
+    source = {"base": name, "hub_id": hub_id, "hash": base_hash, "forgotten": [] if request else list(forgotten),
               "request": dict(request) if request else None}
     return _card(run, vanilla, source, audits)
 
