@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import (
+    AutoTokenizer,
     LlavaForConditionalGeneration,
     PreTrainedModel,
     Qwen2_5_VLForConditionalGeneration,
@@ -113,12 +114,19 @@ def test_same_seed_same_weights_other_seed_differs(tiny_models: TinyModels, arch
 @archs
 def test_save_round_trips(tiny_models: TinyModels, arch: str, tmp_path: Path, make_image: MakeImage) -> None:
     adapter = tiny_models.adapter(arch)
+    turns = three_turns(make_image)
+    adapter.generation_batch(turns)  # batched on the left, as generation does before a save
     adapter.save(tmp_path / "saved")
     assert (tmp_path / "saved" / "model.safetensors").is_file()
     again = load_adapter(tmp_path / "saved")
     assert_same_weights(again.model, adapter.model)
-    turns = three_turns(make_image)
     assert torch.equal(adapter.training_batch(turns)["input_ids"], again.training_batch(turns)["input_ids"])
+    # the tokenizer is saved as it was loaded: whoever loads the checkpoint pads on the same side
+    source = tiny_models.dir(arch)
+    saved = json.loads((tmp_path / "saved" / "tokenizer.json").read_text())
+    assert saved["padding"] == json.loads((source / "tokenizer.json").read_text())["padding"]
+    assert AutoTokenizer.from_pretrained(tmp_path / "saved").padding_side == \
+        AutoTokenizer.from_pretrained(source).padding_side
 
 
 # ---- training batches --------------------------------------------------------------

@@ -101,6 +101,7 @@ class HFAdapter:
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
+        self.padding_side = self.tokenizer.padding_side  # as loaded: batching moves it, a saved copy must not
         self.source = source
         # Where results go when the model lives elsewhere (a reference offloaded to the CPU).
         self.output_device: torch.device | None = None
@@ -404,9 +405,22 @@ class HFAdapter:
         return int(self.model.config.image_token_id)
 
     def save(self, out: str | Path) -> None:
-        """A standard checkpoint: safetensors weights, config, processor, chat template."""
+        """A standard checkpoint: safetensors weights, config, processor, chat template.
+
+        The tokenizer is saved as it was loaded: batching sets its padding side and leaves the fast
+        tokenizer's padding on, which would otherwise reach ``tokenizer.json`` and pad every batch of
+        whoever loads the checkpoint on the other side.
+        """
         self.model.save_pretrained(out, safe_serialization=True)
-        self.processor.save_pretrained(out)
+        side = self.tokenizer.padding_side
+        self.tokenizer.padding_side = self.padding_side
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            backend.no_padding()
+        try:
+            self.processor.save_pretrained(out)
+        finally:
+            self.tokenizer.padding_side = side
 
     def fingerprint(self) -> str:
         return model_fingerprint(self.source) if self.source and Path(self.source).is_dir() else self.source
