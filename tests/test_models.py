@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from transformers import (
     AutoTokenizer,
     LlavaForConditionalGeneration,
@@ -109,6 +110,30 @@ def test_same_seed_same_weights_other_seed_differs(tiny_models: TinyModels, arch
     assert base.keys() == different.keys()
     assert not all(torch.equal(base[k], different[k]) for k in base)
     assert model_fingerprint(other) != model_fingerprint(tiny_models.dir(arch))
+
+
+def test_one_tensor_changed_in_the_middle_of_the_weights_is_another_model(tiny_models: TinyModels,
+                                                                            tmp_path: Path) -> None:
+    """What a merged LoRA does to a file: a few bytes far from its head and tail. The stage cache, the card's
+    weights hash and the steering file's base check must all tell the two apart."""
+    source = tiny_models.dir("tiny-llava")
+    copy = tmp_path / "copy"
+    shutil.copytree(source, copy)
+    weights = load_file(copy / "model.safetensors")
+    with safe_open(copy / "model.safetensors", "pt") as f:
+        meta = f.metadata()
+    raw = (copy / "model.safetensors").read_bytes()
+    size = len(raw)
+    header = 8 + int.from_bytes(raw[:8], "little")
+    offsets = json.loads(raw[8:header])
+    middle = min((k for k in offsets if k != "__metadata__"),
+                 key=lambda k: abs(header + offsets[k]["data_offsets"][0] - size // 2))
+    assert 2 << 20 < header + offsets[middle]["data_offsets"][0] < size - (2 << 20)
+    weights[middle] = weights[middle] + 0.5
+    save_file(weights, copy / "model.safetensors", metadata=meta)
+    assert (copy / "model.safetensors").stat().st_size == size
+    assert model_fingerprint(copy) != model_fingerprint(source)
+    assert model_fingerprint(copy) == model_fingerprint(copy)
 
 
 @archs
