@@ -289,6 +289,11 @@ def test_reference_checks_and_card_say_which_audits_passed() -> None:
     assert "| pgd_forget | 0.900 | 0.760 | <= reference + 0.05 | no |" in card
     assert "| relearn | ag | 20.000 | 18.900 |" in card
     assert "0.300 [0.20, 0.40]" in card
+    # 4-bit rounding alone, with no reference attacked: judged against the model itself, and said so
+    alone = model_card({**run, "attacks": {"quant": {"forget_clean": 0.3, "forget_int4_all": 0.32}}}, None,
+                       base_model="b", base_hash="h", forgotten=["p1"], audits=None)
+    assert "against the reference" not in alone and "beside the retrained reference" not in alone
+    assert "### Audit checks" in alone and "Passed: 1 of 1" in alone
 
 
 # ---- intervals and seeds ----------------------------------------------------------------------------------

@@ -201,11 +201,16 @@ def _reference_rows(audits: Mapping[str, Any]) -> list[str]:
     def num(v: Any) -> str:
         return DASH if v is None else f"{float(v):.3f}"
 
+    referenced = any(c["reference"] is not None for c in checks.values())
+    intro = ("The retrained reference is the base model fine-tuned again without the forgotten people's "
+             "photos: what a perfect unlearning would give. Each audit is judged against it, except the 4-bit "
+             "rounding, which is judged against this model's own figure before rounding." if referenced else
+             "No retrained reference was attacked, so only the checks that need none are judged: the 4-bit "
+             "rounding, against this model's own figure before rounding.")
     rows = [
-        "### Audits beside the retrained reference",
+        "### Audits beside the retrained reference" if referenced else "### Audit checks",
         "",
-        "The retrained reference is the base model fine-tuned again without the forgotten people's "
-        "photos: what a perfect unlearning would give. Each audit is judged against it.",
+        intro,
         "",
         _row(["check", "this model", "reference", "target", "passed"]),
         _row(["---", "---:", "---:", "---", "---"]),
@@ -213,7 +218,7 @@ def _reference_rows(audits: Mapping[str, Any]) -> list[str]:
     rows += [_row([name, num(c["value"]), num(c["reference"]), c["target"], "yes" if c["pass"] else "no"])
              for name, c in checks.items()]
     passed = [n for n, c in checks.items() if c["pass"]]
-    rows += ["", f"Passed against the reference: {len(passed)} of {len(checks)}"
+    rows += ["", f"Passed{' against the reference' if referenced else ''}: {len(passed)} of {len(checks)}"
              + (f" ({', '.join(passed)})." if passed else ".")]
     return rows
 
