@@ -9,6 +9,7 @@ a user can act on.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import (
+    AutoProcessor,
     AutoTokenizer,
     LlavaForConditionalGeneration,
     PreTrainedModel,
@@ -152,6 +154,14 @@ def test_save_round_trips(tiny_models: TinyModels, arch: str, tmp_path: Path, ma
     assert saved["padding"] == json.loads((source / "tokenizer.json").read_text())["padding"]
     assert AutoTokenizer.from_pretrained(tmp_path / "saved").padding_side == \
         AutoTokenizer.from_pretrained(source).padding_side
+    if arch.startswith("tiny-qwen"):  # AutoProcessor builds the video processor too: its settings are saved
+        parts = json.loads((tmp_path / "saved" / "processor_config.json").read_text())
+        video, image = parts["video_processor"], parts["image_processor"]
+        assert video["video_processor_type"] == "Qwen2VLVideoProcessor"
+        assert {k: video[k] for k in ("patch_size", "merge_size", "temporal_patch_size", "image_mean")} == \
+            {k: image[k] for k in ("patch_size", "merge_size", "temporal_patch_size", "image_mean")}
+        if importlib.util.find_spec("torchvision") is not None:
+            assert AutoProcessor.from_pretrained(tmp_path / "saved").video_processor.patch_size == image["patch_size"]
 
 
 # ---- training batches --------------------------------------------------------------

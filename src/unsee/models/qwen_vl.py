@@ -24,6 +24,7 @@ from transformers import Qwen2VLProcessor as _HFQwen2Processor
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import cached_file
 
+from unsee.io import atomic_write_json
 from unsee.models.base import HFAdapter, Turn
 
 
@@ -31,7 +32,8 @@ def _image_only(base: type) -> type:
     """The HF processor without its video half, which needs torchvision.
 
     The class keeps the HF name, so a saved ``processor_config.json`` names the standard
-    processor and ``AutoProcessor`` loads the directory on a machine with torchvision.
+    processor; with the video settings :func:`add_video_processor` writes beside it,
+    ``AutoProcessor`` loads the directory on a machine with torchvision.
     """
 
     def __init__(self: Any, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None,
@@ -48,6 +50,46 @@ def _image_only(base: type) -> type:
 
 Qwen2VLProcessor = _image_only(_HFQwen2Processor)
 Qwen2_5_VLProcessor = _image_only(_HFQwen25Processor)
+
+
+# Settings a video processor shares with the image processor of the same checkpoint.
+_SHARED = ("do_convert_rgb", "do_normalize", "do_rescale", "do_resize", "image_mean", "image_std", "merge_size",
+           "patch_size", "resample", "rescale_factor", "temporal_patch_size")
+
+
+def add_video_processor(out: Path, source: str = "") -> None:
+    """Give a saved Qwen processor the video processor the image-only one leaves out.
+
+    ``AutoProcessor`` builds every part a processor class names, so a directory without the video
+    processor's settings does not load with it, torchvision or not. They come from ``source`` (the
+    checkpoint loaded) where it has them, else from the image processor's own.
+    """
+    path = out / "processor_config.json"
+    if not path.is_file():
+        return
+    cfg = json.loads(path.read_text())
+    if cfg.get("processor_class") not in ("Qwen2VLProcessor", "Qwen2_5_VLProcessor") or "video_processor" in cfg:
+        return
+    video = _video_settings(Path(source)) if source else None
+    if video is None:
+        image = cfg.get("image_processor", {})
+        video = {"video_processor_type": "Qwen2VLVideoProcessor", **{k: image[k] for k in _SHARED if k in image}}
+        if "size" in image:
+            video["size"] = image["size"]
+    cfg["video_processor"] = video
+    atomic_write_json(path, cfg)
+
+
+def _video_settings(source: Path) -> dict[str, Any] | None:
+    for name, key in (("processor_config.json", "video_processor"), ("video_preprocessor_config.json", None)):
+        try:
+            cfg = json.loads((source / name).read_text())
+        except (OSError, ValueError):
+            continue
+        found = cfg.get(key) if key else cfg
+        if isinstance(found, dict) and found:
+            return found
+    return None
 
 
 def _chat_template(path: str, **kw: Any) -> str | None:
@@ -92,6 +134,10 @@ class Qwen2VLAdapter(HFAdapter):
         text = (mask.long().cumsum(-1) - 1)[:, -width:]
         mrope = (text + deltas[owner]).unsqueeze(0).expand(3, -1, -1)
         return {"position_ids": torch.cat([text.unsqueeze(0), mrope])}
+
+    def save(self, out: str | Path) -> None:
+        super().save(out)
+        add_video_processor(Path(out), self.source)
 
     @classmethod
     def load_processor(cls, path: str, **kw: Any) -> Any:

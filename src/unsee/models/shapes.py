@@ -25,6 +25,7 @@ from transformers import CONFIG_MAPPING, PretrainedConfig, PreTrainedModel
 from unsee.errors import ModelError
 from unsee.io import atomic_dir
 from unsee.models import adapter_class
+from unsee.models.qwen_vl import add_video_processor
 from unsee.models.tiny import (
     LLAVA_SPECIALS,
     QWEN_SPECIALS,
@@ -218,5 +219,6 @@ def init_shaped(shape: str, out: str | Path, *, tiny: bool = True, seed: int = 0
     with atomic_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
+        add_video_processor(tmp)
         (tmp / "unsee.json").write_text(f'{{"shape": "{shape}", "tiny": {str(tiny).lower()}, "seed": {seed}}}\n')
     return Path(out)

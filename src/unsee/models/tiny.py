@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerFast
 
 from unsee.errors import ModelError
 from unsee.io import atomic_dir, content_hash, source_fingerprint
-from unsee.models.qwen_vl import Qwen2_5_VLProcessor, Qwen2VLProcessor
+from unsee.models.qwen_vl import Qwen2_5_VLProcessor, Qwen2VLProcessor, add_video_processor
 
 ARCHS = ("tiny-llava", "tiny-qwen2-vl", "tiny-qwen2.5-vl")
 IMAGE_SIZE = 64
@@ -285,6 +285,7 @@ def init_model(arch: str, out: str | Path, *, world: str | Path | None = None, s
     with atomic_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
+        add_video_processor(tmp)
         (tmp / "unsee.json").write_text(f'{{"arch": "{arch}", "seed": {seed}}}\n')
     return Path(out)
 
