@@ -32,6 +32,8 @@ from unsee.methods import method_class
 from unsee.methods.artifact import Trained, WeightsArtifact
 from unsee.methods.eraser import STEERING_FILE, SteeringArtifact
 from unsee.models.base import Adapter, Turn
+from unsee.report.card import refresh_card
+from unsee.report.tables import setting_of, vanilla_for
 
 if TYPE_CHECKING:
     from unsee.methods.artifact import Artifact
@@ -337,9 +339,6 @@ def add_attacks(out: Path, index: int, home: Path, found: Mapping[str, Any], car
     back what was read at the start would drop the figures the other wrote meanwhile.
     """
     from filelock import FileLock
-
-    from unsee.report.card import refresh_card
-    from unsee.report.tables import setting_of, vanilla_for
 
     with FileLock(out.with_name(f".{out.name}.lock")):
         results = load_results(out)
