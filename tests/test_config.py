@@ -226,6 +226,22 @@ def test_yaml_aliases_are_refused_before_they_expand(tmp_path: Path) -> None:
         load_config(Recipe, None, ["names=[&a x, *a]"])
 
 
+@pytest.mark.parametrize(("name", "text"), [("r.yaml", "lr: 0.1\nsteps: 2\nlr: 0.3\n"),
+                                            ("r.json", '{"lr": 0.1, "lr": 0.3}'),
+                                            ("o.yaml", "optim: {a: 1, a: 2}\n")])
+def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path: Path, name: str, text: str) -> None:
+    """YAML and JSON keep the last of two equal keys without a word; the first is the one a reader sees."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"is given twice") as info:
+        load_config(Recipe, path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_one_override_may_be_a_string_of_its_own() -> None:
+    assert load_config(Recipe, None, "lr=0.5").lr == load_config(Recipe, None, ["lr=0.5"]).lr == 0.5
+
+
 @pytest.mark.parametrize("text", ["1e3", "0755", "no", "on", "null", "1_000", "2024-01-01", "~", ".inf", "0x1F"])
 def test_string_fields_keep_the_text_that_was_written(tmp_path: Path, text: str) -> None:
     assert load_config(Recipe, None, [f"tag={text}"]).tag == text

@@ -62,6 +62,17 @@ class _NoAliases(yaml.SafeLoader):
                               "write the value out")
         return super().compose_node(parent, index)
 
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        """A key given twice is refused: YAML keeps the last silently, and the first is what a reader sees."""
+        seen: dict[str, int] = {}
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                if key.value in seen:
+                    raise ConfigError(f"key {show(key.value)} is given twice (lines {seen[key.value]} and "
+                                      f"{key.start_mark.line + 1}); keep one")
+                seen[key.value] = key.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
 
 class _TextLoader(_NoAliases):
     """Every unquoted scalar stays text (:class:`Plain`); the field it fills decides its type."""
@@ -97,8 +108,8 @@ def _yaml_error(e: BaseException) -> str:
 def _load_yaml(text: str, loader: type, what: str) -> Any:
     try:
         return yaml.load(text, Loader=loader)  # noqa: S506 (both loaders derive from SafeLoader)
-    except ConfigError:
-        raise
+    except ConfigError as e:
+        raise ConfigError(f"{what}: {e}") from None
     except (yaml.YAMLError, ValueError, RecursionError) as e:
         raise ConfigError(f"{what}: {_yaml_error(e)}") from None
 
@@ -175,8 +186,8 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config {path}: {_yaml_error(e)}") from None
     if path.suffix == ".json":
         try:
-            data = json.loads(text)
-        except (ValueError, RecursionError) as e:
+            data = json.loads(text, object_pairs_hook=_unique_keys)
+        except (ValueError, RecursionError, ConfigError) as e:
             raise ConfigError(f"cannot read config {path}: {_yaml_error(e)}") from None
     else:
         data = _load_yaml(text, _TextLoader, f"cannot read config {path}")
@@ -188,13 +199,22 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ConfigError(f"key {show(twice[0])} is given twice; keep one")
+    return dict(pairs)
+
+
+def parse_overrides(items: str | Sequence[str]) -> dict[str, Any]:
     """``["lr=1e-5", "scope=visual"]`` -> ``{"lr": Plain("1e-5"), "scope": Plain("visual")}``.
 
-    Values stay the text after ``=``; :func:`build` reads each by its field's type.
+    Values stay the text after ``=``; :func:`build` reads each by its field's type. One override may
+    come as a string of its own, as an API caller writes it.
     """
     out: dict[str, Any] = {}
-    for item in items:
+    for item in [items] if isinstance(items, str) else items:
         if "=" not in item:
             raise ConfigError(f"override {show(item)} is not of the form key=value")
         key, value = item.split("=", 1)
