@@ -394,6 +394,14 @@ def test_audit_options_are_checked_before_training(adapter: HFAdapter, world: Pa
         with pytest.raises(ConfigError, match=message):
             api.unlearn("ga", Path(adapter.source), world, tmp_path / "o", overrides=["max_steps=1"], audit=True,
                         audit_overrides=bad)
+    # options of audits that will not run are refused, not dropped: a typo there hid as well
+    for bad in (["relearn_steps=1"], ["relearn_stepz=1"]):
+        with pytest.raises(ConfigError, match="no audit runs"):
+            api.unlearn("ga", Path(adapter.source), world, tmp_path / "o", overrides=["max_steps=1"],
+                        audit_overrides=bad)
+        with pytest.raises(ConfigError, match="no audit runs"):
+            api.forget(Path(adapter.source), world / "request" / "request.yaml", tmp_path / "o", audit=False,
+                       audit_overrides=bad)
     assert not (tmp_path / "o").exists()
 
 

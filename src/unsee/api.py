@@ -83,6 +83,7 @@ from unsee.unlearning import (
     attach_holdout,
     audit_adapter,
     audit_config,
+    check_audit_options,
     find_reference,
     unlearn_and_save,
 )
@@ -271,8 +272,7 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
         overrides = with_override(overrides, "report_to", report_to)
     # reject unknown methods, options, launches and dtypes before any work
     check_launch(method, config, overrides, dtype=dtype, audit=audit)
-    if audit:
-        audit_config(audit_overrides)
+    check_audit_options(audit, audit_overrides)
     seed = run_seed(seed, method, config, overrides)
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")

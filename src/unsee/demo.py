@@ -119,8 +119,7 @@ def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", 
         method_configs(m, None, cfg.method_overrides.get(m, []))
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
-    if audit:
-        audit_config(cfg.attack_overrides)  # before the world and the vanilla model are built
+    audit_config(cfg.attack_overrides)  # before the world and the vanilla model are built, audited or not
     cache = cache_root(cache_dir)
     world, vanilla = prepare_vanilla(cfg, arch, seed, cache)
     reference = find_reference(None, vanilla, world, cfg.forget, cache) if audit else None

@@ -48,7 +48,7 @@ from unsee.runs import (
     run_seed,
     save_checkpoint,
 )
-from unsee.unlearning import audit_config, unlearn_and_save
+from unsee.unlearning import check_audit_options, unlearn_and_save
 
 EVAL_GROUPS = (*METRIC_GROUPS, "retain_test")
 
@@ -133,8 +133,7 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
     _, _, cls = method_configs(method, config, overrides)  # unknown methods and options, before any work
     seed = run_seed(seed, method, config, overrides)
     check_launch(method, config, overrides, dtype=dtype, audit=audit)
-    if audit:
-        audit_config(audit_overrides)
+    check_audit_options(audit, audit_overrides)
     if not cls.trains_weights and len(files) > 1:
         raise ConfigError(f"continual unlearning needs a training method; {method} builds one steering file per "
                           "request")

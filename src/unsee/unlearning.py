@@ -21,7 +21,7 @@ from unsee.audit.quant import changed_linears, weight_digests
 from unsee.config import load_config, parse_overrides, to_dict
 from unsee.data.schema import Suite
 from unsee.engine.trainer import frozen_copy
-from unsee.errors import DataError, ModelError
+from unsee.errors import ConfigError, DataError, ModelError
 from unsee.eval.results import strip_samples
 from unsee.finetune import default_cache
 from unsee.io import atomic_write_json, content_hash
@@ -204,6 +204,16 @@ class ReferenceAudits:
         file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(file, figures)
         return figures
+
+
+def check_audit_options(audit: bool, overrides: Any = ()) -> None:
+    """Audit options are checked before any work; given where no audit runs, they would be dropped
+    without a word, so they are refused."""
+    if audit:
+        audit_config(overrides)
+    elif overrides:
+        raise ConfigError("audit options (--audit-set) were given, but no audit runs: add --audit (unlearn) or "
+                          "leave out --no-audit (forget)")
 
 
 def audit_config(overrides: Any = (), seed: int = 0) -> AttackConfig:
