@@ -390,10 +390,15 @@ def test_audit_options_are_checked_before_training(adapter: HFAdapter, world: Pa
 
     monkeypatch.setattr(api, "load_suite", boom)
     for bad, message in ((["nokey=1"], "nokey"), (["relearn_scope=bogus"], "relearn_scope"),
-                         (["quant_bits=3"], "4 or 8|4, 8")):
+                         (["quant_bits=3"], "4 or 8|4, 8"), (["seed=3"], "from the command's --seed")):
         with pytest.raises(ConfigError, match=message):
             api.unlearn("ga", Path(adapter.source), world, tmp_path / "o", overrides=["max_steps=1"], audit=True,
                         audit_overrides=bad)
+    # an attack whose options held another seed than the run records would draw other halves than it says
+    with pytest.raises(ConfigError, match="from the command's --seed"):
+        api.attack("relearn", Path(adapter.source), world, tmp_path / "r.json", forget="forget_15", seed=1,
+                   overrides=["seed=0"])
+    assert not (tmp_path / "r.json").exists()
     # options of audits that will not run are refused, not dropped: a typo there hid as well
     for bad in (["relearn_steps=1"], ["relearn_stepz=1"]):
         with pytest.raises(ConfigError, match="no audit runs"):

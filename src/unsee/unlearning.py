@@ -220,6 +220,8 @@ def audit_config(overrides: Any = (), seed: int = 0) -> AttackConfig:
     """The audits' options, checked; a command that audits calls it before it trains, so that a
     mistyped ``--audit-set`` costs nothing."""
     values = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
+    if "seed" in values:  # the command's seed also draws the items and is what results.json records
+        raise ConfigError("the audits take their seed from the command's --seed (seed=), not from their options")
     cfg = load_config(AttackConfig, {"seed": seed, **values})
     cfg.validate()
     return cfg
