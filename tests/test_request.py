@@ -24,12 +24,13 @@ from unsee.data.request import (
     MIN_RETAIN_PHOTOS,
     RequestError,
     load_request,
+    load_request_suite,
     request_schema,
     request_suite,
 )
 from unsee.data.request_example import write_world_request
 from unsee.engine.trainer import unique_images
-from unsee.eval.results import load_results, load_samples
+from unsee.eval.results import load_results, load_samples, new_results, validate_results
 from unsee.forget import hashed, names_needed_by
 from unsee.report.card import card_source
 from unsee.resume import partial_dir
@@ -352,3 +353,24 @@ def test_requests_under_two_processes_are_written_once(model_dir: Path, example:
     assert [r["metrics"] for r in two] == [r["metrics"] for r in one]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # no progress, no stray temporary
     assert (tmp_path / "two" / "model" / "model.safetensors").is_file()
+
+
+def test_requests_under_one_file_name_are_other_data_in_a_report(example: Path, tmp_path: Path) -> None:
+    """Every request `unsee world` writes is `request.yaml`: the fingerprint of its file and photos is what
+    keeps two requests' runs from sharing a vanilla baseline."""
+    from unsee.report.tables import setting_of
+
+    other = tmp_path / "other"
+    shutil.copytree(example.parent, other)
+    photo = sorted((other / "photos").rglob("*.png"))[0]
+    with Image.open(photo) as img:
+        edited = img.convert("RGB")
+    edited.putpixel((0, 0), tuple(255 - c for c in edited.getpixel((0, 0))))
+    edited.save(photo)  # one pixel of one photo: another request
+    first, again, second = (load_request_suite(p) for p in (example, example, other / example.name))
+    assert first.info["data"]["fingerprint"] == again.info["data"]["fingerprint"]
+    assert first.info["data"]["fingerprint"] != second.info["data"]["fingerprint"]
+    runs = [api.make_run("vanilla", {"forget": {"n": 0}}, model="m", suite=s, forget="request", seed=0)
+            for s in (first, second)]
+    assert runs[0]["forget_split"] == runs[1]["forget_split"] and setting_of(runs[0]) != setting_of(runs[1])
+    validate_results(new_results(runs))

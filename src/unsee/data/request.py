@@ -410,9 +410,24 @@ def request_suite(req: Request, *, seed: int = 0) -> Suite:
     g["train_known"], g["unknown"] = [], []
     info = {"benchmark": "request", "loader": "request", "request": str(req.path), "seed": seed,
             "names": {p.id: p.name for p in req.people()},
-            "neutral": "photos" if req.neutral else "blurred forget photos"}
+            "neutral": "photos" if req.neutral else "blurred forget photos",
+            "data": {"source": str(req.path), "path": str(req.path.resolve()),
+                     "fingerprint": request_fingerprint(req), **({"seed": seed} if seed else {})}}
     return Suite(name="request", groups=g, forget_entities=tuple(p.id for p in req.forget),
                  retain_entities=tuple(p.id for p in req.retain), info=info)
+
+
+def request_fingerprint(req: Request) -> str:
+    """16 hex digits of a SHA-256 over the request's file and every photo it reads, in order.
+
+    Requests are all named after their file (``request.yaml`` from ``unsee world``), so this is what
+    tells two of them apart in a report: runs on different people must never share a baseline.
+    """
+    h = hashlib.sha256(req.path.read_bytes())
+    photos = [*(ph for p in req.people() for ph in (*p.photos, *p.held_out)), *req.neutral, *req.general]
+    for ph in photos:
+        h.update(bytes.fromhex(ph.digest))
+    return h.hexdigest()[:16]
 
 
 def load_request_suite(path: str | Path, *, seed: int = 0, names_needed_by: str | None = None) -> Suite:

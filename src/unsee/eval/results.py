@@ -65,7 +65,8 @@ _FINGERPRINT = {"type": "string", "pattern": "^[0-9a-f]{16}$"}
 DATA_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "Where the benchmark came from: the folder or hub id given, the folder read, the hub "
-                   "revision asked for and the commit it resolved to, and a hash of the data files.",
+                   "revision asked for and the commit it resolved to, and a hash of the data files (of a "
+                   "removal request: its file and every photo it reads).",
     "required": ["source", "path", "fingerprint"],
     "properties": {
         "source": _TEXT,
