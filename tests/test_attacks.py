@@ -273,6 +273,10 @@ def test_attacks_side_by_side_on_one_output_keep_each_others_figures(adapter: HF
     card.write_text(older)
     api.attack("shift", out / "model", world, out, overrides=["max_items=2"], overwrite=True)
     assert card.read_text() == older
+    card.write_text(again)
+    # measured again, the unlearned model is named after its method, never taken for the vanilla baseline
+    evaluated = api.evaluate(out / "model", world, tmp_path / "e.json", forget="forget_15", max_items=2)
+    assert evaluated["runs"][0]["method"] == "ga"
 
 
 def test_attack_on_a_steering_run_needs_its_steering_file(adapter: HFAdapter, world: Path, tmp_path: Path,

@@ -237,7 +237,7 @@ def test_model_card() -> None:
         "base_model": "llava-hf/llava-1.5-7b-hf",
         # what a later attack needs to write the card again, beside results.json
         "unsee": {"base": "llava-hf/llava-1.5-7b-hf", "hub_id": "llava-hf/llava-1.5-7b-hf", "hash": "sha256:deadbeef",
-                  "forgotten": ["person_0007", "person_0042"], "request": None},
+                  "forgotten": ["person_0007", "person_0042"], "request": None, "method": CVF["method"]},
     }
     for section in (
         "## Base model",

@@ -51,6 +51,7 @@ from unsee.models import shapes as _shapes
 from unsee.models import tiny as _tiny
 from unsee.provenance import CostMeter
 from unsee.report import REPORT_FILES, model_card, terminal_table, write_report
+from unsee.report.card import unlearned_by
 from unsee.resume import Progress, photos_before, run_parts, train_share
 from unsee.runs import (
     add_attacks,
@@ -182,11 +183,12 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
     ``protocol`` is ``loglik`` or ``official`` (the benchmark's own scoring); every item is
     scored unless ``max_items`` caps each task of each group; replies get the benchmark's
     own ``max_new_tokens`` unless it is given. The run is named ``method``; by default ``vanilla``,
-    or ``eraser`` with a steering file, whose run must never read as the baseline of a report.
+    ``eraser`` with a steering file, or the method on an unlearned checkpoint's card: neither may
+    read as the baseline of a report.
     """
 
     out = Path(out)
-    method = method or ("vanilla" if steering is None else "eraser")
+    method = method or ("eraser" if steering is not None else unlearned_by(model) or "vanilla")
     if method == "vanilla" and steering is not None:
         raise ConfigError("a model with a steering file is not the vanilla model: name its run with --method "
                           "(default: eraser)")

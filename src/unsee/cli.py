@@ -293,7 +293,8 @@ def parser(method_help: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("--forget", default="forget_10")
     e.add_argument("--steering", default=None, help="apply an MLLMEraser steering file")
     e.add_argument("--method", default=None,
-                   help="the name this run is reported under (default: vanilla; eraser with --steering)")
+                   help="the name this run is reported under (default: vanilla; eraser with --steering; "
+                        "on an unlearned checkpoint, the method its model card names)")
     _eval_options(e)
     _load_options(e)
     _data_options(e)

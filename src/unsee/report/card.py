@@ -89,6 +89,19 @@ def card_source(text: str) -> dict[str, Any] | None:
     return source if isinstance(source, dict) and {"base", "hash", "forgotten"} <= set(source) else None
 
 
+def unlearned_by(model: str | Path) -> str | None:
+    """The method whose card a checkpoint folder carries (None: not a checkpoint unsee unlearned).
+
+    An evaluation names its run after it by default, so that an unlearned model measured again is
+    never read as the vanilla baseline of a report."""
+    card = Path(model) / "README.md"
+    try:
+        source = card_source(card.read_text(encoding="utf-8")) if card.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        return None
+    return str(source.get("method") or "unlearned") if source else None
+
+
 def _fig(x: Any) -> float | None:
     return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else None
 
@@ -266,7 +279,7 @@ def model_card(
     # a request's people are shown as the request says (by salted hash with --hide-names), so its entity IDs,
     # which are the names where the request gives no IDs, are not kept
     source = {"base": name, "hub_id": hub_id, "hash": base_hash, "forgotten": [] if request else list(forgotten),
-              "request": dict(request) if request else None}
+              "request": dict(request) if request else None, "method": str(run["method"])}
     return _card(run, vanilla, source, audits)
 
 
