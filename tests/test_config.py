@@ -284,6 +284,14 @@ def test_extends_a_file_beside_it_then_its_own_keys(tmp_path: Path) -> None:
     assert "extends" not in read_config_file(child, "recipe")
 
 
+def test_a_mapping_given_to_the_api_extends_as_a_file_does(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("lr: 0.5\nsteps: 3\n")
+    cfg = load_config(Recipe, {"extends": str(tmp_path / "base.yaml"), "steps": 4}, ["tag=t"])
+    assert (cfg.lr, cfg.steps, cfg.tag) == (0.5, 4, "t")
+    with pytest.raises(ConfigError, match="extends names one config"):
+        load_config(Recipe, {"extends": ["a", "b"]})
+
+
 def test_a_key_set_whole_replaces_the_parents_dotted_keys(tmp_path: Path) -> None:
     (tmp_path / "base.yaml").write_text("optim.lr: 0.3\n")
     (tmp_path / "child.yaml").write_text("extends: base.yaml\noptim: {betas: [0.5, 0.5]}\n")

@@ -377,8 +377,13 @@ def load_config(
     """File (or shipped name, or mapping), then overrides, then type checks and ``validate()``."""
     if source is None:
         values: dict[str, Any] = {}
-    elif isinstance(source, Mapping):
+    elif isinstance(source, Mapping):  # the API's config: it may extend a file or a shipped name as a file does
         values = dict(source)
+        if EXTENDS in values:
+            parent = values.pop(EXTENDS)
+            if not isinstance(parent, str) or not parent.strip():
+                raise ConfigError(f"extends names one config (a shipped name or a file), got {show(parent)}")
+            values = _inherit(read_config_file(parent.strip(), kind or cls.__name__.lower()), values)
     else:
         values = read_config_file(source, kind or cls.__name__.lower())
     extra = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
