@@ -313,10 +313,11 @@ def ks_2samp(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
 
 
 def spread(values: Sequence[float]) -> dict[str, float]:
-    """Mean, sample standard deviation (0 for one value), min and max, rounded to 4 places."""
+    """Mean, sample standard deviation (0 for one value), min and max, unrounded: whoever shows them
+    rounds once (a mean stored at 4 places and shown at 3 can show the wrong third digit)."""
     if not values:
         raise UnseeError("spread needs at least one value")
     xs = [float(v) for v in values]
     mean = sum(xs) / len(xs)
     sd = math.sqrt(sum((v - mean) ** 2 for v in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-    return {"mean": round(mean, 4), "sd": round(sd, 4), "min": round(min(xs), 4), "max": round(max(xs), 4)}
+    return {"mean": mean, "sd": sd, "min": min(xs), "max": max(xs)}

@@ -383,10 +383,17 @@ def _numbers(figures: Mapping[str, Any]) -> dict[str, float]:
             if isinstance(v, int | float) and not isinstance(v, bool) and k != "n" and not k.startswith("n_")}
 
 
+def config_key(run: Mapping[str, Any]) -> str:
+    """A run's method config, but its seed, as one comparable string."""
+    config = {k: v for k, v in (run.get("config") or {}).items() if k != "seed"}
+    return json.dumps(config, sort_keys=True, default=str)
+
+
 def seed_summary(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Mean, sd, min and max of every figure over the runs that differ only in their seed.
 
-    Runs are grouped by method, model, benchmark, forget split and request; each group's
+    Runs are grouped by method, model, benchmark, forget split, request and method config (runs
+    at another learning rate are another method, not another seed); each group's
     metrics (every number of every metric group but the counts) and attack figures (the
     model's own, not the reference's, which does not change with the unlearning seed) are
     summarised, with the seeds they came from. A figure missing from some runs is summarised
@@ -396,10 +403,10 @@ def seed_summary(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
     by: dict[tuple, list[Mapping[str, Any]]] = {}
     for run in runs:
-        key = (run["method"], run["model"], run["benchmark"], run["forget_split"], run["request"])
+        key = (run["method"], run["model"], run["benchmark"], run["forget_split"], run["request"], config_key(run))
         by.setdefault(key, []).append(run)
     out = []
-    for (method, model, benchmark, split, request), group in by.items():
+    for (method, model, benchmark, split, request, _), group in by.items():
         entry: dict[str, Any] = {"method": method, "model": model, "benchmark": benchmark, "forget_split": split,
                                  "request": request, "seeds": [r["seed"] for r in group], "metrics": {},
                                  "attacks": {}}

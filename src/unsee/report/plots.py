@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from unsee.eval.metrics import RETENTION_GROUPS, spread
+from unsee.eval.results import config_key
 from unsee.io import atomic_write_bytes
 from unsee.report.tables import (
     CHANCE,
+    config_variants,
     figure,
     group_runs,
     headline_key,
@@ -110,20 +112,24 @@ def tradeoff_points(runs: Sequence[Mapping[str, Any]], vanilla: Mapping[str, Any
                     key: str) -> list[tuple[str, float, float, tuple[float, float] | None, float | None]]:
     """(label, forget, R, forget error below/above, R error) for each method and request.
 
-    Runs of one method that differ only in their seed become one point at their mean, with
-    one standard deviation as the error bars; a single run's forget error bar is its 95%
-    bootstrap interval over the items, where the run carries one."""
+    Runs of one method and config that differ only in their seed become one point at their mean,
+    with one standard deviation as the error bars; a single run's forget error bar is its 95%
+    bootstrap interval over the items, where the run carries one. Runs of one method at other
+    configs are other points, labelled with the keys that differ."""
 
-    by: dict[tuple[str, int], list[tuple[Mapping[str, Any], float, float]]] = {}
+    by: dict[tuple[str, int, str], list[tuple[Mapping[str, Any], float, float]]] = {}
     for run in runs:
         x = figure(run, "forget", key)
         score = score_of(run, vanilla, key=key)
         if run is vanilla or x is None or score is None or score["R"] is None:
             continue
-        by.setdefault((str(run["method"]), int(run["request"])), []).append((run, x, float(score["R"])))
+        by.setdefault((str(run["method"]), int(run["request"]), config_key(run)), []).append(
+            (run, x, float(score["R"])))
+    variant = config_variants([g[0] for group in by.values() for g in group])
     points = []
     for group in by.values():
-        label = _label(group[0][0])
+        differs = variant[id(group[0][0])]
+        label = _label(group[0][0]) + (f" [{differs}]" if differs else "")
         if len(group) > 1:
             xs, ys = spread([g[1] for g in group]), spread([g[2] for g in group])
             points.append((f"{label} ({len(group)} seeds)", xs["mean"], ys["mean"], (xs["sd"], xs["sd"]), ys["sd"]))

@@ -18,7 +18,7 @@ from unsee.audit.verdicts import reference_checks
 from unsee.data.schema import METRIC_GROUPS
 from unsee.errors import UnseeError
 from unsee.eval.metrics import RETENTION_GROUPS, unlearning_score
-from unsee.eval.results import seed_summary
+from unsee.eval.results import config_key, seed_summary
 
 CHANCE = 0.25
 MINUS = "\u2212"
@@ -318,12 +318,48 @@ def _reference_check_rows(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     return rows
 
 
+def config_variants(runs: Sequence[Mapping[str, Any]]) -> dict[int, str]:
+    """Each run's config keys (``k=v``) that differ among the runs of its method and request, by ``id(run)``:
+    what tells apart two rows or points of one method (empty where its runs share one config)."""
+    by: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
+    for run in runs:
+        by.setdefault((str(run["method"]), int(run["request"])), []).append(run)
+    out: dict[int, str] = {}
+    for group in by.values():
+        configs = [run.get("config") or {} for run in group]
+        keys = sorted({k for c in configs for k in c} - {"seed"})
+        differ = [k for k in keys if len({config_key({"config": {k: c.get(k)}}) for c in configs}) > 1]
+        for run, c in zip(group, configs, strict=True):
+            out[id(run)] = ", ".join(f"{k}={c.get(k)}" for k in differ)
+    return out
+
+
+def _seed_entries(runs: Sequence[Mapping[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """The spread of the runs that differ in their seed alone (same setting, method, request and config),
+    labelled, for each such group of more than one seed."""
+    by: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
+    for run in runs:
+        by.setdefault((setting_of(run), config_key(run), run["method"], run["request"]), []).append(run)
+    variant = config_variants(runs)
+    labels = setting_labels({key[0] for key in by})
+    out = []
+    for (setting, *_), group in by.items():
+        entry = seed_summary(group)[0]
+        if len(set(entry["seeds"])) < 2:
+            continue
+        where = labels[setting] if len(labels) > 1 else f"{entry['model']}, {entry['forget_split']}"
+        differs = variant[id(group[0])]
+        out.append((f"{entry['method']} ({where})" + (f" [{differs}]" if differs else ""), entry))
+    return out
+
+
 def _seeds_section(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     """Mean ± sd [min, max] over unlearning seeds, for each method run with more than one seed."""
 
-    several = [e for e in seed_summary(runs) if len(set(e["seeds"])) > 1]
-    if not several:
+    labelled = _seed_entries(runs)
+    if not labelled:
         return []
+    several = [e for _, e in labelled]
     groups = [g for g in ("forget", "forget_test", "retain", "known", "general")
               if any("mcq" in e["metrics"].get(g, {}) for e in several)]
     lines = ["## Over unlearning seeds", "",
@@ -338,15 +374,15 @@ def _seeds_section(runs: Sequence[Mapping[str, Any]]) -> list[str]:
                 f"{s['mean']:.3f} \u00b1 {s['sd']:.3f} [{s['min']:.3f}, {s['max']:.3f}] ({s['n']} of {seeds} seeds)")
         return f"{s['mean']:.3f} \u00b1 {s['sd']:.3f} [{s['min']:.3f}, {s['max']:.3f}]"
 
-    for e in several:
-        lines.append(_md_row([f"{e['method']} ({e['model']}, {e['forget_split']})", ",".join(map(str, e["seeds"])),
+    for label, e in labelled:
+        lines.append(_md_row([label, ",".join(map(str, e["seeds"])),
                               *[cell(e["metrics"].get(g, {}).get("mcq"), len(e["seeds"])) for g in groups]]))
     audit_rows = []
-    for e in several:
+    for label, e in labelled:
         for kind, figs in e.get("attacks", {}).items():
             for key in AUDIT_HEADLINES.get(kind, ()):
                 if key in figs:
-                    audit_rows.append(_md_row([str(e["method"]), f"{kind}.{key}", cell(figs[key], len(e["seeds"]))]))
+                    audit_rows.append(_md_row([label, f"{kind}.{key}", cell(figs[key], len(e["seeds"]))]))
     if audit_rows:
         lines += ["", _md_row(["method", "audit figure", "mean \u00b1 sd [min, max]"]), _md_row(["---", "---", "---:"]),
                   *audit_rows]
