@@ -148,3 +148,8 @@ def test_unlearning_score_clips_and_handles_edges() -> None:
     assert only_forget["R"] is None and only_forget["score"] is None
     with pytest.raises(UnseeError, match="forget"):
         m.unlearning_score({"retain": {"mcq": 0.9, "n": 5}}, VANILLA)
+    # a group of generation items alone (no MCQ: n is 0) is scored on ROUGE-L, whose count is n_gen
+    gen_only = {"forget": {"n": 0, "rougeL": 0.8, "n_gen": 10}, "retain": {"n": 0, "rougeL": 0.7, "n_gen": 10}}
+    after = {"forget": {"n": 0, "rougeL": 0.2, "n_gen": 10}, "retain": {"n": 0, "rougeL": 0.7, "n_gen": 10}}
+    assert m.unlearning_score(gen_only, after, chance=0.0, key="rougeL") == pytest.approx(
+        {"E": 0.75, "R": 1.0, "score": 2 * 0.75 / 1.75, "limiting": "retain"})

@@ -157,10 +157,14 @@ def clear_name_correct(reply: str, name: str, options: Sequence[str] | None = No
     return options[LETTERS.index(letter)].strip() == gold
 
 
+# The item count behind each figure: ``n`` counts the MCQ items only.
+COUNT_KEYS = {"cloze": "n_cloze", "rougeL": "n_gen", "bleu": "n_gen"}
+
+
 def _figure(metrics: Mapping[str, Any], group: str, key: str) -> float | None:
-    """A group's figure, or None when the group is absent, empty or lacks the key."""
+    """A group's figure, or None when the group is absent, has no items behind that figure or lacks it."""
     entry = metrics.get(group)
-    if not isinstance(entry, Mapping) or not entry.get("n") or entry.get(key) is None:
+    if not isinstance(entry, Mapping) or not entry.get(COUNT_KEYS.get(key, "n")) or entry.get(key) is None:
         return None
     return float(entry[key])
 

@@ -20,11 +20,11 @@ import yaml
 
 from unsee import __version__
 from unsee.audit.verdicts import reference_checks
+from unsee.eval.metrics import COUNT_KEYS
 from unsee.io import atomic_write_text
 from unsee.report.tables import CHANCE, DASH, MIB, fmt_change, headline_key, ordered_groups, score_of
 
 METRIC_KEYS = ("mcq", "cloze", "rougeL", "bleu")
-COUNT_OF = {"cloze": "n_cloze", "rougeL": "n_gen", "bleu": "n_gen"}  # the item count behind each figure
 
 
 def _is_count(key: str) -> bool:
@@ -191,7 +191,7 @@ def _metric_rows(run: Mapping[str, Any], vanilla: Mapping[str, Any] | None) -> l
                         DASH if b is None else f"{float(b):.3f}",
                         DASH if a is None else f"{float(a):.3f}" + _interval(after, key),
                         change,
-                        str(after.get(COUNT_OF.get(key, "n"), before.get(COUNT_OF.get(key, "n"), DASH))),
+                        str(after.get(COUNT_KEYS.get(key, "n"), before.get(COUNT_KEYS.get(key, "n"), DASH))),
                     ]
                 )
             )

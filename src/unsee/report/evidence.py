@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from unsee.data.schema import rgb
+from unsee.eval.metrics import COUNT_KEYS
 from unsee.io import atomic_write_bytes, atomic_write_text
-from unsee.report.card import COUNT_OF, METRIC_KEYS, verdict
+from unsee.report.card import METRIC_KEYS, verdict
 from unsee.report.tables import DASH, MIB, ordered_groups, render_report
 
 # Marks the page with how many of its images loaded, so that a headless browser can check it.
@@ -94,7 +95,7 @@ def _metric_table(run: Mapping[str, Any], vanilla: Mapping[str, Any] | None) -> 
         b = (vanilla or {}).get("metrics", {}).get(g, {})
         for key in METRIC_KEYS:
             if key in a or key in b:
-                n = a.get(COUNT_OF.get(key, "n"), b.get(COUNT_OF.get(key, "n"), DASH))
+                n = a.get(COUNT_KEYS.get(key, "n"), b.get(COUNT_KEYS.get(key, "n"), DASH))
                 rows.append(f"<tr><td>{_e(g)}</td><td>{key}</td><td>{_num(b.get(key, DASH))}</td>"
                             f"<td>{_num(a.get(key, DASH))}</td><td>{_e(n)}</td></tr>")
     rows.append("</table>")
