@@ -138,3 +138,32 @@ def test_a_run_without_room_for_its_model_stops_before_training(
         api.unlearn("graddiff", model_dir, world, tmp_path / "out", requests="forget_r1,forget_r2",
                     overrides=["max_steps=1"])
     assert not list(tmp_path.iterdir())
+
+
+def test_an_overwrite_interrupted_between_its_two_renames_loses_nothing(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Landing moves the previous output aside, then the new one in: an interrupt between the two, or a kill
+    there, must leave the previous output where it was."""
+    out = tmp_path / "out"
+    with atomic_dir(out) as tmp:
+        (tmp / "results.json").write_text("previous")
+    real = os.replace
+    moves: list[Path] = []
+
+    def interrupted(src: str | Path, dst: str | Path) -> None:
+        real(src, dst)
+        moves.append(Path(dst))
+        if len(moves) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(io_module.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt), atomic_dir(out, overwrite=True) as tmp:
+        (tmp / "results.json").write_text("new")
+    monkeypatch.setattr(io_module.os, "replace", real)
+    assert (out / "results.json").read_text() == "previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    # killed in the same place (nothing ran after the first rename): the next run puts it back before anything
+    real(out, tmp_path / ".out.old")
+    with pytest.raises(OutputExistsError), atomic_dir(out):
+        pass
+    assert (out / "results.json").read_text() == "previous"

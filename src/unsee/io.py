@@ -247,25 +247,33 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False, mine: bool = False)
     (``mine``: see :func:`check_output_dir`).
     """
     path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if not path.exists() and (old / OWNED).is_file():
+        # a run killed between moving the previous output aside and landing its own: put the previous one back
+        os.replace(old, path)
     check_output_dir(path, overwrite=overwrite, mine=mine)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     except OSError as e:
         raise OutputError(f"cannot write {path}: {e.strerror}") from None
+    aside = False
     try:
         yield tmp
         (tmp / OWNED).write_text(OWNED_TEXT)
         _plain_modes(tmp)
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
+            aside = True  # before the rename: an interrupt may land just after it
             os.replace(path, old)
             os.replace(tmp, path)
+            aside = False
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
     except BaseException as e:
+        if aside and not path.exists() and old.exists():  # between the two renames: the previous output goes back
+            os.replace(old, path)
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, Exception) and (getattr(e, "errno", None) == ENOSPC or "No space left on device" in str(e)):
             # the writers (safetensors among them) raise their own kinds; the user needs one line
