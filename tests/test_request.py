@@ -30,6 +30,7 @@ from unsee.data.request import (
 )
 from unsee.data.request_example import write_world_request
 from unsee.engine.trainer import unique_images
+from unsee.errors import ConfigError
 from unsee.eval.results import load_results, load_samples, new_results, validate_results
 from unsee.forget import hashed, names_needed_by
 from unsee.report.card import card_source
@@ -317,6 +318,13 @@ def test_requests_in_order_are_a_continual_run(model_dir: Path, example: Path, t
         api.forget(model_dir, None, again, requests=files, overrides=FAST, audit=False, max_gen_items=1)
     assert any("request 1 is kept in" in n and "goes on from request 2" in n for n in stop.value.__notes__)
     assert not again.exists() and (partial_dir(again) / "state.json").is_file()
+    # a request edited meanwhile where no forget photo moved (a retained person less) is another run
+    original = files[1].read_text()
+    edited = yaml.safe_load(original)
+    _write(files[1], {**edited, "retain": edited["retain"][1:]})
+    with pytest.raises(ConfigError, match="another continual run"):
+        api.forget(model_dir, None, again, requests=files, overrides=FAST, audit=False, max_gen_items=1)
+    files[1].write_text(original)
     calls.clear()
     api.forget(model_dir, None, again, requests=files, overrides=FAST, audit=False, max_gen_items=1)
     assert len(calls) == 1 and not partial_dir(again).exists()

@@ -28,7 +28,7 @@ from unsee.engine.distributed import is_main_process
 from unsee.errors import ConfigError, DataError
 from unsee.eval.evaluator import answers
 from unsee.eval.results import new_results, write_results
-from unsee.io import atomic_dir, atomic_write_json, atomic_write_text, check_output_dir
+from unsee.io import atomic_dir, atomic_write_json, atomic_write_text, check_output_dir, content_hash
 from unsee.models import load_adapter
 from unsee.report.card import model_card
 from unsee.report.evidence import Shown, write_evidence
@@ -143,6 +143,12 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
         check_forget(s)
         check_images(s)  # every photo decodes: checked by the request already, cheap to confirm
     label = "+".join(r.label for r in reqs)
+    prints = [s.info["data"]["fingerprint"] for s in suites]
+    if len(suites) > 1:  # one continual run, read against one vanilla run: its runs share one data record
+        chain = {"source": label, "path": ",".join(s.info["data"]["path"] for s in suites),
+                 "fingerprint": content_hash(*prints), **({"seed": seed} if seed else {})}
+        for s in suites:
+            s.info["data"] = chain
     eval_kw = {"groups": EVAL_GROUPS, "max_gen_items": max_gen_items}
 
     progress, turns = None, {}
@@ -150,7 +156,9 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
         turns = {str(r.path): qa_turns(s.group("train_forget")) for r, s in zip(reqs, suites, strict=True)}
         progress = Progress.open(out, run_parts(
             method, config, overrides, seed=seed, model=model, revision=None, dtype=dtype, forget=turns,
-            eval=eval_kw, audit=[audit, audit_kinds, audit_overrides]))
+            eval=eval_kw, audit=[audit, audit_kinds, audit_overrides],
+            # every photo a request reads, the people kept and the never-taught ones too, not only those forgotten
+            requests_data=prints))
 
     if not is_main_process():  # under `accelerate launch`: the first process alone evaluates, audits and writes
         if cls.trains_weights:
