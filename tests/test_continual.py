@@ -26,7 +26,7 @@ from unsee.engine.checkpoint import content_key
 from unsee.engine.trainer import unique_images
 from unsee.errors import ConfigError, OutputExistsError, TrainingError
 from unsee.eval.results import load_results
-from unsee.models import load_adapter
+from unsee.models import load_adapter, model_fingerprint
 from unsee.resume import Progress, partial_dir
 
 STEPS = ["max_steps=4", "batch_size=4", "lr=3e-3", "progress=false", "ncu_images=64", "augment=0"]
@@ -99,11 +99,13 @@ def test_a_stopped_run_goes_on_from_its_last_finished_request_with_the_same_numb
 
     calls.clear()
     kept: list[list] = []  # what the resumed request is told to keep forgotten: request 1's photos, each once
+    starts: list[str] = []  # the identity a request's training checkpoint is keyed by, as in the first run
     stopping = api.unlearn_adapter
-    monkeypatch.setattr(api, "unlearn_adapter",
-                        lambda *a, **kw: kept.append(kw["forgotten_images"]) or stopping(*a, **kw))
+    monkeypatch.setattr(api, "unlearn_adapter", lambda *a, **kw: kept.append(kw["forgotten_images"])
+                        or starts.append(a[1].fingerprint()) or stopping(*a, **kw))
     run_continual(model_dir, world, out)
     assert len(calls) == 1  # request 1 was not trained again
+    assert starts == [model_fingerprint(model_dir)]
     want_photos = request_images(world, "forget_r1")
     assert [im.tobytes() for im in kept[0]] == [im.tobytes() for im in want_photos] and want_photos
     assert not partial_dir(out).exists()

@@ -362,7 +362,7 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
     progress = Progress.open(out, run_parts(method, config, overrides, seed=seed, model=model, revision=revision,
                                             dtype=dtype, forget=forget, data=str(data), eval=eval_kw,
                                             benchmark=benchmark, neutral=str(neutral)))
-    adapter = load_adapter(progress.model if progress.done else model, allow_pickle=allow_pickle, dtype=dtype)
+    adapter = progress.load(model, allow_pickle=allow_pickle, dtype=dtype)
     runs: list[dict] = list(progress.runs)
     check_room(out, adapter, method, copies=2)  # the output, and the progress kept until it lands
     pending = list(enumerate(requests[progress.done:], progress.done + 1))

@@ -163,8 +163,8 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
     if not is_main_process():  # under `accelerate launch`: the first process alone evaluates, audits and writes
         if cls.trains_weights:
             done = progress.done if progress is not None else 0
-            adapter = load_adapter(progress.model if progress is not None and done else model,
-                                   allow_pickle=allow_pickle, dtype=dtype)
+            adapter = (progress.load(model, allow_pickle=allow_pickle, dtype=dtype) if progress is not None
+                       else load_adapter(model, allow_pickle=allow_pickle, dtype=dtype))
             check_room(out, adapter, method, copies=1 if progress is None else 2)  # as the first process does
             train_share(method, adapter, enumerate(suites[done:], done + 1), len(suites), progress, turns,
                         arch=model_name(model), config=config, overrides=overrides, seed=seed)
@@ -182,7 +182,7 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
     runs: list[dict] = [vanilla]
     if progress is not None and progress.done:
         del adapter  # one model in memory at a time
-        adapter = load_adapter(progress.model, allow_pickle=allow_pickle, dtype=dtype)
+        adapter = progress.load(model, allow_pickle=allow_pickle, dtype=dtype)
         runs = list(progress.runs)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         artifact: Any = None

@@ -28,7 +28,8 @@ from unsee.engine.trainer import UNKEYED, unique_images
 from unsee.errors import ConfigError, DataError, OutputExistsError, TrainingError
 from unsee.io import atomic_dir, atomic_write_json
 from unsee.methods.artifact import merge_lora
-from unsee.models.base import model_fingerprint
+from unsee.models import load_adapter
+from unsee.models.base import Adapter, model_fingerprint
 from unsee.runs import method_configs, save_model, unlearn_adapter
 
 STATE = "state.json"
@@ -114,6 +115,16 @@ class Progress:
     @property
     def model(self) -> Path:
         return self.path / "model"
+
+    def load(self, model: str | Path, **load_kw: Any) -> Adapter:
+        """The model the run goes on with: the finished requests' weights, or ``model`` before any.
+
+        Either is known by ``model``'s identity: a request's training checkpoint (``checkpoint_dir``)
+        is keyed by the weights the run started from, and must be found again after a resume.
+        """
+        adapter = load_adapter(self.model if self.done else model, **load_kw)
+        adapter.source = str(model)
+        return adapter
 
     def save(self, done: int, adapter: Any, arch: str, runs: list[dict[str, Any]]) -> None:
         """Keep the model after request ``done`` and the runs so far, replacing the previous ones whole
