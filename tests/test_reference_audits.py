@@ -382,12 +382,16 @@ def test_seeds_are_pooled_only_where_runs_differ_in_their_seed_alone(tmp_path: P
 def test_unlearn_over_seeds_saves_each_and_summarises(model: Path, world: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[int] = []
+    folders: list[str] = []  # each seed keeps its training checkpoint apart: one seed's is another run for the next
     real = unlearning.unlearn_adapter
-    monkeypatch.setattr(unlearning, "unlearn_adapter", lambda *a, **k: seen.append(k["seed"]) or real(*a, **k))
+    monkeypatch.setattr(unlearning, "unlearn_adapter", lambda *a, **k: seen.append(k["seed"]) or folders.append(
+        [o for o in k["overrides"] if o.startswith("checkpoint_dir=")][-1]) or real(*a, **k))
     out = api.unlearn("ga", model, world, tmp_path / "ga", forget="forget_15", seeds=2, seed=3,
-                      overrides=["max_steps=1", "progress=false"], evaluate_after=False)
+                      overrides=["max_steps=1", "progress=false", f"checkpoint_dir={tmp_path / 'ck'}"],
+                      evaluate_after=False)
     res = load_results(out / "results.json")
     assert seen == [3, 4] and [r["seed"] for r in res["runs"]] == [3, 4]
+    assert folders == [f"checkpoint_dir={tmp_path / 'ck' / 'seed-3'}", f"checkpoint_dir={tmp_path / 'ck' / 'seed-4'}"]
     assert res["seeds"][0]["seeds"] == [3, 4]
     for s in (3, 4):
         assert (out / f"seed-{s}" / "model" / "config.json").is_file()

@@ -75,6 +75,7 @@ from unsee.runs import (
     run_seed,
     save_checkpoint,
     save_model,
+    seed_overrides,
     training_turns,
     unlearn_adapter,
     with_override,
@@ -214,7 +215,6 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
 
 def print_results(res: dict) -> None:
     from rich.console import Console
-
     Console().print(terminal_table(res))
 
 
@@ -306,7 +306,8 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
         if method_class(method).trains_weights:  # a test-time method has nothing to train
             for s in range(seed, seed + seeds):
                 unlearn_adapter(method, load_adapter(model, allow_pickle=allow_pickle, dtype=dtype) if s > seed
-                                else adapter, suite, config=config, overrides=overrides, seed=s)
+                                else adapter, suite, config=config,
+                                overrides=seed_overrides(method, config, overrides, s, seeds), seed=s)
         return out
     base_hash = adapter.fingerprint()
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -317,7 +318,8 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
                 adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
             run, _ = unlearn_and_save(method, adapter, suite, steering_dir=where, model_dir=where / "model",
                                       model=model_name(model), base_model=str(model), base_hash=base_hash,
-                                      forget=forget, seed=s, config=config, overrides=overrides,
+                                      forget=forget, seed=s, config=config,
+                                      overrides=seed_overrides(method, config, overrides, s, seeds),
                                       evaluate_after=evaluate_after, eval_kw=eval_kw, audit=audit,
                                       audit_overrides=audit_overrides, audit_seed=seed, data=data, reference=ref,
                                       cache_dir=cache_dir)

@@ -287,6 +287,15 @@ def with_override(overrides: Any, key: str, value: Any) -> Any:
     return [*overrides, f"{key}={value}"]
 
 
+def seed_overrides(method: str, config: Any, overrides: Any, seed: int, seeds: int) -> Any:
+    """The overrides of one of ``seeds`` unlearning seeds: each keeps its training checkpoint in
+    ``checkpoint_dir/seed-K``, since the checkpoint one seed leaves belongs to another run for the next."""
+    if seeds < 2:
+        return overrides
+    folder = method_configs(method, config, overrides)[0].checkpoint_dir
+    return with_override(overrides, "checkpoint_dir", str(Path(folder) / f"seed-{seed}")) if folder else overrides
+
+
 def check_launch(method: str, config: Any = None, overrides: Any = (), *, dtype: str | None = None,
                  audit: bool = False) -> None:
     """Refuse a launch (FSDP, DeepSpeed, mixed precision) or a weight dtype the engine would not

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import jsonschema
 
 from unsee import __version__
+from unsee.engine.trainer import UNKEYED
 from unsee.errors import OutputExistsError, UnseeError
 from unsee.eval.metrics import spread
 from unsee.io import atomic_write_json, atomic_write_text, json_default
@@ -384,8 +385,9 @@ def _numbers(figures: Mapping[str, Any]) -> dict[str, float]:
 
 
 def config_key(run: Mapping[str, Any]) -> str:
-    """A run's method config, but its seed, as one comparable string."""
-    config = {k: v for k, v in (run.get("config") or {}).items() if k != "seed"}
+    """A run's method config as one comparable string, without its seed and the options that change no
+    number (progress bars, checkpoint folders: each seed of a run keeps its own)."""
+    config = {k: v for k, v in (run.get("config") or {}).items() if k != "seed" and k not in UNKEYED}
     return json.dumps(config, sort_keys=True, default=str)
 
 

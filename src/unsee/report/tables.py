@@ -16,6 +16,7 @@ from rich.table import Table
 
 from unsee.audit.verdicts import reference_checks
 from unsee.data.schema import METRIC_GROUPS
+from unsee.engine.trainer import UNKEYED
 from unsee.errors import UnseeError
 from unsee.eval.metrics import RETENTION_GROUPS, unlearning_score
 from unsee.eval.results import config_key, seed_summary
@@ -327,7 +328,7 @@ def config_variants(runs: Sequence[Mapping[str, Any]]) -> dict[int, str]:
     out: dict[int, str] = {}
     for group in by.values():
         configs = [run.get("config") or {} for run in group]
-        keys = sorted({k for c in configs for k in c} - {"seed"})
+        keys = sorted({k for c in configs for k in c} - {"seed", *UNKEYED})
         differ = [k for k in keys if len({config_key({"config": {k: c.get(k)}}) for c in configs}) > 1]
         for run, c in zip(group, configs, strict=True):
             out[id(run)] = ", ".join(f"{k}={c.get(k)}" for k in differ)
