@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from unsee.config import load_config
 from unsee.data.collate import image_of
@@ -285,6 +288,28 @@ def test_file_round_trip_and_compatibility(llava, qwen, steering, tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ModelError, match="cannot read"):
         Steering.load(tmp_path / "junk.safetensors")
+
+    # hand-edited files: one line each, never a traceback mid-evaluation or a layer steered by another's index
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    header = json.loads(meta["header"])
+    first = steering.layers[0]
+    d = steering.hidden_size
+    edits = {
+        "no strength": ({k: v for k, v in header.items() if k != "strength"}, tensors),
+        "a list": ([1, 2], tensors),
+        "text strength": ({**header, "strength": "abc"}, tensors),
+        "a map of another shape": (header, {**tensors, f"layer.{first}": torch.zeros(d + 1, d)}),
+        "a short direction": (header, {**tensors, f"direction.{first}": torch.zeros(d - 1)}),
+        "a negative layer": ({**header, "layers": sorted([-1, *steering.layers[1:]])},
+                             {**{k: v for k, v in tensors.items() if not k.endswith(f".{first}")},
+                              "layer.-1": tensors[f"layer.{first}"], "direction.-1": tensors[f"direction.{first}"]}),
+    }
+    for name, (head, maps) in edits.items():
+        bad = tmp_path / f"{name}.safetensors"
+        save_file(maps, str(bad), metadata={**meta, "header": json.dumps(head)})
+        with pytest.raises(ModelError, match="corrupt steering"):
+            Steering.load(bad)
 
 
 def test_mcq_accuracy_is_the_evaluators_scoring(llava, data, steering):

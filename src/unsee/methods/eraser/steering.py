@@ -7,6 +7,7 @@ One safetensors file (``steering.safetensors``): tensors ``layer.{i}`` (``W_l``)
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -113,10 +114,13 @@ class Steering:
             directions = {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith("direction.")}
         except ValueError as e:
             raise ModelError(f"{path}: corrupt steering header or tensor names: {e}") from e
+        if not isinstance(header, dict):
+            raise ModelError(f"{path}: corrupt steering header (a {type(header).__name__}, not a mapping)")
         if not weights or sorted(weights) != header.get("layers"):
             raise ModelError(
                 f"{path}: tensors for layers {sorted(weights)} do not match the header's {header.get('layers')}"
             )
+        _check_maps(path, header, weights, directions)
         return cls(
             weights=weights,
             strength=float(header["strength"]),
@@ -149,6 +153,28 @@ class Steering:
                 f"this model's fingerprint is {fp}. Rebuild the steering on this model (unsee unlearn --method "
                 "eraser); from Python, force=True skips this check when you know the weights are the same."
             )
+
+
+def _check_maps(path: Path, header: dict[str, Any], weights: dict[int, torch.Tensor],
+                directions: dict[int, torch.Tensor]) -> None:
+    """A hand-edited or damaged file is one line here, not a traceback halfway through an evaluation, nor a
+    negative layer index that would steer another layer than the one it names."""
+    for key, kind in (("strength", (int, float)), ("gate", (int, float)), ("arch", str), ("fingerprint", str)):
+        value = header.get(key, 0.0 if key == "gate" else None)
+        if not isinstance(value, kind) or isinstance(value, bool) or (
+                isinstance(value, float) and not math.isfinite(value)):
+            raise ModelError(f"{path}: corrupt steering header: {key} is {value!r}")
+    if min(weights) < 0:
+        raise ModelError(f"{path}: corrupt steering file: layer {min(weights)} is not a decoder layer")
+    d = next(iter(weights.values())).shape[-1]
+    for i, w in weights.items():
+        if w.shape != (d, d) or not torch.isfinite(w).all():
+            raise ModelError(f"{path}: corrupt steering map of layer {i} (shape {tuple(w.shape)}, expected {(d, d)}, "
+                             "finite)")
+    for i, r in directions.items():
+        if i not in weights or r.shape != (d,) or not torch.isfinite(r).all():
+            raise ModelError(f"{path}: corrupt steering direction of layer {i} (shape {tuple(r.shape)}, expected "
+                             f"({d},), finite, beside a map)")
 
 
 def _hidden_size(adapter: Adapter) -> int:
