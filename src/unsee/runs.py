@@ -22,7 +22,7 @@ from unsee.data.neutral import attach_neutral
 from unsee.data.request import is_request_file, load_request_suite
 from unsee.data.schema import Suite
 from unsee.engine import distributed
-from unsee.engine.trainer import TrainConfig
+from unsee.engine.trainer import UNKEYED, TrainConfig
 from unsee.errors import DataError
 from unsee.eval.evaluator import Evaluation, run_evaluation
 from unsee.eval.protocols import check_protocol
@@ -166,6 +166,8 @@ def method_configs(method: str, config: str | Path | Mapping[str, Any] | None,
     tvals = {k: v for k, v in values.items() if k in tkeys}
     if cls.trains_weights:
         tvals.setdefault("scope", cls.default_scope)
+    elif unread := sorted(set(tvals) - set(UNKEYED)):  # a test-time method trains nothing: they would be no-ops
+        raise ConfigError(f"{method} trains no weights: the training option(s) {unread} do not apply to it")
     return (load_config(TrainConfig, tvals), load_config(mcls, {k: v for k, v in values.items() if k in mkeys}),
             cls)
 
