@@ -450,3 +450,12 @@ def test_a_checkpoint_of_other_parameters_is_refused(model_dir: Path, suite: Sui
     with pytest.raises(TrainingError, match="another run"):
         train(GA(), load_adapter(model_dir), suite, turns,
               cfg(max_steps=5, scope="projector", checkpoint_dir=str(ckpt), checkpoint_every=2))
+
+
+def test_eval_every_records_the_course_of_a_run(world: Path, model_dir: Path, tmp_path: Path) -> None:
+    """``eval_every`` is an engine option every training method takes: its figures land in the run."""
+    out = api.unlearn("ga", model_dir, world, tmp_path / "out", forget="forget_15",
+                      overrides=["max_steps=3", "eval_every=2", "progress=false"], evaluate_after=False)
+    evals = json.loads((out / "run.json").read_text())["info"]["evals"]
+    assert [e["step"] for e in evals] == [2]
+    assert set(evals[0]) == {"step", "forget", "retain"} and all(0 <= evals[0][g] <= 1 for g in ("forget", "retain"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -278,8 +278,20 @@ def unlearn_adapter(method: str, adapter: Adapter, suite: Suite, *, config: Any 
     resolved = {**to_dict(tcfg), **{k: v for k, v in to_dict(mcfg).items() if k != "forgotten_images"}}
     if logging_dir is not None and not tcfg.logging_dir:
         tcfg.logging_dir = str(logging_dir)
-    weights = Trained(cls(mcfg), training_turns(suite), desc=method).unlearn(adapter, suite, tcfg)
+    on_eval = course_figures(adapter, suite) if tcfg.eval_every else None
+    weights = Trained(cls(mcfg), training_turns(suite), desc=method, on_eval=on_eval).unlearn(adapter, suite, tcfg)
     return weights.result, resolved
+
+
+def course_figures(adapter: Adapter, suite: Suite) -> Callable[[int], dict[str, float]]:
+    """What ``eval_every`` records in the run's ``info.evals`` as training goes: the forget and retain MCQ
+    accuracy (log-likelihood, every item), so that the course of a run can be read beside its end."""
+
+    def figures(step: int) -> dict[str, float]:
+        found = run_evaluation(adapter, suite, groups=("forget", "retain"), generation=False, progress=False)
+        return {g: float(f["mcq"]) for g, f in found.metrics.items() if "mcq" in f}
+
+    return figures
 
 
 def with_override(overrides: Any, key: str, value: Any) -> Any:

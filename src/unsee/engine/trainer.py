@@ -92,7 +92,8 @@ class TrainConfig:
                          "trackers)")
     report_to: str = opt("", "also send the losses to these Accelerate trackers: tensorboard, wandb (comma-separated)")
     logging_dir: str = opt("", "where a tracker writes its logs (tensorboard: DIR/tensorboard/RUN)")
-    eval_every: int = opt(0, "evaluate every N steps through the evaluator (0: off)")
+    eval_every: int = opt(0, "every N steps, record the forget and retain MCQ accuracy in the run's info.evals "
+                             "(0: off)")
     progress: bool = opt(True, "show a progress bar")
     checkpoint_dir: str = opt("", "directory of the periodic checkpoint; a run that finds one there resumes from it")
     checkpoint_every: int = opt(0, "steps between checkpoints (0: none)")

@@ -9,7 +9,7 @@ train weights is a class attribute (``trains_weights``), never a list of names.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +111,7 @@ class Trained:
     turns: Mapping[str, list[Turn]]
     desc: str = ""
     arch: str = ""
+    on_eval: Callable[[int], dict] | None = None  # figures taken every ``eval_every`` steps
     trains_weights: ClassVar[bool] = True
 
     @property
@@ -119,7 +120,7 @@ class Trained:
 
     def unlearn(self, adapter: Adapter, suite: Suite, cfg: TrainConfig) -> WeightsArtifact:
 
-        res = train(self.method, adapter, suite, dict(self.turns), cfg, desc=self.desc)
+        res = train(self.method, adapter, suite, dict(self.turns), cfg, desc=self.desc, on_eval=self.on_eval)
         return WeightsArtifact(adapter, arch=self.arch, result=res)
 
 
