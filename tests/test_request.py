@@ -30,7 +30,7 @@ from unsee.data.request import (
 )
 from unsee.data.request_example import write_world_request
 from unsee.engine.trainer import unique_images
-from unsee.errors import ConfigError
+from unsee.errors import ConfigError, DataError
 from unsee.eval.results import load_results, load_samples, new_results, validate_results
 from unsee.forget import hashed, names_needed_by
 from unsee.report.card import card_source
@@ -382,3 +382,19 @@ def test_requests_under_one_file_name_are_other_data_in_a_report(example: Path, 
             for s in (first, second)]
     assert runs[0]["forget_split"] == runs[1]["forget_split"] and setting_of(runs[0]) != setting_of(runs[1])
     validate_results(new_results(runs))
+
+
+def test_vkd_on_photos_read_as_other_token_grids_is_one_line(example: Path, tiny_models: Any, tmp_path: Path) -> None:
+    """Qwen-VL reads a photo of another shape as another number of visual tokens; vkd compares them token by
+    token, and says so rather than failing inside a tensor operation."""
+    other = tmp_path / "req"
+    shutil.copytree(example.parent, other)
+    person = yaml.safe_load(example.read_text())["forget"][0]["photos"]
+    for photo in sorted((other / person).iterdir()):
+        with Image.open(photo) as img:
+            img.convert("RGB").resize((img.width * 2, img.height)).save(photo)
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="vkd compares visual tokens position by position"):
+        api.forget(tiny_models.dir("tiny-qwen2-vl"), other / example.name, out, method="vkd", overrides=FAST,
+                   audit=False, max_gen_items=1)
+    assert not out.exists()

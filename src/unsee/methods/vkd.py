@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from unsee.config import opt
 from unsee.engine.trainer import Context
+from unsee.errors import DataError
 from unsee.methods.base import BaseMethod, images_of, squared_gradients, token_features, token_mse
 from unsee.models.base import Turn
 
@@ -40,6 +41,7 @@ class VKD(BaseMethod):
     def setup(self, ctx: Context) -> None:
         with torch.no_grad():
             neutral = token_features(ctx.reference, images_of(ctx.streams["neutral"].turns))
+        _one_grid(neutral[1:], neutral[0], "never-taught photos")
         self.target = torch.stack([n.float() for n in neutral]).mean(0)
         if not self.cfg.saliency:
             return
@@ -73,6 +75,18 @@ class VKD(BaseMethod):
         student_r = token_features(a, r_img)
         student_f = token_features(a, f_img)
         target = self.target.to(student_f[0].device)
+        _one_grid(student_f, target, "forget photos")
         l_f = torch.stack([F.mse_loss(s.float(), target) for s in student_f]).mean()
         l_r = token_mse(student_r, teacher_r)
         return l_f, self.cfg.retain_weight * l_r, {"forget_mse": l_f.item(), "retain_mse": l_r.item()}
+
+
+def _one_grid(maps: list[torch.Tensor], like: torch.Tensor, what: str) -> None:
+    """vkd compares visual tokens position by position; a model that reads a photo of another size as
+    another token grid (Qwen-VL) cannot be compared so, and says it in one line rather than mid-way in a
+    tensor error."""
+    other = next((tuple(m.shape) for m in maps if m.shape != like.shape), None)
+    if other is not None:
+        raise DataError(f"vkd compares visual tokens position by position, and the {what} give token grids of "
+                        f"other sizes on this model ({other} against {tuple(like.shape)}): give photos of one size "
+                        "(the never-taught ones too), or use cvf_ncu")
