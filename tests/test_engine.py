@@ -459,3 +459,19 @@ def test_eval_every_records_the_course_of_a_run(world: Path, model_dir: Path, tm
     evals = json.loads((out / "run.json").read_text())["info"]["evals"]
     assert [e["step"] for e in evals] == [2]
     assert set(evals[0]) == {"step", "forget", "retain"} and all(0 <= evals[0][g] <= 1 for g in ("forget", "retain"))
+
+
+@pytest.mark.parametrize("method", ["cvf_only", "vkd"])
+def test_a_visual_method_trains_the_visual_module_whatever_the_scope(method: str, world: Path, model_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    """Their losses read the visual module alone: a wider scope moves nothing more, and the trainable count
+    says so; a scope without a visual weight is one line, not an autograd error."""
+    with pytest.raises(ConfigError, match="leaves nothing to train"):
+        api.unlearn(method, model_dir, world, tmp_path / "lang", forget="forget_15",
+                    overrides=["max_steps=1", "scope=language", "progress=false"], evaluate_after=False)
+    assert not (tmp_path / "lang").exists()
+    full = api.unlearn(method, model_dir, world, tmp_path / "full", forget="forget_15",
+                       overrides=["max_steps=1", "scope=full", "progress=false"], evaluate_after=False)
+    adapter = load_adapter(model_dir)
+    visual = sum(p.numel() for g in ("vision", "projector") for _, p in adapter.groups()[g])
+    assert 0 < json.loads((full / "run.json").read_text())["cost"]["trainable_params"] <= visual

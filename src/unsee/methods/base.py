@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from unsee.engine.trainer import Context
+from unsee.errors import ConfigError
 from unsee.models.base import Adapter, Turn
 
 
@@ -124,6 +125,23 @@ def squared_gradients(
                 ctx.all_reduce_(g)  # type: ignore[union-attr]
             a += (g / count) ** 2
     return [a / max(1, len(batches)) for a in acc]
+
+
+def keep_to_visual(ctx: Context, method: str) -> list[torch.nn.Parameter]:
+    """The visual module's trainable weights; whatever else the scope opened is frozen.
+
+    A method whose loss reads the visual module alone moves nothing else: the trainable count it
+    reports is what moves, and a scope with no visual weight (``language``) is refused in one line
+    rather than failing inside autograd.
+    """
+    groups = ctx.adapter.groups()
+    visual = [p for g in ("vision", "projector") for _, p in groups.get(g, []) if p.requires_grad]
+    kept = {id(p) for p in visual}
+    ctx.constraints.frozen.update(p for p in ctx.adapter.model.parameters() if p.requires_grad and id(p) not in kept)
+    if not visual:
+        raise ConfigError(f"scope {ctx.cfg.scope!r} leaves nothing to train for method {method!r}: it changes the "
+                          "visual module alone")
+    return visual
 
 
 def images_of(turns: Sequence[Turn]) -> list:

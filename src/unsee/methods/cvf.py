@@ -27,7 +27,7 @@ from unsee.engine.adversarial import linf_ascent
 from unsee.engine.gradients import after_relearning
 from unsee.engine.trainer import Context
 from unsee.errors import ConfigError
-from unsee.methods.base import BaseMethod, images_of, nll, per_image, pooled, token_mse
+from unsee.methods.base import BaseMethod, images_of, keep_to_visual, nll, per_image, pooled, token_mse
 from unsee.methods.ncu import NCUConfig, constrain_to_retained
 from unsee.methods.redistil import RedistilConfig, redistil
 from unsee.models.base import Adapter, Turn, joined
@@ -177,6 +177,7 @@ class CVFOnly(BaseMethod):
                               "benchmark has none (train_known); set lambda_known=0")
         self.cfg.validate()  # a config built in code has not been through load_config
         self.cfg.check_launch(ctx.world)
+        keep_to_visual(ctx, self.name)
         self.seed = ctx.cfg.seed
         self._ref: dict[int, tuple[Any, torch.Tensor]] = {}
         self._pixels: dict[int, tuple[Any, BatchFeature]] = {}

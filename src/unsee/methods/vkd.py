@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from unsee.config import opt
 from unsee.engine.trainer import Context
 from unsee.errors import DataError
-from unsee.methods.base import BaseMethod, images_of, squared_gradients, token_features, token_mse
+from unsee.methods.base import BaseMethod, images_of, keep_to_visual, squared_gradients, token_features, token_mse
 from unsee.models.base import Turn
 
 
@@ -39,6 +39,7 @@ class VKD(BaseMethod):
     Config = VKDConfig
 
     def setup(self, ctx: Context) -> None:
+        keep_to_visual(ctx, self.name)
         with torch.no_grad():
             neutral = token_features(ctx.reference, images_of(ctx.streams["neutral"].turns))
         _one_grid(neutral[1:], neutral[0], "never-taught photos")
