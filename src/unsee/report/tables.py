@@ -7,6 +7,7 @@ model, benchmark and forget split, plus the one-number trade-off score and the c
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import PurePosixPath
@@ -329,7 +330,7 @@ def config_variants(runs: Sequence[Mapping[str, Any]]) -> dict[int, str]:
     for group in by.values():
         configs = [run.get("config") or {} for run in group]
         keys = sorted({k for c in configs for k in c} - {"seed", *UNKEYED})
-        differ = [k for k in keys if len({config_key({"config": {k: c.get(k)}}) for c in configs}) > 1]
+        differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
         for run, c in zip(group, configs, strict=True):
             out[id(run)] = ", ".join(f"{k}={c.get(k)}" for k in differ)
     return out
