@@ -108,6 +108,21 @@ def test_json_requests_read_the_same(tmp_path: Path) -> None:
     assert [p.name for p in load_request(tmp_path / "r.json").retain] == ["Retained 0", "Retained 1", "Retained 2"]
 
 
+def test_a_key_given_twice_is_refused_not_read_as_its_last(tmp_path: Path) -> None:
+    """A second ``forget:`` would silently replace the first: the people it names would be kept."""
+    _good(tmp_path)
+    text = (yaml.safe_dump(_good(tmp_path), sort_keys=False)
+            + "forget:\n- name: Someone Else\n  photos: [a]\n")
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(DataError, match=r"'forget' is given twice \(lines 1 and \d+\)") as e:
+        load_request(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+    (tmp_path / "r.json").write_text('{"forget": [], "retain": [], "forget": []}')
+    with pytest.raises(DataError, match="given twice"):
+        load_request(tmp_path / "r.json")
+
+
 def test_a_world_request_trains_on_exactly_the_split_photos(world: Path, example: Path) -> None:
     """The example is the split in a user's layout: the same images, in the same order, per stream."""
     split = api.training_turns(load_mllmu(world, "forget_10"))

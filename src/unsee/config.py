@@ -114,6 +114,11 @@ def _load_yaml(text: str, loader: type, what: str) -> Any:
         raise ConfigError(f"{what}: {_yaml_error(e)}") from None
 
 
+def read_yaml(text: str, what: str) -> Any:
+    """YAML (or JSON) as any input file is read: plain values, no anchors, and a key given twice refused."""
+    return _load_yaml(text, _NoAliases, what)
+
+
 EXTENDS = "extends"
 MAX_EXTENDS = 16
 

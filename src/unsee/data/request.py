@@ -20,12 +20,12 @@ from typing import Any
 
 import jsonschema
 import numpy as np
-import yaml
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
+from unsee.config import read_yaml
 from unsee.data.people import NAME_STATEMENTS, NAME_TEST_QUESTIONS, NAME_TRAIN_QUESTIONS
 from unsee.data.schema import Example, Suite, rgb
-from unsee.errors import DataError
+from unsee.errors import ConfigError, DataError
 
 SCHEMA_PATH = Path(__file__).with_name("request.schema.json")
 SUFFIXES = (".yaml", ".yml", ".json")
@@ -109,8 +109,8 @@ def named_paths(path: str | Path) -> list[Path]:
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raw = read_yaml(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, UnicodeDecodeError, ConfigError):
         return []
     if not isinstance(raw, dict):
         return []
@@ -223,10 +223,12 @@ def load_request(path: str | Path, *, names_needed_by: str | None = None) -> Req
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))  # YAML reads JSON too
+        raw = read_yaml(path.read_text(encoding="utf-8"), f"cannot read request file {path}")  # JSON too
     except FileNotFoundError as e:
         raise DataError(f"request file {path} does not exist") from e
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+    except ConfigError as e:
+        raise DataError(str(e)) from None
+    except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read request file {path}: {e}") from e
     if not isinstance(raw, dict):
         raise RequestError(path, ["the file must hold a mapping with 'forget' and 'retain' lists"])
