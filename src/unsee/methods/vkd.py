@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from unsee.config import opt
+from unsee.engine.constraints import masked_fraction
 from unsee.engine.trainer import Context
 from unsee.errors import DataError
 from unsee.methods.base import BaseMethod, images_of, keep_to_visual, squared_gradients, token_features, token_mse
@@ -59,12 +60,11 @@ class VKD(BaseMethod):
 
         ff, fr = sensitivity("forget"), sensitivity("retain")
         masks = {p: (a + 1e-15) / (b + 1e-15) >= self.cfg.threshold for p, a, b in zip(params, ff, fr, strict=True)}
-        for p in ctx.adapter.model.parameters():
-            if p.requires_grad and p not in masks:
-                masks[p] = torch.zeros_like(p, dtype=torch.bool)
+        # the mask covers the linear weights alone; the rest (biases, norms, embeddings) never moves, so it is
+        # frozen rather than masked to nothing, and the trainable count is what the mask chooses from
+        ctx.constraints.frozen.update(p for p in ctx.adapter.model.parameters() if p.requires_grad and p not in masks)
         ctx.constraints.masks = masks
-        total = sum(m.numel() for p, m in masks.items() if p in set(params))
-        ctx.info["mask_fraction"] = float(sum(masks[p].sum().item() for p in params) / max(1, total))
+        ctx.info["mask_fraction"] = masked_fraction(masks)
 
     def split_loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, torch.Tensor,
                                                                               dict[str, float]]:
