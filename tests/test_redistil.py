@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from unsee import api
 from unsee.data.schema import Suite
 from unsee.engine.trainer import TrainConfig, train
 from unsee.errors import ConfigError, TrainingError
@@ -104,6 +105,23 @@ def test_redistil_refuses_settings_that_mean_nothing(trained_dir: Path, suite: S
                                                      turns: dict[str, list[Turn]], bad: dict) -> None:
     with pytest.raises(ConfigError, match="redistil"):
         _run(trained_dir, suite, turns, **{"redistil_steps": 1, **bad})
+
+
+@pytest.mark.parametrize("scope", ["projector", "vision_tower", "lora"])
+def test_redistil_refuses_a_scope_that_keeps_part_of_the_visual_module(world: Path, model_dir: Path, tmp_path: Path,
+                                                                        suite: Suite, turns: dict[str, list[Turn]],
+                                                                        scope: str) -> None:
+    """The hardening moves the whole tower and projector: under a narrower scope the run would change
+    weights the user kept fixed, and report the scope's count. Refused before a model loads."""
+    with pytest.raises(ConfigError, match=f"redistil_steps moves the whole visual module.*scope '{scope}'"):
+        api.unlearn("cvf_ncu", model_dir, world, tmp_path / "out", forget="forget_15",
+                    overrides=[f"scope={scope}", "redistil_steps=2", "max_steps=1", "progress=false"],
+                    evaluate_after=False)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match="redistil_steps moves the whole visual module"):  # a config built in code
+        adapter = load_adapter(model_dir)
+        train(CVFNCU(CVFConfig(ncu_images=8, redistil_steps=2)), adapter, suite, turns,
+              TrainConfig(max_steps=1, progress=False, scope=scope))
 
 
 def test_the_distilled_photos_hold_every_share_and_the_earlier_requests_forget_photos(

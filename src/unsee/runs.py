@@ -168,8 +168,10 @@ def method_configs(method: str, config: str | Path | Mapping[str, Any] | None,
         tvals.setdefault("scope", cls.default_scope)
     elif unread := sorted(set(tvals) - set(UNKEYED)):  # a test-time method trains nothing: they would be no-ops
         raise ConfigError(f"{method} trains no weights: the training option(s) {unread} do not apply to it")
-    return (load_config(TrainConfig, tvals), load_config(mcls, {k: v for k, v in values.items() if k in mkeys}),
-            cls)
+    tcfg, mcfg = load_config(TrainConfig, tvals), load_config(mcls, {k: v for k, v in values.items() if k in mkeys})
+    if hasattr(mcfg, "check_train"):  # method options that depend on the engine's
+        mcfg.check_train(tcfg)
+    return tcfg, mcfg, cls
 
 
 # ---- evaluation ----------------------------------------------------------------------------

@@ -177,6 +177,7 @@ class CVFOnly(BaseMethod):
                               "benchmark has none (train_known); set lambda_known=0")
         self.cfg.validate()  # a config built in code has not been through load_config
         self.cfg.check_launch(ctx.world)
+        self.cfg.check_train(ctx.cfg)
         keep_to_visual(ctx, self.name)
         self.seed = ctx.cfg.seed
         self._ref: dict[int, tuple[Any, torch.Tensor]] = {}

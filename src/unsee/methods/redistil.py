@@ -70,10 +70,19 @@ class RedistilConfig:
         if self.redistil_teacher not in TEACHERS:
             raise ConfigError(f"redistil_teacher must be one of {', '.join(TEACHERS)}, got {self.redistil_teacher!r}")
 
+    def check_train(self, train: Any) -> None:
+        """The hardening distils the whole visual module: a narrower scope would move weights it keeps."""
+        if self.redistil_steps and train.scope not in WHOLE_VISUAL:
+            raise ConfigError(f"redistil_steps moves the whole visual module (tower and projector), and scope "
+                              f"{train.scope!r} keeps part of it fixed: use scope visual, or redistil_steps=0")
+
     def check_launch(self, world: int) -> None:
         if self.redistil_steps and fsdp_version() and world > 1:
             raise ConfigError("redistil_steps is not supported under FSDP: every process distils a whole copy of the "
                               "visual module")
+
+
+WHOLE_VISUAL = ("visual", "full")  # scopes under which the forgetting itself trains the whole visual module
 
 
 def visual_roots(adapter: Adapter) -> list[str]:
