@@ -293,11 +293,11 @@ def test_seeds_benchmark_repeats_a_seed_exactly(demo_run: tuple[Path, Path], tmp
     import seeds
 
     s = seeds.main([*_bench_args(demo_run[1], tmp_path / "s.json"), "--methods", "cvf_ncu", "--seeds", "0,0",
-                    "--variant", "shipped:", "--variant", "held:relearn_sim_steps=1", "--attacks", "probe",
+                    "--variant", "shipped:", "--variant", "held:lambda_t=2", "--attacks", "probe",
                     "--attack-set", "probe_steps=10"])
     assert set(s["results"]) == {"cvf_ncu/shipped", "cvf_ncu/held"}
     held = s["results"]["cvf_ncu/held"]
-    assert held["overrides"] == ["relearn_sim_steps=1"] and [r["seed"] for r in held["runs"]] == [0, 0]
+    assert held["overrides"] == ["lambda_t=2"] and [r["seed"] for r in held["runs"]] == [0, 0]
     first, again = ({k: v for k, v in r["figures"].items() if k != "wall_s"} for r in held["runs"])
     assert first == again and first["probe_forget"] is not None and first["relearn_ag"] is None
     assert set(s["vanilla"]) == set(seeds.GROUPS) and 0 <= first["score"] <= 1  # what a pick is made by

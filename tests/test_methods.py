@@ -535,6 +535,15 @@ def test_cvf_relearning_aware_term_splits_the_batch_by_person(model_dir: Path, s
     assert out["on"][0].item() == pytest.approx(out["off"][0].item() + out["on"][1]["relearned_f"], rel=1e-5)
 
 
+def test_cvf_relearning_aware_forgetting_of_one_person_is_refused(model_dir: Path, suite: Suite) -> None:
+    """One person cannot be split into a relearned half and a forgotten one: the option would do nothing."""
+    assert len({e.entity for e in suite.groups["train_forget"]}) == 1
+    adapter = load_adapter(model_dir)
+    ctx = Context(adapter, suite, TrainConfig(scope="visual"), {}, reference=frozen_copy(adapter, visual_only=True))
+    with pytest.raises(ConfigError, match="forgets one person: set relearn_sim_steps=0"):
+        CVFNCU(CVFConfig(ncu=False, relearn_sim_steps=2)).setup(ctx)
+
+
 @pytest.mark.parametrize("arch", ["tiny-llava", "tiny-qwen2.5-vl"])
 def test_vision_block_tokens_come_per_image_from_the_same_pass(arch: str, tiny_models: TinyModels,
                                                                make_image: Callable[..., Image.Image]) -> None:

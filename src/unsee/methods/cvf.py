@@ -68,7 +68,7 @@ class CVFOnlyConfig(RedistilConfig):
     relearn_sim_steps: int = opt(
         0, "relearning-aware forgetting: sign-gradient steps of a simulated relearning, in which the visual module "
         "restores half of the batch's forget people to their reference features; the loss is then taken on the "
-        "other half, which must stay forgotten (0: off)")
+        "other half, which must stay forgotten (0: off; needs two people to forget or more)")
     relearn_sim_eps: float = opt(3e-3, "relearning-aware forgetting: how far each weight may move in the simulation, "
                              "in all (a relearning attack's 30 Adam steps at 1e-4 move a weight by up to 3e-3)")
     lambda_k: float = opt(
@@ -185,6 +185,9 @@ class CVFOnly(BaseMethod):
         self._ref_hidden: dict[int, tuple[Any, torch.Tensor]] = {}
         # whose photo each forget image is; image_of hands out one object per file
         self._person = {id(image_of(e)): e.entity for e in ctx.suite.groups.get("train_forget", []) if e.has_image}
+        if self.cfg.relearn_sim_steps and len(set(self._person.values())) < 2:
+            raise ConfigError("relearn_sim_steps relearns some of the people to forget and keeps the others "
+                              "forgotten, and this request forgets one person: set relearn_sim_steps=0")
         self._suite = ctx.suite
         self._pair: dict[str, torch.Tensor] = {}  # token_target 'person': each forget person's target
 
