@@ -242,6 +242,19 @@ def test_one_override_may_be_a_string_of_its_own() -> None:
     assert load_config(Recipe, None, "lr=0.5").lr == load_config(Recipe, None, ["lr=0.5"]).lr == 0.5
 
 
+def test_a_quoted_value_reads_alike_for_every_scalar_type(tmp_path: Path) -> None:
+    """A JSON config or an API mapping may quote its values: a number or a truth value spelled out reads as one
+    whatever the field's type (the float fields read them so, and the integer and boolean ones refused)."""
+    cfg = load_config(Recipe, {"lr": "0.5", "steps": "7", "bf16": "false"})
+    assert (cfg.lr, cfg.steps, cfg.bf16) == (0.5, 7, False)
+    path = tmp_path / "r.json"
+    path.write_text('{"steps": "3", "bf16": "True"}')
+    assert (load_config(Recipe, path).steps, load_config(Recipe, path).bf16) == (3, True)
+    for bad, field_ in (({"steps": "2.5"}, "steps"), ({"steps": "two"}, "steps"), ({"bf16": "no"}, "bf16")):
+        with pytest.raises(ConfigError, match=f"^{field_}: expected"):
+            load_config(Recipe, bad)
+
+
 @pytest.mark.parametrize("text", ["1e3", "0755", "no", "on", "null", "1_000", "2024-01-01", "~", ".inf", "0x1F"])
 def test_string_fields_keep_the_text_that_was_written(tmp_path: Path, text: str) -> None:
     assert load_config(Recipe, None, [f"tag={text}"]).tag == text

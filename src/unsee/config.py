@@ -323,6 +323,8 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
         text = value.strip()
         value = int(text) if tp is int and text.isdigit() else _typed(value, name)  # 0755 is 755, not octal
     if tp is bool:
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):  # a quoted one, as numbers are
+            value = value.strip().lower() == "true"
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{name}: expected true or false, got {show(value)}")
@@ -336,6 +338,8 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
             return float(value)
         raise ConfigError(f"{name}: expected a number, got {show(value)}")
     if tp is int:
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+            value = int(value)
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         raise ConfigError(f"{name}: expected an integer, got {show(value)}")
