@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -167,3 +170,24 @@ def test_an_overwrite_interrupted_between_its_two_renames_loses_nothing(tmp_path
     with pytest.raises(OutputExistsError), atomic_dir(out):
         pass
     assert (out / "results.json").read_text() == "previous"
+
+
+def test_a_killed_writers_half_written_output_is_removed_by_the_next_run(tmp_path: Path) -> None:
+    """SIGKILL skips every cleanup: the half-written checkpoint would stay hidden beside the output for good.
+    The next write of that output removes it; a live writer's, or another machine's, it leaves alone."""
+    out = tmp_path / "out"
+    code = ("import sys, time; from pathlib import Path; from unsee.io import atomic_dir\n"
+            "with atomic_dir(Path(sys.argv[1])) as tmp:\n"
+            "    (tmp / 'model.safetensors').write_bytes(b'x' * 1000); print(tmp.name, flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    killed = proc.stdout.readline().strip()  # type: ignore[union-attr]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (tmp_path / killed / "model.safetensors").is_file()
+    alive = tmp_path / f".out.{io_module._HOST}-{os.getppid()}-abc.tmp"  # a writer still running
+    elsewhere = tmp_path / f".out.0badc0de-{proc.pid}-abc.tmp"  # a writer on another machine sharing the disk
+    for d in (alive, elsewhere):
+        d.mkdir()
+    with atomic_dir(out) as tmp:
+        (tmp / "results.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", alive.name, elsewhere.name])

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import glob
 import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import textwrap
 from collections.abc import Iterable, Iterator
@@ -236,6 +239,33 @@ def check_output_file(path: str | Path, *, overwrite: bool, inputs: Iterable[str
     check_writable(path)
 
 
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]  # in temporary names: whose writer it is
+
+
+def _remove_dead_writers(path: Path) -> None:
+    """Delete the temporary siblings of ``path`` that a killed run of this machine left half-written.
+
+    A kill (SIGKILL, a lost node) skips the cleanup, and a model's worth of files would stay hidden
+    beside the output for good. Each temporary name carries its writer's host and process; one
+    whose process no longer runs here is dead. Another machine's (a shared disk) is left alone.
+    """
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.([0-9a-f]{{8}})-(\d+)-.*\.tmp")
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp") if path.parent.is_dir() else ():
+        match = pattern.fullmatch(tmp.name)
+        if match and match[1] == _HOST and int(match[2]) != os.getpid() and not _running(int(match[2])):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process, or a number no process can have: not ours to judge
+    return True
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, *, overwrite: bool = False, mine: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``path`` only if the block succeeds.
@@ -252,9 +282,10 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False, mine: bool = False)
         # a run killed between moving the previous output aside and landing its own: put the previous one back
         os.replace(old, path)
     check_output_dir(path, overwrite=overwrite, mine=mine)
+    _remove_dead_writers(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}-", suffix=".tmp", dir=path.parent))
     except OSError as e:
         raise OutputError(f"cannot write {path}: {e.strerror}") from None
     aside = False
