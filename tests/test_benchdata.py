@@ -3,6 +3,7 @@ benchmark's own vanilla model and retrained reference, through the command line.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -202,6 +203,20 @@ def test_local_folder_is_recorded_with_its_fingerprint(roots: dict[str, Path]) -
     data = api.load_suite(roots["clear"], "forget05").info["data"]
     assert data == {"source": str(roots["clear"]), "path": str(roots["clear"]),
                     "fingerprint": data_fingerprint(roots["clear"])}
+
+
+def test_a_download_in_the_hub_cache_is_fingerprinted_by_its_files(roots: dict[str, Path], tmp_path: Path) -> None:
+    """The default hub cache lies under ~/.cache: the data there must count, and only a download's own .cache
+    folder (its metadata) must not; two downloads that differ must not share a fingerprint."""
+    snaps = tmp_path / ".cache" / "huggingface" / "hub" / "datasets--x--y" / "snapshots"
+    a, b = (Path(shutil.copytree(roots["umu"], snaps / rev)) for rev in ("a" * 40, "b" * 40))
+    assert data_fingerprint(a) == data_fingerprint(roots["umu"]) != hashlib.sha256(b"").hexdigest()[:16]
+    shard = next(b.rglob("*.parquet"))
+    shard.write_bytes(shard.read_bytes()[:-1] + b"\0")
+    assert data_fingerprint(b) != data_fingerprint(a)
+    (a / ".cache" / "huggingface").mkdir(parents=True)
+    (a / ".cache" / "huggingface" / "meta.json").write_text("{}")  # what a --local-dir download keeps beside
+    assert data_fingerprint(a) == data_fingerprint(roots["umu"])
 
 
 # --------------------------------------------------------------------------- finetune and retrain

@@ -135,8 +135,10 @@ def data_fingerprint(root: str | Path, configs: Iterable[str] | None = None) -> 
     """
     root = Path(root)
     if configs is None:
+        # a download's own .cache folder (hub metadata) is not data; the hub cache holding the download is
+        # (~/.cache/huggingface/hub/.../snapshots/<rev>), so only the parts below the root are read
         files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix in (".parquet", ".json")
-                       and ".cache" not in f.parts)
+                       and ".cache" not in f.relative_to(root).parts)
     else:
         files = sorted({f for c in configs for f in config_files(root / c)})
     stats = tuple((str(f), st.st_size, st.st_mtime_ns) for f in files for st in (f.stat(),))
