@@ -255,7 +255,11 @@ def test_mllmu_training_streams_without_ft_ids(mllmu_root: Path) -> None:
     assert [e.entity for e in train] == ["1", "2"]
     assert all(e.task == "qa" and e.has_image for e in train)
     assert train[0].answer == "This person was born in Town1."
-    assert suite.groups["train_text"] == []  # ft_Data has no text-only rows
+    # ft_Data has no text-only rows: the text stream (mmunlearner's) is the benchmark's Pure_Text questions
+    text = suite.groups["train_text"]
+    assert text and not any(e.has_image for e in text) and all(e.task == "qa" for e in text)
+    assert {e.entity for e in text} == {*suite.forget_entities, *suite.retain_entities}
+    assert {e.question for e in text} <= {e.question for g in ("text_forget", "text_retain") for e in suite.groups[g]}
 
 
 def test_load_ft_data(mllmu_root: Path, world_root: Path) -> None:

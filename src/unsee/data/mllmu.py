@@ -419,10 +419,11 @@ def _training_streams(
     else:
         groups["train_forget"] = _qa_from_generation(groups["forget"], image=True)
         groups["train_retain"] = _qa_from_generation(groups["retain"], image=True)
-    if ft is not None:
-        groups["train_text"] = [e for e in ft if not e.has_image]
-    else:
-        groups["train_text"] = _qa_from_generation(groups["text_forget"] + groups["text_retain"], image=False)
+    # the hub's ft_Data pairs every question with a portrait: without text rows of its own, the text stream
+    # (what mmunlearner and the text-keeping terms read) comes from the benchmark's text questions
+    text_rows = [e for e in ft if not e.has_image] if ft is not None else []
+    groups["train_text"] = text_rows or _qa_from_generation(groups["text_forget"] + groups["text_retain"],
+                                                            image=False)
     for config, name in (
         ("ft_Known", "train_known"),
         ("ft_General", "train_general"),
