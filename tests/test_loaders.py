@@ -443,6 +443,20 @@ def test_clear_every_split(clear_root: Path, pct: int) -> None:
         assert group in g
 
 
+def test_clear_name_question_takes_each_rows_own_wrong_names(tmp_path: Path) -> None:
+    """Each row of a _perturbed config carries its own wrong names, as the published evaluations read them;
+    the first row of a person must not lend its list to the person's other photos."""
+    root = fb.write_clear(tmp_path / "clear")
+    rows = fb._perturbed_rows([0, 1])
+    for i, r in enumerate(rows):
+        r["perturbed_names"] = [f"Row{i}-{j}" for j in range(3)]
+    fb.write_parquet_config(root, "forget05_perturbed", rows, fb.PERTURBED)
+    names = [e for e in load_clear(root, "forget05").groups["forget"] if e.task == "mcq"]
+    assert len(names) == len(rows) > 2
+    for i, e in enumerate(names):
+        assert sorted(e.options) == sorted([e.entity, *(f"Row{i}-{j}" for j in range(3))]), (i, e.options)
+
+
 def test_clear_name_question_and_captions(clear_root: Path) -> None:
     suite = load_clear(clear_root, "forget05")
     names = [e for e in suite.groups["forget"] if e.task == "mcq"]

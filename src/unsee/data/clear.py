@@ -123,17 +123,6 @@ class _Reader:
             self._caption_names = found
         return self._caption_names
 
-    def perturbed_names(self, config: str) -> dict[str, list[str]]:
-        """name → wrong names from a ``*_perturbed`` config, or {} when it is absent."""
-        if not self.source.has(config):
-            return {}
-        out: dict[str, list[str]] = {}
-        for r in self.get(config, PERTURBED_COLUMNS, PERTURBED_OPTIONAL):
-            name = text(r.get("name"), field="name", source=r.source)
-            wrong = r.get("perturbed_names") or []
-            out.setdefault(name, [text(w, field="perturbed_names", source=r.source) for w in wrong])
-        return out
-
 
 def _image(rec: Record) -> bytes | None:
     return image_bytes(rec.get("image"), field="image", source=rec.source)
@@ -169,21 +158,22 @@ def _name_items(
     config: str,
     rows: Sequence[Record],
     names: Sequence[str],
-    perturbed: dict[str, list[str]],
     pool: Sequence[str],
 ) -> list[Example]:
-    """A name MCQ per image row: its perturbed names as the wrong options, else other people's names."""
+    """A name MCQ per image row: the row's own perturbed names as the wrong options (CLEAR's and
+    MMUnlearner's evaluation read each row's), else other people's names."""
     seed = reader.seed
     out: list[Example] = []
     for n, (r, name) in enumerate(zip(rows, names, strict=True)):
         image = _image_row(r, config)
         uid = f"{config}/{n}/name"
-        wrong = perturbed.get(name)
-        if not wrong:
+        wrong = [text(w, field="perturbed_names", source=r.source) for w in r.get("perturbed_names") or []]
+        perturbed = bool(wrong)
+        if not perturbed:
             others = sorted({p for p in pool if p != name}, key=lambda p: stable_int(seed, f"{config}/{n}", p))
             wrong = others[:N_DISTRACTORS]
         options, correct = with_true_answer(name, wrong, seed=seed, uid=uid)
-        meta = {"type": "Image_Textual", "row": r.index, "distractors": "perturbed" if name in perturbed else "names"}
+        meta = {"type": "Image_Textual", "row": r.index, "distractors": "perturbed" if perturbed else "names"}
         out.append(Example(uid=uid, entity=name, question=NAME_QUESTION, answer=name, task="mcq", image=image,
                            options=options, correct=correct, source=r.source, meta=meta))
     return out
@@ -227,7 +217,7 @@ def _name_questions(
     other people's names.
     """
     if not reader.source.has(perturbed_config):
-        return _name_items(reader, config, rows, names, {}, pool), config
+        return _name_items(reader, config, rows, names, pool), config
     side = set(people)
     named = [(r, text(r.get("name"), field="name", source=r.source))
              for r in reader.get(perturbed_config, PERTURBED_COLUMNS, PERTURBED_OPTIONAL)]
@@ -236,7 +226,7 @@ def _name_questions(
         raise DataError(f"CLEAR config {perturbed_config!r} in {reader.source.location} holds none of {config!r}'s "
                         "people: it cannot score their name question")
     return _name_items(reader, perturbed_config, [r for r, _ in scored], [name for _, name in scored],
-                       reader.perturbed_names(perturbed_config), pool), perturbed_config
+                       pool), perturbed_config
 
 
 def _training_pair(item: Example, uid: str) -> Example:
