@@ -438,3 +438,12 @@ def test_the_known_peoples_text_questions_are_scored_beside_their_photos(roots: 
         assert 0.0 <= text_known["mcq"] <= 1.0 and "ci95" in text_known
         assert list(run["metrics"]).index("text_known") > list(run["metrics"]).index("known")
     assert "text_known" not in RETENTION_GROUPS
+
+
+@pytest.mark.parametrize(("kind", "requests"), [("clear", "forget01,forget05"), ("umu", "forget_5,forget_10")])
+def test_continual_requests_on_a_benchmark_without_request_splits_are_one_line(
+        kind: str, requests: str, roots: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = one_line_error(["unlearn", "--method", "graddiff", "--model", str(tmp_path / "m"), "--data",
+                          str(roots[kind]), "--requests", requests, "--out", str(tmp_path / "o")], capsys)
+    assert f"continual requests (--requests) leave every request's people out of the retained ones, and {kind}" in err
+    assert not (tmp_path / "o").exists()
