@@ -455,3 +455,14 @@ def test_a_key_the_method_does_not_read_is_refused(method: str, key: str) -> Non
 ])
 def test_a_key_the_method_reads_is_taken(method: str, key: str, value: object) -> None:
     assert resolved(method, [f"{key}={value}"])[key] == value
+
+
+def test_a_folder_named_like_a_shipped_config_does_not_hide_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A download kept as ./mllmu shares its name with the finetune recipe for it: the recipe is read."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mllmu").mkdir()
+    assert read_config_file("mllmu", "finetune") == read_config_file(config_module.SHIPPED / "finetune" / "mllmu.yaml",
+                                                                     "finetune")
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(ConfigError, match="config 'mine' is neither a file nor a shipped finetune config"):
+        read_config_file("mine", "finetune")

@@ -146,7 +146,7 @@ def _locate(source: str | Path, kind: str, beside: Path | None = None) -> Path:
     path = Path(source)
     if beside is not None and not path.is_absolute():
         path = beside.parent / path
-    if path.exists():
+    if path.is_file():  # a folder of the same name (a download called `mllmu`) is not a config
         return path
     shipped = SHIPPED / kind / f"{source}.yaml"
     if shipped.exists():
