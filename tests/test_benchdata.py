@@ -18,8 +18,9 @@ from safetensors.torch import load_file
 
 from unsee import api
 from unsee.cli import main
-from unsee.data.detect import data_fingerprint
+from unsee.data.detect import benchmark_of, data_fingerprint
 from unsee.data.ftsets import finetune_examples, without_forget
+from unsee.errors import DataError
 from unsee.eval.metrics import RETENTION_GROUPS
 from unsee.eval.results import new_results, validate_results
 
@@ -447,3 +448,16 @@ def test_continual_requests_on_a_benchmark_without_request_splits_are_one_line(
                           str(roots[kind]), "--requests", requests, "--out", str(tmp_path / "o")], capsys)
     assert f"continual requests (--requests) leave every request's people out of the retained ones, and {kind}" in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("kind", "split"), [("mllmu", "ft_Data"), ("clear", "full+tofu")])
+def test_a_download_of_the_fine_tune_split_alone_is_that_benchmark(kind: str, split: str, roots: dict[str, Path],
+                                                                    tmp_path: Path) -> None:
+    """`unsee finetune` reads the fine-tune split alone, and the error that names it says to download just that:
+    naming the benchmark must accept such a folder, as detection does, and still refuse another kind."""
+    only = tmp_path / kind
+    shutil.copytree(roots[kind] / split, only / split)
+    assert benchmark_of(only) == benchmark_of(only, kind) == kind
+    other = "umu" if kind == "clear" else "clear"
+    with pytest.raises(DataError, match=f"--benchmark {other}: .* is not"):
+        benchmark_of(only, other)

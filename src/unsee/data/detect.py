@@ -38,12 +38,15 @@ MARKERS: dict[str, tuple[str, ...]] = {
     "umu": ("Classify", "Cloze", "Generation"),
     "clear": ("caption",),
 }
-# Per benchmark: the configs whose presence and columns make the layout usable, as
-# (alternatives, required columns). The first alternative present is checked.
+# Per benchmark: the configs whose presence and columns make the layout usable, as alternatives of
+# (configs, required columns); the first config present is checked. The last alternative is the
+# fine-tune split alone, which is all `unsee finetune` reads (where it is not an evaluation config).
 REQUIRED: dict[str, tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]] = {
-    "mllmu": ((("forget_10", "forget_5", "forget_15", "Full_Set"), ("image", "ID", *MARKERS["mllmu"])),),
+    "mllmu": ((("forget_10", "forget_5", "forget_15", "Full_Set"), ("image", "ID", *MARKERS["mllmu"])),
+              (("ft_Data",), ("image", "metadata"))),
     "umu": ((("forget_10", "forget_5", "forget_15", "Full_Set"), ("ID", "image", *MARKERS["umu"])),),
-    "clear": ((("forget05", "forget01", "forget10", "data", "full"), ("image", "caption")),),
+    "clear": ((("forget05", "forget01", "forget10", "data", "full"), ("image", "caption")),
+              (("full+tofu",), ("image", "caption"))),
 }
 REQUIRED["builtin"] = REQUIRED["mllmu"]
 
@@ -259,16 +262,17 @@ def check_layout(kind: str, root: str | Path) -> None:
     if kind == "builtin" and not (root / "world.json").is_file():
         raise DataError(f"--benchmark builtin: {root} has no world.json, so it is not a world written by unsee world")
     configs = set(config_names(root))
-    for alternatives, needed in REQUIRED[kind]:
-        present = next((c for c in alternatives if c in configs), None)
-        if present is None:
-            raise DataError(f"--benchmark {kind}: {root} is not {name}: it has none of the configs "
-                            f"{list(alternatives)} (it has {sorted(configs) or 'no config folders'})")
-        have = columns(root, present)
-        missing = [c for c in needed if c not in have]
-        if missing:
-            raise DataError(f"--benchmark {kind}: {root} is not {name}: config {present!r} lacks the columns "
-                            f"{missing} (it has {have})")
+    found = next(((c, needed) for alternatives, needed in REQUIRED[kind] for c in alternatives if c in configs), None)
+    if found is None:
+        wanted = [c for alternatives, _ in REQUIRED[kind] for c in alternatives]
+        raise DataError(f"--benchmark {kind}: {root} is not {name}: it has none of the configs "
+                        f"{wanted} (it has {sorted(configs) or 'no config folders'})")
+    present, needed = found
+    have = columns(root, present)
+    missing = [c for c in needed if c not in have]
+    if missing:
+        raise DataError(f"--benchmark {kind}: {root} is not {name}: config {present!r} lacks the columns "
+                        f"{missing} (it has {have})")
 
 
 def benchmark_of(root: str | Path, benchmark: str | None = None) -> str:
