@@ -33,6 +33,7 @@ from unsee.engine.trainer import unique_images
 from unsee.errors import ConfigError, DataError
 from unsee.eval.results import load_results, load_samples, new_results, validate_results
 from unsee.forget import hashed, names_needed_by
+from unsee.io import OWNED
 from unsee.report.card import card_source
 from unsee.resume import partial_dir
 
@@ -106,6 +107,21 @@ def test_json_requests_read_the_same(tmp_path: Path) -> None:
     body = _good(tmp_path)
     (tmp_path / "r.json").write_text(json.dumps(body))
     assert [p.name for p in load_request(tmp_path / "r.json").retain] == ["Retained 0", "Retained 1", "Retained 2"]
+
+
+def test_a_request_file_without_its_suffix_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every other command tells a request from a benchmark by its suffix, the guard of its photos as inputs
+    among them: read here without one, its photo folders could be an --overwrite output."""
+    path = tmp_path / "request.txt"
+    path.write_text(yaml.safe_dump(_good(tmp_path), sort_keys=False))
+    with pytest.raises(DataError, match=r"request\.txt must be named \.yaml, \.yml or \.json"):
+        load_request(path)
+    (tmp_path / "a" / OWNED).write_text("")  # the photos in a folder unsee wrote (unsee world's request/, say)
+    assert main(["forget", "--model", str(tmp_path / "m"), "--request", str(path), "--out", str(tmp_path / "a"),
+                 "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "must be named .yaml" in err
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [OWNED, "0.png", "1.png"]
 
 
 def test_a_key_given_twice_is_refused_not_read_as_its_last(tmp_path: Path) -> None:

@@ -222,6 +222,10 @@ def load_request(path: str | Path, *, names_needed_by: str | None = None) -> Req
     the language model trains). Nothing is written and no model is touched.
     """
     path = Path(path)
+    if path.suffix.lower() not in SUFFIXES and path.is_file():
+        # every other command tells a request from a benchmark by its suffix: one without would be read as a
+        # request here and as something else there (its photos unguarded as inputs, say)
+        raise DataError(f"request file {path} must be named .yaml, .yml or .json")
     try:
         raw = read_yaml(path.read_text(encoding="utf-8"), f"cannot read request file {path}")  # JSON too
     except FileNotFoundError as e:
