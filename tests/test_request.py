@@ -322,7 +322,7 @@ def test_requests_in_order_are_a_continual_run(model_dir: Path, example: Path, t
     assert not (tmp_path / "bad").exists()
     out = api.forget(model_dir, None, tmp_path / "out", requests=files, overrides=FAST, audit=False, max_gen_items=1)
     runs = load_results(out / "results.json")["runs"]
-    assert [r["request"] for r in runs] == [1, 1, 2]
+    assert [r["request"] for r in runs] == [2, 1, 2]  # vanilla: measured on the last request's groups
     vanilla, one, two = runs
     # every request's forget group so far, the current one included; the vanilla run has them all, and
     # its own forget group is the last request's: the final run is read against the same people
@@ -333,7 +333,18 @@ def test_requests_in_order_are_a_continual_run(model_dir: Path, example: Path, t
         assert run["metrics"]["forget"]["mcq"] == run["metrics"]["forget_r2"]["mcq"]
     assert vanilla["evaluation"] is not None and vanilla["protocol"] == two["protocol"]
     assert {r["method"] for r in load_samples(out / "results.json")} == {"vanilla", "cvf_ncu"}
-    assert "No `vanilla` run in this setting" not in (out / "report.md").read_text()  # read against it
+    report = (out / "report.md").read_text()
+    assert "No `vanilla` run in this setting" not in report  # read against it
+    # request 1's forget, forget_test and retain are other people and photos than vanilla's: no change is
+    # shown against them, and no score; its forget_r1 is the same items, and is
+    header = next(line for line in report.splitlines() if line.startswith("| method | request |"))
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): [c.strip() for c in line.strip("|").split("|")]
+            for line in report.splitlines() if line.startswith("| cvf_ncu |")}
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    row1, row2 = rows[("cvf_ncu", "1")], rows[("cvf_ncu", "2")]
+    assert "(" not in row1[cols.index("forget")] and "(" in row1[cols.index("forget_r1")]
+    assert row1[cols.index("score")] == "\u2014" != row2[cols.index("score")]
+    assert "(" in row2[cols.index("forget")] and "(" in row2[cols.index("retain")]
     card = (out / "model" / "README.md").read_text()
     forgotten = [yaml.safe_load(example.read_text())["forget"][0]["name"], first["name"]]
     assert all(n in card for n in forgotten)

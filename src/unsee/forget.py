@@ -174,7 +174,7 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
     name, base_hash = model_name(model), adapter.fingerprint()
     measured = suites[-1]  # the suite the final run is measured on; every request's forget group beside it
     vanilla = make_run("vanilla", evaluation(adapter, measured, **eval_kw), model=name, suite=measured, forget=label,
-                       seed=seed)
+                       seed=seed, request=len(suites))
     if len(suites) > 1:
         add_requests(vanilla, adapter, suites, **eval_kw)
     shown = _shown_items(suites, retained_shown, seed)

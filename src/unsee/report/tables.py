@@ -89,6 +89,21 @@ def vanilla_for(runs: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     return next((r for r in runs if r["method"] == "vanilla"), None)
 
 
+def baseline_for(run: Mapping[str, Any], vanilla: Mapping[str, Any] | None,
+                 group: str | None = None) -> Mapping[str, Any] | None:
+    """``vanilla`` where its figures (of ``group``, or all of them) were taken on the run's items, else None.
+
+    The requests of one ``unsee forget --requests`` share a setting, and its vanilla run is measured on
+    the last request's people (its ``request``): an earlier request's run is read against it on the
+    ``forget_rN`` groups alone, which both measured on the same items.
+    """
+    if vanilla is None or run is vanilla:
+        return None
+    if vanilla["request"] in (1, run["request"]) or (group is not None and _is_request_group(group)):
+        return vanilla
+    return None
+
+
 def ordered_groups(runs: Iterable[Mapping[str, Any]]) -> list[str]:
     """Metric groups in docs/results-format.md order, then continual ``forget_rN`` by N, then the rest by name."""
     present = {g for r in runs for g in r["metrics"]}
@@ -142,8 +157,9 @@ def score_of(
 ) -> dict[str, Any] | None:
     """The unlearning score, or None where it cannot be judged (no baseline, no forget figure,
     the baseline itself). Chance is 0.25 for four-option MCQ and 0 for ROUGE-L or cloze."""
-    if vanilla is None or run is vanilla or run["method"] == "vanilla":
+    if baseline_for(run, vanilla) is None or run["method"] == "vanilla":
         return None
+    assert vanilla is not None
     try:
         return unlearning_score(
             vanilla["metrics"], run["metrics"], chance=CHANCE if key == "mcq" else 0.0, key=key
@@ -189,7 +205,7 @@ def _setting_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     for run in sorted(runs, key=lambda r: (r["method"] != "vanilla", r["request"])):
         cells = [str(run["method"]), str(run["request"])]
         for g in groups:
-            base = None if run is vanilla else figure(vanilla, g, keys[g])
+            base = figure(baseline, g, keys[g]) if (baseline := baseline_for(run, vanilla, g)) else None
             cells.append(fmt_delta(figure(run, g, keys[g]), base) + _interval(run["metrics"].get(g, {}), g, keys[g]))
         score = score_of(run, vanilla, key=keys.get("forget") or "mcq")
         cells.append(DASH if score is None or score["score"] is None else f"{score['score']:.2f}")
