@@ -124,6 +124,18 @@ def test_a_request_file_without_its_suffix_is_refused(tmp_path: Path, capsys: py
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [OWNED, "0.png", "1.png"]
 
 
+def test_one_id_for_two_people_across_requests_is_refused(tmp_path: Path) -> None:
+    """Results, the evidence page and the card know a person by the id: two requests made from one template
+    would put one person's name on the other's photos."""
+    first = _good(tmp_path)
+    first["forget"][0]["id"] = "subject"
+    second = {**first, "forget": [{**first["forget"][0], "name": "Bo Other", "qa": []}]}
+    files = [_write(tmp_path / "one.yaml", first), _write(tmp_path / "two.yaml", second)]
+    with pytest.raises(RequestError, match=r"has the id 'subject', which .*one\.yaml gives 'Ann Example'"):
+        api.forget(tmp_path / "no-model", None, tmp_path / "out", requests=files, audit=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_key_given_twice_is_refused_not_read_as_its_last(tmp_path: Path) -> None:
     """A second ``forget:`` would silently replace the first: the people it names would be kept."""
     _good(tmp_path)

@@ -311,11 +311,16 @@ def check_sequence(requests: Sequence[Request]) -> None:
     """A continual run: no later request may retain (or forget again) someone an earlier one forgot."""
     problems = []
     gone: dict[str, str] = {}
+    ids: dict[str, tuple[str, str]] = {}  # id -> (name, file): results and evidence know a person by the id
     for req in requests:
         for p in req.people():
             for n in p.names:
                 if n.casefold() in gone:
                     problems.append(f"{req.path}: {p.where} was already forgotten by {gone[n.casefold()]}")
+            name, first = ids.setdefault(p.id, (p.name, str(req.path)))
+            if name.casefold() != p.name.casefold():
+                problems.append(f"{req.path}: {p.where} has the id {p.id!r}, which {first} gives {name!r}; "
+                                "give each person an id of their own")
         for p in req.forget:
             gone.update({n.casefold(): str(req.path) for n in p.names})
     if problems:
