@@ -303,6 +303,21 @@ def test_model_card_opens_with_what_the_audits_found() -> None:
     assert "still recognised" in first
 
 
+def test_the_verdict_reads_the_figure_after_and_the_held_out_photos() -> None:
+    """People the model did not recognise before, read at twice chance after, are recognised; and photos no
+    method trained on are judged beside the training photos."""
+    unknown = run("vanilla", {**dict.fromkeys(GROUPS, 0.95), "forget": 0.25})
+    learned = run("ga", {**dict.fromkeys(GROUPS, 0.9), "forget": 0.5})
+    line = verdict(learned, unknown, {})
+    assert "are still recognised (forget mcq 0.25 \u2192 0.50" in line and "were not before" not in line
+    assert "not recognised, and were not before" in verdict(run("ga", {**dict.fromkeys(GROUPS, 0.9),
+                                                                      "forget": 0.27}), unknown, {})
+    held = run("ga", {**dict.fromkeys(GROUPS, 0.9), "forget": 0.25, "forget_test": 0.95})
+    line = verdict(held, VANILLA, {})
+    assert "are no longer recognised (forget mcq 0.95 \u2192 0.25" in line
+    assert "; on held-out photos they are still recognised (forget_test mcq 0.95 \u2192 0.95" in line
+
+
 def test_a_continual_verdict_reads_every_request() -> None:
     """The last request forgotten is not enough: an earlier request whose people came back shows."""
     groups = (*GROUPS, "forget_r1", "forget_r2")

@@ -118,13 +118,14 @@ def _recognition(group: str, run: Mapping[str, Any], vanilla: Mapping[str, Any] 
         return "unknown", f"{group} {key} {after:.2f} (no measurement before unlearning to compare with)"
     chance = CHANCE if key == "mcq" else 0.0
     state = "still recognised" if after - chance > 0.5 * (before - chance) else "no longer recognised"
-    if before - chance < NOT_KNOWN:
+    if before - chance < NOT_KNOWN and after - chance < NOT_KNOWN:  # a figure above chance after is recognition
         state = "not recognised, and were not before unlearning either"
     return state, f"{group} {key} {before:.2f} \u2192 {after:.2f}, chance {chance:.2f}"
 
 
 def verdict(run: Mapping[str, Any], vanilla: Mapping[str, Any] | None, audits: Mapping[str, Any] | None) -> str:
-    """One line: whether the forget people are still recognised, and whether the audits bring them back.
+    """One line: whether the forget people are still recognised, on the photos unlearning read and on
+    held-out ones, and whether the audits bring them back.
 
     A continual run is read request by request (``forget_r1``, ``forget_r2``, ...): one request
     whose people come back is enough to say they are still recognised."""
@@ -141,6 +142,10 @@ def verdict(run: Mapping[str, Any], vanilla: Mapping[str, Any] | None, audits: M
         if len(found) > 1 and state == "still recognised":
             state += f" ({states.count(state)} of {len(found)} requests)"
         head = f"the forget people are {state} ({figures})"
+    on_held, held_figures = _recognition("forget_test", run, vanilla)  # the photos no method trained on
+    if held_figures:
+        head += f"; on held-out photos {held_figures}" if on_held == "unknown" else \
+            f"; on held-out photos they are {on_held} ({held_figures})"
     if not audits:
         return f"**Verdict:** {head}; no audits were run, so whether they can be brought back is untested."
     back, held = [], []
