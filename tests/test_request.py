@@ -182,6 +182,11 @@ def _problems(path: Path, **kw: object) -> list[str]:
     (lambda b, t: b.update(retain=b["retain"][:2]), rf"too few retained photos: 8; at least {MIN_RETAIN_PHOTOS}"),
     (lambda b, t: b.update(forget=[]), r"the forget list is empty"),
     (lambda b, t: b["forget"][0].update(held_out="a/1.png"), r"held-out photo .*a/1\.png .* same file as training"),
+    (lambda b, t: b["retain"][0].update(held_out="held/a.png"),
+     r"held-out photo .*held/a\.png \(retain\[0\].*same image as .*held out for forget\[0\]"),
+    # one image listed three times (a file, the same through another path, and a copy) is one photo
+    (lambda b, t: b["retain"][2].update(photos=["r2/0.png", "r2/../r2/0.png", str(_copy(t / "r2" / "0.png"))]),
+     rf"too few retained photos: 9; at least {MIN_RETAIN_PHOTOS}"),
     (lambda b, t: b["forget"][0].update(nickname="x"), r"unknown key 'nickname' at forget\[0\]"),
     (lambda b, t: b.update(extra=1), r"unknown key 'extra' at the top level"),
 ])
@@ -190,6 +195,11 @@ def test_each_problem_is_named(tmp_path: Path, change, expected: str) -> None:  
     change(body, tmp_path)
     problems = _problems(_write(tmp_path / "r.yaml", body))
     assert any(re.search(expected, p) for p in problems), problems
+
+
+def _copy(photo: Path) -> Path:
+    shutil.copy(photo, photo.with_name("copy.png"))
+    return photo.with_name("copy.png")
 
 
 def _float_tiff(tmp: Path) -> Path:

@@ -203,12 +203,21 @@ def _names(raw: Any) -> tuple[str, ...]:
     return ()
 
 
+def _distinct(photos: list[Photo]) -> list[Photo]:
+    first: dict[str, Photo] = {}
+    for ph in photos:
+        first.setdefault(ph.digest, ph)
+    return list(first.values())
+
+
 def _person(raw: Any, role: str, i: int, reader: _Reader) -> RequestPerson:
     raw = raw if isinstance(raw, dict) else {}
     names = _names(raw.get("name"))
     person = RequestPerson(role, i, names, str(raw.get("id") or (names[0] if names else f"{role}{i}")), [], [], [])
-    person.photos = reader.photos(raw.get("photos"), f"{person.where}.photos")
-    person.held_out = reader.photos(raw.get("held_out", []), f"{person.where}.held_out")
+    # one image listed twice (a folder and a file in it, say) is one photo: it neither counts twice towards
+    # the retained minimum nor is asked twice
+    person.photos = _distinct(reader.photos(raw.get("photos"), f"{person.where}.photos"))
+    person.held_out = _distinct(reader.photos(raw.get("held_out", []), f"{person.where}.held_out"))
     qa = raw.get("qa") if isinstance(raw.get("qa"), list) else []
     person.qa = [q for q in qa if isinstance(q, dict) and isinstance(q.get("question"), str)
                  and isinstance(q.get("answer"), str)]
@@ -289,12 +298,17 @@ def request_problems(req: Request, *, names_needed_by: str | None = None, forget
             first = owner.setdefault(ph.digest, (who, ph.path))
             if first[0] != who:
                 problems.append(f"photo {ph.path} ({who}) is the same image as {first[1]} ({first[0]})")
+    held: dict[str, tuple[str, Path]] = {}
     for p in req.people():
         for ph in p.held_out:
             if ph.digest in owner:
                 who, src = owner[ph.digest]
                 problems.append(f"held-out photo {ph.path} of {p.where} is the same file as training photo {src} "
                                 f"({who}): it would not test anything")
+            first = held.setdefault(ph.digest, (p.where, ph.path))
+            if first[0] != p.where:
+                problems.append(f"held-out photo {ph.path} ({p.where}) is the same image as {first[1]}, held out "
+                                f"for {first[0]}")
     names = {n.casefold() for p in req.people() for n in p.names[:1]} | {n.casefold() for n in req.distractors}
     if req.forget and len(names) < 2:
         problems.append("the who-is-this questions need at least two names: add named retained people or "
