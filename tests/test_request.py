@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import re
@@ -297,6 +298,42 @@ def test_evidence_page_labels_each_photo(forgotten: Path) -> None:
     assert page.count('class="tag forget"') == 1  # the one forget person's one held-out photo
     assert page.count('class="tag retain"') == 4
     assert len(list((forgotten / "evidence").glob("0*.png"))) == 5
+    # each row shows its own photo: the file its image names holds the pixels of the photo its title names
+    rows = re.findall(r'<img class="photo" src="(evidence/\d+\.png)" alt="[^"]*" title="([^"]*)">', page)
+    assert len(rows) == 5 and len({src for src, _ in rows}) == 5
+    for src, photo in rows:
+        shown = np.asarray(Image.open(forgotten / src).convert("RGB"))
+        assert np.array_equal(shown, np.asarray(Image.open(html.unescape(photo)).convert("RGB"))), (src, photo)
+
+
+def test_the_evidence_says_which_photos_unlearning_read_and_names_whole_words() -> None:
+    """Without held-out photos, the photos shown are the training photos, and they say so; an alias is a name
+    only as a whole word."""
+    from unsee.report.evidence import Shown
+
+    ed = Shown(role="forget", name="Ed Marsh", question="q", photo=b"", source="s", before="", after="",
+               aliases=("Ed Marsh", "Ed"))
+    assert not ed.names_them("the person has red hair") and not ed.names_them("Edward")
+    assert ed.names_them("This is ed.") and ed.names_them("ED MARSH, surely")
+
+
+def test_training_photos_shown_for_want_of_held_out_ones_are_labelled_so(forgotten: Path, tmp_path: Path) -> None:
+    from unsee.report.evidence import Shown, write_evidence
+
+    results = load_results(forgotten / "results.json")
+    vanilla, run = results["runs"]
+    photo = (forgotten / "evidence" / "000.png").read_bytes()
+    shown = [Shown(role="forget", name="Ed", question="q", photo=photo, source="a.png", before="Ed", after="no",
+                   held_out=False),
+             Shown(role="retain", name="Jo", question="q", photo=photo, source="b.png", before="Jo", after="Jo")]
+    write_evidence(tmp_path, shown=shown, results=results, run=run, vanilla=vanilla,
+                   request={"files": ["r.yaml"], "names": ["Ed"]}, cost={"total_wall_s": 1.0})
+    page = (tmp_path / "evidence.html").read_text()
+    assert "every held-out photo (0)" in page and "No held-out photos were given." in page
+    assert "the photos unlearning trained on (1)" in page
+    report = (tmp_path / "report.md").read_text()
+    assert "named in the free answer: 0 of 0 before" in report
+    assert "given no held-out photo, named in the free answer: 1 of 1 before, 0 of 1 after" in report
 
 
 def _chromium() -> str | None:

@@ -222,7 +222,7 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
         who = {k: v for s in suites for k, v in s.info["names"].items()}
         cards = [Shown(role=str(e.meta.get("role", "forget")), name=who.get(e.entity, e.entity), question=e.question,
                        photo=e.image or b"", source=e.source, before=b, after=a,
-                       aliases=tuple(e.meta.get("aliases", ())))
+                       aliases=tuple(e.meta.get("aliases", ())), held_out=e.meta.get("split") != "train")
                  for e, b, a in zip(shown, before, after, strict=True)]
         cost = {"total_wall_s": time.perf_counter() - start, "unlearning": final["cost"]}
         write_evidence(tmp, shown=cards, results=results, run=final, vanilla=vanilla,

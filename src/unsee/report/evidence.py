@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import io
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,9 +53,12 @@ class Shown:
     before: str
     after: str
     aliases: tuple[str, ...] = ()
+    held_out: bool = True  # False: a photo unlearning read (a person given no held-out photo)
 
     def names_them(self, answer: str) -> bool:
-        return any(a.lower() in answer.lower() for a in (self.aliases or (self.name,)) if a)
+        """A name, as a whole word: "Ed" is not named by "red hair", nor "Ian" by "Brian"."""
+        return any(re.search(rf"(?<!\w){re.escape(a)}(?!\w)", answer, re.IGNORECASE)
+                   for a in (self.aliases or (self.name,)) if a)
 
 
 def _png(data: bytes) -> bytes:
@@ -74,10 +78,11 @@ def _num(x: Any) -> str:
     return f"{x:.3f}" if isinstance(x, float) else _e(x)
 
 
-def _photo_rows(shown: Sequence[Shown], folder: str) -> list[str]:
+def _photo_rows(shown: Sequence[tuple[int, Shown]], folder: str) -> list[str]:
+    """Table rows of some of the page's photos, each with its index among all of them (its file's name)."""
     rows = ["<table><tr><th>photo</th><th>role</th><th>person</th><th>question</th><th>before</th>"
             "<th>after</th><th>named after?</th></tr>"]
-    for i, s in enumerate(shown):
+    for i, s in shown:
         named = s.names_them(s.after)
         rows.append(
             f'<tr><td><img class="photo" src="{folder}/{i:03d}.png" alt="{_e(s.role)} photo {i}" '
@@ -167,8 +172,9 @@ def write_evidence(out: Path, *, shown: Sequence[Shown], results: Mapping[str, A
     audits = run.get("attacks") or {}
     line = verdict(run, vanilla, audits).replace("**Verdict:**", "").strip()
     people = ", ".join(request["names"])
-    forget = [s for s in shown if s.role == "forget"]
-    retain = [s for s in shown if s.role == "retain"]
+    held = [(i, s) for i, s in enumerate(shown) if s.role == "forget" and s.held_out]
+    seen = [(i, s) for i, s in enumerate(shown) if s.role == "forget" and not s.held_out]
+    retain = [(i, s) for i, s in enumerate(shown) if s.role == "retain"]
     page = [
         "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>unsee: removal request {_e(', '.join(request['files']))}</title>",
@@ -178,8 +184,12 @@ def write_evidence(out: Path, *, shown: Sequence[Shown], results: Mapping[str, A
         f"<p>Request {_e(', '.join(request['files']))}; method <code>{_e(run['method'])}</code>, seed "
         f"{_e(run['seed'])}. The answers are the model's free replies to the question, before and after "
         "unlearning.</p>",
-        f"<h2>People to forget: every held-out photo ({len(forget)})</h2>",
-        *(_photo_rows(forget, folder) if forget else ["<p>No held-out photos were given.</p>"]),
+        f"<h2>People to forget: every held-out photo ({len(held)})</h2>",
+        *(_photo_rows(held, folder) if held else ["<p>No held-out photos were given.</p>"]),
+        *([f"<h2>People to forget without held-out photos: the photos unlearning trained on ({len(seen)})</h2>",
+           "<p>These say how well the method fit its own training photos, not whether it reaches other photos "
+           "of the person: give <code>held_out</code> photos for that.</p>", *_photo_rows(seen, folder)]
+          if seen else []),
         f"<h2>Retained people: a sample ({len(retain)})</h2>",
         *(_photo_rows(retain, folder) if retain else ["<p>No named retained people.</p>"]),
         "<h2>Figures</h2>",
@@ -206,9 +216,10 @@ def write_evidence(out: Path, *, shown: Sequence[Shown], results: Mapping[str, A
 
 def _write_report(out: Path, *, shown: Sequence[Shown], results: Mapping[str, Any], run: Mapping[str, Any],
                   vanilla: Mapping[str, Any] | None, request: Mapping[str, Any], cost: Mapping[str, Any]) -> None:
-    forget = [s for s in shown if s.role == "forget"]
+    forget = [s for s in shown if s.role == "forget" and s.held_out]
     named = sum(s.names_them(s.after) for s in forget)
     named_before = sum(s.names_them(s.before) for s in forget)
+    seen = [s for s in shown if s.role == "forget" and not s.held_out]
     kept = [s for s in shown if s.role == "retain"]
     lines = [
         f"# Removal request: {', '.join(request['names'])}",
@@ -218,6 +229,10 @@ def _write_report(out: Path, *, shown: Sequence[Shown], results: Mapping[str, An
         f"- Request: {', '.join(f'`{f}`' for f in request['files'])}; method `{run['method']}`, seed {run['seed']}.",
         f"- Held-out photos of the forget people named in the free answer: {named_before} of {len(forget)} "
         f"before, {named} of {len(forget)} after.",
+        *([f"- Training photos of the forget people given no held-out photo, named in the free answer: "
+           f"{sum(s.names_them(s.before) for s in seen)} of {len(seen)} before, "
+           f"{sum(s.names_them(s.after) for s in seen)} of {len(seen)} after (photos unlearning read)."]
+          if seen else []),
         f"- Retained people's photos shown, named after: {sum(s.names_them(s.after) for s in kept)} of {len(kept)}.",
         f"- Cost: unlearning {float(run['cost']['wall_s']):.1f} s, the whole command "
         f"{float(cost['total_wall_s']):.1f} s; peak memory {run['cost']['peak_rss_bytes'] / MIB:,.0f} MiB.",
