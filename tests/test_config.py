@@ -303,6 +303,10 @@ def test_a_mapping_given_to_the_api_extends_as_a_file_does(tmp_path: Path) -> No
     assert (cfg.lr, cfg.steps, cfg.tag) == (0.5, 4, "t")
     with pytest.raises(ConfigError, match="extends names one config"):
         load_config(Recipe, {"extends": ["a", "b"]})
+    # a method's config, split between the engine's options and the method's, reads it the same way
+    tcfg, mcfg, _ = api.method_configs("graddiff", {"extends": "graddiff", "max_steps": 1}, ["lr=0.25"])
+    shipped, _, _ = api.method_configs("graddiff", None, [])
+    assert (tcfg.max_steps, tcfg.lr, tcfg.epochs) == (1, 0.25, shipped.epochs)
 
 
 def test_a_key_set_whole_replaces_the_parents_dotted_keys(tmp_path: Path) -> None:

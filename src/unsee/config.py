@@ -384,19 +384,27 @@ def load_config(
     kind: str | None = None,
 ) -> T:
     """File (or shipped name, or mapping), then overrides, then type checks and ``validate()``."""
-    if source is None:
-        values: dict[str, Any] = {}
-    elif isinstance(source, Mapping):  # the API's config: it may extend a file or a shipped name as a file does
-        values = dict(source)
-        if EXTENDS in values:
-            parent = values.pop(EXTENDS)
-            if not isinstance(parent, str) or not parent.strip():
-                raise ConfigError(f"extends names one config (a shipped name or a file), got {show(parent)}")
-            values = _inherit(read_config_file(parent.strip(), kind or cls.__name__.lower()), values)
-    else:
-        values = read_config_file(source, kind or cls.__name__.lower())
+    values = config_values(source, kind or cls.__name__.lower())
     extra = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
     return build(cls, _merge(values, extra))
+
+
+def config_values(source: str | Path | Mapping[str, Any] | None, kind: str) -> dict[str, Any]:
+    """The keys of a config file, shipped name or mapping, with whatever it ``extends`` beneath them.
+
+    The API's mapping may extend a file or a shipped name as a file does (a path relative to the
+    working folder)."""
+    if source is None:
+        return {}
+    if not isinstance(source, Mapping):
+        return read_config_file(source, kind)
+    values = dict(source)
+    if EXTENDS not in values:
+        return values
+    parent = values.pop(EXTENDS)
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(f"extends names one config (a shipped name or a file), got {show(parent)}")
+    return _inherit(read_config_file(parent.strip(), kind), values)
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unsee.config import ConfigError, load_config, parse_overrides, read_config_file, to_dict
+from unsee.config import ConfigError, config_values, load_config, parse_overrides, to_dict
 from unsee.data import load_benchmark
 from unsee.data.collate import image_of, qa_turns
 from unsee.data.detect import benchmark_of, local_path, resolve
@@ -148,14 +148,8 @@ def method_configs(method: str, config: str | Path | Mapping[str, Any] | None,
 
     cls = method_class(method)
     mcls = cls.Config
-    values: dict[str, Any] = {}
     shipped = Path(__file__).parent / "configs" / "unlearn" / f"{method}.yaml"
-    if config is None and shipped.exists():
-        values = read_config_file(shipped, "unlearn")
-    elif isinstance(config, Mapping):
-        values = dict(config)
-    elif config is not None:
-        values = read_config_file(config, "unlearn")
+    values = config_values(shipped if config is None and shipped.exists() else config, "unlearn")
     values.update(dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides))
     tkeys = {f.name for f in dataclasses.fields(TrainConfig)}
     mkeys = {f.name for f in dataclasses.fields(mcls)}
