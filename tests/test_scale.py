@@ -249,6 +249,9 @@ def test_fp16_weights_are_evaluated_but_never_trained(model_dir: Path, world: Pa
     for method, audit, who in (("cvf_ncu", False, "cvf_ncu"), ("eraser", True, "the relearning audit")):
         with pytest.raises(ConfigError, match=f"{who} cannot train fp16 weights"):
             api.unlearn(method, model_dir, world, tmp_path / method, dtype="fp16", audit=audit)
+    for kind in ("relearn", "all"):  # the relearning audit of a model already unlearned, too
+        with pytest.raises(ConfigError, match="the relearning audit cannot train fp16 weights"):
+            api.attack(kind, model_dir, world, tmp_path / "attacked.json", dtype="fp16")
     assert not list(tmp_path.iterdir())
     adapter = load_adapter(model_dir, dtype="fp16")
     before = {k: v.clone() for k, v in adapter.model.state_dict().items()}

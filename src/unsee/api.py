@@ -437,7 +437,7 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     kinds = list(ATTACKS) if kind == "all" else [kind]
     if any(k not in ATTACKS for k in kinds):
         raise ConfigError(f"unknown attack {kind!r}; choose from {', '.join(ATTACKS)} or all")
-    cfg = audit_config(overrides, seed)
+    cfg = audit_config(overrides, seed, dtype=dtype if "relearn" in kinds else None)  # before any model loads
     out = Path(out)
     if out.is_dir():  # an unlearn output directory
         out = out / "results.json"

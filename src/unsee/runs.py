@@ -314,9 +314,12 @@ def check_launch(method: str, config: Any = None, overrides: Any = (), *, dtype:
     _, mcfg, cls = method_configs(method, config, overrides)
     distributed.check_launch(cls(mcfg) if cls.trains_weights else None)
     if dtype == "fp16" and (cls.trains_weights or audit):
-        what = method if cls.trains_weights else "the relearning audit"
-        raise ConfigError(f"{what} cannot train fp16 weights (that would need loss scaling); load them with "
-                          "--dtype bf16 or fp32 (fp16 is for evaluation and the test-time eraser)")
+        refuse_fp16(method if cls.trains_weights else "the relearning audit")
+
+
+def refuse_fp16(what: str) -> None:
+    raise ConfigError(f"{what} cannot train fp16 weights (that would need loss scaling); load them with "
+                      "--dtype bf16 or fp32 (fp16 is for evaluation and the test-time eraser)")
 
 
 def check_room(out: str | Path, adapter: Adapter, method: str, copies: int = 1) -> None:

@@ -39,6 +39,7 @@ from unsee.runs import (
     load_suite,
     make_run,
     method_configs,
+    refuse_fp16,
     save_checkpoint,
     unlearn_adapter,
 )
@@ -216,9 +217,11 @@ def check_audit_options(audit: bool, overrides: Any = ()) -> None:
                           "leave out --no-audit (forget)")
 
 
-def audit_config(overrides: Any = (), seed: int = 0) -> AttackConfig:
-    """The audits' options, checked; a command that audits calls it before it trains, so that a
-    mistyped ``--audit-set`` costs nothing."""
+def audit_config(overrides: Any = (), seed: int = 0, *, dtype: str | None = None) -> AttackConfig:
+    """The audits' options, checked; a command that audits calls it before it trains (or loads a model), so
+    that a mistyped ``--audit-set`` costs nothing. ``dtype``: the weights' of a model the audits will train."""
+    if dtype == "fp16":
+        refuse_fp16("the relearning audit")
     values = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
     if "seed" in values:  # the command's seed also draws the items and is what results.json records
         raise ConfigError("the audits take their seed from the command's --seed (seed=), not from their options")
