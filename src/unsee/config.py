@@ -166,12 +166,20 @@ def _read_chain(path: Path, kind: str, chain: tuple[Path, ...]) -> dict[str, Any
     if len(chain) >= MAX_EXTENDS:
         raise ConfigError(f"config {path}: more than {MAX_EXTENDS} configs extend one another; a chain holds a few")
     data = _read_file(path)
-    if EXTENDS not in data:
+    parent = _pop_parent(data, f"config {path}: ")
+    if parent is None:
         return data
+    return _inherit(_read_chain(_locate(parent, kind, beside=path), kind, (*chain, here)), data)
+
+
+def _pop_parent(data: dict[str, Any], where: str) -> str | None:
+    """The config ``data`` extends, taken out of it; None where it extends none."""
+    if EXTENDS not in data:
+        return None
     parent = data.pop(EXTENDS)
     if not isinstance(parent, str) or not parent.strip():
-        raise ConfigError(f"config {path}: extends names one config (a shipped name or a file), got {show(parent)}")
-    return _inherit(_read_chain(_locate(parent.strip(), kind, beside=path), kind, (*chain, here)), data)
+        raise ConfigError(f"{where}extends names one config (a shipped name or a file), got {show(parent)}")
+    return parent.strip()
 
 
 def _inherit(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
@@ -399,12 +407,8 @@ def config_values(source: str | Path | Mapping[str, Any] | None, kind: str) -> d
     if not isinstance(source, Mapping):
         return read_config_file(source, kind)
     values = dict(source)
-    if EXTENDS not in values:
-        return values
-    parent = values.pop(EXTENDS)
-    if not isinstance(parent, str) or not parent.strip():
-        raise ConfigError(f"extends names one config (a shipped name or a file), got {show(parent)}")
-    return _inherit(read_config_file(parent.strip(), kind), values)
+    parent = _pop_parent(values, "")
+    return values if parent is None else _inherit(read_config_file(parent, kind), values)
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
