@@ -315,6 +315,8 @@ def test_the_evidence_says_which_photos_unlearning_read_and_names_whole_words() 
                aliases=("Ed Marsh", "Ed"))
     assert not ed.names_them("the person has red hair") and not ed.names_them("Edward")
     assert ed.names_them("This is ed.") and ed.names_them("ED MARSH, surely")
+    wei = Shown(role="forget", name="\u5f20\u4f1f", question="q", photo=b"", source="s", before="", after="")
+    assert wei.names_them("\u8fd9\u662f\u5f20\u4f1f\u3002")  # a script without spaces has no words to keep whole
 
 
 def test_training_photos_shown_for_want_of_held_out_ones_are_labelled_so(forgotten: Path, tmp_path: Path) -> None:

@@ -56,9 +56,13 @@ class Shown:
     held_out: bool = True  # False: a photo unlearning read (a person given no held-out photo)
 
     def names_them(self, answer: str) -> bool:
-        """A name, as a whole word: "Ed" is not named by "red hair", nor "Ian" by "Brian"."""
-        return any(re.search(rf"(?<!\w){re.escape(a)}(?!\w)", answer, re.IGNORECASE)
+        """A name, as a whole word: "Ed" is not named by "red hair", nor "Ian" by "Brian" (scripts written
+        without spaces, such as Chinese, have no words to keep whole)."""
+        return any(re.search(rf"(?<!{_LETTER}){re.escape(a)}(?!{_LETTER})", answer, re.IGNORECASE)
                    for a in (self.aliases or (self.name,)) if a)
+
+
+_LETTER = r"[^\W\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]"  # a word character of a script with spaces
 
 
 def _png(data: bytes) -> bytes:
