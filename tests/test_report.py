@@ -194,6 +194,11 @@ def test_continual_panel_follows_a_method_across_its_requests() -> None:
     assert [(title, [r["request"] for r in runs]) for title, runs in panels] == [("npo", [1, 2, 3])]
     # each request's targets once per run: forget and forget_rk of request k are the same items
     assert continual_values(continual_runs())["forget_r1"] == {1: [0.26], 2: [0.28], 3: [0.30]}
+    # the method at another config is another panel, labelled by what differs; its seeds share one
+    stronger = [{**r, "config": {**r["config"], "lr": 1.0}} for r in second_seed()]
+    panels = continual_panels(results(VANILLA, *continual_runs(), *second_seed(), *stronger))
+    assert [(title, len(runs)) for title, runs in panels] == [(f"npo [lr={continual_runs()[0]['config']['lr']}]", 6),
+                                                             ("npo [lr=1.0]", 3)]
 
 
 def test_write_report(tmp_path: Path) -> None:

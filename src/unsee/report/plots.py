@@ -175,15 +175,19 @@ def continual_panels(results: Mapping[str, Any]) -> list[tuple[str, list[Mapping
     Each request of a continual run has its own forget split, so the runs are gathered
     across splits: the panel follows the method from its first request to its last.
     """
-    panels: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    panels: dict[tuple[str, str, str, str], list[Mapping[str, Any]]] = {}
     for run in results["runs"]:  # a run on one forget split alone is no point of a sequence of requests
         if run["method"] != "vanilla" and any(g.startswith("forget_r") and g[8:].isdigit() for g in run["metrics"]):
             model, benchmark = setting_of(run)[:2]
-            panels.setdefault((model, benchmark, str(run["method"])), []).append(run)
+            # a method at another config is another line of runs: only seeds share a panel
+            panels.setdefault((model, benchmark, str(run["method"]), config_key(run)), []).append(run)
     continual = {k: v for k, v in panels.items() if any(int(r["request"]) > 1 for r in v)}
     several = len({k[:2] for k in continual}) > 1
-    return [(method if not several else f"{method} ({model}/{benchmark})", runs)
-            for (model, benchmark, method), runs in continual.items()]
+    first = {key: min(runs, key=lambda r: int(r["request"])) for key, runs in continual.items()}
+    variant = config_variants(list(first.values()))  # the keys that tell one method's panels apart
+    return [(method + (f" [{variant[id(first[key])]}]" if variant[id(first[key])] else "")
+             + (f" ({model}/{benchmark})" if several else ""), runs)
+            for key, runs in continual.items() for model, benchmark, method, _ in [key]]
 
 
 def plot_continual(results: Mapping[str, Any], path: str | Path) -> Path:
