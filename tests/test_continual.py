@@ -27,6 +27,7 @@ from unsee.engine.trainer import unique_images
 from unsee.errors import ConfigError, OutputExistsError, TrainingError
 from unsee.eval.results import load_results
 from unsee.models import load_adapter, model_fingerprint
+from unsee.report.tables import setting_of
 from unsee.resume import Progress, partial_dir
 
 STEPS = ["max_steps=4", "batch_size=4", "lr=3e-3", "progress=false", "ncu_images=64", "augment=0"]
@@ -80,6 +81,17 @@ def test_continual_driver_measures_every_earlier_request(straight: Path, world: 
                                      for p in load_world_info(world)["requests"][r])
     assert torch.isfinite(torch.tensor(runs[1]["metrics"]["forget_r1"]["mcq"]))
     assert not partial_dir(straight).exists()  # a run that lands leaves no progress behind
+
+
+def test_seeds_of_a_continual_run_can_share_the_items_they_are_asked(straight: Path, model_dir: Path, world: Path,
+                                                                      tmp_path: Path) -> None:
+    """``data_seed`` holds the data drawn while the unlearning seed moves, as ``--seeds`` does for one request:
+    seeds compared over one item set, and one setting in a report."""
+    out = api.continual("cvf_ncu", model_dir, world, tmp_path / "s1", ["forget_r1", "forget_r2"], config=None,
+                        overrides=STEPS, seed=1, overwrite=False, allow_pickle=False, eval_kw=EVAL, data_seed=0)
+    other, base = (load_results(d / "results.json")["runs"] for d in (out, straight))
+    assert [r["seed"] for r in other] == [1, 1] and [r["data"] for r in other] == [r["data"] for r in base]
+    assert [setting_of(r) for r in other] == [setting_of(r) for r in base]
 
 
 def test_a_stopped_run_goes_on_from_its_last_finished_request_with_the_same_numbers(

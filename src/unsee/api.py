@@ -335,8 +335,9 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
 def continual(method: str, model: str | Path, data: str | Path, out: Path, requests: list[str], *, config: Any,
               overrides: Any, seed: int, overwrite: bool, allow_pickle: bool,
               eval_kw: Mapping[str, Any] | None = None, dtype: str | None = None, benchmark: str | None = None,
-              revision: str | None = None, neutral: str | Path | None = None) -> Path:
-    """Requests one after another; after each, the earlier forget sets are measured again.
+              revision: str | None = None, neutral: str | Path | None = None, data_seed: int | None = None) -> Path:
+    """Requests one after another; after each, the earlier forget sets are measured again. ``data_seed``
+    draws the data (the held-out views asked; ``seed`` unless given), so that seeds compare on one item set.
 
     For ``cvf_ncu`` the covariance of the next request also holds the already-forgotten
     targets as the updated model sees them, which keeps them forgotten. ``out`` is written
@@ -353,9 +354,14 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
         raise ConfigError(f"continual requests must differ; {', '.join(twice)} appears more than once")
     eval_kw = dict(eval_kw or {})
     data = resolve(data, revision)  # once: every request's split comes from the same files
+    drawn = seed if data_seed is None else data_seed
+
+    def suite_of(req: str) -> Suite:  # loaded request by request: one request's data in memory at a time
+        return load_suite(data, req, retain_exclude=requests, seed=drawn, benchmark=benchmark, neutral=neutral)
+
     forget = {}  # each request's training turns: the run's identity, and the photos forgotten
     for req in requests:  # every request's data is checked before the first one trains
-        suite = load_suite(data, req, retain_exclude=requests, seed=seed, benchmark=benchmark, neutral=neutral)
+        suite = suite_of(req)
         check_forget(suite)
         check_neutral(suite, method, config, overrides)
         check_images(suite)
@@ -363,15 +369,11 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
     check_output_dir(out, overwrite=overwrite)
     progress = Progress.open(out, run_parts(method, config, overrides, seed=seed, model=model, revision=revision,
                                             dtype=dtype, forget=forget, data=str(data), eval=eval_kw,
-                                            benchmark=benchmark, neutral=str(neutral)))
+                                            benchmark=benchmark, neutral=str(neutral), data_seed=drawn))
     adapter = progress.load(model, allow_pickle=allow_pickle, dtype=dtype)
     runs: list[dict] = list(progress.runs)
     check_room(out, adapter, method, copies=2)  # the output, and the progress kept until it lands
     pending = list(enumerate(requests[progress.done:], progress.done + 1))
-
-    def suite_of(req: str) -> Suite:  # loaded request by request: one request's data in memory at a time
-        return load_suite(data, req, retain_exclude=requests, seed=seed, benchmark=benchmark, neutral=neutral)
-
     if not is_main_process():
         # Under `accelerate launch` every process trains its share; the first alone evaluates and writes
         # (another process's copy of the output would land over it, with no weights in it).
@@ -391,9 +393,7 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
                                retain_without=list(requests),
                                cost={**meter.cost(), "trainable_params": res.trainable_params,
                                      "optimizer_state_bytes": res.optimizer_state_bytes})
-                runs.append(add_requests(run, adapter, (load_suite(data, r, retain_exclude=requests, seed=seed,
-                                                                   benchmark=benchmark) for r in requests[:i]),
-                                         **eval_kw))
+                runs.append(add_requests(run, adapter, (suite_of(r) for r in requests[:i]), **eval_kw))
                 runs[-1]["history"] = res.history
                 if i < len(requests):
                     progress.save(i, adapter, model_name(model), jsonable(runs))
