@@ -60,8 +60,11 @@ def main(argv: list[str] | None = None) -> dict:
     requests = requests_of(world)
     kw = eval_kw(args)
     first = api.load_suite(world, requests[0], retain_exclude=requests, seed=args.seed)
-    v_metrics = api.evaluate_adapter(load_adapter(vanilla), first, **kw)
-    runs = [api.make_run("vanilla", v_metrics, model=args.arch, suite=first, forget=requests[0], seed=args.seed)]
+    v_eval = api.evaluation(load_adapter(vanilla), first, **kw)
+    v_metrics = v_eval.metrics
+    # named, scored and with the retained set of the continual runs, so that `unsee report` reads them against it
+    runs = [api.make_run("vanilla", v_eval, model=api.model_name(vanilla), suite=first, forget=requests[0],
+                         seed=args.seed, retain_without=list(requests))]
     forgets = [f"forget_r{j}" for j in range(1, len(requests) + 1)]
     groups = [*forgets, "retain", *OTHERS]
     summary = {}
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
             with tempfile.TemporaryDirectory() as d:
                 out = api.continual(method, vanilla, world, Path(d) / method, requests, config=args.config,
                                     overrides=args.train_set, seed=seed, overwrite=False, allow_pickle=False,
-                                    eval_kw=kw)
+                                    eval_kw=kw, data_seed=args.seed)  # every seed asked the same items
                 mine = load_results(out / "results.json")["runs"]
             runs += mine
             rows.append({"seed": seed, **after_last(mine, groups)})

@@ -107,11 +107,11 @@ def main(argv: list[str] | None = None) -> dict:
     for method in ["vanilla", *args.methods.split(",")]:
         start = time.perf_counter()
         if method == "vanilla":
-            adapter, artifact, config = load_adapter(vanilla), None, {}
+            adapter, artifact, config, cost = load_adapter(vanilla), None, {}, None
         else:
             run, adapter, artifact = measure(method, vanilla, suite, args.forget, list(args.train_set), args.seed,
                                              {**kw, "groups": ()})  # scored below, under both protocols
-            config = run["config"]
+            config, cost = run["config"], run["cost"]
         train_s = round(time.perf_counter() - start, 1)
         found: dict[str, Any] = {}
         for protocol in ("loglik", "official"):
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
             ev = api.evaluation(adapter, suite, artifact=artifact, protocol=protocol, **kw)
             found[protocol] = ev
             runs.append(api.make_run(method, ev, model=args.arch, suite=suite, forget=args.forget, seed=args.seed,
-                                     config=config, eval_s=round(time.perf_counter() - t0, 1)))
+                                     config=config, cost=cost, eval_s=round(time.perf_counter() - t0, 1)))
         if method == "vanilla":
             base = {p: found[p].metrics for p in found}
         rows[method] = {

@@ -203,8 +203,11 @@ def main(argv: list[str] | None = None) -> dict:
     suite = api.load_suite(world, args.forget, seed=args.seed)
     kw = eval_kw(args)
     start = time.perf_counter()
-    v_metrics = api.evaluate_adapter(load_adapter(vanilla), suite, **kw)
-    v_run = api.make_run("vanilla", v_metrics, model=args.arch, suite=suite, forget=args.forget, seed=args.seed)
+    v_eval = api.evaluation(load_adapter(vanilla), suite, **kw)
+    v_metrics = v_eval.metrics
+    # named and scored as the methods' runs are, so that `unsee report` reads them against it
+    v_run = api.make_run("vanilla", v_eval, model=api.model_name(vanilla), suite=suite, forget=args.forget,
+                         seed=args.seed)
     v_run["eval_s"] = round(time.perf_counter() - start, 1)
     select_on = selection_split(world, args)
     pick_suite, pick_vanilla, pick_split = suite, v_metrics, args.forget
