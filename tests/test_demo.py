@@ -15,6 +15,7 @@ from PIL import Image
 
 from unsee.errors import ConfigError, OutputExistsError
 from unsee.eval.results import load_results
+from unsee.report.tables import setting_of
 
 CONFIG = Path(__file__).parent / "data" / "demo_tiny.yaml"
 
@@ -171,6 +172,8 @@ def test_unlearn_benchmark_runs_on_the_demo_world(demo_run: tuple[Path, Path], t
     assert vanilla_row[head.index("known_test")] == f"{result['vanilla']['known_test']['mcq']:.3f}"
     assert [r["method"] for r in load_results(tmp_path / "u.results.json")["runs"]] == [
         "vanilla", "graddiff", "cvf_ncu", "eraser"]
+    # one setting, so that `unsee report` reads every method against the vanilla run
+    assert len({setting_of(r) for r in load_results(tmp_path / "u.results.json")["runs"]}) == 1
     # the kept best models are what audits.py --models attacks, without training them again
     assert (kept / "eraser" / "steering.safetensors").is_file() and (kept / "graddiff" / "model").is_dir()
     import audits
@@ -248,6 +251,8 @@ def test_continual_and_audit_benchmarks_run_on_the_demo_world(demo_run: tuple[Pa
     assert cvf["targets"]["retain"]["value"] == cvf["after_last"]["retain"]
     runs = json.loads((tmp_path / "c.results.json").read_text())["runs"]
     assert sum(r["method"] == "graddiff" for r in runs) == 4  # two requests, two seeds
+    first_request = {setting_of(r) for r in runs if r["request"] == 1}
+    assert len(first_request) == 1 and runs[0]["method"] == "vanilla"  # the vanilla run is their baseline
     assert (tmp_path / "c.png").is_file() and (tmp_path / "c.results.json").is_file()
     mine = tmp_path / "mine.yaml"  # a config of one's own, as a user passes a preset
     mine.write_text("extends: cvf_ncu\nlambda_d: 40.0\n")
