@@ -101,8 +101,8 @@ def test_report_shows_a_forget_group_interval_over_people_beside_the_one_over_it
     text = render_report(results(VANILLA, run("npo", {}, metrics=metrics)))
     row = next(r for r in text.splitlines() if r.startswith("| npo"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
-    assert cells[2].endswith("[0.40, 0.60; people 0.20, 0.80]")  # forget
-    assert cells[4].endswith("[0.40, 0.60]")  # retain: the interval over items only
+    assert cells[3].endswith("[0.40, 0.60; people 0.20, 0.80]")  # forget
+    assert cells[5].endswith("[0.40, 0.60]")  # retain: the interval over items only
     assert "resampled as wholes" in text
 
 
@@ -306,6 +306,17 @@ def test_model_card_opens_with_what_the_audits_found() -> None:
     kept = run("ga", dict.fromkeys(GROUPS, 0.9))
     first = _body(model_card(kept, VANILLA, base_model="m/x", base_hash="h", forgotten=["p"], audits={}))[0]
     assert "still recognised" in first
+
+
+def test_rows_of_one_method_at_other_configs_and_seeds_tell_which_they_are() -> None:
+    """Two learning rates of GraDiff, two seeds each: four rows, each naming its config and its seed."""
+    rows = [run("graddiff", dict.fromkeys(GROUPS, 0.5), seed=seed, config={**GA["config"], "lr": lr})
+            for lr in (2e-5, 6e-5) for seed in (0, 1)]
+    table = render_report(results(VANILLA, *rows)).split("\n\n## ")[1]  # the setting's table
+    found = [tuple(c.strip() for c in line.strip("|").split("|")[:3]) for line in table.splitlines()
+             if line.startswith("| graddiff")]
+    assert sorted(found) == [("graddiff [lr=2e-05]", "1", "0"), ("graddiff [lr=2e-05]", "1", "1"),
+                             ("graddiff [lr=6e-05]", "1", "0"), ("graddiff [lr=6e-05]", "1", "1")]
 
 
 def test_the_verdict_reads_the_figure_after_and_the_held_out_photos() -> None:

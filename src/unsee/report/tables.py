@@ -198,12 +198,14 @@ def _setting_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     vanilla = vanilla_for(runs)
     groups = ordered_groups(runs)
     keys = {g: headline_key(runs, g) for g in groups}
-    header = ["method", "request"]
+    header = ["method", "request", "seed"]
     header += [g if keys[g] in ("mcq", None) else f"{g} ({keys[g]})" for g in groups]
     header += ["score", "wall s", "peak RSS MiB", "peak GPU MiB", "trainable params"]
     lines = [_md_row(header), _md_row(["---"] * 2 + ["---:"] * (len(header) - 2))]
+    variant = config_variants(runs)  # what tells apart two rows of one method
     for run in sorted(runs, key=lambda r: (r["method"] != "vanilla", r["request"])):
-        cells = [str(run["method"]), str(run["request"])]
+        label = str(run["method"]) + (f" [{variant[id(run)]}]" if variant[id(run)] else "")
+        cells = [label, str(run["request"]), str(run.get("seed", 0))]
         for g in groups:
             base = figure(baseline, g, keys[g]) if (baseline := baseline_for(run, vanilla, g)) else None
             cells.append(fmt_delta(figure(run, g, keys[g]), base) + _interval(run["metrics"].get(g, {}), g, keys[g]))
