@@ -377,6 +377,9 @@ def test_seeds_are_pooled_only_where_runs_differ_in_their_seed_alone(tmp_path: P
     labels = {p[0]: p for p in tradeoff_points([vanilla, *slow, *fast], vanilla, "mcq")}
     assert set(labels) == {"ga [lr=1e-05] (3 seeds)", "ga [lr=0.001] (2 seeds)"}
     assert labels["ga [lr=0.001] (2 seeds)"][1] == pytest.approx(0.2)
+    # one seed run twice (another results file) is one run, with its interval over the items, not two seeds
+    again = {p[0]: p for p in tradeoff_points([vanilla, fast[0], dict(fast[0])], vanilla, "mcq")}
+    assert list(again) == ["ga"] and again["ga"][3] is not None and again["ga"][3] != (0.0, 0.0)
 
 
 def test_unlearn_over_seeds_saves_each_and_summarises(model: Path, world: Path, tmp_path: Path,

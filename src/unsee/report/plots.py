@@ -127,7 +127,12 @@ def tradeoff_points(runs: Sequence[Mapping[str, Any]], vanilla: Mapping[str, Any
             (run, x, float(score["R"])))
     variant = config_variants([g[0] for group in by.values() for g in group])
     points = []
-    for group in by.values():
+    for runs_of_config in by.values():
+        # one run a seed: the same seed run again (another results file) is no second seed
+        per_seed: dict[int, tuple[Mapping[str, Any], float, float]] = {}
+        for g in runs_of_config:
+            per_seed.setdefault(int(g[0].get("seed", 0)), g)
+        group = list(per_seed.values())
         differs = variant[id(group[0][0])]
         label = _label(group[0][0]) + (f" [{differs}]" if differs else "")
         if len(group) > 1:
