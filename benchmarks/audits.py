@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
                 print(method, seed, runs[-1], flush=True)
         per_seed[method] = runs
         rows[method] = runs[0] if len(runs) == 1 else mean_attacks(runs)
-    result = {"benchmark": "audits", "world": args.world, "arch": args.arch, "forget": args.forget,
+    result = {"benchmark": "audits", "world": args.world, "seed": args.seed, "arch": args.arch, "forget": args.forget,
               "settings": settings, "seeds_run": seeds_run, "attacks": rows, "per_seed": per_seed,
               "targets": {m: targets(per_seed[m]) for m in per_seed}, "environment": environment()}
     atomic_write_json(Path(args.out), result)

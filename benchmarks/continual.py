@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     results = new_results(runs)
     write_results(out.with_suffix(".results.json"), results, overwrite=True)
     plot_continual(results, out.with_name(out.stem + ".png"))
-    result = {"benchmark": "continual", "world": args.world, "arch": args.arch, "config": args.config,
-              "train_set": args.train_set, "requests": requests,
+    result = {"benchmark": "continual", "world": args.world, "seed": args.seed, "arch": args.arch,
+              "config": args.config, "train_set": args.train_set, "requests": requests,
               "eval": kw, "vanilla": v_metrics, "methods": summary, "environment": environment()}
     atomic_write_json(out, result)
     print(f"wrote {out}, {out.with_suffix('.results.json')} and {out.with_name(out.stem + '.png')}")

@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
                 print(method, name, seed, runs[-1]["figures"], flush=True)
             results[f"{method}/{name}"] = {"method": method, "overrides": overrides, "runs": runs,
                                            "spread": spread([r["figures"] for r in runs])}
-    out = {"benchmark": "seeds", "world": args.world, "arch": args.arch, "forget": args.forget, "seeds": seeds,
+    out = {"benchmark": "seeds", "world": args.world, "seed": args.seed, "arch": args.arch, "forget": args.forget,
+           "seeds": seeds,
            "vanilla": {g: mcq(v_metrics, g) for g in GROUPS}, "results": results, "environment": environment()}
     atomic_write_json(Path(args.out), out)
     print(f"wrote {args.out}")

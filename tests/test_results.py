@@ -122,6 +122,7 @@ def test_new_results_stamps_provenance() -> None:
     assert doc["unsee_version"] == "0.1.0"
     assert doc["created"][:2] == "20"
     assert set(doc["environment"]) >= {"torch", "transformers", "python", "platform", "device", "git_hash"}
+    assert doc["environment"]["threads"] == torch.get_num_threads()  # another count trains another model
     res.validate_results(doc)
 
 

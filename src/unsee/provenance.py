@@ -101,7 +101,17 @@ def environment() -> dict[str, Any]:
         "torch": _dist_version("torch"),
         "transformers": _dist_version("transformers"),
         "device": device_name(),
+        "threads": _threads(),  # one thread and two train different models (docs/caching.md)
     }
+
+
+def _threads() -> int | None:
+    try:
+        import torch
+
+        return torch.get_num_threads()
+    except Exception:  # never loses a result
+        return None
 
 
 # ---------------------------------------------------------------- cost accounting
