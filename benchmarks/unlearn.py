@@ -171,7 +171,13 @@ def seed_row(method: str, overrides: list[str], runs: list[dict[str, Any]], v_me
     if len(runs) == 1:
         metrics, cost = runs[0]["metrics"], runs[0]["cost"]
     else:
-        metrics = aggregate_seeds([r[SAMPLES_KEY] for r in runs])
+        metrics = aggregate_seeds([r[SAMPLES_KEY] for r in runs])  # MCQ, with its intervals over items and seeds
+        for group, figures in runs[0]["metrics"].items():  # the other figures (cloze, ROUGE-L): their mean
+            for key, value in figures.items():
+                values = [r["metrics"].get(group, {}).get(key) for r in runs]
+                if key not in metrics.get(group, {}) and all(isinstance(v, int | float) and not isinstance(v, bool)
+                                                              for v in values):
+                    metrics.setdefault(group, {})[key] = value if key.startswith("n") else statistics.fmean(values)
         cost = {k: statistics.fmean(r["cost"][k] for r in runs) for k, v in runs[0]["cost"].items()
                 if isinstance(v, int | float) and not isinstance(v, bool)}
     row = {"method": method, "overrides": overrides, "seeds": [r["seed"] for r in runs], "selected_on": selected_on,

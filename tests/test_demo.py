@@ -201,7 +201,7 @@ def test_unlearn_benchmark_averages_seeds(demo_run: tuple[Path, Path], tmp_path:
     monkeypatch.setattr(unlearn, "measure", lambda *a, **k: trained.append(a[5]) or measure(*a, **k))
     result = unlearn.main([*_bench_args(demo_run[1], tmp_path / "s.json"), "--methods", "graddiff",
                            "--lr-scales", "1.0", "--select-on", "reported", "--seeds", "2", "--table",
-                           str(tmp_path / "s.md")])
+                           str(tmp_path / "s.md"), "--generation"])
     assert result["selection"] == {"on": "forget_10", "held_out": False, "seeds": 2, "swept": [],
                                    "picks": {"graddiff": ["max_steps=2", "progress=false"]}}
     row = result["best"]["graddiff"]
@@ -209,6 +209,9 @@ def test_unlearn_benchmark_averages_seeds(demo_run: tuple[Path, Path], tmp_path:
     forget = row["metrics"]["forget"]
     assert forget["seeds"]["min"] <= forget["mcq"] <= forget["seeds"]["max"]
     assert forget["ci95"][0] <= forget["mcq"] <= forget["ci95"][1]
+    seeds = load_results(tmp_path / "s.results.json")["runs"][1:]  # the figures besides MCQ: their mean
+    assert forget["rougeL"] == pytest.approx(sum(r["metrics"]["forget"]["rougeL"] for r in seeds) / 2)
+    assert forget["n_cloze"] == seeds[0]["metrics"]["forget"]["n_cloze"] and "cloze" in forget
     runs = load_results(tmp_path / "s.results.json")
     assert [(r["method"], r["seed"]) for r in runs["runs"]] == [("vanilla", 0), ("graddiff", 0), ("graddiff", 1)]
     assert trained == [0, 1]
