@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import launch_command
@@ -605,3 +606,21 @@ def test_benchmarks_refuse_a_thread_count_below_one_and_an_unknown_architecture_
         with pytest.raises(SystemExit):
             p.parse_args(bad)
         assert word in capsys.readouterr().err
+
+
+def test_example_photos_are_labelled_by_whose_they_are(suite: Any, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The labels follow the person, not the position: a forget person with fewer than three photos shown
+    must not lend the label to a retained one."""
+    from matplotlib.axes import Axes
+
+    from unsee import demo
+
+    forget = [e for e in suite.groups["forget"] if e.task == "mcq" and e.has_image][:1]
+    retain = [e for e in suite.groups["retain"] if e.task == "mcq" and e.has_image][:3]
+    titles: list[str] = []
+    monkeypatch.setattr(Axes, "set_title", lambda self, text, **kw: titles.append(text))
+    items = [*forget, *retain]
+    demo._write_examples(tmp_path, items, ["a"] * 4, {"ga": ["b"] * 4}, forgotten=set(suite.forget_entities))
+    assert [t.split("\n")[0].endswith("(forget)") for t in titles] == [True, False, False, False]
+    assert (tmp_path / "examples.png").is_file() and (tmp_path / "examples.md").is_file()

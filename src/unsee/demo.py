@@ -163,7 +163,7 @@ def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", 
             results["seeds"] = seed_summary(runs)
         write_results(tmp / "results.json", results)
         write_report([tmp / "results.json"], tmp, overwrite=True)
-        _write_examples(tmp, shown, before, after)
+        _write_examples(tmp, shown, before, after, forgotten=set(suite.forget_entities))
         (tmp / "demo.json").write_text(json.dumps({"config": to_dict(cfg), "arch": arch, "seed": seed, "seeds": seeds,
                                                    "reference": None if reference is None else str(reference),
                                                    "world": str(world), "vanilla": str(vanilla)}, indent=2))
@@ -178,7 +178,8 @@ def _example_items(suite: Any) -> list[Any]:
     for group, entities in (("forget", suite.forget_entities), ("retain", suite.retain_entities)):
         ent = sorted(entities)[0] if entities else None
         items = [e for e in suite.groups.get(group, []) if e.entity == ent and e.has_image and e.task == "mcq"]
-        test = [e for e in suite.groups.get(f"{group}_test", []) if e.entity == ent and e.has_image]
+        test = [e for e in suite.groups.get(f"{group}_test", []) if e.entity == ent and e.has_image
+                and e.task == "mcq"]
         picked += (items[:1] + test[:2] + items[1:])[:3]
     return picked
 
@@ -191,7 +192,8 @@ def _answers(adapter: Any, items: list, artifact: Any = None) -> list[str]:
         return answers(adapter, items)
 
 
-def _write_examples(out: Path, items: list, before: list[str], after: dict[str, list[str]]) -> None:
+def _write_examples(out: Path, items: list, before: list[str], after: dict[str, list[str]], *,
+                    forgotten: set[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,7 +211,7 @@ def _write_examples(out: Path, items: list, before: list[str], after: dict[str, 
     for ax, e, b, i in zip(axes, items, before, range(len(items)), strict=False):
         ax.imshow(e.pil_image())
         ax.axis("off")
-        txt = f"{e.entity} ({'forget' if i < 3 else 'retain'})\ntruth: {e.answer}\nbefore: {b}"
+        txt = f"{e.entity} ({'forget' if e.entity in forgotten else 'retain'})\ntruth: {e.answer}\nbefore: {b}"
         for m in after:
             txt += f"\n{m}: {after[m][i]}"
         ax.set_title(txt, fontsize=7, loc="left")
