@@ -393,8 +393,13 @@ def test_audit_options_are_checked_before_training(adapter: HFAdapter, world: Pa
         raise AssertionError("the command started working before checking its audit options")
 
     monkeypatch.setattr(api, "load_suite", boom)
+    # a relearning that trains nothing, or climbs, would read as "nothing comes back"; a negative cap drops an item
     for bad, message in ((["nokey=1"], "nokey"), (["relearn_scope=bogus"], "relearn_scope"),
-                         (["quant_bits=3"], "4 or 8|4, 8"), (["seed=3"], "from the command's --seed")):
+                         (["quant_bits=3"], "4 or 8|4, 8"), (["seed=3"], "from the command's --seed"),
+                         (["relearn_steps=-1"], "relearn_steps >= 1"), (["relearn_lr=-1"], "relearn_lr > 0"),
+                         (["relearn_batch=0"], "relearn_batch >= 1"), (["probe_steps=-1"], "probe_steps >= 1"),
+                         (["max_items=-1"], "max_items must be at least 1"),
+                         (["quant_max_items=-1"], "must not be negative")):
         with pytest.raises(ConfigError, match=message):
             api.unlearn("ga", Path(adapter.source), world, tmp_path / "o", overrides=["max_steps=1"], audit=True,
                         audit_overrides=bad)

@@ -71,6 +71,17 @@ class AttackConfig:
             raise ConfigError(f"relearn_scope {self.relearn_scope!r} is not one of {', '.join(SCOPES)}")
         if self.relearn_splits < 1 or self.relearn_repeats < 1:
             raise ConfigError("relearn_splits and relearn_repeats must be at least 1")
+        # a relearning that trains nothing (or climbs) would read as "nothing comes back"
+        if self.relearn_steps < 1 or self.relearn_batch < 1 or not self.relearn_lr > 0:
+            raise ConfigError(f"relearning needs relearn_steps >= 1, relearn_batch >= 1 and relearn_lr > 0, got "
+                              f"{self.relearn_steps}, {self.relearn_batch} and {self.relearn_lr}")
+        if self.probe_steps < 1 or self.probe_retain_people < 0:
+            raise ConfigError(f"the probe needs probe_steps >= 1 and probe_retain_people >= 0, got "
+                              f"{self.probe_steps} and {self.probe_retain_people}")
+        if self.max_items < 1:
+            raise ConfigError(f"max_items must be at least 1, got {self.max_items}")
+        if self.quant_max_items < 0 or self.mia_max_items < 0:
+            raise ConfigError("quant_max_items and mia_max_items must not be negative (0: all items)")
         if self.pgd_eps < 0 or self.pgd_step <= 0 or self.pgd_steps < 1:
             raise ConfigError("PGD needs pgd_eps >= 0, pgd_step > 0 and pgd_steps >= 1")
 
