@@ -32,7 +32,7 @@ from transformers import (
 
 from unsee.data.schema import Example
 from unsee.errors import ConfigError, DataError, ModelError, OutputExistsError
-from unsee.models import Adapter, Turn, load_adapter, model_fingerprint
+from unsee.models import Adapter, Turn, check_model_dir, load_adapter, model_fingerprint
 from unsee.models.base import IGNORE
 from unsee.models.tiny import ARCHS, build_tiny, init_model
 
@@ -112,6 +112,17 @@ def test_same_seed_same_weights_other_seed_differs(tiny_models: TinyModels, arch
     assert base.keys() == different.keys()
     assert not all(torch.equal(base[k], different[k]) for k in base)
     assert model_fingerprint(other) != model_fingerprint(tiny_models.dir(arch))
+
+
+def test_a_config_that_is_not_json_is_one_line_wherever_the_model_is_read(tiny_models: TinyModels,
+                                                                         tmp_path: Path) -> None:
+    """finetune, continual runs and the reference audits hash the model before they load it."""
+    bad = Path(shutil.copytree(tiny_models.dir("tiny-llava"), tmp_path / "m"))
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(ModelError, match="cannot read .*config.json"):
+        model_fingerprint(bad)
+    with pytest.raises(ModelError, match="cannot read the config"):
+        check_model_dir(bad)
 
 
 def test_one_tensor_changed_in_the_middle_of_the_weights_is_another_model(tiny_models: TinyModels,

@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -412,4 +413,14 @@ def test_seeds_and_reference_options_on_the_command_line(model: Path, world: Pat
     assert main(["unlearn", "--method", "ga", "--model", str(model), "--data", str(world), "--out",
                  str(tmp_path / "u"), "--audit", "--reference", str(tmp_path / "nowhere")]) == 2
     assert "not a model directory" in capsys.readouterr().err and not (tmp_path / "u").exists()
+    # a reference whose weights or config are broken is refused before the unlearning trains, not after it
+    for name, broken in (("model.safetensors", b"\x00" * 16), ("config.json", b"{not json")):
+        bad = Path(shutil.copytree(model, tmp_path / f"bad-{name}"))
+        (bad / name).write_bytes(broken)
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(api, "unlearn_and_save", lambda *a, **k: pytest.fail("the unlearning trained first"))
+            assert main(["unlearn", "--method", "ga", "--model", str(model), "--data", str(world), "--out",
+                         str(tmp_path / "u"), "--audit", "--reference", str(bad)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(bad) in err, err
 

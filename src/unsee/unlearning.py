@@ -27,7 +27,7 @@ from unsee.finetune import default_cache
 from unsee.io import atomic_write_json, content_hash
 from unsee.methods import method_class
 from unsee.methods.artifact import WeightsArtifact
-from unsee.models import load_adapter
+from unsee.models import check_model_dir, load_adapter
 from unsee.models.base import Adapter, model_fingerprint
 from unsee.provenance import CostMeter
 from unsee.report import model_card
@@ -129,6 +129,7 @@ def find_reference(reference: str | Path | None, base: str | Path | None, data: 
         path = Path(reference)
         if not (path / "config.json").is_file():
             raise ModelError(f"the reference {path} is not a model directory (no config.json)")
+        check_model_dir(path)  # it loads after the unlearning has trained: a broken one is refused before
         check_reference(path, forget)
         return path
     if base is None or not (Path(data) / "world.json").is_file():

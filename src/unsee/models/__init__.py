@@ -23,8 +23,8 @@ REGISTRY: dict[str, str] = {
     "qwen2_5_vl": "unsee.models.qwen_vl:Qwen25VLAdapter",
 }
 
-__all__ = ["REGISTRY", "SCOPES", "Adapter", "HFAdapter", "Turn", "adapter_class", "check_safetensors", "load_adapter",
-           "model_fingerprint"]
+__all__ = ["REGISTRY", "SCOPES", "Adapter", "HFAdapter", "Turn", "adapter_class", "check_model_dir",
+           "check_safetensors", "load_adapter", "model_fingerprint"]
 
 
 def adapter_class(model_type: str) -> type[HFAdapter]:
@@ -59,6 +59,20 @@ def _check_local(path: Path, allow_pickle: bool) -> None:
                          "the files save_pretrained writes beside its weights")
     for f in sorted(path.glob("*.safetensors")):
         check_safetensors(f)
+
+
+def check_model_dir(model: str | Path, *, allow_pickle: bool = False) -> None:
+    """What :func:`load_adapter` checks before it reads a weight, for a model that loads only later (the
+    retrained reference, read after the unlearning has trained): a broken one is refused before any work."""
+    from transformers import AutoConfig
+
+    path = Path(model)
+    _check_local(path, allow_pickle)
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read the config of {path}: {str(e).splitlines()[0] if str(e) else e}") from None
+    adapter_class(config.model_type)
 
 
 def check_safetensors(path: Path) -> None:

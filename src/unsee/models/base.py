@@ -23,7 +23,7 @@ from PIL import Image
 from torch import nn
 from transformers import BatchFeature, PreTrainedModel
 
-from unsee.errors import ConfigError
+from unsee.errors import ConfigError, ModelError
 
 Scope = Literal["full", "visual", "projector", "language", "lora", "vision_tower"]
 SCOPES: tuple[str, ...] = ("full", "visual", "projector", "language", "lora", "vision_tower")
@@ -462,7 +462,10 @@ def model_fingerprint(path: str | Path) -> str:
     h = hashlib.sha256()
     cfg = path / "config.json"
     if cfg.exists():
-        h.update(json.dumps(json.loads(cfg.read_text()), sort_keys=True).encode())
+        try:
+            h.update(json.dumps(json.loads(cfg.read_text()), sort_keys=True).encode())
+        except (OSError, ValueError, RecursionError) as e:
+            raise ModelError(f"cannot read {cfg}: {str(e).splitlines()[0]}") from None
     for f in sorted(path.glob("*.safetensors")):
         stat = f.stat()
         h.update(f"{f.name}:{stat.st_size}:{_file_digest(str(f.resolve()), stat.st_size, stat.st_mtime_ns)}".encode())
