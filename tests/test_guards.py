@@ -221,6 +221,23 @@ def test_a_checkpoint_dir_holding_other_files_is_refused(model_dir: Path, suite:
     assert (tmp_path / "ckpt" / "notes.txt").read_text() == "mine"
 
 
+def test_checkpoints_and_the_stage_cache_never_go_into_an_input(model_dir: Path, world: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The input model and data are never written to: a training checkpoint or a stage cache placed inside
+    one is refused before any work, as an --out there is."""
+    monkeypatch.setattr(api, "load_adapter", lambda *a, **k: pytest.fail("the model was loaded"))
+    before = {p: p.read_bytes() for p in model_dir.rglob("*") if p.is_file()}
+    for inside in (model_dir / "ck", world / "ck"):
+        with pytest.raises(errors.OutputError, match="lies inside the input"):
+            api.unlearn("ga", model_dir, world, tmp_path / "o", overrides=[f"checkpoint_dir={inside}"])
+    with pytest.raises(errors.OutputError, match="lies inside the input"):
+        api.finetune(model_dir, world, tmp_path / "v", cache_dir=model_dir / "cache")
+    with pytest.raises(errors.OutputError, match="lies inside the input"):
+        api.attack("pgd", model_dir, world, tmp_path / "a.json", cache_dir=model_dir / "cache")
+    assert {p: p.read_bytes() for p in model_dir.rglob("*") if p.is_file()} == before
+    assert not list(tmp_path.iterdir())
+
+
 # ---- the suite guards of eval, and images decoded before training -----------------------------------
 @pytest.mark.parametrize("kind", ["empty", "overlap"])
 def test_eval_runs_the_suite_guards_of_unlearn(kind: str, suite: Suite, world: Path, model_dir: Path,

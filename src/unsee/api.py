@@ -72,6 +72,7 @@ from unsee.runs import (
     make_run,
     method_configs,
     model_name,
+    request_names,
     run_seed,
     save_checkpoint,
     save_model,
@@ -148,7 +149,7 @@ def finetune(model: str | Path, data: Any, out: str | Path, *, config: str | Pat
     the benchmark's own recipe (:mod:`unsee.finetune_bench`, config ``mllmu``, ``clear`` or ``umu``;
     by default the detected benchmark's)."""
 
-    check_output_dir(out, overwrite=overwrite, inputs=_local(model, data, config))
+    check_output_dir(out, overwrite=overwrite, inputs=_local(model, data, config), writes=[cache_dir])
     ref = resolve(data, revision)
     kind = benchmark_of(ref.path, benchmark)
     if kind == "builtin":
@@ -165,7 +166,7 @@ def retrain(vanilla: str | Path, data: Any, out: str | Path, *, forget: str = "f
             cache_dir: str | Path | None = None, benchmark: str | None = None, revision: str | None = None) -> Path:
     """``unsee retrain``: the vanilla model's fine-tune again without ``forget``'s photos, on any benchmark."""
 
-    check_output_dir(out, overwrite=overwrite, inputs=_local(vanilla, data))
+    check_output_dir(out, overwrite=overwrite, inputs=_local(vanilla, data), writes=[cache_dir])
     ref = resolve(data, revision)
     kind = benchmark_of(ref.path, benchmark)
     if kind == "builtin":
@@ -228,17 +229,6 @@ def report(results: Sequence[str | Path], out: str | Path, *, overwrite: bool = 
 
 
 # ---- unlearning ----------------------------------------------------------------------------
-def _requests(requests: str | Sequence[str] | None) -> list[str]:
-    if requests is None:
-        return []
-    if isinstance(requests, str):
-        p = Path(requests)
-        if p.is_file():
-            return [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-        return [r for r in requests.split(",") if r]
-    return list(requests)
-
-
 def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
             requests: str | Sequence[str] | None = None, config: Any = None, overrides: Any = (),
             seed: int | None = None,
@@ -267,19 +257,19 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
 
     out = Path(out)
     request_file = requests if isinstance(requests, str | Path) and Path(requests).is_file() else None
-    check_output_dir(out, overwrite=overwrite,
+    check_output_dir(out, overwrite=overwrite, writes=[cache_dir],
                      inputs=_local(model, data, None if isinstance(config, Mapping) else config, request_file,
                                    neutral))
     if report_to:
         overrides = with_override(overrides, "report_to", report_to)
     # reject unknown methods, options, launches and dtypes before any work
-    check_launch(method, config, overrides, dtype=dtype, audit=audit)
+    check_launch(method, config, overrides, dtype=dtype, audit=audit, inputs=_local(model, data, neutral))
     check_audit_options(audit, audit_overrides)
     seed = run_seed(seed, method, config, overrides)
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     eval_kw = eval_options(protocol=protocol, max_items=max_items, max_new_tokens=max_new_tokens)
-    reqs = _requests(requests)
+    reqs = request_names(requests)
     if reqs and is_request_file(data):
         raise ConfigError("several request files run one after another with `unsee forget --requests A,B,...`")
     if reqs:
@@ -441,7 +431,9 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     out = Path(out)
     if out.is_dir():  # an unlearn output directory
         out = out / "results.json"
-    check_not_input(out, _local(model, data, vanilla, steering, reference))
+    for written in (out, cache_dir):  # the results file, and the reference audits' cache
+        if written is not None:
+            check_not_input(written, _local(model, data, vanilla, steering, reference))
     if out.is_dir():
         check_output_file(out, overwrite=overwrite)
     check_writable(out)

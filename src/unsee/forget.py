@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from unsee.data.collate import qa_turns
-from unsee.data.request import Request, RequestError, check_sequence, load_request, request_suite
+from unsee.data.request import Request, RequestError, check_sequence, load_request, named_paths, request_suite
 from unsee.data.schema import METRIC_GROUPS, Example, Suite
 from unsee.engine.distributed import is_main_process
 from unsee.errors import ConfigError, DataError
@@ -132,7 +132,8 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
     check_output_dir(out, overwrite=overwrite)
     _, _, cls = method_configs(method, config, overrides)  # unknown methods and options, before any work
     seed = run_seed(seed, method, config, overrides)
-    check_launch(method, config, overrides, dtype=dtype, audit=audit)
+    check_launch(method, config, overrides, dtype=dtype, audit=audit,
+                 inputs=[model, *files, *(p for f in files for p in named_paths(f))])
     check_audit_options(audit, audit_overrides)
     if not cls.trains_weights and len(files) > 1:
         raise ConfigError(f"continual unlearning needs a training method; {method} builds one steering file per "

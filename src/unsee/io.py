@@ -200,7 +200,8 @@ def _size(n: int) -> str:
 
 
 def check_output_dir(path: str | Path, *, overwrite: bool, marker: str | None = None,
-                     inputs: Iterable[str | Path | None] = (), mine: bool = False) -> None:
+                     inputs: Iterable[str | Path | None] = (), mine: bool = False,
+                     writes: Iterable[str | Path | None] = ()) -> None:
     """Refuse an output directory that already holds results (unless told to overwrite), one
     that overlaps an input, or one that cannot be written.
 
@@ -208,9 +209,12 @@ def check_output_dir(path: str | Path, *, overwrite: bool, marker: str | None = 
     to one file. ``overwrite`` replaces only a folder that unsee wrote (it holds :data:`OWNED`):
     a mistyped ``--out`` that names a folder of the user's own must not be deleted with it.
     ``mine`` is for unsee's own folders (cache entries, checkpoints), replaced whatever they hold.
+    ``writes``: the other folders the run writes (the stage cache), which must not overlap an input either.
     """
     path = Path(path)
-    check_not_input(path, inputs)
+    inputs = list(inputs)
+    for where in (path, *(w for w in writes if w is not None)):
+        check_not_input(where, inputs)
     if path.is_file():
         raise OutputError(f"{path} is a file, and the output is a folder; give another --out")
     if marker is not None:

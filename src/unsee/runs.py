@@ -27,7 +27,7 @@ from unsee.errors import DataError
 from unsee.eval.evaluator import Evaluation, run_evaluation
 from unsee.eval.protocols import check_protocol
 from unsee.eval.results import SAMPLES_KEY, load_results, seed_summary, write_results
-from unsee.io import atomic_write_json, atomic_write_text, check_space
+from unsee.io import atomic_write_json, atomic_write_text, check_not_input, check_space
 from unsee.methods import method_class
 from unsee.methods.artifact import Trained, WeightsArtifact
 from unsee.methods.eraser import STEERING_FILE, SteeringArtifact
@@ -306,12 +306,27 @@ def seed_overrides(method: str, config: Any, overrides: Any, seed: int, seeds: i
     return with_override(overrides, "checkpoint_dir", str(Path(folder) / f"seed-{seed}")) if folder else overrides
 
 
-def check_launch(method: str, config: Any = None, overrides: Any = (), *, dtype: str | None = None,
-                 audit: bool = False) -> None:
-    """Refuse a launch (FSDP, DeepSpeed, mixed precision) or a weight dtype the engine would not
-    honour, before any work. ``audit``: the relearning audit trains too."""
+def request_names(requests: str | Sequence[str] | None) -> list[str]:
+    """``--requests``: a comma list of splits, a file listing one a line (``#`` comments), or a list."""
+    if requests is None:
+        return []
+    if isinstance(requests, str):
+        p = Path(requests)
+        if p.is_file():
+            return [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        return [r for r in requests.split(",") if r]
+    return list(requests)
 
-    _, mcfg, cls = method_configs(method, config, overrides)
+
+def check_launch(method: str, config: Any = None, overrides: Any = (), *, dtype: str | None = None,
+                 audit: bool = False, inputs: Sequence[Any] = ()) -> None:
+    """Refuse a launch (FSDP, DeepSpeed, mixed precision) or a weight dtype the engine would not
+    honour, before any work. ``audit``: the relearning audit trains too. ``inputs``: the paths the
+    run reads, where its training checkpoints (``checkpoint_dir``) must not go."""
+
+    tcfg, mcfg, cls = method_configs(method, config, overrides)
+    if tcfg.checkpoint_dir:
+        check_not_input(tcfg.checkpoint_dir, inputs)
     distributed.check_launch(cls(mcfg) if cls.trains_weights else None)
     if dtype == "fp16" and (cls.trains_weights or audit):
         refuse_fp16(method if cls.trains_weights else "the relearning audit")
