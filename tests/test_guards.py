@@ -238,6 +238,35 @@ def test_checkpoints_and_the_stage_cache_never_go_into_an_input(model_dir: Path,
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(("bad", "message"), [
+    ("ft_steps=-3", "ft_steps must be at least 1"), ("vision_steps=0", "vision_steps must be at least 1"),
+    ("batch_size=0", "batch_size must be at least 1"), ("replay=-1", "replay, .* must not be negative"),
+    ("base_lr=0", "base_lr must be positive"), ("warmup_ratio=1", "warmup_ratio must lie in"),
+])
+def test_a_vanilla_recipe_that_would_train_nothing_is_refused(bad: str, message: str, model_dir: Path, world: Path,
+                                                              tmp_path: Path) -> None:
+    """It would be saved as "the vanilla model" untrained, or fail in torch once the model is loaded."""
+    with pytest.raises(ConfigError, match=message):
+        api.finetune(model_dir, world, tmp_path / "v", config="quick", overrides=[bad])
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    ("visual_lr_scale=-1", "visual_lr_scale must be positive"), ("weight_decay=-1", "weight_decay"),
+    ("grad_clip=-1", "grad_clip"), ("warmup_ratio=2", "warmup_ratio must lie in"),
+    ("lora_r=0", "lora_r"), ("lora_dropout=2", "lora_dropout"), ("seed=-1", "seed must lie in"),
+    ("log_every=0", "log_every must be at least 1"),
+])
+def test_engine_options_that_would_train_uphill_or_fail_in_torch_are_refused(
+        bad: str, message: str, model_dir: Path, world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api, "load_adapter", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(ConfigError, match=message):
+        api.unlearn("ga", model_dir, world, tmp_path / "o", overrides=[bad])
+    with pytest.raises(ConfigError, match="seed must lie in"):
+        api.unlearn("ga", model_dir, world, tmp_path / "o", seed=2**32)
+    assert not list(tmp_path.iterdir())
+
+
 # ---- the suite guards of eval, and images decoded before training -----------------------------------
 @pytest.mark.parametrize("kind", ["empty", "overlap"])
 def test_eval_runs_the_suite_guards_of_unlearn(kind: str, suite: Suite, world: Path, model_dir: Path,

@@ -24,6 +24,17 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config options to change, e.g. lr=1e-4")
 
 
+def _seed(text: str) -> int:
+    """A seed numpy and torch both take: 0 to 2**32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: give a whole number") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"seed {value} is outside 0 to 2**32 - 1")
+    return value
+
+
 def _command(sub: argparse._SubParsersAction, name: str, help: str, func: Callable[[argparse.Namespace], None], *,
              required: Sequence[str] = (), seed: bool = True, overrides: bool = False) -> argparse.ArgumentParser:
     """A subcommand with the options most of them share, so that they are spelt the same everywhere.
@@ -37,9 +48,9 @@ def _command(sub: argparse._SubParsersAction, name: str, help: str, func: Callab
     for option in required:
         p.add_argument(f"--{option}", required=True)
     if seed and overrides:
-        p.add_argument("--seed", type=int, default=None, help="the seed (default: the config's seed, 0 unless set)")
+        p.add_argument("--seed", type=_seed, default=None, help="the seed (default: the config's seed, 0 unless set)")
     elif seed:
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=_seed, default=0)
     if overrides:
         _add_overrides(p)
     p.add_argument("--overwrite", action="store_true",

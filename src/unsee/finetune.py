@@ -40,7 +40,7 @@ from unsee.data.world import load_world_info, world_pretrain_identities
 from unsee.engine.checkpoint import remove_checkpoint
 from unsee.engine.distributed import check_launch, is_main_process, wait_for_everyone
 from unsee.engine.trainer import TrainConfig, train
-from unsee.errors import ModelError
+from unsee.errors import ConfigError, ModelError
 from unsee.io import atomic_dir, check_output_dir, content_hash
 from unsee.methods.base import BaseMethod, nll
 from unsee.models import check_safetensors, load_adapter, model_fingerprint
@@ -88,6 +88,27 @@ class FinetuneConfig:
     seed: int = opt(0, "seed of stages 2 and 3")
     checkpoint_every: int = opt(100, "steps between mid-stage checkpoints; an interrupted stage resumes there")
     progress: bool = opt(True, "progress bars")
+
+    def validate(self) -> None:
+        """A recipe that would train nothing (and still be saved as the vanilla model) or fail deep in torch."""
+        counts = {"vision_steps": self.vision_steps, "base_steps": self.base_steps, "ft_steps": self.ft_steps,
+                  "vision_batch": self.vision_batch, "batch_size": self.batch_size,
+                  "image_oversample": self.image_oversample, "pack": self.pack}
+        if low := [k for k, v in counts.items() if v < 1]:
+            raise ConfigError(f"{', '.join(low)} must be at least 1")
+        rates = {"vision_lr": self.vision_lr, "base_lr": self.base_lr, "ft_lr": self.ft_lr,
+                 "vision_lr_factor": self.vision_lr_factor, "ft_vision_lr_factor": self.ft_vision_lr_factor,
+                 "cosface_scale": self.cosface_scale}
+        if low := [k for k, v in rates.items() if not v > 0]:
+            raise ConfigError(f"{', '.join(low)} must be positive")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
+        if min(self.replay, self.vision_general, self.vision_general_weight, self.augment, self.ft_augment,
+               self.checkpoint_every, self.cosface_margin) < 0:
+            raise ConfigError("replay, vision_general, its weight, the augmentation strengths, checkpoint_every and "
+                              "cosface_margin must not be negative")
+        if not (0 <= self.seed < 2**32 and 0 <= self.vision_seed < 2**32):
+            raise ConfigError(f"seed and vision_seed must lie in [0, 2**32), got {self.seed} and {self.vision_seed}")
 
 
 def world_fingerprint(data: str | Path) -> str:

@@ -257,6 +257,8 @@ def eval_options(*, protocol: str = "loglik", max_items: int | None = None,
 
 def run_seed(seed: int | None, method: str, config: Any = None, overrides: Any = ()) -> int:
     """The unlearning seed: ``--seed`` when given, else the ``seed`` the method's config (or an override) sets."""
+    if seed is not None and not 0 <= seed < 2**32:  # what numpy and torch take, checked before any work
+        raise ConfigError(f"seed must lie in [0, 2**32), got {seed}")
     return seed if seed is not None else method_configs(method, config, overrides)[0].seed
 
 

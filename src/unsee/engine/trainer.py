@@ -111,6 +111,19 @@ class TrainConfig:
                               "or max_steps N")
         if self.sam_rho < 0:
             raise ConfigError(f"sam_rho must not be negative, got {self.sam_rho}")
+        # a negative rate, decay or clip would train uphill or fail deep in torch; a warm-up past 1 never ends
+        if not self.visual_lr_scale > 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError(f"visual_lr_scale must be positive, weight_decay and grad_clip not negative, got "
+                              f"{self.visual_lr_scale}, {self.weight_decay} and {self.grad_clip}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
+        if self.lora_r < 1 or self.lora_alpha < 1 or not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"LoRA needs lora_r and lora_alpha >= 1 and lora_dropout in [0, 1), got "
+                              f"{self.lora_r}, {self.lora_alpha} and {self.lora_dropout}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must lie in [0, 2**32), got {self.seed}")
+        if self.log_every < 1 or self.eval_every < 0 or self.checkpoint_every < 0:
+            raise ConfigError("log_every must be at least 1, eval_every and checkpoint_every not negative")
         check_trackers(self.report_to)
 
 
