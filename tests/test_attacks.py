@@ -235,6 +235,13 @@ def test_attack_command_adds_to_an_unlearn_results_file(adapter: HFAdapter, worl
                  "--forget", "forget_15", "max_items=2"]) == 0
     run = load_results(fresh)["runs"][0]
     assert run["method"] == "attacked" and "forget_crop" in run["attacks"]["shift"]
+    # an `unsee eval` results file holds no model to compare paths with: the weights it measured say whose it is
+    measured = tmp_path / "vanilla.json"
+    api.evaluate(model, world, measured, forget="forget_15", max_items=2)
+    before = measured.read_bytes()
+    assert main([*shift[:3], str(out / "model"), *shift[4:7], str(measured), "--forget", "forget_15"]) == 2
+    assert "records the run of another model" in capsys.readouterr().err and measured.read_bytes() == before
+    assert main([*shift[:3], str(model), *shift[4:7], str(measured), "--forget", "forget_15", "max_items=2"]) == 0
 
 
 def test_attacks_side_by_side_on_one_output_keep_each_others_figures(adapter: HFAdapter, world: Path,

@@ -205,8 +205,8 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
     with CostMeter() as meter:
         found = evaluation(adapter, suite, steering=steering, **eval_kw)
     meter.record_model(None)
-    run = make_run(method, found, model=model_name(model), suite=suite, forget=forget, seed=seed,
-                   cost=meter.cost(), steering=str(steering) if steering else None)
+    run = make_run(method, found, model=model_name(model), suite=suite, forget=forget, seed=seed, cost=meter.cost(),
+                   steering=str(steering) if steering else None, model_hash=adapter.fingerprint())
     if run["steering"] is None:
         run.pop("steering")
     res = new_results([run])

@@ -31,7 +31,7 @@ from unsee.io import atomic_write_json, atomic_write_text, check_not_input, chec
 from unsee.methods import method_class
 from unsee.methods.artifact import Trained, WeightsArtifact
 from unsee.methods.eraser import STEERING_FILE, SteeringArtifact
-from unsee.models.base import Adapter, Turn
+from unsee.models.base import Adapter, Turn, model_fingerprint
 from unsee.report.card import refresh_card
 from unsee.report.tables import setting_of, vanilla_for
 
@@ -437,6 +437,10 @@ def check_attacked_run(run: Mapping[str, Any], out: Path, home: Path, model: str
     if "data" in run and then != now:
         raise DataError(f"{out} records a run whose items were drawn with seed {then}, and the attack's with seed "
                         f"{now} (other held-out views); pass --seed {then} or write the attack to another --out")
+    measured = run.get("model_hash")  # what `unsee eval` measured; its output holds no model to compare paths with
+    if measured is not None and Path(model).is_dir() and model_fingerprint(model) != measured:
+        raise DataError(f"{out} records the run of another model than {model} (weights {measured}, not "
+                        f"{model_fingerprint(model)}); attack the model it measured, or write to another --out")
     own = home / "model"
     if own.is_dir() and Path(model).exists() and Path(model).resolve() != own.resolve():
         raise DataError(f"{out} records the run of the model in {own}, not {model}; attack that model "
