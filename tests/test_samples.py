@@ -20,7 +20,7 @@ from unsee import api
 from unsee.cli import main
 from unsee.data import load_benchmark, prompts
 from unsee.data.schema import Suite
-from unsee.errors import ConfigError
+from unsee.errors import ConfigError, OutputExistsError
 from unsee.eval import protocols
 from unsee.eval.evaluator import run_evaluation
 from unsee.eval.results import load_results, load_samples, new_results, samples_path, write_results
@@ -142,6 +142,23 @@ def test_report_lists_the_answers_each_method_changed_most(tmp_path: Path) -> No
     assert "### ga" in section and "Question q2?" in section and "Question q3?" in section
     assert "Question q1?" not in section  # unchanged: not listed
     assert "A: " not in section and "| B (wrong) |" in section and "| A (right) |" in section
+
+
+def test_a_samples_file_of_other_results_is_not_replaced(model_dir: Path, world: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`eval --out r.json` writes r.samples.jsonl beside it: one already there is results too (or the
+    user's own), refused as r.json itself would be, before the model loads."""
+    samples = tmp_path / "r.samples.jsonl"
+    samples.write_text("notes\n")
+    with monkeypatch.context() as m:
+        m.setattr(api, "load_adapter", lambda *a, **k: pytest.fail("the model was loaded"))
+        with pytest.raises(OutputExistsError, match="r.samples.jsonl already exists"):
+            api.evaluate(model_dir, world, tmp_path / "r.json", max_items=1)
+    run = api.make_run("vanilla", {"forget": {"mcq": 0.5, "n": 2}}, model="m", suite=api.load_suite(world),
+                       forget="forget_10", seed=0)
+    with pytest.raises(OutputExistsError, match="r.samples.jsonl already exists"):  # the writer's own check too
+        write_results(tmp_path / "r.json", new_results([{**run, "_samples": []}]))
+    assert samples.read_text() == "notes\n" and not (tmp_path / "r.json").exists()
 
 
 def test_bad_evaluation_options_fail_before_any_work(model_dir: Path, world: Path, tmp_path: Path,

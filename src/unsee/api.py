@@ -32,7 +32,15 @@ from unsee.data.request_example import write_world_request
 from unsee.demo import run_demo
 from unsee.engine.distributed import is_main_process
 from unsee.errors import DataError, OutputExistsError
-from unsee.eval.results import load_results, new_results, seed_summary, strip_samples, strip_samples_all, write_results
+from unsee.eval.results import (
+    load_results,
+    new_results,
+    samples_path,
+    seed_summary,
+    strip_samples,
+    strip_samples_all,
+    write_results,
+)
 from unsee.finetune_bench import RECIPES, finetune_benchmark, retrain_benchmark
 from unsee.forget import forget as run_forget
 from unsee.forget import request_files
@@ -50,7 +58,7 @@ from unsee.models import load_adapter, model_fingerprint
 from unsee.models import shapes as _shapes
 from unsee.models import tiny as _tiny
 from unsee.provenance import CostMeter
-from unsee.report import REPORT_FILES, model_card, terminal_table, write_report
+from unsee.report import REPORT_FILES, model_card, print_results, write_report
 from unsee.report.card import unlearned_by
 from unsee.resume import Progress, photos_before, run_parts, train_share
 from unsee.runs import (
@@ -194,7 +202,8 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
     if method == "vanilla" and steering is not None:
         raise ConfigError("a model with a steering file is not the vanilla model: name its run with --method "
                           "(default: eraser)")
-    check_output_file(out, overwrite=overwrite, inputs=_local(model, data, steering))
+    for written in (out, samples_path(out)):  # the results file and its item records beside it
+        check_output_file(written, overwrite=overwrite, inputs=_local(model, data, steering))
     eval_kw = eval_options(protocol=protocol, max_items=max_items, max_new_tokens=max_new_tokens)
     suite = load_suite(data, forget, seed=seed, benchmark=benchmark, revision=revision)
     check_forget(suite)
@@ -212,11 +221,6 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
     res = new_results([run])
     write_results(out, res, overwrite=overwrite)
     return strip_samples_all(res)
-
-
-def print_results(res: dict) -> None:
-    from rich.console import Console
-    Console().print(terminal_table(res))
 
 
 def report(results: Sequence[str | Path], out: str | Path, *, overwrite: bool = False) -> Path:

@@ -305,13 +305,14 @@ def write_results(path: str | Path, obj: Mapping[str, Any], *, overwrite: bool =
     change no item), and a missing one is written empty, so every results.json has one.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
+    spath = samples_path(path)
     runs = list(obj.get("runs", []))
     carry = any(SAMPLES_KEY in r for r in runs)
+    for target in (path, spath) if carry else (path,):  # a samples file of other results is not replaced either
+        if target.exists() and not overwrite:
+            raise OutputExistsError(f"{target} already exists; pass --overwrite to replace it")
     obj = {**obj, "runs": [strip_samples(r) for r in runs]}
     plain = json.loads(json.dumps(obj, default=json_default))  # numpy scalars, tuples -> JSON types
-    spath = samples_path(path)
     if carry or not spath.exists():
         text = "".join(json.dumps(line, default=json_default, ensure_ascii=False) + "\n"
                        for line in sample_lines(runs))

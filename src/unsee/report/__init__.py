@@ -16,10 +16,17 @@ from unsee.report.changes import changes_section, runs_with_samples
 from unsee.report.plots import loss_panels, plot_continual, plot_losses, plot_tradeoff
 from unsee.report.tables import render_report, terminal_table
 
-__all__ = ["model_card", "plot_continual", "plot_losses", "plot_tradeoff", "render_report", "terminal_table",
-           "write_report"]
+__all__ = ["model_card", "plot_continual", "plot_losses", "plot_tradeoff", "print_results", "render_report",
+           "terminal_table", "write_report"]
 
 REPORT_FILES = ("report.md", "tradeoff.png", "continual.png", "losses.png")
+
+
+def print_results(res: dict) -> None:
+    """A results object as the table ``unsee eval`` prints."""
+    from rich.console import Console
+
+    Console().print(terminal_table(res))
 
 
 def write_report(
