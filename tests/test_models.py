@@ -444,6 +444,23 @@ def test_init_missing_world_raises(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_init_on_a_folder_that_is_no_world_is_one_line(world: Path, tmp_path: Path) -> None:
+    """A tokenizer trained on no world would know none of its people: refused, as a broken world is."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no parquet files"):
+        init_model("tiny-llava", tmp_path / "out", world=tmp_path / "empty")
+    broken = Path(shutil.copytree(world, tmp_path / "broken"))
+    (broken / "world.json").write_text("{not json")
+    with pytest.raises(DataError, match="cannot read .*world.json"):
+        init_model("tiny-llava", tmp_path / "out", world=broken)
+    (broken / "world.json").write_text((world / "world.json").read_text())
+    shard = next(broken.rglob("*.parquet"))
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(DataError, match="is not a readable parquet file"):
+        init_model("tiny-llava", tmp_path / "out", world=broken)
+    assert not (tmp_path / "out").exists()
+
+
 def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()

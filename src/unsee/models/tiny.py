@@ -15,12 +15,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from unsee.errors import ModelError
+from unsee.errors import DataError, ModelError
 from unsee.io import atomic_dir, content_hash, source_fingerprint
 from unsee.models.qwen_vl import Qwen2_5_VLProcessor, Qwen2VLProcessor, add_video_processor
 
@@ -86,13 +87,22 @@ def world_text(world: str | Path) -> list[str]:
     the same reason a built-in world that asks each fact several times (``mcq_variants``) gives
     only the first askings: the others repeat their words."""
     info = Path(world) / "world.json"
-    variants = json.loads(info.read_text()).get("config", {}).get("mcq_variants", 1) if info.is_file() else 1
+    try:
+        variants = json.loads(info.read_text()).get("config", {}).get("mcq_variants", 1) if info.is_file() else 1
+    except (OSError, ValueError, AttributeError) as e:
+        raise DataError(f"cannot read {info}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    files = sorted(Path(world).rglob("*.parquet"))
+    if not files:  # a tokenizer trained on nothing but the base corpus would know none of the people
+        raise DataError(f"{world} holds no parquet files: give a world `unsee world` wrote, or a benchmark folder")
     lines: list[str] = []
-    for f in sorted(Path(world).rglob("*.parquet")):
+    for f in files:
         folder = f.relative_to(world).parts[0]
         if folder == "Holdout_Set" or folder.startswith(("val_", "known_")):
             continue
-        table = pq.read_table(f)
+        try:
+            table = pq.read_table(f)
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"{f} is not a readable parquet file: {str(e).splitlines()[0]}") from None
         for col in table.column_names:
             if col in ("image", "images"):
                 continue
