@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -91,11 +92,18 @@ def test_model_init_refuses_existing_results(capsys: pytest.CaptureFixture[str],
 
 def test_retrain_needs_a_vanilla_model_made_by_finetune(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                                         tiny_models: TinyModels, world: Path) -> None:
-    out = tmp_path / "r"
-    assert main(["retrain", "--model", str(tiny_models.dir("tiny-llava")), "--data", str(world),
-                 "--out", str(out)]) == 2
+    out, model = tmp_path / "r", tiny_models.dir("tiny-llava")
+    capsys.readouterr()  # what building the model printed
+    assert main(["retrain", "--model", str(model), "--data", str(world), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not made by unsee finetune" in err[0]
+    assert not out.exists()
+    copied = Path(shutil.copytree(model, tmp_path / "v"))
+    (copied / "unsee_vanilla.json").write_text("{cut sho")  # a copy cut short
+    capsys.readouterr()
+    assert main(["retrain", "--model", str(copied), "--data", str(world), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot read" in err[0] and "unsee_vanilla.json" in err[0], err
     assert not out.exists()
 
 

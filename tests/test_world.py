@@ -233,6 +233,8 @@ def test_each_fact_asked_several_times_adds_items_and_nothing_else(world: Path, 
                                                                                   plain.groups["forget_test"]}]
     with pytest.raises(ConfigError, match="mcq_variants must be at least 1"):
         load_config(WorldConfig, "quick", ["mcq_variants=0"], kind="world")
+    with pytest.raises(ConfigError, match="n_pretrain must be at least 1"):  # stage 1 pre-trains on that pool
+        load_config(WorldConfig, "quick", ["n_pretrain=0"], kind="world")
 
 
 def test_held_out_views_never_appear_in_training_rows(world: Path) -> None:

@@ -54,7 +54,12 @@ def _vanilla_record(vanilla: Path, data: Path) -> dict:
     if not record.is_file():
         raise ModelError(f"{vanilla} was not made by unsee finetune (it has no unsee_vanilla.json): the retrained "
                          "reference repeats that command's last stage")
-    meta = json.loads(record.read_text())
+    try:
+        meta = json.loads(record.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read {record}: {str(e).splitlines()[0]}; copy the vanilla model again") from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"{record} does not hold what unsee finetune records; copy the vanilla model again")
     if meta.get("world_fingerprint") != world_fingerprint(data):
         raise DataError(f"{vanilla} was fine-tuned on another world than {data}")
     return meta

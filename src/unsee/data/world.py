@@ -93,12 +93,11 @@ class WorldConfig:
     min_trait_distance: int = opt(3, "least number of differing discrete traits between any two identities")
 
     def validate(self) -> None:
-        for name in ("n_people", "n_train_views", "n_test_views", "request_size", "mcq_variants"):
+        for name in ("n_people", "n_train_views", "n_test_views", "request_size", "mcq_variants", "n_pretrain"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("n_known", "n_unknown", "n_neutral", "n_holdout", "n_general_train", "n_general_eval",
-                     "n_requests",
-                     "n_pretrain", "min_trait_distance"):
+                     "n_requests", "min_trait_distance"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.n_people < 4:

@@ -50,7 +50,8 @@ def _check_local(path: Path, allow_pickle: bool) -> None:
     if not has_safe and has_pickle and not allow_pickle:
         raise ModelError(
             f"{path} has only pickle weights (.bin/.pt), which can run arbitrary code when loaded; "
-            "convert them to safetensors, or pass allow_pickle=True (--allow-pickle) if you trust the source"
+            "convert them to safetensors (save_pretrained), or, if you trust the source, pass allow_pickle=True "
+            "(--allow-pickle, on unlearn, forget, eval and attack; finetune and retrain read safetensors only)"
         )
     if not has_safe and not has_pickle:
         raise ModelError(f"{path} holds no weights (*.safetensors)")
