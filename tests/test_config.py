@@ -361,7 +361,7 @@ def test_a_long_chain_stops(tmp_path: Path) -> None:
 # What every shipped unlearning config resolves to (run.json and results.json record it): pinned when
 # the shipped files came to share parents through ``extends``, and moved since only by the settings
 # picked on the validation request (the learning rates of ga, mmunlearner, vkd, the CVF family and
-# ncu_only). A change of a shipped setting shows here.
+# ncu_only) and ncu_only's null space made cvf_ncu's. A change of a shipped setting shows here.
 TRAIN_BEFORE = {
     "scope": "full", "lr": 2e-05, "epochs": 5.0, "max_steps": 0, "min_steps": 0, "batch_size": 8,
     "group_by_length": False, "visual_lr_scale": 1.0, "weight_decay": 0.0, "grad_clip": 1.0, "sam_rho": 0.0,
@@ -401,7 +401,8 @@ RESOLVED_BEFORE: dict[str, dict] = {
     "ncu_only": {"scope": "visual", "lr": 0.0003, "tau": 0.1, "lambda_r": 1.0, "lambda_d": 1.0, "lambda_o": 0.0,
                  "lambda_t": 0.0, "lambda_v": 0.0, "lambda_dv": 0.0, "merge_block": -1, "augment": 0.0,
                  "adv_steps": 0, "adv_eps": 8 / 255, "relearn_sim_steps": 0, "relearn_sim_eps": 0.003, "ncu": True,
-                 "energy": 0.01, "ncu_images": 256, "lambda_k": 1.0, **NCU_ADDED},
+                 "energy": 0.01, "ncu_images": 1024,  # since: the null space of cvf_ncu, as documented
+                 "lambda_k": 1.0, **NCU_ADDED},
 }
 # Keys that were recorded but never read: cvf_only never ran NCU (it recorded ncu: true all the
 # same), and ncu_only's loss is GA's, with none of CVF's terms.
@@ -439,6 +440,12 @@ def test_the_eraser_config_is_read_as_written() -> None:
         with pytest.raises(ConfigError, match=f"eraser trains no weights: the training option.*{key.split('=')[0]}"):
             api.method_configs("eraser", None, [key])
     api.method_configs("eraser", None, ["progress=false", "logging_dir=logs"])
+    # the shipped sweep picks strength, gate and layers itself: setting them beside it would change nothing
+    for key in ("strength=-3", "gate=0.2", "depth=[0, 0.25]"):
+        with pytest.raises(ConfigError, match=f"{key.split('=')[0]} would not be read: with sweep=true"):
+            api.method_configs("eraser", None, [key])
+    assert api.method_configs("eraser", None, ["sweep=false", "strength=-3"])[1].strength == -3.0
+    assert api.method_configs("eraser", None, ["layers=[1]", "sweep_strengths=[-3]"])[1].layers == [1]
 
 
 @pytest.mark.parametrize(("method", "key"), [

@@ -424,6 +424,26 @@ def test_cvf_refuses_a_temperature_that_is_not_positive_before_training(tau: flo
         CVFNCU(CVFConfig(tau=tau, ncu=False)).setup(ctx)
 
 
+def test_ncu_only_builds_its_null_space_from_each_photo_once_as_cvf_ncu_does(
+        model_dir: Path, suite: Suite, turns: dict[str, list[Turn]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """ncu_only reads questions, several a photo: its covariance must still take each retained and general photo
+    once, the set cvf_ncu (which reads photos) takes, not the first photos repeated up to the cap."""
+    seen: dict[str, list[int]] = {}
+    covariances = ncu.input_covariances
+    for name, streams in (("ncu_only", {k: turns[k] for k in ("forget", "retain", "general")}),
+                          ("cvf_ncu", {k: unique_images(turns[k]) for k in ("forget", "retain", "general")})):
+        _, _, ctx = cvf_context(model_dir, suite, turns)
+        ctx.streams = make_streams(streams, cfg())
+        monkeypatch.setattr(ncu, "input_covariances", lambda a, images, n=name, **kw: seen.setdefault(n, [
+            id(i) for i in images]) and covariances(a, images, **kw))
+        ncu.constrain_to_retained(ctx, ncu.NCUConfig(ncu_images=10_000))
+    assert len(turns["retain"]) > len(unique_images(turns["retain"]))  # questions: photos repeat
+    assert len(set(seen["ncu_only"])) == len(seen["ncu_only"]) and set(seen["ncu_only"]) == set(seen["cvf_ncu"])
+    assert any(id(t.image) in seen["ncu_only"] for t in turns["general"])  # the general photos too
+    shipped = {m: api.method_configs(m, None, [])[1].ncu_images for m in ("ncu_only", "cvf_ncu")}
+    assert shipped["ncu_only"] == shipped["cvf_ncu"]
+
+
 def test_cvf_known_distillation_reads_the_known_photos_and_only_when_asked(
         model_dir: Path, suite: Suite, turns: dict[str, list[Turn]], monkeypatch: pytest.MonkeyPatch) -> None:
     """lambda_known: the known people's training photos become a stream, their tokens are distilled onto the

@@ -150,7 +150,8 @@ def method_configs(method: str, config: str | Path | Mapping[str, Any] | None,
     mcls = cls.Config
     shipped = Path(__file__).parent / "configs" / "unlearn" / f"{method}.yaml"
     values = config_values(shipped if config is None and shipped.exists() else config, "unlearn")
-    values.update(dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides))
+    given = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
+    values.update(given)
     tkeys = {f.name for f in dataclasses.fields(TrainConfig)}
     mkeys = {f.name for f in dataclasses.fields(mcls)}
     unknown = sorted(set(values) - tkeys - mkeys)
@@ -165,6 +166,8 @@ def method_configs(method: str, config: str | Path | Mapping[str, Any] | None,
     tcfg, mcfg = load_config(TrainConfig, tvals), load_config(mcls, {k: v for k, v in values.items() if k in mkeys})
     if hasattr(mcfg, "check_train"):  # method options that depend on the engine's
         mcfg.check_train(tcfg)
+    if hasattr(mcfg, "check_given"):  # options given that the config as set would not read
+        mcfg.check_given(set(given))
     return tcfg, mcfg, cls
 
 

@@ -53,7 +53,9 @@ def constrain_to_retained(ctx: Context, cfg: NCUConfig, known: bool = True) -> N
     updates are confined instead to the directions the forget photos use most against those
     retained ones.
     """
-    retain, kept, general = ([t.image for t in ctx.streams[k].turns if t.image is not None] if k in ctx.streams
+    # each photo once: a stream of questions (ncu_only's) holds a photo once per question asked about it, and the
+    # cap would otherwise fill with a few photos asked many times
+    retain, kept, general = ([t.image for t in unique_images(ctx.streams[k].turns)] if k in ctx.streams
                              else [] for k in ("retain", "known", "general"))
     images = (retain + (kept if known else []) + general)[: cfg.ncu_images]
     covs = input_covariances(ctx.adapter, ctx.shard(images), ctx=ctx)

@@ -80,6 +80,15 @@ class EraserConfig:
         if self.use_pgd and (self.pgd_eps < 0 or self.pgd_step <= 0 or self.pgd_steps < 1):
             raise ConfigError("PGD needs pgd_eps >= 0, pgd_step > 0 and pgd_steps >= 1")
 
+    def check_given(self, keys: set[str]) -> None:
+        """Options given on the command line (or the API's overrides) that this config would not read."""
+        unread = sorted(keys & {"strength", "gate", "depth"}) if self.sweep else []
+        if unread:
+            raise ConfigError(f"{', '.join(unread)} would not be read: with sweep=true (the shipped eraser setting) "
+                              "the sweep picks the strength, the gate and the layers on each request; add "
+                              "sweep=false to set them by hand, or narrow the sweep (sweep_strengths, sweep_gates, "
+                              "layers)")
+
 
 def layer_span(n_layers: int, lo: float = 1 / 3, hi: float = 2 / 3) -> list[int]:
     """Layers ``[int(lo*L), int(hi*L))``, at least one: by default the middle third."""
