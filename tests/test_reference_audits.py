@@ -247,9 +247,7 @@ def test_a_reference_given_by_hand_must_be_the_one_without_the_forget_split(
     is used, and the run says that nothing vouches for it."""
     for module in (api, unlearning):
         monkeypatch.setattr(module, "load_adapter", lambda *a, **k: pytest.fail("a model was loaded"))
-    other = tmp_path / "ref"
-    other.mkdir()
-    (other / "config.json").write_text("{}")
+    other = Path(shutil.copytree(model, tmp_path / "ref"))  # a model: a broken one is refused before this
     (other / "unsee_retrained.json").write_text(json.dumps({"forget": "forget_10"}))
     base = ["--model", str(model), "--data", str(world), "--forget", "forget_5", "--reference", str(other)]
     assert main(["attack", "mia", *base, "--out", str(tmp_path / "x.json")]) == 2

@@ -435,9 +435,9 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     out = Path(out)
     if out.is_dir():  # an unlearn output directory
         out = out / "results.json"
-    for written in (out, cache_dir):  # the results file, and the reference audits' cache
+    for written, around in ((out, False), (cache_dir, True)):  # the results; the reference audits' cache
         if written is not None:
-            check_not_input(written, _local(model, data, vanilla, steering, reference))
+            check_not_input(written, _local(model, data, vanilla, steering, reference), around=around)
     if out.is_dir():
         check_output_file(out, overwrite=overwrite)
     check_writable(out)

@@ -137,12 +137,13 @@ def _real(path: str | Path) -> Path:
     return Path(os.path.realpath(Path(path).expanduser()))
 
 
-def check_not_input(out: str | Path, inputs: Iterable[str | Path | None]) -> None:
+def check_not_input(out: str | Path, inputs: Iterable[str | Path | None], *, around: bool = False) -> None:
     """Refuse an output that is an input, lies inside one, or contains one.
 
     Outputs replace their whole path when they land (:func:`atomic_dir`), so any overlap
     would delete or rewrite what the run reads; ``--overwrite`` does not change that. Inputs
-    that are not local paths (hub ids) cannot overlap and are skipped.
+    that are not local paths (hub ids) cannot overlap and are skipped. ``around``: a folder the run
+    writes entries into and never replaces whole (the stage cache) may contain an input.
     """
     o = _real(out)
     for given in inputs:
@@ -153,7 +154,7 @@ def check_not_input(out: str | Path, inputs: Iterable[str | Path | None]) -> Non
             how = "is"
         elif i in o.parents:
             how = "lies inside"
-        elif o in i.parents:
+        elif o in i.parents and not around:
             how = "contains"
         else:
             continue
@@ -213,8 +214,10 @@ def check_output_dir(path: str | Path, *, overwrite: bool, marker: str | None = 
     """
     path = Path(path)
     inputs = list(inputs)
-    for where in (path, *(w for w in writes if w is not None)):
-        check_not_input(where, inputs)
+    check_not_input(path, inputs)
+    for where in writes:  # a stage cache may hold an input (the vanilla model it built), never lie in one
+        if where is not None:
+            check_not_input(where, inputs, around=True)
     if path.is_file():
         raise OutputError(f"{path} is a file, and the output is a folder; give another --out")
     if marker is not None:
