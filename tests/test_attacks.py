@@ -16,7 +16,7 @@ from unsee.audit.attacks import AttackConfig, fit_probe, pgd_pixels, pixel_bound
 from unsee.data.schema import Suite
 from unsee.data.world import build_world
 from unsee.errors import ConfigError, DataError
-from unsee.models import HFAdapter, Turn, load_adapter
+from unsee.models import HFAdapter, Turn, load_adapter, model_fingerprint
 from unsee.models.tiny import init_model
 
 WORLD = ["n_people=8", "n_known=2", "n_unknown=2", "n_neutral=4", "n_train_views=3", "n_test_views=1",
@@ -235,6 +235,7 @@ def test_attack_command_adds_to_an_unlearn_results_file(adapter: HFAdapter, worl
                  "--forget", "forget_15", "max_items=2"]) == 0
     run = load_results(fresh)["runs"][0]
     assert run["method"] == "attacked" and "forget_crop" in run["attacks"]["shift"]
+    assert run["model_hash"] == model_fingerprint(model)  # two models attacked alike are not one run
     # an `unsee eval` results file holds no model to compare paths with: the weights it measured say whose it is
     measured = tmp_path / "vanilla.json"
     api.evaluate(model, world, measured, forget="forget_15", max_items=2)

@@ -23,8 +23,16 @@ from unsee.data.schema import Suite
 from unsee.errors import ConfigError, OutputExistsError
 from unsee.eval import protocols
 from unsee.eval.evaluator import run_evaluation
-from unsee.eval.results import load_results, load_samples, new_results, samples_path, write_results
+from unsee.eval.results import (
+    ResultsError,
+    load_results,
+    load_samples,
+    new_results,
+    samples_path,
+    write_results,
+)
 from unsee.report import write_report
+from unsee.report.changes import changes_section
 
 FIXTURES = {"mllmu": (fb.write_mllmu, "forget_10"), "clear": (fb.write_clear, "forget05"),
             "umu": (fb.write_umu, "forget_10")}
@@ -142,6 +150,43 @@ def test_report_lists_the_answers_each_method_changed_most(tmp_path: Path) -> No
     assert "### ga" in section and "Question q2?" in section and "Question q3?" in section
     assert "Question q1?" not in section  # unchanged: not listed
     assert "A: " not in section and "| B (wrong) |" in section and "| A (right) |" in section
+    # the same file given twice: its runs once, in the tables and here alike
+    write_report([out / "results.json", out / "results.json"], out, overwrite=True)
+    assert (out / "report.md").read_text().count("### ga") == 1
+
+
+def test_a_samples_file_that_is_not_the_one_recorded_is_refused_before_any_report_file(tmp_path: Path) -> None:
+    """Edited, cut short or left by other results, its lines would be read as these runs' answers."""
+    out = tmp_path / "r"
+    test_report_lists_the_answers_each_method_changed_most(tmp_path)
+    lines = (out / "samples.jsonl").read_text().splitlines()
+    for bad, message in ((lines[:-1], "not the file results.json recorded"),
+                         ([lines[0].replace('"correct": true', '"correct": false'), *lines[1:]],
+                          "not the file results.json recorded")):
+        (out / "samples.jsonl").write_text("\n".join(bad) + "\n")
+        with pytest.raises(ResultsError, match=message):
+            load_samples(out / "results.json")
+        with pytest.raises(ResultsError, match=message):
+            write_report([out / "results.json"], tmp_path / "rep")
+        assert not (tmp_path / "rep").exists()  # no plots without their report
+    (out / "samples.jsonl").write_bytes(b"\xff\xfe\n")
+    with pytest.raises(ResultsError, match="cannot read"):
+        load_samples(out / "results.json")
+
+
+def test_an_earlier_request_is_compared_with_vanilla_on_the_items_both_measured() -> None:
+    """`forget --requests A,B`: the vanilla run was measured on B's groups; request A's retain items share their
+    uids with B's and are other questions, so only forget_r1 (the same items) is compared."""
+    def recs(correct: bool, groups: tuple[str, ...]) -> list[dict[str, Any]]:
+        return [{"group": g, "uid": f"{g}/q", "task": "mcq", "correct": correct, "extracted": "A",
+                 "question": f"{g}?"} for g in groups]
+
+    base = {"model": "m", "benchmark": "request", "forget_split": "a+b", "method": "vanilla", "request": 2,
+            "seed": 0, "config": {}}
+    first = {**base, "method": "ga", "request": 1}
+    section = "\n".join(changes_section([(base, recs(True, ("retain", "forget_r1"))),
+                                         (first, recs(False, ("retain", "forget_r1")))]))
+    assert "forget_r1?" in section and "retain?" not in section
 
 
 def test_a_samples_file_of_other_results_is_not_replaced(model_dir: Path, world: Path, tmp_path: Path,

@@ -473,7 +473,8 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
         card = home / "model" / "README.md"  # the attacked checkpoint's card, where the output holds it
         add_attacks(out, index, home, found, card if Path(model).resolve() == card.parent.resolve() else None)
     else:
-        run = make_run(method, {}, model=model_name(model), suite=suite, forget=forget, seed=seed, attacks=found)
+        run = make_run(method, {}, model=model_name(model), suite=suite, forget=forget, seed=seed, attacks=found,
+                       model_hash=adapter.fingerprint())  # two models attacked alike are still two runs
         write_results(out, new_results([run]))
     return found
 

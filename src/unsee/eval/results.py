@@ -302,18 +302,20 @@ def write_results(path: str | Path, obj: Mapping[str, Any], *, overwrite: bool =
     Runs that carry item records (:data:`SAMPLES_KEY`) have them written to samples.jsonl
     beside the file, first, and results.json records that file's line count and hash. With
     no records at all, an existing samples.jsonl is left as it is (attacks added to a run
-    change no item), and a missing one is written empty, so every results.json has one.
+    change no item), and a missing one is written empty, so every results.json has one. One the
+    results do not record (left by other results) is theirs: refused, or replaced with ``overwrite``.
     """
     path = Path(path)
     spath = samples_path(path)
     runs = list(obj.get("runs", []))
     carry = any(SAMPLES_KEY in r for r in runs)
-    for target in (path, spath) if carry else (path,):  # a samples file of other results is not replaced either
+    stale = spath.exists() and "samples" not in obj
+    for target in (path, spath) if carry or stale else (path,):  # other results' samples are not replaced either
         if target.exists() and not overwrite:
             raise OutputExistsError(f"{target} already exists; pass --overwrite to replace it")
     obj = {**obj, "runs": [strip_samples(r) for r in runs]}
     plain = json.loads(json.dumps(obj, default=json_default))  # numpy scalars, tuples -> JSON types
-    if carry or not spath.exists():
+    if carry or stale or not spath.exists():
         text = "".join(json.dumps(line, default=json_default, ensure_ascii=False) + "\n"
                        for line in sample_lines(runs))
         plain["samples"] = {"file": spath.name, "lines": text.count("\n"),
@@ -327,16 +329,38 @@ def write_results(path: str | Path, obj: Mapping[str, Any], *, overwrite: bool =
 
 
 def load_samples(results_path: str | Path) -> list[dict[str, Any]]:
-    """The item records beside a results file, in order ([] when there are none)."""
+    """The item records beside a results file, in order ([] when there are none).
+
+    The file must be the one the results file recorded (its line count and SHA-256): records
+    edited, cut short or left by other results would be read as these runs' answers.
+    """
     results_path = Path(results_path)
     spath = samples_path(results_path)
     if not spath.exists():
         return []
-    text = spath.read_text(encoding="utf-8")
     try:
-        lines = [json.loads(ln) for ln in text.splitlines() if ln.strip()]
-    except json.JSONDecodeError as e:
-        raise ResultsError(f"{spath}: not valid JSON lines ({e})") from e
+        data = spath.read_bytes()
+        text = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ResultsError(f"cannot read {spath}: {str(e).splitlines()[0]}") from None
+    record = load_results(results_path).get("samples")
+    if record is None:
+        raise ResultsError(f"{spath} is not recorded by {results_path.name}, so nothing says it holds these runs' "
+                           "answers; move it away (or write the results again)")
+    if record.get("sha256") != hashlib.sha256(data).hexdigest() or record.get("lines") != text.count("\n"):
+        raise ResultsError(f"{spath} is not the file {results_path.name} recorded (its lines or SHA-256 differ: "
+                           "edited, cut short or replaced); write the results again")
+    lines = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ResultsError(f"{spath}, line {n}: not valid JSON ({e.msg})") from None
+        if not isinstance(item, dict) or not {"run", "group", "uid"} <= set(item):
+            raise ResultsError(f"{spath}, line {n}: an item record needs run, group and uid")
+        lines.append(item)
     return lines
 
 

@@ -49,6 +49,7 @@ def write_report(
     sources = []
     for path in result_paths:
         sources += runs_with_samples(load_results(path), load_samples(path))
+    changes = changes_section(sources)  # before anything is written: a bad samples file leaves no half report
     out.mkdir(parents=True, exist_ok=True)
     written = [plot_tradeoff(results, out / "tradeoff.png")]
     if any(run["request"] > 1 for run in results["runs"]):
@@ -61,5 +62,5 @@ def write_report(
         (out / "losses.png").unlink(missing_ok=True)
     images = [p.name for p in written]
     report = out / "report.md"
-    atomic_write_text(report, render_report(results, images=images, changes=changes_section(sources)))
+    atomic_write_text(report, render_report(results, images=images, changes=changes))
     return [report, *written]

@@ -8,11 +8,12 @@ from it changed but stayed right or wrong, and the change in ROUGE-L for generat
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from unsee.data.schema import LETTERS
-from unsee.report.tables import Setting, setting_labels, setting_of
+from unsee.report.tables import Setting, baseline_for, config_variants, setting_labels, setting_of
 
 TOP = 10
 _WIDTH = 60
@@ -82,20 +83,29 @@ def changes_section(sources: Sequence[tuple[Mapping[str, Any], Sequence[Mapping[
     """
 
     keyed: dict[Setting, list[tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]]] = {}
+    seen: set[str] = set()
     for run, recs in sources:
-        if recs:
+        key = json.dumps(run, sort_keys=True, default=str)  # a file given twice: its runs once, as in the tables
+        if recs and key not in seen:
+            seen.add(key)
             keyed.setdefault(setting_of(run), []).append((run, recs))
     out: list[str] = []
     labels = setting_labels(keyed)
+    variant = config_variants([run for pairs in keyed.values() for run, _ in pairs])
     for setting, pairs in keyed.items():
-        vanilla = next((recs for run, recs in pairs if run["method"] == "vanilla"), None)
-        if vanilla is None:
+        base = next(((run, recs) for run, recs in pairs if run["method"] == "vanilla"), None)
+        if base is None:
             continue
         for run, recs in pairs:
             if run["method"] == "vanilla":
                 continue
+            # only the groups both measured on the same items (an earlier request of `forget --requests`:
+            # its forget_rN alone)
+            vanilla = [r for r in base[1] if baseline_for(run, base[0], str(r["group"])) is not None]
             moved = most_changed(vanilla, recs, top)
-            out += [f"### {run['method']} (request {run['request']}) \u00b7 {labels[setting]}", ""]
+            config = f" [{variant[id(run)]}]" if variant[id(run)] else ""
+            out += [f"### {run['method']}{config} (request {run['request']}, seed {run.get('seed', 0)}) "
+                    f"\u00b7 {labels[setting]}", ""]
             if not moved:
                 out += ["_No item changed its answer._", ""]
                 continue
