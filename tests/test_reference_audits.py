@@ -351,8 +351,8 @@ def test_seed_summary_plot_and_report_show_the_spread(tmp_path: Path) -> None:
     text = (tmp_path / "report" / "report.md").read_text()
     assert "## Over unlearning seeds" in text and "0.350 \u00b1 0.071 [0.300, 0.400]" in text
     assert "0.30 (\u22120.60) [0.20, 0.40]" in text
-    assert "| ga | 1 | relearn | ag 20.00, n_seen 4 | ag 10.00 |" in text
-    assert "| ga | 1 | relearn_ag | 20.000 | 10.000 | <= reference + 5 | no |" in text
+    assert "| ga | 1 | 0 | relearn | ag 20.00, n_seen 4 | ag 10.00 |" in text
+    assert "| ga | 1 | 0 | relearn_ag | 20.000 | 10.000 | <= reference + 5 | no |" in text
     assert (tmp_path / "report" / "tradeoff.png").is_file()
 
 

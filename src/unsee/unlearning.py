@@ -129,8 +129,8 @@ def find_reference(reference: str | Path | None, base: str | Path | None, data: 
         path = Path(reference)
         if not (path / "config.json").is_file():
             raise ModelError(f"the reference {path} is not a model directory (no config.json)")
-        check_reference(path, forget)
         check_model_dir(path)  # it loads after the unlearning has trained: a broken one is refused before
+        check_reference(path, forget)
         return path
     if base is None or not (Path(data) / "world.json").is_file():
         return None

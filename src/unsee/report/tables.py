@@ -204,8 +204,7 @@ def _setting_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = [_md_row(header), _md_row(["---"] * 2 + ["---:"] * (len(header) - 2))]
     variant = config_variants(runs)  # what tells apart two rows of one method
     for run in sorted(runs, key=lambda r: (r["method"] != "vanilla", r["request"])):
-        label = str(run["method"]) + (f" [{variant[id(run)]}]" if variant[id(run)] else "")
-        cells = [label, str(run["request"]), str(run.get("seed", 0))]
+        cells = _run_cells(run, variant)
         for g in groups:
             base = figure(baseline, g, keys[g]) if (baseline := baseline_for(run, vanilla, g)) else None
             cells.append(fmt_delta(figure(run, g, keys[g]), base) + _interval(run["metrics"].get(g, {}), g, keys[g]))
@@ -302,29 +301,36 @@ def _figures_text(figures: Mapping[str, Any]) -> str:
 def _attacks_section(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     """Each run's attack figures, and the retrained reference's beside them where it was attacked too."""
     rows = []
+    variant = config_variants(runs)
     for run in runs:
         for attack, figures in (run.get("attacks") or {}).items():
             ref = figures.get("reference")
-            rows.append(_md_row([str(run["method"]), str(run["request"]), attack, _figures_text(figures) or DASH,
+            rows.append(_md_row([*_run_cells(run, variant), attack, _figures_text(figures) or DASH,
                                  _figures_text(ref) or DASH if isinstance(ref, Mapping) else DASH]))
     if not rows:
         return []
     lines = [
         "## Attacks",
         "",
-        _md_row(["method", "request", "attack", "figures", "retrained reference"]),
-        _md_row(["---"] * 5),
+        _md_row(["method", "request", "seed", "attack", "figures", "retrained reference"]),
+        _md_row(["---"] * 6),
         *rows,
     ]
-    checks = _reference_check_rows(runs)
+    checks = _reference_check_rows(runs, variant)
     if checks:
         lines += ["", "### Against the retrained reference", "",
-                  _md_row(["method", "request", "check", "value", "reference", "target", "passed"]),
-                  _md_row(["---"] * 3 + ["---:"] * 2 + ["---"] * 2), *checks]
+                  _md_row(["method", "request", "seed", "check", "value", "reference", "target", "passed"]),
+                  _md_row(["---"] * 4 + ["---:"] * 2 + ["---"] * 2), *checks]
     return lines
 
 
-def _reference_check_rows(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+def _run_cells(run: Mapping[str, Any], variant: Mapping[int, str]) -> list[str]:
+    """Which run a row is: its method (with the config keys that set it apart), request and seed."""
+    return [str(run["method"]) + (f" [{variant[id(run)]}]" if variant.get(id(run)) else ""), str(run["request"]),
+            str(run.get("seed", 0))]
+
+
+def _reference_check_rows(runs: Sequence[Mapping[str, Any]], variant: Mapping[int, str]) -> list[str]:
 
     def num(v: Any) -> str:
         return DASH if v is None else f"{float(v):.3f}"
@@ -333,8 +339,8 @@ def _reference_check_rows(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     for run in runs:
         for name, c in reference_checks(run.get("attacks") or {}).items():
             if c["pass"] is not None:
-                rows.append(_md_row([str(run["method"]), str(run["request"]), name, num(c["value"]),
-                                     num(c["reference"]), c["target"], "yes" if c["pass"] else "no"]))
+                rows.append(_md_row([*_run_cells(run, variant), name, num(c["value"]), num(c["reference"]),
+                                     c["target"], "yes" if c["pass"] else "no"]))
     return rows
 
 
