@@ -155,7 +155,8 @@ def test_report_lists_the_answers_each_method_changed_most(tmp_path: Path) -> No
     assert (out / "report.md").read_text().count("### ga") == 1
 
 
-def test_a_samples_file_that_is_not_the_one_recorded_is_refused_before_any_report_file(tmp_path: Path) -> None:
+def test_a_samples_file_that_is_not_the_one_recorded_is_refused_before_any_report_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Edited, cut short or left by other results, its lines would be read as these runs' answers."""
     out = tmp_path / "r"
     test_report_lists_the_answers_each_method_changed_most(tmp_path)
@@ -172,6 +173,12 @@ def test_a_samples_file_that_is_not_the_one_recorded_is_refused_before_any_repor
     (out / "samples.jsonl").write_bytes(b"\xff\xfe\n")
     with pytest.raises(ResultsError, match="cannot read"):
         load_samples(out / "results.json")
+    # results that record no samples file (older ones): the file beside them is not read as theirs
+    (out / "samples.jsonl").write_text("\n".join(lines) + "\n")
+    unrecorded = {k: v for k, v in json.loads((out / "results.json").read_text()).items() if k != "samples"}
+    (out / "results.json").write_text(json.dumps(unrecorded))
+    assert load_samples(out / "results.json") == []
+    assert "is not recorded by results.json" in capsys.readouterr().err
 
 
 def test_an_earlier_request_is_compared_with_vanilla_on_the_items_both_measured() -> None:

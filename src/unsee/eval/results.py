@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -332,7 +333,8 @@ def load_samples(results_path: str | Path) -> list[dict[str, Any]]:
     """The item records beside a results file, in order ([] when there are none).
 
     The file must be the one the results file recorded (its line count and SHA-256): records
-    edited, cut short or left by other results would be read as these runs' answers.
+    edited, cut short or left by other results would be read as these runs' answers. One the results
+    do not record (older results) is not read, with a word on stderr.
     """
     results_path = Path(results_path)
     spath = samples_path(results_path)
@@ -344,9 +346,10 @@ def load_samples(results_path: str | Path) -> list[dict[str, Any]]:
     except (OSError, UnicodeDecodeError) as e:
         raise ResultsError(f"cannot read {spath}: {str(e).splitlines()[0]}") from None
     record = load_results(results_path).get("samples")
-    if record is None:
-        raise ResultsError(f"{spath} is not recorded by {results_path.name}, so nothing says it holds these runs' "
-                           "answers; move it away (or write the results again)")
+    if record is None:  # results from before the record, or a file left beside them: not read as theirs
+        print(f"unsee: {spath} is not recorded by {results_path.name}, so nothing says it holds these runs' "
+              "answers; it is not read", file=sys.stderr)
+        return []
     if record.get("sha256") != hashlib.sha256(data).hexdigest() or record.get("lines") != text.count("\n"):
         raise ResultsError(f"{spath} is not the file {results_path.name} recorded (its lines or SHA-256 differ: "
                            "edited, cut short or replaced); write the results again")
