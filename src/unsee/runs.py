@@ -441,9 +441,10 @@ def check_attacked_run(run: Mapping[str, Any], out: Path, home: Path, model: str
         raise DataError(f"{out} records a run whose items were drawn with seed {then}, and the attack's with seed "
                         f"{now} (other held-out views); pass --seed {then} or write the attack to another --out")
     measured = run.get("model_hash")  # what `unsee eval` measured; its output holds no model to compare paths with
-    if measured is not None and Path(model).is_dir() and model_fingerprint(model) != measured:
+    attacked = model_fingerprint(model) if measured is not None and Path(model).is_dir() else measured
+    if attacked != measured:
         raise DataError(f"{out} records the run of another model than {model} (weights {measured}, not "
-                        f"{model_fingerprint(model)}); attack the model it measured, or write to another --out")
+                        f"{attacked}); attack the model it measured, or write to another --out")
     own = home / "model"
     if own.is_dir() and Path(model).exists() and Path(model).resolve() != own.resolve():
         raise DataError(f"{out} records the run of the model in {own}, not {model}; attack that model "

@@ -329,12 +329,13 @@ def write_results(path: str | Path, obj: Mapping[str, Any], *, overwrite: bool =
     return path
 
 
-def load_samples(results_path: str | Path) -> list[dict[str, Any]]:
+def load_samples(results_path: str | Path, results: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """The item records beside a results file, in order ([] when there are none).
 
     The file must be the one the results file recorded (its line count and SHA-256): records
     edited, cut short or left by other results would be read as these runs' answers. One the results
-    do not record (older results) is not read, with a word on stderr.
+    do not record (older results) is not read, with a word on stderr. ``results``: the results file's
+    contents where the caller has read them already.
     """
     results_path = Path(results_path)
     spath = samples_path(results_path)
@@ -345,7 +346,7 @@ def load_samples(results_path: str | Path) -> list[dict[str, Any]]:
         text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ResultsError(f"cannot read {spath}: {str(e).splitlines()[0]}") from None
-    record = load_results(results_path).get("samples")
+    record = (load_results(results_path) if results is None else results).get("samples")
     if record is None:  # results from before the record, or a file left beside them: not read as theirs
         print(f"unsee: {spath} is not recorded by {results_path.name}, so nothing says it holds these runs' "
               "answers; it is not read", file=sys.stderr)
@@ -367,6 +368,11 @@ def load_samples(results_path: str | Path) -> list[dict[str, Any]]:
     return lines
 
 
+def run_key(run: Mapping[str, Any]) -> str:
+    """What makes two runs one: every key equal (the same file passed twice)."""
+    return json.dumps(run, sort_keys=True, default=str)
+
+
 def merge_results(paths: Sequence[str | Path]) -> dict[str, Any]:
     """Join the runs of several results files into one object, keeping where each came from.
 
@@ -380,7 +386,7 @@ def merge_results(paths: Sequence[str | Path]) -> dict[str, Any]:
     seen: set[str] = set()
     for _, obj in loaded:
         for run in obj["runs"]:
-            key = json.dumps(run, sort_keys=True)
+            key = run_key(run)
             if key not in seen:
                 seen.add(key)
                 runs.append(run)

@@ -48,7 +48,8 @@ def write_report(
     results = merge_results(result_paths)
     sources = []
     for path in result_paths:
-        sources += runs_with_samples(load_results(path), load_samples(path))
+        loaded = load_results(path)
+        sources += runs_with_samples(loaded, load_samples(path, loaded))
     changes = changes_section(sources)  # before anything is written: a bad samples file leaves no half report
     out.mkdir(parents=True, exist_ok=True)
     written = [plot_tradeoff(results, out / "tradeoff.png")]

@@ -8,11 +8,11 @@ from it changed but stayed right or wrong, and the change in ROUGE-L for generat
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from unsee.data.schema import LETTERS
+from unsee.eval.results import run_key
 from unsee.report.tables import Setting, baseline_for, config_variants, setting_labels, setting_of
 
 TOP = 10
@@ -85,7 +85,7 @@ def changes_section(sources: Sequence[tuple[Mapping[str, Any], Sequence[Mapping[
     keyed: dict[Setting, list[tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]]] = {}
     seen: set[str] = set()
     for run, recs in sources:
-        key = json.dumps(run, sort_keys=True, default=str)  # a file given twice: its runs once, as in the tables
+        key = run_key(run)  # a file given twice: its runs once, as in the tables
         if recs and key not in seen:
             seen.add(key)
             keyed.setdefault(setting_of(run), []).append((run, recs))
