@@ -181,6 +181,16 @@ def test_a_run_resumed_with_another_thread_count_goes_on_and_says_so(tmp_path: P
     assert capsys.readouterr().err == ""
 
 
+def test_requests_given_but_empty_are_refused_not_run_as_one_request(model_dir: Path, world: Path,
+                                                                      tmp_path: Path) -> None:
+    """An empty list file or a bare comma would otherwise unlearn --forget's split, as if --requests were not given."""
+    (tmp_path / "none.txt").write_text("# no request yet\n")
+    for given in (str(tmp_path / "none.txt"), ",", []):
+        with pytest.raises(ConfigError, match="names no request"):
+            api.unlearn("cvf_ncu", model_dir, world, tmp_path / "o", requests=given, overrides=STEPS)
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_request_named_twice_is_refused_before_any_work(model_dir: Path, world: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="forget_r1 appears more than once"):
         api.continual("cvf_ncu", model_dir, world, tmp_path / "c", ["forget_r1", "forget_r2", "forget_r1"],

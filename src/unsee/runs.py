@@ -318,9 +318,15 @@ def request_names(requests: str | Sequence[str] | None) -> list[str]:
     if isinstance(requests, str):
         p = Path(requests)
         if p.is_file():
-            return [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-        return [r for r in requests.split(",") if r]
-    return list(requests)
+            names = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        else:
+            names = [r.strip() for r in requests.split(",") if r.strip()]
+    else:
+        names = list(requests)
+    if not names:  # given but empty: run as one request on --forget, it would not be what was asked
+        raise ConfigError(f"--requests {requests!r} names no request; give forget_r1,forget_r2,... or a file "
+                          "listing them, one a line")
+    return names
 
 
 def check_launch(method: str, config: Any = None, overrides: Any = (), *, dtype: str | None = None,
