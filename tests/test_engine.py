@@ -476,6 +476,8 @@ def test_a_visual_method_trains_the_visual_module_whatever_the_scope(method: str
     visual = sum(p.numel() for g in ("vision", "projector") for _, p in adapter.groups()[g])
     trainable = json.loads((full / "run.json").read_text())["cost"]["trainable_params"]
     assert 0 < trainable <= visual
-    if method == "vkd":  # its saliency mask chooses among the linear weights; nothing else can move
-        linear = sum(m.weight.numel() for g in ("vision", "projector") for _, m in adapter.linear_modules(g))
+    if method == "vkd":  # its saliency mask chooses among the linear layers' weights; nothing else can move,
+        # the patch-embedding convolution included
+        linear = sum(m.weight.numel() for g in ("vision", "projector") for _, m in adapter.linear_modules(g)
+                     if isinstance(m, nn.Linear))
         assert trainable == linear < visual

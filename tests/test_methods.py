@@ -85,34 +85,59 @@ def test_mmunlearner_reports_mask_fraction(trained_dir: Path, suite: Suite, turn
     assert res.info["retain_steps_per_forget_step"] >= 1
 
 
-def test_masks_survive_lora_wrapping(trained_dir: Path, turns: dict[str, list[Turn]]) -> None:
-    """Masks are keyed by weight objects: after peft wraps the model they still name its base weights."""
-    from unsee.engine.prepare import apply_lora
-
-    adapter = load_adapter(trained_dir)
-    masks = ratio_masks(adapter, [turns["forget"][:2]], [turns["retain"][:2]], [turns["retain"][:2]])
-    apply_lora(adapter, cfg(scope="lora"))
-    weights = {id(p) for p in adapter.model.parameters()}
-    assert masks and all(id(p) in weights for p in masks)
-    base = {id(m.weight) for n, m in adapter.linear_modules("language") if "lora_" not in n}
-    assert base & {id(p) for p in masks}
-
-
-def test_mmunlearner_under_lora_masks_the_adapter_weights(trained_dir: Path, suite: Suite,
-                                                          turns: dict[str, list[Turn]]) -> None:
-    """With scope lora the Fisher ratio is taken on the LoRA weights, the only ones that train; base weights stay."""
+def test_mmunlearner_refuses_lora(trained_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:
+    """Its masks select single weights, which LoRA's factors cannot carry: refused from a config and in code."""
+    with pytest.raises(ConfigError, match="LoRA"):
+        api.method_configs("mmunlearner", None, ["scope=lora"])
     adapter = load_adapter(trained_dir)
     before = {n: p.detach().clone() for n, p in adapter.model.named_parameters()}
-    method = MMUnlearner(MMUnlearnerConfig(fisher_batches=1))
-    res = train(method, adapter, suite, turns, cfg(max_steps=2, scope="lora"))
-    assert 0 < res.info["mask_fraction"] <= 1
-    masked = [n for n, p in adapter.model.named_parameters() if p.requires_grad]
-    assert masked and all("lora_" in n for n in masked)
-    merged = dict(adapter.model.named_parameters())
-    for name, p in merged.items():
-        if "lora_" not in name:
-            bare = name.removeprefix("base_model.model.").replace(".base_layer", "")
-            assert torch.equal(p, before[bare]), name
+    with pytest.raises(ConfigError, match="LoRA"):
+        train(MMUnlearner(MMUnlearnerConfig(fisher_batches=1)), adapter, suite, turns, cfg(max_steps=2, scope="lora"))
+    api.method_configs("vkd", None, ["scope=lora", "saliency=false"])  # no mask, nothing to refuse
+    with pytest.raises(ConfigError, match="LoRA"):
+        api.method_configs("vkd", None, ["scope=lora"])
+    assert all(torch.equal(p, before[n]) for n, p in load_adapter(trained_dir).model.named_parameters())
+
+
+def test_saliency_masks_cover_linear_weights_alone(trained_dir: Path, turns: dict[str, list[Turn]]) -> None:
+    """The Fisher-ratio masks are over the weights of linear layers; the patch-embedding convolution is not one."""
+    adapter = load_adapter(trained_dir)
+    convs = [m.weight for g in ("vision", "projector") for _, m in adapter.linear_modules(g)
+             if not isinstance(m, nn.Linear)]
+    assert convs  # the tiny tower embeds patches with a convolution
+    masks = ratio_masks(adapter, [turns["forget"][:2]], [turns["retain"][:2]], [turns["retain"][:2]])
+    assert not any(c in masks for c in convs)
+    linear = [m.weight for g in ("vision", "projector", "language") for _, m in adapter.linear_modules(g)
+              if isinstance(m, nn.Linear)]
+    assert set(masks) == set(linear)
+
+
+def test_mmunlearner_epoch_reads_each_forget_question_once(trained_dir: Path, suite: Suite,
+                                                           turns: dict[str, list[Turn]]) -> None:
+    """A forget step reads the forget stream alone and a retain step the retain stream alone, and the Fisher
+    batches leave the streams where they were: one epoch of forget steps is one pass over the forget set."""
+    seen: dict[str, list[int]] = {"forget": [], "retain": []}
+
+    class Recording(MMUnlearner):
+        def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
+            for name, rows in batch.items():
+                seen[name] += [id(t) for t in rows]
+            return super().loss(ctx, batch)
+
+    forget = turns["forget"][:8]
+    data = {**turns, "forget": forget}
+    res = train(Recording(MMUnlearnerConfig(fisher_batches=2, max_retain_ratio=2)), load_adapter(trained_dir), suite,
+                data, cfg(max_steps=0, epochs=1, batch_size=2, lr=1e-5))
+    assert res.info["retain_steps_per_forget_step"] == 2
+    assert res.steps == 12  # four forget steps, each followed by two retain steps
+    assert sorted(seen["forget"]) == sorted(id(t) for t in forget)
+    assert len(seen["retain"]) == 2 * 4 * 2
+
+
+def test_stream_preview_leaves_the_stream_where_it_was(turns: dict[str, list[Turn]]) -> None:
+    streams = make_streams({"forget": turns["forget"]}, cfg(batch_size=3))
+    ahead = streams["forget"].preview(4)
+    assert [[id(t) for t in b] for b in ahead] == [[id(t) for t in next(streams["forget"])] for _ in range(4)]
 
 
 # ---- CVF ------------------------------------------------------------------------------------------------

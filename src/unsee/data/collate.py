@@ -130,6 +130,15 @@ class Stream:
     def __len__(self) -> int:
         return len(self.turns)
 
+    def preview(self, k: int) -> list[list[Turn]]:
+        """The next ``k`` batches, leaving the stream where it was: what a method measures before it
+        trains (saliency masks) is then no part of the epoch it trains on, whose first batches are these."""
+        state = self.state_dict()
+        try:
+            return [next(self) for _ in range(k)]
+        finally:
+            self.load_state_dict(*state)
+
     def state_dict(self) -> tuple[torch.Tensor, list[int]]:
         """The generator state and the queue of the current epoch: what a resumed run needs."""
         return self.gen.get_state(), list(self._order)

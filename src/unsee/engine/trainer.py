@@ -144,6 +144,8 @@ class Method(Protocol):
 
     def setup(self, ctx: Context) -> None: ...
     def step_multiplier(self, ctx: Context) -> int: ...
+    # The streams this step reads (None: every one). Only these advance: a batch drawn and not read is skipped.
+    def step_streams(self, ctx: Context) -> tuple[str, ...] | None: ...
     def loss(self, ctx: Context, batch: dict[str, list]) -> tuple[torch.Tensor, dict[str, float]]: ...
     # The loss as its forgetting part and its retaining part (None: none) with the logged terms; None where the
     # method does not separate them. Read only by sharpness-aware steps on the forgetting alone.
@@ -284,7 +286,8 @@ def _step(method: Method, ctx: Context, optimizer: torch.optim.Optimizer,
     """One update: loss, NaN guard, backward, cross-process mean, masks, clip, step, projection.
     Under FSDP (``sharded``) the loss runs with the weights gathered and backward reduce-scatters."""
     accelerator, cfg, step = ctx.accelerator, ctx.cfg, ctx.step
-    batch = {name: next(s) for name, s in ctx.streams.items()}
+    read = method.step_streams(ctx)
+    batch = {name: next(s) for name, s in ctx.streams.items() if read is None or name in read}
     split = cfg.sam_rho > 0 and cfg.sam_terms == "forget"
     with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=ctx.autocast):
         if split:

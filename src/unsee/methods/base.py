@@ -41,6 +41,10 @@ class BaseMethod:
     def step_multiplier(self, ctx: Context) -> int:
         return 1
 
+    def step_streams(self, ctx: Context) -> tuple[str, ...] | None:
+        """Every stream at every step by default."""
+        return None
+
     def needs_neutral(self) -> str | None:
         """How the method does without never-taught photos, or None when it cannot: a training method that
         reads the ``neutral`` stream has no other way."""

@@ -1,15 +1,18 @@
 """MMUnlearner: Fisher-ratio saliency masks, masked forget steps, unmasked retain steps.
 
 Two masks (docs/methods.md): over the visual module with ``D_r`` as the data to preserve, and
-over the language model with ``D_r + D_t``. A weight element is updated by forgetting only
-where it matters more to the forget set than to what must be preserved. The masks are
-keyed by parameter *object*, and built by name through the adapter, so they hold after
-peft wraps the model; a failing step raises, it is never skipped.
+over the language model with ``D_r + D_t``. A weight element of a linear layer is updated by
+forgetting only where it matters more to the forget set than to what must be preserved. The
+masks are keyed by parameter *object*; a failing step raises, it is never skipped. LoRA is
+refused: a per-weight mask has no counterpart on low-rank factors. A forget step reads the
+forget stream alone and a retain step the retain stream alone, so one epoch reads each forget
+question once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,6 +21,7 @@ from unsee.config import opt
 from unsee.engine.constraints import masked_fraction
 from unsee.engine.prepare import LOW_PRECISION
 from unsee.engine.trainer import Context
+from unsee.errors import ConfigError
 from unsee.methods.base import BaseMethod, nll, squared_gradients
 from unsee.models.base import Adapter, Turn
 
@@ -27,6 +31,13 @@ class MMUnlearnerConfig:
     fisher_batches: int = opt(8, "batches of each set for the Fisher diagonals")
     threshold: float = opt(1.0, "mask where F_forget / F_preserve >= threshold")
     max_retain_ratio: int = opt(9, "retain steps per forget step: |D_r|/|D_f|, capped here")
+
+    def check_train(self, train: Any) -> None:
+        """The masks select single weights; LoRA trains low-rank factors, and ``lora_B`` starts at zero, so
+        ``lora_A`` has no gradient to rank when the masks are taken."""
+        if train.scope == "lora":
+            raise ConfigError("mmunlearner masks single weights of the linear layers, which LoRA's low-rank factors "
+                              "cannot carry: use scope full, visual or language")
 
 
 def fisher(adapter: Adapter, params: list[nn.Parameter], batches: list[list[Turn]], ascent: bool,
@@ -43,7 +54,8 @@ def ratio_masks(adapter: Adapter, forget: list[list[Turn]], preserve_v: list[lis
     masks: dict[nn.Parameter, torch.Tensor] = {}
     for group, preserve in (("visual", preserve_v), ("language", preserve_l)):
         names = ("vision", "projector") if group == "visual" else ("language",)
-        params = [m.weight for g in names for _, m in adapter.linear_modules(g) if m.weight.requires_grad]
+        params = [m.weight for g in names for _, m in adapter.linear_modules(g)
+                  if isinstance(m, nn.Linear) and m.weight.requires_grad]
         if not params:
             continue
         # Held in the model's own precision while F_p accumulates: for a bf16 7B model that
@@ -62,19 +74,18 @@ class MMUnlearner(BaseMethod):
     Config = MMUnlearnerConfig
 
     def setup(self, ctx: Context) -> None:
+        self.cfg.check_train(ctx.cfg)  # a config built in code has not been through method_configs
         s = ctx.streams
         k = self.cfg.fisher_batches
-        forget = [next(s["forget"]) for _ in range(k)]
-        retain = [next(s["retain"]) for _ in range(k)]
-        text = [next(s["text"]) for _ in range(k)]
+        forget, retain, text = (s[name].preview(k) for name in ("forget", "retain", "text"))
         masks = ratio_masks(ctx.adapter, forget, retain, retain + text, self.cfg.threshold, ctx)
         # Everything outside the linear weights (norms, embeddings, biases) stays out of forget steps.
         for p in ctx.adapter.model.parameters():
             if p.requires_grad and p not in masks:
                 masks[p] = torch.zeros_like(p, dtype=torch.bool)
         ctx.constraints.masks = masks
-        linear = {p for g in ("vision", "projector", "language") for _, m in ctx.adapter.linear_modules(g)
-                  for p in [m.weight]}
+        linear = {m.weight for g in ("vision", "projector", "language") for _, m in ctx.adapter.linear_modules(g)
+                  if isinstance(m, nn.Linear)}
         ctx.info["mask_fraction"] = masked_fraction({p: m for p, m in masks.items() if p in linear})
         self.ratio = max(1, min(self.cfg.max_retain_ratio, len(s["retain"]) // max(1, len(s["forget"]))))
         ctx.info["retain_steps_per_forget_step"] = self.ratio
@@ -82,8 +93,14 @@ class MMUnlearner(BaseMethod):
     def step_multiplier(self, ctx: Context) -> int:
         return 1 + self.ratio
 
+    def _forget_step(self, ctx: Context) -> bool:
+        return ctx.step % (1 + self.ratio) == 0
+
+    def step_streams(self, ctx: Context) -> tuple[str, ...]:
+        return ("forget",) if self._forget_step(ctx) else ("retain",)
+
     def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
-        forget_step = ctx.step % (1 + self.ratio) == 0
+        forget_step = self._forget_step(ctx)
         ctx.constraints.masks_on = forget_step
         if forget_step:
             f = nll(ctx.adapter, batch["forget"])

@@ -10,14 +10,16 @@ than to the retained ones; no language-model pass is needed at any point.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from unsee.config import opt
 from unsee.engine.constraints import masked_fraction
 from unsee.engine.trainer import Context
-from unsee.errors import DataError
+from unsee.errors import ConfigError, DataError
 from unsee.methods.base import BaseMethod, images_of, keep_to_visual, squared_gradients, token_features, token_mse
 from unsee.models.base import Turn
 
@@ -28,6 +30,12 @@ class VKDConfig:
     saliency: bool = opt(True, "restrict updates to visual weights with Fisher ratio >= threshold")
     threshold: float = opt(1.0, "saliency threshold on F_forget / F_retain")
     fisher_batches: int = opt(4, "batches per set for the feature-level Fisher diagonals")
+
+    def check_train(self, train: Any) -> None:
+        """The saliency mask selects single weights, which LoRA's low-rank factors cannot carry."""
+        if self.saliency and train.scope == "lora":
+            raise ConfigError("vkd's saliency masks single weights of the linear layers, which LoRA's low-rank "
+                              "factors cannot carry: use scope visual, or saliency=false")
 
 
 class VKD(BaseMethod):
@@ -40,6 +48,7 @@ class VKD(BaseMethod):
     Config = VKDConfig
 
     def setup(self, ctx: Context) -> None:
+        self.cfg.check_train(ctx.cfg)  # a config built in code has not been through method_configs
         keep_to_visual(ctx, self.name)
         with torch.no_grad():
             neutral = token_features(ctx.reference, images_of(ctx.streams["neutral"].turns))
@@ -48,19 +57,19 @@ class VKD(BaseMethod):
         if not self.cfg.saliency:
             return
         params = [m.weight for g in ("vision", "projector") for _, m in ctx.adapter.linear_modules(g)
-                  if m.weight.requires_grad]
+                  if isinstance(m, nn.Linear) and m.weight.requires_grad]
 
         def energy(turns: list[Turn]) -> tuple[torch.Tensor, int]:
             feats = token_features(ctx.adapter, images_of(turns))
             return torch.stack([f.float().pow(2).mean() for f in feats]).mean(), len(feats)
 
         def sensitivity(stream: str) -> list[torch.Tensor]:
-            batches = [next(ctx.streams[stream]) for _ in range(self.cfg.fisher_batches)]
+            batches = ctx.streams[stream].preview(self.cfg.fisher_batches)
             return squared_gradients(energy, params, batches, ctx)
 
         ff, fr = sensitivity("forget"), sensitivity("retain")
         masks = {p: (a + 1e-15) / (b + 1e-15) >= self.cfg.threshold for p, a, b in zip(params, ff, fr, strict=True)}
-        # the mask covers the linear weights alone; the rest (biases, norms, embeddings) never moves, so it is
+        # the mask covers the linear weights alone; the rest (biases, norms, the patch embedding) never moves, so it is
         # frozen rather than masked to nothing, and the trainable count is what the mask chooses from
         ctx.constraints.frozen.update(p for p in ctx.adapter.model.parameters() if p.requires_grad and p not in masks)
         ctx.constraints.masks = masks
