@@ -656,3 +656,32 @@ def test_cvf_tower_terms_add_their_losses(model_dir: Path, suite: Suite, turns: 
     assert "tower_f" not in off[1] and on[1]["tower_f"] > 0 and on[1]["distil_v"] == pytest.approx(0.0, abs=1e-10)
     assert on[0].item() == pytest.approx(off[0].item() + 2.0 * on[1]["tower_f"], rel=1e-5)
     assert out["early"][1]["tower_f"] != pytest.approx(on[1]["tower_f"])
+
+
+def test_tower_terms_read_the_block_the_language_model_reads(model_dir: Path, suite: Suite,
+                                                           turns: dict[str, list[Turn]]) -> None:
+    """LLaVA-1.5 feeds its language model the second-to-last vision block (``vision_feature_layer`` -2, where
+    layer 0 is the patch embedding): lambda_v's default block is that one; a block the tower lacks is one line."""
+    from unsee.models.blocks import read_block
+
+    adapter = load_adapter(model_dir)
+    n = len(vision_blocks(adapter))
+    config = adapter.model.config
+    assert read_block(adapter) == -1 and config.vision_feature_layer == -1  # the tiny model reads the last
+    for layer, block in ((-2, -2), (2, 1), (n, n - 1)):
+        config.vision_feature_layer = layer
+        assert read_block(adapter) == block
+    for layer in (0, [-2, -1]):
+        config.vision_feature_layer = layer
+        with pytest.raises(ConfigError, match="set merge_block"):
+            read_block(adapter)
+    config.vision_feature_layer = -2
+    _, _, ctx = cvf_context(model_dir, suite, turns)
+    ctx.adapter = adapter
+    method = CVFNCU(CVFConfig(ncu=False, lambda_v=1.0))
+    method.setup(ctx)
+    assert method.block == -2
+    for block in (n, -n - 1):
+        with pytest.raises(ConfigError, match="not a vision block"):
+            CVFNCU(CVFConfig(ncu=False, lambda_v=1.0, merge_block=block)).setup(ctx)
+    CVFNCU(CVFConfig(ncu=False, merge_block=n)).setup(ctx)  # read only by the tower terms, which are off

@@ -31,7 +31,7 @@ from unsee.methods.base import BaseMethod, images_of, keep_to_visual, nll, per_i
 from unsee.methods.ncu import NCUConfig, constrain_to_retained
 from unsee.methods.redistil import RedistilConfig, redistil
 from unsee.models.base import Adapter, Turn, joined
-from unsee.models.blocks import features_and_hidden
+from unsee.models.blocks import features_and_hidden, read_block
 
 
 @dataclass
@@ -55,7 +55,7 @@ class CVFOnlyConfig(RedistilConfig):
         "leave identity in the tower, where a relearning attack finds it)")
     lambda_dv: float = opt(0.0, "weight of the retained images' distillation after vision block merge_block, "
                            "where lambda_v moves the tower")
-    merge_block: int = opt(-1, "the vision block whose output lambda_v merges (-1: the last)")
+    merge_block: int | None = opt(None, "the vision block lambda_v and lambda_dv read (default: the language model's)")
     augment: float = opt(0.0, "strength of fresh crops and colour jitter on the forget photos at every step, so "
                          "that forgetting reaches other views of the person (0: off)")
     augment_retain: float = opt(0.0, "the same on the retained photos, distilled onto the reference's tokens of the "
@@ -123,9 +123,8 @@ class _Step:
     target: torch.Tensor | None  # lambda_t's target: one mean neutral token [d], or one per forget photo [A, d]
 
 
-# The order run.json's history and the progress bar list the terms in.
 LOGGED = ("cvf_f", "cvf_r", "distil", "distil_v", "token_f", "relearned_f", "tower_f", "distil_k", "distil_known",
-          "nll_r")
+          "nll_r")  # the order run.json's history and the progress bar list the terms in
 
 
 def _weighted_sum(terms: list[tuple[str, float, torch.Tensor]]) -> torch.Tensor:
@@ -179,6 +178,7 @@ class CVFOnly(BaseMethod):
         self.cfg.check_launch(ctx.world)
         self.cfg.check_train(ctx.cfg)
         keep_to_visual(ctx, self.name)
+        self.block = read_block(ctx.adapter, self.cfg.merge_block) if self.cfg.lambda_v or self.cfg.lambda_dv else -1
         self.seed = ctx.cfg.seed
         self._ref: dict[int, tuple[Any, torch.Tensor]] = {}
         self._pixels: dict[int, tuple[Any, BatchFeature]] = {}
@@ -331,7 +331,7 @@ class CVFOnly(BaseMethod):
 
         f_hidden = None
         if self.cfg.lambda_v > 0:
-            f_tok, (f_hidden,) = features_and_hidden(a, s.f_in, [self.cfg.merge_block])
+            f_tok, (f_hidden,) = features_and_hidden(a, s.f_in, [self.block])
         elif f_tok is None:
             f_tok = at(s.f_in["pixel_values"])
         l_f, l_t = self._forget_terms(s, f_tok)
@@ -364,7 +364,7 @@ class CVFOnly(BaseMethod):
         a = ctx.adapter
         s_r_hidden = None
         if self.cfg.lambda_dv > 0:
-            s_r_tok, (s_r_hidden,) = features_and_hidden(a, s.r_in, [self.cfg.merge_block])
+            s_r_tok, (s_r_hidden,) = features_and_hidden(a, s.r_in, [self.block])
         elif s_r_tok is None:
             s_r_tok = a.visual_features(s.r_in)
         s_r = pooled(s_r_tok)
@@ -416,7 +416,7 @@ class CVFOnly(BaseMethod):
     @torch.no_grad()
     def _reference_hidden(self, ref: Adapter, images: list) -> list[torch.Tensor]:
         """The frozen reference's tokens after vision block ``merge_block``, each image's computed once."""
-        block = [self.cfg.merge_block]
+        block = [self.block]
         return per_image(self._ref_hidden, images,
                           lambda missing: features_and_hidden(ref, self._inputs(ref, missing), block)[1][0])
 

@@ -24,6 +24,27 @@ def vision_blocks(adapter: HFAdapter) -> list[nn.Module]:
     raise ConfigError(f"found no list of vision blocks in {adapter.source or type(adapter.model).__name__}")
 
 
+def read_block(adapter: HFAdapter, block: int | None = None) -> int:
+    """``block`` checked against the tower, or where None, the vision block whose output the language model
+    reads, as an index into :func:`vision_blocks`.
+
+    LLaVA reads ``vision_feature_layer`` of the tower's hidden states, where layer 0 is the patch
+    embedding: layer -2 (LLaVA-1.5) is the second-to-last block, a positive layer ``k`` block ``k - 1``.
+    Qwen-VL's merger reads the last block.
+    """
+    if block is None:
+        layer = getattr(adapter.model.config, "vision_feature_layer", -1)
+        if not isinstance(layer, int) or layer == 0:
+            raise ConfigError(f"this model feeds its language model vision layer(s) {layer}, which no single vision "
+                              "block outputs; set merge_block")
+        block = layer if layer < 0 else layer - 1
+    n = len(vision_blocks(adapter))
+    if not -n <= block < n:
+        raise ConfigError(f"merge_block {block} is not a vision block of this model, which has {n} (0 to {n - 1}, "
+                          f"or -1 to -{n} from the last)")
+    return block
+
+
 def features_and_hidden(adapter: HFAdapter, image_inputs: BatchFeature,
                         blocks: Sequence[int]) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
     """``visual_features`` and, from the same forward pass, each image's tokens after each of
