@@ -20,7 +20,7 @@ from unsee.engine.prepare import frozen_copy
 from unsee.engine.trainer import Context, TrainConfig, make_streams, train, unique_images
 from unsee.errors import ConfigError
 from unsee.methods import method_class, ncu
-from unsee.methods.base import images_of, nll
+from unsee.methods.base import images_of, nll, pooled
 from unsee.methods.cvf import CVFNCU, CVFConfig, CVFOnly, info_nce
 from unsee.methods.mmunlearner import MMUnlearner, MMUnlearnerConfig, ratio_masks
 from unsee.methods.ncu import contrast_space, null_space
@@ -685,3 +685,33 @@ def test_tower_terms_read_the_block_the_language_model_reads(model_dir: Path, su
         with pytest.raises(ConfigError, match="not a vision block"):
             CVFNCU(CVFConfig(ncu=False, lambda_v=1.0, merge_block=block)).setup(ctx)
     CVFNCU(CVFConfig(ncu=False, merge_block=n)).setup(ctx)  # read only by the tower terms, which are off
+
+
+def test_cvf_retained_anchors_take_other_peoples_photos_as_negatives(model_dir: Path, suite: Suite,
+                                                                    turns: dict[str, list[Turn]]) -> None:
+    """A retained photo's negatives are the forget photos and the other people's retained photos: another view
+    of the same person is not pushed away. Checked against InfoNCE computed by hand on the step's features."""
+    owner = {id(image_of(e)): e.entity for e in suite.groups["train_retain"] if e.has_image}
+    photos = unique_images(turns["retain"])
+    by_person: dict[str, list[Turn]] = {}
+    for t in photos:
+        by_person.setdefault(owner[id(t.image)], []).append(t)
+    twice = next(views for views in by_person.values() if len(views) >= 2)
+    other = next(views[0] for views in by_person.values() if views[0] not in twice)
+    _, batch, ctx = cvf_context(model_dir, suite, turns)
+    batch["retain"] = [twice[0], twice[1], other]
+    method = CVFNCU(CVFConfig(ncu=False))
+    method.setup(ctx)
+    with torch.no_grad():
+        s = method._prepare(ctx, batch)
+        l_r, _, _ = method._retain(ctx, s, None)
+        s_r = pooled(ctx.adapter.visual_features(s.r_in))
+    negatives = [[s.ref_r[2]], [s.ref_r[2]], [s.ref_r[0], s.ref_r[1]]]  # by hand: each anchor's other people
+    by_hand = torch.stack([info_nce(s_r[i : i + 1], s.ref_r[i : i + 1].unsqueeze(1),
+                                    torch.stack([*neg, *s.all_f]).unsqueeze(0), 0.1)
+                           for i, neg in enumerate(negatives)])
+    assert l_r.item() == pytest.approx(by_hand.mean().item(), rel=1e-5)
+    everyone = torch.stack([info_nce(s_r[i : i + 1], s.ref_r[i : i + 1].unsqueeze(1),
+                                     torch.cat([s.ref_r[torch.arange(3) != i], s.all_f]).unsqueeze(0), 0.1)
+                            for i in range(3)])
+    assert l_r.item() != pytest.approx(everyone.mean().item(), rel=1e-5)  # the batch's every other photo differs

@@ -60,6 +60,8 @@ class _Step:
     ref_r: torch.Tensor
     all_f: torch.Tensor  # the whole batch's pooled references, gathered over processes
     all_r: torch.Tensor
+    r_who: torch.Tensor  # whose photo each retained image is (a code per person), and the whole batch's, gathered
+    all_who: torch.Tensor
     pos: torch.Tensor  # forget anchors' positives: the neutral references
     neg: torch.Tensor  # forget anchors' negatives: their own identities' and the retained references
     target: torch.Tensor | None  # lambda_t's target: one mean neutral token [d], or one per forget photo [A, d]
@@ -127,6 +129,9 @@ class CVFOnly(BaseMethod):
         self._ref_hidden: dict[int, tuple[Any, torch.Tensor]] = {}
         # whose photo each forget image is; image_of hands out one object per file
         self._person = {id(image_of(e)): e.entity for e in ctx.suite.groups.get("train_forget", []) if e.has_image}
+        retained = {id(image_of(e)): e.entity for e in ctx.suite.groups.get("train_retain", []) if e.has_image}
+        codes = {name: i for i, name in enumerate(sorted(set(retained.values())))}  # the same in every process
+        self._retained = {k: codes[name] for k, name in retained.items()}
         if self.cfg.relearn_sim_steps and len(set(self._person.values())) < 2:
             raise ConfigError("relearn_sim_steps relearns some of the people to forget and keeps the others "
                               "forgotten, and this request forgets one person: set relearn_sim_steps=0")
@@ -194,6 +199,8 @@ class CVFOnly(BaseMethod):
         a, ref = ctx.adapter, ctx.reference
         assert ref is not None
         f_img, r_img, n_img = (images_of(batch[k]) for k in ("forget", "retain", "neutral"))
+        # a photo of no known person (a request's folder of photos) stands for a person of its own
+        r_who = torch.tensor([self._retained.get(id(im), -1 - ctx.gathered_index(i)) for i, im in enumerate(r_img)])
         rng = np.random.default_rng(self.seed + ctx.step)  # the forget photos draw first, as without augment_retain
         f_img, f_in = _cropped(a, f_img, rng, self.cfg.augment)
         fresh = self.cfg.augment_retain > 0  # fresh crops: nothing to look up, and nothing kept past the step
@@ -208,6 +215,7 @@ class CVFOnly(BaseMethod):
         # With several processes each holds a slice of the batch; the contrastive terms compare an
         # image with the whole batch's references, gathered, as in one process.
         all_f, all_r, all_n = ctx.gather(ref_f), ctx.gather(ref_r), ctx.gather(ref_n)
+        r_who = r_who.to(all_r.device)
         A = len(f_img)
         # forget anchors: positives = neutral refs; negatives = own-identity refs + retained refs
         pos = all_n.unsqueeze(0).expand(A, -1, -1)
@@ -216,8 +224,8 @@ class CVFOnly(BaseMethod):
         if self.cfg.lambda_t > 0:
             target = (self._paired_targets(ref, batch["forget"]) if self.cfg.token_target == "person"
                       else _mean_token(ctx, ref_n_tok))
-        return _Step(ref, f_img, r_img, n_img, f_in, r_in, both, ref_f_tok, ref_r_tok, ref_r, all_f, all_r, pos, neg,
-                     target)
+        return _Step(ref, f_img, r_img, n_img, f_in, r_in, both, ref_f_tok, ref_r_tok, ref_r, all_f, all_r, r_who,
+                     ctx.gather(r_who), pos, neg, target)
 
     def _forget_terms(self, s: _Step, tokens: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The forget InfoNCE of forget photos' tokens and, with lambda_t, their distance to the mean neutral token."""
@@ -310,11 +318,11 @@ class CVFOnly(BaseMethod):
         elif s_r_tok is None:
             s_r_tok = a.visual_features(s.r_in)
         s_r = pooled(s_r_tok)
-        # retain anchors: positive = own reference; negatives = the other identities in the batch
-        R, G = s_r.shape[0], s.all_r.shape[0]
-        others = torch.stack([torch.cat([s.all_r[torch.arange(G) != ctx.gathered_index(i)], s.all_f])
-                              for i in range(R)])
-        l_r = info_nce(s_r, s.ref_r.unsqueeze(1), others, self.cfg.tau)
+        # retain anchors: positive = own reference; negatives = the other identities in the batch: the forget
+        # photos and the other people's retained photos, not the person's own other views
+        others = [torch.cat([s.all_r[s.all_who != who], s.all_f]) for who in s.r_who]
+        l_r = torch.stack([info_nce(s_r[i : i + 1], s.ref_r[i : i + 1].unsqueeze(1), neg.unsqueeze(0), self.cfg.tau)
+                           for i, neg in enumerate(others)]).mean()
         return l_r, token_mse(s_r_tok, s.ref_r_tok), s_r_hidden
 
     def _kept(self, ctx: Context, s: _Step) -> torch.Tensor | None:
