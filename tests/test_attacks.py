@@ -445,3 +445,12 @@ def test_attack_all_without_a_reference_records_the_membership_aucs(adapter: HFA
     assert 0 <= found["mia"]["auc_loss"] <= 1 and "privleak_loss" not in found["mia"]
     with pytest.raises(DataError, match="unsee retrain"):  # mia alone is read against the reference
         api.attack("mia", Path(adapter.source), world, tmp_path / "m.json", forget="forget_15")
+
+
+def test_quant_against_the_same_model_in_bf16_finds_no_weight_changed(adapter: HFAdapter, world: Path,
+                                                                       tmp_path: Path) -> None:
+    """``--vanilla`` is read in the attacked model's precision: the weights the method changed are found by their
+    bytes, and a model loaded in bf16 against its own fp32 checkpoint changed none."""
+    found = api.attack("quant", Path(adapter.source), world, tmp_path / "q.json", forget="forget_15",
+                       vanilla=Path(adapter.source), dtype="bf16", overrides=["quant_bits=[4]", "quant_max_items=2"])
+    assert found["quant"]["linears"] > 0 and found["quant"]["linears_changed"] == 0
