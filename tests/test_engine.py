@@ -425,18 +425,26 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_with_the_same_result(
         model_dir: Path, suite: Suite, turns: dict[str, list[Turn]], tmp_path: Path) -> None:
     from unsee.engine.checkpoint import has_checkpoint
 
-    steps = dict(max_steps=7, seed=3, schedule="cosine", warmup_ratio=0.2)
+    steps = dict(max_steps=7, seed=3, schedule="cosine", warmup_ratio=0.2, eval_every=2)
+
+    def on_eval(step: int) -> dict:  # the figures a run records every eval_every steps
+        return {"forget": step / 10}
+
     whole = load_adapter(model_dir)
-    ref = train(GA(), whole, suite, turns, cfg(**steps))
+    ref = train(GA(), whole, suite, turns, cfg(**steps), on_eval=on_eval)
 
     ckpt = tmp_path / "ckpt"
     resumed = load_adapter(model_dir)
     with pytest.raises(_Interrupted):
-        train(StopAt(5), resumed, suite, turns, cfg(**steps, checkpoint_dir=str(ckpt), checkpoint_every=2))
+        train(StopAt(5), resumed, suite, turns, cfg(**steps, checkpoint_dir=str(ckpt), checkpoint_every=2),
+              on_eval=on_eval)
     assert has_checkpoint(ckpt)
     resumed = load_adapter(model_dir)  # a new process: the weights on disk are the initial ones
-    res = train(StopAt(-1), resumed, suite, turns, cfg(**steps, checkpoint_dir=str(ckpt), checkpoint_every=2))
+    res = train(StopAt(-1), resumed, suite, turns, cfg(**steps, checkpoint_dir=str(ckpt), checkpoint_every=2),
+                on_eval=on_eval)
     assert res.losses == ref.losses  # steps 0-3 come from the checkpoint, 4-6 were trained again
+    # the figures taken before the stop come back with the checkpoint
+    assert res.info["evals"] == ref.info["evals"] and [e["step"] for e in ref.info["evals"]] == [2, 4, 6]
     a, b = snapshot(whole), snapshot(resumed)
     assert all(torch.equal(a[n], b[n]) for n in a)
 

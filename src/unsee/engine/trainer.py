@@ -335,14 +335,15 @@ def _step(method: Method, ctx: Context, optimizer: torch.optim.Optimizer,
 
 def _save_progress(cfg: TrainConfig, step: int, method: Method, named: dict[str, nn.Parameter],
                    optimizer: torch.optim.Optimizer, scheduler: Any, streams: dict[str, Stream],
-                   losses: list[float], logs: list[dict[str, float]], run_key: str) -> None:
-    """A mid-run checkpoint: weights, optimiser, schedule, data order and the method's own state."""
+                   losses: list[float], logs: list[dict[str, float]], run_key: str, evals: list[dict]) -> None:
+    """A mid-run checkpoint: weights, optimiser, schedule, data order, the method's own state, and the figures
+    taken so far (losses, logged terms, ``eval_every``'s evaluations)."""
     states = {name: s.state_dict() for name, s in streams.items()}
     save_checkpoint(
         cfg.checkpoint_dir, step=step, params=named, optimizer=optimizer, scheduler=scheduler, run_key=run_key,
         tensors={f"stream.{name}": st[0] for name, st in states.items()},
         meta={"streams": {name: st[1] for name, st in states.items()}, "losses": losses, "logs": logs,
-              "method": method.state_dict()},
+              "evals": evals, "method": method.state_dict()},
     )
 
 
@@ -452,6 +453,8 @@ def train(
             s.load_state_dict(extra[f"stream.{name}"], meta["streams"][name])
         method.load_state_dict(meta["method"])
         losses, logs = list(meta["losses"]), list(meta["logs"])
+        if meta.get("evals"):
+            ctx.info["evals"] = list(meta["evals"])
     bar = tqdm(range(start, total), desc=desc or method.name, initial=start, total=total,
                disable=not cfg.progress or not accelerator.is_main_process, leave=False)
     trackers = Trackers(cfg.report_to, cfg.logging_dir, desc or method.name, dataclasses.asdict(cfg),
@@ -470,7 +473,8 @@ def train(
                 ctx.info.setdefault("evals", []).append({"step": step + 1, **on_eval(step + 1)})
             if cfg.checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
                     and step + 1 < total and accelerator.is_main_process and sharded is None:
-                _save_progress(cfg, step + 1, method, named, optimizer, scheduler, streams, losses, logs, run_key)
+                _save_progress(cfg, step + 1, method, named, optimizer, scheduler, streams, losses, logs, run_key,
+                               ctx.info.get("evals", []))
         method.finish(ctx)
     except KeyboardInterrupt as e:
         if cfg.checkpoint_dir and has_checkpoint(cfg.checkpoint_dir):
