@@ -22,7 +22,7 @@ from unsee.audit.attacks import pooled_features
 from unsee.cli import main
 from unsee.data.collate import qa_turns
 from unsee.data.world import load_world_info
-from unsee.engine.checkpoint import content_key
+from unsee.engine.checkpoint import content_key, has_checkpoint
 from unsee.engine.trainer import unique_images
 from unsee.errors import ConfigError, OutputExistsError, TrainingError
 from unsee.eval.results import load_results
@@ -206,3 +206,12 @@ def test_continual_requests_with_audits_are_refused_not_skipped(model_dir: Path,
         with pytest.raises(ConfigError, match="--requests runs no audits"):
             api.unlearn("cvf_ncu", model_dir, world, tmp_path / "c", requests="forget_r1,forget_r2",
                         overrides=STEPS, **kw)
+
+
+def test_each_request_keeps_its_own_training_checkpoint(model_dir: Path, world: Path, tmp_path: Path) -> None:
+    """With keep_checkpoint, the checkpoint request 1 leaves belongs to another run than request 2's: in one
+    folder request 2 found it and refused it, and so did every retry."""
+    kept = [f"checkpoint_dir={tmp_path / 'ck'}", "checkpoint_every=2", "keep_checkpoint=true"]
+    api.unlearn("cvf_ncu", model_dir, world, tmp_path / "c", requests="forget_r1,forget_r2",
+                overrides=[*STEPS, *kept], max_items=4)
+    assert all(has_checkpoint(tmp_path / "ck" / f"request-{i}") for i in (1, 2))

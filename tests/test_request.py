@@ -30,6 +30,7 @@ from unsee.data.request import (
     request_suite,
 )
 from unsee.data.request_example import write_world_request
+from unsee.engine.checkpoint import has_checkpoint
 from unsee.engine.trainer import unique_images
 from unsee.errors import ConfigError, DataError
 from unsee.eval.results import load_results, load_samples, new_results, validate_results
@@ -381,7 +382,11 @@ def test_requests_in_order_are_a_continual_run(model_dir: Path, example: Path, t
     with pytest.raises(RequestError, match="already forgotten"):  # reversed, the later one retains the forgotten
         api.forget(model_dir, None, tmp_path / "bad", requests=list(reversed(files)), overrides=FAST, audit=False)
     assert not (tmp_path / "bad").exists()
-    out = api.forget(model_dir, None, tmp_path / "out", requests=files, overrides=FAST, audit=False, max_gen_items=1)
+    # each request keeps its own training checkpoint: the one request 1 leaves is another run's for request 2
+    kept = [f"checkpoint_dir={tmp_path / 'ck'}", "checkpoint_every=1", "keep_checkpoint=true"]
+    out = api.forget(model_dir, None, tmp_path / "out", requests=files, overrides=[*FAST, *kept], audit=False,
+                     max_gen_items=1)
+    assert all(has_checkpoint(tmp_path / "ck" / f"request-{i}") for i in (1, 2))
     runs = load_results(out / "results.json")["runs"]
     assert [r["request"] for r in runs] == [2, 1, 2]  # vanilla: measured on the last request's groups
     vanilla, one, two = runs

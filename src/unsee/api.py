@@ -81,6 +81,7 @@ from unsee.runs import (
     method_configs,
     model_name,
     request_names,
+    request_overrides,
     run_seed,
     save_checkpoint,
     save_model,
@@ -379,8 +380,9 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
             with progress.request(i, len(requests), req, out):
                 suite = suite_of(req)
                 with CostMeter() as meter:
-                    res, resolved = unlearn_adapter(method, adapter, suite, config=config, overrides=overrides,
-                                                    seed=seed, forgotten_images=photos_before(forget, i))
+                    res, resolved = unlearn_adapter(
+                        method, adapter, suite, config=config, seed=seed, forgotten_images=photos_before(forget, i),
+                        overrides=request_overrides(method, config, overrides, i, len(requests)))
                 meter.record_model(None)
                 run = make_run(method, evaluation(adapter, suite, **eval_kw), model=model_name(model), suite=suite,
                                forget=req, seed=seed, request=i, config=resolved, info=jsonable(res.info),

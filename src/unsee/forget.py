@@ -45,6 +45,7 @@ from unsee.runs import (
     method_configs,
     model_name,
     names_needed_by,
+    request_overrides,
     run_seed,
     save_checkpoint,
 )
@@ -195,10 +196,9 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
                 run, artifact = unlearn_and_save(
                     method, adapter, suite, steering_dir=tmp, model_dir=tmp / "model", model=name,
                     base_model=str(model), base_hash=base_hash, forget=label, seed=seed, config=config,
-                    overrides=overrides, vanilla=vanilla, eval_kw=eval_kw, audit=audit and last,
-                    audit_overrides=audit_overrides, audit_kinds=audit_kinds,
-                    forgotten_images=photos_before(turns, i),
-                    save=False)
+                    overrides=request_overrides(method, config, overrides, i, len(reqs)), vanilla=vanilla,
+                    eval_kw=eval_kw, audit=audit and last, audit_overrides=audit_overrides, audit_kinds=audit_kinds,
+                    forgotten_images=photos_before(turns, i), save=False)
                 run["request"] = i
                 run["request_file"] = str(req.path)
                 if len(suites) > 1:

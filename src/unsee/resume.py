@@ -30,7 +30,7 @@ from unsee.io import atomic_dir, atomic_write_json
 from unsee.methods.artifact import merge_lora
 from unsee.models import load_adapter
 from unsee.models.base import Adapter, model_fingerprint
-from unsee.runs import method_configs, save_model, unlearn_adapter
+from unsee.runs import method_configs, request_overrides, save_model, unlearn_adapter
 
 STATE = "state.json"
 
@@ -71,8 +71,10 @@ def train_share(method: str, adapter: Any, requests: Iterable[tuple[int, Any]], 
     """What another process of a launch does in a run of ``n`` requests: its share of the training
     of each request not done yet (``requests``: its number and suite), with the same calls as the
     first process, and the merges between requests; the first process alone evaluates and writes."""
+    config, overrides = options.pop("config", None), options.pop("overrides", ())
     for i, suite in requests:
-        unlearn_adapter(method, adapter, suite, forgotten_images=photos_before(forget, i), **options)
+        unlearn_adapter(method, adapter, suite, forgotten_images=photos_before(forget, i), config=config,
+                        overrides=request_overrides(method, config, overrides, i, n), **options)
         if progress is not None and i < n:
             progress.save(i, adapter, arch, [])
 

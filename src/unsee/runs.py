@@ -302,13 +302,23 @@ def with_override(overrides: Any, key: str, value: Any) -> Any:
     return [*overrides, f"{key}={value}"]
 
 
+def _checkpoint_in(method: str, config: Any, overrides: Any, name: str) -> Any:
+    """The overrides with the training checkpoint (if any is kept) in ``checkpoint_dir/name``."""
+    folder = method_configs(method, config, overrides)[0].checkpoint_dir
+    return with_override(overrides, "checkpoint_dir", str(Path(folder) / name)) if folder else overrides
+
+
 def seed_overrides(method: str, config: Any, overrides: Any, seed: int, seeds: int) -> Any:
     """The overrides of one of ``seeds`` unlearning seeds: each keeps its training checkpoint in
     ``checkpoint_dir/seed-K``, since the checkpoint one seed leaves belongs to another run for the next."""
-    if seeds < 2:
-        return overrides
-    folder = method_configs(method, config, overrides)[0].checkpoint_dir
-    return with_override(overrides, "checkpoint_dir", str(Path(folder) / f"seed-{seed}")) if folder else overrides
+    return overrides if seeds < 2 else _checkpoint_in(method, config, overrides, f"seed-{seed}")
+
+
+def request_overrides(method: str, config: Any, overrides: Any, request: int, requests: int) -> Any:
+    """The overrides of request ``request`` of a continual run: as with seeds, each keeps its training
+    checkpoint in ``checkpoint_dir/request-K``, since the one a request leaves (``keep_checkpoint``) belongs to
+    another run for the next."""
+    return overrides if requests < 2 else _checkpoint_in(method, config, overrides, f"request-{request}")
 
 
 def request_names(requests: str | Sequence[str] | None) -> list[str]:
