@@ -143,6 +143,17 @@ def test_a_request_that_fails_to_train_is_named_and_nothing_is_written(model_dir
     assert not (tmp_path / "c").exists() and not partial_dir(tmp_path / "c").exists()
 
 
+def test_requests_that_share_a_person_are_refused_before_any_work(model_dir: Path, world: Path,
+                                                                   tmp_path: Path) -> None:
+    """forget_10 holds forget_5's people: as a second request it would hold its own photos forgotten (and in the
+    null space) while it forgets them, and report them as new."""
+    five = set(api.load_suite(world, "forget_5").forget_entities)
+    assert five and five <= set(api.load_suite(world, "forget_10").forget_entities)
+    with pytest.raises(ConfigError, match="whom forget_5 forgets already"):
+        api.unlearn("cvf_ncu", model_dir, world, tmp_path / "c", requests="forget_5,forget_10", overrides=STEPS)
+    assert not (tmp_path / "c").exists() and not partial_dir(tmp_path / "c").exists()
+
+
 def test_a_failure_after_the_training_names_its_request_too(model_dir: Path, world: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args: Any, **kw: Any) -> Any:

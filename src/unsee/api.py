@@ -66,6 +66,7 @@ from unsee.runs import (
     add_requests,
     attacked_run,
     check_attacked_run,
+    check_disjoint,
     check_forget,
     check_images,
     check_launch,
@@ -344,9 +345,6 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
         raise ConfigError(f"continual unlearning needs a training method; {method} builds one steering file per "
                           "request")
 
-    twice = sorted({r for r in requests if requests.count(r) > 1})
-    if twice:  # a repeat would train on people already forgotten and report them as a new request
-        raise ConfigError(f"continual requests must differ; {', '.join(twice)} appears more than once")
     eval_kw = dict(eval_kw or {})
     data = resolve(data, revision)  # once: every request's split comes from the same files
     drawn = seed if data_seed is None else data_seed
@@ -354,13 +352,15 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
     def suite_of(req: str) -> Suite:  # loaded request by request: one request's data in memory at a time
         return load_suite(data, req, retain_exclude=requests, seed=drawn, benchmark=benchmark, neutral=neutral)
 
-    forget = {}  # each request's training turns: the run's identity, and the photos forgotten
+    forget, people = {}, []  # each request's training turns (the run's identity, the photos forgotten); people
     for req in requests:  # every request's data is checked before the first one trains
         suite = suite_of(req)
         check_forget(suite)
         check_neutral(suite, method, config, overrides)
         check_images(suite)
         forget[req] = qa_turns(suite.group("train_forget"))
+        people.append((req, suite.forget_entities))
+    check_disjoint(people)
     check_output_dir(out, overwrite=overwrite)
     progress = Progress.open(out, run_parts(method, config, overrides, seed=seed, model=model, revision=revision,
                                             dtype=dtype, forget=forget, data=str(data), eval=eval_kw,

@@ -321,6 +321,22 @@ def request_overrides(method: str, config: Any, overrides: Any, request: int, re
     return overrides if requests < 2 else _checkpoint_in(method, config, overrides, f"request-{request}")
 
 
+def check_disjoint(requests: Sequence[tuple[str, Sequence[str]]]) -> None:
+    """Continual requests (each split with its people) forget other people each: a request naming someone
+    forgotten before would train against itself (its own photos held forgotten, and kept in the null space)
+    and be reported as a new request."""
+    names = [r for r, _ in requests]
+    if twice := sorted({r for r in names if names.count(r) > 1}):
+        raise ConfigError(f"continual requests must differ; {', '.join(twice)} appears more than once")
+    first: dict[str, str] = {}
+    again = []
+    for req, people in requests:
+        again += [f"{req} forgets {p}, whom {first[p]} forgets already" for p in people if p in first]
+        first.update({p: req for p in people if p not in first})
+    if again:
+        raise ConfigError(f"continual requests must forget other people each: {'; '.join(again)}")
+
+
 def request_names(requests: str | Sequence[str] | None) -> list[str]:
     """``--requests``: a comma list of splits, a file listing one a line (``#`` comments), or a list."""
     if requests is None:
