@@ -223,6 +223,9 @@ def test_each_request_keeps_its_own_training_checkpoint(model_dir: Path, world: 
     """With keep_checkpoint, the checkpoint request 1 leaves belongs to another run than request 2's: in one
     folder request 2 found it and refused it, and so did every retry."""
     kept = [f"checkpoint_dir={tmp_path / 'ck'}", "checkpoint_every=2", "keep_checkpoint=true"]
-    api.unlearn("cvf_ncu", model_dir, world, tmp_path / "c", requests="forget_r1,forget_r2",
-                overrides=[*STEPS, *kept], max_items=4)
+    out = api.unlearn("cvf_ncu", model_dir, world, tmp_path / "c", requests="forget_r1,forget_r2",
+                      overrides=[*STEPS, *kept], max_items=4)
     assert all(has_checkpoint(tmp_path / "ck" / f"request-{i}") for i in (1, 2))
+    # the model card states the unlearning time of both requests
+    wall = sum(r["cost"]["wall_s"] for r in load_results(out / "results.json")["runs"])
+    assert f"- Wall time: {wall:.1f} s (all 2 requests)" in (out / "model" / "README.md").read_text()

@@ -389,6 +389,11 @@ def test_requests_in_order_are_a_continual_run(model_dir: Path, example: Path, t
     assert all(has_checkpoint(tmp_path / "ck" / f"request-{i}") for i in (1, 2))
     runs = load_results(out / "results.json")["runs"]
     assert [r["request"] for r in runs] == [2, 1, 2]  # vanilla: measured on the last request's groups
+    # the unlearning cost stated is both requests', not the last one's
+    total = json.loads((out / "forget.json").read_text())["cost"]["unlearning"]
+    assert total["wall_s"] == pytest.approx(runs[1]["cost"]["wall_s"] + runs[2]["cost"]["wall_s"], abs=2e-3)
+    assert total["requests"] == 2
+    assert all("(all 2 requests)" in (out / f).read_text() for f in ("report.md", "evidence.html", "model/README.md"))
     vanilla, one, two = runs
     # every request's forget group so far, the current one included; the vanilla run has them all, and
     # its own forget group is the last request's: the final run is read against the same people

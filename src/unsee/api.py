@@ -89,6 +89,7 @@ from unsee.runs import (
     seed_overrides,
     training_turns,
     unlearn_adapter,
+    with_all_costs,
     with_override,
 )
 from unsee.unlearning import (
@@ -237,8 +238,7 @@ def report(results: Sequence[str | Path], out: str | Path, *, overwrite: bool = 
 # ---- unlearning ----------------------------------------------------------------------------
 def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
             requests: str | Sequence[str] | None = None, config: Any = None, overrides: Any = (),
-            seed: int | None = None,
-            overwrite: bool = False, allow_pickle: bool = False, audit: bool = False,
+            seed: int | None = None, overwrite: bool = False, allow_pickle: bool = False, audit: bool = False,
             audit_overrides: Any = (), evaluate_after: bool = True, dtype: str | None = None,
             report_to: str = "", benchmark: str | None = None, revision: str | None = None,
             protocol: str = "loglik", max_items: int | None = None, max_new_tokens: int | None = None,
@@ -396,7 +396,7 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
         save_model(adapter, tmp / "model", model_name(model))
         forgotten = [e for r in requests for e in suite_of(r).forget_entities]
         atomic_write_text(tmp / "model" / "README.md", model_card(
-            strip_samples(runs[-1]), None, base_model=str(model), forgotten=forgotten, audits=None,
+            strip_samples(with_all_costs(runs)), None, base_model=str(model), forgotten=forgotten, audits=None,
             base_hash=model_fingerprint(model) if Path(model).is_dir() else str(model)))
         write_results(tmp / "results.json", new_results(runs))
     progress.remove()  # once the output has landed

@@ -48,6 +48,7 @@ from unsee.runs import (
     request_overrides,
     run_seed,
     save_checkpoint,
+    with_all_costs,
 )
 from unsee.unlearning import check_audit_options, unlearn_and_save
 
@@ -207,6 +208,7 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
                 if progress is not None and not last:
                     progress.save(i, adapter, name, jsonable(runs))
         final = runs[-1]
+        unlearning = with_all_costs(runs[1:])["cost"]  # every request's (the resumed ones' too), not vanilla's
         after = _answers(adapter, shown, artifact)
         names = [p.name for r in reqs for p in r.forget]
         salt = salt or (secrets.token_hex(16) if hide_names else None)
@@ -214,7 +216,7 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
                         "people": [hashed(n, salt) for n in names] if hide_names and salt else names}
         if cls.trains_weights:  # a test-time method's file is already in place
             save_checkpoint(artifact, tmp / "model", model_card(
-                final, vanilla, base_model=str(model), base_hash=base_hash,
+                {**final, "cost": unlearning}, vanilla, base_model=str(model), base_hash=base_hash,
                 forgotten=[e for s in suites for e in s.forget_entities], audits=None, request=card_request))
         if hide_names:
             atomic_write_text(tmp / "names-salt.txt", f"{salt}\n")
@@ -225,7 +227,7 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
                        photo=e.image or b"", source=e.source, before=b, after=a,
                        aliases=tuple(e.meta.get("aliases", ())), held_out=e.meta.get("split") != "train")
                  for e, b, a in zip(shown, before, after, strict=True)]
-        cost = {"total_wall_s": time.perf_counter() - start, "unlearning": final["cost"]}
+        cost = {"total_wall_s": time.perf_counter() - start, "unlearning": unlearning}
         write_evidence(tmp, shown=cards, results=results, run=final, vanilla=vanilla,
                        request={"files": [str(f) for f in files], "names": names}, cost=cost)
         atomic_write_json(tmp / "forget.json", {"requests": [str(f) for f in files], "method": method, "seed": seed,

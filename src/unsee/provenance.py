@@ -13,6 +13,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -242,3 +243,13 @@ class CostMeter:
             "trainable_params": self.trainable_params,
             "optimizer_state_bytes": self.optimizer_state_bytes,
         }
+
+
+def combined_cost(costs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The cost of runs made one after another (a continual run's requests): their times add up, every other
+    figure (memory, parameter counts) is the largest of theirs, and ``requests`` says how many there were."""
+    out: dict[str, Any] = {}
+    for key in costs[0]:
+        values = [c[key] for c in costs if c.get(key) is not None]
+        out[key] = None if not values else round(sum(values), 3) if key.endswith("_s") else max(values)
+    return {**out, "requests": len(costs)}

@@ -32,6 +32,7 @@ from unsee.methods import method_class
 from unsee.methods.artifact import Trained, WeightsArtifact
 from unsee.methods.eraser import STEERING_FILE, SteeringArtifact
 from unsee.models.base import Adapter, Turn, model_fingerprint
+from unsee.provenance import combined_cost
 from unsee.report.card import refresh_card
 from unsee.report.tables import setting_of, vanilla_for
 
@@ -300,6 +301,11 @@ def with_override(overrides: Any, key: str, value: Any) -> Any:
     if isinstance(overrides, Mapping):
         return {**overrides, key: value}
     return [*overrides, f"{key}={value}"]
+
+
+def with_all_costs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The last of a continual run's runs with the cost of all its requests: what its model card states."""
+    return {**runs[-1], "cost": combined_cost([r["cost"] for r in runs])}
 
 
 def _checkpoint_in(method: str, config: Any, overrides: Any, name: str) -> Any:

@@ -389,7 +389,8 @@ def _card(run: Mapping[str, Any], vanilla: Mapping[str, Any] | None, source: Map
         "",
         "## Cost",
         "",
-        f"- Wall time: {float(cost['wall_s']):.1f} s",
+        f"- Wall time: {float(cost['wall_s']):.1f} s" + (f" (all {n} requests)" if (n := cost.get("requests", 1)) > 1
+                                                        else ""),
         f"- Peak resident memory: {cost['peak_rss_bytes'] / MIB:,.0f} MiB",
         f"- Peak GPU memory: {DASH if gpu is None else f'{gpu / MIB:,.0f} MiB'}",
         f"- Trainable parameters: {int(cost['trainable_params']):,}",
