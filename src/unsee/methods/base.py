@@ -148,6 +148,12 @@ def keep_to_visual(ctx: Context, method: str) -> list[torch.nn.Parameter]:
     return visual
 
 
+def linear_weights(adapter: Adapter, groups: Sequence[str]) -> list[torch.nn.Parameter]:
+    """The weights of the linear layers of ``groups``, what saliency masks choose among (the specification's
+    linear layers: the patch-embedding convolution is not one)."""
+    return [m.weight for g in groups for _, m in adapter.linear_modules(g) if isinstance(m, torch.nn.Linear)]
+
+
 def images_of(turns: Sequence[Turn]) -> list:
     return [t.image for t in turns if t.image is not None]
 

@@ -22,7 +22,7 @@ from unsee.engine.constraints import masked_fraction
 from unsee.engine.prepare import LOW_PRECISION
 from unsee.engine.trainer import Context
 from unsee.errors import ConfigError
-from unsee.methods.base import BaseMethod, nll, squared_gradients
+from unsee.methods.base import BaseMethod, linear_weights, nll, squared_gradients
 from unsee.models.base import Adapter, Turn
 
 
@@ -54,8 +54,7 @@ def ratio_masks(adapter: Adapter, forget: list[list[Turn]], preserve_v: list[lis
     masks: dict[nn.Parameter, torch.Tensor] = {}
     for group, preserve in (("visual", preserve_v), ("language", preserve_l)):
         names = ("vision", "projector") if group == "visual" else ("language",)
-        params = [m.weight for g in names for _, m in adapter.linear_modules(g)
-                  if isinstance(m, nn.Linear) and m.weight.requires_grad]
+        params = [w for w in linear_weights(adapter, names) if w.requires_grad]
         if not params:
             continue
         # Held in the model's own precision while F_p accumulates: for a bf16 7B model that
@@ -84,8 +83,7 @@ class MMUnlearner(BaseMethod):
             if p.requires_grad and p not in masks:
                 masks[p] = torch.zeros_like(p, dtype=torch.bool)
         ctx.constraints.masks = masks
-        linear = {m.weight for g in ("vision", "projector", "language") for _, m in ctx.adapter.linear_modules(g)
-                  if isinstance(m, nn.Linear)}
+        linear = set(linear_weights(ctx.adapter, ("vision", "projector", "language")))
         ctx.info["mask_fraction"] = masked_fraction({p: m for p, m in masks.items() if p in linear})
         self.ratio = max(1, min(self.cfg.max_retain_ratio, len(s["retain"]) // max(1, len(s["forget"]))))
         ctx.info["retain_steps_per_forget_step"] = self.ratio

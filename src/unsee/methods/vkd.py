@@ -14,13 +14,20 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from unsee.config import opt
 from unsee.engine.constraints import masked_fraction
 from unsee.engine.trainer import Context
 from unsee.errors import ConfigError, DataError
-from unsee.methods.base import BaseMethod, images_of, keep_to_visual, squared_gradients, token_features, token_mse
+from unsee.methods.base import (
+    BaseMethod,
+    images_of,
+    keep_to_visual,
+    linear_weights,
+    squared_gradients,
+    token_features,
+    token_mse,
+)
 from unsee.models.base import Turn
 
 
@@ -56,8 +63,7 @@ class VKD(BaseMethod):
         self.target = torch.stack([n.float() for n in neutral]).mean(0)
         if not self.cfg.saliency:
             return
-        params = [m.weight for g in ("vision", "projector") for _, m in ctx.adapter.linear_modules(g)
-                  if isinstance(m, nn.Linear) and m.weight.requires_grad]
+        params = [w for w in linear_weights(ctx.adapter, ("vision", "projector")) if w.requires_grad]
 
         def energy(turns: list[Turn]) -> tuple[torch.Tensor, int]:
             feats = token_features(ctx.adapter, images_of(turns))
