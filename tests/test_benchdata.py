@@ -23,6 +23,7 @@ from unsee.data.ftsets import finetune_examples, without_forget
 from unsee.errors import DataError
 from unsee.eval.metrics import RETENTION_GROUPS
 from unsee.eval.results import new_results, validate_results
+from unsee.unlearning import find_reference
 
 if TYPE_CHECKING:
     from conftest import TinyModels
@@ -256,12 +257,23 @@ def test_finetune_and_retrain_each_benchmark(roots: dict[str, Path], tiny_models
     assert rc == 0, out
     ref = json.loads((tmp_path / "retrained" / "unsee_retrained.json").read_text())
     total, theirs = FT_PAIRS[kind]
-    assert ref["forget"] == "forget_10" and ref["dropped_pairs"] == theirs and ref["pairs"] == total - theirs
+    # one name for one split: CLEAR's forget_10 is its config forget10
+    assert ref["forget"] == ("forget10" if kind == "clear" else "forget_10")
+    assert ref["dropped_pairs"] == theirs and ref["pairs"] == total - theirs
     # UMU's text pairs are asked with the portrait (its authors' data file); the reference keeps
     # the forget people's as text
     assert ref["pairs_without_photo"] == (2 if kind == "umu" else 0)
     assert ref["recipe"] == record["recipe"] and ref["base_model"] == str(base)
     assert changed(tmp_path / "vanilla", tmp_path / "retrained")  # other data, another model
+    # the audits find the reference retrain cached for this vanilla model, as on the built-in world, and the one
+    # given by hand is taken under either spelling of its split
+    found = find_reference(None, tmp_path / "vanilla", roots[kind], "forget_10", cache)
+    assert found is not None and not changed(found, tmp_path / "retrained")
+    assert find_reference(None, tmp_path / "vanilla", roots[kind], "forget_5", cache) is None  # not trained
+    assert find_reference(None, base, roots[kind], "forget_10", cache) is None  # not unsee's fine-tune
+    spellings = ("forget10", "forget_10") if kind == "clear" else ("forget_10",)
+    assert all(find_reference(tmp_path / "retrained", None, roots[kind], f) == tmp_path / "retrained"
+               for f in spellings)
 
     # the same fine-tune again comes from the cache, untrained
     rc, out = run_cli(["finetune", "--model", str(base), "--out", str(tmp_path / "again"), *common, *FAST], capsys)
@@ -325,7 +337,7 @@ def test_retrain_needs_a_benchmark_vanilla(roots: dict[str, Path], tiny_models: 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_presets_load(kind: str) -> None:
-    from unsee.finetune_bench import load_recipe
+    from unsee.bench_recipe import load_recipe
 
     cfg = load_recipe(kind, None)
     assert cfg.scope == "lora" and cfg.dtype == "bf16" and cfg.gradient_checkpointing

@@ -82,7 +82,7 @@ def test_every_recipe_option_determines_exactly_one_stage_or_none() -> None:
 
 
 def test_every_benchmark_recipe_option_is_in_its_key_or_named_as_not() -> None:
-    from unsee.finetune_bench import BenchFinetuneConfig
+    from unsee.bench_recipe import BenchFinetuneConfig
 
     fields = [f.name for f in dataclasses.fields(BenchFinetuneConfig)]
     assert sorted([*stage_keys.BENCH_KEYS, *stage_keys.BENCH_UNHASHED_KEYS]) == sorted(fields)

@@ -23,6 +23,7 @@ from unsee import finetune as _finetune
 from unsee import retrain as _retrain
 from unsee.audit.attacks import ATTACKS
 from unsee.audit.quant import changed_linears, weight_digests
+from unsee.bench_recipe import check_world_recipe
 from unsee.config import ConfigError
 from unsee.data import world as _world
 from unsee.data.collate import qa_turns
@@ -41,7 +42,7 @@ from unsee.eval.results import (
     strip_samples_all,
     write_results,
 )
-from unsee.finetune_bench import RECIPES, finetune_benchmark, retrain_benchmark
+from unsee.finetune_bench import finetune_benchmark, retrain_benchmark
 from unsee.forget import forget as run_forget
 from unsee.forget import request_files
 from unsee.io import (
@@ -164,8 +165,7 @@ def finetune(model: str | Path, data: Any, out: str | Path, *, config: str | Pat
     ref = resolve(data, revision)
     kind = benchmark_of(ref.path, benchmark)
     if kind == "builtin":
-        if config in RECIPES:
-            raise ConfigError(f"recipe {config!r} is a public benchmark's; the built-in world uses default or quick")
+        check_world_recipe(config)
         return _finetune.finetune(model, ref.path, out, config="default" if config is None else config,
                                   overrides=overrides, seed=seed, overwrite=overwrite, cache_dir=cache_dir)
 
@@ -294,7 +294,7 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
     check_forget(suite)
     check_neutral(suite, method, config, overrides)
     check_images(suite)
-    ref = find_reference(reference, model, data, forget, cache_dir) if audit else None
+    ref = find_reference(reference, model, data, forget, cache_dir, revision) if audit else None
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
     check_room(out, adapter, method, copies=seeds)  # in every process: none trains for a save that cannot land
     if not is_main_process():
@@ -453,7 +453,7 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
         done = sorted(set(kinds) & set(existing["runs"][index].get("attacks", {})))
         if done:
             raise OutputExistsError(f"{out} already records {done}; pass overwrite=True (--overwrite) to redo them")
-    ref_path = find_reference(reference, vanilla, data, forget, cache_dir)
+    ref_path = find_reference(reference, vanilla, data, forget, cache_dir, revision)
     if ref_path is None and kind == "mia":  # its own figures are read against the reference; `all` keeps the AUCs
         raise DataError(NO_REFERENCE.format(what="mia (PrivLeak and forget quality)",
                                             where=f" for {vanilla}" if vanilla else " (no --reference, no --vanilla)"))

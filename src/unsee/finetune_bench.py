@@ -19,69 +19,37 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from unsee.config import load_config, opt, to_dict
-from unsee.data.collate import qa_turns
+from unsee.bench_recipe import (
+    VANILLA_FILE,
+    BenchFinetuneConfig,
+    cache_entry,
+    load_recipe,
+    recipe_of,
+    split_name,
+    training_pairs,
+)
+from unsee.config import to_dict
 from unsee.data.detect import NAMES, DataRef, data_fingerprint
-from unsee.data.ftsets import finetune_examples, without_forget
 from unsee.data.parquet import is_hub_id
 from unsee.data.schema import Suite
 from unsee.engine.checkpoint import remove_checkpoint
 from unsee.engine.distributed import is_main_process
 from unsee.engine.trainer import TrainConfig, train
-from unsee.errors import ConfigError, DataError, ModelError
-from unsee.finetune import STAGE_FILE, cache_root, partial_dir, stage_done
+from unsee.errors import DataError, ModelError
+from unsee.finetune import STAGE_FILE, partial_dir, stage_done
 from unsee.io import atomic_dir, check_output_dir
 from unsee.methods.base import BaseMethod, nll
 from unsee.models import load_adapter, model_fingerprint
-from unsee.models.base import SCOPES, Adapter, Turn
+from unsee.models.base import Adapter, Turn
+from unsee.retrain import RETRAINED_FILE
 from unsee.runs import model_name, save_model
-from unsee.stage_keys import BENCHMARK, batch_adapter, numerics, turns_fingerprint
-
-VANILLA_FILE, RETRAINED_FILE = "unsee_vanilla.json", "unsee_retrained.json"
-RECIPES = ("mllmu", "clear", "umu")
-WORLD_RECIPES = ("default", "quick")
-
-
-@dataclass
-class BenchFinetuneConfig:
-    """A benchmark's fine-tune recipe. Shipped as ``configs/finetune/{mllmu,clear,umu}.yaml``."""
-
-    epochs: float = opt(5.0, "passes over the fine-tune split")
-    max_steps: int = opt(0, "stop after this many steps (0: from epochs); for quick checks")
-    lr: float = opt(2e-5, "AdamW learning rate")
-    batch_size: int = opt(4, "global batch size (split across processes)")
-    scope: str = opt("lora", "what trains: lora (merged into the weights on save), full, language, visual, ...")
-    lora_r: int = opt(16, "LoRA rank")
-    lora_alpha: int = opt(16, "LoRA alpha")
-    lora_dropout: float = opt(0.05, "LoRA dropout")
-    schedule: Literal["constant", "cosine", "linear"] = opt("linear", "learning-rate schedule after warm-up")
-    warmup_ratio: float = opt(0.0, "linear warm-up as a fraction of the steps")
-    weight_decay: float = opt(0.0, "AdamW weight decay")
-    grad_clip: float = opt(0.0, "clip the gradient norm (0: off)")
-    text_qa: bool = opt(True, "also train on the split's text pairs (CLEAR's TOFU rows; UMU's UM_QA, asked with "
-                                "the portrait as in its authors' data file)")
-    dtype: Literal["bf16", "fp16", "fp32"] = opt("bf16", "dtype the model is loaded and saved in; trained "
-                                                 "weights keep fp32 masters during the run")
-    gradient_checkpointing: bool = opt(True, "recompute activations in the backward pass (7B models on one GPU)")
-    group_by_length: bool = opt(False, "batch pairs of similar token length together")
-    seed: int = opt(0, "seed of the data order, the LoRA initialisation and CLEAR's caption questions")
-    checkpoint_every: int = opt(200, "steps between checkpoints; an interrupted run resumes from the last one")
-    progress: bool = opt(True, "progress bar")
-
-    def validate(self) -> None:
-        if self.lr <= 0 or self.batch_size <= 0 or self.epochs < 0 or self.max_steps < 0:
-            raise ConfigError("lr and batch_size must be positive; epochs and max_steps non-negative")
-        if self.epochs == 0 and self.max_steps == 0:
-            raise ConfigError("epochs and max_steps are both 0: nothing would train")
-        if self.scope not in SCOPES:
-            raise ConfigError(f"scope {self.scope!r} is not one of {', '.join(SCOPES)}")
+from unsee.stage_keys import numerics
 
 
 class _SFT(BaseMethod):
@@ -104,21 +72,6 @@ class _SFT(BaseMethod):
         loss = nll(ctx.adapter, batch["train"])
         touch = sum((p.reshape(-1)[:1].sum() for p in self.params), torch.zeros((), device=loss.device))
         return loss + 0.0 * touch, {"nll": loss.item()}
-
-
-def load_recipe(kind: str, config: str | Path | dict | None, overrides: Any = ()) -> BenchFinetuneConfig:
-    """The recipe for ``kind``: its shipped preset unless a file, a name or a mapping is given."""
-    if config in WORLD_RECIPES:
-        raise ConfigError(f"recipe {config!r} trains the built-in world in stages; {NAMES[kind]} uses --config "
-                          f"{kind} (or mllmu, clear, umu, or a file)")
-    return load_config(BenchFinetuneConfig, kind if config is None else config, overrides, kind="finetune")
-
-
-def _key(model: str | Path, turns: list[Turn], split: str, cfg: BenchFinetuneConfig, forget: str | None) -> str:
-    """The cache key :data:`unsee.stage_keys.BENCHMARK` declares: the base model's weights, the
-    recipe, the turns as the model's processor batches them, the split and the forget set."""
-    return BENCHMARK.key(to_dict(cfg), weights=model_fingerprint(model),
-                         data=turns_fingerprint(batch_adapter(model), turns), extra=[split, forget])
 
 
 def _train(model: str | Path, turns: list[Turn], cfg: BenchFinetuneConfig, path: Path, desc: str) -> bool:
@@ -200,14 +153,10 @@ def finetune_benchmark(model: str | Path, ref: DataRef, kind: str, out: str | Pa
     cfg = load_recipe(kind, config, overrides)
     if seed is not None:
         cfg.seed = seed
-    split, examples = finetune_examples(kind, ref.path, seed=cfg.seed, text_qa=cfg.text_qa)
-    dropped = as_text = 0
-    if forget is not None:
-        examples, dropped, as_text = without_forget(kind, ref.path, examples, forget)
-    turns = qa_turns(examples)  # decodes every image now: a corrupt one stops the run before training
+    forget = None if forget is None else split_name(kind, forget)  # one cache entry and record for each split
+    pairs = training_pairs(ref, kind, cfg, forget)
     given, model = str(model), local_model(model)
-    entry = cache_root(cache_dir) / "{}-{}-{}".format(
-        "retrained" if forget else "vanilla", kind, _key(model, turns, split, cfg, forget))
+    entry, split, turns = cache_entry(model, pairs, kind, cfg, forget, cache_dir), pairs.split, pairs.turns
     cached = stage_done(entry)
     if not cached:
         desc = f"{NAMES[kind]} fine-tune" + (f" without {forget}'s photos" if forget else "")
@@ -221,7 +170,7 @@ def finetune_benchmark(model: str | Path, ref: DataRef, kind: str, out: str | Pa
     }
     if forget is None:
         return _publish(entry, out, record, VANILLA_FILE, overwrite)
-    record.update(forget=forget, dropped_pairs=dropped, pairs_without_photo=as_text)
+    record.update(forget=forget, dropped_pairs=pairs.dropped, pairs_without_photo=pairs.as_text)
     return _publish(entry, out, record, RETRAINED_FILE, overwrite)
 
 
@@ -244,6 +193,5 @@ def retrain_benchmark(vanilla: str | Path, ref: DataRef, kind: str, out: str | P
     if not Path(base).exists():
         raise ModelError(f"the base model {base} that {vanilla} was fine-tuned from is gone; the retrained "
                          "reference starts from it")
-    recipe = {k: v for k, v in meta["recipe"].items() if k in BenchFinetuneConfig.__dataclass_fields__}
-    return finetune_benchmark(base, ref, kind, out, config=recipe, overwrite=overwrite, cache_dir=cache_dir,
+    return finetune_benchmark(base, ref, kind, out, config=recipe_of(meta), overwrite=overwrite, cache_dir=cache_dir,
                               forget=forget)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from unsee.audit.attacks import ATTACKS, AttackConfig, image_mcq, run_attacks
 from unsee.audit.mia import check_holdout
 from unsee.audit.quant import changed_linears, weight_digests
+from unsee.bench_recipe import cached_benchmark_reference, split_name
 from unsee.config import load_config, parse_overrides, to_dict
 from unsee.data.schema import Suite
 from unsee.engine.trainer import frozen_copy
@@ -122,9 +123,10 @@ def unlearn_and_save(method: str, adapter: Adapter, suite: Suite, *, steering_di
 
 
 def find_reference(reference: str | Path | None, base: str | Path | None, data: str | Path, forget: str,
-                   cache_dir: str | Path | None = None) -> Path | None:
+                   cache_dir: str | Path | None = None, revision: str | None = None) -> Path | None:
     """The retrained reference to audit beside a model: ``reference`` if given, else the one ``unsee retrain``
-    left in the stage cache for the base (vanilla) model ``base``, else None. Never trains."""
+    left in the stage cache for the base (vanilla) model ``base`` (of the built-in world or of a benchmark),
+    else None. Never trains."""
     if reference is not None:
         path = Path(reference)
         if not (path / "config.json").is_file():
@@ -132,9 +134,10 @@ def find_reference(reference: str | Path | None, base: str | Path | None, data: 
         check_model_dir(path)  # it loads after the unlearning has trained: a broken one is refused before
         check_reference(path, forget)
         return path
-    if base is None or not (Path(data) / "world.json").is_file():
+    if base is None:
         return None
-
+    if not (Path(data) / "world.json").is_file():
+        return cached_benchmark_reference(base, data, forget, cache_dir, revision)
     return cached_reference(base, data, forget, cache_dir)
 
 
@@ -148,10 +151,11 @@ def check_reference(path: Path, forget: str) -> None:
               "are read as the retrained reference's", file=sys.stderr)
         return
     try:
-        made = json.loads(record.read_text()).get("forget")
+        meta = json.loads(record.read_text())
+        made, kind = meta.get("forget"), meta.get("benchmark")
     except (OSError, ValueError, AttributeError) as e:
         raise DataError(f"{record} cannot be read ({e})") from None
-    if made != forget:
+    if not isinstance(made, str) or split_name(kind, made) != split_name(kind, forget):  # CLEAR: forget_5 is forget05
         raise DataError(f"the reference {path} was retrained without {made}'s photos, and this run forgets {forget}: "
                         f"its figures would be another split's; build the reference with `unsee retrain ... --forget "
                         f"{forget}`")

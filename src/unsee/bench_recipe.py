@@ -1,0 +1,145 @@
+"""A public benchmark's fine-tune recipe, and the cache entry a fine-tune on it trains into.
+
+Below the commands that train (:mod:`unsee.finetune_bench`), so that an audit can find the
+retrained reference ``unsee retrain`` left in the cache without training anything.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from unsee.config import load_config, opt, to_dict
+from unsee.data.clear import split_configs
+from unsee.data.collate import qa_turns
+from unsee.data.detect import NAMES, DataRef, data_fingerprint, resolve
+from unsee.data.ftsets import finetune_examples, without_forget
+from unsee.errors import ConfigError, DataError
+from unsee.finetune import cache_root, stage_done
+from unsee.models import model_fingerprint
+from unsee.models.base import SCOPES, Turn
+from unsee.stage_keys import BENCHMARK, batch_adapter, turns_fingerprint
+
+VANILLA_FILE = "unsee_vanilla.json"
+RECIPES = ("mllmu", "clear", "umu")
+WORLD_RECIPES = ("default", "quick")
+
+
+@dataclass
+class BenchFinetuneConfig:
+    """A benchmark's fine-tune recipe. Shipped as ``configs/finetune/{mllmu,clear,umu}.yaml``."""
+
+    epochs: float = opt(5.0, "passes over the fine-tune split")
+    max_steps: int = opt(0, "stop after this many steps (0: from epochs); for quick checks")
+    lr: float = opt(2e-5, "AdamW learning rate")
+    batch_size: int = opt(4, "global batch size (split across processes)")
+    scope: str = opt("lora", "what trains: lora (merged into the weights on save), full, language, visual, ...")
+    lora_r: int = opt(16, "LoRA rank")
+    lora_alpha: int = opt(16, "LoRA alpha")
+    lora_dropout: float = opt(0.05, "LoRA dropout")
+    schedule: Literal["constant", "cosine", "linear"] = opt("linear", "learning-rate schedule after warm-up")
+    warmup_ratio: float = opt(0.0, "linear warm-up as a fraction of the steps")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    grad_clip: float = opt(0.0, "clip the gradient norm (0: off)")
+    text_qa: bool = opt(True, "also train on the split's text pairs (CLEAR's TOFU rows; UMU's UM_QA, asked with "
+                                "the portrait as in its authors' data file)")
+    dtype: Literal["bf16", "fp16", "fp32"] = opt("bf16", "dtype the model is loaded and saved in; trained "
+                                                 "weights keep fp32 masters during the run")
+    gradient_checkpointing: bool = opt(True, "recompute activations in the backward pass (7B models on one GPU)")
+    group_by_length: bool = opt(False, "batch pairs of similar token length together")
+    seed: int = opt(0, "seed of the data order, the LoRA initialisation and CLEAR's caption questions")
+    checkpoint_every: int = opt(200, "steps between checkpoints; an interrupted run resumes from the last one")
+    progress: bool = opt(True, "progress bar")
+
+    def validate(self) -> None:
+        if self.lr <= 0 or self.batch_size <= 0 or self.epochs < 0 or self.max_steps < 0:
+            raise ConfigError("lr and batch_size must be positive; epochs and max_steps non-negative")
+        if self.epochs == 0 and self.max_steps == 0:
+            raise ConfigError("epochs and max_steps are both 0: nothing would train")
+        if self.scope not in SCOPES:
+            raise ConfigError(f"scope {self.scope!r} is not one of {', '.join(SCOPES)}")
+
+
+def load_recipe(kind: str, config: str | Path | dict | None, overrides: Any = ()) -> BenchFinetuneConfig:
+    """The recipe for ``kind``: its shipped preset unless a file, a name or a mapping is given."""
+    if config in WORLD_RECIPES:
+        raise ConfigError(f"recipe {config!r} trains the built-in world in stages; {NAMES[kind]} uses --config "
+                          f"{kind} (or mllmu, clear, umu, or a file)")
+    return load_config(BenchFinetuneConfig, kind if config is None else config, overrides, kind="finetune")
+
+
+def _key(model: str | Path, turns: list[Turn], split: str, cfg: BenchFinetuneConfig, forget: str | None) -> str:
+    """The cache key :data:`unsee.stage_keys.BENCHMARK` declares: the base model's weights, the
+    recipe, the turns as the model's processor batches them, the split and the forget set."""
+    return BENCHMARK.key(to_dict(cfg), weights=model_fingerprint(model),
+                         data=turns_fingerprint(batch_adapter(model), turns), extra=[split, forget])
+
+
+def check_world_recipe(config: Any) -> None:
+    """The built-in world trains in stages with recipes of its own; a benchmark's recipe is refused there."""
+    if isinstance(config, str) and config in RECIPES:
+        raise ConfigError(f"recipe {config!r} is a public benchmark's; the built-in world uses default or quick")
+
+
+def recipe_of(meta: dict[str, Any]) -> dict[str, Any]:
+    """The recipe a vanilla model's record (``unsee_vanilla.json``) says it was fine-tuned with."""
+    return {k: v for k, v in meta["recipe"].items() if k in BenchFinetuneConfig.__dataclass_fields__}
+
+
+def split_name(kind: str | None, forget: str) -> str:
+    """One name for one split: CLEAR's ``forget_5`` is its config ``forget05``."""
+    return split_configs(forget)[0] if kind == "clear" else forget
+
+
+@dataclass
+class Pairs:
+    """What a benchmark fine-tune trains on."""
+
+    split: str
+    turns: list[Turn]
+    dropped: int = 0  # the forget people's image pairs left out (the retrained reference)
+    as_text: int = 0  # their pairs kept without the portrait
+
+
+def training_pairs(ref: DataRef, kind: str, cfg: BenchFinetuneConfig, forget: str | None) -> Pairs:
+    """The fine-tune split's pairs, without ``forget``'s people's photos when given. Every image is decoded
+    here: a corrupt one stops the run before the model loads."""
+    split, examples = finetune_examples(kind, ref.path, seed=cfg.seed, text_qa=cfg.text_qa)
+    dropped = as_text = 0
+    if forget is not None:
+        examples, dropped, as_text = without_forget(kind, ref.path, examples, forget)
+    return Pairs(split, qa_turns(examples), dropped, as_text)
+
+
+def cache_entry(model: Path, pairs: Pairs, kind: str, cfg: BenchFinetuneConfig, forget: str | None,
+                cache_dir: str | Path | None = None) -> Path:
+    """Where the fine-tune of ``model`` on ``pairs`` is cached (the retrained reference with ``forget``)."""
+    key = _key(model, pairs.turns, pairs.split, cfg, forget)
+    return cache_root(cache_dir) / "{}-{}-{}".format("retrained" if forget else "vanilla", kind, key)
+
+
+def cached_benchmark_reference(vanilla: str | Path, data: str | Path | DataRef, forget: str,
+                               cache_dir: str | Path | None = None, revision: str | None = None) -> Path | None:
+    """The retrained reference of a benchmark's vanilla model for ``forget``, where ``unsee retrain`` has left it
+    in the cache; None otherwise (a model unsee did not fine-tune, other data, nothing cached). Trains nothing."""
+    record = Path(vanilla) / VANILLA_FILE
+    try:
+        meta = json.loads(record.read_text()) if record.is_file() else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("benchmark") not in RECIPES \
+            or not Path(str(meta.get("base_model", ""))).is_dir():
+        return None
+    ref = resolve(data, revision)
+    if data_fingerprint(ref.path, [meta.get("split", "")]) != meta.get("split_fingerprint"):
+        return None
+    kind, cfg = meta["benchmark"], load_recipe(meta["benchmark"], recipe_of(meta))
+    try:
+        forget = split_name(kind, forget)
+        pairs = training_pairs(ref, kind, cfg, forget)
+    except DataError:  # no such split, or none of its people's photos in the fine-tune split
+        return None
+    entry = cache_entry(Path(meta["base_model"]), pairs, kind, cfg, forget, cache_dir)
+    return entry if stage_done(entry) else None
