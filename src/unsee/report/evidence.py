@@ -173,7 +173,7 @@ def write_evidence(out: Path, *, shown: Sequence[Shown], results: Mapping[str, A
     for i, s in enumerate(shown):
         atomic_write_bytes(out / folder / f"{i:03d}.png", _png(s.photo))
     plot_evidence(run, vanilla, out / folder / "figures.png")
-    audits = run.get("attacks") or {}
+    audits, spent = run.get("attacks") or {}, _unlearning(run, cost)
     line = verdict(run, vanilla, audits).replace("**Verdict:**", "").strip()
     people = ", ".join(request["names"])
     held = [(i, s) for i, s in enumerate(shown) if s.role == "forget" and s.held_out]
@@ -204,11 +204,11 @@ def write_evidence(out: Path, *, shown: Sequence[Shown], results: Mapping[str, A
         *(_audit_table(audits) if audits else ["<p>No audits were run.</p>"]),
         "<h2>Cost</h2>",
         "<table>",
-        f"<tr><td>unlearning wall time{_over(cost)}</td><td>{float(cost['unlearning']['wall_s']):.1f} s</td></tr>",
+        f"<tr><td>unlearning wall time{_over(spent)}</td><td>{float(spent['wall_s']):.1f} s</td></tr>",
         f"<tr><td>whole command (evaluation and audits included)</td><td>{float(cost['total_wall_s']):.1f} s"
         "</td></tr>",
-        f"<tr><td>peak resident memory</td><td>{cost['unlearning']['peak_rss_bytes'] / MIB:,.0f} MiB</td></tr>",
-        f"<tr><td>trainable parameters</td><td>{int(cost['unlearning']['trainable_params']):,}</td></tr>",
+        f"<tr><td>peak resident memory</td><td>{spent['peak_rss_bytes'] / MIB:,.0f} MiB</td></tr>",
+        f"<tr><td>trainable parameters</td><td>{int(spent['trainable_params']):,}</td></tr>",
         "</table>",
         CHECK_SCRIPT,
         "</body></html>",
@@ -218,15 +218,21 @@ def write_evidence(out: Path, *, shown: Sequence[Shown], results: Mapping[str, A
     return out / "evidence.html"
 
 
-def _over(cost: Mapping[str, Any]) -> str:
+def _unlearning(run: Mapping[str, Any], cost: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The unlearning cost to state: ``cost['unlearning']`` where given (a continual run's requests together),
+    else the run's own."""
+    return cost.get("unlearning") or run["cost"]
+
+
+def _over(spent: Mapping[str, Any]) -> str:
     """What the unlearning figures cover, where a continual run's requests add up."""
-    n = cost["unlearning"].get("requests", 1)
+    n = spent.get("requests", 1)
     return f" (all {n} requests)" if n > 1 else ""
 
 
 def _write_report(out: Path, *, shown: Sequence[Shown], results: Mapping[str, Any], run: Mapping[str, Any],
                   vanilla: Mapping[str, Any] | None, request: Mapping[str, Any], cost: Mapping[str, Any]) -> None:
-    forget = [s for s in shown if s.role == "forget" and s.held_out]
+    forget, spent = [s for s in shown if s.role == "forget" and s.held_out], _unlearning(run, cost)
     named = sum(s.names_them(s.after) for s in forget)
     named_before = sum(s.names_them(s.before) for s in forget)
     seen = [s for s in shown if s.role == "forget" and not s.held_out]
@@ -244,8 +250,8 @@ def _write_report(out: Path, *, shown: Sequence[Shown], results: Mapping[str, An
            f"{sum(s.names_them(s.after) for s in seen)} of {len(seen)} after (photos unlearning read)."]
           if seen else []),
         f"- Retained people's photos shown, named after: {sum(s.names_them(s.after) for s in kept)} of {len(kept)}.",
-        f"- Cost: unlearning {float(cost['unlearning']['wall_s']):.1f} s{_over(cost)}, the whole command "
-        f"{float(cost['total_wall_s']):.1f} s; peak memory {cost['unlearning']['peak_rss_bytes'] / MIB:,.0f} MiB.",
+        f"- Cost: unlearning {float(spent['wall_s']):.1f} s{_over(spent)}, the whole command "
+        f"{float(cost['total_wall_s']):.1f} s; peak memory {spent['peak_rss_bytes'] / MIB:,.0f} MiB.",
         "- Photos with the answers before and after: [evidence.html](evidence.html).",
         "",
         "![figures](evidence/figures.png)",
