@@ -322,8 +322,18 @@ def test_a_damaged_cache_entry_is_refused_not_copied_out(world: Path, model: Pat
     copy = Path(shutil.copytree(cache, tmp_path / "cache"))
     stage3 = sorted(json.loads((vanilla / "unsee_vanilla.json").read_text())["stages"])[-1]
     weights = next(p for p in copy.iterdir() if p.name == stage3) / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:1_000_000])
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[:1_000_000])
     with pytest.raises(ModelError, match="damaged .*truncated.*delete that folder"):
+        ft.finetune(model, world, tmp_path / "v", config="quick", overrides=RECIPE, cache_dir=copy)
+    assert not (tmp_path / "v").exists()
+    # nor is one with no weights at all, or a record that does not read
+    weights.unlink()
+    with pytest.raises(ModelError, match="damaged .*no weights file.*delete that folder"):
+        ft.finetune(model, world, tmp_path / "v", config="quick", overrides=RECIPE, cache_dir=copy)
+    weights.write_bytes(whole)
+    (weights.parent / ft.STAGE_FILE).write_text("{")
+    with pytest.raises(ModelError, match="damaged .*delete that folder"):
         ft.finetune(model, world, tmp_path / "v", config="quick", overrides=RECIPE, cache_dir=copy)
     assert not (tmp_path / "v").exists()
 

@@ -248,12 +248,21 @@ def stage_done(path: Path) -> bool:
     the cache) is refused here, in one line, rather than copied out as a finished model."""
     if not (path / STAGE_FILE).exists():
         return False
-    for f in sorted(path.glob("*.safetensors")):
-        try:
+    try:
+        if not isinstance(json.loads((path / STAGE_FILE).read_text()), dict):
+            raise ValueError(f"{STAGE_FILE} is not a record")
+        weights = sorted(path.glob("*.safetensors"))
+        if not weights:
+            raise ModelError("it holds no weights file")
+        for index in path.glob("*.safetensors.index.json"):  # a sharded model names every shard
+            missing = sorted(set(json.loads(index.read_text())["weight_map"].values()) - {w.name for w in weights})
+            if missing:
+                raise ModelError(f"{missing[0]} is missing")
+        for f in weights:
             check_safetensors(f)
-        except ModelError as e:
-            raise ModelError(f"the cached stage {path} is damaged ({e}); delete that folder to train the stage "
-                             "again") from None
+    except (ModelError, OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"the cached stage {path} is damaged ({e}); delete that folder to train the stage "
+                         "again") from None
     return True
 
 
