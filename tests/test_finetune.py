@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -346,3 +347,25 @@ def test_the_vanilla_record_names_its_base_model_from_anywhere(
     out = ft.finetune(Path(model.name), world, tmp_path / "v", config="quick", overrides=RECIPE, cache_dir=cache)
     recorded = json.loads((out / "unsee_vanilla.json").read_text())["base_model"]
     assert Path(recorded).is_absolute() and Path(recorded) == model.resolve()
+
+
+def test_a_stage_stopped_while_it_is_saved_keeps_its_checkpoint(world: Path, model: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpoint goes once the stage is saved: a run killed while it saves resumes from the checkpoint
+    rather than training the whole stage again."""
+    from unsee.engine.checkpoint import has_checkpoint
+
+    real = ft._finish_stage
+
+    def stopped_while_saving(path: Path, *args: Any, **kw: Any) -> None:
+        if path.name.startswith("stage3"):
+            raise KeyboardInterrupt
+        real(path, *args, **kw)
+
+    monkeypatch.setattr(ft, "_finish_stage", stopped_while_saving)
+    cache = tmp_path / "cache"
+    with pytest.raises(KeyboardInterrupt):
+        ft.finetune(model, world, tmp_path / "v", config="quick", cache_dir=cache,
+                    overrides=[*RECIPE[:-1], "ft_steps=4", "checkpoint_every=2"])
+    assert has_checkpoint(next(cache.glob("stage3-*.partial")))
+    assert not list(cache.glob("stage2-*.partial"))  # a stage saved has none left

@@ -181,7 +181,8 @@ def _sft(adapter: Adapter, stage: Stage, cfg: FinetuneConfig, checkpoint: Path |
     tcfg = TrainConfig(scope="full", lr=stage.lr, max_steps=stage.steps, batch_size=cfg.batch_size, seed=cfg.seed,
                        warmup_ratio=cfg.warmup_ratio, schedule="cosine", progress=cfg.progress, grad_clip=1.0,
                        visual_lr_scale=stage.vision_lr_factor, group_by_length=cfg.group_by_length,
-                       checkpoint_dir=str(checkpoint) if checkpoint else "", checkpoint_every=cfg.checkpoint_every)
+                       checkpoint_dir=str(checkpoint) if checkpoint else "", checkpoint_every=cfg.checkpoint_every,
+                       keep_checkpoint=True)  # until the stage is saved (_finish_stage): a kill mid-save resumes
     res = train(_Augmented(stage.augment, cfg.seed), adapter, Suite("finetune", {}), {"train": turns}, tcfg,
                 desc=stage.desc)
     tail = res.losses[-max(1, len(res.losses) // 10):]

@@ -87,7 +87,8 @@ def _train(model: str | Path, turns: list[Turn], cfg: BenchFinetuneConfig, path:
                        gradient_checkpointing=cfg.gradient_checkpointing, lora_r=cfg.lora_r,
                        lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, seed=cfg.seed,
                        group_by_length=cfg.group_by_length, progress=cfg.progress,
-                       checkpoint_dir=str(partial_dir(path)), checkpoint_every=cfg.checkpoint_every)
+                       checkpoint_dir=str(partial_dir(path)), checkpoint_every=cfg.checkpoint_every,
+                       keep_checkpoint=True)  # until the entry is saved: a kill mid-save resumes
     tcfg.validate()
     t0 = time.perf_counter()
     res = train(_SFT(), adapter, Suite("finetune", {}), {"train": turns}, tcfg, desc=desc)
