@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -282,6 +283,23 @@ def test_the_renderer_moves_stage_1s_key(model_dir: Path, world: Path, tmp_path:
 
     monkeypatch.setattr(vision_stage, "pretrain_batch", brighter)
     assert keys(model_dir, world, tmp_path)[0] != before[0]
+
+
+def test_the_visual_config_and_the_image_processor_move_stage_1s_key(model_dir: Path, world: Path,
+                                                                    tmp_path: Path) -> None:
+    """Stage 1 starts from the visual module: the same weights under another tower config, another block read
+    or other pixel statistics train another module; a copy of the model is the same start."""
+    before = keys(model_dir, world, tmp_path)
+    copy = Path(shutil.copytree(model_dir, tmp_path / "copy"))
+    assert keys(copy, world, tmp_path) == before
+    edits = {"config.json": lambda c: c["vision_config"].update(hidden_act="gelu"),
+             "processor_config.json": lambda c: c["image_processor"].update(image_mean=[0.5, 0.5, 0.5])}
+    for name, edit in edits.items():
+        model = Path(shutil.copytree(model_dir, tmp_path / name))
+        config = json.loads((model / name).read_text())
+        edit(config)
+        (model / name).write_text(json.dumps(config))
+        assert keys(model, world, tmp_path)[0] != before[0], name
 
 
 def test_turns_fingerprint_sees_every_turn_and_the_tensors_of_a_fixed_sample(model_dir: Path, world: Path) -> None:

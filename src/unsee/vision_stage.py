@@ -51,10 +51,31 @@ def visual_state(adapter: Adapter) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in adapter.model.named_parameters() if adapter.group_of(n) != "language"}
 
 
+# Config entries that name or store a checkpoint and change no computation
+_NO_COMPUTATION = ("transformers_version", "architectures", "dtype", "torch_dtype")
+
+
+def _computing(config: dict[str, Any]) -> dict[str, Any]:
+    return {str(k): _computing(v) if isinstance(v, dict) else v for k, v in config.items()
+            if not str(k).startswith("_") and k not in _NO_COMPUTATION}
+
+
+def visual_config(adapter: Adapter) -> dict[str, Any]:
+    """What shapes the visual module's forward pass besides its weights: the vision tower's config, the block
+    and projector the language model reads (``vision_*``, ``projector_*``, ``multimodal_*``), and the image
+    processor that makes its pixels. Token ids are left out: they follow the world's vocabulary."""
+    config = adapter.model.config.to_dict()
+    kept = {k: v for k, v in config.items() if k == "vision_config" or (
+        k.startswith(("vision_", "projector", "multimodal")) and not k.endswith(("_token_id", "_token_index")))}
+    processor = getattr(adapter.processor, "image_processor", None)
+    return {**_computing(kept), "image_processor": _computing(processor.to_dict()) if processor is not None else None}
+
+
 def visual_fingerprint(adapter: Adapter) -> str:
-    """Content hash of the visual module's weights, so that stage 1 is keyed on what it starts
-    from and not on the language model, whose vocabulary differs from world to world."""
+    """Content hash of the visual module (its weights and :func:`visual_config`), so that stage 1 is keyed on
+    what it starts from and not on the language model, whose vocabulary differs from world to world."""
     h = hashlib.sha256(adapter.model.config.model_type.encode())
+    h.update(content_hash(visual_config(adapter)).encode())
     for name, p in sorted(visual_state(adapter).items()):
         t = p.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
