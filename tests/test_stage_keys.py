@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Any
 import fixtures_bench as fb
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from unsee import finetune as ft
 from unsee import stage_keys
 from unsee.config import load_config
 from unsee.data.detect import resolve
+from unsee.errors import ModelError
 from unsee.models.base import IGNORE, HFAdapter
 from unsee.models.qwen_vl import Qwen2VLAdapter
 from unsee.models.tiny import init_model
@@ -112,6 +114,17 @@ def test_the_reference_of_known_people_trains_stage_2_again_without_their_photos
         res = real(*a, desc=desc, **k)
         seen[desc + ":losses"] = list(res.losses)
         return res
+
+    # the reference starts from the base model the vanilla record names, and refuses one changed since
+    record = json.loads((trained["vanilla"] / "unsee_vanilla.json").read_text())
+    changed = Path(shutil.copytree(record["base_model"], tmp_path / "changed-base"))
+    weights = load_file(changed / "model.safetensors")
+    name = sorted(weights)[0]
+    save_file({**weights, name: weights[name] + 1}, changed / "model.safetensors")
+    moved = Path(shutil.copytree(trained["vanilla"], tmp_path / "moved"))
+    (moved / "unsee_vanilla.json").write_text(json.dumps({**record, "base_model": str(changed)}))
+    with pytest.raises(ModelError, match="no longer the model the vanilla model was fine-tuned from"):
+        retrain_mod.retrain(moved, world, tmp_path / "r0", forget="known_forget_10", cache_dir=trained["cache"])
 
     monkeypatch.setattr(ft, "train", recorded)
     info = load_world_info(world)

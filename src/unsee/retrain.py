@@ -42,7 +42,7 @@ from unsee.finetune import (
 )
 from unsee.io import atomic_dir, check_output_dir
 from unsee.models import load_adapter
-from unsee.models.base import Adapter, Turn
+from unsee.models.base import Adapter, Turn, model_fingerprint
 from unsee.stage_keys import RETRAINED, RETRAINED_KNOWN, batch_adapter, turns_fingerprint
 
 RETRAINED_FILE = "unsee_retrained.json"
@@ -132,6 +132,10 @@ def _plan(meta: dict, cache: Path, data: Path, forget: str, threads: int | None 
                    cfg.augment)
 
     def start() -> Adapter:
+        if model_fingerprint(base) != meta["base_fingerprint"]:  # the key names the model recorded, not this one
+            raise ModelError(f"{base} is no longer the model the vanilla model was fine-tuned from (its weights or "
+                             "config changed since), and the reference must start from that one: restore it, or "
+                             "fine-tune again")
         adapter = load_adapter(base)
         load_stage_visual(adapter, stage1)
         return adapter
