@@ -454,6 +454,15 @@ def test_world_command_writes_the_example(tmp_path: Path) -> None:
     assert len(req.forget) == 1 and len(req.retain) == 5
     for ph in req.forget[0].photos + req.neutral + req.general:
         assert ph.path.suffix == ".png" and Image.open(io.BytesIO(ph.data)).format == "PNG"
+    # a world without forget_10 takes its first forget split's people, rather than failing once written
+    small = ["n_people=8", "n_known=2", "n_unknown=2", "n_neutral=4", "n_train_views=2", "n_test_views=1",
+             "n_requests=2", "n_general_train=8", "n_general_eval=4", "n_pretrain=4", "forget_splits=[20, 40]"]
+    other = api.build_world(tmp_path / "w2", config="quick", overrides=small)
+    first = json.loads((other / "world.json").read_text())["splits"]["forget_20"]
+    assert [p.id for p in load_request(other / "request" / "request.yaml").forget] == first
+    with pytest.raises(ConfigError, match="seed must lie in"):
+        api.build_world(tmp_path / "w3", config="quick", overrides=[*small, "seed=-1"])
+    assert not (tmp_path / "w3").exists()
 
 
 @pytest.mark.slow

@@ -129,7 +129,7 @@ def _local(*paths: Any) -> list[Any]:
 def build_world(out: str | Path, *, config: Any = "default", overwrite: bool = False, example: bool = True,
                 **kw: Any) -> Path:
     """``unsee world``: the built-in benchmark (:func:`unsee.data.world.build_world`) and, with ``example``,
-    a removal request made of its ``forget_10`` people in ``out/request/``
+    a removal request made of its ``forget_10`` people (or its first forget split's) in ``out/request/``
     (:func:`unsee.data.request_example.write_world_request`)."""
 
     check_output_dir(out, overwrite=overwrite, inputs=_local(config))

@@ -46,13 +46,17 @@ def _text_qa(rec: Record) -> list[dict[str, Any]]:
     return out
 
 
-def write_world_request(world: str | Path, out: str | Path, *, forget: str = "forget_10",
+def write_world_request(world: str | Path, out: str | Path, *, forget: str | None = None,
                         overwrite: bool = False) -> Path:
-    """Write ``out/request.yaml`` and its photos: ``forget``'s people, every other world person
-    retained, the world's neutral faces and general scenes. Returns the request file."""
+    """Write ``out/request.yaml`` and its photos: ``forget``'s people (by default ``forget_10``'s, or the
+    first forget split's of a world without it), every other world person retained, the world's neutral
+    faces and general scenes. Returns the request file."""
     world, out = Path(world), Path(out)
     info = load_world_info(world)
     groups = {**info.get("splits", {}), **info.get("requests", {})}
+    if forget is None:
+        splits = sorted((s for s in info.get("splits", {}) if s.startswith("forget_")), key=lambda s: int(s[7:]))
+        forget = "forget_10" if "forget_10" in groups or not splits else splits[0]
     if forget not in groups:
         raise DataError(f"world {world} has no split {forget!r}; it has {sorted(groups)}")
     forget_ids = set(groups[forget])
