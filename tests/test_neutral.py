@@ -84,6 +84,17 @@ def test_bad_folders_are_one_line(case: str, mllmu: Path, tmp_path: Path) -> Non
         api.load_suite(mllmu, "forget_10", neutral=folder)
 
 
+def test_another_persons_held_out_photo_is_refused(mllmu: Path, tmp_path: Path) -> None:
+    """MLLMU-Bench's Test_Set holds every person's held-out photos and the suite reads only the forget people's:
+    a retained person's is the benchmark's image too, of a person the model was taught."""
+    five = set(api.load_suite(mllmu, "forget_5").forget_entities)
+    other = next(e for e in api.load_suite(mllmu, "forget_10").groups["forget_test"] if e.entity not in five)
+    folder = write_photos(tmp_path / "n")
+    (folder / "held_out.png").write_bytes(other.image or b"")
+    with pytest.raises(DataError, match=re.escape("held_out.png is the same image as the benchmark's Test_Set")):
+        api.load_suite(mllmu, "forget_5", neutral=folder)
+
+
 @pytest.mark.parametrize("case", ["no_flag", "eraser", "empty", "corrupt", "forget_photo", "missing", "request"])
 def test_unlearn_refuses_before_any_model_loads(case: str, mllmu: Path, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:

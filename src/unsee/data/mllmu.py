@@ -11,6 +11,7 @@ exact prompt strings.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -146,6 +147,21 @@ def _row_image(rec: Record) -> bytes | None:
     return image_bytes(rec.get("image"), field="image", source=rec.source)
 
 
+def _views(rec: Record) -> list[bytes]:
+    """The held-out photos of one Test_Set row."""
+    eid = entity_id(rec.get("ID"), field="ID", source=rec.source)
+    if rec.get("images") is not None:
+        views = [image_bytes(v, field="images", source=rec.source) for v in rec.get("images")]
+        views = [v for v in views if v is not None]
+        if not views:
+            raise DataError(f"field 'images' in {rec.source} is empty for ID {eid!r}")
+        return views
+    row = _row_image(rec) if rec.get("image") is not None else None
+    if row is not None:  # a hand-made Test_Set with one image per row
+        return [row]
+    raise DataError(f"field 'images' is missing or null in {rec.source} for ID {eid!r}")
+
+
 def held_out_examples(rec: Record, seed: int) -> list[Example]:
     """Image questions of one Test_Set row, each with one of the row's alternative images.
 
@@ -154,16 +170,7 @@ def held_out_examples(rec: Record, seed: int) -> list[Example]:
     several times is read on several views, and the choice depends only on ``seed`` and the
     row, never on a global RNG.
     """
-    eid = entity_id(rec.get("ID"), field="ID", source=rec.source)
-    if rec.get("images") is not None:
-        views = [image_bytes(v, field="images", source=rec.source) for v in rec.get("images")]
-        views = [v for v in views if v is not None]
-        if not views:
-            raise DataError(f"field 'images' in {rec.source} is empty for ID {eid!r}")
-    elif rec.get("image") is not None:
-        views = [_row_image(rec)]  # a hand-made Test_Set with one image per row
-    else:
-        raise DataError(f"field 'images' is missing or null in {rec.source} for ID {eid!r}")
+    eid, views = entity_id(rec.get("ID"), field="ID", source=rec.source), _views(rec)
     items = [e for e in profile_examples(rec, "Test_Set", None, need_image=False) if _is_image(e)]
     offset = stable_int(seed, "Test_Set", eid) % len(views)
     facts: dict[tuple[str, str], int] = {}  # (task, answer) -> order of its first asking
@@ -323,6 +330,7 @@ def load_mllmu(
 
     groups["forget_test"], groups["known_test"] = [], []
     test_ids: list[str] = []
+    others: set[str] = set()  # the held-out photos of the people no group asks about
     for test_config in ("Test_Set", KNOWN_TEST_SET):
         if source.has(test_config):
             for rec in cfg.get(test_config, TEST_COLUMNS, TEST_OPTIONAL):
@@ -332,6 +340,8 @@ def load_mllmu(
                     groups["forget_test"].extend(held_out_examples(rec, seed))
                 elif test_config == KNOWN_TEST_SET:  # the known people kept, on photos no method trains on
                     groups["known_test"].extend(held_out_examples(rec, seed))
+                else:
+                    others.update(hashlib.sha256(v).hexdigest() for v in _views(rec))
     if test_ids and not set(test_ids) & set(forget_ids):
         raise DataError(f"Test_Set in {source.location} holds none of the forget people (their IDs look like "
                         f"{list(forget_ids)[:3]}, Test_Set's like {test_ids[:3]}): forget_test would be empty; "
@@ -368,6 +378,7 @@ def load_mllmu(
         forget_entities=tuple(forget_ids),
         retain_entities=tuple(retain_ids),
         info=info,
+        other_images=frozenset(others),
     )
 
 

@@ -105,6 +105,7 @@ def check_never_taught(photos: NeutralPhotos, suite: Suite) -> None:
         for e in items:
             if e.image is not None:
                 seen.setdefault(hashlib.sha256(e.image).hexdigest(), f"{name} ({e.uid})")
+    seen.update({d: "Test_Set (another person's held-out photo)" for d in suite.other_images if d not in seen})
     for ex, digest in zip(photos.examples, photos.digests, strict=True):
         if digest in seen:
             raise DataError(f"--neutral: {ex.source} is the same image as the benchmark's {seen[digest]}; "

@@ -116,6 +116,9 @@ class Suite:
     forget_entities: tuple[str, ...] = ()
     retain_entities: tuple[str, ...] = ()
     info: dict = field(default_factory=dict)
+    # SHA-256 of the benchmark's images that no group holds (other people's held-out views): photos the
+    # benchmark has, which a folder of never-taught people must not repeat
+    other_images: frozenset[str] = frozenset()
 
     def group(self, name: str) -> list[Example]:
         if name not in self.groups:
