@@ -229,3 +229,6 @@ def test_each_request_keeps_its_own_training_checkpoint(model_dir: Path, world: 
     # the model card states the unlearning time of both requests
     wall = sum(r["cost"]["wall_s"] for r in load_results(out / "results.json")["runs"])
     assert f"- Wall time: {wall:.1f} s (all 2 requests)" in (out / "model" / "README.md").read_text()
+    api.attack("shift", out / "model", world, out, overrides=["max_items=2"])  # the card is written again
+    card = (out / "model" / "README.md").read_text()
+    assert f"- Wall time: {wall:.1f} s (all 2 requests)" in card and "| shift |" in card

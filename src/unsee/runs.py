@@ -431,8 +431,11 @@ def add_attacks(out: Path, index: int, home: Path, found: Mapping[str, Any], car
             atomic_write_json(home / "run.json", run)
         if card is None or not card.is_file():
             return False
-        vanilla = vanilla_for([r for r in results["runs"] if setting_of(r) == setting_of(run)])
-        return refresh_card(card, run, vanilla)
+        same = [r for r in results["runs"] if setting_of(r) == setting_of(run)]
+        # the last request of a continual run: its card states the cost of every request, as when it was written
+        requests = [r for r in results["runs"] if r.get("request") and r["method"] != "vanilla"]
+        shown = with_all_costs(requests) if len(requests) > 1 and requests[-1] is run else run
+        return refresh_card(card, shown, vanilla_for(same))
 
 
 def attacked_run(results: Mapping[str, Any], out: Path, model: str | Path,
