@@ -340,7 +340,7 @@ def load_mllmu(
                     groups["forget_test"].extend(held_out_examples(rec, seed))
                 elif test_config == KNOWN_TEST_SET:  # the known people kept, on photos no method trains on
                     groups["known_test"].extend(held_out_examples(rec, seed))
-                else:
+                elif rec.get("images") or rec.get("image") is not None:  # a row without a photo has none to compare
                     others.update(hashlib.sha256(v).hexdigest() for v in _views(rec))
     if test_ids and not set(test_ids) & set(forget_ids):
         raise DataError(f"Test_Set in {source.location} holds none of the forget people (their IDs look like "
