@@ -4,6 +4,7 @@ one-line refusals that stop a run before any model loads and leave nothing writt
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import fixtures_bench as fb
@@ -122,3 +123,16 @@ def test_unlearn_refuses_before_any_model_loads(case: str, mllmu: Path, tmp_path
             "corrupt": "broken.png is not a readable image", "forget_photo": "is the same image as the benchmark's",
             "empty": "holds 0 photo(s)", "missing": "no such folder",
             "request": "lists its own never-taught photos"}[case] in err
+
+
+def test_a_test_set_row_without_a_photo_outside_the_forget_people_still_loads(tmp_path: Path) -> None:
+    """Only the photos of rows that have them are compared: a row no group reads must not stop the load."""
+    root = fb.write_mllmu(tmp_path / "mllmu")
+    people = [str(i) for i in range(1, fb.MLLMU_PEOPLE + 1)]
+    views = {p: [{"bytes": fb.png(fb.mllmu_test_image_key(p, v)), "path": f"{p}_pose{v}_gen1.png"}
+                 for v in range(fb.TEST_VIEWS)] for p in people}
+    rows = [{"ID": p, "images": None if p == people[-1] else views[p], **fb._tasks(p, test=True)} for p in people]
+    shutil.rmtree(root / "Test_Set")
+    fb.write_parquet_config(root, "Test_Set", rows, fb.TEST_FEATURES, shards=2)
+    suite = api.load_suite(root, "forget_5")
+    assert people[-1] not in suite.forget_entities and suite.groups["forget_test"]
