@@ -398,7 +398,7 @@ RESOLVED_BEFORE: dict[str, dict] = {
             "threshold": 1.0, "fisher_batches": 4},
     "cvf_ncu": CVF_BEFORE,
     "cvf_only": {**CVF_BEFORE, "ncu_images": 256},
-    "ncu_only": {"scope": "visual", "lr": 0.0003, "tau": 0.1, "lambda_r": 1.0, "lambda_d": 1.0, "lambda_o": 0.0,
+    "ncu_only": {"scope": "visual", "lr": 0.0009, "tau": 0.1, "lambda_r": 1.0, "lambda_d": 1.0, "lambda_o": 0.0,
                  "lambda_t": 0.0, "lambda_v": 0.0, "lambda_dv": 0.0, "merge_block": None, "augment": 0.0,
                  "adv_steps": 0, "adv_eps": 8 / 255, "relearn_sim_steps": 0, "relearn_sim_eps": 0.003, "ncu": True,
                  "energy": 0.01, "ncu_images": 1024,  # since: the null space of cvf_ncu, as documented
