@@ -137,7 +137,12 @@ def test_eval_out_a_directory_is_one_line(model_dir: Path, world: Path, tmp_path
                                           capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", "--model", str(model_dir), "--data", str(world), "--out", str(tmp_path),
                  "--overwrite"]) == 2
-    assert "is a directory" in one_error_line(capsys)
+    assert "is a directory; give a file path, such as" in one_error_line(capsys)
+    # a folder where the item records beside the results go is in the way: no path inside it is suggested
+    (tmp_path / "e.samples.jsonl").mkdir()
+    assert main(["eval", "--model", str(model_dir), "--data", str(world), "--out", str(tmp_path / "e.json")]) == 2
+    line = one_error_line(capsys)
+    assert "e.samples.jsonl is a directory; move it, or give another path" in line and "such as" not in line
 
 
 def test_a_truncated_weight_file_is_one_line(own_model: Path, world: Path, tmp_path: Path,

@@ -239,8 +239,9 @@ def check_output_file(path: str | Path, *, overwrite: bool, inputs: Iterable[str
     """The same checks for an output that is one file (a results.json)."""
     path = Path(path)
     check_not_input(path, inputs)
-    if path.is_dir():
-        raise OutputError(f"the output {path} is a directory; give a file path, such as {path / 'results.json'}")
+    if path.is_dir():  # a folder given as --out is meant to hold the file; one named like a file is in the way
+        hint = "move it, or give another path" if path.suffix else f"give a file path, such as {path / 'results.json'}"
+        raise OutputError(f"the output {path} is a directory; {hint}")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
     check_writable(path)
