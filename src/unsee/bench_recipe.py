@@ -16,7 +16,7 @@ from unsee.data.clear import split_configs
 from unsee.data.collate import qa_turns
 from unsee.data.detect import NAMES, DataRef, data_fingerprint, resolve
 from unsee.data.ftsets import finetune_examples, without_forget
-from unsee.errors import ConfigError, DataError
+from unsee.errors import ConfigError, DataError, ModelError
 from unsee.finetune import cache_root, stage_done
 from unsee.models import model_fingerprint
 from unsee.models.base import SCOPES, Turn
@@ -120,26 +120,42 @@ def cache_entry(model: Path, pairs: Pairs, kind: str, cfg: BenchFinetuneConfig, 
     return cache_root(cache_dir) / "{}-{}-{}".format("retrained" if forget else "vanilla", kind, key)
 
 
+def vanilla_record(vanilla: str | Path, ref: DataRef, kind: str | None = None) -> dict[str, Any]:
+    """What ``unsee finetune`` recorded of a benchmark's vanilla model (base model, recipe, split), checked
+    against the data at ``ref`` (and the benchmark ``kind`` where given): the retrained reference repeats it."""
+    record = Path(vanilla) / VANILLA_FILE
+    if not record.is_file():
+        raise ModelError(f"{vanilla} was not made by unsee finetune (it has no {VANILLA_FILE}): the retrained "
+                         "reference repeats that command without the forget people's photos")
+    try:
+        meta = json.loads(record.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read {record}: {str(e).splitlines()[0]}; copy the vanilla model again") from None
+    made = meta.get("benchmark") if isinstance(meta, dict) else None
+    if made not in RECIPES:
+        raise ModelError(f"{record} does not hold what unsee finetune records; copy the vanilla model again")
+    if kind is not None and made != kind:
+        raise DataError(f"{vanilla} was fine-tuned on {NAMES[made]}, not on {NAMES[kind]}")
+    split = meta.get("split", "")
+    if data_fingerprint(ref.path, [split]) != meta.get("split_fingerprint"):
+        raise DataError(f"{vanilla} was fine-tuned on other {split} files than those in {ref.source}")
+    if not Path(str(meta.get("base_model", ""))).exists():
+        raise ModelError(f"the base model {meta.get('base_model')} that {vanilla} was fine-tuned from is gone; the "
+                         "retrained reference starts from it")
+    return meta
+
+
 def cached_benchmark_reference(vanilla: str | Path, data: str | Path | DataRef, forget: str,
                                cache_dir: str | Path | None = None, revision: str | None = None) -> Path | None:
     """The retrained reference of a benchmark's vanilla model for ``forget``, where ``unsee retrain`` has left it
     in the cache; None otherwise (a model unsee did not fine-tune, other data, nothing cached). Trains nothing."""
-    record = Path(vanilla) / VANILLA_FILE
     try:
-        meta = json.loads(record.read_text()) if record.is_file() else None
-    except (OSError, ValueError):
-        return None
-    if not isinstance(meta, dict) or meta.get("benchmark") not in RECIPES \
-            or not Path(str(meta.get("base_model", ""))).is_dir():
-        return None
-    ref = resolve(data, revision)
-    if data_fingerprint(ref.path, [meta.get("split", "")]) != meta.get("split_fingerprint"):
-        return None
-    kind, cfg = meta["benchmark"], load_recipe(meta["benchmark"], recipe_of(meta))
-    try:
+        ref = resolve(data, revision)
+        meta = vanilla_record(vanilla, ref)
+        kind, cfg = meta["benchmark"], load_recipe(meta["benchmark"], recipe_of(meta))
         forget = split_name(kind, forget)
         pairs = training_pairs(ref, kind, cfg, forget)
-    except DataError:  # no such split, or none of its people's photos in the fine-tune split
+    except (ModelError, DataError):  # not unsee's fine-tune, other data, no such split or none of its photos
         return None
     entry = cache_entry(Path(meta["base_model"]), pairs, kind, cfg, forget, cache_dir)
     return entry if stage_done(entry) else None

@@ -33,6 +33,7 @@ from unsee.bench_recipe import (
     recipe_of,
     split_name,
     training_pairs,
+    vanilla_record,
 )
 from unsee.config import to_dict
 from unsee.data.detect import NAMES, DataRef, data_fingerprint
@@ -41,7 +42,7 @@ from unsee.data.schema import Suite
 from unsee.engine.checkpoint import remove_checkpoint
 from unsee.engine.distributed import is_main_process
 from unsee.engine.trainer import TrainConfig, train
-from unsee.errors import DataError, ModelError
+from unsee.errors import ModelError
 from unsee.finetune import STAGE_FILE, partial_dir, stage_done
 from unsee.io import atomic_dir, check_output_dir
 from unsee.methods.base import BaseMethod, nll
@@ -179,20 +180,6 @@ def retrain_benchmark(vanilla: str | Path, ref: DataRef, kind: str, out: str | P
                       overwrite: bool = False, cache_dir: str | Path | None = None) -> Path:
     """``unsee retrain`` on a benchmark: the vanilla model's recipe again, from its base model, without
     ``forget``'s image rows. The vanilla directory's record says which base model and recipe."""
-    record = Path(vanilla) / VANILLA_FILE
-    if not record.is_file():
-        raise ModelError(f"{vanilla} was not made by unsee finetune (it has no {VANILLA_FILE}): the retrained "
-                         "reference repeats that command without the forget people's photos")
-    meta = json.loads(record.read_text())
-    if meta.get("benchmark") != kind:
-        raise DataError(f"{vanilla} was fine-tuned on {NAMES.get(meta.get('benchmark'), meta.get('benchmark'))}, "
-                        f"not on {NAMES[kind]}")
-    split = meta.get("split", "")
-    if data_fingerprint(ref.path, [split]) != meta.get("split_fingerprint"):
-        raise DataError(f"{vanilla} was fine-tuned on other {split} files than those in {ref.source}")
-    base = meta.get("base_model", "")
-    if not Path(base).exists():
-        raise ModelError(f"the base model {base} that {vanilla} was fine-tuned from is gone; the retrained "
-                         "reference starts from it")
-    return finetune_benchmark(base, ref, kind, out, config=recipe_of(meta), overwrite=overwrite, cache_dir=cache_dir,
-                              forget=forget)
+    meta = vanilla_record(vanilla, ref, kind)
+    return finetune_benchmark(meta["base_model"], ref, kind, out, config=recipe_of(meta), overwrite=overwrite,
+                              cache_dir=cache_dir, forget=forget)

@@ -208,7 +208,7 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
                 if progress is not None and not last:
                     progress.save(i, adapter, name, jsonable(runs))
         final = runs[-1]
-        unlearning = with_all_costs(runs[1:])["cost"]  # every request's (the resumed ones' too), not vanilla's
+        unlearning = with_all_costs(runs)["cost"]  # every request's, the resumed ones' too
         after = _answers(adapter, shown, artifact)
         names = [p.name for r in reqs for p in r.forget]
         salt = salt or (secrets.token_hex(16) if hide_names else None)

@@ -303,9 +303,16 @@ def with_override(overrides: Any, key: str, value: Any) -> Any:
     return [*overrides, f"{key}={value}"]
 
 
+def request_runs(runs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The runs of a continual run's requests, in order, without its vanilla run."""
+    return [r for r in runs if r.get("request") and r["method"] != "vanilla"]
+
+
 def with_all_costs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The last of a continual run's runs with the cost of all its requests: what its model card states."""
-    return {**runs[-1], "cost": combined_cost([r["cost"] for r in runs])}
+    """The last request's run of a continual run's runs with the cost of all its requests: what its model card
+    states."""
+    requests = request_runs(runs)
+    return {**requests[-1], "cost": combined_cost([r["cost"] for r in requests])}
 
 
 def _checkpoint_in(method: str, config: Any, overrides: Any, name: str) -> Any:
@@ -433,7 +440,7 @@ def add_attacks(out: Path, index: int, home: Path, found: Mapping[str, Any], car
             return False
         same = [r for r in results["runs"] if setting_of(r) == setting_of(run)]
         # the last request of a continual run: its card states the cost of every request, as when it was written
-        requests = [r for r in results["runs"] if r.get("request") and r["method"] != "vanilla"]
+        requests = request_runs(results["runs"])
         shown = with_all_costs(requests) if len(requests) > 1 and requests[-1] is run else run
         return refresh_card(card, shown, vanilla_for(same))
 

@@ -366,6 +366,8 @@ def train(
 
     seed_everything(cfg.seed)
     check_launch(method)
+    if hasattr(method.cfg, "check_train"):  # method options that depend on these (a config built in code too)
+        method.cfg.check_train(cfg)
     if next(adapter.model.parameters()).dtype == torch.float16:  # bf16 autocast cannot mix with it either
         raise ConfigError(f"{method.name}: the weights are fp16, which would need loss scaling to train; load "
                           "them in bf16 or fp32")

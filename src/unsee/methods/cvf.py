@@ -120,7 +120,6 @@ class CVFOnly(BaseMethod):
                               "benchmark has none (train_known); set lambda_known=0")
         self.cfg.validate()  # a config built in code has not been through load_config
         self.cfg.check_launch(ctx.world)
-        self.cfg.check_train(ctx.cfg)
         keep_to_visual(ctx, self.name)
         self.block = read_block(ctx.adapter, self.cfg.merge_block) if self.cfg.lambda_v or self.cfg.lambda_dv else -1
         self.seed = ctx.cfg.seed

@@ -73,7 +73,6 @@ class MMUnlearner(BaseMethod):
     Config = MMUnlearnerConfig
 
     def setup(self, ctx: Context) -> None:
-        self.cfg.check_train(ctx.cfg)  # a config built in code has not been through method_configs
         s = ctx.streams
         k = self.cfg.fisher_batches
         forget, retain, text = (s[name].preview(k) for name in ("forget", "retain", "text"))

@@ -55,7 +55,6 @@ class VKD(BaseMethod):
     Config = VKDConfig
 
     def setup(self, ctx: Context) -> None:
-        self.cfg.check_train(ctx.cfg)  # a config built in code has not been through method_configs
         keep_to_visual(ctx, self.name)
         with torch.no_grad():
             neutral = token_features(ctx.reference, images_of(ctx.streams["neutral"].turns))
