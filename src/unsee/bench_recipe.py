@@ -6,7 +6,6 @@ retrained reference ``unsee retrain`` left in the cache without training anythin
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -17,12 +16,11 @@ from unsee.data.collate import qa_turns
 from unsee.data.detect import NAMES, DataRef, data_fingerprint, resolve
 from unsee.data.ftsets import finetune_examples, without_forget
 from unsee.errors import ConfigError, DataError, ModelError
-from unsee.finetune import cache_root, stage_done
+from unsee.finetune import cache_root, read_vanilla_record, stage_done
 from unsee.models import model_fingerprint
 from unsee.models.base import SCOPES, Turn
 from unsee.stage_keys import BENCHMARK, batch_adapter, turns_fingerprint
 
-VANILLA_FILE = "unsee_vanilla.json"
 RECIPES = ("mllmu", "clear", "umu")
 WORLD_RECIPES = ("default", "quick")
 
@@ -123,17 +121,10 @@ def cache_entry(model: Path, pairs: Pairs, kind: str, cfg: BenchFinetuneConfig, 
 def vanilla_record(vanilla: str | Path, ref: DataRef, kind: str | None = None) -> dict[str, Any]:
     """What ``unsee finetune`` recorded of a benchmark's vanilla model (base model, recipe, split), checked
     against the data at ``ref`` (and the benchmark ``kind`` where given): the retrained reference repeats it."""
-    record = Path(vanilla) / VANILLA_FILE
-    if not record.is_file():
-        raise ModelError(f"{vanilla} was not made by unsee finetune (it has no {VANILLA_FILE}): the retrained "
-                         "reference repeats that command without the forget people's photos")
-    try:
-        meta = json.loads(record.read_text())
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot read {record}: {str(e).splitlines()[0]}; copy the vanilla model again") from None
-    made = meta.get("benchmark") if isinstance(meta, dict) else None
+    meta = read_vanilla_record(vanilla)
+    made = meta.get("benchmark")
     if made not in RECIPES:
-        raise ModelError(f"{record} does not hold what unsee finetune records; copy the vanilla model again")
+        raise ModelError(f"{vanilla} was not fine-tuned on a public benchmark by unsee finetune")
     if kind is not None and made != kind:
         raise DataError(f"{vanilla} was fine-tuned on {NAMES[made]}, not on {NAMES[kind]}")
     split = meta.get("split", "")

@@ -111,6 +111,26 @@ class FinetuneConfig:
             raise ConfigError(f"seed and vision_seed must lie in [0, 2**32), got {self.seed} and {self.vision_seed}")
 
 
+VANILLA_FILE = "unsee_vanilla.json"  # what unsee finetune records beside a vanilla model
+
+
+def read_vanilla_record(vanilla: str | Path) -> dict[str, Any]:
+    """What ``unsee finetune`` recorded beside the vanilla model ``vanilla`` (the built-in world's or a
+    benchmark's), which the retrained reference repeats; a model without one, or with an unreadable one, is
+    refused in one line."""
+    record = Path(vanilla) / VANILLA_FILE
+    if not record.is_file():
+        raise ModelError(f"{vanilla} was not made by unsee finetune (it has no {VANILLA_FILE}): the retrained "
+                         "reference repeats that command without the forget people's photos")
+    try:
+        meta = json.loads(record.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read {record}: {str(e).splitlines()[0]}; copy the vanilla model again") from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"{record} does not hold what unsee finetune records; copy the vanilla model again")
+    return meta
+
+
 def world_fingerprint(data: str | Path) -> str:
     """Content hash of a world directory (world.json and every parquet file)."""
     h = hashlib.sha256()
@@ -399,7 +419,7 @@ def finetune(
         with atomic_dir(out, overwrite=overwrite) as tmp:
             for f in stage3.iterdir():
                 shutil.copy2(f, tmp / f.name)
-            (tmp / "unsee_vanilla.json").write_text(json.dumps({
+            (tmp / VANILLA_FILE).write_text(json.dumps({
                 "base_model": str(Path(model).resolve()) if Path(model).exists() else str(model),
                 "base_fingerprint": plan.base_fingerprint, "world": str(data),
                 "world_fingerprint": world_fingerprint(data), "recipe": rc, "stages": stages,

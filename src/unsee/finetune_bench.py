@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from unsee.bench_recipe import (
-    VANILLA_FILE,
     BenchFinetuneConfig,
     cache_entry,
     load_recipe,
@@ -43,7 +42,7 @@ from unsee.engine.checkpoint import remove_checkpoint
 from unsee.engine.distributed import is_main_process
 from unsee.engine.trainer import TrainConfig, train
 from unsee.errors import ModelError
-from unsee.finetune import STAGE_FILE, partial_dir, stage_done
+from unsee.finetune import STAGE_FILE, VANILLA_FILE, partial_dir, stage_done
 from unsee.io import atomic_dir, check_output_dir
 from unsee.methods.base import BaseMethod, nll
 from unsee.models import load_adapter, model_fingerprint

@@ -34,6 +34,7 @@ from unsee.finetune import (
     cache_root,
     keyed_augmentation,
     load_stage_visual,
+    read_vanilla_record,
     run_stage,
     stage2_turns,
     stage3_turns,
@@ -50,16 +51,7 @@ RETRAINED_FILE = "unsee_retrained.json"
 
 def _vanilla_record(vanilla: Path, data: Path) -> dict:
     """What ``unsee finetune`` recorded of the vanilla model, checked against the world."""
-    record = vanilla / "unsee_vanilla.json"
-    if not record.is_file():
-        raise ModelError(f"{vanilla} was not made by unsee finetune (it has no unsee_vanilla.json): the retrained "
-                         "reference repeats that command's last stage")
-    try:
-        meta = json.loads(record.read_text())
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot read {record}: {str(e).splitlines()[0]}; copy the vanilla model again") from None
-    if not isinstance(meta, dict):
-        raise ModelError(f"{record} does not hold what unsee finetune records; copy the vanilla model again")
+    meta = read_vanilla_record(vanilla)
     if meta.get("world_fingerprint") != world_fingerprint(data):
         raise DataError(f"{vanilla} was fine-tuned on another world than {data}")
     return meta
