@@ -309,8 +309,7 @@ def request_runs(runs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 
 def with_all_costs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The last request's run of a continual run's runs with the cost of all its requests: what its model card
-    states."""
+    """The last request's run of a continual run with the cost of all its requests: what its model card states."""
     requests = request_runs(runs)
     return {**requests[-1], "cost": combined_cost([r["cost"] for r in requests])}
 
@@ -335,9 +334,8 @@ def request_overrides(method: str, config: Any, overrides: Any, request: int, re
 
 
 def check_disjoint(requests: Sequence[tuple[str, Sequence[str]]]) -> None:
-    """Continual requests (each split with its people) forget other people each: a request naming someone
-    forgotten before would train against itself (its own photos held forgotten, and kept in the null space)
-    and be reported as a new request."""
+    """Continual requests (each split with its people) forget other people each: a request naming someone forgotten
+    before would train against itself (its photos held forgotten, in the null space) and be reported as new."""
     names = [r for r, _ in requests]
     if twice := sorted({r for r in names if names.count(r) > 1}):
         raise ConfigError(f"continual requests must differ; {', '.join(twice)} appears more than once")
@@ -438,11 +436,10 @@ def add_attacks(out: Path, index: int, home: Path, found: Mapping[str, Any], car
             atomic_write_json(home / "run.json", run)
         if card is None or not card.is_file():
             return False
-        same = [r for r in results["runs"] if setting_of(r) == setting_of(run)]
         # the last request of a continual run: its card states the cost of every request, as when it was written
         requests = request_runs(results["runs"])
         shown = with_all_costs(requests) if len(requests) > 1 and requests[-1] is run else run
-        return refresh_card(card, shown, vanilla_for(same))
+        return refresh_card(card, shown, vanilla_for([r for r in results["runs"] if setting_of(r) == setting_of(run)]))
 
 
 def attacked_run(results: Mapping[str, Any], out: Path, model: str | Path,

@@ -144,8 +144,7 @@ class Method(Protocol):
 
     def setup(self, ctx: Context) -> None: ...
     def step_multiplier(self, ctx: Context) -> int: ...
-    # The streams this step reads (None: every one). Only these advance: a batch drawn and not read is skipped.
-    def step_streams(self, ctx: Context) -> tuple[str, ...] | None: ...
+    def step_streams(self, ctx: Context) -> tuple[str, ...] | None: ...  # what a step reads (None: all), alone advanced
     def loss(self, ctx: Context, batch: dict[str, list]) -> tuple[torch.Tensor, dict[str, float]]: ...
     # The loss as its forgetting part and its retaining part (None: none) with the logged terms; None where the
     # method does not separate them. Read only by sharpness-aware steps on the forgetting alone.
@@ -366,8 +365,7 @@ def train(
 
     seed_everything(cfg.seed)
     check_launch(method)
-    if hasattr(method.cfg, "check_train"):  # method options that depend on these (a config built in code too)
-        method.cfg.check_train(cfg)
+    getattr(method.cfg, "check_train", lambda _: None)(cfg)  # method options that depend on these ones
     if next(adapter.model.parameters()).dtype == torch.float16:  # bf16 autocast cannot mix with it either
         raise ConfigError(f"{method.name}: the weights are fp16, which would need loss scaling to train; load "
                           "them in bf16 or fp32")
