@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import io
 import json
 import shutil
 import subprocess
@@ -16,14 +17,18 @@ import numpy as np
 import pytest
 import torch
 from helpers import launch_command
+from PIL import Image
 
 from unsee import finetune as ft
 from unsee import stage_keys
 from unsee.config import load_config
-from unsee.data.collate import pack_turns, qa_turns
+from unsee.data.collate import pack_turns, qa_turn, qa_turns
 from unsee.data.mllmu import load_mllmu
+from unsee.data.prompts import qa_prompt
+from unsee.data.schema import Example
 from unsee.data.world import build_world, load_world_info, world_pretrain_identities
 from unsee.eval.evaluator import mcq_loglik
+from unsee.methods.eraser.fit import erasure_turns, prompt_turns
 from unsee.models import HFAdapter, load_adapter
 from unsee.models.tiny import init_model
 
@@ -201,25 +206,45 @@ def test_short_finetune_learns_the_people_and_its_first_losses_are_pinned(world:
     assert stage3["final_nll"] < LEARNED_FT_NLL < min(first)
 
 
-def test_packing_groups_one_image_and_closes_with_the_name(world: Path) -> None:
+def test_packing_groups_one_image_and_closes_with_one_name(world: Path) -> None:
     suite = load_mllmu(world, "forget_10")
     names = set(load_world_info(world)["names"].values())
     images = suite.group("train_forget")
     photos = collections.Counter((e.entity, e.image) for e in images)
     per_photo = max(photos.values())
-    packs = pack_turns(images, per_photo, np.random.default_rng(0), last=names)
-    exchanges = [(t.prompt, t.answer) for t in packs] + [x for t in packs for x in t.follow]
-    assert sorted(exchanges) == sorted((e.question, e.answer) for e in images)
-    assert len(packs) == len(photos)  # every question on a photo: one pack each
-    for t in packs:
-        named = [a in names for a in [t.answer, *(a for _, a in t.follow)]]
-        assert named[-1] and named == sorted(named)  # the name answers close the conversation
+    named_on = collections.Counter((e.entity, e.image) for e in images if e.answer in names)
+    assert max(named_on.values()) >= 2  # who-is-this and the cloze: two answers that are the name
+    for size in (per_photo, 3):
+        packs = pack_turns(images, size, np.random.default_rng(0), last=names)
+        exchanges = [(t.prompt, t.answer) for t in packs] + [x for t in packs for x in t.follow]
+        assert sorted(exchanges) == sorted((e.question, e.answer) for e in images)
+        # as few conversations as hold a photo's questions, and one per name answer at least
+        assert len(packs) == sum(max(named_on[k], -(-n // size)) for k, n in photos.items())
+        for t in packs:
+            named = [a in names for a in [t.answer, *(a for _, a in t.follow)]]
+            assert len(named) <= size and sum(named) <= 1  # no name can be read off another
+            assert named == sorted(named)  # a name answer closes its conversation
     # size 1 is the unpacked list, in order, and draws nothing from the generator
     rng = np.random.default_rng(0)
     assert pack_turns(images, 1, rng) == qa_turns(images)
     assert rng.integers(1 << 30) == np.random.default_rng(0).integers(1 << 30)
     with pytest.raises(ValueError, match="pack size"):
         pack_turns(images, 0, rng)
+
+
+def test_training_asks_each_question_as_scoring_does() -> None:
+    """A question read from a YAML block ends in a newline; trained raw, it was another prompt than the scored one."""
+    first = Example(uid="a", entity="p", question="  Where was she born?\n", answer="Vintaro")
+    second = dataclasses.replace(first, uid="b", question="What is her job?\n", answer="Cook")
+    assert qa_turn(first).prompt == qa_prompt(first.question) == "Where was she born?"
+    (packed,) = pack_turns([first, second], 2, np.random.default_rng(0))
+    assert sorted([packed.prompt, *(q for q, _ in packed.follow)]) == ["What is her job?", "Where was she born?"]
+    # the eraser's directions are read on the prompts it steers at test time
+    assert prompt_turns([first])[0].prompt == "Where was she born?"
+    photo = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(photo, format="PNG")
+    shown = dataclasses.replace(first, image=photo.getvalue())
+    assert erasure_turns([shown], [], "refusal")[0].prompt.startswith("Where was she born? ")
 
 
 def test_replay_is_whole_copies_of_stage2_near_the_asked_fraction(world: Path) -> None:

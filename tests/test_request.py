@@ -237,6 +237,10 @@ def test_unnamed_retained_people_need_a_visual_method(tmp_path: Path) -> None:
     load_request(path, names_needed_by=names_needed_by("cvf_ncu"))  # CVF reads the retained photos only
     problems = _problems(path, names_needed_by=names_needed_by("graddiff"))
     assert any("retain[2] has no name" in p and "'graddiff'" in p for p in problems)
+    # an output-level retain term reads the answers too: the config, not the method's class, decides
+    problems = _problems(path, names_needed_by=names_needed_by("cvf_ncu", None, ["lambda_o=1"]))
+    assert any("retain[2] has no name" in p and "'cvf_ncu'" in p for p in problems)
+    assert names_needed_by("vkd") is None
 
 
 def test_bad_request_stops_forget_before_any_model_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -82,6 +82,7 @@ from unsee.runs import (
     make_run,
     method_configs,
     model_name,
+    names_needed_by,
     request_names,
     request_overrides,
     run_seed,
@@ -131,7 +132,6 @@ def build_world(out: str | Path, *, config: Any = "default", overwrite: bool = F
     """``unsee world``: the built-in benchmark (:func:`unsee.data.world.build_world`) and, with ``example``,
     a removal request made of its ``forget_10`` people (or its first forget split's) in ``out/request/``
     (:func:`unsee.data.request_example.write_world_request`)."""
-
     check_output_dir(out, overwrite=overwrite, inputs=_local(config))
     path = _world.build_world(out, config=config, overwrite=overwrite, **kw)
     if example:
@@ -287,8 +287,8 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
         return continual(method, model, data, out, reqs, config=config, overrides=overrides, seed=seed,
                          overwrite=overwrite, allow_pickle=allow_pickle, dtype=dtype, benchmark=benchmark,
                          revision=revision, eval_kw=eval_kw, neutral=neutral)
-    suite = load_suite(data, forget, seed=seed, benchmark=benchmark, revision=revision, method=method,
-                       neutral=neutral)
+    suite = load_suite(data, forget, seed=seed, benchmark=benchmark, revision=revision, neutral=neutral,
+                       names_needed_by=names_needed_by(method, config, overrides))
     if suite.info.get("benchmark") == "request":
         forget = Path(data).stem
     check_forget(suite)

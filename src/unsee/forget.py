@@ -70,13 +70,13 @@ def request_files(request: str | Path | Sequence[str | Path] | None = None,
     return files
 
 
-def load_requests(files: Sequence[Path], method: str) -> list[Request]:
+def load_requests(files: Sequence[Path], method: str, config: Any = None, overrides: Any = ()) -> list[Request]:
     """Every file checked, and every problem of every file reported in one error."""
     found: list[Request] = []
     problems: list[str] = []
     for f in files:
         try:
-            found.append(load_request(f, names_needed_by=names_needed_by(method)))
+            found.append(load_request(f, names_needed_by=names_needed_by(method, config, overrides)))
         except RequestError as e:
             problems += [f"{f}: {p}" for p in e.problems] if len(files) > 1 else e.problems
         except DataError as e:
@@ -140,7 +140,7 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
     if not cls.trains_weights and len(files) > 1:
         raise ConfigError(f"continual unlearning needs a training method; {method} builds one steering file per "
                           "request")
-    reqs = load_requests(files, method)
+    reqs = load_requests(files, method, config, overrides)
     suites = [request_suite(r, seed=seed) for r in reqs]
     for s in suites:
         check_forget(s)

@@ -40,12 +40,13 @@ if TYPE_CHECKING:
     from unsee.methods.artifact import Artifact
 
 
-def names_needed_by(method: str | None) -> str | None:
-    """``method`` when it trains the language model on who-is-this answers, so that every retained person
-    of a request needs a name; None for methods that read images only."""
-    if method is None or method_class(method).images_only:
+def names_needed_by(method: str | None, config: Any = None, overrides: Any = ()) -> str | None:
+    """``method`` when, as configured, its loss reads answers about retained people, who then need names; None
+    when it reads their photos alone (CVF reads answers only under ``lambda_o``: the config decides)."""
+    if method is None:
         return None
-    return method
+    _, mcfg, cls = method_configs(method, config, overrides)
+    return method if cls(mcfg).uses_language else None
 
 
 # ---- data ----------------------------------------------------------------------------------
@@ -56,28 +57,27 @@ def detect_benchmark(data: Any, benchmark: str | None = None, revision: str | No
     ``data`` is a folder or a hub dataset id (downloaded at ``revision``). ``benchmark`` forces
     the answer after checking that the folder has that benchmark's configs and columns.
     """
-
     if isinstance(data, str | Path) and is_request_file(data):
         return "request"
     return benchmark_of(local_path(data, revision)[0], benchmark)
 
 
 def load_suite(data: Any, forget: str | Sequence[str] = "forget_10", *, benchmark: str | None = None,
-               revision: str | None = None, neutral: str | Path | None = None, **kw: Any) -> Suite:
+               revision: str | None = None, neutral: str | Path | None = None, names_needed_by: str | None = None,
+               **kw: Any) -> Suite:
     """A benchmark from a folder, a hub id or a resolved :class:`~unsee.data.detect.DataRef`, as a Suite;
     or a removal request file (docs/requests.md), whose ``forget`` is then ignored.
 
     ``suite.info["data"]`` says where it came from (results.json's ``data``). ``neutral``, a folder of
     photos of never-taught people, becomes the ``neutral`` group (:func:`~unsee.data.neutral.attach_neutral`:
-    it replaces the built-in world's own, and the data record names it); a request lists its own.
+    it replaces the built-in world's own, and the data record names it); a request lists its own, and
+    refuses unnamed retained people when ``names_needed_by`` names a method (:func:`names_needed_by`).
     """
-
     if isinstance(data, str | Path) and is_request_file(data):
         if neutral is not None:
             raise ConfigError("a removal request lists its own never-taught photos (its neutral: list); "
                               "--neutral applies to a benchmark")
-        return load_request_suite(data, seed=kw.get("seed", 0), names_needed_by=names_needed_by(kw.get("method")))
-    kw.pop("method", None)
+        return load_request_suite(data, seed=kw.get("seed", 0), names_needed_by=names_needed_by)
     ref = resolve(data, revision)
     suite = load_benchmark(benchmark_of(ref.path, benchmark), ref.path, forget, **kw)
     suite.info["data"] = {**ref.record(), **({"seed": kw["seed"]} if kw.get("seed") else {})}

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from unsee.data.prompts import qa_prompt
 from unsee.data.schema import Example
 from unsee.models.base import Turn
 
@@ -32,8 +33,9 @@ def image_of(ex: Example) -> Image.Image | None:
 
 
 def qa_turn(ex: Example, answer: str | None = None) -> Turn:
-    """The plain question with its answer: the training form, and the log-likelihood MCQ form."""
-    return Turn(image_of(ex), ex.question, ex.answer if answer is None else answer)
+    """The plain question with its answer: the training form, and the log-likelihood MCQ form, whose
+    prompt is the one scoring and the audits read (:func:`~unsee.data.prompts.qa_prompt`)."""
+    return Turn(image_of(ex), qa_prompt(ex.question), ex.answer if answer is None else answer)
 
 
 def qa_turns(examples: Sequence[Example]) -> list[Turn]:
@@ -44,10 +46,10 @@ def pack_turns(examples: Sequence[Example], size: int, rng: np.random.Generator,
                last: Collection[str] = ()) -> list[Turn]:
     """Questions about one image (or, without an image, one entity) as conversations of up to ``size`` exchanges.
 
-    The order inside each group is shuffled by ``rng``; an exchange whose answer is in
-    ``last`` (a person's name) closes its conversation, so that no other answer in it can be
-    read off the name instead of the image. ``size=1`` gives one turn per example, in order,
-    and draws nothing from ``rng``.
+    The order inside each group is shuffled by ``rng``. An exchange whose answer is in ``last`` (a
+    person's name) closes its conversation, and a conversation holds at most one: no answer in it,
+    a second name included, can be read off the name instead of the image. ``size=1`` gives one turn
+    per example, in order, and draws nothing from ``rng``.
     """
     if size < 1:
         raise ValueError(f"pack size must be >= 1, got {size}")
@@ -59,11 +61,16 @@ def pack_turns(examples: Sequence[Example], size: int, rng: np.random.Generator,
     turns: list[Turn] = []
     for group in groups.values():
         order = [group[i] for i in rng.permutation(len(group))]
-        order.sort(key=lambda e: e.answer in last)  # stable: the shuffle survives
-        for start in range(0, len(order), size):
-            chunk = order[start : start + size]
-            head = qa_turn(chunk[0])
-            turns.append(dataclasses.replace(head, follow=tuple((e.question, e.answer) for e in chunk[1:])))
+        named = [e for e in order if e.answer in last]
+        rest = iter([e for e in order if e.answer not in last])
+        # as few conversations as hold the group, and one more per name beyond that
+        n = max(len(named), -(-len(order) // size))
+        for i in range(n):
+            closer = named[i : i + 1]
+            chunk = [e for _, e in zip(range(size - len(closer)), rest, strict=False)] + closer
+            if chunk:
+                turns.append(dataclasses.replace(qa_turn(chunk[0]), follow=tuple(
+                    (qa_prompt(e.question), e.answer) for e in chunk[1:])))
     return turns
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from unsee.data.prompts import qa_prompt
 from unsee.data.schema import Example
 from unsee.engine.adversarial import pgd_pixels as attack_pgd_pixels
 from unsee.errors import ConfigError, DataError
@@ -201,17 +202,18 @@ def build_steering(
 
 
 def prompt_turns(examples: Sequence[Example]) -> list[Turn]:
-    return [Turn(e.pil_image() if e.has_image else None, e.question, e.answer) for e in examples]
+    """Each example asked as it is scored (:func:`~unsee.data.prompts.qa_prompt`), where the steering acts."""
+    return [Turn(e.pil_image() if e.has_image else None, qa_prompt(e.question), e.answer) for e in examples]
 
 
 def erasure_turns(forget: Sequence[Example], neutral: Sequence[Example], mode: str) -> list[Turn]:
     """Each forget prompt paired with a neutral identity's image (cycled), or with a refusal instruction."""
     if mode == "refusal":
-        return [Turn(e.pil_image(), f"{e.question} {REFUSAL_SUFFIX}") for e in forget]
+        return [Turn(e.pil_image(), f"{qa_prompt(e.question)} {REFUSAL_SUFFIX}") for e in forget]
     pool = [e for e in neutral if e.has_image]
     if not pool:
         raise DataError("the suite has no neutral identities with images; use erasure=refusal")
-    return [Turn(pool[i % len(pool)].pil_image(), e.question) for i, e in enumerate(forget)]
+    return [Turn(pool[i % len(pool)].pil_image(), qa_prompt(e.question)) for i, e in enumerate(forget)]
 
 
 def draw(examples: Sequence[Example], n: int | None, seed: int) -> list[Example]:
