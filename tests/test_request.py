@@ -17,7 +17,7 @@ import yaml
 from helpers import launch_command, stopping_at
 from PIL import Image
 
-from unsee import api
+from unsee import api, methods
 from unsee import forget as forget_module
 from unsee.cli import main
 from unsee.data.mllmu import load_mllmu
@@ -241,6 +241,8 @@ def test_unnamed_retained_people_need_a_visual_method(tmp_path: Path) -> None:
     problems = _problems(path, names_needed_by=names_needed_by("cvf_ncu", None, ["lambda_o=1"]))
     assert any("retain[2] has no name" in p and "'cvf_ncu'" in p for p in problems)
     assert names_needed_by("vkd") is None
+    others = [m for m in methods.ALL if m not in ("cvf_ncu", "cvf_only", "vkd")]
+    assert "eraser" in others and [names_needed_by(m) for m in others] == others  # they read answers
 
 
 def test_bad_request_stops_forget_before_any_model_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -110,6 +110,7 @@ class Eraser:
     Config: ClassVar[type] = EraserConfig
     trains_weights: ClassVar[bool] = False
     images_only: ClassVar[bool] = False
+    uses_language: ClassVar[bool] = True  # its directions are read off the answers: retained people need names
 
     def __init__(self, cfg: EraserConfig | None = None) -> None:
         self.cfg = cfg if cfg is not None else EraserConfig()
