@@ -3,12 +3,15 @@ the reference beside every figure, and the statistics behind them (AUC, exact KS
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import math
 import random
 import shutil
+import weakref
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -385,9 +388,18 @@ def test_unlearn_over_seeds_saves_each_and_summarises(model: Path, world: Path, 
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[int] = []
     folders: list[str] = []  # each seed keeps its training checkpoint apart: one seed's is another run for the next
+    models: list[weakref.ref] = []
     real = unlearning.unlearn_adapter
-    monkeypatch.setattr(unlearning, "unlearn_adapter", lambda *a, **k: seen.append(k["seed"]) or folders.append(
-        [o for o in k["overrides"] if o.startswith("checkpoint_dir=")][-1]) or real(*a, **k))
+
+    def spy(method: str, adapter: Any, *a: Any, **k: Any) -> Any:
+        gc.collect()  # an earlier seed's model is gone before this one trains: it would count in this one's memory
+        assert [m() for m in models] == [None] * len(models)
+        models.append(weakref.ref(adapter))
+        seen.append(k["seed"])
+        folders.append([o for o in k["overrides"] if o.startswith("checkpoint_dir=")][-1])
+        return real(method, adapter, *a, **k)
+
+    monkeypatch.setattr(unlearning, "unlearn_adapter", spy)
     out = api.unlearn("ga", model, world, tmp_path / "ga", forget="forget_15", seeds=2, seed=3,
                       overrides=["max_steps=1", "progress=false", f"checkpoint_dir={tmp_path / 'ck'}"],
                       evaluate_after=False)

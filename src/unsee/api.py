@@ -301,24 +301,24 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
         # Under `accelerate launch` every process trains its share; the first alone evaluates and writes.
         if method_class(method).trains_weights:  # a test-time method has nothing to train
             for s in range(seed, seed + seeds):
-                unlearn_adapter(method, load_adapter(model, allow_pickle=allow_pickle, dtype=dtype) if s > seed
-                                else adapter, suite, config=config,
+                adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype) if adapter is None else adapter
+                unlearn_adapter(method, adapter, suite, config=config,
                                 overrides=seed_overrides(method, config, overrides, s, seeds), seed=s)
+                adapter = None  # gone before the next seed loads: one model in memory at a time
         return out
     base_hash = adapter.fingerprint()
     with atomic_dir(out, overwrite=overwrite) as tmp:
         runs = []
         for s in range(seed, seed + seeds):
             where = tmp if seeds == 1 else tmp / f"seed-{s}"
-            if s > seed:
-                adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
-            run, _ = unlearn_and_save(method, adapter, suite, steering_dir=where, model_dir=where / "model",
-                                      model=model_name(model), base_model=str(model), base_hash=base_hash,
-                                      forget=forget, seed=s, config=config,
-                                      overrides=seed_overrides(method, config, overrides, s, seeds),
-                                      evaluate_after=evaluate_after, eval_kw=eval_kw, audit=audit,
-                                      audit_overrides=audit_overrides, audit_seed=seed, data=data, reference=ref,
-                                      cache_dir=cache_dir)
+            adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype) if adapter is None else adapter
+            run = unlearn_and_save(method, adapter, suite, steering_dir=where, model_dir=where / "model",
+                                   model=model_name(model), base_model=str(model), base_hash=base_hash, forget=forget,
+                                   seed=s, config=config, overrides=seed_overrides(method, config, overrides, s, seeds),
+                                   evaluate_after=evaluate_after, eval_kw=eval_kw, audit=audit,
+                                   audit_overrides=audit_overrides, audit_seed=seed, data=data, reference=ref,
+                                   cache_dir=cache_dir)[0]
+            adapter = None  # this seed's model (and its artifact) gone before the next loads
             runs.append(run)
             atomic_write_json(where / "run.json", strip_samples(run))
         results = new_results(runs)
