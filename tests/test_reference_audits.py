@@ -224,6 +224,13 @@ def test_attack_sets_the_reference_beside_each_figure_and_caches_it(model: Path,
     again = api.attack("mia", model, world, tmp_path / "b.json", forget="forget_5", reference=reference,
                        cache_dir=cache, overrides=[*opts, "probe_steps=10"])
     assert again["mia"]["reference"] == m["reference"]
+    # a model attacked in bf16 sets the reference beside it in bf16: neither fp32 nor its fp32 figures
+    loaded: list[tuple[Path, object]] = []
+    monkeypatch.setattr(unlearning, "load_adapter",
+                        lambda p, **k: loaded.append((Path(p), k.get("dtype"))) or real(p, **k))
+    api.attack("mia", model, world, tmp_path / "c.json", forget="forget_5", reference=reference, cache_dir=cache,
+               overrides=opts, dtype="bf16")
+    assert loaded == [(reference, torch.bfloat16)]
 
 
 def test_attacks_that_need_a_reference_refuse_without_one(model: Path, world: Path, tmp_path: Path,

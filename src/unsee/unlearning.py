@@ -183,15 +183,15 @@ class ReferenceAudits:
 
     The reference does not change between the methods and seeds it is set beside, so its
     figures are cached in memory and, under ``cache_dir``, on disk, keyed on the reference's
-    weights, the attack's options and the items (``cache_dir``: the stage cache by default)."""
+    weights, the attack's options, the items and ``dtype`` (``cache_dir``: the stage cache by default).
+    ``dtype``, the attacked model's, is the reference's too: a figure set beside another is read at its precision."""
 
-    def __init__(self, path: str | Path, suite: Suite, cfg: Any, cache_dir: str | Path | None = None) -> None:
-
-        self.path, self.suite, self.cfg = Path(path), suite, cfg
-
+    def __init__(self, path: str | Path, suite: Suite, cfg: Any, cache_dir: str | Path | None = None,
+                 dtype: Any = None) -> None:
+        self.path, self.suite, self.cfg, self.dtype = Path(path), suite, cfg, dtype
         self.cache = Path(cache_dir or default_cache()) / "reference-audits"
         uids = {g: [e.uid for e in items] for g, items in sorted(suite.groups.items())}
-        self.key = content_hash("reference-audit", model_fingerprint(self.path), to_dict(cfg), uids)
+        self.key = content_hash("reference-audit", model_fingerprint(self.path), to_dict(cfg), uids, str(dtype))
         self._adapter: Adapter | None = None
         self._memo: dict[str, dict[str, Any]] = {}
 
@@ -204,7 +204,7 @@ class ReferenceAudits:
             self._memo[kind] = json.loads(file.read_text())
             return self._memo[kind]
         if self._adapter is None:
-            self._adapter = load_adapter(self.path)
+            self._adapter = load_adapter(self.path, dtype=self.dtype)
         figures = run_attacks(self._adapter, self.suite, [kind], self.cfg, strict=False, keep_items=True)[kind]
         self._memo[kind] = figures
         file.parent.mkdir(parents=True, exist_ok=True)
@@ -257,6 +257,6 @@ def audit_adapter(adapter: Adapter, suite: Suite, *, kinds: Sequence[str] | None
     artifact = deployed_artifact(artifact, steering)
     ref = reference
     if reference is not None and not isinstance(reference, ReferenceAudits):
-        ref = ReferenceAudits(reference, suite, cfg, cache_dir)
+        ref = ReferenceAudits(reference, suite, cfg, cache_dir, dtype=adapter.model.dtype)
     return run_attacks(adapter, suite, kinds, cfg, vanilla=vanilla, artifact=artifact, strict=strict, changed=changed,
                        reference=ref)
