@@ -27,6 +27,7 @@ from unsee.methods.ncu import contrast_space, null_space
 from unsee.models import HFAdapter, Turn, load_adapter
 from unsee.models.base import joined
 from unsee.models.blocks import features_and_hidden, vision_blocks
+from unsee.runs import save_model
 
 if TYPE_CHECKING:
     from conftest import TinyModels
@@ -83,6 +84,20 @@ def test_mmunlearner_reports_mask_fraction(trained_dir: Path, suite: Suite, turn
     res = train(MMUnlearner(MMUnlearnerConfig(fisher_batches=1)), adapter, suite, turns, cfg(max_steps=1))
     assert 0 < res.info["mask_fraction"] < 1
     assert res.info["retain_steps_per_forget_step"] >= 1
+
+
+def test_a_lora_run_is_scored_as_it_ships(trained_dir: Path, suite: Suite, tmp_path: Path) -> None:
+    """In bf16, LoRA factors held apart from the rounded weights scored another model than the merged one saved."""
+    adapter = load_adapter(trained_dir, dtype="bf16")
+    before = {n: p.detach().clone() for n, p in adapter.model.named_parameters()}
+    api.unlearn_adapter("graddiff", adapter, suite, overrides=["max_steps=2", "scope=lora", "lr=1e-3",
+                                                               "lora_dropout=0", "progress=false"])
+    assert not hasattr(adapter.model, "merge_and_unload")  # folded into the weights before any scoring
+    now = dict(adapter.model.named_parameters())
+    assert now.keys() == before.keys() and any(not torch.equal(now[n], p) for n, p in before.items())
+    save_model(adapter, tmp_path / "m", "tiny-llava")
+    shipped = dict(load_adapter(tmp_path / "m", dtype="bf16").model.named_parameters())
+    assert all(torch.equal(shipped[n], p) for n, p in now.items())
 
 
 def test_mmunlearner_refuses_lora(trained_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:

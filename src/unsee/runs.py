@@ -12,7 +12,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from unsee.config import ConfigError, config_values, load_config, parse_overrides, to_dict
 from unsee.data import load_benchmark
@@ -29,15 +29,12 @@ from unsee.eval.protocols import check_protocol
 from unsee.eval.results import SAMPLES_KEY, load_results, seed_summary, write_results
 from unsee.io import atomic_write_json, atomic_write_text, check_not_input, check_space
 from unsee.methods import method_class
-from unsee.methods.artifact import Trained, WeightsArtifact
+from unsee.methods.artifact import Artifact, Trained, WeightsArtifact, merge_lora
 from unsee.methods.eraser import STEERING_FILE, SteeringArtifact
 from unsee.models.base import Adapter, Turn, model_fingerprint
 from unsee.provenance import combined_cost
 from unsee.report.card import refresh_card
 from unsee.report.tables import setting_of, vanilla_for
-
-if TYPE_CHECKING:
-    from unsee.methods.artifact import Artifact
 
 
 def names_needed_by(method: str | None, config: Any = None, overrides: Any = ()) -> str | None:
@@ -269,8 +266,8 @@ def run_seed(seed: int | None, method: str, config: Any = None, overrides: Any =
 def unlearn_adapter(method: str, adapter: Adapter, suite: Suite, *, config: Any = None, overrides: Any = (),
                     seed: int = 0, forgotten_images: Sequence[Any] = (),
                     logging_dir: str | Path | None = None) -> tuple[Any, dict]:
-    """Run a training method in place on ``adapter``; return (train result, the resolved config).
-    ``logging_dir``: where trackers write when the config names some and no directory."""
+    """Run a training method in place on ``adapter``, LoRA merged (what is scored is then what ships, whatever
+    the precision); return (train result, the resolved config). ``logging_dir``: for trackers without one."""
 
     check_forget(suite)
     tcfg, mcfg, cls = method_configs(method, config, overrides)
@@ -282,6 +279,7 @@ def unlearn_adapter(method: str, adapter: Adapter, suite: Suite, *, config: Any 
         tcfg.logging_dir = str(logging_dir)
     on_eval = course_figures(adapter, suite) if tcfg.eval_every else None
     weights = Trained(cls(mcfg), training_turns(suite), desc=method, on_eval=on_eval).unlearn(adapter, suite, tcfg)
+    merge_lora(adapter)
     return weights.result, resolved
 
 
