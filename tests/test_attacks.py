@@ -285,6 +285,11 @@ def test_attacks_side_by_side_on_one_output_keep_each_others_figures(adapter: HF
     # measured again, the unlearned model is named after its method, never taken for the vanilla baseline
     evaluated = api.evaluate(out / "model", world, tmp_path / "e.json", forget="forget_15", max_items=2)
     assert evaluated["runs"][0]["method"] == "ga"
+    # and its cost, the evaluation's, is never shown as what the method spent
+    assert evaluated["runs"][0]["cost"]["covers"] == "evaluation"
+    api.report([tmp_path / "e.json"], tmp_path / "rep")
+    (row,) = [r for r in (tmp_path / "rep" / "report.md").read_text().splitlines() if r.startswith("| ga |")]
+    assert row.endswith("| \u2014 | \u2014 | \u2014 | \u2014 |")  # wall s, peak RSS, peak GPU, trainable params
 
 
 def test_attack_on_a_steering_run_needs_its_steering_file(adapter: HFAdapter, world: Path, tmp_path: Path,

@@ -197,9 +197,8 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
     scored unless ``max_items`` caps each task of each group; replies get the benchmark's
     own ``max_new_tokens`` unless it is given. The run is named ``method``; by default ``vanilla``,
     ``eraser`` with a steering file, or the method on an unlearned checkpoint's card: neither may
-    read as the baseline of a report.
+    read as the baseline of a report. Its cost is the evaluation's, marked so (``covers``).
     """
-
     out = Path(out)
     method = method or ("eraser" if steering is not None else unlearned_by(model) or "vanilla")
     if method == "vanilla" and steering is not None:
@@ -217,7 +216,8 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
     with CostMeter() as meter:
         found = evaluation(adapter, suite, steering=steering, **eval_kw)
     meter.record_model(None)
-    run = make_run(method, found, model=model_name(model), suite=suite, forget=forget, seed=seed, cost=meter.cost(),
+    run = make_run(method, found, model=model_name(model), suite=suite, forget=forget, seed=seed,
+                   cost={**meter.cost(), "covers": "evaluation"},
                    steering=str(steering) if steering else None, model_hash=adapter.fingerprint())
     if run["steering"] is None:
         run.pop("steering")

@@ -58,6 +58,9 @@ COST_SCHEMA: dict[str, Any] = {
         "peak_gpu_bytes": {"type": ["integer", "null"], "minimum": 0},
         "trainable_params": _COUNT,
         "optimizer_state_bytes": _COUNT,
+        "covers": {"enum": ["unlearning", "evaluation"],
+                   "description": "what was measured: the unlearning (the default) or, for a model only "
+                                  "evaluated (unsee eval), the evaluation, which no report reads as a method's cost"},
     },
 }
 

@@ -176,6 +176,12 @@ def _count(n: int | None) -> str:
     return DASH if n is None else f"{n:,}"
 
 
+def _spent(run: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The run's unlearning cost; for a model only evaluated, none: its cost is the evaluation's."""
+    cost = run["cost"]
+    return cost if cost.get("covers", "unlearning") == "unlearning" else {k: None for k in cost}
+
+
 def _md_row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
@@ -210,9 +216,9 @@ def _setting_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
             cells.append(fmt_delta(figure(run, g, keys[g]), base) + _interval(run["metrics"].get(g, {}), g, keys[g]))
         score = score_of(run, vanilla, key=keys.get("forget") or "mcq")
         cells.append(DASH if score is None or score["score"] is None else f"{score['score']:.2f}")
-        cost = run["cost"]
+        cost = _spent(run)
         cells += [
-            f"{float(cost['wall_s']):.1f}",
+            DASH if cost["wall_s"] is None else f"{float(cost['wall_s']):.1f}",
             _mib(cost["peak_rss_bytes"]),
             _mib(cost["peak_gpu_bytes"]),
             _count(cost["trainable_params"]),
@@ -450,6 +456,6 @@ def terminal_table(results: Mapping[str, Any]) -> Table:
                 cells.append(DASH if value is None else f"{value:.2f}")
             score = score_of(run, vanilla, key=headline_key(setting_runs, "forget") or "mcq")
             cells.append(DASH if score is None or score["score"] is None else f"{score['score']:.2f}")
-            cells.append(f"{float(run['cost']['wall_s']):.1f}")
+            cells.append(DASH if (wall := _spent(run)["wall_s"]) is None else f"{float(wall):.1f}")
             table.add_row(*cells)
     return table
