@@ -396,7 +396,10 @@ def test_requests_in_order_are_a_continual_run(model_dir: Path, example: Path, t
     runs = load_results(out / "results.json")["runs"]
     assert [r["request"] for r in runs] == [2, 1, 2]  # vanilla: measured on the last request's groups
     # the unlearning cost stated is both requests', not the last one's
-    total = json.loads((out / "forget.json").read_text())["cost"]["unlearning"]
+    record = json.loads((out / "forget.json").read_text())["cost"]
+    total = record["unlearning"]
+    # the whole command's time: one figure in the record and in the report
+    assert f"the whole command {record['total_wall_s']:.1f} s;" in (out / "report.md").read_text()
     assert total["wall_s"] == pytest.approx(runs[1]["cost"]["wall_s"] + runs[2]["cost"]["wall_s"], abs=2e-3)
     assert total["requests"] == 2
     assert all("(all 2 requests)" in (out / f).read_text() for f in ("report.md", "evidence.html", "model/README.md"))

@@ -227,12 +227,11 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
                        photo=e.image or b"", source=e.source, before=b, after=a,
                        aliases=tuple(e.meta.get("aliases", ())), held_out=e.meta.get("split") != "train")
                  for e, b, a in zip(shown, before, after, strict=True)]
-        cost = {"total_wall_s": time.perf_counter() - start, "unlearning": unlearning}
+        cost = {"total_wall_s": round(time.perf_counter() - start, 2), "unlearning": unlearning}  # both files
         write_evidence(tmp, shown=cards, results=results, run=final, vanilla=vanilla,
                        request={"files": [str(f) for f in files], "names": names}, cost=cost)
         atomic_write_json(tmp / "forget.json", {"requests": [str(f) for f in files], "method": method, "seed": seed,
-                                                "model": str(model), "cost": {**cost, "total_wall_s": round(
-                                                    time.perf_counter() - start, 2)}})
+                                                "model": str(model), "cost": cost})
     if progress is not None:
         progress.remove()
     return out
