@@ -290,6 +290,13 @@ def test_attacks_side_by_side_on_one_output_keep_each_others_figures(adapter: HF
     api.report([tmp_path / "e.json"], tmp_path / "rep")
     (row,) = [r for r in (tmp_path / "rep" / "report.md").read_text().splitlines() if r.startswith("| ga |")]
     assert row.endswith("| \u2014 | \u2014 | \u2014 | \u2014 |")  # wall s, peak RSS, peak GPU, trainable params
+    # attacked in a file beside the unlearning's, that run keeps its run.json and the model its card
+    beside = out / "eval.json"
+    api.evaluate(out / "model", world, beside, forget="forget_15", max_items=2)
+    kept = {f: (out / f).read_bytes() for f in ("run.json", "model/README.md")}
+    api.attack("shift", out / "model", world, beside, overrides=["max_items=2"])
+    assert "shift" in load_results(beside)["runs"][0]["attacks"]
+    assert {f: (out / f).read_bytes() for f in kept} == kept
 
 
 def test_attack_on_a_steering_run_needs_its_steering_file(adapter: HFAdapter, world: Path, tmp_path: Path,

@@ -231,6 +231,11 @@ def test_attack_sets_the_reference_beside_each_figure_and_caches_it(model: Path,
     api.attack("mia", model, world, tmp_path / "c.json", forget="forget_5", reference=reference, cache_dir=cache,
                overrides=opts, dtype="bf16")
     assert loaded == [(reference, torch.bfloat16)]
+    # the precision a reference loads at without one is fp32's: one cache entry, whoever asks
+    cfg = unlearning.audit_config(opts)
+    keys = {unlearning.ReferenceAudits(reference, api.load_suite(world, "forget_5"), cfg, cache, dtype=d).key
+            for d in (None, "fp32", torch.float32)}
+    assert len(keys) == 1
 
 
 def test_attacks_that_need_a_reference_refuse_without_one(model: Path, world: Path, tmp_path: Path,

@@ -239,7 +239,7 @@ def test_unnamed_retained_people_need_a_visual_method(tmp_path: Path) -> None:
     assert any("retain[2] has no name" in p and "'graddiff'" in p for p in problems)
     # an output-level retain term reads the answers too: the config, not the method's class, decides
     problems = _problems(path, names_needed_by=names_needed_by("cvf_ncu", None, ["lambda_o=1"]))
-    assert any("retain[2] has no name" in p and "'cvf_ncu'" in p for p in problems)
+    assert any("retain[2] has no name" in p and "'cvf_ncu'" in p and "lambda_o=0" in p for p in problems)
     assert names_needed_by("vkd") is None
     others = [m for m in methods.ALL if m not in ("cvf_ncu", "cvf_only", "vkd")]
     assert "eraser" in others and [names_needed_by(m) for m in others] == others  # they read answers

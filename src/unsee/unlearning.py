@@ -28,7 +28,7 @@ from unsee.finetune import default_cache
 from unsee.io import atomic_write_json, content_hash
 from unsee.methods import method_class
 from unsee.methods.artifact import WeightsArtifact
-from unsee.models import check_model_dir, load_adapter
+from unsee.models import check_model_dir, load_adapter, resolve_dtype
 from unsee.models.base import Adapter, model_fingerprint
 from unsee.provenance import CostMeter
 from unsee.report import model_card
@@ -188,10 +188,11 @@ class ReferenceAudits:
 
     def __init__(self, path: str | Path, suite: Suite, cfg: Any, cache_dir: str | Path | None = None,
                  dtype: Any = None) -> None:
-        self.path, self.suite, self.cfg, self.dtype = Path(path), suite, cfg, dtype
+        self.path, self.suite, self.cfg, self.dtype = Path(path), suite, cfg, resolve_dtype(dtype)
         self.cache = Path(cache_dir or default_cache()) / "reference-audits"
         uids = {g: [e.uid for e in items] for g, items in sorted(suite.groups.items())}
-        self.key = content_hash("reference-audit", model_fingerprint(self.path), to_dict(cfg), uids, str(dtype))
+        self.key = content_hash("reference-audit", model_fingerprint(self.path), to_dict(cfg), uids,
+                                str(self.dtype))
         self._adapter: Adapter | None = None
         self._memo: dict[str, dict[str, Any]] = {}
 

@@ -316,8 +316,9 @@ def request_problems(req: Request, *, names_needed_by: str | None = None, forget
     if names_needed_by is not None:
         for p in req.retain:
             if not p.name:
-                problems.append(f"{p.where} has no name, and method {names_needed_by!r} trains the language model on "
-                                "'who is this?' answers; name every retained person or use cvf_ncu or vkd")
+                problems.append(f"{p.where} has no name, and method {names_needed_by!r}, as configured, reads the "
+                                "'who is this?' answers about retained people; name every retained person, or use "
+                                "vkd, or cvf_ncu without the output-level retain term (lambda_o=0)")
     return problems
 
 
