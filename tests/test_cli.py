@@ -51,7 +51,7 @@ def test_model_init_shape_writes_the_hub_structure(capsys: pytest.CaptureFixture
     capsys.readouterr()
     shaped = ["model", "init", "--shape", "qwen2.5-vl-7b", "--world", str(tmp_path), "--out", str(tmp_path / "y")]
     assert main(shaped) == 2
-    assert "a --shape model keeps its hub's" in capsys.readouterr().err and not (tmp_path / "y").exists()
+    assert "a small local tokenizer of its own" in capsys.readouterr().err and not (tmp_path / "y").exists()
 
 
 def test_model_init_unknown_arch(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -175,6 +175,20 @@ def test_save_round_trips(tiny_models: TinyModels, arch: str, tmp_path: Path, ma
             assert AutoProcessor.from_pretrained(tmp_path / "saved").video_processor.patch_size == image["patch_size"]
 
 
+def test_a_llava_processor_saved_without_its_patch_size_reads_it_from_the_config(
+        tiny_models: TinyModels, tmp_path: Path, make_image: MakeImage) -> None:
+    """Processors saved before they expanded the image token lack it; the first batch was a traceback."""
+    source = tiny_models.dir("tiny-llava")
+    old = shutil.copytree(source, tmp_path / "old")
+    parts = json.loads((old / "processor_config.json").read_text())
+    for key in ("patch_size", "vision_feature_select_strategy", "num_additional_image_tokens"):
+        parts.pop(key, None)
+    (old / "processor_config.json").write_text(json.dumps(parts))
+    turns = three_turns(make_image)
+    expected = tiny_models.adapter("tiny-llava").training_batch(turns)["input_ids"]
+    assert torch.equal(load_adapter(old).training_batch(turns)["input_ids"], expected)
+
+
 # ---- training batches --------------------------------------------------------------
 
 

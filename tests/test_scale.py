@@ -6,6 +6,7 @@ only parsed, never instantiated, so these tests stay on a laptop's budget.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from unsee.engine.trainer import TrainConfig, train, unique_images
 from unsee.errors import ConfigError, ModelError
 from unsee.eval.results import load_results
 from unsee.methods import method_class
-from unsee.models import adapter_class, load_adapter
+from unsee.models import adapter_class, load_adapter, shapes
 from unsee.models.base import Turn
 from unsee.models.shapes import SHAPES, build_shaped, hub_config, init_shaped, shaped_config, shrink
 
@@ -109,6 +110,22 @@ def test_shaped_checkpoint_round_trip(shape: str, tmp_path: Path) -> None:
     assert adapter.model.config.model_type == hub_config(shape)["model_type"]
     built, _ = build_shaped(shape, tiny=True)
     assert torch.equal(next(adapter.model.parameters()), next(built.parameters()))
+
+
+@pytest.mark.parametrize(("shape", "precision"), [("llava-1.5-7b", torch.float16), ("qwen2-vl-7b", torch.bfloat16)])
+def test_a_full_size_shape_is_written_in_the_hubs_precision(shape: str, precision: torch.dtype, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """In fp32 a 7B shape was twice the size its help states; built tiny here, as the full one is too large."""
+    asked: list[torch.dtype] = []
+
+    def tiny_instead(name: str, *, tiny: bool, dtype: torch.dtype, **kw: Any) -> Any:
+        asked.append(dtype)
+        return build_shaped(name, tiny=True, dtype=dtype, **kw)
+
+    monkeypatch.setattr(shapes, "build_shaped", tiny_instead)
+    out = init_shaped(shape, tmp_path / "m", tiny=False)
+    assert asked == [precision]
+    assert json.loads((out / "config.json").read_text())["dtype"] == str(precision).removeprefix("torch.")
 
 
 # ---- memory: bf16, masters, offloaded reference, LoRA --------------------------------------------

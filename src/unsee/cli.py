@@ -109,8 +109,9 @@ def _world(a: argparse.Namespace) -> None:
 def _model_init(a: argparse.Namespace) -> None:
 
     if a.arch is None:
-        if a.world is not None:  # a hub shape keeps the hub's vocabulary: no world's text would reach it
-            raise ConfigError("--world trains a tiny model's tokenizer (--arch); a --shape model keeps its hub's")
+        if a.world is not None:  # a hub shape tests structure and cost: its small tokenizer is trained on no world
+            raise ConfigError("--world trains a tiny model's tokenizer (--arch); a --shape model, built to test "
+                              "structure and cost, has a small local tokenizer of its own")
         out = api.init_shaped(a.shape, a.out, tiny=not a.full_size, seed=a.seed, overwrite=a.overwrite)
         print(f"{a.shape} ({'full size' if a.full_size else 'tiny'}, random weights) written to {out}")
     else:

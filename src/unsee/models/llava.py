@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration, LlavaProcessor
+from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration, LlavaProcessor
 
 from unsee.models.base import HFAdapter
 
@@ -25,4 +25,12 @@ class LlavaAdapter(HFAdapter):
         """Assembled from its parts: the same code serves a hub checkpoint and a tiny local one."""
         image_processor = AutoImageProcessor.from_pretrained(path, **kw)
         tokenizer = AutoTokenizer.from_pretrained(path, **kw)
-        return LlavaProcessor.from_pretrained(path, image_processor=image_processor, tokenizer=tokenizer, **kw)
+        processor = LlavaProcessor.from_pretrained(path, image_processor=image_processor, tokenizer=tokenizer, **kw)
+        if processor.patch_size is None:
+            # Saved before processors expanded the image token (many LLaVA-1.5 fine-tunes): the model's config
+            # knows the patch and the strategy, and a CLIP tower's class token is the one extra token.
+            config = AutoConfig.from_pretrained(path, **kw)
+            processor.patch_size = config.vision_config.patch_size
+            processor.vision_feature_select_strategy = config.vision_feature_select_strategy
+            processor.num_additional_image_tokens = int(config.vision_config.model_type == "clip_vision_model")
+        return processor

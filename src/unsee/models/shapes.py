@@ -6,7 +6,8 @@ same config parsing, module tree and processor settings as the real download, so
 path that serves ``--model llava-hf/llava-1.5-7b-hf`` is tested without the weights:
 
 - ``tiny=True`` keeps every key and the structure (feature layer, window attention,
-  full-attention blocks, M-RoPE, merger) but shrinks widths and depths, for CPU tests;
+  full-attention blocks, M-RoPE, merger) but shrinks widths and depths, for CPU tests (at
+  the tiny image side, Qwen2.5-VL's window covers the whole image: windowing is not exercised);
 - ``tiny=False`` is the full size with random weights, for the GPU benchmark.
 
 Token ids follow the locally trained tokenizer rather than the hub's, since its
@@ -215,7 +216,9 @@ def build_shaped(shape: str, *, tiny: bool = False, dtype: torch.dtype = torch.f
 
 def init_shaped(shape: str, out: str | Path, *, tiny: bool = True, seed: int = 0, overwrite: bool = False) -> Path:
     """Save a random-weight checkpoint of a hub shape, laid out as the hub's; ``from_pretrained`` loads it."""
-    model, processor = build_shaped(shape, tiny=tiny, seed=seed)
+    # full size in the hub's own precision (the 7B checkpoints' ~14 GB), tiny in fp32 for CPU tests
+    dtype = torch.float32 if tiny else getattr(torch, hub_config(shape).get("torch_dtype", "float32"))
+    model, processor = build_shaped(shape, tiny=tiny, seed=seed, dtype=dtype)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
