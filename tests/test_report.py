@@ -134,6 +134,11 @@ def test_a_vanilla_run_on_other_data_or_fewer_items_is_no_baseline() -> None:
     # a continual run's retain group leaves out every request's people: a plain vanilla run is no baseline
     continual = run("ga", dict.fromkeys(GROUPS, 0.5), data=data, evaluation=full, retain_without=["forget_10", "x"])
     assert "(data aaaa, retain without forget_10,x)" in render_report(results(same, continual))
+    # weights scored in bf16 are another model than fp32's; a run that records no precision was fp32
+    halved = run("ga", dict.fromkeys(GROUPS, 0.5), data=data, evaluation={**full, "dtype": "bfloat16"})
+    assert "(data aaaa, dtype bfloat16)" in render_report(results(same, halved))
+    assert "dtype" not in render_report(results(same, run("ga", dict.fromkeys(GROUPS, 0.5), data=data,
+                                                          evaluation={**full, "dtype": "float32"})))
     row = next(r for r in text.splitlines() if r.startswith("| ga"))
     # read against the vanilla run on the same data and items: forget 1.00 -> 0.25, E = 1, R = 0.95
     assert "0.25 (\u22120.75)" in row and "| 0.97 |" in row

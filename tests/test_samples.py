@@ -81,10 +81,12 @@ def assert_agrees(results_file: Path) -> list[dict[str, Any]]:
 def test_eval_on_the_builtin_world_writes_samples_that_agree(world: Path, model_dir: Path, tmp_path: Path,
                                                              protocol: str) -> None:
     out = tmp_path / "eval.json"
+    precision = ["--dtype", "bf16"] if protocol == "official" else []  # the record says which was scored
     assert main(["eval", "--model", str(model_dir), "--data", str(world), "--out", str(out), "--protocol", protocol,
-                 "--max-items", "2", "--max-new-tokens", "2"]) == 0
+                 "--max-items", "2", "--max-new-tokens", "2", *precision]) == 0
     lines = assert_agrees(out)
     run = load_results(out)["runs"][0]
+    assert run["evaluation"]["dtype"] == ("bfloat16" if precision else "float32")
     assert run["protocol"] == protocol and run["evaluation"]["protocol"] == protocol
     assert run["mcq_protocol"] == ("loglik" if protocol == "loglik" else "letter")
     assert run["evaluation"]["max_new_tokens"] == {"mcq": 2, "cloze": 2, "gen": 2}

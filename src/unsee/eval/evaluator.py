@@ -89,11 +89,12 @@ class Evaluation:
     max_new_tokens: dict[str, int]
     max_items: int | None = None
     max_gen_items: int | None = None
+    dtype: str = "float32"  # the weights' precision: a bf16 model's figures are not an fp32 one's
 
     def record(self) -> dict[str, Any]:
         """The ``evaluation`` object of a results.json run."""
         return {"protocol": self.protocol, "max_items": self.max_items, "max_gen_items": self.max_gen_items,
-                "max_new_tokens": self.max_new_tokens, "scoring": self.scoring}
+                "max_new_tokens": self.max_new_tokens, "scoring": self.scoring, "dtype": self.dtype}
 
 
 def _record(group: str, item: Example, prompt: str, rule: str) -> dict[str, Any]:
@@ -312,7 +313,8 @@ def run_evaluation(
     ordered = {g: {**figures.get(g, {"n": 0}), **extra[g]} for g in groups if g in extra}
     mcq_protocol = protocols.mcq_rule(bench, protocol, "forget")
     return Evaluation(metrics=ordered, samples=samples, protocol=protocol, mcq_protocol=mcq_protocol,
-                      scoring=scoring, max_new_tokens=budget, max_items=max_items, max_gen_items=max_gen_items)
+                      scoring=scoring, max_new_tokens=budget, max_items=max_items, max_gen_items=max_gen_items,
+                      dtype=str(next(adapter.model.parameters()).dtype).removeprefix("torch."))
 
 
 def evaluate(adapter: Adapter, suite: Suite, **kw: Any) -> dict[str, dict[str, float | int]]:

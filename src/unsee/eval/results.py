@@ -108,6 +108,7 @@ EVALUATION_SCHEMA: dict[str, Any] = {
         "max_new_tokens": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1}},
         "scoring": {"type": "object", "additionalProperties": {"type": "object",
                                                                 "additionalProperties": {"type": "string"}}},
+        "dtype": {"type": "string", "description": "the precision of the weights scored (torch's name)"},
     },
 }
 

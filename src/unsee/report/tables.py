@@ -50,7 +50,8 @@ def setting_of(run: Mapping[str, Any]) -> Setting:
     So is a run on other data under the same split name (another world, another download of
     a benchmark), one whose items were drawn with another seed (other held-out views), one
     whose evaluation scored fewer items (a vanilla model measured on 20 items a task is no
-    baseline for a run measured on all of them), or one given another reply budget.
+    baseline for a run measured on all of them), one given another reply budget, or one whose
+    weights were scored in another precision than fp32.
     """
     split = str(run["forget_split"])
     protocol = run.get("protocol", "loglik")
@@ -59,6 +60,7 @@ def setting_of(run: Mapping[str, Any]) -> Setting:
     scored = [f"data {data['fingerprint']}"] if data.get("fingerprint") else []
     scored += [f"data seed {data['seed']}"] if data.get("seed") else []
     scored += [f"{key} {evaluation[key]}" for key in ("max_items", "max_gen_items") if evaluation.get(key)]
+    scored += [f"dtype {evaluation['dtype']}"] if evaluation.get("dtype", "float32") != "float32" else []
     if budget := evaluation.get("max_new_tokens"):
         scored.append("max_new_tokens " + "/".join(f"{task} {n}" for task, n in sorted(budget.items())))
     if without := run.get("retain_without"):  # a continual run's retain group leaves every request's people out
