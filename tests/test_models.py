@@ -187,6 +187,9 @@ def test_a_llava_processor_saved_without_its_patch_size_reads_it_from_the_config
     turns = three_turns(make_image)
     expected = tiny_models.adapter("tiny-llava").training_batch(turns)["input_ids"]
     assert torch.equal(load_adapter(old).training_batch(turns)["input_ids"], expected)
+    (old / "processor_config.json").write_text(json.dumps({**parts, "patch_size": 8}))  # not the tower's: one line
+    with pytest.raises(ModelError, match="patch_size 8 is not the vision tower's"):
+        load_adapter(old)
 
 
 # ---- training batches --------------------------------------------------------------

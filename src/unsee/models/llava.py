@@ -6,6 +6,7 @@ from typing import Any
 
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration, LlavaProcessor
 
+from unsee.errors import ModelError
 from unsee.models.base import HFAdapter
 
 
@@ -26,11 +27,15 @@ class LlavaAdapter(HFAdapter):
         image_processor = AutoImageProcessor.from_pretrained(path, **kw)
         tokenizer = AutoTokenizer.from_pretrained(path, **kw)
         processor = LlavaProcessor.from_pretrained(path, image_processor=image_processor, tokenizer=tokenizer, **kw)
+        config = AutoConfig.from_pretrained(path, **kw)
+        patch = config.vision_config.patch_size
+        if processor.patch_size not in (None, patch):  # the first batch would fail with a count mismatch
+            raise ModelError(f"{path}: the processor's patch_size {processor.patch_size} is not the vision tower's "
+                             f"{patch}; processor_config.json does not belong with config.json")
         if processor.patch_size is None:
             # Saved before processors expanded the image token (many LLaVA-1.5 fine-tunes): the model's config
             # knows the patch and the strategy, and a CLIP tower's class token is the one extra token.
-            config = AutoConfig.from_pretrained(path, **kw)
-            processor.patch_size = config.vision_config.patch_size
+            processor.patch_size = patch
             processor.vision_feature_select_strategy = config.vision_feature_select_strategy
             processor.num_additional_image_tokens = int(config.vision_config.model_type == "clip_vision_model")
         return processor
