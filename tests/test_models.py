@@ -188,8 +188,18 @@ def test_a_llava_processor_saved_without_its_patch_size_reads_it_from_the_config
     expected = tiny_models.adapter("tiny-llava").training_batch(turns)["input_ids"]
     assert torch.equal(load_adapter(old).training_batch(turns)["input_ids"], expected)
     (old / "processor_config.json").write_text(json.dumps({**parts, "patch_size": 8}))  # not the tower's: one line
-    with pytest.raises(ModelError, match="patch_size 8 is not the vision tower's"):
+    with pytest.raises(ModelError, match=r"processor's patch_size 8 \(the tower's 16\)"):
         load_adapter(old)
+
+
+def test_a_qwen_processor_that_merges_otherwise_than_its_tower_is_refused(tiny_models: TinyModels,
+                                                                         tmp_path: Path) -> None:
+    other = shutil.copytree(tiny_models.dir("tiny-qwen2-vl"), tmp_path / "other")
+    parts = json.loads((other / "processor_config.json").read_text())
+    parts["image_processor"]["merge_size"] = 4
+    (other / "processor_config.json").write_text(json.dumps(parts))
+    with pytest.raises(ModelError, match=r"processor's merge_size 4 \(the tower's 2\)"):
+        load_adapter(other)
 
 
 # ---- training batches --------------------------------------------------------------

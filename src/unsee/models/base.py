@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -433,6 +433,15 @@ class HFAdapter:
             yield
         finally:
             self.model.train(was)
+
+
+def check_processor(path: str, found: Mapping[str, Any], tower: Mapping[str, Any]) -> None:
+    """The processor's image settings against the vision tower's: a mismatch fails only at the first
+    batch, with counts of image tokens that do not say why."""
+    wrong = [f"{k} {found[k]} (the tower's {tower[k]})" for k in tower if found.get(k) not in (None, tower[k])]
+    if wrong:
+        raise ModelError(f"{path}: the processor's {', '.join(wrong)}; processor_config.json does not belong "
+                         "with config.json")
 
 
 def _right_pad(rows: Sequence[torch.Tensor], value: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,8 +6,7 @@ from typing import Any
 
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration, LlavaProcessor
 
-from unsee.errors import ModelError
-from unsee.models.base import HFAdapter
+from unsee.models.base import HFAdapter, check_processor
 
 
 class LlavaAdapter(HFAdapter):
@@ -29,9 +28,7 @@ class LlavaAdapter(HFAdapter):
         processor = LlavaProcessor.from_pretrained(path, image_processor=image_processor, tokenizer=tokenizer, **kw)
         config = AutoConfig.from_pretrained(path, **kw)
         patch = config.vision_config.patch_size
-        if processor.patch_size not in (None, patch):  # the first batch would fail with a count mismatch
-            raise ModelError(f"{path}: the processor's patch_size {processor.patch_size} is not the vision tower's "
-                             f"{patch}; processor_config.json does not belong with config.json")
+        check_processor(path, {"patch_size": processor.patch_size}, {"patch_size": patch})
         if processor.patch_size is None:
             # Saved before processors expanded the image token (many LLaVA-1.5 fine-tunes): the model's config
             # knows the patch and the strategy, and a CLIP tower's class token is the one extra token.

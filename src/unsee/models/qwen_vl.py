@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoImageProcessor,
     AutoTokenizer,
     Qwen2_5_VLForConditionalGeneration,
@@ -25,7 +26,7 @@ from transformers.processing_utils import ProcessorMixin
 from transformers.utils import cached_file
 
 from unsee.io import atomic_write_json
-from unsee.models.base import HFAdapter, Turn
+from unsee.models.base import HFAdapter, Turn, check_processor
 
 
 def _image_only(base: type) -> type:
@@ -142,6 +143,11 @@ class Qwen2VLAdapter(HFAdapter):
     @classmethod
     def load_processor(cls, path: str, **kw: Any) -> Any:
         image_processor = AutoImageProcessor.from_pretrained(path, **kw)
+        tower = AutoConfig.from_pretrained(path, **kw).vision_config
+        check_processor(path, {k: getattr(image_processor, k, None) for k in ("patch_size", "merge_size",
+                                                                            "temporal_patch_size")},
+                        {"patch_size": tower.patch_size, "merge_size": tower.spatial_merge_size,
+                         "temporal_patch_size": tower.temporal_patch_size})
         tokenizer = AutoTokenizer.from_pretrained(path, **kw)
         template = _chat_template(path, **kw) or tokenizer.chat_template
         return cls.processor_class(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
