@@ -109,6 +109,14 @@ def test_mmunlearner_refuses_lora(trained_dir: Path, suite: Suite, turns: dict[s
     with pytest.raises(ConfigError, match="LoRA"):
         train(MMUnlearner(MMUnlearnerConfig(fisher_batches=1)), adapter, suite, turns, cfg(max_steps=2, scope="lora"))
     api.method_configs("vkd", None, ["scope=lora", "saliency=false"])  # no mask, nothing to refuse
+    # the null space constrains each weight's update: under LoRA it fell on the factors, and the merged
+    # update left it; CVF without it may use LoRA, but not with the hardening, which moves the whole module
+    for method in ("cvf_ncu", "ncu_only"):
+        with pytest.raises(ConfigError, match="null-space constraint"):
+            api.method_configs(method, None, ["scope=lora"])
+    api.method_configs("cvf_only", None, ["scope=lora"])
+    with pytest.raises(ConfigError, match="redistil_steps moves the whole visual module.*scope 'lora'"):
+        api.method_configs("cvf_only", None, ["scope=lora", "redistil_steps=2"])
     with pytest.raises(ConfigError, match="LoRA"):
         api.method_configs("vkd", None, ["scope=lora"])
     # refused before a step: the model in memory (LoRA-wrapped by then) keeps every base weight

@@ -107,7 +107,7 @@ def test_redistil_refuses_settings_that_mean_nothing(trained_dir: Path, suite: S
         _run(trained_dir, suite, turns, **{"redistil_steps": 1, **bad})
 
 
-@pytest.mark.parametrize("scope", ["projector", "vision_tower", "lora"])
+@pytest.mark.parametrize("scope", ["projector", "vision_tower"])  # lora: cvf_ncu's null space refuses it first
 def test_redistil_refuses_a_scope_that_keeps_part_of_the_visual_module(world: Path, model_dir: Path, tmp_path: Path,
                                                                         suite: Suite, turns: dict[str, list[Turn]],
                                                                         scope: str) -> None:

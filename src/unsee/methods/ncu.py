@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from PIL import Image
@@ -41,6 +41,14 @@ class NCUConfig:
     def __post_init__(self) -> None:
         if not 0 < self.contrast_rank <= 1:
             raise ConfigError(f"contrast_rank must be in (0, 1], got {self.contrast_rank}")
+
+    def check_train(self, train: Any) -> None:
+        """The null space constrains each weight's update; under LoRA it would land on the low-rank factors,
+        and the merged update (the new factors' product against the old) leaves it."""
+        if train.scope == "lora":
+            raise ConfigError("the null-space constraint (NCU) holds each linear weight's update, which LoRA's "
+                              "low-rank factors cannot carry: use scope visual or full")
+        getattr(super(), "check_train", lambda _: None)(train)  # cvf_ncu's other options (the hardening's)
 
 
 def constrain_to_retained(ctx: Context, cfg: NCUConfig, known: bool = True) -> None:
