@@ -129,6 +129,16 @@ def test_a_full_size_shape_is_written_in_the_hubs_precision(shape: str, precisio
 
 
 # ---- memory: bf16, masters, offloaded reference, LoRA --------------------------------------------
+def test_gradient_checkpointing_leaves_the_model_config_as_it_was(model_dir: Path, suite: Suite,
+                                                                  tmp_path: Path) -> None:
+    """A key it added to config.json made the same weights another model (the fingerprint hashes the file)."""
+    adapter = load_adapter(model_dir)
+    before = adapter.model.config.to_dict()
+    cfg = TrainConfig(lr=1e-3, max_steps=1, batch_size=2, progress=False, gradient_checkpointing=True)
+    train(method_class("graddiff")(), adapter, suite, api.training_turns(suite), cfg)
+    assert adapter.model.config.to_dict() == before and not adapter.model.is_gradient_checkpointing
+
+
 def test_bf16_model_trains_with_fp32_masters(model_dir: Path, suite: Suite) -> None:
     adapter = load_adapter(model_dir, dtype=torch.bfloat16)
     before = {n: p.detach().clone() for n, p in adapter.model.named_parameters()}

@@ -397,7 +397,6 @@ def train(
     params = adapter.set_scope(cfg.scope)
     if cfg.gradient_checkpointing:
         adapter.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        adapter.model.config.use_cache = False
     low = next(adapter.model.parameters()).dtype in LOW_PRECISION
     ctx = Context(adapter, suite, cfg, streams, reference=reference, accelerator=accelerator,
                   autocast=cfg.bf16 or low or launch_mixed_precision(accelerator) == "bf16")
