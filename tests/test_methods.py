@@ -158,6 +158,11 @@ def test_mmunlearner_epoch_reads_each_forget_question_once(trained_dir: Path, su
     assert res.steps == 12  # four forget steps, each followed by two retain steps
     assert sorted(seen["forget"]) == sorted(id(t) for t in forget)
     assert len(seen["retain"]) == 2 * 4 * 2
+    # min_steps floors all steps, the retain steps counted: below the run's own 12 it changes nothing
+    for floor, steps in ((5, 12), (12, 12), (15, 15)):
+        again = train(MMUnlearner(MMUnlearnerConfig(fisher_batches=2, max_retain_ratio=2)), load_adapter(trained_dir),
+                      suite, data, cfg(max_steps=0, epochs=1, batch_size=2, lr=1e-5, min_steps=floor))
+        assert again.steps == steps
 
 
 def test_stream_preview_leaves_the_stream_where_it_was(turns: dict[str, list[Turn]]) -> None:

@@ -57,8 +57,9 @@ class TrainConfig:
     epochs: float = opt(1.0, "passes over the forget stream (fractions allowed)")
     max_steps: int = opt(0, "stop after this many steps (0: from epochs)")
     min_steps: int = opt(
-        0, "at least this many steps, however few forget images a request has: a schedule tuned on a "
-        "large request otherwise gives a small one too few updates (0: off; max_steps wins)")
+        0, "at least this many steps (all of a run's steps, a method's retain steps included), however few "
+        "forget images a request has: a schedule tuned on a large request otherwise gives a small one too few "
+        "updates (0: off; max_steps wins)")
     batch_size: int = opt(8, "global batch size of each stream")
     group_by_length: bool = opt(
         False, "batch turns of similar token length together (shuffled within windows of 50 batches): "
@@ -406,8 +407,8 @@ def train(
         raise UnseeError(f"scope {cfg.scope!r} leaves nothing to train for method {method.name!r}")
 
     n_forget = len(streams[method.streams[0]])
-    total = cfg.max_steps or max(1, cfg.min_steps, math.ceil(cfg.epochs * n_forget / cfg.batch_size)) \
-        * method.step_multiplier(ctx)
+    total = cfg.max_steps or max(1, cfg.min_steps,  # a floor on all steps, a method's other steps counted too
+                                 math.ceil(cfg.epochs * n_forget / cfg.batch_size) * method.step_multiplier(ctx))
     masters = upcast(params) if cfg.master_weights == "fp32" else {}
     sharded = None
     if fsdp_version() and world > 1:
