@@ -62,8 +62,8 @@ class TrainConfig:
         "updates (0: off; max_steps wins)")
     batch_size: int = opt(8, "global batch size of each stream")
     group_by_length: bool = opt(
-        False, "batch turns of similar token length together (shuffled within windows of 50 batches): "
-        "less padding, faster steps, a different data order")
+        False, "batch turns of similar token length together (shuffled within windows of 50 batches): less "
+        "padding, faster steps, another data order, and an epoch's last, incomplete batch read in the next epoch")
     visual_lr_scale: float = opt(1.0, "learning rate of the visual module as a fraction of lr")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     grad_clip: float = opt(1.0, "clip the gradient norm (0: off)")
