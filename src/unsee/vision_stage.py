@@ -182,8 +182,9 @@ def pretrain_vision(adapter: Adapter, cfg: VisionOptions, identities: list[Ident
         general = _GeneralHeads(tokens, dim)
         extra = list(general.parameters())
     opt_ = adamw([{"params": [*params, head, *extra]}], lr=cfg.vision_lr, weight_decay=0.01)
+    # a tenth of the steps warms up; at 10 steps torch's one-cycle would divide by a warm-up ending at step 0
     sched = torch.optim.lr_scheduler.OneCycleLR(opt_, max_lr=cfg.vision_lr, total_steps=cfg.vision_steps,
-                                                pct_start=0.1)
+                                                pct_start=0.2 if cfg.vision_steps == 10 else 0.1)
     saved = {**named, "cosface.head": head}
     if general is not None:
         saved.update({f"general.{k}": v for k, v in general.named_parameters()})
