@@ -272,6 +272,22 @@ def test_engine_options_that_would_train_uphill_or_fail_in_torch_are_refused(
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(("method", "bad", "message"), [
+    ("npo", "beta=0", "beta must be positive"), ("npo", "beta=-0.1", "beta must be positive"),
+    ("mmunlearner", "fisher_batches=0", "fisher_batches and max_retain_ratio must be at least 1"),
+    ("mmunlearner", "max_retain_ratio=-3", "fisher_batches and max_retain_ratio must be at least 1"),
+    ("vkd", "fisher_batches=0", "fisher_batches must be at least 1"),
+])
+def test_method_options_that_would_divide_by_zero_or_open_every_weight_are_refused(
+        method: str, bad: str, message: str, model_dir: Path, world: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """beta=0 divided by zero mid-run; a Fisher of no batch opened the whole saliency mask without a word."""
+    monkeypatch.setattr(api, "load_adapter", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(ConfigError, match=message):
+        api.unlearn(method, model_dir, world, tmp_path / "o", overrides=[bad])
+    assert not list(tmp_path.iterdir())
+
+
 # ---- the suite guards of eval, and images decoded before training -----------------------------------
 @pytest.mark.parametrize("kind", ["empty", "overlap"])
 def test_eval_runs_the_suite_guards_of_unlearn(kind: str, suite: Suite, world: Path, model_dir: Path,

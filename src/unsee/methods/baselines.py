@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from unsee.config import opt
 from unsee.engine.trainer import Context
+from unsee.errors import ConfigError
 from unsee.methods.base import BaseMethod, nll, seq_nll
 from unsee.models.base import Turn
 
@@ -79,6 +80,10 @@ class KLMin(BaseMethod):
 class NPOConfig:
     beta: float = opt(0.1, "NPO temperature; MLLMU-Bench's code uses 0.4 on a batch-mean NLL")
     retain_weight: float = opt(1.0, "weight of the optional retain NLL (0: pure NPO)")
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0:  # the loss divides by it; below 0 its ascent is no longer bounded
+            raise ConfigError(f"beta must be positive, got {self.beta}")
 
 
 class NPO(BaseMethod):

@@ -32,6 +32,11 @@ class MMUnlearnerConfig:
     threshold: float = opt(1.0, "mask where F_forget / F_preserve >= threshold")
     max_retain_ratio: int = opt(9, "retain steps per forget step: |D_r|/|D_f|, capped here")
 
+    def __post_init__(self) -> None:
+        if self.fisher_batches < 1 or self.max_retain_ratio < 1:  # no batch: a Fisher of zeros opens every weight
+            raise ConfigError(f"fisher_batches and max_retain_ratio must be at least 1, got {self.fisher_batches} "
+                              f"and {self.max_retain_ratio}")
+
     def check_train(self, train: Any) -> None:
         """The masks select single weights; LoRA trains low-rank factors, and ``lora_B`` starts at zero, so
         ``lora_A`` has no gradient to rank when the masks are taken."""

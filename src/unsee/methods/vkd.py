@@ -38,6 +38,10 @@ class VKDConfig:
     threshold: float = opt(1.0, "saliency threshold on F_forget / F_retain")
     fisher_batches: int = opt(4, "batches per set for the feature-level Fisher diagonals")
 
+    def __post_init__(self) -> None:
+        if self.fisher_batches < 1:  # no batch: a Fisher of zeros opens every weight of the saliency mask
+            raise ConfigError(f"fisher_batches must be at least 1, got {self.fisher_batches}")
+
     def check_train(self, train: Any) -> None:
         """The saliency mask selects single weights, which LoRA's low-rank factors cannot carry."""
         if self.saliency and train.scope == "lora":
