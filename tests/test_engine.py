@@ -19,6 +19,7 @@ from torch import nn
 from unsee import api
 from unsee.data.collate import Stream
 from unsee.data.schema import Suite
+from unsee.engine.prepare import lr_lambda
 from unsee.engine.trainer import Context, TrainConfig, train
 from unsee.errors import ConfigError, DataError, OutputExistsError, TrainingError, UnseeError
 from unsee.methods.base import BaseMethod, nll
@@ -377,6 +378,15 @@ def test_min_steps_lifts_a_small_request_and_max_steps_still_wins(adapter: HFAda
     assert train(GA(), adapter, suite, turns, cfg(max_steps=2, epochs=0.01, min_steps=3)).steps == 2
     with pytest.raises(ConfigError, match="min_steps"):
         cfg(min_steps=-1).validate()
+
+
+def test_warm_up_is_the_nearest_number_of_steps_and_rises_to_the_peak() -> None:
+    """A third of 375 steps (CLEAR's one epoch of three) rounded down to 124; no warm-up step runs at a zero rate."""
+    clear = lr_lambda(cfg(warmup_ratio=0.3333, schedule="linear"), 375)
+    assert [clear(k) for k in (0, 123, 124)] == [pytest.approx(1 / 125), pytest.approx(124 / 125), 1.0]
+    assert clear(125) == 1.0 > clear(126)  # the decay starts from the peak once the warm-up is over
+    five = lr_lambda(cfg(warmup_ratio=0.2, schedule="constant"), 10)
+    assert [five(k) for k in range(4)] == [0.5, 1.0, 1.0, 1.0]
 
 
 def test_unlearn_with_eraser_writes_steering_and_no_checkpoint(world: Path, model_dir: Path, tmp_path: Path) -> None:

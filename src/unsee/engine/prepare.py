@@ -114,8 +114,12 @@ def apply_lora(adapter: Adapter, cfg: LoraOptions) -> None:
 
 
 def lr_lambda(cfg: ScheduleOptions, total: int) -> Callable[[int], float]:
-    """Linear warm-up, then the schedule's decay, as a multiplier of the base learning rate."""
-    warm = int(cfg.warmup_ratio * total)
+    """Linear warm-up, then the schedule's decay, as a multiplier of the base learning rate.
+
+    The warm-up's W steps are the ratio of the run's rounded to the nearest step (a third of three epochs
+    is one epoch, not one step less), at multipliers 1/W, 2/W, ..., 1: no step runs at a rate of zero; the
+    decay then starts from the peak."""
+    warm = math.floor(cfg.warmup_ratio * total + 0.5)
 
     def f(step: int) -> float:
         if step < warm:
