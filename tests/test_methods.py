@@ -689,6 +689,16 @@ def test_cvf_tower_terms_add_their_losses(model_dir: Path, suite: Suite, turns: 
     assert out["early"][1]["tower_f"] != pytest.approx(on[1]["tower_f"])
 
 
+def test_a_reference_on_another_device_hands_its_block_tokens_to_the_models(model_dir: Path,
+                                                                             turns: dict[str, list[Turn]]) -> None:
+    """Under reference_device=cpu the features came back on the model's device and the block tokens did not:
+    lambda_v and lambda_dv would compare tensors on two devices (``meta`` stands in for the GPU here)."""
+    reference = frozen_copy(load_adapter(model_dir), visual_only=True)
+    reference.output_device = torch.device("meta")
+    feats, hidden = features_and_hidden(reference, reference.image_inputs(images_of(turns["forget"][:2])), [-1])
+    assert {t.device.type for t in [*feats, *hidden[0]]} == {"meta"}
+
+
 def test_tower_terms_read_the_block_the_language_model_reads(model_dir: Path, suite: Suite,
                                                            turns: dict[str, list[Turn]]) -> None:
     """LLaVA-1.5 feeds its language model the second-to-last vision block (``vision_feature_layer`` -2, where

@@ -66,7 +66,7 @@ def features_and_hidden(adapter: HFAdapter, image_inputs: BatchFeature,
     sizes = None
     out = []
     for i in range(len(blocks)):
-        hidden = captured[i]
+        hidden = adapter._out(captured[i])  # a reference kept on the CPU hands its tokens to the model's device
         if hidden.dim() == 3:  # [images, tokens, d]
             out.append(list(hidden))
             continue
