@@ -89,12 +89,13 @@ class Evaluation:
     max_new_tokens: dict[str, int]
     max_items: int | None = None
     max_gen_items: int | None = None
-    dtype: str = "float32"  # the weights' precision: a bf16 model's figures are not an fp32 one's
+    dtype: str | None = None  # the weights' precision (a bf16 model's figures are not an fp32 one's); None: none
 
     def record(self) -> dict[str, Any]:
         """The ``evaluation`` object of a results.json run."""
         return {"protocol": self.protocol, "max_items": self.max_items, "max_gen_items": self.max_gen_items,
-                "max_new_tokens": self.max_new_tokens, "scoring": self.scoring, "dtype": self.dtype}
+                "max_new_tokens": self.max_new_tokens, "scoring": self.scoring,
+                **({"dtype": self.dtype} if self.dtype else {})}
 
 
 def _record(group: str, item: Example, prompt: str, rule: str) -> dict[str, Any]:
@@ -314,7 +315,13 @@ def run_evaluation(
     mcq_protocol = protocols.mcq_rule(bench, protocol, "forget")
     return Evaluation(metrics=ordered, samples=samples, protocol=protocol, mcq_protocol=mcq_protocol,
                       scoring=scoring, max_new_tokens=budget, max_items=max_items, max_gen_items=max_gen_items,
-                      dtype=str(next(adapter.model.parameters()).dtype).removeprefix("torch."))
+                      dtype=_precision(adapter))
+
+
+def _precision(adapter: Adapter) -> str | None:
+    """The torch name of the weights' dtype; None for an adapter without weights (a scripted one)."""
+    weight = next(iter(getattr(getattr(adapter, "model", None), "parameters", list)()), None)
+    return None if weight is None else str(weight.dtype).removeprefix("torch.")
 
 
 def evaluate(adapter: Adapter, suite: Suite, **kw: Any) -> dict[str, dict[str, float | int]]:
