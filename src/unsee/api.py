@@ -465,7 +465,7 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     if "mia" in kinds:
         suite = attach_holdout(suite, data, cfg.mia_holdout, seed)
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
-    precision = next(adapter.model.parameters()).dtype  # the changed weights are found by their bytes
+    precision = adapter.dtype  # the changed weights are found by their bytes
     before = load_adapter(vanilla, allow_pickle=allow_pickle, dtype=precision) if vanilla is not None else None
     changed = None
     if before is not None and "quant" in kinds:

@@ -111,7 +111,7 @@ def batch_adapter(model: str | Path) -> Adapter:
 
     config = AutoConfig.from_pretrained(str(model))
     cls = adapter_class(config.model_type)
-    return cls(SimpleNamespace(config=config), cls.load_processor(str(model)), source=str(model))  # type: ignore[arg-type]
+    return cls(SimpleNamespace(config=config), cls.load_processor(str(model), config), source=str(model))  # type: ignore[arg-type]
 
 
 def image_fingerprint(image: Any) -> str:

@@ -258,6 +258,6 @@ def audit_adapter(adapter: Adapter, suite: Suite, *, kinds: Sequence[str] | None
     artifact = deployed_artifact(artifact, steering)
     ref = reference
     if reference is not None and not isinstance(reference, ReferenceAudits):
-        ref = ReferenceAudits(reference, suite, cfg, cache_dir, dtype=adapter.model.dtype)
+        ref = ReferenceAudits(reference, suite, cfg, cache_dir, dtype=adapter.dtype)
     return run_attacks(adapter, suite, kinds, cfg, vanilla=vanilla, artifact=artifact, strict=strict, changed=changed,
                        reference=ref)

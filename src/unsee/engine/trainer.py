@@ -367,7 +367,7 @@ def train(
     seed_everything(cfg.seed)
     check_launch(method)
     getattr(method.cfg, "check_train", lambda _: None)(cfg)  # method options that depend on these ones
-    if next(adapter.model.parameters()).dtype == torch.float16:  # bf16 autocast cannot mix with it either
+    if adapter.dtype == torch.float16:  # bf16 autocast cannot mix with it either
         raise ConfigError(f"{method.name}: the weights are fp16, which would need loss scaling to train; load "
                           "them in bf16 or fp32")
     if cfg.sam_rho > 0 and cfg.sam_terms == "forget" and getattr(method, "split_loss", None) is None:
@@ -398,7 +398,7 @@ def train(
     params = adapter.set_scope(cfg.scope)
     if cfg.gradient_checkpointing:
         adapter.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    low = next(adapter.model.parameters()).dtype in LOW_PRECISION
+    low = adapter.dtype in LOW_PRECISION
     ctx = Context(adapter, suite, cfg, streams, reference=reference, accelerator=accelerator,
                   autocast=cfg.bf16 or low or launch_mixed_precision(accelerator) == "bf16")
     method.setup(ctx)

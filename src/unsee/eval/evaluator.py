@@ -320,8 +320,8 @@ def run_evaluation(
 
 def _precision(adapter: Adapter) -> str | None:
     """The torch name of the weights' dtype; None for an adapter without weights (a scripted one)."""
-    weight = next(iter(getattr(getattr(adapter, "model", None), "parameters", list)()), None)
-    return None if weight is None else str(weight.dtype).removeprefix("torch.")
+    dtype = getattr(adapter, "dtype", None)
+    return None if dtype is None else str(dtype).removeprefix("torch.")
 
 
 def evaluate(adapter: Adapter, suite: Suite, **kw: Any) -> dict[str, dict[str, float | int]]:

@@ -138,7 +138,7 @@ def load_adapter(
         raise ModelError(f"cannot read the config of {model}: {e}") from e
     cls = adapter_class(config.model_type)
     try:
-        processor = cls.load_processor(str(model), trust_remote_code=trust_remote_code, **kw)
+        processor = cls.load_processor(str(model), config, trust_remote_code=trust_remote_code, **kw)
         hf, loading = cls.model_class().from_pretrained(
             str(model),
             dtype=resolve_dtype(dtype),

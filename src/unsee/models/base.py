@@ -60,6 +60,8 @@ class Adapter(Protocol):
 
     @property
     def device(self) -> torch.device: ...
+    @property
+    def dtype(self) -> torch.dtype: ...
     def groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]: ...
     def group_of(self, name: str) -> str: ...
     def set_scope(self, scope: str) -> list[nn.Parameter]: ...
@@ -111,7 +113,7 @@ class HFAdapter:
 
     # ---- loading -----------------------------------------------------------------
     @classmethod
-    def load_processor(cls, path: str, **kw: Any) -> Any:  # pragma: no cover - overridden
+    def load_processor(cls, path: str, config: Any, **kw: Any) -> Any:  # pragma: no cover - overridden
         raise NotImplementedError
 
     @classmethod
@@ -289,6 +291,10 @@ class HFAdapter:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
 
     def to_device(self, batch: BatchFeature) -> BatchFeature:
         return batch.to(self.device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration, LlavaProcessor
+from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration, LlavaProcessor
 
 from unsee.models.base import HFAdapter, check_processor
 
@@ -21,12 +21,12 @@ class LlavaAdapter(HFAdapter):
         return LlavaForConditionalGeneration
 
     @classmethod
-    def load_processor(cls, path: str, **kw: Any) -> LlavaProcessor:
-        """Assembled from its parts: the same code serves a hub checkpoint and a tiny local one."""
+    def load_processor(cls, path: str, config: Any, **kw: Any) -> LlavaProcessor:
+        """Assembled from its parts: the same code serves a hub checkpoint and a tiny local one; ``config``,
+        the model's, fills in what an older processor lacks and checks what it has."""
         image_processor = AutoImageProcessor.from_pretrained(path, **kw)
         tokenizer = AutoTokenizer.from_pretrained(path, **kw)
         processor = LlavaProcessor.from_pretrained(path, image_processor=image_processor, tokenizer=tokenizer, **kw)
-        config = AutoConfig.from_pretrained(path, **kw)
         patch = config.vision_config.patch_size
         check_processor(path, {"patch_size": processor.patch_size}, {"patch_size": patch})
         if processor.patch_size is None:

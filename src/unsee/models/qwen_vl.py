@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 from transformers import (
-    AutoConfig,
     AutoImageProcessor,
     AutoTokenizer,
     Qwen2_5_VLForConditionalGeneration,
@@ -141,9 +140,9 @@ class Qwen2VLAdapter(HFAdapter):
         add_video_processor(Path(out), self.source)
 
     @classmethod
-    def load_processor(cls, path: str, **kw: Any) -> Any:
+    def load_processor(cls, path: str, config: Any, **kw: Any) -> Any:
         image_processor = AutoImageProcessor.from_pretrained(path, **kw)
-        tower = AutoConfig.from_pretrained(path, **kw).vision_config
+        tower = config.vision_config
         check_processor(path, {k: getattr(image_processor, k, None) for k in ("patch_size", "merge_size",
                                                                             "temporal_patch_size")},
                         {"patch_size": tower.patch_size, "merge_size": tower.spatial_merge_size,

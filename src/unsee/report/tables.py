@@ -174,6 +174,10 @@ def _mib(nbytes: int | None) -> str:
     return DASH if nbytes is None else f"{nbytes / MIB:,.0f}"
 
 
+def _seconds(s: float | None) -> str:
+    return DASH if s is None else f"{float(s):.1f}"
+
+
 def _count(n: int | None) -> str:
     return DASH if n is None else f"{n:,}"
 
@@ -220,7 +224,7 @@ def _setting_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
         cells.append(DASH if score is None or score["score"] is None else f"{score['score']:.2f}")
         cost = _spent(run)
         cells += [
-            DASH if cost["wall_s"] is None else f"{float(cost['wall_s']):.1f}",
+            _seconds(cost["wall_s"]),
             _mib(cost["peak_rss_bytes"]),
             _mib(cost["peak_gpu_bytes"]),
             _count(cost["trainable_params"]),
@@ -458,6 +462,6 @@ def terminal_table(results: Mapping[str, Any]) -> Table:
                 cells.append(DASH if value is None else f"{value:.2f}")
             score = score_of(run, vanilla, key=headline_key(setting_runs, "forget") or "mcq")
             cells.append(DASH if score is None or score["score"] is None else f"{score['score']:.2f}")
-            cells.append(DASH if (wall := _spent(run)["wall_s"]) is None else f"{float(wall):.1f}")
+            cells.append(_seconds(_spent(run)["wall_s"]))
             table.add_row(*cells)
     return table
