@@ -40,10 +40,13 @@ from unsee.report.tables import setting_of, vanilla_for
 def names_needed_by(method: str | None, config: Any = None, overrides: Any = ()) -> str | None:
     """``method`` when, as configured, its loss reads answers about retained people, who then need names; None
     when it reads their photos alone (CVF reads answers only under ``lambda_o``: the config decides)."""
-    if method is None:
-        return None
+    return method if method is not None and configured(method, config, overrides).uses_language else None
+
+
+def configured(method: str, config: Any = None, overrides: Any = ()) -> Any:
+    """The method as its config and overrides set it up, to ask it what it reads before any model loads."""
     _, mcfg, cls = method_configs(method, config, overrides)
-    return method if cls(mcfg).uses_language else None
+    return cls(mcfg)
 
 
 # ---- data ----------------------------------------------------------------------------------
@@ -83,16 +86,14 @@ def load_suite(data: Any, forget: str | Sequence[str] = "forget_10", *, benchmar
 
 def needs_neutral(method: str, config: Any = None, overrides: Any = ()) -> bool:
     """Whether ``method``, as configured, reads photos of never-taught people (the method says so itself)."""
-    _, mcfg, cls = method_configs(method, config, overrides)
-    return cls(mcfg).needs_neutral() != ""
+    return configured(method, config, overrides).needs_neutral() != ""
 
 
 def check_neutral(suite: Suite, method: str, config: Any = None, overrides: Any = ()) -> None:
     """Stop a method that needs never-taught people on a benchmark that has none, before any model loads."""
     if any(e.has_image for e in suite.groups.get("neutral", [])):
         return
-    _, mcfg, cls = method_configs(method, config, overrides)
-    instead = cls(mcfg).needs_neutral()
+    instead = configured(method, config, overrides).needs_neutral()
     if instead == "":
         return
     other = f", or {instead}" if instead else ""
@@ -268,7 +269,6 @@ def unlearn_adapter(method: str, adapter: Adapter, suite: Suite, *, config: Any 
                     logging_dir: str | Path | None = None) -> tuple[Any, dict]:
     """Run a training method in place on ``adapter``, LoRA merged (what is scored is then what ships, whatever
     the precision); return (train result, the resolved config). ``logging_dir``: for trackers without one."""
-
     check_forget(suite)
     tcfg, mcfg, cls = method_configs(method, config, overrides)
     tcfg.seed = seed
