@@ -517,6 +517,18 @@ def test_clear_real_sets(clear_root: Path) -> None:
     assert world[0].image == fb.png(7000)
 
 
+@pytest.mark.parametrize("config", ["real_faces", "real_world"])
+def test_clear_real_row_without_its_image_is_refused(clear_root: Path, tmp_path: Path, config: str) -> None:
+    """Scored without its photo, "the person in the image" would be a text question counted in ``known``."""
+    root = copy_of(clear_root, tmp_path)
+    path = next((root / config).glob("*.parquet"))
+    rows = pq.read_table(path).to_pylist()
+    rows[1]["image"] = None
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(path)), path)
+    with pytest.raises(DataError, match=rf"'image' is null in .*{config}.* \(row 1\) of image config '{config}'"):
+        load_clear(root)
+
+
 @pytest.mark.parametrize("unused", [None, ""])
 def test_clear_tofu_unused_fields_null_or_empty(tmp_path: Path, unused: str | None) -> None:
     root = fb.write_clear(tmp_path, unused=unused)
@@ -744,6 +756,21 @@ def test_photos_of_every_common_pixel_format_read_as_a_person_sees_them() -> Non
     buf = io.BytesIO()
     sideways.save(buf, format="PNG", exif=exif)
     assert np.array_equal(read(buf.getvalue()), upright)
+    keyed = Image.fromarray(colour)
+    keyed.info["transparency"] = tuple(int(c) for c in colour[0, 0])  # one colour stands for transparent
+    seen = read(_encoded(keyed))
+    assert (seen[0, 0] == 255).all() and np.array_equal(seen[1:], colour[1:])
+    deep.info["transparency"] = int(grey[0, 0]) * 257
+    seen = read(_encoded(deep))
+    assert (seen[0, 0] == 255).all() and np.array_equal(seen[grey != grey[0, 0]], np.stack([grey[grey != grey[0, 0]]] * 3, -1))
     depth = _encoded(Image.fromarray(np.ones((4, 4), dtype=np.float32)), "TIFF")
     with pytest.raises(DataError, match=r"example x \(\): .*floating-point pixels"):
         read(depth)
+
+
+def test_a_photo_over_the_pixel_limit_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow's guard against decompression bombs raises its own exception, not an ``OSError``."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses over twice this: 16x16 is a bomb
+    data = _encoded(Image.new("RGB", (16, 16)))
+    with pytest.raises(DataError, match=r"example x \(f.png\): image is corrupt or unreadable: .*exceeds limit"):
+        Example("x", "p", "", "", "qa", data, source="f.png").pil_image()

@@ -66,6 +66,21 @@ def test_on_the_built_in_world_the_folder_replaces_its_own(suite: Suite, tmp_pat
     assert suite.groups["neutral"][0].uid.startswith("Neutral_Set/")  # the original suite is untouched
 
 
+def test_linked_folders_are_searched_and_a_broken_link_is_named(tmp_path: Path) -> None:
+    """A linked folder is part of the folder: its photos count, once each, and a link loop ends."""
+    folder = write_photos(tmp_path / "n")
+    write_photos(tmp_path / "elsewhere" / "bob", 2, seed=300)
+    (folder / "bob").symlink_to(tmp_path / "elsewhere" / "bob")
+    (folder / "bob_again").symlink_to(tmp_path / "elsewhere" / "bob")
+    (folder / "loop").symlink_to(folder)
+    got = load_neutral(folder)
+    assert sorted({e.entity for e in got.examples}) == ["neutral/anna", "neutral/bob", "neutral/p0", "neutral/p2"]
+    assert len(got.examples) == MIN_PHOTOS + 2  # bob's two photos (one in a subfolder), read once
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(DataError, match=r"--neutral: cannot read .*gone\.png: No such file"):
+        load_neutral(folder)
+
+
 @pytest.mark.parametrize("case", ["missing", "file", "empty", "too_few", "corrupt", "forget_photo"])
 def test_bad_folders_are_one_line(case: str, mllmu: Path, tmp_path: Path) -> None:
     folder = tmp_path / "n"

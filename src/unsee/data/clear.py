@@ -287,7 +287,7 @@ def _real(reader: _Reader, config: str, required: dict[str, str]) -> list[Exampl
                 question=question,
                 answer=answer,
                 task="mcq",
-                image=_image(r),
+                image=_image_row(r, config),
                 options=options,
                 correct=correct,
                 source=r.source,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,12 +50,20 @@ class NeutralPhotos:
 
 
 def photo_files(folder: Path) -> list[Path]:
-    """Every image file under ``folder`` (recursive, hidden files and folders skipped), in a fixed order."""
-    return sorted(
-        (f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-         and not any(part.startswith(".") for part in f.relative_to(folder).parts)),
-        key=lambda f: f.relative_to(folder).as_posix(),
-    )
+    """Every image file under ``folder``, in a fixed order, hidden files and folders skipped. Linked
+    folders are followed (each real folder once, so a loop ends), and a broken link named like a
+    photo is kept, so that reading it stops the run with its name instead of shrinking the group."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(top, f) for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(found, key=lambda f: f.relative_to(folder).as_posix())
 
 
 def person_of(rel: Path) -> str:
@@ -80,7 +89,10 @@ def load_neutral(folder: str | Path, *, minimum: int = MIN_PHOTOS) -> NeutralPho
     h = hashlib.sha256()
     for n, f in enumerate(files):
         rel = f.relative_to(root)
-        data = f.read_bytes()
+        try:
+            data = f.read_bytes()
+        except OSError as e:
+            raise DataError(f"--neutral: cannot read {f}: {e.strerror or e}") from e
         entity = person_of(rel)
         ex = Example(uid=f"{GROUP}/{rel.as_posix()}/{n}", entity=entity, question="", answer="", task="qa",
                      image=data, source=str(f), meta={"type": IMAGE_TEXTUAL, "row": n})

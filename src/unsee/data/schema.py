@@ -43,14 +43,17 @@ def rgb(img: Image.Image) -> Image.Image:
                         "processor takes (Qwen2-VL refuses it); crop it")
     if img.getexif().get(ORIENTATION, 1) != 1:
         img = ImageOps.exif_transpose(img)
-    if img.mode == "RGB":
+    if img.mode == "RGB" and "transparency" not in img.info:
         return img
     if img.mode.startswith("I"):  # I;16, I;16B, ... or I: integer greyscale
         pixels = np.asarray(img)
         if pixels.min() < 0 or pixels.max() > 65535:
             raise DataError(f"{img.mode} pixels beyond 16 bits are not a photo format unsee reads; save the photo as "
                             "an 8- or 16-bit PNG or a JPEG")
-        return Image.fromarray((pixels.astype(np.float64) / 257).round().astype(np.uint8), "L").convert("RGB")
+        grey = (pixels.astype(np.float64) / 257).round().astype(np.uint8)
+        if "transparency" in img.info:  # one grey value stands for transparent
+            grey[pixels == img.info["transparency"]] = 255
+        return Image.fromarray(grey, "L").convert("RGB")
     if img.mode == "F":
         raise DataError("floating-point pixels (mode F) are not a photo format unsee reads; save the photo as an 8- "
                         "or 16-bit PNG or a JPEG")
@@ -98,7 +101,7 @@ class Example:
             img = Image.open(io.BytesIO(self.image))
             img.load()
             return rgb(img)
-        except (UnidentifiedImageError, OSError, ValueError, DataError) as e:
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, DataError) as e:
             raise DataError(f"example {self.uid} ({self.source}): image is corrupt or unreadable: {e}") from e
 
 
