@@ -762,7 +762,8 @@ def test_photos_of_every_common_pixel_format_read_as_a_person_sees_them() -> Non
     assert (seen[0, 0] == 255).all() and np.array_equal(seen[1:], colour[1:])
     deep.info["transparency"] = int(grey[0, 0]) * 257
     seen = read(_encoded(deep))
-    assert (seen[0, 0] == 255).all() and np.array_equal(seen[grey != grey[0, 0]], np.stack([grey[grey != grey[0, 0]]] * 3, -1))
+    shown = grey != grey[0, 0]
+    assert (seen[0, 0] == 255).all() and np.array_equal(seen[shown], np.stack([grey[shown]] * 3, -1))
     depth = _encoded(Image.fromarray(np.ones((4, 4), dtype=np.float32)), "TIFF")
     with pytest.raises(DataError, match=r"example x \(\): .*floating-point pixels"):
         read(depth)

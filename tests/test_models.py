@@ -175,6 +175,23 @@ def test_save_round_trips(tiny_models: TinyModels, arch: str, tmp_path: Path, ma
             assert AutoProcessor.from_pretrained(tmp_path / "saved").video_processor.patch_size == image["patch_size"]
 
 
+@archs
+def test_a_pad_token_borrowed_for_batching_is_not_saved(tiny_models: TinyModels, arch: str, tmp_path: Path,
+                                                       make_image: MakeImage) -> None:
+    """A tokenizer loaded without a pad token pads with its end token in unsee; the saved copy stays without one."""
+    source = tmp_path / "source"
+    shutil.copytree(tiny_models.dir(arch), source)
+    config = json.loads((source / "tokenizer_config.json").read_text())
+    config.pop("pad_token", None)
+    (source / "tokenizer_config.json").write_text(json.dumps(config))
+    adapter = load_adapter(source)
+    assert adapter.tokenizer.pad_token == adapter.tokenizer.eos_token
+    adapter.generation_batch(three_turns(make_image))
+    adapter.save(tmp_path / "saved")
+    assert AutoTokenizer.from_pretrained(tmp_path / "saved").pad_token is None
+    assert adapter.tokenizer.pad_token == adapter.tokenizer.eos_token  # the loaded adapter still batches
+
+
 def test_a_llava_processor_saved_without_its_patch_size_reads_it_from_the_config(
         tiny_models: TinyModels, tmp_path: Path, make_image: MakeImage) -> None:
     """Processors saved before they expanded the image token lack it; the first batch was a traceback."""

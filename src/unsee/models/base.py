@@ -107,7 +107,8 @@ class HFAdapter:
         self.source = source
         # Where results go when the model lives elsewhere (a reference offloaded to the CPU).
         self.output_device: torch.device | None = None
-        if self.tokenizer.pad_token_id is None:
+        self.pad_borrowed = self.tokenizer.pad_token_id is None  # batching needs one; a saved copy does not
+        if self.pad_borrowed:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.end_of_answer = self._end_of_answer_token()
 
@@ -415,18 +416,20 @@ class HFAdapter:
 
         The tokenizer is saved as it was loaded: batching sets its padding side and leaves the fast
         tokenizer's padding on, which would otherwise reach ``tokenizer.json`` and pad every batch of
-        whoever loads the checkpoint on the other side.
+        whoever loads the checkpoint on the other side; a pad token borrowed for batching is not saved.
         """
         self.model.save_pretrained(out, safe_serialization=True)
-        side = self.tokenizer.padding_side
+        side, pad = self.tokenizer.padding_side, self.tokenizer.pad_token
         self.tokenizer.padding_side = self.padding_side
+        if self.pad_borrowed:
+            self.tokenizer.pad_token = None
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         if backend is not None:
             backend.no_padding()
         try:
             self.processor.save_pretrained(out)
         finally:
-            self.tokenizer.padding_side = side
+            self.tokenizer.padding_side, self.tokenizer.pad_token = side, pad
 
     def fingerprint(self) -> str:
         return model_fingerprint(self.source) if self.source and Path(self.source).is_dir() else self.source
