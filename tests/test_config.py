@@ -13,6 +13,7 @@ import pytest
 import unsee.config as config_module
 from unsee import api
 from unsee.config import Plain, build, describe, load_config, opt, parse_overrides, read_config_file, to_dict
+from unsee.engine.trainer import TrainConfig
 from unsee.errors import ConfigError
 
 
@@ -269,6 +270,8 @@ def test_typed_fields_still_read_yaml() -> None:
     assert (cfg.steps, cfg.lr, cfg.bf16, cfg.max_items) == (755, 1000.0, True, None)
     with pytest.raises(ConfigError, match="^lr: expected a finite number"):
         load_config(Recipe, None, ["lr=.nan"])
+    with pytest.raises(ConfigError, match="^steps: expected an integer, got '²'"):  # a digit int() does not read
+        load_config(Recipe, None, ["steps=²"])
 
 
 def test_errors_quote_only_a_prefix_of_a_huge_value(tmp_path: Path) -> None:
@@ -440,6 +443,11 @@ def test_the_eraser_config_is_read_as_written() -> None:
         with pytest.raises(ConfigError, match=f"eraser trains no weights: the training option.*{key.split('=')[0]}"):
             api.method_configs("eraser", None, [key])
     api.method_configs("eraser", None, ["progress=false", "logging_dir=logs"])
+    # its own batch_size shares an engine option's name and is its own, so its recorded config reads back
+    tcfg, ecfg, _ = api.method_configs("eraser", None, ["batch_size=8"])
+    assert ecfg.batch_size == 8 and tcfg.batch_size == TrainConfig().batch_size
+    recorded = to_dict(api.method_configs("eraser", None, ())[1])
+    assert to_dict(api.method_configs("eraser", recorded, ())[1]) == recorded
     # the shipped sweep picks strength, gate and layers itself: setting them beside it would change nothing
     for key in ("strength=-3", "gate=0.2", "depth=[0, 0.25]"):
         with pytest.raises(ConfigError, match=f"{key.split('=')[0]} would not be read: with sweep=true"):
@@ -477,3 +485,10 @@ def test_a_folder_named_like_a_shipped_config_does_not_hide_it(tmp_path: Path, m
     (tmp_path / "mine").mkdir()
     with pytest.raises(ConfigError, match="config 'mine' is neither a file nor a shipped finetune config"):
         read_config_file("mine", "finetune")
+
+
+def test_one_override_as_a_string_takes_the_runs_own_additions() -> None:
+    """The API takes one override as a plain string: the per-seed checkpoint folder joins it, not its letters."""
+    for overrides in ("checkpoint_dir=ck", ["checkpoint_dir=ck"]):
+        seeded = api.seed_overrides("graddiff", None, overrides, 1, 2)
+        assert api.method_configs("graddiff", None, seeded)[0].checkpoint_dir == str(Path("ck") / "seed-1")

@@ -329,7 +329,7 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
         raise ConfigError(f"{name}: expected a string, got {show(value)}")
     if isinstance(value, Plain):
         text = value.strip()
-        value = int(text) if tp is int and text.isdigit() else _typed(value, name)  # 0755 is 755, not octal
+        value = int(text) if tp is int and text.isascii() and text.isdigit() else _typed(value, name)  # 0755: 755
     if tp is bool:
         if isinstance(value, str) and value.strip().lower() in ("true", "false"):  # a quoted one, as numbers are
             value = value.strip().lower() == "true"

@@ -157,7 +157,8 @@ def method_configs(method: str, config: str | Path | Mapping[str, Any] | None,
     if unknown:
         raise ConfigError(f"unknown option(s) {unknown} for method {method!r}; engine options: {sorted(tkeys)}; "
                           f"method options: {sorted(mkeys)}")
-    tvals = {k: v for k, v in values.items() if k in tkeys}
+    # a test-time method's own option of an engine option's name (the eraser's batch_size) is its own
+    tvals = {k: v for k, v in values.items() if k in tkeys and (cls.trains_weights or k not in mkeys)}
     if cls.trains_weights:
         tvals.setdefault("scope", cls.default_scope)
     elif unread := sorted(set(tvals) - set(UNKEYED)):  # a test-time method trains nothing: they would be no-ops
@@ -298,7 +299,7 @@ def with_override(overrides: Any, key: str, value: Any) -> Any:
     """``overrides`` (``key=value`` strings or a mapping) with one more."""
     if isinstance(overrides, Mapping):
         return {**overrides, key: value}
-    return [*overrides, f"{key}={value}"]
+    return [*([overrides] if isinstance(overrides, str) else overrides), f"{key}={value}"]
 
 
 def request_runs(runs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
