@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import unsee.data.world as world_mod
 from unsee.config import load_config
 from unsee.data.identity import Identity, pretrain_identities, sample_identity, sample_view, trait_distance
 from unsee.data.render import pretrain_batch, render
@@ -57,6 +58,18 @@ def test_same_seed_gives_byte_identical_files(world: Path, tmp_path: Path) -> No
     first, second = _hashes(world), _hashes(again)
     assert len(first) == 26  # 24 parquet files, world.json and the mark that unsee wrote it
     assert first == second
+
+
+def test_a_worlds_own_record_rebuilds_it(world: Path, tmp_path: Path) -> None:
+    """quick leaves mcq_variants and val_known_forget_splits at the values world.json omits: read back, they
+    must keep them, not take today's defaults."""
+    recorded = load_world_info(world)["config"]
+    assert "mcq_variants" not in recorded and "val_known_forget_splits" not in recorded
+    again = build_world(tmp_path / "again", seed=0, config=world / "world.json")
+    assert {k: v for k, v in _hashes(again).items() if k != "world.json"} == \
+        {k: v for k, v in _hashes(world).items() if k != "world.json"}
+    assert load_world_info(again)["config"] == recorded
+    assert world_mod.world_cache_key(world / "world.json", (), 0) == world_mod.world_cache_key("quick", TINY, 0)
 
 
 def test_different_seed_gives_different_people(world: Path, tmp_path: Path) -> None:
@@ -466,7 +479,7 @@ def test_load_world_info_names_a_missing_world(tmp_path: Path) -> None:
 
 
 def test_world_cache_key_follows_config_seed_and_version(monkeypatch: pytest.MonkeyPatch) -> None:
-    from unsee.data import world as world_mod
+
 
     key = world_mod.world_cache_key("quick", [], 0)
     assert key == world_mod.world_cache_key("quick", [], 0)

@@ -203,10 +203,19 @@ def _recorded(cfg: WorldConfig) -> dict[str, Any]:
 WORLD_VERSION = 2
 
 
+def world_config(config: str | Path | Mapping[str, Any], overrides: Sequence[str] | Mapping[str, Any] = ()
+                 ) -> WorldConfig:
+    """A preset, a config file or mapping, or a built world's ``world.json``, whose recorded config is read
+    with the options it leaves out at the values it left them out at (not today's defaults)."""
+    if isinstance(config, str | Path) and Path(config).name == "world.json" and Path(config).is_file():
+        config = {**json.loads(json.dumps(_OMITTED_AT)), **load_world_info(Path(config).parent)["config"]}
+    return load_config(WorldConfig, config, overrides, kind="world")
+
+
 def world_cache_key(config: str | Path | Mapping[str, Any], overrides: Sequence[str], seed: int) -> str:
     """Name of a cached world: its resolved config, its seed and :data:`WORLD_VERSION`, so that moving or
     documenting code keeps the key and only a change to what is written moves it."""
-    return content_hash(_recorded(load_config(WorldConfig, config, overrides, kind="world")), seed, WORLD_VERSION)
+    return content_hash(_recorded(world_config(config, overrides)), seed, WORLD_VERSION)
 
 
 def cached_world(cache: Path, config: str | Path | Mapping[str, Any], overrides: Sequence[str], seed: int, *,
@@ -234,7 +243,7 @@ def build_world(
     not at all. An existing non-empty ``out`` is refused unless ``overwrite``; even then, a
     directory that unsee did not write is never replaced (:func:`unsee.io.check_output_dir`).
     """
-    cfg = load_config(WorldConfig, config, overrides, kind="world")
+    cfg = world_config(config, overrides)
     if seed is not None:
         cfg = dataclasses.replace(cfg, seed=seed)
         cfg.validate()
