@@ -479,8 +479,6 @@ def test_load_world_info_names_a_missing_world(tmp_path: Path) -> None:
 
 
 def test_world_cache_key_follows_config_seed_and_version(monkeypatch: pytest.MonkeyPatch) -> None:
-
-
     key = world_mod.world_cache_key("quick", [], 0)
     assert key == world_mod.world_cache_key("quick", [], 0)
     assert key != world_mod.world_cache_key("quick", ["n_people=10"], 0)
