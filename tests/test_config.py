@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -492,3 +493,22 @@ def test_one_override_as_a_string_takes_the_runs_own_additions() -> None:
     for overrides in ("checkpoint_dir=ck", ["checkpoint_dir=ck"]):
         seeded = api.seed_overrides("graddiff", None, overrides, 1, 2)
         assert api.method_configs("graddiff", None, seeded)[0].checkpoint_dir == str(Path("ck") / "seed-1")
+
+
+@pytest.mark.parametrize(("method", "key", "why"), [
+    ("ncu_only", "ncu_images=-1", "ncu_images must be at least 1"), ("ncu_only", "ncu_images=0", "at least 1"),
+    ("ncu_only", "energy=1.5", "energy is a fraction"), ("cvf_ncu", "energy=-0.1", "energy is a fraction"),
+    ("cvf_ncu", "lambda_r=-1", "lambda_r=-1.0: must not be negative"), ("cvf_only", "tau=0", "tau must be positive"),
+    ("cvf_only", "adv_eps=-0.01", "adv_eps=-0.01: must not"), ("cvf_ncu", "relearn_sim_steps=-2", "must not be"),
+])
+def test_an_option_out_of_its_range_is_refused_before_a_model_loads(method: str, key: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(why)):
+        api.method_configs(method, None, [key])
+
+
+@pytest.mark.parametrize("method", ["cvf_ncu", "ncu_only"])
+def test_what_the_continual_driver_sets_is_no_option(method: str) -> None:
+    """A value given would change the run while its record, which leaves the field out, could not repeat it."""
+    with pytest.raises(ConfigError, match="forgotten_images is set by the continual driver, not by a config"):
+        api.method_configs(method, None, ["forgotten_images=[a.png]"])
+    assert "forgotten_images" not in describe(api.method_configs(method, None, ())[2].Config)

@@ -283,7 +283,7 @@ def test_cvf_ncu_contrast_subspace_installs_a_rank_of_the_asked_fraction(trained
         width = layer.weight[0].numel()  # a conv's unfolded input, a linear's input
         assert rank == max(1, round(0.25 * width)), (name, rank, width)
     with pytest.raises(ConfigError, match="contrast_rank"):
-        CVFConfig(contrast_rank=1.5)
+        CVFConfig(contrast_rank=1.5).validate()
 
 
 def test_cvf_augment_draws_fresh_views_each_step(model_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:

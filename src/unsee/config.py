@@ -29,14 +29,16 @@ T = TypeVar("T")
 SHIPPED = Path(__file__).parent / "configs"
 
 
-def opt(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with help text; mutable defaults are copied per instance."""
+def opt(default: Any, help: str, *, set_by: str = "", **kw: Any) -> Any:
+    """A dataclass field with help text; mutable defaults are copied per instance. ``set_by`` names the
+    code that fills a field no config may set (it is neither listed nor recorded, so a value given would
+    change a run that its record could not repeat)."""
+    meta = {"help": help, **({"set_by": set_by} if set_by else {})}
     if isinstance(default, list | dict):
-        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
     if dataclasses.is_dataclass(default) and not isinstance(default, type):
-        return dataclasses.field(default_factory=lambda d=default: dataclasses.replace(d), metadata={"help": help},
-                                 **kw)
-    return dataclasses.field(default=default, metadata={"help": help}, **kw)
+        return dataclasses.field(default_factory=lambda d=default: dataclasses.replace(d), metadata=meta, **kw)
+    return dataclasses.field(default=default, metadata=meta, **kw)
 
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -368,6 +370,8 @@ def build(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
             raise ConfigError(
                 f"unknown config key {show(prefix + head)} for {cls.__name__}; valid keys: {', '.join(sorted(fields))}"
             )
+        if set_by := fields[head].metadata.get("set_by"):
+            raise ConfigError(f"{prefix + head} is set by {set_by}, not by a config")
         if rest:
             if not dataclasses.is_dataclass(hints[head]):
                 raise ConfigError(f"config key {show(prefix + head)} has no sub-keys")
@@ -434,6 +438,8 @@ def describe(cls: type, values: Mapping[str, Any] | None = None) -> str:
     lines = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.metadata.get("set_by"):
+            continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
         )

@@ -105,20 +105,13 @@ class CVFOnly(BaseMethod):
         return ("general", "known") if self.cfg.lambda_known > 0 else ("general",)
 
     def setup(self, ctx: Context) -> None:
-        if self.cfg.tau <= 0:  # InfoNCE divides by it: 0 gave a NaN loss at the first step
-            raise ConfigError(f"tau must be positive, got {self.cfg.tau}")
-        if min(self.cfg.augment, self.cfg.augment_retain) < 0:  # a negative strength would silently mean off
-            raise ConfigError(f"augment and augment_retain must not be negative, got {self.cfg.augment} and "
-                              f"{self.cfg.augment_retain}")
+        self.cfg.validate()  # a config built in code has not been through load_config
         if self.cfg.augment_retain > 0 and self.cfg.lambda_dv > 0:  # its reference is cached per photo
             raise ConfigError("augment_retain and lambda_dv cannot be combined: lambda_dv's reference tokens are "
                               "computed once per photo, and augmented photos are new at every step")
-        if self.cfg.lambda_known < 0:
-            raise ConfigError(f"lambda_known must not be negative, got {self.cfg.lambda_known}")
         if self.cfg.lambda_known > 0 and "known" not in ctx.streams:
             raise ConfigError(f"{self.name}: lambda_known distils the known people's training photos, and this "
                               "benchmark has none (train_known); set lambda_known=0")
-        self.cfg.validate()  # a config built in code has not been through load_config
         self.cfg.check_launch(ctx.world)
         keep_to_visual(ctx, self.name)
         self.block = read_block(ctx.adapter, self.cfg.merge_block) if self.cfg.lambda_v or self.cfg.lambda_dv else -1
@@ -442,6 +435,7 @@ class NCUOnly(BaseMethod):
     cfg: NCUConfig
 
     def setup(self, ctx: Context) -> None:
+        self.cfg.validate()  # a config built in code has not been through load_config
         constrain_to_retained(ctx, self.cfg)
 
     def split_loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, None, dict[str, float]]:

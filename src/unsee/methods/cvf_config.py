@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from unsee.config import opt
+from unsee.errors import ConfigError
 from unsee.methods.ncu import NCUConfig
 from unsee.methods.redistil import RedistilConfig
 
@@ -51,7 +52,7 @@ class CVFOnlyConfig(RedistilConfig):
     lambda_k: float = opt(
         1.0, "continual: weight of token-level distillation of the already-forgotten targets' images onto the "
         "reference, the model after the previous request, which holds them forgotten (an addition to the spec)")
-    forgotten_images: list = opt([], "continual: images of already-forgotten targets (set by the driver)")
+    forgotten_images: list = opt([], "images of already-forgotten targets", set_by="the continual driver")
     lambda_known: float = opt(
         0.0, "weight of token-level distillation of the known people's training photos (the benchmark's "
         "train_known) onto the reference, and their place in NCU's covariance: the people the model learned "
@@ -60,6 +61,18 @@ class CVFOnlyConfig(RedistilConfig):
         False, "with lambda_known, the known people's photos also join NCU's covariance, so that the updates "
         "avoid their inputs (they share most of them with the forget faces, and forgetting suffers); off, they are "
         "distilled only, and the null space stays the retained photos'")
+
+
+    def validate(self) -> None:
+        """Read when the config is loaded, before any model is: a weight, a strength, a step count or a radius
+        below zero would silently turn its term around or off."""
+        if self.tau <= 0:  # InfoNCE divides by it: 0 gave a NaN loss at the first step
+            raise ConfigError(f"tau must be positive, got {self.tau}")
+        names = ("lambda_r", "lambda_d", "lambda_o", "lambda_t", "lambda_v", "lambda_dv", "lambda_k", "lambda_known",
+                 "augment", "augment_retain", "adv_steps", "adv_eps", "relearn_sim_steps", "relearn_sim_eps")
+        if negative := [f"{k}={getattr(self, k)}" for k in names if getattr(self, k) < 0]:
+            raise ConfigError(f"{', '.join(negative)}: must not be negative")
+        super().validate()
 
 
 @dataclass

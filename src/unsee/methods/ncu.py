@@ -31,16 +31,23 @@ class NCUConfig:
 
     energy: float = opt(0.01, "NCU: keep the eigen-directions holding at most this fraction of the energy")
     ncu_images: int = opt(256, "NCU: retained images used for the covariance")
-    forgotten_images: list = opt([], "continual: images of already-forgotten targets (set by the driver)")
+    forgotten_images: list = opt([], "images of already-forgotten targets", set_by="the continual driver")
     subspace: Literal["null", "contrast"] = opt(
         "null", "NCU: 'null' confines updates to the retained photos' null space; 'contrast' to the directions "
         "where the forget photos' layer inputs are largest against the retained ones', which the inputs of faces "
         "the run never sees (people learned before the fine-tune) barely reach (docs/methods.md, \"NCU\")")
     contrast_rank: float = opt(0.02, "NCU 'contrast': the fraction of each layer's input dimensions updates may use")
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
+        """Read when the config is loaded, before any model is: a count below one would slice the retained
+        photos from the end, and an energy outside [0, 1] keeps no directions or all of them."""
         if not 0 < self.contrast_rank <= 1:
             raise ConfigError(f"contrast_rank must be in (0, 1], got {self.contrast_rank}")
+        if not 0 <= self.energy <= 1:
+            raise ConfigError(f"energy is a fraction of the spectrum, in [0, 1]; got {self.energy}")
+        if self.ncu_images < 1:
+            raise ConfigError(f"ncu_images must be at least 1, got {self.ncu_images}")
+        getattr(super(), "validate", lambda: None)()  # cvf_ncu's CVF options
 
     def check_train(self, train: Any) -> None:
         """The null space constrains each weight's update; under LoRA it would land on the low-rank factors,
