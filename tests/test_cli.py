@@ -176,3 +176,23 @@ def test_demo_command_and_api_share_their_defaults() -> None:
     assert defaults["audit"] is (not given.no_audit)
     for key in ("methods", "quick", "arch", "seed", "protocol", "seeds", "config"):
         assert defaults[key] == getattr(given, key), key
+
+
+@pytest.mark.parametrize(("config", "why"), [
+    ({"attacks": ["relearm"]}, "attacks: unknown attack(s) ['relearm']"),
+    ({"audit_methods": ["grad_diff"]}, "audit_methods: unknown method(s) ['grad_diff']"),
+    ({"method_overrides": {"grad_diff": ["max_steps=1"]}}, "method_overrides: unknown method(s) ['grad_diff']"),
+    ({"method_overrides": {"ga": ["max_stepz=1"]}}, "unknown option(s) ['max_stepz'] for method 'ga'"),
+    ({"world_overrides": ["seed=5"]}, "world_overrides: the demo's --seed sets"),
+    ({"recipe_overrides": ["n_people=4", " seed =7"]}, "recipe_overrides: the demo's --seed sets"),
+])
+def test_a_demo_config_naming_what_does_not_exist_stops_before_anything_is_built(
+        config: dict, why: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A typo was read as no audits or as the shipped config, or stopped the demo after a method had run;
+    a seed given beside --seed was replaced by it."""
+    path = tmp_path / "demo.yaml"
+    path.write_text(json.dumps(config))
+    assert main(["demo", "--quick", "--out", str(tmp_path / "out"), "--config", str(path),
+                 "--methods", "ga", "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert why in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()

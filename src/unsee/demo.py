@@ -15,6 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
+from unsee.audit.attacks import ATTACKS
 from unsee.config import load_config, opt, read_config_file, to_dict
 from unsee.data.world import cached_world
 from unsee.engine.distributed import is_main_process, wait_for_everyone
@@ -55,6 +56,19 @@ class DemoConfig:
                         "mia)")
     audit_methods: list[str] = opt(["cvf_ncu"], "the methods whose results are audited (all: every method)")
     attack_overrides: list[str] = opt([], "key=value overrides of the audits' AttackConfig")
+
+    def validate(self) -> None:
+        """Read when the config loads, before the world and the vanilla model are built: a misspelt attack
+        stopped the demo only after the first method's run, and a misspelt method here was read as none."""
+        if unknown := sorted(set(self.attacks) - set(ATTACKS)):
+            raise ConfigError(f"attacks: unknown attack(s) {unknown}; choose from {', '.join(ATTACKS)}")
+        for key, named, extra in (("audit_methods", self.audit_methods, {"all"}),
+                                  ("method_overrides", list(self.method_overrides), set())):
+            if unknown := sorted(set(named) - set(ALL) - extra):
+                raise ConfigError(f"{key}: unknown method(s) {unknown}; choose from {', '.join(sorted(ALL))}")
+        for key, given in (("world_overrides", self.world_overrides), ("recipe_overrides", self.recipe_overrides)):
+            if any(o.partition("=")[0].strip() == "seed" for o in given):
+                raise ConfigError(f"{key}: the demo's --seed sets the world's and the recipe's seed; give it there")
 
 
 def prepare_init(cfg: DemoConfig, arch: str, seed: int, cache: Path) -> tuple[Path, Path, str]:
@@ -115,7 +129,7 @@ def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", 
     else:
         cfg = load_config(DemoConfig, base)
     names = list(ALL) if methods == "all" else (methods.split(",") if isinstance(methods, str) else list(methods))
-    for m in names:
+    for m in dict.fromkeys([*names, *cfg.method_overrides]):  # an override of a method not run is read too
         method_configs(m, None, cfg.method_overrides.get(m, []))
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
