@@ -191,3 +191,46 @@ def test_a_killed_writers_half_written_output_is_removed_by_the_next_run(tmp_pat
     with atomic_dir(out) as tmp:
         (tmp / "results.json").write_text("{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", alive.name, elsewhere.name])
+
+
+def test_a_killed_single_file_writers_temporary_file_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    code = ("import sys, os, tempfile; from unsee import io\n"
+            "tempfile.mkstemp = lambda **kw: (print(kw['prefix'], flush=True), os.kill(os.getpid(), 9))\n"
+            "io.atomic_write_text(sys.argv[1], '{}')\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL
+    left = tmp_path / f"{proc.stdout.strip()}abc.tmp"  # what mkstemp would have made, as the kill left it
+    left.write_text("half")
+    atomic_write_text(out, "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_a_folder_that_fills_while_the_work_runs_is_not_replaced(tmp_path: Path) -> None:
+    """Checked when the work starts and again before it lands: a folder of the user's made meanwhile, or another
+    run's output landed meanwhile, is kept, and so is this run's work."""
+    out = tmp_path / "out"
+    with pytest.raises(OutputExistsError, match=r"already holds results.*this run's output is kept in .*out\.unsee-"), \
+            atomic_dir(out) as tmp:
+        (tmp / "results.json").write_text("mine")
+        out.mkdir()
+        (out / "notes.txt").write_text("precious")
+    assert (out / "notes.txt").read_text() == "precious"
+    kept = next(tmp_path.glob("out.unsee-*"))
+    assert (kept / "results.json").read_text() == "mine" and (kept / OWNED).is_file()
+    with pytest.raises(OutputExistsError, match="holds files unsee did not write"), atomic_dir(out, overwrite=True):
+        pass
+    assert (out / "notes.txt").read_text() == "precious"
+
+
+def test_a_link_to_a_folder_is_written_where_it_leads_and_overwritten_again(tmp_path: Path) -> None:
+    target = tmp_path / "disk" / "out"
+    target.mkdir(parents=True)
+    link = tmp_path / "out"
+    link.symlink_to(target)
+    for n in range(3):
+        with atomic_dir(link, overwrite=n > 0) as tmp:
+            (tmp / "results.json").write_text(str(n))
+        assert link.is_symlink() and (target / "results.json").read_text() == str(n)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk", "out"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out"]

@@ -96,9 +96,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"cannot write {path}: it is a directory")
+    _remove_dead_writers(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}-", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise OutputError(f"cannot write {path}: {e.strerror}") from None
     try:
@@ -261,7 +262,16 @@ def _remove_dead_writers(path: Path) -> None:
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp") if path.parent.is_dir() else ():
         match = pattern.fullmatch(tmp.name)
         if match and match[1] == _HOST and int(match[2]) != os.getpid() and not _running(int(match[2])):
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    """A file, a link (not what it leads to) or a folder, gone; one already gone is fine."""
+    if path.is_symlink() or path.is_file():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _running(pid: int) -> bool:
@@ -282,9 +292,13 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False, mine: bool = False)
     a plain ``mkdir`` and ``open`` would give: some writers (``save_pretrained`` among them)
     leave private temporary-file modes behind, and a checkpoint must be readable by whoever
     serves it. It lands with :data:`OWNED` in it, so that a later ``overwrite`` may replace it
-    (``mine``: see :func:`check_output_dir`).
+    (``mine``: see :func:`check_output_dir`). ``path`` is checked again before it lands: a folder
+    that appeared or filled while the work ran is not replaced, and the work is kept beside it.
+    A link to a folder is written where it leads.
     """
     path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     old = path.with_name(f".{path.name}.old")
     if not path.exists() and (old / OWNED).is_file():
         # a run killed between moving the previous output aside and landing its own: put the previous one back
@@ -301,13 +315,19 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False, mine: bool = False)
         yield tmp
         (tmp / OWNED).write_text(OWNED_TEXT)
         _plain_modes(tmp)
+        try:
+            check_output_dir(path, overwrite=overwrite, mine=mine)
+        except OutputError as e:
+            kept = path.with_name(f"{path.name}.unsee-{os.getpid()}")
+            os.replace(tmp, kept)
+            raise type(e)(f"{e} (it changed while this run worked; this run's output is kept in {kept})") from None
         if path.exists():
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
             aside = True  # before the rename: an interrupt may land just after it
             os.replace(path, old)
             os.replace(tmp, path)
             aside = False
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
         else:
             os.replace(tmp, path)
     except BaseException as e:
