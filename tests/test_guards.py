@@ -239,6 +239,14 @@ def test_checkpoints_and_the_stage_cache_never_go_into_an_input(model_dir: Path,
         api.finetune(model_dir, world, tmp_path / "v", cache_dir=model_dir / "cache")
     with pytest.raises(errors.OutputError, match="lies inside the input"):
         api.attack("pgd", model_dir, world, tmp_path / "a.json", cache_dir=model_dir / "cache")
+    for inside in (model_dir / "cache", world / ".cache"):  # the same cache named by the environment
+        monkeypatch.setenv("UNSEE_CACHE", str(inside))
+        with pytest.raises(errors.OutputError, match="lies inside the input"):
+            api.finetune(model_dir, world, tmp_path / "v")
+        with pytest.raises(errors.OutputError, match="lies inside the input"):
+            api.retrain(model_dir, world, tmp_path / "r")
+        with pytest.raises(errors.OutputError, match="lies inside the input"):
+            api.unlearn("ga", model_dir, world, tmp_path / "o")
     assert {p: p.read_bytes() for p in model_dir.rglob("*") if p.is_file()} == before
     assert not list(tmp_path.iterdir())
 

@@ -161,7 +161,8 @@ def finetune(model: str | Path, data: Any, out: str | Path, *, config: str | Pat
     the benchmark's own recipe (:mod:`unsee.finetune_bench`, config ``mllmu``, ``clear`` or ``umu``;
     by default the detected benchmark's)."""
 
-    check_output_dir(out, overwrite=overwrite, inputs=_local(model, data, config), writes=[cache_dir])
+    check_output_dir(out, overwrite=overwrite, inputs=_local(model, data, config),
+                     writes=[_finetune.cache_root(cache_dir)])
     ref = resolve(data, revision)
     kind = benchmark_of(ref.path, benchmark)
     if kind == "builtin":
@@ -177,7 +178,8 @@ def retrain(vanilla: str | Path, data: Any, out: str | Path, *, forget: str = "f
             cache_dir: str | Path | None = None, benchmark: str | None = None, revision: str | None = None) -> Path:
     """``unsee retrain``: the vanilla model's fine-tune again without ``forget``'s photos, on any benchmark."""
 
-    check_output_dir(out, overwrite=overwrite, inputs=_local(vanilla, data), writes=[cache_dir])
+    check_output_dir(out, overwrite=overwrite, inputs=_local(vanilla, data),
+                     writes=[_finetune.cache_root(cache_dir)])
     ref = resolve(data, revision)
     kind = benchmark_of(ref.path, benchmark)
     if kind == "builtin":
@@ -263,7 +265,7 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
 
     out = Path(out)
     request_file = requests if isinstance(requests, str | Path) and Path(requests).is_file() else None
-    check_output_dir(out, overwrite=overwrite, writes=[cache_dir],
+    check_output_dir(out, overwrite=overwrite, writes=[_finetune.cache_root(cache_dir)],
                      inputs=_local(model, data, None if isinstance(config, Mapping) else config, request_file,
                                    neutral))
     if report_to:
