@@ -474,6 +474,20 @@ def test_world_command_writes_the_example(tmp_path: Path) -> None:
     assert not (tmp_path / "w3").exists()
 
 
+def test_a_world_interrupted_while_its_example_is_written_leaves_nothing(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The example request lands with the world: a world without it would be refused as existing output."""
+    def interrupted(world: Path, out: Path) -> None:
+        out.mkdir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "write_world_request", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        api.build_world(tmp_path / "w", config="quick", overrides=["n_people=6", "n_known=2", "n_unknown=2",
+                                                                     "n_neutral=4", "n_requests=2", "n_pretrain=4"])
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.slow
 def test_requests_under_two_processes_are_written_once(model_dir: Path, example: Path, tmp_path: Path) -> None:
     """`accelerate launch -m unsee.cli forget --requests`: the first process alone evaluates, audits (the

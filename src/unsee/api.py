@@ -133,10 +133,8 @@ def build_world(out: str | Path, *, config: Any = "default", overwrite: bool = F
     a removal request made of its ``forget_10`` people (or its first forget split's) in ``out/request/``
     (:func:`unsee.data.request_example.write_world_request`)."""
     check_output_dir(out, overwrite=overwrite, inputs=_local(config))
-    path = _world.build_world(out, config=config, overwrite=overwrite, **kw)
-    if example:
-        write_world_request(path, path / "request", overwrite=True)
-    return path
+    return _world.build_world(out, config=config, overwrite=overwrite, **kw,
+                              then=(lambda root: write_world_request(root, root / "request")) if example else None)
 
 
 def init_model(arch: str, out: str | Path, *, world: str | Path | None = None, overwrite: bool = False,

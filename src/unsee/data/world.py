@@ -236,8 +236,10 @@ def build_world(
     config: str | Path | Mapping[str, Any] = "default",
     overrides: Sequence[str] | Mapping[str, Any] = (),
     overwrite: bool = False,
+    then: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write the built-in benchmark to ``out`` (see ``docs/world-format.md``) and return it.
+    """Write the built-in benchmark to ``out`` (see ``docs/world-format.md``) and return it; ``then`` adds
+    to the world before it lands (its example request), so that an interrupt leaves all of it or nothing.
 
     ``seed`` (when given) replaces the config's seed. The directory appears complete or
     not at all. An existing non-empty ``out`` is refused unless ``overwrite``; even then, a
@@ -250,6 +252,8 @@ def build_world(
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         _write_world(tmp, cfg, _config_label(config))
+        if then is not None:
+            then(tmp)
     return out
 
 
