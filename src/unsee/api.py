@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from unsee import finetune as _finetune
 from unsee import retrain as _retrain
+from unsee.attacked import add_attacks, attacked_run, check_attacked_run
 from unsee.audit.attacks import ATTACKS
 from unsee.audit.quant import changed_linears, weight_digests
 from unsee.bench_recipe import check_world_recipe
@@ -63,10 +64,7 @@ from unsee.report import REPORT_FILES, model_card, print_results, write_report
 from unsee.report.card import unlearned_by
 from unsee.resume import Progress, photos_before, run_parts, train_share
 from unsee.runs import (
-    add_attacks,
     add_requests,
-    attacked_run,
-    check_attacked_run,
     check_disjoint,
     check_forget,
     check_images,
@@ -420,7 +418,7 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     ``overwrite``. The attacks then measure that run's forget split (``forget`` defaults to it)
     on its data and, where the run's output holds its model, that model: figures of anything
     else would read as the run's own. Of a run over several seeds, the seed whose model (or
-    steering file) is attacked gets the figures (:func:`unsee.runs.attacked_run`). Otherwise a
+    steering file) is attacked gets the figures (:func:`unsee.attacked.attacked_run`). Otherwise a
     new results.json holds one run named ``method``, on ``forget`` (``forget_10`` unless given).
 
     The retrained reference (``reference``, or the one ``unsee retrain`` cached for ``vanilla``)
@@ -474,7 +472,8 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
                           overrides=overrides, changed=changed, reference=ref_path, cache_dir=cache_dir)
     if existing is not None:
         card = home / "model" / "README.md"  # the attacked checkpoint's card, where the output holds it
-        add_attacks(out, index, home, found, card if Path(model).resolve() == card.parent.resolve() else None)
+        add_attacks(out, index, home, found, card if Path(model).resolve() == card.parent.resolve() else None,
+                    attacked=existing["runs"][index])
     else:
         run = make_run(method, {}, model=model_name(model), suite=suite, forget=forget, seed=seed, attacks=found,
                        model_hash=adapter.fingerprint())  # two models attacked alike are still two runs

@@ -26,15 +26,13 @@ from unsee.engine.trainer import UNKEYED, TrainConfig
 from unsee.errors import DataError
 from unsee.eval.evaluator import Evaluation, run_evaluation
 from unsee.eval.protocols import check_protocol
-from unsee.eval.results import SAMPLES_KEY, load_results, seed_summary, write_results
-from unsee.io import atomic_write_json, atomic_write_text, check_not_input, check_space
+from unsee.eval.results import SAMPLES_KEY
+from unsee.io import atomic_write_text, check_not_input, check_space
 from unsee.methods import method_class
 from unsee.methods.artifact import Artifact, Trained, WeightsArtifact, merge_lora
-from unsee.methods.eraser import STEERING_FILE, SteeringArtifact
-from unsee.models.base import Adapter, Turn, model_fingerprint
+from unsee.methods.eraser import SteeringArtifact
+from unsee.models.base import Adapter, Turn
 from unsee.provenance import combined_cost
-from unsee.report.card import refresh_card
-from unsee.report.tables import setting_of, vanilla_for
 
 
 def names_needed_by(method: str | None, config: Any = None, overrides: Any = ()) -> str | None:
@@ -410,92 +408,3 @@ def save_model(adapter: Adapter, path: Path, arch: str) -> None:
 
 def jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
-
-
-def add_attacks(out: Path, index: int, home: Path, found: Mapping[str, Any], card: Path | None = None) -> bool:
-    """Add ``found`` to run ``index`` of the results file ``out`` (and to its run.json), and write the
-    model card ``card`` (the attacked checkpoint's README.md) again with them: a card that keeps the
-    audits of its training only would say the model was never attacked. True where the card was
-    written again.
-
-    The file is read again under a lock, not taken from before the attack: attacks on one
-    output often run side by side (PGD in one terminal, the probe in another), and writing
-    back what was read at the start would drop the figures the other wrote meanwhile.
-    """
-    from filelock import FileLock
-
-    with FileLock(out.with_name(f".{out.name}.lock")):
-        results = load_results(out)
-        run = results["runs"][index]
-        run["attacks"] = {**run.get("attacks", {}), **found}
-        if "seeds" in results:  # the spread over the seeds takes in the new figures
-            results["seeds"] = seed_summary(results["runs"])
-        write_results(out, results, overwrite=True)
-        if run["cost"].get("covers") == "evaluation":  # `unsee eval`'s run, beside an output: not its run or card
-            return False
-        if (home / "run.json").is_file() and (len(results["runs"]) == 1 or home != out.parent):
-            atomic_write_json(home / "run.json", run)
-        if card is None or not card.is_file():
-            return False
-        # the last request of a continual run: its card states the cost of every request, as when it was written
-        requests = request_runs(results["runs"])
-        shown = with_all_costs(requests) if len(requests) > 1 and requests[-1] is run else run
-        return refresh_card(card, shown, vanilla_for([r for r in results["runs"] if setting_of(r) == setting_of(run)]))
-
-
-def attacked_run(results: Mapping[str, Any], out: Path, model: str | Path,
-                 steering: str | Path | None) -> tuple[int, Path]:
-    """Which run of an existing results file an attack's figures belong to, and that run's folder.
-
-    A run over several unlearning seeds keeps each seed's model (or steering file) in
-    ``seed-K/``: the figures go to the seed whose files are attacked, and any other model is
-    refused. Otherwise they go to the last run (a continual run's last request, whose model the
-    output holds).
-    """
-
-    if "seeds" not in results:
-        return len(results["runs"]) - 1, out.parent
-    attacked = Path(steering if steering is not None else model).resolve()
-    for i, run in enumerate(results["runs"]):
-        home = out.parent / f"seed-{run['seed']}"
-        if home.resolve() in (attacked, *attacked.parents):
-            return i, home
-    raise DataError(f"{out} holds the runs of {len(results['runs'])} unlearning seeds; attack one seed's model "
-                    f"(--model {out.parent}/seed-K/model, or its steering file), whose run gets the figures")
-
-
-def check_attacked_run(run: Mapping[str, Any], out: Path, home: Path, model: str | Path, data: str | Path,
-                       forget: str, suite: Suite, steering: str | Path | None = None) -> None:
-    """Refuse to add figures to ``run`` that measure another model, split or dataset than it did,
-    or a steering method's base model without its steering file.
-
-    Such figures land beside the run's own metrics and read as its; a run written before these
-    fields were recorded is not checked on them.
-    """
-
-    split = Path(data).stem if suite.info.get("benchmark") == "request" else suite.info.get("split_name", forget)
-    recorded = run.get("forget_split")
-    if recorded is not None and recorded != split:
-        raise DataError(f"{out} records a run on {recorded}, and the attack would measure {split}; leave out "
-                        f"--forget (it defaults to the run's split) or write the attack to another --out")
-    then, now = run.get("data", {}).get("fingerprint"), suite.info.get("data", {}).get("fingerprint")
-    if then is not None and now is not None and then != now:
-        raise DataError(f"{out} records a run on the data at {run['data'].get('path')}, not the data given ({data}: "
-                        f"other contents); pass that data or write the attack to another --out")
-    then, now = (run.get("data") or {}).get("seed", 0), suite.info.get("data", {}).get("seed", 0)
-    if "data" in run and then != now:
-        raise DataError(f"{out} records a run whose items were drawn with seed {then}, and the attack's with seed "
-                        f"{now} (other held-out views); pass --seed {then} or write the attack to another --out")
-    measured = run.get("model_hash")  # what `unsee eval` measured; its output holds no model to compare paths with
-    attacked = model_fingerprint(model) if measured is not None and Path(model).is_dir() else measured
-    if attacked != measured:
-        raise DataError(f"{out} records the run of another model than {model} (weights {measured}, not "
-                        f"{attacked}); attack the model it measured, or write to another --out")
-    own = home / "model"
-    if own.is_dir() and Path(model).exists() and Path(model).resolve() != own.resolve():
-        raise DataError(f"{out} records the run of the model in {own}, not {model}; attack that model "
-                        f"(--model {own}) or write the attack to another --out")
-    steered = home / STEERING_FILE
-    if steered.is_file() and (steering is None or Path(steering).resolve() != steered.resolve()):
-        raise DataError(f"{out} records the run of the steering file {steered}; attack the model with it on "
-                        f"(--steering {steered}), as it is deployed, or write the attack to another --out")

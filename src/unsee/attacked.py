@@ -1,0 +1,119 @@
+"""What ``unsee attack`` adds to an existing output: which of its runs the attacked model is, whether the
+figures may be set beside that run (the same model, split, data and draw), and the writing of them under a
+lock, with the run's card and run.json, when attacks on one output run side by side."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from unsee.data.schema import Suite
+from unsee.errors import DataError
+from unsee.eval.results import load_results, seed_summary, write_results
+from unsee.io import atomic_write_json
+from unsee.methods.eraser import STEERING_FILE
+from unsee.models.base import model_fingerprint
+from unsee.report.card import refresh_card
+from unsee.report.tables import setting_of, vanilla_for
+from unsee.runs import request_runs, with_all_costs
+
+
+def add_attacks(out: Path, index: int, home: Path, found: Mapping[str, Any], card: Path | None = None,
+                attacked: Mapping[str, Any] | None = None) -> bool:
+    """Add ``found`` to run ``index`` of the results file ``out`` (and to its run.json), and write the
+    model card ``card`` (the attacked checkpoint's README.md) again with them: a card that keeps the
+    audits of its training only would say the model was never attacked. True where the card was
+    written again.
+
+    The file is read again under a lock, not taken from before the attack: attacks on one
+    output often run side by side (PGD in one terminal, the probe in another), and writing
+    back what was read at the start would drop the figures the other wrote meanwhile. ``attacked``
+    is the run as it was checked before the attack: a run replaced meanwhile (``unlearn --overwrite``
+    of the same output) measured another model, and takes none of these figures.
+    """
+    from filelock import FileLock
+
+    with FileLock(out.with_name(f".{out.name}.lock")):
+        results = load_results(out)
+        if attacked is not None and (index >= len(results["runs"]) or _but_attacks(results["runs"][index])
+                                     != _but_attacks(attacked)):
+            raise DataError(f"{out} was written again while the attack ran, and its run is another model's now; "
+                            "nothing was added: attack it again")
+        run = results["runs"][index]
+        run["attacks"] = {**run.get("attacks", {}), **found}
+        if "seeds" in results:  # the spread over the seeds takes in the new figures
+            results["seeds"] = seed_summary(results["runs"])
+        write_results(out, results, overwrite=True)
+        if run["cost"].get("covers") == "evaluation":  # `unsee eval`'s run, beside an output: not its run or card
+            return False
+        if (home / "run.json").is_file() and (len(results["runs"]) == 1 or home != out.parent):
+            atomic_write_json(home / "run.json", run)
+        if card is None or not card.is_file():
+            return False
+        # the last request of a continual run: its card states the cost of every request, as when it was written
+        requests = request_runs(results["runs"])
+        shown = with_all_costs(requests) if len(requests) > 1 and requests[-1] is run else run
+        return refresh_card(card, shown, vanilla_for([r for r in results["runs"] if setting_of(r) == setting_of(run)]))
+
+
+def attacked_run(results: Mapping[str, Any], out: Path, model: str | Path,
+                 steering: str | Path | None) -> tuple[int, Path]:
+    """Which run of an existing results file an attack's figures belong to, and that run's folder.
+
+    A run over several unlearning seeds keeps each seed's model (or steering file) in
+    ``seed-K/``: the figures go to the seed whose files are attacked, and any other model is
+    refused. Otherwise they go to the last run (a continual run's last request, whose model the
+    output holds).
+    """
+
+    if "seeds" not in results:
+        return len(results["runs"]) - 1, out.parent
+    attacked = Path(steering if steering is not None else model).resolve()
+    for i, run in enumerate(results["runs"]):
+        home = out.parent / f"seed-{run['seed']}"
+        if home.resolve() in (attacked, *attacked.parents):
+            return i, home
+    raise DataError(f"{out} holds the runs of {len(results['runs'])} unlearning seeds; attack one seed's model "
+                    f"(--model {out.parent}/seed-K/model, or its steering file), whose run gets the figures")
+
+
+def _but_attacks(run: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in run.items() if k != "attacks"}
+
+
+def check_attacked_run(run: Mapping[str, Any], out: Path, home: Path, model: str | Path, data: str | Path,
+                       forget: str, suite: Suite, steering: str | Path | None = None) -> None:
+    """Refuse to add figures to ``run`` that measure another model, split or dataset than it did,
+    or a steering method's base model without its steering file.
+
+    Such figures land beside the run's own metrics and read as its; a run written before these
+    fields were recorded is not checked on them.
+    """
+
+    split = Path(data).stem if suite.info.get("benchmark") == "request" else suite.info.get("split_name", forget)
+    recorded = run.get("forget_split")
+    if recorded is not None and recorded != split:
+        raise DataError(f"{out} records a run on {recorded}, and the attack would measure {split}; leave out "
+                        f"--forget (it defaults to the run's split) or write the attack to another --out")
+    then, now = run.get("data", {}).get("fingerprint"), suite.info.get("data", {}).get("fingerprint")
+    if then is not None and now is not None and then != now:
+        raise DataError(f"{out} records a run on the data at {run['data'].get('path')}, not the data given ({data}: "
+                        f"other contents); pass that data or write the attack to another --out")
+    then, now = (run.get("data") or {}).get("seed", 0), suite.info.get("data", {}).get("seed", 0)
+    if "data" in run and then != now:
+        raise DataError(f"{out} records a run whose items were drawn with seed {then}, and the attack's with seed "
+                        f"{now} (other held-out views); pass --seed {then} or write the attack to another --out")
+    measured = run.get("model_hash")  # what `unsee eval` measured; its output holds no model to compare paths with
+    attacked = model_fingerprint(model) if measured is not None and Path(model).is_dir() else measured
+    if attacked != measured:
+        raise DataError(f"{out} records the run of another model than {model} (weights {measured}, not "
+                        f"{attacked}); attack the model it measured, or write to another --out")
+    own = home / "model"
+    if own.is_dir() and Path(model).exists() and Path(model).resolve() != own.resolve():
+        raise DataError(f"{out} records the run of the model in {own}, not {model}; attack that model "
+                        f"(--model {own}) or write the attack to another --out")
+    steered = home / STEERING_FILE
+    if steered.is_file() and (steering is None or Path(steering).resolve() != steered.resolve()):
+        raise DataError(f"{out} records the run of the steering file {steered}; attack the model with it on "
+                        f"(--steering {steered}), as it is deployed, or write the attack to another --out")
