@@ -299,6 +299,30 @@ def test_attacks_side_by_side_on_one_output_keep_each_others_figures(adapter: HF
     assert {f: (out / f).read_bytes() for f in kept} == kept
 
 
+def test_an_attack_on_an_output_unlearned_again_meanwhile_adds_nothing(adapter: HFAdapter, world: Path,
+                                                                       tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its figures measure the model that was replaced: set beside the new run, they would read as its."""
+    from unsee.eval.results import load_results
+
+    out = tmp_path / "ga"
+    common = {"forget": "forget_15", "evaluate_after": False}
+    api.unlearn("ga", Path(adapter.source), world, out, overrides=["max_steps=1", "progress=false"], **common)
+    real = api.audit_adapter
+
+    def meanwhile(*args: Any, **kw: Any) -> dict:
+        api.unlearn("ga", Path(adapter.source), world, out, overrides=["max_steps=2", "progress=false"], seed=7,
+                    overwrite=True, **common)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(api, "audit_adapter", meanwhile)
+    with pytest.raises(DataError, match="written again while the attack ran"):
+        api.attack("shift", out / "model", world, out, overrides=["max_items=2"])
+    run = load_results(out / "results.json")["runs"][0]
+    assert run["seed"] == 7 and "attacks" not in run
+    assert "No audits were run on this checkpoint." in (out / "model" / "README.md").read_text()
+
+
 def test_attack_on_a_steering_run_needs_its_steering_file(adapter: HFAdapter, world: Path, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """An eraser run is the base model with its steering file on: the base model alone is another model."""
