@@ -228,3 +228,62 @@ def test_bad_evaluation_options_fail_before_any_work(model_dir: Path, world: Pat
     assert not out.exists() and not samples_path(out).exists()
     assert json.dumps(api.eval_options(protocol="official")) == (
         '{"protocol": "official", "max_items": null, "max_new_tokens": null}')
+
+
+def _with_samples(method: str, uid: str) -> dict[str, Any]:
+    res = new_results([api.make_run(method, {"forget": {"mcq": 1.0, "n": 1}}, model="m",
+                                    suite=Suite(name="builtin", groups={}, info={"benchmark": "builtin"}),
+                                    forget="forget_10", seed=0, protocol="official")])
+    res["runs"][0]["_samples"] = [{k: v for k, v in _line(0, method, uid, True, "A").items()
+                                   if k not in ("run", "method", "request", "seed", "protocol")}]
+    return res
+
+
+def test_results_interrupted_after_their_samples_keep_the_pair_they_had(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """samples.jsonl lands first: interrupted before results.json, it goes back to the one beside the results
+    kept (or goes, where there were none), so no results file is left with another's answers."""
+    import unsee.eval.results as results_module
+
+    out = tmp_path / "results.json"
+    real = results_module.atomic_write_json
+
+    def interrupted(path: Path, obj: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(results_module, "atomic_write_json", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_results(out, _with_samples("vanilla", "q1"))
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setattr(results_module, "atomic_write_json", real)
+    write_results(out, _with_samples("vanilla", "q1"))
+    kept = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    monkeypatch.setattr(results_module, "atomic_write_json", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_results(out, _with_samples("ga", "q2"), overwrite=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == kept
+    assert [ln["uid"] for ln in load_samples(out)] == ["q1"]
+
+
+def test_a_report_interrupted_while_it_draws_leaves_the_one_before(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import unsee.report as report_module
+
+    write_results(tmp_path / "results.json", _with_samples("vanilla", "q1"))
+    out = tmp_path / "r"
+
+    def interrupted(*args: Any, **kw: Any) -> Path:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report_module, "render_report", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_report([tmp_path / "results.json"], out)
+    assert not list(out.iterdir())
+    monkeypatch.undo()
+    write_report([tmp_path / "results.json"], out)
+    kept = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(kept) == ["report.md", "tradeoff.png"]
+    monkeypatch.setattr(report_module, "render_report", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_report([tmp_path / "results.json"], out, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == kept

@@ -24,7 +24,7 @@ from unsee import __version__
 from unsee.engine.trainer import UNKEYED
 from unsee.errors import OutputExistsError, UnseeError
 from unsee.eval.metrics import spread
-from unsee.io import atomic_write_json, atomic_write_text, json_default
+from unsee.io import atomic_write_bytes, atomic_write_json, atomic_write_text, json_default
 from unsee.provenance import environment
 
 if TYPE_CHECKING:
@@ -326,9 +326,18 @@ def write_results(path: str | Path, obj: Mapping[str, Any], *, overwrite: bool =
         plain["samples"] = {"file": spath.name, "lines": text.count("\n"),
                             "sha256": hashlib.sha256(text.encode()).hexdigest()}
         validate_results(plain)
+        previous = spath.read_bytes() if spath.exists() else None
         atomic_write_text(spath, text)
-    else:
-        validate_results(plain)
+        try:
+            atomic_write_json(path, plain)
+        except BaseException:  # an interrupt between the two: the samples go back to those of the results kept
+            if previous is None:
+                spath.unlink(missing_ok=True)
+            else:
+                atomic_write_bytes(spath, previous)
+            raise
+        return path
+    validate_results(plain)
     atomic_write_json(path, plain)
     return path
 

@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,16 +55,23 @@ def write_report(
         sources += runs_with_samples(loaded, load_samples(path, loaded))
     changes = changes_section(sources)  # before anything is written: a bad samples file leaves no half report
     out.mkdir(parents=True, exist_ok=True)
-    written = [plot_tradeoff(results, out / "tradeoff.png")]
-    if any(run["request"] > 1 for run in results["runs"]):
-        written.append(plot_continual(results, out / "continual.png"))
-    else:
-        (out / "continual.png").unlink(missing_ok=True)  # a stale plot from an overwritten report
-    if loss_panels(results):
-        written.append(plot_losses(results, out / "losses.png"))
-    else:
-        (out / "losses.png").unlink(missing_ok=True)
-    images = [p.name for p in written]
-    report = out / "report.md"
-    atomic_write_text(report, render_report(results, images=images, changes=changes))
-    return [report, *written]
+    # Every file is made aside first and they land together, report.md last: an interrupt while the plots
+    # draw leaves the earlier report whole, or none, never one report's plot beside another's table.
+    staged = Path(tempfile.mkdtemp(prefix=".report.", dir=out))
+    try:
+        drawn = [plot_tradeoff(results, staged / "tradeoff.png")]
+        if any(run["request"] > 1 for run in results["runs"]):
+            drawn.append(plot_continual(results, staged / "continual.png"))
+        if loss_panels(results):
+            drawn.append(plot_losses(results, staged / "losses.png"))
+        atomic_write_text(staged / "report.md", render_report(results, images=[p.name for p in drawn],
+                                                              changes=changes))
+        for name in REPORT_FILES[1:]:
+            if (staged / name).exists():
+                os.replace(staged / name, out / name)
+            else:
+                (out / name).unlink(missing_ok=True)  # a stale plot from an overwritten report
+        os.replace(staged / "report.md", out / "report.md")
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return [out / "report.md", *(out / p.name for p in drawn)]
