@@ -1,4 +1,4 @@
-"""What a multi-process run must reproduce: NCU covariances, Fisher diagonals and training losses.
+"""What a multi-process run must reproduce: NCU covariances, Fisher diagonals, training losses and weights.
 
 ``compute`` runs in the test process (one process) and under
 ``accelerate launch --config_file src/unsee/configs/accelerate/cpu.yaml tests/dist_worker.py MODEL WORLD OUT``
@@ -15,7 +15,7 @@ from helpers import worker_main
 
 from unsee import api
 from unsee.engine.trainer import Context, TrainConfig, make_streams, train
-from unsee.methods.baselines import GradDiff
+from unsee.methods.baselines import GradDiff, KLMin
 from unsee.methods.mmunlearner import fisher
 from unsee.methods.ncu import input_covariances
 from unsee.models import load_adapter
@@ -46,6 +46,13 @@ def compute(model_dir: Path, world_dir: Path, accelerator: Accelerator) -> dict[
     res = train(GradDiff(), adapter, suite, turns, cfg, accelerator=accelerator)
     out["losses"] = torch.tensor(res.losses)
     out["weights"] = torch.cat([p.detach().flatten()[:512] for p in params])
+
+    # KL's retain term is a mean over answer tokens, whose count differs between the two halves of a batch
+    adapter = load_adapter(model_dir)
+    res = train(KLMin(), adapter, suite, turns, TrainConfig(batch_size=4, seed=1, progress=False, lr=1e-3, max_steps=4),
+                accelerator=accelerator)
+    out["kl.losses"] = torch.tensor(res.losses)
+    out["kl.weights"] = torch.cat([m.weight.detach().flatten()[:512] for _, m in adapter.linear_modules("projector")])
     return out
 
 

@@ -217,6 +217,17 @@ def test_two_process_gloo_run_matches_one_process(model_dir: Path, world: Path, 
         torch.testing.assert_close(two[k], one[k], rtol=2e-4, atol=1e-6, msg=k)
 
 
+def test_a_batch_that_does_not_split_evenly_over_the_processes_is_refused_before_any_work(
+        model_dir: Path, world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unequal shares would weigh the rows of the smaller one more; a share of none would crash its process."""
+    monkeypatch.setattr(api, "load_adapter", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    for size in (4, 2):
+        with pytest.raises(ConfigError, match=f"batch_size {size} does not split evenly over 3 processes"):
+            api.unlearn("graddiff", model_dir, world, tmp_path / "o", overrides=[f"batch_size={size}"])
+    assert not (tmp_path / "o").exists()
+
+
 def test_unlearn_command_under_two_processes_writes_once(model_dir: Path, world: Path, tmp_path: Path) -> None:
     """`accelerate launch -m unsee.cli unlearn --audit`: the first process audits (its relearning trains in it
     alone) and writes one checkpoint, equal to a 1-process run."""

@@ -87,11 +87,14 @@ def launch_mixed_precision(accelerator: Any = None) -> str:
     return value.strip().lower() or "no"
 
 
-def check_launch(method: Any = None) -> None:
+def check_launch(method: Any = None, batch_size: int | None = None) -> None:
     """Refuse, in one line and before any model is loaded, a launch the engine would not honour.
 
-    ``method`` is a method object or name (None: only the launch itself is checked).
+    ``method`` is a method object or name (None: only the launch itself is checked); ``batch_size``,
+    the global batch it trains on, must split evenly over the processes.
     """
+    if batch_size is not None:
+        check_split(batch_size, launch_world())
     precision = launch_mixed_precision()
     if precision not in ("no", "bf16"):
         raise ConfigError(
@@ -117,6 +120,30 @@ def check_launch(method: Any = None) -> None:
         if reason:
             name = method if isinstance(method, str) else getattr(method, "name", "?")
             raise ConfigError(f"method {name!r} cannot run under FSDP ({reason}); launch it with {LAUNCHERS}")
+
+
+def launch_world() -> int:
+    """How many processes the launch started (1 without ``accelerate launch``), read before any model loads."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def check_split(batch_size: int, world: int) -> None:
+    """Each process takes an equal share of every global batch: with unequal shares the average of the
+    processes' mean losses would weigh the rows of a smaller share more than one process would."""
+    if batch_size % world:
+        raise ConfigError(f"batch_size {batch_size} does not split evenly over {world} processes; use a multiple "
+                          f"of {world} (and scale lr), so that the run does not depend on the process count")
+
+
+def batch_mean(total: torch.Tensor, count: torch.Tensor, world: int) -> torch.Tensor:
+    """``total / count`` over the whole global batch, where each process holds ``total`` and ``count`` of its
+    share: a token-level mean taken per process would weigh the tokens of a process with fewer more. The
+    engine averages the processes' gradients, so each process's part is scaled by the process count."""
+    if world == 1:
+        return total / count.clamp(min=1)
+    counted = count.detach().to(torch.float32).clone()
+    torch.distributed.all_reduce(counted)
+    return total * world / counted.clamp(min=1)
 
 
 def unshardable(method: Any) -> str:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from unsee.config import opt
+from unsee.engine.distributed import batch_mean
 from unsee.engine.trainer import Context
 from unsee.errors import ConfigError
 from unsee.methods.base import BaseMethod, nll, seq_nll
@@ -72,7 +73,7 @@ class KLMin(BaseMethod):
         kl = F.kl_div(
             torch.log_softmax(logits, -1), torch.log_softmax(ref_logits, -1), log_target=True, reduction="none"
         ).sum(-1)
-        kl = (kl * mask).sum() / mask.sum().clamp(min=1)
+        kl = batch_mean((kl * mask).sum(), mask.sum(), ctx.world)  # per token, over the whole batch
         return -f, self.cfg.kl_weight * kl, {"nll_f": f.item(), "kl_r": kl.item()}
 
 
