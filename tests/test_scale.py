@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from unsee import api
 from unsee.cli import main
-from unsee.data.collate import qa_turns
+from unsee.data.collate import Stream, qa_turns
 from unsee.data.schema import Suite
 from unsee.engine.prepare import apply_lora, frozen_copy
 from unsee.engine.trainer import TrainConfig, train, unique_images
@@ -226,6 +226,9 @@ def test_a_batch_that_does_not_split_evenly_over_the_processes_is_refused_before
         with pytest.raises(ConfigError, match=f"batch_size {size} does not split evenly over 3 processes"):
             api.unlearn("graddiff", model_dir, world, tmp_path / "o", overrides=[f"batch_size={size}"])
     assert not (tmp_path / "o").exists()
+    with pytest.raises(ConfigError, match="batch_size 4 does not split evenly over 3 processes"):
+        Stream(list(range(10)), 4, rank=0, world=3)  # the engine's own check, under whatever launched it
+    assert len(next(Stream(list(range(10)), 3, rank=0, world=1))) == 3  # one process alone (an audit) takes any
 
 
 def test_unlearn_command_under_two_processes_writes_once(model_dir: Path, world: Path, tmp_path: Path) -> None:

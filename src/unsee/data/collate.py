@@ -15,6 +15,7 @@ from PIL import Image
 
 from unsee.data.prompts import qa_prompt
 from unsee.data.schema import Example
+from unsee.errors import ConfigError
 from unsee.models.base import Turn
 
 _IMAGES: dict[tuple[int, int], Image.Image] = {}
@@ -74,6 +75,14 @@ def pack_turns(examples: Sequence[Example], size: int, rng: np.random.Generator,
     return turns
 
 
+def check_split(batch_size: int, world: int) -> None:
+    """Each process takes an equal share of every global batch: with unequal shares the average of the
+    processes' mean losses would weigh the rows of a smaller share more than one process would."""
+    if batch_size % world:
+        raise ConfigError(f"batch_size {batch_size} does not split evenly over {world} processes; use a multiple "
+                          f"of {world} (and scale lr), so that the run does not depend on the process count")
+
+
 class Stream:
     """An endless, seeded, reshuffled-every-epoch sequence of batches over a list of turns.
 
@@ -95,6 +104,7 @@ class Stream:
             raise ValueError(f"{len(lengths)} lengths for {len(turns)} turns")
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
+        check_split(batch_size, world)
         self.turns = list(turns)
         self.batch_size = batch_size
         self.gen = torch.Generator().manual_seed(seed)

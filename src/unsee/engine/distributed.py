@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from unsee.data.collate import check_split
 from unsee.errors import ConfigError
 
 LAUNCHERS = "src/unsee/configs/accelerate/ddp.yaml (or one process)"
@@ -125,14 +126,6 @@ def check_launch(method: Any = None, batch_size: int | None = None) -> None:
 def launch_world() -> int:
     """How many processes the launch started (1 without ``accelerate launch``), read before any model loads."""
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
-
-
-def check_split(batch_size: int, world: int) -> None:
-    """Each process takes an equal share of every global batch: with unequal shares the average of the
-    processes' mean losses would weigh the rows of a smaller share more than one process would."""
-    if batch_size % world:
-        raise ConfigError(f"batch_size {batch_size} does not split evenly over {world} processes; use a multiple "
-                          f"of {world} (and scale lr), so that the run does not depend on the process count")
 
 
 def batch_mean(total: torch.Tensor, count: torch.Tensor, world: int) -> torch.Tensor:
