@@ -227,8 +227,8 @@ def test_a_batch_that_does_not_split_evenly_over_the_processes_is_refused_before
             api.unlearn("graddiff", model_dir, world, tmp_path / "o", overrides=[f"batch_size={size}"])
     assert not (tmp_path / "o").exists()
     with pytest.raises(ConfigError, match="batch_size 4 does not split evenly over 3 processes"):
-        Stream(list(range(10)), 4, rank=0, world=3)  # the engine's own check, under whatever launched it
-    assert len(next(Stream(list(range(10)), 3, rank=0, world=1))) == 3  # one process alone (an audit) takes any
+        Stream(list(range(10)), 4, seed=0, rank=0, world=3)  # the engine's own check, under whatever launched it
+    assert len(next(Stream(list(range(10)), 3, seed=0, rank=0, world=1))) == 3  # one process alone (an audit) takes any
 
 
 def test_unlearn_command_under_two_processes_writes_once(model_dir: Path, world: Path, tmp_path: Path) -> None:
