@@ -175,3 +175,17 @@ def test_redistil_stops_when_its_distillation_diverges(trained_dir: Path, suite:
     assert len(calls) == 50
     after = {n: p.detach().clone() for n, p in load_adapter(trained_dir).model.named_parameters()}
     assert all(torch.equal(before[n], after[n]) for n in before)  # the input model is untouched
+
+
+def test_redistil_runs_on_bf16_weights_beside_the_null_space(trained_dir: Path, suite: Suite,
+                                                            turns: dict[str, list[Turn]]) -> None:
+    """NCU trains the linear weights in fp32 master copies and leaves the norms in bf16: the hardening, which
+    trains both, reads them under the run's autocast."""
+    adapter = load_adapter(trained_dir, dtype="bf16")
+    before = {n: p.detach().clone() for n, p in adapter.model.named_parameters()}
+    res = train(CVFNCU(CVFConfig(ncu_images=8, redistil_steps=3, redistil_batch=8)), adapter, suite, turns,
+                TrainConfig(lr=1e-3, max_steps=1, batch_size=2, progress=False, scope="visual"))
+    after = dict(adapter.model.named_parameters())
+    assert {p.dtype for p in after.values()} == {torch.bfloat16}
+    assert res.info["redistil"]["steps"] == 3 and np.isfinite(res.info["redistil"]["last_mse"])
+    assert any(not torch.equal(after[n], before[n]) for n in before if n.endswith(".bias"))

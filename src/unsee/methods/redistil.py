@@ -165,13 +165,15 @@ def redistil(ctx: Context, cfg: RedistilConfig, seed: int, forgotten: list) -> d
     for step in bar:
         sources, images = zip(*distil_batch(pools, cfg.redistil_batch, rng, cfg.redistil_earlier), strict=True)
         x = adapter.image_inputs(list(images))
-        with torch.no_grad():
-            target = teacher.visual_features(x)
-            if keep is not teacher:
-                kept = keep.visual_features(x)
-                # this request's forget photos are read by the forgotten model, all others by the start
-                target = [t if k == "forget" else r for k, t, r in zip(sources, target, kept, strict=True)]
-        loss = token_mse(adapter.visual_features(x), target)
+        # under the run's autocast: NCU's fp32 master weights sit beside bf16 norms, in the copies too
+        with torch.autocast(adapter.device.type, dtype=torch.bfloat16, enabled=ctx.autocast):
+            with torch.no_grad():
+                target = teacher.visual_features(x)
+                if keep is not teacher:
+                    kept = keep.visual_features(x)
+                    # this request's forget photos are read by the forgotten model, all others by the start
+                    target = [t if k == "forget" else r for k, t, r in zip(sources, target, kept, strict=True)]
+            loss = token_mse(adapter.visual_features(x), target)
         if not torch.isfinite(loss):
             raise TrainingError(f"hardening: the distillation loss is not finite at step {step}; the model is not "
                                 "kept. Lower redistil_lr.")
