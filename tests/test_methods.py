@@ -86,6 +86,25 @@ def test_mmunlearner_reports_mask_fraction(trained_dir: Path, suite: Suite, turn
     assert res.info["retain_steps_per_forget_step"] >= 1
 
 
+def test_mmunlearner_clips_the_whole_gradient_then_masks_it(trained_dir: Path, suite: Suite,
+                                                          turns: dict[str, list[Turn]],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its forget step's gradient is clipped to norm 1 and then masked, so the step it takes is shorter than 1
+    by what the mask removed; masked first, it would be scaled up to norm 1 from the salient weights alone."""
+    taken: list[float] = []
+    real = torch.optim.AdamW.step
+
+    def step(self: torch.optim.AdamW, *args: Any, **kw: Any) -> Any:
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        taken.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    adapter = load_adapter(trained_dir)
+    train(MMUnlearner(MMUnlearnerConfig(fisher_batches=1)), adapter, suite, turns, cfg(max_steps=1, lr=1e-4))
+    assert 0 < taken[0] < 0.999, taken  # the forget step: the raw gradient's norm is far above 1 here
+
+
 def test_a_lora_run_is_scored_as_it_ships(trained_dir: Path, suite: Suite, tmp_path: Path) -> None:
     """In bf16, LoRA factors held apart from the rounded weights scored another model than the merged one saved."""
     adapter = load_adapter(trained_dir, dtype="bf16")

@@ -25,6 +25,7 @@ class Constraints:
     projections: dict[nn.Parameter, torch.Tensor] = field(default_factory=dict)
     frozen: set[nn.Parameter] = field(default_factory=set)
     masks_on: bool = True
+    clip_first: bool = False  # the masks take the clipped gradient, not the one the clip measures
     _before: dict[nn.Parameter, torch.Tensor] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
@@ -40,12 +41,14 @@ class Constraints:
         self.frozen = set()
 
     @torch.no_grad()
-    def mask_gradients(self) -> None:
-        for p, m in self.masks.items() if self.masks_on else ():
+    def mask_gradients(self, after_clip: bool = False) -> None:
+        """Mask the gradients where the method asks: as soon as they are shared (the frozen ones are dropped
+        then), or with ``clip_first`` once they are clipped."""
+        for p, m in self.masks.items() if self.masks_on and after_clip == self.clip_first else ():
             if p.grad is not None:
                 g = local(p.grad)
                 g.mul_(m.to(g.dtype))
-        for p in self.frozen:
+        for p in self.frozen if not after_clip else ():
             p.grad = None
 
     def snapshot(self) -> None:

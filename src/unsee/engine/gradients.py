@@ -1,6 +1,6 @@
 """What the engine does to the gradients between the backward pass and the step.
 
-The mean over processes, the masks, and the second pass of a sharpness-aware step: kept apart
+The mean over processes, the masks, the clip and the second pass of a sharpness-aware step: kept apart
 from the training loop, which calls them in the same order for every method. Also the gradient
 after a simulated relearning, which a method's loss takes (``after_relearning``).
 """
@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from unsee.errors import TrainingError
+
 if TYPE_CHECKING:
     from unsee.engine.distributed import Sharded
     from unsee.engine.trainer import Context
@@ -23,6 +25,17 @@ def share_gradients(ctx: Context, params: list[nn.Parameter], sharded: Sharded |
     if ctx.world > 1 and sharded is None:
         average_gradients(params, ctx.world)
     ctx.constraints.mask_gradients()
+
+
+def clip_gradients(ctx: Context, params: list[nn.Parameter], name: str, step: int) -> None:
+    """Clip the gradient norm, then apply the masks a method asks to take the clipped gradient (MMUnlearner's
+    forget step: the whole gradient clipped to norm 1, then masked)."""
+    if ctx.cfg.grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, ctx.cfg.grad_clip)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        if not torch.isfinite(norm):
+            raise TrainingError(f"{name}: non-finite gradient at step {step}; the model is unchanged")
+    ctx.constraints.mask_gradients(after_clip=True)
 
 
 def uphill_backward(ctx: Context, params: list[nn.Parameter], direction: list[torch.Tensor | None],

@@ -31,7 +31,7 @@ from unsee.engine.checkpoint import (
 )
 from unsee.engine.constraints import Constraints
 from unsee.engine.distributed import Sharded, check_launch, fsdp_version, launch_mixed_precision
-from unsee.engine.gradients import share_gradients, uphill_backward
+from unsee.engine.gradients import clip_gradients, share_gradients, uphill_backward
 from unsee.engine.prepare import (
     LOW_PRECISION,
     adamw,
@@ -320,11 +320,7 @@ def _step(method: Method, ctx: Context, optimizer: torch.optim.Optimizer,
         uphill_backward(ctx, params, direction,
                         lambda: method.forget_loss(ctx, batch) if split else method.loss(ctx, batch)[0])
         share_gradients(ctx, params, sharded)
-    if cfg.grad_clip > 0:
-        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-        if not torch.isfinite(norm):
-            raise TrainingError(f"{method.name}: non-finite gradient at step {step}; the model is unchanged")
+    clip_gradients(ctx, params, method.name, step)
     if ctx.constraints:
         ctx.constraints.snapshot()
     optimizer.step()

@@ -86,7 +86,7 @@ class MMUnlearner(BaseMethod):
         for p in ctx.adapter.model.parameters():
             if p.requires_grad and p not in masks:
                 masks[p] = torch.zeros_like(p, dtype=torch.bool)
-        ctx.constraints.masks = masks
+        ctx.constraints.masks, ctx.constraints.clip_first = masks, True  # a forget step clips, then masks
         linear = set(linear_weights(ctx.adapter, ("vision", "projector", "language")))
         ctx.info["mask_fraction"] = masked_fraction({p: m for p, m in masks.items() if p in linear})
         self.ratio = max(1, min(self.cfg.max_retain_ratio, len(s["retain"]) // max(1, len(s["forget"]))))
