@@ -164,3 +164,14 @@ def test_interval_over_people_is_wider_when_a_person_fails_as_a_whole() -> None:
     assert metrics.cluster_bootstrap_ci(values, people) == by_people  # seeded
     with pytest.raises(metrics.UnseeError, match="cluster labels"):
         metrics.cluster_bootstrap_ci(values, people[:3])
+
+
+@pytest.mark.parametrize("values", [[1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.5] * 7])
+def test_an_interval_always_holds_the_accuracy_it_surrounds(values: list[float]) -> None:
+    """One person's items resample as one: the interval is the point 2/3, which rounded to the nearest
+    (0.6667) would leave the accuracy out."""
+    from unsee.eval import metrics
+
+    mean = sum(values) / len(values)
+    for low, high in (metrics.cluster_bootstrap_ci(values, ["p"] * len(values)), metrics.bootstrap_ci(values)):
+        assert 0 <= low <= mean <= high <= 1, (low, mean, high)

@@ -251,11 +251,13 @@ def cluster_bootstrap_ci(values: Sequence[float], clusters: Sequence[str], *, n_
 
 
 def _percentiles(means: Any, level: float) -> list[float]:
-    """The central ``level`` interval of bootstrap means, rounded to 4 places."""
+    """The central ``level`` interval of bootstrap means, rounded outwards to 4 places: rounded to the
+    nearest, a point interval (one person) could leave out the accuracy it surrounds."""
     import numpy as np
 
     tail = (1 - level) / 2
-    return [round(float(np.quantile(means, tail)), 4), round(float(np.quantile(means, 1 - tail)), 4)]
+    low, high = float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+    return [max(0.0, math.floor(low * 1e4 + 1e-9) / 1e4), min(1.0, math.ceil(high * 1e4 - 1e-9) / 1e4)]
 
 
 def auc(members: Sequence[float], non_members: Sequence[float]) -> float:
