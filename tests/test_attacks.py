@@ -65,6 +65,40 @@ def test_attack_reports_its_numbers_and_leaves_the_model_alone(kind: str, adapte
         assert [len(r["seen"]) for r in out["splits"]] == [1, 1]
         assert {r["seen"][0] for r in out["splits"]} == set(suite.forget_entities)
         assert out["ag"] == pytest.approx(sum(r["ag"] for r in out["splits"]) / 2, abs=0.01)
+        # rounded once, from the exact gains: rounding the halves first moved the mean by a hundredth
+        exact = [100 * (r["unseen_after"] - r["unseen_before"]) for r in out["splits"]]
+        assert out["ag"] == round(sum(exact) / len(exact), 2)
+        assert (out["ag_min"], out["ag_max"]) == (round(min(exact), 2), round(max(exact), 2))
+
+
+def test_the_relearning_gain_is_rounded_once_from_the_exact_gains(adapter: HFAdapter, suite: Suite,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two halves losing one and two items of nine: gains -11.11... and -22.22..., whose mean is -16.67; the
+    halves rounded first gave -16.66, and ``ag`` then disagreed with its own before and after figures."""
+    p0, p1 = suite.forget_entities[:2]
+    pool = [e for e in attacks.image_mcq(suite, "forget") if e.entity in (p0, p1)]
+    scripted = iter([{}, {p1: 1}, {p0: 2}])  # per person, how many of their items each pass gets wrong
+
+    def answers(model: Any, items: list) -> list[bool]:
+        wrong, seen, out = next(scripted), dict.fromkeys((p0, p1), 0), []
+        for e in items:
+            seen[e.entity] += 1
+            out.append(seen[e.entity] > wrong.get(e.entity, 0))
+        return out
+
+    n = {p: sum(e.entity == p for e in pool) for p in (p0, p1)}
+    monkeypatch.setattr(attacks, "image_mcq", lambda s, g: pool)
+    monkeypatch.setattr(attacks, "mcq_loglik", answers)
+    monkeypatch.setattr(attacks, "train", lambda *a, **k: None)
+    monkeypatch.setattr(attacks, "trainable_copy", lambda a: a)
+    monkeypatch.setattr(attacks, "relearn_splits", lambda people, k, seed: [({p0}, {p1}), ({p1}, {p0})])
+    out = attacks.relearn(adapter, suite, FAST)
+    exact = [-100 / n[p1], -200 / n[p0]]
+    assert [r["ag"] for r in out["splits"]] == [round(g, 2) for g in exact]
+    assert out["ag"] == round(sum(exact) / 2, 2) and (out["ag_min"], out["ag_max"]) == (round(exact[1], 2),
+                                                                                          round(exact[0], 2))
+    if n[p0] == n[p1] == 9:
+        assert out["ag"] == -16.67
 
 
 def test_relearn_splits_are_distinct_halves_that_see_everyone() -> None:

@@ -118,7 +118,7 @@ def relearn(adapter: Adapter, suite: Suite, cfg: AttackConfig, artifact: Artifac
         run: dict[str, Any] = {f"{k}_{when}": accuracy(ok, people)
                                for when, ok in (("before", before), ("after", after)) for k, people in halves.items()}
         run["ag"] = None if None in (run["unseen_after"], run["unseen_before"]) else \
-            round(100 * (run["unseen_after"] - run["unseen_before"]), 2)
+            100 * (run["unseen_after"] - run["unseen_before"])
         runs.append({**run, "seen": sorted(seen), "repeat": repeat,
                      **{f"n_{k}": sum(e.entity in people for e in pool) for k, people in halves.items()}})
     out: dict[str, Any] = {}
@@ -126,7 +126,9 @@ def relearn(adapter: Adapter, suite: Suite, cfg: AttackConfig, artifact: Artifac
         values = [r[key] for r in runs if r[key] is not None]
         out[key] = round(sum(values) / len(values), 4 if key != "ag" else 2) if values else None
     gains = [r["ag"] for r in runs if r["ag"] is not None]
-    out["ag_min"], out["ag_max"] = (min(gains), max(gains)) if gains else (None, None)
+    out["ag_min"], out["ag_max"] = (round(min(gains), 2), round(max(gains), 2)) if gains else (None, None)
+    for r in runs:  # rounded once each figure is taken from the exact gains
+        r["ag"] = None if r["ag"] is None else round(r["ag"], 2)
     half = len(runs[0]["seen"])
     return {**out, "splits": runs, "repeats": cfg.relearn_repeats, "n_seen": sum(r["n_seen"] for r in runs),
             "n_unseen": sum(r["n_unseen"] for r in runs), "people_seen": half,
