@@ -268,6 +268,14 @@ def test_model_card() -> None:
     assert "unsee 0.1.0" in card
 
 
+def test_model_card_shows_a_small_audit_setting_as_it_is() -> None:
+    """A learning rate of 1e-4 or a p-value of 8e-5 read 0.000 at three places."""
+    card = model_card(CVF | {"attacks": {"relearn": {"lr": 1e-4, "ag": 0.0}, "mia": {"forget_quality": 8.3e-5}}},
+                      VANILLA, base_model="m", base_hash="h", forgotten=["p"], audits=None)
+    assert "| relearn | lr | 0.0001 |" in card and "| mia | forget_quality | 8.3e-05 |" in card
+    assert "| relearn | ag | 0.000 |" in card
+
+
 def test_model_card_without_vanilla_or_audits() -> None:
     card = model_card(
         GA | {"attacks": None}, None, base_model="m", base_hash="h", forgotten=["e1"], audits={}

@@ -248,7 +248,9 @@ def _audit_rows(audits: Mapping[str, Any]) -> list[str]:
     def shown(value: Any) -> str:
         if value is None:
             return DASH
-        text = f"{value:.3f}" if isinstance(value, float) else yaml.safe_dump(value, default_flow_style=True).strip()
+        if isinstance(value, float):  # a learning rate or a p-value is small, not zero
+            return f"{value:.3f}" if value == 0 or abs(value) >= 0.01 else f"{value:.2g}"
+        text = yaml.safe_dump(value, default_flow_style=True).strip()
         return text.removesuffix("\n...")
 
     for audit, figures in audits.items():
