@@ -101,6 +101,26 @@ def test_eval_on_the_builtin_world_writes_samples_that_agree(world: Path, model_
                for g in run["metrics"] for t in ("mcq", "cloze", "gen")) == 2
 
 
+def test_what_evaluate_returns_is_what_it_wrote(world: Path, model_dir: Path, tmp_path: Path) -> None:
+    """With its samples record, so that load_samples can check the file beside it against the returned results."""
+    out = tmp_path / "eval.json"
+    returned = api.evaluate(model_dir, world, out, max_items=2, max_new_tokens=2)
+    assert returned == load_results(out) and returned["samples"]["file"] == samples_path(out).name
+    assert load_samples(out, returned) == load_samples(out) != []
+
+
+def test_a_run_that_measured_no_cost_is_not_shown_as_spending_none(tmp_path: Path) -> None:
+    """The vanilla row of a run and a run an attack makes carry zeros; read as measured, they said 0 MiB."""
+    suite = Suite(name="builtin", groups={}, info={"benchmark": "builtin"})
+    vanilla = api.make_run("vanilla", {"forget": {"mcq": 1.0, "n": 3}}, model="m", suite=suite, forget="forget_10",
+                           seed=0)
+    assert vanilla["cost"]["covers"] == "nothing"
+    write_results(tmp_path / "results.json", new_results([vanilla]))
+    write_report([tmp_path / "results.json"], tmp_path)
+    (row,) = [r for r in (tmp_path / "report.md").read_text().splitlines() if r.startswith("| vanilla |")]
+    assert row.endswith("| \u2014 | \u2014 | \u2014 | \u2014 |")
+
+
 @pytest.mark.parametrize("kind", sorted(FIXTURES))
 def test_official_protocol_on_each_hub_layout(kind: str, tiny_models: Any, tmp_path: Path) -> None:
     write, forget = FIXTURES[kind]

@@ -40,7 +40,6 @@ from unsee.eval.results import (
     samples_path,
     seed_summary,
     strip_samples,
-    strip_samples_all,
     write_results,
 )
 from unsee.finetune_bench import finetune_benchmark, retrain_benchmark
@@ -219,9 +218,8 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
                    steering=str(steering) if steering else None, model_hash=adapter.fingerprint())
     if run["steering"] is None:
         run.pop("steering")
-    res = new_results([run])
-    write_results(out, res, overwrite=overwrite)
-    return strip_samples_all(res)
+    write_results(out, new_results([run]), overwrite=overwrite)
+    return load_results(out)  # as written: with the record of its samples.jsonl, which load_samples checks
 
 
 def report(results: Sequence[str | Path], out: str | Path, *, overwrite: bool = False) -> Path:

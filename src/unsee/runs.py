@@ -228,7 +228,7 @@ def make_run(method: str, metrics: dict | Evaluation, *, model: str, suite: Suit
         "mcq_protocol": "loglik", "metrics": metrics,
         **({"data": suite.info["data"]} if "data" in suite.info else {}),
         "cost": cost or {"wall_s": 0.0, "peak_rss_bytes": 0, "peak_gpu_bytes": None, "trainable_params": 0,
-                         "optimizer_state_bytes": 0},
+                         "optimizer_state_bytes": 0, "covers": "nothing"},
         **scored,
         **extra,
     }

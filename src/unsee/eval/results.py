@@ -58,9 +58,11 @@ COST_SCHEMA: dict[str, Any] = {
         "peak_gpu_bytes": {"type": ["integer", "null"], "minimum": 0},
         "trainable_params": _COUNT,
         "optimizer_state_bytes": _COUNT,
-        "covers": {"enum": ["unlearning", "evaluation"],
-                   "description": "what was measured: the unlearning (the default) or, for a model only "
-                                  "evaluated (unsee eval), the evaluation, which no report reads as a method's cost"},
+        "covers": {"enum": ["unlearning", "evaluation", "nothing"],
+                   "description": "what was measured: the unlearning (the default); for a model only evaluated "
+                                  "(unsee eval), the evaluation; for a run that measured no cost (the vanilla row "
+                                  "of a run, a run an attack made), nothing. No report reads the last two as a "
+                                  "method's cost"},
     },
 }
 
@@ -294,11 +296,6 @@ def sample_lines(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def strip_samples(run: Mapping[str, Any]) -> dict[str, Any]:
     """A run without its item records: what results.json and run.json hold."""
     return {k: v for k, v in run.items() if k != SAMPLES_KEY}
-
-
-def strip_samples_all(res: Mapping[str, Any]) -> dict[str, Any]:
-    """A results object as written to disk: without the item records its runs carried."""
-    return {**res, "runs": [strip_samples(r) for r in res["runs"]]}
 
 
 def write_results(path: str | Path, obj: Mapping[str, Any], *, overwrite: bool = False) -> Path:
