@@ -328,6 +328,45 @@ def test_recipes_belong_to_their_data(roots: dict[str, Path], tmp_path: Path,
     assert "scope 'everything' is not one of" in err
 
 
+def test_the_reference_of_a_benchmark_vanilla_is_found_from_anywhere_and_only_for_it(
+        roots: dict[str, Path], tiny_models: TinyModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The base model is recorded whole, so retrain and the audits find it from another folder; found at another
+    thread count; refused once the base's weights change; and a reference of another benchmark is refused."""
+    import torch
+
+    shutil.copytree(tiny_models.dir("tiny-llava"), tmp_path / "base")
+    cache, data = tmp_path / "cache", roots["mllmu"]
+    monkeypatch.chdir(tmp_path)
+    rc, out = run_cli(["finetune", "--model", "base", "--out", "vanilla", "--data", str(data), "--cache-dir",
+                       str(cache), *FAST], capsys)
+    assert rc == 0, out
+    assert json.loads((tmp_path / "vanilla" / "unsee_vanilla.json").read_text())["base_model"] == \
+        str(tmp_path / "base")
+    monkeypatch.chdir(tmp_path / "cache")
+    rc, out = run_cli(["retrain", "--model", str(tmp_path / "vanilla"), "--out", str(tmp_path / "retrained"),
+                       "--data", str(data), "--cache-dir", str(cache)], capsys)
+    assert rc == 0, out
+    found = find_reference(None, tmp_path / "vanilla", data, "forget_10", cache)
+    assert found is not None
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3 - min(threads, 2))  # trained at this process's count; looked up at another
+        assert find_reference(None, tmp_path / "vanilla", data, "forget_10", cache) == found
+    finally:
+        torch.set_num_threads(threads)
+    other = Path(shutil.copytree(tmp_path / "retrained", tmp_path / "clear_ref"))
+    record = json.loads((other / "unsee_retrained.json").read_text())
+    (other / "unsee_retrained.json").write_text(json.dumps({**record, "benchmark": "clear", "forget": "forget10"}))
+    with pytest.raises(DataError, match="retrained on clear, and this run measures mllmu"):
+        find_reference(other, tmp_path / "vanilla", data, "forget_10")
+    api.init_model("tiny-llava", tmp_path / "base", seed=7, overwrite=True)  # other weights under its name
+    assert find_reference(None, tmp_path / "vanilla", data, "forget_10", cache) is None
+    err = one_line_error(["retrain", "--model", str(tmp_path / "vanilla"), "--out", str(tmp_path / "r2"), "--data",
+                          str(data), "--cache-dir", str(cache)], capsys)
+    assert "is no longer the model" in err
+
+
 def test_retrain_needs_a_benchmark_vanilla(roots: dict[str, Path], tiny_models: TinyModels, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     err = one_line_error(["retrain", "--model", str(tiny_models.dir("tiny-llava")), "--data", str(roots["umu"]),

@@ -19,7 +19,7 @@ from unsee.errors import ConfigError, DataError, ModelError
 from unsee.finetune import cache_root, read_vanilla_record, stage_done
 from unsee.models import model_fingerprint
 from unsee.models.base import SCOPES, Turn
-from unsee.stage_keys import BENCHMARK, batch_adapter, turns_fingerprint
+from unsee.stage_keys import BENCHMARK, batch_adapter, thread_counts, turns_fingerprint
 
 RECIPES = ("mllmu", "clear", "umu")
 WORLD_RECIPES = ("default", "quick")
@@ -68,11 +68,13 @@ def load_recipe(kind: str, config: str | Path | dict | None, overrides: Any = ()
     return load_config(BenchFinetuneConfig, kind if config is None else config, overrides, kind="finetune")
 
 
-def _key(model: str | Path, turns: list[Turn], split: str, cfg: BenchFinetuneConfig, forget: str | None) -> str:
+def _key(model: str | Path, turns: list[Turn], split: str, cfg: BenchFinetuneConfig, forget: str | None,
+         threads: int | None = None) -> str:
     """The cache key :data:`unsee.stage_keys.BENCHMARK` declares: the base model's weights, the
-    recipe, the turns as the model's processor batches them, the split and the forget set."""
+    recipe, the turns as the model's processor batches them, the split and the forget set (``threads``:
+    another CPU thread count than this process's)."""
     return BENCHMARK.key(to_dict(cfg), weights=model_fingerprint(model),
-                         data=turns_fingerprint(batch_adapter(model), turns), extra=[split, forget])
+                         data=turns_fingerprint(batch_adapter(model), turns), extra=[split, forget], threads=threads)
 
 
 def check_world_recipe(config: Any) -> None:
@@ -112,9 +114,9 @@ def training_pairs(ref: DataRef, kind: str, cfg: BenchFinetuneConfig, forget: st
 
 
 def cache_entry(model: Path, pairs: Pairs, kind: str, cfg: BenchFinetuneConfig, forget: str | None,
-                cache_dir: str | Path | None = None) -> Path:
+                cache_dir: str | Path | None = None, *, threads: int | None = None) -> Path:
     """Where the fine-tune of ``model`` on ``pairs`` is cached (the retrained reference with ``forget``)."""
-    key = _key(model, pairs.turns, pairs.split, cfg, forget)
+    key = _key(model, pairs.turns, pairs.split, cfg, forget, threads)
     return cache_root(cache_dir) / "{}-{}-{}".format("retrained" if forget else "vanilla", kind, key)
 
 
@@ -130,10 +132,16 @@ def vanilla_record(vanilla: str | Path, ref: DataRef, kind: str | None = None) -
     split = meta.get("split", "")
     if data_fingerprint(ref.path, [split]) != meta.get("split_fingerprint"):
         raise DataError(f"{vanilla} was fine-tuned on other {split} files than those in {ref.source}")
-    if not Path(str(meta.get("base_model", ""))).exists():
+    base = Path(str(meta.get("base_model", "")))
+    if not base.is_absolute():  # recorded by an older unsee as given: relative to where it ran
+        base = Path(vanilla).resolve().parent / base
+    if not base.exists():
         raise ModelError(f"the base model {meta.get('base_model')} that {vanilla} was fine-tuned from is gone; the "
                          "retrained reference starts from it")
-    return meta
+    if meta.get("base_fingerprint") not in (None, model_fingerprint(base)):
+        raise ModelError(f"{base} is no longer the model {vanilla} was fine-tuned from (its weights changed); the "
+                         "retrained reference must start from the same weights")
+    return {**meta, "base_model": str(base)}
 
 
 def cached_benchmark_reference(vanilla: str | Path, data: str | Path | DataRef, forget: str,
@@ -148,5 +156,10 @@ def cached_benchmark_reference(vanilla: str | Path, data: str | Path | DataRef, 
         pairs = training_pairs(ref, kind, cfg, forget)
     except (ModelError, DataError):  # not unsee's fine-tune, other data, no such split or none of its photos
         return None
-    entry = cache_entry(Path(meta["base_model"]), pairs, kind, cfg, forget, cache_dir)
-    return entry if stage_done(entry) else None
+    # a stage's key holds the thread count it trained at: one trained at another (one thread a process under
+    # `accelerate launch`) is the same recipe's reference, and is found too, as the built-in world's is
+    for threads in thread_counts():
+        entry = cache_entry(Path(meta["base_model"]), pairs, kind, cfg, forget, cache_dir, threads=threads)
+        if stage_done(entry):
+            return entry
+    return None

@@ -125,8 +125,8 @@ def local_model(model: str | Path) -> Path:
     base model to start from again.
     """
     path = Path(model).expanduser()
-    if path.is_dir():
-        return path
+    if path.is_dir():  # recorded whole: the retrained reference starts from it, from whatever folder it runs
+        return path.resolve()
     if path.exists() or not is_hub_id(str(model)):
         raise ModelError(f"base model {model} is neither a model folder nor a hub model id (owner/name)")
     from huggingface_hub import snapshot_download

@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from unsee.config import load_config, to_dict
 from unsee.data.mllmu import load_mllmu
@@ -44,7 +41,7 @@ from unsee.finetune import (
 from unsee.io import atomic_dir, check_output_dir
 from unsee.models import load_adapter
 from unsee.models.base import Adapter, Turn, model_fingerprint
-from unsee.stage_keys import RETRAINED, RETRAINED_KNOWN, batch_adapter, turns_fingerprint
+from unsee.stage_keys import RETRAINED, RETRAINED_KNOWN, batch_adapter, thread_counts, turns_fingerprint
 
 RETRAINED_FILE = "unsee_retrained.json"
 
@@ -156,9 +153,7 @@ def cached_reference(vanilla: str | Path, data: str | Path, forget: str,
     launch`` runs one thread: a reference trained at another count (a power of two up to the
     machine's cores) is the same recipe's reference, and is found too."""
     vanilla, data = Path(vanilla), Path(data)
-    now, cores = torch.get_num_threads(), os.cpu_count() or 1
-    others = [] if torch.cuda.is_available() else [2 ** i for i in range(cores.bit_length()) if 2 ** i <= cores]
-    for threads in dict.fromkeys([now, *others, cores] if others else [now]):
+    for threads in thread_counts():
         try:
             plan = _plan(_vanilla_record(vanilla, data), cache_root(cache_dir), data, forget, threads)
         except (DataError, ModelError):  # another world, no cached stages, no such split or none with photos

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,16 @@ class StageKey:
         environment (and ``extra``); ``threads`` names another CPU thread count than this process's."""
         return content_hash(self.name, self.version, {k: recipe[k] for k in self.options}, weights, data,
                             numerics(threads), extra)
+
+
+def thread_counts() -> list[int]:
+    """The CPU thread counts a cached stage may have trained at, this process's first: a stage's key holds
+    its count, and a process under ``accelerate launch`` runs one thread, so a lookup (a reference for an
+    audit) tries each power of two up to the machine's cores, and the cores. On a GPU, this process's."""
+    now, cores = torch.get_num_threads(), os.cpu_count() or 1
+    if torch.cuda.is_available():
+        return [now]
+    return list(dict.fromkeys([now, *(2 ** i for i in range(cores.bit_length()) if 2 ** i <= cores), cores]))
 
 
 def numerics(threads: int | None = None) -> dict[str, Any]:

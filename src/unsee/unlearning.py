@@ -35,6 +35,7 @@ from unsee.report import model_card
 from unsee.retrain import RETRAINED_FILE, cached_reference
 from unsee.runs import (
     deployed_artifact,
+    detect_benchmark,
     evaluation,
     jsonable,
     load_suite,
@@ -132,7 +133,7 @@ def find_reference(reference: str | Path | None, base: str | Path | None, data: 
         if not (path / "config.json").is_file():
             raise ModelError(f"the reference {path} is not a model directory (no config.json)")
         check_model_dir(path)  # it loads after the unlearning has trained: a broken one is refused before
-        check_reference(path, forget)
+        check_reference(path, forget, detect_benchmark(data, None, revision))
         return path
     if base is None:
         return None
@@ -141,10 +142,10 @@ def find_reference(reference: str | Path | None, base: str | Path | None, data: 
     return cached_reference(base, data, forget, cache_dir)
 
 
-def check_reference(path: Path, forget: str) -> None:
-    """A reference given by hand is the model that never saw ``forget``'s photos, or its figures
-    mislead: one that ``unsee retrain`` made for another split is refused; one made elsewhere
-    is used, and the run says that nothing checks it."""
+def check_reference(path: Path, forget: str, benchmark: str) -> None:
+    """A reference given by hand is the model that never saw ``forget``'s photos of ``benchmark``, or its
+    figures mislead: one that ``unsee retrain`` made for another benchmark or split is refused; one made
+    elsewhere is used, and the run says that nothing checks it."""
     record = path / RETRAINED_FILE
     if not record.is_file():
         print(f"unsee: {path} has no {RETRAINED_FILE}, so nothing says it never saw {forget}'s photos; its figures "
@@ -155,6 +156,10 @@ def check_reference(path: Path, forget: str) -> None:
         made, kind = meta.get("forget"), meta.get("benchmark")
     except (OSError, ValueError, AttributeError) as e:
         raise DataError(f"{record} cannot be read ({e})") from None
+    made_on = kind or ("builtin" if "world" in meta else None)  # the built-in world's record names its world
+    if made_on is not None and made_on != benchmark:
+        raise DataError(f"the reference {path} was retrained on {made_on}, and this run measures {benchmark}: its "
+                        f"figures would be another benchmark's; build the reference with `unsee retrain` on this data")
     if not isinstance(made, str) or split_name(kind, made) != split_name(kind, forget):  # CLEAR: forget_5 is forget05
         raise DataError(f"the reference {path} was retrained without {made}'s photos, and this run forgets {forget}: "
                         f"its figures would be another split's; build the reference with `unsee retrain ... --forget "
