@@ -524,3 +524,18 @@ def test_quant_against_the_same_model_in_bf16_finds_no_weight_changed(adapter: H
     found = api.attack("quant", Path(adapter.source), world, tmp_path / "q.json", forget="forget_15",
                        vanilla=Path(adapter.source), dtype="bf16", overrides=["quant_bits=[4]", "quant_max_items=2"])
     assert found["quant"]["linears"] > 0 and found["quant"]["linears_changed"] == 0
+
+
+def test_quant_compares_a_model_saved_in_bf16_with_its_base_at_that_precision(adapter: HFAdapter, world: Path,
+                                                                             tmp_path: Path) -> None:
+    """Unlearned in bf16, saved in bf16 and loaded in fp32 (no --dtype): against its fp32 base every linear read
+    as changed, and the "changed" scope became all of them."""
+    model = load_adapter(Path(adapter.source), dtype="bf16")
+    name, linear = next((n, m) for n, m in model.model.named_modules() if n.endswith("mm_projector.linear_1")
+                        or n.endswith("multi_modal_projector.linear_1"))
+    with torch.no_grad():
+        linear.weight.add_(0.5)
+    model.save(tmp_path / "bf16")
+    found = api.attack("quant", tmp_path / "bf16", world, tmp_path / "q.json", forget="forget_15",
+                       vanilla=Path(adapter.source), overrides=["quant_bits=[4]", "quant_max_items=2"])
+    assert found["quant"]["linears_changed"] == 1, name

@@ -395,3 +395,21 @@ def test_a_stage_stopped_while_it_is_saved_keeps_its_checkpoint(world: Path, mod
                     overrides=[*RECIPE[:-1], "ft_steps=4", "checkpoint_every=2"])
     assert has_checkpoint(next(cache.glob("stage3-*.partial")))
     assert not list(cache.glob("stage2-*.partial"))  # a stage saved has none left
+
+
+def test_a_hub_model_is_taught_the_world_from_its_snapshot(model: Path, world: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub id is fetched to a folder first, as a benchmark's fine-tune does: stage 2's key holds its weights,
+    where it held the hash of nothing, which named every hub model alike."""
+    import huggingface_hub
+
+    snapshots = {"fake/a": model, "fake/b": tmp_path / "b"}
+    init_model("tiny-llava", snapshots["fake/b"], world=world, seed=7)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, **kw: str(snapshots[repo]))
+    assert ft.local_model("fake/b") == snapshots["fake/b"]
+    cfg = load_config(ft.FinetuneConfig, "quick", kind="finetune")
+    keys = {repo: ft.vanilla_stages(ft.local_model(repo), world, cfg, tmp_path / "cache").stage2.name
+            for repo in snapshots}
+    assert keys["fake/a"] != keys["fake/b"]
+    monkeypatch.chdir(model.parent)
+    assert ft.local_model(model.name) == model.resolve()  # a folder is recorded whole

@@ -543,6 +543,67 @@ def test_pickle_weights_refused_unless_allowed(tiny_models: TinyModels, tmp_path
     assert_same_weights(adapter.model, tiny_models.adapter("tiny-llava").model)
 
 
+def test_pickle_weights_are_fingerprinted_by_their_bytes(tiny_models: TinyModels, tmp_path: Path) -> None:
+    """A fingerprint of config.json alone named two pickle checkpoints with other weights alike."""
+    weights = load_file(tiny_models.dir("tiny-llava") / "model.safetensors")
+    prints = []
+    for shift in (0.0, 1.0):
+        copy = Path(shutil.copytree(tiny_models.dir("tiny-llava"), tmp_path / f"pickled{shift}"))
+        name = next(k for k in weights if k.endswith("q_proj.weight"))
+        torch.save({**weights, name: weights[name] + shift}, copy / "pytorch_model.bin")
+        (copy / "model.safetensors").unlink()
+        prints.append(model_fingerprint(copy))
+    assert prints[0] != prints[1]
+    beside = Path(shutil.copytree(tiny_models.dir("tiny-llava"), tmp_path / "both"))
+    shutil.copy(tmp_path / "pickled1.0" / "pytorch_model.bin", beside)  # safetensors load, and name the model
+    assert model_fingerprint(beside) == model_fingerprint(tiny_models.dir("tiny-llava"))
+    with pytest.raises(ModelError, match="owner/name is not a model folder"):
+        model_fingerprint("owner/name")  # a hub id: the hash of nothing named every one of them alike
+
+
+@pytest.mark.parametrize("case", ["missing_shard", "no_processor", "peft_adapter", "no_chat_template",
+                                  "no_tokenizer_config"])
+def test_a_model_folder_that_cannot_load_is_refused_by_its_check(case: str, tiny_models: TinyModels,
+                                                                 tmp_path: Path) -> None:
+    """The retrained reference loads after the unlearning has trained: what would stop its load is refused when
+    it is checked, before any work, in one line."""
+    source = tiny_models.dir("tiny-llava")
+    copy = tmp_path / "m"
+    if case == "missing_shard":
+        tiny_models.adapter("tiny-llava").model.save_pretrained(copy, max_shard_size="2MB")
+        for f in source.iterdir():
+            if not f.name.startswith("model"):
+                shutil.copy(f, copy)
+        shards = sorted(copy.glob("model-*.safetensors"))
+        assert len(shards) > 1
+        shards[-1].unlink()
+    else:
+        shutil.copytree(source, copy)
+    if case == "no_processor":
+        for name in ("processor_config.json", "preprocessor_config.json"):
+            (copy / name).unlink(missing_ok=True)
+    if case == "peft_adapter":
+        (copy / "model.safetensors").rename(copy / "adapter_model.safetensors")
+        (copy / "adapter_config.json").write_text("{}")
+    if case == "no_chat_template":
+        (copy / "chat_template.jinja").unlink(missing_ok=True)
+        for name in ("tokenizer_config.json", "processor_config.json"):
+            config = json.loads((copy / name).read_text())
+            config.pop("chat_template", None)
+            (copy / name).write_text(json.dumps(config))
+    if case == "no_tokenizer_config":
+        (copy / "tokenizer_config.json").unlink()
+        with pytest.raises(ModelError, match="neither a pad nor an end token"):
+            load_adapter(copy)
+        return
+    expected = {"missing_shard": "lacks the weight shard", "no_processor": "holds no image processor",
+                "peft_adapter": "is a PEFT adapter", "no_chat_template": "has no chat template"}[case]
+    with pytest.raises(ModelError, match=expected):
+        check_model_dir(copy)
+    with pytest.raises(ModelError, match=expected):
+        load_adapter(copy)
+
+
 @pytest.mark.parametrize(
     ("model_type", "message"),
     [("no_such_type", "cannot read the config"), ("llama", "unknown model type 'llama'")],

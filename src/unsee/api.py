@@ -23,7 +23,7 @@ from unsee import finetune as _finetune
 from unsee import retrain as _retrain
 from unsee.attacked import add_attacks, attacked_run, check_attacked_run
 from unsee.audit.attacks import ATTACKS
-from unsee.audit.quant import changed_linears, weight_digests
+from unsee.audit.quant import changed_linears, saved_dtype, weight_digests
 from unsee.bench_recipe import check_world_recipe
 from unsee.config import ConfigError
 from unsee.data import world as _world
@@ -464,8 +464,9 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     precision = adapter.dtype  # the changed weights are found by their bytes
     before = load_adapter(vanilla, allow_pickle=allow_pickle, dtype=precision) if vanilla is not None else None
     changed = None
-    if before is not None and "quant" in kinds:
-        changed = changed_linears(weight_digests(before), adapter)
+    if before is not None and "quant" in kinds:  # compared at the precision the attacked model was saved in
+        stored = saved_dtype(model) if Path(model).is_dir() else None
+        changed = changed_linears(weight_digests(before, stored), adapter, stored)
     found = audit_adapter(adapter, suite, kinds=kinds, steering=steering, vanilla=before, seed=seed,
                           overrides=overrides, changed=changed, reference=ref_path, cache_dir=cache_dir)
     if existing is not None:

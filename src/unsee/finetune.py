@@ -35,6 +35,7 @@ from unsee.data.augment import augment
 from unsee.data.collate import pack_turns
 from unsee.data.identity import Identity
 from unsee.data.mllmu import load_mllmu
+from unsee.data.parquet import is_hub_id
 from unsee.data.schema import Example, Suite
 from unsee.data.world import load_world_info, world_pretrain_identities
 from unsee.engine.checkpoint import remove_checkpoint
@@ -369,6 +370,28 @@ def vanilla_stages(model: str | Path, data: str | Path, cfg: FinetuneConfig, cac
                          base_fp)
 
 
+def local_model(model: str | Path) -> Path:
+    """A local model directory, or a hub model id fetched into the hub cache (weights, config, processor).
+
+    A local copy gives the run a fingerprint of its weights and the retrained reference a
+    base model to start from again.
+    """
+    path = Path(model).expanduser()
+    if path.is_dir():  # recorded whole: the retrained reference starts from it, from whatever folder it runs
+        return path.resolve()
+    if path.exists() or not is_hub_id(str(model)):
+        raise ModelError(f"base model {model} is neither a model folder nor a hub model id (owner/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(model), allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
+                                                                  "*.jinja", "*.tiktoken"]))
+    except Exception as e:  # offline, unknown id, network: all need the user's action
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelError(f"cannot fetch hub model {model} ({first}); download it (huggingface-cli download "
+                         f"{model} --local-dir DIR) and pass --model DIR") from e
+
+
 def finetune(
     model: str | Path,
     data: str | Path,
@@ -390,6 +413,7 @@ def finetune(
         cfg.seed = seed
     check_output_dir(out, overwrite=overwrite)
     check_launch()
+    model = local_model(model)  # a hub id's snapshot: its weights' fingerprint keys stage 2
     rc = to_dict(cfg)
     plan = vanilla_stages(model, data, cfg, cache_root(cache_dir))
     stage1, stage2, stage3 = plan.paths

@@ -36,13 +36,11 @@ from unsee.bench_recipe import (
 )
 from unsee.config import to_dict
 from unsee.data.detect import NAMES, DataRef, data_fingerprint
-from unsee.data.parquet import is_hub_id
 from unsee.data.schema import Suite
 from unsee.engine.checkpoint import remove_checkpoint
 from unsee.engine.distributed import is_main_process
 from unsee.engine.trainer import TrainConfig, train
-from unsee.errors import ModelError
-from unsee.finetune import STAGE_FILE, VANILLA_FILE, partial_dir, stage_done
+from unsee.finetune import STAGE_FILE, VANILLA_FILE, local_model, partial_dir, stage_done
 from unsee.io import atomic_dir, check_output_dir
 from unsee.methods.base import BaseMethod, nll
 from unsee.models import load_adapter, model_fingerprint
@@ -116,28 +114,6 @@ def _publish(entry: Path, out: str | Path, record: dict[str, Any], name: str, ov
         (tmp / name).write_text(json.dumps({**record, "entry": entry.name, "seconds": meta.get("seconds"),
                                             "stats": meta.get("stats"), "numerics": meta.get("numerics")}, indent=2))
     return Path(out)
-
-
-def local_model(model: str | Path) -> Path:
-    """A local model directory, or a hub model id fetched into the hub cache (weights, config, processor).
-
-    A local copy gives the run a fingerprint of its weights and the retrained reference a
-    base model to start from again.
-    """
-    path = Path(model).expanduser()
-    if path.is_dir():  # recorded whole: the retrained reference starts from it, from whatever folder it runs
-        return path.resolve()
-    if path.exists() or not is_hub_id(str(model)):
-        raise ModelError(f"base model {model} is neither a model folder nor a hub model id (owner/name)")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(str(model), allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
-                                                                  "*.jinja", "*.tiktoken"]))
-    except Exception as e:  # offline, unknown id, network: all need the user's action
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ModelError(f"cannot fetch hub model {model} ({first}); download it (huggingface-cli download "
-                         f"{model} --local-dir DIR) and pass --model DIR") from e
 
 
 def finetune_benchmark(model: str | Path, ref: DataRef, kind: str, out: str | Path, *,

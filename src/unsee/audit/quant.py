@@ -15,9 +15,11 @@ import copy
 import hashlib
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from unsee.audit.common import accuracy, check_bits, image_mcq
@@ -38,19 +40,36 @@ def linear_weights(model: nn.Module) -> dict[str, nn.Linear]:
             if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] != "lm_head"}
 
 
-def weight_digests(adapter: Adapter) -> dict[str, str]:
-    """A hash of each linear weight: taken before unlearning, it says afterwards which ones the method changed."""
+def weight_digests(adapter: Adapter, dtype: torch.dtype | None = None) -> dict[str, str]:
+    """A hash of each linear weight (at ``dtype`` where given): taken before unlearning, it says afterwards
+    which ones the method changed."""
     out = {}
     for name, mod in linear_weights(deployed(adapter).model).items():
-        w = mod.weight.detach().cpu().contiguous()
+        w = mod.weight.detach().cpu().to(dtype or mod.weight.dtype).contiguous()
         out[name] = hashlib.sha256(w.view(torch.uint8).numpy().tobytes()).hexdigest()
     return out
 
 
-def changed_linears(before: dict[str, str], adapter: Adapter) -> list[str]:
+def changed_linears(before: dict[str, str], adapter: Adapter, dtype: torch.dtype | None = None) -> list[str]:
     """The linear weights whose bytes differ from ``before`` (:func:`weight_digests` of the base model)."""
-    after = weight_digests(adapter)
+    after = weight_digests(adapter, dtype)
     return sorted(n for n, h in after.items() if before.get(n) != h)
+
+
+SAVED_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def saved_dtype(model: str | Path) -> torch.dtype | None:
+    """The precision a checkpoint's weights were saved in (its first floating tensor's), None where no
+    safetensors say. A model unlearned in bf16 and loaded in fp32 is compared with its base at bf16:
+    rounded alike, the weights the method left alone are equal byte for byte."""
+    for f in sorted(Path(model).glob("*.safetensors")):
+        with safe_open(f, "pt") as fh:
+            for key in fh.keys():  # noqa: SIM118 - safe_open is not iterable
+                found = SAVED_DTYPES.get(fh.get_slice(key).get_dtype())
+                if found is not None:
+                    return found
+    return None
 
 
 def deployed(adapter: Adapter) -> Adapter:

@@ -45,8 +45,11 @@ def _check_local(path: Path, allow_pickle: bool) -> None:
         raise ModelError(f"model directory {path} does not exist")
     if not (path / "config.json").exists():
         raise ModelError(f"{path} holds no model: config.json is missing")
-    has_safe = any(path.glob("*.safetensors"))
+    has_safe = any(not f.name.startswith("adapter_model") for f in path.glob("*.safetensors"))
     has_pickle = any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth"))
+    if not has_safe and (path / "adapter_config.json").is_file():
+        raise ModelError(f"{path} is a PEFT adapter, not a model: merge it into its base model (merge_and_unload, "
+                         "then save_pretrained) and pass that folder")
     if not has_safe and has_pickle and not allow_pickle:
         raise ModelError(
             f"{path} has only pickle weights (.bin/.pt), which can run arbitrary code when loaded; "
@@ -58,8 +61,39 @@ def _check_local(path: Path, allow_pickle: bool) -> None:
     if not any((path / f).is_file() for f in TOKENIZER_FILES):
         raise ModelError(f"{path} holds no tokenizer ({', '.join(TOKENIZER_FILES)}); copy the model again, with "
                          "the files save_pretrained writes beside its weights")
+    if not any((path / f).is_file() for f in PROCESSOR_FILES):
+        raise ModelError(f"{path} holds no image processor ({' or '.join(PROCESSOR_FILES)}); copy the model again, "
+                         "with the files its processor's save_pretrained writes")
+    if not _has_chat_template(path):
+        raise ModelError(f"{path} has no chat template (chat_template.jinja, or chat_template in its tokenizer or "
+                         "processor config), and unsee builds every prompt with it; save the processor of the model "
+                         "it was fine-tuned from beside its weights")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ModelError(f"cannot read {index} ({e}); copy the model again") from None
+        if missing := sorted(f for f in shards if not (path / f).is_file()):
+            raise ModelError(f"{path} lacks the weight shard(s) {', '.join(missing)} its {index.name} names; copy "
+                             "the model again")
     for f in sorted(path.glob("*.safetensors")):
         check_safetensors(f)
+
+
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+
+
+def _has_chat_template(path: Path) -> bool:
+    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
+        return True
+    for name in ("tokenizer_config.json", "processor_config.json"):
+        try:
+            if (path / name).is_file() and json.loads((path / name).read_text()).get("chat_template"):
+                return True
+        except (OSError, ValueError, AttributeError):
+            continue  # unreadable here: loading it names the problem
+    return False
 
 
 def check_model_dir(model: str | Path, *, allow_pickle: bool = False) -> None:

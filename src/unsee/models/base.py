@@ -10,8 +10,6 @@ template and processor build a batch, and where the image tokens are.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ from torch import nn
 from transformers import BatchFeature, PreTrainedModel
 
 from unsee.errors import ConfigError, ModelError
+from unsee.models.fingerprint import model_fingerprint
 
 Scope = Literal["full", "visual", "projector", "language", "lora", "vision_tower"]
 SCOPES: tuple[str, ...] = ("full", "visual", "projector", "language", "lora", "vision_tower")
@@ -108,6 +107,9 @@ class HFAdapter:
         # Where results go when the model lives elsewhere (a reference offloaded to the CPU).
         self.output_device: torch.device | None = None
         self.pad_borrowed = self.tokenizer.pad_token_id is None  # batching needs one; a saved copy does not
+        if self.pad_borrowed and self.tokenizer.eos_token is None:
+            raise ModelError(f"{source or 'the model'}: its tokenizer has neither a pad nor an end token (is its "
+                             "tokenizer_config.json missing?); batches cannot be padded")
         if self.pad_borrowed:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.end_of_answer = self._end_of_answer_token()
@@ -466,34 +468,6 @@ def _strip_peft(name: str) -> str:
         if name.startswith(pre):
             name = name[len(pre) :]
     return name.replace(".base_layer", "")
-
-
-def model_fingerprint(path: str | Path) -> str:
-    """The identity of a checkpoint: its config and every byte of its weight files.
-
-    Every byte, because two checkpoints that differ in one tensor must not share it: a merged LoRA
-    changes a few MiB in the middle of a file, and the stage cache, the model card's weights hash
-    and the steering file's base check all read this. A file is hashed once per process while its
-    size and modification time stay the same (a 7B checkpoint takes seconds at disk speed).
-    """
-    path = Path(path)
-    h = hashlib.sha256()
-    cfg = path / "config.json"
-    if cfg.exists():
-        try:
-            h.update(json.dumps(json.loads(cfg.read_text()), sort_keys=True).encode())
-        except (OSError, ValueError, RecursionError) as e:
-            raise ModelError(f"cannot read {cfg}: {str(e).splitlines()[0]}") from None
-    for f in sorted(path.glob("*.safetensors")):
-        stat = f.stat()
-        h.update(f"{f.name}:{stat.st_size}:{_file_digest(str(f.resolve()), stat.st_size, stat.st_mtime_ns)}".encode())
-    return h.hexdigest()[:16]
-
-
-@functools.lru_cache(maxsize=256)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def joined(parts: list[BatchFeature]) -> BatchFeature:
