@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from unsee.audit.attacks import AttackConfig, fit_probe, pgd_pixels, pixel_bound
 from unsee.data.schema import Suite
 from unsee.data.world import build_world
 from unsee.errors import ConfigError, DataError
+from unsee.methods.eraser.steering import Steering
 from unsee.models import HFAdapter, Turn, load_adapter, model_fingerprint
 from unsee.models.tiny import init_model
 
@@ -380,6 +382,21 @@ def test_attack_on_a_steering_run_needs_its_steering_file(adapter: HFAdapter, wo
     with pytest.raises(ConfigError, match="not the vanilla model"):
         api.evaluate(adapter.source, world, tmp_path / "v.json", forget="forget_15", method="vanilla",
                      steering=out / "steering.safetensors")
+    # a run that `unsee eval --steering` measured names its file: attacked without it, or with another, or a run
+    # measured without one attacked with one, the figures would be another model's
+    other = tmp_path / "other.safetensors"
+    Steering.load(out / "steering.safetensors").select(strength=-60.0).save(other)
+    plain = api.evaluate(adapter.source, world, tmp_path / "plain.json", forget="forget_15", max_items=2)
+    assert "steering" not in plain["runs"][0]
+    for results, given, said in ((tmp_path / "steered.json", None, "the steering file"),
+                                 (tmp_path / "steered.json", other, "the steering file"),
+                                 (tmp_path / "plain.json", other, "the model without a steering file")):
+        with pytest.raises(DataError, match=said):
+            api.attack("shift", adapter.source, world, results, forget="forget_15", steering=given,
+                       overrides=["max_items=2"])
+    copy = Path(shutil.copy(out / "steering.safetensors", tmp_path / "copy.safetensors"))  # the same bytes
+    api.attack("shift", adapter.source, world, tmp_path / "steered.json", forget="forget_15", steering=copy,
+               overrides=["max_items=2"])
 
 
 def test_attack_on_a_run_over_seeds_goes_to_the_seed_attacked(adapter: HFAdapter, world: Path, tmp_path: Path,

@@ -22,6 +22,7 @@ from unsee.eval.evaluator import option_logprobs
 from unsee.methods.eraser import (
     REFUSAL_SUFFIX,
     STEERING_FILE,
+    Eraser,
     EraserConfig,
     Steering,
     build_steering,
@@ -301,6 +302,9 @@ def test_file_round_trip_and_compatibility(llava, qwen, steering, tmp_path):
         "text strength": ({**header, "strength": "abc"}, tensors),
         "a map of another shape": (header, {**tensors, f"layer.{first}": torch.zeros(d + 1, d)}),
         "a short direction": (header, {**tensors, f"direction.{first}": torch.zeros(d - 1)}),
+        "a gate of 1": ({**header, "gate": 1.0}, tensors),  # the hook divides by 1 - gate
+        "a negative gate": ({**header, "gate": -0.5}, tensors),  # it would steer every prompt
+        "a zero direction": (header, {**tensors, f"direction.{first}": torch.zeros(d)}),
         "a negative layer": ({**header, "layers": sorted([-1, *steering.layers[1:]])},
                              {**{k: v for k, v in tensors.items() if not k.endswith(f".{first}")},
                               "layer.-1": tensors[f"layer.{first}"], "direction.-1": tensors[f"direction.{first}"]}),
@@ -445,6 +449,10 @@ def test_run_eraser_with_sweep_records_the_grid(tmp_path, llava) -> None:
     assert st.strength in (-0.1, -0.5) and st.gate in (0.0, 0.5)
     chosen = next(r for r in rows if (r["layers"], r["strength"], r["gate"]) == (st.layers, st.strength, st.gate))
     assert chosen["admissible"]
+    # the run records the setting the sweep chose, which the config's strength and gate do not say
+    art = Eraser(cfg).unlearn(llava, suite, cfg)
+    assert art.info["applied"] == {"strength": art.steering.strength, "gate": art.steering.gate,
+                                   "layers": art.steering.layers} and art.info["sweep"]["rows"]
     # the validation slice (2 x sweep_items per side) is held out of the fit
     n_forget = sum(e.has_image for e in suite.group("train_forget"))
     assert st.info["counts"]["forget"] == n_forget - 8

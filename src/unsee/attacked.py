@@ -117,3 +117,19 @@ def check_attacked_run(run: Mapping[str, Any], out: Path, home: Path, model: str
     if steered.is_file() and (steering is None or Path(steering).resolve() != steered.resolve()):
         raise DataError(f"{out} records the run of the steering file {steered}; attack the model with it on "
                         f"(--steering {steered}), as it is deployed, or write the attack to another --out")
+    recorded = run.get("steering")  # `unsee eval --steering`: the file is named in the run, not kept beside it
+    if not steered.is_file() and not _same_file(recorded, steering):
+        said = f"the steering file {recorded}" if recorded else "the model without a steering file"
+        raise DataError(f"{out} records the run of {said}; attack "
+                        + (f"with --steering {recorded}" if recorded else "it without --steering")
+                        + ", as it was measured, or write the attack to another --out")
+
+
+def _same_file(a: str | Path | None, b: str | Path | None) -> bool:
+    """Both none, or the same steering: the same bytes where both files are there, else the same path."""
+    if a is None or b is None:
+        return a is None and b is None
+    a, b = Path(a), Path(b)
+    if a.is_file() and b.is_file():
+        return a.resolve() == b.resolve() or a.read_bytes() == b.read_bytes()
+    return a.resolve() == b.resolve()

@@ -121,6 +121,11 @@ class Eraser:
 
     def unlearn(self, adapter: Adapter, suite: Suite, cfg: EraserConfig | None = None, *,
                 seed: int = 0) -> SteeringArtifact:
-        return SteeringArtifact(fit_steering(adapter, suite, cfg or self.cfg, seed=seed))
+        """The fitted steering, with what it applies in the run's ``info``: with the sweep, that is the
+        setting it chose, not the config's, which it never read."""
+        steering = fit_steering(adapter, suite, cfg or self.cfg, seed=seed)
+        applied = {"strength": steering.strength, "gate": steering.gate, "layers": steering.layers}
+        return SteeringArtifact(steering, info={"applied": applied, **{k: v for k, v in steering.info.items()
+                                                                      if k in ("sweep", "wall_s")}})
 
 

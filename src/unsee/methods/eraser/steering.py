@@ -164,6 +164,8 @@ def _check_maps(path: Path, header: dict[str, Any], weights: dict[int, torch.Ten
         if not isinstance(value, kind) or isinstance(value, bool) or (
                 isinstance(value, float) and not math.isfinite(value)):
             raise ModelError(f"{path}: corrupt steering header: {key} is {value!r}")
+    if not 0 <= header.get("gate", 0.0) < 1:  # the hook divides by 1 - gate; below 0 it steers every prompt
+        raise ModelError(f"{path}: corrupt steering header: gate is {header['gate']!r}, not in [0, 1)")
     if min(weights) < 0:
         raise ModelError(f"{path}: corrupt steering file: layer {min(weights)} is not a decoder layer")
     d = next(iter(weights.values())).shape[-1]
@@ -172,9 +174,9 @@ def _check_maps(path: Path, header: dict[str, Any], weights: dict[int, torch.Ten
             raise ModelError(f"{path}: corrupt steering map of layer {i} (shape {tuple(w.shape)}, expected {(d, d)}, "
                              "finite)")
     for i, r in directions.items():
-        if i not in weights or r.shape != (d,) or not torch.isfinite(r).all():
+        if i not in weights or r.shape != (d,) or not torch.isfinite(r).all() or not r.any():
             raise ModelError(f"{path}: corrupt steering direction of layer {i} (shape {tuple(r.shape)}, expected "
-                             f"({d},), finite, beside a map)")
+                             f"({d},), finite, not zero, beside a map)")
 
 
 def _hidden_size(adapter: Adapter) -> int:
