@@ -211,6 +211,21 @@ def test_a_checkpoint_resumes_only_its_own_run(model_dir: Path, suite: Suite, tu
         train(GA(), load_adapter(model_dir), suite, other_data, _ckpt(tmp_path))
 
 
+def test_a_lora_checkpoint_resumes_only_the_weights_it_was_written_on(model_dir: Path, suite: Suite,
+                                                                       turns: dict[str, list[Turn]],
+                                                                       tmp_path: Path) -> None:
+    """LoRA's factors start alike whatever they wrap: a continual run's later request, whose frozen weights the
+    earlier requests changed under the same fingerprint, must not resume another run's checkpoint."""
+    cfg = _ckpt(tmp_path, keep_checkpoint=True, max_steps=2, scope="lora", lora_dropout=0.0)
+    first = train(GA(), load_adapter(model_dir), suite, turns, cfg)
+    moved = load_adapter(model_dir)  # what an earlier request left: other frozen weights, the same source
+    with torch.no_grad():
+        next(p for n, p in moved.model.named_parameters() if "layers.0" in n and n.endswith("q_proj.weight")).add_(0.1)
+    with pytest.raises(TrainingError, match="belongs to another run"):
+        train(GA(), moved, suite, turns, cfg)
+    assert train(GA(), load_adapter(model_dir), suite, turns, cfg).losses == first.losses  # its own: resumed
+
+
 def test_a_finished_run_removes_its_checkpoint(model_dir: Path, suite: Suite, turns: dict[str, list[Turn]],
                                                tmp_path: Path) -> None:
     train(GA(), load_adapter(model_dir), suite, turns, _ckpt(tmp_path))

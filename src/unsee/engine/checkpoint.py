@@ -180,7 +180,10 @@ def checkpoint_key(options: Mapping[str, Any], method: str, method_config: Any, 
 
     A checkpoint of another run (another method, learning rate, forget set or model) left in
     the same folder would otherwise be resumed without a word. The weights enter through the
-    model's fingerprint and the sum of each trained tensor (one pass over them, however big).
+    model's fingerprint and the sum of each of ``params`` (one pass over them, however big): every
+    weight, trained or not, since under LoRA the trained factors start alike whatever they wrap,
+    and a continual run's later request starts from what the earlier ones left, under the same
+    fingerprint.
     """
     h = hashlib.sha256()
     _digest({"options": dict(options), "method": method, "config": method_config}, h)
@@ -190,7 +193,7 @@ def checkpoint_key(options: Mapping[str, Any], method: str, method_config: Any, 
             _digest([t.image, t.prompt, t.answer, list(getattr(t, "follow", ()))], h)
     h.update(model.encode())
     with torch.no_grad():
-        _digest({n: f"{tuple(p.shape)}:{float(p.double().sum())}" for n, p in params.items()}, h)
+        _digest({n: f"{tuple(p.shape)}:{float(p.sum(dtype=torch.float64))}" for n, p in params.items()}, h)
     return h.hexdigest()[:16]
 
 

@@ -441,7 +441,7 @@ def train(
     if cfg.checkpoint_dir and sharded is None:  # what the checkpoint belongs to: options, data, weights
         run_key = checkpoint_key({k: v for k, v in vars(cfg).items() if k not in UNKEYED}, method.name,
                                  method.cfg, {n: s.turns for n, s in streams.items()},
-                                 str(adapter.fingerprint()), named)
+                                 str(adapter.fingerprint()), dict(adapter.model.named_parameters()))
     if cfg.checkpoint_dir and has_checkpoint(cfg.checkpoint_dir):
         start, extra, meta = load_checkpoint(cfg.checkpoint_dir, params=named, optimizer=optimizer,
                                              scheduler=scheduler, run_key=run_key)
