@@ -152,6 +152,19 @@ def test_bf16_model_trains_with_fp32_masters(model_dir: Path, suite: Suite) -> N
     assert 7.5 * res.trainable_params < res.optimizer_state_bytes <= 8 * res.trainable_params + 4096
 
 
+@pytest.mark.parametrize("scope", ["projector", "lora"])
+def test_master_weights_model_keeps_the_optimizer_state_at_the_models_precision(model_dir: Path, suite: Suite,
+                                                                               scope: str) -> None:
+    """Half the optimizer's memory, as documented, under LoRA too: peft made the factors fp32 by itself."""
+    state = {}
+    for masters in ("fp32", "model"):
+        cfg = TrainConfig(lr=1e-3, max_steps=1, batch_size=2, progress=False, scope=scope, master_weights=masters)
+        res = train(method_class("ga")(), load_adapter(model_dir, dtype=torch.bfloat16), suite,
+                    api.training_turns(suite), cfg)
+        state[masters] = res.optimizer_state_bytes / res.trainable_params
+    assert state["fp32"] > 7.5 and state["model"] < 4.5, state
+
+
 def test_bf16_cvf_ncu_step_with_reference_on_cpu(model_dir: Path, suite: Suite) -> None:
     adapter = load_adapter(model_dir, dtype=torch.bfloat16)
     tcfg, mcfg, cls = api.method_configs("cvf_ncu", None, ["max_steps=2", "batch_size=2", "progress=false",

@@ -23,6 +23,7 @@ class LoraOptions(Protocol):
     lora_r: int
     lora_alpha: int
     lora_dropout: float
+    master_weights: str
 
 
 class ScheduleOptions(Protocol):
@@ -100,7 +101,8 @@ def adamw(groups: list[dict[str, Any]], **kwargs: Any) -> torch.optim.AdamW:
 
 
 def apply_lora(adapter: Adapter, cfg: LoraOptions) -> None:
-    """peft LoRA on every linear layer of the language model and projector (docs/methods.md).
+    """peft LoRA on every linear layer of the language model and projector (docs/methods.md), its factors
+    at the precision ``master_weights`` asks for.
 
     Targets are full module names: a suffix such as ``0`` (a Sequential merger's first
     linear) would also match the decoder layer ``layers.0``.
@@ -110,7 +112,8 @@ def apply_lora(adapter: Adapter, cfg: LoraOptions) -> None:
     names = [n for n, m in adapter.linear_modules("language") + adapter.linear_modules("projector")
              if isinstance(m, nn.Linear) and "lm_head" not in n]
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=names)
-    adapter.model = get_peft_model(adapter.model, lcfg)
+    # peft makes the factors fp32 by itself; master_weights=model keeps them at the model's precision
+    adapter.model = get_peft_model(adapter.model, lcfg, autocast_adapter_dtype=cfg.master_weights != "model")
 
 
 def lr_lambda(cfg: ScheduleOptions, total: int) -> Callable[[int], float]:
