@@ -134,6 +134,7 @@ def test_mmunlearner_refuses_lora(trained_dir: Path, suite: Suite, turns: dict[s
         with pytest.raises(ConfigError, match="null-space constraint"):
             api.method_configs(method, None, ["scope=lora"])
     api.method_configs("cvf_only", None, ["scope=lora"])
+    api.method_configs("cvf_ncu", None, ["scope=lora", "ncu=false"])  # without its null space it is cvf_only
     with pytest.raises(ConfigError, match="redistil_steps moves the whole visual module.*scope 'lora'"):
         api.method_configs("cvf_only", None, ["scope=lora", "redistil_steps=2"])
     with pytest.raises(ConfigError, match="LoRA"):

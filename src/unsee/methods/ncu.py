@@ -52,7 +52,7 @@ class NCUConfig:
     def check_train(self, train: Any) -> None:
         """The null space constrains each weight's update; under LoRA it would land on the low-rank factors,
         and the merged update (the new factors' product against the old) leaves it."""
-        if train.scope == "lora":
+        if train.scope == "lora" and getattr(self, "ncu", True):  # cvf_ncu's ncu=false is cvf_only, which may
             raise ConfigError("the null-space constraint (NCU) holds each linear weight's update, which LoRA's "
                               "low-rank factors cannot carry: use scope visual or full")
         getattr(super(), "check_train", lambda _: None)(train)  # cvf_ncu's other options (the hardening's)
