@@ -300,6 +300,10 @@ def test_a_report_interrupted_while_it_draws_leaves_the_one_before(tmp_path: Pat
         write_report([tmp_path / "results.json"], out)
     assert not list(out.iterdir())
     monkeypatch.undo()
+    from unsee import io as io_module
+
+    dead = out / f".report.md.{io_module._HOST}-999999999-abc.tmp"  # what a killed report left: removed next time
+    dead.mkdir()
     write_report([tmp_path / "results.json"], out)
     kept = {p.name: p.read_bytes() for p in out.iterdir()}
     assert sorted(kept) == ["report.md", "tradeoff.png"]

@@ -274,6 +274,17 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def staging_dir(path: Path) -> Path:
+    """A private folder beside ``path`` to make its output in, named for this writer, so that one a killed
+    writer left is removed by the next (and another machine's, on a shared disk, is left alone)."""
+    _remove_dead_writers(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}-", suffix=".tmp", dir=path.parent))
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror}") from None
+
+
 def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -304,12 +315,7 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False, mine: bool = False)
         # a run killed between moving the previous output aside and landing its own: put the previous one back
         os.replace(old, path)
     check_output_dir(path, overwrite=overwrite, mine=mine)
-    _remove_dead_writers(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}-", suffix=".tmp", dir=path.parent))
-    except OSError as e:
-        raise OutputError(f"cannot write {path}: {e.strerror}") from None
+    tmp = staging_dir(path)
     aside = False
     try:
         yield tmp

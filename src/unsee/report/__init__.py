@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from unsee.errors import OutputExistsError
 from unsee.eval.results import load_results, load_samples, merge_results
-from unsee.io import atomic_write_text
+from unsee.io import atomic_write_text, staging_dir
 from unsee.report.card import model_card
 from unsee.report.changes import changes_section, runs_with_samples
 from unsee.report.plots import loss_panels, plot_continual, plot_losses, plot_tradeoff
@@ -57,7 +56,7 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     # Every file is made aside first and they land together, report.md last: an interrupt while the plots
     # draw leaves the earlier report whole, or none, never one report's plot beside another's table.
-    staged = Path(tempfile.mkdtemp(prefix=".report.", dir=out))
+    staged = staging_dir(out / "report.md")
     try:
         drawn = [plot_tradeoff(results, staged / "tradeoff.png")]
         if any(run["request"] > 1 for run in results["runs"]):
