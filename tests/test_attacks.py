@@ -333,6 +333,12 @@ def test_attacks_side_by_side_on_one_output_keep_each_others_figures(adapter: HF
     api.attack("shift", out / "model", world, beside, overrides=["max_items=2"])
     assert "shift" in load_results(beside)["runs"][0]["attacks"]
     assert {f: (out / f).read_bytes() for f in kept} == kept
+    # so too a file an attack made beside it, attacked again: its run measured no cost and is not the output's
+    for kind in ("shift", "probe"):
+        api.attack(kind, out / "model", world, out / "more.json", overrides=["max_items=2", "probe_steps=5",
+                                                                         "probe_blocks=false"])
+    assert set(load_results(out / "more.json")["runs"][0]["attacks"]) == {"shift", "probe"}
+    assert {f: (out / f).read_bytes() for f in kept} == kept
 
 
 def test_an_attack_on_an_output_unlearned_again_meanwhile_adds_nothing(adapter: HFAdapter, world: Path,
@@ -360,7 +366,8 @@ def test_an_attack_on_an_output_unlearned_again_meanwhile_adds_nothing(adapter: 
 
 
 def test_attack_on_a_steering_run_needs_its_steering_file(adapter: HFAdapter, world: Path, tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+                                                          capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """An eraser run is the base model with its steering file on: the base model alone is another model."""
     from unsee.cli import main
     from unsee.eval.results import load_results
@@ -397,6 +404,16 @@ def test_attack_on_a_steering_run_needs_its_steering_file(adapter: HFAdapter, wo
     copy = Path(shutil.copy(out / "steering.safetensors", tmp_path / "copy.safetensors"))  # the same bytes
     api.attack("shift", adapter.source, world, tmp_path / "steered.json", forget="forget_15", steering=copy,
                overrides=["max_items=2"])
+    # a run an attack makes names its steering file too, whole: the next attack, from anywhere, finds it
+    api.attack("shift", adapter.source, world, tmp_path / "made.json", forget="forget_15", steering=copy,
+               overrides=["max_items=2"])
+    with pytest.raises(DataError, match="the steering file"):
+        api.attack("pgd", adapter.source, world, tmp_path / "made.json", forget="forget_15",
+                   overrides=["pgd_steps=1", "max_items=2"])
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    api.attack("pgd", adapter.source, world, tmp_path / "made.json", forget="forget_15",
+               steering=Path("..") / "copy.safetensors", overrides=["pgd_steps=1", "max_items=2"])
 
 
 def test_attack_on_a_run_over_seeds_goes_to_the_seed_attacked(adapter: HFAdapter, world: Path, tmp_path: Path,

@@ -349,6 +349,12 @@ def test_the_reference_of_a_benchmark_vanilla_is_found_from_anywhere_and_only_fo
     assert rc == 0, out
     found = find_reference(None, tmp_path / "vanilla", data, "forget_10", cache)
     assert found is not None
+    older = Path(shutil.copytree(tmp_path / "vanilla", tmp_path / "sub" / "older"))  # as an older unsee wrote it
+    record = json.loads((older / "unsee_vanilla.json").read_text())
+    (older / "unsee_vanilla.json").write_text(json.dumps({**record, "base_model": "base"}))
+    monkeypatch.chdir(tmp_path)  # where it ran, the path it was given leads to the base
+    assert find_reference(None, older, data, "forget_10", cache) == found
+    monkeypatch.chdir(tmp_path / "cache")
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(3 - min(threads, 2))  # trained at this process's count; looked up at another
@@ -365,6 +371,21 @@ def test_the_reference_of_a_benchmark_vanilla_is_found_from_anywhere_and_only_fo
     err = one_line_error(["retrain", "--model", str(tmp_path / "vanilla"), "--out", str(tmp_path / "r2"), "--data",
                           str(data), "--cache-dir", str(cache)], capsys)
     assert "is no longer the model" in err
+
+
+def test_a_reference_given_by_hand_is_checked_against_the_benchmark_named(roots: dict[str, Path],
+                                                                            tiny_models: TinyModels,
+                                                                            tmp_path: Path) -> None:
+    """A folder that holds two layouts is read with --benchmark; the reference's check reads it so too."""
+    mixed = Path(shutil.copytree(roots["umu"], tmp_path / "mixed"))
+    shutil.copytree(roots["mllmu"] / "ft_Data", mixed / "ft_Data")
+    ref = Path(shutil.copytree(tiny_models.dir("tiny-llava"), tmp_path / "ref"))
+    (ref / "unsee_retrained.json").write_text(json.dumps({"benchmark": "umu", "forget": "forget_10"}))
+    with pytest.raises(DataError, match="mixes the layouts"):
+        find_reference(ref, None, mixed, "forget_10")
+    assert find_reference(ref, None, mixed, "forget_10", benchmark="umu") == ref
+    with pytest.raises(DataError, match="retrained on umu, and this run measures mllmu"):
+        find_reference(ref, None, roots["mllmu"], "forget_10")
 
 
 def test_retrain_needs_a_benchmark_vanilla(roots: dict[str, Path], tiny_models: TinyModels, tmp_path: Path,

@@ -215,7 +215,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
     meter.record_model(None)
     run = make_run(method, found, model=model_name(model), suite=suite, forget=forget, seed=seed,
                    cost={**meter.cost(), "covers": "evaluation"},
-                   steering=str(steering) if steering else None, model_hash=adapter.fingerprint())
+                   steering=str(Path(steering).resolve()) if steering else None, model_hash=adapter.fingerprint())
     if run["steering"] is None:
         run.pop("steering")
     write_results(out, new_results([run]), overwrite=overwrite)
@@ -290,7 +290,7 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
     check_forget(suite)
     check_neutral(suite, method, config, overrides)
     check_images(suite)
-    ref = find_reference(reference, model, data, forget, cache_dir, revision) if audit else None
+    ref = find_reference(reference, model, data, forget, cache_dir, revision, benchmark) if audit else None
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
     check_room(out, adapter, method, copies=seeds)  # in every process: none trains for a save that cannot land
     if not is_main_process():
@@ -449,7 +449,7 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
         done = sorted(set(kinds) & set(existing["runs"][index].get("attacks", {})))
         if done:
             raise OutputExistsError(f"{out} already records {done}; pass overwrite=True (--overwrite) to redo them")
-    ref_path = find_reference(reference, vanilla, data, forget, cache_dir, revision)
+    ref_path = find_reference(reference, vanilla, data, forget, cache_dir, revision, benchmark)
     if ref_path is None and kind == "mia":  # its own figures are read against the reference; `all` keeps the AUCs
         raise DataError(NO_REFERENCE.format(what="mia (PrivLeak and forget quality)",
                                             where=f" for {vanilla}" if vanilla else " (no --reference, no --vanilla)"))
@@ -475,7 +475,8 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
                     attacked=existing["runs"][index])
     else:
         run = make_run(method, {}, model=model_name(model), suite=suite, forget=forget, seed=seed, attacks=found,
-                       model_hash=adapter.fingerprint())  # two models attacked alike are still two runs
+                       model_hash=adapter.fingerprint(),  # two models attacked alike are still two runs
+                       **({"steering": str(Path(steering).resolve())} if steering else {}))  # checked by the next
         write_results(out, new_results([run]))
     return found
 

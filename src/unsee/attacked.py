@@ -45,7 +45,7 @@ def add_attacks(out: Path, index: int, home: Path, found: Mapping[str, Any], car
         if "seeds" in results:  # the spread over the seeds takes in the new figures
             results["seeds"] = seed_summary(results["runs"])
         write_results(out, results, overwrite=True)
-        if run["cost"].get("covers") == "evaluation":  # `unsee eval`'s run, beside an output: not its run or card
+        if run["cost"].get("covers") in ("evaluation", "nothing"):  # a run beside an output: not its run or card
             return False
         if (home / "run.json").is_file() and (len(results["runs"]) == 1 or home != out.parent):
             atomic_write_json(home / "run.json", run)

@@ -133,7 +133,7 @@ def vanilla_record(vanilla: str | Path, ref: DataRef, kind: str | None = None) -
     if data_fingerprint(ref.path, [split]) != meta.get("split_fingerprint"):
         raise DataError(f"{vanilla} was fine-tuned on other {split} files than those in {ref.source}")
     base = Path(str(meta.get("base_model", "")))
-    if not base.is_absolute():  # recorded by an older unsee as given: relative to where it ran
+    if not base.is_absolute() and not base.exists():  # recorded by an older unsee as given, where it ran
         base = Path(vanilla).resolve().parent / base
     if not base.exists():
         raise ModelError(f"the base model {meta.get('base_model')} that {vanilla} was fine-tuned from is gone; the "

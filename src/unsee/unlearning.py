@@ -124,7 +124,8 @@ def unlearn_and_save(method: str, adapter: Adapter, suite: Suite, *, steering_di
 
 
 def find_reference(reference: str | Path | None, base: str | Path | None, data: str | Path, forget: str,
-                   cache_dir: str | Path | None = None, revision: str | None = None) -> Path | None:
+                   cache_dir: str | Path | None = None, revision: str | None = None,
+                   benchmark: str | None = None) -> Path | None:
     """The retrained reference to audit beside a model: ``reference`` if given, else the one ``unsee retrain``
     left in the stage cache for the base (vanilla) model ``base`` (of the built-in world or of a benchmark),
     else None. Never trains."""
@@ -133,7 +134,7 @@ def find_reference(reference: str | Path | None, base: str | Path | None, data: 
         if not (path / "config.json").is_file():
             raise ModelError(f"the reference {path} is not a model directory (no config.json)")
         check_model_dir(path)  # it loads after the unlearning has trained: a broken one is refused before
-        check_reference(path, forget, detect_benchmark(data, None, revision))
+        check_reference(path, forget, detect_benchmark(data, benchmark, revision))
         return path
     if base is None:
         return None
