@@ -234,3 +234,54 @@ def test_a_link_to_a_folder_is_written_where_it_leads_and_overwritten_again(tmp_
         assert link.is_symlink() and (target / "results.json").read_text() == str(n)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["disk", "out"]
     assert sorted(p.name for p in target.parent.iterdir()) == ["out"]
+
+
+def test_a_previous_output_left_half_deleted_is_removed_never_restored(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed while it deleted the output it replaced, a run left `.out.old` with unsee's mark in it: the next run
+    took that for an output interrupted between its two renames, and put it back."""
+    out = tmp_path / "out"
+    for text in ("first", "second"):
+        with atomic_dir(out, overwrite=True) as tmp:
+            (tmp / "results.json").write_text(text)
+    half = tmp_path / ".out.old"
+    half.mkdir()
+    (half / OWNED).write_text("")
+    with atomic_dir(out, overwrite=True) as tmp:
+        (tmp / "results.json").write_text("third")
+    assert (out / "results.json").read_text() == "third" and not half.exists()
+    # interrupted while the previous output is deleted, the new one has landed: nothing is lost, and the leftover
+    # carries this writer's name, for the next run to remove
+    real = io_module._remove
+    removing = []
+
+    def interrupted(p: Path) -> None:
+        if (p / "results.json").is_file() and (p / "results.json").read_text() == "third":
+            removing.append(p)
+            raise KeyboardInterrupt
+        real(p)
+
+    monkeypatch.setattr(io_module, "_remove", interrupted)
+    with atomic_dir(out, overwrite=True) as tmp:
+        (tmp / "results.json").write_text("fourth")
+    assert (out / "results.json").read_text() == "fourth"
+    assert removing and removing[0].name.startswith(f".out.{io_module.writer_tag()}-")
+
+
+def test_a_file_is_written_where_its_link_leads_and_a_full_disk_is_one_line(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "real" / "results.json"
+    target.parent.mkdir()
+    target.write_text("old")
+    link = tmp_path / "results.json"
+    link.symlink_to(target)
+    atomic_write_text(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+
+    def full(*args: object, **kw: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(io_module.os, "fsync", full)
+    with pytest.raises(OutputError, match="the disk is full"):
+        atomic_write_text(tmp_path / "other.json", "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["real", "results.json"]

@@ -311,3 +311,37 @@ def test_a_report_interrupted_while_it_draws_leaves_the_one_before(tmp_path: Pat
     with pytest.raises(KeyboardInterrupt):
         write_report([tmp_path / "results.json"], out, overwrite=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == kept
+
+
+def test_an_attack_on_older_results_keeps_their_samples_and_a_link_is_followed(tmp_path: Path) -> None:
+    """Results without a samples record are older ones: adding attacks to them emptied their samples.jsonl."""
+    real = tmp_path / "real" / "results.json"
+    write_results(real, _with_samples("vanilla", "q1"))
+    res = load_results(real)
+    res.pop("samples")
+    kept = samples_path(real).read_bytes()
+    write_results(real, res, overwrite=True, keep_samples=True)
+    assert samples_path(real).read_bytes() == kept and "samples" not in load_results(real)
+    link = tmp_path / "results.json"
+    link.symlink_to(real)
+    write_results(link, _with_samples("ga", "q2"), overwrite=True)
+    assert link.is_symlink() and [ln["uid"] for ln in load_samples(real)] == ["q2"]
+    assert not samples_path(link).exists()
+
+
+def test_a_report_written_meanwhile_to_the_same_folder_is_not_replaced(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import unsee.report as report_module
+
+    write_results(tmp_path / "results.json", _with_samples("vanilla", "q1"))
+    out = tmp_path / "r"
+    real = report_module.render_report
+
+    def meanwhile(*args: Any, **kw: Any) -> str:
+        (out / "report.md").write_text("the other report")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(report_module, "render_report", meanwhile)
+    with pytest.raises(OutputExistsError, match="was written while this report was made"):
+        write_report([tmp_path / "results.json"], out)
+    assert (out / "report.md").read_text() == "the other report" and not (out / "tradeoff.png").exists()

@@ -44,7 +44,7 @@ def add_attacks(out: Path, index: int, home: Path, found: Mapping[str, Any], car
         run["attacks"] = {**run.get("attacks", {}), **found}
         if "seeds" in results:  # the spread over the seeds takes in the new figures
             results["seeds"] = seed_summary(results["runs"])
-        write_results(out, results, overwrite=True)
+        write_results(out, results, overwrite=True, keep_samples=True)  # attacks change no item
         if run["cost"].get("covers") in ("evaluation", "nothing"):  # a run beside an output: not its run or card
             return False
         if (home / "run.json").is_file() and (len(results["runs"]) == 1 or home != out.parent):

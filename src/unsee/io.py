@@ -91,15 +91,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write through a temporary file and a rename, so that a reader never sees half a file.
 
     The temporary file is private (0600); the result gets the mode a plain ``open`` would
-    give it, so that a checkpoint or a report can be read by whoever else should read it.
+    give it, so that a checkpoint or a report can be read by whoever else should read it. A link
+    is written where it leads. A full disk or a folder that cannot be written is one line.
     """
     path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     if path.is_dir():
         raise OutputError(f"cannot write {path}: it is a directory")
     _remove_dead_writers(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}-", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{writer_tag()}-", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise OutputError(f"cannot write {path}: {e.strerror}") from None
     try:
@@ -109,9 +112,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            full = e.errno == ENOSPC
+            raise OutputError(f"cannot write {path}: " + ("the disk is full; free some space and run again" if full
+                                                          else str(e.strerror or e))) from e
         raise
 
 
@@ -274,13 +281,18 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def writer_tag() -> str:
+    """This machine and process, as temporary names carry them (what :func:`_remove_dead_writers` reads)."""
+    return f"{_HOST}-{os.getpid()}"
+
+
 def staging_dir(path: Path) -> Path:
     """A private folder beside ``path`` to make its output in, named for this writer, so that one a killed
     writer left is removed by the next (and another machine's, on a shared disk, is left alone)."""
     _remove_dead_writers(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}-", suffix=".tmp", dir=path.parent))
+        return Path(tempfile.mkdtemp(prefix=f".{path.name}.{writer_tag()}-", suffix=".tmp", dir=path.parent))
     except OSError as e:
         raise OutputError(f"cannot write {path}: {e.strerror}") from None
 
@@ -311,9 +323,12 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False, mine: bool = False)
     if path.is_symlink():
         path = Path(os.path.realpath(path))
     old = path.with_name(f".{path.name}.old")
-    if not path.exists() and (old / OWNED).is_file():
-        # a run killed between moving the previous output aside and landing its own: put the previous one back
-        os.replace(old, path)
+    if old.exists() or old.is_symlink():
+        if not path.exists() and (old / OWNED).is_file():
+            # a run killed between moving the previous output aside and landing its own: put the previous one back
+            os.replace(old, path)
+        else:  # the previous output of a run killed once its own had landed
+            _remove(old)
     check_output_dir(path, overwrite=overwrite, mine=mine)
     tmp = staging_dir(path)
     aside = False
@@ -324,7 +339,7 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False, mine: bool = False)
         try:
             check_output_dir(path, overwrite=overwrite, mine=mine)
         except OutputError as e:
-            kept = path.with_name(f"{path.name}.unsee-{os.getpid()}")
+            kept = Path(tempfile.mkdtemp(prefix=f"{path.name}.unsee-", dir=path.parent))
             os.replace(tmp, kept)
             raise type(e)(f"{e} (it changed while this run worked; this run's output is kept in {kept})") from None
         if path.exists():
@@ -333,7 +348,12 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False, mine: bool = False)
             os.replace(path, old)
             os.replace(tmp, path)
             aside = False
-            _remove(old)
+            # landed: the previous output goes under this writer's name, so that a kill while it is deleted
+            # leaves a leftover the next run removes, never one it would take for the output
+            trash = staging_dir(path)
+            os.replace(old, trash)
+            with contextlib.suppress(KeyboardInterrupt):  # the output is in place: an interrupt now loses nothing
+                _remove(trash)
         else:
             os.replace(tmp, path)
     except BaseException as e:

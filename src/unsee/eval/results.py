@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from unsee import __version__
 from unsee.engine.trainer import UNKEYED
 from unsee.errors import OutputExistsError, UnseeError
 from unsee.eval.metrics import spread
-from unsee.io import atomic_write_bytes, atomic_write_json, atomic_write_text, json_default
+from unsee.io import atomic_write_json, atomic_write_text, json_default, writer_tag
 from unsee.provenance import environment
 
 if TYPE_CHECKING:
@@ -298,20 +299,27 @@ def strip_samples(run: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in run.items() if k != SAMPLES_KEY}
 
 
-def write_results(path: str | Path, obj: Mapping[str, Any], *, overwrite: bool = False) -> Path:
+def write_results(path: str | Path, obj: Mapping[str, Any], *, overwrite: bool = False,
+                  keep_samples: bool = False) -> Path:
     """Validate, then write atomically; an existing file is replaced only with ``overwrite``.
 
     Runs that carry item records (:data:`SAMPLES_KEY`) have them written to samples.jsonl
-    beside the file, first, and results.json records that file's line count and hash. With
+    beside the file, and results.json records that file's line count and hash. With
     no records at all, an existing samples.jsonl is left as it is (attacks added to a run
     change no item), and a missing one is written empty, so every results.json has one. One the
-    results do not record (left by other results) is theirs: refused, or replaced with ``overwrite``.
+    results do not record (left by other results) is theirs: refused, or replaced with ``overwrite``;
+    ``keep_samples`` leaves it (an attack added to older results, which recorded none).
+
+    The samples are written aside first and put in place once results.json is: a run killed between
+    leaves the previous pair, or only a leftover the next write removes, never samples without results.
     """
     path = Path(path)
+    if path.is_symlink():  # written where the link leads, the samples beside it
+        path = Path(os.path.realpath(path))
     spath = samples_path(path)
     runs = list(obj.get("runs", []))
     carry = any(SAMPLES_KEY in r for r in runs)
-    stale = spath.exists() and "samples" not in obj
+    stale = spath.exists() and "samples" not in obj and not keep_samples
     for target in (path, spath) if carry or stale else (path,):  # other results' samples are not replaced either
         if target.exists() and not overwrite:
             raise OutputExistsError(f"{target} already exists; pass --overwrite to replace it")
@@ -323,16 +331,13 @@ def write_results(path: str | Path, obj: Mapping[str, Any], *, overwrite: bool =
         plain["samples"] = {"file": spath.name, "lines": text.count("\n"),
                             "sha256": hashlib.sha256(text.encode()).hexdigest()}
         validate_results(plain)
-        previous = spath.read_bytes() if spath.exists() else None
-        atomic_write_text(spath, text)
+        staged = spath.with_name(f".{spath.name}.{writer_tag()}-staged.tmp")
+        atomic_write_text(staged, text)
         try:
             atomic_write_json(path, plain)
-        except BaseException:  # an interrupt between the two: the samples go back to those of the results kept
-            if previous is None:
-                spath.unlink(missing_ok=True)
-            else:
-                atomic_write_bytes(spath, previous)
-            raise
+            os.replace(staged, spath)
+        finally:
+            staged.unlink(missing_ok=True)
         return path
     validate_results(plain)
     atomic_write_json(path, plain)

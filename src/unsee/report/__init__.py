@@ -65,6 +65,9 @@ def write_report(
             drawn.append(plot_losses(results, staged / "losses.png"))
         atomic_write_text(staged / "report.md", render_report(results, images=[p.name for p in drawn],
                                                               changes=changes))
+        if not overwrite and (there := [out / n for n in REPORT_FILES if (out / n).exists()]):  # another, meanwhile
+            raise OutputExistsError(f"{there[0]} was written while this report was made; pass --overwrite to "
+                                    "replace it")
         for name in REPORT_FILES[1:]:
             if (staged / name).exists():
                 os.replace(staged / name, out / name)
