@@ -388,6 +388,20 @@ def test_a_reference_given_by_hand_is_checked_against_the_benchmark_named(roots:
         find_reference(ref, None, roots["mllmu"], "forget_10")
 
 
+def test_a_cached_fine_tune_under_a_launch_is_published_by_the_first_process_alone(
+        roots: dict[str, Path], tiny_models: TinyModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """On a cache hit nothing trains, and every process published: the others then found the first's output."""
+    from unsee import finetune_bench
+
+    common = ["--model", str(tiny_models.dir("tiny-llava")), "--data", str(roots["mllmu"]), "--cache-dir",
+              str(tmp_path / "cache"), *FAST]
+    assert run_cli(["finetune", "--out", str(tmp_path / "first"), *common], capsys)[0] == 0
+    monkeypatch.setattr(finetune_bench, "is_main_process", lambda: False)  # another process of the launch
+    assert run_cli(["finetune", "--out", str(tmp_path / "again"), *common], capsys)[0] == 0
+    assert not (tmp_path / "again").exists()
+
+
 def test_retrain_needs_a_benchmark_vanilla(roots: dict[str, Path], tiny_models: TinyModels, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     err = one_line_error(["retrain", "--model", str(tiny_models.dir("tiny-llava")), "--data", str(roots["umu"]),

@@ -105,7 +105,10 @@ def _train(model: str | Path, turns: list[Turn], cfg: BenchFinetuneConfig, path:
 
 
 def _publish(entry: Path, out: str | Path, record: dict[str, Any], name: str, overwrite: bool) -> Path:
-    """Copy a cache entry to ``out`` with its record, atomically."""
+    """Copy a cache entry to ``out`` with its record, atomically; under a launch the first process alone, as
+    when it trained the entry (the others would each find the output the first had just written)."""
+    if not is_main_process():
+        return Path(out)
     meta = json.loads((entry / STAGE_FILE).read_text())
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for f in entry.iterdir():
