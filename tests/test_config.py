@@ -512,3 +512,14 @@ def test_what_the_continual_driver_sets_is_no_option(method: str) -> None:
     with pytest.raises(ConfigError, match="forgotten_images is set by the continual driver, not by a config"):
         api.method_configs(method, None, ["forgotten_images=[a.png]"])
     assert "forgotten_images" not in describe(api.method_configs(method, None, ())[2].Config)
+
+
+def test_a_quoted_value_stays_short_however_it_nests() -> None:
+    """Each string is cut, but escaped non-ASCII text in a list of mappings still ran to a thousand characters."""
+    from unsee.config import show
+
+    nested = [{"\U0007ae61" * 40 + str(i): "\x84" * 40 for i in range(4)}] * 4
+    assert len(show(nested)) <= 160 and "\n" not in show(nested)
+    with pytest.raises(ConfigError) as info:
+        load_config(Recipe, {"lr": nested})
+    assert len(str(info.value)) < 200

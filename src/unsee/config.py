@@ -91,9 +91,13 @@ _SHOW.maxlevel, _SHOW.maxlist, _SHOW.maxdict, _SHOW.maxtuple = 2, 4, 4, 4
 _SHOW.maxstring = _SHOW.maxother = _SHOW.maxlong = 40
 
 
+SHOWN = 160  # characters of a quoted value, at most: escaped non-ASCII text repeats through nested values
+
+
 def show(value: Any) -> str:
     """A bad value as an error message quotes it: at most a short prefix, however large the value."""
-    return _SHOW.repr(str(value) if isinstance(value, str) else value)
+    text = _SHOW.repr(str(value) if isinstance(value, str) else value)
+    return text if len(text) <= SHOWN else text[: SHOWN - 3] + "..."
 
 
 def _yaml_error(e: BaseException) -> str:
