@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from unsee import api
 from unsee.audit.attacks import pooled_features
+from unsee.audit.common import image_mcq
 from unsee.cli import main
 from unsee.data.collate import qa_turns
 from unsee.data.world import load_world_info
@@ -232,3 +233,10 @@ def test_each_request_keeps_its_own_training_checkpoint(model_dir: Path, world: 
     api.attack("shift", out / "model", world, out, overrides=["max_items=2"])  # the card is written again
     card = (out / "model" / "README.md").read_text()
     assert f"- Wall time: {wall:.1f} s (all 2 requests)" in card and "| shift |" in card
+    # attacked as the last request, its retained people are the run's: without the earlier requests' people
+    api.attack("quant", out / "model", world, out, forget="forget_r2",
+               overrides=["quant_bits=[4]", "quant_max_items=0"])
+    run = load_results(out / "results.json")["runs"][-1]
+    kept = api.load_suite(world, "forget_r2", retain_exclude=run["retain_without"])
+    assert run["attacks"]["quant"]["n_retain"] == len(image_mcq(kept, "retain"))
+    assert len(image_mcq(kept, "retain")) < len(image_mcq(api.load_suite(world, "forget_r2"), "retain"))

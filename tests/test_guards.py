@@ -248,6 +248,24 @@ def test_a_checkpoint_killed_while_it_is_removed_does_not_block_the_next_run(
     assert not (tmp_path / "ckpt").exists()  # the leftover is this live process's: a later run's to remove
 
 
+def test_a_checkpoint_edited_into_another_shape_is_one_line(model_dir: Path, suite: Suite,
+                                                            turns: dict[str, list[Turn]], tmp_path: Path) -> None:
+    train(GA(), load_adapter(model_dir), suite, turns, _ckpt(tmp_path, keep_checkpoint=True, max_steps=2))
+    (tmp_path / "ckpt" / "state.json").write_text("[]")
+    with pytest.raises(TrainingError, match="cannot read the checkpoint .*delete it to start over"):
+        train(GA(), load_adapter(model_dir), suite, turns, _ckpt(tmp_path, keep_checkpoint=True, max_steps=2))
+
+
+def test_a_loss_not_finite_before_any_step_blames_the_model_not_the_rate(model_dir: Path, suite: Suite,
+                                                                        turns: dict[str, list[Turn]]) -> None:
+    adapter = load_adapter(model_dir)
+    with torch.no_grad():
+        adapter.model.get_output_embeddings().weight.fill_(float("nan"))
+    with pytest.raises(TrainingError, match="at step 0.*Nothing was trained yet") as info:
+        train(GA(), adapter, suite, turns, TrainConfig(max_steps=2, batch_size=2, progress=False))
+    assert "Lower lr" not in str(info.value)
+
+
 def test_a_finished_run_removes_its_checkpoint(model_dir: Path, suite: Suite, turns: dict[str, list[Turn]],
                                                tmp_path: Path) -> None:
     train(GA(), load_adapter(model_dir), suite, turns, _ckpt(tmp_path))

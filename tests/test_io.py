@@ -210,8 +210,8 @@ def test_a_folder_that_fills_while_the_work_runs_is_not_replaced(tmp_path: Path)
     """Checked when the work starts and again before it lands: a folder of the user's made meanwhile, or another
     run's output landed meanwhile, is kept, and so is this run's work."""
     out = tmp_path / "out"
-    with pytest.raises(OutputExistsError, match=r"already holds results.*this run's output is kept in .*out\.unsee-"), \
-            atomic_dir(out) as tmp:
+    kept_in = r"holds files unsee did not write.*this run's output is kept in .*out\.unsee-"
+    with pytest.raises(OutputExistsError, match=kept_in), atomic_dir(out) as tmp:
         (tmp / "results.json").write_text("mine")
         out.mkdir()
         (out / "notes.txt").write_text("precious")
@@ -285,3 +285,12 @@ def test_a_file_is_written_where_its_link_leads_and_a_full_disk_is_one_line(tmp_
     with pytest.raises(OutputError, match="the disk is full"):
         atomic_write_text(tmp_path / "other.json", "x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["real", "results.json"]
+
+
+def test_a_folder_of_the_users_own_is_never_told_to_pass_overwrite(tmp_path: Path) -> None:
+    """--overwrite would be refused on it too: the first message must say why, not suggest it."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    for overwrite in (False, True):
+        with pytest.raises(OutputExistsError, match="holds files unsee did not write"):
+            io_module.check_output_dir(tmp_path / "mine", overwrite=overwrite)

@@ -275,6 +275,19 @@ def test_a_reference_given_by_hand_must_be_the_one_without_the_forget_split(
     assert "nothing says it never saw forget_5's photos" in capsys.readouterr().err
 
 
+def test_a_reference_retrained_on_another_world_is_refused(model: Path, world: Path, tmp_path: Path) -> None:
+    """Its split has the same name, but its forget people are others: its figures would be another world's."""
+    from unsee.finetune import world_fingerprint
+
+    other = Path(shutil.copytree(model, tmp_path / "ref"))
+    record = {"vanilla": "v", "world": "elsewhere", "world_fingerprint": "0" * 16, "forget": "forget_10"}
+    (other / "unsee_retrained.json").write_text(json.dumps(record))
+    with pytest.raises(DataError, match="retrained on another world"):
+        unlearning.find_reference(other, model, world, "forget_10")
+    (other / "unsee_retrained.json").write_text(json.dumps({**record, "world_fingerprint": world_fingerprint(world)}))
+    assert unlearning.find_reference(other, model, world, "forget_10") == other
+
+
 def test_reference_checks_and_card_say_which_audits_passed() -> None:
     from unsee.report.card import model_card
 

@@ -214,10 +214,8 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
         found = evaluation(adapter, suite, steering=steering, **eval_kw)
     meter.record_model(None)
     run = make_run(method, found, model=model_name(model), suite=suite, forget=forget, seed=seed,
-                   cost={**meter.cost(), "covers": "evaluation"},
-                   steering=str(Path(steering).resolve()) if steering else None, model_hash=adapter.fingerprint())
-    if run["steering"] is None:
-        run.pop("steering")
+                   cost={**meter.cost(), "covers": "evaluation"}, model_hash=adapter.fingerprint(),
+                   **({"steering": str(Path(steering).resolve())} if steering else {}))
     write_results(out, new_results([run]), overwrite=overwrite)
     return load_results(out)  # as written: with the record of its samples.jsonl, which load_samples checks
 
@@ -453,7 +451,9 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     if ref_path is None and kind == "mia":  # its own figures are read against the reference; `all` keeps the AUCs
         raise DataError(NO_REFERENCE.format(what="mia (PrivLeak and forget quality)",
                                             where=f" for {vanilla}" if vanilla else " (no --reference, no --vanilla)"))
-    suite = load_suite(data, forget, seed=seed, benchmark=benchmark, revision=revision)
+    without = existing["runs"][index].get("retain_without", []) if existing is not None else []  # continual
+    suite = load_suite(data, forget, seed=seed, benchmark=benchmark, revision=revision,
+                       **({"retain_exclude": without} if without else {}))  # the retained people the run kept
     if existing is not None:
         check_attacked_run(existing["runs"][index], out, home, model, data, forget, suite, steering)
     check_forget(suite)

@@ -203,7 +203,8 @@ def method_options(method: str) -> str:
     tcfg, mcfg, _ = method_configs(method, None, ())
     own = describe(type(mcfg), dataclasses.asdict(mcfg)) or "  (none)"
     text = (f"options of {method} (key=value; 'shipped': the value of its shipped config, which a run without "
-            f"--config starts from):\n{own}\n\ntraining options every method shares:\n"
+            f"--config starts from):\n{own}\n\ntraining options every training method shares (the eraser, which "
+            f"trains nothing, takes none):\n"
             f"{describe(type(tcfg), dataclasses.asdict(tcfg))}")
     return "\n".join(textwrap.fill(line, 100, subsequent_indent="      ") if line else line
                      for line in text.splitlines())

@@ -232,9 +232,9 @@ def check_output_dir(path: str | Path, *, overwrite: bool, marker: str | None = 
         if not overwrite and (path / marker).exists():
             raise OutputExistsError(f"{path / marker} already exists; pass --overwrite to replace it")
     elif path.is_dir() and any(path.iterdir()):
-        if not overwrite:
+        if not overwrite and (mine or (path / OWNED).is_file()):
             raise OutputExistsError(f"{path} already holds results; pass --overwrite to replace it")
-        if not mine and not (path / OWNED).is_file():
+        if not mine and not (path / OWNED).is_file():  # a folder of the user's own: --overwrite would not help
             held = sorted(p.name for p in path.iterdir())
             shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
             raise OutputExistsError(f"{path} holds files unsee did not write ({shown}); --overwrite replaces only "

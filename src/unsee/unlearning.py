@@ -24,7 +24,7 @@ from unsee.data.schema import Suite
 from unsee.engine.trainer import frozen_copy
 from unsee.errors import ConfigError, DataError, ModelError
 from unsee.eval.results import strip_samples
-from unsee.finetune import default_cache
+from unsee.finetune import default_cache, world_fingerprint
 from unsee.io import atomic_write_json, content_hash
 from unsee.methods import method_class
 from unsee.methods.artifact import WeightsArtifact
@@ -134,7 +134,7 @@ def find_reference(reference: str | Path | None, base: str | Path | None, data: 
         if not (path / "config.json").is_file():
             raise ModelError(f"the reference {path} is not a model directory (no config.json)")
         check_model_dir(path)  # it loads after the unlearning has trained: a broken one is refused before
-        check_reference(path, forget, detect_benchmark(data, benchmark, revision))
+        check_reference(path, forget, detect_benchmark(data, benchmark, revision), data)
         return path
     if base is None:
         return None
@@ -143,7 +143,7 @@ def find_reference(reference: str | Path | None, base: str | Path | None, data: 
     return cached_reference(base, data, forget, cache_dir)
 
 
-def check_reference(path: Path, forget: str, benchmark: str) -> None:
+def check_reference(path: Path, forget: str, benchmark: str, data: str | Path | None = None) -> None:
     """A reference given by hand is the model that never saw ``forget``'s photos of ``benchmark``, or its
     figures mislead: one that ``unsee retrain`` made for another benchmark or split is refused; one made
     elsewhere is used, and the run says that nothing checks it."""
@@ -161,6 +161,11 @@ def check_reference(path: Path, forget: str, benchmark: str) -> None:
     if made_on is not None and made_on != benchmark:
         raise DataError(f"the reference {path} was retrained on {made_on}, and this run measures {benchmark}: its "
                         f"figures would be another benchmark's; build the reference with `unsee retrain` on this data")
+    world = Path(data) if data is not None else None
+    if made_on == "builtin" and world is not None and (world / "world.json").is_file() and \
+            meta.get("world_fingerprint") not in (None, world_fingerprint(world)):
+        raise DataError(f"the reference {path} was retrained on another world ({meta.get('world')}) than {world}: "
+                        "its forget people are others; build the reference with `unsee retrain` on this world")
     if not isinstance(made, str) or split_name(kind, made) != split_name(kind, forget):  # CLEAR: forget_5 is forget05
         raise DataError(f"the reference {path} was retrained without {made}'s photos, and this run forgets {forget}: "
                         f"its figures would be another split's; build the reference with `unsee retrain ... --forget "
@@ -236,7 +241,7 @@ def audit_config(overrides: Any = (), seed: int = 0, *, dtype: str | None = None
         refuse_fp16("the relearning audit")
     values = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
     if "seed" in values:  # the command's seed also draws the items and is what results.json records
-        raise ConfigError("the audits take their seed from the command's --seed (seed=), not from their options")
+        raise ConfigError("the audits take their seed from the command's --seed, not from their options")
     cfg = load_config(AttackConfig, {"seed": seed, **values})
     cfg.validate()
     return cfg

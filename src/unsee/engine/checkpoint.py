@@ -114,7 +114,7 @@ def load_checkpoint(
                 f"the checkpoint in {path} belongs to another run (another config, data or model); "
                 "delete it, or give this run another checkpoint_dir")
         flat = load_file(str(path / STATE_TENSORS))
-    except (OSError, ValueError, SafetensorError) as e:
+    except (OSError, ValueError, SafetensorError, AttributeError, TypeError, KeyError) as e:  # damaged, or edited
         raise TrainingError(f"cannot read the checkpoint in {path}: {str(e)[:200]}; delete it to start over") from e
     saved = {k[len("param."):] for k in flat if k.startswith("param.")}
     if saved != set(params):

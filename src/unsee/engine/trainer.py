@@ -301,11 +301,10 @@ def _step(method: Method, ctx: Context, optimizer: torch.optim.Optimizer,
         keys = sorted(parts)
         means = accelerator.reduce(torch.tensor([float(parts[k]) for k in keys], device=loss.device), "mean")
         parts = dict(zip(keys, means.tolist(), strict=True))
-    if not math.isfinite(value):
-        raise TrainingError(
-            f"{method.name}: the loss became {value} at step {step}; stopped before applying it, "
-            "so the model holds its last good state. Lower lr or check the data."
-        )
+    if not math.isfinite(value):  # at the first step no update has been applied: the model given is broken
+        raise TrainingError(f"{method.name}: the loss became {value} at step {step}; stopped before applying it, so "
+                            "the model holds its last good state. " + ("Lower lr or check the data." if step else
+                            "Nothing was trained yet: the model's weights or the data are broken."))
     optimizer.zero_grad(set_to_none=True)
     # with split, the forgetting's gradient alone sets the uphill direction, and the retaining terms' is kept
     # as taken at the weights

@@ -42,7 +42,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 def _check_local(path: Path, allow_pickle: bool) -> None:
     if not path.is_dir():
-        raise ModelError(f"model directory {path} does not exist")
+        raise ModelError(f"model directory {path} " + ("is a file, not a model folder" if path.exists() else
+                                                       "does not exist"))
     if not (path / "config.json").exists():
         raise ModelError(f"{path} holds no model: config.json is missing")
     has_safe = any(not f.name.startswith("adapter_model") for f in path.glob("*.safetensors"))
