@@ -113,7 +113,7 @@ def test_unlearn_method_help_lists_the_methods_options(capsys: pytest.CaptureFix
         main(["unlearn", "--method", "ncu_only", "--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    own, shared = out.split("options of ncu_only", 1)[1].split("training options every method shares:")
+    own, shared = out.split("options of ncu_only", 1)[1].split("training options every training method shares")
     assert "ncu_images (int, default 256, shipped 1024): NCU: retained images used for the covariance" in own
     assert "energy (float, default 0.01)" in own and "lambda_t" not in own and "tau" not in own
     assert "lr (float, default 1e-05, shipped 0.0009): AdamW learning rate" in shared
