@@ -573,3 +573,18 @@ def test_quant_compares_a_model_saved_in_bf16_with_its_base_at_that_precision(ad
     found = api.attack("quant", tmp_path / "bf16", world, tmp_path / "q.json", forget="forget_15",
                        vanilla=Path(adapter.source), overrides=["quant_bits=[4]", "quant_max_items=2"])
     assert found["quant"]["linears_changed"] == 1, name
+
+
+def test_an_attack_into_a_new_file_whose_samples_place_is_taken_stops_before_attacking(
+        adapter: HFAdapter, world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other results' samples sit where the new file's would go: refused at once, not after the whole attack."""
+    from unsee.errors import OutputExistsError
+
+    (tmp_path / "a.samples.jsonl").write_text("")
+    monkeypatch.setattr(api, "audit_adapter", lambda *a, **k: pytest.fail("the attack ran"))
+    with pytest.raises(OutputExistsError, match="a.samples.jsonl already exists"):
+        api.attack("shift", Path(adapter.source), world, tmp_path / "a.json", forget="forget_15")
+    monkeypatch.undo()
+    api.attack("shift", Path(adapter.source), world, tmp_path / "a.json", forget="forget_15", overwrite=True,
+               overrides=["max_items=2"])
+    assert (tmp_path / "a.json").is_file()

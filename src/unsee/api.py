@@ -434,8 +434,8 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     for written, around in ((out, False), (cache_dir, True)):  # the results; the reference audits' cache
         if written is not None:
             check_not_input(written, _local(model, data, vanilla, steering, reference), around=around)
-    if out.is_dir():
-        check_output_file(out, overwrite=overwrite)
+    for written in () if out.is_file() else (out, samples_path(out)):  # a new file: its samples' place too
+        check_output_file(written, overwrite=overwrite)
     check_writable(out)
     existing = load_results(out) if out.is_file() else None
     if existing is not None and not existing["runs"]:
@@ -477,7 +477,7 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
         run = make_run(method, {}, model=model_name(model), suite=suite, forget=forget, seed=seed, attacks=found,
                        model_hash=adapter.fingerprint(),  # two models attacked alike are still two runs
                        **({"steering": str(Path(steering).resolve())} if steering else {}))  # checked by the next
-        write_results(out, new_results([run]))
+        write_results(out, new_results([run]), overwrite=overwrite)
     return found
 
 
