@@ -214,8 +214,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
         found = evaluation(adapter, suite, steering=steering, **eval_kw)
     meter.record_model(None)
     run = make_run(method, found, model=model_name(model), suite=suite, forget=forget, seed=seed,
-                   cost={**meter.cost(), "covers": "evaluation"}, model_hash=adapter.fingerprint(),
-                   **({"steering": str(Path(steering).resolve())} if steering else {}))
+                   cost={**meter.cost(), "covers": "evaluation"}, model_hash=adapter.fingerprint(), steering=steering)
     write_results(out, new_results([run]), overwrite=overwrite)
     return load_results(out)  # as written: with the record of its samples.jsonl, which load_samples checks
 
@@ -475,8 +474,7 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
                     attacked=existing["runs"][index])
     else:
         run = make_run(method, {}, model=model_name(model), suite=suite, forget=forget, seed=seed, attacks=found,
-                       model_hash=adapter.fingerprint(),  # two models attacked alike are still two runs
-                       **({"steering": str(Path(steering).resolve())} if steering else {}))  # checked by the next
+                       model_hash=adapter.fingerprint(), steering=steering)  # two models attacked alike: two runs
         write_results(out, new_results([run]), overwrite=overwrite)
     return found
 

@@ -87,6 +87,9 @@ def _plain_modes(root: Path) -> None:
             os.chmod(os.path.join(d, f), 0o666 & ~mask)
 
 
+DISK_FULL = "the disk is full; free some space and run again"
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write through a temporary file and a rename, so that a reader never sees half a file.
 
@@ -116,9 +119,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if isinstance(e, OSError):
-            full = e.errno == ENOSPC
-            raise OutputError(f"cannot write {path}: " + ("the disk is full; free some space and run again" if full
-                                                          else str(e.strerror or e))) from e
+            raise OutputError(f"cannot write {path}: {DISK_FULL if e.errno == ENOSPC else e.strerror or e}") from e
         raise
 
 
@@ -363,5 +364,5 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False, mine: bool = False)
         if isinstance(e, Exception) and (getattr(e, "errno", None) == ENOSPC or "No space left on device" in str(e)):
             # the writers (safetensors among them) raise their own kinds; the user needs one line
             said = " ".join(getattr(e, "__notes__", ())) or f"Nothing is written to {path}."  # what the work kept
-            raise OutputError(f"cannot write {path}: the disk is full; free some space and run again. {said}") from e
+            raise OutputError(f"cannot write {path}: {DISK_FULL}. {said}") from e
         raise

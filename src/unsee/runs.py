@@ -212,9 +212,11 @@ def evaluate_adapter(adapter: Adapter, suite: Suite, *, steering: str | Path | N
 
 
 def make_run(method: str, metrics: dict | Evaluation, *, model: str, suite: Suite, forget: str, seed: int,
-             config: dict | None = None, cost: dict | None = None, request: int = 1, **extra: Any) -> dict:
+             config: dict | None = None, cost: dict | None = None, request: int = 1,
+             steering: str | Path | None = None, **extra: Any) -> dict:
     """A results.json run. Given an :class:`Evaluation`, the run also names its protocol and
-    scoring rules and carries the item records that go to samples.jsonl when it is written."""
+    scoring rules and carries the item records that go to samples.jsonl when it is written.
+    ``steering``: the steering file it ran with, recorded whole (an attack on the run compares it)."""
 
     scored: dict[str, Any] = {}
     if isinstance(metrics, Evaluation):
@@ -230,6 +232,7 @@ def make_run(method: str, metrics: dict | Evaluation, *, model: str, suite: Suit
         "cost": cost or {"wall_s": 0.0, "peak_rss_bytes": 0, "peak_gpu_bytes": None, "trainable_params": 0,
                          "optimizer_state_bytes": 0, "covers": "nothing"},
         **scored,
+        **({"steering": str(Path(steering).resolve())} if steering else {}),
         **extra,
     }
 

@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 
 from unsee.errors import ModelError
 from unsee.models.base import SCOPES, Adapter, HFAdapter, Turn, model_fingerprint
+from unsee.models.fingerprint import PICKLE_WEIGHTS
 
 REGISTRY: dict[str, str] = {
     "llava": "unsee.models.llava:LlavaAdapter",
@@ -47,7 +48,7 @@ def _check_local(path: Path, allow_pickle: bool) -> None:
     if not (path / "config.json").exists():
         raise ModelError(f"{path} holds no model: config.json is missing")
     has_safe = any(not f.name.startswith("adapter_model") for f in path.glob("*.safetensors"))
-    has_pickle = any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth"))
+    has_pickle = any(f for kind in PICKLE_WEIGHTS for f in path.glob(kind))
     if not has_safe and (path / "adapter_config.json").is_file():
         raise ModelError(f"{path} is a PEFT adapter, not a model: merge it into its base model (merge_and_unload, "
                          "then save_pretrained) and pass that folder")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from unsee.errors import ModelError
 
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth")  # weight files a torch.load reads: code may run as they load
+
 
 def model_fingerprint(path: str | Path) -> str:
     """The identity of a checkpoint: its config and every byte of the weight files it loads from (its
@@ -30,7 +32,7 @@ def model_fingerprint(path: str | Path) -> str:
             h.update(json.dumps(json.loads(cfg.read_text()), sort_keys=True).encode())
         except (OSError, ValueError, RecursionError) as e:
             raise ModelError(f"cannot read {cfg}: {str(e).splitlines()[0]}") from None
-    weights = sorted(path.glob("*.safetensors")) or sorted(f for kind in ("*.bin", "*.pt", "*.pth")
+    weights = sorted(path.glob("*.safetensors")) or sorted(f for kind in PICKLE_WEIGHTS
                                                            for f in path.glob(kind))  # what loads, pickle or not
     for f in weights:
         stat = f.stat()

@@ -43,10 +43,8 @@ def write_report(
     the results.json it was made from (as ``unsee demo`` does).
     """
     out = Path(out_dir)
-    if not overwrite:
-        existing = [out / name for name in REPORT_FILES if (out / name).exists()]
-        if existing:
-            raise OutputExistsError(f"{existing[0]} already exists; pass --overwrite to replace it")
+    if not overwrite and (existing := _written(out)):
+        raise OutputExistsError(f"{existing[0]} already exists; pass --overwrite to replace it")
     results = merge_results(result_paths)
     sources = []
     for path in result_paths:
@@ -65,7 +63,7 @@ def write_report(
             drawn.append(plot_losses(results, staged / "losses.png"))
         atomic_write_text(staged / "report.md", render_report(results, images=[p.name for p in drawn],
                                                               changes=changes))
-        if not overwrite and (there := [out / n for n in REPORT_FILES if (out / n).exists()]):  # another, meanwhile
+        if not overwrite and (there := _written(out)):  # another report, meanwhile
             raise OutputExistsError(f"{there[0]} was written while this report was made; pass --overwrite to "
                                     "replace it")
         for name in REPORT_FILES[1:]:
@@ -77,3 +75,8 @@ def write_report(
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     return [out / "report.md", *(out / p.name for p in drawn)]
+
+
+def _written(out: Path) -> list[Path]:
+    """The report's files already in ``out``."""
+    return [out / name for name in REPORT_FILES if (out / name).exists()]
