@@ -207,6 +207,12 @@ def test_known_validation_request_holds_known_people_no_reported_split_forgets(t
     assert {e.entity for e in suite.groups["train_forget"]} == val
     with pytest.raises(ConfigError, match="leaving none known"):
         load_config(WorldConfig, "quick", [*TINY, "n_known=2", "val_known_forget_splits=[10]"], kind="world")
+    # the message names the splits that take the known people, never one that is not asked for
+    with pytest.raises(ConfigError, match=r"^known_forget_10 would hold 1 of the 1 known"):
+        load_config(WorldConfig, "quick", [*TINY, "n_known=1", "val_known_forget_splits=[]"], kind="world")
+    with pytest.raises(ConfigError, match=r"^val_known_forget_10 would hold"):
+        load_config(WorldConfig, "quick", [*TINY, "n_known=1", "known_forget_splits=[]",
+                                           "val_known_forget_splits=[10]"], kind="world")
 
 
 def test_each_fact_asked_several_times_adds_items_and_nothing_else(world: Path, tmp_path: Path) -> None:

@@ -117,10 +117,11 @@ class WorldConfig:
         known_out = sum(forget_size(self.n_people, max(pcts, default=0))
                         for pcts in (self.known_forget_splits, self.val_known_forget_splits))
         if known_out and known_out >= self.n_known:
-            raise ConfigError(f"known_forget_{max(self.known_forget_splits, default=0)} and val_known_forget_"
-                              f"{max(self.val_known_forget_splits, default=0)} would hold {known_out} of the "
-                              f"{self.n_known} known people, leaving none known; add known people (n_known) or set "
-                              "known_forget_splits=[] / val_known_forget_splits=[]")
+            named = " and ".join(f"{prefix}_{max(pcts)}" for prefix, pcts in (
+                ("known_forget", self.known_forget_splits), ("val_known_forget", self.val_known_forget_splits)) if pcts)
+            raise ConfigError(f"{named} would hold {known_out} of the {self.n_known} known people, leaving none "
+                              "known; add known people (n_known) or set known_forget_splits=[] / "
+                              "val_known_forget_splits=[]")
         if self.n_requests * self.request_size > self.n_people:
             raise ConfigError(
                 f"{self.n_requests} disjoint requests of {self.request_size} need "
