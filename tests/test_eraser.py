@@ -286,6 +286,10 @@ def test_file_round_trip_and_compatibility(llava, qwen, steering, tmp_path):
     with pytest.raises(ModelError, match="'llava'.*'qwen2_vl'"):
         loaded.check_compatible(qwen, force=True)
 
+    with pytest.raises(ModelError, match="nothing.safetensors does not exist"):
+        Steering.load(tmp_path / "nothing.safetensors")
+    with pytest.raises(ModelError, match="is a folder, not a steering file"):  # the run's folder for its file
+        Steering.load(path.parent)
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ModelError, match="cannot read"):
         Steering.load(tmp_path / "junk.safetensors")

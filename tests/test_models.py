@@ -483,8 +483,12 @@ def test_init_unknown_arch_writes_nothing(tmp_path: Path) -> None:
 
 
 def test_init_missing_world_raises(tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="world directory"):
+    with pytest.raises(ModelError, match="world directory .* does not exist"):
         init_model("tiny-llava", tmp_path / "out", world=tmp_path / "no-world")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "world.json").write_text("{}")  # a world's file given for its folder is named as what it is
+    with pytest.raises(ModelError, match="world.json is a file, not a world folder"):
+        init_model("tiny-llava", tmp_path / "out", world=tmp_path / "world.json")
     assert not (tmp_path / "out").exists()
 
 

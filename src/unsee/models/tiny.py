@@ -289,7 +289,8 @@ def init_model(arch: str, out: str | Path, *, world: str | Path | None = None, s
     if arch not in ARCHS:
         raise ModelError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     if world is not None and not Path(world).is_dir():
-        raise ModelError(f"world directory {world} does not exist; build it with `unsee world --out DIR`")
+        what = "is a file, not a world folder" if Path(world).exists() else "does not exist"
+        raise ModelError(f"world directory {world} {what}; build one with `unsee world --out DIR`")
     model, processor = build_tiny(arch, world=world, seed=seed)
     model.config.name_or_path = arch
     with atomic_dir(out, overwrite=overwrite) as tmp:

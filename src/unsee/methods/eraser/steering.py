@@ -99,7 +99,8 @@ class Steering:
     def load(cls, path: str | Path) -> Steering:
         path = Path(path)
         if not path.is_file():
-            raise ModelError(f"steering file {path} does not exist")
+            raise ModelError(f"steering file {path} " + ("is a folder, not a steering file" if path.exists()
+                                                          else "does not exist"))
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
