@@ -31,9 +31,7 @@ from typing import Any
 from common import ALL, attack_options, eval_kw, measure, parser, retrained_model, vanilla_model
 
 from unsee import api
-from unsee.audit.attacks import AttackConfig
 from unsee.audit.verdicts import reference_checks
-from unsee.config import load_config, parse_overrides
 from unsee.engine.prepare import frozen_copy
 from unsee.errors import DataError
 from unsee.eval.metrics import spread
@@ -112,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     world, vanilla = vanilla_model(args)
     suite = api.load_suite(world, args.forget, seed=args.seed)
     kinds = list(args.attacks)
-    cfg = load_config(AttackConfig, {"seed": args.seed, **parse_overrides(args.attack_set)})
+    cfg = api.audit_config(args.attack_set, args.seed)
     if "mia" in kinds:
         try:
             suite = api.attach_holdout(suite, world, cfg.mia_holdout, args.seed)

@@ -35,9 +35,7 @@ from common import (
 )
 
 from unsee import api
-from unsee.audit.attacks import AttackConfig
 from unsee.audit.quant import changed_linears, weight_digests
-from unsee.config import load_config, parse_overrides
 from unsee.engine.prepare import frozen_copy
 from unsee.io import atomic_write_json
 from unsee.models import load_adapter
@@ -77,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     suite = api.load_suite(world, args.forget, seed=args.seed)
     kinds = list(args.attacks)
     if "mia" in kinds:
-        cfg = load_config(AttackConfig, {"seed": args.seed, **parse_overrides(args.attack_set)})
+        cfg = api.audit_config(args.attack_set, args.seed)
         suite = api.attach_holdout(suite, world, cfg.mia_holdout, args.seed)
     base = load_adapter(vanilla)
     v_metrics = api.evaluate_adapter(base, suite, **eval_kw(args))

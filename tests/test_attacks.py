@@ -507,7 +507,7 @@ def test_audit_options_are_checked_before_training(adapter: HFAdapter, world: Pa
     monkeypatch.setattr(api, "load_suite", boom)
     # a relearning that trains nothing, or climbs, would read as "nothing comes back"; a negative cap drops an item
     for bad, message in ((["nokey=1"], "nokey"), (["relearn_scope=bogus"], "relearn_scope"),
-                         (["quant_bits=3"], "4 or 8|4, 8"), (["seed=3"], "from the command's --seed"),
+                         (["quant_bits=3"], "4 or 8|4, 8"), (["seed=3"], "set by the command's --seed"),
                          (["relearn_steps=-1"], "relearn_steps >= 1"), (["relearn_lr=-1"], "relearn_lr > 0"),
                          (["relearn_batch=0"], "relearn_batch >= 1"), (["probe_steps=-1"], "probe_steps >= 1"),
                          (["max_items=-1"], "max_items must be at least 1"),
@@ -516,10 +516,14 @@ def test_audit_options_are_checked_before_training(adapter: HFAdapter, world: Pa
             api.unlearn("ga", Path(adapter.source), world, tmp_path / "o", overrides=["max_steps=1"], audit=True,
                         audit_overrides=bad)
     # an attack whose options held another seed than the run records would draw other halves than it says
-    with pytest.raises(ConfigError, match="from the command's --seed"):
+    with pytest.raises(ConfigError, match="set by the command's --seed"):
         api.attack("relearn", Path(adapter.source), world, tmp_path / "r.json", forget="forget_15", seed=1,
                    overrides=["seed=0"])
     assert not (tmp_path / "r.json").exists()
+    # so a mistyped key is not told that seed= is one it could give
+    with pytest.raises(ConfigError, match="relearn_steps") as typo:
+        api.audit_config(["relearn_stepz=1"], 3)
+    assert "seed" not in str(typo.value) and api.audit_config([], 3).seed == 3
     # options of audits that will not run are refused, not dropped: a typo there hid as well
     for bad in (["relearn_steps=1"], ["relearn_stepz=1"]):
         with pytest.raises(ConfigError, match="no audit runs"):

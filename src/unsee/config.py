@@ -372,7 +372,8 @@ def build(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
         head, _, rest = key.partition(".")
         if head not in fields:
             raise ConfigError(
-                f"unknown config key {show(prefix + head)} for {cls.__name__}; valid keys: {', '.join(sorted(fields))}"
+                f"unknown config key {show(prefix + head)} for {cls.__name__}; valid keys: "
+                f"{', '.join(sorted(k for k, f in fields.items() if not f.metadata.get('set_by')))}"
             )
         if set_by := fields[head].metadata.get("set_by"):
             raise ConfigError(f"{prefix + head} is set by {set_by}, not by a config")

@@ -19,7 +19,7 @@ from unsee.audit.attacks import ATTACKS, AttackConfig, image_mcq, run_attacks
 from unsee.audit.mia import check_holdout
 from unsee.audit.quant import changed_linears, weight_digests
 from unsee.bench_recipe import cached_benchmark_reference, split_name
-from unsee.config import load_config, parse_overrides, to_dict
+from unsee.config import load_config, to_dict
 from unsee.data.schema import Suite
 from unsee.engine.trainer import frozen_copy
 from unsee.errors import ConfigError, DataError, ModelError
@@ -239,12 +239,7 @@ def audit_config(overrides: Any = (), seed: int = 0, *, dtype: str | None = None
     that a mistyped ``--audit-set`` costs nothing. ``dtype``: the weights' of a model the audits will train."""
     if dtype == "fp16":
         refuse_fp16("the relearning audit")
-    values = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
-    if "seed" in values:  # the command's seed also draws the items and is what results.json records
-        raise ConfigError("the audits take their seed from the command's --seed, not from their options")
-    cfg = load_config(AttackConfig, {"seed": seed, **values})
-    cfg.validate()
-    return cfg
+    return dataclasses.replace(load_config(AttackConfig, None, overrides), seed=seed)
 
 
 def audit_adapter(adapter: Adapter, suite: Suite, *, kinds: Sequence[str] | None = None,

@@ -61,7 +61,8 @@ class AttackConfig:
                            "people the model never saw, the non-members")
     mia_k: float = opt(0.2, "membership inference: the fraction of lowest-scoring tokens Min-K%++ averages")
     mia_max_items: int = opt(0, "membership inference: items per side (the first ones; 0: all)")
-    seed: int = opt(0, "seed of the half split, the shifts and the probe")
+    # the command's seed also draws the items and is what results.json records
+    seed: int = opt(0, "seed of the half split, the shifts and the probe", set_by="the command's --seed")
 
     def validate(self) -> None:
         unknown = sorted(set(self.shifts) - set(SHIFT_NAMES))
