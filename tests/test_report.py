@@ -226,6 +226,26 @@ def test_write_report(tmp_path: Path) -> None:
     assert json.loads(res_path.read_text())["runs"][0]["method"] == "vanilla"  # inputs untouched
 
 
+def test_a_report_that_fails_leaves_no_folder_it_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk while the plot is saved: the folders the report made for itself go, one already there stays."""
+    import unsee.report as report
+
+    res_path = tmp_path / "results.json"
+    write_results(res_path, results(VANILLA, GA))
+
+    def full(*args: Any, **kwargs: Any) -> Path:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "plot_tradeoff", full)
+    before = sorted(tmp_path.iterdir())
+    with pytest.raises(OSError, match="No space"):
+        write_report([res_path], tmp_path / "new" / "report")
+    assert sorted(tmp_path.iterdir()) == before
+    with pytest.raises(OSError, match="No space"):
+        write_report([res_path], tmp_path)
+    assert sorted(tmp_path.iterdir()) == before
+
+
 def _front_matter(card: str) -> dict[str, Any]:
     assert card.startswith("---\n")
     return yaml.safe_load(card.split("---\n")[1])

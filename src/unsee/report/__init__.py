@@ -9,6 +9,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from unsee.errors import OutputExistsError
 from unsee.eval.results import load_results, load_samples, merge_results
@@ -51,7 +52,20 @@ def write_report(
         loaded = load_results(path)
         sources += runs_with_samples(loaded, load_samples(path, loaded))
     changes = changes_section(sources)  # before anything is written: a bad samples file leaves no half report
+    made = [p for p in (out, *out.parents) if not p.exists()]  # the leaf first
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _land_report(results, out, changes, overwrite)
+    except BaseException:
+        for folder in made:  # folders this call made, left empty by a failure (a full disk), are not left behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _land_report(results: dict[str, Any], out: Path, changes: list[str], overwrite: bool) -> list[Path]:
     # Every file is made aside first and they land together, report.md last: an interrupt while the plots
     # draw leaves the earlier report whole, or none, never one report's plot beside another's table.
     staged = staging_dir(out / "report.md")
