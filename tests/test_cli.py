@@ -24,6 +24,18 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.strip() == f"unsee {__version__}"
 
 
+def test_python_dash_m_runs_the_command_line() -> None:
+    """``python -m unsee`` where the ``unsee`` script is not on PATH: the same command line, its exit code kept."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "unsee", "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == f"unsee {__version__}"
+    bad = subprocess.run([sys.executable, "-m", "unsee", "eval", "--model", "nowhere", "--data", "nowhere", "--out",
+                          "nowhere.json"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 0
     out = capsys.readouterr().out
