@@ -28,7 +28,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from common import ALL, attack_options, eval_kw, measure, parser, retrained_model, vanilla_model
+from common import ALL, attack_options, eval_kw, measure, parser, positive_int, retrained_model, vanilla_model
 
 from unsee import api
 from unsee.audit.verdicts import reference_checks
@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__, methods=",".join(ALL), out="benchmarks/results/audits.json")
     p.add_argument("--forget", default="forget_10")
     p.add_argument("--models", default=None, metavar="DIR", help="audit the models unlearn.py --keep saved here")
-    p.add_argument("--seeds", type=int, default=1, metavar="N", help="unlearning seeds per method (--seed .. +N-1)")
+    p.add_argument("--seeds", type=positive_int, default=1, metavar="N",
+                   help="unlearning seeds per method (--seed .. +N-1)")
     p.add_argument("--table", default=None, metavar="FILE", help="also write the target table as markdown")
     attack_options(p)
     args = p.parse_args(argv)
@@ -143,10 +144,15 @@ def main(argv: list[str] | None = None) -> dict:
             kept = Path(args.models) / method
             if not (kept / "row.json").is_file():
                 raise SystemExit(f"{kept}: no model saved by unlearn.py --keep for {method}")
+            row = json.loads((kept / "row.json").read_text())
+            trained = (row.get("vanilla"), row.get("forget"))
+            if trained != (str(vanilla), args.forget):  # audited against another base, its figures would mean nothing
+                p.error(f"{kept} was trained from {trained[0]} on {trained[1]}, not from {vanilla} on {args.forget}; "
+                        "give the --world, --seed, --forget and recipe options unlearn.py --keep ran with")
             adapter, artifact = load_result(kept)
-            settings[method] = json.loads((kept / "row.json").read_text())["overrides"]
+            settings[method] = row["overrides"]
             runs.append(audit(adapter, artifact, changed_linears(digests, adapter), reference))
-            seeds_run[method] = [args.seed]
+            seeds_run[method] = [row["seed"]]
         else:
             overrides = args.train_set if method_class(method).trains_weights else []
             settings[method] = overrides

@@ -23,6 +23,7 @@ from pathlib import Path
 from common import check, eval_kw, mcq, parser, seed_list, spread, vanilla_model
 
 from unsee import api
+from unsee.errors import ConfigError
 from unsee.eval.results import load_results, new_results, write_results
 from unsee.io import atomic_write_json
 from unsee.models import load_adapter
@@ -47,15 +48,18 @@ def after_last(runs: list[dict], groups: list[str]) -> dict[str, float | None]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = parser(__doc__, methods="cvf_ncu,cvf_only,graddiff", out="benchmarks/results/continual.json")
+    p = parser(__doc__, methods="cvf_ncu,cvf_only,graddiff", out="benchmarks/results/continual.json", retrained=False)
     p.add_argument("--seeds", default="1", help="comma list of unlearning seeds, or N for --seed .. --seed+N-1")
     p.add_argument("--config", default=None,
                    help="a config file or a shipped config's name (such as cvf_ncu_hardened) for every method, "
                         "in place of each method's own; --train-set overrides it")
     args = p.parse_args(argv)
     seeds = seed_list(args.seeds, args.seed)
-    for method in args.methods.split(","):  # a wrong name or option fails now, not after the vanilla model's build
-        check_launch(method, args.config, args.train_set)
+    for method in args.methods.split(","):  # a wrong option fails now, not after the vanilla model's build
+        try:
+            check_launch(method, args.config, args.train_set)
+        except ConfigError as e:
+            p.error(str(e))
     world, vanilla = vanilla_model(args)
     requests = requests_of(world)
     kw = eval_kw(args)

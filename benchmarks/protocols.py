@@ -57,7 +57,8 @@ def agreement(loglik: Sequence[Mapping[str, Any]], official: Sequence[Mapping[st
             "official_reply_is_option_text": sum(_names_option(o) is not None for _, o in pairs),
             "official_reply_is_correct_text": sum(_names_option(o) == o["answer"] for _, o in pairs),
             "official_same_choice": sum(a["extracted"] == b["extracted"] for a, b in pairs),
-            "official_letter_counts": {k: sum(b["extracted"] == k for _, b in pairs)
+            # a reply with no letter counts under "None"
+            "official_letter_counts": {k: sum(str(b["extracted"]) == k for _, b in pairs)
                                        for k in sorted({str(b["extracted"]) for _, b in pairs})},
         }
     return out
@@ -86,7 +87,7 @@ def summary(metrics: Mapping[str, Any]) -> dict[str, float | None]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = parser(__doc__, methods="cvf_ncu,graddiff", out="benchmarks/results/protocols_quick.json")
+    p = parser(__doc__, methods="cvf_ncu,graddiff", out="benchmarks/results/protocols_quick.json", retrained=False)
     p.add_argument("--forget", default="forget_10")
     p.add_argument("--max-gen-items", type=int, default=0, help="cloze/generation items per group (0: all)")
     p.add_argument("--reanalyse", action="store_true",

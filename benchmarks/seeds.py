@@ -95,10 +95,10 @@ def main(argv: list[str] | None = None) -> dict:
                                             cache_dir=args.cache_dir) if kinds else {}
                 runs.append({"seed": seed, "figures": figures(run, attacks, v_metrics), "attacks": attacks})
                 print(method, name, seed, runs[-1]["figures"], flush=True)
-            results[f"{method}/{name}"] = {"method": method, "overrides": overrides, "runs": runs,
+            results[f"{method}/{name}"] = {"method": method, "overrides": [*args.train_set, *overrides], "runs": runs,
                                            "spread": spread([r["figures"] for r in runs])}
     out = {"benchmark": "seeds", "world": args.world, "seed": args.seed, "arch": args.arch, "forget": args.forget,
-           "seeds": seeds,
+           "seeds": seeds, "train_set": args.train_set,
            "vanilla": {g: mcq(v_metrics, g) for g in GROUPS}, "results": results, "environment": environment()}
     atomic_write_json(Path(args.out), out)
     print(f"wrote {args.out}")

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import ALL, check, eval_kw, mcq, measure, parser, retrained_model, score, vanilla_model
+from common import ALL, check, eval_kw, mcq, measure, parser, positive_int, retrained_model, score, vanilla_model
 
 from unsee import api
 from unsee.eval.evaluator import aggregate_seeds
@@ -49,13 +49,14 @@ def settings(method: str, args: argparse.Namespace) -> list[list[str]]:
     cls = method_class(method)
     if not cls.trains_weights:  # a test-time method: its shipped setting and its own sweep, if it has one
         own_sweep = "sweep" in {f.name for f in dataclasses.fields(cls.Config)}
-        return [[], ["sweep=true"]] if swept and own_sweep and args.lr_scales != [1.0] else [[]]
+        return [[], ["sweep=true"]] if swept and own_sweep else [[]]
     if not swept:
         return [list(args.train_set)]
     tcfg, _, _ = api.method_configs(method, None, [])
     out = []
-    for ls in args.lr_scales:
-        for es in args.epoch_scales:
+    # the shipped setting (1x, 1x) runs whatever the scales are: the sweep is around it
+    for ls in [1.0, *(s for s in dict.fromkeys(args.lr_scales) if s != 1.0)]:
+        for es in [1.0, *(s for s in dict.fromkeys(args.epoch_scales) if s != 1.0)]:
             ov = [] if ls == 1.0 else [f"lr={tcfg.lr * ls:.3g}"]
             ov += [] if es == 1.0 else [f"epochs={tcfg.epochs * es:g}"]
             out.append(ov)
@@ -131,23 +132,27 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"| retrained (reference) | | | {' | '.join(fig(r['metrics'], g) for g in groups)} "
                      f"| {r['score']['score']:.3f} | |")
     for method, row in result["best"].items():
-        sd = row.get("score_seeds", {}).get("sd")
-        score = "—" if row["score"]["score"] is None else f"{row['score']['score']:.3f}"
+        seeds = row.get("score_seeds", {})  # over seeds, the mean of their scores beside its sd
+        sd, value = seeds.get("sd"), seeds.get("mean", row["score"]["score"])
+        score = "—" if value is None else f"{value:.3f}"
         lines.append(f"| {method} | {' '.join(o for o in row['overrides']) or 'shipped'} | "
                      f"{','.join(map(str, row['seeds']))} | {' | '.join(fig(row['metrics'], g) for g in groups)} | "
                      f"{score}{f' ± {sd:.3f}' if sd else ''} | {row['cost']['wall_s']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
-def keep(out: Path, adapter: HFAdapter, artifact: Artifact, row: dict[str, Any]) -> None:
+def keep(out: Path, adapter: HFAdapter, artifact: Artifact, row: dict[str, Any], *, forget: str,
+         vanilla: Path) -> None:
     """A method's best model as audits.py reads it (:func:`unsee.methods.artifact.load_result`): ``model/``,
-    beside it the artifact of a method that trains no weights (``steering.safetensors``), and the row."""
+    beside it the artifact of a method that trains no weights (``steering.safetensors``), and the row, with
+    the seed, split and vanilla model it was trained with, so that it is audited against those."""
     if out.exists():
         shutil.rmtree(out)
     adapter.save(out / "model")
     if not method_class(row["method"]).trains_weights:
         artifact.save(out)
-    atomic_write_json(out / "row.json", {k: row[k] for k in ("method", "overrides", "score")})
+    atomic_write_json(out / "row.json", {**{k: row[k] for k in ("method", "overrides", "score")},
+                                         "seed": row["seeds"][0], "forget": forget, "vanilla": str(vanilla)})
 
 
 def selection_split(world: Path, args: argparse.Namespace) -> str | None:
@@ -199,12 +204,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--select-on", default="auto", metavar="SPLIT",
                    help="the validation split each sweep picks on (auto: val_<forget> where the world has it; "
                         "reported: the reported groups themselves)")
-    p.add_argument("--seeds", type=int, default=1, metavar="N",
+    p.add_argument("--seeds", type=positive_int, default=1, metavar="N",
                    help="unlearning seeds of each pick on the reported split (--seed .. --seed+N-1)")
     p.add_argument("--table", default=None, metavar="FILE", help="also write the method table as markdown")
     args = p.parse_args(argv)
-    if args.seeds < 1:
-        raise SystemExit(f"--seeds must be at least 1, got {args.seeds}")
     world, vanilla = vanilla_model(args)
     suite = api.load_suite(world, args.forget, seed=args.seed)
     kw = eval_kw(args)
@@ -218,7 +221,9 @@ def main(argv: list[str] | None = None) -> dict:
     select_on = selection_split(world, args)
     pick_suite, pick_vanilla, pick_split = suite, v_metrics, args.forget
     if select_on:
-        pick_suite, pick_split = api.load_suite(world, select_on, seed=args.seed), select_on
+        # the reported people are left out of its retained groups too: no choice is made on them at all
+        pick_suite = api.load_suite(world, select_on, seed=args.seed, retain_exclude=[args.forget])
+        pick_split = select_on
         if shared := set(pick_suite.forget_entities) & set(suite.forget_entities):
             raise SystemExit(f"--select-on {select_on} shares {sorted(shared)} with {args.forget}")
         pick_vanilla = api.evaluate_adapter(load_adapter(vanilla), pick_suite, **kw)
@@ -283,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
 
             best[method]["generation"] = generation_overhead(load_adapter(vanilla), suite, artifact)
         if args.keep:
-            keep(Path(args.keep) / method, adapter, artifact, best[method])
+            keep(Path(args.keep) / method, adapter, artifact, best[method], forget=args.forget, vanilla=vanilla)
         m = best[method]["metrics"]
         print(f"{method:12s} {' '.join(pick['overrides']) or '(shipped)':28s} on {args.forget} "
               f"({len(runs)} seed{'s' * (len(runs) > 1)}): score={best[method]['score']['score']} "

@@ -137,13 +137,18 @@ def test_interrupted_demo_leaves_nothing_and_resumes_from_the_cache(demo_run: tu
     assert (target / "results.json").is_file() and (target / "graddiff" / "model.safetensors").is_file()
 
 
-def test_unlearn_benchmark_runs_on_the_demo_world(demo_run: tuple[Path, Path], tmp_path: Path) -> None:
+def test_unlearn_benchmark_runs_on_the_demo_world(demo_run: tuple[Path, Path], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """benchmarks/unlearn.py on the cached demo world: rows, scores, targets and a results.json for the report."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     import unlearn
 
+    suites: list[tuple[str, Any]] = []
+    measure = unlearn.measure
+    monkeypatch.setattr(unlearn, "measure", lambda *a, **k: suites.append((a[3], a[2])) or measure(*a, **k))
     kept = tmp_path / "kept"
     args = [*_bench_args(demo_run[1], tmp_path / "u.json"), "--methods", "graddiff,cvf_ncu,eraser",
             "--lr-scales", "1.0", "3.0", "--sweep", "graddiff", "--keep", str(kept), "--retrained"]
@@ -155,6 +160,12 @@ def test_unlearn_benchmark_runs_on_the_demo_world(demo_run: tuple[Path, Path], t
     assert {r["split"] for r in result["rows"]} == {"val_forget_10"}
     assert result["selection"]["on"] == "val_forget_10" and result["selection"]["held_out"]
     assert result["selection"]["swept"] == ["graddiff"]
+    # the reported people are not even retained where the picks are made: no choice is made on them at all
+    reported = {p for split, s in suites if split == "forget_10" for p in s.forget_entities}
+    picked_on = [s for split, s in suites if split == "val_forget_10"]
+    retained = {e.entity for s in picked_on for group in ("retain", "text_retain", "train_retain")
+                for e in s.groups[group]}
+    assert reported and picked_on and retained and not reported & retained
     assert result["complete"] and json.loads((tmp_path / "u.json").read_text())["rows"] == result["rows"]
     assert result["rows"][1]["overrides"][-1].startswith("lr=")
     assert result["rows"][2]["overrides"] == result["rows"][0]["overrides"]  # cvf_ncu: shipped, not swept
@@ -177,6 +188,8 @@ def test_unlearn_benchmark_runs_on_the_demo_world(demo_run: tuple[Path, Path], t
     assert len({setting_of(r) for r in load_results(tmp_path / "u.results.json")["runs"]}) == 1
     # the kept best models are what audits.py --models attacks, without training them again
     assert (kept / "eraser" / "steering.safetensors").is_file() and (kept / "graddiff" / "model").is_dir()
+    row = json.loads((kept / "graddiff" / "row.json").read_text())
+    assert (row["seed"], row["forget"]) == (0, "forget_10") and Path(row["vanilla"]).is_dir()
     import audits
 
     a = audits.main([*_bench_args(demo_run[1], tmp_path / "a.json"), "--methods", "graddiff,eraser",
@@ -186,6 +199,11 @@ def test_unlearn_benchmark_runs_on_the_demo_world(demo_run: tuple[Path, Path], t
     assert set(a["attacks"]) == {"vanilla", "graddiff", "eraser"}
     with pytest.raises(SystemExit, match="no model saved"):
         audits.main([*_bench_args(demo_run[1], tmp_path / "b.json"), "--methods", "npo", "--models", str(kept)])
+    # a kept model is audited against the split and vanilla model it was trained with, or not at all
+    with pytest.raises(SystemExit):
+        audits.main([*_bench_args(demo_run[1], tmp_path / "c.json"), "--methods", "graddiff", "--models", str(kept),
+                     "--forget", "forget_r1"])
+    assert "not from" in capsys.readouterr().err and not (tmp_path / "c.json").exists()
 
 
 def test_unlearn_benchmark_averages_seeds(demo_run: tuple[Path, Path], tmp_path: Path,
@@ -219,7 +237,9 @@ def test_unlearn_benchmark_averages_seeds(demo_run: tuple[Path, Path], tmp_path:
     assert runs["seeds"][-1]["seeds"] == [0, 1]
     table = (tmp_path / "s.md").read_text().splitlines()
     assert table[2].startswith("| vanilla |") and table[3].startswith("| graddiff | max_steps=2 progress=false | 0,1 |")
-    assert f"{row['score']['score']:.3f}" in table[3] and f"{forget['mcq']:.3f} [" in table[3]
+    # the score beside its sd is the mean of the seeds' scores, which the sd is taken around
+    assert f"{row['score_seeds']['mean']:.3f} ± {row['score_seeds']['sd']:.3f}" in table[3]
+    assert f"{forget['mcq']:.3f} [" in table[3]
     people = forget["ci95_people"]
     assert people[0] <= forget["mcq"] <= people[1] and f"people {people[0]:.2f}, {people[1]:.2f}]" in table[3]
     with pytest.raises(SystemExit, match="is the reported split"):
@@ -306,7 +326,10 @@ def test_seeds_benchmark_repeats_a_seed_exactly(demo_run: tuple[Path, Path], tmp
                     "--attack-set", "probe_steps=10"])
     assert set(s["results"]) == {"cvf_ncu/shipped", "cvf_ncu/held"}
     held = s["results"]["cvf_ncu/held"]
-    assert held["overrides"] == ["lambda_t=2"] and [r["seed"] for r in held["runs"]] == [0, 0]
+    # what ran, --train-set included
+    assert held["overrides"] == ["max_steps=2", "progress=false", "lambda_t=2"] and s["train_set"] == [
+        "max_steps=2", "progress=false"]
+    assert [r["seed"] for r in held["runs"]] == [0, 0]
     first, again = ({k: v for k, v in r["figures"].items() if k != "wall_s"} for r in held["runs"])
     assert first == again and first["probe_forget"] is not None and first["relearn_ag"] is None
     assert set(s["vanilla"]) == set(seeds.GROUPS) and 0 <= first["score"] <= 1  # what a pick is made by
@@ -316,6 +339,49 @@ def test_seeds_benchmark_repeats_a_seed_exactly(demo_run: tuple[Path, Path], tmp
     assert json.loads((tmp_path / "s.json").read_text())["results"]["cvf_ncu/held"]["runs"] == held["runs"]
     with pytest.raises(SystemExit, match="give it a name"):
         seeds.main([*_bench_args(demo_run[1], tmp_path / "t.json"), "--variant", ":lr=1"])
+
+
+def test_benchmark_options_are_refused_before_any_work(capsys: pytest.CaptureFixture[str]) -> None:
+    """A wrong method name, no seeds, or a reference a benchmark would not measure: one line at the parser, before
+    the first method trains (the benchmarks that write at their end would lose every run before it)."""
+    import argparse
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import audits
+    import continual
+    import protocols
+    import seeds
+    import unlearn
+
+    wrong = ["--methods", "graddiff,nosuch"]
+    for main, argv in ((unlearn.main, wrong), (seeds.main, wrong), (audits.main, wrong), (continual.main, wrong),
+                       (protocols.main, wrong), (audits.main, ["--methods", "graddiff", "--seeds", "0"]),
+                       (unlearn.main, ["--methods", "graddiff", "--seeds", "-1"]),
+                       (continual.main, ["--methods", "graddiff", "--retrained"]),
+                       (protocols.main, ["--methods", "graddiff", "--retrained"])):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("unknown method(s) ['nosuch']") == 5 and "must be at least 1" in err
+    assert err.count("unrecognized arguments: --retrained") == 2
+
+    def sweep(method: str, sweep: str = "all", lr: tuple[float, ...] = (1.0,)) -> list[list[str]]:
+        return unlearn.settings(method, argparse.Namespace(sweep=sweep, lr_scales=list(lr), epoch_scales=[1.0],
+                                                           train_set=[]))
+
+    # the shipped setting runs first whatever the scales, and a sweep of one scale is still a sweep
+    assert [len(s) for s in sweep("graddiff", lr=(3.0,))] == [0, 1] and sweep("graddiff", lr=(3.0,))[1][0] == "lr=6e-05"
+    assert sweep("graddiff", lr=(3.0, 1.0, 3.0)) == sweep("graddiff", lr=(3.0,))
+    # the eraser's own sweep follows --sweep alone
+    assert sweep("eraser", "eraser") == [[], ["sweep=true"]] and sweep("eraser", "graddiff") == [[]]
+    # a reply with no letter is counted, under None, so that the counts add up to the items
+    rec = {"group": "retain", "task": "mcq", "options": ["a", "b"], "answer": "a"}
+    ll = [{**rec, "uid": str(i), "correct": True, "extracted": None} for i in range(3)]
+    off = [{**rec, "uid": "0", "correct": True, "extracted": "A", "reply": "A"},
+           *({**rec, "uid": str(i), "correct": False, "extracted": None, "reply": "hm"} for i in (1, 2))]
+    assert protocols.agreement(ll, off)["retain"]["official_letter_counts"] == {"A": 1, "None": 2}
 
 
 def test_vanilla_benchmark_splits_general_by_kind() -> None:

@@ -23,7 +23,9 @@ def validation_splits(seed: int, n_people: int, percents: Sequence[int], people_
                       reported: list[list[str]]) -> dict[str, list[str]]:
     """``val_forget_X`` and its complement ``val_retain_(100-X)``: nested, drawn from the people that no
     reported forget split or request holds, from a stream of their own, so that the other splits stay as
-    they were and a setting chosen on validation has never seen a reported person."""
+    they were and a setting chosen on validation has never forgotten a reported person. The complement holds
+    the reported people; a pick that must not see them at all leaves them out (``retain_exclude``), as
+    ``benchmarks/unlearn.py`` does."""
     if not percents:
         return {}
     taken = {i for ids in reported for i in ids}
