@@ -322,7 +322,7 @@ def test_a_vanilla_recipe_that_would_train_nothing_is_refused(bad: str, message:
 @pytest.mark.parametrize(("bad", "message"), [
     ("visual_lr_scale=-1", "visual_lr_scale must be positive"), ("weight_decay=-1", "weight_decay"),
     ("grad_clip=-1", "grad_clip"), ("warmup_ratio=2", "warmup_ratio must lie in"),
-    ("lora_r=0", "lora_r"), ("lora_dropout=2", "lora_dropout"), ("seed=-1", "seed must lie in"),
+    ("lora_r=0", "lora_r"), ("lora_dropout=2", "lora_dropout"), ("seed=-1", "seed must be a whole number in"),
     ("log_every=0", "log_every must be at least 1"),
 ])
 def test_engine_options_that_would_train_uphill_or_fail_in_torch_are_refused(
@@ -330,9 +330,28 @@ def test_engine_options_that_would_train_uphill_or_fail_in_torch_are_refused(
     monkeypatch.setattr(api, "load_adapter", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(ConfigError, match=message):
         api.unlearn("ga", model_dir, world, tmp_path / "o", overrides=[bad])
-    with pytest.raises(ConfigError, match="seed must lie in"):
+    with pytest.raises(ConfigError, match="seed must be a whole number in"):
         api.unlearn("ga", model_dir, world, tmp_path / "o", seed=2**32)
     assert not list(tmp_path.iterdir())
+
+
+def test_every_api_command_refuses_a_seed_the_generators_cannot_take(model_dir: Path, world: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the command line does: before any model loads, and not recorded as if it were a seed."""
+    monkeypatch.setattr(api, "load_adapter", lambda *a, **k: pytest.fail("the model was loaded"))
+    request = write_world_request(world, tmp_path / "req")
+    calls = (lambda bad: api.evaluate(model_dir, world, tmp_path / "e.json", seed=bad),
+             lambda bad: api.evaluate(model_dir, request, tmp_path / "e.json", seed=bad),
+             lambda bad: api.attack("shift", model_dir, world, tmp_path / "a.json", seed=bad),
+             lambda bad: api.init_model("tiny-llava", tmp_path / "m", seed=bad),
+             lambda bad: api.init_shaped("llava-1.5-7b", tmp_path / "s", seed=bad),
+             lambda bad: api.continual("ga", model_dir, world, tmp_path / "c", ["forget_r1", "forget_r2"], config=None,
+                                       overrides=(), seed=bad, overwrite=False, allow_pickle=False))
+    for bad in (-1, 2**32, 2**64, 1.5, True):
+        for call in calls:
+            with pytest.raises(ConfigError, match=r"seed must be a whole number in \[0, 2\*\*32\)"):
+                call(bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["req"]
 
 
 @pytest.mark.parametrize(("method", "bad", "message"), [

@@ -469,7 +469,7 @@ def test_world_command_writes_the_example(tmp_path: Path) -> None:
     other = api.build_world(tmp_path / "w2", config="quick", overrides=small)
     first = json.loads((other / "world.json").read_text())["splits"]["forget_20"]
     assert [p.id for p in load_request(other / "request" / "request.yaml").forget] == first
-    with pytest.raises(ConfigError, match="seed must lie in"):
+    with pytest.raises(ConfigError, match="seed must be a whole number in"):
         api.build_world(tmp_path / "w3", config="quick", overrides=[*small, "seed=-1"])
     assert not (tmp_path / "w3").exists()
 

@@ -25,7 +25,7 @@ from unsee.attacked import add_attacks, attacked_run, check_attacked_run
 from unsee.audit.attacks import ATTACKS
 from unsee.audit.quant import changed_linears, saved_dtype, weight_digests
 from unsee.bench_recipe import check_world_recipe
-from unsee.config import ConfigError
+from unsee.config import ConfigError, check_seed
 from unsee.data import world as _world
 from unsee.data.collate import qa_turns
 from unsee.data.detect import benchmark_of, resolve
@@ -340,7 +340,8 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
 
     eval_kw = dict(eval_kw or {})
     data = resolve(data, revision)  # once: every request's split comes from the same files
-    drawn = seed if data_seed is None else data_seed
+    drawn = check_seed(seed) if data_seed is None else check_seed(data_seed, "data_seed")
+    check_seed(seed)
 
     def suite_of(req: str) -> Suite:  # loaded request by request: one request's data in memory at a time
         return load_suite(data, req, retain_exclude=requests, seed=drawn, benchmark=benchmark, neutral=neutral)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from unsee.config import load_config, opt, to_dict
+from unsee.config import check_seed, load_config, opt, to_dict
 from unsee.data.augment import augment
 from unsee.data.collate import pack_turns
 from unsee.data.identity import Identity
@@ -108,8 +108,8 @@ class FinetuneConfig:
                self.checkpoint_every, self.cosface_margin) < 0:
             raise ConfigError("replay, vision_general, its weight, the augmentation strengths, checkpoint_every and "
                               "cosface_margin must not be negative")
-        if not (0 <= self.seed < 2**32 and 0 <= self.vision_seed < 2**32):
-            raise ConfigError(f"seed and vision_seed must lie in [0, 2**32), got {self.seed} and {self.vision_seed}")
+        check_seed(self.seed)
+        check_seed(self.vision_seed, "vision_seed")
 
 
 VANILLA_FILE = "unsee_vanilla.json"  # what unsee finetune records beside a vanilla model

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from unsee.config import ConfigError, config_values, load_config, parse_overrides, to_dict
+from unsee.config import ConfigError, check_seed, config_values, load_config, parse_overrides, to_dict
 from unsee.data import load_benchmark
 from unsee.data.collate import image_of, qa_turns
 from unsee.data.detect import benchmark_of, local_path, resolve
@@ -71,6 +71,7 @@ def load_suite(data: Any, forget: str | Sequence[str] = "forget_10", *, benchmar
     it replaces the built-in world's own, and the data record names it); a request lists its own, and
     refuses unnamed retained people when ``names_needed_by`` names a method (:func:`names_needed_by`).
     """
+    check_seed(kw.get("seed", 0))
     if isinstance(data, str | Path) and is_request_file(data):
         if neutral is not None:
             raise ConfigError("a removal request lists its own never-taught photos (its neutral: list); "
@@ -261,9 +262,7 @@ def eval_options(*, protocol: str = "loglik", max_items: int | None = None,
 
 def run_seed(seed: int | None, method: str, config: Any = None, overrides: Any = ()) -> int:
     """The unlearning seed: ``--seed`` when given, else the ``seed`` the method's config (or an override) sets."""
-    if seed is not None and not 0 <= seed < 2**32:  # what numpy and torch take, checked before any work
-        raise ConfigError(f"seed must lie in [0, 2**32), got {seed}")
-    return seed if seed is not None else method_configs(method, config, overrides)[0].seed
+    return check_seed(seed) if seed is not None else method_configs(method, config, overrides)[0].seed
 
 
 def unlearn_adapter(method: str, adapter: Adapter, suite: Suite, *, config: Any = None, overrides: Any = (),

@@ -19,7 +19,7 @@ from unsee.audit.attacks import ATTACKS, AttackConfig, image_mcq, run_attacks
 from unsee.audit.mia import check_holdout
 from unsee.audit.quant import changed_linears, weight_digests
 from unsee.bench_recipe import cached_benchmark_reference, split_name
-from unsee.config import load_config, to_dict
+from unsee.config import check_seed, load_config, to_dict
 from unsee.data.schema import Suite
 from unsee.engine.trainer import frozen_copy
 from unsee.errors import ConfigError, DataError, ModelError
@@ -239,7 +239,7 @@ def audit_config(overrides: Any = (), seed: int = 0, *, dtype: str | None = None
     that a mistyped ``--audit-set`` costs nothing. ``dtype``: the weights' of a model the audits will train."""
     if dtype == "fp16":
         refuse_fp16("the relearning audit")
-    return dataclasses.replace(load_config(AttackConfig, None, overrides), seed=seed)
+    return dataclasses.replace(load_config(AttackConfig, None, overrides), seed=check_seed(seed))
 
 
 def audit_adapter(adapter: Adapter, suite: Suite, *, kinds: Sequence[str] | None = None,

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from unsee import __version__
-from unsee.config import load_config, opt
+from unsee.config import check_seed, load_config, opt
 from unsee.data.hub_files import (
     FT_SCHEMA,
     FULL_SCHEMA,
@@ -100,8 +100,7 @@ class WorldConfig:
                      "n_requests", "min_trait_distance"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
-        if not 0 <= self.seed < 2**32:  # what numpy's generators take
-            raise ConfigError(f"seed must lie in [0, 2**32), got {self.seed}")
+        check_seed(self.seed)
         if self.n_people < 4:
             raise ConfigError(f"n_people must be at least 4 (splits need retained people): {self.n_people}")
         if self.image_size < 16:

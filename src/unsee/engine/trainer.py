@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from unsee.config import opt
+from unsee.config import check_seed, opt
 from unsee.data.collate import Stream
 from unsee.data.schema import Suite
 from unsee.engine.checkpoint import (
@@ -121,8 +121,7 @@ class TrainConfig:
         if self.lora_r < 1 or self.lora_alpha < 1 or not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"LoRA needs lora_r and lora_alpha >= 1 and lora_dropout in [0, 1), got "
                               f"{self.lora_r}, {self.lora_alpha} and {self.lora_dropout}")
-        if not 0 <= self.seed < 2**32:
-            raise ConfigError(f"seed must lie in [0, 2**32), got {self.seed}")
+        check_seed(self.seed)
         if self.log_every < 1 or self.eval_every < 0 or self.checkpoint_every < 0:
             raise ConfigError("log_every must be at least 1, eval_every and checkpoint_every not negative")
         check_trackers(self.report_to)

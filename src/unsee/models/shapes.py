@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from transformers import CONFIG_MAPPING, PretrainedConfig, PreTrainedModel
 
+from unsee.config import check_seed
 from unsee.errors import ModelError
 from unsee.io import atomic_dir
 from unsee.models import adapter_class
@@ -216,6 +217,7 @@ def build_shaped(shape: str, *, tiny: bool = False, dtype: torch.dtype = torch.f
 
 def init_shaped(shape: str, out: str | Path, *, tiny: bool = True, seed: int = 0, overwrite: bool = False) -> Path:
     """Save a random-weight checkpoint of a hub shape, laid out as the hub's; ``from_pretrained`` loads it."""
+    check_seed(seed)
     # full size in the hub's own precision (the 7B checkpoints' ~14 GB), tiny in fp32 for CPU tests
     dtype = torch.float32 if tiny else getattr(torch, hub_config(shape).get("torch_dtype", "float32"))
     model, processor = build_shaped(shape, tiny=tiny, seed=seed, dtype=dtype)

@@ -21,6 +21,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from unsee.config import check_seed
 from unsee.errors import DataError, ModelError
 from unsee.io import atomic_dir, content_hash, source_fingerprint
 from unsee.models.qwen_vl import Qwen2_5_VLProcessor, Qwen2VLProcessor, add_video_processor
@@ -288,6 +289,7 @@ def init_model(arch: str, out: str | Path, *, world: str | Path | None = None, s
     """``unsee model init``: build and save a tiny model directory that ``from_pretrained`` loads."""
     if arch not in ARCHS:
         raise ModelError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    check_seed(seed)
     if world is not None and not Path(world).is_dir():
         what = "is a file, not a world folder" if Path(world).exists() else "does not exist"
         raise ModelError(f"world directory {world} {what}; build one with `unsee world --out DIR`")
