@@ -345,6 +345,20 @@ def test_training_photos_shown_for_want_of_held_out_ones_are_labelled_so(forgott
     assert "given no held-out photo, named in the free answer: 1 of 1 before, 0 of 1 after" in report
 
 
+def test_a_person_without_held_out_photos_is_shown_beside_one_with_them() -> None:
+    """Held-out photos are chosen person by person: one person's do not hide another's training photos."""
+    from unsee.data.schema import Example, Suite
+    from unsee.forget import _shown_items
+
+    def item(uid: str, who: str) -> Example:
+        return Example(uid=uid, entity=who, question="Who is this?", answer=who, task="mcq", options=[who, "x"],
+                       image=f"{uid}.png")
+
+    suite = Suite("r", {"forget": [item("ed-train", "Ed"), item("jo-train", "Jo")],
+                        "forget_test": [item("ed-held", "Ed")], "retain": [], "retain_test": []})
+    assert [e.uid for e in _shown_items([suite], 0, seed=0)] == ["ed-held", "jo-train"]
+
+
 def _chromium() -> str | None:
     return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
                 None)

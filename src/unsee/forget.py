@@ -93,12 +93,14 @@ def hashed(name: str, salt: str) -> str:
 
 
 def _shown_items(suites: Sequence[Suite], n_retained: int, seed: int) -> list[Example]:
-    """Each held-out photo of every request's forget people, once; and a seeded sample of the last
-    request's retained people (their held-out photos, else their first training photo)."""
+    """Each held-out photo of every request's forget people, once (a person given none: their training
+    photos, person by person); and a seeded sample of the last request's retained people (their held-out
+    photos, else their first training photo)."""
     items = []
     for s in suites:
         held = [e for e in s.groups["forget_test"] if e.task == "mcq"]
-        items += held or [e for e in s.groups["forget"] if e.task == "mcq"]
+        with_held = {e.entity for e in held}
+        items += held + [e for e in s.groups["forget"] if e.task == "mcq" and e.entity not in with_held]
     suite = suites[-1]
     retained = sorted({e.entity for e in suite.groups["retain"]})
     rng = np.random.default_rng([seed, 34])
