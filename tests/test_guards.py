@@ -294,6 +294,14 @@ def test_checkpoints_and_the_stage_cache_never_go_into_an_input(model_dir: Path,
         api.finetune(model_dir, world, tmp_path / "v", cache_dir=model_dir / "cache")
     with pytest.raises(errors.OutputError, match="lies inside the input"):
         api.attack("pgd", model_dir, world, tmp_path / "a.json", cache_dir=model_dir / "cache")
+    # the retrained reference an audit reads is an input too: an output inside it, or over it, is refused
+    reference = tmp_path / "reference"
+    shutil.copytree(model_dir, reference)
+    for out, overwrite in ((reference / "o", False), (reference, True)):
+        with pytest.raises(errors.OutputError, match="input"):
+            api.unlearn("ga", model_dir, world, out, audit=True, reference=reference, overwrite=overwrite)
+    assert sorted(p.name for p in reference.iterdir()) == sorted(p.name for p in model_dir.iterdir())
+    shutil.rmtree(reference)
     for inside in (model_dir / "cache", world / ".cache"):  # the same cache named by the environment
         monkeypatch.setenv("UNSEE_CACHE", str(inside))
         with pytest.raises(errors.OutputError, match="lies inside the input"):

@@ -258,7 +258,7 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
     request_file = requests if isinstance(requests, str | Path) and Path(requests).is_file() else None
     check_output_dir(out, overwrite=overwrite, writes=[_finetune.cache_root(cache_dir)],
                      inputs=_local(model, data, None if isinstance(config, Mapping) else config, request_file,
-                                   neutral))
+                                   neutral, reference))
     if report_to:
         overrides = with_override(overrides, "report_to", report_to)
     # reject unknown methods, options, launches and dtypes before any work
@@ -441,8 +441,9 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     if existing is not None and not existing["runs"]:
         raise DataError(f"{out} holds no runs to add the attacks to")
     index, home = attacked_run(existing, out, model, steering) if existing is not None else (-1, out.parent)
-    if forget is None:
-        forget = existing["runs"][index].get("forget_split", "forget_10") if existing is not None else "forget_10"
+    if forget is None:  # a new file on a request is on the request, as `unsee eval` records it
+        forget = existing["runs"][index].get("forget_split", "forget_10") if existing is not None else (
+            Path(data).stem if is_request_file(data) else "forget_10")
     if existing is not None and not overwrite:
         done = sorted(set(kinds) & set(existing["runs"][index].get("attacks", {})))
         if done:
