@@ -403,6 +403,20 @@ def two_requests(example: Path) -> list[Path]:
     return [_write(example.parent / "one.yaml", body), _write(example.parent / "two.yaml", two)]
 
 
+def test_a_later_request_cannot_keep_a_forgotten_face_under_another_name(model_dir: Path, example: Path,
+                                                                          tmp_path: Path) -> None:
+    """Names are not all a chain checks: the photos an earlier request forgot are refused in a later one."""
+    body = yaml.safe_load(example.read_text())
+    gone = body["forget"][0]
+    first, *rest = body["retain"]
+    renamed = {"name": "Someone Else", "photos": gone["photos"]}
+    two = {"forget": [first], "retain": [renamed, *rest, {"photos": "neutral"}], "distractors": body["distractors"]}
+    files = [_write(example.parent / "one.yaml", body), _write(example.parent / "renamed.yaml", two)]
+    with pytest.raises(RequestError, match=r"\(retain\[0\] \(Someone Else\)\) is a photo of forget\[0\]"):
+        api.forget(model_dir, None, tmp_path / "bad", requests=files, overrides=FAST, audit=False)
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.slow
 def test_requests_in_order_are_a_continual_run(model_dir: Path, example: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:

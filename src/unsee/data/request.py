@@ -323,9 +323,11 @@ def request_problems(req: Request, *, names_needed_by: str | None = None, forget
 
 
 def check_sequence(requests: Sequence[Request]) -> None:
-    """A continual run: no later request may retain (or forget again) someone an earlier one forgot."""
+    """A continual run: no later request may retain (or forget again) someone an earlier one forgot, by a name
+    or by a photo (the same image under another name would train the forgotten face back)."""
     problems = []
     gone: dict[str, str] = {}
+    gone_photos: dict[str, tuple[str, str]] = {}  # digest -> (who, file)
     ids: dict[str, tuple[str, str]] = {}  # id -> (name, file): results and evidence know a person by the id
     for req in requests:
         for p in req.people():
@@ -336,8 +338,16 @@ def check_sequence(requests: Sequence[Request]) -> None:
             if name.casefold() != p.name.casefold():
                 problems.append(f"{req.path}: {p.where} has the id {p.id!r}, which {first} gives {name!r}; "
                                 "give each person an id of their own")
+        for who, photos in [*((p.where, [*p.photos, *p.held_out]) for p in req.people()),
+                            ("neutral", req.neutral), ("general", req.general)]:
+            for ph in photos:
+                if ph.digest in gone_photos:
+                    whom, where = gone_photos[ph.digest]
+                    problems.append(f"{req.path}: photo {ph.path} ({who}) is a photo of {whom}, whom {where} "
+                                    "forgot")
         for p in req.forget:
             gone.update({n.casefold(): str(req.path) for n in p.names})
+            gone_photos.update({ph.digest: (p.where, str(req.path)) for ph in [*p.photos, *p.held_out]})
     if problems:
         raise RequestError(requests[-1].path, problems)
 
