@@ -232,6 +232,12 @@ def test_mllmu_forget_union_and_retain_fallbacks(world_root: Path) -> None:
     assert len(nested.groups["forget"]) == 8
     explicit = load_mllmu(world_root, "forget_5", retain="retain_85")
     assert explicit.info["retain_config"] == "retain_85" and len(explicit.retain_entities) == 17
+    # people left out of the retained set are left out of a paired or named retain config as well
+    paired = load_mllmu(world_root, "forget_5", retain_exclude=["forget_r1", "20"])
+    assert paired.info["retain_config"] == "retain_95" and not {"12", "13", "20"} & set(paired.retain_entities)
+    assert not {"12", "13"} & {e.entity for e in paired.groups["retain"] + paired.groups["train_retain"]}
+    named = load_mllmu(world_root, "forget_5", retain="retain_85", retain_exclude=["forget_r1"])
+    assert len(named.retain_entities) == 17 - len({"12", "13"} & set(explicit.retain_entities))
 
 
 def test_mllmu_training_streams_by_id(world_root: Path) -> None:

@@ -390,28 +390,29 @@ def _retain(
     retain: str | None,
     retain_exclude: Sequence[str],
 ) -> tuple[str, list[tuple[Record, str]]]:
-    """Pick the retain rows; returns the config they came from and the rows."""
+    """Pick the retain rows; returns the config they came from and the rows. ``retain_exclude`` leaves its
+    people out whichever config the rows come from (a paired ``retain_X`` holds them otherwise)."""
+    excluded: set[str] = set()
+    for item in retain_exclude:
+        excluded.update(_ids(cfg.profiles(item)) if source.has(item) else [item])
+
+    def rows_of(config: str, left_out: set[str]) -> list[tuple[Record, str]]:
+        return [(r, config) for r in cfg.profiles(config)
+                if entity_id(r.get("ID"), field="ID", source=r.source) not in left_out]
+
     if retain is not None:
         if not source.has(retain):
             raise DataError(f"retain config {retain!r} not found in {source.location}")
-        return retain, [(r, retain) for r in cfg.profiles(retain)]
+        return retain, rows_of(retain, excluded)
     if len(forget_configs) == 1 and (m := _FORGET.match(forget_configs[0])):
         paired = f"{m.group(1) or ''}retain_{100 - int(m.group(2))}"
         if source.has(paired):
-            return paired, [(r, paired) for r in cfg.profiles(paired)]
+            return paired, rows_of(paired, excluded)
     if not source.has("Full_Set"):
         raise DataError(
             f"no retain config for {forget_configs} and no Full_Set to derive one from in {source.location}"
         )
-    excluded = set(forget_ids)
-    for item in retain_exclude:
-        excluded.update(_ids(cfg.profiles(item)) if source.has(item) else [item])
-    rows = [
-        (r, "Full_Set")
-        for r in cfg.profiles("Full_Set")
-        if entity_id(r.get("ID"), field="ID", source=r.source) not in excluded
-    ]
-    return "Full_Set", rows
+    return "Full_Set", rows_of("Full_Set", excluded | set(forget_ids))
 
 
 def _training_streams(
