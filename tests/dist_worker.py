@@ -37,6 +37,10 @@ def compute(model_dir: Path, world_dir: Path, accelerator: Accelerator) -> dict[
         s, n = covs[name]
         out[f"cov.{name}"] = s.float()
         out[f"n.{name}"] = torch.tensor([n])
+    # one photo: one process's share is empty, and it still joins every sum (it hung there before)
+    one = input_covariances(adapter, ctx.shard(images[:1]), ctx=ctx)
+    for name in sorted(one)[:3]:
+        out[f"cov1.{name}"] = one[name][0].float()
 
     params = [m.weight for _, m in adapter.linear_modules("projector")]
     batches = [next(streams["forget"]) for _ in range(2)]

@@ -10,6 +10,7 @@ retained data is unchanged to first order. The engine applies the projection to 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -114,12 +115,18 @@ def input_covariances(adapter: Adapter, images: Sequence[Image.Image], *, batch_
         for h in hooks:
             h.remove()
     out = {}
-    for name in sums:
-        s, n = sums[name], torch.tensor(float(counts[name]), dtype=torch.float64)
+    for name, mod in layers:  # every layer, in one order: a process whose share of photos is empty joins each sum
+        if name not in sums and ctx is None:
+            continue
+        width = mod.in_channels // mod.groups * math.prod(mod.kernel_size) if isinstance(
+            mod, nn.Conv2d | nn.Conv3d) else mod.in_features
+        s = sums.get(name, torch.zeros(width, width, dtype=torch.float64, device=adapter.device))
+        n = torch.tensor(float(counts.get(name, 0)), dtype=torch.float64, device=s.device)
         if ctx is not None:
             ctx.all_reduce_(s)
             ctx.all_reduce_(n)
-        out[name] = (s, int(n.item()))
+        if n.item() > 0:
+            out[name] = (s, int(n.item()))
     return out
 
 
