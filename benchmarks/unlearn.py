@@ -137,7 +137,7 @@ def table(result: dict[str, Any]) -> str:
         score = "—" if value is None else f"{value:.3f}"
         lines.append(f"| {method} | {' '.join(o for o in row['overrides']) or 'shipped'} | "
                      f"{','.join(map(str, row['seeds']))} | {' | '.join(fig(row['metrics'], g) for g in groups)} | "
-                     f"{score}{f' ± {sd:.3f}' if sd else ''} | {row['cost']['wall_s']:.0f} |")
+                     f"{score}{f' ± {sd:.3f}' if sd is not None else ''} | {row['cost']['wall_s']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
