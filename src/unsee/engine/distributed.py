@@ -88,11 +88,12 @@ def launch_mixed_precision(accelerator: Any = None) -> str:
     return value.strip().lower() or "no"
 
 
-def check_launch(method: Any = None, batch_size: int | None = None) -> None:
+def check_launch(method: Any = None, batch_size: int | None = None, eval_every: int = 0) -> None:
     """Refuse, in one line and before any model is loaded, a launch the engine would not honour.
 
     ``method`` is a method object or name (None: only the launch itself is checked); ``batch_size``,
-    the global batch it trains on, must split evenly over the processes.
+    the global batch it trains on, must split evenly over the processes; ``eval_every``, the engine's
+    evaluations during training, which read a sharded model's weights as a whole.
     """
     if batch_size is not None:
         check_split(batch_size, launch_world())
@@ -116,11 +117,13 @@ def check_launch(method: Any = None, batch_size: int | None = None) -> None:
     if version and _env_true("FSDP_OFFLOAD_PARAMS"):
         raise ConfigError("fsdp_offload_params is not supported: the engine keeps the shards on the device; "
                           "use reference_device=cpu or a smaller scope to save memory")
-    if version and method is not None:
-        reason = unshardable(method)
-        if reason:
-            name = method if isinstance(method, str) else getattr(method, "name", "?")
-            raise ConfigError(f"method {name!r} cannot run under FSDP ({reason}); launch it with {LAUNCHERS}")
+    name = method if isinstance(method, str) else getattr(method, "name", "?")
+    if launch_world() > 1 and (reason := unsplittable(method)):
+        raise ConfigError(f"method {name!r} cannot run in several processes ({reason}); run it in one process")
+    if version and eval_every:
+        raise ConfigError("eval_every evaluates during training, which under FSDP would read the sharded weights "
+                          "as whole ones; set eval_every=0 (the run is evaluated when it ends) or launch with "
+                          f"{LAUNCHERS}")
 
 
 def launch_world() -> int:
@@ -139,18 +142,19 @@ def batch_mean(total: torch.Tensor, count: torch.Tensor, world: int) -> torch.Te
     return total * world / counted.clamp(min=1)
 
 
-def unshardable(method: Any) -> str:
-    """Why ``method`` (with its config) cannot be sharded, or an empty string.
+def unsplittable(method: Any) -> str:
+    """Why ``method`` (with its config) cannot train on a batch split over processes, or an empty string.
 
-    The simulated relearning of the CVF family moves the gathered weights inside the loss,
-    by a step computed from this process's slice of the batch alone: under FSDP each process
-    would move its copy differently from the one-process run.
+    The simulated relearning of the CVF family splits the forget people of the batch into halves and
+    moves the weights inside the loss by a step computed from them: each process would split its own
+    slice of the batch, so the halves, the step and the weights would differ from the one-process run
+    (and a slice of one person has no halves at all).
     """
-    if isinstance(method, str):
+    if method is None or isinstance(method, str):
         return ""
     mcfg = getattr(method, "cfg", None)
     if getattr(mcfg, "relearn_sim_steps", 0):
-        return "relearn_sim_steps moves the weights inside the loss"
+        return "relearn_sim_steps splits each process's slice of the batch, not the batch, into halves"
     return ""
 
 

@@ -359,7 +359,7 @@ def train(
     from accelerate import Accelerator
 
     seed_everything(cfg.seed)
-    check_launch(method)
+    check_launch(method, eval_every=cfg.eval_every)
     getattr(method.cfg, "check_train", lambda _: None)(cfg)  # method options that depend on these ones
     if adapter.dtype == torch.float16:  # bf16 autocast cannot mix with it either
         raise ConfigError(f"{method.name}: the weights are fp16, which would need loss scaling to train; load "
