@@ -776,3 +776,25 @@ def test_cvf_retained_anchors_take_other_peoples_photos_as_negatives(model_dir: 
                                      torch.cat([s.ref_r[torch.arange(3) != i], s.all_f]).unsqueeze(0), 0.1)
                             for i in range(3)])
     assert l_r.item() != pytest.approx(everyone.mean().item(), rel=1e-5)  # the batch's every other photo differs
+
+
+def test_the_forgotten_photos_term_over_processes_is_the_mean_over_every_photo_drawn() -> None:
+    """lambda_k's draw shared unevenly (3 photos: 2 and 1, or 1: 1 and none): each share weighed by its size,
+    a share of none adding zero, so the mean the engine takes over the processes is the one-process mean."""
+    from types import SimpleNamespace
+
+    def term(pool: list[float], world: int, rank: int) -> torch.Tensor | None:
+        ctx = SimpleNamespace(step=0, world=world, rank=rank, shard=lambda items: items[rank::world],
+                              adapter=SimpleNamespace(device=torch.device("cpu")))
+        method = SimpleNamespace(cfg=SimpleNamespace(forgotten_images=pool), seed=3)
+        method._forgotten_batch = lambda c, size: CVFOnly._forgotten_batch(method, c, size)
+        method._distilled = lambda c, s, images: torch.tensor(float(sum(images)) / len(images))  # a photo's value
+        return CVFOnly._kept(method, ctx, SimpleNamespace(f_img=[None] * (4 // world)))  # a global batch of 4
+
+    for pool in ([1.0, 5.0, 9.0], [4.0], [2.0, 7.0, 3.0, 8.0, 6.0]):
+        alone = term(pool, 1, 0)
+        assert alone is not None
+        shares = [term(pool, 2, rank) for rank in (0, 1)]
+        assert all(t is not None for t in shares)
+        assert float(sum(shares) / 2) == pytest.approx(float(alone))
+    assert term([], 2, 0) is None and term([], 1, 0) is None

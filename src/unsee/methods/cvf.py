@@ -318,9 +318,18 @@ class CVFOnly(BaseMethod):
         return l_r, token_mse(s_r_tok, s.ref_r_tok), s_r_hidden
 
     def _kept(self, ctx: Context, s: _Step) -> torch.Tensor | None:
-        """lambda_k's term: the already-forgotten targets' tokens onto the reference's (None: none in this run)."""
-        kept = self._forgotten_batch(ctx, len(s.f_img))
-        return self._distilled(ctx, s, kept) if kept else None
+        """lambda_k's term: the already-forgotten targets' tokens onto the reference's (None: none in this run).
+
+        The step's draw is shared over the processes unevenly when it does not split evenly (3 photos: 2
+        and 1), so each share's mean is weighed by its size, and a process with none adds zero: the mean
+        the engine takes over the processes is then the mean over every photo drawn, as in one process."""
+        kept, drawn = self._forgotten_batch(ctx, len(s.f_img))
+        if not drawn:
+            return None
+        if not kept:
+            return torch.zeros((), device=ctx.adapter.device)
+        share = self._distilled(ctx, s, kept)
+        return share if ctx.world == 1 else share * (len(kept) * ctx.world / drawn)
 
     def _distilled(self, ctx: Context, s: _Step, images: list) -> torch.Tensor:
         """Token-level distillation of un-augmented photos onto the reference's tokens of them."""
@@ -362,18 +371,19 @@ class CVFOnly(BaseMethod):
         return per_image(self._ref_hidden, images,
                           lambda missing: features_and_hidden(ref, self._inputs(ref, missing), block)[1][0])
 
-    def _forgotten_batch(self, ctx: Context, size: int) -> list:
-        """This step's share of the already-forgotten images: a seeded draw, the same in every process.
+    def _forgotten_batch(self, ctx: Context, size: int) -> tuple[list, int]:
+        """This process's share of the step's already-forgotten images, and how many were drawn: a seeded draw,
+        the same in every process.
 
         The covariance keeps their layer inputs to first order; over a request's steps the
         second-order drift brought earlier targets back, so they are held explicitly too.
         """
         pool = self.cfg.forgotten_images
         if not pool or size == 0:
-            return []
+            return [], 0
         rng = np.random.default_rng(self.seed + 7919 * (ctx.step + 1))
         chosen = [pool[i] for i in rng.choice(len(pool), size=min(size * ctx.world, len(pool)), replace=False)]
-        return ctx.shard(chosen)
+        return ctx.shard(chosen), len(chosen)
 
     def _inputs(self, adapter: Adapter, images: list) -> BatchFeature:
         """The image processor's output for un-augmented images, each image processed once.
