@@ -403,6 +403,18 @@ def two_requests(example: Path) -> list[Path]:
     return [_write(example.parent / "one.yaml", body), _write(example.parent / "two.yaml", two)]
 
 
+def test_the_audits_a_request_asks_for_are_checked_before_it_unlearns(model_dir: Path, example: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mistyped attack name costs nothing, and one name given as a string is not read letter by letter."""
+    import unsee.forget as forget_module
+
+    monkeypatch.setattr(forget_module, "unlearn_and_save", lambda *a, **k: pytest.fail("the request was unlearned"))
+    for kinds in (["pgdd"], "pgd"):
+        with pytest.raises(ConfigError, match="unknown attack"):
+            api.forget(model_dir, example, tmp_path / "o", method="graddiff", audit_kinds=kinds, overrides=FAST)
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_later_request_cannot_keep_a_forgotten_face_under_another_name(model_dir: Path, example: Path,
                                                                           tmp_path: Path) -> None:
     """Names are not all a chain checks: the photos an earlier request forgot are refused in a later one."""
@@ -439,6 +451,9 @@ def test_requests_in_order_are_a_continual_run(model_dir: Path, example: Path, t
     assert f"the whole command {record['total_wall_s']:.1f} s;" in (out / "report.md").read_text()
     assert total["wall_s"] == pytest.approx(runs[1]["cost"]["wall_s"] + runs[2]["cost"]["wall_s"], abs=2e-3)
     assert total["requests"] == 2
+    # and each request's own, as results.json has them
+    assert [c["wall_s"] for c in record["per_request"]] == [runs[1]["cost"]["wall_s"], runs[2]["cost"]["wall_s"]]
+    assert [c["request"] for c in record["per_request"]] == [str(f) for f in files]
     assert all("(all 2 requests)" in (out / f).read_text() for f in ("report.md", "evidence.html", "model/README.md"))
     vanilla, one, two = runs
     # every request's forget group so far, the current one included; the vanilla run has them all, and

@@ -138,7 +138,7 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
     seed = run_seed(seed, method, config, overrides)
     check_launch(method, config, overrides, dtype=dtype, audit=audit,
                  inputs=[model, *files, *(p for f in files for p in named_paths(f))])
-    check_audit_options(audit, audit_overrides)
+    check_audit_options(audit, audit_overrides, audit_kinds)
     if not cls.trains_weights and len(files) > 1:
         raise ConfigError(f"continual unlearning needs a training method; {method} builds one steering file per "
                           "request")
@@ -232,8 +232,9 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
         cost = {"total_wall_s": round(time.perf_counter() - start, 2), "unlearning": unlearning}  # both files
         write_evidence(tmp, shown=cards, results=results, run=final, vanilla=vanilla,
                        request={"files": [str(f) for f in files], "names": names}, cost=cost)
+        each = [{"request": r["request_file"], **r["cost"]} for r in runs[1:]]  # each request's own unlearning
         atomic_write_json(tmp / "forget.json", {"requests": [str(f) for f in files], "method": method, "seed": seed,
-                                                "model": str(model), "cost": cost})
+                                                "model": str(model), "cost": {**cost, "per_request": each}})
     if progress is not None:
         progress.remove()
     return out
