@@ -482,6 +482,11 @@ def test_requests_in_order_are_a_continual_run(model_dir: Path, example: Path, t
     assert all(n in card for n in forgotten)
     evidence = (out / "evidence.html").read_text()
     assert all(n in evidence for n in forgotten)  # the held-out photos of both requests' people
+    # its model is attacked on one request into a new file; the chain's own results take no figure of one request
+    with pytest.raises(DataError, match="continual run on the requests one\\+two"):
+        api.attack("shift", out / "model", files[-1], out, overrides=["max_items=2"])
+    api.attack("shift", out / "model", files[-1], tmp_path / "attacked.json", overrides=["max_items=2"])
+    assert "shift" in load_results(tmp_path / "attacked.json")["runs"][-1]["attacks"]
 
     # stopped at the second request, the first is kept, and the same command goes on from there
     calls: list[Any] = []

@@ -91,11 +91,18 @@ def check_attacked_run(run: Mapping[str, Any], out: Path, home: Path, model: str
     fields were recorded is not checked on them.
     """
 
-    split = Path(data).stem if suite.info.get("benchmark") == "request" else suite.info.get("split_name", forget)
+    request = suite.info.get("benchmark") == "request"
+    split = Path(data).stem if request else suite.info.get("split_name", forget)
     recorded = run.get("forget_split")
     if recorded is not None and recorded != split:
-        raise DataError(f"{out} records a run on {recorded}, and the attack would measure {split}; leave out "
-                        f"--forget (it defaults to the run's split) or write the attack to another --out")
+        if request and len(str((run.get("data") or {}).get("path", "")).split(",")) > 1:
+            raise DataError(f"{out} records a continual run on the requests {recorded}, which one request cannot "
+                            "stand for: its audits run with it (unsee forget without --no-audit); to attack its "
+                            "model on one request, write the attack to a new file (--out OTHER.json)")
+        raise DataError(f"{out} records a run on {recorded}, and the attack would measure {split}; "
+                        + ("pass the request file it ran on (--data)" if request else
+                           "leave out --forget (it defaults to the run's split)")
+                        + " or write the attack to another --out")
     then, now = run.get("data", {}).get("fingerprint"), suite.info.get("data", {}).get("fingerprint")
     if then is not None and now is not None and then != now:
         raise DataError(f"{out} records a run on the data at {run['data'].get('path')}, not the data given ({data}: "
