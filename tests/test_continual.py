@@ -214,7 +214,8 @@ def test_continual_requests_with_audits_are_refused_not_skipped(model_dir: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """--requests runs no audits; asking for them must not end in a run that quietly has none."""
     monkeypatch.setattr(api, "continual", lambda *a, **k: pytest.fail("it started the requests"))
-    for kw in ({"audit": True}, {"reference": tmp_path}):
+    (tmp_path / "reference").mkdir()
+    for kw in ({"audit": True}, {"reference": tmp_path / "reference"}):
         with pytest.raises(ConfigError, match="--requests runs no audits"):
             api.unlearn("cvf_ncu", model_dir, world, tmp_path / "c", requests="forget_r1,forget_r2",
                         overrides=STEPS, **kw)
