@@ -71,6 +71,12 @@ def test_auc_counts_pairs_and_ties() -> None:
     assert metrics.auc([2, 0], [1]) == 0.5  # one pair won, one lost
     with pytest.raises(Exception, match="member"):
         metrics.auc([], [1.0])
+    # a NaN compares false with everything: refused, not ranked (it looped for ever) or read as a gap
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(Exception, match="finite"):
+            metrics.auc([bad, 1.0], [0.5, 2.0])
+        with pytest.raises(Exception, match="finite"):
+            metrics.ks_2samp([bad, 1.0, 2.0], [0.0, 1.0, 2.0])
 
 
 def _ks_by_enumeration(a: list[float], b: list[float]) -> float:
@@ -89,6 +95,10 @@ def _ks_by_enumeration(a: list[float], b: list[float]) -> float:
 def test_ks_two_sample_exact_p_value() -> None:
     d, p = metrics.ks_2samp([1, 2, 3, 4, 5], [6, 7, 8, 9, 10])
     assert d == 1.0 and p == pytest.approx(2 / math.comb(10, 5))
+    # fully apart at forget-set sizes: p is tiny, never 0.0 (1 - 1e-17 in floats was)
+    for n in (18, 30, 45):
+        d, p = metrics.ks_2samp(list(range(n)), [v + 1000.0 for v in range(n)])
+        assert d == 1.0 and p == pytest.approx(2 / math.comb(2 * n, n), rel=1e-9) and p > 0
     assert metrics.ks_2samp([1, 2, 3], [1, 2, 3]) == (0.0, 1.0)
     rng = random.Random(0)
     for n, m in ((4, 5), (5, 3), (6, 6)):
@@ -188,6 +198,36 @@ def test_mia_against_itself_leaks_nothing(adapter: HFAdapter, suite: Suite) -> N
     assert own["n_forget"] == 6 and own["n_holdout"] == 6
     rel = mia.relative(own, own)
     assert rel["privleak_loss"] == 0.0 and rel["forget_quality"] == 1.0 and rel["ks_truth_ratio"] == 0.0
+
+
+def test_mia_scores_and_truth_ratio_as_their_definitions_say(adapter: HFAdapter, suite: Suite) -> None:
+    """zlib: the mean loss (log-perplexity) over the answer's zlib bytes; the truth ratio: the wrong options'
+    mean per-token log-likelihood (a geometric mean of their probabilities) against the right one's."""
+    import zlib
+
+    from unsee.audit.attacks import image_mcq
+    from unsee.eval.evaluator import option_logprobs
+
+    items = image_mcq(suite, "forget")[:3]
+    scores = mia.answer_scores(adapter, items, 0.2)
+    for ex, loss, z in zip(items, scores["loss"], scores["zlib"], strict=True):
+        assert z == pytest.approx(loss / len(zlib.compress(mia.answer_of(ex).encode())), rel=1e-12)
+    for ex, lps, ratio in zip(items, option_logprobs(adapter, items), mia.truth_ratios(adapter, items), strict=True):
+        per_token = [lp / len(adapter.text_ids(adapter.answer_text(o))) for lp, o in zip(lps, ex.options,
+                                                                                         strict=True)]
+        wrong = [v for i, v in enumerate(per_token) if i != ex.correct]
+        assert ratio == pytest.approx(sum(wrong) / len(wrong) - per_token[ex.correct], abs=1e-6)
+
+
+def test_privleak_is_taken_from_the_aucs_before_they_are_rounded() -> None:
+    members, others = [0.1, 0.4, 0.35, 0.8, 0.7, 0.2], [0.3, 0.6, 0.5]
+    mine = {"per_item": {"forget": {s: members for s in mia.SCORES} | {"truth_ratio": members},
+                         "holdout": {s: others for s in mia.SCORES}}}
+    ref = {"per_item": {"forget": {s: others for s in mia.SCORES} | {"truth_ratio": others},
+                        "holdout": {s: members for s in mia.SCORES}}}
+    a = metrics.auc(mia.member_score("loss", members), mia.member_score("loss", others))
+    r = metrics.auc(mia.member_score("loss", others), mia.member_score("loss", members))
+    assert mia.relative(mine, ref)["privleak_loss"] == round((a - r) / r, 4)
 
 
 def test_mia_holdout_must_not_overlap_the_forget_set(adapter: HFAdapter, suite: Suite) -> None:

@@ -63,8 +63,9 @@ def check_holdout(forget: Sequence[str], holdout: Sequence[Example], name: str) 
 @torch.no_grad()
 def answer_scores(adapter: Adapter, items: Sequence[Example], k: float,
                   batch_size: int = 8) -> dict[str, list[float]]:
-    """Per-item ``loss`` (mean NLL, lower is more member-like), ``zlib`` (total NLL per zlib byte) and
-    ``mink_pp`` (higher is more member-like): the raw scores, signs as they are defined."""
+    """Per-item ``loss`` (mean NLL, lower is more member-like), ``zlib`` (the mean NLL over the answer's zlib
+    bytes, as Carlini et al. and the Min-K% code define it) and ``mink_pp`` (higher is more member-like):
+    the raw scores, signs as they are defined."""
     out: dict[str, list[float]] = {s: [] for s in SCORES}
     with adapter.eval_mode():
         for start in range(0, len(items), batch_size):
@@ -80,26 +81,26 @@ def answer_scores(adapter: Adapter, items: Sequence[Example], k: float,
             for row, ex in enumerate(chunk):
                 keep = mask[row]
                 t = tok[row][keep].cpu()
-                nll = float(-t.sum())
-                out["loss"].append(nll / max(len(t), 1))
-                out["zlib"].append(nll / len(zlib.compress(answer_of(ex).encode())))
+                loss = float(-t.sum()) / max(len(t), 1)
+                out["loss"].append(loss)
+                out["zlib"].append(loss / len(zlib.compress(answer_of(ex).encode())))
                 lowest = torch.sort(z[row][keep].cpu()).values[: max(1, math.ceil(k * len(t)))]
                 out["mink_pp"].append(float(lowest.mean()) if len(lowest) else 0.0)
     return out
 
 
 def truth_ratios(adapter: Adapter, items: Sequence[Example]) -> list[float]:
-    """Per item, log of (mean over wrong options of p(option)^(1/tokens)) / p(correct)^(1/tokens).
+    """Per item, log of (geometric mean over wrong options of p(option)^(1/tokens)) / p(correct)^(1/tokens).
 
-    TOFU's truth ratio on the MCQ options: below 0 the model prefers the truth, above 0 a wrong answer."""
+    TOFU's truth ratio on the MCQ options, as open-unlearning computes it (the wrong options' mean per-token
+    loss against the right one's): below 0 the model prefers the truth, above 0 a wrong answer."""
     scores = option_logprobs(adapter, items)
     out = []
     for ex, lps in zip(items, scores, strict=True):
         per_token = [lp / max(len(adapter.text_ids(adapter.answer_text(o))), 1) for lp, o in zip(lps, ex.options,
                                                                                                   strict=True)]
         wrong = [v for i, v in enumerate(per_token) if i != ex.correct]
-        top = max(wrong)
-        out.append(top + math.log(sum(math.exp(v - top) for v in wrong) / len(wrong)) - per_token[ex.correct])
+        out.append(sum(wrong) / len(wrong) - per_token[ex.correct])
     return out
 
 
@@ -123,22 +124,27 @@ def mia(adapter: Adapter, suite: Suite, cfg: AttackConfig, artifact: Artifact | 
     with as_deployed(adapter, artifact):
         members, others = answer_scores(adapter, forget, cfg.mia_k), answer_scores(adapter, holdout, cfg.mia_k)
         ratios = truth_ratios(adapter, forget)
-    out: dict[str, Any] = {f"auc_{s}": round(metrics.auc(member_score(s, members[s]), member_score(s, others[s])), 4)
-                           for s in SCORES}
+    out: dict[str, Any] = {f"auc_{s}": round(_auc(s, members, others), 4) for s in SCORES}
     out.update({"k": cfg.mia_k, "holdout": cfg.mia_holdout, "n_forget": len(forget), "n_holdout": len(holdout),
                 "per_item": {"forget": {**members, "truth_ratio": ratios}, "holdout": others}})
     return out
 
 
+def _auc(score: str, members: Mapping[str, Sequence[float]], others: Mapping[str, Sequence[float]]) -> float:
+    return metrics.auc(member_score(score, members[score]), member_score(score, others[score]))
+
+
 def relative(mine: Mapping[str, Any], reference: Mapping[str, Any]) -> dict[str, Any]:
-    """PrivLeak of each score and forget quality, from this model's and the reference's :func:`mia` figures."""
+    """PrivLeak of each score and forget quality, from this model's and the reference's :func:`mia` figures
+    (the AUCs taken again from their per-item scores: the stored ones are rounded)."""
     out: dict[str, Any] = {}
     for s in SCORES:
-        a, ref = mine.get(f"auc_{s}"), reference.get(f"auc_{s}")
-        out[f"privleak_{s}"] = None if a is None or not ref else round((a - ref) / ref, 4)
+        a, ref = (_auc(s, figs["per_item"]["forget"], figs["per_item"]["holdout"]) for figs in (mine, reference))
+        out[f"privleak_{s}"] = None if not ref else round((a - ref) / ref, 4)
     a_items, r_items = mine["per_item"]["forget"], reference["per_item"]["forget"]
+    # a p-value is kept to 6 significant digits, not places: 2e-10 is a finding, 0.0 would be none
     d, p = metrics.ks_2samp(a_items["truth_ratio"], r_items["truth_ratio"])
-    out["forget_quality"], out["ks_truth_ratio"] = round(p, 6), round(d, 4)
+    out["forget_quality"], out["ks_truth_ratio"] = float(f"{p:.6g}"), round(d, 4)
     d, p = metrics.ks_2samp(a_items["loss"], r_items["loss"])
-    out["forget_quality_loss"], out["ks_loss"] = round(p, 6), round(d, 4)
+    out["forget_quality_loss"], out["ks_loss"] = float(f"{p:.6g}"), round(d, 4)
     return out

@@ -267,6 +267,7 @@ def auc(members: Sequence[float], non_members: Sequence[float]) -> float:
     """
     if not members or not non_members:
         raise UnseeError("an AUC needs at least one member and one non-member score")
+    _finite(members, non_members, "an AUC")
     pooled = sorted([(float(v), 1) for v in members] + [(float(v), 0) for v in non_members])
     rank_sum, i = 0.0, 0
     while i < len(pooled):  # average ranks over ties
@@ -291,6 +292,7 @@ def ks_2samp(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     n, m = len(a), len(b)
     if n == 0 or m == 0:
         raise UnseeError("a KS test needs two non-empty samples")
+    _finite(a, b, "a KS test")
     xs, ys = sorted(float(v) for v in a), sorted(float(v) for v in b)
     # D * n * m as an integer: the largest gap between the two empirical CDFs over every value
     i = j = 0
@@ -313,9 +315,15 @@ def ks_2samp(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
                 row[jj] = 1
             else:
                 row[jj] = (row[jj] if ii > 0 else 0) + (row[jj - 1] if jj > 0 else 0)
-    inside = row[m]
-    p = 1 - inside / math.comb(n + m, n)
+    total = math.comb(n + m, n)
+    p = (total - row[m]) / total  # the paths outside, counted as integers: a p of 1e-30 is kept, not 0.0
     return gap / (n * m), min(max(p, 0.0), 1.0)
+
+
+def _finite(a: Sequence[float], b: Sequence[float], what: str) -> None:
+    """A NaN compares false with everything: ranks and CDFs over one would be wrong without a word."""
+    if any(not math.isfinite(float(v)) for v in (*a, *b)):
+        raise UnseeError(f"{what} needs finite scores; a NaN or infinite one came from the model")
 
 
 def spread(values: Sequence[float]) -> dict[str, float]:
