@@ -205,6 +205,12 @@ def test_known_validation_request_holds_known_people_no_reported_split_forgets(t
     assert set(suite.forget_entities) == val and {e.entity for e in suite.groups["forget_test"]} == val
     assert not val & {e.entity for e in suite.groups["known"]}
     assert {e.entity for e in suite.groups["train_forget"]} == val
+    # a pick blind to the reported people: they are in no known group and no stream of it
+    blind = load_mllmu(world, "val_known_forget_10", retain_exclude=["known_forget_10"])
+    assert set(blind.forget_entities) == val and blind.groups["known"]
+    for group in ("known", "text_known", "known_test", "train_known"):
+        assert not reported & {e.entity for e in blind.groups[group]}, group
+        assert {e.entity for e in blind.groups[group]} == {e.entity for e in suite.groups[group]} - reported, group
     with pytest.raises(ConfigError, match="leaving none known"):
         load_config(WorldConfig, "quick", [*TINY, "n_known=2", "val_known_forget_splits=[10]"], kind="world")
     # the message names the splits that take the known people, never one that is not asked for

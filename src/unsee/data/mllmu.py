@@ -328,6 +328,18 @@ def load_mllmu(
     groups["forget"], groups["text_forget"] = _split(forget_rows)
     groups["retain"], groups["text_retain"] = _split(retain_rows)
 
+    known_rows = cfg.profiles("Retain_Set") if source.has("Retain_Set") else []
+    # a known person to forget (known_forget_X) is in the forget group instead: the same ID with the same
+    # portrait; a celebrity whose ID merely equals a fictitious person's stays known. A known person named by
+    # a retain_exclude config is left out of every known group, as a retained one is of the retained groups.
+    forget_photos = {(entity_id(r.get("ID"), field="ID", source=r.source), _row_image(r)) for r, _ in forget_rows}
+    left_out = {(entity_id(r.get("ID"), field="ID", source=r.source), _row_image(r))
+                for item in retain_exclude if source.has(item) for r in cfg.profiles(item)}
+    known = [(r, "Retain_Set") for r in known_rows
+             if (entity_id(r.get("ID"), field="ID", source=r.source), _row_image(r)) not in forget_photos | left_out]
+    known_out = {entity_id(r.get("ID"), field="ID", source=r.source) for r in known_rows
+                 if (entity_id(r.get("ID"), field="ID", source=r.source), _row_image(r)) in left_out}
+
     groups["forget_test"], groups["known_test"] = [], []
     test_ids: list[str] = []
     others: set[str] = set()  # the held-out photos of the people no group asks about
@@ -339,7 +351,8 @@ def load_mllmu(
                 if eid in forget_ids:
                     groups["forget_test"].extend(held_out_examples(rec, seed))
                 elif test_config == KNOWN_TEST_SET:  # the known people kept, on photos no method trains on
-                    groups["known_test"].extend(held_out_examples(rec, seed))
+                    if eid not in known_out:
+                        groups["known_test"].extend(held_out_examples(rec, seed))
                 elif rec.get("images") or rec.get("image") is not None:  # a row without a photo has none to compare
                     others.update(hashlib.sha256(v).hexdigest() for v in _views(rec))
     if test_ids and not set(test_ids) & set(forget_ids):
@@ -349,19 +362,13 @@ def load_mllmu(
 
     if source.has("Holdout_Set"):  # people never trained on: the membership attack's non-members
         groups["holdout"], groups["text_holdout"] = _split([(r, "Holdout_Set") for r in cfg.profiles("Holdout_Set")])
-    known_rows = cfg.profiles("Retain_Set") if source.has("Retain_Set") else []
-    # a known person to forget (known_forget_X) is in the forget group instead: the same ID with the same
-    # portrait; a celebrity whose ID merely equals a fictitious person's stays known
-    forget_photos = {(entity_id(r.get("ID"), field="ID", source=r.source), _row_image(r)) for r, _ in forget_rows}
-    known = [(r, "Retain_Set") for r in known_rows
-             if (entity_id(r.get("ID"), field="ID", source=r.source), _row_image(r)) not in forget_photos]
     groups["known"], groups["text_known"] = _split(known)
     groups["general"] = []
     if source.has("General_Set"):
         for rec in cfg.profiles("General_Set"):
             groups["general"].extend(profile_examples(rec, "General_Set", _row_image(rec)))
 
-    _training_streams(source, cfg, groups, forget_ids, retain_ids)
+    _training_streams(source, cfg, groups, forget_ids, retain_ids, known_out)
 
     info = {
         "loader": "mllmu",
@@ -421,8 +428,10 @@ def _training_streams(
     groups: dict[str, list[Example]],
     forget_ids: dict[str, None],
     retain_ids: list[str],
+    known_out: set[str],
 ) -> None:
-    """Fill ``train_*``, ``unknown`` and ``neutral``; absent configs give empty streams."""
+    """Fill ``train_*``, ``unknown`` and ``neutral``; absent configs give empty streams. ``known_out``: known
+    people left out of the retained set, whose rows no stream holds."""
     forget_set, retain_set = set(forget_ids), set(retain_ids)
     ft = ft_examples(cfg.get("ft_Data", FT_COLUMNS, FT_OPTIONAL), "ft_Data") if source.has("ft_Data") else None
     if ft is not None and all(e.entity for e in ft if e.has_image):
@@ -442,6 +451,7 @@ def _training_streams(
         ("Unknown_Set", "unknown"),
     ):
         groups[name] = ft_examples(cfg.get(config, FT_COLUMNS, FT_OPTIONAL), config) if source.has(config) else []
+    groups["train_known"] = [e for e in groups["train_known"] if e.entity not in known_out]
     # a known person to forget (known_forget_X): their photos move from the known stream to the forget one;
     # their text questions stay with the known people's
     photos = [e for e in groups["train_known"] if e.has_image and e.entity in forget_set]
