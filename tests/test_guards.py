@@ -360,6 +360,14 @@ def test_every_api_command_refuses_a_seed_the_generators_cannot_take(model_dir: 
             with pytest.raises(ConfigError, match=r"seed must be a whole number in \[0, 2\*\*32\)"):
                 call(bad)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["req"]
+    with pytest.raises(ConfigError, match="seed must be a whole number"):  # a fine-tune's seed, set after its config
+        api.finetune(model_dir, world, tmp_path / "f", seed=-1)
+    # the last of several seeds is checked before the first one trains, not when it would start
+    for call in (lambda: api.unlearn("ga", model_dir, world, tmp_path / "u", seed=2**32 - 1, seeds=2),
+                 lambda: api.demo(tmp_path / "d", seed=2**32 - 1, seeds=2, quick=True)):
+        with pytest.raises(ConfigError, match=r"the last seed \(--seed \+ --seeds - 1 = 4294967296\)"):
+            call()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["req"]
 
 
 @pytest.mark.parametrize(("method", "bad", "message"), [

@@ -25,7 +25,7 @@ from unsee.attacked import add_attacks, attacked_run, check_attacked_run
 from unsee.audit.attacks import ATTACKS
 from unsee.audit.quant import changed_linears, saved_dtype, weight_digests
 from unsee.bench_recipe import check_world_recipe
-from unsee.config import ConfigError, check_seed
+from unsee.config import ConfigError, check_seed, check_seeds
 from unsee.data import world as _world
 from unsee.data.collate import qa_turns
 from unsee.data.detect import benchmark_of, resolve
@@ -265,8 +265,7 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
     check_launch(method, config, overrides, dtype=dtype, audit=audit, inputs=_local(model, data, neutral))
     check_audit_options(audit, audit_overrides)
     seed = run_seed(seed, method, config, overrides)
-    if seeds < 1:
-        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    check_seeds(seed, seeds)
     eval_kw = eval_options(protocol=protocol, max_items=max_items, max_new_tokens=max_new_tokens)
     reqs = request_names(requests)
     if reqs and is_request_file(data):
@@ -440,7 +439,7 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     existing = load_results(out) if out.is_file() else None
     if existing is not None and not existing["runs"]:
         raise DataError(f"{out} holds no runs to add the attacks to")
-    index, home = attacked_run(existing, out, model, steering) if existing is not None else (-1, out.parent)
+    index, home = attacked_run(existing, out, model, steering, data) if existing is not None else (-1, out.parent)
     if forget is None:  # a new file on a request is on the request, as `unsee eval` records it
         forget = existing["runs"][index].get("forget_split", "forget_10") if existing is not None else (
             Path(data).stem if is_request_file(data) else "forget_10")

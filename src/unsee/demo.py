@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from unsee.audit.attacks import ATTACKS
-from unsee.config import load_config, opt, read_config_file, to_dict
+from unsee.config import check_seeds, load_config, opt, read_config_file, to_dict
 from unsee.data.world import cached_world
 from unsee.engine.distributed import is_main_process, wait_for_everyone
 from unsee.errors import ConfigError
@@ -131,8 +131,7 @@ def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", 
     names = list(ALL) if methods == "all" else (methods.split(",") if isinstance(methods, str) else list(methods))
     for m in dict.fromkeys([*names, *cfg.method_overrides]):  # an override of a method not run is read too
         method_configs(m, None, cfg.method_overrides.get(m, []))
-    if seeds < 1:
-        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    check_seeds(seed, seeds)
     audit_config(cfg.attack_overrides)  # before the world and the vanilla model are built, audited or not
     cache = cache_root(cache_dir)
     world, vanilla = prepare_vanilla(cfg, arch, seed, cache)

@@ -410,7 +410,7 @@ def finetune(
     """
     cfg = load_config(FinetuneConfig, config, overrides, kind="finetune")
     if seed is not None:
-        cfg.seed = seed
+        cfg.seed = check_seed(seed)
     check_output_dir(out, overwrite=overwrite)
     check_launch()
     model = local_model(model)  # a hub id's snapshot: its weights' fingerprint keys stage 2

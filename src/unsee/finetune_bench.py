@@ -34,7 +34,7 @@ from unsee.bench_recipe import (
     training_pairs,
     vanilla_record,
 )
-from unsee.config import to_dict
+from unsee.config import check_seed, to_dict
 from unsee.data.detect import NAMES, DataRef, data_fingerprint
 from unsee.data.schema import Suite
 from unsee.engine.checkpoint import remove_checkpoint
@@ -132,7 +132,7 @@ def finetune_benchmark(model: str | Path, ref: DataRef, kind: str, out: str | Pa
     check_output_dir(out, overwrite=overwrite)
     cfg = load_recipe(kind, config, overrides)
     if seed is not None:
-        cfg.seed = seed
+        cfg.seed = check_seed(seed)
     forget = None if forget is None else split_name(kind, forget)  # one cache entry and record for each split
     pairs = training_pairs(ref, kind, cfg, forget)
     given, model = str(model), local_model(model)
