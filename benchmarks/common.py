@@ -15,9 +15,10 @@ from typing import Any
 import torch
 
 from unsee import api
+from unsee.config import check_seed
 from unsee.data.schema import Suite
 from unsee.demo import DemoConfig, prepare_vanilla
-from unsee.errors import DataError
+from unsee.errors import ConfigError, DataError
 from unsee.eval.metrics import spread as value_spread
 from unsee.eval.metrics import unlearning_score
 from unsee.finetune import cache_root
@@ -43,6 +44,15 @@ def write_result(path: Path, result: Mapping[str, Any]) -> None:
 def scratch(prefix: str) -> Path:
     """A fresh folder under this process's scratch root (removed at exit)."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir=_SCRATCH.name))
+
+
+def seed_arg(text: str) -> int:
+    """An argparse type for --seed: a seed numpy and torch take, refused at the parser (a benchmark that writes at
+    its end would otherwise lose the runs before the one that fails)."""
+    try:
+        return check_seed(int(text))
+    except (ValueError, ConfigError) as e:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: a whole number in [0, 2**32)") from e
 
 
 def positive_int(text: str) -> int:
@@ -96,7 +106,7 @@ def untrained_options(p: argparse.ArgumentParser, *, world: str, archs: Sequence
     p.add_argument("--forget", default="forget_10")
     p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                    help="an engine option for every method, e.g. max_steps=2 for a smoke run")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--cache-dir", default=None, help="the shared stage cache (default: ~/.cache/unsee)")
     p.add_argument("--threads", type=positive_int, default=2)
 
@@ -125,7 +135,7 @@ def model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", default=None, help="finetune recipe (default: the world's name)")
     p.add_argument("--recipe-set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
     p.add_argument("--arch", default="tiny-llava", choices=ARCHS)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--cache-dir", default=None, help="the shared stage cache (default: ~/.cache/unsee)")
     p.add_argument("--threads", type=positive_int, default=2,
                    help="torch threads (1 on a machine busy with other work)")
@@ -232,9 +242,14 @@ def seed_list(text: str, base: int) -> list[int]:
     except ValueError:
         raise SystemExit(f"--seeds {text}: give a comma list of whole numbers (0,1,2) or how many seeds to run "
                          "(3)") from None
+    for n in numbers:
+        if not 0 <= n < 2**32:
+            raise SystemExit(f"--seeds {text}: {n} is not a seed; seeds are whole numbers in [0, 2**32)")
     if "," in text:
         return numbers
     if int(text) < 1:
         raise SystemExit(f"--seeds {text}: a single number is how many seeds to run, from --seed; give 1 or more, "
                          "or a comma list of seeds (0,1,2)")
+    if base + int(text) > 2**32:
+        raise SystemExit(f"--seeds {text} from --seed {base} runs past the last seed, 2**32 - 1")
     return list(range(base, base + int(text)))

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import positive_int
+from common import positive_int, seed_arg
 
 from unsee import __version__
 from unsee.config import load_config, to_dict
@@ -194,7 +194,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--world", default="quick", choices=("quick", "default"), help="world config (and recipe)")
     p.add_argument("--arch", default="tiny-llava", choices=ARCHS)
     p.add_argument("--recipe", default=None, help="finetune recipe: file or shipped name (default: as --world)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--cache-dir", "--cache", dest="cache", default=None,
                    help="stage cache (default: $UNSEE_CACHE or ~/.cache/unsee), spelt as in the other benchmarks")
     p.add_argument("--threads", type=positive_int, default=2)

@@ -361,13 +361,17 @@ def test_benchmark_options_are_refused_before_any_work(capsys: pytest.CaptureFix
                        (protocols.main, wrong), (audits.main, ["--methods", "graddiff", "--seeds", "0"]),
                        (unlearn.main, ["--methods", "graddiff", "--seeds", "-1"]),
                        (continual.main, ["--methods", "graddiff", "--retrained"]),
-                       (protocols.main, ["--methods", "graddiff", "--retrained"])):
+                       (protocols.main, ["--methods", "graddiff", "--retrained"]),
+                       (unlearn.main, ["--methods", "graddiff", "--seed", "-1"]),
+                       (seeds.main, ["--methods", "graddiff", "--seed", "4294967296"])):
         with pytest.raises(SystemExit) as done:
             main(argv)
         assert done.value.code == 2
     err = capsys.readouterr().err
     assert err.count("unknown method(s) ['nosuch']") == 5 and "must be at least 1" in err
-    assert err.count("unrecognized arguments: --retrained") == 2
+    assert err.count("unrecognized arguments: --retrained") == 2 and err.count("invalid seed") == 2
+    with pytest.raises(SystemExit, match="-1 is not a seed"):  # every seed of a list, before the first runs
+        continual.main(["--methods", "graddiff", "--seeds", "0,-1"])
 
     def sweep(method: str, sweep: str = "all", lr: tuple[float, ...] = (1.0,)) -> list[list[str]]:
         return unlearn.settings(method, argparse.Namespace(sweep=sweep, lr_scales=list(lr), epoch_scales=[1.0],
