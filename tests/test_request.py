@@ -409,8 +409,8 @@ def test_the_audits_a_request_asks_for_are_checked_before_it_unlearns(model_dir:
     import unsee.forget as forget_module
 
     monkeypatch.setattr(forget_module, "unlearn_and_save", lambda *a, **k: pytest.fail("the request was unlearned"))
-    for kinds in (["pgdd"], "pgd"):
-        with pytest.raises(ConfigError, match="unknown attack"):
+    for kinds, message in ((["pgdd"], "unknown attack"), ("mia", "a list of attack names, such as \\['mia'\\], not")):
+        with pytest.raises(ConfigError, match=message):
             api.forget(model_dir, example, tmp_path / "o", method="graddiff", audit_kinds=kinds, overrides=FAST)
     assert not (tmp_path / "o").exists()
 
@@ -430,7 +430,7 @@ def test_a_later_request_cannot_keep_a_forgotten_face_under_another_name(model_d
 
 
 @pytest.mark.slow
-def test_requests_in_order_are_a_continual_run(model_dir: Path, example: Path, tmp_path: Path,
+def test_requests_in_order_are_a_continual_run(model_dir: Path, example: Path, world: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     files = two_requests(example)
     first = yaml.safe_load(example.read_text())["retain"][0]
@@ -485,6 +485,8 @@ def test_requests_in_order_are_a_continual_run(model_dir: Path, example: Path, t
     # its model is attacked on one request into a new file; the chain's own results take no figure of one request
     with pytest.raises(DataError, match="continual run on the requests one\\+two"):
         api.attack("shift", out / "model", files[-1], out, overrides=["max_items=2"])
+    with pytest.raises(DataError, match="pass the request file it ran on"):  # nor figures of the world's split
+        api.attack("shift", out / "model", world, out, overrides=["max_items=2"])
     api.attack("shift", out / "model", files[-1], tmp_path / "attacked.json", overrides=["max_items=2"])
     assert "shift" in load_results(tmp_path / "attacked.json")["runs"][-1]["attacks"]
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from unsee.data.request import is_request_file
 from unsee.data.schema import Suite
 from unsee.errors import DataError
 from unsee.eval.results import load_results, seed_summary, write_results
@@ -57,16 +58,26 @@ def add_attacks(out: Path, index: int, home: Path, found: Mapping[str, Any], car
         return refresh_card(card, shown, vanilla_for([r for r in results["runs"] if setting_of(r) == setting_of(run)]))
 
 
-def attacked_run(results: Mapping[str, Any], out: Path, model: str | Path,
-                 steering: str | Path | None) -> tuple[int, Path]:
+def attacked_run(results: Mapping[str, Any], out: Path, model: str | Path, steering: str | Path | None,
+                 data: Any = None) -> tuple[int, Path]:
     """Which run of an existing results file an attack's figures belong to, and that run's folder.
 
     A run over several unlearning seeds keeps each seed's model (or steering file) in
     ``seed-K/``: the figures go to the seed whose files are attacked, and any other model is
     refused. Otherwise they go to the last run (a continual run's last request, whose model the
-    output holds).
+    output holds). A run on a removal request takes figures measured on a request (``data``) alone.
     """
 
+    index, home = _which_run(results, out, model, steering)
+    run = results["runs"][index]
+    if data is not None and run.get("benchmark") == "request" and not is_request_file(data):
+        raise DataError(f"{out} records a run on the request {run.get('forget_split')}, and {data} is no request "
+                        "file; pass the request file it ran on (--data) or write the attack to another --out")
+    return index, home
+
+
+def _which_run(results: Mapping[str, Any], out: Path, model: str | Path,
+               steering: str | Path | None) -> tuple[int, Path]:
     if "seeds" not in results:
         return len(results["runs"]) - 1, out.parent
     attacked = Path(steering if steering is not None else model).resolve()
@@ -99,8 +110,9 @@ def check_attacked_run(run: Mapping[str, Any], out: Path, home: Path, model: str
             raise DataError(f"{out} records a continual run on the requests {recorded}, which one request cannot "
                             "stand for: its audits run with it (unsee forget without --no-audit); to attack its "
                             "model on one request, write the attack to a new file (--out OTHER.json)")
+        on_request = request or run.get("benchmark") == "request"
         raise DataError(f"{out} records a run on {recorded}, and the attack would measure {split}; "
-                        + ("pass the request file it ran on (--data)" if request else
+                        + ("pass the request file it ran on (--data)" if on_request else
                            "leave out --forget (it defaults to the run's split)")
                         + " or write the attack to another --out")
     then, now = run.get("data", {}).get("fingerprint"), suite.info.get("data", {}).get("fingerprint")

@@ -227,11 +227,13 @@ class ReferenceAudits:
 def check_audit_options(audit: bool, overrides: Any = (), kinds: Sequence[str] | None = None) -> None:
     """Audit options (and the attacks asked for, ``kinds``) are checked before any work; given where no audit
     runs, they would be dropped without a word, so they are refused."""
-    if kinds is not None:
-        unknown = [kinds] if isinstance(kinds, str) else sorted(set(kinds) - set(ATTACKS))
-        if unknown:
-            raise ConfigError(f"unknown attack(s) {unknown} in the audits asked for: give a list of "
-                              f"{', '.join(ATTACKS)}")
+    if isinstance(kinds, str):  # read letter by letter, 'pgd' would be three unknown attacks
+        raise ConfigError(f"the audits asked for are a list of attack names, such as [{kinds!r}], not the string "
+                          f"{kinds!r}")
+    unknown = sorted(set(kinds or ()) - set(ATTACKS))
+    if unknown:
+        raise ConfigError(f"unknown attack(s) {unknown} in the audits asked for: give a list of "
+                          f"{', '.join(ATTACKS)}")
     if audit:
         audit_config(overrides)
     elif overrides:
