@@ -276,6 +276,9 @@ def test_attack_sets_the_reference_beside_each_figure_and_caches_it(model: Path,
     keys = {unlearning.ReferenceAudits(reference, api.load_suite(world, "forget_5"), cfg, cache, dtype=d).key
             for d in (None, "fp32", torch.float32)}
     assert len(keys) == 1
+    # figures an earlier definition of a score made are not set beside this one's: the code is in the key
+    monkeypatch.setattr(unlearning, "source_fingerprint", lambda *modules: "other code")
+    assert unlearning.ReferenceAudits(reference, api.load_suite(world, "forget_5"), cfg, cache).key not in keys
 
 
 def test_attacks_that_need_a_reference_refuse_without_one(model: Path, world: Path, tmp_path: Path,

@@ -25,7 +25,7 @@ from unsee.engine.trainer import frozen_copy
 from unsee.errors import ConfigError, DataError, ModelError
 from unsee.eval.results import strip_samples
 from unsee.finetune import default_cache, world_fingerprint
-from unsee.io import atomic_write_json, content_hash
+from unsee.io import atomic_write_json, content_hash, source_fingerprint
 from unsee.methods import method_class
 from unsee.methods.artifact import WeightsArtifact
 from unsee.models import check_model_dir, load_adapter, resolve_dtype
@@ -189,12 +189,18 @@ def attach_holdout(suite: Suite, data: str | Path | None, name: str, seed: int =
     return suite
 
 
+# the modules whose code makes an attack's figures
+AUDIT_CODE = ("unsee.audit.attacks", "unsee.audit.common", "unsee.audit.mia", "unsee.audit.quant", "unsee.eval.metrics",
+              "unsee.eval.evaluator")
+
+
 class ReferenceAudits:
     """The retrained reference's figures for each attack, computed once and kept.
 
     The reference does not change between the methods and seeds it is set beside, so its
     figures are cached in memory and, under ``cache_dir``, on disk, keyed on the reference's
-    weights, the attack's options, the items and ``dtype`` (``cache_dir``: the stage cache by default).
+    weights, the attack's options, the items, ``dtype`` and the code of the attacks and their scores (figures
+    of an earlier definition would be set beside this one's) (``cache_dir``: the stage cache by default).
     ``dtype``, the attacked model's, is the reference's too: a figure set beside another is read at its precision."""
 
     def __init__(self, path: str | Path, suite: Suite, cfg: Any, cache_dir: str | Path | None = None,
@@ -203,7 +209,7 @@ class ReferenceAudits:
         self.cache = Path(cache_dir or default_cache()) / "reference-audits"
         uids = {g: [e.uid for e in items] for g, items in sorted(suite.groups.items())}
         self.key = content_hash("reference-audit", model_fingerprint(self.path), to_dict(cfg), uids,
-                                str(self.dtype))
+                                str(self.dtype), source_fingerprint(*AUDIT_CODE))
         self._adapter: Adapter | None = None
         self._memo: dict[str, dict[str, Any]] = {}
 
