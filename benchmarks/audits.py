@@ -28,7 +28,17 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from common import ALL, attack_options, eval_kw, measure, parser, positive_int, retrained_model, vanilla_model
+from common import (
+    ALL,
+    attack_options,
+    check_last_seed,
+    eval_kw,
+    measure,
+    parser,
+    positive_int,
+    retrained_model,
+    vanilla_model,
+)
 
 from unsee import api
 from unsee.audit.verdicts import reference_checks
@@ -106,6 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--table", default=None, metavar="FILE", help="also write the target table as markdown")
     attack_options(p)
     args = p.parse_args(argv)
+    check_last_seed(p, args.seed, args.seeds)
     if not args.attacks:
         p.error("--attacks none leaves this benchmark nothing to do; name at least one attack")
     world, vanilla = vanilla_model(args)

@@ -55,6 +55,12 @@ def seed_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid seed {text!r}: a whole number in [0, 2**32)") from e
 
 
+def check_last_seed(p: argparse.ArgumentParser, seed: int, count: int) -> None:
+    """``--seeds N`` from ``--seed``: the last one a seed too, refused before the first runs."""
+    if seed + count > 2**32:
+        p.error(f"--seeds {count} from --seed {seed} runs past the last seed, 2**32 - 1")
+
+
 def positive_int(text: str) -> int:
     """An argparse type for counts such as --threads: zero or less is refused in one line, not by torch's
     traceback halfway through setup."""

@@ -29,7 +29,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import ALL, check, eval_kw, mcq, measure, parser, positive_int, retrained_model, score, vanilla_model
+from common import (
+    ALL,
+    check,
+    check_last_seed,
+    eval_kw,
+    mcq,
+    measure,
+    parser,
+    positive_int,
+    retrained_model,
+    score,
+    vanilla_model,
+)
 
 from unsee import api
 from unsee.eval.evaluator import aggregate_seeds
@@ -208,6 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="unlearning seeds of each pick on the reported split (--seed .. --seed+N-1)")
     p.add_argument("--table", default=None, metavar="FILE", help="also write the method table as markdown")
     args = p.parse_args(argv)
+    check_last_seed(p, args.seed, args.seeds)
     world, vanilla = vanilla_model(args)
     suite = api.load_suite(world, args.forget, seed=args.seed)
     kw = eval_kw(args)

@@ -363,13 +363,16 @@ def test_benchmark_options_are_refused_before_any_work(capsys: pytest.CaptureFix
                        (continual.main, ["--methods", "graddiff", "--retrained"]),
                        (protocols.main, ["--methods", "graddiff", "--retrained"]),
                        (unlearn.main, ["--methods", "graddiff", "--seed", "-1"]),
-                       (seeds.main, ["--methods", "graddiff", "--seed", "4294967296"])):
+                       (seeds.main, ["--methods", "graddiff", "--seed", "4294967296"]),
+                       (unlearn.main, ["--methods", "graddiff", "--seed", "4294967295", "--seeds", "2"]),
+                       (audits.main, ["--methods", "graddiff", "--seed", "4294967295", "--seeds", "2"])):
         with pytest.raises(SystemExit) as done:
             main(argv)
         assert done.value.code == 2
     err = capsys.readouterr().err
     assert err.count("unknown method(s) ['nosuch']") == 5 and "must be at least 1" in err
     assert err.count("unrecognized arguments: --retrained") == 2 and err.count("invalid seed") == 2
+    assert err.count("runs past the last seed") == 2
     with pytest.raises(SystemExit, match="-1 is not a seed"):  # every seed of a list, before the first runs
         continual.main(["--methods", "graddiff", "--seeds", "0,-1"])
 

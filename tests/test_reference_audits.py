@@ -277,6 +277,13 @@ def test_attack_sets_the_reference_beside_each_figure_and_caches_it(model: Path,
             for d in (None, "fp32", torch.float32)}
     assert len(keys) == 1
     # figures an earlier definition of a score made are not set beside this one's: the code is in the key
+    from unsee.audit import attacks
+    from unsee.data import prompts
+    from unsee.engine import trainer
+
+    # the code the attacks run is in it: their steps, the relearning's training, the scoring turns
+    assert {attacks.linf_ascent.__module__, trainer.__name__, prompts.qa_prompt.__module__,
+            mia.__name__} <= set(unlearning.AUDIT_CODE)
     monkeypatch.setattr(unlearning, "source_fingerprint", lambda *modules: "other code")
     assert unlearning.ReferenceAudits(reference, api.load_suite(world, "forget_5"), cfg, cache).key not in keys
 

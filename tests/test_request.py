@@ -359,13 +359,18 @@ def test_a_person_without_held_out_photos_is_shown_beside_one_with_them() -> Non
     assert [e.uid for e in _shown_items([suite], 0, seed=0)] == ["ed-held", "jo-train"]
 
 
-def test_an_attack_on_a_request_records_the_request_as_its_split(model_dir: Path, example: Path,
+def test_an_attack_on_a_request_records_the_request_as_its_split(model_dir: Path, example: Path, world: Path,
                                                                  tmp_path: Path) -> None:
     """As `unsee eval` records it, so that `unsee report` puts the two runs on the same data in one setting."""
     api.attack("shift", model_dir, example, tmp_path / "a.json", overrides=["max_items=2"])
     evaluated = api.evaluate(model_dir, example, tmp_path / "e.json", max_items=2)
     attacked = load_results(tmp_path / "a.json")
     assert attacked["runs"][-1]["forget_split"] == evaluated["runs"][-1]["forget_split"] == example.stem
+    # a run on a benchmark's split attacked with a request: pass the data it ran on, not a request file
+    on_split = tmp_path / "split.json"
+    api.evaluate(model_dir, world, on_split, max_items=2)
+    with pytest.raises(DataError, match="pass the data it ran on"):
+        api.attack("shift", model_dir, example, on_split, overrides=["max_items=2"])
 
 
 def _chromium() -> str | None:

@@ -211,6 +211,13 @@ def test_known_validation_request_holds_known_people_no_reported_split_forgets(t
     for group in ("known", "text_known", "known_test", "train_known"):
         assert not reported & {e.entity for e in blind.groups[group]}, group
         assert {e.entity for e in blind.groups[group]} == {e.entity for e in suite.groups[group]} - reported, group
+    # a continual run excludes every request, the one it forgets too: that person is forgotten, not left out
+    chained = load_mllmu(world, "known_forget_10", retain_exclude=["forget_r1", "known_forget_10"])
+    alone = load_mllmu(world, "known_forget_10")
+    for group in ("train_forget", "forget", "forget_test"):
+        assert [e.uid for e in chained.groups[group]] == [e.uid for e in alone.groups[group]] != [], group
+    assert {e.uid for e in chained.groups["train_known"] if e.entity in reported} == {
+        e.uid for e in alone.groups["train_known"] if e.entity in reported} != set()  # their text stays taught
     with pytest.raises(ConfigError, match="leaving none known"):
         load_config(WorldConfig, "quick", [*TINY, "n_known=2", "val_known_forget_splits=[10]"], kind="world")
     # the message names the splits that take the known people, never one that is not asked for

@@ -110,10 +110,10 @@ def check_attacked_run(run: Mapping[str, Any], out: Path, home: Path, model: str
             raise DataError(f"{out} records a continual run on the requests {recorded}, which one request cannot "
                             "stand for: its audits run with it (unsee forget without --no-audit); to attack its "
                             "model on one request, write the attack to a new file (--out OTHER.json)")
-        on_request = request or run.get("benchmark") == "request"
-        raise DataError(f"{out} records a run on {recorded}, and the attack would measure {split}; "
-                        + ("pass the request file it ran on (--data)" if on_request else
-                           "leave out --forget (it defaults to the run's split)")
+        advice = ("pass the request file it ran on (--data)" if run.get("benchmark") == "request" else
+                  "pass the data it ran on (--data)" if request else
+                  "leave out --forget (it defaults to the run's split)")
+        raise DataError(f"{out} records a run on {recorded}, and the attack would measure {split}; {advice}"
                         + " or write the attack to another --out")
     then, now = run.get("data", {}).get("fingerprint"), suite.info.get("data", {}).get("fingerprint")
     if then is not None and now is not None and then != now:

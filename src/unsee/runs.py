@@ -272,7 +272,7 @@ def unlearn_adapter(method: str, adapter: Adapter, suite: Suite, *, config: Any 
     the precision); return (train result, the resolved config). ``logging_dir``: for trackers without one."""
     check_forget(suite)
     tcfg, mcfg, cls = method_configs(method, config, overrides)
-    tcfg.seed = seed
+    tcfg.seed = check_seed(seed)
     if forgotten_images and hasattr(mcfg, "forgotten_images"):
         mcfg.forgotten_images = list(forgotten_images)
     resolved = {**to_dict(tcfg), **{k: v for k, v in to_dict(mcfg).items() if k != "forgotten_images"}}

@@ -191,7 +191,8 @@ def attach_holdout(suite: Suite, data: str | Path | None, name: str, seed: int =
 
 # the modules whose code makes an attack's figures
 AUDIT_CODE = ("unsee.audit.attacks", "unsee.audit.common", "unsee.audit.mia", "unsee.audit.quant", "unsee.eval.metrics",
-              "unsee.eval.evaluator")
+              "unsee.eval.evaluator", "unsee.engine.adversarial", "unsee.engine.trainer", "unsee.methods.baselines",
+              "unsee.data.prompts", "unsee.data.collate", "unsee.models.base")
 
 
 class ReferenceAudits:

@@ -4,7 +4,7 @@ Each answer (the correct option of an image MCQ item) is scored three ways, high
 "more likely trained on":
 
 - ``loss``: minus the mean negative log-likelihood of the answer tokens;
-- ``zlib``: minus the answer's total negative log-likelihood over its zlib-compressed length
+- ``zlib``: minus the answer's mean negative log-likelihood over its zlib-compressed length
   in bytes (Carlini et al.), which discounts answers that are easy for any model;
 - ``mink_pp``: Min-K%++ (Zhang et al.): each answer token's log-probability standardised by
   the mean and spread of the log-probabilities the model gives the whole vocabulary at that

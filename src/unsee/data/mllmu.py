@@ -337,8 +337,9 @@ def load_mllmu(
                 for item in retain_exclude if source.has(item) for r in cfg.profiles(item)}
     known = [(r, "Retain_Set") for r in known_rows
              if (entity_id(r.get("ID"), field="ID", source=r.source), _row_image(r)) not in forget_photos | left_out]
-    known_out = {entity_id(r.get("ID"), field="ID", source=r.source) for r in known_rows
-                 if (entity_id(r.get("ID"), field="ID", source=r.source), _row_image(r)) in left_out}
+    known_out = {entity_id(r.get("ID"), field="ID", source=r.source) for r in known_rows  # a known person this
+                 if (entity_id(r.get("ID"), field="ID", source=r.source), _row_image(r)) in left_out} - set(
+                     forget_ids)  # split forgets is forgotten, not left out (a continual run excludes every request)
 
     groups["forget_test"], groups["known_test"] = [], []
     test_ids: list[str] = []
