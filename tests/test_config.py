@@ -440,7 +440,7 @@ def test_the_eraser_config_is_read_as_written() -> None:
     assert (ecfg.fit, ecfg.keep, ecfg.strength, ecfg.gate, ecfg.depth, ecfg.max_items) == (
         "joint", ["train_retain", "train_general", "train_text", "train_known"], -8.0, 0.4, [0.5, 0.75], 200)
     # it trains nothing: a training option would be a silent no-op, so it is refused; bookkeeping is not
-    for key in ("lr=1e8", "scope=language", "max_steps=5", "epochs=100"):
+    for key in ("lr=1e8", "scope=language", "max_steps=5", "epochs=100", "eval_every=1", "log_every=5"):
         with pytest.raises(ConfigError, match=f"eraser trains no weights: the training option.*{key.split('=')[0]}"):
             api.method_configs("eraser", None, [key])
     api.method_configs("eraser", None, ["progress=false", "logging_dir=logs"])

@@ -138,6 +138,13 @@ def test_eval_out_a_directory_is_one_line(model_dir: Path, world: Path, tmp_path
     assert main(["eval", "--model", str(model_dir), "--data", str(world), "--out", str(tmp_path),
                  "--overwrite"]) == 2
     assert "is a directory; give a file path, such as" in one_error_line(capsys)
+    monkeypatch_cwd = os.getcwd()
+    try:  # the folder one stands in, named as '.': one line too, not a traceback from its empty name
+        os.chdir(tmp_path)
+        assert main(["eval", "--model", str(model_dir), "--data", str(world), "--out", "."]) == 2
+        assert "is a directory" in one_error_line(capsys)
+    finally:
+        os.chdir(monkeypatch_cwd)
     # a folder where the item records beside the results go is in the way: no path inside it is suggested
     (tmp_path / "e.samples.jsonl").mkdir()
     assert main(["eval", "--model", str(model_dir), "--data", str(world), "--out", str(tmp_path / "e.json")]) == 2

@@ -201,8 +201,8 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
     if method == "vanilla" and steering is not None:
         raise ConfigError("a model with a steering file is not the vanilla model: name its run with --method "
                           "(default: eraser)")
-    for written in (out, samples_path(out)):  # the results file and its item records beside it
-        check_output_file(written, overwrite=overwrite, inputs=_local(model, data, steering))
+    check_output_file(out, overwrite=overwrite, inputs=_local(model, data, steering))  # before its samples' name
+    check_output_file(samples_path(out), overwrite=overwrite, inputs=_local(model, data, steering))
     eval_kw = eval_options(protocol=protocol, max_items=max_items, max_new_tokens=max_new_tokens)
     suite = load_suite(data, forget, seed=seed, benchmark=benchmark, revision=revision)
     check_forget(suite)

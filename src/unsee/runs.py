@@ -160,7 +160,9 @@ def method_configs(method: str, config: str | Path | Mapping[str, Any] | None,
     tvals = {k: v for k, v in values.items() if k in tkeys and (cls.trains_weights or k not in mkeys)}
     if cls.trains_weights:
         tvals.setdefault("scope", cls.default_scope)
-    elif unread := sorted(set(tvals) - set(UNKEYED)):  # a test-time method trains nothing: they would be no-ops
+    # a test-time method trains nothing: training options would be no-ops (bookkeeping passes, not the
+    # logging and evaluation of steps it does not take)
+    elif unread := sorted(set(tvals) - (set(UNKEYED) - {"log_every", "eval_every"})):
         raise ConfigError(f"{method} trains no weights: the training option(s) {unread} do not apply to it")
     tcfg, mcfg = load_config(TrainConfig, tvals), load_config(mcls, {k: v for k, v in values.items() if k in mkeys})
     if hasattr(mcfg, "check_train"):  # method options that depend on the engine's

@@ -181,8 +181,12 @@ def _views(rng: np.random.Generator, n: int, hard: bool = False) -> list[View]:
 
 
 def _config_label(config: str | Path | Mapping[str, Any]) -> str:
+    """What world.json records as the config's source; a world rebuilt from another's world.json records that
+    world's own, so that the rebuild is the same world, byte for byte (its fingerprint hashes world.json)."""
     if isinstance(config, Mapping):
         return "mapping"
+    if Path(config).name == "world.json" and Path(config).is_file():
+        return str(load_world_info(Path(config).parent).get("config_source", config))
     return str(config)
 
 
