@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from unsee import api
-from unsee.config import check_seed
+from unsee.config import SEEDS, check_seed
 from unsee.data.schema import Suite
 from unsee.demo import DemoConfig, prepare_vanilla
 from unsee.errors import ConfigError, DataError
@@ -55,10 +55,15 @@ def seed_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid seed {text!r}: a whole number in [0, 2**32)") from e
 
 
+def _past_last(seed: int, count: int) -> str:
+    """What is wrong with ``count`` seeds from ``seed`` when the last is no seed, else ''."""
+    return f"--seeds {count} from --seed {seed} runs past the last seed, 2**32 - 1" if seed + count > SEEDS else ""
+
+
 def check_last_seed(p: argparse.ArgumentParser, seed: int, count: int) -> None:
     """``--seeds N`` from ``--seed``: the last one a seed too, refused before the first runs."""
-    if seed + count > 2**32:
-        p.error(f"--seeds {count} from --seed {seed} runs past the last seed, 2**32 - 1")
+    if problem := _past_last(seed, count):
+        p.error(problem)
 
 
 def positive_int(text: str) -> int:
@@ -249,13 +254,13 @@ def seed_list(text: str, base: int) -> list[int]:
         raise SystemExit(f"--seeds {text}: give a comma list of whole numbers (0,1,2) or how many seeds to run "
                          "(3)") from None
     for n in numbers:
-        if not 0 <= n < 2**32:
+        if not 0 <= n < SEEDS:
             raise SystemExit(f"--seeds {text}: {n} is not a seed; seeds are whole numbers in [0, 2**32)")
     if "," in text:
         return numbers
     if int(text) < 1:
         raise SystemExit(f"--seeds {text}: a single number is how many seeds to run, from --seed; give 1 or more, "
                          "or a comma list of seeds (0,1,2)")
-    if base + int(text) > 2**32:
-        raise SystemExit(f"--seeds {text} from --seed {base} runs past the last seed, 2**32 - 1")
+    if problem := _past_last(base, int(text)):
+        raise SystemExit(problem)
     return list(range(base, base + int(text)))

@@ -237,16 +237,14 @@ def test_a_checkpoint_killed_while_it_is_removed_does_not_block_the_next_run(
         model_dir: Path, suite: Suite, turns: dict[str, list[Turn]], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Its folder goes at once; a half-deleted one was refused as holding other files."""
-    import unsee.engine.checkpoint as checkpoint_module
-
-    real = checkpoint_module.shutil.rmtree
+    real = shutil.rmtree
 
     def killed(path: Path, **kw: object) -> None:
         if Path(path).name.startswith(".ckpt.") and (Path(path) / "state.safetensors").exists():
             raise KeyboardInterrupt  # the finished run's checkpoint, being deleted
         real(path, **kw)
 
-    monkeypatch.setattr(checkpoint_module.shutil, "rmtree", killed)
+    monkeypatch.setattr(shutil, "rmtree", killed)
     with pytest.raises(KeyboardInterrupt):
         train(GA(), load_adapter(model_dir), suite, turns, _ckpt(tmp_path, max_steps=2))
     monkeypatch.undo()

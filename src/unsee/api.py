@@ -201,8 +201,9 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
     if method == "vanilla" and steering is not None:
         raise ConfigError("a model with a steering file is not the vanilla model: name its run with --method "
                           "(default: eraser)")
-    check_output_file(out, overwrite=overwrite, inputs=_local(model, data, steering))  # before its samples' name
-    check_output_file(samples_path(out), overwrite=overwrite, inputs=_local(model, data, steering))
+    inputs = _local(model, data, steering)
+    check_output_file(out, overwrite=overwrite, inputs=inputs)  # before its samples' name is taken from it
+    check_output_file(samples_path(out), overwrite=overwrite, inputs=inputs)
     eval_kw = eval_options(protocol=protocol, max_items=max_items, max_new_tokens=max_new_tokens)
     suite = load_suite(data, forget, seed=seed, benchmark=benchmark, revision=revision)
     check_forget(suite)
@@ -339,8 +340,8 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
 
     eval_kw = dict(eval_kw or {})
     data = resolve(data, revision)  # once: every request's split comes from the same files
-    drawn = check_seed(seed) if data_seed is None else check_seed(data_seed, "data_seed")
     check_seed(seed)
+    drawn = seed if data_seed is None else check_seed(data_seed, "data_seed")
 
     def suite_of(req: str) -> Suite:  # loaded request by request: one request's data in memory at a time
         return load_suite(data, req, retain_exclude=requests, seed=drawn, benchmark=benchmark, neutral=neutral)

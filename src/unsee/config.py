@@ -94,10 +94,13 @@ _SHOW.maxstring = _SHOW.maxother = _SHOW.maxlong = 40
 SHOWN = 160  # characters of a quoted value, at most: escaped non-ASCII text repeats through nested values
 
 
+SEEDS = 2**32  # what numpy's and torch's generators take: 0 .. SEEDS - 1
+
+
 def check_seed(seed: Any, name: str = "seed") -> int:
     """A seed numpy's and torch's generators both take, checked before any work rather than deep inside them
     (or, for the steps that draw nothing with it, never: a -1 would be recorded as if it were one)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEEDS:
         raise ConfigError(f"{name} must be a whole number in [0, 2**32), got {show(seed)}")
     return seed
 

@@ -282,6 +282,16 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def discard(path: Path, *, beside: Path | None = None) -> None:
+    """A folder gone at once: moved under this writer's name first (a staging name of ``beside``, by default of
+    ``path`` itself), so that a kill while it is deleted leaves a leftover the next writer removes, never a
+    half folder taken for the real one."""
+    if path.exists() or path.is_symlink():
+        trash = staging_dir(beside or path)
+        os.replace(path, trash)
+        _remove(trash)
+
+
 def writer_tag() -> str:
     """This machine and process, as temporary names carry them (what :func:`_remove_dead_writers` reads)."""
     return f"{_HOST}-{os.getpid()}"
@@ -351,10 +361,8 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False, mine: bool = False)
             aside = False
             # landed: the previous output goes under this writer's name, so that a kill while it is deleted
             # leaves a leftover the next run removes, never one it would take for the output
-            trash = staging_dir(path)
-            os.replace(old, trash)
             with contextlib.suppress(KeyboardInterrupt):  # the output is in place: an interrupt now loses nothing
-                _remove(trash)
+                discard(old, beside=path)
         else:
             os.replace(tmp, path)
     except BaseException as e:

@@ -22,7 +22,7 @@ from unsee.data.neutral import attach_neutral
 from unsee.data.request import is_request_file, load_request_suite
 from unsee.data.schema import Suite
 from unsee.engine import distributed
-from unsee.engine.trainer import UNKEYED, TrainConfig
+from unsee.engine.trainer import STEPLESS, TrainConfig
 from unsee.errors import DataError
 from unsee.eval.evaluator import Evaluation, run_evaluation
 from unsee.eval.protocols import check_protocol
@@ -160,9 +160,7 @@ def method_configs(method: str, config: str | Path | Mapping[str, Any] | None,
     tvals = {k: v for k, v in values.items() if k in tkeys and (cls.trains_weights or k not in mkeys)}
     if cls.trains_weights:
         tvals.setdefault("scope", cls.default_scope)
-    # a test-time method trains nothing: training options would be no-ops (bookkeeping passes, not the
-    # logging and evaluation of steps it does not take)
-    elif unread := sorted(set(tvals) - (set(UNKEYED) - {"log_every", "eval_every"})):
+    elif unread := sorted(set(tvals) - set(STEPLESS)):  # a test-time method trains nothing: they would be no-ops
         raise ConfigError(f"{method} trains no weights: the training option(s) {unread} do not apply to it")
     tcfg, mcfg = load_config(TrainConfig, tvals), load_config(mcls, {k: v for k, v in values.items() if k in mkeys})
     if hasattr(mcfg, "check_train"):  # method options that depend on the engine's

@@ -147,6 +147,12 @@ def _row_image(rec: Record) -> bytes | None:
     return image_bytes(rec.get("image"), field="image", source=rec.source)
 
 
+def _portrait(rec: Record) -> tuple[str, bytes | None]:
+    """A person as a row shows them, ID and photo: a celebrity whose ID merely equals a fictitious person's is
+    another person."""
+    return entity_id(rec.get("ID"), field="ID", source=rec.source), _row_image(rec)
+
+
 def _views(rec: Record) -> list[bytes]:
     """The held-out photos of one Test_Set row."""
     eid = entity_id(rec.get("ID"), field="ID", source=rec.source)
@@ -332,14 +338,12 @@ def load_mllmu(
     # a known person to forget (known_forget_X) is in the forget group instead: the same ID with the same
     # portrait; a celebrity whose ID merely equals a fictitious person's stays known. A known person named by
     # a retain_exclude config is left out of every known group, as a retained one is of the retained groups.
-    forget_photos = {(entity_id(r.get("ID"), field="ID", source=r.source), _row_image(r)) for r, _ in forget_rows}
-    left_out = {(entity_id(r.get("ID"), field="ID", source=r.source), _row_image(r))
-                for item in retain_exclude if source.has(item) for r in cfg.profiles(item)}
-    known = [(r, "Retain_Set") for r in known_rows
-             if (entity_id(r.get("ID"), field="ID", source=r.source), _row_image(r)) not in forget_photos | left_out]
-    known_out = {entity_id(r.get("ID"), field="ID", source=r.source) for r in known_rows  # a known person this
-                 if (entity_id(r.get("ID"), field="ID", source=r.source), _row_image(r)) in left_out} - set(
-                     forget_ids)  # split forgets is forgotten, not left out (a continual run excludes every request)
+    gone = {_portrait(r) for r, _ in forget_rows}
+    left_out = {_portrait(r) for item in retain_exclude if source.has(item) for r in cfg.profiles(item)}
+    portraits = [(r, _portrait(r)) for r in known_rows]
+    known = [(r, "Retain_Set") for r, p in portraits if p not in gone and p not in left_out]
+    # a known person this split forgets is forgotten, not left out (a continual run excludes every request)
+    known_out = {p[0] for _, p in portraits if p in left_out} - set(forget_ids)
 
     groups["forget_test"], groups["known_test"] = [], []
     test_ids: list[str] = []

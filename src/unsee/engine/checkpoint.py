@@ -18,9 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import random
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from unsee.errors import ConfigError, TrainingError
-from unsee.io import atomic_dir, staging_dir
+from unsee.io import atomic_dir, discard
 
 STATE_JSON, STATE_TENSORS = "state.json", "state.safetensors"
 
@@ -201,11 +199,7 @@ def checkpoint_key(options: Mapping[str, Any], method: str, method_config: Any, 
 def remove_checkpoint(path: str | Path) -> None:
     """Gone at once: moved under this writer's name first, so that a kill while it is deleted leaves no
     half checkpoint in the folder (which the next run would refuse), only a leftover the next save removes."""
-    path = Path(path)
-    if path.exists():
-        trash = staging_dir(path)
-        os.replace(path, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+    discard(Path(path))
 
 
 def _jsonable(obj: Any) -> Any:

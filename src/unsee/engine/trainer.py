@@ -267,6 +267,8 @@ def check_finite(adapter: Adapter, params: list[nn.Parameter], turns: list, name
 # Options that change nothing a checkpoint holds: a run differing only in these may resume it.
 UNKEYED = ("progress", "log_every", "eval_every", "checkpoint_dir", "checkpoint_every", "keep_checkpoint",
            "report_to", "logging_dir")
+# Of those, the ones a method that takes no step (the eraser) may be given: not the logging and evaluation of steps.
+STEPLESS = tuple(k for k in UNKEYED if k not in ("log_every", "eval_every"))
 
 
 @dataclass
