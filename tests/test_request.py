@@ -177,6 +177,9 @@ def _problems(path: Path, **kw: object) -> list[str]:
     (lambda b, t: b["forget"][0].update(photos=[str(_garbage(t))]), r"cannot read photo .*broken\.png"),
     (lambda b, t: b["forget"][0].update(photos=[str(_float_tiff(t))]), r"cannot read photo .*depth\.tif: floating"),
     (lambda b, t: (t / "a" / "gone.png").symlink_to(t / "nowhere.png"), r"cannot read photo .*a/gone\.png"),
+    # a link named outright, to itself or to nothing, is a link that leads nowhere, not a missing name
+    (lambda b, t: b["forget"][0].update(photos=[str(_link(t / "loop", t / "loop"))]), r"loop is a link that leads"),
+    (lambda b, t: b["forget"][0].update(photos=[str(_link(t / "gone", t / "nowhere"))]), r"gone is a link that"),
     (lambda b, t: b["forget"][0].update(photos=[str(_strip(t))]), r"cannot read photo .*strip\.png: a 2x600 image"),
     (lambda b, t: b["retain"].append({"name": "Ann Example", "photos": "r0/0.png"}), r"in both forget and retain"),
     (lambda b, t: b["retain"].append({"name": "retained 1", "photos": str(_png(t / "x.png", 7))}),
@@ -197,6 +200,11 @@ def test_each_problem_is_named(tmp_path: Path, change, expected: str) -> None:  
     change(body, tmp_path)
     problems = _problems(_write(tmp_path / "r.yaml", body))
     assert any(re.search(expected, p) for p in problems), problems
+
+
+def _link(path: Path, to: Path) -> Path:
+    path.symlink_to(to)
+    return path
 
 
 def _copy(photo: Path) -> Path:
@@ -396,6 +404,8 @@ def test_unlearn_takes_a_request_file(model_dir: Path, example: Path, tmp_path: 
     out = api.unlearn("ga", model_dir, example, tmp_path / "u", overrides=FAST)
     run = load_results(out / "results.json")["runs"][0]
     assert run["benchmark"] == "request" and run["forget_split"] == "request"
+    # the retained people's held-out photos are scored as `unsee forget` scores them
+    assert run["metrics"]["retain_test"]["n"] > 0 and 0 <= run["metrics"]["retain_test"]["mcq"] <= 1
     assert (out / "model" / "README.md").is_file()
 
 

@@ -52,8 +52,6 @@ from unsee.runs import (
 )
 from unsee.unlearning import check_audit_options, unlearn_and_save
 
-EVAL_GROUPS = (*METRIC_GROUPS, "retain_test")
-
 
 def request_files(request: str | Path | Sequence[str | Path] | None = None,
                   requests: str | Sequence[str | Path] | None = None) -> list[Path]:
@@ -154,7 +152,7 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
                  "fingerprint": content_hash(*prints), **({"seed": seed} if seed else {})}
         for s in suites:
             s.info["data"] = chain
-    eval_kw = {"groups": EVAL_GROUPS, "max_gen_items": max_gen_items}
+    eval_kw = {"groups": METRIC_GROUPS, "max_gen_items": max_gen_items}
 
     progress, turns = None, {}
     if len(reqs) > 1:  # a continual run keeps its finished requests until it lands

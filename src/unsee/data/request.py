@@ -175,8 +175,10 @@ class _Reader:
                 if not files:
                     self.problems.append(f"{where}: folder {p} holds no image Pillow can read")
                 out += [ph for f in files if (ph := self.read(f, where)) is not None]
-            elif not p.exists():
-                self.problems.append(f"{where}: photo {p} does not exist")
+            elif not p.exists():  # a link to itself or to nothing names a file, so say which it is
+                what = "is a link that leads to no file (a loop, or a missing target)" if p.is_symlink() else \
+                    "does not exist"
+                self.problems.append(f"{where}: photo {p} {what}")
             elif (ph := self.read(p, where)) is not None:
                 out.append(ph)
         return out

@@ -21,8 +21,8 @@ from unsee.errors import DataError
 Task = Literal["qa", "mcq", "cloze", "gen"]
 
 # Metric groups of results.json (docs/results-format.md); a Suite may hold more groups than these.
-METRIC_GROUPS = ("forget", "forget_test", "retain", "text_forget", "text_retain", "known", "known_test", "text_known",
-                 "general")
+METRIC_GROUPS = ("forget", "forget_test", "retain", "retain_test", "text_forget", "text_retain", "known", "known_test",
+                 "text_known", "general")
 LETTERS = "ABCDEFGHIJ"
 ORIENTATION = 0x0112  # the EXIF tag of a photo's rotation
 
