@@ -257,6 +257,9 @@ def seed_list(text: str, base: int) -> list[int]:
         if not 0 <= n < SEEDS:
             raise SystemExit(f"--seeds {text}: {n} is not a seed; seeds are whole numbers in [0, 2**32)")
     if "," in text:
+        if repeated := sorted({n for n in numbers if numbers.count(n) > 1}):
+            raise SystemExit(f"--seeds {text}: seed {repeated[0]} is given twice; a seed run again gives the same "
+                             "figures, and the spread over seeds would count it as another draw")
         return numbers
     if int(text) < 1:
         raise SystemExit(f"--seeds {text}: a single number is how many seeds to run, from --seed; give 1 or more, "
