@@ -290,6 +290,9 @@ def test_contrast_space_keeps_the_directions_only_the_forget_inputs_use() -> Non
     assert proj[4, 4] > 0.99 and proj[5, 5] < 0.01
     null = null_space(*cov, energy=0.01)
     assert null[4, 4] > 0.9 and null[5, 5] > 0.9  # the null space cannot tell the two apart
+    # covariances gathered on an accelerator stay there (meta stands in for one): no tensor of the CPU's joins them
+    on = (cov[0].to("meta"), 400), (forget.T.to("meta") @ forget.to("meta"), 50)
+    assert contrast_space(*on, rank=1 / 6).is_meta
 
 
 def test_cvf_ncu_contrast_subspace_installs_a_rank_of_the_asked_fraction(trained_dir: Path, suite: Suite,

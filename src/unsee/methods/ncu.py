@@ -155,7 +155,7 @@ def contrast_space(retained: tuple[torch.Tensor, int], forget: tuple[torch.Tenso
     c_f = forget[0] / max(1, forget[1])
     d = c_r.shape[0]
     ridge = 1e-6 * torch.trace(c_r).clamp(min=1e-30) / d
-    inv_l = torch.linalg.inv(torch.linalg.cholesky(c_r + ridge * torch.eye(d, dtype=c_r.dtype)))
+    inv_l = torch.linalg.inv(torch.linalg.cholesky(c_r + ridge * torch.eye(d, dtype=c_r.dtype, device=c_r.device)))
     _, vecs = torch.linalg.eigh(inv_l @ c_f @ inv_l.T)  # ascending
     basis, _ = torch.linalg.qr(inv_l.T @ vecs[:, -max(1, round(rank * d)):])
     return (basis @ basis.T).float()
