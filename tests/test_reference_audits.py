@@ -413,6 +413,10 @@ def test_seed_summary_plot_and_report_show_the_spread(tmp_path: Path) -> None:
     runs = [_run("ga", 0, 0.3, 0.8, 20.0), _run("ga", 1, 0.4, 0.7, 30.0), _run("npo", 0, 0.5, 0.9)]
     (ga, npo) = seed_summary(runs)
     assert ga["seeds"] == [0, 1] and npo["seeds"] == [0]
+    # seed 0 run again (from another results file, other figures) is no third seed, in the table or the plot
+    assert seed_summary([*runs, _run("ga", 0, 0.9, 0.9)]) == [ga, npo]
+    assert tradeoff_points([vanilla, *runs, _run("ga", 0, 0.9, 0.9)], vanilla, "mcq") == tradeoff_points(
+        [vanilla, *runs], vanilla, "mcq")
     assert ga["metrics"]["forget"]["mcq"] == pytest.approx({"mean": 0.35, "sd": 0.1 / math.sqrt(2), "min": 0.3,
                                                            "max": 0.4, "n": 2}, abs=1e-12)
     assert "n" not in ga["metrics"]["forget"] and "ci95" not in ga["metrics"]["forget"]
@@ -432,6 +436,17 @@ def test_seed_summary_plot_and_report_show_the_spread(tmp_path: Path) -> None:
     assert "| ga | 1 | 0 | relearn | ag 20.00, n_seen 4 | ag 10.00 |" in text
     assert "| ga | 1 | 0 | relearn_ag | 20.000 | 10.000 | <= reference + 5 | no |" in text
     assert (tmp_path / "report" / "tradeoff.png").is_file()
+
+
+def test_checks_without_a_reference_are_not_headed_as_against_one() -> None:
+    """A run attacked with no retrained reference (a removal request) is judged on 4-bit rounding alone, against
+    its own figure: the report says so, as the model card does."""
+    from unsee.report.tables import render_report
+
+    rounded = {**_run("ga", 0, 0.3, 0.8), "attacks": {"quant": {"forget_clean": 0.3, "forget_int4_all": 0.32}}}
+    text = render_report(new_results([_run("vanilla", 0, 0.9, 0.9), rounded]))
+    assert "### Checks that need no reference" in text and "Against the retrained reference" not in text
+    assert "| ga | 1 | 0 | quant_int4_forget | 0.320 |" in text
 
 
 def test_seeds_are_pooled_only_where_runs_differ_in_their_seed_alone(tmp_path: Path) -> None:

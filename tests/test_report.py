@@ -204,6 +204,11 @@ def test_continual_panel_follows_a_method_across_its_requests() -> None:
     panels = continual_panels(results(VANILLA, *continual_runs(), *second_seed(), *stronger))
     assert [(title, len(runs)) for title, runs in panels] == [(f"npo [lr={continual_runs()[0]['config']['lr']}]", 6),
                                                              ("npo [lr=1.0]", 3)]
+    # the same chain on another world is no second seed of it: a panel of its own, never pooled into one line
+    elsewhere = [{**r, "data": {"fingerprint": "0843de15d1402661"}} for r in second_seed()]
+    panels = continual_panels(results(VANILLA, *continual_runs(), *elsewhere))
+    assert [(title, len(runs)) for title, runs in panels] == [
+        ("npo (tiny-llava/builtin)", 3), ("npo (tiny-llava/builtin, data 0843de15d1402661)", 3)]
 
 
 def test_write_report(tmp_path: Path) -> None:
@@ -333,6 +338,10 @@ def test_model_card_opens_with_what_the_audits_found() -> None:
     held = CVF | {"attacks": {"relearn": {"ag": 4.0}}}
     first = _body(model_card(held, VANILLA, base_model="m/x", base_hash="h", forgotten=["p"], audits=None))[0]
     assert "did not bring them back (relearning +4 points)" in first
+    # a gain of exactly the card's bound (4 of 10 items to 6) is one, though 0.6 - 0.4 falls short of it in floats
+    at_bound = CVF | {"attacks": {"pgd": {"forget_clean": 0.4, "forget_attacked": 0.6, "n_forget": 10}}}
+    first = _body(model_card(at_bound, VANILLA, base_model="m/x", base_hash="h", forgotten=["p"], audits=None))[0]
+    assert "but the audits bring them back (PGD 0.40 \u2192 0.60)" in first
     first = _body(model_card(GA | {"attacks": None}, VANILLA, base_model="m/x", base_hash="h", forgotten=["p"],
                              audits={}))[0]
     assert "no audits were run" in first

@@ -177,6 +177,18 @@ def test_report_lists_the_answers_each_method_changed_most(tmp_path: Path) -> No
     assert (out / "report.md").read_text().count("### ga") == 1
 
 
+def test_samples_are_a_run_s_only_where_they_name_it() -> None:
+    """A results file whose runs were cut by hand keeps its samples file: the lines at a run's index that name
+    another method, request or seed are not that run's answers."""
+    from unsee.report.changes import runs_with_samples
+
+    runs = [{"method": "vanilla", "request": 1, "seed": 0}, {"method": "ga", "request": 1, "seed": 1}]
+    lines = [_line(0, "vanilla", "q1", True, "A"), {**_line(1, "ga", "q1", False, "B"), "seed": 0}]
+    assert [len(mine) for _, mine in runs_with_samples({"runs": runs}, lines)] == [1, 0]
+    ours = {**_line(1, "ga", "q2", False, "B"), "seed": 1}
+    assert runs_with_samples({"runs": runs}, [*lines, ours])[1][1] == [ours]
+
+
 def test_a_samples_file_that_is_not_the_one_recorded_is_refused_before_any_report_file(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Edited, cut short or left by other results, its lines would be read as these runs' answers."""

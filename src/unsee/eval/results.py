@@ -440,6 +440,20 @@ def config_key(run: Mapping[str, Any]) -> str:
     return json.dumps(config, sort_keys=True, default=str)
 
 
+def one_run_per_seed(runs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The first run of each method, model, benchmark, forget split, request, config and seed, in order: a seed
+    run twice is one draw, and pooling both would count it as two."""
+    seen: set[tuple] = set()
+    out = []
+    for run in runs:
+        key = (run["method"], run["model"], run["benchmark"], run["forget_split"], run["request"], config_key(run),
+               run.get("seed", 0), json.dumps(run.get("data"), sort_keys=True, default=str))
+        if key not in seen:
+            seen.add(key)
+            out.append(run)
+    return out
+
+
 def seed_summary(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Mean, sd, min and max of every figure over the runs that differ only in their seed.
 
@@ -449,11 +463,12 @@ def seed_summary(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     model's own, not the reference's, which does not change with the unlearning seed) are
     summarised, with the seeds they came from. A figure missing from some runs is summarised
     over the runs that have it, and its ``n`` says how many (an audit run on one seed's model
-    is no spread over the seeds).
+    is no spread over the seeds). The same seed run again (another results file) is no second seed: its first
+    run counts.
     """
 
     by: dict[tuple, list[Mapping[str, Any]]] = {}
-    for run in runs:
+    for run in one_run_per_seed(runs):
         key = (run["method"], run["model"], run["benchmark"], run["forget_split"], run["request"], config_key(run))
         by.setdefault(key, []).append(run)
     out = []

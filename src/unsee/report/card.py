@@ -151,10 +151,11 @@ def verdict(run: Mapping[str, Any], vanilla: Mapping[str, Any] | None, audits: M
     back, held = [], []
     relearn, pgd = audits.get("relearn") or {}, audits.get("pgd") or {}
     if (ag := _fig(relearn.get("ag"))) is not None:
-        (back if ag >= RELEARN_BACK else held).append(f"relearning {ag:+.0f} points")
+        (back if ag >= RELEARN_BACK - 1e-9 else held).append(f"relearning {ag:+.0f} points")
     clean, attacked = _fig(pgd.get("forget_clean")), _fig(pgd.get("forget_attacked"))
     if clean is not None and attacked is not None:
-        (back if attacked - clean >= PGD_BACK else held).append(f"PGD {clean:.2f} \u2192 {attacked:.2f}")
+        # 0.6 - 0.4 is 0.19999999999999996 in floats: a gain of exactly the bound is read as the card says
+        (back if attacked - clean >= PGD_BACK - 1e-9 else held).append(f"PGD {clean:.2f} \u2192 {attacked:.2f}")
     skipped = sorted(k for k, v in audits.items() if isinstance(v, Mapping) and "skipped" in v)
     if back:
         tail = f"but the audits bring them back ({', '.join(back)}): the knowledge is hidden, not removed"

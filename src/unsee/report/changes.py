@@ -21,11 +21,15 @@ _WIDTH = 60
 
 def runs_with_samples(results: Mapping[str, Any], samples: Sequence[Mapping[str, Any]]
                       ) -> list[tuple[Mapping[str, Any], list[Mapping[str, Any]]]]:
-    """Each run of one results file with its own lines of samples.jsonl."""
+    """Each run of one results file with its own lines of samples.jsonl: those of its index that also name its
+    method, request and seed (a results file edited by hand, its runs cut or reordered, keeps the samples file it
+    recorded, whose lines would otherwise be read as another run's answers)."""
     by_run: dict[int, list[Mapping[str, Any]]] = {}
     for line in samples:
         by_run.setdefault(int(line.get("run", 0)), []).append(line)
-    return [(run, by_run.get(i, [])) for i, run in enumerate(results["runs"])]
+    return [(run, [line for line in by_run.get(i, []) if all(
+        line.get(k) is None or line.get(k) == run.get(k) for k in ("method", "request", "seed"))])
+        for i, run in enumerate(results["runs"])]
 
 
 def answer_text(rec: Mapping[str, Any]) -> str:

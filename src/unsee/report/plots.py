@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import io
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from unsee.eval.metrics import RETENTION_GROUPS, spread
-from unsee.eval.results import config_key
+from unsee.eval.results import config_key, one_run_per_seed
 from unsee.io import atomic_write_bytes
 from unsee.report.tables import (
     CHANCE,
@@ -118,7 +119,7 @@ def tradeoff_points(runs: Sequence[Mapping[str, Any]], vanilla: Mapping[str, Any
     configs are other points, labelled with the keys that differ."""
 
     by: dict[tuple[str, int, str], list[tuple[Mapping[str, Any], float, float]]] = {}
-    for run in runs:
+    for run in one_run_per_seed(runs):  # the same seed run again (another results file) is no second seed
         x = figure(run, "forget", key)
         score = score_of(run, vanilla, key=key)
         if run is vanilla or x is None or score is None or score["R"] is None:
@@ -127,12 +128,7 @@ def tradeoff_points(runs: Sequence[Mapping[str, Any]], vanilla: Mapping[str, Any
             (run, x, float(score["R"])))
     variant = config_variants([g[0] for group in by.values() for g in group])
     points = []
-    for runs_of_config in by.values():
-        # one run a seed: the same seed run again (another results file) is no second seed
-        per_seed: dict[int, tuple[Mapping[str, Any], float, float]] = {}
-        for g in runs_of_config:
-            per_seed.setdefault(int(g[0].get("seed", 0)), g)
-        group = list(per_seed.values())
+    for group in by.values():
         differs = variant[id(group[0][0])]
         label = _label(group[0][0]) + (f" [{differs}]" if differs else "")
         if len(group) > 1:
@@ -180,19 +176,22 @@ def continual_panels(results: Mapping[str, Any]) -> list[tuple[str, list[Mapping
     Each request of a continual run has its own forget split, so the runs are gathered
     across splits: the panel follows the method from its first request to its last.
     """
-    panels: dict[tuple[str, str, str, str], list[Mapping[str, Any]]] = {}
-    for run in results["runs"]:  # a run on one forget split alone is no point of a sequence of requests
+    panels: dict[tuple[str, str, str, str, str], list[Mapping[str, Any]]] = {}
+    for run in one_run_per_seed(results["runs"]):  # a run on one forget split alone is no point of a sequence
         if run["method"] != "vanilla" and any(g.startswith("forget_r") and g[8:].isdigit() for g in run["metrics"]):
-            model, benchmark = setting_of(run)[:2]
-            # a method at another config is another line of runs: only seeds share a panel
-            panels.setdefault((model, benchmark, str(run["method"]), config_key(run)), []).append(run)
+            model, benchmark, _, scored = setting_of(run)
+            # a method at another config, or on other data (another world, other items), is another line of
+            # runs: only seeds share a panel
+            panels.setdefault((model, benchmark, scored, str(run["method"]), config_key(run)), []).append(run)
     continual = {k: v for k, v in panels.items() if any(int(r["request"]) > 1 for r in v)}
-    several = len({k[:2] for k in continual}) > 1
+    wheres = {k[:3] for k in continual}
+    alike = Counter(where[:2] for where in wheres)
     first = {key: min(runs, key=lambda r: int(r["request"])) for key, runs in continual.items()}
     variant = config_variants(list(first.values()))  # the keys that tell one method's panels apart
     return [(method + (f" [{variant[id(first[key])]}]" if variant[id(first[key])] else "")
-             + (f" ({model}/{benchmark})" if several else ""), runs)
-            for key, runs in continual.items() for model, benchmark, method, _ in [key]]
+             + (f" ({model}/{benchmark}" + (f", {scored}" if alike[model, benchmark] > 1 and scored else "") + ")"
+                if len(wheres) > 1 else ""), runs)
+            for key, runs in continual.items() for model, benchmark, scored, method, _ in [key]]
 
 
 def plot_continual(results: Mapping[str, Any], path: str | Path) -> Path:
