@@ -499,3 +499,20 @@ def test_a_visual_method_trains_the_visual_module_whatever_the_scope(method: str
         linear = sum(m.weight.numel() for g in ("vision", "projector") for _, m in adapter.linear_modules(g)
                      if isinstance(m, nn.Linear))
         assert trainable == linear < visual
+
+
+def test_an_evaluation_mid_run_finds_the_parked_language_model_back(model_dir: Path, suite: Suite,
+                                                                    turns: dict[str, list[Turn]],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an accelerator a visual method parks the language model on the CPU; ``eval_every`` scores answers
+    with it, so it comes back for each evaluation and is parked again after (recorded here on the CPU, where
+    nothing is parked otherwise)."""
+    from unsee.engine import trainer
+    from unsee.methods.vkd import VKD
+
+    calls: list[str] = []
+    monkeypatch.setattr(trainer, "park_language", lambda adapter, device, uses: calls.append(f"park {uses}") or [])
+    monkeypatch.setattr(trainer, "unpark", lambda parked, device: calls.append("unpark"))
+    train(VKD(), load_adapter(model_dir), suite, turns, cfg(scope="visual", max_steps=2, eval_every=1),
+          on_eval=lambda step: calls.append("eval") or {"forget": 0.5})
+    assert calls == ["park False", "unpark", "eval", "park False", "unpark", "eval", "park False", "unpark"]

@@ -253,8 +253,11 @@ def test_the_thread_count_and_the_cpu_move_every_key(model_dir: Path, world: Pat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(stage_keys, "device_name", lambda: "NVIDIA H200")
     on_gpu = stage_keys.numerics()
+    gpu_keys = keys(model_dir, world, tmp_path)
     with torch_threads(more):
         assert stage_keys.numerics() == on_gpu == {"torch": torch.__version__, "device": "NVIDIA H200"}
+        # stage 1 trains on the CPU there too: its key keeps the count, and so do the stages built on it
+        assert all(a != b for a, b in zip(gpu_keys, keys(model_dir, world, tmp_path), strict=True))
 
 
 def test_the_data_loader_and_the_augmentation_move_the_keys(model_dir: Path, world: Path, tmp_path: Path,

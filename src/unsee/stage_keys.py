@@ -62,18 +62,20 @@ SAMPLE_TURNS = 6
 
 @dataclass(frozen=True)
 class StageKey:
-    """One cached stage: its name, its STAGE_VERSION and the recipe options it reads."""
+    """One cached stage: its name, its STAGE_VERSION and the recipe options it reads; ``on_cpu`` where it trains
+    on the CPU even on a machine with a GPU (stage 1), so that its key holds the thread count there too."""
 
     name: str
     version: int
     options: tuple[str, ...]
+    on_cpu: bool = False
 
     def key(self, recipe: Mapping[str, Any], *, weights: str, data: str, extra: Any = None,
             threads: int | None = None) -> str:
         """The cache key: version, options, starting weights' and data's fingerprints, the numeric
         environment (and ``extra``); ``threads`` names another CPU thread count than this process's."""
         return content_hash(self.name, self.version, {k: recipe[k] for k in self.options}, weights, data,
-                            numerics(threads), extra)
+                            numerics(threads, on_cpu=self.on_cpu), extra)
 
 
 def thread_counts() -> list[int]:
@@ -86,23 +88,25 @@ def thread_counts() -> list[int]:
     return list(dict.fromkeys([now, *(2 ** i for i in range(cores.bit_length()) if 2 ** i <= cores), cores]))
 
 
-def numerics(threads: int | None = None) -> dict[str, Any]:
+def numerics(threads: int | None = None, *, on_cpu: bool = False) -> dict[str, Any]:
     """What else a stage's weights depend on: torch's version, the device (on a CPU its model and
     vector instructions), and on a CPU the thread count.
 
     Training is bit-for-bit reproducible for a fixed value of these and not across them: after
     30 steps of stage 1 the visual weights at one thread differ from those at two, and over a
     whole stage the gap grows to another model. On a GPU the CPU's threads do not touch the
-    weights, so a fine-tune of hours is not trained again for a change of them.
+    weights, so a fine-tune of hours is not trained again for a change of them; a stage that trains
+    on the CPU there all the same (``on_cpu``) keeps its count.
     """
     found: dict[str, Any] = {"torch": torch.__version__, "device": device_name()}
-    if not torch.cuda.is_available():
+    if on_cpu or not torch.cuda.is_available():
         found["threads"] = torch.get_num_threads() if threads is None else threads
     return found
 
 
 # STAGE_VERSION of each stage: bump it when the stage trains differently on the same inputs.
-STAGE1 = StageKey("stage1", 1, VISION_KEYS)  # vision pre-training (unsee.vision_stage.pretrain_vision)
+# vision pre-training (unsee.vision_stage.pretrain_vision), on the CPU wherever it runs
+STAGE1 = StageKey("stage1", 1, VISION_KEYS, on_cpu=True)
 STAGE2 = StageKey("stage2", 1, BASE_KEYS)  # base MLLM training
 STAGE3 = StageKey("stage3", 1, FT_KEYS)  # the fictitious fine-tune
 RETRAINED = StageKey("retrained", 1, FT_KEYS)  # stage 3 again without the forget photos (unsee.retrain)

@@ -53,12 +53,15 @@ def frozen_copy(adapter: Adapter, visual_only: bool, device: torch.device | str 
     return ref
 
 
-def park_language(adapter: Adapter) -> list[nn.Module]:
-    """Move the language model and head to the CPU for a method that never runs them.
+def park_language(adapter: Adapter, device: torch.device, uses_language: bool) -> list[nn.Module] | None:
+    """Move the language model and head to the CPU for a method that never runs them, on an accelerator
+    (``None`` where nothing moves).
 
     CVF and VKD read only the visual module; a 7B LM's 13 GB of weights would sit idle on
     the GPU for the whole run.
     """
+    if device.type == "cpu" or uses_language:
+        return None
     parked = [getattr(owner, attr) for owner, attr in adapter.language_slots()]
     for module in parked:
         module.to("cpu")

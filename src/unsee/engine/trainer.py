@@ -384,7 +384,7 @@ def train(
     streams = make_streams({k: v for k, v in turns.items() if k in wanted}, cfg, rank, world,
                            lengths_of=adapter.training_lengths)
     adapter.model.to(accelerator.device)
-    parked = park_language(adapter) if accelerator.device.type != "cpu" and not method.uses_language else None
+    parked = park_language(adapter, accelerator.device, method.uses_language)
 
     if reference is None and method.reference != "none":
         reference = frozen_copy(adapter, visual_only=method.reference == "visual",
@@ -466,7 +466,10 @@ def train(
                 bar.set_postfix({k: f"{v:.3f}" for k, v in {"loss": value, **parts}.items()})
                 trackers.log({"step": step + 1, "loss": value, **parts})
             if on_eval is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+                if parked is not None:  # scoring answers runs the language model, parked on the CPU meanwhile
+                    unpark(parked, accelerator.device)
                 ctx.info.setdefault("evals", []).append({"step": step + 1, **on_eval(step + 1)})
+                parked = park_language(adapter, accelerator.device, method.uses_language)
             if cfg.checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
                     and step + 1 < total and accelerator.is_main_process and sharded is None:
                 _save_progress(cfg, step + 1, method, named, optimizer, scheduler, streams, losses, logs, run_key,
