@@ -516,3 +516,21 @@ def test_an_evaluation_mid_run_finds_the_parked_language_model_back(model_dir: P
     train(VKD(), load_adapter(model_dir), suite, turns, cfg(scope="visual", max_steps=2, eval_every=1),
           on_eval=lambda step: calls.append("eval") or {"forget": 0.5})
     assert calls == ["park False", "unpark", "eval", "park False", "unpark", "eval", "park False", "unpark"]
+
+
+def test_a_checkpoint_keeps_each_gpu_s_random_state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Dropout on a GPU draws from the GPU's generator: a resumed run gets it back as it was at the checkpoint,
+    or its later steps would draw the masks of its first ones (two GPUs stood in for by tensors here)."""
+    from unsee.engine import checkpoint
+
+    states = [torch.full((8,), 1, dtype=torch.uint8), torch.full((8,), 2, dtype=torch.uint8)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in states])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda new: states.__setitem__(slice(None), list(new)))
+    w = nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([w], lr=0.1)
+    checkpoint.save_checkpoint(tmp_path / "c", step=3, params={"w": w}, optimizer=opt)
+    states[:] = [torch.zeros(8, dtype=torch.uint8)] * 2  # the generators moved on, or a new process seeded them
+    assert checkpoint.load_checkpoint(tmp_path / "c", params={"w": w}, optimizer=opt)[0] == 3
+    assert [int(s[0]) for s in states] == [1, 2]

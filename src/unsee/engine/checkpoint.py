@@ -36,15 +36,20 @@ STATE_JSON, STATE_TENSORS = "state.json", "state.safetensors"
 
 
 def global_rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The torch, numpy and Python global random states, as (tensors, JSON)."""
+    """The torch (CPU and each GPU's: dropout on a GPU draws from the GPU's), numpy and Python global random
+    states, as (tensors, JSON)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, state, gauss_next = random.getstate()
-    return ({"torch": torch.get_rng_state()},
+    gpus = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return ({"torch": torch.get_rng_state(), **{f"cuda{i}": g for i, g in enumerate(gpus)}},
             {"numpy": [kind, keys.tolist(), pos, has_gauss, gauss], "python": [version, list(state), gauss_next]})
 
 
 def set_global_rng_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
     torch.set_rng_state(tensors["torch"])
+    gpus = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda")), key=lambda k: int(k[4:]))]
+    if gpus and torch.cuda.is_available():  # a run resumed on the GPUs it ran on (on a CPU there are none to set)
+        torch.cuda.set_rng_state_all(gpus[: torch.cuda.device_count()])
     kind, keys, pos, has_gauss, gauss = meta["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     version, state, gauss_next = meta["python"]
@@ -129,7 +134,7 @@ def load_checkpoint(
     optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
     if scheduler is not None and info["scheduler"] is not None:
         scheduler.load_state_dict(info["scheduler"])
-    set_global_rng_state({"torch": flat["rng.torch"]}, info["rng"])
+    set_global_rng_state({k[len("rng."):]: v for k, v in flat.items() if k.startswith("rng.")}, info["rng"])
     extra = {k[len("extra."):]: v for k, v in flat.items() if k.startswith("extra.")}
     return int(info["step"]), extra, info["meta"]
 
