@@ -534,3 +534,25 @@ def test_a_checkpoint_keeps_each_gpu_s_random_state(monkeypatch: pytest.MonkeyPa
     states[:] = [torch.zeros(8, dtype=torch.uint8)] * 2  # the generators moved on, or a new process seeded them
     assert checkpoint.load_checkpoint(tmp_path / "c", params={"w": w}, optimizer=opt)[0] == 3
     assert [int(s[0]) for s in states] == [1, 2]
+
+
+def test_a_model_loaded_on_the_cpu_is_scored_and_attacked_on_the_accelerator(model_dir: Path, suite: Suite,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training moves the model to the accelerator; scoring and the audits do too, or a 7B model would be scored
+    on the host of a GPU machine while its record named the GPU (meta stands in for the GPU here)."""
+    from unsee import runs
+    from unsee.audit import attacks
+    from unsee.engine import distributed
+
+    monkeypatch.setattr(distributed, "accelerator_device", lambda: torch.device("meta"))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # a sharded launch: a whole model may not fit one device
+    assert distributed.on_accelerator(load_adapter(model_dir)).device.type == "cpu"
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    assert distributed.on_accelerator(load_adapter(model_dir)).device.type == "meta"
+    moved: list[str] = []
+    monkeypatch.setattr(distributed, "on_accelerator", lambda a: moved.append("evaluation") or a)
+    monkeypatch.setattr(attacks, "on_accelerator", lambda a: moved.append("attacks") or a)
+    adapter = load_adapter(model_dir)
+    runs.evaluation(adapter, suite, groups=("forget",), max_items=1, generation=False, progress=False)
+    attacks.run_attacks(adapter, suite, [])
+    assert moved == ["evaluation", "attacks"]

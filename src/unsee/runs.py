@@ -186,6 +186,7 @@ def evaluation(adapter: Adapter, suite: Suite, *, steering: str | Path | None = 
     from contextlib import nullcontext
 
     artifact = deployed_artifact(artifact, steering)
+    distributed.on_accelerator(adapter)
     with nullcontext() if artifact is None else artifact.applied(adapter):
         return run_evaluation(adapter, suite, **kw)
 

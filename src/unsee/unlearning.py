@@ -21,6 +21,7 @@ from unsee.audit.quant import changed_linears, weight_digests
 from unsee.bench_recipe import cached_benchmark_reference, split_name
 from unsee.config import check_seed, load_config, to_dict
 from unsee.data.schema import Suite
+from unsee.engine.distributed import on_accelerator
 from unsee.engine.trainer import frozen_copy
 from unsee.errors import ConfigError, DataError, ModelError
 from unsee.eval.results import strip_samples
@@ -97,7 +98,7 @@ def unlearn_and_save(method: str, adapter: Adapter, suite: Suite, *, steering_di
             artifact = WeightsArtifact(adapter, arch=model, result=res)
         else:
             _, mcfg, _ = method_configs(method, config, overrides)
-            artifact = cls(mcfg).unlearn(adapter, suite, mcfg, seed=seed)
+            artifact = cls(mcfg).unlearn(on_accelerator(adapter), suite, mcfg, seed=seed)
             resolved = to_dict(mcfg)
             artifact.save(steering_dir)  # the whole result: the base model is untouched
     meter.record_model(None)

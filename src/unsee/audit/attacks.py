@@ -41,7 +41,7 @@ from unsee.data.schema import Example, Suite
 from unsee.engine.adversarial import linf_ascent as linf_ascent  # the PGD steps live there; re-exported
 from unsee.engine.adversarial import pgd_pixels
 from unsee.engine.adversarial import pixel_bounds as pixel_bounds
-from unsee.engine.distributed import Alone
+from unsee.engine.distributed import Alone, on_accelerator
 from unsee.engine.trainer import TrainConfig, train
 from unsee.errors import ConfigError, DataError
 from unsee.eval import metrics
@@ -388,6 +388,7 @@ def run_attacks(adapter: Adapter, suite: Suite, kinds: Sequence[str] = ATTACKS, 
     unknown = sorted(set(kinds) - set(RUNNERS))
     if unknown:
         raise ConfigError(f"unknown attack(s) {unknown}; choose from {', '.join(ATTACKS)}")
+    on_accelerator(adapter)
     out = {}
     for kind in kinds:
         try:

@@ -27,6 +27,7 @@ from torch import nn
 
 from unsee.data.collate import check_split
 from unsee.errors import ConfigError
+from unsee.models.base import Adapter
 
 LAUNCHERS = "src/unsee/configs/accelerate/ddp.yaml (or one process)"
 
@@ -63,6 +64,23 @@ def wait_for_everyone() -> None:
     from accelerate import PartialState
 
     PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
+
+
+def accelerator_device() -> torch.device:
+    """This process's device: its GPU in a launch, the first GPU outside one, else the CPU."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available()).device
+
+
+def on_accelerator(adapter: Adapter) -> Adapter:
+    """``adapter`` with a model loaded on the CPU moved to this process's accelerator, where there is one, so
+    that scoring, steering and attacking a 7B model run there as its training does (the trainer moves the model
+    itself). Under FSDP or DeepSpeed a whole model may not fit one device: it stays where it was loaded."""
+    device = accelerator_device()
+    if device.type != "cpu" and adapter.device.type == "cpu" and not fsdp_version() and not deepspeed_stage():
+        adapter.model.to(device)
+    return adapter
 
 
 def _env_true(name: str) -> bool:
