@@ -336,3 +336,17 @@ def test_turns_fingerprint_sees_every_turn_and_the_tensors_of_a_fixed_sample(mod
     # the weightless adapter builds the batches the loaded one does
     full = load_adapter(model_dir).training_batch(turns[:2])
     assert all(torch.equal(v, full[k]) for k, v in adapter.training_batch(turns[:2]).items())
+
+
+def test_a_world_without_forget_10_is_fine_tuned_all_the_same(tmp_path: Path) -> None:
+    """The fine-tune teaches every person, whichever split names them: a world built with other forget splits
+    is not refused for want of forget_10."""
+    from unsee.data.world import build_world
+
+    world = build_world(tmp_path / "w", config="quick", overrides=[
+        "n_people=8", "n_known=2", "n_unknown=2", "n_neutral=4", "n_train_views=2", "n_test_views=1", "n_requests=1",
+        "n_general_train=8", "n_general_eval=4", "n_pretrain=4", "forget_splits=[20]", "val_forget_splits=[]",
+        "known_forget_splits=[]"])
+    model = init_model("tiny-llava", tmp_path / "m", world=world, seed=0)
+    cfg = load_config(ft.FinetuneConfig, "quick", RECIPE, kind="finetune")
+    assert len(ft.vanilla_stages(model, world, cfg, tmp_path / "cache").paths) == 3

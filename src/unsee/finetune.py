@@ -37,7 +37,7 @@ from unsee.data.identity import Identity
 from unsee.data.mllmu import load_mllmu
 from unsee.data.parquet import is_hub_id
 from unsee.data.schema import Example, Suite
-from unsee.data.world import load_world_info, world_pretrain_identities
+from unsee.data.world import default_forget, load_world_info, world_pretrain_identities
 from unsee.engine.checkpoint import remove_checkpoint
 from unsee.engine.distributed import check_launch, is_main_process, wait_for_everyone
 from unsee.engine.trainer import TrainConfig, train
@@ -353,8 +353,8 @@ def vanilla_stages(model: str | Path, data: str | Path, cfg: FinetuneConfig, cac
     its turns; stage 3 on stage 2's key and its turns.
     """
 
-    suite = load_mllmu(data, "forget_10")
     info = load_world_info(data)
+    suite = load_mllmu(data, default_forget(info))  # it trains on every person: any split holds them all
     pool = world_pretrain_identities(info)
     names = set(info["names"].values())
     rc = to_dict(cfg)

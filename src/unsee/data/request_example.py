@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from unsee.data.parquet import Record, Source, entity_id, image_bytes, letter_options, text
-from unsee.data.world import load_world_info
+from unsee.data.world import default_forget, load_world_info
 from unsee.errors import DataError
 from unsee.io import atomic_dir, atomic_write_bytes, atomic_write_text
 
@@ -54,9 +54,7 @@ def write_world_request(world: str | Path, out: str | Path, *, forget: str | Non
     world, out = Path(world), Path(out)
     info = load_world_info(world)
     groups = {**info.get("splits", {}), **info.get("requests", {})}
-    if forget is None:
-        splits = sorted((s for s in info.get("splits", {}) if s.startswith("forget_")), key=lambda s: int(s[7:]))
-        forget = "forget_10" if "forget_10" in groups or not splits else splits[0]
+    forget = default_forget(info) if forget is None else forget
     if forget not in groups:
         raise DataError(f"world {world} has no split {forget!r}; it has {sorted(groups)}")
     forget_ids = set(groups[forget])

@@ -471,6 +471,12 @@ def load_world_info(root: str | Path) -> dict[str, Any]:
     return info
 
 
+def default_forget(info: Mapping[str, Any]) -> str:
+    """The forget split a command reads where none is named: ``forget_10``, or a world's smallest without it."""
+    splits = sorted((s for s in info.get("splits", {}) if s.startswith("forget_")), key=lambda s: int(s[7:]))
+    return "forget_10" if "forget_10" in info.get("splits", {}) or not splits else splits[0]
+
+
 def world_pretrain_identities(info: Mapping[str, Any]) -> list[Identity]:
     """The vision pre-training pool that a world was built to stay apart from."""
     return pretrain_identities(int(info["pretrain"]["n"]), int(info["pretrain"]["seed"]))
