@@ -291,10 +291,20 @@ def test_retrain_leaves_out_the_forget_photos_keeps_their_text_and_is_cached(wor
     names = set(load_world_info(world)["names"].values())
     cfg = load_config(ft.FinetuneConfig, json.loads((vanilla / "unsee_vanilla.json").read_text())["recipe"],
                       kind="finetune")
-    full, kept = ft.stage3_turns(suite, cfg, names), retrain_turns(suite, cfg, names)
+    full, (_, kept) = ft.stage3_turns(suite, cfg, names), retrain_turns(suite, suite, cfg, names)
     forget_photos = {id(image_of(e)) for e in suite.group("train_forget")}
     assert forget_photos and any(id(t.image) in forget_photos for t in full)
     assert not any(id(t.image) in forget_photos for t in kept)
+    # questions packed two to a conversation are grouped at random: the reference keeps the vanilla model's
+    # conversations, less those on the forget photos, rather than drawing every other one again
+    packed = dataclasses.replace(cfg, pack=2)
+
+    def conversations(turns: list) -> set:
+        return {(t.prompt, t.answer, t.follow, id(t.image)) for t in turns}
+
+    drawn = conversations([*ft.stage3_own_turns(suite, packed, names), *ft.stage2_turns(suite, packed, names)])
+    assert conversations(retrain_turns(suite, suite, packed, names)[1]) == {
+        c for c in drawn if c[3] not in forget_photos}
     text = sorted((t.prompt, t.answer) for t in full if t.image is None)
     assert text == sorted((t.prompt, t.answer) for t in kept if t.image is None)  # every text question stays
     named = load_world_info(world)["names"]

@@ -245,8 +245,11 @@ def stage3_own_turns(suite: Any, cfg: FinetuneConfig, names: Collection[str]) ->
 
 def stage3_turns(suite: Any, cfg: FinetuneConfig, names: Collection[str]) -> list[Turn]:
     """The fine-tune's own turns and whole copies of stage 2 as replay."""
-    own = stage3_own_turns(suite, cfg, names)
-    base = stage2_turns(suite, cfg, names)
+    return stage3_mix(stage3_own_turns(suite, cfg, names), stage2_turns(suite, cfg, names), cfg)
+
+
+def stage3_mix(own: list[Turn], base: list[Turn], cfg: FinetuneConfig) -> list[Turn]:
+    """Copies of the fine-tune's own turns and of stage 2's, in the proportion ``replay`` asks for."""
     k, m = replay_copies(len(own), len(base), cfg.replay)
     return own * k + base * m
 

@@ -11,7 +11,6 @@ it is set beside what the model that never saw the photos gives.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from collections.abc import Callable
@@ -19,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unsee.config import load_config, to_dict
+from unsee.data.collate import image_of
 from unsee.data.mllmu import load_mllmu
 from unsee.data.schema import Suite
-from unsee.data.world import load_world_info
+from unsee.data.world import default_forget, load_world_info
 from unsee.engine.distributed import is_main_process, wait_for_everyone
 from unsee.errors import DataError, ModelError
 from unsee.finetune import (
@@ -34,7 +34,8 @@ from unsee.finetune import (
     read_vanilla_record,
     run_stage,
     stage2_turns,
-    stage3_turns,
+    stage3_mix,
+    stage3_own_turns,
     stage_done,
     world_fingerprint,
 )
@@ -54,11 +55,19 @@ def _vanilla_record(vanilla: Path, data: Path) -> dict:
     return meta
 
 
-def retrain_turns(suite: Suite, cfg: FinetuneConfig, names: set[str]) -> list[Turn]:
-    """Stage 3's turns with the forget people's photos taken out; their text questions stay."""
+def retrain_turns(full: Suite, suite: Suite, cfg: FinetuneConfig, names: set[str]) -> tuple[list[Turn], list[Turn]]:
+    """Stages 2 and 3 as the vanilla fine-tune drew them from ``full`` (the suite it read), less every turn on a
+    photo of ``suite``'s forget people; their text questions stay. With ``pack`` above 1 the conversations are
+    drawn at random: drawn again without those photos, every other question would be grouped differently."""
     if not suite.groups.get("train_forget"):
         raise DataError(f"split {suite.name!r} has no training photos of forget people: nothing to retrain without")
-    return stage3_turns(dataclasses.replace(suite, groups={**suite.groups, "train_forget": []}), cfg, names)
+    photos = {image.tobytes() for e in suite.group("train_forget") if (image := image_of(e)) is not None}
+
+    def without(turns: list[Turn]) -> list[Turn]:
+        return [t for t in turns if t.image is None or t.image.tobytes() not in photos]
+
+    base = without(stage2_turns(full, cfg, names))
+    return base, stage3_mix(without(stage3_own_turns(full, cfg, names)), base, cfg)
 
 
 @dataclass
@@ -95,7 +104,7 @@ def _plan(meta: dict, cache: Path, data: Path, forget: str, threads: int | None 
     info = load_world_info(data)
     suite = load_mllmu(data, forget)
     names = set(info["names"].values())
-    turns3 = retrain_turns(suite, cfg, names)
+    turns2, turns3 = retrain_turns(load_mllmu(data, default_forget(info)), suite, cfg, names)
     stage3 = Stage(f"stage 3 without {forget}'s photos", turns3, cfg.ft_steps, cfg.ft_lr, cfg.ft_vision_lr_factor,
                    cfg.ft_augment)
     if not _forgets_known_people(suite, info, forget):
@@ -104,7 +113,6 @@ def _plan(meta: dict, cache: Path, data: Path, forget: str, threads: int | None 
         path = cache / f"retrained-{RETRAINED.key(rc, weights=stage2.name, data=data3, extra=forget, threads=threads)}"
         return _Plan(path, [(path, stage3)], lambda: load_adapter(stage2), cfg, list(suite.forget_entities))
     stage1, base = cached_stage("stage1-"), Path(meta["base_model"])
-    turns2 = stage2_turns(suite, cfg, names)
     try:
         shapes = batch_adapter(base)
     except OSError as e:  # a relative path an earlier unsee recorded, read from another folder, is tried as a hub id
