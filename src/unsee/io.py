@@ -48,6 +48,28 @@ def code_fingerprint(source: str) -> str:
     return hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:16]
 
 
+def imported_modules(*roots: str) -> tuple[str, ...]:
+    """``roots`` and every module of their package they import, directly or through others, sorted: the code a
+    computation can run. A list kept by hand misses the helper a change lands in."""
+    package = roots[0].split(".")[0]
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        spec = importlib.util.find_spec(name)
+        if name in seen or spec is None or spec.origin is None:
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse(Path(spec.origin).read_text())):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names if a.name.split(".")[0] == package]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == package:
+                # ``from unsee.data import prompts`` names a module as often as a function
+                todo += [node.module, *(f"{node.module}.{a.name}" for a in node.names
+                                        if importlib.util.find_spec(node.module).submodule_search_locations)]
+    return tuple(sorted(seen))
+
+
 def source_fingerprint(*modules: str) -> str:
     """Content hash of the named modules' code (:func:`code_fingerprint`).
 

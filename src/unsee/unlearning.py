@@ -26,10 +26,10 @@ from unsee.engine.trainer import frozen_copy
 from unsee.errors import ConfigError, DataError, ModelError
 from unsee.eval.results import strip_samples
 from unsee.finetune import default_cache, world_fingerprint
-from unsee.io import atomic_write_json, content_hash, source_fingerprint
+from unsee.io import atomic_write_json, content_hash, imported_modules, source_fingerprint
 from unsee.methods import method_class
 from unsee.methods.artifact import WeightsArtifact
-from unsee.models import check_model_dir, load_adapter, resolve_dtype
+from unsee.models import REGISTRY, check_model_dir, load_adapter, resolve_dtype
 from unsee.models.base import Adapter, model_fingerprint
 from unsee.provenance import CostMeter
 from unsee.report import model_card
@@ -190,10 +190,10 @@ def attach_holdout(suite: Suite, data: str | Path | None, name: str, seed: int =
     return suite
 
 
-# the modules whose code makes an attack's figures
-AUDIT_CODE = ("unsee.audit.attacks", "unsee.audit.common", "unsee.audit.mia", "unsee.audit.quant", "unsee.eval.metrics",
-              "unsee.eval.evaluator", "unsee.engine.adversarial", "unsee.engine.trainer", "unsee.methods.baselines",
-              "unsee.data.prompts", "unsee.data.collate", "unsee.models.base")
+# the modules whose code makes an attack's figures: the attacks' and all they import (losses, optimisers, scoring,
+# each architecture's adapter)
+AUDIT_CODE = imported_modules("unsee.audit.attacks", "unsee.audit.mia", "unsee.audit.quant", "unsee.methods.baselines",
+                              *sorted({adapter.split(":")[0] for adapter in REGISTRY.values()}))
 
 
 class ReferenceAudits:
