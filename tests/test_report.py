@@ -21,6 +21,7 @@ from unsee.report import (
 )
 from unsee.report.card import verdict
 from unsee.report.plots import continual_panels, continual_series, continual_values
+from unsee.report.tables import config_variants
 
 GROUPS = ("forget", "forget_test", "retain", "text_forget", "text_retain", "known", "general")
 
@@ -413,3 +414,14 @@ def test_attack_figures_keep_counts_and_small_settings_readable() -> None:
                                   "relearn": {"ag": 12.5, "lr": 1e-4}}}
     text = render_report(results(VANILLA, attacked))
     assert "forget_attacked 0.31, step 0.0078, n_forget 18" in text and "ag 12.50, lr 0.0001" in text
+
+
+def test_a_run_scored_as_given_is_labelled_so_beside_its_method_s_runs() -> None:
+    """A steering file or checkpoint scored with ``unsee eval`` records no config: beside the method's own runs
+    it reads as such, not as every option set to None."""
+    trained = run("eraser", dict.fromkeys(GROUPS, 0.5), config={"layers": [1], "strength": 2.0})
+    scored = run("eraser", dict.fromkeys(GROUPS, 0.5), config={})
+    labels = config_variants([trained, scored])
+    assert labels[id(trained)] == "" and labels[id(scored)] == "no config recorded"
+    other = run("eraser", dict.fromkeys(GROUPS, 0.5), config={"layers": [2], "strength": 2.0})
+    assert config_variants([trained, other, scored])[id(other)] == "layers=[2]"

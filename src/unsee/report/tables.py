@@ -368,9 +368,10 @@ def config_variants(runs: Sequence[Mapping[str, Any]]) -> dict[int, str]:
     for group in by.values():
         configs = [run.get("config") or {} for run in group]
         keys = sorted({k for c in configs for k in c} - {"seed", *UNKEYED})
-        differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
+        recorded = [c for c in configs if c]  # a model or steering file scored as given records none
+        differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in recorded}) > 1]
         for run, c in zip(group, configs, strict=True):
-            out[id(run)] = ", ".join(f"{k}={c.get(k)}" for k in differ)
+            out[id(run)] = ", ".join(f"{k}={c.get(k)}" for k in differ) if c or not recorded else "no config recorded"
     return out
 
 
