@@ -419,6 +419,10 @@ def test_seed_summary_plot_and_report_show_the_spread(tmp_path: Path) -> None:
     assert ga["seeds"] == [0, 1] and npo["seeds"] == [0]
     # seed 0 run again (from another results file, other figures) is no third seed, in the table or the plot
     assert seed_summary([*runs, _run("ga", 0, 0.9, 0.9)]) == [ga, npo]
+    # the same data named by another path (a run from another folder) is the same seed still
+    there = [{**r, "data": {"source": s, "fingerprint": "f0"}} for r, s in ((runs[0], "w"), (runs[1], "w"))]
+    again = {**_run("ga", 0, 0.9, 0.9), "data": {"source": "../w", "fingerprint": "f0"}}
+    assert [e["seeds"] for e in seed_summary([*there, again])] == [[0, 1]]
     assert tradeoff_points([vanilla, *runs, _run("ga", 0, 0.9, 0.9)], vanilla, "mcq") == tradeoff_points(
         [vanilla, *runs], vanilla, "mcq")
     assert ga["metrics"]["forget"]["mcq"] == pytest.approx({"mean": 0.35, "sd": 0.1 / math.sqrt(2), "min": 0.3,

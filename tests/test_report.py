@@ -210,6 +210,11 @@ def test_continual_panel_follows_a_method_across_its_requests() -> None:
     panels = continual_panels(results(VANILLA, *continual_runs(), *elsewhere))
     assert [(title, len(runs)) for title, runs in panels] == [
         ("npo (tiny-llava/builtin)", 3), ("npo (tiny-llava/builtin, data 0843de15d1402661)", 3)]
+    # so is the same chain scored on fewer items: a panel of its own, its runs kept, not dropped as repeats
+    capped = [{**r, "evaluation": {"max_items": 3}} for r in continual_runs()]
+    panels = continual_panels(results(VANILLA, *continual_runs(), *capped, *continual_runs()))
+    assert [(title, len(runs)) for title, runs in panels] == [
+        ("npo (tiny-llava/builtin)", 3), ("npo (tiny-llava/builtin, max_items 3)", 3)]
 
 
 def test_write_report(tmp_path: Path) -> None:

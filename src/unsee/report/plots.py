@@ -177,13 +177,14 @@ def continual_panels(results: Mapping[str, Any]) -> list[tuple[str, list[Mapping
     across splits: the panel follows the method from its first request to its last.
     """
     panels: dict[tuple[str, str, str, str, str], list[Mapping[str, Any]]] = {}
-    for run in one_run_per_seed(results["runs"]):  # a run on one forget split alone is no point of a sequence
+    for run in results["runs"]:  # a run on one forget split alone is no point of a sequence of requests
         if run["method"] != "vanilla" and any(g.startswith("forget_r") and g[8:].isdigit() for g in run["metrics"]):
             model, benchmark, _, scored = setting_of(run)
             # a method at another config, or on other data (another world, other items), is another line of
             # runs: only seeds share a panel
             panels.setdefault((model, benchmark, scored, str(run["method"]), config_key(run)), []).append(run)
-    continual = {k: v for k, v in panels.items() if any(int(r["request"]) > 1 for r in v)}
+    # the same seed run again (another results file) is no second seed
+    continual = {k: one_run_per_seed(v) for k, v in panels.items() if any(int(r["request"]) > 1 for r in v)}
     wheres = {k[:3] for k in continual}
     alike = Counter(where[:2] for where in wheres)
     first = {key: min(runs, key=lambda r: int(r["request"])) for key, runs in continual.items()}
