@@ -72,7 +72,10 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = seed_list(args.seeds, args.seed)
     variants = [variant(v) for v in args.variant] or [("shipped", [])]
     world, vanilla = vanilla_model(args)
-    suite = api.load_suite(world, args.forget, seed=args.seed)
+    # a validation request (val_X) is scored without X's people among its retained ones, as unlearn.py's picks
+    # are: no choice is made on the reported people at all
+    blind = [args.forget.removeprefix("val_")] if args.forget.startswith("val_") else []
+    suite = api.load_suite(world, args.forget, seed=args.seed, retain_exclude=blind)
     kinds = list(args.attacks)
     if "mia" in kinds:
         cfg = api.audit_config(args.attack_set, args.seed)
@@ -98,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
             results[f"{method}/{name}"] = {"method": method, "overrides": [*args.train_set, *overrides], "runs": runs,
                                            "spread": spread([r["figures"] for r in runs])}
     out = {"benchmark": "seeds", "world": args.world, "seed": args.seed, "arch": args.arch, "forget": args.forget,
+           "retain_exclude": blind,
            "seeds": seeds, "train_set": args.train_set,
            "vanilla": {g: mcq(v_metrics, g) for g in GROUPS}, "results": results, "environment": environment()}
     atomic_write_json(Path(args.out), out)

@@ -348,6 +348,23 @@ def test_seeds_benchmark_repeats_a_seed_exactly(demo_run: tuple[Path, Path], tmp
         seeds.main([*_bench_args(demo_run[1], tmp_path / "t.json"), "--variant", ":lr=1"])
 
 
+def test_seeds_benchmark_scores_a_validation_request_blind_to_the_reported_people(
+        demo_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A setting run on val_forget_10 is scored without forget_10's people among the retained ones, as the
+    unlearn benchmark's picks are: the figures that choose a setting say nothing of the people reported."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import seeds
+
+    asked: list[object] = []
+    real = seeds.api.load_suite
+    monkeypatch.setattr(seeds.api, "load_suite", lambda *a, **k: asked.append(k.get("retain_exclude")) or real(*a, **k))
+    out = seeds.main([*_bench_args(demo_run[1], tmp_path / "v.json"), "--methods", "ga", "--seeds", "1",
+                      "--forget", "val_forget_10", "--attacks", "none"])
+    assert asked[0] == ["forget_10"] and out["retain_exclude"] == ["forget_10"]
+
+
 def test_benchmark_options_are_refused_before_any_work(capsys: pytest.CaptureFixture[str]) -> None:
     """A wrong method name, no seeds, or a reference a benchmark would not measure: one line at the parser, before
     the first method trains (the benchmarks that write at their end would lose every run before it)."""
