@@ -104,7 +104,8 @@ def _plan(meta: dict, cache: Path, data: Path, forget: str, threads: int | None 
     info = load_world_info(data)
     suite = load_mllmu(data, forget)
     names = set(info["names"].values())
-    turns2, turns3 = retrain_turns(load_mllmu(data, default_forget(info)), suite, cfg, names)
+    full = suite if forget == default_forget(info) else load_mllmu(data, default_forget(info))  # what finetune read
+    turns2, turns3 = retrain_turns(full, suite, cfg, names)
     stage3 = Stage(f"stage 3 without {forget}'s photos", turns3, cfg.ft_steps, cfg.ft_lr, cfg.ft_vision_lr_factor,
                    cfg.ft_augment)
     if not _forgets_known_people(suite, info, forget):
