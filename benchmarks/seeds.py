@@ -36,6 +36,7 @@ from common import (
 
 from unsee import api
 from unsee.audit.quant import changed_linears, weight_digests
+from unsee.data.world import load_world_info
 from unsee.engine.prepare import frozen_copy
 from unsee.io import atomic_write_json
 from unsee.models import load_adapter
@@ -73,8 +74,11 @@ def main(argv: list[str] | None = None) -> dict:
     variants = [variant(v) for v in args.variant] or [("shipped", [])]
     world, vanilla = vanilla_model(args)
     # a validation request (val_X) is scored without X's people among its retained ones, as unlearn.py's picks
-    # are: no choice is made on the reported people at all
-    blind = [args.forget.removeprefix("val_")] if args.forget.startswith("val_") else []
+    # are: no choice is made on the reported people at all (a world without X reports none)
+    info = load_world_info(world)
+    reported = args.forget.removeprefix("val_")
+    blind = [reported] if args.forget != reported and reported in {**info["splits"], **info.get("known_splits", {})} \
+        else []
     suite = api.load_suite(world, args.forget, seed=args.seed, retain_exclude=blind)
     kinds = list(args.attacks)
     if "mia" in kinds:
