@@ -283,11 +283,11 @@ def test_attack_sets_the_reference_beside_each_figure_and_caches_it(model: Path,
 
     # the code the attacks run is in it: their steps, the relearning's training, the scoring turns
     assert {attacks.linf_ascent.__module__, trainer.__name__, prompts.qa_prompt.__module__,
-            mia.__name__} <= set(unlearning.AUDIT_CODE)
+            mia.__name__} <= set(unlearning.audit_code())
     # and what those import, where a change lands as often: the relearning's loss and optimiser, the gradient
     # clipping, the probe's per-block features, each architecture's scoring
     assert {"unsee.methods.base", "unsee.engine.prepare", "unsee.engine.gradients", "unsee.models.blocks",
-            "unsee.models.qwen_vl", "unsee.models.llava"} <= set(unlearning.AUDIT_CODE)
+            "unsee.models.qwen_vl", "unsee.models.llava"} <= set(unlearning.audit_code())
     monkeypatch.setattr(unlearning, "source_fingerprint", lambda *modules: "other code")
     assert unlearning.ReferenceAudits(reference, api.load_suite(world, "forget_5"), cfg, cache).key not in keys
 

@@ -64,9 +64,10 @@ def imported_modules(*roots: str) -> tuple[str, ...]:
             if isinstance(node, ast.Import):
                 todo += [a.name for a in node.names if a.name.split(".")[0] == package]
             elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == package:
-                # ``from unsee.data import prompts`` names a module as often as a function
-                todo += [node.module, *(f"{node.module}.{a.name}" for a in node.names
-                                        if importlib.util.find_spec(node.module).submodule_search_locations)]
+                todo.append(node.module)
+                if importlib.util.find_spec(node.module).submodule_search_locations:
+                    # ``from unsee.data import prompts`` names a module as often as a function
+                    todo += [f"{node.module}.{a.name}" for a in node.names]
     return tuple(sorted(seen))
 
 

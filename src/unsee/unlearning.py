@@ -9,6 +9,7 @@ find the retrained reference (:func:`find_reference`), attach the never-trained 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -190,10 +191,13 @@ def attach_holdout(suite: Suite, data: str | Path | None, name: str, seed: int =
     return suite
 
 
-# the modules whose code makes an attack's figures: the attacks' and all they import (losses, optimisers, scoring,
-# each architecture's adapter)
-AUDIT_CODE = imported_modules("unsee.audit.attacks", "unsee.audit.mia", "unsee.audit.quant", "unsee.methods.baselines",
-                              *sorted({adapter.split(":")[0] for adapter in REGISTRY.values()}))
+@functools.cache
+def audit_code() -> tuple[str, ...]:
+    """The modules whose code makes an attack's figures: the attacks' and all they import (losses, optimisers,
+    scoring, each architecture's adapter). Found when a reference is first audited, not at every command's start
+    (reading them takes a tenth of a second)."""
+    return imported_modules("unsee.audit.attacks", "unsee.audit.mia", "unsee.audit.quant", "unsee.methods.baselines",
+                            *sorted({adapter.split(":")[0] for adapter in REGISTRY.values()}))
 
 
 class ReferenceAudits:
@@ -211,7 +215,7 @@ class ReferenceAudits:
         self.cache = Path(cache_dir or default_cache()) / "reference-audits"
         uids = {g: [e.uid for e in items] for g, items in sorted(suite.groups.items())}
         self.key = content_hash("reference-audit", model_fingerprint(self.path), to_dict(cfg), uids,
-                                str(self.dtype), source_fingerprint(*AUDIT_CODE))
+                                str(self.dtype), source_fingerprint(*audit_code()))
         self._adapter: Adapter | None = None
         self._memo: dict[str, dict[str, Any]] = {}
 

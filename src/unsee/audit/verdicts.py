@@ -27,8 +27,12 @@ def _get(figures: Mapping[str, Any] | None, key: str) -> float | None:
     return None if value is None or isinstance(value, bool) else float(value)
 
 
+# A figure at its bound is within it: 0.6 - 0.4 is 0.19999999999999996 in floats.
+AT_BOUND = 1e-9
+
+
 def _row(value: float | None, bound: float | None, target: str, reference: float | None) -> dict[str, Any]:
-    ok = None if value is None or bound is None else value <= bound + 1e-9
+    ok = None if value is None or bound is None else value <= bound + AT_BOUND
     return {"value": value, "reference": reference, "target": target, "pass": ok}
 
 

@@ -407,8 +407,9 @@ def _retain(
     excluded: set[str] = set()
     for item in retain_exclude:
         excluded.update(_ids(cfg.profiles(item)) if source.has(item) else [item])
-    people = set(_ids(cfg.profiles("Full_Set"))) if source.has("Full_Set") else excluded
-    if unknown := sorted(item for item in retain_exclude if not source.has(item) and item not in people):
+    named = [item for item in retain_exclude if not source.has(item)]  # people's IDs, or mistyped names
+    people = set(_ids(cfg.profiles("Full_Set"))) if named and source.has("Full_Set") else set(named)
+    if unknown := sorted(item for item in named if item not in people):
         # a mistyped name would leave nobody out, and the figures would be read as blind to them all the same
         raise DataError(f"retain_exclude {', '.join(map(repr, unknown))}: neither a config nor a person of "
                         f"{source.location}")

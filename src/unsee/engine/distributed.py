@@ -43,9 +43,7 @@ class Alone:
     is_main_process = True
 
     def __init__(self) -> None:
-        from accelerate import PartialState
-
-        self.device = PartialState(cpu=not torch.cuda.is_available()).device
+        self.device = accelerator_device()
         self.mixed_precision = launch_mixed_precision()
 
     def reduce(self, tensor: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -54,23 +52,25 @@ class Alone:
 
 def is_main_process() -> bool:
     """True outside a multi-process launch, and in its first process."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available()).is_main_process
+    return _state().is_main_process
 
 
 def wait_for_everyone() -> None:
     """Hold each process of a launch here until all have come (nothing outside a launch)."""
-    from accelerate import PartialState
-
-    PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
+    _state().wait_for_everyone()
 
 
 def accelerator_device() -> torch.device:
     """This process's device: its GPU in a launch, the first GPU outside one, else the CPU."""
+    return _state().device
+
+
+def _state() -> Any:
+    """accelerate's process-wide state, on the CPU where there is no GPU (accelerate imported where it is first
+    asked for, as each of these did)."""
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available()).device
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def on_accelerator(adapter: Adapter) -> Adapter:

@@ -440,6 +440,11 @@ def config_key(run: Mapping[str, Any]) -> str:
     return json.dumps(config, sort_keys=True, default=str)
 
 
+def _seed_group(run: Mapping[str, Any]) -> tuple:
+    """What runs that differ only in their seed share."""
+    return run["method"], run["model"], run["benchmark"], run["forget_split"], run["request"], config_key(run)
+
+
 def one_run_per_seed(runs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """Of runs of one setting (the report's: one data, one evaluation), the first of each method, model,
     benchmark, forget split, request, config and seed, in order: a seed run twice is one draw, and pooling both
@@ -447,8 +452,7 @@ def one_run_per_seed(runs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any
     seen: set[tuple] = set()
     out = []
     for run in runs:
-        key = (run["method"], run["model"], run["benchmark"], run["forget_split"], run["request"], config_key(run),
-               run.get("seed", 0))
+        key = (*_seed_group(run), run.get("seed", 0))
         if key not in seen:
             seen.add(key)
             out.append(run)
@@ -470,8 +474,7 @@ def seed_summary(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
     by: dict[tuple, list[Mapping[str, Any]]] = {}
     for run in one_run_per_seed(runs):
-        key = (run["method"], run["model"], run["benchmark"], run["forget_split"], run["request"], config_key(run))
-        by.setdefault(key, []).append(run)
+        by.setdefault(_seed_group(run), []).append(run)
     out = []
     for (method, model, benchmark, split, request, _), group in by.items():
         entry: dict[str, Any] = {"method": method, "model": model, "benchmark": benchmark, "forget_split": split,

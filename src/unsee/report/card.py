@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from unsee import __version__
-from unsee.audit.verdicts import reference_checks
+from unsee.audit.verdicts import AT_BOUND, reference_checks
 from unsee.eval.metrics import COUNT_KEYS
 from unsee.io import atomic_write_text
 from unsee.report.tables import CHANCE, DASH, MIB, fmt_change, headline_key, ordered_groups, score_of
@@ -151,11 +151,10 @@ def verdict(run: Mapping[str, Any], vanilla: Mapping[str, Any] | None, audits: M
     back, held = [], []
     relearn, pgd = audits.get("relearn") or {}, audits.get("pgd") or {}
     if (ag := _fig(relearn.get("ag"))) is not None:
-        (back if ag >= RELEARN_BACK - 1e-9 else held).append(f"relearning {ag:+.0f} points")
+        (back if ag >= RELEARN_BACK - AT_BOUND else held).append(f"relearning {ag:+.0f} points")
     clean, attacked = _fig(pgd.get("forget_clean")), _fig(pgd.get("forget_attacked"))
     if clean is not None and attacked is not None:
-        # 0.6 - 0.4 is 0.19999999999999996 in floats: a gain of exactly the bound is read as the card says
-        (back if attacked - clean >= PGD_BACK - 1e-9 else held).append(f"PGD {clean:.2f} \u2192 {attacked:.2f}")
+        (back if attacked - clean >= PGD_BACK - AT_BOUND else held).append(f"PGD {clean:.2f} \u2192 {attacked:.2f}")
     skipped = sorted(k for k, v in audits.items() if isinstance(v, Mapping) and "skipped" in v)
     if back:
         tail = f"but the audits bring them back ({', '.join(back)}): the knowledge is hidden, not removed"
