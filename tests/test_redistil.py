@@ -43,6 +43,29 @@ def test_fresh_visual_draws_the_visual_module_anew_repeatably_and_leaves_the_mod
     assert any(not torch.equal(other[n], fresh[n]) for n in drawn)
 
 
+def test_fresh_visual_gives_back_every_device_s_generator_as_it_found_it(
+        tiny_models: TinyModels, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its seed must not reseed the run's own draws, on the CPU or on any GPU (faked here)."""
+    forked: list[list[int]] = []
+    real_fork = torch.random.fork_rng
+
+    def fork(devices: list[int] | None = None, **kw: object) -> object:
+        forked.append(list(devices or []))
+        return real_fork(devices=[], **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: None)
+    monkeypatch.setattr(torch.random, "fork_rng", fork)
+    adapter = tiny_models.adapter("tiny-llava")
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    fresh_visual(adapter, seed=0)
+    assert torch.equal(torch.rand(3), expected)
+    assert forked == [[0, 1]]
+
+
 def _run(trained_dir: Path, suite: Suite, turns: dict[str, list[Turn]], **kw: float | str) -> tuple[dict, dict]:
     adapter = load_adapter(trained_dir)
     res = train(CVFNCU(CVFConfig(ncu_images=8, **kw)), adapter, suite, turns,  # type: ignore[arg-type]

@@ -104,7 +104,9 @@ def fresh_visual(adapter: Adapter, seed: int) -> dict[str, torch.Tensor]:
     class's initialiser leaves alone (some embeddings, on some classes) keeps its value.
     """
     fresh: dict[str, torch.Tensor] = {}
-    with torch.random.fork_rng(devices=[]):
+    # ``manual_seed`` seeds every device's generator: each is restored, so the run's own draws go on as before
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for root in visual_roots(adapter):
             module = copy.deepcopy(adapter.model.get_submodule(root))
