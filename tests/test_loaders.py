@@ -342,6 +342,55 @@ def test_mllmu_bad_values_name_field_and_file(tmp_path: Path, change: dict[str, 
     assert field in str(err.value) and "forget_10/train-00000-of-00001.parquet" in str(err.value)
 
 
+def _one_question(answer: str) -> dict[str, Any]:
+    options = {"A": "Boston", "B": "Chicago", "C": "Denver", "D": "Austin"}
+    mcq = {"Correct_Answer": answer, "Options": options, "Question": "Where was this person born?"}
+    return {"Classification_Task": {"Image_Textual_Questions": [mcq], "Pure_Text_Questions": []}}
+
+
+@pytest.mark.parametrize("answer", ["C", "c.", "(C)", "C) Denver", "C: Denver", "C. Denver", "Denver", " denver "])
+def test_mllmu_gold_answer_as_a_letter_or_as_an_option_s_text(tmp_path: Path, answer: str) -> None:
+    """A text answer is its option's text, never its first letter ("Denver" is not option D)."""
+    write_parquet_config(tmp_path, "forget_10", bad_profile_rows(_one_question(answer)), fb.SPLIT_FEATURES)
+    write_parquet_config(tmp_path, "retain_90", bad_profile_rows({"ID": "2"}), fb.SPLIT_FEATURES)
+    (item,) = [e for e in load_mllmu(tmp_path, "forget_10").groups["forget"] if e.task == "mcq"]
+    assert (item.correct, item.answer) == (2, "Denver")
+
+
+@pytest.mark.parametrize("answer", ["Seattle", "Dr. Denver", "E", ""])
+def test_mllmu_gold_answer_that_names_no_option_is_refused(tmp_path: Path, answer: str) -> None:
+    write_parquet_config(tmp_path, "forget_10", bad_profile_rows(_one_question(answer)), fb.SPLIT_FEATURES)
+    write_parquet_config(tmp_path, "retain_90", bad_profile_rows({"ID": "2"}), fb.SPLIT_FEATURES)
+    with pytest.raises(DataError, match=r"Correct_Answer.*neither an option letter"):
+        load_mllmu(tmp_path, "forget_10")
+
+
+def test_mllmu_a_person_with_two_rows_in_a_config_is_refused(tmp_path: Path) -> None:
+    """Both rows' questions would share uids, or the second's be dropped: neither silently."""
+    second = fb._profile("1", 2, directory=False)
+    write_parquet_config(tmp_path, "forget_10", [*bad_profile_rows({}), second], fb.SPLIT_FEATURES)
+    write_parquet_config(tmp_path, "retain_90", bad_profile_rows({"ID": "2"}), fb.SPLIT_FEATURES)
+    with pytest.raises(DataError, match=r"ID '1' has two rows in forget_10 .* row 0 and .* row 1"):
+        load_mllmu(tmp_path, "forget_10")
+
+
+def test_options_beyond_the_letters_are_refused_not_cut(tmp_path: Path) -> None:
+    """An eleventh option (K) or an eleventh CLEAR name would be dropped, changing the question's chance level."""
+    options = {x: f"city {x}" for x in "ABCDEFGHIJK"}
+    change = {"Classification_Task": {"Image_Textual_Questions": [
+        {"Correct_Answer": "A", "Options": options, "Question": "q"}], "Pure_Text_Questions": []}}
+    mcq = {**fb.MCQ_ITEM, "Options": {x: fb.S for x in options}}
+    classification = {"Image_Textual_Questions": list_of(mcq), "Pure_Text_Questions": list_of(fb.MCQ_ITEM)}
+    features = {**fb.SPLIT_FEATURES, "Classification_Task": classification}
+    write_parquet_config(tmp_path, "forget_10", bad_profile_rows(change), features)
+    write_parquet_config(tmp_path, "retain_90", bad_profile_rows({"ID": "2"}), fb.SPLIT_FEATURES)
+    with pytest.raises(DataError, match=r"Options.*\['K'\].*A to J"):
+        load_mllmu(tmp_path, "forget_10")
+    with pytest.raises(DataError, match=r"real_faces/0 has 12 wrong options"):
+        with_true_answer("True Name", [f"Wrong {i}" for i in range(12)], seed=0, uid="real_faces/0")
+    assert len(with_true_answer("True Name", [f"Wrong {i}" for i in range(9)], seed=0, uid="u")[0]) == 10
+
+
 def test_mllmu_bad_ft_metadata(tmp_path: Path) -> None:
     write_parquet_config(tmp_path, "ft_Data", [{"image": fb.png(1), "metadata": "{not json"}], fb.FT_FEATURES)
     with pytest.raises(DataError, match=r"'metadata'.*ft_Data/train-00000-of-00001\.parquet"):

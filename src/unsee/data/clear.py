@@ -63,8 +63,14 @@ def split_configs(forget: str) -> tuple[str, str]:
 
 
 def with_true_answer(true: str, wrong: Iterable[str], *, seed: int, uid: str) -> tuple[tuple[str, ...], int]:
-    """Insert the true answer among the distractors at a position fixed by ``seed`` and ``uid``."""
-    distractors = [w for w in dict.fromkeys(wrong) if w and w != true][: len(LETTERS) - 1]
+    """Insert the true answer among the distractors at a position fixed by ``seed`` and ``uid``.
+
+    More distractors than the letters hold are refused: cutting them would make another question,
+    with another chance level, without a word."""
+    distractors = [w for w in dict.fromkeys(wrong) if w and w != true]
+    if len(distractors) >= len(LETTERS):
+        raise DataError(f"{uid} has {len(distractors)} wrong options; unsee reads at most {len(LETTERS) - 1} "
+                        f"beside the true one ({len(LETTERS)} letters)")
     pos = stable_int(seed, uid, "position") % (len(distractors) + 1)
     return tuple(distractors[:pos] + [true] + distractors[pos:]), pos
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
 
-from unsee.data.parquet import Record, Source, entity_id, image_bytes, letter_options, stable_int, text
+from unsee.data.parquet import Record, Source, entity_id, gold_option, image_bytes, letter_options, stable_int, text
 from unsee.data.schema import Example, Suite, Task
 from unsee.errors import DataError
 
@@ -50,24 +50,13 @@ _FORGET = re.compile(r"^(val_)?forget_(\d+)$")
 # --------------------------------------------------------------------------- rows → examples
 
 
-def _letter(s: str) -> str:
-    """First alphanumeric character, upper-cased: how MLLMU-Bench reads a letter answer."""
-    for ch in s:
-        if ch.isalnum():
-            return ch.upper()
-    return ""
-
-
 def _mcq(item: object, *, field: str, rec: Record, uid: str, eid: str, typ: str, image: bytes | None) -> Example:
     if not isinstance(item, dict):
         raise DataError(f"field {field!r} in {rec.source}: expected a question struct, got {type(item).__name__}")
     question = text(item.get("Question"), field=f"{field}.Question", source=rec.source)
     options, letters = letter_options(item.get("Options"), field=f"{field}.Options", source=rec.source)
     raw = text(item.get("Correct_Answer"), field=f"{field}.Correct_Answer", source=rec.source)
-    letter = _letter(raw)
-    if letter not in letters:
-        raise DataError(f"field '{field}.Correct_Answer' in {rec.source} is {raw!r}, not one of {letters}")
-    correct = letters.index(letter)
+    correct = gold_option(raw, options, letters, field=f"{field}.Correct_Answer", source=rec.source)
     return Example(
         uid=uid,
         entity=eid,
@@ -257,7 +246,16 @@ class _Configs:
         self.read: dict[tuple[str, frozenset[tuple[str, str]]], list[Record]] = {}
 
     def profiles(self, config: str) -> list[Record]:
-        return self.get(config, PROFILE_COLUMNS, PROFILE_OPTIONAL)
+        """A config of one row a person: a second row of an ID is refused, as its questions would
+        share the first row's uids, or be dropped where a person is taken once."""
+        rows = self.get(config, PROFILE_COLUMNS, PROFILE_OPTIONAL)
+        first: dict[str, str] = {}
+        for rec in rows:
+            eid, where = entity_id(rec.get("ID"), field="ID", source=rec.source), f"{rec.source} row {rec.index}"
+            if first.setdefault(eid, where) != where:
+                raise DataError(f"ID {eid!r} has two rows in {config} ({first[eid]} and {where}); "
+                                "a profile config holds one row a person")
+        return rows
 
     def get(self, config: str, required: dict[str, str], optional: dict[str, str]) -> list[Record]:
         key = (config, frozenset({**required, **optional}.items()))

@@ -387,10 +387,32 @@ def letter_options(v: Any, *, field: str, source: str) -> tuple[tuple[str, ...],
     """
     if not isinstance(v, dict):
         raise DataError(f"field {field!r} in {source} must map letters to options, got {v!r}")
+    if beyond := [k for k, x in v.items() if x is not None and k not in LETTERS]:
+        raise DataError(f"field {field!r} in {source} has options {beyond}; unsee reads options A to "
+                        f"{LETTERS[-1]} ({len(LETTERS)} at most)")
     letters = [x for x in LETTERS if v.get(x) is not None]
     if len(letters) < 2 or letters != list(LETTERS[: len(letters)]):
         raise DataError(f"field {field!r} in {source} must hold options A, B, ... in order, got {v!r}")
     return tuple(text(v[x], field=f"{field}.{x}", source=source) for x in letters), letters
+
+
+# A gold letter as the hubs write it: "C", "c.", "(C)", "C) Denver", "C: Denver", "C. Denver"
+_GOLD_LETTER = re.compile(r"\(?([A-Za-z])\)?(?:\s*[.:)]\s*.*)?", re.S)
+
+
+def gold_option(answer: str, options: Sequence[str], letters: Sequence[str], *, field: str, source: str) -> int:
+    """The index of an MCQ's correct option, from a gold letter or from one option's whole text.
+
+    A word is never read as its first letter: "Denver" is option D's text or nothing, so a text
+    answer cannot mark another option correct."""
+    said = answer.strip()
+    if (m := _GOLD_LETTER.fullmatch(said)) and m.group(1).upper() in letters:
+        return list(letters).index(m.group(1).upper())
+    same = [i for i, o in enumerate(options) if o.strip().casefold() == said.casefold()]
+    if len(same) == 1:
+        return same[0]
+    raise DataError(f"field {field!r} in {source} is {answer!r}: neither an option letter "
+                    f"({', '.join(letters)}) nor the text of one option")
 
 
 def entity_id(v: Any, *, field: str, source: str) -> str:

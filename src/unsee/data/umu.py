@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from unsee.data.parquet import Record, Source, entity_id, image_bytes, letter_options, text
+from unsee.data.parquet import Record, Source, entity_id, gold_option, image_bytes, letter_options, text
 from unsee.data.schema import Example, Suite, Task
 from unsee.errors import DataError
 
@@ -69,11 +69,6 @@ def _sides(d: dict, *, field: str, source: str) -> tuple[dict[str, Any], dict[st
     return out[0], out[1]
 
 
-def _letter(answer: str) -> str:
-    """UMU's gold letter: the text before the first period (``"B. Engineer"`` or ``"B"``)."""
-    return answer.split(".")[0].strip().upper()
-
-
 def _item(v: Any, *, field: str, source: str) -> dict:
     if not isinstance(v, dict):
         raise DataError(f"field {field!r} in {source}: expected a question dict, got {type(v).__name__}")
@@ -118,10 +113,7 @@ def _task_examples(
                 if mod == "multi" and twin_item.get("answer") is not None:
                     by = f"{column}.{UNIMODAL}.{key}.answer"
                     said = text(twin_item.get("answer"), field=by, source=rec.source)
-                letter = _letter(said)
-                if letter not in letters:
-                    raise DataError(f"field '{by}' in {rec.source} is {said!r}; its letter is not one of {letters}")
-                correct = letters.index(letter)
+                correct = gold_option(said, options, letters, field=by, source=rec.source)
                 gold = options[correct]
                 meta["umu_answer_text"] = gold
             elif task == "cloze":
