@@ -442,6 +442,9 @@ def test_attack_on_a_run_over_seeds_goes_to_the_seed_attacked(adapter: HFAdapter
     assert "(1 of 2 seeds)" in render_report(res)
     assert json.loads((out / "seed-1" / "run.json").read_text())["attacks"] == res["runs"][1]["attacks"]
     assert "attacks" not in json.loads((out / "seed-0" / "run.json").read_text())
+    card = (out / "seed-1" / "model" / "README.md").read_text()  # written again with the probe
+    assert "| probe |" in card  # the seed's own cost, not both seeds' summed as a chain of requests
+    assert f"- Wall time: {res['runs'][1]['cost']['wall_s']:.1f} s\n" in card and "requests)" not in card
 
 
 def test_unlearn_with_audit_records_attacks_in_run_and_card(adapter: HFAdapter, world: Path, tmp_path: Path) -> None:

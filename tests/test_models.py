@@ -565,6 +565,25 @@ def test_pickle_weights_are_fingerprinted_by_their_bytes(tiny_models: TinyModels
         model_fingerprint("owner/name")  # a hub id: the hash of nothing named every one of them alike
 
 
+@pytest.mark.parametrize("arch", ["tiny-llava", "tiny-qwen2-vl"])
+def test_a_chat_template_kept_in_the_tokenizer_config_alone_is_used(arch: str, tiny_models: TinyModels,
+                                                                    tmp_path: Path) -> None:
+    """The folder check accepts it there, so the prompts must be made with it, not fail at the first one."""
+    copy = Path(shutil.copytree(tiny_models.dir(arch), tmp_path / "m"))
+    template = (copy / "chat_template.jinja").read_text()
+    (copy / "chat_template.jinja").unlink()
+    for name in ("processor_config.json", "chat_template.json"):
+        if (copy / name).is_file():
+            config = json.loads((copy / name).read_text())
+            config.pop("chat_template", None)
+            (copy / name).write_text(json.dumps(config))
+    config = json.loads((copy / "tokenizer_config.json").read_text())
+    (copy / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}))
+    check_model_dir(copy)
+    turn = Turn(Image.new("RGB", (32, 32)), "Who is this?")
+    assert load_adapter(copy).prompt_text(turn) == tiny_models.adapter(arch).prompt_text(turn)
+
+
 @pytest.mark.parametrize("case", ["missing_shard", "no_processor", "peft_adapter", "no_chat_template",
                                   "no_tokenizer_config"])
 def test_a_model_folder_that_cannot_load_is_refused_by_its_check(case: str, tiny_models: TinyModels,

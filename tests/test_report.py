@@ -307,6 +307,19 @@ def test_model_card_shows_a_small_audit_setting_as_it_is() -> None:
     assert "| relearn | ag | 0.000 |" in card
 
 
+def test_model_card_keeps_a_long_skip_reason_on_its_row_as_results_json_has_it() -> None:
+    """A reason past 80 characters, with quotes in it, broke the audits table over three lines."""
+    reason = ("the MIA held-out set 'holdout' has no image MCQ items: membership inference needs items of people "
+              "the model never saw (a group of the benchmark, or another split via mia_holdout=NAME)")
+    attacks = {"mia": {"skipped": reason}, "relearn": {"ag": 0.1, "splits": [0.1, 0.2] * 30},
+               "note": {"why": "one line\nand a second"}}
+    card = model_card(CVF | {"attacks": attacks}, VANILLA, base_model="m", base_hash="h", forgotten=["p"],
+                      audits=None)
+    assert f"| mia | skipped | {reason} | \u2014 |" in card.splitlines()
+    assert any(line.startswith("| relearn | splits | [0.1, 0.2,") and line.endswith("|") for line in card.splitlines())
+    assert "| note | why | one line and a second | \u2014 |" in card.splitlines()
+
+
 def test_model_card_without_vanilla_or_audits() -> None:
     card = model_card(
         GA | {"attacks": None}, None, base_model="m", base_hash="h", forgotten=["e1"], audits={}

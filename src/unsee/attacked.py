@@ -52,9 +52,12 @@ def add_attacks(out: Path, index: int, home: Path, found: Mapping[str, Any], car
             atomic_write_json(home / "run.json", run)
         if card is None or not card.is_file():
             return False
-        # the last request of a continual run: its card states the cost of every request, as when it was written
-        requests = request_runs(results["runs"])
-        shown = with_all_costs(requests) if len(requests) > 1 and requests[-1] is run else run
+        # the last request of a continual run: its card states the cost of every request, as when it was written.
+        # Other seeds' runs, or other methods', each of request 1, are no chain of requests.
+        own = (run["method"], run.get("seed"))
+        chain = [r for r in request_runs(results["runs"]) if (r["method"], r.get("seed")) == own]
+        continual = len(chain) > 1 and chain[-1] is run and [r["request"] for r in chain] == [*range(1, len(chain) + 1)]
+        shown = with_all_costs(chain) if continual else run
         return refresh_card(card, shown, vanilla_for([r for r in results["runs"] if setting_of(r) == setting_of(run)]))
 
 

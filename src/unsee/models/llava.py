@@ -27,6 +27,8 @@ class LlavaAdapter(HFAdapter):
         image_processor = AutoImageProcessor.from_pretrained(path, **kw)
         tokenizer = AutoTokenizer.from_pretrained(path, **kw)
         processor = LlavaProcessor.from_pretrained(path, image_processor=image_processor, tokenizer=tokenizer, **kw)
+        if processor.chat_template is None:  # an older checkpoint keeps it in its tokenizer's config alone
+            processor.chat_template = tokenizer.chat_template
         patch = config.vision_config.patch_size
         check_processor(path, {"patch_size": processor.patch_size}, {"patch_size": patch})
         if processor.patch_size is None:

@@ -168,7 +168,8 @@ def verdict(run: Mapping[str, Any], vanilla: Mapping[str, Any] | None, audits: M
 
 
 def _row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+    """A table row on one line: a cell's own bar is escaped and its line breaks become spaces."""
+    return "| " + " | ".join(" ".join(str(c).replace("|", "\\|").splitlines()) for c in cells) + " |"
 
 
 def _metric_rows(run: Mapping[str, Any], vanilla: Mapping[str, Any] | None) -> list[str]:
@@ -250,7 +251,9 @@ def _audit_rows(audits: Mapping[str, Any]) -> list[str]:
             return DASH
         if isinstance(value, float):  # a learning rate or a p-value is small, not zero
             return f"{value:.3f}" if value == 0 or abs(value) >= 0.01 else f"{value:.2g}"
-        text = yaml.safe_dump(value, default_flow_style=True).strip()
+        if isinstance(value, str):  # a skip's reason: as results.json holds it, not re-quoted or wrapped
+            return value
+        text = yaml.safe_dump(value, default_flow_style=True, width=float("inf")).strip()
         return text.removesuffix("\n...")
 
     for audit, figures in audits.items():
