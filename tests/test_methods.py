@@ -473,6 +473,17 @@ def test_cvf_person_token_targets_pair_each_forget_person_with_a_neutral_person_
     again = CVFNCU(CVFConfig(lambda_t=2.0, ncu=False, token_target="person"))
     again.setup(ctx)
     assert torch.equal(again._paired_targets(ctx.reference, batch["forget"]), targets)  # seeded
+    # some of the photos (the simulated relearning's unseen half) are each held to their own person's target
+    s = method._prepare(ctx, batch)
+    with torch.no_grad():
+        tokens = adapter.visual_features(s.f_in)
+        _, part = method._forget_terms(s, tokens[2:], rows=[2, 3])
+    by_hand = torch.stack([F.mse_loss(t.float(), targets[i].expand_as(t)) for i, t in zip((2, 3), tokens[2:],
+                                                                                       strict=True)]).mean()
+    assert part is not None and part.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    relearning = CVFNCU(CVFConfig(lambda_t=2.0, ncu=False, token_target="person", relearn_sim_steps=1))
+    relearning.setup(ctx)
+    assert relearning.loss(ctx, batch)[1]["relearned_f"] > 0  # both options together
 
 
 def test_cvf_split_loss_parts_are_its_forgetting_and_retaining_terms(model_dir: Path, suite: Suite,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,6 +15,7 @@ from PIL import Image
 
 from unsee import api
 from unsee.data.schema import Suite
+from unsee.engine.prepare import one_cycle
 from unsee.engine.trainer import TrainConfig, train
 from unsee.errors import ConfigError, TrainingError
 from unsee.methods import redistil as redistil_module
@@ -91,6 +93,24 @@ def test_redistil_moves_every_visual_weight_distils_back_and_repeats(
     assert stats["last_mse"] < stats["first_mse"], stats
     again, _ = _run(trained_dir, suite, turns, redistil_steps=8, redistil_batch=8)
     assert all(torch.equal(again[n], hardened[n]) for n in hardened)
+
+
+@pytest.mark.parametrize("steps", [1, 5, 10, 11])
+def test_one_cycle_runs_at_any_length_and_nears_its_rate(steps: int) -> None:
+    """At 10 steps torch's warm-up of a tenth ends at step 0 and divides by zero: the hardening crashed there."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = one_cycle(opt, 0.1, steps)
+    rates = []
+    for _ in range(steps):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert all(math.isfinite(r) for r in rates) and (steps < 5 or max(rates) > 0.09)
+
+
+def test_a_ten_step_hardening_runs(trained_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:
+    _, info = _run(trained_dir, suite, turns, redistil_steps=10, redistil_batch=2)
+    assert info["redistil"]["steps"] == 10
 
 
 @pytest.mark.parametrize("teacher", ["start", "forgotten"])

@@ -23,7 +23,7 @@ from unsee.data.identity import Identity
 from unsee.data.render import pretrain_batch
 from unsee.data.scenes import GENERAL_COLOURS, GENERAL_POSITIONS, GENERAL_SHAPES, render_general, sample_general_item
 from unsee.engine.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from unsee.engine.prepare import adamw
+from unsee.engine.prepare import adamw, one_cycle
 from unsee.engine.trainer import seed_everything
 from unsee.errors import ConfigError
 from unsee.io import content_hash
@@ -182,9 +182,7 @@ def pretrain_vision(adapter: Adapter, cfg: VisionOptions, identities: list[Ident
         general = _GeneralHeads(tokens, dim)
         extra = list(general.parameters())
     opt_ = adamw([{"params": [*params, head, *extra]}], lr=cfg.vision_lr, weight_decay=0.01)
-    # a tenth of the steps warms up; at 10 steps torch's one-cycle would divide by a warm-up ending at step 0
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt_, max_lr=cfg.vision_lr, total_steps=cfg.vision_steps,
-                                                pct_start=0.2 if cfg.vision_steps == 10 else 0.1)
+    sched = one_cycle(opt_, cfg.vision_lr, cfg.vision_steps)
     saved = {**named, "cosface.head": head}
     if general is not None:
         saved.update({f"general.{k}": v for k, v in general.named_parameters()})

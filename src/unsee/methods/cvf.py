@@ -219,18 +219,22 @@ class CVFOnly(BaseMethod):
         return _Step(ref, f_img, r_img, n_img, f_in, r_in, both, ref_f_tok, ref_r_tok, ref_r, all_f, all_r, r_who,
                      ctx.gather(r_who), pos, neg, target)
 
-    def _forget_terms(self, s: _Step, tokens: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The forget InfoNCE of forget photos' tokens and, with lambda_t, their distance to the mean neutral token."""
+    def _forget_terms(self, s: _Step, tokens: list[torch.Tensor], rows: list[int] | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The forget InfoNCE of forget photos' tokens and, with lambda_t, their distance to the mean neutral token
+        (or, with ``token_target: person``, to each photo's own target). ``rows``: which of the batch's forget
+        photos ``tokens`` are, where they are some of them."""
         nce = info_nce(pooled(tokens), s.pos[: len(tokens)], s.neg[: len(tokens)], self.cfg.tau)
         if s.target is None:
             return nce, None
-        targets = s.target.expand(len(tokens), -1) if s.target.dim() == 1 else s.target
+        targets = s.target.expand(len(tokens), -1) if s.target.dim() == 1 else \
+            s.target if rows is None else s.target[rows]
         return nce, torch.stack([F.mse_loss(t.float(), y.expand_as(t)) for t, y in zip(tokens, targets,
                                                                                        strict=True)]).mean()
 
-    def _forget_loss(self, s: _Step, tokens: list[torch.Tensor]) -> torch.Tensor:
+    def _forget_loss(self, s: _Step, tokens: list[torch.Tensor], rows: list[int] | None = None) -> torch.Tensor:
         """The InfoNCE plus lambda_t times the token term: what the inner attack and the simulated relearning climb."""
-        l_f, l_t = self._forget_terms(s, tokens)
+        l_f, l_t = self._forget_terms(s, tokens, rows)
         return l_f if l_t is None else l_f + self.cfg.lambda_t * l_t
 
     def _relearned(self, ctx: Context, s: _Step, turns: list[Turn]) -> torch.Tensor | None:
@@ -246,7 +250,7 @@ class CVFOnly(BaseMethod):
         return after_relearning(
             [p for p in a.model.parameters() if p.requires_grad],
             restore=lambda: token_mse(a.visual_features(seen_in), [s.ref_f_tok[i] for i in seen]),
-            forget=lambda: self._forget_loss(s, a.visual_features(unseen_in)),
+            forget=lambda: self._forget_loss(s, a.visual_features(unseen_in), unseen),
             steps=self.cfg.relearn_sim_steps, eps=self.cfg.relearn_sim_eps)
 
     def _student_tokens(self, ctx: Context, s: _Step) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from unsee.config import opt
 from unsee.data.augment import augment
 from unsee.engine.distributed import fsdp_version
-from unsee.engine.prepare import adamw, frozen_copy
+from unsee.engine.prepare import adamw, frozen_copy, one_cycle
 from unsee.engine.trainer import Context
 from unsee.errors import ConfigError, TrainingError
 from unsee.methods.base import token_mse
@@ -157,8 +157,7 @@ def redistil(ctx: Context, cfg: RedistilConfig, seed: int, forgotten: list) -> d
             p.mul_(1 - cfg.redistil_alpha).add_(fresh[n].to(p.device, p.dtype), alpha=cfg.redistil_alpha)
             p.requires_grad_(True)
     opt_ = adamw([{"params": params}], lr=cfg.redistil_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt_, max_lr=cfg.redistil_lr, total_steps=cfg.redistil_steps,
-                                                pct_start=0.1)
+    sched = one_cycle(opt_, cfg.redistil_lr, cfg.redistil_steps)
     rng = np.random.default_rng(seed + 104729)
     adapter.model.train()
     losses: list[float] = []
