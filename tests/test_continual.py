@@ -23,10 +23,11 @@ from unsee.audit.common import image_mcq
 from unsee.cli import main
 from unsee.data.collate import qa_turns
 from unsee.data.world import load_world_info
-from unsee.engine.checkpoint import content_key, has_checkpoint
+from unsee.engine.checkpoint import content_key, has_checkpoint, load_checkpoint, save_checkpoint
 from unsee.engine.trainer import unique_images
 from unsee.errors import ConfigError, OutputExistsError, TrainingError
 from unsee.eval.results import load_results
+from unsee.io import atomic_dir
 from unsee.models import load_adapter, model_fingerprint
 from unsee.report.tables import setting_of
 from unsee.resume import Progress, partial_dir
@@ -191,6 +192,23 @@ def test_a_run_resumed_with_another_thread_count_goes_on_and_says_so(tmp_path: P
     (mine / "state.json").write_text(json.dumps({**state, "threads": torch.get_num_threads()}))
     Progress.open(tmp_path / "c", parts)
     assert capsys.readouterr().err == ""
+
+
+def test_saved_progress_a_kill_left_moved_aside_is_found_not_started_over(tmp_path: Path) -> None:
+    """A save moves the previous folder aside, then lands the new one: killed between the two, the next run
+    looked for the folder, found none, started from the first step and then wrote over the saved work."""
+    w = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([w], lr=0.1)
+    save_checkpoint(tmp_path / "ck", step=3, params={"w": w}, optimizer=opt)
+    (tmp_path / "ck").rename(tmp_path / ".ck.old")
+    assert has_checkpoint(tmp_path / "ck") and load_checkpoint(tmp_path / "ck", params={"w": w}, optimizer=opt)[0] == 3
+    parts = {"method": "cvf_ncu", "seed": 0}
+    state = {"key": content_key(parts), "done": 2, "threads": torch.get_num_threads(), "runs": [{"request": 1}] * 2}
+    with atomic_dir(partial_dir(tmp_path / "c"), mine=True) as tmp:
+        (tmp / "state.json").write_text(json.dumps(state))
+    aside = partial_dir(tmp_path / "c")
+    aside.rename(aside.with_name(f".{aside.name}.old"))
+    assert Progress.open(tmp_path / "c", parts).done == 2
 
 
 def test_requests_given_but_empty_are_refused_not_run_as_one_request(model_dir: Path, world: Path,

@@ -341,6 +341,16 @@ def _running(pid: int) -> bool:
     return True
 
 
+def restored(path: str | Path) -> Path:
+    """``path``, with the output that :func:`atomic_dir` moved aside put back where a run was killed between
+    moving it and landing its own: a reader that looked first would take the saved work for none."""
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if not path.exists() and not path.is_symlink() and (old / OWNED).is_file():
+        os.replace(old, path)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, *, overwrite: bool = False, mine: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``path`` only if the block succeeds.
@@ -356,13 +366,9 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False, mine: bool = False)
     path = Path(path)
     if path.is_symlink():
         path = Path(os.path.realpath(path))
-    old = path.with_name(f".{path.name}.old")
-    if old.exists() or old.is_symlink():
-        if not path.exists() and (old / OWNED).is_file():
-            # a run killed between moving the previous output aside and landing its own: put the previous one back
-            os.replace(old, path)
-        else:  # the previous output of a run killed once its own had landed
-            _remove(old)
+    old = restored(path).with_name(f".{path.name}.old")
+    if old.exists() or old.is_symlink():  # the previous output of a run killed once its own had landed
+        _remove(old)
     check_output_dir(path, overwrite=overwrite, mine=mine)
     tmp = staging_dir(path)
     aside = False

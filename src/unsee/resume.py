@@ -26,7 +26,7 @@ from unsee.engine.checkpoint import content_key
 from unsee.engine.distributed import is_main_process
 from unsee.engine.trainer import UNKEYED, unique_images
 from unsee.errors import ConfigError, DataError, OutputExistsError, TrainingError
-from unsee.io import atomic_dir, atomic_write_json
+from unsee.io import atomic_dir, atomic_write_json, restored
 from unsee.methods.artifact import merge_lora
 from unsee.models import load_adapter
 from unsee.models.base import Adapter, model_fingerprint
@@ -92,7 +92,7 @@ class Progress:
     def open(cls, out: str | Path, parts: Mapping[str, Any]) -> Progress:
         """The progress of the run that ``parts`` describe, or a fresh one; a folder that belongs
         to another run, or to nothing of ours, is refused rather than replaced."""
-        path, key = partial_dir(out), content_key(dict(parts))
+        path, key = restored(partial_dir(out)), content_key(dict(parts))
         if not path.exists():
             return cls(path, key)
         state = path / STATE

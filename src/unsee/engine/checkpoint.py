@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from unsee.errors import ConfigError, TrainingError
-from unsee.io import atomic_dir, discard
+from unsee.io import atomic_dir, discard, restored
 
 STATE_JSON, STATE_TENSORS = "state.json", "state.safetensors"
 
@@ -91,7 +91,9 @@ def save_checkpoint(
 
 
 def has_checkpoint(path: str | Path) -> bool:
-    return (Path(path) / STATE_JSON).is_file() and (Path(path) / STATE_TENSORS).is_file()
+    """Whether ``path`` holds a checkpoint; one a kill left moved aside mid-save is put back first."""
+    path = restored(path)
+    return (path / STATE_JSON).is_file() and (path / STATE_TENSORS).is_file()
 
 
 def load_checkpoint(
