@@ -535,6 +535,10 @@ def test_audit_options_are_checked_before_training(adapter: HFAdapter, world: Pa
         with pytest.raises(ConfigError, match="no audit runs"):
             api.forget(Path(adapter.source), world / "request" / "request.yaml", tmp_path / "o", audit=False,
                        audit_overrides=bad)
+    # and a reference to attack beside the model, which was neither checked nor recorded
+    with pytest.raises(ConfigError, match="--reference is the model the audits attack.*no audit runs"):
+        api.unlearn("ga", Path(adapter.source), world, tmp_path / "o", overrides=["max_steps=1"],
+                    reference=tmp_path / "nowhere")
     assert not (tmp_path / "o").exists()
 
 

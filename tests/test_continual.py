@@ -239,6 +239,31 @@ def test_continual_requests_with_audits_are_refused_not_skipped(model_dir: Path,
                         overrides=STEPS, **kw)
 
 
+def test_a_continual_run_s_tracker_logs_go_to_its_output_as_a_single_run_s_do(
+        model_dir: Path, world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--report-to's logs are in OUT/logs; each request's went to ./runs/tensorboard in the working folder."""
+    import accelerate.tracking
+
+    from unsee.engine import tracking
+
+    folders: list[Path] = []
+
+    class Tracker:  # TensorBoard stands in; its package is optional
+        def __init__(self, run_name: str, logging_dir: str) -> None:
+            folders.append(Path(logging_dir))
+
+        def __getattr__(self, name: str) -> Any:
+            return lambda *a, **k: None
+
+    monkeypatch.setitem(tracking.TRACKERS, "tensorboard", ("json", "tensorboard"))
+    monkeypatch.setattr(accelerate.tracking, "TensorBoardTracker", Tracker)
+    monkeypatch.chdir(tmp_path)
+    api.unlearn("graddiff", model_dir, world, tmp_path / "c", requests="forget_r1,forget_r2", report_to="tensorboard",
+                overrides=["max_steps=2", "batch_size=2", "progress=false"], max_items=2)
+    assert len(folders) == 2 and all(f.parent.name == "logs" and f.parent.parent.parent == tmp_path for f in folders)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_each_request_keeps_its_own_training_checkpoint(model_dir: Path, world: Path, tmp_path: Path) -> None:
     """With keep_checkpoint, the checkpoint request 1 leaves belongs to another run than request 2's: in one
     folder request 2 found it and refused it, and so did every retry."""

@@ -264,11 +264,11 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
         overrides = with_override(overrides, "report_to", report_to)
     # reject unknown methods, options, launches and dtypes before any work
     check_launch(method, config, overrides, dtype=dtype, audit=audit, inputs=_local(model, data, neutral))
-    check_audit_options(audit, audit_overrides)
+    reqs = request_names(requests)
+    check_audit_options(audit, audit_overrides, reference=None if reqs else reference)  # requests: refused below
     seed = run_seed(seed, method, config, overrides)
     check_seeds(seed, seeds)
     eval_kw = eval_options(protocol=protocol, max_items=max_items, max_new_tokens=max_new_tokens)
-    reqs = request_names(requests)
     if reqs and is_request_file(data):
         raise ConfigError("several request files run one after another with `unsee forget --requests A,B,...`")
     if reqs:
@@ -376,7 +376,8 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
                 with CostMeter() as meter:
                     res, resolved = unlearn_adapter(
                         method, adapter, suite, config=config, seed=seed, forgotten_images=photos_before(forget, i),
-                        overrides=request_overrides(method, config, overrides, i, len(requests)))
+                        overrides=request_overrides(method, config, overrides, i, len(requests)),
+                        logging_dir=tmp / "logs")
                 meter.record_model(None)
                 run = make_run(method, evaluation(adapter, suite, **eval_kw), model=model_name(model), suite=suite,
                                forget=req, seed=seed, request=i, config=resolved, info=jsonable(res.info),

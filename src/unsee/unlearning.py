@@ -236,9 +236,10 @@ class ReferenceAudits:
         return figures
 
 
-def check_audit_options(audit: bool, overrides: Any = (), kinds: Sequence[str] | None = None) -> None:
-    """Audit options (and the attacks asked for, ``kinds``) are checked before any work; given where no audit
-    runs, they would be dropped without a word, so they are refused."""
+def check_audit_options(audit: bool, overrides: Any = (), kinds: Sequence[str] | None = None,
+                        reference: Any = None) -> None:
+    """Audit options (and the attacks asked for, ``kinds``, and the ``reference`` to attack beside the model) are
+    checked before any work; given where no audit runs, they would be dropped without a word, so they are refused."""
     if isinstance(kinds, str):  # read letter by letter, 'pgd' would be three unknown attacks
         raise ConfigError(f"the audits asked for are a list of attack names, such as [{kinds!r}], not the string "
                           f"{kinds!r}")
@@ -246,6 +247,9 @@ def check_audit_options(audit: bool, overrides: Any = (), kinds: Sequence[str] |
     if unknown:
         raise ConfigError(f"unknown attack(s) {unknown} in the audits asked for: give a list of "
                           f"{', '.join(ATTACKS)}")
+    if not audit and reference is not None:
+        raise ConfigError("--reference is the model the audits attack beside this one, and no audit runs: add "
+                          "--audit, or leave out --reference")
     if audit:
         audit_config(overrides)
     elif overrides:
