@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from unsee import api, errors, unlearning
-from unsee.cli import main, parser
+from unsee.cli import main, method_options, parser
 from unsee.data.request_example import write_world_request
 from unsee.data.schema import Suite
 from unsee.engine.checkpoint import has_checkpoint
@@ -373,6 +373,31 @@ def test_every_api_command_refuses_a_seed_the_generators_cannot_take(model_dir: 
         with pytest.raises(ConfigError, match=r"the last seed \(--seed \+ --seeds - 1 = 4294967296\)"):
             call()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["req"]
+
+
+def test_a_demo_s_architecture_and_recipe_keys_are_checked_before_its_world_is_built(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cache = tmp_path / "cache"
+    with pytest.raises(ModelError, match="unknown architecture 'bogus'"):
+        api.demo(tmp_path / "d", arch="bogus", quick=True, cache_dir=cache)
+    with pytest.raises(ConfigError, match="unknown config key 'bogus' for FinetuneConfig"):
+        api.demo(tmp_path / "d", quick=True, cache_dir=cache, config={"recipe_overrides": ["bogus=1"]})
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_help_options_that_would_be_ignored_are_refused_and_examples_are_the_command_s_own(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["model", "init", "--arch", "tiny-llava", "--full-size", "--out", str(tmp_path / "m")]) == 2
+    assert "--full-size builds a --shape model" in capsys.readouterr().err and not (tmp_path / "m").exists()
+    for command, example in (("world", "n_people=40"), ("finetune", "ft_steps=600"), ("unlearn", "lr=1e-4"),
+                             ("attack", "relearn_steps=20")):
+        sub = parser()._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
+        assert f"e.g. {example}" in sub.format_help()
+    assert "relearn_steps (int" in parser()._subparsers._group_actions[0].choices["attack"].format_help()  # type: ignore[union-attr]
+    # a run with --config starts from the method's own scope, which its help names as the default
+    assert "scope (str, default 'visual')" in method_options("vkd")
+    assert "scope (str, default 'full')" in method_options("graddiff")
+    assert "bookkeeping" in method_options("eraser")
 
 
 @pytest.mark.parametrize(("method", "bad", "message"), [

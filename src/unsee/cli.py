@@ -15,13 +15,14 @@ from collections.abc import Callable, Sequence
 
 from unsee import __version__, api
 from unsee.api import method_configs
+from unsee.audit.common import AttackConfig
 from unsee.config import describe
 from unsee.engine.distributed import is_main_process
 from unsee.errors import ConfigError, UnseeError
 
 
-def _add_overrides(p: argparse.ArgumentParser) -> None:
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config options to change, e.g. lr=1e-4")
+def _add_overrides(p: argparse.ArgumentParser, example: str) -> None:
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=f"config options to change, e.g. {example}")
 
 
 def _seed(text: str) -> int:
@@ -36,13 +37,16 @@ def _seed(text: str) -> int:
 
 
 def _command(sub: argparse._SubParsersAction, name: str, help: str, func: Callable[[argparse.Namespace], None], *,
-             required: Sequence[str] = (), seed: bool = True, overrides: bool = False) -> argparse.ArgumentParser:
+             required: Sequence[str] = (), seed: bool = True, overrides: str = "",
+             overwrite: str = "replace an output that unsee wrote (never a folder of other files)"
+             ) -> argparse.ArgumentParser:
     """A subcommand with the options most of them share, so that they are spelt the same everywhere.
 
     ``required`` names ``--X PATH`` options that must be given; ``seed`` adds ``--seed N``;
-    ``overrides`` the trailing ``key=value`` config overrides. Every command takes
-    ``--overwrite`` and runs ``func``. Where a config sets a seed, ``--seed`` replaces it, and
-    without ``--seed`` the config's own is used (so a ``seed=N`` override is never ignored).
+    ``overrides``, an example of them, the trailing ``key=value`` config overrides. Every command
+    takes ``--overwrite`` (``overwrite``: what it replaces) and runs ``func``. Where a config sets a
+    seed, ``--seed`` replaces it, and without ``--seed`` the config's own is used (so a ``seed=N``
+    override is never ignored).
     """
     p = sub.add_parser(name, help=help)
     for option in required:
@@ -52,9 +56,8 @@ def _command(sub: argparse._SubParsersAction, name: str, help: str, func: Callab
     elif seed:
         p.add_argument("--seed", type=_seed, default=0)
     if overrides:
-        _add_overrides(p)
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an output that unsee wrote (never a folder of other files)")
+        _add_overrides(p, overrides)
+    p.add_argument("--overwrite", action="store_true", help=overwrite)
     p.set_defaults(func=func)
     return p
 
@@ -108,6 +111,8 @@ def _world(a: argparse.Namespace) -> None:
 
 def _model_init(a: argparse.Namespace) -> None:
 
+    if a.arch is not None and a.full_size:
+        raise ConfigError("--full-size builds a --shape model at its real sizes; a tiny --arch model has one size")
     if a.arch is None:
         if a.world is not None:  # a hub shape tests structure and cost: its small tokenizer is trained on no world
             raise ConfigError("--world trains a tiny model's tokenizer (--arch); a --shape model, built to test "
@@ -200,12 +205,18 @@ def method_options(method: str) -> str:
     """
     import dataclasses
 
-    tcfg, mcfg, _ = method_configs(method, None, ())
+    tcfg, mcfg, cls = method_configs(method, None, ())
     own = describe(type(mcfg), dataclasses.asdict(mcfg)) or "  (none)"
     text = (f"options of {method} (key=value; 'shipped': the value of its shipped config, which a run without "
             f"--config starts from):\n{own}\n\ntraining options every training method shares (the eraser, which "
-            f"trains nothing, takes none):\n"
-            f"{describe(type(tcfg), dataclasses.asdict(tcfg))}")
+            f"trains nothing, takes only the bookkeeping ones: progress, report_to, logging_dir and the checkpoint "
+            f"folders, which it has no use for):\n"
+            f"{describe(type(tcfg), dataclasses.asdict(tcfg), {'scope': getattr(cls, 'default_scope', 'full')})}")
+    return _wrapped(text)
+
+
+def _wrapped(text: str) -> str:
+    """Help lines cut at 100 columns, each option's continuation indented under it."""
     return "\n".join(textwrap.fill(line, 100, subsequent_indent="      ") if line else line
                      for line in text.splitlines())
 
@@ -233,7 +244,7 @@ def parser(method_help: str | None = None) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     w = _command(sub, "world", "write the built-in benchmark (MLLMU-Bench layout)", _world, required=["out"],
-                 overrides=True)
+                 overrides="n_people=40")
     w.add_argument("--config", default="default", help="a YAML/JSON file or a shipped name: quick, default")
     w.add_argument("--no-example", action="store_true", help="do not write the example removal request (DIR/request/)")
 
@@ -249,7 +260,7 @@ def parser(method_help: str | None = None) -> argparse.ArgumentParser:
     mi.add_argument("--world", default=None, help="train the tokenizer on this world's text")
 
     f = _command(sub, "finetune", "the vanilla model: a model taught the benchmark's fictitious people", _finetune,
-                 required=["model", "data", "out"], overrides=True)
+                 required=["model", "data", "out"], overrides="ft_steps=600")
     f.add_argument("--config", default=None, help="recipe file or shipped name: default, quick (built-in world); "
                    "mllmu, clear, umu (public benchmarks; default: the detected benchmark's own)")
     _data_options(f)
@@ -263,7 +274,7 @@ def parser(method_help: str | None = None) -> argparse.ArgumentParser:
     rt.add_argument("--cache-dir", default=None, help="the stage cache unsee finetune used (default: ~/.cache/unsee)")
 
     u = _command(sub, "unlearn", "run an unlearning method", _unlearn, required=["method", "model", "data", "out"],
-                 overrides=True)
+                 overrides="lr=1e-4")
     u.add_argument("--forget", default="forget_10", help="the forget split (ignored when --data is a request file)")
     u.add_argument("--requests", default=None,
                    help="continual: forget_r1,forget_r2,... or a file listing them; finished requests wait in "
@@ -286,7 +297,7 @@ def parser(method_help: str | None = None) -> argparse.ArgumentParser:
     u.formatter_class = argparse.RawDescriptionHelpFormatter
 
     fg = _command(sub, "forget", "honour a removal request made of your own photos, with the evidence", _forget,
-                  required=["model", "out"], overrides=True)
+                  required=["model", "out"], overrides="lr=1e-4")
     which_req = fg.add_mutually_exclusive_group(required=True)
     which_req.add_argument("--request", help="the request file (YAML or JSON; docs/requests.md)")
     which_req.add_argument("--requests", help="several request files, run in this order (continual): A,B,...; finished "
@@ -302,7 +313,8 @@ def parser(method_help: str | None = None) -> argparse.ArgumentParser:
     fg.epilog = method_help or METHOD_HELP.replace("unlearn", "forget")
     fg.formatter_class = argparse.RawDescriptionHelpFormatter
 
-    e = _command(sub, "eval", "evaluate a model on a benchmark", _eval, required=["model", "data", "out"])
+    e = _command(sub, "eval", "evaluate a model on a benchmark", _eval, required=["model", "data", "out"],
+                 overwrite="replace the file at --out, whoever wrote it")
     e.add_argument("--forget", default="forget_10")
     e.add_argument("--steering", default=None, help="apply an MLLMEraser steering file")
     e.add_argument("--method", default=None,
@@ -313,7 +325,7 @@ def parser(method_help: str | None = None) -> argparse.ArgumentParser:
     _data_options(e)
 
     r = _command(sub, "report", "report.md and tradeoff.png from results files", _report, required=["out"],
-                 seed=False)
+                 seed=False, overwrite="write over report.md and the plots in --out, whatever else it holds")
     r.add_argument("results", nargs="+")
 
     d = _command(sub, "demo", "the whole story, end to end, offline", _demo, required=["out"])
@@ -329,7 +341,9 @@ def parser(method_help: str | None = None) -> argparse.ArgumentParser:
     at = _command(sub, "attack", "robustness audits on an unlearned model; figures go into a results.json",
                   _attack, required=["model", "data", "out"])
     at.add_argument("kind", choices=["relearn", "pgd", "probe", "shift", "quant", "mia", "all"])
-    _add_overrides(at)  # after the kind: positionals are matched in the order they are added
+    _add_overrides(at, "relearn_steps=20 pgd_steps=10")  # after the kind: positionals match in the order added
+    at.epilog = _wrapped(f"options of the attacks (key=value):\n{describe(AttackConfig)}")
+    at.formatter_class = argparse.RawDescriptionHelpFormatter
     at.add_argument("--forget", default=None,
                     help="the forget split (default: the run's own when --out holds one, else forget_10)")
     at.add_argument("--vanilla", default=None, help="the model before unlearning (for the probe's baseline)")

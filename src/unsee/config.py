@@ -455,10 +455,11 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def describe(cls: type, values: Mapping[str, Any] | None = None) -> str:
+def describe(cls: type, values: Mapping[str, Any] | None = None, defaults: Mapping[str, Any] | None = None) -> str:
     """Help text for every option of a config class, for ``--help`` and the docs.
 
     ``values``: what a run starts from (a shipped config's), shown beside each default it changes.
+    ``defaults``: where a caller's default is not the field's (a method's own ``scope``).
     """
     lines = []
     hints = typing.get_type_hints(cls)
@@ -468,6 +469,7 @@ def describe(cls: type, values: Mapping[str, Any] | None = None) -> str:
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
         )
+        default = (defaults or {}).get(f.name, default)
         tp = getattr(hints[f.name], "__name__", str(hints[f.name]))
         shown = f"default {default!r}"
         if values is not None and f.name in values and values[f.name] != default:

@@ -26,7 +26,7 @@ from unsee.finetune import FinetuneConfig, cache_root, finetune, vanilla_stages,
 from unsee.io import atomic_dir, atomic_write_text, check_output_dir, content_hash
 from unsee.methods import ALL, method_class
 from unsee.models import load_adapter
-from unsee.models.tiny import cached_init
+from unsee.models.tiny import cached_init, check_arch
 from unsee.report import terminal_table, write_report
 from unsee.runs import (
     check_forget,
@@ -133,6 +133,8 @@ def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", 
         method_configs(m, None, cfg.method_overrides.get(m, []))
     check_seeds(seed, seeds)
     audit_config(cfg.attack_overrides)  # before the world and the vanilla model are built, audited or not
+    check_arch(arch)
+    load_config(FinetuneConfig, cfg.recipe, cfg.recipe_overrides, kind="finetune")
     cache = cache_root(cache_dir)
     world, vanilla = prepare_vanilla(cfg, arch, seed, cache)
     reference = find_reference(None, vanilla, world, cfg.forget, cache) if audit else None

@@ -262,10 +262,15 @@ def _qwen_parts(tok: Tokenizer, vocab: int, seed: int, v25: bool):  # noqa: ANN2
     return model, qwen_processor(hf_tok, IMAGE_SIZE, QWEN_PATCH, v25)
 
 
-def build_tiny(arch: str, *, world: str | Path | None = None, seed: int = 0, vocab_size: int = 2048):
-    """Return ``(model, processor)``; the same seed and world give the same weights and vocabulary."""
+def check_arch(arch: str) -> None:
+    """One line for a tiny architecture unsee cannot build, before anything is built for it."""
     if arch not in ARCHS:
         raise ModelError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+
+
+def build_tiny(arch: str, *, world: str | Path | None = None, seed: int = 0, vocab_size: int = 2048):
+    """Return ``(model, processor)``; the same seed and world give the same weights and vocabulary."""
+    check_arch(arch)
     corpus = world_text(world) if world is not None else []
     specials = LLAVA_SPECIALS if arch == "tiny-llava" else QWEN_SPECIALS
     tok = train_tokenizer(corpus, specials, vocab_size)
@@ -287,8 +292,7 @@ def cached_init(cache: Path, arch: str, world: Path, seed: int, world_fp: str) -
 def init_model(arch: str, out: str | Path, *, world: str | Path | None = None, seed: int = 0,
                overwrite: bool = False) -> Path:
     """``unsee model init``: build and save a tiny model directory that ``from_pretrained`` loads."""
-    if arch not in ARCHS:
-        raise ModelError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    check_arch(arch)
     check_seed(seed)
     if world is not None and not Path(world).is_dir():
         what = "is a file, not a world folder" if Path(world).exists() else "does not exist"
