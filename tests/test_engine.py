@@ -457,6 +457,14 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_with_the_same_result(
     assert res.info["evals"] == ref.info["evals"] and [e["step"] for e in ref.info["evals"]] == [2, 4, 6]
     a, b = snapshot(whole), snapshot(resumed)
     assert all(torch.equal(a[n], b[n]) for n in a)
+    # and so does the time steps 0-3 took, which a cost of the resumed process alone would leave out
+    assert ref.resumed_s == 0 and res.resumed_s > 0
+    from unsee.provenance import CostMeter
+
+    with CostMeter() as meter:
+        meter.resumed_s = res.resumed_s
+    assert meter.cost()["resumed_s"] == round(res.resumed_s, 3) <= meter.cost()["wall_s"]
+    assert "resumed_s" not in CostMeter().cost()
 
 
 def test_a_checkpoint_of_other_parameters_is_refused(model_dir: Path, suite: Suite,

@@ -157,7 +157,8 @@ def test_stage1_resumes_from_its_checkpoint_with_the_same_weights(world: Path, m
         ft.pretrain_vision(load_adapter(model), cfg, pool, checkpoint=ckpt)
     monkeypatch.setattr(vision_stage, "pretrain_batch", real)
     resumed = load_adapter(model)
-    ft.pretrain_vision(resumed, cfg, pool, checkpoint=ckpt)
+    again = ft.pretrain_vision(resumed, cfg, pool, checkpoint=ckpt)
+    assert "resumed_s" not in stats and again["resumed_s"] > 0  # the stage's seconds count the steps before the stop
     a, b = ft.visual_state(whole), ft.visual_state(resumed)
     assert all(torch.equal(a[n], b[n]) for n in a)
     assert not torch.equal(a[next(iter(a))], ft.visual_state(load_adapter(model))[next(iter(a))])

@@ -155,7 +155,6 @@ def finetune(model: str | Path, data: Any, out: str | Path, *, config: str | Pat
     (:mod:`unsee.finetune`, config ``default`` or ``quick``); on MLLMU-Bench, CLEAR or UMU-bench,
     the benchmark's own recipe (:mod:`unsee.finetune_bench`, config ``mllmu``, ``clear`` or ``umu``;
     by default the detected benchmark's)."""
-
     check_output_dir(out, overwrite=overwrite, inputs=_local(model, data, config),
                      writes=[_finetune.cache_root(cache_dir)])
     ref = resolve(data, revision)
@@ -378,6 +377,7 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
                         method, adapter, suite, config=config, seed=seed, forgotten_images=photos_before(forget, i),
                         overrides=request_overrides(method, config, overrides, i, len(requests)),
                         logging_dir=tmp / "logs")
+                    meter.resumed_s = res.resumed_s
                 meter.record_model(None)
                 run = make_run(method, evaluation(adapter, suite, **eval_kw), model=model_name(model), suite=suite,
                                forget=req, seed=seed, request=i, config=resolved, info=jsonable(res.info),

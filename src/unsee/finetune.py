@@ -38,7 +38,7 @@ from unsee.data.mllmu import load_mllmu
 from unsee.data.parquet import is_hub_id
 from unsee.data.schema import Example, Suite
 from unsee.data.world import default_forget, load_world_info, world_pretrain_identities
-from unsee.engine.checkpoint import remove_checkpoint
+from unsee.engine.checkpoint import remove_checkpoint, resumed
 from unsee.engine.distributed import check_launch, is_main_process, wait_for_everyone
 from unsee.engine.trainer import TrainConfig, train
 from unsee.errors import ConfigError, ModelError
@@ -207,7 +207,7 @@ def _sft(adapter: Adapter, stage: Stage, cfg: FinetuneConfig, checkpoint: Path |
     res = train(_Augmented(stage.augment, cfg.seed), adapter, Suite("finetune", {}), {"train": turns}, tcfg,
                 desc=stage.desc)
     tail = res.losses[-max(1, len(res.losses) // 10):]
-    return {"final_nll": float(np.mean(tail)), "steps": res.steps}
+    return {"final_nll": float(np.mean(tail)), "steps": res.steps, **resumed(res.resumed_s)}
 
 
 def _stage2_examples(suite: Any) -> list[Example]:
@@ -298,7 +298,9 @@ def partial_dir(path: Path) -> Path:
 
 def _finish_stage(path: Path, adapter: Adapter, stats: dict[str, float], seconds: float, rc: dict,
                   visual_only: bool = False) -> None:
-    """Save a finished stage; under ``accelerate launch`` the first process writes it and the others wait."""
+    """Save a finished stage; under ``accelerate launch`` the first process writes it and the others wait.
+    ``seconds``: this process's; a stage resumed from its checkpoint adds what it had trained before."""
+    seconds += stats.get("resumed_s", 0.0)
     if is_main_process():
         with atomic_dir(path, overwrite=True, mine=True) as tmp:
             if visual_only:

@@ -37,7 +37,7 @@ from unsee.bench_recipe import (
 from unsee.config import check_seed, to_dict
 from unsee.data.detect import NAMES, DataRef, data_fingerprint
 from unsee.data.schema import Suite
-from unsee.engine.checkpoint import remove_checkpoint
+from unsee.engine.checkpoint import remove_checkpoint, resumed
 from unsee.engine.distributed import is_main_process
 from unsee.engine.trainer import TrainConfig, train
 from unsee.finetune import STAGE_FILE, VANILLA_FILE, local_model, partial_dir, stage_done
@@ -94,11 +94,12 @@ def _train(model: str | Path, turns: list[Turn], cfg: BenchFinetuneConfig, path:
         return False
     tail = res.losses[-max(1, len(res.losses) // 10):]
     stats = {"first_nll": float(res.losses[0]), "final_nll": float(np.mean(tail)), "steps": res.steps,
-             "trainable_params": res.trainable_params}
+             "trainable_params": res.trainable_params, **resumed(res.resumed_s)}
     with atomic_dir(path, overwrite=True, mine=True) as tmp:
         save_model(adapter, tmp, model_name(model))  # LoRA merged: the entry loads without peft
         (tmp / STAGE_FILE).write_text(json.dumps({"stage": path.name, "stats": stats, "config": to_dict(cfg),
-                                                  "seconds": time.perf_counter() - t0, "numerics": numerics()},
+                                                  "seconds": time.perf_counter() - t0 + res.resumed_s,
+                                                  "numerics": numerics()},
                                                  indent=2))
     remove_checkpoint(partial_dir(path))
     return True

@@ -188,6 +188,8 @@ class CostMeter:
         self.rss_scope = "process"
         self.trainable_params = 0
         self.optimizer_state_bytes = 0
+        # what a stopped run had trained before, up to the checkpoint it resumed from: its cost counts it
+        self.resumed_s = 0.0
 
     def __enter__(self) -> CostMeter:
         self._cuda = _cuda()
@@ -237,11 +239,12 @@ class CostMeter:
         rss = self._read_rss() if inside or self._peak_rss is None else self._peak_rss
         gpu = self._read_gpu() if inside else self._peak_gpu
         return {
-            "wall_s": round(self.elapsed(), 3),
+            "wall_s": round(self.elapsed() + self.resumed_s, 3),
             "peak_rss_bytes": int(rss),
             "peak_gpu_bytes": gpu,
             "trainable_params": self.trainable_params,
             "optimizer_state_bytes": self.optimizer_state_bytes,
+            **({"resumed_s": round(self.resumed_s, 3)} if self.resumed_s else {}),
         }
 
 

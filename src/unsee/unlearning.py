@@ -96,6 +96,7 @@ def unlearn_and_save(method: str, adapter: Adapter, suite: Suite, *, steering_di
         if cls.trains_weights:
             res, resolved = unlearn_adapter(method, adapter, suite, config=config, overrides=overrides, seed=seed,
                                             logging_dir=steering_dir / "logs", forgotten_images=forgotten_images)
+            meter.resumed_s = res.resumed_s
             artifact = WeightsArtifact(adapter, arch=model, result=res)
         else:
             _, mcfg, _ = method_configs(method, config, overrides)

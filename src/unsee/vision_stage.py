@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 from unsee.data.identity import Identity
 from unsee.data.render import pretrain_batch
 from unsee.data.scenes import GENERAL_COLOURS, GENERAL_POSITIONS, GENERAL_SHAPES, render_general, sample_general_item
-from unsee.engine.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from unsee.engine.checkpoint import has_checkpoint, load_checkpoint, resumed, save_checkpoint
 from unsee.engine.prepare import adamw, one_cycle
 from unsee.engine.trainer import seed_everything
 from unsee.errors import ConfigError
@@ -186,11 +187,12 @@ def pretrain_vision(adapter: Adapter, cfg: VisionOptions, identities: list[Ident
     saved = {**named, "cosface.head": head}
     if general is not None:
         saved.update({f"general.{k}": v for k, v in general.named_parameters()})
-    start, acc_ema, loss_ema, g_ema = 0, 0.0, 0.0, 0.0
+    start, acc_ema, loss_ema, g_ema, resumed_s, clock = 0, 0.0, 0.0, 0.0, 0.0, time.perf_counter()
     if checkpoint is not None and has_checkpoint(checkpoint):
         start, _, meta = load_checkpoint(checkpoint, params=saved, optimizer=opt_, scheduler=sched)
         rng.bit_generator.state = meta["rng"]
         acc_ema, loss_ema, g_ema = meta["acc_ema"], meta["loss_ema"], meta.get("general_ema", 0.0)
+        resumed_s = float(meta.get("seconds", 0.0))
     adapter.model.train()
     bar = tqdm(range(start, cfg.vision_steps), desc="stage 1: vision pre-training", initial=start,
                total=cfg.vision_steps, disable=not cfg.progress)
@@ -224,6 +226,7 @@ def pretrain_vision(adapter: Adapter, cfg: VisionOptions, identities: list[Ident
                 and done < cfg.vision_steps:
             save_checkpoint(checkpoint, step=done, params=saved, optimizer=opt_, scheduler=sched,
                             meta={"rng": rng.bit_generator.state, "acc_ema": acc_ema, "loss_ema": loss_ema,
-                                  "general_ema": g_ema})
+                                  "general_ema": g_ema, "seconds": resumed_s + time.perf_counter() - clock})
     adapter.model.eval()
-    return {"loss": loss_ema, "train_acc": acc_ema, **({"general_acc": g_ema} if general is not None else {})}
+    return {"loss": loss_ema, "train_acc": acc_ema, **({"general_acc": g_ema} if general is not None else {}),
+            **resumed(resumed_s)}

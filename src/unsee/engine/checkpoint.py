@@ -203,6 +203,11 @@ def checkpoint_key(options: Mapping[str, Any], method: str, method_config: Any, 
     return h.hexdigest()[:16]
 
 
+def resumed(seconds: float) -> dict[str, float]:
+    """A stage's record of the training a stopped run had done before it resumed; none if it never stopped."""
+    return {"resumed_s": round(seconds, 3)} if seconds else {}
+
+
 def remove_checkpoint(path: str | Path) -> None:
     """Gone at once: moved under this writer's name first, so that a kill while it is deleted leaves no
     half checkpoint in the folder (which the next run would refuse), only a leftover the next save removes."""

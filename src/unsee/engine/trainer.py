@@ -9,6 +9,7 @@ import dataclasses
 import math
 import random
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -280,6 +281,7 @@ class TrainResult:
     trainable_params: int
     optimizer_state_bytes: int
     history: list[dict[str, float]] = field(default_factory=list)  # every log_every steps, for run.json
+    resumed_s: float = 0.0  # what a stopped run had trained, up to the checkpoint it resumed from: its cost counts it
 
 
 def _step(method: Method, ctx: Context, optimizer: torch.optim.Optimizer,
@@ -331,15 +333,16 @@ def _step(method: Method, ctx: Context, optimizer: torch.optim.Optimizer,
 
 def _save_progress(cfg: TrainConfig, step: int, method: Method, named: dict[str, nn.Parameter],
                    optimizer: torch.optim.Optimizer, scheduler: Any, streams: dict[str, Stream],
-                   losses: list[float], logs: list[dict[str, float]], run_key: str, evals: list[dict]) -> None:
+                   losses: list[float], logs: list[dict[str, float]], run_key: str, evals: list[dict],
+                   seconds: float) -> None:
     """A mid-run checkpoint: weights, optimiser, schedule, data order, the method's own state, and the figures
-    taken so far (losses, logged terms, ``eval_every``'s evaluations)."""
+    taken so far (losses, logged terms, ``eval_every``'s evaluations, the ``seconds`` trained)."""
     states = {name: s.state_dict() for name, s in streams.items()}
     save_checkpoint(
         cfg.checkpoint_dir, step=step, params=named, optimizer=optimizer, scheduler=scheduler, run_key=run_key,
         tensors={f"stream.{name}": st[0] for name, st in states.items()},
         meta={"streams": {name: st[1] for name, st in states.items()}, "losses": losses, "logs": logs,
-              "evals": evals, "method": method.state_dict()},
+              "evals": evals, "method": method.state_dict(), "seconds": seconds},
     )
 
 
@@ -401,7 +404,6 @@ def train(
     params = [p for p in params if p.requires_grad and p not in ctx.constraints.frozen]
     if not params:
         raise UnseeError(f"scope {cfg.scope!r} leaves nothing to train for method {method.name!r}")
-
     n_forget = len(streams[method.streams[0]])
     total = cfg.max_steps or max(1, cfg.min_steps,  # a floor on all steps, a method's other steps counted too
                                  math.ceil(cfg.epochs * n_forget / cfg.batch_size) * method.step_multiplier(ctx))
@@ -435,9 +437,7 @@ def train(
 
     losses: list[float] = []
     logs: list[dict[str, float]] = []
-    named = _named_trainable(adapter, params)
-    start = 0
-    run_key = ""
+    named, start, resumed_s, clock, run_key = _named_trainable(adapter, params), 0, 0.0, time.perf_counter(), ""
     if cfg.checkpoint_dir and sharded is None:  # what the checkpoint belongs to: options, data, weights
         run_key = checkpoint_key({k: v for k, v in vars(cfg).items() if k not in UNKEYED}, method.name,
                                  method.cfg, {n: s.turns for n, s in streams.items()},
@@ -448,7 +448,7 @@ def train(
         for name, s in streams.items():
             s.load_state_dict(extra[f"stream.{name}"], meta["streams"][name])
         method.load_state_dict(meta["method"])
-        losses, logs = list(meta["losses"]), list(meta["logs"])
+        losses, logs, resumed_s = list(meta["losses"]), list(meta["logs"]), float(meta.get("seconds", 0.0))
         if meta.get("evals"):
             ctx.info["evals"] = list(meta["evals"])
     bar = tqdm(range(start, total), desc=desc or method.name, initial=start, total=total,
@@ -473,7 +473,7 @@ def train(
             if cfg.checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
                     and step + 1 < total and accelerator.is_main_process and sharded is None:
                 _save_progress(cfg, step + 1, method, named, optimizer, scheduler, streams, losses, logs, run_key,
-                               ctx.info.get("evals", []))
+                               ctx.info.get("evals", []), resumed_s + time.perf_counter() - clock)
         method.finish(ctx)
     except KeyboardInterrupt as e:
         if cfg.checkpoint_dir and has_checkpoint(cfg.checkpoint_dir):
@@ -496,4 +496,4 @@ def train(
     if cfg.checkpoint_dir and not cfg.keep_checkpoint and accelerator.is_main_process:
         remove_checkpoint(cfg.checkpoint_dir)
     return TrainResult(total, losses, logs, ctx.info, sum(p.numel() for p in params), optimizer_state_bytes(optimizer),
-                       history(losses, logs, cfg.log_every))
+                       history(losses, logs, cfg.log_every), resumed_s)

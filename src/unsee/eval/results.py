@@ -59,6 +59,9 @@ COST_SCHEMA: dict[str, Any] = {
         "peak_gpu_bytes": {"type": ["integer", "null"], "minimum": 0},
         "trainable_params": _COUNT,
         "optimizer_state_bytes": _COUNT,
+        "resumed_s": {"type": "number", "minimum": 0,
+                      "description": "of wall_s, the seconds a run stopped and resumed from its checkpoint had "
+                                     "trained before it stopped (up to that checkpoint); absent when it never stopped"},
         "covers": {"enum": ["unlearning", "evaluation", "nothing"],
                    "description": "what was measured: the unlearning (the default); for a model only evaluated "
                                   "(unsee eval), the evaluation; for a run that measured no cost (the vanilla row "
