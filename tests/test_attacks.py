@@ -10,13 +10,14 @@ import pytest
 import torch
 from helpers import weights_hash
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from unsee import api
 from unsee.audit import attacks
 from unsee.audit.attacks import AttackConfig, fit_probe, pgd_pixels, pixel_bounds, run_attacks, shifted
 from unsee.data.schema import Suite
 from unsee.data.world import build_world
-from unsee.errors import ConfigError, DataError
+from unsee.errors import ConfigError, DataError, ModelError
 from unsee.methods.eraser.steering import Steering
 from unsee.models import HFAdapter, Turn, load_adapter, model_fingerprint
 from unsee.models.tiny import init_model
@@ -389,6 +390,20 @@ def test_attack_on_a_steering_run_needs_its_steering_file(adapter: HFAdapter, wo
     with pytest.raises(ConfigError, match="not the vanilla model"):
         api.evaluate(adapter.source, world, tmp_path / "v.json", forget="forget_15", method="vanilla",
                      steering=out / "steering.safetensors")
+    with pytest.raises(ConfigError, match="not the vanilla model"):  # an attack names its run as eval does
+        api.attack("shift", adapter.source, world, tmp_path / "v.json", forget="forget_15", method="vanilla",
+                   steering=out / "steering.safetensors", overrides=["max_items=2"])
+    # the probe reads no steering, and took another model's tower for the eraser's
+    moved = tmp_path / "moved"
+    shutil.copytree(adapter.source, moved)
+    weights = load_file(moved / "model.safetensors")
+    save_file({k: v + 1e-3 if v.is_floating_point() else v for k, v in weights.items()}, moved / "model.safetensors",
+              metadata={"format": "pt"})
+    kept = (out / "results.json").read_bytes()
+    with pytest.raises(ModelError, match="fingerprint"):
+        api.attack("probe", moved, world, out, forget="forget_15", steering=out / "steering.safetensors",
+                   overrides=["probe_steps=2"])
+    assert (out / "results.json").read_bytes() == kept
     # a run that `unsee eval --steering` measured names its file: attacked without it, or with another, or a run
     # measured without one attacked with one, the figures would be another model's
     other = tmp_path / "other.safetensors"
@@ -599,3 +614,45 @@ def test_an_attack_into_a_new_file_whose_samples_place_is_taken_stops_before_att
     api.attack("shift", Path(adapter.source), world, tmp_path / "a.json", forget="forget_15", overwrite=True,
                overrides=["max_items=2"])
     assert (tmp_path / "a.json").is_file()
+
+
+def test_a_pickled_reference_loads_where_pickle_is_allowed(adapter: HFAdapter, world: Path, tmp_path: Path) -> None:
+    """--allow-pickle told the user to pass it, and the reference was checked and loaded without it."""
+    from unsee.unlearning import ReferenceAudits
+
+    ref = Path(shutil.copytree(adapter.source, tmp_path / "reference"))
+    torch.save(load_file(ref / "model.safetensors"), ref / "pytorch_model.bin")
+    (ref / "model.safetensors").unlink()
+    with pytest.raises(ModelError, match="pickle"):
+        api.find_reference(ref, None, world, "forget_15")
+    assert api.find_reference(ref, None, world, "forget_15", allow_pickle=True) == ref
+    suite = api.load_suite(world, "forget_15")
+    cfg = api.audit_config(["probe_steps=2"])
+    figures = ReferenceAudits(ref, suite, cfg, tmp_path / "cache", allow_pickle=True)("probe")
+    assert "forget_acc" in figures
+
+
+def test_an_attack_on_a_request_file_records_the_request_as_its_split(adapter: HFAdapter, world: Path,
+                                                                    tmp_path: Path) -> None:
+    """--forget is no split of a request: recorded as one, the next attack on the same file was refused."""
+    from unsee.data.request_example import write_world_request
+    from unsee.eval.results import load_results
+
+    request = write_world_request(world, tmp_path / "req")
+    out = tmp_path / "a.json"
+    api.attack("shift", adapter.source, request, out, forget="forget_5", overrides=["max_items=2"])
+    assert load_results(out)["runs"][0]["forget_split"] == request.stem
+    api.attack("pgd", adapter.source, request, out, overrides=["pgd_steps=1", "max_items=2"])
+
+
+def test_a_continual_run_on_requests_is_told_apart_before_its_data_is(tmp_path: Path) -> None:
+    """Its advice (pass the request file) led to a second refusal: one request cannot stand for the run."""
+    from unsee.attacked import attacked_run
+
+    run = {"method": "cvf_ncu", "benchmark": "request", "forget_split": "req1+req2",
+           "data": {"path": "req1.yaml,req2.yaml"}}
+    with pytest.raises(DataError, match="continual run on the requests req1\\+req2, which one request cannot"):
+        attacked_run({"runs": [run]}, tmp_path / "results.json", tmp_path / "model", None, data=tmp_path)
+    with pytest.raises(DataError, match="pass the request file it ran on"):
+        attacked_run({"runs": [{**run, "data": {"path": "req1.yaml"}}]}, tmp_path / "results.json",
+                     tmp_path / "model", None, data=tmp_path)

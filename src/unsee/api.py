@@ -34,14 +34,7 @@ from unsee.data.request_example import write_world_request
 from unsee.demo import run_demo
 from unsee.engine.distributed import is_main_process
 from unsee.errors import DataError, OutputExistsError
-from unsee.eval.results import (
-    load_results,
-    new_results,
-    samples_path,
-    seed_summary,
-    strip_samples,
-    write_results,
-)
+from unsee.eval.results import load_results, new_results, samples_path, seed_summary, strip_samples, write_results
 from unsee.finetune_bench import finetune_benchmark, retrain_benchmark
 from unsee.forget import forget as run_forget
 from unsee.forget import request_files
@@ -55,6 +48,7 @@ from unsee.io import (
     check_writable,
 )
 from unsee.methods import method_class
+from unsee.methods.eraser.method import SteeringArtifact
 from unsee.models import load_adapter, model_fingerprint
 from unsee.models import shapes as _shapes
 from unsee.models import tiny as _tiny
@@ -70,6 +64,7 @@ from unsee.runs import (
     check_launch,
     check_neutral,
     check_room,
+    check_run_name,
     detect_benchmark,
     eval_options,
     evaluate_adapter,
@@ -197,9 +192,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
     """
     out = Path(out)
     method = method or ("eraser" if steering is not None else unlearned_by(model) or "vanilla")
-    if method == "vanilla" and steering is not None:
-        raise ConfigError("a model with a steering file is not the vanilla model: name its run with --method "
-                          "(default: eraser)")
+    check_run_name(method, steering)
     inputs = _local(model, data, steering)
     check_output_file(out, overwrite=overwrite, inputs=inputs)  # before its samples' name is taken from it
     check_output_file(samples_path(out), overwrite=overwrite, inputs=inputs)
@@ -286,7 +279,8 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
     check_forget(suite)
     check_neutral(suite, method, config, overrides)
     check_images(suite)
-    ref = find_reference(reference, model, data, forget, cache_dir, revision, benchmark) if audit else None
+    ref = find_reference(reference, model, data, forget, cache_dir, revision, benchmark, allow_pickle) \
+        if audit else None
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
     check_room(out, adapter, method, copies=seeds)  # in every process: none trains for a save that cannot land
     if not is_main_process():
@@ -309,7 +303,7 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
                                    seed=s, config=config, overrides=seed_overrides(method, config, overrides, s, seeds),
                                    evaluate_after=evaluate_after, eval_kw=eval_kw, audit=audit,
                                    audit_overrides=audit_overrides, audit_seed=seed, data=data, reference=ref,
-                                   cache_dir=cache_dir)[0]
+                                   cache_dir=cache_dir, allow_pickle=allow_pickle)[0]
             adapter = None  # this seed's model (and its artifact) gone before the next loads
             runs.append(run)
             atomic_write_json(where / "run.json", strip_samples(run))
@@ -428,6 +422,7 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     kinds = list(ATTACKS) if kind == "all" else [kind]
     if any(k not in ATTACKS for k in kinds):
         raise ConfigError(f"unknown attack {kind!r}; choose from {', '.join(ATTACKS)} or all")
+    check_run_name(method, steering)
     cfg = audit_config(overrides, seed, dtype=dtype if "relearn" in kinds else None)  # before any model loads
     out = Path(out)
     if out.is_dir():  # an unlearn output directory
@@ -442,14 +437,14 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     if existing is not None and not existing["runs"]:
         raise DataError(f"{out} holds no runs to add the attacks to")
     index, home = attacked_run(existing, out, model, steering, data) if existing is not None else (-1, out.parent)
-    if forget is None:  # a new file on a request is on the request, as `unsee eval` records it
-        forget = existing["runs"][index].get("forget_split", "forget_10") if existing is not None else (
-            Path(data).stem if is_request_file(data) else "forget_10")
+    if is_request_file(data) or forget is None:  # a request is its own split, as `eval` and `unlearn` record it
+        forget = Path(data).stem if is_request_file(data) else existing["runs"][index].get(
+            "forget_split", "forget_10") if existing is not None else "forget_10"
     if existing is not None and not overwrite:
         done = sorted(set(kinds) & set(existing["runs"][index].get("attacks", {})))
         if done:
             raise OutputExistsError(f"{out} already records {done}; pass overwrite=True (--overwrite) to redo them")
-    ref_path = find_reference(reference, vanilla, data, forget, cache_dir, revision, benchmark)
+    ref_path = find_reference(reference, vanilla, data, forget, cache_dir, revision, benchmark, allow_pickle)
     if ref_path is None and kind == "mia":  # its own figures are read against the reference; `all` keeps the AUCs
         raise DataError(NO_REFERENCE.format(what="mia (PrivLeak and forget quality)",
                                             where=f" for {vanilla}" if vanilla else " (no --reference, no --vanilla)"))
@@ -463,6 +458,8 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     if "mia" in kinds:
         suite = attach_holdout(suite, data, cfg.mia_holdout, seed)
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
+    if steering is not None:  # every attack, the probe too, reads the model the steering was computed on
+        SteeringArtifact.load(steering).steering.check_compatible(adapter)
     precision = adapter.dtype  # the changed weights are found by their bytes
     before = load_adapter(vanilla, allow_pickle=allow_pickle, dtype=precision) if vanilla is not None else None
     changed = None
@@ -470,7 +467,8 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
         stored = saved_dtype(model) if Path(model).is_dir() else None
         changed = changed_linears(weight_digests(before, stored), adapter, stored)
     found = audit_adapter(adapter, suite, kinds=kinds, steering=steering, vanilla=before, seed=seed,
-                          overrides=overrides, changed=changed, reference=ref_path, cache_dir=cache_dir)
+                          overrides=overrides, changed=changed, reference=ref_path, cache_dir=cache_dir,
+                          allow_pickle=allow_pickle)
     if existing is not None:
         card = home / "model" / "README.md"  # the attacked checkpoint's card, where the output holds it
         add_attacks(out, index, home, found, card if Path(model).resolve() == card.parent.resolve() else None,

@@ -61,6 +61,17 @@ def add_attacks(out: Path, index: int, home: Path, found: Mapping[str, Any], car
         return refresh_card(card, shown, vanilla_for([r for r in results["runs"] if setting_of(r) == setting_of(run)]))
 
 
+def _on_requests(run: Mapping[str, Any]) -> bool:
+    """Whether a run is a continual one on several request files (its data names them all)."""
+    return len(str((run.get("data") or {}).get("path", "")).split(",")) > 1
+
+
+def _continual_refusal(out: Path, run: Mapping[str, Any]) -> DataError:
+    return DataError(f"{out} records a continual run on the requests {run.get('forget_split')}, which one request "
+                     "cannot stand for: its audits run with it (unsee forget without --no-audit); to attack its "
+                     "model on one request, write the attack to a new file (--out OTHER.json)")
+
+
 def attacked_run(results: Mapping[str, Any], out: Path, model: str | Path, steering: str | Path | None,
                  data: Any = None) -> tuple[int, Path]:
     """Which run of an existing results file an attack's figures belong to, and that run's folder.
@@ -74,6 +85,8 @@ def attacked_run(results: Mapping[str, Any], out: Path, model: str | Path, steer
     index, home = _which_run(results, out, model, steering)
     run = results["runs"][index]
     if data is not None and run.get("benchmark") == "request" and not is_request_file(data):
+        if _on_requests(run):
+            raise _continual_refusal(out, run)
         raise DataError(f"{out} records a run on the request {run.get('forget_split')}, and {data} is no request "
                         "file; pass the request file it ran on (--data) or write the attack to another --out")
     return index, home
@@ -109,10 +122,8 @@ def check_attacked_run(run: Mapping[str, Any], out: Path, home: Path, model: str
     split = Path(data).stem if request else suite.info.get("split_name", forget)
     recorded = run.get("forget_split")
     if recorded is not None and recorded != split:
-        if request and len(str((run.get("data") or {}).get("path", "")).split(",")) > 1:
-            raise DataError(f"{out} records a continual run on the requests {recorded}, which one request cannot "
-                            "stand for: its audits run with it (unsee forget without --no-audit); to attack its "
-                            "model on one request, write the attack to a new file (--out OTHER.json)")
+        if request and _on_requests(run):
+            raise _continual_refusal(out, run)
         advice = ("pass the request file it ran on (--data)" if run.get("benchmark") == "request" else
                   "pass the data it ran on (--data)" if request else
                   "leave out --forget (it defaults to the run's split)")

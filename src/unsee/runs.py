@@ -171,6 +171,13 @@ def method_configs(method: str, config: str | Path | Mapping[str, Any] | None,
 
 
 # ---- evaluation ----------------------------------------------------------------------------
+def check_run_name(method: str, steering: Any) -> None:
+    """A model run with a steering file is not the vanilla model: figures named so would be read as the base's."""
+    if method == "vanilla" and steering is not None:
+        raise ConfigError("a model with a steering file is not the vanilla model: name its run with --method "
+                          "(eval's default: eraser)")
+
+
 def deployed_artifact(artifact: Artifact | None, steering: str | Path | None) -> Artifact | None:
     """The artifact a model runs with: the one given, else the steering file at ``steering``, else none."""
     if artifact is not None or steering is None:

@@ -60,7 +60,7 @@ def unlearn_and_save(method: str, adapter: Adapter, suite: Suite, *, steering_di
                      forgotten_images: Sequence[Any] = (), save: bool = True,
                      audit_seed: int | None = None, data: str | Path | None = None,
                      reference: str | Path | ReferenceAudits | None = None,
-                     cache_dir: str | Path | None = None) -> tuple[dict, Artifact]:
+                     cache_dir: str | Path | None = None, allow_pickle: bool = False) -> tuple[dict, Artifact]:
     """Honour one removal request on a loaded model and record it: the run and the artefact a user ships.
 
     ``unsee unlearn`` and the demo both go through here, so that a run's cost, metrics,
@@ -118,7 +118,7 @@ def unlearn_and_save(method: str, adapter: Adapter, suite: Suite, *, steering_di
         run["attacks"] = audit_adapter(adapter, suite, kinds=kinds, artifact=artifact, vanilla=before,
                                        seed=seed if audit_seed is None else audit_seed, overrides=audit_overrides,
                                        strict=False, changed=changed, reference=reference, data=data,
-                                       cache_dir=cache_dir)
+                                       cache_dir=cache_dir, allow_pickle=allow_pickle)
     if cls.trains_weights and save:
         save_checkpoint(artifact, model_dir, model_card(strip_samples(run), vanilla, base_model=base_model,
                                                         base_hash=base_hash, forgotten=list(suite.forget_entities),
@@ -128,15 +128,15 @@ def unlearn_and_save(method: str, adapter: Adapter, suite: Suite, *, steering_di
 
 def find_reference(reference: str | Path | None, base: str | Path | None, data: str | Path, forget: str,
                    cache_dir: str | Path | None = None, revision: str | None = None,
-                   benchmark: str | None = None) -> Path | None:
-    """The retrained reference to audit beside a model: ``reference`` if given, else the one ``unsee retrain``
-    left in the stage cache for the base (vanilla) model ``base`` (of the built-in world or of a benchmark),
-    else None. Never trains."""
+                   benchmark: str | None = None, allow_pickle: bool = False) -> Path | None:
+    """The retrained reference to audit beside a model: ``reference`` if given (pickle weights only with
+    ``allow_pickle``), else the one ``unsee retrain`` left in the stage cache for the base (vanilla) model
+    ``base`` (of the built-in world or of a benchmark), else None. Never trains."""
     if reference is not None:
         path = Path(reference)
         if not (path / "config.json").is_file():
             raise ModelError(f"the reference {path} is not a model directory (no config.json)")
-        check_model_dir(path)  # it loads after the unlearning has trained: a broken one is refused before
+        check_model_dir(path, allow_pickle=allow_pickle)  # it loads after the unlearning: refused now if broken
         check_reference(path, forget, detect_benchmark(data, benchmark, revision), data)
         return path
     if base is None:
@@ -211,8 +211,9 @@ class ReferenceAudits:
     ``dtype``, the attacked model's, is the reference's too: a figure set beside another is read at its precision."""
 
     def __init__(self, path: str | Path, suite: Suite, cfg: Any, cache_dir: str | Path | None = None,
-                 dtype: Any = None) -> None:
+                 dtype: Any = None, allow_pickle: bool = False) -> None:
         self.path, self.suite, self.cfg, self.dtype = Path(path), suite, cfg, resolve_dtype(dtype)
+        self.allow_pickle = allow_pickle
         self.cache = Path(cache_dir or default_cache()) / "reference-audits"
         uids = {g: [e.uid for e in items] for g, items in sorted(suite.groups.items())}
         self.key = content_hash("reference-audit", model_fingerprint(self.path), to_dict(cfg), uids,
@@ -229,7 +230,7 @@ class ReferenceAudits:
             self._memo[kind] = json.loads(file.read_text())
             return self._memo[kind]
         if self._adapter is None:
-            self._adapter = load_adapter(self.path, dtype=self.dtype)
+            self._adapter = load_adapter(self.path, dtype=self.dtype, allow_pickle=self.allow_pickle)
         figures = run_attacks(self._adapter, self.suite, [kind], self.cfg, strict=False, keep_items=True)[kind]
         self._memo[kind] = figures
         file.parent.mkdir(parents=True, exist_ok=True)
@@ -271,9 +272,10 @@ def audit_adapter(adapter: Adapter, suite: Suite, *, kinds: Sequence[str] | None
                   vanilla: Adapter | None = None, seed: int = 0,
                   overrides: Any = (), strict: bool = True, changed: Sequence[str] | None = None,
                   reference: str | Path | ReferenceAudits | None = None, data: str | Path | None = None,
-                  cache_dir: str | Path | None = None) -> dict[str, dict[str, Any]]:
+                  cache_dir: str | Path | None = None, allow_pickle: bool = False) -> dict[str, dict[str, Any]]:
     """The robustness audits on a loaded model as deployed (with its ``artifact``, or the steering file at
-    ``steering``), each beside the retrained reference's figure when ``reference`` (a model directory) is given.
+    ``steering``), each beside the retrained reference's figure when ``reference`` (a model directory; pickle
+    weights only with ``allow_pickle``) is given.
 
     ``kinds=None`` runs every attack and an empty list none, so that "no audits" is never read as "all"."""
 
@@ -288,6 +290,6 @@ def audit_adapter(adapter: Adapter, suite: Suite, *, kinds: Sequence[str] | None
     artifact = deployed_artifact(artifact, steering)
     ref = reference
     if reference is not None and not isinstance(reference, ReferenceAudits):
-        ref = ReferenceAudits(reference, suite, cfg, cache_dir, dtype=adapter.dtype)
+        ref = ReferenceAudits(reference, suite, cfg, cache_dir, dtype=adapter.dtype, allow_pickle=allow_pickle)
     return run_attacks(adapter, suite, kinds, cfg, vanilla=vanilla, artifact=artifact, strict=strict, changed=changed,
                        reference=ref)
