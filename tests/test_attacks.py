@@ -640,7 +640,9 @@ def test_an_attack_on_a_request_file_records_the_request_as_its_split(adapter: H
 
     request = write_world_request(world, tmp_path / "req")
     out = tmp_path / "a.json"
-    api.attack("shift", adapter.source, request, out, forget="forget_5", overrides=["max_items=2"])
+    with pytest.raises(ConfigError, match="is a request: its own split"):
+        api.attack("shift", adapter.source, request, out, forget="forget_5", overrides=["max_items=2"])
+    api.attack("shift", adapter.source, request, out, overrides=["max_items=2"])
     assert load_results(out)["runs"][0]["forget_split"] == request.stem
     api.attack("pgd", adapter.source, request, out, overrides=["pgd_steps=1", "max_items=2"])
 

@@ -31,6 +31,7 @@ from unsee.io import atomic_dir
 from unsee.models import load_adapter, model_fingerprint
 from unsee.report.tables import setting_of
 from unsee.resume import Progress, partial_dir
+from unsee.runs import with_all_costs
 
 STEPS = ["max_steps=4", "batch_size=4", "lr=3e-3", "progress=false", "ncu_images=64", "augment=0"]
 
@@ -262,6 +263,26 @@ def test_a_continual_run_s_tracker_logs_go_to_its_output_as_a_single_run_s_do(
                 overrides=["max_steps=2", "batch_size=2", "progress=false"], max_items=2)
     assert len(folders) == 2 and all(f.parent.name == "logs" and f.parent.parent.parent == tmp_path for f in folders)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_continual_run_s_cost_keeps_a_resumed_request_s_training(model_dir: Path, world: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second request resumed from its checkpoint: its seconds before the stop count in its cost and in the
+    run's, whose combined cost took only the keys of the first request's."""
+    real, calls = api.unlearn_adapter, []
+
+    def second_resumed(*a: Any, **k: Any) -> Any:
+        res, resolved = real(*a, **k)
+        calls.append(1)
+        res.resumed_s = 40.0 if len(calls) == 2 else 0.0
+        return res, resolved
+
+    monkeypatch.setattr(api, "unlearn_adapter", second_resumed)
+    out = api.unlearn("graddiff", model_dir, world, tmp_path / "c", requests="forget_r1,forget_r2",
+                      overrides=["max_steps=2", "batch_size=2", "progress=false"], max_items=2)
+    first, second = load_results(out / "results.json")["runs"][-2:]
+    assert "resumed_s" not in first["cost"] and second["cost"]["resumed_s"] == 40.0
+    assert with_all_costs([first, second])["cost"]["resumed_s"] == 40.0
 
 
 def test_each_request_keeps_its_own_training_checkpoint(model_dir: Path, world: Path, tmp_path: Path) -> None:

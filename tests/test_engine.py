@@ -413,6 +413,26 @@ def test_unlearn_writes_a_card_and_training_cost(world: Path, model_dir: Path, t
     assert run["config"]["scope"] == "full" and run["config"]["max_steps"] == 1
 
 
+def test_a_resumed_run_s_cost_counts_the_training_before_its_stop(world: Path, model_dir: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seconds the checkpoint kept (its training says how many) reach results.json and the card."""
+    from unsee import unlearning
+
+    real = unlearning.unlearn_adapter
+
+    def resumed(*a: Any, **k: Any) -> Any:
+        res, resolved = real(*a, **k)
+        res.resumed_s = 50.0
+        return res, resolved
+
+    monkeypatch.setattr(unlearning, "unlearn_adapter", resumed)
+    out = api.unlearn("ga", model_dir, world, tmp_path / "out",
+                      overrides=["max_steps=1", "batch_size=2", "progress=false"], evaluate_after=False)
+    cost = json.loads((out / "run.json").read_text())["cost"]
+    assert cost["resumed_s"] == 50.0 and 50.0 <= cost["wall_s"] < 50.0 + 60
+    assert f"- Wall time: {cost['wall_s']:.1f} s" in (out / "model" / "README.md").read_text()
+
+
 # ---- checkpoints -----------------------------------------------------------------------------------
 class _Interrupted(Exception):
     """Stands in for a kill: raised from inside the loop, after some checkpoints were written."""

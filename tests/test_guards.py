@@ -389,7 +389,7 @@ def test_help_options_that_would_be_ignored_are_refused_and_examples_are_the_com
         capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["model", "init", "--arch", "tiny-llava", "--full-size", "--out", str(tmp_path / "m")]) == 2
     assert "--full-size builds a --shape model" in capsys.readouterr().err and not (tmp_path / "m").exists()
-    for command, example in (("world", "n_people=40"), ("finetune", "ft_steps=600"), ("unlearn", "lr=1e-4"),
+    for command, example in (("world", "n_people=40"), ("finetune", "batch_size=8"), ("unlearn", "lr=1e-4"),
                              ("attack", "relearn_steps=20")):
         sub = parser()._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
         assert f"e.g. {example}" in sub.format_help()

@@ -19,7 +19,7 @@ from PIL import Image
 from unsee.data import load_benchmark
 from unsee.data.clear import CAPTION_QUESTIONS, load_clear, with_true_answer
 from unsee.data.mllmu import load_ft_data, load_mllmu
-from unsee.data.parquet import IMAGE, Source, list_of, value, write_parquet_config
+from unsee.data.parquet import IMAGE, Source, gold_option, list_of, value, write_parquet_config
 from unsee.data.schema import Example, Suite
 from unsee.data.umu import load_umu
 from unsee.errors import DataError
@@ -363,6 +363,14 @@ def test_mllmu_gold_answer_that_names_no_option_is_refused(tmp_path: Path, answe
     write_parquet_config(tmp_path, "retain_90", bad_profile_rows({"ID": "2"}), fb.SPLIT_FEATURES)
     with pytest.raises(DataError, match=r"Correct_Answer.*neither an option letter"):
         load_mllmu(tmp_path, "forget_10")
+
+
+def test_a_gold_answer_read_both_as_a_letter_and_as_another_option_s_text_is_refused() -> None:
+    options, letters = ("Boston", "Chicago", "D.C.", "Austin"), list("ABCD")
+    with pytest.raises(DataError, match="option D's letter and the text of option C"):
+        gold_option("D.C.", options, letters, field="Correct_Answer", source="f")
+    assert gold_option("D", options, letters, field="Correct_Answer", source="f") == 3  # a bare letter is one
+    assert gold_option("B", ("B", "A"), ["A", "B"], field="Correct_Answer", source="f") == 1
 
 
 def test_mllmu_a_person_with_two_rows_in_a_config_is_refused(tmp_path: Path) -> None:

@@ -410,7 +410,7 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     on its data and, where the run's output holds its model, that model: figures of anything
     else would read as the run's own. Of a run over several seeds, the seed whose model (or
     steering file) is attacked gets the figures (:func:`unsee.attacked.attacked_run`). Otherwise a
-    new results.json holds one run named ``method``, on ``forget`` (``forget_10`` unless given).
+    new results.json holds one run named ``method``, on ``forget`` (``forget_10`` unless given; a request's own).
 
     The retrained reference (``reference``, or the one ``unsee retrain`` cached for ``vanilla``)
     is attacked too, each figure going beside the model's as ``reference``. ``mia`` alone needs it;
@@ -437,6 +437,8 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     if existing is not None and not existing["runs"]:
         raise DataError(f"{out} holds no runs to add the attacks to")
     index, home = attacked_run(existing, out, model, steering, data) if existing is not None else (-1, out.parent)
+    if is_request_file(data) and forget not in (None, Path(data).stem):
+        raise ConfigError(f"--forget names a split of a benchmark, and {data} is a request: its own split")
     if is_request_file(data) or forget is None:  # a request is its own split, as `eval` and `unlearn` record it
         forget = Path(data).stem if is_request_file(data) else existing["runs"][index].get(
             "forget_split", "forget_10") if existing is not None else "forget_10"

@@ -260,7 +260,7 @@ def parser(method_help: str | None = None) -> argparse.ArgumentParser:
     mi.add_argument("--world", default=None, help="train the tokenizer on this world's text")
 
     f = _command(sub, "finetune", "the vanilla model: a model taught the benchmark's fictitious people", _finetune,
-                 required=["model", "data", "out"], overrides="ft_steps=600")
+                 required=["model", "data", "out"], overrides="batch_size=8")
     f.add_argument("--config", default=None, help="recipe file or shipped name: default, quick (built-in world); "
                    "mllmu, clear, umu (public benchmarks; default: the detected benchmark's own)")
     _data_options(f)
@@ -345,7 +345,8 @@ def parser(method_help: str | None = None) -> argparse.ArgumentParser:
     at.epilog = _wrapped(f"options of the attacks (key=value):\n{describe(AttackConfig)}")
     at.formatter_class = argparse.RawDescriptionHelpFormatter
     at.add_argument("--forget", default=None,
-                    help="the forget split (default: the run's own when --out holds one, else forget_10)")
+                    help="the forget split (default: the run's own when --out holds one, else forget_10; none "
+                    "with a request file, which is its own)")
     at.add_argument("--vanilla", default=None, help="the model before unlearning (for the probe's baseline)")
     at.add_argument("--steering", default=None, help="attack the model with this MLLMEraser steering file on")
     at.add_argument("--method", default="attacked", help="the run's name when --out is a new file")

@@ -347,7 +347,8 @@ def restored(path: str | Path) -> Path:
     path = Path(path)
     old = path.with_name(f".{path.name}.old")
     if not path.exists() and not path.is_symlink() and (old / OWNED).is_file():
-        os.replace(old, path)
+        with contextlib.suppress(FileNotFoundError):  # another process of the launch put it back first
+            os.replace(old, path)
     return path
 
 

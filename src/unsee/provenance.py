@@ -252,7 +252,7 @@ def combined_cost(costs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The cost of runs made one after another (a continual run's requests): their times add up, every other
     figure (memory, parameter counts) is the largest of theirs, and ``requests`` says how many there were."""
     out: dict[str, Any] = {}
-    for key in costs[0]:
+    for key in dict.fromkeys(k for c in costs for k in c):  # a figure one run alone has (resumed_s) counts too
         values = [c[key] for c in costs if c.get(key) is not None]
         out[key] = None if not values else round(sum(values), 3) if key.endswith("_s") else max(values)
     return {**out, "requests": len(costs)}

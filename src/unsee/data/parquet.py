@@ -398,17 +398,25 @@ def letter_options(v: Any, *, field: str, source: str) -> tuple[tuple[str, ...],
 
 # A gold letter as the hubs write it: "C", "c.", "(C)", "C) Denver", "C: Denver", "C. Denver"
 _GOLD_LETTER = re.compile(r"\(?([A-Za-z])\)?(?:\s*[.:)]\s*.*)?", re.S)
+_BARE_LETTER = re.compile(r"\(?[A-Za-z]\)?[.:)]?")
 
 
 def gold_option(answer: str, options: Sequence[str], letters: Sequence[str], *, field: str, source: str) -> int:
     """The index of an MCQ's correct option, from a gold letter or from one option's whole text.
 
     A word is never read as its first letter: "Denver" is option D's text or nothing, so a text
-    answer cannot mark another option correct."""
+    answer cannot mark another option correct; one read both ways ("D.C.", an option's text, beside an
+    option D) is refused. A bare letter is the letter, as the hubs write it."""
     said = answer.strip()
-    if (m := _GOLD_LETTER.fullmatch(said)) and m.group(1).upper() in letters:
-        return list(letters).index(m.group(1).upper())
+    m = _GOLD_LETTER.fullmatch(said)
+    letter = list(letters).index(m.group(1).upper()) if m and m.group(1).upper() in letters else None
     same = [i for i, o in enumerate(options) if o.strip().casefold() == said.casefold()]
+    bare = _BARE_LETTER.fullmatch(said) is not None  # "C", "(c)", "C.": the letter, as the hubs write it
+    if letter is not None and not bare and same and same != [letter]:
+        raise DataError(f"field {field!r} in {source} is {answer!r}: option {letters[letter]}'s letter and the "
+                        f"text of option {letters[same[0]]}; write the letter alone")
+    if letter is not None:
+        return letter
     if len(same) == 1:
         return same[0]
     raise DataError(f"field {field!r} in {source} is {answer!r}: neither an option letter "

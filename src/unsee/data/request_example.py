@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from unsee.data.parquet import Record, Source, entity_id, image_bytes, letter_options, text
+from unsee.data.parquet import Record, Source, entity_id, gold_option, image_bytes, letter_options, text
 from unsee.data.world import default_forget, load_world_info
 from unsee.errors import DataError
 from unsee.io import atomic_dir, atomic_write_bytes, atomic_write_text
@@ -40,7 +40,8 @@ def _text_qa(rec: Record) -> list[dict[str, Any]]:
     out = []
     for item in (rec.get("Classification_Task") or {}).get("Pure_Text_Questions") or []:
         options, letters = letter_options(item.get("Options"), field="Options", source=rec.source)
-        answer = options[letters.index(str(item["Correct_Answer"]).strip()[:1].upper())]
+        answer = options[gold_option(text(item.get("Correct_Answer"), field="Correct_Answer", source=rec.source),
+                                     options, letters, field="Correct_Answer", source=rec.source)]
         out.append({"question": text(item.get("Question"), field="Question", source=rec.source),
                     "answer": answer, "wrong": [o for o in options if o != answer]})
     return out
