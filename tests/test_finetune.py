@@ -159,6 +159,8 @@ def test_stage1_resumes_from_its_checkpoint_with_the_same_weights(world: Path, m
     resumed = load_adapter(model)
     again = ft.pretrain_vision(resumed, cfg, pool, checkpoint=ckpt)
     assert "resumed_s" not in stats and again["resumed_s"] > 0  # the stage's seconds count the steps before the stop
+    ft._finish_stage(tmp_path / "stage1", resumed, again, 2.0, {}, visual_only=True)
+    assert json.loads((tmp_path / "stage1" / ft.STAGE_FILE).read_text())["seconds"] == 2.0 + again["resumed_s"]
     a, b = ft.visual_state(whole), ft.visual_state(resumed)
     assert all(torch.equal(a[n], b[n]) for n in a)
     assert not torch.equal(a[next(iter(a))], ft.visual_state(load_adapter(model))[next(iter(a))])
