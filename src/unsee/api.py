@@ -437,11 +437,12 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     if existing is not None and not existing["runs"]:
         raise DataError(f"{out} holds no runs to add the attacks to")
     index, home = attacked_run(existing, out, model, steering, data) if existing is not None else (-1, out.parent)
-    if is_request_file(data) and forget not in (None, Path(data).stem):
-        raise ConfigError(f"--forget names a split of a benchmark, and {data} is a request: its own split")
-    if is_request_file(data) or forget is None:  # a request is its own split, as `eval` and `unlearn` record it
-        forget = Path(data).stem if is_request_file(data) else existing["runs"][index].get(
-            "forget_split", "forget_10") if existing is not None else "forget_10"
+    if is_request_file(data):  # a request is its own split, as `eval` and `unlearn` record it
+        if forget not in (None, Path(data).stem):
+            raise ConfigError(f"--forget names a split of a benchmark, and {data} is a request: its own split")
+        forget = Path(data).stem
+    elif forget is None:
+        forget = existing["runs"][index].get("forget_split", "forget_10") if existing is not None else "forget_10"
     if existing is not None and not overwrite:
         done = sorted(set(kinds) & set(existing["runs"][index].get("attacks", {})))
         if done:
@@ -460,15 +461,16 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     if "mia" in kinds:
         suite = attach_holdout(suite, data, cfg.mia_holdout, seed)
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
-    if steering is not None:  # every attack, the probe too, reads the model the steering was computed on
-        SteeringArtifact.load(steering).steering.check_compatible(adapter)
+    artifact = SteeringArtifact.load(steering) if steering is not None else None
+    if artifact is not None:  # every attack, the probe too, reads the model the steering was computed on
+        artifact.steering.check_compatible(adapter)
     precision = adapter.dtype  # the changed weights are found by their bytes
     before = load_adapter(vanilla, allow_pickle=allow_pickle, dtype=precision) if vanilla is not None else None
     changed = None
     if before is not None and "quant" in kinds:  # compared at the precision the attacked model was saved in
         stored = saved_dtype(model) if Path(model).is_dir() else None
         changed = changed_linears(weight_digests(before, stored), adapter, stored)
-    found = audit_adapter(adapter, suite, kinds=kinds, steering=steering, vanilla=before, seed=seed,
+    found = audit_adapter(adapter, suite, kinds=kinds, artifact=artifact, vanilla=before, seed=seed,
                           overrides=overrides, changed=changed, reference=ref_path, cache_dir=cache_dir,
                           allow_pickle=allow_pickle)
     if existing is not None:
@@ -487,7 +489,6 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
     """``unsee forget``: a removal request from the user's own photos (:func:`unsee.forget.forget`, whose
     options ``kw`` are: method, config, overrides, seed, audit, audit_kinds, audit_overrides, hide_names,
     salt, retained_shown, max_gen_items, allow_pickle, dtype)."""
-
     files = request_files(request, requests)
     check_output_dir(out, overwrite=overwrite, inputs=_local(model, *files))
     return run_forget(model, None, out, requests=[str(f) for f in files], overwrite=overwrite, **kw)
@@ -495,6 +496,5 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
 
 def demo(out: str | Path, *, overwrite: bool = False, config: Any = None, cache_dir: str | Path | None = None,
          **kw: Any) -> Path:
-
     check_output_dir(out, overwrite=overwrite, inputs=_local(config))
     return run_demo(out, overwrite=overwrite, config=config, cache_dir=cache_dir, **kw)

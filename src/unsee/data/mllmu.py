@@ -244,17 +244,20 @@ class _Configs:
     def __init__(self, source: Source) -> None:
         self.source = source
         self.read: dict[tuple[str, frozenset[tuple[str, str]]], list[Record]] = {}
+        self.checked: set[str] = set()  # profile configs whose IDs were found unique
 
     def profiles(self, config: str) -> list[Record]:
         """A config of one row a person: a second row of an ID is refused, as its questions would
         share the first row's uids, or be dropped where a person is taken once."""
         rows = self.get(config, PROFILE_COLUMNS, PROFILE_OPTIONAL)
-        first: dict[str, str] = {}
-        for rec in rows:
-            eid, where = entity_id(rec.get("ID"), field="ID", source=rec.source), f"{rec.source} row {rec.index}"
-            if first.setdefault(eid, where) != where:
-                raise DataError(f"ID {eid!r} has two rows in {config} ({first[eid]} and {where}); "
-                                "a profile config holds one row a person")
+        if config not in self.checked:
+            first: dict[str, str] = {}
+            for rec in rows:
+                eid, where = entity_id(rec.get("ID"), field="ID", source=rec.source), f"{rec.source} row {rec.index}"
+                if first.setdefault(eid, where) != where:
+                    raise DataError(f"ID {eid!r} has two rows in {config} ({first[eid]} and {where}); "
+                                    "a profile config holds one row a person")
+            self.checked.add(config)
         return rows
 
     def get(self, config: str, required: dict[str, str], optional: dict[str, str]) -> list[Record]:

@@ -397,8 +397,7 @@ def letter_options(v: Any, *, field: str, source: str) -> tuple[tuple[str, ...],
 
 
 # A gold letter as the hubs write it: "C", "c.", "(C)", "C) Denver", "C: Denver", "C. Denver"
-_GOLD_LETTER = re.compile(r"\(?([A-Za-z])\)?(?:\s*[.:)]\s*.*)?", re.S)
-_BARE_LETTER = re.compile(r"\(?[A-Za-z]\)?[.:)]?")
+_GOLD_LETTER = re.compile(r"\(?([A-Za-z])\)?(?:\s*[.:)]\s*(.*))?", re.S)
 
 
 def gold_option(answer: str, options: Sequence[str], letters: Sequence[str], *, field: str, source: str) -> int:
@@ -411,7 +410,7 @@ def gold_option(answer: str, options: Sequence[str], letters: Sequence[str], *, 
     m = _GOLD_LETTER.fullmatch(said)
     letter = list(letters).index(m.group(1).upper()) if m and m.group(1).upper() in letters else None
     same = [i for i, o in enumerate(options) if o.strip().casefold() == said.casefold()]
-    bare = _BARE_LETTER.fullmatch(said) is not None  # "C", "(c)", "C.": the letter, as the hubs write it
+    bare = m is not None and not m.group(2)  # "C", "(c)", "C.": the letter, as the hubs write it
     if letter is not None and not bare and same and same != [letter]:
         raise DataError(f"field {field!r} in {source} is {answer!r}: option {letters[letter]}'s letter and the "
                         f"text of option {letters[same[0]]}; write the letter alone")
