@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from unsee.audit import attacks
 from unsee.audit.attacks import AttackConfig, fit_probe, pgd_pixels, pixel_bounds, run_attacks, shifted
 from unsee.data.schema import Suite
 from unsee.data.world import build_world
-from unsee.errors import ConfigError, DataError, ModelError
+from unsee.errors import ConfigError, DataError, ModelError, OutputExistsError
 from unsee.methods.eraser.steering import Steering
 from unsee.models import HFAdapter, Turn, load_adapter, model_fingerprint
 from unsee.models.tiny import init_model
@@ -280,6 +281,36 @@ def test_attack_command_adds_to_an_unlearn_results_file(adapter: HFAdapter, worl
     assert main([*shift[:3], str(out / "model"), *shift[4:7], str(measured), "--forget", "forget_15"]) == 2
     assert "records the run of another model" in capsys.readouterr().err and measured.read_bytes() == before
     assert main([*shift[:3], str(model), *shift[4:7], str(measured), "--forget", "forget_15", "max_items=2"]) == 0
+
+
+def test_an_attack_of_the_same_kind_that_lands_meanwhile_is_not_written_over(adapter: HFAdapter, world: Path,
+                                                                              tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two attacks of one kind started together both passed the check made before they ran, and the one that
+    finished last replaced the other's figures without --overwrite: it is refused under the lock, and its
+    figures are kept beside the output."""
+    from unsee.eval.results import load_results
+
+    out = tmp_path / "ga"
+    api.unlearn("ga", Path(adapter.source), world, out, forget="forget_15", overrides=["max_steps=1", "progress=false"],
+                evaluate_after=False)
+    real = api.audit_adapter
+
+    def meanwhile(*args: Any, **kw: Any) -> dict:
+        monkeypatch.setattr(api, "audit_adapter", real)
+        api.attack("shift", out / "model", world, out, overrides=["max_items=2", "shifts=[crop]"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(api, "audit_adapter", meanwhile)
+    with pytest.raises(OutputExistsError, match="while this one ran") as e:
+        api.attack("shift", out / "model", world, out, overrides=["max_items=2"])
+    landed = load_results(out / "results.json")["runs"][0]["attacks"]["shift"]
+    assert "forget_crop" in landed and "forget_jitter" not in landed  # the first to land keeps its figures
+    (kept,) = out.glob("results.attacks-*.json")
+    assert str(kept) in str(e.value) and "forget_jitter" in json.loads(kept.read_text())["shift"]
+    # asked to, the later attack records its own
+    api.attack("shift", out / "model", world, out, overrides=["max_items=2"], overwrite=True)
+    assert "forget_jitter" in load_results(out / "results.json")["runs"][0]["attacks"]["shift"]
 
 
 def test_attacks_side_by_side_on_one_output_keep_each_others_figures(adapter: HFAdapter, world: Path,

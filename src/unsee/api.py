@@ -476,7 +476,7 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     if existing is not None:
         card = home / "model" / "README.md"  # the attacked checkpoint's card, where the output holds it
         add_attacks(out, index, home, found, card if Path(model).resolve() == card.parent.resolve() else None,
-                    attacked=existing["runs"][index])
+                    attacked=existing["runs"][index], overwrite=overwrite)
     else:
         run = make_run(method, {}, model=model_name(model), suite=suite, forget=forget, seed=seed, attacks=found,
                        model_hash=adapter.fingerprint(), steering=steering)  # two models attacked alike: two runs

@@ -4,15 +4,18 @@ lock, with the run's card and run.json, when attacks on one output run side by s
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from unsee.data.request import is_request_file
 from unsee.data.schema import Suite
-from unsee.errors import DataError
+from unsee.errors import DataError, OutputExistsError
 from unsee.eval.results import load_results, seed_summary, write_results
-from unsee.io import atomic_write_json
+from unsee.io import atomic_write_json, json_default
 from unsee.methods.eraser import STEERING_FILE
 from unsee.models.base import model_fingerprint
 from unsee.report.card import refresh_card
@@ -21,7 +24,7 @@ from unsee.runs import request_runs, with_all_costs
 
 
 def add_attacks(out: Path, index: int, home: Path, found: Mapping[str, Any], card: Path | None = None,
-                attacked: Mapping[str, Any] | None = None) -> bool:
+                attacked: Mapping[str, Any] | None = None, overwrite: bool = False) -> bool:
     """Add ``found`` to run ``index`` of the results file ``out`` (and to its run.json), and write the
     model card ``card`` (the attacked checkpoint's README.md) again with them: a card that keeps the
     audits of its training only would say the model was never attacked. True where the card was
@@ -31,7 +34,9 @@ def add_attacks(out: Path, index: int, home: Path, found: Mapping[str, Any], car
     output often run side by side (PGD in one terminal, the probe in another), and writing
     back what was read at the start would drop the figures the other wrote meanwhile. ``attacked``
     is the run as it was checked before the attack: a run replaced meanwhile (``unlearn --overwrite``
-    of the same output) measured another model, and takes none of these figures.
+    of the same output) measured another model, and takes none of these figures. Without ``overwrite``,
+    an attack of the same kind that landed meanwhile keeps its figures, and these are kept in a file
+    beside ``out`` (checked before the attack, only the first of two started together was refused).
     """
     from filelock import FileLock
 
@@ -42,6 +47,13 @@ def add_attacks(out: Path, index: int, home: Path, found: Mapping[str, Any], car
             raise DataError(f"{out} was written again while the attack ran, and its run is another model's now; "
                             "nothing was added: attack it again")
         run = results["runs"][index]
+        if not overwrite and (done := sorted(set(found) & set(run.get("attacks", {})))):
+            fd, kept = tempfile.mkstemp(prefix=f"{out.stem}.attacks-", suffix=".json", dir=out.parent)
+            with os.fdopen(fd, "w") as f:
+                json.dump(dict(found), f, indent=2, default=json_default)
+            raise OutputExistsError(f"another attack recorded {done} in {out} while this one ran; nothing was "
+                                    f"added, and this attack's figures are kept in {kept} (pass --overwrite to "
+                                    "record them instead)")
         run["attacks"] = {**run.get("attacks", {}), **found}
         if "seeds" in results:  # the spread over the seeds takes in the new figures
             results["seeds"] = seed_summary(results["runs"])
