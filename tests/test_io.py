@@ -172,6 +172,35 @@ def test_an_overwrite_interrupted_between_its_two_renames_loses_nothing(tmp_path
     assert (out / "results.json").read_text() == "previous"
 
 
+LANDER = """
+import sys
+from pathlib import Path
+from unsee.io import atomic_dir
+failed = 0
+for i in range(int(sys.argv[2])):
+    try:
+        with atomic_dir(Path(sys.argv[1]), overwrite=True, mine=True) as tmp:
+            (tmp / "stage.json").write_text(str(i))
+    except Exception as e:
+        failed += 1
+        print(type(e).__name__, e)
+print("failed", failed)
+"""
+
+
+def test_two_processes_landing_one_cache_entry_at_once_both_succeed(tmp_path: Path) -> None:
+    """Two runs of one job on one cache save the same stage or checkpoint at the same moment: each moved the
+    other's folders between its own two renames, and one failed (Directory not empty, No such file) after
+    its work was done. Landings in one folder now take turns."""
+    entry = tmp_path / "stage-x"
+    writers = [subprocess.Popen([sys.executable, "-c", LANDER, str(entry), "300"], stdout=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    said = [w.communicate(timeout=120)[0] for w in writers]
+    assert [s.splitlines()[-1] for s in said] == ["failed 0", "failed 0"], said
+    assert (entry / "stage.json").read_text() == "299" and (entry / OWNED).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stage-x"]  # no staging folder or previous output left
+
+
 def test_a_killed_writers_half_written_output_is_removed_by_the_next_run(tmp_path: Path) -> None:
     """SIGKILL skips every cleanup: the half-written checkpoint would stay hidden beside the output for good.
     The next write of that output removes it; a live writer's, or another machine's, it leaves alone."""

@@ -25,6 +25,11 @@ from typing import Any
 
 from unsee.errors import OutputError, OutputExistsError
 
+try:
+    import fcntl
+except ImportError:  # not on Windows: outputs land there without the landing lock
+    fcntl = None  # type: ignore[assignment]
+
 
 def content_hash(*parts: Any) -> str:
     """Short hash of JSON-able parts: the key of every cache entry."""
@@ -341,15 +346,71 @@ def _running(pid: int) -> bool:
     return True
 
 
+_LANDING: dict[str, int] = {}  # the folders whose landing lock this process holds, and how deeply
+
+
+@contextlib.contextmanager
+def _landing(folder: Path) -> Iterator[None]:
+    """One process at a time moves outputs in ``folder``: two that saved one cache entry or checkpoint at
+    the same moment (runs of one job on one cache) renamed each other's folders between their own two
+    renames, and one failed after its work was done. The lock is the folder's own (``flock``), so no lock
+    file is left beside the outputs; where the system has no such lock, outputs land unlocked, as before."""
+    key = os.path.realpath(folder)
+    fd = None
+    if fcntl is not None and key not in _LANDING:
+        with contextlib.suppress(OSError):  # a folder not made yet has no other writer to wait for
+            fd = os.open(key, os.O_RDONLY)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    _LANDING[key] = _LANDING.get(key, 0) + 1
+    try:
+        yield
+    finally:
+        _LANDING[key] -= 1
+        if not _LANDING[key]:
+            del _LANDING[key]
+        if fd is not None:
+            os.close(fd)  # and the lock with it
+
+
 def restored(path: str | Path) -> Path:
     """``path``, with the output that :func:`atomic_dir` moved aside put back where a run was killed between
-    moving it and landing its own: a reader that looked first would take the saved work for none."""
+    moving it and landing its own: a reader that looked first would take the saved work for none. Done
+    under the landing lock: a live writer between its renames is not a killed one."""
     path = Path(path)
     old = path.with_name(f".{path.name}.old")
     if not path.exists() and not path.is_symlink() and (old / OWNED).is_file():
-        with contextlib.suppress(FileNotFoundError):  # another process of the launch put it back first
-            os.replace(old, path)
+        with _landing(path.parent), contextlib.suppress(FileNotFoundError):  # or another process put it back
+            if not path.exists() and not path.is_symlink():
+                os.replace(old, path)
     return path
+
+
+def _land(tmp: Path, path: Path, old: Path, *, overwrite: bool, mine: bool) -> None:
+    """Put the finished ``tmp`` in the place of ``path``, the output there moved aside to ``old`` first and
+    deleted once the new one is in place. ``path`` is checked again: a folder that appeared or filled while
+    the work ran is not replaced, and the work is kept beside it."""
+    try:
+        check_output_dir(path, overwrite=overwrite, mine=mine)
+    except OutputError as e:
+        kept = Path(tempfile.mkdtemp(prefix=f"{path.name}.unsee-", dir=path.parent))
+        os.replace(tmp, kept)
+        raise type(e)(f"{e} (it changed while this run worked; this run's output is kept in {kept})") from None
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    _remove(old)
+    aside = True  # before the rename: an interrupt may land just after it
+    try:
+        os.replace(path, old)
+        os.replace(tmp, path)
+        aside = False
+    finally:
+        if aside and not path.exists() and old.exists():  # between the two renames: the previous output goes back
+            os.replace(old, path)
+    # landed: the previous output goes under this writer's name, so that a kill while it is deleted leaves a
+    # leftover the next run removes, never one it would take for the output
+    with contextlib.suppress(KeyboardInterrupt):  # the output is in place: an interrupt now loses nothing
+        discard(old, beside=path)
 
 
 @contextlib.contextmanager
@@ -367,37 +428,20 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False, mine: bool = False)
     path = Path(path)
     if path.is_symlink():
         path = Path(os.path.realpath(path))
-    old = restored(path).with_name(f".{path.name}.old")
-    if old.exists() or old.is_symlink():  # the previous output of a run killed once its own had landed
-        _remove(old)
+    old = path.with_name(f".{path.name}.old")
+    with _landing(path.parent):
+        restored(path)
+        if old.exists() or old.is_symlink():  # the previous output of a run killed once its own had landed
+            _remove(old)
     check_output_dir(path, overwrite=overwrite, mine=mine)
     tmp = staging_dir(path)
-    aside = False
     try:
         yield tmp
         (tmp / OWNED).write_text(OWNED_TEXT)
         _plain_modes(tmp)
-        try:
-            check_output_dir(path, overwrite=overwrite, mine=mine)
-        except OutputError as e:
-            kept = Path(tempfile.mkdtemp(prefix=f"{path.name}.unsee-", dir=path.parent))
-            os.replace(tmp, kept)
-            raise type(e)(f"{e} (it changed while this run worked; this run's output is kept in {kept})") from None
-        if path.exists():
-            _remove(old)
-            aside = True  # before the rename: an interrupt may land just after it
-            os.replace(path, old)
-            os.replace(tmp, path)
-            aside = False
-            # landed: the previous output goes under this writer's name, so that a kill while it is deleted
-            # leaves a leftover the next run removes, never one it would take for the output
-            with contextlib.suppress(KeyboardInterrupt):  # the output is in place: an interrupt now loses nothing
-                discard(old, beside=path)
-        else:
-            os.replace(tmp, path)
+        with _landing(path.parent):
+            _land(tmp, path, old, overwrite=overwrite, mine=mine)
     except BaseException as e:
-        if aside and not path.exists() and old.exists():  # between the two renames: the previous output goes back
-            os.replace(old, path)
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, Exception) and (getattr(e, "errno", None) == ENOSPC or "No space left on device" in str(e)):
             # the writers (safetensors among them) raise their own kinds; the user needs one line
