@@ -22,6 +22,7 @@ from unsee.cli import main
 from unsee.data.schema import Suite
 from unsee.engine.distributed import blocks
 from unsee.engine.trainer import TrainConfig, train
+from unsee.eval.results import load_results
 from unsee.methods import method_class
 from unsee.models import load_adapter
 
@@ -81,7 +82,7 @@ def test_fsdp_two_processes_match_one_process(model_dir: Path, world: Path, tmp_
     assert moved > 10 * TOL
 
 
-def test_launch_mixed_precision_bf16_is_honoured(model_dir: Path, suite: Suite,
+def test_launch_mixed_precision_bf16_is_honoured(model_dir: Path, suite: Suite, world: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """``mixed_precision: bf16`` in the launch config runs the loss under bf16 autocast, like ``bf16=true``."""
     turns = api.training_turns(suite)
@@ -95,6 +96,10 @@ def test_launch_mixed_precision_bf16_is_honoured(model_dir: Path, suite: Suite,
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     launched = first_loss()
     assert asked != plain and launched == asked
+    # and the run records it: a results.json that said bf16 false described another training
+    api.unlearn("graddiff", model_dir, world, tmp_path / "u", forget="forget_10", evaluate_after=False,
+                      overrides=["max_steps=1", "batch_size=2", "progress=false"])
+    assert load_results(tmp_path / "u" / "results.json")["runs"][0]["config"]["bf16"] is True
 
 
 @pytest.mark.parametrize(("env", "overrides", "message"), [

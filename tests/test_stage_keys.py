@@ -350,3 +350,20 @@ def test_a_world_without_forget_10_is_fine_tuned_all_the_same(tmp_path: Path) ->
     model = init_model("tiny-llava", tmp_path / "m", world=world, seed=0)
     cfg = load_config(ft.FinetuneConfig, "quick", RECIPE, kind="finetune")
     assert len(ft.vanilla_stages(model, world, cfg, tmp_path / "cache").paths) == 3
+
+
+def test_a_launchs_mixed_precision_moves_every_key(model_dir: Path, world: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stages trained under a launch's bf16 (or an Accelerator the user's own code built with it) are other
+    models: a plain run took them from the cache as its own, and nothing on them said how they were trained."""
+    from accelerate.state import AcceleratorState
+
+    before = keys(model_dir, world, tmp_path)
+    assert "mixed_precision" not in stage_keys.numerics()  # the keys of stages trained without it are unchanged
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert stage_keys.numerics()["mixed_precision"] == "bf16"
+    launched = keys(model_dir, world, tmp_path)
+    assert all(a != b for a, b in zip(before, launched, strict=True))
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    monkeypatch.setitem(AcceleratorState._shared_state, "_mixed_precision", "bf16")
+    assert keys(model_dir, world, tmp_path) == launched

@@ -281,6 +281,7 @@ def unlearn_adapter(method: str, adapter: Adapter, suite: Suite, *, config: Any 
     check_forget(suite)
     tcfg, mcfg, cls = method_configs(method, config, overrides)
     tcfg.seed = check_seed(seed)
+    tcfg.bf16 = tcfg.bf16 or distributed.launch_mixed_precision() == "bf16"  # the engine autocasts by it: recorded
     if forgotten_images and hasattr(mcfg, "forgotten_images"):
         mcfg.forgotten_images = list(forgotten_images)
     resolved = {**to_dict(tcfg), **{k: v for k, v in to_dict(mcfg).items() if k != "forgotten_images"}}

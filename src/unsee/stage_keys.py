@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unsee.engine.distributed import launch_mixed_precision
 from unsee.io import content_hash
 from unsee.models import adapter_class
 from unsee.models.base import Adapter, Turn
@@ -90,7 +91,9 @@ def thread_counts() -> list[int]:
 
 def numerics(threads: int | None = None, *, on_cpu: bool = False) -> dict[str, Any]:
     """What else a stage's weights depend on: torch's version, the device (on a CPU its model and
-    vector instructions), and on a CPU the thread count.
+    vector instructions), on a CPU the thread count, and the mixed precision a launch (or the user's own
+    Accelerator) asks for, under which the engine's stages train in bf16: named only where it is on, so
+    that the keys of stages trained without it stay as they were.
 
     Training is bit-for-bit reproducible for a fixed value of these and not across them: after
     30 steps of stage 1 the visual weights at one thread differ from those at two, and over a
@@ -101,6 +104,8 @@ def numerics(threads: int | None = None, *, on_cpu: bool = False) -> dict[str, A
     found: dict[str, Any] = {"torch": torch.__version__, "device": device_name()}
     if on_cpu or not torch.cuda.is_available():
         found["threads"] = torch.get_num_threads() if threads is None else threads
+    if (precision := launch_mixed_precision()) != "no":
+        found["mixed_precision"] = precision
     return found
 
 

@@ -99,10 +99,16 @@ def deepspeed_stage() -> int:
 
 
 def launch_mixed_precision(accelerator: Any = None) -> str:
-    """``mixed_precision`` of the launch config (or of an Accelerator built with one): no, bf16, fp16, fp8."""
+    """``mixed_precision`` of the launch config, or of an Accelerator built with one (``accelerator``, else one
+    the user's own code built: accelerate keeps one state per process, which the engine's Accelerator takes
+    on): no, bf16, fp16, fp8. The engine autocasts by it, so the run records it and the stage keys hold it."""
+    from accelerate.state import AcceleratorState
+
     value = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    if accelerator is not None and str(getattr(accelerator, "mixed_precision", "no")) != "no":
-        value = str(accelerator.mixed_precision)
+    built = getattr(accelerator, "mixed_precision", None) if accelerator is not None else \
+        AcceleratorState._shared_state.get("_mixed_precision")
+    if built is not None and str(built) != "no":
+        value = str(built)
     return value.strip().lower() or "no"
 
 
