@@ -100,6 +100,17 @@ def test_shipped_recipes_load() -> None:
         assert cfg.vision_steps > 0 and cfg.ft_steps > 0
 
 
+def test_an_empty_cache_variable_is_unset_not_the_current_folder(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    """``UNSEE_CACHE=`` put every stage in the folder a command ran in, where the next run from elsewhere
+    missed them; it means unset, as an empty ``--cache-dir`` does."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("UNSEE_CACHE", "")
+    assert ft.default_cache() == ft.cache_root("") == tmp_path / ".cache" / "unsee"
+    monkeypatch.setenv("UNSEE_CACHE", str(tmp_path / "c"))
+    assert ft.cache_root(None) == tmp_path / "c"
+
+
 def test_stage1_trains_on_the_worlds_pool_and_is_shared_by_worlds_with_that_pool(
         world: Path, model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[list] = []

@@ -255,10 +255,11 @@ def stage3_mix(own: list[Turn], base: list[Turn], cfg: FinetuneConfig) -> list[T
 
 
 def default_cache() -> Path:
-    """``$UNSEE_CACHE``, else ``~/.cache/unsee``: where stages, worlds and tiny models are cached."""
+    """``$UNSEE_CACHE``, else ``~/.cache/unsee``: where stages, worlds and tiny models are cached. An empty
+    ``UNSEE_CACHE`` is unset, as an empty ``--cache-dir`` is, not the folder a command runs in."""
     import os
 
-    return Path(os.environ.get("UNSEE_CACHE", Path.home() / ".cache" / "unsee"))
+    return Path(os.environ.get("UNSEE_CACHE") or Path.home() / ".cache" / "unsee")
 
 
 def cache_root(cache_dir: str | Path | None) -> Path:
