@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import io
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,12 +11,14 @@ import yaml
 from PIL import Image
 from rich.console import Console
 
+from unsee import cli
 from unsee.errors import OutputExistsError
 from unsee.eval.results import new_results, write_results
 from unsee.report import (
     model_card,
     plot_continual,
     plot_tradeoff,
+    print_results,
     render_report,
     terminal_table,
     write_report,
@@ -153,6 +157,28 @@ def test_terminal_table() -> None:
     console = Console(width=160, record=True)
     console.print(table)
     assert "cvf_ncu" in console.export_text()
+
+
+def test_the_table_keeps_every_name_and_figure_whole_in_a_pipe_and_at_80_columns(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pipe or a file is given 80 columns, and the ruled table needed 85: `graddiff` read `graddi…` and
+    forget_test `forget…`, which could not be told from forget. An output that cannot take a dash crashed
+    on it after the results were saved."""
+    long = {**CVF, "method": "cvf_ncu_with_a_long_setting_name"}
+    res = results(VANILLA, GA, long)
+    terminal = Console(width=80, record=True, force_terminal=True)
+    terminal.print(terminal_table(res))
+    piped = io.StringIO()
+    print_results(res, Console(file=piped, width=80))
+    for text in (terminal.export_text(), piped.getvalue()):
+        assert "…" not in text and "forget_test" in text and "0.50" in text
+    assert "cvf_ncu_with_a_long_setting_name" in piped.getvalue()  # a log is read wider: nothing folds
+    plain = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", plain)
+    cli._plain_text_where_asked()
+    print_results(res)
+    plain.flush()
+    assert b"cvf_ncu_with_a_long_setting_name" in plain.buffer.getvalue()
 
 
 def _assert_png(path: Path) -> None:

@@ -356,8 +356,18 @@ def parser(method_help: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def _plain_text_where_asked() -> None:
+    """Output that cannot take every character (``PYTHONIOENCODING=ascii``, an old terminal's code page) shows
+    a '?' for a dash or an arrow: the table at the end of a run crashed there after its results were saved."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = str(getattr(stream, "encoding", "") or "").lower().replace("-", "")
+        if encoding and not encoding.startswith("utf") and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _plain_text_where_asked()
     try:
         method = _asked_method(argv)
         p = parser(method_options(method) if method else None)

@@ -27,7 +27,7 @@ from unsee.io import atomic_dir, atomic_write_text, check_output_dir, content_ha
 from unsee.methods import ALL, method_class
 from unsee.models import load_adapter
 from unsee.models.tiny import cached_init, check_arch
-from unsee.report import terminal_table, write_report
+from unsee.report import print_results, write_report
 from unsee.runs import (
     check_forget,
     eval_options,
@@ -182,7 +182,7 @@ def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", 
         (tmp / "demo.json").write_text(json.dumps({"config": to_dict(cfg), "arch": arch, "seed": seed, "seeds": seeds,
                                                    "reference": None if reference is None else str(reference),
                                                    "world": str(world), "vanilla": str(vanilla)}, indent=2))
-    console.print(terminal_table(results))
+    print_results(results, console)
     console.print(f"report: {out / 'report.md'}  plot: {out / 'tradeoff.png'}  examples: {out / 'examples.md'}")
     return out
 

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from unsee.errors import OutputExistsError
 from unsee.eval.results import load_results, load_samples, merge_results
 from unsee.io import atomic_write_text, staging_dir
@@ -25,11 +27,15 @@ __all__ = ["model_card", "plot_continual", "plot_losses", "plot_tradeoff", "prin
 REPORT_FILES = ("report.md", "tradeoff.png", "continual.png", "losses.png")
 
 
-def print_results(res: dict) -> None:
-    """A results object as the table ``unsee eval`` prints."""
-    from rich.console import Console
-
-    Console().print(terminal_table(res))
+def print_results(res: dict, console: Console | None = None) -> None:
+    """A results object as the table ``unsee eval`` and the demo print. Written to a file or a pipe, the
+    table takes the width it needs: a pipe is given 80 columns, and a log is read wider."""
+    console = console or Console()
+    table = terminal_table(res)
+    if not console.is_terminal:
+        natural = console.measure(table, options=console.options.update_width(1000)).maximum
+        console = Console(file=console.file, width=max(console.width, natural))
+    console.print(table)
 
 
 def write_report(

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any, NamedTuple
 
+from rich import box
 from rich.table import Table
 
 from unsee.audit.verdicts import reference_checks
@@ -443,15 +444,11 @@ def terminal_table(results: Mapping[str, Any]) -> Table:
     runs = list(results["runs"])
     several = len(group_runs(runs)) > 1
     groups = [g for g in TERMINAL_GROUPS if any(g in r["metrics"] for r in runs)]
-    table = Table(title="unsee results", show_lines=False)
-    if several:
-        table.add_column("setting")
-    table.add_column("method")
-    table.add_column("req", justify="right")
-    for g in groups:
-        table.add_column(g, justify="right")
-    table.add_column("score", justify="right")
-    table.add_column("wall s", justify="right")
+    # no vertical rules, and a cell too wide folds onto the next line: at 80 columns (a terminal's, and what
+    # a pipe is given) the ruled table cut names and figures to '…'
+    table = Table(title="unsee results", show_lines=False, box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
+    for name in [*(["setting"] if several else []), "method", "req", *groups, "score", "wall s"]:
+        table.add_column(name, justify="left" if name in ("setting", "method") else "right", overflow="fold")
     grouped = group_runs(runs)
     labels = setting_labels(grouped)
     for setting, setting_runs in grouped.items():
