@@ -4,6 +4,7 @@ import copy
 import hashlib
 import json
 import math
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,35 @@ def test_environment_never_fails_without_git(monkeypatch: pytest.MonkeyPatch) ->
         provenance._git_state.cache_clear()
     assert env["git_hash"] is None
     assert env["python"]
+
+
+def test_an_install_inside_the_users_own_repository_records_no_commit(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wheel installed in ``project/.venv`` found the project's repository above it, and results.json
+    and the report named the user's commit (and its edits) as unsee's."""
+    git = ["git", "-c", "user.email=u@example.org", "-c", "user.name=u"]
+    (tmp_path / ".gitignore").write_text(".venv/\n")
+    (tmp_path / "notes.txt").write_text("mine\n")
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "init"]):
+        subprocess.run([*git, *args], cwd=tmp_path, check=True, capture_output=True)
+    (tmp_path / "notes.txt").write_text("edited\n")
+    installed = tmp_path / ".venv" / "lib" / "site-packages" / "unsee"
+    installed.mkdir(parents=True)
+    for name in ("__init__.py", "provenance.py"):
+        (installed / name).write_text("")
+    monkeypatch.setattr(provenance, "__file__", str(installed / "provenance.py"))
+    provenance._git_state.cache_clear()
+    try:
+        assert provenance._git_state() == (None, None)
+        monkeypatch.undo()
+        provenance._git_state.cache_clear()
+        commit, _ = provenance._git_state()  # this checkout's own commit is still read
+    finally:
+        provenance._git_state.cache_clear()
+    checkout = Path(provenance.__file__).resolve().parents[2]
+    if (checkout / ".git").exists():
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True).stdout
+        assert commit == head.strip()
 
 
 def test_write_and_load_roundtrip(tmp_path: Path) -> None:

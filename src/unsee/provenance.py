@@ -30,9 +30,13 @@ if TYPE_CHECKING:
 
 @lru_cache(maxsize=1)
 def _git_state() -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the checkout holding this package; (None, None) for an installed wheel."""
+    """(commit, dirty) of the checkout holding this package; (None, None) for an installed wheel, also one
+    installed inside the user's own repository (``project/.venv``), whose commit is not unsee's: the package's
+    files must be that checkout's own."""
     here = Path(__file__).resolve().parent
     try:
+        subprocess.run(["git", "ls-files", "--error-unmatch", "__init__.py"], cwd=here, capture_output=True,
+                       timeout=10, check=True)
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
