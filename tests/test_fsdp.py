@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -129,6 +130,8 @@ def test_launches_the_engine_cannot_honour_are_refused_in_one_line(
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert not out.exists()
+    # a launch config the advice names is one the user has, run from any folder, installed or not
+    assert all(Path(f).is_absolute() and Path(f).is_file() for f in re.findall(r"[^\s()]+\.yaml", err))
 
 
 def test_zero_configs_ask_for_deepspeed_and_the_fsdp_config_for_version_2() -> None:

@@ -25,11 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from unsee.config import SHIPPED
 from unsee.data.collate import check_split
 from unsee.errors import ConfigError
 from unsee.models.base import Adapter
 
-LAUNCHERS = "src/unsee/configs/accelerate/ddp.yaml (or one process)"
+LAUNCH_CONFIGS = SHIPPED / "accelerate"  # where the shipped launch configs are, in a checkout or an install
+LAUNCHERS = f"{LAUNCH_CONFIGS / 'ddp.yaml'} (or one process)"
 
 
 class Alone:
@@ -130,14 +132,14 @@ def check_launch(method: Any = None, batch_size: int | None = None, eval_every: 
     if stage:
         if not torch.cuda.is_available():
             raise ConfigError(f"DeepSpeed ZeRO-{stage} runs on GPUs only and this machine has none; on a CPU "
-                              "launch with src/unsee/configs/accelerate/cpu.yaml")
+                              f"launch with {LAUNCH_CONFIGS / 'cpu.yaml'}")
         raise ConfigError(
             f"DeepSpeed ZeRO-{stage}: the engine's masks, projections and NaN guard need the gradients, which "
-            "DeepSpeed keeps in its own buffers; launch with src/unsee/configs/accelerate/fsdp.yaml instead")
+            f"DeepSpeed keeps in its own buffers; launch with {LAUNCH_CONFIGS / 'fsdp.yaml'} instead")
     version = fsdp_version()
     if version == 1:
-        raise ConfigError("FSDP1 is not supported: set fsdp_version: 2 in the launch config "
-                          "(src/unsee/configs/accelerate/fsdp.yaml)")
+        raise ConfigError(f"FSDP1 is not supported: set fsdp_version: 2 in the launch config (as "
+                          f"{LAUNCH_CONFIGS / 'fsdp.yaml'} does)")
     if version and _env_true("FSDP_OFFLOAD_PARAMS"):
         raise ConfigError("fsdp_offload_params is not supported: the engine keeps the shards on the device; "
                           "use reference_device=cpu or a smaller scope to save memory")
