@@ -15,7 +15,7 @@ import pytest
 from unsee import io as io_module
 from unsee.cli import main
 from unsee.errors import OutputError, OutputExistsError
-from unsee.io import OWNED, _umask, atomic_dir, atomic_write_text
+from unsee.io import OWNED, _umask, atomic_dir, atomic_write_text, check_output_dir
 
 
 @pytest.fixture
@@ -199,6 +199,21 @@ def test_two_processes_landing_one_cache_entry_at_once_both_succeed(tmp_path: Pa
     assert [s.splitlines()[-1] for s in said] == ["failed 0", "failed 0"], said
     assert (entry / "stage.json").read_text() == "299" and (entry / OWNED).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stage-x"]  # no staging folder or previous output left
+
+
+def test_the_folder_a_command_runs_in_is_refused_as_its_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """``--out .`` crashed with a traceback (a path with no name), and ``--out $PWD`` moved the shell's own
+    folder aside to land the output in its place."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for out in (".", "", str(here), ".."):
+        assert main(["model", "init", "--arch", "tiny-llava", "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert "is the folder this command runs in" in err and "Traceback" not in err
+    assert not any(tmp_path.rglob("*.json"))
+    check_output_dir(here / "out", overwrite=False)  # a folder inside it is fine
 
 
 def test_a_killed_writers_half_written_output_is_removed_by_the_next_run(tmp_path: Path) -> None:

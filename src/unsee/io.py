@@ -237,6 +237,17 @@ def _size(n: int) -> str:
     return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
 
 
+def _not_around_here(path: Path) -> None:
+    """An output lands whole in the place of its folder: ``--out .`` (or a folder holding the one the command
+    runs in) would move the shell's own folder aside, and crashed on a path with no name."""
+    with contextlib.suppress(OSError):  # a working folder deleted meanwhile holds no output
+        here = Path.cwd().resolve()
+        if (here / path).resolve() in (here, *here.parents):
+            raise OutputError(f"--out {str(path) or '.'} is the folder this command runs in, or holds it, and an "
+                              "output replaces its folder whole; give a folder inside it, such as --out "
+                              f"{path / 'out'}")
+
+
 def check_output_dir(path: str | Path, *, overwrite: bool, marker: str | None = None,
                      inputs: Iterable[str | Path | None] = (), mine: bool = False,
                      writes: Iterable[str | Path | None] = ()) -> None:
@@ -250,6 +261,7 @@ def check_output_dir(path: str | Path, *, overwrite: bool, marker: str | None = 
     ``writes``: the other folders the run writes (the stage cache), which must not overlap an input either.
     """
     path = Path(path)
+    _not_around_here(path)
     inputs = list(inputs)
     check_not_input(path, inputs)
     for where in writes:  # a stage cache may hold an input (the vanilla model it built), never lie in one
