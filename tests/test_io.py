@@ -216,6 +216,27 @@ def test_the_folder_a_command_runs_in_is_refused_as_its_output(tmp_path: Path, m
     check_output_dir(here / "out", overwrite=False)  # a folder inside it is fine
 
 
+def test_a_read_only_cache_entry_is_copied_out_as_a_writable_output(tmp_path: Path) -> None:
+    """``unsee finetune`` and ``retrain`` copy a finished cache entry into their output; from a read-only
+    cache its mark came along read-only, and the landing, which writes the mark, failed with a traceback
+    (as any user but root)."""
+    entry = tmp_path / "cache" / "stage3-x"
+    with atomic_dir(entry, mine=True) as tmp:
+        (tmp / "model.safetensors").write_bytes(b"w")
+        (tmp / "unsee_stage.json").write_text("{}")
+    for f in (*entry.iterdir(), entry):
+        f.chmod(0o555 if f.is_dir() else 0o444)
+    try:
+        out = tmp_path / "vanilla"
+        with atomic_dir(out) as tmp:
+            io_module.copy_entry(entry, tmp, but=("unsee_stage.json",))
+            assert sorted(p.name for p in tmp.iterdir()) == ["model.safetensors"]  # no mark: the landing writes it
+            assert all(mode(p) & stat.S_IWUSR for p in tmp.iterdir())
+        assert (out / OWNED).is_file() and (out / "model.safetensors").read_bytes() == b"w"
+    finally:
+        entry.chmod(0o755)
+
+
 def test_a_killed_writers_half_written_output_is_removed_by_the_next_run(tmp_path: Path) -> None:
     """SIGKILL skips every cleanup: the half-written checkpoint would stay hidden beside the output for good.
     The next write of that output removes it; a live writer's, or another machine's, it leaves alone."""

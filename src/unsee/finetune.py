@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from unsee.engine.checkpoint import remove_checkpoint, resumed
 from unsee.engine.distributed import check_launch, is_main_process, wait_for_everyone
 from unsee.engine.trainer import TrainConfig, train
 from unsee.errors import ConfigError, ModelError
-from unsee.io import atomic_dir, check_output_dir, content_hash
+from unsee.io import atomic_dir, check_output_dir, content_hash, copy_entry
 from unsee.methods.base import BaseMethod, nll
 from unsee.models import check_safetensors, load_adapter, model_fingerprint
 from unsee.models.base import Adapter, Turn
@@ -447,8 +446,7 @@ def finetune(
                           "numerics": meta.get("numerics")}
     if is_main_process():  # under `accelerate launch` the first process writes the result
         with atomic_dir(out, overwrite=overwrite) as tmp:
-            for f in stage3.iterdir():
-                shutil.copy2(f, tmp / f.name)
+            copy_entry(stage3, tmp)
             (tmp / VANILLA_FILE).write_text(json.dumps({
                 "base_model": str(Path(model).resolve()) if Path(model).exists() else str(model),
                 "base_fingerprint": plan.base_fingerprint, "world": str(data),

@@ -17,7 +17,6 @@ finished one is copied. The built-in world has its own staged recipe in :mod:`un
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from unsee.engine.checkpoint import remove_checkpoint, resumed
 from unsee.engine.distributed import is_main_process
 from unsee.engine.trainer import TrainConfig, train
 from unsee.finetune import STAGE_FILE, VANILLA_FILE, local_model, partial_dir, stage_done
-from unsee.io import atomic_dir, check_output_dir
+from unsee.io import atomic_dir, check_output_dir, copy_entry
 from unsee.methods.base import BaseMethod, nll
 from unsee.models import load_adapter, model_fingerprint
 from unsee.models.base import Adapter, Turn
@@ -112,9 +111,7 @@ def _publish(entry: Path, out: str | Path, record: dict[str, Any], name: str, ov
         return Path(out)
     meta = json.loads((entry / STAGE_FILE).read_text())
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        for f in entry.iterdir():
-            if f.name != STAGE_FILE:
-                shutil.copy2(f, tmp / f.name)
+        copy_entry(entry, tmp, but=(STAGE_FILE,))
         (tmp / name).write_text(json.dumps({**record, "entry": entry.name, "seconds": meta.get("seconds"),
                                             "stats": meta.get("stats"), "numerics": meta.get("numerics")}, indent=2))
     return Path(out)

@@ -237,6 +237,16 @@ def _size(n: int) -> str:
     return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
 
 
+def copy_entry(entry: Path, tmp: Path, *, but: Iterable[str] = ()) -> None:
+    """The files of a finished cache entry into an output being made: their contents, not their modes (the
+    mark of a read-only cache, copied read-only, could not be written again when the output landed), and
+    not the entry's own mark, which the output gets as it lands (nor the files named in ``but``)."""
+    left_out = {OWNED, *but}
+    for f in entry.iterdir():
+        if f.is_file() and f.name not in left_out:
+            shutil.copyfile(f, tmp / f.name)
+
+
 def _not_around_here(path: Path) -> None:
     """An output lands whole in the place of its folder: ``--out .`` (or a folder holding the one the command
     runs in) would move the shell's own folder aside, and crashed on a path with no name."""

@@ -12,7 +12,6 @@ it is set beside what the model that never saw the photos gives.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from unsee.finetune import (
     stage_done,
     world_fingerprint,
 )
-from unsee.io import atomic_dir, check_output_dir
+from unsee.io import atomic_dir, check_output_dir, copy_entry
 from unsee.models import load_adapter
 from unsee.models.base import Adapter, Turn, model_fingerprint
 from unsee.stage_keys import RETRAINED, RETRAINED_KNOWN, batch_adapter, thread_counts, turns_fingerprint
@@ -196,8 +195,7 @@ def retrain(vanilla: str | Path, data: str | Path, out: str | Path, *, forget: s
     seconds = json.loads((path / STAGE_FILE).read_text()).get("seconds")
     if is_main_process():  # under `accelerate launch` the first process writes it, and the others wait
         with atomic_dir(out, overwrite=overwrite) as tmp:
-            for f in path.iterdir():
-                shutil.copy2(f, tmp / f.name)
+            copy_entry(path, tmp)
             (tmp / RETRAINED_FILE).write_text(json.dumps({
                 "vanilla": str(vanilla), "world": str(data), "world_fingerprint": meta["world_fingerprint"],
                 "forget": forget, "without": plan.without, "stage": path.name, "cached": cached,
