@@ -663,6 +663,19 @@ def test_a_pickled_reference_loads_where_pickle_is_allowed(adapter: HFAdapter, w
     assert "forget_acc" in figures
 
 
+def test_a_cache_that_cannot_be_written_loses_no_audit(adapter: HFAdapter, world: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The reference's figures are kept in the cache: one that could not be written (read-only, or a file)
+    stopped ``unlearn --audit`` after its training and evaluation, and nothing landed."""
+    from unsee.unlearning import ReferenceAudits
+
+    cache = tmp_path / "cache"
+    cache.write_text("a file, not a folder")
+    suite = api.load_suite(world, "forget_15")
+    figures = ReferenceAudits(Path(adapter.source), suite, api.audit_config(["probe_steps=2"]), cache)("probe")
+    assert "forget_acc" in figures and "are not kept in" in capsys.readouterr().err
+
+
 def test_an_attack_on_a_request_file_records_the_request_as_its_split(adapter: HFAdapter, world: Path,
                                                                     tmp_path: Path) -> None:
     """--forget is no split of a request: recorded as one, the next attack on the same file was refused."""

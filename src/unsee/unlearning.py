@@ -24,7 +24,7 @@ from unsee.config import check_seed, load_config, to_dict
 from unsee.data.schema import Suite
 from unsee.engine.distributed import on_accelerator
 from unsee.engine.trainer import frozen_copy
-from unsee.errors import ConfigError, DataError, ModelError
+from unsee.errors import ConfigError, DataError, ModelError, OutputError
 from unsee.eval.results import strip_samples
 from unsee.finetune import default_cache, world_fingerprint
 from unsee.io import atomic_write_json, content_hash, imported_modules, source_fingerprint
@@ -233,8 +233,12 @@ class ReferenceAudits:
             self._adapter = load_adapter(self.path, dtype=self.dtype, allow_pickle=self.allow_pickle)
         figures = run_attacks(self._adapter, self.suite, [kind], self.cfg, strict=False, keep_items=True)[kind]
         self._memo[kind] = figures
-        file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(file, figures)
+        try:  # a cache of figures, not the run's output: a cache that cannot be written loses the run nothing
+            file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(file, figures)
+        except (OSError, OutputError) as e:
+            print(f"unsee: the reference's {kind} figures are not kept in {self.cache} ({str(e).splitlines()[0]}); "
+                  "they are computed again next time", file=sys.stderr)
         return figures
 
 
