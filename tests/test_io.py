@@ -237,6 +237,15 @@ def test_a_read_only_cache_entry_is_copied_out_as_a_writable_output(tmp_path: Pa
         entry.chmod(0o755)
 
 
+def test_an_output_written_as_a_folder_holds_the_results_file(model_dir: Path, world: Path, tmp_path: Path) -> None:
+    """``--out ev/`` lost its slash: eval and attack wrote a file named ``ev`` (and ``ev.samples.jsonl``)."""
+    for command, extra in (("eval", ["--max-items", "1"]), ("attack", ["max_items=1"])):
+        out = tmp_path / command
+        args = [command, *(["shift"] if command == "attack" else []), "--model", str(model_dir), "--data", str(world)]
+        assert main([*args, "--out", f"{out}/", "--forget", "forget_5", *extra]) == 0
+        assert out.is_dir() and (out / "results.json").is_file() and (out / "samples.jsonl").is_file()
+
+
 def test_a_killed_writers_half_written_output_is_removed_by_the_next_run(tmp_path: Path) -> None:
     """SIGKILL skips every cleanup: the half-written checkpoint would stay hidden beside the output for good.
     The next write of that output removes it; a live writer's, or another machine's, it leaves alone."""

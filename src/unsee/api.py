@@ -46,6 +46,7 @@ from unsee.io import (
     check_output_dir,
     check_output_file,
     check_writable,
+    results_file,
 )
 from unsee.methods import method_class
 from unsee.methods.eraser.method import SteeringArtifact
@@ -190,7 +191,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
     ``eraser`` with a steering file, or the method on an unlearned checkpoint's card: neither may
     read as the baseline of a report. Its cost is the evaluation's, marked so (``covers``).
     """
-    out = Path(out)
+    out = results_file(out)
     method = method or ("eraser" if steering is not None else unlearned_by(model) or "vanilla")
     check_run_name(method, steering)
     inputs = _local(model, data, steering)
@@ -424,9 +425,7 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
         raise ConfigError(f"unknown attack {kind!r}; choose from {', '.join(ATTACKS)} or all")
     check_run_name(method, steering)
     cfg = audit_config(overrides, seed, dtype=dtype if "relearn" in kinds else None)  # before any model loads
-    out = Path(out)
-    if out.is_dir():  # an unlearn output directory
-        out = out / "results.json"
+    out = results_file(out, in_folder=True)
     for written, around in ((out, False), (cache_dir, True)):  # the results; the reference audits' cache
         if written is not None:
             check_not_input(written, _local(model, data, vanilla, steering, reference), around=around)

@@ -294,6 +294,15 @@ def check_output_dir(path: str | Path, *, overwrite: bool, marker: str | None = 
     check_writable(path)
 
 
+def results_file(out: str | Path, *, in_folder: bool = False) -> Path:
+    """The results file an output path names: ``DIR/`` (written as a folder, with its slash) holds
+    ``DIR/results.json``, and with ``in_folder`` so does any folder that exists (an unlearn output); a plain
+    path is the file itself. The slash was dropped, and a file named ``DIR`` written where the user asked
+    for a folder."""
+    folder = isinstance(out, str) and out.endswith(("/", os.sep)) and bool(out.strip("/" + os.sep))
+    return Path(out) / "results.json" if folder or (in_folder and Path(out).is_dir()) else Path(out)
+
+
 def check_output_file(path: str | Path, *, overwrite: bool, inputs: Iterable[str | Path | None] = ()) -> None:
     """The same checks for an output that is one file (a results.json)."""
     path = Path(path)
