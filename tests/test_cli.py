@@ -36,6 +36,21 @@ def test_python_dash_m_runs_the_command_line() -> None:
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 
+def test_a_home_folder_written_as_a_tilde_is_the_home_folder_for_every_option(
+        model_dir: Path, world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--out=~/x`` and quoted paths reach unsee with their ``~``: --data read it as the home folder, while
+    --model looked it up on the hub and --out made a folder named ``~``."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "m").symlink_to(model_dir)
+    (home / "w").symlink_to(world)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "--model", "~/m", "--data", "~/w", "--out=~/ev.json", "--forget", "forget_5",
+                 "--max-items", "1"]) == 0
+    assert (home / "ev.json").is_file() and not (tmp_path / "~").exists()
+
+
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 0
     out = capsys.readouterr().out

@@ -365,6 +365,18 @@ def _plain_text_where_asked() -> None:
             stream.reconfigure(errors="replace")
 
 
+def _expand_home(args: argparse.Namespace) -> None:
+    """A path given as ``--out=~/x``, or quoted, reaches unsee with its ``~`` (the shell expands it only at
+    the start of a word): some options read it as the home folder and others did not (a folder named ``~``
+    was made, a model was looked up on the hub). Every option's is the home folder here."""
+    for key, value in vars(args).items():
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, key, os.path.expanduser(value))
+        elif isinstance(value, list) and any(isinstance(v, str) and v.startswith("~") for v in value):
+            setattr(args, key, [os.path.expanduser(v) if isinstance(v, str) and v.startswith("~") else v
+                                for v in value])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _plain_text_where_asked()
@@ -377,6 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # key=value overrides may also come after options (``unsee attack pgd --model M pgd_steps=5``),
     # where argparse no longer matches positionals
     args, extra = p.parse_known_args(argv)
+    _expand_home(args)
     if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
         args.overrides = [*args.overrides, *extra]
     elif extra:
