@@ -699,6 +699,7 @@ def test_a_continual_run_on_requests_is_told_apart_before_its_data_is(tmp_path: 
            "data": {"path": "req1.yaml,req2.yaml"}}
     with pytest.raises(DataError, match="continual run on the requests req1\\+req2, which one request cannot"):
         attacked_run({"runs": [run]}, tmp_path / "results.json", tmp_path / "model", None, data=tmp_path)
-    with pytest.raises(DataError, match="pass the request file it ran on"):
-        attacked_run({"runs": [{**run, "data": {"path": "req1.yaml"}}]}, tmp_path / "results.json",
-                     tmp_path / "model", None, data=tmp_path)
+    for one in ("req1.yaml", "/requests/Smith, J/request.yaml"):  # a comma in a folder's name joins no requests
+        with pytest.raises(DataError, match="pass the request file it ran on"):
+            attacked_run({"runs": [{**run, "data": {"path": one}}]}, tmp_path / "results.json",
+                         tmp_path / "model", None, data=tmp_path)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from unsee.data.request import is_request_file
+from unsee.data.request import SUFFIXES, is_request_file
 from unsee.data.schema import Suite
 from unsee.errors import DataError, OutputExistsError
 from unsee.eval.results import load_results, seed_summary, write_results
@@ -74,8 +74,10 @@ def add_attacks(out: Path, index: int, home: Path, found: Mapping[str, Any], car
 
 
 def _on_requests(run: Mapping[str, Any]) -> bool:
-    """Whether a run is a continual one on several request files (its data names them all)."""
-    return len(str((run.get("data") or {}).get("path", "")).split(",")) > 1
+    """Whether a run is a continual one on several request files (its data names them all, resolved and joined
+    by commas): a folder with a comma in its name (``Smith, J/request.yaml``) holds one request."""
+    parts = str((run.get("data") or {}).get("path", "")).split(",")
+    return len(parts) > 1 and all(Path(p).suffix.lower() in SUFFIXES for p in parts)
 
 
 def _continual_refusal(out: Path, run: Mapping[str, Any]) -> DataError:
