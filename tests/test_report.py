@@ -17,7 +17,9 @@ from unsee.eval.results import new_results, write_results
 from unsee.report import (
     model_card,
     plot_continual,
+    plot_losses,
     plot_tradeoff,
+    plots,
     print_results,
     render_report,
     terminal_table,
@@ -25,7 +27,7 @@ from unsee.report import (
 )
 from unsee.report.card import verdict
 from unsee.report.plots import continual_panels, continual_series, continual_values
-from unsee.report.tables import config_variants
+from unsee.report.tables import config_variants, in_group_order
 
 GROUPS = ("forget", "forget_test", "retain", "text_forget", "text_retain", "known", "general")
 
@@ -217,6 +219,52 @@ def test_plot_continual_is_png(tmp_path: Path) -> None:
     _assert_png(plot_continual(results(VANILLA, *continual_runs()), tmp_path / "continual.png"))
     other = second_seed()
     _assert_png(plot_continual(results(VANILLA, *continual_runs(), *other), tmp_path / "seeds.png"))
+
+
+def _drawn(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The figures the plots draw, kept as they are saved."""
+    kept: list[Any] = []
+    real = plots._save_png
+    monkeypatch.setattr(plots, "_save_png", lambda fig, path: (kept.append(fig), real(fig, path))[1])
+    return kept
+
+
+def test_each_requests_own_people_are_points_and_the_requests_run_in_number_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At request k, forget_test and text_forget hold request k's own people: one line through them drew a
+    change of people as a trend. And forget_r10 came between forget_r1 and forget_r2."""
+    drawn = _drawn(monkeypatch)
+    runs = [{**r, "metrics": {**r["metrics"], "forget_test": {"mcq": 0.3 + 0.1 * r["request"], "n": 9}}}
+            for r in continual_runs()]
+    plot_continual(results(VANILLA, *runs), tmp_path / "c.png")
+    lines = {line.get_label(): line for line in drawn[0].axes[0].get_lines()}
+    own = lines["forget_test (each request's own people)"]
+    assert own.get_linestyle() == "None" and list(own.get_xdata()) == [1, 2, 3]
+    assert lines["retain"].get_linestyle() != "None"
+    assert in_group_order(["forget_r10", "retain", "forget_r2", "forget_r1", "forget"]) == [
+        "forget", "retain", "forget_r1", "forget_r2", "forget_r10"]
+
+
+def test_loss_curves_of_one_method_at_two_settings_are_told_apart(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs of one method at two learning rates were keyed alike ([graddiff forget_10 s0 #1] and #2), and a
+    key of every run's every term ran off the figure: one colour per run and one line style per term."""
+    history = [{"step": s, "loss": 1.0 / s, "nll_f": 2.0, "nll_r": 0.5} for s in (1, 2, 3)]
+    slow = run("graddiff", {"forget": 0.5}, history=history, config={"lr": 1e-5})
+    fast = run("graddiff", {"forget": 0.3}, history=history, config={"lr": 1e-4})
+    assert plots.run_tags([slow, fast]) == ["graddiff s0 [lr=1e-05]", "graddiff s0 [lr=0.0001]"]
+    drawn = _drawn(monkeypatch)
+    plot_losses(results(slow, fast), tmp_path / "l.png")
+    key = [t.get_text() for t in drawn[0].axes[0].get_legend().get_texts()]
+    assert key == ["graddiff s0 [lr=1e-05]", "graddiff s0 [lr=0.0001]", "loss", "nll_f", "nll_r"]
+
+
+def test_labels_at_one_point_are_stacked_and_those_on_the_right_read_leftwards() -> None:
+    """Methods at one point printed their labels over each other, and a long label ran off the right edge."""
+    points = [("ga", 0.9, 0.7, None, None), ("npo", 0.9, 0.7, None, None), ("kl", 0.2, 0.7, None, None)]
+    (dx1, dy1, side1), (_, dy2, side2), (dx3, dy3, side3) = plots.label_offsets(points)
+    assert side1 == side2 == "right" and dx1 < 0 and dy1 != dy2
+    assert side3 == "left" and dx3 > 0 and dy3 == dy1  # far from the others: its own first line
 
 
 def test_continual_panel_follows_a_method_across_its_requests() -> None:

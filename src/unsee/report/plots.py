@@ -24,6 +24,7 @@ from unsee.report.tables import (
     figure,
     group_runs,
     headline_key,
+    in_group_order,
     score_of,
     setting_labels,
     setting_of,
@@ -34,6 +35,9 @@ RETENTION_LABEL = (
     "retention R: min over groups of acc / vanilla acc (capped at 1)\n"
     "groups: " + ", ".join(RETENTION_GROUPS)
 )
+
+
+KEYED_WIDTH = 7.6  # inches a panel takes with its key beside it
 
 
 def _new_figure(panels: int, *, width: float = 5.2, height: float = 4.4) -> tuple[Any, list[Any]]:
@@ -79,16 +83,18 @@ def plot_tradeoff(results: Mapping[str, Any], path: str | Path) -> Path:
         if key == "mcq":
             ax.axvline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance})")
         plotted = 0
-        x = figure(vanilla, "forget", key)
-        if x is not None:
-            ax.scatter([x], [1.0], marker="*", s=220, color="black", zorder=3, label="vanilla")
-            ax.annotate("vanilla", (x, 1.0), textcoords="offset points", xytext=(-8, -14), ha="right", fontsize=8)
+        at = figure(vanilla, "forget", key)
+        if at is not None:
+            ax.scatter([at], [1.0], marker="*", s=220, color="black", zorder=3, label="vanilla")
+            ax.annotate("vanilla", (at, 1.0), textcoords="offset points", xytext=(-8, 4), ha="right", fontsize=8)
             plotted += 1
-        for label, x, y, xerr, yerr in tradeoff_points(runs, vanilla, key):
+        points = tradeoff_points(runs, vanilla, key)
+        for (label, x, y, xerr, yerr), (dx, dy, side) in zip(points, label_offsets(points, vanilla_at=at),
+                                                              strict=True):
             ax.errorbar([x], [y], xerr=None if xerr is None else [[xerr[0]], [xerr[1]]],
                         yerr=None if yerr is None else [[yerr], [yerr]], fmt="o", markersize=6, capsize=3,
                         elinewidth=1, zorder=3)
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(dx, dy), ha=side, fontsize=8)
             plotted += 1
         if vanilla is None or plotted == 0:
             ax.text(
@@ -107,6 +113,24 @@ def plot_tradeoff(results: Mapping[str, Any], path: str | Path) -> Path:
         _label_panel(ax, f"forget accuracy ({key}; lower is better)", RETENTION_LABEL,
                      labels[setting], legend="lower left")
     return _finish(fig, axes, path, empty=None if settings else "no runs")
+
+
+def label_offsets(points: Sequence[tuple[Any, ...]], *, vanilla_at: float | None = None,
+                  near: tuple[float, float] = (0.35, 0.05)) -> list[tuple[int, int, str]]:
+    """Where each point's label goes, in offset points and alignment: to the left of points on the right half
+    (a long label ran off the figure), and stacked a line apart where labels on one side would overlap
+    (methods at one point, or within a label's width on one row: each printed over the others, and none could
+    be read)."""
+    placed: list[tuple[float, float, str]] = []
+    if vanilla_at is not None:
+        placed.append((vanilla_at, 1.0, "right"))  # the vanilla star's own label, to its upper left
+    out = []
+    for _, x, y, *_ in points:
+        side = "right" if x > 0.55 else "left"
+        crowd = sum(1 for px, py, ps in placed if ps == side and abs(px - x) < near[0] and abs(py - y) < near[1])
+        placed.append((x, y, side))
+        out.append((-6 if side == "right" else 6, 4 - 10 * crowd, side))
+    return out
 
 
 def tradeoff_points(runs: Sequence[Mapping[str, Any]], vanilla: Mapping[str, Any] | None,
@@ -141,12 +165,18 @@ def tradeoff_points(runs: Sequence[Mapping[str, Any]], vanilla: Mapping[str, Any
     return points
 
 
+# Groups that hold, at request k, request k's own people (its held-out views, its text questions): measured
+# once for each request's people, they are no line through time
+OWN_PEOPLE = ("forget_test", "text_forget")
+
+
 def continual_values(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[int, list[float]]]:
     """Each group's accuracies at each request, one per run that reached it (the seeds of one benchmark).
 
     At request k the ``forget`` group holds request k's own targets, so it is filed as
     ``forget_rk``: each line then follows one request's targets from the moment they were
-    forgotten onwards.
+    forgotten onwards. The groups of :data:`OWN_PEOPLE` are measured for request k's people
+    alone, and are drawn as points.
     """
     values: dict[str, dict[int, list[float]]] = {}
     for run in runs:
@@ -201,12 +231,16 @@ def plot_continual(results: Mapping[str, Any], path: str | Path) -> Path:
     from matplotlib import colormaps
 
     panels = continual_panels(results)
-    fig, axes = _new_figure(len(panels))
+    fig, axes = _new_figure(len(panels), width=KEYED_WIDTH)
     for ax, (title, runs) in zip(axes, panels, strict=False):
         ax.set_prop_cycle(color=colormaps["tab20"].colors)  # a continual panel has more lines than 10 colours
         values = continual_values(runs)
-        for name, points in sorted(_means(values).items()):
-            xs, ys = zip(*points, strict=True)
+        means = _means(values)
+        for name in in_group_order(means):
+            xs, ys = zip(*means[name], strict=True)
+            if name in OWN_PEOPLE:  # request k's own people at k: points of other people, joined by no line
+                ax.plot(xs, ys, linestyle="none", marker="D", markersize=5, label=f"{name} (each request's own people)")
+                continue
             style = "-" if name.startswith("forget") else "--"
             line, = ax.plot(xs, ys, style, marker="o", markersize=4, label=name)
             if any(len(v) > 1 for v in values[name].values()):  # the seeds' range, shaded
@@ -216,7 +250,7 @@ def plot_continual(results: Mapping[str, Any], path: str | Path) -> Path:
         ax.set_xticks(requests)
         ax.set_ylim(-0.02, 1.02)
         ax.axhline(CHANCE, color="grey", linestyle=":", linewidth=1)
-        _label_panel(ax, "request", "accuracy (MCQ; ROUGE-L where a group has none)", title)
+        _label_panel(ax, "request", "accuracy (MCQ; ROUGE-L where a group has none)", title, legend="outside")
     return _finish(fig, axes, path, empty=None if panels else "no continual runs")
 
 
@@ -238,29 +272,55 @@ def plot_losses(results: Mapping[str, Any], path: str | Path) -> Path:
     from matplotlib import colormaps
 
     panels = loss_panels(results)
-    fig, axes = _new_figure(len(panels))
+    fig, axes = _new_figure(len(panels), width=KEYED_WIDTH if any(len(runs) > 1 for _, runs in panels) else 5.2)
     for ax, (method, runs) in zip(axes, panels, strict=False):
-        ax.set_prop_cycle(color=colormaps["tab20"].colors)
+        colours = colormaps["tab20"].colors
+        terms = ["loss", *sorted({k for run in runs for row in run["history"] for k in row} - {"step", "loss"})]
+        styles = dict(zip(terms, ["-", "--", ":", "-.", *[(0, (5, 1, 1, 1, 1, 1))] * len(terms)], strict=False))
+        tags = run_tags(runs)
         for i, run in enumerate(runs):
             rows = run["history"]
-            tag = "" if len(runs) == 1 else f" [{_label(run)} {setting_of(run)[2]} s{run.get('seed', 0)} #{i + 1}]"
             steps = [row["step"] for row in rows]
-            for key in ["loss", *sorted({k for row in rows for k in row} - {"step", "loss"})]:
+            for j, key in enumerate(terms):
                 points = [(s, row[key]) for s, row in zip(steps, rows, strict=True) if key in row]
                 if points:
                     xs, ys = zip(*points, strict=True)
-                    ax.plot(xs, ys, "-" if key == "loss" else "--", linewidth=1.2, label=key + tag)
-        _label_panel(ax, "step", "training loss and its terms", method)
+                    # one run: a colour per term; several: a colour per run and a line style per term, keyed
+                    # apart, so that the key holds runs plus terms, not every run's every term
+                    ax.plot(xs, ys, linestyle=styles[key], linewidth=1.2, label=key if len(runs) == 1 else None,
+                            color=colours[(j if len(runs) == 1 else i) % len(colours)])
+        if len(runs) > 1:
+            for i, t in enumerate(tags):
+                ax.plot([], [], color=colours[i % len(colours)], label=t)
+            for k in terms:
+                ax.plot([], [], color="grey", linestyle=styles[k], label=k)
+        _label_panel(ax, "step", "training loss and its terms", method, legend="outside" if len(runs) > 1 else "best")
     return _finish(fig, axes, path, empty=None if panels else "no training history")
 
 
-def _label_panel(ax: Any, xlabel: str, ylabel: str, title: str, *, legend: str = "best") -> None:
-    """Every panel of every figure is labelled, gridded and keyed the same way."""
+def run_tags(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What tells one method's runs apart in a key: request, seed, the config keys that differ and, where
+    the runs are in several settings, the setting (the same label the tables and the trade-off give)."""
+    variant = config_variants(runs)
+    where = setting_labels(group_runs(runs))
+    several = len(where) > 1
+    tags = [" ".join([_label(run), f"s{run.get('seed', 0)}", *([f"[{variant[id(run)]}]"] if variant[id(run)] else []),
+                      *([f"({where[setting_of(run)]})"] if several else [])]) for run in runs]
+    seen = Counter(tags)
+    return [t + (f" #{i + 1}" if seen[t] > 1 else "") for i, t in enumerate(tags)]
+
+
+def _label_panel(ax: Any, xlabel: str, ylabel: str, title: str, *, legend: str | None = "best") -> None:
+    """Every panel of every figure is labelled, gridded and keyed the same way (``legend``: None where the
+    panel has drawn its own key)."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel, fontsize=8)
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc=legend)
+    if legend == "outside":  # many lines: the key beside the panel, where it covers none of them
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    elif legend is not None:
+        ax.legend(fontsize=7, loc=legend)
 
 
 def _finish(fig: Any, axes: Any, path: str | Path, *, empty: str | None) -> Path:

@@ -109,10 +109,14 @@ def baseline_for(run: Mapping[str, Any], vanilla: Mapping[str, Any] | None,
 
 def ordered_groups(runs: Iterable[Mapping[str, Any]]) -> list[str]:
     """Metric groups in docs/results-format.md order, then continual ``forget_rN`` by N, then the rest by name."""
-    present = {g for r in runs for g in r["metrics"]}
+    return in_group_order({g for r in runs for g in r["metrics"]})
+
+
+def in_group_order(groups: Iterable[str]) -> list[str]:
+    """Group names in the order :func:`ordered_groups` gives: ``forget_r10`` after ``forget_r2``, not before."""
+    present = set(groups)
     known = [g for g in METRIC_GROUPS if g in present]
-    rest = sorted(present - set(known), key=lambda g: (not _is_request_group(g), _request_index(g), g))
-    return known + rest
+    return known + sorted(present - set(known), key=lambda g: (not _is_request_group(g), _request_index(g), g))
 
 
 def _is_request_group(group: str) -> bool:
