@@ -465,7 +465,7 @@ def test_every_flag_a_message_suggests_exists() -> None:
 
     import unsee
 
-    options = _cli_options() | {"--porcelain", "--untracked-files",  # git's own, in the run's provenance
+    options = _cli_options() | {"--porcelain", "--untracked-files", "--error-unmatch",  # git's, in provenance
                                 "--repo-type", "--local-dir", "--include"}  # huggingface-cli's, in download hints
     suggested: dict[str, str] = {}
     for f in Path(unsee.__file__).parent.rglob("*.py"):
