@@ -182,6 +182,10 @@ def _problems(path: Path, **kw: object) -> list[str]:
     (lambda b, t: b["forget"][0].update(photos=[str(_link(t / "gone", t / "nowhere"))]), r"gone is a link that"),
     (lambda b, t: b["forget"][0].update(photos=[str(_strip(t))]), r"cannot read photo .*strip\.png: a 2x600 image"),
     (lambda b, t: b["retain"].append({"name": "Ann Example", "photos": "r0/0.png"}), r"in both forget and retain"),
+    # the same name, its accent written as one character in forget and combining in retain, and its space doubled
+    (lambda b, t: (b["forget"][0].update(name="Ren\u00e9e Example"),
+                   b["retain"].append({"name": "Rene\u0301e  Example", "photos": "r0/0.png"})),
+     r"in both forget and retain"),
     (lambda b, t: b["retain"].append({"name": "retained 1", "photos": str(_png(t / "x.png", 7))}),
      r"duplicate name 'Retained 1'.*retain\[3\]"),
     (lambda b, t: b.update(retain=b["retain"][:2]), rf"too few retained photos: 8; at least {MIN_RETAIN_PHOTOS}"),
@@ -332,6 +336,9 @@ def test_the_evidence_says_which_photos_unlearning_read_and_names_whole_words() 
     assert ed.names_them("This is ed.") and ed.names_them("ED MARSH, surely")
     wei = Shown(role="forget", name="\u5f20\u4f1f", question="q", photo=b"", source="s", before="", after="")
     assert wei.names_them("\u8fd9\u662f\u5f20\u4f1f\u3002")  # a script without spaces has no words to keep whole
+    # an accent composed in the request and combining in the answer (or the other way) is the same name
+    jose = Shown(role="forget", name="Jos\u00e9 Luna", question="q", photo=b"", source="s", before="", after="")
+    assert jose.names_them("This is Jose\u0301  Luna.")
 
 
 def test_training_photos_shown_for_want_of_held_out_ones_are_labelled_so(forgotten: Path, tmp_path: Path) -> None:

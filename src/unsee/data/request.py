@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,12 +198,17 @@ class _Reader:
         return self.cache[path]
 
 
+def one_form(text: str) -> str:
+    """A name as it is compared, hashed and scored: Unicode's composed form (NFC) with its spaces collapsed.
+    "José" typed as an e and a combining accent (as some editors and file systems write it) is the same
+    person as the "José" of one character: the two read alike, yet were two people, in forget and retain
+    at once, and one of them never found in a model's answer."""
+    return unicodedata.normalize("NFC", " ".join(text.split()))
+
+
 def _names(raw: Any) -> tuple[str, ...]:
-    if isinstance(raw, str):
-        return (raw.strip(),) if raw.strip() else ()
-    if isinstance(raw, list):
-        return tuple(n.strip() for n in raw if isinstance(n, str) and n.strip())
-    return ()
+    given = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
+    return tuple(n for n in (one_form(x) for x in given if isinstance(x, str)) if n)
 
 
 def _distinct(photos: list[Photo]) -> list[Photo]:

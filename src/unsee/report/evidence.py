@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from unsee.data.request import one_form
 from unsee.data.schema import rgb
 from unsee.eval.metrics import COUNT_KEYS
 from unsee.io import atomic_write_bytes, atomic_write_text
@@ -58,7 +59,8 @@ class Shown:
     def names_them(self, answer: str) -> bool:
         """A name, as a whole word: "Ed" is not named by "red hair", nor "Ian" by "Brian" (scripts written
         without spaces, such as Chinese, have no words to keep whole)."""
-        return any(re.search(rf"(?<!{_LETTER}){re.escape(a)}(?!{_LETTER})", answer, re.IGNORECASE)
+        answer = one_form(answer)  # a tokenizer that composes accents, or one that does not: the same name
+        return any(re.search(rf"(?<!{_LETTER}){re.escape(one_form(a))}(?!{_LETTER})", answer, re.IGNORECASE)
                    for a in (self.aliases or (self.name,)) if a)
 
 
