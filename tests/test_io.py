@@ -208,7 +208,7 @@ def test_the_folder_a_command_runs_in_is_refused_as_its_output(tmp_path: Path, m
     here = tmp_path / "here"
     here.mkdir()
     monkeypatch.chdir(here)
-    for out in (".", "", str(here), ".."):
+    for out in (".", "", str(here)):
         assert main(["model", "init", "--arch", "tiny-llava", "--out", out]) == 2
         err = capsys.readouterr().err
         assert "is the folder this command runs in" in err and "Traceback" not in err

@@ -271,7 +271,6 @@ def check_output_dir(path: str | Path, *, overwrite: bool, marker: str | None = 
     ``writes``: the other folders the run writes (the stage cache), which must not overlap an input either.
     """
     path = Path(path)
-    _not_around_here(path)
     inputs = list(inputs)
     check_not_input(path, inputs)
     for where in writes:  # a stage cache may hold an input (the vanilla model it built), never lie in one
@@ -291,6 +290,7 @@ def check_output_dir(path: str | Path, *, overwrite: bool, marker: str | None = 
             raise OutputExistsError(f"{path} holds files unsee did not write ({shown}); --overwrite replaces only "
                                     f"a folder with unsee's mark ({OWNED}; an earlier unsee's output may lack it "
                                     "too): move them, or give another --out")
+    _not_around_here(path)  # where nothing else stops it: the fuller reason first
     check_writable(path)
 
 
