@@ -491,6 +491,59 @@ def test_interrupting_unlearn_says_what_is_kept(model_dir: Path, world: Path, tm
     assert "nothing was written" in err and "resume" not in err and not out.exists()
 
 
+def test_a_schedulers_stop_is_handled_as_ctrl_c(model_dir: Path, world: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """SIGTERM (Slurm, Kubernetes) killed the process outright: no word of what was kept, and the run's
+    staging folder (a model's worth) left beside --out. It now stops the run as Ctrl-C does."""
+    import os
+    import signal
+
+    def term(*a: object, **k: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the signal stops the run before this line")
+
+    monkeypatch.setattr(unlearning, "unlearn_adapter", term)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "out"
+    assert main(["unlearn", "--method", "ga", "--model", str(model_dir), "--data", str(world), "--out", str(out),
+                 *FAST]) == 128 + signal.SIGTERM
+    assert "unsee: stopped (SIGTERM); nothing was written" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # no staging folder left
+    assert signal.getsignal(signal.SIGTERM) is before  # the caller's own handler is back
+
+
+def test_ctrl_c_while_an_evaluation_is_shown_says_it_is_written(model_dir: Path, world: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Stopped while its table printed, `unsee eval` said nothing was written, and the rerun it invited was
+    refused: the results were there."""
+    from unsee import api
+
+    def ctrl_c(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "print_results", ctrl_c)
+    out = tmp_path / "e.json"
+    assert main(["eval", "--model", str(model_dir), "--data", str(world), "--out", str(out), "--max-items", "1",
+                 "--forget", "forget_5"]) == 130
+    err = capsys.readouterr().err
+    assert f"the results are written to {out}" in err and "nothing was written" not in err and out.is_file()
+
+
+def test_a_reader_that_goes_away_gets_no_traceback() -> None:
+    """`unsee ... | head -1`: the output was written, then a BrokenPipeError traceback ended the command."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(f"{sys.executable} -m unsee world --help | head -c 1 > /dev/null; "
+                          f"{sys.executable} -c 'import sys, unsee.cli as c; "
+                          "c.api.build_world = lambda *a, **k: print(\"x\" * 10**6) or \"w\"; "
+                          "sys.exit(c.main([\"world\", \"--out\", \"w\"]))' | head -c 1",
+                          shell=True, capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+
+
 def test_an_interrupted_run_with_a_checkpoint_says_so_and_the_rerun_resumes(
         model_dir: Path, suite: Suite, turns: dict[str, list[Turn]], tmp_path: Path) -> None:
     class CtrlC(GA):

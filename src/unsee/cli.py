@@ -8,10 +8,14 @@ and exit code 2 (no traceback for a user's mistake).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from unsee import __version__, api
 from unsee.api import method_configs
@@ -22,7 +26,8 @@ from unsee.errors import ConfigError, UnseeError
 
 
 def _add_overrides(p: argparse.ArgumentParser, example: str) -> None:
-    p.add_argument("overrides", nargs="*", metavar="key=value", help=f"config options to change, e.g. {example}")
+    p.add_argument("overrides", nargs="*", default=[], metavar="key=value",  # optional: never "required"
+                   help=f"config options to change, e.g. {example}")
 
 
 def _seed(text: str) -> int:
@@ -172,7 +177,11 @@ def _eval(a: argparse.Namespace) -> None:
                        method=a.method, seed=a.seed, allow_pickle=a.allow_pickle, max_items=a.max_items,
                        dtype=a.dtype, benchmark=a.benchmark, revision=a.revision, protocol=a.protocol,
                        max_new_tokens=a.max_new_tokens)
-    api.print_results(res)
+    try:
+        api.print_results(res)
+    except KeyboardInterrupt as e:  # the results are written before they are shown
+        e.add_note(f"the results are written to {a.out}")
+        raise
 
 
 def _report(a: argparse.Namespace) -> None:
@@ -400,6 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command in ALONE and not _first_of_launch():
         return 0
+    stopping = _stop_on_term()
     try:
         func(args)
     except UnseeError as e:
@@ -408,9 +418,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         # the notes of the work that was stopped say what it keeps; without any, the command's own line
         kept = [n.rstrip(".") for n in getattr(e, "__notes__", [])] or [INTERRUPTED.get(args.command, NOTHING_WRITTEN)]
-        print(f"unsee: interrupted; {'; '.join(kept)}", file=sys.stderr)
-        return 130
+        how = f"stopped ({signal.Signals(e.signum).name})" if isinstance(e, Stopped) else "interrupted"
+        print(f"unsee: {how}; {'; '.join(kept)}", file=sys.stderr)
+        return 128 + e.signum if isinstance(e, Stopped) else 130
+    except BrokenPipeError:  # the reader of the output went away (`| head`): no traceback over its own output
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    finally:
+        if stopping is not None:
+            signal.signal(signal.SIGTERM, stopping)
     return 0
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM, what a scheduler (Slurm, Kubernetes) sends before it kills: handled as Ctrl-C is, so that the
+    run's partial output is cleaned up and it says what it keeps. Without it the process died at once, and
+    left its staging folder (a model's worth) behind."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__()
+        self.signum = signum
+
+
+def _stop_on_term() -> Any:
+    """Install the SIGTERM handler for the command's run; the handler it replaces, to put back (None where
+    signals cannot be handled here: outside the main thread)."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Stopped(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, stop)
 
 
 # Commands with nothing to share out under `accelerate launch`: the first process does the whole
