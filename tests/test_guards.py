@@ -531,6 +531,31 @@ def test_ctrl_c_while_an_evaluation_is_shown_says_it_is_written(model_dir: Path,
     assert f"the results are written to {out}" in err and "nothing was written" not in err and out.is_file()
 
 
+def test_a_stop_after_training_keeps_the_checkpoint_until_the_output_lands(
+        model_dir: Path, world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The engine removed the checkpoint when training ended; a stop in the evaluation, the audits or the save
+    after it lost the training, and the rerun began at step 0. Kept until the output lands, the rerun resumes."""
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out"
+    args = ["unlearn", "--method", "ga", "--model", str(model_dir), "--data", str(world), "--out", str(out),
+            "--forget", "forget_5", "--max-items", "1", "max_steps=4", "batch_size=2", "progress=false",
+            f"checkpoint_dir={ckpt}", "checkpoint_every=2"]
+    real = unlearning.evaluation
+
+    def stopped(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(unlearning, "evaluation", stopped)
+    assert main(args) == 130
+    assert has_checkpoint(ckpt) and not out.exists()
+    assert f"unsee: interrupted; the checkpoint in {ckpt} is kept" in capsys.readouterr().err
+    monkeypatch.setattr(unlearning, "evaluation", real)
+    assert main(args) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["cost"]["resumed_s"] > 0  # it went on from the checkpoint, not from step 0
+    assert not ckpt.exists() or not has_checkpoint(ckpt)  # and, the output landed, the checkpoint is gone
+
+
 def test_a_reader_that_goes_away_gets_no_traceback() -> None:
     """`unsee ... | head -1`: the output was written, then a BrokenPipeError traceback ended the command."""
     import subprocess

@@ -66,6 +66,7 @@ from unsee.runs import (
     check_neutral,
     check_room,
     check_run_name,
+    checkpoints_until_landed,
     detect_benchmark,
     eval_options,
     evaluate_adapter,
@@ -294,24 +295,23 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
                 adapter = None  # gone before the next seed loads: one model in memory at a time
         return out
     base_hash = adapter.fingerprint()
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with checkpoints_until_landed(method, config) as hold, atomic_dir(out, overwrite=overwrite) as tmp:
         runs = []
         for s in range(seed, seed + seeds):
             where = tmp if seeds == 1 else tmp / f"seed-{s}"
             adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype) if adapter is None else adapter
             run = unlearn_and_save(method, adapter, suite, steering_dir=where, model_dir=where / "model",
                                    model=model_name(model), base_model=str(model), base_hash=base_hash, forget=forget,
-                                   seed=s, config=config, overrides=seed_overrides(method, config, overrides, s, seeds),
+                                   seed=s, config=config,
+                                   overrides=hold(seed_overrides(method, config, overrides, s, seeds)),
                                    evaluate_after=evaluate_after, eval_kw=eval_kw, audit=audit,
                                    audit_overrides=audit_overrides, audit_seed=seed, data=data, reference=ref,
                                    cache_dir=cache_dir, allow_pickle=allow_pickle)[0]
             adapter = None  # this seed's model (and its artifact) gone before the next loads
             runs.append(run)
             atomic_write_json(where / "run.json", strip_samples(run))
-        results = new_results(runs)
-        if seeds > 1:
-            results["seeds"] = seed_summary(runs)
-        write_results(tmp / "results.json", results)
+        spread = {"seeds": seed_summary(runs)} if seeds > 1 else {}
+        write_results(tmp / "results.json", {**new_results(runs), **spread})
     return out
 
 

@@ -39,6 +39,7 @@ from unsee.runs import (
     check_images,
     check_launch,
     check_room,
+    checkpoints_until_landed,
     evaluation,
     jsonable,
     make_run,
@@ -187,7 +188,7 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
         del adapter  # one model in memory at a time
         adapter = progress.load(model, allow_pickle=allow_pickle, dtype=dtype)
         runs = list(progress.runs)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with checkpoints_until_landed(method, config) as hold, atomic_dir(out, overwrite=overwrite) as tmp:
         artifact: Any = None
         for i, (req, suite) in enumerate(zip(reqs, suites, strict=True), 1):
             if progress is not None and i <= progress.done:
@@ -197,7 +198,7 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
                 run, artifact = unlearn_and_save(
                     method, adapter, suite, steering_dir=tmp, model_dir=tmp / "model", model=name,
                     base_model=str(model), base_hash=base_hash, forget=label, seed=seed, config=config,
-                    overrides=request_overrides(method, config, overrides, i, len(reqs)), vanilla=vanilla,
+                    overrides=hold(request_overrides(method, config, overrides, i, len(reqs))), vanilla=vanilla,
                     eval_kw=eval_kw, audit=audit and last, audit_overrides=audit_overrides, audit_kinds=audit_kinds,
                     forgotten_images=photos_before(turns, i), save=False)
                 run["request"] = i

@@ -8,9 +8,10 @@ cost, metrics, checkpoint and model card mean the same thing wherever they were 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from unsee.data.neutral import attach_neutral
 from unsee.data.request import is_request_file, load_request_suite
 from unsee.data.schema import Suite
 from unsee.engine import distributed
+from unsee.engine.checkpoint import has_checkpoint, remove_checkpoint
 from unsee.engine.trainer import STEPLESS, TrainConfig
 from unsee.errors import DataError
 from unsee.eval.evaluator import Evaluation, run_evaluation
@@ -339,6 +341,33 @@ def request_overrides(method: str, config: Any, overrides: Any, request: int, re
     checkpoint in ``checkpoint_dir/request-K``, since the one a request leaves (``keep_checkpoint``) belongs to
     another run for the next."""
     return overrides if requests < 2 else _checkpoint_in(method, config, overrides, f"request-{request}")
+
+
+@contextlib.contextmanager
+def checkpoints_until_landed(method: str, config: Any) -> Iterator[Callable[[Any], Any]]:
+    """Each training checkpoint of a run kept until its output has landed, then removed (unless the user keeps
+    it, ``keep_checkpoint``). The engine removes it when training ends, and a stop in the evaluation, the audits
+    or the save after it (the longer part, on a benchmark) lost the training: the rerun trained from step 0.
+    Yields what turns one run's overrides into ones that keep its checkpoint; wrap it around ``atomic_dir``."""
+    held: list[Path] = []
+
+    def hold(overrides: Any) -> Any:
+        tcfg = method_configs(method, config, overrides)[0]
+        if not tcfg.checkpoint_dir or tcfg.keep_checkpoint:
+            return overrides
+        held.append(Path(tcfg.checkpoint_dir))
+        return with_override(overrides, "keep_checkpoint", True)
+
+    try:
+        yield hold
+    except KeyboardInterrupt as e:  # stopped after training too: the stop says what it keeps
+        said = " ".join(getattr(e, "__notes__", []))
+        for folder in held:
+            if has_checkpoint(folder) and str(folder) not in said:
+                e.add_note(f"the checkpoint in {folder} is kept: the same command resumes from it")
+        raise
+    for folder in held:  # reached only once the output is in place
+        remove_checkpoint(folder)
 
 
 def check_disjoint(requests: Sequence[tuple[str, Sequence[str]]]) -> None:
