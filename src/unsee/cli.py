@@ -424,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader of the output went away (`| head`): no traceback over its own output
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 128 + signal.SIGPIPE
+        return 128 + getattr(signal, "SIGPIPE", 13)  # what a shell reports for a writer the pipe stopped
     finally:
         if stopping is not None:
             signal.signal(signal.SIGTERM, stopping)
