@@ -37,10 +37,10 @@ RETENTION_LABEL = (
 )
 
 
-KEYED_WIDTH = 7.6  # inches a panel takes with its key beside it
+PANEL_WIDTH, KEYED_WIDTH = 5.2, 7.6  # inches a panel takes, and one with its key beside it
 
 
-def _new_figure(panels: int, *, width: float = 5.2, height: float = 4.4) -> tuple[Any, list[Any]]:
+def _new_figure(panels: int, *, width: float = PANEL_WIDTH, height: float = 4.4) -> tuple[Any, list[Any]]:
     from matplotlib.figure import Figure
 
     cols = min(max(panels, 1), 3)
@@ -272,7 +272,7 @@ def plot_losses(results: Mapping[str, Any], path: str | Path) -> Path:
     from matplotlib import colormaps
 
     panels = loss_panels(results)
-    fig, axes = _new_figure(len(panels), width=KEYED_WIDTH if any(len(runs) > 1 for _, runs in panels) else 5.2)
+    fig, axes = _new_figure(len(panels), width=KEYED_WIDTH if any(len(runs) > 1 for _, runs in panels) else PANEL_WIDTH)
     for ax, (method, runs) in zip(axes, panels, strict=False):
         colours = colormaps["tab20"].colors
         terms = ["loss", *sorted({k for run in runs for row in run["history"] for k in row} - {"step", "loss"})]
