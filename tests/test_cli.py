@@ -57,6 +57,10 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "usage: unsee" in out
     for command in ("world", "model", "finetune", "retrain", "unlearn", "eval", "report", "demo", "attack"):
         assert command in out
+    # `unsee model` without `init` printed the top-level help and exited 0: a usage error, with its own usage
+    with pytest.raises(SystemExit) as e:
+        main(["model"])
+    assert e.value.code == 2 and "usage: unsee model" in capsys.readouterr().err
 
 
 def test_missing_required_option_is_a_usage_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -258,7 +258,7 @@ def parser(method_help: str | None = None) -> argparse.ArgumentParser:
     w.add_argument("--no-example", action="store_true", help="do not write the example removal request (DIR/request/)")
 
     m = sub.add_parser("model", help="model utilities")
-    msub = m.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
+    msub = m.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)  # `unsee model` alone: usage
     mi = _command(msub, "init", "build an offline tiny model from the real HF classes", _model_init)
     which = mi.add_mutually_exclusive_group(required=True)
     which.add_argument("--arch", help="tiny-llava, tiny-qwen2-vl or tiny-qwen2.5-vl")
