@@ -49,6 +49,8 @@ def test_a_home_folder_written_as_a_tilde_is_the_home_folder_for_every_option(
     assert main(["eval", "--model", "~/m", "--data", "~/w", "--out=~/ev.json", "--forget", "forget_5",
                  "--max-items", "1"]) == 0
     assert (home / "ev.json").is_file() and not (tmp_path / "~").exists()
+    # `~name` of no user is a path like any other (pathlib raised on it: a traceback for a typo)
+    assert main(["eval", "--model", "~no-such-user-here/m", "--data", "~/w", "--out", "e.json"]) == 2
 
 
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -41,7 +41,7 @@ from unsee.engine.checkpoint import remove_checkpoint, resumed
 from unsee.engine.distributed import check_launch, is_main_process, wait_for_everyone
 from unsee.engine.trainer import TrainConfig, train
 from unsee.errors import ConfigError, ModelError
-from unsee.io import atomic_dir, check_output_dir, content_hash, copy_entry
+from unsee.io import atomic_dir, check_output_dir, content_hash, copy_entry, home_path
 from unsee.methods.base import BaseMethod, nll
 from unsee.models import check_safetensors, load_adapter, model_fingerprint
 from unsee.models.base import Adapter, Turn
@@ -381,7 +381,7 @@ def local_model(model: str | Path) -> Path:
     A local copy gives the run a fingerprint of its weights and the retrained reference a
     base model to start from again.
     """
-    path = Path(model).expanduser()
+    path = home_path(model)
     if path.is_dir():  # recorded whole: the retrained reference starts from it, from whatever folder it runs
         return path.resolve()
     if path.exists() or not is_hub_id(str(model)):

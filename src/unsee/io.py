@@ -31,6 +31,12 @@ except ImportError:  # not on Windows: outputs land there without the landing lo
     fcntl = None  # type: ignore[assignment]
 
 
+def home_path(path: str | Path) -> Path:
+    """``path`` with a leading ``~`` read as the home folder. ``~name`` of no user on this machine is left as
+    written, a path like any other: pathlib's own ``expanduser`` raised on it, a traceback for a typo."""
+    return Path(os.path.expanduser(path))
+
+
 def content_hash(*parts: Any) -> str:
     """Short hash of JSON-able parts: the key of every cache entry."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -171,7 +177,7 @@ def json_default(o: Any) -> Any:
 
 def _real(path: str | Path) -> Path:
     """The absolute path with symlinks followed, so that a link to the model is the model."""
-    return Path(os.path.realpath(Path(path).expanduser()))
+    return Path(os.path.realpath(home_path(path)))
 
 
 def check_not_input(out: str | Path, inputs: Iterable[str | Path | None], *, around: bool = False) -> None:
@@ -184,7 +190,7 @@ def check_not_input(out: str | Path, inputs: Iterable[str | Path | None], *, aro
     """
     o = _real(out)
     for given in inputs:
-        if given is None or str(given) == "" or not Path(given).expanduser().exists():
+        if given is None or str(given) == "" or not home_path(given).exists():
             continue
         i = _real(given)
         if o == i:

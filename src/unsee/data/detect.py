@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from unsee.data.parquet import config_files, is_hub_id
 from unsee.errors import DataError
+from unsee.io import home_path
 
 BENCHMARKS = ("builtin", "mllmu", "clear", "umu")
 NAMES = {"builtin": "the built-in world", "mllmu": "MLLMU-Bench", "clear": "CLEAR", "umu": "UMU-bench"}
@@ -161,7 +162,7 @@ def local_path(data: str | Path | DataRef, revision: str | None = None) -> tuple
     """The folder to read for ``data`` and the hub commit it came from (None for a local folder)."""
     if isinstance(data, DataRef):
         return Path(data.path), data.commit
-    path = Path(data).expanduser()
+    path = home_path(data)
     if path.exists() or not is_hub_id(str(data)):
         if revision is not None:
             raise DataError(f"--revision {revision!r} applies to a hub dataset id; {data} is a local path")

@@ -25,6 +25,7 @@ from unsee.data.collate import image_of
 from unsee.data.mllmu import IMAGE_TEXTUAL
 from unsee.data.schema import Example, Suite
 from unsee.errors import DataError
+from unsee.io import home_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 MIN_PHOTOS = 4  # fewer cannot stand for "people in general": one face would become the target
@@ -76,7 +77,7 @@ def person_of(rel: Path) -> str:
 def load_neutral(folder: str | Path, *, minimum: int = MIN_PHOTOS) -> NeutralPhotos:
     """The photos under ``folder`` as ``neutral`` examples, each decoded once now (the decoded image is
     cached, so the run reads it again for free). Every failure is one line that names the folder or file."""
-    root = Path(folder).expanduser()
+    root = home_path(folder)
     if not root.exists():
         raise DataError(f"--neutral {folder}: no such folder")
     if not root.is_dir():

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from unsee.data.schema import LETTERS
 from unsee.errors import DataError
-from unsee.io import atomic_write_bytes
+from unsee.io import atomic_write_bytes, home_path
 
 Feature = Any  # a features-JSON node: {"_type": ...}, a dict of sub-features, or a one-item list
 
@@ -257,7 +257,7 @@ class Source:
 
     def __init__(self, root: str | Path) -> None:
         self.root = root
-        path = Path(root).expanduser()
+        path = home_path(root)
         if path.is_dir():
             self.path: Path | None = path
             self.repo: str | None = None

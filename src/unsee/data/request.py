@@ -27,6 +27,7 @@ from unsee.config import read_yaml
 from unsee.data.people import NAME_STATEMENTS, NAME_TEST_QUESTIONS, NAME_TRAIN_QUESTIONS
 from unsee.data.schema import Example, Suite, rgb
 from unsee.errors import ConfigError, DataError
+from unsee.io import home_path
 
 SCHEMA_PATH = Path(__file__).with_name("request.schema.json")
 SUFFIXES = (".yaml", ".yml", ".json")
@@ -126,7 +127,7 @@ def named_paths(path: str | Path) -> list[Path]:
 def _spec_paths(spec: Any, base: Path) -> list[Path]:
     """The files and folders a ``photos`` entry (one path or a list) names, relative ones from ``base``."""
     items = [spec] if isinstance(spec, str) else (spec if isinstance(spec, list) else [])
-    paths = [Path(item).expanduser() for item in items if isinstance(item, str)]
+    paths = [home_path(item) for item in items if isinstance(item, str)]
     return [p if p.is_absolute() else base / p for p in paths]
 
 

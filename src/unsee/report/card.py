@@ -21,7 +21,7 @@ import yaml
 from unsee import __version__
 from unsee.audit.verdicts import AT_BOUND, reference_checks
 from unsee.eval.metrics import COUNT_KEYS
-from unsee.io import atomic_write_text
+from unsee.io import atomic_write_text, home_path
 from unsee.report.tables import CHANCE, DASH, MIB, fmt_change, headline_key, ordered_groups, score_of
 
 METRIC_KEYS = ("mcq", "cloze", "rougeL", "bleu")
@@ -47,7 +47,7 @@ def base_model_name(base_model: str) -> tuple[str, str | None]:
     hub id its config records, else by its architecture (the weights hash beside it says
     which weights).
     """
-    path = Path(base_model).expanduser()
+    path = home_path(base_model)
     if _HUB_ID.match(base_model) and not path.exists():
         return base_model, base_model
     for name in ("unsee.json", "config.json"):
@@ -56,7 +56,7 @@ def base_model_name(base_model: str) -> tuple[str, str | None]:
         except (OSError, ValueError):
             continue
         origin = str(meta.get("_name_or_path", ""))
-        if _HUB_ID.match(origin) and not Path(origin).expanduser().exists():
+        if _HUB_ID.match(origin) and not home_path(origin).exists():
             return origin, origin
         if meta.get("arch"):
             kind = "vanilla model" if (path / "unsee_vanilla.json").exists() else "model"
