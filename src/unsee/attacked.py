@@ -4,7 +4,6 @@ lock, with the run's card and run.json, when attacks on one output run side by s
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Mapping
@@ -15,7 +14,7 @@ from unsee.data.request import SUFFIXES, is_request_file
 from unsee.data.schema import Suite
 from unsee.errors import DataError, OutputExistsError
 from unsee.eval.results import load_results, seed_summary, write_results
-from unsee.io import atomic_write_json, json_default
+from unsee.io import atomic_write_json
 from unsee.methods.eraser import STEERING_FILE
 from unsee.models.base import model_fingerprint
 from unsee.report.card import refresh_card
@@ -49,8 +48,8 @@ def add_attacks(out: Path, index: int, home: Path, found: Mapping[str, Any], car
         run = results["runs"][index]
         if not overwrite and (done := sorted(set(found) & set(run.get("attacks", {})))):
             fd, kept = tempfile.mkstemp(prefix=f"{out.stem}.attacks-", suffix=".json", dir=out.parent)
-            with os.fdopen(fd, "w") as f:
-                json.dump(dict(found), f, indent=2, default=json_default)
+            os.close(fd)  # a name of its own, written as every output is
+            atomic_write_json(kept, dict(found))
             raise OutputExistsError(f"another attack recorded {done} in {out} while this one ran; nothing was "
                                     f"added, and this attack's figures are kept in {kept} (pass --overwrite to "
                                     "record them instead)")

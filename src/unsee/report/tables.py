@@ -446,14 +446,14 @@ TERMINAL_GROUPS = ("forget", "forget_test", "retain", "known", "general")
 def terminal_table(results: Mapping[str, Any]) -> Table:
     """A compact rich table for the end of a run: headline groups, score and wall time."""
     runs = list(results["runs"])
-    several = len(group_runs(runs)) > 1
+    grouped = group_runs(runs)
+    several = len(grouped) > 1
     groups = [g for g in TERMINAL_GROUPS if any(g in r["metrics"] for r in runs)]
     # no vertical rules, and a cell too wide folds onto the next line: at 80 columns (a terminal's, and what
     # a pipe is given) the ruled table cut names and figures to '…'
     table = Table(title="unsee results", show_lines=False, box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
     for name in [*(["setting"] if several else []), "method", "req", *groups, "score", "wall s"]:
         table.add_column(name, justify="left" if name in ("setting", "method") else "right", overflow="fold")
-    grouped = group_runs(runs)
     labels = setting_labels(grouped)
     for setting, setting_runs in grouped.items():
         vanilla = vanilla_for(setting_runs)
