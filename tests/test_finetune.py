@@ -437,3 +437,40 @@ def test_a_hub_model_is_taught_the_world_from_its_snapshot(model: Path, world: P
     assert keys["fake/a"] != keys["fake/b"]
     monkeypatch.chdir(model.parent)
     assert ft.local_model(model.name) == model.resolve()  # a folder is recorded whole
+
+
+def test_a_run_that_finds_its_stage_in_training_waits_and_reuses_it(
+        world: Path, model: Path, trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """Two runs of one recipe on one cache (a sweep's jobs): the second waits for the stage the first is training
+    and reuses it, rather than training it too and replacing the entry the first is reading."""
+    import sys
+    import threading
+
+    vanilla, cache = trained
+    copy = Path(shutil.copytree(cache, tmp_path / "cache"))
+    stage3 = sorted(json.loads((vanilla / "unsee_vanilla.json").read_text())["stages"])[-1]
+    landed = tmp_path / "landed"
+    shutil.move(copy / stage3, landed)  # the stage the other run is training, and what it will land
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import shutil, sys\nfrom pathlib import Path\n"
+         "from unsee.engine.checkpoint import training_lock\n"
+         f"with training_lock(Path({str(copy / stage3)!r}), print):\n"
+         "    print('held', flush=True)\n    sys.stdin.readline()\n"
+         f"    shutil.copytree({str(landed)!r}, {str(copy / stage3)!r})\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    trained_again: list[str] = []
+    monkeypatch.setattr(ft, "run_stage", lambda path, *a, **k: trained_again.append(path.name))
+    run = threading.Thread(target=ft.finetune, args=(model, world, tmp_path / "v"),
+                           kwargs={"config": "quick", "overrides": RECIPE, "cache_dir": copy})
+    run.start()
+    run.join(timeout=2)
+    assert run.is_alive() and not trained_again  # waiting, not training
+    holder.communicate("go\n", timeout=60)
+    run.join(timeout=60)
+    assert not run.is_alive() and not trained_again
+    assert f"{stage3} is being trained by process {holder.pid} on " in capfd.readouterr().err
+    record = json.loads((tmp_path / "v" / "unsee_vanilla.json").read_text())
+    assert record["stages"][stage3]["cached"] is True  # this run trained nothing
+    assert (tmp_path / "v" / "model.safetensors").read_bytes() == (landed / "model.safetensors").read_bytes()

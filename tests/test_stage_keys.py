@@ -176,8 +176,11 @@ def test_finetune_trains_into_the_stages_its_keys_name_and_they_are_stable(train
     first = ft.vanilla_stages(model_dir, world, cfg, trained["cache"]).paths
     assert first == ft.vanilla_stages(model_dir, world, cfg, trained["cache"]).paths
     assert all(ft.stage_done(p) for p in first)
-    assert sorted(p.name for p in trained["cache"].iterdir() if not p.name.startswith("retrained-")) == \
+    assert sorted(p.name for p in trained["cache"].iterdir() if not p.name.startswith(("retrained-", "."))) == \
         sorted(p.name for p in first)
+    # beside them only the hidden files that let one run at a time train each (no staging folder is left)
+    assert {p.name for p in trained["cache"].iterdir() if p.name.startswith(".")} == \
+        {f".{p.name}.lock" for p in trained["cache"].iterdir() if not p.name.startswith(".")}
 
 
 @pytest.fixture(scope="module")

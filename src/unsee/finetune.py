@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -37,8 +38,8 @@ from unsee.data.mllmu import load_mllmu
 from unsee.data.parquet import is_hub_id
 from unsee.data.schema import Example, Suite
 from unsee.data.world import default_forget, load_world_info, world_pretrain_identities
-from unsee.engine.checkpoint import remove_checkpoint, resumed
-from unsee.engine.distributed import check_launch, is_main_process, wait_for_everyone
+from unsee.engine.checkpoint import remove_checkpoint, resumed, training_lock
+from unsee.engine.distributed import check_launch, is_main_process, launch_world, wait_for_everyone
 from unsee.engine.trainer import TrainConfig, train
 from unsee.errors import ConfigError, ModelError
 from unsee.io import atomic_dir, check_output_dir, content_hash, copy_entry, home_path
@@ -321,6 +322,26 @@ def run_stage(path: Path, adapter: Adapter, stage: Stage, cfg: FinetuneConfig, r
     _finish_stage(path, adapter, stats, time.perf_counter() - t0, rc)
 
 
+def train_once(path: Path, train: Callable[[], object]) -> bool:
+    """``train()`` the cache entry ``path`` unless it is done, one process at a time: a run that finds another
+    training it waits and reuses its entry (:func:`unsee.engine.checkpoint.training_lock`). The processes of one
+    ``accelerate launch`` train it together, so they take no lock. True if this run trained it."""
+    if stage_done(path):
+        return False
+    if launch_world() > 1:
+        train()
+        return True
+
+    def waiting(holder: str) -> None:
+        print(f"unsee: {path.name} is being trained by {holder}; waiting for it, to reuse it", file=sys.stderr)
+
+    with training_lock(path, waiting):
+        if stage_done(path):  # the other run has trained it meanwhile
+            return False
+        train()
+        return True
+
+
 def load_stage_visual(adapter: Adapter, stage1: str | Path) -> None:
     """Put the visual module trained in stage 1 into ``adapter`` (in place)."""
     weights = load_file(str(Path(stage1) / VISUAL_FILE))
@@ -422,27 +443,36 @@ def finetune(
     rc = to_dict(cfg)
     plan = vanilla_stages(model, data, cfg, cache_root(cache_dir))
     stage1, stage2, stage3 = plan.paths
-    cached = {p.name: stage_done(p) for p in plan.paths}
-    if not stage_done(stage3):
-        if not stage_done(stage2):
-            if not stage_done(stage1):
-                adapter = load_adapter(model)
-                t0 = time.perf_counter()
-                # Under `accelerate launch` every process trains stage 1 whole (the visual module is small)
-                # and the first one alone checkpoints and saves it; stage 2 then loads it from the cache.
-                stats = pretrain_vision(adapter, cfg, plan.pool,
-                                        checkpoint=partial_dir(stage1) if is_main_process() else None)
-                _finish_stage(stage1, adapter, stats, time.perf_counter() - t0, rc, visual_only=True)
-            adapter = load_adapter(model)
-            load_stage_visual(adapter, stage1)
-            run_stage(stage2, adapter, Stage("stage 2: base MLLM", plan.stage2_turns, cfg.base_steps, cfg.base_lr,
-                                             cfg.vision_lr_factor, cfg.augment), cfg, rc)
+    fresh: set[Path] = set()  # the stages this run trains; the others come from the cache
+
+    def train1() -> None:
+        adapter = load_adapter(model)
+        t0 = time.perf_counter()
+        # Under `accelerate launch` every process trains stage 1 whole (the visual module is small)
+        # and the first one alone checkpoints and saves it; stage 2 then loads it from the cache.
+        stats = pretrain_vision(adapter, cfg, plan.pool, checkpoint=partial_dir(stage1) if is_main_process() else None)
+        _finish_stage(stage1, adapter, stats, time.perf_counter() - t0, rc, visual_only=True)
+
+    def train2() -> None:
+        if train_once(stage1, train1):
+            fresh.add(stage1)
+        adapter = load_adapter(model)
+        load_stage_visual(adapter, stage1)
+        run_stage(stage2, adapter, Stage("stage 2: base MLLM", plan.stage2_turns, cfg.base_steps, cfg.base_lr,
+                                         cfg.vision_lr_factor, cfg.augment), cfg, rc)
+
+    def train3() -> None:
+        if train_once(stage2, train2):
+            fresh.add(stage2)
         run_stage(stage3, load_adapter(stage2), Stage("stage 3: fictitious fine-tune", plan.stage3_turns, cfg.ft_steps,
                                                       cfg.ft_lr, cfg.ft_vision_lr_factor, cfg.ft_augment), cfg, rc)
+
+    if train_once(stage3, train3):
+        fresh.add(stage3)
     stages = {}
     for p in plan.paths:
         meta = json.loads((p / STAGE_FILE).read_text()) if stage_done(p) else {}
-        stages[p.name] = {"cached": cached[p.name], "seconds": meta.get("seconds"), "stats": meta.get("stats"),
+        stages[p.name] = {"cached": p not in fresh, "seconds": meta.get("seconds"), "stats": meta.get("stats"),
                           "numerics": meta.get("numerics")}
     if is_main_process():  # under `accelerate launch` the first process writes the result
         with atomic_dir(out, overwrite=overwrite) as tmp:

@@ -39,7 +39,7 @@ from unsee.data.schema import Suite
 from unsee.engine.checkpoint import remove_checkpoint, resumed
 from unsee.engine.distributed import is_main_process
 from unsee.engine.trainer import TrainConfig, train
-from unsee.finetune import STAGE_FILE, VANILLA_FILE, local_model, partial_dir, stage_done
+from unsee.finetune import STAGE_FILE, VANILLA_FILE, local_model, partial_dir, train_once
 from unsee.io import atomic_dir, check_output_dir, copy_entry
 from unsee.methods.base import BaseMethod, nll
 from unsee.models import load_adapter, model_fingerprint
@@ -71,8 +71,8 @@ class _SFT(BaseMethod):
         return loss + 0.0 * touch, {"nll": loss.item()}
 
 
-def _train(model: str | Path, turns: list[Turn], cfg: BenchFinetuneConfig, path: Path, desc: str) -> bool:
-    """Fine-tune ``model`` on ``turns`` into the cache entry ``path``; False in a non-main process.
+def _train(model: str | Path, turns: list[Turn], cfg: BenchFinetuneConfig, path: Path, desc: str) -> None:
+    """Fine-tune ``model`` on ``turns`` into the cache entry ``path`` (the first process of a launch saves it).
 
     The checkpoint beside the entry makes an interrupted run resume where it stopped.
     """
@@ -90,7 +90,7 @@ def _train(model: str | Path, turns: list[Turn], cfg: BenchFinetuneConfig, path:
     t0 = time.perf_counter()
     res = train(_SFT(), adapter, Suite("finetune", {}), {"train": turns}, tcfg, desc=desc)
     if not is_main_process():
-        return False
+        return
     tail = res.losses[-max(1, len(res.losses) // 10):]
     stats = {"first_nll": float(res.losses[0]), "final_nll": float(np.mean(tail)), "steps": res.steps,
              "trainable_params": res.trainable_params, **resumed(res.resumed_s)}
@@ -101,7 +101,6 @@ def _train(model: str | Path, turns: list[Turn], cfg: BenchFinetuneConfig, path:
                                                   "numerics": numerics()},
                                                  indent=2))
     remove_checkpoint(partial_dir(path))
-    return True
 
 
 def _publish(entry: Path, out: str | Path, record: dict[str, Any], name: str, overwrite: bool) -> Path:
@@ -135,11 +134,10 @@ def finetune_benchmark(model: str | Path, ref: DataRef, kind: str, out: str | Pa
     pairs = training_pairs(ref, kind, cfg, forget)
     given, model = str(model), local_model(model)
     entry, split, turns = cache_entry(model, pairs, kind, cfg, forget, cache_dir), pairs.split, pairs.turns
-    cached = stage_done(entry)
-    if not cached:
-        desc = f"{NAMES[kind]} fine-tune" + (f" without {forget}'s photos" if forget else "")
-        if not _train(model, turns, cfg, entry, desc):
-            return Path(out)
+    desc = f"{NAMES[kind]} fine-tune" + (f" without {forget}'s photos" if forget else "")
+    cached = not train_once(entry, lambda: _train(model, turns, cfg, entry, desc))
+    if not cached and not is_main_process():  # under `accelerate launch` the first process writes the output
+        return Path(out)
     record: dict[str, Any] = {
         "benchmark": kind, "base_model": str(model), "base_model_given": given,
         "base_fingerprint": model_fingerprint(model),

@@ -36,6 +36,7 @@ from unsee.finetune import (
     stage3_mix,
     stage3_own_turns,
     stage_done,
+    train_once,
     world_fingerprint,
 )
 from unsee.io import atomic_dir, check_output_dir, copy_entry
@@ -184,12 +185,12 @@ def retrain(vanilla: str | Path, data: str | Path, out: str | Path, *, forget: s
     check_output_dir(out, overwrite=overwrite)
     meta = _vanilla_record(vanilla, data)
     plan = _plan(meta, cache_root(cache_dir), data, forget)
-    cached = stage_done(plan.path)
     rc = to_dict(plan.recipe)
     previous: Path | None = None
-    for path, stage in plan.stages:
-        if not stage_done(path):
-            run_stage(path, plan.start() if previous is None else load_adapter(previous), stage, plan.recipe, rc)
+    cached = True  # unless this run trains the reference
+    for path, stage in plan.stages if not stage_done(plan.path) else ():
+        cached &= not train_once(path, lambda p=path, s=stage, before=previous: run_stage(
+            p, plan.start() if before is None else load_adapter(before), s, plan.recipe, rc))
         previous = path
     path = plan.path
     seconds = json.loads((path / STAGE_FILE).read_text()).get("seconds")

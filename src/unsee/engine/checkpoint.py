@@ -15,11 +15,14 @@ The directory is replaced atomically, so a kill during a save leaves the previou
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import random
-from collections.abc import Mapping
+import socket
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,11 @@ from safetensors.torch import load_file, save_file
 
 from unsee.errors import ConfigError, TrainingError
 from unsee.io import atomic_dir, discard, restored
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: two runs there may both train what one could have
+    fcntl = None  # type: ignore[assignment]
 
 STATE_JSON, STATE_TENSORS = "state.json", "state.safetensors"
 
@@ -206,6 +214,34 @@ def checkpoint_key(options: Mapping[str, Any], method: str, method_config: Any, 
 def resumed(seconds: float) -> dict[str, float]:
     """A stage's record of the training a stopped run had done before it resumed; none if it never stopped."""
     return {"resumed_s": round(seconds, 3)} if seconds else {}
+
+
+@contextlib.contextmanager
+def training_lock(path: Path, on_wait: Callable[[str], None]) -> Iterator[None]:
+    """Held by one process at a time while it trains what lands at ``path``: two runs of one recipe on one
+    cache (the jobs of a sweep) each trained the same stage, and the later replaced the earlier's entry while
+    that run was reading it. The lock is the hidden file ``.NAME.lock`` beside ``path``, which stays: removing
+    it would let a third process lock a new file while a second still waits on the old one. ``on_wait`` hears,
+    once, which process (and on which host) holds it when it is taken. Where no lock can be made (no ``flock``, a
+    read-only folder), the work goes on unlocked, as before."""
+    fd = None
+    if fcntl is not None:
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                on_wait(os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # and the lock with it
 
 
 def remove_checkpoint(path: str | Path) -> None:
