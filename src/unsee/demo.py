@@ -22,7 +22,15 @@ from unsee.engine.distributed import is_main_process, wait_for_everyone
 from unsee.errors import ConfigError
 from unsee.eval.evaluator import answers
 from unsee.eval.results import new_results, seed_summary, write_results
-from unsee.finetune import FinetuneConfig, cache_root, finetune, vanilla_stages, world_fingerprint
+from unsee.finetune import (
+    VANILLA_FILE,
+    FinetuneConfig,
+    cache_root,
+    finetune,
+    train_once,
+    vanilla_stages,
+    world_fingerprint,
+)
 from unsee.io import atomic_dir, atomic_write_text, check_output_dir, content_hash
 from unsee.methods import ALL, method_class
 from unsee.models import load_adapter
@@ -99,11 +107,13 @@ def prepare_vanilla(cfg: DemoConfig, arch: str, seed: int, cache: Path) -> tuple
     recipe_cfg.seed = seed
     stage3 = vanilla_stages(init, world, recipe_cfg, cache).stage3
     vanilla = cache / f"vanilla-{arch}-{content_hash(wfp, recipe, seed, stage3.name)}"
-    if not (vanilla / "unsee_vanilla.json").exists():  # every process of a launch trains it, the first writes it
+
+    def teach() -> None:  # every process of a launch trains it, the first writes it
         console.print("[bold]2/4[/] teaching the tiny model the world (cached after the first run)")
         finetune(init, world, vanilla, config=cfg.recipe, overrides=cfg.recipe_overrides, seed=seed,
                  overwrite=True, cache_dir=cache)
-    else:
+
+    if not train_once(vanilla, teach, done=lambda p: (p / VANILLA_FILE).exists()):
         console.print(f"[bold]2/4[/] vanilla model from the cache: {vanilla}")
     return world, vanilla
 

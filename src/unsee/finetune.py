@@ -322,11 +322,11 @@ def run_stage(path: Path, adapter: Adapter, stage: Stage, cfg: FinetuneConfig, r
     _finish_stage(path, adapter, stats, time.perf_counter() - t0, rc)
 
 
-def train_once(path: Path, train: Callable[[], object]) -> bool:
-    """``train()`` the cache entry ``path`` unless it is done, one process at a time: a run that finds another
+def train_once(path: Path, train: Callable[[], object], done: Callable[[Path], bool] = stage_done) -> bool:
+    """``train()`` the cache entry ``path`` unless it is ``done``, one process at a time: a run that finds another
     training it waits and reuses its entry (:func:`unsee.engine.checkpoint.training_lock`). The processes of one
     ``accelerate launch`` train it together, so they take no lock. True if this run trained it."""
-    if stage_done(path):
+    if done(path):
         return False
     if launch_world() > 1:
         train()
@@ -336,7 +336,7 @@ def train_once(path: Path, train: Callable[[], object]) -> bool:
         print(f"unsee: {path.name} is being trained by {holder}; waiting for it, to reuse it", file=sys.stderr)
 
     with training_lock(path, waiting):
-        if stage_done(path):  # the other run has trained it meanwhile
+        if done(path):  # the other run has trained it meanwhile
             return False
         train()
         return True
