@@ -9,6 +9,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -393,7 +395,9 @@ def test_help_options_that_would_be_ignored_are_refused_and_examples_are_the_com
                              ("attack", "relearn_steps=20")):
         sub = parser()._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
         assert f"e.g. {example}" in sub.format_help()
-    assert "relearn_steps (int" in parser()._subparsers._group_actions[0].choices["attack"].format_help()  # type: ignore[union-attr]
+    with pytest.raises(SystemExit) as ended:
+        main(["attack", "--help"])
+    assert ended.value.code == 0 and "relearn_steps (int" in capsys.readouterr().out
     # a run with --config starts from the method's own scope, which its help names as the default
     assert "scope (str, default 'visual')" in method_options("vkd")
     assert "scope (str, default 'full')" in method_options("graddiff")
@@ -562,8 +566,8 @@ def test_a_reader_that_goes_away_gets_no_traceback() -> None:
     import sys
 
     proc = subprocess.run(f"{sys.executable} -m unsee world --help | head -c 1 > /dev/null; "
-                          f"{sys.executable} -c 'import sys, unsee.cli as c; "
-                          "c.api.build_world = lambda *a, **k: print(\"x\" * 10**6) or \"w\"; "
+                          f"{sys.executable} -c 'import sys, unsee.api as api, unsee.cli as c; "
+                          "api.build_world = lambda *a, **k: print(\"x\" * 10**6) or \"w\"; "
                           "sys.exit(c.main([\"world\", \"--out\", \"w\"]))' | head -c 1",
                           shell=True, capture_output=True, text=True, timeout=120)
     assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
@@ -598,3 +602,13 @@ def test_an_unlearned_checkpoint_keeps_its_architecture_name(model_dir: Path, wo
     out = api.unlearn("ga", model_dir, world, tmp_path / "out", overrides=FAST, evaluate_after=False)
     assert json.loads((out / "model" / "unsee.json").read_text())["arch"] == "tiny-llava"
     assert api.model_name(out / "model") == "tiny-llava"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["unlearn", "--help"], ["attack", "relearn"],
+                                  ["finetune", "--model", "m", "--data", "d", "--out", "o", "--bogus"]])
+def test_help_version_and_usage_errors_answer_without_loading_torch(argv: list[str]) -> None:
+    """They are what a new user types first, and importing torch and transformers took seconds before each."""
+    code = ("import sys\nfrom unsee.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print('loaded:', sorted({'torch', 'transformers', 'unsee.api'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().endswith("loaded: []"), done.stdout + done.stderr

@@ -9,20 +9,29 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import signal
 import sys
 import textwrap
 import threading
 from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import Any
 
-from unsee import __version__, api
-from unsee.api import method_configs
-from unsee.audit.common import AttackConfig
+from unsee import __version__
 from unsee.config import describe
-from unsee.engine.distributed import is_main_process
 from unsee.errors import ConfigError, UnseeError
+
+
+def _lazy(module: str) -> ModuleType:
+    """``module`` (the API and what it loads: torch, transformers), imported when a command runs, not when the
+    command line is read: help, ``--version`` and a mistyped option then answer at once, not seconds later."""
+    return importlib.import_module(module)
+
+
+def _api() -> ModuleType:
+    return _lazy("unsee.api")
 
 
 def _add_overrides(p: argparse.ArgumentParser, example: str) -> None:
@@ -108,7 +117,7 @@ def _reference_options(p: argparse.ArgumentParser) -> None:
 
 def _world(a: argparse.Namespace) -> None:
 
-    out = api.build_world(a.out, seed=a.seed, config=a.config, overrides=a.overrides, overwrite=a.overwrite,
+    out = _api().build_world(a.out, seed=a.seed, config=a.config, overrides=a.overrides, overwrite=a.overwrite,
                           example=not a.no_example)
     example = "" if a.no_example else f"; an example removal request: {out}/request/request.yaml"
     print(f"world written to {out}{example}")
@@ -122,36 +131,36 @@ def _model_init(a: argparse.Namespace) -> None:
         if a.world is not None:  # a hub shape tests structure and cost: its small tokenizer is trained on no world
             raise ConfigError("--world trains a tiny model's tokenizer (--arch); a --shape model, built to test "
                               "structure and cost, has a small local tokenizer of its own")
-        out = api.init_shaped(a.shape, a.out, tiny=not a.full_size, seed=a.seed, overwrite=a.overwrite)
+        out = _api().init_shaped(a.shape, a.out, tiny=not a.full_size, seed=a.seed, overwrite=a.overwrite)
         print(f"{a.shape} ({'full size' if a.full_size else 'tiny'}, random weights) written to {out}")
     else:
-        out = api.init_model(a.arch, a.out, world=a.world, seed=a.seed, overwrite=a.overwrite)
+        out = _api().init_model(a.arch, a.out, world=a.world, seed=a.seed, overwrite=a.overwrite)
         print(f"{a.arch} written to {out}")
 
 
 def _say(message: str) -> None:
     """What a command wrote: once, by the first process of a launch (the others only trained)."""
-    if is_main_process():
+    if _first_of_launch():
         print(message)
 
 
 def _finetune(a: argparse.Namespace) -> None:
 
-    out = api.finetune(a.model, a.data, a.out, config=a.config, overrides=a.overrides, seed=a.seed,
+    out = _api().finetune(a.model, a.data, a.out, config=a.config, overrides=a.overrides, seed=a.seed,
                        overwrite=a.overwrite, cache_dir=a.cache_dir, benchmark=a.benchmark, revision=a.revision)
     _say(f"vanilla model written to {out}")
 
 
 def _retrain(a: argparse.Namespace) -> None:
 
-    out = api.retrain(a.model, a.data, a.out, forget=a.forget, overwrite=a.overwrite, cache_dir=a.cache_dir,
+    out = _api().retrain(a.model, a.data, a.out, forget=a.forget, overwrite=a.overwrite, cache_dir=a.cache_dir,
                       benchmark=a.benchmark, revision=a.revision)
     _say(f"retrained reference (without {a.forget}'s photos) written to {out}")
 
 
 def _unlearn(a: argparse.Namespace) -> None:
 
-    out = api.unlearn(
+    out = _api().unlearn(
         a.method, a.model, a.data, a.out, forget=a.forget, requests=a.requests, config=a.config,
         overrides=a.overrides, seed=a.seed, overwrite=a.overwrite, allow_pickle=a.allow_pickle,
         audit=a.audit, audit_overrides=a.audit_set, dtype=a.dtype, report_to=a.report_to or "",
@@ -164,7 +173,7 @@ def _unlearn(a: argparse.Namespace) -> None:
 
 def _forget(a: argparse.Namespace) -> None:
 
-    out = api.forget(a.model, a.request, a.out, requests=a.requests, method=a.method, config=a.config,
+    out = _api().forget(a.model, a.request, a.out, requests=a.requests, method=a.method, config=a.config,
                      overrides=a.overrides, seed=a.seed, overwrite=a.overwrite, audit=not a.no_audit,
                      audit_overrides=a.audit_set, hide_names=a.hide_names, allow_pickle=a.allow_pickle,
                      dtype=a.dtype)
@@ -173,12 +182,12 @@ def _forget(a: argparse.Namespace) -> None:
 
 def _eval(a: argparse.Namespace) -> None:
 
-    res = api.evaluate(a.model, a.data, a.out, forget=a.forget, steering=a.steering, overwrite=a.overwrite,
+    res = _api().evaluate(a.model, a.data, a.out, forget=a.forget, steering=a.steering, overwrite=a.overwrite,
                        method=a.method, seed=a.seed, allow_pickle=a.allow_pickle, max_items=a.max_items,
                        dtype=a.dtype, benchmark=a.benchmark, revision=a.revision, protocol=a.protocol,
                        max_new_tokens=a.max_new_tokens)
     try:
-        api.print_results(res)
+        _api().print_results(res)
     except KeyboardInterrupt as e:  # the results are written before they are shown
         e.add_note(f"the results are written to {a.out}")
         raise
@@ -186,20 +195,20 @@ def _eval(a: argparse.Namespace) -> None:
 
 def _report(a: argparse.Namespace) -> None:
 
-    out = api.report(a.results, a.out, overwrite=a.overwrite)
+    out = _api().report(a.results, a.out, overwrite=a.overwrite)
     print(f"report written to {out}")
 
 
 def _demo(a: argparse.Namespace) -> None:
 
-    api.demo(a.out, methods=a.methods, quick=a.quick, arch=a.arch, seed=a.seed, overwrite=a.overwrite,
+    _api().demo(a.out, methods=a.methods, quick=a.quick, arch=a.arch, seed=a.seed, overwrite=a.overwrite,
              cache_dir=a.cache_dir, config=a.config, audit=not a.no_audit, protocol=a.protocol, seeds=a.seeds)
 
 
 def _attack(a: argparse.Namespace) -> None:
     import json
 
-    res = api.attack(a.kind, a.model, a.data, a.out, forget=a.forget, vanilla=a.vanilla, steering=a.steering,
+    res = _api().attack(a.kind, a.model, a.data, a.out, forget=a.forget, vanilla=a.vanilla, steering=a.steering,
                      method=a.method, seed=a.seed, overrides=a.overrides, overwrite=a.overwrite,
                      allow_pickle=a.allow_pickle, dtype=a.dtype, benchmark=a.benchmark, revision=a.revision,
                      reference=a.reference, cache_dir=a.cache_dir)
@@ -214,7 +223,7 @@ def method_options(method: str) -> str:
     """
     import dataclasses
 
-    tcfg, mcfg, cls = method_configs(method, None, ())
+    tcfg, mcfg, cls = _api().method_configs(method, None, ())
     own = describe(type(mcfg), dataclasses.asdict(mcfg)) or "  (none)"
     text = (f"options of {method} (key=value; 'shipped': the value of its shipped config, which a run without "
             f"--config starts from):\n{own}\n\ntraining options every training method shares (the eraser, which "
@@ -230,9 +239,19 @@ def _wrapped(text: str) -> str:
                      for line in text.splitlines())
 
 
+def attack_options() -> str:
+    """What ``unsee attack --help`` ends with: every option of the audits, with its default."""
+    return _wrapped(f"options of the attacks (key=value):\n{describe(_lazy('unsee.audit.common').AttackConfig)}")
+
+
+def _asks_help(argv: Sequence[str], *commands: str) -> bool:
+    """Whether the command line asks for the help of one of ``commands``."""
+    return bool(argv) and argv[0] in commands and bool({"-h", "--help"} & set(argv))
+
+
 def _asked_method(argv: Sequence[str]) -> str | None:
     """The ``--method`` of an ``unlearn`` or ``forget`` command line that asks for help."""
-    if not argv or argv[0] not in ("unlearn", "forget") or not {"-h", "--help"} & set(argv):
+    if not _asks_help(argv, "unlearn", "forget"):
         return None
     for i, arg in enumerate(argv):
         if arg == "--method" and i + 1 < len(argv):
@@ -245,8 +264,9 @@ def _asked_method(argv: Sequence[str]) -> str | None:
 METHOD_HELP = "unsee unlearn --method NAME --help lists the options of the method NAME."
 
 
-def parser(method_help: str | None = None) -> argparse.ArgumentParser:
-    """The command line; ``method_help`` (a method's options) ends the help of unlearn and forget."""
+def parser(method_help: str | None = None, attack_help: str | None = None) -> argparse.ArgumentParser:
+    """The command line; ``method_help`` (a method's options) ends the help of unlearn and forget, and
+    ``attack_help`` (:func:`attack_options`) that of attack."""
     p = argparse.ArgumentParser(prog="unsee", description="Make a multimodal LLM forget what it recognises "
                                 "of a person from images, and prove it.")
     p.add_argument("--version", action="version", version=f"unsee {__version__}")
@@ -351,7 +371,7 @@ def parser(method_help: str | None = None) -> argparse.ArgumentParser:
                   _attack, required=["model", "data", "out"])
     at.add_argument("kind", choices=["relearn", "pgd", "probe", "shift", "quant", "mia", "all"])
     _add_overrides(at, "relearn_steps=20 pgd_steps=10")  # after the kind: positionals match in the order added
-    at.epilog = _wrapped(f"options of the attacks (key=value):\n{describe(AttackConfig)}")
+    at.epilog = attack_help or "unsee attack --help lists the options of the attacks."
     at.formatter_class = argparse.RawDescriptionHelpFormatter
     at.add_argument("--forget", default=None,
                     help="the forget split (default: the run's own when --out holds one, else forget_10; none "
@@ -391,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _plain_text_where_asked()
     try:
         method = _asked_method(argv)
-        p = parser(method_options(method) if method else None)
+        p = parser(method_options(method) if method else None, attack_options() if _asks_help(argv, "attack") else None)
     except UnseeError as e:
         print(f"unsee: error: {one_line(str(e))}", file=sys.stderr)
         return 2
@@ -461,7 +481,7 @@ ALONE = frozenset({"world", "model", "eval", "report", "attack"})
 def _first_of_launch() -> bool:
     """True outside a multi-process launch (told by its environment, so that plain runs set up
     no process group) and in its first process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_main_process()
+    return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or _lazy("unsee.engine.distributed").is_main_process()
 
 
 # What an interrupted command leaves behind. Outputs land only when a command completes
