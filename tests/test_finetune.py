@@ -474,3 +474,16 @@ def test_a_run_that_finds_its_stage_in_training_waits_and_reuses_it(
     record = json.loads((tmp_path / "v" / "unsee_vanilla.json").read_text())
     assert record["stages"][stage3]["cached"] is True  # this run trained nothing
     assert (tmp_path / "v" / "model.safetensors").read_bytes() == (landed / "model.safetensors").read_bytes()
+
+
+def test_the_record_says_cached_only_of_stages_in_the_cache(world: Path, model: Path, trained: tuple[Path, Path],
+                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage before a cached one that is gone from the cache is not trained again, and not called cached."""
+    vanilla, cache = trained
+    copy = Path(shutil.copytree(cache, tmp_path / "cache"))
+    stage1, stage2, stage3 = sorted(json.loads((vanilla / "unsee_vanilla.json").read_text())["stages"])
+    shutil.rmtree(copy / stage1)
+    monkeypatch.setattr(ft, "pretrain_vision", lambda *a, **k: pytest.fail("stage 1 trained again"))
+    out = ft.finetune(model, world, tmp_path / "v", config="quick", overrides=RECIPE, cache_dir=copy)
+    stages = json.loads((out / "unsee_vanilla.json").read_text())["stages"]
+    assert {name: s["cached"] for name, s in stages.items()} == {stage1: False, stage2: True, stage3: True}

@@ -470,10 +470,10 @@ def finetune(
     if train_once(stage3, train3):
         fresh.add(stage3)
     stages = {}
-    for p in plan.paths:
+    for p in plan.paths:  # a stage before a cached one may be gone from the cache: neither trained nor cached
         meta = json.loads((p / STAGE_FILE).read_text()) if stage_done(p) else {}
-        stages[p.name] = {"cached": p not in fresh, "seconds": meta.get("seconds"), "stats": meta.get("stats"),
-                          "numerics": meta.get("numerics")}
+        stages[p.name] = {"cached": bool(meta) and p not in fresh, "seconds": meta.get("seconds"),
+                          "stats": meta.get("stats"), "numerics": meta.get("numerics")}
     if is_main_process():  # under `accelerate launch` the first process writes the result
         with atomic_dir(out, overwrite=overwrite) as tmp:
             copy_entry(stage3, tmp)
