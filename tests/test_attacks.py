@@ -703,3 +703,35 @@ def test_a_continual_run_on_requests_is_told_apart_before_its_data_is(tmp_path: 
         with pytest.raises(DataError, match="pass the request file it ran on"):
             attacked_run({"runs": [{**run, "data": {"path": one}}]}, tmp_path / "results.json",
                          tmp_path / "model", None, data=tmp_path)
+
+
+def test_the_figures_go_to_the_run_whose_folder_holds_the_attacked_model(tmp_path: Path) -> None:
+    """Each layout of an output of several runs: a demo's (a folder a method, one a seed within it, the vanilla
+    model in the cache), ``unlearn --seeds`` (a folder a seed) and one model's (its last run)."""
+    from unsee.attacked import attacked_run
+
+    demo, cache = tmp_path / "demo", tmp_path / "cache" / "vanilla-x"
+    for folder in ("cvf_ncu/seed-0", "cvf_ncu/seed-1", "graddiff/seed-0", "graddiff/seed-1"):
+        (demo / folder).mkdir(parents=True)
+    cache.mkdir(parents=True)
+    (demo / "demo.json").write_text(json.dumps({"vanilla": str(cache)}))
+    runs = [{"method": m, "seed": s} for m, s in (("vanilla", 0), ("cvf_ncu", 0), ("cvf_ncu", 1), ("graddiff", 0),
+                                                   ("graddiff", 1))]
+    seeded = {"runs": runs, "seeds": {}}
+    picked = demo / "graddiff" / "seed-1"
+    assert attacked_run(seeded, demo / "results.json", picked, None) == (4, picked)
+    assert attacked_run(seeded, demo / "results.json", cache, None) == (0, demo)  # nothing is written in the cache
+    for other in (demo / "graddiff", tmp_path):  # two seeds' runs, and no run's model
+        with pytest.raises(DataError, match="holds a demo's 5 runs.*METHOD/seed-K"):
+            attacked_run(seeded, demo / "results.json", other, None)
+    one = {"runs": runs[:2] + runs[3:4]}
+    shutil.rmtree(demo / "cvf_ncu" / "seed-0")
+    assert attacked_run(one, demo / "results.json", demo / "cvf_ncu", None) == (1, demo / "cvf_ncu")
+    unlearned = tmp_path / "unlearned"
+    for k in (0, 1):
+        (unlearned / f"seed-{k}" / "model").mkdir(parents=True)
+    seeds = {"runs": [{"method": "ga", "seed": 0}, {"method": "ga", "seed": 1}], "seeds": {}}
+    assert attacked_run(seeds, unlearned / "results.json", unlearned / "seed-1" / "model", None) == \
+        (1, unlearned / "seed-1")
+    chain = {"runs": [{"method": "ga", "seed": 0, "request": 1}, {"method": "ga", "seed": 0, "request": 2}]}
+    assert attacked_run(chain, unlearned / "results.json", unlearned / "model", None) == (1, unlearned)

@@ -61,6 +61,30 @@ def test_demo_audits_every_result(demo_run: tuple[Path, Path]) -> None:
         assert "| pgd | forget_attacked |" in (out / m / "README.md").read_text()
 
 
+def test_an_attack_on_a_demo_output_goes_to_the_run_of_the_model_attacked(demo_run: tuple[Path, Path],
+                                                                        tmp_path: Path) -> None:
+    """A demo's output holds several runs: the figures go to the run whose model was attacked (the vanilla
+    model's too, without writing in the cache), and a model that is none of them is refused."""
+    from unsee import api
+    from unsee.errors import DataError
+
+    out = Path(shutil.copytree(demo_run[0], tmp_path / "out"))
+    made = json.loads((out / "demo.json").read_text())
+    world, vanilla = made["world"], Path(made["vanilla"])
+    options = ["quant_max_items=4", "quant_bits=[4]"]
+    in_cache = {p: p.stat().st_mtime_ns for p in vanilla.rglob("*")}
+    for attacked in (out / "cvf_ncu", vanilla):
+        api.attack("quant", attacked, world, out / "results.json", overrides=options)
+    runs = {r["method"]: r for r in load_results(out / "results.json")["runs"]}
+    assert "quant" in runs["cvf_ncu"]["attacks"] and "quant" in runs["vanilla"]["attacks"]
+    assert "quant" not in runs["graddiff"]["attacks"]
+    assert "| quant |" in (out / "cvf_ncu" / "README.md").read_text()
+    assert {p: p.stat().st_mtime_ns for p in vanilla.rglob("*")} == in_cache
+    with pytest.raises(DataError, match="holds a demo's 3 runs, and .* is not the model of one of them"):
+        api.attack("quant", demo_run[1] / next(p.name for p in demo_run[1].iterdir() if p.name.startswith("init-")),
+                   world, out / "results.json", overrides=options)
+
+
 def test_demo_under_two_processes_writes_once(demo_run: tuple[Path, Path], tmp_path: Path) -> None:
     """`accelerate launch -m unsee.cli demo`: the first process builds the world and the tiny model while the
     other waits, both train each method, and the first alone evaluates, audits and writes."""

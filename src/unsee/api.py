@@ -409,8 +409,8 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     last run and everything else is kept; an attack already recorded there is replaced only with
     ``overwrite``. The attacks then measure that run's forget split (``forget`` defaults to it)
     on its data and, where the run's output holds its model, that model: figures of anything
-    else would read as the run's own. Of a run over several seeds, the seed whose model (or
-    steering file) is attacked gets the figures (:func:`unsee.attacked.attacked_run`). Otherwise a
+    else would read as the run's own. Of a run over several seeds, or a demo's output, the run whose model
+    (or steering file) is attacked gets the figures (:func:`unsee.attacked.attacked_run`). Otherwise a
     new results.json holds one run named ``method``, on ``forget`` (``forget_10`` unless given; a request's own).
 
     The retrained reference (``reference``, or the one ``unsee retrain`` cached for ``vanilla``)
@@ -473,7 +473,7 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
                           overrides=overrides, changed=changed, reference=ref_path, cache_dir=cache_dir,
                           allow_pickle=allow_pickle)
     if existing is not None:
-        card = home / "model" / "README.md"  # the attacked checkpoint's card, where the output holds it
+        card = (home / "model" if (home / "model").is_dir() else home) / "README.md"  # a demo's: in the run's folder
         add_attacks(out, index, home, found, card if Path(model).resolve() == card.parent.resolve() else None,
                     attacked=existing["runs"][index], overwrite=overwrite)
     else:

@@ -4,6 +4,7 @@ lock, with the run's card and run.json, when attacks on one output run side by s
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ from unsee.methods.eraser import STEERING_FILE
 from unsee.models.base import model_fingerprint
 from unsee.report.card import refresh_card
 from unsee.report.tables import setting_of, vanilla_for
-from unsee.runs import request_runs, with_all_costs
+from unsee.runs import DEMO_FILE, request_runs, with_all_costs
 
 
 def add_attacks(out: Path, index: int, home: Path, found: Mapping[str, Any], card: Path | None = None,
@@ -107,15 +108,33 @@ def attacked_run(results: Mapping[str, Any], out: Path, model: str | Path, steer
 
 def _which_run(results: Mapping[str, Any], out: Path, model: str | Path,
                steering: str | Path | None) -> tuple[int, Path]:
-    if "seeds" not in results:
-        return len(results["runs"]) - 1, out.parent
+    """The run whose folder holds the attacked model (or steering file), and that folder: an unlearning seed's
+    (``seed-K/``) or, in a demo's output, a method's (``METHOD/``, ``METHOD/seed-K/``) or the vanilla model it
+    names. An output of one model (``unsee unlearn``, ``unsee forget``) gives them to its last run; one of
+    several refuses any other model, whose figures would be filed under a run that never measured it."""
     attacked = Path(steering if steering is not None else model).resolve()
+    demo = out.parent / DEMO_FILE
+    vanilla = json.loads(demo.read_text()).get("vanilla") if demo.is_file() else None
+    found: dict[Path, list[int]] = {}
     for i, run in enumerate(results["runs"]):
-        home = out.parent / f"seed-{run['seed']}"
-        if home.resolve() in (attacked, *attacked.parents):
-            return i, home
-    raise DataError(f"{out} holds the runs of {len(results['runs'])} unlearning seeds; attack one seed's model "
-                    f"(--model {out.parent}/seed-K/model, or its steering file), whose run gets the figures")
+        seed = f"seed-{run.get('seed')}"
+        homes = [out.parent / run["method"] / seed, out.parent / run["method"], out.parent / seed]
+        if run["method"] == "vanilla" and vanilla:
+            homes.append(Path(vanilla))
+        for home in homes:
+            if home.is_dir() and home.resolve() in (attacked, *attacked.parents):
+                found.setdefault(home, []).append(i)
+    if found:
+        home = max(found, key=lambda h: len(h.resolve().parts))  # the closest: a seed's folder inside its method's
+        if len(found[home]) == 1:  # the vanilla model's folder is the cache's, where an attack writes nothing
+            return found[home][0], out.parent if vanilla and home == Path(vanilla) else home
+    elif "seeds" not in results and not demo.is_file():
+        return len(results["runs"]) - 1, out.parent
+    n = len(results["runs"])
+    what, layout = ((f"a demo's {n} runs", f"{out.parent}/METHOD" + ("/seed-K" if "seeds" in results else ""))
+                    if demo.is_file() else (f"the runs of {n} unlearning seeds", f"{out.parent}/seed-K/model"))
+    raise DataError(f"{out} holds {what}, and {attacked} is not the model of one of them; attack one run's model "
+                    f"(--model {layout}, or its steering file), whose run gets the figures")
 
 
 def _but_attacks(run: Mapping[str, Any]) -> dict[str, Any]:

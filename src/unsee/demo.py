@@ -37,6 +37,7 @@ from unsee.models import load_adapter
 from unsee.models.tiny import cached_init, check_arch
 from unsee.report import print_results, write_report
 from unsee.runs import (
+    DEMO_FILE,
     check_forget,
     eval_options,
     evaluation,
@@ -189,7 +190,7 @@ def run_demo(out: str | Path, *, methods: str | list[str] = "cvf_ncu,graddiff", 
         write_results(tmp / "results.json", results)
         write_report([tmp / "results.json"], tmp, overwrite=True)
         _write_examples(tmp, shown, before, after, forgotten=set(suite.forget_entities))
-        (tmp / "demo.json").write_text(json.dumps({"config": to_dict(cfg), "arch": arch, "seed": seed, "seeds": seeds,
+        (tmp / DEMO_FILE).write_text(json.dumps({"config": to_dict(cfg), "arch": arch, "seed": seed, "seeds": seeds,
                                                    "reference": None if reference is None else str(reference),
                                                    "world": str(world), "vanilla": str(vanilla)}, indent=2))
     print_results(results, console)

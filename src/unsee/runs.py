@@ -36,6 +36,9 @@ from unsee.methods.eraser import SteeringArtifact
 from unsee.models.base import Adapter, Turn
 from unsee.provenance import combined_cost
 
+# What a demo's output records beside its results: its config, the world and the vanilla model it measured.
+DEMO_FILE = "demo.json"
+
 
 def names_needed_by(method: str | None, config: Any = None, overrides: Any = ()) -> str | None:
     """``method`` when, as configured, its loss reads answers about retained people, who then need names; None
