@@ -517,3 +517,13 @@ def test_a_run_scored_as_given_is_labelled_so_beside_its_method_s_runs() -> None
     assert labels[id(trained)] == "" and labels[id(scored)] == "no config recorded"
     other = run("eraser", dict.fromkeys(GROUPS, 0.5), config={"layers": [2], "strength": 2.0})
     assert config_variants([trained, other, scored])[id(other)] == "layers=[2]"
+
+
+def test_the_api_reports_one_results_file_given_alone(tmp_path: Path) -> None:
+    """``api.report("results.json", out)``, as a notebook user writes it: one file, not its characters."""
+    from unsee import api
+
+    write_results(tmp_path / "results.json", results(run("vanilla", {"forget": 1.0}), run("ga", {"forget": 0.2})))
+    for given in (str(tmp_path / "results.json"), tmp_path / "results.json"):
+        out = api.report(given, tmp_path / "rep", overwrite=True)
+        assert "| ga" in (out / "report.md").read_text()

@@ -625,3 +625,16 @@ def test_vkd_on_photos_read_as_other_token_grids_is_one_line(example: Path, tiny
         api.forget(tiny_models.dir("tiny-qwen2-vl"), other / example.name, out, method="vkd", overrides=FAST,
                    audit=False, max_gen_items=1)
     assert not out.exists()
+
+
+def test_requests_given_as_a_path_are_read_as_their_string_is(tmp_path: Path) -> None:
+    """A notebook passes ``Path`` objects: a file listing continual requests, or one request file."""
+    from unsee.runs import request_names
+
+    listing = tmp_path / "requests.txt"
+    listing.write_text("# in order\nforget_r1\nforget_r2\n")
+    assert request_names(listing) == request_names(str(listing)) == ["forget_r1", "forget_r2"]
+    with pytest.raises(ConfigError, match="no file listing requests"):
+        request_names(tmp_path / "missing.txt")
+    one = tmp_path / "request.yaml"
+    assert forget_module.request_files(requests=one) == forget_module.request_files(requests=str(one)) == [one]

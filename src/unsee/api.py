@@ -214,8 +214,8 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
     return load_results(out)  # as written: with the record of its samples.jsonl, which load_samples checks
 
 
-def report(results: Sequence[str | Path], out: str | Path, *, overwrite: bool = False) -> Path:
-
+def report(results: str | Path | Sequence[str | Path], out: str | Path, *, overwrite: bool = False) -> Path:
+    results = [results] if isinstance(results, str | Path) else list(results)  # one file, or several
     for name in REPORT_FILES:  # the report may sit beside its results files, never replace one
         check_not_input(Path(out) / name, _local(*results))
     check_writable(Path(out) / "report.md")
@@ -225,7 +225,7 @@ def report(results: Sequence[str | Path], out: str | Path, *, overwrite: bool = 
 
 # ---- unlearning ----------------------------------------------------------------------------
 def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
-            requests: str | Sequence[str] | None = None, config: Any = None, overrides: Any = (),
+            requests: str | Path | Sequence[str] | None = None, config: Any = None, overrides: Any = (),
             seed: int | None = None, overwrite: bool = False, allow_pickle: bool = False, audit: bool = False,
             audit_overrides: Any = (), evaluate_after: bool = True, dtype: str | None = None,
             report_to: str = "", benchmark: str | None = None, revision: str | None = None,

@@ -12,6 +12,7 @@ Several request files run one after another: a continual run.
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import time
 from collections.abc import Sequence
@@ -55,14 +56,15 @@ from unsee.unlearning import check_audit_options, unlearn_and_save
 
 
 def request_files(request: str | Path | Sequence[str | Path] | None = None,
-                  requests: str | Sequence[str | Path] | None = None) -> list[Path]:
+                  requests: str | Path | Sequence[str | Path] | None = None) -> list[Path]:
     """``--request FILE`` or ``--requests A,B,...`` (in order), never both."""
     if (request is None) == (requests is None):
         raise ConfigError("give one request file (--request FILE) or several in order (--requests A,B,...)")
     if requests is not None:
-        items = requests.split(",") if isinstance(requests, str) else list(requests)
+        items = requests.split(",") if isinstance(requests, str) else [requests] if isinstance(
+            requests, os.PathLike) else list(requests)
     else:
-        items = [request] if isinstance(request, str | Path) else list(request or [])
+        items = [request] if isinstance(request, str | os.PathLike) else list(request or [])
     files = [Path(str(f).strip()) for f in items if str(f).strip()]
     if not files:
         raise ConfigError("no request file given")

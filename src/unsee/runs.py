@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -388,16 +389,18 @@ def check_disjoint(requests: Sequence[tuple[str, Sequence[str]]]) -> None:
         raise ConfigError(f"continual requests must forget other people each: {'; '.join(again)}")
 
 
-def request_names(requests: str | Sequence[str] | None) -> list[str]:
+def request_names(requests: str | Path | Sequence[str] | None) -> list[str]:
     """``--requests``: a comma list of splits, a file listing one a line (``#`` comments), or a list."""
     if requests is None:
         return []
-    if isinstance(requests, str):
+    if isinstance(requests, str | os.PathLike):  # a file listing them, or (a string) the names themselves
         p = Path(requests)
         if p.is_file():
             names = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-        else:
+        elif isinstance(requests, str):
             names = [r.strip() for r in requests.split(",") if r.strip()]
+        else:
+            raise ConfigError(f"--requests {requests} is no file listing requests")
     else:
         names = list(requests)
     if not names:  # given but empty: run as one request on --forget, it would not be what was asked
