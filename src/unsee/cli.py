@@ -24,14 +24,10 @@ from unsee.config import describe
 from unsee.errors import ConfigError, UnseeError
 
 
-def _lazy(module: str) -> ModuleType:
+def _lazy(module: str = "unsee.api") -> ModuleType:
     """``module`` (the API and what it loads: torch, transformers), imported when a command runs, not when the
     command line is read: help, ``--version`` and a mistyped option then answer at once, not seconds later."""
     return importlib.import_module(module)
-
-
-def _api() -> ModuleType:
-    return _lazy("unsee.api")
 
 
 def _add_overrides(p: argparse.ArgumentParser, example: str) -> None:
@@ -117,7 +113,7 @@ def _reference_options(p: argparse.ArgumentParser) -> None:
 
 def _world(a: argparse.Namespace) -> None:
 
-    out = _api().build_world(a.out, seed=a.seed, config=a.config, overrides=a.overrides, overwrite=a.overwrite,
+    out = _lazy().build_world(a.out, seed=a.seed, config=a.config, overrides=a.overrides, overwrite=a.overwrite,
                           example=not a.no_example)
     example = "" if a.no_example else f"; an example removal request: {out}/request/request.yaml"
     print(f"world written to {out}{example}")
@@ -131,10 +127,10 @@ def _model_init(a: argparse.Namespace) -> None:
         if a.world is not None:  # a hub shape tests structure and cost: its small tokenizer is trained on no world
             raise ConfigError("--world trains a tiny model's tokenizer (--arch); a --shape model, built to test "
                               "structure and cost, has a small local tokenizer of its own")
-        out = _api().init_shaped(a.shape, a.out, tiny=not a.full_size, seed=a.seed, overwrite=a.overwrite)
+        out = _lazy().init_shaped(a.shape, a.out, tiny=not a.full_size, seed=a.seed, overwrite=a.overwrite)
         print(f"{a.shape} ({'full size' if a.full_size else 'tiny'}, random weights) written to {out}")
     else:
-        out = _api().init_model(a.arch, a.out, world=a.world, seed=a.seed, overwrite=a.overwrite)
+        out = _lazy().init_model(a.arch, a.out, world=a.world, seed=a.seed, overwrite=a.overwrite)
         print(f"{a.arch} written to {out}")
 
 
@@ -146,21 +142,21 @@ def _say(message: str) -> None:
 
 def _finetune(a: argparse.Namespace) -> None:
 
-    out = _api().finetune(a.model, a.data, a.out, config=a.config, overrides=a.overrides, seed=a.seed,
+    out = _lazy().finetune(a.model, a.data, a.out, config=a.config, overrides=a.overrides, seed=a.seed,
                        overwrite=a.overwrite, cache_dir=a.cache_dir, benchmark=a.benchmark, revision=a.revision)
     _say(f"vanilla model written to {out}")
 
 
 def _retrain(a: argparse.Namespace) -> None:
 
-    out = _api().retrain(a.model, a.data, a.out, forget=a.forget, overwrite=a.overwrite, cache_dir=a.cache_dir,
+    out = _lazy().retrain(a.model, a.data, a.out, forget=a.forget, overwrite=a.overwrite, cache_dir=a.cache_dir,
                       benchmark=a.benchmark, revision=a.revision)
     _say(f"retrained reference (without {a.forget}'s photos) written to {out}")
 
 
 def _unlearn(a: argparse.Namespace) -> None:
 
-    out = _api().unlearn(
+    out = _lazy().unlearn(
         a.method, a.model, a.data, a.out, forget=a.forget, requests=a.requests, config=a.config,
         overrides=a.overrides, seed=a.seed, overwrite=a.overwrite, allow_pickle=a.allow_pickle,
         audit=a.audit, audit_overrides=a.audit_set, dtype=a.dtype, report_to=a.report_to or "",
@@ -173,7 +169,7 @@ def _unlearn(a: argparse.Namespace) -> None:
 
 def _forget(a: argparse.Namespace) -> None:
 
-    out = _api().forget(a.model, a.request, a.out, requests=a.requests, method=a.method, config=a.config,
+    out = _lazy().forget(a.model, a.request, a.out, requests=a.requests, method=a.method, config=a.config,
                      overrides=a.overrides, seed=a.seed, overwrite=a.overwrite, audit=not a.no_audit,
                      audit_overrides=a.audit_set, hide_names=a.hide_names, allow_pickle=a.allow_pickle,
                      dtype=a.dtype)
@@ -182,12 +178,12 @@ def _forget(a: argparse.Namespace) -> None:
 
 def _eval(a: argparse.Namespace) -> None:
 
-    res = _api().evaluate(a.model, a.data, a.out, forget=a.forget, steering=a.steering, overwrite=a.overwrite,
+    res = _lazy().evaluate(a.model, a.data, a.out, forget=a.forget, steering=a.steering, overwrite=a.overwrite,
                        method=a.method, seed=a.seed, allow_pickle=a.allow_pickle, max_items=a.max_items,
                        dtype=a.dtype, benchmark=a.benchmark, revision=a.revision, protocol=a.protocol,
                        max_new_tokens=a.max_new_tokens)
     try:
-        _api().print_results(res)
+        _lazy().print_results(res)
     except KeyboardInterrupt as e:  # the results are written before they are shown
         e.add_note(f"the results are written to {a.out}")
         raise
@@ -195,20 +191,20 @@ def _eval(a: argparse.Namespace) -> None:
 
 def _report(a: argparse.Namespace) -> None:
 
-    out = _api().report(a.results, a.out, overwrite=a.overwrite)
+    out = _lazy().report(a.results, a.out, overwrite=a.overwrite)
     print(f"report written to {out}")
 
 
 def _demo(a: argparse.Namespace) -> None:
 
-    _api().demo(a.out, methods=a.methods, quick=a.quick, arch=a.arch, seed=a.seed, overwrite=a.overwrite,
+    _lazy().demo(a.out, methods=a.methods, quick=a.quick, arch=a.arch, seed=a.seed, overwrite=a.overwrite,
              cache_dir=a.cache_dir, config=a.config, audit=not a.no_audit, protocol=a.protocol, seeds=a.seeds)
 
 
 def _attack(a: argparse.Namespace) -> None:
     import json
 
-    res = _api().attack(a.kind, a.model, a.data, a.out, forget=a.forget, vanilla=a.vanilla, steering=a.steering,
+    res = _lazy().attack(a.kind, a.model, a.data, a.out, forget=a.forget, vanilla=a.vanilla, steering=a.steering,
                      method=a.method, seed=a.seed, overrides=a.overrides, overwrite=a.overwrite,
                      allow_pickle=a.allow_pickle, dtype=a.dtype, benchmark=a.benchmark, revision=a.revision,
                      reference=a.reference, cache_dir=a.cache_dir)
@@ -223,7 +219,7 @@ def method_options(method: str) -> str:
     """
     import dataclasses
 
-    tcfg, mcfg, cls = _api().method_configs(method, None, ())
+    tcfg, mcfg, cls = _lazy().method_configs(method, None, ())
     own = describe(type(mcfg), dataclasses.asdict(mcfg)) or "  (none)"
     text = (f"options of {method} (key=value; 'shipped': the value of its shipped config, which a run without "
             f"--config starts from):\n{own}\n\ntraining options every training method shares (the eraser, which "
