@@ -38,8 +38,7 @@ from transformers import AutoConfig
 
 from unsee.data import scenes as general
 from unsee.demo import DemoConfig, prepare_init
-from unsee.engine.prepare import adamw
-from unsee.engine.trainer import seed_everything
+from unsee.engine.prepare import adamw, seed_everything
 from unsee.finetune import cache_root
 from unsee.io import atomic_write_json
 from unsee.models import HFAdapter, load_adapter

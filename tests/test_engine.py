@@ -299,6 +299,42 @@ def test_sharpness_aware_forgetting_alone_is_refused_for_a_loss_given_whole(
         train(WholeGA(), adapter, suite, turns, cfg(scope="projector", max_steps=1, sam_rho=0.05, sam_terms="forget"))
 
 
+
+class NaNAtSecondStep(GA):
+    def loss(self, ctx: Context, batch: dict[str, list[Turn]]) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, parts = super().loss(ctx, batch)
+        return (loss * float("nan") if ctx.step == 1 else loss), parts
+
+
+def test_a_lora_run_that_fails_leaves_a_plain_model_holding_its_last_good_state(
+        adapter: HFAdapter, suite: Suite, turns: dict[str, list[Turn]], tmp_path: Path) -> None:
+    """Left wrapped in peft, the model saved only its adapters and failed to train again."""
+    with pytest.raises(TrainingError, match="step 1"):
+        train(NaNAtSecondStep(), adapter, suite, turns, cfg(scope="lora", lora_dropout=0.0))
+    assert not hasattr(adapter.model, "peft_config")
+    assert all("lora_" not in n and torch.isfinite(p).all() for n, p in adapter.model.named_parameters())
+    train(GA(), adapter, suite, turns, cfg(scope="lora", lora_dropout=0.0))  # and it trains again
+
+
+def test_a_run_leaves_the_callers_random_streams_and_kernels_as_it_found_them(
+        adapter: HFAdapter, suite: Suite, turns: dict[str, list[Turn]]) -> None:
+    """A run seeds its own streams; a notebook's draws after it were the same every time."""
+    import random
+
+    import numpy as np
+
+    random.seed(7)
+    np.random.seed(7)
+    torch.manual_seed(7)
+    expected = (random.random(), float(np.random.random()), float(torch.rand(())))
+    random.seed(7)
+    np.random.seed(7)
+    torch.manual_seed(7)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    train(GA(), adapter, suite, turns, cfg())
+    assert (random.random(), float(np.random.random()), float(torch.rand(()))) == expected
+    assert torch.are_deterministic_algorithms_enabled() == deterministic
+
 # ---- determinism -----------------------------------------------------------------------------------------
 def test_same_seed_gives_same_losses(model_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:
     runs = [train(GA(), load_adapter(model_dir), suite, turns, cfg(max_steps=3, seed=0)).losses for _ in range(2)]

@@ -24,10 +24,10 @@ import torch
 from unsee.config import to_dict
 from unsee.engine.checkpoint import content_key
 from unsee.engine.distributed import is_main_process
+from unsee.engine.prepare import merge_lora
 from unsee.engine.trainer import UNKEYED, unique_images
 from unsee.errors import ConfigError, DataError, OutputExistsError, TrainingError
 from unsee.io import atomic_dir, atomic_write_json, restored
-from unsee.methods.artifact import merge_lora
 from unsee.models import load_adapter
 from unsee.models.base import Adapter, model_fingerprint
 from unsee.runs import method_configs, request_overrides, save_model, unlearn_adapter

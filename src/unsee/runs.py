@@ -25,6 +25,7 @@ from unsee.data.request import is_request_file, load_request_suite
 from unsee.data.schema import Suite
 from unsee.engine import distributed
 from unsee.engine.checkpoint import has_checkpoint, remove_checkpoint
+from unsee.engine.prepare import merge_lora
 from unsee.engine.trainer import STEPLESS, TrainConfig
 from unsee.errors import DataError
 from unsee.eval.evaluator import Evaluation, run_evaluation
@@ -32,7 +33,7 @@ from unsee.eval.protocols import check_protocol
 from unsee.eval.results import SAMPLES_KEY
 from unsee.io import atomic_write_text, check_not_input, check_space
 from unsee.methods import method_class
-from unsee.methods.artifact import Artifact, Trained, WeightsArtifact, merge_lora
+from unsee.methods.artifact import Artifact, Trained, WeightsArtifact
 from unsee.methods.eraser import SteeringArtifact
 from unsee.models.base import Adapter, Turn
 from unsee.provenance import combined_cost

@@ -24,8 +24,7 @@ from unsee.data.identity import Identity
 from unsee.data.render import pretrain_batch
 from unsee.data.scenes import GENERAL_COLOURS, GENERAL_POSITIONS, GENERAL_SHAPES, render_general, sample_general_item
 from unsee.engine.checkpoint import has_checkpoint, load_checkpoint, resumed, save_checkpoint
-from unsee.engine.prepare import adamw, one_cycle
-from unsee.engine.trainer import seed_everything
+from unsee.engine.prepare import adamw, one_cycle, seeded
 from unsee.errors import ConfigError
 from unsee.io import content_hash
 from unsee.models.base import Adapter
@@ -153,7 +152,8 @@ def render_fingerprint(identities: list[Identity], cfg: VisionOptions, n: int = 
 def pretrain_vision(adapter: Adapter, cfg: VisionOptions, identities: list[Identity],
                     checkpoint: str | Path | None = None, *,
                     on_step: Callable[[int, float], None] | None = None) -> dict[str, float]:
-    """CosFace over fresh renders of ``identities``; trains the visual module only.
+    """CosFace over fresh renders of ``identities``; trains the visual module only, on random streams of its
+    own (:func:`unsee.engine.prepare.seeded`).
 
     With ``checkpoint``, the state is saved every ``cfg.checkpoint_every`` steps and a run
     that finds a checkpoint there resumes from it, with the same result as an uninterrupted run.
@@ -166,9 +166,14 @@ def pretrain_vision(adapter: Adapter, cfg: VisionOptions, identities: list[Ident
     model's parameters, not a CosFace head and general heads beside it.
     """
 
+    with seeded(cfg.vision_seed):
+        return _pretrain_vision(adapter, cfg, identities, checkpoint, on_step)
+
+
+def _pretrain_vision(adapter: Adapter, cfg: VisionOptions, identities: list[Identity], checkpoint: str | Path | None,
+                     on_step: Callable[[int, float], None] | None) -> dict[str, float]:
     if not identities:
         raise ConfigError("stage 1 needs a pre-training pool; the world was built with n_pretrain=0")
-    seed_everything(cfg.vision_seed)
     rng = np.random.default_rng(cfg.vision_seed)
     named = visual_state(adapter)
     params = adapter.set_scope("visual")

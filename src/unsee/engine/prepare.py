@@ -1,5 +1,5 @@
-"""What the training loop prepares before its first step: frozen references, parked language
-models, fp32 master weights, LoRA, the optimiser and the learning-rate schedule.
+"""What the training loop prepares before its first step: its random streams, frozen references, parked
+language models, fp32 master weights, LoRA, the optimiser and the learning-rate schedule.
 
 Each is a small function of the adapter and a few options, so that the loop in
 :mod:`unsee.engine.trainer` reads as the steps of a run, and stage code (the vanilla recipe)
@@ -8,11 +8,14 @@ can share the optimiser without the loop.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,6 +32,34 @@ class LoraOptions(Protocol):
 class ScheduleOptions(Protocol):
     warmup_ratio: float
     schedule: str
+
+
+def seed_everything(seed: int) -> None:
+    """Python's, numpy's and torch's random streams seeded, and torch's deterministic kernels on, for the rest
+    of the process (a script's); a run inside a process that goes on takes :func:`seeded`."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """A run's random streams (Python's, numpy's, torch's on every device) seeded from ``seed``, with torch's
+    deterministic kernels where it has them. The caller's streams and setting are put back after it: a run
+    left them seeded, and a notebook's own draws after it came out the same every time."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    python, numpy = random.getstate(), np.random.get_state()
+    strict = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    with torch.random.fork_rng(devices=devices):
+        seed_everything(seed)
+        try:
+            yield
+        finally:
+            random.setstate(python)
+            np.random.set_state(numpy)
+            torch.use_deterministic_algorithms(strict, warn_only=warn_only)
 
 
 def frozen_copy(adapter: Adapter, visual_only: bool, device: torch.device | str | None = None) -> Adapter:
@@ -124,6 +155,24 @@ def apply_lora(adapter: Adapter, cfg: LoraOptions) -> None:
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=names)
     # peft makes the factors fp32 by itself; master_weights=model keeps them at the model's precision
     adapter.model = get_peft_model(adapter.model, lcfg, autocast_adapter_dtype=cfg.master_weights != "model")
+
+
+def merge_lora(adapter: Adapter) -> None:
+    """Fold a LoRA run's adapters into the weights, in place, so the model saves and loads without peft."""
+    if hasattr(adapter.model, "merge_and_unload"):
+        adapter.model = adapter.model.merge_and_unload()
+
+
+@contextlib.contextmanager
+def plain_if_stopped(adapter: Adapter, lora: bool) -> Iterator[None]:
+    """A LoRA run that fails or is stopped leaves a plain model with its last good state, as any other run
+    does: left wrapped in peft, it neither saved as a model nor trained again."""
+    try:
+        yield
+    except BaseException:
+        if lora:
+            merge_lora(adapter)
+        raise
 
 
 def lr_lambda(cfg: ScheduleOptions, total: int) -> Callable[[int], float]:

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -40,6 +38,8 @@ from unsee.engine.prepare import (
     frozen_copy,
     lr_lambda,
     park_language,
+    plain_if_stopped,
+    seeded,
     unpark,
     upcast,
 )
@@ -210,13 +210,6 @@ class Context:
         return i * self.world + self.rank
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-
-
 def unique_images(turns: list) -> list:
     """One turn per distinct image: methods that read only images (CVF, VKD) would otherwise
     revisit a photo once for every question asked about it."""
@@ -346,7 +339,17 @@ def _save_progress(cfg: TrainConfig, step: int, method: Method, named: dict[str,
     )
 
 
-def train(
+def train(method: Method, adapter: Adapter, suite: Suite, turns: dict[str, list], cfg: TrainConfig,
+          **options: Any) -> TrainResult:
+    """Run ``method`` on ``adapter`` in place. Raises :class:`TrainingError` on a non-finite loss,
+    leaving the model at its last good state. ``options``: ``accelerator``, ``reference`` (a frozen
+    copy the method reads), ``on_eval`` (called every ``eval_every`` steps in every process; under FSDP it
+    sees the sharded model) and ``desc``. The run's random streams are its own (:func:`seeded`)."""
+    with seeded(cfg.seed), plain_if_stopped(adapter, cfg.scope == "lora"):
+        return _train(method, adapter, suite, turns, cfg, **options)
+
+
+def _train(
     method: Method,
     adapter: Adapter,
     suite: Suite,
@@ -358,12 +361,8 @@ def train(
     on_eval: Callable[[int], dict] | None = None,
     desc: str | None = None,
 ) -> TrainResult:
-    """Run ``method`` on ``adapter`` in place. Raises :class:`TrainingError` on a non-finite loss,
-    leaving the model at its last good state. ``on_eval`` is called every ``eval_every`` steps
-    in every process; under FSDP it sees the sharded model."""
     from accelerate import Accelerator
 
-    seed_everything(cfg.seed)
     check_launch(method, eval_every=cfg.eval_every)
     getattr(method.cfg, "check_train", lambda _: None)(cfg)  # method options that depend on these ones
     if adapter.dtype == torch.float16:  # bf16 autocast cannot mix with it either

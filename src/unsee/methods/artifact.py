@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from unsee.engine.prepare import merge_lora
 from unsee.engine.trainer import train
 from unsee.errors import ModelError
 from unsee.io import atomic_write_json
@@ -53,12 +54,6 @@ class Unlearner(Protocol):
 
     def needs_neutral(self) -> str | None: ...  # "": no never-taught photos read; None: no way round; else the way
     def unlearn(self, adapter: Adapter, suite: Suite, cfg: Any) -> Artifact: ...
-
-
-def merge_lora(adapter: Adapter) -> None:
-    """Fold a LoRA run's adapters into the weights, in place, so the model saves and loads without peft."""
-    if hasattr(adapter.model, "merge_and_unload"):
-        adapter.model = adapter.model.merge_and_unload()
 
 
 @dataclass
