@@ -79,6 +79,7 @@ def test_an_attack_on_a_demo_output_goes_to_the_run_of_the_model_attacked(demo_r
     assert "quant" in runs["cvf_ncu"]["attacks"] and "quant" in runs["vanilla"]["attacks"]
     assert "quant" not in runs["graddiff"]["attacks"]
     assert "| quant |" in (out / "cvf_ncu" / "README.md").read_text()
+    assert "quant" in (out / "report.md").read_text()  # the demo's report holds them too
     assert {p: p.stat().st_mtime_ns for p in vanilla.rglob("*")} == in_cache
     with pytest.raises(DataError, match="holds a demo's 3 runs, and .* is not the model of one of them"):
         api.attack("quant", demo_run[1] / next(p.name for p in demo_run[1].iterdir() if p.name.startswith("init-")),

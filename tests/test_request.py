@@ -504,6 +504,8 @@ def test_requests_in_order_are_a_continual_run(model_dir: Path, example: Path, w
     assert all(n in card for n in forgotten)
     evidence = (out / "evidence.html").read_text()
     assert all(n in evidence for n in forgotten)  # the held-out photos of both requests' people
+    # but the run measured the last request's held-out photos alone, and its verdict says so
+    assert "on held-out photos of the last request's people" in (out / "report.md").read_text()
     # its model is attacked on one request into a new file; the chain's own results take no figure of one request
     with pytest.raises(DataError, match="continual run on the requests one\\+two"):
         api.attack("shift", out / "model", files[-1], out, overrides=["max_items=2"])
@@ -638,3 +640,18 @@ def test_requests_given_as_a_path_are_read_as_their_string_is(tmp_path: Path) ->
         request_names(tmp_path / "missing.txt")
     one = tmp_path / "request.yaml"
     assert forget_module.request_files(requests=one) == forget_module.request_files(requests=str(one)) == [one]
+
+
+def test_an_attack_after_a_request_writes_its_evidence_again(model_dir: Path, example: Path, tmp_path: Path) -> None:
+    """``unsee forget --no-audit`` then ``unsee attack``: the report and the evidence page said no audit was run,
+    beside a card and results that held one."""
+    out = api.forget(model_dir, example, tmp_path / "out", overrides=FAST, audit=False, max_gen_items=1)
+    assert "no audits were run" in (out / "report.md").read_text()
+    photos = {p.name: p.read_bytes() for p in (out / "evidence").glob("0*.png")}
+    api.attack("shift", out / "model", example, out, overrides=["max_items=2"])
+    report, page = (out / "report.md").read_text(), (out / "evidence.html").read_text()
+    card = (out / "model" / "README.md").read_text()
+    said = next(line for line in report.splitlines() if line.startswith("**Verdict:**"))
+    assert "no audits were run" not in report and said in card and "the audits run give no recovery figure" in said
+    assert "| shift |" in report and "<td>shift</td>" in page and "No audits were run" not in page
+    assert {p.name: p.read_bytes() for p in (out / "evidence").glob("0*.png")} == photos  # the photos as written

@@ -18,7 +18,9 @@ from unsee.eval.results import load_results, seed_summary, write_results
 from unsee.io import atomic_write_json
 from unsee.methods.eraser import STEERING_FILE
 from unsee.models.base import model_fingerprint
+from unsee.report import write_report
 from unsee.report.card import refresh_card
+from unsee.report.evidence import refresh_evidence
 from unsee.report.tables import setting_of, vanilla_for
 from unsee.runs import DEMO_FILE, request_runs, with_all_costs
 
@@ -58,6 +60,7 @@ def add_attacks(out: Path, index: int, home: Path, found: Mapping[str, Any], car
         if "seeds" in results:  # the spread over the seeds takes in the new figures
             results["seeds"] = seed_summary(results["runs"])
         write_results(out, results, overwrite=True, keep_samples=True)  # attacks change no item
+        _refresh_reports(out, results, run)
         if run["cost"].get("covers") in ("evaluation", "nothing"):  # a run beside an output: not its run or card
             return False
         if (home / "run.json").is_file() and (len(results["runs"]) == 1 or home != out.parent):
@@ -71,6 +74,19 @@ def add_attacks(out: Path, index: int, home: Path, found: Mapping[str, Any], car
         continual = len(chain) > 1 and chain[-1] is run and [r["request"] for r in chain] == [*range(1, len(chain) + 1)]
         shown = with_all_costs(chain) if continual else run
         return refresh_card(card, shown, vanilla_for([r for r in results["runs"] if setting_of(r) == setting_of(run)]))
+
+
+def _refresh_reports(out: Path, results: Mapping[str, Any], run: Mapping[str, Any]) -> None:
+    """The reports beside the results file say what it holds now: a demo's report and plots, a removal
+    request's evidence (:func:`unsee.report.evidence.refresh_evidence`)."""
+    folder = out.parent
+    if not (folder / "report.md").is_file() or out.name != "results.json":
+        return
+    if (folder / DEMO_FILE).is_file():
+        write_report([out], folder, overwrite=True)
+    elif (folder / "evidence.html").is_file():
+        refresh_evidence(folder, results, run, vanilla_for([r for r in results["runs"]
+                                                            if setting_of(r) == setting_of(run)]))
 
 
 def _on_requests(run: Mapping[str, Any]) -> bool:

@@ -143,9 +143,10 @@ def verdict(run: Mapping[str, Any], vanilla: Mapping[str, Any] | None, audits: M
             state += f" ({states.count(state)} of {len(found)} requests)"
         head = f"the forget people are {state} ({figures})"
     on_held, held_figures = _recognition("forget_test", run, vanilla)  # the photos no method trained on
+    whose = " of the last request's people" if len(groups) > 1 else ""  # a continual run holds no others' held-out
     if held_figures:
-        head += f"; on held-out photos {held_figures}" if on_held == "unknown" else \
-            f"; on held-out photos they are {on_held} ({held_figures})"
+        head += f"; on held-out photos{whose} {held_figures}" if on_held == "unknown" else \
+            f"; on held-out photos{whose} they are {on_held} ({held_figures})"
     if not audits:
         return f"**Verdict:** {head}; no audits were run, so whether they can be brought back is untested."
     back, held = [], []

@@ -220,6 +220,29 @@ def write_evidence(out: Path, *, shown: Sequence[Shown], results: Mapping[str, A
     return out / "evidence.html"
 
 
+FIGURES = "![figures](evidence/figures.png)\n"  # where report.md's own lines end and the results' tables begin
+
+
+def refresh_evidence(out: Path, results: Mapping[str, Any], run: Mapping[str, Any],
+                     vanilla: Mapping[str, Any] | None) -> None:
+    """What ``out``'s evidence says of the audits, again, once ``unsee attack`` has added some: its verdict,
+    figure and audit table, and report.md's verdict and tables. The photos and answers stay as written.
+    Left as they were, they said no audit was run beside a card and results that hold them."""
+    audits = run.get("attacks") or {}
+    line = verdict(run, vanilla, audits)
+    plot_evidence(run, vanilla, out / "evidence" / "figures.png")
+    head, marker, _ = (out / "report.md").read_text().partition(FIGURES)
+    head = re.sub(r"^\*\*Verdict:\*\*.*$", lambda _: line, head, count=1, flags=re.M)
+    atomic_write_text(out / "report.md", head + marker + render_report(results).split("\n", 1)[1])
+    page = (out / "evidence.html").read_text()
+    said = line.replace("**Verdict:**", "").strip()
+    page = re.sub(r'<p class="verdict">.*?</p>', lambda _: f'<p class="verdict"><b>Verdict:</b> {_e(said)}</p>',
+                  page, count=1)
+    table = "\n".join(_audit_table(audits) if audits else ["<p>No audits were run.</p>"])
+    page = re.sub(r"(?s)(<h2>Audits</h2>\n).*?(\n<h2>Cost</h2>)", lambda m: m[1] + table + m[2], page, count=1)
+    atomic_write_text(out / "evidence.html", page)
+
+
 def _unlearning(run: Mapping[str, Any], cost: Mapping[str, Any]) -> Mapping[str, Any]:
     """The unlearning cost to state: ``cost['unlearning']`` where given (a continual run's requests together),
     else the run's own."""
@@ -256,7 +279,7 @@ def _write_report(out: Path, *, shown: Sequence[Shown], results: Mapping[str, An
         f"{float(cost['total_wall_s']):.1f} s; peak memory {spent['peak_rss_bytes'] / MIB:,.0f} MiB.",
         "- Photos with the answers before and after: [evidence.html](evidence.html).",
         "",
-        "![figures](evidence/figures.png)",
+        FIGURES.rstrip("\n"),
         "",
     ]
     body = render_report(results).split("\n", 1)[1]  # the tables, audits and notes, without their title
