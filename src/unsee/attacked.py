@@ -130,7 +130,10 @@ def _which_run(results: Mapping[str, Any], out: Path, model: str | Path,
     several refuses any other model, whose figures would be filed under a run that never measured it."""
     attacked = Path(steering if steering is not None else model).resolve()
     demo = out.parent / DEMO_FILE
-    vanilla = json.loads(demo.read_text()).get("vanilla") if demo.is_file() else None
+    try:  # the vanilla model a demo measured, in the cache
+        vanilla = json.loads(demo.read_text()).get("vanilla") if demo.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        vanilla = None
     found: dict[Path, list[int]] = {}
     for i, run in enumerate(results["runs"]):
         seed = f"seed-{run.get('seed')}"

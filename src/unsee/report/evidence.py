@@ -232,8 +232,9 @@ def refresh_evidence(out: Path, results: Mapping[str, Any], run: Mapping[str, An
     line = verdict(run, vanilla, audits)
     plot_evidence(run, vanilla, out / "evidence" / "figures.png")
     head, marker, _ = (out / "report.md").read_text().partition(FIGURES)
-    head = re.sub(r"^\*\*Verdict:\*\*.*$", lambda _: line, head, count=1, flags=re.M)
-    atomic_write_text(out / "report.md", head + marker + render_report(results).split("\n", 1)[1])
+    if marker:  # a report edited by hand keeps its own words
+        head = re.sub(r"^\*\*Verdict:\*\*.*$", lambda _: line, head, count=1, flags=re.M)
+        atomic_write_text(out / "report.md", head + marker + render_report(results).split("\n", 1)[1])
     page = (out / "evidence.html").read_text()
     said = line.replace("**Verdict:**", "").strip()
     page = re.sub(r'<p class="verdict">.*?</p>', lambda _: f'<p class="verdict"><b>Verdict:</b> {_e(said)}</p>',
