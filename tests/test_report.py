@@ -155,10 +155,14 @@ def test_a_vanilla_run_on_other_data_or_fewer_items_is_no_baseline() -> None:
 
 def test_terminal_table() -> None:
     table = terminal_table(results(VANILLA, GA, CVF))
-    assert table.row_count == 3
+    assert table.row_count == 3 and "seed" not in [c.header for c in table.columns]
     console = Console(width=160, record=True)
     console.print(table)
     assert "cvf_ncu" in console.export_text()
+    # the runs of several unlearning seeds: each row says which, or two rows of one method read alike
+    table = terminal_table(results(VANILLA, GA, CVF, {**CVF, "seed": 1}))
+    seed = [c.header for c in table.columns].index("seed")
+    assert list(table.columns[seed].cells) == ["0", "0", "0", "1"]
 
 
 def test_the_table_keeps_every_name_and_figure_whole_in_a_pipe_and_at_80_columns(

@@ -452,7 +452,9 @@ def terminal_table(results: Mapping[str, Any]) -> Table:
     # no vertical rules, and a cell too wide folds onto the next line: at 80 columns (a terminal's, and what
     # a pipe is given) the ruled table cut names and figures to '…'
     table = Table(title="unsee results", show_lines=False, box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
-    for name in [*(["setting"] if several else []), "method", "req", *groups, "score", "wall s"]:
+    seeds = len({r.get("seed") for r in runs}) > 1  # runs over several unlearning seeds: each row says its own
+    for name in [*(["setting"] if several else []), "method", "req", *(["seed"] if seeds else []), *groups, "score",
+                 "wall s"]:
         table.add_column(name, justify="left" if name in ("setting", "method") else "right", overflow="fold")
     labels = setting_labels(grouped)
     for setting, setting_runs in grouped.items():
@@ -460,7 +462,7 @@ def terminal_table(results: Mapping[str, Any]) -> Table:
         keys = {g: headline_key(setting_runs, g) for g in groups}
         for run in setting_runs:
             cells = [labels[setting].replace(" \u00b7 ", "/")] if several else []
-            cells += [str(run["method"]), str(run["request"])]
+            cells += [str(run["method"]), str(run["request"]), *([str(run.get("seed", DASH))] if seeds else [])]
             for g in groups:
                 value = figure(run, g, keys[g])
                 cells.append(DASH if value is None else f"{value:.2f}")
