@@ -45,10 +45,11 @@ def seed_everything(seed: int) -> None:
 
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """A run's random streams (Python's, numpy's, torch's on every device) seeded from ``seed``, with torch's
-    deterministic kernels where it has them. The caller's streams and setting are put back after it: a run
-    left them seeded, and a notebook's own draws after it came out the same every time."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    """A run's random streams (Python's, numpy's, torch's) seeded from ``seed``, with torch's deterministic
+    kernels where it has them. The caller's streams and setting are put back after it: a run left them seeded,
+    and a notebook's own draws after it came out the same every time. Of the GPUs', the one the caller has
+    drawn on is put back: saving every GPU's would open a context on each from every process of a launch."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     python, numpy = random.getstate(), np.random.get_state()
     strict = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
