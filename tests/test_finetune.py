@@ -487,3 +487,18 @@ def test_the_record_says_cached_only_of_stages_in_the_cache(world: Path, model: 
     out = ft.finetune(model, world, tmp_path / "v", config="quick", overrides=RECIPE, cache_dir=copy)
     stages = json.loads((out / "unsee_vanilla.json").read_text())["stages"]
     assert {name: s["cached"] for name, s in stages.items()} == {stage1: False, stage2: True, stage3: True}
+
+
+def test_a_file_system_that_refuses_locks_trains_unlocked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shared cache on a file system without flock (Lustre mounted without it) raised from the lock."""
+    import errno
+
+    from unsee.engine import checkpoint
+
+    def refused(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(checkpoint.fcntl, "flock", refused)
+    said: list[str] = []
+    assert ft.train_once(tmp_path / "stage1-x", lambda: said.append("trained")) is True
+    assert said == ["trained"]

@@ -223,7 +223,7 @@ def training_lock(path: Path, on_wait: Callable[[str], None]) -> Iterator[None]:
     that run was reading it. The lock is the hidden file ``.NAME.lock`` beside ``path``, which stays: removing
     it would let a third process lock a new file while a second still waits on the old one. ``on_wait`` hears,
     once, which process (and on which host) holds it when it is taken. Where no lock can be made (no ``flock``, a
-    read-only folder), the work goes on unlocked, as before."""
+    read-only folder, a file system that refuses locks), the work goes on unlocked, as before."""
     fd = None
     if fcntl is not None:
         with contextlib.suppress(OSError):
@@ -232,16 +232,23 @@ def training_lock(path: Path, on_wait: Callable[[str], None]) -> Iterator[None]:
     try:
         if fd is not None:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                on_wait(os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process")
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}".encode(), 0)
+                _take(fd, on_wait)
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}".encode(), 0)
+            except OSError:  # a file system without locks (Lustre mounted without flock): unlocked, as before
+                pass
         yield
     finally:
         if fd is not None:
             os.close(fd)  # and the lock with it
+
+
+def _take(fd: int, on_wait: Callable[[str], None]) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # held: say by whom, and wait
+        on_wait(os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process")
+        fcntl.flock(fd, fcntl.LOCK_EX)
 
 
 def remove_checkpoint(path: str | Path) -> None:
