@@ -724,6 +724,10 @@ def test_the_figures_go_to_the_run_whose_folder_holds_the_attacked_model(tmp_pat
     for other in (demo / "graddiff", tmp_path):  # two seeds' runs, and no run's model
         with pytest.raises(DataError, match="holds a demo's 5 runs.*METHOD/seed-K"):
             attacked_run(seeded, demo / "results.json", other, None)
+    (demo / "demo.json").write_text(json.dumps({"vanilla": 123}))  # edited by hand: no vanilla model named
+    with pytest.raises(DataError, match="holds a demo's 5 runs"):
+        attacked_run(seeded, demo / "results.json", cache, None)
+    (demo / "demo.json").write_text(json.dumps({"vanilla": str(cache)}))
     one = {"runs": runs[:2] + runs[3:4]}
     shutil.rmtree(demo / "cvf_ncu" / "seed-0")
     assert attacked_run(one, demo / "results.json", demo / "cvf_ncu", None) == (1, demo / "cvf_ncu")

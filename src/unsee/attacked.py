@@ -130,23 +130,20 @@ def _which_run(results: Mapping[str, Any], out: Path, model: str | Path,
     several refuses any other model, whose figures would be filed under a run that never measured it."""
     attacked = Path(steering if steering is not None else model).resolve()
     demo = out.parent / DEMO_FILE
-    try:  # the vanilla model a demo measured, in the cache
-        vanilla = json.loads(demo.read_text()).get("vanilla") if demo.is_file() else None
-    except (OSError, ValueError, AttributeError):
-        vanilla = None
+    vanilla = _demo_vanilla(demo)
     found: dict[Path, list[int]] = {}
     for i, run in enumerate(results["runs"]):
         seed = f"seed-{run.get('seed')}"
         homes = [out.parent / run["method"] / seed, out.parent / run["method"], out.parent / seed]
-        if run["method"] == "vanilla" and vanilla:
-            homes.append(Path(vanilla))
+        if run["method"] == "vanilla" and vanilla is not None:
+            homes.append(vanilla)
         for home in homes:
             if home.is_dir() and home.resolve() in (attacked, *attacked.parents):
                 found.setdefault(home, []).append(i)
     if found:
         home = max(found, key=lambda h: len(h.resolve().parts))  # the closest: a seed's folder inside its method's
         if len(found[home]) == 1:  # the vanilla model's folder is the cache's, where an attack writes nothing
-            return found[home][0], out.parent if vanilla and home == Path(vanilla) else home
+            return found[home][0], out.parent if home == vanilla else home
     elif "seeds" not in results and not demo.is_file():
         return len(results["runs"]) - 1, out.parent
     n = len(results["runs"])
@@ -154,6 +151,15 @@ def _which_run(results: Mapping[str, Any], out: Path, model: str | Path,
                     if demo.is_file() else (f"the runs of {n} unlearning seeds", f"{out.parent}/seed-K/model"))
     raise DataError(f"{out} holds {what}, and {attacked} is not the model of one of them; attack one run's model "
                     f"(--model {layout}, or its steering file), whose run gets the figures")
+
+
+def _demo_vanilla(demo: Path) -> Path | None:
+    """The vanilla model (in the cache) that a demo's ``demo.json`` names; None without one that reads."""
+    try:
+        named = json.loads(demo.read_text()).get("vanilla") if demo.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(named) if isinstance(named, str) and named else None
 
 
 def _but_attacks(run: Mapping[str, Any]) -> dict[str, Any]:
