@@ -60,7 +60,8 @@ def add_attacks(out: Path, index: int, home: Path, found: Mapping[str, Any], car
         if "seeds" in results:  # the spread over the seeds takes in the new figures
             results["seeds"] = seed_summary(results["runs"])
         write_results(out, results, overwrite=True, keep_samples=True)  # attacks change no item
-        _refresh_reports(out, results, run)
+        vanilla = vanilla_for([r for r in results["runs"] if setting_of(r) == setting_of(run)])
+        _refresh_reports(out, results, run, vanilla)
         if run["cost"].get("covers") in ("evaluation", "nothing"):  # a run beside an output: not its run or card
             return False
         if (home / "run.json").is_file() and (len(results["runs"]) == 1 or home != out.parent):
@@ -73,10 +74,11 @@ def add_attacks(out: Path, index: int, home: Path, found: Mapping[str, Any], car
         chain = [r for r in request_runs(results["runs"]) if (r["method"], r.get("seed")) == own]
         continual = len(chain) > 1 and chain[-1] is run and [r["request"] for r in chain] == [*range(1, len(chain) + 1)]
         shown = with_all_costs(chain) if continual else run
-        return refresh_card(card, shown, vanilla_for([r for r in results["runs"] if setting_of(r) == setting_of(run)]))
+        return refresh_card(card, shown, vanilla)
 
 
-def _refresh_reports(out: Path, results: Mapping[str, Any], run: Mapping[str, Any]) -> None:
+def _refresh_reports(out: Path, results: Mapping[str, Any], run: Mapping[str, Any],
+                     vanilla: Mapping[str, Any] | None) -> None:
     """The reports beside the results file say what it holds now: a demo's report and plots, a removal
     request's evidence (:func:`unsee.report.evidence.refresh_evidence`)."""
     folder = out.parent
@@ -85,8 +87,7 @@ def _refresh_reports(out: Path, results: Mapping[str, Any], run: Mapping[str, An
     if (folder / DEMO_FILE).is_file():
         write_report([out], folder, overwrite=True)
     elif (folder / "evidence.html").is_file():
-        refresh_evidence(folder, results, run, vanilla_for([r for r in results["runs"]
-                                                            if setting_of(r) == setting_of(run)]))
+        refresh_evidence(folder, results, run, vanilla)
 
 
 def _on_requests(run: Mapping[str, Any]) -> bool:

@@ -60,11 +60,8 @@ def request_files(request: str | Path | Sequence[str | Path] | None = None,
     """``--request FILE`` or ``--requests A,B,...`` (in order), never both."""
     if (request is None) == (requests is None):
         raise ConfigError("give one request file (--request FILE) or several in order (--requests A,B,...)")
-    if requests is not None:
-        items = requests.split(",") if isinstance(requests, str) else [requests] if isinstance(
-            requests, os.PathLike) else list(requests)
-    else:
-        items = [request] if isinstance(request, str | os.PathLike) else list(request or [])
+    given = request if requests is None else (requests.split(",") if isinstance(requests, str) else requests)
+    items = [given] if isinstance(given, str | os.PathLike) else list(given or [])
     files = [Path(str(f).strip()) for f in items if str(f).strip()]
     if not files:
         raise ConfigError("no request file given")
