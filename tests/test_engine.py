@@ -8,6 +8,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -620,3 +623,32 @@ def test_a_model_loaded_on_the_cpu_is_scored_and_attacked_on_the_accelerator(mod
     runs.evaluation(adapter, suite, groups=("forget",), max_items=1, generation=False, progress=False)
     attacks.run_attacks(adapter, suite, [])
     assert moved == ["evaluation", "attacks"]
+
+
+def _our_bars(err: str) -> list[str]:
+    """The lines of unsee's own bars (training, evaluation); transformers' loading bars follow
+    ``HF_HUB_DISABLE_PROGRESS_BARS``."""
+    return [line for line in err.replace("\r", "\n").splitlines() if line.startswith(("ga:", "eval "))]
+
+
+@pytest.mark.parametrize(("progress", "shown"), [("true", True), ("false", False)])
+def test_a_run_told_progress_false_shows_no_bar_while_it_evaluates_either(
+        progress: str, shown: bool, world: Path, model_dir: Path, tmp_path: Path,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    capfd.readouterr()
+    api.unlearn("ga", model_dir, world, tmp_path / "out", overrides=["max_steps=2", "batch_size=2",
+                                                                      f"progress={progress}"], max_items=2)
+    ours = _our_bars(capfd.readouterr().err)
+    assert any(line.startswith("ga:") for line in ours) is shown
+    assert any(line.startswith("eval forget") for line in ours) is shown
+
+
+def test_tqdm_disable_in_the_environment_hides_every_bar_of_a_run(world: Path, model_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    """What a batch job sets to keep bars out of its log. tqdm reads it when imported, hence a process of its own."""
+    done = subprocess.run([sys.executable, "-m", "unsee", "unlearn", "--method", "ga", "--model", str(model_dir),
+                           "--data", str(world), "--out", str(tmp_path / "out"), "--max-items", "2",
+                           "max_steps=2", "batch_size=2"], capture_output=True, text=True,
+                          env={**os.environ, "TQDM_DISABLE": "1"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _our_bars(done.stderr) == []

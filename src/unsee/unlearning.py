@@ -106,7 +106,8 @@ def unlearn_and_save(method: str, adapter: Adapter, suite: Suite, *, steering_di
     meter.record_model(None)
     cost = {**meter.cost(), "trainable_params": artifact.trainable_params,
             "optimizer_state_bytes": artifact.optimizer_state_bytes}
-    metrics: Any = evaluation(adapter, suite, artifact=artifact, **(eval_kw or {})) if evaluate_after else {}
+    eval_kw = {"progress": method_configs(method, config, overrides)[0].progress, **(eval_kw or {})}  # as training's
+    metrics: Any = evaluation(adapter, suite, artifact=artifact, **eval_kw) if evaluate_after else {}
     run = make_run(method, metrics, model=model, suite=suite, forget=forget, seed=seed, config=resolved, cost=cost,
                    info=jsonable(artifact.info))
     if artifact.history:

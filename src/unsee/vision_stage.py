@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
 
+from unsee.bars import bar as progress_bar
 from unsee.data.identity import Identity
 from unsee.data.render import pretrain_batch
 from unsee.data.scenes import GENERAL_COLOURS, GENERAL_POSITIONS, GENERAL_SHAPES, render_general, sample_general_item
@@ -199,8 +199,8 @@ def _pretrain_vision(adapter: Adapter, cfg: VisionOptions, identities: list[Iden
         acc_ema, loss_ema, g_ema = meta["acc_ema"], meta["loss_ema"], meta.get("general_ema", 0.0)
         resumed_s = float(meta.get("seconds", 0.0))
     adapter.model.train()
-    bar = tqdm(range(start, cfg.vision_steps), desc="stage 1: vision pre-training", initial=start,
-               total=cfg.vision_steps, disable=not cfg.progress)
+    bar = progress_bar(range(start, cfg.vision_steps), desc="stage 1: vision pre-training", initial=start,
+                       total=cfg.vision_steps, show=cfg.progress)
     for step in bar:
         arrays, labels = pretrain_batch(identities, rng, cfg.vision_batch)
         images = [Image.fromarray(a) for a in arrays]

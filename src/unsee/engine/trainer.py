@@ -15,8 +15,8 @@ from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from unsee.bars import bar as progress_bar
 from unsee.config import check_seed, opt
 from unsee.data.collate import Stream
 from unsee.data.schema import Suite
@@ -450,8 +450,8 @@ def _train(
         losses, logs, resumed_s = list(meta["losses"]), list(meta["logs"]), float(meta.get("seconds", 0.0))
         if meta.get("evals"):
             ctx.info["evals"] = list(meta["evals"])
-    bar = tqdm(range(start, total), desc=desc or method.name, initial=start, total=total,
-               disable=not cfg.progress or not accelerator.is_main_process, leave=False)
+    bar = progress_bar(range(start, total), desc=desc or method.name, initial=start, total=total,
+                       show=cfg.progress and accelerator.is_main_process, leave=False)
     trackers = Trackers(cfg.report_to, cfg.logging_dir, desc or method.name, dataclasses.asdict(cfg),
                         main=accelerator.is_main_process)
     try:

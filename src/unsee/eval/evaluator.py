@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from unsee.bars import bar as progress_bar
 from unsee.data import prompts
 from unsee.data.collate import image_of
 from unsee.data.schema import LETTERS, METRIC_GROUPS, Example, Suite
@@ -46,7 +46,7 @@ def option_logprobs(adapter: Adapter, items: Sequence[Example], *, batch_size: i
     order = sorted(range(len(items)), key=lambda i: (not items[i].has_image, len(items[i].question)))
     scores: list[list[float]] = [[] for _ in items]
     with adapter.eval_mode():
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+        for start in progress_bar(range(0, len(order), batch_size), desc=desc, show=progress, leave=False):
             idx = [i for i in order[start : start + batch_size] if items[i].options]
             if not idx:
                 continue

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from unsee.bars import bar as progress_bar
 from unsee.config import opt
 from unsee.data.augment import augment
 from unsee.engine.distributed import fsdp_version
@@ -161,8 +161,8 @@ def redistil(ctx: Context, cfg: RedistilConfig, seed: int, forgotten: list) -> d
     rng = np.random.default_rng(seed + 104729)
     adapter.model.train()
     losses: list[float] = []
-    bar = tqdm(range(cfg.redistil_steps), desc="hardening", disable=not ctx.cfg.progress or ctx.rank != 0,
-               leave=False)
+    bar = progress_bar(range(cfg.redistil_steps), desc="hardening", show=ctx.cfg.progress and ctx.rank == 0,
+                       leave=False)
     for step in bar:
         sources, images = zip(*distil_batch(pools, cfg.redistil_batch, rng, cfg.redistil_earlier), strict=True)
         x = adapter.image_inputs(list(images))
