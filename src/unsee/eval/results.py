@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jsonschema
 
@@ -27,9 +27,6 @@ from unsee.errors import OutputExistsError, UnseeError
 from unsee.eval.metrics import spread
 from unsee.io import atomic_write_json, atomic_write_text, json_default, writer_tag
 from unsee.provenance import environment
-
-if TYPE_CHECKING:
-    pass
 
 SCHEMA_VERSION = 1
 MCQ_PROTOCOLS = ("loglik", "letter", "option_string")
