@@ -153,7 +153,7 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
         for s in suites:
             s.info["data"] = chain
     eval_kw = {"groups": METRIC_GROUPS, "max_gen_items": max_gen_items}
-    shown = {**eval_kw, "progress": method_configs(method, config, overrides)[0].progress}  # as the run's own bars
+    scored = {**eval_kw, "progress": method_configs(method, config, overrides)[0].progress}  # as the run's own bars
 
     progress, turns = None, {}
     if len(reqs) > 1:  # a continual run keeps its finished requests until it lands
@@ -177,10 +177,10 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
     check_room(out, adapter, method, copies=1 if progress is None else 2)
     name, base_hash = model_name(model), adapter.fingerprint()
     measured = suites[-1]  # the suite the final run is measured on; every request's forget group beside it
-    vanilla = make_run("vanilla", evaluation(adapter, measured, **shown), model=name, suite=measured, forget=label,
+    vanilla = make_run("vanilla", evaluation(adapter, measured, **scored), model=name, suite=measured, forget=label,
                        seed=seed, request=len(suites))
     if len(suites) > 1:
-        add_requests(vanilla, adapter, suites, **shown)
+        add_requests(vanilla, adapter, suites, **scored)
     shown = _shown_items(suites, retained_shown, seed)
     before = _answers(adapter, shown, None)
     runs: list[dict] = [vanilla]
@@ -204,7 +204,7 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
                 run["request"] = i
                 run["request_file"] = str(req.path)
                 if len(suites) > 1:
-                    add_requests(run, adapter, suites[:i], artifact=artifact, **shown)
+                    add_requests(run, adapter, suites[:i], artifact=artifact, **scored)
                 runs.append(run)
                 if progress is not None and not last:
                     progress.save(i, adapter, name, jsonable(runs))
