@@ -374,13 +374,13 @@ def continual(method: str, model: str | Path, data: str | Path, out: Path, reque
                         logging_dir=tmp / "logs")
                     meter.resumed_s = res.resumed_s
                 meter.record_model(None)
-                shown = {**eval_kw, "progress": bool(resolved["progress"])}
-                run = make_run(method, evaluation(adapter, suite, **shown), model=model_name(model), suite=suite,
+                scored = {**eval_kw, "progress": bool(resolved["progress"])}
+                run = make_run(method, evaluation(adapter, suite, **scored), model=model_name(model), suite=suite,
                                forget=req, seed=seed, request=i, config=resolved, info=jsonable(res.info),
                                retain_without=list(requests),
                                cost={**meter.cost(), "trainable_params": res.trainable_params,
                                      "optimizer_state_bytes": res.optimizer_state_bytes})
-                runs.append(add_requests(run, adapter, (suite_of(r) for r in requests[:i]), **shown))
+                runs.append(add_requests(run, adapter, (suite_of(r) for r in requests[:i]), **scored))
                 runs[-1]["history"] = res.history
                 if i < len(requests):
                     progress.save(i, adapter, model_name(model), jsonable(runs))
