@@ -114,7 +114,7 @@ def _reference_options(p: argparse.ArgumentParser) -> None:
 def _world(a: argparse.Namespace) -> None:
 
     out = _lazy().build_world(a.out, seed=a.seed, config=a.config, overrides=a.overrides, overwrite=a.overwrite,
-                          example=not a.no_example)
+                           example=not a.no_example)
     example = "" if a.no_example else f"; an example removal request: {out}/request/request.yaml"
     print(f"world written to {out}{example}")
 
@@ -143,14 +143,14 @@ def _say(message: str) -> None:
 def _finetune(a: argparse.Namespace) -> None:
 
     out = _lazy().finetune(a.model, a.data, a.out, config=a.config, overrides=a.overrides, seed=a.seed,
-                       overwrite=a.overwrite, cache_dir=a.cache_dir, benchmark=a.benchmark, revision=a.revision)
+                        overwrite=a.overwrite, cache_dir=a.cache_dir, benchmark=a.benchmark, revision=a.revision)
     _say(f"vanilla model written to {out}")
 
 
 def _retrain(a: argparse.Namespace) -> None:
 
     out = _lazy().retrain(a.model, a.data, a.out, forget=a.forget, overwrite=a.overwrite, cache_dir=a.cache_dir,
-                      benchmark=a.benchmark, revision=a.revision)
+                       benchmark=a.benchmark, revision=a.revision)
     _say(f"retrained reference (without {a.forget}'s photos) written to {out}")
 
 
@@ -170,18 +170,18 @@ def _unlearn(a: argparse.Namespace) -> None:
 def _forget(a: argparse.Namespace) -> None:
 
     out = _lazy().forget(a.model, a.request, a.out, requests=a.requests, method=a.method, config=a.config,
-                     overrides=a.overrides, seed=a.seed, overwrite=a.overwrite, audit=not a.no_audit,
-                     audit_overrides=a.audit_set, hide_names=a.hide_names, allow_pickle=a.allow_pickle,
-                     dtype=a.dtype)
+                      overrides=a.overrides, seed=a.seed, overwrite=a.overwrite, audit=not a.no_audit,
+                      audit_overrides=a.audit_set, hide_names=a.hide_names, allow_pickle=a.allow_pickle,
+                      dtype=a.dtype)
     _say(f"unlearned model and evidence written to {out} (report.md, evidence.html)")
 
 
 def _eval(a: argparse.Namespace) -> None:
 
     res = _lazy().evaluate(a.model, a.data, a.out, forget=a.forget, steering=a.steering, overwrite=a.overwrite,
-                       method=a.method, seed=a.seed, allow_pickle=a.allow_pickle, max_items=a.max_items,
-                       dtype=a.dtype, benchmark=a.benchmark, revision=a.revision, protocol=a.protocol,
-                       max_new_tokens=a.max_new_tokens)
+                        method=a.method, seed=a.seed, allow_pickle=a.allow_pickle, max_items=a.max_items,
+                        dtype=a.dtype, benchmark=a.benchmark, revision=a.revision, protocol=a.protocol,
+                        max_new_tokens=a.max_new_tokens)
     try:
         _lazy().print_results(res)
     except KeyboardInterrupt as e:  # the results are written before they are shown
@@ -198,16 +198,16 @@ def _report(a: argparse.Namespace) -> None:
 def _demo(a: argparse.Namespace) -> None:
 
     _lazy().demo(a.out, methods=a.methods, quick=a.quick, arch=a.arch, seed=a.seed, overwrite=a.overwrite,
-             cache_dir=a.cache_dir, config=a.config, audit=not a.no_audit, protocol=a.protocol, seeds=a.seeds)
+              cache_dir=a.cache_dir, config=a.config, audit=not a.no_audit, protocol=a.protocol, seeds=a.seeds)
 
 
 def _attack(a: argparse.Namespace) -> None:
     import json
 
     res = _lazy().attack(a.kind, a.model, a.data, a.out, forget=a.forget, vanilla=a.vanilla, steering=a.steering,
-                     method=a.method, seed=a.seed, overrides=a.overrides, overwrite=a.overwrite,
-                     allow_pickle=a.allow_pickle, dtype=a.dtype, benchmark=a.benchmark, revision=a.revision,
-                     reference=a.reference, cache_dir=a.cache_dir)
+                      method=a.method, seed=a.seed, overrides=a.overrides, overwrite=a.overwrite,
+                      allow_pickle=a.allow_pickle, dtype=a.dtype, benchmark=a.benchmark, revision=a.revision,
+                      reference=a.reference, cache_dir=a.cache_dir)
     print(json.dumps(res, indent=2))
 
 
