@@ -274,6 +274,28 @@ def test_cost_meter_peak_rss_is_per_block_when_linux_allows() -> None:
     assert small.cost()["peak_rss_bytes"] < big.cost()["peak_rss_bytes"] - 48 * 1024 * 1024
 
 
+def test_cost_meter_falls_back_to_process_scope_when_a_reset_does_not_take(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel that accepts the clear_refs write but keeps the lifetime peak must not pass for a
+    block-scoped one: the meter would report the whole process's peak as its block's."""
+    if provenance._vm_hwm_bytes() is None:
+        pytest.skip("no /proc/self/status here")
+    blob = b"\x01" * (96 * 1024 * 1024)  # lifts the peak well above what stays resident
+    del blob
+    silent = tmp_path / "clear_refs"
+    real_open = open
+
+    def accept_and_ignore(path: object, *args: object, **kwargs: object) -> object:
+        return real_open(silent if path == "/proc/self/clear_refs" else path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", accept_and_ignore)
+    with CostMeter() as meter:
+        pass
+    assert silent.read_text() == "5"  # the write went through, as on such a kernel
+    assert meter.rss_scope == "process"
+
+
 def test_cost_meter_without_model() -> None:
     with CostMeter() as meter:
         meter.record_model(None)

@@ -122,26 +122,44 @@ def _threads() -> int | None:
 # ---------------------------------------------------------------- cost accounting
 
 
-def _vm_hwm_bytes() -> int | None:
-    """Peak resident set (VmHWM) from /proc; None off Linux."""
+def _vm_status_bytes(*fields: str) -> tuple[int, ...] | None:
+    """Fields of /proc/self/status in bytes, read in one snapshot; None off Linux or if any is missing."""
+    found: dict[str, int] = {}
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
+                key, _, rest = line.partition(":")
+                if key in fields:
+                    found[key] = int(rest.split()[0]) * 1024
     except (OSError, ValueError, IndexError):
         return None
-    return None
+    return tuple(found[k] for k in fields) if len(found) == len(fields) else None
+
+
+def _vm_hwm_bytes() -> int | None:
+    """Peak resident set (VmHWM) from /proc; None off Linux."""
+    status = _vm_status_bytes("VmHWM")
+    return status[0] if status else None
+
+
+# how far VmHWM may sit above VmRSS just after a reset that took (pages freed in between)
+_RESET_SLACK_BYTES = 16 * 1024 * 1024
 
 
 def _reset_vm_hwm() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0) so a meter sees its own block's peak."""
+    """Reset VmHWM to the current RSS (Linux >= 4.0) so a meter sees its own block's peak.
+
+    True only when the reset is seen to take: some kernels (sandboxes among them) accept the
+    write and keep the lifetime peak, and a meter trusting them would report the process's peak
+    as the block's.
+    """
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
             f.write("5")
-        return True
     except OSError:
         return False
+    status = _vm_status_bytes("VmHWM", "VmRSS")
+    return status is not None and status[0] <= status[1] + _RESET_SLACK_BYTES
 
 
 def _ru_maxrss_bytes() -> int:
@@ -200,7 +218,7 @@ class CostMeter:
         if self._cuda is not None:
             for i in range(self._cuda.device_count()):
                 self._cuda.reset_peak_memory_stats(i)
-        self.rss_scope = "block" if _reset_vm_hwm() and _vm_hwm_bytes() is not None else "process"
+        self.rss_scope = "block" if _reset_vm_hwm() else "process"
         self._wall = None
         self._start = time.perf_counter()
         return self
