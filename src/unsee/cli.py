@@ -112,7 +112,6 @@ def _reference_options(p: argparse.ArgumentParser) -> None:
 
 
 def _world(a: argparse.Namespace) -> None:
-
     out = _lazy().build_world(a.out, seed=a.seed, config=a.config, overrides=a.overrides, overwrite=a.overwrite,
                            example=not a.no_example)
     example = "" if a.no_example else f"; an example removal request: {out}/request/request.yaml"
@@ -120,7 +119,6 @@ def _world(a: argparse.Namespace) -> None:
 
 
 def _model_init(a: argparse.Namespace) -> None:
-
     if a.arch is not None and a.full_size:
         raise ConfigError("--full-size builds a --shape model at its real sizes; a tiny --arch model has one size")
     if a.arch is None:
@@ -141,21 +139,18 @@ def _say(message: str) -> None:
 
 
 def _finetune(a: argparse.Namespace) -> None:
-
     out = _lazy().finetune(a.model, a.data, a.out, config=a.config, overrides=a.overrides, seed=a.seed,
                         overwrite=a.overwrite, cache_dir=a.cache_dir, benchmark=a.benchmark, revision=a.revision)
     _say(f"vanilla model written to {out}")
 
 
 def _retrain(a: argparse.Namespace) -> None:
-
     out = _lazy().retrain(a.model, a.data, a.out, forget=a.forget, overwrite=a.overwrite, cache_dir=a.cache_dir,
                        benchmark=a.benchmark, revision=a.revision)
     _say(f"retrained reference (without {a.forget}'s photos) written to {out}")
 
 
 def _unlearn(a: argparse.Namespace) -> None:
-
     out = _lazy().unlearn(
         a.method, a.model, a.data, a.out, forget=a.forget, requests=a.requests, config=a.config,
         overrides=a.overrides, seed=a.seed, overwrite=a.overwrite, allow_pickle=a.allow_pickle,
@@ -168,7 +163,6 @@ def _unlearn(a: argparse.Namespace) -> None:
 
 
 def _forget(a: argparse.Namespace) -> None:
-
     out = _lazy().forget(a.model, a.request, a.out, requests=a.requests, method=a.method, config=a.config,
                       overrides=a.overrides, seed=a.seed, overwrite=a.overwrite, audit=not a.no_audit,
                       audit_overrides=a.audit_set, hide_names=a.hide_names, allow_pickle=a.allow_pickle,
@@ -177,7 +171,6 @@ def _forget(a: argparse.Namespace) -> None:
 
 
 def _eval(a: argparse.Namespace) -> None:
-
     res = _lazy().evaluate(a.model, a.data, a.out, forget=a.forget, steering=a.steering, overwrite=a.overwrite,
                         method=a.method, seed=a.seed, allow_pickle=a.allow_pickle, max_items=a.max_items,
                         dtype=a.dtype, benchmark=a.benchmark, revision=a.revision, protocol=a.protocol,
@@ -190,13 +183,11 @@ def _eval(a: argparse.Namespace) -> None:
 
 
 def _report(a: argparse.Namespace) -> None:
-
     out = _lazy().report(a.results, a.out, overwrite=a.overwrite)
     print(f"report written to {out}")
 
 
 def _demo(a: argparse.Namespace) -> None:
-
     _lazy().demo(a.out, methods=a.methods, quick=a.quick, arch=a.arch, seed=a.seed, overwrite=a.overwrite,
               cache_dir=a.cache_dir, config=a.config, audit=not a.no_audit, protocol=a.protocol, seeds=a.seeds)
 
