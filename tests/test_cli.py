@@ -36,6 +36,21 @@ def test_python_dash_m_runs_the_command_line() -> None:
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 
+def test_a_progress_bar_setting_tqdm_cannot_read_is_one_line_naming_it(tmp_path: Path) -> None:
+    """tqdm parses TQDM_* when it is imported: a bad one was a ValueError traceback naming no variable."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "r.json"
+    env = {**os.environ, "TQDM_MININTERVAL": "fast"}
+    bad = subprocess.run([sys.executable, "-m", "unsee", "eval", "--model", "nowhere", "--data", "nowhere", "--out",
+                          str(out)], capture_output=True, text=True, timeout=300, env=env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    assert bad.stderr.count("\n") == 1 and "TQDM_MININTERVAL='fast'" in bad.stderr
+    assert not out.exists()
+
+
 def test_a_home_folder_written_as_a_tilde_is_the_home_folder_for_every_option(
         model_dir: Path, world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``--out=~/x`` and quoted paths reach unsee with their ``~``: --data read it as the home folder, while

@@ -26,8 +26,17 @@ from unsee.errors import ConfigError, UnseeError
 
 def _lazy(module: str = "unsee.api") -> ModuleType:
     """``module`` (the API and what it loads: torch, transformers), imported when a command runs, not when the
-    command line is read: help, ``--version`` and a mistyped option then answer at once, not seconds later."""
-    return importlib.import_module(module)
+    command line is read: help, ``--version`` and a mistyped option then answer at once, not seconds later.
+
+    tqdm parses its ``TQDM_*`` variables when it is imported (by the API and by transformers): one it
+    cannot read (``TQDM_MININTERVAL=fast``) raised a bare ValueError that named no variable."""
+    try:
+        return importlib.import_module(module)
+    except ValueError as e:
+        given = ", ".join(f"{k}={v!r}" for k, v in sorted(os.environ.items()) if k.startswith("TQDM_"))
+        if not given:
+            raise
+        raise ConfigError(f"tqdm cannot read the progress-bar settings of the environment ({given}): {e}") from e
 
 
 def _add_overrides(p: argparse.ArgumentParser, example: str) -> None:
