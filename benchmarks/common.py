@@ -7,10 +7,12 @@ asked, the same item caps), so their numbers can be put side by side.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import tempfile
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -25,7 +27,8 @@ from unsee.finetune import cache_root
 from unsee.io import atomic_write_json
 from unsee.methods import ALL as ALL  # the registry's names: the benchmarks' --methods defaults
 from unsee.methods import TRAINING as TRAINING
-from unsee.methods.artifact import Artifact
+from unsee.methods import method_class
+from unsee.methods.artifact import Artifact, load_result
 from unsee.models import HFAdapter, load_adapter
 from unsee.models.tiny import ARCHS
 from unsee.runs import load_suite
@@ -206,19 +209,43 @@ def eval_kw(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def measure(method: str, vanilla: Path, suite: Suite, forget: str, overrides: Sequence[str], seed: int,
-            kw: Mapping[str, Any]) -> tuple[dict, HFAdapter, Artifact]:
+            kw: Mapping[str, Any], *, apart: bool = False) -> tuple[dict, HFAdapter, Artifact]:
     """One method at one setting on a fresh copy of the vanilla model, through the same
     ``api.unlearn_and_save`` as ``unsee unlearn``: metrics, cost, resolved config.
 
+    ``apart`` runs it in a fresh process (spawned, at this process's torch threads), so that its
+    peak memory is its own: in one long process, the heap that earlier runs left resident counts
+    in each later run's peak. The result is then read back from what the run saved.
+
     Returns the run, the unlearned adapter and the artifact it runs with (``artifact.applied``).
     """
-    adapter = load_adapter(vanilla)
     work = scratch(f"{method}-")
+    if apart:
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+            run = pool.submit(_measure_apart, method, vanilla, suite, forget, list(overrides), seed, dict(kw), work,
+                              torch.get_num_threads()).result()
+        saved = work / ("model" if method_class(method).trains_weights else "steering")
+        adapter, artifact = load_result(saved, base=vanilla)
+        return run, cast(HFAdapter, adapter), artifact
+    return _measure_in(method, vanilla, suite, forget, overrides, seed, kw, work)
+
+
+def _measure_in(method: str, vanilla: Path, suite: Suite, forget: str, overrides: Sequence[str], seed: int,
+                kw: Mapping[str, Any], work: Path) -> tuple[dict, HFAdapter, Artifact]:
+    adapter = load_adapter(vanilla)
     run, artifact = api.unlearn_and_save(
         method, adapter, suite, steering_dir=work / "steering", model_dir=work / "model",
         model=api.model_name(vanilla), base_model=str(vanilla), base_hash=adapter.fingerprint(), forget=forget,
         seed=seed, overrides=overrides, eval_kw=kw)
     return run, adapter, artifact
+
+
+def _measure_apart(method: str, vanilla: Path, suite: Suite, forget: str, overrides: list[str], seed: int,
+                   kw: dict[str, Any], work: Path, threads: int) -> dict:
+    """:func:`measure`'s body in the spawned process: the run alone goes back, the model stays on disk."""
+    torch.set_num_threads(threads)
+    return _measure_in(method, vanilla, suite, forget, overrides, seed, kw, work)[0]
 
 
 def score(vanilla_metrics: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:

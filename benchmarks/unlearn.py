@@ -17,6 +17,11 @@ reported`` picks on the reported groups themselves, as public unlearning benchma
 figures are optimistic, and the JSON says so too. ``forget_test`` (held-out views and
 paraphrases) is never trained on. A results.json of the vanilla model and each method's row
 is written beside, for ``unsee report``.
+
+Each run trains in a process of its own, so that its peak memory is its own and the methods'
+memory can be compared; ``--in-process`` keeps them in this one (a few seconds less a run), and
+then the JSON leaves the memory target unjudged, since each later run's peak carries the heap
+the earlier ones left.
 """
 
 from __future__ import annotations
@@ -81,8 +86,10 @@ def ci_high(metrics: dict[str, Any], group: str) -> float | None:
     return ci[1] if ci else None
 
 
-def targets(best: dict[str, dict], vanilla: dict[str, Any], rows: list[dict]) -> dict[str, dict[str, Any]]:
-    """The headline and MLLMEraser targets, checked on the best rows."""
+def targets(best: dict[str, dict], vanilla: dict[str, Any], rows: list[dict], *,
+            memory: bool = True) -> dict[str, dict[str, Any]]:
+    """The headline and MLLMEraser targets, checked on the best rows; the memory one only where ``memory``
+    (each run measured in its own process)."""
     out: dict[str, dict[str, Any]] = {}
     v = {g: mcq(vanilla, g) for g in ("retain", "text_forget", "known", "general")}
     graddiff = best.get("graddiff")
@@ -104,7 +111,8 @@ def targets(best: dict[str, dict], vanilla: dict[str, Any], rows: list[dict]) ->
         }
         if graddiff:
             t["wall_s"] = check(row["cost"]["wall_s"], "<=", 0.5 * graddiff["cost"]["wall_s"])
-            t["peak_rss_bytes"] = check(row["cost"]["peak_rss_bytes"], "<=", graddiff["cost"]["peak_rss_bytes"])
+            if memory:
+                t["peak_rss_bytes"] = check(row["cost"]["peak_rss_bytes"], "<=", graddiff["cost"]["peak_rss_bytes"])
         out["cvf_ncu"] = t
     for method in (name for name in best if not method_class(name).trains_weights):  # MLLMEraser's targets
         m, row = best[method]["metrics"], best[method]
@@ -219,6 +227,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=positive_int, default=1, metavar="N",
                    help="unlearning seeds of each pick on the reported split (--seed .. --seed+N-1)")
     p.add_argument("--table", default=None, metavar="FILE", help="also write the method table as markdown")
+    p.add_argument("--in-process", action="store_true",
+                   help="run every method in this process, not each run in a fresh one: faster, but the peak "
+                        "memory of each run then carries what the earlier ones left, and is not judged")
     args = p.parse_args(argv)
     check_last_seed(p, args.seed, args.seeds)
     world, vanilla = vanilla_model(args)
@@ -252,14 +263,15 @@ def main(argv: list[str] | None = None) -> dict:
     best: dict[str, dict[str, Any]] = {}
     reported_runs: list[dict] = []
     out = Path(args.out)
+    apart = not args.in_process
 
     def write(complete: bool) -> dict[str, Any]:
         """The JSON so far: a long sweep that stops early keeps the rows it finished."""
         result = {
             "benchmark": "unlearn", "world": args.world, "arch": args.arch, "forget": args.forget,
-            "seed": args.seed, "complete": complete, "eval": kw, "selection": selection, "vanilla": v_metrics,
-            **reference, "rows": rows, "best": best,
-            "targets": targets(best, v_metrics, rows), "environment": environment(),
+            "seed": args.seed, "complete": complete, "eval": kw, "process_per_run": apart, "selection": selection,
+            "vanilla": v_metrics, **reference, "rows": rows, "best": best,
+            "targets": targets(best, v_metrics, rows, memory=apart), "environment": environment(),
         }
         atomic_write_json(out, result)
         results = new_results([v_run, *reported_runs])
@@ -272,7 +284,8 @@ def main(argv: list[str] | None = None) -> dict:
         picked: tuple[dict, dict, HFAdapter, Artifact] | None = None
         tried = settings(method, args)
         for overrides in tried:
-            run, adapter, artifact = measure(method, vanilla, pick_suite, pick_split, overrides, args.seed, kw)
+            run, adapter, artifact = measure(method, vanilla, pick_suite, pick_split, overrides, args.seed, kw,
+                                             apart=apart)
             row = {"method": method, "overrides": overrides, "split": pick_split, "score": score(pick_vanilla, run),
                    "metrics": run["metrics"], "cost": run["cost"]}
             rows.append(row)
@@ -289,7 +302,7 @@ def main(argv: list[str] | None = None) -> dict:
             selection["swept"].append(method)
         # the pick runs where it is reported, once per seed; picked there already, its run is the first seed's
         runs = [] if select_on else [run]
-        again = [measure(method, vanilla, suite, args.forget, pick["overrides"], s, kw)
+        again = [measure(method, vanilla, suite, args.forget, pick["overrides"], s, kw, apart=apart)
                  for s in range(args.seed + len(runs), args.seed + args.seeds)]
         runs += [r for r, _, _ in again]
         if select_on:

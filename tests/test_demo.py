@@ -176,8 +176,10 @@ def test_unlearn_benchmark_runs_on_the_demo_world(demo_run: tuple[Path, Path], t
     monkeypatch.setattr(unlearn, "measure", lambda *a, **k: suites.append((a[3], a[2])) or measure(*a, **k))
     kept = tmp_path / "kept"
     args = [*_bench_args(demo_run[1], tmp_path / "u.json"), "--methods", "graddiff,cvf_ncu,eraser",
-            "--lr-scales", "1.0", "3.0", "--sweep", "graddiff", "--keep", str(kept), "--retrained"]
+            "--lr-scales", "1.0", "3.0", "--sweep", "graddiff", "--keep", str(kept), "--retrained", "--in-process"]
     result = unlearn.main(args)
+    # each later run's peak memory carries the heap earlier ones left: in one process it is not judged
+    assert not result["process_per_run"] and "peak_rss_bytes" not in result["targets"]["cvf_ncu"]
     # the reference a perfect visual unlearning would reach: evaluated like every row, scored against vanilla
     assert {"forget", "retain"} <= set(result["retrained"]["metrics"]) and "score" in result["retrained"]["score"]
     # only graddiff is swept: its shipped setting, then 3x the learning rate, both on the validation people
@@ -231,6 +233,35 @@ def test_unlearn_benchmark_runs_on_the_demo_world(demo_run: tuple[Path, Path], t
     assert "not from" in capsys.readouterr().err and not (tmp_path / "c.json").exists()
 
 
+def test_a_benchmark_run_in_a_process_of_its_own_is_the_same_run(demo_run: tuple[Path, Path]) -> None:
+    """benchmarks/unlearn.py trains each run in a fresh process, so that its peak memory is its own. It must be
+    the same run: the same figures, and the same unlearned model or steering, read back from what it saved."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import common
+
+    from unsee import api
+
+    args = common.parser("x", methods="cvf_ncu", out="x.json").parse_args(_bench_args(demo_run[1], Path("x.json")))
+    world, vanilla = common.vanilla_model(args)
+    suite = api.load_suite(world, "forget_10")
+    cheap = {"cvf_ncu": args.train_set, "eraser": ["sweep=false", "max_items=8"]}
+    for method in ("cvf_ncu", "eraser"):
+        (run, adapter, artifact), (run_here, adapter_here, artifact_here) = (
+            common.measure(method, vanilla, suite, "forget_10", cheap[method], 0, common.eval_kw(args), apart=apart)
+            for apart in (True, False))
+        assert run["metrics"] == run_here["metrics"] and run["config"] == run_here["config"], method
+        assert run["cost"]["trainable_params"] == run_here["cost"]["trainable_params"]
+        weights, weights_here = (a.model.state_dict() for a in (adapter, adapter_here))
+        assert weights.keys() == weights_here.keys()
+        assert all(weights[k].equal(weights_here[k]) for k in weights), method
+        if method == "eraser":  # the vanilla weights, steered by the same maps
+            maps, maps_here = (a.steering.weights for a in (artifact, artifact_here))
+            assert maps.keys() == maps_here.keys() and maps
+            assert all(maps[k].equal(maps_here[k]) for k in maps)
+
+
 def test_unlearn_benchmark_averages_seeds(demo_run: tuple[Path, Path], tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """--seeds N: the pick runs N times where it is reported, and its row is their mean with an interval;
@@ -246,6 +277,7 @@ def test_unlearn_benchmark_averages_seeds(demo_run: tuple[Path, Path], tmp_path:
     result = unlearn.main([*_bench_args(demo_run[1], tmp_path / "s.json"), "--methods", "graddiff",
                            "--lr-scales", "1.0", "--select-on", "reported", "--seeds", "2", "--table",
                            str(tmp_path / "s.md"), "--generation"])
+    assert result["process_per_run"]  # the default: each run's peak memory its own
     assert result["selection"] == {"on": "forget_10", "held_out": False, "seeds": 2, "swept": [],
                                    "picks": {"graddiff": ["max_steps=2", "progress=false"]}}
     row = result["best"]["graddiff"]
