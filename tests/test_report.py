@@ -340,6 +340,22 @@ def _front_matter(card: str) -> dict[str, Any]:
     return yaml.safe_load(card.split("---\n")[1])
 
 
+def test_a_peak_memory_measured_after_other_runs_in_its_process_is_marked() -> None:
+    """Freed heap stays resident: a run measured after others in one process (the demo, a benchmark run
+    --in-process) carries their memory in its peak. Its figure is marked, and the note says so, in the report
+    and on the model card; a run measured first, or in a process of its own, is not."""
+    later = {**CVF, "cost": {**CVF["cost"], "measured_after": 2}}
+    rows = render_report(results(VANILLA, GA, later)).split("## tiny-llava")[1].split("\n\n")[1].splitlines()
+    assert "| 512 |" in rows[3] and "| 512† |" in rows[4]
+    text = render_report(results(VANILLA, GA, later))
+    assert "† measured after other runs in the same process" in text
+    assert "†" not in render_report(results(VANILLA, GA, CVF))
+    card = model_card(later, VANILLA, base_model="b", base_hash="sha256:0", forgotten=["p"], audits=None)
+    assert "- Peak resident memory: 512 MiB (measured after 2 other runs in the same process" in card
+    assert "measured after" not in model_card(CVF, VANILLA, base_model="b", base_hash="sha256:0",
+                                              forgotten=["p"], audits=None)
+
+
 def test_model_card() -> None:
     card = model_card(
         CVF,

@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from unsee import provenance
 from unsee.errors import OutputExistsError, UnseeError
 from unsee.eval import results as res
 from unsee.eval.results import ResultsError
-from unsee.provenance import CostMeter
+from unsee.provenance import CostMeter, combined_cost
 
 
 def sample_run(method: str = "cvf_ncu", **over: Any) -> dict[str, Any]:
@@ -294,6 +295,25 @@ def test_cost_meter_falls_back_to_process_scope_when_a_reset_does_not_take(
         pass
     assert silent.read_text() == "5"  # the write went through, as on such a kernel
     assert meter.rss_scope == "process"
+
+
+def test_a_second_meter_in_one_process_says_how_many_blocks_came_before_it() -> None:
+    """Their freed heap stays resident and counts in its peak: the cost says so, and stays valid."""
+    with CostMeter() as first:
+        pass
+    with CostMeter() as second:
+        pass
+    assert second.measured_after == first.measured_after + 1 >= 1
+    assert second.cost()["measured_after"] == second.measured_after
+    res.validate_results(sample_results(sample_run(cost=second.cost())))
+    fresh = subprocess.run([sys.executable, "-c", "from unsee.provenance import CostMeter\n"
+                            "with CostMeter() as m: pass\nprint(sorted(m.cost()))"],
+                           capture_output=True, text=True, timeout=300, check=True)
+    assert "measured_after" not in fresh.stdout and "wall_s" in fresh.stdout  # the first of its process
+    # a continual run's requests are one job: it was measured after what its first request was
+    first, later = {"wall_s": 1.0, "peak_rss_bytes": 5}, {"wall_s": 2.0, "peak_rss_bytes": 7, "measured_after": 1}
+    assert combined_cost([first, later]) == {"wall_s": 3.0, "peak_rss_bytes": 7, "requests": 2}
+    assert combined_cost([{**first, "measured_after": 4}, {**later, "measured_after": 5}])["measured_after"] == 4
 
 
 def test_cost_meter_without_model() -> None:

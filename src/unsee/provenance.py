@@ -8,6 +8,7 @@ optimiser state.
 
 from __future__ import annotations
 
+import itertools
 import platform
 import resource
 import subprocess
@@ -187,6 +188,9 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
                    if isinstance(t, torch.Tensor)))
 
 
+_BLOCKS = itertools.count()  # numbers the blocks this process measures: 0, 1, ...
+
+
 class CostMeter:
     """Measure a block: ``with CostMeter() as m: ...; m.record_model(model, opt); m.cost()``.
 
@@ -198,7 +202,10 @@ class CostMeter:
     - peak GPU: ``torch.cuda.max_memory_allocated`` summed over devices, reset at enter;
       None without CUDA. It counts tensors allocated by PyTorch, not the caching overhead;
     - trainable parameters and optimiser state: from :meth:`record_model`, called once
-      training has stepped (optimisers create their state lazily).
+      training has stepped (optimisers create their state lazily);
+    - ``measured_after``: how many blocks this process measured before this one. Their heap,
+      freed but still resident, counts in this block's peak RSS, so peaks of runs made one after
+      another in one process do not compare; a report marks them.
     """
 
     def __init__(self) -> None:
@@ -212,8 +219,10 @@ class CostMeter:
         self.optimizer_state_bytes = 0
         # what a stopped run had trained before, up to the checkpoint it resumed from: its cost counts it
         self.resumed_s = 0.0
+        self.measured_after = 0
 
     def __enter__(self) -> CostMeter:
+        self.measured_after = next(_BLOCKS)
         self._cuda = _cuda()
         if self._cuda is not None:
             for i in range(self._cuda.device_count()):
@@ -267,14 +276,17 @@ class CostMeter:
             "trainable_params": self.trainable_params,
             "optimizer_state_bytes": self.optimizer_state_bytes,
             **({"resumed_s": round(self.resumed_s, 3)} if self.resumed_s else {}),
+            **({"measured_after": self.measured_after} if self.measured_after else {}),
         }
 
 
 def combined_cost(costs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The cost of runs made one after another (a continual run's requests): their times add up, every other
-    figure (memory, parameter counts) is the largest of theirs, and ``requests`` says how many there were."""
+    figure (memory, parameter counts) is the largest of theirs, and ``requests`` says how many there were. The
+    runs are one job: what it was measured after is what the first request was measured after."""
     out: dict[str, Any] = {}
-    for key in dict.fromkeys(k for c in costs for k in c):  # a figure one run alone has (resumed_s) counts too
+    for key in dict.fromkeys(k for c in costs for k in c if k != "measured_after"):  # resumed_s of one run counts
         values = [c[key] for c in costs if c.get(key) is not None]
         out[key] = None if not values else round(sum(values), 3) if key.endswith("_s") else max(values)
-    return {**out, "requests": len(costs)}
+    before = {"measured_after": costs[0]["measured_after"]} if costs and costs[0].get("measured_after") else {}
+    return {**out, **before, "requests": len(costs)}

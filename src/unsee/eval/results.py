@@ -59,6 +59,10 @@ COST_SCHEMA: dict[str, Any] = {
         "resumed_s": {"type": "number", "minimum": 0,
                       "description": "of wall_s, the seconds a run stopped and resumed from its checkpoint had "
                                      "trained before it stopped (up to that checkpoint); absent when it never stopped"},
+        "measured_after": {"type": "integer", "minimum": 1,
+                           "description": "how many runs the same process measured before this one; their freed "
+                                          "but resident heap counts in peak_rss_bytes, so it does not compare with "
+                                          "a run measured in a process of its own. Absent for the first"},
         "covers": {"enum": ["unlearning", "evaluation", "nothing"],
                    "description": "what was measured: the unlearning (the default); for a model only evaluated "
                                   "(unsee eval), the evaluation; for a run that measured no cost (the vanilla row "

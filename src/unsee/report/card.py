@@ -397,7 +397,9 @@ def _card(run: Mapping[str, Any], vanilla: Mapping[str, Any] | None, source: Map
         "",
         f"- Wall time: {float(cost['wall_s']):.1f} s" + (f" (all {n} requests)" if (n := cost.get("requests", 1)) > 1
                                                         else ""),
-        f"- Peak resident memory: {cost['peak_rss_bytes'] / MIB:,.0f} MiB",
+        f"- Peak resident memory: {cost['peak_rss_bytes'] / MIB:,.0f} MiB" + (
+            f" (measured after {earlier} other run{'s' * (earlier > 1)} in the same process, whose freed memory "
+            "it can carry)" if (earlier := cost.get("measured_after")) else ""),
         f"- Peak GPU memory: {DASH if gpu is None else f'{gpu / MIB:,.0f} MiB'}",
         f"- Trainable parameters: {int(cost['trainable_params']):,}",
         f"- Optimiser state: {cost['optimizer_state_bytes'] / MIB:,.1f} MiB",

@@ -175,6 +175,9 @@ def score_of(
         return None
 
 
+CARRIED = "†"  # a peak RSS that can carry earlier runs' memory (cost.measured_after)
+
+
 def _mib(nbytes: int | None) -> str:
     return DASH if nbytes is None else f"{nbytes / MIB:,.0f}"
 
@@ -230,13 +233,17 @@ def _setting_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
         cost = _spent(run)
         cells += [
             _seconds(cost["wall_s"]),
-            _mib(cost["peak_rss_bytes"]),
+            _mib(cost["peak_rss_bytes"]) + CARRIED * bool(cost.get("measured_after")),
             _mib(cost["peak_gpu_bytes"]),
             _count(cost["trainable_params"]),
         ]
         lines.append(_md_row(cells))
     if vanilla is None:
         lines += ["", "_No `vanilla` run in this setting: changes and scores cannot be shown._"]
+    if any(_spent(r).get("measured_after") for r in runs):
+        lines += ["", f"_{CARRIED} measured after other runs in the same process, whose freed memory it can "
+                      "carry: not comparable with the other rows' peak RSS. `benchmarks/unlearn.py` measures "
+                      "each run in a process of its own._"]
     return lines
 
 
