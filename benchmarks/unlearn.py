@@ -49,6 +49,7 @@ from common import (
 )
 
 from unsee import api
+from unsee.errors import UnseeError
 from unsee.eval.evaluator import aggregate_seeds
 from unsee.eval.metrics import spread
 from unsee.eval.results import SAMPLES_KEY, new_results, seed_summary, write_results
@@ -60,15 +61,25 @@ from unsee.provenance import environment
 from unsee.report.tables import interval_text
 
 
+def method_option(text: str) -> tuple[str, str]:
+    """An argparse type for --method-set: ``METHOD:KEY=VALUE``, the method one of the registry's."""
+    method, _, option = text.partition(":")
+    if method not in ALL or "=" not in option:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected METHOD:KEY=VALUE with METHOD one of {', '.join(ALL)}")
+    return method, option
+
+
 def settings(method: str, args: argparse.Namespace) -> list[list[str]]:
-    """The override lists a method is run with: the shipped setting first."""
+    """The override lists a method is run with: the shipped setting first. ``--method-set`` options of the
+    method come with every one, after ``--train-set``'s, so that they win."""
     swept = args.sweep == "all" or method in args.sweep.split(",")
+    own = [option for m, option in args.method_set if m == method]
     cls = method_class(method)
     if not cls.trains_weights:  # a test-time method: its shipped setting and its own sweep, if it has one
         own_sweep = "sweep" in {f.name for f in dataclasses.fields(cls.Config)}
-        return [[], ["sweep=true"]] if swept and own_sweep else [[]]
+        return [own, [*own, "sweep=true"]] if swept and own_sweep else [own]
     if not swept:
-        return [list(args.train_set)]
+        return [[*args.train_set, *own]]
     tcfg, _, _ = api.method_configs(method, None, [])
     out = []
     # the shipped setting (1x, 1x) runs whatever the scales are: the sweep is around it
@@ -77,7 +88,7 @@ def settings(method: str, args: argparse.Namespace) -> list[list[str]]:
             ov = [] if ls == 1.0 else [f"lr={tcfg.lr * ls:.3g}"]
             ov += [] if es == 1.0 else [f"epochs={tcfg.epochs * es:g}"]
             out.append(ov)
-    return [[*args.train_set, *ov] for ov in sorted(out, key=len)]
+    return [[*args.train_set, *own, *ov] for ov in sorted(out, key=len)]
 
 
 def ci_high(metrics: dict[str, Any], group: str) -> float | None:
@@ -227,11 +238,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=positive_int, default=1, metavar="N",
                    help="unlearning seeds of each pick on the reported split (--seed .. --seed+N-1)")
     p.add_argument("--table", default=None, metavar="FILE", help="also write the method table as markdown")
+    p.add_argument("--method-set", action="append", default=[], type=method_option, metavar="METHOD:KEY=VALUE",
+                   help="an option of one method at every setting it runs, e.g. eraser:sweep=false")
     p.add_argument("--in-process", action="store_true",
                    help="run every method in this process, not each run in a fresh one: faster, but the peak "
                         "memory of each run then carries what the earlier ones left, and is not judged")
     args = p.parse_args(argv)
     check_last_seed(p, args.seed, args.seeds)
+    for method in args.methods.split(","):  # a wrong key is refused before the first run, not after it
+        for overrides in settings(method, args):
+            try:
+                api.method_configs(method, None, overrides)
+            except UnseeError as e:
+                p.error(f"{method}: {e}")
     world, vanilla = vanilla_model(args)
     suite = api.load_suite(world, args.forget, seed=args.seed)
     kw = eval_kw(args)

@@ -176,7 +176,8 @@ def test_unlearn_benchmark_runs_on_the_demo_world(demo_run: tuple[Path, Path], t
     monkeypatch.setattr(unlearn, "measure", lambda *a, **k: suites.append((a[3], a[2])) or measure(*a, **k))
     kept = tmp_path / "kept"
     args = [*_bench_args(demo_run[1], tmp_path / "u.json"), "--methods", "graddiff,cvf_ncu,eraser",
-            "--lr-scales", "1.0", "3.0", "--sweep", "graddiff", "--keep", str(kept), "--retrained", "--in-process"]
+            "--lr-scales", "1.0", "3.0", "--sweep", "graddiff", "--keep", str(kept), "--retrained", "--in-process",
+            "--method-set", "eraser:sweep=false", "--method-set", "eraser:max_items=8"]  # its own sweep is slow
     result = unlearn.main(args)
     # each later run's peak memory carries the heap earlier ones left: in one process it is not judged
     assert not result["process_per_run"] and "peak_rss_bytes" not in result["targets"]["cvf_ncu"]
@@ -196,6 +197,7 @@ def test_unlearn_benchmark_runs_on_the_demo_world(demo_run: tuple[Path, Path], t
     assert result["complete"] and json.loads((tmp_path / "u.json").read_text())["rows"] == result["rows"]
     assert result["rows"][1]["overrides"][-1].startswith("lr=")
     assert result["rows"][2]["overrides"] == result["rows"][0]["overrides"]  # cvf_ncu: shipped, not swept
+    assert result["rows"][3]["overrides"] == ["sweep=false", "max_items=8"]  # the eraser's own options only
     assert all(r["cost"]["wall_s"] > 0 and "forget" in r["metrics"] for r in result["rows"])
     # each pick then runs on the reported people, whom no sweep saw
     graddiff = result["best"]["graddiff"]
@@ -444,7 +446,10 @@ def test_benchmark_options_are_refused_before_any_work(capsys: pytest.CaptureFix
                        (unlearn.main, ["--methods", "graddiff", "--seed", "-1"]),
                        (seeds.main, ["--methods", "graddiff", "--seed", "4294967296"]),
                        (unlearn.main, ["--methods", "graddiff", "--seed", "4294967295", "--seeds", "2"]),
-                       (audits.main, ["--methods", "graddiff", "--seed", "4294967295", "--seeds", "2"])):
+                       (audits.main, ["--methods", "graddiff", "--seed", "4294967295", "--seeds", "2"]),
+                       (unlearn.main, ["--methods", "graddiff", "--method-set", "nosuch:lr=1"]),
+                       (unlearn.main, ["--methods", "graddiff,eraser", "--method-set", "eraser:strenght=-2"]),
+                       (unlearn.main, ["--methods", "graddiff", "--train-set", "lr=fast"])):
         with pytest.raises(SystemExit) as done:
             main(argv)
         assert done.value.code == 2
@@ -452,18 +457,27 @@ def test_benchmark_options_are_refused_before_any_work(capsys: pytest.CaptureFix
     assert err.count("unknown method(s) ['nosuch']") == 5 and "must be at least 1" in err
     assert err.count("unrecognized arguments: --retrained") == 2 and err.count("invalid seed") == 2
     assert err.count("runs past the last seed") == 2
+    # a method's option is checked against its config before the first run, not when its turn comes
+    assert "expected METHOD:KEY=VALUE" in err and "eraser: " in err and "strenght" in err
+    assert "graddiff: " in err and "'fast'" in err
     with pytest.raises(SystemExit, match="-1 is not a seed"):  # every seed of a list, before the first runs
         continual.main(["--methods", "graddiff", "--seeds", "0,-1"])
 
     def sweep(method: str, sweep: str = "all", lr: tuple[float, ...] = (1.0,)) -> list[list[str]]:
         return unlearn.settings(method, argparse.Namespace(sweep=sweep, lr_scales=list(lr), epoch_scales=[1.0],
-                                                           train_set=[]))
+                                                           train_set=[], method_set=method_set))
+
+    method_set: list[tuple[str, str]] = []
 
     # the shipped setting runs first whatever the scales, and a sweep of one scale is still a sweep
     assert [len(s) for s in sweep("graddiff", lr=(3.0,))] == [0, 1] and sweep("graddiff", lr=(3.0,))[1][0] == "lr=6e-05"
     assert sweep("graddiff", lr=(3.0, 1.0, 3.0)) == sweep("graddiff", lr=(3.0,))
     # the eraser's own sweep follows --sweep alone
     assert sweep("eraser", "eraser") == [[], ["sweep=true"]] and sweep("eraser", "graddiff") == [[]]
+    # a method's own options come with each of its settings, after the engine's, and with no other method's
+    method_set = [unlearn.method_option("eraser:gate=0.5"), unlearn.method_option("graddiff:epochs=2")]
+    assert sweep("eraser", "eraser") == [["gate=0.5"], ["gate=0.5", "sweep=true"]]
+    assert [s[0] for s in sweep("graddiff", lr=(3.0,))] == ["epochs=2", "epochs=2"]
     # a reply with no letter is counted, under None, so that the counts add up to the items
     rec = {"group": "retain", "task": "mcq", "options": ["a", "b"], "answer": "a"}
     ll = [{**rec, "uid": str(i), "correct": True, "extracted": None} for i in range(3)]
