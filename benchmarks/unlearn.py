@@ -21,13 +21,14 @@ is written beside, for ``unsee report``.
 Each run trains in a process of its own, so that its peak memory is its own and the methods'
 memory can be compared; ``--in-process`` keeps them in this one (a few seconds less a run), and
 then the JSON leaves the memory target unjudged, since each later run's peak carries the heap
-the earlier ones left.
+the earlier ones left. Under a multi-process launch the runs stay in the launched processes.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shutil
 import statistics
 import time
@@ -67,6 +68,13 @@ def method_option(text: str) -> tuple[str, str]:
     if method not in ALL or "=" not in option:
         raise argparse.ArgumentTypeError(f"{text!r}: expected METHOD:KEY=VALUE with METHOD one of {', '.join(ALL)}")
     return method, option
+
+
+def runs_apart(args: argparse.Namespace) -> bool:
+    """Whether each run trains in a process of its own: unless asked not to, or under a multi-process launch,
+    whose runs stay in the launched processes (a spawned child would inherit the launch's rank and
+    rendezvous, which its parent holds already)."""
+    return not args.in_process and int(os.environ.get("WORLD_SIZE", "1")) == 1
 
 
 def settings(method: str, args: argparse.Namespace) -> list[list[str]]:
@@ -282,7 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
     best: dict[str, dict[str, Any]] = {}
     reported_runs: list[dict] = []
     out = Path(args.out)
-    apart = not args.in_process
+    apart = runs_apart(args)
 
     def write(complete: bool) -> dict[str, Any]:
         """The JSON so far: a long sweep that stops early keeps the rows it finished."""

@@ -424,7 +424,8 @@ def test_seeds_benchmark_scores_a_validation_request_blind_to_the_reported_peopl
     assert asked[0] == ["forget_10"] and out["retain_exclude"] == ["forget_10"]
 
 
-def test_benchmark_options_are_refused_before_any_work(capsys: pytest.CaptureFixture[str]) -> None:
+def test_benchmark_options_are_refused_before_any_work(capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """A wrong method name, no seeds, or a reference a benchmark would not measure: one line at the parser, before
     the first method trains (the benchmarks that write at their end would lose every run before it)."""
     import argparse
@@ -468,6 +469,12 @@ def test_benchmark_options_are_refused_before_any_work(capsys: pytest.CaptureFix
                                                            train_set=[], method_set=method_set))
 
     method_set: list[tuple[str, str]] = []
+    # each run in a process of its own, unless asked not to or launched on several processes
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert unlearn.runs_apart(argparse.Namespace(in_process=False))
+    assert not unlearn.runs_apart(argparse.Namespace(in_process=True))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert not unlearn.runs_apart(argparse.Namespace(in_process=False))
 
     # the shipped setting runs first whatever the scales, and a sweep of one scale is still a sweep
     assert [len(s) for s in sweep("graddiff", lr=(3.0,))] == [0, 1] and sweep("graddiff", lr=(3.0,))[1][0] == "lr=6e-05"
