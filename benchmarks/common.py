@@ -27,7 +27,6 @@ from unsee.finetune import cache_root
 from unsee.io import atomic_write_json
 from unsee.methods import ALL as ALL  # the registry's names: the benchmarks' --methods defaults
 from unsee.methods import TRAINING as TRAINING
-from unsee.methods import method_class
 from unsee.methods.artifact import Artifact, load_result
 from unsee.models import HFAdapter, load_adapter
 from unsee.models.tiny import ARCHS
@@ -225,8 +224,7 @@ def measure(method: str, vanilla: Path, suite: Suite, forget: str, overrides: Se
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
             run = pool.submit(_measure_apart, method, vanilla, suite, forget, list(overrides), seed, dict(kw), work,
                               torch.get_num_threads()).result()
-        saved = work / ("model" if method_class(method).trains_weights else "steering")
-        adapter, artifact = load_result(saved, base=vanilla)
+        adapter, artifact = load_result(work, base=vanilla)  # the layout `unsee unlearn` writes
         return run, cast(HFAdapter, adapter), artifact
     return _measure_in(method, vanilla, suite, forget, overrides, seed, kw, work)
 
@@ -235,7 +233,7 @@ def _measure_in(method: str, vanilla: Path, suite: Suite, forget: str, overrides
                 kw: Mapping[str, Any], work: Path) -> tuple[dict, HFAdapter, Artifact]:
     adapter = load_adapter(vanilla)
     run, artifact = api.unlearn_and_save(
-        method, adapter, suite, steering_dir=work / "steering", model_dir=work / "model",
+        method, adapter, suite, steering_dir=work, model_dir=work / "model",
         model=api.model_name(vanilla), base_model=str(vanilla), base_hash=adapter.fingerprint(), forget=forget,
         seed=seed, overrides=overrides, eval_kw=kw)
     return run, adapter, artifact

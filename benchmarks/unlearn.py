@@ -253,8 +253,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "memory of each run then carries what the earlier ones left, and is not judged")
     args = p.parse_args(argv)
     check_last_seed(p, args.seed, args.seeds)
-    for method in args.methods.split(","):  # a wrong key is refused before the first run, not after it
-        for overrides in settings(method, args):
+    planned = {method: settings(method, args) for method in args.methods.split(",")}
+    for method, tried in planned.items():  # a wrong key is refused before the first run, not after it
+        for overrides in tried:
             try:
                 api.method_configs(method, None, overrides)
             except UnseeError as e:
@@ -307,9 +308,8 @@ def main(argv: list[str] | None = None) -> dict:
         write_results(out.with_suffix(".results.json"), results, overwrite=True)
         return result
 
-    for method in args.methods.split(","):
+    for method, tried in planned.items():
         picked: tuple[dict, dict, HFAdapter, Artifact] | None = None
-        tried = settings(method, args)
         for overrides in tried:
             run, adapter, artifact = measure(method, vanilla, pick_suite, pick_split, overrides, args.seed, kw,
                                              apart=apart)
