@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unsee import api
+from unsee.data import collate
 from unsee.data.collate import image_of
 from unsee.data.schema import Suite
 from unsee.engine.gradients import after_relearning
@@ -436,6 +437,25 @@ def test_cvf_ncu_loss_trajectory_is_pinned(trained_dir: Path, suite: Suite, turn
     res = train(CVFNCU(CVFConfig(ncu_images=8, augment=1.0)), load_adapter(trained_dir), suite, turns,
                 cfg(scope="visual", max_steps=3, seed=0))
     assert res.losses == pytest.approx(list(PINNED_CVF_NCU_LOSSES), rel=1e-4)
+
+
+def test_cvf_knows_whose_photo_each_is_past_the_cap_of_decoded_photos(model_dir: Path, world: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """CVF tells photos apart by object. Past the cap of decoded photos kept, the cache starts again; a photo
+    decoded again there was a second object of one file, and to CVF a stranger's photo."""
+    monkeypatch.setattr(collate, "_RECENT_CAP", 1)
+    monkeypatch.setattr(collate, "_RECENT", {})
+    suite = api.load_suite(world, "forget_10")
+    turns = api.training_turns(suite)
+    _, _, ctx = cvf_context(model_dir, suite, turns)
+    method = CVFNCU(CVFConfig(ncu=False))
+    method.setup(ctx)
+    forget = [t.image for t in turns["forget"] if t.image is not None]
+    retain = [t.image for t in turns["retain"] if t.image is not None]
+    assert len({id(im) for im in forget}) > 1 and retain
+    assert all(id(im) in method._person for im in forget) and all(id(im) in method._retained for im in retain)
+    examples = [e for e in suite.groups["train_forget"] if e.has_image]
+    assert all(image_of(e) is image_of(e) for e in examples)  # one object a file, each call clearing the rest
 
 
 def test_cvf_token_term_adds_its_loss(model_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:

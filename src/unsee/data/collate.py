@@ -7,6 +7,7 @@ times. A missing or corrupt image raises :class:`~unsee.errors.DataError` naming
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Collection, Iterator, Sequence
 
 import numpy as np
@@ -18,19 +19,29 @@ from unsee.data.schema import Example
 from unsee.errors import ConfigError
 from unsee.models.base import Turn
 
-_IMAGES: dict[tuple[int, int], Image.Image] = {}
+_RECENT_CAP = 20000
+_RECENT: dict[tuple[int, int], Image.Image] = {}  # kept decoded, up to the cap, for the next run to find
+_LIVE: weakref.WeakValueDictionary[tuple[int, int], Image.Image] = weakref.WeakValueDictionary()
 
 
 def image_of(ex: Example) -> Image.Image | None:
-    """The decoded image, one object per distinct file: the nine questions on one photo share it."""
+    """The decoded image, one object per distinct file: the nine questions on one photo share it.
+
+    While anything holds a file's image (a turn, a method's map of whose photo it is), the same
+    object comes back, past the cap of those kept for later too: methods tell photos apart by
+    object, and a second object of one file would be a stranger's photo to them.
+    """
     if ex.image is None:
         return None
     key = (hash(ex.image), len(ex.image))
-    if key not in _IMAGES:
-        if len(_IMAGES) > 20000:
-            _IMAGES.clear()
-        _IMAGES[key] = ex.pil_image()
-    return _IMAGES[key]
+    img = _LIVE.get(key)
+    if img is None:
+        img = _LIVE[key] = ex.pil_image()
+    if key not in _RECENT:
+        if len(_RECENT) >= _RECENT_CAP:
+            _RECENT.clear()
+        _RECENT[key] = img
+    return img
 
 
 def qa_turn(ex: Example, answer: str | None = None) -> Turn:

@@ -119,9 +119,12 @@ class CVFOnly(BaseMethod):
         self._ref: dict[int, tuple[Any, torch.Tensor]] = {}
         self._pixels: dict[int, tuple[Any, BatchFeature]] = {}
         self._ref_hidden: dict[int, tuple[Any, torch.Tensor]] = {}
-        # whose photo each forget image is; image_of hands out one object per file
-        self._person = {id(image_of(e)): e.entity for e in ctx.suite.groups.get("train_forget", []) if e.has_image}
-        retained = {id(image_of(e)): e.entity for e in ctx.suite.groups.get("train_retain", []) if e.has_image}
+        # whose photo each forget image is, by object (image_of hands out one per file); the photos are held
+        # here, so that no other object can take one of their ids
+        self._photos = [(image_of(e), e.entity, group) for group in ("train_forget", "train_retain")
+                        for e in ctx.suite.groups.get(group, []) if e.has_image]
+        self._person = {id(im): who for im, who, group in self._photos if group == "train_forget"}
+        retained = {id(im): who for im, who, group in self._photos if group == "train_retain"}
         codes = {name: i for i, name in enumerate(sorted(set(retained.values())))}  # the same in every process
         self._retained = {k: codes[name] for k, name in retained.items()}
         if self.cfg.relearn_sim_steps and len(set(self._person.values())) < 2:
