@@ -254,6 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     check_last_seed(p, args.seed, args.seeds)
     planned = {method: settings(method, args) for method in args.methods.split(",")}
+    if unused := sorted({m for m, _ in args.method_set} - set(planned)):  # a typo of --methods would drop them
+        p.error(f"--method-set names {', '.join(unused)}, which --methods does not run")
     for method, tried in planned.items():  # a wrong key is refused before the first run, not after it
         for overrides in tried:
             try:

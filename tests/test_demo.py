@@ -450,6 +450,7 @@ def test_benchmark_options_are_refused_before_any_work(capsys: pytest.CaptureFix
                        (audits.main, ["--methods", "graddiff", "--seed", "4294967295", "--seeds", "2"]),
                        (unlearn.main, ["--methods", "graddiff", "--method-set", "nosuch:lr=1"]),
                        (unlearn.main, ["--methods", "graddiff,eraser", "--method-set", "eraser:strenght=-2"]),
+                       (unlearn.main, ["--methods", "graddiff", "--method-set", "eraser:sweep=false"]),
                        (unlearn.main, ["--methods", "graddiff", "--train-set", "lr=fast"])):
         with pytest.raises(SystemExit) as done:
             main(argv)
@@ -461,6 +462,7 @@ def test_benchmark_options_are_refused_before_any_work(capsys: pytest.CaptureFix
     # a method's option is checked against its config before the first run, not when its turn comes
     assert "expected METHOD:KEY=VALUE" in err and "eraser: " in err and "strenght" in err
     assert "graddiff: " in err and "'fast'" in err
+    assert "--method-set names eraser, which --methods does not run" in err
     with pytest.raises(SystemExit, match="-1 is not a seed"):  # every seed of a list, before the first runs
         continual.main(["--methods", "graddiff", "--seeds", "0,-1"])
 
