@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
-from unsee import __version__
+from unsee import __version__, numerics
 from unsee.config import describe
 from unsee.errors import ConfigError, UnseeError
 
@@ -406,6 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _plain_text_where_asked()
     try:
+        numerics.check()
         method = _asked_method(argv)
         p = parser(method_options(method) if method else None, attack_options() if _asks_help(argv, "attack") else None)
     except UnseeError as e:

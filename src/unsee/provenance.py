@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unsee import __version__
+from unsee import __version__, numerics
 
 if TYPE_CHECKING:
     import torch
@@ -108,7 +108,15 @@ def environment() -> dict[str, Any]:
         "transformers": _dist_version("transformers"),
         "device": device_name(),
         "threads": _threads(),  # one thread and two train different models (docs/caching.md)
+        "numerics": _numerics(),  # native, or portable: the same weights on every CPU (docs/reproduce.md)
     }
+
+
+def _numerics() -> str | None:
+    try:
+        return numerics.mode()
+    except Exception:  # a misspelt UNSEE_NUMERICS is refused before any work; a result is never lost
+        return None
 
 
 def _threads() -> int | None:

@@ -40,6 +40,8 @@ from unsee.engine.distributed import launch_mixed_precision
 from unsee.io import content_hash
 from unsee.models import adapter_class
 from unsee.models.base import Adapter, Turn
+from unsee.numerics import PORTABLE_DEVICE, portable
+from unsee.numerics import check as check_numerics
 from unsee.provenance import device_name
 
 # Which recipe options determine which stage of the vanilla model. Each stage also hashes the
@@ -97,11 +99,17 @@ def numerics(threads: int | None = None, *, on_cpu: bool = False) -> dict[str, A
 
     Training is bit-for-bit reproducible for a fixed value of these and not across them: after
     30 steps of stage 1 the visual weights at one thread differ from those at two, and over a
-    whole stage the gap grows to another model. On a GPU the CPU's threads do not touch the
+    whole stage the gap grows to another model. Under ``UNSEE_NUMERICS=portable`` a CPU is named by
+    its pinned kernels instead of its model, so a stage trained on one CPU is found in the cache by
+    another. On a GPU the CPU's threads do not touch the
     weights, so a fine-tune of hours is not trained again for a change of them; a stage that trains
     on the CPU there all the same (``on_cpu``) keeps its count.
     """
-    found: dict[str, Any] = {"torch": torch.__version__, "device": device_name()}
+    check_numerics()
+    device = device_name()
+    # under portable numerics every CPU trains the same weights, so they share one key (unsee.numerics)
+    found: dict[str, Any] = {"torch": torch.__version__,
+                             "device": PORTABLE_DEVICE if portable() and device.startswith("cpu") else device}
     if on_cpu or not torch.cuda.is_available():
         found["threads"] = torch.get_num_threads() if threads is None else threads
     if (precision := launch_mixed_precision()) != "no":
