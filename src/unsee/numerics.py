@@ -1,4 +1,4 @@
-"""Portable CPU numerics: the same model from the same seed on any x86-64 CPU with AVX2.
+"""Portable CPU numerics: the same model from the same seed on any x86-64 CPU with AVX2 (Linux).
 
 Two CPUs train two different models from one seed and one recipe. torch's kernels and MKL's
 choose other instructions on each, and so another order of additions; over a long run the
@@ -71,9 +71,9 @@ def check() -> None:
     branch = mkl_branch(torch)
     if capability != "AVX2" or branch != _MKL_CBWR_COMPATIBLE or torch.backends.mkldnn.enabled:
         found = f"ATen {capability}, MKL " + ("absent" if branch is None else f"branch {branch}")
-        raise ConfigError(f"{ENV}=portable could not pin the CPU kernels ({found}). It needs an x86-64 CPU with "
-                          "AVX2, a torch built with MKL, and unsee imported before torch computes anything: set "
-                          f"it in the command's environment ({ENV}=portable unsee ...)")
+        raise ConfigError(f"{ENV}=portable could not pin the CPU kernels ({found}). It needs Linux on an x86-64 "
+                          "CPU with AVX2, a torch built with MKL, and unsee imported before torch computes anything: "
+                          f"set it in the command's environment ({ENV}=portable unsee ...)")
 
 
 def mkl_branch(torch_module: object) -> int | None:
