@@ -79,7 +79,8 @@ def test_a_numerics_mode_that_cannot_be_honoured_is_one_line_before_any_work(tmp
     cli = "import sys; from unsee.cli import main; sys.exit(main(sys.argv[1:]))"
     args = ("eval", "--model", "nowhere", "--data", "nowhere", "--out", str(out))
     for env, said in (({"UNSEE_NUMERICS": "fast"}, "UNSEE_NUMERICS='fast': expected native or portable"),
-                      ({"UNSEE_NUMERICS": "portable", "MKL_CBWR": "AUTO"}, "leave MKL_CBWR unset")):
+                      ({"UNSEE_NUMERICS": "portable", "MKL_CBWR": "AUTO"}, "leave MKL_CBWR unset"),
+                      ({"UNSEE_NUMERICS": "portable", "MKL_CBWR": "compatible"}, "leave MKL_CBWR unset")):
         bad = _run(cli, *args, **env)
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and said in bad.stderr, bad.stderr
     assert not out.exists()

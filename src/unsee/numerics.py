@@ -62,7 +62,7 @@ def check() -> None:
     if not portable():
         return
     for key, value in PINNED.items():
-        if os.environ.get(key, "").strip().lower() != value.lower():
+        if os.environ.get(key) != value:  # exactly: MKL reads `compatible` as no branch it knows
             raise ConfigError(f"{ENV}=portable sets {key}={value}, and the environment sets "
                               f"{key}={os.environ.get(key)}: leave {key} unset")
     import torch
