@@ -32,9 +32,13 @@ PORTABLE_DEVICE = "cpu (portable: MKL COMPATIBLE, ATen AVX2, no oneDNN)"
 _MKL_CBWR_BRANCH, _MKL_CBWR_COMPATIBLE = 1, 3  # mkl_service.h
 
 
+def _asked() -> str:
+    return os.environ.get(ENV, "").strip().lower() or "native"
+
+
 def mode() -> str:
     """``native`` (each CPU its fastest kernels; the default) or ``portable``, from ``UNSEE_NUMERICS``."""
-    value = os.environ.get(ENV, "").strip().lower() or "native"
+    value = _asked()
     if value not in ("native", "portable"):
         raise ConfigError(f"{ENV}={os.environ[ENV]!r}: expected native or portable")
     return value
@@ -47,7 +51,7 @@ def portable() -> bool:
 def pin_early() -> None:
     """Run when ``unsee`` is imported: under ``UNSEE_NUMERICS=portable``, set the variables torch and MKL
     read at their first operation and turn oneDNN off. Never raises; :func:`check` says what did not take."""
-    if os.environ.get(ENV, "").strip().lower() != "portable":
+    if _asked() != "portable":
         return
     for key, value in PINNED.items():
         os.environ.setdefault(key, value)
@@ -58,7 +62,7 @@ def pin_early() -> None:
 
 def check() -> None:
     """Under ``UNSEE_NUMERICS=portable``, that every kernel is pinned, as MKL and ATen report it; where one
-    is not, a :class:`ConfigError` that says why. Called before anything is trained or scored."""
+    is not, a :class:`ConfigError` that says why. Called by the CLI and wherever a model is loaded."""
     if not portable():
         return
     for key, value in PINNED.items():

@@ -41,7 +41,6 @@ from unsee.io import content_hash
 from unsee.models import adapter_class
 from unsee.models.base import Adapter, Turn
 from unsee.numerics import PORTABLE_DEVICE, portable
-from unsee.numerics import check as check_numerics
 from unsee.provenance import device_name
 
 # Which recipe options determine which stage of the vanilla model. Each stage also hashes the
@@ -105,7 +104,6 @@ def numerics(threads: int | None = None, *, on_cpu: bool = False) -> dict[str, A
     weights, so a fine-tune of hours is not trained again for a change of them; a stage that trains
     on the CPU there all the same (``on_cpu``) keeps its count.
     """
-    check_numerics()
     device = device_name()
     # under portable numerics every CPU trains the same weights, so they share one key (unsee.numerics)
     found: dict[str, Any] = {"torch": torch.__version__,

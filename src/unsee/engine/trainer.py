@@ -46,7 +46,6 @@ from unsee.engine.prepare import (
 from unsee.engine.tracking import Trackers, check_trackers, history
 from unsee.errors import ConfigError, TrainingError, UnseeError
 from unsee.models.base import SCOPES, Adapter
-from unsee.numerics import check as check_numerics
 from unsee.provenance import optimizer_state_bytes
 
 
@@ -346,7 +345,6 @@ def train(method: Method, adapter: Adapter, suite: Suite, turns: dict[str, list]
     leaving the model at its last good state. ``options``: ``accelerator``, ``reference`` (a frozen
     copy the method reads), ``on_eval`` (called every ``eval_every`` steps in every process; under FSDP it
     sees the sharded model) and ``desc``. The run's random streams are its own (:func:`seeded`)."""
-    check_numerics()
     with seeded(cfg.seed), plain_if_stopped(adapter, cfg.scope == "lora"):
         return _train(method, adapter, suite, turns, cfg, **options)
 

@@ -24,7 +24,6 @@ from unsee.data.schema import LETTERS, METRIC_GROUPS, Example, Suite
 from unsee.errors import ModelError, UnseeError
 from unsee.eval import metrics, protocols
 from unsee.models.base import Adapter, Turn
-from unsee.numerics import check as check_numerics
 
 
 def _cap(items: list[Example], max_items: int | None) -> list[Example]:
@@ -280,7 +279,6 @@ def run_evaluation(
     task. ``letter`` adds ``mcq_letter``, the letter reading of the same MCQs, as an extra figure.
     """
     protocols.check_protocol(protocol)
-    check_numerics()
     bench = protocols.benchmark_of(benchmark or suite.info.get("benchmark", suite.name))
     budget = {t: protocols.max_new_tokens(bench, t, max_new_tokens) for t in ("mcq", "cloze", "gen")}
     samples: list[dict[str, Any]] = []

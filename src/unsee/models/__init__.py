@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from unsee.errors import ModelError
 from unsee.models.base import SCOPES, Adapter, HFAdapter, Turn, model_fingerprint
 from unsee.models.fingerprint import PICKLE_WEIGHTS
+from unsee.numerics import check as check_numerics
 
 REGISTRY: dict[str, str] = {
     "llava": "unsee.models.llava:LlavaAdapter",
@@ -161,8 +162,11 @@ def load_adapter(
     device: str | torch.device | None = None,
     **kw: Any,
 ) -> HFAdapter:
-    """Load a local directory or a hub id, refusing pickle weights unless explicitly allowed."""
+    """Load a local directory or a hub id, refusing pickle weights unless explicitly allowed. Every model unsee
+    trains or scores comes through here, so this is where portable numerics are checked (:mod:`unsee.numerics`)."""
     from transformers import AutoConfig
+
+    check_numerics()
 
     path = Path(model)
     local = path.exists() or str(model).startswith((".", "/"))
