@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,22 +21,16 @@ ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE_CONFIGS = ROOT / "src/unsee/configs/accelerate"
 
 
-def free_port() -> int:
-    """A TCP port no one listens on now: launches that run side by side (``pytest -n``) each rendezvous on
-    their own, where the shipped configs' default port would let the second find the first's."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def launch_command(config: str, *args: str) -> tuple[list[str], dict[str, str]]:
-    """The ``accelerate launch --config_file <shipped config> ARGS`` command line and its environment."""
+    """The ``accelerate launch --config_file <shipped config> ARGS`` command line and its environment.
+
+    The shipped configs ask for a free port (``main_process_port: 0``), so launches that run side by
+    side (``pytest -n``) each rendezvous on their own, as a user's would."""
     launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
     assert launcher, "accelerate's launcher is not installed"
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    return [launcher, "launch", "--config_file", str(ACCELERATE_CONFIGS / config),
-            "--main_process_port", str(free_port()), *args], env
+    return [launcher, "launch", "--config_file", str(ACCELERATE_CONFIGS / config), *args], env
 
 
 def worker_main(compute: Callable[[Path, Path, object], dict[str, torch.Tensor]]) -> None:

@@ -145,6 +145,22 @@ def test_zero_configs_ask_for_deepspeed_and_the_fsdp_config_for_version_2() -> N
     assert fsdp["distributed_type"] == "FSDP" and fsdp["fsdp_config"]["fsdp_version"] == 2
 
 
+def test_shipped_configs_rendezvous_on_a_free_port_of_their_own() -> None:
+    """Two launches side by side on one machine must not meet at accelerate's default port (29500)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    ports = []
+    for config in sorted((ROOT / "src/unsee/configs/accelerate").glob("*.yaml")):
+        args = launch_command_parser().parse_args(["--config_file", str(config), "-m", "unsee.cli", "unlearn"])
+        args = _validate_launch_command(args)[0]
+        assert args.main_process_port == 0, config.name  # accelerate's "pick an open port"
+        if args.multi_gpu or args.use_fsdp:  # the DeepSpeed launcher resolves 0 alike, but needs deepspeed
+            prepare_multi_gpu_env(args)
+            ports.append(int(args.master_port))
+    assert len(ports) == 3 and 29500 not in ports
+
+
 def test_history_reaches_run_json_and_tensorboard(model_dir: Path, world: Path, tmp_path: Path) -> None:
     """Every log_every-th step's loss and terms go to run.json and, with report_to, to TensorBoard;
     the report draws them."""
