@@ -14,7 +14,9 @@ runs there, the best by unlearning score is the method's pick, and only the pick
 reported split, with ``--seeds`` unlearning seeds whose mean (with a 95% interval over items) is
 the method's row. The JSON says where each pick was made (``selection``). ``--select-on
 reported`` picks on the reported groups themselves, as public unlearning benchmarks do; its
-figures are optimistic, and the JSON says so too. ``forget_test`` (held-out views and
+figures are optimistic, and the JSON says so too. ``--picks FILE`` runs each method at the setting
+an earlier run of this benchmark picked on its validation request (another world seed's, say),
+with no sweep here, and the JSON names the file (``selection.picked_in``). ``forget_test`` (held-out views and
 paraphrases) is never trained on. A results.json of the vanilla model and each method's row
 is written beside, for ``unsee report``.
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shutil
 import statistics
@@ -68,6 +71,33 @@ def method_option(text: str) -> tuple[str, str]:
     if method not in ALL or "=" not in option:
         raise argparse.ArgumentTypeError(f"{text!r}: expected METHOD:KEY=VALUE with METHOD one of {', '.join(ALL)}")
     return method, option
+
+
+def given_picks(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """``--picks FILE``: the settings an earlier run picked on its validation request, as ``--method-set``
+    options, so that a world that chooses nothing runs every method at another's picks. Only picks made
+    on held-out people are taken: the point is that nothing is chosen on the groups reported."""
+    if args.sweep not in (None, "none") or args.select_on not in (None, "reported"):
+        p.error("--picks runs each method at the file's pick: it takes no --sweep and no --select-on")
+    args.sweep, args.select_on = "none", "reported"
+    try:
+        earlier = json.loads(Path(args.picks).read_text())
+        selection, arch = earlier["selection"], earlier["arch"]
+        picks, held_out, complete = selection["picks"], selection["held_out"], earlier["complete"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        p.error(f"--picks {args.picks}: not a JSON this benchmark wrote ({type(e).__name__}: {e})")
+    if not held_out or not complete:
+        p.error(f"--picks {args.picks}: its picks were made on the groups it reports" if not held_out else
+                f"--picks {args.picks}: that run did not finish, and some methods have no pick")
+    if arch != args.arch:
+        p.error(f"--picks {args.picks}: picked for {arch}, and this run is {args.arch}")
+    if missing := [m for m in args.methods.split(",") if m not in picks]:
+        p.error(f"--picks {args.picks} has no pick for {', '.join(missing)}")
+    # a pick records the earlier run's --train-set too: what this run's own gives already is not said twice
+    args.method_set = [*((m, o) for m in args.methods.split(",") for o in picks[m] if o not in args.train_set),
+                       *args.method_set]
+    return {"file": str(args.picks), "world": earlier.get("world"), "seed": earlier.get("seed"),
+            "on": selection["on"], "picks": {m: picks[m] for m in args.methods.split(",")}}
 
 
 def runs_apart(args: argparse.Namespace) -> bool:
@@ -238,11 +268,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--epoch-scales", type=float, nargs="+", default=[1.0])
     p.add_argument("--keep", default=None, metavar="DIR",
                    help="save each method's reported model (and steering file) to DIR/METHOD, for audits.py --models")
-    p.add_argument("--sweep", default="all",
-                   help="comma list of the methods that get the sweep; the others run at their shipped setting")
-    p.add_argument("--select-on", default="auto", metavar="SPLIT",
+    p.add_argument("--sweep", default=None,
+                   help="comma list of the methods that get the sweep, or none; the others run at their shipped "
+                        "setting (default: all)")
+    p.add_argument("--picks", default=None, metavar="FILE",
+                   help="run each method at the setting an earlier run's JSON picked on its validation request; "
+                        "no sweep here")
+    p.add_argument("--select-on", default=None, metavar="SPLIT",
                    help="the validation split each sweep picks on (auto: val_<forget> where the world has it; "
-                        "reported: the reported groups themselves)")
+                        "reported: the reported groups themselves; default: auto)")
     p.add_argument("--seeds", type=positive_int, default=1, metavar="N",
                    help="unlearning seeds of each pick on the reported split (--seed .. --seed+N-1)")
     p.add_argument("--table", default=None, metavar="FILE", help="also write the method table as markdown")
@@ -253,6 +287,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "memory of each run then carries what the earlier ones left, and is not judged")
     args = p.parse_args(argv)
     check_last_seed(p, args.seed, args.seeds)
+    picked_in = given_picks(p, args) if args.picks else None
+    args.sweep, args.select_on = args.sweep or "all", args.select_on or "auto"
     planned = {method: settings(method, args) for method in args.methods.split(",")}
     if unused := sorted({m for m, _ in args.method_set} - set(planned)):  # a typo of --methods would drop them
         p.error(f"--method-set names {', '.join(unused)}, which --methods does not run")
@@ -282,7 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"--select-on {select_on} shares {sorted(shared)} with {args.forget}")
         pick_vanilla = api.evaluate_adapter(load_adapter(vanilla), pick_suite, **kw)
     selection = {"on": pick_split, "held_out": select_on is not None, "seeds": args.seeds, "picks": {}, "swept": [],
-                 **({"vanilla": pick_vanilla} if select_on else {})}
+                 **({"vanilla": pick_vanilla} if select_on else {}), **({"picked_in": picked_in} if picked_in else {})}
     reference: dict[str, Any] = {}
     if args.retrained:
         r_metrics = api.evaluate_adapter(load_adapter(retrained_model(args, world, vanilla, args.forget)), suite, **kw)

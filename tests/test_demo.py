@@ -204,6 +204,13 @@ def test_unlearn_benchmark_runs_on_the_demo_world(demo_run: tuple[Path, Path], t
     assert graddiff["overrides"] == result["selection"]["picks"]["graddiff"]
     assert graddiff["selected_on"] == "val_forget_10"
     assert {r["forget_split"] for r in load_results(tmp_path / "u.results.json")["runs"]} == {"forget_10"}
+    # another run at these picks, with nothing chosen in it: the JSON names the file they came from
+    again = unlearn.main([*_bench_args(demo_run[1], tmp_path / "p.json"), "--methods", "graddiff", "--in-process",
+                          "--picks", str(tmp_path / "u.json")])
+    assert again["best"]["graddiff"]["overrides"] == graddiff["overrides"] != []
+    assert [r["split"] for r in again["rows"]] == ["forget_10"] and again["selection"]["swept"] == []
+    assert again["selection"]["picked_in"] == {"file": str(tmp_path / "u.json"), "world": "quick", "seed": 0,
+                                               "on": "val_forget_10", "picks": {"graddiff": graddiff["overrides"]}}
     assert {"forget", "retain", "score_highest", "wall_s", "forget_ci_high"} <= set(result["targets"]["cvf_ncu"])
     assert result["best"]["eraser"]["generation"]["plain_s"] > 0
     # the known people kept, on held-out views no method trains on, beside the known group in the table
@@ -425,7 +432,7 @@ def test_seeds_benchmark_scores_a_validation_request_blind_to_the_reported_peopl
 
 
 def test_benchmark_options_are_refused_before_any_work(capsys: pytest.CaptureFixture[str],
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+                                                       monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A wrong method name, no seeds, or a reference a benchmark would not measure: one line at the parser, before
     the first method trains (the benchmarks that write at their end would lose every run before it)."""
     import argparse
@@ -439,6 +446,13 @@ def test_benchmark_options_are_refused_before_any_work(capsys: pytest.CaptureFix
     import unlearn
 
     wrong = ["--methods", "graddiff,nosuch"]
+    picks = {"arch": "tiny-llava", "complete": True, "world": "default", "seed": 0,
+             "selection": {"on": "val_forget_10", "held_out": True, "picks": {"graddiff": ["lr=1e-5"]}}}
+    (tmp_path / "val.json").write_text(json.dumps(picks))
+    reported = {**picks, "selection": {**picks["selection"], "held_out": False}}
+    (tmp_path / "reported.json").write_text(json.dumps(reported))
+    (tmp_path / "partial.json").write_text(json.dumps({**picks, "complete": False}))
+    (tmp_path / "bad.json").write_text('{"selection": ')
     for main, argv in ((unlearn.main, wrong), (seeds.main, wrong), (audits.main, wrong), (continual.main, wrong),
                        (protocols.main, wrong), (audits.main, ["--methods", "graddiff", "--seeds", "0"]),
                        (unlearn.main, ["--methods", "graddiff", "--seeds", "-1"]),
@@ -451,7 +465,13 @@ def test_benchmark_options_are_refused_before_any_work(capsys: pytest.CaptureFix
                        (unlearn.main, ["--methods", "graddiff", "--method-set", "nosuch:lr=1"]),
                        (unlearn.main, ["--methods", "graddiff,eraser", "--method-set", "eraser:strenght=-2"]),
                        (unlearn.main, ["--methods", "graddiff", "--method-set", "eraser:sweep=false"]),
-                       (unlearn.main, ["--methods", "graddiff", "--train-set", "lr=fast"])):
+                       (unlearn.main, ["--methods", "graddiff", "--train-set", "lr=fast"]),
+                       *((unlearn.main, ["--methods", m, "--picks", str(tmp_path / f), *extra]) for m, f, extra in (
+                           ("graddiff", "val.json", ["--sweep", "graddiff"]),
+                           ("graddiff", "val.json", ["--arch", "tiny-qwen2-vl"]),
+                           ("graddiff,npo", "val.json", []), ("graddiff", "reported.json", []),
+                           ("graddiff", "partial.json", []), ("graddiff", "bad.json", []),
+                           ("graddiff", "nosuch.json", [])))):
         with pytest.raises(SystemExit) as done:
             main(argv)
         assert done.value.code == 2
@@ -463,6 +483,11 @@ def test_benchmark_options_are_refused_before_any_work(capsys: pytest.CaptureFix
     assert "expected METHOD:KEY=VALUE" in err and "eraser: " in err and "strenght" in err
     assert "graddiff: " in err and "'fast'" in err
     assert "--method-set names eraser, which --methods does not run" in err
+    # another run's picks: only made on held-out people, by a finished run, for this model and every method
+    assert "takes no --sweep and no --select-on" in err
+    assert "picked for tiny-llava, and this run is tiny-qwen2-vl" in err
+    assert "val.json has no pick for npo" in err and "its picks were made on the groups it reports" in err
+    assert "that run did not finish" in err and err.count("not a JSON this benchmark wrote") == 2
     with pytest.raises(SystemExit, match="-1 is not a seed"):  # every seed of a list, before the first runs
         continual.main(["--methods", "graddiff", "--seeds", "0,-1"])
 
