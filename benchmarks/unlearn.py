@@ -91,13 +91,13 @@ def given_picks(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict[st
                 f"--picks {args.picks}: that run did not finish, and some methods have no pick")
     if arch != args.arch:
         p.error(f"--picks {args.picks}: picked for {arch}, and this run is {args.arch}")
-    if missing := [m for m in args.methods.split(",") if m not in picks]:
+    methods = args.methods.split(",")
+    if missing := [m for m in methods if m not in picks]:
         p.error(f"--picks {args.picks} has no pick for {', '.join(missing)}")
     # a pick records the earlier run's --train-set too: what this run's own gives already is not said twice
-    args.method_set = [*((m, o) for m in args.methods.split(",") for o in picks[m] if o not in args.train_set),
-                       *args.method_set]
+    args.method_set = [*((m, o) for m in methods for o in picks[m] if o not in args.train_set), *args.method_set]
     return {"file": str(args.picks), "world": earlier.get("world"), "seed": earlier.get("seed"),
-            "on": selection["on"], "picks": {m: picks[m] for m in args.methods.split(",")}}
+            "on": selection["on"], "picks": {m: picks[m] for m in methods}}
 
 
 def runs_apart(args: argparse.Namespace) -> bool:
