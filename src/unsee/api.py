@@ -29,7 +29,7 @@ from unsee.config import ConfigError, check_seed, check_seeds
 from unsee.data import world as _world
 from unsee.data.collate import qa_turns
 from unsee.data.detect import benchmark_of, resolve
-from unsee.data.request import is_request_file, named_paths
+from unsee.data.request import is_request_file
 from unsee.data.request_example import write_world_request
 from unsee.demo import run_demo
 from unsee.engine.distributed import is_main_process
@@ -73,6 +73,7 @@ from unsee.runs import (
     evaluation,
     jsonable,
     load_suite,
+    local_inputs,
     make_run,
     method_configs,
     model_name,
@@ -112,13 +113,6 @@ __all__ = [
 ]
 
 
-def _local(*paths: Any) -> list[Any]:
-    """The inputs among ``paths`` that an output must not overlap (files and folders; None skipped),
-    with the photos and folders a request file among them names."""
-    local = [p for p in paths if isinstance(p, str | Path)]
-    return local + [named for p in local if is_request_file(p) for named in named_paths(p)]
-
-
 # ---- commands that build inputs --------------------------------------------------------------
 # Each checks its output before any work: not an input, not inside or around one, writable.
 def build_world(out: str | Path, *, config: Any = "default", overwrite: bool = False, example: bool = True,
@@ -126,7 +120,7 @@ def build_world(out: str | Path, *, config: Any = "default", overwrite: bool = F
     """``unsee world``: the built-in benchmark (:func:`unsee.data.world.build_world`) and, with ``example``,
     a removal request made of its ``forget_10`` people (or its first forget split's) in ``out/request/``
     (:func:`unsee.data.request_example.write_world_request`)."""
-    check_output_dir(out, overwrite=overwrite, inputs=_local(config))
+    check_output_dir(out, overwrite=overwrite, inputs=local_inputs(config))
     return _world.build_world(out, config=config, overwrite=overwrite, **kw,
                               then=(lambda root: write_world_request(root, root / "request")) if example else None)
 
@@ -134,7 +128,7 @@ def build_world(out: str | Path, *, config: Any = "default", overwrite: bool = F
 def init_model(arch: str, out: str | Path, *, world: str | Path | None = None, overwrite: bool = False,
                **kw: Any) -> Path:
     """``unsee model init --arch``: a tiny model from the real HF classes (:func:`unsee.models.tiny.init_model`)."""
-    check_output_dir(out, overwrite=overwrite, inputs=_local(world))
+    check_output_dir(out, overwrite=overwrite, inputs=local_inputs(world))
     return _tiny.init_model(arch, out, world=world, overwrite=overwrite, **kw)
 
 
@@ -152,7 +146,7 @@ def finetune(model: str | Path, data: Any, out: str | Path, *, config: str | Pat
     (:mod:`unsee.finetune`, config ``default`` or ``quick``); on MLLMU-Bench, CLEAR or UMU-bench,
     the benchmark's own recipe (:mod:`unsee.finetune_bench`, config ``mllmu``, ``clear`` or ``umu``;
     by default the detected benchmark's)."""
-    check_output_dir(out, overwrite=overwrite, inputs=_local(model, data, config),
+    check_output_dir(out, overwrite=overwrite, inputs=local_inputs(model, data, config),
                      writes=[_finetune.cache_root(cache_dir)])
     ref = resolve(data, revision)
     kind = benchmark_of(ref.path, benchmark)
@@ -169,7 +163,7 @@ def retrain(vanilla: str | Path, data: Any, out: str | Path, *, forget: str = "f
             cache_dir: str | Path | None = None, benchmark: str | None = None, revision: str | None = None) -> Path:
     """``unsee retrain``: the vanilla model's fine-tune again without ``forget``'s photos, on any benchmark."""
 
-    check_output_dir(out, overwrite=overwrite, inputs=_local(vanilla, data),
+    check_output_dir(out, overwrite=overwrite, inputs=local_inputs(vanilla, data),
                      writes=[_finetune.cache_root(cache_dir)])
     ref = resolve(data, revision)
     kind = benchmark_of(ref.path, benchmark)
@@ -195,7 +189,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
     out = results_file(out)
     method = method or ("eraser" if steering is not None else unlearned_by(model) or "vanilla")
     check_run_name(method, steering)
-    inputs = _local(model, data, steering)
+    inputs = local_inputs(model, data, steering)
     check_output_file(out, overwrite=overwrite, inputs=inputs)  # before its samples' name is taken from it
     check_output_file(samples_path(out), overwrite=overwrite, inputs=inputs)
     eval_kw = eval_options(protocol=protocol, max_items=max_items, max_new_tokens=max_new_tokens)
@@ -217,7 +211,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
 def report(results: str | Path | Sequence[str | Path], out: str | Path, *, overwrite: bool = False) -> Path:
     results = [results] if isinstance(results, str | Path) else list(results)  # one file, or several
     for name in REPORT_FILES:  # the report may sit beside its results files, never replace one
-        check_not_input(Path(out) / name, _local(*results))
+        check_not_input(Path(out) / name, local_inputs(*results))
     check_writable(Path(out) / "report.md")
     write_report(results, out, overwrite=overwrite)
     return Path(out)
@@ -252,12 +246,12 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
     out = Path(out)
     request_file = requests if isinstance(requests, str | Path) and Path(requests).is_file() else None
     check_output_dir(out, overwrite=overwrite, writes=[_finetune.cache_root(cache_dir)],
-                     inputs=_local(model, data, None if isinstance(config, Mapping) else config, request_file,
+                     inputs=local_inputs(model, data, None if isinstance(config, Mapping) else config, request_file,
                                    neutral, reference))
     if report_to:
         overrides = with_override(overrides, "report_to", report_to)
     # reject unknown methods, options, launches and dtypes before any work
-    check_launch(method, config, overrides, dtype=dtype, audit=audit, inputs=_local(model, data, neutral))
+    check_launch(method, config, overrides, dtype=dtype, audit=audit, inputs=local_inputs(model, data, neutral))
     reqs = request_names(requests)
     check_audit_options(audit, audit_overrides, reference=None if reqs else reference)  # requests: refused below
     seed = run_seed(seed, method, config, overrides)
@@ -429,7 +423,7 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     out = results_file(out, in_folder=True)
     for written, around in ((out, False), (cache_dir, True)):  # the results; the reference audits' cache
         if written is not None:
-            check_not_input(written, _local(model, data, vanilla, steering, reference), around=around)
+            check_not_input(written, local_inputs(model, data, vanilla, steering, reference), around=around)
     for written in () if out.is_file() else (out, samples_path(out)):  # a new file: its samples' place too
         check_output_file(written, overwrite=overwrite)
     check_writable(out)
@@ -490,11 +484,11 @@ def forget(model: str | Path, request: str | Path | Sequence[str | Path] | None,
     options ``kw`` are: method, config, overrides, seed, audit, audit_kinds, audit_overrides, hide_names,
     salt, retained_shown, max_gen_items, allow_pickle, dtype)."""
     files = request_files(request, requests)
-    check_output_dir(out, overwrite=overwrite, inputs=_local(model, *files))
+    check_output_dir(out, overwrite=overwrite, inputs=local_inputs(model, *files))
     return run_forget(model, None, out, requests=[str(f) for f in files], overwrite=overwrite, **kw)
 
 
 def demo(out: str | Path, *, overwrite: bool = False, config: Any = None, cache_dir: str | Path | None = None,
          **kw: Any) -> Path:
-    check_output_dir(out, overwrite=overwrite, inputs=_local(config))
+    check_output_dir(out, overwrite=overwrite, inputs=local_inputs(config))
     return run_demo(out, overwrite=overwrite, config=config, cache_dir=cache_dir, **kw)

@@ -21,7 +21,7 @@ from unsee.data import load_benchmark
 from unsee.data.collate import image_of, qa_turns
 from unsee.data.detect import benchmark_of, local_path, resolve
 from unsee.data.neutral import attach_neutral
-from unsee.data.request import is_request_file, load_request_suite
+from unsee.data.request import is_request_file, load_request_suite, named_paths
 from unsee.data.schema import Suite
 from unsee.engine import distributed
 from unsee.engine.checkpoint import has_checkpoint, remove_checkpoint
@@ -55,6 +55,13 @@ def configured(method: str, config: Any = None, overrides: Any = ()) -> Any:
 
 
 # ---- data ----------------------------------------------------------------------------------
+def local_inputs(*paths: Any) -> list[Any]:
+    """The inputs among ``paths`` that an output must not overlap (files and folders; None and config
+    mappings skipped), with the photos and folders a request file among them names."""
+    local = [p for p in paths if isinstance(p, str | Path)]
+    return local + [named for p in local if is_request_file(p) for named in named_paths(p)]
+
+
 def detect_benchmark(data: Any, benchmark: str | None = None, revision: str | None = None) -> str:
     """Which loader reads ``data``: ``builtin``, ``mllmu``, ``clear`` or ``umu`` (``request`` for a
     removal request file).
