@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 from rich.console import Console
 
-from unsee import cli
+from unsee import cli_process
 from unsee.errors import OutputExistsError
 from unsee.eval.results import new_results, write_results
 from unsee.report import (
@@ -181,7 +181,7 @@ def test_the_table_keeps_every_name_and_figure_whole_in_a_pipe_and_at_80_columns
     assert "cvf_ncu_with_a_long_setting_name" in piped.getvalue()  # a log is read wider: nothing folds
     plain = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
     monkeypatch.setattr(sys, "stdout", plain)
-    cli._plain_text_where_asked()
+    cli_process.plain_text_where_asked()
     print_results(res)
     plain.flush()
     assert b"cvf_ncu_with_a_long_setting_name" in plain.buffer.getvalue()

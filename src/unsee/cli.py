@@ -14,12 +14,11 @@ import os
 import signal
 import sys
 import textwrap
-import threading
 from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import Any
 
 from unsee import __version__, numerics
+from unsee.cli_process import Stopped, expand_home, one_line, plain_text_where_asked, stop_on_term
 from unsee.config import describe
 from unsee.errors import ConfigError, UnseeError
 
@@ -381,30 +380,9 @@ def parser(method_help: str | None = None, attack_help: str | None = None) -> ar
     return p
 
 
-def _plain_text_where_asked() -> None:
-    """Output that cannot take every character (``PYTHONIOENCODING=ascii``, an old terminal's code page) shows
-    a '?' for a dash or an arrow: the table at the end of a run crashed there after its results were saved."""
-    for stream in (sys.stdout, sys.stderr):
-        encoding = str(getattr(stream, "encoding", "") or "").lower().replace("-", "")
-        if encoding and not encoding.startswith("utf") and hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="replace")
-
-
-def _expand_home(args: argparse.Namespace) -> None:
-    """A path given as ``--out=~/x``, or quoted, reaches unsee with its ``~`` (the shell expands it only at
-    the start of a word): some options read it as the home folder and others did not (a folder named ``~``
-    was made, a model was looked up on the hub). Every option's is the home folder here."""
-    for key, value in vars(args).items():
-        if isinstance(value, str) and value.startswith("~"):
-            setattr(args, key, os.path.expanduser(value))
-        elif isinstance(value, list) and any(isinstance(v, str) and v.startswith("~") for v in value):
-            setattr(args, key, [os.path.expanduser(v) if isinstance(v, str) and v.startswith("~") else v
-                                for v in value])
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    _plain_text_where_asked()
+    plain_text_where_asked()
     try:
         numerics.check()
         method = _asked_method(argv)
@@ -415,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # key=value overrides may also come after options (``unsee attack pgd --model M pgd_steps=5``),
     # where argparse no longer matches positionals
     args, extra = p.parse_known_args(argv)
-    _expand_home(args)
+    expand_home(args)
     if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
         args.overrides = [*args.overrides, *extra]
     elif extra:
@@ -426,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command in ALONE and not _first_of_launch():
         return 0
-    stopping = _stop_on_term()
+    stopping = stop_on_term()
     try:
         func(args)
     except UnseeError as e:
@@ -448,28 +426,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-class Stopped(KeyboardInterrupt):
-    """SIGTERM, what a scheduler (Slurm, Kubernetes) sends before it kills: handled as Ctrl-C is, so that the
-    run's partial output is cleaned up and it says what it keeps. Without it the process died at once, and
-    left its staging folder (a model's worth) behind."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__()
-        self.signum = signum
-
-
-def _stop_on_term() -> Any:
-    """Install the SIGTERM handler for the command's run; the handler it replaces, to put back (None where
-    signals cannot be handled here: outside the main thread)."""
-
-    def stop(signum: int, frame: Any) -> None:
-        raise Stopped(signum)
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, stop)
-
-
 # Commands with nothing to share out under `accelerate launch`: the first process does the whole
 # work, and the others would only repeat it and race it to the same output.
 ALONE = frozenset({"world", "model", "eval", "report", "attack"})
@@ -488,12 +444,6 @@ NOTHING_WRITTEN = "nothing was written (outputs appear only when a command compl
 STAGES_KEPT = ("nothing was written to --out; the training stages that finished are kept in the stage cache, "
                "and the same command continues from them")
 INTERRUPTED = {"finetune": STAGES_KEPT, "retrain": STAGES_KEPT, "demo": STAGES_KEPT}
-
-
-def one_line(message: str, limit: int = 2000) -> str:
-    """An error as one line of bounded length, whatever text it quotes."""
-    text = " ".join(message.split())
-    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 if __name__ == "__main__":
