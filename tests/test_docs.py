@@ -54,8 +54,10 @@ def test_the_pages_show_commands_to_check() -> None:
 def test_every_documented_unsee_command_parses(page: str, command: str) -> None:
     words = shlex.split(command)
     args = parser().parse_args(words[1:])  # a usage error exits, and fails the test
-    if words[1] in ("unlearn", "forget"):
-        method_configs(args.method, args.config, args.overrides)  # unknown or ill-typed keys raise
+    if words[1] in ("unlearn", "forget", "tune"):
+        # a config file an earlier command of the page writes (unsee tune's pick) is not there to read
+        written = str(args.config).endswith((".yaml", ".json")) and not Path(args.config).exists()
+        method_configs(args.method, None if written else args.config, args.overrides)  # unknown, ill-typed keys raise
 
 
 @pytest.mark.parametrize(("page", "script", "arguments"), benchmark_commands())

@@ -9,7 +9,8 @@
     # a public benchmark, from the hub: its own vanilla model and retrained reference
     api.finetune("llava-hf/llava-1.5-7b-hf", "MLLMMU/MLLMU-Bench", "mllmu-vanilla", config="mllmu")
     api.retrain("mllmu-vanilla", "MLLMMU/MLLMU-Bench", "mllmu-retrained", forget="forget_5")
-    api.unlearn("cvf_ncu", "vanilla", "w", "out")
+    api.tune("cvf_ncu", "vanilla", "w", "picked", on="val_forget_10", exclude=["forget_10"])
+    api.unlearn("cvf_ncu", "vanilla", "w", "out", config="picked/cvf_ncu.yaml")
     api.evaluate("out/model", "w", "out/eval.json")
 """
 
@@ -89,6 +90,7 @@ from unsee.runs import (
     with_all_costs,
     with_override,
 )
+from unsee.tune import tune
 from unsee.unlearning import (
     ReferenceAudits,
     attach_holdout,
@@ -106,7 +108,7 @@ if TYPE_CHECKING:
 # a script can run one step on its own: load a suite, unlearn a loaded model, evaluate it, audit it.
 __all__ = [
     "attack", "build_world", "continual", "demo", "evaluate", "finetune", "forget", "init_model", "init_shaped",
-    "print_results", "report", "retrain", "unlearn",
+    "print_results", "report", "retrain", "tune", "unlearn",
     "ReferenceAudits", "attach_holdout", "audit_adapter", "check_forget", "check_images", "check_neutral",
     "detect_benchmark", "eval_options", "evaluate_adapter", "evaluation", "find_reference", "load_suite", "make_run",
     "method_configs", "model_name", "save_checkpoint", "training_turns", "unlearn_adapter", "unlearn_and_save",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import json
 import os
 import signal
 import sys
@@ -170,6 +171,19 @@ def _unlearn(a: argparse.Namespace) -> None:
     _say(f"unlearned output written to {out}")
 
 
+def _tune(a: argparse.Namespace) -> None:
+    out = _lazy().tune(a.method, a.model, a.data, a.out, on=a.on, grid=a.grid, exclude=_names(a.exclude),
+                    config=a.config, overrides=a.overrides, seed=a.seed, seeds=a.seeds, overwrite=a.overwrite,
+                    allow_pickle=a.allow_pickle, dtype=a.dtype, benchmark=a.benchmark, revision=a.revision,
+                    protocol=a.protocol, max_items=a.max_items, max_new_tokens=a.max_new_tokens, neutral=a.neutral)
+    print(_lazy("unsee.tune").summary(json.loads((out / "tune.json").read_text())))
+    print(f"the pick and every setting's figures written to {out}; unlearn with --config {out / (a.method + '.yaml')}")
+
+
+def _names(text: str | None) -> list[str]:
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
+
+
 def _forget(a: argparse.Namespace) -> None:
     out = _lazy().forget(a.model, a.request, a.out, requests=a.requests, method=a.method, config=a.config,
                       overrides=a.overrides, seed=a.seed, overwrite=a.overwrite, audit=not a.no_audit,
@@ -201,8 +215,6 @@ def _demo(a: argparse.Namespace) -> None:
 
 
 def _attack(a: argparse.Namespace) -> None:
-    import json
-
     res = _lazy().attack(a.kind, a.model, a.data, a.out, forget=a.forget, vanilla=a.vanilla, steering=a.steering,
                       method=a.method, seed=a.seed, overrides=a.overrides, overwrite=a.overwrite,
                       allow_pickle=a.allow_pickle, dtype=a.dtype, benchmark=a.benchmark, revision=a.revision,
@@ -319,6 +331,21 @@ def parser(method_help: str | None = None, attack_help: str | None = None) -> ar
                    help="also send the training losses to tensorboard or wandb (comma-separated; logs in OUT/logs)")
     u.epilog = method_help or METHOD_HELP
     u.formatter_class = argparse.RawDescriptionHelpFormatter
+
+    t = _command(sub, "tune", "pick a method's setting on a validation request of other people", _tune,
+                 required=["method", "model", "data", "out"], overrides="lr=1e-4")
+    t.add_argument("--on", default=None, metavar="SPLIT", help="the validation request: a split of people other "
+                   "than the request to answer (the built-in world's val_forget_10); none when --data is a request")
+    t.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="values to try (repeatable: every combination); default: lr at 1, 0.3 and 3 times the rate")
+    t.add_argument("--exclude", default=None, metavar="SPLIT,...", help="the requests the pick is for (splits or "
+                   "request files): their people must not be in --on, and leave its retained people")
+    t.add_argument("--config", default=None)
+    _load_options(t)
+    _data_options(t)
+    t.add_argument("--neutral", default=None, metavar="DIR", help="photos of never-taught people, as for unlearn")
+    _eval_options(t)
+    _seeds_option(t)
 
     fg = _command(sub, "forget", "honour a removal request made of your own photos, with the evidence", _forget,
                   required=["model", "out"], overrides="lr=1e-4")

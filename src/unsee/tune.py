@@ -1,0 +1,247 @@
+"""``unsee tune``: pick a method's setting on a validation request of other people, on the model to unlearn.
+
+A setting that forgets well on one vanilla model can stop short, or forget too much, on another
+trained from the same recipe; and a setting chosen on the people it is then reported on flatters
+every method. So the pick is made on the model itself, on a request of people other than the one
+to answer, and that request never informs it: its people are refused in the validation request
+and left out of the retained people the pick is judged on.
+
+Each setting of the grid runs from the same model, once per seed, and is scored by the unlearning
+score against the model's own figures on the validation request. The best mean score is the pick
+(ties: the first in the grid's order, which starts with the configured setting; a setting whose
+training diverged on a seed ranks below every one that ran whole); it is written as
+a config file that ``unsee unlearn --config`` and ``unsee forget --config`` take as it is.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import statistics
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from unsee.bars import bar
+from unsee.config import SHIPPED, ConfigError, check_seeds, config_values, parse_overrides, to_dict
+from unsee.data.request import is_request_file
+from unsee.errors import DataError, TrainingError
+from unsee.eval.metrics import unlearning_score
+from unsee.eval.results import new_results, write_results
+from unsee.io import atomic_dir, atomic_write_json, atomic_write_text, check_output_dir
+from unsee.methods import method_class
+from unsee.models import load_adapter
+from unsee.report import write_report
+from unsee.runs import (
+    check_forget,
+    check_images,
+    check_launch,
+    check_neutral,
+    detect_benchmark,
+    eval_options,
+    evaluation,
+    load_suite,
+    local_inputs,
+    make_run,
+    method_configs,
+    model_name,
+    names_needed_by,
+    run_seed,
+)
+from unsee.unlearning import unlearn_and_save
+
+TUNE_FILE = "tune.json"
+LR_SCALES = (1.0, 0.3, 3.0)  # the configured rate first: a tie keeps it
+FIGURES = ("forget", "forget_test", "retain", "text_forget", "known", "general")
+
+
+def grid_points(method: str, config: Any, overrides: Sequence[str], grid: Sequence[str]) -> list[list[str]]:
+    """The settings to try, as override lists: every combination of ``grid``'s ``KEY=V1,V2,...`` entries, in
+    their order. Without a grid, a training method's learning rate at 0.3 and 3 times the configured one."""
+    if not grid:
+        if not method_class(method).trains_weights:
+            raise ConfigError(f"{method} trains no weights, so it has no learning rate to tune: give the values to "
+                              "try with --grid KEY=V1,V2 (e.g. --grid alpha=2,4,8)")
+        lr = method_configs(method, config, overrides)[0].lr
+        return [[] if s == 1.0 else [f"lr={lr * s:.3g}"] for s in LR_SCALES]
+    axes: dict[str, list[str]] = {}
+    for entry in grid:
+        key, eq, values = entry.partition("=")
+        key = key.strip()
+        tried = [v.strip() for v in values.split(",") if v.strip()]
+        if not eq or not key or not tried:
+            raise ConfigError(f"--grid {entry!r}: give KEY=V1,V2,... (e.g. lr=1e-4,3e-4)")
+        if key in axes:
+            raise ConfigError(f"--grid names {key} twice; list every value in one entry: {key}=V1,V2,...")
+        if key in parse_overrides(list(overrides)):
+            raise ConfigError(f"{key} is both set ({key}=...) and tuned (--grid {key}=...): drop one")
+        if len(set(tried)) < len(tried):
+            raise ConfigError(f"--grid {entry!r} lists a value twice")
+        axes[key] = tried
+    return [[f"{k}={v}" for k, v in zip(axes, combo, strict=True)] for combo in itertools.product(*axes.values())]
+
+
+def pick_config(method: str, config: Any, overrides: Sequence[str], point: Sequence[str]) -> dict[str, Any]:
+    """The pick as a self-contained config: every key the config (with what it extends), the overrides and
+    the grid set, at the value the run resolved, so that it means the same if a shipped config changes."""
+    source = SHIPPED / "unlearn" / f"{method}.yaml" if config is None else config
+    keys = set(config_values(source, "unlearn") if config is not None or source.exists() else {})
+    keys |= set(parse_overrides([*overrides, *point]))
+    tcfg, mcfg, _ = method_configs(method, config, [*overrides, *point])
+    resolved = {**to_dict(tcfg), **to_dict(mcfg)}
+    return json.loads(json.dumps({k: resolved[k] for k in sorted(keys) if k in resolved}))
+
+
+def _figures(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {g: metrics[g]["mcq"] for g in FIGURES if (metrics.get(g) or {}).get("mcq") is not None}
+
+
+def _excluded_people(data: Any, names: Sequence[str], *, benchmark: str | None, revision: str | None
+                     ) -> dict[str, list[str]]:
+    """The forget people of each request the pick is for (a split of ``data``, or a request file)."""
+    return {name: list(load_suite(name if is_request_file(name) else data, name, benchmark=benchmark,
+                                  revision=revision).forget_entities) for name in names}
+
+
+def _row(point: Sequence[str], runs: Sequence[Mapping[str, Any]], failed: Mapping[tuple[str, int], str],
+         vanilla: Mapping[str, Any]) -> dict[str, Any]:
+    """One setting's line of tune.json: its runs' scores and figures, a failed seed scoring 0."""
+    mine = [r for r in runs if r["tune"]["overrides"] == list(point)]
+    scores = [unlearning_score(vanilla, r["metrics"]) for r in mine]
+    errors = {s: e for (p, s), e in failed.items() if p == " ".join(point)}
+    values = [sc["score"] or 0.0 for sc in scores] + [0.0] * len(errors)
+    return {"overrides": list(point), "seeds": [r["seed"] for r in mine], "score": statistics.fmean(values),
+            "scores": [sc["score"] for sc in scores], "limiting": [sc["limiting"] for sc in scores],
+            "figures": [_figures(r["metrics"]) for r in mine],
+            "wall_s": statistics.fmean(r["cost"]["wall_s"] for r in mine) if mine else None,
+            **({"failed": {str(s): e for s, e in errors.items()}} if errors else {})}
+
+
+def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, on: str | None = None,
+         grid: Sequence[str] = (), exclude: Sequence[str] = (), config: Any = None, overrides: Sequence[str] = (),
+         seed: int | None = None, seeds: int = 1, overwrite: bool = False, allow_pickle: bool = False,
+         dtype: str | None = None, benchmark: str | None = None, revision: str | None = None,
+         protocol: str = "loglik", max_items: int | None = None, max_new_tokens: int | None = None,
+         neutral: str | Path | None = None) -> Path:
+    """``unsee tune``: run ``method`` at every setting of ``grid`` on the validation request ``on`` of
+    ``data`` (or on ``data`` itself, a removal request file), ``seeds`` seeds each, and write the pick.
+
+    ``exclude`` names the requests the pick is for (splits of ``data``, or request files): their people must
+    not be in ``on``, and are left out of its retained people where the benchmark can leave them out.
+    Writes ``tune.json`` (every setting's figures and scores, and the pick), ``METHOD.yaml`` (the pick, for
+    ``--config``), ``results.json`` with its ``samples.jsonl`` (every run, for ``unsee report``), and
+    ``report.md`` with ``tradeoff.png``.
+    """
+    out = Path(out)
+    overrides = list(overrides)
+    exclude = list(exclude)
+    check_output_dir(out, overwrite=overwrite, inputs=local_inputs(model, data, config, neutral, *exclude))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("unsee tune runs its settings one after another in one process; run it without "
+                          "accelerate launch")
+    request = isinstance(data, str | Path) and is_request_file(data)
+    if request and on is not None:
+        raise ConfigError("--data is a removal request, which is the validation request itself: drop --on")
+    if not request and on is None:
+        raise ConfigError("give --on SPLIT: the validation request, of people other than the one to answer "
+                          "(the built-in world's val_forget_10, say)")
+    if request and (splits := [x for x in exclude if not is_request_file(x)]):
+        raise ConfigError(f"--data is a removal request, so --exclude takes the request files the pick is for, "
+                          f"not splits ({', '.join(splits)})")
+    if on is not None and on in exclude:
+        raise ConfigError(f"--on {on} is also excluded: the validation request must be another request")
+    points = grid_points(method, config, overrides, grid)
+    for point in points:  # every setting is checked before the first one trains
+        check_launch(method, config, [*overrides, *point], dtype=dtype, inputs=local_inputs(model, data, neutral))
+        tcfg = method_configs(method, config, [*overrides, *point])[0]
+        if method_class(method).trains_weights and tcfg.checkpoint_dir:
+            raise ConfigError("unsee tune runs many short trainings from one model, and a resumable checkpoint "
+                              "belongs to one run: drop checkpoint_dir")
+    seed = run_seed(seed, method, config, overrides)
+    check_seeds(seed, seeds)
+    # the pick reads the MCQ alone: generation (cloze, open answers), the slow part on a CPU, would decide nothing
+    eval_kw = {**eval_options(protocol=protocol, max_items=max_items, max_new_tokens=max_new_tokens),
+               "generation": False}
+    excluded = _excluded_people(data, exclude, benchmark=benchmark, revision=revision)
+    split_names = [x for x in exclude if not is_request_file(x)]
+    left_out = bool(split_names) and not request and benchmark_excludes(data, benchmark, revision)
+    suite = load_suite(data, on or "", seed=seed, benchmark=benchmark, revision=revision, neutral=neutral,
+                       names_needed_by=next(filter(None, (names_needed_by(method, config, [*overrides, *p])
+                                                          for p in points)), None),
+                       **({"retain_exclude": split_names} if left_out else {}))
+    on = on or Path(data).stem
+    for name, people in excluded.items():
+        if shared := sorted(set(people) & set(suite.forget_entities)):
+            raise DataError(f"the validation request {on} and {name} share {', '.join(shared[:5])}: a setting "
+                            f"picked on the people it is reported on is not a validation pick")
+    check_forget(suite)
+    for point in points:
+        check_neutral(suite, method, config, [*overrides, *point])
+    check_images(suite)
+    adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
+    base_hash = adapter.fingerprint()
+    v_eval = evaluation(adapter, suite, **eval_kw)
+    runs = [make_run("vanilla", v_eval, model=model_name(model), suite=suite, forget=on, seed=seed)]
+    trials = [(point, s) for point in points for s in range(seed, seed + seeds)]
+    with atomic_dir(out, overwrite=overwrite) as tmp, tempfile.TemporaryDirectory(prefix="unsee-tune-") as scratch:
+        failed: dict[tuple[str, int], str] = {}
+        for i, (point, s) in enumerate(bar(trials, desc=f"tune {method}", unit="run")):
+            adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype) if adapter is None else adapter
+            try:
+                run = unlearn_and_save(method, adapter, suite, steering_dir=Path(scratch) / str(i),
+                                       model_dir=Path(scratch) / str(i) / "model", model=model_name(model),
+                                       base_model=str(model), base_hash=base_hash, forget=on, seed=s,
+                                       config=config, overrides=[*overrides, *point], eval_kw=eval_kw, save=False)[0]
+            except TrainingError as e:  # a rate too high for this model diverges: that setting loses, the rest run
+                failed[(" ".join(point), s)] = str(e)
+            else:
+                run["tune"] = {"overrides": list(point)}
+                runs.append(run)
+            adapter = None  # trained: the next setting starts from the model again
+        if len(failed) == len(trials):
+            raise TrainingError(f"every setting of the grid failed; the first: {next(iter(failed.values()))}")
+        rows = [_row(point, runs[1:], failed, v_eval.metrics) for point in points]
+        # a setting that diverged on any seed ranks below every one that ran; max keeps the first of equals
+        best = max(rows, key=lambda r: ("failed" not in r, r["score"]))
+        config_file = f"{method}.yaml"
+        picked = pick_config(method, config, overrides, best["overrides"])
+        atomic_write_text(tmp / config_file, f"# unsee tune's pick for {method} on {on} of {data} "
+                          f"({', '.join(best['overrides']) or 'the configured setting'}; mean score "
+                          f"{best['score']:.4f} over {seeds} seed{'s' * (seeds > 1)})\n"
+                          + yaml.safe_dump(picked, sort_keys=True))
+        write_results(tmp / "results.json", new_results(runs))
+        atomic_write_json(tmp / TUNE_FILE, {
+            "method": method, "model": str(model), "data": str(data), "on": on, "seed": seed, "seeds": seeds,
+            "config": config if config is None or isinstance(config, str) else str(config),
+            "overrides": overrides, "exclude": excluded, "exclude_left_out_of_retain": left_out,
+            "vanilla": _figures(v_eval.metrics), "rows": rows,
+            "pick": {"overrides": best["overrides"], "score": best["score"], "config_file": config_file,
+                     "config": picked}})
+        write_report([tmp / "results.json"], tmp)
+    return out
+
+
+def summary(result: Mapping[str, Any]) -> str:
+    """tune.json as a few lines a person reads: each setting's mean score and figures, the pick marked."""
+    groups = [g for g in FIGURES if g in result["vanilla"]]
+    width = max(len(" ".join(r["overrides"]) or "(configured)") for r in result["rows"])
+    lines = [f"{'setting':{width}s}  score  " + "  ".join(f"{g:>11s}" for g in groups)]
+    lines.append(f"{'(vanilla)':{width}s}  {'':5s}  " + "  ".join(f"{result['vanilla'][g]:11.3f}" for g in groups))
+    for row in result["rows"]:
+        means = {g: statistics.fmean(f[g] for f in row["figures"]) for g in groups} if row["figures"] else {}
+        figures = "  ".join(f"{means[g]:11.3f}" for g in groups) if means else "failed"
+        if "failed" in row and means:
+            figures += f"  ({len(row['failed'])} seed{'s' * (len(row['failed']) > 1)} failed)"
+        mark = "  <- pick" if row["overrides"] == result["pick"]["overrides"] else ""
+        lines.append(f"{' '.join(row['overrides']) or '(configured)':{width}s}  {row['score']:.3f}  {figures}{mark}")
+    return "\n".join(lines)
+
+
+def benchmark_excludes(data: Any, benchmark: str | None, revision: str | None) -> bool:
+    """Whether ``data``'s loader can leave named requests' people out of the retained ones (MLLMU-Bench's
+    layout, the built-in world's among them); CLEAR's and UMU-bench's fixed splits cannot."""
+    return detect_benchmark(data, benchmark, revision) in ("builtin", "mllmu")

@@ -1,0 +1,136 @@
+"""``unsee tune``: every setting runs on the validation request, the best mean score is the pick, the pick is a
+config that unlearn takes as it is, and the reported people inform nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import WORLD_OVERRIDES
+
+from unsee import api, tune
+from unsee.cli import main
+from unsee.data.request_example import write_world_request
+from unsee.errors import ConfigError, DataError, OutputExistsError, TrainingError
+from unsee.eval.metrics import unlearning_score
+from unsee.eval.results import load_results
+from unsee.runs import method_configs
+
+FAST = ["max_steps=1", "batch_size=2", "progress=false"]
+
+
+def test_tune_picks_the_best_mean_score_on_the_validation_people_and_writes_it_as_a_config(
+        world: Path, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    suites: list[Any] = []
+    real = tune.unlearn_and_save
+    monkeypatch.setattr(tune, "unlearn_and_save",
+                        lambda m, a, suite, **k: suites.append(suite) or real(m, a, suite, **k))
+    out = tmp_path / "t"
+    code = main(["tune", "--method", "graddiff", "--model", str(model_dir), "--data", str(world), "--out", str(out),
+                 "--on", "val_forget_10", "--exclude", "forget_10", "--grid", "lr=1e-4,3e-2", "--seeds", "2",
+                 "--max-items", "3", *FAST])
+    assert code == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "tune.json").read_text())
+    assert [r["overrides"] for r in result["rows"]] == [["lr=1e-4"], ["lr=3e-2"]]
+    assert all(r["seeds"] == [0, 1] for r in result["rows"]) and len(suites) == 4
+    # every run is on the validation people, and the reported ones are not even among the retained
+    reported = set(api.load_suite(world, "forget_10").forget_entities)
+    validation = set(api.load_suite(world, "val_forget_10").forget_entities)
+    assert validation and all(set(s.forget_entities) == validation for s in suites)
+    for s in suites:
+        retained = {e.entity for g in ("retain", "text_retain", "train_retain") for e in s.groups[g]}
+        assert retained and not reported & (retained | set(s.forget_entities))
+    assert result["exclude"] == {"forget_10": sorted(reported)} and result["exclude_left_out_of_retain"]
+    # each row's score is the mean of its runs' unlearning scores against the model's own validation figures
+    runs = load_results(out / "results.json")["runs"]
+    vanilla, trained = runs[0], runs[1:]
+    assert vanilla["method"] == "vanilla" and len(trained) == 4
+    for row in result["rows"]:
+        mine = [r for r in trained if r["tune"]["overrides"] == row["overrides"]]
+        scores = [unlearning_score(vanilla["metrics"], r["metrics"])["score"] for r in mine]
+        assert row["scores"] == scores and row["score"] == pytest.approx(sum(scores) / len(scores))
+    best = max(result["rows"], key=lambda r: r["score"])
+    assert result["pick"]["overrides"] == best["overrides"]
+    assert "<- pick" in printed and f"--config {out / 'graddiff.yaml'}" in printed
+    # the pick's file resolves to the very configs the picked run trained with
+    assert method_configs("graddiff", out / "graddiff.yaml", [])[:2] == \
+        method_configs("graddiff", None, [*FAST, *best["overrides"]])[:2]
+    assert {"report.md", "tradeoff.png", "samples.jsonl"} <= {p.name for p in out.iterdir()}
+    with pytest.raises(OutputExistsError):
+        api.tune("graddiff", model_dir, world, out, on="val_forget_10", overrides=FAST)
+
+
+def test_a_setting_that_diverges_loses_and_the_others_still_run(world: Path, model_dir: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "t"
+    assert main(["tune", "--method", "graddiff", "--model", str(model_dir), "--data", str(world), "--out", str(out),
+                 "--on", "val_forget_10", "--grid", "lr=1e30,1e-4", "--max-items", "2", *FAST]) == 0
+    result = json.loads((out / "tune.json").read_text())
+    diverged, kept = result["rows"]
+    assert diverged["score"] == 0.0 and list(diverged["failed"]) == ["0"] and not diverged["figures"]
+    assert "not finite" in diverged["failed"]["0"] or "became" in diverged["failed"]["0"]
+    assert result["pick"]["overrides"] == kept["overrides"] == ["lr=1e-4"] and kept["figures"]
+    assert "failed" in capsys.readouterr().out
+    with pytest.raises(TrainingError, match="every setting"):
+        api.tune("graddiff", model_dir, world, tmp_path / "u", on="val_forget_10", grid=["lr=1e30"], overrides=FAST,
+                 max_items=2)
+    assert not (tmp_path / "u").exists()
+
+
+def test_the_default_grid_is_the_configured_rate_first_then_a_third_and_three_times() -> None:
+    lr = method_configs("npo", None, [])[0].lr
+    assert tune.grid_points("npo", None, [], []) == [[], [f"lr={lr * 0.3:.3g}"], [f"lr={lr * 3:.3g}"]]
+    assert tune.grid_points("npo", None, ["lr=1e-3"], []) == [[], ["lr=0.0003"], ["lr=0.003"]]
+    assert tune.grid_points("npo", None, [], ["lr=1e-4,1e-3", "epochs=1,2"]) == [
+        ["lr=1e-4", "epochs=1"], ["lr=1e-4", "epochs=2"], ["lr=1e-3", "epochs=1"], ["lr=1e-3", "epochs=2"]]
+
+
+@pytest.mark.parametrize(("kw", "error", "says"), [
+    ({"on": "forget_5", "exclude": ["forget_10"]}, DataError, "share"),
+    ({"on": "forget_10", "exclude": ["forget_10"]}, ConfigError, "also excluded"),
+    ({}, ConfigError, "--on SPLIT"),
+    ({"on": "val_forget_10", "grid": ["lr"]}, ConfigError, "KEY=V1,V2"),
+    ({"on": "val_forget_10", "grid": ["lr=1e-4", "lr=1e-3"]}, ConfigError, "twice"),
+    ({"on": "val_forget_10", "grid": ["lr=1e-4,1e-4"]}, ConfigError, "value twice"),
+    ({"on": "val_forget_10", "grid": ["max_steps=1,2"]}, ConfigError, "both set"),
+    ({"on": "val_forget_10", "grid": ["not_an_option=1,2"]}, ConfigError, "not_an_option"),
+    ({"on": "val_forget_10", "overrides": [*FAST, "checkpoint_dir=/tmp/x"]}, ConfigError, "checkpoint_dir"),
+    ({"on": "val_forget_10", "method": "eraser", "overrides": []}, ConfigError, "--grid"),
+])
+def test_tune_refuses_before_any_model_loads(kw: dict[str, Any], error: type, says: str, world: Path,
+                                             model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(*a: Any, **k: Any) -> None:
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(tune, "load_adapter", never)
+    args = {"overrides": FAST, **kw}
+    with pytest.raises(error, match=says):
+        api.tune(args.pop("method", "graddiff"), model_dir, world, tmp_path / "t", **args)
+    assert not (tmp_path / "t").exists()
+
+
+def test_tune_on_a_removal_request_of_other_people_excludes_the_request_to_answer(
+        model_dir: Path, tmp_path: Path) -> None:
+    """An engineer's validation request is a request file too: of people the model knows, who are not the ones
+    asking to be forgotten."""
+    # two requests of two people each, with enough people left to retain (ten photos) in each
+    world = api.build_world(tmp_path / "w", config="quick", example=False,
+                            overrides=[o for o in WORLD_OVERRIDES if not o.startswith("n_people")] + ["n_people=8"])
+    validation = write_world_request(world, tmp_path / "val", forget="forget_r1")
+    asked = write_world_request(world, tmp_path / "asked", forget="forget_r2")
+    with pytest.raises(ConfigError, match="drop --on"):
+        api.tune("graddiff", model_dir, validation, tmp_path / "t", on="val_forget_10", overrides=FAST)
+    with pytest.raises(ConfigError, match="request files"):
+        api.tune("graddiff", model_dir, validation, tmp_path / "t", exclude=["forget_10"], overrides=FAST)
+    with pytest.raises(DataError, match="share"):
+        api.tune("graddiff", model_dir, asked, tmp_path / "t", exclude=[str(asked)], overrides=FAST)
+    out = api.tune("graddiff", model_dir, validation, tmp_path / "t", exclude=[str(asked)], grid=["lr=1e-4"],
+                   overrides=FAST, max_items=2)
+    result = json.loads((out / "tune.json").read_text())
+    assert result["on"] == "request" and list(result["exclude"]) == [str(asked)]
+    assert not result["exclude_left_out_of_retain"]  # a request lists its retained people itself
+    assert result["pick"]["overrides"] == ["lr=1e-4"] and (out / "graddiff.yaml").is_file()
