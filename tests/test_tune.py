@@ -81,6 +81,17 @@ def test_a_setting_that_diverges_loses_and_the_others_still_run(world: Path, mod
     assert not (tmp_path / "u").exists()
 
 
+def test_tune_help_with_a_method_lists_what_a_grid_may_set(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["tune", "--method", "npo", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--grid KEY=V1,V2" in out and "options of npo" in out and "lr (float" in out
+    with pytest.raises(SystemExit):
+        main(["tune", "--help"])
+    assert "unsee tune --method NAME --help lists the options" in capsys.readouterr().out
+
+
 def test_the_default_grid_is_the_configured_rate_first_then_a_third_and_three_times() -> None:
     lr = method_configs("npo", None, [])[0].lr
     assert tune.grid_points("npo", None, [], []) == [[], [f"lr={lr * 0.3:.3g}"], [f"lr={lr * 3:.3g}"]]

@@ -257,8 +257,8 @@ def _asks_help(argv: Sequence[str], *commands: str) -> bool:
 
 
 def _asked_method(argv: Sequence[str]) -> str | None:
-    """The ``--method`` of an ``unlearn`` or ``forget`` command line that asks for help."""
-    if not _asks_help(argv, "unlearn", "forget"):
+    """The ``--method`` of an ``unlearn``, ``forget`` or ``tune`` command line that asks for help."""
+    if not _asks_help(argv, "unlearn", "forget", "tune"):
         return None
     for i, arg in enumerate(argv):
         if arg == "--method" and i + 1 < len(argv):
@@ -346,6 +346,8 @@ def parser(method_help: str | None = None, attack_help: str | None = None) -> ar
     t.add_argument("--neutral", default=None, metavar="DIR", help="photos of never-taught people, as for unlearn")
     _eval_options(t)
     _seeds_option(t)
+    t.epilog = method_help or METHOD_HELP.replace("unlearn", "tune")
+    t.formatter_class = argparse.RawDescriptionHelpFormatter
 
     fg = _command(sub, "forget", "honour a removal request made of your own photos, with the evidence", _forget,
                   required=["model", "out"], overrides="lr=1e-4")
