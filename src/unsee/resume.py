@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,15 +89,17 @@ class Progress:
     runs: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def open(cls, out: str | Path, parts: Mapping[str, Any]) -> Progress:
+    def open(cls, out: str | Path, parts: Mapping[str, Any], kind: str = "continual run",
+             items: str = "requests") -> Progress:
         """The progress of the run that ``parts`` describe, or a fresh one; a folder that belongs
-        to another run, or to nothing of ours, is refused rather than replaced."""
+        to another run, or to nothing of ours, is refused rather than replaced. ``kind`` and ``items``
+        name the run and what it finishes one by one, for the messages."""
         path, key = restored(partial_dir(out)), content_key(dict(parts))
         if not path.exists():
             return cls(path, key)
         state = path / STATE
         if not path.is_dir() or not state.is_file():
-            raise OutputExistsError(f"{path} is in the way: a continual run keeps its finished requests there; "
+            raise OutputExistsError(f"{path} is in the way: a {kind} keeps its finished {items} there; "
                                     "move or remove it")
         try:
             saved = json.loads(state.read_text())
@@ -105,8 +107,8 @@ class Progress:
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise DataError(f"{state} cannot be read ({e}); remove {path} to start the run again") from None
         if saved_key != key:
-            raise ConfigError(f"{path} holds the finished requests of another continual run (other options, "
-                              "requests, data or model); finish that run with its own command, or remove the "
+            raise ConfigError(f"{path} holds the finished {items} of another {kind} (other options, "
+                              f"{items}, data or model); finish that run with its own command, or remove the "
                               "folder to start this one")
         threads = saved.get("threads")
         if threads != torch.get_num_threads():  # a CPU's sums depend on it: said, not refused
@@ -133,11 +135,16 @@ class Progress:
         (the first process writes; under a launch every process merges, so all hold the same weights)."""
         merge_lora(adapter)
         if is_main_process():
-            with atomic_dir(self.path, overwrite=True, mine=True) as tmp:
-                save_model(adapter, tmp / "model", arch)
-                atomic_write_json(tmp / STATE, {"key": self.key, "done": done, "threads": torch.get_num_threads(),
-                                                "runs": runs})
+            self._write(done, runs, lambda tmp: save_model(adapter, tmp / "model", arch))
         self.done, self.runs = done, list(runs)
+
+    def _write(self, done: int, runs: list[dict[str, Any]], model: Callable[[Path], None] | None = None) -> None:
+        """Replace the folder whole: ``model`` writes the weights into it, where there are any."""
+        with atomic_dir(self.path, overwrite=True, mine=True) as tmp:
+            if model is not None:
+                model(tmp)
+            atomic_write_json(tmp / STATE, {"key": self.key, "done": done, "threads": torch.get_num_threads(),
+                                            "runs": runs})
 
     def note(self, out: str | Path) -> str:
         """What a failed run leaves, for its error message."""
