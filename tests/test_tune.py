@@ -81,6 +81,35 @@ def test_a_setting_that_diverges_loses_and_the_others_still_run(world: Path, mod
     assert not (tmp_path / "u").exists()
 
 
+def test_a_stopped_tune_goes_on_from_its_first_unfinished_run_with_the_same_numbers(
+        world: Path, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kw: dict[str, Any] = {"on": "val_forget_10", "grid": ["lr=1e-4,1e-3"], "seeds": 2, "overrides": FAST,
+                          "max_items": 2}
+    whole = api.tune("graddiff", model_dir, world, tmp_path / "whole", **kw)
+    real, calls = tune.unlearn_and_save, []
+
+    def stop_at_the_third(*a: Any, **k: Any) -> Any:
+        calls.append(k["seed"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(tune, "unlearn_and_save", stop_at_the_third)
+    out = tmp_path / "t"
+    with pytest.raises(KeyboardInterrupt) as info:
+        api.tune("graddiff", model_dir, world, out, **kw)
+    assert "runs 1-2 of 4 are kept" in " ".join(info.value.__notes__) and not out.exists()
+    with pytest.raises(ConfigError, match="another tune"):  # another grid never takes them up
+        api.tune("graddiff", model_dir, world, out, **{**kw, "grid": ["lr=1e-4,1e-2"]})
+    calls.clear()
+    api.tune("graddiff", model_dir, world, out, **kw)
+    assert calls == [0, 1]  # the second setting's two seeds alone
+    assert not Path(f"{out}.partial").exists()
+    picked, reference = (json.loads((d / "tune.json").read_text()) for d in (out, whole))
+    assert picked["rows"] == [{**r, "wall_s": p["wall_s"]} for r, p in
+                              zip(reference["rows"], picked["rows"], strict=True)]
+
+
 def test_tune_help_with_a_method_lists_what_a_grid_may_set(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["tune", "--method", "npo", "--help"])

@@ -138,6 +138,11 @@ class Progress:
             self._write(done, runs, lambda tmp: save_model(adapter, tmp / "model", arch))
         self.done, self.runs = done, list(runs)
 
+    def keep(self, done: int, runs: list[dict[str, Any]]) -> None:
+        """Keep the runs so far alone: for a driver whose every run starts from the input model."""
+        self._write(done, runs)
+        self.done, self.runs = done, list(runs)
+
     def _write(self, done: int, runs: list[dict[str, Any]], model: Callable[[Path], None] | None = None) -> None:
         """Replace the folder whole: ``model`` writes the weights into it, where there are any."""
         with atomic_dir(self.path, overwrite=True, mine=True) as tmp:

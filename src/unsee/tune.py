@@ -28,14 +28,18 @@ import yaml
 
 from unsee.bars import bar
 from unsee.config import SHIPPED, ConfigError, check_seeds, config_values, parse_overrides, to_dict
+from unsee.data.collate import qa_turns
 from unsee.data.request import is_request_file
-from unsee.errors import DataError, TrainingError
+from unsee.data.schema import Suite
+from unsee.errors import DataError, TrainingError, UnseeError
 from unsee.eval.metrics import unlearning_score
 from unsee.eval.results import new_results, write_results
 from unsee.io import atomic_dir, atomic_write_json, atomic_write_text, check_output_dir
 from unsee.methods import method_class
 from unsee.models import load_adapter
+from unsee.models.base import Adapter
 from unsee.report import write_report
+from unsee.resume import Progress, run_parts
 from unsee.runs import (
     check_forget,
     check_images,
@@ -44,6 +48,7 @@ from unsee.runs import (
     detect_benchmark,
     eval_options,
     evaluation,
+    jsonable,
     load_suite,
     local_inputs,
     make_run,
@@ -182,26 +187,20 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
     for point in points:
         check_neutral(suite, method, config, [*overrides, *point])
     check_images(suite)
+    progress = Progress.open(out, run_parts(
+        method, config, overrides, seed=seed, model=model, revision=revision, dtype=dtype,
+        forget={on: qa_turns(suite.group("train_forget"))}, data=str(data), eval=eval_kw, benchmark=benchmark,
+        neutral=str(neutral), grid=points, seeds=seeds, exclude=excluded, left_out=left_out), kind="tune",
+        items="runs")
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
-    base_hash = adapter.fingerprint()
     v_eval = evaluation(adapter, suite, **eval_kw)
-    runs = [make_run("vanilla", v_eval, model=model_name(model), suite=suite, forget=on, seed=seed)]
     trials = [(point, s) for point in points for s in range(seed, seed + seeds)]
-    with atomic_dir(out, overwrite=overwrite) as tmp, tempfile.TemporaryDirectory(prefix="unsee-tune-") as scratch:
-        failed: dict[tuple[str, int], str] = {}
-        for i, (point, s) in enumerate(bar(trials, desc=f"tune {method}", unit="run")):
-            adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype) if adapter is None else adapter
-            try:
-                run = unlearn_and_save(method, adapter, suite, steering_dir=Path(scratch) / str(i),
-                                       model_dir=Path(scratch) / str(i) / "model", model=model_name(model),
-                                       base_model=str(model), base_hash=base_hash, forget=on, seed=s,
-                                       config=config, overrides=[*overrides, *point], eval_kw=eval_kw, save=False)[0]
-            except TrainingError as e:  # a rate too high for this model diverges: that setting loses, the rest run
-                failed[(" ".join(point), s)] = str(e)
-            else:
-                run["tune"] = {"overrides": list(point)}
-                runs.append(run)
-            adapter = None  # trained: the next setting starts from the model again
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        done = _run_trials(method, model, suite, on, trials, progress, config=config, overrides=overrides,
+                           eval_kw=eval_kw, load_kw={"allow_pickle": allow_pickle, "dtype": dtype}, adapter=adapter)
+        runs = [make_run("vanilla", v_eval, model=model_name(model), suite=suite, forget=on, seed=seed),
+                *(d["run"] for d in done if "run" in d)]
+        failed = {(d["point"], d["seed"]): d["failed"] for d in done if "failed" in d}
         if len(failed) == len(trials):
             raise TrainingError(f"every setting of the grid failed; the first: {next(iter(failed.values()))}")
         rows = [_row(point, runs[1:], failed, v_eval.metrics) for point in points]
@@ -222,7 +221,48 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
             "pick": {"overrides": best["overrides"], "score": best["score"], "config_file": config_file,
                      "config": picked}})
         write_report([tmp / "results.json"], tmp)
+    progress.remove()  # once the output has landed
     return out
+
+
+def _run_trials(method: str, model: str | Path, suite: Suite, on: str, trials: Sequence[tuple[Sequence[str], int]],
+                progress: Progress, *, config: Any, overrides: Sequence[str], eval_kw: Mapping[str, Any],
+                load_kw: Mapping[str, Any], adapter: Adapter) -> list[dict[str, Any]]:
+    """Every (setting, seed) from the model as given, each entry its run or why its training failed. The
+    runs finished so far wait in ``OUT.partial`` (``progress``): on a real model a grid takes hours, and the
+    same command goes on from the first unfinished run after a failure or a kill."""
+    done: list[dict[str, Any]] = list(progress.runs)
+    base_hash = adapter.fingerprint()
+    current: Adapter | None = adapter  # the model as given, until the first run trains it
+    with tempfile.TemporaryDirectory(prefix="unsee-tune-") as scratch:
+        try:
+            for i, (point, s) in enumerate(bar(trials[len(done):], desc=f"tune {method}", unit="run",
+                                               initial=len(done), total=len(trials)), len(done)):
+                current = load_adapter(model, **load_kw) if current is None else current
+                entry: dict[str, Any] = {"point": " ".join(point), "seed": s}
+                try:
+                    run = unlearn_and_save(method, current, suite, steering_dir=Path(scratch) / str(i),
+                                           model_dir=Path(scratch) / str(i) / "model", model=model_name(model),
+                                           base_model=str(model), base_hash=base_hash, forget=on, seed=s,
+                                           config=config, overrides=[*overrides, *point], eval_kw=eval_kw,
+                                           save=False)[0]
+                except TrainingError as e:  # a rate too high for this model diverges: that setting loses
+                    entry["failed"] = str(e)
+                else:
+                    entry["run"] = {**run, "tune": {"overrides": list(point)}}
+                current = None  # trained: the next setting starts from the model again
+                done.append(entry)
+                if len(done) < len(trials):
+                    progress.keep(len(done), jsonable(done))
+        except BaseException as e:
+            if progress.done:
+                note = (f"runs 1-{progress.done} of {len(trials)} are kept in {progress.path}, and the same command "
+                        f"goes on from run {progress.done + 1}")
+                if isinstance(e, UnseeError):
+                    raise type(e)(f"{e}; {note}") from e
+                e.add_note(note)
+            raise
+    return done
 
 
 def summary(result: Mapping[str, Any]) -> str:
