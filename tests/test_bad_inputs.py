@@ -70,6 +70,11 @@ def evaluate(env: Env, out: Path | str, *extra: str, model: Path | None = None, 
             "--max-items", "4", *extra]
 
 
+def tune(env: Env, out: Path | str, *extra: str, data: Path | None = None) -> list[str]:
+    return ["tune", "--method", "ga", "--model", str(env.model), "--data", str(data or env.world), "--out", str(out),
+            "--max-items", "2", *extra]
+
+
 def _parquet(world: Path, split: str, change: Callable) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -257,6 +262,16 @@ def cases(env: Env) -> list[Case]:
         Case("unlearn with a corrupt image in an eval group", "error",
              lambda e, d: unlearn(e, d / "o", *FAST, data=worlds["corrupt"]), inputs=world_in("corrupt"),
              message="corrupt"),
+        # choosing a setting
+        Case("tune on the people it is for", "error",
+             lambda e, d: tune(e, d / "t", "--on", "forget_5", "--exclude", "forget_10", *FAST), message="share"),
+        Case("tune --grid lr", "error", lambda e, d: tune(e, d / "t", "--on", "val_forget_10", "--grid", "lr", *FAST),
+             message="KEY=V1,V2"),
+        Case("tune --out DATA --overwrite", "error",
+             lambda e, d: tune(e, e.world, "--on", "val_forget_10", "--overwrite", *FAST), message="is the input"),
+        Case("tune with a corrupt image in an eval group", "error",
+             lambda e, d: tune(e, d / "t", "--on", "val_forget_10", *FAST, data=worlds["corrupt"]),
+             inputs=world_in("corrupt"), message="corrupt"),
         # runs that must succeed, and say the right thing
         Case("unlearn checkpoint_dir=1e3 keep_checkpoint=true", "ok",
              lambda e, d: unlearn(e, d / "out", "max_steps=2", "batch_size=2", "progress=false",
