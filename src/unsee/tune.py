@@ -144,7 +144,8 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
     out = Path(out)
     overrides = list(overrides)
     exclude = list(exclude)
-    check_output_dir(out, overwrite=overwrite, inputs=local_inputs(model, data, config, neutral, *exclude))
+    requests = [x for x in exclude if is_request_file(x)]  # the others are splits' names, not paths
+    check_output_dir(out, overwrite=overwrite, inputs=local_inputs(model, data, config, neutral, *requests))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("unsee tune runs its settings one after another in one process; run it without "
                           "accelerate launch")
@@ -154,7 +155,7 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
     if not request and on is None:
         raise ConfigError("give --on SPLIT: the validation request, of people other than the one to answer "
                           "(the built-in world's val_forget_10, say)")
-    if request and (splits := [x for x in exclude if not is_request_file(x)]):
+    if request and (splits := [x for x in exclude if x not in requests]):
         raise ConfigError(f"--data is a removal request, so --exclude takes the request files the pick is for, "
                           f"not splits ({', '.join(splits)})")
     if on is not None and on in exclude:
@@ -172,7 +173,7 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
     eval_kw = {**eval_options(protocol=protocol, max_items=max_items, max_new_tokens=max_new_tokens),
                "generation": False}
     excluded = _excluded_people(data, exclude, benchmark=benchmark, revision=revision)
-    split_names = [x for x in exclude if not is_request_file(x)]
+    split_names = [x for x in exclude if x not in requests]
     left_out = bool(split_names) and not request and benchmark_excludes(data, benchmark, revision)
     suite = load_suite(data, on or "", seed=seed, benchmark=benchmark, revision=revision, neutral=neutral,
                        names_needed_by=next(filter(None, (names_needed_by(method, config, [*overrides, *p])
