@@ -154,17 +154,6 @@ def model_options(p: argparse.ArgumentParser) -> None:
                    help="torch threads (1 on a machine busy with other work)")
 
 
-def audit_figures(attacks: Mapping[str, Any]) -> dict[str, float | None]:
-    """The numbers the audit targets judge: relearning gain, forget accuracy under PGD, probe accuracy,
-    forget accuracy after 4-bit rounding of every linear weight, the loss MIA's AUC and forget quality."""
-    return {"relearn_ag": attacks.get("relearn", {}).get("ag"),
-            "pgd_forget": attacks.get("pgd", {}).get("forget_attacked"),
-            "probe_forget": attacks.get("probe", {}).get("forget_acc"),
-            "quant_int4_forget": attacks.get("quant", {}).get("forget_int4_all"),
-            "mia_auc_loss": attacks.get("mia", {}).get("auc_loss"),
-            "forget_quality": attacks.get("mia", {}).get("forget_quality")}
-
-
 def attack_list(text: str) -> list[str]:
     """An argparse type for --attacks: a comma list of attacks, or ``none`` for a run that only measures. An
     unknown name is refused at the parser, not after the first model has trained."""

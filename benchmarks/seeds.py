@@ -22,7 +22,6 @@ from typing import Any
 
 from common import (
     attack_options,
-    audit_figures,
     eval_kw,
     mcq,
     measure,
@@ -36,6 +35,7 @@ from common import (
 
 from unsee import api
 from unsee.audit.quant import changed_linears, weight_digests
+from unsee.audit.verdicts import audit_figures
 from unsee.data.world import load_world_info
 from unsee.engine.prepare import frozen_copy
 from unsee.io import atomic_write_json

@@ -20,6 +20,17 @@ MARGIN = 0.05  # accuracies, AUCs
 MIN_FORGET_QUALITY = 0.05
 
 
+def audit_figures(attacks: Mapping[str, Any]) -> dict[str, float | None]:
+    """The numbers the audit targets judge: relearning gain, forget accuracy under PGD, probe accuracy,
+    forget accuracy after 4-bit rounding of every linear weight, the loss MIA's AUC and forget quality."""
+    return {"relearn_ag": attacks.get("relearn", {}).get("ag"),
+            "pgd_forget": attacks.get("pgd", {}).get("forget_attacked"),
+            "probe_forget": attacks.get("probe", {}).get("forget_acc"),
+            "quant_int4_forget": attacks.get("quant", {}).get("forget_int4_all"),
+            "mia_auc_loss": attacks.get("mia", {}).get("auc_loss"),
+            "forget_quality": attacks.get("mia", {}).get("forget_quality")}
+
+
 def _get(figures: Mapping[str, Any] | None, key: str) -> float | None:
     if not isinstance(figures, Mapping):
         return None
