@@ -110,6 +110,25 @@ def test_a_stopped_tune_goes_on_from_its_first_unfinished_run_with_the_same_numb
                               zip(reference["rows"], picked["rows"], strict=True)]
 
 
+def test_tune_attacks_every_run_and_sets_the_audit_figures_beside_each_score(
+        world: Path, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "t"
+    assert main(["tune", "--method", "graddiff", "--model", str(model_dir), "--data", str(world), "--out", str(out),
+                 "--on", "val_forget_10", "--grid", "lr=1e-4,1e-3", "--seeds", "2", "--max-items", "2",
+                 "--attacks", "quant", *FAST]) == 0
+    result = json.loads((out / "tune.json").read_text())
+    runs = load_results(out / "results.json")["runs"][1:]
+    for row in result["rows"]:
+        mine = [r["attacks"]["quant"]["forget_int4_all"] for r in runs if r["tune"]["overrides"] == row["overrides"]]
+        assert len(mine) == 2 and row["audits"]["quant_int4_forget"] == pytest.approx(sum(mine) / 2)
+    assert "quant_int4_forget" in capsys.readouterr().out.splitlines()[0]
+    with pytest.raises(ConfigError, match="nope"):
+        api.tune("graddiff", model_dir, world, tmp_path / "u", on="val_forget_10", overrides=FAST, attacks=["nope"])
+    with pytest.raises(ConfigError, match="no audit runs"):
+        api.tune("graddiff", model_dir, world, tmp_path / "u", on="val_forget_10", overrides=FAST,
+                 audit_overrides=["relearn_steps=2"])
+
+
 def test_tune_help_with_a_method_lists_what_a_grid_may_set(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["tune", "--method", "npo", "--help"])

@@ -175,7 +175,8 @@ def _tune(a: argparse.Namespace) -> None:
     out = _lazy().tune(a.method, a.model, a.data, a.out, on=a.on, grid=a.grid, exclude=_names(a.exclude),
                     config=a.config, overrides=a.overrides, seed=a.seed, seeds=a.seeds, overwrite=a.overwrite,
                     allow_pickle=a.allow_pickle, dtype=a.dtype, benchmark=a.benchmark, revision=a.revision,
-                    protocol=a.protocol, max_items=a.max_items, max_new_tokens=a.max_new_tokens, neutral=a.neutral)
+                    protocol=a.protocol, max_items=a.max_items, max_new_tokens=a.max_new_tokens, neutral=a.neutral,
+                    attacks=_names(a.attacks), audit_overrides=a.audit_set)
     print(_lazy("unsee.tune").summary(json.loads((out / "tune.json").read_text())))
     print(f"the pick and every setting's figures written to {out}; unlearn with --config {out / (a.method + '.yaml')}")
 
@@ -346,6 +347,10 @@ def parser(method_help: str | None = None, attack_help: str | None = None) -> ar
     t.add_argument("--neutral", default=None, metavar="DIR", help="photos of never-taught people, as for unlearn")
     _eval_options(t)
     _seeds_option(t)
+    t.add_argument("--attacks", default=None, metavar="KIND,...", help="audits run on every run (relearn, pgd, "
+                   "probe, shift, quant, mia), their figures beside each setting's score; the pick reads the score")
+    t.add_argument("--audit-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the audits (repeatable), e.g. --audit-set relearn_steps=50")
     t.epilog = method_help or METHOD_HELP.replace("unlearn", "tune")
     t.formatter_class = argparse.RawDescriptionHelpFormatter
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from unsee.audit.verdicts import audit_figures
 from unsee.bars import bar
 from unsee.config import SHIPPED, ConfigError, check_seeds, config_values, parse_overrides, to_dict
 from unsee.data.collate import qa_turns
@@ -57,7 +58,7 @@ from unsee.runs import (
     names_needed_by,
     run_seed,
 )
-from unsee.unlearning import unlearn_and_save
+from unsee.unlearning import check_audit_options, unlearn_and_save
 
 TUNE_FILE = "tune.json"
 LR_SCALES = (1.0, 0.3, 3.0)  # the configured rate first: a tie keeps it
@@ -123,7 +124,15 @@ def _row(point: Sequence[str], runs: Sequence[Mapping[str, Any]], failed: Mappin
             "scores": [sc["score"] for sc in scores], "limiting": [sc["limiting"] for sc in scores],
             "figures": [_figures(r["metrics"]) for r in mine],
             "wall_s": statistics.fmean(r["cost"]["wall_s"] for r in mine) if mine else None,
+            **({"audits": _mean_audits(mine)} if any("attacks" in r for r in mine) else {}),
             **({"failed": {str(s): e for s, e in errors.items()}} if errors else {})}
+
+
+def _mean_audits(runs: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Each audit figure the runs measured (:func:`audit_figures`), as the mean over their seeds."""
+    figures = [audit_figures(r.get("attacks") or {}) for r in runs]
+    keys = [k for k in figures[0] if all(f[k] is not None for f in figures)]
+    return {k: statistics.fmean(f[k] or 0.0 for f in figures) for k in keys}
 
 
 def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, on: str | None = None,
@@ -131,7 +140,8 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
          seed: int | None = None, seeds: int = 1, overwrite: bool = False, allow_pickle: bool = False,
          dtype: str | None = None, benchmark: str | None = None, revision: str | None = None,
          protocol: str = "loglik", max_items: int | None = None, max_new_tokens: int | None = None,
-         neutral: str | Path | None = None) -> Path:
+         neutral: str | Path | None = None, attacks: Sequence[str] = (),
+         audit_overrides: Sequence[str] = ()) -> Path:
     """``unsee tune``: run ``method`` at every setting of ``grid`` on the validation request ``on`` of
     ``data`` (or on ``data`` itself, a removal request file), ``seeds`` seeds each, and write the pick.
 
@@ -139,7 +149,9 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
     not be in ``on``, and are left out of its retained people where the benchmark can leave them out.
     Writes ``tune.json`` (every setting's figures and scores, and the pick), ``METHOD.yaml`` (the pick, for
     ``--config``), ``results.json`` with its ``samples.jsonl`` (every run, for ``unsee report``), and
-    ``report.md`` with ``tradeoff.png``.
+    ``report.md`` with ``tradeoff.png``. ``attacks`` are audits run on every run (``relearn``, say), whose
+    figures each row then carries beside its score: the score reads forgetting and retention alone, and a
+    setting that scores best may be the one whose forgetting a few steps of training bring back.
     """
     out = Path(out)
     overrides = list(overrides)
@@ -160,9 +172,11 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
                           f"not splits ({', '.join(splits)})")
     if on is not None and on in exclude:
         raise ConfigError(f"--on {on} is also excluded: the validation request must be another request")
+    check_audit_options(bool(attacks), audit_overrides, list(attacks))
     points = grid_points(method, config, overrides, grid)
     for point in points:  # every setting is checked before the first one trains
-        check_launch(method, config, [*overrides, *point], dtype=dtype, inputs=local_inputs(model, data, neutral))
+        check_launch(method, config, [*overrides, *point], dtype=dtype, audit=bool(attacks),
+                     inputs=local_inputs(model, data, neutral))
         tcfg = method_configs(method, config, [*overrides, *point])[0]
         if method_class(method).trains_weights and tcfg.checkpoint_dir:
             raise ConfigError("unsee tune runs many short trainings from one model, and a resumable checkpoint "
@@ -191,14 +205,17 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
     progress = Progress.open(out, run_parts(
         method, config, overrides, seed=seed, model=model, revision=revision, dtype=dtype,
         forget={on: qa_turns(suite.group("train_forget"))}, data=str(data), eval=eval_kw, benchmark=benchmark,
-        neutral=str(neutral), grid=points, seeds=seeds, exclude=excluded, left_out=left_out), kind="tune",
-        items="runs")
+        neutral=str(neutral), grid=points, seeds=seeds, exclude=excluded, left_out=left_out, attacks=list(attacks),
+        audit_overrides=list(audit_overrides)), kind="tune", items="runs")
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
     v_eval = evaluation(adapter, suite, **eval_kw)
     trials = [(point, s) for point in points for s in range(seed, seed + seeds)]
     with atomic_dir(out, overwrite=overwrite) as tmp:
+        audit_kw = {"audit": bool(attacks), "audit_kinds": list(attacks), "audit_overrides": list(audit_overrides),
+                    "audit_seed": seed, "data": data}  # every run attacked alike, whatever its seed
         done = _run_trials(method, model, suite, on, trials, progress, config=config, overrides=overrides,
-                           eval_kw=eval_kw, load_kw={"allow_pickle": allow_pickle, "dtype": dtype}, adapter=adapter)
+                           eval_kw=eval_kw, load_kw={"allow_pickle": allow_pickle, "dtype": dtype}, adapter=adapter,
+                           audit_kw=audit_kw)
         runs = [make_run("vanilla", v_eval, model=model_name(model), suite=suite, forget=on, seed=seed),
                 *(d["run"] for d in done if "run" in d)]
         failed = {(d["point"], d["seed"]): d["failed"] for d in done if "failed" in d}
@@ -228,7 +245,7 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
 
 def _run_trials(method: str, model: str | Path, suite: Suite, on: str, trials: Sequence[tuple[Sequence[str], int]],
                 progress: Progress, *, config: Any, overrides: Sequence[str], eval_kw: Mapping[str, Any],
-                load_kw: Mapping[str, Any], adapter: Adapter) -> list[dict[str, Any]]:
+                load_kw: Mapping[str, Any], adapter: Adapter, audit_kw: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every (setting, seed) from the model as given, each entry its run or why its training failed. The
     runs finished so far wait in ``OUT.partial`` (``progress``): on a real model a grid takes hours, and the
     same command goes on from the first unfinished run after a failure or a kill."""
@@ -246,7 +263,7 @@ def _run_trials(method: str, model: str | Path, suite: Suite, on: str, trials: S
                                            model_dir=Path(scratch) / str(i) / "model", model=model_name(model),
                                            base_model=str(model), base_hash=base_hash, forget=on, seed=s,
                                            config=config, overrides=[*overrides, *point], eval_kw=eval_kw,
-                                           save=False)[0]
+                                           save=False, **audit_kw)[0]
                 except TrainingError as e:  # a rate too high for this model diverges: that setting loses
                     entry["failed"] = str(e)
                 else:
@@ -269,12 +286,15 @@ def _run_trials(method: str, model: str | Path, suite: Suite, on: str, trials: S
 def summary(result: Mapping[str, Any]) -> str:
     """tune.json as a few lines a person reads: each setting's mean score and figures, the pick marked."""
     groups = [g for g in FIGURES if g in result["vanilla"]]
+    audits = list(dict.fromkeys(k for r in result["rows"] for k in r.get("audits", {})))
     width = max(len(" ".join(r["overrides"]) or "(configured)") for r in result["rows"])
-    lines = [f"{'setting':{width}s}  score  " + "  ".join(f"{g:>11s}" for g in groups)]
+    lines = [f"{'setting':{width}s}  score  " + "  ".join(f"{g:>11s}" for g in [*groups, *audits])]
     lines.append(f"{'(vanilla)':{width}s}  {'':5s}  " + "  ".join(f"{result['vanilla'][g]:11.3f}" for g in groups))
     for row in result["rows"]:
         means = {g: statistics.fmean(f[g] for f in row["figures"]) for g in groups} if row["figures"] else {}
         figures = "  ".join(f"{means[g]:11.3f}" for g in groups) if means else "failed"
+        if means and audits:
+            figures += "  " + "  ".join(f"{row.get('audits', {}).get(k, float('nan')):11.3f}" for k in audits)
         if "failed" in row and means:
             figures += f"  ({len(row['failed'])} seed{'s' * (len(row['failed']) > 1)} failed)"
         mark = "  <- pick" if row["overrides"] == result["pick"]["overrides"] else ""
