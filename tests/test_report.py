@@ -269,6 +269,9 @@ def test_labels_at_one_point_are_stacked_and_those_on_the_right_read_leftwards()
     (dx1, dy1, side1), (_, dy2, side2), (dx3, dy3, side3) = plots.label_offsets(points)
     assert side1 == side2 == "right" and dx1 < 0 and dy1 != dy2
     assert side3 == "left" and dx3 > 0 and dy3 == dy1  # far from the others: its own first line
+    # two settings a few points apart in retention: the higher one's label goes up, clear of the lower one's
+    (_, low, _), (_, high, _) = plots.label_offsets([("a", 0.27, 0.94, None, None), ("b", 0.26, 0.985, None, None)])
+    assert high > low
 
 
 def test_continual_panel_follows_a_method_across_its_requests() -> None:

@@ -120,16 +120,18 @@ def label_offsets(points: Sequence[tuple[Any, ...]], *, vanilla_at: float | None
     """Where each point's label goes, in offset points and alignment: to the left of points on the right half
     (a long label ran off the figure), and stacked a line apart where labels on one side would overlap
     (methods at one point, or within a label's width on one row: each printed over the others, and none could
-    be read)."""
+    be read). A point above the ones it crowds stacks its label upwards, one at or below them downwards: a
+    label a line below a point a line higher than its neighbour fell on the neighbour's own label."""
     placed: list[tuple[float, float, str]] = []
     if vanilla_at is not None:
         placed.append((vanilla_at, 1.0, "right"))  # the vanilla star's own label, to its upper left
     out = []
     for _, x, y, *_ in points:
         side = "right" if x > 0.55 else "left"
-        crowd = sum(1 for px, py, ps in placed if ps == side and abs(px - x) < near[0] and abs(py - y) < near[1])
+        crowded = [py for px, py, ps in placed if ps == side and abs(px - x) < near[0] and abs(py - y) < near[1]]
         placed.append((x, y, side))
-        out.append((-6 if side == "right" else 6, 4 - 10 * crowd, side))
+        up = bool(crowded) and all(y > py for py in crowded)
+        out.append((-6 if side == "right" else 6, 4 + (10 if up else -10) * len(crowded), side))
     return out
 
 
