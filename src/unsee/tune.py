@@ -135,6 +135,37 @@ def _mean_audits(runs: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return {k: statistics.fmean(f[k] or 0.0 for f in figures) for k in keys}
 
 
+def _checked_settings(method: str, model: Any, data: Any, on: str | None, exclude: Sequence[str], *,
+                      grid: Sequence[str], config: Any, overrides: Sequence[str], dtype: str | None, neutral: Any,
+                      attacks: Sequence[str], audit_overrides: Sequence[str]) -> list[list[str]]:
+    """The grid's settings, every one checked, and the command's other options, before any data or model loads:
+    a mistake in the last setting of a long grid is found before the first one trains."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("unsee tune runs its settings one after another in one process; run it without "
+                          "accelerate launch")
+    request = isinstance(data, str | Path) and is_request_file(data)
+    if request and on is not None:
+        raise ConfigError("--data is a removal request, which is the validation request itself: drop --on")
+    if not request and on is None:
+        raise ConfigError("give --on SPLIT: the validation request, of people other than the one to answer "
+                          "(the built-in world's val_forget_10, say)")
+    if request and (splits := [x for x in exclude if not is_request_file(x)]):
+        raise ConfigError(f"--data is a removal request, so --exclude takes the request files the pick is for, "
+                          f"not splits ({', '.join(splits)})")
+    if on is not None and on in exclude:
+        raise ConfigError(f"--on {on} is also excluded: the validation request must be another request")
+    check_audit_options(bool(attacks), audit_overrides, list(attacks))
+    points = grid_points(method, config, overrides, grid)
+    for point in points:  # every setting is checked before the first one trains
+        check_launch(method, config, [*overrides, *point], dtype=dtype, audit=bool(attacks),
+                     inputs=local_inputs(model, data, neutral))
+        tcfg = method_configs(method, config, [*overrides, *point])[0]
+        if method_class(method).trains_weights and tcfg.checkpoint_dir:
+            raise ConfigError("unsee tune runs many short trainings from one model, and a resumable checkpoint "
+                              "belongs to one run: drop checkpoint_dir")
+    return points
+
+
 def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, on: str | None = None,
          grid: Sequence[str] = (), exclude: Sequence[str] = (), config: Any = None, overrides: Sequence[str] = (),
          seed: int | None = None, seeds: int = 1, overwrite: bool = False, allow_pickle: bool = False,
@@ -158,29 +189,9 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
     exclude = list(exclude)
     requests = [x for x in exclude if is_request_file(x)]  # the others are splits' names, not paths
     check_output_dir(out, overwrite=overwrite, inputs=local_inputs(model, data, config, neutral, *requests))
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("unsee tune runs its settings one after another in one process; run it without "
-                          "accelerate launch")
+    points = _checked_settings(method, model, data, on, exclude, grid=grid, config=config, overrides=overrides,
+                               dtype=dtype, neutral=neutral, attacks=attacks, audit_overrides=audit_overrides)
     request = isinstance(data, str | Path) and is_request_file(data)
-    if request and on is not None:
-        raise ConfigError("--data is a removal request, which is the validation request itself: drop --on")
-    if not request and on is None:
-        raise ConfigError("give --on SPLIT: the validation request, of people other than the one to answer "
-                          "(the built-in world's val_forget_10, say)")
-    if request and (splits := [x for x in exclude if x not in requests]):
-        raise ConfigError(f"--data is a removal request, so --exclude takes the request files the pick is for, "
-                          f"not splits ({', '.join(splits)})")
-    if on is not None and on in exclude:
-        raise ConfigError(f"--on {on} is also excluded: the validation request must be another request")
-    check_audit_options(bool(attacks), audit_overrides, list(attacks))
-    points = grid_points(method, config, overrides, grid)
-    for point in points:  # every setting is checked before the first one trains
-        check_launch(method, config, [*overrides, *point], dtype=dtype, audit=bool(attacks),
-                     inputs=local_inputs(model, data, neutral))
-        tcfg = method_configs(method, config, [*overrides, *point])[0]
-        if method_class(method).trains_weights and tcfg.checkpoint_dir:
-            raise ConfigError("unsee tune runs many short trainings from one model, and a resumable checkpoint "
-                              "belongs to one run: drop checkpoint_dir")
     seed = run_seed(seed, method, config, overrides)
     check_seeds(seed, seeds)
     # the pick reads the MCQ alone: generation (cloze, open answers), the slow part on a CPU, would decide nothing
@@ -233,7 +244,7 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
         write_results(tmp / "results.json", new_results(runs))
         atomic_write_json(tmp / TUNE_FILE, {
             "method": method, "model": str(model), "data": str(data), "on": on, "seed": seed, "seeds": seeds,
-            "config": config if config is None or isinstance(config, str) else str(config),
+            "config": jsonable(config) if isinstance(config, Mapping) else (None if config is None else str(config)),
             "overrides": overrides, "exclude": excluded, "exclude_left_out_of_retain": left_out,
             "vanilla": _figures(v_eval.metrics), "rows": rows,
             "pick": {"overrides": best["overrides"], "score": best["score"], "config_file": config_file,
