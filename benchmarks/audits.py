@@ -24,7 +24,6 @@ target can be judged.
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ from common import (
 )
 
 from unsee import api
-from unsee.audit.verdicts import reference_checks
+from unsee.audit.verdicts import mean_attacks, reference_checks
 from unsee.engine.prepare import frozen_copy
 from unsee.errors import DataError
 from unsee.eval.metrics import spread
@@ -50,23 +49,6 @@ from unsee.methods import method_class
 from unsee.methods.artifact import load_result
 from unsee.models import load_adapter
 from unsee.provenance import environment
-
-
-def mean_attacks(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One attacks dict whose numbers are the means over ``runs`` (the reference's figures are shared)."""
-    out: dict[str, Any] = {}
-    for kind in {k for r in runs for k in r}:
-        figures = [r[kind] for r in runs if kind in r and "skipped" not in r[kind]]
-        if not figures:
-            out[kind] = runs[0][kind]
-            continue
-        keys = {k for f in figures for k, v in f.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-        merged = {k: statistics.fmean([f[k] for f in figures if f.get(k) is not None])
-                  for k in keys if any(f.get(k) is not None for f in figures)}
-        if "reference" in figures[0]:
-            merged["reference"] = figures[0]["reference"]
-        out[kind] = merged
-    return out
 
 
 def targets(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

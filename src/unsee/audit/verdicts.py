@@ -10,7 +10,8 @@ the benchmarks judge alike.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import statistics
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from unsee.audit.mia import SCORES
@@ -29,6 +30,23 @@ def audit_figures(attacks: Mapping[str, Any]) -> dict[str, float | None]:
             "quant_int4_forget": attacks.get("quant", {}).get("forget_int4_all"),
             "mia_auc_loss": attacks.get("mia", {}).get("auc_loss"),
             "forget_quality": attacks.get("mia", {}).get("forget_quality")}
+
+
+def mean_attacks(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One attacks dict whose numbers are the means over ``runs`` (the reference's figures are shared)."""
+    out: dict[str, Any] = {}
+    for kind in {k for r in runs for k in r}:
+        figures = [r[kind] for r in runs if kind in r and "skipped" not in r[kind]]
+        if not figures:
+            out[kind] = next(r[kind] for r in runs if kind in r)  # every run skipped it: the first reason
+            continue
+        keys = {k for f in figures for k, v in f.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        merged = {k: statistics.fmean([f[k] for f in figures if f.get(k) is not None])
+                  for k in keys if any(f.get(k) is not None for f in figures)}
+        if "reference" in figures[0]:
+            merged["reference"] = figures[0]["reference"]
+        out[kind] = merged
+    return out
 
 
 def _get(figures: Mapping[str, Any] | None, key: str) -> float | None:
