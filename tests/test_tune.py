@@ -11,6 +11,7 @@ import pytest
 from conftest import WORLD_OVERRIDES
 
 from unsee import api, tune
+from unsee.audit.verdicts import mean_attacks, reference_checks
 from unsee.cli import main
 from unsee.data.request_example import write_world_request
 from unsee.errors import ConfigError, DataError, OutputExistsError, TrainingError
@@ -127,6 +128,38 @@ def test_tune_attacks_every_run_and_sets_the_audit_figures_beside_each_score(
     with pytest.raises(ConfigError, match="no audit runs"):
         api.tune("graddiff", model_dir, world, tmp_path / "u", on="val_forget_10", overrides=FAST,
                  audit_overrides=["relearn_steps=2"])
+
+
+def test_a_setting_whose_audits_fail_ranks_below_one_whose_audits_hold() -> None:
+    rows = [{"overrides": ["lr=1"], "score": 0.99, "audits_hold": False},
+            {"overrides": ["lr=2"], "score": 0.90, "audits_hold": True},
+            {"overrides": ["lr=3"], "score": 0.95, "audits_hold": True, "failed": {"0": "diverged"}},
+            {"overrides": ["lr=4"], "score": 0.90, "audits_hold": True}]
+    assert tune.best_row(rows)["overrides"] == ["lr=2"]  # and the first of two equal scores
+    assert tune.best_row([{**r, "audits_hold": True} for r in rows])["overrides"] == ["lr=1"]
+    assert tune.best_row([{k: v for k, v in r.items() if k != "audits_hold"} for r in rows])["overrides"] == ["lr=1"]
+
+
+def test_tune_attacks_the_reference_beside_every_run_and_judges_each_setting_on_its_seed_means(
+        world: Path, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "t"
+    assert main(["tune", "--method", "graddiff", "--model", str(model_dir), "--data", str(world), "--out", str(out),
+                 "--on", "val_forget_10", "--grid", "lr=1e-4,1e-3", "--seeds", "2", "--max-items", "2",
+                 "--attacks", "quant,mia", "--reference", str(model_dir), *FAST]) == 0
+    result = json.loads((out / "tune.json").read_text())
+    assert result["reference"] == str(model_dir)
+    runs = load_results(out / "results.json")["runs"][1:]
+    assert all("reference" in r["attacks"]["mia"] for r in runs)  # attacked beside every run
+    for row in result["rows"]:
+        mine = [r["attacks"] for r in runs if r["tune"]["overrides"] == row["overrides"]]
+        checks = {k: c["pass"] for k, c in reference_checks(mean_attacks(mine)).items() if c["pass"] is not None}
+        assert row["checks"] == checks and {"quant_int4_forget", "forget_quality"} <= set(checks)
+        assert row["audits_hold"] == all(checks.values())
+    assert result["pick"]["overrides"] == tune.best_row(result["rows"])["overrides"]
+    assert "audits held" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="no audit runs"):
+        api.tune("graddiff", model_dir, world, tmp_path / "u", on="val_forget_10", overrides=FAST,
+                 reference=model_dir)
 
 
 def test_tune_help_with_a_method_lists_what_a_grid_may_set(capsys: pytest.CaptureFixture[str]) -> None:

@@ -176,7 +176,8 @@ def _tune(a: argparse.Namespace) -> None:
                     config=a.config, overrides=a.overrides, seed=a.seed, seeds=a.seeds, overwrite=a.overwrite,
                     allow_pickle=a.allow_pickle, dtype=a.dtype, benchmark=a.benchmark, revision=a.revision,
                     protocol=a.protocol, max_items=a.max_items, max_new_tokens=a.max_new_tokens, neutral=a.neutral,
-                    attacks=_names(a.attacks), audit_overrides=a.audit_set)
+                    attacks=_names(a.attacks), audit_overrides=a.audit_set, reference=a.reference,
+                    cache_dir=a.cache_dir)
     print(_lazy("unsee.tune").summary(json.loads((out / "tune.json").read_text())))
     print(f"the pick and every setting's figures written to {out}; unlearn with --config {out / (a.method + '.yaml')}")
 
@@ -351,6 +352,7 @@ def parser(method_help: str | None = None, attack_help: str | None = None) -> ar
                    "probe, shift, quant, mia), their figures beside each setting's score; the pick reads the score")
     t.add_argument("--audit-set", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the audits (repeatable), e.g. --audit-set relearn_steps=50")
+    _reference_options(t)
     t.epilog = method_help or METHOD_HELP.replace("unlearn", "tune")
     t.formatter_class = argparse.RawDescriptionHelpFormatter
 

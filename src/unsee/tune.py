@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from unsee.audit.verdicts import audit_figures
+from unsee.audit.verdicts import audit_figures, mean_attacks, reference_checks
 from unsee.bars import bar
 from unsee.config import SHIPPED, ConfigError, check_seeds, config_values, parse_overrides, to_dict
 from unsee.data.collate import qa_turns
@@ -58,7 +58,7 @@ from unsee.runs import (
     names_needed_by,
     run_seed,
 )
-from unsee.unlearning import check_audit_options, unlearn_and_save
+from unsee.unlearning import check_audit_options, find_reference, unlearn_and_save
 
 TUNE_FILE = "tune.json"
 LR_SCALES = (1.0, 0.3, 3.0)  # the configured rate first: a tie keeps it
@@ -124,20 +124,29 @@ def _row(point: Sequence[str], runs: Sequence[Mapping[str, Any]], failed: Mappin
             "scores": [sc["score"] for sc in scores], "limiting": [sc["limiting"] for sc in scores],
             "figures": [_figures(r["metrics"]) for r in mine],
             "wall_s": statistics.fmean(r["cost"]["wall_s"] for r in mine) if mine else None,
-            **({"audits": _mean_audits(mine)} if any("attacks" in r for r in mine) else {}),
+            **(_audits(mine) if any("attacks" in r for r in mine) else {}),
             **({"failed": {str(s): e for s, e in errors.items()}} if errors else {})}
 
 
-def _mean_audits(runs: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Each audit figure the runs measured (:func:`audit_figures`), as the mean over their seeds."""
-    figures = [audit_figures(r.get("attacks") or {}) for r in runs]
-    keys = [k for k in figures[0] if all(f[k] is not None for f in figures)]
-    return {k: statistics.fmean(f[k] or 0.0 for f in figures) for k in keys}
+def _audits(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A setting's audit figures (:func:`audit_figures`) on the means over its seeds, and the verdict of each
+    check those means allow (:func:`reference_checks`: against the retrained reference where one was attacked
+    beside them, and the 4-bit rounding against the model's own figure before it)."""
+    attacks = mean_attacks([r.get("attacks") or {} for r in runs])
+    checks = {k: c["pass"] for k, c in reference_checks(attacks).items() if c["pass"] is not None}
+    return {"audits": {k: v for k, v in audit_figures(attacks).items() if v is not None}, "checks": checks,
+            "audits_hold": all(checks.values())}
+
+
+def best_row(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The pick: a setting that diverged on any seed ranks below every one that ran, one that fails an audit
+    below every one whose audits hold, and then the best mean score wins (the first of equals: max keeps it)."""
+    return max(rows, key=lambda r: ("failed" not in r, r.get("audits_hold", True), r["score"]))
 
 
 def _checked_settings(method: str, model: Any, data: Any, on: str | None, exclude: Sequence[str], *,
                       grid: Sequence[str], config: Any, overrides: Sequence[str], dtype: str | None, neutral: Any,
-                      attacks: Sequence[str], audit_overrides: Sequence[str]) -> list[list[str]]:
+                      attacks: Sequence[str], audit_overrides: Sequence[str], reference: Any) -> list[list[str]]:
     """The grid's settings, every one checked, and the command's other options, before any data or model loads:
     a mistake in the last setting of a long grid is found before the first one trains."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -154,7 +163,7 @@ def _checked_settings(method: str, model: Any, data: Any, on: str | None, exclud
                           f"not splits ({', '.join(splits)})")
     if on is not None and on in exclude:
         raise ConfigError(f"--on {on} is also excluded: the validation request must be another request")
-    check_audit_options(bool(attacks), audit_overrides, list(attacks))
+    check_audit_options(bool(attacks), audit_overrides, list(attacks), reference=reference)
     points = grid_points(method, config, overrides, grid)
     for point in points:  # every setting is checked before the first one trains
         check_launch(method, config, [*overrides, *point], dtype=dtype, audit=bool(attacks),
@@ -171,8 +180,8 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
          seed: int | None = None, seeds: int = 1, overwrite: bool = False, allow_pickle: bool = False,
          dtype: str | None = None, benchmark: str | None = None, revision: str | None = None,
          protocol: str = "loglik", max_items: int | None = None, max_new_tokens: int | None = None,
-         neutral: str | Path | None = None, attacks: Sequence[str] = (),
-         audit_overrides: Sequence[str] = ()) -> Path:
+         neutral: str | Path | None = None, attacks: Sequence[str] = (), audit_overrides: Sequence[str] = (),
+         reference: str | Path | None = None, cache_dir: str | Path | None = None) -> Path:
     """``unsee tune``: run ``method`` at every setting of ``grid`` on the validation request ``on`` of
     ``data`` (or on ``data`` itself, a removal request file), ``seeds`` seeds each, and write the pick.
 
@@ -182,7 +191,10 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
     ``--config``), ``results.json`` with its ``samples.jsonl`` (every run, for ``unsee report``), and
     ``report.md`` with ``tradeoff.png``. ``attacks`` are audits run on every run (``relearn``, say), whose
     figures each row then carries beside its score: the score reads forgetting and retention alone, and a
-    setting that scores best may be the one whose forgetting a few steps of training bring back.
+    setting that scores best may be the one whose forgetting a few steps of training bring back. The
+    retrained reference (``reference``, or the one ``unsee retrain`` cached for ``model`` without the
+    validation people's photos) is attacked beside them, and a setting whose audits fail on the means over
+    its seeds ranks below every setting whose audits hold.
     """
     out = Path(out)
     overrides = list(overrides)
@@ -190,7 +202,8 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
     requests = [x for x in exclude if is_request_file(x)]  # the others are splits' names, not paths
     check_output_dir(out, overwrite=overwrite, inputs=local_inputs(model, data, config, neutral, *requests))
     points = _checked_settings(method, model, data, on, exclude, grid=grid, config=config, overrides=overrides,
-                               dtype=dtype, neutral=neutral, attacks=attacks, audit_overrides=audit_overrides)
+                               dtype=dtype, neutral=neutral, attacks=attacks, audit_overrides=audit_overrides,
+                               reference=reference)
     request = isinstance(data, str | Path) and is_request_file(data)
     seed = run_seed(seed, method, config, overrides)
     check_seeds(seed, seeds)
@@ -213,17 +226,20 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
     for point in points:
         check_neutral(suite, method, config, [*overrides, *point])
     check_images(suite)
+    base = None if request else model  # a request file has no cached reference: only one given by hand
+    ref = find_reference(reference, base, data, on, cache_dir, revision, benchmark, allow_pickle) if attacks else None
     progress = Progress.open(out, run_parts(
         method, config, overrides, seed=seed, model=model, revision=revision, dtype=dtype,
         forget={on: qa_turns(suite.group("train_forget"))}, data=str(data), eval=eval_kw, benchmark=benchmark,
         neutral=str(neutral), grid=points, seeds=seeds, exclude=excluded, left_out=left_out, attacks=list(attacks),
-        audit_overrides=list(audit_overrides)), kind="tune", items="runs")
+        audit_overrides=list(audit_overrides), reference=str(ref)), kind="tune", items="runs")
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
     v_eval = evaluation(adapter, suite, **eval_kw)
     trials = [(point, s) for point in points for s in range(seed, seed + seeds)]
     with atomic_dir(out, overwrite=overwrite) as tmp:
         audit_kw = {"audit": bool(attacks), "audit_kinds": list(attacks), "audit_overrides": list(audit_overrides),
-                    "audit_seed": seed, "data": data}  # every run attacked alike, whatever its seed
+                    "audit_seed": seed, "data": data, "reference": ref, "cache_dir": cache_dir,
+                    "allow_pickle": allow_pickle}  # every run attacked alike, whatever its seed
         done = _run_trials(method, model, suite, on, trials, progress, config=config, overrides=overrides,
                            eval_kw=eval_kw, load_kw={"allow_pickle": allow_pickle, "dtype": dtype}, adapter=adapter,
                            audit_kw=audit_kw)
@@ -233,8 +249,7 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
         if len(failed) == len(trials):
             raise TrainingError(f"every setting of the grid failed; the first: {next(iter(failed.values()))}")
         rows = [_row(point, runs[1:], failed, v_eval.metrics) for point in points]
-        # a setting that diverged on any seed ranks below every one that ran; max keeps the first of equals
-        best = max(rows, key=lambda r: ("failed" not in r, r["score"]))
+        best = best_row(rows)
         config_file = f"{method}.yaml"
         picked = pick_config(method, config, overrides, best["overrides"])
         atomic_write_text(tmp / config_file, f"# unsee tune's pick for {method} on {on} of {data} "
@@ -246,6 +261,7 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
             "method": method, "model": str(model), "data": str(data), "on": on, "seed": seed, "seeds": seeds,
             "config": jsonable(config) if isinstance(config, Mapping) else (None if config is None else str(config)),
             "overrides": overrides, "exclude": excluded, "exclude_left_out_of_retain": left_out,
+            "reference": None if ref is None else str(ref),
             "vanilla": _figures(v_eval.metrics), "rows": rows,
             "pick": {"overrides": best["overrides"], "score": best["score"], "config_file": config_file,
                      "config": picked}})
@@ -306,6 +322,8 @@ def summary(result: Mapping[str, Any]) -> str:
         figures = "  ".join(f"{means[g]:11.3f}" for g in groups) if means else "failed"
         if means and audits:
             figures += "  " + "  ".join(f"{row.get('audits', {}).get(k, float('nan')):11.3f}" for k in audits)
+        if means and row.get("checks"):
+            figures += f"  audits held {sum(row['checks'].values())}/{len(row['checks'])}"
         if "failed" in row and means:
             figures += f"  ({len(row['failed'])} seed{'s' * (len(row['failed']) > 1)} failed)"
         mark = "  <- pick" if row["overrides"] == result["pick"]["overrides"] else ""
