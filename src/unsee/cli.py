@@ -349,7 +349,8 @@ def parser(method_help: str | None = None, attack_help: str | None = None) -> ar
     _eval_options(t)
     _seeds_option(t)
     t.add_argument("--attacks", default=None, metavar="KIND,...", help="audits run on every run (relearn, pgd, "
-                   "probe, shift, quant, mia), their figures beside each setting's score; the pick reads the score")
+                   "probe, shift, quant, mia), their figures beside each setting's score; a setting whose audits "
+                   "fail (against the reference, where there is one) ranks below those whose audits hold")
     t.add_argument("--audit-set", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the audits (repeatable), e.g. --audit-set relearn_steps=50")
     _reference_options(t)
