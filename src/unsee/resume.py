@@ -1,11 +1,13 @@
-"""A continual run's finished requests, kept beside its output until the whole run lands.
+"""A long run's finished parts (a continual run's requests, a tune's runs), kept beside its output until the
+whole run lands.
 
 A continual run takes one training per request, hours on a real model, and its output is
 written atomically. Without this, a failure (or a kill) at request k would lose the k - 1
 requests before it. After every request but the last, the model and the results so far go to
 ``OUT.partial``; the same command finds them there and goes on from request k, with the same
-numbers as a run that never stopped. The folder is keyed by everything that changes the
-numbers, so another run (other options, requests, data or model) never picks it up.
+numbers as a run that never stopped. ``unsee tune`` keeps its finished runs the same way, without a
+model (each of its runs starts from the input model). The folder is keyed by everything that changes
+the numbers, so another run (other options, requests, data or model) never picks it up.
 """
 
 from __future__ import annotations
