@@ -46,6 +46,7 @@ def test_tune_picks_the_best_mean_score_on_the_validation_people_and_writes_it_a
         retained = {e.entity for g in ("retain", "text_retain", "train_retain") for e in s.groups[g]}
         assert retained and not reported & (retained | set(s.forget_entities))
     assert result["exclude"] == {"forget_10": sorted(reported)} and result["exclude_left_out_of_retain"]
+    assert {"unsee_version", "git_hash", "threads"} <= set(result["environment"])  # where the pick was made
     # each row's score is the mean of its runs' unlearning scores against the model's own validation figures
     runs = load_results(out / "results.json")["runs"]
     vanilla, trained = runs[0], runs[1:]

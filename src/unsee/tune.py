@@ -39,6 +39,7 @@ from unsee.io import atomic_dir, atomic_write_json, atomic_write_text, check_out
 from unsee.methods import method_class
 from unsee.models import load_adapter
 from unsee.models.base import Adapter
+from unsee.provenance import environment
 from unsee.report import write_report
 from unsee.resume import Progress, run_parts
 from unsee.runs import (
@@ -264,7 +265,7 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
             "reference": None if ref is None else str(ref),
             "vanilla": _figures(v_eval.metrics), "rows": rows,
             "pick": {"overrides": best["overrides"], "score": best["score"], "config_file": config_file,
-                     "config": picked}})
+                     "config": picked}, "environment": environment()})
         write_report([tmp / "results.json"], tmp)
     progress.remove()  # once the output has landed
     return out
