@@ -83,6 +83,21 @@ def test_a_setting_that_diverges_loses_and_the_others_still_run(world: Path, mod
     assert not (tmp_path / "u").exists()
 
 
+def test_the_people_of_a_request_file_the_pick_is_for_are_left_out_of_the_retained_ones(
+        world: Path, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = write_world_request(world, tmp_path / "asked", forget="forget_10")
+    people = set(api.load_suite(asked).forget_entities)
+    assert people <= set(api.load_suite(world, "val_forget_10").retain_entities)  # retained, unless left out
+    suites: list[Any] = []
+    real = tune.unlearn_and_save
+    monkeypatch.setattr(tune, "unlearn_and_save",
+                        lambda m, a, suite, **k: suites.append(suite) or real(m, a, suite, **k))
+    out = api.tune("graddiff", model_dir, world, tmp_path / "t", on="val_forget_10", exclude=[str(asked)],
+                   grid=["lr=1e-4"], overrides=FAST, max_items=2)
+    assert json.loads((out / "tune.json").read_text())["exclude_left_out_of_retain"]
+    assert suites and all(not people & set(s.retain_entities) for s in suites)
+
+
 def test_a_stopped_tune_goes_on_from_its_first_unfinished_run_with_the_same_numbers(
         world: Path, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     kw: dict[str, Any] = {"on": "val_forget_10", "grid": ["lr=1e-4,1e-3"], "seeds": 2, "overrides": FAST,

@@ -213,11 +213,17 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
                "generation": False}
     excluded = _excluded_people(data, exclude, benchmark=benchmark, revision=revision)
     split_names = [x for x in exclude if x not in requests]
-    left_out = bool(split_names) and not request and benchmark_excludes(data, benchmark, revision)
-    suite = load_suite(data, on or "", seed=seed, benchmark=benchmark, revision=revision, neutral=neutral,
-                       names_needed_by=next(filter(None, (names_needed_by(method, config, [*overrides, *p])
-                                                          for p in points)), None),
-                       **({"retain_exclude": split_names} if left_out else {}))
+    left_out = bool(exclude) and not request and benchmark_excludes(data, benchmark, revision)
+    needs_names = next(filter(None, (names_needed_by(method, config, [*overrides, *p]) for p in points)), None)
+
+    def validation(leave_out: list[str]) -> Suite:
+        return load_suite(data, on or "", seed=seed, benchmark=benchmark, revision=revision, neutral=neutral,
+                          names_needed_by=needs_names, **({"retain_exclude": leave_out} if leave_out else {}))
+
+    suite = validation(split_names if left_out else [])
+    # a request file's people are no split's: those the validation request retains are left out by name
+    if left_out and (seen := sorted({p for r in requests for p in excluded[r]} & set(suite.retain_entities))):
+        suite = validation([*split_names, *seen])
     on = on or Path(data).stem
     for name, people in excluded.items():
         if shared := sorted(set(people) & set(suite.forget_entities)):
