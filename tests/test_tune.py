@@ -211,6 +211,7 @@ def test_the_default_grid_is_the_configured_rate_first_then_a_third_and_three_ti
     ({"on": "val_forget_10", "grid": ["lr=abc,1e-3"]}, ConfigError, "lr"),
     ({"on": "val_forget_10", "seeds": 0}, ConfigError, "seeds"),
     ({"on": "val_forget_99"}, DataError, "val_forget_99"),
+    ({"on": "val_forget_10", "exclude": ["gone/request.yaml"]}, DataError, "no such request file"),
 ])
 def test_tune_refuses_before_any_model_loads(kw: dict[str, Any], error: type, says: str, world: Path,
                                              model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -162,6 +162,8 @@ def _checked_settings(method: str, model: Any, data: Any, on: str | None, exclud
     if request and (splits := [x for x in exclude if not is_request_file(x)]):
         raise ConfigError(f"--data is a removal request, so --exclude takes the request files the pick is for, "
                           f"not splits ({', '.join(splits)})")
+    if missing := [x for x in exclude if str(x).endswith((".yaml", ".yml", ".json")) and not Path(x).is_file()]:
+        raise DataError(f"--exclude {', '.join(map(str, missing))}: no such request file")
     if on is not None and on in exclude:
         raise ConfigError(f"--on {on} is also excluded: the validation request must be another request")
     check_audit_options(bool(attacks), audit_overrides, list(attacks), reference=reference)
