@@ -141,7 +141,7 @@ def test_tune_attacks_every_run_and_sets_the_audit_figures_beside_each_score(
     assert "quant_int4_forget" in capsys.readouterr().out.splitlines()[0]
     with pytest.raises(ConfigError, match="nope"):
         api.tune("graddiff", model_dir, world, tmp_path / "u", on="val_forget_10", overrides=FAST, attacks=["nope"])
-    with pytest.raises(ConfigError, match="no audit runs"):
+    with pytest.raises(ConfigError, match="--audit-set is for the audits, and none runs: add --attacks"):
         api.tune("graddiff", model_dir, world, tmp_path / "u", on="val_forget_10", overrides=FAST,
                  audit_overrides=["relearn_steps=2"])
 
@@ -173,7 +173,7 @@ def test_tune_attacks_the_reference_beside_every_run_and_judges_each_setting_on_
         assert row["audits_hold"] == all(checks.values())
     assert result["pick"]["overrides"] == tune.best_row(result["rows"])["overrides"]
     assert "audits held" in capsys.readouterr().out
-    with pytest.raises(ConfigError, match="no audit runs"):
+    with pytest.raises(ConfigError, match="--reference is for the audits, and none runs: add --attacks"):
         api.tune("graddiff", model_dir, world, tmp_path / "u", on="val_forget_10", overrides=FAST,
                  reference=model_dir)
 

@@ -166,6 +166,9 @@ def _checked_settings(method: str, model: Any, data: Any, on: str | None, exclud
         raise DataError(f"--exclude {', '.join(map(str, missing))}: no such request file")
     if on is not None and on in exclude:
         raise ConfigError(f"--on {on} is also excluded: the validation request must be another request")
+    if not attacks and (reference is not None or audit_overrides):  # unlearn's hint (--audit) is not this command's
+        raise ConfigError(f"{'--reference' if reference is not None else '--audit-set'} is for the audits, and none "
+                          "runs: add --attacks relearn,... (or leave it out)")
     check_audit_options(bool(attacks), audit_overrides, list(attacks), reference=reference)
     points = grid_points(method, config, overrides, grid)
     for point in points:  # every setting is checked before the first one trains
