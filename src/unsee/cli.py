@@ -112,6 +112,12 @@ def _seeds_option(p: argparse.ArgumentParser) -> None:
                    help="run N unlearning seeds (--seed .. --seed+N-1) and report their mean, sd, min and max")
 
 
+def _audit_set_option(p: argparse.ArgumentParser) -> None:
+    """The audits' own options: spelt the same on every command that audits."""
+    p.add_argument("--audit-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the audits (repeatable), e.g. --audit-set relearn_steps=50")
+
+
 def _reference_options(p: argparse.ArgumentParser) -> None:
     """Where the retrained reference the audits are read against comes from."""
     p.add_argument("--reference", default=None, metavar="DIR",
@@ -325,8 +331,7 @@ def parser(method_help: str | None = None, attack_help: str | None = None) -> ar
                    "and the eraser on a benchmark that ships none; on the built-in world they replace its own")
     _eval_options(u)
     u.add_argument("--audit", action="store_true", help="run the robustness audits on the result")
-    u.add_argument("--audit-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="an option of the audits (repeatable), e.g. --audit-set relearn_steps=50")
+    _audit_set_option(u)
     _seeds_option(u)
     _reference_options(u)
     u.add_argument("--report-to", default=None, metavar="TRACKER",
@@ -351,8 +356,7 @@ def parser(method_help: str | None = None, attack_help: str | None = None) -> ar
     t.add_argument("--attacks", default=None, metavar="KIND,...", help="audits run on every run (relearn, pgd, "
                    "probe, shift, quant, mia), their figures beside each setting's score; a setting whose audits "
                    "fail (against the reference, where there is one) ranks below those whose audits hold")
-    t.add_argument("--audit-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="an option of the audits (repeatable), e.g. --audit-set relearn_steps=50")
+    _audit_set_option(t)
     _reference_options(t)
     t.epilog = method_help or METHOD_HELP.replace("unlearn", "tune")
     t.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -368,8 +372,7 @@ def parser(method_help: str | None = None, attack_help: str | None = None) -> ar
     fg.add_argument("--hide-names", action="store_true",
                     help="the model card lists salted hashes of the names; the salt goes to OUT/names-salt.txt")
     fg.add_argument("--no-audit", action="store_true", help="skip the robustness audits")
-    fg.add_argument("--audit-set", action="append", default=[], metavar="KEY=VALUE",
-                    help="an option of the audits (repeatable), e.g. --audit-set relearn_steps=50")
+    _audit_set_option(fg)
     _load_options(fg)
     fg.epilog = method_help or METHOD_HELP.replace("unlearn", "forget")
     fg.formatter_class = argparse.RawDescriptionHelpFormatter
