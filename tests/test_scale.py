@@ -7,8 +7,10 @@ only parsed, never instantiated, so these tests stay on a laptop's budget.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from unsee import api
 from unsee.cli import main
 from unsee.data.collate import Stream, qa_turns
 from unsee.data.schema import Suite
+from unsee.engine.distributed import launch_timeout
 from unsee.engine.prepare import apply_lora, frozen_copy
 from unsee.engine.trainer import TrainConfig, train, unique_images
 from unsee.errors import ConfigError, ModelError
@@ -349,3 +352,36 @@ def test_evaluation_and_attack_under_two_processes_run_once(model_dir: Path, wor
     run = load_results(out)["runs"][0]
     assert run["method"] == "vanilla" and "forget_acc" in run["attacks"]["probe"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".eval.json.lock", "eval.json", "eval.samples.jsonl"]
+
+
+def test_a_launch_waits_for_its_first_process_as_long_as_unsee_launch_timeout_says() -> None:
+    """While the first process evaluates and attacks a run, the others wait at the next run's first step, on a
+    real model longer than NCCL's 10-minute default: the launch's process group is set up with the wait asked."""
+    code = ("import torch, torch.distributed as dist; from unsee.engine.distributed import training_accelerator; "
+            "training_accelerator(); print(dist.group.WORLD._get_backend(torch.device('cpu')).options._timeout)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _, env = launch_command("cpu.yaml")
+    env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
+            "UNSEE_LAUNCH_TIMEOUT": "7"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["0:07:00"]
+
+
+@pytest.mark.parametrize(("value", "minutes"), [(None, 360), ("90", 90), ("0.5", 0.5), ("", 360)])
+def test_unsee_launch_timeout_is_read_in_minutes(value: str | None, minutes: float,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    if value is None:
+        monkeypatch.delenv("UNSEE_LAUNCH_TIMEOUT", raising=False)
+    else:
+        monkeypatch.setenv("UNSEE_LAUNCH_TIMEOUT", value)
+    assert launch_timeout() == timedelta(minutes=minutes)
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "inf", "nan"])
+def test_a_launch_timeout_that_is_no_positive_number_is_refused(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UNSEE_LAUNCH_TIMEOUT", value)
+    with pytest.raises(ConfigError, match="UNSEE_LAUNCH_TIMEOUT"):
+        launch_timeout()

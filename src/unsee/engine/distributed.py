@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ from unsee.models.base import Adapter
 
 LAUNCH_CONFIGS = SHIPPED / "accelerate"  # where the shipped launch configs are, in a checkout or an install
 LAUNCHERS = f"{LAUNCH_CONFIGS / 'ddp.yaml'} (or one process)"
+LAUNCH_TIMEOUT_MIN = 360  # see launch_timeout
 
 
 class Alone:
@@ -69,10 +71,38 @@ def accelerator_device() -> torch.device:
 
 def _state() -> Any:
     """accelerate's process-wide state, on the CPU where there is no GPU (accelerate imported where it is first
-    asked for, as each of these did)."""
+    asked for, as each of these did). The first call sets up the launch's process group, with
+    :func:`launch_timeout`."""
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=launch_timeout())
+
+
+def training_accelerator() -> Any:
+    """An ``Accelerator`` for one training, on the process group :func:`_state` set up (accelerate keeps one)."""
+    from accelerate import Accelerator
+
+    _state()
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
+def launch_timeout() -> timedelta:
+    """How long a process of a launch waits for the others at a collective: ``UNSEE_LAUNCH_TIMEOUT`` minutes.
+
+    While the first process evaluates and attacks one run (one seed of ``--seeds``, one request of
+    ``--requests``, one setting of ``unsee tune``), the others wait for it at the next run's first step;
+    on a 7B model that takes longer than NCCL's own default of 10 minutes, after which it would stop
+    the launch.
+    """
+    raw = os.environ.get("UNSEE_LAUNCH_TIMEOUT", "").strip()
+    try:
+        minutes = float(raw) if raw else LAUNCH_TIMEOUT_MIN
+    except ValueError:
+        minutes = -1.0
+    if not minutes > 0 or minutes == float("inf"):
+        raise ConfigError(f"UNSEE_LAUNCH_TIMEOUT={raw!r}: give the minutes a process of a launch may wait for "
+                          f"the others, a positive number (default {LAUNCH_TIMEOUT_MIN})")
+    return timedelta(minutes=minutes)
 
 
 def on_accelerator(adapter: Adapter) -> Adapter:

@@ -29,7 +29,7 @@ from unsee.engine.checkpoint import (
     save_checkpoint,
 )
 from unsee.engine.constraints import Constraints
-from unsee.engine.distributed import Sharded, check_launch, fsdp_version, launch_mixed_precision
+from unsee.engine.distributed import Sharded, check_launch, fsdp_version, launch_mixed_precision, training_accelerator
 from unsee.engine.gradients import clip_gradients, share_gradients, uphill_backward
 from unsee.engine.prepare import (
     LOW_PRECISION,
@@ -361,8 +361,6 @@ def _train(
     on_eval: Callable[[int], dict] | None = None,
     desc: str | None = None,
 ) -> TrainResult:
-    from accelerate import Accelerator
-
     check_launch(method, eval_every=cfg.eval_every)
     getattr(method.cfg, "check_train", lambda _: None)(cfg)  # method options that depend on these ones
     if adapter.dtype == torch.float16:  # bf16 autocast cannot mix with it either
@@ -373,7 +371,7 @@ def _train(
                           "which this method does not give; use sam_terms=all")
     # Autocast is ours, not the Accelerator's: accelerate keeps one process-wide state, and a
     # bf16 run would otherwise leave every later run in the process under bf16.
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = accelerator or training_accelerator()
     rank, world = accelerator.process_index, accelerator.num_processes
     if cfg.checkpoint_dir:
         check_checkpoint_dir(cfg.checkpoint_dir)
