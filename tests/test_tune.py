@@ -4,11 +4,13 @@ config that unlearn takes as it is, and the reported people inform nothing."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import WORLD_OVERRIDES
+from helpers import launch_command
 
 from unsee import api, tune
 from unsee.audit.verdicts import mean_attacks, reference_checks
@@ -246,3 +248,22 @@ def test_tune_on_a_removal_request_of_other_people_excludes_the_request_to_answe
     assert result["on"] == "request" and list(result["exclude"]) == [str(asked)]
     assert not result["exclude_left_out_of_retain"]  # a request lists its retained people itself
     assert result["pick"]["overrides"] == ["lr=1e-4"] and (out / "graddiff.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_tune_under_two_processes_writes_once_with_the_figures_of_one(world: Path, model_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    """`accelerate launch -m unsee.cli tune`: every process trains its share of each run, a setting that diverges
+    stops in all of them at once, and the first alone evaluates, scores and writes: the rows of one process."""
+    opts = ["--method", "graddiff", "--model", str(model_dir), "--data", str(world), "--on", "val_forget_10",
+            "--grid", "lr=1e30,1e-4", "--max-items", "2", "max_steps=2", "batch_size=2", "progress=false"]
+    cmd, env = launch_command("cpu.yaml", "-m", "unsee.cli", "tune", *opts, "--out", str(tmp_path / "two"))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("<- pick") == 1 and proc.stdout.count("written to") == 1  # said once
+    assert main(["tune", *opts, "--out", str(tmp_path / "one")]) == 0
+    two, one = (json.loads((tmp_path / d / "tune.json").read_text()) for d in ("two", "one"))
+    assert list(two["rows"][0]["failed"]) == ["0"] and two["rows"][1]["figures"]
+    assert [r["figures"] for r in two["rows"]] == [r["figures"] for r in one["rows"]]
+    assert two["pick"] == one["pick"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # no progress, no stray temporary

@@ -184,8 +184,10 @@ def _tune(a: argparse.Namespace) -> None:
                     protocol=a.protocol, max_items=a.max_items, max_new_tokens=a.max_new_tokens, neutral=a.neutral,
                     attacks=_names(a.attacks), audit_overrides=a.audit_set, reference=a.reference,
                     cache_dir=a.cache_dir)
-    print(_lazy("unsee.tune").summary(json.loads((out / "tune.json").read_text())))
-    print(f"the pick and every setting's figures written to {out}; unlearn with --config {out / (a.method + '.yaml')}")
+    if _first_of_launch():  # the other processes of a launch only trained
+        print(_lazy("unsee.tune").summary(json.loads((out / "tune.json").read_text())))
+        print(f"the pick and every setting's figures written to {out}; unlearn with --config "
+              f"{out / (a.method + '.yaml')}")
 
 
 def _names(text: str | None) -> list[str]:

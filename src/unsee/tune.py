@@ -15,9 +15,9 @@ a config file that ``unsee unlearn --config`` and ``unsee forget --config`` take
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
-import os
 import statistics
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -32,6 +32,7 @@ from unsee.config import SHIPPED, ConfigError, check_seeds, config_values, parse
 from unsee.data.collate import qa_turns
 from unsee.data.request import is_request_file
 from unsee.data.schema import Suite
+from unsee.engine.distributed import is_main_process
 from unsee.errors import DataError, TrainingError, UnseeError
 from unsee.eval.metrics import unlearning_score
 from unsee.eval.results import new_results, write_results
@@ -58,6 +59,7 @@ from unsee.runs import (
     model_name,
     names_needed_by,
     run_seed,
+    unlearn_adapter,
 )
 from unsee.unlearning import check_audit_options, find_reference, unlearn_and_save
 
@@ -150,9 +152,6 @@ def _checked_settings(method: str, model: Any, data: Any, on: str | None, exclud
                       attacks: Sequence[str], audit_overrides: Sequence[str], reference: Any) -> list[list[str]]:
     """The grid's settings, every one checked, and the command's other options, before any data or model loads:
     a mistake in the last setting of a long grid is found before the first one trains."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("unsee tune runs its settings one after another in one process; run it without "
-                          "accelerate launch")
     request = isinstance(data, str | Path) and is_request_file(data)
     if request and on is not None:
         raise ConfigError("--data is a removal request, which is the validation request itself: drop --on")
@@ -245,15 +244,22 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
         forget={on: qa_turns(suite.group("train_forget"))}, data=str(data), eval=eval_kw, benchmark=benchmark,
         neutral=str(neutral), grid=points, seeds=seeds, exclude=excluded, left_out=left_out, attacks=list(attacks),
         audit_overrides=list(audit_overrides), reference=str(ref)), kind="tune", items="runs")
-    adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
-    v_eval = evaluation(adapter, suite, **eval_kw)
     trials = [(point, s) for point in points for s in range(seed, seed + seeds)]
+    load_kw = {"allow_pickle": allow_pickle, "dtype": dtype}
+    if not is_main_process():
+        # Under `accelerate launch` every process trains its share of each run; the first alone evaluates,
+        # attacks, scores and writes, and the others wait for it at the next run's first step.
+        _train_shares(method, model, suite, trials[len(progress.runs):], config=config, overrides=overrides,
+                      load_kw=load_kw)
+        return out
+    adapter = load_adapter(model, **load_kw)
+    v_eval = evaluation(adapter, suite, **eval_kw)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         audit_kw = {"audit": bool(attacks), "audit_kinds": list(attacks), "audit_overrides": list(audit_overrides),
                     "audit_seed": seed, "data": data, "reference": ref, "cache_dir": cache_dir,
                     "allow_pickle": allow_pickle}  # every run attacked alike, whatever its seed
         done = _run_trials(method, model, suite, on, trials, progress, config=config, overrides=overrides,
-                           eval_kw=eval_kw, load_kw={"allow_pickle": allow_pickle, "dtype": dtype}, adapter=adapter,
+                           eval_kw=eval_kw, load_kw=load_kw, adapter=adapter,
                            audit_kw=audit_kw)
         runs = [make_run("vanilla", v_eval, model=model_name(model), suite=suite, forget=on, seed=seed),
                 *(d["run"] for d in done if "run" in d)]
@@ -320,6 +326,21 @@ def _run_trials(method: str, model: str | Path, suite: Suite, on: str, trials: S
                 e.add_note(note)
             raise
     return done
+
+
+def _train_shares(method: str, model: str | Path, suite: Suite, trials: Sequence[tuple[Sequence[str], int]], *,
+                  config: Any, overrides: Sequence[str], load_kw: Mapping[str, Any]) -> None:
+    """What another process of a launch does: its share of the training of every run not done yet, each from
+    the model as given, with the same calls as the first process (a test-time method trains nothing)."""
+    if not method_class(method).trains_weights:
+        return
+    for point, s in trials:
+        adapter = load_adapter(model, **load_kw)
+        # the loss is averaged over the processes before it is checked, so a diverging setting stops in every
+        # process at the same step; the first records it, and every process goes on to the next setting
+        with contextlib.suppress(TrainingError):
+            unlearn_adapter(method, adapter, suite, config=config, overrides=[*overrides, *point], seed=s)
+        del adapter  # one model in memory at a time
 
 
 def summary(result: Mapping[str, Any]) -> str:
