@@ -214,6 +214,9 @@ def test_the_default_grid_is_the_configured_rate_first_then_a_third_and_three_ti
     ({"on": "val_forget_10", "seeds": 0}, ConfigError, "seeds"),
     ({"on": "val_forget_99"}, DataError, "val_forget_99"),
     ({"on": "val_forget_10", "exclude": ["gone/request.yaml"]}, DataError, "no such request file"),
+    ({"on": "other/request.yaml"}, ConfigError, "names a file where a split"),
+    ({"on": "val_forget_10", "grid": ["lr=1e-3,0.001"]}, ConfigError, "lr=1e-3 and lr=0.001 are the same setting"),
+    ({"on": "val_forget_10", "grid": ["epochs=1,2"]}, ConfigError, "max_steps=1 sets the number of steps"),
 ])
 def test_tune_refuses_before_any_model_loads(kw: dict[str, Any], error: type, says: str, world: Path,
                                              model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

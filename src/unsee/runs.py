@@ -21,7 +21,7 @@ from unsee.data import load_benchmark
 from unsee.data.collate import image_of, qa_turns
 from unsee.data.detect import benchmark_of, local_path, resolve
 from unsee.data.neutral import attach_neutral
-from unsee.data.request import is_request_file, load_request_suite, named_paths
+from unsee.data.request import SUFFIXES, is_request_file, load_request_suite, named_paths
 from unsee.data.schema import Suite
 from unsee.engine import distributed
 from unsee.engine.checkpoint import has_checkpoint, remove_checkpoint
@@ -91,6 +91,9 @@ def load_suite(data: Any, forget: str | Sequence[str] = "forget_10", *, benchmar
             raise ConfigError("a removal request lists its own never-taught photos (its neutral: list); "
                               "--neutral applies to a benchmark")
         return load_request_suite(data, seed=kw.get("seed", 0), names_needed_by=names_needed_by)
+    if files := [f for f in ([forget] if isinstance(forget, str) else forget) if Path(f).suffix.lower() in SUFFIXES]:
+        raise ConfigError(f"{files[0]} names a file where a split of {data} is asked for (forget_10, say): a "
+                          "removal request file is the data itself (--data FILE, or unsee forget --request FILE)")
     ref = resolve(data, revision)
     suite = load_benchmark(benchmark_of(ref.path, benchmark), ref.path, forget, **kw)
     suite.info["data"] = {**ref.record(), **({"seed": kw["seed"]} if kw.get("seed") else {})}

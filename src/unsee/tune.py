@@ -170,13 +170,22 @@ def _checked_settings(method: str, model: Any, data: Any, on: str | None, exclud
                           "runs: add --attacks relearn,... (or leave it out)")
     check_audit_options(bool(attacks), audit_overrides, list(attacks), reference=reference)
     points = grid_points(method, config, overrides, grid)
+    trains: dict[str, Sequence[str]] = {}  # each setting's resolved config, as what it trains
     for point in points:  # every setting is checked before the first one trains
         check_launch(method, config, [*overrides, *point], dtype=dtype, audit=bool(attacks),
                      inputs=local_inputs(model, data, neutral))
-        tcfg = method_configs(method, config, [*overrides, *point])[0]
+        tcfg, mcfg, _ = method_configs(method, config, [*overrides, *point])
         if method_class(method).trains_weights and tcfg.checkpoint_dir:
             raise ConfigError("unsee tune runs many short trainings from one model, and a resumable checkpoint "
                               "belongs to one run: drop checkpoint_dir")
+        resolved = {**to_dict(tcfg), **to_dict(mcfg)}
+        inert = ("epochs", "min_steps") if tcfg.max_steps else ()  # max_steps sets the steps whatever they say
+        key = json.dumps({k: v for k, v in resolved.items() if k not in inert}, sort_keys=True, default=str)
+        if (twin := trains.setdefault(key, point)) is not point:
+            why = f" (max_steps={tcfg.max_steps} sets the number of steps, whatever epochs and min_steps say)" \
+                if set(inert) & {k.partition("=")[0] for k in point} else ""
+            raise ConfigError(f"--grid: {' '.join(twin) or 'the configured setting'} and {' '.join(point)} are the "
+                              f"same setting{why}; a grid of settings that train alike picks nothing")
     return points
 
 
