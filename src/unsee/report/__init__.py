@@ -19,7 +19,8 @@ from unsee.io import atomic_write_text, staging_dir
 from unsee.report.card import model_card
 from unsee.report.changes import changes_section, runs_with_samples
 from unsee.report.plots import loss_panels, plot_continual, plot_losses, plot_tradeoff
-from unsee.report.tables import render_report, terminal_table
+from unsee.report.tables import render_report
+from unsee.report.terminal import terminal_table
 
 __all__ = ["model_card", "plot_continual", "plot_losses", "plot_tradeoff", "print_results", "render_report",
            "terminal_table", "write_report"]

@@ -13,9 +13,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any, NamedTuple
 
-from rich import box
-from rich.table import Table
-
 from unsee.audit.verdicts import reference_checks
 from unsee.data.schema import METRIC_GROUPS
 from unsee.engine.trainer import UNKEYED
@@ -182,7 +179,7 @@ def _mib(nbytes: int | None) -> str:
     return DASH if nbytes is None else f"{nbytes / MIB:,.0f}"
 
 
-def _seconds(s: float | None) -> str:
+def seconds_text(s: float | None) -> str:
     return DASH if s is None else f"{float(s):.1f}"
 
 
@@ -190,7 +187,7 @@ def _count(n: int | None) -> str:
     return DASH if n is None else f"{n:,}"
 
 
-def _spent(run: Mapping[str, Any]) -> Mapping[str, Any]:
+def spent(run: Mapping[str, Any]) -> Mapping[str, Any]:
     """The run's unlearning cost; for a model only evaluated, none: its cost is the evaluation's."""
     cost = run["cost"]
     return cost if cost.get("covers", "unlearning") == "unlearning" else {k: None for k in cost}
@@ -230,9 +227,9 @@ def _setting_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
             cells.append(fmt_delta(figure(run, g, keys[g]), base) + _interval(run["metrics"].get(g, {}), g, keys[g]))
         score = score_of(run, vanilla, key=keys.get("forget") or "mcq")
         cells.append(DASH if score is None or score["score"] is None else f"{score['score']:.2f}")
-        cost = _spent(run)
+        cost = spent(run)
         cells += [
-            _seconds(cost["wall_s"]),
+            seconds_text(cost["wall_s"]),
             _mib(cost["peak_rss_bytes"]) + CARRIED * bool(cost.get("measured_after")),
             _mib(cost["peak_gpu_bytes"]),
             _count(cost["trainable_params"]),
@@ -240,7 +237,7 @@ def _setting_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
         lines.append(md_row(cells))
     if vanilla is None:
         lines += ["", "_No `vanilla` run in this setting: changes and scores cannot be shown._"]
-    if any(_spent(r).get("measured_after") for r in runs):
+    if any(spent(r).get("measured_after") for r in runs):
         lines += ["", f"_{CARRIED} measured after other runs in the same process, whose freed memory it can "
                       "carry: not comparable with the other rows' peak RSS. `benchmarks/unlearn.py` measures "
                       "each run in a process of its own._"]
@@ -445,36 +442,3 @@ def _seeds_section(runs: Sequence[Mapping[str, Any]]) -> list[str]:
 AUDIT_HEADLINES = {"relearn": ("ag",), "pgd": ("forget_attacked",), "probe": ("forget_acc",),
                    "shift": ("forget_occlude",), "quant": ("forget_int4_all", "forget_int4_changed"),
                    "mia": ("auc_loss", "auc_mink_pp", "privleak_loss", "forget_quality")}
-
-
-TERMINAL_GROUPS = ("forget", "forget_test", "retain", "known", "general")
-
-
-def terminal_table(results: Mapping[str, Any]) -> Table:
-    """A compact rich table for the end of a run: headline groups, score and wall time."""
-    runs = list(results["runs"])
-    grouped = group_runs(runs)
-    several = len(grouped) > 1
-    groups = [g for g in TERMINAL_GROUPS if any(g in r["metrics"] for r in runs)]
-    # no vertical rules, and a cell too wide folds onto the next line: at 80 columns (a terminal's, and what
-    # a pipe is given) the ruled table cut names and figures to '…'
-    table = Table(title="unsee results", show_lines=False, box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
-    seeds = len({r.get("seed") for r in runs}) > 1  # runs over several unlearning seeds: each row says its own
-    for name in [*(["setting"] if several else []), "method", "req", *(["seed"] if seeds else []), *groups, "score",
-                 "wall s"]:
-        table.add_column(name, justify="left" if name in ("setting", "method") else "right", overflow="fold")
-    labels = setting_labels(grouped)
-    for setting, setting_runs in grouped.items():
-        vanilla = vanilla_for(setting_runs)
-        keys = {g: headline_key(setting_runs, g) for g in groups}
-        for run in setting_runs:
-            cells = [labels[setting].replace(" \u00b7 ", "/")] if several else []
-            cells += [str(run["method"]), str(run["request"]), *([str(run.get("seed", DASH))] if seeds else [])]
-            for g in groups:
-                value = figure(run, g, keys[g])
-                cells.append(DASH if value is None else f"{value:.2f}")
-            score = score_of(run, vanilla, key=headline_key(setting_runs, "forget") or "mcq")
-            cells.append(DASH if score is None or score["score"] is None else f"{score['score']:.2f}")
-            cells.append(_seconds(_spent(run)["wall_s"]))
-            table.add_row(*cells)
-    return table
