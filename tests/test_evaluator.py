@@ -151,6 +151,20 @@ def test_seed_means_resample_items_scored_by_the_seeds_that_got_them() -> None:
         aggregate_seeds([])
 
 
+def test_a_forget_group_gives_each_persons_accuracy_and_the_other_groups_do_not() -> None:
+    """A request is answered when each of its people is forgotten: results.json names each one's figure."""
+    from unsee.eval.evaluator import aggregate, aggregate_seeds
+
+    recs = [{"group": g, "uid": f"{g}{i}", "person": f"p{i // 2}", "task": "mcq", "correct": c}
+            for g in ("forget", "forget_test", "retain") for i, c in enumerate([True, True, False, True])]
+    out = aggregate(recs)
+    assert out["forget"]["people"] == out["forget_test"]["people"] == {"p0": 1.0, "p1": 0.5}
+    assert "people" not in out["retain"]
+    flipped = [{**r, "correct": not r["correct"]} for r in recs]  # a second seed
+    assert aggregate_seeds([recs, flipped])["forget"]["people"] == {"p0": 0.5, "p1": 0.5}
+    assert "people" not in aggregate([{k: v for k, v in r.items() if k != "person"} for r in recs])["forget"]
+
+
 def test_interval_over_people_is_wider_when_a_person_fails_as_a_whole() -> None:
     """Items that succeed or fail by person: the interval over people is wider than the one over items,
     and it equals the item interval when every person has one item."""

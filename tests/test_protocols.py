@@ -185,7 +185,8 @@ def test_loglik_scores_options_and_records_them() -> None:
                   info={"benchmark": "builtin"})
     ev = run_evaluation(Scripted({}), suite, groups=("forget",), progress=False)
     # both items ask about one person: resampling people cannot move the figure
-    assert ev.metrics["forget"] == {"n": 2, "mcq": 0.5, "ci95": [0.0, 1.0], "ci95_people": [0.5, 0.5]}
+    assert ev.metrics["forget"] == {"n": 2, "mcq": 0.5, "ci95": [0.0, 1.0], "ci95_people": [0.5, 0.5],
+                                    "people": {"p1": 0.5}}
     assert ev.mcq_protocol == "loglik" and ev.protocol == "loglik"
     first = ev.samples[0]
     assert first["scores"] == [0.0, -1.0, -2.0, -3.0] and first["extracted"] == "A" and first["correct"] is True

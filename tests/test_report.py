@@ -550,3 +550,22 @@ def test_the_api_reports_one_results_file_given_alone(tmp_path: Path) -> None:
     for given in (str(tmp_path / "results.json"), tmp_path / "results.json"):
         out = api.report(given, tmp_path / "rep", overwrite=True)
         assert "| ga" in (out / "report.md").read_text()
+
+
+def test_report_shows_each_person_to_forget_beside_vanilla() -> None:
+    """A group's mean can hide a person still recognised: each forget group's people get a column of their own."""
+    def named(method: str, forget: dict[str, float], held_out: dict[str, float]) -> dict[str, Any]:
+        metrics = {g: {"mcq": 0.9, "n": 40} for g in GROUPS}
+        metrics["forget"] = {"mcq": sum(forget.values()) / 2, "n": 40, "people": forget}
+        metrics["forget_test"] = {"mcq": sum(held_out.values()) / 2, "n": 40, "people": held_out}
+        return run(method, {}, metrics=metrics)
+
+    text = render_report(results(named("vanilla", {"p1": 1.0, "p2": 1.0}, {"p1": 0.9, "p2": 1.0}),
+                                 named("cvf_ncu", {"p1": 0.1, "p2": 0.6}, {"p1": 0.2, "p2": 0.7})))
+    section = text.split("## The people to forget, one by one")[1]
+    rows = [r for r in section.splitlines() if r.startswith("|")]
+    assert [c.strip() for c in rows[0].split("|")[1:-1]] == ["method", "request", "seed", "p1", "p2"]
+    assert "| vanilla | 1 | 0 | 1.00 / 0.90 | 1.00 / 1.00 |" in rows
+    assert "| cvf_ncu | 1 | 0 | 0.10 / 0.20 | 0.60 / 0.70 |" in rows
+    assert "forget / forget_test" in section
+    assert "one by one" not in render_report(results(VANILLA, GA))  # no people named, no section

@@ -43,7 +43,9 @@ METRIC_GROUP_SCHEMA: dict[str, Any] = {
     "required": ["n"],
     "properties": {"mcq": _FRACTION, "cloze": _FRACTION, "rougeL": _FRACTION, "bleu": _FRACTION, "n": _COUNT,
                    "ci95": {"type": "array", "items": _FRACTION, "minItems": 2, "maxItems": 2},
-                   "ci95_people": {"type": "array", "items": _FRACTION, "minItems": 2, "maxItems": 2}},
+                   "ci95_people": {"type": "array", "items": _FRACTION, "minItems": 2, "maxItems": 2},
+                   "people": {"type": "object", "additionalProperties": _FRACTION,
+                              "description": "a forget group's MCQ accuracy per person"}},
     "additionalProperties": {"type": "number"},
 }
 

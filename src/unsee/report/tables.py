@@ -266,6 +266,7 @@ def render_report(results: Mapping[str, Any], *, images: Sequence[str] = (), cha
         out += [f"## {labels[setting] if setting.split else labels[setting] + '(no split)'}", ""]
         out += _setting_table(setting_runs)
         out.append("")
+    out += people_section(runs)
     protocols = sorted({r["mcq_protocol"] for r in runs})
     out += [
         "## How to read this",
@@ -304,6 +305,45 @@ def render_report(results: Mapping[str, Any], *, images: Sequence[str] = (), cha
         out += [f"![{PurePosixPath(i).stem}]({i})" for i in images]
     out.append("")
     return "\n".join(out)
+
+
+def _people(run: Mapping[str, Any], group: str) -> Mapping[str, float]:
+    return (run["metrics"].get(group) or {}).get("people") or {}
+
+
+def people_section(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One table per setting whose forget groups name their people (results.json's ``metrics.<group>.people``):
+    a row per run, a column per person, each cell the person's accuracy in every forget group that holds them.
+
+    A group's mean over five people can sit near chance while one of them is still recognised, and a person's
+    questions can be guessed by a model that never saw them; so each figure, not a verdict, beside vanilla's."""
+    grouped = group_runs(runs)
+    labels = setting_labels(grouped)
+    out: list[str] = []
+    for setting, setting_runs in grouped.items():
+        groups = [g for g in ordered_groups(setting_runs) if any(_people(r, g) for r in setting_runs)]
+        if not groups:
+            continue
+        people = list(dict.fromkeys(p for g in groups for r in setting_runs for p in _people(r, g)))
+        where = {p: [g for g in groups if any(p in _people(r, g) for r in setting_runs)] for p in people}
+        header = ["method", "request", "seed", *people]
+        lines = [md_row(header), md_row(["---"] * 2 + ["---:"] * (len(header) - 2))]
+        variant = config_variants(setting_runs)
+        for run in sorted(setting_runs, key=lambda r: (r["method"] != "vanilla", r["request"])):
+            cells = run_cells(run, variant)
+            for p in people:
+                values = [_people(run, g).get(p) for g in where[p]]
+                cells.append(" / ".join(DASH if v is None else f"{v:.2f}" for v in values))
+            lines.append(md_row(cells))
+        orders = sorted({" / ".join(w) for w in where.values()})
+        out += [f"### {labels[setting]}", "", f"Each cell: the person's MCQ accuracy in {' or '.join(orders)}.", "",
+                *lines, ""]
+    if not out:
+        return []
+    return ["## The people to forget, one by one", "",
+            "A request is answered when each of its people is forgotten: a group's mean can hide one still "
+            "recognised. A person's questions can also be guessed without knowing them, so read each figure "
+            "beside the vanilla model's (and, where there is one, the retrained reference's).", "", *out]
 
 
 def _number(v: Any) -> str:
