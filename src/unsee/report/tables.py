@@ -313,7 +313,8 @@ def _people(run: Mapping[str, Any], group: str) -> Mapping[str, float]:
 
 def people_section(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     """One table per setting whose forget groups name their people (results.json's ``metrics.<group>.people``):
-    a row per run, a column per person, each cell the person's accuracy in every forget group that holds them.
+    a row per person, a column per run, each cell the person's accuracy in every forget group that holds them.
+    Rows are people, not runs, so that the run tables' rows stay the only ones that start with a method.
 
     A group's mean over five people can sit near chance while one of them is still recognised, and a person's
     questions can be guessed by a model that never saw them; so each figure, not a verdict, beside vanilla's."""
@@ -326,15 +327,15 @@ def people_section(runs: Sequence[Mapping[str, Any]]) -> list[str]:
             continue
         people = list(dict.fromkeys(p for g in groups for r in setting_runs for p in _people(r, g)))
         where = {p: [g for g in groups if any(p in _people(r, g) for r in setting_runs)] for p in people}
-        header = ["method", "request", "seed", *people]
-        lines = [md_row(header), md_row(["---"] * 2 + ["---:"] * (len(header) - 2))]
-        variant = config_variants(setting_runs)
-        for run in sorted(setting_runs, key=lambda r: (r["method"] != "vanilla", r["request"])):
-            cells = run_cells(run, variant)
-            for p in people:
-                values = [_people(run, g).get(p) for g in where[p]]
-                cells.append(" / ".join(DASH if v is None else f"{v:.2f}" for v in values))
-            lines.append(md_row(cells))
+        ordered = sorted(setting_runs, key=lambda r: (r["method"] != "vanilla", r["request"]))
+        variant = config_variants(ordered)
+        several = {k: len({str(r.get(k, 0)) for r in ordered}) > 1 for k in ("request", "seed")}
+        columns = [" ".join([str(r["method"]) + (f" [{variant[id(r)]}]" if variant.get(id(r)) else ""),
+                             *(f"{k} {r.get(k, 0)}" for k in ("request", "seed") if several[k])]) for r in ordered]
+        lines = [md_row(["person", *columns]), md_row(["---", *["---:"] * len(columns)])]
+        for p in people:
+            values = [[_people(run, g).get(p) for g in where[p]] for run in ordered]
+            lines.append(md_row([p, *(" / ".join(DASH if v is None else f"{v:.2f}" for v in vs) for vs in values)]))
         orders = sorted({" / ".join(w) for w in where.values()})
         out += [f"### {labels[setting]}", "", f"Each cell: the person's MCQ accuracy in {' or '.join(orders)}.", "",
                 *lines, ""]
