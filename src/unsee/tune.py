@@ -30,7 +30,7 @@ from unsee.audit.verdicts import audit_figures, mean_attacks, reference_checks
 from unsee.bars import bar
 from unsee.config import SHIPPED, ConfigError, check_seeds, config_values, parse_overrides, to_dict
 from unsee.data.collate import qa_turns
-from unsee.data.request import is_request_file
+from unsee.data.request import SUFFIXES, is_request_file
 from unsee.data.schema import Suite
 from unsee.engine.distributed import is_main_process
 from unsee.errors import DataError, TrainingError, UnseeError
@@ -100,9 +100,14 @@ def pick_config(method: str, config: Any, overrides: Sequence[str], point: Seque
     source = SHIPPED / "unlearn" / f"{method}.yaml" if config is None else config
     keys = set(config_values(source, "unlearn") if config is not None or source.exists() else {})
     keys |= set(parse_overrides([*overrides, *point]))
-    tcfg, mcfg, _ = method_configs(method, config, [*overrides, *point])
-    resolved = {**to_dict(tcfg), **to_dict(mcfg)}
+    resolved = _resolved(method, config, [*overrides, *point])
     return json.loads(json.dumps({k: resolved[k] for k in sorted(keys) if k in resolved}))
+
+
+def _resolved(method: str, config: Any, overrides: Sequence[str]) -> dict[str, Any]:
+    """Every training and method option a run with ``overrides`` resolves to, by name."""
+    tcfg, mcfg, _ = method_configs(method, config, overrides)
+    return {**to_dict(tcfg), **to_dict(mcfg)}
 
 
 def _figures(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -161,7 +166,7 @@ def _checked_settings(method: str, model: Any, data: Any, on: str | None, exclud
     if request and (splits := [x for x in exclude if not is_request_file(x)]):
         raise ConfigError(f"--data is a removal request, so --exclude takes the request files the pick is for, "
                           f"not splits ({', '.join(splits)})")
-    if missing := [x for x in exclude if str(x).endswith((".yaml", ".yml", ".json")) and not Path(x).is_file()]:
+    if missing := [x for x in exclude if Path(x).suffix.lower() in SUFFIXES and not Path(x).is_file()]:
         raise DataError(f"--exclude {', '.join(map(str, missing))}: no such request file")
     if on is not None and on in exclude:
         raise ConfigError(f"--on {on} is also excluded: the validation request must be another request")
@@ -174,15 +179,15 @@ def _checked_settings(method: str, model: Any, data: Any, on: str | None, exclud
     for point in points:  # every setting is checked before the first one trains
         check_launch(method, config, [*overrides, *point], dtype=dtype, audit=bool(attacks),
                      inputs=local_inputs(model, data, neutral))
-        tcfg, mcfg, _ = method_configs(method, config, [*overrides, *point])
-        if method_class(method).trains_weights and tcfg.checkpoint_dir:
+        resolved = _resolved(method, config, [*overrides, *point])
+        if method_class(method).trains_weights and resolved["checkpoint_dir"]:
             raise ConfigError("unsee tune runs many short trainings from one model, and a resumable checkpoint "
                               "belongs to one run: drop checkpoint_dir")
-        resolved = {**to_dict(tcfg), **to_dict(mcfg)}
-        inert = ("epochs", "min_steps") if tcfg.max_steps else ()  # max_steps sets the steps whatever they say
+        max_steps = resolved["max_steps"]
+        inert = ("epochs", "min_steps") if max_steps else ()  # max_steps sets the steps whatever they say
         key = json.dumps({k: v for k, v in resolved.items() if k not in inert}, sort_keys=True, default=str)
         if (twin := trains.setdefault(key, point)) is not point:
-            why = f" (max_steps={tcfg.max_steps} sets the number of steps, whatever epochs and min_steps say)" \
+            why = f" (max_steps={max_steps} sets the number of steps, whatever epochs and min_steps say)" \
                 if set(inert) & {k.partition("=")[0] for k in point} else ""
             raise ConfigError(f"--grid: {' '.join(twin) or 'the configured setting'} and {' '.join(point)} are the "
                               f"same setting{why}; a grid of settings that train alike picks nothing")

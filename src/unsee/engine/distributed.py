@@ -18,6 +18,7 @@ writes standard safetensors; another run can shard it again).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from datetime import timedelta
@@ -98,8 +99,8 @@ def launch_timeout() -> timedelta:
     try:
         minutes = float(raw) if raw else LAUNCH_TIMEOUT_MIN
     except ValueError:
-        minutes = -1.0
-    if not minutes > 0 or minutes == float("inf"):
+        minutes = math.nan
+    if not (math.isfinite(minutes) and minutes > 0):
         raise ConfigError(f"UNSEE_LAUNCH_TIMEOUT={raw!r}: give the minutes a process of a launch may wait for "
                           f"the others, a positive number (default {LAUNCH_TIMEOUT_MIN})")
     return timedelta(minutes=minutes)

@@ -177,7 +177,7 @@ def aggregate(samples: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]
             fig["mcq"] = _mean(right)
             fig["ci95"] = metrics.bootstrap_ci(right)
             fig["ci95_people"] = metrics.cluster_bootstrap_ci(right, [_person(r, i) for i, r in enumerate(mcq)])
-            if people := _by_person(group, mcq):
+            if people := _by_person(group, [(r.get("person"), float(r["correct"])) for r in mcq]):
                 fig["people"] = people
         if cloze:
             fig["cloze"] = _mean([bool(r["correct"]) for r in cloze])
@@ -209,8 +209,7 @@ def aggregate_seeds(runs: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, di
     per_run = [{(r["group"], r["uid"]): bool(r["correct"]) for r in samples if r["task"] == "mcq"}
                for samples in runs]
     person = {(r["group"], r["uid"]): _person(r, r["uid"]) for samples in runs for r in samples if r["task"] == "mcq"}
-    named_items = {(r["group"], r["uid"]) for samples in runs for r in samples
-                   if r["task"] == "mcq" and r.get("person") is not None}
+    named = {(r["group"], r["uid"]): r.get("person") for samples in runs for r in samples if r["task"] == "mcq"}
     out: dict[str, dict[str, Any]] = {}
     for group in sorted({g for items in per_run for g, _ in items}):
         keys = [{k for k in items if k[0] == group} for items in per_run]
@@ -222,15 +221,14 @@ def aggregate_seeds(runs: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, di
         out[group] = {"n": len(order), "mcq": _mean(item_means), "ci95": metrics.bootstrap_ci(item_means),
                       "ci95_people": metrics.cluster_bootstrap_ci(item_means, [person[k] for k in order]),
                       "seeds": metrics.spread(seed_figures)}
-        named = [{"person": person[k], "correct": m} for k, m in zip(order, item_means, strict=True)
-                 if k in named_items]
-        if people := _by_person(group, named):
+        if people := _by_person(group, [(named[k], m) for k, m in zip(order, item_means, strict=True)]):
             out[group]["people"] = people
     return out
 
 
-def _by_person(group: str, mcq: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """A forget group's MCQ accuracy per person (``{}`` for other groups, or records that name no one).
+def _by_person(group: str, scored: Sequence[tuple[Any, float]]) -> dict[str, float]:
+    """A forget group's MCQ accuracy per person, from (person, score) pairs (``{}`` for other groups; a pair
+    that names no one, a record of an older run, counts for no one).
 
     A request is answered only when each of its people is forgotten, and a mean over them can hide
     one who is still recognised; the other groups' people are many and are read as a whole.
@@ -238,9 +236,9 @@ def _by_person(group: str, mcq: Sequence[Mapping[str, Any]]) -> dict[str, float]
     if not group.startswith("forget"):
         return {}
     right: dict[str, list[float]] = {}
-    for r in mcq:
-        if r.get("person") is not None:
-            right.setdefault(str(r["person"]), []).append(float(r["correct"]))
+    for who, score in scored:
+        if who is not None:
+            right.setdefault(str(who), []).append(score)
     return {p: _mean(v) for p, v in sorted(right.items())}
 
 

@@ -193,7 +193,7 @@ def spent(run: Mapping[str, Any]) -> Mapping[str, Any]:
     return cost if cost.get("covers", "unlearning") == "unlearning" else {k: None for k in cost}
 
 
-def md_row(cells: Sequence[str]) -> str:
+def _md_row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
@@ -218,10 +218,10 @@ def _setting_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     header = ["method", "request", "seed"]
     header += [g if keys[g] in ("mcq", None) else f"{g} ({keys[g]})" for g in groups]
     header += ["score", "wall s", "peak RSS MiB", "peak GPU MiB", "trainable params"]
-    lines = [md_row(header), md_row(["---"] * 2 + ["---:"] * (len(header) - 2))]
+    lines = [_md_row(header), _md_row(["---"] * 2 + ["---:"] * (len(header) - 2))]
     variant = config_variants(runs)  # what tells apart two rows of one method
-    for run in sorted(runs, key=lambda r: (r["method"] != "vanilla", r["request"])):
-        cells = run_cells(run, variant)
+    for run in _vanilla_first(runs):
+        cells = _run_cells(run, variant)
         for g in groups:
             base = figure(baseline, g, keys[g]) if (baseline := baseline_for(run, vanilla, g)) else None
             cells.append(fmt_delta(figure(run, g, keys[g]), base) + _interval(run["metrics"].get(g, {}), g, keys[g]))
@@ -234,7 +234,7 @@ def _setting_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
             _mib(cost["peak_gpu_bytes"]),
             _count(cost["trainable_params"]),
         ]
-        lines.append(md_row(cells))
+        lines.append(_md_row(cells))
     if vanilla is None:
         lines += ["", "_No `vanilla` run in this setting: changes and scores cannot be shown._"]
     if any(spent(r).get("measured_after") for r in runs):
@@ -327,15 +327,15 @@ def people_section(runs: Sequence[Mapping[str, Any]]) -> list[str]:
             continue
         people = list(dict.fromkeys(p for g in groups for r in setting_runs for p in _people(r, g)))
         where = {p: [g for g in groups if any(p in _people(r, g) for r in setting_runs)] for p in people}
-        ordered = sorted(setting_runs, key=lambda r: (r["method"] != "vanilla", r["request"]))
+        ordered = _vanilla_first(setting_runs)
         variant = config_variants(ordered)
         several = {k: len({str(r.get(k, 0)) for r in ordered}) > 1 for k in ("request", "seed")}
-        columns = [" ".join([str(r["method"]) + (f" [{variant[id(r)]}]" if variant.get(id(r)) else ""),
-                             *(f"{k} {r.get(k, 0)}" for k in ("request", "seed") if several[k])]) for r in ordered]
-        lines = [md_row(["person", *columns]), md_row(["---", *["---:"] * len(columns)])]
+        columns = [" ".join([_method_label(r, variant), *(f"{k} {r.get(k, 0)}" for k in ("request", "seed")
+                                                          if several[k])]) for r in ordered]
+        lines = [_md_row(["person", *columns]), _md_row(["---", *["---:"] * len(columns)])]
         for p in people:
             values = [[_people(run, g).get(p) for g in where[p]] for run in ordered]
-            lines.append(md_row([p, *(" / ".join(DASH if v is None else f"{v:.2f}" for v in vs) for vs in values)]))
+            lines.append(_md_row([p, *(" / ".join(DASH if v is None else f"{v:.2f}" for v in vs) for vs in values)]))
         orders = sorted({" / ".join(w) for w in where.values()})
         out += [f"### {labels[setting]}", "", f"Each cell: the person's MCQ accuracy in {' or '.join(orders)}.", "",
                 *lines, ""]
@@ -367,29 +367,38 @@ def _attacks_section(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     for run in runs:
         for attack, figures in (run.get("attacks") or {}).items():
             ref = figures.get("reference")
-            rows.append(md_row([*run_cells(run, variant), attack, _figures_text(figures) or DASH,
+            rows.append(_md_row([*_run_cells(run, variant), attack, _figures_text(figures) or DASH,
                                  _figures_text(ref) or DASH if isinstance(ref, Mapping) else DASH]))
     if not rows:
         return []
     lines = [
         "## Attacks",
         "",
-        md_row(["method", "request", "seed", "attack", "figures", "retrained reference"]),
-        md_row(["---"] * 6),
+        _md_row(["method", "request", "seed", "attack", "figures", "retrained reference"]),
+        _md_row(["---"] * 6),
         *rows,
     ]
     checks, referenced = _reference_check_rows(runs, variant)
     if checks:  # without a reference only the 4-bit rounding is judged, against the model's own figure
         lines += ["", "### Against the retrained reference" if referenced else "### Checks that need no reference", "",
-                  md_row(["method", "request", "seed", "check", "value", "reference", "target", "passed"]),
-                  md_row(["---"] * 4 + ["---:"] * 2 + ["---"] * 2), *checks]
+                  _md_row(["method", "request", "seed", "check", "value", "reference", "target", "passed"]),
+                  _md_row(["---"] * 4 + ["---:"] * 2 + ["---"] * 2), *checks]
     return lines
 
 
-def run_cells(run: Mapping[str, Any], variant: Mapping[int, str]) -> list[str]:
+def _run_cells(run: Mapping[str, Any], variant: Mapping[int, str]) -> list[str]:
     """Which run a row is: its method (with the config keys that set it apart), request and seed."""
-    return [str(run["method"]) + (f" [{variant[id(run)]}]" if variant.get(id(run)) else ""), str(run["request"]),
-            str(run.get("seed", 0))]
+    return [_method_label(run, variant), str(run["request"]), str(run.get("seed", 0))]
+
+
+def _method_label(run: Mapping[str, Any], variant: Mapping[int, str]) -> str:
+    """The run's method, with the config keys that set it apart from its method's other runs."""
+    return str(run["method"]) + (f" [{variant[id(run)]}]" if variant.get(id(run)) else "")
+
+
+def _vanilla_first(runs: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The order a setting's runs are shown in: vanilla first, then by request."""
+    return sorted(runs, key=lambda r: (r["method"] != "vanilla", r["request"]))
 
 
 def _reference_check_rows(runs: Sequence[Mapping[str, Any]], variant: Mapping[int, str]) -> tuple[list[str], bool]:
@@ -403,7 +412,7 @@ def _reference_check_rows(runs: Sequence[Mapping[str, Any]], variant: Mapping[in
         for name, c in reference_checks(run.get("attacks") or {}).items():
             if c["pass"] is not None:
                 referenced |= c["reference"] is not None
-                rows.append(md_row([*run_cells(run, variant), name, num(c["value"]), num(c["reference"]),
+                rows.append(_md_row([*_run_cells(run, variant), name, num(c["value"]), num(c["reference"]),
                                      c["target"], "yes" if c["pass"] else "no"]))
     return rows, referenced
 
@@ -455,7 +464,7 @@ def _seeds_section(runs: Sequence[Mapping[str, Any]]) -> list[str]:
               if any("mcq" in e["metrics"].get(g, {}) for e in several)]
     lines = ["## Over unlearning seeds", "",
              "MCQ accuracy as mean \u00b1 sd [min, max] over the seeds; audit figures the same way.", "",
-             md_row(["method", "seeds", *groups]), md_row(["---", "---", *["---:"] * len(groups)])]
+             _md_row(["method", "seeds", *groups]), _md_row(["---", "---", *["---:"] * len(groups)])]
 
     def cell(s: Mapping[str, float] | None, seeds: int) -> str:
         if not s:
@@ -466,16 +475,16 @@ def _seeds_section(runs: Sequence[Mapping[str, Any]]) -> list[str]:
         return f"{s['mean']:.3f} \u00b1 {s['sd']:.3f} [{s['min']:.3f}, {s['max']:.3f}]"
 
     for label, e in labelled:
-        lines.append(md_row([label, ",".join(map(str, e["seeds"])),
+        lines.append(_md_row([label, ",".join(map(str, e["seeds"])),
                               *[cell(e["metrics"].get(g, {}).get("mcq"), len(e["seeds"])) for g in groups]]))
     audit_rows = []
     for label, e in labelled:
         for kind, figs in e.get("attacks", {}).items():
             for key in AUDIT_HEADLINES.get(kind, ()):
                 if key in figs:
-                    audit_rows.append(md_row([label, f"{kind}.{key}", cell(figs[key], len(e["seeds"]))]))
+                    audit_rows.append(_md_row([label, f"{kind}.{key}", cell(figs[key], len(e["seeds"]))]))
     if audit_rows:
-        lines += ["", md_row(["method", "audit figure", "mean \u00b1 sd [min, max]"]), md_row(["---", "---", "---:"]),
+        lines += ["", _md_row(["method", "audit figure", "mean \u00b1 sd [min, max]"]), _md_row(["---", "---", "---:"]),
                   *audit_rows]
     return lines
 
