@@ -385,3 +385,19 @@ def test_a_launch_timeout_that_is_no_positive_number_is_refused(value: str, monk
     monkeypatch.setenv("UNSEE_LAUNCH_TIMEOUT", value)
     with pytest.raises(ConfigError, match="UNSEE_LAUNCH_TIMEOUT"):
         launch_timeout()
+
+
+def test_a_bad_launch_timeout_is_refused_before_the_model_is_loaded(
+        model_dir: Path, world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process group is set up at the first collective, after the model has loaded (minutes on a 7B model):
+    a typo in the variable is refused before that."""
+    monkeypatch.setattr(api, "load_adapter", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setenv("UNSEE_LAUNCH_TIMEOUT", "ten")
+    for method in ("graddiff", "eraser"):
+        with pytest.raises(ConfigError, match="UNSEE_LAUNCH_TIMEOUT='ten'"):
+            api.unlearn(method, model_dir, world, tmp_path / "o")
+    with pytest.raises(ConfigError, match="UNSEE_LAUNCH_TIMEOUT='ten'"):
+        api.evaluate(model_dir, world, tmp_path / "o" / "results.json")
+    with pytest.raises(ConfigError, match="UNSEE_LAUNCH_TIMEOUT='ten'"):
+        api.attack("probe", model_dir, world, tmp_path / "o" / "results.json", overrides=["probe_steps=1"])
+    assert not (tmp_path / "o").exists()

@@ -33,7 +33,7 @@ from unsee.data.detect import benchmark_of, resolve
 from unsee.data.request import is_request_file
 from unsee.data.request_example import write_world_request
 from unsee.demo import run_demo
-from unsee.engine.distributed import is_main_process
+from unsee.engine.distributed import is_main_process, launch_timeout
 from unsee.errors import DataError, OutputExistsError
 from unsee.eval.results import load_results, new_results, samples_path, seed_summary, strip_samples, write_results
 from unsee.finetune_bench import finetune_benchmark, retrain_benchmark
@@ -198,6 +198,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
     suite = load_suite(data, forget, seed=seed, benchmark=benchmark, revision=revision)
     check_forget(suite)
     check_images(suite)
+    launch_timeout()  # refused before the model loads, not at the first collective
     if suite.info.get("benchmark") == "request":
         forget = Path(data).stem
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
@@ -456,6 +457,7 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     check_images(suite)
     if "mia" in kinds:
         suite = attach_holdout(suite, data, cfg.mia_holdout, seed)
+    launch_timeout()
     adapter = load_adapter(model, allow_pickle=allow_pickle, dtype=dtype)
     artifact = SteeringArtifact.load(steering) if steering is not None else None
     if artifact is not None:  # every attack, the probe too, reads the model the steering was computed on

@@ -152,6 +152,7 @@ def check_launch(method: Any = None, batch_size: int | None = None, eval_every: 
     the global batch it trains on, must split evenly over the processes; ``eval_every``, the engine's
     evaluations during training, which read a sharded model's weights as a whole.
     """
+    launch_timeout()  # a bad UNSEE_LAUNCH_TIMEOUT is refused here, not when the first collective sets up the group
     if batch_size is not None:
         check_split(batch_size, launch_world())
     precision = launch_mixed_precision()
