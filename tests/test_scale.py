@@ -32,6 +32,7 @@ from unsee.methods import method_class
 from unsee.models import adapter_class, load_adapter, shapes
 from unsee.models.base import Turn
 from unsee.models.shapes import SHAPES, build_shaped, hub_config, init_shaped, shaped_config, shrink
+from unsee.retrain import retrain
 
 ROOT = Path(__file__).resolve().parents[1]
 # (text hidden, text layers, vision layers, vision width) of each hub checkpoint
@@ -400,4 +401,6 @@ def test_a_bad_launch_timeout_is_refused_before_the_model_is_loaded(
         api.evaluate(model_dir, world, tmp_path / "o" / "results.json")
     with pytest.raises(ConfigError, match="UNSEE_LAUNCH_TIMEOUT='ten'"):
         api.attack("probe", model_dir, world, tmp_path / "o" / "results.json", overrides=["probe_steps=1"])
+    with pytest.raises(ConfigError, match="UNSEE_LAUNCH_TIMEOUT='ten'"):
+        retrain(model_dir, world, tmp_path / "o")
     assert not (tmp_path / "o").exists()

@@ -21,7 +21,7 @@ from unsee.data.collate import image_of
 from unsee.data.mllmu import load_mllmu
 from unsee.data.schema import Suite
 from unsee.data.world import default_forget, load_world_info
-from unsee.engine.distributed import is_main_process, wait_for_everyone
+from unsee.engine.distributed import check_launch, is_main_process, wait_for_everyone
 from unsee.errors import DataError, ModelError
 from unsee.finetune import (
     STAGE_FILE,
@@ -183,6 +183,7 @@ def retrain(vanilla: str | Path, data: str | Path, out: str | Path, *, forget: s
 
     vanilla, data = Path(vanilla), Path(data)
     check_output_dir(out, overwrite=overwrite)
+    check_launch()  # as the vanilla model's own fine-tune does
     meta = _vanilla_record(vanilla, data)
     plan = _plan(meta, cache_root(cache_dir), data, forget)
     rc = to_dict(plan.recipe)
