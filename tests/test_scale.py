@@ -248,6 +248,26 @@ def test_a_batch_that_does_not_split_evenly_over_the_processes_is_refused_before
     assert len(next(Stream(list(range(10)), 3, seed=0, rank=0, world=1))) == 3  # one process alone (an audit) takes any
 
 
+@pytest.mark.slow
+def test_a_launch_resumed_from_its_checkpoint_ends_with_the_weights_of_one_never_stopped(
+        model_dir: Path, world: Path, tmp_path: Path) -> None:
+    """Every process restores the checkpoint the first one wrote (weights, optimiser, data order, random
+    states); one that started over, or kept its own state, would train other weights."""
+    opts = ["max_steps=4", "batch_size=4", "lr=1e-3", "progress=false", f"checkpoint_dir={tmp_path / 'ck'}",
+            "checkpoint_every=2", "keep_checkpoint=true"]
+    for out in ("whole", "resumed"):  # the first keeps its step-2 checkpoint, from which the second resumes
+        proc = launch("-m", "unsee.cli", "unlearn", "--method", "cvf_ncu", "--model", str(model_dir), "--data",
+                      str(world), "--out", str(tmp_path / out), "--max-items", "2", *opts)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    costs = [load_results(tmp_path / out / "results.json")["runs"][0]["cost"] for out in ("whole", "resumed")]
+    assert "resumed_s" not in costs[0] and costs[1]["resumed_s"] > 0
+    whole, resumed = (load_file(tmp_path / out / "model" / "model.safetensors") for out in ("whole", "resumed"))
+    assert whole.keys() == resumed.keys()
+    assert [k for k in whole if not torch.equal(whole[k], resumed[k])] == []
+    before = load_file(model_dir / "model.safetensors")
+    assert any(not torch.equal(whole[k], before[k]) for k in whole)  # and it trained at all
+
+
 def test_unlearn_command_under_two_processes_writes_once(model_dir: Path, world: Path, tmp_path: Path) -> None:
     """`accelerate launch -m unsee.cli unlearn --audit`: the first process audits (its relearning trains in it
     alone) and writes one checkpoint, equal to a 1-process run."""
