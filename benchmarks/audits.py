@@ -3,15 +3,18 @@
     python benchmarks/audits.py --retrained --seeds 3 --out benchmarks/results/audits.json \
         --table benchmarks/results/audits.md
     python benchmarks/unlearn.py --keep /tmp/best && python benchmarks/audits.py --models /tmp/best --retrained
+    python benchmarks/audits.py --retrained --seeds 3 --picks benchmarks/results/unlearn_default_amd_val.json
 
 Each method runs at its shipped setting on ``forget_10`` (a fresh copy of the vanilla model
-each time, unlearning seeds ``--seed`` .. ``--seed + N - 1``) or, with ``--models DIR``, the
-best models that ``unlearn.py --keep DIR`` saved are audited as they are (one seed: the one
-they were trained with). Every attack of :mod:`unsee.audit.attacks` runs on each model: the
-probe's baseline is the vanilla model's visual module, the quantization attack rounds the
-weights the method changed and all of them. The vanilla model is attacked too, and with
-``--retrained`` the model fine-tuned without the forget people's photos, the reference every
-figure is set beside (attacked once, its figures cached).
+each time, unlearning seeds ``--seed`` .. ``--seed + N - 1``; ``--picks FILE``: at the setting an
+earlier ``unlearn.py`` run picked for it on its validation request; ``--method-set``: with
+options of its own) or, with ``--models DIR``, the best models that ``unlearn.py --keep DIR``
+saved are audited as they are (one seed: the one they were trained with). Every attack of
+:mod:`unsee.audit.attacks` runs on each model: the probe's baseline is the vanilla model's
+visual module, the quantization attack rounds the weights the method changed and all of them.
+The vanilla model is attacked too, and with ``--retrained`` the model fine-tuned without the
+forget people's photos, the reference every figure is set beside (attacked once, its figures
+cached).
 
 Targets (means over the seeds, every method; :func:`unsee.audit.verdicts.reference_checks`):
 relearning AG <= the reference's + 5 points; forget accuracy under PGD <= the reference's + 0.05;
@@ -33,8 +36,11 @@ from common import (
     check_last_seed,
     eval_kw,
     measure,
+    method_option,
+    method_sets,
     parser,
     positive_int,
+    read_picks,
     retrained_model,
     vanilla_model,
 )
@@ -96,9 +102,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=positive_int, default=1, metavar="N",
                    help="unlearning seeds per method (--seed .. +N-1)")
     p.add_argument("--table", default=None, metavar="FILE", help="also write the target table as markdown")
+    p.add_argument("--picks", default=None, metavar="FILE",
+                   help="run each method at the setting unlearn.py picked for it on its validation request")
+    p.add_argument("--method-set", action="append", default=[], type=method_option, metavar="METHOD:KEY=VALUE",
+                   help="an option of one method, after --train-set's and the pick's")
     attack_options(p)
     args = p.parse_args(argv)
     check_last_seed(p, args.seed, args.seeds)
+    if args.models and (args.picks or args.method_set):
+        p.error("--models audits the kept models at the settings they were trained with: no --picks, no --method-set")
+    picked_in = read_picks(p, args) if args.picks else None
+    method_sets(p, args)
     if not args.attacks:
         p.error("--attacks none leaves this benchmark nothing to do; name at least one attack")
     world, vanilla = vanilla_model(args)
@@ -147,7 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
             runs.append(audit(adapter, artifact, changed_linears(digests, adapter), reference))
             seeds_run[method] = [row["seed"]]
         else:
-            overrides = args.train_set if method_class(method).trains_weights else []
+            own = [option for m, option in args.method_set if m == method]
+            overrides = [*(args.train_set if method_class(method).trains_weights else []), *own]
             settings[method] = overrides
             seeds_run[method] = list(range(args.seed, args.seed + args.seeds))
             for seed in seeds_run[method]:
@@ -158,7 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
         per_seed[method] = runs
         rows[method] = runs[0] if len(runs) == 1 else mean_attacks(runs)
     result = {"benchmark": "audits", "world": args.world, "seed": args.seed, "arch": args.arch, "forget": args.forget,
-              "settings": settings, "seeds_run": seeds_run, "attacks": rows, "per_seed": per_seed,
+              "settings": settings, **({"picked_in": picked_in} if picked_in else {}),
+              "seeds_run": seeds_run, "attacks": rows, "per_seed": per_seed,
               "targets": {m: targets(per_seed[m]) for m in per_seed}, "environment": environment()}
     atomic_write_json(Path(args.out), result)
     if args.table:

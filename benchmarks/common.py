@@ -7,6 +7,7 @@ asked, the same item caps), so their numbers can be put side by side.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,44 @@ from unsee.runs import load_suite
 # Every scratch folder of a benchmark process lives under one directory that is removed when the
 # process exits, so that a sweep of hundreds of runs leaves nothing behind in the temp folder.
 _SCRATCH = tempfile.TemporaryDirectory(prefix="unsee-bench-")
+
+
+def method_option(text: str) -> tuple[str, str]:
+    """An argparse type for --method-set: ``METHOD:KEY=VALUE``, the method one of the registry's."""
+    method, _, option = text.partition(":")
+    if method not in ALL or "=" not in option:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected METHOD:KEY=VALUE with METHOD one of {', '.join(ALL)}")
+    return method, option
+
+
+def read_picks(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """``--picks FILE``: the settings an earlier ``unlearn.py`` run picked on its validation request, put before
+    ``--method-set``'s options of each method in ``--methods``. Only picks made on held-out people are taken: the
+    point is that nothing is chosen on the groups reported. Returns where they came from, for the JSON."""
+    try:
+        earlier = json.loads(Path(args.picks).read_text())
+        selection, arch = earlier["selection"], earlier["arch"]
+        picks, held_out, complete = selection["picks"], selection["held_out"], earlier["complete"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        p.error(f"--picks {args.picks}: not a JSON unlearn.py wrote ({type(e).__name__}: {e})")
+    if not held_out or not complete:
+        p.error(f"--picks {args.picks}: its picks were made on the groups it reports" if not held_out else
+                f"--picks {args.picks}: that run did not finish, and some methods have no pick")
+    if arch != args.arch:
+        p.error(f"--picks {args.picks}: picked for {arch}, and this run is {args.arch}")
+    methods = args.methods.split(",")
+    if missing := [m for m in methods if m not in picks]:
+        p.error(f"--picks {args.picks} has no pick for {', '.join(missing)}")
+    # a pick records the earlier run's --train-set too: what this run's own gives already is not said twice
+    args.method_set = [*((m, o) for m in methods for o in picks[m] if o not in args.train_set), *args.method_set]
+    return {"file": str(args.picks), "world": earlier.get("world"), "seed": earlier.get("seed"),
+            "on": selection["on"], "picks": {m: picks[m] for m in methods}}
+
+
+def method_sets(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse ``--method-set`` options of a method that ``--methods`` does not run: a typo there would drop them."""
+    if unused := sorted({m for m, _ in args.method_set} - set(args.methods.split(","))):
+        p.error(f"--method-set names {', '.join(unused)}, which --methods does not run")
 
 
 def write_result(path: Path, result: Mapping[str, Any]) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import shutil
 import statistics
@@ -45,8 +44,11 @@ from common import (
     eval_kw,
     mcq,
     measure,
+    method_option,
+    method_sets,
     parser,
     positive_int,
+    read_picks,
     retrained_model,
     score,
     vanilla_model,
@@ -65,39 +67,13 @@ from unsee.provenance import environment
 from unsee.report.tables import interval_text
 
 
-def method_option(text: str) -> tuple[str, str]:
-    """An argparse type for --method-set: ``METHOD:KEY=VALUE``, the method one of the registry's."""
-    method, _, option = text.partition(":")
-    if method not in ALL or "=" not in option:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected METHOD:KEY=VALUE with METHOD one of {', '.join(ALL)}")
-    return method, option
-
-
 def given_picks(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
-    """``--picks FILE``: the settings an earlier run picked on its validation request, as ``--method-set``
-    options, so that a world that chooses nothing runs every method at another's picks. Only picks made
-    on held-out people are taken: the point is that nothing is chosen on the groups reported."""
+    """``--picks FILE`` (:func:`common.read_picks`), so that a world that chooses nothing runs every method at
+    another's picks: it runs each method at its pick, so it takes no sweep."""
     if args.sweep not in (None, "none") or args.select_on not in (None, "reported"):
         p.error("--picks runs each method at the file's pick: it takes no --sweep and no --select-on")
     args.sweep, args.select_on = "none", "reported"
-    try:
-        earlier = json.loads(Path(args.picks).read_text())
-        selection, arch = earlier["selection"], earlier["arch"]
-        picks, held_out, complete = selection["picks"], selection["held_out"], earlier["complete"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        p.error(f"--picks {args.picks}: not a JSON this benchmark wrote ({type(e).__name__}: {e})")
-    if not held_out or not complete:
-        p.error(f"--picks {args.picks}: its picks were made on the groups it reports" if not held_out else
-                f"--picks {args.picks}: that run did not finish, and some methods have no pick")
-    if arch != args.arch:
-        p.error(f"--picks {args.picks}: picked for {arch}, and this run is {args.arch}")
-    methods = args.methods.split(",")
-    if missing := [m for m in methods if m not in picks]:
-        p.error(f"--picks {args.picks} has no pick for {', '.join(missing)}")
-    # a pick records the earlier run's --train-set too: what this run's own gives already is not said twice
-    args.method_set = [*((m, o) for m in methods for o in picks[m] if o not in args.train_set), *args.method_set]
-    return {"file": str(args.picks), "world": earlier.get("world"), "seed": earlier.get("seed"),
-            "on": selection["on"], "picks": {m: picks[m] for m in methods}}
+    return read_picks(p, args)
 
 
 def runs_apart(args: argparse.Namespace) -> bool:
@@ -290,8 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
     picked_in = given_picks(p, args) if args.picks else None
     args.sweep, args.select_on = args.sweep or "all", args.select_on or "auto"
     planned = {method: settings(method, args) for method in args.methods.split(",")}
-    if unused := sorted({m for m, _ in args.method_set} - set(planned)):  # a typo of --methods would drop them
-        p.error(f"--method-set names {', '.join(unused)}, which --methods does not run")
+    method_sets(p, args)
     for method, tried in planned.items():  # a wrong key is refused before the first run, not after it
         for overrides in tried:
             try:

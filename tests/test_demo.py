@@ -379,6 +379,21 @@ def test_continual_and_audit_benchmarks_run_on_the_demo_world(demo_run: tuple[Pa
         assert {"pgd_forget", "quant_int4_forget", "mia_auc_loss", "forget_quality"} <= set(a["targets"][method])
         assert a["per_seed"][method][0]["mia"]["reference"] == a["attacks"]["retrained"]["mia"]
     assert "| cvf_ncu | 0,1 |" in (tmp_path / "a.md").read_text()
+    # every method at an earlier run's validation pick, with an option of its own after it, in one command
+    picks = {"arch": "tiny-llava", "complete": True, "world": "quick", "seed": 0,
+             "selection": {"on": "val_forget_10", "held_out": True, "picks": {"graddiff": ["lr=2e-4"], "eraser": []}}}
+    (tmp_path / "val.json").write_text(json.dumps(picks))
+    seen: list[list[str]] = []
+    measure = audits.measure
+    monkeypatch.setattr(audits, "measure", lambda *a, **k: seen.append(a[4]) or measure(*a, **k))
+    p = audits.main([*_bench_args(demo_run[1], tmp_path / "p.json"), "--methods", "graddiff,eraser",
+                     "--picks", str(tmp_path / "val.json"), "--method-set", "graddiff:retain_weight=2",
+                     "--method-set", "eraser:sweep=false", "--attacks", "quant", "--attack-set", "quant_max_items=4",
+                     "--attack-set", "quant_bits=[4]"])
+    assert seen == [["max_steps=2", "progress=false", "lr=2e-4", "retain_weight=2"], ["sweep=false"]]
+    assert p["settings"] == {"graddiff": seen[0], "eraser": seen[1]}
+    assert p["picked_in"] == {"file": str(tmp_path / "val.json"), "world": "quick", "seed": 0, "on": "val_forget_10",
+                              "picks": picks["selection"]["picks"]}
 
 
 def test_seeds_benchmark_repeats_a_seed_exactly(demo_run: tuple[Path, Path], tmp_path: Path) -> None:
@@ -471,7 +486,11 @@ def test_benchmark_options_are_refused_before_any_work(capsys: pytest.CaptureFix
                            ("graddiff", "val.json", ["--arch", "tiny-qwen2-vl"]),
                            ("graddiff,npo", "val.json", []), ("graddiff", "reported.json", []),
                            ("graddiff", "partial.json", []), ("graddiff", "bad.json", []),
-                           ("graddiff", "nosuch.json", [])))):
+                           ("graddiff", "nosuch.json", []))),
+                       (audits.main, ["--methods", "graddiff,npo", "--picks", str(tmp_path / "val.json")]),
+                       (audits.main, ["--methods", "graddiff", "--method-set", "npo:lr=1"]),
+                       (audits.main, ["--methods", "graddiff", "--models", str(tmp_path), "--picks",
+                                      str(tmp_path / "val.json")])):
         with pytest.raises(SystemExit) as done:
             main(argv)
         assert done.value.code == 2
@@ -487,7 +506,10 @@ def test_benchmark_options_are_refused_before_any_work(capsys: pytest.CaptureFix
     assert "takes no --sweep and no --select-on" in err
     assert "picked for tiny-llava, and this run is tiny-qwen2-vl" in err
     assert "val.json has no pick for npo" in err and "its picks were made on the groups it reports" in err
-    assert "that run did not finish" in err and err.count("not a JSON this benchmark wrote") == 2
+    assert "that run did not finish" in err and err.count("not a JSON unlearn.py wrote") == 2
+    # the audits take the same picks, and refuse them beside models that were trained already
+    assert err.count("val.json has no pick for npo") == 2 and "--method-set names npo" in err
+    assert "--models audits the kept models at the settings they were trained with" in err
     with pytest.raises(SystemExit, match="-1 is not a seed"):  # every seed of a list, before the first runs
         continual.main(["--methods", "graddiff", "--seeds", "0,-1"])
 
