@@ -55,6 +55,7 @@ from unsee.methods import method_class
 from unsee.methods.artifact import load_result
 from unsee.models import load_adapter
 from unsee.provenance import environment
+from unsee.report import plot_audits
 
 
 def targets(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=positive_int, default=1, metavar="N",
                    help="unlearning seeds per method (--seed .. +N-1)")
     p.add_argument("--table", default=None, metavar="FILE", help="also write the target table as markdown")
+    p.add_argument("--plot", default=None, metavar="FILE",
+                   help="also draw each method's figures beside what passes and the reference's (PNG)")
     p.add_argument("--picks", default=None, metavar="FILE",
                    help="run each method at the setting unlearn.py picked for it on its validation request")
     p.add_argument("--method-set", action="append", default=[], type=method_option, metavar="METHOD:KEY=VALUE",
@@ -179,6 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
     atomic_write_json(Path(args.out), result)
     if args.table:
         atomic_write_text(Path(args.table), table(result))
+    if args.plot:
+        plot_audits(list(result["targets"].items()), args.plot)
     print(table(result))
     print(f"wrote {args.out}")
     return result

@@ -364,7 +364,7 @@ def test_continual_and_audit_benchmarks_run_on_the_demo_world(demo_run: tuple[Pa
                      "--attack-set", "relearn_steps=1", "--attack-set", "pgd_steps=1", "--attack-set", "max_items=2",
                      "--attack-set", "probe_steps=10", "--attack-set", "quant_max_items=4", "--attack-set",
                      "quant_bits=[4]", "--attack-set", "mia_max_items=4", "--retrained", "--seeds", "2",
-                     "--table", str(tmp_path / "a.md")])
+                     "--table", str(tmp_path / "a.md"), "--plot", str(tmp_path / "a.png")])
     assert set(a["attacks"]) == {"vanilla", "retrained", "cvf_ncu", "graddiff"}
     kinds = {"pgd", "shift", "probe", "relearn", "quant", "mia"}
     assert kinds <= set(a["attacks"]["retrained"]) and kinds <= set(a["attacks"]["cvf_ncu"])
@@ -379,6 +379,7 @@ def test_continual_and_audit_benchmarks_run_on_the_demo_world(demo_run: tuple[Pa
         assert {"pgd_forget", "quant_int4_forget", "mia_auc_loss", "forget_quality"} <= set(a["targets"][method])
         assert a["per_seed"][method][0]["mia"]["reference"] == a["attacks"]["retrained"]["mia"]
     assert "| cvf_ncu | 0,1 |" in (tmp_path / "a.md").read_text()
+    assert (tmp_path / "a.png").read_bytes().startswith(b"\x89PNG")
     # every method at an earlier run's validation pick, with an option of its own after it, in one command
     picks = {"arch": "tiny-llava", "complete": True, "world": "quick", "seed": 0,
              "selection": {"on": "val_forget_10", "held_out": True, "picks": {"graddiff": ["lr=2e-4"], "eraser": []}}}

@@ -359,6 +359,14 @@ def test_reference_checks_and_card_say_which_audits_passed() -> None:
     assert checks["mia_auc_loss"]["pass"] is True and checks["mia_auc_zlib"]["pass"] is False
     assert checks["forget_quality"]["pass"] is True
     assert reference_checks({"relearn": {"ag": 3.0}})["relearn_ag"]["pass"] is None  # no reference: unjudged
+    # the range that passes, as a plot draws it, says the same as each verdict
+    assert checks["pgd_forget"]["passing"] == [None, pytest.approx(0.81)]
+    assert checks["mia_auc_zlib"]["passing"] == [pytest.approx(0.45), pytest.approx(0.55)]
+    assert checks["forget_quality"]["passing"] == [0.05, None]
+    for name, c in checks.items():
+        low, high = c["passing"]
+        inside = (low is None or c["value"] >= low - 1e-9) and (high is None or c["value"] <= high + 1e-9)
+        assert c["pass"] == inside, name
     run = {"method": "cvf_ncu", "model": "m", "benchmark": "builtin", "forget_split": "forget_10", "request": 1,
            "seed": 0, "config": {}, "mcq_protocol": "loglik",
            "metrics": {"forget": {"mcq": 0.3, "n": 45, "ci95": [0.2, 0.4]}}, "attacks": attacks,

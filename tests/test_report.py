@@ -26,7 +26,7 @@ from unsee.report import (
     write_report,
 )
 from unsee.report.card import verdict
-from unsee.report.plots import continual_panels, continual_series, continual_values
+from unsee.report.plots import audit_rows, continual_panels, continual_series, continual_values
 from unsee.report.tables import config_variants, in_group_order
 
 GROUPS = ("forget", "forget_test", "retain", "text_forget", "text_retain", "known", "general")
@@ -569,3 +569,28 @@ def test_report_shows_each_person_to_forget_beside_vanilla() -> None:
     assert "forget / forget_test" in section
     assert sum(r.startswith("| cvf_ncu |") for r in text.splitlines()) == 1  # the run table's row alone
     assert "one by one" not in render_report(results(VANILLA, GA))  # no people named, no section
+
+
+AUDITED = {"relearn": {"ag": 20.0, "reference": {"ag": 18.9}},
+           "pgd": {"forget_attacked": 0.9, "reference": {"forget_attacked": 0.76}},
+           "mia": {"auc_loss": 0.62, "auc_zlib": 0.6, "auc_mink_pp": 0.55, "forget_quality": 1e-9,
+                   "reference": {"auc_loss": 0.6, "auc_zlib": 0.5, "auc_mink_pp": 0.56}}}
+
+
+def test_audited_runs_get_a_plot_of_their_checks_and_a_report_without_audits_none(tmp_path: Path) -> None:
+    """Eight checks a run over several runs are a grid of numbers; the plot shows each beside what passes."""
+    audited = {**CVF, "attacks": AUDITED}
+    rows = audit_rows([VANILLA, GA, audited, {**audited, "seed": 1}])
+    # only runs with a judged check, labelled apart; an unjudged check (no reference) is left out
+    assert [label for label, _ in rows] == ["cvf_ncu s0", "cvf_ncu s1"]
+    assert set(rows[0][1]) == {"relearn_ag", "pgd_forget", "mia_auc_loss", "mia_auc_zlib", "mia_auc_mink_pp",
+                               "forget_quality"}
+    res_path = tmp_path / "results.json"
+    write_results(res_path, results(VANILLA, GA, audited))
+    written = write_report([res_path], tmp_path / "r")
+    assert [p.name for p in written] == ["report.md", "tradeoff.png", "audits.png"]
+    _assert_png(tmp_path / "r" / "audits.png")
+    assert "![audits](audits.png)" in (tmp_path / "r" / "report.md").read_text()
+    write_results(res_path, results(VANILLA, GA), overwrite=True)  # the same report, its runs no longer audited
+    write_report([res_path], tmp_path / "r", overwrite=True)
+    assert not (tmp_path / "r" / "audits.png").exists()  # no stale plot beside the new table

@@ -62,7 +62,7 @@ AT_BOUND = 1e-9
 
 def _row(value: float | None, bound: float | None, target: str, reference: float | None) -> dict[str, Any]:
     ok = None if value is None or bound is None else value <= bound + AT_BOUND
-    return {"value": value, "reference": reference, "target": target, "pass": ok}
+    return {"value": value, "reference": reference, "target": target, "pass": ok, "passing": [None, bound]}
 
 
 def reference_checks(attacks: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -77,7 +77,9 @@ def reference_checks(attacks: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     - ``mia_auc_<score>``: |AUC - the reference's AUC| <= 0.05;
     - ``forget_quality``: the KS p-value against the reference >= 0.05.
 
-    A check whose figures are missing (attack not run, or no reference) has ``pass`` None.
+    A check whose figures are missing (attack not run, or no reference) has ``pass`` None. ``passing`` is
+    ``[low, high]``, the values of ``value`` that pass (None: no bound on that side, or none known), so
+    that a plot can draw the target beside the figure.
     """
     out: dict[str, dict[str, Any]] = {}
     pairs = (("relearn_ag", "relearn", "ag", MARGIN_POINTS), ("pgd_forget", "pgd", "forget_attacked", MARGIN),
@@ -102,8 +104,10 @@ def reference_checks(attacks: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             value, ref = _get(mia, f"auc_{score}"), _get(ref_figs, f"auc_{score}")
             gap = None if value is None or ref is None else abs(value - ref)
             row = _row(gap, MARGIN if ref is not None else None, f"|AUC - reference| <= {MARGIN:g}", ref)
-            out[f"mia_auc_{score}"] = {**row, "value": value}
+            band = [None, None] if ref is None else [ref - MARGIN, ref + MARGIN]
+            out[f"mia_auc_{score}"] = {**row, "value": value, "passing": band}
         fq = _get(mia, "forget_quality")
         out["forget_quality"] = {"value": fq, "reference": None, "target": f">= {MIN_FORGET_QUALITY:g}",
-                                 "pass": None if fq is None else fq >= MIN_FORGET_QUALITY}
+                                 "pass": None if fq is None else fq >= MIN_FORGET_QUALITY,
+                                 "passing": [MIN_FORGET_QUALITY, None]}
     return out

@@ -18,14 +18,14 @@ from unsee.eval.results import load_results, load_samples, merge_results
 from unsee.io import atomic_write_text, staging_dir
 from unsee.report.card import model_card
 from unsee.report.changes import changes_section, runs_with_samples
-from unsee.report.plots import loss_panels, plot_continual, plot_losses, plot_tradeoff
+from unsee.report.plots import audit_rows, loss_panels, plot_audits, plot_continual, plot_losses, plot_tradeoff
 from unsee.report.tables import render_report
 from unsee.report.terminal import terminal_table
 
-__all__ = ["model_card", "plot_continual", "plot_losses", "plot_tradeoff", "print_results", "render_report",
-           "terminal_table", "write_report"]
+__all__ = ["model_card", "plot_audits", "plot_continual", "plot_losses", "plot_tradeoff", "print_results",
+           "render_report", "terminal_table", "write_report"]
 
-REPORT_FILES = ("report.md", "tradeoff.png", "continual.png", "losses.png")
+REPORT_FILES = ("report.md", "tradeoff.png", "continual.png", "losses.png", "audits.png")
 
 
 def print_results(res: dict, console: Console | None = None) -> None:
@@ -43,7 +43,8 @@ def write_report(
     result_paths: Sequence[str | Path], out_dir: str | Path, *, overwrite: bool = False
 ) -> list[Path]:
     """Merge the results files and write report.md and tradeoff.png (continual.png for
-    continual runs, losses.png for runs with a training history) into ``out_dir``; returns
+    continual runs, losses.png for runs with a training history, audits.png for audited runs: each
+    judged figure beside what passes and the retrained reference's) into ``out_dir``; returns
     the paths written. Where a results file has samples.jsonl beside it, report.md lists
     the answers each method changed most.
 
@@ -82,6 +83,8 @@ def _land_report(results: dict[str, Any], out: Path, changes: list[str], overwri
             drawn.append(plot_continual(results, staged / "continual.png"))
         if loss_panels(results):
             drawn.append(plot_losses(results, staged / "losses.png"))
+        if audited := audit_rows(results["runs"]):
+            drawn.append(plot_audits(audited, staged / "audits.png"))
         atomic_write_text(staged / "report.md", render_report(results, images=[p.name for p in drawn],
                                                               changes=changes))
         if not overwrite and (there := _written(out)):  # another report, meanwhile

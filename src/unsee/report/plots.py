@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from unsee.audit.verdicts import reference_checks
 from unsee.eval.metrics import RETENTION_GROUPS, spread
 from unsee.eval.results import config_key, one_run_per_seed
 from unsee.io import atomic_write_bytes
@@ -298,6 +299,65 @@ def plot_losses(results: Mapping[str, Any], path: str | Path) -> Path:
                 ax.plot([], [], color="grey", linestyle=styles[k], label=k)
         _label_panel(ax, "step", "training loss and its terms", method, legend="outside" if len(runs) > 1 else "best")
     return _finish(fig, axes, path, empty=None if panels else "no training history")
+
+
+AUDIT_TITLES = {"relearn_ag": "relearning gain (points)", "pgd_forget": "forget accuracy under PGD",
+                "probe_forget": "probe accuracy, forget people", "quant_int4_forget": "forget accuracy, 4-bit",
+                "mia_auc_loss": "MIA AUC, loss", "mia_auc_zlib": "MIA AUC, zlib",
+                "mia_auc_mink_pp": "MIA AUC, Min-K%++", "forget_quality": "forget quality (KS p-value)"}
+
+
+def audit_rows(runs: Sequence[Mapping[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """Each attacked run's judged checks (:func:`unsee.audit.verdicts.reference_checks`), labelled as the loss
+    plot labels its runs; runs with none judged are left out."""
+    rows = [(tag, reference_checks(run.get("attacks") or {})) for tag, run in zip(run_tags(runs), runs, strict=True)]
+    return [(tag, {k: c for k, c in checks.items() if c["pass"] is not None}) for tag, checks in rows
+            if any(c["pass"] is not None for c in checks.values())]
+
+
+def plot_audits(rows: Sequence[tuple[str, Mapping[str, Mapping[str, Any]]]], path: str | Path) -> Path:
+    """Each audit's figure beside the range that passes, one panel per audit, a row per run or method.
+
+    ``rows`` are (label, checks) with checks as :func:`unsee.audit.verdicts.reference_checks` gives them
+    (``value``, ``reference``, ``pass``, ``passing``; ``seeds`` where they are means: their lowest and highest
+    seed). The passing range is shaded, the reference's figure is a black tick, and the figure a green dot
+    where it passes and a red cross where it does not: eight numbers a run are read at a glance."""
+    names = [n for n in AUDIT_TITLES if any(n in checks for _, checks in rows)]
+    fig, axes = _new_figure(len(names), width=4.2, height=0.9 + 0.38 * max(len(rows), 1))
+    for ax, name in zip(axes, names, strict=False):
+        log = name == "forget_quality"  # p-values run from 1 down to 1e-14
+        floor = 1e-16
+        for i, (_, checks) in enumerate(rows):
+            c = checks.get(name)
+            if not c or c.get("value") is None:
+                continue
+            low, high = (c.get("passing") or [None, None])
+            left, right = (floor if log else -1e9) if low is None else low, 1.0 if log and high is None else high
+            ax.barh(i, (1e9 if right is None else right) - left, left=left, height=0.7, color="tab:green",
+                    alpha=0.15, linewidth=0)
+            value = max(c["value"], floor) if log else c["value"]
+            seeds = c.get("seeds") or {}
+            if seeds.get("min") is not None and seeds["min"] != seeds.get("max"):
+                ax.hlines(i, max(seeds["min"], floor) if log else seeds["min"], seeds["max"], color="grey",
+                          linewidth=1.5)
+            if c.get("reference") is not None:
+                ax.plot([c["reference"]], [i], marker="|", color="black", markersize=14)
+            ax.plot([value], [i], marker="o" if c["pass"] else "X", color="tab:green" if c["pass"] else "tab:red",
+                    markersize=7, linestyle="none")
+        figures = [v for _, ch in rows if (c := ch.get(name)) for v in (c.get("value"), c.get("reference"),
+                                                                         *(c.get("passing") or ())) if v is not None]
+        if log:
+            ax.set_xscale("log")
+            ax.set_xlim(max(min(figures, default=floor) / 3, floor), 1.5)
+        elif figures:
+            pad = 0.08 * (max(figures) - min(figures) or 1.0)
+            ax.set_xlim(min(figures) - pad, max(figures) + pad)
+        ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=7)
+        ax.set_ylim(len(rows) - 0.5, -0.5)
+        _label_panel(ax, "", "", AUDIT_TITLES[name], legend=None)
+    fig.suptitle("green dot: passes, red cross: fails; shaded: the range that passes; black tick: the retrained "
+                 "reference's figure; grey: lowest to highest seed", fontsize=8)
+    return _finish(fig, axes, path, empty=None if names else "no audit judged")
 
 
 def run_tags(runs: Sequence[Mapping[str, Any]]) -> list[str]:
