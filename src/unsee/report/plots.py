@@ -308,11 +308,13 @@ AUDIT_TITLES = {"relearn_ag": "relearning gain (points)", "pgd_forget": "forget 
 
 
 def audit_rows(runs: Sequence[Mapping[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    """Each attacked run's judged checks (:func:`unsee.audit.verdicts.reference_checks`), labelled as the loss
-    plot labels its runs; runs with none judged are left out."""
+    """Each attacked run's checks (:func:`unsee.audit.verdicts.reference_checks`), labelled as the loss plot
+    labels its runs; runs with no check judged are left out."""
     rows = [(tag, reference_checks(run.get("attacks") or {})) for tag, run in zip(run_tags(runs), runs, strict=True)]
-    return [(tag, {k: c for k, c in checks.items() if c["pass"] is not None}) for tag, checks in rows
-            if any(c["pass"] is not None for c in checks.values())]
+    return [(tag, checks) for tag, checks in rows if any(c["pass"] is not None for c in checks.values())]
+
+
+P_FLOOR = 1e-16  # where the log axis of forget quality stops: its p-values run from 1 down to 1e-14
 
 
 def plot_audits(rows: Sequence[tuple[str, Mapping[str, Mapping[str, Any]]]], path: str | Path) -> Path:
@@ -320,44 +322,53 @@ def plot_audits(rows: Sequence[tuple[str, Mapping[str, Mapping[str, Any]]]], pat
 
     ``rows`` are (label, checks) with checks as :func:`unsee.audit.verdicts.reference_checks` gives them
     (``value``, ``reference``, ``pass``, ``passing``; ``seeds`` where they are means: their lowest and highest
-    seed). The passing range is shaded, the reference's figure is a black tick, and the figure a green dot
-    where it passes and a red cross where it does not: eight numbers a run are read at a glance."""
-    names = [n for n in AUDIT_TITLES if any(n in checks for _, checks in rows)]
-    fig, axes = _new_figure(len(names), width=4.2, height=0.9 + 0.38 * max(len(rows), 1))
+    seed); a check not judged is left out. The passing range is shaded, the reference's figure is a black
+    tick, and the figure a green dot where it passes and a red cross where it does not: eight numbers a run,
+    read at a glance."""
+    judged = [(label, {k: c for k, c in checks.items() if c.get("pass") is not None and c.get("value") is not None})
+              for label, checks in rows]
+    names = [n for n in AUDIT_TITLES if any(n in checks for _, checks in judged)]
+    fig, axes = _new_figure(len(names), width=4.2, height=0.9 + 0.38 * max(len(judged), 1))
     for ax, name in zip(axes, names, strict=False):
-        log = name == "forget_quality"  # p-values run from 1 down to 1e-14
-        floor = 1e-16
-        for i, (_, checks) in enumerate(rows):
-            c = checks.get(name)
-            if not c or c.get("value") is None:
-                continue
-            low, high = (c.get("passing") or [None, None])
-            left, right = (floor if log else -1e9) if low is None else low, 1.0 if log and high is None else high
-            ax.barh(i, (1e9 if right is None else right) - left, left=left, height=0.7, color="tab:green",
-                    alpha=0.15, linewidth=0)
-            value = max(c["value"], floor) if log else c["value"]
-            seeds = c.get("seeds") or {}
-            if seeds.get("min") is not None and seeds["min"] != seeds.get("max"):
-                ax.hlines(i, max(seeds["min"], floor) if log else seeds["min"], seeds["max"], color="grey",
-                          linewidth=1.5)
-            if c.get("reference") is not None:
-                ax.plot([c["reference"]], [i], marker="|", color="black", markersize=14)
-            ax.plot([value], [i], marker="o" if c["pass"] else "X", color="tab:green" if c["pass"] else "tab:red",
-                    markersize=7, linestyle="none")
-        figures = [v for _, ch in rows if (c := ch.get(name)) for v in (c.get("value"), c.get("reference"),
-                                                                         *(c.get("passing") or ())) if v is not None]
+        log = name == "forget_quality"
+        for i, (_, checks) in enumerate(judged):
+            if name in checks:
+                _draw_check(ax, i, checks[name], log)
+        figures = [v for _, checks in judged if name in checks
+                   for v in (checks[name]["value"], checks[name].get("reference"), *checks[name]["passing"],
+                             *((checks[name].get("seeds") or {}).get(k) for k in ("min", "max")))
+                   if isinstance(v, int | float)]
         if log:
             ax.set_xscale("log")
-            ax.set_xlim(max(min(figures, default=floor) / 3, floor), 1.5)
-        elif figures:
+            ax.set_xlim(max(min(figures) / 3, P_FLOOR), 1.5)
+        else:
             pad = 0.08 * (max(figures) - min(figures) or 1.0)
             ax.set_xlim(min(figures) - pad, max(figures) + pad)
-        ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=7)
-        ax.set_ylim(len(rows) - 0.5, -0.5)
+        ax.set_yticks(range(len(judged)), [label for label, _ in judged], fontsize=7)
+        ax.set_ylim(len(judged) - 0.5, -0.5)
         _label_panel(ax, "", "", AUDIT_TITLES[name], legend=None)
     fig.suptitle("green dot: passes, red cross: fails; shaded: the range that passes; black tick: the retrained "
                  "reference's figure; grey: lowest to highest seed", fontsize=8)
     return _finish(fig, axes, path, empty=None if names else "no audit judged")
+
+
+def _draw_check(ax: Any, row: int, check: Mapping[str, Any], log: bool) -> None:
+    """One run's figure in one audit's panel: its passing range, its seeds' spread, the reference, the figure."""
+    def at(v: float) -> float:
+        return max(v, P_FLOOR) if log else v
+
+    low, high = check["passing"]
+    left = at(low) if low is not None else (P_FLOOR if log else -1e9)  # an open side runs off the axis
+    right = high if high is not None else (1.0 if log else 1e9)
+    ax.barh(row, right - left, left=left, height=0.7, color="tab:green", alpha=0.15, linewidth=0)
+    seeds = check.get("seeds") or {}
+    if seeds.get("min") is not None and seeds["min"] != seeds.get("max"):
+        ax.hlines(row, at(seeds["min"]), at(seeds["max"]), color="grey", linewidth=1.5)
+    if check.get("reference") is not None:
+        ax.plot([check["reference"]], [row], marker="|", color="black", markersize=14)
+    ok = check["pass"]
+    ax.plot([at(check["value"])], [row], marker="o" if ok else "X", color="tab:green" if ok else "tab:red",
+            markersize=7, linestyle="none")
 
 
 def run_tags(runs: Sequence[Mapping[str, Any]]) -> list[str]:
