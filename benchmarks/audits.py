@@ -4,6 +4,7 @@
         --table benchmarks/results/audits.md
     python benchmarks/unlearn.py --keep /tmp/best && python benchmarks/audits.py --models /tmp/best --retrained
     python benchmarks/audits.py --retrained --seeds 3 --picks benchmarks/results/unlearn_default_amd_val.json
+    python benchmarks/audits.py --combine a.json b.json --out all.json --table all.md --plot all.png
 
 Each method runs at its shipped setting on ``forget_10`` (a fresh copy of the vanilla model
 each time, unlearning seeds ``--seed`` .. ``--seed + N - 1``; ``--picks FILE``: at the setting an
@@ -96,6 +97,36 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def combined(p: Any, paths: list[str]) -> dict[str, Any]:
+    """``--combine``: earlier runs of this benchmark as one result, running nothing. Methods audited in several
+    sittings (one a night) make one table and one plot only where they were set beside the same thing: the same
+    world, split, vanilla model and retrained reference, each figure of which must be equal."""
+    try:
+        parts = [json.loads(Path(f).read_text()) for f in paths]
+        same = [(r["world"], r["seed"], r["arch"], r["forget"], r["attacks"]["vanilla"], r["attacks"].get("retrained"))
+                for r in parts]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        p.error(f"--combine: not a JSON this benchmark wrote ({type(e).__name__}: {e})")
+    if len({json.dumps(k, sort_keys=True) for k in same}) > 1:
+        p.error("--combine: these runs were not set beside the same world, split, vanilla model and reference")
+    methods = [m for r in parts for m in r["per_seed"]]
+
+    def row(m: str, r: dict[str, Any]) -> str:  # a method audited at several settings: a row for each
+        return m if methods.count(m) == 1 else f"{m} [{', '.join(r['settings'][m]) or 'shipped'}]"
+
+    rows = [row(m, r) for r in parts for m in r["per_seed"]]
+    if twice := sorted({k for k in rows if rows.count(k) > 1}):
+        p.error(f"--combine: {', '.join(twice)} audited at the same setting in more than one of them; keep one")
+    out = {**parts[0], "combined": list(paths)}
+    for key in ("settings", "seeds_run", "per_seed"):
+        out[key] = {row(m, r): r[key][m] for r in parts for m in r["per_seed"]}
+    out["targets"] = {m: targets(runs) for m, runs in out["per_seed"].items()}  # judged as this code judges
+    out["attacks"] = {k: v for r in parts for k, v in r["attacks"].items()}
+    if any("picked_in" in r for r in parts):
+        out["picked_in"] = [r.get("picked_in") for r in parts]
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__, methods=",".join(ALL), out="benchmarks/results/audits.json")
     p.add_argument("--forget", default="forget_10")
@@ -109,8 +140,13 @@ def main(argv: list[str] | None = None) -> dict:
                    help="run each method at the setting unlearn.py picked for it on its validation request")
     p.add_argument("--method-set", action="append", default=[], type=method_option, metavar="METHOD:KEY=VALUE",
                    help="an option of one method, after --train-set's and the pick's")
+    p.add_argument("--combine", nargs="+", default=None, metavar="JSON",
+                   help="join earlier runs' JSONs (set beside the same reference) into --out, --table and --plot; "
+                        "runs nothing")
     attack_options(p)
     args = p.parse_args(argv)
+    if args.combine:
+        return _write(combined(p, args.combine), args)
     check_last_seed(p, args.seed, args.seeds)
     if args.models and (args.picks or args.method_set):
         p.error("--models audits the kept models at the settings they were trained with: no --picks, no --method-set")
@@ -179,6 +215,11 @@ def main(argv: list[str] | None = None) -> dict:
               "settings": settings, **({"picked_in": picked_in} if picked_in else {}),
               "seeds_run": seeds_run, "attacks": rows, "per_seed": per_seed,
               "targets": {m: targets(per_seed[m]) for m in per_seed}, "environment": environment()}
+    return _write(result, args)
+
+
+def _write(result: dict[str, Any], args: Any) -> dict[str, Any]:
+    """The JSON, and the table and plot where asked."""
     atomic_write_json(Path(args.out), result)
     if args.table:
         atomic_write_text(Path(args.table), table(result))

@@ -380,6 +380,21 @@ def test_continual_and_audit_benchmarks_run_on_the_demo_world(demo_run: tuple[Pa
         assert a["per_seed"][method][0]["mia"]["reference"] == a["attacks"]["retrained"]["mia"]
     assert "| cvf_ncu | 0,1 |" in (tmp_path / "a.md").read_text()
     assert (tmp_path / "a.png").read_bytes().startswith(b"\x89PNG")
+    # methods audited in two sittings beside the same reference: one table, as if audited in one
+    for method in ("cvf_ncu", "graddiff"):
+        part = {**a, **{k: {method: a[k][method]} for k in ("settings", "seeds_run", "per_seed", "targets")}}
+        (tmp_path / f"{method}.json").write_text(json.dumps(part))
+    both = audits.main(["--combine", str(tmp_path / "cvf_ncu.json"), str(tmp_path / "graddiff.json"),
+                        "--out", str(tmp_path / "both.json")])
+    assert audits.table(both) == audits.table(a) and both["targets"] == json.loads(json.dumps(a["targets"]))
+    elsewhere = {**json.loads((tmp_path / "graddiff.json").read_text()), "forget": "forget_r1"}
+    (tmp_path / "elsewhere.json").write_text(json.dumps(elsewhere))
+    twice = "cvf_ncu [max_steps=2, progress=false] audited at the same"
+    for parts, said in ((["cvf_ncu.json", "elsewhere.json"], "not set beside the same"),
+                        (["cvf_ncu.json", "cvf_ncu.json"], twice)):
+        with pytest.raises(SystemExit):
+            audits.main(["--combine", *(str(tmp_path / f) for f in parts), "--out", str(tmp_path / "x.json")])
+        assert said in capsys.readouterr().err and not (tmp_path / "x.json").exists()
     # every method at an earlier run's validation pick, with an option of its own after it, in one command
     picks = {"arch": "tiny-llava", "complete": True, "world": "quick", "seed": 0,
              "selection": {"on": "val_forget_10", "held_out": True, "picks": {"graddiff": ["lr=2e-4"], "eraser": []}}}
