@@ -117,7 +117,8 @@ def combined(p: Any, paths: list[str]) -> dict[str, Any]:
     rows = [row(m, r) for r in parts for m in r["per_seed"]]
     if twice := sorted({k for k in rows if rows.count(k) > 1}):
         p.error(f"--combine: {', '.join(twice)} audited at the same setting in more than one of them; keep one")
-    out = {**parts[0], "combined": list(paths)}
+    out = {**parts[0], "combined": [{"file": str(f), "methods": [row(m, r) for m in r["per_seed"]],
+                                     "environment": r.get("environment")} for f, r in zip(paths, parts, strict=True)]}
     for key in ("settings", "seeds_run", "per_seed"):
         out[key] = {row(m, r): r[key][m] for r in parts for m in r["per_seed"]}
     out["targets"] = {m: targets(runs) for m, runs in out["per_seed"].items()}  # judged as this code judges

@@ -387,6 +387,8 @@ def test_continual_and_audit_benchmarks_run_on_the_demo_world(demo_run: tuple[Pa
     both = audits.main(["--combine", str(tmp_path / "cvf_ncu.json"), str(tmp_path / "graddiff.json"),
                         "--out", str(tmp_path / "both.json")])
     assert audits.table(both) == audits.table(a) and both["targets"] == json.loads(json.dumps(a["targets"]))
+    assert [(c["file"], c["methods"]) for c in both["combined"]] == [
+        (str(tmp_path / "cvf_ncu.json"), ["cvf_ncu"]), (str(tmp_path / "graddiff.json"), ["graddiff"])]
     elsewhere = {**json.loads((tmp_path / "graddiff.json").read_text()), "forget": "forget_r1"}
     (tmp_path / "elsewhere.json").write_text(json.dumps(elsewhere))
     twice = "cvf_ncu [max_steps=2, progress=false] audited at the same"
