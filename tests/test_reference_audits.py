@@ -20,7 +20,7 @@ from helpers import weights_hash
 from unsee import api, unlearning
 from unsee.audit import mia, quant
 from unsee.audit.attacks import AttackConfig, run_attacks
-from unsee.audit.verdicts import reference_checks
+from unsee.audit.verdicts import mean_attacks, reference_checks
 from unsee.cli import main
 from unsee.data.schema import Suite
 from unsee.data.world import build_world
@@ -340,6 +340,17 @@ def test_a_reference_retrained_on_another_world_is_refused(model: Path, world: P
         unlearning.find_reference(other, model, world, "forget_10")
     (other / "unsee_retrained.json").write_text(json.dumps({**record, "world_fingerprint": world_fingerprint(world)}))
     assert unlearning.find_reference(other, model, world, "forget_10") == other
+
+
+def test_the_4bit_check_over_seeds_is_the_mean_of_each_seeds_worse_rounding() -> None:
+    """Each seed is judged on the worse of its two roundings; the mean over seeds of the worse of the two means
+    would lie below every seed's own figure, and pass where each seed fails."""
+    runs = [{"quant": {"forget_clean": 0.30, "forget_int4_all": 0.40, "forget_int4_changed": 0.30}},
+            {"quant": {"forget_clean": 0.30, "forget_int4_all": 0.30, "forget_int4_changed": 0.42}}]
+    each = [reference_checks(r)["quant_int4_forget"] for r in runs]
+    assert [c["value"] for c in each] == [0.40, 0.42] and not any(c["pass"] for c in each)
+    mean = reference_checks(mean_attacks(runs))["quant_int4_forget"]
+    assert mean["value"] == pytest.approx(0.41) and mean["pass"] is False  # the worse of the means: 0.36, a pass
 
 
 def test_reference_checks_and_card_say_which_audits_passed() -> None:
