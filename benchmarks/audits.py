@@ -122,7 +122,8 @@ def combined(p: Any, paths: list[str]) -> dict[str, Any]:
     for key in ("settings", "seeds_run", "per_seed"):
         out[key] = {row(m, r): r[key][m] for r in parts for m in r["per_seed"]}
     out["targets"] = {m: targets(runs) for m, runs in out["per_seed"].items()}  # judged as this code judges
-    out["attacks"] = {k: v for r in parts for k, v in r["attacks"].items()}
+    out["attacks"] = {**{k: parts[0]["attacks"][k] for k in ("vanilla", "retrained") if k in parts[0]["attacks"]},
+                      **{row(m, r): r["attacks"][m] for r in parts for m in r["per_seed"]}}
     if any("picked_in" in r for r in parts):
         out["picked_in"] = [r.get("picked_in") for r in parts]
     return out

@@ -387,8 +387,15 @@ def test_continual_and_audit_benchmarks_run_on_the_demo_world(demo_run: tuple[Pa
     both = audits.main(["--combine", str(tmp_path / "cvf_ncu.json"), str(tmp_path / "graddiff.json"),
                         "--out", str(tmp_path / "both.json")])
     assert audits.table(both) == audits.table(a) and both["targets"] == json.loads(json.dumps(a["targets"]))
+    assert both["attacks"] == json.loads(json.dumps(a["attacks"]))
     assert [(c["file"], c["methods"]) for c in both["combined"]] == [
         (str(tmp_path / "cvf_ncu.json"), ["cvf_ncu"]), (str(tmp_path / "graddiff.json"), ["graddiff"])]
+    other = {**json.loads((tmp_path / "cvf_ncu.json").read_text()), "settings": {"cvf_ncu": ["lr=1"]}}
+    (tmp_path / "other.json").write_text(json.dumps(other))  # the same method at another setting: a row of its own
+    two = audits.main(["--combine", str(tmp_path / "cvf_ncu.json"), str(tmp_path / "other.json"),
+                       "--out", str(tmp_path / "two.json")])
+    rows = {"cvf_ncu [max_steps=2, progress=false]", "cvf_ncu [lr=1]"}
+    assert set(two["per_seed"]) == set(two["targets"]) == set(two["attacks"]) - {"vanilla", "retrained"} == rows
     elsewhere = {**json.loads((tmp_path / "graddiff.json").read_text()), "forget": "forget_r1"}
     (tmp_path / "elsewhere.json").write_text(json.dumps(elsewhere))
     twice = "cvf_ncu [max_steps=2, progress=false] audited at the same"
