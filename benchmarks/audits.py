@@ -49,7 +49,7 @@ from common import (
 from unsee import api
 from unsee.audit.verdicts import mean_attacks, reference_checks
 from unsee.engine.prepare import frozen_copy
-from unsee.errors import DataError
+from unsee.errors import DataError, UnseeError
 from unsee.eval.metrics import spread
 from unsee.io import atomic_write_json, atomic_write_text
 from unsee.methods import method_class
@@ -129,6 +129,12 @@ def combined(p: Any, paths: list[str]) -> dict[str, Any]:
     return out
 
 
+def overrides_of(method: str, args: Any) -> list[str]:
+    """What ``method`` trains with: ``--train-set`` (for a training method), then its ``--method-set`` options."""
+    own = [option for m, option in args.method_set if m == method]
+    return [*(args.train_set if method_class(method).trains_weights else []), *own]
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__, methods=",".join(ALL), out="benchmarks/results/audits.json")
     p.add_argument("--forget", default="forget_10")
@@ -154,6 +160,11 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("--models audits the kept models at the settings they were trained with: no --picks, no --method-set")
     picked_in = read_picks(p, args) if args.picks else None
     method_sets(p, args)
+    for method in [] if args.models else args.methods.split(","):  # a wrong key, before the first audit
+        try:
+            api.method_configs(method, None, overrides_of(method, args))
+        except UnseeError as e:
+            p.error(f"{method}: {e}")
     if not args.attacks:
         p.error("--attacks none leaves this benchmark nothing to do; name at least one attack")
     world, vanilla = vanilla_model(args)
@@ -202,8 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
             runs.append(audit(adapter, artifact, changed_linears(digests, adapter), reference))
             seeds_run[method] = [row["seed"]]
         else:
-            own = [option for m, option in args.method_set if m == method]
-            overrides = [*(args.train_set if method_class(method).trains_weights else []), *own]
+            overrides = overrides_of(method, args)
             settings[method] = overrides
             seeds_run[method] = list(range(args.seed, args.seed + args.seeds))
             for seed in seeds_run[method]:

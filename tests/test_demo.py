@@ -514,6 +514,7 @@ def test_benchmark_options_are_refused_before_any_work(capsys: pytest.CaptureFix
                            ("graddiff", "nosuch.json", []))),
                        (audits.main, ["--methods", "graddiff,npo", "--picks", str(tmp_path / "val.json")]),
                        (audits.main, ["--methods", "graddiff", "--method-set", "npo:lr=1"]),
+                       (audits.main, ["--methods", "graddiff,npo", "--method-set", "npo:lr=quick"]),
                        (audits.main, ["--methods", "graddiff", "--models", str(tmp_path), "--picks",
                                       str(tmp_path / "val.json")])):
         with pytest.raises(SystemExit) as done:
@@ -535,6 +536,7 @@ def test_benchmark_options_are_refused_before_any_work(capsys: pytest.CaptureFix
     # the audits take the same picks, and refuse them beside models that were trained already
     assert err.count("val.json has no pick for npo") == 2 and "--method-set names npo" in err
     assert "--models audits the kept models at the settings they were trained with" in err
+    assert "npo: " in err and "'quick'" in err  # every method's options checked before the first audit
     with pytest.raises(SystemExit, match="-1 is not a seed"):  # every seed of a list, before the first runs
         continual.main(["--methods", "graddiff", "--seeds", "0,-1"])
 
