@@ -303,6 +303,9 @@ def test_attacks_that_need_a_reference_refuse_without_one(model: Path, world: Pa
     assert "unsee retrain" in err and len(err.strip().splitlines()) == 1
     assert main(["attack", "quant", *base, "--out", str(tmp_path / "x.json"), "quant_bits=[3]"]) == 2
     assert "4 or 8" in capsys.readouterr().err
+    # spelt as on `unsee unlearn --audit`, the option is the same attack option
+    assert main(["attack", "quant", *base, "--out", str(tmp_path / "x.json"), "--audit-set", "quant_bits=[3]"]) == 2
+    assert "4 or 8" in capsys.readouterr().err
     assert main(["attack", "mia", *base, "--reference", str(model), "--out", str(tmp_path / "x.json"),
                  "mia_holdout=forget_10"]) == 2
     assert "overlaps the forget set" in capsys.readouterr().err

@@ -226,7 +226,7 @@ def _demo(a: argparse.Namespace) -> None:
 
 def _attack(a: argparse.Namespace) -> None:
     res = _lazy().attack(a.kind, a.model, a.data, a.out, forget=a.forget, vanilla=a.vanilla, steering=a.steering,
-                      method=a.method, seed=a.seed, overrides=a.overrides, overwrite=a.overwrite,
+                      method=a.method, seed=a.seed, overrides=[*a.overrides, *a.audit_set], overwrite=a.overwrite,
                       allow_pickle=a.allow_pickle, dtype=a.dtype, benchmark=a.benchmark, revision=a.revision,
                       reference=a.reference, cache_dir=a.cache_dir)
     print(json.dumps(res, indent=2))
@@ -408,6 +408,7 @@ def parser(method_help: str | None = None, attack_help: str | None = None) -> ar
                   _attack, required=["model", "data", "out"])
     at.add_argument("kind", choices=["relearn", "pgd", "probe", "shift", "quant", "mia", "all"])
     _add_overrides(at, "relearn_steps=20 pgd_steps=10")  # after the kind: positionals match in the order added
+    _audit_set_option(at)  # the spelling of unlearn --audit, so the same options carry from one to the other
     at.epilog = attack_help or "unsee attack --help lists the options of the attacks."
     at.formatter_class = argparse.RawDescriptionHelpFormatter
     at.add_argument("--forget", default=None,
