@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,38 @@ def test_fsdp_two_processes_match_one_process(model_dir: Path, world: Path, tmp_
             assert moved > 10 * TOL, f"{method} barely trained ({moved:.2e})"
     moved = max(float((one[f"graddiff.w.{k}"] - saved[k]).abs().max()) for k in saved)
     assert moved > 10 * TOL
+
+
+@pytest.mark.slow
+def test_an_fsdp_launch_resumed_from_its_checkpoint_ends_with_the_weights_of_one_never_stopped(
+        model_dir: Path, world: Path, tmp_path: Path) -> None:
+    """Under FSDP each process holds a shard: the checkpoint gathers whole weights and moments into the file a
+    run without sharding writes, and every process takes its own shard of it back. A process that kept its
+    own shard, or restored the whole tensor where its shard belongs, would end with other weights."""
+    ck = tmp_path / "ck"
+    opts = ["max_steps=4", "batch_size=4", "lr=1e-3", "progress=false", f"checkpoint_dir={ck}",
+            "checkpoint_every=2", "keep_checkpoint=true"]
+    for out in ("whole", "resumed"):  # the first keeps its step-2 checkpoint, from which the second resumes
+        cmd, env = launch_command("fsdp.yaml", "--num_processes", "2", "--mixed_precision", "no", "-m",
+                                  "unsee.cli", "unlearn", "--method", "graddiff", "--model", str(model_dir),
+                                  "--data", str(world), "--out", str(tmp_path / out), "--max-items", "2", *opts)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "no mid-run checkpoint" not in done.stderr
+    costs = [load_results(tmp_path / out / "results.json")["runs"][0]["cost"] for out in ("whole", "resumed")]
+    assert "resumed_s" not in costs[0] and costs[1]["resumed_s"] > 0
+    whole, resumed = (load_file(tmp_path / out / "model" / "model.safetensors") for out in ("whole", "resumed"))
+    before = load_file(model_dir / "model.safetensors")
+    assert whole.keys() == resumed.keys() == before.keys()
+    assert [k for k in whole if not torch.equal(whole[k], resumed[k])] == []
+    assert any(not torch.equal(whole[k], before[k]) for k in whole)  # and it trained at all
+    # the checkpoint holds whole tensors under the module's names, as one of a run without sharding does
+    state = load_file(ck / "state.safetensors")
+    shapes = {n: p.shape for n, p in load_adapter(model_dir).model.named_parameters()}
+    assert {k.removeprefix("param."): v.shape for k, v in state.items() if k.startswith("param.")} == shapes
+    # Adam's moments too (a weight no loss reaches has none): a process's half rows would be no weight's shape
+    moments = Counter(tuple(v.shape) for k, v in state.items() if k.startswith("optim.") and k.endswith(".exp_avg"))
+    assert moments and not moments - Counter(tuple(s) for s in shapes.values())
 
 
 def test_launch_mixed_precision_bf16_is_honoured(model_dir: Path, suite: Suite, world: Path, tmp_path: Path,

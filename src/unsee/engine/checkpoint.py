@@ -74,15 +74,26 @@ def save_checkpoint(
     tensors: Mapping[str, torch.Tensor] | None = None,
     meta: Mapping[str, Any] | None = None,
     run_key: str = "",
+    write: bool = True,
 ) -> None:
     """Write the state after ``step`` completed steps. ``tensors``/``meta``: the caller's extras
-    (torch generator states, numpy generator states, losses); ``run_key``: what run it belongs to."""
+    (torch generator states, numpy generator states, losses); ``run_key``: what run it belongs to.
+
+    Sharded weights and optimiser moments (FSDP) are gathered whole, so the checkpoint is the file
+    a run without sharding writes: every process then calls this, and only the one with ``write``
+    writes.
+    """
     rng_t, rng_m = global_rng_state()
     opt_state = optimizer.state_dict()
-    flat: dict[str, torch.Tensor] = {f"param.{k}": v.detach().cpu().contiguous().clone() for k, v in params.items()}
-    for idx, st in opt_state["state"].items():
-        for key, value in st.items():
-            flat[f"optim.{idx}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous().clone()
+    named = [(f"param.{k}", v) for k, v in params.items()]
+    named += [(f"optim.{idx}.{key}", v) for idx, st in opt_state["state"].items() for key, v in st.items()]
+    flat: dict[str, torch.Tensor] = {}
+    for key, value in named:  # one tensor at a time: the others' gathered copies are freed at once
+        full = _whole(torch.as_tensor(value)).detach()  # every process takes part in a gather
+        if write:
+            flat[key] = full.cpu().contiguous().clone()
+    if not write:
+        return
     flat.update({f"rng.{k}": v.contiguous() for k, v in rng_t.items()})
     flat.update({f"extra.{k}": v.detach().cpu().contiguous().clone() for k, v in (tensors or {}).items()})
     info = {
@@ -117,7 +128,8 @@ def load_checkpoint(
     Returns ``(step, extra tensors, extra meta)``. A checkpoint written by another run
     (``run_key`` differs) or that does not fit the parameters (another model or scope)
     raises :class:`TrainingError`, before anything is restored, rather than silently
-    training from a mixed state.
+    training from a mixed state. Where the weights are sharded (FSDP), each process takes its
+    shard of every saved weight and moment.
     """
     path = Path(path)
     try:
@@ -135,12 +147,15 @@ def load_checkpoint(
                             "delete it to start over")
     with torch.no_grad():
         for name, p in params.items():
-            p.copy_(flat[f"param.{name}"])
+            p.copy_(_placed(flat[f"param.{name}"], p))
+    owners = [p for group in optimizer.param_groups for p in group["params"]]  # the state's indices
     state: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in flat.items():
         if k.startswith("optim."):
             _, idx, key = k.split(".", 2)
-            state.setdefault(int(idx), {})[key] = v
+            owner = owners[int(idx)] if int(idx) < len(owners) else None
+            moment = owner is not None and key != "step" and v.shape == owner.shape  # not Adam's step count
+            state.setdefault(int(idx), {})[key] = _placed(v, owner) if moment else v
     optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
     if scheduler is not None and info["scheduler"] is not None:
         scheduler.load_state_dict(info["scheduler"])
@@ -255,6 +270,22 @@ def remove_checkpoint(path: str | Path) -> None:
     """Gone at once: moved under this writer's name first, so that a kill while it is deleted leaves no
     half checkpoint in the folder (which the next run would refuse), only a leftover the next save removes."""
     discard(Path(path))
+
+
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    """The whole of a sharded tensor, gathered (every process takes part), or the tensor itself."""
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def _placed(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``full`` sharded as ``like`` is, where ``like`` is sharded (each process keeps its own rows), or ``full``."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(like, DTensor):
+        return full
+    return distribute_tensor(full.to(like.device, like.dtype), like.device_mesh, like.placements, src_data_rank=None)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -327,12 +326,14 @@ def _step(method: Method, ctx: Context, optimizer: torch.optim.Optimizer,
 def _save_progress(cfg: TrainConfig, step: int, method: Method, named: dict[str, nn.Parameter],
                    optimizer: torch.optim.Optimizer, scheduler: Any, streams: dict[str, Stream],
                    losses: list[float], logs: list[dict[str, float]], run_key: str, evals: list[dict],
-                   seconds: float) -> None:
+                   seconds: float, *, write: bool) -> None:
     """A mid-run checkpoint: weights, optimiser, schedule, data order, the method's own state, and the figures
-    taken so far (losses, logged terms, ``eval_every``'s evaluations, the ``seconds`` trained)."""
+    taken so far (losses, logged terms, ``eval_every``'s evaluations, the ``seconds`` trained). Every process
+    calls it, for sharded weights are gathered whole; the one with ``write`` writes."""
     states = {name: s.state_dict() for name, s in streams.items()}
     save_checkpoint(
         cfg.checkpoint_dir, step=step, params=named, optimizer=optimizer, scheduler=scheduler, run_key=run_key,
+        write=write,
         tensors={f"stream.{name}": st[0] for name, st in states.items()},
         meta={"streams": {name: st[1] for name, st in states.items()}, "losses": losses, "logs": logs,
               "evals": evals, "method": method.state_dict(), "seconds": seconds},
@@ -405,14 +406,13 @@ def _train(
     total = cfg.max_steps or max(1, cfg.min_steps,  # a floor on all steps, a method's other steps counted too
                                  math.ceil(cfg.epochs * n_forget / cfg.batch_size) * method.step_multiplier(ctx))
     masters = upcast(params) if cfg.master_weights == "fp32" else {}
+    run_key = ""
+    if cfg.checkpoint_dir:  # what the checkpoint belongs to: options, data, weights (whole, before any sharding)
+        run_key = checkpoint_key({k: v for k, v in vars(cfg).items() if k not in UNKEYED}, method.name,
+                                 method.cfg, {n: s.turns for n, s in streams.items()},
+                                 str(adapter.fingerprint()), dict(adapter.model.named_parameters()))
     sharded = None
     if fsdp_version() and world > 1:
-        if cfg.checkpoint_dir and has_checkpoint(cfg.checkpoint_dir):
-            raise ConfigError(f"{cfg.checkpoint_dir} holds a checkpoint of a run without FSDP; resume it without "
-                              "FSDP or remove it")
-        if cfg.checkpoint_every and cfg.checkpoint_dir and accelerator.is_main_process:
-            print(f"{method.name}: no mid-run checkpoints under FSDP (checkpoint_every is set); the finished "
-                  "run is saved as usual", file=sys.stderr)
         if cfg.sam_rho > 0:
             raise ConfigError("sam_rho is not supported under FSDP: its second pass would gather the weights again")
         sharded = Sharded(adapter.model, params, accelerator.device, ctx.constraints.frozen)
@@ -434,12 +434,8 @@ def _train(
 
     losses: list[float] = []
     logs: list[dict[str, float]] = []
-    named, start, resumed_s, clock, run_key = _named_trainable(adapter, params), 0, 0.0, time.perf_counter(), ""
-    if cfg.checkpoint_dir and sharded is None:  # what the checkpoint belongs to: options, data, weights
-        run_key = checkpoint_key({k: v for k, v in vars(cfg).items() if k not in UNKEYED}, method.name,
-                                 method.cfg, {n: s.turns for n, s in streams.items()},
-                                 str(adapter.fingerprint()), dict(adapter.model.named_parameters()))
-    if cfg.checkpoint_dir and has_checkpoint(cfg.checkpoint_dir):
+    named, start, resumed_s, clock = _named_trainable(adapter, params), 0, 0.0, time.perf_counter()
+    if cfg.checkpoint_dir and has_checkpoint(cfg.checkpoint_dir):  # under FSDP each process takes its shards
         start, extra, meta = load_checkpoint(cfg.checkpoint_dir, params=named, optimizer=optimizer,
                                              scheduler=scheduler, run_key=run_key)
         for name, s in streams.items():
@@ -468,9 +464,10 @@ def _train(
                 ctx.info.setdefault("evals", []).append({"step": step + 1, **on_eval(step + 1)})
                 parked = park_language(adapter, accelerator.device, method.uses_language)
             if cfg.checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
-                    and step + 1 < total and accelerator.is_main_process and sharded is None:
+                    and step + 1 < total and (accelerator.is_main_process or sharded is not None):
                 _save_progress(cfg, step + 1, method, named, optimizer, scheduler, streams, losses, logs, run_key,
-                               ctx.info.get("evals", []), resumed_s + time.perf_counter() - clock)
+                               ctx.info.get("evals", []), resumed_s + time.perf_counter() - clock,
+                               write=accelerator.is_main_process)
         method.finish(ctx)
     except KeyboardInterrupt as e:
         if cfg.checkpoint_dir and has_checkpoint(cfg.checkpoint_dir):
