@@ -353,6 +353,16 @@ def test_retrain_leaves_out_the_forget_photos_keeps_their_text_and_is_cached(wor
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("written to") == 1
     assert (tmp_path / "r6" / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+    # another draw of the same recipe: a second reference, cached under a key of its own; the audits still
+    # find the recipe's own
+    from unsee.cli import main
+
+    assert main(["retrain", "--model", str(vanilla), "--data", str(world), "--out", str(tmp_path / "s1"),
+                 "--cache-dir", str(cache), "--seed", "1"]) == 0
+    drawn = json.loads((tmp_path / "s1" / RETRAINED_FILE).read_text())
+    assert drawn["recipe"]["seed"] == 1 != record["recipe"]["seed"] and drawn["stage"] != record["stage"]
+    assert (tmp_path / "s1" / "model.safetensors").read_bytes() != (out / "model.safetensors").read_bytes()
+    assert cached_reference(vanilla, world, "forget_10", cache) == found
 
     with pytest.raises(ModelError, match="not made by unsee finetune"):
         retrain(model, world, tmp_path / "r3", cache_dir=cache)

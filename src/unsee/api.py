@@ -162,17 +162,18 @@ def finetune(model: str | Path, data: Any, out: str | Path, *, config: str | Pat
 
 
 def retrain(vanilla: str | Path, data: Any, out: str | Path, *, forget: str = "forget_10", overwrite: bool = False,
-            cache_dir: str | Path | None = None, benchmark: str | None = None, revision: str | None = None) -> Path:
-    """``unsee retrain``: the vanilla model's fine-tune again without ``forget``'s photos, on any benchmark."""
-
+            cache_dir: str | Path | None = None, benchmark: str | None = None, revision: str | None = None,
+            seed: int | None = None) -> Path:
+    """``unsee retrain``: the vanilla model's fine-tune again without ``forget``'s photos, on any benchmark;
+    ``seed`` (default: the recipe's) draws it anew, a second reference to read the first against."""
     check_output_dir(out, overwrite=overwrite, inputs=local_inputs(vanilla, data),
                      writes=[_finetune.cache_root(cache_dir)])
     ref = resolve(data, revision)
     kind = benchmark_of(ref.path, benchmark)
+    given: dict[str, Any] = {"forget": forget, "overwrite": overwrite, "cache_dir": cache_dir, "seed": seed}
     if kind == "builtin":
-        return _retrain.retrain(vanilla, ref.path, out, forget=forget, overwrite=overwrite, cache_dir=cache_dir)
-
-    return retrain_benchmark(vanilla, ref, kind, out, forget=forget, overwrite=overwrite, cache_dir=cache_dir)
+        return _retrain.retrain(vanilla, ref.path, out, **given)
+    return retrain_benchmark(vanilla, ref, kind, out, **given)
 
 
 def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",

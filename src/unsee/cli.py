@@ -161,7 +161,7 @@ def _finetune(a: argparse.Namespace) -> None:
 
 def _retrain(a: argparse.Namespace) -> None:
     out = _lazy().retrain(a.model, a.data, a.out, forget=a.forget, overwrite=a.overwrite, cache_dir=a.cache_dir,
-                       benchmark=a.benchmark, revision=a.revision)
+                       benchmark=a.benchmark, revision=a.revision, seed=a.seed)
     _say(f"retrained reference (without {a.forget}'s photos) written to {out}")
 
 
@@ -316,6 +316,9 @@ def parser(method_help: str | None = None, attack_help: str | None = None) -> ar
                   "the reference an unlearned model is judged against", _retrain,
                   required=["model", "data", "out"], seed=False)
     rt.add_argument("--forget", default="forget_10")
+    rt.add_argument("--seed", type=_seed, default=None,
+                    help="draw the retrained stages with this seed (default: the vanilla model's): a second "
+                    "reference, to see how far never having seen the photos moves with the draw alone")
     _data_options(rt)
     rt.add_argument("--cache-dir", default=None, help="the stage cache unsee finetune used (default: ~/.cache/unsee)")
 

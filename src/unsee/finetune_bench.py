@@ -151,9 +151,10 @@ def finetune_benchmark(model: str | Path, ref: DataRef, kind: str, out: str | Pa
 
 
 def retrain_benchmark(vanilla: str | Path, ref: DataRef, kind: str, out: str | Path, *, forget: str,
-                      overwrite: bool = False, cache_dir: str | Path | None = None) -> Path:
+                      overwrite: bool = False, cache_dir: str | Path | None = None, seed: int | None = None) -> Path:
     """``unsee retrain`` on a benchmark: the vanilla model's recipe again, from its base model, without
-    ``forget``'s image rows. The vanilla directory's record says which base model and recipe."""
+    ``forget``'s image rows (with ``seed``, drawn with another seed). The vanilla directory's record says
+    which base model and recipe."""
     meta = vanilla_record(vanilla, ref, kind)
     return finetune_benchmark(meta["base_model"], ref, kind, out, config=recipe_of(meta), overwrite=overwrite,
-                              cache_dir=cache_dir, forget=forget)
+                              cache_dir=cache_dir, forget=forget, seed=seed)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from unsee.config import load_config, to_dict
+from unsee.config import check_seed, load_config, to_dict
 from unsee.data.collate import image_of
 from unsee.data.mllmu import load_mllmu
 from unsee.data.schema import Suite
@@ -82,14 +82,16 @@ class _Plan:
     without: list[str]
 
 
-def _plan(meta: dict, cache: Path, data: Path, forget: str, threads: int | None = None) -> _Plan:
+def _plan(meta: dict, cache: Path, data: Path, forget: str, threads: int | None = None,
+          seed: int | None = None) -> _Plan:
     """The reference's stages and their keys (:data:`unsee.stage_keys.RETRAINED`): the stage they start from,
     the recipe options, the split and the turns they train on.
 
     Fictitious people are taught in stage 3, so their reference runs stage 3 again from the vanilla
     model's stage-2 checkpoint. Known people (``known_forget_X``) are taught in stage 2, the analogue of
     pre-training, so theirs runs stage 2 again from stage 1 without their photos, then stage 3, whose
-    replay of stage 2 leaves their photos out too."""
+    replay of stage 2 leaves their photos out too. ``seed`` replaces the recipe's seed of stages 2 and 3
+    (a key of its own): the reference of another draw."""
     stages = meta.get("stages", {})
 
     def cached_stage(prefix: str) -> Path:
@@ -100,6 +102,11 @@ def _plan(meta: dict, cache: Path, data: Path, forget: str, threads: int | None 
         return path
 
     cfg = load_config(FinetuneConfig, meta["recipe"], kind="finetune")
+    drawn = cfg.seed
+    if seed is not None:
+        cfg.seed = check_seed(seed)
+    # stage 3's key holds no seed (stage 2's weights carry the vanilla model's): another draw names its own
+    extra = forget if cfg.seed == drawn else [forget, cfg.seed]
     rc = to_dict(cfg)
     info = load_world_info(data)
     suite = load_mllmu(data, forget)
@@ -111,7 +118,7 @@ def _plan(meta: dict, cache: Path, data: Path, forget: str, threads: int | None 
     if not _forgets_known_people(suite, info, forget):
         stage2 = cached_stage("stage2-")
         data3 = turns_fingerprint(batch_adapter(stage2), turns3, keyed_augmentation(cfg.ft_augment))
-        path = cache / f"retrained-{RETRAINED.key(rc, weights=stage2.name, data=data3, extra=forget, threads=threads)}"
+        path = cache / f"retrained-{RETRAINED.key(rc, weights=stage2.name, data=data3, extra=extra, threads=threads)}"
         return _Plan(path, [(path, stage3)], lambda: load_adapter(stage2), cfg, list(suite.forget_entities))
     stage1, base = cached_stage("stage1-"), Path(meta["base_model"])
     try:
@@ -122,9 +129,9 @@ def _plan(meta: dict, cache: Path, data: Path, forget: str, threads: int | None 
     data2 = turns_fingerprint(shapes, turns2, keyed_augmentation(cfg.augment))
     data3 = turns_fingerprint(shapes, turns3, keyed_augmentation(cfg.ft_augment))
     weights = stage1.name + meta["base_fingerprint"]
-    key2 = RETRAINED_KNOWN.key(rc, weights=weights, data=data2, extra=forget, threads=threads)
+    key2 = RETRAINED_KNOWN.key(rc, weights=weights, data=data2, extra=extra, threads=threads)
     first = cache / f"retrained-stage2-{key2}"
-    key3 = RETRAINED_KNOWN.key(rc, weights=first.name, data=data3, extra=forget, threads=threads)
+    key3 = RETRAINED_KNOWN.key(rc, weights=first.name, data=data3, extra=extra, threads=threads)
     path = cache / f"retrained-{key3}"
     stage2 = Stage(f"stage 2 without {forget}'s photos", turns2, cfg.base_steps, cfg.base_lr, cfg.vision_lr_factor,
                    cfg.augment)
@@ -173,19 +180,22 @@ def cached_reference(vanilla: str | Path, data: str | Path, forget: str,
 
 
 def retrain(vanilla: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
-            overwrite: bool = False, cache_dir: str | Path | None = None) -> Path:
+            overwrite: bool = False, cache_dir: str | Path | None = None, seed: int | None = None) -> Path:
     """``unsee retrain``: the vanilla model at ``vanilla`` fine-tuned again without ``forget``'s photos, at ``out``.
 
     The result is cached beside the stages (keyed on the checkpoint it starts from, the recipe
     options, the split and its turns), so every benchmark that wants it trains it once. A split
-    of known people (``known_forget_X``) trains stage 2 again as well (:func:`_plan`).
+    of known people (``known_forget_X``) trains stage 2 again as well (:func:`_plan`). With ``seed``,
+    the retrained stages draw with another seed than the vanilla model's: a second reference says
+    how far never having seen the photos moves with the draw alone, which is the floor of any
+    comparison with the first.
     """
 
     vanilla, data = Path(vanilla), Path(data)
     check_output_dir(out, overwrite=overwrite)
     check_launch()  # as the vanilla model's own fine-tune does
     meta = _vanilla_record(vanilla, data)
-    plan = _plan(meta, cache_root(cache_dir), data, forget)
+    plan = _plan(meta, cache_root(cache_dir), data, forget, seed=seed)
     rc = to_dict(plan.recipe)
     previous: Path | None = None
     cached = True  # unless this run trains the reference
