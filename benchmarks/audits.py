@@ -54,7 +54,7 @@ from unsee.eval.metrics import spread
 from unsee.io import atomic_write_json, atomic_write_text
 from unsee.methods import method_class
 from unsee.methods.artifact import load_result
-from unsee.models import load_adapter
+from unsee.models import load_adapter, model_fingerprint
 from unsee.provenance import environment
 from unsee.report import plot_audits
 
@@ -100,7 +100,8 @@ def table(result: dict[str, Any]) -> str:
 def combined(p: Any, paths: list[str]) -> dict[str, Any]:
     """``--combine``: earlier runs of this benchmark as one result, running nothing. Methods audited in several
     sittings (one a night) make one table and one plot only where they were set beside the same thing: the same
-    world, split, vanilla model and retrained reference, each figure of which must be equal."""
+    world, split, vanilla model and retrained reference, each figure of which must be equal, and their weights
+    too where the runs recorded them (``models``: the fingerprints of both)."""
     try:
         parts = [json.loads(Path(f).read_text()) for f in paths]
         same = [(r["world"], r["seed"], r["arch"], r["forget"], r["attacks"]["vanilla"], r["attacks"].get("retrained"))
@@ -109,6 +110,9 @@ def combined(p: Any, paths: list[str]) -> dict[str, Any]:
         p.error(f"--combine: not a JSON this benchmark wrote ({type(e).__name__}: {e})")
     if len({json.dumps(k, sort_keys=True) for k in same}) > 1:
         p.error("--combine: these runs were not set beside the same world, split, vanilla model and reference")
+    if len({json.dumps(r["models"], sort_keys=True) for r in parts if "models" in r}) > 1:
+        p.error("--combine: these runs audited other weights (their vanilla models' or references' fingerprints "
+                "differ), though their figures agree")
     methods = [m for r in parts for m in r["per_seed"]]
 
     def row(m: str, r: dict[str, Any]) -> str:  # a method audited at several settings: a row for each
@@ -186,11 +190,13 @@ def main(argv: list[str] | None = None) -> dict:
                                  cache_dir=args.cache_dir)
 
     reference = None
+    models = {"vanilla": model_fingerprint(vanilla)}  # what --combine compares, beside the figures
     rows: dict[str, Any] = {"vanilla": audit(base)}
     print("vanilla", rows["vanilla"], flush=True)
     if args.retrained:
-        reference = api.ReferenceAudits(retrained_model(args, world, vanilla, args.forget), suite, cfg,
-                                        args.cache_dir)
+        retrained = retrained_model(args, world, vanilla, args.forget)
+        models["retrained"] = model_fingerprint(retrained)
+        reference = api.ReferenceAudits(retrained, suite, cfg, args.cache_dir)
         rows["retrained"] = {k: {n: v for n, v in reference(k).items() if n != "per_item"} for k in kinds}
         print("retrained", rows["retrained"], flush=True)
     settings, per_seed, seeds_run = {}, {}, {}
@@ -225,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows[method] = runs[0] if len(runs) == 1 else mean_attacks(runs)
     result = {"benchmark": "audits", "world": args.world, "seed": args.seed, "arch": args.arch, "forget": args.forget,
               "settings": settings, **({"picked_in": picked_in} if picked_in else {}),
-              "seeds_run": seeds_run, "attacks": rows, "per_seed": per_seed,
+              "seeds_run": seeds_run, "attacks": rows, "per_seed": per_seed, "models": models,
               "targets": {m: targets(per_seed[m]) for m in per_seed}, "environment": environment()}
     return _write(result, args)
 

@@ -398,8 +398,13 @@ def test_continual_and_audit_benchmarks_run_on_the_demo_world(demo_run: tuple[Pa
     assert set(two["per_seed"]) == set(two["targets"]) == set(two["attacks"]) - {"vanilla", "retrained"} == rows
     elsewhere = {**json.loads((tmp_path / "graddiff.json").read_text()), "forget": "forget_r1"}
     (tmp_path / "elsewhere.json").write_text(json.dumps(elsewhere))
+    # equal figures from other weights (another CPU's vanilla model that happened to agree) are no same reference
+    assert set(a["models"]) == {"vanilla", "retrained"} and a["models"]["vanilla"] != a["models"]["retrained"]
+    retrained = {**json.loads((tmp_path / "graddiff.json").read_text()), "models": {**a["models"], "retrained": "0"}}
+    (tmp_path / "retrained.json").write_text(json.dumps(retrained))
     twice = "cvf_ncu [max_steps=2, progress=false] audited at the same"
     for parts, said in ((["cvf_ncu.json", "elsewhere.json"], "not set beside the same"),
+                        (["cvf_ncu.json", "retrained.json"], "audited other weights"),
                         (["cvf_ncu.json", "cvf_ncu.json"], twice)):
         with pytest.raises(SystemExit):
             audits.main(["--combine", *(str(tmp_path / f) for f in parts), "--out", str(tmp_path / "x.json")])
