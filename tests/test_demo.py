@@ -230,7 +230,8 @@ def test_unlearn_benchmark_runs_on_the_demo_world(demo_run: tuple[Path, Path], t
 
     a = audits.main([*_bench_args(demo_run[1], tmp_path / "a.json"), "--methods", "graddiff,eraser",
                      "--models", str(kept), "--attack-set", "relearn_steps=1", "--attack-set", "pgd_steps=1",
-                     "--attack-set", "max_items=2", "--attack-set", "probe_steps=10"])
+                     "--attack-set", "max_items=2", "--attack-set", "probe_steps=10", "--attack-set",
+                     "quant_max_items=4", "--attack-set", "quant_bits=[4]", "--attack-set", "mia_max_items=4"])
     assert a["settings"]["graddiff"] == result["best"]["graddiff"]["overrides"]
     assert set(a["attacks"]) == {"vanilla", "graddiff", "eraser"}
     with pytest.raises(SystemExit, match="no model saved"):
