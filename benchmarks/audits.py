@@ -5,6 +5,7 @@
     python benchmarks/unlearn.py --keep /tmp/best && python benchmarks/audits.py --models /tmp/best --retrained
     python benchmarks/audits.py --retrained --seeds 3 --picks benchmarks/results/unlearn_default_amd_val.json
     python benchmarks/audits.py --combine a.json b.json --out all.json --table all.md --plot all.png
+    python benchmarks/audits.py --retrained --reference-draws 3 --methods cvf_ncu --seeds 3
 
 Each method runs at its shipped setting on ``forget_10`` (a fresh copy of the vanilla model
 each time, unlearning seeds ``--seed`` .. ``--seed + N - 1``; ``--picks FILE``: at the setting an
@@ -22,7 +23,9 @@ relearning AG <= the reference's + 5 points; forget accuracy under PGD <= the re
 probe accuracy on the forget people <= the reference's + 0.05; forget accuracy after 4-bit
 rounding <= before rounding + 0.05; each MIA AUC within 0.05 of the reference's; forget quality
 (the KS p-value against the reference) >= 0.05. Without ``--retrained`` only the quantization
-target can be judged.
+target can be judged. ``--reference-draws N`` also audits N - 1 more draws of the reference
+(``unsee retrain --seed 1`` ...) beside the first, as rows ``retrained [seed S]``: what never having
+seen the photos gives against itself, the floor under every check.
 """
 
 from __future__ import annotations
@@ -152,6 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="run each method at the setting unlearn.py picked for it on its validation request")
     p.add_argument("--method-set", action="append", default=[], type=method_option, metavar="METHOD:KEY=VALUE",
                    help="an option of one method, after --train-set's and the pick's")
+    p.add_argument("--reference-draws", type=positive_int, default=1, metavar="N",
+                   help="with --retrained, also audit N-1 more draws of the reference (seeds 1..N-1) beside the first")
     p.add_argument("--combine", nargs="+", default=None, metavar="JSON",
                    help="join earlier runs' JSONs (set beside the same reference) into --out, --table and --plot; "
                         "runs nothing")
@@ -171,6 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
             p.error(f"{method}: {e}")
     if not args.attacks:
         p.error("--attacks none leaves this benchmark nothing to do; name at least one attack")
+    if args.reference_draws > 1 and not args.retrained:
+        p.error("--reference-draws sets more draws of the reference beside the first: add --retrained")
     world, vanilla = vanilla_model(args)
     suite = api.load_suite(world, args.forget, seed=args.seed)
     kinds = list(args.attacks)
@@ -229,6 +236,13 @@ def main(argv: list[str] | None = None) -> dict:
                 print(method, seed, runs[-1], flush=True)
         per_seed[method] = runs
         rows[method] = runs[0] if len(runs) == 1 else mean_attacks(runs)
+    for draw in range(1, args.reference_draws):  # the reference drawn again, judged as a method is
+        name = f"retrained [seed {draw}]"
+        again = load_adapter(retrained_model(args, world, vanilla, args.forget, seed=draw))
+        settings[name], seeds_run[name] = [f"seed={draw}"], [draw]
+        per_seed[name] = [audit(again, None, changed_linears(digests, again), reference)]
+        rows[name] = per_seed[name][0]
+        print(name, rows[name], flush=True)
     result = {"benchmark": "audits", "world": args.world, "seed": args.seed, "arch": args.arch, "forget": args.forget,
               "settings": settings, **({"picked_in": picked_in} if picked_in else {}),
               "seeds_run": seeds_run, "attacks": rows, "per_seed": per_seed, "models": models,

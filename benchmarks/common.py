@@ -225,10 +225,11 @@ def vanilla_model(args: argparse.Namespace) -> tuple[Path, Path]:
     return prepare_vanilla(cfg, args.arch, args.seed, cache_root(args.cache_dir))
 
 
-def retrained_model(args: argparse.Namespace, world: Path, vanilla: Path, forget: str) -> Path:
-    """The retrained reference of ``vanilla`` for ``forget``, from the stage cache (trained on first use)."""
+def retrained_model(args: argparse.Namespace, world: Path, vanilla: Path, forget: str, seed: int | None = None) -> Path:
+    """The retrained reference of ``vanilla`` for ``forget``, from the stage cache (trained on first use); ``seed``:
+    another draw of it (``unsee retrain --seed``)."""
     out = scratch("retrained-") / "model"
-    return api.retrain(vanilla, world, out, forget=forget, cache_dir=cache_root(args.cache_dir))
+    return api.retrain(vanilla, world, out, forget=forget, cache_dir=cache_root(args.cache_dir), seed=seed)
 
 
 def eval_kw(args: argparse.Namespace) -> dict[str, Any]:

@@ -365,8 +365,13 @@ def test_continual_and_audit_benchmarks_run_on_the_demo_world(demo_run: tuple[Pa
                      "--attack-set", "relearn_steps=1", "--attack-set", "pgd_steps=1", "--attack-set", "max_items=2",
                      "--attack-set", "probe_steps=10", "--attack-set", "quant_max_items=4", "--attack-set",
                      "quant_bits=[4]", "--attack-set", "mia_max_items=4", "--retrained", "--seeds", "2",
-                     "--table", str(tmp_path / "a.md"), "--plot", str(tmp_path / "a.png")])
-    assert set(a["attacks"]) == {"vanilla", "retrained", "cvf_ncu", "graddiff"}
+                     "--reference-draws", "2", "--table", str(tmp_path / "a.md"), "--plot", str(tmp_path / "a.png")])
+    drawn = "retrained [seed 1]"  # the reference drawn again, judged against the first as a method is
+    assert set(a["attacks"]) == {"vanilla", "retrained", "cvf_ncu", "graddiff", drawn}
+    assert a["seeds_run"][drawn] == [1]
+    assert a["per_seed"][drawn][0]["mia"]["reference"] == a["attacks"]["retrained"]["mia"]
+    assert a["targets"][drawn]["pgd_forget"]["reference"] == a["attacks"]["retrained"]["pgd"]["forget_attacked"]
+    assert f"| {drawn} | 1 |" in (tmp_path / "a.md").read_text()
     kinds = {"pgd", "shift", "probe", "relearn", "quant", "mia"}
     assert kinds <= set(a["attacks"]["retrained"]) and kinds <= set(a["attacks"]["cvf_ncu"])
     assert a["seeds_run"]["cvf_ncu"] == [0, 1] and len(a["per_seed"]["graddiff"]) == 2
@@ -382,15 +387,15 @@ def test_continual_and_audit_benchmarks_run_on_the_demo_world(demo_run: tuple[Pa
     assert "| cvf_ncu | 0,1 |" in (tmp_path / "a.md").read_text()
     assert (tmp_path / "a.png").read_bytes().startswith(b"\x89PNG")
     # methods audited in two sittings beside the same reference: one table, as if audited in one
-    for method in ("cvf_ncu", "graddiff"):
-        part = {**a, **{k: {method: a[k][method]} for k in ("settings", "seeds_run", "per_seed", "targets")}}
+    for method, rows in (("cvf_ncu", ["cvf_ncu"]), ("graddiff", ["graddiff", drawn])):
+        part = {**a, **{k: {m: a[k][m] for m in rows} for k in ("settings", "seeds_run", "per_seed", "targets")}}
         (tmp_path / f"{method}.json").write_text(json.dumps(part))
     both = audits.main(["--combine", str(tmp_path / "cvf_ncu.json"), str(tmp_path / "graddiff.json"),
                         "--out", str(tmp_path / "both.json")])
     assert audits.table(both) == audits.table(a) and both["targets"] == json.loads(json.dumps(a["targets"]))
     assert both["attacks"] == json.loads(json.dumps(a["attacks"]))
     assert [(c["file"], c["methods"]) for c in both["combined"]] == [
-        (str(tmp_path / "cvf_ncu.json"), ["cvf_ncu"]), (str(tmp_path / "graddiff.json"), ["graddiff"])]
+        (str(tmp_path / "cvf_ncu.json"), ["cvf_ncu"]), (str(tmp_path / "graddiff.json"), ["graddiff", drawn])]
     other = {**json.loads((tmp_path / "cvf_ncu.json").read_text()), "settings": {"cvf_ncu": ["lr=1"]}}
     (tmp_path / "other.json").write_text(json.dumps(other))  # the same method at another setting: a row of its own
     two = audits.main(["--combine", str(tmp_path / "cvf_ncu.json"), str(tmp_path / "other.json"),
@@ -522,7 +527,8 @@ def test_benchmark_options_are_refused_before_any_work(capsys: pytest.CaptureFix
                        (audits.main, ["--methods", "graddiff", "--method-set", "npo:lr=1"]),
                        (audits.main, ["--methods", "graddiff,npo", "--method-set", "npo:lr=quick"]),
                        (audits.main, ["--methods", "graddiff", "--models", str(tmp_path), "--picks",
-                                      str(tmp_path / "val.json")])):
+                                      str(tmp_path / "val.json")]),
+                       (audits.main, ["--methods", "graddiff", "--reference-draws", "2"])):
         with pytest.raises(SystemExit) as done:
             main(argv)
         assert done.value.code == 2
@@ -543,6 +549,7 @@ def test_benchmark_options_are_refused_before_any_work(capsys: pytest.CaptureFix
     assert err.count("val.json has no pick for npo") == 2 and "--method-set names npo" in err
     assert "--models audits the kept models at the settings they were trained with" in err
     assert "npo: " in err and "'quick'" in err  # every method's options checked before the first audit
+    assert "--reference-draws sets more draws of the reference beside the first: add --retrained" in err
     with pytest.raises(SystemExit, match="-1 is not a seed"):  # every seed of a list, before the first runs
         continual.main(["--methods", "graddiff", "--seeds", "0,-1"])
 
