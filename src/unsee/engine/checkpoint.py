@@ -32,6 +32,7 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from unsee.engine.distributed import placed, whole
 from unsee.errors import ConfigError, TrainingError
 from unsee.io import atomic_dir, discard, restored
 
@@ -89,7 +90,7 @@ def save_checkpoint(
     named += [(f"optim.{idx}.{key}", v) for idx, st in opt_state["state"].items() for key, v in st.items()]
     flat: dict[str, torch.Tensor] = {}
     for key, value in named:  # one tensor at a time: the others' gathered copies are freed at once
-        full = _whole(torch.as_tensor(value)).detach()  # every process takes part in a gather
+        full = whole(torch.as_tensor(value)).detach()  # every process takes part in a gather
         if write:
             flat[key] = full.cpu().contiguous().clone()
     if not write:
@@ -147,7 +148,7 @@ def load_checkpoint(
                             "delete it to start over")
     with torch.no_grad():
         for name, p in params.items():
-            p.copy_(_placed(flat[f"param.{name}"], p))
+            p.copy_(placed(flat[f"param.{name}"], p))
     owners = [p for group in optimizer.param_groups for p in group["params"]]  # the state's indices
     state: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in flat.items():
@@ -155,7 +156,7 @@ def load_checkpoint(
             _, idx, key = k.split(".", 2)
             owner = owners[int(idx)] if int(idx) < len(owners) else None
             moment = owner is not None and key != "step" and v.shape == owner.shape  # not Adam's step count
-            state.setdefault(int(idx), {})[key] = _placed(v, owner) if moment else v
+            state.setdefault(int(idx), {})[key] = placed(v, owner) if moment else v
     optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
     if scheduler is not None and info["scheduler"] is not None:
         scheduler.load_state_dict(info["scheduler"])
@@ -270,22 +271,6 @@ def remove_checkpoint(path: str | Path) -> None:
     """Gone at once: moved under this writer's name first, so that a kill while it is deleted leaves no
     half checkpoint in the folder (which the next run would refuse), only a leftover the next save removes."""
     discard(Path(path))
-
-
-def _whole(t: torch.Tensor) -> torch.Tensor:
-    """The whole of a sharded tensor, gathered (every process takes part), or the tensor itself."""
-    from torch.distributed.tensor import DTensor
-
-    return t.full_tensor() if isinstance(t, DTensor) else t
-
-
-def _placed(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``full`` sharded as ``like`` is, where ``like`` is sharded (each process keeps its own rows), or ``full``."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
-
-    if not isinstance(like, DTensor):
-        return full
-    return distribute_tensor(full.to(like.device, like.dtype), like.device_mesh, like.placements, src_data_rank=None)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -343,10 +343,23 @@ def local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
 
 
-def shard_like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """The rows of ``full`` that this process holds of ``param`` (FSDP2 shards along the first dim)."""
+def whole(t: torch.Tensor) -> torch.Tensor:
+    """The whole of a sharded tensor, gathered (every process takes part), or the tensor itself."""
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def placed(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``full`` sharded as ``like`` is (each process keeps its own rows, no communication), where ``like`` is
+    sharded; ``full`` itself otherwise."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
-    if not isinstance(param, DTensor):
+    if not isinstance(like, DTensor):
         return full
-    return distribute_tensor(full.to(param.device), param.device_mesh, param.placements, src_data_rank=None).to_local()
+    return distribute_tensor(full.to(like.device), like.device_mesh, like.placements, src_data_rank=None)
+
+
+def shard_like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """The rows of ``full`` that this process holds of ``param`` (FSDP2 shards along the first dim)."""
+    return local(placed(full, param))
