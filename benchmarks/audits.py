@@ -6,6 +6,7 @@
     python benchmarks/audits.py --retrained --seeds 3 --picks benchmarks/results/unlearn_default_amd_val.json
     python benchmarks/audits.py --combine a.json b.json --out all.json --table all.md --plot all.png
     python benchmarks/audits.py --retrained --reference-draws 3 --methods cvf_ncu --seeds 3
+    python benchmarks/audits.py --retrained --reference-draws 3 --against draws --methods cvf_ncu --seeds 3
 
 Each method runs at its shipped setting on ``forget_10`` (a fresh copy of the vanilla model
 each time, unlearning seeds ``--seed`` .. ``--seed + N - 1``; ``--picks FILE``: at the setting an
@@ -25,7 +26,9 @@ rounding <= before rounding + 0.05; each MIA AUC within 0.05 of the reference's;
 (the KS p-value against the reference) >= 0.05. Without ``--retrained`` only the quantization
 target can be judged. ``--reference-draws N`` also audits N - 1 more draws of the reference
 (``unsee retrain --seed 1`` ...) beside the first, as rows ``retrained [seed S]``: what never having
-seen the photos gives against itself, the floor under every check.
+seen the photos gives against itself, the floor under every check. With ``--against draws`` every row is
+judged against the N draws read as one reference (each figure their mean, forget quality against their items
+pooled) instead of against the first draw alone.
 """
 
 from __future__ import annotations
@@ -157,6 +160,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="an option of one method, after --train-set's and the pick's")
     p.add_argument("--reference-draws", type=positive_int, default=1, metavar="N",
                    help="with --retrained, also audit N-1 more draws of the reference (seeds 1..N-1) beside the first")
+    p.add_argument("--against", choices=("first", "draws"), default="first",
+                   help="judge every row against the first draw of the reference, or against the mean of the "
+                        "--reference-draws N draws")
     p.add_argument("--combine", nargs="+", default=None, metavar="JSON",
                    help="join earlier runs' JSONs (set beside the same reference) into --out, --table and --plot; "
                         "runs nothing")
@@ -178,6 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("--attacks none leaves this benchmark nothing to do; name at least one attack")
     if args.reference_draws > 1 and not args.retrained:
         p.error("--reference-draws sets more draws of the reference beside the first: add --retrained")
+    if args.against == "draws" and args.reference_draws < 2:
+        p.error("--against draws reads several draws of the reference as one: add --reference-draws N (N >= 2)")
     world, vanilla = vanilla_model(args)
     suite = api.load_suite(world, args.forget, seed=args.seed)
     kinds = list(args.attacks)
@@ -201,9 +209,14 @@ def main(argv: list[str] | None = None) -> dict:
     rows: dict[str, Any] = {"vanilla": audit(base)}
     print("vanilla", rows["vanilla"], flush=True)
     if args.retrained:
-        retrained = retrained_model(args, world, vanilla, args.forget)
-        models["retrained"] = model_fingerprint(retrained)
-        reference = api.ReferenceAudits(retrained, suite, cfg, args.cache_dir)
+        draws = [retrained_model(args, world, vanilla, args.forget, seed=s or None)
+                 for s in range(args.reference_draws)]
+        models["retrained"] = model_fingerprint(draws[0])
+        reference = api.ReferenceAudits(draws[0], suite, cfg, args.cache_dir)
+        if args.against == "draws":
+            models["retrained_draws"] = [model_fingerprint(d) for d in draws]
+            reference = api.ReferenceDraws([reference, *(api.ReferenceAudits(d, suite, cfg, args.cache_dir)
+                                                         for d in draws[1:])])
         rows["retrained"] = {k: {n: v for n, v in reference(k).items() if n != "per_item"} for k in kinds}
         print("retrained", rows["retrained"], flush=True)
     settings, per_seed, seeds_run = {}, {}, {}
@@ -238,12 +251,13 @@ def main(argv: list[str] | None = None) -> dict:
         rows[method] = runs[0] if len(runs) == 1 else mean_attacks(runs)
     for draw in range(1, args.reference_draws):  # the reference drawn again, judged as a method is
         name = f"retrained [seed {draw}]"
-        again = load_adapter(retrained_model(args, world, vanilla, args.forget, seed=draw))
+        again = load_adapter(draws[draw])
         settings[name], seeds_run[name] = [f"seed={draw}"], [draw]
         per_seed[name] = [audit(again, None, changed_linears(digests, again), reference)]
         rows[name] = per_seed[name][0]
         print(name, rows[name], flush=True)
     result = {"benchmark": "audits", "world": args.world, "seed": args.seed, "arch": args.arch, "forget": args.forget,
+              "against": f"mean of {args.reference_draws} draws" if args.against == "draws" else "first draw",
               "settings": settings, **({"picked_in": picked_in} if picked_in else {}),
               "seeds_run": seeds_run, "attacks": rows, "per_seed": per_seed, "models": models,
               "targets": {m: targets(per_seed[m]) for m in per_seed}, "environment": environment()}

@@ -361,11 +361,11 @@ def test_continual_and_audit_benchmarks_run_on_the_demo_world(demo_run: tuple[Pa
             continual.main([*_bench_args(demo_run[1], tmp_path / "typo.json"), "--methods", "cvf_ncu",
                             "--train-set", "lamda_d=40"])
         assert "lamda_d" in capsys.readouterr().err  # one line, not a traceback
-    a = audits.main([*_bench_args(demo_run[1], tmp_path / "a.json"), "--methods", "cvf_ncu,graddiff",
-                     "--attack-set", "relearn_steps=1", "--attack-set", "pgd_steps=1", "--attack-set", "max_items=2",
-                     "--attack-set", "probe_steps=10", "--attack-set", "quant_max_items=4", "--attack-set",
-                     "quant_bits=[4]", "--attack-set", "mia_max_items=4", "--retrained", "--seeds", "2",
-                     "--reference-draws", "2", "--table", str(tmp_path / "a.md"), "--plot", str(tmp_path / "a.png")])
+    sets = [x for o in ("relearn_steps=1", "pgd_steps=1", "max_items=2", "probe_steps=10", "quant_max_items=4",
+                        "quant_bits=[4]", "mia_max_items=4") for x in ("--attack-set", o)]
+    a = audits.main([*_bench_args(demo_run[1], tmp_path / "a.json"), "--methods", "cvf_ncu,graddiff", *sets,
+                     "--retrained", "--seeds", "2", "--reference-draws", "2", "--table", str(tmp_path / "a.md"),
+                     "--plot", str(tmp_path / "a.png")])
     drawn = "retrained [seed 1]"  # the reference drawn again, judged against the first as a method is
     assert set(a["attacks"]) == {"vanilla", "retrained", "cvf_ncu", "graddiff", drawn}
     assert a["seeds_run"][drawn] == [1]
@@ -386,6 +386,15 @@ def test_continual_and_audit_benchmarks_run_on_the_demo_world(demo_run: tuple[Pa
         assert a["per_seed"][method][0]["mia"]["reference"] == a["attacks"]["retrained"]["mia"]
     assert "| cvf_ncu | 0,1 |" in (tmp_path / "a.md").read_text()
     assert (tmp_path / "a.png").read_bytes().startswith(b"\x89PNG")
+    # every row judged against the two draws read as one: each figure their mean, each draw's beside it
+    b = audits.main([*_bench_args(demo_run[1], tmp_path / "b.json"), "--methods", "graddiff", "--attacks", "pgd,mia",
+                     *sets, "--retrained", "--reference-draws", "2", "--against", "draws"])
+    pgd_draws = [a["attacks"]["retrained"]["pgd"]["forget_attacked"], a["attacks"][drawn]["pgd"]["forget_attacked"]]
+    assert b["against"] == "mean of 2 draws" and len(b["models"]["retrained_draws"]) == 2
+    assert b["attacks"]["retrained"]["pgd"]["n_draws"] == 2
+    assert b["attacks"]["retrained"]["pgd"]["forget_attacked"] == pytest.approx(sum(pgd_draws) / 2)
+    assert b["targets"]["graddiff"]["pgd_forget"]["reference_draws"] == pgd_draws
+    assert b["targets"][drawn]["pgd_forget"]["reference"] == pytest.approx(sum(pgd_draws) / 2)
     # methods audited in two sittings beside the same reference: one table, as if audited in one
     for method, rows in (("cvf_ncu", ["cvf_ncu"]), ("graddiff", ["graddiff", drawn])):
         part = {**a, **{k: {m: a[k][m] for m in rows} for k in ("settings", "seeds_run", "per_seed", "targets")}}
@@ -528,7 +537,8 @@ def test_benchmark_options_are_refused_before_any_work(capsys: pytest.CaptureFix
                        (audits.main, ["--methods", "graddiff,npo", "--method-set", "npo:lr=quick"]),
                        (audits.main, ["--methods", "graddiff", "--models", str(tmp_path), "--picks",
                                       str(tmp_path / "val.json")]),
-                       (audits.main, ["--methods", "graddiff", "--reference-draws", "2"])):
+                       (audits.main, ["--methods", "graddiff", "--reference-draws", "2"]),
+                       (audits.main, ["--methods", "graddiff", "--retrained", "--against", "draws"])):
         with pytest.raises(SystemExit) as done:
             main(argv)
         assert done.value.code == 2
@@ -550,6 +560,7 @@ def test_benchmark_options_are_refused_before_any_work(capsys: pytest.CaptureFix
     assert "--models audits the kept models at the settings they were trained with" in err
     assert "npo: " in err and "'quick'" in err  # every method's options checked before the first audit
     assert "--reference-draws sets more draws of the reference beside the first: add --retrained" in err
+    assert "--against draws reads several draws of the reference as one: add --reference-draws N" in err
     with pytest.raises(SystemExit, match="-1 is not a seed"):  # every seed of a list, before the first runs
         continual.main(["--methods", "graddiff", "--seeds", "0,-1"])
 

@@ -20,11 +20,11 @@ from helpers import weights_hash
 from unsee import api, unlearning
 from unsee.audit import mia, quant
 from unsee.audit.attacks import AttackConfig, run_attacks
-from unsee.audit.verdicts import mean_attacks, reference_checks
+from unsee.audit.verdicts import mean_attacks, reference_checks, reference_of_draws
 from unsee.cli import main
 from unsee.data.schema import Suite
 from unsee.data.world import build_world
-from unsee.errors import ConfigError, DataError
+from unsee.errors import ConfigError, DataError, ModelError
 from unsee.eval import metrics
 from unsee.eval.results import ResultsError, load_results, new_results, seed_summary, validate_results
 from unsee.models import HFAdapter, load_adapter
@@ -56,6 +56,12 @@ def model(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def reference(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Another tiny model standing in for the retrained reference: different weights, same tokenizer world."""
     return init_model("tiny-llava", tmp_path_factory.mktemp("refaudit_r") / "r", world=world, seed=1)
+
+
+@pytest.fixture(scope="module")
+def second_draw(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second model standing in for another draw of the reference (``unsee retrain --seed``)."""
+    return init_model("tiny-llava", tmp_path_factory.mktemp("refaudit_r2") / "r", world=world, seed=2)
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +236,36 @@ def test_privleak_is_taken_from_the_aucs_before_they_are_rounded() -> None:
     assert mia.relative(mine, ref)["privleak_loss"] == round((a - r) / r, 4)
 
 
+def test_several_draws_of_the_reference_read_as_one() -> None:
+    """Each figure the mean of the draws, each draw's own kept; PrivLeak against the mean of their AUCs, and
+    forget quality against their items pooled, not against the first draw's alone."""
+    mine_items, first, second = [0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8], [0.15, 0.25, 0.35, 0.45]
+    holdout = [0.3, 0.5, 0.9]
+
+    def figures(items: list[float], ag: float) -> dict[str, Any]:
+        per_item = {"forget": {s: items for s in mia.SCORES} | {"truth_ratio": items},
+                    "holdout": {s: holdout for s in mia.SCORES}}
+        return {"ag": ag, "auc_loss": 0.5, "n_forget": 4, "holdout": "h", "per_item": per_item}
+
+    draws = [figures(first, 16.0), figures(second, 4.0)]
+    ref = reference_of_draws(draws)
+    assert ref["ag"] == 10.0 and ref["n_draws"] == 2 and [d["ag"] for d in ref["draws"]] == [16.0, 4.0]
+    assert ref["n_forget"] == 4 and "holdout" not in ref["draws"][0]  # numbers only; a name is no mean
+    assert ref["per_item"] == [d["per_item"] for d in draws]
+    assert reference_of_draws(draws[:1]) == draws[0]  # one draw is the reference as it was
+    found = mia.relative(figures(mine_items, 0.0), ref)
+    assert found["forget_quality"] == float(f"{metrics.ks_2samp(mine_items, first + second)[1]:.6g}")
+    assert found["forget_quality"] != mia.relative(figures(mine_items, 0.0), draws[0])["forget_quality"]
+    a, r1, r2 = (metrics.auc(mia.member_score("loss", x), mia.member_score("loss", holdout))
+                 for x in (mine_items, first, second))
+    assert found["privleak_loss"] == round((a - (r1 + r2) / 2) / ((r1 + r2) / 2), 4)
+    # the checks read the mean, and carry each draw's figure for the report
+    check = reference_checks({"relearn": {"ag": 14.0, "reference": {k: v for k, v in ref.items()
+                                                                     if k != "per_item"}}})["relearn_ag"]
+    assert check["reference"] == 10.0 and check["reference_draws"] == [16.0, 4.0] and check["pass"] is True
+    assert "reference_draws" not in reference_checks({"relearn": {"ag": 1.0, "reference": {"ag": 0.0}}})["relearn_ag"]
+
+
 def test_mia_holdout_must_not_overlap_the_forget_set(adapter: HFAdapter, suite: Suite) -> None:
     with pytest.raises(DataError, match="overlaps the forget set"):
         mia.mia(adapter, suite, AttackConfig(mia_holdout="forget_test"))
@@ -290,6 +326,31 @@ def test_attack_sets_the_reference_beside_each_figure_and_caches_it(model: Path,
             "unsee.models.qwen_vl", "unsee.models.llava"} <= set(unlearning.audit_code())
     monkeypatch.setattr(unlearning, "source_fingerprint", lambda *modules: "other code")
     assert unlearning.ReferenceAudits(reference, api.load_suite(world, "forget_5"), cfg, cache).key not in keys
+
+
+def test_attack_beside_several_draws_of_the_reference(model: Path, reference: Path, second_draw: Path, world: Path,
+                                                      tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--reference A --reference B`: each draw attacked as it alone would be (and cached alike), the figures
+    beside the model's their mean, the report and card say so; the same weights twice are refused."""
+    cache = tmp_path / "cache"
+    opts = ["--audit-set", "mia_max_items=4", "--audit-set", "probe_steps=10"]
+    base = ["--model", str(model), "--data", str(world), "--forget", "forget_5", "--cache-dir", str(cache), *opts]
+    alone = [api.attack("probe", model, world, tmp_path / f"alone{i}.json", forget="forget_5", reference=r,
+                        cache_dir=cache, overrides=["mia_max_items=4", "probe_steps=10"])["probe"]["reference"]
+             for i, r in enumerate((reference, second_draw))]
+    assert main(["attack", "probe", *base, "--reference", str(reference), "--reference", str(second_draw),
+                 "--out", str(tmp_path / "both.json")]) == 0
+    capsys.readouterr()
+    ref = load_results(tmp_path / "both.json")["runs"][0]["attacks"]["probe"]["reference"]
+    assert ref["n_draws"] == 2 and [d["forget_acc"] for d in ref["draws"]] == [a["forget_acc"] for a in alone]
+    assert ref["forget_acc"] == pytest.approx((alone[0]["forget_acc"] + alone[1]["forget_acc"]) / 2)
+    api.report(tmp_path / "both.json", tmp_path / "rep")
+    assert "(mean of 2 draws, " in (tmp_path / "rep" / "report.md").read_text()
+    # the same weights under another name are one draw, not two
+    copy = shutil.copytree(reference, tmp_path / "same")
+    assert main(["attack", "probe", *base, "--reference", str(reference), "--reference", str(copy),
+                 "--out", str(tmp_path / "twice.json")]) == 2
+    assert "hold the same weights" in capsys.readouterr().err and not (tmp_path / "twice.json").exists()
 
 
 def test_attacks_that_need_a_reference_refuse_without_one(model: Path, world: Path, tmp_path: Path,
@@ -392,6 +453,12 @@ def test_reference_checks_and_card_say_which_audits_passed() -> None:
     assert "| pgd_forget | 0.900 | 0.760 | <= reference + 0.05 | no |" in card
     assert "| relearn | ag | 20.000 | 18.900 |" in card
     assert "0.300 [0.20, 0.40]" in card
+    # read against several draws of the reference: their mean judges, and the card shows their range
+    drawn = {**attacks, "relearn": {"ag": 20.0, "reference": {"ag": 10.0, "n_draws": 2,
+                                                               "draws": [{"ag": 16.0}, {"ag": 4.0}]}}}
+    card = model_card({**run, "attacks": drawn}, None, base_model="b", base_hash="h", forgotten=["p1"], audits=None)
+    assert "judged against the mean of 2 draws of it" in card
+    assert "| relearn_ag | 20.000 | 10.000 (mean of 2 draws, 4.000 to 16.000) | <= reference + 5 | no |" in card
     # 4-bit rounding alone, with no reference attacked: judged against the model itself, and said so
     alone = model_card({**run, "attacks": {"quant": {"forget_clean": 0.3, "forget_int4_all": 0.32}}}, None,
                        base_model="b", base_hash="h", forgotten=["p1"], audits=None)
@@ -533,6 +600,28 @@ def test_unlearn_over_seeds_saves_each_and_summarises(model: Path, world: Path, 
     with pytest.raises(ConfigError, match="seeds"):
         api.unlearn("ga", model, world, tmp_path / "bad", seeds=0)
     assert not (tmp_path / "bad").exists()
+
+
+def test_unlearn_audits_beside_several_draws_of_the_reference(model: Path, reference: Path, second_draw: Path,
+                                                              world: Path, tmp_path: Path) -> None:
+    """`unsee unlearn --audit --reference A --reference B`: the audits read the two draws as one, and the card
+    says so; a broken draw among them is refused before the unlearning trains."""
+    opts = ["relearn_steps=1", "pgd_steps=1", "max_items=2", "probe_steps=10", "quant_max_items=4", "quant_bits=[4]",
+            "mia_max_items=4"]
+    out = api.unlearn("ga", model, world, tmp_path / "ga", forget="forget_5",
+                      overrides=["max_steps=1", "progress=false"], evaluate_after=False, audit=True,
+                      audit_overrides=opts, reference=[reference, second_draw], cache_dir=tmp_path / "cache")
+    run = load_results(out / "results.json")["runs"][-1]
+    assert run["attacks"]["pgd"]["reference"]["n_draws"] == 2 and len(run["attacks"]["mia"]["reference"]["draws"]) == 2
+    assert "judged against the mean of 2 draws of it" in (out / "model" / "README.md").read_text()
+    bad = Path(shutil.copytree(model, tmp_path / "bad"))
+    (bad / "config.json").write_text("{not json")
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(api, "unlearn_and_save", lambda *a, **k: pytest.fail("the unlearning trained first"))
+        with pytest.raises(ModelError, match=str(bad)):
+            api.unlearn("ga", model, world, tmp_path / "u", forget="forget_5", audit=True,
+                        reference=[reference, bad])
+    assert not (tmp_path / "u").exists()
 
 
 def test_seeds_and_reference_options_on_the_command_line(model: Path, world: Path, tmp_path: Path,

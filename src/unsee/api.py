@@ -93,6 +93,7 @@ from unsee.runs import (
 from unsee.tune import tune
 from unsee.unlearning import (
     ReferenceAudits,
+    ReferenceDraws,
     attach_holdout,
     audit_adapter,
     audit_config,
@@ -104,14 +105,15 @@ from unsee.unlearning import (
 if TYPE_CHECKING:
     from unsee.data.schema import Suite
 
-# The commands, then the steps they are made of (:mod:`unsee.runs`, :mod:`unsee.audit.reference`), so that
+# The commands, then the steps they are made of (:mod:`unsee.runs`, :mod:`unsee.unlearning`), so that
 # a script can run one step on its own: load a suite, unlearn a loaded model, evaluate it, audit it.
 __all__ = [
     "attack", "build_world", "continual", "demo", "evaluate", "finetune", "forget", "init_model", "init_shaped",
     "print_results", "report", "retrain", "tune", "unlearn",
-    "ReferenceAudits", "attach_holdout", "audit_adapter", "check_forget", "check_images", "check_neutral",
-    "detect_benchmark", "eval_options", "evaluate_adapter", "evaluation", "find_reference", "load_suite", "make_run",
-    "method_configs", "model_name", "save_checkpoint", "training_turns", "unlearn_adapter", "unlearn_and_save",
+    "ReferenceAudits", "ReferenceDraws", "attach_holdout", "audit_adapter", "check_forget", "check_images",
+    "check_neutral", "detect_benchmark", "eval_options", "evaluate_adapter", "evaluation", "find_reference",
+    "load_suite", "make_run", "method_configs", "model_name", "save_checkpoint", "training_turns", "unlearn_adapter",
+    "unlearn_and_save",
 ]
 
 
@@ -142,8 +144,7 @@ def init_shaped(shape: str, out: str | Path, *, overwrite: bool = False, **kw: A
 
 def finetune(model: str | Path, data: Any, out: str | Path, *, config: str | Path | dict | None = None,
              overrides: Any = (), seed: int | None = None, overwrite: bool = False,
-             cache_dir: str | Path | None = None, benchmark: str | None = None,
-             revision: str | None = None) -> Path:
+             cache_dir: str | Path | None = None, benchmark: str | None = None, revision: str | None = None) -> Path:
     """``unsee finetune``: the vanilla model. On the built-in world, its staged recipe
     (:mod:`unsee.finetune`, config ``default`` or ``quick``); on MLLMU-Bench, CLEAR or UMU-bench,
     the benchmark's own recipe (:mod:`unsee.finetune_bench`, config ``mllmu``, ``clear`` or ``umu``;
@@ -156,7 +157,6 @@ def finetune(model: str | Path, data: Any, out: str | Path, *, config: str | Pat
         check_world_recipe(config)
         return _finetune.finetune(model, ref.path, out, config="default" if config is None else config,
                                   overrides=overrides, seed=seed, overwrite=overwrite, cache_dir=cache_dir)
-
     return finetune_benchmark(model, ref, kind, out, config=config, overrides=overrides, seed=seed,
                               overwrite=overwrite, cache_dir=cache_dir)
 
@@ -228,8 +228,8 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
             audit_overrides: Any = (), evaluate_after: bool = True, dtype: str | None = None,
             report_to: str = "", benchmark: str | None = None, revision: str | None = None,
             protocol: str = "loglik", max_items: int | None = None, max_new_tokens: int | None = None,
-            seeds: int = 1, reference: str | Path | None = None, cache_dir: str | Path | None = None,
-            neutral: str | Path | None = None) -> Path:
+            seeds: int = 1, reference: str | Path | Sequence[str | Path] | None = None,
+            cache_dir: str | Path | None = None, neutral: str | Path | None = None) -> Path:
     """``unsee unlearn``: a checkpoint (or, for a method that trains no weights such as ``eraser``, its
     steering file), ``run.json`` and a model card.
 
@@ -240,8 +240,8 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
     ``samples.jsonl``. With ``seeds`` N > 1 the method runs N times from the same model, with
     unlearning seeds ``seed`` .. ``seed + N - 1``: each result goes to ``out/seed-K/``, and
     ``results.json`` holds every run and their mean, sd, min and max. With ``audit`` the
-    retrained reference (``reference``, or the one ``unsee retrain`` cached for ``model``) is
-    attacked beside the result, once however many seeds run. ``neutral`` is a folder of photos of
+    retrained reference (``reference``, or several draws of it; by default the one ``unsee retrain`` cached for
+    ``model``) is attacked beside the result, once however many seeds run. ``neutral`` is a folder of photos of
     never-taught people for the methods that read them (``cvf_ncu``, ``cvf_only``, ``vkd``, the
     eraser's ``erasure=neutral``) on a benchmark that ships none; on the built-in world it replaces
     the world's own, and results.json's ``data`` records it.
@@ -400,7 +400,7 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
            vanilla: str | Path | None = None, steering: str | Path | None = None, method: str = "attacked",
            seed: int = 0, overrides: Any = (), overwrite: bool = False, allow_pickle: bool = False,
            dtype: str | None = None, benchmark: str | None = None, revision: str | None = None,
-           reference: str | Path | None = None, cache_dir: str | Path | None = None) -> dict:
+           reference: str | Path | Sequence[str | Path] | None = None, cache_dir: str | Path | None = None) -> dict:
     """``unsee attack KIND``: attack a model and record the figures in a results.json.
 
     ``KIND`` is ``relearn``, ``pgd``, ``shift``, ``probe``, ``quant``, ``mia`` or ``all``. If ``out``
@@ -412,11 +412,11 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
     (or steering file) is attacked gets the figures (:func:`unsee.attacked.attacked_run`). Otherwise a
     new results.json holds one run named ``method``, on ``forget`` (``forget_10`` unless given; a request's own).
 
-    The retrained reference (``reference``, or the one ``unsee retrain`` cached for ``vanilla``)
-    is attacked too, each figure going beside the model's as ``reference``. ``mia`` alone needs it;
-    with ``all`` and no reference, ``mia`` records its AUCs without PrivLeak and forget quality,
-    as ``--audit`` does. ``quant`` quantizes the linear
-    weights that differ from ``vanilla`` as well as all of them.
+    The retrained reference (``reference``: a model directory, or several draws of it read as one; by default
+    the one ``unsee retrain`` cached for ``vanilla``) is attacked too, each figure going beside the model's as
+    ``reference``. ``mia`` alone needs it; with ``all`` and no reference, ``mia`` records its AUCs without
+    PrivLeak and forget quality, as ``--audit`` does. ``quant`` quantizes the linear weights that differ from
+    ``vanilla`` as well as all of them.
     """
 
     kinds = list(ATTACKS) if kind == "all" else [kind]

@@ -120,9 +120,10 @@ def _audit_set_option(p: argparse.ArgumentParser) -> None:
 
 def _reference_options(p: argparse.ArgumentParser) -> None:
     """Where the retrained reference the audits are read against comes from."""
-    p.add_argument("--reference", default=None, metavar="DIR",
-                   help="the retrained reference (unsee retrain's output) to attack beside the model; default: "
-                   "the one unsee retrain cached for the base model, if any")
+    p.add_argument("--reference", action="append", default=None, metavar="DIR",
+                   help="the retrained reference (unsee retrain's output) to attack beside the model; repeat it for "
+                   "several draws (unsee retrain --seed N), read as one: each figure their mean; default: the one "
+                   "unsee retrain cached for the base model, if any")
     p.add_argument("--cache-dir", default=None, help="the stage cache (default: ~/.cache/unsee)")
 
 

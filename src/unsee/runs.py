@@ -57,8 +57,9 @@ def configured(method: str, config: Any = None, overrides: Any = ()) -> Any:
 # ---- data ----------------------------------------------------------------------------------
 def local_inputs(*paths: Any) -> list[Any]:
     """The inputs among ``paths`` that an output must not overlap (files and folders; None and config
-    mappings skipped), with the photos and folders a request file among them names."""
-    local = [p for p in paths if isinstance(p, str | Path)]
+    mappings skipped; a list, such as several draws of the reference, counts each), with the photos and folders a
+    request file among them names."""
+    local = [q for p in paths for q in (p if isinstance(p, list | tuple) else [p]) if isinstance(q, str | Path)]
     return local + [named for p in local if is_request_file(p) for named in named_paths(p)]
 
 

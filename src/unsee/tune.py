@@ -61,7 +61,7 @@ from unsee.runs import (
     run_seed,
     unlearn_adapter,
 )
-from unsee.unlearning import check_audit_options, find_reference, unlearn_and_save
+from unsee.unlearning import check_audit_options, find_reference, reference_record, unlearn_and_save
 
 TUNE_FILE = "tune.json"
 LR_SCALES = (1.0, 0.3, 3.0)  # the configured rate first: a tie keeps it
@@ -200,7 +200,7 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
          dtype: str | None = None, benchmark: str | None = None, revision: str | None = None,
          protocol: str = "loglik", max_items: int | None = None, max_new_tokens: int | None = None,
          neutral: str | Path | None = None, attacks: Sequence[str] = (), audit_overrides: Sequence[str] = (),
-         reference: str | Path | None = None, cache_dir: str | Path | None = None) -> Path:
+         reference: str | Path | Sequence[str | Path] | None = None, cache_dir: str | Path | None = None) -> Path:
     """``unsee tune``: run ``method`` at every setting of ``grid`` on the validation request ``on`` of
     ``data`` (or on ``data`` itself, a removal request file), ``seeds`` seeds each, and write the pick.
 
@@ -211,9 +211,9 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
     ``report.md`` with ``tradeoff.png``. ``attacks`` are audits run on every run (``relearn``, say), whose
     figures each row then carries beside its score: the score reads forgetting and retention alone, and a
     setting that scores best may be the one whose forgetting a few steps of training bring back. The
-    retrained reference (``reference``, or the one ``unsee retrain`` cached for ``model`` without the
-    validation people's photos) is attacked beside them, and a setting whose audits fail on the means over
-    its seeds ranks below every setting whose audits hold.
+    retrained reference (``reference``, or several draws of it; by default the one ``unsee retrain`` cached for
+    ``model`` without the validation people's photos) is attacked beside them, and a setting whose audits fail
+    on the means over its seeds ranks below every setting whose audits hold.
     """
     out = Path(out)
     overrides = list(overrides)
@@ -257,7 +257,7 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
         method, config, overrides, seed=seed, model=model, revision=revision, dtype=dtype,
         forget={on: qa_turns(suite.group("train_forget"))}, data=str(data), eval=eval_kw, benchmark=benchmark,
         neutral=str(neutral), grid=points, seeds=seeds, exclude=excluded, left_out=left_out, attacks=list(attacks),
-        audit_overrides=list(audit_overrides), reference=str(ref)), kind="tune", items="runs")
+        audit_overrides=list(audit_overrides), reference=str(reference_record(ref))), kind="tune", items="runs")
     trials = [(point, s) for point in points for s in range(seed, seed + seeds)]
     load_kw = {"allow_pickle": allow_pickle, "dtype": dtype}
     if not is_main_process():
@@ -293,7 +293,7 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
             "method": method, "model": str(model), "data": str(data), "on": on, "seed": seed, "seeds": seeds,
             "config": jsonable(config) if isinstance(config, Mapping) else (None if config is None else str(config)),
             "overrides": overrides, "exclude": excluded, "exclude_left_out_of_retain": left_out,
-            "reference": None if ref is None else str(ref),
+            "reference": reference_record(ref),
             "vanilla": _figures(v_eval.metrics), "rows": rows,
             "pick": {"overrides": best["overrides"], "score": best["score"], "config_file": config_file,
                      "config": picked}, "environment": environment()})

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from unsee.audit.attacks import ATTACKS, AttackConfig, image_mcq, run_attacks
 from unsee.audit.mia import check_holdout
 from unsee.audit.quant import changed_linears, weight_digests
+from unsee.audit.verdicts import reference_of_draws
 from unsee.bench_recipe import cached_benchmark_reference, split_name
 from unsee.config import check_seed, load_config, to_dict
 from unsee.data.schema import Suite
@@ -127,12 +128,30 @@ def unlearn_and_save(method: str, adapter: Adapter, suite: Suite, *, steering_di
     return run, artifact
 
 
-def find_reference(reference: str | Path | None, base: str | Path | None, data: str | Path, forget: str,
+References = str | Path | Sequence[str | Path]
+
+
+def find_reference(reference: References | None, base: str | Path | None, data: str | Path, forget: str,
                    cache_dir: str | Path | None = None, revision: str | None = None,
-                   benchmark: str | None = None, allow_pickle: bool = False) -> Path | None:
+                   benchmark: str | None = None, allow_pickle: bool = False) -> Path | list[Path] | None:
     """The retrained reference to audit beside a model: ``reference`` if given (pickle weights only with
     ``allow_pickle``), else the one ``unsee retrain`` left in the stage cache for the base (vanilla) model
-    ``base`` (of the built-in world or of a benchmark), else None. Never trains."""
+    ``base`` (of the built-in world or of a benchmark), else None. Never trains.
+
+    Several draws of the reference (``unsee retrain --seed``) given together come back as a list, read as one
+    reference (:class:`ReferenceDraws`); the same weights given twice would count one draw twice, and are refused."""
+    if isinstance(reference, Sequence) and not isinstance(reference, str):
+        paths = [find_reference(r, base, data, forget, cache_dir, revision, benchmark, allow_pickle)
+                 for r in reference]
+        if not paths:
+            raise ConfigError("the references given are an empty list: give a model directory, or none to use the "
+                              "cached one")
+        weights = [model_fingerprint(p) for p in paths]
+        if len(set(weights)) < len(weights):
+            twice = [str(p) for p, w in zip(paths, weights, strict=True) if weights.count(w) > 1]
+            raise ConfigError(f"the references {', '.join(twice)} hold the same weights: each draw of the reference "
+                              "is given once (another draw: `unsee retrain --seed N`)")
+        return paths[0] if len(paths) == 1 else paths  # type: ignore[return-value]
     if reference is not None:
         path = Path(reference)
         if not (path / "config.json").is_file():
@@ -145,6 +164,13 @@ def find_reference(reference: str | Path | None, base: str | Path | None, data: 
     if not (Path(data) / "world.json").is_file():
         return cached_benchmark_reference(base, data, forget, cache_dir, revision)
     return cached_reference(base, data, forget, cache_dir)
+
+
+def reference_record(reference: Path | Sequence[Path] | None) -> str | list[str] | None:
+    """The reference as results record it: its path, or the paths of its draws."""
+    if reference is None:
+        return None
+    return str(reference) if isinstance(reference, str | Path) else [str(p) for p in reference]
 
 
 def check_reference(path: Path, forget: str, benchmark: str, data: str | Path | None = None) -> None:
@@ -243,6 +269,19 @@ class ReferenceAudits:
         return figures
 
 
+class ReferenceDraws:
+    """Several draws of the retrained reference, attacked each (and cached each, :class:`ReferenceAudits`) and
+    read as one: each figure the mean over the draws, forget quality against their items pooled
+    (:func:`unsee.audit.verdicts.reference_of_draws`)."""
+
+    def __init__(self, draws: Sequence[ReferenceAudits]) -> None:
+        self.draws = list(draws)
+
+    def __call__(self, kind: str) -> dict[str, Any]:
+
+        return reference_of_draws([draw(kind) for draw in self.draws])
+
+
 def check_audit_options(audit: bool, overrides: Any = (), kinds: Sequence[str] | None = None,
                         reference: Any = None) -> None:
     """Audit options (and the attacks asked for, ``kinds``, and the ``reference`` to attack beside the model) are
@@ -276,11 +315,12 @@ def audit_adapter(adapter: Adapter, suite: Suite, *, kinds: Sequence[str] | None
                   steering: str | Path | None = None, artifact: Artifact | None = None,
                   vanilla: Adapter | None = None, seed: int = 0,
                   overrides: Any = (), strict: bool = True, changed: Sequence[str] | None = None,
-                  reference: str | Path | ReferenceAudits | None = None, data: str | Path | None = None,
+                  reference: References | ReferenceAudits | ReferenceDraws | None = None,
+                  data: str | Path | None = None,
                   cache_dir: str | Path | None = None, allow_pickle: bool = False) -> dict[str, dict[str, Any]]:
     """The robustness audits on a loaded model as deployed (with its ``artifact``, or the steering file at
-    ``steering``), each beside the retrained reference's figure when ``reference`` (a model directory; pickle
-    weights only with ``allow_pickle``) is given.
+    ``steering``), each beside the retrained reference's figure when ``reference`` (a model directory, or several
+    draws of it; pickle weights only with ``allow_pickle``) is given.
 
     ``kinds=None`` runs every attack and an empty list none, so that "no audits" is never read as "all"."""
 
@@ -294,7 +334,10 @@ def audit_adapter(adapter: Adapter, suite: Suite, *, kinds: Sequence[str] | None
                 raise
     artifact = deployed_artifact(artifact, steering)
     ref = reference
-    if reference is not None and not isinstance(reference, ReferenceAudits):
+    if isinstance(reference, str | Path):
         ref = ReferenceAudits(reference, suite, cfg, cache_dir, dtype=adapter.dtype, allow_pickle=allow_pickle)
+    elif isinstance(reference, Sequence):
+        ref = ReferenceDraws([ReferenceAudits(r, suite, cfg, cache_dir, dtype=adapter.dtype, allow_pickle=allow_pickle)
+                              for r in reference])
     return run_attacks(adapter, suite, kinds, cfg, vanilla=vanilla, artifact=artifact, strict=strict, changed=changed,
                        reference=ref)

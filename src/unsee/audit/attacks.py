@@ -33,7 +33,7 @@ import torch
 from PIL import Image, ImageDraw, ImageEnhance
 
 from unsee.audit.common import ATTACKS, SHIFT_NAMES, AttackConfig, accuracy, as_deployed, image_mcq
-from unsee.audit.mia import mia, relative
+from unsee.audit.mia import PER_ITEM, mia, relative
 from unsee.audit.quant import quant
 from unsee.data import prompts
 from unsee.data.collate import image_of, qa_turns
@@ -364,7 +364,6 @@ def _mia(adapter: Adapter, suite: Suite, cfg: AttackConfig, artifact: Artifact |
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     "relearn": relearn, "pgd": pgd, "shift": shift, "probe": probe, "quant": _quant, "mia": _mia,
 }
-PER_ITEM = "per_item"  # raw per-item scores the comparison with the reference reads; never stored
 
 
 def run_attacks(adapter: Adapter, suite: Suite, kinds: Sequence[str] = ATTACKS, cfg: AttackConfig | None = None,

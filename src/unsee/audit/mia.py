@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from unsee.methods.artifact import Artifact
 
 SCORES = ("loss", "zlib", "mink_pp")
+PER_ITEM = "per_item"  # raw per-item scores the comparison with the reference reads; never stored
 
 
 def answer_of(ex: Example) -> str:
@@ -126,7 +127,7 @@ def mia(adapter: Adapter, suite: Suite, cfg: AttackConfig, artifact: Artifact | 
         ratios = truth_ratios(adapter, forget)
     out: dict[str, Any] = {f"auc_{s}": round(_auc(s, members, others), 4) for s in SCORES}
     out.update({"k": cfg.mia_k, "holdout": cfg.mia_holdout, "n_forget": len(forget), "n_holdout": len(holdout),
-                "per_item": {"forget": {**members, "truth_ratio": ratios}, "holdout": others}})
+                PER_ITEM: {"forget": {**members, "truth_ratio": ratios}, "holdout": others}})
     return out
 
 
@@ -136,15 +137,20 @@ def _auc(score: str, members: Mapping[str, Sequence[float]], others: Mapping[str
 
 def relative(mine: Mapping[str, Any], reference: Mapping[str, Any]) -> dict[str, Any]:
     """PrivLeak of each score and forget quality, from this model's and the reference's :func:`mia` figures
-    (the AUCs taken again from their per-item scores: the stored ones are rounded)."""
+    (the AUCs taken again from their per-item scores: the stored ones are rounded).
+
+    A reference of several draws (:func:`unsee.audit.verdicts.reference_of_draws`) holds a list of per-item
+    scores: its AUC is the mean of the draws' AUCs, and forget quality tests this model's items against the
+    draws' items pooled, the spread of never having seen the photos as the draws sample it."""
+    items = mine[PER_ITEM]
+    draws = reference[PER_ITEM] if isinstance(reference[PER_ITEM], list) else [reference[PER_ITEM]]
     out: dict[str, Any] = {}
     for s in SCORES:
-        a, ref = (_auc(s, figs["per_item"]["forget"], figs["per_item"]["holdout"]) for figs in (mine, reference))
+        a = _auc(s, items["forget"], items["holdout"])
+        ref = sum(_auc(s, d["forget"], d["holdout"]) for d in draws) / len(draws)
         out[f"privleak_{s}"] = None if not ref else round((a - ref) / ref, 4)
-    a_items, r_items = mine["per_item"]["forget"], reference["per_item"]["forget"]
-    # a p-value is kept to 6 significant digits, not places: 2e-10 is a finding, 0.0 would be none
-    d, p = metrics.ks_2samp(a_items["truth_ratio"], r_items["truth_ratio"])
-    out["forget_quality"], out["ks_truth_ratio"] = float(f"{p:.6g}"), round(d, 4)
-    d, p = metrics.ks_2samp(a_items["loss"], r_items["loss"])
-    out["forget_quality_loss"], out["ks_loss"] = float(f"{p:.6g}"), round(d, 4)
+    for score, suffix, ks in (("truth_ratio", "", "ks_truth_ratio"), ("loss", "_loss", "ks_loss")):
+        # a p-value is kept to 6 significant digits, not places: 2e-10 is a finding, 0.0 would be none
+        d, p = metrics.ks_2samp(items["forget"][score], [v for draw in draws for v in draw["forget"][score]])
+        out[f"forget_quality{suffix}"], out[ks] = float(f"{p:.6g}"), round(d, 4)
     return out

@@ -22,7 +22,17 @@ from unsee import __version__
 from unsee.audit.verdicts import AT_BOUND, reference_checks
 from unsee.eval.metrics import COUNT_KEYS
 from unsee.io import atomic_write_text, home_path
-from unsee.report.tables import CHANCE, DASH, MIB, fmt_change, headline_key, ordered_groups, score_of
+from unsee.report.tables import (
+    CHANCE,
+    DASH,
+    MIB,
+    fig3,
+    fmt_change,
+    headline_key,
+    ordered_groups,
+    reference_cell,
+    score_of,
+)
 
 METRIC_KEYS = ("mcq", "cloze", "rougeL", "bleu")
 
@@ -217,14 +227,12 @@ def _reference_rows(audits: Mapping[str, Any]) -> list[str]:
     checks = {k: v for k, v in reference_checks(audits).items() if v["pass"] is not None}
     if not checks:
         return []
-
-    def num(v: Any) -> str:
-        return DASH if v is None else f"{float(v):.3f}"
-
     referenced = any(c["reference"] is not None for c in checks.values())
+    draws = max((len(c.get("reference_draws") or ()) for c in checks.values()), default=0)
+    against = f"the mean of {draws} draws of it (`unsee retrain --seed`)" if draws else "it"
     intro = ("The retrained reference is the base model fine-tuned again without the forgotten people's "
-             "photos: what a perfect unlearning would give. Each audit is judged against it, except the 4-bit "
-             "rounding, which is judged against this model's own figure before rounding." if referenced else
+             f"photos: what a perfect unlearning would give. Each audit is judged against {against}, except the "
+             "4-bit rounding, which is judged against this model's own figure before rounding." if referenced else
              "No retrained reference was attacked, so only the checks that need none are judged: the 4-bit "
              "rounding, against this model's own figure before rounding.")
     rows = [
@@ -235,7 +243,7 @@ def _reference_rows(audits: Mapping[str, Any]) -> list[str]:
         _row(["check", "this model", "reference", "target", "passed"]),
         _row(["---", "---:", "---:", "---", "---"]),
     ]
-    rows += [_row([name, num(c["value"]), num(c["reference"]), c["target"], "yes" if c["pass"] else "no"])
+    rows += [_row([name, fig3(c["value"]), reference_cell(c), c["target"], "yes" if c["pass"] else "no"])
              for name, c in checks.items()]
     passed = [n for n, c in checks.items() if c["pass"]]
     rows += ["", f"Passed{' against the reference' if referenced else ''}: {len(passed)} of {len(checks)}"

@@ -364,6 +364,9 @@ def _draw_check(ax: Any, row: int, check: Mapping[str, Any], log: bool) -> None:
     seeds = check.get("seeds") or {}
     if seeds.get("min") is not None and seeds["min"] != seeds.get("max"):
         ax.hlines(row, at(seeds["min"]), at(seeds["max"]), color="grey", linewidth=1.5)
+    for drawn in check.get("reference_draws") or ():  # several draws of the reference: each, beside their mean
+        if drawn is not None:
+            ax.plot([drawn], [row], marker="|", color="grey", markersize=8)
     if check.get("reference") is not None:
         ax.plot([check["reference"]], [row], marker="|", color="black", markersize=14)
     ok = check["pass"]

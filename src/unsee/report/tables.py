@@ -179,6 +179,10 @@ def _mib(nbytes: int | None) -> str:
     return DASH if nbytes is None else f"{nbytes / MIB:,.0f}"
 
 
+def fig3(v: Any) -> str:
+    return DASH if v is None else f"{float(v):.3f}"
+
+
 def seconds_text(s: float | None) -> str:
     return DASH if s is None else f"{float(s):.1f}"
 
@@ -349,9 +353,7 @@ def people_section(runs: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def _number(v: Any) -> str:
     """A count as a count, a figure to two places, and a small setting (a rate, a step) as it is."""
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return str(v)
-    if isinstance(v, int):
+    if not isinstance(v, float):  # a count, a flag, a name
         return str(v)
     return f"{v:.2f}" if v == 0 or abs(v) >= 0.05 else f"{v:.2g}"
 
@@ -401,18 +403,21 @@ def _vanilla_first(runs: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]
     return sorted(runs, key=lambda r: (r["method"] != "vanilla", r["request"]))
 
 
+def reference_cell(check: Mapping[str, Any]) -> str:
+    """A check's reference figure; read against several draws of the reference, their mean and range."""
+    draws = [d for d in check.get("reference_draws") or () if d is not None]
+    return fig3(check.get("reference")) + (f" (mean of {len(draws)} draws, {min(draws):.3f} to {max(draws):.3f})"
+                                           if draws else "")
+
+
 def _reference_check_rows(runs: Sequence[Mapping[str, Any]], variant: Mapping[int, str]) -> tuple[list[str], bool]:
     """The judged checks' rows, and whether any was judged against a retrained reference."""
-
-    def num(v: Any) -> str:
-        return DASH if v is None else f"{float(v):.3f}"
-
     rows, referenced = [], False
     for run in runs:
         for name, c in reference_checks(run.get("attacks") or {}).items():
             if c["pass"] is not None:
                 referenced |= c["reference"] is not None
-                rows.append(_md_row([*_run_cells(run, variant), name, num(c["value"]), num(c["reference"]),
+                rows.append(_md_row([*_run_cells(run, variant), name, fig3(c["value"]), reference_cell(c),
                                      c["target"], "yes" if c["pass"] else "no"]))
     return rows, referenced
 
