@@ -24,6 +24,7 @@ from unsee.cli import main
 from unsee.data.schema import Suite
 from unsee.engine.distributed import blocks
 from unsee.engine.trainer import TrainConfig, train
+from unsee.eval.evaluator import run_evaluation
 from unsee.eval.results import load_results
 from unsee.methods import method_class
 from unsee.models import load_adapter
@@ -92,7 +93,7 @@ def test_an_fsdp_launch_resumed_from_its_checkpoint_ends_with_the_weights_of_one
     own shard, or restored the whole tensor where its shard belongs, would end with other weights."""
     ck = tmp_path / "ck"
     opts = ["max_steps=4", "batch_size=4", "lr=1e-3", "progress=false", f"checkpoint_dir={ck}",
-            "checkpoint_every=2", "keep_checkpoint=true"]
+            "checkpoint_every=2", "keep_checkpoint=true", "eval_every=2"]
     for out in ("whole", "resumed"):  # the first keeps its step-2 checkpoint, from which the second resumes
         cmd, env = launch_command("fsdp.yaml", "--num_processes", "2", "--mixed_precision", "no", "-m",
                                   "unsee.cli", "unlearn", "--method", "graddiff", "--model", str(model_dir),
@@ -107,6 +108,12 @@ def test_an_fsdp_launch_resumed_from_its_checkpoint_ends_with_the_weights_of_one
     assert whole.keys() == resumed.keys() == before.keys()
     assert [k for k in whole if not torch.equal(whole[k], resumed[k])] == []
     assert any(not torch.equal(whole[k], before[k]) for k in whole)  # and it trained at all
+    # the evaluations during training read the weights whole: the last is the saved model's own figure
+    evals = [load_results(tmp_path / out / "results.json")["runs"][0]["info"]["evals"] for out in ("whole", "resumed")]
+    assert [e["step"] for e in evals[0]] == [2, 4] and evals[1] == evals[0]  # the resumed run kept step 2's
+    found = run_evaluation(load_adapter(tmp_path / "whole" / "model"), api.load_suite(world, "forget_10"),
+                           groups=("forget", "retain"), generation=False, progress=False)
+    assert {g: f["mcq"] for g, f in found.metrics.items()} == {g: evals[0][-1][g] for g in ("forget", "retain")}
     # the checkpoint holds whole tensors under the module's names, as one of a run without sharding does
     state = load_file(ck / "state.safetensors")
     shapes = {n: p.shape for n, p in load_adapter(model_dir).model.named_parameters()}
@@ -143,8 +150,6 @@ def test_launch_mixed_precision_bf16_is_honoured(model_dir: Path, suite: Suite, 
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, [], "FSDP1 is not supported"),
     ({"WORLD_SIZE": "2"}, ["relearn_sim_steps=3"],
      "method 'cvf_ncu' cannot run in several processes (relearn_sim_steps splits each process's slice"),
-    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}, ["eval_every=1"],
-     "eval_every evaluates during training, which under FSDP"),
     ({}, ["--report-to", "wandb"], "tracker 'wandb' needs the 'wandb' package: pip install 'unsee[wandb]'"),
     ({}, ["report_to=mlflow"], "unknown tracker 'mlflow'"),
 ])

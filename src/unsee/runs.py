@@ -430,7 +430,7 @@ def check_launch(method: str, config: Any = None, overrides: Any = (), *, dtype:
     tcfg, mcfg, cls = method_configs(method, config, overrides)
     if tcfg.checkpoint_dir:
         check_not_input(tcfg.checkpoint_dir, inputs)
-    distributed.check_launch(*((cls(mcfg), tcfg.batch_size, tcfg.eval_every) if cls.trains_weights else ()))
+    distributed.check_launch(*((cls(mcfg), tcfg.batch_size) if cls.trains_weights else ()))
     if dtype == "fp16" and (cls.trains_weights or audit):
         refuse_fp16(method if cls.trains_weights else "the relearning audit")
 

@@ -33,7 +33,6 @@ from unsee.errors import ConfigError
 from unsee.models.base import Adapter
 
 LAUNCH_CONFIGS = SHIPPED / "accelerate"  # where the shipped launch configs are, in a checkout or an install
-LAUNCHERS = f"{LAUNCH_CONFIGS / 'ddp.yaml'} (or one process)"
 LAUNCH_TIMEOUT_MIN = 360  # see launch_timeout
 
 
@@ -145,12 +144,11 @@ def launch_mixed_precision(accelerator: Any = None) -> str:
     return value.strip().lower() or "no"
 
 
-def check_launch(method: Any = None, batch_size: int | None = None, eval_every: int = 0) -> None:
+def check_launch(method: Any = None, batch_size: int | None = None) -> None:
     """Refuse, in one line and before any model is loaded, a launch the engine would not honour.
 
     ``method`` is a method object or name (None: only the launch itself is checked); ``batch_size``,
-    the global batch it trains on, must split evenly over the processes; ``eval_every``, the engine's
-    evaluations during training, which read a sharded model's weights as a whole.
+    the global batch it trains on, must split evenly over the processes.
     """
     launch_timeout()  # a bad UNSEE_LAUNCH_TIMEOUT is refused here, not when the first collective sets up the group
     if batch_size is not None:
@@ -178,10 +176,6 @@ def check_launch(method: Any = None, batch_size: int | None = None, eval_every: 
     name = method if isinstance(method, str) else getattr(method, "name", "?")
     if launch_world() > 1 and (reason := unsplittable(method)):
         raise ConfigError(f"method {name!r} cannot run in several processes ({reason}); run it in one process")
-    if version and eval_every:
-        raise ConfigError("eval_every evaluates during training, which under FSDP would read the sharded weights "
-                          "as whole ones; set eval_every=0 (the run is evaluated when it ends) or launch with "
-                          f"{LAUNCHERS}")
 
 
 def launch_world() -> int:
@@ -302,6 +296,16 @@ class Sharded:
 
     def run(self, fn: Callable[[], Any]) -> Any:
         return self.root(fn)
+
+    @torch.no_grad()
+    def evaluate(self, fn: Callable[[], Any]) -> Any:
+        """``fn``, an evaluation every process runs alike, with the weights gathered as in a step. The root keeps
+        its weights gathered after its forward for the backward that follows; none follows here, so it is
+        resharded at once (left gathered, the next step's plain weights would outlive their storage)."""
+        try:
+            return self.root(fn)
+        finally:
+            self.root.reshard()
 
     @torch.no_grad()
     def unshard(self, dtypes: dict[str, torch.dtype]) -> list[nn.Parameter]:

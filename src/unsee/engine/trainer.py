@@ -6,6 +6,7 @@ progress, NaN guard and cost accounting. It reads top to bottom in one sitting.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -344,8 +345,9 @@ def train(method: Method, adapter: Adapter, suite: Suite, turns: dict[str, list]
           **options: Any) -> TrainResult:
     """Run ``method`` on ``adapter`` in place. Raises :class:`TrainingError` on a non-finite loss,
     leaving the model at its last good state. ``options``: ``accelerator``, ``reference`` (a frozen
-    copy the method reads), ``on_eval`` (called every ``eval_every`` steps in every process; under FSDP it
-    sees the sharded model) and ``desc``. The run's random streams are its own (:func:`seeded`)."""
+    copy the method reads), ``on_eval`` (called every ``eval_every`` steps in every process; under FSDP
+    inside the root's forward, so that it sees the weights whole) and ``desc``. The run's random streams are its
+    own (:func:`seeded`)."""
     with seeded(cfg.seed), plain_if_stopped(adapter, cfg.scope == "lora"):
         return _train(method, adapter, suite, turns, cfg, **options)
 
@@ -362,7 +364,7 @@ def _train(
     on_eval: Callable[[int], dict] | None = None,
     desc: str | None = None,
 ) -> TrainResult:
-    check_launch(method, eval_every=cfg.eval_every)
+    check_launch(method)
     getattr(method.cfg, "check_train", lambda _: None)(cfg)  # method options that depend on these ones
     if adapter.dtype == torch.float16:  # bf16 autocast cannot mix with it either
         raise ConfigError(f"{method.name}: the weights are fp16, which would need loss scaling to train; load "
@@ -461,7 +463,9 @@ def _train(
             if on_eval is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
                 if parked is not None:  # scoring answers runs the language model, parked on the CPU meanwhile
                     unpark(parked, accelerator.device)
-                ctx.info.setdefault("evals", []).append({"step": step + 1, **on_eval(step + 1)})
+                # under FSDP every process scores the same items, the weights gathered
+                figures = sharded.evaluate(functools.partial(on_eval, step + 1)) if sharded else on_eval(step + 1)
+                ctx.info.setdefault("evals", []).append({"step": step + 1, **figures})
                 parked = park_language(adapter, accelerator.device, method.uses_language)
             if cfg.checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
                     and step + 1 < total and (accelerator.is_main_process or sharded is not None):
