@@ -23,6 +23,7 @@ from unsee.data.ftsets import finetune_examples, without_forget
 from unsee.errors import DataError
 from unsee.eval.metrics import RETENTION_GROUPS
 from unsee.eval.results import new_results, validate_results
+from unsee.models import model_fingerprint
 from unsee.unlearning import find_reference
 
 if TYPE_CHECKING:
@@ -349,6 +350,16 @@ def test_the_reference_of_a_benchmark_vanilla_is_found_from_anywhere_and_only_fo
     assert rc == 0, out
     found = find_reference(None, tmp_path / "vanilla", data, "forget_10", cache)
     assert found is not None
+    # another draw of the reference: its own seed and cache entry, other weights; the recipe's own is still found
+    rc, out = run_cli(["retrain", "--model", str(tmp_path / "vanilla"), "--out", str(tmp_path / "drawn"),
+                       "--data", str(data), "--cache-dir", str(cache), "--seed", "1"], capsys)
+    assert rc == 0, out
+    first, drawn = (json.loads((tmp_path / r / "unsee_retrained.json").read_text()) for r in ("retrained", "drawn"))
+    assert drawn["recipe"]["seed"] == 1 != first["recipe"]["seed"] and drawn["entry"] != first["entry"]
+    assert model_fingerprint(tmp_path / "drawn") != model_fingerprint(tmp_path / "retrained")
+    assert find_reference(None, tmp_path / "vanilla", data, "forget_10", cache) == found
+    both = [tmp_path / "retrained", tmp_path / "drawn"]
+    assert find_reference(both, tmp_path / "vanilla", data, "forget_10") == both  # two draws, read as one
     older = Path(shutil.copytree(tmp_path / "vanilla", tmp_path / "sub" / "older"))  # as an older unsee wrote it
     record = json.loads((older / "unsee_vanilla.json").read_text())
     (older / "unsee_vanilla.json").write_text(json.dumps({**record, "base_model": "base"}))
