@@ -161,13 +161,14 @@ def test_a_setting_whose_audits_fail_ranks_below_one_whose_audits_hold() -> None
 def test_tune_attacks_the_reference_beside_every_run_and_judges_each_setting_on_its_seed_means(
         world: Path, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "t"
+    drawn = api.init_model("tiny-llava", tmp_path / "drawn", world=world, seed=1)  # another draw of the reference
     assert main(["tune", "--method", "graddiff", "--model", str(model_dir), "--data", str(world), "--out", str(out),
                  "--on", "val_forget_10", "--grid", "lr=1e-4,1e-3", "--seeds", "2", "--max-items", "2",
-                 "--attacks", "quant,mia", "--reference", str(model_dir), *FAST]) == 0
+                 "--attacks", "quant,mia", "--reference", str(model_dir), "--reference", str(drawn), *FAST]) == 0
     result = json.loads((out / "tune.json").read_text())
-    assert result["reference"] == str(model_dir)
+    assert result["reference"] == [str(model_dir), str(drawn)]
     runs = load_results(out / "results.json")["runs"][1:]
-    assert all("reference" in r["attacks"]["mia"] for r in runs)  # attacked beside every run
+    assert all(r["attacks"]["mia"]["reference"]["n_draws"] == 2 for r in runs)  # both beside every run
     for row in result["rows"]:
         mine = [r["attacks"] for r in runs if r["tune"]["overrides"] == row["overrides"]]
         checks = {k: c["pass"] for k, c in reference_checks(mean_attacks(mine)).items() if c["pass"] is not None}
