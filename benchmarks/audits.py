@@ -25,10 +25,11 @@ probe accuracy on the forget people <= the reference's + 0.05; forget accuracy a
 rounding <= before rounding + 0.05; each MIA AUC within 0.05 of the reference's; forget quality
 (the KS p-value against the reference) >= 0.05. Without ``--retrained`` only the quantization
 target can be judged. ``--reference-draws N`` also audits N - 1 more draws of the reference
-(``unsee retrain --seed 1`` ...) beside the first, as rows ``retrained [seed S]``: what never having
-seen the photos gives against itself, the floor under every check. With ``--against draws`` every row is
-judged against the N draws read as one reference (each figure their mean, forget quality against their items
-pooled) instead of against the first draw alone.
+(``unsee retrain --seed S``, S = ``--seed`` + 1 ... + N - 1; the first is the recipe's own, ``--seed``)
+beside the first, as rows ``retrained [seed S]``: what never having seen the photos gives against itself,
+the floor under every check. With ``--against draws`` every method is judged against the N draws read as
+one reference (each figure their mean, forget quality against their items pooled) instead of against the
+first draw alone, and every draw, the first too, is a row judged against the mean of the others.
 """
 
 from __future__ import annotations
@@ -139,6 +140,12 @@ def combined(p: Any, paths: list[str]) -> dict[str, Any]:
     return out
 
 
+def draw_seeds(seed: int, n: int) -> list[int | None]:
+    """The seeds of ``n`` draws of the reference of the vanilla model trained at ``seed``: the first is the recipe's
+    own (None), the vanilla model's, so the others start after it (another draw at that seed would be the first)."""
+    return [None, *range(seed + 1, seed + n)]
+
+
 def overrides_of(method: str, args: Any) -> list[str]:
     """What ``method`` trains with: ``--train-set`` (for a training method), then its ``--method-set`` options."""
     own = [option for m, option in args.method_set if m == method]
@@ -159,7 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--method-set", action="append", default=[], type=method_option, metavar="METHOD:KEY=VALUE",
                    help="an option of one method, after --train-set's and the pick's")
     p.add_argument("--reference-draws", type=positive_int, default=1, metavar="N",
-                   help="with --retrained, also audit N-1 more draws of the reference (seeds 1..N-1) beside the first")
+                   help="with --retrained, also audit N-1 more draws of the reference (seeds --seed+1 .. --seed+N-1) "
+                        "beside the first")
     p.add_argument("--against", choices=("first", "draws"), default="first",
                    help="judge every row against the first draw of the reference, or against the mean of the "
                         "--reference-draws N draws")
@@ -209,14 +217,14 @@ def main(argv: list[str] | None = None) -> dict:
     rows: dict[str, Any] = {"vanilla": audit(base)}
     print("vanilla", rows["vanilla"], flush=True)
     if args.retrained:
-        draws = [retrained_model(args, world, vanilla, args.forget, seed=s or None)
-                 for s in range(args.reference_draws)]
+        draws = [retrained_model(args, world, vanilla, args.forget, seed=s)
+                 for s in draw_seeds(args.seed, args.reference_draws)]
         models["retrained"] = model_fingerprint(draws[0])
-        reference = api.ReferenceAudits(draws[0], suite, cfg, args.cache_dir)
+        each = [api.ReferenceAudits(d, suite, cfg, args.cache_dir) for d in draws]
+        reference = each[0]
         if args.against == "draws":
             models["retrained_draws"] = [model_fingerprint(d) for d in draws]
-            reference = api.ReferenceDraws([reference, *(api.ReferenceAudits(d, suite, cfg, args.cache_dir)
-                                                         for d in draws[1:])])
+            reference = api.ReferenceDraws(each)
         rows["retrained"] = {k: {n: v for n, v in reference(k).items() if n != "per_item"} for k in kinds}
         print("retrained", rows["retrained"], flush=True)
     settings, per_seed, seeds_run = {}, {}, {}
@@ -249,11 +257,12 @@ def main(argv: list[str] | None = None) -> dict:
                 print(method, seed, runs[-1], flush=True)
         per_seed[method] = runs
         rows[method] = runs[0] if len(runs) == 1 else mean_attacks(runs)
-    for draw in range(1, args.reference_draws):  # the reference drawn again, judged as a method is
-        name = f"retrained [seed {draw}]"
-        again = load_adapter(draws[draw])
-        settings[name], seeds_run[name] = [f"seed={draw}"], [draw]
-        per_seed[name] = [audit(again, None, changed_linears(digests, again), reference)]
+    for k in range(0 if args.against == "draws" else 1, args.reference_draws):  # a draw judged as a method is
+        name = f"retrained [seed {args.seed + k}]"
+        again = load_adapter(draws[k])
+        settings[name], seeds_run[name] = [f"seed={args.seed + k}"], [args.seed + k]
+        others = reference if args.against == "first" else api.ReferenceDraws(each[:k] + each[k + 1:])
+        per_seed[name] = [audit(again, None, changed_linears(digests, again), others)]
         rows[name] = per_seed[name][0]
         print(name, rows[name], flush=True)
     result = {"benchmark": "audits", "world": args.world, "seed": args.seed, "arch": args.arch, "forget": args.forget,

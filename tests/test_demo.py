@@ -394,7 +394,10 @@ def test_continual_and_audit_benchmarks_run_on_the_demo_world(demo_run: tuple[Pa
     assert b["attacks"]["retrained"]["pgd"]["n_draws"] == 2
     assert b["attacks"]["retrained"]["pgd"]["forget_attacked"] == pytest.approx(sum(pgd_draws) / 2)
     assert b["targets"]["graddiff"]["pgd_forget"]["reference_draws"] == pgd_draws
-    assert b["targets"][drawn]["pgd_forget"]["reference"] == pytest.approx(sum(pgd_draws) / 2)
+    # and each draw, the first too, against the others: with two, the other one
+    assert b["targets"][drawn]["pgd_forget"]["reference"] == pgd_draws[0]
+    assert b["targets"]["retrained [seed 0]"]["pgd_forget"]["reference"] == pgd_draws[1]
+    assert audits.draw_seeds(0, 3) == [None, 1, 2] and audits.draw_seeds(2, 2) == [None, 3]  # never the recipe's
     # methods audited in two sittings beside the same reference: one table, as if audited in one
     for method, rows in (("cvf_ncu", ["cvf_ncu"]), ("graddiff", ["graddiff", drawn])):
         part = {**a, **{k: {m: a[k][m] for m in rows} for k in ("settings", "seeds_run", "per_seed", "targets")}}
