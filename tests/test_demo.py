@@ -388,7 +388,8 @@ def test_continual_and_audit_benchmarks_run_on_the_demo_world(demo_run: tuple[Pa
     assert (tmp_path / "a.png").read_bytes().startswith(b"\x89PNG")
     # every row judged against the two draws read as one: each figure their mean, each draw's beside it
     b = audits.main([*_bench_args(demo_run[1], tmp_path / "b.json"), "--methods", "graddiff", "--attacks", "pgd,mia",
-                     *sets, "--retrained", "--reference-draws", "2", "--against", "draws"])
+                     *sets, "--retrained", "--reference-draws", "2", "--against", "draws", "--plot",
+                     str(tmp_path / "b.png")])
     pgd_draws = [a["attacks"]["retrained"]["pgd"]["forget_attacked"], a["attacks"][drawn]["pgd"]["forget_attacked"]]
     assert b["against"] == "mean of 2 draws" and len(b["models"]["retrained_draws"]) == 2
     assert b["attacks"]["retrained"]["pgd"]["n_draws"] == 2
@@ -397,6 +398,7 @@ def test_continual_and_audit_benchmarks_run_on_the_demo_world(demo_run: tuple[Pa
     # and each draw, the first too, against the others: with two, the other one
     assert b["targets"][drawn]["pgd_forget"]["reference"] == pgd_draws[0]
     assert b["targets"]["retrained [seed 0]"]["pgd_forget"]["reference"] == pgd_draws[1]
+    assert (tmp_path / "b.png").read_bytes().startswith(b"\x89PNG")
     assert audits.draw_seeds(0, 3) == [None, 1, 2] and audits.draw_seeds(2, 2) == [None, 3]  # never the recipe's
     # methods audited in two sittings beside the same reference: one table, as if audited in one
     for method, rows in (("cvf_ncu", ["cvf_ncu"]), ("graddiff", ["graddiff", drawn])):

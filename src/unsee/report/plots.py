@@ -336,7 +336,8 @@ def plot_audits(rows: Sequence[tuple[str, Mapping[str, Mapping[str, Any]]]], pat
                 _draw_check(ax, i, checks[name], log)
         figures = [v for _, checks in judged if name in checks
                    for v in (checks[name]["value"], checks[name].get("reference"), *checks[name]["passing"],
-                             *((checks[name].get("seeds") or {}).get(k) for k in ("min", "max")))
+                             *((checks[name].get("seeds") or {}).get(k) for k in ("min", "max")),
+                             *(checks[name].get("reference_draws") or ()))
                    if isinstance(v, int | float)]
         if log:
             ax.set_xscale("log")
@@ -347,8 +348,10 @@ def plot_audits(rows: Sequence[tuple[str, Mapping[str, Mapping[str, Any]]]], pat
         ax.set_yticks(range(len(judged)), [label for label, _ in judged], fontsize=7)
         ax.set_ylim(len(judged) - 0.5, -0.5)
         _label_panel(ax, "", "", AUDIT_TITLES[name], legend=None)
+    drawn = any(c.get("reference_draws") for _, checks in judged for c in checks.values())
     fig.suptitle("green dot: passes, red cross: fails; shaded: the range that passes; black tick: the retrained "
-                 "reference's figure; grey: lowest to highest seed", fontsize=8)
+                 f"reference's figure{' (the mean of its draws; small grey ticks: each draw)' if drawn else ''}; "
+                 "grey line: lowest to highest seed", fontsize=8)
     return _finish(fig, axes, path, empty=None if names else "no audit judged")
 
 
