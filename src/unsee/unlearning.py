@@ -141,8 +141,7 @@ def find_reference(reference: References | None, base: str | Path | None, data: 
     Several draws of the reference (``unsee retrain --seed``) given together come back as a list, read as one
     reference (:class:`ReferenceDraws`); the same weights given twice would count one draw twice, and are refused."""
     if isinstance(reference, Sequence) and not isinstance(reference, str):
-        paths = [find_reference(r, base, data, forget, cache_dir, revision, benchmark, allow_pickle)
-                 for r in reference]
+        paths = [_given_reference(r, data, forget, revision, benchmark, allow_pickle) for r in reference]
         if not paths:
             raise ConfigError("the references given are an empty list: give a model directory, or none to use the "
                               "cached one")
@@ -151,19 +150,25 @@ def find_reference(reference: References | None, base: str | Path | None, data: 
             twice = [str(p) for p, w in zip(paths, weights, strict=True) if weights.count(w) > 1]
             raise ConfigError(f"the references {', '.join(twice)} hold the same weights: each draw of the reference "
                               "is given once (another draw: `unsee retrain --seed N`)")
-        return paths[0] if len(paths) == 1 else paths  # type: ignore[return-value]
+        return paths[0] if len(paths) == 1 else paths
     if reference is not None:
-        path = Path(reference)
-        if not (path / "config.json").is_file():
-            raise ModelError(f"the reference {path} is not a model directory (no config.json)")
-        check_model_dir(path, allow_pickle=allow_pickle)  # it loads after the unlearning: refused now if broken
-        check_reference(path, forget, detect_benchmark(data, benchmark, revision), data)
-        return path
+        return _given_reference(reference, data, forget, revision, benchmark, allow_pickle)
     if base is None:
         return None
     if not (Path(data) / "world.json").is_file():
         return cached_benchmark_reference(base, data, forget, cache_dir, revision)
     return cached_reference(base, data, forget, cache_dir)
+
+
+def _given_reference(reference: str | Path, data: str | Path, forget: str, revision: str | None,
+                     benchmark: str | None, allow_pickle: bool) -> Path:
+    """A reference given by hand, checked now: it loads after the unlearning, and is refused before it if broken."""
+    path = Path(reference)
+    if not (path / "config.json").is_file():
+        raise ModelError(f"the reference {path} is not a model directory (no config.json)")
+    check_model_dir(path, allow_pickle=allow_pickle)
+    check_reference(path, forget, detect_benchmark(data, benchmark, revision), data)
+    return path
 
 
 def reference_record(reference: Path | Sequence[Path] | None) -> str | list[str] | None:
