@@ -351,6 +351,8 @@ def test_attack_beside_several_draws_of_the_reference(model: Path, reference: Pa
     assert main(["attack", "probe", *base, "--reference", str(reference), "--reference", str(copy),
                  "--out", str(tmp_path / "twice.json")]) == 2
     assert "hold the same weights" in capsys.readouterr().err and not (tmp_path / "twice.json").exists()
+    with pytest.raises(ConfigError, match="each reference is a model directory, not None"):
+        unlearning.find_reference([reference, None], model, world, "forget_5")
 
 
 def test_attacks_that_need_a_reference_refuse_without_one(model: Path, world: Path, tmp_path: Path,

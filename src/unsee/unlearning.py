@@ -141,6 +141,8 @@ def find_reference(reference: References | None, base: str | Path | None, data: 
     Several draws of the reference (``unsee retrain --seed``) given together come back as a list, read as one
     reference (:class:`ReferenceDraws`); the same weights given twice would count one draw twice, and are refused."""
     if isinstance(reference, Sequence) and not isinstance(reference, str):
+        if odd := [r for r in reference if not isinstance(r, str | Path)]:
+            raise ConfigError(f"each reference is a model directory, not {odd[0]!r}")
         paths = [_given_reference(r, data, forget, revision, benchmark, allow_pickle) for r in reference]
         if not paths:
             raise ConfigError("the references given are an empty list: give a model directory, or none to use the "
