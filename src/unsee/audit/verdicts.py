@@ -40,19 +40,29 @@ def mean_attacks(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     every run's own figure."""
     out: dict[str, Any] = {}
     for kind in {k for r in runs for k in r}:
-        figures = [r[kind] for r in runs if kind in r and "skipped" not in r[kind]]
+        figures = [r[kind] for r in runs if kind in r]
         if kind == "quant":
             figures = [{**f, "forget_int4_worse": w} if (w := _int4_worse(f)) is not None else f for f in figures]
-        if not figures:
-            out[kind] = next(r[kind] for r in runs if kind in r)  # every run skipped it: the first reason
-            continue
-        keys = {k for f in figures for k, v in f.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-        merged = {k: statistics.fmean([f[k] for f in figures if f.get(k) is not None])
-                  for k in keys if any(f.get(k) is not None for f in figures)}
-        if "reference" in figures[0]:
-            merged["reference"] = figures[0]["reference"]
-        out[kind] = merged
+        out[kind] = _mean_figures(figures)
     return out
+
+
+def _numbers(figures: Mapping[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in figures.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def _mean_figures(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One attack's figures over several runs: each number the mean over the runs that have it, the first run's
+    reference kept; where every run skipped the attack, the first reason."""
+    figures = [f for f in runs if "skipped" not in f]
+    if not figures:
+        return dict(runs[0])
+    keys = {k for f in figures for k in _numbers(f)}
+    merged: dict[str, Any] = {k: statistics.fmean([f[k] for f in figures if f.get(k) is not None])
+                              for k in keys if any(f.get(k) is not None for f in figures)}
+    if "reference" in figures[0]:
+        merged["reference"] = figures[0]["reference"]
+    return merged
 
 
 def reference_of_draws(draws: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -64,12 +74,11 @@ def reference_of_draws(draws: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     +6 points under relearning, so a check read against one draw is partly read against that draw's luck."""
     if len(draws) == 1:
         return dict(draws[0])
-    merged = mean_attacks([{"attack": d} for d in draws])["attack"]
+    merged = _mean_figures(draws)
     if "skipped" in merged:
         return merged
     merged["n_draws"] = len(draws)
-    merged["draws"] = [{k: v for k, v in d.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-                       for d in draws]
+    merged["draws"] = [_numbers(d) for d in draws]
     items = [d[PER_ITEM] for d in draws if PER_ITEM in d]
     if items:
         merged[PER_ITEM] = items
