@@ -585,7 +585,16 @@ def test_audit_options_are_checked_before_training(adapter: HFAdapter, world: Pa
     with pytest.raises(ConfigError, match="--reference is the model the audits attack.*no audit runs"):
         api.unlearn("ga", Path(adapter.source), world, tmp_path / "o", overrides=["max_steps=1"],
                     reference=tmp_path / "nowhere")
-    assert not (tmp_path / "o").exists()
+    with pytest.raises(ConfigError, match="--reference-draws is the model the audits attack.*leave out --reference-d"):
+        api.unlearn("ga", Path(adapter.source), world, tmp_path / "o", overrides=["max_steps=1"],
+                    reference=api.CachedDraws(2))
+    for count in (0, -1, 1.5, True):  # a count of draws, not a truth value or a fraction
+        with pytest.raises(ConfigError, match="whole number from 1"):
+            api.CachedDraws(count)  # type: ignore[arg-type]
+    # the cached draws belong to a vanilla model: an attack given none is told how to name them
+    with pytest.raises(ConfigError, match="attack: --vanilla"):
+        api.attack("probe", Path(adapter.source), world, tmp_path / "r.json", reference=api.CachedDraws(2))
+    assert not (tmp_path / "o").exists() and not (tmp_path / "r.json").exists()
 
 
 def test_list_options_take_one_value_as_a_list_of_one() -> None:

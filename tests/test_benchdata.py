@@ -24,7 +24,7 @@ from unsee.errors import DataError
 from unsee.eval.metrics import RETENTION_GROUPS
 from unsee.eval.results import new_results, validate_results
 from unsee.models import model_fingerprint
-from unsee.unlearning import find_reference
+from unsee.unlearning import CachedDraws, find_reference
 
 if TYPE_CHECKING:
     from conftest import TinyModels
@@ -358,6 +358,11 @@ def test_the_reference_of_a_benchmark_vanilla_is_found_from_anywhere_and_only_fo
     assert drawn["recipe"]["seed"] == 1 != first["recipe"]["seed"] and drawn["entry"] != first["entry"]
     assert model_fingerprint(tmp_path / "drawn") != model_fingerprint(tmp_path / "retrained")
     assert find_reference(None, tmp_path / "vanilla", data, "forget_10", cache) == found
+    # asked for by count, the recipe's own draw and then --seed 1 from the cache, as on the built-in world
+    cached = find_reference(CachedDraws(2), tmp_path / "vanilla", data, "forget_10", cache)
+    assert isinstance(cached, list) and cached[0] == found and cached[1].name == drawn["entry"]
+    with pytest.raises(DataError, match=r"1 of the 3 draws .* \(--seed 2\)"):
+        find_reference(CachedDraws(3), tmp_path / "vanilla", data, "forget_10", cache)
     both = [tmp_path / "retrained", tmp_path / "drawn"]
     assert find_reference(both, tmp_path / "vanilla", data, "forget_10") == both  # two draws, read as one
     older = Path(shutil.copytree(tmp_path / "vanilla", tmp_path / "sub" / "older"))  # as an older unsee wrote it

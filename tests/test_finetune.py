@@ -28,9 +28,11 @@ from unsee.data.prompts import qa_prompt
 from unsee.data.schema import Example
 from unsee.data.world import build_world, load_world_info, world_pretrain_identities
 from unsee.eval.evaluator import mcq_loglik
+from unsee.eval.results import load_results
 from unsee.methods.eraser.fit import erasure_turns, prompt_turns
 from unsee.models import HFAdapter, load_adapter
 from unsee.models.tiny import init_model
+from unsee.unlearning import CachedDraws, find_reference
 
 # A world small enough to train on in seconds: 4 people, 2 training views each.
 WORLD = ["n_people=4", "n_known=2", "n_unknown=2", "n_neutral=2", "n_general_train=8", "n_general_eval=4",
@@ -363,6 +365,24 @@ def test_retrain_leaves_out_the_forget_photos_keeps_their_text_and_is_cached(wor
     assert drawn["recipe"]["seed"] == 1 != record["recipe"]["seed"] and drawn["stage"] != record["stage"]
     assert (tmp_path / "s1" / "model.safetensors").read_bytes() != (out / "model.safetensors").read_bytes()
     assert cached_reference(vanilla, world, "forget_10", cache) == found
+    # asked for by count, the cached draws come back in seed order, the recipe's own first; a missing one is named
+    s1 = cached_reference(vanilla, world, "forget_10", cache, seed=1)
+    assert s1 is not None and s1.name == drawn["stage"] != found.name
+    assert find_reference(CachedDraws(2), vanilla, world, "forget_10", cache) == [found, s1]
+    assert find_reference(CachedDraws(1), vanilla, world, "forget_10", cache) == found
+    with pytest.raises(DataError, match=r"1 of the 3 draws .* \(--seed 2\): make each with `unsee retrain"):
+        find_reference(CachedDraws(3), vanilla, world, "forget_10", cache)
+    with pytest.raises(DataError, match=r"2 of the 2 draws .* \(the recipe's own, --seed 1\)"):
+        find_reference(CachedDraws(2), vanilla, world, "forget_10", tmp_path / "empty")
+    # the command line reads them as one reference beside the attacked model, each draw recorded
+    assert main(["attack", "probe", "--model", str(vanilla), "--vanilla", str(vanilla), "--data", str(world),
+                 "--out", str(tmp_path / "a.json"), "--reference-draws", "2", "--cache-dir", str(cache)]) == 0
+    beside = load_results(tmp_path / "a.json")["runs"][0]["attacks"]["probe"]["reference"]
+    assert beside["n_draws"] == 2 and len(beside["draws"]) == 2
+    with pytest.raises(SystemExit) as both:  # one way to name the reference at a time
+        main(["attack", "probe", "--model", str(vanilla), "--data", str(world), "--out", str(tmp_path / "b"),
+              "--reference-draws", "2", "--reference", str(out)])
+    assert both.value.code == 2 and not (tmp_path / "b").exists()
 
     with pytest.raises(ModelError, match="not made by unsee finetune"):
         retrain(model, world, tmp_path / "r3", cache_dir=cache)

@@ -179,6 +179,9 @@ def test_tune_attacks_the_reference_beside_every_run_and_judges_each_setting_on_
     with pytest.raises(ConfigError, match="--reference is for the audits, and none runs: add --attacks"):
         api.tune("graddiff", model_dir, world, tmp_path / "u", on="val_forget_10", overrides=FAST,
                  reference=model_dir)
+    with pytest.raises(ConfigError, match="--reference-draws is for the audits, and none runs"):
+        api.tune("graddiff", model_dir, world, tmp_path / "u", on="val_forget_10", overrides=FAST,
+                 reference=api.CachedDraws(2))
 
 
 def test_tune_help_with_a_method_lists_what_a_grid_may_set(capsys: pytest.CaptureFixture[str]) -> None:

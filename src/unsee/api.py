@@ -92,8 +92,10 @@ from unsee.runs import (
 )
 from unsee.tune import tune
 from unsee.unlearning import (
+    CachedDraws,
     ReferenceAudits,
     ReferenceDraws,
+    References,
     attach_holdout,
     audit_adapter,
     audit_config,
@@ -105,15 +107,14 @@ from unsee.unlearning import (
 if TYPE_CHECKING:
     from unsee.data.schema import Suite
 
-# The commands, then the steps they are made of (:mod:`unsee.runs`, :mod:`unsee.unlearning`), so that
-# a script can run one step on its own: load a suite, unlearn a loaded model, evaluate it, audit it.
+# The commands, then the steps they are made of, so that a script can run one step on its own.
 __all__ = [
     "attack", "build_world", "continual", "demo", "evaluate", "finetune", "forget", "init_model", "init_shaped",
     "print_results", "report", "retrain", "tune", "unlearn",
-    "ReferenceAudits", "ReferenceDraws", "attach_holdout", "audit_adapter", "check_forget", "check_images",
-    "check_neutral", "detect_benchmark", "eval_options", "evaluate_adapter", "evaluation", "find_reference",
-    "load_suite", "make_run", "method_configs", "model_name", "save_checkpoint", "training_turns", "unlearn_adapter",
-    "unlearn_and_save",
+    "CachedDraws", "ReferenceAudits", "ReferenceDraws", "attach_holdout", "audit_adapter", "check_forget",
+    "check_images", "check_neutral", "detect_benchmark", "eval_options", "evaluate_adapter", "evaluation",
+    "find_reference", "load_suite", "make_run", "method_configs", "model_name", "save_checkpoint", "training_turns",
+    "unlearn_adapter", "unlearn_and_save",
 ]
 
 
@@ -228,7 +229,7 @@ def unlearn(method: str, model: str | Path, data: str | Path, out: str | Path, *
             audit_overrides: Any = (), evaluate_after: bool = True, dtype: str | None = None,
             report_to: str = "", benchmark: str | None = None, revision: str | None = None,
             protocol: str = "loglik", max_items: int | None = None, max_new_tokens: int | None = None,
-            seeds: int = 1, reference: str | Path | Sequence[str | Path] | None = None,
+            seeds: int = 1, reference: References | None = None,
             cache_dir: str | Path | None = None, neutral: str | Path | None = None) -> Path:
     """``unsee unlearn``: a checkpoint (or, for a method that trains no weights such as ``eraser``, its
     steering file), ``run.json`` and a model card.
@@ -400,7 +401,7 @@ def attack(kind: str, model: str | Path, data: str | Path, out: str | Path, *, f
            vanilla: str | Path | None = None, steering: str | Path | None = None, method: str = "attacked",
            seed: int = 0, overrides: Any = (), overwrite: bool = False, allow_pickle: bool = False,
            dtype: str | None = None, benchmark: str | None = None, revision: str | None = None,
-           reference: str | Path | Sequence[str | Path] | None = None, cache_dir: str | Path | None = None) -> dict:
+           reference: References | None = None, cache_dir: str | Path | None = None) -> dict:
     """``unsee attack KIND``: attack a model and record the figures in a results.json.
 
     ``KIND`` is ``relearn``, ``pgd``, ``shift``, ``probe``, ``quant``, ``mia`` or ``all``. If ``out``

@@ -145,13 +145,17 @@ def vanilla_record(vanilla: str | Path, ref: DataRef, kind: str | None = None) -
 
 
 def cached_benchmark_reference(vanilla: str | Path, data: str | Path | DataRef, forget: str,
-                               cache_dir: str | Path | None = None, revision: str | None = None) -> Path | None:
+                               cache_dir: str | Path | None = None, revision: str | None = None,
+                               seed: int | None = None) -> Path | None:
     """The retrained reference of a benchmark's vanilla model for ``forget``, where ``unsee retrain`` has left it
-    in the cache; None otherwise (a model unsee did not fine-tune, other data, nothing cached). Trains nothing."""
+    in the cache (with ``seed``, the draw ``unsee retrain --seed`` made); None otherwise (a model unsee did not
+    fine-tune, other data, nothing cached). Trains nothing."""
     try:
         ref = resolve(data, revision)
         meta = vanilla_record(vanilla, ref)
         kind, cfg = meta["benchmark"], load_recipe(meta["benchmark"], recipe_of(meta))
+        if seed is not None:
+            cfg.seed = seed
         forget = split_name(kind, forget)
         pairs = training_pairs(ref, kind, cfg, forget)
     except (ModelError, DataError):  # not unsee's fine-tune, other data, no such split or none of its photos

@@ -120,10 +120,12 @@ def _audit_set_option(p: argparse.ArgumentParser) -> None:
 
 def _reference_options(p: argparse.ArgumentParser) -> None:
     """Where the retrained reference the audits are read against comes from."""
-    p.add_argument("--reference", action="append", default=None, metavar="DIR",
-                   help="the retrained reference (unsee retrain's output) to attack beside the model; repeat it for "
-                   "several draws (unsee retrain --seed N), read as one: each figure their mean; default: the one "
-                   "unsee retrain cached for the base model, if any")
+    given = p.add_mutually_exclusive_group()
+    given.add_argument("--reference", action="append", default=None, metavar="DIR", help="the retrained reference "
+                       "(unsee retrain's output) to attack beside the model; repeat it for several draws (unsee "
+                       "retrain --seed N), read as one; default: the one unsee retrain cached for the base model")
+    given.add_argument("--reference-draws", type=int, default=None, metavar="N", help="the first N draws of the "
+                       "reference unsee retrain cached for the base model (its seed S, then S+1 ..), read as one")
     p.add_argument("--cache-dir", default=None, help="the stage cache (default: ~/.cache/unsee)")
 
 
@@ -453,6 +455,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     stopping = stop_on_term()
     try:
+        if getattr(args, "reference_draws", None) is not None:  # asked for by count: found in the cache
+            args.reference = _lazy("unsee.unlearning").CachedDraws(args.reference_draws)
         func(args)
     except UnseeError as e:
         print(f"unsee: error: {one_line(str(e))}", file=sys.stderr)
@@ -479,8 +483,7 @@ ALONE = frozenset({"world", "model", "eval", "report", "attack"})
 
 
 def _first_of_launch() -> bool:
-    """True outside a multi-process launch (told by its environment, so that plain runs set up
-    no process group) and in its first process."""
+    """True outside a multi-process launch (told by its environment: plain runs set up no group) and in its first."""
     return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or _lazy("unsee.engine.distributed").is_main_process()
 
 

@@ -160,10 +160,10 @@ def _forgets_known_people(suite: Suite, info: dict, forget: str) -> bool:
 
 
 def cached_reference(vanilla: str | Path, data: str | Path, forget: str,
-                     cache_dir: str | Path | None = None) -> Path | None:
+                     cache_dir: str | Path | None = None, seed: int | None = None) -> Path | None:
     """The retrained reference of ``vanilla`` for ``forget`` if ``unsee retrain`` (or a benchmark) has
-    already trained it into the stage cache; None otherwise. Trains nothing, so an audit can use
-    the reference wherever it exists at no cost.
+    already trained it into the stage cache (with ``seed``, the draw ``unsee retrain --seed`` made); None
+    otherwise. Trains nothing, so an audit can use the reference wherever it exists at no cost.
 
     A stage's key holds the CPU thread count it trained at, and a process under ``accelerate
     launch`` runs one thread: a reference trained at another count (a power of two up to the
@@ -171,7 +171,7 @@ def cached_reference(vanilla: str | Path, data: str | Path, forget: str,
     vanilla, data = Path(vanilla), Path(data)
     for threads in thread_counts():
         try:
-            plan = _plan(_vanilla_record(vanilla, data), cache_root(cache_dir), data, forget, threads)
+            plan = _plan(_vanilla_record(vanilla, data), cache_root(cache_dir), data, forget, threads, seed)
         except (DataError, ModelError):  # another world, no cached stages, no such split or none with photos
             return None
         if stage_done(plan.path):

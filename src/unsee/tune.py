@@ -61,7 +61,14 @@ from unsee.runs import (
     run_seed,
     unlearn_adapter,
 )
-from unsee.unlearning import check_audit_options, find_reference, reference_record, unlearn_and_save
+from unsee.unlearning import (
+    References,
+    check_audit_options,
+    find_reference,
+    reference_option,
+    reference_record,
+    unlearn_and_save,
+)
 
 TUNE_FILE = "tune.json"
 LR_SCALES = (1.0, 0.3, 3.0)  # the configured rate first: a tie keeps it
@@ -171,8 +178,8 @@ def _checked_settings(method: str, model: Any, data: Any, on: str | None, exclud
     if on is not None and on in exclude:
         raise ConfigError(f"--on {on} is also excluded: the validation request must be another request")
     if not attacks and (reference is not None or audit_overrides):  # unlearn's hint (--audit) is not this command's
-        raise ConfigError(f"{'--reference' if reference is not None else '--audit-set'} is for the audits, and none "
-                          "runs: add --attacks relearn,... (or leave it out)")
+        given = reference_option(reference) if reference is not None else "--audit-set"
+        raise ConfigError(f"{given} is for the audits, and none runs: add --attacks relearn,... (or leave it out)")
     check_audit_options(bool(attacks), audit_overrides, list(attacks), reference=reference)
     points = grid_points(method, config, overrides, grid)
     trains: dict[str, Sequence[str]] = {}  # each setting's resolved config, as what it trains
@@ -200,7 +207,7 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
          dtype: str | None = None, benchmark: str | None = None, revision: str | None = None,
          protocol: str = "loglik", max_items: int | None = None, max_new_tokens: int | None = None,
          neutral: str | Path | None = None, attacks: Sequence[str] = (), audit_overrides: Sequence[str] = (),
-         reference: str | Path | Sequence[str | Path] | None = None, cache_dir: str | Path | None = None) -> Path:
+         reference: References | None = None, cache_dir: str | Path | None = None) -> Path:
     """``unsee tune``: run ``method`` at every setting of ``grid`` on the validation request ``on`` of
     ``data`` (or on ``data`` itself, a removal request file), ``seeds`` seeds each, and write the pick.
 

@@ -27,7 +27,7 @@ from unsee.engine.distributed import on_accelerator
 from unsee.engine.trainer import frozen_copy
 from unsee.errors import ConfigError, DataError, ModelError, OutputError
 from unsee.eval.results import strip_samples
-from unsee.finetune import default_cache, world_fingerprint
+from unsee.finetune import cache_root, default_cache, read_vanilla_record, world_fingerprint
 from unsee.io import atomic_write_json, content_hash, imported_modules, source_fingerprint
 from unsee.methods import method_class
 from unsee.methods.artifact import WeightsArtifact
@@ -128,7 +128,20 @@ def unlearn_and_save(method: str, adapter: Adapter, suite: Suite, *, steering_di
     return run, artifact
 
 
-References = str | Path | Sequence[str | Path]
+@dataclasses.dataclass(frozen=True)
+class CachedDraws:
+    """The first ``n`` draws of the retrained reference that ``unsee retrain`` cached for the vanilla model, read
+    as one: the recipe's own, then ``--seed S+1`` .. ``S+n-1`` (S the recipe's seed). Asked for by count, since
+    their cache keys are no names a user knows; a draw that is missing is refused with the command that makes it."""
+
+    n: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise ConfigError(f"the number of draws of the reference is a whole number from 1, not {self.n!r}")
+
+
+References = str | Path | Sequence[str | Path] | CachedDraws
 
 
 def find_reference(reference: References | None, base: str | Path | None, data: str | Path, forget: str,
@@ -138,8 +151,11 @@ def find_reference(reference: References | None, base: str | Path | None, data: 
     ``allow_pickle``), else the one ``unsee retrain`` left in the stage cache for the base (vanilla) model
     ``base`` (of the built-in world or of a benchmark), else None. Never trains.
 
-    Several draws of the reference (``unsee retrain --seed``) given together come back as a list, read as one
-    reference (:class:`ReferenceDraws`); the same weights given twice would count one draw twice, and are refused."""
+    Several draws of the reference (``unsee retrain --seed``) given together, or the cached ones asked for
+    with :class:`CachedDraws`, come back as a list, read as one reference (:class:`ReferenceDraws`); the same
+    weights given twice would count one draw twice, and are refused."""
+    if isinstance(reference, CachedDraws):
+        return _cached_draws(reference.n, base, data, forget, cache_dir, revision)
     if isinstance(reference, Sequence) and not isinstance(reference, str):
         if odd := [r for r in reference if not isinstance(r, str | Path)]:
             raise ConfigError(f"each reference is a model directory, not {odd[0]!r}")
@@ -171,6 +187,32 @@ def _given_reference(reference: str | Path, data: str | Path, forget: str, revis
     check_model_dir(path, allow_pickle=allow_pickle)
     check_reference(path, forget, detect_benchmark(data, benchmark, revision), data)
     return path
+
+
+def reference_option(reference: References) -> str:
+    """The option that gave ``reference`` on the command line, for an error to name."""
+    return "--reference-draws" if isinstance(reference, CachedDraws) else "--reference"
+
+
+def _cached_draws(n: int, base: str | Path | None, data: str | Path, forget: str, cache_dir: str | Path | None,
+                  revision: str | None) -> Path | list[Path]:
+    """The draws :class:`CachedDraws` names, each from the cache; every missing one is named in one line."""
+    if base is None:
+        raise ConfigError("the cached draws of the retrained reference are found for a vanilla model of unsee "
+                          "finetune, and none is given here (attack: --vanilla): give each draw with --reference DIR")
+    recipe = read_vanilla_record(base).get("recipe")
+    first = recipe.get("seed", 0) if isinstance(recipe, dict) else 0
+    seeds = [None, *range(first + 1, first + n)]
+    builtin = (Path(data) / "world.json").is_file()
+    found = {s: cached_reference(base, data, forget, cache_dir, s) if builtin
+             else cached_benchmark_reference(base, data, forget, cache_dir, revision, s) for s in seeds}
+    if missing := [s for s, path in found.items() if path is None]:
+        which = ", ".join("the recipe's own" if s is None else f"--seed {s}" for s in missing)
+        raise DataError(f"{len(missing)} of the {n} draws of the retrained reference for {forget} are not in the cache "
+                        f"{cache_root(cache_dir)} ({which}): make each with `unsee retrain --model {base} --data "
+                        f"{data} --forget {forget} --out DIR [--seed N]` and the same --cache-dir")
+    paths = [p for p in found.values() if p is not None]
+    return paths[0] if n == 1 else paths
 
 
 def reference_record(reference: Path | Sequence[Path] | None) -> str | list[str] | None:
@@ -301,8 +343,9 @@ def check_audit_options(audit: bool, overrides: Any = (), kinds: Sequence[str] |
         raise ConfigError(f"unknown attack(s) {unknown} in the audits asked for: give a list of "
                           f"{', '.join(ATTACKS)}")
     if not audit and reference is not None:
-        raise ConfigError("--reference is the model the audits attack beside this one, and no audit runs: add "
-                          "--audit, or leave out --reference")
+        option = reference_option(reference)
+        raise ConfigError(f"{option} is the model the audits attack beside this one, and no audit runs: add "
+                          f"--audit, or leave out {option}")
     if audit:
         audit_config(overrides)
     elif overrides:
