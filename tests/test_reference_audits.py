@@ -256,6 +256,11 @@ def test_several_draws_of_the_reference_read_as_one() -> None:
     found = mia.relative(figures(mine_items, 0.0), ref)
     assert found["forget_quality"] == float(f"{metrics.ks_2samp(mine_items, first + second)[1]:.6g}")
     assert found["forget_quality"] != mia.relative(figures(mine_items, 0.0), draws[0])["forget_quality"]
+    # beside it, the p-value against each draw alone: the pooled items are no independent sample
+    assert found["forget_quality_per_draw"] == [mia.relative(figures(mine_items, 0.0), d)["forget_quality"]
+                                                for d in draws]
+    assert found["forget_quality_per_draw"][0] != found["forget_quality_per_draw"][1]
+    assert "forget_quality_per_draw" not in mia.relative(figures(mine_items, 0.0), draws[0])
     a, r1, r2 = (metrics.auc(mia.member_score("loss", x), mia.member_score("loss", holdout))
                  for x in (mine_items, first, second))
     assert found["privleak_loss"] == round((a - (r1 + r2) / 2) / ((r1 + r2) / 2), 4)

@@ -141,7 +141,9 @@ def relative(mine: Mapping[str, Any], reference: Mapping[str, Any]) -> dict[str,
 
     A reference of several draws (:func:`unsee.audit.verdicts.reference_of_draws`) holds a list of per-item
     scores: its AUC is the mean of the draws' AUCs, and forget quality tests this model's items against the
-    draws' items pooled, the spread of never having seen the photos as the draws sample it."""
+    draws' items pooled, the spread of never having seen the photos as the draws sample it. The pooled items
+    are no independent sample (one item's scores move together across draws), so the p-value against each draw
+    alone goes beside it (``forget_quality_per_draw``): how far the verdict rests on the draws."""
     items = mine[PER_ITEM]
     draws = reference[PER_ITEM] if isinstance(reference[PER_ITEM], list) else [reference[PER_ITEM]]
     out: dict[str, Any] = {}
@@ -153,4 +155,7 @@ def relative(mine: Mapping[str, Any], reference: Mapping[str, Any]) -> dict[str,
         # a p-value is kept to 6 significant digits, not places: 2e-10 is a finding, 0.0 would be none
         d, p = metrics.ks_2samp(items["forget"][score], [v for draw in draws for v in draw["forget"][score]])
         out[f"forget_quality{suffix}"], out[ks] = float(f"{p:.6g}"), round(d, 4)
+    if len(draws) > 1:
+        alone = [metrics.ks_2samp(items["forget"]["truth_ratio"], draw["forget"]["truth_ratio"])[1] for draw in draws]
+        out["forget_quality_per_draw"] = [float(f"{p:.6g}") for p in alone]
     return out
