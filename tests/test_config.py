@@ -390,6 +390,7 @@ CVF_BEFORE = {
     "redistil_steps": 0, "redistil_alpha": 0.3, "redistil_lr": 0.001, "redistil_batch": 32,  # added since; off
     "redistil_teacher": "start",  # added since; read only with redistil_steps
     "redistil_earlier": 0.125,  # added since; read only with redistil_steps, in continual runs
+    "augment_pose": 0.0,  # added since; off
 }
 RESOLVED_BEFORE: dict[str, dict] = {
     "ga": {"lr": 1.8e-05},  # since: picked again with the reported people out of the validation request

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,7 @@ from torch import nn
 
 from unsee import api
 from unsee.data import collate
+from unsee.data.augment import augment
 from unsee.data.collate import image_of
 from unsee.data.schema import Suite
 from unsee.engine.gradients import after_relearning
@@ -325,6 +327,29 @@ def test_cvf_augment_draws_fresh_views_each_step(model_dir: Path, suite: Suite, 
         losses[strength] = values
     assert losses[0.0][0] == losses[0.0][1]
     assert losses[1.0][0] != losses[1.0][1]
+
+
+def test_pose_jitter_is_drawn_after_the_crops_and_leaves_them_as_they_were_when_off(
+        model_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:
+    """``augment_pose`` rotates and squeezes each crop; at 0 the crops, and every draw after them, are those of
+    before, so a config without it trains as it did."""
+    photo = image_of(suite.group("train_forget")[0])
+    plain, off = np.random.default_rng(3), np.random.default_rng(3)
+    assert np.array_equal(np.asarray(augment(photo, plain, 1.0)), np.asarray(augment(photo, off, 1.0, pose=0.0)))
+    assert plain.random() == off.random()
+    posed = augment(photo, np.random.default_rng(3), 1.0, pose=1.0)
+    assert posed.size == photo.size and posed.mode == photo.mode
+    assert not np.array_equal(np.asarray(posed), np.asarray(augment(photo, np.random.default_rng(3), 1.0)))
+    _, batch, ctx = cvf_context(model_dir, suite, turns)
+    losses = []
+    for pose in (0.0, 1.0):  # the same step draws the same crops, posed or not
+        method = CVFNCU(CVFConfig(augment=1.0, augment_pose=pose, ncu=False))
+        method.setup(ctx)
+        with torch.no_grad():
+            losses.append(method.loss(ctx, batch)[0].item())
+    assert losses[0] != losses[1]
+    with pytest.raises(ConfigError, match="augment_pose=-1.0: must not be negative"):
+        CVFConfig(augment_pose=-1.0).validate()
 
 
 def test_cvf_retained_augmentation_draws_fresh_views_and_leaves_the_forget_draws_alone(

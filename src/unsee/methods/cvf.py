@@ -197,9 +197,10 @@ class CVFOnly(BaseMethod):
         # a photo of no known person (a request's folder of photos) stands for a person of its own
         r_who = torch.tensor([self._retained.get(id(im), -1 - ctx.gathered_index(i)) for i, im in enumerate(r_img)])
         rng = np.random.default_rng(self.seed + ctx.step)  # the forget photos draw first, as without augment_retain
-        f_img, f_in = _cropped(a, f_img, rng, self.cfg.augment)
+        f_img, f_in = _cropped(a, f_img, rng, self.cfg.augment, self.cfg.augment_pose)
         fresh = self.cfg.augment_retain > 0  # fresh crops: nothing to look up, and nothing kept past the step
-        r_img, r_in = _cropped(a, r_img, rng, self.cfg.augment_retain) if fresh else (r_img, self._inputs(a, r_img))
+        r_img, r_in = _cropped(a, r_img, rng, self.cfg.augment_retain, self.cfg.augment_pose) if fresh \
+            else (r_img, self._inputs(a, r_img))
         both = joined([f_in, r_in])
         with torch.no_grad():  # one pass over every crop: each image is encoded on its own, and one call of
             # twice the batch costs less than two (bit-identical tokens on the tiny model of each architecture)
@@ -412,10 +413,10 @@ class CVFOnly(BaseMethod):
 
 
 def _cropped(adapter: Adapter, images: list, rng: np.random.Generator,
-             strength: float) -> tuple[list, BatchFeature]:
-    """Fresh crops of ``images`` (the images themselves at strength 0) and their pixels."""
+             strength: float, pose: float = 0.0) -> tuple[list, BatchFeature]:
+    """Fresh crops of ``images`` (the images themselves at strength 0), posed with ``pose``, and their pixels."""
     if strength > 0:
-        images = [augment(im, rng, strength) for im in images]
+        images = [augment(im, rng, strength, pose) for im in images]
     return images, adapter.image_inputs(images)
 
 
