@@ -693,6 +693,8 @@ def test_an_attack_on_a_request_file_records_the_request_as_its_split(adapter: H
 
     request = write_world_request(world, tmp_path / "req")
     out = tmp_path / "a.json"
+    with pytest.raises(ConfigError, match="a removal request has no retrained reference in the cache"):
+        api.attack("probe", adapter.source, request, out, vanilla=adapter.source, reference=api.CachedDraws(2))
     with pytest.raises(ConfigError, match="is a request: its own split"):
         api.attack("shift", adapter.source, request, out, forget="forget_5", overrides=["max_items=2"])
     api.attack("shift", adapter.source, request, out, overrides=["max_items=2"])

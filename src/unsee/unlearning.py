@@ -22,6 +22,7 @@ from unsee.audit.quant import changed_linears, weight_digests
 from unsee.audit.verdicts import reference_of_draws
 from unsee.bench_recipe import cached_benchmark_reference, split_name
 from unsee.config import check_seed, load_config, to_dict
+from unsee.data.request import is_request_file
 from unsee.data.schema import Suite
 from unsee.engine.distributed import on_accelerator
 from unsee.engine.trainer import frozen_copy
@@ -197,6 +198,9 @@ def reference_option(reference: References) -> str:
 def _cached_draws(n: int, base: str | Path | None, data: str | Path, forget: str, cache_dir: str | Path | None,
                   revision: str | None) -> Path | list[Path]:
     """The draws :class:`CachedDraws` names, each from the cache; every missing one is named in one line."""
+    if is_request_file(data):
+        raise ConfigError("a removal request has no retrained reference in the cache (unsee retrain makes one for a "
+                          "benchmark's split): give each draw with --reference DIR")
     if base is None:
         raise ConfigError("the cached draws of the retrained reference are found for a vanilla model of unsee "
                           "finetune, and none is given here (attack: --vanilla): give each draw with --reference DIR")
