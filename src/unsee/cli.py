@@ -483,7 +483,7 @@ ALONE = frozenset({"world", "model", "eval", "report", "attack"})
 
 
 def _first_of_launch() -> bool:
-    """True outside a multi-process launch (told by its environment: plain runs set up no group) and in its first."""
+    """True outside a multi-process launch (read from the environment: no process group) and in its first process."""
     return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or _lazy("unsee.engine.distributed").is_main_process()
 
 
