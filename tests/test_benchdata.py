@@ -363,6 +363,9 @@ def test_the_reference_of_a_benchmark_vanilla_is_found_from_anywhere_and_only_fo
     assert isinstance(cached, list) and cached[0] == found and cached[1].name == drawn["entry"]
     with pytest.raises(DataError, match=r"1 of the 3 draws .* \(--seed 2\)"):
         find_reference(CachedDraws(3), tmp_path / "vanilla", data, "forget_10", cache)
+    with pytest.raises(DataError, match="nosuch"):  # no such split is said as such, not as draws missing
+        find_reference(CachedDraws(2), tmp_path / "vanilla", data, "nosuch", cache)
+    assert find_reference(None, tmp_path / "vanilla", data, "nosuch", cache) is None  # looked up unasked: none
     both = [tmp_path / "retrained", tmp_path / "drawn"]
     assert find_reference(both, tmp_path / "vanilla", data, "forget_10") == both  # two draws, read as one
     older = Path(shutil.copytree(tmp_path / "vanilla", tmp_path / "sub" / "older"))  # as an older unsee wrote it

@@ -373,7 +373,13 @@ def test_retrain_leaves_out_the_forget_photos_keeps_their_text_and_is_cached(wor
     with pytest.raises(DataError, match=r"1 of the 3 draws .* \(--seed 2\): make each with `unsee retrain"):
         find_reference(CachedDraws(3), vanilla, world, "forget_10", cache)
     with pytest.raises(DataError, match=r"2 of the 2 draws .* \(the recipe's own, --seed 1\)"):
+        find_reference(CachedDraws(2), vanilla, world, "forget_5", cache)
+    # asked for by name, a wrong cache or split is said as such, not as draws missing from the cache
+    with pytest.raises(ModelError, match="stage-2 checkpoint, which is not in .*empty: run unsee finetune"):
         find_reference(CachedDraws(2), vanilla, world, "forget_10", tmp_path / "empty")
+    with pytest.raises(DataError, match="'nosuch' not found"):
+        find_reference(CachedDraws(2), vanilla, world, "nosuch", cache)
+    assert cached_reference(vanilla, world, "nosuch", cache) is None  # looked up unasked: none
     # the command line reads them as one reference beside the attacked model, each draw recorded
     assert main(["attack", "probe", "--model", str(vanilla), "--vanilla", str(vanilla), "--data", str(world),
                  "--out", str(tmp_path / "a.json"), "--reference-draws", "2", "--cache-dir", str(cache)]) == 0

@@ -19,7 +19,7 @@ from unsee.errors import ConfigError, DataError, ModelError
 from unsee.finetune import cache_root, read_vanilla_record, stage_done
 from unsee.models import model_fingerprint
 from unsee.models.base import SCOPES, Turn
-from unsee.stage_keys import BENCHMARK, batch_adapter, thread_counts, turns_fingerprint
+from unsee.stage_keys import BENCHMARK, batch_adapter, draw_seeds, thread_counts, turns_fingerprint
 
 RECIPES = ("mllmu", "clear", "umu")
 WORLD_RECIPES = ("default", "quick")
@@ -153,13 +153,29 @@ def cached_benchmark_reference(vanilla: str | Path, data: str | Path | DataRef, 
     try:
         ref = resolve(data, revision)
         meta = vanilla_record(vanilla, ref)
-        kind, cfg = meta["benchmark"], load_recipe(meta["benchmark"], recipe_of(meta))
-        if seed is not None:
-            cfg.seed = seed
-        forget = split_name(kind, forget)
-        pairs = training_pairs(ref, kind, cfg, forget)
+        return _cached_entry(ref, meta, split_name(meta["benchmark"], forget), cache_dir, seed)
     except (ModelError, DataError):  # not unsee's fine-tune, other data, no such split or none of its photos
         return None
+
+
+def cached_benchmark_draws(vanilla: str | Path, data: str | Path | DataRef, forget: str, n: int,
+                           cache_dir: str | Path | None = None,
+                           revision: str | None = None) -> dict[int | None, Path | None]:
+    """The first ``n`` draws of a benchmark's retrained reference (:func:`unsee.stage_keys.draw_seeds`), each as
+    the cache holds it or None. Asked for by name, so other data or no such split is an error here."""
+    ref = resolve(data, revision)
+    meta = vanilla_record(vanilla, ref)
+    first = load_recipe(meta["benchmark"], recipe_of(meta)).seed
+    split = split_name(meta["benchmark"], forget)
+    return {seed: _cached_entry(ref, meta, split, cache_dir, seed) for seed in draw_seeds(first, n)}
+
+
+def _cached_entry(ref: DataRef, meta: dict[str, Any], forget: str, cache_dir: str | Path | None,
+                  seed: int | None) -> Path | None:
+    kind, cfg = meta["benchmark"], load_recipe(meta["benchmark"], recipe_of(meta))
+    if seed is not None:
+        cfg.seed = seed
+    pairs = training_pairs(ref, kind, cfg, forget)
     # a stage's key holds the thread count it trained at: one trained at another (one thread a process under
     # `accelerate launch`) is the same recipe's reference, and is found too, as the built-in world's is
     for threads in thread_counts():

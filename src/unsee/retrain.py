@@ -12,7 +12,7 @@ it is set beside what the model that never saw the photos gives.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +42,14 @@ from unsee.finetune import (
 from unsee.io import atomic_dir, check_output_dir, copy_entry
 from unsee.models import load_adapter
 from unsee.models.base import Adapter, Turn, model_fingerprint
-from unsee.stage_keys import RETRAINED, RETRAINED_KNOWN, batch_adapter, thread_counts, turns_fingerprint
+from unsee.stage_keys import (
+    RETRAINED,
+    RETRAINED_KNOWN,
+    batch_adapter,
+    draw_seeds,
+    thread_counts,
+    turns_fingerprint,
+)
 
 RETRAINED_FILE = "unsee_retrained.json"
 
@@ -82,8 +89,27 @@ class _Plan:
     without: list[str]
 
 
-def _plan(meta: dict, cache: Path, data: Path, forget: str, threads: int | None = None,
-          seed: int | None = None) -> _Plan:
+@dataclass
+class _Sources:
+    """What the plan of every draw reads, read once: the vanilla model's record, checked against the world, the
+    world's facts, the split, and the suite the vanilla fine-tune read."""
+
+    meta: dict
+    forget: str
+    info: dict
+    suite: Suite
+    full: Suite
+
+
+def _sources(vanilla: Path, data: Path, forget: str) -> _Sources:
+    meta = _vanilla_record(vanilla, data)
+    info = load_world_info(data)
+    suite = load_mllmu(data, forget)
+    full = suite if forget == default_forget(info) else load_mllmu(data, default_forget(info))  # what finetune read
+    return _Sources(meta, forget, info, suite, full)
+
+
+def _plan(src: _Sources, cache: Path, threads: int | None = None, seed: int | None = None) -> _Plan:
     """The reference's stages and their keys (:data:`unsee.stage_keys.RETRAINED`): the stage they start from,
     the recipe options, the split and the turns they train on.
 
@@ -92,6 +118,7 @@ def _plan(meta: dict, cache: Path, data: Path, forget: str, threads: int | None 
     pre-training, so theirs runs stage 2 again from stage 1 without their photos, then stage 3, whose
     replay of stage 2 leaves their photos out too. ``seed`` replaces the recipe's seed of stages 2 and 3
     (a key of its own): the reference of another draw."""
+    meta, forget, suite, info = src.meta, src.forget, src.suite, src.info
     stages = meta.get("stages", {})
 
     def cached_stage(prefix: str) -> Path:
@@ -108,11 +135,7 @@ def _plan(meta: dict, cache: Path, data: Path, forget: str, threads: int | None 
     # stage 3's key holds no seed (stage 2's weights carry the vanilla model's): another draw names its own
     extra = forget if cfg.seed == drawn else [forget, cfg.seed]
     rc = to_dict(cfg)
-    info = load_world_info(data)
-    suite = load_mllmu(data, forget)
-    names = set(info["names"].values())
-    full = suite if forget == default_forget(info) else load_mllmu(data, default_forget(info))  # what finetune read
-    turns2, turns3 = retrain_turns(full, suite, cfg, names)
+    turns2, turns3 = retrain_turns(src.full, suite, cfg, set(info["names"].values()))
     stage3 = Stage(f"stage 3 without {forget}'s photos", turns3, cfg.ft_steps, cfg.ft_lr, cfg.ft_vision_lr_factor,
                    cfg.ft_augment)
     if not _forgets_known_people(suite, info, forget):
@@ -163,20 +186,32 @@ def cached_reference(vanilla: str | Path, data: str | Path, forget: str,
                      cache_dir: str | Path | None = None, seed: int | None = None) -> Path | None:
     """The retrained reference of ``vanilla`` for ``forget`` if ``unsee retrain`` (or a benchmark) has
     already trained it into the stage cache (with ``seed``, the draw ``unsee retrain --seed`` made); None
-    otherwise. Trains nothing, so an audit can use the reference wherever it exists at no cost.
+    otherwise, another world, no cached stages or no such split included. Trains nothing, so an audit can
+    use the reference wherever it exists at no cost."""
+    try:
+        return _find_draws(_sources(Path(vanilla), Path(data), forget), cache_root(cache_dir), [seed])[seed]
+    except (DataError, ModelError):
+        return None
 
-    A stage's key holds the CPU thread count it trained at, and a process under ``accelerate
-    launch`` runs one thread: a reference trained at another count (a power of two up to the
-    machine's cores) is the same recipe's reference, and is found too."""
-    vanilla, data = Path(vanilla), Path(data)
-    for threads in thread_counts():
-        try:
-            plan = _plan(_vanilla_record(vanilla, data), cache_root(cache_dir), data, forget, threads, seed)
-        except (DataError, ModelError):  # another world, no cached stages, no such split or none with photos
-            return None
-        if stage_done(plan.path):
-            return plan.path
-    return None
+
+def cached_draws(vanilla: str | Path, data: str | Path, forget: str, n: int,
+                 cache_dir: str | Path | None = None) -> dict[int | None, Path | None]:
+    """The first ``n`` draws of the retrained reference (:func:`unsee.stage_keys.draw_seeds`), each as the cache
+    holds it or None. Asked for by name, so another world or no such split is an error here, not a None."""
+    src = _sources(Path(vanilla), Path(data), forget)
+    cfg = load_config(FinetuneConfig, src.meta["recipe"], kind="finetune")
+    return _find_draws(src, cache_root(cache_dir), draw_seeds(cfg.seed, n))
+
+
+def _find_draws(src: _Sources, cache: Path, seeds: Sequence[int | None]) -> dict[int | None, Path | None]:
+    """Each seed's reference in the cache, or None. A stage's key holds the CPU thread count it trained at, and a
+    process under ``accelerate launch`` runs one thread: a reference trained at another count (a power of two up
+    to the machine's cores) is the same recipe's reference, and is found too."""
+    found: dict[int | None, Path | None] = {}
+    for seed in seeds:
+        paths = (_plan(src, cache, threads, seed).path for threads in thread_counts())
+        found[seed] = next((path for path in paths if stage_done(path)), None)
+    return found
 
 
 def retrain(vanilla: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
@@ -194,8 +229,8 @@ def retrain(vanilla: str | Path, data: str | Path, out: str | Path, *, forget: s
     vanilla, data = Path(vanilla), Path(data)
     check_output_dir(out, overwrite=overwrite)
     check_launch()  # as the vanilla model's own fine-tune does
-    meta = _vanilla_record(vanilla, data)
-    plan = _plan(meta, cache_root(cache_dir), data, forget, seed=seed)
+    src = _sources(vanilla, data, forget)
+    plan = _plan(src, cache_root(cache_dir), seed=seed)
     rc = to_dict(plan.recipe)
     previous: Path | None = None
     cached = True  # unless this run trains the reference
@@ -209,7 +244,7 @@ def retrain(vanilla: str | Path, data: str | Path, out: str | Path, *, forget: s
         with atomic_dir(out, overwrite=overwrite) as tmp:
             copy_entry(path, tmp)
             (tmp / RETRAINED_FILE).write_text(json.dumps({
-                "vanilla": str(vanilla), "world": str(data), "world_fingerprint": meta["world_fingerprint"],
+                "vanilla": str(vanilla), "world": str(data), "world_fingerprint": src.meta["world_fingerprint"],
                 "forget": forget, "without": plan.without, "stage": path.name, "cached": cached,
                 "seconds": seconds, "recipe": rc,
             }, indent=2))

@@ -90,6 +90,12 @@ def thread_counts() -> list[int]:
     return list(dict.fromkeys([now, *(2 ** i for i in range(cores.bit_length()) if 2 ** i <= cores), cores]))
 
 
+def draw_seeds(first: int, n: int) -> list[int | None]:
+    """The seeds of the first ``n`` draws of a retrained reference: None for the recipe's own draw (seed
+    ``first``, keyed as the recipe is), then ``unsee retrain --seed first+1`` .. ``first+n-1``."""
+    return [None, *range(first + 1, first + n)]
+
+
 def numerics(threads: int | None = None, *, on_cpu: bool = False) -> dict[str, Any]:
     """What else a stage's weights depend on: torch's version, the device (on a CPU its model and
     vector instructions), on a CPU the thread count, and the mixed precision a launch (or the user's own

@@ -20,7 +20,7 @@ from unsee.audit.attacks import ATTACKS, AttackConfig, image_mcq, run_attacks
 from unsee.audit.mia import check_holdout
 from unsee.audit.quant import changed_linears, weight_digests
 from unsee.audit.verdicts import reference_of_draws
-from unsee.bench_recipe import cached_benchmark_reference, split_name
+from unsee.bench_recipe import cached_benchmark_draws, cached_benchmark_reference, split_name
 from unsee.config import check_seed, load_config, to_dict
 from unsee.data.request import is_request_file
 from unsee.data.schema import Suite
@@ -28,7 +28,7 @@ from unsee.engine.distributed import on_accelerator
 from unsee.engine.trainer import frozen_copy
 from unsee.errors import ConfigError, DataError, ModelError, OutputError
 from unsee.eval.results import strip_samples
-from unsee.finetune import cache_root, default_cache, read_vanilla_record, world_fingerprint
+from unsee.finetune import cache_root, default_cache, world_fingerprint
 from unsee.io import atomic_write_json, content_hash, imported_modules, source_fingerprint
 from unsee.methods import method_class
 from unsee.methods.artifact import WeightsArtifact
@@ -36,7 +36,7 @@ from unsee.models import REGISTRY, check_model_dir, load_adapter, resolve_dtype
 from unsee.models.base import Adapter, model_fingerprint
 from unsee.provenance import CostMeter
 from unsee.report import model_card
-from unsee.retrain import RETRAINED_FILE, cached_reference
+from unsee.retrain import RETRAINED_FILE, cached_draws, cached_reference
 from unsee.runs import (
     deployed_artifact,
     detect_benchmark,
@@ -204,12 +204,8 @@ def _cached_draws(n: int, base: str | Path | None, data: str | Path, forget: str
     if base is None:
         raise ConfigError("the cached draws of the retrained reference are found for a vanilla model of unsee "
                           "finetune, and none is given here (attack: --vanilla): give each draw with --reference DIR")
-    recipe = read_vanilla_record(base).get("recipe")
-    first = recipe.get("seed", 0) if isinstance(recipe, dict) else 0
-    seeds = [None, *range(first + 1, first + n)]
-    builtin = (Path(data) / "world.json").is_file()
-    found = {s: cached_reference(base, data, forget, cache_dir, s) if builtin
-             else cached_benchmark_reference(base, data, forget, cache_dir, revision, s) for s in seeds}
+    found = (cached_draws(base, data, forget, n, cache_dir) if (Path(data) / "world.json").is_file()
+             else cached_benchmark_draws(base, data, forget, n, cache_dir, revision))
     if missing := [s for s, path in found.items() if path is None]:
         which = ", ".join("the recipe's own" if s is None else f"--seed {s}" for s in missing)
         raise DataError(f"{len(missing)} of the {n} draws of the retrained reference for {forget} are not in the cache "
