@@ -29,6 +29,7 @@ from unsee.eval import metrics
 from unsee.eval.results import ResultsError, load_results, new_results, seed_summary, validate_results
 from unsee.models import HFAdapter, load_adapter
 from unsee.models.tiny import init_model
+from unsee.report.card import model_card
 
 WORLD = ["n_people=8", "n_known=2", "n_unknown=2", "n_neutral=4", "n_train_views=2", "n_test_views=1",
          "n_requests=2", "n_general_train=8", "n_general_eval=4", "n_pretrain=4"]
@@ -269,6 +270,19 @@ def test_several_draws_of_the_reference_read_as_one() -> None:
                                                                      if k != "per_item"}}})["relearn_ag"]
     assert check["reference"] == 10.0 and check["reference_draws"] == [16.0, 4.0] and check["pass"] is True
     assert "reference_draws" not in reference_checks({"relearn": {"ag": 1.0, "reference": {"ag": 0.0}}})["relearn_ag"]
+    # the p-value against each draw alone goes beside the pooled one that is judged, as a mean over seeds too
+    fq = reference_checks({"mia": found})["forget_quality"]
+    assert fq["per_draw"] == found["forget_quality_per_draw"] and fq["value"] == found["forget_quality"]
+    seeds = mean_attacks([{"mia": {"forget_quality": 0.1, "forget_quality_per_draw": [0.2, 0.04]}},
+                          {"mia": {"forget_quality": 0.3, "forget_quality_per_draw": [0.4, 0.02]}}])
+    assert reference_checks(seeds)["forget_quality"]["per_draw"] == pytest.approx([0.3, 0.03])
+    card = model_card({"method": "m", "model": "m", "benchmark": "builtin", "forget_split": "forget_10",
+                       "request": 1, "seed": 0, "config": {}, "metrics": {}, "attacks": seeds,
+                       "cost": {"wall_s": 1.0, "peak_rss_bytes": 0, "peak_gpu_bytes": None, "trainable_params": 0,
+                                "optimizer_state_bytes": 0}},
+                      None, base_model="b", base_hash="h", forgotten=["p1"], audits=None)
+    assert "| forget_quality | 0.200 (each draw alone: 0.3, 0.03) | \u2014 | >= 0.05 | yes |" in card
+    assert "per_draw" not in reference_checks({"mia": draws[0] | {"forget_quality": 0.5}})["forget_quality"]
 
 
 def test_mia_holdout_must_not_overlap_the_forget_set(adapter: HFAdapter, suite: Suite) -> None:
@@ -425,7 +439,6 @@ def test_the_4bit_check_over_seeds_is_the_mean_of_each_seeds_worse_rounding() ->
 
 
 def test_reference_checks_and_card_say_which_audits_passed() -> None:
-    from unsee.report.card import model_card
 
     attacks = {
         "relearn": {"ag": 20.0, "reference": {"ag": 18.9}},

@@ -60,9 +60,18 @@ def _mean_figures(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     keys = {k for f in figures for k in _numbers(f)}
     merged: dict[str, Any] = {k: statistics.fmean([f[k] for f in figures if f.get(k) is not None])
                               for k in keys if any(f.get(k) is not None for f in figures)}
+    for k in {k for f in figures for k, v in f.items() if _series(v)}:  # a figure per draw: the mean of each
+        rows = [f[k] for f in figures if _series(f.get(k))]
+        if len({len(r) for r in rows}) == 1:
+            merged[k] = [statistics.fmean(column) for column in zip(*rows, strict=True)]
     if "reference" in figures[0]:
         merged["reference"] = figures[0]["reference"]
     return merged
+
+
+def _series(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, int | float) and not isinstance(v, bool)
+                                                           for v in value)
 
 
 def reference_of_draws(draws: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -130,7 +139,8 @@ def reference_checks(attacks: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     A check whose figures are missing (attack not run, or no reference) has ``pass`` None. ``passing`` is
     ``[low, high]``, the values of ``value`` that pass (None: no bound on that side, or none known), so
     that a plot can draw the target beside the figure. Against several draws of the reference ``reference`` is
-    their mean and ``reference_draws`` each draw's figure.
+    their mean and ``reference_draws`` each draw's figure; ``forget_quality`` adds ``per_draw``, the p-value
+    against each draw alone, which the verdict does not read (the pooled p-value is judged).
     """
     out: dict[str, dict[str, Any]] = {}
     pairs = (("relearn_ag", "relearn", "ag", MARGIN_POINTS), ("pgd_forget", "pgd", "forget_attacked", MARGIN),
@@ -165,4 +175,6 @@ def reference_checks(attacks: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         out["forget_quality"] = {"value": fq, "reference": None, "target": f">= {MIN_FORGET_QUALITY:g}",
                                  "pass": None if fq is None else fq >= MIN_FORGET_QUALITY,
                                  "passing": [MIN_FORGET_QUALITY, None]}
+        if _series(alone := mia.get("forget_quality_per_draw")):
+            out["forget_quality"]["per_draw"] = alone
     return out

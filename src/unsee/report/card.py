@@ -26,11 +26,10 @@ from unsee.report.tables import (
     CHANCE,
     DASH,
     MIB,
-    fig3,
+    check_cells,
     fmt_change,
     headline_key,
     ordered_groups,
-    reference_cell,
     score_of,
 )
 
@@ -243,7 +242,7 @@ def _reference_rows(audits: Mapping[str, Any]) -> list[str]:
         _row(["check", "this model", "reference", "target", "passed"]),
         _row(["---", "---:", "---:", "---", "---"]),
     ]
-    rows += [_row([name, fig3(c["value"]), reference_cell(c), c["target"], "yes" if c["pass"] else "no"])
+    rows += [_row([name, *check_cells(c), c["target"], "yes" if c["pass"] else "no"])
              for name, c in checks.items()]
     passed = [n for n, c in checks.items() if c["pass"]]
     rows += ["", f"Passed{' against the reference' if referenced else ''}: {len(passed)} of {len(checks)}"

@@ -99,7 +99,7 @@ def baseline_for(run: Mapping[str, Any], vanilla: Mapping[str, Any] | None,
     """
     if vanilla is None or run is vanilla:
         return None
-    if vanilla["request"] in (1, run["request"]) or (group is not None and _is_request_group(group)):
+    if vanilla["request"] in (1, run["request"]) or (group is not None and _request_index(group) is not None):
         return vanilla
     return None
 
@@ -113,15 +113,13 @@ def in_group_order(groups: Iterable[str]) -> list[str]:
     """Group names in the order :func:`ordered_groups` gives: ``forget_r10`` after ``forget_r2``, not before."""
     present = set(groups)
     known = [g for g in METRIC_GROUPS if g in present]
-    return known + sorted(present - set(known), key=lambda g: (not _is_request_group(g), _request_index(g), g))
+    return known + sorted(present - set(known), key=lambda g: (_request_index(g) is None, _request_index(g) or 0, g))
 
 
-def _is_request_group(group: str) -> bool:
-    return group.startswith("forget_r") and group[len("forget_r") :].isdigit()
-
-
-def _request_index(group: str) -> int:
-    return int(group[len("forget_r") :]) if _is_request_group(group) else 0
+def _request_index(group: str) -> int | None:
+    """N of a continual request's own group, ``forget_rN``; None for every other group."""
+    tail = group[len("forget_r") :]
+    return int(tail) if group.startswith("forget_r") and tail.isdigit() else None
 
 
 def headline_key(runs: Iterable[Mapping[str, Any]], group: str) -> str | None:
@@ -403,11 +401,13 @@ def _vanilla_first(runs: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]
     return sorted(runs, key=lambda r: (r["method"] != "vanilla", r["request"]))
 
 
-def reference_cell(check: Mapping[str, Any]) -> str:
-    """A check's reference figure; read against several draws of the reference, their mean and range."""
+def check_cells(check: Mapping[str, Any]) -> list[str]:
+    """A check's figure and its reference's; against several draws of the reference, their mean and range, and the
+    figure against each draw alone where there is one (forget quality: how far its verdict rests on one draw)."""
     draws = [d for d in check.get("reference_draws") or () if d is not None]
-    return fig3(check.get("reference")) + (f" (mean of {len(draws)} draws, {min(draws):.3f} to {max(draws):.3f})"
-                                           if draws else "")
+    alone = ", ".join(f"{p:.3g}" for p in check.get("per_draw") or ())
+    return [fig3(check["value"]) + (f" (each draw alone: {alone})" if alone else ""), fig3(check.get("reference"))
+            + (f" (mean of {len(draws)} draws, {min(draws):.3f} to {max(draws):.3f})" if draws else "")]
 
 
 def _reference_check_rows(runs: Sequence[Mapping[str, Any]], variant: Mapping[int, str]) -> tuple[list[str], bool]:
@@ -417,8 +417,8 @@ def _reference_check_rows(runs: Sequence[Mapping[str, Any]], variant: Mapping[in
         for name, c in reference_checks(run.get("attacks") or {}).items():
             if c["pass"] is not None:
                 referenced |= c["reference"] is not None
-                rows.append(_md_row([*_run_cells(run, variant), name, fig3(c["value"]), reference_cell(c),
-                                     c["target"], "yes" if c["pass"] else "no"]))
+                rows.append(_md_row([*_run_cells(run, variant), name, *check_cells(c), c["target"],
+                                     "yes" if c["pass"] else "no"]))
     return rows, referenced
 
 
