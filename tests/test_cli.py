@@ -230,7 +230,8 @@ def test_demo_command_and_api_share_their_defaults() -> None:
     ({"attacks": ["relearm"]}, "attacks: unknown attack(s) ['relearm']"),
     ({"audit_methods": ["grad_diff"]}, "audit_methods: unknown method(s) ['grad_diff']"),
     ({"method_overrides": {"grad_diff": ["max_steps=1"]}}, "method_overrides: unknown method(s) ['grad_diff']"),
-    ({"method_overrides": {"ga": ["max_stepz=1"]}}, "unknown option(s) ['max_stepz'] for method 'ga'"),
+    ({"method_overrides": {"ga": ["max_stepz=1"]}},
+     "unknown option(s) ['max_stepz'] for method 'ga' (did you mean 'max_steps'?)"),
     ({"world_overrides": ["seed=5"]}, "world_overrides: the demo's --seed sets"),
     ({"recipe_overrides": ["n_people=4", " seed =7"]}, "recipe_overrides: the demo's --seed sets"),
 ])

@@ -15,7 +15,9 @@ import unsee.config as config_module
 from unsee import api
 from unsee.config import Plain, build, describe, load_config, opt, parse_overrides, read_config_file, to_dict
 from unsee.engine.trainer import TrainConfig
-from unsee.errors import ConfigError
+from unsee.errors import ConfigError, did_you_mean
+from unsee.methods import method_class
+from unsee.runs import method_configs
 
 
 @dataclass
@@ -105,6 +107,17 @@ def test_unknown_key_is_named() -> None:
     with pytest.raises(ConfigError, match="unknown config key 'lrr' for Recipe") as info:
         load_config(Recipe, None, ["lrr=1e-5"])
     assert "valid keys:" in str(info.value) and "lr" in str(info.value)
+    assert "(did you mean 'lr'?)" in str(info.value)  # a slip of one key is named
+
+
+def test_a_slip_of_a_name_is_named_and_a_stranger_is_not() -> None:
+    assert did_you_mean(["graddif"], ["ga", "graddiff", "kl"]) == " (did you mean 'graddiff'?)"
+    assert did_you_mean(["augmnet", "zzz", "augment_"], ["augment", "tau"]) == " (did you mean 'augment'?)"
+    assert did_you_mean(["xyz"], ["ga", "graddiff"]) == ""
+    with pytest.raises(ConfigError, match=r"unknown method 'npo_' \(did you mean 'npo'\?\); choose one of"):
+        method_class("npo_")
+    with pytest.raises(ConfigError, match=r"\['augmnet'\] for method 'cvf_ncu' \(did you mean 'augment'\?\)"):
+        method_configs("cvf_ncu", None, ["augmnet=1"])
 
 
 def test_unknown_nested_key_is_named() -> None:

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from unsee.errors import ConfigError
+from unsee.errors import ConfigError, did_you_mean
 
 T = TypeVar("T")
 SHIPPED = Path(__file__).parent / "configs"
@@ -391,10 +391,9 @@ def build(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
             raise ConfigError(f"config keys are names, got {show(key)} in {cls.__name__}")
         head, _, rest = key.partition(".")
         if head not in fields:
-            raise ConfigError(
-                f"unknown config key {show(prefix + head)} for {cls.__name__}; valid keys: "
-                f"{', '.join(sorted(k for k, f in fields.items() if not f.metadata.get('set_by')))}"
-            )
+            settable = sorted(k for k, f in fields.items() if not f.metadata.get("set_by"))
+            raise ConfigError(f"unknown config key {show(prefix + head)} for {cls.__name__}"
+                              f"{did_you_mean([head], settable)}; valid keys: {', '.join(settable)}")
         if set_by := fields[head].metadata.get("set_by"):
             raise ConfigError(f"{prefix + head} is set by {set_by}, not by a config")
         if rest:

@@ -19,7 +19,7 @@ from unsee.audit.attacks import ATTACKS
 from unsee.config import check_seeds, load_config, opt, read_config_file, to_dict
 from unsee.data.world import cached_world
 from unsee.engine.distributed import is_main_process, wait_for_everyone
-from unsee.errors import ConfigError
+from unsee.errors import ConfigError, did_you_mean
 from unsee.eval.evaluator import answers
 from unsee.eval.results import new_results, seed_summary, write_results
 from unsee.finetune import (
@@ -70,11 +70,13 @@ class DemoConfig:
         """Read when the config loads, before the world and the vanilla model are built: a misspelt attack
         stopped the demo only after the first method's run, and a misspelt method here was read as none."""
         if unknown := sorted(set(self.attacks) - set(ATTACKS)):
-            raise ConfigError(f"attacks: unknown attack(s) {unknown}; choose from {', '.join(ATTACKS)}")
+            raise ConfigError(f"attacks: unknown attack(s) {unknown}{did_you_mean(unknown, ATTACKS)}; "
+                              f"choose from {', '.join(ATTACKS)}")
         for key, named, extra in (("audit_methods", self.audit_methods, {"all"}),
                                   ("method_overrides", list(self.method_overrides), set())):
             if unknown := sorted(set(named) - set(ALL) - extra):
-                raise ConfigError(f"{key}: unknown method(s) {unknown}; choose from {', '.join(sorted(ALL))}")
+                raise ConfigError(f"{key}: unknown method(s) {unknown}{did_you_mean(unknown, ALL)}; "
+                                  f"choose from {', '.join(sorted(ALL))}")
         for key, given in (("world_overrides", self.world_overrides), ("recipe_overrides", self.recipe_overrides)):
             if any(o.partition("=")[0].strip() == "seed" for o in given):
                 raise ConfigError(f"{key}: the demo's --seed sets the world's and the recipe's seed; give it there")

@@ -1,5 +1,10 @@
 """Exceptions a user can act on. Every input problem raises one of these, never an assert."""
 
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
 
 class UnseeError(Exception):
     """Base class: the message says what is wrong and what to do."""
@@ -28,3 +33,11 @@ class OutputExistsError(OutputError):
 class TrainingError(UnseeError):
     """Training diverged (NaN/inf loss), did not converge, or a step failed; no output is written, and the
     model in memory holds its last good state where the message says so."""
+
+
+def did_you_mean(names: Iterable[str], choices: Iterable[str]) -> str:
+    """`` (did you mean 'lr'?)`` for the names that are a slip of one of ``choices``, to end an error with; empty
+    where none is close. A long list of valid names is hard to search by eye for the one a typo meant."""
+    choices = list(choices)
+    close = [m[0] for name in names if (m := difflib.get_close_matches(str(name), choices, n=1, cutoff=0.75))]
+    return f" (did you mean {', '.join(map(repr, dict.fromkeys(close)))}?)" if close else ""

@@ -27,7 +27,7 @@ from unsee.engine import distributed
 from unsee.engine.checkpoint import has_checkpoint, remove_checkpoint
 from unsee.engine.prepare import merge_lora
 from unsee.engine.trainer import STEPLESS, TrainConfig
-from unsee.errors import DataError
+from unsee.errors import DataError, did_you_mean
 from unsee.eval.evaluator import Evaluation, run_evaluation
 from unsee.eval.protocols import check_protocol
 from unsee.eval.results import SAMPLES_KEY
@@ -172,8 +172,8 @@ def method_configs(method: str, config: str | Path | Mapping[str, Any] | None,
     mkeys = {f.name for f in dataclasses.fields(mcls)}
     unknown = sorted(set(values) - tkeys - mkeys)
     if unknown:
-        raise ConfigError(f"unknown option(s) {unknown} for method {method!r}; engine options: {sorted(tkeys)}; "
-                          f"method options: {sorted(mkeys)}")
+        raise ConfigError(f"unknown option(s) {unknown} for method {method!r}{did_you_mean(unknown, tkeys | mkeys)}; "
+                          f"engine options: {sorted(tkeys)}; method options: {sorted(mkeys)}")
     # a test-time method's own option of an engine option's name (the eraser's batch_size) is its own
     tvals = {k: v for k, v in values.items() if k in tkeys and (cls.trains_weights or k not in mkeys)}
     if cls.trains_weights:

@@ -26,7 +26,7 @@ from unsee.data.request import is_request_file
 from unsee.data.schema import Suite
 from unsee.engine.distributed import on_accelerator
 from unsee.engine.trainer import frozen_copy
-from unsee.errors import ConfigError, DataError, ModelError, OutputError
+from unsee.errors import ConfigError, DataError, ModelError, OutputError, did_you_mean
 from unsee.eval.results import strip_samples
 from unsee.finetune import cache_root, default_cache, world_fingerprint
 from unsee.io import atomic_write_json, content_hash, imported_modules, source_fingerprint
@@ -340,8 +340,8 @@ def check_audit_options(audit: bool, overrides: Any = (), kinds: Sequence[str] |
                           f"{kinds!r}")
     unknown = sorted(set(kinds or ()) - set(ATTACKS))
     if unknown:
-        raise ConfigError(f"unknown attack(s) {unknown} in the audits asked for: give a list of "
-                          f"{', '.join(ATTACKS)}")
+        raise ConfigError(f"unknown attack(s) {unknown} in the audits asked for{did_you_mean(unknown, ATTACKS)}: "
+                          f"give a list of {', '.join(ATTACKS)}")
     if not audit and reference is not None:
         option = reference_option(reference)
         raise ConfigError(f"{option} is the model the audits attack beside this one, and no audit runs: add "

@@ -43,7 +43,7 @@ from unsee.engine.adversarial import pgd_pixels
 from unsee.engine.adversarial import pixel_bounds as pixel_bounds
 from unsee.engine.distributed import Alone, on_accelerator
 from unsee.engine.trainer import TrainConfig, train
-from unsee.errors import ConfigError, DataError
+from unsee.errors import ConfigError, DataError, did_you_mean
 from unsee.eval import metrics
 from unsee.eval.evaluator import mcq_loglik
 from unsee.methods.base import pooled
@@ -386,7 +386,8 @@ def run_attacks(adapter: Adapter, suite: Suite, kinds: Sequence[str] = ATTACKS, 
     cfg.validate()
     unknown = sorted(set(kinds) - set(RUNNERS))
     if unknown:
-        raise ConfigError(f"unknown attack(s) {unknown}; choose from {', '.join(ATTACKS)}")
+        raise ConfigError(f"unknown attack(s) {unknown}{did_you_mean(unknown, ATTACKS)}; "
+                          f"choose from {', '.join(ATTACKS)}")
     on_accelerator(adapter)
     out = {}
     for kind in kinds:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from unsee.errors import ConfigError
+from unsee.errors import ConfigError, did_you_mean
 
 REGISTRY: dict[str, str] = {
     "ga": "unsee.methods.baselines:GA",
@@ -29,7 +29,7 @@ ALL = tuple(REGISTRY)
 
 def method_class(name: str) -> Any:
     if name not in REGISTRY:
-        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(ALL)}")
+        raise ConfigError(f"unknown method {name!r}{did_you_mean([name], ALL)}; choose one of {', '.join(ALL)}")
     module, cls = REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), cls)
 
