@@ -6,7 +6,8 @@ retrained reference ``unsee retrain`` left in the cache without training anythin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,13 +69,13 @@ def load_recipe(kind: str, config: str | Path | dict | None, overrides: Any = ()
     return load_config(BenchFinetuneConfig, kind if config is None else config, overrides, kind="finetune")
 
 
-def _key(model: str | Path, turns: list[Turn], split: str, cfg: BenchFinetuneConfig, forget: str | None,
-         threads: int | None = None) -> str:
-    """The cache key :data:`unsee.stage_keys.BENCHMARK` declares: the base model's weights, the
-    recipe, the turns as the model's processor batches them, the split and the forget set (``threads``:
-    another CPU thread count than this process's)."""
-    return BENCHMARK.key(to_dict(cfg), weights=model_fingerprint(model),
-                         data=turns_fingerprint(batch_adapter(model), turns), extra=[split, forget], threads=threads)
+def _keys(model: str | Path, turns: list[Turn], split: str, cfg: BenchFinetuneConfig, forget: str | None,
+          threads: Sequence[int | None]) -> list[str]:
+    """The cache key :data:`unsee.stage_keys.BENCHMARK` declares, at each CPU thread count of ``threads`` (None:
+    this process's): the base model's weights, the recipe, the turns as the model's processor batches them, the
+    split and the forget set. The weights and the turns are fingerprinted once for every count."""
+    weights, data = model_fingerprint(model), turns_fingerprint(batch_adapter(model), turns)
+    return [BENCHMARK.key(to_dict(cfg), weights=weights, data=data, extra=[split, forget], threads=t) for t in threads]
 
 
 def check_world_recipe(config: Any) -> None:
@@ -113,11 +114,12 @@ def training_pairs(ref: DataRef, kind: str, cfg: BenchFinetuneConfig, forget: st
     return Pairs(split, qa_turns(examples), dropped, as_text)
 
 
-def cache_entry(model: Path, pairs: Pairs, kind: str, cfg: BenchFinetuneConfig, forget: str | None,
-                cache_dir: str | Path | None = None, *, threads: int | None = None) -> Path:
-    """Where the fine-tune of ``model`` on ``pairs`` is cached (the retrained reference with ``forget``)."""
-    key = _key(model, pairs.turns, pairs.split, cfg, forget, threads)
-    return cache_root(cache_dir) / "{}-{}-{}".format("retrained" if forget else "vanilla", kind, key)
+def cache_entries(model: Path, pairs: Pairs, kind: str, cfg: BenchFinetuneConfig, forget: str | None,
+                  cache_dir: str | Path | None = None, *, threads: Sequence[int | None] = (None,)) -> list[Path]:
+    """Where the fine-tune of ``model`` on ``pairs`` is cached (the retrained reference with ``forget``), had it
+    trained at each thread count of ``threads``."""
+    root, prefix = cache_root(cache_dir), "retrained" if forget else "vanilla"
+    return [root / f"{prefix}-{kind}-{key}" for key in _keys(model, pairs.turns, pairs.split, cfg, forget, threads)]
 
 
 def vanilla_record(vanilla: str | Path, ref: DataRef, kind: str | None = None) -> dict[str, Any]:
@@ -151,9 +153,7 @@ def cached_benchmark_reference(vanilla: str | Path, data: str | Path | DataRef, 
     in the cache (with ``seed``, the draw ``unsee retrain --seed`` made); None otherwise (a model unsee did not
     fine-tune, other data, nothing cached). Trains nothing."""
     try:
-        ref = resolve(data, revision)
-        meta = vanilla_record(vanilla, ref)
-        return _cached_entry(ref, meta, split_name(meta["benchmark"], forget), cache_dir, seed)
+        return _find_draws(_benchmark_sources(vanilla, data, forget, revision), [seed], cache_dir)[seed]
     except (ModelError, DataError):  # not unsee's fine-tune, other data, no such split or none of its photos
         return None
 
@@ -163,23 +163,38 @@ def cached_benchmark_draws(vanilla: str | Path, data: str | Path | DataRef, forg
                            revision: str | None = None) -> dict[int | None, Path | None]:
     """The first ``n`` draws of a benchmark's retrained reference (:func:`unsee.stage_keys.draw_seeds`), each as
     the cache holds it or None. Asked for by name, so other data or no such split is an error here."""
+    src = _benchmark_sources(vanilla, data, forget, revision)
+    return _find_draws(src, draw_seeds(src.recipe.seed, n), cache_dir)
+
+
+@dataclass
+class _BenchSources:
+    """What every draw's lookup reads, read once: the data, the vanilla model's record and recipe, the split."""
+
+    ref: DataRef
+    meta: dict[str, Any]
+    recipe: BenchFinetuneConfig
+    split: str
+
+
+def _benchmark_sources(vanilla: str | Path, data: str | Path | DataRef, forget: str,
+                       revision: str | None) -> _BenchSources:
     ref = resolve(data, revision)
     meta = vanilla_record(vanilla, ref)
-    first = load_recipe(meta["benchmark"], recipe_of(meta)).seed
-    split = split_name(meta["benchmark"], forget)
-    return {seed: _cached_entry(ref, meta, split, cache_dir, seed) for seed in draw_seeds(first, n)}
+    kind = meta["benchmark"]
+    return _BenchSources(ref, meta, load_recipe(kind, recipe_of(meta)), split_name(kind, forget))
 
 
-def _cached_entry(ref: DataRef, meta: dict[str, Any], forget: str, cache_dir: str | Path | None,
-                  seed: int | None) -> Path | None:
-    kind, cfg = meta["benchmark"], load_recipe(meta["benchmark"], recipe_of(meta))
-    if seed is not None:
-        cfg.seed = seed
-    pairs = training_pairs(ref, kind, cfg, forget)
-    # a stage's key holds the thread count it trained at: one trained at another (one thread a process under
-    # `accelerate launch`) is the same recipe's reference, and is found too, as the built-in world's is
-    for threads in thread_counts():
-        entry = cache_entry(Path(meta["base_model"]), pairs, kind, cfg, forget, cache_dir, threads=threads)
-        if stage_done(entry):
-            return entry
-    return None
+def _find_draws(src: _BenchSources, seeds: Sequence[int | None],
+                cache_dir: str | Path | None) -> dict[int | None, Path | None]:
+    """Each seed's reference in the cache, or None. A stage's key holds the thread count it trained at: one
+    trained at another (one thread a process under `accelerate launch`) is the same recipe's reference, and is
+    found too, as the built-in world's is."""
+    kind, found = src.meta["benchmark"], {}
+    for seed in seeds:
+        cfg = src.recipe if seed is None else replace(src.recipe, seed=seed)
+        pairs = training_pairs(src.ref, kind, cfg, src.split)
+        entries = cache_entries(Path(src.meta["base_model"]), pairs, kind, cfg, src.split, cache_dir,
+                                threads=thread_counts())
+        found[seed] = next((entry for entry in entries if stage_done(entry)), None)
+    return found

@@ -26,7 +26,7 @@ import torch
 
 from unsee.bench_recipe import (
     BenchFinetuneConfig,
-    cache_entry,
+    cache_entries,
     load_recipe,
     recipe_of,
     split_name,
@@ -133,7 +133,7 @@ def finetune_benchmark(model: str | Path, ref: DataRef, kind: str, out: str | Pa
     forget = None if forget is None else split_name(kind, forget)  # one cache entry and record for each split
     pairs = training_pairs(ref, kind, cfg, forget)
     given, model = str(model), local_model(model)
-    entry, split, turns = cache_entry(model, pairs, kind, cfg, forget, cache_dir), pairs.split, pairs.turns
+    (entry,), split, turns = cache_entries(model, pairs, kind, cfg, forget, cache_dir), pairs.split, pairs.turns
     desc = f"{NAMES[kind]} fine-tune" + (f" without {forget}'s photos" if forget else "")
     cached = not train_once(entry, lambda: _train(model, turns, cfg, entry, desc))
     if not cached and not is_main_process():  # under `accelerate launch` the first process writes the output

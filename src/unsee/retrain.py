@@ -80,13 +80,18 @@ def retrain_turns(full: Suite, suite: Suite, cfg: FinetuneConfig, names: set[str
 @dataclass
 class _Plan:
     """Where the reference of one split is cached, and the stages that train it, in order, each into its
-    own cache entry: the first from ``start()``, each next one from the entry before it."""
+    own cache entry: the first from ``start()``, each next one from the entry before it. ``paths`` are where
+    the reference lies had it trained at each thread count asked for, the first this plan's own."""
 
-    path: Path
+    paths: list[Path]
     stages: list[tuple[Path, Stage]]
     start: Callable[[], Adapter]
     recipe: FinetuneConfig
     without: list[str]
+
+    @property
+    def path(self) -> Path:
+        return self.paths[0]
 
 
 @dataclass
@@ -109,7 +114,7 @@ def _sources(vanilla: Path, data: Path, forget: str) -> _Sources:
     return _Sources(meta, forget, info, suite, full)
 
 
-def _plan(src: _Sources, cache: Path, threads: int | None = None, seed: int | None = None) -> _Plan:
+def _plan(src: _Sources, cache: Path, seed: int | None = None, threads: Sequence[int | None] = (None,)) -> _Plan:
     """The reference's stages and their keys (:data:`unsee.stage_keys.RETRAINED`): the stage they start from,
     the recipe options, the split and the turns they train on.
 
@@ -117,7 +122,8 @@ def _plan(src: _Sources, cache: Path, threads: int | None = None, seed: int | No
     model's stage-2 checkpoint. Known people (``known_forget_X``) are taught in stage 2, the analogue of
     pre-training, so theirs runs stage 2 again from stage 1 without their photos, then stage 3, whose
     replay of stage 2 leaves their photos out too. ``seed`` replaces the recipe's seed of stages 2 and 3
-    (a key of its own): the reference of another draw."""
+    (a key of its own): the reference of another draw. Its stages train at ``threads[0]`` (None: this process's
+    count); the turns and their fingerprints, which no count moves, are drawn once for every count."""
     meta, forget, suite, info = src.meta, src.forget, src.suite, src.info
     stages = meta.get("stages", {})
 
@@ -141,8 +147,9 @@ def _plan(src: _Sources, cache: Path, threads: int | None = None, seed: int | No
     if not _forgets_known_people(suite, info, forget):
         stage2 = cached_stage("stage2-")
         data3 = turns_fingerprint(batch_adapter(stage2), turns3, keyed_augmentation(cfg.ft_augment))
-        path = cache / f"retrained-{RETRAINED.key(rc, weights=stage2.name, data=data3, extra=extra, threads=threads)}"
-        return _Plan(path, [(path, stage3)], lambda: load_adapter(stage2), cfg, list(suite.forget_entities))
+        paths = [cache / f"retrained-{RETRAINED.key(rc, weights=stage2.name, data=data3, extra=extra, threads=t)}"
+                 for t in threads]
+        return _Plan(paths, [(paths[0], stage3)], lambda: load_adapter(stage2), cfg, list(suite.forget_entities))
     stage1, base = cached_stage("stage1-"), Path(meta["base_model"])
     try:
         shapes = batch_adapter(base)
@@ -152,10 +159,10 @@ def _plan(src: _Sources, cache: Path, threads: int | None = None, seed: int | No
     data2 = turns_fingerprint(shapes, turns2, keyed_augmentation(cfg.augment))
     data3 = turns_fingerprint(shapes, turns3, keyed_augmentation(cfg.ft_augment))
     weights = stage1.name + meta["base_fingerprint"]
-    key2 = RETRAINED_KNOWN.key(rc, weights=weights, data=data2, extra=extra, threads=threads)
-    first = cache / f"retrained-stage2-{key2}"
-    key3 = RETRAINED_KNOWN.key(rc, weights=first.name, data=data3, extra=extra, threads=threads)
-    path = cache / f"retrained-{key3}"
+    firsts = [cache / f"retrained-stage2-{RETRAINED_KNOWN.key(rc, weights=weights, data=data2, extra=extra, threads=t)}"
+              for t in threads]
+    paths = [cache / f"retrained-{RETRAINED_KNOWN.key(rc, weights=first.name, data=data3, extra=extra, threads=t)}"
+             for first, t in zip(firsts, threads, strict=True)]
     stage2 = Stage(f"stage 2 without {forget}'s photos", turns2, cfg.base_steps, cfg.base_lr, cfg.vision_lr_factor,
                    cfg.augment)
 
@@ -168,7 +175,7 @@ def _plan(src: _Sources, cache: Path, threads: int | None = None, seed: int | No
         load_stage_visual(adapter, stage1)
         return adapter
 
-    return _Plan(path, [(first, stage2), (path, stage3)], start, cfg, list(suite.forget_entities))
+    return _Plan(paths, [(firsts[0], stage2), (paths[0], stage3)], start, cfg, list(suite.forget_entities))
 
 
 def _forgets_known_people(suite: Suite, info: dict, forget: str) -> bool:
@@ -207,11 +214,8 @@ def _find_draws(src: _Sources, cache: Path, seeds: Sequence[int | None]) -> dict
     """Each seed's reference in the cache, or None. A stage's key holds the CPU thread count it trained at, and a
     process under ``accelerate launch`` runs one thread: a reference trained at another count (a power of two up
     to the machine's cores) is the same recipe's reference, and is found too."""
-    found: dict[int | None, Path | None] = {}
-    for seed in seeds:
-        paths = (_plan(src, cache, threads, seed).path for threads in thread_counts())
-        found[seed] = next((path for path in paths if stage_done(path)), None)
-    return found
+    return {seed: next((path for path in _plan(src, cache, seed, thread_counts()).paths if stage_done(path)), None)
+            for seed in seeds}
 
 
 def retrain(vanilla: str | Path, data: str | Path, out: str | Path, *, forget: str = "forget_10",
