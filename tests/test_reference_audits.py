@@ -141,8 +141,12 @@ def test_round_to_nearest_lands_on_a_symmetric_grid_per_group() -> None:
     assert torch.equal(quant.rtn(torch.zeros(2, 8), 4, 128), torch.zeros(2, 8))
     with pytest.raises(ConfigError, match="4 or 8"):
         quant.rtn(w, 3, 16)
-    with pytest.raises(ConfigError, match="4 or 8"):
+    with pytest.raises(ConfigError, match="width 16 not supported: choose 4 or 8"):
         AttackConfig(quant_bits=[16]).validate()
+    with pytest.raises(ConfigError, match="widths 2, 3 not"):
+        AttackConfig(quant_bits=[2, 4, 3]).validate()
+    with pytest.raises(ConfigError, match="no quantization bit width given"):
+        AttackConfig(quant_bits=[]).validate()
 
 
 def test_quantized_weights_are_restored_bit_for_bit(adapter: HFAdapter) -> None:

@@ -25,8 +25,11 @@ QUANT_BITS = (4, 8)
 
 def check_bits(bits: Sequence[int]) -> None:
     bad = [b for b in bits if b not in QUANT_BITS]
-    if bad or not bits:
-        raise ConfigError(f"quantization bit width {bad or bits} is not supported: choose 4 or 8")
+    if not bits:
+        raise ConfigError("no quantization bit width given: choose 4, 8 or both (quant_bits=4,8)")
+    if bad:
+        widths = ", ".join(map(str, bad))
+        raise ConfigError(f"quantization bit width{'s' if len(bad) > 1 else ''} {widths} not supported: choose 4 or 8")
 
 
 ATTACKS = ("relearn", "pgd", "shift", "probe", "quant", "mia")
