@@ -234,6 +234,23 @@ def test_tune_refuses_before_any_model_loads(kw: dict[str, Any], error: type, sa
     assert not (tmp_path / "t").exists()
 
 
+@pytest.mark.parametrize(("on", "noted"), [("forget_10", True), ("val_forget_10", False), ("forget_5", False)])
+def test_tuning_on_a_reported_request_beside_its_validation_twin_is_noted(
+        on: str, noted: bool, world: Path, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A pick made on the people it is then reported on flatters its figures; the world's validation request is
+    named beside it (forget_5 has no validation twin in this world, so nothing is said of it)."""
+    def stop(*a: Any, **k: Any) -> None:
+        raise AssertionError("loaded")
+
+    monkeypatch.setattr(tune, "load_adapter", stop)
+    with pytest.raises(AssertionError, match="loaded"):
+        api.tune("graddiff", model_dir, world, tmp_path / "t", on=on, overrides=FAST)
+    err = capsys.readouterr().err
+    assert ("tune on val_forget_10, with --exclude forget_10" in err) is noted
+    assert len(err.strip().splitlines()) == noted
+
+
 def test_tune_on_a_removal_request_of_other_people_excludes_the_request_to_answer(
         model_dir: Path, tmp_path: Path) -> None:
     """An engineer's validation request is a request file too: of people the model knows, who are not the ones

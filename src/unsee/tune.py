@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import json
 import statistics
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,13 +31,14 @@ from unsee.audit.verdicts import audit_figures, mean_attacks, reference_checks
 from unsee.bars import bar
 from unsee.config import SHIPPED, ConfigError, check_seeds, config_values, parse_overrides, to_dict
 from unsee.data.collate import qa_turns
+from unsee.data.parquet import Source
 from unsee.data.request import SUFFIXES, is_request_file
 from unsee.data.schema import Suite
 from unsee.engine.distributed import is_main_process
 from unsee.errors import DataError, TrainingError, UnseeError
 from unsee.eval.metrics import unlearning_score
 from unsee.eval.results import new_results, write_results
-from unsee.io import atomic_dir, atomic_write_json, atomic_write_text, check_output_dir
+from unsee.io import atomic_dir, atomic_write_json, atomic_write_text, check_output_dir, home_path
 from unsee.methods import method_class
 from unsee.models import load_adapter
 from unsee.models.base import Adapter
@@ -258,6 +260,10 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
     for point in points:
         check_neutral(suite, method, config, [*overrides, *point])
     check_images(suite)
+    if not request and is_main_process() and (twin := _validation_twin(data, on)):
+        print(f"unsee: note: {on} is a reported request, and {twin} the validation request of other people beside "
+              f"it; a pick made on {on} is made on the people it then forgets, and flatters its figures there: tune "
+              f"on {twin}, with --exclude {on}", file=sys.stderr)
     base = None if request else model  # a request file has no cached reference: only one given by hand
     ref = find_reference(reference, base, data, on, cache_dir, revision, benchmark, allow_pickle) if attacks else None
     progress = Progress.open(out, run_parts(
@@ -383,6 +389,16 @@ def summary(result: Mapping[str, Any]) -> str:
         mark = "  <- pick" if row["overrides"] == result["pick"]["overrides"] else ""
         lines.append(f"{' '.join(row['overrides']) or '(configured)':{width}s}  {row['score']:.3f}  {figures}{mark}")
     return "\n".join(lines)
+
+
+def _validation_twin(data: Any, on: str) -> str | None:
+    """The validation request the benchmark at ``data`` holds beside ``on`` (the built-in world's
+    ``val_forget_10`` beside ``forget_10``), if ``on`` is a reported request that has one; looked for in a local
+    folder alone, so that a hub dataset is not asked for its configs once more."""
+    twin = f"val_{on}"
+    if on.startswith("val_") or not isinstance(data, str | Path) or not home_path(data).is_dir():
+        return None
+    return twin if Source(data).has(twin) else None
 
 
 def benchmark_excludes(data: Any, benchmark: str | None, revision: str | None) -> bool:
