@@ -13,7 +13,7 @@ from rich.console import Console
 
 from unsee import cli_process
 from unsee.errors import OutputExistsError
-from unsee.eval.results import new_results, write_results
+from unsee.eval.results import ResultsError, new_results, write_results
 from unsee.report import (
     model_card,
     plot_continual,
@@ -542,14 +542,18 @@ def test_a_run_scored_as_given_is_labelled_so_beside_its_method_s_runs() -> None
     assert config_variants([trained, other, scored])[id(other)] == "layers=[2]"
 
 
-def test_the_api_reports_one_results_file_given_alone(tmp_path: Path) -> None:
+def test_the_api_reports_one_results_file_given_alone_or_as_its_folder(tmp_path: Path) -> None:
     """``api.report("results.json", out)``, as a notebook user writes it: one file, not its characters."""
     from unsee import api
 
     write_results(tmp_path / "results.json", results(run("vanilla", {"forget": 1.0}), run("ga", {"forget": 0.2})))
-    for given in (str(tmp_path / "results.json"), tmp_path / "results.json"):
-        out = api.report(given, tmp_path / "rep", overwrite=True)
+    for given in (str(tmp_path / "results.json"), tmp_path / "results.json", tmp_path, str(tmp_path)):
+        out = api.report(given, tmp_path / "rep", overwrite=True)  # a folder stands for the results.json in it
         assert "| ga" in (out / "report.md").read_text()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ResultsError, match=r"empty/results.json: no such results file"):
+        api.report(tmp_path / "empty", tmp_path / "rep2")
+    assert not (tmp_path / "rep2").exists()
 
 
 def test_report_shows_each_person_to_forget_beside_vanilla() -> None:

@@ -214,7 +214,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, forget: st
 
 
 def report(results: str | Path | Sequence[str | Path], out: str | Path, *, overwrite: bool = False) -> Path:
-    results = [results] if isinstance(results, str | Path) else list(results)  # one file, or several
+    results = [results_file(r, in_folder=True) for r in ([results] if isinstance(results, str | Path) else results)]
     for name in REPORT_FILES:  # the report may sit beside its results files, never replace one
         check_not_input(Path(out) / name, local_inputs(*results))
     check_writable(Path(out) / "report.md")

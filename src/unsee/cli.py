@@ -398,7 +398,7 @@ def parser(method_help: str | None = None, attack_help: str | None = None) -> ar
 
     r = _command(sub, "report", "report.md and tradeoff.png from results files", _report, required=["out"],
                  seed=False, overwrite="write over report.md and the plots in --out, whatever else it holds")
-    r.add_argument("results", nargs="+")
+    r.add_argument("results", nargs="+", help="results.json files, or the folders unsee commands wrote them into")
 
     d = _command(sub, "demo", "the whole story, end to end, offline", _demo, required=["out"])
     d.add_argument("--methods", default="cvf_ncu,graddiff", help="comma list, or all")
