@@ -853,3 +853,6 @@ def test_a_photo_over_the_pixel_limit_is_one_line(monkeypatch: pytest.MonkeyPatc
     data = _encoded(Image.new("RGB", (16, 16)))
     with pytest.raises(DataError, match=r"example x \(f.png\): image is corrupt or unreadable: .*exceeds limit"):
         Example("x", "p", "", "", "qa", data, source="f.png").pil_image()
+    # bytes in no image format: said in words, not as the in-memory buffer Pillow could not identify
+    with pytest.raises(DataError, match=r"unreadable: no image format Pillow reads$"):
+        Example("x", "p", "", "", "qa", b"not an image", source="f.png").pil_image()

@@ -94,7 +94,8 @@ def test_bad_folders_are_one_line(case: str, mllmu: Path, tmp_path: Path) -> Non
         forget = api.load_suite(mllmu, "forget_10").groups["train_forget"][0]
         (folder / "taught.png").write_bytes(forget.image or b"")
     expected = {"missing": "no such folder", "file": "is a file", "empty": "holds 0 photo(s)",
-                "too_few": f"holds {MIN_PHOTOS - 1} photo(s)", "corrupt": "broken.jpg is not a readable image",
+                "too_few": f"holds {MIN_PHOTOS - 1} photo(s)",
+                "corrupt": "broken.jpg is not a readable image (no image format Pillow reads)",
                 "forget_photo": "taught.png is the same image as the benchmark's"}[case]
     with pytest.raises(DataError, match=re.escape(expected)):
         api.load_suite(mllmu, "forget_10", neutral=folder)

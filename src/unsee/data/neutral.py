@@ -19,11 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import UnidentifiedImageError
-
 from unsee.data.collate import image_of
 from unsee.data.mllmu import IMAGE_TEXTUAL
-from unsee.data.schema import Example, Suite
+from unsee.data.schema import Example, Suite, why_unreadable
 from unsee.errors import DataError
 from unsee.io import home_path
 
@@ -100,7 +98,7 @@ def load_neutral(folder: str | Path, *, minimum: int = MIN_PHOTOS) -> NeutralPho
         try:
             image_of(ex)
         except DataError as e:
-            why = "no image format PIL reads" if isinstance(e.__cause__, UnidentifiedImageError) else e.__cause__ or e
+            why = why_unreadable(e.__cause__ or e)
             raise DataError(f"--neutral: {f} is not a readable image ({why})") from e
         digest = hashlib.sha256(data).hexdigest()
         h.update(rel.as_posix().encode() + b"\0" + digest.encode())

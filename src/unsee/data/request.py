@@ -21,11 +21,11 @@ from typing import Any
 
 import jsonschema
 import numpy as np
-from PIL import Image, ImageFilter, UnidentifiedImageError
+from PIL import Image, ImageFilter
 
 from unsee.config import read_yaml
 from unsee.data.people import NAME_STATEMENTS, NAME_TEST_QUESTIONS, NAME_TRAIN_QUESTIONS
-from unsee.data.schema import Example, Suite, rgb
+from unsee.data.schema import IMAGE_ERRORS, Example, Suite, rgb, why_unreadable
 from unsee.errors import ConfigError, DataError
 from unsee.io import home_path
 
@@ -193,8 +193,8 @@ class _Reader:
                     img.load()
                     rgb(img)  # a pixel format no model can take is refused here, with the rest
                 self.cache[path] = Photo(path, data)
-            except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, DataError) as e:
-                self.problems.append(f"{where}: cannot read photo {path}: {e}")
+            except IMAGE_ERRORS as e:
+                self.problems.append(f"{where}: cannot read photo {path}: {why_unreadable(e)}")
                 self.cache[path] = None
         return self.cache[path]
 

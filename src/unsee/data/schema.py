@@ -44,6 +44,15 @@ def bounded(img: Image.Image) -> Image.Image:
     return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
 
 
+IMAGE_ERRORS = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, DataError)
+
+
+def why_unreadable(e: BaseException) -> str:
+    """What went wrong with a photo, in words: Pillow names the in-memory buffer it could not identify
+    (``<_io.BytesIO object at 0x...>``), which tells the user nothing about their file."""
+    return "no image format Pillow reads" if isinstance(e, UnidentifiedImageError) else str(e)
+
+
 def rgb(img: Image.Image) -> Image.Image:
     """A photo as the 8-bit RGB a person sees. Pillow's own ``convert("RGB")`` clips 16-bit
     greyscale to white and lays transparent pixels on whatever colour they hide, and Pillow
@@ -115,8 +124,9 @@ class Example:
             img = Image.open(io.BytesIO(self.image))
             img.load()
             return bounded(rgb(img))
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, DataError) as e:
-            raise DataError(f"example {self.uid} ({self.source}): image is corrupt or unreadable: {e}") from e
+        except IMAGE_ERRORS as e:
+            raise DataError(f"example {self.uid} ({self.source}): image is corrupt or unreadable: "
+                            f"{why_unreadable(e)}") from e
 
 
 @dataclass
