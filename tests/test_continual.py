@@ -25,7 +25,7 @@ from unsee.data.collate import qa_turns
 from unsee.data.world import load_world_info
 from unsee.engine.checkpoint import content_key, has_checkpoint, load_checkpoint, save_checkpoint
 from unsee.engine.trainer import unique_images
-from unsee.errors import ConfigError, OutputExistsError, TrainingError
+from unsee.errors import ConfigError, DataError, OutputExistsError, TrainingError
 from unsee.eval.results import load_results
 from unsee.io import atomic_dir
 from unsee.models import load_adapter, model_fingerprint
@@ -227,6 +227,15 @@ def test_a_request_named_twice_is_refused_before_any_work(model_dir: Path, world
         api.continual("cvf_ncu", model_dir, world, tmp_path / "c", ["forget_r1", "forget_r2", "forget_r1"],
                       config=None, overrides=STEPS, seed=0, overwrite=False, allow_pickle=False, eval_kw=EVAL)
     assert not (tmp_path / "c").exists() and not partial_dir(tmp_path / "c").exists()
+
+
+def test_a_request_the_data_does_not_hold_is_named_even_after_one_it_holds(model_dir: Path, world: Path,
+                                                                            tmp_path: Path) -> None:
+    """Each request's people are left out of every request's retained ones: a mistyped later request is named
+    when the first is loaded, as a split the data does not hold."""
+    with pytest.raises(DataError, match="'forget_r9': neither a split nor a person of .*a continual request"):
+        api.unlearn("cvf_ncu", model_dir, world, tmp_path / "o", requests="forget_r1,forget_r9", overrides=STEPS)
+    assert not (tmp_path / "o").exists() and not partial_dir(tmp_path / "o").exists()
 
 
 def test_continual_requests_with_audits_are_refused_not_skipped(model_dir: Path, world: Path, tmp_path: Path,

@@ -239,7 +239,7 @@ def test_mllmu_forget_union_and_retain_fallbacks(world_root: Path) -> None:
     named = load_mllmu(world_root, "forget_5", retain="retain_85", retain_exclude=["forget_r1"])
     assert len(named.retain_entities) == 17 - len({"12", "13"} & set(explicit.retain_entities))
     # a name that is neither a config nor a person would leave nobody out: refused, not read as blind
-    with pytest.raises(DataError, match="'99', 'forget_01': neither a config nor a person"):
+    with pytest.raises(DataError, match="'99', 'forget_01': neither a split nor a person of .*a continual request"):
         load_mllmu(world_root, "forget_5", retain_exclude=["forget_r1", "forget_01", "99"])
 
 

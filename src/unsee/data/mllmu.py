@@ -412,8 +412,9 @@ def _retain(
     people = set(_ids(cfg.profiles("Full_Set"))) if named and source.has("Full_Set") else set(named)
     if unknown := sorted(item for item in named if item not in people):
         # a mistyped name would leave nobody out, and the figures would be read as blind to them all the same
-        raise DataError(f"retain_exclude {', '.join(map(repr, unknown))}: neither a config nor a person of "
-                        f"{source.location}")
+        raise DataError(f"{', '.join(map(repr, unknown))}: neither a split nor a person of {source.location}, so "
+                        "nobody can be left out of the retained people by that name (a continual request, or a "
+                        "split tune's --exclude names)")
 
     def rows_of(config: str, left_out: set[str]) -> list[tuple[Record, str]]:
         return [(r, config) for r in cfg.profiles(config)
