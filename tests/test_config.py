@@ -13,7 +13,17 @@ import pytest
 
 import unsee.config as config_module
 from unsee import api
-from unsee.config import Plain, build, describe, load_config, opt, parse_overrides, read_config_file, to_dict
+from unsee.config import (
+    Plain,
+    build,
+    check_seeds,
+    describe,
+    load_config,
+    opt,
+    parse_overrides,
+    read_config_file,
+    to_dict,
+)
 from unsee.engine.trainer import TrainConfig
 from unsee.errors import ConfigError, did_you_mean
 from unsee.methods import method_class
@@ -538,3 +548,13 @@ def test_a_quoted_value_stays_short_however_it_nests() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(Recipe, {"lr": nested})
     assert len(str(info.value)) < 200
+
+
+@pytest.mark.parametrize(("count", "says"), [(0, "at least 1, got 0"), (-2, "at least 1, got -2"),
+                                             (2.5, "a whole number, got 2.5"), (True, "a whole number, got True"),
+                                             ("3", "a whole number, got '3'")])
+def test_a_count_of_seeds_is_a_whole_number_from_one(count: object, says: str) -> None:
+    """The API takes ``seeds`` as Python gives it: 2.5 seeds is no count, and is said as such, not as too few."""
+    with pytest.raises(ConfigError, match=f"--seeds must be {re.escape(says)}"):
+        check_seeds(0, count)  # type: ignore[arg-type]
+    check_seeds(0, 3)

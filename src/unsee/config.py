@@ -108,7 +108,9 @@ def check_seed(seed: Any, name: str = "seed") -> int:
 def check_seeds(seed: int, count: int) -> None:
     """``count`` seeds from ``seed`` (``--seeds``): at least one, and the last one a seed too, checked before the
     first trains rather than when the last would start."""
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise ConfigError(f"--seeds must be a whole number, got {show(count)}")
+    if count < 1:
         raise ConfigError(f"--seeds must be at least 1, got {show(count)}")
     check_seed(seed)
     check_seed(seed + count - 1, f"the last seed (--seed + --seeds - 1 = {seed + count - 1})")
