@@ -245,3 +245,31 @@ def test_a_demo_config_naming_what_does_not_exist_stops_before_anything_is_built
                  "--methods", "ga", "--cache-dir", str(tmp_path / "cache")]) == 2
     assert why in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize(("argv", "said", "guess"), [
+    (["unlern"], "'unlern' (choose from 'world', 'model', 'finetune', 'retrain', 'unlearn', 'tune', 'forget', "
+                 "'eval', 'report', 'demo', 'attack')", "unlearn"),
+    (["attack", "qaunt", "--model", "m", "--data", "d", "--out", "o"], "'mia', 'all')", "quant"),
+    (["eval", "--model", "m", "--data", "d", "--out", "o", "--dtype", "bf61"], "'fp32')", "bf16"),
+    (["attack", "nothinglike", "--model", "m", "--data", "d", "--out", "o"], "'mia', 'all')", None),
+])
+def test_a_mistyped_choice_names_the_one_it_is_a_slip_of(argv: list[str], said: str, guess: str | None,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse lists the choices; the one a typo meant is named too, as unsee's own errors name it, and a name
+    close to none gets no guess."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.rstrip()
+    assert said in err
+    assert err.endswith(f"{said} (did you mean {guess!r}?)" if guess else said)
+
+
+def test_an_unknown_tiny_architecture_names_the_one_it_is_a_slip_of(tmp_path: Path) -> None:
+    from unsee.errors import ModelError
+    from unsee.models.tiny import init_model
+
+    with pytest.raises(ModelError, match=r"tiny-qwen2\.5-vl \(did you mean 'tiny-qwen2-vl'\?\)$"):
+        init_model("tiny-qwen2vl", tmp_path / "m")
+    assert not (tmp_path / "m").exists()

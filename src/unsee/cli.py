@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 
 from unsee import __version__, numerics
-from unsee.cli_process import Stopped, expand_home, one_line, plain_text_where_asked, stop_on_term
+from unsee.cli_process import Parser, Stopped, expand_home, one_line, plain_text_where_asked, seed_type, stop_on_term
 from unsee.config import describe
 from unsee.errors import ConfigError, UnseeError
 
@@ -44,17 +44,6 @@ def _add_overrides(p: argparse.ArgumentParser, example: str) -> None:
                    help=f"config options to change, e.g. {example}")
 
 
-def _seed(text: str) -> int:
-    """A seed numpy and torch both take: 0 to 2**32 - 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: give a whole number") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"seed {value} is outside 0 to 2**32 - 1")
-    return value
-
-
 def _command(sub: argparse._SubParsersAction, name: str, help: str, func: Callable[[argparse.Namespace], None], *,
              required: Sequence[str] = (), seed: bool = True, overrides: str = "",
              overwrite: str = "replace an output that unsee wrote (never a folder of other files)"
@@ -71,9 +60,10 @@ def _command(sub: argparse._SubParsersAction, name: str, help: str, func: Callab
     for option in required:
         p.add_argument(f"--{option}", required=True)
     if seed and overrides:
-        p.add_argument("--seed", type=_seed, default=None, help="the seed (default: the config's seed, 0 unless set)")
+        p.add_argument("--seed", type=seed_type, default=None,
+                       help="the seed (default: the config's seed, 0 unless set)")
     elif seed:
-        p.add_argument("--seed", type=_seed, default=0)
+        p.add_argument("--seed", type=seed_type, default=0)
     if overrides:
         _add_overrides(p, overrides)
     p.add_argument("--overwrite", action="store_true", help=overwrite)
@@ -287,7 +277,7 @@ METHOD_HELP = "unsee unlearn --method NAME --help lists the options of the metho
 def parser(method_help: str | None = None, attack_help: str | None = None) -> argparse.ArgumentParser:
     """The command line; ``method_help`` (a method's options) ends the help of unlearn and forget, and
     ``attack_help`` (:func:`attack_options`) that of attack."""
-    p = argparse.ArgumentParser(prog="unsee", description="Make a multimodal LLM forget what it recognises "
+    p = Parser(prog="unsee", description="Make a multimodal LLM forget what it recognises "
                                 "of a person from images, and prove it.")
     p.add_argument("--version", action="version", version=f"unsee {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -319,7 +309,7 @@ def parser(method_help: str | None = None, attack_help: str | None = None) -> ar
                   "the reference an unlearned model is judged against", _retrain,
                   required=["model", "data", "out"], seed=False)
     rt.add_argument("--forget", default="forget_10")
-    rt.add_argument("--seed", type=_seed, default=None,
+    rt.add_argument("--seed", type=seed_type, default=None,
                     help="draw the retrained stages with this seed (default: the vanilla model's): a second "
                     "reference, to see how far never having seen the photos moves with the draw alone")
     _data_options(rt)

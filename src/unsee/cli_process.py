@@ -1,14 +1,17 @@
 """What a command does as a process, whatever it runs: its output's encoding, the paths it is given,
-the signals that stop it, and the one line an error is shown as."""
+the signals that stop it, the one line an error is shown as, and the parser that reads its options."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
 import threading
 from argparse import Namespace
 from typing import Any
+
+from unsee.errors import did_you_mean
 
 
 def plain_text_where_asked() -> None:
@@ -58,3 +61,27 @@ def one_line(message: str, limit: int = 2000) -> str:
     """An error as one line of bounded length, whatever text it quotes."""
     text = " ".join(message.split())
     return text if len(text) <= limit else text[:limit] + " ..."
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, which also names the choice a mistyped one is a slip of (``unsee attack qaunt``: did you
+    mean 'quant'?), as unsee's own errors do; argparse itself lists the choices and leaves the search to the eye.
+    Subcommands' parsers are of the same class."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as e:
+            hint = did_you_mean([value], map(str, action.choices or ()))
+            raise argparse.ArgumentError(action, e.message + hint) from None
+
+
+def seed_type(text: str) -> int:
+    """A seed numpy and torch both take: 0 to 2**32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: give a whole number") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"seed {value} is outside 0 to 2**32 - 1")
+    return value

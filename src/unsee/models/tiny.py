@@ -22,7 +22,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from unsee.config import check_seed
-from unsee.errors import DataError, ModelError
+from unsee.errors import DataError, ModelError, did_you_mean
 from unsee.io import atomic_dir, content_hash, source_fingerprint
 from unsee.models.qwen_vl import Qwen2_5_VLProcessor, Qwen2VLProcessor, add_video_processor
 
@@ -265,7 +265,8 @@ def _qwen_parts(tok: Tokenizer, vocab: int, seed: int, v25: bool):  # noqa: ANN2
 def check_arch(arch: str) -> None:
     """One line for a tiny architecture unsee cannot build, before anything is built for it."""
     if arch not in ARCHS:
-        raise ModelError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+        raise ModelError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}"
+                         + did_you_mean([arch], ARCHS))
 
 
 def build_tiny(arch: str, *, world: str | Path | None = None, seed: int = 0, vocab_size: int = 2048):
