@@ -277,8 +277,8 @@ METHOD_HELP = "unsee unlearn --method NAME --help lists the options of the metho
 def parser(method_help: str | None = None, attack_help: str | None = None) -> argparse.ArgumentParser:
     """The command line; ``method_help`` (a method's options) ends the help of unlearn and forget, and
     ``attack_help`` (:func:`attack_options`) that of attack."""
-    p = Parser(prog="unsee", description="Make a multimodal LLM forget what it recognises "
-                                "of a person from images, and prove it.")
+    p = Parser(prog="unsee", description="Make a multimodal LLM forget what it recognises of a person from images, "
+               "and prove it.")
     p.add_argument("--version", action="version", version=f"unsee {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
