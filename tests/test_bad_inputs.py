@@ -262,6 +262,9 @@ def cases(env: Env) -> list[Case]:
         Case("unlearn with a corrupt image in an eval group", "error",
              lambda e, d: unlearn(e, d / "o", *FAST, data=worlds["corrupt"]), inputs=world_in("corrupt"),
              message="corrupt"),
+        Case("unlearn --requests with a mistyped request", "error",
+             lambda e, d: unlearn(e, d / "o", "--requests", "forget_r1,forget_r9", *FAST),
+             message="'forget_r9': neither a split nor a person"),
         # choosing a setting
         Case("tune on the people it is for", "error",
              lambda e, d: tune(e, d / "t", "--on", "forget_5", "--exclude", "forget_10", *FAST), message="share"),
