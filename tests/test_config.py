@@ -124,6 +124,9 @@ def test_a_slip_of_a_name_is_named_and_a_stranger_is_not() -> None:
     assert did_you_mean(["graddif"], ["ga", "graddiff", "kl"]) == " (did you mean 'graddiff'?)"
     assert did_you_mean(["augmnet", "zzz", "augment_"], ["augment", "tau"]) == " (did you mean 'augment'?)"
     assert did_you_mean(["xyz"], ["ga", "graddiff"]) == ""
+    # equally close choices are all named: picking one of them would be a guess
+    assert did_you_mean(["forget_20"], ["forget_10", "forget_r2", "retain_90"]) == \
+        " (did you mean 'forget_10' or 'forget_r2'?)"
     with pytest.raises(ConfigError, match=r"unknown method 'npo_' \(did you mean 'npo'\?\); choose one of"):
         method_class("npo_")
     with pytest.raises(ConfigError, match=r"\['augmnet'\] for method 'cvf_ncu' \(did you mean 'augment'\?\)"):

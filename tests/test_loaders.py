@@ -238,6 +238,9 @@ def test_mllmu_forget_union_and_retain_fallbacks(world_root: Path) -> None:
     assert not {"12", "13"} & {e.entity for e in paired.groups["retain"] + paired.groups["train_retain"]}
     named = load_mllmu(world_root, "forget_5", retain="retain_85", retain_exclude=["forget_r1"])
     assert len(named.retain_entities) == 17 - len({"12", "13"} & set(explicit.retain_entities))
+    # a mistyped split is named with the one it is a slip of
+    with pytest.raises(DataError, match=r"forget config 'forget10' not found in .* \(did you mean 'forget_10'\?\)$"):
+        load_mllmu(world_root, "forget10")
     # a name that is neither a config nor a person would leave nobody out: refused, not read as blind
     with pytest.raises(DataError, match="'99', 'forget_01': neither a split nor a person of .*a continual request"):
         load_mllmu(world_root, "forget_5", retain_exclude=["forget_r1", "forget_01", "99"])

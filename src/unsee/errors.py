@@ -37,7 +37,12 @@ class TrainingError(UnseeError):
 
 def did_you_mean(names: Iterable[str], choices: Iterable[str]) -> str:
     """`` (did you mean 'lr'?)`` for the names that are a slip of one of ``choices``, to end an error with; empty
-    where none is close. A long list of valid names is hard to search by eye for the one a typo meant."""
-    choices = list(choices)
-    close = [m[0] for name in names if (m := difflib.get_close_matches(str(name), choices, n=1, cutoff=0.75))]
-    return f" (did you mean {', '.join(map(repr, dict.fromkeys(close)))}?)" if close else ""
+    where none is close. A long list of valid names is hard to search by eye for the one a typo meant. Choices
+    equally close are all named (``forget_20``: 'forget_10' or 'forget_r2'), since picking one would be a guess."""
+    choices, guesses = list(choices), []
+    for name in map(str, names):
+        scored = [(difflib.SequenceMatcher(None, name, c).ratio(), c) for c in choices]
+        best = max((score for score, _ in scored), default=0.0)
+        if best >= 0.75:
+            guesses.append(" or ".join(repr(c) for score, c in scored if score == best))
+    return f" (did you mean {', '.join(dict.fromkeys(guesses))}?)" if guesses else ""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from unsee.data.parquet import Record, Source, entity_id, gold_option, image_bytes, letter_options, stable_int, text
 from unsee.data.schema import Example, Suite, Task
-from unsee.errors import DataError
+from unsee.errors import DataError, did_you_mean
 
 IMAGE_TEXTUAL = "Image_Textual"
 PURE_TEXT = "Pure_Text"
@@ -317,7 +317,8 @@ def load_mllmu(
     forget_configs = [forget] if isinstance(forget, str) else list(forget)
     for c in forget_configs:
         if not source.has(c):
-            raise DataError(f"forget config {c!r} not found in {source.location}")
+            raise DataError(f"forget config {c!r} not found in {source.location}"
+                            + did_you_mean([c], source.known_configs()))
 
     forget_rows: list[tuple[Record, str]] = []
     forget_ids: dict[str, None] = {}

@@ -295,6 +295,13 @@ class Source:
                 raise DataError(f"cannot list the configs of hub dataset {self.repo}: {e}") from e
         return config in self._hub_configs
 
+    def known_configs(self) -> list[str]:
+        """The configs a name can be checked against: a local folder's config folders, or the hub configs already
+        listed (none asked for here, so that an error message never waits on the network)."""
+        if self.path is None:
+            return sorted(self._hub_configs or ())
+        return sorted(d.name for d in self.path.iterdir() if d.is_dir() and config_files(d))
+
     def describe(self, config: str) -> str:
         if self.path is not None:
             return str(self.folder(config))
