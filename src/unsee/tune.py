@@ -38,7 +38,7 @@ from unsee.engine.distributed import is_main_process
 from unsee.errors import DataError, TrainingError, UnseeError
 from unsee.eval.metrics import unlearning_score
 from unsee.eval.results import new_results, write_results
-from unsee.io import atomic_dir, atomic_write_json, atomic_write_text, check_output_dir, home_path
+from unsee.io import atomic_dir, atomic_write_json, atomic_write_text, check_output_dir
 from unsee.methods import method_class
 from unsee.models import load_adapter
 from unsee.models.base import Adapter
@@ -395,10 +395,9 @@ def _validation_twin(data: Any, on: str) -> str | None:
     """The validation request the benchmark at ``data`` holds beside ``on`` (the built-in world's
     ``val_forget_10`` beside ``forget_10``), if ``on`` is a reported request that has one; looked for in a local
     folder alone, so that a hub dataset is not asked for its configs once more."""
-    twin = f"val_{on}"
-    if on.startswith("val_") or not isinstance(data, str | Path) or not home_path(data).is_dir():
+    if on.startswith("val_") or not isinstance(data, str | Path) or (source := Source(data)).path is None:
         return None
-    return twin if Source(data).has(twin) else None
+    return f"val_{on}" if source.has(f"val_{on}") else None
 
 
 def benchmark_excludes(data: Any, benchmark: str | None, revision: str | None) -> bool:
