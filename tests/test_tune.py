@@ -48,6 +48,7 @@ def test_tune_picks_the_best_mean_score_on_the_validation_people_and_writes_it_a
         retained = {e.entity for g in ("retain", "text_retain", "train_retain") for e in s.groups[g]}
         assert retained and not reported & (retained | set(s.forget_entities))
     assert result["exclude"] == {"forget_10": sorted(reported)} and result["exclude_left_out_of_retain"]
+    assert result["validation_twin"] is None  # picked on a validation request: nothing flattered
     assert {"unsee_version", "git_hash", "threads"} <= set(result["environment"])  # where the pick was made
     # each row's score is the mean of its runs' unlearning scores against the model's own validation figures
     runs = load_results(out / "results.json")["runs"]
@@ -249,6 +250,14 @@ def test_tuning_on_a_reported_request_beside_its_validation_twin_is_noted(
     err = capsys.readouterr().err
     assert ("tune on val_forget_10, with --exclude forget_10" in err) is noted
     assert len(err.strip().splitlines()) == noted
+
+
+def test_a_pick_made_on_a_reported_request_says_so_in_tune_json(world: Path, model_dir: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The note on stderr scrolls away; the file a pick is shipped from keeps that it flatters its own figures."""
+    out = api.tune("graddiff", model_dir, world, tmp_path / "t", on="forget_10", overrides=FAST, max_items=3)
+    assert json.loads((out / "tune.json").read_text())["validation_twin"] == "val_forget_10"
+    assert "a pick made on forget_10 is made on the people it then forgets" in capsys.readouterr().err
 
 
 def test_tune_on_a_removal_request_of_other_people_excludes_the_request_to_answer(

@@ -260,7 +260,8 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
     for point in points:
         check_neutral(suite, method, config, [*overrides, *point])
     check_images(suite)
-    if not request and is_main_process() and (twin := _validation_twin(data, on)):
+    twin = None if request else _validation_twin(data, on)
+    if twin and is_main_process():
         print(f"unsee: note: {on} is a reported request, and {twin} the validation request of other people beside "
               f"it; a pick made on {on} is made on the people it then forgets, and flatters its figures there: tune "
               f"on {twin}, with --exclude {on}", file=sys.stderr)
@@ -306,6 +307,7 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
             "method": method, "model": str(model), "data": str(data), "on": on, "seed": seed, "seeds": seeds,
             "config": jsonable(config) if isinstance(config, Mapping) else (None if config is None else str(config)),
             "overrides": overrides, "exclude": excluded, "exclude_left_out_of_retain": left_out,
+            "validation_twin": twin,
             "reference": reference_record(ref),
             "vanilla": _figures(v_eval.metrics), "rows": rows,
             "pick": {"overrides": best["overrides"], "score": best["score"], "config_file": config_file,
