@@ -257,6 +257,8 @@ def test_a_pick_made_on_a_reported_request_says_so_in_tune_json(world: Path, mod
     """The note on stderr scrolls away; the file a pick is shipped from keeps that it flatters its own figures."""
     out = api.tune("graddiff", model_dir, world, tmp_path / "t", on="forget_10", overrides=FAST, max_items=3)
     assert json.loads((out / "tune.json").read_text())["validation_twin"] == "val_forget_10"
+    assert "# picked on the people forget_10 reports, not on its validation request val_forget_10" in (
+        out / "graddiff.yaml").read_text().splitlines()[1]  # the file that is shipped says it too
     assert "a pick made on forget_10 is made on the people it then forgets" in capsys.readouterr().err
 
 

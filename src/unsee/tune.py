@@ -301,6 +301,8 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
         atomic_write_text(tmp / config_file, f"# unsee tune's pick for {method} on {on} of {data} "
                           f"({', '.join(best['overrides']) or 'the configured setting'}; mean score "
                           f"{best['score']:.4f} over {seeds} seed{'s' * (seeds > 1)})\n"
+                          + (f"# picked on the people {on} reports, not on its validation request {twin}\n" if twin
+                             else "")
                           + yaml.safe_dump(picked, sort_keys=True))
         write_results(tmp / "results.json", new_results(runs))
         atomic_write_json(tmp / TUNE_FILE, {
