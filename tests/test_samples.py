@@ -19,6 +19,7 @@ import pytest
 from unsee import api
 from unsee.cli import main
 from unsee.data import load_benchmark, prompts
+from unsee.data.mllmu import load_mllmu
 from unsee.data.schema import Suite
 from unsee.errors import ConfigError, OutputExistsError
 from unsee.eval import protocols
@@ -31,6 +32,7 @@ from unsee.eval.results import (
     samples_path,
     write_results,
 )
+from unsee.models import load_adapter
 from unsee.report import write_report
 from unsee.report.changes import changes_section
 
@@ -99,6 +101,28 @@ def test_eval_on_the_builtin_world_writes_samples_that_agree(world: Path, model_
         assert all(len(ln["scores"]) == len(ln["options"]) and ln["reply"] is None for ln in mcq)
     assert max(sum(ln["group"] == g and ln["task"] == t for ln in lines)
                for g in run["metrics"] for t in ("mcq", "cloze", "gen")) == 2
+
+
+@pytest.mark.parametrize("protocol", ["loglik", "official"])
+def test_every_group_is_asked_in_one_generation_pass_a_budget_with_the_replies_it_gets_alone(
+        protocol: str, world: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoding pays its budget per pass, whatever the batch holds: small groups are asked together, one pass per
+    reply budget, and each item's reply, record and figure are those of its group evaluated on its own."""
+    adapter = load_adapter(model_dir)
+    suite = load_mllmu(world, "forget_10")
+    bench = protocols.benchmark_of(suite.info.get("benchmark", suite.name))
+    monkeypatch.setitem(protocols.MAX_NEW_TOKENS, bench, {"mcq": 3, "cloze": 5, "gen": 4})  # three budgets
+    real, budgets = adapter.generate, []
+    monkeypatch.setattr(adapter, "generate", lambda turns, **k: budgets.append(k["max_new_tokens"]) or real(turns, **k))
+    together = run_evaluation(adapter, suite, protocol=protocol, max_items=2, progress=False)
+    assert budgets == ([5, 4] if protocol == "loglik" else [3, 5, 4])  # the MCQs are generated only when official
+    budgets.clear()
+    alone = [run_evaluation(adapter, suite, groups=[g], protocol=protocol, max_items=2, progress=False)
+             for g in together.metrics]
+    assert len(budgets) == len(alone) * (2 if protocol == "loglik" else 3)
+    assert together.samples == [rec for ev in alone for rec in ev.samples]
+    assert together.metrics == {g: ev.metrics[g] for g, ev in zip(together.metrics, alone, strict=True)}
+    assert {r["task"] for r in together.samples} == {"mcq", "cloze", "gen"}
 
 
 def test_what_evaluate_returns_is_what_it_wrote(world: Path, model_dir: Path, tmp_path: Path) -> None:

@@ -107,10 +107,9 @@ def _record(group: str, item: Example, prompt: str, rule: str) -> dict[str, Any]
     }
 
 
-def _mcq_records(adapter: Adapter, group: str, items: list[Example], *, benchmark: str, protocol: str,
-                 batch_size: int, max_new: int, progress: bool) -> list[dict[str, Any]]:
-    rule = protocols.mcq_rule(benchmark, protocol, group)
-    texts = [protocols.prompt(benchmark, protocol, e) for e in items]
+def _mcq_records(adapter: Adapter, group: str, items: list[Example], texts: list[str], rule: str, *,
+                 replies: Sequence[str] | None, batch_size: int, progress: bool) -> list[dict[str, Any]]:
+    """Records of one group's MCQs: by option log-likelihood, or read from ``replies`` under the official rules."""
     out = [_record(group, e, t, rule) for e, t in zip(items, texts, strict=True)]
     if rule == "loglik":
         for rec, e, s in zip(out, items, option_logprobs(adapter, items, batch_size=batch_size, progress=progress,
@@ -119,21 +118,16 @@ def _mcq_records(adapter: Adapter, group: str, items: list[Example], *, benchmar
             rec.update(scores=[float(x) for x in s], reply=None, extracted=LETTERS[choice],
                        correct=choice == e.correct)
         return out
-    replies = adapter.generate([Turn(image_of(e), t) for e, t in zip(items, texts, strict=True)],
-                               max_new_tokens=max_new, batch_size=batch_size)
-    for rec, e, reply in zip(out, items, replies, strict=True):
+    for rec, e, reply in zip(out, items, replies or (), strict=True):
         extracted, ok = protocols.read_mcq(rule, reply, e)
         rec.update(reply=reply, extracted=extracted, correct=ok)
     return out
 
 
-def _free_records(adapter: Adapter, group: str, items: list[Example], *, benchmark: str, protocol: str,
-                  batch_size: int, max_new: int) -> list[dict[str, Any]]:
-    texts = [protocols.prompt(benchmark, protocol, e) for e in items]
+def _free_records(group: str, items: list[Example], texts: list[str], replies: Sequence[str]) -> list[dict[str, Any]]:
+    """Records of one group's cloze or generation items, from the replies to them."""
     rule = protocols.CLOZE_RULE if items and items[0].task == "cloze" else "rougeL"
     out = [_record(group, e, t, rule) for e, t in zip(items, texts, strict=True)]
-    replies = adapter.generate([Turn(image_of(e), t) for e, t in zip(items, texts, strict=True)],
-                               max_new_tokens=max_new, batch_size=batch_size)
     for rec, e, reply in zip(out, items, replies, strict=True):
         if e.task == "cloze":
             rec.update(reply=reply, extracted=reply, correct=metrics.cloze_correct(reply, e.answer))
@@ -141,6 +135,42 @@ def _free_records(adapter: Adapter, group: str, items: list[Example], *, benchma
             rec.update(reply=reply, extracted=reply, correct=None, rougeL=metrics.rouge_l(reply, e.answer),
                        bleu=metrics.bleu(reply, e.answer))
     return out
+
+
+@dataclass
+class _Task:
+    """One task of one group as it is asked: its items, the exact texts sent, its reply budget and, once
+    generated, the replies."""
+
+    group: str
+    items: list[Example]
+    texts: list[str]
+    budget: int
+    generated: bool  # answered by generation (cloze, open answers, MCQ under the official rules)
+    replies: list[str] | None = None
+
+
+def _task(bench: str, protocol: str, group: str, items: list[Example], budget: int, generated: bool) -> _Task:
+    return _Task(group, items, [protocols.prompt(bench, protocol, e) for e in items], budget, generated)
+
+
+def _generate_all(adapter: Adapter, tasks: Sequence[_Task], batch_size: int) -> None:
+    """The replies of every generated task, asked together, one pass per reply budget.
+
+    Decoding costs a forward pass per token whatever the batch holds: a group of two items asked on
+    its own pays the whole budget for two replies, and a removal request's dozen small groups would
+    pay it a dozen times. Greedy decoding gives each item the same reply in any batch
+    (:meth:`Adapter.generate`), so asking them together changes no figure.
+    """
+    by_budget: dict[int, list[_Task]] = {}
+    for task in tasks:
+        if task.generated and task.items:
+            by_budget.setdefault(task.budget, []).append(task)
+    for budget, asked in by_budget.items():
+        turns = [Turn(image_of(e), t) for task in asked for e, t in zip(task.items, task.texts, strict=True)]
+        replies = iter(adapter.generate(turns, max_new_tokens=budget, batch_size=batch_size))
+        for task in asked:
+            task.replies = [next(replies) for _ in task.items]
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -302,9 +332,7 @@ def run_evaluation(
     protocols.check_protocol(protocol)
     bench = protocols.benchmark_of(benchmark or suite.info.get("benchmark", suite.name))
     budget = {t: protocols.max_new_tokens(bench, t, max_new_tokens) for t in ("mcq", "cloze", "gen")}
-    samples: list[dict[str, Any]] = []
-    scoring: dict[str, dict[str, str]] = {}
-    extra: dict[str, dict[str, float]] = {}
+    plan: list[tuple[str, str, list[_Task]]] = []  # each group's MCQ rule, and its MCQ, cloze and generation
     for g in groups:
         items = suite.groups.get(g, [])
         if not items:
@@ -312,22 +340,29 @@ def run_evaluation(
         mcq = _cap([e for e in items if e.task == "mcq" and e.options], max_items)
         cloze = _cap(_cap([e for e in items if e.task == "cloze"], max_items), max_gen_items) if generation else []
         gen = _cap(_cap([e for e in items if e.task == "gen"], max_items), max_gen_items) if generation else []
+        rule = protocols.mcq_rule(bench, protocol, g)
+        plan.append((g, rule, [_task(bench, protocol, g, mcq, budget["mcq"], rule != "loglik"),
+                               _task(bench, protocol, g, cloze, budget["cloze"], True),
+                               _task(bench, protocol, g, gen, budget["gen"], True)]))
+    _generate_all(adapter, [t for *_, three in plan for t in three], batch_size)
+    samples: list[dict[str, Any]] = []
+    scoring: dict[str, dict[str, str]] = {}
+    extra: dict[str, dict[str, float]] = {}
+    for g, rule, (mcq_task, cloze_task, gen_task) in plan:
         rules: dict[str, str] = {}
         extra[g] = {}
-        if mcq:
-            samples += _mcq_records(adapter, g, mcq, benchmark=bench, protocol=protocol, batch_size=batch_size,
-                                    max_new=budget["mcq"], progress=progress)
-            rules["mcq"] = protocols.mcq_rule(bench, protocol, g)
+        if mcq_task.items:
+            samples += _mcq_records(adapter, g, mcq_task.items, mcq_task.texts, rule, replies=mcq_task.replies,
+                                    batch_size=batch_size, progress=progress)
+            rules["mcq"] = rule
             if letter:
-                extra[g]["mcq_letter"] = _mean(mcq_letter(adapter, mcq))
+                extra[g]["mcq_letter"] = _mean(mcq_letter(adapter, mcq_task.items))
                 rules["mcq_letter"] = "letter"
-        if cloze:
-            samples += _free_records(adapter, g, cloze, benchmark=bench, protocol=protocol, batch_size=batch_size,
-                                     max_new=budget["cloze"])
+        if cloze_task.items:
+            samples += _free_records(g, cloze_task.items, cloze_task.texts, cloze_task.replies or [])
             rules["cloze"] = protocols.CLOZE_RULE
-        if gen:
-            samples += _free_records(adapter, g, gen, benchmark=bench, protocol=protocol, batch_size=batch_size,
-                                     max_new=budget["gen"])
+        if gen_task.items:
+            samples += _free_records(g, gen_task.items, gen_task.texts, gen_task.replies or [])
             rules.update(protocols.GEN_RULES)
         scoring[g] = rules
     figures = aggregate(samples)
