@@ -12,6 +12,12 @@ against that loop and, more strictly, against the evaluator itself at batch size
 freshly initialised tiny one: speed does not depend on what it has learnt, except that an
 untrained model rarely stops before ``max_new_tokens``, so generation here is the worst case.
 Each figure is the median of ``--repeats`` timed passes, after a short untimed warm-up.
+
+``whole_evaluation`` times :func:`~unsee.eval.evaluator.run_evaluation` over every metric group, as
+a run's evaluation calls it (every MCQ item), beside the same groups evaluated one at a time
+(``groups=[g]`` each): what asking every group's cloze and generation items in one decoding pass a
+reply budget saves, at ``--gen-caps`` items a group (2 is a removal request's small groups; 24 the
+demo's cap), with the records of both checked equal.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from unsee.data.mllmu import load_mllmu
 from unsee.data.schema import METRIC_GROUPS, Example, Suite
 from unsee.data.world import build_world
 from unsee.eval import metrics
-from unsee.eval.evaluator import option_logprobs
+from unsee.eval.evaluator import option_logprobs, run_evaluation
 from unsee.io import atomic_write_json
 from unsee.models import HFAdapter, Turn, load_adapter
 from unsee.models.tiny import init_model
@@ -105,6 +111,34 @@ def measure(adapter: HFAdapter, mcq: list[Example], gen: list[Example], *, max_n
     return rows
 
 
+def whole_evaluation(adapter: HFAdapter, suite: Suite, *, caps: list[int], repeats: int) -> list[dict]:
+    """Median seconds of a whole evaluation at each cap of cloze/generation items a group: every group at
+    once, and each group on its own, in turn within each repeat (a change of load falls on both)."""
+    rows = []
+    groups = [g for g in METRIC_GROUPS if suite.groups.get(g)]
+    for cap in caps:
+        kw = {"max_gen_items": cap, "progress": False}
+
+        def together(kw: dict = kw) -> list[dict]:
+            return run_evaluation(adapter, suite, **kw).samples
+
+        def alone(kw: dict = kw) -> list[dict]:
+            return [r for g in groups for r in run_evaluation(adapter, suite, groups=[g], **kw).samples]
+
+        same = together() == alone()  # also the warm-up
+        times: dict[str, list[float]] = {"together": [], "alone": []}
+        for _ in range(repeats):
+            times["together"].append(timed(together))
+            times["alone"].append(timed(alone))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        rows.append({"max_gen_items": cap, "groups": len(groups),
+                     "together_s": round(med["together"], 3), "alone_s": round(med["alone"], 3),
+                     "speedup": round(med["alone"] / med["together"], 2), "same_records": same,
+                     "runs_s": {k: [round(t, 3) for t in v] for k, v in times.items()}})
+        print(rows[-1])
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="benchmarks/results/eval_speed.json")
@@ -113,6 +147,8 @@ def main() -> None:
     p.add_argument("--gen-per-group", type=int, default=2, help="cloze and generation items each, per group")
     p.add_argument("--max-new-tokens", type=int, default=24, help="the evaluator's default")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--gen-caps", type=int, nargs="+", default=[2, 24],
+                   help="cloze/generation items a group, for the whole-evaluation timing")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -141,6 +177,7 @@ def main() -> None:
               "same_answers": same, "max_score_difference": gap,
               "pass": speedup["mcq_vs_per_sequence_loop"] >= 5.0 and same}
     print(speedup, target)
+    whole = whole_evaluation(adapter, suite, caps=a.gen_caps, repeats=a.repeats)
     atomic_write_json(a.out, {
         "benchmark": "eval_speed", "arch": a.arch, "world": "quick", "forget": "forget_10",
         "mcq_items_with_image": sum(e.has_image for e in mcq), "gen_items_with_image": sum(e.has_image for e in gen),
@@ -149,6 +186,7 @@ def main() -> None:
         "load_avg_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2),
                         "cpus": os.cpu_count()},
         "environment": environment(), "speedup": speedup, "target": target, "rows": rows,
+        "whole_evaluation": whole,
     })
 
 
