@@ -105,17 +105,20 @@ def test_eval_on_the_builtin_world_writes_samples_that_agree(world: Path, model_
 
 @pytest.mark.parametrize("protocol", ["loglik", "official"])
 def test_every_group_is_asked_in_one_generation_pass_a_budget_with_the_replies_it_gets_alone(
-        protocol: str, world: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        protocol: str, world: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """Decoding pays its budget per pass, whatever the batch holds: small groups are asked together, one pass per
-    reply budget, and each item's reply, record and figure are those of its group evaluated on its own."""
+    reply budget, and each item's reply, record and figure are those of its group evaluated on its own. The
+    answers, the slow part on a CPU, show a bar."""
     adapter = load_adapter(model_dir)
     suite = load_mllmu(world, "forget_10")
     bench = protocols.benchmark_of(suite.info.get("benchmark", suite.name))
     monkeypatch.setitem(protocols.MAX_NEW_TOKENS, bench, {"mcq": 3, "cloze": 5, "gen": 4})  # three budgets
     real, budgets = adapter.generate, []
     monkeypatch.setattr(adapter, "generate", lambda turns, **k: budgets.append(k["max_new_tokens"]) or real(turns, **k))
-    together = run_evaluation(adapter, suite, protocol=protocol, max_items=2, progress=False)
+    together = run_evaluation(adapter, suite, protocol=protocol, max_items=2, progress=True)
     assert budgets == ([5, 4] if protocol == "loglik" else [3, 5, 4])  # the MCQs are generated only when official
+    assert "eval answers (5 tokens)" in capsys.readouterr().err
     budgets.clear()
     alone = [run_evaluation(adapter, suite, groups=[g], protocol=protocol, max_items=2, progress=False)
              for g in together.metrics]
