@@ -430,7 +430,8 @@ def test_warm_up_is_the_nearest_number_of_steps_and_rises_to_the_peak() -> None:
 
 def test_unlearn_with_eraser_writes_steering_and_no_checkpoint(world: Path, model_dir: Path, tmp_path: Path) -> None:
     """MLLMEraser's result is the base model plus a steering file: no weights, no card, zero trainable cost."""
-    out = api.unlearn("eraser", model_dir, world, tmp_path / "out", overrides=["max_items=4"], evaluate_after=False)
+    out = api.unlearn("eraser", model_dir, world, tmp_path / "out", overrides=["max_items=4", "sweep=false"],
+                      evaluate_after=False)  # its sweep is test_eraser's
     assert (out / "steering.safetensors").is_file()
     assert not (out / "model").exists()
     run = json.loads((out / "run.json").read_text())
