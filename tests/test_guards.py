@@ -24,7 +24,7 @@ from unsee.data.schema import Suite
 from unsee.engine.checkpoint import has_checkpoint
 from unsee.engine.trainer import Context, TrainConfig, train
 from unsee.errors import ConfigError, DataError, ModelError, TrainingError
-from unsee.eval.evaluator import mcq_loglik
+from unsee.eval.evaluator import mcq_loglik, run_evaluation
 from unsee.methods import artifact
 from unsee.methods.baselines import GA
 from unsee.models import Turn, load_adapter
@@ -197,6 +197,19 @@ def test_the_evaluator_refuses_non_finite_scores(model_dir: Path, suite: Suite) 
     items = [e for e in suite.groups["forget"] if e.task == "mcq"]
     with pytest.raises(ModelError, match="NaN or infinite"):
         mcq_loglik(adapter, items)
+
+
+def test_a_whole_evaluation_refuses_broken_weights_before_it_decodes(model_dir: Path, suite: Suite,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoding is the long part of an evaluation on a CPU: a diverged model is refused by its MCQ scores first."""
+    adapter = load_adapter(model_dir)
+    with torch.no_grad():
+        adapter.model.get_output_embeddings().weight.fill_(float("nan"))
+    asked: list[int] = []
+    monkeypatch.setattr(adapter, "generate", lambda turns, **k: asked.append(len(turns)) or [""] * len(turns))
+    with pytest.raises(ModelError, match="NaN or infinite"):
+        run_evaluation(adapter, suite, max_items=2, progress=False)
+    assert asked == []
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------

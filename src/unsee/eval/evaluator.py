@@ -354,6 +354,10 @@ def run_evaluation(
         plan.append((g, rule, [_task(bench, protocol, g, mcq, budget["mcq"], rule != "loglik"),
                                _task(bench, protocol, g, cloze, budget["cloze"], True),
                                _task(bench, protocol, g, gen, budget["gen"], True)]))
+    # the MCQs first: broken weights (a diverged run) are refused before the long decoding starts
+    mcq_records = {g: _mcq_records(adapter, g, mcq_task.items, mcq_task.texts, rule, replies=None,
+                                   batch_size=batch_size, progress=progress)
+                   for g, rule, (mcq_task, *_) in plan if mcq_task.items and rule == "loglik"}
     _generate_all(adapter, [t for *_, three in plan for t in three], batch_size, progress)
     samples: list[dict[str, Any]] = []
     scoring: dict[str, dict[str, str]] = {}
@@ -362,8 +366,9 @@ def run_evaluation(
         rules: dict[str, str] = {}
         extra[g] = {}
         if mcq_task.items:
-            samples += _mcq_records(adapter, g, mcq_task.items, mcq_task.texts, rule, replies=mcq_task.replies,
-                                    batch_size=batch_size, progress=progress)
+            samples += mcq_records.get(g) or _mcq_records(adapter, g, mcq_task.items, mcq_task.texts, rule,
+                                                          replies=mcq_task.replies, batch_size=batch_size,
+                                                          progress=progress)
             rules["mcq"] = rule
             if letter:
                 extra[g]["mcq_letter"] = _mean(mcq_letter(adapter, mcq_task.items))
