@@ -275,7 +275,7 @@ def test_unlearn_command_under_two_processes_writes_once(model_dir: Path, world:
     audit = ["--audit", *(f"--audit-set={o}" for o in ("relearn_steps=2", "pgd_steps=1", "probe_steps=5",
                                                         "probe_blocks=false", "max_items=4"))]
     proc = launch("-m", "unsee.cli", "unlearn", "--method", "graddiff", "--model", str(model_dir), "--data",
-                  str(world), "--out", str(tmp_path / "two"), *audit, *opts)
+                  str(world), "--out", str(tmp_path / "two"), "--max-items", "4", *audit, *opts)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("written to") == 1  # said once
     assert "relearn" in load_results(tmp_path / "two" / "results.json")["runs"][0]["attacks"]
