@@ -123,7 +123,8 @@ class Scripted:
         self.replies = replies
         self.budgets: list[int] = []
 
-    def generate(self, turns: Sequence[Turn], *, max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
+    def generate(self, turns: Sequence[Turn], *, max_new_tokens: int = 32, batch_size: int = 16,
+                 progress: bool = False, desc: str = "generate") -> list[str]:
         self.budgets.append(max_new_tokens)
         return [self.replies.get(t.prompt, "") for t in turns]
 

@@ -160,9 +160,7 @@ def _generate_all(adapter: Adapter, tasks: Sequence[_Task], batch_size: int, pro
     Decoding costs a forward pass per token whatever the batch holds: a group of two items asked on
     its own pays the whole budget for two replies, and a removal request's dozen small groups would
     pay it a dozen times. Greedy decoding gives each item the same reply in any batch
-    (:meth:`Adapter.generate`), so asking them together changes no figure. The prompts go to the
-    adapter a batch at a time, in the order it would sort them itself (by length), so that the
-    slowest part of an evaluation on a CPU shows its progress.
+    (:meth:`Adapter.generate`), so asking them together changes no figure.
     """
     by_budget: dict[int, list[_Task]] = {}
     for task in tasks:
@@ -170,17 +168,10 @@ def _generate_all(adapter: Adapter, tasks: Sequence[_Task], batch_size: int, pro
             by_budget.setdefault(task.budget, []).append(task)
     for budget, asked in by_budget.items():
         turns = [Turn(image_of(e), t) for task in asked for e, t in zip(task.items, task.texts, strict=True)]
-        order = sorted(range(len(turns)), key=lambda i: len(turns[i].prompt))
-        replies = [""] * len(turns)
-        for start in progress_bar(range(0, len(order), batch_size), desc=f"eval answers ({budget} tokens)",
-                                  show=progress, leave=False):
-            idx = order[start : start + batch_size]
-            for i, reply in zip(idx, adapter.generate([turns[i] for i in idx], max_new_tokens=budget,
-                                                      batch_size=batch_size), strict=True):
-                replies[i] = reply
-        flow = iter(replies)
+        replies = iter(adapter.generate(turns, max_new_tokens=budget, batch_size=batch_size, progress=progress,
+                                        desc=f"eval answers ({budget} tokens)"))
         for task in asked:
-            task.replies = [next(flow) for _ in task.items]
+            task.replies = [next(replies) for _ in task.items]
 
 
 def _mean(values: Sequence[float]) -> float:

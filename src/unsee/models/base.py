@@ -21,6 +21,7 @@ from PIL import Image
 from torch import nn
 from transformers import BatchFeature, PreTrainedModel
 
+from unsee.bars import bar as progress_bar
 from unsee.errors import ConfigError, ModelError
 from unsee.models.fingerprint import model_fingerprint
 
@@ -73,7 +74,8 @@ class Adapter(Protocol):
     def to_device(self, batch: BatchFeature) -> BatchFeature: ...
     def forward(self, batch: BatchFeature, **kw: Any) -> Any: ...
     def answer_positions(self, batch: BatchFeature) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
-    def generate(self, turns: Sequence[Turn], *, max_new_tokens: int = 32, batch_size: int = 16) -> list[str]: ...
+    def generate(self, turns: Sequence[Turn], *, max_new_tokens: int = 32, batch_size: int = 16,
+                 progress: bool = False, desc: str = "generate") -> list[str]: ...
     def answer_logprobs(self, batch: BatchFeature) -> torch.Tensor: ...
     def option_logprobs(self, turns: Sequence[Turn], options: Sequence[Sequence[str]]) -> list[list[float]]: ...
     def image_inputs(self, images: Sequence[Image.Image]) -> BatchFeature: ...
@@ -334,14 +336,16 @@ class HFAdapter:
         return logits, labels != IGNORE, labels
 
     @torch.no_grad()
-    def generate(self, turns: Sequence[Turn], *, max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
-        """Greedy, batched, left-padded; the same text as generating one at a time."""
+    def generate(self, turns: Sequence[Turn], *, max_new_tokens: int = 32, batch_size: int = 16,
+                 progress: bool = False, desc: str = "generate") -> list[str]:
+        """Greedy, batched, left-padded; the same text as generating one at a time. ``progress`` shows a bar
+        over the batches: decoding is the slow part of an evaluation on a CPU."""
         out: list[str] = [""] * len(turns)
         order = sorted(range(len(turns)), key=lambda i: len(turns[i].prompt))
         was_training = self.model.training
         self.model.eval()
         try:
-            for start in range(0, len(order), batch_size):
+            for start in progress_bar(range(0, len(order), batch_size), desc=desc, show=progress, leave=False):
                 idx = order[start : start + batch_size]
                 batch = self.to_device(self.generation_batch([turns[i] for i in idx]))
                 gen = self.model.generate(
