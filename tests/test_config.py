@@ -417,6 +417,7 @@ CVF_BEFORE = {
     "redistil_teacher": "start",  # added since; read only with redistil_steps
     "redistil_earlier": 0.125,  # added since; read only with redistil_steps, in continual runs
     "augment_pose": 0.0,  # added since; off
+    "augment_background": 0.0,  # added since; off
 }
 RESOLVED_BEFORE: dict[str, dict] = {
     "ga": {"lr": 1.8e-05},  # since: picked again with the reported people out of the validation request

@@ -15,7 +15,7 @@ from torch import nn
 
 from unsee import api
 from unsee.data import collate
-from unsee.data.augment import augment
+from unsee.data.augment import augment, backdrop
 from unsee.data.collate import image_of
 from unsee.data.schema import Suite
 from unsee.engine.gradients import after_relearning
@@ -350,6 +350,29 @@ def test_pose_jitter_is_drawn_after_the_crops_and_leaves_them_as_they_were_when_
     assert losses[0] != losses[1]
     with pytest.raises(ConfigError, match="augment_pose=-1.0: must not be negative"):
         CVFConfig(augment_pose=-1.0).validate()
+
+
+def test_a_new_background_keeps_the_head_and_takes_the_donors_corners(
+        model_dir: Path, suite: Suite, turns: dict[str, list[Turn]]) -> None:
+    """``augment_background`` pastes each forget photo's centre onto a neutral photo: the head's pixels stay, the
+    corners are the donor's; off, it draws nothing, so the crops after it are those of before."""
+    photo, donor = image_of(suite.group("train_forget")[0]), turns["neutral"][0].image
+    rng = np.random.default_rng(5)
+    assert backdrop([photo], [donor], rng, 0.0)[0] is photo and backdrop([photo], [], rng, 1.0)[0] is photo
+    assert rng.random() == np.random.default_rng(5).random()
+    (swapped,) = backdrop([photo], [donor], np.random.default_rng(5), 1.0)
+    a, b, d = (np.asarray(im.convert("RGB"), np.int16) for im in (photo, swapped, donor))
+    h, w = a.shape[:2]
+    assert swapped.size == photo.size and swapped.mode == photo.mode
+    assert np.array_equal(b[h // 2, w // 2], a[h // 2, w // 2])
+    assert np.array_equal(b[0, 0], d[0, 0]) and np.array_equal(b[-1, -1], d[-1, -1])
+    assert not np.array_equal(a[0, 0], d[0, 0])  # the check above can fail
+    _, batch, ctx = cvf_context(model_dir, suite, turns)
+    losses = cvf_losses(ctx, batch, {p: CVFConfig(augment=1.0, augment_background=p, ncu=False) for p in (0.0, 1.0)}
+                        | {"without": CVFConfig(augment=1.0, ncu=False)})
+    assert losses["without"][0].item() == losses[0.0][0].item() != losses[1.0][0].item()
+    with pytest.raises(ConfigError, match="augment_background=-0.5: must not be negative"):
+        CVFConfig(augment_background=-0.5).validate()
 
 
 def test_cvf_retained_augmentation_draws_fresh_views_and_leaves_the_forget_draws_alone(

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from transformers import BatchFeature
 
-from unsee.data.augment import augment
+from unsee.data.augment import augment, backdrop
 from unsee.data.collate import image_of
 from unsee.engine.adversarial import linf_ascent
 from unsee.engine.gradients import after_relearning
@@ -197,6 +197,7 @@ class CVFOnly(BaseMethod):
         # a photo of no known person (a request's folder of photos) stands for a person of its own
         r_who = torch.tensor([self._retained.get(id(im), -1 - ctx.gathered_index(i)) for i, im in enumerate(r_img)])
         rng = np.random.default_rng(self.seed + ctx.step)  # the forget photos draw first, as without augment_retain
+        f_img = backdrop(f_img, n_img, rng, self.cfg.augment_background)  # draws nothing when off
         f_img, f_in = _cropped(a, f_img, rng, self.cfg.augment, self.cfg.augment_pose)
         fresh = self.cfg.augment_retain > 0  # fresh crops: nothing to look up, and nothing kept past the step
         r_img, r_in = _cropped(a, r_img, rng, self.cfg.augment_retain, self.cfg.augment_pose) if fresh \

@@ -41,6 +41,10 @@ class CVFOnlyConfig(RedistilConfig):
     augment_pose: float = opt(0.0, "strength of a pose jitter on every crop augment and augment_retain draw: a "
                               "rotation of up to 9 degrees and a horizontal squeeze of up to 8% at 1, as a tilted "
                               "or turned head gives, so that forgetting and keeping reach other poses (0: off)")
+    augment_background: float = opt(
+        0.0, "probability that a forget photo is seen on another background at a step: its centre, where a "
+        "portrait's head sits, pasted onto one of the batch's neutral photos, so that forgetting binds to the "
+        "person and not to the backgrounds of their few photos; for centred portraits (0: off)")
     adv_steps: int = opt(
         0, "adversarial forgetting: sign-gradient steps that move each forget photo, within adv_eps, back towards "
         "its own identity (up the forget InfoNCE) before the step trains on it, so that no nearby image is "
@@ -72,8 +76,8 @@ class CVFOnlyConfig(RedistilConfig):
         if self.tau <= 0:  # InfoNCE divides by it: 0 gave a NaN loss at the first step
             raise ConfigError(f"tau must be positive, got {self.tau}")
         names = ("lambda_r", "lambda_d", "lambda_o", "lambda_t", "lambda_v", "lambda_dv", "lambda_k", "lambda_known",
-                 "augment", "augment_retain", "augment_pose", "adv_steps", "adv_eps", "relearn_sim_steps",
-                 "relearn_sim_eps")
+                 "augment", "augment_retain", "augment_pose", "augment_background", "adv_steps", "adv_eps",
+                 "relearn_sim_steps", "relearn_sim_eps")
         if negative := [f"{k}={getattr(self, k)}" for k in names if getattr(self, k) < 0]:
             raise ConfigError(f"{', '.join(negative)}: must not be negative")
         super().validate()
