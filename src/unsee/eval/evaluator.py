@@ -315,7 +315,6 @@ def run_evaluation(
     groups: Sequence[str] = METRIC_GROUPS,
     protocol: str = "loglik",
     benchmark: str | None = None,
-    letter: bool = False,
     generation: bool = True,
     max_items: int | None = None,
     max_gen_items: int | None = None,
@@ -328,7 +327,7 @@ def run_evaluation(
     ``max_items`` caps each task of each group (evenly spaced items, so the choice is
     deterministic and reads every person); ``max_gen_items`` further caps cloze and generation, which are the slow
     part on a CPU. ``max_new_tokens`` overrides the benchmark's own reply budget for every
-    task. ``letter`` adds ``mcq_letter``, the letter reading of the same MCQs, as an extra figure.
+    task.
     """
     protocols.check_protocol(protocol)
     bench = protocols.benchmark_of(benchmark or suite.info.get("benchmark", suite.name))
@@ -352,18 +351,13 @@ def run_evaluation(
     _generate_all(adapter, [t for *_, three in plan for t in three], batch_size, progress)
     samples: list[dict[str, Any]] = []
     scoring: dict[str, dict[str, str]] = {}
-    extra: dict[str, dict[str, float]] = {}
     for g, rule, (mcq_task, cloze_task, gen_task) in plan:
         rules: dict[str, str] = {}
-        extra[g] = {}
         if mcq_task.items:
             samples += mcq_records.get(g) or _mcq_records(adapter, g, mcq_task.items, mcq_task.texts, rule,
                                                           replies=mcq_task.replies, batch_size=batch_size,
                                                           progress=progress)
             rules["mcq"] = rule
-            if letter:
-                extra[g]["mcq_letter"] = _mean(mcq_letter(adapter, mcq_task.items))
-                rules["mcq_letter"] = "letter"
         if cloze_task.items:
             samples += _free_records(g, cloze_task.items, cloze_task.texts, cloze_task.replies or [])
             rules["cloze"] = protocols.CLOZE_RULE
@@ -373,7 +367,7 @@ def run_evaluation(
         scoring[g] = rules
     figures = aggregate(samples)
     # a group with items but nothing scored (generation off, no MCQ) still reports n = 0
-    ordered = {g: {**figures.get(g, {"n": 0}), **extra[g]} for g in groups if g in extra}
+    ordered = {g: dict(figures.get(g, {"n": 0})) for g in groups if g in scoring}
     mcq_protocol = protocols.mcq_rule(bench, protocol, "forget")
     return Evaluation(metrics=ordered, samples=samples, protocol=protocol, mcq_protocol=mcq_protocol,
                       scoring=scoring, max_new_tokens=budget, max_items=max_items, max_gen_items=max_gen_items,
