@@ -373,6 +373,8 @@ def test_a_new_background_keeps_the_head_and_takes_the_donors_corners(
     assert losses["without"][0].item() == losses[0.0][0].item() != losses[1.0][0].item()
     with pytest.raises(ConfigError, match="augment_background=-0.5: must not be negative"):
         CVFConfig(augment_background=-0.5).validate()
+    with pytest.raises(ConfigError, match=r"augment_background is a probability in \[0, 1\], got 2.0"):
+        CVFConfig(augment_background=2.0).validate()
 
 
 def test_cvf_retained_augmentation_draws_fresh_views_and_leaves_the_forget_draws_alone(

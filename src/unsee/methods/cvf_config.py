@@ -80,6 +80,8 @@ class CVFOnlyConfig(RedistilConfig):
                  "relearn_sim_steps", "relearn_sim_eps")
         if negative := [f"{k}={getattr(self, k)}" for k in names if getattr(self, k) < 0]:
             raise ConfigError(f"{', '.join(negative)}: must not be negative")
+        if self.augment_background > 1:  # a probability: 2 would read as 1, and hide a mistyped strength
+            raise ConfigError(f"augment_background is a probability in [0, 1], got {self.augment_background}")
         super().validate()
 
 
