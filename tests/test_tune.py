@@ -60,6 +60,9 @@ def test_tune_picks_the_best_mean_score_on_the_validation_people_and_writes_it_a
         assert row["scores"] == scores and row["score"] == pytest.approx(sum(scores) / len(scores))
     best = max(result["rows"], key=lambda r: r["score"])
     assert result["pick"]["overrides"] == best["overrides"]
+    other = next(r for r in result["rows"] if r is not best)
+    assert result["pick"]["lead"]["runner_up"] == other["overrides"]
+    assert result["pick"]["lead"]["margin"] == pytest.approx(best["score"] - other["score"])
     assert "<- pick" in printed and f"--config {out / 'graddiff.yaml'}" in printed
     # the pick's file resolves to the very configs the picked run trained with
     assert method_configs("graddiff", out / "graddiff.yaml", [])[:2] == \
@@ -157,6 +160,31 @@ def test_a_setting_whose_audits_fail_ranks_below_one_whose_audits_hold() -> None
     assert tune.best_row(rows)["overrides"] == ["lr=2"]  # and the first of two equal scores
     assert tune.best_row([{**r, "audits_hold": True} for r in rows])["overrides"] == ["lr=1"]
     assert tune.best_row([{k: v for k, v in r.items() if k != "audits_hold"} for r in rows])["overrides"] == ["lr=1"]
+
+
+def test_the_pick_says_how_far_it_leads_the_runner_up_against_the_seeds_noise() -> None:
+    """A lead inside the standard error of the difference is a tie (a 0.001 lead over three seeds picked the
+    setting that then forgot less on the reported people); one far outside it is not."""
+    rows = [{"overrides": ["lr=1"], "score": 0.976, "scores": [0.972, 0.978, 0.977]},
+            {"overrides": ["lr=2"], "score": 0.977, "scores": [0.988, 0.963, 0.979]},
+            {"overrides": ["lr=3"], "score": 0.99, "scores": [0.99], "failed": {"1": "diverged"}},
+            {"overrides": ["lr=4"], "score": 0.373, "scores": [0.37, 0.37, 0.38]}]
+    ahead = tune.lead(rows, tune.best_row(rows))
+    assert ahead is not None and ahead["runner_up"] == ["lr=1"]  # a setting that failed a seed is no rival
+    assert ahead["margin"] == pytest.approx(0.001) and ahead["margin_se"] == pytest.approx(0.00754, abs=1e-5)
+    assert ahead["within_noise"] is True
+    clear = tune.lead(rows[:1] + rows[3:], rows[0])
+    assert clear is not None and clear["runner_up"] == ["lr=4"] and clear["within_noise"] is False
+    one_seed = [{**r, "scores": r["scores"][:1]} for r in rows[:2]]
+    assert tune.lead(one_seed, one_seed[1]) == {"runner_up": ["lr=1"], "margin": pytest.approx(0.001),
+                                                "margin_se": None, "within_noise": None}
+    assert tune.lead(rows[:1], rows[0]) is None
+    table = [{**r, "figures": []} for r in rows[:2]]
+    printed = tune.summary({"vanilla": {}, "rows": table, "pick": {"overrides": ["lr=2"], "lead": ahead}})
+    assert "the pick leads lr=1 by 0.001, within the standard error of the difference over the seeds (0.008)" \
+        in printed
+    assert "within the standard error" not in tune.summary(
+        {"vanilla": {}, "rows": table, "pick": {"overrides": ["lr=2"], "lead": clear}})
 
 
 def test_tune_attacks_the_reference_beside_every_run_and_judges_each_setting_on_its_seed_means(

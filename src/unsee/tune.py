@@ -161,6 +161,23 @@ def best_row(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
     return max(rows, key=lambda r: ("failed" not in r, r.get("audits_hold", True), r["score"]))
 
 
+def lead(rows: Sequence[Mapping[str, Any]], best: Mapping[str, Any]) -> dict[str, Any] | None:
+    """How far the pick leads the best of the settings it outranked on score alone (the runner-up), beside
+    the standard error of that difference over the seeds: a lead inside it is a tie that the seeds cannot
+    break, and the runner-up may well be the better setting on the reported people. None without a
+    runner-up."""
+    rank = ("failed" not in best, best.get("audits_hold", True))
+    others = [r for r in rows if r is not best and ("failed" not in r, r.get("audits_hold", True)) == rank]
+    if not others:
+        return None
+    second = max(others, key=lambda r: r["score"])
+    spread = [[s for s in r["scores"] if s is not None] for r in (best, second)]
+    se = (sum(statistics.variance(s) / len(s) for s in spread) ** 0.5) if all(len(s) > 1 for s in spread) else None
+    margin = best["score"] - second["score"]
+    return {"runner_up": list(second["overrides"]), "margin": margin, "margin_se": se,
+            "within_noise": None if se is None else margin <= se}
+
+
 def _checked_settings(method: str, model: Any, data: Any, on: str | None, exclude: Sequence[str], *,
                       grid: Sequence[str], config: Any, overrides: Sequence[str], dtype: str | None, neutral: Any,
                       attacks: Sequence[str], audit_overrides: Sequence[str], reference: Any) -> list[list[str]]:
@@ -312,8 +329,8 @@ def tune(method: str, model: str | Path, data: str | Path, out: str | Path, *, o
             "validation_twin": twin,
             "reference": reference_record(ref),
             "vanilla": _figures(v_eval.metrics), "rows": rows,
-            "pick": {"overrides": best["overrides"], "score": best["score"], "config_file": config_file,
-                     "config": picked}, "environment": environment()})
+            "pick": {"overrides": best["overrides"], "score": best["score"], "lead": lead(rows, best),
+                     "config_file": config_file, "config": picked}, "environment": environment()})
         write_report([tmp / "results.json"], tmp)
     progress.remove()  # once the output has landed
     return out
@@ -392,6 +409,11 @@ def summary(result: Mapping[str, Any]) -> str:
             figures += f"  ({len(row['failed'])} seed{'s' * (len(row['failed']) > 1)} failed)"
         mark = "  <- pick" if row["overrides"] == result["pick"]["overrides"] else ""
         lines.append(f"{' '.join(row['overrides']) or '(configured)':{width}s}  {row['score']:.3f}  {figures}{mark}")
+    ahead = result["pick"].get("lead")
+    if ahead and ahead["within_noise"]:
+        lines.append(f"the pick leads {' '.join(ahead['runner_up']) or '(configured)'} by {ahead['margin']:.3f}, "
+                     f"within the standard error of the difference over the seeds ({ahead['margin_se']:.3f}): the "
+                     "two are tied here; more --seeds, or the audits, can tell them apart")
     return "\n".join(lines)
 
 
