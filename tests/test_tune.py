@@ -183,8 +183,11 @@ def test_the_pick_says_how_far_it_leads_the_runner_up_against_the_seeds_noise() 
     printed = tune.summary({"vanilla": {}, "rows": table, "pick": {"overrides": ["lr=2"], "lead": ahead}})
     assert "the pick leads lr=1 by 0.001, within the standard error of the difference over the seeds (0.008)" \
         in printed
-    assert "within the standard error" not in tune.summary(
+    assert "the pick leads" not in tune.summary(
         {"vanilla": {}, "rows": table, "pick": {"overrides": ["lr=2"], "lead": clear}})
+    alone = tune.summary({"vanilla": {}, "rows": table,
+                          "pick": {"overrides": ["lr=2"], "lead": tune.lead(one_seed, one_seed[1])}})
+    assert "the pick leads lr=1 by 0.001 on one seed a setting, which cannot tell a lead from noise" in alone
 
 
 def test_tune_attacks_the_reference_beside_every_run_and_judges_each_setting_on_its_seed_means(

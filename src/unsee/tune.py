@@ -410,10 +410,12 @@ def summary(result: Mapping[str, Any]) -> str:
         mark = "  <- pick" if row["overrides"] == result["pick"]["overrides"] else ""
         lines.append(f"{' '.join(row['overrides']) or '(configured)':{width}s}  {row['score']:.3f}  {figures}{mark}")
     ahead = result["pick"].get("lead")
+    rival = ahead and f"the pick leads {' '.join(ahead['runner_up']) or '(configured)'} by {ahead['margin']:.3f}"
     if ahead and ahead["within_noise"]:
-        lines.append(f"the pick leads {' '.join(ahead['runner_up']) or '(configured)'} by {ahead['margin']:.3f}, "
-                     f"within the standard error of the difference over the seeds ({ahead['margin_se']:.3f}): the "
-                     "two are tied here; more --seeds, or the audits, can tell them apart")
+        lines.append(f"{rival}, within the standard error of the difference over the seeds ({ahead['margin_se']:.3f}): "
+                     "the two are tied here; more --seeds, or the audits, can tell them apart")
+    elif ahead and ahead["within_noise"] is None:
+        lines.append(f"{rival} on one seed a setting, which cannot tell a lead from noise: --seeds 3 can")
     return "\n".join(lines)
 
 
