@@ -155,10 +155,15 @@ def _audits(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "audits_hold": all(checks.values())}
 
 
+def _rank(row: Mapping[str, Any]) -> tuple[bool, bool]:
+    """What ranks a setting before its score: every seed ran, then its audits hold."""
+    return "failed" not in row, row.get("audits_hold", True)
+
+
 def best_row(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
     """The pick: a setting that diverged on any seed ranks below every one that ran, one that fails an audit
     below every one whose audits hold, and then the best mean score wins (the first of equals: max keeps it)."""
-    return max(rows, key=lambda r: ("failed" not in r, r.get("audits_hold", True), r["score"]))
+    return max(rows, key=lambda r: (*_rank(r), r["score"]))
 
 
 def lead(rows: Sequence[Mapping[str, Any]], best: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -166,8 +171,7 @@ def lead(rows: Sequence[Mapping[str, Any]], best: Mapping[str, Any]) -> dict[str
     the standard error of that difference over the seeds: a lead inside it is a tie that the seeds cannot
     break, and the runner-up may well be the better setting on the reported people. None without a
     runner-up."""
-    rank = ("failed" not in best, best.get("audits_hold", True))
-    others = [r for r in rows if r is not best and ("failed" not in r, r.get("audits_hold", True)) == rank]
+    others = [r for r in rows if r is not best and _rank(r) == _rank(best)]
     if not others:
         return None
     second = max(others, key=lambda r: r["score"])
@@ -395,7 +399,7 @@ def summary(result: Mapping[str, Any]) -> str:
     """tune.json as a few lines a person reads: each setting's mean score and figures, the pick marked."""
     groups = [g for g in FIGURES if g in result["vanilla"]]
     audits = list(dict.fromkeys(k for r in result["rows"] for k in r.get("audits", {})))
-    width = max(len(" ".join(r["overrides"]) or "(configured)") for r in result["rows"])
+    width = max(len(_setting(r["overrides"])) for r in result["rows"])
     lines = [f"{'setting':{width}s}  score  " + "  ".join(f"{g:>11s}" for g in [*groups, *audits])]
     lines.append(f"{'(vanilla)':{width}s}  {'':5s}  " + "  ".join(f"{result['vanilla'][g]:11.3f}" for g in groups))
     for row in result["rows"]:
@@ -408,15 +412,22 @@ def summary(result: Mapping[str, Any]) -> str:
         if "failed" in row and means:
             figures += f"  ({len(row['failed'])} seed{'s' * (len(row['failed']) > 1)} failed)"
         mark = "  <- pick" if row["overrides"] == result["pick"]["overrides"] else ""
-        lines.append(f"{' '.join(row['overrides']) or '(configured)':{width}s}  {row['score']:.3f}  {figures}{mark}")
+        lines.append(f"{_setting(row['overrides']):{width}s}  {row['score']:.3f}  {figures}{mark}")
     ahead = result["pick"].get("lead")
-    rival = ahead and f"the pick leads {' '.join(ahead['runner_up']) or '(configured)'} by {ahead['margin']:.3f}"
-    if ahead and ahead["within_noise"]:
-        lines.append(f"{rival}, within the standard error of the difference over the seeds ({ahead['margin_se']:.3f}): "
-                     "the two are tied here; more --seeds, or the audits, can tell them apart")
-    elif ahead and ahead["within_noise"] is None:
-        lines.append(f"{rival} on one seed a setting, which cannot tell a lead from noise: --seeds 3 can")
+    if ahead:
+        rival = f"the pick leads {_setting(ahead['runner_up'])} by {ahead['margin']:.3f}"
+        if ahead["within_noise"]:
+            lines.append(f"{rival}, within the standard error of the difference over the seeds "
+                         f"({ahead['margin_se']:.3f}): the two are tied here; more --seeds, or the audits, can tell "
+                         "them apart")
+        elif ahead["within_noise"] is None:
+            lines.append(f"{rival} on one seed a setting, which cannot tell a lead from noise: --seeds 3 can")
     return "\n".join(lines)
+
+
+def _setting(overrides: Sequence[str]) -> str:
+    """A grid row's name in the printed table: its overrides, or the configured setting."""
+    return " ".join(overrides) or "(configured)"
 
 
 def _validation_twin(data: Any, on: str) -> str | None:
